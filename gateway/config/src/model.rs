@@ -1,0 +1,575 @@
+//! The typed document. Every field says its default and what happens when it is unset;
+//! `docs/config.md` is the user-facing copy of the same facts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The whole gateway configuration: listeners, admin, global limits, drain and routes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Must be `switchboard.dev/v1alpha1`.
+    pub api_version: String,
+    /// Must be `GatewayConfig`.
+    pub kind: String,
+    /// Monotonic version of this document. The operator bumps it on every change; gateways
+    /// report the generation they loaded on `/readyz` and `/status`. Default 0.
+    #[serde(default)]
+    pub generation: u64,
+    /// Where clients connect. At least one.
+    pub listeners: Vec<Listener>,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`). Default `127.0.0.1:9090`.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Pod-wide limits and handshake hardening.
+    #[serde(default)]
+    pub limits: GlobalLimits,
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs). Default: none, the TCP peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Shutdown behaviour shared by all routes.
+    #[serde(default)]
+    pub drain: GlobalDrain,
+    /// Routes, matched by host then longest path. Default: none (every request gets 404).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// One listening socket, plain or TLS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name, used in metrics.
+    pub name: String,
+    /// `ip:port` to bind.
+    pub address: SocketAddr,
+    /// TLS termination with rustls. Unset: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS certificates for a listener; chosen by SNI, reloaded when the files change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerTls {
+    /// At least one. The first is served when SNI is missing or matches no `hostnames`.
+    pub certificates: Vec<Certificate>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Certificate {
+    /// PEM file with the leaf certificate first, then intermediates.
+    pub cert_file: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// SNI names this certificate serves (`*.example.com` allowed). Empty: default only.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Admin {
+    /// Default `127.0.0.1:9090`.
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            address: default_admin_address(),
+        }
+    }
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// Pod-wide admission and handshake hardening.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GlobalLimits {
+    /// Concurrent client connections (all routes) before new upgrades get 503. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Time a client has to send complete request headers (slowloris guard). Default 10s.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Most request headers accepted; more gets 431. Default 64.
+    #[serde(default = "default_max_header_count")]
+    pub max_header_count: usize,
+    /// Most bytes of request line plus headers; more gets 431. Default 16384 (minimum 8192).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Time to connect to a backend and get its handshake response. Default 10s.
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+}
+
+impl Default for GlobalLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            handshake_timeout: default_handshake_timeout(),
+            max_header_count: default_max_header_count(),
+            max_header_bytes: default_max_header_bytes(),
+            upstream_timeout: default_upstream_timeout(),
+        }
+    }
+}
+
+fn default_max_connections() -> u32 {
+    10_000
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_header_count() -> usize {
+    64
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// What happens on SIGTERM before per-route drains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GlobalDrain {
+    /// After SIGTERM `/readyz` fails at once, but listeners keep accepting for this long so
+    /// load balancers notice. Default 5s.
+    #[serde(default = "default_propagation", with = "humantime_serde")]
+    pub propagation: Duration,
+    /// Hard limit from SIGTERM to exit; connections still open then are cut. Default 60s.
+    /// Set `terminationGracePeriodSeconds` to at least this plus 5s.
+    #[serde(default = "default_deadline", with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+impl Default for GlobalDrain {
+    fn default() -> Self {
+        Self {
+            propagation: default_propagation(),
+            deadline: default_deadline(),
+        }
+    }
+}
+
+fn default_propagation() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_deadline() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// One realtime endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// Unique name (operator: `namespace/name`), used in metrics and logs.
+    pub name: String,
+    /// Host names this route serves (exact, case-insensitive, port ignored; `*.example.com`
+    /// matches one or more labels). Empty: any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The path to match.
+    pub path: PathMatch,
+    /// What the gateway does with a matched connection. Default `proxy`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Origin allow-list, checked before the upgrade.
+    #[serde(default)]
+    pub origins: Origins,
+    /// JWT authentication. Unset: no authentication (anonymous connections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<Jwt>,
+    /// Backends and pinning for `mode: proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Proxy>,
+    /// Per-connection and admission limits.
+    #[serde(default)]
+    pub limits: RouteLimits,
+    /// Keep-alive pings toward the client.
+    #[serde(default)]
+    pub keepalive: Keepalive,
+    /// How this route's connections are closed on shutdown.
+    #[serde(default)]
+    pub drain: RouteDrain,
+    /// Where the route came from (operator: the RealtimeRoute's generation), reported back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_generation: Option<i64>,
+}
+
+/// Path matching: exact or prefix (segment-aware: `/ws` matches `/ws` and `/ws/x`, not `/wsx`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathMatch {
+    /// `Exact` or `Prefix`. Default `Prefix`.
+    #[serde(default, rename = "type")]
+    pub kind: PathMatchKind,
+    /// Must start with `/`.
+    pub value: String,
+}
+
+/// How [`PathMatch::value`] is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PathMatchKind {
+    /// The whole path equals the value.
+    Exact,
+    /// The path starts with the value at a segment boundary.
+    #[default]
+    Prefix,
+}
+
+/// What the gateway does with a connection on this route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// Pin to one backend pod and relay frames.
+    #[default]
+    Proxy,
+    /// Serve the connection as a member of rooms.
+    Rooms,
+}
+
+/// Origin allow-list.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Origins {
+    /// Exact origins (`https://app.example.com`, `http://localhost:3000`) and one-label-or-more
+    /// wildcards (`https://*.example.com`). Scheme and port must match exactly; host compare is
+    /// case-insensitive. Empty: any origin is accepted (non-browser clients, or a public route).
+    #[serde(default)]
+    pub allowed: Vec<String>,
+    /// Accept `Origin: null` (sandboxed iframes, file://). Default false.
+    #[serde(default)]
+    pub allow_null: bool,
+    /// Accept requests without an `Origin` header (non-browser clients). Default: accepted
+    /// unless the route takes browser credentials (a cookie token source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_missing: Option<bool>,
+}
+
+/// JWT verification for a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Jwt {
+    /// Required `iss` (exact). Unset: `iss` not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Accepted audiences; when set, `aud` is required and must contain one of them.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Verification keys. At least one source.
+    pub keys: Vec<KeySource>,
+    /// Where the token is read from, tried in order. Default: `[{bearer: {}}]`.
+    #[serde(default = "default_token_sources")]
+    pub token_sources: Vec<TokenSource>,
+    /// Clock-skew allowance for `exp`/`nbf`, at most 30s. Default 5s.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Close live connections at the token's `exp` (code 4001). Default true.
+    #[serde(default = "yes")]
+    pub close_on_expiry: bool,
+}
+
+fn default_token_sources() -> Vec<TokenSource> {
+    vec![TokenSource::Bearer {}]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(5)
+}
+fn yes() -> bool {
+    true
+}
+
+/// Where to find a token in the handshake request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Bearer {},
+    /// A `Sec-WebSocket-Protocol` entry `<prefix><token>` (the browser-friendly way). The entry is
+    /// removed before the request reaches the app, so only real subprotocols are negotiated.
+    Subprotocol {
+        /// Default `bearer.`
+        #[serde(default = "default_subprotocol_prefix")]
+        prefix: String,
+    },
+    /// A query parameter; removed before forwarding and logging.
+    Query {
+        /// Parameter name, e.g. `access_token`.
+        name: String,
+    },
+    /// A cookie (browser credentials: `Origin` becomes mandatory unless `allowMissing`).
+    Cookie {
+        /// Cookie name.
+        name: String,
+    },
+}
+
+fn default_subprotocol_prefix() -> String {
+    "bearer.".into()
+}
+
+/// A JWT signature algorithm. `none` does not exist here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl Algorithm {
+    /// Symmetric (HMAC) algorithms need a shared secret, not a public key.
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Self::HS256 | Self::HS384 | Self::HS512)
+    }
+}
+
+/// Where verification keys come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum KeySource {
+    /// A key in the config: PEM (public key) or a raw secret for HS*.
+    Inline {
+        /// The algorithm this key verifies; tokens with any other `alg` are refused.
+        algorithm: Algorithm,
+        /// Matched against the token's `kid`; unset matches any `kid`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kid: Option<String>,
+        /// PEM text for public keys, or the secret for HS* (UTF-8).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pem: Option<String>,
+        /// HS* secret (UTF-8 text).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+        /// A single JWK (JSON text).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jwk: Option<String>,
+    },
+    /// A key file (PEM public key, raw HS secret, or JWK/JWKS JSON), re-read when it changes.
+    File {
+        algorithm: Algorithm,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kid: Option<String>,
+        path: String,
+    },
+    /// A JWKS document fetched in the background, cached, refreshed on unknown `kid`.
+    Jwks {
+        /// `https://` (or `http://` for local development) URL.
+        url: String,
+        /// Algorithms accepted from this set when a JWK has no `alg`. Default: the key type's
+        /// usual one (RSA: RS256, EC P-256: ES256, P-384: ES384, OKP: EdDSA).
+        #[serde(default)]
+        algorithms: Vec<Algorithm>,
+        /// Regular refresh period. Default 5m.
+        #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+        refresh: Duration,
+        /// Least time between refreshes triggered by an unknown `kid`. Default 10s.
+        #[serde(default = "default_jwks_min_refresh", with = "humantime_serde")]
+        min_refresh: Duration,
+    },
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_min_refresh() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Proxy-mode settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Proxy {
+    /// Backend pods. At least one (the operator fills these from EndpointSlices).
+    pub backends: Vec<Backend>,
+    /// Where the consistent-hash key comes from. Default: the client IP.
+    #[serde(default)]
+    pub pinning: PinningKey,
+    /// JWT claim -> request header for the app, e.g. `{sub: X-Switchboard-User}`. Client-sent
+    /// copies of these headers are always removed.
+    #[serde(default)]
+    pub identity_headers: BTreeMap<String, String>,
+    /// Sign the identity headers with HMAC-SHA256 so the app can check they came from us.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+}
+
+/// One backend address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backend {
+    /// `ip:port`.
+    pub address: SocketAddr,
+    /// A draining backend keeps its open connections but gets no new ones; only its keys move.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// Source of the pinning key.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum PinningKey {
+    /// The client IP (after trusted-proxy resolution).
+    #[default]
+    ClientIp,
+    /// A JWT claim (string or number).
+    Claim(String),
+    /// A request header.
+    Header(String),
+    /// A query parameter.
+    Query(String),
+    /// A cookie.
+    Cookie(String),
+}
+
+/// HMAC signature over the identity headers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Signature {
+    /// The shared secret, inline. One of `secret` / `secretFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// A file holding the shared secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<String>,
+    /// Header carrying `t=<unix seconds>,v1=<hex>`. Default `X-Switchboard-Signature`.
+    #[serde(default = "default_signature_header")]
+    pub header: String,
+}
+
+fn default_signature_header() -> String {
+    "X-Switchboard-Signature".into()
+}
+
+/// Per-route limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteLimits {
+    /// Largest message (all fragments) in either direction; larger closes with 1009. Default 1 MiB.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: u64,
+    /// Sustained client messages per second per connection; faster closes with 1008. Default 100.
+    #[serde(default = "default_messages_per_second")]
+    pub messages_per_second: u32,
+    /// Burst allowance for the above. Default 200.
+    #[serde(default = "default_message_burst")]
+    pub message_burst: u32,
+    /// Concurrent connections per client IP on this route. Unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_per_ip: Option<u32>,
+    /// Concurrent connections per user (`sub`) on this route. Unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_per_user: Option<u32>,
+    /// New connections per second per client IP on this route. Unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_connections_per_ip_per_second: Option<u32>,
+}
+
+impl Default for RouteLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: default_max_message_bytes(),
+            messages_per_second: default_messages_per_second(),
+            message_burst: default_message_burst(),
+            connections_per_ip: None,
+            connections_per_user: None,
+            new_connections_per_ip_per_second: None,
+        }
+    }
+}
+
+fn default_max_message_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_messages_per_second() -> u32 {
+    100
+}
+fn default_message_burst() -> u32 {
+    200
+}
+
+/// Keep-alive pings toward the client; a missing pong closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Keepalive {
+    /// Ping period. Default 30s. `0s` disables pings.
+    #[serde(default = "default_ping_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long to wait for the pong. Default 20s.
+    #[serde(default = "default_pong_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            interval: default_ping_interval(),
+            timeout: default_pong_timeout(),
+        }
+    }
+}
+
+fn default_ping_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pong_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+/// How a route's connections are closed on shutdown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteDrain {
+    /// Closes are spread uniformly at random across this window (after propagation). Default 10s.
+    #[serde(default = "default_drain_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// Close code sent to both sides: 1001, 1012 or 4000-4999. Default 1001.
+    #[serde(default = "default_drain_code")]
+    pub close_code: u16,
+    /// Close reason (at most 123 bytes). Default `server draining, reconnect`.
+    #[serde(default = "default_drain_reason")]
+    pub close_reason: String,
+}
+
+impl Default for RouteDrain {
+    fn default() -> Self {
+        Self {
+            window: default_drain_window(),
+            close_code: default_drain_code(),
+            close_reason: default_drain_reason(),
+        }
+    }
+}
+
+fn default_drain_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_drain_code() -> u16 {
+    1001
+}
+fn default_drain_reason() -> String {
+    "server draining, reconnect".into()
+}

@@ -1,0 +1,570 @@
+//! Whole-document validation. Every rule reports the path of the field it is about, so a
+//! human (or the operator writing a status condition) can say exactly what to fix.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::time::Duration;
+
+use crate::origin::OriginPattern;
+use crate::{API_VERSION, GatewayConfig, KIND, KeySource, Mode, Route, TokenSource};
+
+/// One broken rule: where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the field, e.g. `routes[0].origins.allowed[2]`.
+    pub path: String,
+    /// What is wrong, in words a user can act on.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// All problems, one per line.
+    pub fn join(problems: &[Problem]) -> String {
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// The most a drain close reason may hold (125-byte control payload minus the 2-byte code).
+pub const MAX_CLOSE_REASON_BYTES: usize = 123;
+/// The most clock skew a route may allow.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(30);
+
+/// Check the whole document; an empty list means valid.
+pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
+    let mut p = Vec::new();
+    if cfg.api_version != API_VERSION {
+        p.push(Problem::new(
+            "apiVersion",
+            format!("must be `{API_VERSION}`, got `{}`", cfg.api_version),
+        ));
+    }
+    if cfg.kind != KIND {
+        p.push(Problem::new(
+            "kind",
+            format!("must be `{KIND}`, got `{}`", cfg.kind),
+        ));
+    }
+    if cfg.listeners.is_empty() {
+        p.push(Problem::new(
+            "listeners",
+            "at least one listener is required",
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let at = format!("listeners[{i}]");
+        if l.name.is_empty() {
+            p.push(Problem::new(format!("{at}.name"), "must not be empty"));
+        }
+        if !names.insert(&l.name) {
+            p.push(Problem::new(
+                format!("{at}.name"),
+                format!("duplicate listener name `{}`", l.name),
+            ));
+        }
+        if !addrs.insert(l.address) {
+            p.push(Problem::new(
+                format!("{at}.address"),
+                format!("{} is used twice", l.address),
+            ));
+        }
+        if l.address == cfg.admin.address {
+            p.push(Problem::new(
+                format!("{at}.address"),
+                "is the same as admin.address",
+            ));
+        }
+        if let Some(tls) = &l.tls {
+            if tls.certificates.is_empty() {
+                p.push(Problem::new(
+                    format!("{at}.tls.certificates"),
+                    "at least one certificate is required",
+                ));
+            }
+            for (j, c) in tls.certificates.iter().enumerate() {
+                if c.cert_file.is_empty() || c.key_file.is_empty() {
+                    p.push(Problem::new(
+                        format!("{at}.tls.certificates[{j}]"),
+                        "certFile and keyFile are required",
+                    ));
+                }
+            }
+        }
+    }
+    let lim = &cfg.limits;
+    if lim.max_connections == 0 {
+        p.push(Problem::new("limits.maxConnections", "must be at least 1"));
+    }
+    if lim.handshake_timeout.is_zero() {
+        p.push(Problem::new(
+            "limits.handshakeTimeout",
+            "must be more than 0s",
+        ));
+    }
+    if lim.upstream_timeout.is_zero() {
+        p.push(Problem::new(
+            "limits.upstreamTimeout",
+            "must be more than 0s",
+        ));
+    }
+    if lim.max_header_count == 0 {
+        p.push(Problem::new("limits.maxHeaderCount", "must be at least 1"));
+    }
+    if lim.max_header_bytes < 8192 {
+        p.push(Problem::new(
+            "limits.maxHeaderBytes",
+            "must be at least 8192",
+        ));
+    }
+    if cfg.drain.deadline <= cfg.drain.propagation {
+        p.push(Problem::new(
+            "drain.deadline",
+            "must be longer than drain.propagation",
+        ));
+    }
+
+    let mut route_names = HashSet::new();
+    let mut matches = BTreeSet::new();
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if r.name.is_empty() {
+            p.push(Problem::new(format!("{at}.name"), "must not be empty"));
+        }
+        if !route_names.insert(&r.name) {
+            p.push(Problem::new(
+                format!("{at}.name"),
+                format!("duplicate route name `{}`", r.name),
+            ));
+        }
+        let hosts: Vec<String> = if r.hosts.is_empty() {
+            vec!["*".into()]
+        } else {
+            r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+        };
+        for h in &hosts {
+            if !matches.insert((h.clone(), r.path.kind as u8, r.path.value.clone())) {
+                p.push(Problem::new(
+                    format!("{at}.path"),
+                    format!(
+                        "host `{h}` path `{}` is already served by an earlier route",
+                        r.path.value
+                    ),
+                ));
+            }
+        }
+        route_problems(cfg, r, &at, &mut p);
+    }
+    p
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "authorization",
+    "cookie",
+    "origin",
+];
+
+fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>) {
+    for (j, h) in r.hosts.iter().enumerate() {
+        let bare = h.strip_prefix("*.").unwrap_or(h);
+        if bare.is_empty()
+            || bare.contains(['*', '/', ':', ' '])
+            || !bare
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            p.push(Problem::new(
+                format!("{at}.hosts[{j}]"),
+                format!("`{h}` is not a host name (no scheme, port or path)"),
+            ));
+        }
+    }
+    if !r.path.value.starts_with('/') {
+        p.push(Problem::new(
+            format!("{at}.path.value"),
+            "must start with `/`",
+        ));
+    }
+    for (j, o) in r.origins.allowed.iter().enumerate() {
+        if let Err(e) = OriginPattern::parse(o) {
+            p.push(Problem::new(format!("{at}.origins.allowed[{j}]"), e.0));
+        }
+    }
+    if let Some(jwt) = &r.jwt {
+        let jat = format!("{at}.jwt");
+        if jwt.keys.is_empty() {
+            p.push(Problem::new(
+                format!("{jat}.keys"),
+                "at least one key source is required",
+            ));
+        }
+        if jwt.token_sources.is_empty() {
+            p.push(Problem::new(
+                format!("{jat}.tokenSources"),
+                "at least one token source is required",
+            ));
+        }
+        if jwt.leeway > MAX_LEEWAY {
+            p.push(Problem::new(format!("{jat}.leeway"), "must be at most 30s"));
+        }
+        for (k, s) in jwt.token_sources.iter().enumerate() {
+            let empty = match s {
+                TokenSource::Query { name } | TokenSource::Cookie { name } => name.is_empty(),
+                TokenSource::Subprotocol { prefix } => prefix.is_empty(),
+                TokenSource::Bearer {} => false,
+            };
+            if empty {
+                p.push(Problem::new(
+                    format!("{jat}.tokenSources[{k}]"),
+                    "name/prefix must not be empty",
+                ));
+            }
+        }
+        for (k, key) in jwt.keys.iter().enumerate() {
+            let kat = format!("{jat}.keys[{k}]");
+            match key {
+                KeySource::Inline {
+                    algorithm,
+                    pem,
+                    secret,
+                    jwk,
+                    ..
+                } => {
+                    let given = [pem.is_some(), secret.is_some(), jwk.is_some()]
+                        .iter()
+                        .filter(|x| **x)
+                        .count();
+                    if given != 1 {
+                        p.push(Problem::new(
+                            kat.clone(),
+                            "give exactly one of pem, secret, jwk",
+                        ));
+                    } else if algorithm.is_hmac() && pem.is_some() {
+                        p.push(Problem::new(
+                            format!("{kat}.pem"),
+                            format!("{algorithm:?} needs a secret, not a PEM key"),
+                        ));
+                    } else if !algorithm.is_hmac() && secret.is_some() {
+                        p.push(Problem::new(
+                            format!("{kat}.secret"),
+                            format!("{algorithm:?} needs a public key (pem or jwk), not a secret"),
+                        ));
+                    }
+                    if let Some(s) = secret
+                        && s.len() < 32
+                    {
+                        p.push(Problem::new(
+                            format!("{kat}.secret"),
+                            "HMAC secrets must be at least 32 bytes",
+                        ));
+                    }
+                }
+                KeySource::File { path, .. } => {
+                    if path.is_empty() {
+                        p.push(Problem::new(format!("{kat}.path"), "must not be empty"));
+                    }
+                }
+                KeySource::Jwks {
+                    url,
+                    refresh,
+                    min_refresh,
+                    ..
+                } => {
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        p.push(Problem::new(
+                            format!("{kat}.url"),
+                            "must be an http:// or https:// URL",
+                        ));
+                    }
+                    if refresh.is_zero() || min_refresh.is_zero() {
+                        p.push(Problem::new(
+                            kat.clone(),
+                            "refresh and minRefresh must be more than 0s",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let cookie_auth = r.jwt.as_ref().is_some_and(|j| {
+        j.token_sources
+            .iter()
+            .any(|s| matches!(s, TokenSource::Cookie { .. }))
+    });
+    if cookie_auth && r.origins.allowed.is_empty() {
+        p.push(Problem::new(
+            format!("{at}.origins.allowed"),
+            "a route that reads its token from a cookie must list allowed origins (cross-site WebSocket hijacking)",
+        ));
+    }
+    match r.mode {
+        Mode::Proxy => match &r.proxy {
+            None => p.push(Problem::new(
+                format!("{at}.proxy"),
+                "mode `proxy` needs a proxy section with backends",
+            )),
+            Some(proxy) => {
+                let mut seen = HashSet::new();
+                for (j, b) in proxy.backends.iter().enumerate() {
+                    if !seen.insert(b.address) {
+                        p.push(Problem::new(
+                            format!("{at}.proxy.backends[{j}]"),
+                            format!("{} is listed twice", b.address),
+                        ));
+                    }
+                }
+                for (claim, header) in &proxy.identity_headers {
+                    if !valid_header_name(header)
+                        || HOP_BY_HOP.contains(&header.to_ascii_lowercase().as_str())
+                    {
+                        p.push(Problem::new(
+                            format!("{at}.proxy.identityHeaders.{claim}"),
+                            format!("`{header}` cannot be used as an identity header"),
+                        ));
+                    }
+                }
+                if !proxy.identity_headers.is_empty() && r.jwt.is_none() {
+                    p.push(Problem::new(
+                        format!("{at}.proxy.identityHeaders"),
+                        "needs `jwt` (claims come from the token)",
+                    ));
+                }
+                if let crate::PinningKey::Claim(_) = proxy.pinning
+                    && r.jwt.is_none()
+                {
+                    p.push(Problem::new(
+                        format!("{at}.proxy.pinning"),
+                        "pinning on a claim needs `jwt`",
+                    ));
+                }
+                if let Some(sig) = &proxy.signature {
+                    if sig.secret.is_some() == sig.secret_file.is_some() {
+                        p.push(Problem::new(
+                            format!("{at}.proxy.signature"),
+                            "give exactly one of secret, secretFile",
+                        ));
+                    }
+                    if !valid_header_name(&sig.header) {
+                        p.push(Problem::new(
+                            format!("{at}.proxy.signature.header"),
+                            "is not a valid header name",
+                        ));
+                    }
+                }
+            }
+        },
+        Mode::Rooms => p.push(Problem::new(
+            format!("{at}.mode"),
+            "`rooms` is not available in this build yet; use `proxy`",
+        )),
+    }
+    let lim = &r.limits;
+    if lim.max_message_bytes == 0 {
+        p.push(Problem::new(
+            format!("{at}.limits.maxMessageBytes"),
+            "must be at least 1",
+        ));
+    }
+    if lim.messages_per_second == 0 || lim.message_burst == 0 {
+        p.push(Problem::new(
+            format!("{at}.limits"),
+            "messagesPerSecond and messageBurst must be at least 1",
+        ));
+    }
+    for (name, v) in [
+        ("connectionsPerIp", lim.connections_per_ip),
+        ("connectionsPerUser", lim.connections_per_user),
+        (
+            "newConnectionsPerIpPerSecond",
+            lim.new_connections_per_ip_per_second,
+        ),
+    ] {
+        if v == Some(0) {
+            p.push(Problem::new(
+                format!("{at}.limits.{name}"),
+                "must be at least 1 (omit it for no limit)",
+            ));
+        }
+    }
+    if lim.connections_per_user.is_some() && r.jwt.is_none() {
+        p.push(Problem::new(
+            format!("{at}.limits.connectionsPerUser"),
+            "needs `jwt` (the user is the token's `sub`)",
+        ));
+    }
+    if !r.keepalive.interval.is_zero() && r.keepalive.timeout.is_zero() {
+        p.push(Problem::new(
+            format!("{at}.keepalive.timeout"),
+            "must be more than 0s when pings are on",
+        ));
+    }
+    let d = &r.drain;
+    if !(matches!(d.close_code, 1000 | 1001 | 1012 | 1013) || (4000..=4999).contains(&d.close_code))
+    {
+        p.push(Problem::new(
+            format!("{at}.drain.closeCode"),
+            "must be 1000, 1001, 1012, 1013 or 4000-4999",
+        ));
+    }
+    if d.close_reason.len() > MAX_CLOSE_REASON_BYTES {
+        p.push(Problem::new(
+            format!("{at}.drain.closeReason"),
+            "must be at most 123 bytes",
+        ));
+    }
+    if cfg.drain.propagation + d.window >= cfg.drain.deadline {
+        p.push(Problem::new(
+            format!("{at}.drain.window"),
+            format!(
+                "drain.propagation ({:?}) + this window ({:?}) must end before drain.deadline ({:?})",
+                cfg.drain.propagation, d.window, cfg.drain.deadline
+            ),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Error, GatewayConfig};
+
+    const BASE: &str = "apiVersion: switchboard.dev/v1alpha1\nkind: GatewayConfig\nlisteners: [{name: public, address: '127.0.0.1:8080'}]\n";
+
+    fn problems(extra: &str) -> Vec<String> {
+        match GatewayConfig::from_yaml(&format!("{BASE}{extra}")) {
+            Ok(_) => vec![],
+            Err(Error::Invalid(p)) => p.into_iter().map(|p| p.to_string()).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn minimal_document_is_valid_with_defaults() {
+        let cfg = GatewayConfig::from_yaml(BASE).unwrap();
+        assert_eq!(cfg.admin.address.port(), 9090);
+        assert_eq!(cfg.limits.max_connections, 10_000);
+        assert!(cfg.routes.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_path() {
+        let err = GatewayConfig::from_yaml(&format!(
+            "{BASE}routes: [{{name: a, path: {{value: /}}, prxy: {{}}}}]"
+        ))
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("routes[0]"), "{text}");
+        assert!(text.contains("prxy"), "{text}");
+    }
+
+    #[test]
+    fn bad_origin_pattern_names_its_path() {
+        let p = problems(
+            "routes: [{name: a, path: {value: /ws}, origins: {allowed: ['https://ok.example.com', 'https://*.com']}, proxy: {backends: []}}]",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("routes[0].origins.allowed[1]:"), "{p:?}");
+    }
+
+    #[test]
+    fn duplicate_host_and_path_is_a_conflict() {
+        let p = problems(
+            "routes: [{name: a, path: {value: /ws}, proxy: {backends: []}}, {name: b, path: {value: /ws}, proxy: {backends: []}}]",
+        );
+        assert!(p.iter().any(|x| x.starts_with("routes[1].path:")), "{p:?}");
+    }
+
+    #[test]
+    fn leeway_over_thirty_seconds_is_refused() {
+        let p = problems(
+            "routes: [{name: a, path: {value: /}, jwt: {keys: [{inline: {algorithm: HS256, secret: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}}], leeway: 31s}, proxy: {backends: []}}]",
+        );
+        assert_eq!(
+            p,
+            vec!["routes[0].jwt.leeway: must be at most 30s".to_string()]
+        );
+    }
+
+    #[test]
+    fn hmac_algorithm_with_a_pem_key_is_refused() {
+        let p = problems(
+            "routes: [{name: a, path: {value: /}, jwt: {keys: [{inline: {algorithm: HS256, pem: x}}]}, proxy: {backends: []}}]",
+        );
+        assert!(p[0].contains("needs a secret"), "{p:?}");
+    }
+
+    #[test]
+    fn cookie_token_without_origin_list_is_refused() {
+        let p = problems(
+            "routes: [{name: a, path: {value: /}, jwt: {keys: [{jwks: {url: 'http://x/jwks'}}], tokenSources: [{cookie: {name: s}}]}, proxy: {backends: []}}]",
+        );
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("routes[0].origins.allowed:")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn drain_longer_than_the_deadline_is_refused() {
+        let p = problems(
+            "drain: {deadline: 10s, propagation: 5s}\nroutes: [{name: a, path: {value: /}, proxy: {backends: []}, drain: {window: 6s}}]",
+        );
+        assert!(
+            p.iter().any(|x| x.starts_with("routes[0].drain.window:")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_close_code_is_refused() {
+        let p = problems(
+            "routes: [{name: a, path: {value: /}, proxy: {backends: []}, drain: {closeCode: 1006}}]",
+        );
+        assert!(p[0].starts_with("routes[0].drain.closeCode"), "{p:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_just_the_first() {
+        let p = problems(
+            "limits: {maxConnections: 0, maxHeaderBytes: 10}\nroutes: [{name: a, path: {value: nope}}]",
+        );
+        assert!(p.len() >= 4, "{p:?}");
+    }
+
+    #[test]
+    fn document_round_trips_through_yaml() {
+        let cfg = GatewayConfig::from_yaml(&format!("{BASE}routes: [{{name: a, path: {{value: /ws}}, proxy: {{backends: [{{address: '127.0.0.1:9000'}}], pinning: {{claim: sub}}}}, jwt: {{keys: [{{jwks: {{url: 'https://idp/jwks'}}}}]}}}}]")).unwrap();
+        let again = GatewayConfig::from_yaml(&cfg.to_yaml()).unwrap();
+        assert_eq!(cfg, again);
+    }
+}
