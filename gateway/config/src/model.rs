@@ -403,8 +403,14 @@ fn default_jwks_min_refresh() -> Duration {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Proxy {
-    /// Backend pods. At least one (the operator fills these from EndpointSlices).
+    /// Static backend pods (standalone and sidecar use). Empty with no `service`: every
+    /// connection gets 503 "no ready backend".
+    #[serde(default)]
     pub backends: Vec<Backend>,
+    /// A Kubernetes Service whose ready EndpointSlice addresses become the backends (gateway
+    /// watches them; terminating endpoints are marked draining). Exclusive with `backends`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
     /// Where the consistent-hash key comes from. Default: the client IP.
     #[serde(default)]
     pub pinning: PinningKey,
@@ -415,6 +421,18 @@ pub struct Proxy {
     /// Sign the identity headers with HMAC-SHA256 so the app can check they came from us.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
+}
+
+/// A Service whose endpoints are the backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceRef {
+    /// Namespace of the Service.
+    pub namespace: String,
+    /// Name of the Service.
+    pub name: String,
+    /// The Service port (number) whose target port is used on each endpoint.
+    pub port: u16,
 }
 
 /// One backend address.

@@ -334,6 +334,9 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
                 "mode `proxy` needs a proxy section with backends",
             )),
             Some(proxy) => {
+                if proxy.service.is_some() && !proxy.backends.is_empty() {
+                    p.push(Problem::new(format!("{at}.proxy"), "give backends or service, not both"));
+                }
                 let mut seen = HashSet::new();
                 for (j, b) in proxy.backends.iter().enumerate() {
                     if !seen.insert(b.address) {
