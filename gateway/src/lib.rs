@@ -1,1 +1,22 @@
+//! Switchboard's data plane: a pingora-based realtime edge gateway.
+//!
+//! A request passes one pipeline before any 101: route lookup, Origin allow-list, JWT,
+//! admission limits. In proxy mode the gateway then pins the connection to one backend pod and
+//! owns the WebSocket tunnel (frame-aware relay with size/rate limits, keep-alive, expiry and
+//! drain closes). Every refusal and close maps to one row of [`error::table`].
 
+pub mod admin;
+pub mod admission;
+pub mod auth;
+pub mod boot;
+pub mod config_watch;
+pub mod drain;
+pub mod error;
+pub mod gateway;
+pub mod listener;
+pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
+pub mod routes;
+pub mod tls;
+pub mod tunnel;

@@ -113,6 +113,9 @@ pub struct GlobalLimits {
     /// Time to connect to a backend and get its handshake response. Default 10s.
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    /// Time a backend has to start answering a plain HTTP request (long-polls included). Default 60s.
+    #[serde(default = "default_http_response_timeout", with = "humantime_serde")]
+    pub http_response_timeout: Duration,
 }
 
 impl Default for GlobalLimits {
@@ -123,6 +126,7 @@ impl Default for GlobalLimits {
             max_header_count: default_max_header_count(),
             max_header_bytes: default_max_header_bytes(),
             upstream_timeout: default_upstream_timeout(),
+            http_response_timeout: default_http_response_timeout(),
         }
     }
 }
@@ -141,6 +145,9 @@ fn default_max_header_bytes() -> usize {
 }
 fn default_upstream_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_http_response_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// What happens on SIGTERM before per-route drains.

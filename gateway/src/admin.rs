@@ -1,0 +1,77 @@
+//! The admin listener: `/healthz`, `/readyz`, `/status`, `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+
+use crate::gateway::Gateway;
+use crate::metrics::metrics;
+
+/// The admin HTTP app.
+pub struct AdminApp {
+    pub gateway: Arc<Gateway>,
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+/// Route an admin request.
+pub fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&http::Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&http::Method::GET, "/readyz") => {
+            if gw.ready() {
+                reply(StatusCode::OK, "text/plain", "ready\n")
+            } else if gw.drain.is_draining() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: waiting for JWKS\n")
+            }
+        }
+        (&http::Method::GET, "/status") => {
+            let body = serde_json::json!({
+                "generation": gw.config.load().generation,
+                "ready": gw.ready(),
+                "draining": gw.drain.is_draining(),
+                "connections": gw.drain.live(),
+                "routes": gw.routes.load().len(),
+            });
+            reply(StatusCode::OK, "application/json", body.to_string())
+        }
+        (&http::Method::GET, "/metrics") => {
+            reply(StatusCode::OK, "text/plain; version=0.0.4", metrics().render())
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+#[async_trait]
+impl ServerApp for AdminApp {
+    async fn process_new(self: &Arc<Self>, stream: Stream, _shutdown: &ShutdownWatch) -> Option<Stream> {
+        let gw = self.gateway.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let resp = respond(&gw, &req);
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(10))
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+        None
+    }
+}

@@ -1,0 +1,1671 @@
+//! JWT verification for one route: signature with a key whose algorithm is pinned, then claims.
+//!
+//! A [`Verifier`] is built from a route's [`Jwt`] config. Inline keys and key files are read when it
+//! is built (a bad key is a config error naming `keys[i]`); JWKS sources share a cache per URL from
+//! the [`JwksRegistry`], so a config reload does not refetch them.
+//!
+//! Rules, in the order a token meets them:
+//! 1. Shape: three base64url parts, a JSON header with a known `alg` (`none` is not one), no `crit`.
+//! 2. Key selection: a token with a `kid` uses the keys with exactly that `kid`; only when no key has
+//!    it, keys without a `kid` are tried. A token without `kid` tries every key.
+//! 3. Algorithm pinning: a key only verifies its own algorithm (config `algorithm`, JWK `alg`, or
+//!    for JWKS keys without `alg` the source's `algorithms` or the key type's usual one), so an RSA
+//!    public key can never be used as an HMAC secret.
+//! 4. Claims: `exp` required; `nbf` checked when present; `iss` required and exact when configured;
+//!    `aud` required and must contain a configured audience when `audiences` is set. The route's
+//!    `leeway` applies to `exp` and `nbf`.
+//!
+//! An unknown `kid` asks the route's JWKS caches for a refresh (rate-limited by `minRefresh`) and
+//! waits for it at most [`JWKS_WAIT`]. Tokens never reach logs; [`TokenError::reason`] is safe to
+//! show to the client and to use as a metrics label.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
+use jsonwebtoken::{AlgorithmFamily, DecodingKey, DecodingKeyKind, Validation};
+use serde_json::{Map, Value};
+use switchboard_config::{Algorithm, Jwt, KeySource};
+
+use super::jwks::{self, JwksCache, JwksRegistry};
+
+/// Longest token accepted (bytes). Longer input is refused as malformed before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// How long a verification waits for an on-demand JWKS refresh before giving up.
+pub const JWKS_WAIT: Duration = Duration::from_secs(3);
+/// Shortest accepted HMAC secret (RFC 7518 §3.2: at least the hash size; 32 bytes for HS256).
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+/// RSA modulus sizes accepted, in bits. Smaller is forgeable in practice; larger is refused by
+/// the RSA implementation at verify time, so it is refused here at config time instead.
+const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
+
+/// The verified claims of a token.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    /// `sub`, when it is a string.
+    pub sub: Option<String>,
+    /// `exp` in Unix seconds (always present on a verified token).
+    pub exp: Option<u64>,
+    /// Every claim, as sent.
+    pub raw: Map<String, Value>,
+}
+
+impl Claims {
+    fn from_raw(raw: Map<String, Value>) -> Self {
+        let sub = raw.get("sub").and_then(Value::as_str).map(str::to_owned);
+        let exp = raw.get("exp").and_then(|v| {
+            v.as_u64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f.round() as u64)
+            })
+        });
+        Self { sub, exp, raw }
+    }
+
+    /// A claim as text: strings as they are, numbers and booleans in their JSON spelling; `None`
+    /// for a missing claim, `null`, arrays and objects.
+    pub fn get_str(&self, name: &str) -> Option<String> {
+        match self.raw.get(name)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Why a token was refused. The `Display` text equals [`TokenError::reason`]: short, stable, never
+/// containing any part of the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a compact JWS: wrong number of parts, bad base64url, header or payload not a JSON
+    /// object, unsupported `crit` header, or longer than [`MAX_TOKEN_BYTES`].
+    #[error("malformed token")]
+    Malformed,
+    /// The header's `alg` is `none`, unknown, or not the algorithm of any candidate key.
+    #[error("algorithm not allowed")]
+    AlgorithmNotAllowed,
+    /// No configured or fetched key matches the token's `kid`.
+    #[error("unknown signing key")]
+    UnknownKey,
+    /// The signature does not verify with any candidate key.
+    #[error("invalid signature")]
+    BadSignature,
+    /// `exp` is in the past (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iss` differs from the configured issuer.
+    #[error("invalid issuer")]
+    WrongIssuer,
+    /// `aud` contains none of the configured audiences.
+    #[error("invalid audience")]
+    WrongAudience,
+    /// A required claim (`exp`, `iss`, `aud`) is absent (or not of the right JSON type).
+    #[error("{}", missing_reason(.0))]
+    MissingClaim(&'static str),
+    /// A time claim (`exp`, `nbf`) is present but not a number.
+    #[error("{}", invalid_reason(.0))]
+    InvalidClaim(&'static str),
+}
+
+impl TokenError {
+    /// Short, stable text for a `WWW-Authenticate` `error_description`, logs and metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed token",
+            Self::AlgorithmNotAllowed => "algorithm not allowed",
+            Self::UnknownKey => "unknown signing key",
+            Self::BadSignature => "invalid signature",
+            Self::Expired => "token expired",
+            Self::NotYetValid => "token not yet valid",
+            Self::WrongIssuer => "invalid issuer",
+            Self::WrongAudience => "invalid audience",
+            Self::MissingClaim(c) => missing_reason(c),
+            Self::InvalidClaim(c) => invalid_reason(c),
+        }
+    }
+}
+
+fn missing_reason(claim: &str) -> &'static str {
+    match claim {
+        "exp" => "missing exp claim",
+        "iss" => "missing iss claim",
+        "aud" => "missing aud claim",
+        "nbf" => "missing nbf claim",
+        "sub" => "missing sub claim",
+        _ => "missing required claim",
+    }
+}
+
+fn invalid_reason(claim: &str) -> &'static str {
+    match claim {
+        "exp" => "invalid exp claim",
+        "nbf" => "invalid nbf claim",
+        _ => "invalid claim",
+    }
+}
+
+/// Maps a claim name from jsonwebtoken to a `'static` one (its errors carry owned strings).
+fn static_claim(name: &str) -> &'static str {
+    match name {
+        "exp" => "exp",
+        "nbf" => "nbf",
+        "iss" => "iss",
+        "aud" => "aud",
+        "sub" => "sub",
+        _ => "claim",
+    }
+}
+
+/// A key problem found while building a [`Verifier`]; the message names `keys[i]`.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The route lists no key source.
+    #[error("keys: at least one key source is required")]
+    NoKeys,
+    /// The key (or its file) is unusable.
+    #[error("keys[{index}]: {message}")]
+    Invalid { index: usize, message: String },
+    /// The key file could not be read.
+    #[error("keys[{index}]: cannot read {path}: {source}")]
+    Read {
+        index: usize,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What kind of key material a [`VerifyKey`] holds; decides which algorithms can use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyKind {
+    Hmac,
+    Rsa,
+    EcP256,
+    EcP384,
+    Ed25519,
+}
+
+impl KeyKind {
+    /// Whether `alg` is an algorithm this kind of key can verify at all.
+    pub(crate) fn fits(self, alg: Algorithm) -> bool {
+        use Algorithm::*;
+        match self {
+            Self::Hmac => alg.is_hmac(),
+            Self::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            Self::EcP256 => alg == ES256,
+            Self::EcP384 => alg == ES384,
+            Self::Ed25519 => alg == EdDSA,
+        }
+    }
+
+    /// The algorithm a JWKS key of this kind is used with when neither the JWK nor the source
+    /// names one. HMAC keys have no such default.
+    pub(crate) fn usual(self) -> Option<Algorithm> {
+        match self {
+            Self::Hmac => None,
+            Self::Rsa => Some(Algorithm::RS256),
+            Self::EcP256 => Some(Algorithm::ES256),
+            Self::EcP384 => Some(Algorithm::ES384),
+            Self::Ed25519 => Some(Algorithm::EdDSA),
+        }
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Hmac => "HMAC secret",
+            Self::Rsa => "RSA key",
+            Self::EcP256 => "EC P-256 key",
+            Self::EcP384 => "EC P-384 key",
+            Self::Ed25519 => "Ed25519 key",
+        })
+    }
+}
+
+/// One verification key with what it may verify.
+#[derive(Debug, Clone)]
+pub(crate) struct VerifyKey {
+    /// Matched against the token's `kid`; `None` matches a `kid` no other key has.
+    pub(crate) kid: Option<String>,
+    pub(crate) kind: KeyKind,
+    /// The algorithm the key is pinned to (config `algorithm` or JWK `alg`). `None` only for JWKS
+    /// keys without `alg`: the source's `algorithms` or [`KeyKind::usual`] decide.
+    pub(crate) alg: Option<Algorithm>,
+    pub(crate) key: DecodingKey,
+}
+
+impl VerifyKey {
+    /// Checks the key material and that a declared algorithm suits it.
+    pub(crate) fn new(
+        kid: Option<String>,
+        alg: Option<Algorithm>,
+        key: DecodingKey,
+    ) -> Result<Self, String> {
+        let kind = classify(&key)?;
+        if let Some(alg) = alg
+            && !kind.fits(alg)
+        {
+            return Err(format!("an {kind} cannot verify {alg:?}"));
+        }
+        Ok(Self {
+            kid,
+            kind,
+            alg,
+            key,
+        })
+    }
+
+    /// Whether a token signed with `alg` may be checked with this key. `allowed` is the JWKS
+    /// source's `algorithms` (empty for inline and file keys, which are always pinned).
+    pub(crate) fn permits(&self, alg: Algorithm, allowed: &[Algorithm]) -> bool {
+        if !self.kind.fits(alg) {
+            return false;
+        }
+        match self.alg {
+            Some(own) => own == alg && (allowed.is_empty() || allowed.contains(&alg)),
+            None if allowed.is_empty() => self.kind.usual() == Some(alg),
+            None => allowed.contains(&alg),
+        }
+    }
+}
+
+/// Works out what the key material is and rejects keys that could never verify anything (or
+/// would make verification panic: the EdDSA verifier slices the first 32 bytes).
+fn classify(key: &DecodingKey) -> Result<KeyKind, String> {
+    match key.family() {
+        AlgorithmFamily::Hmac => {
+            let len = key.try_get_as_bytes().map_err(|e| e.to_string())?.len();
+            if len < MIN_HMAC_SECRET_BYTES {
+                return Err(format!(
+                    "HMAC secrets must be at least {MIN_HMAC_SECRET_BYTES} bytes (this one has {len})"
+                ));
+            }
+            Ok(KeyKind::Hmac)
+        }
+        AlgorithmFamily::Rsa => {
+            let (n, e) = match key.kind() {
+                DecodingKeyKind::RsaModulusExponent { n, e } => (n.clone(), e.clone()),
+                DecodingKeyKind::SecretOrDer(_) => {
+                    // Parses the PKCS#1 DER, so a broken key fails here and not on every token.
+                    let jwk = Jwk::from_decoding_key(key, None)
+                        .map_err(|_| "not a valid RSA public key".to_owned())?;
+                    let AlgorithmParameters::RSA(p) = jwk.algorithm else {
+                        return Err("not a valid RSA public key".into());
+                    };
+                    let n = URL_SAFE_NO_PAD.decode(p.n).map_err(|e| e.to_string())?;
+                    let e = URL_SAFE_NO_PAD.decode(p.e).map_err(|e| e.to_string())?;
+                    (n, e)
+                }
+            };
+            let bits = bit_len(&n);
+            if !RSA_BITS.contains(&bits) {
+                return Err(format!(
+                    "RSA keys must have {}..={} bits (this one has {bits})",
+                    RSA_BITS.start(),
+                    RSA_BITS.end()
+                ));
+            }
+            let e = be_u64(&e).ok_or("invalid RSA public exponent")?;
+            if e < 3 || e % 2 == 0 || e > (1 << 33) - 1 {
+                return Err("invalid RSA public exponent".into());
+            }
+            Ok(KeyKind::Rsa)
+        }
+        AlgorithmFamily::Ec => {
+            let bytes = key.try_get_as_bytes().map_err(|e| e.to_string())?;
+            let (kind, alg) = match (bytes.len(), bytes.first()) {
+                (65, Some(4)) => (KeyKind::EcP256, jsonwebtoken::Algorithm::ES256),
+                (97, Some(4)) => (KeyKind::EcP384, jsonwebtoken::Algorithm::ES384),
+                _ => return Err("only uncompressed P-256 and P-384 EC keys are supported".into()),
+            };
+            probe(key, alg).map_err(|_| format!("not a valid {kind}"))?;
+            Ok(kind)
+        }
+        AlgorithmFamily::Ed => {
+            let bytes = key.try_get_as_bytes().map_err(|e| e.to_string())?;
+            if bytes.len() != 32 {
+                return Err("only Ed25519 keys are supported for EdDSA".into());
+            }
+            probe(key, jsonwebtoken::Algorithm::EdDSA)
+                .map_err(|_| "not a valid Ed25519 key".to_owned())?;
+            Ok(KeyKind::Ed25519)
+        }
+    }
+}
+
+/// Builds the verifier for `alg` over `key`, which parses EC points and Ed25519 keys.
+fn probe(key: &DecodingKey, alg: jsonwebtoken::Algorithm) -> Result<(), ()> {
+    match jsonwebtoken::crypto::verify("AA", b"", key, alg) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(()),
+    }
+}
+
+fn bit_len(be: &[u8]) -> usize {
+    let be = match be.iter().position(|b| *b != 0) {
+        Some(i) => &be[i..],
+        None => return 0,
+    };
+    (be.len() - 1) * 8 + (8 - be[0].leading_zeros() as usize)
+}
+
+fn be_u64(be: &[u8]) -> Option<u64> {
+    let start = be.iter().position(|b| *b != 0)?;
+    let be = &be[start..];
+    if be.len() > 8 {
+        return None;
+    }
+    Some(be.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+}
+
+pub(crate) fn to_jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
+    use jsonwebtoken::Algorithm as J;
+    match alg {
+        Algorithm::HS256 => J::HS256,
+        Algorithm::HS384 => J::HS384,
+        Algorithm::HS512 => J::HS512,
+        Algorithm::RS256 => J::RS256,
+        Algorithm::RS384 => J::RS384,
+        Algorithm::RS512 => J::RS512,
+        Algorithm::PS256 => J::PS256,
+        Algorithm::PS384 => J::PS384,
+        Algorithm::PS512 => J::PS512,
+        Algorithm::ES256 => J::ES256,
+        Algorithm::ES384 => J::ES384,
+        Algorithm::EdDSA => J::EdDSA,
+    }
+}
+
+/// The algorithm named `name` in a JOSE header or JWK `alg`; `None` for `none` and anything unknown.
+pub(crate) fn alg_from_name(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// A PEM public key for a pinned asymmetric algorithm.
+fn key_from_pem(pem: &str, alg: Algorithm) -> Result<DecodingKey, String> {
+    let parse = match to_jwt_alg(alg).family() {
+        AlgorithmFamily::Hmac => {
+            return Err(format!(
+                "{alg:?} needs a secret, not a PEM key (a public key must never be an HMAC secret)"
+            ));
+        }
+        AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem,
+        AlgorithmFamily::Ec => DecodingKey::from_ec_pem,
+        AlgorithmFamily::Ed => DecodingKey::from_ed_pem,
+    };
+    match pem_label(pem) {
+        Some("PUBLIC KEY" | "RSA PUBLIC KEY") => {}
+        Some(label) if label.contains("PRIVATE KEY") => {
+            return Err(
+                "the PEM holds a private key; give the public key (`openssl pkey -pubout`)".into(),
+            );
+        }
+        Some("CERTIFICATE") => {
+            return Err("certificates are not supported; give the public key \
+                 (`openssl x509 -pubkey -noout`)"
+                .into());
+        }
+        Some(label) => return Err(format!("unsupported PEM block `{label}`")),
+        None => return Err("not PEM text (no `-----BEGIN ...-----` line)".into()),
+    }
+    parse(pem.as_bytes()).map_err(|_| format!("the PEM is not a public key usable with {alg:?}"))
+}
+
+fn pem_label(pem: &str) -> Option<&str> {
+    let start = pem.find("-----BEGIN ")? + "-----BEGIN ".len();
+    let rest = &pem[start..];
+    let end = rest.find("-----")?;
+    Some(rest[..end].trim())
+}
+
+/// A JWK (from config or a file), pinned to the configured algorithm.
+fn pinned_jwk(value: &Value, alg: Algorithm, kid: Option<&str>) -> Result<VerifyKey, String> {
+    let mut key = jwks::parse_jwk(value, true)?
+        .ok_or("the JWK is not a signature verification key (`use`, `key_ops` or `alg`)")?;
+    if let Some(own) = key.alg
+        && own != alg
+    {
+        return Err(format!("the JWK is for {own:?}, not {alg:?}"));
+    }
+    if !key.kind.fits(alg) {
+        return Err(format!("an {} cannot verify {alg:?}", key.kind));
+    }
+    key.alg = Some(alg);
+    if let Some(kid) = kid {
+        key.kid = Some(kid.to_owned());
+    }
+    Ok(key)
+}
+
+/// A JWK or a JWKS (JSON) for a pinned algorithm. From a JWKS, the key with the configured `kid`,
+/// or without one every key usable with `alg` (each keeping its own `kid`).
+fn keys_from_json(
+    doc: &Value,
+    alg: Algorithm,
+    kid: Option<&str>,
+) -> Result<Vec<VerifyKey>, String> {
+    let Some(list) = doc.get("keys") else {
+        return Ok(vec![pinned_jwk(doc, alg, kid)?]);
+    };
+    let list = list.as_array().ok_or("`keys` is not an array")?;
+    if let Some(kid) = kid {
+        let jwk = list
+            .iter()
+            .find(|k| k.get("kid").and_then(Value::as_str) == Some(kid))
+            .ok_or_else(|| format!("the JWKS has no key with kid `{kid}`"))?;
+        return Ok(vec![pinned_jwk(jwk, alg, Some(kid))?]);
+    }
+    let keys: Vec<_> = list
+        .iter()
+        .filter_map(|k| pinned_jwk(k, alg, None).ok())
+        .collect();
+    if keys.is_empty() {
+        return Err(format!("the JWKS has no key usable with {alg:?}"));
+    }
+    Ok(keys)
+}
+
+/// A key file: PEM public key, JWK, JWKS, or (HS*) the raw secret with its trailing newline trimmed.
+fn keys_from_file(
+    bytes: &[u8],
+    alg: Algorithm,
+    kid: Option<&str>,
+) -> Result<Vec<VerifyKey>, String> {
+    let text = std::str::from_utf8(bytes).ok();
+    if let Some(text) = text
+        && text.trim_start().starts_with('{')
+    {
+        match serde_json::from_str::<Value>(text) {
+            Ok(doc) => return keys_from_json(&doc, alg, kid),
+            // A raw HMAC secret may happen to start with `{`.
+            Err(_) if alg.is_hmac() => {}
+            Err(e) => return Err(format!("the file is not valid JWK/JWKS JSON: {e}")),
+        }
+    }
+    let kid = kid.map(str::to_owned);
+    if let Some(text) = text
+        && text.contains("-----BEGIN ")
+    {
+        let key = key_from_pem(text, alg)?;
+        return Ok(vec![VerifyKey::new(kid, Some(alg), key)?]);
+    }
+    if !alg.is_hmac() {
+        return Err(format!(
+            "{alg:?} needs a PEM public key, a JWK or a JWKS; the file holds none of these"
+        ));
+    }
+    let secret = bytes
+        .strip_suffix(b"\r\n")
+        .or_else(|| bytes.strip_suffix(b"\n"))
+        .unwrap_or(bytes);
+    Ok(vec![VerifyKey::new(
+        kid,
+        Some(alg),
+        DecodingKey::from_secret(secret),
+    )?])
+}
+
+fn inline_key(
+    alg: Algorithm,
+    kid: Option<&String>,
+    pem: Option<&String>,
+    secret: Option<&String>,
+    jwk: Option<&String>,
+) -> Result<VerifyKey, String> {
+    match (pem, secret, jwk) {
+        (Some(pem), None, None) => VerifyKey::new(kid.cloned(), Some(alg), key_from_pem(pem, alg)?),
+        (None, Some(secret), None) => {
+            if !alg.is_hmac() {
+                return Err(format!(
+                    "{alg:?} needs a public key (pem or jwk), not a secret"
+                ));
+            }
+            VerifyKey::new(
+                kid.cloned(),
+                Some(alg),
+                DecodingKey::from_secret(secret.as_bytes()),
+            )
+        }
+        (None, None, Some(jwk)) => {
+            let doc: Value =
+                serde_json::from_str(jwk).map_err(|e| format!("jwk is not valid JSON: {e}"))?;
+            pinned_jwk(&doc, alg, kid.map(String::as_str))
+        }
+        _ => Err("give exactly one of pem, secret, jwk".into()),
+    }
+}
+
+/// A JWKS source as one route sees it: the shared cache and the route's algorithm list.
+struct JwksSource {
+    cache: Arc<JwksCache>,
+    algorithms: Vec<Algorithm>,
+}
+
+struct Inner {
+    /// Inline and file keys, each pinned to its configured algorithm.
+    keys: Vec<VerifyKey>,
+    jwks: Vec<JwksSource>,
+    /// Claim rules; `algorithms` is replaced per token with the one pinned algorithm.
+    validation: Validation,
+}
+
+/// Verifies the tokens of one route. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Key material stays out of Debug output.
+        f.debug_struct("Verifier")
+            .field("static_keys", &self.inner.keys.len())
+            .field(
+                "jwks",
+                &self
+                    .inner
+                    .jwks
+                    .iter()
+                    .map(|s| s.cache.url())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// The parts of the JOSE header that select the key.
+struct TokenHeader {
+    alg: Algorithm,
+    kid: Option<String>,
+}
+
+/// Outcome of one pass over the keys. `refresh` says whether fresher JWKS keys could change it.
+struct Attempt {
+    result: Result<Claims, TokenError>,
+    refresh: bool,
+}
+
+/// How one key's attempt ended.
+enum Step {
+    /// Signature did not verify with this key: try the next one.
+    NextKey,
+    /// The signature verified (or the token is broken): this is the answer.
+    Final(TokenError),
+}
+
+impl Verifier {
+    /// Builds from config: reads inline keys and key files now (errors name the key index:
+    /// `keys[1]: ...`), and gets or creates shared JWKS caches from the registry.
+    pub fn new(cfg: &Jwt, jwks: &JwksRegistry) -> Result<Self, KeyError> {
+        if cfg.keys.is_empty() {
+            return Err(KeyError::NoKeys);
+        }
+        let mut keys = Vec::new();
+        let mut sources = Vec::new();
+        for (index, source) in cfg.keys.iter().enumerate() {
+            let invalid = |message: String| KeyError::Invalid { index, message };
+            match source {
+                KeySource::Inline {
+                    algorithm,
+                    kid,
+                    pem,
+                    secret,
+                    jwk,
+                } => keys.push(
+                    inline_key(
+                        *algorithm,
+                        kid.as_ref(),
+                        pem.as_ref(),
+                        secret.as_ref(),
+                        jwk.as_ref(),
+                    )
+                    .map_err(invalid)?,
+                ),
+                KeySource::File {
+                    algorithm,
+                    kid,
+                    path,
+                } => {
+                    let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
+                        index,
+                        path: path.clone(),
+                        source,
+                    })?;
+                    let found = keys_from_file(&bytes, *algorithm, kid.as_deref())
+                        .map_err(|m| invalid(format!("{path}: {m}")))?;
+                    keys.extend(found);
+                }
+                KeySource::Jwks {
+                    url,
+                    algorithms,
+                    refresh,
+                    min_refresh,
+                } => {
+                    if let Some(alg) = algorithms.iter().find(|a| a.is_hmac()) {
+                        return Err(invalid(format!(
+                            "{alg:?} cannot come from a JWKS (fetched key sets hold public keys only)"
+                        )));
+                    }
+                    let cache = jwks.cache(url, algorithms, *refresh, *min_refresh);
+                    sources.push(JwksSource {
+                        cache,
+                        algorithms: algorithms.clone(),
+                    });
+                }
+            }
+        }
+
+        let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.leeway = cfg.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if let Some(issuer) = &cfg.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        if cfg.audiences.is_empty() {
+            // jsonwebtoken otherwise refuses every token that carries an `aud`.
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&cfg.audiences);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                keys,
+                jwks: sources,
+                validation,
+            }),
+        })
+    }
+
+    /// Verifies signature and claims. An unknown `kid` may trigger a rate-limited JWKS refresh that
+    /// this call awaits for at most [`JWKS_WAIT`] before giving up with [`TokenError::UnknownKey`].
+    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = parse_header(token)?;
+        let first = self.attempt(token, &header);
+        if first.result.is_ok() || !first.refresh || self.inner.jwks.is_empty() {
+            return first.result;
+        }
+        let refreshes = self
+            .inner
+            .jwks
+            .iter()
+            .map(|s| s.cache.refresh_for_unknown_key());
+        // The fetches run in their own tasks: timing out here only stops waiting for them.
+        let _ = tokio::time::timeout(JWKS_WAIT, futures_util::future::join_all(refreshes)).await;
+        self.attempt(token, &header).result
+    }
+
+    fn attempt(&self, token: &str, header: &TokenHeader) -> Attempt {
+        let snapshots: Vec<_> = self
+            .inner
+            .jwks
+            .iter()
+            .map(|s| (s.cache.keys(), s.algorithms.as_slice()))
+            .collect();
+        let all: Vec<(&VerifyKey, &[Algorithm])> = self
+            .inner
+            .keys
+            .iter()
+            .map(|k| (k, &[][..]))
+            .chain(
+                snapshots
+                    .iter()
+                    .flat_map(|(set, allowed)| set.iter().map(move |k| (k, *allowed))),
+            )
+            .collect();
+
+        let kid_known = header
+            .kid
+            .as_deref()
+            .is_some_and(|kid| all.iter().any(|(k, _)| k.kid.as_deref() == Some(kid)));
+        let pool: Vec<_> = match header.kid.as_deref() {
+            Some(kid) if kid_known => all
+                .into_iter()
+                .filter(|(k, _)| k.kid.as_deref() == Some(kid))
+                .collect(),
+            Some(_) => all.into_iter().filter(|(k, _)| k.kid.is_none()).collect(),
+            None => all,
+        };
+        let refresh = pool.is_empty() || (header.kid.is_some() && !kid_known);
+
+        let mut tried = false;
+        for (key, _) in pool
+            .iter()
+            .filter(|(k, allowed)| k.permits(header.alg, allowed))
+        {
+            tried = true;
+            match self.decode_with(token, header.alg, &key.key) {
+                Ok(claims) => {
+                    return Attempt {
+                        result: Ok(claims),
+                        refresh: false,
+                    };
+                }
+                Err(Step::NextKey) => {}
+                Err(Step::Final(e)) => {
+                    return Attempt {
+                        result: Err(e),
+                        refresh: false,
+                    };
+                }
+            }
+        }
+        let error = if tried {
+            TokenError::BadSignature
+        } else if pool.is_empty() {
+            TokenError::UnknownKey
+        } else {
+            TokenError::AlgorithmNotAllowed
+        };
+        Attempt {
+            result: Err(error),
+            refresh,
+        }
+    }
+
+    fn decode_with(&self, token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Claims, Step> {
+        let mut validation = self.inner.validation.clone();
+        // Pinned: jsonwebtoken checks the header's alg against this list and the key's family.
+        validation.algorithms = vec![to_jwt_alg(alg)];
+        match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
+            Ok(data) => Ok(Claims::from_raw(data.claims)),
+            Err(e) => Err(match e.into_kind() {
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidEddsaKey
+                | ErrorKind::InvalidRsaKey(_)
+                | ErrorKind::InvalidKeyFormat
+                | ErrorKind::Signing(_)
+                | ErrorKind::Provider(_) => Step::NextKey,
+                ErrorKind::ExpiredSignature => Step::Final(TokenError::Expired),
+                ErrorKind::ImmatureSignature => Step::Final(TokenError::NotYetValid),
+                ErrorKind::InvalidIssuer => Step::Final(TokenError::WrongIssuer),
+                ErrorKind::InvalidAudience => Step::Final(TokenError::WrongAudience),
+                ErrorKind::MissingRequiredClaim(c) => {
+                    Step::Final(TokenError::MissingClaim(static_claim(&c)))
+                }
+                ErrorKind::InvalidClaimFormat(c) => {
+                    Step::Final(TokenError::InvalidClaim(static_claim(&c)))
+                }
+                ErrorKind::InvalidAlgorithm
+                | ErrorKind::MissingAlgorithm
+                | ErrorKind::UnsupportedAlgorithm
+                | ErrorKind::InvalidAlgorithmName => Step::Final(TokenError::AlgorithmNotAllowed),
+                _ => Step::Final(TokenError::Malformed),
+            }),
+        }
+    }
+}
+
+/// Reads the JOSE header without trusting it: only `alg` and `kid` are used, to pick keys.
+fn parse_header(token: &str) -> Result<TokenHeader, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Malformed);
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    if header.is_empty() || payload.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| TokenError::Malformed)?;
+    let fields: Map<String, Value> =
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    let alg = match fields.get("alg") {
+        Some(Value::String(name)) => alg_from_name(name).ok_or(TokenError::AlgorithmNotAllowed)?,
+        _ => return Err(TokenError::Malformed),
+    };
+    let kid = match fields.get("kid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(TokenError::Malformed),
+    };
+    // RFC 7515 §4.1.11: extensions listed in `crit` must be understood; we understand none.
+    if fields.contains_key("crit") {
+        return Err(TokenError::Malformed);
+    }
+    // After the `alg` check, so an unsigned `alg: none` token reports the algorithm.
+    if signature.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    Ok(TokenHeader { alg, kid })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+    use switchboard_config::TokenSource;
+
+    use super::*;
+
+    pub(crate) const RSA: &str = include_str!("../../tests/fixtures/keys/rsa.pem");
+    pub(crate) const RSA_PUB: &str = include_str!("../../tests/fixtures/keys/rsa.pub.pem");
+    pub(crate) const RSA2: &str = include_str!("../../tests/fixtures/keys/rsa2.pem");
+    pub(crate) const RSA2_PUB: &str = include_str!("../../tests/fixtures/keys/rsa2.pub.pem");
+    pub(crate) const EC256: &str = include_str!("../../tests/fixtures/keys/ec256.pem");
+    pub(crate) const EC256_PUB: &str = include_str!("../../tests/fixtures/keys/ec256.pub.pem");
+    pub(crate) const EC384: &str = include_str!("../../tests/fixtures/keys/ec384.pem");
+    pub(crate) const EC384_PUB: &str = include_str!("../../tests/fixtures/keys/ec384.pub.pem");
+    pub(crate) const ED25519: &str = include_str!("../../tests/fixtures/keys/ed25519.pem");
+    pub(crate) const ED25519_PUB: &str = include_str!("../../tests/fixtures/keys/ed25519.pub.pem");
+    pub(crate) const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
+
+    pub(crate) fn now() -> i64 {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
+        i64::try_from(secs).expect("seconds fit i64")
+    }
+
+    /// Claims expiring `exp_in` seconds from now.
+    pub(crate) fn claims(exp_in: i64) -> Value {
+        json!({ "sub": "user-1", "exp": now() + exp_in })
+    }
+
+    pub(crate) fn encoding_key(alg: Algorithm) -> EncodingKey {
+        let key = match alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                return EncodingKey::from_secret(SECRET.as_bytes());
+            }
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => EncodingKey::from_rsa_pem(RSA.as_bytes()),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(EC256.as_bytes()),
+            Algorithm::ES384 => EncodingKey::from_ec_pem(EC384.as_bytes()),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(ED25519.as_bytes()),
+        };
+        key.expect("fixture private key parses")
+    }
+
+    pub(crate) fn sign_with(
+        alg: Algorithm,
+        key: &EncodingKey,
+        kid: Option<&str>,
+        claims: &Value,
+    ) -> String {
+        let mut header = Header::new(to_jwt_alg(alg));
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, key).expect("signing works")
+    }
+
+    pub(crate) fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+        sign_with(alg, &encoding_key(alg), kid, claims)
+    }
+
+    /// The public half of the fixture key `sign` uses for `alg`, as inline config.
+    pub(crate) fn inline(alg: Algorithm, kid: Option<&str>) -> KeySource {
+        let pem = match alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                return KeySource::Inline {
+                    algorithm: alg,
+                    kid: kid.map(str::to_owned),
+                    pem: None,
+                    secret: Some(SECRET.into()),
+                    jwk: None,
+                };
+            }
+            Algorithm::ES256 => EC256_PUB,
+            Algorithm::ES384 => EC384_PUB,
+            Algorithm::EdDSA => ED25519_PUB,
+            _ => RSA_PUB,
+        };
+        KeySource::Inline {
+            algorithm: alg,
+            kid: kid.map(str::to_owned),
+            pem: Some(pem.into()),
+            secret: None,
+            jwk: None,
+        }
+    }
+
+    pub(crate) fn jwt_config(keys: Vec<KeySource>) -> Jwt {
+        Jwt {
+            issuer: None,
+            audiences: Vec::new(),
+            keys,
+            token_sources: vec![TokenSource::Bearer {}],
+            leeway: Duration::from_secs(5),
+            close_on_expiry: true,
+        }
+    }
+
+    fn verifier(keys: Vec<KeySource>) -> Verifier {
+        Verifier::new(&jwt_config(keys), &JwksRegistry::new()).expect("valid keys")
+    }
+
+    fn verifier_with(cfg: &Jwt) -> Verifier {
+        Verifier::new(cfg, &JwksRegistry::new()).expect("valid keys")
+    }
+
+    fn key_error(keys: Vec<KeySource>) -> String {
+        match Verifier::new(&jwt_config(keys), &JwksRegistry::new()) {
+            Ok(_) => panic!("expected a key error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const ALL: [Algorithm; 12] = [
+        Algorithm::HS256,
+        Algorithm::HS384,
+        Algorithm::HS512,
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+
+    fn b64(v: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).expect("json"))
+    }
+
+    #[tokio::test]
+    async fn every_algorithm_verifies_a_token_signed_with_its_own_key() {
+        for alg in ALL {
+            let v = verifier(vec![inline(alg, None)]);
+            let claims = v
+                .verify(&sign(alg, None, &claims(60)))
+                .await
+                .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(claims.sub.as_deref(), Some("user-1"), "{alg:?}");
+            assert!(claims.exp.is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_refuses_every_algorithm_but_its_own() {
+        for key_alg in ALL {
+            let v = verifier(vec![inline(key_alg, None)]);
+            for token_alg in ALL.into_iter().filter(|a| *a != key_alg) {
+                let token = sign(token_alg, None, &claims(60));
+                assert_eq!(
+                    v.verify(&token).await.err(),
+                    Some(TokenError::AlgorithmNotAllowed),
+                    "key {key_alg:?}, token {token_alg:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn token_signed_with_hs256_is_refused_by_an_rs256_key() {
+        // The classic confusion attack: the attacker knows the public key and uses it as a secret.
+        let v = verifier(vec![inline(Algorithm::RS256, None)]);
+        let forged = sign_with(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(RSA_PUB.as_bytes()),
+            None,
+            &claims(60),
+        );
+        assert_eq!(
+            v.verify(&forged).await.err(),
+            Some(TokenError::AlgorithmNotAllowed)
+        );
+    }
+
+    #[tokio::test]
+    async fn rs256_public_key_pem_is_refused_as_an_hmac_key() {
+        let inline_pem = key_error(vec![KeySource::Inline {
+            algorithm: Algorithm::HS256,
+            kid: None,
+            pem: Some(RSA_PUB.into()),
+            secret: None,
+            jwk: None,
+        }]);
+        assert!(
+            inline_pem.starts_with("keys[0]: HS256 needs a secret"),
+            "{inline_pem}"
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pub.pem");
+        std::fs::write(&path, RSA_PUB).expect("write");
+        let file = key_error(vec![KeySource::File {
+            algorithm: Algorithm::HS256,
+            kid: None,
+            path: path.display().to_string(),
+        }]);
+        assert!(
+            file.contains("HS256 needs a secret, not a PEM key"),
+            "{file}"
+        );
+    }
+
+    #[tokio::test]
+    async fn token_with_alg_none_is_refused() {
+        let v = verifier(vec![inline(Algorithm::HS256, None)]);
+        let payload = b64(&claims(60));
+        for alg in ["none", "None", "NONE", "", "HS257"] {
+            let header = b64(&json!({ "alg": alg, "typ": "JWT" }));
+            for token in [
+                format!("{header}.{payload}."),
+                format!("{header}.{payload}.AAAA"),
+            ] {
+                assert_eq!(
+                    v.verify(&token).await.err(),
+                    Some(TokenError::AlgorithmNotAllowed),
+                    "{alg}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_token_is_refused() {
+        let v = verifier(vec![inline(Algorithm::ES256, None)]);
+        let token = sign(Algorithm::ES256, None, &claims(-60));
+        assert_eq!(v.verify(&token).await.err(), Some(TokenError::Expired));
+        assert_eq!(TokenError::Expired.reason(), "token expired");
+    }
+
+    #[tokio::test]
+    async fn token_without_exp_is_refused() {
+        let v = verifier(vec![inline(Algorithm::HS256, None)]);
+        let token = sign(Algorithm::HS256, None, &json!({ "sub": "u" }));
+        assert_eq!(
+            v.verify(&token).await.err(),
+            Some(TokenError::MissingClaim("exp"))
+        );
+        let token = sign(
+            Algorithm::HS256,
+            None,
+            &json!({ "sub": "u", "exp": "soon" }),
+        );
+        assert_eq!(
+            v.verify(&token).await.err(),
+            Some(TokenError::MissingClaim("exp"))
+        );
+    }
+
+    #[tokio::test]
+    async fn token_whose_nbf_is_in_the_future_is_refused() {
+        let v = verifier(vec![inline(Algorithm::EdDSA, None)]);
+        let token = sign(
+            Algorithm::EdDSA,
+            None,
+            &json!({ "exp": now() + 600, "nbf": now() + 60 }),
+        );
+        assert_eq!(v.verify(&token).await.err(), Some(TokenError::NotYetValid));
+        let token = sign(
+            Algorithm::EdDSA,
+            None,
+            &json!({ "exp": now() + 600, "nbf": now() - 1 }),
+        );
+        assert!(v.verify(&token).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn leeway_accepts_small_clock_skew_and_nothing_more() {
+        // Leeway 5s; margins of 2-3s keep the test independent of a second ticking over.
+        let v = verifier(vec![inline(Algorithm::HS256, None)]);
+        let just_expired = sign(Algorithm::HS256, None, &claims(-2));
+        assert!(v.verify(&just_expired).await.is_ok());
+        let long_expired = sign(Algorithm::HS256, None, &claims(-8));
+        assert_eq!(
+            v.verify(&long_expired).await.err(),
+            Some(TokenError::Expired)
+        );
+
+        let nbf_soon = sign(
+            Algorithm::HS256,
+            None,
+            &json!({ "exp": now() + 60, "nbf": now() + 2 }),
+        );
+        assert!(v.verify(&nbf_soon).await.is_ok());
+        let nbf_later = sign(
+            Algorithm::HS256,
+            None,
+            &json!({ "exp": now() + 60, "nbf": now() + 8 }),
+        );
+        assert_eq!(
+            v.verify(&nbf_later).await.err(),
+            Some(TokenError::NotYetValid)
+        );
+
+        let mut strict = jwt_config(vec![inline(Algorithm::HS256, None)]);
+        strict.leeway = Duration::ZERO;
+        let strict = verifier_with(&strict);
+        assert_eq!(
+            strict.verify(&long_expired).await.err(),
+            Some(TokenError::Expired)
+        );
+        let expired_3s = sign(Algorithm::HS256, None, &claims(-3));
+        assert_eq!(
+            strict.verify(&expired_3s).await.err(),
+            Some(TokenError::Expired)
+        );
+    }
+
+    #[tokio::test]
+    async fn issuer_is_required_and_exact_when_configured() {
+        let mut cfg = jwt_config(vec![inline(Algorithm::RS256, None)]);
+        cfg.issuer = Some("https://issuer.example".into());
+        let v = verifier_with(&cfg);
+        let good = json!({ "exp": now() + 60, "iss": "https://issuer.example" });
+        assert!(v.verify(&sign(Algorithm::RS256, None, &good)).await.is_ok());
+        let other = json!({ "exp": now() + 60, "iss": "https://evil.example" });
+        assert_eq!(
+            v.verify(&sign(Algorithm::RS256, None, &other)).await.err(),
+            Some(TokenError::WrongIssuer)
+        );
+        let missing = json!({ "exp": now() + 60 });
+        assert_eq!(
+            v.verify(&sign(Algorithm::RS256, None, &missing))
+                .await
+                .err(),
+            Some(TokenError::MissingClaim("iss"))
+        );
+    }
+
+    #[tokio::test]
+    async fn audience_is_required_and_must_match_one_configured_audience() {
+        let mut cfg = jwt_config(vec![inline(Algorithm::PS256, None)]);
+        cfg.audiences = vec!["chat".into(), "feed".into()];
+        let v = verifier_with(&cfg);
+        let cases = [
+            (json!({ "exp": now() + 60, "aud": "feed" }), None),
+            (json!({ "exp": now() + 60, "aud": ["other", "chat"] }), None),
+            (
+                json!({ "exp": now() + 60, "aud": "other" }),
+                Some(TokenError::WrongAudience),
+            ),
+            (
+                json!({ "exp": now() + 60, "aud": [] }),
+                Some(TokenError::WrongAudience),
+            ),
+            (
+                json!({ "exp": now() + 60 }),
+                Some(TokenError::MissingClaim("aud")),
+            ),
+        ];
+        for (claims, want) in cases {
+            let got = v.verify(&sign(Algorithm::PS256, None, &claims)).await.err();
+            assert_eq!(got, want, "{claims}");
+        }
+    }
+
+    #[tokio::test]
+    async fn audience_is_not_checked_when_none_is_configured() {
+        let v = verifier(vec![inline(Algorithm::HS384, None)]);
+        let token = sign(
+            Algorithm::HS384,
+            None,
+            &json!({ "exp": now() + 60, "aud": "anything" }),
+        );
+        assert!(v.verify(&token).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn token_with_an_unknown_kid_is_refused_when_every_key_has_a_kid() {
+        let v = verifier(vec![inline(Algorithm::HS256, Some("a"))]);
+        let token = sign(Algorithm::HS256, Some("b"), &claims(60));
+        assert_eq!(v.verify(&token).await.err(), Some(TokenError::UnknownKey));
+        let token = sign(Algorithm::HS256, Some("a"), &claims(60));
+        assert!(v.verify(&token).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_key_without_kid_matches_any_kid_unless_another_key_has_that_exact_kid() {
+        let v = verifier(vec![
+            inline(Algorithm::ES256, Some("ec")),
+            inline(Algorithm::RS256, None),
+        ]);
+        // `kid: rsa` is nobody's: the kid-less RSA key takes it.
+        let token = sign(Algorithm::RS256, Some("rsa"), &claims(60));
+        assert!(v.verify(&token).await.is_ok());
+        // `kid: ec` names the EC key, so the kid-less RSA key is not consulted at all.
+        let token = sign(Algorithm::RS256, Some("ec"), &claims(60));
+        assert_eq!(
+            v.verify(&token).await.err(),
+            Some(TokenError::AlgorithmNotAllowed)
+        );
+    }
+
+    #[tokio::test]
+    async fn token_without_kid_is_tried_against_every_key_of_its_algorithm() {
+        let v = verifier(vec![
+            KeySource::Inline {
+                algorithm: Algorithm::RS256,
+                kid: Some("old".into()),
+                pem: Some(RSA2_PUB.into()),
+                secret: None,
+                jwk: None,
+            },
+            inline(Algorithm::RS256, Some("new")),
+        ]);
+        let token = sign(Algorithm::RS256, None, &claims(60));
+        assert!(v.verify(&token).await.is_ok());
+        let other = sign_with(
+            Algorithm::RS256,
+            &EncodingKey::from_rsa_pem(RSA2.as_bytes()).expect("rsa2"),
+            None,
+            &claims(60),
+        );
+        assert!(v.verify(&other).await.is_ok());
+        // Named with the wrong kid, the same token fails on the signature.
+        let wrong = sign(Algorithm::RS256, Some("old"), &claims(60));
+        assert_eq!(v.verify(&wrong).await.err(), Some(TokenError::BadSignature));
+    }
+
+    #[tokio::test]
+    async fn tampered_payload_or_signature_is_refused() {
+        for alg in [
+            Algorithm::HS256,
+            Algorithm::RS256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+        ] {
+            let v = verifier(vec![inline(alg, None)]);
+            let token = sign(alg, None, &claims(60));
+            let (head, sig) = token.rsplit_once('.').expect("three parts");
+            let (header, _) = head.split_once('.').expect("three parts");
+
+            let forged_payload = b64(&json!({ "sub": "admin", "exp": now() + 60 }));
+            let tampered = format!("{header}.{forged_payload}.{sig}");
+            assert_eq!(
+                v.verify(&tampered).await.err(),
+                Some(TokenError::BadSignature),
+                "{alg:?}"
+            );
+
+            let mut sig_bytes = URL_SAFE_NO_PAD.decode(sig).expect("b64");
+            sig_bytes[0] ^= 1;
+            let tampered = format!("{head}.{}", URL_SAFE_NO_PAD.encode(&sig_bytes));
+            assert_eq!(
+                v.verify(&tampered).await.err(),
+                Some(TokenError::BadSignature),
+                "{alg:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_tokens_are_errors_not_panics() {
+        let v = verifier(vec![
+            inline(Algorithm::EdDSA, None),
+            inline(Algorithm::HS256, None),
+        ]);
+        let good = sign(Algorithm::EdDSA, None, &claims(60));
+        let (header, rest) = good.split_once('.').expect("parts");
+        let (payload, sig) = rest.split_once('.').expect("parts");
+        let hs_header = b64(&json!({ "alg": "HS256" }));
+        let cases = vec![
+            String::new(),
+            "garbage".into(),
+            "a.b".into(),
+            format!("{header}.{payload}"),
+            format!("{header}.{payload}.{sig}.extra"),
+            format!("{header}..{sig}"),
+            format!(".{payload}.{sig}"),
+            format!("{header}.{payload}."),
+            format!("!!!.{payload}.{sig}"),
+            format!("{header}.{payload}.!!!"),
+            format!("{header}.@@@.{sig}"),
+            format!("{header}=.{payload}.{sig}"),
+            format!("{}.{payload}.{sig}", URL_SAFE_NO_PAD.encode("not json")),
+            format!("{}.{payload}.{sig}", b64(&json!(["alg", "EdDSA"]))),
+            format!("{}.{payload}.{sig}", b64(&json!({ "alg": 5 }))),
+            format!("{}.{payload}.{sig}", b64(&json!({ "typ": "JWT" }))),
+            format!(
+                "{}.{payload}.{sig}",
+                b64(&json!({ "alg": "EdDSA", "kid": 7 }))
+            ),
+            format!(
+                "{}.{payload}.{sig}",
+                b64(&json!({ "alg": "EdDSA", "crit": ["exp"] }))
+            ),
+            format!("{header}.{payload}.{}", "A".repeat(MAX_TOKEN_BYTES)),
+            // Short EdDSA signature (the verifier must not slice out of bounds).
+            format!("{header}.{payload}.AAAA"),
+        ];
+        for token in cases {
+            let err = v.verify(&token).await.expect_err("refused");
+            assert!(
+                matches!(err, TokenError::Malformed | TokenError::BadSignature),
+                "{err:?} for {token:.60}"
+            );
+        }
+        // A correctly signed token whose payload is not a JSON object.
+        for payload in [b"[1,2]".as_slice(), b"not json", b"\"str\""] {
+            let message = format!("{hs_header}.{}", URL_SAFE_NO_PAD.encode(payload));
+            let sig = jsonwebtoken::crypto::sign(
+                message.as_bytes(),
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+                jsonwebtoken::Algorithm::HS256,
+            )
+            .expect("sign");
+            let err = v
+                .verify(&format!("{message}.{sig}"))
+                .await
+                .expect_err("refused");
+            assert!(
+                matches!(err, TokenError::Malformed | TokenError::MissingClaim(_)),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn reasons_are_short_and_never_contain_the_token() {
+        let v = verifier(vec![inline(Algorithm::HS256, None)]);
+        let token = sign(Algorithm::HS256, None, &claims(-600));
+        let err = v.verify(&token).await.expect_err("expired");
+        assert_eq!(err.to_string(), err.reason());
+        assert!(!err.reason().contains(&token[..20]));
+        for e in [
+            TokenError::Malformed,
+            TokenError::AlgorithmNotAllowed,
+            TokenError::UnknownKey,
+            TokenError::BadSignature,
+            TokenError::Expired,
+            TokenError::NotYetValid,
+            TokenError::WrongIssuer,
+            TokenError::WrongAudience,
+            TokenError::MissingClaim("aud"),
+            TokenError::InvalidClaim("nbf"),
+        ] {
+            assert_eq!(e.to_string(), e.reason());
+            assert!(e.reason().len() < 40 && !e.reason().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_get_str_spells_strings_numbers_and_bools() {
+        let v = verifier(vec![inline(Algorithm::HS512, None)]);
+        let token = sign(
+            Algorithm::HS512,
+            None,
+            &json!({
+                "exp": now() + 60, "sub": "u1", "tenant": 42, "admin": true,
+                "ratio": 1.5, "groups": ["a"], "nothing": null
+            }),
+        );
+        let c = v.verify(&token).await.expect("valid");
+        assert_eq!(c.get_str("sub").as_deref(), Some("u1"));
+        assert_eq!(c.get_str("tenant").as_deref(), Some("42"));
+        assert_eq!(c.get_str("admin").as_deref(), Some("true"));
+        assert_eq!(c.get_str("ratio").as_deref(), Some("1.5"));
+        assert_eq!(c.get_str("groups"), None);
+        assert_eq!(c.get_str("nothing"), None);
+        assert_eq!(c.get_str("absent"), None);
+        assert!(c.exp.is_some_and(|e| e > 0));
+    }
+
+    #[tokio::test]
+    async fn key_errors_name_the_key_index() {
+        let msg = key_error(vec![
+            inline(Algorithm::HS256, None),
+            KeySource::Inline {
+                algorithm: Algorithm::RS256,
+                kid: None,
+                pem: Some("not a pem".into()),
+                secret: None,
+                jwk: None,
+            },
+        ]);
+        assert!(msg.starts_with("keys[1]: "), "{msg}");
+
+        let msg = key_error(vec![KeySource::File {
+            algorithm: Algorithm::RS256,
+            kid: None,
+            path: "/nonexistent/switchboard/key.pem".into(),
+        }]);
+        assert!(
+            msg.starts_with("keys[0]: cannot read /nonexistent/switchboard/key.pem"),
+            "{msg}"
+        );
+        assert_eq!(
+            key_error(vec![]),
+            "keys: at least one key source is required"
+        );
+    }
+
+    #[tokio::test]
+    async fn unusable_keys_are_config_errors() {
+        let pem = |alg, pem: &str| KeySource::Inline {
+            algorithm: alg,
+            kid: None,
+            pem: Some(pem.into()),
+            secret: None,
+            jwk: None,
+        };
+        let cases = [
+            (pem(Algorithm::RS256, RSA), "private key"),
+            (
+                pem(Algorithm::ES256, EC384_PUB),
+                "an EC P-384 key cannot verify ES256",
+            ),
+            (
+                pem(Algorithm::ES384, EC256_PUB),
+                "an EC P-256 key cannot verify ES384",
+            ),
+            (
+                pem(Algorithm::EdDSA, RSA_PUB),
+                "not a public key usable with EdDSA",
+            ),
+            (
+                pem(Algorithm::RS256, EC256_PUB),
+                "not a public key usable with RS256",
+            ),
+            (
+                KeySource::Inline {
+                    algorithm: Algorithm::HS256,
+                    kid: None,
+                    pem: None,
+                    secret: Some("short".into()),
+                    jwk: None,
+                },
+                "at least 32 bytes",
+            ),
+            (
+                KeySource::Inline {
+                    algorithm: Algorithm::RS256,
+                    kid: None,
+                    pem: None,
+                    secret: Some(SECRET.into()),
+                    jwk: None,
+                },
+                "needs a public key",
+            ),
+            (
+                KeySource::Jwks {
+                    url: "http://127.0.0.1:9/jwks".into(),
+                    algorithms: vec![Algorithm::HS256],
+                    refresh: Duration::from_secs(300),
+                    min_refresh: Duration::from_secs(10),
+                },
+                "cannot come from a JWKS",
+            ),
+        ];
+        for (source, want) in cases {
+            let msg = key_error(vec![source]);
+            assert!(msg.starts_with("keys[0]: ") && msg.contains(want), "{msg}");
+        }
+    }
+
+    fn jwk_json(pem: &str, alg: Algorithm, kid: Option<&str>) -> Value {
+        let key = match alg {
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem.as_bytes()),
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()),
+            _ => DecodingKey::from_rsa_pem(pem.as_bytes()),
+        }
+        .expect("fixture public key");
+        let mut jwk = Jwk::from_decoding_key(&key, Some(to_jwt_alg(alg))).expect("jwk");
+        jwk.common.key_id = kid.map(str::to_owned);
+        serde_json::to_value(jwk).expect("json")
+    }
+
+    #[tokio::test]
+    async fn inline_jwk_keys_verify_and_are_pinned_to_the_configured_algorithm() {
+        for (alg, pem) in [
+            (Algorithm::RS256, RSA_PUB),
+            (Algorithm::ES256, EC256_PUB),
+            (Algorithm::ES384, EC384_PUB),
+            (Algorithm::EdDSA, ED25519_PUB),
+        ] {
+            let source = KeySource::Inline {
+                algorithm: alg,
+                kid: None,
+                pem: None,
+                secret: None,
+                jwk: Some(jwk_json(pem, alg, Some("j1")).to_string()),
+            };
+            let v = verifier(vec![source]);
+            assert!(
+                v.verify(&sign(alg, Some("j1"), &claims(60))).await.is_ok(),
+                "{alg:?}"
+            );
+            // The JWK's own kid is used when the config gives none.
+            assert_eq!(
+                v.verify(&sign(alg, Some("j2"), &claims(60))).await.err(),
+                Some(TokenError::UnknownKey)
+            );
+        }
+        let msg = key_error(vec![KeySource::Inline {
+            algorithm: Algorithm::PS256,
+            kid: None,
+            pem: None,
+            secret: None,
+            jwk: Some(jwk_json(RSA_PUB, Algorithm::RS256, None).to_string()),
+        }]);
+        assert!(msg.contains("the JWK is for RS256, not PS256"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn key_files_hold_a_pem_a_secret_a_jwk_or_a_jwks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, body: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, body).expect("write");
+            path.display().to_string()
+        };
+        let file = |alg, kid: Option<&str>, path: &str| KeySource::File {
+            algorithm: alg,
+            kid: kid.map(str::to_owned),
+            path: path.to_owned(),
+        };
+
+        let pem = write("ec.pem", EC256_PUB.as_bytes());
+        let v = verifier(vec![file(Algorithm::ES256, None, &pem)]);
+        assert!(
+            v.verify(&sign(Algorithm::ES256, None, &claims(60)))
+                .await
+                .is_ok()
+        );
+
+        // The trailing newline an editor adds is not part of the secret.
+        let secret = write("hs.key", format!("{SECRET}\n").as_bytes());
+        let v = verifier(vec![file(Algorithm::HS256, None, &secret)]);
+        assert!(
+            v.verify(&sign(Algorithm::HS256, None, &claims(60)))
+                .await
+                .is_ok()
+        );
+
+        let jwk = write(
+            "ed.jwk",
+            jwk_json(ED25519_PUB, Algorithm::EdDSA, None)
+                .to_string()
+                .as_bytes(),
+        );
+        let v = verifier(vec![file(Algorithm::EdDSA, Some("ed"), &jwk)]);
+        assert!(
+            v.verify(&sign(Algorithm::EdDSA, Some("ed"), &claims(60)))
+                .await
+                .is_ok()
+        );
+
+        let set = json!({ "keys": [
+            jwk_json(RSA2_PUB, Algorithm::RS256, Some("old")),
+            jwk_json(RSA_PUB, Algorithm::RS256, Some("new")),
+            jwk_json(EC256_PUB, Algorithm::ES256, Some("ec")),
+        ]});
+        let jwks = write("set.json", set.to_string().as_bytes());
+        // Picked by the configured kid.
+        let v = verifier(vec![file(Algorithm::RS256, Some("new"), &jwks)]);
+        assert!(
+            v.verify(&sign(Algorithm::RS256, Some("new"), &claims(60)))
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            v.verify(&sign(Algorithm::RS256, Some("old"), &claims(60)))
+                .await
+                .err(),
+            Some(TokenError::UnknownKey)
+        );
+        // Without a configured kid: every key usable with the algorithm, with its own kid.
+        let v = verifier(vec![file(Algorithm::RS256, None, &jwks)]);
+        assert!(
+            v.verify(&sign(Algorithm::RS256, Some("new"), &claims(60)))
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            v.verify(&sign(Algorithm::RS256, Some("old"), &claims(60)))
+                .await
+                .err(),
+            Some(TokenError::BadSignature)
+        );
+        assert_eq!(
+            v.verify(&sign(Algorithm::RS256, Some("ec"), &claims(60)))
+                .await
+                .err(),
+            Some(TokenError::UnknownKey)
+        );
+
+        let msg = key_error(vec![file(Algorithm::RS256, Some("missing"), &jwks)]);
+        assert!(msg.contains("no key with kid `missing`"), "{msg}");
+        let junk = write("junk.txt", b"hello");
+        let msg = key_error(vec![file(Algorithm::RS256, None, &junk)]);
+        assert!(
+            msg.starts_with("keys[0]: ") && msg.contains("needs a PEM public key"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! Start-up: load and validate the config (nothing is bound before it is valid), compile it,
+//! then hand listeners, the admin endpoint and background services to pingora and run until
+//! the drain controller says stop.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+use pingora::services::listening::Service;
+use switchboard_config::GatewayConfig;
+
+use crate::admin::AdminApp;
+use crate::config_watch::ConfigWatch;
+use crate::drain::DrainingSignal;
+use crate::gateway::Gateway;
+use crate::listener::EdgeApp;
+
+/// The embedded default: what `--config` falls back to when no file is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/quickstart.yaml");
+
+/// Why start-up stopped before binding anything.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, #[source] source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parse, validate and compile a config file (or the embedded default); binds nothing.
+pub fn load(path: Option<&Path>) -> Result<(GatewayConfig, Arc<Gateway>), BootError> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).map_err(|source| BootError::Read { path: p.display().to_string(), source })?,
+        None => EMBEDDED_DEFAULT.to_string(),
+    };
+    let cfg = GatewayConfig::from_yaml(&text).map_err(|e| BootError::Invalid(e.to_string()))?;
+    let gw = Gateway::new(cfg.clone()).map_err(|p| BootError::Invalid(p.join("\n")))?;
+    Ok((cfg, gw))
+}
+
+struct JwksRefresh(Arc<Gateway>);
+
+#[async_trait]
+impl BackgroundService for JwksRefresh {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.jwks.run(shutdown).await;
+    }
+}
+
+/// Run options from the command line.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config_path: Option<PathBuf>,
+    pub reload_interval: Duration,
+    pub threads: usize,
+}
+
+/// Run until drained. Never returns early on success.
+pub fn run(cfg: GatewayConfig, gw: Arc<Gateway>, opts: RunOptions) {
+    let conf = ServerConf {
+        threads: opts.threads.max(1),
+        // Our drain runs before pingora is told to stop, so pingora must not add its own sleep.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    for l in &cfg.listeners {
+        let tls = gw.tls.get(&l.name).map(|r| tokio_rustls::TlsAcceptor::from(crate::tls::server_config(r.clone())));
+        let mut svc = Service::new(format!("edge {}", l.name), EdgeApp { gateway: gw.clone(), tls });
+        svc.add_tcp(&l.address.to_string());
+        server.add_service(svc);
+    }
+    let mut admin = Service::new("admin".to_string(), AdminApp { gateway: gw.clone() });
+    admin.add_tcp(&cfg.admin.address.to_string());
+    server.add_service(admin);
+    server.add_service(background_service("jwks refresh", JwksRefresh(gw.clone())));
+    if let Some(path) = opts.config_path {
+        server.add_service(background_service(
+            "config watch",
+            ConfigWatch { gateway: gw.clone(), path, interval: opts.reload_interval },
+        ));
+    }
+    tracing::info!(
+        generation = cfg.generation,
+        routes = cfg.routes.len(),
+        listeners = ?cfg.listeners.iter().map(|l| l.address).collect::<Vec<_>>(),
+        admin = %cfg.admin.address,
+        "switchboard gateway starting"
+    );
+    let signal = DrainingSignal { drain: gw.drain.clone(), propagation: cfg.drain.propagation, deadline: cfg.drain.deadline };
+    server.run(RunArgs { shutdown_signal: Box::new(signal) });
+}

@@ -1,0 +1,142 @@
+//! The one shutdown root. SIGTERM: readiness fails at once; listeners keep accepting for the
+//! propagation window; then every live connection is told to close (each at a random point of
+//! its route's drain window, with the route's code); then exit once none are left or at the
+//! deadline. Only then is pingora told to stop (its own grace period is set to zero).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::metrics::metrics;
+
+/// Drain state shared by the admin endpoints, the pipeline and every live connection.
+pub struct Drain {
+    draining: AtomicBool,
+    refusing: AtomicBool,
+    close_tx: watch::Sender<bool>,
+    live: AtomicI64,
+    idle: Notify,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
+            close_tx: watch::channel(false).0,
+            live: AtomicI64::new(0),
+            idle: Notify::new(),
+        }
+    }
+}
+
+/// Held by each live WebSocket; dropping it counts the connection out.
+pub struct LiveGuard(Arc<Drain>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let left = self.0.live.fetch_sub(1, Ordering::AcqRel) - 1;
+        if self.0.draining.load(Ordering::Acquire) {
+            metrics().drain_remaining.set(left);
+        }
+        if left <= 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Drain {
+    /// `/readyz` must fail.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// New upgrades must be refused (propagation window over).
+    pub fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Acquire)
+    }
+
+    /// Becomes true when connections should start closing.
+    pub fn close_signal(&self) -> watch::Receiver<bool> {
+        self.close_tx.subscribe()
+    }
+
+    /// Count a live connection in.
+    pub fn enter(self: &Arc<Self>) -> LiveGuard {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        LiveGuard(self.clone())
+    }
+
+    pub fn live(&self) -> i64 {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Run the drain; returns whether every connection closed before the deadline.
+    pub async fn run(&self, propagation: Duration, deadline: Duration) -> bool {
+        let start = Instant::now();
+        self.draining.store(true, Ordering::Release);
+        metrics().draining.set(1);
+        metrics().drain_remaining.set(self.live());
+        tracing::info!(?propagation, ?deadline, live = self.live(), "drain: readiness off, propagation window");
+        tokio::time::sleep(propagation).await;
+        self.refusing.store(true, Ordering::Release);
+        let _ = self.close_tx.send(true);
+        tracing::info!(live = self.live(), "drain: closing connections across their routes' windows");
+        let end = start + deadline;
+        loop {
+            let idle = self.idle.notified();
+            if self.live() <= 0 {
+                return true;
+            }
+            tokio::select! {
+                _ = idle => {}
+                _ = tokio::time::sleep_until(end) => return self.live() <= 0,
+                // Re-check now and then in case a notification raced the count.
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+}
+
+/// pingora's shutdown hook: our drain runs before pingora stops its listeners.
+pub struct DrainingSignal {
+    pub drain: Arc<Drain>,
+    pub propagation: Duration,
+    pub deadline: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainingSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {
+                tracing::info!("SIGINT: fast shutdown (use SIGTERM for a graceful drain)");
+                return ShutdownSignal::FastShutdown;
+            }
+        }
+        tracing::info!("SIGTERM: draining");
+        let started = Instant::now();
+        let clean = tokio::select! {
+            clean = self.drain.run(self.propagation, self.deadline) => clean,
+            _ = int.recv() => false,
+            _ = term.recv() => false,
+        };
+        if clean {
+            tracing::info!(elapsed = ?started.elapsed(), "drain complete: graceful exit");
+        } else {
+            tracing::warn!(elapsed = ?started.elapsed(), left = self.drain.live(), "drain deadline reached: forced exit");
+        }
+        ShutdownSignal::FastShutdown
+    }
+}

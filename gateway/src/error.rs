@@ -1,0 +1,282 @@
+//! The one table that maps every refusal and every gateway-initiated close to what the client
+//! sees: an HTTP status before the upgrade, a WebSocket close code after it. `docs/errors.md`
+//! is the user-facing copy; a test keeps the two in step.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Which side caused a failure: the client, the app pod, or the gateway itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+/// Why a handshake (or plain request) was refused before any 101.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("origin not allowed")]
+    OriginNotAllowed,
+    #[error("token missing")]
+    TokenMissing,
+    #[error("{0}")]
+    TokenInvalid(&'static str),
+    #[error("too many connections from this address")]
+    PerIpCap,
+    #[error("too many connections for this user")]
+    PerUserCap,
+    #[error("too many new connections from this address")]
+    PerIpRate,
+    #[error("gateway at connection capacity")]
+    PodCap,
+    #[error("gateway is draining")]
+    Draining,
+    #[error("unsupported WebSocket version")]
+    BadWebSocketVersion,
+    #[error("malformed WebSocket handshake: {0}")]
+    BadHandshake(&'static str),
+    #[error("no ready backend")]
+    NoBackend,
+    #[error("backend unreachable")]
+    BackendUnreachable,
+    #[error("backend timed out")]
+    BackendTimeout,
+    #[error("too many request headers")]
+    HeadersTooLarge,
+}
+
+impl Refusal {
+    /// The HTTP status for this refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Self::TokenMissing | Self::TokenInvalid(_) => StatusCode::UNAUTHORIZED,
+            Self::PerIpCap | Self::PerUserCap | Self::PerIpRate => StatusCode::TOO_MANY_REQUESTS,
+            Self::PodCap | Self::Draining | Self::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadWebSocketVersion => StatusCode::UPGRADE_REQUIRED,
+            Self::BadHandshake(_) => StatusCode::BAD_REQUEST,
+            Self::BackendUnreachable => StatusCode::BAD_GATEWAY,
+            Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+
+    /// Stable label for metrics (`switchboard_handshake_refusals_total{reason=...}`) and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::OriginNotAllowed => "origin",
+            Self::TokenMissing => "token_missing",
+            Self::TokenInvalid(_) => "token_invalid",
+            Self::PerIpCap => "per_ip_cap",
+            Self::PerUserCap => "per_user_cap",
+            Self::PerIpRate => "per_ip_rate",
+            Self::PodCap => "pod_cap",
+            Self::Draining => "draining",
+            Self::BadWebSocketVersion => "ws_version",
+            Self::BadHandshake(_) => "bad_handshake",
+            Self::NoBackend => "no_backend",
+            Self::BackendUnreachable => "backend_unreachable",
+            Self::BackendTimeout => "backend_timeout",
+            Self::HeadersTooLarge => "headers_too_large",
+        }
+    }
+
+    /// Who is at fault.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::NoBackend | Self::BackendUnreachable | Self::BackendTimeout => Side::Upstream,
+            Self::PodCap | Self::Draining => Side::Internal,
+            _ => Side::Downstream,
+        }
+    }
+
+    /// `Retry-After` for refusals a client should retry later.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::PerIpRate => Some(Duration::from_secs(1)),
+            Self::PerIpCap | Self::PerUserCap => Some(Duration::from_secs(5)),
+            Self::PodCap | Self::NoBackend => Some(Duration::from_secs(2)),
+            Self::Draining => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// `WWW-Authenticate` for 401s: RFC 6750 `Bearer error=..., error_description=...`.
+    pub fn www_authenticate(&self) -> Option<String> {
+        match self {
+            Self::TokenMissing => Some(r#"Bearer realm="switchboard""#.to_string()),
+            Self::TokenInvalid(reason) => Some(format!(
+                r#"Bearer realm="switchboard", error="invalid_token", error_description="{reason}""#
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Why the gateway closed (or saw closed) a live WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseCause {
+    /// A message larger than the route's `maxMessageBytes`.
+    MessageTooBig,
+    /// The client sent faster than the route's message rate.
+    RateLimited,
+    /// The token's `exp` passed.
+    TokenExpired,
+    /// Shutdown drain with the route's configured code and reason.
+    Draining { code: u16, reason: String },
+    /// The client did not answer a keep-alive ping in time.
+    PongTimeout,
+    /// A frame that breaks RFC 6455 framing (reserved opcode, bad length, unmasked client frame).
+    ProtocolError,
+    /// The backend pod went away or broke the connection without a close frame.
+    UpstreamGone,
+    /// One side sent a Close frame; the gateway relayed it unchanged.
+    Peer(Side, u16),
+    /// A side's TCP connection ended without a close handshake.
+    Abnormal(Side),
+}
+
+impl CloseCause {
+    /// The close code sent to both sides (for gateway-initiated closes).
+    pub fn code(&self) -> u16 {
+        match self {
+            Self::MessageTooBig => 1009,
+            Self::RateLimited => 1008,
+            Self::TokenExpired => 4001,
+            Self::Draining { code, .. } => *code,
+            Self::PongTimeout => 1001,
+            Self::ProtocolError => 1002,
+            Self::UpstreamGone => 1011,
+            Self::Peer(_, code) => *code,
+            Self::Abnormal(_) => 1006,
+        }
+    }
+
+    /// The close reason sent with the code.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::MessageTooBig => "message too big",
+            Self::RateLimited => "message rate exceeded",
+            Self::TokenExpired => "token expired",
+            Self::Draining { reason, .. } => reason,
+            Self::PongTimeout => "ping timeout",
+            Self::ProtocolError => "protocol error",
+            Self::UpstreamGone => "backend went away",
+            Self::Peer(..) | Self::Abnormal(_) => "",
+        }
+    }
+
+    /// Stable label for metrics and the connection-end log line.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::MessageTooBig => "message_too_big",
+            Self::RateLimited => "rate_limited",
+            Self::TokenExpired => "token_expired",
+            Self::Draining { .. } => "draining",
+            Self::PongTimeout => "pong_timeout",
+            Self::ProtocolError => "protocol_error",
+            Self::UpstreamGone => "upstream_gone",
+            Self::Peer(Side::Upstream, _) => "upstream_close",
+            Self::Peer(..) => "client_close",
+            Self::Abnormal(Side::Upstream) => "upstream_reset",
+            Self::Abnormal(_) => "client_reset",
+        }
+    }
+}
+
+/// One row of the user-facing table (rendered into `docs/errors.md` and checked by a test).
+pub struct Row {
+    pub when: &'static str,
+    pub label: &'static str,
+    pub status_or_code: String,
+    pub reason: String,
+}
+
+/// Every refusal and every gateway-initiated close, in table order.
+pub fn table() -> Vec<Row> {
+    let refusals = [
+        ("no route matches host + path", Refusal::NoRoute),
+        ("Origin not in the route's allow-list (or null/missing when not allowed)", Refusal::OriginNotAllowed),
+        ("no token in any configured source", Refusal::TokenMissing),
+        ("token invalid (reason in WWW-Authenticate)", Refusal::TokenInvalid("token expired")),
+        ("per-IP concurrent connection cap", Refusal::PerIpCap),
+        ("per-user concurrent connection cap", Refusal::PerUserCap),
+        ("per-IP new-connection rate", Refusal::PerIpRate),
+        ("pod-wide connection cap", Refusal::PodCap),
+        ("gateway draining (after the propagation window)", Refusal::Draining),
+        ("Sec-WebSocket-Version is not 13", Refusal::BadWebSocketVersion),
+        ("Upgrade request without a valid Sec-WebSocket-Key", Refusal::BadHandshake("missing or invalid Sec-WebSocket-Key")),
+        ("no ready, non-draining backend", Refusal::NoBackend),
+        ("backend refused the TCP connection", Refusal::BackendUnreachable),
+        ("backend did not answer the handshake in time", Refusal::BackendTimeout),
+        ("more headers than limits.maxHeaderCount", Refusal::HeadersTooLarge),
+    ];
+    let closes = [
+        ("a message over maxMessageBytes (either direction)", CloseCause::MessageTooBig),
+        ("client messages faster than messagesPerSecond/messageBurst", CloseCause::RateLimited),
+        ("the JWT's exp passed (closeOnExpiry)", CloseCause::TokenExpired),
+        ("shutdown drain (route drain.closeCode/closeReason)", CloseCause::Draining { code: 1001, reason: "server draining, reconnect".into() }),
+        ("no pong within keepalive.timeout", CloseCause::PongTimeout),
+        ("invalid framing from either side", CloseCause::ProtocolError),
+        ("backend connection lost without a close frame (sent to the client)", CloseCause::UpstreamGone),
+    ];
+    let mut rows: Vec<Row> = refusals
+        .into_iter()
+        .map(|(when, r)| Row {
+            when,
+            label: r.label(),
+            status_or_code: format!("HTTP {}", r.status().as_u16()),
+            reason: r.to_string(),
+        })
+        .collect();
+    rows.extend(closes.into_iter().map(|(when, c)| Row {
+        when,
+        label: c.label(),
+        status_or_code: format!("close {}", c.code()),
+        reason: c.reason().to_string(),
+    }));
+    rows
+}
+
+/// The table as Markdown, as it appears in `docs/errors.md`.
+pub fn table_markdown() -> String {
+    let mut out = String::from("| when | status / close code | reason | metrics label |\n|---|---|---|---|\n");
+    for r in table() {
+        out.push_str(&format!("| {} | {} | {} | `{}` |\n", r.when, r.status_or_code, r.reason, r.label));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_errors_md_contains_the_current_table() {
+        let doc = include_str!("../../docs/errors.md");
+        assert!(
+            doc.contains(&table_markdown()),
+            "docs/errors.md is out of date; paste this table into it:\n{}",
+            table_markdown()
+        );
+    }
+
+    #[test]
+    fn every_retryable_refusal_carries_retry_after() {
+        for r in [Refusal::PerIpCap, Refusal::PerUserCap, Refusal::PerIpRate, Refusal::PodCap, Refusal::Draining] {
+            assert!(r.retry_after().is_some(), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_token_reason_goes_into_www_authenticate() {
+        let h = Refusal::TokenInvalid("token expired").www_authenticate().unwrap();
+        assert!(h.contains(r#"error_description="token expired""#), "{h}");
+    }
+}

@@ -1,0 +1,144 @@
+//! The running gateway's shared state and the one place a config document becomes live:
+//! compile everything first, then swap atomically. A document that fails to compile changes
+//! nothing (the last good config keeps serving).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use switchboard_config::{GatewayConfig, KeySource};
+
+use crate::admission::{AdmissionRegistry, PodAdmission};
+use crate::auth::jwks::JwksRegistry;
+use crate::drain::Drain;
+use crate::metrics::metrics;
+use crate::routes::{CompileContext, RouteTable};
+use crate::tls::{CertSet, Resolver};
+
+/// Everything the listeners, admin endpoints and background services share.
+pub struct Gateway {
+    pub config: ArcSwap<GatewayConfig>,
+    pub routes: ArcSwap<RouteTable>,
+    /// SNI resolvers per TLS listener name (listeners themselves are fixed at start).
+    pub tls: HashMap<String, Arc<Resolver>>,
+    pub pod: PodAdmission,
+    pub admission: AdmissionRegistry,
+    pub jwks: JwksRegistry,
+    pub drain: Arc<Drain>,
+    pub http: Client<HttpConnector, Incoming>,
+    loaded: AtomicBool,
+}
+
+/// Reads a file the config refers to.
+pub fn read_file(path: &str) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
+impl Gateway {
+    /// Compile `cfg` (keys, certificates, routes) or report every problem.
+    pub fn new(cfg: GatewayConfig) -> Result<Arc<Self>, Vec<String>> {
+        let jwks = JwksRegistry::new();
+        let admission = AdmissionRegistry::default();
+        let routes = RouteTable::compile(
+            &cfg,
+            &CompileContext { jwks: &jwks, admission: &admission, read_file: &read_file },
+        )?;
+        let mut tls = HashMap::new();
+        let mut problems = Vec::new();
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            if let Some(t) = &l.tls {
+                match CertSet::load(t, &read_file) {
+                    Ok(certs) => {
+                        tls.insert(l.name.clone(), Arc::new(Resolver { certs: ArcSwap::from_pointee(certs) }));
+                    }
+                    Err(e) => problems.push(format!("listeners[{i}].tls.{e}")),
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.limits.upstream_timeout));
+        metrics().config_generation.set(cfg.generation as i64);
+        Ok(Arc::new(Self {
+            pod: PodAdmission::new(cfg.limits.max_connections),
+            config: ArcSwap::from_pointee(cfg),
+            routes: ArcSwap::from_pointee(routes),
+            tls,
+            admission,
+            jwks,
+            drain: Arc::new(Drain::default()),
+            http: Client::builder(TokioExecutor::new()).build(connector),
+            loaded: AtomicBool::new(true),
+        }))
+    }
+
+    /// Apply a reloaded document: compile first, swap only when everything compiled.
+    /// Listener and admin changes need a restart (sockets are bound once); they are reported.
+    pub fn apply(&self, cfg: GatewayConfig) -> Result<(), Vec<String>> {
+        let routes = RouteTable::compile(
+            &cfg,
+            &CompileContext { jwks: &self.jwks, admission: &self.admission, read_file: &read_file },
+        )?;
+        let mut certs = Vec::new();
+        let mut problems = Vec::new();
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            if let (Some(t), Some(resolver)) = (&l.tls, self.tls.get(&l.name)) {
+                match CertSet::load(t, &read_file) {
+                    Ok(c) => certs.push((resolver.clone(), c)),
+                    Err(e) => problems.push(format!("listeners[{i}].tls.{e}")),
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let old = self.config.load();
+        if old.listeners != cfg.listeners || old.admin != cfg.admin {
+            tracing::warn!("listener or admin changes take effect after a restart; routes, limits and drain apply now");
+        }
+        for (resolver, c) in certs {
+            resolver.certs.store(Arc::new(c));
+        }
+        self.pod.set_max(cfg.limits.max_connections);
+        metrics().config_generation.set(cfg.generation as i64);
+        self.routes.store(Arc::new(routes));
+        self.config.store(Arc::new(cfg));
+        Ok(())
+    }
+
+    /// Loaded, not draining, and every JWKS fetched once.
+    pub fn ready(&self) -> bool {
+        self.loaded.load(Ordering::Acquire) && !self.drain.is_draining() && self.jwks.all_loaded()
+    }
+}
+
+/// Every file a document refers to (keys, secrets, certificates): the reload loop watches
+/// them as well as the document itself.
+pub fn referenced_files(cfg: &GatewayConfig) -> BTreeSet<String> {
+    let mut files = BTreeSet::new();
+    for l in &cfg.listeners {
+        for c in l.tls.iter().flat_map(|t| &t.certificates) {
+            files.insert(c.cert_file.clone());
+            files.insert(c.key_file.clone());
+        }
+    }
+    for r in &cfg.routes {
+        for k in r.jwt.iter().flat_map(|j| &j.keys) {
+            if let KeySource::File { path, .. } = k {
+                files.insert(path.clone());
+            }
+        }
+        if let Some(f) = r.proxy.as_ref().and_then(|p| p.signature.as_ref()).and_then(|s| s.secret_file.clone()) {
+            files.insert(f);
+        }
+    }
+    files
+}

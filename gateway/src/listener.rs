@@ -1,0 +1,68 @@
+//! The edge listener as a pingora app: pingora accepts (and owns listener lifecycle); this app
+//! terminates TLS with rustls when configured, then serves HTTP/1.1 with hyper (header-read
+//! timeout, header count/size caps) and hands every request to the pipeline. Upgraded
+//! connections are owned by the gateway's tunnel, not by pingora-proxy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+
+use crate::gateway::Gateway;
+use crate::pipeline::{Conn, handle};
+
+/// One edge listener.
+pub struct EdgeApp {
+    pub gateway: Arc<Gateway>,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl EdgeApp {
+    async fn serve<I>(&self, io: I, conn: Conn)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let limits = self.gateway.config.load().limits.clone();
+        let gw = self.gateway.clone();
+        let svc = service_fn(move |req| handle(gw.clone(), conn, req));
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.handshake_timeout)
+            .max_headers(limits.max_header_count)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .keep_alive(true);
+        if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).with_upgrades().await {
+            tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with an HTTP error");
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for EdgeApp {
+    async fn process_new(self: &Arc<Self>, stream: Stream, _shutdown: &ShutdownWatch) -> Option<Stream> {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()))
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        match &self.tls {
+            None => self.serve(stream, Conn { peer, tls: false }).await,
+            Some(acceptor) => {
+                let timeout = self.gateway.config.load().limits.handshake_timeout;
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => self.serve(tls, Conn { peer, tls: true }).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+        None
+    }
+}

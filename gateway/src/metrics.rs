@@ -1,0 +1,124 @@
+//! The one metrics registry of the gateway, served as Prometheus text on the admin listener.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    pub registry: Registry,
+    /// `switchboard_connections_active{route}`
+    pub connections_active: IntGaugeVec,
+    /// `switchboard_connections_total{route,outcome}`: outcome = upgraded | refused | http
+    pub connections_total: IntCounterVec,
+    /// `switchboard_handshake_refusals_total{route,reason}`
+    pub refusals: IntCounterVec,
+    /// `switchboard_frames_total{route,direction}`: direction = inbound (client->app) | outbound
+    pub frames: IntCounterVec,
+    /// `switchboard_bytes_total{route,direction}`
+    pub bytes: IntCounterVec,
+    /// `switchboard_closes_total{route,code,cause}`
+    pub closes: IntCounterVec,
+    /// `switchboard_drain_connections_remaining`
+    pub drain_remaining: IntGauge,
+    /// `switchboard_draining` (1 while draining)
+    pub draining: IntGauge,
+    /// `switchboard_config_generation`
+    pub config_generation: IntGauge,
+    /// `switchboard_config_reloads_total{result}`
+    pub config_reloads: IntCounterVec,
+    /// `switchboard_jwks_fetches_total{result}`
+    pub jwks_fetches: IntCounterVec,
+    /// `switchboard_http_requests_total{route,status}` for proxied plain HTTP
+    pub http_requests: IntCounterVec,
+}
+
+fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    reg.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let connections_active = IntGaugeVec::new(
+            Opts::new("switchboard_connections_active", "Open WebSocket connections"),
+            &["route"],
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(connections_active.clone())).expect("metric registered once");
+        let drain_remaining = IntGauge::new(
+            "switchboard_drain_connections_remaining",
+            "Connections still open during a drain",
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(drain_remaining.clone())).expect("metric registered once");
+        let draining = IntGauge::new("switchboard_draining", "1 while the gateway drains")
+            .expect("static metric definition");
+        registry.register(Box::new(draining.clone())).expect("metric registered once");
+        let config_generation =
+            IntGauge::new("switchboard_config_generation", "Generation of the loaded config")
+                .expect("static metric definition");
+        registry.register(Box::new(config_generation.clone())).expect("metric registered once");
+        Self {
+            connections_total: counter_vec(
+                &registry,
+                "switchboard_connections_total",
+                "Connection attempts by outcome",
+                &["route", "outcome"],
+            ),
+            refusals: counter_vec(
+                &registry,
+                "switchboard_handshake_refusals_total",
+                "Requests refused before the upgrade, by reason",
+                &["route", "reason"],
+            ),
+            frames: counter_vec(&registry, "switchboard_frames_total", "WebSocket frames relayed", &["route", "direction"]),
+            bytes: counter_vec(&registry, "switchboard_bytes_total", "WebSocket bytes relayed", &["route", "direction"]),
+            closes: counter_vec(
+                &registry,
+                "switchboard_closes_total",
+                "WebSocket connection ends by close code and cause",
+                &["route", "code", "cause"],
+            ),
+            config_reloads: counter_vec(&registry, "switchboard_config_reloads_total", "Config reloads", &["result"]),
+            jwks_fetches: counter_vec(&registry, "switchboard_jwks_fetches_total", "JWKS fetches", &["result"]),
+            http_requests: counter_vec(
+                &registry,
+                "switchboard_http_requests_total",
+                "Plain HTTP requests proxied",
+                &["route", "status"],
+            ),
+            registry,
+            connections_active,
+            drain_remaining,
+            draining,
+            config_generation,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding gathered families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Frame and byte counters for one route and direction.
+    pub fn dir(&self, route: &str, direction: &str) -> (IntCounter, IntCounter) {
+        (
+            self.frames.with_label_values(&[route, direction]),
+            self.bytes.with_label_values(&[route, direction]),
+        )
+    }
+}
+
+/// The process-wide registry.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}

@@ -1,0 +1,316 @@
+//! The request pipeline, all before any 101: route lookup, Origin, token, admission, then the
+//! route's mode. Every refusal goes through [`refuse`], which renders the one error table.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use switchboard_config::PinningKey;
+
+use crate::admission::client_ip::client_ip;
+use crate::auth::jwt::Claims;
+use crate::auth::token;
+use crate::error::Refusal;
+use crate::gateway::Gateway;
+use crate::metrics::metrics;
+use crate::proxy::identity::{self, identity_from_claims};
+use crate::proxy::upstream::{Handshake, open_websocket};
+use crate::routes::CompiledRoute;
+use crate::tunnel::relay::{self, DirCounters, TunnelLimits};
+
+/// Response body type of the edge listener.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Facts about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Render a refusal: status, reason, `Retry-After`, `WWW-Authenticate`; counted by reason.
+pub fn refuse(route: &str, r: Refusal) -> Response<Body> {
+    metrics().refusals.with_label_values(&[route, r.label()]).inc();
+    metrics().connections_total.with_label_values(&[route, "refused"]).inc();
+    let body = serde_json::json!({ "error": r.label(), "reason": r.to_string() }).to_string() + "\n";
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = r.status();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(after) = r.retry_after()
+        && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
+    {
+        h.insert(header::RETRY_AFTER, v);
+    }
+    if let Some(v) = r.www_authenticate().and_then(|v| HeaderValue::from_str(&v).ok()) {
+        h.insert(header::WWW_AUTHENTICATE, v);
+    }
+    if r == Refusal::BadWebSocketVersion {
+        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    }
+    resp
+}
+
+fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A WebSocket upgrade request (RFC 6455 §4.2.1), before version/key checks.
+pub fn is_websocket(req: &Request<Incoming>) -> bool {
+    req.method() == http::Method::GET
+        && header_has_token(req, header::CONNECTION, "upgrade")
+        && header_has_token(req, header::UPGRADE, "websocket")
+}
+
+fn check_handshake(req: &Request<Incoming>) -> Result<(), Refusal> {
+    let version = req.headers().get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok());
+    if version.map(str::trim) != Some("13") {
+        return Err(Refusal::BadWebSocketVersion);
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
+        Ok(bytes) if bytes.len() == 16 => Ok(()),
+        _ => Err(Refusal::BadHandshake("missing or invalid Sec-WebSocket-Key")),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The pinning key for this request (falls back to the client IP when the source is absent).
+fn pin_key(route: &CompiledRoute, req: &Request<Incoming>, claims: Option<&Claims>, ip: IpAddr) -> String {
+    let key = route.cfg.proxy.as_ref().and_then(|p| match &p.pinning {
+        PinningKey::ClientIp => None,
+        PinningKey::Claim(c) => claims.and_then(|cl| cl.get_str(c)),
+        PinningKey::Header(h) => req.headers().get(h.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string),
+        PinningKey::Query(q) => req.uri().query().and_then(|qs| {
+            url::form_urlencoded::parse(qs.as_bytes()).find(|(k, _)| k == q).map(|(_, v)| v.into_owned())
+        }),
+        PinningKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(cookie::Cookie::split_parse)
+            .filter_map(Result::ok)
+            .find(|c| c.name() == name)
+            .map(|c| c.value().to_string()),
+    });
+    key.unwrap_or_else(|| ip.to_string())
+}
+
+/// Handle one request from the edge listener.
+pub async fn handle(gw: Arc<Gateway>, conn: Conn, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let table = gw.routes.load_full();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().host().map(str::to_string));
+    let Some(route) = table.lookup(host.as_deref(), req.uri().path()) else {
+        return Ok(refuse("", Refusal::NoRoute));
+    };
+    let name = route.cfg.name.clone();
+    match admit_and_proxy(gw, conn, route, req).await {
+        Ok(resp) => Ok(resp),
+        Err(r) => Ok(refuse(&name, r)),
+    }
+}
+
+async fn admit_and_proxy(
+    gw: Arc<Gateway>,
+    conn: Conn,
+    route: Arc<CompiledRoute>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let websocket = is_websocket(&req);
+    if websocket {
+        if gw.drain.is_refusing() {
+            return Err(Refusal::Draining);
+        }
+        check_handshake(&req)?;
+    }
+    route.origin.check(req.headers())?;
+    let cfg = gw.config.load();
+    let ip = client_ip(conn.peer.ip(), req.headers(), &cfg.trusted_proxies);
+
+    let claims = match (&route.verifier, &route.cfg.jwt) {
+        (Some(verifier), Some(jwt)) => {
+            let (tok, _) = token::extract(&jwt.token_sources, req.headers(), req.uri().query())
+                .ok_or(Refusal::TokenMissing)?;
+            Some(verifier.verify(&tok).await.map_err(|e| Refusal::TokenInvalid(e.reason()))?)
+        }
+        _ => None,
+    };
+    let admitted = if websocket {
+        let user = claims.as_ref().and_then(|c| c.sub.as_deref());
+        Some(route.admission.admit(&route.cfg.limits, ip, user, &gw.pod)?)
+    } else {
+        None
+    };
+
+    let key = pin_key(&route, &req, claims.as_ref(), ip);
+    let backend = route.backends.pick(key.as_bytes()).ok_or(Refusal::NoBackend)?;
+
+    // What the app sees: no token carriers, no client copies of identity, our identity.
+    let mut headers = req.headers().clone();
+    let query = match &route.cfg.jwt {
+        Some(jwt) => token::strip(&jwt.token_sources, &mut headers, req.uri().query()),
+        None => req.uri().query().map(str::to_string),
+    };
+    let proxy = route.cfg.proxy.as_ref();
+    let identity_map = proxy.map(|p| p.identity_headers.clone()).unwrap_or_default();
+    let identity = identity_from_claims(&identity_map, |c| claims.as_ref().and_then(|cl| cl.get_str(c)));
+    let names: Vec<String> = identity_map.values().cloned().collect();
+    let signature = match (proxy.and_then(|p| p.signature.as_ref()), &route.signature_key) {
+        (Some(s), Some(k)) => Some((s.header.as_str(), k.as_slice())),
+        _ => None,
+    };
+    let fwd = identity::Forwarding { client_ip: ip, tls: conn.tls, route: &route.cfg.name, now_unix: unix_now() };
+    let mut headers = identity::upstream_headers(&headers, &identity, &names, signature, fwd);
+    let path_and_query = match &query {
+        Some(q) => format!("{}?{q}", req.uri().path()),
+        None => req.uri().path().to_string(),
+    };
+
+    if !websocket {
+        return forward_http(&gw, &route, backend, req, headers, &path_and_query).await;
+    }
+
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let mut up_req = Request::builder()
+        .method(http::Method::GET)
+        .uri(&path_and_query)
+        .body(Empty::<Bytes>::new())
+        .map_err(|_| Refusal::BadHandshake("request target"))?;
+    *up_req.headers_mut() = headers;
+    let on_client_upgrade = hyper::upgrade::on(&mut req);
+    let handshake = open_websocket(backend, up_req, cfg.limits.upstream_timeout).await?;
+    let (resp, upstream) = match handshake {
+        Handshake::Refused(resp) => {
+            // The app said no: its answer goes to the client unchanged.
+            metrics().connections_total.with_label_values(&[&route.cfg.name, "app_refused"]).inc();
+            let (parts, body) = resp.into_parts();
+            return Ok(Response::from_parts(parts, body.boxed()));
+        }
+        Handshake::Upgraded(resp, upstream) => (resp, upstream),
+    };
+
+    let expires_at = match (&route.cfg.jwt, claims.as_ref().and_then(|c| c.exp)) {
+        (Some(jwt), Some(exp)) if jwt.close_on_expiry => {
+            let left = exp.saturating_sub(unix_now());
+            Some(tokio::time::Instant::now() + Duration::from_secs(left))
+        }
+        _ => None,
+    };
+    let limits = TunnelLimits {
+        max_message_bytes: route.cfg.limits.max_message_bytes,
+        messages_per_second: route.cfg.limits.messages_per_second,
+        message_burst: route.cfg.limits.message_burst,
+        ping_interval: route.cfg.keepalive.interval,
+        pong_timeout: route.cfg.keepalive.timeout,
+        close_timeout: Duration::from_secs(5),
+        expires_at,
+        drain_code: route.cfg.drain.close_code,
+        drain_reason: route.cfg.drain.close_reason.clone(),
+        drain_window: route.cfg.drain.window,
+    };
+    let live = gw.drain.enter();
+    let drain_signal = gw.drain.close_signal();
+    let route_name = route.cfg.name.clone();
+    let m = metrics();
+    m.connections_total.with_label_values(&[&route_name, "upgraded"]).inc();
+    let (fi, bi) = m.dir(&route_name, "inbound");
+    let (fo, bo) = m.dir(&route_name, "outbound");
+    tokio::spawn(async move {
+        let _admitted = admitted;
+        let _live = live;
+        let active = metrics().connections_active.with_label_values(&[&route_name]);
+        let Ok(client) = on_client_upgrade.await else {
+            metrics().connections_total.with_label_values(&[&route_name, "upgrade_failed"]).inc();
+            return;
+        };
+        active.inc();
+        let started = Instant::now();
+        let outcome = relay::run(
+            TokioIo::new(client),
+            TokioIo::new(upstream),
+            limits,
+            DirCounters { frames: fi, bytes: bi },
+            DirCounters { frames: fo, bytes: bo },
+            drain_signal,
+        )
+        .await;
+        active.dec();
+        let code = outcome.cause.code();
+        metrics()
+            .closes
+            .with_label_values(&[&route_name, &code.to_string(), outcome.cause.label()])
+            .inc();
+        tracing::info!(
+            target: "switchboard::connection",
+            route = %route_name,
+            backend = %backend,
+            client_ip = %ip,
+            duration_ms = started.elapsed().as_millis() as u64,
+            bytes_in = outcome.bytes_in,
+            bytes_out = outcome.bytes_out,
+            frames_in = outcome.frames_in,
+            frames_out = outcome.frames_out,
+            close_code = code,
+            cause = outcome.cause.label(),
+            "connection ended"
+        );
+    });
+    let mut out = Response::new(full(Bytes::new()));
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *out.headers_mut() = resp.headers().clone();
+    Ok(out)
+}
+
+async fn forward_http(
+    gw: &Gateway,
+    route: &CompiledRoute,
+    backend: SocketAddr,
+    req: Request<Incoming>,
+    headers: http::HeaderMap,
+    path_and_query: &str,
+) -> Result<Response<Body>, Refusal> {
+    let uri: http::Uri = format!("http://{backend}{path_and_query}")
+        .parse()
+        .map_err(|_| Refusal::BadHandshake("request target"))?;
+    let (parts, body) = req.into_parts();
+    let mut up = Request::builder().method(parts.method).uri(uri).body(body).map_err(|_| Refusal::BadHandshake("request"))?;
+    *up.headers_mut() = headers;
+    let timeout = gw.config.load().limits.http_response_timeout;
+    let resp = tokio::time::timeout(timeout, gw.http.request(up))
+        .await
+        .map_err(|_| Refusal::BackendTimeout)?
+        .map_err(|_| Refusal::BackendUnreachable)?;
+    metrics()
+        .http_requests
+        .with_label_values(&[&route.cfg.name, resp.status().as_str()])
+        .inc();
+    metrics().connections_total.with_label_values(&[&route.cfg.name, "http"]).inc();
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, body.boxed()))
+}

@@ -1,0 +1,583 @@
+//! A streaming RFC 6455 frame scanner for relaying: it reads frame headers as bytes arrive (in
+//! any split), checks framing rules and the per-message size cap *before* a frame's first byte
+//! is forwarded, and hands payload back as slices of the input so data is forwarded without
+//! copying or re-encoding. Control frames (at most 125 bytes) are collected whole so the relay
+//! can read close codes, swallow its own keep-alive pongs, and inject frames between them.
+//!
+//! No I/O here: the relay feeds it buffers; tests feed it every possible split.
+
+/// Which peer sends the bytes being scanned (decides the masking rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// Frames from a client must be masked.
+    Client,
+    /// Frames from a server must not be masked.
+    Server,
+}
+
+/// Frame opcodes (RFC 6455 §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpCode {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl OpCode {
+    fn from_bits(bits: u8) -> Option<Self> {
+        Some(match bits {
+            0x0 => Self::Continuation,
+            0x1 => Self::Text,
+            0x2 => Self::Binary,
+            0x8 => Self::Close,
+            0x9 => Self::Ping,
+            0xA => Self::Pong,
+            _ => return None,
+        })
+    }
+
+    fn bits(self) -> u8 {
+        match self {
+            Self::Continuation => 0x0,
+            Self::Text => 0x1,
+            Self::Binary => 0x2,
+            Self::Close => 0x8,
+            Self::Ping => 0x9,
+            Self::Pong => 0xA,
+        }
+    }
+
+    /// Close, Ping and Pong.
+    pub fn is_control(self) -> bool {
+        matches!(self, Self::Close | Self::Ping | Self::Pong)
+    }
+}
+
+/// A framing rule broken by the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("reserved opcode")]
+    ReservedOpcode,
+    #[error("reserved bits set without a negotiated extension")]
+    ReservedBits,
+    #[error("control frame longer than 125 bytes")]
+    ControlTooLong,
+    #[error("fragmented control frame")]
+    FragmentedControl,
+    #[error("continuation frame without a message in progress")]
+    UnexpectedContinuation,
+    #[error("new data frame while a fragmented message is in progress")]
+    ExpectedContinuation,
+    #[error("client frame not masked")]
+    UnmaskedClientFrame,
+    #[error("server frame masked")]
+    MaskedServerFrame,
+    #[error("payload length with the most significant bit set")]
+    LengthOverflow,
+    #[error("close frame with a 1-byte payload")]
+    CloseLengthOne,
+}
+
+/// A complete data-frame header (Text, Binary or Continuation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataHeader {
+    /// The header bytes exactly as received (forward these).
+    pub raw: Vec<u8>,
+    pub opcode: OpCode,
+    pub fin: bool,
+    pub payload_len: u64,
+    /// True for the first frame of a message (Text/Binary, not Continuation).
+    pub starts_message: bool,
+    /// The message this frame belongs to is over the size limit: the relay must not forward it.
+    /// Scanning goes on (so the peer's Close reply can still be found).
+    pub too_big: bool,
+}
+
+/// A complete control frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    pub opcode: OpCode,
+    /// Header and payload exactly as received (forward these).
+    pub raw: Vec<u8>,
+    /// The unmasked payload.
+    pub payload: Vec<u8>,
+}
+
+impl Control {
+    /// For Close frames: the status code, if the payload carries one.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == OpCode::Close && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// What the scanner found next in the input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A data frame starts; its payload follows as [`Event::Payload`]s.
+    Header(DataHeader),
+    /// Payload bytes of the current data frame, as received (still masked if masked).
+    Payload(&'a [u8]),
+    /// A whole control frame.
+    Control(Control),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Header,
+    Data { remaining: u64 },
+    Control { remaining: usize },
+}
+
+/// Incremental frame scanner for one direction of a tunnel.
+#[derive(Debug)]
+pub struct Scanner {
+    sender: Sender,
+    max_message: u64,
+    state: State,
+    hdr: [u8; 14],
+    hdr_len: usize,
+    ctrl_opcode: OpCode,
+    ctrl_raw: Vec<u8>,
+    ctrl_payload: Vec<u8>,
+    ctrl_mask: Option<[u8; 4]>,
+    in_message: bool,
+    message_bytes: u64,
+    frame_fin: bool,
+}
+
+impl Scanner {
+    /// A scanner for frames from `sender`, refusing messages over `max_message` bytes.
+    pub fn new(sender: Sender, max_message: u64) -> Self {
+        Self {
+            sender,
+            max_message,
+            state: State::Header,
+            hdr: [0; 14],
+            hdr_len: 0,
+            ctrl_opcode: OpCode::Ping,
+            ctrl_raw: Vec::new(),
+            ctrl_payload: Vec::new(),
+            ctrl_mask: None,
+            in_message: false,
+            message_bytes: 0,
+            frame_fin: true,
+        }
+    }
+
+    /// True when nothing of a data frame has been handed out unfinished: a frame of our own
+    /// can be written to the receiving side now without corrupting the stream.
+    pub fn at_boundary(&self) -> bool {
+        !matches!(self.state, State::Data { .. })
+    }
+
+    /// True while a fragmented message is in progress.
+    pub fn in_message(&self) -> bool {
+        self.in_message
+    }
+
+    fn header_needed(&self) -> usize {
+        if self.hdr_len < 2 {
+            return 2;
+        }
+        let ext = match self.hdr[1] & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.hdr[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + ext + mask
+    }
+
+    /// Scan from `input[*pos..]`, advancing `pos`. `Ok(None)`: all input consumed, feed more.
+    /// After an error the stream is unusable; the relay closes the connection.
+    pub fn next<'a>(&mut self, input: &'a [u8], pos: &mut usize) -> Result<Option<Event<'a>>, FrameError> {
+        loop {
+            match self.state {
+                State::Header => {
+                    while *pos < input.len() && self.hdr_len < self.header_needed() {
+                        self.hdr[self.hdr_len] = input[*pos];
+                        self.hdr_len += 1;
+                        *pos += 1;
+                    }
+                    if self.hdr_len < self.header_needed() {
+                        return Ok(None);
+                    }
+                    if let Some(event) = self.finish_header()? {
+                        return Ok(Some(event));
+                    }
+                }
+                State::Data { remaining } => {
+                    if remaining == 0 {
+                        self.end_data_frame();
+                        continue;
+                    }
+                    let available = input.len() - *pos;
+                    if available == 0 {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(remaining).map_or(available, |r| r.min(available));
+                    let slice = &input[*pos..*pos + take];
+                    *pos += take;
+                    let remaining = remaining - take as u64;
+                    self.state = State::Data { remaining };
+                    if remaining == 0 {
+                        self.end_data_frame();
+                    }
+                    return Ok(Some(Event::Payload(slice)));
+                }
+                State::Control { remaining } => {
+                    let take = remaining.min(input.len() - *pos);
+                    let start = self.ctrl_payload.len();
+                    for (i, &b) in input[*pos..*pos + take].iter().enumerate() {
+                        self.ctrl_raw.push(b);
+                        let m = self.ctrl_mask.map_or(0, |m| m[(start + i) % 4]);
+                        self.ctrl_payload.push(b ^ m);
+                    }
+                    *pos += take;
+                    let remaining = remaining - take;
+                    self.state = State::Control { remaining };
+                    if remaining > 0 {
+                        return Ok(None);
+                    }
+                    self.state = State::Header;
+                    return Ok(Some(Event::Control(Control {
+                        opcode: self.ctrl_opcode,
+                        raw: std::mem::take(&mut self.ctrl_raw),
+                        payload: std::mem::take(&mut self.ctrl_payload),
+                    })));
+                }
+            }
+        }
+    }
+
+    fn end_data_frame(&mut self) {
+        self.state = State::Header;
+        if self.frame_fin {
+            self.in_message = false;
+            self.message_bytes = 0;
+        }
+    }
+
+    fn finish_header(&mut self) -> Result<Option<Event<'static>>, FrameError> {
+        let h = &self.hdr[..self.hdr_len];
+        let fin = h[0] & 0x80 != 0;
+        if h[0] & 0x70 != 0 {
+            return Err(FrameError::ReservedBits);
+        }
+        let opcode = OpCode::from_bits(h[0] & 0x0F).ok_or(FrameError::ReservedOpcode)?;
+        let masked = h[1] & 0x80 != 0;
+        match (self.sender, masked) {
+            (Sender::Client, false) => return Err(FrameError::UnmaskedClientFrame),
+            (Sender::Server, true) => return Err(FrameError::MaskedServerFrame),
+            _ => {}
+        }
+        let (len, ext) = match h[1] & 0x7F {
+            126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 2),
+            127 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&h[2..10]);
+                let len = u64::from_be_bytes(b);
+                if len >> 63 != 0 {
+                    return Err(FrameError::LengthOverflow);
+                }
+                (len, 8)
+            }
+            n => (u64::from(n), 0),
+        };
+        let mask = masked.then(|| {
+            let m = &h[2 + ext..6 + ext];
+            [m[0], m[1], m[2], m[3]]
+        });
+        let raw = h.to_vec();
+        self.hdr_len = 0;
+        if opcode.is_control() {
+            if !fin {
+                return Err(FrameError::FragmentedControl);
+            }
+            if len > 125 {
+                return Err(FrameError::ControlTooLong);
+            }
+            if opcode == OpCode::Close && len == 1 {
+                return Err(FrameError::CloseLengthOne);
+            }
+            self.ctrl_opcode = opcode;
+            self.ctrl_mask = mask;
+            self.ctrl_raw = raw;
+            self.ctrl_payload = Vec::with_capacity(len as usize);
+            self.state = State::Control { remaining: len as usize };
+            return Ok(None);
+        }
+        let starts_message = match (opcode, self.in_message) {
+            (OpCode::Continuation, false) => return Err(FrameError::UnexpectedContinuation),
+            (OpCode::Continuation, true) => false,
+            (_, true) => return Err(FrameError::ExpectedContinuation),
+            (_, false) => true,
+        };
+        let total = self.message_bytes.saturating_add(len);
+        let too_big = total > self.max_message;
+        self.message_bytes = total;
+        self.in_message = true;
+        self.frame_fin = fin;
+        self.state = State::Data { remaining: len };
+        Ok(Some(Event::Header(DataHeader { raw, opcode, fin, payload_len: len, starts_message, too_big })))
+    }
+}
+
+/// Encode a frame of our own (Close, Ping): unmasked toward clients, masked toward servers.
+pub fn encode(opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(0x80 | opcode.bits());
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(m) => {
+            out.extend_from_slice(&m);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// A Close frame with `code` and `reason` (truncated at a char boundary to fit 123 bytes).
+pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(OpCode::Close, &payload, mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a scan produced, with payload slices joined per frame so splits compare equal.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Seen {
+        Header(OpCode, bool, u64, bool, Vec<u8>),
+        Payload(Vec<u8>),
+        Control(OpCode, Vec<u8>, Vec<u8>),
+    }
+
+    fn scan_split(sender: Sender, max: u64, chunks: &[&[u8]]) -> Result<Vec<Seen>, FrameError> {
+        let mut s = Scanner::new(sender, max);
+        let mut seen: Vec<Seen> = Vec::new();
+        for chunk in chunks {
+            let mut pos = 0;
+            while let Some(ev) = s.next(chunk, &mut pos)? {
+                match ev {
+                    Event::Header(h) => {
+                        if h.too_big {
+                            return Err(TOO_BIG);
+                        }
+                        seen.push(Seen::Header(h.opcode, h.fin, h.payload_len, h.starts_message, h.raw))
+                    }
+                    Event::Payload(p) => match seen.last_mut() {
+                        Some(Seen::Payload(acc)) => acc.extend_from_slice(p),
+                        _ => seen.push(Seen::Payload(p.to_vec())),
+                    },
+                    Event::Control(c) => seen.push(Seen::Control(c.opcode, c.payload, c.raw)),
+                }
+            }
+            assert_eq!(pos, chunk.len(), "the scanner consumes every byte it is given");
+        }
+        Ok(seen)
+    }
+
+    fn frame(opcode: OpCode, fin: bool, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut f = encode(opcode, payload, mask);
+        if !fin {
+            f[0] &= 0x7F;
+        }
+        f
+    }
+
+    /// Stands for "the scanner flagged a header as too big" in these tests.
+    const TOO_BIG: FrameError = FrameError::LengthOverflow;
+
+    const M: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
+
+    /// A fragmented masked text message with a ping between fragments, then a binary message
+    /// with a 16-bit length, then a close.
+    fn conversation() -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend(frame(OpCode::Text, false, b"Hel", M));
+        bytes.extend(frame(OpCode::Ping, true, b"hi", M));
+        bytes.extend(frame(OpCode::Continuation, false, b"lo, ", M));
+        bytes.extend(frame(OpCode::Continuation, true, b"world", M));
+        bytes.extend(frame(OpCode::Binary, true, &[7u8; 300], M));
+        bytes.extend(frame(OpCode::Binary, true, b"", M));
+        bytes.extend(close_frame(1000, "bye", M));
+        bytes
+    }
+
+    #[test]
+    fn fragmented_masked_message_is_scanned_the_same_at_every_split_point() {
+        let bytes = conversation();
+        let whole = scan_split(Sender::Client, 1 << 20, &[&bytes]).unwrap();
+        for i in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(i);
+            assert_eq!(scan_split(Sender::Client, 1 << 20, &[a, b]).unwrap(), whole, "split at {i}");
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_feeding_gives_the_same_frames() {
+        let bytes = conversation();
+        let whole = scan_split(Sender::Client, 1 << 20, &[&bytes]).unwrap();
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(scan_split(Sender::Client, 1 << 20, &singles).unwrap(), whole);
+    }
+
+    #[test]
+    fn forwarded_bytes_reassemble_the_input_exactly() {
+        let bytes = conversation();
+        let seen = scan_split(Sender::Client, 1 << 20, &[&bytes]).unwrap();
+        let mut out = Vec::new();
+        for s in seen {
+            match s {
+                Seen::Header(.., raw) | Seen::Control(.., raw) => out.extend(raw),
+                Seen::Payload(p) => out.extend(p),
+            }
+        }
+        assert_eq!(out, bytes);
+    }
+
+    #[test]
+    fn control_payload_is_unmasked_and_close_code_read() {
+        let bytes = close_frame(4001, "token expired", M);
+        let mut s = Scanner::new(Sender::Client, 10);
+        let mut pos = 0;
+        match s.next(&bytes, &mut pos).unwrap() {
+            Some(Event::Control(c)) => {
+                assert_eq!(c.opcode, OpCode::Close);
+                assert_eq!(c.close_code(), Some(4001));
+                assert_eq!(&c.payload[2..], b"token expired");
+                assert_eq!(c.raw, bytes);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn message_over_the_limit_is_flagged_at_the_header_of_the_frame_that_crosses_it() {
+        let mut bytes = frame(OpCode::Text, false, &[b'a'; 60], M);
+        bytes.extend(frame(OpCode::Continuation, true, &[b'a'; 60], M));
+        bytes.extend(close_frame(1000, "", M));
+        let mut s = Scanner::new(Sender::Client, 100);
+        let mut pos = 0;
+        assert!(matches!(s.next(&bytes, &mut pos), Ok(Some(Event::Header(h))) if !h.too_big));
+        assert!(matches!(s.next(&bytes, &mut pos), Ok(Some(Event::Payload(_)))));
+        let before = pos;
+        assert!(matches!(s.next(&bytes, &mut pos), Ok(Some(Event::Header(h))) if h.too_big));
+        assert_eq!(pos - before, 6, "only the offending header was read, none of its payload");
+        assert!(matches!(s.next(&bytes, &mut pos), Ok(Some(Event::Payload(_)))));
+        assert!(
+            matches!(s.next(&bytes, &mut pos), Ok(Some(Event::Control(c))) if c.close_code() == Some(1000)),
+            "scanning goes on past the refused frame to the peer's close"
+        );
+    }
+
+    #[test]
+    fn message_exactly_at_the_limit_passes() {
+        let bytes = frame(OpCode::Binary, true, &[1; 100], M);
+        assert!(scan_split(Sender::Client, 100, &[&bytes]).is_ok());
+    }
+
+    #[test]
+    fn size_limit_counts_the_whole_message_and_resets_after_it() {
+        let mut bytes = Vec::new();
+        for _ in 0..5 {
+            bytes.extend(frame(OpCode::Text, true, &[b'a'; 80], M));
+        }
+        assert!(scan_split(Sender::Client, 100, &[&bytes]).is_ok());
+    }
+
+    #[test]
+    fn unmasked_client_frame_is_a_protocol_error() {
+        let bytes = frame(OpCode::Text, true, b"x", None);
+        assert_eq!(scan_split(Sender::Client, 10, &[&bytes]), Err(FrameError::UnmaskedClientFrame));
+    }
+
+    #[test]
+    fn masked_server_frame_is_a_protocol_error() {
+        let bytes = frame(OpCode::Text, true, b"x", M);
+        assert_eq!(scan_split(Sender::Server, 10, &[&bytes]), Err(FrameError::MaskedServerFrame));
+    }
+
+    #[test]
+    fn framing_violations_are_reported_not_panicked_on() {
+        let cases: Vec<(Vec<u8>, FrameError)> = vec![
+            (vec![0x83, 0x80, 0, 0, 0, 0], FrameError::ReservedOpcode),
+            (vec![0xC1, 0x80, 0, 0, 0, 0], FrameError::ReservedBits),
+            (frame(OpCode::Ping, false, b"", M), FrameError::FragmentedControl),
+            ({
+                let mut f = vec![0x89, 0x80 | 126, 0, 126];
+                f.extend([0u8; 4]);
+                f
+            }, FrameError::ControlTooLong),
+            (frame(OpCode::Continuation, true, b"x", M), FrameError::UnexpectedContinuation),
+            ({
+                let mut f = frame(OpCode::Text, false, b"x", M);
+                f.extend(frame(OpCode::Text, true, b"y", M));
+                f
+            }, FrameError::ExpectedContinuation),
+            (vec![0x88, 0x81, 0, 0, 0, 0, 3], FrameError::CloseLengthOne),
+            (vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], FrameError::LengthOverflow),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(scan_split(Sender::Client, 1 << 20, &[&bytes]), Err(want), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn boundary_is_false_only_inside_a_data_payload() {
+        let bytes = frame(OpCode::Binary, true, &[9; 10], None);
+        let mut s = Scanner::new(Sender::Server, 100);
+        assert!(s.at_boundary());
+        let mut pos = 0;
+        let part = &bytes[..5];
+        assert!(matches!(s.next(part, &mut pos), Ok(Some(Event::Header(_)))));
+        assert!(!s.at_boundary());
+        assert!(matches!(s.next(part, &mut pos), Ok(Some(Event::Payload(_)))));
+        assert!(!s.at_boundary());
+        let mut pos = 0;
+        assert!(matches!(s.next(&bytes[5..], &mut pos), Ok(Some(Event::Payload(_)))));
+        assert!(s.at_boundary());
+    }
+
+    #[test]
+    fn sixty_four_bit_lengths_are_read() {
+        let payload = vec![5u8; 70_000];
+        let bytes = frame(OpCode::Binary, true, &payload, None);
+        assert_eq!(bytes[1] & 0x7F, 127);
+        let seen = scan_split(Sender::Server, 1 << 20, &[&bytes]).unwrap();
+        assert!(matches!(&seen[0], Seen::Header(OpCode::Binary, true, 70_000, true, _)));
+    }
+
+    #[test]
+    fn close_reason_is_truncated_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let f = close_frame(1001, &long, None);
+        let reason = &f[4..];
+        assert!(reason.len() <= 123);
+        assert!(std::str::from_utf8(reason).is_ok());
+    }
+}

@@ -1,0 +1,440 @@
+//! The gateway-owned WebSocket tunnel: after the 101, frames are relayed both ways by two pumps
+//! (client -> app, app -> client), each the only writer of its destination. A supervisor owns
+//! the timers (keep-alive ping and pong deadline, token expiry, drain) and limit violations, and
+//! closes both sides with one code from [`CloseCause`] by asking each pump to inject a Close frame
+//! at the next frame boundary.
+//!
+//! Written over `AsyncRead + AsyncWrite` so tests drive it with in-memory duplex streams.
+
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::bucket::TokenBucket;
+use super::frame::{self, Event, OpCode, Scanner, Sender};
+use crate::error::{CloseCause, Side};
+
+/// Prefix of the gateway's own keep-alive ping payloads; pongs carrying it are not forwarded.
+const PING_MAGIC: &[u8] = b"sb-ka:";
+const READ_BUF: usize = 8 * 1024;
+
+/// Per-connection limits and timers, fixed when the connection is admitted.
+#[derive(Debug, Clone)]
+pub struct TunnelLimits {
+    pub max_message_bytes: u64,
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    /// Zero disables keep-alive pings.
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    /// How long to wait for the close handshake after a close starts.
+    pub close_timeout: Duration,
+    /// Close with 4001 at this instant (the token's `exp`).
+    pub expires_at: Option<Instant>,
+    /// Drain close code/reason and the window to spread closes across.
+    pub drain_code: u16,
+    pub drain_reason: String,
+    pub drain_window: Duration,
+}
+
+/// Counters for one direction.
+#[derive(Clone, Debug)]
+pub struct DirCounters {
+    pub frames: IntCounter,
+    pub bytes: IntCounter,
+}
+
+/// How a tunnel ended, for the connection-end log line and metrics.
+#[derive(Debug)]
+pub struct Outcome {
+    pub cause: CloseCause,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+enum Cmd {
+    Ping(Vec<u8>),
+    Close(u16, String),
+}
+
+enum Report {
+    Pong,
+    Violation(CloseCause),
+}
+
+#[derive(Debug)]
+enum End {
+    /// The source sent Close; it was forwarded.
+    PeerClose(u16),
+    /// We had sent Close to the destination; the source's Close (the reply) arrived.
+    CloseAck,
+    /// The source's stream ended (or failed) without a Close frame.
+    SourceGone,
+    /// Writing to the destination failed.
+    DestinationGone,
+}
+
+struct PumpResult {
+    end: End,
+    frames: u64,
+    bytes: u64,
+}
+
+#[derive(PartialEq)]
+enum Mode {
+    Relay,
+    /// A close is under way: parse, forward nothing, stop at the source's Close.
+    Discard,
+    /// Framing is broken: nothing can be parsed; read and drop until EOF.
+    Blind,
+}
+
+struct Pump<R, W> {
+    src: ReadHalf<R>,
+    dst: WriteHalf<W>,
+    sender: Sender,
+    scanner: Scanner,
+    cmds: mpsc::Receiver<Cmd>,
+    reports: mpsc::Sender<Report>,
+    bucket: Option<TokenBucket>,
+    counters: DirCounters,
+    mode: Mode,
+    /// We injected a Close into `dst`.
+    close_sent: bool,
+    /// `dst` has a data frame of ours half written.
+    dst_mid_frame: bool,
+    frames: u64,
+    bytes: u64,
+}
+
+impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
+    fn out_mask(&self) -> Option<[u8; 4]> {
+        // Frames we write toward a server (the app) must be masked; toward a client, not.
+        (self.sender == Sender::Client).then(|| rand::rng().random())
+    }
+
+    async fn run(mut self) -> PumpResult {
+        let mut buf = vec![0u8; READ_BUF];
+        let mut out: Vec<u8> = Vec::new();
+        let mut cmds_open = true;
+        let end = loop {
+            let injectable = cmds_open && !self.dst_mid_frame;
+            tokio::select! {
+                biased;
+                cmd = self.cmds.recv(), if injectable => match cmd {
+                    None => cmds_open = false,
+                    Some(cmd) => {
+                        if let Err(end) = self.inject(cmd).await {
+                            break end;
+                        }
+                    }
+                },
+                read = self.src.read(&mut buf) => {
+                    let n = match read {
+                        Ok(0) | Err(_) => {
+                            self.source_vanished().await;
+                            break End::SourceGone;
+                        }
+                        Ok(n) => n,
+                    };
+                    self.bytes += n as u64;
+                    self.counters.bytes.inc_by(n as u64);
+                    if self.mode == Mode::Blind {
+                        continue;
+                    }
+                    out.clear();
+                    let processed = self.process(&buf[..n], &mut out).await;
+                    // pingora's client stream buffers writes: flush every chunk so nothing waits.
+                    if !out.is_empty()
+                        && (self.dst.write_all(&out).await.is_err() || self.dst.flush().await.is_err())
+                    {
+                        break End::DestinationGone;
+                    }
+                    if out.capacity() > 64 * 1024 {
+                        out = Vec::new();
+                    }
+                    if let Some(end) = processed {
+                        break end;
+                    }
+                }
+            }
+        };
+        let _ = self.dst.flush().await;
+        tracing::debug!(sender = ?self.sender, end = ?end, "pump ended");
+        PumpResult { end, frames: self.frames, bytes: self.bytes }
+    }
+
+    /// The source's TCP stream ended without a Close: tell the destination with a Close of ours
+    /// (1011 to a client whose app pod vanished, 1001 to an app whose client vanished).
+    async fn source_vanished(&mut self) {
+        if self.mode != Mode::Relay || self.close_sent || self.dst_mid_frame {
+            return;
+        }
+        let (code, reason) = match self.sender {
+            Sender::Server => (CloseCause::UpstreamGone.code(), CloseCause::UpstreamGone.reason()),
+            Sender::Client => (1001, "client went away"),
+        };
+        let _ = self.inject(Cmd::Close(code, reason.to_string())).await;
+    }
+
+    async fn inject(&mut self, cmd: Cmd) -> Result<(), End> {
+        if self.close_sent {
+            return Ok(());
+        }
+        let bytes = match cmd {
+            Cmd::Ping(payload) => frame::encode(OpCode::Ping, &payload, self.out_mask()),
+            Cmd::Close(code, reason) => {
+                self.close_sent = true;
+                if self.mode == Mode::Relay {
+                    self.mode = Mode::Discard;
+                }
+                frame::close_frame(code, &reason, self.out_mask())
+            }
+        };
+        if self.dst.write_all(&bytes).await.is_err() || self.dst.flush().await.is_err() {
+            return Err(End::DestinationGone);
+        }
+        Ok(())
+    }
+
+    /// Scan one read's worth of input, appending what to forward to `out`.
+    async fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<End> {
+        let mut pos = 0;
+        // Whether the data frame being scanned is forwarded (false once refused or discarding).
+        loop {
+            let event = match self.scanner.next(input, &mut pos) {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return None,
+                Err(_) => {
+                    self.mode = Mode::Blind;
+                    let _ = self.reports.send(Report::Violation(CloseCause::ProtocolError)).await;
+                    return None;
+                }
+            };
+            match event {
+                Event::Header(h) => {
+                    self.frames += 1;
+                    self.counters.frames.inc();
+                    if self.mode != Mode::Relay {
+                        continue;
+                    }
+                    let limited = h.starts_message
+                        && self.bucket.as_mut().is_some_and(|b| !b.try_take(std::time::Instant::now()));
+                    if h.too_big || limited {
+                        let cause = if h.too_big { CloseCause::MessageTooBig } else { CloseCause::RateLimited };
+                        self.mode = Mode::Discard;
+                        let _ = self.reports.send(Report::Violation(cause)).await;
+                        continue;
+                    }
+                    out.extend_from_slice(&h.raw);
+                    self.dst_mid_frame = h.payload_len > 0;
+                }
+                Event::Payload(p) => {
+                    if self.mode == Mode::Relay && self.dst_mid_frame {
+                        out.extend_from_slice(p);
+                        self.dst_mid_frame = !self.scanner.at_boundary();
+                    }
+                }
+                Event::Control(c) => {
+                    self.frames += 1;
+                    self.counters.frames.inc();
+                    match c.opcode {
+                        OpCode::Close => {
+                            if self.mode == Mode::Relay {
+                                out.extend_from_slice(&c.raw);
+                                return Some(End::PeerClose(c.close_code().unwrap_or(1005)));
+                            }
+                            return Some(End::CloseAck);
+                        }
+                        OpCode::Pong if self.sender == Sender::Client => {
+                            let _ = self.reports.try_send(Report::Pong);
+                            if !c.payload.starts_with(PING_MAGIC) && self.mode == Mode::Relay {
+                                out.extend_from_slice(&c.raw);
+                            }
+                        }
+                        _ => {
+                            if self.mode == Mode::Relay {
+                                out.extend_from_slice(&c.raw);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Relay frames between `client` and `upstream` until both sides are closed.
+pub async fn run<C, U>(
+    client: C,
+    upstream: U,
+    limits: TunnelLimits,
+    inbound: DirCounters,
+    outbound: DirCounters,
+    mut drain: watch::Receiver<bool>,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Send + 'static,
+    U: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (client_r, client_w) = tokio::io::split(client);
+    let (up_r, up_w) = tokio::io::split(upstream);
+    let (report_tx, mut reports) = mpsc::channel(8);
+    let (to_up_tx, to_up_rx) = mpsc::channel(4);
+    let (to_client_tx, to_client_rx) = mpsc::channel(4);
+    let c2u = Pump {
+        src: client_r,
+        dst: up_w,
+        sender: Sender::Client,
+        scanner: Scanner::new(Sender::Client, limits.max_message_bytes),
+        cmds: to_up_rx,
+        reports: report_tx.clone(),
+        bucket: Some(TokenBucket::new(limits.messages_per_second, limits.message_burst, std::time::Instant::now())),
+        counters: inbound,
+        mode: Mode::Relay,
+        close_sent: false,
+        dst_mid_frame: false,
+        frames: 0,
+        bytes: 0,
+    };
+    let u2c = Pump {
+        src: up_r,
+        dst: client_w,
+        sender: Sender::Server,
+        scanner: Scanner::new(Sender::Server, limits.max_message_bytes),
+        cmds: to_client_rx,
+        reports: report_tx,
+        bucket: None,
+        counters: outbound,
+        mode: Mode::Relay,
+        close_sent: false,
+        dst_mid_frame: false,
+        frames: 0,
+        bytes: 0,
+    };
+    let mut c2u = tokio::spawn(c2u.run());
+    let mut u2c = tokio::spawn(u2c.run());
+    let (mut c2u_done, mut u2c_done) = (None::<PumpResult>, None::<PumpResult>);
+
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    let mut cause: Option<CloseCause> = None;
+    let mut close_deadline = far;
+    let mut ping_at = if limits.ping_interval.is_zero() { far } else { Instant::now() + limits.ping_interval };
+    let mut pong_deadline = far;
+    let expiry = limits.expires_at.unwrap_or(far);
+    let mut drain_at = far;
+    let mut drain_seen = *drain.borrow();
+    if drain_seen {
+        drain_at = Instant::now() + jitter(limits.drain_window);
+    }
+    let mut ping_seq: u64 = 0;
+
+    // Start a gateway-initiated close of both sides (once).
+    let initiate = |c: CloseCause, cause: &mut Option<CloseCause>, close_deadline: &mut Instant| {
+        if cause.is_some() {
+            return;
+        }
+        let (code, reason) = (c.code(), c.reason().to_string());
+        let _ = to_up_tx.try_send(Cmd::Close(code, reason.clone()));
+        let _ = to_client_tx.try_send(Cmd::Close(code, reason));
+        *cause = Some(c);
+        *close_deadline = Instant::now() + limits.close_timeout;
+    };
+
+    loop {
+        if c2u_done.is_some() && u2c_done.is_some() {
+            break;
+        }
+        tokio::select! {
+            r = &mut c2u, if c2u_done.is_none() => {
+                let r = r.unwrap_or(PumpResult { end: End::SourceGone, frames: 0, bytes: 0 });
+                match r.end {
+                    End::PeerClose(code) => {
+                        cause.get_or_insert(CloseCause::Peer(Side::Downstream, code));
+                        close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
+                    }
+                    End::SourceGone => {
+                        // The client vanished; the pump told the app. Wait briefly for its reply.
+                        cause.get_or_insert(CloseCause::Abnormal(Side::Downstream));
+                        close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
+                    }
+                    End::CloseAck | End::DestinationGone => {
+                        close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
+                    }
+                }
+                c2u_done = Some(r);
+            }
+            r = &mut u2c, if u2c_done.is_none() => {
+                let r = r.unwrap_or(PumpResult { end: End::SourceGone, frames: 0, bytes: 0 });
+                match r.end {
+                    End::PeerClose(code) => {
+                        cause.get_or_insert(CloseCause::Peer(Side::Upstream, code));
+                    }
+                    End::SourceGone => {
+                        // The app pod went away without a close frame; the pump told the client.
+                        cause.get_or_insert(CloseCause::UpstreamGone);
+                    }
+                    _ => {}
+                }
+                close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
+                u2c_done = Some(r);
+            }
+            Some(report) = reports.recv() => match report {
+                Report::Pong => pong_deadline = far,
+                Report::Violation(c) => initiate(c, &mut cause, &mut close_deadline),
+            },
+            _ = tokio::time::sleep_until(ping_at), if cause.is_none() => {
+                ping_seq += 1;
+                let mut payload = PING_MAGIC.to_vec();
+                payload.extend_from_slice(ping_seq.to_string().as_bytes());
+                let _ = to_client_tx.try_send(Cmd::Ping(payload));
+                if pong_deadline == far {
+                    pong_deadline = Instant::now() + limits.pong_timeout;
+                }
+                ping_at = Instant::now() + limits.ping_interval;
+            }
+            _ = tokio::time::sleep_until(pong_deadline), if cause.is_none() => {
+                initiate(CloseCause::PongTimeout, &mut cause, &mut close_deadline);
+            }
+            _ = tokio::time::sleep_until(expiry), if cause.is_none() => {
+                initiate(CloseCause::TokenExpired, &mut cause, &mut close_deadline);
+            }
+            changed = drain.changed(), if !drain_seen => {
+                if changed.is_err() || *drain.borrow() {
+                    drain_seen = true;
+                    drain_at = Instant::now() + jitter(limits.drain_window);
+                }
+            }
+            _ = tokio::time::sleep_until(drain_at), if cause.is_none() => {
+                let c = CloseCause::Draining { code: limits.drain_code, reason: limits.drain_reason.clone() };
+                initiate(c, &mut cause, &mut close_deadline);
+            }
+            _ = tokio::time::sleep_until(close_deadline) => break,
+        }
+    }
+    c2u.abort();
+    u2c.abort();
+    let (fi, bi) = c2u_done.as_ref().map_or((0, 0), |r| (r.frames, r.bytes));
+    let (fo, bo) = u2c_done.as_ref().map_or((0, 0), |r| (r.frames, r.bytes));
+    Outcome {
+        cause: cause.unwrap_or(CloseCause::Abnormal(Side::Internal)),
+        frames_in: fi,
+        frames_out: fo,
+        bytes_in: bi,
+        bytes_out: bo,
+    }
+}
+
+fn jitter(window: Duration) -> Duration {
+    if window.is_zero() {
+        return Duration::ZERO;
+    }
+    let ms = window.as_millis().min(u128::from(u64::MAX)) as u64;
+    Duration::from_millis(rand::rng().random_range(0..ms.max(1)))
+}
