@@ -167,7 +167,11 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
         };
         let _ = self.dst.flush().await;
         tracing::debug!(sender = ?self.sender, end = ?end, "pump ended");
-        PumpResult { end, frames: self.frames, bytes: self.bytes }
+        PumpResult {
+            end,
+            frames: self.frames,
+            bytes: self.bytes,
+        }
     }
 
     /// The source's TCP stream ended without a Close: tell the destination with a Close of ours
@@ -177,7 +181,10 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
             return;
         }
         let (code, reason) = match self.sender {
-            Sender::Server => (CloseCause::UpstreamGone.code(), CloseCause::UpstreamGone.reason()),
+            Sender::Server => (
+                CloseCause::UpstreamGone.code(),
+                CloseCause::UpstreamGone.reason(),
+            ),
             Sender::Client => (1001, "client went away"),
         };
         let _ = self.inject(Cmd::Close(code, reason.to_string())).await;
@@ -213,7 +220,10 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                 Ok(None) => return None,
                 Err(_) => {
                     self.mode = Mode::Blind;
-                    let _ = self.reports.send(Report::Violation(CloseCause::ProtocolError)).await;
+                    let _ = self
+                        .reports
+                        .send(Report::Violation(CloseCause::ProtocolError))
+                        .await;
                     return None;
                 }
             };
@@ -225,9 +235,16 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                         continue;
                     }
                     let limited = h.starts_message
-                        && self.bucket.as_mut().is_some_and(|b| !b.try_take(std::time::Instant::now()));
+                        && self
+                            .bucket
+                            .as_mut()
+                            .is_some_and(|b| !b.try_take(std::time::Instant::now()));
                     if h.too_big || limited {
-                        let cause = if h.too_big { CloseCause::MessageTooBig } else { CloseCause::RateLimited };
+                        let cause = if h.too_big {
+                            CloseCause::MessageTooBig
+                        } else {
+                            CloseCause::RateLimited
+                        };
                         self.mode = Mode::Discard;
                         let _ = self.reports.send(Report::Violation(cause)).await;
                         continue;
@@ -295,7 +312,11 @@ where
         scanner: Scanner::new(Sender::Client, limits.max_message_bytes),
         cmds: to_up_rx,
         reports: report_tx.clone(),
-        bucket: Some(TokenBucket::new(limits.messages_per_second, limits.message_burst, std::time::Instant::now())),
+        bucket: Some(TokenBucket::new(
+            limits.messages_per_second,
+            limits.message_burst,
+            std::time::Instant::now(),
+        )),
         counters: inbound,
         mode: Mode::Relay,
         close_sent: false,
@@ -325,7 +346,11 @@ where
     let far = Instant::now() + Duration::from_secs(86400 * 365);
     let mut cause: Option<CloseCause> = None;
     let mut close_deadline = far;
-    let mut ping_at = if limits.ping_interval.is_zero() { far } else { Instant::now() + limits.ping_interval };
+    let mut ping_at = if limits.ping_interval.is_zero() {
+        far
+    } else {
+        Instant::now() + limits.ping_interval
+    };
     let mut pong_deadline = far;
     let expiry = limits.expires_at.unwrap_or(far);
     let mut drain_at = far;
@@ -437,4 +462,277 @@ fn jitter(window: Duration) -> Duration {
     }
     let ms = window.as_millis().min(u128::from(u64::MAX)) as u64;
     Duration::from_millis(rand::rng().random_range(0..ms.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    fn counters() -> DirCounters {
+        DirCounters {
+            frames: IntCounter::new("f", "f").expect("counter"),
+            bytes: IntCounter::new("b", "b").expect("counter"),
+        }
+    }
+
+    fn limits() -> TunnelLimits {
+        TunnelLimits {
+            max_message_bytes: 1000,
+            messages_per_second: 100,
+            message_burst: 10,
+            ping_interval: Duration::ZERO,
+            pong_timeout: Duration::from_secs(1),
+            close_timeout: Duration::from_secs(2),
+            expires_at: None,
+            drain_code: 1012,
+            drain_reason: "restart".into(),
+            drain_window: Duration::from_secs(1),
+        }
+    }
+
+    struct Harness {
+        client: DirectionReader,
+        upstream: DirectionReader,
+        drain: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<Outcome>,
+    }
+
+    /// One test-side end: writes raw frames, reads frames back with the scanner.
+    struct DirectionReader {
+        io: DuplexStream,
+        scanner: Scanner,
+        buf: Vec<u8>,
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        Data(Vec<u8>),
+        Close(Option<u16>),
+        Ping,
+        Eof,
+    }
+
+    impl DirectionReader {
+        async fn send(&mut self, bytes: &[u8]) {
+            self.io.write_all(bytes).await.expect("write");
+        }
+
+        async fn next(&mut self) -> Got {
+            let mut data = Vec::new();
+            loop {
+                let mut pos = 0;
+                let buf = std::mem::take(&mut self.buf);
+                while let Some(ev) = self.scanner.next(&buf, &mut pos).expect("valid frames") {
+                    match ev {
+                        Event::Header(_) => {}
+                        Event::Payload(p) => data.extend_from_slice(p),
+                        Event::Control(c) if c.opcode == OpCode::Close => {
+                            self.buf = buf[pos..].to_vec();
+                            return Got::Close(c.close_code());
+                        }
+                        Event::Control(c) if c.opcode == OpCode::Ping => {
+                            self.buf = buf[pos..].to_vec();
+                            return Got::Ping;
+                        }
+                        Event::Control(_) => {}
+                    }
+                    if self.scanner.at_boundary() && !data.is_empty() && !self.scanner.in_message()
+                    {
+                        self.buf = buf[pos..].to_vec();
+                        return Got::Data(data);
+                    }
+                }
+                let mut chunk = vec![0u8; 4096];
+                match self.io.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return Got::Eof,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+    }
+
+    const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+    fn start(l: TunnelLimits) -> Harness {
+        let (client_test, client_gw) = tokio::io::duplex(64 * 1024);
+        let (up_test, up_gw) = tokio::io::duplex(64 * 1024);
+        let (drain, drain_rx) = watch::channel(false);
+        let task = tokio::spawn(run(client_gw, up_gw, l, counters(), counters(), drain_rx));
+        Harness {
+            // The test's client end reads what the gateway sends to clients (server frames).
+            client: DirectionReader {
+                io: client_test,
+                scanner: Scanner::new(Sender::Server, u64::MAX),
+                buf: vec![],
+            },
+            upstream: DirectionReader {
+                io: up_test,
+                scanner: Scanner::new(Sender::Client, u64::MAX),
+                buf: vec![],
+            },
+            drain,
+            task,
+        }
+    }
+
+    #[tokio::test]
+    async fn data_frames_pass_both_ways_unchanged() {
+        let mut h = start(limits());
+        h.client
+            .send(&frame::encode(OpCode::Text, b"hello", MASK))
+            .await;
+        assert_eq!(
+            h.upstream.next().await,
+            Got::Data(
+                b"hello"
+                    .iter()
+                    .zip([1u8, 2, 3, 4].iter().cycle())
+                    .map(|(b, m)| b ^ m)
+                    .collect()
+            )
+        );
+        h.upstream
+            .send(&frame::encode(OpCode::Binary, b"back", None))
+            .await;
+        assert_eq!(h.client.next().await, Got::Data(b"back".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn close_frames_pass_through_with_their_codes_and_end_the_tunnel() {
+        let mut h = start(limits());
+        h.client.send(&frame::close_frame(4321, "bye", MASK)).await;
+        assert_eq!(h.upstream.next().await, Got::Close(Some(4321)));
+        h.upstream.send(&frame::close_frame(4321, "", None)).await;
+        assert_eq!(h.client.next().await, Got::Close(Some(4321)));
+        let out = h.task.await.expect("tunnel task");
+        assert_eq!(out.cause, CloseCause::Peer(Side::Downstream, 4321));
+    }
+
+    #[tokio::test]
+    async fn oversized_client_message_closes_both_sides_with_1009_and_is_not_forwarded() {
+        let mut h = start(limits());
+        h.client
+            .send(&frame::encode(OpCode::Binary, &[0u8; 1001], MASK))
+            .await;
+        assert_eq!(
+            h.upstream.next().await,
+            Got::Close(Some(1009)),
+            "the app gets a close, not the message"
+        );
+        assert_eq!(h.client.next().await, Got::Close(Some(1009)));
+        h.client.send(&frame::close_frame(1009, "", MASK)).await;
+        h.upstream.send(&frame::close_frame(1009, "", None)).await;
+        let out = h.task.await.expect("tunnel task");
+        assert_eq!(out.cause, CloseCause::MessageTooBig);
+    }
+
+    #[tokio::test]
+    async fn oversized_app_message_closes_with_1009_too() {
+        let mut h = start(limits());
+        h.upstream
+            .send(&frame::encode(OpCode::Text, &[b'a'; 2000], None))
+            .await;
+        assert_eq!(h.client.next().await, Got::Close(Some(1009)));
+        assert_eq!(h.upstream.next().await, Got::Close(Some(1009)));
+    }
+
+    #[tokio::test]
+    async fn a_burst_beyond_the_rate_limit_closes_with_1008() {
+        let mut h = start(TunnelLimits {
+            messages_per_second: 1,
+            message_burst: 3,
+            ..limits()
+        });
+        for _ in 0..4 {
+            h.client
+                .send(&frame::encode(OpCode::Text, b"x", MASK))
+                .await;
+        }
+        for _ in 0..3 {
+            assert!(matches!(h.upstream.next().await, Got::Data(_)));
+        }
+        assert_eq!(h.upstream.next().await, Got::Close(Some(1008)));
+        assert_eq!(h.client.next().await, Got::Close(Some(1008)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_expiry_closes_both_sides_with_4001() {
+        let expires_at = Some(Instant::now() + Duration::from_secs(30));
+        let mut h = start(TunnelLimits {
+            expires_at,
+            ..limits()
+        });
+        assert_eq!(h.client.next().await, Got::Close(Some(4001)));
+        assert_eq!(h.upstream.next().await, Got::Close(Some(4001)));
+        assert!(Instant::now() >= expires_at.expect("set"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_closes_with_the_routes_code_within_its_window() {
+        let mut h = start(limits());
+        let started = Instant::now();
+        h.drain.send(true).expect("drain receiver alive");
+        assert_eq!(h.client.next().await, Got::Close(Some(1012)));
+        assert_eq!(h.upstream.next().await, Got::Close(Some(1012)));
+        assert!(started.elapsed() <= Duration::from_secs(1));
+        h.client.send(&frame::close_frame(1012, "", MASK)).await;
+        h.upstream.send(&frame::close_frame(1012, "", None)).await;
+        let out = h.task.await.expect("tunnel task");
+        assert_eq!(out.cause.code(), 1012);
+        assert_eq!(out.cause.reason(), "restart");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_pings_the_client_and_a_silent_client_is_closed() {
+        let mut h = start(TunnelLimits {
+            ping_interval: Duration::from_secs(5),
+            ..limits()
+        });
+        assert_eq!(h.client.next().await, Got::Ping);
+        // no pong: the pong deadline passes
+        assert_eq!(h.client.next().await, Got::Close(Some(1001)));
+        let out = h.task.await.expect("tunnel task");
+        assert_eq!(out.cause, CloseCause::PongTimeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_answering_pings_stays_open_and_its_pongs_are_not_forwarded() {
+        let mut h = start(TunnelLimits {
+            ping_interval: Duration::from_secs(5),
+            ..limits()
+        });
+        for _ in 0..5 {
+            assert_eq!(h.client.next().await, Got::Ping);
+            h.client
+                .send(&frame::encode(OpCode::Pong, b"sb-ka:1", MASK))
+                .await;
+        }
+        h.client
+            .send(&frame::encode(OpCode::Text, b"still here", MASK))
+            .await;
+        assert!(
+            matches!(h.upstream.next().await, Got::Data(_)),
+            "the app sees data, never our pongs"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_app_that_vanishes_gets_the_client_a_1011() {
+        let mut h = start(limits());
+        drop(h.upstream);
+        assert_eq!(h.client.next().await, Got::Close(Some(1011)));
+        let out = h.task.await.expect("tunnel task");
+        assert_eq!(out.cause, CloseCause::UpstreamGone);
+    }
+
+    #[tokio::test]
+    async fn a_protocol_error_closes_both_sides_with_1002() {
+        let mut h = start(limits());
+        h.client
+            .send(&frame::encode(OpCode::Text, b"unmasked", None))
+            .await;
+        assert_eq!(h.upstream.next().await, Got::Close(Some(1002)));
+        assert_eq!(h.client.next().await, Got::Close(Some(1002)));
+    }
 }
