@@ -22,10 +22,17 @@ pub struct AdminApp {
     pub gateway: Arc<Gateway>,
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -39,7 +46,11 @@ pub fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             } else if gw.drain.is_draining() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
             } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: waiting for JWKS\n")
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: waiting for JWKS\n",
+                )
             }
         }
         (&http::Method::GET, "/status") => {
@@ -52,16 +63,22 @@ pub fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             });
             reply(StatusCode::OK, "application/json", body.to_string())
         }
-        (&http::Method::GET, "/metrics") => {
-            reply(StatusCode::OK, "text/plain; version=0.0.4", metrics().render())
-        }
+        (&http::Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics().render(),
+        ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }
 
 #[async_trait]
 impl ServerApp for AdminApp {
-    async fn process_new(self: &Arc<Self>, stream: Stream, _shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let gw = self.gateway.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let resp = respond(&gw, &req);

@@ -26,7 +26,11 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/quickstart.yaml"
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, #[source] source: std::io::Error },
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -34,7 +38,10 @@ pub enum BootError {
 /// Parse, validate and compile a config file (or the embedded default); binds nothing.
 pub fn load(path: Option<&Path>) -> Result<(GatewayConfig, Arc<Gateway>), BootError> {
     let text = match path {
-        Some(p) => std::fs::read_to_string(p).map_err(|source| BootError::Read { path: p.display().to_string(), source })?,
+        Some(p) => std::fs::read_to_string(p).map_err(|source| BootError::Read {
+            path: p.display().to_string(),
+            source,
+        })?,
         None => EMBEDDED_DEFAULT.to_string(),
     };
     let cfg = GatewayConfig::from_yaml(&text).map_err(|e| BootError::Invalid(e.to_string()))?;
@@ -71,19 +78,37 @@ pub fn run(cfg: GatewayConfig, gw: Arc<Gateway>, opts: RunOptions) {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     for l in &cfg.listeners {
-        let tls = gw.tls.get(&l.name).map(|r| tokio_rustls::TlsAcceptor::from(crate::tls::server_config(r.clone())));
-        let mut svc = Service::new(format!("edge {}", l.name), EdgeApp { gateway: gw.clone(), tls });
+        let tls = gw
+            .tls
+            .get(&l.name)
+            .map(|r| tokio_rustls::TlsAcceptor::from(crate::tls::server_config(r.clone())));
+        let mut svc = Service::new(
+            format!("edge {}", l.name),
+            EdgeApp {
+                gateway: gw.clone(),
+                tls,
+            },
+        );
         svc.add_tcp(&l.address.to_string());
         server.add_service(svc);
     }
-    let mut admin = Service::new("admin".to_string(), AdminApp { gateway: gw.clone() });
+    let mut admin = Service::new(
+        "admin".to_string(),
+        AdminApp {
+            gateway: gw.clone(),
+        },
+    );
     admin.add_tcp(&cfg.admin.address.to_string());
     server.add_service(admin);
     server.add_service(background_service("jwks refresh", JwksRefresh(gw.clone())));
     if let Some(path) = opts.config_path {
         server.add_service(background_service(
             "config watch",
-            ConfigWatch { gateway: gw.clone(), path, interval: opts.reload_interval },
+            ConfigWatch {
+                gateway: gw.clone(),
+                path,
+                interval: opts.reload_interval,
+            },
         ));
     }
     tracing::info!(
@@ -93,6 +118,12 @@ pub fn run(cfg: GatewayConfig, gw: Arc<Gateway>, opts: RunOptions) {
         admin = %cfg.admin.address,
         "switchboard gateway starting"
     );
-    let signal = DrainingSignal { drain: gw.drain.clone(), propagation: cfg.drain.propagation, deadline: cfg.drain.deadline };
-    server.run(RunArgs { shutdown_signal: Box::new(signal) });
+    let signal = DrainingSignal {
+        drain: gw.drain.clone(),
+        propagation: cfg.drain.propagation,
+        deadline: cfg.drain.deadline,
+    };
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signal),
+    });
 }

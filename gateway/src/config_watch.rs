@@ -58,7 +58,11 @@ impl ConfigWatch {
         match result {
             Ok(generation) => {
                 metrics().config_reloads.with_label_values(&["ok"]).inc();
-                tracing::info!(generation, routes = self.gateway.routes.load().len(), "config reloaded");
+                tracing::info!(
+                    generation,
+                    routes = self.gateway.routes.load().len(),
+                    "config reloaded"
+                );
             }
             Err(problems) => {
                 metrics().config_reloads.with_label_values(&["error"]).inc();

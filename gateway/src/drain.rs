@@ -83,11 +83,19 @@ impl Drain {
         self.draining.store(true, Ordering::Release);
         metrics().draining.set(1);
         metrics().drain_remaining.set(self.live());
-        tracing::info!(?propagation, ?deadline, live = self.live(), "drain: readiness off, propagation window");
+        tracing::info!(
+            ?propagation,
+            ?deadline,
+            live = self.live(),
+            "drain: readiness off, propagation window"
+        );
         tokio::time::sleep(propagation).await;
         self.refusing.store(true, Ordering::Release);
         let _ = self.close_tx.send(true);
-        tracing::info!(live = self.live(), "drain: closing connections across their routes' windows");
+        tracing::info!(
+            live = self.live(),
+            "drain: closing connections across their routes' windows"
+        );
         let end = start + deadline;
         loop {
             let idle = self.idle.notified();
@@ -114,7 +122,10 @@ pub struct DrainingSignal {
 #[async_trait]
 impl ShutdownSignalWatch for DrainingSignal {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };

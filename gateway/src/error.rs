@@ -202,29 +202,74 @@ pub struct Row {
 pub fn table() -> Vec<Row> {
     let refusals = [
         ("no route matches host + path", Refusal::NoRoute),
-        ("Origin not in the route's allow-list (or null/missing when not allowed)", Refusal::OriginNotAllowed),
+        (
+            "Origin not in the route's allow-list (or null/missing when not allowed)",
+            Refusal::OriginNotAllowed,
+        ),
         ("no token in any configured source", Refusal::TokenMissing),
-        ("token invalid (reason in WWW-Authenticate)", Refusal::TokenInvalid("token expired")),
+        (
+            "token invalid (reason in WWW-Authenticate)",
+            Refusal::TokenInvalid("token expired"),
+        ),
         ("per-IP concurrent connection cap", Refusal::PerIpCap),
         ("per-user concurrent connection cap", Refusal::PerUserCap),
         ("per-IP new-connection rate", Refusal::PerIpRate),
         ("pod-wide connection cap", Refusal::PodCap),
-        ("gateway draining (after the propagation window)", Refusal::Draining),
-        ("Sec-WebSocket-Version is not 13", Refusal::BadWebSocketVersion),
-        ("Upgrade request without a valid Sec-WebSocket-Key", Refusal::BadHandshake("missing or invalid Sec-WebSocket-Key")),
+        (
+            "gateway draining (after the propagation window)",
+            Refusal::Draining,
+        ),
+        (
+            "Sec-WebSocket-Version is not 13",
+            Refusal::BadWebSocketVersion,
+        ),
+        (
+            "Upgrade request without a valid Sec-WebSocket-Key",
+            Refusal::BadHandshake("missing or invalid Sec-WebSocket-Key"),
+        ),
         ("no ready, non-draining backend", Refusal::NoBackend),
-        ("backend refused the TCP connection", Refusal::BackendUnreachable),
-        ("backend did not answer the handshake in time", Refusal::BackendTimeout),
-        ("more headers than limits.maxHeaderCount", Refusal::HeadersTooLarge),
+        (
+            "backend refused the TCP connection",
+            Refusal::BackendUnreachable,
+        ),
+        (
+            "backend did not answer the handshake in time",
+            Refusal::BackendTimeout,
+        ),
+        (
+            "more headers than limits.maxHeaderCount",
+            Refusal::HeadersTooLarge,
+        ),
     ];
     let closes = [
-        ("a message over maxMessageBytes (either direction)", CloseCause::MessageTooBig),
-        ("client messages faster than messagesPerSecond/messageBurst", CloseCause::RateLimited),
-        ("the JWT's exp passed (closeOnExpiry)", CloseCause::TokenExpired),
-        ("shutdown drain (route drain.closeCode/closeReason)", CloseCause::Draining { code: 1001, reason: "server draining, reconnect".into() }),
+        (
+            "a message over maxMessageBytes (either direction)",
+            CloseCause::MessageTooBig,
+        ),
+        (
+            "client messages faster than messagesPerSecond/messageBurst",
+            CloseCause::RateLimited,
+        ),
+        (
+            "the JWT's exp passed (closeOnExpiry)",
+            CloseCause::TokenExpired,
+        ),
+        (
+            "shutdown drain (route drain.closeCode/closeReason)",
+            CloseCause::Draining {
+                code: 1001,
+                reason: "server draining, reconnect".into(),
+            },
+        ),
         ("no pong within keepalive.timeout", CloseCause::PongTimeout),
-        ("invalid framing from either side", CloseCause::ProtocolError),
-        ("backend connection lost without a close frame (sent to the client)", CloseCause::UpstreamGone),
+        (
+            "invalid framing from either side",
+            CloseCause::ProtocolError,
+        ),
+        (
+            "backend connection reset without a close frame (a clean TCP end is mirrored instead)",
+            CloseCause::UpstreamGone,
+        ),
     ];
     let mut rows: Vec<Row> = refusals
         .into_iter()
@@ -246,9 +291,14 @@ pub fn table() -> Vec<Row> {
 
 /// The table as Markdown, as it appears in `docs/errors.md`.
 pub fn table_markdown() -> String {
-    let mut out = String::from("| when | status / close code | reason | metrics label |\n|---|---|---|---|\n");
+    let mut out = String::from(
+        "| when | status / close code | reason | metrics label |\n|---|---|---|---|\n",
+    );
     for r in table() {
-        out.push_str(&format!("| {} | {} | {} | `{}` |\n", r.when, r.status_or_code, r.reason, r.label));
+        out.push_str(&format!(
+            "| {} | {} | {} | `{}` |\n",
+            r.when, r.status_or_code, r.reason, r.label
+        ));
     }
     out
 }
@@ -269,14 +319,22 @@ mod tests {
 
     #[test]
     fn every_retryable_refusal_carries_retry_after() {
-        for r in [Refusal::PerIpCap, Refusal::PerUserCap, Refusal::PerIpRate, Refusal::PodCap, Refusal::Draining] {
+        for r in [
+            Refusal::PerIpCap,
+            Refusal::PerUserCap,
+            Refusal::PerIpRate,
+            Refusal::PodCap,
+            Refusal::Draining,
+        ] {
             assert!(r.retry_after().is_some(), "{r:?}");
         }
     }
 
     #[test]
     fn invalid_token_reason_goes_into_www_authenticate() {
-        let h = Refusal::TokenInvalid("token expired").www_authenticate().unwrap();
+        let h = Refusal::TokenInvalid("token expired")
+            .www_authenticate()
+            .unwrap();
         assert!(h.contains(r#"error_description="token expired""#), "{h}");
     }
 }

@@ -46,7 +46,11 @@ impl Gateway {
         let admission = AdmissionRegistry::default();
         let routes = RouteTable::compile(
             &cfg,
-            &CompileContext { jwks: &jwks, admission: &admission, read_file: &read_file },
+            &CompileContext {
+                jwks: &jwks,
+                admission: &admission,
+                read_file: &read_file,
+            },
         )?;
         let mut tls = HashMap::new();
         let mut problems = Vec::new();
@@ -54,7 +58,12 @@ impl Gateway {
             if let Some(t) = &l.tls {
                 match CertSet::load(t, &read_file) {
                     Ok(certs) => {
-                        tls.insert(l.name.clone(), Arc::new(Resolver { certs: ArcSwap::from_pointee(certs) }));
+                        tls.insert(
+                            l.name.clone(),
+                            Arc::new(Resolver {
+                                certs: ArcSwap::from_pointee(certs),
+                            }),
+                        );
                     }
                     Err(e) => problems.push(format!("listeners[{i}].tls.{e}")),
                 }
@@ -85,7 +94,11 @@ impl Gateway {
     pub fn apply(&self, cfg: GatewayConfig) -> Result<(), Vec<String>> {
         let routes = RouteTable::compile(
             &cfg,
-            &CompileContext { jwks: &self.jwks, admission: &self.admission, read_file: &read_file },
+            &CompileContext {
+                jwks: &self.jwks,
+                admission: &self.admission,
+                read_file: &read_file,
+            },
         )?;
         let mut certs = Vec::new();
         let mut problems = Vec::new();
@@ -102,7 +115,9 @@ impl Gateway {
         }
         let old = self.config.load();
         if old.listeners != cfg.listeners || old.admin != cfg.admin {
-            tracing::warn!("listener or admin changes take effect after a restart; routes, limits and drain apply now");
+            tracing::warn!(
+                "listener or admin changes take effect after a restart; routes, limits and drain apply now"
+            );
         }
         for (resolver, c) in certs {
             resolver.certs.store(Arc::new(c));
@@ -136,7 +151,12 @@ pub fn referenced_files(cfg: &GatewayConfig) -> BTreeSet<String> {
                 files.insert(path.clone());
             }
         }
-        if let Some(f) = r.proxy.as_ref().and_then(|p| p.signature.as_ref()).and_then(|s| s.secret_file.clone()) {
+        if let Some(f) = r
+            .proxy
+            .as_ref()
+            .and_then(|p| p.signature.as_ref())
+            .and_then(|s| s.secret_file.clone())
+        {
             files.insert(f);
         }
     }

@@ -39,7 +39,11 @@ impl EdgeApp {
             .max_headers(limits.max_header_count)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .keep_alive(true);
-        if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).with_upgrades().await {
+        if let Err(e) = builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades()
+            .await
+        {
             tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with an HTTP error");
         }
     }
@@ -47,7 +51,11 @@ impl EdgeApp {
 
 #[async_trait]
 impl ServerApp for EdgeApp {
-    async fn process_new(self: &Arc<Self>, stream: Stream, _shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()))

@@ -61,15 +61,22 @@ fn main() -> ExitCode {
     boot::run(
         cfg,
         gw,
-        boot::RunOptions { config_path: args.config, reload_interval: args.reload_interval, threads: args.threads },
+        boot::RunOptions {
+            config_path: args.config,
+            reload_interval: args.reload_interval,
+            threads: args.threads,
+        },
     );
     ExitCode::SUCCESS
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {

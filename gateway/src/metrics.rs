@@ -37,7 +37,8 @@ pub struct Metrics {
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    reg.register(Box::new(c.clone())).expect("metric registered once");
+    reg.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
@@ -45,24 +46,37 @@ impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
         let connections_active = IntGaugeVec::new(
-            Opts::new("switchboard_connections_active", "Open WebSocket connections"),
+            Opts::new(
+                "switchboard_connections_active",
+                "Open WebSocket connections",
+            ),
             &["route"],
         )
         .expect("static metric definition");
-        registry.register(Box::new(connections_active.clone())).expect("metric registered once");
+        registry
+            .register(Box::new(connections_active.clone()))
+            .expect("metric registered once");
         let drain_remaining = IntGauge::new(
             "switchboard_drain_connections_remaining",
             "Connections still open during a drain",
         )
         .expect("static metric definition");
-        registry.register(Box::new(drain_remaining.clone())).expect("metric registered once");
+        registry
+            .register(Box::new(drain_remaining.clone()))
+            .expect("metric registered once");
         let draining = IntGauge::new("switchboard_draining", "1 while the gateway drains")
             .expect("static metric definition");
-        registry.register(Box::new(draining.clone())).expect("metric registered once");
-        let config_generation =
-            IntGauge::new("switchboard_config_generation", "Generation of the loaded config")
-                .expect("static metric definition");
-        registry.register(Box::new(config_generation.clone())).expect("metric registered once");
+        registry
+            .register(Box::new(draining.clone()))
+            .expect("metric registered once");
+        let config_generation = IntGauge::new(
+            "switchboard_config_generation",
+            "Generation of the loaded config",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(config_generation.clone()))
+            .expect("metric registered once");
         Self {
             connections_total: counter_vec(
                 &registry,
@@ -76,16 +90,36 @@ impl Metrics {
                 "Requests refused before the upgrade, by reason",
                 &["route", "reason"],
             ),
-            frames: counter_vec(&registry, "switchboard_frames_total", "WebSocket frames relayed", &["route", "direction"]),
-            bytes: counter_vec(&registry, "switchboard_bytes_total", "WebSocket bytes relayed", &["route", "direction"]),
+            frames: counter_vec(
+                &registry,
+                "switchboard_frames_total",
+                "WebSocket frames relayed",
+                &["route", "direction"],
+            ),
+            bytes: counter_vec(
+                &registry,
+                "switchboard_bytes_total",
+                "WebSocket bytes relayed",
+                &["route", "direction"],
+            ),
             closes: counter_vec(
                 &registry,
                 "switchboard_closes_total",
                 "WebSocket connection ends by close code and cause",
                 &["route", "code", "cause"],
             ),
-            config_reloads: counter_vec(&registry, "switchboard_config_reloads_total", "Config reloads", &["result"]),
-            jwks_fetches: counter_vec(&registry, "switchboard_jwks_fetches_total", "JWKS fetches", &["result"]),
+            config_reloads: counter_vec(
+                &registry,
+                "switchboard_config_reloads_total",
+                "Config reloads",
+                &["result"],
+            ),
+            jwks_fetches: counter_vec(
+                &registry,
+                "switchboard_jwks_fetches_total",
+                "JWKS fetches",
+                &["result"],
+            ),
             http_requests: counter_vec(
                 &registry,
                 "switchboard_http_requests_total",

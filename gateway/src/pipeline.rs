@@ -36,28 +36,46 @@ pub struct Conn {
 }
 
 fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into()).map_err(|never| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Render a refusal: status, reason, `Retry-After`, `WWW-Authenticate`; counted by reason.
 pub fn refuse(route: &str, r: Refusal) -> Response<Body> {
-    metrics().refusals.with_label_values(&[route, r.label()]).inc();
-    metrics().connections_total.with_label_values(&[route, "refused"]).inc();
-    let body = serde_json::json!({ "error": r.label(), "reason": r.to_string() }).to_string() + "\n";
+    metrics()
+        .refusals
+        .with_label_values(&[route, r.label()])
+        .inc();
+    metrics()
+        .connections_total
+        .with_label_values(&[route, "refused"])
+        .inc();
+    let body =
+        serde_json::json!({ "error": r.label(), "reason": r.to_string() }).to_string() + "\n";
     let mut resp = Response::new(full(body));
     *resp.status_mut() = r.status();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(after) = r.retry_after()
         && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
     {
         h.insert(header::RETRY_AFTER, v);
     }
-    if let Some(v) = r.www_authenticate().and_then(|v| HeaderValue::from_str(&v).ok()) {
+    if let Some(v) = r
+        .www_authenticate()
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
         h.insert(header::WWW_AUTHENTICATE, v);
     }
     if r == Refusal::BadWebSocketVersion {
-        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
     }
     resp
 }
@@ -79,29 +97,51 @@ pub fn is_websocket(req: &Request<Incoming>) -> bool {
 }
 
 fn check_handshake(req: &Request<Incoming>) -> Result<(), Refusal> {
-    let version = req.headers().get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok());
+    let version = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok());
     if version.map(str::trim) != Some("13") {
         return Err(Refusal::BadWebSocketVersion);
     }
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
         Ok(bytes) if bytes.len() == 16 => Ok(()),
-        _ => Err(Refusal::BadHandshake("missing or invalid Sec-WebSocket-Key")),
+        _ => Err(Refusal::BadHandshake(
+            "missing or invalid Sec-WebSocket-Key",
+        )),
     }
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The pinning key for this request (falls back to the client IP when the source is absent).
-fn pin_key(route: &CompiledRoute, req: &Request<Incoming>, claims: Option<&Claims>, ip: IpAddr) -> String {
+fn pin_key(
+    route: &CompiledRoute,
+    req: &Request<Incoming>,
+    claims: Option<&Claims>,
+    ip: IpAddr,
+) -> String {
     let key = route.cfg.proxy.as_ref().and_then(|p| match &p.pinning {
         PinningKey::ClientIp => None,
         PinningKey::Claim(c) => claims.and_then(|cl| cl.get_str(c)),
-        PinningKey::Header(h) => req.headers().get(h.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string),
+        PinningKey::Header(h) => req
+            .headers()
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         PinningKey::Query(q) => req.uri().query().and_then(|qs| {
-            url::form_urlencoded::parse(qs.as_bytes()).find(|(k, _)| k == q).map(|(_, v)| v.into_owned())
+            url::form_urlencoded::parse(qs.as_bytes())
+                .find(|(k, _)| k == q)
+                .map(|(_, v)| v.into_owned())
         }),
         PinningKey::Cookie(name) => req
             .headers()
@@ -117,7 +157,11 @@ fn pin_key(route: &CompiledRoute, req: &Request<Incoming>, claims: Option<&Claim
 }
 
 /// Handle one request from the edge listener.
-pub async fn handle(gw: Arc<Gateway>, conn: Conn, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Conn,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let table = gw.routes.load_full();
     let host = req
         .headers()
@@ -156,19 +200,31 @@ async fn admit_and_proxy(
         (Some(verifier), Some(jwt)) => {
             let (tok, _) = token::extract(&jwt.token_sources, req.headers(), req.uri().query())
                 .ok_or(Refusal::TokenMissing)?;
-            Some(verifier.verify(&tok).await.map_err(|e| Refusal::TokenInvalid(e.reason()))?)
+            Some(
+                verifier
+                    .verify(&tok)
+                    .await
+                    .map_err(|e| Refusal::TokenInvalid(e.reason()))?,
+            )
         }
         _ => None,
     };
     let admitted = if websocket {
         let user = claims.as_ref().and_then(|c| c.sub.as_deref());
-        Some(route.admission.admit(&route.cfg.limits, ip, user, &gw.pod)?)
+        Some(
+            route
+                .admission
+                .admit(&route.cfg.limits, ip, user, &gw.pod)?,
+        )
     } else {
         None
     };
 
     let key = pin_key(&route, &req, claims.as_ref(), ip);
-    let backend = route.backends.pick(key.as_bytes()).ok_or(Refusal::NoBackend)?;
+    let backend = route
+        .backends
+        .pick(key.as_bytes())
+        .ok_or(Refusal::NoBackend)?;
 
     // What the app sees: no token carriers, no client copies of identity, our identity.
     let mut headers = req.headers().clone();
@@ -177,14 +233,26 @@ async fn admit_and_proxy(
         None => req.uri().query().map(str::to_string),
     };
     let proxy = route.cfg.proxy.as_ref();
-    let identity_map = proxy.map(|p| p.identity_headers.clone()).unwrap_or_default();
-    let identity = identity_from_claims(&identity_map, |c| claims.as_ref().and_then(|cl| cl.get_str(c)));
+    let identity_map = proxy
+        .map(|p| p.identity_headers.clone())
+        .unwrap_or_default();
+    let identity = identity_from_claims(&identity_map, |c| {
+        claims.as_ref().and_then(|cl| cl.get_str(c))
+    });
     let names: Vec<String> = identity_map.values().cloned().collect();
-    let signature = match (proxy.and_then(|p| p.signature.as_ref()), &route.signature_key) {
+    let signature = match (
+        proxy.and_then(|p| p.signature.as_ref()),
+        &route.signature_key,
+    ) {
         (Some(s), Some(k)) => Some((s.header.as_str(), k.as_slice())),
         _ => None,
     };
-    let fwd = identity::Forwarding { client_ip: ip, tls: conn.tls, route: &route.cfg.name, now_unix: unix_now() };
+    let fwd = identity::Forwarding {
+        client_ip: ip,
+        tls: conn.tls,
+        route: &route.cfg.name,
+        now_unix: unix_now(),
+    };
     let mut headers = identity::upstream_headers(&headers, &identity, &names, signature, fwd);
     let path_and_query = match &query {
         Some(q) => format!("{}?{q}", req.uri().path()),
@@ -208,7 +276,10 @@ async fn admit_and_proxy(
     let (resp, upstream) = match handshake {
         Handshake::Refused(resp) => {
             // The app said no: its answer goes to the client unchanged.
-            metrics().connections_total.with_label_values(&[&route.cfg.name, "app_refused"]).inc();
+            metrics()
+                .connections_total
+                .with_label_values(&[&route.cfg.name, "app_refused"])
+                .inc();
             let (parts, body) = resp.into_parts();
             return Ok(Response::from_parts(parts, body.boxed()));
         }
@@ -238,15 +309,22 @@ async fn admit_and_proxy(
     let drain_signal = gw.drain.close_signal();
     let route_name = route.cfg.name.clone();
     let m = metrics();
-    m.connections_total.with_label_values(&[&route_name, "upgraded"]).inc();
+    m.connections_total
+        .with_label_values(&[&route_name, "upgraded"])
+        .inc();
     let (fi, bi) = m.dir(&route_name, "inbound");
     let (fo, bo) = m.dir(&route_name, "outbound");
     tokio::spawn(async move {
         let _admitted = admitted;
         let _live = live;
-        let active = metrics().connections_active.with_label_values(&[&route_name]);
+        let active = metrics()
+            .connections_active
+            .with_label_values(&[&route_name]);
         let Ok(client) = on_client_upgrade.await else {
-            metrics().connections_total.with_label_values(&[&route_name, "upgrade_failed"]).inc();
+            metrics()
+                .connections_total
+                .with_label_values(&[&route_name, "upgrade_failed"])
+                .inc();
             return;
         };
         active.inc();
@@ -255,8 +333,14 @@ async fn admit_and_proxy(
             TokioIo::new(client),
             TokioIo::new(upstream),
             limits,
-            DirCounters { frames: fi, bytes: bi },
-            DirCounters { frames: fo, bytes: bo },
+            DirCounters {
+                frames: fi,
+                bytes: bi,
+            },
+            DirCounters {
+                frames: fo,
+                bytes: bo,
+            },
             drain_signal,
         )
         .await;
@@ -299,7 +383,11 @@ async fn forward_http(
         .parse()
         .map_err(|_| Refusal::BadHandshake("request target"))?;
     let (parts, body) = req.into_parts();
-    let mut up = Request::builder().method(parts.method).uri(uri).body(body).map_err(|_| Refusal::BadHandshake("request"))?;
+    let mut up = Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .body(body)
+        .map_err(|_| Refusal::BadHandshake("request"))?;
     *up.headers_mut() = headers;
     let timeout = gw.config.load().limits.http_response_timeout;
     let resp = tokio::time::timeout(timeout, gw.http.request(up))
@@ -310,7 +398,10 @@ async fn forward_http(
         .http_requests
         .with_label_values(&[&route.cfg.name, resp.status().as_str()])
         .inc();
-    metrics().connections_total.with_label_values(&[&route.cfg.name, "http"]).inc();
+    metrics()
+        .connections_total
+        .with_label_values(&[&route.cfg.name, "http"])
+        .inc();
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, body.boxed()))
 }

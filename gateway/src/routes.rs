@@ -40,7 +40,10 @@ pub struct CompileContext<'a> {
 impl RouteTable {
     /// An empty table (before the first config load).
     pub fn empty() -> Self {
-        Self { generation: 0, routes: Vec::new() }
+        Self {
+            generation: 0,
+            routes: Vec::new(),
+        }
     }
 
     /// Compile every route; problems name the route path like validation does.
@@ -54,7 +57,10 @@ impl RouteTable {
             }
         }
         if problems.is_empty() {
-            Ok(Self { generation: cfg.generation, routes })
+            Ok(Self {
+                generation: cfg.generation,
+                routes,
+            })
         } else {
             Err(problems)
         }
@@ -85,13 +91,16 @@ impl RouteTable {
 }
 
 fn compile_route(r: &Route, ctx: &CompileContext<'_>) -> Result<CompiledRoute, String> {
-    let cookie = r
-        .jwt
-        .as_ref()
-        .is_some_and(|j| j.token_sources.iter().any(|s| matches!(s, TokenSource::Cookie { .. })));
+    let cookie = r.jwt.as_ref().is_some_and(|j| {
+        j.token_sources
+            .iter()
+            .any(|s| matches!(s, TokenSource::Cookie { .. }))
+    });
     let origin = OriginPolicy::new(&r.origins, cookie).map_err(|e| format!("origins: {e}"))?;
     let verifier = match &r.jwt {
-        Some(j) => Some(Arc::new(Verifier::new(j, ctx.jwks).map_err(|e| format!("jwt.{e}"))?)),
+        Some(j) => Some(Arc::new(
+            Verifier::new(j, ctx.jwks).map_err(|e| format!("jwt.{e}"))?,
+        )),
         None => None,
     };
     let (backends, signature_key) = match &r.proxy {
@@ -100,8 +109,9 @@ fn compile_route(r: &Route, ctx: &CompileContext<'_>) -> Result<CompiledRoute, S
                 Some(s) => Some(match (&s.secret, &s.secret_file) {
                     (Some(secret), _) => secret.as_bytes().to_vec(),
                     (None, Some(file)) => {
-                        let mut bytes = (ctx.read_file)(file)
-                            .map_err(|e| format!("proxy.signature.secretFile: cannot read `{file}`: {e}"))?;
+                        let mut bytes = (ctx.read_file)(file).map_err(|e| {
+                            format!("proxy.signature.secretFile: cannot read `{file}`: {e}")
+                        })?;
                         while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
                             bytes.pop();
                         }
@@ -129,7 +139,9 @@ fn compile_route(r: &Route, ctx: &CompileContext<'_>) -> Result<CompiledRoute, S
 pub fn normalize_host(host: &str) -> String {
     let host = host.trim();
     let bare = if host.starts_with('[') {
-        host.split_once(']').map_or(host, |(h, _)| h).trim_start_matches('[')
+        host.split_once(']')
+            .map_or(host, |(h, _)| h)
+            .trim_start_matches('[')
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
@@ -182,8 +194,17 @@ mod tests {
         .unwrap();
         let jwks = JwksRegistry::new();
         let admission = AdmissionRegistry::default();
-        let read = |_: &str| -> std::io::Result<Vec<u8>> { Err(std::io::ErrorKind::NotFound.into()) };
-        RouteTable::compile(&cfg, &CompileContext { jwks: &jwks, admission: &admission, read_file: &read }).unwrap()
+        let read =
+            |_: &str| -> std::io::Result<Vec<u8>> { Err(std::io::ErrorKind::NotFound.into()) };
+        RouteTable::compile(
+            &cfg,
+            &CompileContext {
+                jwks: &jwks,
+                admission: &admission,
+                read_file: &read,
+            },
+        )
+        .unwrap()
     }
 
     fn name(t: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {
@@ -208,20 +229,33 @@ mod tests {
 
     #[test]
     fn exact_beats_prefix_of_the_same_path() {
-        assert_eq!(name(&table(ROUTES), None, "/ws").as_deref(), Some("exact-ws"));
+        assert_eq!(
+            name(&table(ROUTES), None, "/ws").as_deref(),
+            Some("exact-ws")
+        );
     }
 
     #[test]
     fn exact_host_beats_wildcard_beats_any_host() {
         let t = table(ROUTES);
-        assert_eq!(name(&t, Some("Chat.Example.com:443"), "/ws/x").as_deref(), Some("chat"));
-        assert_eq!(name(&t, Some("other.example.com"), "/ws/x").as_deref(), Some("wild"));
-        assert_eq!(name(&t, Some("example.com"), "/ws/x").as_deref(), Some("any-ws"));
+        assert_eq!(
+            name(&t, Some("Chat.Example.com:443"), "/ws/x").as_deref(),
+            Some("chat")
+        );
+        assert_eq!(
+            name(&t, Some("other.example.com"), "/ws/x").as_deref(),
+            Some("wild")
+        );
+        assert_eq!(
+            name(&t, Some("example.com"), "/ws/x").as_deref(),
+            Some("any-ws")
+        );
     }
 
     #[test]
     fn no_matching_route_is_none() {
-        let t = table("[{name: a, hosts: [a.example.com], path: {value: /ws}, proxy: {backends: []}}]");
+        let t =
+            table("[{name: a, hosts: [a.example.com], path: {value: /ws}, proxy: {backends: []}}]");
         assert!(t.lookup(Some("b.example.com"), "/ws").is_none());
         assert!(t.lookup(None, "/ws").is_none());
         assert!(t.lookup(Some("a.example.com"), "/").is_none());

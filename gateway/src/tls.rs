@@ -15,7 +15,12 @@ use switchboard_config::ListenerTls;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("certificates[{index}]: cannot read `{path}`: {source}")]
-    Read { index: usize, path: String, #[source] source: std::io::Error },
+    Read {
+        index: usize,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("certificates[{index}]: `{path}` holds no PEM certificate")]
     NoCertificate { index: usize, path: String },
     #[error("certificates[{index}]: `{path}` holds no usable private key")]
@@ -32,24 +37,42 @@ pub struct CertSet {
 
 impl CertSet {
     /// Load every certificate of `cfg` through `read` (file contents).
-    pub fn load(cfg: &ListenerTls, read: &dyn Fn(&str) -> std::io::Result<Vec<u8>>) -> Result<Self, TlsError> {
+    pub fn load(
+        cfg: &ListenerTls,
+        read: &dyn Fn(&str) -> std::io::Result<Vec<u8>>,
+    ) -> Result<Self, TlsError> {
         let mut default = None;
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         for (index, c) in cfg.certificates.iter().enumerate() {
-            let cert_pem = read(&c.cert_file).map_err(|source| TlsError::Read { index, path: c.cert_file.clone(), source })?;
-            let key_pem = read(&c.key_file).map_err(|source| TlsError::Read { index, path: c.key_file.clone(), source })?;
-            let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-                .filter_map(Result::ok)
-                .collect();
+            let cert_pem = read(&c.cert_file).map_err(|source| TlsError::Read {
+                index,
+                path: c.cert_file.clone(),
+                source,
+            })?;
+            let key_pem = read(&c.key_file).map_err(|source| TlsError::Read {
+                index,
+                path: c.key_file.clone(),
+                source,
+            })?;
+            let chain: Vec<CertificateDer<'static>> =
+                rustls_pemfile::certs(&mut cert_pem.as_slice())
+                    .filter_map(Result::ok)
+                    .collect();
             if chain.is_empty() {
-                return Err(TlsError::NoCertificate { index, path: c.cert_file.clone() });
+                return Err(TlsError::NoCertificate {
+                    index,
+                    path: c.cert_file.clone(),
+                });
             }
             let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
                 .ok()
                 .flatten()
                 .and_then(|k| any_supported_type(&k).ok())
-                .ok_or_else(|| TlsError::NoKey { index, path: c.key_file.clone() })?;
+                .ok_or_else(|| TlsError::NoKey {
+                    index,
+                    path: c.key_file.clone(),
+                })?;
             let ck = Arc::new(CertifiedKey::new(chain, key));
             default.get_or_insert_with(|| ck.clone());
             for h in &c.hostnames {
@@ -60,8 +83,15 @@ impl CertSet {
                 };
             }
         }
-        let default = default.ok_or(TlsError::NoCertificate { index: 0, path: String::new() })?;
-        Ok(Self { default, exact, wildcard })
+        let default = default.ok_or(TlsError::NoCertificate {
+            index: 0,
+            path: String::new(),
+        })?;
+        Ok(Self {
+            default,
+            exact,
+            wildcard,
+        })
     }
 
     fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
@@ -94,7 +124,9 @@ impl ResolvesServerCert for Resolver {
 
 /// A rustls server config (HTTP/1.1 only: WebSocket upgrades need it) over `resolver`.
 pub fn server_config(resolver: Arc<Resolver>) -> Arc<rustls::ServerConfig> {
-    let mut cfg = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(resolver);
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(cfg)
 }

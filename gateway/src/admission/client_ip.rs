@@ -54,13 +54,19 @@ mod tests {
     fn trusted_peer_yields_the_last_untrusted_hop() {
         let peer: IpAddr = "10.1.1.1".parse().unwrap();
         let h = headers(&["6.6.6.6, 198.51.100.7", "10.2.2.2"]);
-        assert_eq!(client_ip(peer, &h, &trusted()), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, &h, &trusted()),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
     fn malformed_forwarded_for_falls_back_to_the_peer() {
         let peer: IpAddr = "10.1.1.1".parse().unwrap();
-        assert_eq!(client_ip(peer, &headers(&["not-an-ip, 1.2.3.4"]), &trusted()), peer);
+        assert_eq!(
+            client_ip(peer, &headers(&["not-an-ip, 1.2.3.4"]), &trusted()),
+            peer
+        );
     }
 
     #[test]

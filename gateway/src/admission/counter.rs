@@ -12,7 +12,9 @@ pub struct ConcurrencyCounter<K: Hash + Eq + Clone> {
 
 impl<K: Hash + Eq + Clone> Default for ConcurrencyCounter<K> {
     fn default() -> Self {
-        Self { inner: Arc::default() }
+        Self {
+            inner: Arc::default(),
+        }
     }
 }
 
@@ -34,7 +36,10 @@ impl<K: Hash + Eq + Clone> ConcurrencyCounter<K> {
             return None;
         }
         *n += 1;
-        Some(Slot { inner: self.inner.clone(), key })
+        Some(Slot {
+            inner: self.inner.clone(),
+            key,
+        })
     }
 
     /// Units of `key` held now.

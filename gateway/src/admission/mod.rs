@@ -61,13 +61,19 @@ impl RouteAdmission {
             .try_acquire(ip, limits.connections_per_ip)
             .ok_or(Refusal::PerIpCap)?;
         let user_slot = match (user, limits.connections_per_user) {
-            (Some(u), Some(cap)) => {
-                Some(self.per_user.try_acquire(u.to_string(), Some(cap)).ok_or(Refusal::PerUserCap)?)
-            }
+            (Some(u), Some(cap)) => Some(
+                self.per_user
+                    .try_acquire(u.to_string(), Some(cap))
+                    .ok_or(Refusal::PerUserCap)?,
+            ),
             _ => None,
         };
         let pod_slot = pod.try_acquire().ok_or(Refusal::PodCap)?;
-        Ok(Admitted { _ip: ip_slot, _user: user_slot, _pod: pod_slot })
+        Ok(Admitted {
+            _ip: ip_slot,
+            _user: user_slot,
+            _pod: pod_slot,
+        })
     }
 }
 
@@ -79,7 +85,10 @@ pub struct PodAdmission {
 
 impl PodAdmission {
     pub fn new(max: u32) -> Self {
-        Self { counter: ConcurrencyCounter::default(), max: max.into() }
+        Self {
+            counter: ConcurrencyCounter::default(),
+            max: max.into(),
+        }
     }
 
     /// A reload may change the cap; connections over a lowered cap stay open.
@@ -88,7 +97,10 @@ impl PodAdmission {
     }
 
     fn try_acquire(&self) -> Option<Slot<()>> {
-        self.counter.try_acquire((), Some(self.max.load(std::sync::atomic::Ordering::Relaxed)))
+        self.counter.try_acquire(
+            (),
+            Some(self.max.load(std::sync::atomic::Ordering::Relaxed)),
+        )
     }
 
     /// Open connections counted against the cap.
@@ -132,8 +144,14 @@ mod tests {
         let l = limits(Some(2), None, None);
         let a = route.admit(&l, IP, None, &pod).unwrap();
         let _b = route.admit(&l, IP, None, &pod).unwrap();
-        assert_eq!(route.admit(&l, IP, None, &pod).err(), Some(Refusal::PerIpCap));
-        assert!(route.admit(&l, OTHER, None, &pod).is_ok(), "other addresses are not affected");
+        assert_eq!(
+            route.admit(&l, IP, None, &pod).err(),
+            Some(Refusal::PerIpCap)
+        );
+        assert!(
+            route.admit(&l, OTHER, None, &pod).is_ok(),
+            "other addresses are not affected"
+        );
         drop(a);
         assert!(route.admit(&l, IP, None, &pod).is_ok());
     }
@@ -143,7 +161,10 @@ mod tests {
         let (route, pod) = (RouteAdmission::default(), PodAdmission::new(100));
         let l = limits(None, Some(1), None);
         let _a = route.admit(&l, IP, Some("alice"), &pod).unwrap();
-        assert_eq!(route.admit(&l, OTHER, Some("alice"), &pod).err(), Some(Refusal::PerUserCap));
+        assert_eq!(
+            route.admit(&l, OTHER, Some("alice"), &pod).err(),
+            Some(Refusal::PerUserCap)
+        );
         assert!(route.admit(&l, OTHER, Some("bob"), &pod).is_ok());
     }
 
@@ -160,7 +181,18 @@ mod tests {
     fn new_connection_rate_refuses_past_the_limit_within_a_second() {
         let (route, pod) = (RouteAdmission::default(), PodAdmission::new(100));
         let l = limits(None, None, Some(3));
-        let results: Vec<_> = (0..5).map(|_| route.admit(&l, IP, None, &pod).err()).collect();
-        assert_eq!(results, vec![None, None, None, Some(Refusal::PerIpRate), Some(Refusal::PerIpRate)]);
+        let results: Vec<_> = (0..5)
+            .map(|_| route.admit(&l, IP, None, &pod).err())
+            .collect();
+        assert_eq!(
+            results,
+            vec![
+                None,
+                None,
+                None,
+                Some(Refusal::PerIpRate),
+                Some(Refusal::PerIpRate)
+            ]
+        );
     }
 }

@@ -16,7 +16,10 @@ pub struct OriginPolicy {
 impl OriginPolicy {
     /// `browser_credentials`: the route reads tokens from cookies, so a missing Origin is
     /// refused unless explicitly allowed (cross-site WebSocket hijacking).
-    pub fn new(cfg: &switchboard_config::Origins, browser_credentials: bool) -> Result<Self, String> {
+    pub fn new(
+        cfg: &switchboard_config::Origins,
+        browser_credentials: bool,
+    ) -> Result<Self, String> {
         let patterns = cfg
             .allowed
             .iter()
@@ -33,12 +36,22 @@ impl OriginPolicy {
     pub fn check(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         let mut values = headers.get_all(http::header::ORIGIN).iter();
         let value = match (values.next(), values.next()) {
-            (None, _) => return if self.allow_missing { Ok(()) } else { Err(Refusal::OriginNotAllowed) },
+            (None, _) => {
+                return if self.allow_missing {
+                    Ok(())
+                } else {
+                    Err(Refusal::OriginNotAllowed)
+                };
+            }
             (Some(_), Some(_)) => return Err(Refusal::OriginNotAllowed), // two Origins: ambiguous
             (Some(v), None) => v.to_str().map_err(|_| Refusal::OriginNotAllowed)?.trim(),
         };
         if value == "null" {
-            return if self.allow_null { Ok(()) } else { Err(Refusal::OriginNotAllowed) };
+            return if self.allow_null {
+                Ok(())
+            } else {
+                Err(Refusal::OriginNotAllowed)
+            };
         }
         if self.patterns.is_empty() {
             return Ok(());
@@ -57,7 +70,12 @@ mod tests {
     use super::*;
     use switchboard_config::Origins;
 
-    fn policy(allowed: &[&str], allow_null: bool, allow_missing: Option<bool>, creds: bool) -> OriginPolicy {
+    fn policy(
+        allowed: &[&str],
+        allow_null: bool,
+        allow_missing: Option<bool>,
+        creds: bool,
+    ) -> OriginPolicy {
         let cfg = Origins {
             allowed: allowed.iter().map(|s| s.to_string()).collect(),
             allow_null,
@@ -78,33 +96,72 @@ mod tests {
     fn listed_origin_passes_and_unlisted_is_refused() {
         let p = policy(&["https://app.example.com"], false, None, false);
         assert!(p.check(&with_origin(&["https://app.example.com"])).is_ok());
-        assert_eq!(p.check(&with_origin(&["https://evil.com"])), Err(Refusal::OriginNotAllowed));
+        assert_eq!(
+            p.check(&with_origin(&["https://evil.com"])),
+            Err(Refusal::OriginNotAllowed)
+        );
     }
 
     #[test]
     fn null_origin_is_refused_unless_allowed() {
-        assert!(policy(&["https://a.example.com"], false, None, false).check(&with_origin(&["null"])).is_err());
-        assert!(policy(&["https://a.example.com"], true, None, false).check(&with_origin(&["null"])).is_ok());
+        assert!(
+            policy(&["https://a.example.com"], false, None, false)
+                .check(&with_origin(&["null"]))
+                .is_err()
+        );
+        assert!(
+            policy(&["https://a.example.com"], true, None, false)
+                .check(&with_origin(&["null"]))
+                .is_ok()
+        );
     }
 
     #[test]
     fn missing_origin_is_refused_by_default_when_the_route_takes_browser_credentials() {
-        assert!(policy(&["https://a.example.com"], false, None, true).check(&HeaderMap::new()).is_err());
-        assert!(policy(&["https://a.example.com"], false, None, false).check(&HeaderMap::new()).is_ok());
-        assert!(policy(&["https://a.example.com"], false, Some(true), true).check(&HeaderMap::new()).is_ok());
-        assert!(policy(&["https://a.example.com"], false, Some(false), false).check(&HeaderMap::new()).is_err());
+        assert!(
+            policy(&["https://a.example.com"], false, None, true)
+                .check(&HeaderMap::new())
+                .is_err()
+        );
+        assert!(
+            policy(&["https://a.example.com"], false, None, false)
+                .check(&HeaderMap::new())
+                .is_ok()
+        );
+        assert!(
+            policy(&["https://a.example.com"], false, Some(true), true)
+                .check(&HeaderMap::new())
+                .is_ok()
+        );
+        assert!(
+            policy(&["https://a.example.com"], false, Some(false), false)
+                .check(&HeaderMap::new())
+                .is_err()
+        );
     }
 
     #[test]
     fn two_origin_headers_are_refused() {
         let p = policy(&["https://app.example.com"], false, None, false);
-        assert!(p.check(&with_origin(&["https://app.example.com", "https://evil.com"])).is_err());
+        assert!(
+            p.check(&with_origin(&[
+                "https://app.example.com",
+                "https://evil.com"
+            ]))
+            .is_err()
+        );
     }
 
     #[test]
     fn garbage_origin_is_refused_not_panicked_on() {
         let p = policy(&["https://app.example.com"], false, None, false);
-        for v in ["", "https://", "javascript:alert(1)", "https://app.example.com/", "\u{7f}"] {
+        for v in [
+            "",
+            "https://",
+            "javascript:alert(1)",
+            "https://app.example.com/",
+            "\u{7f}",
+        ] {
             let mut h = HeaderMap::new();
             if let Ok(val) = http::HeaderValue::from_str(v) {
                 h.insert(http::header::ORIGIN, val);

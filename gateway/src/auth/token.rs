@@ -16,7 +16,11 @@ pub enum Found {
 }
 
 /// Find the first token among `sources`.
-pub fn extract(sources: &[TokenSource], headers: &HeaderMap, query: Option<&str>) -> Option<(String, Found)> {
+pub fn extract(
+    sources: &[TokenSource],
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Option<(String, Found)> {
     for source in sources {
         let hit = match source {
             TokenSource::Bearer {} => headers
@@ -24,13 +28,22 @@ pub fn extract(sources: &[TokenSource], headers: &HeaderMap, query: Option<&str>
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| {
                     let (scheme, rest) = v.trim().split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_string())
+                    scheme
+                        .eq_ignore_ascii_case("bearer")
+                        .then(|| rest.trim().to_string())
                 })
                 .map(|t| (t, Found::Bearer)),
             TokenSource::Subprotocol { prefix } => subprotocols(headers)
                 .into_iter()
                 .find_map(|p| p.strip_prefix(prefix.as_str()).map(str::to_string))
-                .map(|t| (t, Found::Subprotocol { prefix: prefix.clone() })),
+                .map(|t| {
+                    (
+                        t,
+                        Found::Subprotocol {
+                            prefix: prefix.clone(),
+                        },
+                    )
+                }),
             TokenSource::Query { name } => query.and_then(|q| {
                 url::form_urlencoded::parse(q.as_bytes())
                     .find(|(k, _)| k == name)
@@ -69,7 +82,11 @@ pub fn subprotocols(headers: &HeaderMap) -> Vec<&str> {
 /// Remove every token carrier named by `sources` from headers and query: the app gets no token
 /// through a side channel it did not ask for, and logs never see one. `Authorization` is kept
 /// only when the route reads tokens elsewhere (it may be the app's own credential).
-pub fn strip(sources: &[TokenSource], headers: &mut HeaderMap, query: Option<&str>) -> Option<String> {
+pub fn strip(
+    sources: &[TokenSource],
+    headers: &mut HeaderMap,
+    query: Option<&str>,
+) -> Option<String> {
     let mut query = query.map(str::to_string);
     for source in sources {
         match source {
@@ -99,7 +116,9 @@ pub fn strip(sources: &[TokenSource], headers: &mut HeaderMap, query: Option<&st
                     .filter_map(|v| v.to_str().ok())
                     .flat_map(|v| v.split(';'))
                     .map(str::trim)
-                    .filter(|c| !c.is_empty() && c.split('=').next().map(str::trim) != Some(name.as_str()))
+                    .filter(|c| {
+                        !c.is_empty() && c.split('=').next().map(str::trim) != Some(name.as_str())
+                    })
                     .map(str::to_string)
                     .collect();
                 headers.remove(http::header::COOKIE);
@@ -120,7 +139,9 @@ pub fn remove_query_param(query: &str, name: &str) -> String {
         .split('&')
         .filter(|pair| {
             let key = pair.split('=').next().unwrap_or("");
-            let key = percent_encoding::percent_decode_str(&key.replace('+', " ")).decode_utf8_lossy().into_owned();
+            let key = percent_encoding::percent_decode_str(&key.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
             !pair.is_empty() && key != name
         })
         .collect::<Vec<_>>()
@@ -134,7 +155,10 @@ mod tests {
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         m
     }
@@ -142,8 +166,12 @@ mod tests {
     fn all() -> Vec<TokenSource> {
         vec![
             TokenSource::Bearer {},
-            TokenSource::Subprotocol { prefix: "bearer.".into() },
-            TokenSource::Query { name: "access_token".into() },
+            TokenSource::Subprotocol {
+                prefix: "bearer.".into(),
+            },
+            TokenSource::Query {
+                name: "access_token".into(),
+            },
             TokenSource::Cookie { name: "sb".into() },
         ]
     }
@@ -168,8 +196,14 @@ mod tests {
         let q = "room=a%20b&access_token=abc.def.ghi&x=1";
         let (t, _) = extract(&all(), &HeaderMap::new(), Some(q)).unwrap();
         assert_eq!(t, "abc.def.ghi");
-        assert_eq!(strip(&all(), &mut HeaderMap::new(), Some(q)).as_deref(), Some("room=a%20b&x=1"));
-        assert_eq!(strip(&all(), &mut HeaderMap::new(), Some("access_token=z")), None);
+        assert_eq!(
+            strip(&all(), &mut HeaderMap::new(), Some(q)).as_deref(),
+            Some("room=a%20b&x=1")
+        );
+        assert_eq!(
+            strip(&all(), &mut HeaderMap::new(), Some("access_token=z")),
+            None
+        );
     }
 
     #[test]
@@ -184,8 +218,14 @@ mod tests {
     #[test]
     fn sources_are_tried_in_the_configured_order() {
         let headers = h(&[("authorization", "Bearer from-header")]);
-        let sources = vec![TokenSource::Query { name: "t".into() }, TokenSource::Bearer {}];
-        assert_eq!(extract(&sources, &headers, Some("t=from-query")).unwrap().0, "from-query");
+        let sources = vec![
+            TokenSource::Query { name: "t".into() },
+            TokenSource::Bearer {},
+        ];
+        assert_eq!(
+            extract(&sources, &headers, Some("t=from-query")).unwrap().0,
+            "from-query"
+        );
     }
 
     #[test]
@@ -197,6 +237,9 @@ mod tests {
 
     #[test]
     fn encoded_parameter_names_are_stripped_too() {
-        assert_eq!(remove_query_param("access%5Ftoken=x&y=2", "access_token"), "y=2");
+        assert_eq!(
+            remove_query_param("access%5Ftoken=x&y=2", "access_token"),
+            "y=2"
+        );
     }
 }

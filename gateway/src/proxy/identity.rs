@@ -13,8 +13,15 @@ use sha2::Sha256;
 pub const RESERVED_PREFIX: &str = "x-switchboard-";
 
 const HOP_BY_HOP: &[&str] = &[
-    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-    "proxy-authorization", "proxy-authenticate",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
 ];
 
 /// The identity to inject, already resolved from claims: (header name, value).
@@ -26,11 +33,17 @@ fn canonical(name: &str) -> String {
 
 /// Resolve configured claim -> header pairs against verified claims. Claims missing from the
 /// token are simply not sent (the app sees the header absent, never a client-supplied copy).
-pub fn identity_from_claims(map: &BTreeMap<String, String>, claim: impl Fn(&str) -> Option<String>) -> Identity {
+pub fn identity_from_claims(
+    map: &BTreeMap<String, String>,
+    claim: impl Fn(&str) -> Option<String>,
+) -> Identity {
     map.iter()
         .filter_map(|(c, h)| {
             let value = claim(c)?;
-            Some((HeaderName::from_bytes(h.as_bytes()).ok()?, HeaderValue::from_str(&value).ok()?))
+            Some((
+                HeaderName::from_bytes(h.as_bytes()).ok()?,
+                HeaderValue::from_str(&value).ok()?,
+            ))
         })
         .collect()
 }
@@ -52,7 +65,12 @@ pub fn upstream_headers(
     signature: Option<(&str, &[u8])>,
     fwd: Forwarding<'_>,
 ) -> HeaderMap {
-    let Forwarding { client_ip, tls, route, now_unix } = fwd;
+    let Forwarding {
+        client_ip,
+        tls,
+        route,
+        now_unix,
+    } = fwd;
     let mut nominated: Vec<String> = client
         .get_all(http::header::CONNECTION)
         .iter()
@@ -134,17 +152,28 @@ mod tests {
     fn client(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         m
     }
 
     fn ident() -> Identity {
-        vec![(HeaderName::from_static("x-user"), HeaderValue::from_static("alice"))]
+        vec![(
+            HeaderName::from_static("x-user"),
+            HeaderValue::from_static("alice"),
+        )]
     }
 
     fn run(h: &HeaderMap) -> HeaderMap {
-        let fwd = Forwarding { client_ip: "1.2.3.4".parse().unwrap(), tls: false, route: "r", now_unix: 0 };
+        let fwd = Forwarding {
+            client_ip: "1.2.3.4".parse().unwrap(),
+            tls: false,
+            route: "r",
+            now_unix: 0,
+        };
         upstream_headers(h, &ident(), &["X-User".into()], None, fwd)
     }
 
@@ -157,15 +186,26 @@ mod tests {
 
     #[test]
     fn underscore_spellings_of_identity_headers_are_removed() {
-        let out = run(&client(&[("x_user", "mallory"), ("x-switchboard_user", "eve")]));
+        let out = run(&client(&[
+            ("x_user", "mallory"),
+            ("x-switchboard_user", "eve"),
+        ]));
         assert!(out.get("x_user").is_none());
         assert!(out.get("x-switchboard_user").is_none());
     }
 
     #[test]
     fn connection_nominated_headers_are_removed_and_cannot_drop_identity() {
-        let out = run(&client(&[("connection", "x-user, x-custom"), ("x-custom", "1"), ("x-keep", "2")]));
-        assert_eq!(out.get("x-user").unwrap(), "alice", "nominating the identity header does not remove ours");
+        let out = run(&client(&[
+            ("connection", "x-user, x-custom"),
+            ("x-custom", "1"),
+            ("x-keep", "2"),
+        ]));
+        assert_eq!(
+            out.get("x-user").unwrap(),
+            "alice",
+            "nominating the identity header does not remove ours"
+        );
         assert!(out.get("x-custom").is_none());
         assert_eq!(out.get("x-keep").unwrap(), "2");
         assert!(out.get("connection").is_none());
@@ -173,7 +213,11 @@ mod tests {
 
     #[test]
     fn reserved_namespace_and_forwarding_headers_from_clients_are_dropped() {
-        let out = run(&client(&[("x-switchboard-user", "eve"), ("x-forwarded-for", "6.6.6.6"), ("forwarded", "for=6.6.6.6")]));
+        let out = run(&client(&[
+            ("x-switchboard-user", "eve"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+        ]));
         assert!(out.get("x-switchboard-user").is_none());
         assert_eq!(out.get("x-forwarded-for").unwrap(), "1.2.3.4");
         assert!(out.get("forwarded").is_none());
@@ -181,7 +225,10 @@ mod tests {
 
     #[test]
     fn extensions_are_not_negotiated_through_the_tunnel() {
-        let out = run(&client(&[("sec-websocket-extensions", "permessage-deflate")]));
+        let out = run(&client(&[(
+            "sec-websocket-extensions",
+            "permessage-deflate",
+        )]));
         assert!(out.get("sec-websocket-extensions").is_none());
     }
 
@@ -190,7 +237,10 @@ mod tests {
         let a = sign(b"k", &ident(), 100);
         assert_eq!(a, sign(b"k", &ident(), 100));
         assert!(a.starts_with("t=100,v1="));
-        let other = vec![(HeaderName::from_static("x-user"), HeaderValue::from_static("bob"))];
+        let other = vec![(
+            HeaderName::from_static("x-user"),
+            HeaderValue::from_static("bob"),
+        )];
         assert_ne!(a, sign(b"k", &other, 100));
         assert_ne!(a, sign(b"k2", &ident(), 100));
     }
@@ -200,7 +250,12 @@ mod tests {
         // HMAC-SHA256(key="k", "100\nx-user:alice\n")
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"k").unwrap();
         mac.update(b"100\nx-user:alice\n");
-        let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(sign(b"k", &ident(), 100), format!("t=100,v1={hex}"));
     }
 

@@ -21,7 +21,10 @@ impl BackendRing {
             .map(|b| Bucket::new(b.address, 1))
             .collect();
         let continuum = (!buckets.is_empty()).then(|| Continuum::new(&buckets));
-        Self { continuum, backends: backends.to_vec() }
+        Self {
+            continuum,
+            backends: backends.to_vec(),
+        }
     }
 
     /// The pod for `key`, or `None` when no backend is ready.
@@ -37,7 +40,10 @@ mod tests {
     fn backends(ports: &[u16]) -> Vec<Backend> {
         ports
             .iter()
-            .map(|p| Backend { address: SocketAddr::from(([10, 0, 0, 1], *p)), draining: false })
+            .map(|p| Backend {
+                address: SocketAddr::from(([10, 0, 0, 1], *p)),
+                draining: false,
+            })
             .collect()
     }
 
@@ -50,7 +56,11 @@ mod tests {
         let a = BackendRing::new(&backends(&[1, 2, 3]));
         let b = BackendRing::new(&backends(&[3, 1, 2]));
         for k in keys() {
-            assert_eq!(a.pick(k.as_bytes()), b.pick(k.as_bytes()), "order of backends must not matter");
+            assert_eq!(
+                a.pick(k.as_bytes()),
+                b.pick(k.as_bytes()),
+                "order of backends must not matter"
+            );
         }
     }
 
@@ -62,7 +72,10 @@ mod tests {
         let mut moved_from_others = 0;
         let mut owned = 0;
         for k in keys() {
-            let (b, a) = (before.pick(k.as_bytes()).unwrap(), after.pick(k.as_bytes()).unwrap());
+            let (b, a) = (
+                before.pick(k.as_bytes()).unwrap(),
+                after.pick(k.as_bytes()).unwrap(),
+            );
             if b == gone {
                 owned += 1;
             } else if a != b {
@@ -80,7 +93,10 @@ mod tests {
         bs[1].draining = true;
         let after = BackendRing::new(&bs);
         for k in keys() {
-            let (b, a) = (before.pick(k.as_bytes()).unwrap(), after.pick(k.as_bytes()).unwrap());
+            let (b, a) = (
+                before.pick(k.as_bytes()).unwrap(),
+                after.pick(k.as_bytes()).unwrap(),
+            );
             assert_ne!(a, bs[1].address);
             if b != bs[1].address {
                 assert_eq!(a, b);

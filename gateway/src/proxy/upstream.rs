@@ -23,14 +23,20 @@ pub enum Handshake {
 }
 
 /// Connect to `addr` and send the upgrade request; bounded by `timeout` end to end.
-pub async fn open_websocket(addr: SocketAddr, req: Request<Empty<Bytes>>, timeout: Duration) -> Result<Handshake, Refusal> {
+pub async fn open_websocket(
+    addr: SocketAddr,
+    req: Request<Empty<Bytes>>,
+    timeout: Duration,
+) -> Result<Handshake, Refusal> {
     tokio::time::timeout(timeout, handshake(addr, req))
         .await
         .map_err(|_| Refusal::BackendTimeout)?
 }
 
 async fn handshake(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Result<Handshake, Refusal> {
-    let tcp = TcpStream::connect(addr).await.map_err(|_| Refusal::BackendUnreachable)?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|_| Refusal::BackendUnreachable)?;
     let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -40,11 +46,19 @@ async fn handshake(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Result<Hands
         // the response future below.
         let _ = conn.with_upgrades().await;
     });
-    let mut resp = sender.send_request(req).await.map_err(|_| Refusal::BackendUnreachable)?;
+    let mut resp = sender
+        .send_request(req)
+        .await
+        .map_err(|_| Refusal::BackendUnreachable)?;
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Handshake::Refused(resp));
     }
-    let upgraded = hyper::upgrade::on(&mut resp).await.map_err(|_| Refusal::BackendUnreachable)?;
+    let upgraded = hyper::upgrade::on(&mut resp)
+        .await
+        .map_err(|_| Refusal::BackendUnreachable)?;
     let (parts, _) = resp.into_parts();
-    Ok(Handshake::Upgraded(Response::from_parts(parts, ()), upgraded))
+    Ok(Handshake::Upgraded(
+        Response::from_parts(parts, ()),
+        upgraded,
+    ))
 }

@@ -15,7 +15,12 @@ impl TokenBucket {
     /// A full bucket.
     pub fn new(rate_per_second: u32, burst: u32, now: Instant) -> Self {
         let burst = f64::from(burst.max(1));
-        Self { rate: f64::from(rate_per_second.max(1)), burst, tokens: burst, last: now }
+        Self {
+            rate: f64::from(rate_per_second.max(1)),
+            burst,
+            tokens: burst,
+            last: now,
+        }
     }
 
     /// Take one token if there is one.

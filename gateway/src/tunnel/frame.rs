@@ -194,7 +194,11 @@ impl Scanner {
 
     /// Scan from `input[*pos..]`, advancing `pos`. `Ok(None)`: all input consumed, feed more.
     /// After an error the stream is unusable; the relay closes the connection.
-    pub fn next<'a>(&mut self, input: &'a [u8], pos: &mut usize) -> Result<Option<Event<'a>>, FrameError> {
+    pub fn next<'a>(
+        &mut self,
+        input: &'a [u8],
+        pos: &mut usize,
+    ) -> Result<Option<Event<'a>>, FrameError> {
         loop {
             match self.state {
                 State::Header => {
@@ -308,7 +312,9 @@ impl Scanner {
             self.ctrl_mask = mask;
             self.ctrl_raw = raw;
             self.ctrl_payload = Vec::with_capacity(len as usize);
-            self.state = State::Control { remaining: len as usize };
+            self.state = State::Control {
+                remaining: len as usize,
+            };
             return Ok(None);
         }
         let starts_message = match (opcode, self.in_message) {
@@ -323,7 +329,14 @@ impl Scanner {
         self.in_message = true;
         self.frame_fin = fin;
         self.state = State::Data { remaining: len };
-        Ok(Some(Event::Header(DataHeader { raw, opcode, fin, payload_len: len, starts_message, too_big })))
+        Ok(Some(Event::Header(DataHeader {
+            raw,
+            opcode,
+            fin,
+            payload_len: len,
+            starts_message,
+            too_big,
+        })))
     }
 }
 
@@ -387,7 +400,13 @@ mod tests {
                         if h.too_big {
                             return Err(TOO_BIG);
                         }
-                        seen.push(Seen::Header(h.opcode, h.fin, h.payload_len, h.starts_message, h.raw))
+                        seen.push(Seen::Header(
+                            h.opcode,
+                            h.fin,
+                            h.payload_len,
+                            h.starts_message,
+                            h.raw,
+                        ))
                     }
                     Event::Payload(p) => match seen.last_mut() {
                         Some(Seen::Payload(acc)) => acc.extend_from_slice(p),
@@ -396,7 +415,11 @@ mod tests {
                     Event::Control(c) => seen.push(Seen::Control(c.opcode, c.payload, c.raw)),
                 }
             }
-            assert_eq!(pos, chunk.len(), "the scanner consumes every byte it is given");
+            assert_eq!(
+                pos,
+                chunk.len(),
+                "the scanner consumes every byte it is given"
+            );
         }
         Ok(seen)
     }
@@ -434,7 +457,11 @@ mod tests {
         let whole = scan_split(Sender::Client, 1 << 20, &[&bytes]).unwrap();
         for i in 0..=bytes.len() {
             let (a, b) = bytes.split_at(i);
-            assert_eq!(scan_split(Sender::Client, 1 << 20, &[a, b]).unwrap(), whole, "split at {i}");
+            assert_eq!(
+                scan_split(Sender::Client, 1 << 20, &[a, b]).unwrap(),
+                whole,
+                "split at {i}"
+            );
         }
     }
 
@@ -443,7 +470,10 @@ mod tests {
         let bytes = conversation();
         let whole = scan_split(Sender::Client, 1 << 20, &[&bytes]).unwrap();
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
-        assert_eq!(scan_split(Sender::Client, 1 << 20, &singles).unwrap(), whole);
+        assert_eq!(
+            scan_split(Sender::Client, 1 << 20, &singles).unwrap(),
+            whole
+        );
     }
 
     #[test]
@@ -484,11 +514,21 @@ mod tests {
         let mut s = Scanner::new(Sender::Client, 100);
         let mut pos = 0;
         assert!(matches!(s.next(&bytes, &mut pos), Ok(Some(Event::Header(h))) if !h.too_big));
-        assert!(matches!(s.next(&bytes, &mut pos), Ok(Some(Event::Payload(_)))));
+        assert!(matches!(
+            s.next(&bytes, &mut pos),
+            Ok(Some(Event::Payload(_)))
+        ));
         let before = pos;
         assert!(matches!(s.next(&bytes, &mut pos), Ok(Some(Event::Header(h))) if h.too_big));
-        assert_eq!(pos - before, 6, "only the offending header was read, none of its payload");
-        assert!(matches!(s.next(&bytes, &mut pos), Ok(Some(Event::Payload(_)))));
+        assert_eq!(
+            pos - before,
+            6,
+            "only the offending header was read, none of its payload"
+        );
+        assert!(matches!(
+            s.next(&bytes, &mut pos),
+            Ok(Some(Event::Payload(_)))
+        ));
         assert!(
             matches!(s.next(&bytes, &mut pos), Ok(Some(Event::Control(c))) if c.close_code() == Some(1000)),
             "scanning goes on past the refused frame to the peer's close"
@@ -513,13 +553,19 @@ mod tests {
     #[test]
     fn unmasked_client_frame_is_a_protocol_error() {
         let bytes = frame(OpCode::Text, true, b"x", None);
-        assert_eq!(scan_split(Sender::Client, 10, &[&bytes]), Err(FrameError::UnmaskedClientFrame));
+        assert_eq!(
+            scan_split(Sender::Client, 10, &[&bytes]),
+            Err(FrameError::UnmaskedClientFrame)
+        );
     }
 
     #[test]
     fn masked_server_frame_is_a_protocol_error() {
         let bytes = frame(OpCode::Text, true, b"x", M);
-        assert_eq!(scan_split(Sender::Server, 10, &[&bytes]), Err(FrameError::MaskedServerFrame));
+        assert_eq!(
+            scan_split(Sender::Server, 10, &[&bytes]),
+            Err(FrameError::MaskedServerFrame)
+        );
     }
 
     #[test]
@@ -527,23 +573,42 @@ mod tests {
         let cases: Vec<(Vec<u8>, FrameError)> = vec![
             (vec![0x83, 0x80, 0, 0, 0, 0], FrameError::ReservedOpcode),
             (vec![0xC1, 0x80, 0, 0, 0, 0], FrameError::ReservedBits),
-            (frame(OpCode::Ping, false, b"", M), FrameError::FragmentedControl),
-            ({
-                let mut f = vec![0x89, 0x80 | 126, 0, 126];
-                f.extend([0u8; 4]);
-                f
-            }, FrameError::ControlTooLong),
-            (frame(OpCode::Continuation, true, b"x", M), FrameError::UnexpectedContinuation),
-            ({
-                let mut f = frame(OpCode::Text, false, b"x", M);
-                f.extend(frame(OpCode::Text, true, b"y", M));
-                f
-            }, FrameError::ExpectedContinuation),
+            (
+                frame(OpCode::Ping, false, b"", M),
+                FrameError::FragmentedControl,
+            ),
+            (
+                {
+                    let mut f = vec![0x89, 0x80 | 126, 0, 126];
+                    f.extend([0u8; 4]);
+                    f
+                },
+                FrameError::ControlTooLong,
+            ),
+            (
+                frame(OpCode::Continuation, true, b"x", M),
+                FrameError::UnexpectedContinuation,
+            ),
+            (
+                {
+                    let mut f = frame(OpCode::Text, false, b"x", M);
+                    f.extend(frame(OpCode::Text, true, b"y", M));
+                    f
+                },
+                FrameError::ExpectedContinuation,
+            ),
             (vec![0x88, 0x81, 0, 0, 0, 0, 3], FrameError::CloseLengthOne),
-            (vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], FrameError::LengthOverflow),
+            (
+                vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                FrameError::LengthOverflow,
+            ),
         ];
         for (bytes, want) in cases {
-            assert_eq!(scan_split(Sender::Client, 1 << 20, &[&bytes]), Err(want), "{bytes:?}");
+            assert_eq!(
+                scan_split(Sender::Client, 1 << 20, &[&bytes]),
+                Err(want),
+                "{bytes:?}"
+            );
         }
     }
 
@@ -556,10 +621,16 @@ mod tests {
         let part = &bytes[..5];
         assert!(matches!(s.next(part, &mut pos), Ok(Some(Event::Header(_)))));
         assert!(!s.at_boundary());
-        assert!(matches!(s.next(part, &mut pos), Ok(Some(Event::Payload(_)))));
+        assert!(matches!(
+            s.next(part, &mut pos),
+            Ok(Some(Event::Payload(_)))
+        ));
         assert!(!s.at_boundary());
         let mut pos = 0;
-        assert!(matches!(s.next(&bytes[5..], &mut pos), Ok(Some(Event::Payload(_)))));
+        assert!(matches!(
+            s.next(&bytes[5..], &mut pos),
+            Ok(Some(Event::Payload(_)))
+        ));
         assert!(s.at_boundary());
     }
 
@@ -569,7 +640,10 @@ mod tests {
         let bytes = frame(OpCode::Binary, true, &payload, None);
         assert_eq!(bytes[1] & 0x7F, 127);
         let seen = scan_split(Sender::Server, 1 << 20, &[&bytes]).unwrap();
-        assert!(matches!(&seen[0], Seen::Header(OpCode::Binary, true, 70_000, true, _)));
+        assert!(matches!(
+            &seen[0],
+            Seen::Header(OpCode::Binary, true, 70_000, true, _)
+        ));
     }
 
     #[test]

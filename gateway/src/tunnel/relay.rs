@@ -60,7 +60,13 @@ pub struct Outcome {
 
 enum Cmd {
     Ping(Vec<u8>),
-    Close(u16, String),
+    /// Send Close; with `fail`, also end the connection at once (RFC 6455 §7.1.7 "fail the
+    /// WebSocket connection": no waiting for a reply after a protocol error).
+    Close {
+        code: u16,
+        reason: String,
+        fail: bool,
+    },
 }
 
 enum Report {
@@ -78,6 +84,8 @@ enum End {
     SourceGone,
     /// Writing to the destination failed.
     DestinationGone,
+    /// We failed the connection (protocol error): Close sent, destination shut down.
+    Failed,
 }
 
 struct PumpResult {
@@ -129,16 +137,23 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                 biased;
                 cmd = self.cmds.recv(), if injectable => match cmd {
                     None => cmds_open = false,
-                    Some(cmd) => {
-                        if let Err(end) = self.inject(cmd).await {
-                            break end;
+                    Some(cmd) => match self.inject(cmd).await {
+                        Err(end) => break end,
+                        Ok(true) => {
+                            let _ = self.dst.shutdown().await;
+                            break End::Failed;
                         }
-                    }
+                        Ok(false) => {}
+                    },
                 },
                 read = self.src.read(&mut buf) => {
                     let n = match read {
-                        Ok(0) | Err(_) => {
-                            self.source_vanished().await;
+                        Ok(0) => {
+                            self.source_vanished(false).await;
+                            break End::SourceGone;
+                        }
+                        Err(_) => {
+                            self.source_vanished(true).await;
                             break End::SourceGone;
                         }
                         Ok(n) => n,
@@ -174,10 +189,13 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
         }
     }
 
-    /// The source's TCP stream ended without a Close: tell the destination with a Close of ours
-    /// (1011 to a client whose app pod vanished, 1001 to an app whose client vanished).
-    async fn source_vanished(&mut self) {
-        if self.mode != Mode::Relay || self.close_sent || self.dst_mid_frame {
+    /// The source's TCP stream ended without a Close. A clean end (FIN) is mirrored: the
+    /// destination's stream is ended the same way, so the tunnel stays transparent. A broken
+    /// stream (reset, error) is reported with a Close of ours: 1011 to a client whose app pod
+    /// went away, 1001 to an app whose client went away.
+    async fn source_vanished(&mut self, broken: bool) {
+        if self.mode != Mode::Relay || self.close_sent || self.dst_mid_frame || !broken {
+            let _ = self.dst.shutdown().await;
             return;
         }
         let (code, reason) = match self.sender {
@@ -187,16 +205,25 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
             ),
             Sender::Client => (1001, "client went away"),
         };
-        let _ = self.inject(Cmd::Close(code, reason.to_string())).await;
+        let _ = self
+            .inject(Cmd::Close {
+                code,
+                reason: reason.to_string(),
+                fail: false,
+            })
+            .await;
     }
 
-    async fn inject(&mut self, cmd: Cmd) -> Result<(), End> {
+    /// Write a frame of ours; `Ok(true)` when the connection is to end now.
+    async fn inject(&mut self, cmd: Cmd) -> Result<bool, End> {
         if self.close_sent {
-            return Ok(());
+            return Ok(false);
         }
+        let mut end_now = false;
         let bytes = match cmd {
             Cmd::Ping(payload) => frame::encode(OpCode::Ping, &payload, self.out_mask()),
-            Cmd::Close(code, reason) => {
+            Cmd::Close { code, reason, fail } => {
+                end_now = fail;
                 self.close_sent = true;
                 if self.mode == Mode::Relay {
                     self.mode = Mode::Discard;
@@ -207,7 +234,7 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
         if self.dst.write_all(&bytes).await.is_err() || self.dst.flush().await.is_err() {
             return Err(End::DestinationGone);
         }
-        Ok(())
+        Ok(end_now)
     }
 
     /// Scan one read's worth of input, appending what to forward to `out`.
@@ -366,8 +393,13 @@ where
             return;
         }
         let (code, reason) = (c.code(), c.reason().to_string());
-        let _ = to_up_tx.try_send(Cmd::Close(code, reason.clone()));
-        let _ = to_client_tx.try_send(Cmd::Close(code, reason));
+        let fail = c == CloseCause::ProtocolError;
+        let _ = to_up_tx.try_send(Cmd::Close {
+            code,
+            reason: reason.clone(),
+            fail,
+        });
+        let _ = to_client_tx.try_send(Cmd::Close { code, reason, fail });
         *cause = Some(c);
         *close_deadline = Instant::now() + limits.close_timeout;
     };
@@ -389,7 +421,7 @@ where
                         cause.get_or_insert(CloseCause::Abnormal(Side::Downstream));
                         close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
                     }
-                    End::CloseAck | End::DestinationGone => {
+                    End::CloseAck | End::DestinationGone | End::Failed => {
                         close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
                     }
                 }
@@ -402,8 +434,8 @@ where
                         cause.get_or_insert(CloseCause::Peer(Side::Upstream, code));
                     }
                     End::SourceGone => {
-                        // The app pod went away without a close frame; the pump told the client.
-                        cause.get_or_insert(CloseCause::UpstreamGone);
+                        // The app's stream ended without a close frame; the pump passed that on.
+                        cause.get_or_insert(CloseCause::Abnormal(Side::Upstream));
                     }
                     _ => {}
                 }
@@ -718,12 +750,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_app_that_vanishes_gets_the_client_a_1011() {
+    async fn an_app_that_ends_its_stream_without_a_close_frame_is_mirrored_to_the_client() {
         let mut h = start(limits());
         drop(h.upstream);
-        assert_eq!(h.client.next().await, Got::Close(Some(1011)));
+        assert_eq!(
+            h.client.next().await,
+            Got::Eof,
+            "no close frame invented for a clean end"
+        );
+        drop(h.client);
         let out = h.task.await.expect("tunnel task");
-        assert_eq!(out.cause, CloseCause::UpstreamGone);
+        assert_eq!(out.cause, CloseCause::Abnormal(Side::Upstream));
     }
 
     #[tokio::test]
@@ -734,5 +771,13 @@ mod tests {
             .await;
         assert_eq!(h.upstream.next().await, Got::Close(Some(1002)));
         assert_eq!(h.client.next().await, Got::Close(Some(1002)));
+        assert_eq!(
+            h.client.next().await,
+            Got::Eof,
+            "the connection is failed, not left waiting for a reply"
+        );
+        assert_eq!(h.upstream.next().await, Got::Eof);
+        let out = h.task.await.expect("tunnel task");
+        assert_eq!(out.cause, CloseCause::ProtocolError);
     }
 }

@@ -1,0 +1,50 @@
+# Switchboard: two commands.
+#
+#   make run    install what the gateway needs, then run it with examples/quickstart.yaml
+#   make test   install what the tests need, then everything CI runs (.ci/run is `make test`)
+#
+# `make check-examples` validates every examples/*.yaml with the built binary (part of `test`).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+CARGO ?= cargo
+GATEWAY_BIN := $(or $(CARGO_TARGET_DIR),target)/debug/switchboard-gateway
+
+.PHONY: run test check-examples
+
+run:
+	@bash scripts/setup.sh --gateway
+	$(CARGO) run --release -p switchboard-gateway -- --config examples/quickstart.yaml
+
+# Cheap static checks first; the test suite last, so the output ends with its summary line.
+test:
+	@bash scripts/setup.sh
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@$(MAKE) --no-print-directory check-examples
+	$(CARGO) test --workspace --doc
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		echo "$(CARGO) nextest run --workspace --no-fail-fast"; \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		echo "cargo-nextest not found; falling back to: $(CARGO) test --workspace --no-fail-fast"; \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+check-examples:
+	$(CARGO) build -p switchboard-gateway --bin switchboard-gateway
+	@shopt -s nullglob; files=(examples/*.yaml); \
+	if [ $${#files[@]} -eq 0 ]; then echo "check-examples: no examples/*.yaml found" >&2; exit 1; fi; \
+	bad=0; \
+	for f in "$${files[@]}"; do \
+		if out=$$("$(GATEWAY_BIN)" --check --config "$$f" 2>&1) && grep -qxF ok <<<"$$out"; then \
+			echo "$$f: ok"; \
+		else \
+			echo "$$f: FAILED (expected the line 'ok' from --check):" >&2; \
+			sed 's/^/    /' <<<"$$out" >&2; \
+			bad=1; \
+		fi; \
+	done; \
+	exit $$bad
