@@ -1,0 +1,650 @@
+//! The `RealtimeRoute` custom resource (`switchboard.dev/v1alpha1`, namespaced, short name `rtr`).
+//!
+//! One `RealtimeRoute` is one realtime endpoint on the gateways: which hosts and path it serves,
+//! whether connections are proxied to a Service's pods or served as rooms, who may connect
+//! (Origin allow-list, JWT), the per-connection limits and how connections are closed on drain.
+//! The operator compiles every accepted route into the gateways' `GatewayConfig` snapshot and
+//! reports back through `status.conditions` (see [`crate::conditions`] for types and reasons).
+//!
+//! The schema carries the same rules the operator enforces (patterns, bounds, `maxItems`, CEL
+//! rules with messages), so most mistakes are refused by `kubectl apply` itself; whatever slips
+//! past is reported as `Accepted=False` with reason `Invalid`.
+
+pub mod duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use duration::Duration;
+
+/// API group of the custom resources.
+pub const GROUP: &str = "switchboard.dev";
+/// API version of the custom resources.
+pub const VERSION: &str = "v1alpha1";
+
+/// Host names: lowercase DNS names, optionally with one leading `*.` wildcard label
+/// (Gateway API's `Hostname` pattern).
+pub const HOSTNAME_PATTERN: &str =
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// Allowed origins: `scheme://host[:port]`, host optionally starting with `*.`, or a bracketed
+/// IPv6 address; no path, query, user info or trailing slash.
+pub const ORIGIN_PATTERN: &str = r"^[a-z][a-z0-9+.-]*://((\*\.)?[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$";
+/// Request paths: start with `/`, no whitespace, query or fragment.
+pub const PATH_PATTERN: &str = r"^/[^\s?#]*$";
+/// Service names (DNS-1035 labels).
+pub const SERVICE_NAME_PATTERN: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
+/// Secret names (DNS-1123 subdomains).
+pub const SECRET_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// Keys inside a Secret's `data`.
+pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+/// HTTP header names the gateway may set (letters, digits and `-`).
+pub const HEADER_PATTERN: &str = r"^[A-Za-z0-9-]+$";
+/// JWKS and hook URLs.
+pub const URL_PATTERN: &str = r"^https?://[^\s]+$";
+/// Provider names (DNS-1123 labels).
+pub const PROVIDER_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// A realtime endpoint served by the Switchboard gateways.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "switchboard.dev",
+    version = "v1alpha1",
+    kind = "RealtimeRoute",
+    plural = "realtimeroutes",
+    singular = "realtimeroute",
+    shortname = "rtr",
+    category = "switchboard",
+    namespaced,
+    status = "RealtimeRouteStatus",
+    derive = "PartialEq",
+    doc = "A realtime (WebSocket, SSE) endpoint on the Switchboard gateways: hosts and path, proxy or rooms mode, Origin and JWT checks before the upgrade, per-connection limits and drain behaviour.",
+    // Raw JSON form: the structured `printcolumn(type_ = ...)` form trips clippy's
+    // `duplicated_attributes` when repeated.
+    printcolumn = r#"{"name": "Hosts", "type": "string", "jsonPath": ".spec.hostnames", "description": "Host names served (empty: any host)"}"#,
+    printcolumn = r#"{"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "description": "proxy or rooms"}"#,
+    printcolumn = r#"{"name": "Accepted", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status", "description": "Whether the route is valid, resolved and not conflicting"}"#,
+    printcolumn = r#"{"name": "Programmed", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Programmed\")].status", "description": "Whether every ready gateway has loaded the route"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.mode != 'proxy' || has(self.backend)",
+        "message": "mode proxy needs spec.backend (the Service whose pods get the connections)"
+    },
+    {
+        "rule": "self.mode == 'proxy' || !has(self.backend)",
+        "message": "spec.backend is only used in mode proxy"
+    },
+    {
+        "rule": "self.mode == 'rooms' || !has(self.rooms)",
+        "message": "spec.rooms is only used in mode rooms"
+    },
+    {
+        "rule": "self.mode == 'rooms' || !has(self.transports) || self.transports.all(t, t == 'WebSocket')",
+        "message": "SSE and LongPolling serve rooms; mode proxy carries WebSocket only"
+    },
+    {
+        "rule": "self.mode == 'rooms' || !has(self.drain) || !has(self.drain.reconnectHint)",
+        "message": "drain.reconnectHint is sent in rooms and SSE shutdown messages; mode proxy closes with drain.closeCode and drain.closeReason"
+    },
+    {
+        "rule": "!has(self.limits) || !has(self.limits.connectionsPerUser) || (has(self.auth) && has(self.auth.jwt))",
+        "message": "limits.connectionsPerUser needs auth.jwt (the user is the token's sub claim)"
+    },
+    {
+        "rule": "!has(self.backend) || !has(self.backend.pinning) || self.backend.pinning.source != 'Claim' || (has(self.auth) && has(self.auth.jwt))",
+        "message": "backend.pinning with source Claim needs auth.jwt"
+    },
+    {
+        "rule": "!has(self.auth) || !has(self.auth.jwt) || !self.auth.jwt.providers.exists(p, has(p.tokenSources) && p.tokenSources.exists(s, s.type == 'Cookie')) || (has(self.auth.allowedOrigins) && size(self.auth.allowedOrigins) > 0)",
+        "message": "a route that reads its token from a cookie must list auth.allowedOrigins (cross-site WebSocket hijacking)"
+    }
+]))]
+pub struct RealtimeRouteSpec {
+    /// Host names this route serves, matched case-insensitively with the port ignored.
+    /// `*.example.com` matches one or more labels in front of `example.com` (not the apex).
+    /// Unset or empty: the route serves any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(regex(pattern = HOSTNAME_PATTERN), length(min = 1, max = 253)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub hostnames: Vec<String>,
+
+    /// The request path this route serves. Unset: every path (`PathPrefix` `/`).
+    /// Two routes with the same host and path conflict; the older one wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+
+    /// What the gateway does with a matched connection: `proxy` pins it to one pod of
+    /// `backend` and relays frames; `rooms` serves it as a member of rooms (not available in
+    /// this release: such routes get `Accepted=False` with reason `Unsupported`).
+    /// Default `proxy`.
+    #[serde(default)]
+    pub mode: Mode,
+
+    /// The Service whose pods receive the connections (mode `proxy` only, required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendRef>,
+
+    /// Transports clients may use. `SSE` and `LongPolling` serve rooms (mode `rooms`);
+    /// mode `proxy` carries `WebSocket` only. Unset: `[WebSocket]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 3))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub transports: Option<Vec<Transport>>,
+
+    /// Who may connect, checked before the upgrade. Unset: any Origin, no authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+
+    /// Rooms settings (mode `rooms` only). Accepted by the schema so manifests can be written
+    /// ahead; routes in mode `rooms` get `Accepted=False` with reason `Unsupported` until the
+    /// gateways serve rooms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Rooms>,
+
+    /// Per-connection and admission limits. Unset: the defaults listed on each field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+
+    /// Keep-alive pings toward the client. Unset: a ping every 30s, 20s to answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<Keepalive>,
+
+    /// How this route's connections are closed when a gateway pod shuts down.
+    /// Unset: closes spread over 10s with code 1001 `server draining, reconnect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
+}
+
+/// How the request path is matched.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PathMatch {
+    /// `Exact`: the whole path equals `value`. `PathPrefix`: the path starts with `value` at a
+    /// segment boundary (`/ws` matches `/ws` and `/ws/a`, not `/wsx`). Default `PathPrefix`.
+    #[serde(default, rename = "type")]
+    pub kind: PathMatchType,
+    /// The path, starting with `/`. Default `/`.
+    #[serde(default = "default_path")]
+    #[schemars(regex(pattern = PATH_PATTERN), length(min = 1, max = 1024))]
+    pub value: String,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+impl Default for PathMatch {
+    fn default() -> Self {
+        Self {
+            kind: PathMatchType::default(),
+            value: default_path(),
+        }
+    }
+}
+
+/// `Exact` or `PathPrefix`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum PathMatchType {
+    Exact,
+    #[default]
+    PathPrefix,
+}
+
+/// `proxy` (pin to a backend pod) or `rooms` (the gateway serves rooms).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    #[default]
+    Proxy,
+    Rooms,
+}
+
+/// `WebSocket`, `SSE` or `LongPolling`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Transport {
+    WebSocket,
+    #[serde(rename = "SSE")]
+    Sse,
+    LongPolling,
+}
+
+/// A Service in the route's namespace whose ready endpoints are the backends.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendRef {
+    /// Name of the Service (same namespace as the route). A missing Service sets
+    /// `ResolvedRefs=False` (reason `BackendNotFound`); the route stays accepted and its
+    /// connections get 503 until the Service has ready endpoints.
+    #[schemars(regex(pattern = SERVICE_NAME_PATTERN), length(min = 1, max = 63))]
+    pub name: String,
+    /// The Service port (its `port`, not the `targetPort`); the gateways connect to the
+    /// matching target port of each ready endpoint.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Where the consistent-hash key that pins a client to one pod comes from.
+    /// Unset: the client IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinning: Option<Pinning>,
+    /// Sign the identity headers (`auth.jwt.providers[].claimsToHeaders`) with HMAC-SHA256 so
+    /// the application can check they came from the gateway. Unset: not signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_signature: Option<IdentitySignature>,
+}
+
+/// The source of the pinning key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.source == 'ClientIP' ? !has(self.name) : has(self.name)",
+        "message": "name is required for sources Claim, Header, Query and Cookie, and not allowed for ClientIP"
+    }
+]))]
+pub struct Pinning {
+    /// `ClientIP` (after trusted-proxy resolution), `Claim` (a JWT claim), `Header`, `Query`
+    /// (a query parameter) or `Cookie`.
+    pub source: PinningSource,
+    /// The claim, header, parameter or cookie name. Required unless `source` is `ClientIP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub name: Option<String>,
+}
+
+/// `ClientIP`, `Claim`, `Header`, `Query` or `Cookie`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PinningSource {
+    #[serde(rename = "ClientIP")]
+    ClientIp,
+    Claim,
+    Header,
+    Query,
+    Cookie,
+}
+
+/// HMAC-SHA256 signature over the identity headers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySignature {
+    /// The shared secret (at least 32 bytes), from a Secret in the route's namespace.
+    pub secret_ref: SecretKeyRef,
+    /// Header carrying `t=<unix seconds>,v1=<hex>`. Default `X-Switchboard-Signature`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = HEADER_PATTERN), length(min = 1, max = 256))]
+    pub header: Option<String>,
+}
+
+/// One key of a Secret in the route's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret. A missing Secret or key sets `ResolvedRefs=False` (reason
+    /// `SecretNotFound`) and keeps the route out of the gateways (`Accepted=False`, reason
+    /// `UnresolvedRefs`): the gateway never serves a route whose keys it does not have.
+    #[schemars(regex(pattern = SECRET_NAME_PATTERN), length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's `data`.
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Origin and token checks, all done before the upgrade.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    /// Browser origins allowed to connect: exact (`https://app.example.com`,
+    /// `http://localhost:3000`) or a wildcard for one or more labels (`https://*.example.com`,
+    /// never the apex). Scheme and port must match exactly. Other origins get 403 before the
+    /// upgrade. Unset or empty: any Origin is accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(regex(pattern = ORIGIN_PATTERN), length(min = 1, max = 512)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_origins: Vec<String>,
+    /// Accept `Origin: null` (sandboxed iframes, `file://`). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_null_origin: Option<bool>,
+    /// Accept requests that carry no `Origin` header (non-browser clients). Unset: accepted
+    /// unless a token source is a cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_missing_origin: Option<bool>,
+    /// JWT authentication. Unset: connections are anonymous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuth>,
+}
+
+/// JWT verification.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtAuth {
+    /// Token issuers this route trusts. This release verifies one provider per route; a route
+    /// listing more gets `Accepted=False` with reason `Unsupported`.
+    #[schemars(length(min = 1, max = 4))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub providers: Vec<JwtProvider>,
+}
+
+/// One token issuer and how to verify its tokens.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.jwksUri) != has(self.secretRef)",
+        "message": "set exactly one of jwksUri and secretRef"
+    },
+    {
+        "rule": "!has(self.secretRef) || (has(self.algorithms) && size(self.algorithms) > 0)",
+        "message": "a secretRef key needs algorithms (the algorithm is pinned to the key)"
+    }
+]))]
+pub struct JwtProvider {
+    /// A name for this provider, unique in the route (used in messages).
+    #[schemars(regex(pattern = PROVIDER_NAME_PATTERN), length(min = 1, max = 63))]
+    pub name: String,
+    /// Required `iss` claim (exact match). Unset: `iss` is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: Option<String>,
+    /// Accepted audiences: when set, `aud` is required and must contain one of them.
+    /// Unset or empty: `aud` is not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 1024)))]
+    pub audiences: Vec<String>,
+    /// A JWKS document (`https://`, or `http://` for development) fetched by the gateways,
+    /// refreshed every 5 minutes and when a token names an unknown `kid`.
+    /// Exactly one of `jwksUri` and `secretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
+    pub jwks_uri: Option<String>,
+    /// A verification key in a Secret: a PEM public key, a single JWK or a JWKS (JSON), or the
+    /// shared secret for HS* (at least 32 bytes). The operator copies it into the gateways'
+    /// snapshot and follows its rotation. Exactly one of `jwksUri` and `secretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// Accepted signature algorithms. With `secretRef`: required; the key verifies exactly
+    /// these. With `jwksUri`: used for keys whose JWK has no `alg`; unset means the key type's
+    /// usual algorithm (RSA: RS256, P-256: ES256, P-384: ES384, Ed25519: EdDSA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 12))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub algorithms: Option<Vec<JwtAlgorithm>>,
+    /// Where the token is read from, tried in order. Unset: `Authorization: Bearer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4))]
+    pub token_sources: Option<Vec<TokenSource>>,
+    /// Claims copied into request headers for the application, e.g.
+    /// `{claim: sub, header: X-User}`. Client-sent copies of these headers are always removed.
+    /// Unset: no identity headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub claims_to_headers: Vec<ClaimToHeader>,
+    /// Clock-skew allowance for `exp` and `nbf`, at most 30s. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leeway: Option<Duration>,
+    /// Close a live connection when its token expires (close code 4001). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_on_expiry: Option<bool>,
+}
+
+/// A JWT signature algorithm (`none` does not exist here).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum JwtAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+/// Where a token is read from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(self.type == 'Query' || self.type == 'Cookie') == has(self.name)",
+        "message": "name is required for types Query and Cookie, and not allowed for the others"
+    },
+    {
+        "rule": "self.type == 'Subprotocol' || !has(self.prefix)",
+        "message": "prefix is only used with type Subprotocol"
+    }
+]))]
+pub struct TokenSource {
+    /// `Bearer` (`Authorization: Bearer <token>`), `Subprotocol` (a `Sec-WebSocket-Protocol`
+    /// entry `<prefix><token>`, the browser-friendly way; removed before the app sees it),
+    /// `Query` (a query parameter, removed before forwarding and logging) or `Cookie`
+    /// (browser credentials: `auth.allowedOrigins` becomes mandatory).
+    #[serde(rename = "type")]
+    pub kind: TokenSourceType,
+    /// The query parameter or cookie name (types `Query` and `Cookie` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub name: Option<String>,
+    /// The subprotocol prefix (type `Subprotocol` only). Default `bearer.`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub prefix: Option<String>,
+}
+
+/// `Bearer`, `Subprotocol`, `Query` or `Cookie`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TokenSourceType {
+    Bearer,
+    Subprotocol,
+    Query,
+    Cookie,
+}
+
+/// One claim copied into one request header.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimToHeader {
+    /// The claim name (string or number claims).
+    #[schemars(length(min = 1, max = 256))]
+    pub claim: String,
+    /// The header the application receives. Hop-by-hop headers, `Host`, `Authorization`,
+    /// `Cookie` and `Origin` are refused.
+    #[schemars(regex(pattern = HEADER_PATTERN), length(min = 1, max = 256))]
+    pub header: String,
+}
+
+/// Rooms settings (accepted by the schema; not served in this release).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rooms {
+    /// Which rooms a connection may use, by pattern over the room name with `{claim}`
+    /// placeholders filled from the token, e.g. `org:{org}:*`. Evaluated in order; the first
+    /// matching rule decides. Unset or empty: any room, every action.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub authorization: Vec<RoomRule>,
+    /// Message history kept per room for resume and replay. Unset: no history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<RoomHistory>,
+    /// Publish who is in a room (join/leave events and a member list). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<bool>,
+    /// An HTTP hook called before a client message is published; it may refuse it.
+    /// Unset: client messages are published as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_hook: Option<PublishHook>,
+}
+
+/// One room authorization rule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomRule {
+    /// Room name pattern; `*` matches the rest of the name, `{claim}` a token claim's value.
+    #[schemars(length(min = 1, max = 256))]
+    pub pattern: String,
+    /// Allowed actions in matching rooms.
+    #[schemars(length(min = 1, max = 3))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub actions: Vec<RoomAction>,
+}
+
+/// `Join`, `Publish` or `Presence`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RoomAction {
+    Join,
+    Publish,
+    Presence,
+}
+
+/// Per-room history bounds; the first bound reached evicts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomHistory {
+    /// Most messages kept per room. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_messages: Option<i32>,
+    /// Oldest message kept. Default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+}
+
+/// The publish hook.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishHook {
+    /// `https://` (or `http://` inside the cluster) URL that receives a POST per message.
+    #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
+    pub url: String,
+    /// How long to wait for the hook; a timeout refuses the message. Default 2s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// Per-connection and admission limits for this route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Largest message (all fragments) in either direction; larger closes the connection with
+    /// 1009. Default 1048576 (1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 67108864))]
+    pub max_message_bytes: Option<i64>,
+    /// Sustained client messages per second per connection; faster closes with 1008.
+    /// Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub messages_per_second: Option<i32>,
+    /// Burst allowance on top of `messagesPerSecond`. Default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub message_burst: Option<i32>,
+    /// Concurrent connections per client IP; more get 429. Unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub connections_per_ip: Option<i32>,
+    /// Concurrent connections per user (the token's `sub`); more get 429. Needs `auth.jwt`.
+    /// Unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub connections_per_user: Option<i32>,
+    /// New connections per second per client IP; more get 429 with `Retry-After`.
+    /// Unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub new_connections_per_ip_per_second: Option<i32>,
+}
+
+/// Keep-alive pings toward the client.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Keepalive {
+    /// Ping period; `0s` turns pings off. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// How long to wait for the pong before closing. Default 20s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// How this route's connections are closed when a gateway pod shuts down. The whole drain
+/// (propagation + window) must fit in the gateway pods' `terminationGracePeriodSeconds`; the
+/// `DrainFits` condition says whether it does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.closeCode) || self.closeCode == 1000 || self.closeCode == 1001 || self.closeCode == 1012 || self.closeCode == 1013 || (self.closeCode >= 4000 && self.closeCode <= 4999)",
+        "message": "closeCode must be 1000, 1001, 1012, 1013 or 4000-4999"
+    }
+]))]
+pub struct Drain {
+    /// How long after SIGTERM new connections are still accepted while load balancers notice
+    /// the pod is going away. The gateways apply one pod-wide window (the base config's
+    /// `drain.propagation`); a route asking for a longer one gets `Accepted=False` with reason
+    /// `Unsupported`. Unset: the pod-wide window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<Duration>,
+    /// Closes are spread uniformly at random over this window after propagation, so clients
+    /// do not reconnect all at once. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Duration>,
+    /// WebSocket close code sent to both sides: 1000, 1001, 1012, 1013 or 4000-4999.
+    /// Default 1001.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1000, max = 4999))]
+    pub close_code: Option<i32>,
+    /// Close reason text (at most 123 bytes). Default `server draining, reconnect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 123))]
+    pub close_reason: Option<String>,
+    /// Suggested delay before clients reconnect, sent in rooms `shutdown` messages and as the
+    /// SSE `retry:` field (mode `rooms` only). Unset: clients choose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect_hint: Option<Duration>,
+}
+
+/// What the operator last observed and did with the route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RealtimeRouteStatus {
+    /// `Accepted`, `ResolvedRefs`, `Programmed` and `DrainFits`; each carries the
+    /// `observedGeneration` it was computed for. See docs/operator.md for every reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The first gateway snapshot generation that carries this route as it is now; gateways
+    /// that report this generation or later on `/status` serve it. Unset while not accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_generation: Option<i64>,
+}
+
+impl RealtimeRoute {
+    /// `namespace/name`, the route's name in the snapshot, in messages and in metrics.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+}
+
+/// The CustomResourceDefinition as the YAML committed in `crds/realtimeroutes.yaml`
+/// (a generated-file header, then the object).
+pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
+    use kube::CustomResourceExt;
+    let body = serde_yaml_ng::to_string(&RealtimeRoute::crd())?;
+    Ok(format!(
+        "# Generated by `cargo run -p switchboard-operator --bin crdgen -- crds/realtimeroutes.yaml`.\n# Do not edit: change operator/src/api/ and regenerate.\n{body}"
+    ))
+}

@@ -1,0 +1,328 @@
+//! `status.conditions` of a `RealtimeRoute`: the condition types, their documented reasons
+//! (PascalCase, Gateway API style) and the merge rule that keeps `lastTransitionTime` stable.
+//!
+//! | type | True reason | False reasons |
+//! | --- | --- | --- |
+//! | `Accepted` | `Accepted` | `Invalid`, `Conflicted`, `Unsupported`, `UnresolvedRefs` |
+//! | `ResolvedRefs` | `ResolvedRefs` | `BackendNotFound`, `SecretNotFound`, `InvalidSecret` |
+//! | `Programmed` | `Programmed` | `Pending`, `NotAccepted` |
+//! | `DrainFits` | `Fits` | `ExceedsGracePeriod` |
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Condition types.
+pub mod types {
+    /// The route is valid, its Secrets resolved, and no older route serves the same host+path:
+    /// it is in the gateways' snapshot.
+    pub const ACCEPTED: &str = "Accepted";
+    /// Every Service and Secret the route names exists (and the Secret keys are usable).
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    /// Every ready gateway pod has loaded a snapshot that carries this route as it is now.
+    pub const PROGRAMMED: &str = "Programmed";
+    /// The route's drain (propagation + window) fits in the gateway pods'
+    /// `terminationGracePeriodSeconds`. Only set when the operator knows that period
+    /// (`--gateway-termination-grace-period`).
+    pub const DRAIN_FITS: &str = "DrainFits";
+
+    /// The types this operator owns, in the order it writes them.
+    pub const ALL: [&str; 4] = [ACCEPTED, RESOLVED_REFS, PROGRAMMED, DRAIN_FITS];
+}
+
+/// Condition reasons.
+pub mod reasons {
+    /// `Accepted=True`: in the snapshot.
+    pub const ACCEPTED: &str = "Accepted";
+    /// `Accepted=False`: the spec breaks a rule (message says which field and why).
+    pub const INVALID: &str = "Invalid";
+    /// `Accepted=False`: an older route (named in the message) serves the same host and path.
+    pub const CONFLICTED: &str = "Conflicted";
+    /// `Accepted=False`: the spec asks for something the gateways cannot do yet (rooms mode,
+    /// several JWT providers, a per-route propagation longer than the pod-wide one).
+    pub const UNSUPPORTED: &str = "Unsupported";
+    /// `Accepted=False`: a Secret the route needs (JWT key, signature secret) is missing or
+    /// unusable, so the route is kept out of the gateways rather than served without it.
+    pub const UNRESOLVED_REFS: &str = "UnresolvedRefs";
+
+    /// `ResolvedRefs=True`.
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    /// `ResolvedRefs=False`: the backend Service (or its port) does not exist. The route stays
+    /// accepted; its connections get 503 until the Service has ready endpoints.
+    pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    /// `ResolvedRefs=False`: a referenced Secret or key does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// `ResolvedRefs=False`: the Secret key exists but is not usable (not UTF-8 text).
+    pub const INVALID_SECRET: &str = "InvalidSecret";
+
+    /// `Programmed=True`: every ready gateway reports a snapshot generation that has the route.
+    pub const PROGRAMMED: &str = "Programmed";
+    /// `Programmed=False`: waiting for gateways (none found, not answering, or behind).
+    pub const PENDING: &str = "Pending";
+    /// `Programmed=False`: the route is not accepted, so it is not in the snapshot.
+    pub const NOT_ACCEPTED: &str = "NotAccepted";
+
+    /// `DrainFits=True`.
+    pub const FITS: &str = "Fits";
+    /// `DrainFits=False`: propagation + drain window is longer than the gateway pods'
+    /// termination grace period; connections still open when the kubelet kills the pod are cut.
+    pub const EXCEEDS_GRACE_PERIOD: &str = "ExceedsGracePeriod";
+}
+
+/// What the operator wants one condition to say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// One of [`types`].
+    pub type_: &'static str,
+    /// True or False (this operator never writes Unknown).
+    pub status: bool,
+    /// One of [`reasons`].
+    pub reason: &'static str,
+    /// What a human should know, e.g. which route won a conflict.
+    pub message: String,
+}
+
+impl Desired {
+    /// A condition with the given status.
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+fn status_text(status: bool) -> &'static str {
+    if status { "True" } else { "False" }
+}
+
+/// The first condition of this type.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether the condition of this type is `True`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+/// Merge desired conditions into the existing list.
+///
+/// - `lastTransitionTime` changes only when the status flips (or the type is new);
+///   reason, message and `observedGeneration` are updated in place.
+/// - Types this operator owns but no longer wants are removed (e.g. `DrainFits` when the
+///   grace period is unknown); types written by someone else are kept, after ours.
+/// - The result is in a fixed order, so an unchanged status compares equal and is not written.
+pub fn merge(
+    existing: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let mut out: Vec<Condition> = Vec::with_capacity(desired.len());
+    for type_ in types::ALL {
+        let Some(d) = desired.iter().find(|d| d.type_ == type_) else {
+            continue;
+        };
+        let status = status_text(d.status);
+        let last_transition_time = match find(existing, type_) {
+            Some(old) if old.status == status => old.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+        out.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: d.reason.to_owned(),
+            message: d.message.clone(),
+            observed_generation: generation,
+            last_transition_time,
+        });
+    }
+    out.extend(
+        existing
+            .iter()
+            .filter(|c| !types::ALL.contains(&c.type_.as_str()))
+            .cloned(),
+    );
+    out
+}
+
+/// A change worth an Event: a condition that is new or whose status or reason changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The condition type.
+    pub type_: String,
+    /// The new status.
+    pub status: bool,
+    /// The new reason.
+    pub reason: String,
+    /// The new message.
+    pub message: String,
+}
+
+/// Conditions in `new` that are absent from `old` or differ in status or reason.
+pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<Transition> {
+    new.iter()
+        .filter(|c| {
+            find(old, &c.type_).is_none_or(|o| o.status != c.status || o.reason != c.reason)
+        })
+        .map(|c| Transition {
+            type_: c.type_.clone(),
+            status: c.status == "True",
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn accepted(status: bool, reason: &'static str) -> Desired {
+        Desired::new(types::ACCEPTED, status, reason, format!("{reason} message"))
+    }
+
+    #[test]
+    fn a_new_condition_gets_the_current_time_and_generation() {
+        let out = merge(&[], &[accepted(true, reasons::ACCEPTED)], Some(3), &at(100));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].type_, "Accepted");
+        assert_eq!(out[0].status, "True");
+        assert_eq!(out[0].observed_generation, Some(3));
+        assert_eq!(out[0].last_transition_time, at(100));
+    }
+
+    #[test]
+    fn unchanged_status_keeps_its_transition_time_but_updates_reason_and_generation() {
+        let first = merge(&[], &[accepted(false, reasons::INVALID)], Some(1), &at(100));
+        let second = merge(
+            &first,
+            &[accepted(false, reasons::CONFLICTED)],
+            Some(2),
+            &at(200),
+        );
+        assert_eq!(second[0].last_transition_time, at(100));
+        assert_eq!(second[0].reason, "Conflicted");
+        assert_eq!(second[0].observed_generation, Some(2));
+    }
+
+    #[test]
+    fn a_status_flip_moves_the_transition_time() {
+        let first = merge(&[], &[accepted(false, reasons::INVALID)], Some(1), &at(100));
+        let second = merge(
+            &first,
+            &[accepted(true, reasons::ACCEPTED)],
+            Some(2),
+            &at(200),
+        );
+        assert_eq!(second[0].last_transition_time, at(200));
+        assert_eq!(second[0].status, "True");
+    }
+
+    #[test]
+    fn merging_the_same_desired_state_twice_is_a_no_op() {
+        let desired = [
+            accepted(true, reasons::ACCEPTED),
+            Desired::new(types::PROGRAMMED, false, reasons::PENDING, "waiting"),
+        ];
+        let first = merge(&[], &desired, Some(1), &at(100));
+        let second = merge(&first, &desired, Some(1), &at(500));
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn conditions_are_written_in_a_fixed_order_whatever_the_input_order() {
+        let desired = [
+            Desired::new(types::DRAIN_FITS, true, reasons::FITS, ""),
+            Desired::new(types::PROGRAMMED, false, reasons::PENDING, ""),
+            accepted(true, reasons::ACCEPTED),
+            Desired::new(types::RESOLVED_REFS, true, reasons::RESOLVED_REFS, ""),
+        ];
+        let out = merge(&[], &desired, None, &at(1));
+        let order: Vec<_> = out.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(
+            order,
+            ["Accepted", "ResolvedRefs", "Programmed", "DrainFits"]
+        );
+    }
+
+    #[test]
+    fn owned_types_no_longer_desired_are_removed_and_foreign_types_are_kept() {
+        let mut existing = merge(
+            &[],
+            &[
+                accepted(true, reasons::ACCEPTED),
+                Desired::new(types::DRAIN_FITS, true, reasons::FITS, ""),
+            ],
+            Some(1),
+            &at(1),
+        );
+        existing.push(Condition {
+            type_: "example.com/Audited".into(),
+            status: "True".into(),
+            reason: "Audited".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: at(1),
+        });
+        let out = merge(
+            &existing,
+            &[accepted(true, reasons::ACCEPTED)],
+            Some(1),
+            &at(2),
+        );
+        let order: Vec<_> = out.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(order, ["Accepted", "example.com/Audited"]);
+    }
+
+    #[test]
+    fn transitions_report_new_types_and_status_or_reason_changes_only() {
+        let old = merge(
+            &[],
+            &[
+                accepted(true, reasons::ACCEPTED),
+                Desired::new(types::PROGRAMMED, false, reasons::PENDING, "1 of 2"),
+            ],
+            Some(1),
+            &at(1),
+        );
+        let new = merge(
+            &old,
+            &[
+                accepted(true, reasons::ACCEPTED),
+                Desired::new(types::PROGRAMMED, false, reasons::PENDING, "0 of 2"),
+                Desired::new(
+                    types::RESOLVED_REFS,
+                    false,
+                    reasons::BACKEND_NOT_FOUND,
+                    "gone",
+                ),
+            ],
+            Some(1),
+            &at(2),
+        );
+        let t = transitions(&old, &new);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].type_, "ResolvedRefs");
+        assert_eq!(t[0].reason, "BackendNotFound");
+        assert!(!t[0].status);
+    }
+
+    #[test]
+    fn is_true_reads_the_status_of_the_named_type() {
+        let c = merge(&[], &[accepted(true, reasons::ACCEPTED)], None, &at(1));
+        assert!(is_true(&c, types::ACCEPTED));
+        assert!(!is_true(&c, types::PROGRAMMED));
+    }
+}

@@ -1,0 +1,972 @@
+//! The reconcile pass and the loop that drives it.
+//!
+//! The snapshot is a function of *all* routes, so reconciling is one level-triggered pass over
+//! the whole world rather than one pass per object: any relevant watch event (a route, a
+//! Service or Secret a route names, a gateway EndpointSlice, a new gateway `/status` reading, a
+//! leadership change) schedules a pass; passes are debounced and never overlap. A deleted route
+//! therefore needs no finalizer: it is simply absent from the next pass's world. Each pass:
+//!
+//! 1. plans every route ([`crate::plan`]),
+//! 2. writes the snapshot Secret only when its content changed ([`crate::snapshot`]),
+//! 3. patches the status of every route whose conditions changed, and
+//! 4. publishes an Event for each significant condition transition.
+//!
+//! Only the Lease holder runs passes; a failed pass is retried after [`error_policy`]'s
+//! jittered exponential back-off, so the process never crash-loops on API errors.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde_json::json;
+use switchboard_config::GatewayConfig;
+use tokio::sync::{Notify, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::api::{RealtimeRoute, RealtimeRouteStatus};
+use crate::compile::{self, Refs, Verdict};
+use crate::conditions::{self, Desired, reasons, types};
+use crate::fleet::{self, Fleet, Poller};
+use crate::leader::{self, LeaseSettings};
+use crate::metrics::Metrics;
+use crate::plan::{self, Limits};
+use crate::snapshot;
+use crate::{Error, Result};
+
+/// What a reconcile pass needs besides the world.
+#[derive(Clone)]
+pub struct Context {
+    /// API client (writes only; reads come from the watch caches).
+    pub client: Client,
+    /// Listeners, admin, limits and drain shared by every gateway.
+    pub base: GatewayConfig,
+    /// Namespace of the snapshot Secret.
+    pub snapshot_namespace: String,
+    /// Name of the snapshot Secret.
+    pub snapshot_name: String,
+    /// The gateway pods' termination grace period, when known.
+    pub grace_period: Option<StdDuration>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Event publisher.
+    pub recorder: Recorder,
+    /// The status this replica last wrote per route UID. The watch cache lags behind our own
+    /// patches; comparing against it would re-patch (moving `lastTransitionTime`) and repeat
+    /// Events. The operator is the only writer of the status, so its own last write is the
+    /// truth until leadership changes (then this is cleared).
+    pub written: Arc<Mutex<HashMap<String, RealtimeRouteStatus>>>,
+}
+
+impl Context {
+    /// Forget our own writes (after a leadership change another replica may have written).
+    pub fn forget_written(&self) {
+        if let Ok(mut w) = self.written.lock() {
+            w.clear();
+        }
+    }
+
+    fn last_written(&self, uid: &str) -> Option<RealtimeRouteStatus> {
+        self.written.lock().ok().and_then(|w| w.get(uid).cloned())
+    }
+
+    fn remember_written(&self, uid: &str, status: &RealtimeRouteStatus) {
+        if let Ok(mut w) = self.written.lock() {
+            w.insert(uid.to_owned(), status.clone());
+        }
+    }
+
+    fn prune_written(&self, live: &HashSet<String>) {
+        if let Ok(mut w) = self.written.lock() {
+            w.retain(|uid, _| live.contains(uid));
+        }
+    }
+}
+
+/// Everything a pass reads, copied out of the watch caches (or built by a test).
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    /// Every RealtimeRoute in the watched namespaces.
+    pub routes: Vec<RealtimeRoute>,
+    /// Services and Secrets.
+    pub refs: Refs,
+    /// The latest gateway `/status` readings.
+    pub fleet: Fleet,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The snapshot generation gateways must load.
+    pub generation: u64,
+    /// Whether the snapshot was written.
+    pub snapshot_written: bool,
+    /// How many route statuses were patched.
+    pub statuses_patched: usize,
+    /// Whether an accepted route still waits for gateways (poll again soon).
+    pub pending: bool,
+}
+
+fn desired_conditions(plan: &plan::RoutePlan, programmed: &Verdict) -> Vec<Desired> {
+    let mut d = vec![
+        Desired::new(
+            types::ACCEPTED,
+            plan.accepted.ok,
+            plan.accepted.reason,
+            plan.accepted.message.clone(),
+        ),
+        Desired::new(
+            types::RESOLVED_REFS,
+            plan.resolved_refs.ok,
+            plan.resolved_refs.reason,
+            plan.resolved_refs.message.clone(),
+        ),
+        Desired::new(
+            types::PROGRAMMED,
+            programmed.ok,
+            programmed.reason,
+            programmed.message.clone(),
+        ),
+    ];
+    if let Some(v) = &plan.drain_fits {
+        d.push(Desired::new(
+            types::DRAIN_FITS,
+            v.ok,
+            v.reason,
+            v.message.clone(),
+        ));
+    }
+    d
+}
+
+/// The status a route should have now.
+pub fn desired_status(
+    rt: &RealtimeRoute,
+    existing: Option<&RealtimeRouteStatus>,
+    plan: &plan::RoutePlan,
+    since: Option<u64>,
+    fleet: &Fleet,
+    now: &Time,
+) -> RealtimeRouteStatus {
+    let since = since.filter(|_| plan.accepted.ok);
+    let programmed = match since {
+        Some(s) => fleet.programmed(s),
+        None => Verdict::no(
+            reasons::NOT_ACCEPTED,
+            "not in the gateway snapshot (see the Accepted condition)",
+        ),
+    };
+    let existing = existing.map(|s| s.conditions.clone()).unwrap_or_default();
+    RealtimeRouteStatus {
+        conditions: conditions::merge(
+            &existing,
+            &desired_conditions(plan, &programmed),
+            rt.metadata.generation,
+            now,
+        ),
+        observed_generation: rt.metadata.generation,
+        snapshot_generation: since.and_then(|s| i64::try_from(s).ok()),
+    }
+}
+
+async fn patch_status(
+    client: &Client,
+    rt: &RealtimeRoute,
+    status: &RealtimeRouteStatus,
+) -> Result<()> {
+    let ns = rt.metadata.namespace.clone().unwrap_or_default();
+    let name = rt.metadata.name.clone().unwrap_or_default();
+    let api: Api<RealtimeRoute> = Api::namespaced(client.clone(), &ns);
+    // A JSON merge patch replaces the conditions list whole; explicit nulls clear fields.
+    let patch = json!({
+        "status": {
+            "conditions": status.conditions,
+            "observedGeneration": status.observed_generation,
+            "snapshotGeneration": status.snapshot_generation,
+        }
+    });
+    let pp = PatchParams {
+        field_manager: Some(crate::FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    match api.patch_status(&name, &pp, &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        // Deleted since the cache saw it: nothing to report on.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+/// Whether a transition deserves an Event. `Programmed=False` is either the normal state
+/// between an edit and the gateways catching up (`Pending`) or a consequence already reported
+/// by `Accepted` (`NotAccepted`), so only `Programmed=True` makes an Event; every other
+/// transition does.
+fn event_for(t: &conditions::Transition) -> Option<Event> {
+    if t.type_ == types::PROGRAMMED && !t.status {
+        return None;
+    }
+    let type_ = if t.status || t.type_ == types::PROGRAMMED {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    let mut note = t.message.clone();
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    Some(Event {
+        type_,
+        reason: t.reason.clone(),
+        note: Some(note),
+        action: t.type_.clone(),
+        secondary: None,
+    })
+}
+
+/// One reconcile pass over the whole world. Writes nothing that is already as desired.
+pub async fn reconcile(ctx: &Context, world: &World, now: Timestamp) -> Result<Report> {
+    let _timer = ctx.metrics.reconcile_duration.start_timer();
+    ctx.metrics.reconciles.inc();
+    let plan = plan::plan(
+        &ctx.base,
+        &world.routes,
+        &world.refs,
+        Limits {
+            grace_period: ctx.grace_period,
+        },
+    );
+    for p in &plan.base_problems {
+        warn!(problem = %p, "base config problem in the planned snapshot");
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.snapshot_namespace);
+    let current = secrets
+        .get_opt(&ctx.snapshot_name)
+        .await
+        .map_err(Error::Kube)?;
+    let decision = snapshot::decide(
+        current.as_ref(),
+        &plan.config,
+        &ctx.snapshot_name,
+        &ctx.snapshot_namespace,
+        world.fleet.max_generation(),
+    )?;
+    if let Some(secret) = &decision.write {
+        snapshot::write(&secrets, secret).await?;
+        ctx.metrics.snapshot_writes.inc();
+        info!(
+            generation = decision.generation,
+            routes = plan.config.routes.len(),
+            bytes = decision.bytes,
+            "gateway snapshot written"
+        );
+    }
+    ctx.metrics
+        .snapshot_generation
+        .set(i64::try_from(decision.generation).unwrap_or(i64::MAX));
+    ctx.metrics
+        .snapshot_bytes
+        .set(i64::try_from(decision.bytes).unwrap_or(i64::MAX));
+
+    let now = Time(now);
+    let mut routes: Vec<&RealtimeRoute> = world.routes.iter().collect();
+    routes.sort_by_key(|r| r.key());
+    let mut patched = 0;
+    let mut pending = false;
+    let mut first_error = None;
+    let mut by_reason: BTreeMap<&'static str, i64> = BTreeMap::new();
+    for rt in routes {
+        let key = rt.key();
+        let Some(rp) = plan.routes.get(&key) else {
+            continue;
+        };
+        *by_reason.entry(rp.accepted.reason).or_default() += 1;
+        let since = decision.index.get(&key).map(|e| e.since);
+        let uid = rt.metadata.uid.clone().unwrap_or_default();
+        let current = ctx.last_written(&uid).or_else(|| rt.status.clone());
+        let status = desired_status(rt, current.as_ref(), rp, since, &world.fleet, &now);
+        if rp.accepted.ok && !conditions::is_true(&status.conditions, types::PROGRAMMED) {
+            pending = true;
+        }
+        if current.as_ref() == Some(&status) {
+            continue;
+        }
+        if let Err(e) = patch_status(&ctx.client, rt, &status).await {
+            warn!(route = %key, error = %e, "status update failed");
+            first_error.get_or_insert(e);
+            continue;
+        }
+        ctx.remember_written(&uid, &status);
+        patched += 1;
+        ctx.metrics.status_updates.inc();
+        let old = current.map(|s| s.conditions).unwrap_or_default();
+        for t in conditions::transitions(&old, &status.conditions) {
+            info!(route = %key, condition = %t.type_, status = t.status, reason = %t.reason, message = %t.message, "condition changed");
+            if let Some(ev) = event_for(&t) {
+                // Events are best effort: a failure is logged, never retried.
+                if let Err(e) = ctx.recorder.publish(&ev, &rt.object_ref(&())).await {
+                    debug!(route = %key, error = %e, "event not published");
+                }
+            }
+        }
+    }
+    ctx.prune_written(
+        &world
+            .routes
+            .iter()
+            .filter_map(|r| r.metadata.uid.clone())
+            .collect(),
+    );
+    ctx.metrics.routes.reset();
+    for (reason, n) in by_reason {
+        ctx.metrics.routes.with_label_values(&[reason]).set(n);
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(Report {
+        generation: decision.generation,
+        snapshot_written: decision.write.is_some(),
+        statuses_patched: patched,
+        pending,
+    })
+}
+
+/// How long to wait before retrying after the `failures`-th consecutive failed pass:
+/// exponential from 1s (250ms for write conflicts, which usually clear at once), capped at
+/// 5 minutes, with +-20% jitter so replicas and retries do not march in step.
+pub fn error_policy(error: &Error, failures: u32) -> StdDuration {
+    let base = match error {
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => StdDuration::from_millis(250),
+        _ => StdDuration::from_secs(1),
+    };
+    let exp = base.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)));
+    let capped = exp.min(StdDuration::from_secs(300));
+    let jitter = rand::random_range(0.8..1.2);
+    capped.mul_f64(jitter)
+}
+
+/// Settings for [`run`], built by `main` from the flags.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Route namespaces to watch; empty for all.
+    pub namespaces: Vec<String>,
+    /// Namespace of the snapshot Secret and the Lease.
+    pub namespace: String,
+    /// Name of the snapshot Secret.
+    pub snapshot_name: String,
+    /// Gateway admin Service `(namespace, name)`.
+    pub gateway_admin_service: Option<(String, String)>,
+    /// Admin port name in its EndpointSlices.
+    pub gateway_admin_port_name: String,
+    /// Fixed gateway status URLs.
+    pub gateway_status_urls: Vec<String>,
+    /// Gateway pods' termination grace period.
+    pub grace_period: Option<StdDuration>,
+    /// Gateway poll interval.
+    pub poll_interval: StdDuration,
+    /// Full resync interval.
+    pub resync_interval: StdDuration,
+    /// Lease settings.
+    pub lease: LeaseSettings,
+    /// Field selector for the Secret watch.
+    pub secret_field_selector: String,
+}
+
+/// Trigger a pass when a watch event arrives (and the caches have seen the whole list).
+async fn drive<K>(
+    name: &'static str,
+    stream: impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    relevant: impl Fn(&K) -> bool,
+    trigger: Arc<Notify>,
+) where
+    K: Clone,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                if relevant(&o) {
+                    trigger.notify_one();
+                }
+            }
+            Ok(watcher::Event::InitDone) => trigger.notify_one(),
+            Ok(_) => {}
+            Err(e) => warn!(watch = name, error = %e, "watch error (retrying with back-off)"),
+        }
+    }
+}
+
+fn route_apis(client: &Client, namespaces: &[String]) -> Vec<Api<RealtimeRoute>> {
+    if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    }
+}
+
+fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    }
+}
+
+fn collect<K>(stores: &[Store<K>]) -> Vec<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    stores
+        .iter()
+        .flat_map(|s| s.state())
+        .map(|o| (*o).clone())
+        .collect()
+}
+
+/// Copy Services and Secrets out of the caches.
+pub fn refs_from(services: &[Service], secrets: &[Secret]) -> Refs {
+    let mut refs = Refs::default();
+    for s in services {
+        let ports = s
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.ports.as_ref())
+            .map(|ps| ps.iter().map(|p| p.port).collect())
+            .unwrap_or_default();
+        refs.services.insert(
+            (
+                s.metadata.namespace.clone().unwrap_or_default(),
+                s.metadata.name.clone().unwrap_or_default(),
+            ),
+            ports,
+        );
+    }
+    for s in secrets {
+        let data = s
+            .data
+            .as_ref()
+            .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+            .unwrap_or_default();
+        refs.secrets.insert(
+            (
+                s.metadata.namespace.clone().unwrap_or_default(),
+                s.metadata.name.clone().unwrap_or_default(),
+            ),
+            data,
+        );
+    }
+    refs
+}
+
+/// Run the operator until `shutdown` fires: watches, leader election, gateway polling and the
+/// reconcile loop. Returns after releasing the Lease.
+pub async fn run(
+    client: Client,
+    base: GatewayConfig,
+    s: RunSettings,
+    metrics: Metrics,
+    health: crate::admin::Health,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let trigger = Arc::new(Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // Watches -> caches -> triggers.
+    let mut route_stores = Vec::new();
+    for api in route_apis(&client, &s.namespaces) {
+        let (reader, writer) = reflector::store();
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        );
+        route_stores.push(reader);
+        tasks.spawn(
+            drive("realtimeroutes", stream, |_| true, trigger.clone())
+                .instrument(info_span!("watch", kind = "RealtimeRoute")),
+        );
+    }
+    let mut service_stores = Vec::new();
+    for api in apis::<Service>(&client, &s.namespaces) {
+        let (reader, writer) = reflector::store();
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        );
+        service_stores.push(reader);
+        let routes = route_stores.clone();
+        let relevant = move |svc: &Service| {
+            let key = (
+                svc.metadata.namespace.clone().unwrap_or_default(),
+                svc.metadata.name.clone().unwrap_or_default(),
+            );
+            routes
+                .iter()
+                .flat_map(|r| r.state())
+                .any(|rt| compile::referenced_service(&rt).as_ref() == Some(&key))
+        };
+        tasks.spawn(
+            drive("services", stream, relevant, trigger.clone())
+                .instrument(info_span!("watch", kind = "Service")),
+        );
+    }
+    let mut secret_stores = Vec::new();
+    for api in apis::<Secret>(&client, &s.namespaces) {
+        let (reader, writer) = reflector::store();
+        let config = watcher::Config::default().fields(&s.secret_field_selector);
+        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+        secret_stores.push(reader);
+        let routes = route_stores.clone();
+        let relevant = move |sec: &Secret| {
+            let key = (
+                sec.metadata.namespace.clone().unwrap_or_default(),
+                sec.metadata.name.clone().unwrap_or_default(),
+            );
+            routes
+                .iter()
+                .flat_map(|r| r.state())
+                .any(|rt| compile::referenced_secrets(&rt).contains(&key))
+        };
+        tasks.spawn(
+            drive("secrets", stream, relevant, trigger.clone())
+                .instrument(info_span!("watch", kind = "Secret")),
+        );
+    }
+    let mut slice_store: Option<Store<EndpointSlice>> = None;
+    if let Some((ns, name)) = &s.gateway_admin_service {
+        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+        let config =
+            watcher::Config::default().labels(&format!("kubernetes.io/service-name={name}"));
+        let (reader, writer) = reflector::store();
+        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+        slice_store = Some(reader);
+        // Gateways come and go: the poller notices through the cache; no pass needed here.
+        tasks.spawn(
+            drive("endpointslices", stream, |_| false, trigger.clone())
+                .instrument(info_span!("watch", kind = "EndpointSlice")),
+        );
+    }
+
+    // Leader election.
+    let (leader_tx, mut leader_rx) = watch::channel(false);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &s.lease.namespace);
+    let leader_task = tokio::spawn(
+        leader::run(leases, s.lease.clone(), leader_tx, shutdown.clone())
+            .instrument(info_span!("leader")),
+    );
+
+    // Gateway polling.
+    let configured = s.gateway_admin_service.is_some() || !s.gateway_status_urls.is_empty();
+    let (fleet_tx, mut fleet_rx) = watch::channel(Fleet {
+        configured,
+        gateways: BTreeMap::new(),
+    });
+    {
+        let mut stop = shutdown.clone();
+        let statics = s.gateway_status_urls.clone();
+        let port_name = s.gateway_admin_port_name.clone();
+        let interval = s.poll_interval;
+        let metrics = metrics.clone();
+        let slices = slice_store.clone();
+        tasks.spawn(
+            async move {
+                let poller = Poller::new(StdDuration::from_secs(1).min(interval));
+                loop {
+                    let mut urls = statics.clone();
+                    if let Some(store) = &slices {
+                        let all: Vec<EndpointSlice> =
+                            store.state().iter().map(|s| (**s).clone()).collect();
+                        urls.extend(fleet::status_urls(&all, &port_name));
+                    }
+                    urls.sort();
+                    urls.dedup();
+                    let gateways = poller.poll_all(&urls).await;
+                    let (mut serving, mut unready, mut unreachable) = (0, 0, 0);
+                    for r in gateways.values() {
+                        match r {
+                            Ok(g) if g.ready => serving += 1,
+                            Ok(_) => unready += 1,
+                            Err(_) => unreachable += 1,
+                        }
+                    }
+                    metrics
+                        .gateways
+                        .with_label_values(&["serving"])
+                        .set(serving);
+                    metrics
+                        .gateways
+                        .with_label_values(&["unready"])
+                        .set(unready);
+                    metrics
+                        .gateways
+                        .with_label_values(&["unreachable"])
+                        .set(unreachable);
+                    fleet_tx.send_if_modified(|f| {
+                        let changed = f.gateways != gateways;
+                        f.gateways = gateways;
+                        changed
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            }
+            .instrument(info_span!("gateway_poller")),
+        );
+    }
+
+    // Readiness: every cache has listed once.
+    {
+        let stores_ready = {
+            let routes = route_stores.clone();
+            let services = service_stores.clone();
+            let secrets = secret_stores.clone();
+            let slices = slice_store.clone();
+            async move {
+                for st in &routes {
+                    st.wait_until_ready().await.ok();
+                }
+                for st in &services {
+                    st.wait_until_ready().await.ok();
+                }
+                for st in &secrets {
+                    st.wait_until_ready().await.ok();
+                }
+                if let Some(st) = &slices {
+                    st.wait_until_ready().await.ok();
+                }
+            }
+        };
+        let health = health.clone();
+        let trigger = trigger.clone();
+        tasks.spawn(async move {
+            stores_ready.await;
+            info!("watch caches synced");
+            health.set_ready(true);
+            trigger.notify_one();
+        });
+    }
+
+    let ctx = Context {
+        client: client.clone(),
+        base,
+        snapshot_namespace: s.namespace.clone(),
+        snapshot_name: s.snapshot_name.clone(),
+        grace_period: s.grace_period,
+        metrics: metrics.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "switchboard-operator".into(),
+                instance: Some(s.lease.identity.clone()),
+            },
+        ),
+        written: Arc::default(),
+    };
+
+    let mut failures: u32 = 0;
+    let mut was_leader = false;
+    let mut next = tokio::time::Instant::now() + s.resync_interval;
+    loop {
+        tokio::select! {
+            _ = trigger.notified() => {}
+            Ok(()) = fleet_rx.changed() => {}
+            Ok(()) = leader_rx.changed() => {}
+            _ = tokio::time::sleep_until(next) => {}
+            _ = shutdown.changed() => break,
+        }
+        // Debounce: let a burst of events (a list, a kubectl apply of many objects) settle.
+        tokio::select! {
+            _ = tokio::time::sleep(StdDuration::from_millis(100)) => {}
+            _ = shutdown.changed() => break,
+        }
+        next = tokio::time::Instant::now() + s.resync_interval;
+        let is_leader = *leader_rx.borrow_and_update();
+        if is_leader != was_leader {
+            was_leader = is_leader;
+            metrics.leader.set(i64::from(is_leader));
+            // Another replica may have written statuses while we were not leading.
+            ctx.forget_written();
+            info!(leader = is_leader, "leadership changed");
+        }
+        if !is_leader || !health.is_ready() {
+            continue;
+        }
+        let world = World {
+            routes: collect(&route_stores),
+            refs: refs_from(&collect(&service_stores), &collect(&secret_stores)),
+            fleet: fleet_rx.borrow().clone(),
+        };
+        match reconcile(&ctx, &world, Timestamp::now())
+            .instrument(info_span!("reconcile", routes = world.routes.len()))
+            .await
+        {
+            Ok(report) => {
+                failures = 0;
+                debug!(?report, "reconciled");
+                if report.pending {
+                    next = tokio::time::Instant::now() + s.poll_interval;
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                ctx.metrics
+                    .reconcile_errors
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
+                let delay = error_policy(&e, failures);
+                warn!(error = %e, failures, retry_in = ?delay, "reconcile failed");
+                next = tokio::time::Instant::now() + delay;
+            }
+        }
+    }
+
+    info!("shutting down: releasing leadership and stopping watches");
+    // The leader task releases the Lease when it sees the shutdown signal; wait for that (an
+    // unreachable API server must not hold the exit up for long), then stop everything else.
+    match tokio::time::timeout(StdDuration::from_secs(5), leader_task).await {
+        Ok(Err(e)) if e.is_panic() => warn!(error = %e, "the leader election task panicked"),
+        Ok(_) => {}
+        Err(_) => warn!("leader election did not stop within 5s; the Lease will expire on its own"),
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{Scenario, test_context, timeout_after_1s, world_for};
+
+    #[test]
+    fn error_backoff_grows_exponentially_with_jitter_and_is_capped() {
+        let e = Error::Settings("x".into());
+        for _ in 0..50 {
+            let first = error_policy(&e, 1);
+            assert!(
+                first >= StdDuration::from_millis(800) && first <= StdDuration::from_millis(1200),
+                "{first:?}"
+            );
+            let fourth = error_policy(&e, 4);
+            assert!(
+                fourth >= StdDuration::from_millis(6400)
+                    && fourth <= StdDuration::from_millis(9600),
+                "{fourth:?}"
+            );
+            let many = error_policy(&e, 1000);
+            assert!(many <= StdDuration::from_secs(360), "{many:?}");
+            assert!(many >= StdDuration::from_secs(240), "{many:?}");
+        }
+    }
+
+    #[test]
+    fn only_programmed_true_makes_an_event_among_programmed_transitions() {
+        let t = |type_: &str, status, reason: &str| conditions::Transition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message: "m".into(),
+        };
+        assert!(event_for(&t(types::PROGRAMMED, false, reasons::PENDING)).is_none());
+        assert!(event_for(&t(types::PROGRAMMED, false, reasons::NOT_ACCEPTED)).is_none());
+        let ev = event_for(&t(types::ACCEPTED, false, reasons::CONFLICTED)).unwrap();
+        assert_eq!(ev.type_, EventType::Warning);
+        assert_eq!(ev.reason, "Conflicted");
+        let ev = event_for(&t(types::PROGRAMMED, true, reasons::PROGRAMMED)).unwrap();
+        assert_eq!(ev.type_, EventType::Normal);
+    }
+
+    #[test]
+    fn long_event_notes_are_cut_on_a_character_boundary() {
+        let ev = event_for(&conditions::Transition {
+            type_: types::ACCEPTED.into(),
+            status: false,
+            reason: reasons::INVALID.into(),
+            message: "é".repeat(800),
+        })
+        .unwrap();
+        assert!(ev.note.unwrap().len() <= 1000);
+    }
+
+    #[tokio::test]
+    async fn a_valid_route_is_accepted_written_and_reported() {
+        let (ctx, server) = test_context();
+        let world = world_for(Scenario::Accepted);
+        let mock = server.run(Scenario::Accepted);
+        let report = reconcile(&ctx, &world, crate::fixtures::now())
+            .await
+            .unwrap();
+        timeout_after_1s(mock).await;
+        assert_eq!(report.generation, 1);
+        assert!(report.snapshot_written);
+        assert_eq!(report.statuses_patched, 1);
+        assert!(report.pending);
+    }
+
+    #[tokio::test]
+    async fn the_newer_of_two_conflicting_routes_is_conflicted() {
+        let (ctx, server) = test_context();
+        let world = world_for(Scenario::Conflicted);
+        let mock = server.run(Scenario::Conflicted);
+        let report = reconcile(&ctx, &world, crate::fixtures::now())
+            .await
+            .unwrap();
+        timeout_after_1s(mock).await;
+        assert_eq!(report.statuses_patched, 2);
+    }
+
+    #[tokio::test]
+    async fn missing_refs_are_reported_and_a_missing_secret_keeps_the_route_out() {
+        let (ctx, server) = test_context();
+        let world = world_for(Scenario::MissingRefs);
+        let mock = server.run(Scenario::MissingRefs);
+        reconcile(&ctx, &world, crate::fixtures::now())
+            .await
+            .unwrap();
+        timeout_after_1s(mock).await;
+    }
+
+    #[tokio::test]
+    async fn an_invalid_route_is_refused_with_the_reason() {
+        let (ctx, server) = test_context();
+        let world = world_for(Scenario::Invalid);
+        let mock = server.run(Scenario::Invalid);
+        reconcile(&ctx, &world, crate::fixtures::now())
+            .await
+            .unwrap();
+        timeout_after_1s(mock).await;
+    }
+
+    #[tokio::test]
+    async fn a_deleted_route_is_removed_from_the_snapshot() {
+        let (ctx, server) = test_context();
+        let world = world_for(Scenario::Deleted);
+        let mock = server.run(Scenario::Deleted);
+        let report = reconcile(&ctx, &world, crate::fixtures::now())
+            .await
+            .unwrap();
+        timeout_after_1s(mock).await;
+        assert_eq!(report.generation, 2);
+        assert_eq!(report.statuses_patched, 0);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_world_writes_nothing() {
+        let (ctx, server) = test_context();
+        let world = world_for(Scenario::SnapshotUnchanged);
+        let mock = server.run(Scenario::SnapshotUnchanged);
+        let report = reconcile(&ctx, &world, crate::fixtures::now())
+            .await
+            .unwrap();
+        timeout_after_1s(mock).await;
+        assert!(!report.snapshot_written);
+        assert_eq!(report.statuses_patched, 0);
+        assert!(!report.pending);
+    }
+
+    #[tokio::test]
+    async fn a_route_becomes_programmed_once_gateways_report_its_generation() {
+        let (ctx, server) = test_context();
+        let world = world_for(Scenario::Programmed);
+        let mock = server.run(Scenario::Programmed);
+        let report = reconcile(&ctx, &world, crate::fixtures::now())
+            .await
+            .unwrap();
+        timeout_after_1s(mock).await;
+        assert!(!report.snapshot_written);
+        assert_eq!(report.statuses_patched, 1);
+        assert!(!report.pending);
+    }
+
+    #[tokio::test]
+    async fn a_pass_right_after_a_write_does_not_repeat_it_while_the_cache_lags() {
+        let (ctx, server) = test_context();
+        let world = world_for(Scenario::StaleCacheAfterWrite);
+        let mock = server.run(Scenario::StaleCacheAfterWrite);
+        let first = reconcile(&ctx, &world, crate::fixtures::now())
+            .await
+            .unwrap();
+        assert_eq!(first.statuses_patched, 1);
+        // Same (stale) world, a second later: nothing to write.
+        let later = crate::fixtures::now() + k8s_openapi::jiff::SignedDuration::from_secs(1);
+        let second = reconcile(&ctx, &world, later).await.unwrap();
+        timeout_after_1s(mock).await;
+        assert!(!second.snapshot_written);
+        assert_eq!(second.statuses_patched, 0);
+    }
+
+    #[tokio::test]
+    async fn a_write_conflict_on_the_snapshot_fails_the_pass_for_a_retry() {
+        let (ctx, server) = test_context();
+        let world = world_for(Scenario::SnapshotConflict);
+        let mock = server.run(Scenario::SnapshotConflict);
+        let err = reconcile(&ctx, &world, crate::fixtures::now())
+            .await
+            .unwrap_err();
+        timeout_after_1s(mock).await;
+        assert_eq!(err.metric_label(), "conflict");
+        assert!(error_policy(&err, 1) < StdDuration::from_millis(400));
+    }
+
+    #[test]
+    fn refs_from_copies_service_ports_and_secret_data() {
+        use k8s_openapi::ByteString;
+        use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+        let svc = Service {
+            metadata: kube::api::ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some("chat".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sec = Secret {
+            metadata: kube::api::ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some("keys".into()),
+                ..Default::default()
+            },
+            data: Some([("k".to_string(), ByteString(b"v".to_vec()))].into()),
+            ..Default::default()
+        };
+        let refs = refs_from(&[svc], &[sec]);
+        assert_eq!(refs.services[&("ns".into(), "chat".into())], vec![80]);
+        assert_eq!(
+            refs.secrets[&("ns".into(), "keys".into())]["k"],
+            b"v".to_vec()
+        );
+    }
+}

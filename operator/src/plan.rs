@@ -1,0 +1,548 @@
+//! All routes at once -> one `GatewayConfig` and a verdict per route. Pure.
+//!
+//! Order of judgement for each route: being deleted (skipped) -> `Unsupported` -> Secrets
+//! resolved (`UnresolvedRefs`) -> compiles and passes the gateway's own validator alone
+//! (`Invalid`) -> no older route serves the same host and path (`Conflicted`). Survivors are
+//! validated again as one document, exactly as the gateways will validate the snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration as StdDuration;
+
+use switchboard_config::{GatewayConfig, Route, validate};
+
+use crate::api::RealtimeRoute;
+use crate::api::duration::format as fmt_duration;
+use crate::compile::{self, Refs, Verdict};
+use crate::conditions::reasons;
+
+/// The verdicts for one route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutePlan {
+    /// The `Accepted` condition.
+    pub accepted: Verdict,
+    /// The `ResolvedRefs` condition.
+    pub resolved_refs: Verdict,
+    /// The `DrainFits` condition (only when the gateways' grace period is known and the
+    /// route's drain settings parse).
+    pub drain_fits: Option<Verdict>,
+    /// The compiled route, when accepted.
+    pub compiled: Option<Route>,
+}
+
+/// The result of planning: the desired snapshot (generation 0; the snapshot writer numbers it)
+/// and a verdict for every route that is not being deleted, keyed by `namespace/name`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Base config plus accepted routes, sorted by name.
+    pub config: GatewayConfig,
+    /// Per-route verdicts.
+    pub routes: BTreeMap<String, RoutePlan>,
+    /// Problems outside any route (a bad base config); should never happen because the base
+    /// config is validated at start-up, but reported rather than ignored.
+    pub base_problems: Vec<String>,
+}
+
+/// Inputs that are not Kubernetes objects.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The gateway pods' `terminationGracePeriodSeconds`, when known.
+    pub grace_period: Option<StdDuration>,
+}
+
+/// Route order for conflicts: oldest `creationTimestamp` first, then `namespace/name`.
+fn age_key(rt: &RealtimeRoute) -> (i128, String) {
+    let created = rt
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_nanosecond())
+        // No timestamp (only in tests or stand-ins): treat as newest.
+        .unwrap_or(i128::MAX);
+    (created, rt.key())
+}
+
+/// `(host, match type, path)` pairs, as the gateway validator keys them.
+fn match_keys(route: &Route) -> Vec<(String, u8, String)> {
+    let hosts: Vec<String> = if route.hosts.is_empty() {
+        vec!["*".into()]
+    } else {
+        route.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+    };
+    hosts
+        .into_iter()
+        .map(|h| (h, route.path.kind as u8, route.path.value.clone()))
+        .collect()
+}
+
+fn validate_alone(base: &GatewayConfig, route: &Route, rt: &RealtimeRoute) -> Vec<String> {
+    let mut cfg = base.clone();
+    cfg.routes = vec![route.clone()];
+    validate(&cfg)
+        .into_iter()
+        .filter_map(|p| {
+            p.path
+                .strip_prefix("routes[0].")
+                .map(|rest| format!("{}: {}", compile::crd_path(rt, rest), p.message))
+                .or_else(|| (p.path == "routes[0]").then(|| format!("spec: {}", p.message)))
+        })
+        .collect()
+}
+
+/// Plan every route.
+pub fn plan(base: &GatewayConfig, routes: &[RealtimeRoute], refs: &Refs, limits: Limits) -> Plan {
+    let mut out: BTreeMap<String, RoutePlan> = BTreeMap::new();
+    let mut candidates: Vec<(&RealtimeRoute, Route)> = Vec::new();
+
+    for rt in routes {
+        if rt.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let key = rt.key();
+        let resolution = compile::resolve(rt, refs);
+        let drain_fits = limits.grace_period.and_then(|grace| {
+            let needed = compile::drain_needed(rt, base)?;
+            Some(if needed <= grace {
+                Verdict::yes(
+                    reasons::FITS,
+                    format!(
+                        "drain needs {} of the gateway pods' {} termination grace period",
+                        fmt_duration(needed),
+                        fmt_duration(grace)
+                    ),
+                )
+            } else {
+                Verdict::no(
+                    reasons::EXCEEDS_GRACE_PERIOD,
+                    format!(
+                        "drain needs {} (propagation + window) but the gateway pods get {} (terminationGracePeriodSeconds); connections still open then are cut",
+                        fmt_duration(needed),
+                        fmt_duration(grace)
+                    ),
+                )
+            })
+        });
+        let mut entry = RoutePlan {
+            accepted: Verdict::yes(reasons::ACCEPTED, "in the gateway snapshot"),
+            resolved_refs: resolution.verdict.clone(),
+            drain_fits,
+            compiled: None,
+        };
+        if let Some(message) = compile::unsupported(rt, base) {
+            entry.accepted = Verdict::no(reasons::UNSUPPORTED, message);
+        } else if resolution.blocks {
+            entry.accepted = Verdict::no(
+                reasons::UNRESOLVED_REFS,
+                format!(
+                    "not served until its Secrets resolve: {}",
+                    resolution.verdict.message
+                ),
+            );
+        } else {
+            match compile::compile(rt, &resolution.material) {
+                Err(problems) => {
+                    entry.accepted = Verdict::no(reasons::INVALID, problems.join("; "))
+                }
+                Ok(route) => {
+                    let problems = validate_alone(base, &route, rt);
+                    if problems.is_empty() {
+                        candidates.push((rt, route));
+                    } else {
+                        entry.accepted = Verdict::no(reasons::INVALID, problems.join("; "));
+                    }
+                }
+            }
+        }
+        out.insert(key, entry);
+    }
+
+    candidates.sort_by_key(|(rt, _)| age_key(rt));
+    let mut owners: HashMap<(String, u8, String), String> = HashMap::new();
+    let mut winners: Vec<(&RealtimeRoute, Route)> = Vec::new();
+    for (rt, route) in candidates {
+        let keys = match_keys(&route);
+        let clash = keys.iter().find_map(|k| owners.get(k).map(|w| (k, w)));
+        if let Some(((host, _, path), winner)) = clash {
+            let message = format!(
+                "host `{host}` path `{path}` is already served by {winner}, which is older (oldest wins; ties go to namespace/name order)"
+            );
+            if let Some(e) = out.get_mut(&rt.key()) {
+                e.accepted = Verdict::no(reasons::CONFLICTED, message);
+            }
+            continue;
+        }
+        for k in keys {
+            owners.insert(k, rt.key());
+        }
+        winners.push((rt, route));
+    }
+
+    // Whole-document validation: the gateway's own rules over the final set. Anything found
+    // here marks that route Invalid and the document is checked again without it.
+    let mut base_problems = Vec::new();
+    loop {
+        let mut cfg = base.clone();
+        cfg.routes = winners.iter().map(|(_, r)| r.clone()).collect();
+        cfg.routes.sort_by(|a, b| a.name.cmp(&b.name));
+        let problems = validate(&cfg);
+        let mut bad: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        base_problems.clear();
+        for p in problems {
+            let index = p
+                .path
+                .strip_prefix("routes[")
+                .and_then(|rest| rest.split_once(']'))
+                .and_then(|(i, rest)| i.parse::<usize>().ok().map(|i| (i, rest)));
+            match index.and_then(|(i, rest)| cfg.routes.get(i).map(|r| (r.name.clone(), rest))) {
+                Some((name, rest)) => bad.entry(name).or_default().push(format!(
+                    "{}: {}",
+                    rest.trim_start_matches('.'),
+                    p.message
+                )),
+                None => base_problems.push(p.to_string()),
+            }
+        }
+        if bad.is_empty() {
+            for (rt, route) in &winners {
+                if let Some(e) = out.get_mut(&rt.key()) {
+                    e.compiled = Some(route.clone());
+                }
+            }
+            return Plan {
+                config: cfg,
+                routes: out,
+                base_problems,
+            };
+        }
+        winners.retain(|(rt, _)| {
+            let Some(problems) = bad.get(&rt.key()) else {
+                return true;
+            };
+            if let Some(e) = out.get_mut(&rt.key()) {
+                e.accepted = Verdict::no(reasons::INVALID, problems.join("; "));
+            }
+            false
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{base_config, route, route_created_at};
+
+    const NO_LIMITS: Limits = Limits { grace_period: None };
+
+    fn refs() -> Refs {
+        Refs::default()
+            .with_service("default", "chat", &[80])
+            .with_service("other", "chat", &[80])
+    }
+
+    #[test]
+    fn a_valid_route_is_accepted_and_lands_in_the_snapshot() {
+        let rt = route(
+            "default",
+            "chat",
+            "hostnames: [chat.example.com]\nbackend: {name: chat, port: 80}",
+        );
+        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
+        let e = &p.routes["default/chat"];
+        assert!(e.accepted.ok, "{e:?}");
+        assert!(e.resolved_refs.ok);
+        assert_eq!(p.config.routes.len(), 1);
+        assert_eq!(p.config.routes[0].name, "default/chat");
+        assert_eq!(p.config.listeners, base_config().listeners);
+        assert!(p.base_problems.is_empty());
+    }
+
+    #[test]
+    fn the_older_route_wins_a_conflict_and_the_loser_names_it() {
+        let old = route_created_at(
+            "other",
+            "first",
+            "hostnames: [chat.example.com]\npath: {value: /ws}\nbackend: {name: chat, port: 80}",
+            100,
+        );
+        let new = route_created_at(
+            "default",
+            "second",
+            "hostnames: [chat.example.com]\npath: {value: /ws}\nbackend: {name: chat, port: 80}",
+            200,
+        );
+        // Input order must not matter.
+        let p = plan(&base_config(), &[new, old], &refs(), NO_LIMITS);
+        assert!(p.routes["other/first"].accepted.ok);
+        let loser = &p.routes["default/second"].accepted;
+        assert_eq!(loser.reason, reasons::CONFLICTED);
+        assert!(loser.message.contains("other/first"), "{}", loser.message);
+        assert!(
+            loser.message.contains("chat.example.com"),
+            "{}",
+            loser.message
+        );
+        assert_eq!(p.config.routes.len(), 1);
+        assert_eq!(p.config.routes[0].name, "other/first");
+    }
+
+    #[test]
+    fn a_creation_time_tie_goes_to_namespace_name_order() {
+        let a = route_created_at("b-ns", "x", "backend: {name: chat, port: 80}", 100);
+        let b = route_created_at("a-ns", "z", "backend: {name: chat, port: 80}", 100);
+        let refs = Refs::default()
+            .with_service("a-ns", "chat", &[80])
+            .with_service("b-ns", "chat", &[80]);
+        let p = plan(&base_config(), &[a, b], &refs, NO_LIMITS);
+        assert!(p.routes["a-ns/z"].accepted.ok);
+        assert_eq!(p.routes["b-ns/x"].accepted.reason, reasons::CONFLICTED);
+    }
+
+    #[test]
+    fn hosts_conflict_case_insensitively_and_any_shared_host_is_enough() {
+        let old = route_created_at(
+            "default",
+            "a",
+            "hostnames: [a.example.com, b.example.com]\nbackend: {name: chat, port: 80}",
+            1,
+        );
+        let new = route_created_at(
+            "default",
+            "b",
+            "hostnames: [c.example.com, B.EXAMPLE.COM]\nbackend: {name: chat, port: 80}",
+            2,
+        );
+        let p = plan(&base_config(), &[old, new], &refs(), NO_LIMITS);
+        assert_eq!(p.routes["default/b"].accepted.reason, reasons::CONFLICTED);
+    }
+
+    #[test]
+    fn different_paths_or_match_types_or_hosts_do_not_conflict() {
+        let routes = [
+            route_created_at(
+                "default",
+                "a",
+                "path: {value: /ws}\nbackend: {name: chat, port: 80}",
+                1,
+            ),
+            route_created_at(
+                "default",
+                "b",
+                "path: {value: /ws, type: Exact}\nbackend: {name: chat, port: 80}",
+                2,
+            ),
+            route_created_at(
+                "default",
+                "c",
+                "path: {value: /other}\nbackend: {name: chat, port: 80}",
+                3,
+            ),
+            route_created_at(
+                "default",
+                "d",
+                "hostnames: [x.example.com]\npath: {value: /ws}\nbackend: {name: chat, port: 80}",
+                4,
+            ),
+        ];
+        let p = plan(&base_config(), &routes, &refs(), NO_LIMITS);
+        assert!(p.routes.values().all(|e| e.accepted.ok), "{:?}", p.routes);
+        assert_eq!(p.config.routes.len(), 4);
+    }
+
+    #[test]
+    fn an_invalid_older_route_does_not_block_a_valid_newer_one() {
+        let old = route_created_at(
+            "default",
+            "a",
+            "auth: {allowedOrigins: ['https://*.com']}\nbackend: {name: chat, port: 80}",
+            1,
+        );
+        let new = route_created_at("default", "b", "backend: {name: chat, port: 80}", 2);
+        let p = plan(&base_config(), &[old, new], &refs(), NO_LIMITS);
+        let a = &p.routes["default/a"].accepted;
+        assert_eq!(a.reason, reasons::INVALID);
+        assert!(
+            a.message.starts_with("spec.auth.allowedOrigins[0]:"),
+            "{}",
+            a.message
+        );
+        assert!(p.routes["default/b"].accepted.ok);
+    }
+
+    #[test]
+    fn the_gateway_validator_messages_name_crd_fields() {
+        let rt = route(
+            "default",
+            "chat",
+            "backend: {name: chat, port: 80}\nauth: {jwt: {providers: [{name: i, jwksUri: 'https://i/j', leeway: 1m}]}}",
+        );
+        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
+        let a = &p.routes["default/chat"].accepted;
+        assert_eq!(a.reason, reasons::INVALID);
+        assert_eq!(
+            a.message,
+            "spec.auth.jwt.providers[0].leeway: must be at most 30s"
+        );
+    }
+
+    #[test]
+    fn a_drain_longer_than_the_gateway_deadline_is_invalid() {
+        let rt = route(
+            "default",
+            "chat",
+            "backend: {name: chat, port: 80}\ndrain: {window: 2h}",
+        );
+        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
+        let a = &p.routes["default/chat"].accepted;
+        assert_eq!(a.reason, reasons::INVALID);
+        assert!(a.message.starts_with("spec.drain.window:"), "{}", a.message);
+    }
+
+    #[test]
+    fn a_missing_backend_service_keeps_the_route_accepted() {
+        let rt = route("default", "chat", "backend: {name: gone, port: 80}");
+        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
+        let e = &p.routes["default/chat"];
+        assert!(e.accepted.ok);
+        assert_eq!(e.resolved_refs.reason, reasons::BACKEND_NOT_FOUND);
+        assert_eq!(p.config.routes.len(), 1);
+    }
+
+    #[test]
+    fn a_missing_secret_keeps_the_route_out_of_the_snapshot() {
+        let rt = route(
+            "default",
+            "chat",
+            "backend: {name: chat, port: 80}\nauth: {jwt: {providers: [{name: i, secretRef: {name: keys, key: k}, algorithms: [HS256]}]}}",
+        );
+        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
+        let e = &p.routes["default/chat"];
+        assert_eq!(e.accepted.reason, reasons::UNRESOLVED_REFS);
+        assert_eq!(e.resolved_refs.reason, reasons::SECRET_NOT_FOUND);
+        assert!(p.config.routes.is_empty());
+    }
+
+    #[test]
+    fn a_short_hmac_secret_is_invalid_with_the_secret_ref_named() {
+        let rt = route(
+            "default",
+            "chat",
+            "backend: {name: chat, port: 80}\nauth: {jwt: {providers: [{name: i, secretRef: {name: keys, key: k}, algorithms: [HS256]}]}}",
+        );
+        let refs = refs().with_secret("default", "keys", "k", b"short");
+        let p = plan(&base_config(), &[rt], &refs, NO_LIMITS);
+        let a = &p.routes["default/chat"].accepted;
+        assert_eq!(a.reason, reasons::INVALID);
+        assert!(
+            a.message
+                .starts_with("spec.auth.jwt.providers[0].secretRef: HMAC secrets"),
+            "{}",
+            a.message
+        );
+    }
+
+    #[test]
+    fn unsupported_routes_are_reported_as_such() {
+        let rt = route("default", "rooms", "mode: rooms\nrooms: {presence: true}");
+        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
+        assert_eq!(
+            p.routes["default/rooms"].accepted.reason,
+            reasons::UNSUPPORTED
+        );
+        assert!(p.config.routes.is_empty());
+    }
+
+    #[test]
+    fn routes_being_deleted_are_left_out_entirely() {
+        let mut rt = route("default", "chat", "backend: {name: chat, port: 80}");
+        rt.metadata.deletion_timestamp = rt.metadata.creation_timestamp.clone();
+        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
+        assert!(p.routes.is_empty());
+        assert!(p.config.routes.is_empty());
+    }
+
+    #[test]
+    fn drain_fits_compares_propagation_plus_window_with_the_grace_period() {
+        let rt = route(
+            "default",
+            "chat",
+            "backend: {name: chat, port: 80}\ndrain: {window: 40s}",
+        );
+        let fits = plan(
+            &base_config(),
+            std::slice::from_ref(&rt),
+            &refs(),
+            Limits {
+                grace_period: Some(StdDuration::from_secs(90)),
+            },
+        );
+        let v = fits.routes["default/chat"].drain_fits.clone().unwrap();
+        assert!(v.ok, "{v:?}");
+        let tight = plan(
+            &base_config(),
+            &[rt],
+            &refs(),
+            Limits {
+                grace_period: Some(StdDuration::from_secs(30)),
+            },
+        );
+        let v = tight.routes["default/chat"].drain_fits.clone().unwrap();
+        assert_eq!(v.reason, reasons::EXCEEDS_GRACE_PERIOD);
+        assert!(v.message.contains("45s"), "{}", v.message);
+        assert!(v.message.contains("30s"), "{}", v.message);
+    }
+
+    #[test]
+    fn drain_fits_is_absent_when_the_grace_period_is_unknown() {
+        let rt = route("default", "chat", "backend: {name: chat, port: 80}");
+        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
+        assert_eq!(p.routes["default/chat"].drain_fits, None);
+    }
+
+    #[test]
+    fn the_snapshot_is_sorted_by_route_name_whatever_the_input_order() {
+        let routes = [
+            route_created_at(
+                "default",
+                "z",
+                "path: {value: /z}\nbackend: {name: chat, port: 80}",
+                1,
+            ),
+            route_created_at(
+                "default",
+                "a",
+                "path: {value: /a}\nbackend: {name: chat, port: 80}",
+                2,
+            ),
+        ];
+        let p = plan(&base_config(), &routes, &refs(), NO_LIMITS);
+        let names: Vec<_> = p.config.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["default/a", "default/z"]);
+        assert_eq!(p.config.generation, 0);
+    }
+
+    #[test]
+    fn the_planned_snapshot_passes_the_gateway_validator() {
+        let routes = [
+            route_created_at(
+                "default",
+                "a",
+                "hostnames: [a.example.com]\nbackend: {name: chat, port: 80}",
+                1,
+            ),
+            route_created_at(
+                "other",
+                "b",
+                "hostnames: [a.example.com]\nbackend: {name: chat, port: 80}",
+                2,
+            ),
+            route_created_at(
+                "default",
+                "c",
+                "auth: {allowedOrigins: [nope]}\nbackend: {name: chat, port: 80}",
+                3,
+            ),
+        ];
+        let p = plan(&base_config(), &routes, &refs(), NO_LIMITS);
+        assert_eq!(validate(&p.config), vec![]);
+        assert!(GatewayConfig::from_yaml(&p.config.to_yaml()).is_ok());
+    }
+}
