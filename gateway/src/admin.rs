@@ -81,8 +81,18 @@ impl ServerApp for AdminApp {
     ) -> Option<Stream> {
         let gw = self.gateway.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
-            let resp = respond(&gw, &req);
-            async move { Ok::<_, Infallible>(resp) }
+            let gw = gw.clone();
+            async move {
+                if req.method() == http::Method::POST && req.uri().path() == "/v1/publish" {
+                    let (status, body) = crate::rooms::publish_api::handle(&gw, req).await;
+                    return Ok::<_, Infallible>(reply(
+                        status,
+                        "application/json",
+                        body.to_string(),
+                    ));
+                }
+                Ok::<_, Infallible>(respond(&gw, &req))
+            }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())

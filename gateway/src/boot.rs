@@ -18,6 +18,8 @@ use crate::config_watch::ConfigWatch;
 use crate::drain::DrainingSignal;
 use crate::gateway::Gateway;
 use crate::listener::EdgeApp;
+use crate::rooms::bus::Bus;
+use crate::rooms::bus::memory::MemoryBus;
 
 /// The embedded default: what `--config` falls back to when no file is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/quickstart.yaml");
@@ -35,8 +37,9 @@ pub enum BootError {
     Invalid(String),
 }
 
-/// Parse, validate and compile a config file (or the embedded default); binds nothing.
-pub fn load(path: Option<&Path>) -> Result<(GatewayConfig, Arc<Gateway>), BootError> {
+/// Parse, validate and compile a config file (or the embedded default) — keys, certificates
+/// and routes included; binds nothing and connects to nothing.
+pub fn load(path: Option<&Path>) -> Result<GatewayConfig, BootError> {
     let text = match path {
         Some(p) => std::fs::read_to_string(p).map_err(|source| BootError::Read {
             path: p.display().to_string(),
@@ -45,8 +48,19 @@ pub fn load(path: Option<&Path>) -> Result<(GatewayConfig, Arc<Gateway>), BootEr
         None => EMBEDDED_DEFAULT.to_string(),
     };
     let cfg = GatewayConfig::from_yaml(&text).map_err(|e| BootError::Invalid(e.to_string()))?;
-    let gw = Gateway::new(cfg.clone()).map_err(|p| BootError::Invalid(p.join("\n")))?;
-    Ok((cfg, gw))
+    Gateway::new(cfg.clone(), Arc::new(MemoryBus::new()))
+        .map_err(|p| BootError::Invalid(p.join("\n")))?;
+    Ok(cfg)
+}
+
+/// The room bus the config asks for. NATS I/O runs on its own small runtime that lives as long
+/// as the process (pingora owns the service runtimes).
+fn make_bus(cfg: &GatewayConfig) -> Result<Arc<dyn Bus>, BootError> {
+    match &cfg.bus.nats {
+        None => Ok(Arc::new(MemoryBus::new())),
+        Some(nats) => crate::rooms::bus::connect_nats(nats)
+            .map_err(|e| BootError::Invalid(format!("bus.nats: {e}"))),
+    }
 }
 
 struct JwksRefresh(Arc<Gateway>);
@@ -58,6 +72,23 @@ impl BackgroundService for JwksRefresh {
     }
 }
 
+struct PresenceRefresh(Arc<Gateway>);
+
+#[async_trait]
+impl BackgroundService for PresenceRefresh {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let ttl = self
+            .0
+            .config
+            .load()
+            .bus
+            .nats
+            .as_ref()
+            .map_or(Duration::from_secs(15), |n| n.presence_ttl);
+        self.0.hub.run_presence(ttl / 3, shutdown).await;
+    }
+}
+
 /// Run options from the command line.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -66,8 +97,11 @@ pub struct RunOptions {
     pub threads: usize,
 }
 
-/// Run until drained. Never returns early on success.
-pub fn run(cfg: GatewayConfig, gw: Arc<Gateway>, opts: RunOptions) {
+/// Build the gateway for `cfg` and run until drained.
+pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
+    let bus = make_bus(&cfg)?;
+    let gw = Gateway::new(cfg.clone(), bus).map_err(|p| BootError::Invalid(p.join("\n")))?;
+    crate::rooms::bus::block_on(crate::gateway::configure_bus(&gw.hub, gw.namespaces()));
     let conf = ServerConf {
         threads: opts.threads.max(1),
         // Our drain runs before pingora is told to stop, so pingora must not add its own sleep.
@@ -101,6 +135,10 @@ pub fn run(cfg: GatewayConfig, gw: Arc<Gateway>, opts: RunOptions) {
     admin.add_tcp(&cfg.admin.address.to_string());
     server.add_service(admin);
     server.add_service(background_service("jwks refresh", JwksRefresh(gw.clone())));
+    server.add_service(background_service(
+        "presence refresh",
+        PresenceRefresh(gw.clone()),
+    ));
     if let Some(path) = opts.config_path {
         server.add_service(background_service(
             "config watch",
@@ -126,4 +164,5 @@ pub fn run(cfg: GatewayConfig, gw: Arc<Gateway>, opts: RunOptions) {
     server.run(RunArgs {
         shutdown_signal: Box::new(signal),
     });
+    Ok(())
 }

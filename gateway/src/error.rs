@@ -47,6 +47,12 @@ pub enum Refusal {
     BackendTimeout,
     #[error("too many request headers")]
     HeadersTooLarge,
+    #[error("not allowed to join this room")]
+    RoomForbidden,
+    #[error("room bus unavailable")]
+    BusUnavailable,
+    #[error("{0}")]
+    BadRoomsRequest(&'static str),
 }
 
 impl Refusal {
@@ -63,6 +69,9 @@ impl Refusal {
             Self::BackendUnreachable => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::RoomForbidden => StatusCode::FORBIDDEN,
+            Self::BusUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadRoomsRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -84,6 +93,9 @@ impl Refusal {
             Self::BackendUnreachable => "backend_unreachable",
             Self::BackendTimeout => "backend_timeout",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::RoomForbidden => "room_forbidden",
+            Self::BusUnavailable => "bus_unavailable",
+            Self::BadRoomsRequest(_) => "bad_rooms_request",
         }
     }
 
@@ -101,7 +113,7 @@ impl Refusal {
         match self {
             Self::PerIpRate => Some(Duration::from_secs(1)),
             Self::PerIpCap | Self::PerUserCap => Some(Duration::from_secs(5)),
-            Self::PodCap | Self::NoBackend => Some(Duration::from_secs(2)),
+            Self::PodCap | Self::NoBackend | Self::BusUnavailable => Some(Duration::from_secs(2)),
             Self::Draining => Some(Duration::from_secs(1)),
             _ => None,
         }
@@ -140,6 +152,12 @@ pub enum CloseCause {
     Peer(Side, u16),
     /// A side's TCP connection ended without a close handshake.
     Abnormal(Side),
+    /// Rooms: the connection's outbound queue overflowed (it reads too slowly).
+    SlowConsumer,
+    /// Rooms: the room bus (NATS) could not be reached for a join or raw publish.
+    BusUnavailable,
+    /// Raw rooms: the connection may join but not publish, and sent a message.
+    PublishForbidden,
 }
 
 impl CloseCause {
@@ -155,6 +173,9 @@ impl CloseCause {
             Self::UpstreamGone => 1011,
             Self::Peer(_, code) => *code,
             Self::Abnormal(_) => 1006,
+            Self::SlowConsumer => 4008,
+            Self::BusUnavailable => 1013,
+            Self::PublishForbidden => 1008,
         }
     }
 
@@ -169,6 +190,9 @@ impl CloseCause {
             Self::ProtocolError => "protocol error",
             Self::UpstreamGone => "backend went away",
             Self::Peer(..) | Self::Abnormal(_) => "",
+            Self::SlowConsumer => "slow consumer",
+            Self::BusUnavailable => "room bus unavailable, try again later",
+            Self::PublishForbidden => "not allowed to publish in this room",
         }
     }
 
@@ -186,6 +210,9 @@ impl CloseCause {
             Self::Peer(..) => "client_close",
             Self::Abnormal(Side::Upstream) => "upstream_reset",
             Self::Abnormal(_) => "client_reset",
+            Self::SlowConsumer => "slow_consumer",
+            Self::BusUnavailable => "bus_unavailable",
+            Self::PublishForbidden => "publish_forbidden",
         }
     }
 }
@@ -240,6 +267,18 @@ pub fn table() -> Vec<Row> {
             "more headers than limits.maxHeaderCount",
             Refusal::HeadersTooLarge,
         ),
+        (
+            "rooms: the room (raw path or SSE/long-poll `rooms`) is not in rooms.join",
+            Refusal::RoomForbidden,
+        ),
+        (
+            "rooms: the bus (NATS) is unreachable for a long-poll",
+            Refusal::BusUnavailable,
+        ),
+        (
+            "rooms: a request that is not WebSocket, SSE or long-polling, or names no valid room",
+            Refusal::BadRoomsRequest("rooms route: use WebSocket, SSE or ?rooms= long-polling"),
+        ),
     ];
     let closes = [
         (
@@ -269,6 +308,18 @@ pub fn table() -> Vec<Row> {
         (
             "backend connection reset without a close frame (a clean TCP end is mirrored instead)",
             CloseCause::UpstreamGone,
+        ),
+        (
+            "rooms: outbound queue over rooms.maxQueueBytes",
+            CloseCause::SlowConsumer,
+        ),
+        (
+            "rooms: the bus (NATS) is unreachable for a join or raw publish",
+            CloseCause::BusUnavailable,
+        ),
+        (
+            "raw rooms: a message from a connection that may not publish",
+            CloseCause::PublishForbidden,
         ),
     ];
     let mut rows: Vec<Row> = refusals

@@ -17,6 +17,9 @@ use crate::admission::{AdmissionRegistry, PodAdmission};
 use crate::auth::jwks::JwksRegistry;
 use crate::drain::Drain;
 use crate::metrics::metrics;
+use crate::rooms::bus::{Bus, Retention};
+use crate::rooms::hooks::Hooks;
+use crate::rooms::hub::Hub;
 use crate::routes::{CompileContext, RouteTable};
 use crate::tls::{CertSet, Resolver};
 
@@ -31,6 +34,10 @@ pub struct Gateway {
     pub jwks: JwksRegistry,
     pub drain: Arc<Drain>,
     pub http: Client<HttpConnector, Incoming>,
+    /// Rooms: this pod's hub over the configured bus.
+    pub hub: Arc<Hub>,
+    /// Rooms: publish hook and notification client.
+    pub hooks: Hooks,
     loaded: AtomicBool,
 }
 
@@ -41,7 +48,7 @@ pub fn read_file(path: &str) -> std::io::Result<Vec<u8>> {
 
 impl Gateway {
     /// Compile `cfg` (keys, certificates, routes) or report every problem.
-    pub fn new(cfg: GatewayConfig) -> Result<Arc<Self>, Vec<String>> {
+    pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>) -> Result<Arc<Self>, Vec<String>> {
         let jwks = JwksRegistry::new();
         let admission = AdmissionRegistry::default();
         let routes = RouteTable::compile(
@@ -85,6 +92,8 @@ impl Gateway {
             jwks,
             drain: Arc::new(Drain::default()),
             http: Client::builder(TokioExecutor::new()).build(connector),
+            hub: Hub::new(bus),
+            hooks: Hooks::default(),
             loaded: AtomicBool::new(true),
         }))
     }
@@ -126,12 +135,47 @@ impl Gateway {
         metrics().config_generation.set(cfg.generation as i64);
         self.routes.store(Arc::new(routes));
         self.config.store(Arc::new(cfg));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let hub = self.hub.clone();
+            let namespaces = self.namespaces();
+            tokio::spawn(async move { configure_bus(&hub, namespaces).await });
+        }
         Ok(())
+    }
+
+    /// Every rooms namespace and its retention, from the live routes.
+    pub fn namespaces(&self) -> Vec<(String, Option<Retention>)> {
+        let mut out: Vec<(String, Option<Retention>)> = Vec::new();
+        for r in &self.config.load().routes {
+            if let Some(rooms) = &r.rooms {
+                let ns = rooms.namespace.clone().unwrap_or_else(|| r.name.clone());
+                let retention = rooms.history.as_ref().map(|h| Retention {
+                    max_messages: h.max_messages,
+                    max_age: h.max_age,
+                });
+                if !out.iter().any(|(n, _)| *n == ns) {
+                    out.push((ns, retention));
+                }
+            }
+        }
+        out
     }
 
     /// Loaded, not draining, and every JWKS fetched once.
     pub fn ready(&self) -> bool {
-        self.loaded.load(Ordering::Acquire) && !self.drain.is_draining() && self.jwks.all_loaded()
+        self.loaded.load(Ordering::Acquire)
+            && !self.drain.is_draining()
+            && self.jwks.all_loaded()
+            && self.hub.bus().healthy()
+    }
+}
+
+/// Declare each namespace's retention on the bus (idempotent; logged on failure).
+pub async fn configure_bus(hub: &Hub, namespaces: Vec<(String, Option<Retention>)>) {
+    for (ns, retention) in namespaces {
+        if let Err(e) = hub.bus().configure(&ns, retention).await {
+            tracing::error!(namespace = %ns, error = %e, "cannot configure room history on the bus");
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
+pub mod rooms;
 pub mod routes;
 pub mod tls;
 pub mod tunnel;

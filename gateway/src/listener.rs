@@ -44,6 +44,16 @@ impl EdgeApp {
             .with_upgrades()
             .await
         {
+            if e.is_parse_too_large() {
+                // hyper answered 431 itself, before any route matched: count it like the
+                // pipeline's refusals so the error table's `headers_too_large` is real.
+                let m = crate::metrics::metrics();
+                let label = crate::error::Refusal::HeadersTooLarge.label();
+                m.refusals.with_label_values(&["", label]).inc();
+                m.connections_total
+                    .with_label_values(&["", "refused"])
+                    .inc();
+            }
             tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with an HTTP error");
         }
     }

@@ -51,23 +51,25 @@ fn main() -> ExitCode {
             }
         };
     }
-    let (cfg, gw) = match loaded {
-        Ok(v) => v,
+    let cfg = match loaded {
+        Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("switchboard-gateway: invalid config:\n{e}");
             return ExitCode::from(EX_CONFIG);
         }
     };
-    boot::run(
-        cfg,
-        gw,
-        boot::RunOptions {
-            config_path: args.config,
-            reload_interval: args.reload_interval,
-            threads: args.threads,
-        },
-    );
-    ExitCode::SUCCESS
+    let opts = boot::RunOptions {
+        config_path: args.config,
+        reload_interval: args.reload_interval,
+        threads: args.threads,
+    };
+    match boot::run(cfg, opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard-gateway: {e}");
+            ExitCode::from(EX_CONFIG)
+        }
+    }
 }
 
 fn init_tracing(format: &str) {

@@ -35,7 +35,7 @@ pub struct Conn {
     pub tls: bool,
 }
 
-fn full(text: impl Into<Bytes>) -> Body {
+pub(crate) fn full(text: impl Into<Bytes>) -> Body {
     Full::new(text.into())
         .map_err(|never| match never {})
         .boxed()
@@ -117,7 +117,7 @@ fn check_handshake(req: &Request<Incoming>) -> Result<(), Refusal> {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -209,7 +209,8 @@ async fn admit_and_proxy(
         }
         _ => None,
     };
-    let admitted = if websocket {
+    // Admission counts long-lived connections: WebSockets and SSE streams.
+    let admitted = if websocket || crate::rooms::entry::is_event_stream(&req) {
         let user = claims.as_ref().and_then(|c| c.sub.as_deref());
         Some(
             route
@@ -219,6 +220,14 @@ async fn admit_and_proxy(
     } else {
         None
     };
+    if let Some(policy) = &route.rooms {
+        let admission = crate::rooms::entry::Admission {
+            claims,
+            admitted,
+            websocket,
+        };
+        return crate::rooms::entry::serve(&gw, &route, policy.clone(), admission, req).await;
+    }
 
     let key = pin_key(&route, &req, claims.as_ref(), ip);
     let backend = route

@@ -11,6 +11,7 @@ use crate::auth::jwks::JwksRegistry;
 use crate::auth::jwt::Verifier;
 use crate::auth::origin::OriginPolicy;
 use crate::proxy::pinning::BackendRing;
+use crate::rooms::route::RoomsPolicy;
 
 /// A route with everything the request pipeline needs.
 pub struct CompiledRoute {
@@ -21,6 +22,8 @@ pub struct CompiledRoute {
     pub backends: BackendRing,
     /// HMAC key for the identity signature header.
     pub signature_key: Option<Vec<u8>>,
+    /// Rooms mode policy.
+    pub rooms: Option<Arc<RoomsPolicy>>,
 }
 
 /// All routes of one config generation.
@@ -125,7 +128,12 @@ fn compile_route(r: &Route, ctx: &CompileContext<'_>) -> Result<CompiledRoute, S
         }
         None => (BackendRing::new(&[]), None),
     };
+    let rooms = match &r.rooms {
+        Some(cfg) => Some(Arc::new(RoomsPolicy::new(&r.name, cfg)?)),
+        None => None,
+    };
     Ok(CompiledRoute {
+        rooms,
         cfg: r.clone(),
         origin,
         verifier,

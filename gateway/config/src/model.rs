@@ -34,9 +34,181 @@ pub struct GatewayConfig {
     /// Shutdown behaviour shared by all routes.
     #[serde(default)]
     pub drain: GlobalDrain,
+    /// How rooms are relayed between gateway pods. Default: in-process (one pod, no NATS).
+    #[serde(default)]
+    pub bus: Bus,
+    /// The server publish API on the admin listener (`POST /v1/publish`). Unset: disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_api: Option<PublishApi>,
     /// Routes, matched by host then longest path. Default: none (every request gets 404).
     #[serde(default)]
     pub routes: Vec<Route>,
+}
+
+/// The room bus.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bus {
+    /// NATS (core subjects for live fan-out, JetStream for history). Unset: the embedded
+    /// in-process bus with in-memory history (single pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<Nats>,
+}
+
+/// NATS connection settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Nats {
+    /// Server URLs (`nats://host:4222`, `tls://host:4222`). At least one.
+    pub urls: Vec<String>,
+    /// Prefix of every subject and stream the gateway uses. Default `switchboard`.
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    /// A `.creds` file (JWT + NKey). Unset: no credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
+    /// A token for token auth. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Require TLS to the servers. Default false (use `tls://` URLs or this).
+    #[serde(default)]
+    pub tls_required: bool,
+    /// Members of a pod that stops refreshing presence disappear after this long. Default 15s.
+    #[serde(default = "default_presence_ttl", with = "humantime_serde")]
+    pub presence_ttl: Duration,
+}
+
+fn default_subject_prefix() -> String {
+    "switchboard".into()
+}
+fn default_presence_ttl() -> Duration {
+    Duration::from_secs(15)
+}
+
+/// Bearer-token auth for the server publish API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublishApi {
+    /// The token inline. One of `token` / `tokenFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A file holding the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+}
+
+/// Rooms-mode settings of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rooms {
+    /// `json`: the Switchboard room protocol (docs/protocol.md). `raw`: opaque relay, the room
+    /// comes from the path (`pathRoom`), every message goes unchanged to the other members.
+    #[serde(default)]
+    pub protocol: RoomProtocol,
+    /// For `raw`: a path pattern with one `{room}` segment, e.g. `/collab/{room}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_room: Option<String>,
+    /// For `raw`: also send each message back to its sender. Default false.
+    #[serde(default)]
+    pub echo: bool,
+    /// Rooms are shared by routes with the same namespace. Default: the route name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Room patterns a connection may join: `*` matches any run of characters, `{claim}` is
+    /// replaced by that JWT claim (e.g. `user:{sub}`, `chat:*`). Empty: none (default deny).
+    #[serde(default)]
+    pub join: Vec<String>,
+    /// Room patterns a connection may publish to. Empty: none (default deny).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Kept history per room, for resume. Unset: none (resume always says `recovered: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
+    /// Track who is in each room and send join/leave events. Default false.
+    #[serde(default)]
+    pub presence: bool,
+    /// Outbound bytes queued for one connection before it is closed as a slow consumer
+    /// (close 4008). Default 1 MiB.
+    #[serde(default = "default_max_queue_bytes")]
+    pub max_queue_bytes: u64,
+    /// POST each client publish to the app first; 2xx accepts (a JSON body replaces the data),
+    /// anything else refuses with the app's reason. Unset: publishes are accepted as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_hook: Option<Hook>,
+    /// POST connect/disconnect notifications to the app. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Hook>,
+}
+
+/// Wire protocol of a rooms route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RoomProtocol {
+    #[default]
+    Json,
+    Raw,
+}
+
+/// History retention per room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct History {
+    /// Most messages kept per room. Default 100.
+    #[serde(default = "default_history_messages")]
+    pub max_messages: u32,
+    /// Oldest message kept. Default 10m.
+    #[serde(default = "default_history_age", with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+fn default_history_messages() -> u32 {
+    100
+}
+fn default_history_age() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_queue_bytes() -> u64 {
+    1024 * 1024
+}
+
+/// An HTTP callback to the app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hook {
+    /// `http://` URL (usually the app's Service).
+    pub url: String,
+    /// Time the app has to answer. Default 2s.
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Which transports a rooms route serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Transports {
+    /// Default true.
+    #[serde(default = "yes")]
+    pub websocket: bool,
+    /// `GET` with `Accept: text/event-stream`. Default true.
+    #[serde(default = "yes")]
+    pub sse: bool,
+    /// `GET ...?rooms=a,b&cursor=...` long-polling. Default true.
+    #[serde(default = "yes")]
+    pub long_polling: bool,
+}
+
+impl Default for Transports {
+    fn default() -> Self {
+        Self {
+            websocket: true,
+            sse: true,
+            long_polling: true,
+        }
+    }
 }
 
 /// One listening socket, plain or TLS.
@@ -204,6 +376,12 @@ pub struct Route {
     /// Backends and pinning for `mode: proxy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<Proxy>,
+    /// Rooms settings for `mode: rooms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Rooms>,
+    /// Transports for `mode: rooms`. Default: all.
+    #[serde(default)]
+    pub transports: Transports,
     /// Per-connection and admission limits.
     #[serde(default)]
     pub limits: RouteLimits,
@@ -356,7 +534,13 @@ impl Algorithm {
 
 /// Where verification keys come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// `rename_all` renames the variants only; the fields of struct variants (`minRefresh`) need
+// `rename_all_fields` to be camelCase like the rest of the document.
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum KeySource {
     /// A key in the config: PEM (public key) or a raw secret for HS*.
     Inline {

@@ -141,6 +141,70 @@ pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
         ));
     }
 
+    if let Some(n) = &cfg.bus.nats {
+        if n.urls.is_empty() {
+            p.push(Problem::new(
+                "bus.nats.urls",
+                "at least one URL is required",
+            ));
+        }
+        for (i, u) in n.urls.iter().enumerate() {
+            if !["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|s| u.starts_with(s))
+            {
+                p.push(Problem::new(
+                    format!("bus.nats.urls[{i}]"),
+                    "must start with nats://, tls://, ws:// or wss://",
+                ));
+            }
+        }
+        if n.subject_prefix.is_empty()
+            || !n
+                .subject_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+        {
+            p.push(Problem::new(
+                "bus.nats.subjectPrefix",
+                "use A-Z a-z 0-9 _ - (one subject token)",
+            ));
+        }
+        if n.presence_ttl < Duration::from_secs(1) {
+            p.push(Problem::new("bus.nats.presenceTtl", "must be at least 1s"));
+        }
+    }
+    if let Some(api) = &cfg.publish_api {
+        if api.token.is_some() == api.token_file.is_some() {
+            p.push(Problem::new(
+                "publishApi",
+                "give exactly one of token, tokenFile",
+            ));
+        }
+        if api.token.as_ref().is_some_and(|t| t.len() < 16) {
+            p.push(Problem::new(
+                "publishApi.token",
+                "must be at least 16 characters",
+            ));
+        }
+    }
+    let mut namespaces: std::collections::HashMap<String, (usize, Option<crate::History>)> =
+        std::collections::HashMap::new();
+    for (i, r) in cfg.routes.iter().enumerate() {
+        if let Some(rooms) = &r.rooms {
+            let ns = rooms.namespace.clone().unwrap_or_else(|| r.name.clone());
+            if let Some((first, history)) = namespaces.get(&ns) {
+                if *history != rooms.history {
+                    p.push(Problem::new(
+                        format!("routes[{i}].rooms.history"),
+                        format!("namespace `{ns}` is shared with routes[{first}], which keeps different history"),
+                    ));
+                }
+            } else {
+                namespaces.insert(ns, (i, rooms.history.clone()));
+            }
+        }
+    }
     let mut route_names = HashSet::new();
     let mut matches = BTreeSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
@@ -173,6 +237,101 @@ pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
         route_problems(cfg, r, &at, &mut p);
     }
     p
+}
+
+fn valid_room_pattern(p: &str) -> bool {
+    !p.is_empty()
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":_@+=-*{}".contains(&b))
+}
+
+fn rooms_problems(r: &Route, rooms: &crate::Rooms, at: &str, p: &mut Vec<Problem>) {
+    let rat = format!("{at}.rooms");
+    for (what, list) in [("join", &rooms.join), ("publish", &rooms.publish)] {
+        for (j, pat) in list.iter().enumerate() {
+            if !valid_room_pattern(pat) {
+                p.push(Problem::new(
+                    format!("{rat}.{what}[{j}]"),
+                    format!(
+                        "`{pat}`: room patterns use A-Z a-z 0-9 : _ @ + = -, `*` and `{{claim}}`"
+                    ),
+                ));
+            }
+        }
+    }
+    match (rooms.protocol, &rooms.path_room) {
+        (crate::RoomProtocol::Raw, None) => p.push(Problem::new(
+            format!("{rat}.pathRoom"),
+            "raw rooms need a path pattern like `/collab/{room}`",
+        )),
+        (crate::RoomProtocol::Raw, Some(pr))
+            if pr.matches("{room}").count() != 1 || !pr.starts_with('/') =>
+        {
+            p.push(Problem::new(
+                format!("{rat}.pathRoom"),
+                "must start with `/` and contain `{room}` once",
+            ))
+        }
+        (crate::RoomProtocol::Json, Some(_)) => p.push(Problem::new(
+            format!("{rat}.pathRoom"),
+            "only raw rooms take their room from the path",
+        )),
+        _ => {}
+    }
+    if let Some(ns) = &rooms.namespace
+        && (ns.is_empty()
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)))
+    {
+        p.push(Problem::new(
+            format!("{rat}.namespace"),
+            "use A-Z a-z 0-9 _ -",
+        ));
+    }
+    if r.name
+        .bytes()
+        .any(|b| !(b.is_ascii_alphanumeric() || b"_-".contains(&b)))
+        && rooms.namespace.is_none()
+    {
+        p.push(Problem::new(
+            format!("{rat}.namespace"),
+            "the route name has characters a namespace cannot use; set rooms.namespace",
+        ));
+    }
+    if let Some(h) = &rooms.history
+        && (h.max_messages == 0 || h.max_age.is_zero())
+    {
+        p.push(Problem::new(
+            format!("{rat}.history"),
+            "maxMessages and maxAge must be more than 0",
+        ));
+    }
+    if rooms.max_queue_bytes < 4096 {
+        p.push(Problem::new(
+            format!("{rat}.maxQueueBytes"),
+            "must be at least 4096",
+        ));
+    }
+    for (name, hook) in [
+        ("publishHook", &rooms.publish_hook),
+        ("notify", &rooms.notify),
+    ] {
+        if let Some(h) = hook
+            && !(h.url.starts_with("http://") || h.url.starts_with("https://"))
+        {
+            p.push(Problem::new(
+                format!("{rat}.{name}.url"),
+                "must be an http:// or https:// URL",
+            ));
+        }
+    }
+    if r.proxy.is_some() {
+        p.push(Problem::new(
+            format!("{at}.proxy"),
+            "a rooms route has no backends; remove proxy",
+        ));
+    }
 }
 
 fn valid_header_name(name: &str) -> bool {
@@ -335,7 +494,10 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
             )),
             Some(proxy) => {
                 if proxy.service.is_some() && !proxy.backends.is_empty() {
-                    p.push(Problem::new(format!("{at}.proxy"), "give backends or service, not both"));
+                    p.push(Problem::new(
+                        format!("{at}.proxy"),
+                        "give backends or service, not both",
+                    ));
                 }
                 let mut seen = HashSet::new();
                 for (j, b) in proxy.backends.iter().enumerate() {
@@ -386,10 +548,13 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
                 }
             }
         },
-        Mode::Rooms => p.push(Problem::new(
-            format!("{at}.mode"),
-            "`rooms` is not available in this build yet; use `proxy`",
-        )),
+        Mode::Rooms => match &r.rooms {
+            None => p.push(Problem::new(
+                format!("{at}.rooms"),
+                "mode `rooms` needs a rooms section",
+            )),
+            Some(rooms) => rooms_problems(r, rooms, at, p),
+        },
     }
     let lim = &r.limits;
     if lim.max_message_bytes == 0 {

@@ -21,6 +21,8 @@ use crate::error::{CloseCause, Side};
 /// Prefix of the gateway's own keep-alive ping payloads; pongs carrying it are not forwarded.
 const PING_MAGIC: &[u8] = b"sb-ka:";
 const READ_BUF: usize = 8 * 1024;
+/// Longest a pump waits to shut its client stream down cleanly after the close.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
 /// Per-connection limits and timers, fixed when the connection is admitted.
 #[derive(Debug, Clone)]
@@ -181,6 +183,12 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
             }
         };
         let _ = self.dst.flush().await;
+        if self.sender == Sender::Server && (self.close_sent || matches!(end, End::PeerClose(_))) {
+            // The client has its Close and nothing follows it: end the stream cleanly (TLS
+            // close_notify, then FIN) instead of dropping the socket, which a TLS client sees
+            // as a truncated stream. Bounded: a stuck client must not hold the tunnel open.
+            let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.dst.shutdown()).await;
+        }
         tracing::debug!(sender = ?self.sender, end = ?end, "pump ended");
         PumpResult {
             end,
@@ -690,14 +698,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn token_expiry_closes_both_sides_with_4001() {
-        let expires_at = Some(Instant::now() + Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut h = start(TunnelLimits {
-            expires_at,
+            expires_at: Some(deadline),
             ..limits()
         });
         assert_eq!(h.client.next().await, Got::Close(Some(4001)));
         assert_eq!(h.upstream.next().await, Got::Close(Some(4001)));
-        assert!(Instant::now() >= expires_at.expect("set"));
+        assert!(Instant::now() >= deadline);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,379 @@
+//! The embedded bus: one process, rooms fanned out in memory, history in a bounded ring per
+//! room. Positions are contiguous per room; the epoch is fixed for the life of the process
+//! (a restart loses history, so clients resuming across it get `recovered: false`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::{
+    Bus, BusError, Member, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
+    RoomMessage, Subscription,
+};
+
+/// Live queue depth between the bus and the hub for one room.
+const ROOM_QUEUE: usize = 4096;
+
+#[derive(Default)]
+struct Room {
+    seq: u64,
+    history: VecDeque<RoomMessage>,
+    subscribers: Vec<mpsc::Sender<RoomMessage>>,
+    presence_subscribers: Vec<mpsc::Sender<PresenceEvent>>,
+    members: HashMap<String, Member>,
+}
+
+/// The in-process bus.
+pub struct MemoryBus {
+    epoch: String,
+    rooms: Mutex<HashMap<RoomKey, Room>>,
+    retention: Mutex<HashMap<String, Retention>>,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl MemoryBus {
+    pub fn new() -> Self {
+        Self {
+            epoch: format!("mem-{:x}", rand::random::<u64>()),
+            rooms: Mutex::default(),
+            retention: Mutex::default(),
+        }
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomKey, Room>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn retention_of(&self, namespace: &str) -> Option<Retention> {
+        self.retention
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(namespace)
+            .cloned()
+    }
+
+    fn trim(history: &mut VecDeque<RoomMessage>, r: &Retention, now: u64) {
+        while history.len() > r.max_messages as usize {
+            history.pop_front();
+        }
+        let oldest = now.saturating_sub(r.max_age.as_millis() as u64);
+        while history.front().is_some_and(|m| m.ts_ms < oldest) {
+            history.pop_front();
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn configure(
+        &self,
+        namespace: &str,
+        retention: Option<Retention>,
+    ) -> Result<(), BusError> {
+        let mut map = self.retention.lock().unwrap_or_else(|p| p.into_inner());
+        match retention {
+            Some(r) => map.insert(namespace.to_string(), r),
+            None => map.remove(namespace),
+        };
+        Ok(())
+    }
+
+    async fn publish(&self, p: Publish) -> Result<Option<Position>, BusError> {
+        let retention = (!p.ephemeral)
+            .then(|| self.retention_of(&p.key.namespace))
+            .flatten();
+        let now = now_ms();
+        let mut rooms = self.rooms();
+        let room = rooms.entry(p.key.clone()).or_default();
+        let seq = if p.ephemeral {
+            0
+        } else {
+            room.seq += 1;
+            room.seq
+        };
+        let msg = RoomMessage {
+            key: p.key,
+            seq,
+            epoch: self.epoch.clone(),
+            ts_ms: now,
+            from: p.from,
+            data: p.data,
+            ephemeral: p.ephemeral,
+            origin_conn: p.origin_conn,
+        };
+        if let Some(r) = &retention {
+            room.history.push_back(msg.clone());
+            Self::trim(&mut room.history, r, now);
+        }
+        // A full hub queue means the hub is far behind: drop for that subscriber rather than
+        // block every publisher (the hub resyncs members from history on overflow).
+        room.subscribers.retain(|s| !s.is_closed());
+        for s in &room.subscribers {
+            let _ = s.try_send(msg.clone());
+        }
+        Ok((!p_is_ephemeral(seq)).then(|| Position {
+            seq,
+            epoch: self.epoch.clone(),
+        }))
+    }
+
+    async fn subscribe(&self, key: &RoomKey) -> Result<Subscription, BusError> {
+        let (tx, rx) = mpsc::channel(ROOM_QUEUE);
+        let (ptx, prx) = mpsc::channel(ROOM_QUEUE);
+        let mut rooms = self.rooms();
+        let room = rooms.entry(key.clone()).or_default();
+        room.subscribers.push(tx);
+        room.presence_subscribers.push(ptx);
+        Ok(Subscription {
+            messages: rx,
+            presence: prx,
+            guard: Box::new(()),
+        })
+    }
+
+    async fn replay(&self, key: &RoomKey, since: &Position) -> Result<Replay, BusError> {
+        if since.epoch != self.epoch {
+            return Ok(Replay::Lost);
+        }
+        let retention = self.retention_of(&key.namespace);
+        let mut rooms = self.rooms();
+        let Some(room) = rooms.get_mut(key) else {
+            return Ok(if since.seq == 0 {
+                Replay::Gap(vec![])
+            } else {
+                Replay::Lost
+            });
+        };
+        if since.seq > room.seq {
+            return Ok(Replay::Lost);
+        }
+        if let Some(r) = &retention {
+            Self::trim(&mut room.history, r, now_ms());
+        }
+        if since.seq == room.seq {
+            return Ok(Replay::Gap(vec![]));
+        }
+        // The gap is complete only if the first missing message is still retained.
+        match room.history.front() {
+            Some(first) if first.seq <= since.seq + 1 => Ok(Replay::Gap(
+                room.history
+                    .iter()
+                    .filter(|m| m.seq > since.seq)
+                    .cloned()
+                    .collect(),
+            )),
+            _ => Ok(Replay::Lost),
+        }
+    }
+
+    async fn position(&self, key: &RoomKey) -> Result<Position, BusError> {
+        let seq = self.rooms().get(key).map_or(0, |r| r.seq);
+        Ok(Position {
+            seq,
+            epoch: self.epoch.clone(),
+        })
+    }
+
+    async fn presence_set(
+        &self,
+        key: &RoomKey,
+        member: &Member,
+        present: bool,
+    ) -> Result<(), BusError> {
+        let mut rooms = self.rooms();
+        let room = rooms.entry(key.clone()).or_default();
+        let changed = if present {
+            room.members
+                .insert(member.conn.clone(), member.clone())
+                .is_none()
+        } else {
+            room.members.remove(&member.conn).is_some()
+        };
+        if changed {
+            room.presence_subscribers.retain(|s| !s.is_closed());
+            for s in &room.presence_subscribers {
+                let _ = s.try_send(PresenceEvent {
+                    key: key.clone(),
+                    joined: present,
+                    member: member.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn presence_list(&self, key: &RoomKey) -> Result<Vec<Member>, BusError> {
+        let mut list: Vec<Member> = self
+            .rooms()
+            .get(key)
+            .map(|r| r.members.values().cloned().collect())
+            .unwrap_or_default();
+        list.sort_by(|a, b| a.conn.cmp(&b.conn));
+        Ok(list)
+    }
+
+    fn healthy(&self) -> bool {
+        true
+    }
+}
+
+fn p_is_ephemeral(seq: u64) -> bool {
+    seq == 0
+}
+
+/// How long in-memory rooms without members or history linger (not used yet for eviction).
+pub const IDLE_ROOM_TTL: Duration = Duration::from_secs(600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rooms::bus::Payload;
+
+    fn key(room: &str) -> RoomKey {
+        RoomKey {
+            namespace: "ns".into(),
+            room: room.into(),
+        }
+    }
+
+    fn publish(room: &str, n: i64) -> Publish {
+        Publish {
+            key: key(room),
+            from: None,
+            data: Payload::Json(n.into()),
+            ephemeral: false,
+            origin_conn: None,
+        }
+    }
+
+    async fn bus_with_history(max: u32) -> MemoryBus {
+        let bus = MemoryBus::new();
+        bus.configure(
+            "ns",
+            Some(Retention {
+                max_messages: max,
+                max_age: Duration::from_secs(60),
+            }),
+        )
+        .await
+        .unwrap();
+        bus
+    }
+
+    #[tokio::test]
+    async fn subscribers_get_messages_in_position_order() {
+        let bus = bus_with_history(10).await;
+        let mut sub = bus.subscribe(&key("a")).await.unwrap();
+        for n in 0..5 {
+            bus.publish(publish("a", n)).await.unwrap();
+        }
+        for want in 1..=5 {
+            assert_eq!(sub.messages.recv().await.unwrap().seq, want);
+        }
+    }
+
+    #[tokio::test]
+    async fn replay_returns_exactly_the_gap() {
+        let bus = bus_with_history(10).await;
+        let mut last = None;
+        for n in 0..6 {
+            last = bus.publish(publish("a", n)).await.unwrap();
+        }
+        let epoch = last.unwrap().epoch;
+        match bus
+            .replay(&key("a"), &Position { seq: 3, epoch })
+            .await
+            .unwrap()
+        {
+            Replay::Gap(msgs) => assert_eq!(
+                msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+                vec![4, 5, 6]
+            ),
+            Replay::Lost => panic!("gap is retained"),
+        }
+    }
+
+    #[tokio::test]
+    async fn replay_past_retention_or_from_another_epoch_is_lost() {
+        let bus = bus_with_history(3).await;
+        let mut epoch = String::new();
+        for n in 0..10 {
+            epoch = bus.publish(publish("a", n)).await.unwrap().unwrap().epoch;
+        }
+        assert_eq!(
+            bus.replay(
+                &key("a"),
+                &Position {
+                    seq: 2,
+                    epoch: epoch.clone()
+                }
+            )
+            .await
+            .unwrap(),
+            Replay::Lost
+        );
+        assert!(
+            matches!(bus.replay(&key("a"), &Position { seq: 7, epoch }).await.unwrap(), Replay::Gap(m) if m.len() == 3)
+        );
+        assert_eq!(
+            bus.replay(
+                &key("a"),
+                &Position {
+                    seq: 7,
+                    epoch: "other".into()
+                }
+            )
+            .await
+            .unwrap(),
+            Replay::Lost
+        );
+    }
+
+    #[tokio::test]
+    async fn ephemeral_messages_are_delivered_but_never_stored() {
+        let bus = bus_with_history(10).await;
+        let mut sub = bus.subscribe(&key("a")).await.unwrap();
+        let mut p = publish("a", 1);
+        p.ephemeral = true;
+        assert_eq!(bus.publish(p).await.unwrap(), None);
+        assert!(sub.messages.recv().await.unwrap().ephemeral);
+        let pos = bus.position(&key("a")).await.unwrap();
+        assert_eq!(pos.seq, 0);
+        assert_eq!(
+            bus.replay(&key("a"), &pos).await.unwrap(),
+            Replay::Gap(vec![])
+        );
+    }
+
+    #[tokio::test]
+    async fn presence_lists_members_and_announces_changes() {
+        let bus = MemoryBus::new();
+        let mut sub = bus.subscribe(&key("a")).await.unwrap();
+        let m = Member {
+            conn: "c1".into(),
+            user: Some("alice".into()),
+            info: serde_json::Value::Null,
+        };
+        bus.presence_set(&key("a"), &m, true).await.unwrap();
+        bus.presence_set(&key("a"), &m, true).await.unwrap();
+        assert_eq!(bus.presence_list(&key("a")).await.unwrap(), vec![m.clone()]);
+        assert!(sub.presence.recv().await.unwrap().joined);
+        bus.presence_set(&key("a"), &m, false).await.unwrap();
+        assert!(!sub.presence.recv().await.unwrap().joined);
+        assert!(bus.presence_list(&key("a")).await.unwrap().is_empty());
+    }
+}

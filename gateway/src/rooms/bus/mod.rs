@@ -1,0 +1,191 @@
+//! The room bus: how a room's messages reach every gateway pod that has members in it, with
+//! per-room positions for ordering and resume.
+//!
+//! Two implementations: [`memory`] (the embedded default: one process, in-memory history) and
+//! `nats` (core NATS subjects for live fan-out, JetStream for history, positions and resume).
+//! The hub holds one [`Subscription`] per room per pod (reference-counted by the hub).
+
+pub mod memory;
+
+use std::sync::{Arc, OnceLock};
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// A room, scoped by namespace (routes with the same namespace share rooms).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomKey {
+    pub namespace: String,
+    pub room: String,
+}
+
+/// Where a room's stream is: `seq` increases with every stored message of the room (not
+/// necessarily by one), `epoch` names the stream; a different epoch means the history the
+/// client saw is gone (`recovered: false`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Position {
+    pub seq: u64,
+    pub epoch: String,
+}
+
+/// A message's payload: JSON, or binary bytes (base64 on JSON transports).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Json(serde_json::Value),
+    Binary(Bytes),
+    /// Raw-relay rooms: a text frame relayed unchanged.
+    Text(String),
+}
+
+/// One room message as every pod delivers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomMessage {
+    pub key: RoomKey,
+    /// 0 for ephemeral messages (never stored, no position).
+    pub seq: u64,
+    pub epoch: String,
+    /// Server time in milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    /// Publisher identity (JWT `sub` and chosen claims), `None` for the server API.
+    pub from: Option<serde_json::Value>,
+    pub data: Payload,
+    pub ephemeral: bool,
+    /// The publishing connection (pod-unique id), so raw rooms can skip the sender.
+    pub origin_conn: Option<String>,
+}
+
+/// A publish request.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub key: RoomKey,
+    pub from: Option<serde_json::Value>,
+    pub data: Payload,
+    pub ephemeral: bool,
+    pub origin_conn: Option<String>,
+}
+
+/// History retention for one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    pub max_messages: u32,
+    pub max_age: Duration,
+}
+
+/// What a resume gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Replay {
+    /// Exactly the messages after the client's position, in order (possibly none).
+    Gap(Vec<RoomMessage>),
+    /// The position is beyond retained history (or from another epoch): reload from the app.
+    Lost,
+}
+
+/// Presence of one connection in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Pod-unique connection id.
+    pub conn: String,
+    /// JWT `sub`, if any.
+    pub user: Option<String>,
+    /// Extra public info (selected claims).
+    #[serde(default)]
+    pub info: serde_json::Value,
+}
+
+/// A presence change delivered to the pods with members in the room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresenceEvent {
+    pub key: RoomKey,
+    pub joined: bool,
+    pub member: Member,
+}
+
+/// Live delivery for one room on this pod. Dropping it unsubscribes.
+pub struct Subscription {
+    pub messages: mpsc::Receiver<RoomMessage>,
+    pub presence: mpsc::Receiver<PresenceEvent>,
+    /// Held to keep the underlying subscription alive (NATS subscriptions, consumers).
+    pub guard: Box<dyn Send + Sync>,
+}
+
+/// Why the bus could not do something.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("bus timed out")]
+    Timeout,
+    #[error("bus error: {0}")]
+    Other(String),
+}
+
+/// The room bus.
+#[async_trait]
+pub trait Bus: Send + Sync {
+    /// Declare a namespace's retention (called at start and on reload; idempotent).
+    /// `None`: the namespace keeps no history.
+    async fn configure(
+        &self,
+        namespace: &str,
+        retention: Option<Retention>,
+    ) -> Result<(), BusError>;
+
+    /// Publish. Stored messages return their position only once stored durably (the ack a
+    /// client gets); ephemeral ones return `None` once sent.
+    async fn publish(&self, msg: Publish) -> Result<Option<Position>, BusError>;
+
+    /// Start live delivery for a room on this pod: every message published from now on, in
+    /// position order.
+    async fn subscribe(&self, key: &RoomKey) -> Result<Subscription, BusError>;
+
+    /// Messages after `since` (exclusive), or `Lost` when beyond retention or another epoch.
+    async fn replay(&self, key: &RoomKey, since: &Position) -> Result<Replay, BusError>;
+
+    /// The room's current position (what a fresh joiner is told).
+    async fn position(&self, key: &RoomKey) -> Result<Position, BusError>;
+
+    /// Announce (or withdraw) a member; refreshed by the caller every `ttl / 3` while present.
+    async fn presence_set(
+        &self,
+        key: &RoomKey,
+        member: &Member,
+        present: bool,
+    ) -> Result<(), BusError>;
+
+    /// Everyone in the room, cluster-wide.
+    async fn presence_list(&self, key: &RoomKey) -> Result<Vec<Member>, BusError>;
+
+    /// Whether the bus is usable now (readiness and metrics).
+    fn healthy(&self) -> bool;
+}
+
+/// The runtime that owns bus I/O (NATS client tasks) for the life of the process.
+fn bus_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("switchboard-bus")
+            .enable_all()
+            .build()
+            // Without a runtime the process cannot do anything useful; fail loudly at start.
+            .expect("cannot start the bus runtime")
+    })
+}
+
+/// Run a future on the bus runtime (start-up only).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    bus_runtime().block_on(f)
+}
+
+/// Connect the NATS bus on the bus runtime.
+pub fn connect_nats(cfg: &switchboard_config::Nats) -> Result<Arc<dyn Bus>, BusError> {
+    let _ = cfg;
+    Err(BusError::Unavailable(
+        "the NATS bus is not built into this binary yet".into(),
+    ))
+}

@@ -1,0 +1,150 @@
+//! Calls to the app: the per-route publish hook (accept, replace or refuse a client publish)
+//! and connect/disconnect notifications (fire-and-forget, bounded).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use switchboard_config::Hook;
+use tokio::sync::Semaphore;
+
+use super::bus::Payload;
+
+/// Most notification requests in flight per pod; more are dropped (and counted).
+const MAX_NOTIFY_IN_FLIGHT: usize = 256;
+/// Largest hook response body read.
+const MAX_HOOK_BODY: usize = 1 << 20;
+
+/// HTTP client for hooks.
+#[derive(Clone)]
+pub struct Hooks {
+    client: Client<HttpConnector, Full<Bytes>>,
+    notify_slots: Arc<Semaphore>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            notify_slots: Arc::new(Semaphore::new(MAX_NOTIFY_IN_FLIGHT)),
+        }
+    }
+}
+
+/// What the publish hook decided.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Accept,
+    Replace(Payload),
+    Refuse(String),
+}
+
+fn payload_json(p: &Payload) -> Value {
+    match p {
+        Payload::Json(v) => json!({ "data": v }),
+        Payload::Text(t) => json!({ "data": t }),
+        Payload::Binary(b) => {
+            use base64::Engine;
+            json!({ "b64": base64::engine::general_purpose::STANDARD.encode(b) })
+        }
+    }
+}
+
+impl Hooks {
+    async fn post(
+        &self,
+        hook: &Hook,
+        user: Option<&str>,
+        route: &str,
+        body: Value,
+    ) -> Result<(u16, Bytes), String> {
+        let mut req = http::Request::post(&hook.url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("x-switchboard-route", route);
+        if let Some(u) = user {
+            req = req.header("x-switchboard-user", u);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(hook.timeout, self.client.request(req))
+            .await
+            .map_err(|_| "publish hook timed out".to_string())?
+            .map_err(|_| "publish hook unreachable".to_string())?;
+        let status = resp.status().as_u16();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_HOOK_BODY)
+            .collect()
+            .await
+            .map_err(|_| "publish hook answer too large or broken".to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    /// Ask the app about a client publish. 2xx accepts; a 2xx JSON body with `data` or `b64`
+    /// replaces the payload; anything else refuses with the body's `reason` (or the status).
+    pub async fn publish(
+        &self,
+        hook: &Hook,
+        route: &str,
+        room: &str,
+        from: Option<&Value>,
+        user: Option<&str>,
+        payload: &Payload,
+    ) -> Verdict {
+        let mut body = payload_json(payload);
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("room".into(), room.into());
+            obj.insert("from".into(), from.cloned().unwrap_or(Value::Null));
+        }
+        match self.post(hook, user, route, body).await {
+            Err(reason) => Verdict::Refuse(reason),
+            Ok((status, body)) if (200..300).contains(&status) => {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if let Some(d) = v.get("data") {
+                    Verdict::Replace(Payload::Json(d.clone()))
+                } else if let Some(b) = v.get("b64").and_then(Value::as_str) {
+                    use base64::Engine;
+                    match base64::engine::general_purpose::STANDARD.decode(b) {
+                        Ok(bytes) => Verdict::Replace(Payload::Binary(bytes.into())),
+                        Err(_) => Verdict::Refuse("publish hook returned invalid b64".into()),
+                    }
+                } else {
+                    Verdict::Accept
+                }
+            }
+            Ok((status, body)) => {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let reason = v
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("refused by the app (HTTP {status})"));
+                Verdict::Refuse(reason)
+            }
+        }
+    }
+
+    /// Tell the app a connection started or ended; never blocks the caller.
+    pub fn notify(&self, hook: &Hook, route: &str, user: Option<&str>, event: Value) {
+        let Ok(permit) = self.notify_slots.clone().try_acquire_owned() else {
+            tracing::warn!(route, "notification dropped: too many in flight");
+            return;
+        };
+        let (this, hook, route, user) = (
+            self.clone(),
+            hook.clone(),
+            route.to_string(),
+            user.map(str::to_string),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = this.post(&hook, user.as_deref(), &route, event).await {
+                tracing::debug!(route, error = %e, "notification failed");
+            }
+        });
+    }
+}

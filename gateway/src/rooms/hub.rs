@@ -1,0 +1,553 @@
+//! The pod's room hub: one bus subscription per room with local members (reference-counted by
+//! membership), fan-out of each message (encoded once) to every member's outbox, join with
+//! resume (exactly the gap, then live, de-duplicated by position), and presence.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::bus::{Bus, BusError, Member, Payload, Position, Replay, RoomKey, RoomMessage};
+use super::outbox::{Item, Outbox};
+use super::protocol;
+
+/// How a member wants messages encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// The JSON room protocol (WebSocket, SSE, long-polling).
+    Json,
+    /// Raw relay: payloads as they were sent; `echo` sends a member's own messages back.
+    Raw { echo: bool },
+}
+
+/// A joining member.
+#[derive(Clone)]
+pub struct Joiner {
+    /// Pod-unique connection id.
+    pub conn: String,
+    pub outbox: Arc<Outbox>,
+    pub encoding: Encoding,
+    /// Announce presence with this identity (routes with presence on).
+    pub presence: Option<Member>,
+    /// Deliver presence events of the room.
+    pub presence_events: bool,
+}
+
+/// The result of a join.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    pub recovered: bool,
+    pub position: Position,
+}
+
+struct Slot {
+    outbox: Arc<Outbox>,
+    encoding: Encoding,
+    presence_events: bool,
+    /// While a join is replaying history, live messages wait here.
+    syncing: Option<Vec<RoomMessage>>,
+    last_seq: u64,
+}
+
+struct LocalRoom {
+    members: Mutex<HashMap<String, Slot>>,
+    pump: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for LocalRoom {
+    fn drop(&mut self) {
+        if let Some(h) = self.pump.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            h.abort();
+        }
+    }
+}
+
+/// A message encoded once for all members of this pod.
+struct Encoded {
+    msg: RoomMessage,
+    json: Option<Arc<str>>,
+}
+
+impl Encoded {
+    fn item(&mut self, encoding: Encoding, conn: &str) -> Option<Item> {
+        match encoding {
+            Encoding::Json => {
+                let json = self
+                    .json
+                    .get_or_insert_with(|| protocol::message(&self.msg).into())
+                    .clone();
+                Some(Item::Message {
+                    room: self.msg.key.room.clone(),
+                    seq: self.msg.seq,
+                    epoch: self.msg.epoch.clone(),
+                    json,
+                })
+            }
+            Encoding::Raw { echo } => {
+                if !echo && self.msg.origin_conn.as_deref() == Some(conn) {
+                    return None;
+                }
+                match &self.msg.data {
+                    Payload::Text(t) => Some(Item::RawText(t.as_str().into())),
+                    Payload::Binary(b) => Some(Item::RawBinary(b.clone())),
+                    Payload::Json(v) => Some(Item::RawText(v.to_string().into())),
+                }
+            }
+        }
+    }
+}
+
+fn deliver(slot: &mut Slot, conn: &str, enc: &mut Encoded) {
+    let seq = enc.msg.seq;
+    if seq != 0 {
+        if seq <= slot.last_seq {
+            return; // already delivered (resume overlap): de-duplicated by position
+        }
+        slot.last_seq = seq;
+    }
+    if let Some(item) = enc.item(slot.encoding, conn) {
+        slot.outbox.push(item);
+    }
+}
+
+/// The hub.
+pub struct Hub {
+    bus: Arc<dyn Bus>,
+    rooms: tokio::sync::Mutex<HashMap<RoomKey, Arc<LocalRoom>>>,
+    present: Mutex<HashMap<(RoomKey, String), Member>>,
+}
+
+impl Hub {
+    pub fn new(bus: Arc<dyn Bus>) -> Arc<Self> {
+        Arc::new(Self {
+            bus,
+            rooms: tokio::sync::Mutex::default(),
+            present: Mutex::default(),
+        })
+    }
+
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
+    async fn room(self: &Arc<Self>, key: &RoomKey) -> Result<Arc<LocalRoom>, BusError> {
+        let mut rooms = self.rooms.lock().await;
+        if let Some(r) = rooms.get(key) {
+            return Ok(r.clone());
+        }
+        let mut sub = self.bus.subscribe(key).await?;
+        let room = Arc::new(LocalRoom {
+            members: Mutex::default(),
+            pump: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&room);
+        let key2 = key.clone();
+        let pump = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    msg = sub.messages.recv() => {
+                        let Some(msg) = msg else { break };
+                        let Some(room) = weak.upgrade() else { break };
+                        let mut enc = Encoded { msg, json: None };
+                        let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
+                        for (conn, slot) in members.iter_mut() {
+                            match &mut slot.syncing {
+                                Some(buf) => buf.push(enc.msg.clone()),
+                                None => deliver(slot, conn, &mut enc),
+                            }
+                        }
+                    }
+                    ev = sub.presence.recv() => {
+                        let Some(ev) = ev else { continue };
+                        let Some(room) = weak.upgrade() else { break };
+                        let text: Arc<str> = protocol::presence_event(&key2.room, ev.joined, &ev.member).into();
+                        let members = room.members.lock().unwrap_or_else(|p| p.into_inner());
+                        for slot in members.values().filter(|s| s.presence_events) {
+                            slot.outbox.push(Item::Reply(text.to_string()));
+                        }
+                    }
+                }
+            }
+            drop(sub.guard);
+        });
+        *room.pump.lock().unwrap_or_else(|p| p.into_inner()) = Some(pump);
+        rooms.insert(key.clone(), room.clone());
+        Ok(room)
+    }
+
+    /// Join `key`. With `since`, the exact gap is queued first (or `recovered: false` when it
+    /// is gone); then live messages follow without loss or duplicates. `reply` queues a
+    /// `joined` message (with the client's id) before any message of the room.
+    pub async fn join(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        j: &Joiner,
+        since: Option<&Position>,
+        reply: Option<Option<&str>>,
+    ) -> Result<Joined, BusError> {
+        let room = self.room(key).await?;
+        room.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                j.conn.clone(),
+                Slot {
+                    outbox: j.outbox.clone(),
+                    encoding: j.encoding,
+                    presence_events: j.presence_events,
+                    syncing: Some(Vec::new()),
+                    last_seq: 0,
+                },
+            );
+        let synced = self.sync(key, since).await;
+        let (recovered, position, gap) = match synced {
+            Ok(v) => v,
+            Err(e) => {
+                self.leave_room(key, &j.conn).await;
+                return Err(e);
+            }
+        };
+        if let Some(id) = reply {
+            j.outbox.push(Item::Reply(protocol::joined(
+                &key.room, recovered, &position, id,
+            )));
+        }
+        {
+            let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(slot) = members.get_mut(&j.conn) {
+                // Resumed: deliver from the client's position (the gap raises it as it goes).
+                // Fresh or lost: live delivery continues after the room's current position.
+                slot.last_seq = match since {
+                    Some(s) if recovered => s.seq,
+                    _ => position.seq,
+                };
+                for msg in gap {
+                    deliver(slot, &j.conn, &mut Encoded { msg, json: None });
+                }
+                for msg in slot.syncing.take().unwrap_or_default() {
+                    deliver(slot, &j.conn, &mut Encoded { msg, json: None });
+                }
+            }
+        }
+        if let Some(m) = &j.presence {
+            self.present
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((key.clone(), j.conn.clone()), m.clone());
+            if let Err(e) = self.bus.presence_set(key, m, true).await {
+                tracing::warn!(room = %key.room, error = %e, "presence announce failed; retried by the refresh loop");
+            }
+        }
+        Ok(Joined {
+            recovered,
+            position,
+        })
+    }
+
+    /// Replay (when resuming) and the position live delivery continues from.
+    async fn sync(
+        &self,
+        key: &RoomKey,
+        since: Option<&Position>,
+    ) -> Result<(bool, Position, Vec<RoomMessage>), BusError> {
+        match since {
+            Some(s) => match self.bus.replay(key, s).await? {
+                Replay::Gap(msgs) => {
+                    let last = msgs.last().map_or(s.seq, |m| m.seq);
+                    Ok((
+                        true,
+                        Position {
+                            seq: last,
+                            epoch: s.epoch.clone(),
+                        },
+                        msgs,
+                    ))
+                }
+                Replay::Lost => Ok((false, self.bus.position(key).await?, Vec::new())),
+            },
+            None => Ok((false, self.bus.position(key).await?, Vec::new())),
+        }
+    }
+
+    async fn leave_room(self: &Arc<Self>, key: &RoomKey, conn: &str) {
+        let mut rooms = self.rooms.lock().await;
+        if let Some(room) = rooms.get(key) {
+            let empty = {
+                let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
+                members.remove(conn);
+                members.is_empty()
+            };
+            if empty {
+                rooms.remove(key); // drops the subscription with the last local member
+            }
+        }
+    }
+
+    /// Leave `key` (and withdraw presence).
+    pub async fn leave(self: &Arc<Self>, key: &RoomKey, conn: &str) {
+        self.leave_room(key, conn).await;
+        let member = self
+            .present
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(key.clone(), conn.to_string()));
+        if let Some(m) = member {
+            let _ = self.bus.presence_set(key, &m, false).await;
+        }
+    }
+
+    /// Rooms with local members (metrics).
+    pub async fn room_count(&self) -> usize {
+        self.rooms.lock().await.len()
+    }
+
+    /// Re-announce every present member (presence entries expire on a TTL in the cluster).
+    pub async fn refresh_presence(&self) {
+        let present: Vec<_> = self
+            .present
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, m)| (k.0.clone(), m.clone()))
+            .collect();
+        for (key, m) in present {
+            let _ = self.bus.presence_set(&key, &m, true).await;
+        }
+    }
+
+    /// Refresh presence every `period` until `shutdown`.
+    pub async fn run_presence(
+        &self,
+        period: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => self.refresh_presence().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rooms::bus::memory::MemoryBus;
+    use crate::rooms::bus::{Publish, Retention};
+    use serde_json::Value;
+
+    fn key() -> RoomKey {
+        RoomKey {
+            namespace: "ns".into(),
+            room: "r".into(),
+        }
+    }
+
+    async fn setup() -> (Arc<Hub>, Arc<MemoryBus>) {
+        let bus = Arc::new(MemoryBus::new());
+        bus.configure(
+            "ns",
+            Some(Retention {
+                max_messages: 100,
+                max_age: Duration::from_secs(60),
+            }),
+        )
+        .await
+        .unwrap();
+        (Hub::new(bus.clone()), bus)
+    }
+
+    fn joiner(conn: &str) -> Joiner {
+        Joiner {
+            conn: conn.into(),
+            outbox: Outbox::new(1 << 20),
+            encoding: Encoding::Json,
+            presence: None,
+            presence_events: false,
+        }
+    }
+
+    async fn publish(bus: &MemoryBus, n: i64) -> Position {
+        bus.publish(Publish {
+            key: key(),
+            from: None,
+            data: Payload::Json(n.into()),
+            ephemeral: false,
+            origin_conn: None,
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    }
+
+    async fn seqs(o: &Outbox, want: usize) -> Vec<u64> {
+        let mut got = Vec::new();
+        while got.len() < want {
+            let items = tokio::time::timeout(Duration::from_secs(2), o.take_all())
+                .await
+                .expect("items in time");
+            for i in items {
+                if let Item::Message { seq, .. } = i {
+                    got.push(seq);
+                }
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn members_receive_room_messages_in_order() {
+        let (hub, bus) = setup().await;
+        let a = joiner("a");
+        hub.join(&key(), &a, None, None).await.unwrap();
+        for n in 0..5 {
+            publish(&bus, n).await;
+        }
+        assert_eq!(seqs(&a.outbox, 5).await, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_resuming_member_gets_exactly_the_gap_then_live() {
+        let (hub, bus) = setup().await;
+        let mut last = Position::default();
+        for n in 0..5 {
+            last = publish(&bus, n).await;
+        }
+        let b = joiner("b");
+        let since = Position {
+            seq: 2,
+            epoch: last.epoch.clone(),
+        };
+        let joined = hub
+            .join(&key(), &b, Some(&since), Some(Some("1")))
+            .await
+            .unwrap();
+        assert!(joined.recovered);
+        publish(&bus, 9).await;
+        let items = b.outbox.take_all().await;
+        match &items[0] {
+            Item::Reply(r) => {
+                let v: Value = serde_json::from_str(r).unwrap();
+                assert_eq!(
+                    (
+                        v["type"].as_str(),
+                        v["recovered"].as_bool(),
+                        v["id"].as_str()
+                    ),
+                    (Some("joined"), Some(true), Some("1"))
+                );
+            }
+            other => panic!("joined first, got {other:?}"),
+        }
+        let mut got: Vec<u64> = items
+            .iter()
+            .filter_map(|i| {
+                if let Item::Message { seq, .. } = i {
+                    Some(*seq)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if got.len() < 4 {
+            got.extend(seqs(&b.outbox, 4 - got.len()).await);
+        }
+        assert_eq!(got, vec![3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_gap_beyond_history_is_reported_as_not_recovered() {
+        let (hub, _bus) = setup().await;
+        let b = joiner("b");
+        let joined = hub
+            .join(
+                &key(),
+                &b,
+                Some(&Position {
+                    seq: 5,
+                    epoch: "gone".into(),
+                }),
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(!joined.recovered);
+    }
+
+    #[tokio::test]
+    async fn the_last_member_leaving_drops_the_room_subscription() {
+        let (hub, _bus) = setup().await;
+        let (a, b) = (joiner("a"), joiner("b"));
+        hub.join(&key(), &a, None, None).await.unwrap();
+        hub.join(&key(), &b, None, None).await.unwrap();
+        assert_eq!(hub.room_count().await, 1);
+        hub.leave(&key(), "a").await;
+        assert_eq!(hub.room_count().await, 1);
+        hub.leave(&key(), "b").await;
+        assert_eq!(hub.room_count().await, 0);
+    }
+
+    #[tokio::test]
+    async fn raw_members_do_not_get_their_own_messages_unless_echo() {
+        let (hub, bus) = setup().await;
+        let mut a = joiner("a");
+        a.encoding = Encoding::Raw { echo: false };
+        let mut b = joiner("b");
+        b.encoding = Encoding::Raw { echo: true };
+        hub.join(&key(), &a, None, None).await.unwrap();
+        hub.join(&key(), &b, None, None).await.unwrap();
+        for origin in ["a", "b"] {
+            bus.publish(Publish {
+                key: key(),
+                from: None,
+                data: Payload::Text(origin.into()),
+                ephemeral: false,
+                origin_conn: Some(origin.into()),
+            })
+            .await
+            .unwrap();
+        }
+        let texts = |items: Vec<Item>| {
+            items
+                .into_iter()
+                .filter_map(|i| {
+                    if let Item::RawText(t) = i {
+                        Some(t.to_string())
+                    } else {
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut got_b = texts(b.outbox.take_all().await);
+        if got_b.len() < 2 {
+            got_b.extend(texts(b.outbox.take_all().await));
+        }
+        assert_eq!(got_b, vec!["a", "b"], "echo on: b gets its own message too");
+        assert_eq!(
+            texts(a.outbox.take_all().await),
+            vec!["b"],
+            "echo off: a does not get its own"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_member_overflows_alone() {
+        let (hub, bus) = setup().await;
+        let fast = joiner("fast");
+        let slow = Joiner {
+            outbox: Outbox::new(300),
+            ..joiner("slow")
+        };
+        hub.join(&key(), &fast, None, None).await.unwrap();
+        hub.join(&key(), &slow, None, None).await.unwrap();
+        for n in 0..20 {
+            publish(&bus, n).await;
+        }
+        assert_eq!(seqs(&fast.outbox, 20).await.len(), 20);
+        assert!(slow.outbox.is_overflowed());
+        assert!(!fast.outbox.is_overflowed());
+    }
+}

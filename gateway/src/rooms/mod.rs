@@ -1,0 +1,14 @@
+//! Rooms mode: the gateway terminates the connection and serves it as a member of rooms
+//! relayed between gateway pods by the [`bus`].
+
+pub mod authz;
+pub mod bus;
+pub mod cursor;
+pub mod entry;
+pub mod hooks;
+pub mod hub;
+pub mod outbox;
+pub mod protocol;
+pub mod publish_api;
+pub mod route;
+pub mod session;

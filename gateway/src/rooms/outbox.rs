@@ -1,0 +1,173 @@
+//! A connection's outbound queue, bounded in bytes. Producers (room fan-out, replies) never
+//! wait: an item that would overflow the bound marks the connection as a slow consumer, and
+//! its writer closes it (close 4008). The writer takes everything queued at once so a burst
+//! goes out in as few writes as the socket allows.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+
+/// One queued item: shared encoded text (a room message encoded once per pod) or a reply.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A room message: its JSON encoding and position (for SSE ids and cursors).
+    Message {
+        room: String,
+        seq: u64,
+        epoch: String,
+        json: Arc<str>,
+    },
+    /// Raw relay: an opaque text or binary message.
+    RawText(Arc<str>),
+    RawBinary(bytes::Bytes),
+    /// A protocol reply (ack, error, joined...).
+    Reply(String),
+}
+
+impl Item {
+    fn cost(&self) -> u64 {
+        let n = match self {
+            Self::Message { json, .. } => json.len() + 64,
+            Self::RawText(t) => t.len(),
+            Self::RawBinary(b) => b.len(),
+            Self::Reply(r) => r.len(),
+        };
+        n as u64 + 16
+    }
+}
+
+#[derive(Default)]
+struct State {
+    items: VecDeque<Item>,
+    bytes: u64,
+}
+
+/// The queue. Cheap to share (`Arc<Outbox>`).
+pub struct Outbox {
+    state: Mutex<State>,
+    max_bytes: u64,
+    overflowed: AtomicBool,
+    closed: AtomicBool,
+    ready: Notify,
+}
+
+impl Outbox {
+    pub fn new(max_bytes: u64) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            max_bytes,
+            overflowed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            ready: Notify::new(),
+        })
+    }
+
+    /// Queue an item; false (and the connection marked slow) when it does not fit.
+    pub fn push(&self, item: Item) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let cost = item.cost();
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.bytes + cost > self.max_bytes {
+                self.overflowed.store(true, Ordering::Release);
+                drop(st);
+                self.ready.notify_one();
+                return false;
+            }
+            st.bytes += cost;
+            st.items.push_back(item);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// Wait for items; returns everything queued (empty only when overflowed or closed).
+    pub async fn take_all(&self) -> Vec<Item> {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if !st.items.is_empty() {
+                    st.bytes = 0;
+                    return st.items.drain(..).collect();
+                }
+            }
+            if self.is_overflowed() || self.closed.load(Ordering::Acquire) {
+                return Vec::new();
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether a push did not fit (the writer closes the connection as a slow consumer).
+    pub fn is_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Stop accepting items and wake the writer.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(n: usize) -> Item {
+        Item::Reply("x".repeat(n))
+    }
+
+    #[tokio::test]
+    async fn the_writer_takes_a_whole_burst_at_once() {
+        let o = Outbox::new(10_000);
+        for _ in 0..10 {
+            assert!(o.push(reply(10)));
+        }
+        assert_eq!(o.take_all().await.len(), 10);
+        assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_item_over_the_bound_marks_a_slow_consumer_and_is_dropped() {
+        let o = Outbox::new(100);
+        assert!(o.push(reply(50)));
+        assert!(!o.push(reply(50)));
+        assert!(o.is_overflowed());
+        assert_eq!(
+            o.take_all().await.len(),
+            1,
+            "what fitted is still delivered"
+        );
+        assert!(
+            o.take_all().await.is_empty(),
+            "then the writer sees the overflow"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_on_push_and_on_close() {
+        let o = Outbox::new(1000);
+        let o2 = o.clone();
+        let writer = tokio::spawn(async move { o2.take_all().await.len() });
+        tokio::task::yield_now().await;
+        o.push(reply(1));
+        assert_eq!(writer.await.unwrap(), 1);
+        let o3 = o.clone();
+        let writer = tokio::spawn(async move { o3.take_all().await.len() });
+        o.close();
+        assert_eq!(writer.await.unwrap(), 0);
+        assert!(!o.push(reply(1)), "a closed outbox takes nothing");
+    }
+}

@@ -1,0 +1,92 @@
+//! A rooms route, compiled: namespace, authorization patterns, raw-room path pattern.
+
+use switchboard_config::{RoomProtocol, Rooms};
+
+use super::authz::{self, Pattern};
+use super::bus::RoomKey;
+use crate::auth::jwt::Claims;
+
+/// The compiled rooms policy of a route.
+#[derive(Debug, Clone)]
+pub struct RoomsPolicy {
+    pub cfg: Rooms,
+    pub namespace: String,
+    join: Vec<Pattern>,
+    publish: Vec<Pattern>,
+    /// Raw rooms: the path before and after `{room}`.
+    raw_path: Option<(String, String)>,
+}
+
+impl RoomsPolicy {
+    pub fn new(route_name: &str, cfg: &Rooms) -> Result<Self, String> {
+        let parse = |list: &[String], what: &str| -> Result<Vec<Pattern>, String> {
+            list.iter()
+                .enumerate()
+                .map(|(i, p)| Pattern::parse(p).map_err(|e| format!("rooms.{what}[{i}]: {e}")))
+                .collect()
+        };
+        let raw_path = match (&cfg.protocol, &cfg.path_room) {
+            (RoomProtocol::Raw, Some(p)) => {
+                let (before, after) = p
+                    .split_once("{room}")
+                    .ok_or_else(|| "rooms.pathRoom: must contain `{room}`".to_string())?;
+                Some((before.to_string(), after.to_string()))
+            }
+            (RoomProtocol::Raw, None) => {
+                return Err(
+                    "rooms.pathRoom: raw rooms need a path pattern like `/collab/{room}`".into(),
+                );
+            }
+            _ => None,
+        };
+        Ok(Self {
+            namespace: cfg
+                .namespace
+                .clone()
+                .unwrap_or_else(|| route_name.to_string()),
+            join: parse(&cfg.join, "join")?,
+            publish: parse(&cfg.publish, "publish")?,
+            raw_path,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn key(&self, room: &str) -> RoomKey {
+        RoomKey {
+            namespace: self.namespace.clone(),
+            room: room.to_string(),
+        }
+    }
+
+    pub fn is_raw(&self) -> bool {
+        self.raw_path.is_some()
+    }
+
+    /// The raw room named by a request path, if the path fits the pattern.
+    pub fn raw_room(&self, path: &str) -> Option<String> {
+        let (before, after) = self.raw_path.as_ref()?;
+        let room = path
+            .strip_prefix(before.as_str())?
+            .strip_suffix(after.as_str())?;
+        let room = percent_encoding::percent_decode_str(room)
+            .decode_utf8()
+            .ok()?
+            .into_owned();
+        authz::valid_room(&room).then_some(room)
+    }
+
+    /// The connection's own user room (`user:<sub>`), joined automatically.
+    pub fn user_room(&self, claims: Option<&Claims>) -> Option<String> {
+        let sub = claims?.sub.as_deref()?;
+        let room = format!("user:{sub}");
+        authz::valid_room(&room).then_some(room)
+    }
+
+    pub fn may_join(&self, room: &str, claims: Option<&Claims>) -> bool {
+        authz::allowed(&self.join, room, claims) || self.user_room(claims).as_deref() == Some(room)
+    }
+
+    pub fn may_publish(&self, room: &str, claims: Option<&Claims>) -> bool {
+        authz::allowed(&self.publish, room, claims)
+    }
+}
