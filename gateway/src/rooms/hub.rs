@@ -131,9 +131,12 @@ impl Hub {
         &self.bus
     }
 
-    async fn room(self: &Arc<Self>, key: &RoomKey) -> Result<Arc<LocalRoom>, BusError> {
+    /// The local room for `key` with `slot` added, created (and subscribed) if needed. Under
+    /// the map lock, so a concurrent last-member leave cannot drop the room under a joiner.
+    async fn enter(self: &Arc<Self>, key: &RoomKey, conn: &str, slot: Slot) -> Result<Arc<LocalRoom>, BusError> {
         let mut rooms = self.rooms.lock().await;
         if let Some(r) = rooms.get(key) {
+            r.members.lock().unwrap_or_else(|p| p.into_inner()).insert(conn.to_string(), slot);
             return Ok(r.clone());
         }
         let mut sub = self.bus.subscribe(key).await?;
@@ -172,6 +175,7 @@ impl Hub {
             drop(sub.guard);
         });
         *room.pump.lock().unwrap_or_else(|p| p.into_inner()) = Some(pump);
+        room.members.lock().unwrap_or_else(|p| p.into_inner()).insert(conn.to_string(), slot);
         rooms.insert(key.clone(), room.clone());
         Ok(room)
     }
@@ -186,20 +190,14 @@ impl Hub {
         since: Option<&Position>,
         reply: Option<Option<&str>>,
     ) -> Result<Joined, BusError> {
-        let room = self.room(key).await?;
-        room.members
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                j.conn.clone(),
-                Slot {
-                    outbox: j.outbox.clone(),
-                    encoding: j.encoding,
-                    presence_events: j.presence_events,
-                    syncing: Some(Vec::new()),
-                    last_seq: 0,
-                },
-            );
+        let slot = Slot {
+            outbox: j.outbox.clone(),
+            encoding: j.encoding,
+            presence_events: j.presence_events,
+            syncing: Some(Vec::new()),
+            last_seq: 0,
+        };
+        let room = self.enter(key, &j.conn, slot).await?;
         let synced = self.sync(key, since).await;
         let (recovered, position, gap) = match synced {
             Ok(v) => v,

@@ -57,7 +57,7 @@ pub fn ws_config(max_message: u64) -> WebSocketConfig {
     let max = usize::try_from(max_message).unwrap_or(usize::MAX);
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(64 * 1024)
         .max_write_buffer_size(max.saturating_add(64 * 1024).max(1 << 20))
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
