@@ -45,6 +45,18 @@ pub fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 reply(StatusCode::OK, "text/plain", "ready\n")
             } else if gw.drain.is_draining() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else if !gw.loaded() {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: waiting for the first config snapshot\n",
+                )
+            } else if !gw.hub.bus().healthy() {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: room bus (NATS) unavailable\n",
+                )
             } else {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,

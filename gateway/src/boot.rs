@@ -95,6 +95,8 @@ pub struct RunOptions {
     pub config_path: Option<PathBuf>,
     pub reload_interval: Duration,
     pub threads: usize,
+    /// Take the config from the Kubernetes snapshot Secret (not ready until it loads).
+    pub kube: Option<crate::kubernetes::KubeSettings>,
 }
 
 /// Build the gateway for `cfg` and run until drained.
@@ -139,7 +141,16 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
         "presence refresh",
         PresenceRefresh(gw.clone()),
     ));
-    if let Some(path) = opts.config_path {
+    if let Some(settings) = opts.kube {
+        gw.set_loaded(false);
+        server.add_service(background_service(
+            "kubernetes config",
+            crate::kubernetes::KubeSource {
+                gateway: gw.clone(),
+                settings,
+            },
+        ));
+    } else if let Some(path) = opts.config_path {
         server.add_service(background_service(
             "config watch",
             ConfigWatch {
@@ -158,8 +169,13 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
     );
     let signal = DrainingSignal {
         drain: gw.drain.clone(),
-        propagation: cfg.drain.propagation,
-        deadline: cfg.drain.deadline,
+        settings: {
+            let gw = gw.clone();
+            Box::new(move || {
+                let cfg = gw.config.load();
+                (cfg.drain.propagation, cfg.drain.deadline)
+            })
+        },
     };
     server.run(RunArgs {
         shutdown_signal: Box::new(signal),

@@ -115,8 +115,9 @@ impl Drain {
 /// pingora's shutdown hook: our drain runs before pingora stops its listeners.
 pub struct DrainingSignal {
     pub drain: Arc<Drain>,
-    pub propagation: Duration,
-    pub deadline: Duration,
+    /// Reads `(drain.propagation, drain.deadline)` from the live config when SIGTERM arrives,
+    /// so a reload that changed them is honoured.
+    pub settings: Box<dyn Fn() -> (Duration, Duration) + Send + Sync>,
 }
 
 #[async_trait]
@@ -136,10 +137,11 @@ impl ShutdownSignalWatch for DrainingSignal {
                 return ShutdownSignal::FastShutdown;
             }
         }
+        let (propagation, deadline) = (self.settings)();
         tracing::info!("SIGTERM: draining");
         let started = Instant::now();
         let clean = tokio::select! {
-            clean = self.drain.run(self.propagation, self.deadline) => clean,
+            clean = self.drain.run(propagation, deadline) => clean,
             _ = int.recv() => false,
             _ = term.recv() => false,
         };

@@ -17,6 +17,7 @@ use crate::admission::{AdmissionRegistry, PodAdmission};
 use crate::auth::jwks::JwksRegistry;
 use crate::drain::Drain;
 use crate::metrics::metrics;
+use crate::proxy::backends::BackendRegistry;
 use crate::rooms::bus::{Bus, Retention};
 use crate::rooms::hooks::Hooks;
 use crate::rooms::hub::Hub;
@@ -34,6 +35,8 @@ pub struct Gateway {
     pub jwks: JwksRegistry,
     pub drain: Arc<Drain>,
     pub http: Client<HttpConnector, Incoming>,
+    /// Live backend sets of the Services routes name (filled by the EndpointSlice watch).
+    pub backends: BackendRegistry,
     /// Rooms: this pod's hub over the configured bus.
     pub hub: Arc<Hub>,
     /// Rooms: publish hook and notification client.
@@ -51,11 +54,13 @@ impl Gateway {
     pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>) -> Result<Arc<Self>, Vec<String>> {
         let jwks = JwksRegistry::new();
         let admission = AdmissionRegistry::default();
+        let backends = BackendRegistry::default();
         let routes = RouteTable::compile(
             &cfg,
             &CompileContext {
                 jwks: &jwks,
                 admission: &admission,
+                backends: &backends,
                 read_file: &read_file,
             },
         )?;
@@ -92,6 +97,7 @@ impl Gateway {
             jwks,
             drain: Arc::new(Drain::default()),
             http: Client::builder(TokioExecutor::new()).build(connector),
+            backends,
             hub: Hub::new(bus),
             hooks: Hooks::default(),
             loaded: AtomicBool::new(true),
@@ -106,6 +112,7 @@ impl Gateway {
             &CompileContext {
                 jwks: &self.jwks,
                 admission: &self.admission,
+                backends: &self.backends,
                 read_file: &read_file,
             },
         )?;
@@ -159,6 +166,17 @@ impl Gateway {
             }
         }
         out
+    }
+
+    /// Whether a config is loaded. The Kubernetes source starts unloaded (not ready) and sets
+    /// this after the first snapshot.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// See [`Self::loaded`].
+    pub fn set_loaded(&self, loaded: bool) {
+        self.loaded.store(loaded, Ordering::Release);
     }
 
     /// Loaded, not draining, and every JWKS fetched once.

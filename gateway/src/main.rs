@@ -7,14 +7,22 @@ use std::time::Duration;
 
 use clap::Parser;
 use switchboard_gateway::boot;
+use switchboard_gateway::kubernetes::{self, KubeSettings, ObjectRef};
 
 /// Switchboard realtime gateway.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// GatewayConfig YAML file. Unset: the embedded quickstart config.
+    /// GatewayConfig YAML file. Unset: the embedded quickstart config. With `--kube-snapshot`:
+    /// the bootstrap (listeners, admin, global settings; no routes), default `0.0.0.0:8080` and
+    /// admin `0.0.0.0:9090`.
     #[arg(long, env = "SWITCHBOARD_CONFIG")]
     config: Option<PathBuf>,
+    /// Take the config from the operator's snapshot Secret `NAMESPACE/NAME` (and backends from
+    /// the EndpointSlices of the Services routes name) instead of a file. Credentials: the
+    /// kubeconfig (`KUBECONFIG`) or the in-cluster service account.
+    #[arg(long, env = "SWITCHBOARD_KUBE_SNAPSHOT", value_name = "NAMESPACE/NAME")]
+    kube_snapshot: Option<ObjectRef>,
     /// Validate the config (and the keys and certificates it names), print `ok` or the
     /// problems, and exit 0 or 64 without binding anything.
     #[arg(long)]
@@ -38,7 +46,10 @@ fn main() -> ExitCode {
     // One crypto provider for every rustls user in the process (TLS listener, JWKS client).
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let loaded = boot::load(args.config.as_deref());
+    let loaded = match &args.kube_snapshot {
+        Some(_) => kubernetes::bootstrap(args.config.as_deref()),
+        None => boot::load(args.config.as_deref()),
+    };
     if args.check {
         return match loaded {
             Ok(_) => {
@@ -58,8 +69,24 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    let kube = match args.kube_snapshot {
+        None => None,
+        Some(snapshot) => match kubernetes::infer_client_config() {
+            Ok(client) => Some(KubeSettings {
+                snapshot,
+                client,
+                endpoint_sync_timeout: Duration::from_secs(5),
+            }),
+            Err(e) => {
+                eprintln!("switchboard-gateway: --kube-snapshot: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
+    };
     let opts = boot::RunOptions {
-        config_path: args.config,
+        // With the Kubernetes source the file is only the bootstrap: not watched.
+        config_path: args.config.filter(|_| kube.is_none()),
+        kube,
         reload_interval: args.reload_interval,
         threads: args.threads,
     };

@@ -33,6 +33,19 @@ pub struct Metrics {
     pub jwks_fetches: IntCounterVec,
     /// `switchboard_http_requests_total{route,status}` for proxied plain HTTP
     pub http_requests: IntCounterVec,
+    /// `switchboard_room_deliveries_total`: room messages queued to members on this pod
+    pub room_deliveries: IntCounter,
+    /// `switchboard_room_publishes_total{result}`: client and API publishes (ok | error)
+    pub room_publishes: IntCounterVec,
+    /// `switchboard_rooms_local`: rooms with members on this pod (one bus subscription each)
+    pub rooms_local: IntGauge,
+    /// `switchboard_bus_up`: 1 while the room bus (NATS) is connected
+    pub bus_up: IntGauge,
+    /// `switchboard_backends{service,state}`: Service backends (`namespace/name:port`) by
+    /// state = ready | draining (Kubernetes source only)
+    pub backends: IntGaugeVec,
+    /// `switchboard_kube_watch_errors_total{watch}`: watch = snapshot | endpointslices
+    pub kube_watch_errors: IntCounterVec,
 }
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -77,7 +90,25 @@ impl Metrics {
         registry
             .register(Box::new(config_generation.clone()))
             .expect("metric registered once");
+        let backends = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_backends",
+                "Backends of Kubernetes Services by state",
+            ),
+            &["service", "state"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(backends.clone()))
+            .expect("metric registered once");
         Self {
+            kube_watch_errors: counter_vec(
+                &registry,
+                "switchboard_kube_watch_errors_total",
+                "Failed Kubernetes list/watch calls (retried with back-off)",
+                &["watch"],
+            ),
+            backends,
             connections_total: counter_vec(
                 &registry,
                 "switchboard_connections_total",
@@ -126,6 +157,39 @@ impl Metrics {
                 "Plain HTTP requests proxied",
                 &["route", "status"],
             ),
+            room_publishes: counter_vec(
+                &registry,
+                "switchboard_room_publishes_total",
+                "Room publishes by result",
+                &["result"],
+            ),
+            room_deliveries: {
+                let c = IntCounter::new(
+                    "switchboard_room_deliveries_total",
+                    "Room messages queued to members",
+                )
+                .expect("static metric definition");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            rooms_local: {
+                let g = IntGauge::new("switchboard_rooms_local", "Rooms with members on this pod")
+                    .expect("static metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            bus_up: {
+                let g = IntGauge::new("switchboard_bus_up", "1 while the room bus is connected")
+                    .expect("static metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             registry,
             connections_active,
             drain_remaining,

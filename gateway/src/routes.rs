@@ -10,7 +10,7 @@ use crate::admission::{AdmissionRegistry, RouteAdmission};
 use crate::auth::jwks::JwksRegistry;
 use crate::auth::jwt::Verifier;
 use crate::auth::origin::OriginPolicy;
-use crate::proxy::pinning::BackendRing;
+use crate::proxy::backends::{BackendRegistry, RouteBackends, route_backends};
 use crate::rooms::route::RoomsPolicy;
 
 /// A route with everything the request pipeline needs.
@@ -19,7 +19,8 @@ pub struct CompiledRoute {
     pub origin: OriginPolicy,
     pub verifier: Option<Arc<Verifier>>,
     pub admission: Arc<RouteAdmission>,
-    pub backends: BackendRing,
+    /// Static, or a handle on a Service's live backend set (swapped by the endpoint watch).
+    pub backends: RouteBackends,
     /// HMAC key for the identity signature header.
     pub signature_key: Option<Vec<u8>>,
     /// Rooms mode policy.
@@ -36,6 +37,8 @@ pub struct RouteTable {
 pub struct CompileContext<'a> {
     pub jwks: &'a JwksRegistry,
     pub admission: &'a AdmissionRegistry,
+    /// Service backend sets (shared with the EndpointSlice watch).
+    pub backends: &'a BackendRegistry,
     /// Reads a referenced file (key, secret). Injected so compile stays testable.
     pub read_file: &'a dyn Fn(&str) -> std::io::Result<Vec<u8>>,
 }
@@ -124,9 +127,12 @@ fn compile_route(r: &Route, ctx: &CompileContext<'_>) -> Result<CompiledRoute, S
                 }),
                 None => None,
             };
-            (BackendRing::new(&p.backends), key)
+            (
+                route_backends(ctx.backends, p.service.as_ref(), &p.backends),
+                key,
+            )
         }
-        None => (BackendRing::new(&[]), None),
+        None => (route_backends(ctx.backends, None, &[]), None),
     };
     let rooms = match &r.rooms {
         Some(cfg) => Some(Arc::new(RoomsPolicy::new(&r.name, cfg)?)),
@@ -202,6 +208,7 @@ mod tests {
         .unwrap();
         let jwks = JwksRegistry::new();
         let admission = AdmissionRegistry::default();
+        let backends = BackendRegistry::default();
         let read =
             |_: &str| -> std::io::Result<Vec<u8>> { Err(std::io::ErrorKind::NotFound.into()) };
         RouteTable::compile(
@@ -209,6 +216,7 @@ mod tests {
             &CompileContext {
                 jwks: &jwks,
                 admission: &admission,
+                backends: &backends,
                 read_file: &read,
             },
         )

@@ -25,6 +25,14 @@ pub enum TlsError {
     NoCertificate { index: usize, path: String },
     #[error("certificates[{index}]: `{path}` holds no usable private key")]
     NoKey { index: usize, path: String },
+    #[error(
+        "certificates[{index}]: the key in `{key}` does not belong to the certificate in `{cert}`"
+    )]
+    KeyMismatch {
+        index: usize,
+        cert: String,
+        key: String,
+    },
 }
 
 /// The certificates of one listener.
@@ -73,7 +81,15 @@ impl CertSet {
                     index,
                     path: c.key_file.clone(),
                 })?;
-            let ck = Arc::new(CertifiedKey::new(chain, key));
+            let ck = CertifiedKey::new(chain, key);
+            if ck.keys_match().is_err() {
+                return Err(TlsError::KeyMismatch {
+                    index,
+                    cert: c.cert_file.clone(),
+                    key: c.key_file.clone(),
+                });
+            }
+            let ck = Arc::new(ck);
             default.get_or_insert_with(|| ck.clone());
             for h in &c.hostnames {
                 let h = h.to_ascii_lowercase();

@@ -10,14 +10,15 @@ use std::time::Duration as StdDuration;
 
 use serde_json::json;
 use switchboard_config::{
-    Algorithm, GatewayConfig, Jwt, Keepalive, KeySource, Mode as ConfigMode, Origins,
-    PathMatch as ConfigPathMatch, PathMatchKind, PinningKey, Proxy, Route, RouteDrain, RouteLimits,
-    ServiceRef, Signature,
+    Algorithm, GatewayConfig, History, Hook, Jwt, Keepalive, KeySource, Mode as ConfigMode,
+    Origins, PathMatch as ConfigPathMatch, PathMatchKind, PinningKey, Proxy,
+    RoomProtocol as ConfigRoomProtocol, Rooms as ConfigRooms, Route, RouteDrain, RouteLimits,
+    ServiceRef, Signature, Transports,
 };
 
 use crate::api::{
     Duration, JwtAlgorithm, JwtProvider, Mode, PathMatchType, PinningSource, RealtimeRoute,
-    SecretKeyRef, TokenSourceType, Transport,
+    RoomHook, RoomProtocol, SecretKeyRef, TokenSourceType, Transport,
 };
 use crate::conditions::reasons;
 
@@ -199,9 +200,15 @@ pub fn resolve(rt: &RealtimeRoute, refs: &Refs) -> Resolution {
 /// route `Accepted=False` with reason `Unsupported`.
 pub fn unsupported(rt: &RealtimeRoute, base: &GatewayConfig) -> Option<String> {
     let spec = &rt.spec;
-    if spec.mode == Mode::Rooms {
+    // In mode proxy the field is refused as Invalid by `compile` (and by CEL).
+    if spec.mode == Mode::Rooms
+        && spec
+            .drain
+            .as_ref()
+            .is_some_and(|d| d.reconnect_hint.is_some())
+    {
         return Some(
-            "spec.mode: `rooms` is not served by the gateways in this release; use `proxy`".into(),
+            "spec.drain.reconnectHint: the gateways send a random 0.5-5s reconnect hint; a per-route hint is not supported in this release, remove it".into(),
         );
     }
     if let Some(jwt) = spec.auth.as_ref().and_then(|a| a.jwt.as_ref())
@@ -466,6 +473,247 @@ fn compile_jwt(
     Some(jwt)
 }
 
+/// The room characters: what a room name is made of (`A-Z a-z 0-9 : _ @ + = -`).
+fn room_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b":_@+=-".contains(&b)
+}
+
+/// Why `pattern` is not a room pattern, if it is not one: the gateway's grammar (room
+/// characters, `*` never twice in a row, `{claim}` with a claim name of `A-Z a-z 0-9 _`),
+/// checked here so a bad pattern is refused on its route instead of breaking the snapshot.
+pub fn room_pattern_problem(pattern: &str) -> Option<String> {
+    if pattern.is_empty() {
+        return Some("an empty room pattern matches nothing".into());
+    }
+    if pattern.len() > 256 {
+        return Some("at most 256 characters".into());
+    }
+    let bytes = pattern.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'*' if i > 0 && bytes[i - 1] == b'*' => {
+                return Some(format!(
+                    "`{pattern}`: `**` is not allowed (`*` already matches one or more characters)"
+                ));
+            }
+            b'*' => i += 1,
+            b'{' => {
+                let Some(len) = pattern[i + 1..].find('}') else {
+                    return Some(format!("`{pattern}`: `{{` without its `}}`"));
+                };
+                let claim = &pattern[i + 1..i + 1 + len];
+                if claim.is_empty()
+                    || !claim
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Some(format!(
+                        "`{pattern}`: `{{...}}` must name a claim, like `{{sub}}`"
+                    ));
+                }
+                i += len + 2;
+            }
+            b if room_char(b) => i += 1,
+            _ => {
+                let c = pattern[i..].chars().next().unwrap_or('?');
+                return Some(format!(
+                    "`{pattern}`: `{c}` cannot appear in a room pattern (use A-Z a-z 0-9 : _ @ + = -, `*` and `{{claim}}`)"
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Whether the request path `path` is served by the route's path match.
+fn served_by(path: &str, m: &ConfigPathMatch) -> bool {
+    match m.kind {
+        PathMatchKind::Exact => path == m.value,
+        PathMatchKind::Prefix => {
+            m.value == "/"
+                || path.strip_prefix(m.value.as_str()).is_some_and(|rest| {
+                    rest.is_empty() || rest.starts_with('/') || m.value.ends_with('/')
+                })
+        }
+    }
+}
+
+/// Why `path_room` is not a usable raw-room path for a route matching `m`, if it is not.
+fn path_room_problem(path_room: &str, m: &ConfigPathMatch) -> Option<String> {
+    if !path_room.starts_with('/') {
+        return Some("must start with `/`".into());
+    }
+    if path_room.matches("{room}").count() != 1 {
+        return Some("must contain `{room}` exactly once, e.g. `/collab/{room}`".into());
+    }
+    let (before, after) = path_room.split_once("{room}").unwrap_or_default();
+    if format!("{before}{after}").contains(['{', '}', '?', '#'])
+        || path_room.contains(char::is_whitespace)
+    {
+        return Some(
+            "a path with one `{room}`: no other braces, whitespace, query or fragment".into(),
+        );
+    }
+    // A sample request path for this pattern must reach the route.
+    let reachable = match m.kind {
+        PathMatchKind::Exact => {
+            m.value.len() > before.len() + after.len()
+                && m.value.starts_with(before)
+                && m.value.ends_with(after)
+        }
+        PathMatchKind::Prefix => served_by(&format!("{before}room{after}"), m),
+    };
+    (!reachable).then(|| {
+        format!(
+            "must lie under spec.path.value `{}`, or no request reaches it",
+            m.value
+        )
+    })
+}
+
+/// The rooms namespace the gateways see for a route in mode `rooms`:
+/// `<metadata.namespace>_<spec.rooms.namespace>`, by default `<metadata.namespace>_<name>`
+/// with dots as `_`. Prefixing the Kubernetes namespace keeps tenants' rooms apart whatever
+/// they name their namespaces; `_` cannot occur in a Kubernetes namespace, so the prefix is
+/// unambiguous.
+pub fn rooms_namespace(rt: &RealtimeRoute) -> Option<String> {
+    if rt.spec.mode != Mode::Rooms {
+        return None;
+    }
+    let ns = rt.metadata.namespace.as_deref().unwrap_or_default();
+    let own = match rt.spec.rooms.as_ref().and_then(|r| r.namespace.as_ref()) {
+        Some(n) => n.clone(),
+        None => rt
+            .metadata
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .replace('.', "_"),
+    };
+    Some(format!("{ns}_{own}"))
+}
+
+fn compile_hook(at: &str, hook: &RoomHook, p: &mut Problems) -> Option<Hook> {
+    let mut out: Hook = from_wire(json!({"url": hook.url}), at, p)?;
+    if let Some(t) = p.duration(&format!("{at}.timeout"), &hook.timeout) {
+        if t.is_zero() {
+            p.push(format!("{at}.timeout"), "must be more than 0s");
+        } else {
+            out.timeout = t;
+        }
+    }
+    Some(out)
+}
+
+/// The gateway's `rooms` section for a route in mode `rooms` (unset `spec.rooms`: all the
+/// gateway's defaults, i.e. JSON protocol and default deny).
+fn compile_rooms(
+    rt: &RealtimeRoute,
+    path: &ConfigPathMatch,
+    p: &mut Problems,
+) -> Option<ConfigRooms> {
+    let at = "spec.rooms";
+    let r = rt.spec.rooms.clone().unwrap_or_default();
+    let protocol = r.protocol;
+    let raw = protocol == RoomProtocol::Raw;
+    for (what, list) in [("join", &r.join), ("publish", &r.publish)] {
+        if list.len() > 32 {
+            p.push(format!("{at}.{what}"), "at most 32 patterns");
+        }
+        for (i, pattern) in list.iter().enumerate() {
+            if let Some(why) = room_pattern_problem(pattern) {
+                p.push(format!("{at}.{what}[{i}]"), why);
+            }
+        }
+    }
+    if let Some(ns) = &r.namespace
+        && (ns.is_empty()
+            || ns.len() > 63
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)))
+    {
+        p.push(format!("{at}.namespace"), "1-63 of A-Z a-z 0-9 _ -");
+    }
+    match &r.path_room {
+        None if raw => p.push(
+            format!("{at}.pathRoom"),
+            "protocol raw needs pathRoom, a path with one {room} segment such as /collab/{room}",
+        ),
+        Some(_) if !raw => p.push(
+            format!("{at}.pathRoom"),
+            "only used with protocol raw (JSON rooms name their rooms in join messages)",
+        ),
+        Some(pr) => {
+            if let Some(why) = path_room_problem(pr, path) {
+                p.push(format!("{at}.pathRoom"), why);
+            }
+        }
+        None => {}
+    }
+    if r.echo.is_some() && !raw {
+        p.push(format!("{at}.echo"), "only used with protocol raw");
+    }
+    if r.publish_hook.is_some() && raw {
+        p.push(
+            format!("{at}.publishHook"),
+            "not called for raw rooms (their messages are relayed unchanged); remove it or use protocol json",
+        );
+    }
+
+    let mut rooms: ConfigRooms = from_wire(json!({}), at, p)?;
+    rooms.protocol = match protocol {
+        RoomProtocol::Json => ConfigRoomProtocol::Json,
+        RoomProtocol::Raw => ConfigRoomProtocol::Raw,
+    };
+    rooms.path_room = r.path_room.clone();
+    rooms.echo = r.echo.unwrap_or(false);
+    rooms.namespace = rooms_namespace(rt);
+    rooms.join = r.join.clone();
+    rooms.publish = r.publish.clone();
+    if let Some(h) = &r.history {
+        let hat = format!("{at}.history");
+        let mut history: History = from_wire(json!({}), &hat, p)?;
+        if let Some(m) = h.max_messages {
+            match u32::try_from(m) {
+                Ok(n) if (1..=100_000).contains(&n) => history.max_messages = n,
+                _ => p.push(
+                    format!("{hat}.maxMessages"),
+                    format!("must be 1-100000, got {m}"),
+                ),
+            }
+        }
+        if let Some(age) = p.duration(&format!("{hat}.maxAge"), &h.max_age) {
+            if age.is_zero() {
+                p.push(format!("{hat}.maxAge"), "must be more than 0s");
+            } else {
+                history.max_age = age;
+            }
+        }
+        rooms.history = Some(history);
+    }
+    rooms.presence = r.presence.unwrap_or(false);
+    if let Some(q) = r.max_queue_bytes {
+        match u64::try_from(q) {
+            Ok(n) if (4096..=1 << 30).contains(&n) => rooms.max_queue_bytes = n,
+            _ => p.push(
+                format!("{at}.maxQueueBytes"),
+                format!("must be 4096-1073741824, got {q}"),
+            ),
+        }
+    }
+    rooms.publish_hook = r
+        .publish_hook
+        .as_ref()
+        .and_then(|h| compile_hook(&format!("{at}.publishHook"), h, p));
+    rooms.notify = r
+        .notify
+        .as_ref()
+        .and_then(|h| compile_hook(&format!("{at}.notify"), h, p));
+    Some(rooms)
+}
+
 /// Compile a route whose Secrets are resolved (`material`) into the gateway's route type.
 /// Returns every problem found (as `spec.path: message`), not just the first; the config
 /// validator then checks the result the same way the gateway will.
@@ -652,6 +900,50 @@ pub fn compile(
         }
     }
 
+    let raw = spec
+        .rooms
+        .as_ref()
+        .is_some_and(|r| r.protocol == RoomProtocol::Raw);
+    let transports = match &spec.transports {
+        // JSON rooms: the gateway's default (every transport). Proxy and raw rooms: WebSocket.
+        None if spec.mode == Mode::Rooms && !raw => Transports::default(),
+        None => Transports {
+            websocket: true,
+            sse: false,
+            long_polling: false,
+        },
+        Some(list) => {
+            if list.is_empty() {
+                p.push("spec.transports", "list at least one transport");
+            }
+            if raw && list.iter().any(|t| *t != Transport::WebSocket) {
+                p.push(
+                    "spec.transports",
+                    "raw rooms are WebSocket only: remove SSE and LongPolling",
+                );
+            }
+            Transports {
+                websocket: list.contains(&Transport::WebSocket),
+                sse: list.contains(&Transport::Sse),
+                long_polling: list.contains(&Transport::LongPolling),
+            }
+        }
+    };
+    let rooms = match spec.mode {
+        Mode::Proxy => None,
+        Mode::Rooms => {
+            if let Some(pr) = provider
+                && !pr.claims_to_headers.is_empty()
+            {
+                p.push(
+                    "spec.auth.jwt.providers[0].claimsToHeaders",
+                    "only used in mode proxy (rooms hooks get the user as X-Switchboard-User)",
+                );
+            }
+            compile_rooms(rt, &path, &mut p)
+        }
+    };
+
     if !p.0.is_empty() {
         return Err(p.0);
     }
@@ -666,6 +958,8 @@ pub fn compile(
         origins,
         jwt,
         proxy,
+        rooms,
+        transports,
         limits,
         keepalive,
         drain,
@@ -705,6 +999,8 @@ pub fn crd_path(rt: &RealtimeRoute, config_path: &str) -> String {
         ("proxy.pinning", "spec.backend.pinning"),
         ("proxy.signature", "spec.backend.identitySignature"),
         ("proxy", "spec.backend"),
+        ("rooms", "spec.rooms"),
+        ("transports", "spec.transports"),
         ("limits", "spec.limits"),
         ("keepalive", "spec.keepalive"),
         ("drain", "spec.drain"),
@@ -1062,13 +1358,17 @@ drain: {window: 20s, closeCode: 4001, closeReason: bye}
     }
 
     #[test]
-    fn rooms_mode_several_providers_and_long_propagation_are_unsupported() {
+    fn a_rooms_reconnect_hint_several_providers_and_long_propagation_are_unsupported() {
         let base = base_config();
-        let rooms = route("default", "r", "mode: rooms");
+        assert_eq!(
+            unsupported(&route("default", "r", "mode: rooms"), &base),
+            None
+        );
+        let hint = route("default", "r", "mode: rooms\ndrain: {reconnectHint: 3s}");
         assert!(
-            unsupported(&rooms, &base)
+            unsupported(&hint, &base)
                 .unwrap()
-                .starts_with("spec.mode:")
+                .starts_with("spec.drain.reconnectHint:")
         );
         let two = route(
             "default",
@@ -1274,6 +1574,318 @@ drain: {window: 20s, closeCode: 4001, closeReason: bye}
         cfg.routes.push(compiled(
             "hostnames: [a.example.com]\nbackend: {name: chat, port: 80}",
         ));
+        cfg.routes.push(
+            compile(
+                &route("default", "json", ROOMS_EVERYTHING),
+                &BTreeMap::new(),
+            )
+            .unwrap(),
+        );
+        cfg.routes
+            .push(compile(&route("default", "raw", RAW_RELAY), &BTreeMap::new()).unwrap());
+        cfg.routes.push(
+            compile(
+                &route("default", "bare", "mode: rooms\npath: {value: /bare}"),
+                &BTreeMap::new(),
+            )
+            .unwrap(),
+        );
         assert_eq!(switchboard_config::validate(&cfg), vec![]);
+    }
+
+    #[test]
+    fn a_minimal_rooms_route_compiles_to_the_gateway_defaults_with_default_deny() {
+        let r = compiled("mode: rooms");
+        assert_eq!(r.mode, ConfigMode::Rooms);
+        assert!(r.proxy.is_none());
+        assert_eq!(r.transports, Transports::default());
+        let rooms = r.rooms.unwrap();
+        let defaults: ConfigRooms = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(
+            rooms,
+            ConfigRooms {
+                namespace: Some("default_chat".into()),
+                ..defaults
+            }
+        );
+        assert!(rooms.join.is_empty() && rooms.publish.is_empty());
+        assert_eq!(rooms.protocol, ConfigRoomProtocol::Json);
+    }
+
+    const ROOMS_EVERYTHING: &str = r#"
+mode: rooms
+path: {value: /rooms}
+transports: [WebSocket, SSE]
+auth:
+  jwt:
+    providers:
+    - name: idp
+      jwksUri: https://idp.example.com/jwks
+rooms:
+  namespace: collab
+  join: ["doc:{org}:*", "user:{sub}", "lobby"]
+  publish: ["doc:{org}:*"]
+  history: {maxMessages: 500, maxAge: 1h}
+  presence: true
+  maxQueueBytes: 65536
+  publishHook: {url: "http://api.collab.svc:8080/hooks/publish", timeout: 500ms}
+  notify: {url: "https://api.example.com/hooks/notify"}
+"#;
+
+    const RAW_RELAY: &str = r#"
+mode: rooms
+path: {value: /collab}
+rooms:
+  protocol: raw
+  pathRoom: /collab/{room}
+  echo: true
+  join: ["*"]
+  publish: ["*"]
+"#;
+
+    #[test]
+    fn every_rooms_field_reaches_the_compiled_route() {
+        let r = compiled(ROOMS_EVERYTHING);
+        assert_eq!(
+            r.transports,
+            Transports {
+                websocket: true,
+                sse: true,
+                long_polling: false
+            }
+        );
+        let rooms = r.rooms.unwrap();
+        assert_eq!(rooms.protocol, ConfigRoomProtocol::Json);
+        assert_eq!(rooms.namespace.as_deref(), Some("default_collab"));
+        assert_eq!(rooms.join, ["doc:{org}:*", "user:{sub}", "lobby"]);
+        assert_eq!(rooms.publish, ["doc:{org}:*"]);
+        assert_eq!(
+            rooms.history,
+            Some(History {
+                max_messages: 500,
+                max_age: StdDuration::from_secs(3600)
+            })
+        );
+        assert!(rooms.presence);
+        assert_eq!(rooms.max_queue_bytes, 65536);
+        assert_eq!(
+            rooms.publish_hook,
+            Some(Hook {
+                url: "http://api.collab.svc:8080/hooks/publish".into(),
+                timeout: StdDuration::from_millis(500)
+            })
+        );
+        let notify = rooms.notify.unwrap();
+        assert_eq!(notify.url, "https://api.example.com/hooks/notify");
+        assert_eq!(
+            notify.timeout,
+            StdDuration::from_secs(2),
+            "the gateway default"
+        );
+        assert!(rooms.path_room.is_none());
+        assert!(!rooms.echo);
+    }
+
+    #[test]
+    fn history_fields_left_unset_take_the_gateway_defaults() {
+        let r = compiled("mode: rooms\nrooms: {history: {maxMessages: 7}}");
+        let h = r.rooms.unwrap().history.unwrap();
+        assert_eq!(h.max_messages, 7);
+        let defaults: History = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(h.max_age, defaults.max_age);
+    }
+
+    #[test]
+    fn a_raw_relay_route_compiles_websocket_only_with_its_path_room() {
+        let r = compiled(RAW_RELAY);
+        assert_eq!(
+            r.transports,
+            Transports {
+                websocket: true,
+                sse: false,
+                long_polling: false
+            }
+        );
+        let rooms = r.rooms.unwrap();
+        assert_eq!(rooms.protocol, ConfigRoomProtocol::Raw);
+        assert_eq!(rooms.path_room.as_deref(), Some("/collab/{room}"));
+        assert!(rooms.echo);
+    }
+
+    #[test]
+    fn a_proxy_route_is_websocket_only_and_has_no_rooms() {
+        let r = compiled("backend: {name: chat, port: 80}");
+        assert!(r.rooms.is_none());
+        assert!(r.transports.websocket && !r.transports.sse && !r.transports.long_polling);
+    }
+
+    #[test]
+    fn rooms_namespaces_are_scoped_to_the_kubernetes_namespace() {
+        let ns = |k8s_ns: &str, name: &str, yaml: &str| rooms_namespace(&route(k8s_ns, name, yaml));
+        assert_eq!(
+            ns("team-a", "chat", "mode: rooms").as_deref(),
+            Some("team-a_chat")
+        );
+        assert_eq!(
+            ns("team-a", "chat.v2", "mode: rooms").as_deref(),
+            Some("team-a_chat_v2")
+        );
+        assert_eq!(
+            ns("team-b", "x", "mode: rooms\nrooms: {namespace: chat}").as_deref(),
+            Some("team-b_chat")
+        );
+        assert_eq!(ns("team-a", "p", "backend: {name: c, port: 1}"), None);
+    }
+
+    #[test]
+    fn the_room_pattern_grammar_is_the_gateways() {
+        for good in [
+            "*",
+            "chat:*",
+            "user:{sub}",
+            "org:{org}:*",
+            "a*b*c",
+            "*{sub}*",
+            "x@y+z=w-v_u",
+            "{a}{b}",
+        ] {
+            assert_eq!(room_pattern_problem(good), None, "{good}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("chat:**", "`**`"),
+            ("user:{}", "must name a claim"),
+            ("user:{su b}", "must name a claim"),
+            ("user:{sub", "without its"),
+            ("a.b", "`.` cannot appear"),
+            ("a/b", "`/` cannot appear"),
+            ("caf\u{e9}", "`\u{e9}` cannot appear"),
+            ("a}b", "`}` cannot appear"),
+        ] {
+            let problem = room_pattern_problem(bad).unwrap_or_default();
+            assert!(problem.contains(why), "{bad:?}: {problem:?}");
+        }
+    }
+
+    #[test]
+    fn rooms_rules_the_schema_checks_are_checked_again() {
+        let cases = [
+            (
+                "mode: rooms\nrooms: {protocol: raw}",
+                "spec.rooms.pathRoom: protocol raw needs pathRoom",
+            ),
+            (
+                "mode: rooms\nrooms: {pathRoom: '/r/{room}'}",
+                "spec.rooms.pathRoom: only used with protocol raw",
+            ),
+            ("mode: rooms\nrooms: {echo: false}", "spec.rooms.echo:"),
+            (
+                "mode: rooms\nrooms: {protocol: raw, pathRoom: '/r/{room}', publishHook: {url: 'http://h/p'}}",
+                "spec.rooms.publishHook: not called for raw rooms",
+            ),
+            (
+                "mode: rooms\ntransports: [WebSocket, SSE]\nrooms: {protocol: raw, pathRoom: '/r/{room}'}",
+                "spec.transports: raw rooms are WebSocket only",
+            ),
+            (
+                "mode: rooms\npath: {value: /collab}\nrooms: {protocol: raw, pathRoom: '/docs/{room}'}",
+                "spec.rooms.pathRoom: must lie under spec.path.value `/collab`",
+            ),
+            (
+                "mode: rooms\npath: {value: /collab}\nrooms: {protocol: raw, pathRoom: '/collabx/{room}'}",
+                "spec.rooms.pathRoom: must lie under",
+            ),
+            (
+                "mode: rooms\nrooms: {protocol: raw, pathRoom: '/r/{room}/{room}'}",
+                "spec.rooms.pathRoom: must contain `{room}` exactly once",
+            ),
+            (
+                "mode: rooms\nrooms: {protocol: raw, pathRoom: 'r/{room}'}",
+                "spec.rooms.pathRoom: must start with `/`",
+            ),
+            (
+                "mode: rooms\nrooms: {protocol: raw, pathRoom: '/r/{room}?x'}",
+                "spec.rooms.pathRoom: a path with one `{room}`",
+            ),
+            (
+                "mode: rooms\nrooms: {join: ['chat:**']}",
+                "spec.rooms.join[0]:",
+            ),
+            (
+                "mode: rooms\nrooms: {publish: [ok, 'a.b']}",
+                "spec.rooms.publish[1]:",
+            ),
+            (
+                "mode: rooms\nrooms: {namespace: 'a.b'}",
+                "spec.rooms.namespace:",
+            ),
+            (
+                "mode: rooms\nrooms: {maxQueueBytes: 100}",
+                "spec.rooms.maxQueueBytes:",
+            ),
+            (
+                "mode: rooms\nrooms: {history: {maxMessages: 0}}",
+                "spec.rooms.history.maxMessages:",
+            ),
+            (
+                "mode: rooms\nrooms: {history: {maxAge: 0s}}",
+                "spec.rooms.history.maxAge: must be more than 0s",
+            ),
+            (
+                "mode: rooms\nrooms: {history: {maxAge: forever}}",
+                "spec.rooms.history.maxAge:",
+            ),
+            (
+                "mode: rooms\nrooms: {notify: {url: 'http://h/n', timeout: 0s}}",
+                "spec.rooms.notify.timeout:",
+            ),
+            (
+                "mode: rooms\ntransports: []",
+                "spec.transports: list at least one",
+            ),
+            (
+                "mode: rooms\nauth: {jwt: {providers: [{name: i, jwksUri: 'https://i/j', claimsToHeaders: [{claim: sub, header: X-User}]}]}}",
+                "spec.auth.jwt.providers[0].claimsToHeaders: only used in mode proxy",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let p = problems(yaml);
+            assert!(p.iter().any(|x| x.starts_with(expected)), "{yaml}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn raw_path_rooms_fit_exact_and_prefix_paths() {
+        for yaml in [
+            "mode: rooms\nrooms: {protocol: raw, pathRoom: '/r/{room}'}",
+            "mode: rooms\npath: {value: /collab/}\nrooms: {protocol: raw, pathRoom: '/collab/{room}'}",
+            "mode: rooms\npath: {value: /collab}\nrooms: {protocol: raw, pathRoom: '/collab/{room}/ws'}",
+            "mode: rooms\npath: {type: Exact, value: /collab/doc-1}\nrooms: {protocol: raw, pathRoom: '/collab/{room}'}",
+        ] {
+            assert!(
+                compile(&route("default", "r", yaml), &BTreeMap::new()).is_ok(),
+                "{yaml}"
+            );
+        }
+        let p = problems(
+            "mode: rooms\npath: {type: Exact, value: /collab/}\nrooms: {protocol: raw, pathRoom: '/collab/{room}'}",
+        );
+        assert!(
+            p[0].starts_with("spec.rooms.pathRoom: must lie under"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn rooms_config_paths_map_to_crd_fields() {
+        let rt = route("ns", "r", "mode: rooms");
+        for (from, to) in [
+            ("rooms.join[1]", "spec.rooms.join[1]"),
+            ("rooms.publishHook.url", "spec.rooms.publishHook.url"),
+            ("rooms.history", "spec.rooms.history"),
+            ("transports", "spec.transports"),
+        ] {
+            assert_eq!(crd_path(&rt, from), to, "{from}");
+        }
     }
 }

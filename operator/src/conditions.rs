@@ -36,8 +36,9 @@ pub mod reasons {
     pub const INVALID: &str = "Invalid";
     /// `Accepted=False`: an older route (named in the message) serves the same host and path.
     pub const CONFLICTED: &str = "Conflicted";
-    /// `Accepted=False`: the spec asks for something the gateways cannot do yet (rooms mode,
-    /// several JWT providers, a per-route propagation longer than the pod-wide one).
+    /// `Accepted=False`: the spec asks for something the gateways cannot do yet (several JWT
+    /// providers, a per-route propagation longer than the pod-wide one, a rooms
+    /// `drain.reconnectHint`).
     pub const UNSUPPORTED: &str = "Unsupported";
     /// `Accepted=False`: a Secret the route needs (JWT key, signature secret) is missing or
     /// unusable, so the route is kept out of the gateways rather than served without it.

@@ -2,13 +2,14 @@
 //!
 //! Order of judgement for each route: being deleted (skipped) -> `Unsupported` -> Secrets
 //! resolved (`UnresolvedRefs`) -> compiles and passes the gateway's own validator alone
-//! (`Invalid`) -> no older route serves the same host and path (`Conflicted`). Survivors are
-//! validated again as one document, exactly as the gateways will validate the snapshot.
+//! (`Invalid`) -> no older route serves the same host and path (`Conflicted`) -> no older route
+//! shares its rooms namespace with different history (`Invalid`). Survivors are validated
+//! again as one document, exactly as the gateways will validate the snapshot.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration as StdDuration;
 
-use switchboard_config::{GatewayConfig, Route, validate};
+use switchboard_config::{GatewayConfig, History, Route, validate};
 
 use crate::api::RealtimeRoute;
 use crate::api::duration::format as fmt_duration;
@@ -121,8 +122,14 @@ pub fn plan(base: &GatewayConfig, routes: &[RealtimeRoute], refs: &Refs, limits:
                 )
             })
         });
+        let accepted_message = match compile::rooms_namespace(rt) {
+            Some(ns) => format!(
+                "in the gateway snapshot; rooms namespace `{ns}` (for the publish API and NATS subjects)"
+            ),
+            None => "in the gateway snapshot".to_owned(),
+        };
         let mut entry = RoutePlan {
-            accepted: Verdict::yes(reasons::ACCEPTED, "in the gateway snapshot"),
+            accepted: Verdict::yes(reasons::ACCEPTED, accepted_message),
             resolved_refs: resolution.verdict.clone(),
             drain_fits,
             compiled: None,
@@ -157,6 +164,7 @@ pub fn plan(base: &GatewayConfig, routes: &[RealtimeRoute], refs: &Refs, limits:
 
     candidates.sort_by_key(|(rt, _)| age_key(rt));
     let mut owners: HashMap<(String, u8, String), String> = HashMap::new();
+    let mut rooms_owners: HashMap<String, (String, Option<History>)> = HashMap::new();
     let mut winners: Vec<(&RealtimeRoute, Route)> = Vec::new();
     for (rt, route) in candidates {
         let keys = match_keys(&route);
@@ -169,6 +177,26 @@ pub fn plan(base: &GatewayConfig, routes: &[RealtimeRoute], refs: &Refs, limits:
                 e.accepted = Verdict::no(reasons::CONFLICTED, message);
             }
             continue;
+        }
+        // Routes sharing a rooms namespace share history, so they must keep the same; the
+        // older route's setting wins, like a host/path conflict.
+        if let Some(rooms) = &route.rooms
+            && let Some(ns) = &rooms.namespace
+        {
+            if let Some((owner, history)) = rooms_owners.get(ns)
+                && *history != rooms.history
+            {
+                let message = format!(
+                    "spec.rooms.history: rooms namespace `{ns}` is shared with {owner}, which is older and keeps different history (routes sharing a namespace must keep the same history)"
+                );
+                if let Some(e) = out.get_mut(&rt.key()) {
+                    e.accepted = Verdict::no(reasons::INVALID, message);
+                }
+                continue;
+            }
+            rooms_owners
+                .entry(ns.clone())
+                .or_insert_with(|| (rt.key(), rooms.history.clone()));
         }
         for k in keys {
             owners.insert(k, rt.key());
@@ -184,7 +212,7 @@ pub fn plan(base: &GatewayConfig, routes: &[RealtimeRoute], refs: &Refs, limits:
         cfg.routes = winners.iter().map(|(_, r)| r.clone()).collect();
         cfg.routes.sort_by(|a, b| a.name.cmp(&b.name));
         let problems = validate(&cfg);
-        let mut bad: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut bad: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
         base_problems.clear();
         for p in problems {
             let index = p
@@ -193,11 +221,10 @@ pub fn plan(base: &GatewayConfig, routes: &[RealtimeRoute], refs: &Refs, limits:
                 .and_then(|rest| rest.split_once(']'))
                 .and_then(|(i, rest)| i.parse::<usize>().ok().map(|i| (i, rest)));
             match index.and_then(|(i, rest)| cfg.routes.get(i).map(|r| (r.name.clone(), rest))) {
-                Some((name, rest)) => bad.entry(name).or_default().push(format!(
-                    "{}: {}",
-                    rest.trim_start_matches('.'),
-                    p.message
-                )),
+                Some((name, rest)) => bad
+                    .entry(name)
+                    .or_default()
+                    .push((rest.trim_start_matches('.').to_owned(), p.message)),
                 None => base_problems.push(p.to_string()),
             }
         }
@@ -217,8 +244,16 @@ pub fn plan(base: &GatewayConfig, routes: &[RealtimeRoute], refs: &Refs, limits:
             let Some(problems) = bad.get(&rt.key()) else {
                 return true;
             };
+            let message = problems
+                .iter()
+                .map(|(path, message)| match path.as_str() {
+                    "" => format!("spec: {message}"),
+                    path => format!("{}: {message}", compile::crd_path(rt, path)),
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
             if let Some(e) = out.get_mut(&rt.key()) {
-                e.accepted = Verdict::no(reasons::INVALID, problems.join("; "));
+                e.accepted = Verdict::no(reasons::INVALID, message);
             }
             false
         });
@@ -441,13 +476,127 @@ mod tests {
 
     #[test]
     fn unsupported_routes_are_reported_as_such() {
-        let rt = route("default", "rooms", "mode: rooms\nrooms: {presence: true}");
+        let rt = route(
+            "default",
+            "rooms",
+            "mode: rooms\nrooms: {presence: true}\ndrain: {reconnectHint: 2s}",
+        );
         let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-        assert_eq!(
-            p.routes["default/rooms"].accepted.reason,
-            reasons::UNSUPPORTED
+        let a = &p.routes["default/rooms"].accepted;
+        assert_eq!(a.reason, reasons::UNSUPPORTED);
+        assert!(
+            a.message.starts_with("spec.drain.reconnectHint:"),
+            "{}",
+            a.message
         );
         assert!(p.config.routes.is_empty());
+    }
+
+    #[test]
+    fn a_rooms_route_is_accepted_and_its_message_names_the_rooms_namespace() {
+        let rt = route(
+            "collab",
+            "docs",
+            "mode: rooms\npath: {value: /rooms}\nrooms: {join: ['doc:*'], presence: true}",
+        );
+        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
+        let e = &p.routes["collab/docs"];
+        assert!(e.accepted.ok, "{e:?}");
+        assert!(e.resolved_refs.ok, "no backend to resolve: {e:?}");
+        assert!(
+            e.accepted.message.contains("rooms namespace `collab_docs`"),
+            "{}",
+            e.accepted.message
+        );
+        assert_eq!(p.config.routes.len(), 1);
+        let r = &p.config.routes[0];
+        assert_eq!(r.mode, switchboard_config::Mode::Rooms);
+        assert_eq!(
+            r.rooms.as_ref().and_then(|r| r.namespace.as_deref()),
+            Some("collab_docs")
+        );
+        assert_eq!(validate(&p.config), vec![]);
+    }
+
+    #[test]
+    fn the_same_rooms_namespace_in_two_kubernetes_namespaces_is_two_namespaces() {
+        let a = route_created_at(
+            "team-a",
+            "x",
+            "mode: rooms\npath: {value: /a}\nrooms: {namespace: chat, history: {maxMessages: 5}}",
+            1,
+        );
+        let b = route_created_at(
+            "team-b",
+            "x",
+            "mode: rooms\npath: {value: /b}\nrooms: {namespace: chat}",
+            2,
+        );
+        let p = plan(&base_config(), &[a, b], &refs(), NO_LIMITS);
+        assert!(p.routes.values().all(|e| e.accepted.ok), "{:?}", p.routes);
+        let namespaces: Vec<_> = p
+            .config
+            .routes
+            .iter()
+            .map(|r| r.rooms.as_ref().unwrap().namespace.clone().unwrap())
+            .collect();
+        assert_eq!(namespaces, ["team-a_chat", "team-b_chat"]);
+    }
+
+    #[test]
+    fn routes_sharing_a_rooms_namespace_must_keep_the_same_history_and_the_older_wins() {
+        // The newer route sorts first by name, so the gateway validator alone would blame the
+        // older one; the plan blames the newer, like a host/path conflict.
+        let old = route_created_at(
+            "collab",
+            "z-old",
+            "mode: rooms\npath: {value: /a}\nrooms: {namespace: shared, history: {maxMessages: 10}}",
+            1,
+        );
+        let new = route_created_at(
+            "collab",
+            "a-new",
+            "mode: rooms\npath: {value: /b}\nrooms: {namespace: shared}",
+            2,
+        );
+        let same = route_created_at(
+            "collab",
+            "m-same",
+            "mode: rooms\npath: {value: /c}\nrooms: {namespace: shared, history: {maxMessages: 10}}",
+            3,
+        );
+        let p = plan(&base_config(), &[new, old, same], &refs(), NO_LIMITS);
+        assert!(p.routes["collab/z-old"].accepted.ok);
+        assert!(p.routes["collab/m-same"].accepted.ok);
+        let a = &p.routes["collab/a-new"].accepted;
+        assert_eq!(a.reason, reasons::INVALID);
+        assert!(
+            a.message.starts_with(
+                "spec.rooms.history: rooms namespace `collab_shared` is shared with collab/z-old"
+            ),
+            "{}",
+            a.message
+        );
+        assert_eq!(p.config.routes.len(), 2);
+        assert_eq!(validate(&p.config), vec![]);
+    }
+
+    #[test]
+    fn the_base_configs_bus_and_publish_api_reach_the_snapshot_unchanged() {
+        let text = format!(
+            "{}bus:\n  nats:\n    urls: ['nats://nats.switchboard-system.svc:4222']\n    subjectPrefix: sb\n    credentialsFile: /etc/nats/gw.creds\n    presenceTtl: 20s\npublishApi:\n  tokenFile: /etc/switchboard/publish-token\n",
+            crate::fixtures::BASE_YAML
+        );
+        let base = crate::settings::parse_base_config(&text, "base.yaml").unwrap();
+        assert!(base.bus.nats.is_some() && base.publish_api.is_some());
+        let rt = route("default", "r", "mode: rooms\nrooms: {join: ['*']}");
+        let p = plan(&base, &[rt], &refs(), NO_LIMITS);
+        assert_eq!(p.config.bus, base.bus);
+        assert_eq!(p.config.publish_api, base.publish_api);
+        let back = GatewayConfig::from_yaml(&p.config.to_yaml()).unwrap();
+        assert_eq!(back.bus, base.bus);
+        assert_eq!(back.publish_api, base.publish_api);
+        assert_eq!(validate(&p.config), vec![]);
     }
 
     #[test]

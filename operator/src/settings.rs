@@ -29,8 +29,9 @@ pub enum LogFormat {
     about = "Reconciles RealtimeRoutes into the Switchboard gateways' config snapshot."
 )]
 pub struct Args {
-    /// GatewayConfig YAML without routes: the listeners, admin address, global limits and
-    /// drain every gateway uses. Routes come from RealtimeRoutes.
+    /// GatewayConfig YAML without routes: the listeners, admin address, global limits, drain,
+    /// room bus (`bus.nats`) and publish API every gateway uses, copied into the snapshot
+    /// unchanged. Routes come from RealtimeRoutes.
     #[arg(long, env = "SWITCHBOARD_BASE_CONFIG")]
     pub base_config: PathBuf,
 

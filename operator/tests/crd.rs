@@ -185,6 +185,38 @@ fn cel_rules_refuse_what_their_messages_say() {
             "backend: {name: chat, port: 80}\ndrain: {closeCode: 1006}",
             "closeCode must be 1000, 1001, 1012, 1013 or 4000-4999",
         ),
+        (
+            "mode: rooms\nrooms: {protocol: raw}",
+            "protocol raw needs pathRoom",
+        ),
+        (
+            "mode: rooms\nrooms: {pathRoom: '/r/{room}'}",
+            "pathRoom is only used with protocol raw",
+        ),
+        (
+            "mode: rooms\nrooms: {protocol: json, pathRoom: '/r/{room}'}",
+            "pathRoom is only used with protocol raw",
+        ),
+        (
+            "mode: rooms\nrooms: {echo: true}",
+            "echo is only used with protocol raw",
+        ),
+        (
+            "mode: rooms\nrooms: {protocol: raw, pathRoom: '/r/{room}', publishHook: {url: 'http://h/p'}}",
+            "publishHook is not called for raw rooms",
+        ),
+        (
+            "mode: rooms\ntransports: [WebSocket, LongPolling]\nrooms: {protocol: raw, pathRoom: '/r/{room}'}",
+            "raw rooms are WebSocket only",
+        ),
+        (
+            "mode: rooms\npath: {type: PathPrefix, value: /collab}\nrooms: {protocol: raw, pathRoom: '/docs/{room}'}",
+            "rooms.pathRoom must lie under spec.path.value",
+        ),
+        (
+            "mode: rooms\nauth: {jwt: {providers: [{name: i, jwksUri: 'https://i/j', claimsToHeaders: [{claim: sub, header: X-User}]}]}}",
+            "claimsToHeaders is only used in mode proxy",
+        ),
     ];
     for (yaml, expected) in cases {
         let messages = cel_messages(yaml);
@@ -199,6 +231,12 @@ fn cel_rules_refuse_what_their_messages_say() {
 fn cel_rules_accept_the_valid_variants() {
     for yaml in [
         "mode: rooms\ntransports: [WebSocket, SSE, LongPolling]\nrooms: {presence: true}\ndrain: {reconnectHint: 2s}",
+        "mode: rooms",
+        "mode: rooms\nrooms: {protocol: json, join: ['chat:*', 'user:{sub}'], publish: ['chat:*'], history: {maxMessages: 10, maxAge: 5m}, maxQueueBytes: 65536, publishHook: {url: 'http://h/p', timeout: 1s}, notify: {url: 'http://h/n'}}",
+        "mode: rooms\npath: {type: PathPrefix, value: /collab}\ntransports: [WebSocket]\nrooms: {protocol: raw, pathRoom: '/collab/{room}', echo: true, join: ['*'], publish: ['*']}",
+        "mode: rooms\npath: {type: Exact, value: /collab/doc}\nrooms: {protocol: raw, pathRoom: '/collab/{room}'}",
+        "mode: rooms\nrooms: {protocol: raw, pathRoom: '/collab/{room}'}",
+        "mode: rooms\nauth: {jwt: {providers: [{name: i, jwksUri: 'https://i/j'}]}}",
         "backend: {name: chat, port: 80, pinning: {source: ClientIP}}",
         "backend: {name: chat, port: 80}\ndrain: {closeCode: 4999}",
         "backend: {name: chat, port: 80}\nauth: {allowedOrigins: ['https://a.example.com'], jwt: {providers: [{name: i, jwksUri: 'https://i/j', tokenSources: [{type: Cookie, name: s}, {type: Subprotocol, prefix: 'tok.'}]}]}}",

@@ -1,6 +1,7 @@
 //! Every sample in `examples/k8s/` deserializes into the Rust types without losing a field,
 //! passes the CRD's CEL rules, and gets the verdict its comments promise from the operator's
-//! own validation (every route accepted, except the rooms sample: `Unsupported`).
+//! own validation: every route accepted (proxy and rooms, JSON and raw relay), and the base
+//! config's `bus` and `publishApi` carried into the snapshot.
 //! The OpenAPI part of the schema (patterns, bounds, enums) is checked against the same files
 //! by `operator/tests/validate_examples.py`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,6 +13,7 @@ use kube::CustomResourceExt;
 use kube::core::cel;
 use serde::Deserialize;
 use serde_json::Value;
+use switchboard_config::{Mode, RoomProtocol};
 use switchboard_operator::api::RealtimeRoute;
 use switchboard_operator::compile::Refs;
 use switchboard_operator::conditions::reasons;
@@ -102,7 +104,7 @@ fn lost(written: &Value, read: &Value, path: &str) -> Option<String> {
 #[test]
 fn samples_deserialize_into_the_rust_types_without_losing_fields() {
     let routes = of_kind("RealtimeRoute");
-    assert!(routes.len() >= 3, "expected at least three sample routes");
+    assert!(routes.len() >= 4, "expected at least four sample routes");
     for (file, v) in routes {
         let rt: RealtimeRoute =
             serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{file}: {e}"));
@@ -159,18 +161,40 @@ fn samples_get_the_verdicts_their_comments_promise() {
     );
     for rt in &routes {
         let e = &p.routes[&rt.key()];
-        if rt.key() == "collab/presence" {
-            assert_eq!(e.accepted.reason, reasons::UNSUPPORTED, "{e:?}");
-        } else {
-            assert!(e.accepted.ok, "{}: {:?}", rt.key(), e.accepted);
-            assert!(e.resolved_refs.ok, "{}: {:?}", rt.key(), e.resolved_refs);
-            assert!(
-                e.drain_fits.as_ref().is_some_and(|d| d.ok),
-                "{}: {:?}",
-                rt.key(),
-                e.drain_fits
-            );
-        }
+        assert_eq!(e.accepted.reason, reasons::ACCEPTED, "{}: {e:?}", rt.key());
+        assert!(e.accepted.ok, "{}: {:?}", rt.key(), e.accepted);
+        assert!(e.resolved_refs.ok, "{}: {:?}", rt.key(), e.resolved_refs);
+        assert!(
+            e.drain_fits.as_ref().is_some_and(|d| d.ok),
+            "{}: {:?}",
+            rt.key(),
+            e.drain_fits
+        );
     }
+    assert_eq!(p.config.routes.len(), routes.len());
     assert_eq!(switchboard_config::validate(&p.config), vec![]);
+    assert!(base.bus.nats.is_some() && base.publish_api.is_some());
+    assert_eq!(p.config.bus, base.bus);
+    assert_eq!(p.config.publish_api, base.publish_api);
+
+    let compiled = |key: &str| {
+        p.config
+            .routes
+            .iter()
+            .find(|r| r.name == key)
+            .unwrap_or_else(|| panic!("{key} is in the snapshot"))
+    };
+    let json = compiled("collab/presence");
+    assert_eq!(json.mode, Mode::Rooms);
+    let rooms = json.rooms.as_ref().unwrap();
+    assert_eq!(rooms.protocol, RoomProtocol::Json);
+    assert_eq!(rooms.namespace.as_deref(), Some("collab_presence"));
+    assert!(json.transports.sse && json.transports.long_polling);
+    let raw = compiled("collab/yjs");
+    assert_eq!(raw.mode, Mode::Rooms);
+    let rooms = raw.rooms.as_ref().unwrap();
+    assert_eq!(rooms.protocol, RoomProtocol::Raw);
+    assert_eq!(rooms.path_room.as_deref(), Some("/yjs/{room}"));
+    assert_eq!(rooms.namespace.as_deref(), Some("collab_yjs"));
+    assert!(raw.transports.websocket && !raw.transports.sse && !raw.transports.long_polling);
 }

@@ -5,7 +5,9 @@ CRD that the Rust tests do not evaluate. CEL rules are checked by `cargo test` (
 tests/examples.rs, through kube's client-side CEL evaluator).
 
 Also checks that the schema refuses a handful of known-bad variants, so a pattern that stopped
-matching anything would be noticed.
+matching anything would be noticed, and that the room-pattern `pattern` accepts exactly the
+gateway's grammar on a table of examples (the same table as `the_room_pattern_grammar_is_the_gateways`
+in operator/src/compile.rs).
 
     python3 -m pip install jsonschema pyyaml   # once
     python3 operator/tests/validate_examples.py
@@ -16,6 +18,7 @@ a sample fails here instead of being pruned silently by the API server.
 """
 import copy
 import pathlib
+import re
 import sys
 
 import jsonschema
@@ -80,11 +83,56 @@ def bad_variants(chat):
     ]
 
 
+def rooms_bad_variants(rooms):
+    def variant(label, mutate):
+        d = copy.deepcopy(rooms)
+        mutate(d["spec"]["rooms"])
+        return label, d
+
+    return [
+        variant("room pattern with `**`", lambda r: r.__setitem__("join", ["chat:**"])),
+        variant("room pattern with a dot", lambda r: r.__setitem__("join", ["chat.lobby"])),
+        variant("room pattern with an empty claim", lambda r: r.__setitem__("publish", ["user:{}"])),
+        variant("room pattern with an unclosed claim", lambda r: r.__setitem__("publish", ["user:{sub"])),
+        variant("empty room pattern", lambda r: r.__setitem__("join", [""])),
+        variant("33 join patterns", lambda r: r.__setitem__("join", [f"r{i}" for i in range(33)])),
+        variant("unknown protocol", lambda r: r.__setitem__("protocol", "socketio")),
+        variant("pathRoom without {room}", lambda r: r.__setitem__("pathRoom", "/collab/doc")),
+        variant("pathRoom with two {room}", lambda r: r.__setitem__("pathRoom", "/c/{room}/{room}")),
+        variant("pathRoom without a leading slash", lambda r: r.__setitem__("pathRoom", "collab/{room}")),
+        variant("namespace with a dot", lambda r: r.__setitem__("namespace", "a.b")),
+        variant("maxQueueBytes below 4096", lambda r: r.__setitem__("maxQueueBytes", 1024)),
+        variant("zero history messages", lambda r: r["history"].__setitem__("maxMessages", 0)),
+        variant("publish hook without a scheme", lambda r: r["publishHook"].__setitem__("url", "collab-api:8080/x")),
+        variant("notify timeout not a duration", lambda r: r["notify"].__setitem__("timeout", "2 seconds")),
+        variant("authorization rules (replaced by join/publish)", lambda r: r.__setitem__("authorization", [{"pattern": "*", "actions": ["Join"]}])),
+    ]
+
+
+# Room patterns the gateway parses, and ones it refuses (see the module docstring).
+GOOD_ROOM_PATTERNS = ["*", "chat:*", "user:{sub}", "org:{org}:*", "a*b*c", "*{sub}*", "x@y+z=w-v_u", "{a}{b}"]
+BAD_ROOM_PATTERNS = ["chat:**", "user:{}", "user:{su b}", "user:{sub", "a.b", "a/b", "caf\u00e9", "a}b", "**"]
+
+
+def room_pattern_table(schema):
+    items = schema["properties"]["spec"]["properties"]["rooms"]["properties"]["join"]["items"]
+    pattern = re.compile(items["pattern"])
+    problems = []
+    for p in GOOD_ROOM_PATTERNS:
+        if not pattern.search(p):
+            problems.append(f"room pattern {p!r} is refused by the schema but valid for the gateway")
+    for p in BAD_ROOM_PATTERNS:
+        if pattern.search(p):
+            problems.append(f"room pattern {p!r} is accepted by the schema but refused by the gateway")
+    return problems
+
+
 def main():
     schema = load_schema()
     validator = jsonschema.Draft7Validator(schema)
     passed = failed = 0
     chat = None
+    rooms = None
     for name, doc in samples():
         errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
         if errors:
@@ -96,17 +144,32 @@ def main():
             print(f"ok   {name} {doc['metadata']['name']}")
         if doc["metadata"]["name"] == "chat":
             chat = doc
-    if chat is None:
-        print("FAIL the chat sample (examples/k8s/chat-proxy.yaml) is missing")
+        if doc["metadata"]["name"] == "presence":
+            rooms = doc
+    variants = []
+    for sample, label, make in [
+        (chat, "the chat sample (examples/k8s/chat-proxy.yaml)", bad_variants),
+        (rooms, "the rooms sample (examples/k8s/rooms.yaml)", rooms_bad_variants),
+    ]:
+        if sample is None:
+            print(f"FAIL {label} is missing")
+            failed += 1
+        else:
+            variants += make(sample)
+    for label, doc in variants:
+        if list(validator.iter_errors(doc)):
+            passed += 1
+            print(f"ok   refused: {label}")
+        else:
+            failed += 1
+            print(f"FAIL accepted but should be refused: {label}")
+    problems = room_pattern_table(schema)
+    for p in problems:
         failed += 1
-    else:
-        for label, doc in bad_variants(chat):
-            if list(validator.iter_errors(doc)):
-                passed += 1
-                print(f"ok   refused: {label}")
-            else:
-                failed += 1
-                print(f"FAIL accepted but should be refused: {label}")
+        print(f"FAIL {p}")
+    if not problems:
+        passed += 1
+        print(f"ok   room pattern grammar ({len(GOOD_ROOM_PATTERNS)} valid, {len(BAD_ROOM_PATTERNS)} invalid)")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -486,6 +486,12 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
             "a route that reads its token from a cookie must list allowed origins (cross-site WebSocket hijacking)",
         ));
     }
+    if r.mode == Mode::Proxy && r.rooms.is_some() {
+        p.push(Problem::new(
+            format!("{at}.rooms"),
+            "rooms settings need `mode: rooms`",
+        ));
+    }
     match r.mode {
         Mode::Proxy => match &r.proxy {
             None => p.push(Problem::new(

@@ -330,12 +330,20 @@ impl JwksCache {
         };
         match result {
             Ok(keys) => {
+                crate::metrics::metrics()
+                    .jwks_fetches
+                    .with_label_values(&["ok"])
+                    .inc();
                 tracing::debug!(keys = keys.len(), "JWKS fetched");
                 self.keys.store(Arc::new(keys));
                 self.loaded.store(true, Ordering::Release);
                 guard.ok = true;
             }
             Err(error) => {
+                crate::metrics::metrics()
+                    .jwks_fetches
+                    .with_label_values(&["error"])
+                    .inc();
                 tracing::warn!(
                     url = %self.log_url,
                     error = %error,

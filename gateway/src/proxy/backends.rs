@@ -215,7 +215,10 @@ mod tests {
         assert!(set.store(&[backend(1, false), backend(2, false)]));
         let before = set.ring();
         assert!(!set.store(&[backend(2, false), backend(1, false)]));
-        assert!(Arc::ptr_eq(&before, &set.ring()), "no swap without a change");
+        assert!(
+            Arc::ptr_eq(&before, &set.ring()),
+            "no swap without a change"
+        );
         assert!(set.store(&[backend(2, false), backend(1, true)]));
     }
 

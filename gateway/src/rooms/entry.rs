@@ -13,8 +13,9 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::bus::Position;
 use super::cursor::{Cursor, query_param, rooms_param};
-use super::hub::{Encoding, Joiner};
+use super::hub::{Encoding, Joined, Joiner};
 use super::outbox::{Item, Outbox};
 use super::protocol;
 use super::route::RoomsPolicy;
@@ -87,6 +88,9 @@ pub async fn serve(
     }
     if policy.is_raw() {
         return Err(Refusal::BadRoomsRequest("raw rooms are WebSocket only"));
+    }
+    if gw.drain.is_refusing() {
+        return Err(Refusal::Draining);
     }
     if is_event_stream(&req) {
         if !transports.sse {
@@ -264,6 +268,19 @@ fn start_cursor(req: &Request<Incoming>, param: &str) -> Cursor {
         .unwrap_or_default()
 }
 
+/// Where a joined room's cursor entry starts: the client's own position while its gap is
+/// replayed (each replayed message then raises it), else the room's current position. Set, not
+/// merged: a `since` from another epoch or ahead of the room must not survive.
+fn start_at(cursor: &mut Cursor, room: &str, since: Option<Position>, j: &Joined) {
+    let start = match since {
+        Some(s) if j.recovered => s,
+        _ => j.position.clone(),
+    };
+    cursor
+        .positions
+        .insert(room.to_string(), (start.seq, start.epoch));
+}
+
 fn sse_event(event: Option<&str>, id: Option<&str>, data: &str) -> Bytes {
     let mut out = String::with_capacity(data.len() + 64);
     if let Some(e) = event {
@@ -309,6 +326,7 @@ fn sse(
     let live = gw.drain.enter();
     let admitted = adm.admitted;
     let expiry = expires_at(route, adm.claims.as_ref());
+    let drain_window = route.cfg.drain.window;
     let route_name = route.cfg.name.clone();
     metrics()
         .connections_total
@@ -334,12 +352,14 @@ fn sse(
             let since = cursor.get(room);
             match hub.join(&key, &joiner, since.as_ref(), None).await {
                 Ok(j) => {
-                    cursor.set(room, j.position.seq, &j.position.epoch);
+                    joined.push(key);
+                    start_at(&mut cursor, room, since, &j);
+                    // The id lets EventSource resume even if no message arrives before a drop.
                     let data = protocol::joined(room, j.recovered, &j.position, None);
-                    if !send(sse_event(Some("joined"), None, &data)).await {
+                    let id = cursor.encode();
+                    if !send(sse_event(Some("joined"), Some(&id), &data)).await {
                         break;
                     }
-                    joined.push(key);
                 }
                 Err(e) => {
                     let data =
@@ -350,6 +370,8 @@ fn sse(
         }
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         let expiry = expiry.unwrap_or(far);
+        let mut drain_at: Option<tokio::time::Instant> =
+            (*drain.borrow()).then(|| tokio::time::Instant::now() + jitter(drain_window));
         loop {
             tokio::select! {
                 items = outbox.take_all() => {
@@ -376,8 +398,14 @@ fn sse(
                     let _ = send(sse_event(Some("error"), None, &protocol::error(None, protocol::ErrorCode::Forbidden, CloseCause::TokenExpired.reason()))).await;
                     break;
                 }
-                changed = drain.changed() => {
+                changed = drain.changed(), if drain_at.is_none() => {
                     if changed.is_err() || *drain.borrow() {
+                        // Spread stream ends over the route's drain window, like WebSockets.
+                        drain_at = Some(tokio::time::Instant::now() + jitter(drain_window));
+                    }
+                }
+                _ = tokio::time::sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
+                    {
                         let hint = rand::random_range(500..5000u64);
                         let _ = send(Bytes::from(format!("retry: {hint}\n")))
                             .await;
@@ -455,7 +483,7 @@ async fn long_poll(
                 if since.is_some() && !j.recovered {
                     lost.push(room.clone());
                 }
-                cursor.set(room, j.position.seq, &j.position.epoch);
+                start_at(&mut cursor, room, since, &j);
                 joined.push(key);
             }
             Err(_) => {
@@ -527,4 +555,12 @@ async fn long_poll(
 async fn wait_drain(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let started = rx.wait_for(|d| *d).await.is_ok();
     let _ = started;
+}
+
+fn jitter(window: Duration) -> Duration {
+    let ms = window.as_millis().min(u128::from(u64::MAX)) as u64;
+    if ms == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(rand::random_range(0..ms))
 }

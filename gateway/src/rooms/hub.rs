@@ -106,8 +106,10 @@ fn deliver(slot: &mut Slot, conn: &str, enc: &mut Encoded) {
         }
         slot.last_seq = seq;
     }
-    if let Some(item) = enc.item(slot.encoding, conn) {
-        slot.outbox.push(item);
+    if let Some(item) = enc.item(slot.encoding, conn)
+        && slot.outbox.push(item)
+    {
+        crate::metrics::metrics().room_deliveries.inc();
     }
 }
 
@@ -133,10 +135,18 @@ impl Hub {
 
     /// The local room for `key` with `slot` added, created (and subscribed) if needed. Under
     /// the map lock, so a concurrent last-member leave cannot drop the room under a joiner.
-    async fn enter(self: &Arc<Self>, key: &RoomKey, conn: &str, slot: Slot) -> Result<Arc<LocalRoom>, BusError> {
+    async fn enter(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        conn: &str,
+        slot: Slot,
+    ) -> Result<Arc<LocalRoom>, BusError> {
         let mut rooms = self.rooms.lock().await;
         if let Some(r) = rooms.get(key) {
-            r.members.lock().unwrap_or_else(|p| p.into_inner()).insert(conn.to_string(), slot);
+            r.members
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(conn.to_string(), slot);
             return Ok(r.clone());
         }
         let mut sub = self.bus.subscribe(key).await?;
@@ -175,8 +185,14 @@ impl Hub {
             drop(sub.guard);
         });
         *room.pump.lock().unwrap_or_else(|p| p.into_inner()) = Some(pump);
-        room.members.lock().unwrap_or_else(|p| p.into_inner()).insert(conn.to_string(), slot);
+        room.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conn.to_string(), slot);
         rooms.insert(key.clone(), room.clone());
+        crate::metrics::metrics()
+            .rooms_local
+            .set(rooms.len() as i64);
         Ok(room)
     }
 
@@ -278,6 +294,9 @@ impl Hub {
             };
             if empty {
                 rooms.remove(key); // drops the subscription with the last local member
+                crate::metrics::metrics()
+                    .rooms_local
+                    .set(rooms.len() as i64);
             }
         }
     }
@@ -322,7 +341,10 @@ impl Hub {
     ) {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(period) => self.refresh_presence().await,
+                _ = tokio::time::sleep(period) => {
+                    crate::metrics::metrics().bus_up.set(i64::from(self.bus.healthy()));
+                    self.refresh_presence().await;
+                }
                 _ = shutdown.changed() => return,
             }
         }

@@ -52,6 +52,8 @@ pub struct Outbox {
     overflowed: AtomicBool,
     closed: AtomicBool,
     ready: Notify,
+    /// Wakes a writer blocked on the socket when the queue overflows.
+    overflow: Notify,
 }
 
 impl Outbox {
@@ -62,6 +64,7 @@ impl Outbox {
             overflowed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             ready: Notify::new(),
+            overflow: Notify::new(),
         })
     }
 
@@ -73,10 +76,13 @@ impl Outbox {
         let cost = item.cost();
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.bytes + cost > self.max_bytes {
+            // One item always fits an empty queue (a message may exceed the bound on its own);
+            // the bound is on what piles up behind it.
+            if !st.items.is_empty() && st.bytes + cost > self.max_bytes {
                 self.overflowed.store(true, Ordering::Release);
                 drop(st);
                 self.ready.notify_one();
+                self.overflow.notify_waiters();
                 return false;
             }
             st.bytes += cost;
@@ -107,6 +113,18 @@ impl Outbox {
     /// Whether a push did not fit (the writer closes the connection as a slow consumer).
     pub fn is_overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a push did not fit (also while the writer is busy writing).
+    pub async fn overflowed(&self) {
+        loop {
+            // Registered before the check, so an overflow in between still wakes us.
+            let notified = self.overflow.notified();
+            if self.is_overflowed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Stop accepting items and wake the writer.
@@ -154,6 +172,26 @@ mod tests {
             o.take_all().await.is_empty(),
             "then the writer sees the overflow"
         );
+    }
+
+    #[tokio::test]
+    async fn a_single_item_larger_than_the_bound_still_fits_an_empty_queue() {
+        let o = Outbox::new(100);
+        assert!(o.push(reply(500)));
+        assert!(!o.push(reply(1)), "but nothing may pile up behind it");
+    }
+
+    #[tokio::test]
+    async fn a_writer_busy_on_the_socket_learns_of_an_overflow() {
+        let o = Outbox::new(100);
+        let o2 = o.clone();
+        let waiter = tokio::spawn(async move { o2.overflowed().await });
+        tokio::task::yield_now().await;
+        assert!(o.push(reply(50)));
+        assert!(!waiter.is_finished());
+        assert!(!o.push(reply(50)));
+        waiter.await.expect("woken by the overflow");
+        o.overflowed().await; // and it stays overflowed
     }
 
     #[tokio::test]

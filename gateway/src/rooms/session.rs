@@ -15,6 +15,7 @@ use switchboard_config::{Keepalive, RouteLimits};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -107,10 +108,14 @@ pub async fn run(io: Upgraded, ctx: SessionCtx) -> CloseCause {
                         }
                     }
                     Some(Ctl::Close(cause)) => {
-                        for item in drain_now(&writer_outbox) {
-                            let _ = sink.feed(to_message(item)).await;
-                        }
-                        let _ = sink.send(Message::Close(Some(close_frame(&cause)))).await;
+                        // Bounded: a peer that stopped reading must not keep the session alive.
+                        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                            for item in drain_now(&writer_outbox) {
+                                let _ = sink.feed(to_message(item)).await;
+                            }
+                            let _ = sink.send(Message::Close(Some(close_frame(&cause)))).await;
+                        })
+                        .await;
                         return Some(cause);
                     }
                     None => return None,
@@ -118,18 +123,24 @@ pub async fn run(io: Upgraded, ctx: SessionCtx) -> CloseCause {
                 items = writer_outbox.take_all() => {
                     if items.is_empty() {
                         if writer_outbox.is_overflowed() {
-                            let _ = sink.send(Message::Close(Some(close_frame(&CloseCause::SlowConsumer)))).await;
-                            return Some(CloseCause::SlowConsumer);
+                            return Some(close_slow_consumer(&mut sink).await);
                         }
                         return None;
                     }
-                    for item in items {
-                        if sink.feed(to_message(item)).await.is_err() {
+                    tokio::select! {
+                        written = async {
+                            for item in items {
+                                sink.feed(to_message(item)).await?;
+                            }
+                            sink.flush().await
+                        } => if written.is_err() {
                             return None;
+                        },
+                        // A peer that stops reading blocks this write while its queue
+                        // overflows: close it now rather than when (if ever) it reads again.
+                        _ = writer_outbox.overflowed() => {
+                            return Some(close_slow_consumer(&mut sink).await);
                         }
-                    }
-                    if sink.flush().await.is_err() {
-                        return None;
                     }
                 }
             }
@@ -147,6 +158,24 @@ pub async fn run(io: Upgraded, ctx: SessionCtx) -> CloseCause {
     outbox.close();
     let written = writer.await.ok().flatten();
     written.unwrap_or(cause)
+}
+
+/// How long a closing connection gets: for its Close frame to be written, and for the peer's
+/// Close reply.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the Close of a slow consumer may take to be written before the socket is dropped.
+const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Say 4008 if the socket takes it within [`SLOW_CLOSE_WAIT`]; the caller then drops it.
+async fn close_slow_consumer<S>(sink: &mut S) -> CloseCause
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let cause = CloseCause::SlowConsumer;
+    let close = Message::Close(Some(close_frame(&cause)));
+    let _ = tokio::time::timeout(SLOW_CLOSE_WAIT, sink.send(close)).await;
+    cause
 }
 
 fn drain_now(outbox: &Outbox) -> Vec<Item> {
@@ -248,6 +277,10 @@ impl Session {
                         None => return closing.map_or(CloseCause::Abnormal(crate::error::Side::Downstream), |(c, _)| c),
                         Some(Err(e)) => {
                             let cause = match e {
+                                // The client vanished without a close: nothing to send.
+                                WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                                    return CloseCause::Abnormal(crate::error::Side::Downstream);
+                                }
                                 WsError::Capacity(_) => CloseCause::MessageTooBig,
                                 WsError::Protocol(_) | WsError::Utf8(_) => CloseCause::ProtocolError,
                                 _ => return CloseCause::Abnormal(crate::error::Side::Downstream),
@@ -309,6 +342,11 @@ impl Session {
                     let c = CloseCause::Draining { code: self.ctx.drain_code, reason: self.ctx.drain_reason.clone() };
                     let c = self.close(c).await;
                     closing = Some((c, Instant::now() + Duration::from_secs(5)));
+                }
+                // The writer ended by itself (slow consumer, broken socket): wait for the
+                // peer's Close as after any close, then end (the writer's cause wins).
+                _ = self.ctl.closed(), if closing.is_none() => {
+                    closing = Some((CloseCause::Abnormal(crate::error::Side::Downstream), Instant::now() + CLOSE_WAIT));
                 }
                 _ = tokio::time::sleep_until(close_deadline) => {
                     return closing.map_or(CloseCause::Abnormal(crate::error::Side::Downstream), |(c, _)| c);
@@ -516,7 +554,13 @@ impl Session {
             ephemeral,
             origin_conn: Some(self.ctx.conn_id.clone()),
         };
-        match self.ctx.hub.bus().publish(p).await {
+        let result = self.ctx.hub.bus().publish(p).await;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        crate::metrics::metrics()
+            .room_publishes
+            .with_label_values(&[label])
+            .inc();
+        match result {
             Ok(pos) => self.reply(protocol::ack(id.as_deref(), pos.as_ref())),
             Err(e) => self.reply(protocol::error(
                 id.as_deref(),

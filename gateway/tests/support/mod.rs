@@ -15,6 +15,10 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod nats;
+pub mod room_client;
+pub mod rooms;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
@@ -981,11 +985,29 @@ pub fn ws_request(url: &str, headers: &[(&str, &str)]) -> tungstenite::handshake
 }
 
 /// Send `text` and expect it back (skipping pings/pongs).
-pub async fn assert_echo(ws: &mut WsClient, text: &str) {
+pub async fn assert_echo<S>(ws: &mut WebSocketStream<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     ws.send(Message::text(text.to_owned()))
         .await
         .unwrap_or_else(|e| panic!("send {text:?}: {e}"));
-    assert_eq!(next_text(ws, PROMPTLY).await, text);
+    assert_eq!(recv_text(ws, PROMPTLY).await, text);
+}
+
+/// [`next_text`] for any WebSocket stream (raw or TLS clients too).
+pub async fn recv_text<S>(ws: &mut WebSocketStream<S>, within: Duration) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match tokio::time::timeout(within, ws.next()).await {
+            Err(_) => panic!("no message within {within:?}"),
+            Ok(Some(Ok(Message::Text(t)))) => return t.as_str().to_owned(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(other) => panic!("expected a text message, got {other:?}"),
+        }
+    }
 }
 
 /// Read until a Close frame arrives (data messages and pings before it are returned too), then

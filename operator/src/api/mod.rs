@@ -46,6 +46,16 @@ pub const HEADER_PATTERN: &str = r"^[A-Za-z0-9-]+$";
 pub const URL_PATTERN: &str = r"^https?://[^\s]+$";
 /// Provider names (DNS-1123 labels).
 pub const PROVIDER_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// Room authorization patterns: room characters `A-Z a-z 0-9 : _ @ + = -`, `*` (one or more
+/// characters; never two in a row) and `{claim}` placeholders (claim names `A-Z a-z 0-9 _`).
+/// The same grammar the gateway parses; written so no two alternatives overlap, which keeps
+/// backtracking engines linear.
+pub const ROOM_PATTERN_PATTERN: &str =
+    r"^\*?(([A-Za-z0-9:_@+=-]|\{[A-Za-z0-9_]+\})+\*)*([A-Za-z0-9:_@+=-]|\{[A-Za-z0-9_]+\})*$";
+/// Raw-room paths: a request path with exactly one `{room}` and no other braces.
+pub const PATH_ROOM_PATTERN: &str = r"^/[^\s?#{}]*\{room\}[^\s?#{}]*$";
+/// Rooms namespaces (one NATS subject token).
+pub const ROOMS_NAMESPACE_PATTERN: &str = r"^[A-Za-z0-9_-]+$";
 
 /// A realtime endpoint served by the Switchboard gateways.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -60,7 +70,7 @@ pub const PROVIDER_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
     namespaced,
     status = "RealtimeRouteStatus",
     derive = "PartialEq",
-    doc = "A realtime (WebSocket, SSE) endpoint on the Switchboard gateways: hosts and path, proxy or rooms mode, Origin and JWT checks before the upgrade, per-connection limits and drain behaviour.",
+    doc = "A realtime (WebSocket, SSE, long-polling) endpoint on the Switchboard gateways: hosts and path, proxy or rooms mode, Origin and JWT checks before the upgrade, per-connection limits and drain behaviour.",
     // Raw JSON form: the structured `printcolumn(type_ = ...)` form trips clippy's
     // `duplicated_attributes` when repeated.
     printcolumn = r#"{"name": "Hosts", "type": "string", "jsonPath": ".spec.hostnames", "description": "Host names served (empty: any host)"}"#,
@@ -89,7 +99,19 @@ pub const PROVIDER_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
     },
     {
         "rule": "self.mode == 'rooms' || !has(self.drain) || !has(self.drain.reconnectHint)",
-        "message": "drain.reconnectHint is sent in rooms and SSE shutdown messages; mode proxy closes with drain.closeCode and drain.closeReason"
+        "message": "drain.reconnectHint is about rooms shutdown messages; mode proxy closes with drain.closeCode and drain.closeReason"
+    },
+    {
+        "rule": "!has(self.rooms) || !has(self.rooms.protocol) || self.rooms.protocol != 'raw' || !has(self.transports) || self.transports.all(t, t == 'WebSocket')",
+        "message": "raw rooms are WebSocket only: remove SSE and LongPolling from spec.transports"
+    },
+    {
+        "rule": "!has(self.rooms) || !has(self.rooms.pathRoom) || !has(self.path) || (has(self.path.type) && self.path.type == 'Exact') || self.rooms.pathRoom.startsWith(has(self.path.value) ? self.path.value : '/')",
+        "message": "rooms.pathRoom must lie under spec.path.value, or no request reaches it"
+    },
+    {
+        "rule": "self.mode == 'proxy' || !has(self.auth) || !has(self.auth.jwt) || self.auth.jwt.providers.all(p, !has(p.claimsToHeaders) || size(p.claimsToHeaders) == 0)",
+        "message": "auth.jwt.providers[].claimsToHeaders is only used in mode proxy (rooms hooks get the user as X-Switchboard-User)"
     },
     {
         "rule": "!has(self.limits) || !has(self.limits.connectionsPerUser) || (has(self.auth) && has(self.auth.jwt))",
@@ -119,9 +141,8 @@ pub struct RealtimeRouteSpec {
     pub path: Option<PathMatch>,
 
     /// What the gateway does with a matched connection: `proxy` pins it to one pod of
-    /// `backend` and relays frames; `rooms` serves it as a member of rooms (not available in
-    /// this release: such routes get `Accepted=False` with reason `Unsupported`).
-    /// Default `proxy`.
+    /// `backend` and relays frames; `rooms` serves it as a member of rooms (see `rooms`;
+    /// no `backend`). Default `proxy`.
     #[serde(default)]
     pub mode: Mode,
 
@@ -129,8 +150,10 @@ pub struct RealtimeRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<BackendRef>,
 
-    /// Transports clients may use. `SSE` and `LongPolling` serve rooms (mode `rooms`);
-    /// mode `proxy` carries `WebSocket` only. Unset: `[WebSocket]`.
+    /// Transports clients may use. `SSE` (`Accept: text/event-stream`, resumable with
+    /// `Last-Event-ID`) and `LongPolling` (`GET ?rooms=a,b&cursor=...`) serve JSON rooms; mode
+    /// `proxy` and raw rooms carry `WebSocket` only. Unset: every transport for JSON rooms,
+    /// `[WebSocket]` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 3))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
@@ -140,9 +163,9 @@ pub struct RealtimeRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
 
-    /// Rooms settings (mode `rooms` only). Accepted by the schema so manifests can be written
-    /// ahead; routes in mode `rooms` get `Accepted=False` with reason `Unsupported` until the
-    /// gateways serve rooms.
+    /// Rooms settings (mode `rooms` only). Unset in mode `rooms`: JSON protocol, no join or
+    /// publish patterns (default deny: each connection only receives its own `user:<sub>`
+    /// room), no history, no presence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rooms: Option<Rooms>,
 
@@ -458,70 +481,124 @@ pub struct ClaimToHeader {
     pub header: String,
 }
 
-/// Rooms settings (accepted by the schema; not served in this release).
+/// Rooms settings: how the gateway serves a route in mode `rooms`. Mirrors the gateway's
+/// `rooms` section; the operator only scopes `namespace` to the route's Kubernetes namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.pathRoom) || !has(self.protocol) || self.protocol != 'raw'",
+        "message": "protocol raw needs pathRoom, a path with one {room} segment such as /collab/{room}"
+    },
+    {
+        "rule": "!has(self.pathRoom) || (has(self.protocol) && self.protocol == 'raw')",
+        "message": "pathRoom is only used with protocol raw (JSON rooms name their rooms in join messages)"
+    },
+    {
+        "rule": "!has(self.echo) || (has(self.protocol) && self.protocol == 'raw')",
+        "message": "echo is only used with protocol raw"
+    },
+    {
+        "rule": "!has(self.publishHook) || !has(self.protocol) || self.protocol != 'raw'",
+        "message": "publishHook is not called for raw rooms (their messages are relayed unchanged); remove it or use protocol json"
+    }
+]))]
 pub struct Rooms {
-    /// Which rooms a connection may use, by pattern over the room name with `{claim}`
-    /// placeholders filled from the token, e.g. `org:{org}:*`. Evaluated in order; the first
-    /// matching rule decides. Unset or empty: any room, every action.
+    /// `json`: the Switchboard room protocol (JSON text frames: join, leave, publish,
+    /// presence, ping; ordered messages with resume). `raw`: an opaque relay for existing
+    /// client protocols (y-websocket and the like): the room comes from the request path
+    /// (`pathRoom`) and every text or binary message a member sends goes unchanged to the
+    /// other members, WebSocket only. Default `json`.
+    #[serde(default)]
+    pub protocol: RoomProtocol,
+    /// Protocol `raw` only, required there: a path with exactly one `{room}` segment, e.g.
+    /// `/collab/{room}`; `/collab/doc-1` then joins room `doc-1` (which must match `join`).
+    /// Must lie under `spec.path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = PATH_ROOM_PATTERN), length(min = 7, max = 1024))]
+    pub path_room: Option<String>,
+    /// Protocol `raw` only: also send each message back to its sender. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<bool>,
+    /// Routes in the same Kubernetes namespace with the same `namespace` share their rooms
+    /// (and must keep the same `history`). The gateways see it as
+    /// `<metadata.namespace>_<namespace>`, the name the publish API and NATS subjects use;
+    /// routes in other Kubernetes namespaces never share rooms. Default: the route's name
+    /// (dots become `_`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = ROOMS_NAMESPACE_PATTERN), length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// Room patterns a connection may join. `*` matches one or more characters; `{claim}` is
+    /// replaced by that JWT claim's value, e.g. `user:{sub}`, `org:{org}:*`, `chat:*` (a
+    /// missing claim, or one that is not a room-safe string, matches nothing). Patterns use
+    /// `A-Z a-z 0-9 : _ @ + = -`, `*` (never `**`) and `{claim}`; room names use the same
+    /// characters without `*` and braces, at most 128. Unset or empty: no room (default
+    /// deny); a JSON-rooms connection with a token is still a member of its own
+    /// `user:<sub>` room.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
-    pub authorization: Vec<RoomRule>,
-    /// Message history kept per room for resume and replay. Unset: no history.
+    #[schemars(length(max = 32), inner(regex(pattern = ROOM_PATTERN_PATTERN), length(min = 1, max = 256)))]
+    pub join: Vec<String>,
+    /// Room patterns a connection may publish to (same syntax as `join`). Unset or empty: no
+    /// room (default deny; clients only receive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = ROOM_PATTERN_PATTERN), length(min = 1, max = 256)))]
+    pub publish: Vec<String>,
+    /// Messages kept per room, for resume (a client rejoining with its last position gets
+    /// exactly the gap). Unset: none; a resume then says `recovered: false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<RoomHistory>,
-    /// Publish who is in a room (join/leave events and a member list). Default false.
+    /// Track who is in each room, cluster-wide; JSON rooms also get join/leave events and
+    /// member lists. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<bool>,
-    /// An HTTP hook called before a client message is published; it may refuse it.
-    /// Unset: client messages are published as they are.
+    /// Outbound bytes queued for one connection before it is closed as a slow consumer
+    /// (close code 4008); other members are not slowed. Default 1048576 (1 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publish_hook: Option<PublishHook>,
+    #[schemars(range(min = 4096, max = 1073741824))]
+    pub max_queue_bytes: Option<i64>,
+    /// Protocol `json` only: POST each client publish to the app first (with
+    /// `X-Switchboard-User` and `X-Switchboard-Route`); 2xx accepts (a JSON body replaces the
+    /// data), anything else refuses it with the app's reason. Unset: publishes are accepted as
+    /// they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_hook: Option<RoomHook>,
+    /// POST connect and disconnect notifications to the app. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<RoomHook>,
 }
 
-/// One room authorization rule.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// `json` or `raw`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct RoomRule {
-    /// Room name pattern; `*` matches the rest of the name, `{claim}` a token claim's value.
-    #[schemars(length(min = 1, max = 256))]
-    pub pattern: String,
-    /// Allowed actions in matching rooms.
-    #[schemars(length(min = 1, max = 3))]
-    #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    pub actions: Vec<RoomAction>,
-}
-
-/// `Join`, `Publish` or `Presence`.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum RoomAction {
-    Join,
-    Publish,
-    Presence,
+pub enum RoomProtocol {
+    #[default]
+    Json,
+    Raw,
 }
 
 /// Per-room history bounds; the first bound reached evicts.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RoomHistory {
     /// Most messages kept per room. Default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_messages: Option<i32>,
-    /// Oldest message kept. Default 1h.
+    /// Oldest message kept; more than 0s. Default 10m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Duration>,
 }
 
-/// The publish hook.
+/// An HTTP callback to the application.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct PublishHook {
-    /// `https://` (or `http://` inside the cluster) URL that receives a POST per message.
+pub struct RoomHook {
+    /// `http://` (usually the app's Service, e.g. `http://chat.chat.svc:8080/hooks`) or
+    /// `https://` URL that receives the POSTs.
     #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
     pub url: String,
-    /// How long to wait for the hook; a timeout refuses the message. Default 2s.
+    /// How long the app has to answer, more than 0s; a publish hook that times out refuses
+    /// the message. Default 2s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
 }
@@ -603,8 +680,10 @@ pub struct Drain {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 123))]
     pub close_reason: Option<String>,
-    /// Suggested delay before clients reconnect, sent in rooms `shutdown` messages and as the
-    /// SSE `retry:` field (mode `rooms` only). Unset: clients choose.
+    /// Suggested delay before clients reconnect (mode `rooms` only). Not served yet: the
+    /// gateways send every JSON-rooms and SSE client a random 0.5-5s hint in the `shutdown`
+    /// message (and SSE `retry:`), so a route that sets this gets `Accepted=False` with
+    /// reason `Unsupported`. Unset: that random hint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconnect_hint: Option<Duration>,
 }

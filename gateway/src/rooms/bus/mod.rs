@@ -6,6 +6,7 @@
 //! The hub holds one [`Subscription`] per room per pod (reference-counted by the hub).
 
 pub mod memory;
+pub mod nats;
 
 use std::sync::{Arc, OnceLock};
 
@@ -182,10 +183,10 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     bus_runtime().block_on(f)
 }
 
-/// Connect the NATS bus on the bus runtime.
+/// Connect the NATS bus on the bus runtime (its client tasks live there for the process's
+/// life). Returns at once even when NATS is down: the client keeps reconnecting and the bus
+/// reports unhealthy (readiness, `switchboard_bus_up`) until it is connected.
 pub fn connect_nats(cfg: &switchboard_config::Nats) -> Result<Arc<dyn Bus>, BusError> {
-    let _ = cfg;
-    Err(BusError::Unavailable(
-        "the NATS bus is not built into this binary yet".into(),
-    ))
+    let bus = block_on(nats::NatsBus::connect(cfg))?;
+    Ok(Arc::new(bus))
 }

@@ -1,0 +1,1419 @@
+//! The NATS bus: core NATS subjects for live fan-out, JetStream for history, positions and
+//! resume, and a JetStream key-value bucket for presence. Every gateway pod connects to the same
+//! NATS (cluster) with the same subject prefix; app pods may publish into rooms directly.
+//! `docs/nats.md` is the user-facing description of everything here.
+//!
+//! Subjects (`P` = `nats.subjectPrefix`, `ns` = the route's room namespace):
+//!
+//! | subject                 | carries                                                       |
+//! |-------------------------|---------------------------------------------------------------|
+//! | `P.room.<ns>.<room>`    | stored messages (captured by the stream `<PREFIX>_<ns>`)       |
+//! | `P.eph.<ns>.<room>`     | ephemeral messages, and every message of a namespace without history |
+//! | `P.presence.<ns>.<room>`| presence join/leave events                                    |
+//!
+//! Positions are `(stream sequence, epoch)`: the sequence is the JetStream stream sequence of the
+//! namespace's stream (it increases with every stored message of the room, not by one) and the
+//! epoch is the stream's creation time, so a recreated stream never matches an old position.
+//!
+//! Live delivery of stored messages uses one ordered push consumer per subscribed room: it
+//! re-creates itself after reconnects and server restarts from the last sequence it delivered,
+//! so live delivery has no gaps and no duplicates across NATS outages.
+//!
+//! Every operation is bounded ([`OP_TIMEOUT`]) and fails at once with
+//! [`BusError::Unavailable`] while the client is not connected; the client keeps reconnecting in
+//! the background, forever, and [`Bus::healthy`] says whether it is connected.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::connection::State;
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, StorageType};
+use async_nats::jetstream::{self, kv};
+use async_nats::{ConnectOptions, ServerAddr, Subscriber};
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Deserializer, Serialize};
+use tokio::sync::mpsc;
+
+use super::{
+    Bus, BusError, Member, Payload, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
+    RoomMessage, Subscription,
+};
+
+/// Upper bound of every bus operation (except [`Bus::replay`], see [`REPLAY_TIMEOUT`]).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound of a replay (it reads up to the retained history of one room).
+pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
+/// JetStream API and publish-ack timeout: below [`OP_TIMEOUT`] so the bus reports the cause.
+const JS_TIMEOUT: Duration = Duration::from_secs(4);
+/// Live queue depth between the bus and the hub for one room (as the memory bus).
+const ROOM_QUEUE: usize = 4096;
+/// Messages per pull request when reading history or presence.
+const FETCH_BATCH: usize = 256;
+/// Ephemeral read consumers are removed by the server this long after their last use (they are
+/// also deleted explicitly; this covers a pod that dies mid-read).
+const READ_CONSUMER_TTL: Duration = Duration::from_secs(10);
+/// How often a dead connection is noticed (two missed pings close it).
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// The epoch of namespaces without history (nothing is stored, nothing can be resumed).
+pub const NO_HISTORY_EPOCH: &str = "none";
+/// Longest namespace or room name.
+pub const MAX_NAME_LEN: usize = 255;
+/// The KV header that marks deletes and purges.
+const KV_OPERATION: &str = "KV-Operation";
+
+/// Whether `name` may be used as a namespace or room name on the NATS bus: 1 to
+/// [`MAX_NAME_LEN`] characters of `[A-Za-z0-9:_@+=-]` (no `.`, which separates subject tokens,
+/// and no wildcards or whitespace).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":_@+=-".contains(&b))
+}
+
+fn check_ns(ns: &str) -> Result<(), BusError> {
+    if valid_name(ns) {
+        Ok(())
+    } else {
+        Err(BusError::Other(format!(
+            "namespace {ns:?} is not usable on NATS: use 1-{MAX_NAME_LEN} characters of [A-Za-z0-9:_@+=-]"
+        )))
+    }
+}
+
+fn check_key(key: &RoomKey) -> Result<(), BusError> {
+    check_ns(&key.namespace)?;
+    if valid_name(&key.room) {
+        Ok(())
+    } else {
+        Err(BusError::Other(format!(
+            "room {:?} is not usable on NATS: use 1-{MAX_NAME_LEN} characters of [A-Za-z0-9:_@+=-]",
+            key.room
+        )))
+    }
+}
+
+/// Whether `prefix` is usable as a subject prefix: dot-separated tokens of `[A-Za-z0-9_-]`.
+fn valid_prefix(prefix: &str) -> bool {
+    prefix.split('.').all(|t| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
+}
+
+/// Stream-name form of the subject prefix: upper case, `.` -> `_` (`switchboard` ->
+/// `SWITCHBOARD`, `sb.prod` -> `SB_PROD`).
+fn stream_prefix(prefix: &str) -> String {
+    prefix.to_ascii_uppercase().replace('.', "_")
+}
+
+/// KV keys allow `[-/_=.A-Za-z0-9]`; names and connection ids are escaped into that set
+/// injectively: `[A-Za-z0-9_-]` stay, every other byte becomes `=XX` (upper-case hex), so
+/// `lobby:1` is `lobby=3A1`.
+fn kv_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn ms_of(t: &async_nats::jetstream::message::Info<'_>) -> u64 {
+    u64::try_from(t.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// The epoch of a stream: its creation time in nanoseconds since the Unix epoch. JetStream keeps
+/// it across server restarts (file storage), and a deleted and recreated stream gets a new one.
+fn epoch_of(info: &stream::Info) -> String {
+    info.created.unix_timestamp_nanos().to_string()
+}
+
+/// Whether a replay from `since` (exclusive) holds every message of the room, given what
+/// JetStream says *after* the messages were read. The retained messages of one subject are always
+/// a suffix of what was published to it (both the per-subject limit and `max_age` drop the oldest
+/// first), so:
+///
+/// 1. if the room's oldest retained message is at, before or right after `since`
+///    (`oldest <= since + 1`), nothing after `since` was dropped: complete;
+/// 2. otherwise nothing after `since` was dropped if the stream head has not moved past it
+///    (`first_seq <= since + 1`: no `max_age`/stream-limit removal after `since`) and the room
+///    holds fewer messages than the per-subject limit (a per-subject removal after `since` would
+///    have left the room full): complete;
+/// 3. otherwise the gap may be incomplete (`Lost`, conservative: the client reloads, it never
+///    silently misses messages), unless [`probe_range`] proves it complete.
+///
+/// `since` beyond the stream's last sequence is not a position of this stream: `Lost`.
+pub fn gap_is_complete(
+    since: u64,
+    oldest_of_room: Option<u64>,
+    first_seq: u64,
+    last_seq: u64,
+    room_count: u64,
+    max_per_subject: i64,
+) -> bool {
+    if since > last_seq {
+        return false;
+    }
+    if oldest_of_room.is_some_and(|o| o <= since.saturating_add(1)) {
+        return true;
+    }
+    let below_limit = max_per_subject <= 0 || room_count < max_per_subject as u64;
+    first_seq <= since.saturating_add(1) && below_limit
+}
+
+/// Longest run of sequences [`probe_range`] checks one by one.
+pub const PROBE_MAX: u64 = 16;
+
+/// When [`gap_is_complete`] says no but the room's oldest retained message is close after
+/// `since`: the sequences strictly between them. Only they can have been messages of the room
+/// that were dropped (suffix property), so if every one of them still exists (as a message of
+/// another room), the gap is complete after all. This turns the common "exactly the per-subject
+/// limit behind" case back into a complete gap.
+pub fn probe_range(
+    since: u64,
+    oldest_of_room: Option<u64>,
+    last_seq: u64,
+) -> Option<std::ops::Range<u64>> {
+    let oldest = oldest_of_room?;
+    let start = since.checked_add(1)?;
+    (since <= last_seq && oldest > start && oldest - start <= PROBE_MAX).then_some(start..oldest)
+}
+
+/// The JSON envelope of every room message, stored and delivered as the same bytes. Exactly one
+/// of `data` (JSON), `b64` (binary, standard base64) and `text` (raw-relay text frame).
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct Envelope {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<serde_json::Value>,
+    /// `Some(Null)` is JSON `null` data; `None` is "no `data` field".
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    data: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    /// Server time (ms since the Unix epoch); stored messages without it get the stream's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ts: Option<u64>,
+    /// The publishing connection (raw rooms skip the sender).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    conn: Option<String>,
+    /// Published as ephemeral (only on the `eph` subject).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    eph: bool,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+impl Envelope {
+    fn of(p: Publish, ts: u64) -> Self {
+        let mut env = Envelope {
+            from: p.from,
+            ts: Some(ts),
+            conn: p.origin_conn,
+            eph: p.ephemeral,
+            ..Default::default()
+        };
+        match p.data {
+            Payload::Json(v) => env.data = Some(v),
+            Payload::Binary(b) => {
+                env.b64 = Some(base64::engine::general_purpose::STANDARD.encode(&b))
+            }
+            Payload::Text(t) => env.text = Some(t),
+        }
+        env
+    }
+
+    fn encode(&self) -> Bytes {
+        // Serializing JSON values, strings and integers cannot fail.
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    fn payload(self) -> Result<Payload, String> {
+        match (self.data, self.b64, self.text) {
+            (Some(v), None, None) => Ok(Payload::Json(v)),
+            (None, Some(b), None) => base64::engine::general_purpose::STANDARD
+                .decode(b.as_bytes())
+                .map(|b| Payload::Binary(Bytes::from(b)))
+                .map_err(|e| format!("b64 is not base64: {e}")),
+            (None, None, Some(t)) => Ok(Payload::Text(t)),
+            _ => Err("exactly one of data, b64, text is required".into()),
+        }
+    }
+}
+
+/// Decode one message of `key`; malformed ones are logged and skipped (an app pod may publish
+/// anything to a room subject).
+fn decode(
+    key: &RoomKey,
+    bytes: &[u8],
+    seq: u64,
+    epoch: &str,
+    fallback_ts: u64,
+) -> Option<RoomMessage> {
+    let env: Envelope = match serde_json::from_slice(bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(namespace = %key.namespace, room = %key.room, seq, error = %e, "dropping a room message that is not a JSON envelope");
+            return None;
+        }
+    };
+    let ts_ms = env.ts.unwrap_or(fallback_ts);
+    let from = env.from.clone();
+    let origin_conn = env.conn.clone();
+    let ephemeral = seq == 0 && env.eph;
+    match env.payload() {
+        Ok(data) => Some(RoomMessage {
+            key: key.clone(),
+            seq,
+            epoch: epoch.to_string(),
+            ts_ms,
+            from,
+            data,
+            ephemeral,
+            origin_conn,
+        }),
+        Err(e) => {
+            tracing::warn!(namespace = %key.namespace, room = %key.room, seq, error = %e, "dropping a malformed room message");
+            None
+        }
+    }
+}
+
+/// A presence event as published on `P.presence.<ns>.<room>`.
+#[derive(Debug, Serialize, Deserialize)]
+struct PresenceWire {
+    joined: bool,
+    member: Member,
+}
+
+#[derive(Debug, Clone)]
+struct Namespace {
+    retention: Retention,
+    /// The stream's epoch once it is known to exist; `None`: create or update it before use.
+    epoch: Option<String>,
+}
+
+/// The NATS room bus. Cheap to share behind an `Arc<dyn Bus>`.
+pub struct NatsBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    prefix: String,
+    stream_prefix: String,
+    presence_ttl: Duration,
+    namespaces: Mutex<HashMap<String, Namespace>>,
+    presence: tokio::sync::Mutex<Option<kv::Store>>,
+    /// Members this pod has announced (join events are sent once, not on every refresh).
+    announced: Mutex<HashSet<(RoomKey, String)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl NatsBus {
+    /// Build the bus from the `nats` config. Does not wait for NATS: the client connects (and
+    /// later reconnects) in the background, forever, so a gateway starts while NATS is briefly
+    /// down; until connected [`Bus::healthy`] is false and operations fail with
+    /// [`BusError::Unavailable`]. Errors: invalid URLs, subject prefix or credentials file.
+    pub async fn connect(cfg: &switchboard_config::Nats) -> Result<NatsBus, BusError> {
+        if !valid_prefix(&cfg.subject_prefix) {
+            return Err(BusError::Other(format!(
+                "nats.subjectPrefix {:?}: use dot-separated tokens of [A-Za-z0-9_-]",
+                cfg.subject_prefix
+            )));
+        }
+        if cfg.urls.is_empty() {
+            return Err(BusError::Other(
+                "nats.urls: at least one URL is required".into(),
+            ));
+        }
+        let addrs = cfg
+            .urls
+            .iter()
+            .map(|u| {
+                u.parse::<ServerAddr>()
+                    .map_err(|e| BusError::Other(format!("nats.urls: {u:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut opts = ConnectOptions::new()
+            .name("switchboard-gateway")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(OP_TIMEOUT)
+            .ping_interval(PING_INTERVAL)
+            .require_tls(cfg.tls_required)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS disconnected; reconnecting")
+                    }
+                    other => tracing::info!(event = %other, "NATS event"),
+                }
+            });
+        if let Some(token) = &cfg.token {
+            opts = opts.token(token.clone());
+        }
+        if let Some(file) = &cfg.credentials_file {
+            opts = opts
+                .credentials_file(file)
+                .await
+                .map_err(|e| BusError::Other(format!("nats.credentialsFile {file:?}: {e}")))?;
+        }
+        let client = opts
+            .connect(addrs)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("NATS connect: {e}")))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(JS_TIMEOUT)
+            .ack_timeout(JS_TIMEOUT)
+            .build(client.clone());
+        Ok(NatsBus {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                prefix: cfg.subject_prefix.clone(),
+                stream_prefix: stream_prefix(&cfg.subject_prefix),
+                presence_ttl: cfg.presence_ttl,
+                namespaces: Mutex::default(),
+                presence: tokio::sync::Mutex::default(),
+                announced: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The underlying client (for other NATS users in the gateway, e.g. notifications).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// The JetStream stream holding `namespace`'s history: `<PREFIX>_<namespace>`.
+    pub fn stream_name(&self, namespace: &str) -> String {
+        self.inner.stream_name(namespace)
+    }
+
+    /// The presence KV bucket: `<PREFIX>_presence`.
+    pub fn presence_bucket(&self) -> String {
+        self.inner.presence_bucket()
+    }
+}
+
+impl Inner {
+    fn connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    fn down(&self) -> BusError {
+        BusError::Unavailable("not connected to NATS".into())
+    }
+
+    /// A failed NATS call: `Unavailable` when the connection is the cause, else `Other`.
+    fn fail(&self, what: &str, e: impl Display) -> BusError {
+        if self.connected() {
+            BusError::Other(format!("{what}: {e}"))
+        } else {
+            BusError::Unavailable(format!("{what}: {e}"))
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        limit: Duration,
+        fut: impl Future<Output = Result<T, BusError>>,
+    ) -> Result<T, BusError> {
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) if self.connected() => Err(BusError::Timeout),
+            Err(_) => Err(self.down()),
+        }
+    }
+
+    fn subject(&self, kind: &str, key: &RoomKey) -> String {
+        format!("{}.{kind}.{}.{}", self.prefix, key.namespace, key.room)
+    }
+
+    fn stream_name(&self, ns: &str) -> String {
+        format!("{}_{ns}", self.stream_prefix)
+    }
+
+    fn presence_bucket(&self) -> String {
+        format!("{}_presence", self.stream_prefix)
+    }
+
+    fn history(&self, ns: &str) -> Option<Retention> {
+        lock(&self.namespaces).get(ns).map(|n| n.retention.clone())
+    }
+
+    fn set_epoch(&self, ns: &str, epoch: &str) {
+        if let Some(n) = lock(&self.namespaces).get_mut(ns) {
+            if n.epoch.as_deref() != Some(epoch) {
+                if n.epoch.is_some() {
+                    tracing::warn!(
+                        namespace = ns,
+                        epoch,
+                        "history stream was recreated: older positions are lost"
+                    );
+                }
+                n.epoch = Some(epoch.to_string());
+            }
+        }
+    }
+
+    fn forget_epoch(&self, ns: &str) {
+        if let Some(n) = lock(&self.namespaces).get_mut(ns) {
+            n.epoch = None;
+        }
+    }
+
+    fn stream_config(&self, ns: &str, r: &Retention) -> stream::Config {
+        stream::Config {
+            name: self.stream_name(ns),
+            description: Some(format!("switchboard room history of namespace {ns}")),
+            subjects: vec![format!("{}.room.{ns}.>", self.prefix)],
+            max_messages_per_subject: i64::from(r.max_messages),
+            max_age: r.max_age,
+            storage: StorageType::File,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
+    async fn stream(&self, ns: &str) -> Result<stream::Stream<()>, BusError> {
+        self.js
+            .get_stream_no_info(self.stream_name(ns))
+            .await
+            .map_err(|e| BusError::Other(format!("stream name: {e}")))
+    }
+
+    /// Create or update `ns`'s stream with its configured retention; returns its info.
+    async fn apply_stream(&self, ns: &str) -> Result<stream::Info, BusError> {
+        let Some(r) = self.history(ns) else {
+            return Err(BusError::Other(format!(
+                "namespace {ns:?} keeps no history"
+            )));
+        };
+        if !self.connected() {
+            return Err(self.down());
+        }
+        let info = self
+            .js
+            .create_or_update_stream(self.stream_config(ns, &r))
+            .await
+            .map_err(|e| {
+                self.fail(
+                    &format!("create or update stream {}", self.stream_name(ns)),
+                    e,
+                )
+            })?;
+        self.set_epoch(ns, &epoch_of(&info));
+        Ok(info)
+    }
+
+    /// The stream of a namespace with history and its (cached) epoch, creating the stream if
+    /// this bus has not seen it yet.
+    async fn ensure_stream(&self, ns: &str) -> Result<(stream::Stream<()>, String), BusError> {
+        let cached = lock(&self.namespaces).get(ns).and_then(|n| n.epoch.clone());
+        let epoch = match cached {
+            Some(e) => e,
+            None => epoch_of(&self.apply_stream(ns).await?),
+        };
+        Ok((self.stream(ns).await?, epoch))
+    }
+
+    /// Fresh stream info (refreshing the cached epoch); a missing stream is recreated.
+    async fn stream_info(&self, ns: &str) -> Result<(stream::Stream<()>, stream::Info), BusError> {
+        let (stream, _) = self.ensure_stream(ns).await?;
+        match stream.get_info().await {
+            Ok(info) => {
+                self.set_epoch(ns, &epoch_of(&info));
+                Ok((stream, info))
+            }
+            Err(e) if !self.connected() => Err(self.fail("stream info", e)),
+            Err(e) => {
+                tracing::warn!(namespace = ns, error = %e, "history stream missing; recreating it");
+                self.forget_epoch(ns);
+                let info = self.apply_stream(ns).await?;
+                Ok((stream, info))
+            }
+        }
+    }
+
+    async fn js_publish(
+        &self,
+        subject: &str,
+        payload: Bytes,
+    ) -> Result<jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError> {
+        self.js.publish(subject.to_string(), payload).await?.await
+    }
+
+    async fn publish(&self, p: Publish) -> Result<Option<Position>, BusError> {
+        check_key(&p.key)?;
+        if !self.connected() {
+            return Err(self.down());
+        }
+        let key = p.key.clone();
+        let stored = !p.ephemeral && self.history(&key.namespace).is_some();
+        let payload = Envelope::of(p, now_ms()).encode();
+        if !stored {
+            self.client
+                .publish(self.subject("eph", &key), payload)
+                .await
+                .map_err(|e| self.fail("publish", e))?;
+            return Ok(None);
+        }
+        let ns = &key.namespace;
+        let subject = self.subject("room", &key);
+        let (_, mut epoch) = self.ensure_stream(ns).await?;
+        let ack = match self.js_publish(&subject, payload.clone()).await {
+            Ok(ack) => ack,
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound && self.connected() => {
+                // Deleted behind our back (or lost with its server): recreate it (a new epoch)
+                // and publish once more. Nothing was stored by the failed attempt.
+                tracing::warn!(namespace = %ns, "history stream missing on publish; recreating it");
+                self.forget_epoch(ns);
+                epoch = self.ensure_stream(ns).await?.1;
+                self.js_publish(&subject, payload)
+                    .await
+                    .map_err(|e| self.fail("publish", e))?
+            }
+            Err(e) => return Err(self.fail("publish", e)),
+        };
+        Ok(Some(Position {
+            seq: ack.sequence,
+            epoch,
+        }))
+    }
+
+    /// Read every message a fresh ephemeral pull consumer with `cfg` has, until it has none.
+    async fn read_all<I: Clone + Send + Sync + 'static>(
+        &self,
+        stream: &stream::Stream<I>,
+        cfg: consumer::pull::Config,
+    ) -> Result<Vec<jetstream::Message>, BusError> {
+        let consumer = stream
+            .create_consumer(cfg)
+            .await
+            .map_err(|e| self.fail("create read consumer", e))?;
+        let name = consumer.cached_info().name.clone();
+        let result = async {
+            let mut out = Vec::new();
+            loop {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(FETCH_BATCH)
+                    .messages()
+                    .await
+                    .map_err(|e| self.fail("fetch", e))?;
+                let mut n = 0;
+                while let Some(m) = batch.next().await {
+                    out.push(m.map_err(|e| self.fail("fetch", e))?);
+                    n += 1;
+                }
+                if n < FETCH_BATCH {
+                    return Ok(out);
+                }
+            }
+        }
+        .await;
+        // Best effort (the server drops it after READ_CONSUMER_TTL anyway).
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(OP_TIMEOUT, stream.delete_consumer(&name)).await;
+        });
+        result
+    }
+
+    fn read_config(filter: String, deliver_policy: DeliverPolicy) -> consumer::pull::Config {
+        consumer::pull::Config {
+            filter_subject: filter,
+            deliver_policy,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: READ_CONSUMER_TTL,
+            memory_storage: true,
+            ..Default::default()
+        }
+    }
+
+    async fn replay(&self, key: &RoomKey, since: &Position) -> Result<Replay, BusError> {
+        check_key(key)?;
+        let ns = &key.namespace;
+        if self.history(ns).is_none() {
+            return Ok(Replay::Lost); // nothing is stored: resume always reloads
+        }
+        if !self.connected() {
+            return Err(self.down());
+        }
+        let (stream, cached) = self.ensure_stream(ns).await?;
+        if since.epoch != cached {
+            let (_, info) = self.stream_info(ns).await?;
+            if epoch_of(&info) != since.epoch {
+                return Ok(Replay::Lost);
+            }
+        }
+        let subject = self.subject("room", key);
+        let start = since.seq.saturating_add(1);
+        let raw = self
+            .read_all(
+                &stream,
+                Self::read_config(
+                    subject.clone(),
+                    DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
+                    },
+                ),
+            )
+            .await?;
+        // Checked after reading, in this order (see `gap_is_complete`).
+        let oldest = match stream.get_first_raw_message_by_subject(&subject, 1).await {
+            Ok(m) if m.subject.as_str() == subject => Some(m.sequence),
+            Ok(_) => None,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+            Err(e) => return Err(self.fail("first message of room", e)),
+        };
+        let mut details = stream
+            .info_with_subjects(&subject)
+            .await
+            .map_err(|e| self.fail("stream info", e))?;
+        let count = match details.next().await {
+            Some(Ok((s, n))) if s == subject => n as u64,
+            _ => 0,
+        };
+        let info = &details.info;
+        let epoch = epoch_of(info);
+        self.set_epoch(ns, &epoch);
+        if epoch != since.epoch {
+            return Ok(Replay::Lost);
+        }
+        let mut complete = gap_is_complete(
+            since.seq,
+            oldest,
+            info.state.first_sequence,
+            info.state.last_sequence,
+            count,
+            info.config.max_messages_per_subject,
+        );
+        if let (false, Some(range)) = (
+            complete,
+            probe_range(since.seq, oldest, info.state.last_sequence),
+        ) {
+            complete = self.all_present(&stream, range).await?;
+        }
+        if !complete {
+            return Ok(Replay::Lost);
+        }
+        let msgs = raw
+            .iter()
+            .filter_map(|m| {
+                let info = m.info().ok()?;
+                (info.stream_sequence > since.seq)
+                    .then(|| decode(key, &m.payload, info.stream_sequence, &epoch, ms_of(&info)))
+                    .flatten()
+            })
+            .collect();
+        Ok(Replay::Gap(msgs))
+    }
+
+    /// Whether every sequence in `range` is still stored (in any room).
+    async fn all_present(
+        &self,
+        stream: &stream::Stream<()>,
+        range: std::ops::Range<u64>,
+    ) -> Result<bool, BusError> {
+        for seq in range {
+            match stream.get_raw_message(seq).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(false),
+                Err(e) => return Err(self.fail("stream message", e)),
+            }
+        }
+        Ok(true)
+    }
+
+    async fn position(&self, key: &RoomKey) -> Result<Position, BusError> {
+        check_key(key)?;
+        if self.history(&key.namespace).is_none() {
+            return Ok(Position {
+                seq: 0,
+                epoch: NO_HISTORY_EPOCH.into(),
+            });
+        }
+        if !self.connected() {
+            return Err(self.down());
+        }
+        // The stream's last sequence, not the room's last message: no message of the room lies
+        // between the two, and a recent position keeps resume exact (rule 2 of
+        // `gap_is_complete`) for rooms whose last message is long gone.
+        let (_, info) = self.stream_info(&key.namespace).await?;
+        Ok(Position {
+            seq: info.state.last_sequence,
+            epoch: epoch_of(&info),
+        })
+    }
+
+    async fn presence_store(&self) -> Result<kv::Store, BusError> {
+        let mut slot = self.presence.lock().await;
+        if let Some(store) = &*slot {
+            return Ok(store.clone());
+        }
+        if !self.connected() {
+            return Err(self.down());
+        }
+        // The bucket's stream is declared directly, with the layout async-nats' KV creation
+        // uses: that call first reads the account info in the NATS >= 2.10 format, and this
+        // way older servers work too.
+        let bucket = self.presence_bucket();
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("switchboard room presence: <ns>.<room>.<conn> -> member".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: self.presence_ttl,
+            // Refreshed every ttl/3 by its pod: losing it with a NATS restart costs one refresh.
+            storage: StorageType::Memory,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        self.js
+            .create_or_update_stream(config)
+            .await
+            .map_err(|e| self.fail("create presence bucket", e))?;
+        let store = self
+            .js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| self.fail("open presence bucket", e))?;
+        *slot = Some(store.clone());
+        Ok(store)
+    }
+
+    /// After a failed KV write: look the bucket up again next time (it may have been lost).
+    async fn forget_presence_store(&self) {
+        *self.presence.lock().await = None;
+    }
+
+    fn presence_key(key: &RoomKey, conn: &str) -> String {
+        format!(
+            "{}.{}.{}",
+            kv_escape(&key.namespace),
+            kv_escape(&key.room),
+            kv_escape(conn)
+        )
+    }
+
+    async fn presence_set(
+        &self,
+        key: &RoomKey,
+        member: &Member,
+        present: bool,
+    ) -> Result<(), BusError> {
+        check_key(key)?;
+        if !self.connected() {
+            return Err(self.down());
+        }
+        let store = self.presence_store().await?;
+        let kv_key = Self::presence_key(key, &member.conn);
+        let id = (key.clone(), member.conn.clone());
+        let changed = if present {
+            let value = Bytes::from(
+                serde_json::to_vec(member).map_err(|e| BusError::Other(format!("member: {e}")))?,
+            );
+            if let Err(e) = store.put(&kv_key, value).await {
+                self.forget_presence_store().await;
+                return Err(self.fail("presence put", e));
+            }
+            lock(&self.announced).insert(id)
+        } else {
+            let was = lock(&self.announced).remove(&id);
+            if let Err(e) = store.purge(&kv_key).await {
+                self.forget_presence_store().await;
+                return Err(self.fail("presence purge", e));
+            }
+            was
+        };
+        if changed {
+            let event = PresenceWire {
+                joined: present,
+                member: member.clone(),
+            };
+            let payload = Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
+            self.client
+                .publish(self.subject("presence", key), payload)
+                .await
+                .map_err(|e| self.fail("presence event", e))?;
+        }
+        Ok(())
+    }
+
+    async fn presence_list(&self, key: &RoomKey) -> Result<Vec<Member>, BusError> {
+        check_key(key)?;
+        if !self.connected() {
+            return Err(self.down());
+        }
+        let store = self.presence_store().await?;
+        let filter = format!(
+            "{}{}.{}.*",
+            store.prefix,
+            kv_escape(&key.namespace),
+            kv_escape(&key.room)
+        );
+        let raw = match self
+            .read_all(
+                &store.stream,
+                Self::read_config(filter, DeliverPolicy::LastPerSubject),
+            )
+            .await
+        {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.forget_presence_store().await;
+                return Err(e);
+            }
+        };
+        let mut members: Vec<Member> = raw
+            .iter()
+            .filter(|m| {
+                let op = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(KV_OPERATION))
+                    .map(|v| v.as_str().to_string());
+                !matches!(op.as_deref(), Some("DEL" | "PURGE"))
+            })
+            .filter_map(|m| serde_json::from_slice::<Member>(&m.payload).ok())
+            .collect();
+        members.sort_by(|a, b| a.conn.cmp(&b.conn));
+        members.dedup_by(|a, b| a.conn == b.conn);
+        Ok(members)
+    }
+
+    async fn subscribe(self: &Arc<Self>, key: &RoomKey) -> Result<Subscription, BusError> {
+        check_key(key)?;
+        let history = self.history(&key.namespace).is_some();
+        if history && !self.connected() {
+            return Err(self.down());
+        }
+        let sub = |kind: &'static str| {
+            let subject = self.subject(kind, key);
+            async move {
+                self.client
+                    .subscribe(subject)
+                    .await
+                    .map_err(|e| self.fail("subscribe", e))
+            }
+        };
+        // Without history an app pod's message to the room subject is still relayed live.
+        let room_core = if history {
+            None
+        } else {
+            Some(sub("room").await?)
+        };
+        let eph = sub("eph").await?;
+        let presence = sub("presence").await?;
+        // The server handles a connection's commands in order: once a later request is
+        // answered, these subscriptions are in place ("everything published from now on").
+        let stored = if history {
+            // Start right after the stream's current end.
+            let (stream, info) = self.stream_info(&key.namespace).await?;
+            let floor = info.state.last_sequence;
+            let subject = self.subject("room", key);
+            let ordered = self
+                .ordered(&stream, &subject, floor.saturating_add(1))
+                .await?;
+            Some(StoredFeed {
+                stream,
+                subject,
+                epoch: epoch_of(&info),
+                ordered,
+                last: floor,
+            })
+        } else {
+            self.sync().await;
+            None
+        };
+        let (tx, messages) = mpsc::channel(ROOM_QUEUE);
+        let (ptx, presence_rx) = mpsc::channel(ROOM_QUEUE);
+        let pump = Pump {
+            inner: self.clone(),
+            key: key.clone(),
+            stored,
+            room_core,
+            eph,
+            presence,
+            tx,
+            ptx,
+            dropped: 0,
+        };
+        let task = tokio::spawn(pump.run());
+        Ok(Subscription {
+            messages,
+            presence: presence_rx,
+            guard: Box::new(Guard(task.abort_handle())),
+        })
+    }
+
+    /// A round trip to the server (a request nobody answers: the server itself replies "no
+    /// responders"). Skipped while disconnected: subscriptions are then registered on reconnect.
+    async fn sync(&self) {
+        if self.connected() {
+            let subject = format!("{}.sync", self.client.new_inbox());
+            let _ =
+                tokio::time::timeout(JS_TIMEOUT, self.client.request(subject, Bytes::new())).await;
+        }
+    }
+
+    /// An ordered push consumer on `subject` from `start`. It re-creates itself (from the last
+    /// sequence it delivered) after reconnects, server restarts and missed heartbeats.
+    async fn ordered(
+        &self,
+        stream: &stream::Stream<()>,
+        subject: &str,
+        start: u64,
+    ) -> Result<consumer::push::Ordered, BusError> {
+        let consumer = stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: subject.to_string(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start.max(1),
+                },
+                description: Some("switchboard live room".into()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.fail("create live consumer", e))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| self.fail("live consumer", e))
+    }
+}
+
+/// Stops a subscription's pump (and with it its NATS subscriptions and consumer) on drop.
+struct Guard(tokio::task::AbortHandle);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct StoredFeed {
+    stream: stream::Stream<()>,
+    subject: String,
+    epoch: String,
+    ordered: consumer::push::Ordered,
+    /// Highest sequence delivered (or the start floor): anything at or below is a duplicate.
+    /// The library re-creates its consumer from "all" when it had delivered nothing yet.
+    last: u64,
+}
+
+/// Moves one room's NATS traffic into the hub's two queues.
+struct Pump {
+    inner: Arc<Inner>,
+    key: RoomKey,
+    stored: Option<StoredFeed>,
+    room_core: Option<Subscriber>,
+    eph: Subscriber,
+    presence: Subscriber,
+    tx: mpsc::Sender<RoomMessage>,
+    ptx: mpsc::Sender<PresenceEvent>,
+    dropped: u64,
+}
+
+async fn next_of<S: futures_util::Stream + Unpin>(s: &mut Option<S>) -> Option<S::Item> {
+    match s {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_stored(
+    s: &mut Option<StoredFeed>,
+) -> Option<Result<jetstream::Message, consumer::push::OrderedError>> {
+    match s {
+        Some(feed) => feed.ordered.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+enum Incoming {
+    Stored(Option<Result<jetstream::Message, consumer::push::OrderedError>>),
+    Core(Option<async_nats::Message>),
+    Presence(Option<async_nats::Message>),
+}
+
+impl Pump {
+    async fn run(mut self) {
+        loop {
+            let incoming = tokio::select! {
+                m = next_stored(&mut self.stored) => Incoming::Stored(m),
+                m = next_of(&mut self.room_core) => Incoming::Core(m),
+                m = self.eph.next() => Incoming::Core(m),
+                m = self.presence.next() => Incoming::Presence(m),
+            };
+            let open = match incoming {
+                Incoming::Stored(Some(Ok(m))) => self.stored_message(&m),
+                Incoming::Stored(Some(Err(e))) => {
+                    tracing::warn!(room = %self.key.room, error = %e, "live consumer interrupted; it resumes from the last delivered message");
+                    self.check_epoch().await;
+                    true
+                }
+                Incoming::Core(Some(m)) => {
+                    // No position; the epoch is the room's (as the memory bus does).
+                    let epoch = self
+                        .stored
+                        .as_ref()
+                        .map_or(NO_HISTORY_EPOCH, |f| f.epoch.as_str());
+                    match decode(&self.key, &m.payload, 0, epoch, now_ms()) {
+                        Some(msg) => self.send(msg),
+                        None => true,
+                    }
+                }
+                Incoming::Presence(Some(m)) => self.presence_event(&m),
+                // The client is closed for good (the bus was dropped).
+                Incoming::Stored(None) | Incoming::Core(None) | Incoming::Presence(None) => false,
+            };
+            if !open {
+                return;
+            }
+        }
+    }
+
+    fn stored_message(&mut self, m: &jetstream::Message) -> bool {
+        let Some(feed) = self.stored.as_mut() else {
+            return true;
+        };
+        let Ok(info) = m.info() else { return true };
+        let seq = info.stream_sequence;
+        if seq <= feed.last {
+            return true; // re-delivered after a consumer re-creation
+        }
+        feed.last = seq;
+        let ts = ms_of(&info);
+        match decode(&self.key, &m.payload, seq, &feed.epoch, ts) {
+            Some(msg) => self.send(msg),
+            None => true,
+        }
+    }
+
+    fn send(&mut self, msg: RoomMessage) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // The hub is far behind: drop rather than buffer without bound (as the memory
+                // bus does; members resync from history).
+                self.dropped += 1;
+                if self.dropped == 1 || self.dropped.is_multiple_of(1000) {
+                    tracing::warn!(room = %self.key.room, dropped = self.dropped, "room queue full; dropping messages");
+                }
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn presence_event(&mut self, m: &async_nats::Message) -> bool {
+        let Ok(ev) = serde_json::from_slice::<PresenceWire>(&m.payload) else {
+            tracing::warn!(room = %self.key.room, "dropping a malformed presence event");
+            return true;
+        };
+        let ev = PresenceEvent {
+            key: self.key.clone(),
+            joined: ev.joined,
+            member: ev.member,
+        };
+        !matches!(
+            self.ptx.try_send(ev),
+            Err(mpsc::error::TrySendError::Closed(_))
+        )
+    }
+
+    /// After the live consumer lost its server-side state: if the stream itself was recreated
+    /// (new epoch), start over on the new stream (sequences restart there).
+    async fn check_epoch(&mut self) {
+        let Some(feed) = self.stored.as_mut() else {
+            return;
+        };
+        let Ok(Ok(info)) = tokio::time::timeout(OP_TIMEOUT, feed.stream.get_info()).await else {
+            return;
+        };
+        let epoch = epoch_of(&info);
+        if epoch == feed.epoch {
+            return;
+        }
+        tracing::error!(namespace = %self.key.namespace, room = %self.key.room, "history stream was recreated; live delivery restarts on the new stream");
+        self.inner.set_epoch(&self.key.namespace, &epoch);
+        match self.inner.ordered(&feed.stream, &feed.subject, 1).await {
+            Ok(ordered) => {
+                feed.ordered = ordered;
+                feed.epoch = epoch;
+                feed.last = 0;
+            }
+            Err(e) => {
+                tracing::warn!(room = %self.key.room, error = %e, "live consumer not re-created; retried on the next interruption")
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn configure(
+        &self,
+        namespace: &str,
+        retention: Option<Retention>,
+    ) -> Result<(), BusError> {
+        check_ns(namespace)?;
+        let inner = &self.inner;
+        match retention.filter(|r| r.max_messages > 0) {
+            None => {
+                // The stream (if any) is left alone: deleting history is an operator decision.
+                lock(&inner.namespaces).remove(namespace);
+                Ok(())
+            }
+            Some(r) => {
+                // Recorded first: when NATS is down now, the first operation that needs the
+                // stream creates it.
+                lock(&inner.namespaces).insert(
+                    namespace.to_string(),
+                    Namespace {
+                        retention: r,
+                        epoch: None,
+                    },
+                );
+                inner
+                    .bounded(OP_TIMEOUT, inner.apply_stream(namespace))
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    async fn publish(&self, msg: Publish) -> Result<Option<Position>, BusError> {
+        self.inner
+            .bounded(OP_TIMEOUT, self.inner.publish(msg))
+            .await
+    }
+
+    async fn subscribe(&self, key: &RoomKey) -> Result<Subscription, BusError> {
+        self.inner
+            .bounded(OP_TIMEOUT, self.inner.subscribe(key))
+            .await
+    }
+
+    async fn replay(&self, key: &RoomKey, since: &Position) -> Result<Replay, BusError> {
+        self.inner
+            .bounded(REPLAY_TIMEOUT, self.inner.replay(key, since))
+            .await
+    }
+
+    async fn position(&self, key: &RoomKey) -> Result<Position, BusError> {
+        self.inner
+            .bounded(OP_TIMEOUT, self.inner.position(key))
+            .await
+    }
+
+    async fn presence_set(
+        &self,
+        key: &RoomKey,
+        member: &Member,
+        present: bool,
+    ) -> Result<(), BusError> {
+        self.inner
+            .bounded(OP_TIMEOUT, self.inner.presence_set(key, member, present))
+            .await
+    }
+
+    async fn presence_list(&self, key: &RoomKey) -> Result<Vec<Member>, BusError> {
+        self.inner
+            .bounded(OP_TIMEOUT, self.inner.presence_list(key))
+            .await
+    }
+
+    fn healthy(&self) -> bool {
+        self.inner.connected()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(room: &str) -> RoomKey {
+        RoomKey {
+            namespace: "ns".into(),
+            room: room.into(),
+        }
+    }
+
+    #[test]
+    fn names_are_limited_to_subject_safe_characters() {
+        for ok in ["chat", "user:alice", "a_b-c", "x@y+z=", "R2D2"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a.b",
+            "a b",
+            "a*",
+            "a>",
+            "a/b",
+            "é",
+            &"x".repeat(MAX_NAME_LEN + 1),
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+        assert!(matches!(check_key(&key("a.b")), Err(BusError::Other(_))));
+    }
+
+    #[test]
+    fn prefixes_are_dot_separated_tokens_and_map_to_stream_names() {
+        assert!(valid_prefix("switchboard"));
+        assert!(valid_prefix("sb.prod-1"));
+        for bad in ["", ".", "a..b", "a.", "a*", "a b", "a>"] {
+            assert!(!valid_prefix(bad), "{bad}");
+        }
+        assert_eq!(stream_prefix("sb.prod"), "SB_PROD");
+    }
+
+    #[test]
+    fn kv_keys_escape_everything_outside_the_kv_alphabet_injectively() {
+        assert_eq!(kv_escape("lobby:1"), "lobby=3A1");
+        assert_eq!(kv_escape("a=b"), "a=3Db");
+        assert_eq!(kv_escape("x.y"), "x=2Ey");
+        assert_ne!(kv_escape("a:"), kv_escape("a=3A"));
+        let k = Inner::presence_key(
+            &RoomKey {
+                namespace: "n@s".into(),
+                room: "r+1".into(),
+            },
+            "pod/1",
+        );
+        assert_eq!(k, "n=40s.r=2B1.pod=2F1");
+    }
+
+    #[test]
+    fn envelopes_round_trip_every_payload_kind() {
+        for data in [
+            Payload::Json(serde_json::json!({"hi": [1, 2]})),
+            Payload::Json(serde_json::Value::Null),
+            Payload::Binary(Bytes::from_static(b"\x00\xffbin")),
+            Payload::Text("raw frame".into()),
+        ] {
+            let p = Publish {
+                key: key("r"),
+                from: Some(serde_json::json!({"sub": "alice"})),
+                data: data.clone(),
+                ephemeral: false,
+                origin_conn: Some("c1".into()),
+            };
+            let bytes = Envelope::of(p, 42).encode();
+            let m = decode(&key("r"), &bytes, 7, "e", 0).expect("decodes");
+            assert_eq!(
+                (m.seq, m.ts_ms, m.data, m.origin_conn.as_deref()),
+                (7, 42, data, Some("c1"))
+            );
+            assert_eq!(m.from, Some(serde_json::json!({"sub": "alice"})));
+        }
+    }
+
+    #[test]
+    fn app_pods_may_publish_bare_data_and_get_the_stream_timestamp() {
+        let m = decode(&key("r"), br#"{"data":{"n":1}}"#, 3, "e", 99).expect("decodes");
+        assert_eq!(
+            (m.ts_ms, m.from, m.data),
+            (99, None, Payload::Json(serde_json::json!({"n": 1})))
+        );
+        assert!(decode(&key("r"), b"not json", 3, "e", 99).is_none());
+        assert!(decode(&key("r"), br#"{"data":1,"text":"x"}"#, 3, "e", 99).is_none());
+        assert!(decode(&key("r"), br#"{"ts":1}"#, 3, "e", 99).is_none());
+        assert!(decode(&key("r"), br#"{"b64":"***"}"#, 3, "e", 99).is_none());
+    }
+
+    #[test]
+    fn only_core_messages_published_as_ephemeral_are_ephemeral() {
+        let bytes = br#"{"data":1,"eph":true}"#;
+        assert!(decode(&key("r"), bytes, 0, "e", 0).unwrap().ephemeral);
+        assert!(
+            !decode(&key("r"), br#"{"data":1}"#, 0, "e", 0)
+                .unwrap()
+                .ephemeral
+        );
+        assert!(!decode(&key("r"), bytes, 5, "e", 0).unwrap().ephemeral);
+    }
+
+    #[test]
+    fn a_gap_is_complete_while_the_room_keeps_a_message_at_or_right_after_since() {
+        // The message at `since` itself (or older) is retained: nothing after it was dropped.
+        assert!(gap_is_complete(8, Some(8), 5, 20, 3, 3));
+        assert!(gap_is_complete(8, Some(2), 100, 120, 3, 3));
+        // The very next sequence is the room's oldest: nothing can be missing in between.
+        assert!(gap_is_complete(8, Some(9), 5, 11, 3, 3));
+    }
+
+    #[test]
+    fn a_gap_is_complete_when_neither_the_head_nor_the_room_limit_dropped_anything() {
+        assert!(gap_is_complete(0, None, 1, 0, 0, 3)); // empty stream
+        assert!(gap_is_complete(0, Some(4), 1, 9, 2, 3)); // room below its limit, head intact
+        assert!(gap_is_complete(10, None, 11, 10, 0, 3)); // stream emptied by age, nothing after
+        assert!(gap_is_complete(10, Some(12), 11, 14, 2, 0)); // no per-subject limit
+    }
+
+    #[test]
+    fn a_gap_is_lost_when_the_room_limit_or_the_head_may_have_dropped_part_of_it() {
+        // Room full and its oldest retained message is after `since`: per-subject trimming may
+        // have dropped messages after `since` even though the stream head is older.
+        assert!(!gap_is_complete(3, Some(9), 1, 11, 3, 3));
+        // Exactly `limit` room messages after `since` with others in between: not provable
+        // from the counts alone (the probe decides).
+        assert!(!gap_is_complete(8, Some(12), 1, 16, 3, 3));
+        // The head moved past `since` (max_age): unknown what the room lost.
+        assert!(!gap_is_complete(3, Some(30), 10, 40, 1, 100));
+        assert!(!gap_is_complete(3, None, 10, 40, 0, 100));
+        // Not a position of this stream.
+        assert!(!gap_is_complete(50, Some(1), 1, 40, 1, 100));
+    }
+
+    #[test]
+    fn only_short_runs_between_since_and_the_rooms_oldest_message_are_probed() {
+        assert_eq!(probe_range(8, Some(12), 16), Some(9..12));
+        assert_eq!(probe_range(8, Some(9), 16), None); // nothing in between
+        assert_eq!(probe_range(8, None, 16), None);
+        assert_eq!(probe_range(8, Some(9 + PROBE_MAX + 1), 40), None); // too long: Lost
+        assert_eq!(probe_range(50, Some(60), 40), None); // not a position of this stream
+    }
+}

@@ -1,0 +1,95 @@
+//! Token expiry on live proxied connections, through the real binary: at the token's `exp` the
+//! gateway closes both sides with 4001 "token expired", unless the route sets
+//! `closeOnExpiry: false`.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use support::{
+    EchoServer, Gateway, PROMPTLY, assert_echo, claims, close_normally, expect_close, free_port,
+    jwt_hs256, sign_hs256, unix_now, ws_request, ws_try_connect,
+};
+
+const TTL_SECS: i64 = 2;
+
+fn config(public: u16, admin: u16, backend: u16) -> String {
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 0s, deadline: 5s}}
+routes:
+  - name: expiring
+    path: {{value: /expiring}}
+    jwt: {closing}
+    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+  - name: lasting
+    path: {{value: /lasting}}
+    jwt: {lasting}
+    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+"#,
+        closing = jwt_hs256(""),
+        lasting = jwt_hs256("closeOnExpiry: false, "),
+    )
+}
+
+/// Connect to `path` with a token expiring `TTL_SECS` from now; returns the client and `exp`.
+async fn connect_short_lived(gateway: &Gateway, path: &str) -> (support::WsClient, u64) {
+    let c = claims("alice", TTL_SECS, serde_json::json!({}));
+    let exp = c["exp"].as_u64().expect("exp");
+    let bearer = format!("Bearer {}", sign_hs256(&c));
+    let ws = ws_try_connect(ws_request(
+        &gateway.ws_url(path),
+        &[("Authorization", &bearer)],
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("connect {path}: {e}"));
+    (ws, exp)
+}
+
+#[tokio::test]
+async fn a_live_connection_is_closed_with_4001_when_its_token_expires() {
+    let echo = EchoServer::start().await;
+    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let (mut ws, exp) = connect_short_lived(&gateway, "/expiring").await;
+    assert_echo(&mut ws, "while the token is valid").await;
+
+    let (code, reason, _) = expect_close(&mut ws, PROMPTLY).await;
+    assert_eq!((code, reason.as_str()), (4001, "token expired"));
+    assert!(
+        unix_now() + 1 >= exp,
+        "closed at {} although the token expires at {exp}",
+        unix_now()
+    );
+    assert_eq!(
+        echo.wait_closes(1, PROMPTLY).await[0],
+        Some((4001, "token expired".to_owned())),
+        "the app is told too"
+    );
+}
+
+#[tokio::test]
+async fn with_close_on_expiry_off_a_connection_outlives_its_token() {
+    let echo = EchoServer::start().await;
+    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let (mut ws, exp) = connect_short_lived(&gateway, "/lasting").await;
+    assert_echo(&mut ws, "while the token is valid").await;
+
+    // Wait (reading, so a close would be seen) until the token is a full second past exp.
+    while unix_now() <= exp + 1 {
+        if let Ok(msg) = tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+            panic!("unexpected {msg:?} before the token expired");
+        }
+    }
+    assert_echo(&mut ws, "after the token expired").await;
+    assert!(echo.closes().is_empty(), "{:?}", echo.closes());
+    close_normally(&mut ws).await;
+}

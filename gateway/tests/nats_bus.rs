@@ -1,0 +1,608 @@
+//! The NATS room bus against a real `nats-server` (JetStream on), started per test on a free
+//! port: two buses on one server stand for two gateway pods.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use switchboard_gateway::rooms::bus::nats::{NO_HISTORY_EPOCH, NatsBus};
+use switchboard_gateway::rooms::bus::{
+    Bus, BusError, Member, Payload, Position, Publish, Replay, Retention, RoomKey, RoomMessage,
+    Subscription,
+};
+
+use support::nats::NatsServer;
+
+const NS: &str = "chat";
+/// Long enough for a slow CI machine, short enough to fail fast.
+const WITHIN: Duration = Duration::from_secs(15);
+
+fn config(server: &NatsServer, presence_ttl: &str) -> switchboard_config::Nats {
+    serde_json::from_value(serde_json::json!({
+        "urls": [server.url()],
+        "subjectPrefix": "sbtest",
+        "presenceTtl": presence_ttl,
+    }))
+    .expect("nats config")
+}
+
+async fn wait_healthy(bus: &NatsBus) {
+    let deadline = Instant::now() + WITHIN;
+    while !bus.healthy() {
+        assert!(
+            Instant::now() < deadline,
+            "bus not connected within {WITHIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A connected "pod" with `NS` keeping `max_messages` per room.
+async fn pod(server: &NatsServer, max_messages: u32) -> NatsBus {
+    let bus = NatsBus::connect(&config(server, "15s"))
+        .await
+        .expect("connect");
+    wait_healthy(&bus).await;
+    bus.configure(
+        NS,
+        Some(Retention {
+            max_messages,
+            max_age: Duration::from_secs(600),
+        }),
+    )
+    .await
+    .expect("configure");
+    bus
+}
+
+fn key(room: &str) -> RoomKey {
+    RoomKey {
+        namespace: NS.into(),
+        room: room.into(),
+    }
+}
+
+fn msg(room: &str, n: i64) -> Publish {
+    Publish {
+        key: key(room),
+        from: None,
+        data: Payload::Json(n.into()),
+        ephemeral: false,
+        origin_conn: None,
+    }
+}
+
+async fn publish(bus: &NatsBus, room: &str, n: i64) -> Position {
+    bus.publish(msg(room, n))
+        .await
+        .expect("publish")
+        .expect("stored publishes have a position")
+}
+
+async fn recv(sub: &mut Subscription) -> RoomMessage {
+    tokio::time::timeout(WITHIN, sub.messages.recv())
+        .await
+        .expect("no room message in time")
+        .expect("subscription open")
+}
+
+fn number(m: &RoomMessage) -> i64 {
+    match &m.data {
+        Payload::Json(v) => v.as_i64().expect("a number"),
+        other => panic!("expected JSON, got {other:?}"),
+    }
+}
+
+fn seqs(replay: &Replay) -> Vec<u64> {
+    match replay {
+        Replay::Gap(msgs) => msgs.iter().map(|m| m.seq).collect(),
+        Replay::Lost => panic!("expected a gap, got Lost"),
+    }
+}
+
+#[tokio::test]
+async fn a_message_published_on_one_pod_reaches_the_other_in_order_with_the_same_positions() {
+    let server = NatsServer::start();
+    let (a, b) = (pod(&server, 100).await, pod(&server, 100).await);
+    let mut on_a = a.subscribe(&key("lobby")).await.unwrap();
+    let mut on_b = b.subscribe(&key("lobby")).await.unwrap();
+
+    let mut sent = Vec::new();
+    for n in 0..20 {
+        let publisher = if n % 2 == 0 { &a } else { &b };
+        sent.push((publish(publisher, "lobby", n).await, n));
+    }
+    for (pos, n) in &sent {
+        for sub in [&mut on_a, &mut on_b] {
+            let m = recv(sub).await;
+            assert_eq!(
+                (m.seq, &m.epoch, number(&m), m.ephemeral),
+                (pos.seq, &pos.epoch, *n, false)
+            );
+            assert!(m.ts_ms > 0);
+        }
+    }
+    assert!(
+        sent.windows(2).all(|w| w[0].0.seq < w[1].0.seq),
+        "positions increase"
+    );
+    let last = &sent.last().unwrap().0;
+    assert_eq!(b.position(&key("lobby")).await.unwrap(), *last);
+}
+
+#[tokio::test]
+async fn binary_and_text_payloads_keep_their_kind_and_the_publisher() {
+    let server = NatsServer::start();
+    let (a, b) = (pod(&server, 100).await, pod(&server, 100).await);
+    let mut sub = b.subscribe(&key("raw")).await.unwrap();
+    for data in [
+        Payload::Binary(bytes::Bytes::from_static(b"\x00\x01\xfe")),
+        Payload::Text("frame".into()),
+    ] {
+        let p = Publish {
+            key: key("raw"),
+            from: Some(serde_json::json!({"sub": "alice"})),
+            data: data.clone(),
+            ephemeral: false,
+            origin_conn: Some("conn-1".into()),
+        };
+        a.publish(p).await.unwrap();
+        let m = recv(&mut sub).await;
+        assert_eq!(
+            (m.data, m.from, m.origin_conn.as_deref()),
+            (
+                data,
+                Some(serde_json::json!({"sub": "alice"})),
+                Some("conn-1")
+            )
+        );
+    }
+}
+
+#[tokio::test]
+async fn replay_returns_exactly_the_gap_even_with_other_rooms_in_the_stream() {
+    let server = NatsServer::start();
+    let (a, b) = (pod(&server, 100).await, pod(&server, 100).await);
+    let mut mine = Vec::new();
+    for n in 0..6 {
+        mine.push(publish(&a, "a", n).await);
+        publish(&a, "other", n).await;
+    }
+    let gap = b.replay(&key("a"), &mine[2]).await.unwrap();
+    assert_eq!(
+        seqs(&gap),
+        mine[3..].iter().map(|p| p.seq).collect::<Vec<_>>()
+    );
+    let Replay::Gap(msgs) = gap else {
+        unreachable!()
+    };
+    assert_eq!(msgs.iter().map(number).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert!(
+        msgs.iter()
+            .all(|m| m.epoch == mine[0].epoch && m.key == key("a"))
+    );
+    assert_eq!(
+        b.replay(&key("a"), &mine[5]).await.unwrap(),
+        Replay::Gap(vec![])
+    );
+    // A fresh joiner's position resumes exactly too.
+    let joined = b.position(&key("a")).await.unwrap();
+    let next = publish(&a, "a", 6).await;
+    assert_eq!(
+        seqs(&b.replay(&key("a"), &joined).await.unwrap()),
+        vec![next.seq]
+    );
+}
+
+#[tokio::test]
+async fn replay_past_retention_is_lost() {
+    let server = NatsServer::start();
+    let a = pod(&server, 3).await;
+    let mut pos = Vec::new();
+    for n in 0..10 {
+        pos.push(publish(&a, "a", n).await);
+    }
+    assert_eq!(a.replay(&key("a"), &pos[1]).await.unwrap(), Replay::Lost);
+    // Exactly the retained three are missing: still a complete gap.
+    assert_eq!(
+        seqs(&a.replay(&key("a"), &pos[6]).await.unwrap()),
+        vec![pos[7].seq, pos[8].seq, pos[9].seq]
+    );
+    assert_eq!(
+        seqs(&a.replay(&key("a"), &pos[8]).await.unwrap()),
+        vec![pos[9].seq]
+    );
+}
+
+#[tokio::test]
+async fn replay_is_lost_when_the_rooms_own_limit_dropped_messages_though_the_stream_head_is_older()
+{
+    let server = NatsServer::start();
+    let a = pod(&server, 3).await;
+    publish(&a, "quiet", 0).await; // keeps the stream's first sequence at 1
+    let mut pos = Vec::new();
+    for n in 0..10 {
+        pos.push(publish(&a, "busy", n).await);
+    }
+    assert_eq!(a.replay(&key("busy"), &pos[1]).await.unwrap(), Replay::Lost);
+    assert_eq!(
+        seqs(&a.replay(&key("busy"), &pos[6]).await.unwrap()),
+        vec![pos[7].seq, pos[8].seq, pos[9].seq]
+    );
+}
+
+#[tokio::test]
+async fn replay_from_another_epoch_is_lost() {
+    let server = NatsServer::start();
+    let (a, b) = (pod(&server, 100).await, pod(&server, 100).await);
+    let old = publish(&a, "a", 1).await;
+    let forged = Position {
+        seq: old.seq,
+        epoch: "another".into(),
+    };
+    assert_eq!(b.replay(&key("a"), &forged).await.unwrap(), Replay::Lost);
+
+    // The stream is deleted behind the gateways' backs: the next publish recreates it.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    js.delete_stream(a.stream_name(NS)).await.unwrap();
+    let new = publish(&a, "a", 2).await;
+    assert_ne!(new.epoch, old.epoch, "a recreated stream has a new epoch");
+    assert_eq!(b.replay(&key("a"), &old).await.unwrap(), Replay::Lost);
+    assert_eq!(
+        b.replay(&key("a"), &new).await.unwrap(),
+        Replay::Gap(vec![])
+    );
+    assert_eq!(b.position(&key("a")).await.unwrap().epoch, new.epoch);
+}
+
+#[tokio::test]
+async fn ephemeral_messages_are_delivered_live_and_never_replayed() {
+    let server = NatsServer::start();
+    let (a, b) = (pod(&server, 100).await, pod(&server, 100).await);
+    let mut sub = b.subscribe(&key("a")).await.unwrap();
+    let before = b.position(&key("a")).await.unwrap();
+    let mut typing = msg("a", 7);
+    typing.ephemeral = true;
+    assert_eq!(a.publish(typing).await.unwrap(), None);
+    let live = recv(&mut sub).await;
+    assert_eq!((live.ephemeral, live.seq, number(&live)), (true, 0, 7));
+    let stored = publish(&a, "a", 8).await;
+    assert_eq!(recv(&mut sub).await.seq, stored.seq);
+    assert_eq!(
+        seqs(&b.replay(&key("a"), &before).await.unwrap()),
+        vec![stored.seq]
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_without_history_relays_live_and_never_recovers() {
+    let server = NatsServer::start();
+    let (a, b) = (pod(&server, 100).await, pod(&server, 100).await);
+    for bus in [&a, &b] {
+        bus.configure("live", None).await.unwrap();
+    }
+    let k = RoomKey {
+        namespace: "live".into(),
+        room: "r".into(),
+    };
+    let mut sub = b.subscribe(&k).await.unwrap();
+    let p = Publish {
+        key: k.clone(),
+        from: None,
+        data: Payload::Json(1.into()),
+        ephemeral: false,
+        origin_conn: None,
+    };
+    assert_eq!(a.publish(p).await.unwrap(), None);
+    let m = recv(&mut sub).await;
+    assert_eq!((m.seq, m.ephemeral, number(&m)), (0, false, 1));
+    let pos = b.position(&k).await.unwrap();
+    assert_eq!(
+        pos,
+        Position {
+            seq: 0,
+            epoch: NO_HISTORY_EPOCH.into()
+        }
+    );
+    assert_eq!(b.replay(&k, &pos).await.unwrap(), Replay::Lost);
+
+    // An app pod publishing a bare envelope straight to the room subject is relayed too.
+    let app = async_nats::connect(server.url()).await.unwrap();
+    app.publish("sbtest.room.live.r", r#"{"data":{"from":"app"}}"#.into())
+        .await
+        .unwrap();
+    let m = recv(&mut sub).await;
+    assert_eq!(m.data, Payload::Json(serde_json::json!({"from": "app"})));
+}
+
+#[tokio::test]
+async fn app_pods_publishing_to_the_room_subject_are_stored_and_stamped() {
+    let server = NatsServer::start();
+    let a = pod(&server, 100).await;
+    let mut sub = a.subscribe(&key("news")).await.unwrap();
+    let before = a.position(&key("news")).await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let ack = js
+        .publish("sbtest.room.chat.news", r#"{"data":"hello"}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(ack.stream, a.stream_name(NS));
+    let m = recv(&mut sub).await;
+    assert_eq!(
+        (m.seq, m.data.clone(), m.from.clone()),
+        (ack.sequence, Payload::Json("hello".into()), None)
+    );
+    assert!(m.ts_ms > 0, "the stream's timestamp fills a missing ts");
+    assert_eq!(
+        seqs(&a.replay(&key("news"), &before).await.unwrap()),
+        vec![ack.sequence]
+    );
+}
+
+#[tokio::test]
+async fn names_outside_the_subject_alphabet_are_refused() {
+    let server = NatsServer::start();
+    let a = pod(&server, 100).await;
+    let bad = RoomKey {
+        namespace: NS.into(),
+        room: "a.b".into(),
+    };
+    assert!(matches!(a.subscribe(&bad).await, Err(BusError::Other(_))));
+    assert!(matches!(
+        a.configure("x y", None).await,
+        Err(BusError::Other(_))
+    ));
+    let p = Publish {
+        key: bad,
+        from: None,
+        data: Payload::Json(1.into()),
+        ephemeral: false,
+        origin_conn: None,
+    };
+    assert!(matches!(a.publish(p).await, Err(BusError::Other(_))));
+}
+
+fn member(conn: &str, user: &str) -> Member {
+    Member {
+        conn: conn.into(),
+        user: Some(user.into()),
+        info: serde_json::json!({"name": user}),
+    }
+}
+
+#[tokio::test]
+async fn presence_is_shared_across_pods_with_join_and_leave_events() {
+    let server = NatsServer::start();
+    let (a, b) = (pod(&server, 100).await, pod(&server, 100).await);
+    let room = key("team:1");
+    let mut on_a = a.subscribe(&room).await.unwrap();
+    let (alice, bob) = (member("b-1", "alice"), member("a-1", "bob"));
+    b.presence_set(&room, &alice, true).await.unwrap();
+    b.presence_set(&room, &alice, true).await.unwrap(); // a refresh: no second join event
+    a.presence_set(&room, &bob, true).await.unwrap();
+    for want in [&alice, &bob] {
+        let ev = tokio::time::timeout(WITHIN, on_a.presence.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((ev.joined, &ev.member, &ev.key), (true, want, &room));
+    }
+    assert_eq!(
+        a.presence_list(&room).await.unwrap(),
+        vec![bob.clone(), alice.clone()]
+    );
+    assert!(a.presence_list(&key("elsewhere")).await.unwrap().is_empty());
+
+    b.presence_set(&room, &alice, false).await.unwrap();
+    let ev = tokio::time::timeout(WITHIN, on_a.presence.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((ev.joined, ev.member), (false, alice));
+    assert_eq!(b.presence_list(&room).await.unwrap(), vec![bob]);
+}
+
+#[tokio::test]
+async fn members_of_a_crashed_pod_disappear_within_the_presence_ttl() {
+    let server = NatsServer::start();
+    let ttl = Duration::from_secs(2);
+    let a = NatsBus::connect(&config(&server, "2s")).await.unwrap();
+    let crashed = NatsBus::connect(&config(&server, "2s")).await.unwrap();
+    wait_healthy(&a).await;
+    wait_healthy(&crashed).await;
+    let room = key("r");
+    a.presence_set(&room, &member("a-1", "stays"), true)
+        .await
+        .unwrap();
+    crashed
+        .presence_set(&room, &member("c-1", "gone"), true)
+        .await
+        .unwrap();
+    let announced = Instant::now();
+    assert_eq!(a.presence_list(&room).await.unwrap().len(), 2);
+    drop(crashed); // no withdrawal, no more refreshes
+
+    // `a` keeps refreshing its own member every ttl/3, as the hub does.
+    let deadline = announced + 3 * ttl;
+    loop {
+        a.presence_set(&room, &member("a-1", "stays"), true)
+            .await
+            .unwrap();
+        let list = a.presence_list(&room).await.unwrap();
+        if list == vec![member("a-1", "stays")] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "crashed member still listed after {:?}: {list:?}",
+            announced.elapsed()
+        );
+        tokio::time::sleep(ttl / 3).await;
+    }
+    eprintln!(
+        "crashed member gone {:?} after its last refresh (ttl {ttl:?})",
+        announced.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_starts_while_nats_is_down_and_recovers_when_it_returns() {
+    let mut server = NatsServer::start();
+    server.stop();
+    let bus = NatsBus::connect(&config(&server, "15s"))
+        .await
+        .expect("connect does not wait for NATS");
+    assert!(!bus.healthy());
+    let ret = Retention {
+        max_messages: 10,
+        max_age: Duration::from_secs(60),
+    };
+    assert!(matches!(
+        bus.configure(NS, Some(ret)).await,
+        Err(BusError::Unavailable(_))
+    ));
+    assert!(matches!(
+        bus.publish(msg("a", 1)).await,
+        Err(BusError::Unavailable(_))
+    ));
+    server.start_again();
+    wait_healthy(&bus).await;
+    // The retention recorded while NATS was down applies now: the stream is created on demand.
+    let pos = publish(&bus, "a", 2).await;
+    assert_eq!(
+        seqs(
+            &bus.replay(
+                &key("a"),
+                &Position {
+                    seq: 0,
+                    epoch: pos.epoch.clone()
+                }
+            )
+            .await
+            .unwrap()
+        ),
+        vec![pos.seq]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_publishes_survive_a_nats_restart_exactly_once_and_in_order() {
+    let mut server = NatsServer::start();
+    let (a, b) = (Arc::new(pod(&server, 1000).await), pod(&server, 1000).await);
+    let mut sub = b.subscribe(&key("r")).await.unwrap();
+    let epoch = a.position(&key("r")).await.unwrap().epoch;
+
+    // A publisher that never stops: before, during and after the outage.
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let failed_count = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (a, acked_count, failed_count, stop) = (
+            a.clone(),
+            acked_count.clone(),
+            failed_count.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut acked: Vec<(u64, i64, String)> = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                // Bounded by the bus (OP_TIMEOUT); a hang would trip this outer limit.
+                let r = tokio::time::timeout(Duration::from_secs(10), a.publish(msg("r", n)))
+                    .await
+                    .expect("publish hung");
+                match r {
+                    Ok(Some(pos)) => {
+                        acked.push((pos.seq, n, pos.epoch));
+                        acked_count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(None) => panic!("stored publish without a position"),
+                    Err(_) => {
+                        failed_count.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                n += 1;
+            }
+            acked
+        })
+    };
+    let wait_for = |count: &Arc<AtomicUsize>, at_least: usize| {
+        let count = count.clone();
+        async move {
+            let deadline = Instant::now() + WITHIN;
+            while count.load(Ordering::SeqCst) < at_least {
+                assert!(
+                    Instant::now() < deadline,
+                    "stuck at {} (want {at_least})",
+                    count.load(Ordering::SeqCst)
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    wait_for(&acked_count, 30).await;
+    tokio::task::block_in_place(|| server.kill());
+    let acked_before = acked_count.load(Ordering::SeqCst);
+    wait_for(&failed_count, 5).await; // publishes during the outage fail (and are not acked)
+    assert_eq!(
+        acked_count.load(Ordering::SeqCst),
+        acked_before,
+        "acknowledged while NATS was down"
+    );
+    assert!(!a.healthy() && !b.healthy());
+    tokio::task::block_in_place(|| server.start_again());
+    wait_for(&acked_count, acked_before + 30).await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = publisher.await.unwrap();
+    let failed = failed_count.load(Ordering::SeqCst);
+    assert!(
+        acked.iter().all(|(_, _, e)| *e == epoch),
+        "the stream (and its epoch) survived the restart"
+    );
+
+    // Every acknowledged message arrives exactly once, in order (unacknowledged ones may too).
+    let mut delivered: Vec<RoomMessage> = Vec::new();
+    let last = acked.last().unwrap().0;
+    while delivered.last().is_none_or(|m| m.seq < last) {
+        delivered.push(recv(&mut sub).await);
+    }
+    assert!(
+        delivered.windows(2).all(|w| w[0].seq < w[1].seq),
+        "out of order or duplicated"
+    );
+    let losses: Vec<_> = acked
+        .iter()
+        .filter(|(seq, ..)| !delivered.iter().any(|m| m.seq == *seq))
+        .collect();
+    assert!(losses.is_empty(), "lost acknowledged messages: {losses:?}");
+    for (seq, n, _) in &acked {
+        let m = delivered.iter().find(|m| m.seq == *seq).unwrap();
+        assert_eq!((number(m), &m.epoch), (*n, &epoch));
+    }
+    eprintln!(
+        "acked {}, failed {failed}, delivered {} (stored without an ack: {})",
+        acked.len(),
+        delivered.len(),
+        delivered.len() - acked.len()
+    );
+    // History is intact too: a client resuming from before the outage gets every message.
+    let since = Position {
+        seq: acked[10].0,
+        epoch,
+    };
+    let gap = b.replay(&key("r"), &since).await.unwrap();
+    assert_eq!(
+        seqs(&gap),
+        delivered
+            .iter()
+            .map(|m| m.seq)
+            .filter(|s| *s > since.seq)
+            .collect::<Vec<_>>()
+    );
+}

@@ -1,0 +1,222 @@
+//! Identity to the app through the real binary: configured claims become headers, any
+//! client-sent copy (exact, `_` spelling, `Connection:`-nominated) never reaches the app, the
+//! HMAC signature verifies, and token carriers (query parameter, subprotocol entry,
+//! `Authorization`) are removed before the request goes on. Plain HTTP on the same route gets
+//! the same treatment.
+
+mod support;
+
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use sha2::Sha256;
+use support::{
+    EchoServer, Gateway, assert_echo, claims, close_normally, free_port, http_get_with,
+    jwt_rsa_file, parse_http_echo, raw_upgrade, sign_rs256, ws_connect_with_response, ws_request,
+};
+
+const SECRET: &str = "identity-signing-secret-for-tests";
+
+fn config(public: u16, admin: u16, backend: u16) -> String {
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 0s, deadline: 5s}}
+routes:
+  - name: identity
+    path: {{value: /app}}
+    jwt: {jwt}
+    proxy:
+      backends: [{{address: "127.0.0.1:{backend}"}}]
+      identityHeaders: {{sub: X-Switchboard-User, tenant: X-Tenant}}
+      signature: {{secret: "{SECRET}"}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+"#,
+        jwt = jwt_rsa_file(
+            "tokenSources: [{bearer: {}}, {subprotocol: {prefix: bearer.}}, {query: {name: access_token}}], "
+        ),
+    )
+}
+
+fn alice_token() -> String {
+    sign_rs256(
+        "rsa",
+        None,
+        &claims("alice", 600, serde_json::json!({"tenant": "acme"})),
+    )
+}
+
+async fn start() -> (EchoServer, Gateway) {
+    let echo = EchoServer::start().await;
+    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    (echo, gateway)
+}
+
+/// Every value of `name` in `headers`.
+fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().expect("ASCII header value"))
+        .collect()
+}
+
+/// Check `t=<unix>,v1=<hex>` against an independent HMAC-SHA256 over `"<t>\n"` and the sorted
+/// `"<lowercase name>:<value>\n"` lines of `identity`.
+fn assert_signature_verifies(header: &str, identity: &[(&str, &str)]) {
+    let (t, v1) = header
+        .split_once(',')
+        .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
+        .unwrap_or_else(|| panic!("signature header shape: {header:?}"));
+    let t: u64 = t.parse().expect("t is unix seconds");
+    assert!(t.abs_diff(support::unix_now()) < 300, "t={t} is about now");
+    let mut lines: Vec<String> = identity
+        .iter()
+        .map(|(n, v)| format!("{}:{v}\n", n.to_ascii_lowercase()))
+        .collect();
+    lines.sort();
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).expect("HMAC key");
+    mac.update(format!("{t}\n").as_bytes());
+    for line in &lines {
+        mac.update(line.as_bytes());
+    }
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(v1, expected, "signature over {lines:?}");
+}
+
+const IDENTITY: &[(&str, &str)] = &[("X-Switchboard-User", "alice"), ("X-Tenant", "acme")];
+
+#[tokio::test]
+async fn claims_become_identity_headers_and_client_copies_never_reach_the_app() {
+    let (echo, gateway) = start().await;
+    let bearer = format!("Bearer {}", alice_token());
+    let (resp, ws) = raw_upgrade(
+        gateway.addr(),
+        "/app",
+        &[
+            ("Authorization", &bearer),
+            ("X-Switchboard-User", "mallory"),
+            ("x_switchboard_user", "mallory-underscore"),
+            ("X-Tenant", "evil"),
+            ("X_Tenant", "evil-underscore"),
+            ("X-Switchboard-Signature", "t=1,v1=forged"),
+            // Nominating our headers as hop-by-hop must not make the gateway drop its own copy.
+            ("Connection", "X-Tenant, X-Switchboard-User"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    let mut ws = ws.expect("upgraded");
+    assert_echo(&mut ws, "hello").await;
+
+    let seen = &echo.handshakes()[0].headers;
+    assert_eq!(values(seen, "x-switchboard-user"), ["alice"]);
+    assert_eq!(values(seen, "x-tenant"), ["acme"]);
+    for name in seen.keys() {
+        assert!(
+            !name.as_str().contains('_'),
+            "underscore spelling {name} reached the app: {seen:?}"
+        );
+    }
+    assert!(
+        seen.get("authorization").is_none(),
+        "the token reached the app"
+    );
+    let signature = values(seen, "x-switchboard-signature");
+    assert_eq!(signature.len(), 1, "{signature:?}");
+    assert_signature_verifies(signature[0], IDENTITY);
+    close_normally(&mut ws).await;
+}
+
+#[tokio::test]
+async fn a_query_token_is_stripped_before_the_app_sees_the_request_line() {
+    let (echo, gateway) = start().await;
+    let token = alice_token();
+    let url = gateway.ws_url(&format!("/app/room?room=7&access_token={token}&x=1"));
+    let (mut ws, _) = ws_connect_with_response(ws_request(&url, &[]))
+        .await
+        .expect("query-token upgrade");
+    assert_echo(&mut ws, "hi").await;
+
+    let handshake = &echo.handshakes()[0];
+    assert_eq!(handshake.uri.to_string(), "/app/room?room=7&x=1");
+    assert_eq!(values(&handshake.headers, "x-switchboard-user"), ["alice"]);
+    close_normally(&mut ws).await;
+    assert!(
+        !gateway.log().contains(&token),
+        "the token appears in the gateway log"
+    );
+}
+
+#[tokio::test]
+async fn a_subprotocol_token_is_removed_and_only_the_real_subprotocol_is_negotiated() {
+    let (echo, gateway) = start().await;
+    let offer = format!("chat.v1, bearer.{}", alice_token());
+    let (mut ws, resp) = ws_connect_with_response(ws_request(
+        &gateway.ws_url("/app"),
+        &[("Sec-WebSocket-Protocol", &offer)],
+    ))
+    .await
+    .expect("subprotocol-token upgrade");
+    assert_eq!(
+        resp.headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["chat.v1"],
+        "the client gets the real subprotocol echoed, nothing else"
+    );
+    assert_echo(&mut ws, "proto").await;
+
+    let handshake = &echo.handshakes()[0];
+    assert_eq!(
+        values(&handshake.headers, "sec-websocket-protocol"),
+        ["chat.v1"]
+    );
+    assert_eq!(handshake.subprotocol.as_deref(), Some("chat.v1"));
+    assert_eq!(values(&handshake.headers, "x-switchboard-user"), ["alice"]);
+    close_normally(&mut ws).await;
+}
+
+#[tokio::test]
+async fn plain_http_on_a_proxy_route_carries_the_same_identity_headers() {
+    let (echo, gateway) = start().await;
+    let bearer = format!("Bearer {}", alice_token());
+    let (status, body) = http_get_with(
+        gateway.addr(),
+        "/app/poll?access_token=decoy&q=1",
+        &[
+            ("Authorization", &bearer),
+            ("X-Switchboard-User", "mallory"),
+            ("x_switchboard_user", "mallory-underscore"),
+            ("X-Tenant", "evil"),
+            ("Connection", "X-Tenant"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer = parse_http_echo(&body);
+    assert_eq!(answer.backend, format!("http:{}", echo.port()));
+    assert_eq!(answer.path, "/app/poll?q=1");
+    let h = &answer.headers;
+    assert_eq!(
+        h.get("x-switchboard-user").map(String::as_str),
+        Some("alice")
+    );
+    assert_eq!(h.get("x-tenant").map(String::as_str), Some("acme"));
+    assert!(h.get("authorization").is_none(), "{h:?}");
+    assert!(h.keys().all(|k| !k.contains('_')), "{h:?}");
+    assert_signature_verifies(
+        h.get("x-switchboard-signature").expect("signature header"),
+        IDENTITY,
+    );
+    // Not a WebSocket: nothing was upgraded.
+    assert_eq!(echo.connections(), 0);
+}

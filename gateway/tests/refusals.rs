@@ -1,0 +1,485 @@
+//! Every refusal path, against one real gateway, in one table: what was sent, what the client
+//! must get, what it got. The matrix is printed (run with `--no-capture` to see it) and every
+//! row must hold; then `/metrics` must have counted each refusal under its reason.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener as StdTcpListener;
+
+use support::{
+    EchoOptions, EchoServer, Gateway, PROMPTLY, RawResponse, claims, close_normally, eventually,
+    free_port, http_get, jwt_rsa_file, metric_sum, metrics_text, raw_request, raw_upgrade,
+    sign_rs256, upgrade_head,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+
+/// `limits.maxConnections` of the gateway under test.
+const POD_CAP: usize = 4;
+
+fn config(public: u16, admin: u16, echo: u16, dead: u16, silent: u16) -> String {
+    let route = |name: &str, path: &str, more: &str, backend: Option<u16>| {
+        let backends = backend
+            .map(|p| format!("{{address: \"127.0.0.1:{p}\"}}"))
+            .unwrap_or_default();
+        format!(
+            "  - name: {name}\n    path: {{value: {path}}}\n{more}    proxy: {{backends: [{backends}]}}\n    keepalive: {{interval: 0s}}\n    drain: {{window: 1s}}\n"
+        )
+    };
+    let mut routes = String::new();
+    routes += &route("open", "/open", "", Some(echo));
+    routes += &route(
+        "origin",
+        "/origin",
+        "    origins: {allowed: [\"https://app.example.com\"]}\n",
+        Some(echo),
+    );
+    routes += &route(
+        "auth",
+        "/auth",
+        &format!("    jwt: {}\n", jwt_rsa_file("audiences: [switchboard], ")),
+        Some(echo),
+    );
+    routes += &route(
+        "per-ip",
+        "/per-ip",
+        "    limits: {connectionsPerIp: 1}\n",
+        Some(echo),
+    );
+    routes += &route(
+        "per-user",
+        "/per-user",
+        &format!(
+            "    jwt: {}\n    limits: {{connectionsPerUser: 1}}\n",
+            jwt_rsa_file("")
+        ),
+        Some(echo),
+    );
+    routes += &route(
+        "rate",
+        "/rate",
+        "    limits: {newConnectionsPerIpPerSecond: 2}\n",
+        Some(echo),
+    );
+    routes += &route("no-backend", "/no-backend", "", None);
+    routes += &route("unreachable", "/unreachable", "", Some(dead));
+    routes += &route("silent", "/silent", "", Some(silent));
+    routes += &route("app", "/app", "", Some(echo));
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+limits: {{maxConnections: {POD_CAP}, handshakeTimeout: 1s, upstreamTimeout: 1s}}
+drain: {{propagation: 0s, deadline: 5s}}
+routes:
+{routes}"#
+    )
+}
+
+/// One line of the matrix.
+struct Row {
+    path: String,
+    expected: String,
+    got: String,
+    ok: bool,
+}
+
+#[derive(Default)]
+struct Matrix {
+    rows: Vec<Row>,
+}
+
+impl Matrix {
+    fn check(&mut self, path: &str, expected: &str, got: String, ok: bool) {
+        self.rows.push(Row {
+            path: path.to_owned(),
+            expected: expected.to_owned(),
+            got,
+            ok,
+        });
+    }
+
+    /// A refusal row: `status` plus every `(header, substring)` in `headers`.
+    fn refusal(&mut self, path: &str, resp: &RawResponse, status: u16, headers: &[(&str, &str)]) {
+        let mut expected = format!("{status}");
+        let mut got = format!("{}", resp.status);
+        let mut ok = resp.status == status;
+        for (name, want) in headers {
+            expected += &format!(" {name}~{want:?}");
+            let value = resp.header(name);
+            got += &format!(" {name}={:?}", value.unwrap_or("-"));
+            ok &= value.is_some_and(|v| v.contains(want));
+        }
+        self.check(path, &expected, got, ok);
+    }
+
+    fn print(&self) {
+        let w = self.rows.iter().map(|r| r.path.len()).max().unwrap_or(4);
+        let e = self
+            .rows
+            .iter()
+            .map(|r| r.expected.len())
+            .max()
+            .unwrap_or(8);
+        println!("\nrefusal matrix ({} rows)", self.rows.len());
+        println!("{:<w$} | {:<e$} | got", "path", "expected");
+        println!("{}", "-".repeat(w + e + 40));
+        for r in &self.rows {
+            let mark = if r.ok { "" } else { "   <-- MISMATCH" };
+            println!("{:<w$} | {:<e$} | {}{mark}", r.path, r.expected, r.got);
+        }
+    }
+}
+
+fn aud_token(sub: &str, ttl: i64, aud: &str, key: &str) -> String {
+    sign_rs256(
+        key,
+        None,
+        &claims(sub, ttl, serde_json::json!({ "aud": aud })),
+    )
+}
+
+/// Open and hold a WebSocket on `path` (must get 101).
+async fn hold(gateway: &Gateway, path: &str, extra: &[(&str, &str)]) -> WebSocketStream<TcpStream> {
+    let (resp, ws) = raw_upgrade(gateway.addr(), path, extra).await;
+    assert_eq!(resp.status, 101, "holding {path}: {resp:?}");
+    ws.expect("upgraded")
+}
+
+async fn release(held: Vec<WebSocketStream<TcpStream>>) {
+    for mut ws in held {
+        close_normally(&mut ws).await;
+    }
+}
+
+/// Wait until the gateway has no live WebSocket left (its admission slots are free).
+async fn wait_idle(gateway: &Gateway) {
+    eventually("no live connections", PROMPTLY, || async {
+        let (_, body) = http_get(gateway.admin(), "/status").await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
+        v["connections"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_refusal_path_answers_with_its_status_and_is_counted_by_reason() {
+    let echo = EchoServer::start_with(EchoOptions {
+        refuse_paths: vec!["/app/refused".to_owned()],
+        ..EchoOptions::default()
+    })
+    .await;
+    // Accepts TCP (kernel backlog) but never answers: the handshake times out.
+    let silent = StdTcpListener::bind("127.0.0.1:0").expect("bind silent backend");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let gateway = Gateway::start(&config(
+        free_port(),
+        free_port(),
+        echo.port(),
+        free_port(),
+        silent_port,
+    ))
+    .await;
+    let addr = gateway.addr();
+    let mut m = Matrix::default();
+    let up = |path: &'static str, extra: Vec<(&'static str, String)>| async move {
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        raw_upgrade(addr, path, &extra).await
+    };
+
+    // --- pod-wide cap (first, while nothing else is open) -------------------------------
+    wait_idle(&gateway).await;
+    let mut held = Vec::new();
+    for _ in 0..POD_CAP {
+        held.push(hold(&gateway, "/open", &[]).await);
+    }
+    let (resp, _) = up("/open", vec![]).await;
+    m.refusal(
+        &format!("/open with {POD_CAP} open (pod cap)"),
+        &resp,
+        503,
+        &[("retry-after", ""), ("content-type", "json")],
+    );
+    release(held).await;
+    wait_idle(&gateway).await;
+
+    // --- route, origin ------------------------------------------------------------------
+    let (resp, _) = up("/nowhere", vec![]).await;
+    m.refusal("/nowhere (no route)", &resp, 404, &[]);
+    let (resp, ws) = up(
+        "/origin",
+        vec![("Origin", "https://app.example.com".into())],
+    )
+    .await;
+    m.check(
+        "/origin allowed origin (control)",
+        "101",
+        resp.status.to_string(),
+        resp.status == 101,
+    );
+    release(ws.into_iter().collect()).await;
+    for (what, origin) in [
+        ("bad origin", "https://evil.example.com"),
+        ("suffix trick", "https://app.example.com.evil.com"),
+        ("null origin", "null"),
+    ] {
+        let (resp, _) = up("/origin", vec![("Origin", origin.into())]).await;
+        m.refusal(&format!("/origin {what} {origin}"), &resp, 403, &[]);
+    }
+
+    // --- tokens -------------------------------------------------------------------------
+    let (resp, _) = up("/auth", vec![]).await;
+    m.refusal(
+        "/auth no token",
+        &resp,
+        401,
+        &[("www-authenticate", "Bearer realm=\"switchboard\"")],
+    );
+    let good = aud_token("alice", 600, "switchboard", "rsa");
+    let (resp, ws) = up("/auth", vec![("Authorization", format!("Bearer {good}"))]).await;
+    m.check(
+        "/auth valid token (control)",
+        "101",
+        resp.status.to_string(),
+        resp.status == 101,
+    );
+    release(ws.into_iter().collect()).await;
+    for (what, token, reason) in [
+        (
+            "expired token",
+            aud_token("alice", -120, "switchboard", "rsa"),
+            "token expired",
+        ),
+        (
+            "bad signature (other key)",
+            aud_token("alice", 600, "switchboard", "rsa2"),
+            "invalid signature",
+        ),
+        (
+            "wrong aud",
+            aud_token("alice", 600, "other", "rsa"),
+            "invalid audience",
+        ),
+    ] {
+        let (resp, _) = up("/auth", vec![("Authorization", format!("Bearer {token}"))]).await;
+        m.refusal(
+            &format!("/auth {what}"),
+            &resp,
+            401,
+            &[(
+                "www-authenticate",
+                &format!("error_description=\"{reason}\""),
+            )],
+        );
+    }
+
+    // --- admission ----------------------------------------------------------------------
+    // Every slot free again, so only the cap under test can refuse.
+    wait_idle(&gateway).await;
+    let first = hold(&gateway, "/per-ip", &[]).await;
+    let (resp, _) = up("/per-ip", vec![]).await;
+    m.refusal(
+        "/per-ip second connection (cap 1)",
+        &resp,
+        429,
+        &[("retry-after", "")],
+    );
+    release(vec![first]).await;
+
+    let alice = format!("Bearer {}", support::token_for("alice"));
+    let first = hold(&gateway, "/per-user", &[("Authorization", &alice)]).await;
+    let (resp, _) = up("/per-user", vec![("Authorization", alice.clone())]).await;
+    m.refusal(
+        "/per-user second connection of alice (cap 1)",
+        &resp,
+        429,
+        &[("retry-after", "")],
+    );
+    release(vec![first]).await;
+
+    wait_idle(&gateway).await;
+    // Five attempts at once: at most two per one-second window pass, so whichever window
+    // boundary falls among them, at least one is refused (and at most four are held, within
+    // the pod cap, because the rate is checked before the pod cap).
+    let mut admitted = Vec::new();
+    let mut rate_refusals = Vec::new();
+    for _ in 0..5 {
+        let (resp, ws) = up("/rate", vec![]).await;
+        match ws {
+            Some(ws) => admitted.push(ws),
+            None => rate_refusals.push(resp),
+        }
+    }
+    match rate_refusals.first() {
+        Some(resp) => m.refusal(
+            &format!(
+                "/rate 5 quick connections, 2/s ({} refused)",
+                rate_refusals.len()
+            ),
+            resp,
+            429,
+            &[("retry-after", "")],
+        ),
+        None => m.check(
+            "/rate 5 quick connections, 2/s",
+            "429",
+            "all 5 admitted".into(),
+            false,
+        ),
+    }
+    let rate_refused = rate_refusals.len();
+    let rate_all_429 = rate_refusals.iter().all(|r| r.status == 429);
+    m.check(
+        "/rate every refusal is a 429",
+        "429 x refused",
+        format!(
+            "{:?}",
+            rate_refusals.iter().map(|r| r.status).collect::<Vec<_>>()
+        ),
+        rate_all_429,
+    );
+    release(admitted).await;
+
+    // --- handshake hardening ------------------------------------------------------------
+    let head =
+        upgrade_head("/open", &[]).replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8");
+    let resp = raw_request(addr, &head).await;
+    m.refusal(
+        "/open Sec-WebSocket-Version: 8",
+        &resp,
+        426,
+        &[("sec-websocket-version", "13")],
+    );
+    let head = upgrade_head("/open", &[]);
+    let key_line = head
+        .lines()
+        .find(|l| l.starts_with("Sec-WebSocket-Key"))
+        .expect("key line")
+        .to_owned();
+    let resp = raw_request(
+        addr,
+        &head.replace(&key_line, "Sec-WebSocket-Key: not-a-16-byte-key!"),
+    )
+    .await;
+    m.refusal("/open bad Sec-WebSocket-Key", &resp, 400, &[]);
+
+    let many: Vec<(String, String)> = (0..100)
+        .map(|i| (format!("X-Filler-{i}"), "x".into()))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let resp = raw_request(addr, &upgrade_head("/open", &many)).await;
+    m.refusal("/open 100 headers (max 64)", &resp, 431, &[]);
+    let huge = "y".repeat(20 * 1024);
+    let resp = raw_request(addr, &upgrade_head("/open", &[("X-Huge", &huge)])).await;
+    m.refusal("/open one 20 KiB header (max 16 KiB)", &resp, 431, &[]);
+
+    // Slowloris: half a request head, then silence. handshakeTimeout is 1s.
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /open HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n")
+        .await
+        .expect("write half a head");
+    let mut junk = Vec::new();
+    let ended = tokio::time::timeout(PROMPTLY, slow.read_to_end(&mut junk)).await;
+    let (got, ok) = match ended {
+        Ok(Ok(_)) => (
+            format!("disconnected (EOF after {} bytes)", junk.len()),
+            true,
+        ),
+        Ok(Err(e)) => (format!("disconnected ({e})"), true),
+        Err(_) => (format!("still connected after {PROMPTLY:?}"), false),
+    };
+    m.check(
+        "/open half a request head (slowloris)",
+        "disconnected",
+        got,
+        ok,
+    );
+
+    // --- backends -----------------------------------------------------------------------
+    let (resp, _) = up("/no-backend", vec![]).await;
+    m.refusal(
+        "/no-backend (empty backend list)",
+        &resp,
+        503,
+        &[("retry-after", "")],
+    );
+    let (resp, _) = up("/unreachable", vec![]).await;
+    m.refusal("/unreachable (nothing listening)", &resp, 502, &[]);
+    let (resp, _) = up("/silent", vec![]).await;
+    m.refusal("/silent (backend never answers)", &resp, 504, &[]);
+    drop(silent);
+
+    // --- the app's own refusal, relayed unchanged ---------------------------------------
+    let (resp, ws) = up("/app/refused", vec![]).await;
+    assert!(ws.is_none());
+    m.refusal(
+        "/app/refused (the app answers 403)",
+        &resp,
+        403,
+        &[
+            ("x-echo-refused", "/app/refused"),
+            ("content-type", "text/plain"),
+        ],
+    );
+    m.check(
+        "/app/refused body",
+        "\"refused by the app\\n\"",
+        format!("{:?}", resp.body_text()),
+        resp.body_text() == "refused by the app\n",
+    );
+
+    m.print();
+    let mismatches: Vec<&Row> = m.rows.iter().filter(|r| !r.ok).collect();
+    assert!(
+        mismatches.is_empty(),
+        "{} row(s) of the refusal matrix do not hold (see the printed matrix)",
+        mismatches.len()
+    );
+
+    // --- metrics: each refusal counted under its reason ---------------------------------
+    let text = metrics_text(&gateway).await;
+    let expected: BTreeMap<&str, f64> = [
+        ("pod_cap", 1.0),
+        ("no_route", 1.0),
+        ("origin", 3.0),
+        ("token_missing", 1.0),
+        ("token_invalid", 3.0),
+        ("per_ip_cap", 1.0),
+        ("per_user_cap", 1.0),
+        ("per_ip_rate", rate_refused as f64),
+        ("ws_version", 1.0),
+        ("bad_handshake", 1.0),
+        ("headers_too_large", 2.0),
+        ("no_backend", 1.0),
+        ("backend_unreachable", 1.0),
+        ("backend_timeout", 1.0),
+    ]
+    .into_iter()
+    .collect();
+    let mut counted = BTreeMap::new();
+    // (0.0 + sum: an absent series sums to -0.0, which prints confusingly.)
+    for reason in expected.keys() {
+        counted.insert(
+            *reason,
+            0.0 + metric_sum(
+                &text,
+                "switchboard_handshake_refusals_total",
+                &[("reason", reason)],
+            ),
+        );
+    }
+    println!("\nswitchboard_handshake_refusals_total by reason: {counted:?}");
+    assert_eq!(counted, expected, "refusals counted by reason");
+    assert_eq!(
+        metric_sum(
+            &text,
+            "switchboard_connections_total",
+            &[("route", "app"), ("outcome", "app_refused")]
+        ),
+        1.0,
+        "the app's refusal is counted as app_refused"
+    );
+}

@@ -1,0 +1,137 @@
+//! Hot reload of the real binary (the config file is polled every 200ms here): a good reload
+//! takes effect without dropping a live connection; a bad one (invalid YAML, an invalid field)
+//! keeps the last good config serving and is counted as
+//! `switchboard_config_reloads_total{result="error"}`.
+
+mod support;
+
+use support::{
+    EchoServer, Gateway, PROMPTLY, assert_echo, close_normally, eventually, free_port, http_get,
+    metric_sum, metrics_text, raw_upgrade, write_atomically, ws_connect,
+};
+
+const FAST_RELOAD: &[(&str, &str)] = &[("SWITCHBOARD_RELOAD_INTERVAL", "200ms")];
+
+fn config(public: u16, admin: u16, backend: u16, routes: &[&str]) -> String {
+    let routes: String = routes
+        .iter()
+        .map(|name| {
+            format!(
+                "  - name: {name}\n    path: {{value: /{name}}}\n    proxy: {{backends: [{{address: \"127.0.0.1:{backend}\"}}]}}\n    keepalive: {{interval: 0s}}\n    drain: {{window: 1s}}\n"
+            )
+        })
+        .collect();
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 0s, deadline: 5s}}
+routes:
+{routes}"#
+    )
+}
+
+async fn reloads(gateway: &Gateway, result: &str) -> f64 {
+    let text = metrics_text(gateway).await;
+    metric_sum(
+        &text,
+        "switchboard_config_reloads_total",
+        &[("result", result)],
+    )
+}
+
+async fn wait_reloads(gateway: &Gateway, result: &str, n: f64) {
+    let what = format!("{n} reload(s) with result={result}");
+    eventually(&what, PROMPTLY, || async {
+        reloads(gateway, result).await >= n
+    })
+    .await;
+}
+
+async fn status_of(gateway: &Gateway, path: &str) -> u16 {
+    let (resp, ws) = raw_upgrade(gateway.addr(), path, &[]).await;
+    if let Some(mut ws) = ws {
+        assert_echo(&mut ws, "probe").await;
+        close_normally(&mut ws).await;
+    }
+    resp.status
+}
+
+#[tokio::test]
+async fn a_good_reload_adds_a_route_without_dropping_a_live_connection() {
+    let echo = EchoServer::start().await;
+    let (public, admin) = (free_port(), free_port());
+    let gateway =
+        Gateway::start_with_env(&config(public, admin, echo.port(), &["a"]), FAST_RELOAD).await;
+    let mut live = ws_connect(&gateway.ws_url("/a")).await;
+    assert_echo(&mut live, "before").await;
+    assert_eq!(status_of(&gateway, "/b").await, 404);
+
+    write_atomically(
+        &gateway.config_path(),
+        &config(public, admin, echo.port(), &["a", "b"]),
+    );
+    wait_reloads(&gateway, "ok", 1.0).await;
+
+    assert_eq!(status_of(&gateway, "/b").await, 101, "the new route serves");
+    assert_eq!(
+        status_of(&gateway, "/a").await,
+        101,
+        "the old route still serves"
+    );
+    assert_echo(&mut live, "after").await;
+    assert_eq!(reloads(&gateway, "error").await, 0.0);
+    assert!(
+        echo.closes()
+            .iter()
+            .all(|c| c.as_ref().map(|c| c.0) == Some(1000))
+    );
+    close_normally(&mut live).await;
+}
+
+#[tokio::test]
+async fn a_bad_reload_keeps_the_last_good_config_serving_and_is_counted() {
+    let echo = EchoServer::start().await;
+    let (public, admin) = (free_port(), free_port());
+    let good = config(public, admin, echo.port(), &["a"]);
+    let gateway = Gateway::start_with_env(&good, FAST_RELOAD).await;
+    let mut live = ws_connect(&gateway.ws_url("/a")).await;
+    assert_echo(&mut live, "before").await;
+
+    // Not YAML at all.
+    write_atomically(&gateway.config_path(), "routes: [unclosed\n  - {");
+    wait_reloads(&gateway, "error", 1.0).await;
+    assert_eq!(status_of(&gateway, "/a").await, 101);
+    assert_echo(&mut live, "after invalid YAML").await;
+
+    // Valid YAML, invalid document: a new route with a field that fails validation.
+    let invalid_field = config(public, admin, echo.port(), &["a", "b"]).replace(
+        "  - name: b\n",
+        "  - name: b\n    limits: {maxMessageBytes: 0}\n",
+    );
+    assert!(invalid_field.contains("maxMessageBytes: 0"));
+    write_atomically(&gateway.config_path(), &invalid_field);
+    wait_reloads(&gateway, "error", 2.0).await;
+    assert_eq!(
+        status_of(&gateway, "/a").await,
+        101,
+        "the last good config serves"
+    );
+    assert_eq!(
+        status_of(&gateway, "/b").await,
+        404,
+        "nothing of the bad one applied"
+    );
+    assert_echo(&mut live, "after an invalid field").await;
+
+    assert_eq!(reloads(&gateway, "ok").await, 0.0);
+    let (status, _) = http_get(gateway.admin(), "/readyz").await;
+    assert_eq!(status, 200);
+    let log = gateway.log();
+    assert!(
+        log.contains("maxMessageBytes"),
+        "the refused reload names the bad field:\n{log}"
+    );
+    close_normally(&mut live).await;
+}

@@ -1,0 +1,389 @@
+//! The app side of rooms mode against the real binary: the per-route publish hook (accept,
+//! replace the payload, reject with the app's reason; unreachable and slow apps) and
+//! connect/disconnect notifications. The app is a tiny hyper server in the test.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use support::rooms::{JsonWs, PUBLISH_TOKEN, publish_api};
+use support::{Gateway, PROMPTLY, claims, free_port, jwt_hs256, sign_hs256};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// One request the app received.
+#[derive(Debug, Clone)]
+struct Call {
+    path: String,
+    headers: HeaderMap,
+    body: Value,
+}
+
+/// The app: `/hook` decides on publishes by their text, `/notify` takes notifications,
+/// `/slow` answers after 3 s.
+struct App {
+    addr: SocketAddr,
+    calls: Arc<Mutex<Vec<Call>>>,
+    notifications: mpsc::UnboundedReceiver<Value>,
+}
+
+impl App {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (tx, notifications) = mpsc::unbounded_channel();
+        let recorded = calls.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (calls, tx) = (recorded.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (calls, tx) = (calls.clone(), tx.clone());
+                        async move { Ok::<_, std::convert::Infallible>(answer(req, &calls, &tx).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            calls,
+            notifications,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn hook_calls(&self) -> Vec<Call> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.path == "/hook")
+            .cloned()
+            .collect()
+    }
+
+    async fn notification(&mut self) -> Value {
+        tokio::time::timeout(PROMPTLY, self.notifications.recv())
+            .await
+            .expect("a notification in time")
+            .expect("app running")
+    }
+}
+
+fn json_response(status: u16, body: Option<Value>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(
+        body.map(|b| b.to_string()).unwrap_or_default(),
+    )));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    resp
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    calls: &Mutex<Vec<Call>>,
+    notify: &mpsc::UnboundedSender<Value>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let headers = req.headers().clone();
+    let bytes = req.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    calls.lock().unwrap().push(Call {
+        path: path.clone(),
+        headers,
+        body: body.clone(),
+    });
+    match path.as_str() {
+        "/notify" => {
+            let _ = notify.send(body);
+            json_response(204, None)
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            json_response(204, None)
+        }
+        _ => {
+            let text = body["data"]["text"].as_str().unwrap_or_default().to_owned();
+            if text.contains("spam") {
+                json_response(403, Some(json!({"reason": "no spam in this room"})))
+            } else if text.contains("teapot") {
+                json_response(418, None)
+            } else if let Some(rest) = text.strip_prefix("shout ") {
+                json_response(
+                    200,
+                    Some(json!({"data": {"text": rest.to_uppercase(), "moderated": true}})),
+                )
+            } else if body.get("b64").is_some() {
+                json_response(200, Some(json!({"b64": "AQID"})))
+            } else {
+                json_response(200, Some(json!({"ok": true}))) // accept as is
+            }
+        }
+    }
+}
+
+fn config(public: u16, admin: u16, app: &App) -> String {
+    let jwt = jwt_hs256("");
+    let dead = free_port();
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 0s, deadline: 5s}}
+publishApi: {{token: {PUBLISH_TOKEN}}}
+routes:
+  - name: hooked
+    path: {{value: /hooked}}
+    mode: rooms
+    jwt: {jwt}
+    rooms:
+      namespace: chat
+      join: ["chat:*"]
+      publish: ["chat:*"]
+      history: {{maxMessages: 100, maxAge: 10m}}
+      publishHook: {{url: "{hook}"}}
+      notify: {{url: "{notify}"}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+  - name: unreachable
+    path: {{value: /unreachable}}
+    mode: rooms
+    rooms:
+      join: ["chat:*"]
+      publish: ["chat:*"]
+      publishHook: {{url: "http://127.0.0.1:{dead}/hook"}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+  - name: slowapp
+    path: {{value: /slowapp}}
+    mode: rooms
+    rooms:
+      join: ["chat:*"]
+      publish: ["chat:*"]
+      publishHook: {{url: "{slow}", timeout: 300ms}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+"#,
+        hook = app.url("/hook"),
+        notify = app.url("/notify"),
+        slow = app.url("/slow"),
+    )
+}
+
+fn bearer(sub: &str) -> String {
+    format!("Bearer {}", sign_hs256(&claims(sub, 600, json!({}))))
+}
+
+/// Publish `data` with id `id` and return the reply to it (`ack` or `error`).
+async fn publish(ws: &mut JsonWs, data: Value, id: &str) -> Value {
+    ws.send(json!({"type": "publish", "room": "chat:hooked", "data": data, "id": id}))
+        .await;
+    loop {
+        let v = ws.recv().await;
+        if v["id"] == id {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_publish_hook_accepts_replaces_or_rejects_with_the_apps_reason() {
+    let mut app = App::start().await;
+    let gw = Gateway::start(&config(free_port(), free_port(), &app)).await;
+    let auth = bearer("alice");
+    let mut alice = JsonWs::connect(&gw.ws_url("/hooked"), &[("authorization", &auth)]).await;
+    assert_eq!(alice.recv().await["room"], "user:alice");
+    let auth = bearer("bob");
+    let mut bob = JsonWs::connect(&gw.ws_url("/hooked"), &[("authorization", &auth)]).await;
+    assert_eq!(bob.recv().await["room"], "user:bob");
+    bob.join("chat:hooked").await;
+
+    // Accepted as is.
+    let reply = publish(&mut alice, json!({"text": "hello"}), "1").await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["seq"].as_u64()),
+        (Some("ack"), Some(1)),
+        "{reply}"
+    );
+    // Accepted with the app's replacement payload.
+    let reply = publish(&mut alice, json!({"text": "shout hi there"}), "2").await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    // Rejected with the app's reason, and with a reason made from the status.
+    let reply = publish(&mut alice, json!({"text": "buy spam"}), "3").await;
+    assert_eq!(
+        reply,
+        json!({"type": "error", "code": "rejected", "reason": "no spam in this room", "id": "3"})
+    );
+    let reply = publish(&mut alice, json!({"text": "I am a teapot"}), "4").await;
+    assert_eq!(
+        reply,
+        json!({"type": "error", "code": "rejected", "reason": "refused by the app (HTTP 418)", "id": "4"})
+    );
+    // Binary payloads go to the hook as b64 and can be replaced the same way.
+    alice
+        .send(json!({"type": "publish", "room": "chat:hooked", "b64": "/w==", "id": "5"}))
+        .await;
+    loop {
+        let v = alice.recv().await;
+        if v["id"] == "5" {
+            assert_eq!(v["type"], "ack", "{v}");
+            break;
+        }
+    }
+    // The publish API does not go through the hook.
+    let (status, body) = publish_api(
+        gw.admin(),
+        &json!({"namespace": "chat", "room": "chat:hooked", "data": {"text": "spam from the app"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The members saw exactly what was accepted, as the app left it.
+    let got = bob.messages(4).await;
+    assert_eq!(got[0]["data"], json!({"text": "hello"}));
+    assert_eq!(got[0]["from"], json!({"sub": "alice"}));
+    assert_eq!(
+        got[1]["data"],
+        json!({"text": "HI THERE", "moderated": true})
+    );
+    assert_eq!(got[2]["b64"], "AQID");
+    assert_eq!(got[3]["data"], json!({"text": "spam from the app"}));
+    assert_eq!(
+        got.iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "refused publishes were never stored"
+    );
+
+    // What the app was asked: one call per client publish, with identity headers.
+    let calls = app.hook_calls();
+    assert_eq!(calls.len(), 5, "{calls:#?}");
+    for c in &calls {
+        assert_eq!(c.headers["x-switchboard-route"], "hooked");
+        assert_eq!(c.headers["x-switchboard-user"], "alice");
+        assert_eq!(c.headers["content-type"], "application/json");
+        assert_eq!(c.body["room"], "chat:hooked");
+        assert_eq!(c.body["from"], json!({"sub": "alice"}));
+    }
+    assert_eq!(
+        calls[0].body,
+        json!({"room": "chat:hooked", "from": {"sub": "alice"}, "data": {"text": "hello"}})
+    );
+    assert_eq!(calls[4].body["b64"], "/w==");
+    assert!(calls[4].body.get("data").is_none());
+    // Both connections' connect notifications also arrived.
+    for _ in 0..2 {
+        assert_eq!(app.notification().await["event"], "connect");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_or_too_slow_hook_rejects_the_publish() {
+    let app = App::start().await;
+    let gw = Gateway::start(&config(free_port(), free_port(), &app)).await;
+    for (path, reason) in [
+        ("/unreachable", "publish hook unreachable"),
+        ("/slowapp", "publish hook timed out"),
+    ] {
+        let mut ws = JsonWs::connect(&gw.ws_url(path), &[]).await;
+        let reply = publish(&mut ws, json!({"text": "hello"}), "1").await;
+        assert_eq!(
+            reply,
+            json!({"type": "error", "code": "rejected", "reason": reason, "id": "1"}),
+            "{path}"
+        );
+        // The connection keeps working.
+        ws.send(json!({"type": "ping", "id": "p"})).await;
+        assert_eq!(ws.recv().await, json!({"type": "pong", "id": "p"}));
+    }
+}
+
+#[tokio::test]
+async fn connect_and_disconnect_notifications_reach_the_app() {
+    let mut app = App::start().await;
+    let gw = Gateway::start(&config(free_port(), free_port(), &app)).await;
+    let auth = bearer("alice");
+    let mut ws = JsonWs::connect(&gw.ws_url("/hooked"), &[("authorization", &auth)]).await;
+    let connect = app.notification().await;
+    assert_eq!(
+        (
+            connect["event"].as_str(),
+            connect["user"].as_str(),
+            connect["route"].as_str()
+        ),
+        (Some("connect"), Some("alice"), Some("hooked")),
+        "{connect}"
+    );
+    let conn = connect["conn"].as_str().expect("conn").to_owned();
+    assert!(
+        connect["ts"].as_u64().is_some_and(|t| t > 1_600_000_000),
+        "{connect}"
+    );
+
+    support::close_normally(&mut ws.ws).await;
+    let disconnect = app.notification().await;
+    assert_eq!(
+        (
+            disconnect["event"].as_str(),
+            disconnect["conn"].as_str(),
+            disconnect["user"].as_str(),
+            disconnect["code"].as_u64()
+        ),
+        (
+            Some("disconnect"),
+            Some(conn.as_str()),
+            Some("alice"),
+            Some(1000)
+        ),
+        "{disconnect}"
+    );
+    let notify_calls: Vec<_> = app
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.path == "/notify")
+        .cloned()
+        .collect();
+    for c in &notify_calls {
+        assert_eq!(c.headers["x-switchboard-route"], "hooked");
+        assert_eq!(c.headers["x-switchboard-user"], "alice");
+    }
+
+    // A connection that just goes away is reported with 1006.
+    let auth = bearer("bob");
+    let ws = JsonWs::connect(&gw.ws_url("/hooked"), &[("authorization", &auth)]).await;
+    assert_eq!(app.notification().await["user"], "bob");
+    drop(ws);
+    let gone = app.notification().await;
+    assert_eq!(
+        (
+            gone["event"].as_str(),
+            gone["user"].as_str(),
+            gone["code"].as_u64()
+        ),
+        (Some("disconnect"), Some("bob"), Some(1006)),
+        "{gone}"
+    );
+}

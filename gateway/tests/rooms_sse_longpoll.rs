@@ -1,0 +1,452 @@
+//! The same rooms over Server-Sent Events and long-polling, against the real binary: SSE
+//! framing and proxy headers, `id:` cursors, `Last-Event-ID` resume (exactly the gap, or
+//! `recovered: false`), drain; long-polls that return the gap, wait for the first live
+//! message, answer 204 with a cursor, and report `lost` rooms.
+
+mod support;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use support::rooms::{PUBLISH_TOKEN, Sse, long_poll, publish_api};
+use support::{Gateway, PROMPTLY, claims, free_port, http_get, jwt_hs256, sign_hs256};
+
+/// `/news` (namespace `news`): anonymous, join `news:*`, 5 messages of history.
+/// `/me` (namespace `me`): HS256 JWT from `?access_token=`, join `inbox:*` (plus the user room).
+fn config(public: u16, admin: u16) -> String {
+    let jwt = jwt_hs256("tokenSources: [{query: {name: access_token}}], ");
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 0s, deadline: 10s}}
+publishApi: {{token: {PUBLISH_TOKEN}}}
+routes:
+  - name: news
+    path: {{value: /news}}
+    mode: rooms
+    rooms:
+      join: ["news:*"]
+      history: {{maxMessages: 5, maxAge: 10m}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+  - name: me
+    path: {{value: /me}}
+    mode: rooms
+    jwt: {jwt}
+    rooms:
+      join: ["inbox:*"]
+      history: {{maxMessages: 5, maxAge: 10m}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+"#
+    )
+}
+
+async fn start() -> Gateway {
+    Gateway::start(&config(free_port(), free_port())).await
+}
+
+async fn publish(gw: &Gateway, room: &str, data: Value) -> u64 {
+    let (status, body) = publish_api(
+        gw.admin(),
+        &json!({"namespace": "news", "room": room, "data": data}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["results"][0]["seq"].as_u64().expect("seq")
+}
+
+/// The positions in a cursor: `{room: [seq, epoch]}`.
+fn decode_cursor(cursor: &str) -> Value {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .unwrap_or_else(|e| panic!("cursor {cursor:?} is not base64url: {e}"));
+    let v: Value = serde_json::from_slice(&bytes).expect("cursor JSON");
+    v["p"].clone()
+}
+
+/// The `data` of the next `n` SSE message events (unnamed events with an `id:`); returns them
+/// with the last id.
+async fn sse_messages(sse: &mut Sse, n: usize) -> (Vec<Value>, String) {
+    let mut out = Vec::new();
+    let mut last = String::new();
+    while out.len() < n {
+        let ev = sse.event().await;
+        assert_eq!(ev.event, None, "a message event: {ev:?}");
+        last = ev.id.clone().expect("messages carry an id");
+        let m = ev.json();
+        assert_eq!(m["type"], "message", "{m}");
+        out.push(m);
+    }
+    (out, last)
+}
+
+/// The `joined` events at the start of a stream (one per room), as (JSON, id).
+async fn sse_joined(sse: &mut Sse, rooms: usize) -> Vec<(Value, Option<String>)> {
+    let mut out = Vec::new();
+    for _ in 0..rooms {
+        let ev = sse.event().await;
+        assert_eq!(ev.event.as_deref(), Some("joined"), "{ev:?}");
+        out.push((ev.json(), ev.id.clone()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn sse_streams_joined_events_then_messages_with_cursor_ids_and_proxy_friendly_headers() {
+    let gw = start().await;
+    let mut sse = Sse::open(gw.addr(), "/news?rooms=news:b,news:a", &[]).await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(sse.header("content-type"), Some("text/event-stream"));
+    assert_eq!(sse.header("cache-control"), Some("no-cache, no-transform"));
+    assert_eq!(sse.header("x-accel-buffering"), Some("no"));
+
+    let joined = sse_joined(&mut sse, 2).await;
+    assert_eq!(sse.retries, [2000], "the stream starts with retry: 2000");
+    assert_eq!(sse.comments, ["connected"]);
+    let rooms: Vec<&str> = joined
+        .iter()
+        .map(|(j, _)| j["room"].as_str().unwrap())
+        .collect();
+    assert_eq!(rooms, ["news:a", "news:b"]);
+    for (j, _) in &joined {
+        assert_eq!(j["recovered"], false);
+        assert_eq!(j["position"]["seq"], 0);
+    }
+
+    let a1 = publish(&gw, "news:a", json!("a1")).await;
+    let b1 = publish(&gw, "news:b", json!({"headline": "b1"})).await;
+    let a2 = publish(&gw, "news:a", json!("a2")).await;
+    let (msgs, last) = sse_messages(&mut sse, 3).await;
+    assert_eq!(
+        msgs.iter()
+            .map(|m| (
+                m["room"].as_str().unwrap(),
+                m["seq"].as_u64().unwrap(),
+                m["data"].clone()
+            ))
+            .collect::<Vec<_>>(),
+        [
+            ("news:a", a1, json!("a1")),
+            ("news:b", b1, json!({"headline": "b1"})),
+            ("news:a", a2, json!("a2"))
+        ]
+    );
+    // The id is the position of every room of the stream.
+    let epoch = msgs[0]["epoch"].as_str().unwrap();
+    assert_eq!(
+        decode_cursor(&last),
+        json!({"news:a": [a2, epoch], "news:b": [b1, epoch]})
+    );
+}
+
+#[tokio::test]
+async fn an_sse_reconnect_with_last_event_id_gets_exactly_the_gap() {
+    let gw = start().await;
+    let path = "/news?rooms=news:a,news:b";
+    let mut sse = Sse::open(gw.addr(), path, &[]).await;
+    sse_joined(&mut sse, 2).await;
+    publish(&gw, "news:a", json!(1)).await;
+    publish(&gw, "news:b", json!(2)).await;
+    let (_, last) = sse_messages(&mut sse, 2).await;
+    drop(sse); // the connection drops
+
+    for n in 3..=5 {
+        publish(&gw, if n % 2 == 0 { "news:b" } else { "news:a" }, json!(n)).await;
+    }
+    let mut sse = Sse::open(gw.addr(), path, &[("last-event-id", &last)]).await;
+    for (j, _) in sse_joined(&mut sse, 2).await {
+        assert_eq!(j["recovered"], true, "{j}");
+    }
+    // The gap is replayed room by room, each in order.
+    let (gap, _) = sse_messages(&mut sse, 3).await;
+    assert_eq!(
+        gap.iter()
+            .map(|m| (m["room"].as_str().unwrap(), m["data"].clone()))
+            .collect::<Vec<_>>(),
+        [
+            ("news:a", json!(3)),
+            ("news:a", json!(5)),
+            ("news:b", json!(4))
+        ],
+        "exactly the gap"
+    );
+
+    // Dropped in the middle of a replay: the id of the last event received resumes exactly
+    // after it (it must not claim the rest of the gap was delivered).
+    drop(sse);
+    let mut sse = Sse::open(gw.addr(), path, &[("last-event-id", &last)]).await;
+    sse_joined(&mut sse, 2).await;
+    let (first, mid) = sse_messages(&mut sse, 1).await;
+    assert_eq!(first[0]["data"], 3);
+    drop(sse);
+    let mut sse = Sse::open(gw.addr(), path, &[("last-event-id", &mid)]).await;
+    sse_joined(&mut sse, 2).await;
+    let (rest, _) = sse_messages(&mut sse, 2).await;
+    assert_eq!(
+        rest.iter().map(|m| m["data"].clone()).collect::<Vec<_>>(),
+        [json!(5), json!(4)],
+        "the rest of the gap"
+    );
+    publish(&gw, "news:a", json!(6)).await;
+    let (live, last) = sse_messages(&mut sse, 1).await;
+    assert_eq!(live[0]["data"], 6, "then live");
+
+    // The id works as a query parameter too (for clients that cannot set headers).
+    drop(sse);
+    publish(&gw, "news:b", json!(7)).await;
+    let mut sse = Sse::open(gw.addr(), &format!("{path}&lastEventId={last}"), &[]).await;
+    sse_joined(&mut sse, 2).await;
+    let (gap, _) = sse_messages(&mut sse, 1).await;
+    assert_eq!(gap[0]["data"], 7);
+}
+
+#[tokio::test]
+async fn an_sse_reconnect_before_any_message_resumes_from_the_joined_events_id() {
+    let gw = start().await;
+    let mut sse = Sse::open(gw.addr(), "/news?rooms=news:quiet", &[]).await;
+    let joined = sse_joined(&mut sse, 1).await;
+    let id = joined[0]
+        .1
+        .clone()
+        .expect("joined events carry the cursor as their id, so EventSource can resume even before the first message");
+    drop(sse);
+    publish(&gw, "news:quiet", json!("while away")).await;
+    let mut sse = Sse::open(
+        gw.addr(),
+        "/news?rooms=news:quiet",
+        &[("last-event-id", &id)],
+    )
+    .await;
+    let joined = sse_joined(&mut sse, 1).await;
+    assert_eq!(joined[0].0["recovered"], true);
+    let (gap, _) = sse_messages(&mut sse, 1).await;
+    assert_eq!(gap[0]["data"], "while away");
+}
+
+#[tokio::test]
+async fn an_sse_resume_past_the_retained_history_reports_recovered_false() {
+    let gw = start().await;
+    let mut sse = Sse::open(gw.addr(), "/news?rooms=news:busy", &[]).await;
+    sse_joined(&mut sse, 1).await;
+    publish(&gw, "news:busy", json!(1)).await;
+    let (_, last) = sse_messages(&mut sse, 1).await;
+    drop(sse);
+    for n in 2..=8 {
+        publish(&gw, "news:busy", json!(n)).await; // history keeps 4..=8
+    }
+    let mut sse = Sse::open(
+        gw.addr(),
+        "/news?rooms=news:busy",
+        &[("last-event-id", &last)],
+    )
+    .await;
+    let joined = sse_joined(&mut sse, 1).await;
+    assert_eq!(joined[0].0["recovered"], false, "{}", joined[0].0);
+    assert_eq!(joined[0].0["position"]["seq"], 8);
+    publish(&gw, "news:busy", json!(9)).await;
+    let (live, _) = sse_messages(&mut sse, 1).await;
+    assert_eq!(live[0]["data"], 9, "nothing replayed; live continues");
+
+    // A cursor that cannot be decoded is ignored: a fresh join.
+    let mut sse = Sse::open(
+        gw.addr(),
+        "/news?rooms=news:busy",
+        &[("last-event-id", "garbage!")],
+    )
+    .await;
+    let joined = sse_joined(&mut sse, 1).await;
+    assert_eq!(
+        (
+            joined[0].0["recovered"].as_bool(),
+            joined[0].0["position"]["seq"].as_u64()
+        ),
+        (Some(false), Some(9))
+    );
+}
+
+#[tokio::test]
+async fn sse_with_a_token_also_streams_the_users_own_room() {
+    let gw = start().await;
+    let token = sign_hs256(&claims("alice", 600, json!({})));
+    let mut sse = Sse::open(
+        gw.addr(),
+        &format!("/me?rooms=inbox:team&access_token={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    let rooms: Vec<String> = sse_joined(&mut sse, 2)
+        .await
+        .iter()
+        .map(|(j, _)| j["room"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(rooms, ["inbox:team", "user:alice"]);
+    let (status, body) = publish_api(
+        gw.admin(),
+        &json!({"namespace": "me", "users": ["alice"], "data": "hi alice"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (m, _) = sse_messages(&mut sse, 1).await;
+    assert_eq!(
+        (m[0]["room"].as_str(), m[0]["data"].as_str()),
+        (Some("user:alice"), Some("hi alice"))
+    );
+
+    // Someone else's user room, a room outside the patterns, no rooms, no token.
+    for (path, status) in [
+        (format!("/me?rooms=user:bob&access_token={token}"), 403),
+        (format!("/me?rooms=news:a&access_token={token}"), 403),
+        ("/news?rooms=other:a".to_owned(), 403),
+        ("/news".to_owned(), 400),
+        ("/me?rooms=inbox:team".to_owned(), 401),
+    ] {
+        let sse = Sse::open(gw.addr(), &path, &[]).await;
+        assert_eq!(sse.status, status, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_ends_sse_streams_with_a_retry_hint_and_a_shutdown_event() {
+    let mut gw = start().await;
+    let mut sse = Sse::open(gw.addr(), "/news?rooms=news:a", &[]).await;
+    sse_joined(&mut sse, 1).await;
+    gw.terminate();
+    let ev = sse.event().await;
+    assert_eq!(ev.event.as_deref(), Some("shutdown"), "{ev:?}");
+    let hint = ev.json()["reconnectAfterMs"]
+        .as_u64()
+        .expect("reconnectAfterMs");
+    assert!((500..5000).contains(&hint));
+    assert_eq!(
+        ev.retry,
+        Some(hint),
+        "retry: tells EventSource the same delay"
+    );
+    assert!(
+        sse.next_event(PROMPTLY).await.is_none(),
+        "then the stream ends"
+    );
+    assert!(gw.wait_exit(PROMPTLY).await.is_some_and(|s| s.success()));
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_the_gap_waits_for_live_messages_and_answers_204_when_nothing_arrives()
+{
+    let gw = start().await;
+    // First poll: nothing yet; the 204 pins the current position.
+    let first = long_poll(gw.addr(), "/news?rooms=news:a,news:b&timeout=300ms").await;
+    assert_eq!(first.status, 204);
+    assert!(first.body.is_none());
+    let cursor = first.cursor();
+    let positions = decode_cursor(&cursor);
+    assert_eq!(positions["news:a"][0], 0);
+    assert_eq!(positions["news:b"][0], 0);
+
+    // What arrived since the cursor, in order, across rooms.
+    publish(&gw, "news:a", json!("a1")).await;
+    publish(&gw, "news:b", json!("b1")).await;
+    publish(&gw, "news:a", json!("a2")).await;
+    let got = long_poll(
+        gw.addr(),
+        &format!("/news?rooms=news:a,news:b&cursor={cursor}&timeout=5s"),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers.get("content-type").unwrap(), "application/json");
+    assert_eq!(got.headers.get("cache-control").unwrap(), "no-store");
+    let body = got.body.clone().unwrap();
+    assert_eq!(body["lost"], json!([]));
+    let mut data: Vec<(String, Value)> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["room"].as_str().unwrap().to_owned(), m["data"].clone()))
+        .collect();
+    // Per room in order (the gap is replayed room by room).
+    data.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        data,
+        [
+            ("news:a".to_owned(), json!("a1")),
+            ("news:a".to_owned(), json!("a2")),
+            ("news:b".to_owned(), json!("b1"))
+        ]
+    );
+    let cursor = got.cursor();
+
+    // Nothing new: 204 after the (short) timeout, the cursor unchanged in substance.
+    let idle = long_poll(
+        gw.addr(),
+        &format!("/news?rooms=news:a,news:b&cursor={cursor}&timeout=300ms"),
+    )
+    .await;
+    assert_eq!(idle.status, 204);
+    assert_eq!(decode_cursor(&idle.cursor()), decode_cursor(&cursor));
+
+    // A waiting poll returns the first live message.
+    let addr = gw.addr();
+    let path = format!("/news?rooms=news:a,news:b&cursor={cursor}&timeout=20s");
+    let waiting = tokio::spawn(async move { long_poll(addr, &path).await });
+    let seq = publish(&gw, "news:b", json!("b2")).await;
+    let got = waiting.await.unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.data(), [json!("b2")]);
+    assert_eq!(decode_cursor(&got.cursor())["news:b"][0], seq);
+
+    // Bad requests.
+    let (status, _) = http_get(gw.addr(), "/news?rooms=secret:x").await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn a_long_poll_past_the_retained_history_reports_the_room_as_lost() {
+    let gw = start().await;
+    let first = long_poll(gw.addr(), "/news?rooms=news:a,news:b&timeout=200ms").await;
+    let cursor = first.cursor();
+    for n in 1..=7 {
+        publish(&gw, "news:a", json!(n)).await; // history keeps 3..=7
+    }
+    let got = long_poll(
+        gw.addr(),
+        &format!("/news?rooms=news:a,news:b&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let body = got.body.clone().unwrap();
+    assert_eq!(body["lost"], json!(["news:a"]));
+    assert_eq!(
+        body["messages"],
+        json!([]),
+        "nothing replayed for a lost room"
+    );
+    let positions = decode_cursor(&got.cursor());
+    assert_eq!(
+        positions["news:a"][0], 7,
+        "the cursor moves to the current position"
+    );
+
+    let next = long_poll(
+        gw.addr(),
+        &format!(
+            "/news?rooms=news:a,news:b&cursor={}&timeout=200ms",
+            got.cursor()
+        ),
+    )
+    .await;
+    assert_eq!(next.status, 204, "from there on, nothing is lost");
+
+    // A cursor ahead of the room (not one the gateway gave out) is lost too, and replaced by
+    // the real position rather than kept.
+    let epoch = positions["news:a"][1].clone();
+    let ahead = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"p": {"news:a": [1000, epoch]}}).to_string());
+    let got = long_poll(gw.addr(), &format!("/news?rooms=news:a&cursor={ahead}")).await;
+    assert_eq!(
+        got.body.as_ref().map(|b| b["lost"].clone()),
+        Some(json!(["news:a"]))
+    );
+    assert_eq!(decode_cursor(&got.cursor())["news:a"], json!([7, epoch]));
+}

@@ -1,0 +1,179 @@
+//! A real `nats-server` with JetStream for one test: a free port on 127.0.0.1, a temporary store
+//! directory, output in `<store>/server.log` (printed when a test panics), killed on drop.
+//! [`NatsServer::stop`] and [`NatsServer::start_again`] make outages on the same port and store.
+//!
+//! The binary is `$NATS_SERVER`, else `/usr/sbin/nats-server`, else `nats-server` on `PATH`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a starting server may take to accept clients.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Start a server with JetStream on a free port.
+    pub fn start() -> Self {
+        let store = tempfile::Builder::new()
+            .prefix("nats-store-")
+            .tempdir()
+            .expect("temp store dir");
+        let mut server = NatsServer {
+            child: None,
+            port: super::free_port(),
+            store,
+        };
+        server.spawn();
+        server
+    }
+
+    fn binary() -> PathBuf {
+        if let Some(p) = std::env::var_os("NATS_SERVER") {
+            return p.into();
+        }
+        let system = Path::new("/usr/sbin/nats-server");
+        if system.exists() {
+            system.to_path_buf()
+        } else {
+            "nats-server".into()
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.store.path().join("server.log")
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "nats-server already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("server log");
+        let child = Command::new(Self::binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path().join("js"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", Self::binary().display()));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Ready once a client gets the server's INFO line (JetStream is up before clients are
+    /// accepted).
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("nats-server exited with {status}:\n{}", self.log_tail());
+            }
+            if let Ok(stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut line = String::new();
+                if BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO") {
+                    assert!(
+                        line.contains("\"jetstream\":true"),
+                        "JetStream is off: {line}"
+                    );
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server not ready in {START_TIMEOUT:?}:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stop gracefully (SIGTERM: stores are flushed, connections closed) and wait for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Kill at once (SIGKILL), as a crash. Writes JetStream acknowledged but had not yet
+    /// flushed to its files may be lost (single server, no replicas).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same port with the same store.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// [`NatsServer::stop`] then [`NatsServer::start_again`].
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// The last lines of the server's output.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- nats-server on port {} (tail) ---\n{}",
+                self.port,
+                self.log_tail()
+            );
+        }
+        self.kill();
+    }
+}
