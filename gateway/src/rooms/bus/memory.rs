@@ -98,6 +98,11 @@ impl Bus for MemoryBus {
             .flatten();
         let now = now_ms();
         let mut rooms = self.rooms();
+        if retention.is_none() && !rooms.contains_key(&p.key) {
+            // Nobody is listening and nothing is stored: do not create a room (memory would
+            // otherwise grow with every room name ever published to).
+            return Ok(None);
+        }
         let room = rooms.entry(p.key.clone()).or_default();
         let seq = if p.ephemeral {
             0
@@ -119,11 +124,17 @@ impl Bus for MemoryBus {
             room.history.push_back(msg.clone());
             Self::trim(&mut room.history, r, now);
         }
-        // A full hub queue means the hub is far behind: drop for that subscriber rather than
-        // block every publisher (the hub resyncs members from history on overflow).
+        // Sent under the lock so every subscriber sees positions in order. A hub queue that
+        // is full (4096 messages behind: the hub's fan-out never awaits, so this means the
+        // process is starved) drops for that pod, loudly; clients resume from history.
         room.subscribers.retain(|s| !s.is_closed());
         for s in &room.subscribers {
-            let _ = s.try_send(msg.clone());
+            if s.try_send(msg.clone()).is_err() {
+                tracing::warn!(room = %msg.key.room, seq, "room fan-out queue full; message dropped for this pod");
+            }
+        }
+        if retention.is_none() && room.subscribers.is_empty() && room.members.is_empty() {
+            rooms.remove(&msg.key);
         }
         Ok((!p_is_ephemeral(seq)).then(|| Position {
             seq,
@@ -235,8 +246,6 @@ fn p_is_ephemeral(seq: u64) -> bool {
     seq == 0
 }
 
-/// How long in-memory rooms without members or history linger (not used yet for eviction).
-pub const IDLE_ROOM_TTL: Duration = Duration::from_secs(600);
 
 #[cfg(test)]
 mod tests {
