@@ -146,6 +146,8 @@ pub enum CloseCause {
     PongTimeout,
     /// A frame that breaks RFC 6455 framing (reserved opcode, bad length, unmasked client frame).
     ProtocolError,
+    /// Rooms: a text message that is not valid UTF-8 (RFC 6455 section 8.1: close 1007).
+    InvalidUtf8,
     /// The backend pod went away or broke the connection without a close frame.
     UpstreamGone,
     /// One side sent a Close frame; the gateway relayed it unchanged.
@@ -170,6 +172,7 @@ impl CloseCause {
             Self::Draining { code, .. } => *code,
             Self::PongTimeout => 1001,
             Self::ProtocolError => 1002,
+            Self::InvalidUtf8 => 1007,
             Self::UpstreamGone => 1011,
             Self::Peer(_, code) => *code,
             Self::Abnormal(_) => 1006,
@@ -188,6 +191,7 @@ impl CloseCause {
             Self::Draining { reason, .. } => reason,
             Self::PongTimeout => "ping timeout",
             Self::ProtocolError => "protocol error",
+            Self::InvalidUtf8 => "invalid UTF-8",
             Self::UpstreamGone => "backend went away",
             Self::Peer(..) | Self::Abnormal(_) => "",
             Self::SlowConsumer => "slow consumer",
@@ -205,6 +209,7 @@ impl CloseCause {
             Self::Draining { .. } => "draining",
             Self::PongTimeout => "pong_timeout",
             Self::ProtocolError => "protocol_error",
+            Self::InvalidUtf8 => "invalid_utf8",
             Self::UpstreamGone => "upstream_gone",
             Self::Peer(Side::Upstream, _) => "upstream_close",
             Self::Peer(..) => "client_close",
@@ -304,6 +309,10 @@ pub fn table() -> Vec<Row> {
         (
             "invalid framing from either side",
             CloseCause::ProtocolError,
+        ),
+        (
+            "rooms: a text message that is not valid UTF-8",
+            CloseCause::InvalidUtf8,
         ),
         (
             "backend connection reset without a close frame (a clean TCP end is mirrored instead)",

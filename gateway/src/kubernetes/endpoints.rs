@@ -82,11 +82,7 @@ pub fn backends_from_slices<'a>(
             if !terminating && !ready {
                 continue;
             }
-            let Some(ip) = ep
-                .addresses
-                .first()
-                .and_then(|a| a.parse::<IpAddr>().ok())
-            else {
+            let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
                 continue;
             };
             let draining = terminating;
@@ -187,7 +183,7 @@ async fn watch_service(client: Client, set: Arc<ServiceBackends>) {
         match event {
             Ok(event) => {
                 let listed = matches!(event, watcher::Event::InitDone);
-                if failing && listed {
+                if failing {
                     tracing::info!("EndpointSlice watch recovered");
                     failing = false;
                 }
@@ -259,7 +255,8 @@ impl EndpointWatches {
                     service = %format!("{}/{}", svc.namespace, svc.name),
                     port = svc.port
                 );
-                let task = tokio::spawn(watch_service(self.client.clone(), set.clone()).instrument(span));
+                let task =
+                    tokio::spawn(watch_service(self.client.clone(), set.clone()).instrument(span));
                 self.tasks.insert(key, task);
             }
             sets.push(set);
@@ -276,7 +273,9 @@ impl EndpointWatches {
                 let (ns, name, port) = key;
                 let label = format!("{ns}/{name}:{port}");
                 let _ = metrics().backends.remove_label_values(&[&label, "ready"]);
-                let _ = metrics().backends.remove_label_values(&[&label, "draining"]);
+                let _ = metrics()
+                    .backends
+                    .remove_label_values(&[&label, "draining"]);
             }
             keep
         });
@@ -346,7 +345,11 @@ mod tests {
 
     #[test]
     fn a_single_port_slice_uses_its_target_port_whatever_the_service_port() {
-        let s = slice("a", vec![port(Some("ws"), 8080)], &[("10.0.0.1", Some(true), None)]);
+        let s = slice(
+            "a",
+            vec![port(Some("ws"), 8080)],
+            &[("10.0.0.1", Some(true), None)],
+        );
         let (b, unresolved) = backends_from_slices([&s], 80);
         assert_eq!(
             b,
@@ -406,8 +409,16 @@ mod tests {
 
     #[test]
     fn an_address_in_two_slices_counts_once_and_ready_wins() {
-        let a = slice("a", vec![port(None, 8080)], &[("10.0.0.1", Some(false), Some(true))]);
-        let b = slice("b", vec![port(None, 8080)], &[("10.0.0.1", Some(true), None)]);
+        let a = slice(
+            "a",
+            vec![port(None, 8080)],
+            &[("10.0.0.1", Some(false), Some(true))],
+        );
+        let b = slice(
+            "b",
+            vec![port(None, 8080)],
+            &[("10.0.0.1", Some(true), None)],
+        );
         let (got, _) = backends_from_slices([&a, &b], 8080);
         assert_eq!(
             got,
@@ -420,9 +431,17 @@ mod tests {
 
     #[test]
     fn fqdn_slices_and_unparsable_addresses_are_skipped() {
-        let mut fqdn = slice("a", vec![port(None, 80)], &[("example.com", Some(true), None)]);
+        let mut fqdn = slice(
+            "a",
+            vec![port(None, 80)],
+            &[("example.com", Some(true), None)],
+        );
         fqdn.address_type = "FQDN".into();
-        let bad = slice("b", vec![port(None, 80)], &[("not-an-ip", Some(true), None)]);
+        let bad = slice(
+            "b",
+            vec![port(None, 80)],
+            &[("not-an-ip", Some(true), None)],
+        );
         let (got, unresolved) = backends_from_slices([&fqdn, &bad], 80);
         assert!(got.is_empty());
         assert!(unresolved.is_empty());
@@ -431,8 +450,16 @@ mod tests {
     #[test]
     fn a_relist_replaces_the_set_at_once_and_only_then_is_visible() {
         let mut set = SliceSet::default();
-        let one = slice("one", vec![port(None, 80)], &[("10.0.0.1", Some(true), None)]);
-        let two = slice("two", vec![port(None, 80)], &[("10.0.0.2", Some(true), None)]);
+        let one = slice(
+            "one",
+            vec![port(None, 80)],
+            &[("10.0.0.1", Some(true), None)],
+        );
+        let two = slice(
+            "two",
+            vec![port(None, 80)],
+            &[("10.0.0.2", Some(true), None)],
+        );
         assert!(!set.apply(watcher::Event::Init));
         assert!(!set.apply(watcher::Event::InitApply(one.clone())));
         assert!(set.apply(watcher::Event::InitDone));

@@ -282,7 +282,8 @@ impl Session {
                                     return CloseCause::Abnormal(crate::error::Side::Downstream);
                                 }
                                 WsError::Capacity(_) => CloseCause::MessageTooBig,
-                                WsError::Protocol(_) | WsError::Utf8(_) => CloseCause::ProtocolError,
+                                WsError::Protocol(_) => CloseCause::ProtocolError,
+                                WsError::Utf8(_) => CloseCause::InvalidUtf8,
                                 _ => return CloseCause::Abnormal(crate::error::Side::Downstream),
                             };
                             return self.close(cause).await;

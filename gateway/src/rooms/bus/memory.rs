@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -246,10 +246,10 @@ fn p_is_ephemeral(seq: u64) -> bool {
     seq == 0
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use crate::rooms::bus::Payload;
 
     fn key(room: &str) -> RoomKey {

@@ -1,0 +1,132 @@
+//! The load generator's WebSocket client (tokio-tungstenite) and the three wire dialects it
+//! speaks: plain WebSocket (echo apps, the Node room server, the gateway's raw relay rooms), the
+//! Switchboard room protocol v1 (JSON frames), and Socket.IO v4 over the WebSocket transport
+//! (`0{..}` open, `40` connect, `42[..]` events, `2`/`3` ping/pong). Every system is driven by
+//! the same client code, so the client's own cost is the same for all of them.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// How a client talks to a system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Plain WebSocket messages.
+    Plain,
+    /// The Switchboard room protocol (`switchboard.v1`).
+    Switchboard,
+    /// Socket.IO v4, WebSocket transport.
+    SocketIo,
+}
+
+/// The room protocol's subprotocol name.
+pub const SWITCHBOARD_V1: &str = "switchboard.v1";
+
+fn config() -> WebSocketConfig {
+    // Small read buffers: the idle-memory test holds thousands of client connections here.
+    WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
+
+/// Connect to `ws://127.0.0.1:{port}{path}` with TCP_NODELAY; for the Switchboard dialect offer
+/// `switchboard.v1`, for Socket.IO complete the Engine.IO/Socket.IO handshake.
+pub async fn connect(port: u16, path: &str, dialect: Dialect) -> Result<Ws> {
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    let mut req = url.as_str().into_client_request()?;
+    if dialect == Dialect::Switchboard {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", SWITCHBOARD_V1.parse()?);
+    }
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("connect :{port}"))?;
+    tcp.set_nodelay(true)?;
+    let (mut ws, _) = client_async_with_config(req, tcp, Some(config()))
+        .await
+        .with_context(|| format!("handshake {url}"))?;
+    if dialect == Dialect::SocketIo {
+        sio_handshake(&mut ws).await?;
+    }
+    Ok(ws)
+}
+
+/// Socket.IO path with a role query.
+pub fn sio_path(role: &str) -> String {
+    format!("/socket.io/?EIO=4&transport=websocket&role={role}")
+}
+
+async fn next_text(ws: &mut Ws) -> Result<Utf8Bytes> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t),
+            Some(Ok(Message::Close(f))) => bail!("closed by server: {f:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+async fn sio_handshake(ws: &mut Ws) -> Result<()> {
+    let open = tokio::time::timeout(Duration::from_secs(10), next_text(ws)).await??;
+    if !open.starts_with('0') {
+        bail!("Socket.IO: expected an open packet, got {open}");
+    }
+    ws.send(Message::text("40")).await?;
+    loop {
+        let t = tokio::time::timeout(Duration::from_secs(10), next_text(ws)).await??;
+        if t.starts_with("40") {
+            return Ok(());
+        }
+        if t.as_str() == "2" {
+            ws.send(Message::text("3")).await?;
+        }
+    }
+}
+
+/// Join a room with the Switchboard protocol and wait for `joined`.
+pub async fn sb_join(ws: &mut Ws, room: &str) -> Result<()> {
+    let msg = serde_json::json!({"type": "join", "room": room, "id": "j"}).to_string();
+    ws.send(Message::text(msg)).await?;
+    loop {
+        let t = tokio::time::timeout(Duration::from_secs(10), next_text(ws)).await??;
+        if t.contains("\"joined\"") {
+            return Ok(());
+        }
+        if t.contains("\"error\"") {
+            bail!("join refused: {t}");
+        }
+    }
+}
+
+/// What a receiver counts as one delivered room message.
+pub fn is_delivery(dialect: Dialect, text: &str) -> bool {
+    match dialect {
+        Dialect::Plain => true,
+        // serde_json sorts keys; match the type field anywhere in the object.
+        Dialect::Switchboard => text.contains("\"type\":\"message\""),
+        Dialect::SocketIo => text.starts_with("42"),
+    }
+}
+
+/// One request/response: send `payload` and wait for the next data message. Socket.IO pings
+/// are answered on the way.
+pub async fn round_trip(ws: &mut Ws, payload: &str) -> Result<()> {
+    ws.send(Message::text(payload.to_string())).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(_) | Message::Binary(_))) => return Ok(()),
+            Some(Ok(Message::Close(f))) => bail!("closed by server: {f:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection ended"),
+        }
+    }
+}
