@@ -231,6 +231,34 @@ async fn replay_is_lost_when_the_rooms_own_limit_dropped_messages_though_the_str
         seqs(&a.replay(&key("busy"), &pos[6]).await.unwrap()),
         vec![pos[7].seq, pos[8].seq, pos[9].seq]
     );
+    // From before its first message: that message is gone, so is the gap (needs the room's count).
+    let epoch = pos[0].epoch.clone();
+    let from_start = Position {
+        seq: 0,
+        epoch: epoch.clone(),
+    };
+    assert_eq!(
+        a.replay(&key("busy"), &from_start).await.unwrap(),
+        Replay::Lost
+    );
+    // A room below its limit is complete from anywhere after the stream's head...
+    let fresh = [
+        publish(&a, "fresh", 1).await.seq,
+        publish(&a, "fresh", 2).await.seq,
+    ];
+    assert_eq!(
+        seqs(&a.replay(&key("fresh"), &from_start).await.unwrap()),
+        fresh
+    );
+    // ...and exactly `maxMessages` behind with other rooms in between is complete too.
+    let x0 = publish(&a, "x", 0).await.seq;
+    publish(&a, "y", 0).await; // between x0 and the oldest x kept, still stored
+    let mut x = Vec::new();
+    for n in 1..4 {
+        x.push(publish(&a, "x", n).await.seq);
+    }
+    let behind = Position { seq: x0, epoch };
+    assert_eq!(seqs(&a.replay(&key("x"), &behind).await.unwrap()), x);
 }
 
 #[tokio::test]
@@ -548,8 +576,11 @@ async fn acknowledged_publishes_survive_a_nats_restart_exactly_once_and_in_order
 
     wait_for(&acked_count, 30).await;
     tokio::task::block_in_place(|| server.kill());
+    // Publishes during the outage fail and are not acknowledged. (The publisher is serial:
+    // once one failed, the ones in flight when the server went away are settled.)
+    wait_for(&failed_count, 1).await;
     let acked_before = acked_count.load(Ordering::SeqCst);
-    wait_for(&failed_count, 5).await; // publishes during the outage fail (and are not acked)
+    wait_for(&failed_count, 5).await;
     assert_eq!(
         acked_count.load(Ordering::SeqCst),
         acked_before,

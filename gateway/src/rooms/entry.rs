@@ -96,17 +96,47 @@ pub async fn serve(
         if !transports.sse {
             return Err(Refusal::BadRoomsRequest("SSE is off for this route"));
         }
-        return sse(gw, route, policy, adm, &req);
+        return sse(gw, route, policy, adm, &req).map(|r| cors(route, &req, r));
     }
     if req.method() == http::Method::GET
         && transports.long_polling
         && !rooms_param(req.uri().query()).is_empty()
     {
-        return long_poll(gw, route, policy, adm, &req).await;
+        return long_poll(gw, route, policy, adm, &req)
+            .await
+            .map(|r| cors(route, &req, r));
     }
     Err(Refusal::BadRoomsRequest(
         "rooms route: use WebSocket, SSE or ?rooms= long-polling",
     ))
+}
+
+/// Browsers let a page read an SSE stream or a long-poll answer from another origin (the app's
+/// page on its own host) only with CORS. The request's `Origin` has passed the route's
+/// allow-list by now, so it is echoed; credentials (cookies, `withCredentials`) only for
+/// origins the route lists explicitly.
+fn cors(
+    route: &CompiledRoute,
+    req: &Request<Incoming>,
+    mut resp: Response<Body>,
+) -> Response<Body> {
+    let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
+        return resp;
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("x-switchboard-cursor"),
+    );
+    h.append(header::VARY, HeaderValue::from_static("origin"));
+    if !route.cfg.origins.allowed.is_empty() {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    resp
 }
 
 fn websocket(

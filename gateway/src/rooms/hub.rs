@@ -48,6 +48,8 @@ struct Slot {
     /// While a join is replaying history, live messages wait here.
     syncing: Option<Vec<RoomMessage>>,
     last_seq: u64,
+    /// The stream epoch `last_seq` belongs to; a new epoch (stream recreated) restarts it.
+    epoch: String,
 }
 
 struct LocalRoom {
@@ -101,6 +103,10 @@ impl Encoded {
 fn deliver(slot: &mut Slot, conn: &str, enc: &mut Encoded) {
     let seq = enc.msg.seq;
     if seq != 0 {
+        if enc.msg.epoch != slot.epoch {
+            slot.epoch.clone_from(&enc.msg.epoch);
+            slot.last_seq = 0;
+        }
         if seq <= slot.last_seq {
             return; // already delivered (resume overlap): de-duplicated by position
         }
@@ -212,6 +218,7 @@ impl Hub {
             presence_events: j.presence_events,
             syncing: Some(Vec::new()),
             last_seq: 0,
+            epoch: String::new(),
         };
         let room = self.enter(key, &j.conn, slot).await?;
         let synced = self.sync(key, since).await;
@@ -236,6 +243,7 @@ impl Hub {
                     Some(s) if recovered => s.seq,
                     _ => position.seq,
                 };
+                slot.epoch.clone_from(&position.epoch);
                 for msg in gap {
                     deliver(slot, &j.conn, &mut Encoded { msg, json: None });
                 }
@@ -550,6 +558,36 @@ mod tests {
             texts(a.outbox.take_all().await),
             vec!["b"],
             "echo off: a does not get its own"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_stream_epoch_restarts_de_duplication() {
+        let (hub, bus) = setup().await;
+        let a = joiner("a");
+        hub.join(&key(), &a, None, None).await.unwrap();
+        publish(&bus, 1).await;
+        assert_eq!(seqs(&a.outbox, 1).await, vec![1]);
+        // Simulate the stream being recreated: the same positions come back under a new epoch.
+        let room = hub.rooms.lock().await.get(&key()).cloned().unwrap();
+        let msg = RoomMessage {
+            key: key(),
+            seq: 1,
+            epoch: "recreated".into(),
+            ts_ms: 0,
+            from: None,
+            data: Payload::Json(2.into()),
+            ephemeral: false,
+            origin_conn: None,
+        };
+        let mut members = room.members.lock().unwrap();
+        let slot = members.get_mut("a").unwrap();
+        deliver(slot, "a", &mut Encoded { msg, json: None });
+        drop(members);
+        assert_eq!(
+            seqs(&a.outbox, 1).await,
+            vec![1],
+            "seq 1 of the new epoch is delivered"
         );
     }
 

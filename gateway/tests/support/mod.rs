@@ -15,6 +15,7 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod autobahn;
 pub mod nats;
 pub mod room_client;
 pub mod rooms;

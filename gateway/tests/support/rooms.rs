@@ -162,21 +162,33 @@ impl JsonWs {
         }
     }
 
-    /// `join` and return the `joined` reply (panics on anything else first).
+    /// The next frame that is not a presence event (presence events arrive asynchronously,
+    /// from the bus, interleaved with everything else).
+    pub async fn recv_skipping_presence(&mut self) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] != "presence" || v.get("id").is_some() {
+                return v;
+            }
+        }
+    }
+
+    /// `join` and return the `joined` reply (panics on anything else first, presence events
+    /// aside).
     pub async fn join(&mut self, room: &str) -> Value {
         self.send(serde_json::json!({"type": "join", "room": room, "id": format!("j-{room}")}))
             .await;
-        let v = self.recv().await;
+        let v = self.recv_skipping_presence().await;
         assert_eq!(v["type"], "joined", "join {room}: {v}");
         assert_eq!(v["room"], room, "{v}");
         v
     }
 
-    /// The next `n` messages, which must all be `message`s.
+    /// The next `n` messages, which must all be `message`s (presence events aside).
     pub async fn messages(&mut self, n: usize) -> Vec<Value> {
         let mut out = Vec::new();
         while out.len() < n {
-            let v = self.recv().await;
+            let v = self.recv_skipping_presence().await;
             assert_eq!(v["type"], "message", "expected a message, got {v}");
             out.push(v);
         }

@@ -249,8 +249,8 @@ fn p_is_ephemeral(seq: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use crate::rooms::bus::Payload;
+    use std::time::Duration;
 
     fn key(room: &str) -> RoomKey {
         RoomKey {

@@ -476,18 +476,21 @@ impl Inner {
     }
 
     fn set_epoch(&self, ns: &str, epoch: &str) {
-        if let Some(n) = lock(&self.namespaces).get_mut(ns) {
-            if n.epoch.as_deref() != Some(epoch) {
-                if n.epoch.is_some() {
-                    tracing::warn!(
-                        namespace = ns,
-                        epoch,
-                        "history stream was recreated: older positions are lost"
-                    );
-                }
-                n.epoch = Some(epoch.to_string());
-            }
+        let mut namespaces = lock(&self.namespaces);
+        let Some(n) = namespaces.get_mut(ns) else {
+            return;
+        };
+        if n.epoch.as_deref() == Some(epoch) {
+            return;
         }
+        if n.epoch.is_some() {
+            tracing::warn!(
+                namespace = ns,
+                epoch,
+                "history stream was recreated: older positions are lost"
+            );
+        }
+        n.epoch = Some(epoch.to_string());
     }
 
     fn forget_epoch(&self, ns: &str) {
@@ -1070,6 +1073,9 @@ async fn next_stored(
     }
 }
 
+// One value per received message, moved once from `select!` to its handler: boxing the large
+// variant would add an allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Incoming {
     Stored(Option<Result<jetstream::Message, consumer::push::OrderedError>>),
     Core(Option<async_nats::Message>),
@@ -1088,8 +1094,14 @@ impl Pump {
             let open = match incoming {
                 Incoming::Stored(Some(Ok(m))) => self.stored_message(&m),
                 Incoming::Stored(Some(Err(e))) => {
-                    tracing::warn!(room = %self.key.room, error = %e, "live consumer interrupted; it resumes from the last delivered message");
-                    self.check_epoch().await;
+                    // While NATS is down this repeats per room (missed heartbeats): only the
+                    // disconnect itself is worth a warning (logged once by the client).
+                    if self.inner.connected() {
+                        tracing::warn!(room = %self.key.room, error = %e, "live consumer interrupted; it resumes from the last delivered message");
+                        self.check_epoch().await;
+                    } else {
+                        tracing::debug!(room = %self.key.room, error = %e, "live consumer waits for NATS");
+                    }
                     true
                 }
                 Incoming::Core(Some(m)) => {
