@@ -10,7 +10,7 @@ mod support;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use support::{
     EchoServer, Gateway, PROMPTLY, WsClient, assert_echo, close_normally, eventually, free_port,
@@ -172,9 +172,11 @@ async fn five_thousand_concurrent_websockets_are_never_torn_down_after_their_101
         started.elapsed()
     );
     assert_eq!(normal, CONNECTIONS, "{:?}", &app_closes[..5]);
+    // A liveness wait, not a timing assertion: 5,000 close handshakes on a loaded 2-core
+    // machine can take a while to be counted.
     eventually(
         "every connection end counted as a 1000 close",
-        PROMPTLY,
+        Duration::from_secs(60),
         || async {
             let text = metrics_text(&gateway).await;
             metric_sum(
