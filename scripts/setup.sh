@@ -8,8 +8,10 @@
 # installs, and the installer's log when something fails. Safe to run on every `make` call.
 #
 # What it sees to:
-#   - Debian packages: cmake (pingora's libz-ng-sys), pkg-config; nats-server (tests, full only)
+#   - Debian packages: cmake (pingora's libz-ng-sys), pkg-config; nats-server and chromium (tests,
+#     full only)
 #   - rustup components rustfmt and clippy (reported, not fatal, if rustup cannot fetch them)
+#   - e2e/browser/node_modules: playwright-core (npm) driving the system Chromium (full only)
 #   - .venv-autobahn/: Autobahn|Testsuite (`wstest`) in a Python 2.7 virtualenv (full only);
 #     Python 2.7 is pyenv's 2.7.18, or $SWITCHBOARD_PYTHON2.
 set -euo pipefail
@@ -51,6 +53,9 @@ have pkg-config || missing_apt+=(pkg-config)
 if [ "$MODE" = full ] && ! have nats-server && [ ! -x /usr/sbin/nats-server ]; then
     missing_apt+=(nats-server)
 fi
+if [ "$MODE" = full ] && [ ! -x /usr/bin/chromium ]; then
+    missing_apt+=(chromium)
+fi
 
 if [ "${#missing_apt[@]}" -gt 0 ]; then
     SUDO=()
@@ -87,6 +92,16 @@ if [ "$MODE" = full ] && ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 [ "$MODE" = gateway ] && exit 0
+
+# --- Browser tests: playwright-core (no browser download; it drives /usr/bin/chromium) ---------
+
+BROWSER_DIR="$ROOT/e2e/browser"
+if [ ! -f "$BROWSER_DIR/node_modules/playwright-core/package.json" ]; then
+    have npm || fail "npm not found (the browser tests need Node.js and npm)"
+    say "installing playwright-core into e2e/browser/node_modules (npm)"
+    (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
+        fail "npm ci in e2e/browser"
+fi
 
 # --- Autobahn|Testsuite (Python 2.7 only) ------------------------------------------------------
 

@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use support::rooms::{PUBLISH_TOKEN, Sse, long_poll, publish_api};
 use support::{Gateway, PROMPTLY, claims, free_port, http_get, jwt_hs256, sign_hs256};
 
-/// `/news` (namespace `news`): anonymous, join `news:*`, 5 messages of history.
+/// `/news` (namespace `news`): anonymous, join `news:*`, 5 messages of history, any origin.
+/// `/listed`: the same rooms (namespace `news`) for the origin `https://app.example.com` only.
 /// `/me` (namespace `me`): HS256 JWT from `?access_token=`, join `inbox:*` (plus the user room).
 fn config(public: u16, admin: u16) -> String {
     let jwt = jwt_hs256("tokenSources: [{query: {name: access_token}}], ");
@@ -26,6 +27,16 @@ routes:
     path: {{value: /news}}
     mode: rooms
     rooms:
+      join: ["news:*"]
+      history: {{maxMessages: 5, maxAge: 10m}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+  - name: listed
+    path: {{value: /listed}}
+    mode: rooms
+    origins: {{allowed: ["https://app.example.com"]}}
+    rooms:
+      namespace: news
       join: ["news:*"]
       history: {{maxMessages: 5, maxAge: 10m}}
     keepalive: {{interval: 0s}}
@@ -449,4 +460,87 @@ async fn a_long_poll_past_the_retained_history_reports_the_room_as_lost() {
         Some(json!(["news:a"]))
     );
     assert_eq!(decode_cursor(&got.cursor())["news:a"], json!([7, epoch]));
+}
+
+#[tokio::test]
+async fn browsers_on_another_origin_may_read_streams_and_polls_through_cors() {
+    let gw = start().await;
+    let origin = ("origin", "https://app.example.com");
+
+    // Any origin on a route without an allow-list: echoed, without credentials.
+    let sse = Sse::open(
+        gw.addr(),
+        "/news?rooms=news:a",
+        &[("origin", "http://localhost:3000")],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(
+        sse.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    assert_eq!(sse.header("access-control-allow-credentials"), None);
+    assert_eq!(sse.header("vary"), Some("origin"));
+    // An origin the route lists: echoed, with credentials (EventSource withCredentials).
+    let sse = Sse::open(gw.addr(), "/listed?rooms=news:a", &[origin]).await;
+    assert_eq!(
+        sse.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(sse.header("access-control-allow-credentials"), Some("true"));
+    // Other origins are refused by the allow-list before any of this.
+    let sse = Sse::open(
+        gw.addr(),
+        "/listed?rooms=news:a",
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(sse.status, 403);
+    // Without Origin (not a browser), no CORS headers.
+    let sse = Sse::open(gw.addr(), "/news?rooms=news:a", &[]).await;
+    assert_eq!(sse.header("access-control-allow-origin"), None);
+
+    // Long-polls too, with the cursor header readable by fetch().
+    let (status, headers, _) = support::rooms::http_request(
+        gw.addr(),
+        "GET",
+        "/listed?rooms=news:a&timeout=100ms",
+        &[origin],
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(
+        headers["access-control-expose-headers"],
+        "x-switchboard-cursor"
+    );
+    assert!(headers.contains_key("x-switchboard-cursor"));
+}
+
+#[tokio::test]
+async fn an_sse_stream_ends_with_an_error_event_when_its_token_expires() {
+    let gw = start().await;
+    let token = sign_hs256(&claims("alice", 2, json!({})));
+    let mut sse = Sse::open(
+        gw.addr(),
+        &format!("/me?rooms=inbox:team&access_token={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    sse_joined(&mut sse, 2).await;
+    let ev = sse.event().await;
+    assert_eq!(ev.event.as_deref(), Some("error"), "{ev:?}");
+    assert_eq!(
+        ev.json(),
+        json!({"type": "error", "code": "forbidden", "reason": "token expired"})
+    );
+    assert!(
+        sse.next_event(PROMPTLY).await.is_none(),
+        "then the stream ends"
+    );
 }

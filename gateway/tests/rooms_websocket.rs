@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 /// - `/strict` (namespace `strict`): anonymous; no patterns at all (default deny).
 /// - `/slow` (namespace `slow`): anonymous; 64 KiB messages, 64 KiB queues, no rate limit to
 ///   speak of.
+/// - `/brief` (namespace `brief`): anonymous; history kept for 1 second only.
 /// - `/limited` (namespace `limited`): anonymous; 5 messages/s with a burst of 5.
 fn config(public: u16, admin: u16) -> String {
     let jwt = jwt_hs256("");
@@ -80,6 +81,14 @@ routes:
       publish: ["feed"]
       maxQueueBytes: 65536
     limits: {{maxMessageBytes: 65536, messagesPerSecond: 100000, messageBurst: 100000}}
+    keepalive: {{interval: 0s}}
+  - name: brief
+    path: {{value: /brief}}
+    mode: rooms
+    rooms:
+      join: ["chat:*"]
+      publish: ["chat:*"]
+      history: {{maxMessages: 100, maxAge: 1s}}
     keepalive: {{interval: 0s}}
   - name: limited
     path: {{value: /limited}}
@@ -178,6 +187,29 @@ async fn members_see_every_publish_in_one_order_with_acks_positions_and_publishe
         assert_eq!(seen, acked, "member {} ({})", i, subs[i]);
         assert!(got.iter().all(|m| !m.ephemeral && m.ts > 0));
     }
+
+    // Concurrent publishers (no waiting for acks): every member still sees one and the same
+    // order, the order of the positions.
+    for round in 0..10 {
+        for (i, c) in clients.iter().enumerate() {
+            c.publish("chat:lobby", json!({"burst": format!("{i}.{round}")}))
+                .await
+                .expect("queue has room");
+        }
+    }
+    let mut orders = Vec::new();
+    for c in &mut clients {
+        let got = c.messages("chat:lobby", 30, PROMPTLY).await;
+        let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        orders.push(
+            got.iter()
+                .map(|m| (m.seq, m.data.clone().unwrap()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(orders[0], orders[1]);
+    assert_eq!(orders[0], orders[2]);
 
     // Binary payloads round-trip as base64.
     let id = clients[0]
@@ -531,6 +563,93 @@ async fn a_member_that_resumes_gets_exactly_the_gap_then_live_messages() {
 }
 
 #[tokio::test]
+async fn publishes_queued_while_offline_are_sent_in_order_after_the_reconnect() {
+    let gw = start().await;
+    let mut member = chat_client(&gw, "bob").await;
+    member.join_and_wait("chat:queue").await;
+    let mut writer = RoomClient::connected(
+        Options::new(gw.ws_url("/chat"))
+            .bearer(&token("alice"))
+            .queue_limit(3),
+    )
+    .await;
+    writer.join_and_wait("chat:queue").await;
+
+    writer.go_offline();
+    writer
+        .expect("the disconnect", PROMPTLY, |e| {
+            matches!(e, Event::Disconnected { .. }).then_some(())
+        })
+        .await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(
+            writer
+                .publish("chat:queue", json!(n))
+                .await
+                .expect("queued"),
+        );
+    }
+    assert!(
+        writer.publish("chat:queue", json!(4)).await.is_err(),
+        "the queue is bounded"
+    );
+    writer.reconnect();
+    let n = writer
+        .expect("the second connection", PROMPTLY, |e| match e {
+            Event::Connected { n } => Some(*n),
+            _ => None,
+        })
+        .await;
+    assert_eq!(n, 2);
+    let mut positions = Vec::new();
+    for id in &ids {
+        positions.push(
+            writer
+                .acked(id)
+                .await
+                .expect("accepted")
+                .expect("stored")
+                .seq,
+        );
+    }
+    let got = member.messages("chat:queue", 3, PROMPTLY).await;
+    assert_eq!(
+        got.iter()
+            .map(|m| (m.seq, m.data.clone().unwrap()))
+            .collect::<Vec<_>>(),
+        positions
+            .iter()
+            .zip(1..=3)
+            .map(|(s, n)| (*s, json!(n)))
+            .collect::<Vec<_>>(),
+        "sent once each, in order, after the reconnect"
+    );
+
+    // A dropped connection (no close handshake) is re-established on its own, and the room is
+    // resumed: what was published meanwhile arrives exactly once.
+    writer.drop_connection();
+    let (status, _) = publish_api(
+        gw.admin(),
+        &json!({"namespace": "app", "room": "chat:queue", "data": "meanwhile"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    writer
+        .expect("the third connection", PROMPTLY, |e| {
+            matches!(e, Event::Connected { n: 3 }).then_some(())
+        })
+        .await;
+    let own = writer.messages("chat:queue", 4, PROMPTLY).await;
+    assert_eq!(
+        own.iter()
+            .map(|m| m.data.clone().unwrap())
+            .collect::<Vec<_>>(),
+        [json!(1), json!(2), json!(3), json!("meanwhile")]
+    );
+}
+
+#[tokio::test]
 async fn a_resume_past_the_retained_history_reports_recovered_false() {
     let gw = start().await;
     let mut member = chat_client(&gw, "alice").await;
@@ -595,6 +714,32 @@ async fn a_resume_past_the_retained_history_reports_recovered_false() {
         );
     }
     raw.expect_nothing_queued().await;
+}
+
+#[tokio::test]
+async fn a_resume_past_the_history_max_age_reports_recovered_false() {
+    let gw = start().await;
+    let mut ws = JsonWs::connect(&gw.ws_url("/brief"), &[]).await;
+    ws.join("chat:old").await;
+    ws.send(json!({"type": "publish", "room": "chat:old", "data": "soon gone", "id": "p"}))
+        .await;
+    let (ack, _) = ws.recv_type("ack").await;
+    let since = json!({"seq": ack["seq"].as_u64().unwrap() - 1, "epoch": ack["epoch"]});
+    // Within maxAge the message is replayed...
+    ws.send(json!({"type": "join", "room": "chat:old", "since": since, "id": "r1"}))
+        .await;
+    let (joined, _) = ws.recv_type("joined").await;
+    assert_eq!(joined["recovered"], true, "{joined}");
+    // ...and once it is older than maxAge (1s), it is gone.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ws.send(json!({"type": "join", "room": "chat:old", "since": since, "id": "r2"}))
+        .await;
+    let (joined, _) = ws.recv_type("joined").await;
+    assert_eq!(
+        (joined["id"].as_str(), joined["recovered"].as_bool()),
+        (Some("r2"), Some(false)),
+        "{joined}"
+    );
 }
 
 #[tokio::test]

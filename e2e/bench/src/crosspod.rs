@@ -37,23 +37,21 @@ async fn receive(sub: &mut Ws, i: u64, timeout: Duration) -> Result<bool> {
     }
 }
 
-/// `n` measured publish -> receive hops after `warmup` ones.
-pub async fn hop(pub_port: u16, sub_port: u16, n: usize, warmup: usize) -> Result<Lat> {
-    let mut sub = connect(sub_port, "/rooms", Dialect::Switchboard).await?;
+/// `n` measured publish -> receive hops after `warmup` ones, on the rooms route at `path`.
+pub async fn hop(pub_port: u16, sub_port: u16, path: &str, n: usize, warmup: usize) -> Result<Lat> {
+    let mut sub = connect(sub_port, path, Dialect::Switchboard).await?;
     sb_join(&mut sub, ROOM).await?;
-    let publisher = connect(pub_port, "/rooms", Dialect::Switchboard).await?;
+    let publisher = connect(pub_port, path, Dialect::Switchboard).await?;
     let (mut tx, mut rx) = publisher.split();
     let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
     // Set-up: the member's pod may take a moment to subscribe on the bus.
-    let mut i = 1_000_000u64;
     let mut ready = false;
-    for _ in 0..20 {
+    for i in 1_000_000u64..1_000_020 {
         tx.send(publish(i)).await?;
         if receive(&mut sub, i, Duration::from_millis(500)).await? {
             ready = true;
             break;
         }
-        i += 1;
     }
     if !ready {
         bail!("no message crossed from :{pub_port} to :{sub_port} in 10 s");

@@ -113,6 +113,7 @@ struct Args {
     out: PathBuf,
     params: Params,
     only: Vec<String>,
+    quick: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -122,6 +123,7 @@ fn parse_args() -> Result<Args> {
     let mut only: Vec<String> = SECTIONS.iter().map(|s| s.to_string()).collect();
     let mut params = Params::full();
     let mut reps = None;
+    let mut quick = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -140,10 +142,14 @@ fn parse_args() -> Result<Args> {
                     bail!("unknown section `{bad}` (known: {})", SECTIONS.join(","));
                 }
             }
-            "--quick" => params = Params::quick(),
+            "--quick" => {
+                params = Params::quick();
+                quick = true;
+            }
             "-h" | "--help" => {
                 println!(
-                    "sbbench --gateway BIN --peers DIR --out DIR [--reps N] [--only {}] [--quick]",
+                    "sbbench --gateway BIN --peers DIR --out DIR [--reps N] [--only {}] [--quick]\n\
+                     sbbench --render RESULTS.json   (rewrite RESULTS.md from a results document)",
                     SECTIONS.join(",")
                 );
                 std::process::exit(0);
@@ -178,6 +184,7 @@ fn parse_args() -> Result<Args> {
         out,
         params,
         only,
+        quick,
     })
 }
 
@@ -268,6 +275,18 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<()> {
+    // `--render FILE.json`: rewrite the Markdown next to a results document (no measuring).
+    let argv: Vec<String> = std::env::args().collect();
+    if let [_, flag, json_path] = argv.as_slice()
+        && flag == "--render"
+    {
+        let path = PathBuf::from(json_path);
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        let md_path = path.with_extension("md");
+        std::fs::write(&md_path, report::markdown(&doc))?;
+        println!("sbbench: wrote {}", md_path.display());
+        return Ok(());
+    }
     let args = parse_args()?;
     let p = args.params.clone();
     let env = args.env.clone();
@@ -299,15 +318,19 @@ async fn run() -> Result<()> {
 
     std::fs::create_dir_all(&args.out)?;
     let md = report::markdown(&doc);
+    // Only a complete run at full size replaces `latest`; partial or --quick runs go beside it.
+    let complete = !args.quick && SECTIONS.iter().all(|s| want(s));
+    let stem = if complete { "latest" } else { "partial" };
+    let md_path = args.out.join(format!("{stem}.md"));
     std::fs::write(
-        args.out.join("latest.json"),
+        args.out.join(format!("{stem}.json")),
         serde_json::to_string_pretty(&doc)?,
     )?;
-    std::fs::write(args.out.join("latest.md"), &md)?;
+    std::fs::write(&md_path, &md)?;
     println!("\n{md}");
     println!(
-        "sbbench: wrote {} and latest.json ({:.0} s)",
-        args.out.join("latest.md").display(),
+        "sbbench: wrote {} and {stem}.json ({:.0} s)",
+        md_path.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -747,54 +770,43 @@ async fn crosspod_section(env: &Env, p: &Params) -> Result<Value> {
     );
     let mut doc = serde_json::Map::new();
     let gw = servers::gateway_rooms(env, "hop-embedded", None)?;
-    let mut local = (Vec::new(), Vec::new());
-    let mut runs = Vec::new();
     // NATS: two pods on one nats-server, if the gateway has the NATS bus.
     let nats = nats_pods(env);
-    let (mut n_single, mut n_cross) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    // (name, publisher's pod, member's pod, route)
+    let mut setups: Vec<(&str, u16, u16, &str)> = vec![
+        ("embedded-single-pod", gw.port, gw.port, "/rooms"),
+        ("embedded-single-pod-history", gw.port, gw.port, "/hist"),
+    ];
+    if let Ok((_, a, b)) = &nats {
+        setups.push(("nats-single-pod", a.port, a.port, "/rooms"));
+        setups.push(("nats-cross-pod", a.port, b.port, "/rooms"));
+        setups.push(("nats-single-pod-history", a.port, a.port, "/hist"));
+        setups.push(("nats-cross-pod-history", a.port, b.port, "/hist"));
+    }
+    let mut p50: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    let mut p99: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    let mut runs = Vec::new();
     for rep in 0..p.reps {
-        let l = crosspod::hop(gw.port, gw.port, p.hop_n, p.hop_n / 10).await?;
-        println!(
-            "  hop rep {rep} embedded single pod  p50 {:7.1} us  p99 {:7.1} us",
-            l.p50, l.p99
-        );
-        local.0.push(l.p50);
-        local.1.push(l.p99);
-        runs.push(json!({"rep": rep, "target": "embedded-single-pod", "lat": l.json()}));
-        if let Ok((_, a, b)) = &nats {
-            let s = crosspod::hop(a.port, a.port, p.hop_n, p.hop_n / 10).await?;
-            let c = crosspod::hop(a.port, b.port, p.hop_n, p.hop_n / 10).await?;
+        for (i, (name, from, to, path)) in setups.iter().enumerate() {
+            let l = crosspod::hop(*from, *to, path, p.hop_n, p.hop_n / 10).await?;
             println!(
-                "  hop rep {rep} nats single pod      p50 {:7.1} us  p99 {:7.1} us",
-                s.p50, s.p99
+                "  hop rep {rep} {name:28} p50 {:7.1} us  p99 {:7.1} us",
+                l.p50, l.p99
             );
-            println!(
-                "  hop rep {rep} nats cross pod       p50 {:7.1} us  p99 {:7.1} us",
-                c.p50, c.p99
-            );
-            n_single.0.push(s.p50);
-            n_single.1.push(s.p99);
-            n_cross.0.push(c.p50);
-            n_cross.1.push(c.p99);
-            runs.push(json!({"rep": rep, "target": "nats-single-pod", "lat": s.json()}));
-            runs.push(json!({"rep": rep, "target": "nats-cross-pod", "lat": c.json()}));
+            p50[i].push(l.p50);
+            p99[i].push(l.p99);
+            runs.push(json!({"rep": rep, "target": name, "lat": l.json()}));
         }
     }
-    doc.insert(
-        "embedded-single-pod".into(),
-        json!({"p50_us": agg(&local.0), "p99_us": agg(&local.1)}),
-    );
+    for (i, (name, _, _, _)) in setups.iter().enumerate() {
+        doc.insert(
+            name.to_string(),
+            json!({"p50_us": agg(&p50[i]), "p99_us": agg(&p99[i])}),
+        );
+    }
     match nats {
         Ok((nats_proc, a, b)) => {
             doc.insert("nats".into(), json!({"status": "ran"}));
-            doc.insert(
-                "nats-single-pod".into(),
-                json!({"p50_us": agg(&n_single.0), "p99_us": agg(&n_single.1)}),
-            );
-            doc.insert(
-                "nats-cross-pod".into(),
-                json!({"p50_us": agg(&n_cross.0), "p99_us": agg(&n_cross.1)}),
-            );
             a.stop();
             b.stop();
             drop(nats_proc);
@@ -805,8 +817,7 @@ async fn crosspod_section(env: &Env, p: &Params) -> Result<Value> {
                 "  cross-pod skipped: {}",
                 reason
                     .lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .last()
+                    .rfind(|l| !l.trim().is_empty())
                     .unwrap_or("")
                     .trim()
             );

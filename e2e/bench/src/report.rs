@@ -188,7 +188,7 @@ pub fn markdown(doc: &Value) -> String {
         if !pc.is_null() {
             let _ = writeln!(
                 s,
-                "\nPaced: the same room, the publisher sends {} messages one every {} ms ({} deliveries/s offered), so nothing queues and there is nothing to coalesce. Reach-all = publish → the last of the {} members has it.\n",
+                "Paced: the same room, the publisher sends {} messages one every {} ms ({} deliveries/s offered), so nothing queues and there is nothing to coalesce. Reach-all = publish → the last of the {} members has it.\n",
                 pc["messages"],
                 pc["interval_ms"],
                 thousands(1000.0 / num(&pc["interval_ms"]) * num(&p["fanout_members"])),
@@ -210,6 +210,7 @@ pub fn markdown(doc: &Value) -> String {
                     x["undelivered"]
                 );
             }
+            let _ = writeln!(s);
         }
     }
 
@@ -253,12 +254,19 @@ pub fn markdown(doc: &Value) -> String {
     if !c.is_null() {
         let _ = writeln!(
             s,
-            "## 4. Rooms publish → receive latency (cross-pod hop)\n\nOne publisher and one member of a room, one message in flight ({} measured), publish sent → `message` received, both clients in the load generator.\n",
+            "## 4. Rooms publish → receive latency (cross-pod hop)\n\nOne publisher and one member of a room, one message in flight ({} measured), publish sent → `message` received, both clients in the load generator. `single-pod`: both clients on pod A; `cross-pod`: publisher on pod A, member on pod B, both pods on one local nats-server (`-js`). Plain rows: a route without history (live fan-out only: core NATS subjects); `-history` rows: a route with history (`maxMessages: 100`), so each publish is stored first (JetStream on NATS, in memory on the embedded bus).\n",
             p["hop_n"]
         );
         let _ = writeln!(s, "| setup | p50 µs | p99 µs |");
         let _ = writeln!(s, "|---|---:|---:|");
-        for name in ["embedded-single-pod", "nats-single-pod", "nats-cross-pod"] {
+        for name in [
+            "embedded-single-pod",
+            "embedded-single-pod-history",
+            "nats-single-pod",
+            "nats-cross-pod",
+            "nats-single-pod-history",
+            "nats-cross-pod-history",
+        ] {
             if c[name].is_null() {
                 continue;
             }
@@ -277,8 +285,7 @@ pub fn markdown(doc: &Value) -> String {
                     .as_str()
                     .unwrap_or("?")
                     .lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .last()
+                    .rfind(|l| !l.trim().is_empty())
                     .unwrap_or("")
                     .trim()
             );

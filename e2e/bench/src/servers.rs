@@ -66,9 +66,10 @@ pub fn gateway_proxy_config(port: u16, admin: u16, backend: u16) -> String {
     )
 }
 
-/// Rooms mode: `/rooms` (JSON protocol, rooms `bench:*`) and `/raw/{room}` (raw relay), no
-/// history (live fan-out only, like the Node peers), a 64 MiB outbound queue so the blast does
-/// not trip the slow-consumer close.
+/// Rooms mode: `/rooms` (JSON protocol, rooms `bench:*`, no history: live fan-out only, like the
+/// Node peers, with a 64 MiB outbound queue so the burst does not trip the slow-consumer close),
+/// `/hist` (the same with history, so publishes are stored: JetStream on NATS) and `/raw/{room}`
+/// (raw relay).
 pub fn gateway_rooms_config(port: u16, admin: u16, nats_url: Option<&str>) -> String {
     let bus = match nats_url {
         Some(u) => format!("bus:\n  nats:\n    urls: [\"{u}\"]\n    subjectPrefix: sbbench\n"),
@@ -78,6 +79,9 @@ pub fn gateway_rooms_config(port: u16, admin: u16, nats_url: Option<&str>) -> St
         "{}routes:\n\
          \x20 - name: rooms\n    path: {{type: Prefix, value: /rooms}}\n    mode: rooms\n\
          \x20   rooms: {{namespace: bench, join: [\"bench:*\"], publish: [\"bench:*\"], maxQueueBytes: 67108864}}\n\
+         \x20   limits: {OPEN_LIMITS}\n\
+         \x20 - name: history\n    path: {{type: Prefix, value: /hist}}\n    mode: rooms\n\
+         \x20   rooms: {{namespace: benchhist, join: [\"bench:*\"], publish: [\"bench:*\"], history: {{maxMessages: 100, maxAge: 10m}}}}\n\
          \x20   limits: {OPEN_LIMITS}\n\
          \x20 - name: raw\n    path: {{type: Prefix, value: /raw}}\n    mode: rooms\n\
          \x20   rooms: {{protocol: raw, namespace: benchraw, pathRoom: \"/raw/{{room}}\", join: [\"*\"], publish: [\"*\"], maxQueueBytes: 67108864}}\n\

@@ -580,10 +580,11 @@ mod tests {
             ephemeral: false,
             origin_conn: None,
         };
-        let mut members = room.members.lock().unwrap();
-        let slot = members.get_mut("a").unwrap();
-        deliver(slot, "a", &mut Encoded { msg, json: None });
-        drop(members);
+        {
+            let mut members = room.members.lock().unwrap();
+            let slot = members.get_mut("a").unwrap();
+            deliver(slot, "a", &mut Encoded { msg, json: None });
+        }
         assert_eq!(
             seqs(&a.outbox, 1).await,
             vec![1],

@@ -1,0 +1,114 @@
+//! RFC 6455 conformance of raw relay rooms: Autobahn|Testsuite's fuzzingclient against a raw
+//! room with `echo: true` (every message a member sends comes back to it through the room),
+//! with limits generous enough for its 16 MiB cases and keep-alive pings off. Zero FAILED
+//! cases, and the gateway is alive and ready afterwards. Also: raw rooms relay text and binary
+//! frames unchanged between members, without echo unless the route asks for it.
+//!
+//! Needs `wstest` from `scripts/setup.sh` (`.venv-autobahn/`), or `SWITCHBOARD_WSTEST`.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use support::autobahn::run_fuzzingclient;
+use support::{Gateway, MAX_MESSAGE_BYTES, PROMPTLY, free_port, http_get, ws_connect};
+use tokio_tungstenite::tungstenite::Message;
+
+fn config(public: u16, admin: u16) -> String {
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 0s, deadline: 5s}}
+routes:
+  - name: collab
+    path: {{value: /collab}}
+    mode: rooms
+    rooms:
+      protocol: raw
+      pathRoom: "/collab/{{room}}"
+      echo: true
+      join: ["*"]
+      publish: ["*"]
+      maxQueueBytes: {queue}
+    limits: {{maxMessageBytes: {MAX_MESSAGE_BYTES}, messagesPerSecond: 100000, messageBurst: 100000}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+  - name: quiet
+    path: {{value: /quiet}}
+    mode: rooms
+    rooms:
+      protocol: raw
+      pathRoom: "/quiet/{{room}}"
+      join: ["doc-*"]
+      publish: ["doc-*"]
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+"#,
+        queue = 16 * MAX_MESSAGE_BYTES,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autobahn_fuzzingclient_against_a_raw_echo_room_has_no_failed_cases() {
+    let mut gateway = Gateway::start(&config(free_port(), free_port())).await;
+
+    let report = run_fuzzingclient(&gateway.ws_url("/collab/autobahn")).await;
+    report.assert_conformant("raw relay room with echo");
+
+    assert!(
+        gateway.is_running(),
+        "the gateway exited during the Autobahn run; log tail:\n{}",
+        gateway.log_tail(60)
+    );
+    let (status, body) = http_get(gateway.admin(), "/readyz").await;
+    assert_eq!(
+        status, 200,
+        "/readyz after the Autobahn run: {status} {body}"
+    );
+    // And the room still relays.
+    let mut ws = ws_connect(&gateway.ws_url("/collab/after")).await;
+    support::assert_echo(&mut ws, "still here").await;
+}
+
+#[tokio::test]
+async fn raw_rooms_relay_frames_unchanged_to_the_other_members_only() {
+    let gateway = Gateway::start(&config(free_port(), free_port())).await;
+    let mut a = ws_connect(&gateway.ws_url("/quiet/doc-1")).await;
+    let mut b = ws_connect(&gateway.ws_url("/quiet/doc-1")).await;
+    let mut other_room = ws_connect(&gateway.ws_url("/quiet/doc-2")).await;
+
+    // A Yjs-style binary update and a text message, relayed as sent.
+    let update = vec![0u8, 1, 2, 0xFF, 0x80];
+    a.send(Message::binary(update.clone())).await.unwrap();
+    a.send(Message::text("hello from a")).await.unwrap();
+    let got = tokio::time::timeout(PROMPTLY, b.next())
+        .await
+        .expect("a relayed message in time");
+    assert_eq!(got.unwrap().unwrap(), Message::binary(update));
+    assert_eq!(support::recv_text(&mut b, PROMPTLY).await, "hello from a");
+    // Not back to the sender (no echo on this route): b's reply is a's next message.
+    b.send(Message::text("hello from b")).await.unwrap();
+    assert_eq!(support::recv_text(&mut a, PROMPTLY).await, "hello from b");
+    // Nor into another room: doc-2's first message is its own room's.
+    let mut other_peer = ws_connect(&gateway.ws_url("/quiet/doc-2")).await;
+    other_peer.send(Message::text("doc-2 only")).await.unwrap();
+    assert_eq!(
+        support::recv_text(&mut other_room, PROMPTLY).await,
+        "doc-2 only"
+    );
+
+    // Rooms outside the patterns, and paths that name no room, are refused before the upgrade.
+    for (path, status) in [
+        ("/quiet/secret", 403),
+        ("/quiet/", 404),
+        ("/quiet/a.b", 404),
+    ] {
+        let (resp, ws) = support::raw_upgrade(gateway.addr(), path, &[]).await;
+        assert!(ws.is_none());
+        assert_eq!(resp.status, status, "{path}: {}", resp.body_text());
+    }
+    // SSE and long-polls are refused on raw routes.
+    let (status, _) = http_get(gateway.addr(), "/quiet/doc-1?rooms=doc-1").await;
+    assert_eq!(status, 400);
+}
