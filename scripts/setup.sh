@@ -103,6 +103,14 @@ if [ ! -f "$BROWSER_DIR/node_modules/playwright-core/package.json" ]; then
         fail "npm ci in e2e/browser"
 fi
 
+# --- CRD schema check: jsonschema + PyYAML for operator/tests/validate_examples.py ----------------
+
+if ! python3 -c 'import jsonschema, yaml' >/dev/null 2>&1; then
+    say "installing jsonschema and PyYAML (pip) for the CRD schema check"
+    python3 -m pip install -q --disable-pip-version-check jsonschema pyyaml >>"$LOG" 2>&1 ||
+        fail "pip install jsonschema pyyaml"
+fi
+
 # --- Autobahn|Testsuite (Python 2.7 only) ------------------------------------------------------
 
 VENV="$ROOT/.venv-autobahn"
