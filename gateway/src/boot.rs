@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
@@ -125,7 +126,11 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
                 tls,
             },
         );
-        svc.add_tcp(&l.address.to_string());
+        // No pingora-level buffering: hyper, the tunnel and tungstenite buffer for themselves,
+        // and pingora's default 64 KiB read buffer per connection dominated idle memory.
+        svc.add_listener(
+            ListenerConfig::tcp(l.address.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
+        );
         server.add_service(svc);
     }
     let mut admin = Service::new(
