@@ -112,6 +112,16 @@ impl Drain {
     }
 }
 
+/// A uniformly random point of a drain window: each connection closes at its own moment so
+/// clients do not reconnect in one stampede.
+pub fn jitter(window: Duration) -> Duration {
+    let ms = window.as_millis().min(u128::from(u64::MAX)) as u64;
+    if ms == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(rand::random_range(0..ms))
+}
+
 /// pingora's shutdown hook: our drain runs before pingora stops its listeners.
 pub struct DrainingSignal {
     pub drain: Arc<Drain>,

@@ -400,8 +400,8 @@ fn sse(
         }
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         let expiry = expiry.unwrap_or(far);
-        let mut drain_at: Option<tokio::time::Instant> =
-            (*drain.borrow()).then(|| tokio::time::Instant::now() + jitter(drain_window));
+        let mut drain_at: Option<tokio::time::Instant> = (*drain.borrow())
+            .then(|| tokio::time::Instant::now() + crate::drain::jitter(drain_window));
         loop {
             tokio::select! {
                 items = outbox.take_all() => {
@@ -431,7 +431,7 @@ fn sse(
                 changed = drain.changed(), if drain_at.is_none() => {
                     if changed.is_err() || *drain.borrow() {
                         // Spread stream ends over the route's drain window, like WebSockets.
-                        drain_at = Some(tokio::time::Instant::now() + jitter(drain_window));
+                        drain_at = Some(tokio::time::Instant::now() + crate::drain::jitter(drain_window));
                     }
                 }
                 _ = tokio::time::sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
@@ -585,12 +585,4 @@ async fn long_poll(
 async fn wait_drain(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let started = rx.wait_for(|d| *d).await.is_ok();
     let _ = started;
-}
-
-fn jitter(window: Duration) -> Duration {
-    let ms = window.as_millis().min(u128::from(u64::MAX)) as u64;
-    if ms == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_millis(rand::random_range(0..ms))
 }

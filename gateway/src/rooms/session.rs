@@ -331,7 +331,7 @@ impl Session {
                 changed = self.ctx.drain.changed(), if !drain_seen => {
                     if changed.is_err() || *self.ctx.drain.borrow() {
                         drain_seen = true;
-                        drain_at = Instant::now() + jitter(self.ctx.drain_window);
+                        drain_at = Instant::now() + crate::drain::jitter(self.ctx.drain_window);
                     }
                 }
                 _ = tokio::time::sleep_until(drain_at), if closing.is_none() => {
@@ -579,12 +579,4 @@ impl Session {
                 .await;
         }
     }
-}
-
-fn jitter(window: Duration) -> Duration {
-    let ms = window.as_millis().min(u128::from(u64::MAX)) as u64;
-    if ms == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_millis(rand::rng().random_range(0..ms))
 }

@@ -391,7 +391,7 @@ where
     let mut drain_at = far;
     let mut drain_seen = *drain.borrow();
     if drain_seen {
-        drain_at = Instant::now() + jitter(limits.drain_window);
+        drain_at = Instant::now() + crate::drain::jitter(limits.drain_window);
     }
     let mut ping_seq: u64 = 0;
 
@@ -473,7 +473,7 @@ where
             changed = drain.changed(), if !drain_seen => {
                 if changed.is_err() || *drain.borrow() {
                     drain_seen = true;
-                    drain_at = Instant::now() + jitter(limits.drain_window);
+                    drain_at = Instant::now() + crate::drain::jitter(limits.drain_window);
                 }
             }
             _ = tokio::time::sleep_until(drain_at), if cause.is_none() => {
@@ -494,14 +494,6 @@ where
         bytes_in: bi,
         bytes_out: bo,
     }
-}
-
-fn jitter(window: Duration) -> Duration {
-    if window.is_zero() {
-        return Duration::ZERO;
-    }
-    let ms = window.as_millis().min(u128::from(u64::MAX)) as u64;
-    Duration::from_millis(rand::rng().random_range(0..ms.max(1)))
 }
 
 #[cfg(test)]
