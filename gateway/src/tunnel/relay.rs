@@ -6,6 +6,8 @@
 //!
 //! Written over `AsyncRead + AsyncWrite` so tests drive it with in-memory duplex streams.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -121,6 +123,9 @@ struct Pump<R, W> {
     dst_mid_frame: bool,
     frames: u64,
     bytes: u64,
+    /// Who sent the first Close (side << 16 | code), shared by both pumps: both may finish
+    /// before the supervisor looks, so the order it sees them in proves nothing.
+    first_close: Arc<AtomicU32>,
 }
 
 impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
@@ -300,7 +305,15 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                         OpCode::Close => {
                             if self.mode == Mode::Relay {
                                 out.extend_from_slice(&c.raw);
-                                return Some(End::PeerClose(c.close_code().unwrap_or(1005)));
+                                let code = c.close_code().unwrap_or(1005);
+                                let side = if self.sender == Sender::Client { 1 } else { 2 };
+                                let _ = self.first_close.compare_exchange(
+                                    0,
+                                    (side << 16) | u32::from(code),
+                                    Ordering::AcqRel,
+                                    Ordering::Acquire,
+                                );
+                                return Some(End::PeerClose(code));
                             }
                             return Some(End::CloseAck);
                         }
@@ -322,6 +335,21 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
     }
 }
 
+/// The peer close that started the close handshake (the first Close either pump saw).
+fn peer_cause(first: &AtomicU32, side: Side, code: u16) -> CloseCause {
+    match first.load(Ordering::Acquire) {
+        0 => CloseCause::Peer(side, code),
+        v => {
+            let side = if v >> 16 == 2 {
+                Side::Upstream
+            } else {
+                Side::Downstream
+            };
+            CloseCause::Peer(side, (v & 0xffff) as u16)
+        }
+    }
+}
+
 /// Relay frames between `client` and `upstream` until both sides are closed.
 pub async fn run<C, U>(
     client: C,
@@ -337,6 +365,7 @@ where
 {
     let (client_r, client_w) = tokio::io::split(client);
     let (up_r, up_w) = tokio::io::split(upstream);
+    let first_close = Arc::new(AtomicU32::new(0));
     let (report_tx, mut reports) = mpsc::channel(8);
     let (to_up_tx, to_up_rx) = mpsc::channel(4);
     let (to_client_tx, to_client_rx) = mpsc::channel(4);
@@ -358,6 +387,7 @@ where
         dst_mid_frame: false,
         frames: 0,
         bytes: 0,
+        first_close: first_close.clone(),
     };
     let u2c = Pump {
         src: up_r,
@@ -373,6 +403,7 @@ where
         dst_mid_frame: false,
         frames: 0,
         bytes: 0,
+        first_close: first_close.clone(),
     };
     let mut c2u = tokio::spawn(c2u.run());
     let mut u2c = tokio::spawn(u2c.run());
@@ -421,7 +452,7 @@ where
                 let r = r.unwrap_or(PumpResult { end: End::SourceGone, frames: 0, bytes: 0 });
                 match r.end {
                     End::PeerClose(code) => {
-                        cause.get_or_insert(CloseCause::Peer(Side::Downstream, code));
+                        cause.get_or_insert(peer_cause(&first_close, Side::Downstream, code));
                         close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
                     }
                     End::SourceGone => {
@@ -439,7 +470,7 @@ where
                 let r = r.unwrap_or(PumpResult { end: End::SourceGone, frames: 0, bytes: 0 });
                 match r.end {
                     End::PeerClose(code) => {
-                        cause.get_or_insert(CloseCause::Peer(Side::Upstream, code));
+                        cause.get_or_insert(peer_cause(&first_close, Side::Upstream, code));
                     }
                     End::SourceGone => {
                         // The app's stream ended without a close frame; the pump passed that on.
