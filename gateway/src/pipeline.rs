@@ -123,6 +123,20 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// When a live connection must be closed with 4001: the token's `exp`, unless the route turns
+/// `closeOnExpiry` off. Shared by proxy tunnels and rooms connections.
+pub(crate) fn close_at_expiry(
+    route: &CompiledRoute,
+    claims: Option<&Claims>,
+) -> Option<tokio::time::Instant> {
+    match (&route.cfg.jwt, claims.and_then(|c| c.exp)) {
+        (Some(jwt), Some(exp)) if jwt.close_on_expiry => {
+            Some(tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(unix_now())))
+        }
+        _ => None,
+    }
+}
+
 /// The pinning key for this request (falls back to the client IP when the source is absent).
 fn pin_key(
     route: &CompiledRoute,
@@ -138,20 +152,8 @@ fn pin_key(
             .get(h.as_str())
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
-        PinningKey::Query(q) => req.uri().query().and_then(|qs| {
-            url::form_urlencoded::parse(qs.as_bytes())
-                .find(|(k, _)| k == q)
-                .map(|(_, v)| v.into_owned())
-        }),
-        PinningKey::Cookie(name) => req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(cookie::Cookie::split_parse)
-            .filter_map(Result::ok)
-            .find(|c| c.name() == name)
-            .map(|c| c.value().to_string()),
+        PinningKey::Query(q) => token::query_param(req.uri().query(), q),
+        PinningKey::Cookie(name) => token::cookie(req.headers(), name),
     });
     key.unwrap_or_else(|| ip.to_string())
 }
@@ -295,13 +297,7 @@ async fn admit_and_proxy(
         Handshake::Upgraded(resp, upstream) => (resp, upstream),
     };
 
-    let expires_at = match (&route.cfg.jwt, claims.as_ref().and_then(|c| c.exp)) {
-        (Some(jwt), Some(exp)) if jwt.close_on_expiry => {
-            let left = exp.saturating_sub(unix_now());
-            Some(tokio::time::Instant::now() + Duration::from_secs(left))
-        }
-        _ => None,
-    };
+    let expires_at = close_at_expiry(&route, claims.as_ref());
     let limits = TunnelLimits {
         max_message_bytes: route.cfg.limits.max_message_bytes,
         messages_per_second: route.cfg.limits.messages_per_second,

@@ -526,6 +526,22 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm the gateway verifies.
+    pub const ALL: [Algorithm; 12] = [
+        Self::HS256,
+        Self::HS384,
+        Self::HS512,
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+        Self::PS384,
+        Self::PS512,
+        Self::ES256,
+        Self::ES384,
+        Self::EdDSA,
+    ];
+
     /// Symmetric (HMAC) algorithms need a shared secret, not a public key.
     pub fn is_hmac(self) -> bool {
         matches!(self, Self::HS256 | Self::HS384 | Self::HS512)

@@ -446,21 +446,7 @@ enum FetchError {
 impl VerifyKey {
     /// Whether some token algorithm could be verified with this key under `allowed`.
     fn usable_with_any(&self, allowed: &[Algorithm]) -> bool {
-        const ALL: [Algorithm; 12] = [
-            Algorithm::HS256,
-            Algorithm::HS384,
-            Algorithm::HS512,
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-            Algorithm::ES256,
-            Algorithm::ES384,
-            Algorithm::EdDSA,
-        ];
-        ALL.iter().any(|alg| self.permits(*alg, allowed))
+        Algorithm::ALL.iter().any(|alg| self.permits(*alg, allowed))
     }
 }
 

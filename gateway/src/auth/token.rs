@@ -44,19 +44,12 @@ pub fn extract(
                         },
                     )
                 }),
-            TokenSource::Query { name } => query.and_then(|q| {
-                url::form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| (v.into_owned(), Found::Query { name: name.clone() }))
-            }),
-            TokenSource::Cookie { name } => headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(cookie::Cookie::split_parse)
-                .filter_map(Result::ok)
-                .find(|c| c.name() == name)
-                .map(|c| (c.value().to_string(), Found::Cookie { name: name.clone() })),
+            TokenSource::Query { name } => {
+                query_param(query, name).map(|v| (v, Found::Query { name: name.clone() }))
+            }
+            TokenSource::Cookie { name } => {
+                cookie(headers, name).map(|v| (v, Found::Cookie { name: name.clone() }))
+            }
         };
         if let Some((token, found)) = hit
             && !token.is_empty()
@@ -65,6 +58,25 @@ pub fn extract(
         }
     }
     None
+}
+
+/// A query parameter, decoded (the first if repeated).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A cookie's value from the `Cookie` headers.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_string())
 }
 
 /// The offered subprotocols, in order.

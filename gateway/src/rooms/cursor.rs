@@ -62,13 +62,6 @@ pub fn rooms_param(query: Option<&str>) -> Vec<String> {
     rooms
 }
 
-/// A named query parameter.
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

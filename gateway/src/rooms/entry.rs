@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::bus::Position;
-use super::cursor::{Cursor, query_param, rooms_param};
+use super::cursor::{Cursor, rooms_param};
 use super::hub::{Encoding, Joined, Joiner};
 use super::outbox::{Item, Outbox};
 use super::protocol;
@@ -22,11 +22,11 @@ use super::route::RoomsPolicy;
 use super::session::{self, SessionCtx};
 use crate::admission::Admitted;
 use crate::auth::jwt::Claims;
-use crate::auth::token;
+use crate::auth::token::{self, query_param};
 use crate::error::{CloseCause, Refusal};
 use crate::gateway::Gateway;
 use crate::metrics::metrics;
-use crate::pipeline::{Body, full, unix_now};
+use crate::pipeline::{Body, close_at_expiry, full, unix_now};
 use crate::routes::CompiledRoute;
 
 /// Longest a long-poll waits before answering 204.
@@ -60,15 +60,6 @@ pub fn is_event_stream(req: &Request<Incoming>) -> bool {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.contains("text/event-stream"))
-}
-
-fn expires_at(route: &CompiledRoute, claims: Option<&Claims>) -> Option<tokio::time::Instant> {
-    match (&route.cfg.jwt, claims.and_then(|c| c.exp)) {
-        (Some(jwt), Some(exp)) if jwt.close_on_expiry => {
-            Some(tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(unix_now())))
-        }
-        _ => None,
-    }
 }
 
 /// Serve an admitted request on a rooms route.
@@ -195,7 +186,7 @@ fn websocket(
         hooks: gw.hooks.clone(),
         route: route.cfg.name.clone(),
         conn_id: next_conn_id(),
-        expires_at: expires_at(route, adm.claims.as_ref()),
+        expires_at: close_at_expiry(route, adm.claims.as_ref()),
         claims: adm.claims,
         limits: route.cfg.limits.clone(),
         keepalive: route.cfg.keepalive.clone(),
@@ -355,7 +346,7 @@ fn sse(
     let mut drain = gw.drain.close_signal();
     let live = gw.drain.enter();
     let admitted = adm.admitted;
-    let expiry = expires_at(route, adm.claims.as_ref());
+    let expiry = close_at_expiry(route, adm.claims.as_ref());
     let drain_window = route.cfg.drain.window;
     let route_name = route.cfg.name.clone();
     metrics()
