@@ -53,6 +53,13 @@ impl EdgeApp {
                 m.connections_total
                     .with_label_values(&["", "refused"])
                     .inc();
+            } else if e.is_timeout() {
+                // Slowloris guard (or an idle keep-alive connection): hyper closes without a
+                // response; count it so a flood of half-open heads is visible.
+                crate::metrics::metrics()
+                    .handshake_timeouts
+                    .with_label_values(&["headers"])
+                    .inc();
             }
             tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with an HTTP error");
         }
@@ -77,7 +84,13 @@ impl ServerApp for EdgeApp {
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => self.serve(tls, Conn { peer, tls: true }).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Err(_) => {
+                        crate::metrics::metrics()
+                            .handshake_timeouts
+                            .with_label_values(&["tls"])
+                            .inc();
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    }
                 }
             }
         }

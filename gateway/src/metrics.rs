@@ -46,6 +46,10 @@ pub struct Metrics {
     pub backends: IntGaugeVec,
     /// `switchboard_kube_watch_errors_total{watch}`: watch = snapshot | endpointslices
     pub kube_watch_errors: IntCounterVec,
+    /// `switchboard_handshake_timeouts_total{stage}`: client connections closed because the TLS
+    /// handshake (stage = tls) or a request head (stage = headers; includes idle keep-alive
+    /// connections) took longer than `limits.handshakeTimeout`
+    pub handshake_timeouts: IntCounterVec,
 }
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -102,6 +106,12 @@ impl Metrics {
             .register(Box::new(backends.clone()))
             .expect("metric registered once");
         Self {
+            handshake_timeouts: counter_vec(
+                &registry,
+                "switchboard_handshake_timeouts_total",
+                "Client connections closed for a TLS handshake or request head slower than limits.handshakeTimeout",
+                &["stage"],
+            ),
             kube_watch_errors: counter_vec(
                 &registry,
                 "switchboard_kube_watch_errors_total",

@@ -473,6 +473,17 @@ async fn every_refusal_path_answers_with_its_status_and_is_counted_by_reason() {
     }
     println!("\nswitchboard_handshake_refusals_total by reason: {counted:?}");
     assert_eq!(counted, expected, "refusals counted by reason");
+    // The slowloris connection above (and any idle keep-alive connection) is counted when
+    // hyper gives up on its request head.
+    let header_timeouts = metric_sum(
+        &text,
+        "switchboard_handshake_timeouts_total",
+        &[("stage", "headers")],
+    );
+    assert!(
+        header_timeouts >= 1.0,
+        "the slowloris connection is counted as a header timeout (got {header_timeouts})"
+    );
     assert_eq!(
         metric_sum(
             &text,
