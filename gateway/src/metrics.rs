@@ -37,6 +37,9 @@ pub struct Metrics {
     pub room_deliveries: IntCounter,
     /// `switchboard_room_publishes_total{result}`: client and API publishes (ok | error)
     pub room_publishes: IntCounterVec,
+    /// `switchboard_notifications_total{via,result}`: rooms connect/disconnect notifications;
+    /// via = http (`rooms.notify`) | nats (`rooms.notifyNats`), result = ok | error | dropped
+    pub notifications: IntCounterVec,
     /// `switchboard_rooms_local`: rooms with members on this pod (one bus subscription each)
     pub rooms_local: IntGauge,
     /// `switchboard_bus_up`: 1 while the room bus (NATS) is connected
@@ -172,6 +175,12 @@ impl Metrics {
                 "switchboard_room_publishes_total",
                 "Room publishes by result",
                 &["result"],
+            ),
+            notifications: counter_vec(
+                &registry,
+                "switchboard_notifications_total",
+                "Rooms connect/disconnect notifications by channel and result",
+                &["via", "result"],
             ),
             room_deliveries: {
                 let c = IntCounter::new(

@@ -17,7 +17,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use support::rooms::{JsonWs, PUBLISH_TOKEN, publish_api};
-use support::{Gateway, PROMPTLY, claims, free_port, jwt_hs256, sign_hs256};
+use support::{
+    Gateway, PROMPTLY, claims, eventually, free_port, jwt_hs256, sign_hs256, try_http_get,
+};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -386,4 +388,13 @@ async fn connect_and_disconnect_notifications_reach_the_app() {
         (Some("disconnect"), Some("bob"), Some(1006)),
         "{gone}"
     );
+    // All four answered 204: counted as delivered.
+    eventually("the HTTP notifications counted", PROMPTLY, || async {
+        try_http_get(gw.admin(), "/metrics", &[])
+            .await
+            .is_ok_and(|(_, m)| {
+                m.contains(r#"switchboard_notifications_total{result="ok",via="http"} 4"#)
+            })
+    })
+    .await;
 }

@@ -3,13 +3,16 @@
 //! members on the other, in order, with the same positions; resume works across pods; presence
 //! is cluster-wide and the members of a crashed pod disappear; and NATS stopped and restarted
 //! in the middle of a stream loses no acknowledged publish (the reference client retries its
-//! publishes until acked; the pods' live delivery resumes where it stopped).
+//! publishes until acked; the pods' live delivery resumes where it stopped). With
+//! `rooms.notifyNats` every connection's connect and disconnect is published on
+//! `P.events.<ns>` for app pods.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::nats::NatsServer;
 use support::room_client::{Event, Options, Position, RoomClient};
@@ -19,7 +22,8 @@ use support::{
 };
 
 /// One pod: the `chat` route (HS256 JWT, join/publish `chat:*`, 1000 messages of history,
-/// presence) on the bus at `nats`, presence entries expiring after 3 s.
+/// presence, connect/disconnect notifications on `sbtest.events.chat`) on the bus at `nats`,
+/// presence entries expiring after 3 s.
 fn config(nats: &str) -> String {
     let (public, admin) = (free_port(), free_port());
     let jwt = jwt_hs256("");
@@ -42,6 +46,7 @@ routes:
       publish: ["chat:*"]
       history: {{maxMessages: 1000, maxAge: 10m}}
       presence: true
+      notifyNats: true
     limits: {{messagesPerSecond: 10000, messageBurst: 10000}}
     keepalive: {{interval: 0s}}
     drain: {{window: 1s}}
@@ -236,6 +241,72 @@ async fn presence_is_cluster_wide_and_a_crashed_pods_members_disappear() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The next notification on `events`, as JSON.
+async fn next_notification(events: &mut async_nats::Subscriber) -> Value {
+    let m = tokio::time::timeout(PROMPTLY, events.next())
+        .await
+        .expect("a notification in time")
+        .expect("the subscription is open");
+    serde_json::from_slice(&m.payload).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", m.payload))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_pod_subscribed_to_the_events_subject_hears_each_connect_and_disconnect() {
+    let nats = NatsServer::start();
+    let gw = Gateway::start(&config(&nats.url())).await;
+    let app = async_nats::connect(nats.url()).await.unwrap();
+    let mut events = app.subscribe("sbtest.events.chat").await.unwrap();
+    app.flush().await.unwrap(); // subscribed before anyone connects
+
+    let mut ws = json_ws(&gw, "dave").await;
+    let connect = next_notification(&mut events).await;
+    assert_eq!(
+        (
+            connect["event"].as_str(),
+            connect["user"].as_str(),
+            connect["route"].as_str()
+        ),
+        (Some("connect"), Some("dave"), Some("chat")),
+        "{connect}"
+    );
+    let conn = connect["conn"].as_str().expect("conn").to_owned();
+    assert!(
+        connect["ts"].as_u64().is_some_and(|t| t > 1_600_000_000),
+        "{connect}"
+    );
+    assert!(connect.get("code").is_none(), "{connect}");
+
+    support::close_normally(&mut ws.ws).await;
+    let disconnect = next_notification(&mut events).await;
+    assert_eq!(
+        (
+            disconnect["event"].as_str(),
+            disconnect["conn"].as_str(),
+            disconnect["user"].as_str(),
+            disconnect["route"].as_str(),
+            disconnect["code"].as_u64()
+        ),
+        (
+            Some("disconnect"),
+            Some(conn.as_str()),
+            Some("dave"),
+            Some("chat"),
+            Some(1000)
+        ),
+        "{disconnect}"
+    );
+
+    // Both publishes are counted (once each publishing task has finished).
+    eventually("both NATS notifications counted", PROMPTLY, || async {
+        try_http_get(gw.admin(), "/metrics", &[])
+            .await
+            .is_ok_and(|(_, m)| {
+                m.contains(r#"switchboard_notifications_total{result="ok",via="nats"} 2"#)
+            })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

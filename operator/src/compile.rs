@@ -711,6 +711,7 @@ fn compile_rooms(
         .notify
         .as_ref()
         .and_then(|h| compile_hook(&format!("{at}.notify"), h, p));
+    rooms.notify_nats = r.notify_nats.unwrap_or(false);
     Some(rooms)
 }
 
@@ -1684,6 +1685,23 @@ rooms:
         );
         assert!(rooms.path_room.is_none());
         assert!(!rooms.echo);
+    }
+
+    #[test]
+    fn nats_notifications_compile_to_the_gateway_flag_and_are_off_when_unset() {
+        let notify_nats = |yaml: &str| compiled(yaml).rooms.unwrap().notify_nats;
+        assert!(!notify_nats("mode: rooms"), "default false");
+        assert!(notify_nats("mode: rooms\nrooms: {notifyNats: true}"));
+        assert!(!notify_nats("mode: rooms\nrooms: {notifyNats: false}"));
+        let both = compiled(
+            "mode: rooms\nrooms: {notifyNats: true, notify: {url: 'http://app.chat.svc/n'}}",
+        )
+        .rooms
+        .unwrap();
+        assert!(
+            both.notify_nats && both.notify.is_some(),
+            "HTTP and NATS together"
+        );
     }
 
     #[test]

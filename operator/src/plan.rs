@@ -582,6 +582,40 @@ mod tests {
     }
 
     #[test]
+    fn nats_notifications_are_invalid_unless_the_gateways_have_a_nats_bus() {
+        let rt = route(
+            "default",
+            "r",
+            "mode: rooms\nrooms: {join: ['*'], notifyNats: true}",
+        );
+        let p = plan(
+            &base_config(),
+            std::slice::from_ref(&rt),
+            &refs(),
+            NO_LIMITS,
+        );
+        let a = &p.routes["default/r"].accepted;
+        assert_eq!(a.reason, reasons::INVALID);
+        assert!(
+            a.message
+                .starts_with("spec.rooms.notifyNats: needs bus.nats"),
+            "{}",
+            a.message
+        );
+        assert!(p.config.routes.is_empty());
+
+        let text = format!(
+            "{}bus:\n  nats:\n    urls: ['nats://nats.switchboard-system.svc:4222']\n",
+            crate::fixtures::BASE_YAML
+        );
+        let base = crate::settings::parse_base_config(&text, "base.yaml").unwrap();
+        let p = plan(&base, &[rt], &refs(), NO_LIMITS);
+        assert!(p.routes["default/r"].accepted.ok, "{:?}", p.routes);
+        assert!(p.config.routes[0].rooms.as_ref().unwrap().notify_nats);
+        assert_eq!(validate(&p.config), vec![]);
+    }
+
+    #[test]
     fn the_base_configs_bus_and_publish_api_reach_the_snapshot_unchanged() {
         let text = format!(
             "{}bus:\n  nats:\n    urls: ['nats://nats.switchboard-system.svc:4222']\n    subjectPrefix: sb\n    credentialsFile: /etc/nats/gw.creds\n    presenceTtl: 20s\npublishApi:\n  tokenFile: /etc/switchboard/publish-token\n",

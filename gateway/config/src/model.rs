@@ -138,6 +138,11 @@ pub struct Rooms {
     /// POST connect/disconnect notifications to the app. Unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Hook>,
+    /// Also publish each connect/disconnect notification (the same JSON `notify` POSTs) on
+    /// the core NATS subject `<bus.nats.subjectPrefix>.events.<namespace>`, fire-and-forget.
+    /// Needs `bus.nats`. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notify_nats: bool,
 }
 
 /// Wire protocol of a rooms route.

@@ -559,7 +559,15 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
                 format!("{at}.rooms"),
                 "mode `rooms` needs a rooms section",
             )),
-            Some(rooms) => rooms_problems(r, rooms, at, p),
+            Some(rooms) => {
+                rooms_problems(r, rooms, at, p);
+                if rooms.notify_nats && cfg.bus.nats.is_none() {
+                    p.push(Problem::new(
+                        format!("{at}.rooms.notifyNats"),
+                        "needs bus.nats (notifications are published on a NATS subject)",
+                    ));
+                }
+            }
         },
     }
     let lim = &r.limits;
@@ -733,6 +741,37 @@ mod tests {
             "limits: {maxConnections: 0, maxHeaderBytes: 10}\nroutes: [{name: a, path: {value: nope}}]",
         );
         assert!(p.len() >= 4, "{p:?}");
+    }
+
+    #[test]
+    fn nats_notifications_without_a_nats_bus_are_refused_with_their_path() {
+        let route = |name: &str, notify_nats: bool| {
+            format!(
+                "{{name: {name}, path: {{value: /{name}}}, mode: rooms, rooms: {{notifyNats: {notify_nats}}}}}"
+            )
+        };
+        let routes = format!(
+            "routes: [{}, {}, {}]",
+            route("a", false),
+            route("b", false),
+            route("c", true)
+        );
+        assert_eq!(
+            problems(&routes),
+            vec![
+                "routes[2].rooms.notifyNats: needs bus.nats (notifications are published on a NATS subject)"
+                    .to_string()
+            ]
+        );
+        let with_nats = format!("bus: {{nats: {{urls: ['nats://127.0.0.1:4222']}}}}\n{routes}");
+        assert_eq!(problems(&with_nats), Vec::<String>::new());
+        let cfg = GatewayConfig::from_yaml(&format!("{BASE}{with_nats}")).unwrap();
+        let flags: Vec<bool> = cfg
+            .routes
+            .iter()
+            .map(|r| r.rooms.as_ref().unwrap().notify_nats)
+            .collect();
+        assert_eq!(flags, [false, false, true], "default false");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::bus::Position;
 use super::cursor::{Cursor, rooms_param};
+use super::hooks::Notifier;
 use super::hub::{Encoding, Joined, Joiner};
 use super::outbox::{Item, Outbox};
 use super::protocol;
@@ -180,6 +181,9 @@ fn websocket(
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // `rooms.notify` / `rooms.notifyNats`. WebSockets only: SSE streams and long-polls do not
+    // notify (docs/protocol.md).
+    let notifier = Notifier::new(&gw.hooks, &route.cfg.name, &policy, gw.hub.bus());
     let ctx = SessionCtx {
         hub: gw.hub.clone(),
         policy,
@@ -199,8 +203,6 @@ fn websocket(
     let live = gw.drain.enter();
     let admitted = adm.admitted;
     let route_name = route.cfg.name.clone();
-    let notify = route.rooms.as_ref().and_then(|p| p.cfg.notify.clone());
-    let hooks = gw.hooks.clone();
     metrics()
         .connections_total
         .with_label_values(&[&route_name, "upgraded"])
@@ -216,14 +218,16 @@ fn websocket(
         let started = std::time::Instant::now();
         let user = ctx.claims.as_ref().and_then(|c| c.sub.clone());
         let conn = ctx.conn_id.clone();
-        if let Some(h) = &notify {
-            hooks.notify(h, &route_name, user.as_deref(), json!({"event": "connect", "conn": conn, "user": user, "route": route_name, "ts": unix_now()}));
-        }
+        notifier.send(
+            user.as_deref(),
+            json!({"event": "connect", "conn": conn, "user": user, "route": route_name, "ts": unix_now()}),
+        );
         let cause = session::run(io, ctx).await;
         active.dec();
-        if let Some(h) = &notify {
-            hooks.notify(h, &route_name, user.as_deref(), json!({"event": "disconnect", "conn": conn, "user": user, "route": route_name, "ts": unix_now(), "code": cause.code()}));
-        }
+        notifier.send(
+            user.as_deref(),
+            json!({"event": "disconnect", "conn": conn, "user": user, "route": route_name, "ts": unix_now(), "code": cause.code()}),
+        );
         metrics()
             .closes
             .with_label_values(&[&route_name, &cause.code().to_string(), cause.label()])

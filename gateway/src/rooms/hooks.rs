@@ -1,5 +1,6 @@
 //! Calls to the app: the per-route publish hook (accept, replace or refuse a client publish)
-//! and connect/disconnect notifications (fire-and-forget, bounded).
+//! and connect/disconnect notifications (fire-and-forget, bounded), over HTTP (`rooms.notify`)
+//! and over the bus (`rooms.notifyNats`).
 
 use std::sync::Arc;
 
@@ -13,9 +14,12 @@ use serde_json::{Value, json};
 use switchboard_config::Hook;
 use tokio::sync::Semaphore;
 
-use super::bus::Payload;
+use super::bus::{Bus, Payload};
+use super::route::RoomsPolicy;
+use crate::metrics::metrics;
 
-/// Most notification requests in flight per pod; more are dropped (and counted).
+/// Most notifications in flight per pod, per channel (HTTP, bus); more are dropped (and
+/// counted).
 const MAX_NOTIFY_IN_FLIGHT: usize = 256;
 /// Largest hook response body read.
 const MAX_HOOK_BODY: usize = 1 << 20;
@@ -25,6 +29,7 @@ const MAX_HOOK_BODY: usize = 1 << 20;
 pub struct Hooks {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     notify_slots: Arc<Semaphore>,
+    bus_notify_slots: Arc<Semaphore>,
 }
 
 impl Default for Hooks {
@@ -40,6 +45,7 @@ impl Default for Hooks {
         Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
             notify_slots: Arc::new(Semaphore::new(MAX_NOTIFY_IN_FLIGHT)),
+            bus_notify_slots: Arc::new(Semaphore::new(MAX_NOTIFY_IN_FLIGHT)),
         }
     }
 }
@@ -137,10 +143,17 @@ impl Hooks {
         }
     }
 
-    /// Tell the app a connection started or ended; never blocks the caller.
+    /// Tell the app a connection started or ended (POST to `hook`); never blocks the caller.
+    /// A 2xx answer counts as delivered; anything else, a timeout or an unreachable app is
+    /// logged at debug and counted as an error.
     pub fn notify(&self, hook: &Hook, route: &str, user: Option<&str>, event: Value) {
         let Ok(permit) = self.notify_slots.clone().try_acquire_owned() else {
-            tracing::warn!(route, "notification dropped: too many in flight");
+            tracing::warn!(
+                route,
+                via = "http",
+                "notification dropped: too many in flight"
+            );
+            count_notification("http", "dropped");
             return;
         };
         let (this, hook, route, user) = (
@@ -151,9 +164,149 @@ impl Hooks {
         );
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = this.post(&hook, user.as_deref(), &route, event).await {
-                tracing::debug!(route, error = %e, "notification failed");
-            }
+            let result = match this.post(&hook, user.as_deref(), &route, event).await {
+                Ok((status, _)) if (200..300).contains(&status) => "ok",
+                Ok((status, _)) => {
+                    tracing::debug!(
+                        route,
+                        via = "http",
+                        status,
+                        "notification refused by the app"
+                    );
+                    "error"
+                }
+                Err(e) => {
+                    tracing::debug!(route, via = "http", error = %e, "notification failed");
+                    "error"
+                }
+            };
+            count_notification("http", result);
         });
+    }
+
+    /// Publish a connection's start or end on the bus (`P.events.<namespace>` on NATS); never
+    /// blocks the caller. A failed publish is logged at debug and counted as an error.
+    pub fn notify_bus(&self, bus: &Arc<dyn Bus>, namespace: &str, route: &str, event: Bytes) {
+        let Ok(permit) = self.bus_notify_slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                route,
+                via = "nats",
+                "notification dropped: too many in flight"
+            );
+            count_notification("nats", "dropped");
+            return;
+        };
+        let (bus, namespace, route) = (bus.clone(), namespace.to_string(), route.to_string());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = match bus.notify(&namespace, event).await {
+                Ok(()) => "ok",
+                Err(e) => {
+                    tracing::debug!(route, via = "nats", namespace, error = %e, "notification failed");
+                    "error"
+                }
+            };
+            count_notification("nats", result);
+        });
+    }
+}
+
+fn count_notification(via: &str, result: &str) {
+    metrics()
+        .notifications
+        .with_label_values(&[via, result])
+        .inc();
+}
+
+/// Where one rooms route sends its connections' connect/disconnect events: the app over HTTP
+/// (`rooms.notify`), the bus (`rooms.notifyNats`), both, or nowhere. Both carry the same JSON.
+#[derive(Clone)]
+pub struct Notifier {
+    hooks: Hooks,
+    route: String,
+    http: Option<Hook>,
+    /// The bus and the route's rooms namespace, with `rooms.notifyNats`.
+    bus: Option<(Arc<dyn Bus>, String)>,
+}
+
+impl Notifier {
+    pub fn new(hooks: &Hooks, route: &str, policy: &RoomsPolicy, bus: &Arc<dyn Bus>) -> Self {
+        Self {
+            hooks: hooks.clone(),
+            route: route.to_string(),
+            http: policy.cfg.notify.clone(),
+            bus: policy
+                .cfg
+                .notify_nats
+                .then(|| (bus.clone(), policy.namespace.clone())),
+        }
+    }
+
+    /// Send `event` everywhere this route notifies; never blocks or fails the caller.
+    pub fn send(&self, user: Option<&str>, event: Value) {
+        if let Some((bus, namespace)) = &self.bus {
+            let body = Bytes::from(event.to_string());
+            self.hooks.notify_bus(bus, namespace, &self.route, body);
+        }
+        if let Some(hook) = &self.http {
+            self.hooks.notify(hook, &self.route, user, event);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rooms::bus::memory::MemoryBus;
+
+    fn policy(rooms: Value) -> RoomsPolicy {
+        let cfg: switchboard_config::Rooms = serde_json::from_value(rooms).unwrap();
+        RoomsPolicy::new("chat", &cfg).unwrap()
+    }
+
+    fn nats_errors() -> u64 {
+        metrics()
+            .notifications
+            .with_label_values(&["nats", "error"])
+            .get()
+    }
+
+    #[tokio::test]
+    async fn a_bus_that_refuses_a_notification_neither_blocks_nor_fails_the_connection() {
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+        let notifier = Notifier::new(
+            &Hooks::default(),
+            "chat",
+            &policy(json!({"notifyNats": true})),
+            &bus,
+        );
+        let before = nats_errors();
+        notifier.send(Some("alice"), json!({"event": "connect"}));
+        // Counted once the spawned publish has run (the in-process bus refuses at once).
+        for _ in 0..1000 {
+            if nats_errors() > before {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the refused notification was not counted");
+    }
+
+    #[test]
+    fn a_route_notifies_only_where_it_asks_to() {
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+        let hooks = Hooks::default();
+        let quiet = Notifier::new(&hooks, "chat", &policy(json!({})), &bus);
+        assert!(quiet.http.is_none() && quiet.bus.is_none());
+        let both = Notifier::new(
+            &hooks,
+            "chat",
+            &policy(
+                json!({"namespace": "team", "notifyNats": true, "notify": {"url": "http://app/n"}}),
+            ),
+            &bus,
+        );
+        assert_eq!(both.http.map(|h| h.url).as_deref(), Some("http://app/n"));
+        assert_eq!(both.bus.map(|(_, ns)| ns).as_deref(), Some("team"));
     }
 }

@@ -565,6 +565,13 @@ pub struct Rooms {
     /// POST connect and disconnect notifications to the app. Unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<RoomHook>,
+    /// Also publish each connect and disconnect notification (the JSON `notify` POSTs) on the
+    /// core NATS subject `<subjectPrefix>.events.<rooms namespace>`, for app pods that
+    /// subscribe there. Fire-and-forget: nothing is stored or retried. Needs the gateways'
+    /// NATS bus (`bus.nats` in their base config); without it the route is not accepted.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_nats: Option<bool>,
 }
 
 /// `json` or `raw`.

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{
@@ -237,6 +238,16 @@ impl Bus for MemoryBus {
         Ok(list)
     }
 
+    /// Nothing outside this process can listen to the in-process bus, so it refuses rather
+    /// than pretend to deliver. Validation keeps `rooms.notifyNats` off without `bus.nats`;
+    /// this is reached only when a reload added `bus.nats` to a gateway that started without
+    /// it (the bus is chosen at start).
+    async fn notify(&self, _namespace: &str, _event: Bytes) -> Result<(), BusError> {
+        Err(BusError::Other(
+            "notifications over NATS need the NATS bus; this gateway started with the in-process bus (restart it to use bus.nats)".into(),
+        ))
+    }
+
     fn healthy(&self) -> bool {
         true
     }
@@ -366,6 +377,16 @@ mod tests {
             bus.replay(&key("a"), &pos).await.unwrap(),
             Replay::Gap(vec![])
         );
+    }
+
+    #[tokio::test]
+    async fn notifications_are_refused_because_nothing_outside_the_process_can_listen() {
+        let bus = MemoryBus::new();
+        let err = bus
+            .notify("ns", Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BusError::Other(_)), "{err}");
     }
 
     #[tokio::test]

@@ -160,6 +160,11 @@ pub trait Bus: Send + Sync {
     /// Everyone in the room, cluster-wide.
     async fn presence_list(&self, key: &RoomKey) -> Result<Vec<Member>, BusError>;
 
+    /// Hand a connect/disconnect notification (`event`, JSON) of a connection in `namespace`
+    /// to whoever listens outside the gateway (`rooms.notifyNats`). At most once: nothing is
+    /// stored or retried.
+    async fn notify(&self, namespace: &str, event: Bytes) -> Result<(), BusError>;
+
     /// Whether the bus is usable now (readiness and metrics).
     fn healthy(&self) -> bool;
 }

@@ -10,6 +10,7 @@
 //! | `P.room.<ns>.<room>`    | stored messages (captured by the stream `<PREFIX>_<ns>`)       |
 //! | `P.eph.<ns>.<room>`     | ephemeral messages, and every message of a namespace without history |
 //! | `P.presence.<ns>.<room>`| presence join/leave events                                    |
+//! | `P.events.<ns>`         | connect/disconnect notifications for the app (`rooms.notifyNats`) |
 //!
 //! Positions are `(stream sequence, epoch)`: the sequence is the JetStream stream sequence of the
 //! namespace's stream (it increases with every stored message of the room, not by one) and the
@@ -463,6 +464,11 @@ impl Inner {
         format!("{}.{kind}.{}.{}", self.prefix, key.namespace, key.room)
     }
 
+    /// `P.events.<ns>`: a namespace's connect/disconnect notifications.
+    fn events_subject(&self, ns: &str) -> String {
+        format!("{}.events.{ns}", self.prefix)
+    }
+
     fn stream_name(&self, ns: &str) -> String {
         format!("{}_{ns}", self.stream_prefix)
     }
@@ -881,6 +887,18 @@ impl Inner {
         Ok(())
     }
 
+    /// A core publish on `P.events.<ns>`: whoever subscribes gets it, nobody listening is fine.
+    async fn notify(&self, ns: &str, event: Bytes) -> Result<(), BusError> {
+        check_ns(ns)?;
+        if !self.connected() {
+            return Err(self.down());
+        }
+        self.client
+            .publish(self.events_subject(ns), event)
+            .await
+            .map_err(|e| self.fail("notify", e))
+    }
+
     async fn presence_list(&self, key: &RoomKey) -> Result<Vec<Member>, BusError> {
         check_key(key)?;
         if !self.connected() {
@@ -1273,6 +1291,12 @@ impl Bus for NatsBus {
     async fn presence_list(&self, key: &RoomKey) -> Result<Vec<Member>, BusError> {
         self.inner
             .bounded(OP_TIMEOUT, self.inner.presence_list(key))
+            .await
+    }
+
+    async fn notify(&self, namespace: &str, event: Bytes) -> Result<(), BusError> {
+        self.inner
+            .bounded(OP_TIMEOUT, self.inner.notify(namespace, event))
             .await
     }
 
