@@ -3,7 +3,7 @@
 #   make run    install what the gateway needs, then run it with examples/quickstart.yaml
 #   make test   install what the tests need, then everything CI runs (.ci/run is `make test`)
 #
-# `make check-examples` validates every examples/*.yaml with the built binary (part of `test`).
+# `make check-examples` builds both binaries and validates every examples/*.yaml with the gateway (part of `test`).
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -25,6 +25,7 @@ test:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@$(MAKE) --no-print-directory check-examples
 	python3 operator/tests/validate_examples.py
+	SWITCHBOARD_CHART_TESTS_STRICT=1 .venv-chart/bin/python -m pytest -p no:cacheprovider -q charts/tests
 	$(CARGO) test --workspace --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "$(CARGO) nextest run --workspace --no-fail-fast"; \
@@ -35,7 +36,7 @@ test:
 	fi
 
 check-examples:
-	$(CARGO) build -p switchboard-gateway --bin switchboard-gateway
+	$(CARGO) build -p switchboard-gateway --bin switchboard-gateway -p switchboard-operator --bin switchboard-operator
 	@shopt -s nullglob; files=(examples/*.yaml); \
 	if [ $${#files[@]} -eq 0 ]; then echo "check-examples: no examples/*.yaml found" >&2; exit 1; fi; \
 	bad=0; \

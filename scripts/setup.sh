@@ -12,6 +12,7 @@
 #     full only)
 #   - rustup components rustfmt and clippy (reported, not fatal, if rustup cannot fetch them)
 #   - e2e/browser/node_modules: playwright-core (npm) driving the system Chromium (full only)
+#   - .venv-chart/: the Helm chart tests' Python packages, charts/tests/requirements.txt (full only)
 #   - .venv-autobahn/: Autobahn|Testsuite (`wstest`) in a Python 2.7 virtualenv (full only);
 #     Python 2.7 is pyenv's 2.7.18, or $SWITCHBOARD_PYTHON2.
 set -euo pipefail
@@ -109,6 +110,19 @@ if ! python3 -c 'import jsonschema, yaml' >/dev/null 2>&1; then
     say "installing jsonschema and PyYAML (pip) for the CRD schema check"
     python3 -m pip install -q --disable-pip-version-check jsonschema pyyaml >>"$LOG" 2>&1 ||
         fail "pip install jsonschema pyyaml"
+fi
+
+# --- Helm chart tests: .venv-chart (Helm v4 SDK, kubernetes-validate, pytest; pinned) -----------
+
+CHART_VENV="$ROOT/.venv-chart"
+CHART_REQS="$ROOT/charts/tests/requirements.txt"
+if ! cmp -s "$CHART_REQS" "$CHART_VENV/.switchboard-requirements"; then
+    say "creating .venv-chart for the Helm chart tests (pip: charts/tests/requirements.txt)"
+    rm -rf "$CHART_VENV"
+    python3 -m venv "$CHART_VENV" >>"$LOG" 2>&1 || fail "python3 -m venv .venv-chart"
+    "$CHART_VENV/bin/pip" install -q --disable-pip-version-check -r "$CHART_REQS" >>"$LOG" 2>&1 ||
+        fail "pip install -r charts/tests/requirements.txt into .venv-chart"
+    cp "$CHART_REQS" "$CHART_VENV/.switchboard-requirements"
 fi
 
 # --- Autobahn|Testsuite (Python 2.7 only) ------------------------------------------------------
