@@ -12,6 +12,7 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::metrics::metrics;
 
@@ -150,11 +151,28 @@ impl ShutdownSignalWatch for DrainingSignal {
         let (propagation, deadline) = (self.settings)();
         tracing::info!("SIGTERM: draining");
         let started = Instant::now();
-        let clean = tokio::select! {
-            clean = self.drain.run(propagation, deadline) => clean,
-            _ = int.recv() => false,
-            _ = term.recv() => false,
-        };
+        // Exported (when tracing is on) and flushed by the process's shutdown after pingora stops.
+        let span = tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            "drain",
+            connections = self.drain.live(),
+            duration_ms = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            left = tracing::field::Empty,
+        );
+        let clean = async {
+            tokio::select! {
+                clean = self.drain.run(propagation, deadline) => clean,
+                _ = int.recv() => false,
+                _ = term.recv() => false,
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        span.record("duration_ms", started.elapsed().as_millis() as u64);
+        span.record("outcome", if clean { "graceful" } else { "forced" });
+        span.record("left", self.drain.live());
+        drop(span);
         if clean {
             tracing::info!(elapsed = ?started.elapsed(), "drain complete: graceful exit");
         } else {

@@ -20,5 +20,6 @@ pub mod pipeline;
 pub mod proxy;
 pub mod rooms;
 pub mod routes;
+pub mod telemetry;
 pub mod tls;
 pub mod tunnel;

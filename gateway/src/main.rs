@@ -1,5 +1,6 @@
-//! `switchboard-gateway`: parse arguments, set up logging, load and validate the config before
-//! binding anything, then run. `--check` validates and exits (0 ok, 64 invalid).
+//! `switchboard-gateway`: parse arguments, set up logging (and trace export when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set), load and validate the config before binding anything,
+//! then run. `--check` validates and exits (0 ok, 64 invalid).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use switchboard_gateway::boot;
 use switchboard_gateway::kubernetes::{self, KubeSettings, ObjectRef};
+use switchboard_gateway::telemetry;
 
 /// Switchboard realtime gateway.
 #[derive(Debug, Parser)]
@@ -42,7 +44,13 @@ const EX_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(&args.log_format);
+    let telemetry = match telemetry::init(&args.log_format) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("switchboard-gateway: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
     // One crypto provider for every rustls user in the process (TLS listener, JWKS client).
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -90,25 +98,14 @@ fn main() -> ExitCode {
         reload_interval: args.reload_interval,
         threads: args.threads,
     };
-    match boot::run(cfg, opts) {
+    let ran = boot::run(cfg, opts);
+    // After the drain: its spans (and the last handshakes) are sent before the process exits.
+    telemetry.shutdown();
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchboard-gateway: {e}");
             ExitCode::from(EX_CONFIG)
         }
-    }
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

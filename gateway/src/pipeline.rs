@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchboard_config::PinningKey;
+use tracing::Instrument;
 
 use crate::admission::client_ip::client_ip;
 use crate::auth::jwt::Claims;
@@ -158,12 +159,51 @@ fn pin_key(
     key.unwrap_or_else(|| ip.to_string())
 }
 
+/// The transport a request asks for, as the `handshake` span records it. A plain `GET` on a
+/// rooms route can only be long-polling (or refused).
+fn transport(req: &Request<Incoming>, rooms: bool) -> &'static str {
+    if is_websocket(req) {
+        "ws"
+    } else if crate::rooms::entry::is_event_stream(req) {
+        "sse"
+    } else if rooms && req.method() == http::Method::GET {
+        "longpoll"
+    } else {
+        "http"
+    }
+}
+
 /// Handle one request from the edge listener.
 pub async fn handle(
     gw: Arc<Gateway>,
     conn: Conn,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    // One span per request, ended when the response (the 101 included) is ready: never the
+    // connection's lifetime. Never the token, the query string or any header.
+    let span = tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "handshake",
+        otel.kind = "server",
+        route = tracing::field::Empty,
+        transport = tracing::field::Empty,
+        status = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        reason = tracing::field::Empty,
+    );
+    let resp = route_and_admit(gw, conn, req, &span)
+        .instrument(span.clone())
+        .await;
+    span.record("status", resp.status().as_u16());
+    Ok(resp)
+}
+
+async fn route_and_admit(
+    gw: Arc<Gateway>,
+    conn: Conn,
+    req: Request<Incoming>,
+    span: &tracing::Span,
+) -> Response<Body> {
     let table = gw.routes.load_full();
     let host = req
         .headers()
@@ -172,12 +212,29 @@ pub async fn handle(
         .map(str::to_string)
         .or_else(|| req.uri().host().map(str::to_string));
     let Some(route) = table.lookup(host.as_deref(), req.uri().path()) else {
-        return Ok(refuse("", Refusal::NoRoute));
+        if !span.is_disabled() {
+            span.record("transport", transport(&req, false));
+        }
+        span.record("outcome", "refused");
+        span.record("reason", Refusal::NoRoute.label());
+        return refuse("", Refusal::NoRoute);
     };
     let name = route.cfg.name.clone();
+    // Nothing is computed for the span when tracing is off.
+    if !span.is_disabled() {
+        span.record("route", name.as_str());
+        span.record("transport", transport(&req, route.rooms.is_some()));
+    }
     match admit_and_proxy(gw, conn, route, req).await {
-        Ok(resp) => Ok(resp),
-        Err(r) => Ok(refuse(&name, r)),
+        Ok(resp) => {
+            span.record("outcome", "accepted");
+            resp
+        }
+        Err(r) => {
+            span.record("outcome", "refused");
+            span.record("reason", r.label());
+            refuse(&name, r)
+        }
     }
 }
 
@@ -283,8 +340,25 @@ async fn admit_and_proxy(
         .map_err(|_| Refusal::BadHandshake("request target"))?;
     *up_req.headers_mut() = headers;
     let on_client_upgrade = hyper::upgrade::on(&mut req);
-    let handshake = open_websocket(backend, up_req, cfg.limits.upstream_timeout).await?;
-    let (resp, upstream) = match handshake {
+    let connect = connect_span(backend);
+    let handshake = open_websocket(backend, up_req, cfg.limits.upstream_timeout)
+        .instrument(connect.clone())
+        .await;
+    match &handshake {
+        Ok(Handshake::Upgraded(resp, _)) => {
+            connect.record("result", "upgraded");
+            connect.record("status", resp.status().as_u16());
+        }
+        Ok(Handshake::Refused(resp)) => {
+            connect.record("result", "app_refused");
+            connect.record("status", resp.status().as_u16());
+        }
+        Err(r) => {
+            connect.record("result", r.label());
+        }
+    }
+    drop(connect);
+    let (resp, upstream) = match handshake? {
         Handshake::Refused(resp) => {
             // The app said no: its answer goes to the client unchanged.
             metrics()
@@ -376,6 +450,18 @@ async fn admit_and_proxy(
     Ok(out)
 }
 
+/// The `proxy.connect` span: from sending the handshake (or request) to the app's answer.
+fn connect_span(backend: SocketAddr) -> tracing::Span {
+    tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "proxy.connect",
+        otel.kind = "client",
+        backend = %backend,
+        result = tracing::field::Empty,
+        status = tracing::field::Empty,
+    )
+}
+
 async fn forward_http(
     gw: &Gateway,
     route: &CompiledRoute,
@@ -395,10 +481,23 @@ async fn forward_http(
         .map_err(|_| Refusal::BadHandshake("request"))?;
     *up.headers_mut() = headers;
     let timeout = gw.config.load().limits.http_response_timeout;
+    let connect = connect_span(backend);
     let resp = tokio::time::timeout(timeout, gw.http.request(up))
+        .instrument(connect.clone())
         .await
-        .map_err(|_| Refusal::BackendTimeout)?
-        .map_err(|_| Refusal::BackendUnreachable)?;
+        .map_err(|_| Refusal::BackendTimeout)
+        .and_then(|r| r.map_err(|_| Refusal::BackendUnreachable));
+    match &resp {
+        Ok(resp) => {
+            connect.record("result", "ok");
+            connect.record("status", resp.status().as_u16());
+        }
+        Err(r) => {
+            connect.record("result", r.label());
+        }
+    }
+    drop(connect);
+    let resp = resp?;
     metrics()
         .http_requests
         .with_label_values(&[&route.cfg.name, resp.status().as_str()])

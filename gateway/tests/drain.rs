@@ -3,15 +3,29 @@
 //! route's Close code and reason, spread over the route's drain window, and the process exits 0
 //! before `drain.deadline`. Upgrades after the propagation window are refused with 503 (or find
 //! the listener gone once the process has exited).
+//!
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans of the request path and of the drain reach an
+//! OTLP/HTTP receiver run by the test before the process exits.
 
 mod support;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use prost::Message as _;
 use support::{
     EchoServer, Gateway, PROMPTLY, assert_echo, eventually, expect_close, free_port, http_get,
-    raw_exchange, try_http_get, upgrade_head, ws_connect,
+    jwt_rsa_file, raw_exchange, token_for, try_http_get, upgrade_head, ws_connect, ws_try_connect,
 };
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 const CLIENTS: usize = 8;
@@ -115,4 +129,228 @@ async fn sigterm_drains_every_client_with_the_routes_close_code_and_exits_zero()
         log.contains("drain complete: graceful exit"),
         "exited before the deadline, not forced; log:\n{log}"
     );
+}
+
+/// One exported span: its name and attributes (values rendered as text), plus the resource's.
+#[derive(Debug, Clone)]
+struct ExportedSpan {
+    name: String,
+    attrs: BTreeMap<String, String>,
+    resource: BTreeMap<String, String>,
+}
+
+fn text(v: Option<&AnyValue>) -> String {
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+fn attr_map(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
+        .collect()
+}
+
+/// A minimal OTLP/HTTP trace receiver on `127.0.0.1:0`: decodes every
+/// `ExportTraceServiceRequest` POSTed to `/v1/traces` and keeps its spans.
+struct OtlpReceiver {
+    port: u16,
+    spans: Arc<Mutex<Vec<ExportedSpan>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OtlpReceiver {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind OTLP receiver");
+        let port = listener.local_addr().expect("receiver address").port();
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let store = spans.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let status = match ExportTraceServiceRequest::decode(body) {
+                                Ok(export) if path == "/v1/traces" => {
+                                    let mut store = store.lock().unwrap();
+                                    for rs in export.resource_spans {
+                                        let resource = rs
+                                            .resource
+                                            .as_ref()
+                                            .map(|r| attr_map(&r.attributes))
+                                            .unwrap_or_default();
+                                        for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+                                            store.push(ExportedSpan {
+                                                name: span.name.clone(),
+                                                attrs: attr_map(&span.attributes),
+                                                resource: resource.clone(),
+                                            });
+                                        }
+                                    }
+                                    200
+                                }
+                                _ => 400,
+                            };
+                            let mut resp = http::Response::new(Full::new(Bytes::new()));
+                            *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            resp.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/x-protobuf"),
+                            );
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { port, spans, task }
+    }
+
+    fn spans(&self) -> Vec<ExportedSpan> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn handshake_auth_and_drain_spans_reach_the_otlp_endpoint_before_exit_without_the_token() {
+    let receiver = OtlpReceiver::start().await;
+    let echo = EchoServer::start().await;
+    let (public, admin) = (free_port(), free_port());
+    let jwt = jwt_rsa_file("tokenSources: [{query: {name: access_token}}], ");
+    let yaml = format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 0s, deadline: 5s}}
+routes:
+  - name: traced
+    path: {{value: /traced}}
+    origins: {{allowed: ["https://app.example.com"]}}
+    jwt: {jwt}
+    proxy: {{backends: [{{address: "127.0.0.1:{echo}"}}]}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 0s}}
+"#,
+        echo = echo.port()
+    );
+    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
+    let mut gateway = Gateway::start_with_env(
+        &yaml,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("POD_NAME", "gateway-0"),
+            ("POD_NAMESPACE", "edge"),
+        ],
+    )
+    .await;
+    let token = token_for("alice");
+
+    // Accepted: allowed Origin, valid token in the query string.
+    let url = gateway.ws_url(&format!("/traced?access_token={token}&room=secret-room"));
+    let mut ws = ws_try_connect(support::ws_request(
+        &url,
+        &[("Origin", "https://app.example.com")],
+    ))
+    .await
+    .expect("the upgrade is accepted");
+    assert_echo(&mut ws, "traced").await;
+
+    // Refused before the upgrade: bad Origin (the token is there too, and must not leak).
+    let head = upgrade_head(
+        &format!("/traced?access_token={token}"),
+        &[("Origin", "https://evil.example.com")],
+    );
+    let (resp, _, _) = raw_exchange(gateway.addr(), &head).await.expect("exchange");
+    assert_eq!(resp.status, 403, "{resp:?}");
+
+    gateway.terminate();
+    // The live connection is part of the drain: it gets the route's Close and answers it.
+    expect_close(&mut ws, PROMPTLY).await;
+    let status = gateway
+        .wait_exit(PROMPTLY)
+        .await
+        .expect("the gateway exits after the drain");
+    assert!(status.success(), "exit status {status}");
+
+    // Everything was exported before exit: nothing is waited for after it.
+    let spans = receiver.spans();
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    println!("exported spans: {names:?}");
+
+    let handshakes: Vec<&ExportedSpan> = spans.iter().filter(|s| s.name == "handshake").collect();
+    let accepted = handshakes
+        .iter()
+        .find(|s| s.attrs.get("status").map(String::as_str) == Some("101"))
+        .unwrap_or_else(|| panic!("an accepted handshake span: {handshakes:#?}"));
+    assert_eq!(accepted.attrs["route"], "traced");
+    assert_eq!(accepted.attrs["transport"], "ws");
+    assert_eq!(accepted.attrs["outcome"], "accepted");
+    let refused = handshakes
+        .iter()
+        .find(|s| s.attrs.get("status").map(String::as_str) == Some("403"))
+        .unwrap_or_else(|| panic!("a refused handshake span: {handshakes:#?}"));
+    assert_eq!(refused.attrs["route"], "traced");
+    assert_eq!(refused.attrs["outcome"], "refused");
+    assert_eq!(refused.attrs["reason"], "origin");
+
+    let auth = spans
+        .iter()
+        .find(|s| s.name == "auth")
+        .unwrap_or_else(|| panic!("an auth span: {names:?}"));
+    assert_eq!(auth.attrs["alg"], "RS256");
+    assert_eq!(auth.attrs["result"], "ok");
+    let connect = spans
+        .iter()
+        .find(|s| s.name == "proxy.connect")
+        .unwrap_or_else(|| panic!("a proxy.connect span: {names:?}"));
+    assert_eq!(
+        connect.attrs["backend"],
+        format!("127.0.0.1:{}", echo.port())
+    );
+    assert_eq!(connect.attrs["result"], "upgraded");
+
+    let drain = spans
+        .iter()
+        .find(|s| s.name == "drain")
+        .unwrap_or_else(|| panic!("a drain span exported before exit: {names:?}"));
+    assert_eq!(drain.attrs["outcome"], "graceful");
+    assert_eq!(drain.attrs["connections"], "1");
+    assert!(drain.attrs.contains_key("duration_ms"), "{drain:?}");
+
+    assert_eq!(accepted.resource["service.name"], "switchboard-gateway");
+    assert_eq!(accepted.resource["k8s.pod.name"], "gateway-0");
+    assert_eq!(accepted.resource["k8s.namespace.name"], "edge");
+
+    // No attribute of any span (nor the resource) carries the token or the query string.
+    let signature = token.rsplit('.').next().expect("a JWT has a signature");
+    for span in &spans {
+        for (k, v) in span.attrs.iter().chain(&span.resource) {
+            assert!(
+                !v.contains(signature) && !v.contains("access_token") && !v.contains("secret-room"),
+                "span {} attribute {k} leaks the request: {v}",
+                span.name
+            );
+        }
+    }
 }

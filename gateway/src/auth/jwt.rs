@@ -30,6 +30,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use jsonwebtoken::{AlgorithmFamily, DecodingKey, DecodingKeyKind, Validation};
 use serde_json::{Map, Value};
 use switchboard_config::{Algorithm, Jwt, KeySource};
+use tracing::Instrument;
 
 use super::jwks::{self, JwksCache, JwksRegistry};
 
@@ -708,8 +709,41 @@ impl Verifier {
 
     /// Verifies signature and claims. An unknown `kid` may trigger a rate-limited JWKS refresh that
     /// this call awaits for at most [`JWKS_WAIT`] before giving up with [`TokenError::UnknownKey`].
+    ///
+    /// Traced as the `auth` span: the header's `alg` and `kid` and the result, never a claim.
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let span = tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            "auth",
+            alg = tracing::field::Empty,
+            kid = tracing::field::Empty,
+            result = tracing::field::Empty,
+        );
+        let result = self
+            .verify_traced(token, &span)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "result",
+            match &result {
+                Ok(_) => "ok",
+                Err(e) => e.reason(),
+            },
+        );
+        result
+    }
+
+    async fn verify_traced(&self, token: &str, span: &tracing::Span) -> Result<Claims, TokenError> {
         let header = parse_header(token)?;
+        span.record("alg", tracing::field::debug(header.alg));
+        if let Some(kid) = header.kid.as_ref().filter(|_| !span.is_disabled()) {
+            // The client chose it: bounded, so a huge `kid` cannot bloat a span.
+            let end = (0..=kid.len().min(64))
+                .rev()
+                .find(|&i| kid.is_char_boundary(i))
+                .unwrap_or(0);
+            span.record("kid", &kid[..end]);
+        }
         let first = self.attempt(token, &header);
         if first.result.is_ok() || !first.refresh || self.inner.jwks.is_empty() {
             return first.result;

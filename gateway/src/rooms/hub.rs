@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
-use super::bus::{Bus, BusError, Member, Payload, Position, Replay, RoomKey, RoomMessage};
+use super::bus::{Bus, BusError, Member, Payload, Position, Publish, Replay, RoomKey, RoomMessage};
 use super::outbox::{Item, Outbox};
 use super::protocol;
 
@@ -170,12 +171,22 @@ impl Hub {
                         let Some(room) = weak.upgrade() else { break };
                         let mut enc = Encoded { msg, json: None };
                         let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
-                        for (conn, slot) in members.iter_mut() {
-                            match &mut slot.syncing {
-                                Some(buf) => buf.push(enc.msg.clone()),
-                                None => deliver(slot, conn, &mut enc),
+                        // One span per message and pod (a disabled callsite when not exporting),
+                        // never one per delivery.
+                        let span = tracing::info_span!(
+                            target: crate::telemetry::TARGET,
+                            "rooms.fanout",
+                            namespace = %key2.namespace,
+                            members = members.len(),
+                        );
+                        span.in_scope(|| {
+                            for (conn, slot) in members.iter_mut() {
+                                match &mut slot.syncing {
+                                    Some(buf) => buf.push(enc.msg.clone()),
+                                    None => deliver(slot, conn, &mut enc),
+                                }
                             }
-                        }
+                        });
                     }
                     ev = sub.presence.recv() => {
                         let Some(ev) = ev else { continue };
@@ -205,7 +216,40 @@ impl Hub {
     /// Join `key`. With `since`, the exact gap is queued first (or `recovered: false` when it
     /// is gone); then live messages follow without loss or duplicates. `reply` queues a
     /// `joined` message (with the client's id) before any message of the room.
+    ///
+    /// Traced as the `rooms.join` span (namespace, resumed, recovered; not the room name).
     pub async fn join(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        j: &Joiner,
+        since: Option<&Position>,
+        reply: Option<Option<&str>>,
+    ) -> Result<Joined, BusError> {
+        let span = tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            "rooms.join",
+            namespace = %key.namespace,
+            resumed = since.is_some(),
+            recovered = tracing::field::Empty,
+            result = tracing::field::Empty,
+        );
+        let joined = self
+            .join_untraced(key, j, since, reply)
+            .instrument(span.clone())
+            .await;
+        match &joined {
+            Ok(j) => {
+                span.record("recovered", j.recovered);
+                span.record("result", "ok");
+            }
+            Err(_) => {
+                span.record("result", "error");
+            }
+        }
+        joined
+    }
+
+    async fn join_untraced(
         self: &Arc<Self>,
         key: &RoomKey,
         j: &Joiner,
@@ -265,6 +309,26 @@ impl Hub {
             recovered,
             position,
         })
+    }
+
+    /// Publish into a room through the bus, traced as the `rooms.publish` span. `source` says
+    /// who published: `ws` (room protocol), `raw` (raw relay frame) or `api` (publish API).
+    pub async fn publish(
+        &self,
+        p: Publish,
+        source: &'static str,
+    ) -> Result<Option<Position>, BusError> {
+        let span = tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            "rooms.publish",
+            namespace = %p.key.namespace,
+            source,
+            ephemeral = p.ephemeral,
+            result = tracing::field::Empty,
+        );
+        let result = self.bus.publish(p).instrument(span.clone()).await;
+        span.record("result", if result.is_ok() { "ok" } else { "error" });
+        result
     }
 
     /// Replay (when resuming) and the position live delivery continues from.

@@ -144,7 +144,7 @@ pub async fn handle(gw: &Gateway, req: http::Request<Incoming>) -> (StatusCode, 
             ephemeral: r.ephemeral || !keeps_history,
             origin_conn: None,
         };
-        match gw.hub.bus().publish(p).await {
+        match gw.hub.publish(p, "api").await {
             Ok(pos) => results.push(json!({"room": room, "seq": pos.as_ref().map(|p| p.seq), "epoch": pos.map(|p| p.epoch)})),
             Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string(), "published": results})),
         }

@@ -375,7 +375,7 @@ impl Session {
                 ephemeral: self.ctx.policy.cfg.history.is_none(),
                 origin_conn: Some(self.ctx.conn_id.clone()),
             };
-            if self.ctx.hub.bus().publish(p).await.is_err() {
+            if self.ctx.hub.publish(p, "raw").await.is_err() {
                 return Some(self.close(CloseCause::BusUnavailable).await);
             }
             return None;
@@ -555,7 +555,7 @@ impl Session {
             ephemeral,
             origin_conn: Some(self.ctx.conn_id.clone()),
         };
-        let result = self.ctx.hub.bus().publish(p).await;
+        let result = self.ctx.hub.publish(p, "ws").await;
         let label = if result.is_ok() { "ok" } else { "error" };
         crate::metrics::metrics()
             .room_publishes

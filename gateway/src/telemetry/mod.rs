@@ -1,0 +1,156 @@
+//! Logs and traces. [`init`] installs the one `tracing` subscriber of the process: the log layer
+//! (`--log-format text|json` on stderr, filtered by `RUST_LOG`) and, only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, an OpenTelemetry
+//! layer that batches spans and exports them over OTLP/HTTP (protobuf) — see [`export`].
+//!
+//! Exported spans are the short-lived steps of the request path and of shutdown, each created
+//! with [`TARGET`] so the two layers can tell them apart: the log layer never sees them (log lines
+//! read exactly as they did before tracing existed) and the trace layer sees nothing else (no log
+//! event, and so no header, token or query string, can reach a collector by accident).
+//!
+//! | span | where | attributes |
+//! | --- | --- | --- |
+//! | `handshake` | every request on an edge listener, until its response | `route`, `transport`, `status`, `outcome`, `reason` |
+//! | `auth` | JWT check | `alg`, `kid`, `result` |
+//! | `proxy.connect` | opening the app's WebSocket, or forwarding plain HTTP | `backend`, `result`, `status` |
+//! | `rooms.join` | a member joins a room | `namespace`, `resumed`, `recovered`, `result` |
+//! | `rooms.publish` | a client or the publish API publishes | `namespace`, `source`, `ephemeral`, `result` |
+//! | `rooms.fanout` | a room message reaches this pod's members | `namespace`, `members` |
+//! | `drain` | SIGTERM until the last connection closed (or the deadline) | `connections`, `duration_ms`, `outcome`, `left` |
+
+pub mod export;
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
+use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, fmt};
+
+pub use export::{ExportSettings, TelemetryError};
+
+/// The `tracing` target of every span meant for export (and of nothing else).
+pub const TARGET: &str = "switchboard::trace";
+
+/// How long shutdown waits for the last batch of spans to reach the collector.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The installed telemetry: holds the tracer provider when traces are exported. Call
+/// [`Telemetry::shutdown`] once the drain is over so its spans are sent before exit.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+    endpoint: Option<String>,
+}
+
+impl Telemetry {
+    /// Read the OpenTelemetry environment through `env` and build the exporter when an OTLP
+    /// endpoint is set. Nothing is built (no thread, no runtime, no client) when none is.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, TelemetryError> {
+        match ExportSettings::from_env(&env)? {
+            Some(settings) => Ok(Self {
+                provider: Some(export::provider(&settings, &env)?),
+                endpoint: Some(settings.endpoint),
+            }),
+            None => Ok(Self {
+                provider: None,
+                endpoint: None,
+            }),
+        }
+    }
+
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Flush the spans still queued and stop the exporter (bounded by a few seconds: a
+    /// collector that is down must not hold the pod past its grace period).
+    pub fn shutdown(self) {
+        let Some(provider) = self.provider else {
+            return;
+        };
+        if let Err(e) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
+            tracing::warn!(error = %e, "OpenTelemetry: spans may be lost at exit");
+        }
+    }
+}
+
+/// Install the process's subscriber: logs as `--log-format` says (`json`, otherwise text) and
+/// the trace exporter when the environment asks for one. Errors name the variable at fault.
+pub fn init(log_format: &str) -> Result<Telemetry, TelemetryError> {
+    let telemetry = Telemetry::from_env(|k| std::env::var(k).ok())?;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora=warn"))
+        // Export-only spans stay out of the logs, whatever RUST_LOG says for `switchboard`.
+        .add_directive(
+            format!("{TARGET}=off")
+                .parse()
+                .unwrap_or_else(|_| Level::ERROR.into()),
+        );
+    let logs = fmt::layer().with_writer(std::io::stderr);
+    let logs = if log_format == "json" {
+        logs.json().with_filter(filter).boxed()
+    } else {
+        logs.with_filter(filter).boxed()
+    };
+    let traces = telemetry.provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("switchboard-gateway"))
+            .with_filter(filter_fn(|meta| {
+                meta.target() == TARGET && *meta.level() <= Level::INFO
+            }))
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .init();
+    if let Some(endpoint) = &telemetry.endpoint {
+        tracing::info!(%endpoint, "OpenTelemetry: exporting traces over OTLP/HTTP");
+    }
+    Ok(telemetry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_exporter_is_built_when_no_endpoint_is_set() {
+        let t = Telemetry::from_env(|_| None).unwrap();
+        assert!(!t.exporting());
+        t.shutdown();
+    }
+
+    #[test]
+    fn an_empty_endpoint_counts_as_unset() {
+        let t = Telemetry::from_env(|k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(String::new))
+            .unwrap();
+        assert!(!t.exporting());
+    }
+
+    #[test]
+    fn an_endpoint_builds_the_exporter_without_connecting() {
+        let t = Telemetry::from_env(|k| {
+            (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://127.0.0.1:9".to_string())
+        })
+        .unwrap();
+        assert!(t.exporting());
+        t.shutdown();
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_an_error_naming_the_variable() {
+        let e = Telemetry::from_env(|k| {
+            (k == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").then(|| "collector:4318".to_string())
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            "{e}"
+        );
+    }
+}
