@@ -121,6 +121,13 @@ fn compile_route(r: &Route, ctx: &CompileContext<'_>) -> Result<CompiledRoute, S
                         while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
                             bytes.pop();
                         }
+                        if bytes.len() < switchboard_config::MIN_SIGNATURE_SECRET_BYTES {
+                            return Err(format!(
+                                "proxy.signature.secretFile: `{file}` holds {} bytes; an HMAC-SHA256 key needs at least {}",
+                                bytes.len(),
+                                switchboard_config::MIN_SIGNATURE_SECRET_BYTES
+                            ));
+                        }
                         bytes
                     }
                     (None, None) => return Err("proxy.signature: no secret".into()),
@@ -201,7 +208,10 @@ fn path_score(kind: &PathMatchKind, value: &str, path: &str) -> Option<(usize, u
 mod tests {
     use super::*;
 
-    fn table(yaml_routes: &str) -> RouteTable {
+    fn compile(
+        yaml_routes: &str,
+        read_file: &dyn Fn(&str) -> std::io::Result<Vec<u8>>,
+    ) -> Result<RouteTable, Vec<String>> {
         let cfg = GatewayConfig::from_yaml(&format!(
             "apiVersion: switchboard.dev/v1alpha1\nkind: GatewayConfig\nlisteners: [{{name: p, address: '127.0.0.1:1'}}]\nroutes: {yaml_routes}"
         ))
@@ -209,18 +219,33 @@ mod tests {
         let jwks = JwksRegistry::new();
         let admission = AdmissionRegistry::default();
         let backends = BackendRegistry::default();
-        let read =
-            |_: &str| -> std::io::Result<Vec<u8>> { Err(std::io::ErrorKind::NotFound.into()) };
         RouteTable::compile(
             &cfg,
             &CompileContext {
                 jwks: &jwks,
                 admission: &admission,
                 backends: &backends,
-                read_file: &read,
+                read_file,
             },
         )
-        .unwrap()
+    }
+
+    fn table(yaml_routes: &str) -> RouteTable {
+        compile(yaml_routes, &|_| Err(std::io::ErrorKind::NotFound.into())).unwrap()
+    }
+
+    #[test]
+    fn a_signature_secret_file_shorter_than_32_bytes_is_refused() {
+        let route =
+            "[{name: a, path: {value: /}, proxy: {backends: [], signature: {secretFile: /s}}}]";
+        let problems = compile(route, &|_| Ok(b"short-secret\n".to_vec()))
+            .err()
+            .expect("a 12-byte key is refused");
+        assert!(
+            problems.iter().any(|p| p.contains("holds 12 bytes")),
+            "{problems:?}"
+        );
+        assert!(compile(route, &|_| Ok(vec![b'k'; 32])).is_ok());
     }
 
     fn name(t: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {

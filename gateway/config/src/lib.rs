@@ -17,7 +17,7 @@ pub mod origin;
 mod validate;
 
 pub use model::*;
-pub use validate::{Problem, validate};
+pub use validate::{MIN_SIGNATURE_SECRET_BYTES, Problem, validate};
 
 /// The `apiVersion` this crate reads and writes.
 pub const API_VERSION: &str = "switchboard.dev/v1alpha1";

@@ -45,6 +45,8 @@ impl fmt::Display for Problem {
 pub const MAX_CLOSE_REASON_BYTES: usize = 123;
 /// The most clock skew a route may allow.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(30);
+/// Shortest identity-signature secret: HMAC-SHA256 keys below the hash size are weak (RFC 2104).
+pub const MIN_SIGNATURE_SECRET_BYTES: usize = 32;
 
 /// Check the whole document; an empty list means valid.
 pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
@@ -545,6 +547,17 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
                             "give exactly one of secret, secretFile",
                         ));
                     }
+                    if let Some(secret) = &sig.secret
+                        && secret.len() < MIN_SIGNATURE_SECRET_BYTES
+                    {
+                        p.push(Problem::new(
+                            format!("{at}.proxy.signature.secret"),
+                            format!(
+                                "is {} bytes; an HMAC-SHA256 key needs at least {MIN_SIGNATURE_SECRET_BYTES}",
+                                secret.len()
+                            ),
+                        ));
+                    }
                     if !valid_header_name(&sig.header) {
                         p.push(Problem::new(
                             format!("{at}.proxy.signature.header"),
@@ -694,6 +707,23 @@ mod tests {
             p,
             vec!["routes[0].jwt.leeway: must be at most 30s".to_string()]
         );
+    }
+
+    #[test]
+    fn an_identity_signature_secret_shorter_than_32_bytes_is_refused() {
+        let route = |secret: &str| {
+            format!(
+                "routes: [{{name: a, path: {{value: /}}, proxy: {{backends: [], signature: {{secret: '{secret}'}}}}}}]"
+            )
+        };
+        assert_eq!(
+            problems(&route(&"k".repeat(31))),
+            vec![
+                "routes[0].proxy.signature.secret: is 31 bytes; an HMAC-SHA256 key needs at least 32"
+                    .to_string()
+            ]
+        );
+        assert!(problems(&route(&"k".repeat(32))).is_empty());
     }
 
     #[test]
