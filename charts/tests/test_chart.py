@@ -50,7 +50,7 @@ UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
 VALUES_FILES = sorted(p.stem for p in VALUES_DIR.glob("*.yaml"))
 
 # Kinds with no Kubernetes schema available offline; checked structurally instead.
-NO_SCHEMA_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+NO_SCHEMA_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
 # --- helpers ---------------------------------------------------------------------------------
