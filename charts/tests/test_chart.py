@@ -329,6 +329,8 @@ def test_a_misspelt_values_key_fails_schema_validation_and_install(typo):
         {"gateway": {"logFormat": "yaml"}},
         {"gateway": {"config": {"limits": {"handshakeTimeout": "ten seconds"}}}},
         {"operator": {"watchNamespaces": ["Not_A_Namespace"]}},
+        {"gateway": {"tracing": {"sampleRatio": 2}}},
+        {"gateway": {"tracing": {"otlpEndpoint": "otel-collector:4318"}}},
     ],
     ids=lambda v: yaml.safe_dump(v, default_flow_style=True).strip(),
 )
@@ -669,6 +671,24 @@ def test_the_service_monitors_scrape_the_metrics_ports_of_the_right_services():
             assert e["port"] in port_names and e["path"] == "/metrics"
     assert not by_kind(objects("defaults"), "ServiceMonitor")
 
+
+
+def _env(c: dict) -> dict[str, object]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def test_gateways_export_traces_only_when_an_otlp_endpoint_is_set():
+    default = _env(container(objects("defaults"), "Deployment", f"{RELEASE}-gateway"))
+    assert not any(k.startswith("OTEL_") for k in default), default
+    # The pod's identity always reaches the trace resource, from the downward API.
+    assert default["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert default["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    traced = _env(container(objects("observability"), "Deployment", f"{RELEASE}-gateway"))
+    assert traced["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert (traced["OTEL_TRACES_SAMPLER"], traced["OTEL_TRACES_SAMPLER_ARG"]) == (
+        "parentbased_traceidratio",
+        "0.25",
+    )
 
 @pytest.mark.parametrize("values_file", VALUES_FILES)
 def test_every_pod_selector_selects_its_own_pods_only(values_file):
