@@ -75,11 +75,16 @@ pub fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             });
             reply(StatusCode::OK, "application/json", body.to_string())
         }
-        (&http::Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics().render(),
-        ),
+        (&http::Method::GET, "/metrics") => {
+            // Readiness is a condition, not an event: read it at scrape time so an unready pod
+            // shows up in Prometheus while it stays unready.
+            metrics().ready.set(i64::from(gw.ready()));
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics().render(),
+            )
+        }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }

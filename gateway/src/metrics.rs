@@ -25,6 +25,8 @@ pub struct Metrics {
     pub drain_remaining: IntGauge,
     /// `switchboard_draining` (1 while draining)
     pub draining: IntGauge,
+    /// `switchboard_ready` (1 while `/readyz` would answer 200), set on every scrape
+    pub ready: IntGauge,
     /// `switchboard_config_generation`
     pub config_generation: IntGauge,
     /// `switchboard_config_reloads_total{result}`
@@ -88,6 +90,14 @@ impl Metrics {
             .expect("static metric definition");
         registry
             .register(Box::new(draining.clone()))
+            .expect("metric registered once");
+        let ready = IntGauge::new(
+            "switchboard_ready",
+            "1 while the gateway is ready (what /readyz answers), as of this scrape",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(ready.clone()))
             .expect("metric registered once");
         let config_generation = IntGauge::new(
             "switchboard_config_generation",
@@ -213,6 +223,7 @@ impl Metrics {
             connections_active,
             drain_remaining,
             draining,
+            ready,
             config_generation,
         }
     }

@@ -23,7 +23,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message as _;
 use support::{
     EchoServer, Gateway, PROMPTLY, assert_echo, eventually, expect_close, free_port, http_get,
-    jwt_rsa_file, raw_exchange, token_for, try_http_get, upgrade_head, ws_connect, ws_try_connect,
+    jwt_rsa_file, metric_sum, metrics_text, raw_exchange, token_for, try_http_get, upgrade_head,
+    ws_connect, ws_try_connect,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -58,6 +59,12 @@ async fn sigterm_drains_every_client_with_the_routes_close_code_and_exits_zero()
         assert_echo(&mut ws, "before the drain").await;
         clients.push(ws);
     }
+    let ready = |text: &str| metric_sum(text, "switchboard_ready", &[]);
+    assert_eq!(
+        ready(&metrics_text(&gateway).await),
+        1.0,
+        "ready before SIGTERM"
+    );
 
     gateway.terminate();
     eventually("/readyz to fail after SIGTERM", PROMPTLY, || async {
@@ -69,6 +76,11 @@ async fn sigterm_drains_every_client_with_the_routes_close_code_and_exits_zero()
     .await;
     let (_, body) = http_get(gateway.admin(), "/readyz").await;
     assert_eq!(body.trim(), "draining");
+    assert_eq!(
+        ready(&metrics_text(&gateway).await),
+        0.0,
+        "not ready while draining"
+    );
 
     // Still inside the propagation window: the listener accepts and proxies a new client.
     let mut late = ws_connect(&gateway.ws_url("/client/late")).await;
