@@ -165,7 +165,7 @@ async fn a_member_resumes_on_the_other_pod_with_exactly_the_gap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_is_cluster_wide_and_a_crashed_pods_members_disappear() {
+async fn presence_is_cluster_wide_and_a_crashed_pods_members_are_announced_as_leaving() {
     let (_nats, a, b) = cluster().await;
     let mut alice = json_ws(&a, "alice").await;
     alice.join("chat:p").await;
@@ -210,10 +210,32 @@ async fn presence_is_cluster_wide_and_a_crashed_pods_members_disappear() {
     }
     bob.join("chat:p").await;
 
-    // Pod B crashes (SIGKILL: no leave is ever sent). Its members drop out of the snapshot
-    // once their presence entries expire (presenceTtl 3s).
+    // Pod B crashes (SIGKILL: no leave is ever sent). Its members' presence entries expire
+    // (presenceTtl 3s); pod A's listing every presenceTtl / 3 then announces bob's `leave`
+    // (after two listings without him) and drops him from the snapshot.
     drop(bob);
     drop(b);
+    let crashed = tokio::time::Instant::now();
+    let leave = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let (ev, _) = alice.recv_type("presence").await;
+            if ev["event"] == "leave" {
+                break ev;
+            }
+        }
+    })
+    .await
+    .expect("a leave event for the crashed pod's member within 20s");
+    assert_eq!(
+        leave["member"]["conn"].as_str(),
+        Some(bob_conn.as_str()),
+        "{leave}"
+    );
+    assert_eq!(leave["member"]["user"], "bob", "{leave}");
+    println!(
+        "leave of a crashed pod's member announced after {:?}",
+        crashed.elapsed()
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for n in 0.. {
         let id = format!("poll-{n}");

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::bus::{Bus, BusError, Member, Payload, Position, Publish, Replay, RoomKey, RoomMessage};
 use super::outbox::{Item, Outbox};
+use super::presence::PresenceView;
 use super::protocol;
 
 /// How a member wants messages encoded.
@@ -55,7 +56,28 @@ struct Slot {
 
 struct LocalRoom {
     members: Mutex<HashMap<String, Slot>>,
+    /// Who the members with presence events were told of (locked before `members`).
+    presence: Mutex<PresenceView>,
     pump: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LocalRoom {
+    /// Queue a presence event to every member that asked for presence events.
+    fn announce(&self, room: &str, joined: bool, member: &Member) {
+        let text = protocol::presence_event(room, joined, member);
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in members.values().filter(|s| s.presence_events) {
+            slot.outbox.push(Item::Reply(text.clone()));
+        }
+    }
+
+    fn watches_presence(&self) -> bool {
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|s| s.presence_events)
+    }
 }
 
 impl Drop for LocalRoom {
@@ -159,6 +181,7 @@ impl Hub {
         let mut sub = self.bus.subscribe(key).await?;
         let room = Arc::new(LocalRoom {
             members: Mutex::default(),
+            presence: Mutex::default(),
             pump: Mutex::new(None),
         });
         let weak = Arc::downgrade(&room);
@@ -191,11 +214,11 @@ impl Hub {
                     ev = sub.presence.recv() => {
                         let Some(ev) = ev else { continue };
                         let Some(room) = weak.upgrade() else { break };
-                        let text: Arc<str> = protocol::presence_event(&key2.room, ev.joined, &ev.member).into();
-                        let members = room.members.lock().unwrap_or_else(|p| p.into_inner());
-                        for slot in members.values().filter(|s| s.presence_events) {
-                            slot.outbox.push(Item::Reply(text.to_string()));
+                        let mut view = room.presence.lock().unwrap_or_else(|p| p.into_inner());
+                        if view.on_event(ev.joined, &ev.member) {
+                            room.announce(&key2.room, ev.joined, &ev.member);
                         }
+                        drop(view);
                     }
                 }
             }
@@ -405,6 +428,30 @@ impl Hub {
         }
     }
 
+    /// Repair the presence view of every room watched on this pod from a cluster listing
+    /// (see [`PresenceView`]): members whose entries expired without a `leave` (their pod
+    /// crashed) get one, joins lost on the bus get theirs. One listing per watched room.
+    pub async fn sweep_presence(&self) {
+        let watched: Vec<(RoomKey, Arc<LocalRoom>)> = self
+            .rooms
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, room)| room.watches_presence())
+            .map(|(key, room)| (key.clone(), room.clone()))
+            .collect();
+        for (key, room) in watched {
+            let Ok(listed) = self.bus.presence_list(&key).await else {
+                continue; // the bus is down: nothing is concluded from a missing listing
+            };
+            let mut view = room.presence.lock().unwrap_or_else(|p| p.into_inner());
+            for (joined, member) in view.on_listing(listed) {
+                tracing::debug!(room = %key.room, conn = %member.conn, joined, "presence repaired from the listing");
+                room.announce(&key.room, joined, &member);
+            }
+        }
+    }
+
     /// Refresh presence every `period` until `shutdown`.
     pub async fn run_presence(
         &self,
@@ -416,6 +463,7 @@ impl Hub {
                 _ = tokio::time::sleep(period) => {
                     crate::metrics::metrics().bus_up.set(i64::from(self.bus.healthy()));
                     self.refresh_presence().await;
+                    self.sweep_presence().await;
                 }
                 _ = shutdown.changed() => return,
             }

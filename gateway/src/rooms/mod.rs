@@ -8,6 +8,7 @@ pub mod entry;
 pub mod hooks;
 pub mod hub;
 pub mod outbox;
+pub mod presence;
 pub mod protocol;
 pub mod publish_api;
 pub mod route;
