@@ -13,6 +13,7 @@ pub mod config_watch;
 pub mod drain;
 pub mod error;
 pub mod gateway;
+pub mod http_client;
 pub mod kubernetes;
 pub mod listener;
 pub mod metrics;

@@ -28,10 +28,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{ACCEPT, USER_AGENT};
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
 use rand::Rng as _;
@@ -56,7 +52,7 @@ const REFRESH_JITTER: f64 = 0.1;
 /// The background loop re-checks at least this often even when nothing is due.
 const IDLE_TICK: Duration = Duration::from_secs(60);
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpClient = crate::http_client::HttpsClient<Empty<Bytes>>;
 
 /// All JWKS caches of the process, keyed by URL. Clone it freely; clones share the caches.
 #[derive(Clone)]
@@ -90,18 +86,7 @@ impl JwksRegistry {
     /// One HTTP client for every JWKS fetch: HTTP/1.1, `https://` via rustls (ring provider,
     /// webpki roots) and plain `http://`.
     pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(FETCH_TIMEOUT));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            // Only fails when the provider lacks every safe protocol version; ring has TLS 1.2
-            // and 1.3, so this cannot fail.
-            .expect("the ring provider supports the default TLS versions")
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(https);
+        let client = crate::http_client::https_client(Some(FETCH_TIMEOUT));
         Self {
             inner: Arc::new(RegistryInner {
                 client,

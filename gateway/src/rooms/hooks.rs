@@ -6,16 +6,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use switchboard_config::Hook;
 use tokio::sync::Semaphore;
 
 use super::bus::{Bus, Payload};
 use super::route::RoomsPolicy;
+use crate::http_client::HttpsClient;
 use crate::metrics::metrics;
 
 /// Most notifications in flight per pod, per channel (HTTP, bus); more are dropped (and
@@ -27,23 +24,15 @@ const MAX_HOOK_BODY: usize = 1 << 20;
 /// HTTP client for hooks.
 #[derive(Clone)]
 pub struct Hooks {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpsClient<Full<Bytes>>,
     notify_slots: Arc<Semaphore>,
     bus_notify_slots: Arc<Semaphore>,
 }
 
 impl Default for Hooks {
     fn default() -> Self {
-        // http:// and https:// (webpki roots, the process's one ring provider).
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            // ring supports the default TLS versions, so this cannot fail.
-            .expect("the ring provider supports the default TLS versions")
-            .https_or_http()
-            .enable_http1()
-            .build();
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: crate::http_client::https_client(None),
             notify_slots: Arc::new(Semaphore::new(MAX_NOTIFY_IN_FLIGHT)),
             bus_notify_slots: Arc::new(Semaphore::new(MAX_NOTIFY_IN_FLIGHT)),
         }

@@ -19,10 +19,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use opentelemetry::KeyValue;
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
@@ -204,26 +200,15 @@ fn export_runtime() -> Result<&'static tokio::runtime::Runtime, TelemetryError> 
 /// `http://`, a deadline per request, response bodies capped.
 #[derive(Debug)]
 struct ExportClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: crate::http_client::HttpsClient<Full<Bytes>>,
     runtime: tokio::runtime::Handle,
     timeout: Duration,
 }
 
 impl ExportClient {
     fn new(timeout: Duration) -> Result<Self, TelemetryError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            // Only fails when the provider lacks every safe protocol version; ring has TLS 1.2
-            // and 1.3, so this cannot fail.
-            .expect("the ring provider supports the default TLS versions")
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client: crate::http_client::https_client(Some(timeout)),
             runtime: export_runtime()?.handle().clone(),
             timeout,
         })
