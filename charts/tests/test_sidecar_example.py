@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-import os
 import re
 import subprocess
 from functools import lru_cache
@@ -27,6 +26,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from test_chart import built_binary, require_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "examples" / "k8s" / "sidecar"
@@ -41,22 +41,6 @@ MIN_EXIT_MARGIN = 5
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def require_or_skip(reason: str) -> None:
-    """As in test_chart.py (kept in step by hand; that file is edited with the chart):
-    under `make test` (SWITCHBOARD_CHART_TESTS_STRICT=1) a missing tool is a failure."""
-    if os.environ.get("SWITCHBOARD_CHART_TESTS_STRICT") == "1":
-        pytest.fail(reason + " (strict mode: make test must provide it)")
-    pytest.skip(reason)
-
-
-def built_binary(name: str) -> Path | None:
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
-    if not target.is_absolute():
-        target = ROOT / target
-    path = target / "debug" / name
-    return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
 @lru_cache(maxsize=None)
