@@ -191,6 +191,7 @@ pub async fn handle(
         outcome = tracing::field::Empty,
         reason = tracing::field::Empty,
     );
+    crate::telemetry::continue_trace(&span, req.headers());
     let resp = route_and_admit(gw, conn, req, &span)
         .instrument(span.clone())
         .await;
@@ -341,6 +342,7 @@ async fn admit_and_proxy(
     *up_req.headers_mut() = headers;
     let on_client_upgrade = hyper::upgrade::on(&mut req);
     let connect = connect_span(backend);
+    crate::telemetry::propagate(&connect, up_req.headers_mut());
     let handshake = open_websocket(backend, up_req, cfg.limits.upstream_timeout)
         .instrument(connect.clone())
         .await;
@@ -482,6 +484,7 @@ async fn forward_http(
     *up.headers_mut() = headers;
     let timeout = gw.config.load().limits.http_response_timeout;
     let connect = connect_span(backend);
+    crate::telemetry::propagate(&connect, up.headers_mut());
     let resp = tokio::time::timeout(timeout, gw.http.request(up))
         .instrument(connect.clone())
         .await

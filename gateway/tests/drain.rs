@@ -5,7 +5,8 @@
 //! the listener gone once the process has exited).
 //!
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans of the request path and of the drain reach an
-//! OTLP/HTTP receiver run by the test before the process exits.
+//! OTLP/HTTP receiver run by the test before the process exits; a caller's `traceparent` is
+//! continued and the app is handed the gateway's.
 
 mod support;
 
@@ -147,8 +148,16 @@ async fn sigterm_drains_every_client_with_the_routes_close_code_and_exits_zero()
 #[derive(Debug, Clone)]
 struct ExportedSpan {
     name: String,
+    /// Lower-case hex, as in `traceparent`.
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
     attrs: BTreeMap<String, String>,
     resource: BTreeMap<String, String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn text(v: Option<&AnyValue>) -> String {
@@ -205,6 +214,9 @@ impl OtlpReceiver {
                                         for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
                                             store.push(ExportedSpan {
                                                 name: span.name.clone(),
+                                                trace_id: hex(&span.trace_id),
+                                                span_id: hex(&span.span_id),
+                                                parent_span_id: hex(&span.parent_span_id),
                                                 attrs: attr_map(&span.attributes),
                                                 resource: resource.clone(),
                                             });
@@ -245,6 +257,9 @@ impl Drop for OtlpReceiver {
 
 #[tokio::test]
 async fn handshake_auth_and_drain_spans_reach_the_otlp_endpoint_before_exit_without_the_token() {
+    const CALLER_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const CALLER_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
     let receiver = OtlpReceiver::start().await;
     let echo = EchoServer::start().await;
     let (public, admin) = (free_port(), free_port());
@@ -278,11 +293,14 @@ routes:
     .await;
     let token = token_for("alice");
 
-    // Accepted: allowed Origin, valid token in the query string.
+    // Accepted: allowed Origin, valid token in the query string, and the caller's trace.
     let url = gateway.ws_url(&format!("/traced?access_token={token}&room=secret-room"));
     let mut ws = ws_try_connect(support::ws_request(
         &url,
-        &[("Origin", "https://app.example.com")],
+        &[
+            ("Origin", "https://app.example.com"),
+            ("traceparent", CALLER_TRACEPARENT),
+        ],
     ))
     .await
     .expect("the upgrade is accepted");
@@ -341,6 +359,25 @@ routes:
         format!("127.0.0.1:{}", echo.port())
     );
     assert_eq!(connect.attrs["result"], "upgraded");
+
+    // W3C trace context: the handshake continues the caller's trace, and the app is handed
+    // the gateway's proxy.connect span as its parent (not the caller's span id).
+    assert_eq!(accepted.trace_id, CALLER_TRACE_ID, "{accepted:?}");
+    assert_eq!(accepted.parent_span_id, CALLER_SPAN_ID, "{accepted:?}");
+    assert_eq!(connect.trace_id, CALLER_TRACE_ID, "{connect:?}");
+    assert_eq!(connect.parent_span_id, accepted.span_id, "{connect:?}");
+    let at_app = echo.handshake_headers();
+    let traceparent = at_app[0]
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .expect("the app gets a traceparent");
+    assert_eq!(
+        traceparent,
+        format!("00-{CALLER_TRACE_ID}-{}-01", connect.span_id),
+        "the app's parent is proxy.connect"
+    );
+    // A request without a traceparent starts its own trace.
+    assert_ne!(refused.trace_id, CALLER_TRACE_ID);
 
     let drain = spans
         .iter()

@@ -3,6 +3,9 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, an OpenTelemetry
 //! layer that batches spans and exports them over OTLP/HTTP (protobuf) — see [`export`].
 //!
+//! W3C trace context: [`continue_trace`] makes a request's `handshake` a child of the caller's
+//! `traceparent`, and [`propagate`] hands the app the gateway's (proxy mode).
+//!
 //! Exported spans are the short-lived steps of the request path and of shutdown, each created
 //! with [`TARGET`] so the two layers can tell them apart: the log layer never sees them (log lines
 //! read exactly as they did before tracing existed) and the trace layer sees nothing else (no log
@@ -22,15 +25,41 @@ pub mod export;
 
 use std::time::Duration;
 
+use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
 
 pub use export::{ExportSettings, TelemetryError};
+
+/// Continue the caller's trace: with a W3C `traceparent` (and `tracestate`) on the request,
+/// `span` (a request's `handshake`) becomes a child of that remote span instead of a new root.
+/// Call it before the span is first entered. Nothing happens while spans are not exported.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    if span.is_disabled() || !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    // Fails only for a span already started, which the caller rules out.
+    let _ = span.set_parent(parent);
+}
+
+/// Put `span`'s W3C trace context on a request to the app (replacing what the client sent), so
+/// the app's own spans join the gateway's trace. Without export, the client's headers pass
+/// through unchanged.
+pub fn propagate(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
+}
 
 /// The `tracing` target of every span meant for export (and of nothing else).
 pub const TARGET: &str = "switchboard::trace";
