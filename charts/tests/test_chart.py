@@ -686,7 +686,7 @@ def test_gateways_export_traces_only_when_an_otlp_endpoint_is_set():
     traced = _env(container(objects("observability"), "Deployment", f"{RELEASE}-gateway"))
     assert traced["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
     assert (traced["OTEL_TRACES_SAMPLER"], traced["OTEL_TRACES_SAMPLER_ARG"]) == (
-        "parentbased_traceidratio",
+        "traceidratio",
         "0.25",
     )
 

@@ -32,3 +32,44 @@ where
         .wrap_connector(http);
     Client::builder(TokioExecutor::new()).build(https)
 }
+
+/// `url` for logs and error messages: scheme, host, port and path; never user info, a query or
+/// a fragment (they may carry credentials).
+pub fn redact_url(url: &str) -> String {
+    if let Ok(uri) = url.parse::<http::Uri>()
+        && let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host())
+    {
+        let port = uri.port().map(|p| format!(":{p}")).unwrap_or_default();
+        return format!("{scheme}://{host}{port}{}", uri.path());
+    }
+    // Not a URL `http` can parse: cut what could be secret by hand, keep the rest so the
+    // message still shows what was wrong.
+    let text = url.split(['?', '#']).next().unwrap_or_default();
+    match text.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit('@').next().unwrap_or_default();
+            format!("{scheme}://{host}{path}")
+        }
+        None => text.rsplit('@').next().unwrap_or_default().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_user_info_queries_and_fragments_in_logs() {
+        assert_eq!(
+            redact_url("https://u:p@collector.example:4318/v1/traces?api_key=s#f"),
+            "https://collector.example:4318/v1/traces"
+        );
+        assert_eq!(
+            redact_url("ftp//u:secret@host/x?key=s"),
+            "host/x",
+            "not a URL: still no user info or query"
+        );
+        assert_eq!(redact_url("nats://u:p@bad host/x"), "nats://bad host/x");
+    }
+}

@@ -210,12 +210,13 @@ async fn presence_is_cluster_wide_and_a_crashed_pods_members_are_announced_as_le
     }
     bob.join("chat:p").await;
 
-    // Pod B crashes (SIGKILL: no leave is ever sent). Its members' presence entries expire
-    // (presenceTtl 3s); pod A's listing every presenceTtl / 3 then announces bob's `leave`
-    // (after two listings without him) and drops him from the snapshot.
-    drop(bob);
+    // Pod B crashes (SIGKILL first, so it cannot send a leave for bob's socket). Its members'
+    // presence entries expire (presenceTtl 3s); pod A lists the room every presenceTtl / 3 and
+    // announces bob's `leave` once he has been missing for a whole TTL, and drops him from the
+    // snapshot.
     drop(b);
     let crashed = tokio::time::Instant::now();
+    drop(bob);
     let leave = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let (ev, _) = alice.recv_type("presence").await;
@@ -232,9 +233,11 @@ async fn presence_is_cluster_wide_and_a_crashed_pods_members_are_announced_as_le
         "{leave}"
     );
     assert_eq!(leave["member"]["user"], "bob", "{leave}");
-    println!(
-        "leave of a crashed pod's member announced after {:?}",
-        crashed.elapsed()
+    let after = crashed.elapsed();
+    println!("leave of a crashed pod's member announced after {after:?}");
+    assert!(
+        after >= Duration::from_secs(3),
+        "a leave {after:?} after the crash, before the TTL ran out, was not the expiry repair"
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for n in 0.. {

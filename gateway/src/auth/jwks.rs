@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::jwt::{KeyKind, VerifyKey, alg_from_name};
+use crate::http_client::redact_url;
 
 /// Largest JWKS document accepted.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -212,7 +213,7 @@ impl JwksCache {
     ) -> Self {
         Self {
             url: url.to_owned(),
-            log_url: redact(url),
+            log_url: redact_url(url),
             client,
             wake,
             keys: ArcSwap::from_pointee(Vec::new()),
@@ -518,19 +519,6 @@ pub(crate) fn parse_jwk(value: &Value, allow_symmetric: bool) -> Result<Option<V
     Ok(Some(key))
 }
 
-/// `url` for logs: scheme, host, port and path; no user info, query or fragment.
-fn redact(url: &str) -> String {
-    match url.parse::<http::Uri>() {
-        Ok(uri) => {
-            let scheme = uri.scheme_str().unwrap_or("");
-            let host = uri.host().unwrap_or("");
-            let port = uri.port().map(|p| format!(":{p}")).unwrap_or_default();
-            format!("{scheme}://{host}{port}{}", uri.path())
-        }
-        Err(_) => "(invalid URL)".into(),
-    }
-}
-
 fn jittered(period: Duration) -> Duration {
     let cut = rand::rng().random_range(0.0..=REFRESH_JITTER);
     period.mul_f64(1.0 - cut)
@@ -792,7 +780,7 @@ mod tests {
         drop((a, b));
         assert_eq!(registry.live().len(), 1);
         assert_eq!(
-            redact("https://u:p@idp.example:8443/keys?token=x"),
+            redact_url("https://u:p@idp.example:8443/keys?token=x"),
             "https://idp.example:8443/keys"
         );
     }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::bus::Position;
 use super::cursor::{Cursor, rooms_param};
-use super::hooks::Notifier;
+use super::hooks::{Notifier, Sent};
 use super::hub::{Encoding, Joined, Joiner};
 use super::outbox::{Item, Outbox};
 use super::protocol;
@@ -218,13 +218,15 @@ fn websocket(
         let started = std::time::Instant::now();
         let user = ctx.claims.as_ref().and_then(|c| c.sub.clone());
         let conn = ctx.conn_id.clone();
-        notifier.send(
+        let connected = notifier.send(
+            Sent::default(),
             user.as_deref(),
             json!({"event": "connect", "conn": conn, "user": user, "route": route_name, "ts": unix_now()}),
         );
         let cause = session::run(io, ctx).await;
         active.dec();
         notifier.send(
+            connected,
             user.as_deref(),
             json!({"event": "disconnect", "conn": conn, "user": user, "route": route_name, "ts": unix_now(), "code": cause.code()}),
         );

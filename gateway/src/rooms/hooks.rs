@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use switchboard_config::Hook;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use super::bus::{Bus, Payload};
 use super::route::RoomsPolicy;
@@ -132,10 +133,18 @@ impl Hooks {
         }
     }
 
-    /// Tell the app a connection started or ended (POST to `hook`); never blocks the caller.
-    /// A 2xx answer counts as delivered; anything else, a timeout or an unreachable app is
-    /// logged at debug and counted as an error.
-    pub fn notify(&self, hook: &Hook, route: &str, user: Option<&str>, event: Value) {
+    /// Tell the app a connection started or ended (POST to `hook`), after `after` (the same
+    /// connection's previous notification) is done; never blocks the caller. A 2xx answer
+    /// counts as delivered; anything else, a timeout or an unreachable app is logged at debug
+    /// and counted as an error.
+    pub fn notify(
+        &self,
+        hook: &Hook,
+        route: &str,
+        user: Option<&str>,
+        event: Value,
+        after: Option<JoinHandle<()>>,
+    ) -> Option<JoinHandle<()>> {
         let Ok(permit) = self.notify_slots.clone().try_acquire_owned() else {
             tracing::warn!(
                 route,
@@ -143,7 +152,7 @@ impl Hooks {
                 "notification dropped: too many in flight"
             );
             count_notification("http", "dropped");
-            return;
+            return after;
         };
         let (this, hook, route, user) = (
             self.clone(),
@@ -151,8 +160,11 @@ impl Hooks {
             route.to_string(),
             user.map(str::to_string),
         );
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             let _permit = permit;
+            if let Some(previous) = after {
+                let _ = previous.await;
+            }
             let result = match this.post(&hook, user.as_deref(), &route, event).await {
                 Ok((status, _)) if (200..300).contains(&status) => "ok",
                 Ok((status, _)) => {
@@ -170,12 +182,20 @@ impl Hooks {
                 }
             };
             count_notification("http", result);
-        });
+        }))
     }
 
-    /// Publish a connection's start or end on the bus (`P.events.<namespace>` on NATS); never
-    /// blocks the caller. A failed publish is logged at debug and counted as an error.
-    pub fn notify_bus(&self, bus: &Arc<dyn Bus>, namespace: &str, route: &str, event: Bytes) {
+    /// Publish a connection's start or end on the bus (`P.events.<namespace>` on NATS), after
+    /// `after` (the same connection's previous notification) is done; never blocks the caller.
+    /// A failed publish is logged at debug and counted as an error.
+    pub fn notify_bus(
+        &self,
+        bus: &Arc<dyn Bus>,
+        namespace: &str,
+        route: &str,
+        event: Bytes,
+        after: Option<JoinHandle<()>>,
+    ) -> Option<JoinHandle<()>> {
         let Ok(permit) = self.bus_notify_slots.clone().try_acquire_owned() else {
             tracing::warn!(
                 route,
@@ -183,11 +203,14 @@ impl Hooks {
                 "notification dropped: too many in flight"
             );
             count_notification("nats", "dropped");
-            return;
+            return after;
         };
         let (bus, namespace, route) = (bus.clone(), namespace.to_string(), route.to_string());
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             let _permit = permit;
+            if let Some(previous) = after {
+                let _ = previous.await;
+            }
             let result = match bus.notify(&namespace, event).await {
                 Ok(()) => "ok",
                 Err(e) => {
@@ -196,7 +219,7 @@ impl Hooks {
                 }
             };
             count_notification("nats", result);
-        });
+        }))
     }
 }
 
@@ -231,16 +254,33 @@ impl Notifier {
         }
     }
 
-    /// Send `event` everywhere this route notifies; never blocks or fails the caller.
-    pub fn send(&self, user: Option<&str>, event: Value) {
-        if let Some((bus, namespace)) = &self.bus {
-            let body = Bytes::from(event.to_string());
-            self.hooks.notify_bus(bus, namespace, &self.route, body);
-        }
-        if let Some(hook) = &self.http {
-            self.hooks.notify(hook, &self.route, user, event);
-        }
+    /// Send `event` everywhere this route notifies, each channel after `previous` (what this
+    /// connection sent before, so a `disconnect` never overtakes its `connect`); never blocks
+    /// or fails the caller.
+    pub fn send(&self, previous: Sent, user: Option<&str>, event: Value) -> Sent {
+        let bus = match &self.bus {
+            Some((bus, namespace)) => {
+                let body = Bytes::from(event.to_string());
+                self.hooks
+                    .notify_bus(bus, namespace, &self.route, body, previous.bus)
+            }
+            None => None,
+        };
+        let http = match &self.http {
+            Some(hook) => self
+                .hooks
+                .notify(hook, &self.route, user, event, previous.http),
+            None => None,
+        };
+        Sent { bus, http }
     }
+}
+
+/// A connection's notifications still on their way, per channel.
+#[derive(Debug, Default)]
+pub struct Sent {
+    bus: Option<JoinHandle<()>>,
+    http: Option<JoinHandle<()>>,
 }
 
 #[cfg(test)]
@@ -270,7 +310,7 @@ mod tests {
             &bus,
         );
         let before = nats_errors();
-        notifier.send(Some("alice"), json!({"event": "connect"}));
+        notifier.send(Sent::default(), Some("alice"), json!({"event": "connect"}));
         // Counted once the spawned publish has run (the in-process bus refuses at once).
         for _ in 0..1000 {
             if nats_errors() > before {
@@ -279,6 +319,28 @@ mod tests {
             tokio::task::yield_now().await;
         }
         panic!("the refused notification was not counted");
+    }
+
+    #[tokio::test]
+    async fn a_notification_waits_for_the_connections_previous_one() {
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+        let hooks = Hooks::default();
+        // The connection's `connect`, still on its way until `release` fires.
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let connect = tokio::spawn(async move {
+            let _ = released.await;
+        });
+        let before = nats_errors();
+        let disconnect = hooks
+            .notify_bus(&bus, "ns", "chat", Bytes::from_static(b"{}"), Some(connect))
+            .expect("sent");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(nats_errors(), before, "sent before the connect was done");
+        release.send(()).unwrap();
+        disconnect.await.unwrap();
+        assert!(nats_errors() > before, "sent once the connect was done");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! resume (exactly the gap, then live, de-duplicated by position), and presence.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -187,6 +187,7 @@ impl Hub {
         let weak = Arc::downgrade(&room);
         let key2 = key.clone();
         let pump = tokio::spawn(async move {
+            let mut presence_open = true;
             loop {
                 tokio::select! {
                     msg = sub.messages.recv() => {
@@ -211,8 +212,11 @@ impl Hub {
                             }
                         });
                     }
-                    ev = sub.presence.recv() => {
-                        let Some(ev) = ev else { continue };
+                    ev = sub.presence.recv(), if presence_open => {
+                        let Some(ev) = ev else {
+                            presence_open = false; // closed: stop polling it, keep relaying
+                            continue;
+                        };
                         let Some(room) = weak.upgrade() else { break };
                         let mut view = room.presence.lock().unwrap_or_else(|p| p.into_inner());
                         if view.on_event(ev.joined, &ev.member) {
@@ -430,21 +434,26 @@ impl Hub {
 
     /// Repair the presence view of every room watched on this pod from a cluster listing
     /// (see [`PresenceView`]): members whose entries expired without a `leave` (their pod
-    /// crashed) get one, joins lost on the bus get theirs. One listing per watched room.
+    /// crashed) get one, joins lost on the bus get theirs. One listing per watched room, one at
+    /// a time; a room that empties meanwhile is skipped (only weak references are held).
     pub async fn sweep_presence(&self) {
-        let watched: Vec<(RoomKey, Arc<LocalRoom>)> = self
+        let watched: Vec<(RoomKey, Weak<LocalRoom>)> = self
             .rooms
             .lock()
             .await
             .iter()
             .filter(|(_, room)| room.watches_presence())
-            .map(|(key, room)| (key.clone(), room.clone()))
+            .map(|(key, room)| (key.clone(), Arc::downgrade(room)))
             .collect();
         for (key, room) in watched {
-            let Ok(listed) = self.bus.presence_list(&key).await else {
-                continue; // the bus is down: nothing is concluded from a missing listing
-            };
+            let listed = self.bus.presence_list(&key).await;
+            let Some(room) = room.upgrade() else { continue };
             let mut view = room.presence.lock().unwrap_or_else(|p| p.into_inner());
+            let Ok(listed) = listed else {
+                // The bus is down: nothing is concluded across the gap.
+                view.on_listing_failed();
+                continue;
+            };
             for (joined, member) in view.on_listing(listed) {
                 tracing::debug!(room = %key.room, conn = %member.conn, joined, "presence repaired from the listing");
                 room.announce(&key.room, joined, &member);
@@ -452,21 +461,31 @@ impl Hub {
         }
     }
 
-    /// Refresh presence every `period` until `shutdown`.
+    /// Every `period` until `shutdown`: refresh this pod's presence entries, and (on a cadence
+    /// of its own, so slow listings never delay a refresh past the TTL) sweep the watched rooms.
     pub async fn run_presence(
         &self,
         period: Duration,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(period) => {
-                    crate::metrics::metrics().bus_up.set(i64::from(self.bus.healthy()));
-                    self.refresh_presence().await;
-                    self.sweep_presence().await;
-                }
-                _ = shutdown.changed() => return,
+        let refresh = async {
+            loop {
+                tokio::time::sleep(period).await;
+                crate::metrics::metrics()
+                    .bus_up
+                    .set(i64::from(self.bus.healthy()));
+                self.refresh_presence().await;
             }
+        };
+        let sweep = async {
+            loop {
+                tokio::time::sleep(period).await;
+                self.sweep_presence().await;
+            }
+        };
+        tokio::select! {
+            _ = async { tokio::join!(refresh, sweep) } => {}
+            _ = shutdown.changed() => {}
         }
     }
 }

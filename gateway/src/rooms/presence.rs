@@ -2,26 +2,38 @@
 //!
 //! Presence events travel on the bus (core NATS: at most once), and a pod that crashes never
 //! publishes the `leave` of its members: their entries only expire from the cluster's listing.
-//! So the view is kept from the events and repaired from periodic listings: a member that the
-//! watchers were told of but that is no longer listed gets a synthetic `leave`; a listed member
-//! they were never told of (its `join` was lost in an outage) gets a synthetic `join`. A listing
-//! can race an event still in flight, so a difference must show in two consecutive listings
-//! before it is announced. Every event is idempotent against the view: no member is announced
-//! twice, none leaves twice.
+//! So the view is kept from the events and repaired from periodic listings (every
+//! `presenceTtl / 3`): a member the watchers were told of that stays missing from
+//! [`LEAVE_AFTER_MISSES`] listings in a row gets a synthetic `leave`; a listed member they were
+//! never told of (its `join` was lost in an outage) gets a synthetic `join` once it shows in
+//! [`JOIN_AFTER_SIGHTINGS`] listings in a row. A listing can race an event still in flight, and
+//! a restarted NATS serves an empty bucket until the pods' next refreshes, hence the repeats: a
+//! leave waits for three refresh periods (one TTL) of absence. Every event is idempotent
+//! against the view: no member is announced twice, none leaves twice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::bus::Member;
+
+/// Consecutive listings a known member must be missing from before its `leave` is announced:
+/// three periods of `presenceTtl / 3` span one TTL, longer than a restarted NATS takes to be
+/// refilled by the pods' refreshes.
+pub const LEAVE_AFTER_MISSES: u32 = 4;
+/// Consecutive listings an unknown member must be in before its `join` is announced.
+pub const JOIN_AFTER_SIGHTINGS: u32 = 2;
 
 /// Who this pod's watchers of one room know to be present.
 #[derive(Debug, Default)]
 pub struct PresenceView {
-    /// By connection id. `None` until the first listing: until then events pass unchanged.
+    /// By connection id. `None` until the first listing.
     known: Option<HashMap<String, Member>>,
-    /// Known, but missing from the last listing.
-    missing: HashSet<String>,
-    /// Listed, but unknown in the last listing.
-    unannounced: HashSet<String>,
+    /// Before the first listing: the last event per member, passed on to the watchers as it
+    /// came, and applied on top of that listing (which may predate it).
+    early: HashMap<String, (bool, Member)>,
+    /// Known members missing from the latest listings, with how many in a row.
+    missing: HashMap<String, u32>,
+    /// Unknown members in the latest listings, with how many in a row.
+    unannounced: HashMap<String, u32>,
 }
 
 impl PresenceView {
@@ -30,6 +42,8 @@ impl PresenceView {
         self.missing.remove(&member.conn);
         self.unannounced.remove(&member.conn);
         let Some(known) = &mut self.known else {
+            self.early
+                .insert(member.conn.clone(), (joined, member.clone()));
             return true;
         };
         if joined {
@@ -39,45 +53,63 @@ impl PresenceView {
         }
     }
 
+    /// A listing could not be read (the bus is down): the runs of misses and sightings are
+    /// broken, nothing is concluded across the gap.
+    pub fn on_listing_failed(&mut self) {
+        self.missing.clear();
+        self.unannounced.clear();
+    }
+
     /// A complete listing of the room: the events (`joined`, member) to announce now.
     pub fn on_listing(&mut self, listed: Vec<Member>) -> Vec<(bool, Member)> {
         let listed: HashMap<String, Member> =
             listed.into_iter().map(|m| (m.conn.clone(), m)).collect();
         let Some(known) = &mut self.known else {
-            // The first listing is the baseline: the watchers had the snapshot to learn it.
-            self.known = Some(listed);
+            // The first listing is the baseline (the watchers had the snapshot to learn it),
+            // with the events already passed on applied on top.
+            let mut known = listed;
+            for (conn, (joined, member)) in self.early.drain() {
+                if joined {
+                    known.insert(conn, member);
+                } else {
+                    known.remove(&conn);
+                }
+            }
+            self.known = Some(known);
             return Vec::new();
         };
         let mut announce = Vec::new();
+        let mut missing = HashMap::new();
         let gone: Vec<String> = known
             .keys()
             .filter(|conn| !listed.contains_key(*conn))
             .cloned()
             .collect();
-        let mut still_missing = HashSet::new();
         for conn in gone {
-            if self.missing.contains(&conn) {
+            let misses = self.missing.get(&conn).copied().unwrap_or(0) + 1;
+            if misses >= LEAVE_AFTER_MISSES {
                 if let Some(m) = known.remove(&conn) {
                     announce.push((false, m));
                 }
             } else {
-                still_missing.insert(conn);
+                missing.insert(conn, misses);
             }
         }
-        let mut still_unannounced = HashSet::new();
+        let mut unannounced = HashMap::new();
         for (conn, m) in listed {
             if known.contains_key(&conn) {
                 continue;
             }
-            if self.unannounced.contains(&conn) {
+            let sightings = self.unannounced.get(&conn).copied().unwrap_or(0) + 1;
+            if sightings >= JOIN_AFTER_SIGHTINGS {
                 known.insert(conn, m.clone());
                 announce.push((true, m));
             } else {
-                still_unannounced.insert(conn);
+                unannounced.insert(conn, sightings);
             }
         }
-        self.missing = still_missing;
-        self.unannounced = still_unannounced;
+        self.missing = missing;
+        self.unannounced = unannounced;
         announce
     }
 }
@@ -98,6 +130,13 @@ mod tests {
         events.iter().map(|(j, m)| (*j, m.conn.as_str())).collect()
     }
 
+    /// Feed the same listing `n` times; everything announced.
+    fn listings(v: &mut PresenceView, n: u32, listed: &[&str]) -> Vec<(bool, Member)> {
+        (0..n)
+            .flat_map(|_| v.on_listing(listed.iter().map(|c| m(c)).collect()))
+            .collect()
+    }
+
     #[test]
     fn events_pass_unchanged_until_the_first_listing() {
         let mut v = PresenceView::default();
@@ -107,55 +146,86 @@ mod tests {
     }
 
     #[test]
-    fn a_member_that_vanished_from_two_listings_gets_one_leave() {
+    fn a_member_that_vanished_for_a_whole_ttl_gets_one_leave() {
         let mut v = PresenceView::default();
-        assert!(v.on_listing(vec![m("a"), m("b")]).is_empty());
+        assert!(listings(&mut v, 1, &["a", "b"]).is_empty());
         // b's pod crashed: its entry expires, no leave event ever comes.
         assert!(
-            v.on_listing(vec![m("a")]).is_empty(),
-            "one listing is not enough"
+            listings(&mut v, LEAVE_AFTER_MISSES - 1, &["a"]).is_empty(),
+            "fewer misses are not enough"
         );
-        assert_eq!(conns(&v.on_listing(vec![m("a")])), [(false, "b")]);
-        assert!(v.on_listing(vec![m("a")]).is_empty(), "announced once");
+        assert_eq!(conns(&listings(&mut v, 1, &["a"])), [(false, "b")]);
+        assert!(listings(&mut v, 5, &["a"]).is_empty(), "announced once");
         // A late leave event for b is not passed on a second time.
         assert!(!v.on_event(false, &m("b")));
     }
 
     #[test]
+    fn a_restarted_bus_that_lists_nobody_for_a_while_announces_nothing() {
+        let mut v = PresenceView::default();
+        listings(&mut v, 1, &["a", "b"]);
+        // NATS restarted with an empty bucket; the pods' refreshes fill it again.
+        assert!(listings(&mut v, LEAVE_AFTER_MISSES - 1, &[]).is_empty());
+        assert!(listings(&mut v, 3, &["a", "b"]).is_empty());
+    }
+
+    #[test]
+    fn a_failed_listing_breaks_a_run_of_misses() {
+        let mut v = PresenceView::default();
+        listings(&mut v, 1, &["a", "b"]);
+        listings(&mut v, LEAVE_AFTER_MISSES - 1, &["a"]);
+        v.on_listing_failed();
+        assert!(listings(&mut v, LEAVE_AFTER_MISSES - 1, &["a"]).is_empty());
+        assert_eq!(conns(&listings(&mut v, 1, &["a"])), [(false, "b")]);
+    }
+
+    #[test]
     fn a_listing_that_raced_a_join_event_does_not_announce_a_leave() {
         let mut v = PresenceView::default();
-        v.on_listing(vec![m("a")]);
+        listings(&mut v, 1, &["a"]);
         assert!(v.on_event(true, &m("c")));
         // The listing was read before c's entry was written.
-        assert!(v.on_listing(vec![m("a")]).is_empty());
-        assert!(v.on_listing(vec![m("a"), m("c")]).is_empty());
-        assert!(v.on_listing(vec![m("a"), m("c")]).is_empty());
+        assert!(listings(&mut v, 1, &["a"]).is_empty());
+        assert!(listings(&mut v, 5, &["a", "c"]).is_empty());
     }
 
     #[test]
     fn a_listing_that_raced_a_leave_event_does_not_announce_a_join() {
         let mut v = PresenceView::default();
-        v.on_listing(vec![m("a"), m("b")]);
+        listings(&mut v, 1, &["a", "b"]);
         assert!(v.on_event(false, &m("b")));
         // The listing was read before b's entry was removed.
-        assert!(v.on_listing(vec![m("a"), m("b")]).is_empty());
-        assert!(v.on_listing(vec![m("a")]).is_empty());
+        assert!(listings(&mut v, 1, &["a", "b"]).is_empty());
+        assert!(listings(&mut v, 5, &["a"]).is_empty());
     }
 
     #[test]
-    fn a_join_lost_on_the_bus_is_announced_after_two_listings() {
+    fn a_join_lost_on_the_bus_is_announced_once_it_was_listed_twice() {
         let mut v = PresenceView::default();
-        v.on_listing(vec![m("a")]);
-        assert!(v.on_listing(vec![m("a"), m("d")]).is_empty());
-        assert_eq!(conns(&v.on_listing(vec![m("a"), m("d")])), [(true, "d")]);
+        listings(&mut v, 1, &["a"]);
+        assert!(listings(&mut v, JOIN_AFTER_SIGHTINGS - 1, &["a", "d"]).is_empty());
+        assert_eq!(conns(&listings(&mut v, 1, &["a", "d"])), [(true, "d")]);
         // The event, arriving after all, is not passed on twice.
         assert!(!v.on_event(true, &m("d")));
     }
 
     #[test]
+    fn events_before_the_first_listing_are_applied_on_top_of_it() {
+        let mut v = PresenceView::default();
+        // Passed on before the baseline; the baseline listing was read before either.
+        assert!(v.on_event(false, &m("b")));
+        assert!(v.on_event(true, &m("c")));
+        listings(&mut v, 1, &["a", "b"]);
+        // So b is not announced leaving again, nor c joining again.
+        assert!(listings(&mut v, 5, &["a", "c"]).is_empty());
+        assert!(!v.on_event(false, &m("b")));
+        assert!(!v.on_event(true, &m("c")));
+    }
+
+    #[test]
     fn duplicate_events_are_passed_on_once() {
         let mut v = PresenceView::default();
-        v.on_listing(vec![]);
+        listings(&mut v, 1, &[]);
         assert!(v.on_event(true, &m("e")));
         assert!(!v.on_event(true, &m("e")));
         assert!(v.on_event(false, &m("e")));

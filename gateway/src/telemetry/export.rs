@@ -74,7 +74,7 @@ fn var(env: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
 fn endpoint(var_name: &'static str, value: &str) -> Result<String, TelemetryError> {
     let bad = |reason: &str| TelemetryError::Endpoint {
         var: var_name,
-        value: value.to_string(),
+        value: crate::http_client::redact_url(value),
         reason: reason.to_string(),
     };
     let url = url::Url::parse(value.trim()).map_err(|e| bad(&e.to_string()))?;

@@ -32,7 +32,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
@@ -65,7 +65,7 @@ pub fn propagate(span: &tracing::Span, headers: &mut http::HeaderMap) {
 pub const TARGET: &str = "switchboard::trace";
 
 /// How long shutdown waits for the last batch of spans to reach the collector.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The installed telemetry: holds the tracer provider when traces are exported. Call
 /// [`Telemetry::shutdown`] once the drain is over so its spans are sent before exit.
@@ -129,15 +129,20 @@ pub fn init(log_format: &str) -> Result<Telemetry, TelemetryError> {
     let traces = telemetry.provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("switchboard-gateway"))
-            .with_filter(filter_fn(|meta| {
-                meta.target() == TARGET && *meta.level() <= Level::INFO
-            }))
+            .with_filter(
+                filter_fn(|meta| meta.target() == TARGET && *meta.level() <= Level::INFO)
+                    // Without the hint the subscriber's max level becomes TRACE, and every
+                    // `log::trace!` of a dependency (several per WebSocket frame) is formatted
+                    // into an event just to be filtered out.
+                    .with_max_level_hint(LevelFilter::INFO),
+            )
     });
     tracing_subscriber::registry()
         .with(logs)
         .with(traces)
         .init();
     if let Some(endpoint) = &telemetry.endpoint {
+        let endpoint = crate::http_client::redact_url(endpoint);
         tracing::info!(%endpoint, "OpenTelemetry: exporting traces over OTLP/HTTP");
     }
     Ok(telemetry)

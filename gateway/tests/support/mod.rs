@@ -709,6 +709,13 @@ impl Gateway {
         }
         // The log is a file read by people and asserted on by tests: no ANSI colours.
         cmd.env("NO_COLOR", "1");
+        // A developer's own OpenTelemetry settings must not make test gateways export (or
+        // change what the trace test sees): only what a test passes counts.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("OTEL_") {
+                cmd.env_remove(k);
+            }
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
