@@ -26,7 +26,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from test_chart import built_binary, require_or_skip
+from test_chart import built_binary, require_or_skip, schema_failures
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "examples" / "k8s" / "sidecar"
@@ -183,14 +183,7 @@ def test_the_folder_holds_a_deployment_a_service_a_configmap_and_the_secret_they
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 def test_every_object_validates_against_the_kubernetes_schemas(kube_version):
-    failures = []
-    for o in objects():
-        try:
-            kubernetes_validate.validate(o, kube_version, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            path = "/".join(str(p) for p in getattr(e.caught, "absolute_path", []))
-            failures.append(f"{o['kind']}/{o['metadata']['name']} at {path}: {e.message}")
-    assert failures == []
+    assert schema_failures(objects(), kube_version) == []
 
 
 def test_the_schema_validation_catches_a_misspelt_field_in_the_sidecar_container():
