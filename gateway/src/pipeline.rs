@@ -346,20 +346,14 @@ async fn admit_and_proxy(
     let handshake = open_websocket(backend, up_req, cfg.limits.upstream_timeout)
         .instrument(connect.clone())
         .await;
-    match &handshake {
-        Ok(Handshake::Upgraded(resp, _)) => {
-            connect.record("result", "upgraded");
-            connect.record("status", resp.status().as_u16());
-        }
-        Ok(Handshake::Refused(resp)) => {
-            connect.record("result", "app_refused");
-            connect.record("status", resp.status().as_u16());
-        }
-        Err(r) => {
-            connect.record("result", r.label());
-        }
-    }
-    drop(connect);
+    record_connect(
+        connect,
+        match &handshake {
+            Ok(Handshake::Upgraded(resp, _)) => Ok(("upgraded", resp.status())),
+            Ok(Handshake::Refused(resp)) => Ok(("app_refused", resp.status())),
+            Err(r) => Err(r),
+        },
+    );
     let (resp, upstream) = match handshake? {
         Handshake::Refused(resp) => {
             // The app said no: its answer goes to the client unchanged.
@@ -464,6 +458,19 @@ fn connect_span(backend: SocketAddr) -> tracing::Span {
     )
 }
 
+/// End a `proxy.connect` span with what the app answered (`result`, `status`) or the refusal.
+fn record_connect(span: tracing::Span, outcome: Result<(&'static str, StatusCode), &Refusal>) {
+    match outcome {
+        Ok((result, status)) => {
+            span.record("result", result);
+            span.record("status", status.as_u16());
+        }
+        Err(r) => {
+            span.record("result", r.label());
+        }
+    }
+}
+
 async fn forward_http(
     gw: &Gateway,
     route: &CompiledRoute,
@@ -490,16 +497,13 @@ async fn forward_http(
         .await
         .map_err(|_| Refusal::BackendTimeout)
         .and_then(|r| r.map_err(|_| Refusal::BackendUnreachable));
-    match &resp {
-        Ok(resp) => {
-            connect.record("result", "ok");
-            connect.record("status", resp.status().as_u16());
-        }
-        Err(r) => {
-            connect.record("result", r.label());
-        }
-    }
-    drop(connect);
+    record_connect(
+        connect,
+        match &resp {
+            Ok(resp) => Ok(("ok", resp.status())),
+            Err(r) => Err(r),
+        },
+    );
     let resp = resp?;
     metrics()
         .http_requests

@@ -145,27 +145,15 @@ impl Hooks {
         event: Value,
         after: Option<JoinHandle<()>>,
     ) -> Option<JoinHandle<()>> {
-        let Ok(permit) = self.notify_slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                route,
-                via = "http",
-                "notification dropped: too many in flight"
-            );
-            count_notification("http", "dropped");
-            return after;
-        };
-        let (this, hook, route, user) = (
+        let (this, hook, route_owned, user) = (
             self.clone(),
             hook.clone(),
             route.to_string(),
             user.map(str::to_string),
         );
-        Some(tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(previous) = after {
-                let _ = previous.await;
-            }
-            let result = match this.post(&hook, user.as_deref(), &route, event).await {
+        dispatch(&self.notify_slots, "http", route, after, async move {
+            let route = route_owned;
+            match this.post(&hook, user.as_deref(), &route, event).await {
                 Ok((status, _)) if (200..300).contains(&status) => "ok",
                 Ok((status, _)) => {
                     tracing::debug!(
@@ -180,9 +168,8 @@ impl Hooks {
                     tracing::debug!(route, via = "http", error = %e, "notification failed");
                     "error"
                 }
-            };
-            count_notification("http", result);
-        }))
+            }
+        })
     }
 
     /// Publish a connection's start or end on the bus (`P.events.<namespace>` on NATS), after
@@ -196,31 +183,43 @@ impl Hooks {
         event: Bytes,
         after: Option<JoinHandle<()>>,
     ) -> Option<JoinHandle<()>> {
-        let Ok(permit) = self.bus_notify_slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                route,
-                via = "nats",
-                "notification dropped: too many in flight"
-            );
-            count_notification("nats", "dropped");
-            return after;
-        };
-        let (bus, namespace, route) = (bus.clone(), namespace.to_string(), route.to_string());
-        Some(tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(previous) = after {
-                let _ = previous.await;
-            }
-            let result = match bus.notify(&namespace, event).await {
+        let (bus, namespace, route_owned) = (bus.clone(), namespace.to_string(), route.to_string());
+        dispatch(&self.bus_notify_slots, "nats", route, after, async move {
+            match bus.notify(&namespace, event).await {
                 Ok(()) => "ok",
                 Err(e) => {
+                    let route = route_owned;
                     tracing::debug!(route, via = "nats", namespace, error = %e, "notification failed");
                     "error"
                 }
-            };
-            count_notification("nats", result);
-        }))
+            }
+        })
     }
+}
+
+/// Run one notification on its own task: at most [`MAX_NOTIFY_IN_FLIGHT`] per channel (more
+/// are dropped, logged and counted), after `after` is done, its result counted under `via`.
+/// Returns the task, for the connection's next notification to wait on (or `after` when this
+/// one was dropped).
+fn dispatch(
+    slots: &Arc<Semaphore>,
+    via: &'static str,
+    route: &str,
+    after: Option<JoinHandle<()>>,
+    send: impl Future<Output = &'static str> + Send + 'static,
+) -> Option<JoinHandle<()>> {
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        tracing::warn!(route, via, "notification dropped: too many in flight");
+        count_notification(via, "dropped");
+        return after;
+    };
+    Some(tokio::spawn(async move {
+        let _permit = permit;
+        if let Some(previous) = after {
+            let _ = previous.await;
+        }
+        count_notification(via, send.await);
+    }))
 }
 
 fn count_notification(via: &str, result: &str) {
