@@ -181,6 +181,19 @@ def rbac(objs: list[dict], component: str) -> dict[tuple, set[tuple]]:
     return out
 
 
+def assert_hardened(c: dict, at: str) -> None:
+    """The container security context every Switchboard manifest uses, and resources set."""
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True, at
+    assert sc["readOnlyRootFilesystem"] is True, at
+    assert sc["allowPrivilegeEscalation"] is False, at
+    assert sc.get("privileged", False) is False, at
+    assert sc["capabilities"] == {"drop": ["ALL"]}, at
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, at
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], at
+    assert c["resources"]["limits"]["memory"], at
+
+
 def schema_failures(objs: list[dict], kube_version: str) -> list[str]:
     """Every object that does not validate (strict: unknown fields fail) against the Kubernetes
     schemas of `kube_version`, with the path of the offending field."""
@@ -465,16 +478,8 @@ def test_every_container_runs_with_the_secure_security_context(values_file):
         assert "hostNetwork" not in spec and "hostPID" not in spec, where
         assert spec["enableServiceLinks"] is False, where
         for c in spec.get("initContainers", []) + spec["containers"]:
-            sc = c["securityContext"]
             at = f"{where} container {c['name']}"
-            assert sc["runAsNonRoot"] is True, at
-            assert sc["readOnlyRootFilesystem"] is True, at
-            assert sc["allowPrivilegeEscalation"] is False, at
-            assert sc.get("privileged", False) is False, at
-            assert sc["capabilities"] == {"drop": ["ALL"]}, at
-            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, at
-            assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], at
-            assert c["resources"]["limits"]["memory"], at
+            assert_hardened(c, at)
             assert c.get("readinessProbe") and c.get("livenessProbe"), at
 
 
