@@ -130,20 +130,16 @@ async fn sse_streams_joined_events_then_messages_with_cursor_ids_and_proxy_frien
     let b1 = publish(&gw, "news:b", json!({"headline": "b1"})).await;
     let a2 = publish(&gw, "news:a", json!("a2")).await;
     let (msgs, last) = sse_messages(&mut sse, 3).await;
-    assert_eq!(
+    // Each room in its own order; rooms fan out independently, so a stream may interleave
+    // them in any order (docs/protocol.md promises order per room only).
+    let in_room = |room: &str| {
         msgs.iter()
-            .map(|m| (
-                m["room"].as_str().unwrap(),
-                m["seq"].as_u64().unwrap(),
-                m["data"].clone()
-            ))
-            .collect::<Vec<_>>(),
-        [
-            ("news:a", a1, json!("a1")),
-            ("news:b", b1, json!({"headline": "b1"})),
-            ("news:a", a2, json!("a2"))
-        ]
-    );
+            .filter(|m| m["room"] == room)
+            .map(|m| (m["seq"].as_u64().unwrap(), m["data"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(in_room("news:a"), [(a1, json!("a1")), (a2, json!("a2"))]);
+    assert_eq!(in_room("news:b"), [(b1, json!({"headline": "b1"}))]);
     // The id is the position of every room of the stream.
     let epoch = msgs[0]["epoch"].as_str().unwrap();
     assert_eq!(
