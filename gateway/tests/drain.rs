@@ -38,7 +38,7 @@ fn config(public: u16, admin: u16, backend: u16) -> String {
 kind: GatewayConfig
 listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
 admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 2s, deadline: 10s}}
+drain: {{propagation: 4s, deadline: 15s}}
 routes:
   - name: drained
     path: {{value: /}}

@@ -15,8 +15,9 @@ use support::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-/// How long the connections sit: three times the handshake timeout, six ping intervals.
-const SIT: Duration = Duration::from_secs(3);
+/// How long the connections sit: four times the handshake timeout, four ping intervals, two
+/// pong deadlines (generous, so a busy CI machine answering a pong late does not look dead).
+const SIT: Duration = Duration::from_secs(4);
 
 fn config(public: u16, admin: u16, backend: u16) -> String {
     format!(
@@ -35,7 +36,7 @@ routes:
   - name: pinged
     path: {{value: /pinged}}
     proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    keepalive: {{interval: 500ms, timeout: 500ms}}
+    keepalive: {{interval: 1s, timeout: 2s}}
     drain: {{window: 1s}}
 "#
     )

@@ -72,7 +72,7 @@ fn config(public: u16, admin: u16, echo: u16, dead: u16, silent: u16) -> String 
 kind: GatewayConfig
 listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
 admin: {{address: "127.0.0.1:{admin}"}}
-limits: {{maxConnections: {POD_CAP}, handshakeTimeout: 1s, upstreamTimeout: 1s}}
+limits: {{maxConnections: {POD_CAP}, handshakeTimeout: 1s, upstreamTimeout: 3s}}
 drain: {{propagation: 0s, deadline: 5s}}
 routes:
 {routes}"#

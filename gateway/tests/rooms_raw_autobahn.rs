@@ -77,6 +77,10 @@ async fn raw_rooms_relay_frames_unchanged_to_the_other_members_only() {
     let mut a = ws_connect(&gateway.ws_url("/quiet/doc-1")).await;
     let mut b = ws_connect(&gateway.ws_url("/quiet/doc-1")).await;
     let mut other_room = ws_connect(&gateway.ws_url("/quiet/doc-2")).await;
+    // A member joins its room right after its 101; b's first frame reaching a shows both
+    // have joined (a room keeps no history, so a frame sent earlier could miss b).
+    b.send(Message::text("b is here")).await.unwrap();
+    assert_eq!(support::recv_text(&mut a, PROMPTLY).await, "b is here");
 
     // A Yjs-style binary update and a text message, relayed as sent.
     let update = vec![0u8, 1, 2, 0xFF, 0x80];

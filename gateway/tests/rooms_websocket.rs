@@ -28,8 +28,9 @@ use tokio_tungstenite::tungstenite::Message;
 /// - `/strict` (namespace `strict`): anonymous; no patterns at all (default deny).
 /// - `/slow` (namespace `slow`): anonymous; 64 KiB messages, 64 KiB queues, no rate limit to
 ///   speak of.
-/// - `/brief` (namespace `brief`): anonymous; history kept for 1 second only.
-/// - `/limited` (namespace `limited`): anonymous; 5 messages/s with a burst of 5.
+/// - `/brief` (namespace `brief`): anonymous; history kept for 3 seconds only.
+/// - `/limited` (namespace `limited`): anonymous; 1 message/s with a burst of 5 (a slow refill, so
+///   a stalled CI machine does not answer more than the burst plus one).
 fn config(public: u16, admin: u16) -> String {
     let jwt = jwt_hs256("");
     format!(
@@ -88,7 +89,7 @@ routes:
     rooms:
       join: ["chat:*"]
       publish: ["chat:*"]
-      history: {{maxMessages: 100, maxAge: 1s}}
+      history: {{maxMessages: 100, maxAge: 3s}}
     keepalive: {{interval: 0s}}
   - name: limited
     path: {{value: /limited}}
@@ -96,7 +97,7 @@ routes:
     rooms:
       join: ["chat:*"]
       publish: ["chat:*"]
-    limits: {{messagesPerSecond: 5, messageBurst: 5}}
+    limits: {{messagesPerSecond: 1, messageBurst: 5}}
     keepalive: {{interval: 0s}}
 "#
     )
@@ -730,8 +731,8 @@ async fn a_resume_past_the_history_max_age_reports_recovered_false() {
         .await;
     let (joined, _) = ws.recv_type("joined").await;
     assert_eq!(joined["recovered"], true, "{joined}");
-    // ...and once it is older than maxAge (1s), it is gone.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // ...and once it is older than maxAge (3s), it is gone.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     ws.send(json!({"type": "join", "room": "chat:old", "since": since, "id": "r2"}))
         .await;
     let (joined, _) = ws.recv_type("joined").await;
