@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -16,12 +17,15 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use support::rooms::{JsonWs, PUBLISH_TOKEN, publish_api};
+use support::rooms::{JsonWs, PUBLISH_TOKEN, Sse, http_request, publish_api};
 use support::{
     Gateway, PROMPTLY, claims, eventually, free_port, jwt_hs256, sign_hs256, try_http_get,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+
+/// How long the app takes to answer a drain's disconnect notification.
+const LATE_ANSWER: Duration = Duration::from_secs(1);
 
 /// One request the app received.
 #[derive(Debug, Clone)]
@@ -31,8 +35,8 @@ struct Call {
     body: Value,
 }
 
-/// The app: `/hook` decides on publishes by their text, `/notify` takes notifications,
-/// `/slow` answers after 3 s.
+/// The app: `/hook` decides on publishes by their text, `/notify` takes notifications (a
+/// drain's disconnects late), `/slow` answers after 3 s.
 struct App {
     addr: SocketAddr,
     calls: Arc<Mutex<Vec<Call>>>,
@@ -116,7 +120,12 @@ async fn answer(
     });
     match path.as_str() {
         "/notify" => {
+            // Disconnects of a drain (code 1001) are answered late, as by a busy app.
+            let late = body["event"] == "disconnect" && body["code"] == 1001;
             let _ = notify.send(body);
+            if late {
+                tokio::time::sleep(LATE_ANSWER).await;
+            }
             json_response(204, None)
         }
         "/slow" => {
@@ -332,9 +341,15 @@ async fn connect_and_disconnect_notifications_reach_the_app() {
         (
             connect["event"].as_str(),
             connect["user"].as_str(),
-            connect["route"].as_str()
+            connect["route"].as_str(),
+            connect["transport"].as_str()
         ),
-        (Some("connect"), Some("alice"), Some("hooked")),
+        (
+            Some("connect"),
+            Some("alice"),
+            Some("hooked"),
+            Some("websocket")
+        ),
         "{connect}"
     );
     let conn = connect["conn"].as_str().expect("conn").to_owned();
@@ -397,4 +412,116 @@ async fn connect_and_disconnect_notifications_reach_the_app() {
             })
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_sse_stream_notifies_like_a_websocket_and_a_long_poll_does_not() {
+    let mut app = App::start().await;
+    let mut gw = Gateway::start(&config(free_port(), free_port(), &app)).await;
+
+    // A long-poll is a request, not a connection: nothing is sent for it.
+    let auth = bearer("carol");
+    let (status, _, _) = http_request(
+        gw.addr(),
+        "GET",
+        "/hooked?rooms=chat:poll&timeout=100ms",
+        &[("authorization", &auth)],
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 204);
+
+    let auth = bearer("dave");
+    let mut sse = Sse::open(
+        gw.addr(),
+        "/hooked?rooms=chat:a",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    let connect = app.notification().await;
+    assert_eq!(
+        (
+            connect["event"].as_str(),
+            connect["user"].as_str(),
+            connect["route"].as_str(),
+            connect["transport"].as_str()
+        ),
+        (Some("connect"), Some("dave"), Some("hooked"), Some("sse")),
+        "the first notification is the stream's (none for the long-poll): {connect}"
+    );
+    let conn = connect["conn"].as_str().expect("conn").to_owned();
+    sse.event().await; // joined: the stream is live
+
+    // The client goes away (an SSE stream has no close handshake): code 1006.
+    drop(sse);
+    let gone = app.notification().await;
+    assert_eq!(
+        (
+            gone["event"].as_str(),
+            gone["conn"].as_str(),
+            gone["user"].as_str(),
+            gone["transport"].as_str(),
+            gone["code"].as_u64()
+        ),
+        (
+            Some("disconnect"),
+            Some(conn.as_str()),
+            Some("dave"),
+            Some("sse"),
+            Some(1006)
+        ),
+        "{gone}"
+    );
+
+    // Connections ended by the drain carry the route's drain code, and their notifications
+    // go out before the process exits (they count as live until answered).
+    let auth = bearer("erin");
+    let mut sse = Sse::open(
+        gw.addr(),
+        "/hooked?rooms=chat:a",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(app.notification().await["user"], "erin");
+    sse.event().await;
+    let auth = bearer("frank");
+    let mut ws = JsonWs::connect(&gw.ws_url("/hooked"), &[("authorization", &auth)]).await;
+    assert_eq!(app.notification().await["user"], "frank");
+    // Keep reading, so the client answers the gateway's Close (tungstenite does on read).
+    tokio::spawn(async move { while let Some(Ok(_)) = ws.ws.next().await {} });
+    gw.terminate();
+    let mut drained = Vec::new();
+    for _ in 0..2 {
+        let n = app.notification().await;
+        drained.push((
+            n["event"].as_str().map(str::to_owned),
+            n["user"].as_str().map(str::to_owned),
+            n["transport"].as_str().map(str::to_owned),
+            n["code"].as_u64(),
+        ));
+    }
+    let received = tokio::time::Instant::now();
+    drained.sort();
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        drained,
+        [
+            (some("disconnect"), some("erin"), some("sse"), Some(1001)),
+            (
+                some("disconnect"),
+                some("frank"),
+                some("websocket"),
+                Some(1001)
+            ),
+        ]
+    );
+    let status = gw.wait_exit(PROMPTLY).await.expect("the gateway exits");
+    assert!(status.success(), "exit status {status}");
+    // The app answered those two only after LATE_ANSWER: the gateway waited for the answers.
+    assert!(
+        received.elapsed() >= LATE_ANSWER - Duration::from_millis(100),
+        "exited {:?} after the app got the notifications, before answering them",
+        received.elapsed()
+    );
 }

@@ -24,7 +24,7 @@ use super::session::{self, SessionCtx};
 use crate::admission::Admitted;
 use crate::auth::jwt::Claims;
 use crate::auth::token::{self, query_param};
-use crate::error::{CloseCause, Refusal};
+use crate::error::{CloseCause, Refusal, Side};
 use crate::gateway::Gateway;
 use crate::metrics::metrics;
 use crate::pipeline::{Body, close_at_expiry, full, unix_now};
@@ -181,8 +181,7 @@ fn websocket(
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    // `rooms.notify` / `rooms.notifyNats`. WebSockets only: SSE streams and long-polls do not
-    // notify (docs/protocol.md).
+    // `rooms.notify` / `rooms.notifyNats` (SSE streams notify too; long-polls do not).
     let notifier = Notifier::new(&gw.hooks, &route.cfg.name, &policy, gw.hub.bus());
     let ctx = SessionCtx {
         hub: gw.hub.clone(),
@@ -208,7 +207,6 @@ fn websocket(
         .with_label_values(&[&route_name, "upgraded"])
         .inc();
     tokio::spawn(async move {
-        let _admitted = admitted;
         let _live = live;
         let Ok(io) = on_upgrade.await else { return };
         let active = metrics()
@@ -221,14 +219,15 @@ fn websocket(
         let connected = notifier.send(
             Sent::default(),
             user.as_deref(),
-            json!({"event": "connect", "conn": conn, "user": user, "route": route_name, "ts": unix_now()}),
+            connect_event(&conn, user.as_deref(), &route_name, "websocket"),
         );
         let cause = session::run(io, ctx).await;
         active.dec();
-        notifier.send(
+        drop(admitted); // the admission slot frees with the connection
+        let disconnected = notifier.send(
             connected,
             user.as_deref(),
-            json!({"event": "disconnect", "conn": conn, "user": user, "route": route_name, "ts": unix_now(), "code": cause.code()}),
+            disconnect_event(&conn, user.as_deref(), &route_name, "websocket", &cause),
         );
         metrics()
             .closes
@@ -243,6 +242,7 @@ fn websocket(
             cause = cause.label(),
             "rooms connection ended"
         );
+        disconnected.finished().await; // still counted as live for the drain
     });
 
     let mut resp = Response::new(full(Bytes::new()));
@@ -257,6 +257,25 @@ fn websocket(
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
     Ok(resp)
+}
+
+/// The `connect` notification of a rooms WebSocket or SSE stream (docs/protocol.md).
+fn connect_event(conn: &str, user: Option<&str>, route: &str, transport: &str) -> Value {
+    json!({"event": "connect", "conn": conn, "user": user, "route": route,
+           "transport": transport, "ts": unix_now()})
+}
+
+/// The `disconnect` notification: `code` is the close code of the cause (for an SSE stream,
+/// the code a WebSocket would have been closed with; 1006 when the client went away).
+fn disconnect_event(
+    conn: &str,
+    user: Option<&str>,
+    route: &str,
+    transport: &str,
+    cause: &CloseCause,
+) -> Value {
+    json!({"event": "disconnect", "conn": conn, "user": user, "route": route,
+           "transport": transport, "ts": unix_now(), "code": cause.code()})
 }
 
 /// The rooms of an SSE or long-poll request, all checked against `rooms.join`.
@@ -354,14 +373,20 @@ fn sse(
     let admitted = adm.admitted;
     let expiry = close_at_expiry(route, adm.claims.as_ref());
     let drain_window = route.cfg.drain.window;
+    let draining = CloseCause::Draining {
+        code: route.cfg.drain.close_code,
+        reason: route.cfg.drain.close_reason.clone(),
+    };
     let route_name = route.cfg.name.clone();
+    let notifier = Notifier::new(&gw.hooks, &route_name, &policy, gw.hub.bus());
+    let user = adm.claims.as_ref().and_then(|c| c.sub.clone());
     metrics()
         .connections_total
         .with_label_values(&[&route_name, "sse"])
         .inc();
     tokio::spawn(async move {
         let _live = live;
-        let _admitted = admitted;
+        let started = std::time::Instant::now();
         let send = |b: Bytes| {
             let tx = tx.clone();
             async move { tx.send(Ok(Frame::data(b))).await.is_ok() }
@@ -373,7 +398,14 @@ fn sse(
         {
             return;
         }
+        let connected = notifier.send(
+            Sent::default(),
+            user.as_deref(),
+            connect_event(&conn, user.as_deref(), &route_name, "sse"),
+        );
+        let gone = CloseCause::Abnormal(Side::Downstream);
         let mut joined = Vec::new();
+        let mut ended = None;
         for room in &rooms {
             let key = policy.key(room);
             let since = cursor.get(room);
@@ -385,6 +417,7 @@ fn sse(
                     let data = protocol::joined(room, j.recovered, &j.position, None);
                     let id = cursor.encode();
                     if !send(sse_event(Some("joined"), Some(&id), &data)).await {
+                        ended = Some(gone.clone());
                         break;
                     }
                 }
@@ -399,11 +432,15 @@ fn sse(
         let expiry = expiry.unwrap_or(far);
         let mut drain_at: Option<tokio::time::Instant> = (*drain.borrow())
             .then(|| tokio::time::Instant::now() + crate::drain::jitter(drain_window));
-        loop {
+        let cause = loop {
+            if let Some(cause) = ended {
+                break cause;
+            }
             tokio::select! {
                 items = outbox.take_all() => {
                     if items.is_empty() {
-                        break; // slow consumer: the client reconnects with Last-Event-ID
+                        // Slow consumer: the client reconnects with Last-Event-ID.
+                        break CloseCause::SlowConsumer;
                     }
                     let mut chunk = Vec::new();
                     for item in items {
@@ -413,17 +450,17 @@ fn sse(
                         }
                     }
                     if !chunk.is_empty() && !send(Bytes::from(chunk)).await {
-                        break;
+                        break gone;
                     }
                 }
                 _ = tokio::time::sleep(SSE_KEEPALIVE) => {
                     if !send(Bytes::from_static(b": keep-alive\n\n")).await {
-                        break;
+                        break gone;
                     }
                 }
                 _ = tokio::time::sleep_until(expiry) => {
                     let _ = send(sse_event(Some("error"), None, &protocol::error(None, protocol::ErrorCode::Forbidden, CloseCause::TokenExpired.reason()))).await;
-                    break;
+                    break CloseCause::TokenExpired;
                 }
                 changed = drain.changed(), if drain_at.is_none() => {
                     if changed.is_err() || *drain.borrow() {
@@ -437,16 +474,33 @@ fn sse(
                         let _ = send(Bytes::from(format!("retry: {hint}\n")))
                             .await;
                         let _ = send(sse_event(Some("shutdown"), None, &protocol::shutdown(hint))).await;
-                        break;
+                        break draining;
                     }
                 }
-                _ = tx.closed() => break,
+                _ = tx.closed() => break gone,
             }
-        }
+        };
         outbox.close();
         for key in joined {
             hub.leave(&key, &conn).await;
         }
+        drop(admitted); // the admission slot frees with the connection
+        let disconnected = notifier.send(
+            connected,
+            user.as_deref(),
+            disconnect_event(&conn, user.as_deref(), &route_name, "sse", &cause),
+        );
+        tracing::info!(
+            target: "switchboard::connection",
+            route = %route_name,
+            conn = %conn,
+            transport = "sse",
+            duration_ms = started.elapsed().as_millis() as u64,
+            close_code = cause.code(),
+            cause = cause.label(),
+            "rooms stream ended"
+        );
+        disconnected.finished().await; // still counted as live for the drain
     });
     let body = StreamBody::new(tokio_stream_from(rx))
         .map_err(|never| match never {})

@@ -282,6 +282,18 @@ pub struct Sent {
     http: Option<JoinHandle<()>>,
 }
 
+impl Sent {
+    /// Wait until every channel has answered, failed or timed out (each send is bounded by
+    /// its hook's timeout or the bus's operation timeout). A connection awaits its
+    /// `disconnect` this way while it still counts for the drain, so a shutdown does not exit
+    /// with the app's notifications unsent.
+    pub async fn finished(self) {
+        for task in [self.bus, self.http].into_iter().flatten() {
+            let _ = task.await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
