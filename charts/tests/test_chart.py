@@ -633,6 +633,10 @@ def test_nats_enabled_wires_the_gateways_bus_to_the_in_chart_servers():
     assert urls == [
         f"nats://{RELEASE}-nats-{i}.{headless['metadata']['name']}.{NAMESPACE}.svc:4222" for i in range(replicas)
     ]
+    # History and presence are replicated on every in-chart server.
+    assert base_config(objs)["bus"]["nats"]["replicas"] == replicas == 3
+    # An external NATS: the configured replica count.
+    assert base_config(objects("namespaced-tls"))["bus"]["nats"]["replicas"] == 3
     conf = one(objs, "ConfigMap", f"{RELEASE}-nats-config")["data"]["nats.conf"]
     assert "jetstream {" in conf
     # The NetworkPolicy lets the gateway pods in.

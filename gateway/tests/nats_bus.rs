@@ -637,3 +637,123 @@ async fn acknowledged_publishes_survive_a_nats_restart_exactly_once_and_in_order
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_three_replicas_history_survives_losing_the_server_that_leads_its_stream() {
+    let mut servers = NatsServer::cluster(3).await;
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let cfg: switchboard_config::Nats = serde_json::from_value(serde_json::json!({
+        "urls": urls,
+        "subjectPrefix": "sbtest",
+        "replicas": 3,
+    }))
+    .expect("nats config");
+    let bus = NatsBus::connect(&cfg).await.expect("connect");
+    wait_healthy(&bus).await;
+    bus.configure(
+        NS,
+        Some(Retention {
+            max_messages: 100,
+            max_age: Duration::from_secs(600),
+        }),
+    )
+    .await
+    .expect("configure");
+    let room = key("doc");
+    let mut sent = Vec::new();
+    for n in 1..=5 {
+        sent.push(publish(&bus, "doc", n).await);
+    }
+    bus.presence_set(&room, &member("a-1", "alice"), true)
+        .await
+        .expect("presence");
+
+    // JetStream keeps both on three servers.
+    let js = async_nats::jetstream::new(
+        async_nats::connect(
+            urls.iter()
+                .map(|u| u.parse::<async_nats::ServerAddr>().expect("url"))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("client"),
+    );
+    let mut leader = String::new();
+    for stream in ["SBTEST_chat", "KV_SBTEST_presence"] {
+        let info = js
+            .get_stream(stream)
+            .await
+            .unwrap_or_else(|e| panic!("stream {stream}: {e}"))
+            .info()
+            .await
+            .expect("stream info")
+            .clone();
+        assert_eq!(info.config.num_replicas, 3, "{stream}");
+        let placement = info.cluster.expect("clustered stream");
+        assert_eq!(placement.replicas.len(), 2, "{stream}: {placement:?}");
+        if stream == "SBTEST_chat" {
+            leader = placement.leader.expect("a stream leader");
+        }
+    }
+
+    // The server leading the history stream crashes.
+    servers
+        .iter_mut()
+        .find(|s| s.name() == leader)
+        .unwrap_or_else(|| panic!("leader {leader:?} is one of ours"))
+        .kill();
+
+    // Once the other two have elected a new leader, the whole history is still there and new
+    // publishes are stored after it (a replay is retried while the election runs).
+    let killed = Instant::now();
+    let deadline = killed + WITHIN * 2;
+    let gap = loop {
+        match bus
+            .replay(
+                &room,
+                &Position {
+                    seq: 0,
+                    epoch: sent[0].epoch.clone(),
+                },
+            )
+            .await
+        {
+            Ok(Replay::Gap(msgs)) => break msgs,
+            other => assert!(
+                Instant::now() < deadline,
+                "no replay {:?} after losing {leader}: {other:?}",
+                WITHIN * 2
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "history readable again {:?} after {leader} was killed",
+        killed.elapsed()
+    );
+    assert_eq!(gap.iter().map(number).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        gap.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        sent.iter().map(|p| p.seq).collect::<Vec<_>>()
+    );
+    let after = publish(&bus, "doc", 6).await;
+    assert_eq!(after.epoch, sent[0].epoch, "the same stream, not a new one");
+    assert!(after.seq > sent[4].seq);
+    // The presence bucket (a memory stream, also R3) elects its own leader.
+    let members = loop {
+        match bus.presence_list(&room).await {
+            Ok(members) => break members,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no presence listing {:?} after losing {leader}: {e}",
+                WITHIN * 2
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "presence listed again {:?} after {leader} was killed",
+        killed.elapsed()
+    );
+    assert_eq!(members, [member("a-1", "alice")]);
+}

@@ -76,6 +76,10 @@ pub struct Nats {
     /// Members of a pod that stops refreshing presence disappear after this long. Default 15s.
     #[serde(default = "default_presence_ttl", with = "humantime_serde")]
     pub presence_ttl: Duration,
+    /// JetStream replicas of the history streams and the presence bucket: 1 (one server holds
+    /// them), or 3 / 5 on a JetStream cluster so losing a server loses nothing. Default 1.
+    #[serde(default = "default_replicas")]
+    pub replicas: u8,
 }
 
 fn default_subject_prefix() -> String {
@@ -83,6 +87,9 @@ fn default_subject_prefix() -> String {
 }
 fn default_presence_ttl() -> Duration {
     Duration::from_secs(15)
+}
+fn default_replicas() -> u8 {
+    1
 }
 
 /// Bearer-token auth for the server publish API.

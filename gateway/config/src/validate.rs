@@ -175,6 +175,12 @@ pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
         if n.presence_ttl < Duration::from_secs(1) {
             p.push(Problem::new("bus.nats.presenceTtl", "must be at least 1s"));
         }
+        if !(1..=5).contains(&n.replicas) {
+            p.push(Problem::new(
+                "bus.nats.replicas",
+                "must be 1 to 5 (JetStream's limit; 3 on a three-server cluster)",
+            ));
+        }
     }
     if let Some(api) = &cfg.publish_api {
         if api.token.is_some() == api.token_file.is_some() {
@@ -802,6 +808,30 @@ mod tests {
             .map(|r| r.rooms.as_ref().unwrap().notify_nats)
             .collect();
         assert_eq!(flags, [false, false, true], "default false");
+    }
+
+    #[test]
+    fn nats_replicas_default_to_one_and_must_be_one_to_five() {
+        let bus = |extra: &str| {
+            format!("bus: {{nats: {{urls: ['nats://127.0.0.1:4222']{extra}}}}}\nroutes: []")
+        };
+        let cfg = GatewayConfig::from_yaml(&format!("{BASE}{}", bus(""))).unwrap();
+        assert_eq!(cfg.bus.nats.as_ref().map(|n| n.replicas), Some(1));
+        for ok in [1, 3, 5] {
+            assert_eq!(
+                problems(&bus(&format!(", replicas: {ok}"))),
+                Vec::<String>::new()
+            );
+        }
+        for bad in [0, 6] {
+            assert_eq!(
+                problems(&bus(&format!(", replicas: {bad}"))),
+                vec![
+                    "bus.nats.replicas: must be 1 to 5 (JetStream's limit; 3 on a three-server cluster)"
+                        .to_string()
+                ]
+            );
+        }
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
+    /// Server name and cluster arguments, for a member of [`NatsServer::cluster`].
+    name: String,
+    cluster_args: Vec<String>,
+    /// The monitoring port (`-m`) of a cluster member: `/jsz` tells when JetStream has a leader.
+    monitor: Option<u16>,
 }
 
 impl NatsServer {
@@ -31,9 +36,90 @@ impl NatsServer {
             child: None,
             port: super::free_port(),
             store,
+            name: "solo".into(),
+            cluster_args: Vec::new(),
+            monitor: None,
         };
         server.spawn();
         server
+    }
+
+    /// `n` servers (named `n0`, `n1`, ...) forming one JetStream cluster on 127.0.0.1, returned
+    /// once every member knows the JetStream meta leader (streams can be created).
+    pub async fn cluster(n: usize) -> Vec<Self> {
+        let route_ports: Vec<u16> = (0..n).map(|_| super::free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers: Vec<Self> = route_ports
+            .iter()
+            .enumerate()
+            .map(|(i, route_port)| {
+                let monitor = super::free_port();
+                NatsServer {
+                    child: None,
+                    port: super::free_port(),
+                    store: tempfile::Builder::new()
+                        .prefix("nats-store-")
+                        .tempdir()
+                        .expect("temp store dir"),
+                    name: format!("n{i}"),
+                    cluster_args: vec![
+                        "-n".into(),
+                        format!("n{i}"),
+                        "--cluster_name".into(),
+                        "sbtest".into(),
+                        "--cluster".into(),
+                        format!("nats://127.0.0.1:{route_port}"),
+                        "--routes".into(),
+                        routes.clone(),
+                        "-m".into(),
+                        monitor.to_string(),
+                    ],
+                    monitor: Some(monitor),
+                }
+            })
+            .collect();
+        for s in &mut servers {
+            s.spawn();
+        }
+        for s in &servers {
+            s.wait_meta_leader().await;
+        }
+        servers
+    }
+
+    /// Until this member's `/jsz` names a JetStream meta leader.
+    async fn wait_meta_leader(&self) {
+        let monitor = self.monitor.expect("a cluster member");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], monitor));
+        let deadline = Instant::now() + START_TIMEOUT * 2;
+        loop {
+            if let Ok((200, body)) = super::try_http_get(addr, "/jsz", &[]).await {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if v["meta_cluster"]["leader"]
+                    .as_str()
+                    .is_some_and(|l| !l.is_empty())
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no JetStream meta leader in {:?}:\n{}",
+                self.name,
+                START_TIMEOUT * 2,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The server name (`n0`, ... in a cluster), as JetStream names stream leaders.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     fn binary() -> PathBuf {
@@ -69,6 +155,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path().join("js"))
+            .args(&self.cluster_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)

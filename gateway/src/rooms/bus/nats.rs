@@ -332,6 +332,8 @@ struct Inner {
     prefix: String,
     stream_prefix: String,
     presence_ttl: Duration,
+    /// JetStream replicas of every stream this bus creates (`bus.nats.replicas`).
+    replicas: usize,
     namespaces: Mutex<HashMap<String, Namespace>>,
     presence: tokio::sync::Mutex<Option<kv::Store>>,
     /// Members this pod has announced (join events are sent once, not on every refresh).
@@ -407,6 +409,7 @@ impl NatsBus {
                 prefix: cfg.subject_prefix.clone(),
                 stream_prefix: stream_prefix(&cfg.subject_prefix),
                 presence_ttl: cfg.presence_ttl,
+                replicas: usize::from(cfg.replicas.max(1)),
                 namespaces: Mutex::default(),
                 presence: tokio::sync::Mutex::default(),
                 announced: Mutex::default(),
@@ -514,6 +517,7 @@ impl Inner {
             max_age: r.max_age,
             storage: StorageType::File,
             allow_direct: true,
+            num_replicas: self.replicas,
             ..Default::default()
         }
     }
@@ -814,6 +818,7 @@ impl Inner {
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
+            num_replicas: self.replicas,
             ..Default::default()
         };
         self.js
