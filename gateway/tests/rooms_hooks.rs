@@ -201,6 +201,27 @@ routes:
     )
 }
 
+/// A notification's `(event, user, transport, code)`, to compare whole events at once.
+fn brief(n: &Value) -> (String, String, String, Option<u64>) {
+    let text = |k: &str| n[k].as_str().unwrap_or_default().to_owned();
+    (
+        text("event"),
+        text("user"),
+        text("transport"),
+        n["code"].as_u64(),
+    )
+}
+
+/// What [`brief`] should say.
+fn expect(
+    event: &str,
+    user: &str,
+    transport: &str,
+    code: Option<u64>,
+) -> (String, String, String, Option<u64>) {
+    (event.into(), user.into(), transport.into(), code)
+}
+
 fn bearer(sub: &str) -> String {
     format!("Bearer {}", sign_hs256(&claims(sub, 600, json!({}))))
 }
@@ -338,20 +359,11 @@ async fn connect_and_disconnect_notifications_reach_the_app() {
     let mut ws = JsonWs::connect(&gw.ws_url("/hooked"), &[("authorization", &auth)]).await;
     let connect = app.notification().await;
     assert_eq!(
-        (
-            connect["event"].as_str(),
-            connect["user"].as_str(),
-            connect["route"].as_str(),
-            connect["transport"].as_str()
-        ),
-        (
-            Some("connect"),
-            Some("alice"),
-            Some("hooked"),
-            Some("websocket")
-        ),
+        brief(&connect),
+        expect("connect", "alice", "websocket", None),
         "{connect}"
     );
+    assert_eq!(connect["route"], "hooked");
     let conn = connect["conn"].as_str().expect("conn").to_owned();
     assert!(
         connect["ts"].as_u64().is_some_and(|t| t > 1_600_000_000),
@@ -361,20 +373,11 @@ async fn connect_and_disconnect_notifications_reach_the_app() {
     support::close_normally(&mut ws.ws).await;
     let disconnect = app.notification().await;
     assert_eq!(
-        (
-            disconnect["event"].as_str(),
-            disconnect["conn"].as_str(),
-            disconnect["user"].as_str(),
-            disconnect["code"].as_u64()
-        ),
-        (
-            Some("disconnect"),
-            Some(conn.as_str()),
-            Some("alice"),
-            Some(1000)
-        ),
+        brief(&disconnect),
+        expect("disconnect", "alice", "websocket", Some(1000)),
         "{disconnect}"
     );
+    assert_eq!(disconnect["conn"], conn.as_str());
     let notify_calls: Vec<_> = app
         .calls
         .lock()
@@ -395,12 +398,8 @@ async fn connect_and_disconnect_notifications_reach_the_app() {
     drop(ws);
     let gone = app.notification().await;
     assert_eq!(
-        (
-            gone["event"].as_str(),
-            gone["user"].as_str(),
-            gone["code"].as_u64()
-        ),
-        (Some("disconnect"), Some("bob"), Some(1006)),
+        brief(&gone),
+        expect("disconnect", "bob", "websocket", Some(1006)),
         "{gone}"
     );
     // All four answered 204: counted as delivered.
@@ -441,13 +440,8 @@ async fn an_sse_stream_notifies_like_a_websocket_and_a_long_poll_does_not() {
     assert_eq!(sse.status, 200);
     let connect = app.notification().await;
     assert_eq!(
-        (
-            connect["event"].as_str(),
-            connect["user"].as_str(),
-            connect["route"].as_str(),
-            connect["transport"].as_str()
-        ),
-        (Some("connect"), Some("dave"), Some("hooked"), Some("sse")),
+        brief(&connect),
+        expect("connect", "dave", "sse", None),
         "the first notification is the stream's (none for the long-poll): {connect}"
     );
     let conn = connect["conn"].as_str().expect("conn").to_owned();
@@ -457,22 +451,11 @@ async fn an_sse_stream_notifies_like_a_websocket_and_a_long_poll_does_not() {
     drop(sse);
     let gone = app.notification().await;
     assert_eq!(
-        (
-            gone["event"].as_str(),
-            gone["conn"].as_str(),
-            gone["user"].as_str(),
-            gone["transport"].as_str(),
-            gone["code"].as_u64()
-        ),
-        (
-            Some("disconnect"),
-            Some(conn.as_str()),
-            Some("dave"),
-            Some("sse"),
-            Some(1006)
-        ),
+        brief(&gone),
+        expect("disconnect", "dave", "sse", Some(1006)),
         "{gone}"
     );
+    assert_eq!(gone["conn"], conn.as_str());
 
     // Connections ended by the drain carry the route's drain code, and their notifications
     // go out before the process exits (they count as live until answered).
@@ -491,29 +474,17 @@ async fn an_sse_stream_notifies_like_a_websocket_and_a_long_poll_does_not() {
     // Keep reading, so the client answers the gateway's Close (tungstenite does on read).
     tokio::spawn(async move { while let Some(Ok(_)) = ws.ws.next().await {} });
     gw.terminate();
-    let mut drained = Vec::new();
-    for _ in 0..2 {
-        let n = app.notification().await;
-        drained.push((
-            n["event"].as_str().map(str::to_owned),
-            n["user"].as_str().map(str::to_owned),
-            n["transport"].as_str().map(str::to_owned),
-            n["code"].as_u64(),
-        ));
-    }
+    let mut drained = vec![
+        brief(&app.notification().await),
+        brief(&app.notification().await),
+    ];
     let received = tokio::time::Instant::now();
     drained.sort();
-    let some = |s: &str| Some(s.to_owned());
     assert_eq!(
         drained,
         [
-            (some("disconnect"), some("erin"), some("sse"), Some(1001)),
-            (
-                some("disconnect"),
-                some("frank"),
-                some("websocket"),
-                Some(1001)
-            ),
+            expect("disconnect", "erin", "sse", Some(1001)),
+            expect("disconnect", "frank", "websocket", Some(1001)),
         ]
     );
     let status = gw.wait_exit(PROMPTLY).await.expect("the gateway exits");
