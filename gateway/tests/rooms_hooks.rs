@@ -222,6 +222,16 @@ fn expect(
     (event.into(), user.into(), transport.into(), code)
 }
 
+/// An SSE stream on `/hooked` (room `chat:a`) with `sub`'s token.
+async fn sse_as(gw: &Gateway, sub: &str) -> Sse {
+    Sse::open(
+        gw.addr(),
+        "/hooked?rooms=chat:a",
+        &[("authorization", &bearer(sub))],
+    )
+    .await
+}
+
 fn bearer(sub: &str) -> String {
     format!("Bearer {}", sign_hs256(&claims(sub, 600, json!({}))))
 }
@@ -430,13 +440,7 @@ async fn an_sse_stream_notifies_like_a_websocket_and_a_long_poll_does_not() {
     .await;
     assert_eq!(status, 204);
 
-    let auth = bearer("dave");
-    let mut sse = Sse::open(
-        gw.addr(),
-        "/hooked?rooms=chat:a",
-        &[("authorization", &auth)],
-    )
-    .await;
+    let mut sse = sse_as(&gw, "dave").await;
     assert_eq!(sse.status, 200);
     let connect = app.notification().await;
     assert_eq!(
@@ -459,13 +463,7 @@ async fn an_sse_stream_notifies_like_a_websocket_and_a_long_poll_does_not() {
 
     // Connections ended by the drain carry the route's drain code, and their notifications
     // go out before the process exits (they count as live until answered).
-    let auth = bearer("erin");
-    let mut sse = Sse::open(
-        gw.addr(),
-        "/hooked?rooms=chat:a",
-        &[("authorization", &auth)],
-    )
-    .await;
+    let mut sse = sse_as(&gw, "erin").await;
     assert_eq!(app.notification().await["user"], "erin");
     sse.event().await;
     let auth = bearer("frank");
