@@ -234,6 +234,60 @@ pub struct Listener {
     /// TLS termination with rustls. Unset: plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
+    /// How request paths are normalized before routing. Default: duplicate slashes merged,
+    /// encoded slashes and backslashes refused with 400.
+    #[serde(default, skip_serializing_if = "ListenerPaths::is_default")]
+    pub paths: ListenerPaths,
+}
+
+/// Path normalization of one listener. Dot segments are always removed and encoded unreserved
+/// characters always decoded (RFC 3986 §5.2.4, §6.2.2), before routing; the app receives the
+/// normalized path. These settings cover what RFC 3986 leaves to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerPaths {
+    /// Merge runs of `/` into one before routing (`//api///x` is `/api/x`). Default true.
+    #[serde(default = "default_merge_slashes")]
+    pub merge_slashes: bool,
+    /// What to do with `%2F`, `%5C` and `\` in a path. Default `reject` (400).
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Default for ListenerPaths {
+    fn default() -> Self {
+        Self {
+            merge_slashes: default_merge_slashes(),
+            escaped_slashes: EscapedSlashes::default(),
+        }
+    }
+}
+
+impl ListenerPaths {
+    /// True for the defaults (left out when a config is written back).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn default_merge_slashes() -> bool {
+    true
+}
+
+/// The action for encoded slashes (`%2F`), encoded backslashes (`%5C`) and raw backslashes in a
+/// request path (Envoy's `pathWithEscapedSlashesAction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EscapedSlashes {
+    /// Refuse the request with 400 `bad_request`: apps disagree on whether they separate
+    /// segments.
+    #[default]
+    Reject,
+    /// Keep them encoded (a raw backslash becomes `%5C`): part of a segment, never a separator,
+    /// and forwarded that way.
+    Keep,
+    /// Decode them to `/` before dot segments are removed, and forward the result.
+    UnescapeAndForward,
 }
 
 /// TLS certificates for a listener; chosen by SNI, reloaded when the files change.

@@ -677,6 +677,51 @@ mod tests {
     }
 
     #[test]
+    fn listener_paths_default_to_merging_and_refusing_and_read_every_action() {
+        use crate::{EscapedSlashes, ListenerPaths};
+        let cfg = GatewayConfig::from_yaml(BASE).unwrap();
+        assert_eq!(cfg.listeners[0].paths, ListenerPaths::default());
+        assert!(cfg.listeners[0].paths.merge_slashes);
+        assert_eq!(
+            cfg.listeners[0].paths.escaped_slashes,
+            EscapedSlashes::Reject
+        );
+        assert!(
+            !cfg.to_yaml().contains("paths"),
+            "defaults are not written back"
+        );
+        for (text, action) in [
+            ("reject", EscapedSlashes::Reject),
+            ("keep", EscapedSlashes::Keep),
+            ("unescapeAndForward", EscapedSlashes::UnescapeAndForward),
+        ] {
+            let cfg = GatewayConfig::from_yaml(&BASE.replace(
+                "address: '127.0.0.1:8080'",
+                &format!(
+                    "address: '127.0.0.1:8080', paths: {{mergeSlashes: false, escapedSlashes: {text}}}"
+                ),
+            ))
+            .unwrap();
+            assert_eq!(
+                cfg.listeners[0].paths,
+                ListenerPaths {
+                    merge_slashes: false,
+                    escaped_slashes: action
+                }
+            );
+            let again = GatewayConfig::from_yaml(&cfg.to_yaml()).unwrap();
+            assert_eq!(again.listeners[0].paths, cfg.listeners[0].paths);
+        }
+        let err = GatewayConfig::from_yaml(&BASE.replace(
+            "address: '127.0.0.1:8080'",
+            "address: '127.0.0.1:8080', paths: {escapedSlashes: decode}",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("listeners[0].paths.escapedSlashes"), "{err}");
+    }
+
+    #[test]
     fn unknown_fields_are_refused_with_their_path() {
         let err = GatewayConfig::from_yaml(&format!(
             "{BASE}routes: [{{name: a, path: {{value: /}}, prxy: {{}}}}]"
