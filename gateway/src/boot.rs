@@ -124,6 +124,7 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
             EdgeApp {
                 gateway: gw.clone(),
                 tls,
+                listener: l.name.clone(),
             },
         );
         // No pingora-level buffering: hyper, the tunnel and tungstenite buffer for themselves,

@@ -17,6 +17,10 @@ pub enum Side {
 /// Why a handshake (or plain request) was refused before any 101.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("malformed request body")]
+    BadRequestBody,
     #[error("no route for this host and path")]
     NoRoute,
     #[error("origin not allowed")]
@@ -59,6 +63,7 @@ impl Refusal {
     /// The HTTP status for this refusal.
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::BadRequest(_) | Self::BadRequestBody => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::TokenMissing | Self::TokenInvalid(_) => StatusCode::UNAUTHORIZED,
@@ -78,6 +83,8 @@ impl Refusal {
     /// Stable label for metrics (`switchboard_handshake_refusals_total{reason=...}`) and logs.
     pub fn label(&self) -> &'static str {
         match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::BadRequestBody => "bad_request_body",
             Self::NoRoute => "no_route",
             Self::OriginNotAllowed => "origin",
             Self::TokenMissing => "token_missing",
@@ -233,6 +240,18 @@ pub struct Row {
 /// Every refusal and every gateway-initiated close, in table order.
 pub fn table() -> Vec<Row> {
     let refusals = [
+        (
+            "a path that cannot be normalized safely (docs/config.md#path-normalization)",
+            Refusal::BadRequest("encoded slash or backslash in the path"),
+        ),
+        (
+            "HTTP/1.1 request without Host, or more than one Host (RFC 9112 §3.2)",
+            Refusal::BadRequest("missing or repeated Host"),
+        ),
+        (
+            "the client's request body is malformed (e.g. a chunk size that overflows)",
+            Refusal::BadRequestBody,
+        ),
         ("no route matches host + path", Refusal::NoRoute),
         (
             "Origin not in the route's allow-list (or null/missing when not allowed)",
@@ -258,6 +277,10 @@ pub fn table() -> Vec<Row> {
         (
             "Upgrade request without a valid Sec-WebSocket-Key",
             Refusal::BadHandshake("missing or invalid Sec-WebSocket-Key"),
+        ),
+        (
+            "WebSocket upgrade over HTTP/1.0 (RFC 6455 §4.1 needs HTTP/1.1), before the app is asked",
+            Refusal::BadHandshake("WebSocket needs HTTP/1.1"),
         ),
         ("no ready, non-draining backend", Refusal::NoBackend),
         (
@@ -307,7 +330,7 @@ pub fn table() -> Vec<Row> {
         ),
         ("no pong within keepalive.timeout", CloseCause::PongTimeout),
         (
-            "invalid framing from either side",
+            "invalid framing from either side (a 64-bit length with its top bit set included)",
             CloseCause::ProtocolError,
         ),
         (

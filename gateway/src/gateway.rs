@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -34,7 +35,8 @@ pub struct Gateway {
     pub admission: AdmissionRegistry,
     pub jwks: JwksRegistry,
     pub drain: Arc<Drain>,
-    pub http: Client<HttpConnector, Incoming>,
+    /// Plain-HTTP forwarding; the body is the client's, wrapped to tell its errors apart.
+    pub http: Client<HttpConnector, BoxBody<Bytes, hyper::Error>>,
     /// Live backend sets of the Services routes name (filled by the EndpointSlice watch).
     pub backends: BackendRegistry,
     /// Rooms: this pod's hub over the configured bus.

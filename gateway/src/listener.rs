@@ -22,6 +22,9 @@ use crate::pipeline::{Conn, handle};
 pub struct EdgeApp {
     pub gateway: Arc<Gateway>,
     pub tls: Option<TlsAcceptor>,
+    /// The listener's name in the config (its settings are read per connection, so a reload
+    /// applies to new connections).
+    pub listener: String,
 }
 
 impl EdgeApp {
@@ -73,16 +76,45 @@ impl ServerApp for EdgeApp {
         stream: Stream,
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let paths = self
+            .gateway
+            .config
+            .load()
+            .listeners
+            .iter()
+            .find(|l| l.name == self.listener)
+            .map(|l| l.paths)
+            .unwrap_or_default();
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()))
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         match &self.tls {
-            None => self.serve(stream, Conn { peer, tls: false }).await,
+            None => {
+                self.serve(
+                    stream,
+                    Conn {
+                        peer,
+                        tls: false,
+                        paths,
+                    },
+                )
+                .await
+            }
             Some(acceptor) => {
                 let timeout = self.gateway.config.load().limits.handshake_timeout;
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => self.serve(tls, Conn { peer, tls: true }).await,
+                    Ok(Ok(tls)) => {
+                        self.serve(
+                            tls,
+                            Conn {
+                                peer,
+                                tls: true,
+                                paths,
+                            },
+                        )
+                        .await
+                    }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => {
                         crate::metrics::metrics()

@@ -1,5 +1,5 @@
-//! The request pipeline, all before any 101: route lookup, Origin, token, admission, then the
-//! route's mode. Every refusal goes through [`refuse`], which renders the one error table.
+//! The request pipeline, all before any 101: normalization (one path, one authority, for the
+//! gateway and the app alike), route lookup, Origin, token, admission, then the route's mode. Every refusal goes through [`refuse`], which renders the one error table.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -12,7 +12,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use switchboard_config::PinningKey;
+use switchboard_config::{ListenerPaths, PinningKey};
 use tracing::Instrument;
 
 use crate::admission::client_ip::client_ip;
@@ -34,6 +34,8 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 pub struct Conn {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The listener's path normalization settings.
+    pub paths: ListenerPaths,
 }
 
 pub(crate) fn full(text: impl Into<Bytes>) -> Body {
@@ -98,6 +100,11 @@ pub fn is_websocket(req: &Request<Incoming>) -> bool {
 }
 
 fn check_handshake(req: &Request<Incoming>) -> Result<(), Refusal> {
+    // RFC 6455 §4.1: the opening handshake is an HTTP/1.1 (or later) request. An HTTP/1.0
+    // client cannot be switched; refuse before the app is asked.
+    if req.version() != http::Version::HTTP_11 {
+        return Err(Refusal::BadHandshake("WebSocket needs HTTP/1.1"));
+    }
     let version = req
         .headers()
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -199,19 +206,50 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// Make the request the one the app will see, before anything looks at it: one authority
+/// (the absolute-form target's, written into `Host`), and the normalized path in an
+/// origin-form target (the query is kept as sent). Returns the authority to route on.
+fn normalize_head(
+    req: &mut Request<Incoming>,
+    paths: ListenerPaths,
+) -> Result<Option<String>, Refusal> {
+    let authority = crate::normalize::authority(req.version(), req.uri(), req.headers())
+        .map_err(|e| Refusal::BadRequest(e.reason()))?;
+    let path = crate::normalize::path(req.uri().path(), paths)
+        .map_err(|e| Refusal::BadRequest(e.reason()))?;
+    let absolute_form = req.uri().authority().is_some();
+    if absolute_form || path != req.uri().path() {
+        let target = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.into_owned(),
+        };
+        *req.uri_mut() = target
+            .parse()
+            .map_err(|_| Refusal::BadRequest("request target"))?;
+    }
+    if absolute_form && let Some(a) = &authority {
+        let host =
+            HeaderValue::from_str(a.as_str()).map_err(|_| Refusal::BadRequest("invalid Host"))?;
+        req.headers_mut().insert(header::HOST, host);
+    }
+    Ok(authority.map(|a| a.as_str().to_string()))
+}
+
 async fn route_and_admit(
     gw: Arc<Gateway>,
     conn: Conn,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     span: &tracing::Span,
 ) -> Response<Body> {
+    let host = match normalize_head(&mut req, conn.paths) {
+        Ok(host) => host,
+        Err(r) => {
+            span.record("outcome", "refused");
+            span.record("reason", r.label());
+            return refuse("", r);
+        }
+    };
     let table = gw.routes.load_full();
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().host().map(str::to_string));
     let Some(route) = table.lookup(host.as_deref(), req.uri().path()) else {
         if !span.is_disabled() {
             span.record("transport", transport(&req, false));
@@ -483,6 +521,16 @@ async fn forward_http(
         .parse()
         .map_err(|_| Refusal::BadHandshake("request target"))?;
     let (parts, body) = req.into_parts();
+    // A body the client breaks (a malformed chunk) fails the upstream request too: remember
+    // whose fault it was, so it is a 400 for the client and not a 502 for the backend.
+    let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = client_failed.clone();
+    let body = body
+        .map_err(move |e| {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            e
+        })
+        .boxed();
     let mut up = Request::builder()
         .method(parts.method)
         .uri(uri)
@@ -496,7 +544,15 @@ async fn forward_http(
         .instrument(connect.clone())
         .await
         .map_err(|_| Refusal::BackendTimeout)
-        .and_then(|r| r.map_err(|_| Refusal::BackendUnreachable));
+        .and_then(|r| {
+            r.map_err(|_| {
+                if client_failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    Refusal::BadRequestBody
+                } else {
+                    Refusal::BackendUnreachable
+                }
+            })
+        });
     record_connect(
         connect,
         match &resp {

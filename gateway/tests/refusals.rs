@@ -494,3 +494,288 @@ async fn every_refusal_path_answers_with_its_status_and_is_counted_by_reason() {
         "the app's refusal is counted as app_refused"
     );
 }
+
+/// Routes for the "one view of the request" matrix: an anonymous `/public`, a JWT `/api` and
+/// `/ws`, an `/admin` that needs another audience, a host-bound `/hosted` (with a host-less
+/// fallback that has no backend) and a rooms route.
+fn request_view_config(public: u16, keep: u16, admin: u16, echo: u16) -> String {
+    let jwt = jwt_rsa_file("audiences: [switchboard], ");
+    let admin_jwt = jwt_rsa_file("audiences: [admin], ");
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners:
+  - {{name: public, address: "127.0.0.1:{public}"}}
+  - {{name: keep, address: "127.0.0.1:{keep}", paths: {{escapedSlashes: keep, mergeSlashes: false}}}}
+admin: {{address: "127.0.0.1:{admin}"}}
+limits: {{handshakeTimeout: 2s, upstreamTimeout: 3s}}
+drain: {{propagation: 0s, deadline: 15s}}
+routes:
+  - {{name: public, path: {{value: /public}}, proxy: {{backends: [{{address: "127.0.0.1:{echo}"}}]}}, keepalive: {{interval: 0s}}}}
+  - {{name: api, path: {{value: /api}}, jwt: {jwt}, proxy: {{backends: [{{address: "127.0.0.1:{echo}"}}]}}, keepalive: {{interval: 0s}}}}
+  - {{name: ws, path: {{value: /ws}}, jwt: {jwt}, proxy: {{backends: [{{address: "127.0.0.1:{echo}"}}]}}, keepalive: {{interval: 0s}}}}
+  - {{name: admin, path: {{value: /admin}}, jwt: {admin_jwt}, proxy: {{backends: [{{address: "127.0.0.1:{echo}"}}]}}, keepalive: {{interval: 0s}}}}
+  - {{name: hosted, hosts: [chat.example.com], path: {{value: /hosted}}, proxy: {{backends: [{{address: "127.0.0.1:{echo}"}}]}}}}
+  - {{name: hosted-fallback, path: {{value: /hosted}}, proxy: {{backends: []}}}}
+  - {{name: rooms, path: {{value: /rooms}}, mode: rooms, rooms: {{join: [lobby]}}, keepalive: {{interval: 0s}}}}
+"#
+    )
+}
+
+/// A plain GET head with `Host: localhost` (or the given host lines) and `extra` header lines.
+fn get_head(target: &str, host_lines: &str, extra: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\n{host_lines}{extra}\r\n")
+}
+
+const LOCALHOST: &str = "Host: localhost\r\n";
+
+#[tokio::test]
+async fn the_gateway_and_the_app_see_the_same_request() {
+    let echo = EchoServer::start().await;
+    let keep_port = free_port();
+    let gateway = Gateway::start(&request_view_config(
+        free_port(),
+        keep_port,
+        free_port(),
+        echo.port(),
+    ))
+    .await;
+    let addr = gateway.addr();
+    let keep: std::net::SocketAddr = ([127, 0, 0, 1], keep_port).into();
+    let token = format!(
+        "Authorization: Bearer {}\r\n",
+        aud_token("alice", 600, "switchboard", "rsa")
+    );
+    let mut m = Matrix::default();
+
+    // A 200 row must also show the path the app received.
+    let forwarded = |m: &mut Matrix, what: &str, resp: &RawResponse, path: &str| {
+        let got_path =
+            (resp.status == 200).then(|| support::parse_http_echo(&resp.body_text()).path);
+        m.check(
+            what,
+            &format!("200 app sees {path}"),
+            format!(
+                "{} app sees {}",
+                resp.status,
+                got_path.as_deref().unwrap_or("-")
+            ),
+            resp.status == 200 && got_path.as_deref() == Some(path),
+        );
+    };
+
+    // --- paths: the route and the app see the normalized path -------------------------------
+    let resp = raw_request(addr, &get_head("/public/x", LOCALHOST, "")).await;
+    forwarded(&mut m, "/public/x (control)", &resp, "/public/x");
+    for target in [
+        "/public/../api/secret",
+        "/public/%2e%2e/api/secret",
+        "/public/%2E%2E/api/secret",
+        "/public/./../api/secret",
+        "/public/.%2e/api/secret",
+    ] {
+        let resp = raw_request(addr, &get_head(target, LOCALHOST, "")).await;
+        m.refusal(
+            &format!("{target} no token (is /api/secret)"),
+            &resp,
+            401,
+            &[],
+        );
+    }
+    let resp = raw_request(addr, &get_head("/public/../api/secret", LOCALHOST, &token)).await;
+    forwarded(
+        &mut m,
+        "/public/../api/secret with token",
+        &resp,
+        "/api/secret",
+    );
+    for target in [
+        "/public/..%2fapi/secret",
+        "/public/%2e%2e%2fapi/secret",
+        "/public/..%2Fapi/secret",
+        "/public/..%5capi/secret",
+        "/public/a%2fb",
+        "/public/..;/api/secret",
+        "/public/..;jsessionid=1/api/secret",
+        "/public/%zz",
+        "/public/%4",
+    ] {
+        let resp = raw_request(addr, &get_head(target, LOCALHOST, "")).await;
+        m.refusal(&format!("{target} (refused)"), &resp, 400, &[]);
+    }
+    let resp = raw_request(addr, &get_head("/public//x///y", LOCALHOST, "")).await;
+    forwarded(&mut m, "/public//x///y (merged)", &resp, "/public/x/y");
+    let resp = raw_request(addr, &get_head("/public/%7Euser/%41%62;p=1", LOCALHOST, "")).await;
+    forwarded(
+        &mut m,
+        "/public/%7Euser/%41%62;p=1",
+        &resp,
+        "/public/~user/Ab;p=1",
+    );
+    let resp = raw_request(addr, &get_head("/public/%c3%a9?q=%2e%2e/x", LOCALHOST, "")).await;
+    forwarded(
+        &mut m,
+        "/public/%c3%a9?q=%2e%2e/x",
+        &resp,
+        "/public/%C3%A9?q=%2e%2e/x",
+    );
+
+    // The same through the `keep` listener: encoded slashes stay encoded, slashes unmerged.
+    let resp = raw_request(keep, &get_head("/public/a%2fb", LOCALHOST, "")).await;
+    forwarded(&mut m, "keep: /public/a%2fb", &resp, "/public/a%2Fb");
+    let resp = raw_request(keep, &get_head("/public/..%2fapi/secret", LOCALHOST, "")).await;
+    forwarded(
+        &mut m,
+        "keep: /public/..%2fapi/secret",
+        &resp,
+        "/public/..%2Fapi/secret",
+    );
+    let resp = raw_request(keep, &get_head("/public//x", LOCALHOST, "")).await;
+    forwarded(&mut m, "keep: /public//x (not merged)", &resp, "/public//x");
+    let resp = raw_request(keep, &get_head("/public/../api/secret", LOCALHOST, "")).await;
+    m.refusal("keep: /public/../api/secret no token", &resp, 401, &[]);
+
+    // A token valid for /ws does not open /admin through a dot segment.
+    let handshakes_before = echo.handshakes().len();
+    let bearer = format!("Bearer {}", aud_token("alice", 600, "switchboard", "rsa"));
+    let (resp, ws) = raw_upgrade(addr, "/ws/../admin", &[("Authorization", &bearer)]).await;
+    m.refusal("/ws/../admin upgrade with a /ws token", &resp, 401, &[]);
+    release(ws.into_iter().collect()).await;
+    let (resp, ws) = raw_upgrade(addr, "/ws/a/./b/../c", &[("Authorization", &bearer)]).await;
+    release(ws.into_iter().collect()).await;
+    let seen: Vec<String> = echo.handshakes()[handshakes_before..]
+        .iter()
+        .map(|r| r.uri.to_string())
+        .collect();
+    m.check(
+        "/ws/a/./b/../c upgrade: the app's handshakes",
+        "101 [\"/ws/a/c\"]",
+        format!("{} {seen:?}", resp.status),
+        resp.status == 101 && seen == ["/ws/a/c"],
+    );
+
+    // --- Host (RFC 9112 §3.2) -----------------------------------------------------------------
+    let resp = raw_request(
+        addr,
+        &get_head(
+            "/public/x",
+            "Host: localhost\r\nHost: chat.example.com\r\n",
+            "",
+        ),
+    )
+    .await;
+    m.refusal("two Host headers", &resp, 400, &[]);
+    let resp = raw_request(addr, &get_head("/public/x", "", "")).await;
+    m.refusal("HTTP/1.1 without Host", &resp, 400, &[]);
+    let resp = raw_request(addr, "GET /public/x HTTP/1.0\r\n\r\n").await;
+    forwarded(
+        &mut m,
+        "HTTP/1.0 without Host (control)",
+        &resp,
+        "/public/x",
+    );
+    let resp = raw_request(
+        addr,
+        &get_head("/hosted/x", "Host: chat.example.com\r\n", ""),
+    )
+    .await;
+    forwarded(
+        &mut m,
+        "/hosted Host: chat.example.com (control)",
+        &resp,
+        "/hosted/x",
+    );
+    let resp = raw_request(
+        addr,
+        &get_head(
+            "http://chat.example.com/hosted/x",
+            "Host: other.example.com\r\n",
+            "",
+        ),
+    )
+    .await;
+    let host_seen = (resp.status == 200)
+        .then(|| {
+            support::parse_http_echo(&resp.body_text())
+                .headers
+                .get("host")
+                .cloned()
+        })
+        .flatten();
+    m.check(
+        "absolute-form http://chat.example.com/hosted/x, Host: other",
+        "200 app Host chat.example.com",
+        format!("{} app Host {host_seen:?}", resp.status),
+        resp.status == 200 && host_seen.as_deref() == Some("chat.example.com"),
+    );
+    let resp = raw_request(
+        addr,
+        &get_head(
+            "http://chat.example.com/public/../api/x",
+            "Host: chat.example.com\r\n",
+            "",
+        ),
+    )
+    .await;
+    m.refusal("absolute-form with dot segments, no token", &resp, 401, &[]);
+
+    // --- HTTP/1.0 upgrade (RFC 6455 §4.1): refused before the app is asked ------------------
+    let handshakes_before = echo.handshakes().len();
+    for path in ["/public/x", "/rooms"] {
+        let head = upgrade_head(path, &[]).replacen("HTTP/1.1", "HTTP/1.0", 1);
+        let resp = raw_request(addr, &head).await;
+        m.refusal(&format!("{path} HTTP/1.0 upgrade"), &resp, 400, &[]);
+    }
+    let app_handshakes = echo.handshakes().len() - handshakes_before;
+    m.check(
+        "HTTP/1.0 upgrades reach the app",
+        "0",
+        app_handshakes.to_string(),
+        app_handshakes == 0,
+    );
+
+    // --- a broken body from the client is the client's fault --------------------------------
+    let resp = raw_request(
+        addr,
+        "POST /public/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+         FFFFFFFFFFFFFFFFFFFF\r\nx\r\n0\r\n\r\n",
+    )
+    .await;
+    m.refusal("POST chunk size overflow", &resp, 400, &[]);
+
+    m.print();
+    let mismatches = m.rows.iter().filter(|r| !r.ok).count();
+    assert_eq!(
+        mismatches, 0,
+        "rows of the request-view matrix that do not hold (see the printed matrix)"
+    );
+
+    let text = metrics_text(&gateway).await;
+    let count = |reason: &str| {
+        0.0 + metric_sum(
+            &text,
+            "switchboard_handshake_refusals_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(
+        count("bad_request_body"),
+        1.0,
+        "the broken chunked body is counted as the client's"
+    );
+    assert_eq!(
+        count("backend_unreachable"),
+        0.0,
+        "no request here is a backend failure"
+    );
+    assert_eq!(
+        count("bad_request"),
+        11.0,
+        "9 path and 2 Host refusals are counted as bad_request"
+    );
+    assert_eq!(
+        count("bad_handshake"),
+        2.0,
+        "the HTTP/1.0 upgrades are bad handshakes"
+    );
+}
