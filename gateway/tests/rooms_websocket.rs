@@ -917,6 +917,44 @@ async fn a_message_over_max_message_bytes_closes_that_connection_with_1009() {
 }
 
 #[tokio::test]
+async fn a_frame_length_with_the_high_bit_set_closes_with_1002_not_1009() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start().await;
+    let head = support::upgrade_head("/open", &[("Sec-WebSocket-Protocol", "switchboard.v1")]);
+    let (resp, mut sock, mut buf) = support::raw_exchange(gw.addr(), &head)
+        .await
+        .expect("upgrade /open");
+    assert_eq!(resp.status, 101, "{resp:?}");
+    // A masked binary frame whose 64-bit length has the most significant bit set: RFC 6455
+    // §5.2 says that bit must be 0, so this is a framing error, not a large message.
+    let mut frame = vec![0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1];
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    sock.write_all(&frame).await.expect("write the frame");
+    // Read until the server's Close frame (unmasked: 0x88, length, code).
+    let code = tokio::time::timeout(PROMPTLY, async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(i) = buf.iter().position(|&b| b == 0x88)
+                && buf.len() >= i + 4
+            {
+                return Some(u16::from_be_bytes([buf[i + 2], buf[i + 3]]));
+            }
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("a close within PROMPTLY");
+    assert_eq!(
+        code,
+        Some(1002),
+        "close code for a length with the high bit set"
+    );
+}
+
+#[tokio::test]
 async fn messages_faster_than_the_rate_limit_close_the_connection_with_1008() {
     let gw = start().await;
     let mut fast = JsonWs::connect(&gw.ws_url("/limited"), &[]).await;

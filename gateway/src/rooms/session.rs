@@ -15,7 +15,7 @@ use switchboard_config::{Keepalive, RouteLimits};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -280,6 +280,14 @@ impl Session {
                                 // The client vanished without a close: nothing to send.
                                 WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
                                     return CloseCause::Abnormal(crate::error::Side::Downstream);
+                                }
+                                // tungstenite reports a 64-bit length with its most significant
+                                // bit set (RFC 6455 §5.2: must be 0) as an oversized message;
+                                // it is a framing error. (`size` is that length as usize.)
+                                WsError::Capacity(CapacityError::MessageTooLong { size, .. })
+                                    if (size as u64) >> 63 != 0 =>
+                                {
+                                    CloseCause::ProtocolError
                                 }
                                 WsError::Capacity(_) => CloseCause::MessageTooBig,
                                 WsError::Protocol(_) => CloseCause::ProtocolError,
