@@ -655,3 +655,6 @@ mod tests {
         assert!(std::str::from_utf8(reason).is_ok());
     }
 }
+
+#[cfg(test)]
+mod proptests;
