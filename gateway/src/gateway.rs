@@ -132,7 +132,14 @@ impl Gateway {
             return Err(problems);
         }
         let old = self.config.load();
-        if old.listeners != cfg.listeners || old.admin != cfg.admin {
+        // `paths` is read per new connection, so it is not a socket change.
+        let sockets = |c: &GatewayConfig| {
+            c.listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.address, l.tls.clone()))
+                .collect::<Vec<_>>()
+        };
+        if sockets(&old) != sockets(&cfg) || old.admin != cfg.admin {
             tracing::warn!(
                 "listener or admin changes take effect after a restart; routes, limits and drain apply now"
             );
