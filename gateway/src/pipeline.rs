@@ -244,6 +244,9 @@ async fn route_and_admit(
     let host = match normalize_head(&mut req, conn.paths) {
         Ok(host) => host,
         Err(r) => {
+            if !span.is_disabled() {
+                span.record("transport", transport(&req, false));
+            }
             span.record("outcome", "refused");
             span.record("reason", r.label());
             return refuse("", r);
