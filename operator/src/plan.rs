@@ -263,7 +263,7 @@ pub fn plan(base: &GatewayConfig, routes: &[RealtimeRoute], refs: &Refs, limits:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{base_config, route, route_created_at};
+    use crate::fixtures::{BASE_YAML, base_config, route, route_created_at};
 
     const NO_LIMITS: Limits = Limits { grace_period: None };
 
@@ -288,6 +288,25 @@ mod tests {
         assert_eq!(p.config.routes[0].name, "default/chat");
         assert_eq!(p.config.listeners, base_config().listeners);
         assert!(p.base_problems.is_empty());
+    }
+
+    #[test]
+    fn the_base_configs_listener_path_settings_reach_the_snapshot() {
+        let base = GatewayConfig::from_yaml(&BASE_YAML.replace(
+            "  address: 0.0.0.0:8443\n",
+            "  address: 0.0.0.0:8443\n  paths: {mergeSlashes: false, escapedSlashes: keep}\n",
+        ))
+        .unwrap();
+        let rt = route("default", "chat", "backend: {name: chat, port: 80}");
+        let p = plan(&base, &[rt], &refs(), NO_LIMITS);
+        let written = GatewayConfig::from_yaml(&p.config.to_yaml()).unwrap();
+        assert_eq!(
+            written.listeners[0].paths,
+            switchboard_config::ListenerPaths {
+                merge_slashes: false,
+                escaped_slashes: switchboard_config::EscapedSlashes::Keep,
+            }
+        );
     }
 
     #[test]
