@@ -1,9 +1,10 @@
 //! Switchboard's data plane: a pingora-based realtime edge gateway.
 //!
-//! A request passes one pipeline before any 101: path and Host normalization, route lookup, Origin allow-list, JWT,
-//! admission limits. In proxy mode the gateway then pins the connection to one backend pod and
-//! owns the WebSocket tunnel (frame-aware relay with size/rate limits, keep-alive, expiry and
-//! drain closes). Every refusal and close maps to one row of [`error::table`].
+//! A request passes one pipeline before any 101: path and Host normalization, route lookup,
+//! Origin allow-list, JWT, admission limits. In proxy mode the gateway then pins the connection
+//! to one backend pod and owns the WebSocket tunnel (frame-aware relay with size/rate limits,
+//! keep-alive, expiry and drain closes). Every refusal and close maps to one row of
+//! [`error::table`].
 
 pub mod admin;
 pub mod admission;

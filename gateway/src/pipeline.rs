@@ -1,5 +1,6 @@
 //! The request pipeline, all before any 101: normalization (one path, one authority, for the
-//! gateway and the app alike), route lookup, Origin, token, admission, then the route's mode. Every refusal goes through [`refuse`], which renders the one error table.
+//! gateway and the app alike), route lookup, Origin, token, admission, then the route's mode.
+//! Every refusal goes through [`refuse`], which renders the one error table.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

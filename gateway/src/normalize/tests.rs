@@ -239,7 +239,10 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_text_never_panics_and_never_leaves_the_root(text in prop::collection::vec(0x20u8..0x7f, 0..40), o in any_opts()) {
+    fn arbitrary_text_never_panics_and_never_leaves_the_root(
+        text in prop::collection::vec(0x20u8..0x7f, 0..40),
+        o in any_opts(),
+    ) {
         let raw = format!("/{}", String::from_utf8(text).expect("printable ASCII"));
         if let Ok(out) = path(&raw, o) {
             prop_assert!(out.starts_with('/'));

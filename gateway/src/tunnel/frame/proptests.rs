@@ -163,10 +163,17 @@ proptest! {
         let (seen, err, consumed) = scan(sender, 1 << 20, &input, &cuts);
         let out = reassemble(&seen);
         // Up to an error the scanner may hold a partial header it never hands out.
-        prop_assert!(input[..consumed].starts_with(&out), "forwarded bytes are a prefix of the input");
+        prop_assert!(
+            input[..consumed].starts_with(&out),
+            "forwarded bytes are a prefix of the input"
+        );
         if err.is_none() {
             let pending = input.len() - out.len();
-            prop_assert!(pending <= 14 + 125, "at most one partial header or control frame is held back, got {}", pending);
+            prop_assert!(
+                pending <= 14 + 125,
+                "at most one partial header or control frame is held back, got {}",
+                pending
+            );
         }
     }
 
