@@ -157,6 +157,8 @@ pub enum CloseCause {
     InvalidUtf8,
     /// The backend pod went away or broke the connection without a close frame.
     UpstreamGone,
+    /// Proxy mode: the app did not answer a keep-alive ping in time (hung or unreachable).
+    UpstreamPongTimeout,
     /// One side sent a Close frame; the gateway relayed it unchanged.
     Peer(Side, u16),
     /// A side's TCP connection ended without a close handshake.
@@ -181,6 +183,7 @@ impl CloseCause {
             Self::ProtocolError => 1002,
             Self::InvalidUtf8 => 1007,
             Self::UpstreamGone => 1011,
+            Self::UpstreamPongTimeout => 1011,
             Self::Peer(_, code) => *code,
             Self::Abnormal(_) => 1006,
             Self::SlowConsumer => 4008,
@@ -200,6 +203,7 @@ impl CloseCause {
             Self::ProtocolError => "protocol error",
             Self::InvalidUtf8 => "invalid UTF-8",
             Self::UpstreamGone => "backend went away",
+            Self::UpstreamPongTimeout => "backend not responding",
             Self::Peer(..) | Self::Abnormal(_) => "",
             Self::SlowConsumer => "slow consumer",
             Self::BusUnavailable => "room bus unavailable, try again later",
@@ -218,6 +222,7 @@ impl CloseCause {
             Self::ProtocolError => "protocol_error",
             Self::InvalidUtf8 => "invalid_utf8",
             Self::UpstreamGone => "upstream_gone",
+            Self::UpstreamPongTimeout => "upstream_pong_timeout",
             Self::Peer(Side::Upstream, _) => "upstream_close",
             Self::Peer(..) => "client_close",
             Self::Abnormal(Side::Upstream) => "upstream_reset",
@@ -340,6 +345,10 @@ pub fn table() -> Vec<Row> {
         (
             "backend connection reset without a close frame (a clean TCP end is mirrored instead)",
             CloseCause::UpstreamGone,
+        ),
+        (
+            "the app did not answer a ping within keepalive.app.timeout",
+            CloseCause::UpstreamPongTimeout,
         ),
         (
             "rooms: outbound queue over rooms.maxQueueBytes",

@@ -416,6 +416,8 @@ async fn admit_and_proxy(
         message_burst: route.cfg.limits.message_burst,
         ping_interval: route.cfg.keepalive.interval,
         pong_timeout: route.cfg.keepalive.timeout,
+        app_ping_interval: route.cfg.keepalive.app.interval,
+        app_pong_timeout: route.cfg.keepalive.app.timeout,
         close_timeout: Duration::from_secs(5),
         expires_at,
         drain_code: route.cfg.drain.close_code,

@@ -23,11 +23,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message as _;
 use support::{
-    EchoServer, Gateway, PROMPTLY, assert_echo, eventually, expect_close, free_port, http_get,
-    jwt_rsa_file, metric_sum, metrics_text, raw_exchange, token_for, try_http_get, upgrade_head,
-    ws_connect, ws_try_connect,
+    EchoServer, Gateway, PROMPTLY, Received, assert_echo, eventually, expect_close, free_port,
+    http_get, jwt_rsa_file, metric_sum, metrics_text, raw_exchange, token_for, try_http_get,
+    upgrade_head, ws_connect, ws_try_connect,
 };
-use tokio::net::TcpListener;
+use switchboard_gateway::tunnel::frame::{self, Event, OpCode, Scanner, Sender};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 const CLIENTS: usize = 8;
@@ -142,6 +144,128 @@ async fn sigterm_drains_every_client_with_the_routes_close_code_and_exits_zero()
         log.contains("drain complete: graceful exit"),
         "exited before the deadline, not forced; log:\n{log}"
     );
+}
+
+/// A WebSocket client written frame by frame over a raw socket, so it can do what a library
+/// client never does on purpose: send a message after a Close reached it, before answering it
+/// (what happens when a message and the gateway's Close cross on the wire).
+struct RawClient {
+    stream: TcpStream,
+    scanner: Scanner,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Frame {
+    Text(String),
+    Close(u16, String),
+    Ping,
+    End,
+}
+
+impl RawClient {
+    async fn connect(gateway: &Gateway, path: &str) -> Self {
+        let (resp, stream, rest) = raw_exchange(gateway.addr(), &upgrade_head(path, &[]))
+            .await
+            .expect("upgrade exchange");
+        assert_eq!(resp.status, 101, "{resp:?}");
+        RawClient {
+            stream,
+            scanner: Scanner::new(Sender::Server, u64::MAX),
+            buf: rest,
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("client write");
+    }
+
+    async fn send_text(&mut self, text: &str) {
+        let mask = Some(rand::random::<[u8; 4]>());
+        self.send(&frame::encode(OpCode::Text, text.as_bytes(), mask))
+            .await;
+    }
+
+    async fn send_close(&mut self, code: u16) {
+        let mask = Some(rand::random::<[u8; 4]>());
+        self.send(&frame::close_frame(code, "", mask)).await;
+    }
+
+    /// The next frame from the gateway (pongs skipped), or `End` when the stream ends.
+    async fn next(&mut self) -> Frame {
+        let mut data = Vec::new();
+        loop {
+            let mut pos = 0;
+            let buf = std::mem::take(&mut self.buf);
+            while let Some(ev) = self.scanner.next(&buf, &mut pos).expect("valid frames") {
+                match ev {
+                    Event::Header(_) => {}
+                    Event::Payload(p) => data.extend_from_slice(p),
+                    Event::Control(c) if c.opcode == OpCode::Close => {
+                        self.buf = buf[pos..].to_vec();
+                        let reason = String::from_utf8_lossy(c.payload.get(2..).unwrap_or(&[]));
+                        return Frame::Close(c.close_code().unwrap_or(1005), reason.into_owned());
+                    }
+                    Event::Control(c) if c.opcode == OpCode::Ping => {
+                        self.buf = buf[pos..].to_vec();
+                        return Frame::Ping;
+                    }
+                    Event::Control(_) => {}
+                }
+                if self.scanner.at_boundary() && !self.scanner.in_message() && !data.is_empty() {
+                    self.buf = buf[pos..].to_vec();
+                    return Frame::Text(String::from_utf8(data).expect("UTF-8 text"));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(PROMPTLY, self.stream.read(&mut chunk)).await {
+                Err(_) => panic!("nothing from the gateway within {PROMPTLY:?}"),
+                Ok(Ok(0) | Err(_)) => return Frame::End,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_that_crosses_the_drain_close_reaches_the_app_before_the_apps_close() {
+    let echo = EchoServer::start().await;
+    let mut gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let mut client = RawClient::connect(&gateway, "/client/raw").await;
+    client.send_text("before the drain").await;
+    assert_eq!(client.next().await, Frame::Text("before the drain".into()));
+
+    gateway.terminate();
+    assert_eq!(client.next().await, Frame::Close(1012, "restart".into()));
+    // The client had written this before it read the Close: the two crossed on the wire.
+    client.send_text("crossed the close").await;
+    client.send_close(1012).await;
+    assert_eq!(
+        client.next().await,
+        Frame::End,
+        "nothing follows the gateway's Close but the end of the stream"
+    );
+
+    eventually("the app to get its Close", PROMPTLY, || async {
+        echo.received()
+            .iter()
+            .any(|r| matches!(r, Received::Close(_)))
+    })
+    .await;
+    assert_eq!(
+        echo.received(),
+        vec![
+            Received::Text("before the drain".into()),
+            Received::Text("crossed the close".into()),
+            Received::Close(Some((1012, "restart".into()))),
+        ],
+        "the app got every message the client sent, then the client's close code"
+    );
+    let status = gateway
+        .wait_exit(PROMPTLY)
+        .await
+        .expect("the gateway exits after the drain");
+    assert!(status.success(), "exit status {status}");
 }
 
 /// One exported span: its name and attributes (values rendered as text), plus the resource's.

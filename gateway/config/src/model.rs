@@ -802,7 +802,8 @@ fn default_message_burst() -> u32 {
     200
 }
 
-/// Keep-alive pings toward the client; a missing pong closes the connection.
+/// Keep-alive pings toward the client (and, in proxy mode, toward the app); a missing pong
+/// closes the connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Keepalive {
@@ -812,6 +813,10 @@ pub struct Keepalive {
     /// How long to wait for the pong. Default 20s.
     #[serde(default = "default_pong_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Proxy mode: pings toward the app pod, so an app that stops answering (hung, stopped,
+    /// partitioned) is noticed. Default on (15s / 10s).
+    #[serde(default)]
+    pub app: AppKeepalive,
 }
 
 impl Default for Keepalive {
@@ -819,8 +824,38 @@ impl Default for Keepalive {
         Self {
             interval: default_ping_interval(),
             timeout: default_pong_timeout(),
+            app: AppKeepalive::default(),
         }
     }
+}
+
+/// Keep-alive pings from the gateway toward the app pod of a proxied connection; an app that
+/// misses the pong deadline gets the client closed with 1011 "backend not responding".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppKeepalive {
+    /// Ping period. Default 15s. `0s` disables pings toward the app.
+    #[serde(default = "default_app_ping_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long to wait for the app's pong. Default 10s.
+    #[serde(default = "default_app_pong_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for AppKeepalive {
+    fn default() -> Self {
+        Self {
+            interval: default_app_ping_interval(),
+            timeout: default_app_pong_timeout(),
+        }
+    }
+}
+
+fn default_app_ping_interval() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_app_pong_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_ping_interval() -> Duration {

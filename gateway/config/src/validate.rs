@@ -629,6 +629,12 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
             "must be more than 0s when pings are on",
         ));
     }
+    if !r.keepalive.app.interval.is_zero() && r.keepalive.app.timeout.is_zero() {
+        p.push(Problem::new(
+            format!("{at}.keepalive.app.timeout"),
+            "must be more than 0s when pings toward the app are on",
+        ));
+    }
     let d = &r.drain;
     if !(matches!(d.close_code, 1000 | 1001 | 1012 | 1013) || (4000..=4999).contains(&d.close_code))
     {
@@ -656,6 +662,8 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::{Error, GatewayConfig};
 
     const BASE: &str = "apiVersion: switchboard.dev/v1alpha1\nkind: GatewayConfig\nlisteners: [{name: public, address: '127.0.0.1:8080'}]\n";
@@ -747,6 +755,35 @@ mod tests {
             "routes: [{name: a, path: {value: /ws}, proxy: {backends: []}}, {name: b, path: {value: /ws}, proxy: {backends: []}}]",
         );
         assert!(p.iter().any(|x| x.starts_with("routes[1].path:")), "{p:?}");
+    }
+
+    #[test]
+    fn app_keepalive_is_on_by_default_and_needs_a_timeout_when_on() {
+        let cfg = GatewayConfig::from_yaml(&format!(
+            "{BASE}routes: [{{name: a, path: {{value: /}}, proxy: {{backends: []}}}}]"
+        ))
+        .unwrap();
+        let app = &cfg.routes[0].keepalive.app;
+        assert_eq!(
+            (app.interval, app.timeout),
+            (Duration::from_secs(15), Duration::from_secs(10))
+        );
+        let p = problems(
+            "routes: [{name: a, path: {value: /}, proxy: {backends: []}, keepalive: {app: {interval: 5s, timeout: 0s}}}]",
+        );
+        assert_eq!(
+            p,
+            vec![
+                "routes[0].keepalive.app.timeout: must be more than 0s when pings toward the app are on"
+                    .to_string()
+            ]
+        );
+        assert!(
+            problems(
+                "routes: [{name: a, path: {value: /}, proxy: {backends: []}, keepalive: {app: {interval: 0s, timeout: 0s}}}]"
+            )
+            .is_empty()
+        );
     }
 
     #[test]

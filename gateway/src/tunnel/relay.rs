@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use prometheus::IntCounter;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -25,6 +26,8 @@ const PING_MAGIC: &[u8] = b"sb-ka:";
 const READ_BUF: usize = 8 * 1024;
 /// Longest a pump waits to shut its client stream down cleanly after the close.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
+/// Most bytes relayed from what a source has already sent when a close starts.
+const READY_BUDGET: usize = 256 * 1024;
 
 /// Per-connection limits and timers, fixed when the connection is admitted.
 #[derive(Debug, Clone)]
@@ -35,6 +38,9 @@ pub struct TunnelLimits {
     /// Zero disables keep-alive pings.
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
+    /// Keep-alive pings toward the app; zero disables them.
+    pub app_ping_interval: Duration,
+    pub app_pong_timeout: Duration,
     /// How long to wait for the close handshake after a close starts.
     pub close_timeout: Duration,
     /// Close with 4001 at this instant (the token's `exp`).
@@ -71,10 +77,24 @@ enum Cmd {
         reason: String,
         fail: bool,
     },
+    /// A close that starts at the source (the client was sent Close by the other pump): keep
+    /// relaying until the source's Close arrives, then send the destination this Close instead
+    /// of forwarding the source's.
+    CloseAfterSource {
+        code: u16,
+        reason: String,
+    },
+    /// The destination's close handshake is complete (it was sent our Close and its own Close
+    /// has arrived at the other pump): end its stream now instead of when this pump's source
+    /// answers too.
+    Finish,
 }
 
 enum Report {
+    /// A pong from the client.
     Pong,
+    /// A pong from the app.
+    AppPong,
     Violation(CloseCause),
 }
 
@@ -86,6 +106,9 @@ enum End {
     CloseAck,
     /// The source's stream ended (or failed) without a Close frame.
     SourceGone,
+    /// The source's stream broke (reset) and the destination was sent a Close of ours
+    /// (1011 toward a client whose app went away).
+    SourceBroken,
     /// Writing to the destination failed.
     DestinationGone,
     /// We failed the connection (protocol error): Close sent, destination shut down.
@@ -119,6 +142,12 @@ struct Pump<R, W> {
     mode: Mode,
     /// We injected a Close into `dst`.
     close_sent: bool,
+    /// A command waiting for `dst` to reach a frame boundary.
+    pending: Option<Cmd>,
+    /// The Close to send `dst` once the source's Close arrives ([`Cmd::CloseAfterSource`]).
+    handoff: Option<(u16, String)>,
+    /// `dst`'s stream was ended early ([`Cmd::Finish`]).
+    finished: bool,
     /// `dst` has a data frame of ours half written.
     dst_mid_frame: bool,
     frames: u64,
@@ -129,6 +158,46 @@ struct Pump<R, W> {
 }
 
 impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
+    /// The pump reading frames sent by `sender` from `src` and writing them to `dst`; only the
+    /// client's direction is rate limited.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        src: ReadHalf<R>,
+        dst: WriteHalf<W>,
+        sender: Sender,
+        limits: &TunnelLimits,
+        cmds: mpsc::Receiver<Cmd>,
+        reports: mpsc::Sender<Report>,
+        counters: DirCounters,
+        first_close: Arc<AtomicU32>,
+    ) -> Self {
+        Pump {
+            src,
+            dst,
+            sender,
+            scanner: Scanner::new(sender, limits.max_message_bytes),
+            cmds,
+            reports,
+            bucket: (sender == Sender::Client).then(|| {
+                TokenBucket::new(
+                    limits.messages_per_second,
+                    limits.message_burst,
+                    std::time::Instant::now(),
+                )
+            }),
+            counters,
+            mode: Mode::Relay,
+            close_sent: false,
+            pending: None,
+            handoff: None,
+            finished: false,
+            dst_mid_frame: false,
+            frames: 0,
+            bytes: 0,
+            first_close,
+        }
+    }
+
     fn out_mask(&self) -> Option<[u8; 4]> {
         // Frames we write toward a server (the app) must be masked; toward a client, not.
         (self.sender == Sender::Client).then(|| rand::rng().random())
@@ -139,56 +208,54 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
         let mut out: Vec<u8> = Vec::new();
         let mut cmds_open = true;
         let end = loop {
-            let injectable = cmds_open && !self.dst_mid_frame;
+            if !self.dst_mid_frame
+                && let Some(cmd) = self.pending.take()
+            {
+                match self.inject(cmd).await {
+                    Err(end) => break end,
+                    Ok(true) => {
+                        let _ = self.dst.shutdown().await;
+                        break End::Failed;
+                    }
+                    Ok(false) => {}
+                }
+            }
+            let takes_cmds = cmds_open && self.pending.is_none();
             tokio::select! {
                 biased;
-                cmd = self.cmds.recv(), if injectable => match cmd {
+                cmd = self.cmds.recv(), if takes_cmds => match cmd {
                     None => cmds_open = false,
-                    Some(cmd) => match self.inject(cmd).await {
-                        Err(end) => break end,
-                        Ok(true) => {
-                            let _ = self.dst.shutdown().await;
-                            break End::Failed;
+                    Some(Cmd::CloseAfterSource { code, reason }) => {
+                        self.handoff = Some((code, reason));
+                    }
+                    Some(Cmd::Finish) => {
+                        if self.close_sent && !self.finished {
+                            self.finished = true;
+                            let _ = self.dst.flush().await;
+                            let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.dst.shutdown()).await;
                         }
-                        Ok(false) => {}
-                    },
+                    }
+                    Some(cmd @ Cmd::Close { fail: false, .. }) => {
+                        // What the source sent before the close started goes out before it.
+                        if let Some(end) = self.forward_ready(&mut buf, &mut out).await {
+                            break end;
+                        }
+                        self.pending = Some(cmd);
+                    }
+                    Some(cmd) => self.pending = Some(cmd),
                 },
                 read = self.src.read(&mut buf) => {
-                    let n = match read {
-                        Ok(0) => {
-                            self.source_vanished(false).await;
-                            break End::SourceGone;
-                        }
-                        Err(_) => {
-                            self.source_vanished(true).await;
-                            break End::SourceGone;
-                        }
-                        Ok(n) => n,
-                    };
-                    self.bytes += n as u64;
-                    self.counters.bytes.inc_by(n as u64);
-                    if self.mode == Mode::Blind {
-                        continue;
-                    }
-                    out.clear();
-                    let processed = self.process(&buf[..n], &mut out).await;
-                    // pingora's client stream buffers writes: flush every chunk so nothing waits.
-                    if !out.is_empty()
-                        && (self.dst.write_all(&out).await.is_err() || self.dst.flush().await.is_err())
-                    {
-                        break End::DestinationGone;
-                    }
-                    if out.capacity() > 64 * 1024 {
-                        out = Vec::new();
-                    }
-                    if let Some(end) = processed {
+                    if let Some(end) = self.relay_read(read, &buf, &mut out).await {
                         break end;
                     }
                 }
             }
         };
         let _ = self.dst.flush().await;
-        if self.sender == Sender::Server && (self.close_sent || matches!(end, End::PeerClose(_))) {
+        if self.sender == Sender::Server
+            && !self.finished
+            && (self.close_sent || matches!(end, End::PeerClose(_)))
+        {
             // The client has its Close and nothing follows it: end the stream cleanly (TLS
             // close_notify, then FIN) instead of dropping the socket, which a TLS client sees
             // as a truncated stream. Bounded: a stuck client must not hold the tunnel open.
@@ -202,14 +269,77 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
         }
     }
 
-    /// The source's TCP stream ended without a Close. A clean end (FIN) is mirrored: the
+    /// Handle one read from the source: relay its frames to the destination. `Some` when the
+    /// pump is done.
+    async fn relay_read(
+        &mut self,
+        read: std::io::Result<usize>,
+        buf: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<End> {
+        let n = match read {
+            Ok(0) => return Some(self.source_vanished(false).await),
+            Err(_) => return Some(self.source_vanished(true).await),
+            Ok(n) => n,
+        };
+        self.bytes += n as u64;
+        self.counters.bytes.inc_by(n as u64);
+        if self.mode == Mode::Blind {
+            return None;
+        }
+        out.clear();
+        let processed = self.process(&buf[..n], out).await;
+        // pingora's client stream buffers writes: flush every chunk so nothing waits.
+        if !out.is_empty()
+            && (self.dst.write_all(out).await.is_err() || self.dst.flush().await.is_err())
+        {
+            return Some(End::DestinationGone);
+        }
+        if out.capacity() > 64 * 1024 {
+            *out = Vec::new();
+        }
+        processed
+    }
+
+    /// Relay what the source has already sent (bytes waiting in the socket) without waiting
+    /// for more, up to [`READY_BUDGET`]: frames sent before a close starts are delivered
+    /// before it, as far as they reached the gateway.
+    async fn forward_ready(&mut self, buf: &mut [u8], out: &mut Vec<u8>) -> Option<End> {
+        let mut budget = READY_BUDGET;
+        while budget > 0 {
+            let read = self.src.read(buf).now_or_never()?;
+            if let Ok(n) = read {
+                budget = budget.saturating_sub(n.max(1));
+            }
+            if let Some(end) = self.relay_read(read, buf, out).await {
+                return Some(end);
+            }
+        }
+        None
+    }
+
+    /// The source's TCP stream ended without a Close. During a client-first close the app
+    /// still gets the close's Close. Otherwise a clean end (FIN) is mirrored: the
     /// destination's stream is ended the same way, so the tunnel stays transparent. A broken
     /// stream (reset, error) is reported with a Close of ours: 1011 to a client whose app pod
     /// went away, 1001 to an app whose client went away.
-    async fn source_vanished(&mut self, broken: bool) {
+    async fn source_vanished(&mut self, broken: bool) -> End {
+        if let Some((code, reason)) = self.handoff.take()
+            && !self.close_sent
+            && !self.dst_mid_frame
+        {
+            let _ = self
+                .inject(Cmd::Close {
+                    code,
+                    reason,
+                    fail: false,
+                })
+                .await;
+            return End::SourceGone;
+        }
         if self.mode != Mode::Relay || self.close_sent || self.dst_mid_frame || !broken {
             let _ = self.dst.shutdown().await;
-            return;
+            return End::SourceGone;
         }
         let (code, reason) = match self.sender {
             Sender::Server => (
@@ -218,13 +348,17 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
             ),
             Sender::Client => (1001, "client went away"),
         };
-        let _ = self
+        match self
             .inject(Cmd::Close {
                 code,
                 reason: reason.to_string(),
                 fail: false,
             })
-            .await;
+            .await
+        {
+            Ok(_) => End::SourceBroken,
+            Err(_) => End::SourceGone,
+        }
     }
 
     /// Write a frame of ours; `Ok(true)` when the connection is to end now.
@@ -235,6 +369,11 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
         let mut end_now = false;
         let bytes = match cmd {
             Cmd::Ping(payload) => frame::encode(OpCode::Ping, &payload, self.out_mask()),
+            Cmd::CloseAfterSource { code, reason } => {
+                self.handoff = Some((code, reason));
+                return Ok(false);
+            }
+            Cmd::Finish => return Ok(false),
             Cmd::Close { code, reason, fail } => {
                 end_now = fail;
                 self.close_sent = true;
@@ -303,6 +442,20 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                     self.counters.frames.inc();
                     match c.opcode {
                         OpCode::Close => {
+                            if let Some((code, reason)) = self.handoff.take()
+                                && !self.close_sent
+                            {
+                                // The source answered the Close it was sent: now the
+                                // destination gets the same close (not the source's code).
+                                out.extend_from_slice(&frame::close_frame(
+                                    code,
+                                    &reason,
+                                    self.out_mask(),
+                                ));
+                                self.close_sent = true;
+                                self.mode = Mode::Discard;
+                                return Some(End::CloseAck);
+                            }
                             if self.mode == Mode::Relay {
                                 out.extend_from_slice(&c.raw);
                                 let code = c.close_code().unwrap_or(1005);
@@ -317,8 +470,11 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                             }
                             return Some(End::CloseAck);
                         }
-                        OpCode::Pong if self.sender == Sender::Client => {
-                            let _ = self.reports.try_send(Report::Pong);
+                        OpCode::Pong => {
+                            let _ = self.reports.try_send(match self.sender {
+                                Sender::Client => Report::Pong,
+                                Sender::Server => Report::AppPong,
+                            });
                             if !c.payload.starts_with(PING_MAGIC) && self.mode == Mode::Relay {
                                 out.extend_from_slice(&c.raw);
                             }
@@ -369,42 +525,26 @@ where
     let (report_tx, mut reports) = mpsc::channel(8);
     let (to_up_tx, to_up_rx) = mpsc::channel(4);
     let (to_client_tx, to_client_rx) = mpsc::channel(4);
-    let c2u = Pump {
-        src: client_r,
-        dst: up_w,
-        sender: Sender::Client,
-        scanner: Scanner::new(Sender::Client, limits.max_message_bytes),
-        cmds: to_up_rx,
-        reports: report_tx.clone(),
-        bucket: Some(TokenBucket::new(
-            limits.messages_per_second,
-            limits.message_burst,
-            std::time::Instant::now(),
-        )),
-        counters: inbound,
-        mode: Mode::Relay,
-        close_sent: false,
-        dst_mid_frame: false,
-        frames: 0,
-        bytes: 0,
-        first_close: first_close.clone(),
-    };
-    let u2c = Pump {
-        src: up_r,
-        dst: client_w,
-        sender: Sender::Server,
-        scanner: Scanner::new(Sender::Server, limits.max_message_bytes),
-        cmds: to_client_rx,
-        reports: report_tx,
-        bucket: None,
-        counters: outbound,
-        mode: Mode::Relay,
-        close_sent: false,
-        dst_mid_frame: false,
-        frames: 0,
-        bytes: 0,
-        first_close: first_close.clone(),
-    };
+    let c2u = Pump::new(
+        client_r,
+        up_w,
+        Sender::Client,
+        &limits,
+        to_up_rx,
+        report_tx.clone(),
+        inbound,
+        first_close.clone(),
+    );
+    let u2c = Pump::new(
+        up_r,
+        client_w,
+        Sender::Server,
+        &limits,
+        to_client_rx,
+        report_tx,
+        outbound,
+        first_close.clone(),
+    );
     let mut c2u = tokio::spawn(c2u.run());
     let mut u2c = tokio::spawn(u2c.run());
     let (mut c2u_done, mut u2c_done) = (None::<PumpResult>, None::<PumpResult>);
@@ -412,12 +552,20 @@ where
     let far = Instant::now() + Duration::from_secs(86400 * 365);
     let mut cause: Option<CloseCause> = None;
     let mut close_deadline = far;
-    let mut ping_at = if limits.ping_interval.is_zero() {
-        far
-    } else {
-        Instant::now() + limits.ping_interval
+    // A client-first close (drain): when the client's time to answer its Close runs out and
+    // the app is to be closed regardless.
+    let mut handoff_at = far;
+    let every = |interval: Duration| {
+        if interval.is_zero() {
+            far
+        } else {
+            Instant::now() + interval
+        }
     };
+    let mut ping_at = every(limits.ping_interval);
     let mut pong_deadline = far;
+    let mut app_ping_at = every(limits.app_ping_interval);
+    let mut app_pong_deadline = far;
     let expiry = limits.expires_at.unwrap_or(far);
     let mut drain_at = far;
     let mut drain_seen = *drain.borrow();
@@ -425,22 +573,51 @@ where
         drain_at = Instant::now() + crate::drain::jitter(limits.drain_window);
     }
     let mut ping_seq: u64 = 0;
+    let ping_payload = |seq: u64| {
+        let mut payload = PING_MAGIC.to_vec();
+        payload.extend_from_slice(seq.to_string().as_bytes());
+        payload
+    };
 
-    // Start a gateway-initiated close of both sides (once).
-    let initiate = |c: CloseCause, cause: &mut Option<CloseCause>, close_deadline: &mut Instant| {
+    // Start a gateway-initiated close (once). A drain closes the client first and keeps
+    // relaying what it still sends until its Close; the app then gets the same Close (the
+    // c2u pump sends it). Every other cause closes both sides at once.
+    let initiate = |c: CloseCause,
+                    cause: &mut Option<CloseCause>,
+                    close_deadline: &mut Instant,
+                    handoff_at: &mut Instant| {
         if cause.is_some() {
             return;
         }
         let (code, reason) = (c.code(), c.reason().to_string());
-        let fail = c == CloseCause::ProtocolError;
-        let _ = to_up_tx.try_send(Cmd::Close {
-            code,
-            reason: reason.clone(),
-            fail,
-        });
-        let _ = to_client_tx.try_send(Cmd::Close { code, reason, fail });
+        if matches!(c, CloseCause::Draining { .. }) {
+            let _ = to_up_tx.try_send(Cmd::CloseAfterSource {
+                code,
+                reason: reason.clone(),
+            });
+            let _ = to_client_tx.try_send(Cmd::Close {
+                code,
+                reason,
+                fail: false,
+            });
+            *handoff_at = Instant::now() + limits.close_timeout;
+        } else {
+            let fail = c == CloseCause::ProtocolError;
+            let _ = to_up_tx.try_send(Cmd::Close {
+                code,
+                reason: reason.clone(),
+                fail,
+            });
+            let _ = to_client_tx.try_send(Cmd::Close { code, reason, fail });
+            *close_deadline = Instant::now() + limits.close_timeout;
+        }
         *cause = Some(c);
-        *close_deadline = Instant::now() + limits.close_timeout;
+    };
+    // Pings never take the last command slot: a Close must always fit.
+    let ping = |tx: &mpsc::Sender<Cmd>, seq: u64| {
+        if tx.capacity() > 1 {
+            let _ = tx.try_send(Cmd::Ping(ping_payload(seq)));
+        }
     };
 
     loop {
@@ -453,17 +630,21 @@ where
                 match r.end {
                     End::PeerClose(code) => {
                         cause.get_or_insert(peer_cause(&first_close, Side::Downstream, code));
-                        close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
                     }
-                    End::SourceGone => {
+                    End::SourceGone | End::SourceBroken => {
                         // The client vanished; the pump told the app. Wait briefly for its reply.
                         cause.get_or_insert(CloseCause::Abnormal(Side::Downstream));
-                        close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
                     }
-                    End::CloseAck | End::DestinationGone | End::Failed => {
-                        close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
+                    End::CloseAck => {
+                        // The client answered the Close we sent it: its handshake is done,
+                        // whether or not the app answers its own Close.
+                        let _ = to_client_tx.try_send(Cmd::Finish);
                     }
+                    End::DestinationGone | End::Failed => {}
                 }
+                // The app has its Close now (or is gone): no separate deadline for it.
+                handoff_at = far;
+                close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
                 c2u_done = Some(r);
             }
             r = &mut u2c, if u2c_done.is_none() => {
@@ -471,6 +652,10 @@ where
                 match r.end {
                     End::PeerClose(code) => {
                         cause.get_or_insert(peer_cause(&first_close, Side::Upstream, code));
+                    }
+                    End::SourceBroken => {
+                        // The app's connection broke; the pump sent the client 1011.
+                        cause.get_or_insert(CloseCause::UpstreamGone);
                     }
                     End::SourceGone => {
                         // The app's stream ended without a close frame; the pump passed that on.
@@ -483,23 +668,40 @@ where
             }
             Some(report) = reports.recv() => match report {
                 Report::Pong => pong_deadline = far,
-                Report::Violation(c) => initiate(c, &mut cause, &mut close_deadline),
+                Report::AppPong => app_pong_deadline = far,
+                Report::Violation(c) => {
+                    initiate(c, &mut cause, &mut close_deadline, &mut handoff_at)
+                }
             },
             _ = tokio::time::sleep_until(ping_at), if cause.is_none() => {
                 ping_seq += 1;
-                let mut payload = PING_MAGIC.to_vec();
-                payload.extend_from_slice(ping_seq.to_string().as_bytes());
-                let _ = to_client_tx.try_send(Cmd::Ping(payload));
+                ping(&to_client_tx, ping_seq);
                 if pong_deadline == far {
                     pong_deadline = Instant::now() + limits.pong_timeout;
                 }
                 ping_at = Instant::now() + limits.ping_interval;
             }
             _ = tokio::time::sleep_until(pong_deadline), if cause.is_none() => {
-                initiate(CloseCause::PongTimeout, &mut cause, &mut close_deadline);
+                initiate(CloseCause::PongTimeout, &mut cause, &mut close_deadline, &mut handoff_at);
+            }
+            _ = tokio::time::sleep_until(app_ping_at), if cause.is_none() => {
+                ping_seq += 1;
+                ping(&to_up_tx, ping_seq);
+                if app_pong_deadline == far {
+                    app_pong_deadline = Instant::now() + limits.app_pong_timeout;
+                }
+                app_ping_at = Instant::now() + limits.app_ping_interval;
+            }
+            _ = tokio::time::sleep_until(app_pong_deadline), if cause.is_none() => {
+                initiate(
+                    CloseCause::UpstreamPongTimeout,
+                    &mut cause,
+                    &mut close_deadline,
+                    &mut handoff_at,
+                );
             }
             _ = tokio::time::sleep_until(expiry), if cause.is_none() => {
-                initiate(CloseCause::TokenExpired, &mut cause, &mut close_deadline);
+                initiate(CloseCause::TokenExpired, &mut cause, &mut close_deadline, &mut handoff_at);
             }
             changed = drain.changed(), if !drain_seen => {
                 if changed.is_err() || *drain.borrow() {
@@ -509,7 +711,19 @@ where
             }
             _ = tokio::time::sleep_until(drain_at), if cause.is_none() => {
                 let c = CloseCause::Draining { code: limits.drain_code, reason: limits.drain_reason.clone() };
-                initiate(c, &mut cause, &mut close_deadline);
+                initiate(c, &mut cause, &mut close_deadline, &mut handoff_at);
+            }
+            _ = tokio::time::sleep_until(handoff_at) => {
+                // The client did not answer in time: close the app now, with the same code.
+                handoff_at = far;
+                if let Some(c) = &cause {
+                    let _ = to_up_tx.try_send(Cmd::Close {
+                        code: c.code(),
+                        reason: c.reason().to_string(),
+                        fail: false,
+                    });
+                }
+                close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
             }
             _ = tokio::time::sleep_until(close_deadline) => break,
         }
@@ -546,6 +760,8 @@ mod tests {
             message_burst: 10,
             ping_interval: Duration::ZERO,
             pong_timeout: Duration::from_secs(1),
+            app_ping_interval: Duration::ZERO,
+            app_pong_timeout: Duration::from_secs(1),
             close_timeout: Duration::from_secs(2),
             expires_at: None,
             drain_code: 1012,
@@ -573,6 +789,7 @@ mod tests {
         Data(Vec<u8>),
         Close(Option<u16>),
         Ping,
+        Pong,
         Eof,
     }
 
@@ -598,6 +815,10 @@ mod tests {
                             self.buf = buf[pos..].to_vec();
                             return Got::Ping;
                         }
+                        Event::Control(c) if c.opcode == OpCode::Pong => {
+                            self.buf = buf[pos..].to_vec();
+                            return Got::Pong;
+                        }
                         Event::Control(_) => {}
                     }
                     if self.scanner.at_boundary() && !data.is_empty() && !self.scanner.in_message()
@@ -616,6 +837,23 @@ mod tests {
     }
 
     const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+    /// `payload` as it reaches the app inside a frame masked with [`MASK`] (relayed verbatim).
+    fn masked(payload: &[u8]) -> Vec<u8> {
+        payload
+            .iter()
+            .zip([1u8, 2, 3, 4].iter().cycle())
+            .map(|(b, m)| b ^ m)
+            .collect()
+    }
+
+    fn reader(io: DuplexStream, sender: Sender) -> DirectionReader {
+        DirectionReader {
+            io,
+            scanner: Scanner::new(sender, u64::MAX),
+            buf: vec![],
+        }
+    }
 
     fn start(l: TunnelLimits) -> Harness {
         let (client_test, client_gw) = tokio::io::duplex(64 * 1024);
@@ -732,18 +970,93 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn drain_closes_with_the_routes_code_within_its_window() {
+    async fn a_drain_closes_the_client_first_relays_what_it_still_sends_then_closes_the_app_with_the_same_code()
+     {
         let mut h = start(limits());
         let started = Instant::now();
         h.drain.send(true).expect("drain receiver alive");
         assert_eq!(h.client.next().await, Got::Close(Some(1012)));
-        assert_eq!(h.upstream.next().await, Got::Close(Some(1012)));
         assert!(started.elapsed() <= Duration::from_secs(1));
-        h.client.send(&frame::close_frame(1012, "", MASK)).await;
+        // A message the client sent before it read our Close: it crossed the Close on the wire.
+        h.client
+            .send(&frame::encode(OpCode::Text, b"crossed the close", MASK))
+            .await;
+        h.client.send(&frame::close_frame(1000, "", MASK)).await;
+        assert_eq!(
+            h.upstream.next().await,
+            Got::Data(masked(b"crossed the close")),
+            "the app gets what the client sent before its Close"
+        );
+        assert_eq!(
+            h.upstream.next().await,
+            Got::Close(Some(1012)),
+            "then the drain's Close, with the code the client got"
+        );
         h.upstream.send(&frame::close_frame(1012, "", None)).await;
         let out = h.task.await.expect("tunnel task");
         assert_eq!(out.cause.code(), 1012);
         assert_eq!(out.cause.reason(), "restart");
+        assert_eq!(out.frames_in, 2, "the late message and the Close");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_answers_the_drain_close_gets_the_app_closed_after_the_close_timeout()
+     {
+        let mut h = start(limits());
+        h.drain.send(true).expect("drain receiver alive");
+        assert_eq!(h.client.next().await, Got::Close(Some(1012)));
+        let client_closed = Instant::now();
+        assert_eq!(h.upstream.next().await, Got::Close(Some(1012)));
+        assert!(
+            client_closed.elapsed() >= limits().close_timeout,
+            "the client had the close timeout to answer"
+        );
+        h.upstream.send(&frame::close_frame(1012, "", None)).await;
+        let out = h.task.await.expect("tunnel task");
+        assert_eq!(out.cause.code(), 1012);
+    }
+
+    #[tokio::test]
+    async fn app_frames_already_at_the_gateway_when_a_close_starts_reach_the_client_before_it() {
+        let (mut app, app_gw) = tokio::io::duplex(64 * 1024);
+        let (client_gw, client) = tokio::io::duplex(64 * 1024);
+        // The app sent two messages; they wait in the gateway's socket when the close starts.
+        app.write_all(&frame::encode(OpCode::Text, b"one", None))
+            .await
+            .expect("write");
+        app.write_all(&frame::encode(OpCode::Text, b"two", None))
+            .await
+            .expect("write");
+        let (cmd_tx, cmd_rx) = mpsc::channel(4);
+        cmd_tx
+            .send(Cmd::Close {
+                code: 1012,
+                reason: "restart".into(),
+                fail: false,
+            })
+            .await
+            .expect("queued");
+        let (report_tx, _reports) = mpsc::channel(8);
+        let pump = Pump::new(
+            tokio::io::split(app_gw).0,
+            tokio::io::split(client_gw).1,
+            Sender::Server,
+            &limits(),
+            cmd_rx,
+            report_tx,
+            counters(),
+            Arc::new(AtomicU32::new(0)),
+        );
+        let task = tokio::spawn(pump.run());
+        let mut client = reader(client, Sender::Server);
+        assert_eq!(client.next().await, Got::Data(b"one".to_vec()));
+        assert_eq!(client.next().await, Got::Data(b"two".to_vec()));
+        assert_eq!(client.next().await, Got::Close(Some(1012)));
+        app.write_all(&frame::close_frame(1012, "", None))
+            .await
+            .expect("write");
+        let r = task.await.expect("pump task");
+        assert!(matches!(r.end, End::CloseAck), "{:?}", r.end);
     }
 
     #[tokio::test(start_paused = true)]
@@ -777,6 +1090,92 @@ mod tests {
         assert!(
             matches!(h.upstream.next().await, Got::Data(_)),
             "the app sees data, never our pongs"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_app_that_stops_answering_pings_gets_the_client_closed_with_1011() {
+        let mut h = start(TunnelLimits {
+            app_ping_interval: Duration::from_secs(5),
+            app_pong_timeout: Duration::from_secs(2),
+            ..limits()
+        });
+        assert_eq!(h.upstream.next().await, Got::Ping);
+        h.upstream
+            .send(&frame::encode(OpCode::Pong, b"sb-ka:1", None))
+            .await;
+        // Answered: the next ping comes, and this time the app stays silent.
+        assert_eq!(h.upstream.next().await, Got::Ping);
+        assert_eq!(
+            h.client.next().await,
+            Got::Close(Some(1011)),
+            "the client hears of the hung app (and never sees the gateway's pongs)"
+        );
+        h.client.send(&frame::close_frame(1011, "", MASK)).await;
+        let answered = Instant::now();
+        assert_eq!(h.client.next().await, Got::Eof);
+        assert!(
+            answered.elapsed() < limits().close_timeout,
+            "the client's stream ends with its handshake, not when the hung app gives up"
+        );
+        let out = h.task.await.expect("tunnel task");
+        assert_eq!(out.cause, CloseCause::UpstreamPongTimeout);
+        assert_eq!(out.cause.label(), "upstream_pong_timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_app_answering_pings_stays_open_and_the_client_keepalive_is_separate() {
+        let mut h = start(TunnelLimits {
+            app_ping_interval: Duration::from_secs(5),
+            app_pong_timeout: Duration::from_secs(2),
+            ..limits()
+        });
+        for _ in 0..5 {
+            assert_eq!(h.upstream.next().await, Got::Ping);
+            h.upstream
+                .send(&frame::encode(OpCode::Pong, b"sb-ka:1", None))
+                .await;
+        }
+        h.upstream
+            .send(&frame::encode(OpCode::Text, b"still here", None))
+            .await;
+        assert_eq!(
+            h.client.next().await,
+            Got::Data(b"still here".to_vec()),
+            "the client sees data, never the app's answers to our pings"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_app_connection_reset_tells_the_client_1011_and_is_recorded_as_upstream_gone() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let app_gw = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (app, _) = listener.accept().await.expect("accept");
+        let (client_test, client_gw) = tokio::io::duplex(64 * 1024);
+        let (_drain, drain_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            client_gw,
+            app_gw,
+            limits(),
+            counters(),
+            counters(),
+            drain_rx,
+        ));
+        // The app pod dies: its kernel answers with a reset, no Close frame.
+        app.set_zero_linger().expect("SO_LINGER 0");
+        drop(app);
+        let mut client = reader(client_test, Sender::Server);
+        assert_eq!(client.next().await, Got::Close(Some(1011)));
+        client.send(&frame::close_frame(1011, "", MASK)).await;
+        let out = task.await.expect("tunnel task");
+        assert_eq!(
+            (out.cause.code(), out.cause.label()),
+            (1011, "upstream_gone"),
+            "recorded as what the client got"
         );
     }
 

@@ -142,6 +142,16 @@ struct EchoState {
     /// Close frames received from the peer (the gateway), in arrival order: `(code, reason)`,
     /// `None` for a Close without a code.
     closes: Mutex<Vec<Option<(u16, String)>>>,
+    /// Text messages and Close frames received, over all connections, in arrival order.
+    received: Mutex<Vec<Received>>,
+}
+
+/// One thing an [`EchoServer`] received on a WebSocket: what the app saw, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    Text(String),
+    /// A Close frame: `(code, reason)`, `None` without a code.
+    Close(Option<(u16, String)>),
 }
 
 impl EchoState {
@@ -427,10 +437,14 @@ async fn echo<S>(
                 }
             }
             Ok(Message::Close(frame)) => {
-                lock(&state.closes)
-                    .push(frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())));
+                let close = frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned()));
+                lock(&state.received).push(Received::Close(close.clone()));
+                lock(&state.closes).push(close);
             }
             Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
+                if let Message::Text(t) = &msg {
+                    lock(&state.received).push(Received::Text(t.as_str().to_owned()));
+                }
                 if ws.send(msg).await.is_err() {
                     return;
                 }
@@ -880,6 +894,11 @@ impl EchoServer {
     /// Close frames this backend received (from the gateway), in arrival order.
     pub fn closes(&self) -> Vec<Option<(u16, String)>> {
         lock(&self.state.closes).clone()
+    }
+
+    /// Text messages and Close frames received, over all connections, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.state.received).clone()
     }
 
     /// The codes of [`Self::closes`] (`1005` for a Close without a code).

@@ -1,0 +1,170 @@
+//! An app pod that fails under a live proxied WebSocket, through the real binary and real
+//! sockets: an app that stops answering (hung, SIGSTOPped, partitioned) is found by the
+//! gateway's pings toward the app and the client is closed with 1011 "backend not responding";
+//! an app whose connection is reset gets the client 1011 "backend went away". Either way the
+//! close metric and the connection-end log line carry the code the client actually got.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::{
+    EchoServer, Gateway, PROMPTLY, assert_echo, expect_close, free_port, metric_sum, metrics_text,
+    ws_connect,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What the app does after echoing the first message.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Stop reading and answering anything (pings included), keep the socket open.
+    Hang,
+    /// Reset the TCP connection (SO_LINGER 0), no Close frame: a pod that died.
+    Reset,
+}
+
+/// A one-connection WebSocket app on `127.0.0.1:0`: echoes the first text message, reports
+/// that it is about to fail, then fails as told. Returns its port and the "failing now" signal.
+async fn faulty_app(fault: Fault) -> (u16, oneshot::Receiver<Instant>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let port = listener.local_addr().expect("app address").port();
+    let (failing_tx, failing) = oneshot::channel();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut ws = tokio_tungstenite::accept_async(stream)
+            .await
+            .expect("app handshake");
+        let first = loop {
+            match ws.next().await {
+                Some(Ok(msg @ Message::Text(_))) => break msg,
+                Some(Ok(_)) => continue,
+                other => panic!("the app expected a message, got {other:?}"),
+            }
+        };
+        ws.send(first).await.expect("app echo");
+        let _ = failing_tx.send(Instant::now());
+        match fault {
+            Fault::Hang => {
+                // Hold the socket and never poll it again: no reads, no pongs.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                drop(ws);
+            }
+            Fault::Reset => {
+                ws.get_ref().set_zero_linger().expect("SO_LINGER 0");
+                drop(ws);
+            }
+        }
+    });
+    (port, failing)
+}
+
+fn config(public: u16, admin: u16, backend: u16) -> String {
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 0s, deadline: 5s}}
+routes:
+  - name: app
+    path: {{value: /}}
+    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
+    keepalive: {{interval: 0s, app: {{interval: 1s, timeout: 2s}}}}
+    drain: {{window: 0s}}
+"#
+    )
+}
+
+/// The connection-end log line of the route's one connection.
+fn end_line(gateway: &Gateway) -> String {
+    gateway
+        .log()
+        .lines()
+        .find(|l| l.contains("connection ended"))
+        .unwrap_or_else(|| panic!("no connection-end line:\n{}", gateway.log()))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_app_that_stops_answering_gets_the_client_closed_with_1011_and_is_counted() {
+    let (app, failing) = faulty_app(Fault::Hang).await;
+    let gateway = Gateway::start(&config(free_port(), free_port(), app)).await;
+    let mut ws = ws_connect(&gateway.ws_url("/hung")).await;
+    assert_echo(&mut ws, "the app answers once").await;
+    let hung_at = failing.await.expect("the app hangs");
+
+    let (code, reason, _) = expect_close(&mut ws, PROMPTLY).await;
+    println!(
+        "hung app detected after {:?} (keepalive.app interval 1s, timeout 2s)",
+        hung_at.elapsed()
+    );
+    assert_eq!((code, reason.as_str()), (1011, "backend not responding"));
+
+    let labels = [("cause", "upstream_pong_timeout"), ("code", "1011")];
+    support::eventually("the close to be counted", PROMPTLY, || async {
+        metric_sum(
+            &metrics_text(&gateway).await,
+            "switchboard_closes_total",
+            &labels,
+        ) == 1.0
+    })
+    .await;
+    let line = end_line(&gateway);
+    assert!(
+        line.contains("upstream_pong_timeout") && line.contains("close_code=1011"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn an_app_connection_reset_closes_the_client_with_1011_and_is_recorded_as_upstream_gone() {
+    let (app, failing) = faulty_app(Fault::Reset).await;
+    let gateway = Gateway::start(&config(free_port(), free_port(), app)).await;
+    let mut ws = ws_connect(&gateway.ws_url("/reset")).await;
+    assert_echo(&mut ws, "the app answers once").await;
+    failing.await.expect("the app resets");
+
+    let (code, reason, _) = expect_close(&mut ws, PROMPTLY).await;
+    assert_eq!((code, reason.as_str()), (1011, "backend went away"));
+    let labels = [("cause", "upstream_gone"), ("code", "1011")];
+    support::eventually("the close to be counted", PROMPTLY, || async {
+        metric_sum(
+            &metrics_text(&gateway).await,
+            "switchboard_closes_total",
+            &labels,
+        ) == 1.0
+    })
+    .await;
+    let text = metrics_text(&gateway).await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "switchboard_closes_total",
+            &[("cause", "upstream_reset")]
+        ),
+        0.0,
+        "nothing recorded as a 1006 the client never got"
+    );
+    let line = end_line(&gateway);
+    assert!(
+        line.contains("upstream_gone") && line.contains("close_code=1011"),
+        "{line}"
+    );
+}
+
+/// A healthy app answers the gateway's pings: a connection idle far longer than the app's
+/// pong timeout stays open, and the app never sees the pings' pongs as messages.
+#[tokio::test]
+async fn an_idle_connection_to_a_healthy_app_stays_open_across_app_pings() {
+    let echo = EchoServer::start().await;
+    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let mut ws = ws_connect(&gateway.ws_url("/idle")).await;
+    assert_echo(&mut ws, "before").await;
+    // Four ping intervals, two pong timeouts.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_echo(&mut ws, "after").await;
+    assert!(echo.closes().is_empty(), "{:?}", echo.closes());
+}
