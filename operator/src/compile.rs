@@ -878,6 +878,14 @@ pub fn compile(
         if let Some(v) = p.duration("spec.keepalive.timeout", &k.timeout) {
             keepalive.timeout = v;
         }
+        if let Some(app) = &k.app {
+            if let Some(v) = p.duration("spec.keepalive.app.interval", &app.interval) {
+                keepalive.app.interval = v;
+            }
+            if let Some(v) = p.duration("spec.keepalive.app.timeout", &app.timeout) {
+                keepalive.app.timeout = v;
+            }
+        }
     }
 
     let mut drain = RouteDrain::default();
@@ -1095,7 +1103,7 @@ auth:
       leeway: 10s
       closeOnExpiry: false
 limits: {maxMessageBytes: 4096, messagesPerSecond: 5, messageBurst: 10, connectionsPerIp: 3, connectionsPerUser: 2, newConnectionsPerIpPerSecond: 1}
-keepalive: {interval: 15s, timeout: 5s}
+keepalive: {interval: 15s, timeout: 5s, app: {interval: 7s, timeout: 3s}}
 drain: {window: 20s, closeCode: 4001, closeReason: bye}
 "#,
         );
@@ -1143,6 +1151,8 @@ drain: {window: 20s, closeCode: 4001, closeReason: bye}
         assert_eq!(r.limits.new_connections_per_ip_per_second, Some(1));
         assert_eq!(r.keepalive.interval, StdDuration::from_secs(15));
         assert_eq!(r.keepalive.timeout, StdDuration::from_secs(5));
+        assert_eq!(r.keepalive.app.interval, StdDuration::from_secs(7));
+        assert_eq!(r.keepalive.app.timeout, StdDuration::from_secs(3));
         assert_eq!(r.drain.window, StdDuration::from_secs(20));
         assert_eq!(r.drain.close_code, 4001);
         assert_eq!(r.drain.close_reason, "bye");

@@ -173,7 +173,8 @@ pub struct RealtimeRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
 
-    /// Keep-alive pings toward the client. Unset: a ping every 30s, 20s to answer.
+    /// Keep-alive pings toward the client (a ping every 30s, 20s to answer) and, in proxy mode,
+    /// toward the app pod (every 15s, 10s to answer). Unset: those defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<Keepalive>,
 
@@ -644,7 +645,7 @@ pub struct Limits {
     pub new_connections_per_ip_per_second: Option<i32>,
 }
 
-/// Keep-alive pings toward the client.
+/// Keep-alive pings toward the client (and toward the app pod in proxy mode).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Keepalive {
@@ -652,6 +653,23 @@ pub struct Keepalive {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
     /// How long to wait for the pong before closing. Default 20s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Proxy mode: pings from the gateway toward the app pod, so an app that stops answering
+    /// is noticed; the client is then closed with 1011 "backend not responding". Unset: on,
+    /// every 15s with a 10s pong timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppKeepalive>,
+}
+
+/// Keep-alive pings toward the app pod of a proxied connection.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppKeepalive {
+    /// Ping period; `0s` turns pings toward the app off. Default 15s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// How long to wait for the app's pong before closing the client. Default 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
 }
