@@ -36,6 +36,8 @@ pub enum BootError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Bind(#[from] crate::listener::BindError),
 }
 
 /// Parse, validate and compile a config file (or the embedded default) — keys, certificates
@@ -102,6 +104,12 @@ pub struct RunOptions {
 
 /// Build the gateway for `cfg` and run until drained.
 pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
+    crate::listener::check_bindable(
+        cfg.listeners
+            .iter()
+            .map(|l| (format!("listener {}", l.name), &l.address))
+            .chain([("admin".to_string(), &cfg.admin.address)]),
+    )?;
     let bus = make_bus(&cfg)?;
     let gw = Gateway::new(cfg.clone(), bus).map_err(|p| BootError::Invalid(p.join("\n")))?;
     crate::rooms::bus::block_on(crate::gateway::configure_bus(&gw.hub, gw.namespaces()));

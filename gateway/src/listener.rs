@@ -3,7 +3,7 @@
 //! timeout, header count/size caps) and hands every request to the pipeline. Upgraded
 //! connections are owned by the gateway's tunnel, not by pingora-proxy.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,6 +17,44 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::Gateway;
 use crate::pipeline::{Conn, handle};
+
+/// A listen address that cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} ({what}): {}", describe(.source))]
+pub struct BindError {
+    /// Which listener: `listener <name>` or `admin`.
+    pub what: String,
+    pub address: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn describe(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "address already in use (is another gateway or process listening there?)".into()
+        }
+        std::io::ErrorKind::AddrNotAvailable => "address not available on this host".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied (a port below 1024?)".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Bind each address once and let it go again, before pingora is given them: pingora retries
+/// a busy address forever ("in use, will try again"), so a second gateway on a busy port would
+/// hang instead of failing. Binding is what pingora does next, so this finds what it would.
+pub fn check_bindable<'a>(
+    addresses: impl IntoIterator<Item = (String, &'a SocketAddr)>,
+) -> Result<(), BindError> {
+    for (what, address) in addresses {
+        TcpListener::bind(address).map_err(|source| BindError {
+            what,
+            address: *address,
+            source,
+        })?;
+    }
+    Ok(())
+}
 
 /// One edge listener.
 pub struct EdgeApp {
