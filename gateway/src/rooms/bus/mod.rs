@@ -128,7 +128,8 @@ pub enum BusError {
 #[async_trait]
 pub trait Bus: Send + Sync {
     /// Declare a namespace's retention (called at start and on reload; idempotent).
-    /// `None`: the namespace keeps no history.
+    /// `None`: the namespace keeps no history. A bus that is not connected yet records it and
+    /// applies it once connected (`Ok`); an error means a connected bus refused it.
     async fn configure(
         &self,
         namespace: &str,

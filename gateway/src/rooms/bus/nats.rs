@@ -52,6 +52,8 @@ use super::{
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound of a replay (it reads up to the retained history of one room).
 pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between stream-info attempts while a stream does not answer (leader election).
+const INFO_RETRY: Duration = Duration::from_millis(250);
 /// JetStream API and publish-ack timeout: below [`OP_TIMEOUT`] so the bus reports the cause.
 const JS_TIMEOUT: Duration = Duration::from_secs(4);
 /// Live queue depth between the bus and the hub for one room (as the memory bus).
@@ -114,6 +116,36 @@ fn valid_prefix(prefix: &str) -> bool {
 
 /// Stream-name form of the subject prefix: upper case, `.` -> `_` (`switchboard` ->
 /// `SWITCHBOARD`, `sb.prod` -> `SB_PROD`).
+/// Whether a stream-info failure is JetStream saying the stream does not exist (and not
+/// "no responders", a timeout or another transient answer).
+fn stream_not_found(e: &jetstream::context::RequestError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|j| j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// Configure history whenever the client (re)connects, for as long as the bus lives: the
+/// namespaces recorded while it was not connected get their streams.
+async fn configure_on_connect(inner: std::sync::Weak<Inner>, connected: Arc<tokio::sync::Notify>) {
+    loop {
+        // The check every 30 s ends this task once the bus is gone.
+        let _ = tokio::time::timeout(Duration::from_secs(30), connected.notified()).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        // The event comes just before the client reports itself connected.
+        for _ in 0..100 {
+            if inner.connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if inner.connected() {
+            inner.configure_pending().await;
+        }
+    }
+}
+
 fn stream_prefix(prefix: &str) -> String {
     prefix.to_ascii_uppercase().replace('.', "_")
 }
@@ -369,6 +401,9 @@ impl NatsBus {
                     .map_err(|e| BusError::Other(format!("nats.urls: {u:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Wakes the task that configures history once the connection is up (see below).
+        let connected = Arc::new(tokio::sync::Notify::new());
+        let on_connect = connected.clone();
         let mut opts = ConnectOptions::new()
             .name("switchboard-gateway")
             .retry_on_initial_connect()
@@ -376,13 +411,19 @@ impl NatsBus {
             .connection_timeout(OP_TIMEOUT)
             .ping_interval(PING_INTERVAL)
             .require_tls(cfg.tls_required)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("NATS connected"),
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS disconnected; reconnecting")
+            .event_callback(move |event| {
+                let on_connect = on_connect.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("NATS connected");
+                            on_connect.notify_one();
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("NATS disconnected; reconnecting")
+                        }
+                        other => tracing::info!(event = %other, "NATS event"),
                     }
-                    other => tracing::info!(event = %other, "NATS event"),
                 }
             });
         if let Some(token) = &cfg.token {
@@ -402,19 +443,19 @@ impl NatsBus {
             .timeout(JS_TIMEOUT)
             .ack_timeout(JS_TIMEOUT)
             .build(client.clone());
-        Ok(NatsBus {
-            inner: Arc::new(Inner {
-                client,
-                js,
-                prefix: cfg.subject_prefix.clone(),
-                stream_prefix: stream_prefix(&cfg.subject_prefix),
-                presence_ttl: cfg.presence_ttl,
-                replicas: usize::from(cfg.replicas.max(1)),
-                namespaces: Mutex::default(),
-                presence: tokio::sync::Mutex::default(),
-                announced: Mutex::default(),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            client,
+            js,
+            prefix: cfg.subject_prefix.clone(),
+            stream_prefix: stream_prefix(&cfg.subject_prefix),
+            presence_ttl: cfg.presence_ttl,
+            replicas: usize::from(cfg.replicas.max(1)),
+            namespaces: Mutex::default(),
+            presence: tokio::sync::Mutex::default(),
+            announced: Mutex::default(),
+        });
+        tokio::spawn(configure_on_connect(Arc::downgrade(&inner), connected));
+        Ok(NatsBus { inner })
     }
 
     /// The underlying client (for other NATS users in the gateway, e.g. notifications).
@@ -564,20 +605,43 @@ impl Inner {
         Ok((self.stream(ns).await?, epoch))
     }
 
-    /// Fresh stream info (refreshing the cached epoch); a missing stream is recreated.
+    /// Fresh stream info (refreshing the cached epoch); a missing stream is recreated. Other
+    /// failures (no responders, a timeout, "cluster not available": what a stream answers while
+    /// its servers elect a leader) are retried until the caller's bound, never taken for a
+    /// missing stream.
     async fn stream_info(&self, ns: &str) -> Result<(stream::Stream<()>, stream::Info), BusError> {
         let (stream, _) = self.ensure_stream(ns).await?;
-        match stream.get_info().await {
-            Ok(info) => {
-                self.set_epoch(ns, &epoch_of(&info));
-                Ok((stream, info))
+        loop {
+            match stream.get_info().await {
+                Ok(info) => {
+                    self.set_epoch(ns, &epoch_of(&info));
+                    return Ok((stream, info));
+                }
+                Err(e) if !self.connected() => return Err(self.fail("stream info", e)),
+                Err(e) if stream_not_found(&e) => {
+                    tracing::warn!(namespace = ns, error = %e, "history stream missing; recreating it");
+                    self.forget_epoch(ns);
+                    let info = self.apply_stream(ns).await?;
+                    return Ok((stream, info));
+                }
+                Err(e) => {
+                    tracing::debug!(namespace = ns, error = %e, "history stream not answering (leader election?); retrying");
+                    tokio::time::sleep(INFO_RETRY).await;
+                }
             }
-            Err(e) if !self.connected() => Err(self.fail("stream info", e)),
-            Err(e) => {
-                tracing::warn!(namespace = ns, error = %e, "history stream missing; recreating it");
-                self.forget_epoch(ns);
-                let info = self.apply_stream(ns).await?;
-                Ok((stream, info))
+        }
+    }
+
+    /// Create the streams of namespaces recorded while NATS was not connected.
+    async fn configure_pending(&self) {
+        let pending: Vec<String> = lock(&self.namespaces)
+            .iter()
+            .filter(|(_, n)| n.epoch.is_none())
+            .map(|(ns, _)| ns.clone())
+            .collect();
+        for ns in pending {
+            if let Err(e) = self.bounded(OP_TIMEOUT, self.apply_stream(&ns)).await {
+                tracing::warn!(namespace = %ns, error = %e, "room history not configured yet; the first operation that needs it retries");
             }
         }
     }
@@ -1241,8 +1305,9 @@ impl Bus for NatsBus {
                 Ok(())
             }
             Some(r) => {
-                // Recorded first: when NATS is down now, the first operation that needs the
-                // stream creates it.
+                // Recorded first: when NATS is not connected yet (at start, the connection is
+                // still being made) the stream is created once it is up, or by the first
+                // operation that needs it.
                 lock(&inner.namespaces).insert(
                     namespace.to_string(),
                     Namespace {
@@ -1250,6 +1315,13 @@ impl Bus for NatsBus {
                         epoch: None,
                     },
                 );
+                if !inner.connected() {
+                    tracing::debug!(
+                        namespace,
+                        "room history is configured once NATS is connected"
+                    );
+                    return Ok(());
+                }
                 inner
                     .bounded(OP_TIMEOUT, inner.apply_stream(namespace))
                     .await

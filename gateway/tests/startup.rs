@@ -1,0 +1,147 @@
+//! Start-up of the real binary: a second gateway on a busy address fails at once with one line
+//! naming the address and a non-zero exit (it does not wait for the port forever), and a
+//! gateway with NATS and room history starts without an ERROR line, creating the history
+//! stream once the connection is up.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use support::nats::NatsServer;
+use support::{Gateway, PROMPTLY, eventually, free_port, gateway_bin, http_get};
+
+fn bare(public: u16, admin: u16) -> String {
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 0s, deadline: 5s}}
+"#
+    )
+}
+
+/// Run the binary on `yaml` until it exits (panics if it is still running after `within`);
+/// returns its exit code and stderr.
+fn run_to_exit(yaml: &str, within: Duration) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    let stderr_path = dir.path().join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let mut child = Command::new(gateway_bin())
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .expect("spawn the gateway");
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the second gateway still runs after {within:?}; stderr:\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&stderr_path).expect("read stderr");
+    (status.code(), text)
+}
+
+#[tokio::test]
+async fn a_second_gateway_on_a_busy_address_exits_non_zero_naming_it() {
+    let (public, admin) = (free_port(), free_port());
+    let first = Gateway::start(&bare(public, admin)).await;
+
+    // Same public port.
+    let second = bare(public, free_port());
+    let (code, stderr) = tokio::task::spawn_blocking(move || run_to_exit(&second, PROMPTLY))
+        .await
+        .expect("runner");
+    println!("second gateway, same listener: exit {code:?}\n{stderr}");
+    assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
+    let expected =
+        format!("cannot listen on 127.0.0.1:{public} (listener public): address already in use");
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    // Same admin port.
+    let second = bare(free_port(), admin);
+    let (code, stderr) = tokio::task::spawn_blocking(move || run_to_exit(&second, PROMPTLY))
+        .await
+        .expect("runner");
+    assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
+    let expected = format!("cannot listen on 127.0.0.1:{admin} (admin): address already in use");
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    // The first one never noticed.
+    let (status, body) = http_get(first.admin(), "/readyz").await;
+    assert_eq!((status, body.trim()), (200, "ready"));
+}
+
+fn rooms_with_history(public: u16, admin: u16, nats: &str) -> String {
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 0s, deadline: 5s}}
+bus:
+  nats: {{urls: ["{nats}"], subjectPrefix: sbstart}}
+routes:
+  - name: chat
+    path: {{value: /chat}}
+    mode: rooms
+    rooms:
+      join: ["chat:*"]
+      publish: ["chat:*"]
+      history: {{maxMessages: 100, maxAge: 10m}}
+    drain: {{window: 0s}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_gateway_with_nats_and_history_starts_without_an_error_and_creates_the_stream() {
+    let nats = NatsServer::start();
+    let gateway = Gateway::start(&rooms_with_history(free_port(), free_port(), &nats.url())).await;
+
+    eventually("NATS connected in the log", PROMPTLY, || async {
+        gateway.log().contains("NATS connected")
+    })
+    .await;
+    let log = gateway.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines at start:\n{}",
+        errors.join("\n")
+    );
+
+    // History is configured once the connection is up, not left to the first publish.
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    eventually("the history stream to exist", PROMPTLY, || {
+        let js = js.clone();
+        async move {
+            let names: Vec<String> = js
+                .stream_names()
+                .filter_map(|n| async move { n.ok() })
+                .collect()
+                .await;
+            names.iter().any(|n| n.starts_with("SBSTART_"))
+        }
+    })
+    .await;
+}
