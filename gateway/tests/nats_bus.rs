@@ -651,8 +651,42 @@ async fn acknowledged_publishes_survive_a_nats_restart_exactly_once_and_in_order
     );
 }
 
+/// A `tracing` writer into a shared buffer: what the bus logs from the test's own task.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_three_replicas_history_survives_losing_the_server_that_leads_its_stream() {
+    // The operations below run in this test's task: what they log lands here.
+    let log = LogBuffer::default();
+    let writer = log.clone();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
     let mut servers = NatsServer::cluster(3).await;
     let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
     let cfg: switchboard_config::Nats = serde_json::from_value(serde_json::json!({
@@ -748,6 +782,9 @@ async fn with_three_replicas_history_survives_losing_the_server_that_leads_its_s
     )
     .await;
     assert_eq!(members, [member("a-1", "alice")]);
+    // The election was waited out, not taken for a lost stream.
+    let log = log.text();
+    assert!(!log.contains("history stream missing"), "{log}");
 }
 
 /// `op` retried every 200 ms until it succeeds (a JetStream stream electing a new leader

@@ -1385,6 +1385,32 @@ impl Bus for NatsBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use async_nats::jetstream::context::{RequestError, RequestErrorKind};
+
+    fn api_error(code: u16, err_code: u64, description: &str) -> RequestError {
+        let e: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": code, "err_code": err_code, "description": description,
+        }))
+        .expect("a JetStream API error");
+        RequestError::with_source(RequestErrorKind::Other, e)
+    }
+
+    #[test]
+    fn only_jetstreams_stream_not_found_is_a_missing_stream() {
+        assert!(stream_not_found(&api_error(404, 10059, "stream not found")));
+        // What a stream electing a leader answers: retried, never recreated.
+        assert!(!stream_not_found(&RequestError::new(
+            RequestErrorKind::NoResponders
+        )));
+        assert!(!stream_not_found(&RequestError::new(
+            RequestErrorKind::TimedOut
+        )));
+        assert!(!stream_not_found(&api_error(
+            503,
+            10008,
+            "JetStream system temporarily unavailable"
+        )));
+    }
 
     fn key(room: &str) -> RoomKey {
         RoomKey {
