@@ -1,7 +1,9 @@
-//! The one shutdown root. SIGTERM: readiness fails at once; listeners keep accepting for the
-//! propagation window; then every live connection is told to close (each at a random point of
-//! its route's drain window, with the route's code); then exit once none are left or at the
-//! deadline. Only then is pingora told to stop (its own grace period is set to zero).
+//! The one shutdown root. SIGTERM: readiness fails at once and keep-alive ends (responses carry
+//! `Connection: close`, idle keep-alive connections are closed); listeners keep accepting for
+//! the propagation window; then new requests are refused and every live connection is told to
+//! close (each at a random point of its route's drain window, with the route's code); then exit
+//! once no connection and no HTTP request in flight is left, or at the deadline. Only then is
+//! pingora told to stop (its own grace period is set to zero).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -20,8 +22,10 @@ use crate::metrics::metrics;
 pub struct Drain {
     draining: AtomicBool,
     refusing: AtomicBool,
+    started_tx: watch::Sender<bool>,
     close_tx: watch::Sender<bool>,
     live: AtomicI64,
+    requests: AtomicI64,
     idle: Notify,
 }
 
@@ -30,8 +34,10 @@ impl Default for Drain {
         Self {
             draining: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
+            started_tx: watch::channel(false).0,
             close_tx: watch::channel(false).0,
             live: AtomicI64::new(0),
+            requests: AtomicI64::new(0),
             idle: Notify::new(),
         }
     }
@@ -52,6 +58,22 @@ impl Drop for LiveGuard {
     }
 }
 
+/// Held by each HTTP request from its head until its response has been handed over in full
+/// (or dropped); the drain waits for these too.
+pub struct RequestGuard(Arc<Drain>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let left = self.0.requests.fetch_sub(1, Ordering::AcqRel) - 1;
+        if self.0.draining.load(Ordering::Acquire) {
+            metrics().drain_requests_remaining.set(left);
+        }
+        if left <= 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 impl Drain {
     /// `/readyz` must fail.
     pub fn is_draining(&self) -> bool {
@@ -61,6 +83,11 @@ impl Drain {
     /// New upgrades must be refused (propagation window over).
     pub fn is_refusing(&self) -> bool {
         self.refusing.load(Ordering::Acquire)
+    }
+
+    /// Becomes true when the drain starts (SIGTERM): keep-alive ends from then on.
+    pub fn started_signal(&self) -> watch::Receiver<bool> {
+        self.started_tx.subscribe()
     }
 
     /// Becomes true when connections should start closing.
@@ -78,34 +105,53 @@ impl Drain {
         self.live.load(Ordering::Acquire)
     }
 
+    /// Count an HTTP request in flight until the guard drops.
+    pub fn enter_request(self: &Arc<Self>) -> RequestGuard {
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        RequestGuard(self.clone())
+    }
+
+    /// HTTP requests whose response has not been handed over in full yet.
+    pub fn requests(&self) -> i64 {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.live() <= 0 && self.requests() <= 0
+    }
+
     /// Run the drain; returns whether every connection closed before the deadline.
     pub async fn run(&self, propagation: Duration, deadline: Duration) -> bool {
         let start = Instant::now();
         self.draining.store(true, Ordering::Release);
+        let _ = self.started_tx.send(true);
         metrics().draining.set(1);
         metrics().drain_remaining.set(self.live());
+        metrics().drain_requests_remaining.set(self.requests());
         tracing::info!(
             ?propagation,
             ?deadline,
             live = self.live(),
-            "drain: readiness off, propagation window"
+            requests = self.requests(),
+            "drain: readiness off, keep-alive off, propagation window"
         );
         tokio::time::sleep(propagation).await;
         self.refusing.store(true, Ordering::Release);
         let _ = self.close_tx.send(true);
         tracing::info!(
             live = self.live(),
-            "drain: closing connections across their routes' windows"
+            requests = self.requests(),
+            "drain: refusing new requests, closing connections across their routes' windows"
         );
         let end = start + deadline;
         loop {
             let idle = self.idle.notified();
-            if self.live() <= 0 {
+            if self.is_idle() {
                 return true;
             }
             tokio::select! {
                 _ = idle => {}
-                _ = tokio::time::sleep_until(end) => return self.live() <= 0,
+                _ = tokio::time::sleep_until(end) => return self.is_idle(),
                 // Re-check now and then in case a notification raced the count.
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
@@ -176,7 +222,12 @@ impl ShutdownSignalWatch for DrainingSignal {
         if clean {
             tracing::info!(elapsed = ?started.elapsed(), "drain complete: graceful exit");
         } else {
-            tracing::warn!(elapsed = ?started.elapsed(), left = self.drain.live(), "drain deadline reached: forced exit");
+            tracing::warn!(
+                elapsed = ?started.elapsed(),
+                left = self.drain.live(),
+                requests_left = self.drain.requests(),
+                "drain deadline reached: forced exit"
+            );
         }
         ShutdownSignal::FastShutdown
     }

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use hyper::service::service_fn;
@@ -34,7 +35,13 @@ impl EdgeApp {
     {
         let limits = self.gateway.config.load().limits.clone();
         let gw = self.gateway.clone();
-        let svc = service_fn(move |req| handle(gw.clone(), conn, req));
+        let gw_drain = self.gateway.drain.clone();
+        let seen_request = Arc::new(AtomicBool::new(false));
+        let seen = seen_request.clone();
+        let svc = service_fn(move |req| {
+            seen.store(true, Ordering::Release);
+            handle(gw.clone(), conn, req)
+        });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -42,11 +49,26 @@ impl EdgeApp {
             .max_headers(limits.max_header_count)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .keep_alive(true);
-        if let Err(e) = builder
+        let http = builder
             .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades()
-            .await
-        {
+            .with_upgrades();
+        tokio::pin!(http);
+        // From the start of a drain keep-alive ends: an idle keep-alive connection is closed
+        // now, a busy one after its response. A connection that has not sent a request yet is
+        // left alone (hyper would close it unanswered): its request is answered, refused once
+        // the propagation window is over, with `Connection: close` (see `pipeline::handle`).
+        // An upgraded connection has left hyper by then and drains on its own.
+        let mut drain = gw_drain.started_signal();
+        let result = tokio::select! {
+            result = http.as_mut() => result,
+            _ = async { drain.wait_for(|started| *started).await.is_ok() } => {
+                if seen_request.load(Ordering::Acquire) {
+                    http.as_mut().graceful_shutdown();
+                }
+                http.await
+            }
+        };
+        if let Err(e) = result {
             if e.is_parse_too_large() {
                 // hyper answered 431 itself, before any route matched: count it like the
                 // pipeline's refusals so the error table's `headers_too_large` is real.

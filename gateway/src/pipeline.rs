@@ -200,11 +200,52 @@ pub async fn handle(
         reason = tracing::field::Empty,
     );
     crate::telemetry::continue_trace(&span, req.headers());
-    let resp = route_and_admit(gw, conn, req, &span)
+    // In flight from the head until the response has been sent: the drain waits for it.
+    let in_flight = gw.drain.enter_request();
+    let resp = route_and_admit(gw.clone(), conn, req, &span)
         .instrument(span.clone())
         .await;
     span.record("status", resp.status().as_u16());
-    Ok(resp)
+    let (mut parts, body) = resp.into_parts();
+    // From SIGTERM on, keep-alive ends with each response, so clients open their next
+    // connection where the load balancer now sends them (never on a 101: it is not the end).
+    if gw.drain.is_draining() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let body = InFlight {
+        inner: body,
+        _guard: in_flight,
+    };
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// A response body that keeps its request counted as in flight (for the drain) until the body
+/// has been sent in full or dropped.
+struct InFlight {
+    inner: Body,
+    _guard: crate::drain::RequestGuard,
+}
+
+impl hyper::body::Body for InFlight {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Make the request the one the app will see, before anything looks at it: one authority
@@ -288,10 +329,13 @@ async fn admit_and_proxy(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
     let websocket = is_websocket(&req);
+    // After the propagation window nothing new starts here: upgrades and plain requests alike
+    // get 503 `draining` with `Retry-After` (and `Connection: close`), so clients retry on
+    // another pod; requests already in flight complete.
+    if gw.drain.is_refusing() {
+        return Err(Refusal::Draining);
+    }
     if websocket {
-        if gw.drain.is_refusing() {
-            return Err(Refusal::Draining);
-        }
         check_handshake(&req)?;
     }
     route.origin.check(req.headers())?;

@@ -4,6 +4,10 @@
 //! before `drain.deadline`. Upgrades after the propagation window are refused with 503 (or find
 //! the listener gone once the process has exited).
 //!
+//! Plain HTTP through a proxy route drains like the WebSockets: responses from SIGTERM on carry
+//! `Connection: close`, requests in flight when the window ends still complete, and new requests
+//! after the window get `503 draining` with `Retry-After` (never a reset).
+//!
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans of the request path and of the drain reach an
 //! OTLP/HTTP receiver run by the test before the process exits; a caller's `traceparent` is
 //! continued and the app is handed the gateway's.
@@ -141,6 +145,247 @@ async fn sigterm_drains_every_client_with_the_routes_close_code_and_exits_zero()
     assert!(
         log.contains("drain complete: graceful exit"),
         "exited before the deadline, not forced; log:\n{log}"
+    );
+}
+
+/// A plain HTTP app: `/slow` answers only once released (counted on arrival), anything else
+/// answers at once. Every answer names its path.
+struct SlowApp {
+    port: u16,
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowApp {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        let port = listener.local_addr().expect("app address").port();
+        let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let count = arrived.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (count, released) = (count.clone(), released.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (count, mut released) = (count.clone(), released.clone());
+                        async move {
+                            let path = req.uri().path().to_string();
+                            if path == "/slow" {
+                                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let _ = released.wait_for(|r| *r).await;
+                            }
+                            Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(
+                                format!("app answered {path}"),
+                            ))))
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            port,
+            arrived,
+            release,
+            task,
+        }
+    }
+}
+
+impl Drop for SlowApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What became of one plain HTTP request sent to the gateway (the texts are read through
+/// `Debug` in the test's report and failure messages).
+#[derive(Debug)]
+#[allow(dead_code)]
+enum HttpOutcome {
+    /// A complete response: status, headers, body.
+    Answered(u16, http::HeaderMap, String),
+    /// The connection was accepted and the request sent, but it ended without a complete
+    /// response: the request was cut.
+    Cut(String),
+    /// No listener (the process had exited): a client retries elsewhere.
+    NoListener(String),
+}
+
+/// `GET path` on a new HTTP/1.1 keep-alive connection; waits up to a minute for the answer.
+/// Returns the outcome and, when answered, the connection (for keep-alive checks).
+async fn http_exchange(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> (
+    HttpOutcome,
+    Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+) {
+    let stream = match tokio::net::TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return (HttpOutcome::NoListener(e.to_string()), None),
+    };
+    let (mut send, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        Ok(pair) => pair,
+        Err(e) => return (HttpOutcome::Cut(e.to_string()), None),
+    };
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let exchange = async {
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((status, headers, String::from_utf8_lossy(&body).into_owned()))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(60), exchange).await {
+        Err(_) => (HttpOutcome::Cut("no answer within 60s".into()), None),
+        Ok(Err(e)) => (HttpOutcome::Cut(e), None),
+        Ok(Ok((status, headers, body))) => {
+            (HttpOutcome::Answered(status, headers, body), Some(send))
+        }
+    }
+}
+
+fn connection_close(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+}
+
+#[tokio::test]
+async fn sigterm_lets_inflight_http_requests_finish_and_refuses_new_ones_with_a_retryable_503() {
+    const IN_FLIGHT: usize = 4;
+    let app = SlowApp::start().await;
+    let (public, admin) = (free_port(), free_port());
+    let yaml = format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 4s, deadline: 60s}}
+routes:
+  - name: polling
+    path: {{type: Prefix, value: /}}
+    proxy: {{backends: [{{address: "127.0.0.1:{app}"}}]}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+"#,
+        app = app.port
+    );
+    let mut gateway = Gateway::start(&yaml).await;
+    let addr = gateway.addr();
+
+    // A keep-alive connection that served one request and sits idle at SIGTERM.
+    let (before, idle) = http_exchange(addr, "/fast").await;
+    assert!(
+        matches!(&before, HttpOutcome::Answered(200, h, _) if !connection_close(h)),
+        "before SIGTERM responses keep the connection alive: {before:?}"
+    );
+    let mut idle = idle.expect("an open keep-alive connection");
+
+    // Requests in flight at the app (long-polls, like Socket.IO's polling transport).
+    let slow: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| tokio::spawn(async move { http_exchange(addr, "/slow").await.0 }))
+        .collect();
+    eventually("the slow requests to reach the app", PROMPTLY, || async {
+        app.arrived.load(std::sync::atomic::Ordering::SeqCst) == IN_FLIGHT
+    })
+    .await;
+
+    gateway.terminate();
+    eventually("/readyz to fail after SIGTERM", PROMPTLY, || async {
+        matches!(
+            try_http_get(gateway.admin(), "/readyz", &[]).await,
+            Ok((503, _))
+        )
+    })
+    .await;
+    // The idle keep-alive connection is closed by the gateway (no request is lost on it: none
+    // was sent).
+    eventually(
+        "the idle keep-alive connection to be closed",
+        PROMPTLY,
+        || std::future::ready(idle.is_closed()),
+    )
+    .await;
+    let _ = idle.ready().await;
+
+    // New requests until the propagation window is over: served (with Connection: close),
+    // then refused.
+    let mut served_in_window = 0;
+    let after = loop {
+        let (outcome, _) = http_exchange(addr, "/fast").await;
+        match &outcome {
+            HttpOutcome::Answered(200, h, body) if body == "app answered /fast" => {
+                assert!(
+                    connection_close(h),
+                    "a response during the drain ends keep-alive: {outcome:?}"
+                );
+                served_in_window += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            _ => break outcome,
+        }
+    };
+    // Only now are the in-flight requests answered by the app.
+    let _ = app.release.send(true);
+    let mut completed = 0;
+    let mut cut = Vec::new();
+    for task in slow {
+        match task.await.expect("request task") {
+            HttpOutcome::Answered(200, h, body) if body == "app answered /slow" => {
+                assert!(connection_close(&h), "in-flight response: {h:?}");
+                completed += 1;
+            }
+            other => cut.push(other),
+        }
+    }
+    let refused = matches!(&after, HttpOutcome::Answered(503, ..)) as usize;
+    println!(
+        "HTTP drain: in flight at the window's end {IN_FLIGHT}: completed {completed}, cut {}; \
+         served during propagation {served_in_window}; first request after the window: {after:?}",
+        cut.len()
+    );
+    assert!(
+        cut.is_empty(),
+        "every in-flight request completes during the drain; cut: {cut:?}"
+    );
+    assert_eq!(completed, IN_FLIGHT);
+    assert_eq!(
+        refused, 1,
+        "a new request after the window is refused: {after:?}"
+    );
+    let HttpOutcome::Answered(_, h, body) = &after else {
+        unreachable!()
+    };
+    assert!(h.contains_key(http::header::RETRY_AFTER), "{h:?}");
+    assert!(connection_close(h), "{h:?}");
+    assert!(body.contains(r#""error":"draining""#), "{body}");
+
+    let status = gateway
+        .wait_exit(PROMPTLY)
+        .await
+        .expect("the gateway exits once the requests completed");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        gateway.log().contains("drain complete: graceful exit"),
+        "{}",
+        gateway.log_tail(20)
     );
 }
 
