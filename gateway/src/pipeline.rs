@@ -45,8 +45,7 @@ pub(crate) fn full(text: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// Render a refusal: status, reason, `Retry-After`, `WWW-Authenticate`; counted by reason.
-pub fn refuse(route: &str, r: Refusal) -> Response<Body> {
+fn count_refusal(route: &str, r: &Refusal) {
     metrics()
         .refusals
         .with_label_values(&[route, r.label()])
@@ -55,6 +54,11 @@ pub fn refuse(route: &str, r: Refusal) -> Response<Body> {
         .connections_total
         .with_label_values(&[route, "refused"])
         .inc();
+}
+
+/// Render a refusal: status, reason, `Retry-After`, `WWW-Authenticate`; counted by reason.
+pub fn refuse(route: &str, r: Refusal) -> Response<Body> {
+    count_refusal(route, &r);
     let body =
         serde_json::json!({ "error": r.label(), "reason": r.to_string() }).to_string() + "\n";
     let mut resp = Response::new(full(body));
@@ -309,7 +313,14 @@ async fn route_and_admit(
         span.record("route", name.as_str());
         span.record("transport", transport(&req, route.rooms.is_some()));
     }
-    match admit_and_proxy(gw, conn, route, req).await {
+    // Rooms SSE and long-poll answers are read by pages on other origins: all of them, refusals
+    // included, carry the route's CORS headers.
+    let cors = match route.rooms {
+        Some(_) if !is_websocket(&req) => crate::rooms::cors::allowed_origin(&route, req.headers()),
+        _ => None,
+    };
+    let draining_stream = crate::rooms::entry::wants_draining_stream(&route, &req);
+    let mut resp = match admit_and_proxy(gw, conn, route.clone(), req).await {
         Ok(resp) => {
             span.record("outcome", "accepted");
             resp
@@ -317,9 +328,19 @@ async fn route_and_admit(
         Err(r) => {
             span.record("outcome", "refused");
             span.record("reason", r.label());
-            refuse(&name, r)
+            if r == Refusal::Draining && draining_stream {
+                // The refusal an EventSource survives: a 200 stream that says retry and ends.
+                count_refusal(&name, &r);
+                crate::rooms::entry::draining_stream()
+            } else {
+                refuse(&name, r)
+            }
         }
+    };
+    if let Some(origin) = cors {
+        crate::rooms::cors::apply(&route, origin, resp.headers_mut());
     }
+    resp
 }
 
 async fn admit_and_proxy(

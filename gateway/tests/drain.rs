@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message as _;
+use support::held_app::HeldApp;
 use support::{
     EchoServer, Gateway, PROMPTLY, assert_echo, eventually, expect_close, free_port, http_get,
     jwt_rsa_file, metric_sum, metrics_text, raw_exchange, token_for, try_http_get, upgrade_head,
@@ -148,60 +149,6 @@ async fn sigterm_drains_every_client_with_the_routes_close_code_and_exits_zero()
     );
 }
 
-/// A plain HTTP app: `/slow` answers only once released (counted on arrival), anything else
-/// answers at once. Every answer names its path.
-struct SlowApp {
-    port: u16,
-    arrived: Arc<std::sync::atomic::AtomicUsize>,
-    release: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SlowApp {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
-        let port = listener.local_addr().expect("app address").port();
-        let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (release, released) = tokio::sync::watch::channel(false);
-        let count = arrived.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (count, released) = (count.clone(), released.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (count, mut released) = (count.clone(), released.clone());
-                        async move {
-                            let path = req.uri().path().to_string();
-                            if path == "/slow" {
-                                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                                let _ = released.wait_for(|r| *r).await;
-                            }
-                            Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(
-                                format!("app answered {path}"),
-                            ))))
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self {
-            port,
-            arrived,
-            release,
-            task,
-        }
-    }
-}
-
-impl Drop for SlowApp {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// What became of one plain HTTP request sent to the gateway (the texts are read through
 /// `Debug` in the test's report and failure messages).
 #[derive(Debug)]
@@ -270,7 +217,7 @@ fn connection_close(headers: &http::HeaderMap) -> bool {
 #[tokio::test]
 async fn sigterm_lets_inflight_http_requests_finish_and_refuses_new_ones_with_a_retryable_503() {
     const IN_FLIGHT: usize = 4;
-    let app = SlowApp::start().await;
+    let app = HeldApp::start().await;
     let (public, admin) = (free_port(), free_port());
     let yaml = format!(
         r#"apiVersion: switchboard.dev/v1alpha1
@@ -285,7 +232,7 @@ routes:
     keepalive: {{interval: 0s}}
     drain: {{window: 1s}}
 "#,
-        app = app.port
+        app = app.port()
     );
     let mut gateway = Gateway::start(&yaml).await;
     let addr = gateway.addr();
@@ -303,7 +250,7 @@ routes:
         .map(|_| tokio::spawn(async move { http_exchange(addr, "/slow").await.0 }))
         .collect();
     eventually("the slow requests to reach the app", PROMPTLY, || async {
-        app.arrived.load(std::sync::atomic::Ordering::SeqCst) == IN_FLIGHT
+        app.held() == IN_FLIGHT
     })
     .await;
 
@@ -343,7 +290,7 @@ routes:
         }
     };
     // Only now are the in-flight requests answered by the app.
-    let _ = app.release.send(true);
+    app.release();
     let mut completed = 0;
     let mut cut = Vec::new();
     for task in slow {
