@@ -232,3 +232,40 @@ impl ShutdownSignalWatch for DrainingSignal {
         ShutdownSignal::FastShutdown
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(drain: &Arc<Drain>) -> tokio::task::JoinHandle<bool> {
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            drain
+                .run(Duration::from_secs(1), Duration::from_secs(60))
+                .await
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_waits_for_an_http_request_in_flight_until_its_response_is_sent() {
+        let drain = Arc::new(Drain::default());
+        let request = drain.enter_request();
+        let started = drain.started_signal();
+        let run = start(&drain);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(*started.borrow(), "keep-alive ends from the start");
+        assert!(drain.is_refusing(), "the propagation window is over");
+        assert!(!run.is_finished(), "the request holds the drain");
+        drop(request);
+        assert!(run.await.expect("drain task"), "a graceful exit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_still_in_flight_at_the_deadline_makes_the_exit_forced() {
+        let drain = Arc::new(Drain::default());
+        let _request = drain.enter_request();
+        let run = start(&drain);
+        assert!(!run.await.expect("drain task"), "forced at the deadline");
+        assert_eq!(drain.requests(), 1);
+    }
+}
