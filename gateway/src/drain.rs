@@ -1,12 +1,12 @@
 //! The one shutdown root. SIGTERM: readiness fails at once and keep-alive ends (responses carry
-//! `Connection: close`, idle keep-alive connections are closed); listeners keep accepting for
-//! the propagation window; then new requests are refused and every live connection is told to
-//! close (each at a random point of its route's drain window, with the route's code); then exit
-//! once no connection and no HTTP request in flight is left, or at the deadline. Only then is
-//! pingora told to stop (its own grace period is set to zero).
+//! `Connection: close`); listeners keep accepting for the propagation window; then new requests
+//! are refused and every live connection is told to close (each at a random point of its
+//! route's drain window, with the route's code); then exit once no connection (HTTP or
+//! upgraded) and no HTTP request in flight is left, or at the deadline. Only then is pingora
+//! told to stop (its own grace period is set to zero).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,14 +18,19 @@ use tracing::Instrument;
 
 use crate::metrics::metrics;
 
+/// How long the drain waits, once nothing is open, for anything new before it ends.
+const QUIET: Duration = Duration::from_millis(500);
+
 /// Drain state shared by the admin endpoints, the pipeline and every live connection.
 pub struct Drain {
     draining: AtomicBool,
     refusing: AtomicBool,
-    started_tx: watch::Sender<bool>,
     close_tx: watch::Sender<bool>,
     live: AtomicI64,
     requests: AtomicI64,
+    http_connections: AtomicI64,
+    /// Connections and requests counted in so far (to see that none came during a pause).
+    entered: AtomicU64,
     idle: Notify,
 }
 
@@ -34,10 +39,11 @@ impl Default for Drain {
         Self {
             draining: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
-            started_tx: watch::channel(false).0,
             close_tx: watch::channel(false).0,
             live: AtomicI64::new(0),
             requests: AtomicI64::new(0),
+            http_connections: AtomicI64::new(0),
+            entered: AtomicU64::new(0),
             idle: Notify::new(),
         }
     }
@@ -74,6 +80,22 @@ impl Drop for RequestGuard {
     }
 }
 
+/// Held by each accepted client connection while it speaks HTTP (TLS handshake and request
+/// heads included; an upgraded connection is a [`LiveGuard`]'s from then on). The drain waits
+/// for these, so a request on a connection accepted just before the drain went idle is
+/// answered (refused) instead of cut at exit, and a keep-alive connection gets the answer to
+/// its next request (with `Connection: close`); one that never sends another head ends at
+/// `limits.handshakeTimeout`.
+pub struct ConnectionGuard(Arc<Drain>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.http_connections.fetch_sub(1, Ordering::AcqRel) <= 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 impl Drain {
     /// `/readyz` must fail.
     pub fn is_draining(&self) -> bool {
@@ -85,11 +107,6 @@ impl Drain {
         self.refusing.load(Ordering::Acquire)
     }
 
-    /// Becomes true when the drain starts (SIGTERM): keep-alive ends from then on.
-    pub fn started_signal(&self) -> watch::Receiver<bool> {
-        self.started_tx.subscribe()
-    }
-
     /// Becomes true when connections should start closing.
     pub fn close_signal(&self) -> watch::Receiver<bool> {
         self.close_tx.subscribe()
@@ -97,6 +114,7 @@ impl Drain {
 
     /// Count a live connection in.
     pub fn enter(self: &Arc<Self>) -> LiveGuard {
+        self.entered.fetch_add(1, Ordering::AcqRel);
         self.live.fetch_add(1, Ordering::AcqRel);
         LiveGuard(self.clone())
     }
@@ -107,6 +125,7 @@ impl Drain {
 
     /// Count an HTTP request in flight until the guard drops.
     pub fn enter_request(self: &Arc<Self>) -> RequestGuard {
+        self.entered.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::AcqRel);
         RequestGuard(self.clone())
     }
@@ -116,15 +135,23 @@ impl Drain {
         self.requests.load(Ordering::Acquire)
     }
 
+    /// Count an accepted client connection in while it speaks HTTP.
+    pub fn enter_connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.entered.fetch_add(1, Ordering::AcqRel);
+        self.http_connections.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.clone())
+    }
+
     fn is_idle(&self) -> bool {
-        self.live() <= 0 && self.requests() <= 0
+        self.live() <= 0
+            && self.requests() <= 0
+            && self.http_connections.load(Ordering::Acquire) <= 0
     }
 
     /// Run the drain; returns whether every connection closed before the deadline.
     pub async fn run(&self, propagation: Duration, deadline: Duration) -> bool {
         let start = Instant::now();
         self.draining.store(true, Ordering::Release);
-        let _ = self.started_tx.send(true);
         metrics().draining.set(1);
         metrics().drain_remaining.set(self.live());
         metrics().drain_requests_remaining.set(self.requests());
@@ -147,7 +174,18 @@ impl Drain {
         loop {
             let idle = self.idle.notified();
             if self.is_idle() {
-                return true;
+                // A client whose last answer just ended keep-alive may be connecting again this
+                // very moment; exiting now would reset it unanswered. End only after a quiet
+                // pause with nothing new, so that such a client is answered (refused) first.
+                let seen = self.entered.load(Ordering::Acquire);
+                tokio::select! {
+                    _ = tokio::time::sleep(QUIET) => {}
+                    _ = tokio::time::sleep_until(end) => return self.is_idle(),
+                }
+                if self.is_idle() && self.entered.load(Ordering::Acquire) == seen {
+                    return true;
+                }
+                continue;
             }
             tokio::select! {
                 _ = idle => {}
@@ -226,6 +264,7 @@ impl ShutdownSignalWatch for DrainingSignal {
                 elapsed = ?started.elapsed(),
                 left = self.drain.live(),
                 requests_left = self.drain.requests(),
+                http_connections_left = self.drain.http_connections.load(Ordering::Acquire),
                 "drain deadline reached: forced exit"
             );
         }
@@ -250,10 +289,9 @@ mod tests {
     async fn the_drain_waits_for_an_http_request_in_flight_until_its_response_is_sent() {
         let drain = Arc::new(Drain::default());
         let request = drain.enter_request();
-        let started = drain.started_signal();
         let run = start(&drain);
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert!(*started.borrow(), "keep-alive ends from the start");
+        assert!(drain.is_draining());
         assert!(drain.is_refusing(), "the propagation window is over");
         assert!(!run.is_finished(), "the request holds the drain");
         drop(request);

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use hyper::service::service_fn;
@@ -35,13 +34,7 @@ impl EdgeApp {
     {
         let limits = self.gateway.config.load().limits.clone();
         let gw = self.gateway.clone();
-        let gw_drain = self.gateway.drain.clone();
-        let seen_request = Arc::new(AtomicBool::new(false));
-        let seen = seen_request.clone();
-        let svc = service_fn(move |req| {
-            seen.store(true, Ordering::Release);
-            handle(gw.clone(), conn, req)
-        });
+        let svc = service_fn(move |req| handle(gw.clone(), conn, req));
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -52,22 +45,12 @@ impl EdgeApp {
         let http = builder
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
-        tokio::pin!(http);
-        // From the start of a drain keep-alive ends: an idle keep-alive connection is closed
-        // now, a busy one after its response. A connection that has not sent a request yet is
-        // left alone (hyper would close it unanswered): its request is answered, refused once
-        // the propagation window is over, with `Connection: close` (see `pipeline::handle`).
-        // An upgraded connection has left hyper by then and drains on its own.
-        let mut drain = gw_drain.started_signal();
-        let result = tokio::select! {
-            result = http.as_mut() => result,
-            _ = async { drain.wait_for(|started| *started).await.is_ok() } => {
-                if seen_request.load(Ordering::Acquire) {
-                    http.as_mut().graceful_shutdown();
-                }
-                http.await
-            }
-        };
+        // No graceful shutdown at the drain: closing an idle keep-alive connection races the
+        // client's next request on it (cut without an answer). Its next request is answered
+        // instead, with `Connection: close` (refused once the propagation window is over; see
+        // `pipeline::handle`), and a connection that stays idle ends at the header timeout.
+        // The drain waits for both (`Drain::enter_connection`).
+        let result = http.await;
         if let Err(e) = result {
             if e.is_parse_too_large() {
                 // hyper answered 431 itself, before any route matched: count it like the
@@ -98,6 +81,8 @@ impl ServerApp for EdgeApp {
         stream: Stream,
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Counted until it is upgraded or closed: the drain answers it before the exit.
+        let _open = self.gateway.drain.enter_connection();
         let paths = self
             .gateway
             .config

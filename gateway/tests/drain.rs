@@ -6,7 +6,8 @@
 //!
 //! Plain HTTP through a proxy route drains like the WebSockets: responses from SIGTERM on carry
 //! `Connection: close`, requests in flight when the window ends still complete, and new requests
-//! after the window get `503 draining` with `Retry-After` (never a reset).
+//! after the window get `503 draining` with `Retry-After` (never a reset), also for clients that
+//! poll back to back.
 //!
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans of the request path and of the drain reach an
 //! OTLP/HTTP receiver run by the test before the process exits; a caller's `traceparent` is
@@ -262,15 +263,30 @@ routes:
         )
     })
     .await;
-    // The idle keep-alive connection is closed by the gateway (no request is lost on it: none
-    // was sent).
-    eventually(
-        "the idle keep-alive connection to be closed",
-        PROMPTLY,
-        || std::future::ready(idle.is_closed()),
-    )
+    // The idle keep-alive connection's next request is answered, and ends keep-alive.
+    idle.ready()
+        .await
+        .expect("the keep-alive connection is still open");
+    let resp = idle
+        .send_request(
+            http::Request::get("/fast")
+                .header(http::header::HOST, "localhost")
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("an answer on the keep-alive connection");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        connection_close(resp.headers()),
+        "keep-alive ends during the drain: {:?}",
+        resp.headers()
+    );
+    let _ = resp.into_body().collect().await;
+    eventually("the gateway to close that connection", PROMPTLY, || {
+        std::future::ready(idle.is_closed())
+    })
     .await;
-    let _ = idle.ready().await;
 
     // New requests until the propagation window is over: served (with Connection: close),
     // then refused.
@@ -594,4 +610,114 @@ routes:
             );
         }
     }
+}
+
+#[tokio::test]
+async fn polling_clients_through_a_drain_are_answered_or_refused_never_cut() {
+    const CLIENTS: usize = 25;
+    let app = HeldApp::start().await;
+    let (public, admin) = (free_port(), free_port());
+    let yaml = format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 2s, deadline: 60s}}
+routes:
+  - name: polling
+    path: {{type: Prefix, value: /}}
+    proxy: {{backends: [{{address: "127.0.0.1:{app}"}}]}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+"#,
+        app = app.port()
+    );
+    let mut gateway = Gateway::start(&yaml).await;
+    let addr = gateway.addr();
+
+    // Each client polls back to back on its keep-alive connection (a new one when the gateway
+    // ends keep-alive), like Socket.IO's polling transport, and stops at its first answer that
+    // is not a poll result: a refusal (it would retry elsewhere), a missing listener, or a cut.
+    #[derive(Debug, Default)]
+    struct Tally {
+        answered: usize,
+        refused: usize,
+        no_listener: usize,
+        cut: Vec<String>,
+    }
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let started = started.clone();
+            tokio::spawn(async move {
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http::<http_body_util::Empty<Bytes>>();
+                let mut tally = Tally::default();
+                loop {
+                    let uri: http::Uri = format!("http://{addr}/client/{i}/poll").parse().unwrap();
+                    let result = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+                        let resp = client.get(uri).await?;
+                        let status = resp.status().as_u16();
+                        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+                        Ok::<_, hyper_util::client::legacy::Error>((status, body))
+                    })
+                    .await
+                    .expect("an outcome within 60s");
+                    match result {
+                        Ok((200, Ok(_))) => {
+                            tally.answered += 1;
+                            started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Ok((503, Ok(_))) => {
+                            tally.refused += 1;
+                            break;
+                        }
+                        Ok((status, body)) => {
+                            tally.cut.push(format!("{status} {body:?}"));
+                            break;
+                        }
+                        Err(e) if e.is_connect() => {
+                            tally.no_listener += 1;
+                            break;
+                        }
+                        Err(e) => {
+                            tally.cut.push(format!("{e:?}"));
+                            break;
+                        }
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    eventually("every client to have polled twice", PROMPTLY, || async {
+        started.load(std::sync::atomic::Ordering::SeqCst) >= 2 * CLIENTS
+    })
+    .await;
+    gateway.terminate();
+    let mut total = Tally::default();
+    for c in clients {
+        let t = c.await.expect("client task");
+        total.answered += t.answered;
+        total.refused += t.refused;
+        total.no_listener += t.no_listener;
+        total.cut.extend(t.cut);
+    }
+    println!(
+        "{CLIENTS} polling clients through a drain: polls answered {}, refused (503) {}, \
+         found no listener {}, cut {}: {:?}",
+        total.answered,
+        total.refused,
+        total.no_listener,
+        total.cut.len(),
+        total.cut
+    );
+    assert!(total.cut.is_empty(), "no poll is cut: {:?}", total.cut);
+    let status = gateway
+        .wait_exit(PROMPTLY)
+        .await
+        .expect("the gateway exits after the drain");
+    assert!(status.success(), "exit status {status}");
 }

@@ -1,7 +1,8 @@
 //! A plain HTTP app that holds requests: `/slow` (any path ending in `/slow`) is answered only
 //! once the test releases it, so it stays in flight as long as the test needs (a long-poll of
-//! Socket.IO's polling transport, a slow download); anything else is answered at once. Every
-//! answer is `200 app answered <path>`.
+//! Socket.IO's polling transport, a slow download); a path ending in `/poll` is answered after
+//! [`POLL_HOLD`] (a short long-poll); anything else is answered at once. Every answer is
+//! `200 app answered <path>`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +14,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// How long the app holds a `/poll` request.
+pub const POLL_HOLD: std::time::Duration = std::time::Duration::from_millis(300);
 
 pub struct HeldApp {
     port: u16,
@@ -40,6 +44,8 @@ impl HeldApp {
                             if path.ends_with("/slow") {
                                 count.fetch_add(1, Ordering::SeqCst);
                                 let _ = released.wait_for(|r| *r).await;
+                            } else if path.ends_with("/poll") {
+                                tokio::time::sleep(POLL_HOLD).await;
                             }
                             Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(
                                 format!("app answered {path}"),
