@@ -1,10 +1,12 @@
-//! The one shutdown root. SIGTERM: readiness fails at once; listeners keep accepting for the
-//! propagation window; then every live connection is told to close (each at a random point of
-//! its route's drain window, with the route's code); then exit once none are left or at the
-//! deadline. Only then is pingora told to stop (its own grace period is set to zero).
+//! The one shutdown root. SIGTERM: readiness fails at once and keep-alive ends (responses carry
+//! `Connection: close`); listeners keep accepting for the propagation window; then new requests
+//! are refused and every live connection is told to close (each at a random point of its
+//! route's drain window, with the route's code); then exit once no connection (HTTP or
+//! upgraded) and no HTTP request in flight is left, or at the deadline. Only then is pingora
+//! told to stop (its own grace period is set to zero).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,12 +18,19 @@ use tracing::Instrument;
 
 use crate::metrics::metrics;
 
+/// How long the drain waits, once nothing is open, for anything new before it ends.
+const QUIET: Duration = Duration::from_millis(500);
+
 /// Drain state shared by the admin endpoints, the pipeline and every live connection.
 pub struct Drain {
     draining: AtomicBool,
     refusing: AtomicBool,
     close_tx: watch::Sender<bool>,
     live: AtomicI64,
+    requests: AtomicI64,
+    http_connections: AtomicI64,
+    /// Connections and requests counted in so far (to see that none came during a pause).
+    entered: AtomicU64,
     idle: Notify,
 }
 
@@ -32,6 +41,9 @@ impl Default for Drain {
             refusing: AtomicBool::new(false),
             close_tx: watch::channel(false).0,
             live: AtomicI64::new(0),
+            requests: AtomicI64::new(0),
+            http_connections: AtomicI64::new(0),
+            entered: AtomicU64::new(0),
             idle: Notify::new(),
         }
     }
@@ -47,6 +59,38 @@ impl Drop for LiveGuard {
             metrics().drain_remaining.set(left);
         }
         if left <= 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Held by each HTTP request from its head until its response has been handed over in full
+/// (or dropped); the drain waits for these too.
+pub struct RequestGuard(Arc<Drain>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let left = self.0.requests.fetch_sub(1, Ordering::AcqRel) - 1;
+        if self.0.draining.load(Ordering::Acquire) {
+            metrics().drain_requests_remaining.set(left);
+        }
+        if left <= 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Held by each accepted client connection while it speaks HTTP (TLS handshake and request
+/// heads included; an upgraded connection is a [`LiveGuard`]'s from then on). The drain waits
+/// for these, so a request on a connection accepted just before the drain went idle is
+/// answered (refused) instead of cut at exit, and a keep-alive connection gets the answer to
+/// its next request (with `Connection: close`); one that never sends another head ends at
+/// `limits.handshakeTimeout`.
+pub struct ConnectionGuard(Arc<Drain>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.http_connections.fetch_sub(1, Ordering::AcqRel) <= 1 {
             self.0.idle.notify_waiters();
         }
     }
@@ -70,6 +114,7 @@ impl Drain {
 
     /// Count a live connection in.
     pub fn enter(self: &Arc<Self>) -> LiveGuard {
+        self.entered.fetch_add(1, Ordering::AcqRel);
         self.live.fetch_add(1, Ordering::AcqRel);
         LiveGuard(self.clone())
     }
@@ -78,34 +123,73 @@ impl Drain {
         self.live.load(Ordering::Acquire)
     }
 
+    /// Count an HTTP request in flight until the guard drops.
+    pub fn enter_request(self: &Arc<Self>) -> RequestGuard {
+        self.entered.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        RequestGuard(self.clone())
+    }
+
+    /// HTTP requests whose response has not been handed over in full yet.
+    pub fn requests(&self) -> i64 {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    /// Count an accepted client connection in while it speaks HTTP.
+    pub fn enter_connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.entered.fetch_add(1, Ordering::AcqRel);
+        self.http_connections.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.clone())
+    }
+
+    fn is_idle(&self) -> bool {
+        self.live() <= 0
+            && self.requests() <= 0
+            && self.http_connections.load(Ordering::Acquire) <= 0
+    }
+
     /// Run the drain; returns whether every connection closed before the deadline.
     pub async fn run(&self, propagation: Duration, deadline: Duration) -> bool {
         let start = Instant::now();
         self.draining.store(true, Ordering::Release);
         metrics().draining.set(1);
         metrics().drain_remaining.set(self.live());
+        metrics().drain_requests_remaining.set(self.requests());
         tracing::info!(
             ?propagation,
             ?deadline,
             live = self.live(),
-            "drain: readiness off, propagation window"
+            requests = self.requests(),
+            "drain: readiness off, keep-alive off, propagation window"
         );
         tokio::time::sleep(propagation).await;
         self.refusing.store(true, Ordering::Release);
         let _ = self.close_tx.send(true);
         tracing::info!(
             live = self.live(),
-            "drain: closing connections across their routes' windows"
+            requests = self.requests(),
+            "drain: refusing new requests, closing connections across their routes' windows"
         );
         let end = start + deadline;
         loop {
             let idle = self.idle.notified();
-            if self.live() <= 0 {
-                return true;
+            if self.is_idle() {
+                // A client whose last answer just ended keep-alive may be connecting again this
+                // very moment; exiting now would reset it unanswered. End only after a quiet
+                // pause with nothing new, so that such a client is answered (refused) first.
+                let seen = self.entered.load(Ordering::Acquire);
+                tokio::select! {
+                    _ = tokio::time::sleep(QUIET) => {}
+                    _ = tokio::time::sleep_until(end) => return self.is_idle(),
+                }
+                if self.is_idle() && self.entered.load(Ordering::Acquire) == seen {
+                    return true;
+                }
+                continue;
             }
             tokio::select! {
                 _ = idle => {}
-                _ = tokio::time::sleep_until(end) => return self.live() <= 0,
+                _ = tokio::time::sleep_until(end) => return self.is_idle(),
                 // Re-check now and then in case a notification raced the count.
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
@@ -176,8 +260,50 @@ impl ShutdownSignalWatch for DrainingSignal {
         if clean {
             tracing::info!(elapsed = ?started.elapsed(), "drain complete: graceful exit");
         } else {
-            tracing::warn!(elapsed = ?started.elapsed(), left = self.drain.live(), "drain deadline reached: forced exit");
+            tracing::warn!(
+                elapsed = ?started.elapsed(),
+                left = self.drain.live(),
+                requests_left = self.drain.requests(),
+                http_connections_left = self.drain.http_connections.load(Ordering::Acquire),
+                "drain deadline reached: forced exit"
+            );
         }
         ShutdownSignal::FastShutdown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(drain: &Arc<Drain>) -> tokio::task::JoinHandle<bool> {
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            drain
+                .run(Duration::from_secs(1), Duration::from_secs(60))
+                .await
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_waits_for_an_http_request_in_flight_until_its_response_is_sent() {
+        let drain = Arc::new(Drain::default());
+        let request = drain.enter_request();
+        let run = start(&drain);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(drain.is_draining());
+        assert!(drain.is_refusing(), "the propagation window is over");
+        assert!(!run.is_finished(), "the request holds the drain");
+        drop(request);
+        assert!(run.await.expect("drain task"), "a graceful exit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_still_in_flight_at_the_deadline_makes_the_exit_forced() {
+        let drain = Arc::new(Drain::default());
+        let _request = drain.enter_request();
+        let run = start(&drain);
+        assert!(!run.await.expect("drain task"), "forced at the deadline");
+        assert_eq!(drain.requests(), 1);
     }
 }

@@ -272,7 +272,7 @@ pub fn table() -> Vec<Row> {
         ("per-IP new-connection rate", Refusal::PerIpRate),
         ("pod-wide connection cap", Refusal::PodCap),
         (
-            "gateway draining (after the propagation window)",
+            "gateway draining (after the propagation window; with `Connection: close`). An SSE request gets a 200 `text/event-stream` with `retry:` and a `shutdown` event instead, which `EventSource` follows",
             Refusal::Draining,
         ),
         (

@@ -80,11 +80,16 @@ impl EdgeApp {
             .max_headers(limits.max_header_count)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .keep_alive(true);
-        if let Err(e) = builder
+        let http = builder
             .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades()
-            .await
-        {
+            .with_upgrades();
+        // No graceful shutdown at the drain: closing an idle keep-alive connection races the
+        // client's next request on it (cut without an answer). Its next request is answered
+        // instead, with `Connection: close` (refused once the propagation window is over; see
+        // `pipeline::handle`), and a connection that stays idle ends at the header timeout.
+        // The drain waits for both (`Drain::enter_connection`).
+        let result = http.await;
+        if let Err(e) = result {
             if e.is_parse_too_large() {
                 // hyper answered 431 itself, before any route matched: count it like the
                 // pipeline's refusals so the error table's `headers_too_large` is real.
@@ -114,6 +119,8 @@ impl ServerApp for EdgeApp {
         stream: Stream,
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Counted until it is upgraded or closed: the drain answers it before the exit.
+        let _open = self.gateway.drain.enter_connection();
         let paths = self
             .gateway
             .config

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub closes: IntCounterVec,
     /// `switchboard_drain_connections_remaining`
     pub drain_remaining: IntGauge,
+    /// `switchboard_drain_requests_remaining`: HTTP requests in flight during a drain
+    pub drain_requests_remaining: IntGauge,
     /// `switchboard_draining` (1 while draining)
     pub draining: IntGauge,
     /// `switchboard_ready` (1 while `/readyz` would answer 200), set on every scrape
@@ -85,6 +87,14 @@ impl Metrics {
         .expect("static metric definition");
         registry
             .register(Box::new(drain_remaining.clone()))
+            .expect("metric registered once");
+        let drain_requests_remaining = IntGauge::new(
+            "switchboard_drain_requests_remaining",
+            "HTTP requests in flight (response not yet sent in full) during a drain",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(drain_requests_remaining.clone()))
             .expect("metric registered once");
         let draining = IntGauge::new("switchboard_draining", "1 while the gateway drains")
             .expect("static metric definition");
@@ -222,6 +232,7 @@ impl Metrics {
             registry,
             connections_active,
             drain_remaining,
+            drain_requests_remaining,
             draining,
             ready,
             config_generation,

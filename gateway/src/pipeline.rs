@@ -45,8 +45,7 @@ pub(crate) fn full(text: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// Render a refusal: status, reason, `Retry-After`, `WWW-Authenticate`; counted by reason.
-pub fn refuse(route: &str, r: Refusal) -> Response<Body> {
+fn count_refusal(route: &str, r: &Refusal) {
     metrics()
         .refusals
         .with_label_values(&[route, r.label()])
@@ -55,6 +54,11 @@ pub fn refuse(route: &str, r: Refusal) -> Response<Body> {
         .connections_total
         .with_label_values(&[route, "refused"])
         .inc();
+}
+
+/// Render a refusal: status, reason, `Retry-After`, `WWW-Authenticate`; counted by reason.
+pub fn refuse(route: &str, r: Refusal) -> Response<Body> {
+    count_refusal(route, &r);
     let body =
         serde_json::json!({ "error": r.label(), "reason": r.to_string() }).to_string() + "\n";
     let mut resp = Response::new(full(body));
@@ -200,11 +204,52 @@ pub async fn handle(
         reason = tracing::field::Empty,
     );
     crate::telemetry::continue_trace(&span, req.headers());
-    let resp = route_and_admit(gw, conn, req, &span)
+    // In flight from the head until the response has been sent: the drain waits for it.
+    let in_flight = gw.drain.enter_request();
+    let resp = route_and_admit(gw.clone(), conn, req, &span)
         .instrument(span.clone())
         .await;
     span.record("status", resp.status().as_u16());
-    Ok(resp)
+    let (mut parts, body) = resp.into_parts();
+    // From SIGTERM on, keep-alive ends with each response, so clients open their next
+    // connection where the load balancer now sends them (never on a 101: it is not the end).
+    if gw.drain.is_draining() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let body = InFlight {
+        inner: body,
+        _guard: in_flight,
+    };
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// A response body that keeps its request counted as in flight (for the drain) until the body
+/// has been sent in full or dropped.
+struct InFlight {
+    inner: Body,
+    _guard: crate::drain::RequestGuard,
+}
+
+impl hyper::body::Body for InFlight {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Make the request the one the app will see, before anything looks at it: one authority
@@ -268,7 +313,14 @@ async fn route_and_admit(
         span.record("route", name.as_str());
         span.record("transport", transport(&req, route.rooms.is_some()));
     }
-    match admit_and_proxy(gw, conn, route, req).await {
+    // Rooms SSE and long-poll answers are read by pages on other origins: all of them, refusals
+    // included, carry the route's CORS headers.
+    let cors = match route.rooms {
+        Some(_) if !is_websocket(&req) => crate::rooms::cors::allowed_origin(&route, req.headers()),
+        _ => None,
+    };
+    let draining_stream = crate::rooms::entry::wants_draining_stream(&route, &req);
+    let mut resp = match admit_and_proxy(gw, conn, route.clone(), req).await {
         Ok(resp) => {
             span.record("outcome", "accepted");
             resp
@@ -276,9 +328,19 @@ async fn route_and_admit(
         Err(r) => {
             span.record("outcome", "refused");
             span.record("reason", r.label());
-            refuse(&name, r)
+            if r == Refusal::Draining && draining_stream {
+                // The refusal an EventSource survives: a 200 stream that says retry and ends.
+                count_refusal(&name, &r);
+                crate::rooms::entry::draining_stream()
+            } else {
+                refuse(&name, r)
+            }
         }
+    };
+    if let Some(origin) = cors {
+        crate::rooms::cors::apply(&route, origin, resp.headers_mut());
     }
+    resp
 }
 
 async fn admit_and_proxy(
@@ -288,10 +350,13 @@ async fn admit_and_proxy(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
     let websocket = is_websocket(&req);
+    // After the propagation window nothing new starts here: upgrades and plain requests alike
+    // get 503 `draining` with `Retry-After` (and `Connection: close`), so clients retry on
+    // another pod; requests already in flight complete.
+    if gw.drain.is_refusing() {
+        return Err(Refusal::Draining);
+    }
     if websocket {
-        if gw.drain.is_refusing() {
-            return Err(Refusal::Draining);
-        }
         check_handshake(&req)?;
     }
     route.origin.check(req.headers())?;

@@ -4,6 +4,11 @@
 //! before `drain.deadline`. Upgrades after the propagation window are refused with 503 (or find
 //! the listener gone once the process has exited).
 //!
+//! Plain HTTP through a proxy route drains like the WebSockets: responses from SIGTERM on carry
+//! `Connection: close`, requests in flight when the window ends still complete, and new requests
+//! after the window get `503 draining` with `Retry-After` (never a reset), also for clients that
+//! poll back to back.
+//!
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans of the request path and of the drain reach an
 //! OTLP/HTTP receiver run by the test before the process exits; a caller's `traceparent` is
 //! continued and the app is handed the gateway's.
@@ -22,6 +27,7 @@ use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message as _;
+use support::held_app::HeldApp;
 use support::{
     EchoServer, Gateway, PROMPTLY, Received, assert_echo, eventually, expect_close, free_port,
     http_get, jwt_rsa_file, metric_sum, metrics_text, raw_exchange, token_for, try_http_get,
@@ -266,6 +272,208 @@ async fn a_message_that_crosses_the_drain_close_reaches_the_app_before_the_apps_
         .await
         .expect("the gateway exits after the drain");
     assert!(status.success(), "exit status {status}");
+}
+
+/// What became of one plain HTTP request sent to the gateway (the texts are read through
+/// `Debug` in the test's report and failure messages).
+#[derive(Debug)]
+#[allow(dead_code)]
+enum HttpOutcome {
+    /// A complete response: status, headers, body.
+    Answered(u16, http::HeaderMap, String),
+    /// The connection was accepted and the request sent, but it ended without a complete
+    /// response: the request was cut.
+    Cut(String),
+    /// No listener (the process had exited): a client retries elsewhere.
+    NoListener(String),
+}
+
+/// `GET path` on a new HTTP/1.1 keep-alive connection; waits up to a minute for the answer.
+/// Returns the outcome and, when answered, the connection (for keep-alive checks).
+async fn http_exchange(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> (
+    HttpOutcome,
+    Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+) {
+    let stream = match tokio::net::TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return (HttpOutcome::NoListener(e.to_string()), None),
+    };
+    let (mut send, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        Ok(pair) => pair,
+        Err(e) => return (HttpOutcome::Cut(e.to_string()), None),
+    };
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let exchange = async {
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((status, headers, String::from_utf8_lossy(&body).into_owned()))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(60), exchange).await {
+        Err(_) => (HttpOutcome::Cut("no answer within 60s".into()), None),
+        Ok(Err(e)) => (HttpOutcome::Cut(e), None),
+        Ok(Ok((status, headers, body))) => {
+            (HttpOutcome::Answered(status, headers, body), Some(send))
+        }
+    }
+}
+
+fn connection_close(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+}
+
+#[tokio::test]
+async fn sigterm_lets_inflight_http_requests_finish_and_refuses_new_ones_with_a_retryable_503() {
+    const IN_FLIGHT: usize = 4;
+    let app = HeldApp::start().await;
+    let (public, admin) = (free_port(), free_port());
+    let yaml = format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 4s, deadline: 60s}}
+routes:
+  - name: polling
+    path: {{type: Prefix, value: /}}
+    proxy: {{backends: [{{address: "127.0.0.1:{app}"}}]}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+"#,
+        app = app.port()
+    );
+    let mut gateway = Gateway::start(&yaml).await;
+    let addr = gateway.addr();
+
+    // A keep-alive connection that served one request and sits idle at SIGTERM.
+    let (before, idle) = http_exchange(addr, "/fast").await;
+    assert!(
+        matches!(&before, HttpOutcome::Answered(200, h, _) if !connection_close(h)),
+        "before SIGTERM responses keep the connection alive: {before:?}"
+    );
+    let mut idle = idle.expect("an open keep-alive connection");
+
+    // Requests in flight at the app (long-polls, like Socket.IO's polling transport).
+    let slow: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| tokio::spawn(async move { http_exchange(addr, "/slow").await.0 }))
+        .collect();
+    eventually("the slow requests to reach the app", PROMPTLY, || async {
+        app.held() == IN_FLIGHT
+    })
+    .await;
+
+    gateway.terminate();
+    eventually("/readyz to fail after SIGTERM", PROMPTLY, || async {
+        matches!(
+            try_http_get(gateway.admin(), "/readyz", &[]).await,
+            Ok((503, _))
+        )
+    })
+    .await;
+    // The idle keep-alive connection's next request is answered, and ends keep-alive.
+    idle.ready()
+        .await
+        .expect("the keep-alive connection is still open");
+    let resp = idle
+        .send_request(
+            http::Request::get("/fast")
+                .header(http::header::HOST, "localhost")
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("an answer on the keep-alive connection");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        connection_close(resp.headers()),
+        "keep-alive ends during the drain: {:?}",
+        resp.headers()
+    );
+    let _ = resp.into_body().collect().await;
+    eventually("the gateway to close that connection", PROMPTLY, || {
+        std::future::ready(idle.is_closed())
+    })
+    .await;
+
+    // New requests until the propagation window is over: served (with Connection: close),
+    // then refused.
+    let mut served_in_window = 0;
+    let after = loop {
+        let (outcome, _) = http_exchange(addr, "/fast").await;
+        match &outcome {
+            HttpOutcome::Answered(200, h, body) if body == "app answered /fast" => {
+                assert!(
+                    connection_close(h),
+                    "a response during the drain ends keep-alive: {outcome:?}"
+                );
+                served_in_window += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            _ => break outcome,
+        }
+    };
+    // Only now are the in-flight requests answered by the app.
+    app.release();
+    let mut completed = 0;
+    let mut cut = Vec::new();
+    for task in slow {
+        match task.await.expect("request task") {
+            HttpOutcome::Answered(200, h, body) if body == "app answered /slow" => {
+                assert!(connection_close(&h), "in-flight response: {h:?}");
+                completed += 1;
+            }
+            other => cut.push(other),
+        }
+    }
+    let refused = matches!(&after, HttpOutcome::Answered(503, ..)) as usize;
+    println!(
+        "HTTP drain: in flight at the window's end {IN_FLIGHT}: completed {completed}, cut {}; \
+         served during propagation {served_in_window}; first request after the window: {after:?}",
+        cut.len()
+    );
+    assert!(
+        cut.is_empty(),
+        "every in-flight request completes during the drain; cut: {cut:?}"
+    );
+    assert_eq!(completed, IN_FLIGHT);
+    assert_eq!(
+        refused, 1,
+        "a new request after the window is refused: {after:?}"
+    );
+    let HttpOutcome::Answered(_, h, body) = &after else {
+        unreachable!()
+    };
+    assert!(h.contains_key(http::header::RETRY_AFTER), "{h:?}");
+    assert!(connection_close(h), "{h:?}");
+    assert!(body.contains(r#""error":"draining""#), "{body}");
+
+    let status = gateway
+        .wait_exit(PROMPTLY)
+        .await
+        .expect("the gateway exits once the requests completed");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        gateway.log().contains("drain complete: graceful exit"),
+        "{}",
+        gateway.log_tail(20)
+    );
 }
 
 /// One exported span: its name and attributes (values rendered as text), plus the resource's.
@@ -526,4 +734,114 @@ routes:
             );
         }
     }
+}
+
+#[tokio::test]
+async fn polling_clients_through_a_drain_are_answered_or_refused_never_cut() {
+    const CLIENTS: usize = 25;
+    let app = HeldApp::start().await;
+    let (public, admin) = (free_port(), free_port());
+    let yaml = format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 2s, deadline: 60s}}
+routes:
+  - name: polling
+    path: {{type: Prefix, value: /}}
+    proxy: {{backends: [{{address: "127.0.0.1:{app}"}}]}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+"#,
+        app = app.port()
+    );
+    let mut gateway = Gateway::start(&yaml).await;
+    let addr = gateway.addr();
+
+    // Each client polls back to back on its keep-alive connection (a new one when the gateway
+    // ends keep-alive), like Socket.IO's polling transport, and stops at its first answer that
+    // is not a poll result: a refusal (it would retry elsewhere), a missing listener, or a cut.
+    #[derive(Debug, Default)]
+    struct Tally {
+        answered: usize,
+        refused: usize,
+        no_listener: usize,
+        cut: Vec<String>,
+    }
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let started = started.clone();
+            tokio::spawn(async move {
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http::<http_body_util::Empty<Bytes>>();
+                let mut tally = Tally::default();
+                loop {
+                    let uri: http::Uri = format!("http://{addr}/client/{i}/poll").parse().unwrap();
+                    let result = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+                        let resp = client.get(uri).await?;
+                        let status = resp.status().as_u16();
+                        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+                        Ok::<_, hyper_util::client::legacy::Error>((status, body))
+                    })
+                    .await
+                    .expect("an outcome within 60s");
+                    match result {
+                        Ok((200, Ok(_))) => {
+                            tally.answered += 1;
+                            started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Ok((503, Ok(_))) => {
+                            tally.refused += 1;
+                            break;
+                        }
+                        Ok((status, body)) => {
+                            tally.cut.push(format!("{status} {body:?}"));
+                            break;
+                        }
+                        Err(e) if e.is_connect() => {
+                            tally.no_listener += 1;
+                            break;
+                        }
+                        Err(e) => {
+                            tally.cut.push(format!("{e:?}"));
+                            break;
+                        }
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    eventually("every client to have polled twice", PROMPTLY, || async {
+        started.load(std::sync::atomic::Ordering::SeqCst) >= 2 * CLIENTS
+    })
+    .await;
+    gateway.terminate();
+    let mut total = Tally::default();
+    for c in clients {
+        let t = c.await.expect("client task");
+        total.answered += t.answered;
+        total.refused += t.refused;
+        total.no_listener += t.no_listener;
+        total.cut.extend(t.cut);
+    }
+    println!(
+        "{CLIENTS} polling clients through a drain: polls answered {}, refused (503) {}, \
+         found no listener {}, cut {}: {:?}",
+        total.answered,
+        total.refused,
+        total.no_listener,
+        total.cut.len(),
+        total.cut
+    );
+    assert!(total.cut.is_empty(), "no poll is cut: {:?}", total.cut);
+    let status = gateway
+        .wait_exit(PROMPTLY)
+        .await
+        .expect("the gateway exits after the drain");
+    assert!(status.success(), "exit status {status}");
 }

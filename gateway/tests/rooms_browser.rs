@@ -5,6 +5,10 @@
 //! publishes through the publish API; both the page's WebSocket and its EventSource receive the
 //! message, which the page writes into its DOM, where the driver reads it.
 //!
+//! A second test keeps five pages' EventSources open across a drain and a restart of the
+//! gateway, with another connection holding the drain open, and counts the EventSources that
+//! survive (reconnect to the new gateway and receive a message).
+//!
 //! Needs `/usr/bin/chromium` (or `$CHROMIUM`) and `e2e/browser/node_modules` (both installed by
 //! `scripts/setup.sh`).
 
@@ -21,9 +25,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use support::rooms::{PUBLISH_TOKEN, publish_api};
-use support::{Gateway, free_port, repo_root};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use support::held_app::HeldApp;
+use support::rooms::{PUBLISH_TOKEN, http_request, publish_api};
+use support::{Gateway, eventually, free_port, repo_root};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 const ROOM: &str = "demo:browser";
@@ -216,4 +221,250 @@ async fn a_browsers_websocket_and_eventsource_both_receive_a_message_published_t
     );
     let status = node.wait().await.expect("wait for node");
     assert!(status.success(), "driver exit: {status}");
+}
+
+/// The rooms route of [`config`] with a longer deadline, and a proxy route `/app` to `app`: a
+/// request held there is the "other connection" that keeps the drain going while the pages'
+/// EventSources reconnect.
+fn restart_config(public: u16, admin: u16, app: u16) -> String {
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 0s, deadline: 120s}}
+publishApi: {{token: {PUBLISH_TOKEN}}}
+routes:
+  - name: demo
+    path: {{value: /rooms}}
+    mode: rooms
+    rooms:
+      join: ["demo:*"]
+      publish: ["demo:*"]
+      history: {{maxMessages: 100, maxAge: 10m}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+  - name: app
+    path: {{type: Prefix, value: /app}}
+    proxy: {{backends: [{{address: "127.0.0.1:{app}"}}]}}
+    drain: {{window: 1s}}
+"#
+    )
+}
+
+/// A page with one EventSource on `ROOM` at `gateway`; `window.sseState()` says what it saw.
+fn eventsource_page(gateway: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>switchboard eventsource</title></head>
+<body>
+<script>
+const st = {{joined: 0, shutdowns: 0, errors: 0, messages: []}};
+const es = new EventSource(`http://{gateway}/rooms?rooms={ROOM}`);
+es.addEventListener("joined", () => {{ st.joined++; }});
+es.addEventListener("shutdown", () => {{ st.shutdowns++; }});
+es.onmessage = (ev) => st.messages.push(JSON.parse(ev.data).data);
+es.onerror = () => {{ st.errors++; console.log(`eventsource error, readyState ${{es.readyState}}`); }};
+window.sseState = () => ({{...st, readyState: es.readyState}});
+</script>
+</body></html>
+"#
+    )
+}
+
+/// `e2e/browser/eventsource_pages.js`, spoken to over stdin/stdout.
+struct Pages {
+    node: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    log: Vec<Value>,
+}
+
+impl Pages {
+    async fn open(url: &str, n: usize) -> Self {
+        let driver = repo_root().join("e2e/browser/eventsource_pages.js");
+        let node_modules = repo_root().join("e2e/browser/node_modules/playwright-core");
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        assert!(
+            node_modules.is_dir() && std::path::Path::new(&chromium).exists(),
+            "needs {} and {chromium}: run scripts/setup.sh",
+            node_modules.display()
+        );
+        let mut node = tokio::process::Command::new("node")
+            .arg(&driver)
+            .arg(url)
+            .arg(n.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run node");
+        let stdin = node.stdin.take().unwrap();
+        let lines = BufReader::new(node.stdout.take().unwrap()).lines();
+        Self {
+            node,
+            stdin,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// The driver's next event (console lines are kept for diagnostics).
+    async fn next(&mut self) -> Value {
+        loop {
+            let line =
+                tokio::time::timeout(std::time::Duration::from_secs(90), self.lines.next_line())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "the browser driver said nothing for 90s; so far: {:#?}",
+                            self.log
+                        )
+                    })
+                    .expect("read the driver's output")
+                    .unwrap_or_else(|| {
+                        panic!("the browser driver ended early; it said: {:#?}", self.log)
+                    });
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| json!({"raw": line}));
+            match v["event"].as_str() {
+                Some("console" | "pageerror") | None => self.log.push(v),
+                Some("error") => panic!(
+                    "the browser driver failed: {}\npage log: {:#?}",
+                    v["text"], self.log
+                ),
+                Some(_) => return v,
+            }
+        }
+    }
+
+    /// Every page's `sseState()`.
+    async fn states(&mut self) -> Vec<Value> {
+        self.stdin
+            .write_all(b"state\n")
+            .await
+            .expect("driver stdin");
+        let v = self.next().await;
+        assert_eq!(v["event"], "state", "{v}");
+        v["pages"].as_array().expect("pages").clone()
+    }
+
+    /// Poll the pages until `done` holds for every one (up to two minutes).
+    async fn wait_all(&mut self, what: &str, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let states = self.states().await;
+            if states.iter().all(&done) {
+                return states;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pages not all {what} within 120s: {states:#?}\npage log: {:#?}",
+                self.log
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn quit(mut self) {
+        let _ = self.stdin.write_all(b"quit\n").await;
+        drop(self.stdin);
+        let status = tokio::time::timeout(std::time::Duration::from_secs(60), self.node.wait())
+            .await
+            .expect("the driver exits within 60s")
+            .expect("wait for node");
+        assert!(status.success(), "driver exit: {status}");
+    }
+}
+
+/// EventSource `readyState` CLOSED: the browser gave up on this stream for good.
+const CLOSED: u64 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pages_eventsource_survives_a_drain_and_restart_while_other_connections_hold_the_drain()
+ {
+    const PAGES: usize = 5;
+    let app = HeldApp::start().await;
+    let yaml = restart_config(free_port(), free_port(), app.port());
+    let mut old = Gateway::start(&yaml).await;
+    let addr = old.addr();
+    let page_port = serve_page(eventsource_page(&addr.to_string())).await;
+    let mut pages = Pages::open(&format!("http://localhost:{page_port}/"), PAGES).await;
+    assert_eq!(pages.next().await["event"], "ready");
+
+    // Another client's request is in flight: the drain lasts until it is answered.
+    let held =
+        tokio::spawn(
+            async move { http_request(addr, "GET", "/app/slow", &[], String::new()).await },
+        );
+    eventually(
+        "the app to hold a request",
+        std::time::Duration::from_secs(30),
+        || async { app.held() == 1 },
+    )
+    .await;
+    old.terminate();
+
+    // Every stream ends with a shutdown event; each EventSource then reconnects into the
+    // gateway that is still draining. It either gets the drain's answer (a second shutdown)
+    // or is closed for good by the browser.
+    let states = pages
+        .wait_all("reconnected into the draining gateway", |p| {
+            p["shutdowns"].as_u64() >= Some(2) || p["readyState"].as_u64() == Some(CLOSED)
+        })
+        .await;
+    let dead_in_drain = states
+        .iter()
+        .filter(|p| p["readyState"].as_u64() == Some(CLOSED))
+        .count();
+
+    // The drain ends, the gateway exits, and a new one starts on the same port.
+    app.release();
+    let (status, _, _) = held.await.expect("held request");
+    assert_eq!(status, 200, "the held request completed during the drain");
+    let exit = old
+        .wait_exit(std::time::Duration::from_secs(60))
+        .await
+        .expect("the old gateway exits after the drain");
+    assert!(exit.success(), "{exit}");
+    let new = Gateway::start(&yaml).await;
+
+    // Every EventSource the browser kept reconnects to the new gateway; then a message.
+    pages
+        .wait_all("rejoined or closed", |p| {
+            p["readyState"].as_u64() == Some(CLOSED) || p["joined"].as_u64() >= Some(2)
+        })
+        .await;
+    let (status, body) = publish_api(
+        new.admin(),
+        &json!({"room": ROOM, "data": {"after": "restart"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let states = pages
+        .wait_all("delivered or closed", |p| {
+            p["readyState"].as_u64() == Some(CLOSED)
+                || p["messages"]
+                    .as_array()
+                    .is_some_and(|m| m.contains(&json!({"after": "restart"})))
+        })
+        .await;
+    let survived = states
+        .iter()
+        .filter(|p| {
+            p["messages"]
+                .as_array()
+                .is_some_and(|m| m.contains(&json!({"after": "restart"})))
+        })
+        .count();
+    println!(
+        "EventSource survival across a drain and restart: {survived} of {PAGES} \
+         (closed by the browser while the gateway drained: {dead_in_drain}); pages: {states:?}"
+    );
+    assert_eq!(
+        survived, PAGES,
+        "every page's EventSource survives; page log: {:#?}",
+        pages.log
+    );
+    pages.quit().await;
 }

@@ -7,8 +7,9 @@ mod support;
 
 use base64::Engine;
 use serde_json::{Value, json};
-use support::rooms::{PUBLISH_TOKEN, Sse, long_poll, publish_api};
-use support::{Gateway, PROMPTLY, claims, free_port, http_get, jwt_hs256, sign_hs256};
+use support::held_app::HeldApp;
+use support::rooms::{PUBLISH_TOKEN, Sse, http_request, long_poll, publish_api};
+use support::{Gateway, PROMPTLY, claims, eventually, free_port, http_get, jwt_hs256, sign_hs256};
 
 /// `/news` (namespace `news`): anonymous, join `news:*`, 5 messages of history, any origin.
 /// `/listed`: the same rooms (namespace `news`) for the origin `https://app.example.com` only.
@@ -539,4 +540,189 @@ async fn an_sse_stream_ends_with_an_error_event_when_its_token_expires() {
         sse.next_event(PROMPTLY).await.is_none(),
         "then the stream ends"
     );
+}
+
+/// `/listed` as in [`config`], and a proxy route `/app` to `app`: a request held there keeps
+/// the drain going (as any other open connection would), so the tests can talk to a gateway
+/// that is still draining.
+fn draining_config(public: u16, admin: u16, app: u16) -> String {
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
+admin: {{address: "127.0.0.1:{admin}"}}
+drain: {{propagation: 0s, deadline: 60s}}
+routes:
+  - name: listed
+    path: {{value: /listed}}
+    mode: rooms
+    origins: {{allowed: ["https://app.example.com"]}}
+    rooms:
+      namespace: news
+      join: ["news:*"]
+      history: {{maxMessages: 5, maxAge: 10m}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+  - name: app
+    path: {{type: Prefix, value: /app}}
+    proxy: {{backends: [{{address: "127.0.0.1:{app}"}}]}}
+    drain: {{window: 1s}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn an_eventsource_reconnecting_into_a_draining_gateway_gets_a_200_stream_that_says_retry_and_ends()
+ {
+    let app = HeldApp::start().await;
+    let mut gw = Gateway::start(&draining_config(free_port(), free_port(), app.port())).await;
+    let addr = gw.addr();
+    let held =
+        tokio::spawn(
+            async move { http_request(addr, "GET", "/app/slow", &[], String::new()).await },
+        );
+    eventually("the app to hold a request", PROMPTLY, || async {
+        app.held() == 1
+    })
+    .await;
+    gw.terminate();
+    eventually("the gateway to refuse new requests", PROMPTLY, || async {
+        http_request(addr, "GET", "/app/fast", &[], String::new())
+            .await
+            .0
+            == 503
+    })
+    .await;
+
+    // What an EventSource sends when it reconnects: its Origin and the last id it saw.
+    let origin = ("origin", "https://app.example.com");
+    let mut sse = Sse::open(
+        addr,
+        "/listed?rooms=news:a",
+        &[origin, ("last-event-id", "eyJwIjp7fX0")],
+    )
+    .await;
+    assert_eq!(
+        sse.status, 200,
+        "never a status EventSource treats as fatal: {:?}",
+        sse.headers
+    );
+    assert_eq!(sse.header("content-type"), Some("text/event-stream"));
+    assert_eq!(
+        sse.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(sse.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(sse.header("connection"), Some("close"));
+    let ev = sse.event().await;
+    assert_eq!(ev.event.as_deref(), Some("shutdown"), "{ev:?}");
+    let hint = ev.json()["reconnectAfterMs"]
+        .as_u64()
+        .expect("reconnectAfterMs");
+    assert!((500..5000).contains(&hint), "{hint}");
+    assert_eq!(
+        ev.retry,
+        Some(hint),
+        "retry: tells EventSource the same delay"
+    );
+    assert_eq!(
+        ev.id, None,
+        "no id: the EventSource keeps its Last-Event-ID"
+    );
+    assert!(
+        sse.next_event(PROMPTLY).await.is_none(),
+        "then the stream ends"
+    );
+
+    // A long-poll is refused in a way fetch() can read and retry: 503 draining, Retry-After,
+    // Connection: close, CORS.
+    let (status, headers, body) = http_request(
+        addr,
+        "GET",
+        "/listed?rooms=news:a&timeout=5s",
+        &[origin],
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""error":"draining""#), "{body}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    assert_eq!(headers["connection"], "close");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+
+    app.release();
+    let (status, _, body) = held.await.expect("held request");
+    assert_eq!((status, body.as_str()), (200, "app answered /app/slow"));
+    assert!(gw.wait_exit(PROMPTLY).await.is_some_and(|s| s.success()));
+}
+
+#[tokio::test]
+async fn refusals_of_streams_and_polls_carry_the_cors_headers_of_their_route() {
+    let gw = start().await;
+    let origin = ("origin", "https://app.example.com");
+    let cors = |headers: &http::HeaderMap| {
+        (
+            headers
+                .get("access-control-allow-origin")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            headers
+                .get("vary")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        )
+    };
+    let readable = (
+        Some("https://app.example.com".to_owned()),
+        Some("origin".to_owned()),
+    );
+
+    // 401: no token on a JWT route (SSE and long-poll).
+    let sse = Sse::open(gw.addr(), "/me?rooms=inbox:team", &[origin]).await;
+    assert_eq!(sse.status, 401);
+    assert_eq!(cors(&sse.headers), readable, "401 SSE: {:?}", sse.headers);
+    let (status, headers, _) = http_request(
+        gw.addr(),
+        "GET",
+        "/me?rooms=inbox:team",
+        &[origin],
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(cors(&headers), readable, "401 poll: {headers:?}");
+    // 403: a room the route does not allow.
+    let sse = Sse::open(gw.addr(), "/news?rooms=secret:a", &[origin]).await;
+    assert_eq!(sse.status, 403);
+    assert_eq!(cors(&sse.headers), readable, "403 SSE: {:?}", sse.headers);
+    // 400: neither SSE nor a long-poll.
+    let (status, headers, _) = http_request(
+        gw.addr(),
+        "POST",
+        "/listed?rooms=news:a",
+        &[origin],
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(cors(&headers), readable, "400: {headers:?}");
+    // With credentials where the route lists its origins.
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+
+    // An origin the route does not allow learns nothing (403 `origin`, no CORS), and a request
+    // that matches no route has no route to take CORS rules from.
+    let sse = Sse::open(
+        gw.addr(),
+        "/listed?rooms=news:a",
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(sse.status, 403);
+    assert_eq!(cors(&sse.headers), (None, None));
+    let sse = Sse::open(gw.addr(), "/nowhere?rooms=news:a", &[origin]).await;
+    assert_eq!(sse.status, 404);
+    assert_eq!(cors(&sse.headers), (None, None));
 }

@@ -81,54 +81,22 @@ pub async fn serve(
     if policy.is_raw() {
         return Err(Refusal::BadRoomsRequest("raw rooms are WebSocket only"));
     }
-    if gw.drain.is_refusing() {
-        return Err(Refusal::Draining);
-    }
+    // Drain and CORS are the pipeline's: after the propagation window nothing reaches here.
     if is_event_stream(&req) {
         if !transports.sse {
             return Err(Refusal::BadRoomsRequest("SSE is off for this route"));
         }
-        return sse(gw, route, policy, adm, &req).map(|r| cors(route, &req, r));
+        return sse(gw, route, policy, adm, &req);
     }
     if req.method() == http::Method::GET
         && transports.long_polling
         && !rooms_param(req.uri().query()).is_empty()
     {
-        return long_poll(gw, route, policy, adm, &req)
-            .await
-            .map(|r| cors(route, &req, r));
+        return long_poll(gw, route, policy, adm, &req).await;
     }
     Err(Refusal::BadRoomsRequest(
         "rooms route: use WebSocket, SSE or ?rooms= long-polling",
     ))
-}
-
-/// Browsers let a page read an SSE stream or a long-poll answer from another origin (the app's
-/// page on its own host) only with CORS. The request's `Origin` has passed the route's
-/// allow-list by now, so it is echoed; credentials (cookies, `withCredentials`) only for
-/// origins the route lists explicitly.
-fn cors(
-    route: &CompiledRoute,
-    req: &Request<Incoming>,
-    mut resp: Response<Body>,
-) -> Response<Body> {
-    let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
-        return resp;
-    };
-    let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("x-switchboard-cursor"),
-    );
-    h.append(header::VARY, HeaderValue::from_static("origin"));
-    if !route.cfg.origins.allowed.is_empty() {
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
-    }
-    resp
 }
 
 fn websocket(
@@ -517,6 +485,39 @@ fn sse(
     );
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
+}
+
+/// Whether a request refused as `draining` is answered with [`draining_stream`]: an SSE
+/// request on a route that serves SSE.
+pub fn wants_draining_stream(route: &CompiledRoute, req: &Request<Incoming>) -> bool {
+    route.rooms.as_ref().is_some_and(|p| !p.is_raw())
+        && route.cfg.transports.sse
+        && is_event_stream(req)
+}
+
+/// The answer to an SSE request after the drain's propagation window: a 200 stream with
+/// `retry:` and the `shutdown` event (as a draining stream ends), then its end. `EventSource`
+/// treats every other status as fatal and never reconnects; this one it follows after the
+/// hint, keeping its `Last-Event-ID` (the event has no `id:`).
+pub fn draining_stream() -> Response<Body> {
+    let hint = rand::random_range(500..5000u64);
+    let mut body = format!("retry: {hint}\n").into_bytes();
+    body.extend_from_slice(&sse_event(
+        Some("shutdown"),
+        None,
+        &protocol::shutdown(hint),
+    ));
+    let mut resp = Response::new(full(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    resp
 }
 
 /// Adapt an mpsc receiver into a `Stream` without another dependency.

@@ -3,6 +3,7 @@
 
 pub mod authz;
 pub mod bus;
+pub mod cors;
 pub mod cursor;
 pub mod entry;
 pub mod hooks;

@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod autobahn;
+pub mod held_app;
 pub mod nats;
 pub mod room_client;
 pub mod rooms;
