@@ -6,8 +6,8 @@
 //!   announce itself (`backend:<port>`) so pinning tests know which backend they hit, and selects
 //!   a subprotocol from a configured list.
 //! - [`Gateway`]: `switchboard-gateway --config <tempfile>` as a child process, output captured
-//!   to a file (its tail is printed when a test panics), ready once `/readyz` answers 200,
-//!   SIGTERM-able, killed on drop.
+//!   to a file (its tail is printed when a test panics), ready once `/readyz` answers 200 and
+//!   the first listener accepts, SIGTERM-able, killed on drop.
 //! - [`http_get`]: a small async HTTP/1.1 GET for the admin endpoints and plain routes.
 //!
 //! Everything here panics with a message instead of returning errors: it is test code.
@@ -760,7 +760,10 @@ impl Gateway {
                 );
             }
             match try_http_get(self.admin, "/readyz", &[]).await {
-                Ok((200, _)) => return,
+                // pingora starts the admin service before the edge listener: ready means the
+                // first listener accepts too, or a test's first connect races the bind.
+                Ok((200, _)) if tokio::net::TcpStream::connect(self.addr).await.is_ok() => return,
+                Ok((200, _)) => last = format!("/readyz 200 but {} refuses", self.addr),
                 Ok((status, body)) => last = format!("{status} {}", body.trim()),
                 Err(e) => last = e,
             }
