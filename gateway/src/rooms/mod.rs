@@ -13,3 +13,4 @@ pub mod protocol;
 pub mod publish_api;
 pub mod route;
 pub mod session;
+pub mod stream_body;
