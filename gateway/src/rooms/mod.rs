@@ -9,6 +9,8 @@ pub mod hooks;
 pub mod hub;
 pub mod outbox;
 pub mod presence;
+#[cfg(test)]
+mod proptests;
 pub mod protocol;
 pub mod publish_api;
 pub mod route;
