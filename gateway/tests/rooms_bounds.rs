@@ -512,3 +512,162 @@ async fn empty_subjects_never_name_a_user_room() {
     .await;
     assert_eq!(sse.status, 401);
 }
+
+/// The closing-note measurement (not a check): the gateway's RSS before, at peak and after each
+/// abuse of issue 8 §2 at the issue's scale, next to what the config promises. Run against a
+/// release build with
+/// `SWITCHBOARD_GATEWAY_BIN=target/release/switchboard-gateway cargo test -p switchboard-gateway
+/// --test rooms_bounds -- --ignored --nocapture measure`.
+#[tokio::test]
+#[ignore = "a measurement for the closing note, minutes long"]
+async fn measure_rss_before_peak_and_after_each_abuse() {
+    let gw = start().await;
+    let pid = gw.pid();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let report = |what: &str, before: u64, peak: u64, after: u64, promise: &str| {
+        eprintln!(
+            "{what}: RSS before {:.1} MiB, peak {:.1} MiB, after {:.1} MiB; config promises {promise}",
+            mib(before),
+            mib(peak),
+            mib(after)
+        );
+    };
+
+    // 1. Eight SSE clients that read nothing, with forged 250-room cursors, 200 rooms each.
+    let rooms: Vec<String> = (0..200).map(|i| format!("news:m{i}")).collect();
+    let path = format!("/news?rooms={}", rooms.join(","));
+    let forged = forged_cursor(250, &[]);
+    let before = rss_kib(pid);
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        stalled.push(stalled_sse(gw.addr(), &path, &[("last-event-id", &forged)]).await);
+    }
+    let mut peak = before;
+    let mut peak_queued = 0.0f64;
+    for _ in 0..40 {
+        publish_many(gw.admin(), "news", &rooms, 512).await;
+        peak = peak.max(rss_kib(pid));
+        let text = metrics_text(&gw).await;
+        peak_queued = peak_queued.max(metric_sum(&text, "switchboard_rooms_queued_bytes", &[]));
+    }
+    for _ in 0..40 {
+        peak = peak.max(rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(stalled);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    report(
+        "8 stalled SSE streams, forged cursors",
+        before,
+        peak,
+        rss_kib(pid),
+        &format!(
+            "8 x maxQueueBytes = 8 MiB queued (queued-bytes gauge peak {:.2} MiB)",
+            peak_queued / 1048576.0
+        ),
+    );
+
+    // 2. Join and leave 60,000 distinct rooms on one WebSocket.
+    let before = rss_kib(pid);
+    let mut peak = before;
+    let mut ws = JsonWs::connect(&gw.ws_url("/news"), &[]).await;
+    for batch in 0..600 {
+        for i in 0..100 {
+            let room = format!("news:x{batch}-{i}");
+            ws.send(json!({"type": "join", "room": room})).await;
+            ws.send(json!({"type": "leave", "room": room})).await;
+        }
+        drain_until_pong(&mut ws, batch).await;
+        if batch % 20 == 0 {
+            peak = peak.max(rss_kib(pid));
+        }
+    }
+    drop(ws);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    report(
+        "join/leave of 60000 rooms",
+        before,
+        peak,
+        rss_kib(pid),
+        &format!(
+            "no room kept (switchboard_bus_rooms = {})",
+            gauge(&gw, "switchboard_bus_rooms").await
+        ),
+    );
+
+    // 3. 100 concurrent long-polls naming 255 fresh rooms each, twice (the second round shows
+    // whether the first one's memory was freed for reuse or kept).
+    for round in 0..2 {
+        let before = rss_kib(pid);
+        let addr = gw.addr();
+        let polls: Vec<_> = (0..100)
+            .map(|p| {
+                let rooms: Vec<String> =
+                    (0..255).map(|i| format!("news:q{round}-{p}-{i}")).collect();
+                tokio::spawn(async move {
+                    long_poll(addr, &format!("/news?rooms={}&timeout=2s", rooms.join(","))).await
+                })
+            })
+            .collect();
+        let mut peak = before;
+        while polls.iter().any(|p| !p.is_finished()) {
+            peak = peak.max(rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for p in polls {
+            let _ = p.await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        report(
+            &format!("100 long-polls x 255 fresh rooms, round {}", round + 1),
+            before,
+            peak,
+            rss_kib(pid),
+            &format!(
+                "rooms held only while the polls wait (switchboard_bus_rooms = {} after)",
+                gauge(&gw, "switchboard_bus_rooms").await
+            ),
+        );
+    }
+
+    // 4. 150,000 rooms published with 1 s history, then left to expire (the `news` rooms
+    // above keep their 10 min history).
+    let kept = gauge(&gw, "switchboard_bus_rooms").await;
+    let before = rss_kib(pid);
+    let mut peak = before;
+    for batch in 0..150 {
+        let rooms: Vec<String> = (0..1000).map(|i| format!("brief:{batch}-{i}")).collect();
+        publish_many(gw.admin(), "brief", &rooms, 100).await;
+        peak = peak.max(rss_kib(pid));
+    }
+    let held = gauge(&gw, "switchboard_bus_rooms").await;
+    eventually(
+        "expired history to be freed",
+        Duration::from_secs(120),
+        || async { gauge(&gw, "switchboard_bus_rooms").await <= kept },
+    )
+    .await;
+    report(
+        "150000 rooms with 1 s history, after expiry",
+        before,
+        peak,
+        rss_kib(pid),
+        &format!("nothing after maxAge ({held} rooms held at peak, {kept} = the news rooms after)"),
+    );
+
+    // 5. One publish call naming 50,000 rooms: refused before anything is built.
+    let before = rss_kib(pid);
+    let rooms: Vec<String> = (0..50_000).map(|i| format!("news:{i}")).collect();
+    let (status, _) = publish_api(
+        gw.admin(),
+        &json!({"namespace": "news", "rooms": rooms, "data": 1}),
+    )
+    .await;
+    report(
+        &format!("one publish call naming 50000 rooms (HTTP {status})"),
+        before,
+        rss_kib(pid),
+        rss_kib(pid),
+        "at most publishApi.maxRoomsPerCall = 1000 rooms per call",
+    );
+}
