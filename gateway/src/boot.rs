@@ -92,6 +92,25 @@ impl BackgroundService for PresenceRefresh {
     }
 }
 
+struct BusMaintenance(Arc<Gateway>);
+
+#[async_trait]
+impl BackgroundService for BusMaintenance {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Bounded work per tick (the embedded bus frees expired history here).
+        let ticks = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.0.hub.bus().maintain().await;
+            }
+        };
+        tokio::select! {
+            () = ticks => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 /// Run options from the command line.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -154,6 +173,10 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
     server.add_service(background_service(
         "presence refresh",
         PresenceRefresh(gw.clone()),
+    ));
+    server.add_service(background_service(
+        "bus maintenance",
+        BusMaintenance(gw.clone()),
     ));
     if let Some(settings) = opts.kube {
         gw.set_loaded(false);

@@ -57,6 +57,8 @@ pub enum Refusal {
     BusUnavailable,
     #[error("{0}")]
     BadRoomsRequest(&'static str),
+    #[error("more rooms in one publish call than publishApi.maxRoomsPerCall")]
+    TooManyRooms,
 }
 
 impl Refusal {
@@ -77,6 +79,7 @@ impl Refusal {
             Self::RoomForbidden => StatusCode::FORBIDDEN,
             Self::BusUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRoomsRequest(_) => StatusCode::BAD_REQUEST,
+            Self::TooManyRooms => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -103,6 +106,7 @@ impl Refusal {
             Self::RoomForbidden => "room_forbidden",
             Self::BusUnavailable => "bus_unavailable",
             Self::BadRoomsRequest(_) => "bad_rooms_request",
+            Self::TooManyRooms => "too_many_rooms",
         }
     }
 
@@ -312,6 +316,10 @@ pub fn table() -> Vec<Row> {
             "rooms: a request that is not WebSocket, SSE or long-polling, or names no valid room",
             Refusal::BadRoomsRequest("rooms route: use WebSocket, SSE or ?rooms= long-polling"),
         ),
+        (
+            "publish API: one call names more rooms and users than publishApi.maxRoomsPerCall",
+            Refusal::TooManyRooms,
+        ),
     ];
     let closes = [
         (
@@ -351,7 +359,7 @@ pub fn table() -> Vec<Row> {
             CloseCause::UpstreamPongTimeout,
         ),
         (
-            "rooms: outbound queue over rooms.maxQueueBytes",
+            "rooms: outbound queue over rooms.maxQueueBytes (an SSE stream ends, counted with this code and cause)",
             CloseCause::SlowConsumer,
         ),
         (

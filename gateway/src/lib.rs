@@ -6,6 +6,7 @@
 //! keep-alive, expiry and drain closes). Every refusal and close maps to one row of
 //! [`error::table`].
 
+pub mod abort;
 pub mod admin;
 pub mod admission;
 pub mod auth;

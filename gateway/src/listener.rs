@@ -15,6 +15,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
+use crate::abort::ConnAbort;
 use crate::gateway::Gateway;
 use crate::pipeline::{Conn, handle};
 
@@ -72,7 +73,14 @@ impl EdgeApp {
     {
         let limits = self.gateway.config.load().limits.clone();
         let gw = self.gateway.clone();
-        let svc = service_fn(move |req| handle(gw.clone(), conn, req));
+        // A handler that must end its own connection (an SSE stream whose client stopped
+        // reading) finds the connection's abort handle in the request's extensions.
+        let abort = ConnAbort::default();
+        let io = abort.wrap(io);
+        let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(abort.clone());
+            handle(gw.clone(), conn, req)
+        });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())

@@ -48,6 +48,13 @@ pub struct Metrics {
     pub rooms_local: IntGauge,
     /// `switchboard_bus_up`: 1 while the room bus (NATS) is connected
     pub bus_up: IntGauge,
+    /// `switchboard_rooms_queued_bytes`: bytes queued for rooms connections on this pod (their
+    /// outboxes, and SSE chunks not yet taken by the HTTP layer), each connection bounded by its
+    /// route's `rooms.maxQueueBytes`
+    pub rooms_queued_bytes: IntGauge,
+    /// `switchboard_bus_rooms`: rooms the embedded bus holds (with a subscriber, a member or a
+    /// retained message); 0 with the NATS bus
+    pub bus_rooms: IntGauge,
     /// `switchboard_backends{service,state}`: Service backends (`namespace/name:port`) by
     /// state = ready | draining (Kubernetes source only)
     pub backends: IntGaugeVec,
@@ -224,6 +231,28 @@ impl Metrics {
             bus_up: {
                 let g = IntGauge::new("switchboard_bus_up", "1 while the room bus is connected")
                     .expect("static metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            rooms_queued_bytes: {
+                let g = IntGauge::new(
+                    "switchboard_rooms_queued_bytes",
+                    "Bytes queued for rooms connections (outboxes and unsent SSE chunks)",
+                )
+                .expect("static metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            bus_rooms: {
+                let g = IntGauge::new(
+                    "switchboard_bus_rooms",
+                    "Rooms held by the embedded bus (subscribed, with members or retained messages)",
+                )
+                .expect("static metric definition");
                 registry
                     .register(Box::new(g.clone()))
                     .expect("metric registered once");

@@ -376,17 +376,19 @@ async fn admit_and_proxy(
         }
         _ => None,
     };
-    // Admission counts long-lived connections: WebSockets and SSE streams.
-    let admitted = if websocket || crate::rooms::entry::is_event_stream(&req) {
-        let user = claims.as_ref().and_then(|c| c.sub.as_deref());
-        Some(
-            route
-                .admission
-                .admit(&route.cfg.limits, ip, user, &gw.pod)?,
-        )
-    } else {
-        None
-    };
+    // Admission counts long-lived connections: WebSockets, SSE streams and (rooms routes)
+    // long-polls, which hold a member slot in every room they name while they wait.
+    let admitted =
+        if websocket || crate::rooms::entry::is_event_stream(&req) || route.rooms.is_some() {
+            let user = claims.as_ref().and_then(|c| c.sub.as_deref());
+            Some(
+                route
+                    .admission
+                    .admit(&route.cfg.limits, ip, user, &gw.pod)?,
+            )
+        } else {
+            None
+        };
     if let Some(policy) = &route.rooms {
         let admission = crate::rooms::entry::Admission {
             claims,

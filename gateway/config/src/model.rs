@@ -102,6 +102,14 @@ pub struct PublishApi {
     /// A file holding the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<String>,
+    /// Most rooms one call may publish to (`room`, `rooms` and `users` together); a call naming
+    /// more is refused with 413 `too_many_rooms`. Default 1000.
+    #[serde(default = "default_max_rooms_per_call")]
+    pub max_rooms_per_call: u32,
+}
+
+fn default_max_rooms_per_call() -> u32 {
+    1000
 }
 
 /// Rooms-mode settings of a route.

@@ -195,6 +195,12 @@ pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
                 "must be at least 16 characters",
             ));
         }
+        if !(1..=100_000).contains(&api.max_rooms_per_call) {
+            p.push(Problem::new(
+                "publishApi.maxRoomsPerCall",
+                "must be 1 to 100000",
+            ));
+        }
     }
     let mut namespaces: std::collections::HashMap<String, (usize, Option<crate::History>)> =
         std::collections::HashMap::new();

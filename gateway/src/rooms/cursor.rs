@@ -1,6 +1,10 @@
 //! Resume cursors for SSE (`id:` / `Last-Event-ID`) and long-polling (`cursor=`): the position
 //! of every room of the request, as compact base64url JSON. A malformed cursor is ignored
 //! (the client gets `recovered: false` and reloads), never an error page.
+//!
+//! A cursor comes from the client, so what the gateway keeps of it is bounded: the text is read
+//! only up to [`MAX_CURSOR_TEXT`], and [`Cursor::retain`] keeps only the rooms of the request
+//! (a forged cursor naming hundreds of other rooms would otherwise be repeated in every `id:`).
 
 use std::collections::BTreeMap;
 
@@ -18,10 +22,36 @@ pub struct Cursor {
     pub positions: BTreeMap<String, (u64, String)>,
 }
 
+/// Longest cursor text decoded: the request header cap (16 KiB by default) is the real bound;
+/// this one keeps the decoder's work fixed whatever the listener allows.
+pub const MAX_CURSOR_TEXT: usize = 64 * 1024;
+
+/// Why a cursor could not be read (the request then joins every room fresh).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CursorError {
+    #[error("cursor longer than {MAX_CURSOR_TEXT} bytes")]
+    TooLong,
+    #[error("cursor is not base64url")]
+    NotBase64,
+    #[error("cursor is not a position map: {0}")]
+    NotPositions(String),
+}
+
 impl Cursor {
-    pub fn decode(text: &str) -> Option<Self> {
-        let bytes = URL_SAFE_NO_PAD.decode(text.trim().as_bytes()).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    pub fn decode(text: &str) -> Result<Self, CursorError> {
+        let text = text.trim();
+        if text.len() > MAX_CURSOR_TEXT {
+            return Err(CursorError::TooLong);
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.as_bytes())
+            .map_err(|_| CursorError::NotBase64)?;
+        serde_json::from_slice(&bytes).map_err(|e| CursorError::NotPositions(e.to_string()))
+    }
+
+    /// Keep only the positions of `rooms` (the rooms of the request).
+    pub fn retain(&mut self, rooms: &[String]) {
+        self.positions.retain(|room, _| rooms.contains(room));
     }
 
     pub fn encode(&self) -> String {
@@ -71,7 +101,7 @@ mod tests {
         let mut c = Cursor::default();
         c.set("a", 4, "e1");
         c.set("b", 9, "e1");
-        let d = Cursor::decode(&c.encode()).unwrap();
+        let d = Cursor::decode(&c.encode()).expect("own encoding decodes");
         assert_eq!(d, c);
         assert_eq!(
             d.get("a"),
@@ -102,10 +132,25 @@ mod tests {
     fn garbage_cursors_decode_to_nothing() {
         for bad in ["", "!!!", "bm90IGpzb24", "e30x"] {
             assert!(
-                Cursor::decode(bad).is_none_or(|c| c.positions.is_empty()),
+                !matches!(Cursor::decode(bad), Ok(c) if !c.positions.is_empty()),
                 "{bad}"
             );
         }
+        assert_eq!(Cursor::decode("!!!"), Err(CursorError::NotBase64));
+        assert_eq!(
+            Cursor::decode(&"A".repeat(MAX_CURSOR_TEXT + 4)),
+            Err(CursorError::TooLong)
+        );
+    }
+
+    #[test]
+    fn a_cursor_keeps_only_the_rooms_of_the_request() {
+        let mut c = Cursor::default();
+        for r in ["a", "b", "forged1", "forged2"] {
+            c.set(r, 1, "e");
+        }
+        c.retain(&["a".to_string(), "b".to_string(), "c".to_string()]);
+        assert_eq!(c.positions.keys().collect::<Vec<_>>(), ["a", "b"]);
     }
 
     #[test]

@@ -1,17 +1,15 @@
 //! Where an admitted rooms-route request goes: a WebSocket (JSON protocol or raw relay), an SSE
 //! stream, or a long-poll. All three serve the same rooms through the pod's hub.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use super::bus::Position;
 use super::cursor::{Cursor, rooms_param};
@@ -21,6 +19,8 @@ use super::outbox::{Item, Outbox};
 use super::protocol;
 use super::route::RoomsPolicy;
 use super::session::{self, SessionCtx};
+use super::stream_body::{self, SendError};
+use crate::abort::ConnAbort;
 use crate::admission::Admitted;
 use crate::auth::jwt::Claims;
 use crate::auth::token::{self, query_param};
@@ -36,6 +36,12 @@ pub const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 /// The `retry:` SSE clients are told (milliseconds).
 pub const SSE_RETRY_MS: u64 = 2000;
+/// How long the end of a slow consumer's stream may take to be written before its
+/// connection is dropped (as for a slow WebSocket's Close).
+const SLOW_END_WAIT: Duration = Duration::from_secs(2);
+
+/// The refusal reason for a token whose `sub` is empty on a route with user rooms.
+pub const EMPTY_SUB: &str = "token sub is empty (user rooms need a subject)";
 
 /// What the shared pipeline established before handing over.
 pub struct Admission {
@@ -72,6 +78,11 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
     let transports = &route.cfg.transports;
+    // Every token with a `sub` joins its user room `user:<sub>`; an empty one would join every
+    // such token to the one shared room `user:`.
+    if !policy.is_raw() && adm.claims.as_ref().and_then(|c| c.sub.as_deref()) == Some("") {
+        return Err(Refusal::TokenInvalid(EMPTY_SUB));
+    }
     if adm.websocket {
         if !transports.websocket {
             return Err(Refusal::BadRoomsRequest("WebSocket is off for this route"));
@@ -272,14 +283,20 @@ fn requested_rooms(
     Ok(rooms)
 }
 
-fn start_cursor(req: &Request<Incoming>, param: &str) -> Cursor {
-    req.headers()
+/// The request's cursor, keeping only the positions of the request's `rooms` (a forged cursor
+/// naming other rooms would otherwise be carried, and repeated in every `id:`, for the life of
+/// the stream). One that cannot be decoded is ignored: every room joins fresh.
+fn start_cursor(req: &Request<Incoming>, param: &str, rooms: &[String]) -> Cursor {
+    let mut cursor = req
+        .headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .or_else(|| query_param(req.uri().query(), param))
-        .and_then(|c| Cursor::decode(&c))
-        .unwrap_or_default()
+        .and_then(|c| Cursor::decode(&c).ok())
+        .unwrap_or_default();
+    cursor.retain(rooms);
+    cursor
 }
 
 /// Where a joined room's cursor entry starts: the client's own position while its gap is
@@ -324,11 +341,13 @@ fn sse(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
     let rooms = requested_rooms(&policy, adm.claims.as_ref(), req.uri().query())?;
-    let mut cursor = start_cursor(req, "lastEventId");
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+    let mut cursor = start_cursor(req, "lastEventId", &rooms);
     let hub = gw.hub.clone();
     let conn = next_conn_id();
     let outbox = Outbox::new(policy.cfg.max_queue_bytes);
+    // Encoded chunks stay charged to the outbox's bound until hyper takes them.
+    let (body_tx, body) = stream_body::channel(outbox.clone());
+    let conn_abort = req.extensions().get::<ConnAbort>().cloned();
     let joiner = Joiner {
         conn: conn.clone(),
         outbox: outbox.clone(),
@@ -355,14 +374,17 @@ fn sse(
     tokio::spawn(async move {
         let _live = live;
         let started = std::time::Instant::now();
-        let send = |b: Bytes| {
-            let tx = tx.clone();
-            async move { tx.send(Ok(Frame::data(b))).await.is_ok() }
+        let gone = CloseCause::Abnormal(Side::Downstream);
+        // Never waits on the client: a chunk over the bound ends the stream (slow consumer).
+        let send = |b: Bytes| match body_tx.send(b) {
+            Ok(()) => None,
+            Err(SendError::Gone) => Some(gone.clone()),
+            Err(SendError::SlowConsumer) => Some(CloseCause::SlowConsumer),
         };
-        if !send(Bytes::from(format!(
+        if send(Bytes::from(format!(
             "retry: {SSE_RETRY_MS}\n: connected\n\n"
         )))
-        .await
+        .is_some()
         {
             return;
         }
@@ -371,9 +393,9 @@ fn sse(
             user.as_deref(),
             connect_event(&conn, user.as_deref(), &route_name, "sse"),
         );
-        let gone = CloseCause::Abnormal(Side::Downstream);
         let mut joined = Vec::new();
-        let mut ended = None;
+        // The joined events go out as one chunk (one chunk always fits an empty queue).
+        let mut opening = Vec::new();
         for room in &rooms {
             let key = policy.key(room);
             let since = cursor.get(room);
@@ -384,24 +406,22 @@ fn sse(
                     // The id lets EventSource resume even if no message arrives before a drop.
                     let data = protocol::joined(room, j.recovered, &j.position, None);
                     let id = cursor.encode();
-                    if !send(sse_event(Some("joined"), Some(&id), &data)).await {
-                        ended = Some(gone.clone());
-                        break;
-                    }
+                    opening.extend_from_slice(&sse_event(Some("joined"), Some(&id), &data));
                 }
                 Err(e) => {
                     let data =
                         protocol::error(None, protocol::ErrorCode::Unavailable, &e.to_string());
-                    let _ = send(sse_event(Some("error"), None, &data)).await;
+                    opening.extend_from_slice(&sse_event(Some("error"), None, &data));
                 }
             }
         }
+        let mut ended = send(Bytes::from(opening));
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         let expiry = expiry.unwrap_or(far);
         let mut drain_at: Option<tokio::time::Instant> = (*drain.borrow())
             .then(|| tokio::time::Instant::now() + crate::drain::jitter(drain_window));
         let cause = loop {
-            if let Some(cause) = ended {
+            if let Some(cause) = ended.take() {
                 break cause;
             }
             tokio::select! {
@@ -417,17 +437,15 @@ fn sse(
                             chunk.extend_from_slice(&sse_event(None, Some(&cursor.encode()), &json));
                         }
                     }
-                    if !chunk.is_empty() && !send(Bytes::from(chunk)).await {
-                        break gone;
+                    if !chunk.is_empty() {
+                        ended = send(Bytes::from(chunk));
                     }
                 }
                 _ = tokio::time::sleep(SSE_KEEPALIVE) => {
-                    if !send(Bytes::from_static(b": keep-alive\n\n")).await {
-                        break gone;
-                    }
+                    ended = send(Bytes::from_static(b": keep-alive\n\n"));
                 }
                 _ = tokio::time::sleep_until(expiry) => {
-                    let _ = send(sse_event(Some("error"), None, &protocol::error(None, protocol::ErrorCode::Forbidden, CloseCause::TokenExpired.reason()))).await;
+                    let _ = send(sse_event(Some("error"), None, &protocol::error(None, protocol::ErrorCode::Forbidden, CloseCause::TokenExpired.reason())));
                     break CloseCause::TokenExpired;
                 }
                 changed = drain.changed(), if drain_at.is_none() => {
@@ -439,13 +457,12 @@ fn sse(
                 _ = tokio::time::sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
                     {
                         let hint = rand::random_range(500..5000u64);
-                        let _ = send(Bytes::from(format!("retry: {hint}\n")))
-                            .await;
-                        let _ = send(sse_event(Some("shutdown"), None, &protocol::shutdown(hint))).await;
+                        let _ = send(Bytes::from(format!("retry: {hint}\n")));
+                        let _ = send(sse_event(Some("shutdown"), None, &protocol::shutdown(hint)));
                         break draining;
                     }
                 }
-                _ = tx.closed() => break gone,
+                _ = body_tx.gone() => break gone,
             }
         };
         outbox.close();
@@ -453,6 +470,15 @@ fn sse(
             hub.leave(&key, &conn).await;
         }
         drop(admitted); // the admission slot frees with the connection
+        let slow = cause == CloseCause::SlowConsumer;
+        if slow {
+            // Like a slow WebSocket: what fitted may still go out, then the stream ends.
+            body_tx.finish();
+        }
+        metrics()
+            .closes
+            .with_label_values(&[&route_name, &cause.code().to_string(), cause.label()])
+            .inc();
         let disconnected = notifier.send(
             connected,
             user.as_deref(),
@@ -468,11 +494,22 @@ fn sse(
             cause = cause.label(),
             "rooms stream ended"
         );
+        if slow
+            && tokio::time::timeout(SLOW_END_WAIT, body_tx.gone())
+                .await
+                .is_err()
+        {
+            // The client reads nothing: the end cannot be written. Drop the stream's bytes
+            // and the connection, so nothing it made the gateway hold is left behind.
+            body_tx.discard();
+            if let Some(abort) = &conn_abort {
+                abort.abort();
+            }
+        }
+        drop(body_tx);
         disconnected.finished().await; // still counted as live for the drain
     });
-    let body = StreamBody::new(tokio_stream_from(rx))
-        .map_err(|never| match never {})
-        .boxed();
+    let body = body.boxed();
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
@@ -520,11 +557,6 @@ pub fn draining_stream() -> Response<Body> {
     resp
 }
 
-/// Adapt an mpsc receiver into a `Stream` without another dependency.
-fn tokio_stream_from<T>(mut rx: mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
 async fn long_poll(
     gw: &Arc<Gateway>,
     route: &Arc<CompiledRoute>,
@@ -541,7 +573,7 @@ async fn long_poll(
         })
         .unwrap_or(Duration::from_secs(25))
         .min(MAX_POLL_WAIT);
-    let mut cursor = start_cursor(req, "cursor");
+    let mut cursor = start_cursor(req, "cursor", &rooms);
     let conn = next_conn_id();
     let outbox = Outbox::new(policy.cfg.max_queue_bytes);
     let joiner = Joiner {

@@ -10,7 +10,10 @@ pub mod hooks;
 pub mod hub;
 pub mod outbox;
 pub mod presence;
+#[cfg(test)]
+mod proptests;
 pub mod protocol;
 pub mod publish_api;
 pub mod route;
 pub mod session;
+pub mod stream_body;

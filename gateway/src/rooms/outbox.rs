@@ -2,6 +2,11 @@
 //! wait: an item that would overflow the bound marks the connection as a slow consumer, and
 //! its writer closes it (close 4008). The writer takes everything queued at once so a burst
 //! goes out in as few writes as the socket allows.
+//!
+//! The bound covers what the writer has taken but not yet handed to the socket as well: an SSE
+//! stream's encoded chunks are [`Outbox::hold`]-charged until the HTTP layer takes them, so a
+//! stream that stops reading holds at most `rooms.maxQueueBytes` in all (plus the HTTP layer's
+//! own write buffer), whatever its events cost to encode.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -43,6 +48,19 @@ impl Item {
 struct State {
     items: VecDeque<Item>,
     bytes: u64,
+    /// Bytes the writer took and encoded but has not handed to the socket yet.
+    held: u64,
+}
+
+impl State {
+    fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.held == 0
+    }
+}
+
+/// Every outbox's queued and held bytes, summed (`switchboard_rooms_queued_bytes`).
+fn account(delta: i64) {
+    crate::metrics::metrics().rooms_queued_bytes.add(delta);
 }
 
 /// The queue. Cheap to share (`Arc<Outbox>`).
@@ -78,18 +96,51 @@ impl Outbox {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             // One item always fits an empty queue (a message may exceed the bound on its own);
             // the bound is on what piles up behind it.
-            if !st.items.is_empty() && st.bytes + cost > self.max_bytes {
-                self.overflowed.store(true, Ordering::Release);
+            if !st.is_empty() && st.bytes + st.held + cost > self.max_bytes {
                 drop(st);
-                self.ready.notify_one();
-                self.overflow.notify_waiters();
+                self.mark_overflowed();
                 return false;
             }
             st.bytes += cost;
             st.items.push_back(item);
         }
+        account(cost as i64);
         self.ready.notify_one();
         true
+    }
+
+    /// Charge `n` bytes the writer encoded and still holds (not yet taken by the socket) to
+    /// the bound; false (and the connection marked slow) when they do not fit. Like an item,
+    /// they always fit when nothing else is queued or held.
+    pub fn hold(&self, n: u64) -> bool {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if !st.is_empty() && st.bytes + st.held + n > self.max_bytes {
+                drop(st);
+                self.mark_overflowed();
+                return false;
+            }
+            st.held += n;
+        }
+        account(n as i64);
+        true
+    }
+
+    /// The socket took `n` held bytes.
+    pub fn release(&self, n: u64) {
+        let released = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let r = n.min(st.held);
+            st.held -= r;
+            r
+        };
+        account(-(released as i64));
+    }
+
+    fn mark_overflowed(&self) {
+        self.overflowed.store(true, Ordering::Release);
+        self.ready.notify_one();
+        self.overflow.notify_waiters();
     }
 
     /// Wait for items; returns everything queued (empty only when overflowed or closed).
@@ -99,6 +150,7 @@ impl Outbox {
             {
                 let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 if !st.items.is_empty() {
+                    account(-(st.bytes as i64));
                     st.bytes = 0;
                     return st.items.drain(..).collect();
                 }
@@ -133,9 +185,17 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// Bytes queued now.
+    /// Bytes queued now (items, and encoded bytes held by the writer).
     pub fn queued_bytes(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).bytes
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.bytes + st.held
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        account(-((st.bytes + st.held) as i64));
     }
 }
 
@@ -192,6 +252,26 @@ mod tests {
         assert!(!o.push(reply(50)));
         waiter.await.expect("woken by the overflow");
         o.overflowed().await; // and it stays overflowed
+    }
+
+    #[tokio::test]
+    async fn bytes_the_writer_holds_count_against_the_bound() {
+        let o = Outbox::new(100);
+        assert!(o.hold(500), "held bytes fit an empty queue, like one item");
+        assert!(!o.push(reply(1)), "nothing piles up behind them");
+        assert!(o.is_overflowed());
+
+        let o = Outbox::new(200);
+        assert!(o.push(reply(50)));
+        assert!(o.hold(100));
+        assert_eq!(o.queued_bytes(), 66 + 100);
+        assert!(!o.hold(100), "over the bound with what is queued");
+        let o = Outbox::new(200);
+        assert!(o.hold(150));
+        o.release(150);
+        assert_eq!(o.queued_bytes(), 0);
+        assert!(o.push(reply(100)), "released bytes make room again");
+        assert!(!o.is_overflowed());
     }
 
     #[tokio::test]

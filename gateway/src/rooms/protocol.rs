@@ -3,7 +3,7 @@
 //! encoded once per pod and shared by every member that receives them.
 
 use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::bus::{Member, Payload, Position, RoomMessage};
@@ -11,8 +11,9 @@ use super::bus::{Member, Payload, Position, RoomMessage};
 /// The WebSocket subprotocol naming this protocol version.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
 
-/// A message from a client.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// A message from a client (`Serialize` is what a client sends: the reference client and the
+/// property tests encode with it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 pub enum ClientMsg {
     Join {
@@ -74,12 +75,17 @@ impl ErrorCode {
     }
 }
 
-/// Parse one text frame. The error is the reason for a `bad_request` reply.
-pub fn parse(text: &str) -> Result<ClientMsg, String> {
+/// Why a client's text frame is not a protocol message: the reason of its `bad_request` reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadMessage(pub String);
+
+/// Parse one text frame.
+pub fn parse(text: &str) -> Result<ClientMsg, BadMessage> {
     serde_json::from_str(text).map_err(|e| {
         let e = e.to_string();
         // serde's messages name the bad field or type; trim position noise.
-        e.split(" at line ").next().unwrap_or(&e).to_string()
+        BadMessage(e.split(" at line ").next().unwrap_or(&e).to_string())
     })
 }
 
@@ -247,7 +253,7 @@ mod tests {
             r#"{"type":"join","room":5}"#,
         ] {
             let e = parse(bad).unwrap_err();
-            assert!(!e.is_empty(), "{bad:?}");
+            assert!(!e.0.is_empty(), "{bad:?}");
         }
     }
 

@@ -1,5 +1,6 @@
 //! The server publish API (admin listener): `POST /v1/publish` with a bearer token publishes
-//! into rooms, many rooms, or users' own rooms, and returns the assigned positions.
+//! into rooms, many rooms, or users' own rooms, and returns the assigned positions. One call
+//! names at most `publishApi.maxRoomsPerCall` rooms and users (413 `too_many_rooms`).
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -12,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::authz::valid_room;
 use super::bus::Publish;
 use super::protocol;
+use crate::error::Refusal;
 use crate::gateway::Gateway;
 
 /// Largest publish request body.
@@ -41,21 +43,23 @@ fn token_matches(given: &str, expected: &str) -> bool {
     Sha256::digest(given.as_bytes()) == Sha256::digest(expected.as_bytes())
 }
 
-/// The configured token, read now (so a rotated token file takes effect without a restart).
-fn expected_token(gw: &Gateway) -> Option<String> {
+/// The configured token, read now (so a rotated token file takes effect without a restart),
+/// and the per-call room cap.
+fn expected_token(gw: &Gateway) -> Option<(String, u32)> {
     let api = gw.config.load().publish_api.clone()?;
-    match (api.token, api.token_file) {
+    let token = match (api.token, api.token_file) {
         (Some(t), _) => Some(t),
         (None, Some(f)) => std::fs::read_to_string(f)
             .ok()
             .map(|t| t.trim().to_string()),
         _ => None,
-    }
+    }?;
+    Some((token, api.max_rooms_per_call))
 }
 
 /// Handle `POST /v1/publish`: (status, JSON body).
 pub async fn handle(gw: &Gateway, req: http::Request<Incoming>) -> (StatusCode, Value) {
-    let Some(expected) = expected_token(gw) else {
+    let Some((expected, max_rooms)) = expected_token(gw) else {
         return (
             StatusCode::NOT_FOUND,
             json!({"error": "publish API is not enabled (publishApi)"}),
@@ -114,6 +118,21 @@ pub async fn handle(gw: &Gateway, req: http::Request<Incoming>) -> (StatusCode, 
     let keeps_history = namespaces
         .iter()
         .any(|(n, h)| *n == namespace && h.is_some());
+    // Checked before anything is built from the lists: one call's work is bounded.
+    let named = r.rooms.len() + r.users.len() + usize::from(r.room.is_some());
+    if named > max_rooms as usize {
+        let refusal = Refusal::TooManyRooms;
+        return (
+            refusal.status(),
+            json!({"error": refusal.label(), "reason": refusal.to_string(), "max": max_rooms}),
+        );
+    }
+    if r.users.iter().any(String::is_empty) {
+        return (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "users: an empty user names no user room"}),
+        );
+    }
     let mut targets: Vec<String> = r.room.into_iter().chain(r.rooms).collect();
     targets.extend(r.users.iter().map(|u| format!("user:{u}")));
     if targets.is_empty() {

@@ -75,9 +75,10 @@ impl RoomsPolicy {
         authz::valid_room(&room).then_some(room)
     }
 
-    /// The connection's own user room (`user:<sub>`), joined automatically.
+    /// The connection's own user room (`user:<sub>`), joined automatically. None for an empty
+    /// `sub` (such tokens are refused on rooms routes; never one room shared by all of them).
     pub fn user_room(&self, claims: Option<&Claims>) -> Option<String> {
-        let sub = claims?.sub.as_deref()?;
+        let sub = claims?.sub.as_deref().filter(|s| !s.is_empty())?;
         let room = format!("user:{sub}");
         authz::valid_room(&room).then_some(room)
     }

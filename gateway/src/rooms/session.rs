@@ -405,7 +405,7 @@ impl Session {
                 self.reply(protocol::error(
                     protocol::loose_id(&text).as_deref(),
                     ErrorCode::BadRequest,
-                    &reason,
+                    &reason.0,
                 ));
                 return None;
             }

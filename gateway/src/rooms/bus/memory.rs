@@ -1,9 +1,21 @@
 //! The embedded bus: one process, rooms fanned out in memory, history in a bounded ring per
-//! room. Positions are contiguous per room; the epoch is fixed for the life of the process
-//! (a restart loses history, so clients resuming across it get `recovered: false`).
+//! room. The epoch is fixed for the life of the process (a restart loses history, so clients
+//! resuming across it get `recovered: false`).
+//!
+//! A room costs memory only while it has a subscriber (a pod-local member), a presence member
+//! or a retained message; then it is freed. Positions are therefore per *namespace* (like the
+//! NATS bus's stream sequences): they increase with every stored message of the namespace, so a
+//! room freed and created again never reuses one, and resume stays exact without remembering
+//! freed rooms: a gap is complete when the room's oldest retained message is right after the
+//! client's position, or when nothing of the room after that position was ever removed (its own
+//! trims, and the namespace's watermark of freed rooms, are at or before it).
+//!
+//! Expired history is freed by [`Bus::maintain`] (called every second) without waiting for the
+//! next publish, at most [`SWEEP_BUDGET`] rooms per call, in expiry order.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -18,19 +30,89 @@ use super::{
 /// Live queue depth between the bus and the hub for one room.
 const ROOM_QUEUE: usize = 4096;
 
+/// Most expiry entries one [`Bus::maintain`] call handles.
+pub const SWEEP_BUDGET: usize = 10_000;
+
 #[derive(Default)]
 struct Room {
-    seq: u64,
     history: VecDeque<RoomMessage>,
-    subscribers: Vec<mpsc::Sender<RoomMessage>>,
-    presence_subscribers: Vec<mpsc::Sender<PresenceEvent>>,
+    /// Highest position of this room removed from (or never put in) its history.
+    trimmed: u64,
+    subscribers: Vec<(u64, mpsc::Sender<RoomMessage>)>,
+    presence_subscribers: Vec<(u64, mpsc::Sender<PresenceEvent>)>,
     members: HashMap<String, Member>,
+    /// An entry for this room is in the expiry queue.
+    expiry_queued: bool,
+}
+
+impl Room {
+    fn is_idle(&self) -> bool {
+        self.subscribers.is_empty() && self.members.is_empty() && self.history.is_empty()
+    }
+
+    /// Drop what retention no longer keeps, remembering the highest position dropped.
+    fn trim(&mut self, r: &Retention, now: u64) {
+        let oldest = now.saturating_sub(r.max_age.as_millis() as u64);
+        while self.history.len() > r.max_messages as usize
+            || self.history.front().is_some_and(|m| m.ts_ms < oldest)
+        {
+            if let Some(m) = self.history.pop_front() {
+                self.trimmed = self.trimmed.max(m.seq);
+            }
+        }
+    }
+}
+
+/// Positions of one namespace.
+#[derive(Default, Clone, Copy)]
+struct Positions {
+    /// The last position assigned.
+    seq: u64,
+    /// Highest `trimmed` of any room freed in this namespace: no freed room lost a message
+    /// after it.
+    freed: u64,
+}
+
+#[derive(Default)]
+struct State {
+    rooms: HashMap<RoomKey, Room>,
+    positions: HashMap<String, Positions>,
+    /// When each room with history next has a message to expire (ms since the Unix epoch).
+    expiry: BinaryHeap<Reverse<(u64, RoomKey)>>,
+    next_sub: u64,
+}
+
+impl State {
+    /// Free the room if nothing holds it any more (its removals go to the namespace watermark).
+    fn free_if_idle(&mut self, key: &RoomKey) {
+        if self.rooms.get(key).is_some_and(Room::is_idle)
+            && let Some(room) = self.rooms.remove(key)
+        {
+            let p = self.positions.entry(key.namespace.clone()).or_default();
+            p.freed = p.freed.max(room.trimmed);
+        }
+        crate::metrics::metrics()
+            .bus_rooms
+            .set(self.rooms.len() as i64);
+    }
+
+    /// Queue the room's next expiry (its oldest message's), once.
+    fn schedule(&mut self, key: &RoomKey, r: &Retention) {
+        if let Some(room) = self.rooms.get_mut(key)
+            && !room.expiry_queued
+            && let Some(first) = room.history.front()
+        {
+            room.expiry_queued = true;
+            let due = first.ts_ms.saturating_add(r.max_age.as_millis() as u64);
+            self.expiry.push(Reverse((due, key.clone())));
+        }
+    }
 }
 
 /// The in-process bus.
 pub struct MemoryBus {
     epoch: String,
-    rooms: Mutex<HashMap<RoomKey, Room>>,
+    state: Arc<Mutex<State>>,
     retention: Mutex<HashMap<String, Retention>>,
 }
 
@@ -46,17 +128,42 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Held by a subscription: dropping it removes the subscriber (and frees an idle room).
+struct Unsubscribe {
+    state: Weak<Mutex<State>>,
+    key: RoomKey,
+    id: u64,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let mut st = lock(&state);
+        if let Some(room) = st.rooms.get_mut(&self.key) {
+            room.subscribers.retain(|(id, _)| *id != self.id);
+            room.presence_subscribers.retain(|(id, _)| *id != self.id);
+        }
+        st.free_if_idle(&self.key);
+    }
+}
+
 impl MemoryBus {
     pub fn new() -> Self {
         Self {
             epoch: format!("mem-{:x}", rand::random::<u64>()),
-            rooms: Mutex::default(),
+            state: Arc::default(),
             retention: Mutex::default(),
         }
     }
 
-    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomKey, Room>> {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        lock(&self.state)
     }
 
     fn retention_of(&self, namespace: &str) -> Option<Retention> {
@@ -67,14 +174,50 @@ impl MemoryBus {
             .cloned()
     }
 
-    fn trim(history: &mut VecDeque<RoomMessage>, r: &Retention, now: u64) {
-        while history.len() > r.max_messages as usize {
-            history.pop_front();
+    /// Rooms held now (tests and the `switchboard_bus_rooms` gauge).
+    pub fn room_count(&self) -> usize {
+        self.state().rooms.len()
+    }
+
+    /// Expire history due at `now` (ms since the Unix epoch), at most `budget` rooms; rooms
+    /// left with nothing are freed. Returns how many rooms were looked at.
+    pub fn sweep(&self, now: u64, budget: usize) -> usize {
+        let retention = self
+            .retention
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut st = self.state();
+        let mut done = 0;
+        while done < budget {
+            match st.expiry.peek() {
+                Some(Reverse((due, _))) if *due <= now => {}
+                _ => break,
+            }
+            let Some(Reverse((_, key))) = st.expiry.pop() else {
+                break;
+            };
+            done += 1;
+            let r = retention.get(&key.namespace);
+            if let Some(room) = st.rooms.get_mut(&key) {
+                room.expiry_queued = false;
+                match r {
+                    Some(r) => room.trim(r, now),
+                    // The namespace keeps no history any more.
+                    None => {
+                        if let Some(last) = room.history.back() {
+                            room.trimmed = room.trimmed.max(last.seq);
+                        }
+                        room.history.clear();
+                    }
+                }
+            }
+            if let Some(r) = r {
+                st.schedule(&key, r);
+            }
+            st.free_if_idle(&key);
         }
-        let oldest = now.saturating_sub(r.max_age.as_millis() as u64);
-        while history.front().is_some_and(|m| m.ts_ms < oldest) {
-            history.pop_front();
-        }
+        done
     }
 }
 
@@ -98,19 +241,26 @@ impl Bus for MemoryBus {
             .then(|| self.retention_of(&p.key.namespace))
             .flatten();
         let now = now_ms();
-        let mut rooms = self.rooms();
-        if retention.is_none() && !rooms.contains_key(&p.key) {
-            // Nobody is listening and nothing is stored: do not create a room (memory would
-            // otherwise grow with every room name ever published to).
-            return Ok(None);
-        }
-        let room = rooms.entry(p.key.clone()).or_default();
+        let mut guard = self.state();
+        let st = &mut *guard;
         let seq = if p.ephemeral {
             0
         } else {
-            room.seq += 1;
-            room.seq
+            let pos = st.positions.entry(p.key.namespace.clone()).or_default();
+            pos.seq += 1;
+            pos.seq
         };
+        if retention.is_none() && !st.rooms.contains_key(&p.key) {
+            // Nobody is listening and nothing is stored: no room is created (memory would
+            // otherwise grow with every room name ever published to). A stored-kind message
+            // nobody will ever get still counts as removed, so no resume skips it.
+            if seq != 0 {
+                let pos = st.positions.entry(p.key.namespace.clone()).or_default();
+                pos.freed = pos.freed.max(seq);
+            }
+            return Ok(None);
+        }
+        let room = st.rooms.entry(p.key.clone()).or_default();
         let msg = RoomMessage {
             key: p.key,
             seq,
@@ -121,23 +271,28 @@ impl Bus for MemoryBus {
             ephemeral: p.ephemeral,
             origin_conn: p.origin_conn,
         };
-        if let Some(r) = &retention {
-            room.history.push_back(msg.clone());
-            Self::trim(&mut room.history, r, now);
+        match &retention {
+            Some(r) => {
+                room.history.push_back(msg.clone());
+                room.trim(r, now);
+            }
+            None if seq != 0 => room.trimmed = room.trimmed.max(seq),
+            None => {}
         }
         // Sent under the lock so every subscriber sees positions in order. A hub queue that
         // is full (4096 messages behind: the hub's fan-out never awaits, so this means the
         // process is starved) drops for that pod, loudly; clients resume from history.
-        room.subscribers.retain(|s| !s.is_closed());
-        for s in &room.subscribers {
+        room.subscribers.retain(|(_, s)| !s.is_closed());
+        for (_, s) in &room.subscribers {
             if s.try_send(msg.clone()).is_err() {
                 tracing::warn!(room = %msg.key.room, seq, "room fan-out queue full; message dropped for this pod");
             }
         }
-        if retention.is_none() && room.subscribers.is_empty() && room.members.is_empty() {
-            rooms.remove(&msg.key);
+        if let Some(r) = &retention {
+            st.schedule(&msg.key, r);
         }
-        Ok((!p_is_ephemeral(seq)).then(|| Position {
+        st.free_if_idle(&msg.key);
+        Ok((seq != 0).then(|| Position {
             seq,
             epoch: self.epoch.clone(),
         }))
@@ -146,14 +301,23 @@ impl Bus for MemoryBus {
     async fn subscribe(&self, key: &RoomKey) -> Result<Subscription, BusError> {
         let (tx, rx) = mpsc::channel(ROOM_QUEUE);
         let (ptx, prx) = mpsc::channel(ROOM_QUEUE);
-        let mut rooms = self.rooms();
-        let room = rooms.entry(key.clone()).or_default();
-        room.subscribers.push(tx);
-        room.presence_subscribers.push(ptx);
+        let mut st = self.state();
+        st.next_sub += 1;
+        let id = st.next_sub;
+        let room = st.rooms.entry(key.clone()).or_default();
+        room.subscribers.push((id, tx));
+        room.presence_subscribers.push((id, ptx));
+        crate::metrics::metrics()
+            .bus_rooms
+            .set(st.rooms.len() as i64);
         Ok(Subscription {
             messages: rx,
             presence: prx,
-            guard: Box::new(()),
+            guard: Box::new(Unsubscribe {
+                state: Arc::downgrade(&self.state),
+                key: key.clone(),
+                id,
+            }),
         })
     }
 
@@ -162,38 +326,52 @@ impl Bus for MemoryBus {
             return Ok(Replay::Lost);
         }
         let retention = self.retention_of(&key.namespace);
-        let mut rooms = self.rooms();
-        let Some(room) = rooms.get_mut(key) else {
-            return Ok(if since.seq == 0 {
+        let mut st = self.state();
+        let positions = st
+            .positions
+            .get(&key.namespace)
+            .copied()
+            .unwrap_or_default();
+        if since.seq > positions.seq {
+            return Ok(Replay::Lost); // not a position of this namespace
+        }
+        let Some(room) = st.rooms.get_mut(key) else {
+            // Nothing of the room is held: complete unless a freed incarnation lost messages
+            // after `since`.
+            return Ok(if positions.freed <= since.seq {
                 Replay::Gap(vec![])
             } else {
                 Replay::Lost
             });
         };
-        if since.seq > room.seq {
+        if let Some(r) = &retention {
+            room.trim(r, now_ms());
+        }
+        let oldest_follows = room
+            .history
+            .front()
+            .is_some_and(|m| m.seq <= since.seq.saturating_add(1));
+        let nothing_removed = room.trimmed.max(positions.freed) <= since.seq;
+        if !(oldest_follows || nothing_removed) {
             return Ok(Replay::Lost);
         }
-        if let Some(r) = &retention {
-            Self::trim(&mut room.history, r, now_ms());
-        }
-        if since.seq == room.seq {
-            return Ok(Replay::Gap(vec![]));
-        }
-        // The gap is complete only if the first missing message is still retained.
-        match room.history.front() {
-            Some(first) if first.seq <= since.seq + 1 => Ok(Replay::Gap(
-                room.history
-                    .iter()
-                    .filter(|m| m.seq > since.seq)
-                    .cloned()
-                    .collect(),
-            )),
-            _ => Ok(Replay::Lost),
-        }
+        Ok(Replay::Gap(
+            room.history
+                .iter()
+                .filter(|m| m.seq > since.seq)
+                .cloned()
+                .collect(),
+        ))
     }
 
     async fn position(&self, key: &RoomKey) -> Result<Position, BusError> {
-        let seq = self.rooms().get(key).map_or(0, |r| r.seq);
+        // The namespace's last position, not the room's: no message of the room lies between
+        // the two, and a recent position keeps a later resume exact.
+        let seq = self
+            .state()
+            .positions
+            .get(&key.namespace)
+            .map_or(0, |p| p.seq);
         Ok(Position {
             seq,
             epoch: self.epoch.clone(),
@@ -206,8 +384,11 @@ impl Bus for MemoryBus {
         member: &Member,
         present: bool,
     ) -> Result<(), BusError> {
-        let mut rooms = self.rooms();
-        let room = rooms.entry(key.clone()).or_default();
+        let mut st = self.state();
+        if !present && !st.rooms.contains_key(key) {
+            return Ok(());
+        }
+        let room = st.rooms.entry(key.clone()).or_default();
         let changed = if present {
             room.members
                 .insert(member.conn.clone(), member.clone())
@@ -216,8 +397,8 @@ impl Bus for MemoryBus {
             room.members.remove(&member.conn).is_some()
         };
         if changed {
-            room.presence_subscribers.retain(|s| !s.is_closed());
-            for s in &room.presence_subscribers {
+            room.presence_subscribers.retain(|(_, s)| !s.is_closed());
+            for (_, s) in &room.presence_subscribers {
                 let _ = s.try_send(PresenceEvent {
                     key: key.clone(),
                     joined: present,
@@ -225,12 +406,14 @@ impl Bus for MemoryBus {
                 });
             }
         }
+        st.free_if_idle(key);
         Ok(())
     }
 
     async fn presence_list(&self, key: &RoomKey) -> Result<Vec<Member>, BusError> {
         let mut list: Vec<Member> = self
-            .rooms()
+            .state()
+            .rooms
             .get(key)
             .map(|r| r.members.values().cloned().collect())
             .unwrap_or_default();
@@ -248,13 +431,13 @@ impl Bus for MemoryBus {
         ))
     }
 
+    async fn maintain(&self) {
+        self.sweep(now_ms(), SWEEP_BUDGET);
+    }
+
     fn healthy(&self) -> bool {
         true
     }
-}
-
-fn p_is_ephemeral(seq: u64) -> bool {
-    seq == 0
 }
 
 #[cfg(test)]
@@ -405,5 +588,124 @@ mod tests {
         bus.presence_set(&key("a"), &m, false).await.unwrap();
         assert!(!sub.presence.recv().await.unwrap().joined);
         assert!(bus.presence_list(&key("a")).await.unwrap().is_empty());
+    }
+    async fn bus_with_age(max_age: Duration) -> MemoryBus {
+        let bus = MemoryBus::new();
+        bus.configure(
+            "ns",
+            Some(Retention {
+                max_messages: 10,
+                max_age,
+            }),
+        )
+        .await
+        .unwrap();
+        bus
+    }
+
+    #[tokio::test]
+    async fn a_room_nobody_holds_costs_nothing() {
+        let bus = bus_with_history(10).await;
+        let sub = bus.subscribe(&key("a")).await.unwrap();
+        assert_eq!(bus.room_count(), 1);
+        drop(sub);
+        assert_eq!(
+            bus.room_count(),
+            0,
+            "the last subscriber leaving frees the room"
+        );
+
+        let m = Member {
+            conn: "c1".into(),
+            user: None,
+            info: serde_json::Value::Null,
+        };
+        bus.presence_set(&key("b"), &m, true).await.unwrap();
+        bus.presence_set(&key("b"), &m, false).await.unwrap();
+        bus.presence_set(&key("c"), &m, false).await.unwrap();
+        assert_eq!(
+            bus.room_count(),
+            0,
+            "presence comes and goes without a trace"
+        );
+
+        let none = MemoryBus::new();
+        let sub = none.subscribe(&key("d")).await.unwrap();
+        none.publish(publish("d", 1)).await.unwrap();
+        drop(sub);
+        assert_eq!(none.room_count(), 0, "no history: nothing is retained");
+    }
+
+    #[tokio::test]
+    async fn expired_history_is_freed_by_the_sweep_without_a_publish() {
+        let bus = bus_with_age(Duration::from_secs(1)).await;
+        for r in 0..50 {
+            bus.publish(publish(&format!("r{r}"), 1)).await.unwrap();
+        }
+        assert_eq!(bus.room_count(), 50);
+        assert_eq!(bus.sweep(now_ms(), SWEEP_BUDGET), 0, "nothing due yet");
+        let later = now_ms() + 1_500;
+        assert_eq!(bus.sweep(later, 20), 20, "at most the budget per call");
+        assert_eq!(bus.room_count(), 30);
+        bus.sweep(later, SWEEP_BUDGET);
+        assert_eq!(bus.room_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_room_still_subscribed_keeps_its_position_when_its_history_expires() {
+        let bus = bus_with_age(Duration::from_secs(1)).await;
+        let _sub = bus.subscribe(&key("a")).await.unwrap();
+        let pos = bus.publish(publish("a", 1)).await.unwrap().unwrap();
+        bus.sweep(now_ms() + 1_500, SWEEP_BUDGET);
+        assert_eq!(bus.room_count(), 1);
+        assert_eq!(
+            bus.replay(&key("a"), &pos).await.unwrap(),
+            Replay::Gap(vec![]),
+            "a client at the last position missed nothing"
+        );
+        let before = Position {
+            seq: pos.seq - 1,
+            epoch: pos.epoch,
+        };
+        assert_eq!(
+            bus.replay(&key("a"), &before).await.unwrap(),
+            Replay::Lost,
+            "one that had not seen the expired message did"
+        );
+    }
+
+    #[tokio::test]
+    async fn resume_into_a_freed_room_is_exact_or_reported_lost() {
+        let bus = bus_with_age(Duration::from_secs(1)).await;
+        // A quiet room: joined, left (freed), resumed from the position it was given.
+        let sub = bus.subscribe(&key("quiet")).await.unwrap();
+        let given = bus.position(&key("quiet")).await.unwrap();
+        drop(sub);
+        assert_eq!(bus.room_count(), 0);
+        assert_eq!(
+            bus.replay(&key("quiet"), &given).await.unwrap(),
+            Replay::Gap(vec![])
+        );
+        // Published while nobody was there: the gap is exactly that message.
+        bus.publish(publish("quiet", 7)).await.unwrap();
+        match bus.replay(&key("quiet"), &given).await.unwrap() {
+            Replay::Gap(m) => assert_eq!(m.len(), 1),
+            Replay::Lost => panic!("retained"),
+        }
+        // Once it expired and the room was freed, a client that had not seen it lost it.
+        bus.sweep(now_ms() + 1_500, SWEEP_BUDGET);
+        assert_eq!(bus.room_count(), 0);
+        assert_eq!(
+            bus.replay(&key("quiet"), &given).await.unwrap(),
+            Replay::Lost
+        );
+        // A position taken after that resumes exactly again, and positions never repeat.
+        let now = bus.position(&key("quiet")).await.unwrap();
+        assert!(now.seq > given.seq);
+        let next = bus.publish(publish("quiet", 8)).await.unwrap().unwrap();
+        assert!(next.seq > now.seq);
+        assert!(
+            matches!(bus.replay(&key("quiet"), &now).await.unwrap(), Replay::Gap(m) if m.len() == 1)
+        );
     }
 }

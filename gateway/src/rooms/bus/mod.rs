@@ -166,6 +166,9 @@ pub trait Bus: Send + Sync {
     /// stored or retried.
     async fn notify(&self, namespace: &str, event: Bytes) -> Result<(), BusError>;
 
+    /// Periodic upkeep, called every second (the embedded bus frees expired history here).
+    async fn maintain(&self) {}
+
     /// Whether the bus is usable now (readiness and metrics).
     fn healthy(&self) -> bool;
 }
