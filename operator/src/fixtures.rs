@@ -43,6 +43,14 @@ pub fn base_config() -> GatewayConfig {
     GatewayConfig::from_yaml(BASE_YAML).unwrap()
 }
 
+/// The gateway's fixture RSA public key (PEM), for routes that take a key from a Secret.
+pub const RSA_PUB_PEM: &str = include_str!("../../gateway/tests/fixtures/keys/rsa.pub.pem");
+
+/// [`RSA_PUB_PEM`] with its second half cut off: what a bad copy into a Secret looks like.
+pub fn truncated_pem() -> String {
+    RSA_PUB_PEM.lines().take(3).map(|l| format!("{l}\n")).collect()
+}
+
 /// A fixed "now" for condition timestamps.
 pub fn now() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap()

@@ -747,4 +747,42 @@ mod tests {
         assert_eq!(validate(&p.config), vec![]);
         assert!(GatewayConfig::from_yaml(&p.config.to_yaml()).is_ok());
     }
+
+    #[test]
+    fn a_truncated_pem_in_a_secret_keeps_only_its_route_out_with_the_reason() {
+        use crate::fixtures::{RSA_PUB_PEM, truncated_pem};
+        let with_key = |name: &str, path: &str| {
+            route(
+                "default",
+                name,
+                &format!(
+                    "path: {{value: {path}}}\nbackend: {{name: chat, port: 80}}\nauth: {{jwt: {{providers: [{{name: idp, secretRef: {{name: {name}-key, key: pub.pem}}, algorithms: [RS256]}}]}}}}"
+                ),
+            )
+        };
+        let refs = refs()
+            .with_secret("default", "broken-key", "pub.pem", truncated_pem().as_bytes())
+            .with_secret("default", "good-key", "pub.pem", RSA_PUB_PEM.as_bytes());
+        let p = plan(
+            &base_config(),
+            &[with_key("broken", "/broken"), with_key("good", "/good")],
+            &refs,
+            NO_LIMITS,
+        );
+        let good = &p.routes["default/good"];
+        assert!(good.accepted.ok, "{good:?}");
+        let broken = &p.routes["default/broken"];
+        assert!(!broken.accepted.ok, "a truncated PEM is accepted: {broken:?}");
+        assert_eq!(broken.accepted.reason, reasons::UNRESOLVED_REFS);
+        assert_eq!(broken.resolved_refs.reason, reasons::INVALID_SECRET);
+        let message = &broken.resolved_refs.message;
+        assert!(
+            message.starts_with("spec.auth.jwt.providers[0].secretRef: key `pub.pem` of Secret default/broken-key"),
+            "{message}"
+        );
+        assert!(message.contains("RS256"), "{message}");
+        assert!(broken.compiled.is_none());
+        let names: Vec<_> = p.config.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["default/good"]);
+    }
 }
