@@ -41,7 +41,8 @@ pub mod reasons {
     /// `drain.reconnectHint`).
     pub const UNSUPPORTED: &str = "Unsupported";
     /// `Accepted=False`: a Secret the route needs (JWT key, signature secret) is missing or
-    /// unusable, so the route is kept out of the gateways rather than served without it.
+    /// unusable (see `ResolvedRefs` for which and why), so the route is kept out of the
+    /// gateways rather than served without it.
     pub const UNRESOLVED_REFS: &str = "UnresolvedRefs";
 
     /// `ResolvedRefs=True`.
@@ -51,7 +52,12 @@ pub mod reasons {
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     /// `ResolvedRefs=False`: a referenced Secret or key does not exist.
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
-    /// `ResolvedRefs=False`: the Secret key exists but is not usable (not UTF-8 text).
+    /// `ResolvedRefs=False`: the Secret key exists but is not usable: not UTF-8 text, or JWT
+    /// key material the gateways would refuse (a truncated or private PEM, a JWK that does not
+    /// parse, an RSA key outside 2048-4096 bits, an HMAC secret under 32 bytes). Checked with
+    /// the gateways' own key parser (`switchboard_config::keys`); the message names the Secret,
+    /// the key and the problem. The route is kept out (`Accepted=False`, `UnresolvedRefs`);
+    /// every other route is still programmed.
     pub const INVALID_SECRET: &str = "InvalidSecret";
 
     /// `Programmed=True`: every ready gateway reports a snapshot generation that has the route.

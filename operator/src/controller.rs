@@ -853,6 +853,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_truncated_pem_keeps_only_its_route_out_with_the_reason() {
+        let (ctx, server) = test_context();
+        let world = world_for(Scenario::BrokenKey);
+        let mock = server.run(Scenario::BrokenKey);
+        reconcile(&ctx, &world, crate::fixtures::now())
+            .await
+            .unwrap();
+        timeout_after_1s(mock).await;
+    }
+
+    #[tokio::test]
     async fn an_invalid_route_is_refused_with_the_reason() {
         let (ctx, server) = test_context();
         let world = world_for(Scenario::Invalid);

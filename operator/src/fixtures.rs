@@ -118,6 +118,10 @@ pub enum Scenario {
     MissingRefs,
     /// A route with a bad origin pattern: `Invalid`, the snapshot is created without it.
     Invalid,
+    /// Two routes, one whose JWT key Secret holds a truncated PEM: only that one is
+    /// `Accepted=False` (`UnresolvedRefs`, `ResolvedRefs=False` `InvalidSecret` saying why) and
+    /// left out of the snapshot; the other is accepted and in it.
+    BrokenKey,
     /// The only route was deleted: the snapshot is replaced without it, generation 2.
     Deleted,
     /// Snapshot and status already as desired: one read, no write.
@@ -253,6 +257,23 @@ pub fn world_for(scenario: Scenario) -> World {
                 ),
             ],
             refs: services(),
+            fleet: empty_fleet,
+        },
+        Scenario::BrokenKey => World {
+            routes: vec![
+                route("default", "chat", CHAT),
+                route(
+                    "default",
+                    "keyed",
+                    "path: {value: /keyed}\nbackend: {name: chat, port: 80}\nauth: {jwt: {providers: [{name: idp, secretRef: {name: jwt-keys, key: pub.pem}, algorithms: [RS256]}]}}",
+                ),
+            ],
+            refs: services().with_secret(
+                "default",
+                "jwt-keys",
+                "pub.pem",
+                truncated_pem().as_bytes(),
+            ),
             fleet: empty_fleet,
         },
         Scenario::Invalid => World {
@@ -442,6 +463,40 @@ impl ApiServerVerifier {
                         })
                         .await
                         .events("default", &["UnresolvedRefs", "SecretNotFound"])
+                        .await;
+                }
+                Scenario::BrokenKey => {
+                    self.get_snapshot(None)
+                        .await
+                        .create_snapshot(|text| {
+                            assert!(text.contains("name: default/chat"), "{text}");
+                            assert!(!text.contains("default/keyed"), "{text}");
+                        })
+                        .await
+                        .patch_status("default", "chat", |s| {
+                            assert_eq!(condition(s, "Accepted")["status"], "True");
+                            assert_eq!(condition(s, "ResolvedRefs")["status"], "True");
+                        })
+                        .await
+                        .events("default", &["Accepted", "ResolvedRefs"])
+                        .await
+                        .patch_status("default", "keyed", |s| {
+                            let a = condition(s, "Accepted");
+                            assert_eq!(a["status"], "False");
+                            assert_eq!(a["reason"], "UnresolvedRefs");
+                            let r = condition(s, "ResolvedRefs");
+                            assert_eq!(r["status"], "False");
+                            assert_eq!(r["reason"], "InvalidSecret");
+                            assert_eq!(
+                                r["message"],
+                                "spec.auth.jwt.providers[0].secretRef: key `pub.pem` of Secret default/jwt-keys: the PEM is not a public key usable with RS256"
+                            );
+                            let p = condition(s, "Programmed");
+                            assert_eq!(p["status"], "False");
+                            assert_eq!(p["reason"], "NotAccepted");
+                        })
+                        .await
+                        .events("default", &["UnresolvedRefs", "InvalidSecret"])
                         .await;
                 }
                 Scenario::Invalid => {

@@ -475,7 +475,7 @@ mod tests {
     }
 
     #[test]
-    fn a_short_hmac_secret_is_invalid_with_the_secret_ref_named() {
+    fn a_short_hmac_secret_is_an_invalid_secret_with_the_secret_ref_named() {
         let rt = route(
             "default",
             "chat",
@@ -483,14 +483,14 @@ mod tests {
         );
         let refs = refs().with_secret("default", "keys", "k", b"short");
         let p = plan(&base_config(), &[rt], &refs, NO_LIMITS);
-        let a = &p.routes["default/chat"].accepted;
-        assert_eq!(a.reason, reasons::INVALID);
-        assert!(
-            a.message
-                .starts_with("spec.auth.jwt.providers[0].secretRef: HMAC secrets"),
-            "{}",
-            a.message
+        let e = &p.routes["default/chat"];
+        assert_eq!(e.accepted.reason, reasons::UNRESOLVED_REFS);
+        assert_eq!(e.resolved_refs.reason, reasons::INVALID_SECRET);
+        assert_eq!(
+            e.resolved_refs.message,
+            "spec.auth.jwt.providers[0].secretRef: key `k` of Secret default/keys: HMAC secrets must be at least 32 bytes (this one has 5)"
         );
+        assert!(p.config.routes.is_empty());
     }
 
     #[test]
