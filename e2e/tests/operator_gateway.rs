@@ -670,7 +670,10 @@ async fn a_broken_jwt_key_keeps_only_its_route_out_and_the_others_keep_updating(
         .await
         .expect("create the broken route");
     let broken = wait_condition(&routes, "keyed", "ResolvedRefs", "False", "InvalidSecret").await;
-    timings.push(("broken route applied -> status says why", broken_at.elapsed()));
+    timings.push((
+        "broken route applied -> status says why",
+        broken_at.elapsed(),
+    ));
     let (_, _, why, _) = condition(&broken, "ResolvedRefs").expect("ResolvedRefs");
     assert_eq!(
         why,
@@ -678,7 +681,11 @@ async fn a_broken_jwt_key_keeps_only_its_route_out_and_the_others_keep_updating(
     );
     wait_condition(&routes, "keyed", "Accepted", "False", "UnresolvedRefs").await;
     wait_condition(&routes, "keyed", "Programmed", "False", "NotAccepted").await;
-    assert_eq!(keyed_refusal(public).await, Some(404), "kept out of the snapshot");
+    assert_eq!(
+        keyed_refusal(public).await,
+        Some(404),
+        "kept out of the snapshot"
+    );
 
     // --- 3. the good route keeps receiving edits and traffic -----------------------------
     let edited = Instant::now();
@@ -720,7 +727,10 @@ async fn a_broken_jwt_key_keeps_only_its_route_out_and_the_others_keep_updating(
     })
     .await;
     timings.push(("Secret fixed -> route served", fixed_at.elapsed()));
-    assert!(open(public, NEW_ORIGIN).await.is_ok(), "the good route still serves");
+    assert!(
+        open(public, NEW_ORIGIN).await.is_ok(),
+        "the good route still serves"
+    );
 
     eprintln!("\n== broken-key e2e timings (operator poll 250ms) ==");
     for (what, took) in &timings {

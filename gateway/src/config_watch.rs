@@ -54,7 +54,9 @@ impl ConfigWatch {
         }
         let result = parsed.map_err(|e| vec![e.to_string()]).and_then(|cfg| {
             let generation = cfg.generation;
-            self.gateway.apply(cfg).map(|failed| (generation, failed.len()))
+            self.gateway
+                .apply(cfg)
+                .map(|failed| (generation, failed.len()))
         });
         match result {
             Ok((generation, failed_routes)) => {

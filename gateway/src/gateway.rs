@@ -212,7 +212,9 @@ pub fn report_failures(failures: &[RouteFailure]) {
     let gauge = &metrics().route_compile_failures;
     gauge.reset();
     for f in failures {
-        gauge.with_label_values(&[&f.route, f.serving.label()]).set(1);
+        gauge
+            .with_label_values(&[&f.route, f.serving.label()])
+            .set(1);
         for problem in &f.problems {
             match f.serving {
                 crate::routes::Serving::LastGood { generation } => tracing::error!(

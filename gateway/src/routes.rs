@@ -386,7 +386,11 @@ mod tests {
             problems.iter().any(|p| p.contains("holds 12 bytes")),
             "{problems:?}"
         );
-        assert!(compile(route, &|_| Ok(vec![b'k'; 32])).failures().is_empty());
+        assert!(
+            compile(route, &|_| Ok(vec![b'k'; 32]))
+                .failures()
+                .is_empty()
+        );
     }
 
     /// The fixture RSA public key with its second half cut off (a bad copy into a Secret).
@@ -420,7 +424,9 @@ mod tests {
     fn a_route_that_never_compiled_answers_not_programmed_instead_of_a_shorter_route() {
         let routes = format!(
             "[{{name: root, path: {{value: /}}, proxy: {{backends: []}}}}, {}]",
-            broken_and_good(TRUNCATED_PEM).trim_start_matches('[').trim_end_matches(']')
+            broken_and_good(TRUNCATED_PEM)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
         );
         let t = compile(&routes, &no_files);
         assert!(matches!(

@@ -51,7 +51,11 @@ fn good_pem() -> String {
 
 /// The fixture public key with its second half cut off.
 fn truncated_pem() -> String {
-    good_pem().lines().take(3).map(|l| format!("{l}\n")).collect()
+    good_pem()
+        .lines()
+        .take(3)
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 async fn upgrade(gateway: &Gateway, path: &str, token: Option<&str>) -> RawResponse {

@@ -143,7 +143,12 @@ fn key_problem(rt: &RealtimeRoute, at: &str, text: &str) -> Option<String> {
     let algorithms = provider.algorithms.clone().unwrap_or_default();
     // Problems of shape (no algorithms, JSON that does not parse) are `compile`'s to report.
     let mut shape = Problems::default();
-    let sources = inline_keys(&format!("spec.auth.jwt.providers[{i}]"), text, &algorithms, &mut shape);
+    let sources = inline_keys(
+        &format!("spec.auth.jwt.providers[{i}]"),
+        text,
+        &algorithms,
+        &mut shape,
+    );
     sources
         .iter()
         .find_map(|source| switchboard_config::keys::check_source(source).err())

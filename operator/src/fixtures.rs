@@ -48,7 +48,11 @@ pub const RSA_PUB_PEM: &str = include_str!("../../gateway/tests/fixtures/keys/rs
 
 /// [`RSA_PUB_PEM`] with its second half cut off: what a bad copy into a Secret looks like.
 pub fn truncated_pem() -> String {
-    RSA_PUB_PEM.lines().take(3).map(|l| format!("{l}\n")).collect()
+    RSA_PUB_PEM
+        .lines()
+        .take(3)
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// A fixed "now" for condition timestamps.

@@ -761,7 +761,12 @@ mod tests {
             )
         };
         let refs = refs()
-            .with_secret("default", "broken-key", "pub.pem", truncated_pem().as_bytes())
+            .with_secret(
+                "default",
+                "broken-key",
+                "pub.pem",
+                truncated_pem().as_bytes(),
+            )
             .with_secret("default", "good-key", "pub.pem", RSA_PUB_PEM.as_bytes());
         let p = plan(
             &base_config(),
@@ -772,12 +777,17 @@ mod tests {
         let good = &p.routes["default/good"];
         assert!(good.accepted.ok, "{good:?}");
         let broken = &p.routes["default/broken"];
-        assert!(!broken.accepted.ok, "a truncated PEM is accepted: {broken:?}");
+        assert!(
+            !broken.accepted.ok,
+            "a truncated PEM is accepted: {broken:?}"
+        );
         assert_eq!(broken.accepted.reason, reasons::UNRESOLVED_REFS);
         assert_eq!(broken.resolved_refs.reason, reasons::INVALID_SECRET);
         let message = &broken.resolved_refs.message;
         assert!(
-            message.starts_with("spec.auth.jwt.providers[0].secretRef: key `pub.pem` of Secret default/broken-key"),
+            message.starts_with(
+                "spec.auth.jwt.providers[0].secretRef: key `pub.pem` of Secret default/broken-key"
+            ),
             "{message}"
         );
         assert!(message.contains("RS256"), "{message}");

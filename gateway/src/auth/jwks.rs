@@ -36,8 +36,8 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::http_client::redact_url;
-pub(crate) use switchboard_config::keys::parse_jwk;
 use switchboard_config::keys::VerifyKey;
+pub(crate) use switchboard_config::keys::parse_jwk;
 
 /// Largest JWKS document accepted.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -488,10 +488,10 @@ mod tests {
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
-    use jsonwebtoken::jwk::JwkSet;
-    use serde_json::json;
     use jsonwebtoken::DecodingKey;
     use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::jwk::JwkSet;
+    use serde_json::json;
     use switchboard_config::KeySource;
     use switchboard_config::keys::KeyKind;
     use tokio::net::TcpListener;

@@ -526,9 +526,9 @@ fn parse_header(token: &str) -> Result<TokenHeader, TokenError> {
 pub(crate) mod tests {
     use std::time::{SystemTime, UNIX_EPOCH};
 
+    use jsonwebtoken::jwk::Jwk;
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
-    use jsonwebtoken::jwk::Jwk;
     use switchboard_config::TokenSource;
 
     use super::*;
