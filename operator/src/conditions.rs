@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | `Accepted` | `Accepted` | `Invalid`, `Conflicted`, `Unsupported`, `UnresolvedRefs` |
 //! | `ResolvedRefs` | `ResolvedRefs` | `BackendNotFound`, `SecretNotFound`, `InvalidSecret` |
-//! | `Programmed` | `Programmed` | `Pending`, `NotAccepted` |
+//! | `Programmed` | `Programmed` | `Pending`, `NotAccepted`, `CompileFailed` |
 //! | `DrainFits` | `Fits` | `ExceedsGracePeriod` |
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -66,6 +66,12 @@ pub mod reasons {
     pub const PENDING: &str = "Pending";
     /// `Programmed=False`: the route is not accepted, so it is not in the snapshot.
     pub const NOT_ACCEPTED: &str = "NotAccepted";
+    /// `Programmed=False`: a gateway serving a snapshot with the route reports (`/status`
+    /// `routeFailures`) that it could not compile it; the message names the gateway and the
+    /// problem. The other routes are served. The operator checks keys and patterns with the
+    /// gateway's own code, so this means the gateway runs another version, or a file it reads
+    /// changed under it.
+    pub const COMPILE_FAILED: &str = "CompileFailed";
 
     /// `DrainFits=True`.
     pub const FITS: &str = "Fits";

@@ -160,7 +160,7 @@ pub fn desired_status(
 ) -> RealtimeRouteStatus {
     let since = since.filter(|_| plan.accepted.ok);
     let programmed = match since {
-        Some(s) => fleet.programmed(s),
+        Some(s) => fleet.programmed(s, &rt.key()),
         None => Verdict::no(
             reasons::NOT_ACCEPTED,
             "not in the gateway snapshot (see the Accepted condition)",

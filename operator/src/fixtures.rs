@@ -192,6 +192,7 @@ fn fleet_at(generation: u64) -> Fleet {
         Ok(GatewayStatus {
             generation,
             ready: true,
+            route_failures: Vec::new(),
         }),
     );
     Fleet {
