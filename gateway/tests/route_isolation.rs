@@ -171,3 +171,19 @@ async fn a_broken_key_file_keeps_only_its_route_out_and_reloads_fix_or_break_it_
     assert_eq!(ready, 200);
     close_normally(&mut live).await;
 }
+
+#[tokio::test]
+async fn check_mode_still_refuses_a_config_with_a_route_that_does_not_compile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("keyed.pub.pem");
+    std::fs::write(&key, truncated_pem()).expect("write the broken key");
+    let (status, out) = support::check_config(&config(free_port(), free_port(), 1, "/good", &key));
+    assert_eq!(status.code(), Some(64), "{out}");
+    assert!(
+        out.contains("routes[1].jwt.keys[0]") && out.contains("not a public key usable with RS256"),
+        "{out}"
+    );
+    std::fs::write(&key, good_pem()).expect("write the good key");
+    let (status, out) = support::check_config(&config(free_port(), free_port(), 1, "/good", &key));
+    assert!(status.success(), "{out}");
+}
