@@ -66,12 +66,14 @@ pub fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         (&http::Method::GET, "/status") => {
+            let routes = gw.routes.load();
             let body = serde_json::json!({
                 "generation": gw.config.load().generation,
                 "ready": gw.ready(),
                 "draining": gw.drain.is_draining(),
                 "connections": gw.drain.live(),
-                "routes": gw.routes.load().len(),
+                "routes": routes.len(),
+                "routeFailures": routes.failures(),
             });
             reply(StatusCode::OK, "application/json", body.to_string())
         }

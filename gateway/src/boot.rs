@@ -41,8 +41,10 @@ pub enum BootError {
 }
 
 /// Parse, validate and compile a config file (or the embedded default) — keys, certificates
-/// and routes included; binds nothing and connects to nothing.
-pub fn load(path: Option<&Path>) -> Result<GatewayConfig, BootError> {
+/// and routes included; binds nothing and connects to nothing. With `routes_must_compile`
+/// (`--check`) a route that does not compile is an error; otherwise the gateway starts
+/// without it and reports it ([`crate::routes::RouteTable::failures`]).
+pub fn load(path: Option<&Path>, routes_must_compile: bool) -> Result<GatewayConfig, BootError> {
     let text = match path {
         Some(p) => std::fs::read_to_string(p).map_err(|source| BootError::Read {
             path: p.display().to_string(),
@@ -51,8 +53,17 @@ pub fn load(path: Option<&Path>) -> Result<GatewayConfig, BootError> {
         None => EMBEDDED_DEFAULT.to_string(),
     };
     let cfg = GatewayConfig::from_yaml(&text).map_err(|e| BootError::Invalid(e.to_string()))?;
-    Gateway::new(cfg.clone(), Arc::new(MemoryBus::new()))
+    let gw = Gateway::new(cfg.clone(), Arc::new(MemoryBus::new()))
         .map_err(|p| BootError::Invalid(p.join("\n")))?;
+    let routes = gw.routes.load();
+    if routes_must_compile && !routes.failures().is_empty() {
+        let problems: Vec<&str> = routes
+            .failures()
+            .iter()
+            .flat_map(|f| f.problems.iter().map(String::as_str))
+            .collect();
+        return Err(BootError::Invalid(problems.join("\n")));
+    }
     Ok(cfg)
 }
 
@@ -131,6 +142,7 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
     )?;
     let bus = make_bus(&cfg)?;
     let gw = Gateway::new(cfg.clone(), bus).map_err(|p| BootError::Invalid(p.join("\n")))?;
+    crate::gateway::report_failures(gw.routes.load().failures());
     crate::rooms::bus::block_on(crate::gateway::configure_bus(&gw.hub, gw.namespaces()));
     let conf = ServerConf {
         threads: opts.threads.max(1),

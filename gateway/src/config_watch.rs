@@ -1,6 +1,7 @@
 //! Hot reload: the config file and every file it refers to are polled; when any changed, the
-//! document is parsed, validated and compiled, and only a fully good one is swapped in. A bad
-//! reload keeps the last good config running and logs why.
+//! document is parsed, validated and compiled, then swapped in. A document that does not parse
+//! or validate keeps the last good config running and logs why; a route that does not compile
+//! is reported on its own while every other route applies ([`Gateway::apply`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -53,14 +54,17 @@ impl ConfigWatch {
         }
         let result = parsed.map_err(|e| vec![e.to_string()]).and_then(|cfg| {
             let generation = cfg.generation;
-            self.gateway.apply(cfg).map(|()| generation)
+            self.gateway
+                .apply(cfg)
+                .map(|failed| (generation, failed.len()))
         });
         match result {
-            Ok(generation) => {
+            Ok((generation, failed_routes)) => {
                 metrics().config_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(
                     generation,
                     routes = self.gateway.routes.load().len(),
+                    failed_routes,
                     "config reloaded"
                 );
             }

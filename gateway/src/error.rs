@@ -23,6 +23,8 @@ pub enum Refusal {
     BadRequestBody,
     #[error("no route for this host and path")]
     NoRoute,
+    #[error("route not programmed")]
+    RouteNotProgrammed,
     #[error("origin not allowed")]
     OriginNotAllowed,
     #[error("token missing")]
@@ -67,6 +69,7 @@ impl Refusal {
         match self {
             Self::BadRequest(_) | Self::BadRequestBody => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::RouteNotProgrammed => StatusCode::SERVICE_UNAVAILABLE,
             Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::TokenMissing | Self::TokenInvalid(_) => StatusCode::UNAUTHORIZED,
             Self::PerIpCap | Self::PerUserCap | Self::PerIpRate => StatusCode::TOO_MANY_REQUESTS,
@@ -89,6 +92,7 @@ impl Refusal {
             Self::BadRequest(_) => "bad_request",
             Self::BadRequestBody => "bad_request_body",
             Self::NoRoute => "no_route",
+            Self::RouteNotProgrammed => "route_not_programmed",
             Self::OriginNotAllowed => "origin",
             Self::TokenMissing => "token_missing",
             Self::TokenInvalid(_) => "token_invalid",
@@ -114,7 +118,7 @@ impl Refusal {
     pub fn side(&self) -> Side {
         match self {
             Self::NoBackend | Self::BackendUnreachable | Self::BackendTimeout => Side::Upstream,
-            Self::PodCap | Self::Draining => Side::Internal,
+            Self::PodCap | Self::Draining | Self::RouteNotProgrammed => Side::Internal,
             _ => Side::Downstream,
         }
     }
@@ -123,7 +127,9 @@ impl Refusal {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::PerIpRate => Some(Duration::from_secs(1)),
-            Self::PerIpCap | Self::PerUserCap => Some(Duration::from_secs(5)),
+            Self::PerIpCap | Self::PerUserCap | Self::RouteNotProgrammed => {
+                Some(Duration::from_secs(5))
+            }
             Self::PodCap | Self::NoBackend | Self::BusUnavailable => Some(Duration::from_secs(2)),
             Self::Draining => Some(Duration::from_secs(1)),
             _ => None,
@@ -262,6 +268,10 @@ pub fn table() -> Vec<Row> {
             Refusal::BadRequestBody,
         ),
         ("no route matches host + path", Refusal::NoRoute),
+        (
+            "the matching route is configured but has never compiled (e.g. a bad JWT key; `/status` `routeFailures` says why)",
+            Refusal::RouteNotProgrammed,
+        ),
         (
             "Origin not in the route's allow-list (or null/missing when not allowed)",
             Refusal::OriginNotAllowed,

@@ -1,6 +1,7 @@
 //! The running gateway's shared state and the one place a config document becomes live:
-//! compile everything first, then swap atomically. A document that fails to compile changes
-//! nothing (the last good config keeps serving).
+//! compile everything first, then swap atomically. A document whose listeners do not load
+//! changes nothing (the last good config keeps serving); a route that does not compile is
+//! reported and skipped (or keeps its last good version) while every other route applies.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use crate::proxy::backends::BackendRegistry;
 use crate::rooms::bus::{Bus, Retention};
 use crate::rooms::hooks::Hooks;
 use crate::rooms::hub::Hub;
-use crate::routes::{CompileContext, RouteTable};
+use crate::routes::{CompileContext, RouteFailure, RouteTable};
 use crate::tls::{CertSet, Resolver};
 
 /// Everything the listeners, admin endpoints and background services share.
@@ -52,7 +53,8 @@ pub fn read_file(path: &str) -> std::io::Result<Vec<u8>> {
 }
 
 impl Gateway {
-    /// Compile `cfg` (keys, certificates, routes) or report every problem.
+    /// Compile `cfg` (keys, certificates, routes). Certificate problems are errors; routes
+    /// that do not compile are left out and reported ([`RouteTable::failures`]).
     pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>) -> Result<Arc<Self>, Vec<String>> {
         let jwks = JwksRegistry::new();
         let admission = AdmissionRegistry::default();
@@ -65,7 +67,8 @@ impl Gateway {
                 backends: &backends,
                 read_file: &read_file,
             },
-        )?;
+            None,
+        );
         let mut tls = HashMap::new();
         let mut problems = Vec::new();
         for (i, l) in cfg.listeners.iter().enumerate() {
@@ -106,9 +109,12 @@ impl Gateway {
         }))
     }
 
-    /// Apply a reloaded document: compile first, swap only when everything compiled.
+    /// Apply a reloaded document: compile first, then swap. Refused (nothing changes) only
+    /// when a TLS certificate does not load; routes that do not compile are skipped or keep
+    /// their last good version, and are returned (also logged and counted).
     /// Listener and admin changes need a restart (sockets are bound once); they are reported.
-    pub fn apply(&self, cfg: GatewayConfig) -> Result<(), Vec<String>> {
+    pub fn apply(&self, cfg: GatewayConfig) -> Result<Vec<RouteFailure>, Vec<String>> {
+        let previous = self.routes.load();
         let routes = RouteTable::compile(
             &cfg,
             &CompileContext {
@@ -117,7 +123,8 @@ impl Gateway {
                 backends: &self.backends,
                 read_file: &read_file,
             },
-        )?;
+            Some(&previous),
+        );
         let mut certs = Vec::new();
         let mut problems = Vec::new();
         for (i, l) in cfg.listeners.iter().enumerate() {
@@ -149,6 +156,8 @@ impl Gateway {
         }
         self.pod.set_max(cfg.limits.max_connections);
         metrics().config_generation.set(cfg.generation as i64);
+        report_failures(routes.failures());
+        let failures = routes.failures().to_vec();
         self.routes.store(Arc::new(routes));
         self.config.store(Arc::new(cfg));
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -156,7 +165,7 @@ impl Gateway {
             let namespaces = self.namespaces();
             tokio::spawn(async move { configure_bus(&hub, namespaces).await });
         }
-        Ok(())
+        Ok(failures)
     }
 
     /// Every rooms namespace and its retention, from the live routes.
@@ -194,6 +203,33 @@ impl Gateway {
             && !self.drain.is_draining()
             && self.jwks.all_loaded()
             && self.hub.bus().healthy()
+    }
+}
+
+/// Logs each route that did not compile (one ERROR line per problem, once per applied
+/// document) and sets `switchboard_route_compile_failures{route,serving}` to exactly these.
+pub fn report_failures(failures: &[RouteFailure]) {
+    let gauge = &metrics().route_compile_failures;
+    gauge.reset();
+    for f in failures {
+        gauge
+            .with_label_values(&[&f.route, f.serving.label()])
+            .set(1);
+        for problem in &f.problems {
+            match f.serving {
+                crate::routes::Serving::LastGood { generation } => tracing::error!(
+                    route = %f.route,
+                    %problem,
+                    last_good_generation = generation,
+                    "route not compiled; its last good version keeps serving, the other routes apply"
+                ),
+                crate::routes::Serving::None => tracing::error!(
+                    route = %f.route,
+                    %problem,
+                    "route not compiled; it answers 503 route_not_programmed, the other routes apply"
+                ),
+            }
+        }
     }
 }
 

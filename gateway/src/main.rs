@@ -56,7 +56,7 @@ fn main() -> ExitCode {
 
     let loaded = match &args.kube_snapshot {
         Some(_) => kubernetes::bootstrap(args.config.as_deref()),
-        None => boot::load(args.config.as_deref()),
+        None => boot::load(args.config.as_deref(), args.check),
     };
     if args.check {
         return match loaded {

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// `switchboard_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
+    /// `switchboard_route_compile_failures{route,serving}`: 1 for each route of the live
+    /// document that did not compile; serving = last_good | none. Only failing routes have a
+    /// series, so the cardinality is at most the number of configured routes.
+    pub route_compile_failures: IntGaugeVec,
     /// `switchboard_jwks_fetches_total{result}`
     pub jwks_fetches: IntCounterVec,
     /// `switchboard_http_requests_total{route,status}` for proxied plain HTTP
@@ -135,7 +139,19 @@ impl Metrics {
         registry
             .register(Box::new(backends.clone()))
             .expect("metric registered once");
+        let route_compile_failures = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_route_compile_failures",
+                "Routes of the live config that did not compile (1 each), by what serves them meanwhile",
+            ),
+            &["route", "serving"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(route_compile_failures.clone()))
+            .expect("metric registered once");
         Self {
+            route_compile_failures,
             handshake_timeouts: counter_vec(
                 &registry,
                 "switchboard_handshake_timeouts_total",

@@ -24,7 +24,7 @@ use crate::gateway::Gateway;
 use crate::metrics::metrics;
 use crate::proxy::identity::{self, identity_from_claims};
 use crate::proxy::upstream::{Handshake, open_websocket};
-use crate::routes::CompiledRoute;
+use crate::routes::{CompiledRoute, Matched};
 use crate::tunnel::relay::{self, DirCounters, TunnelLimits};
 
 /// Response body type of the edge listener.
@@ -299,13 +299,25 @@ async fn route_and_admit(
         }
     };
     let table = gw.routes.load_full();
-    let Some(route) = table.lookup(host.as_deref(), req.uri().path()) else {
-        if !span.is_disabled() {
-            span.record("transport", transport(&req, false));
+    let route = match table.lookup(host.as_deref(), req.uri().path()) {
+        Some(Matched::Route(route)) => route,
+        missing => {
+            // No route, or one that never compiled: refused before anything else is looked at,
+            // so a broken route's requests never reach a shorter route's backends.
+            let (name, refusal) = match missing {
+                Some(Matched::NotProgrammed(name)) => (name, Refusal::RouteNotProgrammed),
+                _ => (String::new(), Refusal::NoRoute),
+            };
+            if !span.is_disabled() {
+                if !name.is_empty() {
+                    span.record("route", name.as_str());
+                }
+                span.record("transport", transport(&req, false));
+            }
+            span.record("outcome", "refused");
+            span.record("reason", refusal.label());
+            return refuse(&name, refusal);
         }
-        span.record("outcome", "refused");
-        span.record("reason", Refusal::NoRoute.label());
-        return refuse("", Refusal::NoRoute);
     };
     let name = route.cfg.name.clone();
     // Nothing is computed for the span when tracing is off.

@@ -129,6 +129,31 @@ pub fn referenced_service(rt: &RealtimeRoute) -> Option<(String, String)> {
     rt.spec.backend.as_ref().map(|b| (ns, b.name.clone()))
 }
 
+/// Why the JWT key material `text` from the Secret at `at` would not load in a gateway, if it
+/// would not: it is turned into key sources exactly as [`compile`] does, and each is parsed by
+/// the config crate's key parser, the one the gateway builds its verifiers with (a truncated
+/// PEM, a private key, a short HMAC secret, a JWK whose `kty` lies...). `None` for other refs.
+fn key_problem(rt: &RealtimeRoute, at: &str, text: &str) -> Option<String> {
+    let jwt = rt.spec.auth.as_ref()?.jwt.as_ref()?;
+    let (i, provider) = jwt
+        .providers
+        .iter()
+        .enumerate()
+        .find(|(i, _)| at == format!("spec.auth.jwt.providers[{i}].secretRef"))?;
+    let algorithms = provider.algorithms.clone().unwrap_or_default();
+    // Problems of shape (no algorithms, JSON that does not parse) are `compile`'s to report.
+    let mut shape = Problems::default();
+    let sources = inline_keys(
+        &format!("spec.auth.jwt.providers[{i}]"),
+        text,
+        &algorithms,
+        &mut shape,
+    );
+    sources
+        .iter()
+        .find_map(|source| switchboard_config::keys::check_source(source).err())
+}
+
 /// Look up the backend Service (and its port) and every Secret key the route names.
 pub fn resolve(rt: &RealtimeRoute, refs: &Refs) -> Resolution {
     let ns = rt.metadata.namespace.clone().unwrap_or_default();
@@ -145,6 +170,15 @@ pub fn resolve(rt: &RealtimeRoute, refs: &Refs) -> Resolution {
                 )),
                 Some(bytes) => match String::from_utf8(bytes.clone()) {
                     Ok(text) => {
+                        if let Some(why) = key_problem(rt, &at, &text) {
+                            if secret_problems.is_empty() {
+                                secret_reason = reasons::INVALID_SECRET;
+                            }
+                            secret_problems.push(format!(
+                                "{at}: key `{}` of Secret {ns}/{}: {why}",
+                                r.key, r.name
+                            ));
+                        }
                         material.insert((r.name.clone(), r.key.clone()), text);
                     }
                     Err(_) => {
@@ -473,57 +507,15 @@ fn compile_jwt(
     Some(jwt)
 }
 
-/// The room characters: what a room name is made of (`A-Z a-z 0-9 : _ @ + = -`).
-fn room_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b":_@+=-".contains(&b)
-}
-
-/// Why `pattern` is not a room pattern, if it is not one: the gateway's grammar (room
-/// characters, `*` never twice in a row, `{claim}` with a claim name of `A-Z a-z 0-9 _`),
-/// checked here so a bad pattern is refused on its route instead of breaking the snapshot.
+/// Why `pattern` is not a room pattern, if it is not one: the schema's length bound, then the
+/// gateway's own grammar ([`switchboard_config::room::Pattern`], the one parser the config
+/// validator and the gateway's rooms authorization use), checked here so a bad pattern is
+/// refused on its route instead of breaking the snapshot.
 pub fn room_pattern_problem(pattern: &str) -> Option<String> {
-    if pattern.is_empty() {
-        return Some("an empty room pattern matches nothing".into());
-    }
     if pattern.len() > 256 {
         return Some("at most 256 characters".into());
     }
-    let bytes = pattern.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'*' if i > 0 && bytes[i - 1] == b'*' => {
-                return Some(format!(
-                    "`{pattern}`: `**` is not allowed (`*` already matches one or more characters)"
-                ));
-            }
-            b'*' => i += 1,
-            b'{' => {
-                let Some(len) = pattern[i + 1..].find('}') else {
-                    return Some(format!("`{pattern}`: `{{` without its `}}`"));
-                };
-                let claim = &pattern[i + 1..i + 1 + len];
-                if claim.is_empty()
-                    || !claim
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                {
-                    return Some(format!(
-                        "`{pattern}`: `{{...}}` must name a claim, like `{{sub}}`"
-                    ));
-                }
-                i += len + 2;
-            }
-            b if room_char(b) => i += 1,
-            _ => {
-                let c = pattern[i..].chars().next().unwrap_or('?');
-                return Some(format!(
-                    "`{pattern}`: `{c}` cannot appear in a room pattern (use A-Z a-z 0-9 : _ @ + = -, `*` and `{{claim}}`)"
-                ));
-            }
-        }
-    }
-    None
+    switchboard_config::room::Pattern::parse(pattern).err()
 }
 
 /// Whether the request path `path` is served by the route's path match.
@@ -1498,13 +1490,17 @@ drain: {window: 20s, closeCode: 4001, closeReason: bye}
                 .with_secret("default", "keys", "k", &[0xff, 0xfe]),
         );
         assert_eq!(r.verdict.reason, reasons::INVALID_SECRET);
-        let r = resolve(&rt, &refs.with_secret("default", "keys", "k", b"text"));
+        let secret = "0123456789abcdef0123456789abcdef";
+        let r = resolve(
+            &rt,
+            &refs.with_secret("default", "keys", "k", secret.as_bytes()),
+        );
         assert!(r.verdict.ok);
         assert_eq!(
             r.material
                 .get(&("keys".into(), "k".into()))
                 .map(String::as_str),
-            Some("text")
+            Some(secret)
         );
     }
 

@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | `Accepted` | `Accepted` | `Invalid`, `Conflicted`, `Unsupported`, `UnresolvedRefs` |
 //! | `ResolvedRefs` | `ResolvedRefs` | `BackendNotFound`, `SecretNotFound`, `InvalidSecret` |
-//! | `Programmed` | `Programmed` | `Pending`, `NotAccepted` |
+//! | `Programmed` | `Programmed` | `Pending`, `NotAccepted`, `CompileFailed` |
 //! | `DrainFits` | `Fits` | `ExceedsGracePeriod` |
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -41,7 +41,8 @@ pub mod reasons {
     /// `drain.reconnectHint`).
     pub const UNSUPPORTED: &str = "Unsupported";
     /// `Accepted=False`: a Secret the route needs (JWT key, signature secret) is missing or
-    /// unusable, so the route is kept out of the gateways rather than served without it.
+    /// unusable (see `ResolvedRefs` for which and why), so the route is kept out of the
+    /// gateways rather than served without it.
     pub const UNRESOLVED_REFS: &str = "UnresolvedRefs";
 
     /// `ResolvedRefs=True`.
@@ -51,7 +52,12 @@ pub mod reasons {
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     /// `ResolvedRefs=False`: a referenced Secret or key does not exist.
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
-    /// `ResolvedRefs=False`: the Secret key exists but is not usable (not UTF-8 text).
+    /// `ResolvedRefs=False`: the Secret key exists but is not usable: not UTF-8 text, or JWT
+    /// key material the gateways would refuse (a truncated or private PEM, a JWK that does not
+    /// parse, an RSA key outside 2048-4096 bits, an HMAC secret under 32 bytes). Checked with
+    /// the gateways' own key parser (`switchboard_config::keys`); the message names the Secret,
+    /// the key and the problem. The route is kept out (`Accepted=False`, `UnresolvedRefs`);
+    /// every other route is still programmed.
     pub const INVALID_SECRET: &str = "InvalidSecret";
 
     /// `Programmed=True`: every ready gateway reports a snapshot generation that has the route.
@@ -60,6 +66,12 @@ pub mod reasons {
     pub const PENDING: &str = "Pending";
     /// `Programmed=False`: the route is not accepted, so it is not in the snapshot.
     pub const NOT_ACCEPTED: &str = "NotAccepted";
+    /// `Programmed=False`: a gateway serving a snapshot with the route reports (`/status`
+    /// `routeFailures`) that it could not compile it; the message names the gateway and the
+    /// problem. The other routes are served. The operator checks keys and patterns with the
+    /// gateway's own code, so this means the gateway runs another version, or a file it reads
+    /// changed under it.
+    pub const COMPILE_FAILED: &str = "CompileFailed";
 
     /// `DrainFits=True`.
     pub const FITS: &str = "Fits";

@@ -160,7 +160,7 @@ pub fn desired_status(
 ) -> RealtimeRouteStatus {
     let since = since.filter(|_| plan.accepted.ok);
     let programmed = match since {
-        Some(s) => fleet.programmed(s),
+        Some(s) => fleet.programmed(s, &rt.key()),
         None => Verdict::no(
             reasons::NOT_ACCEPTED,
             "not in the gateway snapshot (see the Accepted condition)",
@@ -846,6 +846,17 @@ mod tests {
         let (ctx, server) = test_context();
         let world = world_for(Scenario::MissingRefs);
         let mock = server.run(Scenario::MissingRefs);
+        reconcile(&ctx, &world, crate::fixtures::now())
+            .await
+            .unwrap();
+        timeout_after_1s(mock).await;
+    }
+
+    #[tokio::test]
+    async fn a_truncated_pem_keeps_only_its_route_out_with_the_reason() {
+        let (ctx, server) = test_context();
+        let world = world_for(Scenario::BrokenKey);
+        let mock = server.run(Scenario::BrokenKey);
         reconcile(&ctx, &world, crate::fixtures::now())
             .await
             .unwrap();

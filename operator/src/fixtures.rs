@@ -43,6 +43,18 @@ pub fn base_config() -> GatewayConfig {
     GatewayConfig::from_yaml(BASE_YAML).unwrap()
 }
 
+/// The gateway's fixture RSA public key (PEM), for routes that take a key from a Secret.
+pub const RSA_PUB_PEM: &str = include_str!("../../gateway/tests/fixtures/keys/rsa.pub.pem");
+
+/// [`RSA_PUB_PEM`] with its second half cut off: what a bad copy into a Secret looks like.
+pub fn truncated_pem() -> String {
+    RSA_PUB_PEM
+        .lines()
+        .take(3)
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// A fixed "now" for condition timestamps.
 pub fn now() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap()
@@ -110,6 +122,10 @@ pub enum Scenario {
     MissingRefs,
     /// A route with a bad origin pattern: `Invalid`, the snapshot is created without it.
     Invalid,
+    /// Two routes, one whose JWT key Secret holds a truncated PEM: only that one is
+    /// `Accepted=False` (`UnresolvedRefs`, `ResolvedRefs=False` `InvalidSecret` saying why) and
+    /// left out of the snapshot; the other is accepted and in it.
+    BrokenKey,
     /// The only route was deleted: the snapshot is replaced without it, generation 2.
     Deleted,
     /// Snapshot and status already as desired: one read, no write.
@@ -176,6 +192,7 @@ fn fleet_at(generation: u64) -> Fleet {
         Ok(GatewayStatus {
             generation,
             ready: true,
+            route_failures: Vec::new(),
         }),
     );
     Fleet {
@@ -245,6 +262,23 @@ pub fn world_for(scenario: Scenario) -> World {
                 ),
             ],
             refs: services(),
+            fleet: empty_fleet,
+        },
+        Scenario::BrokenKey => World {
+            routes: vec![
+                route("default", "chat", CHAT),
+                route(
+                    "default",
+                    "keyed",
+                    "path: {value: /keyed}\nbackend: {name: chat, port: 80}\nauth: {jwt: {providers: [{name: idp, secretRef: {name: jwt-keys, key: pub.pem}, algorithms: [RS256]}]}}",
+                ),
+            ],
+            refs: services().with_secret(
+                "default",
+                "jwt-keys",
+                "pub.pem",
+                truncated_pem().as_bytes(),
+            ),
             fleet: empty_fleet,
         },
         Scenario::Invalid => World {
@@ -434,6 +468,40 @@ impl ApiServerVerifier {
                         })
                         .await
                         .events("default", &["UnresolvedRefs", "SecretNotFound"])
+                        .await;
+                }
+                Scenario::BrokenKey => {
+                    self.get_snapshot(None)
+                        .await
+                        .create_snapshot(|text| {
+                            assert!(text.contains("name: default/chat"), "{text}");
+                            assert!(!text.contains("default/keyed"), "{text}");
+                        })
+                        .await
+                        .patch_status("default", "chat", |s| {
+                            assert_eq!(condition(s, "Accepted")["status"], "True");
+                            assert_eq!(condition(s, "ResolvedRefs")["status"], "True");
+                        })
+                        .await
+                        .events("default", &["Accepted", "ResolvedRefs"])
+                        .await
+                        .patch_status("default", "keyed", |s| {
+                            let a = condition(s, "Accepted");
+                            assert_eq!(a["status"], "False");
+                            assert_eq!(a["reason"], "UnresolvedRefs");
+                            let r = condition(s, "ResolvedRefs");
+                            assert_eq!(r["status"], "False");
+                            assert_eq!(r["reason"], "InvalidSecret");
+                            assert_eq!(
+                                r["message"],
+                                "spec.auth.jwt.providers[0].secretRef: key `pub.pem` of Secret default/jwt-keys: the PEM is not a public key usable with RS256"
+                            );
+                            let p = condition(s, "Programmed");
+                            assert_eq!(p["status"], "False");
+                            assert_eq!(p["reason"], "NotAccepted");
+                        })
+                        .await
+                        .events("default", &["UnresolvedRefs", "InvalidSecret"])
                         .await;
                 }
                 Scenario::Invalid => {

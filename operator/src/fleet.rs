@@ -1,8 +1,9 @@
 //! What the gateways have loaded, and from that the `Programmed` condition.
 //!
 //! Contract with the gateways: each gateway pod answers `GET /status` on its admin port with
-//! JSON `{"generation": <u64>, "ready": <bool>}`: the snapshot generation it is serving and
-//! whether it has synced. The operator finds the pods through the EndpointSlices of the gateway
+//! JSON `{"generation": <u64>, "ready": <bool>, "routeFailures": [{"route", "problems"}]}`: the
+//! snapshot generation it is serving, whether it has synced, and the routes of it that it could
+//! not compile (`CompileFailed`; absent from older gateways). The operator finds the pods through the EndpointSlices of the gateway
 //! admin Service (`--gateway-admin-service namespace/name`, port named by
 //! `--gateway-admin-port-name`, default `admin`) or through fixed `--gateway-status-url`s, and
 //! polls them. A route is `Programmed` when every ready endpoint answers with `ready: true` and
@@ -23,12 +24,25 @@ use crate::compile::Verdict;
 use crate::conditions::reasons;
 
 /// What one gateway says on `GET /status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayStatus {
     /// The snapshot generation it serves.
     pub generation: u64,
     /// Whether it has synced (its `/readyz` is OK).
     pub ready: bool,
+    /// Routes of that generation it could not compile (absent from older gateways).
+    #[serde(default, rename = "routeFailures")]
+    pub route_failures: Vec<GatewayRouteFailure>,
+}
+
+/// One entry of a gateway's `/status` `routeFailures`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayRouteFailure {
+    /// The route's name in the snapshot (`namespace/name`).
+    pub route: String,
+    /// Why, with the snapshot field path.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 /// The latest poll of every known gateway, keyed by its status URL.
@@ -50,8 +64,11 @@ impl Fleet {
             .unwrap_or(0)
     }
 
-    /// The `Programmed` verdict for a route first carried by snapshot generation `since`.
-    pub fn programmed(&self, since: u64) -> Verdict {
+    /// The `Programmed` verdict for route `route` first carried by snapshot generation `since`.
+    /// A gateway at that generation or later that reports it could not compile the route makes
+    /// it `CompileFailed` (the operator's own checks should have kept such a route out; this
+    /// catches a gateway of another version, or a key file changed under it).
+    pub fn programmed(&self, since: u64, route: &str) -> Verdict {
         if !self.configured {
             return Verdict::no(
                 reasons::PENDING,
@@ -62,6 +79,24 @@ impl Fleet {
             return Verdict::no(reasons::PENDING, "no ready gateway pods found");
         }
         let total = self.gateways.len();
+        let failed: Vec<String> = self
+            .gateways
+            .iter()
+            .filter_map(|(url, r)| {
+                let s = r.as_ref().ok().filter(|s| s.generation >= since)?;
+                let f = s.route_failures.iter().find(|f| f.route == route)?;
+                Some(format!("{url}: {}", f.problems.join("; ")))
+            })
+            .collect();
+        if let Some(first) = failed.first() {
+            return Verdict::no(
+                reasons::COMPILE_FAILED,
+                format!(
+                    "{} of {total} gateways cannot compile this route; {first}",
+                    failed.len()
+                ),
+            );
+        }
         let mut behind = Vec::new();
         for (url, r) in &self.gateways {
             match r {
@@ -195,8 +230,12 @@ mod tests {
                 .map(|(u, r)| {
                     (
                         u.to_string(),
-                        r.map(|(generation, ready)| GatewayStatus { generation, ready })
-                            .map_err(str::to_owned),
+                        r.map(|(generation, ready)| GatewayStatus {
+                            generation,
+                            ready,
+                            route_failures: Vec::new(),
+                        })
+                        .map_err(str::to_owned),
                     )
                 })
                 .collect(),
@@ -206,7 +245,7 @@ mod tests {
     #[test]
     fn programmed_when_every_gateway_is_ready_at_or_past_the_needed_generation() {
         let f = fleet(&[("a", Ok((5, true))), ("b", Ok((7, true)))]);
-        let v = f.programmed(5);
+        let v = f.programmed(5, "ns/r");
         assert!(v.ok, "{v:?}");
         assert_eq!(v.reason, reasons::PROGRAMMED);
         assert!(v.message.starts_with("2 of 2"), "{}", v.message);
@@ -218,7 +257,7 @@ mod tests {
             ("http://10.0.0.1:9090/status", Ok((4, true))),
             ("b", Ok((5, true))),
         ]);
-        let v = f.programmed(5);
+        let v = f.programmed(5, "ns/r");
         assert!(!v.ok);
         assert_eq!(v.reason, reasons::PENDING);
         assert!(v.message.contains("1 of 2"), "{}", v.message);
@@ -227,19 +266,57 @@ mod tests {
     }
 
     #[test]
+    fn a_route_a_gateway_cannot_compile_is_compile_failed_and_only_that_route() {
+        let mut f = fleet(&[("a", Ok((5, true))), ("b", Ok((5, true)))]);
+        if let Some(Ok(s)) = f.gateways.get_mut("b") {
+            s.route_failures.push(GatewayRouteFailure {
+                route: "apps/keyed".into(),
+                problems: vec![
+                    "routes[1].jwt.keys[0]: the PEM is not a public key usable with RS256".into(),
+                ],
+            });
+        }
+        let v = f.programmed(5, "apps/keyed");
+        assert!(!v.ok);
+        assert_eq!(v.reason, reasons::COMPILE_FAILED);
+        assert_eq!(
+            v.message,
+            "1 of 2 gateways cannot compile this route; b: routes[1].jwt.keys[0]: the PEM is not a public key usable with RS256"
+        );
+        assert!(
+            f.programmed(5, "apps/chat").ok,
+            "the other routes are programmed"
+        );
+        // A failure reported for an older generation is a gateway that is behind, not a verdict.
+        let v = f.programmed(6, "apps/keyed");
+        assert_eq!(v.reason, reasons::PENDING);
+    }
+
+    #[test]
+    fn a_status_without_route_failures_parses_as_none() {
+        let s: GatewayStatus = serde_json::from_str(r#"{"generation": 3, "ready": true}"#).unwrap();
+        assert!(s.route_failures.is_empty());
+        let s: GatewayStatus = serde_json::from_str(
+            r#"{"generation": 3, "ready": true, "routes": 2, "routeFailures": [{"route": "a/b", "problems": ["x"], "serving": "none"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.route_failures[0].route, "a/b");
+    }
+
+    #[test]
     fn pending_while_a_gateway_is_unready_or_silent() {
-        assert!(!fleet(&[("a", Ok((9, false)))]).programmed(1).ok);
-        let v = fleet(&[("a", Err("connection refused"))]).programmed(1);
+        assert!(!fleet(&[("a", Ok((9, false)))]).programmed(1, "ns/r").ok);
+        let v = fleet(&[("a", Err("connection refused"))]).programmed(1, "ns/r");
         assert!(!v.ok);
         assert!(v.message.contains("connection refused"), "{}", v.message);
     }
 
     #[test]
     fn pending_with_no_gateways_or_no_discovery() {
-        let v = fleet(&[]).programmed(1);
+        let v = fleet(&[]).programmed(1, "ns/r");
         assert_eq!(v.reason, reasons::PENDING);
         assert!(v.message.contains("no ready gateway"), "{}", v.message);
-        let v = Fleet::default().programmed(1);
+        let v = Fleet::default().programmed(1, "ns/r");
         assert!(
             v.message.contains("--gateway-admin-service"),
             "{}",
@@ -333,7 +410,8 @@ mod tests {
             got,
             Ok(GatewayStatus {
                 generation: 12,
-                ready: true
+                ready: true,
+                route_failures: Vec::new(),
             })
         );
     }

@@ -475,7 +475,7 @@ mod tests {
     }
 
     #[test]
-    fn a_short_hmac_secret_is_invalid_with_the_secret_ref_named() {
+    fn a_short_hmac_secret_is_an_invalid_secret_with_the_secret_ref_named() {
         let rt = route(
             "default",
             "chat",
@@ -483,14 +483,14 @@ mod tests {
         );
         let refs = refs().with_secret("default", "keys", "k", b"short");
         let p = plan(&base_config(), &[rt], &refs, NO_LIMITS);
-        let a = &p.routes["default/chat"].accepted;
-        assert_eq!(a.reason, reasons::INVALID);
-        assert!(
-            a.message
-                .starts_with("spec.auth.jwt.providers[0].secretRef: HMAC secrets"),
-            "{}",
-            a.message
+        let e = &p.routes["default/chat"];
+        assert_eq!(e.accepted.reason, reasons::UNRESOLVED_REFS);
+        assert_eq!(e.resolved_refs.reason, reasons::INVALID_SECRET);
+        assert_eq!(
+            e.resolved_refs.message,
+            "spec.auth.jwt.providers[0].secretRef: key `k` of Secret default/keys: HMAC secrets must be at least 32 bytes (this one has 5)"
         );
+        assert!(p.config.routes.is_empty());
     }
 
     #[test]
@@ -746,5 +746,53 @@ mod tests {
         let p = plan(&base_config(), &routes, &refs(), NO_LIMITS);
         assert_eq!(validate(&p.config), vec![]);
         assert!(GatewayConfig::from_yaml(&p.config.to_yaml()).is_ok());
+    }
+
+    #[test]
+    fn a_truncated_pem_in_a_secret_keeps_only_its_route_out_with_the_reason() {
+        use crate::fixtures::{RSA_PUB_PEM, truncated_pem};
+        let with_key = |name: &str, path: &str| {
+            route(
+                "default",
+                name,
+                &format!(
+                    "path: {{value: {path}}}\nbackend: {{name: chat, port: 80}}\nauth: {{jwt: {{providers: [{{name: idp, secretRef: {{name: {name}-key, key: pub.pem}}, algorithms: [RS256]}}]}}}}"
+                ),
+            )
+        };
+        let refs = refs()
+            .with_secret(
+                "default",
+                "broken-key",
+                "pub.pem",
+                truncated_pem().as_bytes(),
+            )
+            .with_secret("default", "good-key", "pub.pem", RSA_PUB_PEM.as_bytes());
+        let p = plan(
+            &base_config(),
+            &[with_key("broken", "/broken"), with_key("good", "/good")],
+            &refs,
+            NO_LIMITS,
+        );
+        let good = &p.routes["default/good"];
+        assert!(good.accepted.ok, "{good:?}");
+        let broken = &p.routes["default/broken"];
+        assert!(
+            !broken.accepted.ok,
+            "a truncated PEM is accepted: {broken:?}"
+        );
+        assert_eq!(broken.accepted.reason, reasons::UNRESOLVED_REFS);
+        assert_eq!(broken.resolved_refs.reason, reasons::INVALID_SECRET);
+        let message = &broken.resolved_refs.message;
+        assert!(
+            message.starts_with(
+                "spec.auth.jwt.providers[0].secretRef: key `pub.pem` of Secret default/broken-key"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("RS256"), "{message}");
+        assert!(broken.compiled.is_none());
+        let names: Vec<_> = p.config.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["default/good"]);
     }
 }

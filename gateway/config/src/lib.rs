@@ -12,8 +12,10 @@
 //! assert_eq!(cfg.listeners[0].name, "public");
 //! ```
 
+pub mod keys;
 mod model;
 pub mod origin;
+pub mod room;
 mod validate;
 
 pub use model::*;

@@ -18,7 +18,8 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             message: message.into(),
@@ -253,23 +254,13 @@ pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
     p
 }
 
-fn valid_room_pattern(p: &str) -> bool {
-    !p.is_empty()
-        && p.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":_@+=-*{}".contains(&b))
-}
-
 fn rooms_problems(r: &Route, rooms: &crate::Rooms, at: &str, p: &mut Vec<Problem>) {
     let rat = format!("{at}.rooms");
     for (what, list) in [("join", &rooms.join), ("publish", &rooms.publish)] {
         for (j, pat) in list.iter().enumerate() {
-            if !valid_room_pattern(pat) {
-                p.push(Problem::new(
-                    format!("{rat}.{what}[{j}]"),
-                    format!(
-                        "`{pat}`: room patterns use A-Z a-z 0-9 : _ @ + = -, `*` and `{{claim}}`"
-                    ),
-                ));
+            // The grammar the gateway's rooms authorization parses with (one owner).
+            if let Err(why) = crate::room::Pattern::parse(pat) {
+                p.push(Problem::new(format!("{rat}.{what}[{j}]"), why));
             }
         }
     }
@@ -920,6 +911,22 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[test]
+    fn room_patterns_are_checked_with_the_gateways_grammar() {
+        let route = |pattern: &str| {
+            format!(
+                "routes: [{{name: a, path: {{value: /}}, mode: rooms, rooms: {{join: ['chat:*', '{pattern}']}}}}]"
+            )
+        };
+        assert_eq!(problems(&route("user:{sub}")), Vec::<String>::new());
+        assert_eq!(
+            problems(&route("user:{sub")),
+            vec!["routes[0].rooms.join[1]: `user:{sub`: `{` without its `}`".to_string()]
+        );
+        let p = problems(&route("chat:**"));
+        assert!(p[0].contains("`**` is not allowed"), "{p:?}");
     }
 
     #[test]

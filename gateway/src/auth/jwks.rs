@@ -28,8 +28,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{ACCEPT, USER_AGENT};
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
-use jsonwebtoken::DecodingKey;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
 use rand::Rng as _;
 use serde_json::Value;
 use switchboard_config::Algorithm;
@@ -37,8 +35,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::jwt::{KeyKind, VerifyKey, alg_from_name};
 use crate::http_client::redact_url;
+use switchboard_config::keys::VerifyKey;
+pub(crate) use switchboard_config::keys::parse_jwk;
 
 /// Largest JWKS document accepted.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -429,13 +428,6 @@ enum FetchError {
     NoUsableKey,
 }
 
-impl VerifyKey {
-    /// Whether some token algorithm could be verified with this key under `allowed`.
-    fn usable_with_any(&self, allowed: &[Algorithm]) -> bool {
-        Algorithm::ALL.iter().any(|alg| self.permits(*alg, allowed))
-    }
-}
-
 /// The signing keys of a fetched JWKS document. Keys that are not for signatures or not
 /// understood are skipped (logged at debug); a document that is not `{"keys": [...]}` is an error.
 pub(crate) fn parse_jwk_set(body: &[u8]) -> Result<Vec<VerifyKey>, String> {
@@ -461,62 +453,6 @@ pub(crate) fn parse_jwk_set(body: &[u8]) -> Result<Vec<VerifyKey>, String> {
         }
     }
     Ok(keys)
-}
-
-/// One JWK as a verification key, with its own `kid` and `alg` (if any). `Ok(None)` for keys that
-/// are not meant for verifying signatures, and for symmetric keys unless `allow_symmetric`.
-pub(crate) fn parse_jwk(value: &Value, allow_symmetric: bool) -> Result<Option<VerifyKey>, String> {
-    // `alg` is read from the JSON: jsonwebtoken maps unknown names to a catch-all.
-    let alg = match value.get("alg") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(name)) => match alg_from_name(name) {
-            Some(alg) => Some(alg),
-            // An encryption algorithm (`RSA-OAEP`...) or one we do not verify.
-            None => return Ok(None),
-        },
-        Some(_) => return Err("`alg` is not a string".into()),
-    };
-    let jwk: Jwk = serde_json::from_value(value.clone()).map_err(|e| format!("not a JWK: {e}"))?;
-    if jwk
-        .common
-        .public_key_use
-        .as_ref()
-        .is_some_and(|u| *u != PublicKeyUse::Signature)
-    {
-        return Ok(None);
-    }
-    if jwk
-        .common
-        .key_operations
-        .as_ref()
-        .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
-    {
-        return Ok(None);
-    }
-    let expected = match &jwk.algorithm {
-        AlgorithmParameters::OctetKey(_) if !allow_symmetric => return Ok(None),
-        AlgorithmParameters::OctetKey(_) => KeyKind::Hmac,
-        AlgorithmParameters::RSA(_) => KeyKind::Rsa,
-        AlgorithmParameters::EllipticCurve(p) => match p.curve {
-            EllipticCurve::P256 => KeyKind::EcP256,
-            EllipticCurve::P384 => KeyKind::EcP384,
-            ref other => return Err(format!("unsupported EC curve {other:?}")),
-        },
-        AlgorithmParameters::OctetKeyPair(p) => match p.curve {
-            EllipticCurve::Ed25519 => KeyKind::Ed25519,
-            ref other => return Err(format!("unsupported OKP curve {other:?}")),
-        },
-        _ => return Err("unsupported key type".into()),
-    };
-    let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("invalid key material: {e}"))?;
-    let key = VerifyKey::new(jwk.common.key_id.clone(), alg, key)?;
-    if key.kind != expected {
-        return Err(format!(
-            "the key material is an {}, not what `kty`/`crv` say",
-            key.kind
-        ));
-    }
-    Ok(Some(key))
 }
 
 fn jittered(period: Duration) -> Duration {
@@ -552,9 +488,12 @@ mod tests {
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
+    use jsonwebtoken::DecodingKey;
+    use jsonwebtoken::jwk::Jwk;
     use jsonwebtoken::jwk::JwkSet;
     use serde_json::json;
     use switchboard_config::KeySource;
+    use switchboard_config::keys::KeyKind;
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
 

@@ -105,7 +105,7 @@ pub fn infer_client_config() -> Result<kube::Config, KubeError> {
 /// The bootstrap config: `path` (which must have no routes) or [`BOOTSTRAP`].
 pub fn bootstrap(path: Option<&Path>) -> Result<GatewayConfig, BootError> {
     let cfg = match path {
-        Some(p) => crate::boot::load(Some(p))?,
+        Some(p) => crate::boot::load(Some(p), true)?,
         None => {
             GatewayConfig::from_yaml(BOOTSTRAP).map_err(|e| BootError::Invalid(e.to_string()))?
         }

@@ -2,8 +2,9 @@
 //!
 //! The operator writes one Secret (default `switchboard-gateway-snapshot`) whose key
 //! `config.yaml` is the whole `GatewayConfig`. This watch (list + watch on that one name)
-//! applies each new content through [`Gateway::apply`]: compiled first, swapped only when
-//! everything compiled. Before a snapshot is applied, the EndpointSlice watches of the Services
+//! applies each new content through [`Gateway::apply`]: compiled first, then swapped; a route
+//! that does not compile is reported and skipped (or keeps its last good version) while the
+//! others apply. Before a snapshot is applied, the EndpointSlice watches of the Services
 //! it names are started and given a moment to list (so a new route does not start with 503s).
 //!
 //! - Invalid content: the last good config keeps serving, every problem is logged and
@@ -116,12 +117,13 @@ impl SnapshotSource {
 
         let generation = cfg.generation;
         match self.gateway.apply(cfg) {
-            Ok(()) => {
+            Ok(failed) => {
                 metrics().config_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(
                     generation,
                     resource_version = %resource_version,
                     routes = self.gateway.routes.load().len(),
+                    failed_routes = failed.len(),
                     "snapshot loaded"
                 );
                 if !self.gateway.loaded() {

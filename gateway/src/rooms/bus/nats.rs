@@ -78,9 +78,7 @@ const KV_OPERATION: &str = "KV-Operation";
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":_@+=-".contains(&b))
+        && name.bytes().all(switchboard_config::room::room_char)
 }
 
 fn check_ns(ns: &str) -> Result<(), BusError> {
