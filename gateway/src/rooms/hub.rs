@@ -1,14 +1,22 @@
 //! The pod's room hub: one bus subscription per room with local members (reference-counted by
 //! membership), fan-out of each message (encoded once) to every member's outbox, join with
 //! resume (exactly the gap, then live, de-duplicated by position), and presence.
+//!
+//! Delivery contract (docs/protocol.md, "Delivery guarantees"): when the room's feed lagged
+//! (this pod fell behind), the hub repairs its members from history like a resume, or, where
+//! history cannot cover the gap, queues each member a `lost` signal naming exactly what it
+//! missed, before the next message. A resume from another epoch starts at the oldest message
+//! the current epoch retains (`recovered: false`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::bus::feed::{Delivery, Lag};
 use super::bus::{Bus, BusError, Member, Payload, Position, Publish, Replay, RoomKey, RoomMessage};
 use super::outbox::{Item, Outbox};
 use super::presence::PresenceView;
@@ -40,15 +48,35 @@ pub struct Joiner {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Joined {
     pub recovered: bool,
+    /// What the `joined` reply says: the position after the messages queued with the join.
     pub position: Position,
+    /// Where this member's stream starts: the messages queued with the join (a gap, or what
+    /// a new epoch retains) follow it, each raising it. A cursor pinned here resumes them all.
+    pub start: Position,
+}
+
+/// What the pod could not deliver of a room and history could not repair: the stored messages
+/// `first..=last` of `epoch` (`last` 0: none) and `ephemeral` ones.
+#[derive(Debug, Clone, PartialEq)]
+struct Lost {
+    first: u64,
+    last: u64,
+    epoch: String,
+    ephemeral: u64,
+}
+
+/// What waits for a member whose join is still replaying history.
+enum Pending {
+    Message(RoomMessage),
+    Lost(Lost),
 }
 
 struct Slot {
     outbox: Arc<Outbox>,
     encoding: Encoding,
     presence_events: bool,
-    /// While a join is replaying history, live messages wait here.
-    syncing: Option<Vec<RoomMessage>>,
+    /// While a join is replaying history, live messages (and `lost` signals) wait here.
+    syncing: Option<Vec<Pending>>,
     last_seq: u64,
     /// The stream epoch `last_seq` belongs to; a new epoch (stream recreated) restarts it.
     epoch: String,
@@ -142,6 +170,155 @@ fn deliver(slot: &mut Slot, conn: &str, enc: &mut Encoded) {
     }
 }
 
+/// Tell a member what it missed of `lost` that it has not been given or told yet; it then
+/// continues after it. Raw members cannot be told in-band: their writer closes them (4009).
+fn tell_lost(slot: &mut Slot, room: &str, lost: &Lost) {
+    let floor = if slot.epoch == lost.epoch {
+        slot.last_seq
+    } else {
+        0
+    };
+    let from = lost.first.max(floor.saturating_add(1));
+    let stored = (lost.last != 0 && from <= lost.last).then_some(from);
+    if stored.is_none() && lost.ephemeral == 0 {
+        return;
+    }
+    let at = |seq| Position {
+        seq,
+        epoch: lost.epoch.clone(),
+    };
+    let (from, to) = match stored {
+        Some(from) => {
+            slot.epoch.clone_from(&lost.epoch);
+            slot.last_seq = lost.last;
+            (Some(at(from)), Some(at(lost.last)))
+        }
+        None => (None, None),
+    };
+    let json = protocol::lost(room, from.as_ref().zip(to.as_ref()), lost.ephemeral);
+    let (seq, epoch) = to.map_or((0, String::new()), |p| (p.seq, p.epoch));
+    if slot.outbox.push(Item::Lost {
+        room: room.to_string(),
+        seq,
+        epoch,
+        json,
+    }) {
+        crate::metrics::metrics().room_lost.inc();
+    }
+}
+
+/// Fan one message out to every member of the room on this pod.
+fn fan_out(room: &LocalRoom, key: &RoomKey, msg: RoomMessage) {
+    let mut enc = Encoded { msg, json: None };
+    let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
+    // One span per message and pod (a disabled callsite when not exporting), never one per
+    // delivery.
+    let span = tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "rooms.fanout",
+        namespace = %key.namespace,
+        members = members.len(),
+    );
+    span.in_scope(|| {
+        for (conn, slot) in members.iter_mut() {
+            match &mut slot.syncing {
+                Some(buf) => buf.push(Pending::Message(enc.msg.clone())),
+                None => deliver(slot, conn, &mut enc),
+            }
+        }
+    });
+}
+
+/// The room's feed lagged: repair every member from history (a resume from where the feed
+/// stopped, de-duplicated per member), or tell each what it missed. Either way before any later
+/// message of the feed, which the pump handles only after this.
+async fn repair(bus: &Arc<dyn Bus>, weak: &Weak<LocalRoom>, key: &RoomKey, lag: Lag) {
+    let replayed = if lag.stored == 0 {
+        Some(Vec::new())
+    } else {
+        match bus.replay(key, &lag.after).await {
+            Ok(Replay::Gap(msgs)) => Some(msgs),
+            Ok(Replay::Lost) => None,
+            Err(e) => {
+                tracing::warn!(namespace = %key.namespace, room = %key.room, error = %e, "cannot read history to repair a room queue overflow; members are told what they missed");
+                None
+            }
+        }
+    };
+    let Some(room) = weak.upgrade() else { return };
+    let lost = match replayed {
+        Some(msgs) => {
+            for msg in msgs {
+                fan_out(&room, key, msg);
+            }
+            Lost {
+                first: 0,
+                last: 0,
+                epoch: lag.epoch,
+                ephemeral: lag.ephemeral,
+            }
+        }
+        None => Lost {
+            first: lag.first,
+            last: lag.last,
+            epoch: lag.epoch,
+            ephemeral: lag.ephemeral,
+        },
+    };
+    let told = lost.last != 0 || lost.ephemeral != 0;
+    if told {
+        let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in members.values_mut() {
+            match &mut slot.syncing {
+                Some(buf) => buf.push(Pending::Lost(lost.clone())),
+                None => tell_lost(slot, &key.room, &lost),
+            }
+        }
+    }
+    tracing::debug!(namespace = %key.namespace, room = %key.room, stored = lag.stored, ephemeral = lag.ephemeral, repaired = !told, "room queue overflow handled");
+    crate::metrics::metrics()
+        .room_repairs
+        .with_label_values(&[if told { "lost" } else { "repaired" }])
+        .inc();
+}
+
+/// Test seam (debug builds only): while the file named by `SWITCHBOARD_TEST_FANOUT_GATE`
+/// exists, every room's fan-out on this pod waits before the next message, as in a process
+/// starved of CPU, so tests can make room queues overflow on purpose.
+async fn fanout_gate() {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    static GATE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let gate =
+        GATE.get_or_init(|| std::env::var_os("SWITCHBOARD_TEST_FANOUT_GATE").map(PathBuf::from));
+    if let Some(path) = gate {
+        while path.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Where a join starts, and what it queues.
+struct Synced {
+    recovered: bool,
+    position: Position,
+    start: Position,
+    gap: Vec<RoomMessage>,
+}
+
+impl Synced {
+    /// Live messages after `position`, nothing before.
+    fn at(position: Position) -> Self {
+        Self {
+            recovered: false,
+            start: position.clone(),
+            position,
+            gap: Vec::new(),
+        }
+    }
+}
+
 /// The hub.
 pub struct Hub {
     bus: Arc<dyn Bus>,
@@ -186,31 +363,21 @@ impl Hub {
         });
         let weak = Arc::downgrade(&room);
         let key2 = key.clone();
+        let bus = self.bus.clone();
         let pump = tokio::spawn(async move {
             let mut presence_open = true;
             loop {
                 tokio::select! {
-                    msg = sub.messages.recv() => {
-                        let Some(msg) = msg else { break };
-                        let Some(room) = weak.upgrade() else { break };
-                        let mut enc = Encoded { msg, json: None };
-                        let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
-                        // One span per message and pod (a disabled callsite when not exporting),
-                        // never one per delivery.
-                        let span = tracing::info_span!(
-                            target: crate::telemetry::TARGET,
-                            "rooms.fanout",
-                            namespace = %key2.namespace,
-                            members = members.len(),
-                        );
-                        span.in_scope(|| {
-                            for (conn, slot) in members.iter_mut() {
-                                match &mut slot.syncing {
-                                    Some(buf) => buf.push(enc.msg.clone()),
-                                    None => deliver(slot, conn, &mut enc),
-                                }
+                    delivery = sub.messages.recv() => {
+                        let Some(delivery) = delivery else { break };
+                        fanout_gate().await;
+                        match delivery {
+                            Delivery::Message(msg) => {
+                                let Some(room) = weak.upgrade() else { break };
+                                fan_out(&room, &key2, msg);
                             }
-                        });
+                            Delivery::Lagged(lag) => repair(&bus, &weak, &key2, lag).await,
+                        }
                     }
                     ev = sub.presence.recv(), if presence_open => {
                         let Some(ev) = ev else {
@@ -292,8 +459,7 @@ impl Hub {
             epoch: String::new(),
         };
         let room = self.enter(key, &j.conn, slot).await?;
-        let synced = self.sync(key, since).await;
-        let (recovered, position, gap) = match synced {
+        let synced = match self.sync(key, since).await {
             Ok(v) => v,
             Err(e) => {
                 self.leave_room(key, &j.conn).await;
@@ -302,24 +468,29 @@ impl Hub {
         };
         if let Some(id) = reply {
             j.outbox.push(Item::Reply(protocol::joined(
-                &key.room, recovered, &position, id,
+                &key.room,
+                synced.recovered,
+                &synced.position,
+                id,
             )));
         }
         {
             let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(slot) = members.get_mut(&j.conn) {
-                // Resumed: deliver from the client's position (the gap raises it as it goes).
-                // Fresh or lost: live delivery continues after the room's current position.
-                slot.last_seq = match since {
-                    Some(s) if recovered => s.seq,
-                    _ => position.seq,
-                };
-                slot.epoch.clone_from(&position.epoch);
-                for msg in gap {
+                // Deliver from the start (the replayed messages raise it as they go); live
+                // messages that were buffered meanwhile follow, de-duplicated by position.
+                slot.last_seq = synced.start.seq;
+                slot.epoch.clone_from(&synced.start.epoch);
+                for msg in synced.gap {
                     deliver(slot, &j.conn, &mut Encoded { msg, json: None });
                 }
-                for msg in slot.syncing.take().unwrap_or_default() {
-                    deliver(slot, &j.conn, &mut Encoded { msg, json: None });
+                for pending in slot.syncing.take().unwrap_or_default() {
+                    match pending {
+                        Pending::Message(msg) => {
+                            deliver(slot, &j.conn, &mut Encoded { msg, json: None })
+                        }
+                        Pending::Lost(lost) => tell_lost(slot, &key.room, &lost),
+                    }
                 }
             }
         }
@@ -333,8 +504,9 @@ impl Hub {
             }
         }
         Ok(Joined {
-            recovered,
-            position,
+            recovered: synced.recovered,
+            position: synced.position,
+            start: synced.start,
         })
     }
 
@@ -358,28 +530,48 @@ impl Hub {
         result
     }
 
-    /// Replay (when resuming) and the position live delivery continues from.
-    async fn sync(
-        &self,
-        key: &RoomKey,
-        since: Option<&Position>,
-    ) -> Result<(bool, Position, Vec<RoomMessage>), BusError> {
-        match since {
-            Some(s) => match self.bus.replay(key, s).await? {
-                Replay::Gap(msgs) => {
-                    let last = msgs.last().map_or(s.seq, |m| m.seq);
-                    Ok((
-                        true,
-                        Position {
-                            seq: last,
-                            epoch: s.epoch.clone(),
-                        },
-                        msgs,
-                    ))
+    /// Replay (when resuming) and the position live delivery continues from. A `since` from
+    /// another epoch gets what the current epoch retains, from its oldest message, flagged
+    /// `recovered: false` (the history the client saw is gone; what came after is not).
+    async fn sync(&self, key: &RoomKey, since: Option<&Position>) -> Result<Synced, BusError> {
+        let Some(since) = since else {
+            return Ok(Synced::at(self.bus.position(key).await?));
+        };
+        match self.bus.replay(key, since).await? {
+            Replay::Gap(gap) => {
+                let position = gap.last().map_or(since.clone(), |m| Position {
+                    seq: m.seq,
+                    epoch: since.epoch.clone(),
+                });
+                Ok(Synced {
+                    recovered: true,
+                    position,
+                    start: since.clone(),
+                    gap,
+                })
+            }
+            Replay::Lost => {
+                let now = self.bus.position(key).await?;
+                if now.epoch == since.epoch {
+                    return Ok(Synced::at(now)); // gone from this epoch's history: reload
                 }
-                Replay::Lost => Ok((false, self.bus.position(key).await?, Vec::new())),
-            },
-            None => Ok((false, self.bus.position(key).await?, Vec::new())),
+                let (retained, now) = self.bus.retained(key).await?;
+                let at = |m: &RoomMessage, seq| Position {
+                    seq,
+                    epoch: m.epoch.clone(),
+                };
+                let Some(first) = retained.first() else {
+                    return Ok(Synced::at(now));
+                };
+                let start = at(first, first.seq.saturating_sub(1));
+                let position = retained.last().map_or(now, |m| at(m, m.seq));
+                Ok(Synced {
+                    recovered: false,
+                    position,
+                    start,
+                    gap: retained,
+                })
+            }
         }
     }
 

@@ -10,19 +10,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::feed::{FeedSender, room_queue};
 use super::{
     Bus, BusError, Member, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
     RoomMessage, Subscription,
 };
 
-/// Live queue depth between the bus and the hub for one room.
-const ROOM_QUEUE: usize = 4096;
-
 #[derive(Default)]
 struct Room {
     seq: u64,
     history: VecDeque<RoomMessage>,
-    subscribers: Vec<mpsc::Sender<RoomMessage>>,
+    subscribers: Vec<FeedSender>,
     presence_subscribers: Vec<mpsc::Sender<PresenceEvent>>,
     members: HashMap<String, Member>,
 }
@@ -126,13 +124,11 @@ impl Bus for MemoryBus {
             Self::trim(&mut room.history, r, now);
         }
         // Sent under the lock so every subscriber sees positions in order. A hub queue that
-        // is full (4096 messages behind: the hub's fan-out never awaits, so this means the
-        // process is starved) drops for that pod, loudly; clients resume from history.
+        // is full (the hub's fan-out never awaits, so this means the process is starved) makes
+        // the feed lag: the hub repairs its members from history or tells them (`feed`).
         room.subscribers.retain(|s| !s.is_closed());
         for s in &room.subscribers {
-            if s.try_send(msg.clone()).is_err() {
-                tracing::warn!(room = %msg.key.room, seq, "room fan-out queue full; message dropped for this pod");
-            }
+            let _ = s.send(msg.clone());
         }
         if retention.is_none() && room.subscribers.is_empty() && room.members.is_empty() {
             rooms.remove(&msg.key);
@@ -144,10 +140,13 @@ impl Bus for MemoryBus {
     }
 
     async fn subscribe(&self, key: &RoomKey) -> Result<Subscription, BusError> {
-        let (tx, rx) = mpsc::channel(ROOM_QUEUE);
-        let (ptx, prx) = mpsc::channel(ROOM_QUEUE);
+        let (ptx, prx) = mpsc::channel(room_queue());
         let mut rooms = self.rooms();
         let room = rooms.entry(key.clone()).or_default();
+        let (tx, rx) = FeedSender::new(Position {
+            seq: room.seq,
+            epoch: self.epoch.clone(),
+        });
         room.subscribers.push(tx);
         room.presence_subscribers.push(ptx);
         Ok(Subscription {
@@ -198,6 +197,28 @@ impl Bus for MemoryBus {
             seq,
             epoch: self.epoch.clone(),
         })
+    }
+
+    async fn retained(&self, key: &RoomKey) -> Result<(Vec<RoomMessage>, Position), BusError> {
+        let retention = self.retention_of(&key.namespace);
+        let mut rooms = self.rooms();
+        let Some(room) = rooms.get_mut(key) else {
+            return Ok((
+                Vec::new(),
+                Position {
+                    seq: 0,
+                    epoch: self.epoch.clone(),
+                },
+            ));
+        };
+        if let Some(r) = &retention {
+            Self::trim(&mut room.history, r, now_ms());
+        }
+        let position = Position {
+            seq: room.seq,
+            epoch: self.epoch.clone(),
+        };
+        Ok((room.history.iter().cloned().collect(), position))
     }
 
     async fn presence_set(
@@ -302,7 +323,16 @@ mod tests {
             bus.publish(publish("a", n)).await.unwrap();
         }
         for want in 1..=5 {
-            assert_eq!(sub.messages.recv().await.unwrap().seq, want);
+            assert_eq!(
+                sub.messages
+                    .recv()
+                    .await
+                    .unwrap()
+                    .into_message()
+                    .unwrap()
+                    .seq,
+                want
+            );
         }
     }
 
@@ -364,13 +394,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn retained_is_what_history_still_holds_of_the_current_epoch() {
+        let bus = bus_with_history(3).await;
+        assert_eq!(
+            bus.retained(&key("a")).await.unwrap(),
+            (
+                vec![],
+                Position {
+                    seq: 0,
+                    epoch: bus.epoch.clone()
+                }
+            )
+        );
+        for n in 0..5 {
+            bus.publish(publish("a", n)).await.unwrap();
+        }
+        let (msgs, position) = bus.retained(&key("a")).await.unwrap();
+        assert_eq!(
+            msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert_eq!(
+            position,
+            Position {
+                seq: 5,
+                epoch: bus.epoch.clone()
+            }
+        );
+    }
+
+    #[tokio::test]
     async fn ephemeral_messages_are_delivered_but_never_stored() {
         let bus = bus_with_history(10).await;
         let mut sub = bus.subscribe(&key("a")).await.unwrap();
         let mut p = publish("a", 1);
         p.ephemeral = true;
         assert_eq!(bus.publish(p).await.unwrap(), None);
-        assert!(sub.messages.recv().await.unwrap().ephemeral);
+        assert!(
+            sub.messages
+                .recv()
+                .await
+                .unwrap()
+                .into_message()
+                .unwrap()
+                .ephemeral
+        );
         let pos = bus.position(&key("a")).await.unwrap();
         assert_eq!(pos.seq, 0);
         assert_eq!(
