@@ -915,6 +915,159 @@ mod tests {
         );
     }
 
+    /// A hub over a bus whose room queues hold 2 messages, keeping `history` messages.
+    async fn tiny_queue(history: u32) -> (Arc<Hub>, Arc<MemoryBus>) {
+        let bus = Arc::new(MemoryBus::with_queue(2));
+        bus.configure(
+            "ns",
+            Some(Retention {
+                max_messages: history,
+                max_age: Duration::from_secs(60),
+            }),
+        )
+        .await
+        .unwrap();
+        (Hub::new(bus.clone()), bus)
+    }
+
+    /// Everything queued for `o` until `last` (a message or the end of a `lost`) came.
+    async fn received(o: &Outbox, last: u64) -> Vec<Value> {
+        let mut got = Vec::new();
+        loop {
+            let items = tokio::time::timeout(Duration::from_secs(2), o.take_all())
+                .await
+                .expect("items in time");
+            for i in items {
+                let (seq, json) = match i {
+                    Item::Message { seq, json, .. } => (seq, json.to_string()),
+                    Item::Lost { seq, json, .. } => (seq, json),
+                    _ => continue,
+                };
+                got.push(serde_json::from_str::<Value>(&json).unwrap());
+                if seq >= last {
+                    return got;
+                }
+            }
+        }
+    }
+
+    // The test runtime has one thread and the embedded bus never yields while publishing: ten
+    // publishes in a row overflow a queue of two before the pump runs at all.
+
+    #[tokio::test]
+    async fn an_overflow_history_covers_is_repaired_for_every_member_without_a_signal() {
+        let (hub, bus) = tiny_queue(100).await;
+        let (a, b) = (joiner("a"), joiner("b"));
+        hub.join(&key(), &a, None, None).await.unwrap();
+        hub.join(&key(), &b, None, None).await.unwrap();
+        for n in 1..=10 {
+            publish(&bus, n).await;
+        }
+        for o in [&a.outbox, &b.outbox] {
+            let got = received(o, 10).await;
+            let seqs: Vec<_> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+            assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{got:?}");
+        }
+        let m = crate::metrics::metrics();
+        assert!(m.room_overflows.get() >= 1);
+        assert!(m.room_repairs.with_label_values(&["repaired"]).get() >= 1);
+    }
+
+    #[tokio::test]
+    async fn an_overflow_history_cannot_cover_is_told_to_each_member_before_the_next_message() {
+        let (hub, bus) = tiny_queue(3).await;
+        let a = joiner("a");
+        hub.join(&key(), &a, None, None).await.unwrap();
+        let epoch = bus.position(&key()).await.unwrap().epoch;
+        for n in 1..=10 {
+            publish(&bus, n).await;
+        }
+        let got = received(&a.outbox, 10).await;
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(
+            (got[0]["seq"].as_u64(), got[1]["seq"].as_u64()),
+            (Some(1), Some(2))
+        );
+        assert_eq!(
+            got[2],
+            serde_json::json!({"type": "lost", "room": "r", "ephemeral": 0,
+                "from": {"seq": 3, "epoch": epoch}, "to": {"seq": 10, "epoch": epoch}})
+        );
+        publish(&bus, 11).await;
+        assert_eq!(seqs(&a.outbox, 1).await, vec![11], "then live again");
+    }
+
+    #[tokio::test]
+    async fn a_member_is_told_only_what_it_has_not_been_given() {
+        let (hub, bus) = tiny_queue(3).await;
+        let a = joiner("a");
+        hub.join(&key(), &a, None, None).await.unwrap();
+        let room = hub.rooms.lock().await.get(&key()).cloned().unwrap();
+        let epoch = bus.position(&key()).await.unwrap().epoch;
+        let lost = Lost {
+            first: 3,
+            last: 10,
+            epoch: epoch.clone(),
+            ephemeral: 2,
+        };
+        {
+            let mut members = room.members.lock().unwrap();
+            let slot = members.get_mut("a").unwrap();
+            slot.last_seq = 6; // it got up to 6 another way (a resume)
+            tell_lost(slot, "r", &lost);
+            assert_eq!(slot.last_seq, 10);
+            tell_lost(
+                slot,
+                "r",
+                &Lost {
+                    ephemeral: 0,
+                    ..lost
+                },
+            );
+        }
+        let got = received(&a.outbox, 10).await;
+        assert_eq!(
+            got,
+            vec![
+                serde_json::json!({"type": "lost", "room": "r", "ephemeral": 2,
+                "from": {"seq": 7, "epoch": epoch}, "to": {"seq": 10, "epoch": epoch}})
+            ],
+            "the second signal had nothing new to tell"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resume_from_another_epoch_gets_what_the_current_epoch_retains() {
+        let (hub, bus) = tiny_queue(3).await;
+        for n in 1..=5 {
+            publish(&bus, n).await;
+        }
+        let b = joiner("b");
+        let old = Position {
+            seq: 9,
+            epoch: "before-the-restart".into(),
+        };
+        let joined = hub.join(&key(), &b, Some(&old), Some(None)).await.unwrap();
+        let epoch = bus.position(&key()).await.unwrap().epoch;
+        let at = |seq| Position {
+            seq,
+            epoch: epoch.clone(),
+        };
+        assert_eq!(
+            joined,
+            Joined {
+                recovered: false,
+                position: at(5),
+                start: at(2),
+            }
+        );
+        assert_eq!(
+            seqs(&b.outbox, 3).await,
+            vec![3, 4, 5],
+            "from the oldest retained"
+        );
+    }
+
     #[tokio::test]
     async fn a_slow_member_overflows_alone() {
         let (hub, bus) = setup().await;

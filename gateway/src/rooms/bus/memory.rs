@@ -1,6 +1,7 @@
 //! The embedded bus: one process, rooms fanned out in memory, history in a bounded ring per
 //! room. Positions are contiguous per room; the epoch is fixed for the life of the process
-//! (a restart loses history, so clients resuming across it get `recovered: false`).
+//! (a restart loses history, so clients resuming across it get `recovered: false`, then what
+//! the new process retains).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -30,6 +31,8 @@ pub struct MemoryBus {
     epoch: String,
     rooms: Mutex<HashMap<RoomKey, Room>>,
     retention: Mutex<HashMap<String, Retention>>,
+    /// Live queue depth of each subscription.
+    queue: usize,
 }
 
 impl Default for MemoryBus {
@@ -46,10 +49,16 @@ fn now_ms() -> u64 {
 
 impl MemoryBus {
     pub fn new() -> Self {
+        Self::with_queue(room_queue())
+    }
+
+    /// A bus whose subscriptions queue at most `queue` messages (tests overflow them).
+    pub fn with_queue(queue: usize) -> Self {
         Self {
             epoch: format!("mem-{:x}", rand::random::<u64>()),
             rooms: Mutex::default(),
             retention: Mutex::default(),
+            queue,
         }
     }
 
@@ -143,10 +152,13 @@ impl Bus for MemoryBus {
         let (ptx, prx) = mpsc::channel(room_queue());
         let mut rooms = self.rooms();
         let room = rooms.entry(key.clone()).or_default();
-        let (tx, rx) = FeedSender::new(Position {
-            seq: room.seq,
-            epoch: self.epoch.clone(),
-        });
+        let (tx, rx) = FeedSender::with_capacity(
+            self.queue,
+            Position {
+                seq: room.seq,
+                epoch: self.epoch.clone(),
+            },
+        );
         room.subscribers.push(tx);
         room.presence_subscribers.push(ptx);
         Ok(Subscription {
