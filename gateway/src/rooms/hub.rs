@@ -48,7 +48,8 @@ pub struct Joiner {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Joined {
     pub recovered: bool,
-    /// What the `joined` reply says: the position after the messages queued with the join.
+    /// What the `joined` reply says: recovered, the position after the gap queued with the
+    /// join; not recovered, the position the messages that follow come after.
     pub position: Position,
     /// Where this member's stream starts: the messages queued with the join (a gap, or what
     /// a new epoch retains) follow it, each raising it. A cursor pinned here resumes them all.
@@ -563,11 +564,12 @@ impl Hub {
                 let Some(first) = retained.first() else {
                     return Ok(Synced::at(now));
                 };
+                // `position` as for any `recovered: false`: what follows comes after it (a
+                // client that sets its position from it keeps the retained messages).
                 let start = at(first, first.seq.saturating_sub(1));
-                let position = retained.last().map_or(now, |m| at(m, m.seq));
                 Ok(Synced {
                     recovered: false,
-                    position,
+                    position: start.clone(),
                     start,
                     gap: retained,
                 })
@@ -1057,7 +1059,7 @@ mod tests {
             joined,
             Joined {
                 recovered: false,
-                position: at(5),
+                position: at(2),
                 start: at(2),
             }
         );

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::feed::{FeedSender, room_queue};
+use super::feed::{FeedSender, ROOM_QUEUE, room_queue};
 use super::{
     Bus, BusError, Member, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
     RoomMessage, Subscription,
@@ -149,7 +149,7 @@ impl Bus for MemoryBus {
     }
 
     async fn subscribe(&self, key: &RoomKey) -> Result<Subscription, BusError> {
-        let (ptx, prx) = mpsc::channel(room_queue());
+        let (ptx, prx) = mpsc::channel(ROOM_QUEUE);
         let mut rooms = self.rooms();
         let room = rooms.entry(key.clone()).or_default();
         let (tx, rx) = FeedSender::with_capacity(

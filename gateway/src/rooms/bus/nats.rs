@@ -43,7 +43,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::mpsc;
 
-use super::feed::{FeedSender, room_queue};
+use super::feed::{FeedSender, ROOM_QUEUE};
 use super::{
     Bus, BusError, Member, Payload, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
     RoomMessage, Subscription,
@@ -1112,7 +1112,7 @@ impl Inner {
             },
         );
         let (tx, messages) = FeedSender::new(start);
-        let (ptx, presence_rx) = mpsc::channel(room_queue());
+        let (ptx, presence_rx) = mpsc::channel(ROOM_QUEUE);
         let pump = Pump {
             inner: self.clone(),
             key: key.clone(),
