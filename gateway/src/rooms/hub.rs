@@ -230,42 +230,65 @@ fn fan_out(room: &LocalRoom, key: &RoomKey, msg: RoomMessage) {
     });
 }
 
+/// What to do about a lag: the `lost` to tell (possibly nothing), then the messages to fan
+/// out. `gap`: the complete replay after `lag.after`, if history had it. Otherwise `retained`:
+/// what history still holds of the room in the lag's epoch (a suffix of what was published:
+/// both buses drop the oldest first), so everything dropped before its oldest message is lost
+/// and everything from there on is repaired.
+fn plan(
+    lag: &Lag,
+    gap: Option<Vec<RoomMessage>>,
+    retained: Option<Vec<RoomMessage>>,
+) -> (Lost, Vec<RoomMessage>) {
+    let lost = |last: u64| Lost {
+        first: if last == 0 { 0 } else { lag.first },
+        last,
+        epoch: lag.epoch.clone(),
+        ephemeral: lag.ephemeral,
+    };
+    if let Some(gap) = gap {
+        return (lost(0), gap);
+    }
+    let Some(retained) = retained else {
+        return (lost(lag.last), Vec::new());
+    };
+    let oldest = retained.first().map_or(u64::MAX, |m| m.seq);
+    let last_lost = if oldest <= lag.first {
+        0
+    } else {
+        lag.last.min(oldest - 1)
+    };
+    let repair = retained
+        .into_iter()
+        .filter(|m| m.seq > lag.after.seq)
+        .collect();
+    (lost(last_lost), repair)
+}
+
 /// The room's feed lagged: repair every member from history (a resume from where the feed
-/// stopped, de-duplicated per member), or tell each what it missed. Either way before any later
-/// message of the feed, which the pump handles only after this.
+/// stopped, de-duplicated per member); what history no longer holds is told to each member
+/// (`lost`) before the repaired messages. Either way before any later message of the feed,
+/// which the pump handles only after this.
 async fn repair(bus: &Arc<dyn Bus>, weak: &Weak<LocalRoom>, key: &RoomKey, lag: Lag) {
-    let replayed = if lag.stored == 0 {
-        Some(Vec::new())
+    let unreadable = |e: BusError| {
+        tracing::warn!(namespace = %key.namespace, room = %key.room, error = %e, "cannot read history to repair a room queue overflow; members are told what they missed");
+    };
+    let (mut gap, mut retained) = (None, None);
+    if lag.stored == 0 {
+        gap = Some(Vec::new());
     } else {
         match bus.replay(key, &lag.after).await {
-            Ok(Replay::Gap(msgs)) => Some(msgs),
-            Ok(Replay::Lost) => None,
-            Err(e) => {
-                tracing::warn!(namespace = %key.namespace, room = %key.room, error = %e, "cannot read history to repair a room queue overflow; members are told what they missed");
-                None
-            }
+            Ok(Replay::Gap(msgs)) => gap = Some(msgs),
+            Ok(Replay::Lost) => match bus.retained(key).await {
+                Ok((msgs, now)) if now.epoch == lag.epoch => retained = Some(msgs),
+                Ok(_) => {} // another epoch now: nothing of the lag's is left
+                Err(e) => unreadable(e),
+            },
+            Err(e) => unreadable(e),
         }
-    };
+    }
+    let (lost, repaired) = plan(&lag, gap, retained);
     let Some(room) = weak.upgrade() else { return };
-    let lost = match replayed {
-        Some(msgs) => {
-            for msg in msgs {
-                fan_out(&room, key, msg);
-            }
-            Lost {
-                first: 0,
-                last: 0,
-                epoch: lag.epoch,
-                ephemeral: lag.ephemeral,
-            }
-        }
-        None => Lost {
-            first: lag.first,
-            last: lag.last,
-            epoch: lag.epoch,
-            ephemeral: lag.ephemeral,
-        },
-    };
     let told = lost.last != 0 || lost.ephemeral != 0;
     if told {
         let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
@@ -276,7 +299,10 @@ async fn repair(bus: &Arc<dyn Bus>, weak: &Weak<LocalRoom>, key: &RoomKey, lag: 
             }
         }
     }
-    tracing::debug!(namespace = %key.namespace, room = %key.room, stored = lag.stored, ephemeral = lag.ephemeral, repaired = !told, "room queue overflow handled");
+    for msg in repaired {
+        fan_out(&room, key, msg);
+    }
+    tracing::debug!(namespace = %key.namespace, room = %key.room, stored = lag.stored, ephemeral = lag.ephemeral, lost_to = lost.last, "room queue overflow handled");
     crate::metrics::metrics()
         .room_repairs
         .with_label_values(&[if told { "lost" } else { "repaired" }])
@@ -976,7 +1002,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_overflow_history_cannot_cover_is_told_to_each_member_before_the_next_message() {
+    async fn what_history_no_longer_holds_of_an_overflow_is_told_before_the_rest_is_repaired() {
         let (hub, bus) = tiny_queue(3).await;
         let a = joiner("a");
         hub.join(&key(), &a, None, None).await.unwrap();
@@ -984,19 +1010,72 @@ mod tests {
         for n in 1..=10 {
             publish(&bus, n).await;
         }
+        // 1 and 2 were queued; 3..=10 overflowed and history keeps 8..=10: 3..=7 are told,
+        // then 8..=10 are repaired.
         let got = received(&a.outbox, 10).await;
-        assert_eq!(got.len(), 3, "{got:?}");
-        assert_eq!(
-            (got[0]["seq"].as_u64(), got[1]["seq"].as_u64()),
-            (Some(1), Some(2))
-        );
+        let seq = |v: &Value| v["seq"].as_u64();
+        assert_eq!((seq(&got[0]), seq(&got[1])), (Some(1), Some(2)), "{got:?}");
         assert_eq!(
             got[2],
             serde_json::json!({"type": "lost", "room": "r", "ephemeral": 0,
-                "from": {"seq": 3, "epoch": epoch}, "to": {"seq": 10, "epoch": epoch}})
+                "from": {"seq": 3, "epoch": epoch}, "to": {"seq": 7, "epoch": epoch}})
+        );
+        assert_eq!(
+            got[3..].iter().map(seq).collect::<Vec<_>>(),
+            vec![Some(8), Some(9), Some(10)]
         );
         publish(&bus, 11).await;
         assert_eq!(seqs(&a.outbox, 1).await, vec![11], "then live again");
+    }
+
+    fn msg(seq: u64) -> RoomMessage {
+        RoomMessage {
+            key: key(),
+            seq,
+            epoch: "e".into(),
+            ts_ms: 0,
+            from: None,
+            data: Payload::Json(seq.into()),
+            ephemeral: false,
+            origin_conn: None,
+        }
+    }
+
+    #[test]
+    fn a_lag_is_repaired_from_what_history_holds_and_only_the_rest_is_lost() {
+        let lag = Lag {
+            after: Position {
+                seq: 4,
+                epoch: "e".into(),
+            },
+            first: 5,
+            last: 20,
+            epoch: "e".into(),
+            stored: 16,
+            ephemeral: 1,
+        };
+        let seqs = |v: Vec<RoomMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let lost = |first, last| Lost {
+            first,
+            last,
+            epoch: "e".into(),
+            ephemeral: 1,
+        };
+        // The whole gap replayed: nothing stored is lost.
+        let (l, r) = plan(&lag, Some((5..=20).map(msg).collect()), None);
+        assert_eq!((l, seqs(r)), (lost(0, 0), (5..=20).collect()));
+        // History holds 12.. (and 21, 22 published since): 5..=11 lost, 12.. repaired.
+        let (l, r) = plan(&lag, None, Some((12..=22).map(msg).collect()));
+        assert_eq!((l, seqs(r)), (lost(5, 11), (12..=22).collect()));
+        // History holds only messages after the lag: all of it is lost.
+        let (l, r) = plan(&lag, None, Some((25..=26).map(msg).collect()));
+        assert_eq!((l, seqs(r)), (lost(5, 20), vec![25, 26]));
+        // Nothing retained, or history unreadable: all of it is lost.
+        assert_eq!(plan(&lag, None, Some(vec![])), (lost(5, 20), vec![]));
+        assert_eq!(plan(&lag, None, None), (lost(5, 20), vec![]));
+        // History older than the lag (the replay was only unsure): repaired from after `after`.
+        let (l, r) = plan(&lag, None, Some((3..=20).map(msg).collect()));
+        assert_eq!((l, seqs(r)), (lost(0, 0), (5..=20).collect()));
     }
 
     #[tokio::test]
