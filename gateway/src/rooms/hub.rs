@@ -234,7 +234,7 @@ fn fan_out(room: &LocalRoom, key: &RoomKey, msg: RoomMessage) {
 /// out. `gap`: the complete replay after `lag.after`, if history had it. Otherwise `retained`:
 /// what history still holds of the room in the lag's epoch (a suffix of what was published:
 /// both buses drop the oldest first), so everything dropped before its oldest message is lost
-/// and everything from there on is repaired.
+/// and the rest of the lag is repaired.
 fn plan(
     lag: &Lag,
     gap: Option<Vec<RoomMessage>>,
@@ -258,9 +258,12 @@ fn plan(
     } else {
         lag.last.min(oldest - 1)
     };
+    // Only the lag's own range: what history holds after it is also in the queue (or in a
+    // later lag), and delivering it now would make the queued messages before it look like
+    // duplicates.
     let repair = retained
         .into_iter()
-        .filter(|m| m.seq > lag.after.seq)
+        .filter(|m| m.seq > lag.after.seq && m.seq <= lag.last)
         .collect();
     (lost(last_lost), repair)
 }
@@ -1064,12 +1067,14 @@ mod tests {
         // The whole gap replayed: nothing stored is lost.
         let (l, r) = plan(&lag, Some((5..=20).map(msg).collect()), None);
         assert_eq!((l, seqs(r)), (lost(0, 0), (5..=20).collect()));
-        // History holds 12.. (and 21, 22 published since): 5..=11 lost, 12.. repaired.
+        // History holds 12.. (and 21, 22 published since, which are queued after the lag):
+        // 5..=11 lost, 12..=20 repaired.
         let (l, r) = plan(&lag, None, Some((12..=22).map(msg).collect()));
-        assert_eq!((l, seqs(r)), (lost(5, 11), (12..=22).collect()));
-        // History holds only messages after the lag: all of it is lost.
+        assert_eq!((l, seqs(r)), (lost(5, 11), (12..=20).collect()));
+        // History holds only messages after the lag: all of it is lost, none is repaired
+        // ahead of the queue.
         let (l, r) = plan(&lag, None, Some((25..=26).map(msg).collect()));
-        assert_eq!((l, seqs(r)), (lost(5, 20), vec![25, 26]));
+        assert_eq!((l, seqs(r)), (lost(5, 20), vec![]));
         // Nothing retained, or history unreadable: all of it is lost.
         assert_eq!(plan(&lag, None, Some(vec![])), (lost(5, 20), vec![]));
         assert_eq!(plan(&lag, None, None), (lost(5, 20), vec![]));
