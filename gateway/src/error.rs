@@ -177,6 +177,9 @@ pub enum CloseCause {
     SlowConsumer,
     /// Rooms: the room bus (NATS) could not be reached for a join or raw publish.
     BusUnavailable,
+    /// Raw rooms: the pod fell behind and history could not repair what this member missed
+    /// (JSON members are sent `lost` instead; raw ones have no in-band signal).
+    MessagesLost,
     /// Raw rooms: the connection may join but not publish, and sent a message.
     PublishForbidden,
 }
@@ -198,6 +201,7 @@ impl CloseCause {
             Self::Abnormal(_) => 1006,
             Self::SlowConsumer => 4008,
             Self::BusUnavailable => 1013,
+            Self::MessagesLost => 4009,
             Self::PublishForbidden => 1008,
         }
     }
@@ -217,6 +221,7 @@ impl CloseCause {
             Self::Peer(..) | Self::Abnormal(_) => "",
             Self::SlowConsumer => "slow consumer",
             Self::BusUnavailable => "room bus unavailable, try again later",
+            Self::MessagesLost => "messages lost, reconnect and resync",
             Self::PublishForbidden => "not allowed to publish in this room",
         }
     }
@@ -240,6 +245,7 @@ impl CloseCause {
             Self::SlowConsumer => "slow_consumer",
             Self::BusUnavailable => "bus_unavailable",
             Self::PublishForbidden => "publish_forbidden",
+            Self::MessagesLost => "messages_lost",
         }
     }
 }
@@ -379,6 +385,10 @@ pub fn table() -> Vec<Row> {
         (
             "raw rooms: a message from a connection that may not publish",
             CloseCause::PublishForbidden,
+        ),
+        (
+            "raw rooms: the pod fell behind and history could not repair what the member missed",
+            CloseCause::MessagesLost,
         ),
     ];
     let mut rows: Vec<Row> = refusals

@@ -45,6 +45,17 @@ pub struct Metrics {
     pub room_deliveries: IntCounter,
     /// `switchboard_room_publishes_total{result}`: client and API publishes (ok | error)
     pub room_publishes: IntCounterVec,
+    /// `switchboard_room_overflows_total`: times a room's queue on this pod overflowed (the pod
+    /// fell behind; its members are repaired from history or told)
+    pub room_overflows: IntCounter,
+    /// `switchboard_room_overflow_messages_total`: room messages that did not fit that queue
+    pub room_overflow_messages: IntCounter,
+    /// `switchboard_room_repairs_total{result}`: overflows handled, by result = repaired (from
+    /// history) | lost (members were sent `lost`)
+    pub room_repairs: IntCounterVec,
+    /// `switchboard_room_lost_total`: `lost` signals sent to members (one per member and overflow
+    /// that history could not repair)
+    pub room_lost: IntCounter,
     /// `switchboard_notifications_total{via,result}`: rooms connect/disconnect notifications;
     /// via = http (`rooms.notify`) | nats (`rooms.notifyNats`), result = ok | error | dropped
     pub notifications: IntCounterVec,
@@ -72,6 +83,13 @@ pub struct Metrics {
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    reg.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
     reg.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
@@ -224,6 +242,27 @@ impl Metrics {
                 "switchboard_notifications_total",
                 "Rooms connect/disconnect notifications by channel and result",
                 &["via", "result"],
+            ),
+            room_repairs: counter_vec(
+                &registry,
+                "switchboard_room_repairs_total",
+                "Room queue overflows handled, by result (repaired from history, or lost signalled)",
+                &["result"],
+            ),
+            room_overflows: counter(
+                &registry,
+                "switchboard_room_overflows_total",
+                "Times a room queue on this pod overflowed",
+            ),
+            room_overflow_messages: counter(
+                &registry,
+                "switchboard_room_overflow_messages_total",
+                "Room messages that did not fit a room queue on this pod",
+            ),
+            room_lost: counter(
+                &registry,
+                "switchboard_room_lost_total",
+                "lost signals sent to room members",
             ),
             room_deliveries: {
                 let c = IntCounter::new(

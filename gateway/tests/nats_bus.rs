@@ -86,6 +86,8 @@ async fn recv(sub: &mut Subscription) -> RoomMessage {
         .await
         .expect("no room message in time")
         .expect("subscription open")
+        .into_message()
+        .expect("a message, not a lag (the test never fills the queue)")
 }
 
 fn number(m: &RoomMessage) -> i64 {

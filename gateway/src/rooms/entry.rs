@@ -11,7 +11,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::bus::Position;
 use super::cursor::{Cursor, rooms_param};
 use super::hooks::{Notifier, Sent};
 use super::hub::{Encoding, Joined, Joiner};
@@ -299,17 +298,14 @@ fn start_cursor(req: &Request<Incoming>, param: &str, rooms: &[String]) -> Curso
     cursor
 }
 
-/// Where a joined room's cursor entry starts: the client's own position while its gap is
-/// replayed (each replayed message then raises it), else the room's current position. Set, not
-/// merged: a `since` from another epoch or ahead of the room must not survive.
-fn start_at(cursor: &mut Cursor, room: &str, since: Option<Position>, j: &Joined) {
-    let start = match since {
-        Some(s) if j.recovered => s,
-        _ => j.position.clone(),
-    };
+/// Where a joined room's cursor entry starts: where the member's stream starts (its own
+/// position while its gap is replayed, just before what a new epoch retains; each replayed
+/// message then raises it), else the room's current position. Set, not merged: a `since` from
+/// another epoch or ahead of the room must not survive.
+fn start_at(cursor: &mut Cursor, room: &str, j: &Joined) {
     cursor
         .positions
-        .insert(room.to_string(), (start.seq, start.epoch));
+        .insert(room.to_string(), (j.start.seq, j.start.epoch.clone()));
 }
 
 fn sse_event(event: Option<&str>, id: Option<&str>, data: &str) -> Bytes {
@@ -402,7 +398,7 @@ fn sse(
             match hub.join(&key, &joiner, since.as_ref(), None).await {
                 Ok(j) => {
                     joined.push(key);
-                    start_at(&mut cursor, room, since, &j);
+                    start_at(&mut cursor, room, &j);
                     // The id lets EventSource resume even if no message arrives before a drop.
                     let data = protocol::joined(room, j.recovered, &j.position, None);
                     let id = cursor.encode();
@@ -432,9 +428,19 @@ fn sse(
                     }
                     let mut chunk = Vec::new();
                     for item in items {
-                        if let Item::Message { room, seq, epoch, json } = item {
-                            cursor.set(&room, seq, &epoch);
-                            chunk.extend_from_slice(&sse_event(None, Some(&cursor.encode()), &json));
+                        match item {
+                            Item::Message { room, seq, epoch, json } => {
+                                cursor.set(&room, seq, &epoch);
+                                chunk.extend_from_slice(&sse_event(None, Some(&cursor.encode()), &json));
+                            }
+                            // Told before the next message; the id moves past what was lost.
+                            Item::Lost { room, seq, epoch, json } => {
+                                if seq != 0 {
+                                    cursor.set(&room, seq, &epoch);
+                                }
+                                chunk.extend_from_slice(&sse_event(Some("lost"), Some(&cursor.encode()), &json));
+                            }
+                            _ => {}
                         }
                     }
                     if !chunk.is_empty() {
@@ -597,7 +603,7 @@ async fn long_poll(
                 if since.is_some() && !j.recovered {
                     lost.push(room.clone());
                 }
-                start_at(&mut cursor, room, since, &j);
+                start_at(&mut cursor, room, &j);
                 joined.push(key);
             }
             Err(_) => {
@@ -610,22 +616,43 @@ async fn long_poll(
     }
     // Whatever the gap replay queued is ready now; otherwise wait for the first live message.
     let mut messages: Vec<Value> = Vec::new();
-    let collect = |items: Vec<Item>, cursor: &mut Cursor, messages: &mut Vec<Value>| {
+    // A `lost` signal (the pod fell behind mid-poll) is kept in order among the messages, and
+    // its room is listed in `lost`.
+    let collect = |items: Vec<Item>,
+                   cursor: &mut Cursor,
+                   messages: &mut Vec<Value>,
+                   lost: &mut Vec<String>| {
         for item in items {
-            if let Item::Message {
-                room,
-                seq,
-                epoch,
-                json,
-            } = item
-            {
-                cursor.set(&room, seq, &epoch);
-                messages.push(serde_json::from_str(&json).unwrap_or(Value::Null));
+            match item {
+                Item::Message {
+                    room,
+                    seq,
+                    epoch,
+                    json,
+                } => {
+                    cursor.set(&room, seq, &epoch);
+                    messages.push(serde_json::from_str(&json).unwrap_or(Value::Null));
+                }
+                Item::Lost {
+                    room,
+                    seq,
+                    epoch,
+                    json,
+                } => {
+                    if seq != 0 {
+                        cursor.set(&room, seq, &epoch);
+                    }
+                    messages.push(serde_json::from_str(&json).unwrap_or(Value::Null));
+                    if !lost.contains(&room) {
+                        lost.push(room);
+                    }
+                }
+                _ => {}
             }
         }
     };
     let ready = futures_util::FutureExt::now_or_never(outbox.take_all()).unwrap_or_default();
-    collect(ready, &mut cursor, &mut messages);
+    collect(ready, &mut cursor, &mut messages, &mut lost);
     if messages.is_empty() && lost.is_empty() {
         let mut drain = gw.drain.close_signal();
         tokio::select! {
@@ -633,8 +660,8 @@ async fn long_poll(
                 // Let a burst land in one answer.
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 let more = futures_util::FutureExt::now_or_never(outbox.take_all()).unwrap_or_default();
-                collect(items, &mut cursor, &mut messages);
-                collect(more, &mut cursor, &mut messages);
+                collect(items, &mut cursor, &mut messages, &mut lost);
+                collect(more, &mut cursor, &mut messages, &mut lost);
             }
             _ = tokio::time::sleep(wait) => {}
             _ = wait_drain(&mut drain) => {}

@@ -1,14 +1,22 @@
 //! The pod's room hub: one bus subscription per room with local members (reference-counted by
 //! membership), fan-out of each message (encoded once) to every member's outbox, join with
 //! resume (exactly the gap, then live, de-duplicated by position), and presence.
+//!
+//! Delivery contract (docs/protocol.md, "Delivery guarantees"): when the room's feed lagged
+//! (this pod fell behind), the hub repairs its members from history like a resume, or, where
+//! history cannot cover the gap, queues each member a `lost` signal naming exactly what it
+//! missed, before the next message. A resume from another epoch starts at the oldest message
+//! the current epoch retains (`recovered: false`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::bus::feed::{Delivery, Lag};
 use super::bus::{Bus, BusError, Member, Payload, Position, Publish, Replay, RoomKey, RoomMessage};
 use super::outbox::{Item, Outbox};
 use super::presence::PresenceView;
@@ -40,15 +48,36 @@ pub struct Joiner {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Joined {
     pub recovered: bool,
+    /// What the `joined` reply says: recovered, the position after the gap queued with the
+    /// join; not recovered, the position the messages that follow come after.
     pub position: Position,
+    /// Where this member's stream starts: the messages queued with the join (a gap, or what
+    /// a new epoch retains) follow it, each raising it. A cursor pinned here resumes them all.
+    pub start: Position,
+}
+
+/// What the pod could not deliver of a room and history could not repair: the stored messages
+/// `first..=last` of `epoch` (`last` 0: none) and `ephemeral` ones.
+#[derive(Debug, Clone, PartialEq)]
+struct Lost {
+    first: u64,
+    last: u64,
+    epoch: String,
+    ephemeral: u64,
+}
+
+/// What waits for a member whose join is still replaying history.
+enum Pending {
+    Message(RoomMessage),
+    Lost(Lost),
 }
 
 struct Slot {
     outbox: Arc<Outbox>,
     encoding: Encoding,
     presence_events: bool,
-    /// While a join is replaying history, live messages wait here.
-    syncing: Option<Vec<RoomMessage>>,
+    /// While a join is replaying history, live messages (and `lost` signals) wait here.
+    syncing: Option<Vec<Pending>>,
     last_seq: u64,
     /// The stream epoch `last_seq` belongs to; a new epoch (stream recreated) restarts it.
     epoch: String,
@@ -142,6 +171,184 @@ fn deliver(slot: &mut Slot, conn: &str, enc: &mut Encoded) {
     }
 }
 
+/// Tell a member what it missed of `lost` that it has not been given or told yet; it then
+/// continues after it. Raw members cannot be told in-band: their writer closes them (4009).
+fn tell_lost(slot: &mut Slot, room: &str, lost: &Lost) {
+    let floor = if slot.epoch == lost.epoch {
+        slot.last_seq
+    } else {
+        0
+    };
+    let from = lost.first.max(floor.saturating_add(1));
+    let stored = (lost.last != 0 && from <= lost.last).then_some(from);
+    if stored.is_none() && lost.ephemeral == 0 {
+        return;
+    }
+    let at = |seq| Position {
+        seq,
+        epoch: lost.epoch.clone(),
+    };
+    let (from, to) = match stored {
+        Some(from) => {
+            slot.epoch.clone_from(&lost.epoch);
+            slot.last_seq = lost.last;
+            (Some(at(from)), Some(at(lost.last)))
+        }
+        None => (None, None),
+    };
+    let json = protocol::lost(room, from.as_ref().zip(to.as_ref()), lost.ephemeral);
+    let (seq, epoch) = to.map_or((0, String::new()), |p| (p.seq, p.epoch));
+    if slot.outbox.push(Item::Lost {
+        room: room.to_string(),
+        seq,
+        epoch,
+        json,
+    }) {
+        crate::metrics::metrics().room_lost.inc();
+    }
+}
+
+/// Fan one message out to every member of the room on this pod.
+fn fan_out(room: &LocalRoom, key: &RoomKey, msg: RoomMessage) {
+    let mut enc = Encoded { msg, json: None };
+    let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
+    // One span per message and pod (a disabled callsite when not exporting), never one per
+    // delivery.
+    let span = tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "rooms.fanout",
+        namespace = %key.namespace,
+        members = members.len(),
+    );
+    span.in_scope(|| {
+        for (conn, slot) in members.iter_mut() {
+            match &mut slot.syncing {
+                Some(buf) => buf.push(Pending::Message(enc.msg.clone())),
+                None => deliver(slot, conn, &mut enc),
+            }
+        }
+    });
+}
+
+/// What to do about a lag: the `lost` to tell (possibly nothing), then the messages to fan
+/// out. `gap`: the complete replay after `lag.after`, if history had it. Otherwise `retained`:
+/// what history still holds of the room in the lag's epoch (a suffix of what was published:
+/// both buses drop the oldest first), so everything dropped before its oldest message is lost
+/// and the rest of the lag is repaired.
+fn plan(
+    lag: &Lag,
+    gap: Option<Vec<RoomMessage>>,
+    retained: Option<Vec<RoomMessage>>,
+) -> (Lost, Vec<RoomMessage>) {
+    let lost = |last: u64| Lost {
+        first: if last == 0 { 0 } else { lag.first },
+        last,
+        epoch: lag.epoch.clone(),
+        ephemeral: lag.ephemeral,
+    };
+    if let Some(gap) = gap {
+        return (lost(0), gap);
+    }
+    let Some(retained) = retained else {
+        return (lost(lag.last), Vec::new());
+    };
+    let oldest = retained.first().map_or(u64::MAX, |m| m.seq);
+    let last_lost = if oldest <= lag.first {
+        0
+    } else {
+        lag.last.min(oldest - 1)
+    };
+    // Only the lag's own range: what history holds after it is also in the queue (or in a
+    // later lag), and delivering it now would make the queued messages before it look like
+    // duplicates.
+    let repair = retained
+        .into_iter()
+        .filter(|m| m.seq > lag.after.seq && m.seq <= lag.last)
+        .collect();
+    (lost(last_lost), repair)
+}
+
+/// The room's feed lagged: repair every member from history (a resume from where the feed
+/// stopped, de-duplicated per member); what history no longer holds is told to each member
+/// (`lost`) before the repaired messages. Either way before any later message of the feed,
+/// which the pump handles only after this.
+async fn repair(bus: &Arc<dyn Bus>, weak: &Weak<LocalRoom>, key: &RoomKey, lag: Lag) {
+    let unreadable = |e: BusError| {
+        tracing::warn!(namespace = %key.namespace, room = %key.room, error = %e, "cannot read history to repair a room queue overflow; members are told what they missed");
+    };
+    let (mut gap, mut retained) = (None, None);
+    if lag.stored == 0 {
+        gap = Some(Vec::new());
+    } else {
+        match bus.replay(key, &lag.after).await {
+            Ok(Replay::Gap(msgs)) => gap = Some(msgs),
+            Ok(Replay::Lost) => match bus.retained(key).await {
+                Ok((msgs, now)) if now.epoch == lag.epoch => retained = Some(msgs),
+                Ok(_) => {} // another epoch now: nothing of the lag's is left
+                Err(e) => unreadable(e),
+            },
+            Err(e) => unreadable(e),
+        }
+    }
+    let (lost, repaired) = plan(&lag, gap, retained);
+    let Some(room) = weak.upgrade() else { return };
+    let told = lost.last != 0 || lost.ephemeral != 0;
+    if told {
+        let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in members.values_mut() {
+            match &mut slot.syncing {
+                Some(buf) => buf.push(Pending::Lost(lost.clone())),
+                None => tell_lost(slot, &key.room, &lost),
+            }
+        }
+    }
+    for msg in repaired {
+        fan_out(&room, key, msg);
+    }
+    tracing::debug!(namespace = %key.namespace, room = %key.room, stored = lag.stored, ephemeral = lag.ephemeral, lost_to = lost.last, "room queue overflow handled");
+    crate::metrics::metrics()
+        .room_repairs
+        .with_label_values(&[if told { "lost" } else { "repaired" }])
+        .inc();
+}
+
+/// Test seam (debug builds only): while the file named by `SWITCHBOARD_TEST_FANOUT_GATE`
+/// exists, every room's fan-out on this pod waits before the next message, as in a process
+/// starved of CPU, so tests can make room queues overflow on purpose.
+async fn fanout_gate() {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    static GATE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let gate =
+        GATE.get_or_init(|| std::env::var_os("SWITCHBOARD_TEST_FANOUT_GATE").map(PathBuf::from));
+    if let Some(path) = gate {
+        while path.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Where a join starts, and what it queues.
+struct Synced {
+    recovered: bool,
+    position: Position,
+    start: Position,
+    gap: Vec<RoomMessage>,
+}
+
+impl Synced {
+    /// Live messages after `position`, nothing before.
+    fn at(position: Position) -> Self {
+        Self {
+            recovered: false,
+            start: position.clone(),
+            position,
+            gap: Vec::new(),
+        }
+    }
+}
+
 /// The hub.
 pub struct Hub {
     bus: Arc<dyn Bus>,
@@ -186,31 +393,21 @@ impl Hub {
         });
         let weak = Arc::downgrade(&room);
         let key2 = key.clone();
+        let bus = self.bus.clone();
         let pump = tokio::spawn(async move {
             let mut presence_open = true;
             loop {
                 tokio::select! {
-                    msg = sub.messages.recv() => {
-                        let Some(msg) = msg else { break };
-                        let Some(room) = weak.upgrade() else { break };
-                        let mut enc = Encoded { msg, json: None };
-                        let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
-                        // One span per message and pod (a disabled callsite when not exporting),
-                        // never one per delivery.
-                        let span = tracing::info_span!(
-                            target: crate::telemetry::TARGET,
-                            "rooms.fanout",
-                            namespace = %key2.namespace,
-                            members = members.len(),
-                        );
-                        span.in_scope(|| {
-                            for (conn, slot) in members.iter_mut() {
-                                match &mut slot.syncing {
-                                    Some(buf) => buf.push(enc.msg.clone()),
-                                    None => deliver(slot, conn, &mut enc),
-                                }
+                    delivery = sub.messages.recv() => {
+                        let Some(delivery) = delivery else { break };
+                        fanout_gate().await;
+                        match delivery {
+                            Delivery::Message(msg) => {
+                                let Some(room) = weak.upgrade() else { break };
+                                fan_out(&room, &key2, msg);
                             }
-                        });
+                            Delivery::Lagged(lag) => repair(&bus, &weak, &key2, lag).await,
+                        }
                     }
                     ev = sub.presence.recv(), if presence_open => {
                         let Some(ev) = ev else {
@@ -292,8 +489,7 @@ impl Hub {
             epoch: String::new(),
         };
         let room = self.enter(key, &j.conn, slot).await?;
-        let synced = self.sync(key, since).await;
-        let (recovered, position, gap) = match synced {
+        let synced = match self.sync(key, since).await {
             Ok(v) => v,
             Err(e) => {
                 self.leave_room(key, &j.conn).await;
@@ -302,24 +498,29 @@ impl Hub {
         };
         if let Some(id) = reply {
             j.outbox.push(Item::Reply(protocol::joined(
-                &key.room, recovered, &position, id,
+                &key.room,
+                synced.recovered,
+                &synced.position,
+                id,
             )));
         }
         {
             let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(slot) = members.get_mut(&j.conn) {
-                // Resumed: deliver from the client's position (the gap raises it as it goes).
-                // Fresh or lost: live delivery continues after the room's current position.
-                slot.last_seq = match since {
-                    Some(s) if recovered => s.seq,
-                    _ => position.seq,
-                };
-                slot.epoch.clone_from(&position.epoch);
-                for msg in gap {
+                // Deliver from the start (the replayed messages raise it as they go); live
+                // messages that were buffered meanwhile follow, de-duplicated by position.
+                slot.last_seq = synced.start.seq;
+                slot.epoch.clone_from(&synced.start.epoch);
+                for msg in synced.gap {
                     deliver(slot, &j.conn, &mut Encoded { msg, json: None });
                 }
-                for msg in slot.syncing.take().unwrap_or_default() {
-                    deliver(slot, &j.conn, &mut Encoded { msg, json: None });
+                for pending in slot.syncing.take().unwrap_or_default() {
+                    match pending {
+                        Pending::Message(msg) => {
+                            deliver(slot, &j.conn, &mut Encoded { msg, json: None })
+                        }
+                        Pending::Lost(lost) => tell_lost(slot, &key.room, &lost),
+                    }
                 }
             }
         }
@@ -333,8 +534,9 @@ impl Hub {
             }
         }
         Ok(Joined {
-            recovered,
-            position,
+            recovered: synced.recovered,
+            position: synced.position,
+            start: synced.start,
         })
     }
 
@@ -358,28 +560,49 @@ impl Hub {
         result
     }
 
-    /// Replay (when resuming) and the position live delivery continues from.
-    async fn sync(
-        &self,
-        key: &RoomKey,
-        since: Option<&Position>,
-    ) -> Result<(bool, Position, Vec<RoomMessage>), BusError> {
-        match since {
-            Some(s) => match self.bus.replay(key, s).await? {
-                Replay::Gap(msgs) => {
-                    let last = msgs.last().map_or(s.seq, |m| m.seq);
-                    Ok((
-                        true,
-                        Position {
-                            seq: last,
-                            epoch: s.epoch.clone(),
-                        },
-                        msgs,
-                    ))
+    /// Replay (when resuming) and the position live delivery continues from. A `since` from
+    /// another epoch gets what the current epoch retains, from its oldest message, flagged
+    /// `recovered: false` (the history the client saw is gone; what came after is not).
+    async fn sync(&self, key: &RoomKey, since: Option<&Position>) -> Result<Synced, BusError> {
+        let Some(since) = since else {
+            return Ok(Synced::at(self.bus.position(key).await?));
+        };
+        match self.bus.replay(key, since).await? {
+            Replay::Gap(gap) => {
+                let position = gap.last().map_or(since.clone(), |m| Position {
+                    seq: m.seq,
+                    epoch: since.epoch.clone(),
+                });
+                Ok(Synced {
+                    recovered: true,
+                    position,
+                    start: since.clone(),
+                    gap,
+                })
+            }
+            Replay::Lost => {
+                let now = self.bus.position(key).await?;
+                if now.epoch == since.epoch {
+                    return Ok(Synced::at(now)); // gone from this epoch's history: reload
                 }
-                Replay::Lost => Ok((false, self.bus.position(key).await?, Vec::new())),
-            },
-            None => Ok((false, self.bus.position(key).await?, Vec::new())),
+                let (retained, now) = self.bus.retained(key).await?;
+                let at = |m: &RoomMessage, seq| Position {
+                    seq,
+                    epoch: m.epoch.clone(),
+                };
+                let Some(first) = retained.first() else {
+                    return Ok(Synced::at(now));
+                };
+                // `position` as for any `recovered: false`: what follows comes after it (a
+                // client that sets its position from it keeps the retained messages).
+                let start = at(first, first.seq.saturating_sub(1));
+                Ok(Synced {
+                    recovered: false,
+                    position: start.clone(),
+                    start,
+                    gap: retained,
+                })
+            }
         }
     }
 
@@ -720,6 +943,214 @@ mod tests {
             seqs(&a.outbox, 1).await,
             vec![1],
             "seq 1 of the new epoch is delivered"
+        );
+    }
+
+    /// A hub over a bus whose room queues hold 2 messages, keeping `history` messages.
+    async fn tiny_queue(history: u32) -> (Arc<Hub>, Arc<MemoryBus>) {
+        let bus = Arc::new(MemoryBus::with_queue(2));
+        bus.configure(
+            "ns",
+            Some(Retention {
+                max_messages: history,
+                max_age: Duration::from_secs(60),
+            }),
+        )
+        .await
+        .unwrap();
+        (Hub::new(bus.clone()), bus)
+    }
+
+    /// Everything queued for `o` until `last` (a message or the end of a `lost`) came.
+    async fn received(o: &Outbox, last: u64) -> Vec<Value> {
+        let mut got = Vec::new();
+        loop {
+            let items = tokio::time::timeout(Duration::from_secs(2), o.take_all())
+                .await
+                .expect("items in time");
+            for i in items {
+                let (seq, json) = match i {
+                    Item::Message { seq, json, .. } => (seq, json.to_string()),
+                    Item::Lost { seq, json, .. } => (seq, json),
+                    _ => continue,
+                };
+                got.push(serde_json::from_str::<Value>(&json).unwrap());
+                if seq >= last {
+                    return got;
+                }
+            }
+        }
+    }
+
+    // The test runtime has one thread and the embedded bus never yields while publishing: ten
+    // publishes in a row overflow a queue of two before the pump runs at all.
+
+    #[tokio::test]
+    async fn an_overflow_history_covers_is_repaired_for_every_member_without_a_signal() {
+        let (hub, bus) = tiny_queue(100).await;
+        let (a, b) = (joiner("a"), joiner("b"));
+        hub.join(&key(), &a, None, None).await.unwrap();
+        hub.join(&key(), &b, None, None).await.unwrap();
+        for n in 1..=10 {
+            publish(&bus, n).await;
+        }
+        for o in [&a.outbox, &b.outbox] {
+            let got = received(o, 10).await;
+            let seqs: Vec<_> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+            assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{got:?}");
+        }
+        let m = crate::metrics::metrics();
+        assert!(m.room_overflows.get() >= 1);
+        assert!(m.room_repairs.with_label_values(&["repaired"]).get() >= 1);
+    }
+
+    #[tokio::test]
+    async fn what_history_no_longer_holds_of_an_overflow_is_told_before_the_rest_is_repaired() {
+        let (hub, bus) = tiny_queue(3).await;
+        let a = joiner("a");
+        hub.join(&key(), &a, None, None).await.unwrap();
+        let epoch = bus.position(&key()).await.unwrap().epoch;
+        for n in 1..=10 {
+            publish(&bus, n).await;
+        }
+        // 1 and 2 were queued; 3..=10 overflowed and history keeps 8..=10: 3..=7 are told,
+        // then 8..=10 are repaired.
+        let got = received(&a.outbox, 10).await;
+        let seq = |v: &Value| v["seq"].as_u64();
+        assert_eq!((seq(&got[0]), seq(&got[1])), (Some(1), Some(2)), "{got:?}");
+        assert_eq!(
+            got[2],
+            serde_json::json!({"type": "lost", "room": "r", "ephemeral": 0,
+                "from": {"seq": 3, "epoch": epoch}, "to": {"seq": 7, "epoch": epoch}})
+        );
+        assert_eq!(
+            got[3..].iter().map(seq).collect::<Vec<_>>(),
+            vec![Some(8), Some(9), Some(10)]
+        );
+        publish(&bus, 11).await;
+        assert_eq!(seqs(&a.outbox, 1).await, vec![11], "then live again");
+    }
+
+    fn msg(seq: u64) -> RoomMessage {
+        RoomMessage {
+            key: key(),
+            seq,
+            epoch: "e".into(),
+            ts_ms: 0,
+            from: None,
+            data: Payload::Json(seq.into()),
+            ephemeral: false,
+            origin_conn: None,
+        }
+    }
+
+    #[test]
+    fn a_lag_is_repaired_from_what_history_holds_and_only_the_rest_is_lost() {
+        let lag = Lag {
+            after: Position {
+                seq: 4,
+                epoch: "e".into(),
+            },
+            first: 5,
+            last: 20,
+            epoch: "e".into(),
+            stored: 16,
+            ephemeral: 1,
+        };
+        let seqs = |v: Vec<RoomMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let lost = |first, last| Lost {
+            first,
+            last,
+            epoch: "e".into(),
+            ephemeral: 1,
+        };
+        // The whole gap replayed: nothing stored is lost.
+        let (l, r) = plan(&lag, Some((5..=20).map(msg).collect()), None);
+        assert_eq!((l, seqs(r)), (lost(0, 0), (5..=20).collect()));
+        // History holds 12.. (and 21, 22 published since, which are queued after the lag):
+        // 5..=11 lost, 12..=20 repaired.
+        let (l, r) = plan(&lag, None, Some((12..=22).map(msg).collect()));
+        assert_eq!((l, seqs(r)), (lost(5, 11), (12..=20).collect()));
+        // History holds only messages after the lag: all of it is lost, none is repaired
+        // ahead of the queue.
+        let (l, r) = plan(&lag, None, Some((25..=26).map(msg).collect()));
+        assert_eq!((l, seqs(r)), (lost(5, 20), vec![]));
+        // Nothing retained, or history unreadable: all of it is lost.
+        assert_eq!(plan(&lag, None, Some(vec![])), (lost(5, 20), vec![]));
+        assert_eq!(plan(&lag, None, None), (lost(5, 20), vec![]));
+        // History older than the lag (the replay was only unsure): repaired from after `after`.
+        let (l, r) = plan(&lag, None, Some((3..=20).map(msg).collect()));
+        assert_eq!((l, seqs(r)), (lost(0, 0), (5..=20).collect()));
+    }
+
+    #[tokio::test]
+    async fn a_member_is_told_only_what_it_has_not_been_given() {
+        let (hub, bus) = tiny_queue(3).await;
+        let a = joiner("a");
+        hub.join(&key(), &a, None, None).await.unwrap();
+        let room = hub.rooms.lock().await.get(&key()).cloned().unwrap();
+        let epoch = bus.position(&key()).await.unwrap().epoch;
+        let lost = Lost {
+            first: 3,
+            last: 10,
+            epoch: epoch.clone(),
+            ephemeral: 2,
+        };
+        {
+            let mut members = room.members.lock().unwrap();
+            let slot = members.get_mut("a").unwrap();
+            slot.last_seq = 6; // it got up to 6 another way (a resume)
+            tell_lost(slot, "r", &lost);
+            assert_eq!(slot.last_seq, 10);
+            tell_lost(
+                slot,
+                "r",
+                &Lost {
+                    ephemeral: 0,
+                    ..lost
+                },
+            );
+        }
+        let got = received(&a.outbox, 10).await;
+        assert_eq!(
+            got,
+            vec![
+                serde_json::json!({"type": "lost", "room": "r", "ephemeral": 2,
+                "from": {"seq": 7, "epoch": epoch}, "to": {"seq": 10, "epoch": epoch}})
+            ],
+            "the second signal had nothing new to tell"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resume_from_another_epoch_gets_what_the_current_epoch_retains() {
+        let (hub, bus) = tiny_queue(3).await;
+        for n in 1..=5 {
+            publish(&bus, n).await;
+        }
+        let b = joiner("b");
+        let old = Position {
+            seq: 9,
+            epoch: "before-the-restart".into(),
+        };
+        let joined = hub.join(&key(), &b, Some(&old), Some(None)).await.unwrap();
+        let epoch = bus.position(&key()).await.unwrap().epoch;
+        let at = |seq| Position {
+            seq,
+            epoch: epoch.clone(),
+        };
+        assert_eq!(
+            joined,
+            Joined {
+                recovered: false,
+                position: at(2),
+                start: at(2),
+            }
+        );
+        assert_eq!(
+            seqs(&b.outbox, 3).await,
+            vec![3, 4, 5],
+            "from the oldest retained"
         );
     }
 

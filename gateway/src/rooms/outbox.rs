@@ -30,6 +30,14 @@ pub enum Item {
     RawBinary(bytes::Bytes),
     /// A protocol reply (ack, error, joined...).
     Reply(String),
+    /// Messages of `room` this member will not get (`lost`, docs/protocol.md); `seq`/`epoch`:
+    /// the last of them (the member's position from now on; `seq` 0: only ephemeral ones).
+    Lost {
+        room: String,
+        seq: u64,
+        epoch: String,
+        json: String,
+    },
 }
 
 impl Item {
@@ -39,6 +47,7 @@ impl Item {
             Self::RawText(t) => t.len(),
             Self::RawBinary(b) => b.len(),
             Self::Reply(r) => r.len(),
+            Self::Lost { json, .. } => json.len() + 64,
         };
         n as u64 + 16
     }

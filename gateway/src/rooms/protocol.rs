@@ -164,6 +164,18 @@ pub fn joined(room: &str, recovered: bool, position: &Position, id: Option<&str>
     )
 }
 
+/// `lost`: messages of `room` this member did not get and will not get (the pod fell behind and
+/// history could not repair it): every stored message with `from.seq <= seq <= to.seq` (in that
+/// epoch) when `range` is given, and `ephemeral` messages without a position.
+pub fn lost(room: &str, range: Option<(&Position, &Position)>, ephemeral: u64) -> String {
+    let mut v = json!({"type": "lost", "room": room, "ephemeral": ephemeral});
+    if let (Some((from, to)), Some(obj)) = (range, v.as_object_mut()) {
+        obj.insert("from".into(), json!(from));
+        obj.insert("to".into(), json!(to));
+    }
+    v.to_string()
+}
+
 pub fn left(room: &str, id: Option<&str>) -> String {
     with_id(json!({"type": "left", "room": room}), id)
 }
@@ -294,6 +306,21 @@ mod tests {
             v,
             json!({"type":"message","room":"r","seq":7,"epoch":"e","ts":1,"from":{"sub":"alice"},"data":{"hi":true}})
         );
+    }
+
+    #[test]
+    fn lost_names_the_missed_range_and_the_ephemeral_count() {
+        let p = |seq| Position {
+            seq,
+            epoch: "e".into(),
+        };
+        let v: Value = serde_json::from_str(&lost("r", Some((&p(4), &p(9))), 2)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"lost","room":"r","from":{"seq":4,"epoch":"e"},"to":{"seq":9,"epoch":"e"},"ephemeral":2})
+        );
+        let v: Value = serde_json::from_str(&lost("r", None, 3)).unwrap();
+        assert_eq!(v, json!({"type":"lost","room":"r","ephemeral":3}));
     }
 
     #[test]

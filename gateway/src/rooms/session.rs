@@ -97,6 +97,7 @@ pub async fn run(io: Upgraded, ctx: SessionCtx) -> CloseCause {
 
     // Writer: batches of queued items, one flush per batch; closes on request or overflow.
     let writer_outbox = outbox.clone();
+    let raw = ctx.policy.is_raw();
     let writer = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -127,6 +128,15 @@ pub async fn run(io: Upgraded, ctx: SessionCtx) -> CloseCause {
                         }
                         return None;
                     }
+                    // A raw member cannot be told in-band that messages were lost: what came
+                    // before is written, then it is closed (4009) to resync on reconnect.
+                    let mut items = items;
+                    let lost_at = raw
+                        .then(|| items.iter().position(|i| matches!(i, Item::Lost { .. })))
+                        .flatten();
+                    if let Some(at) = lost_at {
+                        items.truncate(at);
+                    }
                     tokio::select! {
                         written = async {
                             for item in items {
@@ -141,6 +151,12 @@ pub async fn run(io: Upgraded, ctx: SessionCtx) -> CloseCause {
                         _ = writer_outbox.overflowed() => {
                             return Some(close_slow_consumer(&mut sink).await);
                         }
+                    }
+                    if lost_at.is_some() {
+                        let cause = CloseCause::MessagesLost;
+                        let close = Message::Close(Some(close_frame(&cause)));
+                        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close)).await;
+                        return Some(cause);
                     }
                 }
             }
@@ -188,7 +204,7 @@ fn to_message(item: Item) -> Message {
         Item::Message { json, .. } => Message::text(json.to_string()),
         Item::RawText(t) => Message::text(t.to_string()),
         Item::RawBinary(b) => Message::binary(b),
-        Item::Reply(r) => Message::text(r),
+        Item::Reply(r) | Item::Lost { json: r, .. } => Message::text(r),
     }
 }
 

@@ -7,6 +7,7 @@
 //! - **Resume**: it keeps, per room, the last position it processed and re-joins every room with
 //!   `since` after a reconnect (also the automatic `user:<sub>` room once it has seen it).
 //!   `recovered: false` on such a join is surfaced ([`Event::is_loss`]): the caller must reload.
+//!   A `lost` message (the pod fell behind and history could not repair it) is surfaced too.
 //! - **De-duplication by `seq`** (per room and epoch): a stored message is delivered to the
 //!   caller at most once. Messages of a room that arrive while a join for it is still
 //!   unanswered are dropped: the join's replay (the gap after `since`) sends them again, after
@@ -127,6 +128,14 @@ pub enum Event {
     },
     /// A `left` reply.
     Left { room: String },
+    /// `lost`: the pod fell behind and history could not repair it; the room's stored messages
+    /// `from..=to` (when given) and `ephemeral` ones were missed ([`Event::is_loss`]).
+    Lost {
+        room: String,
+        from: Option<Position>,
+        to: Option<Position>,
+        ephemeral: u64,
+    },
     /// A room message, de-duplicated.
     Message(RoomMessage),
     /// A publish was acknowledged (`position` is `None` for ephemeral publishes).
@@ -163,7 +172,7 @@ impl Event {
                 resumed: true,
                 recovered: false,
                 ..
-            }
+            } | Event::Lost { .. }
         )
     }
 }
@@ -853,6 +862,20 @@ impl Worker {
                     }
                 }
                 self.emit(Event::Error { id, code, reason });
+            }
+            "lost" => {
+                let room = v["room"].as_str().unwrap_or_default().to_owned();
+                let to = Position::from_json(&v["to"]);
+                // Continue after what was lost (the caller reloads the room).
+                if let (Some(st), Some(to)) = (self.rooms.get_mut(&room), &to) {
+                    st.position = Some(to.clone());
+                }
+                self.emit(Event::Lost {
+                    room,
+                    from: Position::from_json(&v["from"]),
+                    to,
+                    ephemeral: v["ephemeral"].as_u64().unwrap_or(0),
+                });
             }
             "presence" => self.emit(Event::Presence(v)),
             "pong" => self.emit(Event::Pong { id }),

@@ -1,6 +1,6 @@
 //! The embedded bus: one process, rooms fanned out in memory, history in a bounded ring per
 //! room. The epoch is fixed for the life of the process (a restart loses history, so clients
-//! resuming across it get `recovered: false`).
+//! resuming across it get `recovered: false`, then what the new process retains).
 //!
 //! A room costs memory only while it has a subscriber (a pod-local member), a presence member
 //! or a retained message; then it is freed. Positions are therefore per *namespace* (like the
@@ -22,13 +22,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::feed::{FeedSender, ROOM_QUEUE, room_queue};
 use super::{
     Bus, BusError, Member, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
     RoomMessage, Subscription,
 };
-
-/// Live queue depth between the bus and the hub for one room.
-const ROOM_QUEUE: usize = 4096;
 
 /// Most expiry entries one [`Bus::maintain`] call handles.
 pub const SWEEP_BUDGET: usize = 10_000;
@@ -38,7 +36,7 @@ struct Room {
     history: VecDeque<RoomMessage>,
     /// Highest position of this room removed from (or never put in) its history.
     trimmed: u64,
-    subscribers: Vec<(u64, mpsc::Sender<RoomMessage>)>,
+    subscribers: Vec<(u64, FeedSender)>,
     presence_subscribers: Vec<(u64, mpsc::Sender<PresenceEvent>)>,
     members: HashMap<String, Member>,
     /// An entry for this room is in the expiry queue.
@@ -114,6 +112,8 @@ pub struct MemoryBus {
     epoch: String,
     state: Arc<Mutex<State>>,
     retention: Mutex<HashMap<String, Retention>>,
+    /// Live queue depth of each subscription.
+    queue: usize,
 }
 
 impl Default for MemoryBus {
@@ -155,10 +155,16 @@ impl Drop for Unsubscribe {
 
 impl MemoryBus {
     pub fn new() -> Self {
+        Self::with_queue(room_queue())
+    }
+
+    /// A bus whose subscriptions queue at most `queue` messages (tests overflow them).
+    pub fn with_queue(queue: usize) -> Self {
         Self {
             epoch: format!("mem-{:x}", rand::random::<u64>()),
             state: Arc::default(),
             retention: Mutex::default(),
+            queue,
         }
     }
 
@@ -280,13 +286,11 @@ impl Bus for MemoryBus {
             None => {}
         }
         // Sent under the lock so every subscriber sees positions in order. A hub queue that
-        // is full (4096 messages behind: the hub's fan-out never awaits, so this means the
-        // process is starved) drops for that pod, loudly; clients resume from history.
+        // is full (the hub's fan-out never awaits, so this means the process is starved) makes
+        // the feed lag: the hub repairs its members from history or tells them (`feed`).
         room.subscribers.retain(|(_, s)| !s.is_closed());
         for (_, s) in &room.subscribers {
-            if s.try_send(msg.clone()).is_err() {
-                tracing::warn!(room = %msg.key.room, seq, "room fan-out queue full; message dropped for this pod");
-            }
+            let _ = s.send(msg.clone());
         }
         if let Some(r) = &retention {
             st.schedule(&msg.key, r);
@@ -299,11 +303,20 @@ impl Bus for MemoryBus {
     }
 
     async fn subscribe(&self, key: &RoomKey) -> Result<Subscription, BusError> {
-        let (tx, rx) = mpsc::channel(ROOM_QUEUE);
         let (ptx, prx) = mpsc::channel(ROOM_QUEUE);
         let mut st = self.state();
         st.next_sub += 1;
         let id = st.next_sub;
+        // Live delivery starts after the namespace's last position: no message of this room
+        // lies between the two, so a lag counted from it names exactly what the room missed.
+        let last = st.positions.get(&key.namespace).map_or(0, |p| p.seq);
+        let (tx, rx) = FeedSender::with_capacity(
+            self.queue,
+            Position {
+                seq: last,
+                epoch: self.epoch.clone(),
+            },
+        );
         let room = st.rooms.entry(key.clone()).or_default();
         room.subscribers.push((id, tx));
         room.presence_subscribers.push((id, ptx));
@@ -376,6 +389,23 @@ impl Bus for MemoryBus {
             seq,
             epoch: self.epoch.clone(),
         })
+    }
+
+    async fn retained(&self, key: &RoomKey) -> Result<(Vec<RoomMessage>, Position), BusError> {
+        let retention = self.retention_of(&key.namespace);
+        let mut st = self.state();
+        // The namespace's last position (as `position` answers): nothing of the room lies after it.
+        let position = Position {
+            seq: st.positions.get(&key.namespace).map_or(0, |p| p.seq),
+            epoch: self.epoch.clone(),
+        };
+        let Some(room) = st.rooms.get_mut(key) else {
+            return Ok((Vec::new(), position));
+        };
+        if let Some(r) = &retention {
+            room.trim(r, now_ms());
+        }
+        Ok((room.history.iter().cloned().collect(), position))
     }
 
     async fn presence_set(
@@ -485,7 +515,16 @@ mod tests {
             bus.publish(publish("a", n)).await.unwrap();
         }
         for want in 1..=5 {
-            assert_eq!(sub.messages.recv().await.unwrap().seq, want);
+            assert_eq!(
+                sub.messages
+                    .recv()
+                    .await
+                    .unwrap()
+                    .into_message()
+                    .unwrap()
+                    .seq,
+                want
+            );
         }
     }
 
@@ -547,13 +586,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn retained_is_what_history_still_holds_of_the_current_epoch() {
+        let bus = bus_with_history(3).await;
+        assert_eq!(
+            bus.retained(&key("a")).await.unwrap(),
+            (
+                vec![],
+                Position {
+                    seq: 0,
+                    epoch: bus.epoch.clone()
+                }
+            )
+        );
+        for n in 0..5 {
+            bus.publish(publish("a", n)).await.unwrap();
+        }
+        let (msgs, position) = bus.retained(&key("a")).await.unwrap();
+        assert_eq!(
+            msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert_eq!(
+            position,
+            Position {
+                seq: 5,
+                epoch: bus.epoch.clone()
+            }
+        );
+    }
+
+    #[tokio::test]
     async fn ephemeral_messages_are_delivered_but_never_stored() {
         let bus = bus_with_history(10).await;
         let mut sub = bus.subscribe(&key("a")).await.unwrap();
         let mut p = publish("a", 1);
         p.ephemeral = true;
         assert_eq!(bus.publish(p).await.unwrap(), None);
-        assert!(sub.messages.recv().await.unwrap().ephemeral);
+        assert!(
+            sub.messages
+                .recv()
+                .await
+                .unwrap()
+                .into_message()
+                .unwrap()
+                .ephemeral
+        );
         let pos = bus.position(&key("a")).await.unwrap();
         assert_eq!(pos.seq, 0);
         assert_eq!(

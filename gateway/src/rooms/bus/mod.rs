@@ -5,6 +5,7 @@
 //! `nats` (core NATS subjects for live fan-out, JetStream for history, positions and resume).
 //! The hub holds one [`Subscription`] per room per pod (reference-counted by the hub).
 
+pub mod feed;
 pub mod memory;
 pub mod nats;
 
@@ -107,7 +108,8 @@ pub struct PresenceEvent {
 
 /// Live delivery for one room on this pod. Dropping it unsubscribes.
 pub struct Subscription {
-    pub messages: mpsc::Receiver<RoomMessage>,
+    /// Room messages in position order, and a [`feed::Lag`] where the pod fell behind.
+    pub messages: mpsc::Receiver<feed::Delivery>,
     pub presence: mpsc::Receiver<PresenceEvent>,
     /// Held to keep the underlying subscription alive (NATS subscriptions, consumers).
     pub guard: Box<dyn Send + Sync>,
@@ -149,6 +151,10 @@ pub trait Bus: Send + Sync {
 
     /// The room's current position (what a fresh joiner is told).
     async fn position(&self, key: &RoomKey) -> Result<Position, BusError>;
+
+    /// Every retained message of the room in the current epoch, oldest first, and the room's
+    /// current position (a resume from another epoch starts from the oldest of them).
+    async fn retained(&self, key: &RoomKey) -> Result<(Vec<RoomMessage>, Position), BusError>;
 
     /// Announce (or withdraw) a member; refreshed by the caller every `ttl / 3` while present.
     async fn presence_set(

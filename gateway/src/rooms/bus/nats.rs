@@ -43,6 +43,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::mpsc;
 
+use super::feed::{FeedSender, ROOM_QUEUE};
 use super::{
     Bus, BusError, Member, Payload, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
     RoomMessage, Subscription,
@@ -56,8 +57,6 @@ pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 const INFO_RETRY: Duration = Duration::from_millis(250);
 /// JetStream API and publish-ack timeout: below [`OP_TIMEOUT`] so the bus reports the cause.
 const JS_TIMEOUT: Duration = Duration::from_secs(4);
-/// Live queue depth between the bus and the hub for one room (as the memory bus).
-const ROOM_QUEUE: usize = 4096;
 /// Messages per pull request when reading history or presence.
 const FETCH_BATCH: usize = 256;
 /// Ephemeral read consumers are removed by the server this long after their last use (they are
@@ -835,6 +834,52 @@ impl Inner {
         Ok(true)
     }
 
+    async fn retained(&self, key: &RoomKey) -> Result<(Vec<RoomMessage>, Position), BusError> {
+        check_key(key)?;
+        let ns = &key.namespace;
+        if self.history(ns).is_none() {
+            let none = Position {
+                seq: 0,
+                epoch: NO_HISTORY_EPOCH.into(),
+            };
+            return Ok((Vec::new(), none));
+        }
+        if !self.connected() {
+            return Err(self.down());
+        }
+        // The position is the stream's end *before* reading: a message published after it is
+        // either read here or delivered live after it, never skipped.
+        let (stream, before) = self.stream_info(ns).await?;
+        let epoch = epoch_of(&before);
+        let position = Position {
+            seq: before.state.last_sequence,
+            epoch: epoch.clone(),
+        };
+        let raw = self
+            .read_all(
+                &stream,
+                Self::read_config(self.subject("room", key), DeliverPolicy::All),
+            )
+            .await?;
+        let (_, after) = self.stream_info(ns).await?;
+        if epoch_of(&after) != epoch {
+            // Recreated while reading: nothing read belongs to the epoch now current.
+            let now = Position {
+                seq: after.state.last_sequence,
+                epoch: epoch_of(&after),
+            };
+            return Ok((Vec::new(), now));
+        }
+        let msgs = raw
+            .iter()
+            .filter_map(|m| {
+                let info = m.info().ok()?;
+                decode(key, &m.payload, info.stream_sequence, &epoch, ms_of(&info))
+            })
+            .collect();
+        Ok((msgs, position))
+    }
+
     async fn position(&self, key: &RoomKey) -> Result<Position, BusError> {
         check_key(key)?;
         if self.history(&key.namespace).is_none() {
@@ -1052,7 +1097,19 @@ impl Inner {
             self.sync().await;
             None
         };
-        let (tx, messages) = mpsc::channel(ROOM_QUEUE);
+        // Live delivery starts after the stream's end at subscription (no history: nothing to
+        // repair from, a lag is told as it is).
+        let start = stored.as_ref().map_or(
+            Position {
+                seq: 0,
+                epoch: NO_HISTORY_EPOCH.into(),
+            },
+            |f| Position {
+                seq: f.last,
+                epoch: f.epoch.clone(),
+            },
+        );
+        let (tx, messages) = FeedSender::new(start);
         let (ptx, presence_rx) = mpsc::channel(ROOM_QUEUE);
         let pump = Pump {
             inner: self.clone(),
@@ -1063,7 +1120,6 @@ impl Inner {
             presence,
             tx,
             ptx,
-            dropped: 0,
         };
         let task = tokio::spawn(pump.run());
         Ok(Subscription {
@@ -1137,9 +1193,8 @@ struct Pump {
     room_core: Option<Subscriber>,
     eph: Subscriber,
     presence: Subscriber,
-    tx: mpsc::Sender<RoomMessage>,
+    tx: FeedSender,
     ptx: mpsc::Sender<PresenceEvent>,
-    dropped: u64,
 }
 
 async fn next_of<S: futures_util::Stream + Unpin>(s: &mut Option<S>) -> Option<S::Item> {
@@ -1227,20 +1282,10 @@ impl Pump {
         }
     }
 
+    /// Never waits: NATS must keep being read. A full queue makes the feed lag (the hub
+    /// repairs its members from history or tells them, see `feed`).
     fn send(&mut self, msg: RoomMessage) -> bool {
-        match self.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // The hub is far behind: drop rather than buffer without bound (as the memory
-                // bus does; members resync from history).
-                self.dropped += 1;
-                if self.dropped == 1 || self.dropped.is_multiple_of(1000) {
-                    tracing::warn!(room = %self.key.room, dropped = self.dropped, "room queue full; dropping messages");
-                }
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        self.tx.send(msg).is_ok()
     }
 
     fn presence_event(&mut self, m: &async_nats::Message) -> bool {
@@ -1349,6 +1394,12 @@ impl Bus for NatsBus {
     async fn position(&self, key: &RoomKey) -> Result<Position, BusError> {
         self.inner
             .bounded(OP_TIMEOUT, self.inner.position(key))
+            .await
+    }
+
+    async fn retained(&self, key: &RoomKey) -> Result<(Vec<RoomMessage>, Position), BusError> {
+        self.inner
+            .bounded(REPLAY_TIMEOUT, self.inner.retained(key))
             .await
     }
 
