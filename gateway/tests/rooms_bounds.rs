@@ -432,11 +432,14 @@ async fn joining_and_leaving_many_distinct_rooms_leaves_nothing_behind() {
         "{ROOMS} joined-and-left rooms and 5100 polled rooms kept {} KiB",
         after - baseline
     );
-    assert_eq!(
-        gauge(&gw, "switchboard_bus_rooms").await,
-        0.0,
-        "no room without members or retained messages is kept"
-    );
+    // A leave and a finished poll release their rooms from tasks of their own: give a busy
+    // machine time to run them.
+    eventually(
+        "every room without members or retained messages to be freed",
+        PROMPTLY,
+        || async { gauge(&gw, "switchboard_bus_rooms").await == 0.0 },
+    )
+    .await;
 }
 
 #[tokio::test]
