@@ -259,6 +259,11 @@ impl ShutdownSignalWatch for DrainingSignal {
         drop(span);
         if clean {
             tracing::info!(elapsed = ?started.elapsed(), "drain complete: graceful exit");
+            // Graceful: pingora lets the runtimes finish the polls in progress (up to
+            // `graceful_shutdown_timeout_seconds`), so a connection whose last stream just
+            // ended still writes its final bytes (an SSE body's terminating chunk) before the
+            // process exits. The drain already waited, so pingora adds no grace period.
+            ShutdownSignal::GracefulTerminate
         } else {
             tracing::warn!(
                 elapsed = ?started.elapsed(),
@@ -267,8 +272,8 @@ impl ShutdownSignalWatch for DrainingSignal {
                 http_connections_left = self.drain.http_connections.load(Ordering::Acquire),
                 "drain deadline reached: forced exit"
             );
+            ShutdownSignal::FastShutdown
         }
-        ShutdownSignal::FastShutdown
     }
 }
 

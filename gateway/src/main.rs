@@ -35,8 +35,8 @@ struct Args {
     /// Worker threads per listener.
     #[arg(long, env = "SWITCHBOARD_THREADS", default_value_t = 2)]
     threads: usize,
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text")]
+    /// Log format: `text` or `json`. Text is coloured only when stderr is a terminal.
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 }
 

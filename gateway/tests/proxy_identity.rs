@@ -220,3 +220,128 @@ async fn plain_http_on_a_proxy_route_carries_the_same_identity_headers() {
     // Not a WebSocket: nothing was upgraded.
     assert_eq!(echo.connections(), 0);
 }
+
+/// The Node verifier from docs/config.md (the ```js block after **Signature format**), taken
+/// as it is written.
+fn documented_node_verifier() -> String {
+    let docs = std::fs::read_to_string(support::repo_root().join("docs/config.md"))
+        .expect("docs/config.md");
+    let from = docs
+        .find("**Signature format**")
+        .expect("docs/config.md has the signature format");
+    let block = docs[from..]
+        .split_once("```js\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(code, _)| code.to_owned())
+        .expect("docs/config.md has a js verifier after the signature format");
+    assert!(
+        block.contains("export function verifyIdentity("),
+        "the documented verifier is named verifyIdentity: {block}"
+    );
+    block
+}
+
+/// A `node:http` app that answers every request with what the documented verifier made of it.
+struct NodeApp {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeApp {
+    async fn start(identity_names: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let app = format!(
+            r#"{verifier}
+
+import {{ createServer }} from "node:http";
+
+const names = {names};
+createServer((req, res) => {{
+  const identity = verifyIdentity(req.headers, process.env.SECRET, names);
+  res.setHeader("content-type", "application/json");
+  res.end(JSON.stringify({{ verified: identity !== null, identity }}));
+}}).listen({port}, "127.0.0.1");
+"#,
+            verifier = documented_node_verifier(),
+            names = serde_json::to_string(identity_names).expect("names"),
+        );
+        let path = dir.path().join("app.mjs");
+        std::fs::write(&path, app).expect("write app.mjs");
+        let child = std::process::Command::new("node")
+            .arg(&path)
+            .env("SECRET", SECRET)
+            .spawn()
+            .expect("node is installed (scripts/setup.sh)");
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node app did not listen on {addr}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for NodeApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_node_app_verifies_and_decodes_non_ascii_identity_with_the_documented_code() {
+    let app = NodeApp::start(&["x-switchboard-user", "x-tenant"]).await;
+    let gateway = Gateway::start(&config(free_port(), free_port(), app.port)).await;
+    let token = sign_rs256(
+        "rsa",
+        None,
+        &claims(
+            "zoë 山田",
+            600,
+            serde_json::json!({"tenant": "Zürich utf-8''x %41"}),
+        ),
+    );
+    let bearer = format!("Bearer {token}");
+    let (status, body) =
+        http_get_with(gateway.addr(), "/app/poll", &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("the app answers JSON");
+    assert_eq!(
+        answer,
+        serde_json::json!({
+            "verified": true,
+            "identity": {"x-switchboard-user": "zoë 山田", "x-tenant": "Zürich utf-8''x %41"},
+        }),
+        "the documented Node verifier accepts the signature and decodes the values"
+    );
+
+    // An ASCII value that looks like the encoded form is itself encoded, so it comes back as
+    // it was, not decoded.
+    let token = sign_rs256(
+        "rsa",
+        None,
+        &claims("utf-8''%41", 600, serde_json::json!({"tenant": "acme"})),
+    );
+    let bearer = format!("Bearer {token}");
+    let (status, body) =
+        http_get_with(gateway.addr(), "/app/poll", &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("the app answers JSON");
+    assert_eq!(
+        answer,
+        serde_json::json!({
+            "verified": true,
+            "identity": {"x-switchboard-user": "utf-8''%41", "x-tenant": "acme"},
+        })
+    );
+}

@@ -726,3 +726,53 @@ async fn refusals_of_streams_and_polls_carry_the_cors_headers_of_their_route() {
     assert_eq!(sse.status, 404);
     assert_eq!(cors(&sse.headers), (None, None));
 }
+
+/// Read a raw HTTP/1.1 SSE response until the gateway closes the socket; the bytes as sent.
+async fn raw_sse_until_closed(gw: &mut Gateway) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr())
+        .await
+        .expect("connect");
+    s.write_all(b"GET /news?rooms=news:a HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = s.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(13).any(|w| w == b"event: joined") && gw.is_running() {
+                gw.terminate();
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .expect("the gateway closes the stream when it drains");
+    got
+}
+
+#[tokio::test]
+async fn an_sse_stream_ended_by_a_drain_ends_with_the_terminating_chunk() {
+    // The stream's end races the process exit; a few rounds make a lost end visible.
+    for round in 0..6 {
+        let mut gw = start().await;
+        let got = raw_sse_until_closed(&mut gw).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.contains("transfer-encoding: chunked"),
+            "{text}"
+        );
+        assert!(text.contains("event: shutdown"), "round {round}: {text}");
+        assert!(
+            got.ends_with(b"\r\n0\r\n\r\n"),
+            "round {round}: the chunked body ends with the zero-length chunk: {:?}",
+            &text[text.len().saturating_sub(80)..]
+        );
+        assert!(gw.wait_exit(PROMPTLY).await.is_some_and(|s| s.success()));
+    }
+}

@@ -1,6 +1,7 @@
 //! `switchboard-operator`: parse flags, init tracing, load and validate the base config
 //! (exit 64 when it is bad), then run until SIGTERM/SIGINT.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -19,7 +20,12 @@ const EXIT_CONFIG: u8 = 64;
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only for a person at a terminal: files, pipes and log collectors get plain text.
+    // (The operator logs to stdout.)
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

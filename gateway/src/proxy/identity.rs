@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sha2::Sha256;
 
 /// Headers in this namespace are the gateway's; clients can never set them.
@@ -27,6 +28,46 @@ const HOP_BY_HOP: &[&str] = &[
 /// The identity to inject, already resolved from claims: (header name, value).
 pub type Identity = Vec<(HeaderName, HeaderValue)>;
 
+/// Marks an identity value sent in the RFC 8187 `ext-value` form (percent-encoded UTF-8).
+pub const ENCODED_PREFIX: &str = "utf-8''";
+
+/// RFC 8187 `attr-char`: what stays as it is in an encoded value; every other byte is `%XX`.
+const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// The header value an identity claim is sent as: printable ASCII without surrounding spaces
+/// as it is; anything else (non-ASCII, control characters, surrounding spaces, or a value that
+/// itself starts with [`ENCODED_PREFIX`]) as `utf-8''` + percent-encoded UTF-8, so every app
+/// reads the same bytes the signature covers (docs/config.md, "Identity header values").
+pub fn identity_value(value: &str) -> Option<HeaderValue> {
+    let plain = value.bytes().all(|b| (b' '..=b'~').contains(&b))
+        && !value.starts_with(' ')
+        && !value.ends_with(' ')
+        && !value
+            .get(..ENCODED_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(ENCODED_PREFIX));
+    if plain {
+        HeaderValue::from_str(value).ok()
+    } else {
+        HeaderValue::from_str(&format!(
+            "{ENCODED_PREFIX}{}",
+            utf8_percent_encode(value, ATTR_CHAR)
+        ))
+        .ok()
+    }
+}
+
 fn canonical(name: &str) -> String {
     name.to_ascii_lowercase().replace('_', "-")
 }
@@ -42,7 +83,7 @@ pub fn identity_from_claims(
             let value = claim(c)?;
             Some((
                 HeaderName::from_bytes(h.as_bytes()).ok()?,
-                HeaderValue::from_str(&value).ok()?,
+                identity_value(&value)?,
             ))
         })
         .collect()
@@ -125,7 +166,8 @@ pub fn upstream_headers(
 }
 
 /// `t=<unix seconds>,v1=<hex HMAC-SHA256>` over `"<t>\n"` followed by one
-/// `"<lowercase header name>:<value>\n"` line per identity header, sorted by name.
+/// `"<lowercase header name>:<value>\n"` line per identity header, sorted by name; values are
+/// the (ASCII) bytes sent, after [`identity_value`].
 pub fn sign(key: &[u8], identity: &Identity, now_unix: u64) -> String {
     let mut lines: Vec<String> = identity
         .iter()
@@ -257,6 +299,50 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(sign(b"k", &ident(), 100), format!("t=100,v1={hex}"));
+    }
+
+    #[test]
+    fn printable_ascii_values_are_sent_as_they_are() {
+        for v in ["alice", "a b", "100%", "x+y=z", "utf-8'", "~!#"] {
+            assert_eq!(identity_value(v).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn other_values_are_sent_as_percent_encoded_utf8_with_the_rfc8187_prefix() {
+        let cases = [
+            ("Zürich", "utf-8''Z%C3%BCrich"),
+            ("山", "utf-8''%E5%B1%B1"),
+            ("a\nb", "utf-8''a%0Ab"),
+            (" pad", "utf-8''%20pad"),
+            ("pad ", "utf-8''pad%20"),
+            ("utf-8''%41", "utf-8''utf-8%27%27%2541"),
+            ("UTF-8''x", "utf-8''UTF-8%27%27x"),
+            ("ü a+b~", "utf-8''%C3%BC%20a+b~"),
+        ];
+        for (claim, sent) in cases {
+            assert_eq!(identity_value(claim).unwrap(), sent, "{claim:?}");
+            let decoded = percent_encoding::percent_decode_str(&sent[ENCODED_PREFIX.len()..])
+                .decode_utf8()
+                .unwrap();
+            assert_eq!(decoded, claim, "{sent:?} decodes back");
+        }
+    }
+
+    #[test]
+    fn the_signature_covers_the_encoded_value_as_sent() {
+        let mut map = BTreeMap::new();
+        map.insert("city".to_string(), "X-City".to_string());
+        let id = identity_from_claims(&map, |_| Some("Zürich".to_string()));
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"k").unwrap();
+        mac.update(b"7\nx-city:utf-8''Z%C3%BCrich\n");
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(sign(b"k", &id, 7), format!("t=7,v1={hex}"));
     }
 
     #[test]

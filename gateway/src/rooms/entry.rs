@@ -352,7 +352,11 @@ fn sse(
         presence_events: false,
     };
     let mut drain = gw.drain.close_signal();
-    let live = gw.drain.enter();
+    // Shared by the task and the response body: the drain counts the stream until both are
+    // done, so the process cannot exit between the task's end and hyper writing the body's
+    // terminating chunk.
+    let live = Arc::new(gw.drain.enter());
+    let body_live = live.clone();
     let admitted = adm.admitted;
     let expiry = close_at_expiry(route, adm.claims.as_ref());
     let drain_window = route.cfg.drain.window;
@@ -515,7 +519,12 @@ fn sse(
         drop(body_tx);
         disconnected.finished().await; // still counted as live for the drain
     });
-    let body = body.boxed();
+    let body = body
+        .map_frame(move |frame| {
+            let _ = &body_live;
+            frame
+        })
+        .boxed();
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(

@@ -23,6 +23,7 @@
 
 pub mod export;
 
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator as _;
@@ -108,7 +109,8 @@ impl Telemetry {
     }
 }
 
-/// Install the process's subscriber: logs as `--log-format` says (`json`, otherwise text) and
+/// Install the process's subscriber: logs as `--log-format` says (`json`, otherwise text,
+/// coloured only when stderr is a terminal and `NO_COLOR` is unset) and
 /// the trace exporter when the environment asks for one. Errors name the variable at fault.
 pub fn init(log_format: &str) -> Result<Telemetry, TelemetryError> {
     let telemetry = Telemetry::from_env(|k| std::env::var(k).ok())?;
@@ -120,7 +122,9 @@ pub fn init(log_format: &str) -> Result<Telemetry, TelemetryError> {
                 .parse()
                 .unwrap_or_else(|_| Level::ERROR.into()),
         );
-    let logs = fmt::layer().with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: files, pipes and log collectors get plain text.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let logs = fmt::layer().with_writer(std::io::stderr).with_ansi(colour);
     let logs = if log_format == "json" {
         logs.json().with_filter(filter).boxed()
     } else {
