@@ -103,14 +103,32 @@ host)
     base="localhost/switchboard-base:$TAG"
     pull=()
     [ "$TOOL" = podman ] && pull=(--pull=never)
+    binaries="localhost/switchboard-binaries:$TAG"
+    ours=("$base" "$binaries" "$PREFIX/gateway:$TAG" "$PREFIX/operator:$TAG")
+    # What these names pointed at before: removed at the end when replaced, so that repeated
+    # builds do not pile up untagged images (nothing else is touched).
+    before=()
+    for ref in "${ours[@]}"; do
+        before+=("$("$TOOL" image inspect --format '{{.Id}}' "$ref" 2>/dev/null || true)")
+    done
+
     say "assembling $base from this machine: ${libs[*]}, $ca, passwd/group (nonroot 65532)"
     "$TOOL" build --quiet "${pull[@]}" -f "$work/base/Containerfile" -t "$base" "$work/base" >/dev/null
-
+    # The `prebuilt` stage, tagged so it is not left behind untagged; the two builds below
+    # reuse it from the layer cache.
+    "$TOOL" build --quiet "${pull[@]}" -f Containerfile --target prebuilt \
+        -t "$binaries" "$work/context" >/dev/null
     for target in gateway operator; do
         say "building $PREFIX/$target:$TAG ($PROFILE binaries built here, base $base)"
         "$TOOL" build --quiet "${pull[@]}" -f Containerfile --target "$target" "${common_args[@]}" \
             --build-arg BINARIES=prebuilt --build-arg "RUNTIME_IMAGE=$base" \
             -t "$PREFIX/$target:$TAG" "$work/context" >/dev/null
+    done
+    for i in "${!ours[@]}"; do
+        now="$("$TOOL" image inspect --format '{{.Id}}' "${ours[$i]}")"
+        if [ -n "${before[$i]}" ] && [ "${before[$i]}" != "$now" ]; then
+            "$TOOL" rmi "${before[$i]}" >/dev/null 2>&1 || true
+        fi
     done
     ;;
 *) die "IMAGE_FROM must be host or source, not '$FROM'" ;;
