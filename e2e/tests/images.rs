@@ -554,12 +554,18 @@ admin:
         yaml.contains("kind: GatewayConfig") && yaml.contains("0.0.0.0:9090"),
         "{yaml}"
     );
-    let (code, text) = http_get(metrics, "/metrics").await.expect("/metrics");
-    assert_eq!(code, StatusCode::OK);
-    assert!(
-        text.contains("switchboard_build_info{") && text.contains("switchboard_operator_leader 1"),
-        "{text}"
-    );
+    eventually(
+        "operator /metrics shows switchboard_build_info and leadership",
+        STEP,
+        || async {
+            let (code, text) = http_get(metrics, "/metrics").await?;
+            (code == StatusCode::OK
+                && text.contains("switchboard_build_info{")
+                && text.contains("switchboard_operator_leader 1"))
+            .then_some(())
+        },
+    )
+    .await;
 
     let (code, took) = tokio::task::spawn_blocking(move || operator.stop(Duration::from_secs(30)))
         .await
