@@ -16,17 +16,17 @@ fn main() {
     let commit = match std::env::var("SWITCHBOARD_GIT_COMMIT") {
         Ok(c) if !c.trim().is_empty() => c.trim().to_owned(),
         _ => {
-            // Rebuild when HEAD moves: HEAD itself, the branch it points at, packed refs.
-            for file in ["HEAD", "packed-refs"] {
-                if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", file]) {
+            // Rerun when HEAD moves: HEAD itself, the branch it points at, packed refs. Only
+            // files that exist: while a named path is missing, cargo reruns the script on every
+            // build, which recompiles the whole crate every time.
+            let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
+            watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+            for file in &watched {
+                if let Some(p) = git(&["rev-parse", "--path-format=absolute", "--git-path", file])
+                    && std::path::Path::new(&p).exists()
+                {
                     println!("cargo:rerun-if-changed={p}");
                 }
-            }
-            if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
-                && let Some(p) =
-                    git(&["rev-parse", "--path-format=absolute", "--git-path", &branch])
-            {
-                println!("cargo:rerun-if-changed={p}");
             }
             git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
         }
