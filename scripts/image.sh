@@ -92,8 +92,9 @@ host)
     [ -f "$ca" ] || die "$ca not found (Debian package ca-certificates)"
     cp "$ca" "$rootfs$ca"
     # Every shared object the binaries load (ldd prints `name => /path (addr)` and the loader
-    # as `/path (addr)`), copied to the same path with symlinks resolved.
-    mapfile -t libs < <(ldd "${bins[@]}" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u)
+    # as `/path (addr)`; not the `/path/to/binary:` headers), copied to the same path with
+    # symlinks resolved.
+    mapfile -t libs < <(ldd "${bins[@]}" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $1 !~ /:$/ {print $1}' | sort -u)
     [ "${#libs[@]}" -gt 0 ] || die "ldd named no shared libraries (a static build needs no base)"
     for lib in "${libs[@]}"; do
         mkdir -p "$rootfs$(dirname "$lib")"
