@@ -2,6 +2,9 @@
 #
 #   make run    install what the gateway needs, then run it with examples/quickstart.yaml
 #   make test   install what the tests need, then everything CI runs (.ci/run is `make test`)
+#   make image  the container images switchboard/gateway:<version> and switchboard/operator:<version>
+#               (scripts/image.sh: release binaries built here on a base assembled here, no registry;
+#               IMAGE_FROM=source: the Containerfile's Rust builder and distroless base; docs/helm.md)
 #
 # `make check-examples` builds both binaries and validates every examples/*.yaml with the gateway (part of `test`).
 
@@ -12,7 +15,7 @@ SHELL := bash
 CARGO ?= cargo
 GATEWAY_BIN := $(or $(CARGO_TARGET_DIR),target)/debug/switchboard-gateway
 
-.PHONY: run test check-examples
+.PHONY: run test check-examples image
 
 run:
 	@bash scripts/setup.sh --gateway
@@ -25,15 +28,20 @@ test:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@$(MAKE) --no-print-directory check-examples
 	python3 operator/tests/validate_examples.py
+	IMAGE_PROFILE=debug IMAGE_TAG=test bash scripts/image.sh
 	SWITCHBOARD_CHART_TESTS_STRICT=1 .venv-chart/bin/python -m pytest -p no:cacheprovider -q charts/tests
 	$(CARGO) test --workspace --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "$(CARGO) nextest run --workspace --no-fail-fast"; \
-		$(CARGO) nextest run --workspace --no-fail-fast; \
+		SWITCHBOARD_IMAGE_TESTS_STRICT=1 $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 		echo "cargo-nextest not found; falling back to: $(CARGO) test --workspace --no-fail-fast"; \
-		$(CARGO) test --workspace --no-fail-fast; \
+		SWITCHBOARD_IMAGE_TESTS_STRICT=1 $(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+image:
+	@bash scripts/setup.sh --gateway
+	bash scripts/image.sh
 
 check-examples:
 	$(CARGO) build -p switchboard-gateway --bin switchboard-gateway -p switchboard-operator --bin switchboard-operator

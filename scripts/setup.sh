@@ -9,7 +9,8 @@
 #
 # What it sees to:
 #   - Debian packages: cmake (pingora's libz-ng-sys), pkg-config; nats-server and chromium (tests,
-#     full only)
+#     full only); podman and runc (the container image build and tests, full only: podman runs
+#     containers with runc here, since crun fails on hybrid cgroups)
 #   - rustup components rustfmt and clippy (reported, not fatal, if rustup cannot fetch them)
 #   - e2e/browser/node_modules: playwright-core (npm) driving the system Chromium (full only)
 #   - .venv-chart/: the Helm chart tests' Python packages, charts/tests/requirements.txt (full only)
@@ -56,6 +57,10 @@ if [ "$MODE" = full ] && ! have nats-server && [ ! -x /usr/sbin/nats-server ]; t
 fi
 if [ "$MODE" = full ] && [ ! -x /usr/bin/chromium ]; then
     missing_apt+=(chromium)
+fi
+if [ "$MODE" = full ]; then
+    have podman || missing_apt+=(podman)
+    have runc || [ -x /usr/sbin/runc ] || missing_apt+=(runc)
 fi
 
 if [ "${#missing_apt[@]}" -gt 0 ]; then

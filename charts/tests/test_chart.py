@@ -235,6 +235,25 @@ def test_the_default_values_render_and_lint_clean():
     assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget"} <= kinds
 
 
+def test_the_default_images_are_the_ones_make_image_builds():
+    # scripts/image.sh tags switchboard/<target>:<workspace version>; Kubernetes resolves the
+    # chart's `switchboard/gateway` to the same docker.io/switchboard/gateway that image.sh
+    # gives podman, and that `kind load` / `k3d image import` put into the cluster.
+    cargo = (ROOT / "Cargo.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"$', cargo, re.M).group(1)
+    appversion = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert appversion == version, "Chart.yaml appVersion is the workspace version"
+    containerfile = (ROOT / "Containerfile").read_text()
+    assert re.findall(r"^ARG VERSION=(.*)$", containerfile, re.M) == [version, version]
+    script = (ROOT / "scripts" / "image.sh").read_text()
+    assert "PREFIX=switchboard\n" in script and "PREFIX=docker.io/switchboard\n" in script
+    assert 'TAG="${IMAGE_TAG:-$VERSION}"' in script
+    for target in ("gateway", "operator"):
+        assert re.search(rf"^FROM \$\{{RUNTIME_IMAGE\}} AS {target}$", containerfile, re.M), target
+        c = container(objects("defaults"), "Deployment", f"{RELEASE}-{target}")
+        assert c["image"] == f"switchboard/{target}:{version}", c["image"]
+
+
 @pytest.mark.parametrize("values_file", VALUES_FILES)
 def test_every_values_file_lints_clean(values_file):
     report = helm.lint(CHART, load_values(values_file), strict=True, namespace=NAMESPACE)

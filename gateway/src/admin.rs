@@ -68,6 +68,8 @@ pub fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         (&http::Method::GET, "/status") => {
             let routes = gw.routes.load();
             let body = serde_json::json!({
+                "version": crate::metrics::VERSION,
+                "commit": crate::metrics::COMMIT,
                 "generation": gw.config.load().generation,
                 "ready": gw.ready(),
                 "draining": gw.drain.is_draining(),

@@ -13,7 +13,7 @@ use switchboard_gateway::telemetry;
 
 /// Switchboard realtime gateway.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = switchboard_gateway::metrics::VERSION_LINE, about)]
 struct Args {
     /// GatewayConfig YAML file. Unset: the embedded quickstart config. With `--kube-snapshot`:
     /// the bootstrap (listeners, admin, global settings; no routes), default `0.0.0.0:8080` and

@@ -6,6 +6,18 @@ use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The release version of this build (the workspace version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit this binary was built from (`build.rs`; `unknown` outside a git checkout).
+pub const COMMIT: &str = env!("SWITCHBOARD_GIT_COMMIT");
+/// What `--version` prints after the binary's name.
+pub const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SWITCHBOARD_GIT_COMMIT"),
+    ")"
+);
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -79,6 +91,8 @@ pub struct Metrics {
     /// handshake (stage = tls) or a request head (stage = headers; includes idle keep-alive
     /// connections) took longer than `limits.handshakeTimeout`
     pub handshake_timeouts: IntCounterVec,
+    /// `switchboard_build_info{version,commit}`: always 1; the labels name the build
+    pub build_info: IntGaugeVec,
 }
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -168,7 +182,20 @@ impl Metrics {
         registry
             .register(Box::new(route_compile_failures.clone()))
             .expect("metric registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_build_info",
+                "Always 1; the labels are the version and git commit of the running binary",
+            ),
+            &["version", "commit"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("metric registered once");
+        build_info.with_label_values(&[VERSION, COMMIT]).set(1);
         Self {
+            build_info,
             route_compile_failures,
             handshake_timeouts: counter_vec(
                 &registry,

@@ -5,6 +5,18 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// The release version of this build (the workspace version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit this binary was built from (`build.rs`; `unknown` outside a git checkout).
+pub const COMMIT: &str = env!("SWITCHBOARD_GIT_COMMIT");
+/// What `--version` prints after the binary's name.
+pub const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SWITCHBOARD_GIT_COMMIT"),
+    ")"
+);
+
 /// Every metric the operator exports (one registry, no globals).
 #[derive(Clone)]
 pub struct Metrics {
@@ -29,6 +41,8 @@ pub struct Metrics {
     pub gateways: IntGaugeVec,
     /// `switchboard_operator_leader`: 1 while this replica holds the Lease.
     pub leader: IntGauge,
+    /// `switchboard_build_info{version,commit}`: always 1; the labels name the build.
+    pub build_info: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -102,7 +116,16 @@ impl Metrics {
         registry.register(Box::new(status_updates.clone()))?;
         registry.register(Box::new(routes.clone()))?;
         registry.register(Box::new(gateways.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_build_info",
+                "Always 1; the labels are the version and git commit of the running binary.",
+            ),
+            &["version", "commit"],
+        )?;
+        build_info.with_label_values(&[VERSION, COMMIT]).set(1);
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
         Ok(Self {
             registry,
             reconciles,
@@ -115,6 +138,7 @@ impl Metrics {
             routes,
             gateways,
             leader,
+            build_info,
         })
     }
 
@@ -157,5 +181,11 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+        let build =
+            format!("switchboard_build_info{{commit=\"{COMMIT}\",version=\"{VERSION}\"}} 1");
+        assert!(
+            text.lines().any(|l| l == build),
+            "missing {build} in\n{text}"
+        );
     }
 }

@@ -25,7 +25,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "switchboard-operator",
-    version,
+    version = crate::metrics::VERSION_LINE,
     about = "Reconciles RealtimeRoutes into the Switchboard gateways' config snapshot."
 )]
 pub struct Args {
