@@ -9,8 +9,11 @@
 mod support;
 
 use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
 use support::autobahn::run_fuzzingclient;
 use support::{Gateway, MAX_MESSAGE_BYTES, PROMPTLY, free_port, http_get, ws_connect};
+
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 fn config(public: u16, admin: u16) -> String {
@@ -77,29 +80,27 @@ async fn raw_rooms_relay_frames_unchanged_to_the_other_members_only() {
     let mut a = ws_connect(&gateway.ws_url("/quiet/doc-1")).await;
     let mut b = ws_connect(&gateway.ws_url("/quiet/doc-1")).await;
     let mut other_room = ws_connect(&gateway.ws_url("/quiet/doc-2")).await;
-    // A member joins its room right after its 101; b's first frame reaching a shows both
-    // have joined (a room keeps no history, so a frame sent earlier could miss b).
-    b.send(Message::text("b is here")).await.unwrap();
-    assert_eq!(support::recv_text(&mut a, PROMPTLY).await, "b is here");
+    // A member joins its room just after its 101, and a raw room keeps no history: a frame sent
+    // before the receiver joined is not for it. So each receiver first hears a probe.
+    joined(&mut b, &mut a).await;
+    joined(&mut a, &mut b).await;
 
     // A Yjs-style binary update and a text message, relayed as sent.
     let update = vec![0u8, 1, 2, 0xFF, 0x80];
     a.send(Message::binary(update.clone())).await.unwrap();
     a.send(Message::text("hello from a")).await.unwrap();
-    let got = tokio::time::timeout(PROMPTLY, b.next())
-        .await
-        .expect("a relayed message in time");
-    assert_eq!(got.unwrap().unwrap(), Message::binary(update));
-    assert_eq!(support::recv_text(&mut b, PROMPTLY).await, "hello from a");
+    assert_eq!(next_relayed(&mut b).await, Message::binary(update));
+    assert_eq!(next_relayed(&mut b).await, Message::text("hello from a"));
     // Not back to the sender (no echo on this route): b's reply is a's next message.
     b.send(Message::text("hello from b")).await.unwrap();
-    assert_eq!(support::recv_text(&mut a, PROMPTLY).await, "hello from b");
+    assert_eq!(next_relayed(&mut a).await, Message::text("hello from b"));
     // Nor into another room: doc-2's first message is its own room's.
     let mut other_peer = ws_connect(&gateway.ws_url("/quiet/doc-2")).await;
+    joined(&mut other_peer, &mut other_room).await;
     other_peer.send(Message::text("doc-2 only")).await.unwrap();
     assert_eq!(
-        support::recv_text(&mut other_room, PROMPTLY).await,
-        "doc-2 only"
+        next_relayed(&mut other_room).await,
+        Message::text("doc-2 only")
     );
 
     // Rooms outside the patterns, and paths that name no room, are refused before the upgrade.
@@ -115,4 +116,45 @@ async fn raw_rooms_relay_frames_unchanged_to_the_other_members_only() {
     // SSE and long-polls are refused on raw routes.
     let (status, _) = http_get(gateway.addr(), "/quiet/doc-1?rooms=doc-1").await;
     assert_eq!(status, 400);
+}
+
+/// Probes from `from` until one reaches `to`: both are then members of the room (a probe sent
+/// before `to` joined is simply not delivered to it).
+async fn joined<S>(from: &mut WebSocketStream<S>, to: &mut WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for n in 0..40 {
+        from.send(Message::text(format!("{PROBE}{n}")))
+            .await
+            .unwrap();
+        if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), to.next()).await {
+            assert!(is_probe(&m), "a probe, got {m:?}");
+            return;
+        }
+    }
+    panic!("no probe reached the other member in 20 s");
+}
+
+const PROBE: &str = "join-probe-";
+
+fn is_probe(m: &Message) -> bool {
+    matches!(m, Message::Text(t) if t.as_str().starts_with(PROBE))
+}
+
+/// The next data message, past probes that were still on their way.
+async fn next_relayed<S>(ws: &mut WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let m = tokio::time::timeout(PROMPTLY, ws.next())
+            .await
+            .expect("a relayed message in time")
+            .expect("the stream is open")
+            .expect("a frame");
+        if !is_probe(&m) && !matches!(m, Message::Ping(_) | Message::Pong(_)) {
+            return m;
+        }
+    }
 }

@@ -247,6 +247,8 @@ fn plan(
         ephemeral: lag.ephemeral,
     };
     if let Some(gap) = gap {
+        // Only the lag's own range, as below: later messages are still queued behind it.
+        let gap = gap.into_iter().filter(|m| m.seq <= lag.last).collect();
         return (lost(0), gap);
     }
     let Some(retained) = retained else {

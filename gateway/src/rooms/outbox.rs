@@ -97,7 +97,9 @@ impl Outbox {
 
     /// Queue an item; false (and the connection marked slow) when it does not fit.
     pub fn push(&self, item: Item) -> bool {
-        if self.closed.load(Ordering::Acquire) {
+        // Sticky: once an item was refused nothing after it may be queued, or it would go out
+        // (with a cursor past the refused one) and the gap would be silent.
+        if self.closed.load(Ordering::Acquire) || self.is_overflowed() {
             return false;
         }
         let cost = item.cost();
@@ -122,6 +124,9 @@ impl Outbox {
     /// the bound; false (and the connection marked slow) when they do not fit. Like an item,
     /// they always fit when nothing else is queued or held.
     pub fn hold(&self, n: u64) -> bool {
+        if self.is_overflowed() {
+            return false;
+        }
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if !st.is_empty() && st.bytes + st.held + n > self.max_bytes {
@@ -241,6 +246,22 @@ mod tests {
             o.take_all().await.is_empty(),
             "then the writer sees the overflow"
         );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_queued_after_a_refused_item_even_once_there_is_room_again() {
+        let o = Outbox::new(100);
+        assert!(o.push(reply(50)));
+        assert!(!o.push(reply(50)), "the second does not fit");
+        assert_eq!(o.take_all().await.len(), 1, "the writer drains the first");
+        assert_eq!(o.queued_bytes(), 0);
+        // Room again: a later item would go out after the refused one with nobody told.
+        assert!(
+            !o.push(reply(10)),
+            "refused: the connection ends as a slow consumer"
+        );
+        assert!(!o.hold(10), "and no encoded bytes are charged either");
+        assert!(o.take_all().await.is_empty());
     }
 
     #[tokio::test]
