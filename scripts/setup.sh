@@ -13,6 +13,8 @@
 #     containers with runc here, since crun fails on hybrid cgroups)
 #   - rustup components rustfmt and clippy (reported, not fatal, if rustup cannot fetch them)
 #   - e2e/browser/node_modules: playwright-core (npm) driving the system Chromium (full only)
+#   - e2e/socketio/node_modules: socket.io and socket.io-client (npm) for the Socket.IO migration
+#     test, gateway/tests/socketio.rs (full only)
 #   - .venv-chart/: the Helm chart tests' Python packages, charts/tests/requirements.txt (full only)
 #   - .venv-autobahn/: Autobahn|Testsuite (`wstest`) in a Python 2.7 virtualenv (full only);
 #     Python 2.7 is pyenv's 2.7.18, or $SWITCHBOARD_PYTHON2.
@@ -107,6 +109,17 @@ if [ ! -f "$BROWSER_DIR/node_modules/playwright-core/package.json" ]; then
     say "installing playwright-core into e2e/browser/node_modules (npm)"
     (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
         fail "npm ci in e2e/browser"
+fi
+
+# --- Socket.IO migration test: socket.io + socket.io-client (pinned in e2e/socketio) ------------
+
+SOCKETIO_DIR="$ROOT/e2e/socketio"
+if [ ! -f "$SOCKETIO_DIR/node_modules/socket.io/package.json" ] ||
+    [ ! -f "$SOCKETIO_DIR/node_modules/socket.io-client/package.json" ]; then
+    have npm || fail "npm not found (the Socket.IO test needs Node.js and npm)"
+    say "installing socket.io and socket.io-client into e2e/socketio/node_modules (npm)"
+    (cd "$SOCKETIO_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
+        fail "npm ci in e2e/socketio"
 fi
 
 # --- CRD schema check: jsonschema + PyYAML for operator/tests/validate_examples.py ----------------
