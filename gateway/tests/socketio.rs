@@ -6,7 +6,9 @@
 //! With the recommended pinning, `{query: pin}` and a random `pin` per client, every client
 //! connects, upgrades, gets every ack, and a room broadcast reaches the room's members on the
 //! emitting instance. With `{query: sid}` (the table's "no" row) the handshake breaks: the first
-//! request has no `sid` and hashes by client IP, the later ones by `sid`, elsewhere.
+//! request has no `sid` and hashes by client IP, the later ones by `sid`, elsewhere. Across a
+//! drain (SIGTERM; a new gateway on the same address) every upgraded client is closed with 1012,
+//! reconnects, and its `pin` brings it back to the same instance.
 //!
 //! Needs `e2e/socketio/node_modules` (installed by `scripts/setup.sh`).
 
@@ -182,4 +184,67 @@ async fn pinning_socketio_on_the_sid_query_breaks_the_handshake() {
     let unknown = session_id_unknown(ports[0]).await + session_id_unknown(ports[1]).await;
     assert!(unknown > 0, "no instance saw another's session: {s}");
     eprintln!("{failed} of {CLIENTS} clients failed; {unknown} requests got Session ID unknown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_clients_reconnect_to_the_same_instance_after_a_gateway_drain() {
+    let ports = [free_port(), free_port()];
+    let _servers = start_servers(ports).await;
+    let (public, admin) = (free_port(), free_port());
+    let yaml = config(public, admin, ports, "{query: pin}");
+    let mut gw = Gateway::start(&yaml).await;
+
+    let dir = e2e_dir();
+    let mut driver = tokio::process::Command::new("node")
+        .arg(dir.join("drain.js"))
+        .arg(format!("http://{}", gw.addr()))
+        .arg(ORIGIN)
+        .arg(CLIENTS.to_string())
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run node drain.js");
+    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(180), lines.next_line())
+            .await
+            .expect("the drain driver said nothing for 180s")
+            .expect("read the drain driver's output")
+            .expect("the drain driver ended early");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("driver line {line:?}: {e}"))
+    };
+    assert_eq!(next().await["event"], "ready");
+
+    // The drain closes every proxied WebSocket (1012), and the gateway exits; a new one takes
+    // its place on the same address (as another pod behind the load balancer would).
+    gw.terminate();
+    let status = gw
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .expect("the draining gateway exited");
+    assert!(status.success(), "drain exit: {status}");
+    let drained = gw.log().matches("close_code=1012").count();
+    assert_eq!(
+        drained as u64,
+        CLIENTS,
+        "the drain closed every WebSocket with 1012: {}",
+        gw.log_tail(40)
+    );
+    let _gw2 = Gateway::start(&yaml).await;
+
+    let s = next().await;
+    eprintln!("socket.io across a gateway drain: {s}");
+    assert_eq!(s["event"], "summary", "{s}");
+    assert_eq!(s["errors"], serde_json::json!([]), "{s}");
+    assert_eq!(s["disconnects"]["transport close"], CLIENTS, "{s}");
+    assert_eq!(s["reconnected"], CLIENTS, "{s}");
+    assert_eq!(s["acksAfter"], CLIENTS, "{s}");
+    assert_eq!(
+        s["samePinnedInstance"], CLIENTS,
+        "every client's pin brought it back to its instance: {s}"
+    );
+    assert!(driver.wait().await.expect("wait for the driver").success());
 }
