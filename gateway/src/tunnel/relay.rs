@@ -150,6 +150,8 @@ struct Pump<R, W> {
     finished: bool,
     /// `dst` has a data frame of ours half written.
     dst_mid_frame: bool,
+    /// This pump reported a violation: the supervisor owes `dst` a Close for it.
+    violated: bool,
     frames: u64,
     bytes: u64,
     /// Who sent the first Close (side << 16 | code), shared by both pumps: both may finish
@@ -192,6 +194,7 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
             handoff: None,
             finished: false,
             dst_mid_frame: false,
+            violated: false,
             frames: 0,
             bytes: 0,
             first_close,
@@ -237,10 +240,12 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                     }
                     Some(cmd @ Cmd::Close { fail: false, .. }) => {
                         // What the source sent before the close started goes out before it.
+                        // The Close is held as pending meanwhile: if the source ends first
+                        // (its own Close can be among what is ready), it is still owed.
+                        self.pending = Some(cmd);
                         if let Some(end) = self.forward_ready(&mut buf, &mut out).await {
                             break end;
                         }
-                        self.pending = Some(cmd);
                     }
                     Some(cmd) => self.pending = Some(cmd),
                 },
@@ -251,6 +256,7 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                 }
             }
         };
+        self.write_owed_close(&end).await;
         let _ = self.dst.flush().await;
         if self.sender == Sender::Server
             && !self.finished
@@ -266,6 +272,31 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
             end,
             frames: self.frames,
             bytes: self.bytes,
+        }
+    }
+
+    /// The pump is ending: a Close the supervisor asked for (or, after a violation, is about
+    /// to ask for) still goes out. The source's own Close or end can overtake the close
+    /// command — e.g. an app that answers the Close the other pump sent it while this pump
+    /// is still discarding the message it refused — and the destination must get its Close
+    /// (1009, 1008, ...) rather than a bare end of stream. Bounded by [`SHUTDOWN_WAIT`].
+    async fn write_owed_close(&mut self, end: &End) {
+        if self.close_sent
+            || self.dst_mid_frame
+            || matches!(end, End::PeerClose(_) | End::DestinationGone | End::Failed)
+        {
+            return;
+        }
+        let owed = match self.pending.take() {
+            Some(cmd @ Cmd::Close { .. }) => Some(cmd),
+            _ if self.violated => tokio::time::timeout(SHUTDOWN_WAIT, next_close(&mut self.cmds))
+                .await
+                .ok()
+                .flatten(),
+            _ => next_close(&mut self.cmds).now_or_never().flatten(),
+        };
+        if let Some(cmd) = owed {
+            let _ = self.inject(cmd).await;
         }
     }
 
@@ -399,6 +430,7 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                 Ok(None) => return None,
                 Err(_) => {
                     self.mode = Mode::Blind;
+                    self.violated = true;
                     let _ = self
                         .reports
                         .send(Report::Violation(CloseCause::ProtocolError))
@@ -425,6 +457,7 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                             CloseCause::RateLimited
                         };
                         self.mode = Mode::Discard;
+                        self.violated = true;
                         let _ = self.reports.send(Report::Violation(cause)).await;
                         continue;
                     }
@@ -487,6 +520,16 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The next Close command on `cmds`, skipping pings and the like; `None` once it is closed.
+async fn next_close(cmds: &mut mpsc::Receiver<Cmd>) -> Option<Cmd> {
+    loop {
+        match cmds.recv().await? {
+            cmd @ Cmd::Close { .. } => return Some(cmd),
+            _ => continue,
         }
     }
 }
@@ -934,6 +977,18 @@ mod tests {
         h.upstream
             .send(&frame::encode(OpCode::Text, &[b'a'; 2000], None))
             .await;
+        assert_eq!(h.client.next().await, Got::Close(Some(1009)));
+        assert_eq!(h.upstream.next().await, Got::Close(Some(1009)));
+    }
+
+    #[tokio::test]
+    async fn an_app_close_right_behind_an_oversized_message_still_gets_the_client_its_1009() {
+        // The app's own Close arrives in the same read as the refused message, before the
+        // tunnel's close command reaches the pump: the client must still get 1009, not a reset.
+        let mut h = start(limits());
+        let mut burst = frame::encode(OpCode::Text, &[b'a'; 2000], None);
+        burst.extend_from_slice(&frame::close_frame(1000, "done", None));
+        h.upstream.send(&burst).await;
         assert_eq!(h.client.next().await, Got::Close(Some(1009)));
         assert_eq!(h.upstream.next().await, Got::Close(Some(1009)));
     }
