@@ -363,7 +363,24 @@ export class SwitchboardClient {
     }
     ws.binaryType = "arraybuffer";
     let opened = false;
-    const timeout = setTimeout(() => ws.close(), this.o.connectTimeoutMs);
+    let ended = false;
+    // Ends this attempt once: some WebSockets (Node 20's) fire only `error`, never `close`, when
+    // the handshake is refused; a timed-out attempt may fire neither.
+    const end = (code: number, reason: string) => {
+      clearTimeout(timeout);
+      if (ended || gen != this.gen) return;
+      ended = true;
+      this.ws = undefined;
+      if (!opened) {
+        this.wsFails++;
+        this.emit("error", { code: "connect", reason: `WebSocket did not open (${reason || code})` });
+      } else this.down(code, reason);
+      this.retry(gen);
+    };
+    const timeout = setTimeout(() => {
+      end(1006, "connect timeout");
+      ws.close();
+    }, this.o.connectTimeoutMs);
     ws.onopen = () => {
       clearTimeout(timeout);
       if (gen != this.gen) return ws.close(1000);
@@ -379,16 +396,10 @@ export class SwitchboardClient {
       const f = this.o.codec.decode(e.data);
       if (f) this.onFrame(f);
     };
-    ws.onclose = (e) => {
-      clearTimeout(timeout);
-      if (gen != this.gen) return;
-      this.ws = undefined;
-      if (!opened) {
-        this.wsFails++;
-        this.emit("error", { code: "connect", reason: `WebSocket closed before opening (${e.code})` });
-      } else this.down(e.code, e.reason);
-      this.retry(gen);
+    ws.onerror = () => {
+      if (!opened) end(1006, "refused");
     };
+    ws.onclose = (e) => end(e.code, e.reason);
   }
 
   private async openSse(gen: number, token?: string | null): Promise<void> {

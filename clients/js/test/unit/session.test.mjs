@@ -256,3 +256,20 @@ test("presence keeps a snapshot plus diffs", async (t) => {
   ]);
   assert.deepEqual(sub.members.map((x) => x.conn), ["c2", "c3"]);
 });
+
+test("a handshake that reports only an error (Node 20's WebSocket) still counts as a failed attempt", async (t) => {
+  const { client, events } = scripted();
+  t.after(() => client.close());
+  for (let i = 0; i < 500 && !ScriptedSocket.all.length; i++) await tick(1);
+  ScriptedSocket.all[0].onerror?.({});
+  const { next } = { next: async () => {
+    for (let i = 0; i < 500 && ScriptedSocket.all.length < 2; i++) await tick(1);
+    return ScriptedSocket.all[1];
+  } };
+  assert.ok(await next(), "tried again");
+  assert.deepEqual(
+    events.filter(([e]) => e == "error").map(([, v]) => v.code),
+    ["connect"],
+  );
+  assert.equal(events.filter(([e]) => e == "disconnected").length, 0, "it never connected");
+});
