@@ -5,6 +5,9 @@
 //! Where a scenario needs the world to change (a gateway restart, a publish through the API),
 //! the driver says so and waits for a line on its stdin.
 //!
+//! The last test runs the client in headless Chromium (`clients/js/test/integration/browser.mjs`,
+//! playwright-core from `e2e/browser`).
+//!
 //! Needs Node 20+ and `clients/js/dist` (`npm test` in clients/js builds it; `make test` runs
 //! that first; `scripts/setup.sh` installs its devDependencies).
 
@@ -17,7 +20,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::nats::NatsServer;
 use support::rooms::{PUBLISH_TOKEN, publish_api, publish_seq};
-use support::{Gateway, HS256_SECRET, free_port, jwt_hs256, repo_root};
+use support::{Gateway, HS256_SECRET, claims, free_port, jwt_hs256, repo_root, sign_hs256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
@@ -73,12 +76,18 @@ struct Driver {
 
 impl Driver {
     fn start(scenario: &str, args: Value) -> Self {
-        let mut child = tokio::process::Command::new("node")
+        Self::spawn(&[
             // Node 20 has a global WebSocket behind this flag (Node 22+ by default).
-            .arg("--experimental-websocket")
-            .arg(driver_path())
-            .arg(scenario)
-            .arg(args.to_string())
+            "--experimental-websocket".into(),
+            driver_path().into_os_string(),
+            scenario.into(),
+            args.to_string().into(),
+        ])
+    }
+
+    fn spawn(node_args: &[std::ffi::OsString]) -> Self {
+        let mut child = tokio::process::Command::new("node")
+            .args(node_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -95,15 +104,22 @@ impl Driver {
     }
 
     /// The driver's next event (panics on its `error` event, its end, or 180 s of silence).
+    /// A browser page's console lines are printed, not returned.
     async fn next(&mut self) -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(180), self.lines.next_line())
-            .await
-            .expect("the driver said nothing for 180s")
-            .expect("read the driver's output")
-            .expect("the driver ended early");
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-        assert_ne!(v["event"], "error", "the driver failed: {}", v["text"]);
-        v
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(180), self.lines.next_line())
+                .await
+                .expect("the driver said nothing for 180s")
+                .expect("read the driver's output")
+                .expect("the driver ended early");
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            assert_ne!(v["event"], "error", "the driver failed: {}", v["text"]);
+            if v["event"] == "console" || v["event"] == "pageerror" {
+                eprintln!("page: {v}");
+                continue;
+            }
+            return v;
+        }
     }
 
     async fn expect(&mut self, event: &str) -> Value {
@@ -405,4 +421,168 @@ async fn a_drain_spreads_the_reconnects_of_200_clients() {
         per_second.len() >= 4,
         "spread over several seconds: {per_second:?}"
     );
+}
+
+// --- headless Chromium ---------------------------------------------------------------------------
+
+/// The page: the client from `/dist/` on a WebSocket and a second one on SSE (cross-origin
+/// `fetch` streaming), both in `ROOM` at `gateway` (`host:port`); `window.report` says what they
+/// saw. Phases: `ready` (both joined and got the two messages the WebSocket client published),
+/// then `step()` with the expected sequence numbers, `done` when both have them all.
+fn client_page(gateway: &str, token: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>@switchboard/client</title></head><body>
+<script type="module">
+import {{ SwitchboardClient }} from "/dist/index.js";
+const ROOM = "chat:browser";
+const report = (window.report = {{ phase: "start", ws: [], sse: [], acks: [], joins: {{ ws: [], sse: [] }}, gaps: [], log: [] }});
+function watch(name, c) {{
+  for (const e of ["connected", "disconnected", "shutdown", "error"])
+    c.on(e, (v) => report.log.push({{ client: name, e, ...v }}));
+  c.join(ROOM, {{
+    onMessage: (m) => report[name].push(m.seq),
+    onJoined: (j) => report.joins[name].push(j),
+    onGap: (g) => report.gaps.push({{ client: name, ...g }}),
+  }});
+}}
+const ws = new SwitchboardClient({{ url: "ws://{gateway}/chat", getToken: () => "{token}", backoffBaseMs: 200 }});
+const sse = new SwitchboardClient({{ url: "http://{gateway}/chat", transports: ["sse"], getToken: () => "{token}", backoffBaseMs: 200 }});
+watch("ws", ws);
+watch("sse", sse);
+const until = async (pred) => {{ while (!pred()) await new Promise((r) => setTimeout(r, 20)); }};
+await until(() => report.joins.ws.length && report.joins.sse.length);
+for (const i of [1, 2]) report.acks.push((await ws.publish(ROOM, {{ i }})).seq);
+await until(() => report.ws.length == 2 && report.sse.length == 2);
+report.transports = [ws.transport, sse.transport];
+report.phase = "ready";
+window.step = async (line) => {{
+  const want = JSON.parse(line).total;
+  report.phase = "resuming";
+  await until(() => report.ws.length >= want && report.sse.length >= want);
+  await new Promise((r) => setTimeout(r, 300));
+  report.transportsAtEnd = [ws.transport, sse.transport];
+  ws.close();
+  sse.close();
+  report.phase = "done";
+}};
+</script></body></html>
+"#
+    )
+}
+
+/// Serve `html` at `/` and `clients/js/dist/*.js` at `/dist/` on 127.0.0.1 (the page's origin
+/// is `http://localhost:<port>`, the gateway another one).
+async fn serve_client_page(html: String) -> u16 {
+    use http_body_util::Full;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let dist = repo_root().join("clients/js/dist");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (html, dist) = (html.clone(), dist.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let path = req.uri().path().to_owned();
+                    let file = path
+                        .strip_prefix("/dist/")
+                        .filter(|f| f.ends_with(".js") && !f.contains(['/', '\\']))
+                        .and_then(|f| std::fs::read(dist.join(f)).ok());
+                    let (status, kind, body) = match (path.as_str(), file) {
+                        ("/", _) => (200, "text/html; charset=utf-8", html.clone().into_bytes()),
+                        (_, Some(js)) => (200, "text/javascript", js),
+                        _ => (404, "text/plain", Vec::new()),
+                    };
+                    let resp = http::Response::builder()
+                        .status(status)
+                        .header(http::header::CONTENT_TYPE, kind)
+                        .body(Full::new(bytes::Bytes::from(body)))
+                        .expect("response");
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_the_client_publishes_over_websocket_receives_over_sse_and_resumes_both_after_a_restart()
+ {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let playwright = repo_root().join("e2e/browser/node_modules/playwright-core");
+    assert!(
+        playwright.is_dir() && std::path::Path::new(&chromium).exists(),
+        "needs {} and {chromium}: run scripts/setup.sh",
+        playwright.display()
+    );
+    let nats = NatsServer::start();
+    let yaml_a = config(free_port(), free_port(), Some(&nats.url()), "1s");
+    let mut a = Gateway::start(&yaml_a).await;
+    let b = Gateway::start(&config(free_port(), free_port(), Some(&nats.url()), "1s")).await;
+    let token = sign_hs256(&claims("alice", 600, json!({})));
+    let page = serve_client_page(client_page(&a.addr().to_string(), &token)).await;
+    let script = driver_path().with_file_name("browser.mjs");
+    let mut d = Driver::spawn(&[
+        script.into_os_string(),
+        format!("http://localhost:{page}/").into(),
+    ]);
+    let mut report = d.expect("report").await;
+    while report["report"]["phase"] != "ready" {
+        report = d.expect("report").await;
+    }
+    let ready = &report["report"];
+    assert_eq!(ready["transports"], json!(["websocket", "sse"]), "{ready}");
+    let acks = seqs(&ready["acks"]);
+
+    a.terminate();
+    a.wait_exit(Duration::from_secs(30))
+        .await
+        .expect("gateway A exited");
+    let mut gap = Vec::new();
+    for i in 0..3 {
+        gap.push(publish_seq(b.admin(), "chat:browser", json!({"gap": i})).await);
+    }
+    let _a2 = Gateway::start(&yaml_a).await;
+    d.send(json!({"total": acks.len() + gap.len()})).await;
+    loop {
+        report = d.expect("report").await;
+        if report["report"]["phase"] == "done" {
+            break;
+        }
+    }
+    let r = &report["report"];
+    let want: Vec<u64> = acks.iter().chain(&gap).copied().collect();
+    assert_eq!(seqs(&r["ws"]), want, "the WebSocket client: {r}");
+    assert_eq!(seqs(&r["sse"]), want, "the SSE client: {r}");
+    assert_eq!(r["gaps"], json!([]), "{r}");
+    assert_eq!(
+        r["transportsAtEnd"],
+        json!(["websocket", "sse"]),
+        "the outage did not leave the WebSocket client on SSE: {r}"
+    );
+    for client in ["ws", "sse"] {
+        let last = r["joins"][client]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (last["resumed"].as_bool(), last["recovered"].as_bool()),
+            (Some(true), Some(true)),
+            "{client}: {r}"
+        );
+    }
+    let status = d.child.wait().await.expect("wait for node");
+    assert!(status.success(), "driver exit {status}");
 }

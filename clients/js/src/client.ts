@@ -469,6 +469,9 @@ export class SwitchboardClient {
 
   private up(t: Transport): void {
     this.live = t;
+    // On SSE, the next reconnect tries the WebSocket once more: an outage (a restart, a drain)
+    // that failed a few WebSocket attempts must not leave the client on SSE for good.
+    if (t == "sse") this.wsFails = Math.max(0, this.o.fallbackAfter - 1);
     this.attempt = 0;
     this.emit("connected", { transport: t, n: ++this.conns });
   }
