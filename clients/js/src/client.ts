@@ -311,6 +311,7 @@ export class SwitchboardClient {
     }
     if (this.closed) return;
     this.cut(1000, "token refresh");
+    clearTimeout(this.timer);
     this.connect(token);
   }
 
