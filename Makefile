@@ -30,6 +30,7 @@ test:
 	python3 operator/tests/validate_examples.py
 	IMAGE_PROFILE=debug IMAGE_TAG=test bash scripts/image.sh
 	SWITCHBOARD_CHART_TESTS_STRICT=1 .venv-chart/bin/python -m pytest -p no:cacheprovider -q charts/tests
+	cd clients/js && npm test
 	$(CARGO) test --workspace --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "$(CARGO) nextest run --workspace --no-fail-fast"; \

@@ -15,6 +15,7 @@
 #   - e2e/browser/node_modules: playwright-core (npm) driving the system Chromium (full only)
 #   - e2e/socketio/node_modules: socket.io and socket.io-client (npm) for the Socket.IO migration
 #     test, gateway/tests/socketio.rs (full only)
+#   - clients/js/node_modules: typescript and esbuild (npm) to build and size the JS client (full only)
 #   - .venv-chart/: the Helm chart tests' Python packages, charts/tests/requirements.txt (full only)
 #   - .venv-autobahn/: Autobahn|Testsuite (`wstest`) in a Python 2.7 virtualenv (full only);
 #     Python 2.7 is pyenv's 2.7.18, or $SWITCHBOARD_PYTHON2.
@@ -120,6 +121,17 @@ if [ ! -f "$SOCKETIO_DIR/node_modules/socket.io/package.json" ] ||
     say "installing socket.io and socket.io-client into e2e/socketio/node_modules (npm)"
     (cd "$SOCKETIO_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
         fail "npm ci in e2e/socketio"
+fi
+
+# --- The TypeScript client: typescript + esbuild (pinned in clients/js) ---------------------------
+
+CLIENT_JS_DIR="$ROOT/clients/js"
+if [ ! -f "$CLIENT_JS_DIR/node_modules/typescript/package.json" ] ||
+    [ ! -f "$CLIENT_JS_DIR/node_modules/esbuild/package.json" ]; then
+    have npm || fail "npm not found (the JS client needs Node.js and npm)"
+    say "installing typescript and esbuild into clients/js/node_modules (npm)"
+    (cd "$CLIENT_JS_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
+        fail "npm ci in clients/js"
 fi
 
 # --- CRD schema check: jsonschema + PyYAML for operator/tests/validate_examples.py ----------------
