@@ -1,4 +1,5 @@
-//! Prometheus metrics of the operator, served on `/metrics` by [`crate::admin`].
+//! Prometheus metrics of the operator, served on `/metrics` by the admin server (`admin.rs`,
+//! which imports this module; this one imports nothing of the crate).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
