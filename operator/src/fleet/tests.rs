@@ -24,27 +24,84 @@ fn fleet(gateways: &[Reading<'_>]) -> Fleet {
     }
 }
 
+/// The `Programmed` verdict for a route first carried by generation 5, fleet by fleet: the
+/// reason, and what the message must say (the count, each laggard and why it lags).
 #[test]
-fn programmed_when_every_gateway_is_ready_at_or_past_the_needed_generation() {
-    let f = fleet(&[("a", Ok((5, true))), ("b", Ok((7, true)))]);
-    let v = f.programmed(5, "ns/r");
-    assert!(v.ok, "{v:?}");
-    assert_eq!(v.reason, reasons::PROGRAMMED);
-    assert!(v.message.starts_with("2 of 2"), "{}", v.message);
-}
-
-#[test]
-fn pending_while_one_gateway_is_behind_and_the_message_names_it() {
-    let f = fleet(&[
-        ("http://10.0.0.1:9090/status", Ok((4, true))),
-        ("b", Ok((5, true))),
+fn programmed_only_when_every_gateway_is_ready_at_or_past_the_needed_generation() {
+    let cases: [(&str, Fleet, &str, &[&str]); 7] = [
+        (
+            "every gateway ready at or past it",
+            fleet(&[("a", Ok((5, true))), ("b", Ok((7, true)))]),
+            reasons::PROGRAMMED,
+            &["2 of 2 gateways serve snapshot generation 5 or later"],
+        ),
+        (
+            "one gateway behind, named",
+            fleet(&[
+                ("http://10.0.0.1:9090/status", Ok((4, true))),
+                ("b", Ok((5, true))),
+            ]),
+            reasons::PENDING,
+            &["1 of 2", "10.0.0.1:9090", "generation 4"],
+        ),
+        (
+            "a gateway past it but unready",
+            fleet(&[("a", Ok((9, false)))]),
+            reasons::PENDING,
+            &["0 of 1", "a is not ready"],
+        ),
+        (
+            "a silent gateway, with why",
+            fleet(&[("a", Err("connection refused"))]),
+            reasons::PENDING,
+            &["a did not answer (connection refused)"],
+        ),
+        (
+            "no gateways found",
+            fleet(&[]),
+            reasons::PENDING,
+            &["no ready gateway"],
+        ),
+        (
+            "no way to find gateways",
+            Fleet::default(),
+            reasons::PENDING,
+            &["--gateway-admin-service"],
+        ),
+        (
+            "only the first 3 laggards named",
+            fleet(&[
+                ("a", Ok((1, true))),
+                ("b", Ok((1, true))),
+                ("c", Ok((1, true))),
+                ("d", Ok((1, true))),
+            ]),
+            reasons::PENDING,
+            &[
+                "0 of 4",
+                "a is at generation 1, b is at generation 1, c is at generation 1",
+            ],
+        ),
+    ];
+    for (what, fleet, reason, says) in cases {
+        let v = fleet.programmed(5, "ns/r");
+        assert_eq!(v.reason, reason, "{what}: {v:?}");
+        assert_eq!(v.ok, reason == reasons::PROGRAMMED, "{what}: {v:?}");
+        for needle in says {
+            assert!(
+                v.message.contains(needle),
+                "{what}: {needle:?} not in {}",
+                v.message
+            );
+        }
+    }
+    let four = fleet(&[
+        ("a", Ok((1, true))),
+        ("b", Ok((1, true))),
+        ("c", Ok((1, true))),
+        ("d", Ok((1, true))),
     ]);
-    let v = f.programmed(5, "ns/r");
-    assert!(!v.ok);
-    assert_eq!(v.reason, reasons::PENDING);
-    assert!(v.message.contains("1 of 2"), "{}", v.message);
-    assert!(v.message.contains("10.0.0.1:9090"), "{}", v.message);
-    assert!(v.message.contains("generation 4"), "{}", v.message);
+    assert!(!four.programmed(5, "ns/r").message.contains("d is at"));
 }
 
 #[test]
@@ -83,27 +140,6 @@ fn a_status_without_route_failures_parses_as_none() {
     )
     .unwrap();
     assert_eq!(s.route_failures[0].route, "a/b");
-}
-
-#[test]
-fn pending_while_a_gateway_is_unready_or_silent() {
-    assert!(!fleet(&[("a", Ok((9, false)))]).programmed(1, "ns/r").ok);
-    let v = fleet(&[("a", Err("connection refused"))]).programmed(1, "ns/r");
-    assert!(!v.ok);
-    assert!(v.message.contains("connection refused"), "{}", v.message);
-}
-
-#[test]
-fn pending_with_no_gateways_or_no_discovery() {
-    let v = fleet(&[]).programmed(1, "ns/r");
-    assert_eq!(v.reason, reasons::PENDING);
-    assert!(v.message.contains("no ready gateway"), "{}", v.message);
-    let v = Fleet::default().programmed(1, "ns/r");
-    assert!(
-        v.message.contains("--gateway-admin-service"),
-        "{}",
-        v.message
-    );
 }
 
 #[test]

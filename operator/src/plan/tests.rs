@@ -173,78 +173,91 @@ fn the_gateway_validator_messages_name_crd_fields() {
     );
 }
 
+/// One route on its own, case by case: the `Accepted` and `ResolvedRefs` reasons its spec
+/// earns, whether it reaches the snapshot, and how the message that explains it starts (the
+/// `Accepted` message when that is False, else the `ResolvedRefs` one).
 #[test]
-fn a_drain_longer_than_the_gateway_deadline_is_invalid() {
-    let rt = route(
-        "default",
-        "chat",
-        "backend: {name: chat, port: 80}\ndrain: {window: 2h}",
-    );
-    let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-    let a = &p.routes["default/chat"].accepted;
-    assert_eq!(a.reason, reasons::INVALID);
-    assert!(a.message.starts_with("spec.drain.window:"), "{}", a.message);
-}
-
-#[test]
-fn a_missing_backend_service_keeps_the_route_accepted() {
-    let rt = route("default", "chat", "backend: {name: gone, port: 80}");
-    let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-    let e = &p.routes["default/chat"];
-    assert!(e.accepted.ok);
-    assert_eq!(e.resolved_refs.reason, reasons::BACKEND_NOT_FOUND);
-    assert_eq!(p.config.routes.len(), 1);
-}
-
-#[test]
-fn a_missing_secret_keeps_the_route_out_of_the_snapshot() {
-    let rt = route(
-        "default",
-        "chat",
-        "backend: {name: chat, port: 80}\nauth: {jwt: {providers: [{name: i, secretRef: {name: keys, key: k}, algorithms: [HS256]}]}}",
-    );
-    let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-    let e = &p.routes["default/chat"];
-    assert_eq!(e.accepted.reason, reasons::UNRESOLVED_REFS);
-    assert_eq!(e.resolved_refs.reason, reasons::SECRET_NOT_FOUND);
-    assert!(p.config.routes.is_empty());
-}
-
-#[test]
-fn a_short_hmac_secret_is_an_invalid_secret_with_the_secret_ref_named() {
-    let rt = route(
-        "default",
-        "chat",
-        "backend: {name: chat, port: 80}\nauth: {jwt: {providers: [{name: i, secretRef: {name: keys, key: k}, algorithms: [HS256]}]}}",
-    );
-    let refs = refs().with_secret("default", "keys", "k", b"short");
-    let p = plan(&base_config(), &[rt], &refs, NO_LIMITS);
-    let e = &p.routes["default/chat"];
-    assert_eq!(e.accepted.reason, reasons::UNRESOLVED_REFS);
-    assert_eq!(e.resolved_refs.reason, reasons::INVALID_SECRET);
-    assert_eq!(
-        e.resolved_refs.message,
-        "spec.auth.jwt.providers[0].secretRef: key `k` of Secret default/keys: HMAC secrets must be at least 32 bytes (this one has 5)"
-    );
-    assert!(p.config.routes.is_empty());
-}
-
-#[test]
-fn unsupported_routes_are_reported_as_such() {
-    let rt = route(
-        "default",
-        "rooms",
-        "mode: rooms\nrooms: {presence: true}\ndrain: {reconnectHint: 2s}",
-    );
-    let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-    let a = &p.routes["default/rooms"].accepted;
-    assert_eq!(a.reason, reasons::UNSUPPORTED);
-    assert!(
-        a.message.starts_with("spec.drain.reconnectHint:"),
-        "{}",
-        a.message
-    );
-    assert!(p.config.routes.is_empty());
+fn a_route_alone_gets_the_verdicts_its_spec_earns() {
+    struct Case {
+        what: &'static str,
+        spec: &'static str,
+        /// The value of key `k` of Secret `default/keys`, when it exists.
+        secret: Option<&'static [u8]>,
+        accepted: &'static str,
+        resolved_refs: &'static str,
+        served: bool,
+        message: &'static str,
+    }
+    const WITH_SECRET_KEY: &str = "backend: {name: chat, port: 80}\nauth: {jwt: {providers: [{name: i, secretRef: {name: keys, key: k}, algorithms: [HS256]}]}}";
+    let cases = [
+        Case {
+            what: "a drain longer than the gateway deadline is invalid",
+            spec: "backend: {name: chat, port: 80}\ndrain: {window: 2h}",
+            secret: None,
+            accepted: reasons::INVALID,
+            resolved_refs: reasons::RESOLVED_REFS,
+            served: false,
+            message: "spec.drain.window:",
+        },
+        Case {
+            what: "a missing backend Service keeps the route accepted",
+            spec: "backend: {name: gone, port: 80}",
+            secret: None,
+            accepted: reasons::ACCEPTED,
+            resolved_refs: reasons::BACKEND_NOT_FOUND,
+            served: true,
+            message: "spec.backend: Service default/gone not found",
+        },
+        Case {
+            what: "a missing Secret keeps the route out of the snapshot",
+            spec: WITH_SECRET_KEY,
+            secret: None,
+            accepted: reasons::UNRESOLVED_REFS,
+            resolved_refs: reasons::SECRET_NOT_FOUND,
+            served: false,
+            message: "not served until its Secrets resolve: spec.auth.jwt.providers[0].secretRef: Secret default/keys not found",
+        },
+        Case {
+            what: "a short HMAC secret is an invalid Secret, with the secretRef named",
+            spec: WITH_SECRET_KEY,
+            secret: Some(b"short"),
+            accepted: reasons::UNRESOLVED_REFS,
+            resolved_refs: reasons::INVALID_SECRET,
+            served: false,
+            message: "not served until its Secrets resolve: spec.auth.jwt.providers[0].secretRef: key `k` of Secret default/keys: HMAC secrets must be at least 32 bytes (this one has 5)",
+        },
+        Case {
+            what: "a feature the gateways cannot serve yet is unsupported",
+            spec: "mode: rooms\nrooms: {presence: true}\ndrain: {reconnectHint: 2s}",
+            secret: None,
+            accepted: reasons::UNSUPPORTED,
+            resolved_refs: reasons::RESOLVED_REFS,
+            served: false,
+            message: "spec.drain.reconnectHint:",
+        },
+    ];
+    for c in cases {
+        let mut refs = refs();
+        if let Some(value) = c.secret {
+            refs = refs.with_secret("default", "keys", "k", value);
+        }
+        let p = plan(
+            &base_config(),
+            &[route("default", "chat", c.spec)],
+            &refs,
+            NO_LIMITS,
+        );
+        let e = &p.routes["default/chat"];
+        assert_eq!(e.accepted.reason, c.accepted, "{}: {e:?}", c.what);
+        assert_eq!(e.resolved_refs.reason, c.resolved_refs, "{}: {e:?}", c.what);
+        assert_eq!(p.config.routes.len(), usize::from(c.served), "{}", c.what);
+        let message = if e.accepted.ok {
+            &e.resolved_refs.message
+        } else {
+            &e.accepted.message
+        };
+        assert!(message.starts_with(c.message), "{}: {message}", c.what);
+    }
 }
 
 #[test]
