@@ -1,5 +1,7 @@
 //! `switchboard-operator --version` names the version and the git commit it was built from.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 /// The commit `build/build_info.rs` captures: `$SWITCHBOARD_GIT_COMMIT` when set at build
