@@ -619,6 +619,88 @@ pub fn refs_from(services: &[Service], secrets: &[Secret]) -> Refs {
     refs
 }
 
+/// What wakes the pass loop.
+struct Signals {
+    /// A relevant watch event, or the caches becoming ready.
+    trigger: Arc<Notify>,
+    /// New gateway readings.
+    fleet: watch::Receiver<Fleet>,
+    /// Leadership gained or lost.
+    leader: watch::Receiver<bool>,
+    /// The shutdown root.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Run reconcile passes until shutdown: after a trigger, a fleet or leadership change (each
+/// debounced) or the resync interval; only while leading and once the caches are ready. A
+/// failed pass is retried after [`error_policy`]'s back-off.
+async fn passes(
+    ctx: &Context,
+    caches: &Caches,
+    signals: Signals,
+    health: &crate::admin::Health,
+    s: &RunSettings,
+) {
+    let Signals {
+        trigger,
+        fleet: mut fleet_rx,
+        leader: mut leader_rx,
+        mut shutdown,
+    } = signals;
+    let mut failures: u32 = 0;
+    let mut was_leader = false;
+    let mut next = tokio::time::Instant::now() + s.resync_interval;
+    loop {
+        tokio::select! {
+            _ = trigger.notified() => {}
+            Ok(()) = fleet_rx.changed() => {}
+            Ok(()) = leader_rx.changed() => {}
+            _ = tokio::time::sleep_until(next) => {}
+            _ = shutdown.changed() => break,
+        }
+        // Debounce: let a burst of events (a list, a kubectl apply of many objects) settle.
+        tokio::select! {
+            _ = tokio::time::sleep(StdDuration::from_millis(100)) => {}
+            _ = shutdown.changed() => break,
+        }
+        next = tokio::time::Instant::now() + s.resync_interval;
+        let is_leader = *leader_rx.borrow_and_update();
+        if is_leader != was_leader {
+            was_leader = is_leader;
+            ctx.metrics.leader.set(i64::from(is_leader));
+            // Another replica may have written statuses while we were not leading.
+            ctx.forget_written();
+            info!(leader = is_leader, "leadership changed");
+        }
+        if !is_leader || !health.is_ready() {
+            continue;
+        }
+        let world = caches.world(fleet_rx.borrow().clone());
+        match reconcile(ctx, &world, Timestamp::now())
+            .instrument(info_span!("reconcile", routes = world.routes.len()))
+            .await
+        {
+            Ok(report) => {
+                failures = 0;
+                debug!(?report, "reconciled");
+                if report.pending {
+                    next = tokio::time::Instant::now() + s.poll_interval;
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                ctx.metrics
+                    .reconcile_errors
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
+                let delay = error_policy(&e, failures);
+                warn!(error = %e, failures, retry_in = ?delay, "reconcile failed");
+                next = tokio::time::Instant::now() + delay;
+            }
+        }
+    }
+}
+
 /// Run the operator until `shutdown` fires: watches, leader election, gateway polling and the
 /// reconcile loop. Returns after releasing the Lease.
 pub async fn run(
@@ -627,13 +709,13 @@ pub async fn run(
     s: RunSettings,
     metrics: Metrics,
     health: crate::admin::Health,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let trigger = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
     let caches = Caches::start(&client, &s, &mut tasks, &trigger);
 
-    let (leader_tx, mut leader_rx) = watch::channel(false);
+    let (leader_tx, leader_rx) = watch::channel(false);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &s.lease.namespace);
     let leader_task = tokio::spawn(
         leader::run(leases, s.lease.clone(), leader_tx, shutdown.clone())
@@ -645,7 +727,7 @@ pub async fn run(
         slices: caches.slices.clone(),
         port_name: s.gateway_admin_port_name.clone(),
     };
-    let (fleet_tx, mut fleet_rx) = watch::channel(Fleet {
+    let (fleet_tx, fleet_rx) = watch::channel(Fleet {
         configured: s.gateway_admin_service.is_some() || !s.gateway_status_urls.is_empty(),
         gateways: BTreeMap::new(),
     });
@@ -687,58 +769,13 @@ pub async fn run(
         written: Arc::default(),
     };
 
-    let mut failures: u32 = 0;
-    let mut was_leader = false;
-    let mut next = tokio::time::Instant::now() + s.resync_interval;
-    loop {
-        tokio::select! {
-            _ = trigger.notified() => {}
-            Ok(()) = fleet_rx.changed() => {}
-            Ok(()) = leader_rx.changed() => {}
-            _ = tokio::time::sleep_until(next) => {}
-            _ = shutdown.changed() => break,
-        }
-        // Debounce: let a burst of events (a list, a kubectl apply of many objects) settle.
-        tokio::select! {
-            _ = tokio::time::sleep(StdDuration::from_millis(100)) => {}
-            _ = shutdown.changed() => break,
-        }
-        next = tokio::time::Instant::now() + s.resync_interval;
-        let is_leader = *leader_rx.borrow_and_update();
-        if is_leader != was_leader {
-            was_leader = is_leader;
-            metrics.leader.set(i64::from(is_leader));
-            // Another replica may have written statuses while we were not leading.
-            ctx.forget_written();
-            info!(leader = is_leader, "leadership changed");
-        }
-        if !is_leader || !health.is_ready() {
-            continue;
-        }
-        let world = caches.world(fleet_rx.borrow().clone());
-        match reconcile(&ctx, &world, Timestamp::now())
-            .instrument(info_span!("reconcile", routes = world.routes.len()))
-            .await
-        {
-            Ok(report) => {
-                failures = 0;
-                debug!(?report, "reconciled");
-                if report.pending {
-                    next = tokio::time::Instant::now() + s.poll_interval;
-                }
-            }
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                ctx.metrics
-                    .reconcile_errors
-                    .with_label_values(&[e.metric_label()])
-                    .inc();
-                let delay = error_policy(&e, failures);
-                warn!(error = %e, failures, retry_in = ?delay, "reconcile failed");
-                next = tokio::time::Instant::now() + delay;
-            }
-        }
-    }
+    let signals = Signals {
+        trigger,
+        fleet: fleet_rx,
+        leader: leader_rx,
+        shutdown,
+    };
+    passes(&ctx, &caches, signals, &health, &s).await;
 
     info!("shutting down: releasing leadership and stopping watches");
     // The leader task releases the Lease when it sees the shutdown signal; wait for that (an
