@@ -8,7 +8,7 @@ use switchboard_config::{Algorithm, Jwt, KeySource};
 
 use crate::api::{JwtAlgorithm, JwtProvider, TokenSourceType};
 
-use super::{Problems, from_wire};
+use super::problems::{Problems, from_wire};
 
 fn algorithm(a: JwtAlgorithm) -> Algorithm {
     match a {

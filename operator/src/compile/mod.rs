@@ -5,13 +5,15 @@
 //! by deserializing the config crate's own wire format, so the gateway's documented defaults
 //! apply (one source of truth).
 //!
-//! [`compile`] runs one step per section of the route; each section has its file when it is more
-//! than a few lines: [`refs`](self::refs) (what the route names, and whether it exists),
-//! `jwt` (`spec.auth.jwt`), `proxy` (`spec.backend`), `rooms` (`spec.rooms`) and `paths`
-//! (`spec.path`, and config paths mapped back to CRD fields).
+//! [`compile`] runs one step per section of the route; each section with more than a few
+//! lines has its file: `refs` (what the route names, and whether it exists), `jwt`
+//! (`spec.auth.jwt`), `proxy` (`spec.backend`), `rooms` (`spec.rooms`) and `paths` (`spec.path`,
+//! and config paths mapped back to CRD fields). `problems` (the problem list every step writes
+//! to) sits below them all; none of them imports this file.
 
 mod jwt;
 mod paths;
+mod problems;
 mod proxy;
 mod refs;
 mod rooms;
@@ -27,9 +29,11 @@ use switchboard_config::{
 };
 
 use crate::api::{
-    Drain, Duration, Keepalive as CrdKeepalive, Limits, Mode, RealtimeRoute, RealtimeRouteSpec,
-    RoomProtocol, Transport,
+    Drain, Keepalive as CrdKeepalive, Limits, Mode, RealtimeRoute, RealtimeRouteSpec, RoomProtocol,
+    Transport,
 };
+
+use problems::Problems;
 
 pub use paths::crd_path;
 pub use refs::{Refs, Resolution, Verdict, referenced_secrets, referenced_service, resolve};
@@ -84,57 +88,6 @@ pub fn drain_needed(rt: &RealtimeRoute, base: &GatewayConfig) -> Option<StdDurat
         None => RouteDrain::default().window,
     };
     Some(propagation + window)
-}
-
-/// Collects problems as `path: message` lines.
-#[derive(Default)]
-struct Problems(Vec<String>);
-
-impl Problems {
-    fn push(&mut self, path: impl AsRef<str>, message: impl AsRef<str>) {
-        self.0
-            .push(format!("{}: {}", path.as_ref(), message.as_ref()));
-    }
-
-    fn duration(&mut self, path: &str, d: &Option<Duration>) -> Option<StdDuration> {
-        let d = d.as_ref()?;
-        match d.parse() {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.push(path, e.to_string());
-                None
-            }
-        }
-    }
-
-    fn positive_u32(&mut self, path: &str, v: Option<i32>) -> Option<u32> {
-        let v = v?;
-        match u32::try_from(v) {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                self.push(path, format!("must be at least 1, got {v}"));
-                None
-            }
-        }
-    }
-}
-
-/// Build a config type from its wire format so the config crate's defaults apply.
-fn from_wire<T: serde::de::DeserializeOwned>(
-    value: serde_json::Value,
-    what: &str,
-    p: &mut Problems,
-) -> Option<T> {
-    match serde_json::from_value(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            p.push(
-                what,
-                format!("cannot be expressed in the gateway config: {e}"),
-            );
-            None
-        }
-    }
 }
 
 /// Compile a route whose Secrets are resolved (`material`) into the gateway's route type.

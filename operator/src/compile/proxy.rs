@@ -8,7 +8,7 @@ use switchboard_config::{PinningKey, Proxy, ServiceRef, Signature};
 
 use crate::api::{BackendRef, JwtProvider, Mode, PinningSource, RealtimeRoute};
 
-use super::{Problems, from_wire};
+use super::problems::{Problems, from_wire};
 
 /// The gateway's `proxy` section: `None` without `spec.backend` (required in mode proxy).
 pub(super) fn compile_proxy(

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::api::{RealtimeRoute, SecretKeyRef};
 use crate::conditions::reasons;
 
-use super::Problems;
 use super::jwt::inline_keys;
+use super::problems::Problems;
 
 /// What the watches know about the objects routes refer to, keyed by `(namespace, name)`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -117,9 +117,10 @@ pub fn referenced_service(rt: &RealtimeRoute) -> Option<(String, String)> {
 }
 
 /// Why the JWT key material `text` from the Secret at `at` would not load in a gateway, if it
-/// would not: it is turned into key sources exactly as [`compile`] does, and each is parsed by
-/// the config crate's key parser, the one the gateway builds its verifiers with (a truncated
-/// PEM, a private key, a short HMAC secret, a JWK whose `kty` lies...). `None` for other refs.
+/// would not: it is turned into key sources exactly as [`compile`](super::compile()) does, and
+/// each is parsed by the config crate's key parser, the one the gateway builds its verifiers
+/// with (a truncated PEM, a private key, a short HMAC secret, a JWK whose `kty` lies...).
+/// `None` for other refs.
 fn key_problem(rt: &RealtimeRoute, at: &str, text: &str) -> Option<String> {
     let jwt = rt.spec.auth.as_ref()?.jwt.as_ref()?;
     let (i, provider) = jwt

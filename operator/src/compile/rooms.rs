@@ -10,7 +10,7 @@ use switchboard_config::{
 use crate::api::{Mode, RealtimeRoute, RoomHook, RoomProtocol};
 
 use super::paths::path_room_problem;
-use super::{Problems, from_wire};
+use super::problems::{Problems, from_wire};
 
 /// Why `pattern` is not a room pattern, if it is not one: the schema's length bound, then the
 /// gateway's own grammar ([`switchboard_config::room::Pattern`], the one parser the config
