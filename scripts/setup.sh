@@ -12,6 +12,7 @@
 #     full only); podman and runc (the container image build and tests, full only: podman runs
 #     containers with runc here, since crun fails on hybrid cgroups)
 #   - rustup components rustfmt and clippy (reported, not fatal, if rustup cannot fetch them)
+#   - cargo-deny (cargo install from crates.io, full only): `make test` checks deny.toml with it
 #   - e2e/browser/node_modules: playwright-core (npm) driving the system Chromium (full only)
 #   - e2e/socketio/node_modules: socket.io and socket.io-client (npm) for the Socket.IO migration
 #     test, gateway/tests/socketio.rs (full only)
@@ -35,6 +36,9 @@ case "${1:-}" in
         exit 64
         ;;
 esac
+
+# Pinned so every machine checks deny.toml with the same rules.
+CARGO_DENY_VERSION=0.20.2
 
 LOG="$(mktemp -t switchboard-setup.XXXXXX)"
 trap 'rm -f "$LOG"' EXIT
@@ -98,6 +102,12 @@ if have rustup; then
 fi
 if [ "$MODE" = full ] && ! cargo nextest --version >/dev/null 2>&1; then
     say "note: cargo-nextest not found; \`make test\` falls back to \`cargo test\`"
+fi
+# cargo-deny: `make test` checks the dependency graph's licenses, bans and sources (deny.toml).
+if [ "$MODE" = full ] && ! cargo deny --version >/dev/null 2>&1; then
+    say "installing cargo-deny ${CARGO_DENY_VERSION} (cargo install from crates.io, a few minutes)"
+    cargo install --locked --quiet "cargo-deny@${CARGO_DENY_VERSION}" >>"$LOG" 2>&1 ||
+        fail "cargo install cargo-deny@${CARGO_DENY_VERSION}"
 fi
 
 [ "$MODE" = gateway ] && exit 0
