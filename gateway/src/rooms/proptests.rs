@@ -60,6 +60,7 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
                 room,
                 data,
                 b64,
+                bin: None,
                 id,
                 ephemeral,
             }),
