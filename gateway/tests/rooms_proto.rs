@@ -617,3 +617,84 @@ async fn the_first_offered_encoding_is_the_one_chosen() {
     js.send(json!({"type": "ping", "id": "2"})).await;
     assert_eq!(js.recv().await, json!({"type": "pong", "id": "2"}));
 }
+
+/// One pod of a NATS cluster: `/chat` as above (JWT, `chat:*`, history), presence on.
+fn nats_config(nats: &str) -> String {
+    let jwt = jwt_hs256("");
+    format!(
+        r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners: [{{name: public, address: "127.0.0.1:{}"}}]
+admin: {{address: "127.0.0.1:{}"}}
+drain: {{propagation: 0s, deadline: 5s}}
+bus:
+  nats: {{urls: ["{nats}"], subjectPrefix: sbproto}}
+routes:
+  - name: chat
+    path: {{value: /chat}}
+    mode: rooms
+    jwt: {jwt}
+    rooms:
+      join: ["chat:*"]
+      publish: ["chat:*"]
+      history: {{maxMessages: 1000, maxAge: 10m}}
+      presence: true
+    limits: {{messagesPerSecond: 10000, messageBurst: 10000}}
+    keepalive: {{interval: 0s}}
+    drain: {{window: 1s}}
+"#,
+        free_port(),
+        free_port()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_and_protobuf_members_on_two_pods_over_nats_see_the_same_messages_and_seqs() {
+    let nats = support::nats::NatsServer::start();
+    let a = Gateway::start(&nats_config(&nats.url())).await;
+    let b = Gateway::start(&nats_config(&nats.url())).await;
+    // One member of each encoding on each pod.
+    let mut members = Vec::new();
+    for (gw, enc, sub) in [
+        (&a, Encoding::Json, "a-json"),
+        (&a, Encoding::Proto, "a-proto"),
+        (&b, Encoding::Json, "b-json"),
+        (&b, Encoding::Proto, "b-proto"),
+    ] {
+        let mut c = chat_client(gw, enc, sub).await;
+        c.join_and_wait("chat:pods").await;
+        members.push(c);
+    }
+    // Every member publishes, JSON and binary payloads, on both pods.
+    let mut acked = Vec::new();
+    for round in 0..3 {
+        for c in &mut members {
+            let id = if round == 2 {
+                c.publish_b64("chat:pods", "AP8=").await.unwrap()
+            } else {
+                c.publish("chat:pods", json!({"round": round}))
+                    .await
+                    .unwrap()
+            };
+            acked.push(c.acked(&id).await.unwrap().expect("stored").seq);
+        }
+    }
+    acked.sort_unstable();
+    let mut seen = Vec::new();
+    for c in &mut members {
+        let got = c.messages("chat:pods", acked.len(), PROMPTLY).await;
+        seen.push(
+            got.iter()
+                .map(|m| (m.position(), m.from.clone(), m.data.clone(), m.b64.clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    let seqs: Vec<u64> = seen[0].iter().map(|m| m.0.seq).collect();
+    assert_eq!(seqs, acked, "every acked publish, in position order");
+    for (i, s) in seen.iter().enumerate().skip(1) {
+        assert_eq!(s, &seen[0], "member {i} sees what member 0 sees");
+    }
+    for c in members {
+        c.close().await;
+    }
+}
