@@ -17,6 +17,8 @@
 #   - e2e/socketio/node_modules: socket.io and socket.io-client (npm) for the Socket.IO migration
 #     test, gateway/tests/socketio.rs (full only)
 #   - clients/js/node_modules: typescript and esbuild (npm) to build and size the JS client (full only)
+#   - e2e/proto/node_modules: protobufjs and ws (npm) for the Node client of the binary room
+#     protocol, gateway/tests/rooms_proto_node.rs (full only)
 #   - .venv-chart/: the Helm chart tests' Python packages, charts/tests/requirements.txt (full only)
 #   - .venv-autobahn/: Autobahn|Testsuite (`wstest`) in a Python 2.7 virtualenv (full only);
 #     Python 2.7 is pyenv's 2.7.18, or $SWITCHBOARD_PYTHON2.
@@ -142,6 +144,17 @@ if [ ! -f "$CLIENT_JS_DIR/node_modules/typescript/package.json" ] ||
     say "installing typescript and esbuild into clients/js/node_modules (npm)"
     (cd "$CLIENT_JS_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
         fail "npm ci in clients/js"
+fi
+
+# --- Binary room protocol from Node: protobufjs + ws (pinned in e2e/proto) ----------------------
+
+PROTO_DIR="$ROOT/e2e/proto"
+if [ ! -f "$PROTO_DIR/node_modules/protobufjs/package.json" ] ||
+    [ ! -f "$PROTO_DIR/node_modules/ws/package.json" ]; then
+    have npm || fail "npm not found (the protobuf Node test needs Node.js and npm)"
+    say "installing protobufjs and ws into e2e/proto/node_modules (npm)"
+    (cd "$PROTO_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
+        fail "npm ci in e2e/proto"
 fi
 
 # --- CRD schema check: jsonschema + PyYAML for operator/tests/validate_examples.py ----------------
