@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -37,7 +35,7 @@ pub struct Gateway {
     pub jwks: JwksRegistry,
     pub drain: Arc<Drain>,
     /// Plain-HTTP forwarding; the body is the client's, wrapped to tell its errors apart.
-    pub http: Client<HttpConnector, BoxBody<Bytes, hyper::Error>>,
+    pub http: crate::proxy::serve::HttpClient,
     /// Live backend sets of the Services routes name (filled by the EndpointSlice watch).
     pub backends: BackendRegistry,
     /// Rooms: this pod's hub over the configured bus.

@@ -15,6 +15,7 @@ pub mod config_watch;
 pub mod drain;
 pub mod error;
 pub mod gateway;
+pub mod http;
 pub mod http_client;
 pub mod kubernetes;
 pub mod listener;

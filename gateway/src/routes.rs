@@ -10,13 +10,14 @@
 //! shorter route with other backends and other auth.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use switchboard_config::{GatewayConfig, PathMatchKind, Route, TokenSource};
 
 use crate::admission::{AdmissionRegistry, RouteAdmission};
 use crate::auth::jwks::JwksRegistry;
-use crate::auth::jwt::Verifier;
+use crate::auth::jwt::{Claims, Verifier};
 use crate::auth::origin::OriginPolicy;
 use crate::proxy::backends::{BackendRegistry, RouteBackends, route_backends};
 use crate::rooms::route::RoomsPolicy;
@@ -35,6 +36,21 @@ pub struct CompiledRoute {
     pub rooms: Option<Arc<RoomsPolicy>>,
     /// The config generation this version of the route was compiled from.
     pub generation: u64,
+}
+
+impl CompiledRoute {
+    /// When a live connection on this route must be closed with 4001: the token's `exp`,
+    /// unless the route turns `closeOnExpiry` off. Shared by proxy tunnels and rooms
+    /// connections.
+    pub fn close_at_expiry(&self, claims: Option<&Claims>) -> Option<tokio::time::Instant> {
+        match (&self.cfg.jwt, claims.and_then(|c| c.exp)) {
+            (Some(jwt), Some(exp)) if jwt.close_on_expiry => Some(
+                tokio::time::Instant::now()
+                    + Duration::from_secs(exp.saturating_sub(crate::http::unix_now())),
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// What a failed route serves instead of its new version.
