@@ -67,6 +67,32 @@ pub fn load(path: Option<&Path>, routes_must_compile: bool) -> Result<GatewayCon
     Ok(cfg)
 }
 
+/// Sockets and global settings when `--kube-snapshot` is given without `--config`.
+pub const BOOTSTRAP: &str = "apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners:
+  - name: public
+    address: 0.0.0.0:8080
+admin:
+  address: 0.0.0.0:9090
+";
+
+/// The bootstrap config: `path` (which must have no routes) or [`BOOTSTRAP`].
+pub fn bootstrap(path: Option<&Path>) -> Result<GatewayConfig, BootError> {
+    let cfg = match path {
+        Some(p) => load(Some(p), true)?,
+        None => {
+            GatewayConfig::from_yaml(BOOTSTRAP).map_err(|e| BootError::Invalid(e.to_string()))?
+        }
+    };
+    if !cfg.routes.is_empty() {
+        return Err(BootError::Invalid(
+            "routes: must be empty with --kube-snapshot; routes come from the snapshot".into(),
+        ));
+    }
+    Ok(cfg)
+}
+
 /// The room bus the config asks for. NATS I/O runs on its own small runtime that lives as long
 /// as the process (pingora owns the service runtimes).
 fn make_bus(cfg: &GatewayConfig) -> Result<Arc<dyn Bus>, BootError> {
@@ -230,4 +256,31 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
         shutdown_signal: Box::new(signal),
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_bootstrap_is_valid_and_routeless() {
+        let cfg = bootstrap(None).unwrap();
+        assert!(cfg.routes.is_empty());
+        assert_eq!(cfg.listeners.len(), 1);
+    }
+
+    #[test]
+    fn a_bootstrap_file_with_routes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("base.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "{BOOTSTRAP}routes: [{{name: a, path: {{value: /}}, proxy: {{backends: []}}}}]\n"
+            ),
+        )
+        .unwrap();
+        let e = bootstrap(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("routes: must be empty"), "{e}");
+    }
 }

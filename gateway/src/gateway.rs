@@ -168,20 +168,7 @@ impl Gateway {
 
     /// Every rooms namespace and its retention, from the live routes.
     pub fn namespaces(&self) -> Vec<(String, Option<Retention>)> {
-        let mut out: Vec<(String, Option<Retention>)> = Vec::new();
-        for r in &self.config.load().routes {
-            if let Some(rooms) = &r.rooms {
-                let ns = rooms.namespace.clone().unwrap_or_else(|| r.name.clone());
-                let retention = rooms.history.as_ref().map(|h| Retention {
-                    max_messages: h.max_messages,
-                    max_age: h.max_age,
-                });
-                if !out.iter().any(|(n, _)| *n == ns) {
-                    out.push((ns, retention));
-                }
-            }
-        }
-        out
+        crate::rooms::route::namespaces(&self.config.load())
     }
 
     /// Whether a config is loaded. The Kubernetes source starts unloaded (not ready) and sets

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let loaded = match &args.kube_snapshot {
-        Some(_) => kubernetes::bootstrap(args.config.as_deref()),
+        Some(_) => boot::bootstrap(args.config.as_deref()),
         None => boot::load(args.config.as_deref(), args.check),
     };
     if args.check {

@@ -4,7 +4,7 @@
 //! The [`JwksRegistry`] owns one HTTP client (hyper-util legacy client over hyper-rustls with the
 //! ring provider and the webpki roots; `http://` is allowed for local development) and a
 //! [`JwksCache`] per URL. [`JwksRegistry::run`] is the background loop that fetches each cache
-//! when its regular refresh is due; a [`Verifier`](super::jwt::Verifier) that meets an unknown
+//! when its regular refresh is due; a verifier (`auth::jwt`) that meets an unknown
 //! `kid` asks for an extra fetch, at most one per `minRefresh` per URL.
 //!
 //! A fetch that fails (network error, non-2xx, a body over [`MAX_JWKS_BYTES`], more than
@@ -35,9 +35,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use super::keys::VerifyKey;
+pub(crate) use super::keys::parse_jwk;
 use crate::http_client::redact_url;
-use switchboard_config::keys::VerifyKey;
-pub(crate) use switchboard_config::keys::parse_jwk;
 
 /// Largest JWKS document accepted.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -502,7 +502,8 @@ mod tests {
         EC256_PUB, ED25519_PUB, RSA_PUB, RSA2, RSA2_PUB, SECRET, claims, jwt_config, sign,
         sign_with,
     };
-    use crate::auth::jwt::{TokenError, Verifier, to_jwt_alg};
+    use crate::auth::jwt::{TokenError, Verifier};
+    use crate::auth::keys::to_jwt_alg;
 
     fn jwk(pem: &str, alg: Option<Algorithm>, kid: &str) -> Value {
         let key = match alg {

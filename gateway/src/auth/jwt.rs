@@ -38,9 +38,8 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// How long a verification waits for an on-demand JWKS refresh before giving up.
 pub const JWKS_WAIT: Duration = Duration::from_secs(3);
 /// Key parsing is the config crate's (one parser for the gateway and the operator).
-pub use switchboard_config::keys::MIN_HMAC_SECRET_BYTES;
-pub(crate) use switchboard_config::keys::{VerifyKey, alg_from_name, to_jwt_alg};
-use switchboard_config::keys::{inline_key, keys_from_file};
+pub use super::keys::MIN_HMAC_SECRET_BYTES;
+use super::keys::{VerifyKey, alg_from_name, inline_key, keys_from_file, to_jwt_alg};
 
 /// The verified claims of a token.
 #[derive(Debug, Clone)]

@@ -3,5 +3,6 @@
 
 pub mod jwks;
 pub mod jwt;
+pub mod keys;
 pub mod origin;
 pub mod token;
