@@ -132,14 +132,12 @@ fn with_id(mut v: Value, id: Option<&str>) -> String {
 
 /// `message`: encoded once per pod per message.
 pub fn message(m: &RoomMessage) -> String {
-    let mut v = json!({
-        "type": "message",
-        "room": m.key.room,
-        "seq": m.seq,
-        "epoch": m.epoch,
-        "ts": m.ts_ms,
-    });
-    let obj = v.as_object_mut().expect("json! object literal");
+    let mut obj = serde_json::Map::new();
+    obj.insert("type".into(), "message".into());
+    obj.insert("room".into(), m.key.room.clone().into());
+    obj.insert("seq".into(), m.seq.into());
+    obj.insert("epoch".into(), json!(m.epoch));
+    obj.insert("ts".into(), m.ts_ms.into());
     if let Some(from) = &m.from {
         obj.insert("from".into(), from.clone());
     }
@@ -154,7 +152,7 @@ pub fn message(m: &RoomMessage) -> String {
         ),
         Payload::Text(t) => obj.insert("data".into(), t.clone().into()),
     };
-    v.to_string()
+    Value::Object(obj).to_string()
 }
 
 pub fn joined(room: &str, recovered: bool, position: &Position, id: Option<&str>) -> String {

@@ -1,4 +1,3 @@
-
 use super::*;
 use switchboard_config::Origins;
 

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn client(pairs: &[(&str, &str)]) -> HeaderMap {

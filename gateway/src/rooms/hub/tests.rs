@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::rooms::bus::memory::MemoryBus;
 use crate::rooms::bus::{Publish, Retention};

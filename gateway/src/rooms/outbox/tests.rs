@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn reply(n: usize) -> Item {

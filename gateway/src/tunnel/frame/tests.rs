@@ -1,4 +1,3 @@
-
 use super::*;
 
 /// What a scan produced, with payload slices joined per frame so splits compare equal.

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::rooms::bus::{Payload, RoomKey};
 

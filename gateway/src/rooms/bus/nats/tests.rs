@@ -1,4 +1,3 @@
-
 use super::*;
 use async_nats::jetstream::context::{RequestError, RequestErrorKind};
 
