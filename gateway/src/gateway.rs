@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use switchboard_config::{GatewayConfig, KeySource};
+use switchboard_config::{GatewayConfig, KeySource, Problem};
 
 use crate::admission::{AdmissionRegistry, PodAdmission};
 use crate::auth::jwks::JwksRegistry;
@@ -53,7 +53,7 @@ pub fn read_file(path: &str) -> std::io::Result<Vec<u8>> {
 impl Gateway {
     /// Compile `cfg` (keys, certificates, routes). Certificate problems are errors; routes
     /// that do not compile are left out and reported ([`RouteTable::failures`]).
-    pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>) -> Result<Arc<Self>, Vec<String>> {
+    pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>) -> Result<Arc<Self>, Vec<Problem>> {
         let jwks = JwksRegistry::new();
         let admission = AdmissionRegistry::default();
         let backends = BackendRegistry::default();
@@ -80,7 +80,7 @@ impl Gateway {
                             }),
                         );
                     }
-                    Err(e) => problems.push(format!("listeners[{i}].tls.{e}")),
+                    Err(e) => problems.push(Problem::under(&format!("listeners[{i}].tls"), e)),
                 }
             }
         }
@@ -111,7 +111,7 @@ impl Gateway {
     /// when a TLS certificate does not load; routes that do not compile are skipped or keep
     /// their last good version, and are returned (also logged and counted).
     /// Listener and admin changes need a restart (sockets are bound once); they are reported.
-    pub fn apply(&self, cfg: GatewayConfig) -> Result<Vec<RouteFailure>, Vec<String>> {
+    pub fn apply(&self, cfg: GatewayConfig) -> Result<Vec<RouteFailure>, Vec<Problem>> {
         let previous = self.routes.load();
         let routes = RouteTable::compile(
             &cfg,
@@ -129,7 +129,7 @@ impl Gateway {
             if let (Some(t), Some(resolver)) = (&l.tls, self.tls.get(&l.name)) {
                 match CertSet::load(t, &read_file) {
                     Ok(c) => certs.push((resolver.clone(), c)),
-                    Err(e) => problems.push(format!("listeners[{i}].tls.{e}")),
+                    Err(e) => problems.push(Problem::under(&format!("listeners[{i}].tls"), e)),
                 }
             }
         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use switchboard_config::{GatewayConfig, PathMatchKind, Route, TokenSource};
+use switchboard_config::{GatewayConfig, PathMatchKind, Problem, Route, TokenSource};
 
 use crate::admission::{AdmissionRegistry, RouteAdmission};
 use crate::auth::jwks::JwksRegistry;
@@ -79,10 +79,17 @@ impl Serving {
 pub struct RouteFailure {
     /// The route's `name`.
     pub route: String,
-    /// Every problem, with the field path (`routes[1].jwt.keys[0]: ...`).
-    pub problems: Vec<String>,
+    /// Every problem, with the field path (`routes[1].jwt.keys[0]`); on `/status` each is its
+    /// printed line (`routes[1].jwt.keys[0]: ...`).
+    #[serde(serialize_with = "as_lines")]
+    pub problems: Vec<Problem>,
     /// What serves its requests meanwhile.
     pub serving: Serving,
+}
+
+/// Problems as their printed lines (the `/status` contract the operator reads).
+fn as_lines<S: serde::Serializer>(problems: &[Problem], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(problems.iter().map(ToString::to_string))
 }
 
 /// The host and path of a route that has no compiled version.
@@ -169,7 +176,7 @@ impl RouteTable {
                     }
                     table.failures.push(RouteFailure {
                         route: r.name.clone(),
-                        problems: vec![format!("routes[{i}].{e}")],
+                        problems: vec![Problem::under(&format!("routes[{i}]"), e)],
                         serving,
                     });
                 }

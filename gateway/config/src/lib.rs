@@ -44,6 +44,16 @@ pub enum Error {
     Invalid(Vec<Problem>),
 }
 
+impl Error {
+    /// Every problem of the error, with its path (a parse error is one problem).
+    pub fn into_problems(self) -> Vec<Problem> {
+        match self {
+            Self::Parse { path, message } => vec![Problem { path, message }],
+            Self::Invalid(problems) => problems,
+        }
+    }
+}
+
 /// This crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -26,6 +26,19 @@ impl Problem {
         }
     }
 
+    /// A problem under `prefix` from an error text of the form `field.path: message`: the path
+    /// is `prefix.field.path` (or `prefix` when the text names no field). Its printed form is
+    /// `prefix.text` either way, as the gateway printed these errors before they were typed.
+    pub fn under(prefix: &str, text: impl fmt::Display) -> Self {
+        let text = text.to_string();
+        match text.split_once(": ") {
+            Some((field, message)) if !field.is_empty() => {
+                Self::new(format!("{prefix}.{field}"), message)
+            }
+            _ => Self::new(prefix, text),
+        }
+    }
+
     /// All problems, one per line.
     pub fn join(problems: &[Problem]) -> String {
         problems

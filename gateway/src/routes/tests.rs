@@ -44,7 +44,9 @@ fn a_signature_secret_file_shorter_than_32_bytes_is_refused() {
     let t = compile(route, &|_| Ok(b"short-secret\n".to_vec()));
     let problems = &t.failures()[0].problems;
     assert!(
-        problems.iter().any(|p| p.contains("holds 12 bytes")),
+        problems
+            .iter()
+            .any(|p| p.message.contains("holds 12 bytes")),
         "{problems:?}"
     );
     assert!(
@@ -72,9 +74,10 @@ fn a_route_that_fails_to_compile_does_not_keep_the_others_out() {
         t.failures(),
         &[RouteFailure {
             route: "broken".into(),
-            problems: vec![
-                "routes[0].jwt.keys[0]: the PEM is not a public key usable with RS256".into()
-            ],
+            problems: vec![Problem::new(
+                "routes[0].jwt.keys[0]",
+                "the PEM is not a public key usable with RS256"
+            )],
             serving: Serving::None,
         }]
     );
