@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::origin::OriginPattern;
-use crate::{API_VERSION, GatewayConfig, KIND, KeySource, Mode, Route, TokenSource};
+use crate::{API_VERSION, GatewayConfig, Jwt, KIND, KeySource, Mode, Route, TokenSource};
 
 /// One broken rule: where, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +83,15 @@ pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
             "at least one listener is required",
         ));
     }
+    listener_problems(cfg, &mut p);
+    global_limit_problems(cfg, &mut p);
+    bus_problems(cfg, &mut p);
+    all_route_problems(cfg, &mut p);
+    p
+}
+
+/// `listeners`: names and addresses unique, TLS settings.
+fn listener_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
     let mut names = HashSet::new();
     let mut addrs = HashSet::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
@@ -125,6 +134,10 @@ pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
             }
         }
     }
+}
+
+/// The document-wide `limits` and `drain`.
+fn global_limit_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
     let lim = &cfg.limits;
     if lim.max_connections == 0 {
         p.push(Problem::new("limits.maxConnections", "must be at least 1"));
@@ -156,7 +169,10 @@ pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
             "must be longer than drain.propagation",
         ));
     }
+}
 
+/// `bus.nats` and `publishApi`.
+fn bus_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
     if let Some(n) = &cfg.bus.nats {
         if n.urls.is_empty() {
             p.push(Problem::new(
@@ -216,6 +232,10 @@ pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
             ));
         }
     }
+}
+
+/// Every route, then what routes must not share (names, host + path, rooms namespaces).
+fn all_route_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
     let mut namespaces: std::collections::HashMap<String, (usize, Option<crate::History>)> =
         std::collections::HashMap::new();
     for (i, r) in cfg.routes.iter().enumerate() {
@@ -262,9 +282,8 @@ pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
                 ));
             }
         }
-        route_problems(cfg, r, &at, &mut p);
+        route_problems(cfg, r, &at, p);
     }
-    p
 }
 
 fn rooms_problems(r: &Route, rooms: &crate::Rooms, at: &str, p: &mut Vec<Problem>) {
@@ -398,100 +417,7 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
         }
     }
     if let Some(jwt) = &r.jwt {
-        let jat = format!("{at}.jwt");
-        if jwt.keys.is_empty() {
-            p.push(Problem::new(
-                format!("{jat}.keys"),
-                "at least one key source is required",
-            ));
-        }
-        if jwt.token_sources.is_empty() {
-            p.push(Problem::new(
-                format!("{jat}.tokenSources"),
-                "at least one token source is required",
-            ));
-        }
-        if jwt.leeway > MAX_LEEWAY {
-            p.push(Problem::new(format!("{jat}.leeway"), "must be at most 30s"));
-        }
-        for (k, s) in jwt.token_sources.iter().enumerate() {
-            let empty = match s {
-                TokenSource::Query { name } | TokenSource::Cookie { name } => name.is_empty(),
-                TokenSource::Subprotocol { prefix } => prefix.is_empty(),
-                TokenSource::Bearer {} => false,
-            };
-            if empty {
-                p.push(Problem::new(
-                    format!("{jat}.tokenSources[{k}]"),
-                    "name/prefix must not be empty",
-                ));
-            }
-        }
-        for (k, key) in jwt.keys.iter().enumerate() {
-            let kat = format!("{jat}.keys[{k}]");
-            match key {
-                KeySource::Inline {
-                    algorithm,
-                    pem,
-                    secret,
-                    jwk,
-                    ..
-                } => {
-                    let given = [pem.is_some(), secret.is_some(), jwk.is_some()]
-                        .iter()
-                        .filter(|x| **x)
-                        .count();
-                    if given != 1 {
-                        p.push(Problem::new(
-                            kat.clone(),
-                            "give exactly one of pem, secret, jwk",
-                        ));
-                    } else if algorithm.is_hmac() && pem.is_some() {
-                        p.push(Problem::new(
-                            format!("{kat}.pem"),
-                            format!("{algorithm:?} needs a secret, not a PEM key"),
-                        ));
-                    } else if !algorithm.is_hmac() && secret.is_some() {
-                        p.push(Problem::new(
-                            format!("{kat}.secret"),
-                            format!("{algorithm:?} needs a public key (pem or jwk), not a secret"),
-                        ));
-                    }
-                    if let Some(s) = secret
-                        && s.len() < 32
-                    {
-                        p.push(Problem::new(
-                            format!("{kat}.secret"),
-                            "HMAC secrets must be at least 32 bytes",
-                        ));
-                    }
-                }
-                KeySource::File { path, .. } => {
-                    if path.is_empty() {
-                        p.push(Problem::new(format!("{kat}.path"), "must not be empty"));
-                    }
-                }
-                KeySource::Jwks {
-                    url,
-                    refresh,
-                    min_refresh,
-                    ..
-                } => {
-                    if !(url.starts_with("https://") || url.starts_with("http://")) {
-                        p.push(Problem::new(
-                            format!("{kat}.url"),
-                            "must be an http:// or https:// URL",
-                        ));
-                    }
-                    if refresh.is_zero() || min_refresh.is_zero() {
-                        p.push(Problem::new(
-                            kat.clone(),
-                            "refresh and minRefresh must be more than 0s",
-                        ));
-                    }
-                }
-            }
-        }
+        jwt_problems(jwt, at, p);
     }
     let cookie_auth = r.jwt.as_ref().is_some_and(|j| {
         j.token_sources
@@ -510,6 +436,111 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
             "rooms settings need `mode: rooms`",
         ));
     }
+    mode_problems(cfg, r, at, p);
+    limits_problems(r, at, p);
+    drain_problems(cfg, r, at, p);
+}
+
+/// `routes[i].jwt`: keys, token sources, claims.
+fn jwt_problems(jwt: &Jwt, at: &str, p: &mut Vec<Problem>) {
+    let jat = format!("{at}.jwt");
+    if jwt.keys.is_empty() {
+        p.push(Problem::new(
+            format!("{jat}.keys"),
+            "at least one key source is required",
+        ));
+    }
+    if jwt.token_sources.is_empty() {
+        p.push(Problem::new(
+            format!("{jat}.tokenSources"),
+            "at least one token source is required",
+        ));
+    }
+    if jwt.leeway > MAX_LEEWAY {
+        p.push(Problem::new(format!("{jat}.leeway"), "must be at most 30s"));
+    }
+    for (k, s) in jwt.token_sources.iter().enumerate() {
+        let empty = match s {
+            TokenSource::Query { name } | TokenSource::Cookie { name } => name.is_empty(),
+            TokenSource::Subprotocol { prefix } => prefix.is_empty(),
+            TokenSource::Bearer {} => false,
+        };
+        if empty {
+            p.push(Problem::new(
+                format!("{jat}.tokenSources[{k}]"),
+                "name/prefix must not be empty",
+            ));
+        }
+    }
+    for (k, key) in jwt.keys.iter().enumerate() {
+        let kat = format!("{jat}.keys[{k}]");
+        match key {
+            KeySource::Inline {
+                algorithm,
+                pem,
+                secret,
+                jwk,
+                ..
+            } => {
+                let given = [pem.is_some(), secret.is_some(), jwk.is_some()]
+                    .iter()
+                    .filter(|x| **x)
+                    .count();
+                if given != 1 {
+                    p.push(Problem::new(
+                        kat.clone(),
+                        "give exactly one of pem, secret, jwk",
+                    ));
+                } else if algorithm.is_hmac() && pem.is_some() {
+                    p.push(Problem::new(
+                        format!("{kat}.pem"),
+                        format!("{algorithm:?} needs a secret, not a PEM key"),
+                    ));
+                } else if !algorithm.is_hmac() && secret.is_some() {
+                    p.push(Problem::new(
+                        format!("{kat}.secret"),
+                        format!("{algorithm:?} needs a public key (pem or jwk), not a secret"),
+                    ));
+                }
+                if let Some(s) = secret
+                    && s.len() < 32
+                {
+                    p.push(Problem::new(
+                        format!("{kat}.secret"),
+                        "HMAC secrets must be at least 32 bytes",
+                    ));
+                }
+            }
+            KeySource::File { path, .. } => {
+                if path.is_empty() {
+                    p.push(Problem::new(format!("{kat}.path"), "must not be empty"));
+                }
+            }
+            KeySource::Jwks {
+                url,
+                refresh,
+                min_refresh,
+                ..
+            } => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    p.push(Problem::new(
+                        format!("{kat}.url"),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                if refresh.is_zero() || min_refresh.is_zero() {
+                    p.push(Problem::new(
+                        kat.clone(),
+                        "refresh and minRefresh must be more than 0s",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The route's mode and the settings it needs (`proxy` or `rooms`).
+fn mode_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>) {
     match r.mode {
         Mode::Proxy => match &r.proxy {
             None => p.push(Problem::new(
@@ -599,6 +630,10 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
             }
         },
     }
+}
+
+/// `routes[i].limits` and `routes[i].keepalive`.
+fn limits_problems(r: &Route, at: &str, p: &mut Vec<Problem>) {
     let lim = &r.limits;
     if lim.max_message_bytes == 0 {
         p.push(Problem::new(
@@ -645,6 +680,10 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
             "must be more than 0s when pings toward the app are on",
         ));
     }
+}
+
+/// `routes[i].drain`, against the document's drain timing.
+fn drain_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>) {
     let d = &r.drain;
     if !(matches!(d.close_code, 1000 | 1001 | 1012 | 1013) || (4000..=4999).contains(&d.close_code))
     {
