@@ -64,7 +64,7 @@ pub(crate) fn sse(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
     let rooms = requested_rooms(&policy, adm.claims.as_ref(), req.uri().query())?;
-    let mut cursor = start_cursor(req, "lastEventId", &rooms);
+    let cursor = start_cursor(req, "lastEventId", &rooms);
     let hub = (*svc.hub).clone();
     let conn = next_conn_id();
     let outbox = Outbox::new(policy.cfg.max_queue_bytes);
@@ -78,7 +78,7 @@ pub(crate) fn sse(
         presence: None,
         presence_events: false,
     };
-    let mut drain = svc.drain.close_signal();
+    let drain = svc.drain.close_signal();
     // Shared by the task and the response body: the drain counts the stream until both are
     // done, so the process cannot exit between the task's end and hyper writing the body's
     // terminating chunk.
@@ -98,7 +98,127 @@ pub(crate) fn sse(
         .connections_total
         .with_label_values(&[&route_name, "sse"])
         .inc();
-    tokio::spawn(async move {
+    let feed = Feed {
+        live,
+        body_tx,
+        conn,
+        notifier,
+        user,
+        route_name,
+        rooms,
+        policy,
+        hub,
+        joiner,
+        cursor,
+        outbox,
+        expiry,
+        drain,
+        drain_window,
+        draining,
+        admitted,
+        conn_abort,
+    };
+    tokio::spawn(feed.run());
+    let body = body
+        .map_frame(move |frame| {
+            let _ = &body_live;
+            frame
+        })
+        .boxed();
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+/// Whether a request refused as `draining` is answered with [`draining_stream`]: an SSE
+/// request on a route that serves SSE.
+pub fn wants_draining_stream(route: &CompiledRoute, req: &Request<Incoming>) -> bool {
+    route.rooms.as_ref().is_some_and(|p| !p.is_raw())
+        && route.cfg.transports.sse
+        && is_event_stream(req)
+}
+
+/// The answer to an SSE request after the drain's propagation window: a 200 stream with
+/// `retry:` and the `shutdown` event (as a draining stream ends), then its end. `EventSource`
+/// treats every other status as fatal and never reconnects; this one it follows after the
+/// hint, keeping its `Last-Event-ID` (the event has no `id:`).
+pub fn draining_stream() -> Response<Body> {
+    let hint = rand::random_range(500..5000u64);
+    let mut body = format!("retry: {hint}\n").into_bytes();
+    body.extend_from_slice(&sse_event(
+        Some("shutdown"),
+        None,
+        &protocol::shutdown(hint),
+    ));
+    let mut resp = Response::new(full(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    resp
+}
+
+/// One SSE stream's task: everything it owns, from the opening `joined` events to its end.
+struct Feed {
+    /// Counted live for the drain until the task and the response body are both done.
+    live: Arc<crate::drain::LiveGuard>,
+    body_tx: stream_body::Sender,
+    conn: String,
+    notifier: Notifier,
+    user: Option<String>,
+    route_name: String,
+    rooms: Vec<String>,
+    policy: Arc<RoomsPolicy>,
+    hub: Arc<super::hub::Hub>,
+    joiner: Joiner,
+    cursor: super::cursor::Cursor,
+    outbox: Arc<Outbox>,
+    expiry: Option<tokio::time::Instant>,
+    drain: tokio::sync::watch::Receiver<bool>,
+    drain_window: Duration,
+    draining: CloseCause,
+    admitted: Option<crate::admission::Admitted>,
+    conn_abort: Option<ConnAbort>,
+}
+
+impl Feed {
+    /// Join the rooms, then feed the stream until it ends (client gone, slow consumer, token
+    /// expiry, drain), leave the rooms and report the end.
+    async fn run(self) {
+        let Feed {
+            live,
+            body_tx,
+            conn,
+            notifier,
+            user,
+            route_name,
+            rooms,
+            policy,
+            hub,
+            joiner,
+            mut cursor,
+            outbox,
+            expiry,
+            mut drain,
+            drain_window,
+            draining,
+            admitted,
+            conn_abort,
+        } = self;
         let _live = live;
         let started = std::time::Instant::now();
         let gone = CloseCause::Abnormal(Side::Downstream);
@@ -245,56 +365,5 @@ pub(crate) fn sse(
         }
         drop(body_tx);
         disconnected.finished().await; // still counted as live for the drain
-    });
-    let body = body
-        .map_frame(move |frame| {
-            let _ = &body_live;
-            frame
-        })
-        .boxed();
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-transform"),
-    );
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
-}
-
-/// Whether a request refused as `draining` is answered with [`draining_stream`]: an SSE
-/// request on a route that serves SSE.
-pub fn wants_draining_stream(route: &CompiledRoute, req: &Request<Incoming>) -> bool {
-    route.rooms.as_ref().is_some_and(|p| !p.is_raw())
-        && route.cfg.transports.sse
-        && is_event_stream(req)
-}
-
-/// The answer to an SSE request after the drain's propagation window: a 200 stream with
-/// `retry:` and the `shutdown` event (as a draining stream ends), then its end. `EventSource`
-/// treats every other status as fatal and never reconnects; this one it follows after the
-/// hint, keeping its `Last-Event-ID` (the event has no `id:`).
-pub fn draining_stream() -> Response<Body> {
-    let hint = rand::random_range(500..5000u64);
-    let mut body = format!("retry: {hint}\n").into_bytes();
-    body.extend_from_slice(&sse_event(
-        Some("shutdown"),
-        None,
-        &protocol::shutdown(hint),
-    ));
-    let mut resp = Response::new(full(body));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-transform"),
-    );
-    resp
+    }
 }
