@@ -105,7 +105,8 @@ impl ServerApp for AdminApp {
             let gw = gw.clone();
             async move {
                 if req.method() == http::Method::POST && req.uri().path() == "/v1/publish" {
-                    let (status, body) = crate::rooms::publish_api::handle(&gw, req).await;
+                    let (status, body) =
+                        crate::rooms::publish_api::handle(&gw.config, &gw.hub, req).await;
                     return Ok::<_, Infallible>(reply(
                         status,
                         "application/json",

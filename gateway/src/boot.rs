@@ -12,7 +12,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
-use switchboard_config::GatewayConfig;
+use switchboard_config::{GatewayConfig, Problem};
 
 use crate::admin::AdminApp;
 use crate::config_watch::ConfigWatch;
@@ -34,10 +34,17 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Invalid(String),
+    /// The config breaks rules: every problem with its field path, one per printed line.
+    #[error("{}", Problem::join(.0))]
+    Invalid(Vec<Problem>),
     #[error(transparent)]
     Bind(#[from] crate::listener::BindError),
+}
+
+impl From<switchboard_config::Error> for BootError {
+    fn from(e: switchboard_config::Error) -> Self {
+        Self::Invalid(e.into_problems())
+    }
 }
 
 /// Parse, validate and compile a config file (or the embedded default) — keys, certificates
@@ -52,17 +59,41 @@ pub fn load(path: Option<&Path>, routes_must_compile: bool) -> Result<GatewayCon
         })?,
         None => EMBEDDED_DEFAULT.to_string(),
     };
-    let cfg = GatewayConfig::from_yaml(&text).map_err(|e| BootError::Invalid(e.to_string()))?;
-    let gw = Gateway::new(cfg.clone(), Arc::new(MemoryBus::new()))
-        .map_err(|p| BootError::Invalid(p.join("\n")))?;
+    let cfg = GatewayConfig::from_yaml(&text).map_err(BootError::from)?;
+    let gw = Gateway::new(cfg.clone(), Arc::new(MemoryBus::new())).map_err(BootError::Invalid)?;
     let routes = gw.routes.load();
     if routes_must_compile && !routes.failures().is_empty() {
-        let problems: Vec<&str> = routes
+        let problems = routes
             .failures()
             .iter()
-            .flat_map(|f| f.problems.iter().map(String::as_str))
+            .flat_map(|f| f.problems.iter().cloned())
             .collect();
-        return Err(BootError::Invalid(problems.join("\n")));
+        return Err(BootError::Invalid(problems));
+    }
+    Ok(cfg)
+}
+
+/// Sockets and global settings when `--kube-snapshot` is given without `--config`.
+pub const BOOTSTRAP: &str = "apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners:
+  - name: public
+    address: 0.0.0.0:8080
+admin:
+  address: 0.0.0.0:9090
+";
+
+/// The bootstrap config: `path` (which must have no routes) or [`BOOTSTRAP`].
+pub fn bootstrap(path: Option<&Path>) -> Result<GatewayConfig, BootError> {
+    let cfg = match path {
+        Some(p) => load(Some(p), true)?,
+        None => GatewayConfig::from_yaml(BOOTSTRAP).map_err(BootError::from)?,
+    };
+    if !cfg.routes.is_empty() {
+        return Err(BootError::Invalid(vec![Problem::new(
+            "routes",
+            "must be empty with --kube-snapshot; routes come from the snapshot",
+        )]));
     }
     Ok(cfg)
 }
@@ -73,7 +104,7 @@ fn make_bus(cfg: &GatewayConfig) -> Result<Arc<dyn Bus>, BootError> {
     match &cfg.bus.nats {
         None => Ok(Arc::new(MemoryBus::new())),
         Some(nats) => crate::rooms::bus::connect_nats(nats)
-            .map_err(|e| BootError::Invalid(format!("bus.nats: {e}"))),
+            .map_err(|e| BootError::Invalid(vec![Problem::new("bus.nats", e.to_string())])),
     }
 }
 
@@ -141,7 +172,7 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
             .chain([("admin".to_string(), &cfg.admin.address)]),
     )?;
     let bus = make_bus(&cfg)?;
-    let gw = Gateway::new(cfg.clone(), bus).map_err(|p| BootError::Invalid(p.join("\n")))?;
+    let gw = Gateway::new(cfg.clone(), bus).map_err(BootError::Invalid)?;
     crate::gateway::report_failures(gw.routes.load().failures());
     crate::rooms::bus::block_on(crate::gateway::configure_bus(&gw.hub, gw.namespaces()));
     let conf = ServerConf {
@@ -230,4 +261,31 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
         shutdown_signal: Box::new(signal),
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_bootstrap_is_valid_and_routeless() {
+        let cfg = bootstrap(None).unwrap();
+        assert!(cfg.routes.is_empty());
+        assert_eq!(cfg.listeners.len(), 1);
+    }
+
+    #[test]
+    fn a_bootstrap_file_with_routes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("base.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "{BOOTSTRAP}routes: [{{name: a, path: {{value: /}}, proxy: {{backends: []}}}}]\n"
+            ),
+        )
+        .unwrap();
+        let e = bootstrap(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("routes: must be empty"), "{e}");
+    }
 }

@@ -52,12 +52,14 @@ impl ConfigWatch {
         if print == last {
             return last;
         }
-        let result = parsed.map_err(|e| vec![e.to_string()]).and_then(|cfg| {
-            let generation = cfg.generation;
-            self.gateway
-                .apply(cfg)
-                .map(|failed| (generation, failed.len()))
-        });
+        let result = parsed
+            .map_err(switchboard_config::Error::into_problems)
+            .and_then(|cfg| {
+                let generation = cfg.generation;
+                self.gateway
+                    .apply(cfg)
+                    .map(|failed| (generation, failed.len()))
+            });
         match result {
             Ok((generation, failed_routes)) => {
                 metrics().config_reloads.with_label_values(&["ok"]).inc();

@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use switchboard_config::{GatewayConfig, KeySource};
+use switchboard_config::{GatewayConfig, KeySource, Problem};
 
 use crate::admission::{AdmissionRegistry, PodAdmission};
 use crate::auth::jwks::JwksRegistry;
@@ -37,7 +35,7 @@ pub struct Gateway {
     pub jwks: JwksRegistry,
     pub drain: Arc<Drain>,
     /// Plain-HTTP forwarding; the body is the client's, wrapped to tell its errors apart.
-    pub http: Client<HttpConnector, BoxBody<Bytes, hyper::Error>>,
+    pub http: crate::proxy::serve::HttpClient,
     /// Live backend sets of the Services routes name (filled by the EndpointSlice watch).
     pub backends: BackendRegistry,
     /// Rooms: this pod's hub over the configured bus.
@@ -55,7 +53,7 @@ pub fn read_file(path: &str) -> std::io::Result<Vec<u8>> {
 impl Gateway {
     /// Compile `cfg` (keys, certificates, routes). Certificate problems are errors; routes
     /// that do not compile are left out and reported ([`RouteTable::failures`]).
-    pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>) -> Result<Arc<Self>, Vec<String>> {
+    pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>) -> Result<Arc<Self>, Vec<Problem>> {
         let jwks = JwksRegistry::new();
         let admission = AdmissionRegistry::default();
         let backends = BackendRegistry::default();
@@ -82,7 +80,7 @@ impl Gateway {
                             }),
                         );
                     }
-                    Err(e) => problems.push(format!("listeners[{i}].tls.{e}")),
+                    Err(e) => problems.push(Problem::under(&format!("listeners[{i}].tls"), e)),
                 }
             }
         }
@@ -113,7 +111,7 @@ impl Gateway {
     /// when a TLS certificate does not load; routes that do not compile are skipped or keep
     /// their last good version, and are returned (also logged and counted).
     /// Listener and admin changes need a restart (sockets are bound once); they are reported.
-    pub fn apply(&self, cfg: GatewayConfig) -> Result<Vec<RouteFailure>, Vec<String>> {
+    pub fn apply(&self, cfg: GatewayConfig) -> Result<Vec<RouteFailure>, Vec<Problem>> {
         let previous = self.routes.load();
         let routes = RouteTable::compile(
             &cfg,
@@ -131,7 +129,7 @@ impl Gateway {
             if let (Some(t), Some(resolver)) = (&l.tls, self.tls.get(&l.name)) {
                 match CertSet::load(t, &read_file) {
                     Ok(c) => certs.push((resolver.clone(), c)),
-                    Err(e) => problems.push(format!("listeners[{i}].tls.{e}")),
+                    Err(e) => problems.push(Problem::under(&format!("listeners[{i}].tls"), e)),
                 }
             }
         }
@@ -170,20 +168,7 @@ impl Gateway {
 
     /// Every rooms namespace and its retention, from the live routes.
     pub fn namespaces(&self) -> Vec<(String, Option<Retention>)> {
-        let mut out: Vec<(String, Option<Retention>)> = Vec::new();
-        for r in &self.config.load().routes {
-            if let Some(rooms) = &r.rooms {
-                let ns = rooms.namespace.clone().unwrap_or_else(|| r.name.clone());
-                let retention = rooms.history.as_ref().map(|h| Retention {
-                    max_messages: h.max_messages,
-                    max_age: h.max_age,
-                });
-                if !out.iter().any(|(n, _)| *n == ns) {
-                    out.push((ns, retention));
-                }
-            }
-        }
-        out
+        crate::rooms::route::namespaces(&self.config.load())
     }
 
     /// Whether a config is loaded. The Kubernetes source starts unloaded (not ready) and sets

@@ -22,6 +22,8 @@ where
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(connect_timeout);
+    // Only fails when the provider lacks every safe protocol version; ring has TLS 1.2 and 1.3.
+    #[allow(clippy::expect_used)] // infallible with the ring provider (see above)
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
         // Only fails when the provider lacks every safe protocol version; ring has TLS 1.2 and

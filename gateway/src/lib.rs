@@ -6,6 +6,8 @@
 //! keep-alive, expiry and drain closes). Every refusal and close maps to one row of
 //! [`error::table`].
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod abort;
 pub mod admin;
 pub mod admission;
@@ -15,6 +17,7 @@ pub mod config_watch;
 pub mod drain;
 pub mod error;
 pub mod gateway;
+pub mod http;
 pub mod http_client;
 pub mod kubernetes;
 pub mod listener;

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     switchboard_gateway::auth::crypto::install();
 
     let loaded = match &args.kube_snapshot {
-        Some(_) => kubernetes::bootstrap(args.config.as_deref()),
+        Some(_) => boot::bootstrap(args.config.as_deref()),
         None => boot::load(args.config.as_deref(), args.check),
     };
     if args.check {

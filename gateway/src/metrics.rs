@@ -98,6 +98,10 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
 }
 
+// Every `expect` here is on a metric defined from static names and labels, registered once in a
+// fresh registry (the one `Metrics` lives in a `OnceLock`): they cannot fail at run time, and the
+// first unit test that touches metrics would catch a bad definition.
+#[allow(clippy::expect_used)]
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
     reg.register(Box::new(c.clone()))
@@ -105,6 +109,10 @@ fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCo
     c
 }
 
+// Every `expect` here is on a metric defined from static names and labels, registered once in a
+// fresh registry (the one `Metrics` lives in a `OnceLock`): they cannot fail at run time, and the
+// first unit test that touches metrics would catch a bad definition.
+#[allow(clippy::expect_used)]
 fn counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("static metric definition");
     reg.register(Box::new(c.clone()))
@@ -112,6 +120,10 @@ fn counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
+// Every `expect` here is on a metric defined from static names and labels, registered once in a
+// fresh registry (the one `Metrics` lives in a `OnceLock`): they cannot fail at run time, and the
+// first unit test that touches metrics would catch a bad definition.
+#[allow(clippy::expect_used)]
 impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();

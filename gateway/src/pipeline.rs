@@ -1,34 +1,30 @@
 //! The request pipeline, all before any 101: normalization (one path, one authority, for the
-//! gateway and the app alike), route lookup, Origin, token, admission, then the route's mode.
-//! Every refusal goes through [`refuse`], which renders the one error table.
+//! gateway and the app alike), route lookup, then the checks every mode shares (drain, Origin,
+//! token, admission) and the dispatch to the route's mode: [`crate::proxy::serve`] or
+//! [`crate::rooms::entry`]. Every refusal goes through [`refuse`], which renders the one error
+//! table.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use switchboard_config::{ListenerPaths, PinningKey};
+use switchboard_config::ListenerPaths;
 use tracing::Instrument;
 
+use crate::admission::Passed;
 use crate::admission::client_ip::client_ip;
-use crate::auth::jwt::Claims;
 use crate::auth::token;
 use crate::error::Refusal;
 use crate::gateway::Gateway;
-use crate::metrics::metrics;
-use crate::proxy::identity::{self, identity_from_claims};
-use crate::proxy::upstream::{Handshake, open_websocket};
+use crate::http::{count_refusal, is_event_stream};
 use crate::routes::{CompiledRoute, Matched};
-use crate::tunnel::relay::{self, DirCounters, TunnelLimits};
 
-/// Response body type of the edge listener.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub use crate::http::{Body, is_websocket, refuse};
 
 /// Facts about the client connection.
 #[derive(Debug, Clone, Copy)]
@@ -37,71 +33,6 @@ pub struct Conn {
     pub tls: bool,
     /// The listener's path normalization settings.
     pub paths: ListenerPaths,
-}
-
-pub(crate) fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-fn count_refusal(route: &str, r: &Refusal) {
-    metrics()
-        .refusals
-        .with_label_values(&[route, r.label()])
-        .inc();
-    metrics()
-        .connections_total
-        .with_label_values(&[route, "refused"])
-        .inc();
-}
-
-/// Render a refusal: status, reason, `Retry-After`, `WWW-Authenticate`; counted by reason.
-pub fn refuse(route: &str, r: Refusal) -> Response<Body> {
-    count_refusal(route, &r);
-    let body =
-        serde_json::json!({ "error": r.label(), "reason": r.to_string() }).to_string() + "\n";
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = r.status();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(after) = r.retry_after()
-        && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
-    {
-        h.insert(header::RETRY_AFTER, v);
-    }
-    if let Some(v) = r
-        .www_authenticate()
-        .and_then(|v| HeaderValue::from_str(&v).ok())
-    {
-        h.insert(header::WWW_AUTHENTICATE, v);
-    }
-    if r == Refusal::BadWebSocketVersion {
-        h.insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-    }
-    resp
-}
-
-fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
-    req.headers()
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// A WebSocket upgrade request (RFC 6455 §4.2.1), before version/key checks.
-pub fn is_websocket(req: &Request<Incoming>) -> bool {
-    req.method() == http::Method::GET
-        && header_has_token(req, header::CONNECTION, "upgrade")
-        && header_has_token(req, header::UPGRADE, "websocket")
 }
 
 fn check_handshake(req: &Request<Incoming>) -> Result<(), Refusal> {
@@ -130,53 +61,12 @@ fn check_handshake(req: &Request<Incoming>) -> Result<(), Refusal> {
     }
 }
 
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// When a live connection must be closed with 4001: the token's `exp`, unless the route turns
-/// `closeOnExpiry` off. Shared by proxy tunnels and rooms connections.
-pub(crate) fn close_at_expiry(
-    route: &CompiledRoute,
-    claims: Option<&Claims>,
-) -> Option<tokio::time::Instant> {
-    match (&route.cfg.jwt, claims.and_then(|c| c.exp)) {
-        (Some(jwt), Some(exp)) if jwt.close_on_expiry => {
-            Some(tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(unix_now())))
-        }
-        _ => None,
-    }
-}
-
-/// The pinning key for this request (falls back to the client IP when the source is absent).
-fn pin_key(
-    route: &CompiledRoute,
-    req: &Request<Incoming>,
-    claims: Option<&Claims>,
-    ip: IpAddr,
-) -> String {
-    let key = route.cfg.proxy.as_ref().and_then(|p| match &p.pinning {
-        PinningKey::ClientIp => None,
-        PinningKey::Claim(c) => claims.and_then(|cl| cl.get_str(c)),
-        PinningKey::Header(h) => req
-            .headers()
-            .get(h.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        PinningKey::Query(q) => token::query_param(req.uri().query(), q),
-        PinningKey::Cookie(name) => token::cookie(req.headers(), name),
-    });
-    key.unwrap_or_else(|| ip.to_string())
-}
-
 /// The transport a request asks for, as the `handshake` span records it. A plain `GET` on a
 /// rooms route can only be long-polling (or refused).
 fn transport(req: &Request<Incoming>, rooms: bool) -> &'static str {
     if is_websocket(req) {
         "ws"
-    } else if crate::rooms::entry::is_event_stream(req) {
+    } else if is_event_stream(req) {
         "sse"
     } else if rooms && req.method() == http::Method::GET {
         "longpoll"
@@ -331,8 +221,8 @@ async fn route_and_admit(
         Some(_) if !is_websocket(&req) => crate::rooms::cors::allowed_origin(&route, req.headers()),
         _ => None,
     };
-    let draining_stream = crate::rooms::entry::wants_draining_stream(&route, &req);
-    let mut resp = match admit_and_proxy(gw, conn, route.clone(), req).await {
+    let draining_stream = crate::rooms::sse::wants_draining_stream(&route, &req);
+    let mut resp = match admit_and_dispatch(gw, conn, route.clone(), req).await {
         Ok(resp) => {
             span.record("outcome", "accepted");
             resp
@@ -343,7 +233,7 @@ async fn route_and_admit(
             if r == Refusal::Draining && draining_stream {
                 // The refusal an EventSource survives: a 200 stream that says retry and ends.
                 count_refusal(&name, &r);
-                crate::rooms::entry::draining_stream()
+                crate::rooms::sse::draining_stream()
             } else {
                 refuse(&name, r)
             }
@@ -355,13 +245,15 @@ async fn route_and_admit(
     resp
 }
 
-async fn admit_and_proxy(
-    gw: Arc<Gateway>,
+/// The checks every mode shares, in order: drain, WebSocket handshake, Origin, token,
+/// admission. What they establish is handed to the route's mode.
+async fn check(
+    gw: &Gateway,
     conn: Conn,
-    route: Arc<CompiledRoute>,
-    mut req: Request<Incoming>,
-) -> Result<Response<Body>, Refusal> {
-    let websocket = is_websocket(&req);
+    route: &CompiledRoute,
+    req: &Request<Incoming>,
+) -> Result<Passed, Refusal> {
+    let websocket = is_websocket(req);
     // After the propagation window nothing new starts here: upgrades and plain requests alike
     // get 503 `draining` with `Retry-After` (and `Connection: close`), so clients retry on
     // another pod; requests already in flight complete.
@@ -369,12 +261,14 @@ async fn admit_and_proxy(
         return Err(Refusal::Draining);
     }
     if websocket {
-        check_handshake(&req)?;
+        check_handshake(req)?;
     }
     route.origin.check(req.headers())?;
-    let cfg = gw.config.load();
-    let ip = client_ip(conn.peer.ip(), req.headers(), &cfg.trusted_proxies);
-
+    let ip = client_ip(
+        conn.peer.ip(),
+        req.headers(),
+        &gw.config.load().trusted_proxies,
+    );
     let claims = match (&route.verifier, &route.cfg.jwt) {
         (Some(verifier), Some(jwt)) => {
             let (tok, _) = token::extract(&jwt.token_sources, req.headers(), req.uri().query())
@@ -390,270 +284,46 @@ async fn admit_and_proxy(
     };
     // Admission counts long-lived connections: WebSockets, SSE streams and (rooms routes)
     // long-polls, which hold a member slot in every room they name while they wait.
-    let admitted =
-        if websocket || crate::rooms::entry::is_event_stream(&req) || route.rooms.is_some() {
-            let user = claims.as_ref().and_then(|c| c.sub.as_deref());
-            Some(
-                route
-                    .admission
-                    .admit(&route.cfg.limits, ip, user, &gw.pod)?,
-            )
-        } else {
-            None
-        };
-    if let Some(policy) = &route.rooms {
-        let admission = crate::rooms::entry::Admission {
-            claims,
-            admitted,
-            websocket,
-        };
-        return crate::rooms::entry::serve(&gw, &route, policy.clone(), admission, req).await;
-    }
-
-    let key = pin_key(&route, &req, claims.as_ref(), ip);
-    let backend = route
-        .backends
-        .pick(key.as_bytes())
-        .ok_or(Refusal::NoBackend)?;
-
-    // What the app sees: no token carriers, no client copies of identity, our identity.
-    let mut headers = req.headers().clone();
-    let query = match &route.cfg.jwt {
-        Some(jwt) => token::strip(&jwt.token_sources, &mut headers, req.uri().query()),
-        None => req.uri().query().map(str::to_string),
-    };
-    let proxy = route.cfg.proxy.as_ref();
-    let identity_map = proxy
-        .map(|p| p.identity_headers.clone())
-        .unwrap_or_default();
-    let identity = identity_from_claims(&identity_map, |c| {
-        claims.as_ref().and_then(|cl| cl.get_str(c))
-    });
-    let names: Vec<String> = identity_map.values().cloned().collect();
-    let signature = match (
-        proxy.and_then(|p| p.signature.as_ref()),
-        &route.signature_key,
-    ) {
-        (Some(s), Some(k)) => Some((s.header.as_str(), k.as_slice())),
-        _ => None,
-    };
-    let fwd = identity::Forwarding {
-        client_ip: ip,
-        tls: conn.tls,
-        route: &route.cfg.name,
-        now_unix: unix_now(),
-    };
-    let mut headers = identity::upstream_headers(&headers, &identity, &names, signature, fwd);
-    let path_and_query = match &query {
-        Some(q) => format!("{}?{q}", req.uri().path()),
-        None => req.uri().path().to_string(),
-    };
-
-    if !websocket {
-        return forward_http(&gw, &route, backend, req, headers, &path_and_query).await;
-    }
-
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let mut up_req = Request::builder()
-        .method(http::Method::GET)
-        .uri(&path_and_query)
-        .body(Empty::<Bytes>::new())
-        .map_err(|_| Refusal::BadHandshake("request target"))?;
-    *up_req.headers_mut() = headers;
-    let on_client_upgrade = hyper::upgrade::on(&mut req);
-    let connect = connect_span(backend);
-    crate::telemetry::propagate(&connect, up_req.headers_mut());
-    let handshake = open_websocket(backend, up_req, cfg.limits.upstream_timeout)
-        .instrument(connect.clone())
-        .await;
-    record_connect(
-        connect,
-        match &handshake {
-            Ok(Handshake::Upgraded(resp, _)) => Ok(("upgraded", resp.status())),
-            Ok(Handshake::Refused(resp)) => Ok(("app_refused", resp.status())),
-            Err(r) => Err(r),
-        },
-    );
-    let (resp, upstream) = match handshake? {
-        Handshake::Refused(resp) => {
-            // The app said no: its answer goes to the client unchanged.
-            metrics()
-                .connections_total
-                .with_label_values(&[&route.cfg.name, "app_refused"])
-                .inc();
-            let (parts, body) = resp.into_parts();
-            return Ok(Response::from_parts(parts, body.boxed()));
-        }
-        Handshake::Upgraded(resp, upstream) => (resp, upstream),
-    };
-
-    let expires_at = close_at_expiry(&route, claims.as_ref());
-    let limits = TunnelLimits {
-        max_message_bytes: route.cfg.limits.max_message_bytes,
-        messages_per_second: route.cfg.limits.messages_per_second,
-        message_burst: route.cfg.limits.message_burst,
-        ping_interval: route.cfg.keepalive.interval,
-        pong_timeout: route.cfg.keepalive.timeout,
-        app_ping_interval: route.cfg.keepalive.app.interval,
-        app_pong_timeout: route.cfg.keepalive.app.timeout,
-        close_timeout: Duration::from_secs(5),
-        expires_at,
-        drain_code: route.cfg.drain.close_code,
-        drain_reason: route.cfg.drain.close_reason.clone(),
-        drain_window: route.cfg.drain.window,
-    };
-    let live = gw.drain.enter();
-    let drain_signal = gw.drain.close_signal();
-    let route_name = route.cfg.name.clone();
-    let m = metrics();
-    m.connections_total
-        .with_label_values(&[&route_name, "upgraded"])
-        .inc();
-    let (fi, bi) = m.dir(&route_name, "inbound");
-    let (fo, bo) = m.dir(&route_name, "outbound");
-    tokio::spawn(async move {
-        let _admitted = admitted;
-        let _live = live;
-        let active = metrics()
-            .connections_active
-            .with_label_values(&[&route_name]);
-        let Ok(client) = on_client_upgrade.await else {
-            metrics()
-                .connections_total
-                .with_label_values(&[&route_name, "upgrade_failed"])
-                .inc();
-            return;
-        };
-        active.inc();
-        let started = Instant::now();
-        let outcome = relay::run(
-            TokioIo::new(client),
-            TokioIo::new(upstream),
-            limits,
-            DirCounters {
-                frames: fi,
-                bytes: bi,
-            },
-            DirCounters {
-                frames: fo,
-                bytes: bo,
-            },
-            drain_signal,
+    let admitted = if websocket || is_event_stream(req) || route.rooms.is_some() {
+        let user = claims.as_ref().and_then(|c| c.sub.as_deref());
+        Some(
+            route
+                .admission
+                .admit(&route.cfg.limits, ip, user, &gw.pod)?,
         )
-        .await;
-        active.dec();
-        let code = outcome.cause.code();
-        metrics()
-            .closes
-            .with_label_values(&[&route_name, &code.to_string(), outcome.cause.label()])
-            .inc();
-        tracing::info!(
-            target: "switchboard::connection",
-            route = %route_name,
-            backend = %backend,
-            client_ip = %ip,
-            duration_ms = started.elapsed().as_millis() as u64,
-            bytes_in = outcome.bytes_in,
-            bytes_out = outcome.bytes_out,
-            frames_in = outcome.frames_in,
-            frames_out = outcome.frames_out,
-            close_code = code,
-            cause = outcome.cause.label(),
-            "connection ended"
-        );
-    });
-    let mut out = Response::new(full(Bytes::new()));
-    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *out.headers_mut() = resp.headers().clone();
-    Ok(out)
+    } else {
+        None
+    };
+    Ok(Passed {
+        claims,
+        admitted,
+        ip,
+        websocket,
+    })
 }
 
-/// The `proxy.connect` span: from sending the handshake (or request) to the app's answer.
-fn connect_span(backend: SocketAddr) -> tracing::Span {
-    tracing::info_span!(
-        target: crate::telemetry::TARGET,
-        "proxy.connect",
-        otel.kind = "client",
-        backend = %backend,
-        result = tracing::field::Empty,
-        status = tracing::field::Empty,
-    )
-}
-
-/// End a `proxy.connect` span with what the app answered (`result`, `status`) or the refusal.
-fn record_connect(span: tracing::Span, outcome: Result<(&'static str, StatusCode), &Refusal>) {
-    match outcome {
-        Ok((result, status)) => {
-            span.record("result", result);
-            span.record("status", status.as_u16());
-        }
-        Err(r) => {
-            span.record("result", r.label());
-        }
-    }
-}
-
-async fn forward_http(
-    gw: &Gateway,
-    route: &CompiledRoute,
-    backend: SocketAddr,
+/// The shared checks, then the route's mode, given only the services it uses.
+async fn admit_and_dispatch(
+    gw: Arc<Gateway>,
+    conn: Conn,
+    route: Arc<CompiledRoute>,
     req: Request<Incoming>,
-    headers: http::HeaderMap,
-    path_and_query: &str,
 ) -> Result<Response<Body>, Refusal> {
-    let uri: http::Uri = format!("http://{backend}{path_and_query}")
-        .parse()
-        .map_err(|_| Refusal::BadHandshake("request target"))?;
-    let (parts, body) = req.into_parts();
-    // A body the client breaks (a malformed chunk) fails the upstream request too: remember
-    // whose fault it was, so it is a 400 for the client and not a 502 for the backend.
-    let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = client_failed.clone();
-    let body = body
-        .map_err(move |e| {
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
-            e
-        })
-        .boxed();
-    let mut up = Request::builder()
-        .method(parts.method)
-        .uri(uri)
-        .body(body)
-        .map_err(|_| Refusal::BadHandshake("request"))?;
-    *up.headers_mut() = headers;
-    let timeout = gw.config.load().limits.http_response_timeout;
-    let connect = connect_span(backend);
-    crate::telemetry::propagate(&connect, up.headers_mut());
-    let resp = tokio::time::timeout(timeout, gw.http.request(up))
-        .instrument(connect.clone())
-        .await
-        .map_err(|_| Refusal::BackendTimeout)
-        .and_then(|r| {
-            r.map_err(|_| {
-                if client_failed.load(std::sync::atomic::Ordering::Relaxed) {
-                    Refusal::BadRequestBody
-                } else {
-                    Refusal::BackendUnreachable
-                }
-            })
-        });
-    record_connect(
-        connect,
-        match &resp {
-            Ok(resp) => Ok(("ok", resp.status())),
-            Err(r) => Err(r),
-        },
-    );
-    let resp = resp?;
-    metrics()
-        .http_requests
-        .with_label_values(&[&route.cfg.name, resp.status().as_str()])
-        .inc();
-    metrics()
-        .connections_total
-        .with_label_values(&[&route.cfg.name, "http"])
-        .inc();
-    let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, body.boxed()))
+    let passed = check(&gw, conn, &route, &req).await?;
+    if let Some(policy) = &route.rooms {
+        let svc = crate::rooms::conn::Services {
+            hub: &gw.hub,
+            drain: &gw.drain,
+            hooks: &gw.hooks,
+        };
+        return crate::rooms::entry::serve(&svc, &route, policy.clone(), passed, req).await;
+    }
+    let cfg = gw.config.load();
+    let svc = crate::proxy::serve::Services {
+        drain: &gw.drain,
+        http: &gw.http,
+        upstream_timeout: cfg.limits.upstream_timeout,
+        http_response_timeout: cfg.limits.http_response_timeout,
+    };
+    crate::proxy::serve::serve(svc, route, conn.tls, passed, req).await
 }

@@ -3,6 +3,7 @@
 //! gateway's pings toward the app and the client is closed with 1011 "backend not responding";
 //! an app whose connection is reset gets the client 1011 "backend went away". Either way the
 //! close metric and the connection-end log line carry the code the client actually got.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -4,6 +4,7 @@
 //! not negotiated through the tunnel yet.
 //!
 //! Needs `wstest` from `scripts/setup.sh` (`.venv-autobahn/`), or `SWITCHBOARD_WSTEST`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

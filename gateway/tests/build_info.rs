@@ -1,5 +1,6 @@
 //! The build's identity: `--version` names the version and the git commit the binary was built
 //! from, and the running gateway shows the same in `/status` and `switchboard_build_info`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

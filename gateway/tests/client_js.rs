@@ -10,6 +10,7 @@
 //!
 //! Needs Node 20+ and `clients/js/dist` (`npm test` in clients/js builds it; `make test` runs
 //! that first; `scripts/setup.sh` installs its devDependencies).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

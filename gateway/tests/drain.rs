@@ -12,6 +12,7 @@
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans of the request path and of the drain reach an
 //! OTLP/HTTP receiver run by the test before the process exits; a caller's `traceparent` is
 //! continued and the app is handed the gateway's.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! Token expiry on live proxied connections, through the real binary: at the token's `exp` the
 //! gateway closes both sides with 4001 "token expired", unless the route sets
 //! `closeOnExpiry: false`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The harness's echo upstream, tested directly (no gateway): if these fail, every gateway
 //! integration test built on it would fail for the wrong reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! status the test changes: a token whose `kid` appears after a rotation is accepted after an
 //! on-demand refresh (the regular refresh is an hour away), a rotated-out key stops working,
 //! and a JWKS endpoint that starts failing leaves the last good keys in service.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

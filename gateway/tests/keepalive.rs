@@ -2,6 +2,7 @@
 //! through the real binary: an idle connection outlives `limits.handshakeTimeout` (the header
 //! read timeout does not apply after the 101), a client that answers pings stays open, a raw
 //! client that never answers them is closed with 1001 "ping timeout" on both sides.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

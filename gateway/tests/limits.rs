@@ -2,6 +2,7 @@
 //! in either direction closes both sides with 1009, a client sending faster than
 //! `messagesPerSecond`/`messageBurst` is closed with 1008. The app's side is checked through the
 //! Close frames the echo backend received.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! Log output of the real binary when stderr is not a terminal (a file, a pipe, a container's
 //! log driver): no ANSI colour escapes in text lines, and `--log-format json` lines are JSON.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The NATS room bus against a real `nats-server` (JetStream on), started per test on a free
 //! port: two buses on one server stand for two gateway pods.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -3,6 +3,7 @@
 //! HMAC signature verifies, and token carriers (query parameter, subprotocol entry,
 //! `Authorization`) are removed before the request goes on. Plain HTTP on the same route gets
 //! the same treatment.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

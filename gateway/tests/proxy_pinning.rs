@@ -1,6 +1,7 @@
 //! Pinning through the real binary: a key (JWT claim or header) always lands on the same
 //! backend pod, different keys spread over the pods, and marking one pod `draining` by a config
 //! reload moves only that pod's keys while its open connections stay up.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -5,6 +5,7 @@
 //!
 //! File descriptors: this process holds the 5,000 client sockets and the echo server's 5,000;
 //! the gateway holds 10,000. Both stay under the open-file limit checked first.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

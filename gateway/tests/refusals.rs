@@ -1,6 +1,7 @@
 //! Every refusal path, against one real gateway, in one table: what was sent, what the client
 //! must get, what it got. The matrix is printed (run with `--no-capture` to see it) and every
 //! row must hold; then `/metrics` must have counted each refusal under its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! takes effect without dropping a live connection; a bad one (invalid YAML, an invalid field)
 //! keeps the last good config serving and is counted as
 //! `switchboard_config_reloads_total{result="error"}`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -7,6 +7,7 @@
 //!
 //! Memory is asserted as *bounded* (RSS growth, or the gateway's own queued-bytes gauge, under a
 //! bound derived from the config), never as timings.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

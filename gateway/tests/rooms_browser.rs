@@ -11,6 +11,7 @@
 //!
 //! Needs `/usr/bin/chromium` (or `$CHROMIUM`) and `e2e/browser/node_modules` (both installed by
 //! `scripts/setup.sh`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -8,6 +8,7 @@
 //!   `SWITCHBOARD_TEST_FANOUT_GATE`, its queue shrunk by `SWITCHBOARD_TEST_ROOM_QUEUE`) repairs
 //!   its members from history, and where history cannot cover the gap tells each member exactly
 //!   what it missed with a `lost` signal before the next message.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! The app side of rooms mode against the real binary: the per-route publish hook (accept,
 //! replace the payload, reject with the app's reason; unreachable and slow apps) and
 //! connect/disconnect notifications. The app is a tiny hyper server in the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

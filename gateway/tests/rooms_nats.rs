@@ -6,6 +6,7 @@
 //! publishes until acked; the pods' live delivery resumes where it stopped). With
 //! `rooms.notifyNats` every connection's connect and disconnect is published on
 //! `P.events.<ns>` for app pods.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

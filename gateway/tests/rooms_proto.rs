@@ -5,6 +5,7 @@
 //! reads protocol messages as JSON values in either encoding, so the assertions are the same
 //! (`docs/protocol.md`: one protocol, two encodings). Then what only the mix shows: JSON and
 //! protobuf members of one room see the same messages and seqs, binary payloads travel as bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -7,6 +7,7 @@
 //! messages with the same seqs.
 //!
 //! Needs `e2e/proto/node_modules` (installed by `scripts/setup.sh`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

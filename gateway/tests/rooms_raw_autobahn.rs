@@ -5,6 +5,7 @@
 //! frames unchanged between members, without echo unless the route asks for it.
 //!
 //! Needs `wstest` from `scripts/setup.sh` (`.venv-autobahn/`), or `SWITCHBOARD_WSTEST`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

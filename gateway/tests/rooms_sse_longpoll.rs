@@ -2,6 +2,7 @@
 //! framing and proxy headers, `id:` cursors, `Last-Event-ID` resume (exactly the gap, or
 //! `recovered: false`), drain; long-polls that return the gap, wait for the first live
 //! message, answer 204 with a cursor, and report `lost` rooms.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

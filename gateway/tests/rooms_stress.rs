@@ -8,6 +8,7 @@
 //! STRESS_MEMBERS=200 STRESS_RATE=2000 STRESS_SECS=10 STRESS_HOGS=2 [STRESS_QUEUE=64] \
 //!   cargo nextest run -p switchboard-gateway --test rooms_stress --run-ignored only --no-capture
 //! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -5,6 +5,7 @@
 //!
 //! Application-like clients use the reference client (`support::room_client`); frame-exact
 //! assertions use a plain JSON WebSocket (`support::rooms::JsonWs`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -6,6 +6,7 @@
 //! `switchboard_route_compile_failures` gauge and an ERROR line say why. Fixing the file
 //! programs `keyed`; breaking it again keeps its last good version serving, while edits of
 //! `good` keep applying and a connection on `good` stays open throughout.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -11,6 +11,7 @@
 //! reconnects, and its `pin` brings it back to the same instance.
 //!
 //! Needs `e2e/socketio/node_modules` (installed by `scripts/setup.sh`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

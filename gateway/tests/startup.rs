@@ -2,6 +2,7 @@
 //! naming the address and a non-zero exit (it does not wait for the port forever), and a
 //! gateway with NATS and room history starts without an ERROR line, creating the history
 //! stream once the connection is up.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

@@ -4,6 +4,7 @@
 //!
 //! Fixtures: `tests/fixtures/tls/` (`gen.sh` regenerates them): a test CA and leaf certificates
 //! for `alpha.test` and `beta.test`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
 

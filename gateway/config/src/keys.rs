@@ -33,10 +33,15 @@ const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
 /// What kind of key material a [`VerifyKey`] holds; decides which algorithms can use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
+    /// A shared secret (HS256/384/512).
     Hmac,
+    /// An RSA public key (RS* and PS*).
     Rsa,
+    /// An EC key on P-256 (ES256).
     EcP256,
+    /// An EC key on P-384 (ES384).
     EcP384,
+    /// An Ed25519 key (EdDSA).
     Ed25519,
 }
 
@@ -83,10 +88,12 @@ impl fmt::Display for KeyKind {
 pub struct VerifyKey {
     /// Matched against the token's `kid`; `None` matches a `kid` no other key has.
     pub kid: Option<String>,
+    /// What kind of material the key is.
     pub kind: KeyKind,
     /// The algorithm the key is pinned to (config `algorithm` or JWK `alg`). `None` only for JWKS
     /// keys without `alg`: the source's `algorithms` or [`KeyKind::usual`] decide.
     pub alg: Option<Algorithm>,
+    /// The key, ready for `jsonwebtoken`.
     pub key: DecodingKey,
 }
 
@@ -214,6 +221,7 @@ fn be_u64(be: &[u8]) -> Option<u64> {
     Some(be.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
 }
 
+/// The `jsonwebtoken` algorithm of a config [`Algorithm`].
 pub fn to_jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
     use jsonwebtoken::Algorithm as J;
     match alg {
@@ -375,6 +383,7 @@ pub fn keys_from_file(
     )?])
 }
 
+/// The key of an inline `keys[]` entry (`pem`, `secret` or `jwk`), pinned to `alg`.
 pub fn inline_key(
     alg: Algorithm,
     kid: Option<&String>,

@@ -12,6 +12,8 @@
 //! assert_eq!(cfg.listeners[0].name, "public");
 //! ```
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod keys;
 mod model;
 pub mod origin;
@@ -31,12 +33,28 @@ pub const KIND: &str = "GatewayConfig";
 pub enum Error {
     /// The text is not YAML/JSON of the right shape (unknown field, wrong type...).
     #[error("{path}: {message}")]
-    Parse { path: String, message: String },
+    Parse {
+        /// Where in the document (`routes[2].jwt`, or `line:column` when no path is known).
+        path: String,
+        /// What is wrong there.
+        message: String,
+    },
     /// The document parsed but breaks one or more rules.
     #[error("{}", Problem::join(.0))]
     Invalid(Vec<Problem>),
 }
 
+impl Error {
+    /// Every problem of the error, with its path (a parse error is one problem).
+    pub fn into_problems(self) -> Vec<Problem> {
+        match self {
+            Self::Parse { path, message } => vec![Problem { path, message }],
+            Self::Invalid(problems) => problems,
+        }
+    }
+}
+
+/// This crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl GatewayConfig {

@@ -164,8 +164,10 @@ pub struct Rooms {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RoomProtocol {
+    /// The JSON rooms protocol (`switchboard.v1`): join, leave, publish, presence.
     #[default]
     Json,
+    /// Raw relay: the path names one room and every message goes to its other members as is.
     Raw,
 }
 
@@ -585,17 +587,29 @@ fn default_subprotocol_prefix() -> String {
 /// A JWT signature algorithm. `none` does not exist here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Algorithm {
+    /// HMAC with SHA-256.
     HS256,
+    /// HMAC with SHA-384.
     HS384,
+    /// HMAC with SHA-512.
     HS512,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
     RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
     RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
     RS512,
+    /// RSASSA-PSS with SHA-256.
     PS256,
+    /// RSASSA-PSS with SHA-384.
     PS384,
+    /// RSASSA-PSS with SHA-512.
     PS512,
+    /// ECDSA on P-256 with SHA-256.
     ES256,
+    /// ECDSA on P-384 with SHA-384.
     ES384,
+    /// Ed25519.
     EdDSA,
 }
 
@@ -651,9 +665,12 @@ pub enum KeySource {
     },
     /// A key file (PEM public key, raw HS secret, or JWK/JWKS JSON), re-read when it changes.
     File {
+        /// The algorithm the key is pinned to.
         algorithm: Algorithm,
+        /// Matched against the token's `kid`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kid: Option<String>,
+        /// The file to read.
         path: String,
     },
     /// A JWKS document fetched in the background, cached, refreshed on unknown `kid`.

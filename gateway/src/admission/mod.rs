@@ -40,6 +40,20 @@ pub struct Admitted {
     _pod: Slot<()>,
 }
 
+/// What the pipeline's shared checks (Origin, token, admission) established about a request
+/// before handing it to its route's mode.
+pub struct Passed {
+    /// The verified token's claims, on a route with `jwt`.
+    pub claims: Option<crate::auth::jwt::Claims>,
+    /// The admission slot of a long-lived connection (WebSocket, SSE stream, rooms long-poll);
+    /// dropping it frees the slot.
+    pub admitted: Option<Admitted>,
+    /// The client, as seen through the trusted proxies.
+    pub ip: IpAddr,
+    /// A WebSocket upgrade request (its handshake already checked).
+    pub websocket: bool,
+}
+
 impl RouteAdmission {
     /// Admit one connection from `ip` for `user`, or say why not. The new-connection rate is
     /// counted for every attempt (refused ones too), so hammering does not pay off.

@@ -4,6 +4,7 @@
 pub mod crypto;
 pub mod jwks;
 pub mod jwt;
+pub mod keys;
 pub mod origin;
 pub mod token;
 pub mod verified;

@@ -7,7 +7,7 @@
 //!
 //! Sockets are bound once, at start, so they come from a bootstrap config: `--config FILE` (the
 //! operator's base config is the natural choice; it must have no routes) or, without it,
-//! [`BOOTSTRAP`] (public `0.0.0.0:8080`, admin `0.0.0.0:9090`). The gateway starts with no
+//! [`BOOTSTRAP`](crate::boot::BOOTSTRAP) (public `0.0.0.0:8080`, admin `0.0.0.0:9090`). The gateway starts with no
 //! routes and not ready; `/readyz` turns 200 once the first snapshot has loaded.
 //!
 //! What the gateway needs from RBAC: `get, list, watch` on the snapshot Secret (restricted by
@@ -18,7 +18,6 @@ pub mod endpoints;
 pub mod snapshot;
 
 use std::fmt;
-use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,21 +25,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use switchboard_config::GatewayConfig;
 use tracing::Instrument;
 
-use crate::boot::BootError;
 use crate::gateway::Gateway;
-
-/// Sockets and global settings when `--kube-snapshot` is given without `--config`.
-pub const BOOTSTRAP: &str = "apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners:
-  - name: public
-    address: 0.0.0.0:8080
-admin:
-  address: 0.0.0.0:9090
-";
 
 /// `namespace/name` of a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,22 +89,6 @@ pub fn infer_client_config() -> Result<kube::Config, KubeError> {
         .map_err(KubeError::NoCredentials)
 }
 
-/// The bootstrap config: `path` (which must have no routes) or [`BOOTSTRAP`].
-pub fn bootstrap(path: Option<&Path>) -> Result<GatewayConfig, BootError> {
-    let cfg = match path {
-        Some(p) => crate::boot::load(Some(p), true)?,
-        None => {
-            GatewayConfig::from_yaml(BOOTSTRAP).map_err(|e| BootError::Invalid(e.to_string()))?
-        }
-    };
-    if !cfg.routes.is_empty() {
-        return Err(BootError::Invalid(
-            "routes: must be empty with --kube-snapshot; routes come from the snapshot".into(),
-        ));
-    }
-    Ok(cfg)
-}
-
 /// The pingora background service running the snapshot and EndpointSlice watches.
 pub struct KubeSource {
     pub gateway: Arc<Gateway>,
@@ -169,27 +140,5 @@ mod tests {
         for bad in ["name", "/name", "ns/", "a/b/c"] {
             assert!(bad.parse::<ObjectRef>().is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_builtin_bootstrap_is_valid_and_routeless() {
-        let cfg = bootstrap(None).unwrap();
-        assert!(cfg.routes.is_empty());
-        assert_eq!(cfg.listeners.len(), 1);
-    }
-
-    #[test]
-    fn a_bootstrap_file_with_routes_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("base.yaml");
-        std::fs::write(
-            &path,
-            format!(
-                "{BOOTSTRAP}routes: [{{name: a, path: {{value: /}}, proxy: {{backends: []}}}}]\n"
-            ),
-        )
-        .unwrap();
-        let e = bootstrap(Some(&path)).unwrap_err().to_string();
-        assert!(e.contains("routes: must be empty"), "{e}");
     }
 }

@@ -68,7 +68,7 @@ impl SnapshotSource {
         }
     }
 
-    fn refuse(&self, problems: &[String]) {
+    fn refuse(&self, problems: &[impl std::fmt::Display]) {
         metrics().config_reloads.with_label_values(&["error"]).inc();
         for p in problems {
             tracing::error!(problem = %p, "snapshot refused; keeping the last good config");
@@ -96,7 +96,7 @@ impl SnapshotSource {
         self.last = Some(content);
         let cfg = match GatewayConfig::from_yaml(&text) {
             Ok(cfg) => cfg,
-            Err(e) => return self.refuse(&[e.to_string()]),
+            Err(e) => return self.refuse(&[e]),
         };
 
         let sets = self.endpoints.ensure(&self.gateway.backends, &cfg);

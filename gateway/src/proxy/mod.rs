@@ -4,4 +4,5 @@
 pub mod backends;
 pub mod identity;
 pub mod pinning;
+pub mod serve;
 pub mod upstream;

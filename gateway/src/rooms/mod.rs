@@ -3,11 +3,13 @@
 
 pub mod authz;
 pub mod bus;
+pub mod conn;
 pub mod cors;
 pub mod cursor;
 pub mod entry;
 pub mod hooks;
 pub mod hub;
+pub mod longpoll;
 pub mod outbox;
 pub mod presence;
 #[cfg(test)]
@@ -17,4 +19,6 @@ pub mod protocol;
 pub mod publish_api;
 pub mod route;
 pub mod session;
+pub mod sse;
 pub mod stream_body;
+pub mod ws;

@@ -2,6 +2,7 @@
 //! into rooms, many rooms, or users' own rooms, and returns the assigned positions. One call
 //! names at most `publishApi.maxRoomsPerCall` rooms and users (413 `too_many_rooms`).
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -9,12 +10,13 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use switchboard_config::GatewayConfig;
 
 use super::authz::valid_room;
 use super::bus::Publish;
+use super::hub::Hub;
 use super::protocol;
 use crate::error::Refusal;
-use crate::gateway::Gateway;
 
 /// Largest publish request body.
 pub const MAX_BODY: usize = 1 << 20;
@@ -45,8 +47,8 @@ fn token_matches(given: &str, expected: &str) -> bool {
 
 /// The configured token, read now (so a rotated token file takes effect without a restart),
 /// and the per-call room cap.
-fn expected_token(gw: &Gateway) -> Option<(String, u32)> {
-    let api = gw.config.load().publish_api.clone()?;
+fn expected_token(cfg: &GatewayConfig) -> Option<(String, u32)> {
+    let api = cfg.publish_api.clone()?;
     let token = match (api.token, api.token_file) {
         (Some(t), _) => Some(t),
         (None, Some(f)) => std::fs::read_to_string(f)
@@ -57,9 +59,13 @@ fn expected_token(gw: &Gateway) -> Option<(String, u32)> {
     Some((token, api.max_rooms_per_call))
 }
 
-/// Handle `POST /v1/publish`: (status, JSON body).
-pub async fn handle(gw: &Gateway, req: http::Request<Incoming>) -> (StatusCode, Value) {
-    let Some((expected, max_rooms)) = expected_token(gw) else {
+/// Handle `POST /v1/publish` with the live config and the pod's hub: (status, JSON body).
+pub async fn handle(
+    config: &ArcSwap<GatewayConfig>,
+    hub: &Hub,
+    req: http::Request<Incoming>,
+) -> (StatusCode, Value) {
+    let Some((expected, max_rooms)) = expected_token(&config.load()) else {
         return (
             StatusCode::NOT_FOUND,
             json!({"error": "publish API is not enabled (publishApi)"}),
@@ -98,7 +104,7 @@ pub async fn handle(gw: &Gateway, req: http::Request<Incoming>) -> (StatusCode, 
             );
         }
     };
-    let namespaces = gw.namespaces();
+    let namespaces = super::route::namespaces(&config.load());
     let namespace = match (&r.namespace, namespaces.as_slice()) {
         (Some(ns), _) if namespaces.iter().any(|(n, _)| n == ns) => ns.clone(),
         (Some(ns), _) => {
@@ -163,7 +169,7 @@ pub async fn handle(gw: &Gateway, req: http::Request<Incoming>) -> (StatusCode, 
             ephemeral: r.ephemeral || !keeps_history,
             origin_conn: None,
         };
-        match gw.hub.publish(p, "api").await {
+        match hub.publish(p, "api").await {
             Ok(pos) => results.push(json!({"room": room, "seq": pos.as_ref().map(|p| p.seq), "epoch": pos.map(|p| p.epoch)})),
             Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string(), "published": results})),
         }

@@ -1,9 +1,9 @@
 //! A rooms route, compiled: namespace, authorization patterns, raw-room path pattern.
 
-use switchboard_config::{RoomProtocol, Rooms};
+use switchboard_config::{GatewayConfig, RoomProtocol, Rooms};
 
 use super::authz::{self, Pattern};
-use super::bus::RoomKey;
+use super::bus::{Retention, RoomKey};
 use crate::auth::jwt::Claims;
 
 /// The compiled rooms policy of a route.
@@ -90,4 +90,22 @@ impl RoomsPolicy {
     pub fn may_publish(&self, room: &str, claims: Option<&Claims>) -> bool {
         authz::allowed(&self.publish, room, claims)
     }
+}
+
+/// Every rooms namespace of `cfg` and its retention (the first route naming a namespace sets it).
+pub fn namespaces(cfg: &GatewayConfig) -> Vec<(String, Option<Retention>)> {
+    let mut out: Vec<(String, Option<Retention>)> = Vec::new();
+    for r in &cfg.routes {
+        if let Some(rooms) = &r.rooms {
+            let ns = rooms.namespace.clone().unwrap_or_else(|| r.name.clone());
+            let retention = rooms.history.as_ref().map(|h| Retention {
+                max_messages: h.max_messages,
+                max_age: h.max_age,
+            });
+            if !out.iter().any(|(n, _)| *n == ns) {
+                out.push((ns, retention));
+            }
+        }
+    }
+    out
 }

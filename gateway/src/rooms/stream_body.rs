@@ -2,7 +2,7 @@
 //! them over here without ever waiting on the client; every chunk stays charged to the
 //! connection's [`Outbox`] bound (`rooms.maxQueueBytes`) until the HTTP layer has taken it and
 //! asked for the next one. A chunk that does not fit makes the stream a slow consumer, exactly
-//! as an outbox item that does not fit does: the task ends the stream (see `entry::sse`).
+//! as an outbox item that does not fit does: the task ends the stream (see `rooms::sse`).
 //!
 //! What the HTTP layer holds beyond that is its own write buffer, bounded by the listener's
 //! `limits.maxHeaderBytes` (hyper's `max_buf_size`), plus the one chunk it took last.

@@ -180,6 +180,9 @@ pub trait Bus: Send + Sync {
 }
 
 /// The runtime that owns bus I/O (NATS client tasks) for the life of the process.
+// Not infallible (the OS may refuse a thread), but it runs once at start-up, before anything is
+// bound, and the process can do nothing useful without it: failing loudly there is the policy.
+#[allow(clippy::expect_used)]
 fn bus_runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {

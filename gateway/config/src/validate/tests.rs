@@ -1,0 +1,276 @@
+use std::time::Duration;
+
+use crate::{Error, GatewayConfig};
+
+const BASE: &str = "apiVersion: switchboard.dev/v1alpha1\nkind: GatewayConfig\nlisteners: [{name: public, address: '127.0.0.1:8080'}]\n";
+
+fn problems(extra: &str) -> Vec<String> {
+    match GatewayConfig::from_yaml(&format!("{BASE}{extra}")) {
+        Ok(_) => vec![],
+        Err(Error::Invalid(p)) => p.into_iter().map(|p| p.to_string()).collect(),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+#[test]
+fn minimal_document_is_valid_with_defaults() {
+    let cfg = GatewayConfig::from_yaml(BASE).unwrap();
+    assert_eq!(cfg.admin.address.port(), 9090);
+    assert_eq!(cfg.limits.max_connections, 10_000);
+    assert!(cfg.routes.is_empty());
+}
+
+#[test]
+fn listener_paths_default_to_merging_and_refusing_and_read_every_action() {
+    use crate::{EscapedSlashes, ListenerPaths};
+    let cfg = GatewayConfig::from_yaml(BASE).unwrap();
+    assert_eq!(cfg.listeners[0].paths, ListenerPaths::default());
+    assert!(cfg.listeners[0].paths.merge_slashes);
+    assert_eq!(
+        cfg.listeners[0].paths.escaped_slashes,
+        EscapedSlashes::Reject
+    );
+    assert!(
+        !cfg.to_yaml().contains("paths"),
+        "defaults are not written back"
+    );
+    for (text, action) in [
+        ("reject", EscapedSlashes::Reject),
+        ("keep", EscapedSlashes::Keep),
+        ("unescapeAndForward", EscapedSlashes::UnescapeAndForward),
+    ] {
+        let cfg = GatewayConfig::from_yaml(&BASE.replace(
+            "address: '127.0.0.1:8080'",
+            &format!(
+                "address: '127.0.0.1:8080', paths: {{mergeSlashes: false, escapedSlashes: {text}}}"
+            ),
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.listeners[0].paths,
+            ListenerPaths {
+                merge_slashes: false,
+                escaped_slashes: action
+            }
+        );
+        let again = GatewayConfig::from_yaml(&cfg.to_yaml()).unwrap();
+        assert_eq!(again.listeners[0].paths, cfg.listeners[0].paths);
+    }
+    let err = GatewayConfig::from_yaml(&BASE.replace(
+        "address: '127.0.0.1:8080'",
+        "address: '127.0.0.1:8080', paths: {escapedSlashes: decode}",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("listeners[0].paths.escapedSlashes"), "{err}");
+}
+
+#[test]
+fn unknown_fields_are_refused_with_their_path() {
+    let err = GatewayConfig::from_yaml(&format!(
+        "{BASE}routes: [{{name: a, path: {{value: /}}, prxy: {{}}}}]"
+    ))
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("routes[0]"), "{text}");
+    assert!(text.contains("prxy"), "{text}");
+}
+
+#[test]
+fn bad_origin_pattern_names_its_path() {
+    let p = problems(
+        "routes: [{name: a, path: {value: /ws}, origins: {allowed: ['https://ok.example.com', 'https://*.com']}, proxy: {backends: []}}]",
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("routes[0].origins.allowed[1]:"), "{p:?}");
+}
+
+#[test]
+fn duplicate_host_and_path_is_a_conflict() {
+    let p = problems(
+        "routes: [{name: a, path: {value: /ws}, proxy: {backends: []}}, {name: b, path: {value: /ws}, proxy: {backends: []}}]",
+    );
+    assert!(p.iter().any(|x| x.starts_with("routes[1].path:")), "{p:?}");
+}
+
+#[test]
+fn app_keepalive_is_on_by_default_and_needs_a_timeout_when_on() {
+    let cfg = GatewayConfig::from_yaml(&format!(
+        "{BASE}routes: [{{name: a, path: {{value: /}}, proxy: {{backends: []}}}}]"
+    ))
+    .unwrap();
+    let app = &cfg.routes[0].keepalive.app;
+    assert_eq!(
+        (app.interval, app.timeout),
+        (Duration::from_secs(15), Duration::from_secs(10))
+    );
+    let p = problems(
+        "routes: [{name: a, path: {value: /}, proxy: {backends: []}, keepalive: {app: {interval: 5s, timeout: 0s}}}]",
+    );
+    assert_eq!(
+            p,
+            vec![
+                "routes[0].keepalive.app.timeout: must be more than 0s when pings toward the app are on"
+                    .to_string()
+            ]
+        );
+    assert!(
+            problems(
+                "routes: [{name: a, path: {value: /}, proxy: {backends: []}, keepalive: {app: {interval: 0s, timeout: 0s}}}]"
+            )
+            .is_empty()
+        );
+}
+
+#[test]
+fn leeway_over_thirty_seconds_is_refused() {
+    let p = problems(
+        "routes: [{name: a, path: {value: /}, jwt: {keys: [{inline: {algorithm: HS256, secret: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}}], leeway: 31s}, proxy: {backends: []}}]",
+    );
+    assert_eq!(
+        p,
+        vec!["routes[0].jwt.leeway: must be at most 30s".to_string()]
+    );
+}
+
+#[test]
+fn an_identity_signature_secret_shorter_than_32_bytes_is_refused() {
+    let route = |secret: &str| {
+        format!(
+            "routes: [{{name: a, path: {{value: /}}, proxy: {{backends: [], signature: {{secret: '{secret}'}}}}}}]"
+        )
+    };
+    assert_eq!(
+        problems(&route(&"k".repeat(31))),
+        vec![
+            "routes[0].proxy.signature.secret: is 31 bytes; an HMAC-SHA256 key needs at least 32"
+                .to_string()
+        ]
+    );
+    assert!(problems(&route(&"k".repeat(32))).is_empty());
+}
+
+#[test]
+fn hmac_algorithm_with_a_pem_key_is_refused() {
+    let p = problems(
+        "routes: [{name: a, path: {value: /}, jwt: {keys: [{inline: {algorithm: HS256, pem: x}}]}, proxy: {backends: []}}]",
+    );
+    assert!(p[0].contains("needs a secret"), "{p:?}");
+}
+
+#[test]
+fn cookie_token_without_origin_list_is_refused() {
+    let p = problems(
+        "routes: [{name: a, path: {value: /}, jwt: {keys: [{jwks: {url: 'http://x/jwks'}}], tokenSources: [{cookie: {name: s}}]}, proxy: {backends: []}}]",
+    );
+    assert!(
+        p.iter()
+            .any(|x| x.starts_with("routes[0].origins.allowed:")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn drain_longer_than_the_deadline_is_refused() {
+    let p = problems(
+        "drain: {deadline: 10s, propagation: 5s}\nroutes: [{name: a, path: {value: /}, proxy: {backends: []}, drain: {window: 6s}}]",
+    );
+    assert!(
+        p.iter().any(|x| x.starts_with("routes[0].drain.window:")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn invalid_close_code_is_refused() {
+    let p = problems(
+        "routes: [{name: a, path: {value: /}, proxy: {backends: []}, drain: {closeCode: 1006}}]",
+    );
+    assert!(p[0].starts_with("routes[0].drain.closeCode"), "{p:?}");
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let p = problems(
+        "limits: {maxConnections: 0, maxHeaderBytes: 10}\nroutes: [{name: a, path: {value: nope}}]",
+    );
+    assert!(p.len() >= 4, "{p:?}");
+}
+
+#[test]
+fn nats_notifications_without_a_nats_bus_are_refused_with_their_path() {
+    let route = |name: &str, notify_nats: bool| {
+        format!(
+            "{{name: {name}, path: {{value: /{name}}}, mode: rooms, rooms: {{notifyNats: {notify_nats}}}}}"
+        )
+    };
+    let routes = format!(
+        "routes: [{}, {}, {}]",
+        route("a", false),
+        route("b", false),
+        route("c", true)
+    );
+    assert_eq!(
+            problems(&routes),
+            vec![
+                "routes[2].rooms.notifyNats: needs bus.nats (notifications are published on a NATS subject)"
+                    .to_string()
+            ]
+        );
+    let with_nats = format!("bus: {{nats: {{urls: ['nats://127.0.0.1:4222']}}}}\n{routes}");
+    assert_eq!(problems(&with_nats), Vec::<String>::new());
+    let cfg = GatewayConfig::from_yaml(&format!("{BASE}{with_nats}")).unwrap();
+    let flags: Vec<bool> = cfg
+        .routes
+        .iter()
+        .map(|r| r.rooms.as_ref().unwrap().notify_nats)
+        .collect();
+    assert_eq!(flags, [false, false, true], "default false");
+}
+
+#[test]
+fn nats_replicas_default_to_one_and_must_be_one_to_five() {
+    let bus = |extra: &str| {
+        format!("bus: {{nats: {{urls: ['nats://127.0.0.1:4222']{extra}}}}}\nroutes: []")
+    };
+    let cfg = GatewayConfig::from_yaml(&format!("{BASE}{}", bus(""))).unwrap();
+    assert_eq!(cfg.bus.nats.as_ref().map(|n| n.replicas), Some(1));
+    for ok in [1, 3, 5] {
+        assert_eq!(
+            problems(&bus(&format!(", replicas: {ok}"))),
+            Vec::<String>::new()
+        );
+    }
+    for bad in [0, 6] {
+        assert_eq!(
+                problems(&bus(&format!(", replicas: {bad}"))),
+                vec![
+                    "bus.nats.replicas: must be 1 to 5 (JetStream's limit; 3 on a three-server cluster)"
+                        .to_string()
+                ]
+            );
+    }
+}
+
+#[test]
+fn room_patterns_are_checked_with_the_gateways_grammar() {
+    let route = |pattern: &str| {
+        format!(
+            "routes: [{{name: a, path: {{value: /}}, mode: rooms, rooms: {{join: ['chat:*', '{pattern}']}}}}]"
+        )
+    };
+    assert_eq!(problems(&route("user:{sub}")), Vec::<String>::new());
+    assert_eq!(
+        problems(&route("user:{sub")),
+        vec!["routes[0].rooms.join[1]: `user:{sub`: `{` without its `}`".to_string()]
+    );
+    let p = problems(&route("chat:**"));
+    assert!(p[0].contains("`**` is not allowed"), "{p:?}");
+}
+
+#[test]
+fn document_round_trips_through_yaml() {
+    let cfg = GatewayConfig::from_yaml(&format!("{BASE}routes: [{{name: a, path: {{value: /ws}}, proxy: {{backends: [{{address: '127.0.0.1:9000'}}], pinning: {{claim: sub}}}}, jwt: {{keys: [{{jwks: {{url: 'https://idp/jwks'}}}}]}}}}]")).unwrap();
+    let again = GatewayConfig::from_yaml(&cfg.to_yaml()).unwrap();
+    assert_eq!(cfg, again);
+}

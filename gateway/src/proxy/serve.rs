@@ -1,0 +1,384 @@
+//! Proxy mode, after the pipeline's shared checks: pick the pinned backend, prepare the request
+//! the app sees (token carriers out, identity in), then either forward a plain HTTP request or
+//! open the upstream WebSocket and spawn the tunnel that relays it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use switchboard_config::PinningKey;
+use tracing::Instrument;
+
+use super::identity::{self, identity_from_claims};
+use super::upstream::{Handshake, open_websocket};
+use crate::admission::Passed;
+use crate::auth::jwt::Claims;
+use crate::auth::token;
+use crate::drain::Drain;
+use crate::error::Refusal;
+use crate::http::{Body, full, unix_now};
+use crate::metrics::metrics;
+use crate::routes::CompiledRoute;
+use crate::tunnel::relay::{self, DirCounters, TunnelLimits};
+
+/// The client plain HTTP requests are forwarded with; the body is the client's, wrapped to
+/// tell its errors apart.
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::combinators::BoxBody<Bytes, hyper::Error>,
+>;
+
+/// What proxy mode uses of the gateway.
+pub struct Services<'a> {
+    /// Live tunnels enter the drain and close on its signal.
+    pub drain: &'a Arc<Drain>,
+    /// Plain-HTTP forwarding.
+    pub http: &'a HttpClient,
+    /// Longest the app may take to answer the upgrade (`limits.upstreamTimeout`).
+    pub upstream_timeout: Duration,
+    /// Longest the app may take to answer a plain request (`limits.httpResponseTimeout`).
+    pub http_response_timeout: Duration,
+}
+
+/// Serve a request that passed the shared checks on a proxy route.
+pub async fn serve(
+    svc: Services<'_>,
+    route: Arc<CompiledRoute>,
+    tls: bool,
+    passed: Passed,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let Passed {
+        claims,
+        admitted,
+        ip,
+        websocket,
+    } = passed;
+    let key = pin_key(&route, &req, claims.as_ref(), ip);
+    let backend = route
+        .backends
+        .pick(key.as_bytes())
+        .ok_or(Refusal::NoBackend)?;
+    let (headers, path_and_query) = upstream_request(&route, &req, claims.as_ref(), ip, tls);
+
+    if !websocket {
+        return forward_http(&svc, &route, backend, req, headers, &path_and_query).await;
+    }
+    let on_client_upgrade = hyper::upgrade::on(&mut req);
+    let (resp, upstream) = match upgrade_upstream(&svc, backend, headers, &path_and_query).await? {
+        Handshake::Refused(resp) => {
+            // The app said no: its answer goes to the client unchanged.
+            metrics()
+                .connections_total
+                .with_label_values(&[&route.cfg.name, "app_refused"])
+                .inc();
+            let (parts, body) = resp.into_parts();
+            return Ok(Response::from_parts(parts, body.boxed()));
+        }
+        Handshake::Upgraded(resp, upstream) => (resp, upstream),
+    };
+    let tunnel = Tunnel {
+        limits: tunnel_limits(&route, claims.as_ref()),
+        route_name: route.cfg.name.clone(),
+        backend,
+        ip,
+        admitted,
+    };
+    tunnel.spawn(svc.drain, on_client_upgrade, upstream);
+    let mut out = Response::new(full(Bytes::new()));
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *out.headers_mut() = resp.headers().clone();
+    Ok(out)
+}
+
+/// The pinning key for this request (falls back to the client IP when the source is absent).
+fn pin_key(
+    route: &CompiledRoute,
+    req: &Request<Incoming>,
+    claims: Option<&Claims>,
+    ip: IpAddr,
+) -> String {
+    let key = route.cfg.proxy.as_ref().and_then(|p| match &p.pinning {
+        PinningKey::ClientIp => None,
+        PinningKey::Claim(c) => claims.and_then(|cl| cl.get_str(c)),
+        PinningKey::Header(h) => req
+            .headers()
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        PinningKey::Query(q) => token::query_param(req.uri().query(), q),
+        PinningKey::Cookie(name) => token::cookie(req.headers(), name),
+    });
+    key.unwrap_or_else(|| ip.to_string())
+}
+
+/// What the app sees: no token carriers, no client copies of identity, our identity; and the
+/// target with the token's query parameter removed.
+fn upstream_request(
+    route: &CompiledRoute,
+    req: &Request<Incoming>,
+    claims: Option<&Claims>,
+    ip: IpAddr,
+    tls: bool,
+) -> (http::HeaderMap, String) {
+    let mut headers = req.headers().clone();
+    let query = match &route.cfg.jwt {
+        Some(jwt) => token::strip(&jwt.token_sources, &mut headers, req.uri().query()),
+        None => req.uri().query().map(str::to_string),
+    };
+    let proxy = route.cfg.proxy.as_ref();
+    let identity_map = proxy
+        .map(|p| p.identity_headers.clone())
+        .unwrap_or_default();
+    let identity = identity_from_claims(&identity_map, |c| claims.and_then(|cl| cl.get_str(c)));
+    let names: Vec<String> = identity_map.values().cloned().collect();
+    let signature = match (
+        proxy.and_then(|p| p.signature.as_ref()),
+        &route.signature_key,
+    ) {
+        (Some(s), Some(k)) => Some((s.header.as_str(), k.as_slice())),
+        _ => None,
+    };
+    let fwd = identity::Forwarding {
+        client_ip: ip,
+        tls,
+        route: &route.cfg.name,
+        now_unix: unix_now(),
+    };
+    let headers = identity::upstream_headers(&headers, &identity, &names, signature, fwd);
+    let path_and_query = match &query {
+        Some(q) => format!("{}?{q}", req.uri().path()),
+        None => req.uri().path().to_string(),
+    };
+    (headers, path_and_query)
+}
+
+/// Send the upgrade to `backend` and wait for its answer (within `limits.upstreamTimeout`).
+async fn upgrade_upstream(
+    svc: &Services<'_>,
+    backend: SocketAddr,
+    mut headers: http::HeaderMap,
+    path_and_query: &str,
+) -> Result<Handshake, Refusal> {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let mut up_req = Request::builder()
+        .method(http::Method::GET)
+        .uri(path_and_query)
+        .body(Empty::<Bytes>::new())
+        .map_err(|_| Refusal::BadHandshake("request target"))?;
+    *up_req.headers_mut() = headers;
+    let connect = connect_span(backend);
+    crate::telemetry::propagate(&connect, up_req.headers_mut());
+    let handshake = open_websocket(backend, up_req, svc.upstream_timeout)
+        .instrument(connect.clone())
+        .await;
+    record_connect(
+        connect,
+        match &handshake {
+            Ok(Handshake::Upgraded(resp, _)) => Ok(("upgraded", resp.status())),
+            Ok(Handshake::Refused(resp)) => Ok(("app_refused", resp.status())),
+            Err(r) => Err(r),
+        },
+    );
+    handshake
+}
+
+/// The tunnel's limits, from the route (and the token's expiry).
+fn tunnel_limits(route: &CompiledRoute, claims: Option<&Claims>) -> TunnelLimits {
+    TunnelLimits {
+        max_message_bytes: route.cfg.limits.max_message_bytes,
+        messages_per_second: route.cfg.limits.messages_per_second,
+        message_burst: route.cfg.limits.message_burst,
+        ping_interval: route.cfg.keepalive.interval,
+        pong_timeout: route.cfg.keepalive.timeout,
+        app_ping_interval: route.cfg.keepalive.app.interval,
+        app_pong_timeout: route.cfg.keepalive.app.timeout,
+        close_timeout: Duration::from_secs(5),
+        expires_at: route.close_at_expiry(claims),
+        drain_code: route.cfg.drain.close_code,
+        drain_reason: route.cfg.drain.close_reason.clone(),
+        drain_window: route.cfg.drain.window,
+    }
+}
+
+/// One upgraded proxy connection, about to be relayed.
+struct Tunnel {
+    limits: TunnelLimits,
+    route_name: String,
+    backend: SocketAddr,
+    ip: IpAddr,
+    admitted: Option<crate::admission::Admitted>,
+}
+
+impl Tunnel {
+    /// Count the upgrade and relay client <-> app in a task of its own, until either side
+    /// closes; the connection is live for the drain, and holds its admission slot, until then.
+    fn spawn(
+        self,
+        drain: &Arc<Drain>,
+        on_client_upgrade: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::Upgraded,
+    ) {
+        let live = drain.enter();
+        let drain_signal = drain.close_signal();
+        let m = metrics();
+        m.connections_total
+            .with_label_values(&[&self.route_name, "upgraded"])
+            .inc();
+        let (fi, bi) = m.dir(&self.route_name, "inbound");
+        let (fo, bo) = m.dir(&self.route_name, "outbound");
+        let Tunnel {
+            limits,
+            route_name,
+            backend,
+            ip,
+            admitted,
+        } = self;
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let _live = live;
+            let active = metrics()
+                .connections_active
+                .with_label_values(&[&route_name]);
+            let Ok(client) = on_client_upgrade.await else {
+                metrics()
+                    .connections_total
+                    .with_label_values(&[&route_name, "upgrade_failed"])
+                    .inc();
+                return;
+            };
+            active.inc();
+            let started = Instant::now();
+            let outcome = relay::run(
+                TokioIo::new(client),
+                TokioIo::new(upstream),
+                limits,
+                DirCounters {
+                    frames: fi,
+                    bytes: bi,
+                },
+                DirCounters {
+                    frames: fo,
+                    bytes: bo,
+                },
+                drain_signal,
+            )
+            .await;
+            active.dec();
+            let code = outcome.cause.code();
+            metrics()
+                .closes
+                .with_label_values(&[&route_name, &code.to_string(), outcome.cause.label()])
+                .inc();
+            tracing::info!(
+                target: "switchboard::connection",
+                route = %route_name,
+                backend = %backend,
+                client_ip = %ip,
+                duration_ms = started.elapsed().as_millis() as u64,
+                bytes_in = outcome.bytes_in,
+                bytes_out = outcome.bytes_out,
+                frames_in = outcome.frames_in,
+                frames_out = outcome.frames_out,
+                close_code = code,
+                cause = outcome.cause.label(),
+                "connection ended"
+            );
+        });
+    }
+}
+
+/// The `proxy.connect` span: from sending the handshake (or request) to the app's answer.
+fn connect_span(backend: SocketAddr) -> tracing::Span {
+    tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "proxy.connect",
+        otel.kind = "client",
+        backend = %backend,
+        result = tracing::field::Empty,
+        status = tracing::field::Empty,
+    )
+}
+
+/// End a `proxy.connect` span with what the app answered (`result`, `status`) or the refusal.
+fn record_connect(span: tracing::Span, outcome: Result<(&'static str, StatusCode), &Refusal>) {
+    match outcome {
+        Ok((result, status)) => {
+            span.record("result", result);
+            span.record("status", status.as_u16());
+        }
+        Err(r) => {
+            span.record("result", r.label());
+        }
+    }
+}
+
+/// Forward a plain HTTP request to `backend` and its answer to the client.
+async fn forward_http(
+    svc: &Services<'_>,
+    route: &CompiledRoute,
+    backend: SocketAddr,
+    req: Request<Incoming>,
+    headers: http::HeaderMap,
+    path_and_query: &str,
+) -> Result<Response<Body>, Refusal> {
+    let uri: http::Uri = format!("http://{backend}{path_and_query}")
+        .parse()
+        .map_err(|_| Refusal::BadHandshake("request target"))?;
+    let (parts, body) = req.into_parts();
+    // A body the client breaks (a malformed chunk) fails the upstream request too: remember
+    // whose fault it was, so it is a 400 for the client and not a 502 for the backend.
+    let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = client_failed.clone();
+    let body = body
+        .map_err(move |e| {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            e
+        })
+        .boxed();
+    let mut up = Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .body(body)
+        .map_err(|_| Refusal::BadHandshake("request"))?;
+    *up.headers_mut() = headers;
+    let connect = connect_span(backend);
+    crate::telemetry::propagate(&connect, up.headers_mut());
+    let resp = tokio::time::timeout(svc.http_response_timeout, svc.http.request(up))
+        .instrument(connect.clone())
+        .await
+        .map_err(|_| Refusal::BackendTimeout)
+        .and_then(|r| {
+            r.map_err(|_| {
+                if client_failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    Refusal::BadRequestBody
+                } else {
+                    Refusal::BackendUnreachable
+                }
+            })
+        });
+    record_connect(
+        connect,
+        match &resp {
+            Ok(resp) => Ok(("ok", resp.status())),
+            Err(r) => Err(r),
+        },
+    );
+    let resp = resp?;
+    metrics()
+        .http_requests
+        .with_label_values(&[&route.cfg.name, resp.status().as_str()])
+        .inc();
+    metrics()
+        .connections_total
+        .with_label_values(&[&route.cfg.name, "http"])
+        .inc();
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, body.boxed()))
+}

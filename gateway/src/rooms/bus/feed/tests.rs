@@ -1,0 +1,102 @@
+use super::*;
+use crate::rooms::bus::{Payload, RoomKey};
+
+fn msg(seq: u64) -> RoomMessage {
+    RoomMessage {
+        key: RoomKey {
+            namespace: "ns".into(),
+            room: "r".into(),
+        },
+        seq,
+        epoch: "e".into(),
+        ts_ms: 0,
+        from: None,
+        data: Payload::Json(seq.into()),
+        ephemeral: seq == 0,
+        origin_conn: None,
+    }
+}
+
+fn at(seq: u64) -> Position {
+    Position {
+        seq,
+        epoch: "e".into(),
+    }
+}
+
+fn seq_of(d: &Delivery) -> u64 {
+    match d {
+        Delivery::Message(m) => m.seq,
+        Delivery::Lagged(l) => panic!("expected a message, got {l:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_turns_the_overflow_into_one_lag_queued_before_any_later_message() {
+    let (tx, mut rx) = FeedSender::with_capacity(2, at(10));
+    for seq in 11..=15 {
+        tx.send(msg(seq)).unwrap();
+    }
+    tx.send(msg(0)).unwrap(); // an ephemeral one while lagging
+    assert_eq!(seq_of(&rx.recv().await.unwrap()), 11);
+    assert_eq!(seq_of(&rx.recv().await.unwrap()), 12);
+    // The lag waits for room; a message sent meanwhile joins it rather than overtaking it.
+    tx.send(msg(16)).unwrap();
+    let lag = match rx.recv().await.unwrap() {
+        Delivery::Lagged(lag) => lag,
+        other => panic!("expected the lag, got {other:?}"),
+    };
+    assert_eq!(
+        lag,
+        Lag {
+            after: at(12),
+            first: 13,
+            last: 16,
+            epoch: "e".into(),
+            stored: 4,
+            ephemeral: 1,
+        }
+    );
+    // Afterwards the feed queues again, and a later overflow starts after the told range.
+    tx.send(msg(17)).unwrap();
+    tx.send(msg(18)).unwrap();
+    tx.send(msg(19)).unwrap();
+    assert_eq!(seq_of(&rx.recv().await.unwrap()), 17);
+    assert_eq!(seq_of(&rx.recv().await.unwrap()), 18);
+    match rx.recv().await.unwrap() {
+        Delivery::Lagged(lag) => assert_eq!((lag.after, lag.first, lag.last), (at(18), 19, 19)),
+        other => panic!("expected the second lag, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_feed_that_never_overflows_queues_everything_in_order() {
+    let (tx, mut rx) = FeedSender::with_capacity(4, at(0));
+    for seq in 1..=4 {
+        tx.send(msg(seq)).unwrap();
+        assert_eq!(seq_of(&rx.recv().await.unwrap()), seq);
+    }
+    assert!(rx.try_recv().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn sending_to_a_feed_whose_hub_is_gone_says_closed() {
+    let (tx, rx) = FeedSender::with_capacity(1, at(0));
+    drop(rx);
+    assert_eq!(tx.send(msg(1)), Err(Closed));
+    assert!(tx.is_closed());
+}
+
+#[test]
+fn overflow_warnings_are_written_at_most_once_per_period() {
+    let log = RateLimitedLog::new();
+    let t0 = log_base() + Duration::from_secs(100);
+    assert_eq!(log.allow(t0), Some(0));
+    assert_eq!(log.allow(t0 + Duration::from_secs(1)), None);
+    assert_eq!(log.allow(t0 + Duration::from_secs(9)), None);
+    assert_eq!(
+        log.allow(t0 + OVERFLOW_LOG_PERIOD),
+        Some(2),
+        "the next line says how many were not logged"
+    );
+}

@@ -1,0 +1,329 @@
+use super::*;
+use crate::rooms::bus::Payload;
+use std::time::Duration;
+
+fn key(room: &str) -> RoomKey {
+    RoomKey {
+        namespace: "ns".into(),
+        room: room.into(),
+    }
+}
+
+fn publish(room: &str, n: i64) -> Publish {
+    Publish {
+        key: key(room),
+        from: None,
+        data: Payload::Json(n.into()),
+        ephemeral: false,
+        origin_conn: None,
+    }
+}
+
+async fn bus_with_history(max: u32) -> MemoryBus {
+    let bus = MemoryBus::new();
+    bus.configure(
+        "ns",
+        Some(Retention {
+            max_messages: max,
+            max_age: Duration::from_secs(60),
+        }),
+    )
+    .await
+    .unwrap();
+    bus
+}
+
+#[tokio::test]
+async fn subscribers_get_messages_in_position_order() {
+    let bus = bus_with_history(10).await;
+    let mut sub = bus.subscribe(&key("a")).await.unwrap();
+    for n in 0..5 {
+        bus.publish(publish("a", n)).await.unwrap();
+    }
+    for want in 1..=5 {
+        assert_eq!(
+            sub.messages
+                .recv()
+                .await
+                .unwrap()
+                .into_message()
+                .unwrap()
+                .seq,
+            want
+        );
+    }
+}
+
+#[tokio::test]
+async fn replay_returns_exactly_the_gap() {
+    let bus = bus_with_history(10).await;
+    let mut last = None;
+    for n in 0..6 {
+        last = bus.publish(publish("a", n)).await.unwrap();
+    }
+    let epoch = last.unwrap().epoch;
+    match bus
+        .replay(&key("a"), &Position { seq: 3, epoch })
+        .await
+        .unwrap()
+    {
+        Replay::Gap(msgs) => assert_eq!(
+            msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![4, 5, 6]
+        ),
+        Replay::Lost => panic!("gap is retained"),
+    }
+}
+
+#[tokio::test]
+async fn replay_past_retention_or_from_another_epoch_is_lost() {
+    let bus = bus_with_history(3).await;
+    let mut epoch = String::new();
+    for n in 0..10 {
+        epoch = bus.publish(publish("a", n)).await.unwrap().unwrap().epoch;
+    }
+    assert_eq!(
+        bus.replay(
+            &key("a"),
+            &Position {
+                seq: 2,
+                epoch: epoch.clone()
+            }
+        )
+        .await
+        .unwrap(),
+        Replay::Lost
+    );
+    assert!(
+        matches!(bus.replay(&key("a"), &Position { seq: 7, epoch }).await.unwrap(), Replay::Gap(m) if m.len() == 3)
+    );
+    assert_eq!(
+        bus.replay(
+            &key("a"),
+            &Position {
+                seq: 7,
+                epoch: "other".into()
+            }
+        )
+        .await
+        .unwrap(),
+        Replay::Lost
+    );
+}
+
+#[tokio::test]
+async fn retained_is_what_history_still_holds_of_the_current_epoch() {
+    let bus = bus_with_history(3).await;
+    assert_eq!(
+        bus.retained(&key("a")).await.unwrap(),
+        (
+            vec![],
+            Position {
+                seq: 0,
+                epoch: bus.epoch.clone()
+            }
+        )
+    );
+    for n in 0..5 {
+        bus.publish(publish("a", n)).await.unwrap();
+    }
+    let (msgs, position) = bus.retained(&key("a")).await.unwrap();
+    assert_eq!(
+        msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert_eq!(
+        position,
+        Position {
+            seq: 5,
+            epoch: bus.epoch.clone()
+        }
+    );
+}
+
+#[tokio::test]
+async fn ephemeral_messages_are_delivered_but_never_stored() {
+    let bus = bus_with_history(10).await;
+    let mut sub = bus.subscribe(&key("a")).await.unwrap();
+    let mut p = publish("a", 1);
+    p.ephemeral = true;
+    assert_eq!(bus.publish(p).await.unwrap(), None);
+    assert!(
+        sub.messages
+            .recv()
+            .await
+            .unwrap()
+            .into_message()
+            .unwrap()
+            .ephemeral
+    );
+    let pos = bus.position(&key("a")).await.unwrap();
+    assert_eq!(pos.seq, 0);
+    assert_eq!(
+        bus.replay(&key("a"), &pos).await.unwrap(),
+        Replay::Gap(vec![])
+    );
+}
+
+#[tokio::test]
+async fn notifications_are_refused_because_nothing_outside_the_process_can_listen() {
+    let bus = MemoryBus::new();
+    let err = bus
+        .notify("ns", Bytes::from_static(b"{}"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BusError::Other(_)), "{err}");
+}
+
+#[tokio::test]
+async fn presence_lists_members_and_announces_changes() {
+    let bus = MemoryBus::new();
+    let mut sub = bus.subscribe(&key("a")).await.unwrap();
+    let m = Member {
+        conn: "c1".into(),
+        user: Some("alice".into()),
+        info: serde_json::Value::Null,
+    };
+    bus.presence_set(&key("a"), &m, true).await.unwrap();
+    bus.presence_set(&key("a"), &m, true).await.unwrap();
+    assert_eq!(bus.presence_list(&key("a")).await.unwrap(), vec![m.clone()]);
+    assert!(sub.presence.recv().await.unwrap().joined);
+    bus.presence_set(&key("a"), &m, false).await.unwrap();
+    assert!(!sub.presence.recv().await.unwrap().joined);
+    assert!(bus.presence_list(&key("a")).await.unwrap().is_empty());
+}
+async fn bus_with_age(max_age: Duration) -> MemoryBus {
+    let bus = MemoryBus::new();
+    bus.configure(
+        "ns",
+        Some(Retention {
+            max_messages: 10,
+            max_age,
+        }),
+    )
+    .await
+    .unwrap();
+    bus
+}
+
+#[tokio::test]
+async fn a_room_nobody_holds_costs_nothing() {
+    let bus = bus_with_history(10).await;
+    let sub = bus.subscribe(&key("a")).await.unwrap();
+    assert_eq!(bus.room_count(), 1);
+    drop(sub);
+    assert_eq!(
+        bus.room_count(),
+        0,
+        "the last subscriber leaving frees the room"
+    );
+
+    let m = Member {
+        conn: "c1".into(),
+        user: None,
+        info: serde_json::Value::Null,
+    };
+    bus.presence_set(&key("b"), &m, true).await.unwrap();
+    bus.presence_set(&key("b"), &m, false).await.unwrap();
+    bus.presence_set(&key("c"), &m, false).await.unwrap();
+    assert_eq!(
+        bus.room_count(),
+        0,
+        "presence comes and goes without a trace"
+    );
+
+    let none = MemoryBus::new();
+    let sub = none.subscribe(&key("d")).await.unwrap();
+    none.publish(publish("d", 1)).await.unwrap();
+    drop(sub);
+    assert_eq!(none.room_count(), 0, "no history: nothing is retained");
+}
+
+#[tokio::test]
+async fn expired_history_is_freed_by_the_sweep_without_a_publish() {
+    let bus = bus_with_age(Duration::from_secs(1)).await;
+    for r in 0..50 {
+        bus.publish(publish(&format!("r{r}"), 1)).await.unwrap();
+    }
+    assert_eq!(bus.room_count(), 50);
+    assert_eq!(bus.sweep(now_ms(), SWEEP_BUDGET), 0, "nothing due yet");
+    let later = now_ms() + 1_500;
+    assert_eq!(bus.sweep(later, 20), 20, "at most the budget per call");
+    assert_eq!(bus.room_count(), 30);
+    bus.sweep(later, SWEEP_BUDGET);
+    assert_eq!(bus.room_count(), 0);
+}
+
+#[tokio::test]
+async fn a_room_still_subscribed_keeps_its_position_when_its_history_expires() {
+    let bus = bus_with_age(Duration::from_secs(1)).await;
+    let _sub = bus.subscribe(&key("a")).await.unwrap();
+    let pos = bus.publish(publish("a", 1)).await.unwrap().unwrap();
+    bus.sweep(now_ms() + 1_500, SWEEP_BUDGET);
+    assert_eq!(bus.room_count(), 1);
+    assert_eq!(
+        bus.replay(&key("a"), &pos).await.unwrap(),
+        Replay::Gap(vec![]),
+        "a client at the last position missed nothing"
+    );
+    let before = Position {
+        seq: pos.seq - 1,
+        epoch: pos.epoch,
+    };
+    assert_eq!(
+        bus.replay(&key("a"), &before).await.unwrap(),
+        Replay::Lost,
+        "one that had not seen the expired message did"
+    );
+}
+
+#[tokio::test]
+async fn another_room_freed_with_losses_does_not_make_a_quiet_rooms_resume_lost() {
+    let bus = bus_with_age(Duration::from_secs(1)).await;
+    let _sub = bus.subscribe(&key("quiet")).await.unwrap();
+    let given = bus.position(&key("quiet")).await.unwrap();
+    // Another room of the namespace keeps a message past the given position, which then
+    // expires and is freed: that room lost it, this one did not.
+    bus.publish(publish("busy", 1)).await.unwrap();
+    bus.sweep(now_ms() + 1_500, SWEEP_BUDGET);
+    bus.publish(publish("quiet", 2)).await.unwrap();
+    match bus.replay(&key("quiet"), &given).await.unwrap() {
+        Replay::Gap(m) => assert_eq!(m.len(), 1, "exactly the quiet room's message"),
+        Replay::Lost => panic!("the quiet room lost nothing, but its resume says lost"),
+    }
+}
+
+#[tokio::test]
+async fn resume_into_a_freed_room_is_exact_or_reported_lost() {
+    let bus = bus_with_age(Duration::from_secs(1)).await;
+    // A quiet room: joined, left (freed), resumed from the position it was given.
+    let sub = bus.subscribe(&key("quiet")).await.unwrap();
+    let given = bus.position(&key("quiet")).await.unwrap();
+    drop(sub);
+    assert_eq!(bus.room_count(), 0);
+    assert_eq!(
+        bus.replay(&key("quiet"), &given).await.unwrap(),
+        Replay::Gap(vec![])
+    );
+    // Published while nobody was there: the gap is exactly that message.
+    bus.publish(publish("quiet", 7)).await.unwrap();
+    match bus.replay(&key("quiet"), &given).await.unwrap() {
+        Replay::Gap(m) => assert_eq!(m.len(), 1),
+        Replay::Lost => panic!("retained"),
+    }
+    // Once it expired and the room was freed, a client that had not seen it lost it.
+    bus.sweep(now_ms() + 1_500, SWEEP_BUDGET);
+    assert_eq!(bus.room_count(), 0);
+    assert_eq!(
+        bus.replay(&key("quiet"), &given).await.unwrap(),
+        Replay::Lost
+    );
+    // A position taken after that resumes exactly again, and positions never repeat.
+    let now = bus.position(&key("quiet")).await.unwrap();
+    assert!(now.seq > given.seq);
+    let next = bus.publish(publish("quiet", 8)).await.unwrap().unwrap();
+    assert!(next.seq > now.seq);
+    assert!(
+        matches!(bus.replay(&key("quiet"), &now).await.unwrap(), Replay::Gap(m) if m.len() == 1)
+    );
+}

@@ -1,0 +1,496 @@
+use super::*;
+use crate::rooms::bus::memory::MemoryBus;
+use crate::rooms::bus::{Publish, Retention};
+use serde_json::Value;
+
+fn key() -> RoomKey {
+    RoomKey {
+        namespace: "ns".into(),
+        room: "r".into(),
+    }
+}
+
+async fn setup() -> (Arc<Hub>, Arc<MemoryBus>) {
+    let bus = Arc::new(MemoryBus::new());
+    bus.configure(
+        "ns",
+        Some(Retention {
+            max_messages: 100,
+            max_age: Duration::from_secs(60),
+        }),
+    )
+    .await
+    .unwrap();
+    (Hub::new(bus.clone()), bus)
+}
+
+fn joiner(conn: &str) -> Joiner {
+    Joiner {
+        conn: conn.into(),
+        outbox: Outbox::new(1 << 20),
+        encoding: Encoding::Json,
+        presence: None,
+        presence_events: false,
+    }
+}
+
+async fn publish(bus: &MemoryBus, n: i64) -> Position {
+    bus.publish(Publish {
+        key: key(),
+        from: None,
+        data: Payload::Json(n.into()),
+        ephemeral: false,
+        origin_conn: None,
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+async fn seqs(o: &Outbox, want: usize) -> Vec<u64> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        let items = tokio::time::timeout(Duration::from_secs(2), o.take_all())
+            .await
+            .expect("items in time");
+        for i in items {
+            if let Item::Message { seq, .. } = i {
+                got.push(seq);
+            }
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_message_is_encoded_once_per_encoding_not_once_per_member() {
+    let (hub, bus) = setup().await;
+    let members: Vec<Joiner> = ["j1", "j2", "p1", "p2"]
+        .into_iter()
+        .map(|c| {
+            let mut j = joiner(c);
+            if c.starts_with('p') {
+                j.encoding = Encoding::Proto;
+            }
+            j
+        })
+        .collect();
+    for j in &members {
+        hub.join(&key(), j, None, None).await.unwrap();
+    }
+    publish(&bus, 1).await;
+    let mut json_ptrs = Vec::new();
+    let mut proto_ptrs = Vec::new();
+    for j in &members {
+        let items = tokio::time::timeout(Duration::from_secs(2), j.outbox.take_all())
+            .await
+            .expect("items in time");
+        match (&items[..], j.encoding) {
+            ([Item::Message { json, .. }], Encoding::Json) => json_ptrs.push(json.as_ptr()),
+            ([Item::RawBinary(b)], Encoding::Proto) => {
+                let m = <proto::ServerMessage as prost::Message>::decode(b.as_ref()).unwrap();
+                assert_eq!(proto::to_json(&m)["seq"], 1);
+                proto_ptrs.push(b.as_ptr());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Shared buffers: the same allocation for every member of one encoding.
+    assert_eq!(json_ptrs.len(), 2);
+    assert_eq!(json_ptrs[0], json_ptrs[1]);
+    assert_eq!(proto_ptrs.len(), 2);
+    assert_eq!(proto_ptrs[0], proto_ptrs[1]);
+}
+
+#[tokio::test]
+async fn members_receive_room_messages_in_order() {
+    let (hub, bus) = setup().await;
+    let a = joiner("a");
+    hub.join(&key(), &a, None, None).await.unwrap();
+    for n in 0..5 {
+        publish(&bus, n).await;
+    }
+    assert_eq!(seqs(&a.outbox, 5).await, vec![1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn a_resuming_member_gets_exactly_the_gap_then_live() {
+    let (hub, bus) = setup().await;
+    let mut last = Position::default();
+    for n in 0..5 {
+        last = publish(&bus, n).await;
+    }
+    let b = joiner("b");
+    let since = Position {
+        seq: 2,
+        epoch: last.epoch.clone(),
+    };
+    let joined = hub
+        .join(&key(), &b, Some(&since), Some(Some("1")))
+        .await
+        .unwrap();
+    assert!(joined.recovered);
+    publish(&bus, 9).await;
+    let items = b.outbox.take_all().await;
+    match &items[0] {
+        Item::Reply(r) => {
+            let v: Value = serde_json::from_str(r).unwrap();
+            assert_eq!(
+                (
+                    v["type"].as_str(),
+                    v["recovered"].as_bool(),
+                    v["id"].as_str()
+                ),
+                (Some("joined"), Some(true), Some("1"))
+            );
+        }
+        other => panic!("joined first, got {other:?}"),
+    }
+    let mut got: Vec<u64> = items
+        .iter()
+        .filter_map(|i| {
+            if let Item::Message { seq, .. } = i {
+                Some(*seq)
+            } else {
+                None
+            }
+        })
+        .collect();
+    if got.len() < 4 {
+        got.extend(seqs(&b.outbox, 4 - got.len()).await);
+    }
+    assert_eq!(got, vec![3, 4, 5, 6]);
+}
+
+#[tokio::test]
+async fn a_gap_beyond_history_is_reported_as_not_recovered() {
+    let (hub, _bus) = setup().await;
+    let b = joiner("b");
+    let joined = hub
+        .join(
+            &key(),
+            &b,
+            Some(&Position {
+                seq: 5,
+                epoch: "gone".into(),
+            }),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(!joined.recovered);
+}
+
+#[tokio::test]
+async fn the_last_member_leaving_drops_the_room_subscription() {
+    let (hub, _bus) = setup().await;
+    let (a, b) = (joiner("a"), joiner("b"));
+    hub.join(&key(), &a, None, None).await.unwrap();
+    hub.join(&key(), &b, None, None).await.unwrap();
+    assert_eq!(hub.room_count().await, 1);
+    hub.leave(&key(), "a").await;
+    assert_eq!(hub.room_count().await, 1);
+    hub.leave(&key(), "b").await;
+    assert_eq!(hub.room_count().await, 0);
+}
+
+#[tokio::test]
+async fn raw_members_do_not_get_their_own_messages_unless_echo() {
+    let (hub, bus) = setup().await;
+    let mut a = joiner("a");
+    a.encoding = Encoding::Raw { echo: false };
+    let mut b = joiner("b");
+    b.encoding = Encoding::Raw { echo: true };
+    hub.join(&key(), &a, None, None).await.unwrap();
+    hub.join(&key(), &b, None, None).await.unwrap();
+    for origin in ["a", "b"] {
+        bus.publish(Publish {
+            key: key(),
+            from: None,
+            data: Payload::Text(origin.into()),
+            ephemeral: false,
+            origin_conn: Some(origin.into()),
+        })
+        .await
+        .unwrap();
+    }
+    let texts = |items: Vec<Item>| {
+        items
+            .into_iter()
+            .filter_map(|i| {
+                if let Item::RawText(t) = i {
+                    Some(t.to_string())
+                } else {
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut got_b = texts(b.outbox.take_all().await);
+    if got_b.len() < 2 {
+        got_b.extend(texts(b.outbox.take_all().await));
+    }
+    assert_eq!(got_b, vec!["a", "b"], "echo on: b gets its own message too");
+    assert_eq!(
+        texts(a.outbox.take_all().await),
+        vec!["b"],
+        "echo off: a does not get its own"
+    );
+}
+
+#[tokio::test]
+async fn a_new_stream_epoch_restarts_de_duplication() {
+    let (hub, bus) = setup().await;
+    let a = joiner("a");
+    hub.join(&key(), &a, None, None).await.unwrap();
+    publish(&bus, 1).await;
+    assert_eq!(seqs(&a.outbox, 1).await, vec![1]);
+    // Simulate the stream being recreated: the same positions come back under a new epoch.
+    let room = hub.rooms.lock().await.get(&key()).cloned().unwrap();
+    let msg = RoomMessage {
+        key: key(),
+        seq: 1,
+        epoch: "recreated".into(),
+        ts_ms: 0,
+        from: None,
+        data: Payload::Json(2.into()),
+        ephemeral: false,
+        origin_conn: None,
+    };
+    {
+        let mut members = room.members.lock().unwrap();
+        let slot = members.get_mut("a").unwrap();
+        deliver(slot, "a", &mut Encoded::new(msg));
+    }
+    assert_eq!(
+        seqs(&a.outbox, 1).await,
+        vec![1],
+        "seq 1 of the new epoch is delivered"
+    );
+}
+
+/// A hub over a bus whose room queues hold 2 messages, keeping `history` messages.
+async fn tiny_queue(history: u32) -> (Arc<Hub>, Arc<MemoryBus>) {
+    let bus = Arc::new(MemoryBus::with_queue(2));
+    bus.configure(
+        "ns",
+        Some(Retention {
+            max_messages: history,
+            max_age: Duration::from_secs(60),
+        }),
+    )
+    .await
+    .unwrap();
+    (Hub::new(bus.clone()), bus)
+}
+
+/// Everything queued for `o` until `last` (a message or the end of a `lost`) came.
+async fn received(o: &Outbox, last: u64) -> Vec<Value> {
+    let mut got = Vec::new();
+    loop {
+        let items = tokio::time::timeout(Duration::from_secs(2), o.take_all())
+            .await
+            .expect("items in time");
+        for i in items {
+            let (seq, json) = match i {
+                Item::Message { seq, json, .. } => (seq, json.to_string()),
+                Item::Lost { seq, json, .. } => (seq, json),
+                _ => continue,
+            };
+            got.push(serde_json::from_str::<Value>(&json).unwrap());
+            if seq >= last {
+                return got;
+            }
+        }
+    }
+}
+
+// The test runtime has one thread and the embedded bus never yields while publishing: ten
+// publishes in a row overflow a queue of two before the pump runs at all.
+
+#[tokio::test]
+async fn an_overflow_history_covers_is_repaired_for_every_member_without_a_signal() {
+    let (hub, bus) = tiny_queue(100).await;
+    let (a, b) = (joiner("a"), joiner("b"));
+    hub.join(&key(), &a, None, None).await.unwrap();
+    hub.join(&key(), &b, None, None).await.unwrap();
+    for n in 1..=10 {
+        publish(&bus, n).await;
+    }
+    for o in [&a.outbox, &b.outbox] {
+        let got = received(o, 10).await;
+        let seqs: Vec<_> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{got:?}");
+    }
+    let m = crate::metrics::metrics();
+    assert!(m.room_overflows.get() >= 1);
+    assert!(m.room_repairs.with_label_values(&["repaired"]).get() >= 1);
+}
+
+#[tokio::test]
+async fn what_history_no_longer_holds_of_an_overflow_is_told_before_the_rest_is_repaired() {
+    let (hub, bus) = tiny_queue(3).await;
+    let a = joiner("a");
+    hub.join(&key(), &a, None, None).await.unwrap();
+    let epoch = bus.position(&key()).await.unwrap().epoch;
+    for n in 1..=10 {
+        publish(&bus, n).await;
+    }
+    // 1 and 2 were queued; 3..=10 overflowed and history keeps 8..=10: 3..=7 are told,
+    // then 8..=10 are repaired.
+    let got = received(&a.outbox, 10).await;
+    let seq = |v: &Value| v["seq"].as_u64();
+    assert_eq!((seq(&got[0]), seq(&got[1])), (Some(1), Some(2)), "{got:?}");
+    assert_eq!(
+        got[2],
+        serde_json::json!({"type": "lost", "room": "r", "ephemeral": 0,
+                "from": {"seq": 3, "epoch": epoch}, "to": {"seq": 7, "epoch": epoch}})
+    );
+    assert_eq!(
+        got[3..].iter().map(seq).collect::<Vec<_>>(),
+        vec![Some(8), Some(9), Some(10)]
+    );
+    publish(&bus, 11).await;
+    assert_eq!(seqs(&a.outbox, 1).await, vec![11], "then live again");
+}
+
+fn msg(seq: u64) -> RoomMessage {
+    RoomMessage {
+        key: key(),
+        seq,
+        epoch: "e".into(),
+        ts_ms: 0,
+        from: None,
+        data: Payload::Json(seq.into()),
+        ephemeral: false,
+        origin_conn: None,
+    }
+}
+
+#[test]
+fn a_lag_is_repaired_from_what_history_holds_and_only_the_rest_is_lost() {
+    let lag = Lag {
+        after: Position {
+            seq: 4,
+            epoch: "e".into(),
+        },
+        first: 5,
+        last: 20,
+        epoch: "e".into(),
+        stored: 16,
+        ephemeral: 1,
+    };
+    let seqs = |v: Vec<RoomMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+    let lost = |first, last| Lost {
+        first,
+        last,
+        epoch: "e".into(),
+        ephemeral: 1,
+    };
+    // The whole gap replayed: nothing stored is lost.
+    let (l, r) = plan(&lag, Some((5..=20).map(msg).collect()), None);
+    assert_eq!((l, seqs(r)), (lost(0, 0), (5..=20).collect()));
+    // History holds 12.. (and 21, 22 published since, which are queued after the lag):
+    // 5..=11 lost, 12..=20 repaired.
+    let (l, r) = plan(&lag, None, Some((12..=22).map(msg).collect()));
+    assert_eq!((l, seqs(r)), (lost(5, 11), (12..=20).collect()));
+    // History holds only messages after the lag: all of it is lost, none is repaired
+    // ahead of the queue.
+    let (l, r) = plan(&lag, None, Some((25..=26).map(msg).collect()));
+    assert_eq!((l, seqs(r)), (lost(5, 20), vec![]));
+    // Nothing retained, or history unreadable: all of it is lost.
+    assert_eq!(plan(&lag, None, Some(vec![])), (lost(5, 20), vec![]));
+    assert_eq!(plan(&lag, None, None), (lost(5, 20), vec![]));
+    // History older than the lag (the replay was only unsure): repaired from after `after`.
+    let (l, r) = plan(&lag, None, Some((3..=20).map(msg).collect()));
+    assert_eq!((l, seqs(r)), (lost(0, 0), (5..=20).collect()));
+}
+
+#[tokio::test]
+async fn a_member_is_told_only_what_it_has_not_been_given() {
+    let (hub, bus) = tiny_queue(3).await;
+    let a = joiner("a");
+    hub.join(&key(), &a, None, None).await.unwrap();
+    let room = hub.rooms.lock().await.get(&key()).cloned().unwrap();
+    let epoch = bus.position(&key()).await.unwrap().epoch;
+    let lost = Lost {
+        first: 3,
+        last: 10,
+        epoch: epoch.clone(),
+        ephemeral: 2,
+    };
+    {
+        let mut members = room.members.lock().unwrap();
+        let slot = members.get_mut("a").unwrap();
+        slot.last_seq = 6; // it got up to 6 another way (a resume)
+        tell_lost(slot, "r", &lost);
+        assert_eq!(slot.last_seq, 10);
+        tell_lost(
+            slot,
+            "r",
+            &Lost {
+                ephemeral: 0,
+                ..lost
+            },
+        );
+    }
+    let got = received(&a.outbox, 10).await;
+    assert_eq!(
+        got,
+        vec![
+            serde_json::json!({"type": "lost", "room": "r", "ephemeral": 2,
+                "from": {"seq": 7, "epoch": epoch}, "to": {"seq": 10, "epoch": epoch}})
+        ],
+        "the second signal had nothing new to tell"
+    );
+}
+
+#[tokio::test]
+async fn a_resume_from_another_epoch_gets_what_the_current_epoch_retains() {
+    let (hub, bus) = tiny_queue(3).await;
+    for n in 1..=5 {
+        publish(&bus, n).await;
+    }
+    let b = joiner("b");
+    let old = Position {
+        seq: 9,
+        epoch: "before-the-restart".into(),
+    };
+    let joined = hub.join(&key(), &b, Some(&old), Some(None)).await.unwrap();
+    let epoch = bus.position(&key()).await.unwrap().epoch;
+    let at = |seq| Position {
+        seq,
+        epoch: epoch.clone(),
+    };
+    assert_eq!(
+        joined,
+        Joined {
+            recovered: false,
+            position: at(2),
+            start: at(2),
+        }
+    );
+    assert_eq!(
+        seqs(&b.outbox, 3).await,
+        vec![3, 4, 5],
+        "from the oldest retained"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_member_overflows_alone() {
+    let (hub, bus) = setup().await;
+    let fast = joiner("fast");
+    let slow = Joiner {
+        outbox: Outbox::new(300),
+        ..joiner("slow")
+    };
+    hub.join(&key(), &fast, None, None).await.unwrap();
+    hub.join(&key(), &slow, None, None).await.unwrap();
+    for n in 0..20 {
+        publish(&bus, n).await;
+    }
+    assert_eq!(seqs(&fast.outbox, 20).await.len(), 20);
+    assert!(slow.outbox.is_overflowed());
+    assert!(!fast.outbox.is_overflowed());
+}

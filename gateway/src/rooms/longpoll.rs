@@ -1,0 +1,161 @@
+//! Rooms over long-polling: `GET ?rooms=a,b&cursor=…` waits (at most [`MAX_POLL_WAIT`]) for
+//! the messages after the cursor and answers them as one JSON document with the next cursor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::conn::{Services, next_conn_id, requested_rooms, start_at, start_cursor};
+use super::cursor::Cursor;
+use super::hub::{Encoding, Joiner};
+use super::outbox::{Item, Outbox};
+use super::route::RoomsPolicy;
+use crate::admission::Passed;
+use crate::auth::token::query_param;
+use crate::error::Refusal;
+use crate::http::{Body, full};
+use crate::metrics::metrics;
+use crate::routes::CompiledRoute;
+
+/// Longest a long-poll waits before answering 204.
+pub const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
+
+/// Answer one long-poll: the messages after its cursor, or 204 when none came in time.
+pub(crate) async fn long_poll(
+    svc: &Services<'_>,
+    route: &Arc<CompiledRoute>,
+    policy: Arc<RoomsPolicy>,
+    adm: Passed,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let rooms = requested_rooms(&policy, adm.claims.as_ref(), req.uri().query())?;
+    let wait = query_param(req.uri().query(), "timeout")
+        .and_then(|t| {
+            humantime::parse_duration(&t)
+                .ok()
+                .or_else(|| t.parse::<u64>().ok().map(Duration::from_secs))
+        })
+        .unwrap_or(Duration::from_secs(25))
+        .min(MAX_POLL_WAIT);
+    let mut cursor = start_cursor(req, "cursor", &rooms);
+    let conn = next_conn_id();
+    let outbox = Outbox::new(policy.cfg.max_queue_bytes);
+    let joiner = Joiner {
+        conn: conn.clone(),
+        outbox: outbox.clone(),
+        encoding: Encoding::Json,
+        presence: None,
+        presence_events: false,
+    };
+    metrics()
+        .connections_total
+        .with_label_values(&[&route.cfg.name, "long_poll"])
+        .inc();
+    let mut lost = Vec::new();
+    let mut joined = Vec::new();
+    for room in &rooms {
+        let key = policy.key(room);
+        let since = cursor.get(room);
+        match svc.hub.join(&key, &joiner, since.as_ref(), None).await {
+            Ok(j) => {
+                if since.is_some() && !j.recovered {
+                    lost.push(room.clone());
+                }
+                start_at(&mut cursor, room, &j);
+                joined.push(key);
+            }
+            Err(_) => {
+                for key in &joined {
+                    svc.hub.leave(key, &conn).await;
+                }
+                return Err(Refusal::BusUnavailable);
+            }
+        }
+    }
+    // Whatever the gap replay queued is ready now; otherwise wait for the first live message.
+    let mut messages: Vec<Value> = Vec::new();
+    // A `lost` signal (the pod fell behind mid-poll) is kept in order among the messages, and
+    // its room is listed in `lost`.
+    let collect = |items: Vec<Item>,
+                   cursor: &mut Cursor,
+                   messages: &mut Vec<Value>,
+                   lost: &mut Vec<String>| {
+        for item in items {
+            match item {
+                Item::Message {
+                    room,
+                    seq,
+                    epoch,
+                    json,
+                } => {
+                    cursor.set(&room, seq, &epoch);
+                    messages.push(serde_json::from_str(&json).unwrap_or(Value::Null));
+                }
+                Item::Lost {
+                    room,
+                    seq,
+                    epoch,
+                    json,
+                } => {
+                    if seq != 0 {
+                        cursor.set(&room, seq, &epoch);
+                    }
+                    messages.push(serde_json::from_str(&json).unwrap_or(Value::Null));
+                    if !lost.contains(&room) {
+                        lost.push(room);
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    let ready = futures_util::FutureExt::now_or_never(outbox.take_all()).unwrap_or_default();
+    collect(ready, &mut cursor, &mut messages, &mut lost);
+    if messages.is_empty() && lost.is_empty() {
+        let mut drain = svc.drain.close_signal();
+        tokio::select! {
+            items = outbox.take_all() => {
+                // Let a burst land in one answer.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let more = futures_util::FutureExt::now_or_never(outbox.take_all()).unwrap_or_default();
+                collect(items, &mut cursor, &mut messages, &mut lost);
+                collect(more, &mut cursor, &mut messages, &mut lost);
+            }
+            _ = tokio::time::sleep(wait) => {}
+            _ = wait_drain(&mut drain) => {}
+        }
+    }
+    outbox.close();
+    for key in &joined {
+        svc.hub.leave(key, &conn).await;
+    }
+    drop(adm.admitted);
+    let cursor_text = cursor.encode();
+    if messages.is_empty() && lost.is_empty() {
+        let mut resp = Response::new(full(Bytes::new()));
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&cursor_text) {
+            resp.headers_mut().insert("x-switchboard-cursor", v);
+        }
+        return Ok(resp);
+    }
+    let body = json!({ "messages": messages, "cursor": cursor_text, "lost": lost }).to_string();
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// Resolves once the drain's close phase starts (or the drain controller is gone).
+async fn wait_drain(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let started = rx.wait_for(|d| *d).await.is_ok();
+    let _ = started;
+}

@@ -1,0 +1,103 @@
+use super::*;
+
+fn reply(n: usize) -> Item {
+    Item::Reply("x".repeat(n))
+}
+
+#[tokio::test]
+async fn the_writer_takes_a_whole_burst_at_once() {
+    let o = Outbox::new(10_000);
+    for _ in 0..10 {
+        assert!(o.push(reply(10)));
+    }
+    assert_eq!(o.take_all().await.len(), 10);
+    assert_eq!(o.queued_bytes(), 0);
+}
+
+#[tokio::test]
+async fn an_item_over_the_bound_marks_a_slow_consumer_and_is_dropped() {
+    let o = Outbox::new(100);
+    assert!(o.push(reply(50)));
+    assert!(!o.push(reply(50)));
+    assert!(o.is_overflowed());
+    assert_eq!(
+        o.take_all().await.len(),
+        1,
+        "what fitted is still delivered"
+    );
+    assert!(
+        o.take_all().await.is_empty(),
+        "then the writer sees the overflow"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_queued_after_a_refused_item_even_once_there_is_room_again() {
+    let o = Outbox::new(100);
+    assert!(o.push(reply(50)));
+    assert!(!o.push(reply(50)), "the second does not fit");
+    assert_eq!(o.take_all().await.len(), 1, "the writer drains the first");
+    assert_eq!(o.queued_bytes(), 0);
+    // Room again: a later item would go out after the refused one with nobody told.
+    assert!(
+        !o.push(reply(10)),
+        "refused: the connection ends as a slow consumer"
+    );
+    assert!(!o.hold(10), "and no encoded bytes are charged either");
+    assert!(o.take_all().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_single_item_larger_than_the_bound_still_fits_an_empty_queue() {
+    let o = Outbox::new(100);
+    assert!(o.push(reply(500)));
+    assert!(!o.push(reply(1)), "but nothing may pile up behind it");
+}
+
+#[tokio::test]
+async fn a_writer_busy_on_the_socket_learns_of_an_overflow() {
+    let o = Outbox::new(100);
+    let o2 = o.clone();
+    let waiter = tokio::spawn(async move { o2.overflowed().await });
+    tokio::task::yield_now().await;
+    assert!(o.push(reply(50)));
+    assert!(!waiter.is_finished());
+    assert!(!o.push(reply(50)));
+    waiter.await.expect("woken by the overflow");
+    o.overflowed().await; // and it stays overflowed
+}
+
+#[tokio::test]
+async fn bytes_the_writer_holds_count_against_the_bound() {
+    let o = Outbox::new(100);
+    assert!(o.hold(500), "held bytes fit an empty queue, like one item");
+    assert!(!o.push(reply(1)), "nothing piles up behind them");
+    assert!(o.is_overflowed());
+
+    let o = Outbox::new(200);
+    assert!(o.push(reply(50)));
+    assert!(o.hold(100));
+    assert_eq!(o.queued_bytes(), 66 + 100);
+    assert!(!o.hold(100), "over the bound with what is queued");
+    let o = Outbox::new(200);
+    assert!(o.hold(150));
+    o.release(150);
+    assert_eq!(o.queued_bytes(), 0);
+    assert!(o.push(reply(100)), "released bytes make room again");
+    assert!(!o.is_overflowed());
+}
+
+#[tokio::test]
+async fn a_waiting_writer_wakes_on_push_and_on_close() {
+    let o = Outbox::new(1000);
+    let o2 = o.clone();
+    let writer = tokio::spawn(async move { o2.take_all().await.len() });
+    tokio::task::yield_now().await;
+    o.push(reply(1));
+    assert_eq!(writer.await.unwrap(), 1);
+    let o3 = o.clone();
+    let writer = tokio::spawn(async move { o3.take_all().await.len() });
+    o.close();
+    assert_eq!(writer.await.unwrap(), 0);
+    assert!(!o.push(reply(1)), "a closed outbox takes nothing");
+}

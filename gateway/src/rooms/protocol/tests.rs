@@ -1,0 +1,112 @@
+use super::*;
+
+#[test]
+fn every_client_message_type_parses() {
+    assert!(matches!(
+        parse(r#"{"type":"join","room":"a","id":"1"}"#),
+        Ok(ClientMsg::Join { .. })
+    ));
+    assert!(matches!(
+        parse(r#"{"type":"join","room":"a","since":{"seq":4,"epoch":"e"}}"#),
+        Ok(ClientMsg::Join {
+            since: Some(Position { seq: 4, .. }),
+            ..
+        })
+    ));
+    assert!(matches!(
+        parse(r#"{"type":"leave","room":"a"}"#),
+        Ok(ClientMsg::Leave { .. })
+    ));
+    assert!(matches!(
+        parse(r#"{"type":"publish","room":"a","data":{"x":1},"ephemeral":true}"#),
+        Ok(ClientMsg::Publish {
+            ephemeral: true,
+            ..
+        })
+    ));
+    assert!(matches!(
+        parse(r#"{"type":"presence","room":"a"}"#),
+        Ok(ClientMsg::Presence { .. })
+    ));
+    assert!(matches!(
+        parse(r#"{"type":"ping"}"#),
+        Ok(ClientMsg::Ping { .. })
+    ));
+}
+
+#[test]
+fn malformed_messages_are_errors_with_a_reason() {
+    for bad in [
+        "",
+        "nope",
+        "[]",
+        r#"{"type":"join"}"#,
+        r#"{"type":"dance"}"#,
+        r#"{"type":"join","room":"a","x":1}"#,
+        r#"{"type":"join","room":5}"#,
+    ] {
+        let e = parse(bad).unwrap_err();
+        assert!(!e.0.is_empty(), "{bad:?}");
+    }
+}
+
+#[test]
+fn the_id_of_a_bad_message_is_still_echoed() {
+    assert_eq!(
+        loose_id(r#"{"type":"dance","id":"7"}"#).as_deref(),
+        Some("7")
+    );
+    assert_eq!(loose_id("garbage"), None);
+}
+
+#[test]
+fn binary_payloads_round_trip_through_base64() {
+    let p = payload(None, Some("AAEC/w==".into())).unwrap();
+    assert_eq!(p, Payload::Binary(vec![0, 1, 2, 255].into()));
+    assert!(payload(None, Some("***".into())).is_err());
+    assert!(payload(None, None).is_err());
+}
+
+#[test]
+fn messages_carry_room_position_time_publisher_and_data() {
+    let m = RoomMessage {
+        key: super::super::bus::RoomKey {
+            namespace: "n".into(),
+            room: "r".into(),
+        },
+        seq: 7,
+        epoch: "e".into(),
+        ts_ms: 1,
+        from: Some(json!({"sub": "alice"})),
+        data: Payload::Json(json!({"hi": true})),
+        ephemeral: false,
+        origin_conn: None,
+    };
+    let v: Value = serde_json::from_str(&message(&m)).unwrap();
+    assert_eq!(
+        v,
+        json!({"type":"message","room":"r","seq":7,"epoch":"e","ts":1,"from":{"sub":"alice"},"data":{"hi":true}})
+    );
+}
+
+#[test]
+fn lost_names_the_missed_range_and_the_ephemeral_count() {
+    let p = |seq| Position {
+        seq,
+        epoch: "e".into(),
+    };
+    let v: Value = serde_json::from_str(&lost("r", Some((&p(4), &p(9))), 2)).unwrap();
+    assert_eq!(
+        v,
+        json!({"type":"lost","room":"r","from":{"seq":4,"epoch":"e"},"to":{"seq":9,"epoch":"e"},"ephemeral":2})
+    );
+    let v: Value = serde_json::from_str(&lost("r", None, 3)).unwrap();
+    assert_eq!(v, json!({"type":"lost","room":"r","ephemeral":3}));
+}
+
+#[test]
+fn replies_echo_the_client_id() {
+    let v: Value = serde_json::from_str(&error(Some("9"), ErrorCode::Forbidden, "no")).unwrap();
+    assert_eq!(v["id"], "9");
+    assert_eq!(v["code"], "forbidden");
+}

@@ -1,0 +1,477 @@
+use super::*;
+use tokio::io::DuplexStream;
+
+fn counters() -> DirCounters {
+    DirCounters {
+        frames: IntCounter::new("f", "f").expect("counter"),
+        bytes: IntCounter::new("b", "b").expect("counter"),
+    }
+}
+
+fn limits() -> TunnelLimits {
+    TunnelLimits {
+        max_message_bytes: 1000,
+        messages_per_second: 100,
+        message_burst: 10,
+        ping_interval: Duration::ZERO,
+        pong_timeout: Duration::from_secs(1),
+        app_ping_interval: Duration::ZERO,
+        app_pong_timeout: Duration::from_secs(1),
+        close_timeout: Duration::from_secs(2),
+        expires_at: None,
+        drain_code: 1012,
+        drain_reason: "restart".into(),
+        drain_window: Duration::from_secs(1),
+    }
+}
+
+struct Harness {
+    client: DirectionReader,
+    upstream: DirectionReader,
+    drain: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Outcome>,
+}
+
+/// One test-side end: writes raw frames, reads frames back with the scanner.
+struct DirectionReader {
+    io: DuplexStream,
+    scanner: Scanner,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Got {
+    Data(Vec<u8>),
+    Close(Option<u16>),
+    Ping,
+    Pong,
+    Eof,
+}
+
+impl DirectionReader {
+    async fn send(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.expect("write");
+    }
+
+    async fn next(&mut self) -> Got {
+        let mut data = Vec::new();
+        loop {
+            let mut pos = 0;
+            let buf = std::mem::take(&mut self.buf);
+            while let Some(ev) = self.scanner.next(&buf, &mut pos).expect("valid frames") {
+                match ev {
+                    Event::Header(_) => {}
+                    Event::Payload(p) => data.extend_from_slice(p),
+                    Event::Control(c) if c.opcode == OpCode::Close => {
+                        self.buf = buf[pos..].to_vec();
+                        return Got::Close(c.close_code());
+                    }
+                    Event::Control(c) if c.opcode == OpCode::Ping => {
+                        self.buf = buf[pos..].to_vec();
+                        return Got::Ping;
+                    }
+                    Event::Control(c) if c.opcode == OpCode::Pong => {
+                        self.buf = buf[pos..].to_vec();
+                        return Got::Pong;
+                    }
+                    Event::Control(_) => {}
+                }
+                if self.scanner.at_boundary() && !data.is_empty() && !self.scanner.in_message() {
+                    self.buf = buf[pos..].to_vec();
+                    return Got::Data(data);
+                }
+            }
+            let mut chunk = vec![0u8; 4096];
+            match self.io.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Got::Eof,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+/// `payload` as it reaches the app inside a frame masked with [`MASK`] (relayed verbatim).
+fn masked(payload: &[u8]) -> Vec<u8> {
+    payload
+        .iter()
+        .zip([1u8, 2, 3, 4].iter().cycle())
+        .map(|(b, m)| b ^ m)
+        .collect()
+}
+
+fn reader(io: DuplexStream, sender: Sender) -> DirectionReader {
+    DirectionReader {
+        io,
+        scanner: Scanner::new(sender, u64::MAX),
+        buf: vec![],
+    }
+}
+
+fn start(l: TunnelLimits) -> Harness {
+    let (client_test, client_gw) = tokio::io::duplex(64 * 1024);
+    let (up_test, up_gw) = tokio::io::duplex(64 * 1024);
+    let (drain, drain_rx) = watch::channel(false);
+    let task = tokio::spawn(run(client_gw, up_gw, l, counters(), counters(), drain_rx));
+    Harness {
+        // The test's client end reads what the gateway sends to clients (server frames).
+        client: DirectionReader {
+            io: client_test,
+            scanner: Scanner::new(Sender::Server, u64::MAX),
+            buf: vec![],
+        },
+        upstream: DirectionReader {
+            io: up_test,
+            scanner: Scanner::new(Sender::Client, u64::MAX),
+            buf: vec![],
+        },
+        drain,
+        task,
+    }
+}
+
+#[tokio::test]
+async fn data_frames_pass_both_ways_unchanged() {
+    let mut h = start(limits());
+    h.client
+        .send(&frame::encode(OpCode::Text, b"hello", MASK))
+        .await;
+    assert_eq!(
+        h.upstream.next().await,
+        Got::Data(
+            b"hello"
+                .iter()
+                .zip([1u8, 2, 3, 4].iter().cycle())
+                .map(|(b, m)| b ^ m)
+                .collect()
+        )
+    );
+    h.upstream
+        .send(&frame::encode(OpCode::Binary, b"back", None))
+        .await;
+    assert_eq!(h.client.next().await, Got::Data(b"back".to_vec()));
+}
+
+#[tokio::test]
+async fn close_frames_pass_through_with_their_codes_and_end_the_tunnel() {
+    let mut h = start(limits());
+    h.client.send(&frame::close_frame(4321, "bye", MASK)).await;
+    assert_eq!(h.upstream.next().await, Got::Close(Some(4321)));
+    h.upstream.send(&frame::close_frame(4321, "", None)).await;
+    assert_eq!(h.client.next().await, Got::Close(Some(4321)));
+    let out = h.task.await.expect("tunnel task");
+    assert_eq!(out.cause, CloseCause::Peer(Side::Downstream, 4321));
+}
+
+#[tokio::test]
+async fn oversized_client_message_closes_both_sides_with_1009_and_is_not_forwarded() {
+    let mut h = start(limits());
+    h.client
+        .send(&frame::encode(OpCode::Binary, &[0u8; 1001], MASK))
+        .await;
+    assert_eq!(
+        h.upstream.next().await,
+        Got::Close(Some(1009)),
+        "the app gets a close, not the message"
+    );
+    assert_eq!(h.client.next().await, Got::Close(Some(1009)));
+    h.client.send(&frame::close_frame(1009, "", MASK)).await;
+    h.upstream.send(&frame::close_frame(1009, "", None)).await;
+    let out = h.task.await.expect("tunnel task");
+    assert_eq!(out.cause, CloseCause::MessageTooBig);
+}
+
+#[tokio::test]
+async fn oversized_app_message_closes_with_1009_too() {
+    let mut h = start(limits());
+    h.upstream
+        .send(&frame::encode(OpCode::Text, &[b'a'; 2000], None))
+        .await;
+    assert_eq!(h.client.next().await, Got::Close(Some(1009)));
+    assert_eq!(h.upstream.next().await, Got::Close(Some(1009)));
+}
+
+#[tokio::test]
+async fn an_app_close_right_behind_an_oversized_message_still_gets_the_client_its_1009() {
+    // The app's own Close arrives in the same read as the refused message, before the
+    // tunnel's close command reaches the pump: the client must still get 1009, not a reset.
+    let mut h = start(limits());
+    let mut burst = frame::encode(OpCode::Text, &[b'a'; 2000], None);
+    burst.extend_from_slice(&frame::close_frame(1000, "done", None));
+    h.upstream.send(&burst).await;
+    assert_eq!(h.client.next().await, Got::Close(Some(1009)));
+    assert_eq!(h.upstream.next().await, Got::Close(Some(1009)));
+}
+
+#[tokio::test]
+async fn a_burst_beyond_the_rate_limit_closes_with_1008() {
+    let mut h = start(TunnelLimits {
+        messages_per_second: 1,
+        message_burst: 3,
+        ..limits()
+    });
+    for _ in 0..4 {
+        h.client
+            .send(&frame::encode(OpCode::Text, b"x", MASK))
+            .await;
+    }
+    for _ in 0..3 {
+        assert!(matches!(h.upstream.next().await, Got::Data(_)));
+    }
+    assert_eq!(h.upstream.next().await, Got::Close(Some(1008)));
+    assert_eq!(h.client.next().await, Got::Close(Some(1008)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_expiry_closes_both_sides_with_4001() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut h = start(TunnelLimits {
+        expires_at: Some(deadline),
+        ..limits()
+    });
+    assert_eq!(h.client.next().await, Got::Close(Some(4001)));
+    assert_eq!(h.upstream.next().await, Got::Close(Some(4001)));
+    assert!(Instant::now() >= deadline);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_closes_the_client_first_relays_what_it_still_sends_then_closes_the_app_with_the_same_code()
+ {
+    let mut h = start(limits());
+    let started = Instant::now();
+    h.drain.send(true).expect("drain receiver alive");
+    assert_eq!(h.client.next().await, Got::Close(Some(1012)));
+    assert!(started.elapsed() <= Duration::from_secs(1));
+    // A message the client sent before it read our Close: it crossed the Close on the wire.
+    h.client
+        .send(&frame::encode(OpCode::Text, b"crossed the close", MASK))
+        .await;
+    h.client.send(&frame::close_frame(1000, "", MASK)).await;
+    assert_eq!(
+        h.upstream.next().await,
+        Got::Data(masked(b"crossed the close")),
+        "the app gets what the client sent before its Close"
+    );
+    assert_eq!(
+        h.upstream.next().await,
+        Got::Close(Some(1012)),
+        "then the drain's Close, with the code the client got"
+    );
+    h.upstream.send(&frame::close_frame(1012, "", None)).await;
+    let out = h.task.await.expect("tunnel task");
+    assert_eq!(out.cause.code(), 1012);
+    assert_eq!(out.cause.reason(), "restart");
+    assert_eq!(out.frames_in, 2, "the late message and the Close");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_answers_the_drain_close_gets_the_app_closed_after_the_close_timeout() {
+    let mut h = start(limits());
+    h.drain.send(true).expect("drain receiver alive");
+    assert_eq!(h.client.next().await, Got::Close(Some(1012)));
+    let client_closed = Instant::now();
+    assert_eq!(h.upstream.next().await, Got::Close(Some(1012)));
+    assert!(
+        client_closed.elapsed() >= limits().close_timeout,
+        "the client had the close timeout to answer"
+    );
+    h.upstream.send(&frame::close_frame(1012, "", None)).await;
+    let out = h.task.await.expect("tunnel task");
+    assert_eq!(out.cause.code(), 1012);
+}
+
+#[tokio::test]
+async fn app_frames_already_at_the_gateway_when_a_close_starts_reach_the_client_before_it() {
+    let (mut app, app_gw) = tokio::io::duplex(64 * 1024);
+    let (client_gw, client) = tokio::io::duplex(64 * 1024);
+    // The app sent two messages; they wait in the gateway's socket when the close starts.
+    app.write_all(&frame::encode(OpCode::Text, b"one", None))
+        .await
+        .expect("write");
+    app.write_all(&frame::encode(OpCode::Text, b"two", None))
+        .await
+        .expect("write");
+    let (cmd_tx, cmd_rx) = mpsc::channel(4);
+    cmd_tx
+        .send(Cmd::Close {
+            code: 1012,
+            reason: "restart".into(),
+            fail: false,
+        })
+        .await
+        .expect("queued");
+    let (report_tx, _reports) = mpsc::channel(8);
+    let pump = Pump::new(
+        tokio::io::split(app_gw).0,
+        tokio::io::split(client_gw).1,
+        Sender::Server,
+        &limits(),
+        cmd_rx,
+        report_tx,
+        counters(),
+        Arc::new(AtomicU32::new(0)),
+    );
+    let task = tokio::spawn(pump.run());
+    let mut client = reader(client, Sender::Server);
+    assert_eq!(client.next().await, Got::Data(b"one".to_vec()));
+    assert_eq!(client.next().await, Got::Data(b"two".to_vec()));
+    assert_eq!(client.next().await, Got::Close(Some(1012)));
+    app.write_all(&frame::close_frame(1012, "", None))
+        .await
+        .expect("write");
+    let r = task.await.expect("pump task");
+    assert!(matches!(r.end, End::CloseAck), "{:?}", r.end);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keepalive_pings_the_client_and_a_silent_client_is_closed() {
+    let mut h = start(TunnelLimits {
+        ping_interval: Duration::from_secs(5),
+        ..limits()
+    });
+    assert_eq!(h.client.next().await, Got::Ping);
+    // no pong: the pong deadline passes
+    assert_eq!(h.client.next().await, Got::Close(Some(1001)));
+    let out = h.task.await.expect("tunnel task");
+    assert_eq!(out.cause, CloseCause::PongTimeout);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_answering_pings_stays_open_and_its_pongs_are_not_forwarded() {
+    let mut h = start(TunnelLimits {
+        ping_interval: Duration::from_secs(5),
+        ..limits()
+    });
+    for _ in 0..5 {
+        assert_eq!(h.client.next().await, Got::Ping);
+        h.client
+            .send(&frame::encode(OpCode::Pong, b"sb-ka:1", MASK))
+            .await;
+    }
+    h.client
+        .send(&frame::encode(OpCode::Text, b"still here", MASK))
+        .await;
+    assert!(
+        matches!(h.upstream.next().await, Got::Data(_)),
+        "the app sees data, never our pongs"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_app_that_stops_answering_pings_gets_the_client_closed_with_1011() {
+    let mut h = start(TunnelLimits {
+        app_ping_interval: Duration::from_secs(5),
+        app_pong_timeout: Duration::from_secs(2),
+        ..limits()
+    });
+    assert_eq!(h.upstream.next().await, Got::Ping);
+    h.upstream
+        .send(&frame::encode(OpCode::Pong, b"sb-ka:1", None))
+        .await;
+    // Answered: the next ping comes, and this time the app stays silent.
+    assert_eq!(h.upstream.next().await, Got::Ping);
+    assert_eq!(
+        h.client.next().await,
+        Got::Close(Some(1011)),
+        "the client hears of the hung app (and never sees the gateway's pongs)"
+    );
+    h.client.send(&frame::close_frame(1011, "", MASK)).await;
+    let answered = Instant::now();
+    assert_eq!(h.client.next().await, Got::Eof);
+    assert!(
+        answered.elapsed() < limits().close_timeout,
+        "the client's stream ends with its handshake, not when the hung app gives up"
+    );
+    let out = h.task.await.expect("tunnel task");
+    assert_eq!(out.cause, CloseCause::UpstreamPongTimeout);
+    assert_eq!(out.cause.label(), "upstream_pong_timeout");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_app_answering_pings_stays_open_and_the_client_keepalive_is_separate() {
+    let mut h = start(TunnelLimits {
+        app_ping_interval: Duration::from_secs(5),
+        app_pong_timeout: Duration::from_secs(2),
+        ..limits()
+    });
+    for _ in 0..5 {
+        assert_eq!(h.upstream.next().await, Got::Ping);
+        h.upstream
+            .send(&frame::encode(OpCode::Pong, b"sb-ka:1", None))
+            .await;
+    }
+    h.upstream
+        .send(&frame::encode(OpCode::Text, b"still here", None))
+        .await;
+    assert_eq!(
+        h.client.next().await,
+        Got::Data(b"still here".to_vec()),
+        "the client sees data, never the app's answers to our pings"
+    );
+}
+
+#[tokio::test]
+async fn an_app_connection_reset_tells_the_client_1011_and_is_recorded_as_upstream_gone() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let app_gw = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (app, _) = listener.accept().await.expect("accept");
+    let (client_test, client_gw) = tokio::io::duplex(64 * 1024);
+    let (_drain, drain_rx) = watch::channel(false);
+    let task = tokio::spawn(run(
+        client_gw,
+        app_gw,
+        limits(),
+        counters(),
+        counters(),
+        drain_rx,
+    ));
+    // The app pod dies: its kernel answers with a reset, no Close frame.
+    app.set_zero_linger().expect("SO_LINGER 0");
+    drop(app);
+    let mut client = reader(client_test, Sender::Server);
+    assert_eq!(client.next().await, Got::Close(Some(1011)));
+    client.send(&frame::close_frame(1011, "", MASK)).await;
+    let out = task.await.expect("tunnel task");
+    assert_eq!(
+        (out.cause.code(), out.cause.label()),
+        (1011, "upstream_gone"),
+        "recorded as what the client got"
+    );
+}
+
+#[tokio::test]
+async fn an_app_that_ends_its_stream_without_a_close_frame_is_mirrored_to_the_client() {
+    let mut h = start(limits());
+    drop(h.upstream);
+    assert_eq!(
+        h.client.next().await,
+        Got::Eof,
+        "no close frame invented for a clean end"
+    );
+    drop(h.client);
+    let out = h.task.await.expect("tunnel task");
+    assert_eq!(out.cause, CloseCause::Abnormal(Side::Upstream));
+}
+
+#[tokio::test]
+async fn a_protocol_error_closes_both_sides_with_1002() {
+    let mut h = start(limits());
+    h.client
+        .send(&frame::encode(OpCode::Text, b"unmasked", None))
+        .await;
+    assert_eq!(h.upstream.next().await, Got::Close(Some(1002)));
+    assert_eq!(h.client.next().await, Got::Close(Some(1002)));
+    assert_eq!(
+        h.client.next().await,
+        Got::Eof,
+        "the connection is failed, not left waiting for a reply"
+    );
+    assert_eq!(h.upstream.next().await, Got::Eof);
+    let out = h.task.await.expect("tunnel task");
+    assert_eq!(out.cause, CloseCause::ProtocolError);
+}
