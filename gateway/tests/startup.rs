@@ -90,6 +90,60 @@ async fn a_second_gateway_on_a_busy_address_exits_non_zero_naming_it() {
     assert_eq!((status, body.trim()), (200, "ready"));
 }
 
+#[tokio::test]
+async fn listeners_on_port_0_are_bound_to_ports_the_system_picks_and_reported_in_the_log_and_status()
+ {
+    let yaml = r#"apiVersion: switchboard.dev/v1alpha1
+kind: GatewayConfig
+listeners:
+  - {name: public, address: "127.0.0.1:0"}
+  - {name: internal, address: "127.0.0.1:0"}
+admin: {address: "127.0.0.1:0"}
+drain: {propagation: 0s, deadline: 5s}
+"#;
+    let gateway = Gateway::start(yaml).await;
+
+    // One `listening` line per listener, each on its own port.
+    let listening = support::listening_lines(&gateway.log());
+    let reported: Vec<(&str, &str)> = listening
+        .iter()
+        .map(|l| (l.role.as_str(), l.name.as_str()))
+        .collect();
+    assert_eq!(
+        reported,
+        [("edge", "public"), ("edge", "internal"), ("admin", "admin")],
+        "{listening:?}"
+    );
+    let ports: std::collections::BTreeSet<u16> = listening.iter().map(|l| l.addr.port()).collect();
+    assert_eq!(ports.len(), 3, "three distinct ports: {listening:?}");
+    assert!(!ports.contains(&0), "{listening:?}");
+
+    // `/status` lists the same addresses.
+    let (status, body) = http_get(gateway.admin(), "/status").await;
+    assert_eq!(status, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
+    let listed: Vec<(String, String, String)> = status["listeners"]
+        .as_array()
+        .expect("/status lists the listeners")
+        .iter()
+        .map(|l| {
+            let field = |k: &str| l[k].as_str().unwrap_or_default().to_owned();
+            (field("role"), field("name"), field("address"))
+        })
+        .collect();
+    let logged: Vec<(String, String, String)> = listening
+        .iter()
+        .map(|l| (l.role.clone(), l.name.clone(), l.addr.to_string()))
+        .collect();
+    assert_eq!(listed, logged);
+
+    // Each edge listener serves on its reported address (no route: 404 from the gateway).
+    for l in listening.iter().filter(|l| l.role == "edge") {
+        let (status, _) = http_get(l.addr, "/nothing-here").await;
+        assert_eq!(status, 404, "{} at {}", l.name, l.addr);
+    }
+}
+
 fn rooms_with_history(public: u16, admin: u16, nats: &str) -> String {
     format!(
         r#"apiVersion: switchboard.dev/v1alpha1

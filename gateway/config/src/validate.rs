@@ -83,13 +83,15 @@ pub fn validate(cfg: &GatewayConfig) -> Vec<Problem> {
                 format!("duplicate listener name `{}`", l.name),
             ));
         }
-        if !addrs.insert(l.address) {
+        // Port 0 asks for a port the system picks, a different one for each listener.
+        let fixed = l.address.port() != 0;
+        if fixed && !addrs.insert(l.address) {
             p.push(Problem::new(
                 format!("{at}.address"),
                 format!("{} is used twice", l.address),
             ));
         }
-        if l.address == cfg.admin.address {
+        if fixed && l.address == cfg.admin.address {
             p.push(Problem::new(
                 format!("{at}.address"),
                 "is the same as admin.address",
@@ -752,6 +754,28 @@ mod tests {
             "routes: [{name: a, path: {value: /ws}, proxy: {backends: []}}, {name: b, path: {value: /ws}, proxy: {backends: []}}]",
         );
         assert!(p.iter().any(|x| x.starts_with("routes[1].path:")), "{p:?}");
+    }
+
+    #[test]
+    fn listeners_on_port_0_may_share_an_address_listeners_on_a_fixed_port_may_not() {
+        let doc = |port: u16| {
+            format!(
+                "apiVersion: switchboard.dev/v1alpha1\nkind: GatewayConfig\nlisteners: [{{name: a, address: '127.0.0.1:{port}'}}, {{name: b, address: '127.0.0.1:{port}'}}]\nadmin: {{address: '127.0.0.1:{port}'}}\n"
+            )
+        };
+        assert!(GatewayConfig::from_yaml(&doc(0)).is_ok());
+        let Err(Error::Invalid(p)) = GatewayConfig::from_yaml(&doc(8080)) else {
+            panic!("two listeners and the admin on 127.0.0.1:8080 must be refused");
+        };
+        let p: Vec<String> = p.into_iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            p,
+            vec![
+                "listeners[0].address: is the same as admin.address",
+                "listeners[1].address: 127.0.0.1:8080 is used twice",
+                "listeners[1].address: is the same as admin.address",
+            ],
+        );
     }
 
     #[test]

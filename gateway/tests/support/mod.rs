@@ -689,8 +689,10 @@ pub struct Gateway {
 
 impl Gateway {
     /// Start the binary with this YAML and wait until `/readyz` answers 200 (up to 20 s).
-    /// `addr()` is the first listener's address and `admin()` the admin address, read from the
-    /// YAML, which must therefore be valid (test bad configs with [`check_config`]).
+    /// `addr()` is the first listener's address and `admin()` the admin address, as the
+    /// gateway reports them once bound (its `listening` log lines): listeners on port 0 get a
+    /// port the system picks, with no race against other processes. The YAML must be valid
+    /// (test bad configs with [`check_config`]).
     pub async fn start(yaml: &str) -> Self {
         Self::start_with_env(yaml, &[]).await
     }
@@ -699,12 +701,12 @@ impl Gateway {
     pub async fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Self {
         let cfg = switchboard_config::GatewayConfig::from_yaml(yaml)
             .unwrap_or_else(|e| panic!("the test's gateway config is invalid: {e}\n{yaml}"));
-        let addr = cfg
+        let first = cfg
             .listeners
             .first()
             .expect("validated config has a listener")
-            .address;
-        let admin = cfg.admin.address;
+            .name
+            .clone();
 
         let dir = tempfile::tempdir().expect("tempdir for the gateway");
         let config_path = dir.path().join("gateway.yaml");
@@ -719,9 +721,13 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
+        // The bound addresses are read from the `listening` lines, whatever else is filtered.
+        let rust_log = env
+            .iter()
+            .find(|(k, _)| *k == "RUST_LOG")
+            .map(|(_, v)| (*v).to_owned())
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .unwrap_or_else(|| "info".to_owned());
         // The log is a file read by people and asserted on by tests: no ANSI colours.
         cmd.env("NO_COLOR", "1");
         // A developer's own OpenTelemetry settings must not make test gateways export (or
@@ -734,19 +740,58 @@ impl Gateway {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        cmd.env(
+            "RUST_LOG",
+            format!("{rust_log},switchboard_gateway::listener=info"),
+        );
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", gateway_bin().display()));
 
+        let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut gw = Self {
             child,
-            addr,
-            admin,
+            addr: unbound,
+            admin: unbound,
             dir,
             exit: None,
         };
-        gw.wait_ready(Duration::from_secs(20)).await;
+        let within = Duration::from_secs(20);
+        let deadline = Instant::now() + within;
+        (gw.addr, gw.admin) = gw.wait_listening(&first, within).await;
+        gw.wait_ready(deadline.saturating_duration_since(Instant::now()))
+            .await;
         gw
+    }
+
+    /// Wait for the `listening` log lines of listener `first` and of the admin listener;
+    /// returns their bound addresses.
+    async fn wait_listening(&mut self, first: &str, within: Duration) -> (SocketAddr, SocketAddr) {
+        let deadline = Instant::now() + within;
+        loop {
+            let listening = listening_lines(&self.log());
+            let find = |role: &str, name: &str| {
+                listening
+                    .iter()
+                    .find(|l| l.role == role && l.name == name)
+                    .map(|l| l.addr)
+            };
+            if let (Some(addr), Some(admin)) = (find("edge", first), find("admin", "admin")) {
+                return (addr, admin);
+            }
+            if let Some(status) = self.try_exit_status() {
+                panic!(
+                    "gateway exited before it was listening ({status}); log tail:\n{}",
+                    self.log_tail(60)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not report its listeners within {within:?}; log tail:\n{}",
+                self.log_tail(60)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn wait_ready(&mut self, within: Duration) {
@@ -867,6 +912,41 @@ impl Drop for Gateway {
             let _ = self.child.wait();
         }
     }
+}
+
+/// One `listening` line of a gateway log: a listener and the address it was bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listening {
+    /// `edge` or `admin`.
+    pub role: String,
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// The `listening` lines of a gateway log, text or JSON (`--log-format json`), in order.
+pub fn listening_lines(log: &str) -> Vec<Listening> {
+    log.lines()
+        .filter_map(|line| {
+            let field = |key: &str| -> Option<String> {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                    return v["fields"][key].as_str().map(str::to_owned);
+                }
+                line.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                    .map(str::to_owned)
+            };
+            let message = match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(v) => v["fields"]["message"].as_str()? == "listening",
+                Err(_) => line.contains("switchboard_gateway::listener: listening "),
+            };
+            message.then_some(())?;
+            Some(Listening {
+                role: field("role")?,
+                name: field("name")?,
+                addr: field("addr")?.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 /// Run `switchboard-gateway --check --config <yaml in a tempfile>`; returns the exit status and
