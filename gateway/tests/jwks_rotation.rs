@@ -16,9 +16,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::json;
+use support::{ConfigBuilder, route};
 use support::{
     EchoServer, Gateway, PROMPTLY, RawResponse, assert_echo, claims, close_normally, eventually,
-    fixture, free_port, http_get, raw_upgrade, sign_rs256,
+    fixture, http_get, raw_upgrade, sign_rs256,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -96,22 +98,14 @@ fn jwk_set(keys: &[serde_json::Value]) -> String {
     serde_json::json!({ "keys": keys }).to_string()
 }
 
-fn config(public: u16, admin: u16, backend: u16, jwks_url: &str) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: jwks
-    path: {{value: /}}
-    jwt: {{keys: [{{jwks: {{url: "{jwks_url}", refresh: 1h, minRefresh: 200ms}}}}]}}
-    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#
-    )
+fn config(backend: u16, jwks_url: &str) -> String {
+    ConfigBuilder::new()
+        .route(
+            route("jwks", "/")
+                .jwt(json!({"keys": [{"jwks": {"url": jwks_url, "refresh": "1h", "minRefresh": "200ms"}}]}))
+                .proxy(&[backend]),
+        )
+        .yaml()
 }
 
 /// A token for `sub` signed with fixture key `key`, header `kid`.
@@ -142,7 +136,7 @@ fn assert_unknown_key(resp: &RawResponse) {
 async fn a_token_with_a_rotated_in_kid_is_accepted_after_an_on_demand_refresh() {
     let echo = EchoServer::start().await;
     let jwks = JwksServer::start(jwk_set(&[rsa_jwk("rsa", "key-a")])).await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port(), &jwks.url)).await;
+    let gateway = Gateway::start(&config(echo.port(), &jwks.url)).await;
     let (token_a, token_b) = (token("rsa", "key-a"), token("rsa2", "key-b"));
 
     assert_eq!(connect(&gateway, &token_a).await.status, 101);
@@ -176,7 +170,7 @@ async fn a_token_with_a_rotated_in_kid_is_accepted_after_an_on_demand_refresh() 
 async fn a_failing_jwks_endpoint_keeps_the_last_good_keys_in_service() {
     let echo = EchoServer::start().await;
     let jwks = JwksServer::start(jwk_set(&[rsa_jwk("rsa", "key-a")])).await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port(), &jwks.url)).await;
+    let gateway = Gateway::start(&config(echo.port(), &jwks.url)).await;
     let token_a = token("rsa", "key-a");
     assert_eq!(connect(&gateway, &token_a).await.status, 101);
 

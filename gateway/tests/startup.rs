@@ -5,22 +5,22 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use serde_json::json;
 use support::nats::NatsServer;
-use support::{Gateway, PROMPTLY, eventually, free_port, gateway_bin, http_get};
+use support::{ConfigBuilder, route};
+use support::{Gateway, PROMPTLY, eventually, gateway_bin, http_get};
 
-fn bare(public: u16, admin: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-"#
-    )
+/// A gateway without routes, its listener and admin at these addresses.
+fn bare(public: SocketAddr, admin: SocketAddr) -> String {
+    ConfigBuilder::new()
+        .listen(public)
+        .set("admin.address", json!(admin.to_string()))
+        .yaml()
 }
 
 /// Run the binary on `yaml` until it exits (panics if it is still running after `within`);
@@ -62,27 +62,27 @@ fn run_to_exit(yaml: &str, within: Duration) -> (Option<i32>, String) {
 
 #[tokio::test]
 async fn a_second_gateway_on_a_busy_address_exits_non_zero_naming_it() {
-    let (public, admin) = (free_port(), free_port());
-    let first = Gateway::start(&bare(public, admin)).await;
+    let first = Gateway::start(&ConfigBuilder::new().yaml()).await;
+    let (public, admin) = (first.addr(), first.admin());
+    let elsewhere = SocketAddr::from(([127, 0, 0, 1], 0));
 
     // Same public port.
-    let second = bare(public, free_port());
+    let second = bare(public, elsewhere);
     let (code, stderr) = tokio::task::spawn_blocking(move || run_to_exit(&second, PROMPTLY))
         .await
         .expect("runner");
     println!("second gateway, same listener: exit {code:?}\n{stderr}");
     assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
-    let expected =
-        format!("cannot listen on 127.0.0.1:{public} (listener public): address already in use");
+    let expected = format!("cannot listen on {public} (listener public): address already in use");
     assert!(stderr.contains(&expected), "{stderr}");
 
     // Same admin port.
-    let second = bare(free_port(), admin);
+    let second = bare(elsewhere, admin);
     let (code, stderr) = tokio::task::spawn_blocking(move || run_to_exit(&second, PROMPTLY))
         .await
         .expect("runner");
     assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
-    let expected = format!("cannot listen on 127.0.0.1:{admin} (admin): address already in use");
+    let expected = format!("cannot listen on {admin} (admin): address already in use");
     assert!(stderr.contains(&expected), "{stderr}");
 
     // The first one never noticed.
@@ -93,15 +93,9 @@ async fn a_second_gateway_on_a_busy_address_exits_non_zero_naming_it() {
 #[tokio::test]
 async fn listeners_on_port_0_are_bound_to_ports_the_system_picks_and_reported_in_the_log_and_status()
  {
-    let yaml = r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners:
-  - {name: public, address: "127.0.0.1:0"}
-  - {name: internal, address: "127.0.0.1:0"}
-admin: {address: "127.0.0.1:0"}
-drain: {propagation: 0s, deadline: 5s}
-"#;
-    let gateway = Gateway::start(yaml).await;
+    let yaml = ConfigBuilder::new().listener("internal", json!({})).yaml();
+    assert!(yaml.matches("127.0.0.1:0").count() == 3, "{yaml}");
+    let gateway = Gateway::start(&yaml).await;
 
     // One `listening` line per listener, each on its own port.
     let listening = support::listening_lines(&gateway.log());
@@ -144,32 +138,26 @@ drain: {propagation: 0s, deadline: 5s}
     }
 }
 
-fn rooms_with_history(public: u16, admin: u16, nats: &str) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-bus:
-  nats: {{urls: ["{nats}"], subjectPrefix: sbstart}}
-routes:
-  - name: chat
-    path: {{value: /chat}}
-    mode: rooms
-    rooms:
-      join: ["chat:*"]
-      publish: ["chat:*"]
-      history: {{maxMessages: 100, maxAge: 10m}}
-    drain: {{window: 0s}}
-"#
-    )
+fn rooms_with_history(nats: &str) -> String {
+    ConfigBuilder::new()
+        .nats(nats, "sbstart")
+        .route(
+            route("chat", "/chat")
+                .rooms(json!({
+                    "join": ["chat:*"],
+                    "publish": ["chat:*"],
+                    "history": {"maxMessages": 100, "maxAge": "10m"},
+                }))
+                .unset("keepalive")
+                .drain(json!({"window": "0s"})),
+        )
+        .yaml()
 }
 
 #[tokio::test]
 async fn a_gateway_with_nats_and_history_starts_without_an_error_and_creates_the_stream() {
     let nats = NatsServer::start();
-    let gateway = Gateway::start(&rooms_with_history(free_port(), free_port(), &nats.url())).await;
+    let gateway = Gateway::start(&rooms_with_history(&nats.url())).await;
 
     eventually("NATS connected in the log", PROMPTLY, || async {
         gateway.log().contains("NATS connected")

@@ -16,10 +16,14 @@
 #![allow(dead_code)]
 
 pub mod autobahn;
+pub mod config;
 pub mod held_app;
 pub mod nats;
 pub mod room_client;
 pub mod rooms;
+
+#[allow(unused_imports)] // Each test binary uses a different part.
+pub use config::{ConfigBuilder, RouteBuilder, jwt_hs256, jwt_rsa_file, proxy_config, route};
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -653,31 +657,6 @@ pub fn gateway_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchboard-gateway")))
 }
 
-/// A proxy config: one public listener, the admin listener, one `Prefix /` route named `echo`
-/// to `backends`, limits generous enough for Autobahn, keep-alive pings off.
-pub fn proxy_config(public: u16, admin: u16, backends: &[u16]) -> String {
-    let backends = backends
-        .iter()
-        .map(|p| format!("{{address: \"127.0.0.1:{p}\"}}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: echo
-    path: {{type: Prefix, value: /}}
-    proxy: {{backends: [{backends}]}}
-    limits: {{maxMessageBytes: {MAX_MESSAGE_BYTES}, messagesPerSecond: 100000, messageBurst: 100000}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#
-    )
-}
-
 /// A running `switchboard-gateway --config <tempfile>`; killed on drop.
 pub struct Gateway {
     child: Child,
@@ -823,6 +802,15 @@ impl Gateway {
     /// The first listener's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address listener `name` was bound to (from its `listening` log line).
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        listening_lines(&self.log())
+            .into_iter()
+            .find(|l| l.role == "edge" && l.name == name)
+            .map(|l| l.addr)
+            .unwrap_or_else(|| panic!("no listener {name:?} in the gateway log"))
     }
 
     /// The admin listener's address.
@@ -1069,15 +1057,6 @@ pub fn claims(sub: &str, ttl_secs: i64, extra: serde_json::Value) -> serde_json:
 /// A token for `sub`, valid for 10 minutes, signed with the `rsa` fixture key (no `kid`).
 pub fn token_for(sub: &str) -> String {
     sign_rs256("rsa", None, &claims(sub, 600, serde_json::json!({})))
-}
-
-/// YAML flow mapping of a `jwt` section verifying RS256 tokens with `fixtures/keys/rsa.pub.pem`.
-/// `extra` is inserted as more keys (e.g. `"audiences: [switchboard], "`).
-pub fn jwt_rsa_file(extra: &str) -> String {
-    format!(
-        "{{{extra}keys: [{{file: {{algorithm: RS256, path: \"{}\"}}}}]}}",
-        fixture("keys/rsa.pub.pem").display()
-    )
 }
 
 // --- WebSocket client helpers ---------------------------------------------------------------
@@ -1398,9 +1377,4 @@ pub fn sign_hs256(claims: &serde_json::Value) -> String {
         &key,
     )
     .expect("sign a test token")
-}
-
-/// YAML flow mapping of a `jwt` section verifying HS256 tokens signed with [`HS256_SECRET`].
-pub fn jwt_hs256(extra: &str) -> String {
-    format!("{{{extra}keys: [{{inline: {{algorithm: HS256, secret: \"{HS256_SECRET}\"}}}}]}}")
 }
