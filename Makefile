@@ -26,10 +26,14 @@ test:
 	@bash scripts/setup.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# Licenses, bans and sources (deny.toml). Not advisories: that database is fetched from
+	@# GitHub, which the build machines cannot reach; run `cargo deny check advisories` where it is.
+	$(CARGO) deny check --hide-inclusion-graph licenses bans sources
 	@$(MAKE) --no-print-directory check-examples
 	python3 operator/tests/validate_examples.py
 	IMAGE_PROFILE=debug IMAGE_TAG=test bash scripts/image.sh
 	SWITCHBOARD_CHART_TESTS_STRICT=1 .venv-chart/bin/python -m pytest -p no:cacheprovider -q charts/tests
+	cd clients/js && npm test
 	$(CARGO) test --workspace --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "$(CARGO) nextest run --workspace --no-fail-fast"; \

@@ -12,9 +12,13 @@
 #     full only); podman and runc (the container image build and tests, full only: podman runs
 #     containers with runc here, since crun fails on hybrid cgroups)
 #   - rustup components rustfmt and clippy (reported, not fatal, if rustup cannot fetch them)
+#   - cargo-deny (cargo install from crates.io, full only): `make test` checks deny.toml with it
 #   - e2e/browser/node_modules: playwright-core (npm) driving the system Chromium (full only)
 #   - e2e/socketio/node_modules: socket.io and socket.io-client (npm) for the Socket.IO migration
 #     test, gateway/tests/socketio.rs (full only)
+#   - clients/js/node_modules: typescript and esbuild (npm) to build and size the JS client (full only)
+#   - e2e/proto/node_modules: protobufjs and ws (npm) for the Node client of the binary room
+#     protocol, gateway/tests/rooms_proto_node.rs (full only)
 #   - .venv-chart/: the Helm chart tests' Python packages, charts/tests/requirements.txt (full only)
 #   - .venv-autobahn/: Autobahn|Testsuite (`wstest`) in a Python 2.7 virtualenv (full only);
 #     Python 2.7 is pyenv's 2.7.18, or $SWITCHBOARD_PYTHON2.
@@ -34,6 +38,9 @@ case "${1:-}" in
         exit 64
         ;;
 esac
+
+# Pinned so every machine checks deny.toml with the same rules.
+CARGO_DENY_VERSION=0.20.2
 
 LOG="$(mktemp -t switchboard-setup.XXXXXX)"
 trap 'rm -f "$LOG"' EXIT
@@ -98,6 +105,12 @@ fi
 if [ "$MODE" = full ] && ! cargo nextest --version >/dev/null 2>&1; then
     say "note: cargo-nextest not found; \`make test\` falls back to \`cargo test\`"
 fi
+# cargo-deny: `make test` checks the dependency graph's licenses, bans and sources (deny.toml).
+if [ "$MODE" = full ] && ! cargo deny --version >/dev/null 2>&1; then
+    say "installing cargo-deny ${CARGO_DENY_VERSION} (cargo install from crates.io, a few minutes)"
+    cargo install --locked --quiet "cargo-deny@${CARGO_DENY_VERSION}" >>"$LOG" 2>&1 ||
+        fail "cargo install cargo-deny@${CARGO_DENY_VERSION}"
+fi
 
 [ "$MODE" = gateway ] && exit 0
 
@@ -120,6 +133,28 @@ if [ ! -f "$SOCKETIO_DIR/node_modules/socket.io/package.json" ] ||
     say "installing socket.io and socket.io-client into e2e/socketio/node_modules (npm)"
     (cd "$SOCKETIO_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
         fail "npm ci in e2e/socketio"
+fi
+
+# --- The TypeScript client: typescript + esbuild (pinned in clients/js) ---------------------------
+
+CLIENT_JS_DIR="$ROOT/clients/js"
+if [ ! -f "$CLIENT_JS_DIR/node_modules/typescript/package.json" ] ||
+    [ ! -f "$CLIENT_JS_DIR/node_modules/esbuild/package.json" ]; then
+    have npm || fail "npm not found (the JS client needs Node.js and npm)"
+    say "installing typescript and esbuild into clients/js/node_modules (npm)"
+    (cd "$CLIENT_JS_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
+        fail "npm ci in clients/js"
+fi
+
+# --- Binary room protocol from Node: protobufjs + ws (pinned in e2e/proto) ----------------------
+
+PROTO_DIR="$ROOT/e2e/proto"
+if [ ! -f "$PROTO_DIR/node_modules/protobufjs/package.json" ] ||
+    [ ! -f "$PROTO_DIR/node_modules/ws/package.json" ]; then
+    have npm || fail "npm not found (the protobuf Node test needs Node.js and npm)"
+    say "installing protobufjs and ws into e2e/proto/node_modules (npm)"
+    (cd "$PROTO_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
+        fail "npm ci in e2e/proto"
 fi
 
 # --- CRD schema check: jsonschema + PyYAML for operator/tests/validate_examples.py ----------------

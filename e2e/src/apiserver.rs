@@ -229,7 +229,7 @@ pub struct ApiServer {
 impl ApiServer {
     /// Bind `127.0.0.1:0` and serve until dropped.
     pub async fn start() -> std::io::Result<Self> {
-        Self::bind("127.0.0.1:0".parse().expect("literal address")).await
+        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
     /// Bind `addr` and serve until dropped.
@@ -545,7 +545,9 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
             if !target.is_object() {
                 *target = json!({});
             }
-            let map = target.as_object_mut().expect("made an object above");
+            let Value::Object(map) = target else {
+                return; // made an object just above
+            };
             for (k, v) in fields {
                 if v.is_null() {
                     map.remove(k);

@@ -4,6 +4,13 @@
 //!
 //! Test code: failures panic with a message.
 
+// The one place outside `#[cfg(test)]` code where `expect` is the right call: every function
+// here runs inside a test, where a failed setup must fail that test, saying what failed.
+#![allow(
+    clippy::expect_used,
+    reason = "test harness: a failed setup fails the test with this message"
+)]
+
 use std::fs::File;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};

@@ -9,5 +9,7 @@
 //! binaries against the stand-in. `cargo nextest run --workspace` builds the binaries and runs
 //! it; `cargo run -p switchboard-e2e --bin apiserver-standin` serves the stand-in on its own.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod apiserver;
 pub mod harness;

@@ -12,6 +12,8 @@
 //! prints `SKIPPED: <reason>` and passes — unless `SWITCHBOARD_IMAGE_TESTS_STRICT=1` (CI:
 //! `make test` sets it), where that is a failure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -30,6 +30,8 @@
 //! Timings are printed (`--no-capture` shows them), never asserted. Process logs go to a
 //! temporary directory, printed when the test fails; `SWITCHBOARD_E2E_KEEP=1` keeps it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};

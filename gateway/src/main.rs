@@ -53,6 +53,8 @@ fn main() -> ExitCode {
     };
     // One crypto provider for every rustls user in the process (TLS listener, JWKS client).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The same ring verifies JWT signatures (~4x faster than the RustCrypto default).
+    switchboard_gateway::auth::crypto::install();
 
     let loaded = match &args.kube_snapshot {
         Some(_) => kubernetes::bootstrap(args.config.as_deref()),

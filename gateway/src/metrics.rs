@@ -51,6 +51,9 @@ pub struct Metrics {
     pub route_compile_failures: IntGaugeVec,
     /// `switchboard_jwks_fetches_total{result}`
     pub jwks_fetches: IntCounterVec,
+    /// `switchboard_jwt_verify_cache_total{result}`: token verifications answered from the
+    /// route's verified-token cache (`hit`) or by checking the signature (`miss`).
+    pub jwt_cache: IntCounterVec,
     /// `switchboard_http_requests_total{route,status}` for proxied plain HTTP
     pub http_requests: IntCounterVec,
     /// `switchboard_room_deliveries_total`: room messages queued to members on this pod
@@ -250,6 +253,12 @@ impl Metrics {
                 &registry,
                 "switchboard_jwks_fetches_total",
                 "JWKS fetches",
+                &["result"],
+            ),
+            jwt_cache: counter_vec(
+                &registry,
+                "switchboard_jwt_verify_cache_total",
+                "Token verifications: hit = answered from the verified-token cache, miss = signature checked",
                 &["result"],
             ),
             http_requests: counter_vec(

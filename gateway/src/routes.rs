@@ -142,14 +142,24 @@ impl RouteTable {
                         },
                         None => Serving::None,
                     };
-                    match last_good {
-                        Some(c) => table.kept.push(c),
-                        None => table.unprogrammed.push(Unprogrammed {
+                    // The failing version's hosts and path are held for the route (answered
+                    // `route_not_programmed`) so they never fall through to a shorter route
+                    // with other auth; a kept last good version keeps serving its own.
+                    let moved = last_good.as_ref().is_none_or(|c| {
+                        c.cfg.hosts != r.hosts
+                            || c.cfg.path.kind != r.path.kind
+                            || c.cfg.path.value != r.path.value
+                    });
+                    if moved {
+                        table.unprogrammed.push(Unprogrammed {
                             name: r.name.clone(),
                             hosts: r.hosts.clone(),
                             kind: r.path.kind,
                             path: r.path.value.clone(),
-                        }),
+                        });
+                    }
+                    if let Some(c) = last_good {
+                        table.kept.push(c);
                     }
                     table.failures.push(RouteFailure {
                         route: r.name.clone(),
@@ -473,6 +483,27 @@ mod tests {
         assert!(
             matches!(fixed.lookup(None, "/broken"), Some(Matched::Route(r)) if !Arc::ptr_eq(&r, &before))
         );
+    }
+
+    #[test]
+    fn a_route_kept_at_its_last_good_version_also_holds_the_new_path_it_failed_to_take() {
+        let good_pem = include_str!("../tests/fixtures/keys/rsa.pub.pem");
+        let with_root = |routes: String| {
+            format!(
+                "[{{name: root, path: {{value: /}}, proxy: {{backends: []}}}}, {}]",
+                routes.trim_start_matches('[').trim_end_matches(']')
+            )
+        };
+        let first = compile(&with_root(broken_and_good(good_pem)), &no_files);
+        // The broken route's new version moves it to /moved and fails: /moved must not fall
+        // through to `root` (other auth), and the old path keeps its last good version.
+        let edited = with_root(broken_and_good(TRUNCATED_PEM).replace("/broken", "/moved"));
+        let second = compile_after(&edited, &no_files, Some(&first));
+        assert!(
+            matches!(second.lookup(None, "/moved/x"), Some(Matched::NotProgrammed(n)) if n == "broken"),
+            "the new path is held for the route, not served by a shorter one"
+        );
+        assert_eq!(name(&second, None, "/broken").as_deref(), Some("broken"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -29,15 +30,17 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use switchboard_config::GatewayConfig;
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{RealtimeRoute, RealtimeRouteStatus};
 use crate::compile::{self, Refs, Verdict};
 use crate::conditions::{self, Desired, reasons, types};
-use crate::fleet::{self, Fleet, Poller};
+use crate::fleet::{self, Fleet};
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::plan::{self, Limits};
@@ -411,17 +414,6 @@ async fn drive<K>(
     }
 }
 
-fn route_apis(client: &Client, namespaces: &[String]) -> Vec<Api<RealtimeRoute>> {
-    if namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect()
-    }
-}
-
 fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
@@ -437,6 +429,34 @@ where
     }
 }
 
+/// Watch every API in `apis` into a cache of its own, each watch driven by a task in `tasks`
+/// that triggers a pass on events `relevant` says matter (and once the cache has listed).
+fn watch<K>(
+    tasks: &mut JoinSet<()>,
+    apis: Vec<Api<K>>,
+    config: &watcher::Config,
+    kind: &'static str,
+    relevant: impl Fn(&K) -> bool + Clone + Send + 'static,
+    trigger: &Arc<Notify>,
+) -> Vec<Store<K>>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    apis.into_iter()
+        .map(|api| {
+            let (reader, writer) = reflector::store();
+            let stream =
+                reflector::reflector(writer, watcher(api, config.clone()).default_backoff());
+            tasks.spawn(
+                drive(kind, stream, relevant.clone(), trigger.clone())
+                    .instrument(info_span!("watch", kind)),
+            );
+            reader
+        })
+        .collect()
+}
+
 fn collect<K>(stores: &[Store<K>]) -> Vec<K>
 where
     K: kube::Resource + Clone + 'static,
@@ -447,6 +467,121 @@ where
         .flat_map(|s| s.state())
         .map(|o| (*o).clone())
         .collect()
+}
+
+/// The watch caches a pass reads its world from.
+struct Caches {
+    routes: Vec<Store<RealtimeRoute>>,
+    services: Vec<Store<Service>>,
+    secrets: Vec<Store<Secret>>,
+    /// The gateway admin Service's EndpointSlices, when one is configured.
+    slices: Option<Store<EndpointSlice>>,
+}
+
+impl Caches {
+    /// Start the watches: routes, the Services and Secrets routes name (an event for one no
+    /// route names triggers nothing), and the gateway admin Service's EndpointSlices.
+    fn start(
+        client: &Client,
+        s: &RunSettings,
+        tasks: &mut JoinSet<()>,
+        trigger: &Arc<Notify>,
+    ) -> Self {
+        let all = watcher::Config::default();
+        let routes = watch(
+            tasks,
+            apis::<RealtimeRoute>(client, &s.namespaces),
+            &all,
+            "RealtimeRoute",
+            |_| true,
+            trigger,
+        );
+        let named_by = |pick: fn(&RealtimeRoute, &(String, String)) -> bool| {
+            let routes = routes.clone();
+            move |meta: &ObjectMeta| {
+                let key = (
+                    meta.namespace.clone().unwrap_or_default(),
+                    meta.name.clone().unwrap_or_default(),
+                );
+                routes
+                    .iter()
+                    .flat_map(|r| r.state())
+                    .any(|rt| pick(&rt, &key))
+            }
+        };
+        let service_named =
+            named_by(|rt, key| compile::referenced_service(rt).as_ref() == Some(key));
+        let services = watch(
+            tasks,
+            apis::<Service>(client, &s.namespaces),
+            &all,
+            "Service",
+            move |svc: &Service| service_named(&svc.metadata),
+            trigger,
+        );
+        let secret_named = named_by(|rt, key| compile::referenced_secrets(rt).contains(key));
+        let secrets = watch(
+            tasks,
+            apis::<Secret>(client, &s.namespaces),
+            &all.clone().fields(&s.secret_field_selector),
+            "Secret",
+            move |sec: &Secret| secret_named(&sec.metadata),
+            trigger,
+        );
+        // Gateways come and go: the poller notices through the cache; no pass needed here.
+        let slices = s.gateway_admin_service.as_ref().and_then(|(ns, name)| {
+            let labels = format!("kubernetes.io/service-name={name}");
+            watch(
+                tasks,
+                vec![Api::<EndpointSlice>::namespaced(client.clone(), ns)],
+                &all.clone().labels(&labels),
+                "EndpointSlice",
+                |_| false,
+                trigger,
+            )
+            .pop()
+        });
+        Self {
+            routes,
+            services,
+            secrets,
+            slices,
+        }
+    }
+
+    /// Resolves once every cache has listed.
+    fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        async fn all<K>(stores: Vec<Store<K>>)
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            for st in &stores {
+                st.wait_until_ready().await.ok();
+            }
+        }
+        let (routes, services, secrets) = (
+            self.routes.clone(),
+            self.services.clone(),
+            self.secrets.clone(),
+        );
+        let slices: Vec<_> = self.slices.iter().cloned().collect();
+        async move {
+            all(routes).await;
+            all(services).await;
+            all(secrets).await;
+            all(slices).await;
+        }
+    }
+
+    /// What a pass plans from: the cached routes and the objects they name, and `fleet`.
+    fn world(&self, fleet: Fleet) -> World {
+        World {
+            routes: collect(&self.routes),
+            refs: refs_from(&collect(&self.services), &collect(&self.secrets)),
+            fleet,
+        }
+    }
 }
 
 /// Copy Services and Secrets out of the caches.
@@ -484,6 +619,88 @@ pub fn refs_from(services: &[Service], secrets: &[Secret]) -> Refs {
     refs
 }
 
+/// What wakes the pass loop.
+struct Signals {
+    /// A relevant watch event, or the caches becoming ready.
+    trigger: Arc<Notify>,
+    /// New gateway readings.
+    fleet: watch::Receiver<Fleet>,
+    /// Leadership gained or lost.
+    leader: watch::Receiver<bool>,
+    /// The shutdown root.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Run reconcile passes until shutdown: after a trigger, a fleet or leadership change (each
+/// debounced) or the resync interval; only while leading and once the caches are ready. A
+/// failed pass is retried after [`error_policy`]'s back-off.
+async fn passes(
+    ctx: &Context,
+    caches: &Caches,
+    signals: Signals,
+    health: &crate::admin::Health,
+    s: &RunSettings,
+) {
+    let Signals {
+        trigger,
+        fleet: mut fleet_rx,
+        leader: mut leader_rx,
+        mut shutdown,
+    } = signals;
+    let mut failures: u32 = 0;
+    let mut was_leader = false;
+    let mut next = tokio::time::Instant::now() + s.resync_interval;
+    loop {
+        tokio::select! {
+            _ = trigger.notified() => {}
+            Ok(()) = fleet_rx.changed() => {}
+            Ok(()) = leader_rx.changed() => {}
+            _ = tokio::time::sleep_until(next) => {}
+            _ = shutdown.changed() => break,
+        }
+        // Debounce: let a burst of events (a list, a kubectl apply of many objects) settle.
+        tokio::select! {
+            _ = tokio::time::sleep(StdDuration::from_millis(100)) => {}
+            _ = shutdown.changed() => break,
+        }
+        next = tokio::time::Instant::now() + s.resync_interval;
+        let is_leader = *leader_rx.borrow_and_update();
+        if is_leader != was_leader {
+            was_leader = is_leader;
+            ctx.metrics.leader.set(i64::from(is_leader));
+            // Another replica may have written statuses while we were not leading.
+            ctx.forget_written();
+            info!(leader = is_leader, "leadership changed");
+        }
+        if !is_leader || !health.is_ready() {
+            continue;
+        }
+        let world = caches.world(fleet_rx.borrow().clone());
+        match reconcile(ctx, &world, Timestamp::now())
+            .instrument(info_span!("reconcile", routes = world.routes.len()))
+            .await
+        {
+            Ok(report) => {
+                failures = 0;
+                debug!(?report, "reconciled");
+                if report.pending {
+                    next = tokio::time::Instant::now() + s.poll_interval;
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                ctx.metrics
+                    .reconcile_errors
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
+                let delay = error_policy(&e, failures);
+                warn!(error = %e, failures, retry_in = ?delay, "reconcile failed");
+                next = tokio::time::Instant::now() + delay;
+            }
+        }
+    }
+}
+
 /// Run the operator until `shutdown` fires: watches, leader election, gateway polling and the
 /// reconcile loop. Returns after releasing the Lease.
 pub async fn run(
@@ -492,181 +709,43 @@ pub async fn run(
     s: RunSettings,
     metrics: Metrics,
     health: crate::admin::Health,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let trigger = Arc::new(Notify::new());
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = JoinSet::new();
+    let caches = Caches::start(&client, &s, &mut tasks, &trigger);
 
-    // Watches -> caches -> triggers.
-    let mut route_stores = Vec::new();
-    for api in route_apis(&client, &s.namespaces) {
-        let (reader, writer) = reflector::store();
-        let stream = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
-        );
-        route_stores.push(reader);
-        tasks.spawn(
-            drive("realtimeroutes", stream, |_| true, trigger.clone())
-                .instrument(info_span!("watch", kind = "RealtimeRoute")),
-        );
-    }
-    let mut service_stores = Vec::new();
-    for api in apis::<Service>(&client, &s.namespaces) {
-        let (reader, writer) = reflector::store();
-        let stream = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
-        );
-        service_stores.push(reader);
-        let routes = route_stores.clone();
-        let relevant = move |svc: &Service| {
-            let key = (
-                svc.metadata.namespace.clone().unwrap_or_default(),
-                svc.metadata.name.clone().unwrap_or_default(),
-            );
-            routes
-                .iter()
-                .flat_map(|r| r.state())
-                .any(|rt| compile::referenced_service(&rt).as_ref() == Some(&key))
-        };
-        tasks.spawn(
-            drive("services", stream, relevant, trigger.clone())
-                .instrument(info_span!("watch", kind = "Service")),
-        );
-    }
-    let mut secret_stores = Vec::new();
-    for api in apis::<Secret>(&client, &s.namespaces) {
-        let (reader, writer) = reflector::store();
-        let config = watcher::Config::default().fields(&s.secret_field_selector);
-        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-        secret_stores.push(reader);
-        let routes = route_stores.clone();
-        let relevant = move |sec: &Secret| {
-            let key = (
-                sec.metadata.namespace.clone().unwrap_or_default(),
-                sec.metadata.name.clone().unwrap_or_default(),
-            );
-            routes
-                .iter()
-                .flat_map(|r| r.state())
-                .any(|rt| compile::referenced_secrets(&rt).contains(&key))
-        };
-        tasks.spawn(
-            drive("secrets", stream, relevant, trigger.clone())
-                .instrument(info_span!("watch", kind = "Secret")),
-        );
-    }
-    let mut slice_store: Option<Store<EndpointSlice>> = None;
-    if let Some((ns, name)) = &s.gateway_admin_service {
-        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-        let config =
-            watcher::Config::default().labels(&format!("kubernetes.io/service-name={name}"));
-        let (reader, writer) = reflector::store();
-        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-        slice_store = Some(reader);
-        // Gateways come and go: the poller notices through the cache; no pass needed here.
-        tasks.spawn(
-            drive("endpointslices", stream, |_| false, trigger.clone())
-                .instrument(info_span!("watch", kind = "EndpointSlice")),
-        );
-    }
-
-    // Leader election.
-    let (leader_tx, mut leader_rx) = watch::channel(false);
+    let (leader_tx, leader_rx) = watch::channel(false);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &s.lease.namespace);
     let leader_task = tokio::spawn(
         leader::run(leases, s.lease.clone(), leader_tx, shutdown.clone())
             .instrument(info_span!("leader")),
     );
 
-    // Gateway polling.
-    let configured = s.gateway_admin_service.is_some() || !s.gateway_status_urls.is_empty();
-    let (fleet_tx, mut fleet_rx) = watch::channel(Fleet {
-        configured,
+    let gateways = fleet::Sources {
+        urls: s.gateway_status_urls.clone(),
+        slices: caches.slices.clone(),
+        port_name: s.gateway_admin_port_name.clone(),
+    };
+    let (fleet_tx, fleet_rx) = watch::channel(Fleet {
+        configured: s.gateway_admin_service.is_some() || !s.gateway_status_urls.is_empty(),
         gateways: BTreeMap::new(),
     });
-    {
-        let mut stop = shutdown.clone();
-        let statics = s.gateway_status_urls.clone();
-        let port_name = s.gateway_admin_port_name.clone();
-        let interval = s.poll_interval;
-        let metrics = metrics.clone();
-        let slices = slice_store.clone();
-        tasks.spawn(
-            async move {
-                let poller = Poller::new(StdDuration::from_secs(1).min(interval));
-                loop {
-                    let mut urls = statics.clone();
-                    if let Some(store) = &slices {
-                        let all: Vec<EndpointSlice> =
-                            store.state().iter().map(|s| (**s).clone()).collect();
-                        urls.extend(fleet::status_urls(&all, &port_name));
-                    }
-                    urls.sort();
-                    urls.dedup();
-                    let gateways = poller.poll_all(&urls).await;
-                    let (mut serving, mut unready, mut unreachable) = (0, 0, 0);
-                    for r in gateways.values() {
-                        match r {
-                            Ok(g) if g.ready => serving += 1,
-                            Ok(_) => unready += 1,
-                            Err(_) => unreachable += 1,
-                        }
-                    }
-                    metrics
-                        .gateways
-                        .with_label_values(&["serving"])
-                        .set(serving);
-                    metrics
-                        .gateways
-                        .with_label_values(&["unready"])
-                        .set(unready);
-                    metrics
-                        .gateways
-                        .with_label_values(&["unreachable"])
-                        .set(unreachable);
-                    fleet_tx.send_if_modified(|f| {
-                        let changed = f.gateways != gateways;
-                        f.gateways = gateways;
-                        changed
-                    });
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = stop.changed() => break,
-                    }
-                }
-            }
-            .instrument(info_span!("gateway_poller")),
-        );
-    }
+    tasks.spawn(
+        fleet::poll(
+            gateways,
+            s.poll_interval,
+            metrics.clone(),
+            fleet_tx,
+            shutdown.clone(),
+        )
+        .instrument(info_span!("gateway_poller")),
+    );
 
-    // Readiness: every cache has listed once.
     {
-        let stores_ready = {
-            let routes = route_stores.clone();
-            let services = service_stores.clone();
-            let secrets = secret_stores.clone();
-            let slices = slice_store.clone();
-            async move {
-                for st in &routes {
-                    st.wait_until_ready().await.ok();
-                }
-                for st in &services {
-                    st.wait_until_ready().await.ok();
-                }
-                for st in &secrets {
-                    st.wait_until_ready().await.ok();
-                }
-                if let Some(st) = &slices {
-                    st.wait_until_ready().await.ok();
-                }
-            }
-        };
-        let health = health.clone();
-        let trigger = trigger.clone();
+        let (ready, health, trigger) = (caches.ready(), health.clone(), trigger.clone());
         tasks.spawn(async move {
-            stores_ready.await;
+            ready.await;
             info!("watch caches synced");
             health.set_ready(true);
             trigger.notify_one();
@@ -690,62 +769,13 @@ pub async fn run(
         written: Arc::default(),
     };
 
-    let mut failures: u32 = 0;
-    let mut was_leader = false;
-    let mut next = tokio::time::Instant::now() + s.resync_interval;
-    loop {
-        tokio::select! {
-            _ = trigger.notified() => {}
-            Ok(()) = fleet_rx.changed() => {}
-            Ok(()) = leader_rx.changed() => {}
-            _ = tokio::time::sleep_until(next) => {}
-            _ = shutdown.changed() => break,
-        }
-        // Debounce: let a burst of events (a list, a kubectl apply of many objects) settle.
-        tokio::select! {
-            _ = tokio::time::sleep(StdDuration::from_millis(100)) => {}
-            _ = shutdown.changed() => break,
-        }
-        next = tokio::time::Instant::now() + s.resync_interval;
-        let is_leader = *leader_rx.borrow_and_update();
-        if is_leader != was_leader {
-            was_leader = is_leader;
-            metrics.leader.set(i64::from(is_leader));
-            // Another replica may have written statuses while we were not leading.
-            ctx.forget_written();
-            info!(leader = is_leader, "leadership changed");
-        }
-        if !is_leader || !health.is_ready() {
-            continue;
-        }
-        let world = World {
-            routes: collect(&route_stores),
-            refs: refs_from(&collect(&service_stores), &collect(&secret_stores)),
-            fleet: fleet_rx.borrow().clone(),
-        };
-        match reconcile(&ctx, &world, Timestamp::now())
-            .instrument(info_span!("reconcile", routes = world.routes.len()))
-            .await
-        {
-            Ok(report) => {
-                failures = 0;
-                debug!(?report, "reconciled");
-                if report.pending {
-                    next = tokio::time::Instant::now() + s.poll_interval;
-                }
-            }
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                ctx.metrics
-                    .reconcile_errors
-                    .with_label_values(&[e.metric_label()])
-                    .inc();
-                let delay = error_policy(&e, failures);
-                warn!(error = %e, failures, retry_in = ?delay, "reconcile failed");
-                next = tokio::time::Instant::now() + delay;
-            }
-        }
-    }
+    let signals = Signals {
+        trigger,
+        fleet: fleet_rx,
+        leader: leader_rx,
+        shutdown,
+    };
+    passes(&ctx, &caches, signals, &health, &s).await;
 
     info!("shutting down: releasing leadership and stopping watches");
     // The leader task releases the Lease when it sees the shutdown signal; wait for that (an
@@ -760,224 +790,4 @@ pub async fn run(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fixtures::{Scenario, test_context, timeout_after_1s, world_for};
-
-    #[test]
-    fn error_backoff_grows_exponentially_with_jitter_and_is_capped() {
-        let e = Error::Settings("x".into());
-        for _ in 0..50 {
-            let first = error_policy(&e, 1);
-            assert!(
-                first >= StdDuration::from_millis(800) && first <= StdDuration::from_millis(1200),
-                "{first:?}"
-            );
-            let fourth = error_policy(&e, 4);
-            assert!(
-                fourth >= StdDuration::from_millis(6400)
-                    && fourth <= StdDuration::from_millis(9600),
-                "{fourth:?}"
-            );
-            let many = error_policy(&e, 1000);
-            assert!(many <= StdDuration::from_secs(360), "{many:?}");
-            assert!(many >= StdDuration::from_secs(240), "{many:?}");
-        }
-    }
-
-    #[test]
-    fn only_programmed_true_makes_an_event_among_programmed_transitions() {
-        let t = |type_: &str, status, reason: &str| conditions::Transition {
-            type_: type_.into(),
-            status,
-            reason: reason.into(),
-            message: "m".into(),
-        };
-        assert!(event_for(&t(types::PROGRAMMED, false, reasons::PENDING)).is_none());
-        assert!(event_for(&t(types::PROGRAMMED, false, reasons::NOT_ACCEPTED)).is_none());
-        let ev = event_for(&t(types::ACCEPTED, false, reasons::CONFLICTED)).unwrap();
-        assert_eq!(ev.type_, EventType::Warning);
-        assert_eq!(ev.reason, "Conflicted");
-        let ev = event_for(&t(types::PROGRAMMED, true, reasons::PROGRAMMED)).unwrap();
-        assert_eq!(ev.type_, EventType::Normal);
-    }
-
-    #[test]
-    fn long_event_notes_are_cut_on_a_character_boundary() {
-        let ev = event_for(&conditions::Transition {
-            type_: types::ACCEPTED.into(),
-            status: false,
-            reason: reasons::INVALID.into(),
-            message: "é".repeat(800),
-        })
-        .unwrap();
-        assert!(ev.note.unwrap().len() <= 1000);
-    }
-
-    #[tokio::test]
-    async fn a_valid_route_is_accepted_written_and_reported() {
-        let (ctx, server) = test_context();
-        let world = world_for(Scenario::Accepted);
-        let mock = server.run(Scenario::Accepted);
-        let report = reconcile(&ctx, &world, crate::fixtures::now())
-            .await
-            .unwrap();
-        timeout_after_1s(mock).await;
-        assert_eq!(report.generation, 1);
-        assert!(report.snapshot_written);
-        assert_eq!(report.statuses_patched, 1);
-        assert!(report.pending);
-    }
-
-    #[tokio::test]
-    async fn the_newer_of_two_conflicting_routes_is_conflicted() {
-        let (ctx, server) = test_context();
-        let world = world_for(Scenario::Conflicted);
-        let mock = server.run(Scenario::Conflicted);
-        let report = reconcile(&ctx, &world, crate::fixtures::now())
-            .await
-            .unwrap();
-        timeout_after_1s(mock).await;
-        assert_eq!(report.statuses_patched, 2);
-    }
-
-    #[tokio::test]
-    async fn missing_refs_are_reported_and_a_missing_secret_keeps_the_route_out() {
-        let (ctx, server) = test_context();
-        let world = world_for(Scenario::MissingRefs);
-        let mock = server.run(Scenario::MissingRefs);
-        reconcile(&ctx, &world, crate::fixtures::now())
-            .await
-            .unwrap();
-        timeout_after_1s(mock).await;
-    }
-
-    #[tokio::test]
-    async fn a_truncated_pem_keeps_only_its_route_out_with_the_reason() {
-        let (ctx, server) = test_context();
-        let world = world_for(Scenario::BrokenKey);
-        let mock = server.run(Scenario::BrokenKey);
-        reconcile(&ctx, &world, crate::fixtures::now())
-            .await
-            .unwrap();
-        timeout_after_1s(mock).await;
-    }
-
-    #[tokio::test]
-    async fn an_invalid_route_is_refused_with_the_reason() {
-        let (ctx, server) = test_context();
-        let world = world_for(Scenario::Invalid);
-        let mock = server.run(Scenario::Invalid);
-        reconcile(&ctx, &world, crate::fixtures::now())
-            .await
-            .unwrap();
-        timeout_after_1s(mock).await;
-    }
-
-    #[tokio::test]
-    async fn a_deleted_route_is_removed_from_the_snapshot() {
-        let (ctx, server) = test_context();
-        let world = world_for(Scenario::Deleted);
-        let mock = server.run(Scenario::Deleted);
-        let report = reconcile(&ctx, &world, crate::fixtures::now())
-            .await
-            .unwrap();
-        timeout_after_1s(mock).await;
-        assert_eq!(report.generation, 2);
-        assert_eq!(report.statuses_patched, 0);
-    }
-
-    #[tokio::test]
-    async fn an_unchanged_world_writes_nothing() {
-        let (ctx, server) = test_context();
-        let world = world_for(Scenario::SnapshotUnchanged);
-        let mock = server.run(Scenario::SnapshotUnchanged);
-        let report = reconcile(&ctx, &world, crate::fixtures::now())
-            .await
-            .unwrap();
-        timeout_after_1s(mock).await;
-        assert!(!report.snapshot_written);
-        assert_eq!(report.statuses_patched, 0);
-        assert!(!report.pending);
-    }
-
-    #[tokio::test]
-    async fn a_route_becomes_programmed_once_gateways_report_its_generation() {
-        let (ctx, server) = test_context();
-        let world = world_for(Scenario::Programmed);
-        let mock = server.run(Scenario::Programmed);
-        let report = reconcile(&ctx, &world, crate::fixtures::now())
-            .await
-            .unwrap();
-        timeout_after_1s(mock).await;
-        assert!(!report.snapshot_written);
-        assert_eq!(report.statuses_patched, 1);
-        assert!(!report.pending);
-    }
-
-    #[tokio::test]
-    async fn a_pass_right_after_a_write_does_not_repeat_it_while_the_cache_lags() {
-        let (ctx, server) = test_context();
-        let world = world_for(Scenario::StaleCacheAfterWrite);
-        let mock = server.run(Scenario::StaleCacheAfterWrite);
-        let first = reconcile(&ctx, &world, crate::fixtures::now())
-            .await
-            .unwrap();
-        assert_eq!(first.statuses_patched, 1);
-        // Same (stale) world, a second later: nothing to write.
-        let later = crate::fixtures::now() + k8s_openapi::jiff::SignedDuration::from_secs(1);
-        let second = reconcile(&ctx, &world, later).await.unwrap();
-        timeout_after_1s(mock).await;
-        assert!(!second.snapshot_written);
-        assert_eq!(second.statuses_patched, 0);
-    }
-
-    #[tokio::test]
-    async fn a_write_conflict_on_the_snapshot_fails_the_pass_for_a_retry() {
-        let (ctx, server) = test_context();
-        let world = world_for(Scenario::SnapshotConflict);
-        let mock = server.run(Scenario::SnapshotConflict);
-        let err = reconcile(&ctx, &world, crate::fixtures::now())
-            .await
-            .unwrap_err();
-        timeout_after_1s(mock).await;
-        assert_eq!(err.metric_label(), "conflict");
-        assert!(error_policy(&err, 1) < StdDuration::from_millis(400));
-    }
-
-    #[test]
-    fn refs_from_copies_service_ports_and_secret_data() {
-        use k8s_openapi::ByteString;
-        use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
-        let svc = Service {
-            metadata: kube::api::ObjectMeta {
-                namespace: Some("ns".into()),
-                name: Some("chat".into()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                ports: Some(vec![ServicePort {
-                    port: 80,
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let sec = Secret {
-            metadata: kube::api::ObjectMeta {
-                namespace: Some("ns".into()),
-                name: Some("keys".into()),
-                ..Default::default()
-            },
-            data: Some([("k".to_string(), ByteString(b"v".to_vec()))].into()),
-            ..Default::default()
-        };
-        let refs = refs_from(&[svc], &[sec]);
-        assert_eq!(refs.services[&("ns".into(), "chat".into())], vec![80]);
-        assert_eq!(
-            refs.secrets[&("ns".into(), "keys".into())]["k"],
-            b"v".to_vec()
-        );
-    }
-}
+mod tests;

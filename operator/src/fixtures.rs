@@ -2,7 +2,6 @@
 //! each [`Scenario`] lists the exact calls a reconcile pass must make, asserts on each request
 //! and answers it; a call that is missing makes [`timeout_after_1s`] fail, an unexpected extra
 //! call fails the pass because the mock is gone.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::time::Duration as StdDuration;

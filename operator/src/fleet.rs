@@ -18,10 +18,13 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::Store;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::compile::Verdict;
 use crate::conditions::reasons;
+use crate::metrics::Metrics;
 
 /// What one gateway says on `GET /status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,214 +217,73 @@ impl Poller {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+/// Where the gateways are: fixed status URLs and the gateway admin Service's EndpointSlices.
+pub struct Sources {
+    /// Fixed `--gateway-status-url`s.
+    pub urls: Vec<String>,
+    /// The EndpointSlice cache of the gateway admin Service, when one is configured.
+    pub slices: Option<Store<EndpointSlice>>,
+    /// The admin port's name in those EndpointSlices.
+    pub port_name: String,
+}
 
-    /// `(url, Ok((generation, ready)) | Err(why))`.
-    type Reading<'a> = (&'a str, Result<(u64, bool), &'a str>);
-
-    fn fleet(gateways: &[Reading<'_>]) -> Fleet {
-        Fleet {
-            configured: true,
-            gateways: gateways
-                .iter()
-                .map(|(u, r)| {
-                    (
-                        u.to_string(),
-                        r.map(|(generation, ready)| GatewayStatus {
-                            generation,
-                            ready,
-                            route_failures: Vec::new(),
-                        })
-                        .map_err(str::to_owned),
-                    )
-                })
-                .collect(),
+impl Sources {
+    /// Every status URL to poll now, sorted, without duplicates.
+    fn current(&self) -> Vec<String> {
+        let mut urls = self.urls.clone();
+        if let Some(store) = &self.slices {
+            let all: Vec<EndpointSlice> = store.state().iter().map(|s| (**s).clone()).collect();
+            urls.extend(status_urls(&all, &self.port_name));
         }
-    }
-
-    #[test]
-    fn programmed_when_every_gateway_is_ready_at_or_past_the_needed_generation() {
-        let f = fleet(&[("a", Ok((5, true))), ("b", Ok((7, true)))]);
-        let v = f.programmed(5, "ns/r");
-        assert!(v.ok, "{v:?}");
-        assert_eq!(v.reason, reasons::PROGRAMMED);
-        assert!(v.message.starts_with("2 of 2"), "{}", v.message);
-    }
-
-    #[test]
-    fn pending_while_one_gateway_is_behind_and_the_message_names_it() {
-        let f = fleet(&[
-            ("http://10.0.0.1:9090/status", Ok((4, true))),
-            ("b", Ok((5, true))),
-        ]);
-        let v = f.programmed(5, "ns/r");
-        assert!(!v.ok);
-        assert_eq!(v.reason, reasons::PENDING);
-        assert!(v.message.contains("1 of 2"), "{}", v.message);
-        assert!(v.message.contains("10.0.0.1:9090"), "{}", v.message);
-        assert!(v.message.contains("generation 4"), "{}", v.message);
-    }
-
-    #[test]
-    fn a_route_a_gateway_cannot_compile_is_compile_failed_and_only_that_route() {
-        let mut f = fleet(&[("a", Ok((5, true))), ("b", Ok((5, true)))]);
-        if let Some(Ok(s)) = f.gateways.get_mut("b") {
-            s.route_failures.push(GatewayRouteFailure {
-                route: "apps/keyed".into(),
-                problems: vec![
-                    "routes[1].jwt.keys[0]: the PEM is not a public key usable with RS256".into(),
-                ],
-            });
-        }
-        let v = f.programmed(5, "apps/keyed");
-        assert!(!v.ok);
-        assert_eq!(v.reason, reasons::COMPILE_FAILED);
-        assert_eq!(
-            v.message,
-            "1 of 2 gateways cannot compile this route; b: routes[1].jwt.keys[0]: the PEM is not a public key usable with RS256"
-        );
-        assert!(
-            f.programmed(5, "apps/chat").ok,
-            "the other routes are programmed"
-        );
-        // A failure reported for an older generation is a gateway that is behind, not a verdict.
-        let v = f.programmed(6, "apps/keyed");
-        assert_eq!(v.reason, reasons::PENDING);
-    }
-
-    #[test]
-    fn a_status_without_route_failures_parses_as_none() {
-        let s: GatewayStatus = serde_json::from_str(r#"{"generation": 3, "ready": true}"#).unwrap();
-        assert!(s.route_failures.is_empty());
-        let s: GatewayStatus = serde_json::from_str(
-            r#"{"generation": 3, "ready": true, "routes": 2, "routeFailures": [{"route": "a/b", "problems": ["x"], "serving": "none"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(s.route_failures[0].route, "a/b");
-    }
-
-    #[test]
-    fn pending_while_a_gateway_is_unready_or_silent() {
-        assert!(!fleet(&[("a", Ok((9, false)))]).programmed(1, "ns/r").ok);
-        let v = fleet(&[("a", Err("connection refused"))]).programmed(1, "ns/r");
-        assert!(!v.ok);
-        assert!(v.message.contains("connection refused"), "{}", v.message);
-    }
-
-    #[test]
-    fn pending_with_no_gateways_or_no_discovery() {
-        let v = fleet(&[]).programmed(1, "ns/r");
-        assert_eq!(v.reason, reasons::PENDING);
-        assert!(v.message.contains("no ready gateway"), "{}", v.message);
-        let v = Fleet::default().programmed(1, "ns/r");
-        assert!(
-            v.message.contains("--gateway-admin-service"),
-            "{}",
-            v.message
-        );
-    }
-
-    #[test]
-    fn max_generation_ignores_gateways_that_did_not_answer() {
-        let f = fleet(&[("a", Ok((3, true))), ("b", Err("x")), ("c", Ok((8, false)))]);
-        assert_eq!(f.max_generation(), 8);
-        assert_eq!(Fleet::default().max_generation(), 0);
-    }
-
-    fn slice(ports: &[(Option<&str>, i32)], endpoints: &[(&str, Option<bool>)]) -> EndpointSlice {
-        EndpointSlice {
-            address_type: "IPv4".into(),
-            ports: Some(
-                ports
-                    .iter()
-                    .map(|(n, p)| EndpointPort {
-                        name: n.map(str::to_owned),
-                        port: Some(*p),
-                        ..EndpointPort::default()
-                    })
-                    .collect(),
-            ),
-            endpoints: Some(
-                endpoints
-                    .iter()
-                    .map(|(a, ready)| Endpoint {
-                        addresses: vec![a.to_string()],
-                        conditions: Some(EndpointConditions {
-                            ready: *ready,
-                            ..EndpointConditions::default()
-                        }),
-                        ..Endpoint::default()
-                    })
-                    .collect(),
-            ),
-            ..EndpointSlice::default()
-        }
-    }
-
-    #[test]
-    fn status_urls_use_the_named_port_and_skip_unready_endpoints() {
-        let s = slice(
-            &[(Some("http"), 8080), (Some("admin"), 9090)],
-            &[
-                ("10.0.0.2", Some(true)),
-                ("10.0.0.1", None),
-                ("10.0.0.3", Some(false)),
-            ],
-        );
-        assert_eq!(
-            status_urls(&[s], "admin"),
-            ["http://10.0.0.1:9090/status", "http://10.0.0.2:9090/status"]
-        );
-    }
-
-    #[test]
-    fn status_urls_fall_back_to_a_single_unnamed_port_and_bracket_ipv6() {
-        let s = slice(&[(None, 9090)], &[("fd00::1", Some(true))]);
-        assert_eq!(status_urls(&[s], "admin"), ["http://[fd00::1]:9090/status"]);
-        let ambiguous = slice(
-            &[(Some("a"), 1), (Some("b"), 2)],
-            &[("10.0.0.1", Some(true))],
-        );
-        assert!(status_urls(&[ambiguous], "admin").is_empty());
-    }
-
-    #[tokio::test]
-    async fn poll_reads_a_gateway_status_document_over_http() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = sock.read(&mut buf).await.unwrap();
-            let body = r#"{"generation": 12, "ready": true}"#;
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            sock.write_all(resp.as_bytes()).await.unwrap();
-        });
-        let p = Poller::new(StdDuration::from_secs(1));
-        let got = p.poll(&format!("http://{addr}/status")).await;
-        assert_eq!(
-            got,
-            Ok(GatewayStatus {
-                generation: 12,
-                ready: true,
-                route_failures: Vec::new(),
-            })
-        );
-    }
-
-    #[tokio::test]
-    async fn poll_reports_a_refused_connection_as_an_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        let p = Poller::new(StdDuration::from_secs(1));
-        assert!(p.poll(&format!("http://{addr}/status")).await.is_err());
+        urls.sort();
+        urls.dedup();
+        urls
     }
 }
+
+/// Poll every gateway every `interval` until `stop` fires: publish the readings to `fleet`
+/// (waking its receivers only when they changed) and count the gateways by state in `metrics`.
+pub async fn poll(
+    sources: Sources,
+    interval: StdDuration,
+    metrics: Metrics,
+    fleet: watch::Sender<Fleet>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let poller = Poller::new(StdDuration::from_secs(1).min(interval));
+    loop {
+        let gateways = poller.poll_all(&sources.current()).await;
+        count(&gateways, &metrics);
+        fleet.send_if_modified(|f| {
+            let changed = f.gateways != gateways;
+            f.gateways = gateways;
+            changed
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Set the `switchboard_operator_gateways{state}` gauges from one round of readings.
+fn count(gateways: &BTreeMap<String, Result<GatewayStatus, String>>, metrics: &Metrics) {
+    let (mut serving, mut unready, mut unreachable) = (0, 0, 0);
+    for r in gateways.values() {
+        match r {
+            Ok(g) if g.ready => serving += 1,
+            Ok(_) => unready += 1,
+            Err(_) => unreachable += 1,
+        }
+    }
+    for (state, n) in [
+        ("serving", serving),
+        ("unready", unready),
+        ("unreachable", unreachable),
+    ] {
+        metrics.gateways.with_label_values(&[state]).set(n);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,8 @@
 //! `switchboard-operator`: parse flags, init tracing, load and validate the base config
 //! (exit 64 when it is bad), then run until SIGTERM/SIGINT.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 

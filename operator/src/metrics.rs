@@ -1,4 +1,5 @@
-//! Prometheus metrics of the operator, served on `/metrics` by [`crate::admin`].
+//! Prometheus metrics of the operator, served on `/metrics` by the admin server (`admin.rs`,
+//! which imports this module; this one imports nothing of the crate).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -7,7 +8,8 @@ use prometheus::{
 
 /// The release version of this build (the workspace version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The git commit this binary was built from (`build.rs`; `unknown` outside a git checkout).
+/// The git commit this binary was built from (`build/build_info.rs`; `unknown`
+/// outside a git checkout).
 pub const COMMIT: &str = env!("SWITCHBOARD_GIT_COMMIT");
 /// What `--version` prints after the binary's name.
 pub const VERSION_LINE: &str = concat!(

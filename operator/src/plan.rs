@@ -89,79 +89,105 @@ fn validate_alone(base: &GatewayConfig, route: &Route, rt: &RealtimeRoute) -> Ve
         .collect()
 }
 
-/// Plan every route.
+/// A verdict per route, and the routes that made it into the snapshot (see the module doc for
+/// the order of judgement).
 pub fn plan(base: &GatewayConfig, routes: &[RealtimeRoute], refs: &Refs, limits: Limits) -> Plan {
     let mut out: BTreeMap<String, RoutePlan> = BTreeMap::new();
     let mut candidates: Vec<(&RealtimeRoute, Route)> = Vec::new();
-
     for rt in routes {
         if rt.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let key = rt.key();
-        let resolution = compile::resolve(rt, refs);
-        let drain_fits = limits.grace_period.and_then(|grace| {
-            let needed = compile::drain_needed(rt, base)?;
-            Some(if needed <= grace {
-                Verdict::yes(
-                    reasons::FITS,
-                    format!(
-                        "drain needs {} of the gateway pods' {} termination grace period",
-                        fmt_duration(needed),
-                        fmt_duration(grace)
-                    ),
-                )
-            } else {
-                Verdict::no(
-                    reasons::EXCEEDS_GRACE_PERIOD,
-                    format!(
-                        "drain needs {} (propagation + window) but the gateway pods get {} (terminationGracePeriodSeconds); connections still open then are cut",
-                        fmt_duration(needed),
-                        fmt_duration(grace)
-                    ),
-                )
-            })
-        });
-        let accepted_message = match compile::rooms_namespace(rt) {
-            Some(ns) => format!(
-                "in the gateway snapshot; rooms namespace `{ns}` (for the publish API and NATS subjects)"
+        let (entry, compiled) = judge_alone(base, rt, refs, limits);
+        candidates.extend(compiled.map(|route| (rt, route)));
+        out.insert(rt.key(), entry);
+    }
+    let winners = settle_conflicts(candidates, &mut out);
+    validate_together(base, winners, out)
+}
+
+/// One route on its own: the verdicts, and the compiled route when it is `Unsupported`-free,
+/// resolved, and valid alone (a candidate for the snapshot).
+fn judge_alone(
+    base: &GatewayConfig,
+    rt: &RealtimeRoute,
+    refs: &Refs,
+    limits: Limits,
+) -> (RoutePlan, Option<Route>) {
+    let resolution = compile::resolve(rt, refs);
+    let accepted_message = match compile::rooms_namespace(rt) {
+        Some(ns) => format!(
+            "in the gateway snapshot; rooms namespace `{ns}` (for the publish API and NATS subjects)"
+        ),
+        None => "in the gateway snapshot".to_owned(),
+    };
+    let mut entry = RoutePlan {
+        accepted: Verdict::yes(reasons::ACCEPTED, accepted_message),
+        resolved_refs: resolution.verdict.clone(),
+        drain_fits: limits
+            .grace_period
+            .and_then(|grace| drain_fits(base, rt, grace)),
+        compiled: None,
+    };
+    let mut candidate = None;
+    if let Some(message) = compile::unsupported(rt, base) {
+        entry.accepted = Verdict::no(reasons::UNSUPPORTED, message);
+    } else if resolution.blocks {
+        entry.accepted = Verdict::no(
+            reasons::UNRESOLVED_REFS,
+            format!(
+                "not served until its Secrets resolve: {}",
+                resolution.verdict.message
             ),
-            None => "in the gateway snapshot".to_owned(),
-        };
-        let mut entry = RoutePlan {
-            accepted: Verdict::yes(reasons::ACCEPTED, accepted_message),
-            resolved_refs: resolution.verdict.clone(),
-            drain_fits,
-            compiled: None,
-        };
-        if let Some(message) = compile::unsupported(rt, base) {
-            entry.accepted = Verdict::no(reasons::UNSUPPORTED, message);
-        } else if resolution.blocks {
-            entry.accepted = Verdict::no(
-                reasons::UNRESOLVED_REFS,
-                format!(
-                    "not served until its Secrets resolve: {}",
-                    resolution.verdict.message
-                ),
-            );
-        } else {
-            match compile::compile(rt, &resolution.material) {
-                Err(problems) => {
-                    entry.accepted = Verdict::no(reasons::INVALID, problems.join("; "))
-                }
-                Ok(route) => {
-                    let problems = validate_alone(base, &route, rt);
-                    if problems.is_empty() {
-                        candidates.push((rt, route));
-                    } else {
-                        entry.accepted = Verdict::no(reasons::INVALID, problems.join("; "));
-                    }
+        );
+    } else {
+        match compile::compile(rt, &resolution.material) {
+            Err(problems) => entry.accepted = Verdict::no(reasons::INVALID, problems.join("; ")),
+            Ok(route) => {
+                let problems = validate_alone(base, &route, rt);
+                if problems.is_empty() {
+                    candidate = Some(route);
+                } else {
+                    entry.accepted = Verdict::no(reasons::INVALID, problems.join("; "));
                 }
             }
         }
-        out.insert(key, entry);
     }
+    (entry, candidate)
+}
 
+/// The `DrainFits` verdict against the gateway pods' grace period (`None` when the route's
+/// drain durations do not parse: the route is invalid anyway).
+fn drain_fits(base: &GatewayConfig, rt: &RealtimeRoute, grace: StdDuration) -> Option<Verdict> {
+    let needed = compile::drain_needed(rt, base)?;
+    Some(if needed <= grace {
+        Verdict::yes(
+            reasons::FITS,
+            format!(
+                "drain needs {} of the gateway pods' {} termination grace period",
+                fmt_duration(needed),
+                fmt_duration(grace)
+            ),
+        )
+    } else {
+        Verdict::no(
+            reasons::EXCEEDS_GRACE_PERIOD,
+            format!(
+                "drain needs {} (propagation + window) but the gateway pods get {} (terminationGracePeriodSeconds); connections still open then are cut",
+                fmt_duration(needed),
+                fmt_duration(grace)
+            ),
+        )
+    })
+}
+
+/// Oldest first, each candidate takes its hosts and paths unless an older one has them
+/// (`Conflicted`), and its rooms namespace unless an older one keeps different history there
+/// (`Invalid`). Returns the winners; losers get their verdict in `out`.
+fn settle_conflicts<'a>(
+    mut candidates: Vec<(&'a RealtimeRoute, Route)>,
+    out: &mut BTreeMap<String, RoutePlan>,
+) -> Vec<(&'a RealtimeRoute, Route)> {
     candidates.sort_by_key(|(rt, _)| age_key(rt));
     let mut owners: HashMap<(String, u8, String), String> = HashMap::new();
     let mut rooms_owners: HashMap<String, (String, Option<History>)> = HashMap::new();
@@ -203,31 +229,21 @@ pub fn plan(base: &GatewayConfig, routes: &[RealtimeRoute], refs: &Refs, limits:
         }
         winners.push((rt, route));
     }
+    winners
+}
 
-    // Whole-document validation: the gateway's own rules over the final set. Anything found
-    // here marks that route Invalid and the document is checked again without it.
-    let mut base_problems = Vec::new();
+/// Whole-document validation: the gateway's own rules over the final set. Anything found here
+/// marks that route Invalid and the document is checked again without it.
+fn validate_together(
+    base: &GatewayConfig,
+    mut winners: Vec<(&RealtimeRoute, Route)>,
+    mut out: BTreeMap<String, RoutePlan>,
+) -> Plan {
     loop {
         let mut cfg = base.clone();
         cfg.routes = winners.iter().map(|(_, r)| r.clone()).collect();
         cfg.routes.sort_by(|a, b| a.name.cmp(&b.name));
-        let problems = validate(&cfg);
-        let mut bad: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-        base_problems.clear();
-        for p in problems {
-            let index = p
-                .path
-                .strip_prefix("routes[")
-                .and_then(|rest| rest.split_once(']'))
-                .and_then(|(i, rest)| i.parse::<usize>().ok().map(|i| (i, rest)));
-            match index.and_then(|(i, rest)| cfg.routes.get(i).map(|r| (r.name.clone(), rest))) {
-                Some((name, rest)) => bad
-                    .entry(name)
-                    .or_default()
-                    .push((rest.trim_start_matches('.').to_owned(), p.message)),
-                None => base_problems.push(p.to_string()),
-            }
-        }
+        let (bad, base_problems) = problems_by_route(&cfg);
         if bad.is_empty() {
             for (rt, route) in &winners {
                 if let Some(e) = out.get_mut(&rt.key()) {
@@ -260,539 +276,29 @@ pub fn plan(base: &GatewayConfig, routes: &[RealtimeRoute], refs: &Refs, limits:
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fixtures::{BASE_YAML, base_config, route, route_created_at};
+/// Problems inside routes, by route name, each as `(path inside the route, message)`.
+type ByRoute = BTreeMap<String, Vec<(String, String)>>;
 
-    const NO_LIMITS: Limits = Limits { grace_period: None };
-
-    fn refs() -> Refs {
-        Refs::default()
-            .with_service("default", "chat", &[80])
-            .with_service("other", "chat", &[80])
+/// Validate `cfg`: the problems inside routes, and those outside any route.
+fn problems_by_route(cfg: &GatewayConfig) -> (ByRoute, Vec<String>) {
+    let mut bad = ByRoute::new();
+    let mut base_problems = Vec::new();
+    for p in validate(cfg) {
+        let index = p
+            .path
+            .strip_prefix("routes[")
+            .and_then(|rest| rest.split_once(']'))
+            .and_then(|(i, rest)| i.parse::<usize>().ok().map(|i| (i, rest)));
+        match index.and_then(|(i, rest)| cfg.routes.get(i).map(|r| (r.name.clone(), rest))) {
+            Some((name, rest)) => bad
+                .entry(name)
+                .or_default()
+                .push((rest.trim_start_matches('.').to_owned(), p.message)),
+            None => base_problems.push(p.to_string()),
+        }
     }
-
-    #[test]
-    fn a_valid_route_is_accepted_and_lands_in_the_snapshot() {
-        let rt = route(
-            "default",
-            "chat",
-            "hostnames: [chat.example.com]\nbackend: {name: chat, port: 80}",
-        );
-        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-        let e = &p.routes["default/chat"];
-        assert!(e.accepted.ok, "{e:?}");
-        assert!(e.resolved_refs.ok);
-        assert_eq!(p.config.routes.len(), 1);
-        assert_eq!(p.config.routes[0].name, "default/chat");
-        assert_eq!(p.config.listeners, base_config().listeners);
-        assert!(p.base_problems.is_empty());
-    }
-
-    #[test]
-    fn the_base_configs_listener_path_settings_reach_the_snapshot() {
-        let base = GatewayConfig::from_yaml(&BASE_YAML.replace(
-            "  address: 0.0.0.0:8443\n",
-            "  address: 0.0.0.0:8443\n  paths: {mergeSlashes: false, escapedSlashes: keep}\n",
-        ))
-        .unwrap();
-        let rt = route("default", "chat", "backend: {name: chat, port: 80}");
-        let p = plan(&base, &[rt], &refs(), NO_LIMITS);
-        let written = GatewayConfig::from_yaml(&p.config.to_yaml()).unwrap();
-        assert_eq!(
-            written.listeners[0].paths,
-            switchboard_config::ListenerPaths {
-                merge_slashes: false,
-                escaped_slashes: switchboard_config::EscapedSlashes::Keep,
-            }
-        );
-    }
-
-    #[test]
-    fn the_older_route_wins_a_conflict_and_the_loser_names_it() {
-        let old = route_created_at(
-            "other",
-            "first",
-            "hostnames: [chat.example.com]\npath: {value: /ws}\nbackend: {name: chat, port: 80}",
-            100,
-        );
-        let new = route_created_at(
-            "default",
-            "second",
-            "hostnames: [chat.example.com]\npath: {value: /ws}\nbackend: {name: chat, port: 80}",
-            200,
-        );
-        // Input order must not matter.
-        let p = plan(&base_config(), &[new, old], &refs(), NO_LIMITS);
-        assert!(p.routes["other/first"].accepted.ok);
-        let loser = &p.routes["default/second"].accepted;
-        assert_eq!(loser.reason, reasons::CONFLICTED);
-        assert!(loser.message.contains("other/first"), "{}", loser.message);
-        assert!(
-            loser.message.contains("chat.example.com"),
-            "{}",
-            loser.message
-        );
-        assert_eq!(p.config.routes.len(), 1);
-        assert_eq!(p.config.routes[0].name, "other/first");
-    }
-
-    #[test]
-    fn a_creation_time_tie_goes_to_namespace_name_order() {
-        let a = route_created_at("b-ns", "x", "backend: {name: chat, port: 80}", 100);
-        let b = route_created_at("a-ns", "z", "backend: {name: chat, port: 80}", 100);
-        let refs = Refs::default()
-            .with_service("a-ns", "chat", &[80])
-            .with_service("b-ns", "chat", &[80]);
-        let p = plan(&base_config(), &[a, b], &refs, NO_LIMITS);
-        assert!(p.routes["a-ns/z"].accepted.ok);
-        assert_eq!(p.routes["b-ns/x"].accepted.reason, reasons::CONFLICTED);
-    }
-
-    #[test]
-    fn hosts_conflict_case_insensitively_and_any_shared_host_is_enough() {
-        let old = route_created_at(
-            "default",
-            "a",
-            "hostnames: [a.example.com, b.example.com]\nbackend: {name: chat, port: 80}",
-            1,
-        );
-        let new = route_created_at(
-            "default",
-            "b",
-            "hostnames: [c.example.com, B.EXAMPLE.COM]\nbackend: {name: chat, port: 80}",
-            2,
-        );
-        let p = plan(&base_config(), &[old, new], &refs(), NO_LIMITS);
-        assert_eq!(p.routes["default/b"].accepted.reason, reasons::CONFLICTED);
-    }
-
-    #[test]
-    fn different_paths_or_match_types_or_hosts_do_not_conflict() {
-        let routes = [
-            route_created_at(
-                "default",
-                "a",
-                "path: {value: /ws}\nbackend: {name: chat, port: 80}",
-                1,
-            ),
-            route_created_at(
-                "default",
-                "b",
-                "path: {value: /ws, type: Exact}\nbackend: {name: chat, port: 80}",
-                2,
-            ),
-            route_created_at(
-                "default",
-                "c",
-                "path: {value: /other}\nbackend: {name: chat, port: 80}",
-                3,
-            ),
-            route_created_at(
-                "default",
-                "d",
-                "hostnames: [x.example.com]\npath: {value: /ws}\nbackend: {name: chat, port: 80}",
-                4,
-            ),
-        ];
-        let p = plan(&base_config(), &routes, &refs(), NO_LIMITS);
-        assert!(p.routes.values().all(|e| e.accepted.ok), "{:?}", p.routes);
-        assert_eq!(p.config.routes.len(), 4);
-    }
-
-    #[test]
-    fn an_invalid_older_route_does_not_block_a_valid_newer_one() {
-        let old = route_created_at(
-            "default",
-            "a",
-            "auth: {allowedOrigins: ['https://*.com']}\nbackend: {name: chat, port: 80}",
-            1,
-        );
-        let new = route_created_at("default", "b", "backend: {name: chat, port: 80}", 2);
-        let p = plan(&base_config(), &[old, new], &refs(), NO_LIMITS);
-        let a = &p.routes["default/a"].accepted;
-        assert_eq!(a.reason, reasons::INVALID);
-        assert!(
-            a.message.starts_with("spec.auth.allowedOrigins[0]:"),
-            "{}",
-            a.message
-        );
-        assert!(p.routes["default/b"].accepted.ok);
-    }
-
-    #[test]
-    fn the_gateway_validator_messages_name_crd_fields() {
-        let rt = route(
-            "default",
-            "chat",
-            "backend: {name: chat, port: 80}\nauth: {jwt: {providers: [{name: i, jwksUri: 'https://i/j', leeway: 1m}]}}",
-        );
-        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-        let a = &p.routes["default/chat"].accepted;
-        assert_eq!(a.reason, reasons::INVALID);
-        assert_eq!(
-            a.message,
-            "spec.auth.jwt.providers[0].leeway: must be at most 30s"
-        );
-    }
-
-    #[test]
-    fn a_drain_longer_than_the_gateway_deadline_is_invalid() {
-        let rt = route(
-            "default",
-            "chat",
-            "backend: {name: chat, port: 80}\ndrain: {window: 2h}",
-        );
-        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-        let a = &p.routes["default/chat"].accepted;
-        assert_eq!(a.reason, reasons::INVALID);
-        assert!(a.message.starts_with("spec.drain.window:"), "{}", a.message);
-    }
-
-    #[test]
-    fn a_missing_backend_service_keeps_the_route_accepted() {
-        let rt = route("default", "chat", "backend: {name: gone, port: 80}");
-        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-        let e = &p.routes["default/chat"];
-        assert!(e.accepted.ok);
-        assert_eq!(e.resolved_refs.reason, reasons::BACKEND_NOT_FOUND);
-        assert_eq!(p.config.routes.len(), 1);
-    }
-
-    #[test]
-    fn a_missing_secret_keeps_the_route_out_of_the_snapshot() {
-        let rt = route(
-            "default",
-            "chat",
-            "backend: {name: chat, port: 80}\nauth: {jwt: {providers: [{name: i, secretRef: {name: keys, key: k}, algorithms: [HS256]}]}}",
-        );
-        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-        let e = &p.routes["default/chat"];
-        assert_eq!(e.accepted.reason, reasons::UNRESOLVED_REFS);
-        assert_eq!(e.resolved_refs.reason, reasons::SECRET_NOT_FOUND);
-        assert!(p.config.routes.is_empty());
-    }
-
-    #[test]
-    fn a_short_hmac_secret_is_an_invalid_secret_with_the_secret_ref_named() {
-        let rt = route(
-            "default",
-            "chat",
-            "backend: {name: chat, port: 80}\nauth: {jwt: {providers: [{name: i, secretRef: {name: keys, key: k}, algorithms: [HS256]}]}}",
-        );
-        let refs = refs().with_secret("default", "keys", "k", b"short");
-        let p = plan(&base_config(), &[rt], &refs, NO_LIMITS);
-        let e = &p.routes["default/chat"];
-        assert_eq!(e.accepted.reason, reasons::UNRESOLVED_REFS);
-        assert_eq!(e.resolved_refs.reason, reasons::INVALID_SECRET);
-        assert_eq!(
-            e.resolved_refs.message,
-            "spec.auth.jwt.providers[0].secretRef: key `k` of Secret default/keys: HMAC secrets must be at least 32 bytes (this one has 5)"
-        );
-        assert!(p.config.routes.is_empty());
-    }
-
-    #[test]
-    fn unsupported_routes_are_reported_as_such() {
-        let rt = route(
-            "default",
-            "rooms",
-            "mode: rooms\nrooms: {presence: true}\ndrain: {reconnectHint: 2s}",
-        );
-        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-        let a = &p.routes["default/rooms"].accepted;
-        assert_eq!(a.reason, reasons::UNSUPPORTED);
-        assert!(
-            a.message.starts_with("spec.drain.reconnectHint:"),
-            "{}",
-            a.message
-        );
-        assert!(p.config.routes.is_empty());
-    }
-
-    #[test]
-    fn a_rooms_route_is_accepted_and_its_message_names_the_rooms_namespace() {
-        let rt = route(
-            "collab",
-            "docs",
-            "mode: rooms\npath: {value: /rooms}\nrooms: {join: ['doc:*'], presence: true}",
-        );
-        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-        let e = &p.routes["collab/docs"];
-        assert!(e.accepted.ok, "{e:?}");
-        assert!(e.resolved_refs.ok, "no backend to resolve: {e:?}");
-        assert!(
-            e.accepted.message.contains("rooms namespace `collab_docs`"),
-            "{}",
-            e.accepted.message
-        );
-        assert_eq!(p.config.routes.len(), 1);
-        let r = &p.config.routes[0];
-        assert_eq!(r.mode, switchboard_config::Mode::Rooms);
-        assert_eq!(
-            r.rooms.as_ref().and_then(|r| r.namespace.as_deref()),
-            Some("collab_docs")
-        );
-        assert_eq!(validate(&p.config), vec![]);
-    }
-
-    #[test]
-    fn the_same_rooms_namespace_in_two_kubernetes_namespaces_is_two_namespaces() {
-        let a = route_created_at(
-            "team-a",
-            "x",
-            "mode: rooms\npath: {value: /a}\nrooms: {namespace: chat, history: {maxMessages: 5}}",
-            1,
-        );
-        let b = route_created_at(
-            "team-b",
-            "x",
-            "mode: rooms\npath: {value: /b}\nrooms: {namespace: chat}",
-            2,
-        );
-        let p = plan(&base_config(), &[a, b], &refs(), NO_LIMITS);
-        assert!(p.routes.values().all(|e| e.accepted.ok), "{:?}", p.routes);
-        let namespaces: Vec<_> = p
-            .config
-            .routes
-            .iter()
-            .map(|r| r.rooms.as_ref().unwrap().namespace.clone().unwrap())
-            .collect();
-        assert_eq!(namespaces, ["team-a_chat", "team-b_chat"]);
-    }
-
-    #[test]
-    fn routes_sharing_a_rooms_namespace_must_keep_the_same_history_and_the_older_wins() {
-        // The newer route sorts first by name, so the gateway validator alone would blame the
-        // older one; the plan blames the newer, like a host/path conflict.
-        let old = route_created_at(
-            "collab",
-            "z-old",
-            "mode: rooms\npath: {value: /a}\nrooms: {namespace: shared, history: {maxMessages: 10}}",
-            1,
-        );
-        let new = route_created_at(
-            "collab",
-            "a-new",
-            "mode: rooms\npath: {value: /b}\nrooms: {namespace: shared}",
-            2,
-        );
-        let same = route_created_at(
-            "collab",
-            "m-same",
-            "mode: rooms\npath: {value: /c}\nrooms: {namespace: shared, history: {maxMessages: 10}}",
-            3,
-        );
-        let p = plan(&base_config(), &[new, old, same], &refs(), NO_LIMITS);
-        assert!(p.routes["collab/z-old"].accepted.ok);
-        assert!(p.routes["collab/m-same"].accepted.ok);
-        let a = &p.routes["collab/a-new"].accepted;
-        assert_eq!(a.reason, reasons::INVALID);
-        assert!(
-            a.message.starts_with(
-                "spec.rooms.history: rooms namespace `collab_shared` is shared with collab/z-old"
-            ),
-            "{}",
-            a.message
-        );
-        assert_eq!(p.config.routes.len(), 2);
-        assert_eq!(validate(&p.config), vec![]);
-    }
-
-    #[test]
-    fn nats_notifications_are_invalid_unless_the_gateways_have_a_nats_bus() {
-        let rt = route(
-            "default",
-            "r",
-            "mode: rooms\nrooms: {join: ['*'], notifyNats: true}",
-        );
-        let p = plan(
-            &base_config(),
-            std::slice::from_ref(&rt),
-            &refs(),
-            NO_LIMITS,
-        );
-        let a = &p.routes["default/r"].accepted;
-        assert_eq!(a.reason, reasons::INVALID);
-        assert!(
-            a.message
-                .starts_with("spec.rooms.notifyNats: needs bus.nats"),
-            "{}",
-            a.message
-        );
-        assert!(p.config.routes.is_empty());
-
-        let text = format!(
-            "{}bus:\n  nats:\n    urls: ['nats://nats.switchboard-system.svc:4222']\n",
-            crate::fixtures::BASE_YAML
-        );
-        let base = crate::settings::parse_base_config(&text, "base.yaml").unwrap();
-        let p = plan(&base, &[rt], &refs(), NO_LIMITS);
-        assert!(p.routes["default/r"].accepted.ok, "{:?}", p.routes);
-        assert!(p.config.routes[0].rooms.as_ref().unwrap().notify_nats);
-        assert_eq!(validate(&p.config), vec![]);
-    }
-
-    #[test]
-    fn the_base_configs_bus_and_publish_api_reach_the_snapshot_unchanged() {
-        let text = format!(
-            "{}bus:\n  nats:\n    urls: ['nats://nats.switchboard-system.svc:4222']\n    subjectPrefix: sb\n    credentialsFile: /etc/nats/gw.creds\n    presenceTtl: 20s\npublishApi:\n  tokenFile: /etc/switchboard/publish-token\n",
-            crate::fixtures::BASE_YAML
-        );
-        let base = crate::settings::parse_base_config(&text, "base.yaml").unwrap();
-        assert!(base.bus.nats.is_some() && base.publish_api.is_some());
-        let rt = route("default", "r", "mode: rooms\nrooms: {join: ['*']}");
-        let p = plan(&base, &[rt], &refs(), NO_LIMITS);
-        assert_eq!(p.config.bus, base.bus);
-        assert_eq!(p.config.publish_api, base.publish_api);
-        let back = GatewayConfig::from_yaml(&p.config.to_yaml()).unwrap();
-        assert_eq!(back.bus, base.bus);
-        assert_eq!(back.publish_api, base.publish_api);
-        assert_eq!(validate(&p.config), vec![]);
-    }
-
-    #[test]
-    fn routes_being_deleted_are_left_out_entirely() {
-        let mut rt = route("default", "chat", "backend: {name: chat, port: 80}");
-        rt.metadata.deletion_timestamp = rt.metadata.creation_timestamp.clone();
-        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-        assert!(p.routes.is_empty());
-        assert!(p.config.routes.is_empty());
-    }
-
-    #[test]
-    fn drain_fits_compares_propagation_plus_window_with_the_grace_period() {
-        let rt = route(
-            "default",
-            "chat",
-            "backend: {name: chat, port: 80}\ndrain: {window: 40s}",
-        );
-        let fits = plan(
-            &base_config(),
-            std::slice::from_ref(&rt),
-            &refs(),
-            Limits {
-                grace_period: Some(StdDuration::from_secs(90)),
-            },
-        );
-        let v = fits.routes["default/chat"].drain_fits.clone().unwrap();
-        assert!(v.ok, "{v:?}");
-        let tight = plan(
-            &base_config(),
-            &[rt],
-            &refs(),
-            Limits {
-                grace_period: Some(StdDuration::from_secs(30)),
-            },
-        );
-        let v = tight.routes["default/chat"].drain_fits.clone().unwrap();
-        assert_eq!(v.reason, reasons::EXCEEDS_GRACE_PERIOD);
-        assert!(v.message.contains("45s"), "{}", v.message);
-        assert!(v.message.contains("30s"), "{}", v.message);
-    }
-
-    #[test]
-    fn drain_fits_is_absent_when_the_grace_period_is_unknown() {
-        let rt = route("default", "chat", "backend: {name: chat, port: 80}");
-        let p = plan(&base_config(), &[rt], &refs(), NO_LIMITS);
-        assert_eq!(p.routes["default/chat"].drain_fits, None);
-    }
-
-    #[test]
-    fn the_snapshot_is_sorted_by_route_name_whatever_the_input_order() {
-        let routes = [
-            route_created_at(
-                "default",
-                "z",
-                "path: {value: /z}\nbackend: {name: chat, port: 80}",
-                1,
-            ),
-            route_created_at(
-                "default",
-                "a",
-                "path: {value: /a}\nbackend: {name: chat, port: 80}",
-                2,
-            ),
-        ];
-        let p = plan(&base_config(), &routes, &refs(), NO_LIMITS);
-        let names: Vec<_> = p.config.routes.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["default/a", "default/z"]);
-        assert_eq!(p.config.generation, 0);
-    }
-
-    #[test]
-    fn the_planned_snapshot_passes_the_gateway_validator() {
-        let routes = [
-            route_created_at(
-                "default",
-                "a",
-                "hostnames: [a.example.com]\nbackend: {name: chat, port: 80}",
-                1,
-            ),
-            route_created_at(
-                "other",
-                "b",
-                "hostnames: [a.example.com]\nbackend: {name: chat, port: 80}",
-                2,
-            ),
-            route_created_at(
-                "default",
-                "c",
-                "auth: {allowedOrigins: [nope]}\nbackend: {name: chat, port: 80}",
-                3,
-            ),
-        ];
-        let p = plan(&base_config(), &routes, &refs(), NO_LIMITS);
-        assert_eq!(validate(&p.config), vec![]);
-        assert!(GatewayConfig::from_yaml(&p.config.to_yaml()).is_ok());
-    }
-
-    #[test]
-    fn a_truncated_pem_in_a_secret_keeps_only_its_route_out_with_the_reason() {
-        use crate::fixtures::{RSA_PUB_PEM, truncated_pem};
-        let with_key = |name: &str, path: &str| {
-            route(
-                "default",
-                name,
-                &format!(
-                    "path: {{value: {path}}}\nbackend: {{name: chat, port: 80}}\nauth: {{jwt: {{providers: [{{name: idp, secretRef: {{name: {name}-key, key: pub.pem}}, algorithms: [RS256]}}]}}}}"
-                ),
-            )
-        };
-        let refs = refs()
-            .with_secret(
-                "default",
-                "broken-key",
-                "pub.pem",
-                truncated_pem().as_bytes(),
-            )
-            .with_secret("default", "good-key", "pub.pem", RSA_PUB_PEM.as_bytes());
-        let p = plan(
-            &base_config(),
-            &[with_key("broken", "/broken"), with_key("good", "/good")],
-            &refs,
-            NO_LIMITS,
-        );
-        let good = &p.routes["default/good"];
-        assert!(good.accepted.ok, "{good:?}");
-        let broken = &p.routes["default/broken"];
-        assert!(
-            !broken.accepted.ok,
-            "a truncated PEM is accepted: {broken:?}"
-        );
-        assert_eq!(broken.accepted.reason, reasons::UNRESOLVED_REFS);
-        assert_eq!(broken.resolved_refs.reason, reasons::INVALID_SECRET);
-        let message = &broken.resolved_refs.message;
-        assert!(
-            message.starts_with(
-                "spec.auth.jwt.providers[0].secretRef: key `pub.pem` of Secret default/broken-key"
-            ),
-            "{message}"
-        );
-        assert!(message.contains("RS256"), "{message}");
-        assert!(broken.compiled.is_none());
-        let names: Vec<_> = p.config.routes.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["default/good"]);
-    }
+    (bad, base_problems)
 }
+
+#[cfg(test)]
+mod tests;

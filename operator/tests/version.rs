@@ -1,9 +1,11 @@
 //! `switchboard-operator --version` names the version and the git commit it was built from.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
-/// The commit `build.rs` captures: `$SWITCHBOARD_GIT_COMMIT` when set at build time, else
-/// `git rev-parse --short=12 HEAD`, else `unknown`.
+/// The commit `build/build_info.rs` captures: `$SWITCHBOARD_GIT_COMMIT` when set at build
+/// time, else `git rev-parse --short=12 HEAD`, else `unknown`.
 fn expected_commit() -> String {
     if let Ok(c) = std::env::var("SWITCHBOARD_GIT_COMMIT")
         && !c.trim().is_empty()

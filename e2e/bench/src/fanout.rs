@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::stats::{Lat, summarize};
-use crate::wsclient::{Dialect, Ws, connect, is_delivery, sb_join};
+use crate::wsclient::{Dialect, Ws, connect, is_delivery, pb, sb_join, sb_proto_join};
 
 /// How to reach one room on a system.
 #[derive(Debug, Clone)]
@@ -63,25 +63,35 @@ fn index_of(dialect: Dialect, text: &str) -> Option<usize> {
         Dialect::Plain => 0,
         Dialect::Switchboard => text.find("\"data\":\"")? + 8,
         Dialect::SocketIo => text.find(",\"")? + 2,
+        // The `json` payload bytes: `"<index>mmm..."` (see `fanout::run`).
+        Dialect::SwitchboardProto => 1,
     };
     text.get(start..start + 8)?.parse().ok()
 }
 
-fn publish_frame(t: &Target, data: &str) -> String {
+fn publish_frame(t: &Target, data: &str) -> Message {
     match t.dialect {
-        Dialect::Plain => data.to_string(),
-        Dialect::Switchboard => serde_json::json!({
-            "type": "publish", "room": t.room.as_deref().unwrap_or(""), "data": data,
-        })
-        .to_string(),
-        Dialect::SocketIo => format!("42[\"pub\",\"{data}\"]"),
+        Dialect::Plain => Message::text(data),
+        Dialect::Switchboard => Message::text(
+            serde_json::json!({
+                "type": "publish", "room": t.room.as_deref().unwrap_or(""), "data": data,
+            })
+            .to_string(),
+        ),
+        Dialect::SwitchboardProto => {
+            let json = serde_json::Value::from(data).to_string();
+            Message::binary(pb::publish(t.room.as_deref().unwrap_or(""), json.as_bytes()))
+        }
+        Dialect::SocketIo => Message::text(format!("42[\"pub\",\"{data}\"]")),
     }
 }
 
 async fn member(t: &Target) -> Result<Ws> {
     let mut ws = connect(t.port, &t.member_path, t.dialect).await?;
-    if let (Dialect::Switchboard, Some(room)) = (t.dialect, &t.room) {
-        sb_join(&mut ws, room).await?;
+    match (t.dialect, &t.room) {
+        (Dialect::Switchboard, Some(room)) => sb_join(&mut ws, room).await?,
+        (Dialect::SwitchboardProto, Some(room)) => sb_proto_join(&mut ws, room).await?,
+        _ => {}
     }
     Ok(ws)
 }
@@ -157,6 +167,14 @@ pub async fn run(
                         }
                         txt.as_str()
                     }
+                    Message::Binary(b) if dialect == Dialect::SwitchboardProto => {
+                        if pb::server_kind(b) != Some(pb::MESSAGE) {
+                            continue;
+                        }
+                        pb::message_json(b)
+                            .and_then(|j| std::str::from_utf8(j).ok())
+                            .unwrap_or("")
+                    }
                     Message::Binary(_) => "",
                     _ => continue,
                 };
@@ -191,11 +209,11 @@ pub async fn run(
     let mut sent_at = Vec::with_capacity(if track { messages as usize } else { 0 });
     match pace {
         None => {
-            let frames: Vec<String> = (0..messages)
+            let frames: Vec<Message> = (0..messages)
                 .map(|i| publish_frame(t, &payload(i, size)))
                 .collect();
             for f in frames {
-                sink.feed(Message::text(f)).await?;
+                sink.feed(f).await?;
             }
             sink.flush().await?;
         }
@@ -206,7 +224,7 @@ pub async fn run(
                 tick.tick().await;
                 let f = publish_frame(t, &payload(i, size));
                 sent_at.push(Instant::now());
-                sink.send(Message::text(f)).await?;
+                sink.send(f).await?;
             }
         }
     }

@@ -557,6 +557,18 @@ async fn fanout_section(env: &Env, p: &Params) -> Result<Value> {
                 room: None,
             },
         ),
+        // The room protocol's binary encoding, same route and room as gateway-json.
+        (
+            "gateway-proto",
+            &gw,
+            fanout::Target {
+                port: gw.port,
+                dialect: Dialect::SwitchboardProto,
+                member_path: "/rooms".into(),
+                publisher_path: "/rooms".into(),
+                room: Some("bench:fan".into()),
+            },
+        ),
     ];
     let mut rate: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     let mut runs = Vec::new();
@@ -652,6 +664,7 @@ async fn fanout_section(env: &Env, p: &Params) -> Result<Value> {
             "gateway_json_over_socketio": ratio(0, 3),
             "gateway_raw_over_node_ws": ratio(1, 2),
             "gateway_raw_over_socketio": ratio(1, 3),
+            "gateway_proto_over_json": ratio(4, 0),
         },
         "runs": runs,
         "paced": {

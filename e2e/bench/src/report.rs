@@ -156,7 +156,7 @@ pub fn markdown(doc: &Value) -> String {
     if !f.is_null() {
         let _ = writeln!(
             s,
-            "## 2. Rooms fan-out\n\nOne room of {} WebSocket members (one load-generator process), one publisher sending {} messages of {} bytes as fast as its connection takes them; deliveries/s = all deliveries counted at the members ÷ (last delivery − first publish). `gateway-json`: the room protocol (`switchboard.v1`; each delivery is a JSON `message` envelope around the payload); `gateway-raw`: a raw relay room (the payload unchanged, like the Node `ws` room); Socket.IO adds its `42[\"m\",..]` framing. Gateway on the embedded bus, no history. Server CPU = CPU time of the server process ÷ deliveries.\n",
+            "## 2. Rooms fan-out\n\nOne room of {} WebSocket members (one load-generator process), one publisher sending {} messages of {} bytes as fast as its connection takes them; deliveries/s = all deliveries counted at the members ÷ (last delivery − first publish). `gateway-json`: the room protocol (`switchboard.v1`; each delivery is a JSON `message` envelope around the payload); `gateway-proto`: the same room over the binary encoding (`switchboard.v1.proto`, one Protocol Buffers `ServerMessage` per delivery, payload bytes unescaped); `gateway-raw`: a raw relay room (the payload unchanged, like the Node `ws` room); Socket.IO adds its `42[\"m\",..]` framing. Gateway on the embedded bus, no history. Server CPU = CPU time of the server process ÷ deliveries.\n",
             p["fanout_members"], p["fanout_messages"], p["fanout_payload_bytes"]
         );
         let _ = writeln!(
@@ -164,7 +164,7 @@ pub fn markdown(doc: &Value) -> String {
             "| server | deliveries/s | server CPU µs/delivery | bytes/delivery | undelivered (all reps) |"
         );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|");
-        for name in ["gateway-json", "gateway-raw", "node-ws", "socket.io"] {
+        for name in ["gateway-json", "gateway-proto", "gateway-raw", "node-ws", "socket.io"] {
             let x = &f["targets"][name];
             let _ = writeln!(
                 s,
@@ -184,6 +184,13 @@ pub fn markdown(doc: &Value) -> String {
             r["gateway_raw_over_node_ws"],
             r["gateway_raw_over_socketio"]
         );
+        let _ = writeln!(
+            s,
+            "Binary vs JSON encoding of the room protocol (same gateway, same room): gateway-proto ÷ gateway-json deliveries/s **{} ×**; bytes/delivery {} vs {}.\n",
+            r["gateway_proto_over_json"],
+            f["targets"]["gateway-proto"]["delivery_bytes"],
+            f["targets"]["gateway-json"]["delivery_bytes"]
+        );
         let pc = &f["paced"];
         if !pc.is_null() {
             let _ = writeln!(
@@ -199,7 +206,7 @@ pub fn markdown(doc: &Value) -> String {
                 "| server | server CPU µs/delivery | reach-all p50 µs | reach-all p99 µs | undelivered |"
             );
             let _ = writeln!(s, "|---|---:|---:|---:|---:|");
-            for name in ["gateway-json", "gateway-raw", "node-ws", "socket.io"] {
+            for name in ["gateway-json", "gateway-proto", "gateway-raw", "node-ws", "socket.io"] {
                 let x = &pc["targets"][name];
                 let _ = writeln!(
                     s,

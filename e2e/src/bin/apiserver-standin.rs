@@ -7,6 +7,8 @@
 //!
 //! Prints a kubeconfig for it on stdout (default namespace `default`), then serves until killed.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 use std::net::SocketAddr;
 
 use switchboard_e2e::apiserver::ApiServer;

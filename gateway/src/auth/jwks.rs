@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -174,6 +174,8 @@ pub struct JwksCache {
     client: HttpClient,
     wake: Arc<Notify>,
     keys: ArcSwap<Vec<VerifyKey>>,
+    /// Bumped after every key set swap (verified-token caches key on it).
+    generation: AtomicU64,
     loaded: AtomicBool,
     state: Mutex<FetchState>,
     /// Counts finished fetches; waiters for an on-demand fetch watch it.
@@ -216,6 +218,7 @@ impl JwksCache {
             client,
             wake,
             keys: ArcSwap::from_pointee(Vec::new()),
+            generation: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
             state: Mutex::new(FetchState {
                 refresh,
@@ -241,6 +244,11 @@ impl JwksCache {
     }
 
     /// The last good key set (empty before the first successful fetch).
+    /// Changes whenever the key set is replaced (read it before [`Self::keys`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub(crate) fn keys(&self) -> Arc<Vec<VerifyKey>> {
         self.keys.load_full()
     }
@@ -321,6 +329,9 @@ impl JwksCache {
                     .inc();
                 tracing::debug!(keys = keys.len(), "JWKS fetched");
                 self.keys.store(Arc::new(keys));
+                // After the store: a reader that saw the old generation may hold the new keys,
+                // never the other way round, so nothing verified with old keys outlives them.
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 self.loaded.store(true, Ordering::Release);
                 guard.ok = true;
             }
@@ -748,6 +759,28 @@ mod tests {
         assert_eq!(claims.sub.as_deref(), Some("user-1"));
         assert_eq!(server.hits(), 2);
         assert!(v.verify(&token).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_token_cached_as_verified_is_refused_once_its_key_is_rotated_out() {
+        let server = JwksServer::start(set(&[rsa_jwk("k1")])).await;
+        let registry = JwksRegistry::new();
+        let v = jwks_verifier(&registry, &server.url, Duration::from_millis(200));
+        let token = sign(Algorithm::RS256, Some("k1"), &claims(60));
+        assert!(v.verify(&token).await.is_ok());
+        assert!(v.verify(&token).await.is_ok(), "answered from the cache");
+        assert_eq!(v.cached_tokens(), 1);
+
+        // k1 leaves the key set; a token with the new kid makes the gateway refresh.
+        server.set(200, set(&[rsa2_jwk("k2")]));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(v.verify(&sign_rsa2("k2")).await.is_ok());
+        assert_eq!(server.hits(), 2);
+        assert_eq!(
+            v.verify(&token).await.err(),
+            Some(TokenError::UnknownKey),
+            "a verification cached before the rotation no longer counts"
+        );
     }
 
     #[tokio::test]

@@ -32,6 +32,7 @@ use switchboard_config::{Algorithm, Jwt, KeySource};
 use tracing::Instrument;
 
 use super::jwks::{JwksCache, JwksRegistry};
+use super::verified::VerifiedCache;
 
 /// Longest token accepted (bytes). Longer input is refused as malformed before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -195,6 +196,8 @@ struct Inner {
     jwks: Vec<JwksSource>,
     /// Claim rules; `algorithms` is replaced per token with the one pinned algorithm.
     validation: Validation,
+    /// Tokens this route verified, while fresh and their keys in service.
+    verified: VerifiedCache,
 }
 
 /// Verifies the tokens of one route. Cheap to clone (one `Arc`).
@@ -326,6 +329,7 @@ impl Verifier {
                 keys,
                 jwks: sources,
                 validation,
+                verified: VerifiedCache::default(),
             }),
         })
     }
@@ -367,7 +371,49 @@ impl Verifier {
                 .unwrap_or(0);
             span.record("kid", &kid[..end]);
         }
-        let first = self.attempt(token, &header);
+        // Read before the keys are: see `JwksCache::generation`.
+        let keys = self.keys_generation();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(claims) = self.inner.verified.get(token, now, keys) {
+            crate::metrics::metrics()
+                .jwt_cache
+                .with_label_values(&["hit"])
+                .inc();
+            return Ok(claims);
+        }
+        crate::metrics::metrics()
+            .jwt_cache
+            .with_label_values(&["miss"])
+            .inc();
+        let result = self.verify_uncached(token, &header).await;
+        if let Ok(claims) = &result {
+            self.inner
+                .verified
+                .put(token, claims, self.inner.validation.leeway, keys);
+        }
+        result
+    }
+
+    /// Tokens held in this route's verified-token cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.inner.verified.len()
+    }
+
+    /// The generation of every key set this route verifies with: the inline and file keys
+    /// never change under a `Verifier`; the JWKS sources do.
+    fn keys_generation(&self) -> u64 {
+        self.inner
+            .jwks
+            .iter()
+            .fold(0u64, |acc, s| acc.wrapping_add(s.cache.generation()))
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        header: &TokenHeader,
+    ) -> Result<Claims, TokenError> {
+        let first = self.attempt(token, header);
         if first.result.is_ok() || !first.refresh || self.inner.jwks.is_empty() {
             return first.result;
         }
@@ -378,7 +424,7 @@ impl Verifier {
             .map(|s| s.cache.refresh_for_unknown_key());
         // The fetches run in their own tasks: timing out here only stops waiting for them.
         let _ = tokio::time::timeout(JWKS_WAIT, futures_util::future::join_all(refreshes)).await;
-        self.attempt(token, &header).result
+        self.attempt(token, header).result
     }
 
     fn attempt(&self, token: &str, header: &TokenHeader) -> Attempt {

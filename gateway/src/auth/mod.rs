@@ -1,7 +1,9 @@
 //! Authentication before the upgrade: the Origin allow-list, finding the token, JWT
 //! verification and the JWKS key caches it uses.
 
+pub mod crypto;
 pub mod jwks;
 pub mod jwt;
 pub mod origin;
 pub mod token;
+pub mod verified;

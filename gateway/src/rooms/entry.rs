@@ -152,11 +152,13 @@ fn websocket(
     let chosen = if policy.is_raw() {
         offered.first().cloned()
     } else {
+        // The client's first offered encoding: JSON or the binary `switchboard.v1.proto`.
         offered
             .iter()
-            .find(|p| *p == protocol::SUBPROTOCOL)
+            .find(|p| *p == protocol::SUBPROTOCOL || *p == super::proto::SUBPROTOCOL)
             .cloned()
     };
+    let proto = !policy.is_raw() && chosen.as_deref() == Some(super::proto::SUBPROTOCOL);
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     // `rooms.notify` / `rooms.notifyNats` (SSE streams notify too; long-polls do not).
@@ -176,6 +178,7 @@ fn websocket(
         drain_reason: route.cfg.drain.close_reason.clone(),
         drain_window: route.cfg.drain.window,
         raw_room,
+        proto,
     };
     let live = gw.drain.enter();
     let admitted = adm.admitted;

@@ -20,13 +20,15 @@ use super::bus::feed::{Delivery, Lag};
 use super::bus::{Bus, BusError, Member, Payload, Position, Publish, Replay, RoomKey, RoomMessage};
 use super::outbox::{Item, Outbox};
 use super::presence::PresenceView;
-use super::protocol;
+use super::{proto, protocol};
 
 /// How a member wants messages encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     /// The JSON room protocol (WebSocket, SSE, long-polling).
     Json,
+    /// The binary room protocol (`switchboard.v1.proto`, WebSocket).
+    Proto,
     /// Raw relay: payloads as they were sent; `echo` sends a member's own messages back.
     Raw { echo: bool },
 }
@@ -93,10 +95,19 @@ struct LocalRoom {
 impl LocalRoom {
     /// Queue a presence event to every member that asked for presence events.
     fn announce(&self, room: &str, joined: bool, member: &Member) {
+        // Encoded once per encoding in use, shared by the members that use it.
         let text = protocol::presence_event(room, joined, member);
+        let mut bin: Option<bytes::Bytes> = None;
         let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
         for slot in members.values().filter(|s| s.presence_events) {
-            slot.outbox.push(Item::Reply(text.clone()));
+            let item = match slot.encoding {
+                Encoding::Proto => Item::RawBinary(
+                    bin.get_or_insert_with(|| proto::transcode(&text).unwrap_or_default())
+                        .clone(),
+                ),
+                _ => Item::Reply(text.clone()),
+            };
+            slot.outbox.push(item);
         }
     }
 
@@ -117,10 +128,21 @@ impl Drop for LocalRoom {
     }
 }
 
-/// A message encoded once for all members of this pod.
+/// A message encoded once per encoding for all members of this pod.
 struct Encoded {
     msg: RoomMessage,
     json: Option<Arc<str>>,
+    proto: Option<bytes::Bytes>,
+}
+
+impl Encoded {
+    fn new(msg: RoomMessage) -> Self {
+        Self {
+            msg,
+            json: None,
+            proto: None,
+        }
+    }
 }
 
 impl Encoded {
@@ -138,6 +160,12 @@ impl Encoded {
                     json,
                 })
             }
+            // A binary frame like a raw one: the writer sends it as it is.
+            Encoding::Proto => Some(Item::RawBinary(
+                self.proto
+                    .get_or_insert_with(|| proto::message(&self.msg))
+                    .clone(),
+            )),
             Encoding::Raw { echo } => {
                 if !echo && self.msg.origin_conn.as_deref() == Some(conn) {
                     return None;
@@ -210,7 +238,7 @@ fn tell_lost(slot: &mut Slot, room: &str, lost: &Lost) {
 
 /// Fan one message out to every member of the room on this pod.
 fn fan_out(room: &LocalRoom, key: &RoomKey, msg: RoomMessage) {
-    let mut enc = Encoded { msg, json: None };
+    let mut enc = Encoded::new(msg);
     let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
     // One span per message and pod (a disabled callsite when not exporting), never one per
     // delivery.
@@ -514,13 +542,11 @@ impl Hub {
                 slot.last_seq = synced.start.seq;
                 slot.epoch.clone_from(&synced.start.epoch);
                 for msg in synced.gap {
-                    deliver(slot, &j.conn, &mut Encoded { msg, json: None });
+                    deliver(slot, &j.conn, &mut Encoded::new(msg));
                 }
                 for pending in slot.syncing.take().unwrap_or_default() {
                     match pending {
-                        Pending::Message(msg) => {
-                            deliver(slot, &j.conn, &mut Encoded { msg, json: None })
-                        }
+                        Pending::Message(msg) => deliver(slot, &j.conn, &mut Encoded::new(msg)),
                         Pending::Lost(lost) => tell_lost(slot, &key.room, &lost),
                     }
                 }
@@ -782,6 +808,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_is_encoded_once_per_encoding_not_once_per_member() {
+        let (hub, bus) = setup().await;
+        let members: Vec<Joiner> = ["j1", "j2", "p1", "p2"]
+            .into_iter()
+            .map(|c| {
+                let mut j = joiner(c);
+                if c.starts_with('p') {
+                    j.encoding = Encoding::Proto;
+                }
+                j
+            })
+            .collect();
+        for j in &members {
+            hub.join(&key(), j, None, None).await.unwrap();
+        }
+        publish(&bus, 1).await;
+        let mut json_ptrs = Vec::new();
+        let mut proto_ptrs = Vec::new();
+        for j in &members {
+            let items = tokio::time::timeout(Duration::from_secs(2), j.outbox.take_all())
+                .await
+                .expect("items in time");
+            match (&items[..], j.encoding) {
+                ([Item::Message { json, .. }], Encoding::Json) => json_ptrs.push(json.as_ptr()),
+                ([Item::RawBinary(b)], Encoding::Proto) => {
+                    let m = <proto::ServerMessage as prost::Message>::decode(b.as_ref()).unwrap();
+                    assert_eq!(proto::to_json(&m)["seq"], 1);
+                    proto_ptrs.push(b.as_ptr());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Shared buffers: the same allocation for every member of one encoding.
+        assert_eq!(json_ptrs.len(), 2);
+        assert_eq!(json_ptrs[0], json_ptrs[1]);
+        assert_eq!(proto_ptrs.len(), 2);
+        assert_eq!(proto_ptrs[0], proto_ptrs[1]);
+    }
+
+    #[tokio::test]
     async fn members_receive_room_messages_in_order() {
         let (hub, bus) = setup().await;
         let a = joiner("a");
@@ -939,7 +1005,7 @@ mod tests {
         {
             let mut members = room.members.lock().unwrap();
             let slot = members.get_mut("a").unwrap();
-            deliver(slot, "a", &mut Encoded { msg, json: None });
+            deliver(slot, "a", &mut Encoded::new(msg));
         }
         assert_eq!(
             seqs(&a.outbox, 1).await,

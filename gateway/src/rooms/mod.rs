@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod presence;
 #[cfg(test)]
 mod proptests;
+pub mod proto;
 pub mod protocol;
 pub mod publish_api;
 pub mod route;

@@ -1,5 +1,6 @@
-//! Bounded property tests of the two decoders a client's bytes reach first: the room protocol
-//! ([`protocol::parse`]) and resume cursors ([`Cursor::decode`]). Arbitrary input never panics
+//! Bounded property tests of the decoders a client's bytes reach first: the room protocol
+//! ([`protocol::parse`], its binary encoding [`proto::decode_client`]) and resume cursors
+//! ([`Cursor::decode`]). Arbitrary input never panics
 //! and fails only with the decoder's typed error; generated valid values survive
 //! encode-then-decode unchanged.
 //!
@@ -13,6 +14,7 @@ use serde_json::Value;
 
 use super::bus::Position;
 use super::cursor::{Cursor, CursorError, MAX_CURSOR_TEXT};
+use super::proto;
 use super::protocol::{self, ClientMsg};
 
 /// JSON values without floats (the protocol carries them, but float text round trips are
@@ -60,6 +62,7 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
                 room,
                 data,
                 b64,
+                bin: None,
                 id,
                 ephemeral,
             }),
@@ -104,6 +107,22 @@ proptest! {
         if let Err(e) = protocol::parse(&v.to_string()) {
             prop_assert!(!e.0.is_empty());
         }
+    }
+
+    #[test]
+    fn any_binary_frame_decodes_or_gets_a_reason(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+        if let Err((_, e)) = proto::decode_client(&bytes) {
+            prop_assert!(!e.0.is_empty());
+        }
+    }
+
+    #[test]
+    fn client_messages_survive_the_binary_encoding(msg in client_msg()) {
+        // Only publishes with exactly one valid payload encode (`b64` becomes bytes).
+        if let ClientMsg::Publish { data, b64, .. } = &msg {
+            prop_assume!(data.is_some() && b64.is_none());
+        }
+        prop_assert_eq!(proto::decode_client(&proto::encode_client(&msg)), Ok(msg));
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub enum ClientMsg {
         /// Binary payload, base64 (standard alphabet).
         #[serde(default)]
         b64: Option<String>,
+        /// Binary payload as bytes: the binary encoding's (`proto`), never in JSON.
+        #[serde(skip)]
+        bin: Option<bytes::Bytes>,
         #[serde(default)]
         id: Option<String>,
         #[serde(default)]

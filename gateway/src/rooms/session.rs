@@ -50,6 +50,8 @@ pub struct SessionCtx {
     pub drain_window: Duration,
     /// Raw relay rooms: the room from the path.
     pub raw_room: Option<String>,
+    /// The binary encoding (`switchboard.v1.proto`) was negotiated.
+    pub proto: bool,
 }
 
 /// tungstenite limits: small buffers for idle connections, bounded writes, the route's
@@ -98,6 +100,7 @@ pub async fn run(io: Upgraded, ctx: SessionCtx) -> CloseCause {
     // Writer: batches of queued items, one flush per batch; closes on request or overflow.
     let writer_outbox = outbox.clone();
     let raw = ctx.policy.is_raw();
+    let proto = ctx.proto;
     let writer = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -112,7 +115,7 @@ pub async fn run(io: Upgraded, ctx: SessionCtx) -> CloseCause {
                         // Bounded: a peer that stopped reading must not keep the session alive.
                         let _ = tokio::time::timeout(CLOSE_WAIT, async {
                             for item in drain_now(&writer_outbox) {
-                                let _ = sink.feed(to_message(item)).await;
+                                let _ = sink.feed(to_message(item, proto)).await;
                             }
                             let _ = sink.send(Message::Close(Some(close_frame(&cause)))).await;
                         })
@@ -140,7 +143,7 @@ pub async fn run(io: Upgraded, ctx: SessionCtx) -> CloseCause {
                     tokio::select! {
                         written = async {
                             for item in items {
-                                sink.feed(to_message(item)).await?;
+                                sink.feed(to_message(item, proto)).await?;
                             }
                             sink.flush().await
                         } => if written.is_err() {
@@ -199,11 +202,23 @@ fn drain_now(outbox: &Outbox) -> Vec<Item> {
     futures_util::FutureExt::now_or_never(outbox.take_all()).unwrap_or_default()
 }
 
-fn to_message(item: Item) -> Message {
+/// The frame of a queued item. On the binary encoding room messages and presence events come
+/// encoded (`RawBinary`, once per pod); this connection's own replies are translated here.
+fn to_message(item: Item, proto: bool) -> Message {
     match item {
         Item::Message { json, .. } => Message::text(json.to_string()),
         Item::RawText(t) => Message::text(t.to_string()),
         Item::RawBinary(b) => Message::binary(b),
+        Item::Reply(r) | Item::Lost { json: r, .. } if proto => {
+            match super::proto::transcode(&r) {
+                Some(b) => Message::binary(b),
+                None => {
+                    // Every reply protocol.rs builds has a binary form (unit-tested).
+                    tracing::error!(reply = %r, "reply without a binary form");
+                    Message::text(r)
+                }
+            }
+        }
         Item::Reply(r) | Item::Lost { json: r, .. } => Message::text(r),
     }
 }
@@ -223,6 +238,8 @@ impl Session {
             outbox: self.outbox.clone(),
             encoding: if self.ctx.policy.is_raw() {
                 Encoding::Raw { echo: p.echo }
+            } else if self.ctx.proto {
+                Encoding::Proto
             } else {
                 Encoding::Json
             },
@@ -404,22 +421,30 @@ impl Session {
             }
             return None;
         }
-        let text = match msg {
-            Message::Text(t) => t,
-            _ => {
-                self.reply(protocol::error(
-                    None,
-                    ErrorCode::BadRequest,
-                    "binary frames are not part of the protocol; use b64",
-                ));
-                return None;
-            }
+        let decoded = match (msg, self.ctx.proto) {
+            (Message::Text(text), false) => protocol::parse(&text)
+                .map_err(|reason| (protocol::loose_id(&text), reason)),
+            (Message::Binary(frame), true) => super::proto::decode_client(&frame),
+            (_, false) => Err((
+                None,
+                protocol::BadMessage(
+                    "binary frames are not part of switchboard.v1; use b64 (or switchboard.v1.proto)"
+                        .into(),
+                ),
+            )),
+            (_, true) => Err((
+                None,
+                protocol::BadMessage(
+                    "text frames are not part of switchboard.v1.proto; send ClientMessage frames"
+                        .into(),
+                ),
+            )),
         };
-        let parsed = match protocol::parse(&text) {
+        let parsed = match decoded {
             Ok(m) => m,
-            Err(reason) => {
+            Err((id, reason)) => {
                 self.reply(protocol::error(
-                    protocol::loose_id(&text).as_deref(),
+                    id.as_deref(),
                     ErrorCode::BadRequest,
                     &reason.0,
                 ));
@@ -517,10 +542,15 @@ impl Session {
                 room,
                 data,
                 b64,
+                bin,
                 id,
                 ephemeral,
             } => {
-                self.publish(room, data, b64, id, ephemeral).await;
+                let payload = match bin {
+                    Some(b) => Ok(Payload::Binary(b)),
+                    None => protocol::payload(data, b64),
+                };
+                self.publish(room, payload, id, ephemeral).await;
             }
         }
         None
@@ -529,8 +559,7 @@ impl Session {
     async fn publish(
         &mut self,
         room: String,
-        data: Option<Value>,
-        b64: Option<String>,
+        payload: Result<Payload, String>,
         id: Option<String>,
         ephemeral: bool,
     ) {
@@ -543,7 +572,7 @@ impl Session {
             ));
             return;
         }
-        let mut payload = match protocol::payload(data, b64) {
+        let mut payload = match payload {
             Ok(p) => p,
             Err(reason) => {
                 self.reply(protocol::error(

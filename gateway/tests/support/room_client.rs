@@ -1,5 +1,7 @@
 //! The reference client of the Switchboard room protocol v1 (`docs/protocol.md`), over a
-//! WebSocket with the `switchboard.v1` subprotocol. It is what the rooms tests use to act like a
+//! WebSocket with the `switchboard.v1` subprotocol (JSON text frames) or, with
+//! [`Options::proto`], `switchboard.v1.proto` (Protocol Buffers binary frames; the client keeps
+//! one code path and translates at the socket). It is what the rooms tests use to act like a
 //! real application, and it shows the patterns a client needs:
 //!
 //! - **Reconnect** with exponential backoff and full jitter (`random(0, min(cap, base·2^n))`),
@@ -45,6 +47,52 @@ use super::{WsClient, ws_config};
 
 /// The subprotocol of the room protocol v1.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
+/// The subprotocol of its binary encoding.
+pub const PROTO_SUBPROTOCOL: &str = "switchboard.v1.proto";
+
+/// How the room protocol is encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `switchboard.v1`: JSON text frames.
+    Json,
+    /// `switchboard.v1.proto`: Protocol Buffers binary frames.
+    Proto,
+}
+
+impl Encoding {
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Self::Json => SUBPROTOCOL,
+            Self::Proto => PROTO_SUBPROTOCOL,
+        }
+    }
+
+    /// The frame of a client message written as JSON text. A text that is not a protocol
+    /// message is sent as it is (a text frame), for tests of bad input.
+    pub fn client_frame(self, text: String) -> Message {
+        match self {
+            Self::Json => Message::text(text),
+            Self::Proto => match switchboard_gateway::rooms::protocol::parse(&text) {
+                Ok(m) => Message::binary(switchboard_gateway::rooms::proto::encode_client(&m)),
+                Err(_) => Message::text(text),
+            },
+        }
+    }
+
+    /// The JSON text of a server frame (a binary frame decoded and written as JSON).
+    pub fn server_text(self, msg: &Message) -> Option<String> {
+        use prost::Message as _;
+        use switchboard_gateway::rooms::proto;
+        match msg {
+            Message::Text(t) if self == Self::Json => Some(t.as_str().to_owned()),
+            Message::Binary(b) if self == Self::Proto => {
+                let m = proto::ServerMessage::decode(b.as_ref()).ok()?;
+                Some(proto::to_json(&m).to_string())
+            }
+            _ => None,
+        }
+    }
+}
 
 /// A room position: `seq` increases per room (not necessarily by one), `epoch` names the stream.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -197,6 +245,8 @@ pub struct Options {
     pub retry_every: Duration,
     /// Handshake timeout per attempt.
     pub connect_timeout: Duration,
+    /// Wire encoding (JSON by default).
+    pub encoding: Encoding,
 }
 
 impl Options {
@@ -209,7 +259,14 @@ impl Options {
             queue_limit: 1000,
             retry_every: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(5),
+            encoding: Encoding::Json,
         }
+    }
+
+    /// Speak `encoding` on the wire.
+    pub fn encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
     }
 
     /// Add a handshake header.
@@ -650,7 +707,7 @@ impl Worker {
         let h = req.headers_mut();
         h.insert(
             http::header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL),
+            HeaderValue::from_static(self.opts.encoding.subprotocol()),
         );
         for (name, value) in &self.opts.headers {
             h.append(
@@ -660,7 +717,18 @@ impl Worker {
         }
         let connect = tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), true);
         match tokio::time::timeout(self.opts.connect_timeout, connect).await {
-            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Ok((ws, resp))) => {
+                let chosen = resp
+                    .headers()
+                    .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+                    .and_then(|v| v.to_str().ok());
+                assert_eq!(
+                    chosen,
+                    Some(self.opts.encoding.subprotocol()),
+                    "the gateway selects the offered encoding"
+                );
+                Ok(ws)
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(tungstenite::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -695,7 +763,11 @@ impl Worker {
             out.push(q.frame.clone());
         }
         for frame in out {
-            if ws.feed(Message::text(frame)).await.is_err() {
+            if ws
+                .feed(self.opts.encoding.client_frame(frame))
+                .await
+                .is_err()
+            {
                 return self.lost(None, "send failed");
             }
         }
@@ -708,7 +780,12 @@ impl Worker {
         loop {
             tokio::select! {
                 msg = ws.next() => match msg {
-                    Some(Ok(Message::Text(t))) => self.on_frame(t.as_str()),
+                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                        match self.opts.encoding.server_text(&m) {
+                            Some(text) => self.on_frame(&text),
+                            None => panic!("a frame of the wrong kind for {:?}: {m:?}", self.opts.encoding),
+                        }
+                    }
                     Some(Ok(Message::Close(frame))) => {
                         let (code, reason) = frame.map_or((1005, String::new()), |f| {
                             (u16::from(f.code), f.reason.as_str().to_owned())
@@ -765,7 +842,7 @@ impl Worker {
                         }
                     };
                     if let Some(frame) = frame
-                        && ws.send(Message::text(frame)).await.is_err()
+                        && ws.send(self.opts.encoding.client_frame(frame)).await.is_err()
                     {
                         return self.lost(None, "send failed");
                     }
@@ -782,7 +859,7 @@ impl Worker {
                         }
                     }
                     for frame in frames {
-                        if ws.send(Message::text(frame)).await.is_err() {
+                        if ws.send(self.opts.encoding.client_frame(frame)).await.is_err() {
                             return self.lost(None, "send failed");
                         }
                     }

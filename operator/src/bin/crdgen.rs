@@ -5,6 +5,8 @@
 //! cargo run -p switchboard-operator --bin crdgen -- crds/realtimeroutes.yaml
 //! ```
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

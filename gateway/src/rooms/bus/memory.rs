@@ -41,6 +41,9 @@ struct Room {
     members: HashMap<String, Member>,
     /// An entry for this room is in the expiry queue.
     expiry_queued: bool,
+    /// The namespace's last position when this incarnation of the room was created: every
+    /// message of an earlier (freed) incarnation is at or before it.
+    born: u64,
 }
 
 impl Room {
@@ -81,6 +84,19 @@ struct State {
 }
 
 impl State {
+    /// The room, created if needed; a new room is born at `born` (see [`Room::born`]).
+    fn room_mut(&mut self, key: &RoomKey, born: u64) -> &mut Room {
+        self.rooms.entry(key.clone()).or_insert_with(|| Room {
+            born,
+            ..Room::default()
+        })
+    }
+
+    /// The namespace's last position.
+    fn last_position(&self, namespace: &str) -> u64 {
+        self.positions.get(namespace).map_or(0, |p| p.seq)
+    }
+
     /// Free the room if nothing holds it any more (its removals go to the namespace watermark).
     fn free_if_idle(&mut self, key: &RoomKey) {
         if self.rooms.get(key).is_some_and(Room::is_idle)
@@ -266,7 +282,13 @@ impl Bus for MemoryBus {
             }
             return Ok(None);
         }
-        let room = st.rooms.entry(p.key.clone()).or_default();
+        // Born just before its first message (or at the current position for an ephemeral one).
+        let born = if seq == 0 {
+            st.last_position(&p.key.namespace)
+        } else {
+            seq - 1
+        };
+        let room = st.room_mut(&p.key, born);
         let msg = RoomMessage {
             key: p.key,
             seq,
@@ -317,7 +339,8 @@ impl Bus for MemoryBus {
                 epoch: self.epoch.clone(),
             },
         );
-        let room = st.rooms.entry(key.clone()).or_default();
+        let born = st.last_position(&key.namespace);
+        let room = st.room_mut(key, born);
         room.subscribers.push((id, tx));
         room.presence_subscribers.push((id, ptx));
         crate::metrics::metrics()
@@ -364,7 +387,14 @@ impl Bus for MemoryBus {
             .history
             .front()
             .is_some_and(|m| m.seq <= since.seq.saturating_add(1));
-        let nothing_removed = room.trimmed.max(positions.freed) <= since.seq;
+        // A freed earlier incarnation of this room matters only if it may hold messages after
+        // `since`; other rooms' losses never do.
+        let freed = if room.born > since.seq {
+            positions.freed
+        } else {
+            0
+        };
+        let nothing_removed = room.trimmed.max(freed) <= since.seq;
         if !(oldest_follows || nothing_removed) {
             return Ok(Replay::Lost);
         }
@@ -418,7 +448,8 @@ impl Bus for MemoryBus {
         if !present && !st.rooms.contains_key(key) {
             return Ok(());
         }
-        let room = st.rooms.entry(key.clone()).or_default();
+        let born = st.last_position(&key.namespace);
+        let room = st.room_mut(key, born);
         let changed = if present {
             room.members
                 .insert(member.conn.clone(), member.clone())
@@ -749,6 +780,22 @@ mod tests {
             Replay::Lost,
             "one that had not seen the expired message did"
         );
+    }
+
+    #[tokio::test]
+    async fn another_room_freed_with_losses_does_not_make_a_quiet_rooms_resume_lost() {
+        let bus = bus_with_age(Duration::from_secs(1)).await;
+        let _sub = bus.subscribe(&key("quiet")).await.unwrap();
+        let given = bus.position(&key("quiet")).await.unwrap();
+        // Another room of the namespace keeps a message past the given position, which then
+        // expires and is freed: that room lost it, this one did not.
+        bus.publish(publish("busy", 1)).await.unwrap();
+        bus.sweep(now_ms() + 1_500, SWEEP_BUDGET);
+        bus.publish(publish("quiet", 2)).await.unwrap();
+        match bus.replay(&key("quiet"), &given).await.unwrap() {
+            Replay::Gap(m) => assert_eq!(m.len(), 1, "exactly the quiet room's message"),
+            Replay::Lost => panic!("the quiet room lost nothing, but its resume says lost"),
+        }
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
-//! Captures the git commit the binary is built from as `SWITCHBOARD_GIT_COMMIT` (shown by
-//! `--version`, in `/status` and in `switchboard_build_info`). An explicit
-//! `SWITCHBOARD_GIT_COMMIT` in the build environment wins (the Containerfile passes it, since its
-//! build context has no `.git`); otherwise `git rev-parse`; `unknown` outside a git checkout.
+//! The build script of both binaries (`build = "../build/build_info.rs"` in the gateway's and
+//! the operator's Cargo.toml): captures the git commit the binary is built from as
+//! `SWITCHBOARD_GIT_COMMIT` (shown by `--version`, in `/status` and in `switchboard_build_info`).
+//! An explicit `SWITCHBOARD_GIT_COMMIT` in the build environment wins (the Containerfile passes
+//! it, since its build context has no `.git`); otherwise `git rev-parse`; `unknown` outside a
+//! git checkout.
 
 use std::process::Command;
 

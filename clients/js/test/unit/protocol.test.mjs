@@ -1,0 +1,57 @@
+// The pure parts: reconnect delays, the SSE cursor and parser, JWT expiry, the JSON codec.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { SseParser, backoffDelay, encodeCursor, jsonCodec, jwtExp, refreshDelay } from "../../dist/index.js";
+
+test("backoff is zero on the first attempt and full jitter under the capped exponential after", () => {
+  assert.equal(backoffDelay(0, 500, 30000, () => 0.99), 0);
+  assert.equal(backoffDelay(1, 500, 30000, () => 0.999999), 499);
+  assert.equal(backoffDelay(3, 500, 30000, () => 0.5), 1000);
+  assert.equal(backoffDelay(40, 500, 30000, () => 0.5), 15000, "capped at 30 s");
+  assert.equal(backoffDelay(5, 500, 30000, () => 0), 0, "full jitter reaches zero");
+});
+
+test("the cursor is base64url without padding of the documented JSON", () => {
+  const c = encodeCursor([["chat:lobby", { seq: 4, epoch: "mem-5f1c" }]]);
+  // The example cursor of docs/protocol.md#server-sent-events.
+  assert.equal(c, "eyJwIjp7ImNoYXQ6bG9iYnkiOls0LCJtZW0tNWYxYyJdfX0");
+  assert.doesNotMatch(encodeCursor([["a", { seq: 1, epoch: "e?>" }]]), /[+/=]/);
+});
+
+test("jwt exp is read from the payload and anything else is undefined", () => {
+  const payload = Buffer.from(JSON.stringify({ sub: "a", exp: 1767225600 })).toString("base64url");
+  assert.equal(jwtExp(`h.${payload}.s`), 1767225600);
+  assert.equal(jwtExp("opaque-token"), undefined);
+  assert.equal(jwtExp("h.!!!.s"), undefined);
+  assert.equal(jwtExp(`h.${Buffer.from("{}").toString("base64url")}.s`), undefined);
+});
+
+test("a token is refreshed ahead of exp, halfway through a short one, never within a second", () => {
+  const now = 1_000_000;
+  assert.equal(refreshDelay(now / 1000 + 600, now, 30000), 570000);
+  assert.equal(refreshDelay(now / 1000 + 40, now, 30000), 20000);
+  assert.equal(refreshDelay(now / 1000 - 5, now, 30000), 1000);
+});
+
+test("the sse parser handles every line ending, split chunks, comments and multi-line data", () => {
+  const got = [];
+  const p = new SseParser((e) => got.push(e));
+  p.feed("retry: 2000\n: connected\n\nevent: joined\nid: c1\r");
+  p.feed("\ndata: {\"a\":1}\r\n\r\nda");
+  p.feed("ta: x\ndata: y\r\rdata:z\n");
+  assert.equal(got.length, 2);
+  p.feed("\n");
+  assert.deepEqual(got, [
+    { event: "joined", data: '{"a":1}', id: "c1" },
+    { event: "message", data: "x\ny", id: "c1" },
+    { event: "message", data: "z", id: "c1" },
+  ]);
+});
+
+test("the json codec reads objects with a type and ignores anything else", () => {
+  assert.deepEqual(jsonCodec.decode('{"type":"pong","id":"1"}'), { type: "pong", id: "1" });
+  assert.equal(jsonCodec.decode("not json"), undefined);
+  assert.equal(jsonCodec.decode("[1]"), undefined);
+  assert.equal(jsonCodec.decode(new ArrayBuffer(2)), undefined);
+  assert.equal(jsonCodec.subprotocol, "switchboard.v1");
+});

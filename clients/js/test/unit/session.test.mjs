@@ -1,0 +1,275 @@
+// The connection logic without a network: a scripted WebSocket stands in for the socket (the
+// STYLE's socket-free session tests); the real gateway is in gateway/tests/client_js.rs.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { SwitchboardClient } from "../../dist/index.js";
+
+class ScriptedSocket {
+  static all = [];
+  constructor(url, protocols) {
+    this.url = url;
+    this.protocols = protocols;
+    this.sent = [];
+    this.readyState = 0;
+    ScriptedSocket.all.push(this);
+  }
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+  close(code = 1000, reason = "") {
+    if (this.readyState == 3) return;
+    this.readyState = 3;
+    queueMicrotask(() => this.onclose?.({ code, reason }));
+  }
+  // test side
+  open() {
+    this.readyState = 1;
+    this.onopen?.({});
+  }
+  deliver(frame) {
+    this.onmessage?.({ data: JSON.stringify(frame) });
+  }
+  drop(code = 1006, reason = "") {
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+}
+
+const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
+
+/** A client on scripted sockets; `next()` waits for the next socket it opens. */
+function scripted(opts = {}) {
+  ScriptedSocket.all = [];
+  let tokens = 0;
+  const events = [];
+  const client = new SwitchboardClient({
+    url: "ws://gw.test/chat",
+    WebSocket: ScriptedSocket,
+    transports: ["websocket"],
+    backoffBaseMs: 1,
+    backoffCapMs: 5,
+    getToken: () => `t${++tokens}`,
+    ...opts,
+  });
+  for (const e of ["connected", "disconnected", "reconnecting", "gap", "error", "shutdown"])
+    client.on(e, (v) => events.push([e, v]));
+  const next = async () => {
+    const n = ScriptedSocket.all.length;
+    for (let i = 0; i < 500 && ScriptedSocket.all.length == n; i++) await tick(1);
+    const ws = ScriptedSocket.all[n];
+    assert.ok(ws, "the client opened another socket");
+    ws.open();
+    return ws;
+  };
+  return { client, next, events };
+}
+
+const pos = (seq) => ({ seq, epoch: "e1" });
+const msg = (room, seq, data = seq) => ({ type: "message", room, seq, epoch: "e1", ts: 1, data });
+
+test("every connection offers switchboard.v1 with a fresh token from getToken", async (t) => {
+  const { client, next } = scripted();
+  t.after(() => client.close());
+  const a = await next();
+  assert.deepEqual(a.protocols, ["switchboard.v1", "bearer.t1"]);
+  a.drop();
+  const b = await next();
+  assert.deepEqual(b.protocols, ["switchboard.v1", "bearer.t2"]);
+});
+
+test("a reconnect re-joins with since, drops messages before the joined reply and duplicates", async (t) => {
+  const { client, next } = scripted();
+  t.after(() => client.close());
+  const got = [];
+  const joins = [];
+  const a = await next();
+  client.join("chat:a", { onMessage: (m) => got.push(m.seq), onJoined: (j) => joins.push(j) });
+  const j1 = a.sent.at(-1);
+  assert.deepEqual(j1, { type: "join", room: "chat:a", id: j1.id });
+  a.deliver({ type: "joined", room: "chat:a", recovered: false, position: pos(3), id: j1.id });
+  a.deliver(msg("chat:a", 5));
+  a.deliver(msg("chat:a", 9));
+  a.drop();
+
+  const b = await next();
+  const j2 = b.sent[0];
+  assert.deepEqual(j2, { type: "join", room: "chat:a", id: j2.id, since: pos(9) });
+  b.deliver(msg("chat:a", 12)); // live, before the reply: the replay sends it again
+  b.deliver({ type: "joined", room: "chat:a", recovered: true, position: pos(12), id: j2.id });
+  b.deliver(msg("chat:a", 9)); // duplicate
+  b.deliver(msg("chat:a", 12));
+  b.deliver({ ...msg("chat:a", 0), ephemeral: true });
+  assert.deepEqual(got, [5, 9, 12, 0]);
+  assert.deepEqual(
+    joins.map((j) => [j.recovered, j.resumed]),
+    [
+      [false, false],
+      [true, true],
+    ],
+  );
+});
+
+test("recovered false on a resume and a lost message are surfaced as gaps", async (t) => {
+  const { client, next, events } = scripted();
+  t.after(() => client.close());
+  const gaps = [];
+  const a = await next();
+  const sub = client.join("chat:a", { onGap: (g) => gaps.push(g) });
+  a.deliver({ type: "joined", room: "chat:a", recovered: false, position: pos(3), id: a.sent[0].id });
+  assert.equal(gaps.length, 0, "a first join is not a gap");
+  a.deliver({ type: "lost", room: "chat:a", from: pos(4), to: pos(8), ephemeral: 2 });
+  assert.deepEqual(sub.position, pos(8));
+  a.drop();
+  const b = await next();
+  assert.deepEqual(b.sent[0].since, pos(8));
+  b.deliver({ type: "joined", room: "chat:a", recovered: false, position: { seq: 2, epoch: "e2" }, id: b.sent[0].id });
+  assert.deepEqual(gaps, [
+    { room: "chat:a", reason: "lost", from: pos(4), to: pos(8), ephemeral: 2 },
+    { room: "chat:a", reason: "not_recovered", position: { seq: 2, epoch: "e2" } },
+  ]);
+  assert.equal(events.filter(([e]) => e == "gap").length, 2);
+});
+
+test("publishes made offline are queued, bounded, and flushed in order after the joins", async (t) => {
+  const { client, next } = scripted({ queueLimit: 3 });
+  t.after(() => client.close());
+  client.join("chat:a");
+  const acks = [client.publish("chat:a", "one"), client.publish("chat:a", "two"), client.publish("chat:a", "three")];
+  await assert.rejects(client.publish("chat:a", "four"), { code: "queue_full" });
+  await assert.rejects(client.publish("chat:a", "typing", { ephemeral: true }), { code: "offline" });
+  const a = await next();
+  assert.deepEqual(
+    a.sent.map((f) => f.type + ":" + (f.data ?? f.room)),
+    ["join:chat:a", "publish:one", "publish:two", "publish:three"],
+  );
+  a.deliver({ type: "ack", id: a.sent[1].id, seq: 7, epoch: "e1" });
+  assert.deepEqual(await acks[0], { seq: 7, epoch: "e1" });
+  a.deliver({ type: "error", id: a.sent[2].id, code: "rejected", reason: "no links" });
+  await assert.rejects(acks[1], { code: "rejected", message: "no links" });
+  a.drop();
+  // Unacknowledged when the connection dropped: sent again (at-least-once).
+  const b = await next();
+  assert.deepEqual(
+    b.sent.map((f) => f.data ?? f.type),
+    ["join", "three"],
+  );
+  b.deliver({ type: "ack", id: b.sent[1].id, seq: 9, epoch: "e1" });
+  assert.deepEqual(await acks[2], { seq: 9, epoch: "e1" });
+});
+
+test("a full queue with drop-oldest rejects the oldest unsent publish for the new one", async (t) => {
+  const { client } = scripted({ queueLimit: 2, queueOverflow: "drop-oldest" });
+  t.after(() => client.close());
+  const first = client.publish("chat:a", 1);
+  const rest = [client.publish("chat:a", 2), client.publish("chat:a", 3)];
+  await assert.rejects(first, { code: "dropped" });
+  client.close();
+  for (const p of rest) await assert.rejects(p, { code: "closed" });
+});
+
+test("the shutdown hint holds the reconnect back at least reconnectAfterMs", async (t) => {
+  const { client, next, events } = scripted();
+  t.after(() => client.close());
+  const a = await next();
+  a.deliver({ type: "shutdown", reconnectAfterMs: 60 });
+  a.drop(1001, "server draining, reconnect");
+  const r = events.find(([e]) => e == "reconnecting")[1];
+  assert.ok(r.delayMs >= 55, `delay ${r.delayMs}`);
+  assert.deepEqual(
+    events.find(([e]) => e == "disconnected")[1],
+    { code: 1001, reason: "server draining, reconnect" },
+  );
+});
+
+test("a 1009 close rejects the oldest unacknowledged publish instead of resending it forever", async (t) => {
+  const { client, next } = scripted();
+  t.after(() => client.close());
+  const a = await next();
+  const big = client.publish("chat:a", "big");
+  const after = client.publish("chat:a", "after");
+  a.drop(1009, "message too big");
+  await assert.rejects(big, { code: "too_large" });
+  const b = await next();
+  assert.deepEqual(b.sent.map((f) => f.data), ["after"]);
+  b.deliver({ type: "ack", id: b.sent[0].id });
+  assert.deepEqual(await after, {});
+});
+
+test("a publish over maxMessageBytes is refused before it is sent", async (t) => {
+  const { client } = scripted({ maxMessageBytes: 64 });
+  t.after(() => client.close());
+  await assert.rejects(client.publish("chat:a", "x".repeat(100)), { code: "too_large" });
+});
+
+test("a forbidden join forgets the room; an unavailable one is joined again on reconnect", async (t) => {
+  const { client, next } = scripted();
+  t.after(() => client.close());
+  const errors = [];
+  const a = await next();
+  client.join("chat:no", { onError: (e) => errors.push(e.code) });
+  client.join("chat:later");
+  a.deliver({ type: "error", code: "forbidden", reason: "not allowed", id: a.sent[0].id });
+  a.deliver({ type: "error", code: "unavailable", reason: "bus", id: a.sent[1].id });
+  assert.deepEqual(errors, ["forbidden"]);
+  a.drop();
+  const b = await next();
+  assert.deepEqual(b.sent.map((f) => f.room), ["chat:later"]);
+});
+
+test("the automatic user room is kept and resumed without being joined by the client first", async (t) => {
+  const { client, next, events } = scripted();
+  t.after(() => client.close());
+  const got = [];
+  client.on("message", (m) => got.push(m.room));
+  const a = await next();
+  a.deliver({ type: "joined", room: "user:alice", recovered: false, position: pos(1) });
+  assert.equal(a.sent.length, 0, "no join sent for it");
+  a.deliver(msg("user:alice", 2));
+  a.drop();
+  const b = await next();
+  assert.deepEqual(b.sent[0].since, pos(2));
+  // The gateway's own automatic join arrives before the answer to ours: ours decides.
+  b.deliver({ type: "joined", room: "user:alice", recovered: false, position: pos(5) });
+  b.deliver({ type: "joined", room: "user:alice", recovered: true, position: pos(2), id: b.sent[0].id });
+  assert.deepEqual(got, ["user:alice"]);
+  assert.equal(events.filter(([e]) => e == "gap").length, 0);
+});
+
+test("presence keeps a snapshot plus diffs", async (t) => {
+  const { client, next } = scripted();
+  t.after(() => client.close());
+  const seen = [];
+  const a = await next();
+  const sub = client.join("chat:a", { onPresence: (e) => seen.push([e.event, e.members.map((m) => m.user)]) });
+  const [join, req] = a.sent;
+  assert.equal(req.type, "presence");
+  a.deliver({ type: "joined", room: "chat:a", recovered: false, position: pos(1), id: join.id });
+  const m = (conn, user) => ({ conn, user, info: null });
+  a.deliver({ type: "presence", room: "chat:a", members: [m("c1", "alice"), m("c2", "bob")], id: req.id });
+  await tick();
+  a.deliver({ type: "presence", room: "chat:a", event: "leave", member: m("c1", "alice") });
+  a.deliver({ type: "presence", room: "chat:a", event: "join", member: m("c3", "carol") });
+  assert.deepEqual(seen, [
+    ["snapshot", ["alice", "bob"]],
+    ["leave", ["bob"]],
+    ["join", ["bob", "carol"]],
+  ]);
+  assert.deepEqual(sub.members.map((x) => x.conn), ["c2", "c3"]);
+});
+
+test("a handshake that reports only an error (Node 20's WebSocket) still counts as a failed attempt", async (t) => {
+  const { client, events } = scripted();
+  t.after(() => client.close());
+  for (let i = 0; i < 500 && !ScriptedSocket.all.length; i++) await tick(1);
+  ScriptedSocket.all[0].onerror?.({});
+  const { next } = { next: async () => {
+    for (let i = 0; i < 500 && ScriptedSocket.all.length < 2; i++) await tick(1);
+    return ScriptedSocket.all[1];
+  } };
+  assert.ok(await next(), "tried again");
+  assert.deepEqual(
+    events.filter(([e]) => e == "error").map(([, v]) => v.code),
+    ["connect"],
+  );
+  assert.equal(events.filter(([e]) => e == "disconnected").length, 0, "it never connected");
+});

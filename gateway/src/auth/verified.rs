@@ -1,0 +1,205 @@
+//! A bounded cache of verified tokens, per route: a reconnect storm presents the same tokens
+//! again and again, and a signature check is most of what a connect costs.
+//!
+//! An entry is the verified claims of one token (keyed by the token's SHA-256, so the cache
+//! never holds a token and a forged token cannot collide with a verified one) and is used only
+//! while all of these hold:
+//! - the token has not expired (`exp` plus the route's leeway, checked on every hit: an entry
+//!   lives at most the token's remaining lifetime);
+//! - the key sets it was verified against are the ones in service: any JWKS refresh of the
+//!   route's sources (a rotated-out key among them) invalidates every entry verified before it;
+//!   inline and file keys change only with a new config, which builds a new cache.
+//!
+//! Bounded by [`MAX_ENTRIES`] and [`MAX_BYTES`] per route; the oldest entries go first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use super::jwt::Claims;
+
+/// Most tokens one route's cache holds.
+pub const MAX_ENTRIES: usize = 10_000;
+/// Most bytes one route's cache charges for (the token's length twice, for the claims it holds,
+/// plus a fixed overhead per entry).
+pub const MAX_BYTES: usize = 8 * 1024 * 1024;
+const ENTRY_OVERHEAD: usize = 160;
+
+type Key = [u8; 32];
+
+struct Entry {
+    claims: Claims,
+    /// Unix seconds after which the entry is stale (`exp` + leeway).
+    stale_after: u64,
+    /// The key sets' generation the token was verified against.
+    keys: u64,
+    cost: usize,
+}
+
+#[derive(Default)]
+struct State {
+    map: HashMap<Key, Entry>,
+    /// Insertion order, for eviction (may name keys already removed).
+    order: VecDeque<Key>,
+    bytes: usize,
+}
+
+/// Verified tokens of one route.
+#[derive(Default)]
+pub struct VerifiedCache {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for VerifiedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedCache")
+            .field("entries", &self.lock().map.len())
+            .finish()
+    }
+}
+
+fn key_of(token: &str) -> Key {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl VerifiedCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves only a cache behind: keep using it.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The claims of `token` if it was verified against key sets of generation `keys` and is
+    /// still fresh at `now` (Unix seconds).
+    pub fn get(&self, token: &str, now: u64, keys: u64) -> Option<Claims> {
+        let k = key_of(token);
+        let mut st = self.lock();
+        let fresh = st
+            .map
+            .get(&k)
+            .map(|e| e.keys == keys && now <= e.stale_after)?;
+        if fresh {
+            return st.map.get(&k).map(|e| e.claims.clone());
+        }
+        if let Some(e) = st.map.remove(&k) {
+            st.bytes -= e.cost;
+        }
+        None
+    }
+
+    /// Remember that `token` verified to `claims` against key sets of generation `keys`.
+    /// A token without `exp` is not cached (the gateway requires one; this is a guard).
+    pub fn put(&self, token: &str, claims: &Claims, leeway: u64, keys: u64) {
+        let Some(exp) = claims.exp else { return };
+        let cost = token.len() * 2 + ENTRY_OVERHEAD;
+        if cost > MAX_BYTES {
+            return;
+        }
+        let k = key_of(token);
+        let mut st = self.lock();
+        if let Some(old) = st.map.remove(&k) {
+            st.bytes -= old.cost;
+        }
+        while st.map.len() >= MAX_ENTRIES || st.bytes + cost > MAX_BYTES {
+            let Some(oldest) = st.order.pop_front() else {
+                break;
+            };
+            if let Some(e) = st.map.remove(&oldest) {
+                st.bytes -= e.cost;
+            }
+        }
+        st.map.insert(
+            k,
+            Entry {
+                claims: claims.clone(),
+                stale_after: exp.saturating_add(leeway),
+                keys,
+                cost,
+            },
+        );
+        st.order.push_back(k);
+        st.bytes += cost;
+        // Keys of replaced or removed entries pile up in `order`; compact when it doubles.
+        if st.order.len() > 2 * st.map.len() + 64 {
+            let State { map, order, .. } = &mut *st;
+            order.retain(|k| map.contains_key(k));
+        }
+    }
+
+    /// Entries held (for tests and the debug view).
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// No entries held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Map, Value, json};
+
+    fn claims(exp: u64) -> Claims {
+        let raw: Map<String, Value> = json!({"sub": "a", "exp": exp})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        Claims {
+            sub: Some("a".into()),
+            exp: Some(exp),
+            raw,
+        }
+    }
+
+    #[test]
+    fn a_cached_token_is_served_until_its_exp_plus_leeway_and_not_after() {
+        let c = VerifiedCache::default();
+        c.put("t", &claims(100), 5, 1);
+        assert!(c.get("t", 104, 1).is_some());
+        assert!(c.get("t", 105, 1).is_some());
+        assert!(c.get("t", 106, 1).is_none(), "stale after exp + leeway");
+        assert!(c.is_empty(), "a stale entry is dropped");
+    }
+
+    #[test]
+    fn another_key_generation_misses_and_drops_the_entry() {
+        let c = VerifiedCache::default();
+        c.put("t", &claims(100), 0, 1);
+        assert!(c.get("t", 50, 2).is_none(), "key sets changed since");
+        assert!(c.get("t", 50, 1).is_none(), "and the entry is gone");
+    }
+
+    #[test]
+    fn a_different_token_never_hits() {
+        let c = VerifiedCache::default();
+        c.put("token-a", &claims(100), 0, 1);
+        assert!(c.get("token-b", 50, 1).is_none());
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_max_entries_dropping_the_oldest() {
+        let c = VerifiedCache::default();
+        for i in 0..MAX_ENTRIES + 10 {
+            c.put(&format!("t{i}"), &claims(100), 0, 1);
+        }
+        assert_eq!(c.len(), MAX_ENTRIES);
+        assert!(c.get("t0", 50, 1).is_none(), "the oldest went first");
+        assert!(c.get(&format!("t{}", MAX_ENTRIES + 9), 50, 1).is_some());
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_max_bytes_of_tokens() {
+        let c = VerifiedCache::default();
+        let big = "x".repeat(60_000);
+        for i in 0..200 {
+            c.put(&format!("{big}{i}"), &claims(100), 0, 1);
+        }
+        assert!(c.lock().bytes <= MAX_BYTES);
+        assert!(c.len() < 200);
+    }
+}

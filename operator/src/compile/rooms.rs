@@ -1,0 +1,167 @@
+//! `spec.rooms` -> the gateway's `rooms` section: room patterns, the rooms namespace, raw
+//! rooms' path, history, hooks and queue bounds.
+
+use serde_json::json;
+use switchboard_config::{
+    History, Hook, PathMatch as ConfigPathMatch, RoomProtocol as ConfigRoomProtocol,
+    Rooms as ConfigRooms,
+};
+
+use crate::api::{Mode, RealtimeRoute, RoomHook, RoomProtocol};
+
+use super::paths::path_room_problem;
+use super::problems::{Problems, from_wire};
+
+/// Why `pattern` is not a room pattern, if it is not one: the schema's length bound, then the
+/// gateway's own grammar ([`switchboard_config::room::Pattern`], the one parser the config
+/// validator and the gateway's rooms authorization use), checked here so a bad pattern is
+/// refused on its route instead of breaking the snapshot.
+pub fn room_pattern_problem(pattern: &str) -> Option<String> {
+    if pattern.len() > 256 {
+        return Some("at most 256 characters".into());
+    }
+    switchboard_config::room::Pattern::parse(pattern).err()
+}
+
+/// The rooms namespace the gateways see for a route in mode `rooms`:
+/// `<metadata.namespace>_<spec.rooms.namespace>`, by default `<metadata.namespace>_<name>`
+/// with dots as `_`. Prefixing the Kubernetes namespace keeps tenants' rooms apart whatever
+/// they name their namespaces; `_` cannot occur in a Kubernetes namespace, so the prefix is
+/// unambiguous.
+pub fn rooms_namespace(rt: &RealtimeRoute) -> Option<String> {
+    if rt.spec.mode != Mode::Rooms {
+        return None;
+    }
+    let ns = rt.metadata.namespace.as_deref().unwrap_or_default();
+    let own = match rt.spec.rooms.as_ref().and_then(|r| r.namespace.as_ref()) {
+        Some(n) => n.clone(),
+        None => rt
+            .metadata
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .replace('.', "_"),
+    };
+    Some(format!("{ns}_{own}"))
+}
+
+fn compile_hook(at: &str, hook: &RoomHook, p: &mut Problems) -> Option<Hook> {
+    let mut out: Hook = from_wire(json!({"url": hook.url}), at, p)?;
+    if let Some(t) = p.duration(&format!("{at}.timeout"), &hook.timeout) {
+        if t.is_zero() {
+            p.push(format!("{at}.timeout"), "must be more than 0s");
+        } else {
+            out.timeout = t;
+        }
+    }
+    Some(out)
+}
+
+/// The gateway's `rooms` section for a route in mode `rooms` (unset `spec.rooms`: all the
+/// gateway's defaults, i.e. JSON protocol and default deny).
+pub(super) fn compile_rooms(
+    rt: &RealtimeRoute,
+    path: &ConfigPathMatch,
+    p: &mut Problems,
+) -> Option<ConfigRooms> {
+    let at = "spec.rooms";
+    let r = rt.spec.rooms.clone().unwrap_or_default();
+    let protocol = r.protocol;
+    let raw = protocol == RoomProtocol::Raw;
+    for (what, list) in [("join", &r.join), ("publish", &r.publish)] {
+        if list.len() > 32 {
+            p.push(format!("{at}.{what}"), "at most 32 patterns");
+        }
+        for (i, pattern) in list.iter().enumerate() {
+            if let Some(why) = room_pattern_problem(pattern) {
+                p.push(format!("{at}.{what}[{i}]"), why);
+            }
+        }
+    }
+    if let Some(ns) = &r.namespace
+        && (ns.is_empty()
+            || ns.len() > 63
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)))
+    {
+        p.push(format!("{at}.namespace"), "1-63 of A-Z a-z 0-9 _ -");
+    }
+    match &r.path_room {
+        None if raw => p.push(
+            format!("{at}.pathRoom"),
+            "protocol raw needs pathRoom, a path with one {room} segment such as /collab/{room}",
+        ),
+        Some(_) if !raw => p.push(
+            format!("{at}.pathRoom"),
+            "only used with protocol raw (JSON rooms name their rooms in join messages)",
+        ),
+        Some(pr) => {
+            if let Some(why) = path_room_problem(pr, path) {
+                p.push(format!("{at}.pathRoom"), why);
+            }
+        }
+        None => {}
+    }
+    if r.echo.is_some() && !raw {
+        p.push(format!("{at}.echo"), "only used with protocol raw");
+    }
+    if r.publish_hook.is_some() && raw {
+        p.push(
+            format!("{at}.publishHook"),
+            "not called for raw rooms (their messages are relayed unchanged); remove it or use protocol json",
+        );
+    }
+
+    let mut rooms: ConfigRooms = from_wire(json!({}), at, p)?;
+    rooms.protocol = match protocol {
+        RoomProtocol::Json => ConfigRoomProtocol::Json,
+        RoomProtocol::Raw => ConfigRoomProtocol::Raw,
+    };
+    rooms.path_room = r.path_room.clone();
+    rooms.echo = r.echo.unwrap_or(false);
+    rooms.namespace = rooms_namespace(rt);
+    rooms.join = r.join.clone();
+    rooms.publish = r.publish.clone();
+    if let Some(h) = &r.history {
+        let hat = format!("{at}.history");
+        let mut history: History = from_wire(json!({}), &hat, p)?;
+        if let Some(m) = h.max_messages {
+            match u32::try_from(m) {
+                Ok(n) if (1..=100_000).contains(&n) => history.max_messages = n,
+                _ => p.push(
+                    format!("{hat}.maxMessages"),
+                    format!("must be 1-100000, got {m}"),
+                ),
+            }
+        }
+        if let Some(age) = p.duration(&format!("{hat}.maxAge"), &h.max_age) {
+            if age.is_zero() {
+                p.push(format!("{hat}.maxAge"), "must be more than 0s");
+            } else {
+                history.max_age = age;
+            }
+        }
+        rooms.history = Some(history);
+    }
+    rooms.presence = r.presence.unwrap_or(false);
+    if let Some(q) = r.max_queue_bytes {
+        match u64::try_from(q) {
+            Ok(n) if (4096..=1 << 30).contains(&n) => rooms.max_queue_bytes = n,
+            _ => p.push(
+                format!("{at}.maxQueueBytes"),
+                format!("must be 4096-1073741824, got {q}"),
+            ),
+        }
+    }
+    rooms.publish_hook = r
+        .publish_hook
+        .as_ref()
+        .and_then(|h| compile_hook(&format!("{at}.publishHook"), h, p));
+    rooms.notify = r
+        .notify
+        .as_ref()
+        .and_then(|h| compile_hook(&format!("{at}.notify"), h, p));
+    rooms.notify_nats = r.notify_nats.unwrap_or(false);
+    Some(rooms)
+}
