@@ -20,6 +20,9 @@ use crate::metrics::metrics;
 /// The admin HTTP app.
 pub struct AdminApp {
     pub gateway: Arc<Gateway>,
+    /// Every listener as `(role, name, address it serves)`: role `edge` or `admin`, the bound
+    /// port when the config said 0. Listed by `/status`.
+    pub listening: Vec<(&'static str, String, std::net::SocketAddr)>,
 }
 
 fn reply(
@@ -37,7 +40,11 @@ fn reply(
 }
 
 /// Route an admin request.
-pub fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub fn respond(
+    gw: &Gateway,
+    listening: &[(&'static str, String, std::net::SocketAddr)],
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&http::Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&http::Method::GET, "/readyz") => {
@@ -76,6 +83,10 @@ pub fn respond(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "connections": gw.drain.live(),
                 "routes": routes.len(),
                 "routeFailures": routes.failures(),
+                "listeners": listening
+                    .iter()
+                    .map(|(role, name, addr)| serde_json::json!({"role": role, "name": name, "address": addr.to_string()}))
+                    .collect::<Vec<_>>(),
             });
             reply(StatusCode::OK, "application/json", body.to_string())
         }
@@ -101,8 +112,10 @@ impl ServerApp for AdminApp {
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let gw = self.gateway.clone();
+        let app = self.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let gw = gw.clone();
+            let app = app.clone();
             async move {
                 if req.method() == http::Method::POST && req.uri().path() == "/v1/publish" {
                     let (status, body) =
@@ -113,7 +126,7 @@ impl ServerApp for AdminApp {
                         body.to_string(),
                     ));
                 }
-                Ok::<_, Infallible>(respond(&gw, &req))
+                Ok::<_, Infallible>(respond(&gw, &app.listening, &req))
             }
         });
         let _ = hyper::server::conn::http1::Builder::new()

@@ -165,12 +165,17 @@ pub struct RunOptions {
 
 /// Build the gateway for `cfg` and run until drained.
 pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
-    crate::listener::check_bindable(
+    let mut bound = crate::listener::bind_all(
         cfg.listeners
             .iter()
-            .map(|l| (format!("listener {}", l.name), &l.address))
-            .chain([("admin".to_string(), &cfg.admin.address)]),
+            .map(|l| ("edge", l.name.as_str(), &l.address))
+            .chain([("admin", "admin", &cfg.admin.address)]),
     )?;
+    let listening: Vec<(&'static str, String, std::net::SocketAddr)> = bound
+        .iter()
+        .map(|b| (b.role, b.name.clone(), b.addr))
+        .collect();
+    let admin_bound = bound.pop().expect("the admin address is bound last");
     let bus = make_bus(&cfg)?;
     let gw = Gateway::new(cfg.clone(), bus).map_err(BootError::Invalid)?;
     crate::gateway::report_failures(gw.routes.load().failures());
@@ -184,12 +189,12 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    for l in &cfg.listeners {
+    for (l, bound) in cfg.listeners.iter().zip(bound) {
         let tls = gw
             .tls
             .get(&l.name)
             .map(|r| tokio_rustls::TlsAcceptor::from(crate::tls::server_config(r.clone())));
-        let mut svc = Service::new(
+        let svc = Service::new(
             format!("edge {}", l.name),
             EdgeApp {
                 gateway: gw.clone(),
@@ -199,19 +204,18 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
         );
         // No pingora-level buffering: hyper, the tunnel and tungstenite buffer for themselves,
         // and pingora's default 64 KiB read buffer per connection dominated idle memory.
-        svc.add_listener(
-            ListenerConfig::tcp(l.address.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
-        );
-        server.add_service(svc);
+        server.add_service(bound.serve(svc, |svc, addr| {
+            svc.add_listener(ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::unbuffered()));
+        }));
     }
-    let mut admin = Service::new(
+    let admin = Service::new(
         "admin".to_string(),
         AdminApp {
             gateway: gw.clone(),
+            listening,
         },
     );
-    admin.add_tcp(&cfg.admin.address.to_string());
-    server.add_service(admin);
+    server.add_service(admin_bound.serve(admin, |admin, addr| admin.add_tcp(&addr)));
     server.add_service(background_service("jwks refresh", JwksRefresh(gw.clone())));
     server.add_service(background_service(
         "presence refresh",

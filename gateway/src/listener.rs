@@ -4,6 +4,7 @@
 //! connections are owned by the gateway's tunnel, not by pingora-proxy.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -11,7 +12,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
-use pingora::server::ShutdownWatch;
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
@@ -41,20 +43,110 @@ fn describe(e: &std::io::Error) -> String {
     }
 }
 
-/// Bind each address once and let it go again, before pingora is given them: pingora retries
-/// a busy address forever ("in use, will try again"), so a second gateway on a busy port would
-/// hang instead of failing. Binding is what pingora does next, so this finds what it would.
-pub fn check_bindable<'a>(
-    addresses: impl IntoIterator<Item = (String, &'a SocketAddr)>,
-) -> Result<(), BindError> {
-    for (what, address) in addresses {
-        TcpListener::bind(address).map_err(|source| BindError {
-            what,
+/// A listen address as bound at start-up. `addr` is the address it serves: the configured one,
+/// or the port the kernel picked when the configured port is 0.
+#[derive(Debug)]
+pub struct Bound {
+    /// `edge` (a listener of the config) or `admin`.
+    pub role: &'static str,
+    /// The listener's name (`admin` for the admin listener).
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Kept for port 0 only: pingora is handed this socket, since binding port 0 again would
+    /// pick another port.
+    socket: Option<TcpListener>,
+}
+
+impl Bound {
+    /// `service` with this address added as its TCP listener (`listen` adds it, given the
+    /// address as pingora takes it), wrapped so that a port-0 socket bound here is the one it
+    /// serves on.
+    pub fn serve<S>(self, mut service: S, listen: impl FnOnce(&mut S, String)) -> Prebound<S> {
+        listen(&mut service, self.addr.to_string());
+        Prebound {
+            inner: service,
+            socket: self.socket.map(|s| (self.addr.to_string(), s)),
+        }
+    }
+}
+
+/// Bind each address before pingora is given them, so that a busy one fails start-up at once:
+/// pingora retries a busy address forever ("in use, will try again"), so a second gateway on a
+/// busy port would hang instead of failing. A fixed port is let go again (binding it is what
+/// pingora does next, so this finds what it would); a port-0 socket is kept and handed over.
+/// Then one `listening` line per address, with the bound address (`role`, `name`, `addr`):
+/// how a supervisor or a test learns which port 0 became.
+pub fn bind_all<'a>(
+    addresses: impl IntoIterator<Item = (&'static str, &'a str, &'a SocketAddr)>,
+) -> Result<Vec<Bound>, BindError> {
+    let mut bound = Vec::new();
+    for (role, name, address) in addresses {
+        let error = |source| BindError {
+            what: match role {
+                "admin" => "admin".to_owned(),
+                _ => format!("listener {name}"),
+            },
             address: *address,
             source,
-        })?;
+        };
+        let socket = TcpListener::bind(address).map_err(error)?;
+        let addr = socket.local_addr().map_err(error)?;
+        let socket = if address.port() == 0 {
+            // pingora's listener runs on tokio, which needs a non-blocking socket.
+            socket.set_nonblocking(true).map_err(error)?;
+            Some(socket)
+        } else {
+            None
+        };
+        bound.push(Bound {
+            role,
+            name: name.to_owned(),
+            addr,
+            socket,
+        });
     }
-    Ok(())
+    for b in &bound {
+        tracing::info!(role = %b.role, name = %b.name, addr = %b.addr, "listening");
+    }
+    Ok(bound)
+}
+
+/// A pingora service that serves on a socket bound before it started (see [`bind_all`]):
+/// pingora looks a listen address up in its table of inherited sockets before binding it, so
+/// the socket goes into that table under its address when the service starts.
+pub struct Prebound<S> {
+    inner: S,
+    socket: Option<(String, TcpListener)>,
+}
+
+#[async_trait]
+impl<S: ServiceWithDependents> ServiceWithDependents for Prebound<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+        ready_notifier: ServiceReadyNotifier,
+    ) {
+        if let (Some(fds), Some((addr, socket))) = (&fds, self.socket.take()) {
+            fds.lock().add(addr, socket.into_raw_fd());
+        }
+        self.inner
+            .start_service(fds, shutdown, listeners_per_fd, ready_notifier)
+            .await;
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.inner.listen_addresses()
+    }
 }
 
 /// One edge listener.

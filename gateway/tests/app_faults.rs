@@ -10,9 +10,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use support::{ConfigBuilder, route};
 use support::{
-    EchoServer, Gateway, PROMPTLY, assert_echo, expect_close, free_port, metric_sum, metrics_text,
-    ws_connect,
+    EchoServer, Gateway, PROMPTLY, assert_echo, expect_close, metric_sum, metrics_text, ws_connect,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -62,21 +63,15 @@ async fn faulty_app(fault: Fault) -> (u16, oneshot::Receiver<Instant>) {
     (port, failing)
 }
 
-fn config(public: u16, admin: u16, backend: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: app
-    path: {{value: /}}
-    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    keepalive: {{interval: 0s, app: {{interval: 1s, timeout: 2s}}}}
-    drain: {{window: 0s}}
-"#
-    )
+fn config(backend: u16) -> String {
+    ConfigBuilder::new()
+        .route(
+            route("app", "/")
+                .proxy(&[backend])
+                .keepalive(json!({"interval": "0s", "app": {"interval": "1s", "timeout": "2s"}}))
+                .drain(json!({"window": "0s"})),
+        )
+        .yaml()
 }
 
 /// The connection-end log line of the route's one connection.
@@ -92,7 +87,7 @@ fn end_line(gateway: &Gateway) -> String {
 #[tokio::test]
 async fn an_app_that_stops_answering_gets_the_client_closed_with_1011_and_is_counted() {
     let (app, failing) = faulty_app(Fault::Hang).await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), app)).await;
+    let gateway = Gateway::start(&config(app)).await;
     let mut ws = ws_connect(&gateway.ws_url("/hung")).await;
     assert_echo(&mut ws, "the app answers once").await;
     let hung_at = failing.await.expect("the app hangs");
@@ -123,7 +118,7 @@ async fn an_app_that_stops_answering_gets_the_client_closed_with_1011_and_is_cou
 #[tokio::test]
 async fn an_app_connection_reset_closes_the_client_with_1011_and_is_recorded_as_upstream_gone() {
     let (app, failing) = faulty_app(Fault::Reset).await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), app)).await;
+    let gateway = Gateway::start(&config(app)).await;
     let mut ws = ws_connect(&gateway.ws_url("/reset")).await;
     assert_echo(&mut ws, "the app answers once").await;
     failing.await.expect("the app resets");
@@ -161,7 +156,7 @@ async fn an_app_connection_reset_closes_the_client_with_1011_and_is_recorded_as_
 #[tokio::test]
 async fn an_idle_connection_to_a_healthy_app_stays_open_across_app_pings() {
     let echo = EchoServer::start().await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let gateway = Gateway::start(&config(echo.port())).await;
     let mut ws = ws_connect(&gateway.ws_url("/idle")).await;
     assert_echo(&mut ws, "before").await;
     // Four ping intervals, two pong timeouts.

@@ -9,7 +9,7 @@
 mod support;
 
 use support::autobahn::run_fuzzingclient;
-use support::{EchoServer, Gateway, free_port, http_get, proxy_config};
+use support::{EchoServer, Gateway, http_get, proxy_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autobahn_fuzzingclient_against_the_echo_app_alone_has_no_failed_cases() {
@@ -21,7 +21,7 @@ async fn autobahn_fuzzingclient_against_the_echo_app_alone_has_no_failed_cases()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autobahn_fuzzingclient_through_the_proxy_tunnel_has_no_failed_cases() {
     let echo = EchoServer::start().await;
-    let mut gateway = Gateway::start(&proxy_config(free_port(), free_port(), &[echo.port()])).await;
+    let mut gateway = Gateway::start(&proxy_config(&[echo.port()])).await;
 
     let report = run_fuzzingclient(&gateway.ws_url("")).await;
     report.assert_conformant("through the gateway");

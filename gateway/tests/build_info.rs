@@ -6,7 +6,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{EchoServer, Gateway, free_port, gateway_bin, http_get, proxy_config, repo_root};
+use support::{EchoServer, Gateway, gateway_bin, http_get, proxy_config, repo_root};
 
 /// The commit `build.rs` captures: `$SWITCHBOARD_GIT_COMMIT` when set at build time, else
 /// `git rev-parse --short=12 HEAD`, else `unknown`.
@@ -45,7 +45,7 @@ fn version_flag_prints_the_version_and_the_commit_it_was_built_from() {
 #[tokio::test]
 async fn status_and_metrics_name_the_running_build() {
     let echo = EchoServer::start().await;
-    let gateway = Gateway::start(&proxy_config(free_port(), free_port(), &[echo.port()])).await;
+    let gateway = Gateway::start(&proxy_config(&[echo.port()])).await;
     let commit = expected_commit();
 
     let (code, body) = http_get(gateway.admin(), "/status").await;

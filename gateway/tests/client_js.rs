@@ -21,41 +21,42 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::nats::NatsServer;
 use support::rooms::{PUBLISH_TOKEN, publish_api, publish_seq};
-use support::{Gateway, HS256_SECRET, claims, free_port, jwt_hs256, repo_root, sign_hs256};
+use support::{ConfigBuilder, route};
+use support::{Gateway, HS256_SECRET, claims, jwt_hs256, repo_root, sign_hs256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 /// A rooms route `/chat` (rooms `chat:*`, history, presence) taking HS256 tokens from a
 /// `bearer.` subprotocol entry, `?access_token=` or `Authorization`; NATS when `nats` is given.
-fn config(public: u16, admin: u16, nats: Option<&str>, drain_window: &str) -> String {
-    let jwt = jwt_hs256(
-        "tokenSources: [{subprotocol: {prefix: \"bearer.\"}}, {query: {name: access_token}}, {bearer: {}}], ",
-    );
-    let bus = nats.map_or(String::new(), |url| {
-        format!("bus:\n  nats: {{urls: [\"{url}\"], subjectPrefix: sbjs, presenceTtl: 3s}}\n")
-    });
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 10s}}
-publishApi: {{token: {PUBLISH_TOKEN}}}
-{bus}routes:
-  - name: chat
-    path: {{value: /chat}}
-    mode: rooms
-    jwt: {jwt}
-    rooms:
-      join: ["chat:*"]
-      publish: ["chat:*"]
-      history: {{maxMessages: 1000, maxAge: 10m}}
-      presence: true
-    limits: {{messagesPerSecond: 10000, messageBurst: 10000}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: {drain_window}}}
-"#
-    )
+/// `listen`: a fixed address for the public listener (a gateway taking over another's port).
+fn config(nats: Option<&str>, listen: Option<std::net::SocketAddr>) -> String {
+    let mut gateway = ConfigBuilder::new()
+        .drain("0s", "10s")
+        .publish_token(PUBLISH_TOKEN)
+        .route(
+            route("chat", "/chat")
+                .jwt(jwt_hs256())
+                .set(
+                    "jwt.tokenSources",
+                    json!([{"subprotocol": {"prefix": "bearer."}}, {"query": {"name": "access_token"}}, {"bearer": {}}]),
+                )
+                .rooms(json!({
+                    "join": ["chat:*"],
+                    "publish": ["chat:*"],
+                    "history": {"maxMessages": 1000, "maxAge": "10m"},
+                    "presence": true,
+                }))
+                .messages_per_second(10_000, 10_000),
+        );
+    if let Some(url) = nats {
+        gateway = gateway
+            .nats(url, "sbjs")
+            .set("bus.nats.presenceTtl", json!("3s"));
+    }
+    if let Some(addr) = listen {
+        gateway = gateway.listen(addr);
+    }
+    gateway.yaml()
 }
 
 fn driver_path() -> std::path::PathBuf {
@@ -176,7 +177,7 @@ fn at_hint(shutdown: &Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_are_acknowledged_with_their_positions_and_reach_every_member_in_order() {
-    let gw = Gateway::start(&config(free_port(), free_port(), None, "1s")).await;
+    let gw = Gateway::start(&config(None, None)).await;
     let r = Driver::start("basic", args(&gw)).finish().await;
 
     let acks: Vec<u64> = r["acks"]
@@ -218,9 +219,8 @@ async fn publishes_are_acknowledged_with_their_positions_and_reach_every_member_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resumes_after_a_gateway_restart_with_exactly_the_gap() {
     let nats = NatsServer::start();
-    let yaml_a = config(free_port(), free_port(), Some(&nats.url()), "1s");
-    let mut a = Gateway::start(&yaml_a).await;
-    let b = Gateway::start(&config(free_port(), free_port(), Some(&nats.url()), "1s")).await;
+    let mut a = Gateway::start(&config(Some(&nats.url()), None)).await;
+    let b = Gateway::start(&config(Some(&nats.url()), None)).await;
     let mut d = Driver::start("resume", args(&a));
     let before = seqs(&d.expect("ready").await["seqs"]);
 
@@ -232,7 +232,7 @@ async fn a_client_resumes_after_a_gateway_restart_with_exactly_the_gap() {
     for i in 0..5 {
         gap.push(publish_seq(b.admin(), "chat:resume", json!({"gap": i})).await);
     }
-    let _a2 = Gateway::start(&yaml_a).await;
+    let _a2 = Gateway::start(&config(Some(&nats.url()), Some(a.addr()))).await;
     d.send(json!({"seqs": gap})).await;
     let r = d.finish().await;
 
@@ -262,8 +262,7 @@ async fn a_client_resumes_after_a_gateway_restart_with_exactly_the_gap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_queued_while_offline_are_flushed_in_order_after_the_reconnect() {
-    let yaml = config(free_port(), free_port(), None, "1s");
-    let mut gw = Gateway::start(&yaml).await;
+    let mut gw = Gateway::start(&config(None, None)).await;
     let mut d = Driver::start("offline", args(&gw));
     d.expect("ready").await;
     gw.terminate();
@@ -271,7 +270,7 @@ async fn publishes_queued_while_offline_are_flushed_in_order_after_the_reconnect
         .await
         .expect("gateway exited");
     d.expect("queued").await;
-    let _gw2 = Gateway::start(&yaml).await;
+    let _gw2 = Gateway::start(&config(None, Some(gw.addr()))).await;
     let r = d.finish().await;
 
     assert_eq!(r["overflow"], "queue_full", "the queue is bounded: {r}");
@@ -292,7 +291,7 @@ async fn publishes_queued_while_offline_are_flushed_in_order_after_the_reconnect
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_refreshed_before_exp_keeps_the_rooms_and_loses_nothing() {
-    let gw = Gateway::start(&config(free_port(), free_port(), None, "1s")).await;
+    let gw = Gateway::start(&config(None, None)).await;
     // 3 s tokens: refreshed every 1.5 s, well before the gateway's 4001 at exp.
     let mut a = args(&gw);
     a["ttl"] = json!(3);
@@ -322,7 +321,7 @@ async fn a_token_refreshed_before_exp_keeps_the_rooms_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_falls_back_to_sse_when_a_proxy_refuses_the_upgrade_and_resumes_a_cut_stream() {
-    let gw = Gateway::start(&config(free_port(), free_port(), None, "1s")).await;
+    let gw = Gateway::start(&config(None, None)).await;
     let r = Driver::start("sse", args(&gw)).finish().await;
 
     assert!(
@@ -350,8 +349,8 @@ async fn the_client_falls_back_to_sse_when_a_proxy_refuses_the_upgrade_and_resum
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_two_pods_over_nats_see_each_others_publishes_and_presence() {
     let nats = NatsServer::start();
-    let a = Gateway::start(&config(free_port(), free_port(), Some(&nats.url()), "1s")).await;
-    let b = Gateway::start(&config(free_port(), free_port(), Some(&nats.url()), "1s")).await;
+    let a = Gateway::start(&config(Some(&nats.url()), None)).await;
+    let b = Gateway::start(&config(Some(&nats.url()), None)).await;
     let mut v = args(&a);
     v["urls"] = json!([a.ws_url("/chat"), b.ws_url("/chat")]);
     let r = Driver::start("pods", v).finish().await;
@@ -371,8 +370,7 @@ async fn clients_on_two_pods_over_nats_see_each_others_publishes_and_presence() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_spreads_the_reconnects_of_200_clients() {
     const CLIENTS: usize = 200;
-    let yaml = config(free_port(), free_port(), None, "1s");
-    let mut gw = Gateway::start(&yaml).await;
+    let mut gw = Gateway::start(&config(None, None)).await;
     let mut v = args(&gw);
     v["clients"] = json!(CLIENTS);
     let mut d = Driver::start("drain", v);
@@ -381,7 +379,7 @@ async fn a_drain_spreads_the_reconnects_of_200_clients() {
     gw.wait_exit(Duration::from_secs(30))
         .await
         .expect("drained");
-    let gw2 = Gateway::start(&yaml).await;
+    let gw2 = Gateway::start(&config(None, Some(gw.addr()))).await;
     d.expect("reconnected").await;
     let (status, body) =
         publish_api(gw2.admin(), &json!({"room": "chat:drain", "data": "after"})).await;
@@ -527,9 +525,8 @@ async fn in_chromium_the_client_publishes_over_websocket_receives_over_sse_and_r
         playwright.display()
     );
     let nats = NatsServer::start();
-    let yaml_a = config(free_port(), free_port(), Some(&nats.url()), "1s");
-    let mut a = Gateway::start(&yaml_a).await;
-    let b = Gateway::start(&config(free_port(), free_port(), Some(&nats.url()), "1s")).await;
+    let mut a = Gateway::start(&config(Some(&nats.url()), None)).await;
+    let b = Gateway::start(&config(Some(&nats.url()), None)).await;
     let token = sign_hs256(&claims("alice", 600, json!({})));
     let page = serve_client_page(client_page(&a.addr().to_string(), &token)).await;
     let script = driver_path().with_file_name("browser.mjs");
@@ -553,7 +550,7 @@ async fn in_chromium_the_client_publishes_over_websocket_receives_over_sse_and_r
     for i in 0..3 {
         gap.push(publish_seq(b.admin(), "chat:browser", json!({"gap": i})).await);
     }
-    let _a2 = Gateway::start(&yaml_a).await;
+    let _a2 = Gateway::start(&config(Some(&nats.url()), Some(a.addr()))).await;
     d.send(json!({"total": acks.len() + gap.len()})).await;
     loop {
         report = d.expect("report").await;

@@ -28,11 +28,13 @@ use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message as _;
+use serde_json::json;
 use support::held_app::HeldApp;
+use support::{ConfigBuilder, route};
 use support::{
-    EchoServer, Gateway, PROMPTLY, Received, assert_echo, eventually, expect_close, free_port,
-    http_get, jwt_rsa_file, metric_sum, metrics_text, raw_exchange, token_for, try_http_get,
-    upgrade_head, ws_connect, ws_try_connect,
+    EchoServer, Gateway, PROMPTLY, Received, assert_echo, eventually, expect_close, http_get,
+    jwt_rsa_file, metric_sum, metrics_text, raw_exchange, token_for, try_http_get, upgrade_head,
+    ws_connect, ws_try_connect,
 };
 use switchboard_gateway::tunnel::frame::{self, Event, OpCode, Scanner, Sender};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,27 +43,21 @@ use tokio::sync::mpsc;
 
 const CLIENTS: usize = 8;
 
-fn config(public: u16, admin: u16, backend: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 4s, deadline: 15s}}
-routes:
-  - name: drained
-    path: {{value: /}}
-    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s, closeCode: 1012, closeReason: restart}}
-"#
-    )
+fn config(backend: u16) -> String {
+    ConfigBuilder::new()
+        .drain("4s", "15s")
+        .route(
+            route("drained", "/")
+                .proxy(&[backend])
+                .drain(json!({"window": "1s", "closeCode": 1012, "closeReason": "restart"})),
+        )
+        .yaml()
 }
 
 #[tokio::test]
 async fn sigterm_drains_every_client_with_the_routes_close_code_and_exits_zero() {
     let echo = EchoServer::start().await;
-    let mut gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let mut gateway = Gateway::start(&config(echo.port())).await;
 
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
@@ -237,7 +233,7 @@ impl RawClient {
 #[tokio::test]
 async fn a_message_that_crosses_the_drain_close_reaches_the_app_before_the_apps_close() {
     let echo = EchoServer::start().await;
-    let mut gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let mut gateway = Gateway::start(&config(echo.port())).await;
     let mut client = RawClient::connect(&gateway, "/client/raw").await;
     client.send_text("before the drain").await;
     assert_eq!(client.next().await, Frame::Text("before the drain".into()));
@@ -344,22 +340,10 @@ fn connection_close(headers: &http::HeaderMap) -> bool {
 async fn sigterm_lets_inflight_http_requests_finish_and_refuses_new_ones_with_a_retryable_503() {
     const IN_FLIGHT: usize = 4;
     let app = HeldApp::start().await;
-    let (public, admin) = (free_port(), free_port());
-    let yaml = format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 4s, deadline: 60s}}
-routes:
-  - name: polling
-    path: {{type: Prefix, value: /}}
-    proxy: {{backends: [{{address: "127.0.0.1:{app}"}}]}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#,
-        app = app.port()
-    );
+    let yaml = ConfigBuilder::new()
+        .drain("4s", "60s")
+        .route(route("polling", "/").prefix().proxy(&[app.port()]))
+        .yaml();
     let mut gateway = Gateway::start(&yaml).await;
     let addr = gateway.addr();
 
@@ -595,25 +579,19 @@ async fn handshake_auth_and_drain_spans_reach_the_otlp_endpoint_before_exit_with
     const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
     let receiver = OtlpReceiver::start().await;
     let echo = EchoServer::start().await;
-    let (public, admin) = (free_port(), free_port());
-    let jwt = jwt_rsa_file("tokenSources: [{query: {name: access_token}}], ");
-    let yaml = format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: traced
-    path: {{value: /traced}}
-    origins: {{allowed: ["https://app.example.com"]}}
-    jwt: {jwt}
-    proxy: {{backends: [{{address: "127.0.0.1:{echo}"}}]}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 0s}}
-"#,
-        echo = echo.port()
-    );
+    let yaml = ConfigBuilder::new()
+        .route(
+            route("traced", "/traced")
+                .origins(&["https://app.example.com"])
+                .jwt(jwt_rsa_file())
+                .set(
+                    "jwt.tokenSources",
+                    json!([{"query": {"name": "access_token"}}]),
+                )
+                .proxy(&[echo.port()])
+                .drain(json!({"window": "0s"})),
+        )
+        .yaml();
     let endpoint = format!("http://127.0.0.1:{}", receiver.port);
     let mut gateway = Gateway::start_with_env(
         &yaml,
@@ -741,22 +719,10 @@ routes:
 async fn polling_clients_through_a_drain_are_answered_or_refused_never_cut() {
     const CLIENTS: usize = 25;
     let app = HeldApp::start().await;
-    let (public, admin) = (free_port(), free_port());
-    let yaml = format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 2s, deadline: 60s}}
-routes:
-  - name: polling
-    path: {{type: Prefix, value: /}}
-    proxy: {{backends: [{{address: "127.0.0.1:{app}"}}]}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#,
-        app = app.port()
-    );
+    let yaml = ConfigBuilder::new()
+        .drain("2s", "60s")
+        .route(route("polling", "/").prefix().proxy(&[app.port()]))
+        .yaml();
     let mut gateway = Gateway::start(&yaml).await;
     let addr = gateway.addr();
 

@@ -9,37 +9,29 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use serde_json::json;
+use support::{ConfigBuilder, route};
 use support::{
-    EchoServer, Gateway, PROMPTLY, assert_echo, claims, close_normally, expect_close, free_port,
-    jwt_hs256, sign_hs256, unix_now, ws_request, ws_try_connect,
+    EchoServer, Gateway, PROMPTLY, assert_echo, claims, close_normally, expect_close, jwt_hs256,
+    sign_hs256, unix_now, ws_request, ws_try_connect,
 };
 
 const TTL_SECS: i64 = 2;
 
-fn config(public: u16, admin: u16, backend: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: expiring
-    path: {{value: /expiring}}
-    jwt: {closing}
-    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: lasting
-    path: {{value: /lasting}}
-    jwt: {lasting}
-    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#,
-        closing = jwt_hs256(""),
-        lasting = jwt_hs256("closeOnExpiry: false, "),
-    )
+fn config(backend: u16) -> String {
+    ConfigBuilder::new()
+        .route(
+            route("expiring", "/expiring")
+                .jwt(jwt_hs256())
+                .proxy(&[backend]),
+        )
+        .route(
+            route("lasting", "/lasting")
+                .jwt(jwt_hs256())
+                .set("jwt.closeOnExpiry", json!(false))
+                .proxy(&[backend]),
+        )
+        .yaml()
 }
 
 /// Connect to `path` with a token expiring `TTL_SECS` from now; returns the client and `exp`.
@@ -59,7 +51,7 @@ async fn connect_short_lived(gateway: &Gateway, path: &str) -> (support::WsClien
 #[tokio::test]
 async fn a_live_connection_is_closed_with_4001_when_its_token_expires() {
     let echo = EchoServer::start().await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let gateway = Gateway::start(&config(echo.port())).await;
     let (mut ws, exp) = connect_short_lived(&gateway, "/expiring").await;
     assert_echo(&mut ws, "while the token is valid").await;
 
@@ -80,7 +72,7 @@ async fn a_live_connection_is_closed_with_4001_when_its_token_expires() {
 #[tokio::test]
 async fn with_close_on_expiry_off_a_connection_outlives_its_token() {
     let echo = EchoServer::start().await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let gateway = Gateway::start(&config(echo.port())).await;
     let (mut ws, exp) = connect_short_lived(&gateway, "/lasting").await;
     assert_echo(&mut ws, "while the token is valid").await;
 

@@ -9,9 +9,11 @@ mod support;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use serde_json::json;
+use support::{ConfigBuilder, route};
 use support::{
-    EchoServer, Gateway, PROMPTLY, assert_echo, close_normally, free_port, raw_exchange,
-    upgrade_head, ws_connect,
+    EchoServer, Gateway, PROMPTLY, assert_echo, close_normally, raw_exchange, upgrade_head,
+    ws_connect,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -20,32 +22,21 @@ use tokio_tungstenite::tungstenite::Message;
 /// pong deadlines (generous, so a busy CI machine answering a pong late does not look dead).
 const SIT: Duration = Duration::from_secs(4);
 
-fn config(public: u16, admin: u16, backend: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-limits: {{handshakeTimeout: 1s}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: idle
-    path: {{value: /idle}}
-    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: pinged
-    path: {{value: /pinged}}
-    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    keepalive: {{interval: 1s, timeout: 2s}}
-    drain: {{window: 1s}}
-"#
-    )
+fn config(backend: u16) -> String {
+    ConfigBuilder::new()
+        .limits(json!({"handshakeTimeout": "1s"}))
+        .route(route("idle", "/idle").proxy(&[backend]))
+        .route(
+            route("pinged", "/pinged")
+                .proxy(&[backend])
+                .keepalive(json!({"interval": "1s", "timeout": "2s"})),
+        )
+        .yaml()
 }
 
 async fn start() -> (EchoServer, Gateway) {
     let echo = EchoServer::start().await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let gateway = Gateway::start(&config(echo.port())).await;
     (echo, gateway)
 }
 

@@ -7,37 +7,30 @@
 mod support;
 
 use futures_util::SinkExt;
+use support::{ConfigBuilder, route};
 use support::{
-    EchoOptions, EchoServer, Gateway, PROMPTLY, assert_echo, eventually, expect_close, free_port,
-    metric_sum, metrics_text, ws_connect,
+    EchoOptions, EchoServer, Gateway, PROMPTLY, assert_echo, eventually, expect_close, metric_sum,
+    metrics_text, ws_connect,
 };
 use tokio_tungstenite::tungstenite::Message;
 
 const MAX_BYTES: usize = 1024;
 const BURST: usize = 3;
 
-fn config(public: u16, admin: u16, backend: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: big
-    path: {{value: /big}}
-    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    limits: {{maxMessageBytes: {MAX_BYTES}, messagesPerSecond: 1000, messageBurst: 1000}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: rate
-    path: {{value: /rate}}
-    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    limits: {{messagesPerSecond: 1, messageBurst: {BURST}}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#
-    )
+fn config(backend: u16) -> String {
+    ConfigBuilder::new()
+        .route(
+            route("big", "/big")
+                .proxy(&[backend])
+                .max_message_bytes(MAX_BYTES)
+                .messages_per_second(1000, 1000),
+        )
+        .route(
+            route("rate", "/rate")
+                .proxy(&[backend])
+                .messages_per_second(1, BURST),
+        )
+        .yaml()
 }
 
 async fn start() -> (EchoServer, Gateway) {
@@ -46,7 +39,7 @@ async fn start() -> (EchoServer, Gateway) {
         ..EchoOptions::default()
     })
     .await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let gateway = Gateway::start(&config(echo.port())).await;
     (echo, gateway)
 }
 

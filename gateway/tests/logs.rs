@@ -15,11 +15,7 @@ use support::{free_port, gateway_bin, proxy_config};
 fn stderr_of_a_started_gateway(extra_args: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("gateway.yaml");
-    std::fs::write(
-        &config,
-        proxy_config(free_port(), free_port(), &[free_port()]),
-    )
-    .expect("write config");
+    std::fs::write(&config, proxy_config(&[free_port()])).expect("write config");
     let mut child = Command::new(gateway_bin())
         .arg("--config")
         .arg(&config)

@@ -9,7 +9,9 @@ mod support;
 
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
+use serde_json::json;
 use sha2::Sha256;
+use support::{ConfigBuilder, route};
 use support::{
     EchoServer, Gateway, assert_echo, claims, close_normally, free_port, http_get_with,
     jwt_rsa_file, parse_http_echo, raw_upgrade, sign_rs256, ws_connect_with_response, ws_request,
@@ -17,28 +19,23 @@ use support::{
 
 const SECRET: &str = "identity-signing-secret-for-tests";
 
-fn config(public: u16, admin: u16, backend: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: identity
-    path: {{value: /app}}
-    jwt: {jwt}
-    proxy:
-      backends: [{{address: "127.0.0.1:{backend}"}}]
-      identityHeaders: {{sub: X-Switchboard-User, tenant: X-Tenant}}
-      signature: {{secret: "{SECRET}"}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#,
-        jwt = jwt_rsa_file(
-            "tokenSources: [{bearer: {}}, {subprotocol: {prefix: bearer.}}, {query: {name: access_token}}], "
-        ),
-    )
+fn config(backend: u16) -> String {
+    ConfigBuilder::new()
+        .route(
+            route("identity", "/app")
+                .jwt(jwt_rsa_file())
+                .set(
+                    "jwt.tokenSources",
+                    json!([{"bearer": {}}, {"subprotocol": {"prefix": "bearer."}}, {"query": {"name": "access_token"}}]),
+                )
+                .proxy(&[backend])
+                .set(
+                    "proxy.identityHeaders",
+                    json!({"sub": "X-Switchboard-User", "tenant": "X-Tenant"}),
+                )
+                .set("proxy.signature", json!({"secret": SECRET})),
+        )
+        .yaml()
 }
 
 fn alice_token() -> String {
@@ -51,7 +48,7 @@ fn alice_token() -> String {
 
 async fn start() -> (EchoServer, Gateway) {
     let echo = EchoServer::start().await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let gateway = Gateway::start(&config(echo.port())).await;
     (echo, gateway)
 }
 
@@ -302,7 +299,7 @@ impl Drop for NodeApp {
 #[tokio::test]
 async fn a_node_app_verifies_and_decodes_non_ascii_identity_with_the_documented_code() {
     let app = NodeApp::start(&["x-switchboard-user", "x-tenant"]).await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), app.port)).await;
+    let gateway = Gateway::start(&config(app.port)).await;
     let token = sign_rs256(
         "rsa",
         None,

@@ -7,42 +7,32 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde_json::json;
+use support::{ConfigBuilder, route};
 use support::{
-    EchoServer, Gateway, PROMPTLY, assert_echo, claims, close_normally, eventually, free_port,
-    jwt_hs256, metric_sum, metrics_text, next_text, sign_hs256, write_atomically, ws_request,
+    EchoServer, Gateway, PROMPTLY, assert_echo, claims, close_normally, eventually, jwt_hs256,
+    metric_sum, metrics_text, next_text, sign_hs256, write_atomically, ws_request,
 };
 
 /// How often reconnecting keys are tried, and how many distinct keys are spread.
 const RECONNECTS: usize = 20;
 const KEYS: usize = 60;
 
-fn config(public: u16, admin: u16, backends: &[(u16, bool)]) -> String {
-    let backends = backends
+fn config(backends: &[(u16, bool)]) -> String {
+    let backends: Vec<_> = backends
         .iter()
-        .map(|(p, draining)| format!("{{address: \"127.0.0.1:{p}\", draining: {draining}}}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: by-claim
-    path: {{value: /claim}}
-    jwt: {jwt}
-    proxy: {{backends: [{backends}], pinning: {{claim: sub}}}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: by-header
-    path: {{value: /header}}
-    proxy: {{backends: [{backends}], pinning: {{header: X-Room}}}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#,
-        jwt = jwt_hs256(""),
-    )
+        .map(|(p, draining)| json!({"address": format!("127.0.0.1:{p}"), "draining": draining}))
+        .collect();
+    ConfigBuilder::new()
+        .route(route("by-claim", "/claim").jwt(jwt_hs256()).set(
+            "proxy",
+            json!({"backends": backends, "pinning": {"claim": "sub"}}),
+        ))
+        .route(route("by-header", "/header").set(
+            "proxy",
+            json!({"backends": backends, "pinning": {"header": "X-Room"}}),
+        ))
+        .yaml()
 }
 
 async fn three_backends() -> [EchoServer; 3] {
@@ -91,7 +81,7 @@ fn tokens(subs: &[String]) -> BTreeMap<String, String> {
 async fn the_same_claim_reconnecting_lands_on_the_same_backend_and_different_claims_spread() {
     let echoes = three_backends().await;
     let backends: Vec<(u16, bool)> = echoes.iter().map(|e| (e.port(), false)).collect();
-    let gateway = Gateway::start(&config(free_port(), free_port(), &backends)).await;
+    let gateway = Gateway::start(&config(&backends)).await;
 
     let alice = hs_token("alice");
     let first = claim_landing(&gateway, &alice).await;
@@ -122,7 +112,7 @@ async fn the_same_claim_reconnecting_lands_on_the_same_backend_and_different_cla
 async fn the_same_header_value_reconnecting_lands_on_the_same_backend_and_values_spread() {
     let echoes = three_backends().await;
     let backends: Vec<(u16, bool)> = echoes.iter().map(|e| (e.port(), false)).collect();
-    let gateway = Gateway::start(&config(free_port(), free_port(), &backends)).await;
+    let gateway = Gateway::start(&config(&backends)).await;
 
     let first = landing(&gateway, "/header", &[("X-Room", "lobby")]).await;
     for attempt in 1..RECONNECTS {
@@ -150,7 +140,7 @@ async fn draining_a_backend_by_reload_moves_only_its_keys_and_keeps_its_open_con
     let ports: Vec<u16> = echoes.iter().map(EchoServer::port).collect();
     let all_ready: Vec<(u16, bool)> = ports.iter().map(|p| (*p, false)).collect();
     let gateway = Gateway::start_with_env(
-        &config(free_port(), free_port(), &all_ready),
+        &config(&all_ready),
         &[("SWITCHBOARD_RELOAD_INTERVAL", "200ms")],
     )
     .await;
@@ -176,10 +166,7 @@ async fn draining_a_backend_by_reload_moves_only_its_keys_and_keeps_its_open_con
         .iter()
         .map(|e| (e.port(), e.label() == drained))
         .collect();
-    write_atomically(
-        &gateway.config_path(),
-        &config(gateway.addr().port(), gateway.admin().port(), &marked),
-    );
+    write_atomically(&gateway.config_path(), &config(&marked));
     eventually("the draining reload to be applied", PROMPTLY, || async {
         let text = metrics_text(&gateway).await;
         metric_sum(

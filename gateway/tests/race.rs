@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{
-    EchoServer, Gateway, PROMPTLY, WsClient, assert_echo, close_normally, eventually, free_port,
-    metric_sum, metrics_text, proxy_config, ws_try_connect,
+    EchoServer, Gateway, PROMPTLY, WsClient, assert_echo, close_normally, eventually, metric_sum,
+    metrics_text, proxy_config, ws_try_connect,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -86,7 +86,7 @@ async fn five_thousand_concurrent_websockets_are_never_torn_down_after_their_101
         "`ulimit -n` is {limit}; this test needs {FD_NEEDED} (raise it with `ulimit -n 20000`)"
     );
     let echo = EchoServer::start().await;
-    let gateway = Gateway::start(&proxy_config(free_port(), free_port(), &[echo.port()])).await;
+    let gateway = Gateway::start(&proxy_config(&[echo.port()])).await;
     let url = gateway.ws_url("/race");
     let started = Instant::now();
 

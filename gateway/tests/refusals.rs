@@ -8,6 +8,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::net::TcpListener as StdTcpListener;
 
+use serde_json::json;
+use support::{ConfigBuilder, route};
 use support::{
     EchoOptions, EchoServer, Gateway, PROMPTLY, RawResponse, claims, close_normally, eventually,
     free_port, http_get, jwt_rsa_file, metric_sum, metrics_text, raw_request, raw_upgrade,
@@ -20,64 +22,31 @@ use tokio_tungstenite::WebSocketStream;
 /// `limits.maxConnections` of the gateway under test.
 const POD_CAP: usize = 4;
 
-fn config(public: u16, admin: u16, echo: u16, dead: u16, silent: u16) -> String {
-    let route = |name: &str, path: &str, more: &str, backend: Option<u16>| {
-        let backends = backend
-            .map(|p| format!("{{address: \"127.0.0.1:{p}\"}}"))
-            .unwrap_or_default();
-        format!(
-            "  - name: {name}\n    path: {{value: {path}}}\n{more}    proxy: {{backends: [{backends}]}}\n    keepalive: {{interval: 0s}}\n    drain: {{window: 1s}}\n"
+fn config(echo: u16, dead: u16, silent: u16) -> String {
+    let open = |name: &str, path: &str| route(name, path).proxy(&[echo]);
+    ConfigBuilder::new()
+        .limits(
+            json!({"maxConnections": POD_CAP, "handshakeTimeout": "1s", "upstreamTimeout": "3s"}),
         )
-    };
-    let mut routes = String::new();
-    routes += &route("open", "/open", "", Some(echo));
-    routes += &route(
-        "origin",
-        "/origin",
-        "    origins: {allowed: [\"https://app.example.com\"]}\n",
-        Some(echo),
-    );
-    routes += &route(
-        "auth",
-        "/auth",
-        &format!("    jwt: {}\n", jwt_rsa_file("audiences: [switchboard], ")),
-        Some(echo),
-    );
-    routes += &route(
-        "per-ip",
-        "/per-ip",
-        "    limits: {connectionsPerIp: 1}\n",
-        Some(echo),
-    );
-    routes += &route(
-        "per-user",
-        "/per-user",
-        &format!(
-            "    jwt: {}\n    limits: {{connectionsPerUser: 1}}\n",
-            jwt_rsa_file("")
-        ),
-        Some(echo),
-    );
-    routes += &route(
-        "rate",
-        "/rate",
-        "    limits: {newConnectionsPerIpPerSecond: 2}\n",
-        Some(echo),
-    );
-    routes += &route("no-backend", "/no-backend", "", None);
-    routes += &route("unreachable", "/unreachable", "", Some(dead));
-    routes += &route("silent", "/silent", "", Some(silent));
-    routes += &route("app", "/app", "", Some(echo));
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-limits: {{maxConnections: {POD_CAP}, handshakeTimeout: 1s, upstreamTimeout: 3s}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-{routes}"#
-    )
+        .route(open("open", "/open"))
+        .route(open("origin", "/origin").origins(&["https://app.example.com"]))
+        .route(
+            open("auth", "/auth")
+                .jwt(jwt_rsa_file())
+                .set("jwt.audiences", json!(["switchboard"])),
+        )
+        .route(open("per-ip", "/per-ip").limits(json!({"connectionsPerIp": 1})))
+        .route(
+            open("per-user", "/per-user")
+                .jwt(jwt_rsa_file())
+                .limits(json!({"connectionsPerUser": 1})),
+        )
+        .route(open("rate", "/rate").limits(json!({"newConnectionsPerIpPerSecond": 2})))
+        .route(route("no-backend", "/no-backend").proxy(&[]))
+        .route(route("unreachable", "/unreachable").proxy(&[dead]))
+        .route(route("silent", "/silent").proxy(&[silent]))
+        .route(open("app", "/app"))
+        .yaml()
 }
 
 /// One line of the matrix.
@@ -176,14 +145,7 @@ async fn every_refusal_path_answers_with_its_status_and_is_counted_by_reason() {
     // Accepts TCP (kernel backlog) but never answers: the handshake times out.
     let silent = StdTcpListener::bind("127.0.0.1:0").expect("bind silent backend");
     let silent_port = silent.local_addr().expect("addr").port();
-    let gateway = Gateway::start(&config(
-        free_port(),
-        free_port(),
-        echo.port(),
-        free_port(),
-        silent_port,
-    ))
-    .await;
+    let gateway = Gateway::start(&config(echo.port(), free_port(), silent_port)).await;
     let addr = gateway.addr();
     let mut m = Matrix::default();
     let up = |path: &'static str, extra: Vec<(&'static str, String)>| async move {
@@ -499,28 +461,41 @@ async fn every_refusal_path_answers_with_its_status_and_is_counted_by_reason() {
 /// Routes for the "one view of the request" matrix: an anonymous `/public`, a JWT `/api` and
 /// `/ws`, an `/admin` that needs another audience, a host-bound `/hosted` (with a host-less
 /// fallback that has no backend) and a rooms route.
-fn request_view_config(public: u16, keep: u16, admin: u16, echo: u16) -> String {
-    let jwt = jwt_rsa_file("audiences: [switchboard], ");
-    let admin_jwt = jwt_rsa_file("audiences: [admin], ");
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners:
-  - {{name: public, address: "127.0.0.1:{public}"}}
-  - {{name: keep, address: "127.0.0.1:{keep}", paths: {{escapedSlashes: keep, mergeSlashes: false}}}}
-admin: {{address: "127.0.0.1:{admin}"}}
-limits: {{handshakeTimeout: 2s, upstreamTimeout: 3s}}
-drain: {{propagation: 0s, deadline: 15s}}
-routes:
-  - {{name: public, path: {{value: /public}}, proxy: {{backends: [{{address: "127.0.0.1:{echo}"}}]}}, keepalive: {{interval: 0s}}}}
-  - {{name: api, path: {{value: /api}}, jwt: {jwt}, proxy: {{backends: [{{address: "127.0.0.1:{echo}"}}]}}, keepalive: {{interval: 0s}}}}
-  - {{name: ws, path: {{value: /ws}}, jwt: {jwt}, proxy: {{backends: [{{address: "127.0.0.1:{echo}"}}]}}, keepalive: {{interval: 0s}}}}
-  - {{name: admin, path: {{value: /admin}}, jwt: {admin_jwt}, proxy: {{backends: [{{address: "127.0.0.1:{echo}"}}]}}, keepalive: {{interval: 0s}}}}
-  - {{name: hosted, hosts: [chat.example.com], path: {{value: /hosted}}, proxy: {{backends: [{{address: "127.0.0.1:{echo}"}}]}}}}
-  - {{name: hosted-fallback, path: {{value: /hosted}}, proxy: {{backends: []}}}}
-  - {{name: rooms, path: {{value: /rooms}}, mode: rooms, rooms: {{join: [lobby]}}, keepalive: {{interval: 0s}}}}
-"#
-    )
+fn request_view_config(echo: u16) -> String {
+    let proxied = |name: &str, path: &str| route(name, path).proxy(&[echo]).unset("drain");
+    let audience = |aud: &str| {
+        let mut jwt = jwt_rsa_file();
+        jwt["audiences"] = json!([aud]);
+        jwt
+    };
+    ConfigBuilder::new()
+        .listener(
+            "keep",
+            json!({"paths": {"escapedSlashes": "keep", "mergeSlashes": false}}),
+        )
+        .limits(json!({"handshakeTimeout": "2s", "upstreamTimeout": "3s"}))
+        .drain("0s", "15s")
+        .route(proxied("public", "/public"))
+        .route(proxied("api", "/api").jwt(audience("switchboard")))
+        .route(proxied("ws", "/ws").jwt(audience("switchboard")))
+        .route(proxied("admin", "/admin").jwt(audience("admin")))
+        .route(
+            proxied("hosted", "/hosted")
+                .set("hosts", json!(["chat.example.com"]))
+                .unset("keepalive"),
+        )
+        .route(
+            route("hosted-fallback", "/hosted")
+                .proxy(&[])
+                .unset("keepalive")
+                .unset("drain"),
+        )
+        .route(
+            route("rooms", "/rooms")
+                .rooms(json!({"join": ["lobby"]}))
+                .unset("drain"),
+        )
+        .yaml()
 }
 
 /// A plain GET head with `Host: localhost` (or the given host lines) and `extra` header lines.
@@ -533,16 +508,9 @@ const LOCALHOST: &str = "Host: localhost\r\n";
 #[tokio::test]
 async fn the_gateway_and_the_app_see_the_same_request() {
     let echo = EchoServer::start().await;
-    let keep_port = free_port();
-    let gateway = Gateway::start(&request_view_config(
-        free_port(),
-        keep_port,
-        free_port(),
-        echo.port(),
-    ))
-    .await;
+    let gateway = Gateway::start(&request_view_config(echo.port())).await;
     let addr = gateway.addr();
-    let keep: std::net::SocketAddr = ([127, 0, 0, 1], keep_port).into();
+    let keep = gateway.listener("keep");
     let token = format!(
         "Authorization: Bearer {}\r\n",
         aud_token("alice", 600, "switchboard", "rsa")

@@ -17,9 +17,9 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 use support::rooms::{JsonWs, PUBLISH_TOKEN, Sse, long_poll, publish_api};
+use support::{ConfigBuilder, route};
 use support::{
-    Gateway, PROMPTLY, claims, eventually, free_port, jwt_hs256, metric_sum, metrics_text,
-    sign_hs256,
+    Gateway, PROMPTLY, claims, eventually, jwt_hs256, metric_sum, metrics_text, sign_hs256,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -34,56 +34,52 @@ const DEFAULT_QUEUE: u64 = 1 << 20;
 /// `/capped`: the same rooms with at most 2 connections per IP.
 /// `/brief` (namespace `brief`): history that expires after 1 s.
 /// `/me`: HS256 JWT from `?access_token=` (user rooms are joined automatically).
-fn config(public: u16, admin: u16) -> String {
-    let jwt = jwt_hs256("tokenSources: [{query: {name: access_token}}], ");
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 20s}}
-publishApi: {{token: {PUBLISH_TOKEN}}}
-routes:
-  - name: news
-    path: {{value: /news}}
-    mode: rooms
-    rooms:
-      join: ["news:*"]
-      publish: ["news:*"]
-      presence: true
-      history: {{maxMessages: 5, maxAge: 10m}}
-    limits: {{messagesPerSecond: 1000000, messageBurst: 1000000}}
-    keepalive: {{interval: 0s}}
-  - name: capped
-    path: {{value: /capped}}
-    mode: rooms
-    rooms:
-      namespace: news
-      join: ["news:*"]
-      history: {{maxMessages: 5, maxAge: 10m}}
-      maxQueueBytes: {MAX_QUEUE}
-    limits: {{connectionsPerIp: 2}}
-    keepalive: {{interval: 0s}}
-  - name: brief
-    path: {{value: /brief}}
-    mode: rooms
-    rooms:
-      join: ["brief:*"]
-      history: {{maxMessages: 5, maxAge: 1s}}
-    keepalive: {{interval: 0s}}
-  - name: me
-    path: {{value: /me}}
-    mode: rooms
-    jwt: {jwt}
-    rooms:
-      join: ["inbox:*"]
-    keepalive: {{interval: 0s}}
-"#
-    )
+fn config() -> String {
+    ConfigBuilder::new()
+        .drain("0s", "20s")
+        .publish_token(PUBLISH_TOKEN)
+        .route(
+            route("news", "/news")
+                .rooms(json!({
+                    "join": ["news:*"],
+                    "publish": ["news:*"],
+                    "presence": true,
+                    "history": {"maxMessages": 5, "maxAge": "10m"},
+                }))
+                .messages_per_second(1_000_000, 1_000_000)
+                .unset("drain"),
+        )
+        .route(
+            route("capped", "/capped")
+                .rooms(json!({
+                    "namespace": "news",
+                    "join": ["news:*"],
+                    "history": {"maxMessages": 5, "maxAge": "10m"},
+                    "maxQueueBytes": MAX_QUEUE,
+                }))
+                .limits(json!({"connectionsPerIp": 2}))
+                .unset("drain"),
+        )
+        .route(
+            route("brief", "/brief")
+                .rooms(json!({"join": ["brief:*"], "history": {"maxMessages": 5, "maxAge": "1s"}}))
+                .unset("drain"),
+        )
+        .route(
+            route("me", "/me")
+                .jwt(jwt_hs256())
+                .set(
+                    "jwt.tokenSources",
+                    json!([{"query": {"name": "access_token"}}]),
+                )
+                .rooms(json!({"join": ["inbox:*"]}))
+                .unset("drain"),
+        )
+        .yaml()
 }
 
 async fn start() -> Gateway {
-    Gateway::start(&config(free_port(), free_port())).await
+    Gateway::start(&config()).await
 }
 
 /// Resident set of a process, in KiB (`/proc/<pid>/status`).

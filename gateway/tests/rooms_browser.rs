@@ -28,32 +28,22 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use support::held_app::HeldApp;
 use support::rooms::{PUBLISH_TOKEN, http_request, publish_api};
-use support::{Gateway, eventually, free_port, repo_root};
+use support::{ConfigBuilder, route};
+use support::{Gateway, eventually, repo_root};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 const ROOM: &str = "demo:browser";
 
-fn config(public: u16, admin: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-publishApi: {{token: {PUBLISH_TOKEN}}}
-routes:
-  - name: demo
-    path: {{value: /rooms}}
-    mode: rooms
-    rooms:
-      join: ["demo:*"]
-      publish: ["demo:*"]
-      history: {{maxMessages: 100, maxAge: 10m}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#
-    )
+fn config() -> String {
+    ConfigBuilder::new()
+        .publish_token(PUBLISH_TOKEN)
+        .route(route("demo", "/rooms").rooms(json!({
+            "join": ["demo:*"],
+            "publish": ["demo:*"],
+            "history": {"maxMessages": 100, "maxAge": "10m"},
+        })))
+        .yaml()
 }
 
 /// The page: a WebSocket and an EventSource on `ROOM` at `gateway` (`host:port`); each writes the
@@ -149,7 +139,7 @@ async fn a_browsers_websocket_and_eventsource_both_receive_a_message_published_t
         node_modules.display()
     );
 
-    let gw = Gateway::start(&config(free_port(), free_port())).await;
+    let gw = Gateway::start(&config()).await;
     let page_port = serve_page(page(&gw.addr().to_string())).await;
     let mut node = tokio::process::Command::new("node")
         .arg(&driver)
@@ -227,30 +217,25 @@ async fn a_browsers_websocket_and_eventsource_both_receive_a_message_published_t
 /// The rooms route of [`config`] with a longer deadline, and a proxy route `/app` to `app`: a
 /// request held there is the "other connection" that keeps the drain going while the pages'
 /// EventSources reconnect.
-fn restart_config(public: u16, admin: u16, app: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 120s}}
-publishApi: {{token: {PUBLISH_TOKEN}}}
-routes:
-  - name: demo
-    path: {{value: /rooms}}
-    mode: rooms
-    rooms:
-      join: ["demo:*"]
-      publish: ["demo:*"]
-      history: {{maxMessages: 100, maxAge: 10m}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: app
-    path: {{type: Prefix, value: /app}}
-    proxy: {{backends: [{{address: "127.0.0.1:{app}"}}]}}
-    drain: {{window: 1s}}
-"#
-    )
+fn restart_config(app: u16, listen: Option<std::net::SocketAddr>) -> String {
+    let gateway = ConfigBuilder::new()
+        .drain("0s", "120s")
+        .publish_token(PUBLISH_TOKEN)
+        .route(route("demo", "/rooms").rooms(json!({
+            "join": ["demo:*"],
+            "publish": ["demo:*"],
+            "history": {"maxMessages": 100, "maxAge": "10m"},
+        })))
+        .route(
+            route("app", "/app")
+                .prefix()
+                .proxy(&[app])
+                .unset("keepalive"),
+        );
+    match listen {
+        Some(addr) => gateway.listen(addr).yaml(),
+        None => gateway.yaml(),
+    }
 }
 
 /// A page with one EventSource on `ROOM` at `gateway`; `window.sseState()` says what it saw.
@@ -386,8 +371,7 @@ async fn every_pages_eventsource_survives_a_drain_and_restart_while_other_connec
  {
     const PAGES: usize = 5;
     let app = HeldApp::start().await;
-    let yaml = restart_config(free_port(), free_port(), app.port());
-    let mut old = Gateway::start(&yaml).await;
+    let mut old = Gateway::start(&restart_config(app.port(), None)).await;
     let addr = old.addr();
     let page_port = serve_page(eventsource_page(&addr.to_string())).await;
     let mut pages = Pages::open(&format!("http://localhost:{page_port}/"), PAGES).await;
@@ -419,7 +403,8 @@ async fn every_pages_eventsource_survives_a_drain_and_restart_while_other_connec
         .filter(|p| p["readyState"].as_u64() == Some(CLOSED))
         .count();
 
-    // The drain ends, the gateway exits, and a new one starts on the same port.
+    // The drain ends, the gateway exits, and a new one starts on the same port (the one the
+    // old one was given).
     app.release();
     let (status, _, _) = held.await.expect("held request");
     assert_eq!(status, 200, "the held request completed during the drain");
@@ -428,7 +413,7 @@ async fn every_pages_eventsource_survives_a_drain_and_restart_while_other_connec
         .await
         .expect("the old gateway exits after the drain");
     assert!(exit.success(), "{exit}");
-    let new = Gateway::start(&yaml).await;
+    let new = Gateway::start(&restart_config(app.port(), Some(addr))).await;
 
     // Every EventSource the browser kept reconnects to the new gateway; then a message.
     pages

@@ -19,44 +19,34 @@ use base64::Engine;
 use serde_json::{Value, json};
 use support::nats::NatsServer;
 use support::rooms::{JsonWs, PUBLISH_TOKEN, Sse, long_poll, publish_api};
-use support::{Gateway, free_port, metric_sum, metrics_text};
+use support::{ConfigBuilder, route};
+use support::{Gateway, metric_sum, metrics_text};
 
 /// Rooms of one pod, all anonymous, join and publish `r:*`, no keep-alive pings:
 /// - `/kept` (namespace `kept`): 1000 messages of history (every overflow in the tests is
 ///   repairable);
 /// - `/short` (namespace `short`): 5 messages of history (an overflow of more is not);
 /// - `/none` (namespace `none`): no history (every message is ephemeral).
-fn config(public: u16, admin: u16, nats: Option<&str>) -> String {
-    let bus = nats.map_or(String::new(), |url| {
-        format!("bus:\n  nats: {{urls: [\"{url}\"], subjectPrefix: sbdeliv}}\n")
-    });
-    let route = |name: &str, history: &str| {
-        format!(
-            r#"  - name: {name}
-    path: {{value: /{name}}}
-    mode: rooms
-    rooms:
-      join: ["r:*"]
-      publish: ["r:*"]
-{history}    limits: {{maxMessageBytes: 65536, messagesPerSecond: 100000, messageBurst: 100000}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#
-        )
+fn config(nats: Option<&str>) -> String {
+    let room = |name: &str, history: Option<u64>| {
+        let mut rooms = json!({"join": ["r:*"], "publish": ["r:*"]});
+        if let Some(max) = history {
+            rooms["history"] = json!({"maxMessages": max, "maxAge": "10m"});
+        }
+        route(name, &format!("/{name}"))
+            .rooms(rooms)
+            .max_message_bytes(65536)
+            .messages_per_second(100_000, 100_000)
     };
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-publishApi: {{token: {PUBLISH_TOKEN}}}
-{bus}routes:
-{}{}{}"#,
-        route("kept", "      history: {maxMessages: 1000, maxAge: 10m}\n"),
-        route("short", "      history: {maxMessages: 5, maxAge: 10m}\n"),
-        route("none", ""),
-    )
+    let gateway = ConfigBuilder::new()
+        .publish_token(PUBLISH_TOKEN)
+        .route(room("kept", Some(1000)))
+        .route(room("short", Some(5)))
+        .route(room("none", None));
+    match nats {
+        Some(url) => gateway.nats(url, "sbdeliv").yaml(),
+        None => gateway.yaml(),
+    }
 }
 
 /// Publish `n` through the API of `gw` into `ns`/`room`; returns the acknowledged positions.
@@ -112,7 +102,7 @@ impl Epochs {
             Epochs::Restart => None,
             Epochs::Recreate(server) => Some(server.url()),
         };
-        Gateway::start(&config(free_port(), free_port(), nats.as_deref())).await
+        Gateway::start(&config(nats.as_deref())).await
     }
 
     /// A gateway whose `/kept` rooms are in a new epoch; the old one is gone.
@@ -279,7 +269,7 @@ const BURST: i64 = 60;
 async fn pausable(gate: &Path, nats: Option<&str>) -> Gateway {
     let queue = QUEUE.to_string();
     Gateway::start_with_env(
-        &config(free_port(), free_port(), nats),
+        &config(nats),
         &[
             ("SWITCHBOARD_TEST_ROOM_QUEUE", queue.as_str()),
             (
@@ -623,7 +613,7 @@ async fn a_pod_that_falls_behind_on_nats_repairs_its_members_or_tells_them_what_
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let gate = gate_in(&dir);
-    let publisher = Gateway::start(&config(free_port(), free_port(), Some(&nats.url()))).await;
+    let publisher = Gateway::start(&config(Some(&nats.url()))).await;
     let members_on = pausable(&gate, Some(&nats.url())).await;
     every_member_gets_every_acked_message_or_is_told(&publisher, &members_on, &gate).await;
 }

@@ -19,6 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use support::rooms::{JsonWs, PUBLISH_TOKEN, Sse, http_request, publish_api};
+use support::{ConfigBuilder, route};
 use support::{
     Gateway, PROMPTLY, claims, eventually, free_port, jwt_hs256, sign_hs256, try_http_get,
 };
@@ -153,53 +154,30 @@ async fn answer(
     }
 }
 
-fn config(public: u16, admin: u16, app: &App) -> String {
-    let jwt = jwt_hs256("");
+fn config(app: &App) -> String {
+    let chat = json!(["chat:*"]);
     let dead = free_port();
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-publishApi: {{token: {PUBLISH_TOKEN}}}
-routes:
-  - name: hooked
-    path: {{value: /hooked}}
-    mode: rooms
-    jwt: {jwt}
-    rooms:
-      namespace: chat
-      join: ["chat:*"]
-      publish: ["chat:*"]
-      history: {{maxMessages: 100, maxAge: 10m}}
-      publishHook: {{url: "{hook}"}}
-      notify: {{url: "{notify}"}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: unreachable
-    path: {{value: /unreachable}}
-    mode: rooms
-    rooms:
-      join: ["chat:*"]
-      publish: ["chat:*"]
-      publishHook: {{url: "http://127.0.0.1:{dead}/hook"}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: slowapp
-    path: {{value: /slowapp}}
-    mode: rooms
-    rooms:
-      join: ["chat:*"]
-      publish: ["chat:*"]
-      publishHook: {{url: "{slow}", timeout: 300ms}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#,
-        hook = app.url("/hook"),
-        notify = app.url("/notify"),
-        slow = app.url("/slow"),
-    )
+    ConfigBuilder::new()
+        .publish_token(PUBLISH_TOKEN)
+        .route(route("hooked", "/hooked").jwt(jwt_hs256()).rooms(json!({
+            "namespace": "chat",
+            "join": chat,
+            "publish": chat,
+            "history": {"maxMessages": 100, "maxAge": "10m"},
+            "publishHook": {"url": app.url("/hook")},
+            "notify": {"url": app.url("/notify")},
+        })))
+        .route(route("unreachable", "/unreachable").rooms(json!({
+            "join": chat,
+            "publish": chat,
+            "publishHook": {"url": format!("http://127.0.0.1:{dead}/hook")},
+        })))
+        .route(route("slowapp", "/slowapp").rooms(json!({
+            "join": chat,
+            "publish": chat,
+            "publishHook": {"url": app.url("/slow"), "timeout": "300ms"},
+        })))
+        .yaml()
 }
 
 /// A notification's `(event, user, transport, code)`, to compare whole events at once.
@@ -252,7 +230,7 @@ async fn publish(ws: &mut JsonWs, data: Value, id: &str) -> Value {
 #[tokio::test]
 async fn the_publish_hook_accepts_replaces_or_rejects_with_the_apps_reason() {
     let mut app = App::start().await;
-    let gw = Gateway::start(&config(free_port(), free_port(), &app)).await;
+    let gw = Gateway::start(&config(&app)).await;
     let auth = bearer("alice");
     let mut alice = JsonWs::connect(&gw.ws_url("/hooked"), &[("authorization", &auth)]).await;
     assert_eq!(alice.recv().await["room"], "user:alice");
@@ -344,7 +322,7 @@ async fn the_publish_hook_accepts_replaces_or_rejects_with_the_apps_reason() {
 #[tokio::test]
 async fn an_unreachable_or_too_slow_hook_rejects_the_publish() {
     let app = App::start().await;
-    let gw = Gateway::start(&config(free_port(), free_port(), &app)).await;
+    let gw = Gateway::start(&config(&app)).await;
     for (path, reason) in [
         ("/unreachable", "publish hook unreachable"),
         ("/slowapp", "publish hook timed out"),
@@ -365,7 +343,7 @@ async fn an_unreachable_or_too_slow_hook_rejects_the_publish() {
 #[tokio::test]
 async fn connect_and_disconnect_notifications_reach_the_app() {
     let mut app = App::start().await;
-    let gw = Gateway::start(&config(free_port(), free_port(), &app)).await;
+    let gw = Gateway::start(&config(&app)).await;
     let auth = bearer("alice");
     let mut ws = JsonWs::connect(&gw.ws_url("/hooked"), &[("authorization", &auth)]).await;
     let connect = app.notification().await;
@@ -427,7 +405,7 @@ async fn connect_and_disconnect_notifications_reach_the_app() {
 #[tokio::test]
 async fn an_sse_stream_notifies_like_a_websocket_and_a_long_poll_does_not() {
     let mut app = App::start().await;
-    let mut gw = Gateway::start(&config(free_port(), free_port(), &app)).await;
+    let mut gw = Gateway::start(&config(&app)).await;
 
     // A long-poll is a request, not a connection: nothing is sent for it.
     let auth = bearer("carol");

@@ -18,41 +18,30 @@ use serde_json::{Value, json};
 use support::nats::NatsServer;
 use support::room_client::{Event, Options, Position, RoomClient};
 use support::rooms::{JsonWs, PUBLISH_TOKEN, publish_api};
-use support::{
-    Gateway, PROMPTLY, claims, eventually, free_port, jwt_hs256, sign_hs256, try_http_get,
-};
+use support::{ConfigBuilder, route};
+use support::{Gateway, PROMPTLY, claims, eventually, jwt_hs256, sign_hs256, try_http_get};
 
 /// One pod: the `chat` route (HS256 JWT, join/publish `chat:*`, 1000 messages of history,
 /// presence, connect/disconnect notifications on `sbtest.events.chat`) on the bus at `nats`,
 /// presence entries expiring after 3 s.
 fn config(nats: &str) -> String {
-    let (public, admin) = (free_port(), free_port());
-    let jwt = jwt_hs256("");
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-publishApi: {{token: {PUBLISH_TOKEN}}}
-bus:
-  nats: {{urls: ["{nats}"], subjectPrefix: sbtest, presenceTtl: 3s}}
-routes:
-  - name: chat
-    path: {{value: /chat}}
-    mode: rooms
-    jwt: {jwt}
-    rooms:
-      join: ["chat:*"]
-      publish: ["chat:*"]
-      history: {{maxMessages: 1000, maxAge: 10m}}
-      presence: true
-      notifyNats: true
-    limits: {{messagesPerSecond: 10000, messageBurst: 10000}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#
-    )
+    ConfigBuilder::new()
+        .publish_token(PUBLISH_TOKEN)
+        .nats(nats, "sbtest")
+        .set("bus.nats.presenceTtl", json!("3s"))
+        .route(
+            route("chat", "/chat")
+                .jwt(jwt_hs256())
+                .rooms(json!({
+                    "join": ["chat:*"],
+                    "publish": ["chat:*"],
+                    "history": {"maxMessages": 1000, "maxAge": "10m"},
+                    "presence": true,
+                    "notifyNats": true,
+                }))
+                .messages_per_second(10_000, 10_000),
+        )
+        .yaml()
 }
 
 fn bearer(sub: &str) -> String {

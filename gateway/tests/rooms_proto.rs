@@ -12,8 +12,9 @@ mod support;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::room_client::{Encoding, Event, Options, RoomClient};
+use support::{ConfigBuilder, route};
 use support::{
-    Gateway, PROMPTLY, WsClient, claims, expect_close, free_port, jwt_hs256, sign_hs256, ws_config,
+    Gateway, PROMPTLY, WsClient, claims, expect_close, jwt_hs256, sign_hs256, ws_config,
 };
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -21,49 +22,43 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 /// Routes: `/chat` (HS256 JWT; join and publish `chat:*`, `user:{sub}`; 5 messages of
 /// history; 4096-byte messages; drain code 4100), `/here` (JWT; join `chat:*`; presence),
 /// `/open` (anonymous; join and publish `chat:*`; no presence).
-fn config(public: u16, admin: u16) -> String {
-    let jwt = jwt_hs256("");
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 15s}}
-routes:
-  - name: chat
-    path: {{value: /chat}}
-    mode: rooms
-    jwt: {jwt}
-    rooms:
-      namespace: app
-      join: ["chat:*", "user:{{sub}}"]
-      publish: ["chat:*", "user:{{sub}}"]
-      history: {{maxMessages: 5, maxAge: 10m}}
-    limits: {{maxMessageBytes: 4096, messagesPerSecond: 1000, messageBurst: 1000}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s, closeCode: 4100, closeReason: "pod restarting"}}
-  - name: here
-    path: {{value: /here}}
-    mode: rooms
-    jwt: {jwt}
-    rooms:
-      join: ["chat:*"]
-      presence: true
-    keepalive: {{interval: 0s}}
-  - name: open
-    path: {{value: /open}}
-    mode: rooms
-    rooms:
-      join: ["chat:*"]
-      publish: ["chat:*"]
-      history: {{maxMessages: 100, maxAge: 10m}}
-    keepalive: {{interval: 0s}}
-"#
-    )
+fn config() -> String {
+    let chat = json!(["chat:*"]);
+    ConfigBuilder::new()
+        .drain("0s", "15s")
+        .route(
+            route("chat", "/chat")
+                .jwt(jwt_hs256())
+                .rooms(json!({
+                    "namespace": "app",
+                    "join": ["chat:*", "user:{sub}"],
+                    "publish": ["chat:*", "user:{sub}"],
+                    "history": {"maxMessages": 5, "maxAge": "10m"},
+                }))
+                .max_message_bytes(4096)
+                .messages_per_second(1000, 1000)
+                .drain(json!({"window": "1s", "closeCode": 4100, "closeReason": "pod restarting"})),
+        )
+        .route(
+            route("here", "/here")
+                .jwt(jwt_hs256())
+                .rooms(json!({"join": chat, "presence": true}))
+                .unset("drain"),
+        )
+        .route(
+            route("open", "/open")
+                .rooms(json!({
+                    "join": chat,
+                    "publish": chat,
+                    "history": {"maxMessages": 100, "maxAge": "10m"},
+                }))
+                .unset("drain"),
+        )
+        .yaml()
 }
 
 async fn start() -> Gateway {
-    Gateway::start(&config(free_port(), free_port())).await
+    Gateway::start(&config()).await
 }
 
 fn bearer(sub: &str) -> String {
@@ -621,32 +616,20 @@ async fn the_first_offered_encoding_is_the_one_chosen() {
 
 /// One pod of a NATS cluster: `/chat` as above (JWT, `chat:*`, history), presence on.
 fn nats_config(nats: &str) -> String {
-    let jwt = jwt_hs256("");
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{}"}}]
-admin: {{address: "127.0.0.1:{}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-bus:
-  nats: {{urls: ["{nats}"], subjectPrefix: sbproto}}
-routes:
-  - name: chat
-    path: {{value: /chat}}
-    mode: rooms
-    jwt: {jwt}
-    rooms:
-      join: ["chat:*"]
-      publish: ["chat:*"]
-      history: {{maxMessages: 1000, maxAge: 10m}}
-      presence: true
-    limits: {{messagesPerSecond: 10000, messageBurst: 10000}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#,
-        free_port(),
-        free_port()
-    )
+    ConfigBuilder::new()
+        .nats(nats, "sbproto")
+        .route(
+            route("chat", "/chat")
+                .jwt(jwt_hs256())
+                .rooms(json!({
+                    "join": ["chat:*"],
+                    "publish": ["chat:*"],
+                    "history": {"maxMessages": 1000, "maxAge": "10m"},
+                    "presence": true,
+                }))
+                .messages_per_second(10_000, 10_000),
+        )
+        .yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,29 +16,24 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::room_client::{Options, RoomClient};
-use support::{Gateway, PROMPTLY, free_port, repo_root};
+use support::{ConfigBuilder, route};
+use support::{Gateway, PROMPTLY, repo_root};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-fn config(public: u16, admin: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 15s}}
-routes:
-  - name: node
-    path: {{value: /node}}
-    mode: rooms
-    rooms:
-      join: ["chat:*"]
-      publish: ["chat:*"]
-      presence: true
-      history: {{maxMessages: 100, maxAge: 10m}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s, closeCode: 4100, closeReason: "pod restarting"}}
-"#
-    )
+fn config() -> String {
+    ConfigBuilder::new()
+        .drain("0s", "15s")
+        .route(
+            route("node", "/node")
+                .rooms(json!({
+                    "join": ["chat:*"],
+                    "publish": ["chat:*"],
+                    "presence": true,
+                    "history": {"maxMessages": 100, "maxAge": "10m"},
+                }))
+                .drain(json!({"window": "1s", "closeCode": 4100, "closeReason": "pod restarting"})),
+        )
+        .yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +44,7 @@ async fn a_protobufjs_client_built_from_the_committed_proto_speaks_every_message
         "needs {}/node_modules: run scripts/setup.sh",
         dir.display()
     );
-    let gw = Gateway::start(&config(free_port(), free_port())).await;
+    let gw = Gateway::start(&config()).await;
     let mut json_member = RoomClient::connected(Options::new(gw.ws_url("/node"))).await;
     json_member.join_and_wait("chat:node").await;
 

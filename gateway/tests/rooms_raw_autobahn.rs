@@ -10,52 +10,42 @@
 mod support;
 
 use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
 use std::time::Duration;
 use support::autobahn::run_fuzzingclient;
-use support::{Gateway, MAX_MESSAGE_BYTES, PROMPTLY, free_port, http_get, ws_connect};
+use support::{ConfigBuilder, route};
+use support::{Gateway, MAX_MESSAGE_BYTES, PROMPTLY, http_get, ws_connect};
 
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-fn config(public: u16, admin: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: collab
-    path: {{value: /collab}}
-    mode: rooms
-    rooms:
-      protocol: raw
-      pathRoom: "/collab/{{room}}"
-      echo: true
-      join: ["*"]
-      publish: ["*"]
-      maxQueueBytes: {queue}
-    limits: {{maxMessageBytes: {MAX_MESSAGE_BYTES}, messagesPerSecond: 100000, messageBurst: 100000}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: quiet
-    path: {{value: /quiet}}
-    mode: rooms
-    rooms:
-      protocol: raw
-      pathRoom: "/quiet/{{room}}"
-      join: ["doc-*"]
-      publish: ["doc-*"]
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#,
-        queue = 16 * MAX_MESSAGE_BYTES,
-    )
+fn config() -> String {
+    ConfigBuilder::new()
+        .route(
+            route("collab", "/collab")
+                .rooms(json!({
+                    "protocol": "raw",
+                    "pathRoom": "/collab/{room}",
+                    "echo": true,
+                    "join": ["*"],
+                    "publish": ["*"],
+                    "maxQueueBytes": 16 * MAX_MESSAGE_BYTES,
+                }))
+                .max_message_bytes(MAX_MESSAGE_BYTES)
+                .messages_per_second(100_000, 100_000),
+        )
+        .route(route("quiet", "/quiet").rooms(json!({
+            "protocol": "raw",
+            "pathRoom": "/quiet/{room}",
+            "join": ["doc-*"],
+            "publish": ["doc-*"],
+        })))
+        .yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autobahn_fuzzingclient_against_a_raw_echo_room_has_no_failed_cases() {
-    let mut gateway = Gateway::start(&config(free_port(), free_port())).await;
+    let mut gateway = Gateway::start(&config()).await;
 
     let report = run_fuzzingclient(&gateway.ws_url("/collab/autobahn")).await;
     report.assert_conformant("raw relay room with echo");
@@ -77,7 +67,7 @@ async fn autobahn_fuzzingclient_against_a_raw_echo_room_has_no_failed_cases() {
 
 #[tokio::test]
 async fn raw_rooms_relay_frames_unchanged_to_the_other_members_only() {
-    let gateway = Gateway::start(&config(free_port(), free_port())).await;
+    let gateway = Gateway::start(&config()).await;
     let mut a = ws_connect(&gateway.ws_url("/quiet/doc-1")).await;
     let mut b = ws_connect(&gateway.ws_url("/quiet/doc-1")).await;
     let mut other_room = ws_connect(&gateway.ws_url("/quiet/doc-2")).await;

@@ -10,54 +10,37 @@ use base64::Engine;
 use serde_json::{Value, json};
 use support::held_app::HeldApp;
 use support::rooms::{PUBLISH_TOKEN, Sse, http_request, long_poll, publish_api};
-use support::{Gateway, PROMPTLY, claims, eventually, free_port, http_get, jwt_hs256, sign_hs256};
+use support::{ConfigBuilder, route};
+use support::{Gateway, PROMPTLY, claims, eventually, http_get, jwt_hs256, sign_hs256};
 
 /// `/news` (namespace `news`): anonymous, join `news:*`, 5 messages of history, any origin.
 /// `/listed`: the same rooms (namespace `news`) for the origin `https://app.example.com` only.
 /// `/me` (namespace `me`): HS256 JWT from `?access_token=`, join `inbox:*` (plus the user room).
-fn config(public: u16, admin: u16) -> String {
-    let jwt = jwt_hs256("tokenSources: [{query: {name: access_token}}], ");
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 10s}}
-publishApi: {{token: {PUBLISH_TOKEN}}}
-routes:
-  - name: news
-    path: {{value: /news}}
-    mode: rooms
-    rooms:
-      join: ["news:*"]
-      history: {{maxMessages: 5, maxAge: 10m}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: listed
-    path: {{value: /listed}}
-    mode: rooms
-    origins: {{allowed: ["https://app.example.com"]}}
-    rooms:
-      namespace: news
-      join: ["news:*"]
-      history: {{maxMessages: 5, maxAge: 10m}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: me
-    path: {{value: /me}}
-    mode: rooms
-    jwt: {jwt}
-    rooms:
-      join: ["inbox:*"]
-      history: {{maxMessages: 5, maxAge: 10m}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#
-    )
+fn config() -> String {
+    let history = json!({"maxMessages": 5, "maxAge": "10m"});
+    ConfigBuilder::new()
+        .drain("0s", "10s")
+        .publish_token(PUBLISH_TOKEN)
+        .route(route("news", "/news").rooms(json!({"join": ["news:*"], "history": history})))
+        .route(
+            route("listed", "/listed")
+                .origins(&["https://app.example.com"])
+                .rooms(json!({"namespace": "news", "join": ["news:*"], "history": history})),
+        )
+        .route(
+            route("me", "/me")
+                .jwt(jwt_hs256())
+                .set(
+                    "jwt.tokenSources",
+                    json!([{"query": {"name": "access_token"}}]),
+                )
+                .rooms(json!({"join": ["inbox:*"], "history": history})),
+        )
+        .yaml()
 }
 
 async fn start() -> Gateway {
-    Gateway::start(&config(free_port(), free_port())).await
+    Gateway::start(&config()).await
 }
 
 async fn publish(gw: &Gateway, room: &str, data: Value) -> u64 {
@@ -546,37 +529,32 @@ async fn an_sse_stream_ends_with_an_error_event_when_its_token_expires() {
 /// `/listed` as in [`config`], and a proxy route `/app` to `app`: a request held there keeps
 /// the drain going (as any other open connection would), so the tests can talk to a gateway
 /// that is still draining.
-fn draining_config(public: u16, admin: u16, app: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 60s}}
-routes:
-  - name: listed
-    path: {{value: /listed}}
-    mode: rooms
-    origins: {{allowed: ["https://app.example.com"]}}
-    rooms:
-      namespace: news
-      join: ["news:*"]
-      history: {{maxMessages: 5, maxAge: 10m}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: app
-    path: {{type: Prefix, value: /app}}
-    proxy: {{backends: [{{address: "127.0.0.1:{app}"}}]}}
-    drain: {{window: 1s}}
-"#
-    )
+fn draining_config(app: u16) -> String {
+    ConfigBuilder::new()
+        .drain("0s", "60s")
+        .route(
+            route("listed", "/listed")
+                .origins(&["https://app.example.com"])
+                .rooms(json!({
+                    "namespace": "news",
+                    "join": ["news:*"],
+                    "history": {"maxMessages": 5, "maxAge": "10m"},
+                })),
+        )
+        .route(
+            route("app", "/app")
+                .prefix()
+                .proxy(&[app])
+                .unset("keepalive"),
+        )
+        .yaml()
 }
 
 #[tokio::test]
 async fn an_eventsource_reconnecting_into_a_draining_gateway_gets_a_200_stream_that_says_retry_and_ends()
  {
     let app = HeldApp::start().await;
-    let mut gw = Gateway::start(&draining_config(free_port(), free_port(), app.port())).await;
+    let mut gw = Gateway::start(&draining_config(app.port())).await;
     let addr = gw.addr();
     let held =
         tokio::spawn(

@@ -19,7 +19,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::rooms::PUBLISH_TOKEN;
-use support::{Gateway, free_port, metric_sum, metrics_text, ws_connect};
+use support::{ConfigBuilder, route};
+use support::{Gateway, metric_sum, metrics_text, ws_connect};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -30,28 +31,21 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn config(public: u16, admin: u16, history: u64) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-publishApi: {{token: {PUBLISH_TOKEN}}}
-routes:
-  - name: hot
-    path: {{value: /hot}}
-    mode: rooms
-    rooms:
-      join: ["hot"]
-      publish: ["hot"]
-      history: {{maxMessages: {history}, maxAge: 10m}}
-      maxQueueBytes: 8388608
-    limits: {{maxMessageBytes: 65536, messagesPerSecond: 100000, messageBurst: 100000}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#
-    )
+fn config(history: u64) -> String {
+    ConfigBuilder::new()
+        .publish_token(PUBLISH_TOKEN)
+        .route(
+            route("hot", "/hot")
+                .rooms(json!({
+                    "join": ["hot"],
+                    "publish": ["hot"],
+                    "history": {"maxMessages": history, "maxAge": "10m"},
+                    "maxQueueBytes": 8_388_608,
+                }))
+                .max_message_bytes(65_536)
+                .messages_per_second(100_000, 100_000),
+        )
+        .yaml()
 }
 
 /// What one member saw.
@@ -101,7 +95,7 @@ async fn acknowledged_messages_reach_every_member_or_are_signalled_under_cpu_sta
     } else {
         vec![("SWITCHBOARD_TEST_ROOM_QUEUE", queue.as_str())]
     };
-    let gw = Gateway::start_with_env(&config(free_port(), free_port(), history), &seam).await;
+    let gw = Gateway::start_with_env(&config(history), &seam).await;
 
     let mut readers = Vec::new();
     for _ in 0..members {

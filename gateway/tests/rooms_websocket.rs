@@ -15,9 +15,10 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use support::room_client::{Event, Options, Position, RoomClient};
 use support::rooms::{JsonWs, PUBLISH_TOKEN, StalledMember, publish_api, publish_api_with_token};
+use support::{ConfigBuilder, route};
 use support::{
-    Gateway, PROMPTLY, claims, eventually, expect_close, free_port, jwt_hs256, metric_sum,
-    metrics_text, sign_hs256,
+    Gateway, PROMPTLY, claims, eventually, expect_close, jwt_hs256, metric_sum, metrics_text,
+    sign_hs256,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -32,80 +33,67 @@ use tokio_tungstenite::tungstenite::Message;
 /// - `/brief` (namespace `brief`): anonymous; history kept for 3 seconds only.
 /// - `/limited` (namespace `limited`): anonymous; 1 message/s with a burst of 5 (a slow refill, so
 ///   a stalled CI machine does not answer more than the burst plus one).
-fn config(public: u16, admin: u16) -> String {
-    let jwt = jwt_hs256("");
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 15s}}
-publishApi: {{token: {PUBLISH_TOKEN}}}
-routes:
-  - name: chat
-    path: {{value: /chat}}
-    mode: rooms
-    jwt: {jwt}
-    rooms:
-      namespace: app
-      join: ["chat:*", "user:{{sub}}", "team:{{org}}:*"]
-      publish: ["chat:*", "user:{{sub}}", "team:{{org}}:*"]
-      history: {{maxMessages: 5, maxAge: 10m}}
-    limits: {{maxMessageBytes: 4096, messagesPerSecond: 1000, messageBurst: 1000}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s, closeCode: 4100, closeReason: "pod restarting"}}
-  - name: here
-    path: {{value: /here}}
-    mode: rooms
-    jwt: {jwt}
-    rooms:
-      join: ["chat:*"]
-      presence: true
-    keepalive: {{interval: 0s}}
-  - name: open
-    path: {{value: /open}}
-    mode: rooms
-    rooms:
-      join: ["chat:*"]
-      publish: ["chat:*"]
-      history: {{maxMessages: 100, maxAge: 10m}}
-    keepalive: {{interval: 0s}}
-  - name: strict
-    path: {{value: /strict}}
-    mode: rooms
-    rooms: {{}}
-    keepalive: {{interval: 0s}}
-  - name: slow
-    path: {{value: /slow}}
-    mode: rooms
-    rooms:
-      join: ["feed"]
-      publish: ["feed"]
-      maxQueueBytes: 65536
-    limits: {{maxMessageBytes: 65536, messagesPerSecond: 100000, messageBurst: 100000}}
-    keepalive: {{interval: 0s}}
-  - name: brief
-    path: {{value: /brief}}
-    mode: rooms
-    rooms:
-      join: ["chat:*"]
-      publish: ["chat:*"]
-      history: {{maxMessages: 100, maxAge: 3s}}
-    keepalive: {{interval: 0s}}
-  - name: limited
-    path: {{value: /limited}}
-    mode: rooms
-    rooms:
-      join: ["chat:*"]
-      publish: ["chat:*"]
-    limits: {{messagesPerSecond: 1, messageBurst: 5}}
-    keepalive: {{interval: 0s}}
-"#
-    )
+fn config() -> String {
+    let chat = json!(["chat:*"]);
+    ConfigBuilder::new()
+        .drain("0s", "15s")
+        .publish_token(PUBLISH_TOKEN)
+        .route(
+            route("chat", "/chat")
+                .jwt(jwt_hs256())
+                .rooms(json!({
+                    "namespace": "app",
+                    "join": ["chat:*", "user:{sub}", "team:{org}:*"],
+                    "publish": ["chat:*", "user:{sub}", "team:{org}:*"],
+                    "history": {"maxMessages": 5, "maxAge": "10m"},
+                }))
+                .max_message_bytes(4096)
+                .messages_per_second(1000, 1000)
+                .drain(json!({"window": "1s", "closeCode": 4100, "closeReason": "pod restarting"})),
+        )
+        .route(
+            route("here", "/here")
+                .jwt(jwt_hs256())
+                .rooms(json!({"join": chat, "presence": true}))
+                .unset("drain"),
+        )
+        .route(
+            route("open", "/open")
+                .rooms(json!({
+                    "join": chat,
+                    "publish": chat,
+                    "history": {"maxMessages": 100, "maxAge": "10m"},
+                }))
+                .unset("drain"),
+        )
+        .route(route("strict", "/strict").rooms(json!({})).unset("drain"))
+        .route(
+            route("slow", "/slow")
+                .rooms(json!({"join": ["feed"], "publish": ["feed"], "maxQueueBytes": 65536}))
+                .max_message_bytes(65536)
+                .messages_per_second(100_000, 100_000)
+                .unset("drain"),
+        )
+        .route(
+            route("brief", "/brief")
+                .rooms(json!({
+                    "join": chat,
+                    "publish": chat,
+                    "history": {"maxMessages": 100, "maxAge": "3s"},
+                }))
+                .unset("drain"),
+        )
+        .route(
+            route("limited", "/limited")
+                .rooms(json!({"join": chat, "publish": chat}))
+                .messages_per_second(1, 5)
+                .unset("drain"),
+        )
+        .yaml()
 }
 
 async fn start() -> Gateway {
-    Gateway::start(&config(free_port(), free_port())).await
+    Gateway::start(&config()).await
 }
 
 /// A token for `sub` in org `acme`, valid for 10 minutes.

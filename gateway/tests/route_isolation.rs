@@ -13,37 +13,25 @@ mod support;
 use std::path::Path;
 
 use serde_json::Value;
+use serde_json::json;
+use support::{ConfigBuilder, route};
 use support::{
     EchoServer, Gateway, PROMPTLY, RawResponse, assert_echo, close_normally, eventually, fixture,
-    free_port, http_get, metric_sum, metrics_text, raw_upgrade, token_for, write_atomically,
-    ws_connect,
+    http_get, metric_sum, metrics_text, raw_upgrade, token_for, write_atomically, ws_connect,
 };
 
 const FAST_RELOAD: &[(&str, &str)] = &[("SWITCHBOARD_RELOAD_INTERVAL", "200ms")];
 
 /// `good` at `good_path` (no auth) and `keyed` at `/keyed` (RS256 key from `key_file`).
-fn config(public: u16, admin: u16, backend: u16, good_path: &str, key_file: &Path) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: good
-    path: {{value: {good_path}}}
-    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: keyed
-    path: {{value: /keyed}}
-    jwt: {{keys: [{{file: {{algorithm: RS256, path: "{key}"}}}}]}}
-    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#,
-        key = key_file.display()
-    )
+fn config(backend: u16, good_path: &str, key_file: &Path) -> String {
+    ConfigBuilder::new()
+        .route(route("good", good_path).proxy(&[backend]))
+        .route(
+            route("keyed", "/keyed")
+                .jwt(json!({"keys": [{"file": {"algorithm": "RS256", "path": key_file.display().to_string()}}]}))
+                .proxy(&[backend]),
+        )
+        .yaml()
 }
 
 fn good_pem() -> String {
@@ -97,18 +85,13 @@ async fn failure_gauge(gateway: &Gateway, serving: &str) -> f64 {
 #[tokio::test]
 async fn a_broken_key_file_keeps_only_its_route_out_and_reloads_fix_or_break_it_alone() {
     let echo = EchoServer::start().await;
-    let (public, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("keyed.pub.pem");
     std::fs::write(&key, truncated_pem()).expect("write the broken key");
     let token = token_for("alice");
 
     // --- Start with the broken key: the gateway serves `good`, `keyed` is reported. ---------
-    let gateway = Gateway::start_with_env(
-        &config(public, admin, echo.port(), "/good", &key),
-        FAST_RELOAD,
-    )
-    .await;
+    let gateway = Gateway::start_with_env(&config(echo.port(), "/good", &key), FAST_RELOAD).await;
     let mut live = ws_connect(&gateway.ws_url("/good")).await;
     assert_echo(&mut live, "good serves next to a broken route").await;
     let refused = upgrade(&gateway, "/keyed", Some(&token)).await;
@@ -145,7 +128,7 @@ async fn a_broken_key_file_keeps_only_its_route_out_and_reloads_fix_or_break_it_
     write_atomically(&key, &truncated_pem());
     write_atomically(
         &gateway.config_path(),
-        &config(public, admin, echo.port(), "/good-v2", &key),
+        &config(echo.port(), "/good-v2", &key),
     );
     eventually("the edit of good applies", PROMPTLY, || async {
         upgrade(&gateway, "/good-v2", None).await.status == 101
@@ -178,13 +161,13 @@ async fn check_mode_still_refuses_a_config_with_a_route_that_does_not_compile() 
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("keyed.pub.pem");
     std::fs::write(&key, truncated_pem()).expect("write the broken key");
-    let (status, out) = support::check_config(&config(free_port(), free_port(), 1, "/good", &key));
+    let (status, out) = support::check_config(&config(1, "/good", &key));
     assert_eq!(status.code(), Some(64), "{out}");
     assert!(
         out.contains("routes[1].jwt.keys[0]") && out.contains("not a public key usable with RS256"),
         "{out}"
     );
     std::fs::write(&key, good_pem()).expect("write the good key");
-    let (status, out) = support::check_config(&config(free_port(), free_port(), 1, "/good", &key));
+    let (status, out) = support::check_config(&config(1, "/good", &key));
     assert!(status.success(), "{out}");
 }

@@ -15,10 +15,13 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use serde_json::json;
+use support::{ConfigBuilder, route};
 use support::{Gateway, free_port, http_get, repo_root};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -26,28 +29,19 @@ const ORIGIN: &str = "http://localhost:3000";
 const CLIENTS: u64 = 20;
 const MESSAGES: u64 = 10;
 
-fn config(public: u16, admin: u16, backends: [u16; 2], pinning: &str) -> String {
-    let [a, b] = backends;
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: socketio
-    path: {{type: Prefix, value: /socket.io/}}
-    origins:
-      allowed: ["{ORIGIN}"]
-    proxy:
-      backends:
-        - address: "127.0.0.1:{a}"
-        - address: "127.0.0.1:{b}"
-      pinning: {pinning}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s, closeCode: 1012, closeReason: "service restart, reconnect"}}
-"#
-    )
+fn config(backends: [u16; 2], pinning: Value, listen: Option<SocketAddr>) -> String {
+    let gateway = ConfigBuilder::new().route(
+        route("socketio", "/socket.io/")
+            .prefix()
+            .origins(&[ORIGIN])
+            .proxy(&backends)
+            .set("proxy.pinning", pinning)
+            .drain(json!({"window": "1s", "closeCode": 1012, "closeReason": "service restart, reconnect"})),
+    );
+    match listen {
+        Some(addr) => gateway.listen(addr).yaml(),
+        None => gateway.yaml(),
+    }
 }
 
 fn e2e_dir() -> std::path::PathBuf {
@@ -122,7 +116,7 @@ async fn run_clients(gw: &Gateway, pin_key: &str) -> Value {
 async fn socketio_clients_pinned_on_a_random_query_pin_connect_upgrade_and_get_every_ack() {
     let ports = [free_port(), free_port()];
     let _servers = start_servers(ports).await;
-    let gw = Gateway::start(&config(free_port(), free_port(), ports, "{query: pin}")).await;
+    let gw = Gateway::start(&config(ports, json!({"query": "pin"}), None)).await;
 
     let s = run_clients(&gw, "pin").await;
     eprintln!("socket.io through the gateway, {{query: pin}}: {s}");
@@ -173,7 +167,7 @@ async fn session_id_unknown(port: u16) -> u64 {
 async fn pinning_socketio_on_the_sid_query_breaks_the_handshake() {
     let ports = [free_port(), free_port()];
     let _servers = start_servers(ports).await;
-    let gw = Gateway::start(&config(free_port(), free_port(), ports, "{query: sid}")).await;
+    let gw = Gateway::start(&config(ports, json!({"query": "sid"}), None)).await;
 
     let s = run_clients(&gw, "none").await;
     eprintln!("socket.io through the gateway, {{query: sid}}: {s}");
@@ -191,9 +185,8 @@ async fn pinning_socketio_on_the_sid_query_breaks_the_handshake() {
 async fn socketio_clients_reconnect_to_the_same_instance_after_a_gateway_drain() {
     let ports = [free_port(), free_port()];
     let _servers = start_servers(ports).await;
-    let (public, admin) = (free_port(), free_port());
-    let yaml = config(public, admin, ports, "{query: pin}");
-    let mut gw = Gateway::start(&yaml).await;
+    let pin = || json!({"query": "pin"});
+    let mut gw = Gateway::start(&config(ports, pin(), None)).await;
 
     let dir = e2e_dir();
     let mut driver = tokio::process::Command::new("node")
@@ -234,7 +227,8 @@ async fn socketio_clients_reconnect_to_the_same_instance_after_a_gateway_drain()
         "the drain closed every WebSocket with 1012: {}",
         gw.log_tail(40)
     );
-    let _gw2 = Gateway::start(&yaml).await;
+    // The new gateway takes over the drained one's port: the clients reconnect to it there.
+    let _gw2 = Gateway::start(&config(ports, pin(), Some(gw.addr()))).await;
 
     let s = next().await;
     eprintln!("socket.io across a gateway drain: {s}");

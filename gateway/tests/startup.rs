@@ -6,22 +6,22 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use serde_json::json;
 use support::nats::NatsServer;
-use support::{Gateway, PROMPTLY, eventually, free_port, gateway_bin, http_get};
+use support::{ConfigBuilder, route};
+use support::{Gateway, PROMPTLY, eventually, gateway_bin, http_get};
 
-fn bare(public: u16, admin: u16) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-"#
-    )
+/// A gateway without routes, its listener and admin at these addresses.
+fn bare(public: SocketAddr, admin: SocketAddr) -> String {
+    ConfigBuilder::new()
+        .listen(public)
+        .set("admin.address", json!(admin.to_string()))
+        .yaml()
 }
 
 /// Run the binary on `yaml` until it exits (panics if it is still running after `within`);
@@ -63,27 +63,27 @@ fn run_to_exit(yaml: &str, within: Duration) -> (Option<i32>, String) {
 
 #[tokio::test]
 async fn a_second_gateway_on_a_busy_address_exits_non_zero_naming_it() {
-    let (public, admin) = (free_port(), free_port());
-    let first = Gateway::start(&bare(public, admin)).await;
+    let first = Gateway::start(&ConfigBuilder::new().yaml()).await;
+    let (public, admin) = (first.addr(), first.admin());
+    let elsewhere = SocketAddr::from(([127, 0, 0, 1], 0));
 
     // Same public port.
-    let second = bare(public, free_port());
+    let second = bare(public, elsewhere);
     let (code, stderr) = tokio::task::spawn_blocking(move || run_to_exit(&second, PROMPTLY))
         .await
         .expect("runner");
     println!("second gateway, same listener: exit {code:?}\n{stderr}");
     assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
-    let expected =
-        format!("cannot listen on 127.0.0.1:{public} (listener public): address already in use");
+    let expected = format!("cannot listen on {public} (listener public): address already in use");
     assert!(stderr.contains(&expected), "{stderr}");
 
     // Same admin port.
-    let second = bare(free_port(), admin);
+    let second = bare(elsewhere, admin);
     let (code, stderr) = tokio::task::spawn_blocking(move || run_to_exit(&second, PROMPTLY))
         .await
         .expect("runner");
     assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
-    let expected = format!("cannot listen on 127.0.0.1:{admin} (admin): address already in use");
+    let expected = format!("cannot listen on {admin} (admin): address already in use");
     assert!(stderr.contains(&expected), "{stderr}");
 
     // The first one never noticed.
@@ -91,32 +91,74 @@ async fn a_second_gateway_on_a_busy_address_exits_non_zero_naming_it() {
     assert_eq!((status, body.trim()), (200, "ready"));
 }
 
-fn rooms_with_history(public: u16, admin: u16, nats: &str) -> String {
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-bus:
-  nats: {{urls: ["{nats}"], subjectPrefix: sbstart}}
-routes:
-  - name: chat
-    path: {{value: /chat}}
-    mode: rooms
-    rooms:
-      join: ["chat:*"]
-      publish: ["chat:*"]
-      history: {{maxMessages: 100, maxAge: 10m}}
-    drain: {{window: 0s}}
-"#
-    )
+#[tokio::test]
+async fn listeners_on_port_0_are_bound_to_ports_the_system_picks_and_reported_in_the_log_and_status()
+ {
+    let yaml = ConfigBuilder::new().listener("internal", json!({})).yaml();
+    assert!(yaml.matches("127.0.0.1:0").count() == 3, "{yaml}");
+    let gateway = Gateway::start(&yaml).await;
+
+    // One `listening` line per listener, each on its own port.
+    let listening = support::listening_lines(&gateway.log());
+    let reported: Vec<(&str, &str)> = listening
+        .iter()
+        .map(|l| (l.role.as_str(), l.name.as_str()))
+        .collect();
+    assert_eq!(
+        reported,
+        [("edge", "public"), ("edge", "internal"), ("admin", "admin")],
+        "{listening:?}"
+    );
+    let ports: std::collections::BTreeSet<u16> = listening.iter().map(|l| l.addr.port()).collect();
+    assert_eq!(ports.len(), 3, "three distinct ports: {listening:?}");
+    assert!(!ports.contains(&0), "{listening:?}");
+
+    // `/status` lists the same addresses.
+    let (status, body) = http_get(gateway.admin(), "/status").await;
+    assert_eq!(status, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
+    let listed: Vec<(String, String, String)> = status["listeners"]
+        .as_array()
+        .expect("/status lists the listeners")
+        .iter()
+        .map(|l| {
+            let field = |k: &str| l[k].as_str().unwrap_or_default().to_owned();
+            (field("role"), field("name"), field("address"))
+        })
+        .collect();
+    let logged: Vec<(String, String, String)> = listening
+        .iter()
+        .map(|l| (l.role.clone(), l.name.clone(), l.addr.to_string()))
+        .collect();
+    assert_eq!(listed, logged);
+
+    // Each edge listener serves on its reported address (no route: 404 from the gateway).
+    for l in listening.iter().filter(|l| l.role == "edge") {
+        let (status, _) = http_get(l.addr, "/nothing-here").await;
+        assert_eq!(status, 404, "{} at {}", l.name, l.addr);
+    }
+}
+
+fn rooms_with_history(nats: &str) -> String {
+    ConfigBuilder::new()
+        .nats(nats, "sbstart")
+        .route(
+            route("chat", "/chat")
+                .rooms(json!({
+                    "join": ["chat:*"],
+                    "publish": ["chat:*"],
+                    "history": {"maxMessages": 100, "maxAge": "10m"},
+                }))
+                .unset("keepalive")
+                .drain(json!({"window": "0s"})),
+        )
+        .yaml()
 }
 
 #[tokio::test]
 async fn a_gateway_with_nats_and_history_starts_without_an_error_and_creates_the_stream() {
     let nats = NatsServer::start();
-    let gateway = Gateway::start(&rooms_with_history(free_port(), free_port(), &nats.url())).await;
+    let gateway = Gateway::start(&rooms_with_history(&nats.url())).await;
 
     eventually("NATS connected in the log", PROMPTLY, || async {
         gateway.log().contains("NATS connected")

@@ -11,37 +11,22 @@ mod support;
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::{EchoServer, Gateway, assert_echo, close_normally, fixture, free_port, ws_config};
+use serde_json::json;
+use support::{ConfigBuilder, route};
+use support::{EchoServer, Gateway, assert_echo, close_normally, fixture, ws_config};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-fn config(public: u16, admin: u16, backend: u16) -> String {
+fn config(backend: u16) -> String {
     let file = |name: &str| fixture(&format!("tls/{name}")).display().to_string();
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners:
-  - name: public
-    address: "127.0.0.1:{public}"
-    tls:
-      certificates:
-        - {{certFile: "{alpha}", keyFile: "{alpha_key}", hostnames: [alpha.test]}}
-        - {{certFile: "{beta}", keyFile: "{beta_key}", hostnames: [beta.test]}}
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-routes:
-  - name: secure
-    path: {{value: /}}
-    proxy: {{backends: [{{address: "127.0.0.1:{backend}"}}]}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#,
-        alpha = file("alpha.pem"),
-        alpha_key = file("alpha.key.pem"),
-        beta = file("beta.pem"),
-        beta_key = file("beta.key.pem"),
-    )
+    ConfigBuilder::new()
+        .tls(json!({"certificates": [
+            {"certFile": file("alpha.pem"), "keyFile": file("alpha.key.pem"), "hostnames": ["alpha.test"]},
+            {"certFile": file("beta.pem"), "keyFile": file("beta.key.pem"), "hostnames": ["beta.test"]},
+        ]}))
+        .route(route("secure", "/").proxy(&[backend]))
+        .yaml()
 }
 
 fn pem_certs(name: &str) -> Vec<CertificateDer<'static>> {
@@ -76,7 +61,7 @@ async fn tls_connect(gateway: &Gateway, sni: &str) -> std::io::Result<TlsStream<
 #[tokio::test]
 async fn each_sni_name_gets_its_own_certificate() {
     let echo = EchoServer::start().await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let gateway = Gateway::start(&config(echo.port())).await;
 
     for name in ["alpha", "beta"] {
         let sni = format!("{name}.test");
@@ -100,7 +85,7 @@ async fn each_sni_name_gets_its_own_certificate() {
 #[tokio::test]
 async fn websockets_work_over_tls_for_each_name() {
     let echo = EchoServer::start().await;
-    let gateway = Gateway::start(&config(free_port(), free_port(), echo.port())).await;
+    let gateway = Gateway::start(&config(echo.port())).await;
 
     for sni in ["alpha.test", "beta.test"] {
         let tls = tls_connect(&gateway, sni)

@@ -105,13 +105,15 @@ fn listener_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
                 format!("duplicate listener name `{}`", l.name),
             ));
         }
-        if !addrs.insert(l.address) {
+        // Port 0 asks for a port the system picks, a different one for each listener.
+        let fixed = l.address.port() != 0;
+        if fixed && !addrs.insert(l.address) {
             p.push(Problem::new(
                 format!("{at}.address"),
                 format!("{} is used twice", l.address),
             ));
         }
-        if l.address == cfg.admin.address {
+        if fixed && l.address == cfg.admin.address {
             p.push(Problem::new(
                 format!("{at}.address"),
                 "is the same as admin.address",

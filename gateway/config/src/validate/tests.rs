@@ -94,6 +94,28 @@ fn duplicate_host_and_path_is_a_conflict() {
 }
 
 #[test]
+fn listeners_on_port_0_may_share_an_address_listeners_on_a_fixed_port_may_not() {
+    let doc = |port: u16| {
+        format!(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: GatewayConfig\nlisteners: [{{name: a, address: '127.0.0.1:{port}'}}, {{name: b, address: '127.0.0.1:{port}'}}]\nadmin: {{address: '127.0.0.1:{port}'}}\n"
+        )
+    };
+    assert!(GatewayConfig::from_yaml(&doc(0)).is_ok());
+    let Err(Error::Invalid(p)) = GatewayConfig::from_yaml(&doc(8080)) else {
+        panic!("two listeners and the admin on 127.0.0.1:8080 must be refused");
+    };
+    let p: Vec<String> = p.into_iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        p,
+        vec![
+            "listeners[0].address: is the same as admin.address",
+            "listeners[1].address: 127.0.0.1:8080 is used twice",
+            "listeners[1].address: is the same as admin.address",
+        ],
+    );
+}
+
+#[test]
 fn app_keepalive_is_on_by_default_and_needs_a_timeout_when_on() {
     let cfg = GatewayConfig::from_yaml(&format!(
         "{BASE}routes: [{{name: a, path: {{value: /}}, proxy: {{backends: []}}}}]"
