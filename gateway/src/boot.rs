@@ -175,6 +175,8 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
         .iter()
         .map(|b| (b.role, b.name.clone(), b.addr))
         .collect();
+    // Infallible: the admin address is chained last, and bind_all binds every address or fails.
+    #[allow(clippy::expect_used)]
     let admin_bound = bound.pop().expect("the admin address is bound last");
     let bus = make_bus(&cfg)?;
     let gw = Gateway::new(cfg.clone(), bus).map_err(BootError::Invalid)?;
