@@ -15,6 +15,7 @@
 #   - e2e/browser/node_modules: playwright-core (npm) driving the system Chromium (full only)
 #   - e2e/socketio/node_modules: socket.io and socket.io-client (npm) for the Socket.IO migration
 #     test, gateway/tests/socketio.rs (full only)
+#   - e2e/yjs/node_modules: yjs, y-websocket and ws (npm) for gateway/tests/documents.rs
 #   - .venv-chart/: the Helm chart tests' Python packages, charts/tests/requirements.txt (full only)
 #   - .venv-autobahn/: Autobahn|Testsuite (`wstest`) in a Python 2.7 virtualenv (full only);
 #     Python 2.7 is pyenv's 2.7.18, or $SWITCHBOARD_PYTHON2.
@@ -120,6 +121,17 @@ if [ ! -f "$SOCKETIO_DIR/node_modules/socket.io/package.json" ] ||
     say "installing socket.io and socket.io-client into e2e/socketio/node_modules (npm)"
     (cd "$SOCKETIO_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
         fail "npm ci in e2e/socketio"
+fi
+
+# --- Yjs documents test: yjs + y-websocket + ws (e2e/yjs) -------------------------------------------
+
+YJS_DIR="$ROOT/e2e/yjs"
+if [ ! -f "$YJS_DIR/node_modules/y-websocket/package.json" ] ||
+    [ ! -f "$YJS_DIR/node_modules/yjs/package.json" ]; then
+    have npm || fail "npm not found (the Yjs documents test needs Node.js and npm)"
+    say "installing yjs, y-websocket and ws into e2e/yjs/node_modules (npm)"
+    (cd "$YJS_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
+        fail "npm ci in e2e/yjs"
 fi
 
 # --- CRD schema check: jsonschema + PyYAML for operator/tests/validate_examples.py ----------------

@@ -178,6 +178,7 @@ fn websocket(
         raw_room,
     };
     let live = gw.drain.enter();
+    let documents = ctx.policy.is_yjs().then(|| gw.documents.clone());
     let admitted = adm.admitted;
     let route_name = route.cfg.name.clone();
     metrics()
@@ -199,7 +200,10 @@ fn websocket(
             user.as_deref(),
             connect_event(&conn, user.as_deref(), &route_name, "websocket"),
         );
-        let cause = session::run(io, ctx).await;
+        let cause = match documents {
+            Some(docs) => crate::documents::session::run(io, ctx, docs).await,
+            None => session::run(io, ctx).await,
+        };
         active.dec();
         drop(admitted); // the admission slot frees with the connection
         let disconnected = notifier.send(
