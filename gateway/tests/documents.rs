@@ -34,6 +34,7 @@ kind: GatewayConfig
 listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
 admin: {{address: "127.0.0.1:{admin}"}}
 drain: {{propagation: 0s, deadline: 5s}}
+publishApi: {{token: {TOKEN}}}
 {bus}routes:
   - name: docs
     path: {{type: Prefix, value: /docs}}
@@ -63,6 +64,25 @@ drain: {{propagation: 0s, deadline: 5s}}
     drain: {{window: 1s}}
 "#
     )
+}
+
+const TOKEN: &str = "documents-api-test-token";
+
+/// One HTTP/1.1 request to the admin listener with the publish-API token: (status, body).
+async fn admin_call(gw: &Gateway, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.admin()).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status = std::str::from_utf8(&out[9..12]).unwrap().parse().unwrap();
+    (status, out[split + 4..].to_vec())
 }
 
 fn e2e_dir() -> std::path::PathBuf {
@@ -212,4 +232,39 @@ async fn an_oversized_update_closes_1009_and_a_full_document_closes_4010() {
         read["length"], 8000,
         "the refused update is not applied: {read}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documents_api_reads_the_state_and_applies_a_server_side_update() {
+    use yrs::updates::decoder::Decode;
+    use yrs::{GetString, ReadTxn, Text, Transact, Update};
+    let gw = Gateway::start(&config(None)).await;
+    node(
+        "write",
+        json!({"url": docs_url(&gw), "doc": "api-1", "insert": "from editor"}),
+    )
+    .await;
+    let (status, state) = admin_call(&gw, "GET", "/v1/documents/docs/api-1", b"").await;
+    assert_eq!(status, 200);
+    let doc = yrs::Doc::new();
+    let t = doc.get_or_insert_text("t");
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(&state).unwrap())
+        .unwrap();
+    assert_eq!(t.get_string(&doc.transact()), "from editor");
+
+    // A server-side edit on top of that state reaches the next editor.
+    let sv = doc.transact().state_vector();
+    let len = t.len(&doc.transact());
+    t.insert(&mut doc.transact_mut(), len, " + server");
+    let update = doc.transact().encode_state_as_update_v1(&sv);
+    let (status, _) = admin_call(&gw, "POST", "/v1/documents/docs/api-1", &update).await;
+    assert_eq!(status, 204);
+    let read = node("read", json!({"url": docs_url(&gw), "doc": "api-1"})).await;
+    assert_eq!(read["text"], "from editor + server");
+
+    let (status, _) = admin_call(&gw, "POST", "/v1/documents/docs/api-1", b"garbage").await;
+    assert_eq!(status, 400, "an undecodable update is refused");
+    let (status, _) = admin_call(&gw, "GET", "/v1/documents/nope/api-1", b"").await;
+    assert_eq!(status, 404);
 }

@@ -9,7 +9,9 @@
 //! - [`store`]: the JetStream log of a document, snapshots and compaction.
 //! - [`replica`]: one pod's replica, its editors and its NATS feeds.
 //! - [`session`]: one editor's WebSocket.
+//! - [`api`]: read a document and apply server-side updates (admin listener).
 
+pub mod api;
 pub mod replica;
 pub mod session;
 pub mod store;
@@ -32,8 +34,6 @@ pub const LOAD_WAIT: Duration = Duration::from_secs(10);
 /// This pod's documents.
 pub struct Documents {
     store: Option<NatsStore>,
-    /// This pod's id in the document logs (its own updates are not applied twice).
-    pod: u64,
     map: Mutex<HashMap<RoomKey, Arc<Replica>>>,
 }
 
@@ -41,7 +41,6 @@ impl Documents {
     pub fn new(bus: &Arc<dyn Bus>) -> Arc<Self> {
         Arc::new(Self {
             store: bus.nats().map(NatsStore::new),
-            pod: rand::random(),
             map: Mutex::new(HashMap::new()),
         })
     }
@@ -63,7 +62,8 @@ impl Documents {
             match map.get(key) {
                 Some(r) => (r.clone(), false),
                 None => {
-                    let r = Replica::new(key.clone(), cfg.clone(), self.pod, self.store.clone());
+                    let r =
+                        Replica::new(key.clone(), cfg.clone(), rand::random(), self.store.clone());
                     map.insert(key.clone(), r.clone());
                     (r, true)
                 }

@@ -69,6 +69,7 @@ struct State {
 pub struct Replica {
     pub key: RoomKey,
     cfg: DocCfg,
+    /// This replica's id in the log and on the awareness subject.
     pod: u64,
     store: Option<NatsStore>,
     state: Mutex<State>,
@@ -93,7 +94,10 @@ impl Drop for Replica {
 }
 
 impl Replica {
-    pub fn new(key: RoomKey, cfg: DocCfg, pod: u64, store: Option<NatsStore>) -> Arc<Self> {
+    /// `origin` must be unique per replica instance (not per pod): a replica skips the log
+    /// messages it wrote itself, and a later replica of the same document on the same pod must
+    /// apply them.
+    pub fn new(key: RoomKey, cfg: DocCfg, origin: u64, store: Option<NatsStore>) -> Arc<Self> {
         metrics().documents_loaded.inc();
         let (load, _) = watch::channel(if store.is_some() {
             Load::Loading
@@ -103,7 +107,7 @@ impl Replica {
         Arc::new(Self {
             key,
             cfg,
-            pod,
+            pod: origin,
             store,
             state: Mutex::new(State {
                 awareness: Awareness::new(Doc::new()),
