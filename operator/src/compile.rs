@@ -609,6 +609,7 @@ fn compile_rooms(
     let r = rt.spec.rooms.clone().unwrap_or_default();
     let protocol = r.protocol;
     let raw = protocol == RoomProtocol::Raw;
+    let by_path = protocol != RoomProtocol::Json;
     for (what, list) in [("join", &r.join), ("publish", &r.publish)] {
         if list.len() > 32 {
             p.push(format!("{at}.{what}"), "at most 32 patterns");
@@ -629,13 +630,13 @@ fn compile_rooms(
         p.push(format!("{at}.namespace"), "1-63 of A-Z a-z 0-9 _ -");
     }
     match &r.path_room {
-        None if raw => p.push(
+        None if by_path => p.push(
             format!("{at}.pathRoom"),
-            "protocol raw needs pathRoom, a path with one {room} segment such as /collab/{room}",
+            "protocols raw and yjs need pathRoom, a path with one {room} segment such as /collab/{room}",
         ),
-        Some(_) if !raw => p.push(
+        Some(_) if !by_path => p.push(
             format!("{at}.pathRoom"),
-            "only used with protocol raw (JSON rooms name their rooms in join messages)",
+            "only used with protocols raw and yjs (JSON rooms name their rooms in join messages)",
         ),
         Some(pr) => {
             if let Some(why) = path_room_problem(pr, path) {
@@ -647,10 +648,10 @@ fn compile_rooms(
     if r.echo.is_some() && !raw {
         p.push(format!("{at}.echo"), "only used with protocol raw");
     }
-    if r.publish_hook.is_some() && raw {
+    if r.publish_hook.is_some() && by_path {
         p.push(
             format!("{at}.publishHook"),
-            "not called for raw rooms (their messages are relayed unchanged); remove it or use protocol json",
+            "not called for raw or yjs rooms (their messages are relayed unchanged); remove it or use protocol json",
         );
     }
 
@@ -658,6 +659,7 @@ fn compile_rooms(
     rooms.protocol = match protocol {
         RoomProtocol::Json => ConfigRoomProtocol::Json,
         RoomProtocol::Raw => ConfigRoomProtocol::Raw,
+        RoomProtocol::Yjs => ConfigRoomProtocol::Yjs,
     };
     rooms.path_room = r.path_room.clone();
     rooms.echo = r.echo.unwrap_or(false);
@@ -904,9 +906,9 @@ pub fn compile(
     let raw = spec
         .rooms
         .as_ref()
-        .is_some_and(|r| r.protocol == RoomProtocol::Raw);
+        .is_some_and(|r| r.protocol != RoomProtocol::Json);
     let transports = match &spec.transports {
-        // JSON rooms: the gateway's default (every transport). Proxy and raw rooms: WebSocket.
+        // JSON rooms: the gateway's default (every transport). Proxy, raw and yjs rooms: WebSocket.
         None if spec.mode == Mode::Rooms && !raw => Transports::default(),
         None => Transports {
             websocket: true,
@@ -920,7 +922,7 @@ pub fn compile(
             if raw && list.iter().any(|t| *t != Transport::WebSocket) {
                 p.push(
                     "spec.transports",
-                    "raw rooms are WebSocket only: remove SSE and LongPolling",
+                    "raw and yjs rooms are WebSocket only: remove SSE and LongPolling",
                 );
             }
             Transports {
@@ -1796,20 +1798,20 @@ rooms:
         let cases = [
             (
                 "mode: rooms\nrooms: {protocol: raw}",
-                "spec.rooms.pathRoom: protocol raw needs pathRoom",
+                "spec.rooms.pathRoom: protocols raw and yjs need pathRoom",
             ),
             (
                 "mode: rooms\nrooms: {pathRoom: '/r/{room}'}",
-                "spec.rooms.pathRoom: only used with protocol raw",
+                "spec.rooms.pathRoom: only used with protocols raw and yjs",
             ),
             ("mode: rooms\nrooms: {echo: false}", "spec.rooms.echo:"),
             (
                 "mode: rooms\nrooms: {protocol: raw, pathRoom: '/r/{room}', publishHook: {url: 'http://h/p'}}",
-                "spec.rooms.publishHook: not called for raw rooms",
+                "spec.rooms.publishHook: not called for raw or yjs rooms",
             ),
             (
                 "mode: rooms\ntransports: [WebSocket, SSE]\nrooms: {protocol: raw, pathRoom: '/r/{room}'}",
-                "spec.transports: raw rooms are WebSocket only",
+                "spec.transports: raw and yjs rooms are WebSocket only",
             ),
             (
                 "mode: rooms\npath: {value: /collab}\nrooms: {protocol: raw, pathRoom: '/docs/{room}'}",
