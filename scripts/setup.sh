@@ -19,6 +19,7 @@
 #   - clients/js/node_modules: typescript and esbuild (npm) to build and size the JS client (full only)
 #   - e2e/proto/node_modules: protobufjs and ws (npm) for the Node client of the binary room
 #     protocol, gateway/tests/rooms_proto_node.rs (full only)
+#   - e2e/yjs/node_modules: yjs, y-websocket and ws (npm) for gateway/tests/documents.rs
 #   - .venv-chart/: the Helm chart tests' Python packages, charts/tests/requirements.txt (full only)
 #   - .venv-autobahn/: Autobahn|Testsuite (`wstest`) in a Python 2.7 virtualenv (full only);
 #     Python 2.7 is pyenv's 2.7.18, or $SWITCHBOARD_PYTHON2.
@@ -155,6 +156,17 @@ if [ ! -f "$PROTO_DIR/node_modules/protobufjs/package.json" ] ||
     say "installing protobufjs and ws into e2e/proto/node_modules (npm)"
     (cd "$PROTO_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
         fail "npm ci in e2e/proto"
+fi
+
+# --- Yjs documents test: yjs + y-websocket + ws (e2e/yjs) -------------------------------------------
+
+YJS_DIR="$ROOT/e2e/yjs"
+if [ ! -f "$YJS_DIR/node_modules/y-websocket/package.json" ] ||
+    [ ! -f "$YJS_DIR/node_modules/yjs/package.json" ]; then
+    have npm || fail "npm not found (the Yjs documents test needs Node.js and npm)"
+    say "installing yjs, y-websocket and ws into e2e/yjs/node_modules (npm)"
+    (cd "$YJS_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
+        fail "npm ci in e2e/yjs"
 fi
 
 # --- CRD schema check: jsonschema + PyYAML for operator/tests/validate_examples.py ----------------

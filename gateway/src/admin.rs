@@ -126,6 +126,10 @@ impl ServerApp for AdminApp {
                         body.to_string(),
                     ));
                 }
+                if req.uri().path().starts_with(crate::documents::api::PREFIX) {
+                    let (status, ct, body) = crate::documents::api::handle(&gw, req).await;
+                    return Ok::<_, Infallible>(reply(status, ct, body));
+                }
                 Ok::<_, Infallible>(respond(&gw, &app.listening, &req))
             }
         });

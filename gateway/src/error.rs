@@ -182,6 +182,8 @@ pub enum CloseCause {
     MessagesLost,
     /// Raw rooms: the connection may join but not publish, and sent a message.
     PublishForbidden,
+    /// Yjs documents: an update would grow the document past `rooms.documents.maxDocumentBytes`.
+    DocumentTooLarge,
 }
 
 impl CloseCause {
@@ -203,6 +205,7 @@ impl CloseCause {
             Self::BusUnavailable => 1013,
             Self::MessagesLost => 4009,
             Self::PublishForbidden => 1008,
+            Self::DocumentTooLarge => 4010,
         }
     }
 
@@ -223,6 +226,7 @@ impl CloseCause {
             Self::BusUnavailable => "room bus unavailable, try again later",
             Self::MessagesLost => "messages lost, reconnect and resync",
             Self::PublishForbidden => "not allowed to publish in this room",
+            Self::DocumentTooLarge => "document too large",
         }
     }
 
@@ -246,6 +250,7 @@ impl CloseCause {
             Self::BusUnavailable => "bus_unavailable",
             Self::PublishForbidden => "publish_forbidden",
             Self::MessagesLost => "messages_lost",
+            Self::DocumentTooLarge => "document_too_large",
         }
     }
 }
@@ -389,6 +394,10 @@ pub fn table() -> Vec<Row> {
         (
             "raw rooms: the pod fell behind and history could not repair what the member missed",
             CloseCause::MessagesLost,
+        ),
+        (
+            "yjs documents: an update that would grow the document past rooms.documents.maxDocumentBytes (the update is not applied)",
+            CloseCause::DocumentTooLarge,
         ),
     ];
     let mut rows: Vec<Row> = refusals

@@ -42,6 +42,8 @@ pub struct Gateway {
     pub hub: Arc<Hub>,
     /// Rooms: publish hook and notification client.
     pub hooks: Hooks,
+    /// Yjs documents (rooms `protocol: yjs`) this pod holds.
+    pub documents: Arc<crate::documents::Documents>,
     loaded: AtomicBool,
 }
 
@@ -101,6 +103,7 @@ impl Gateway {
             drain: Arc::new(Drain::default()),
             http: Client::builder(TokioExecutor::new()).build(connector),
             backends,
+            documents: crate::documents::Documents::new(&bus),
             hub: Hub::new(bus),
             hooks: Hooks::default(),
             loaded: AtomicBool::new(true),

@@ -14,6 +14,7 @@ pub mod admission;
 pub mod auth;
 pub mod boot;
 pub mod config_watch;
+pub mod documents;
 pub mod drain;
 pub mod error;
 pub mod gateway;

@@ -96,6 +96,16 @@ pub struct Metrics {
     pub handshake_timeouts: IntCounterVec,
     /// `switchboard_build_info{version,commit}`: always 1; the labels name the build
     pub build_info: IntGaugeVec,
+    /// `switchboard_documents_loaded`: Yjs documents this pod holds a replica of
+    pub documents_loaded: IntGauge,
+    /// `switchboard_document_updates_total{result}`: Yjs updates by result = applied (from an
+    /// editor or the API) | remote (from another pod) | read_only (dropped: the sender may only
+    /// read) | too_large (refused: update or document over its limit) | invalid
+    pub document_updates: IntCounterVec,
+    /// `switchboard_document_update_bytes_total`: bytes of Yjs updates applied on this pod
+    pub document_update_bytes: IntCounter,
+    /// `switchboard_document_compactions_total{result}`: snapshots written (ok | error)
+    pub document_compactions: IntCounterVec,
 }
 
 // Every `expect` here is on a metric defined from static names and labels, registered once in a
@@ -339,6 +349,34 @@ impl Metrics {
                     .expect("metric registered once");
                 g
             },
+            documents_loaded: {
+                let g = IntGauge::new(
+                    "switchboard_documents_loaded",
+                    "Yjs documents this pod holds a replica of",
+                )
+                .expect("static metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            document_updates: counter_vec(
+                &registry,
+                "switchboard_document_updates_total",
+                "Yjs document updates by result",
+                &["result"],
+            ),
+            document_update_bytes: counter(
+                &registry,
+                "switchboard_document_update_bytes_total",
+                "Bytes of Yjs updates applied on this pod",
+            ),
+            document_compactions: counter_vec(
+                &registry,
+                "switchboard_document_compactions_total",
+                "Yjs document snapshots written, by result",
+                &["result"],
+            ),
             rooms_queued_bytes: {
                 let g = IntGauge::new(
                     "switchboard_rooms_queued_bytes",

@@ -311,10 +311,19 @@ async fn admit_and_dispatch(
 ) -> Result<Response<Body>, Refusal> {
     let passed = check(&gw, conn, &route, &req).await?;
     if let Some(policy) = &route.rooms {
+        // Yjs document rooms run their own session over the rooms upgrade.
+        let session = policy.is_yjs().then(|| {
+            let docs = gw.documents.clone();
+            let run: crate::rooms::conn::SessionRunner = Arc::new(move |io, ctx| {
+                Box::pin(crate::documents::session::run(io, ctx, docs.clone()))
+            });
+            run
+        });
         let svc = crate::rooms::conn::Services {
             hub: &gw.hub,
             drain: &gw.drain,
             hooks: &gw.hooks,
+            session,
         };
         return crate::rooms::entry::serve(&svc, &route, policy.clone(), passed, req).await;
     }

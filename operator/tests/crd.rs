@@ -187,15 +187,15 @@ fn cel_rules_refuse_what_their_messages_say() {
         ),
         (
             "mode: rooms\nrooms: {protocol: raw}",
-            "protocol raw needs pathRoom",
+            "protocols raw and yjs need pathRoom",
         ),
         (
             "mode: rooms\nrooms: {pathRoom: '/r/{room}'}",
-            "pathRoom is only used with protocol raw",
+            "pathRoom is only used with protocols raw and yjs",
         ),
         (
             "mode: rooms\nrooms: {protocol: json, pathRoom: '/r/{room}'}",
-            "pathRoom is only used with protocol raw",
+            "pathRoom is only used with protocols raw and yjs",
         ),
         (
             "mode: rooms\nrooms: {echo: true}",
@@ -203,11 +203,11 @@ fn cel_rules_refuse_what_their_messages_say() {
         ),
         (
             "mode: rooms\nrooms: {protocol: raw, pathRoom: '/r/{room}', publishHook: {url: 'http://h/p'}}",
-            "publishHook is not called for raw rooms",
+            "publishHook is not called for raw or yjs rooms",
         ),
         (
             "mode: rooms\ntransports: [WebSocket, LongPolling]\nrooms: {protocol: raw, pathRoom: '/r/{room}'}",
-            "raw rooms are WebSocket only",
+            "raw and yjs rooms are WebSocket only",
         ),
         (
             "mode: rooms\npath: {type: PathPrefix, value: /collab}\nrooms: {protocol: raw, pathRoom: '/docs/{room}'}",

@@ -118,9 +118,11 @@ fn default_max_rooms_per_call() -> u32 {
 pub struct Rooms {
     /// `json`: the Switchboard room protocol (docs/protocol.md). `raw`: opaque relay, the room
     /// comes from the path (`pathRoom`), every message goes unchanged to the other members.
+    /// `yjs`: a Yjs document per room, held and persisted by the gateway, for stock
+    /// `y-websocket` clients (docs/documents.md); the document name comes from `pathRoom`.
     #[serde(default)]
     pub protocol: RoomProtocol,
-    /// For `raw`: a path pattern with one `{room}` segment, e.g. `/collab/{room}`.
+    /// For `raw` and `yjs`: a path pattern with one `{room}` segment, e.g. `/collab/{room}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_room: Option<String>,
     /// For `raw`: also send each message back to its sender. Default false.
@@ -158,6 +160,55 @@ pub struct Rooms {
     /// Needs `bus.nats`. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub notify_nats: bool,
+    /// For `yjs`: document limits and compaction (docs/documents.md). Unset: the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<Documents>,
+}
+
+/// Yjs document settings of a `yjs` rooms route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Documents {
+    /// Largest single document update a client may send; larger closes the connection with
+    /// 1009. Default 262144 (256 KiB).
+    #[serde(default = "default_max_update_bytes")]
+    pub max_update_bytes: u64,
+    /// Largest document (its encoded state); an update that would grow it past this is
+    /// refused and the connection closed with 4010. Default 8388608 (8 MiB).
+    #[serde(default = "default_max_document_bytes")]
+    pub max_document_bytes: u64,
+    /// With `bus.nats`: merge a document's stored updates into one snapshot once this many
+    /// are stored after the last snapshot. Default 500.
+    #[serde(default = "default_compact_after")]
+    pub compact_after_updates: u32,
+    /// A document with no editors on this pod is dropped from memory after this long (with
+    /// the embedded bus this forgets it: documents are kept in memory only). Default 30s.
+    #[serde(default = "default_doc_idle", with = "humantime_serde")]
+    pub idle_unload: Duration,
+}
+
+impl Default for Documents {
+    fn default() -> Self {
+        Self {
+            max_update_bytes: default_max_update_bytes(),
+            max_document_bytes: default_max_document_bytes(),
+            compact_after_updates: default_compact_after(),
+            idle_unload: default_doc_idle(),
+        }
+    }
+}
+
+fn default_max_update_bytes() -> u64 {
+    256 * 1024
+}
+fn default_max_document_bytes() -> u64 {
+    8 * 1024 * 1024
+}
+fn default_compact_after() -> u32 {
+    500
+}
+fn default_doc_idle() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// Wire protocol of a rooms route.
@@ -169,6 +220,9 @@ pub enum RoomProtocol {
     Json,
     /// Raw relay: the path names one room and every message goes to its other members as is.
     Raw,
+    /// A Yjs document per room (the path names it), held, persisted and replicated by the
+    /// gateway for stock y-websocket clients.
+    Yjs,
 }
 
 /// History retention per room.

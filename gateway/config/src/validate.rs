@@ -299,11 +299,11 @@ fn rooms_problems(r: &Route, rooms: &crate::Rooms, at: &str, p: &mut Vec<Problem
         }
     }
     match (rooms.protocol, &rooms.path_room) {
-        (crate::RoomProtocol::Raw, None) => p.push(Problem::new(
+        (crate::RoomProtocol::Raw | crate::RoomProtocol::Yjs, None) => p.push(Problem::new(
             format!("{rat}.pathRoom"),
-            "raw rooms need a path pattern like `/collab/{room}`",
+            "raw and yjs rooms need a path pattern like `/collab/{room}`",
         )),
-        (crate::RoomProtocol::Raw, Some(pr))
+        (crate::RoomProtocol::Raw | crate::RoomProtocol::Yjs, Some(pr))
             if pr.matches("{room}").count() != 1 || !pr.starts_with('/') =>
         {
             p.push(Problem::new(
@@ -313,9 +313,29 @@ fn rooms_problems(r: &Route, rooms: &crate::Rooms, at: &str, p: &mut Vec<Problem
         }
         (crate::RoomProtocol::Json, Some(_)) => p.push(Problem::new(
             format!("{rat}.pathRoom"),
-            "only raw rooms take their room from the path",
+            "only raw and yjs rooms take their room from the path",
         )),
         _ => {}
+    }
+    if let Some(d) = &rooms.documents {
+        if rooms.protocol != crate::RoomProtocol::Yjs {
+            p.push(Problem::new(
+                format!("{rat}.documents"),
+                "only used with protocol yjs",
+            ));
+        }
+        if d.max_update_bytes == 0 || d.max_document_bytes < d.max_update_bytes {
+            p.push(Problem::new(
+                format!("{rat}.documents"),
+                "maxUpdateBytes must be more than 0 and at most maxDocumentBytes",
+            ));
+        }
+        if d.compact_after_updates == 0 {
+            p.push(Problem::new(
+                format!("{rat}.documents.compactAfterUpdates"),
+                "must be more than 0",
+            ));
+        }
     }
     if let Some(ns) = &rooms.namespace
         && (ns.is_empty()

@@ -21,7 +21,7 @@ use crate::error::{CloseCause, Refusal};
 use crate::http::unix_now;
 
 /// What rooms mode uses of the gateway.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Services<'a> {
     /// This pod's hub over the configured bus.
     pub hub: &'a Arc<Hub>,
@@ -29,7 +29,21 @@ pub struct Services<'a> {
     pub drain: &'a Arc<Drain>,
     /// The publish hook and the notification client.
     pub hooks: &'a Hooks,
+    /// What serves an upgraded WebSocket when it is not the room protocol or raw relay (a
+    /// Yjs document session); chosen by the dispatcher, so rooms never imports that mode.
+    pub session: Option<SessionRunner>,
 }
+
+/// Runs one upgraded WebSocket to its end, returning why it closed.
+pub type SessionRunner = std::sync::Arc<
+    dyn Fn(
+            hyper::upgrade::Upgraded,
+            super::session::SessionCtx,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::error::CloseCause> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A pod-unique connection id.
 pub fn next_conn_id() -> String {

@@ -40,14 +40,14 @@ struct Request {
     ephemeral: bool,
 }
 
-fn token_matches(given: &str, expected: &str) -> bool {
+pub(crate) fn token_matches(given: &str, expected: &str) -> bool {
     // Compare digests so the comparison time says nothing about the token.
     Sha256::digest(given.as_bytes()) == Sha256::digest(expected.as_bytes())
 }
 
 /// The configured token, read now (so a rotated token file takes effect without a restart),
 /// and the per-call room cap.
-fn expected_token(cfg: &GatewayConfig) -> Option<(String, u32)> {
+pub(crate) fn expected_token(cfg: &GatewayConfig) -> Option<(String, u32)> {
     let api = cfg.publish_api.clone()?;
     let token = match (api.token, api.token_file) {
         (Some(t), _) => Some(t),

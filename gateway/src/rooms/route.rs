@@ -26,13 +26,13 @@ impl RoomsPolicy {
                 .collect()
         };
         let raw_path = match (&cfg.protocol, &cfg.path_room) {
-            (RoomProtocol::Raw, Some(p)) => {
+            (RoomProtocol::Raw | RoomProtocol::Yjs, Some(p)) => {
                 let (before, after) = p
                     .split_once("{room}")
                     .ok_or_else(|| "rooms.pathRoom: must contain `{room}`".to_string())?;
                 Some((before.to_string(), after.to_string()))
             }
-            (RoomProtocol::Raw, None) => {
+            (RoomProtocol::Raw | RoomProtocol::Yjs, None) => {
                 return Err(
                     "rooms.pathRoom: raw rooms need a path pattern like `/collab/{room}`".into(),
                 );
@@ -58,8 +58,14 @@ impl RoomsPolicy {
         }
     }
 
+    /// The room comes from the path (raw relay rooms and Yjs documents).
     pub fn is_raw(&self) -> bool {
         self.raw_path.is_some()
+    }
+
+    /// A Yjs document room (served by [`crate::documents`]).
+    pub fn is_yjs(&self) -> bool {
+        self.cfg.protocol == RoomProtocol::Yjs
     }
 
     /// The raw room named by a request path, if the path fits the pattern.

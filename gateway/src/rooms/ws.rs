@@ -92,6 +92,7 @@ pub(crate) fn websocket(
         proto,
     };
     let live = svc.drain.enter();
+    let runner = svc.session.clone();
     let admitted = adm.admitted;
     let route_name = route.cfg.name.clone();
     metrics()
@@ -113,7 +114,10 @@ pub(crate) fn websocket(
             user.as_deref(),
             connect_event(&conn, user.as_deref(), &route_name, "websocket"),
         );
-        let cause = session::run(io, ctx).await;
+        let cause = match runner {
+            Some(run) => run(io, ctx).await,
+            None => session::run(io, ctx).await,
+        };
         active.dec();
         drop(admitted); // the admission slot frees with the connection
         let disconnected = notifier.send(

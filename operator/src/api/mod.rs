@@ -102,8 +102,8 @@ pub const ROOMS_NAMESPACE_PATTERN: &str = r"^[A-Za-z0-9_-]+$";
         "message": "drain.reconnectHint is about rooms shutdown messages; mode proxy closes with drain.closeCode and drain.closeReason"
     },
     {
-        "rule": "!has(self.rooms) || !has(self.rooms.protocol) || self.rooms.protocol != 'raw' || !has(self.transports) || self.transports.all(t, t == 'WebSocket')",
-        "message": "raw rooms are WebSocket only: remove SSE and LongPolling from spec.transports"
+        "rule": "!has(self.rooms) || !has(self.rooms.protocol) || self.rooms.protocol == 'json' || !has(self.transports) || self.transports.all(t, t == 'WebSocket')",
+        "message": "raw and yjs rooms are WebSocket only: remove SSE and LongPolling from spec.transports"
     },
     {
         "rule": "!has(self.rooms) || !has(self.rooms.pathRoom) || !has(self.path) || (has(self.path.type) && self.path.type == 'Exact') || self.rooms.pathRoom.startsWith(has(self.path.value) ? self.path.value : '/')",
@@ -488,20 +488,20 @@ pub struct ClaimToHeader {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "has(self.pathRoom) || !has(self.protocol) || self.protocol != 'raw'",
-        "message": "protocol raw needs pathRoom, a path with one {room} segment such as /collab/{room}"
+        "rule": "has(self.pathRoom) || !has(self.protocol) || self.protocol == 'json'",
+        "message": "protocols raw and yjs need pathRoom, a path with one {room} segment such as /collab/{room}"
     },
     {
-        "rule": "!has(self.pathRoom) || (has(self.protocol) && self.protocol == 'raw')",
-        "message": "pathRoom is only used with protocol raw (JSON rooms name their rooms in join messages)"
+        "rule": "!has(self.pathRoom) || (has(self.protocol) && self.protocol != 'json')",
+        "message": "pathRoom is only used with protocols raw and yjs (JSON rooms name their rooms in join messages)"
     },
     {
         "rule": "!has(self.echo) || (has(self.protocol) && self.protocol == 'raw')",
         "message": "echo is only used with protocol raw"
     },
     {
-        "rule": "!has(self.publishHook) || !has(self.protocol) || self.protocol != 'raw'",
-        "message": "publishHook is not called for raw rooms (their messages are relayed unchanged); remove it or use protocol json"
+        "rule": "!has(self.publishHook) || !has(self.protocol) || self.protocol == 'json'",
+        "message": "publishHook is not called for raw or yjs rooms (their messages are relayed unchanged); remove it or use protocol json"
     }
 ]))]
 pub struct Rooms {
@@ -509,10 +509,13 @@ pub struct Rooms {
     /// presence, ping; ordered messages with resume). `raw`: an opaque relay for existing
     /// client protocols (y-websocket and the like): the room comes from the request path
     /// (`pathRoom`) and every text or binary message a member sends goes unchanged to the
-    /// other members, WebSocket only. Default `json`.
+    /// other members, WebSocket only. `yjs`: a Yjs document per room (`pathRoom`), held,
+    /// stored (JetStream, with a NATS bus) and replicated by the gateways for stock
+    /// `y-websocket` clients; `join` may read, `publish` may edit (docs/documents.md), WebSocket
+    /// only. Default `json`.
     #[serde(default)]
     pub protocol: RoomProtocol,
-    /// Protocol `raw` only, required there: a path with exactly one `{room}` segment, e.g.
+    /// Protocols `raw` and `yjs` only, required there: a path with exactly one `{room}` segment, e.g.
     /// `/collab/{room}`; `/collab/doc-1` then joins room `doc-1` (which must match `join`).
     /// Must lie under `spec.path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -575,13 +578,14 @@ pub struct Rooms {
     pub notify_nats: Option<bool>,
 }
 
-/// `json` or `raw`.
+/// `json`, `raw` or `yjs`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RoomProtocol {
     #[default]
     Json,
     Raw,
+    Yjs,
 }
 
 /// Per-room history bounds; the first bound reached evicts.

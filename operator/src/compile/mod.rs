@@ -270,7 +270,7 @@ fn compile_transports(spec: &RealtimeRouteSpec, p: &mut Problems) -> Transports 
     let raw = spec
         .rooms
         .as_ref()
-        .is_some_and(|r| r.protocol == RoomProtocol::Raw);
+        .is_some_and(|r| r.protocol != RoomProtocol::Json);
     match &spec.transports {
         None if spec.mode == Mode::Rooms && !raw => Transports::default(),
         None => Transports {
@@ -285,7 +285,7 @@ fn compile_transports(spec: &RealtimeRouteSpec, p: &mut Problems) -> Transports 
             if raw && list.iter().any(|t| *t != Transport::WebSocket) {
                 p.push(
                     "spec.transports",
-                    "raw rooms are WebSocket only: remove SSE and LongPolling",
+                    "raw and yjs rooms are WebSocket only: remove SSE and LongPolling",
                 );
             }
             Transports {

@@ -68,6 +68,7 @@ pub(super) fn compile_rooms(
     let r = rt.spec.rooms.clone().unwrap_or_default();
     let protocol = r.protocol;
     let raw = protocol == RoomProtocol::Raw;
+    let by_path = protocol != RoomProtocol::Json;
     for (what, list) in [("join", &r.join), ("publish", &r.publish)] {
         if list.len() > 32 {
             p.push(format!("{at}.{what}"), "at most 32 patterns");
@@ -88,13 +89,13 @@ pub(super) fn compile_rooms(
         p.push(format!("{at}.namespace"), "1-63 of A-Z a-z 0-9 _ -");
     }
     match &r.path_room {
-        None if raw => p.push(
+        None if by_path => p.push(
             format!("{at}.pathRoom"),
-            "protocol raw needs pathRoom, a path with one {room} segment such as /collab/{room}",
+            "protocols raw and yjs need pathRoom, a path with one {room} segment such as /collab/{room}",
         ),
-        Some(_) if !raw => p.push(
+        Some(_) if !by_path => p.push(
             format!("{at}.pathRoom"),
-            "only used with protocol raw (JSON rooms name their rooms in join messages)",
+            "only used with protocols raw and yjs (JSON rooms name their rooms in join messages)",
         ),
         Some(pr) => {
             if let Some(why) = path_room_problem(pr, path) {
@@ -106,10 +107,10 @@ pub(super) fn compile_rooms(
     if r.echo.is_some() && !raw {
         p.push(format!("{at}.echo"), "only used with protocol raw");
     }
-    if r.publish_hook.is_some() && raw {
+    if r.publish_hook.is_some() && by_path {
         p.push(
             format!("{at}.publishHook"),
-            "not called for raw rooms (their messages are relayed unchanged); remove it or use protocol json",
+            "not called for raw or yjs rooms (their messages are relayed unchanged); remove it or use protocol json",
         );
     }
 
@@ -117,6 +118,7 @@ pub(super) fn compile_rooms(
     rooms.protocol = match protocol {
         RoomProtocol::Json => ConfigRoomProtocol::Json,
         RoomProtocol::Raw => ConfigRoomProtocol::Raw,
+        RoomProtocol::Yjs => ConfigRoomProtocol::Yjs,
     };
     rooms.path_room = r.path_room.clone();
     rooms.echo = r.echo.unwrap_or(false);

@@ -769,20 +769,20 @@ fn rooms_rules_the_schema_checks_are_checked_again() {
     let cases = [
         (
             "mode: rooms\nrooms: {protocol: raw}",
-            "spec.rooms.pathRoom: protocol raw needs pathRoom",
+            "spec.rooms.pathRoom: protocols raw and yjs need pathRoom",
         ),
         (
             "mode: rooms\nrooms: {pathRoom: '/r/{room}'}",
-            "spec.rooms.pathRoom: only used with protocol raw",
+            "spec.rooms.pathRoom: only used with protocols raw and yjs",
         ),
         ("mode: rooms\nrooms: {echo: false}", "spec.rooms.echo:"),
         (
             "mode: rooms\nrooms: {protocol: raw, pathRoom: '/r/{room}', publishHook: {url: 'http://h/p'}}",
-            "spec.rooms.publishHook: not called for raw rooms",
+            "spec.rooms.publishHook: not called for raw or yjs rooms",
         ),
         (
             "mode: rooms\ntransports: [WebSocket, SSE]\nrooms: {protocol: raw, pathRoom: '/r/{room}'}",
-            "spec.transports: raw rooms are WebSocket only",
+            "spec.transports: raw and yjs rooms are WebSocket only",
         ),
         (
             "mode: rooms\npath: {value: /collab}\nrooms: {protocol: raw, pathRoom: '/docs/{room}'}",

@@ -126,6 +126,16 @@ pub enum BusError {
     Other(String),
 }
 
+/// What other NATS users in the gateway get from a NATS bus.
+#[derive(Clone)]
+pub struct NatsAccess {
+    pub client: async_nats::Client,
+    /// `bus.nats.subjectPrefix`.
+    pub prefix: String,
+    /// `bus.nats.replicas`.
+    pub replicas: usize,
+}
+
 /// The room bus.
 #[async_trait]
 pub trait Bus: Send + Sync {
@@ -177,6 +187,12 @@ pub trait Bus: Send + Sync {
 
     /// Whether the bus is usable now (readiness and metrics).
     fn healthy(&self) -> bool;
+
+    /// The NATS connection under this bus, for the gateway's other NATS users (Yjs
+    /// documents). None: the embedded bus.
+    fn nats(&self) -> Option<NatsAccess> {
+        None
+    }
 }
 
 /// The runtime that owns bus I/O (NATS client tasks) for the life of the process.

@@ -1429,6 +1429,14 @@ impl Bus for NatsBus {
     fn healthy(&self) -> bool {
         self.inner.connected()
     }
+
+    fn nats(&self) -> Option<super::NatsAccess> {
+        Some(super::NatsAccess {
+            client: self.inner.client.clone(),
+            prefix: self.inner.prefix.clone(),
+            replicas: self.inner.replicas,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,127 @@
+//! Yjs documents at the edge (rooms `protocol: yjs`, docs/documents.md).
+//!
+//! Stock `y-websocket` clients connect to a document's path; the gateway holds the document
+//! (a `yrs` replica per pod that has editors of it), answers their sync and awareness
+//! messages, and with `bus.nats` stores every update in JetStream and follows the other pods'
+//! updates from there. With the embedded bus documents live in this pod's memory only.
+//!
+//! - [`sync`]: the y-protocols messages (pure).
+//! - [`store`]: the JetStream log of a document, snapshots and compaction.
+//! - [`replica`]: one pod's replica, its editors and its NATS feeds.
+//! - [`session`]: one editor's WebSocket.
+//! - [`api`]: read a document and apply server-side updates (admin listener).
+
+pub mod api;
+pub mod replica;
+pub mod session;
+pub mod store;
+pub mod sync;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchboard_config::Documents as DocCfg;
+
+use self::replica::Replica;
+use self::store::NatsStore;
+use crate::rooms::bus::{Bus, RoomKey};
+
+/// Longest a connection waits for its document to load.
+pub const LOAD_WAIT: Duration = Duration::from_secs(10);
+
+/// This pod's documents.
+pub struct Documents {
+    store: Option<NatsStore>,
+    map: Mutex<HashMap<RoomKey, Arc<Replica>>>,
+}
+
+impl Documents {
+    pub fn new(bus: &Arc<dyn Bus>) -> Arc<Self> {
+        Arc::new(Self {
+            store: bus.nats().map(NatsStore::new),
+            map: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Documents this pod holds.
+    pub fn loaded(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The replica of `key`, loaded (from JetStream with `bus.nats`). Each `open` is paired
+    /// with one [`Documents::close`].
+    pub async fn open(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        cfg: &DocCfg,
+    ) -> Result<Arc<Replica>, String> {
+        let (replica, fresh) = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(key) {
+                Some(r) => (r.clone(), false),
+                None => {
+                    let r =
+                        Replica::new(key.clone(), cfg.clone(), rand::random(), self.store.clone());
+                    map.insert(key.clone(), r.clone());
+                    (r, true)
+                }
+            }
+        };
+        replica.users.fetch_add(1, Ordering::AcqRel);
+        if fresh && let Err(e) = replica.start().await {
+            replica.fail(e);
+        }
+        if let Err(e) = replica.loaded(LOAD_WAIT).await {
+            self.close(&replica, Duration::ZERO);
+            return Err(e);
+        }
+        Ok(replica)
+    }
+
+    /// Done with a replica; once nobody on this pod uses it for `idle`, it is dropped.
+    pub fn close(self: &Arc<Self>, replica: &Arc<Replica>, idle: Duration) {
+        if replica.users.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let docs = Arc::downgrade(self);
+        let weak = Arc::downgrade(replica);
+        tokio::spawn(async move {
+            tokio::time::sleep(idle).await;
+            let (Some(docs), Some(r)) = (docs.upgrade(), weak.upgrade()) else {
+                return;
+            };
+            let mut map = docs.map.lock().unwrap_or_else(|p| p.into_inner());
+            if r.users.load(Ordering::Acquire) == 0
+                && map.get(&r.key).is_some_and(|m| Arc::ptr_eq(m, &r))
+            {
+                map.remove(&r.key);
+            }
+        });
+    }
+
+    /// The document's current state as one Yjs update (admin API).
+    pub async fn state(self: &Arc<Self>, key: &RoomKey, cfg: &DocCfg) -> Result<Vec<u8>, String> {
+        let r = self.open(key, cfg).await?;
+        let state = r.state();
+        self.close(&r, cfg.idle_unload);
+        Ok(state)
+    }
+
+    /// Apply a server-side update (admin API): relayed to the editors and stored like theirs.
+    pub async fn apply(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        cfg: &DocCfg,
+        update: Vec<u8>,
+    ) -> Result<(), crate::error::CloseCause> {
+        let r = self
+            .open(key, cfg)
+            .await
+            .map_err(|_| crate::error::CloseCause::BusUnavailable)?;
+        let result = r.apply_local(None, update).await;
+        self.close(&r, cfg.idle_unload);
+        result
+    }
+}

@@ -1,0 +1,544 @@
+//! One pod's replica of one Yjs document: the `yrs` document and awareness, the pod's editors
+//! of it, and (with `bus.nats`) the feed that keeps it in step with the other pods.
+//!
+//! Local updates are applied, relayed to the pod's other editors and appended to the
+//! document's JetStream log before the editor's next message is read. The replica follows the
+//! log with an ordered consumer: from the start (that is the load), then live; messages it
+//! wrote itself are skipped, others are applied and relayed. Awareness goes over core NATS.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use switchboard_config::Documents as DocCfg;
+use tokio::sync::watch;
+use yrs::sync::Awareness;
+use yrs::sync::awareness::AwarenessUpdate;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ClientID, Doc, ReadTxn, Transact};
+
+use super::store::{self, NatsStore};
+use super::sync::{self, Inbound};
+use crate::error::CloseCause;
+use crate::metrics::metrics;
+use crate::rooms::bus::RoomKey;
+use crate::rooms::outbox::{Item, Outbox};
+
+/// Most awareness client ids one connection may control (y-websocket uses one per document).
+pub const MAX_AWARENESS_CLIENTS: usize = 8;
+/// How often a replica retries writing an update it could not store (as a snapshot).
+const REPAIR_EVERY: Duration = Duration::from_secs(1);
+
+/// Awareness frames on core NATS: a kind byte, the origin pod (8 bytes), the update.
+const AW_UPDATE: u8 = 0;
+const AW_QUERY: u8 = 1;
+
+/// Load state of a replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Load {
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+struct Editor {
+    outbox: Arc<Outbox>,
+    /// Awareness client ids this connection announced (removed when it leaves).
+    clients: HashSet<ClientID>,
+}
+
+struct State {
+    awareness: Awareness,
+    editors: HashMap<String, Editor>,
+    /// The encoded document's size, approximately: the last snapshot plus every update since.
+    doc_bytes: u64,
+    /// Updates in the log after its last snapshot (or, in memory, since the last recount).
+    since_snapshot: u32,
+    /// Highest log sequence this replica has integrated (every message at or below it).
+    applied_seq: u64,
+    compacting: bool,
+    /// An update applied here could not be stored: a snapshot is owed to the log.
+    dirty: bool,
+}
+
+/// A document replica. Shared by the pod's editors of the document.
+pub struct Replica {
+    pub key: RoomKey,
+    cfg: DocCfg,
+    /// This replica's id in the log and on the awareness subject.
+    pod: u64,
+    store: Option<NatsStore>,
+    state: Mutex<State>,
+    load: watch::Sender<Load>,
+    /// Connections and API calls using the replica; at 0 it may be unloaded.
+    pub(super) users: AtomicUsize,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        for t in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        metrics().documents_loaded.dec();
+    }
+}
+
+impl Replica {
+    /// `origin` must be unique per replica instance (not per pod): a replica skips the log
+    /// messages it wrote itself, and a later replica of the same document on the same pod must
+    /// apply them.
+    pub fn new(key: RoomKey, cfg: DocCfg, origin: u64, store: Option<NatsStore>) -> Arc<Self> {
+        metrics().documents_loaded.inc();
+        let (load, _) = watch::channel(if store.is_some() {
+            Load::Loading
+        } else {
+            Load::Ready
+        });
+        Arc::new(Self {
+            key,
+            cfg,
+            pod: origin,
+            store,
+            state: Mutex::new(State {
+                awareness: Awareness::new(Doc::new()),
+                editors: HashMap::new(),
+                doc_bytes: 0,
+                since_snapshot: 0,
+                applied_seq: 0,
+                compacting: false,
+                dirty: false,
+            }),
+            load,
+            users: AtomicUsize::new(0),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start following the document's log and awareness (NATS). Returns once the feeds are
+    /// set up; the load completes in the background ([`Replica::loaded`]).
+    pub async fn start(self: &Arc<Self>) -> Result<(), String> {
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
+        let aw = store
+            .client
+            .subscribe(store.awareness_subject(&self.key))
+            .await
+            .map_err(|e| format!("subscribe to awareness: {e}"))?;
+        let ordered = store.follow(&self.key).await.map_err(|e| e.to_string())?;
+        let last = store.last_seq(&self.key).await.map_err(|e| e.to_string())?;
+        if last.is_none() {
+            self.load.send_replace(Load::Ready);
+        }
+        let feed = tokio::spawn(follow(Arc::downgrade(self), ordered, last.unwrap_or(0)));
+        let awareness = tokio::spawn(follow_awareness(Arc::downgrade(self), aw));
+        {
+            let mut t = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            t.push(feed.abort_handle());
+            t.push(awareness.abort_handle());
+        }
+        // Ask the other pods for their awareness states, so a newcomer here sees them at once.
+        self.publish_awareness(AW_QUERY, &[]).await;
+        Ok(())
+    }
+
+    /// Wait until the replica has loaded the document (bounded).
+    pub async fn loaded(&self, wait: Duration) -> Result<(), String> {
+        let mut rx = self.load.subscribe();
+        let r = tokio::time::timeout(wait, rx.wait_for(|l| *l != Load::Loading)).await;
+        match r {
+            Ok(Ok(l)) => match &*l {
+                Load::Failed(e) => Err(e.clone()),
+                _ => Ok(()),
+            },
+            Ok(Err(_)) => Err("replica gone".into()),
+            Err(_) => Err("document load timed out".into()),
+        }
+    }
+
+    pub(super) fn fail(&self, why: String) {
+        self.load.send_replace(Load::Failed(why));
+    }
+
+    pub fn editors(&self) -> usize {
+        self.lock().editors.len()
+    }
+
+    /// Add an editor: it is sent the gateway's sync step 1 and every awareness state.
+    pub fn attach(&self, conn: &str, outbox: Arc<Outbox>) {
+        let mut st = self.lock();
+        outbox.push(Item::RawBinary(Bytes::from(sync::step1(&st.awareness))));
+        if let Some(snap) = sync::awareness_snapshot(&st.awareness) {
+            outbox.push(Item::RawBinary(Bytes::from(snap)));
+        }
+        st.editors.insert(
+            conn.to_string(),
+            Editor {
+                outbox,
+                clients: HashSet::new(),
+            },
+        );
+    }
+
+    /// Remove an editor; the awareness states it announced are removed for everyone.
+    pub async fn detach(&self, conn: &str) {
+        let removal = {
+            let mut st = self.lock();
+            let Some(editor) = st.editors.remove(conn) else {
+                return;
+            };
+            if editor.clients.is_empty() {
+                return;
+            }
+            for id in &editor.clients {
+                st.awareness.remove_state(*id);
+            }
+            let Ok(update) = st.awareness.update_with_clients(editor.clients) else {
+                return;
+            };
+            let frame = Bytes::from(sync::awareness(update.clone()));
+            broadcast(&st, None, &frame);
+            update.encode_v1()
+        };
+        self.publish_awareness(AW_UPDATE, &removal).await;
+    }
+
+    /// Handle one message from an editor. `may_write`: false for read-only access (its
+    /// document updates are dropped and counted). Err: close the connection with that cause.
+    pub async fn handle(
+        &self,
+        conn: &str,
+        frame: &[u8],
+        may_write: bool,
+    ) -> Result<(), CloseCause> {
+        let msg = sync::decode(frame).map_err(|_| {
+            metrics()
+                .document_updates
+                .with_label_values(&["invalid"])
+                .inc();
+            CloseCause::ProtocolError
+        })?;
+        match msg {
+            Inbound::Step1(sv) => {
+                let st = self.lock();
+                let reply = Bytes::from(sync::step2(&st.awareness, &sv));
+                if let Some(e) = st.editors.get(conn) {
+                    e.outbox.push(Item::RawBinary(reply));
+                }
+            }
+            Inbound::AwarenessQuery => {
+                let st = self.lock();
+                if let (Some(snap), Some(e)) = (
+                    sync::awareness_snapshot(&st.awareness),
+                    st.editors.get(conn),
+                ) {
+                    e.outbox.push(Item::RawBinary(Bytes::from(snap)));
+                }
+            }
+            Inbound::Update(u) => {
+                if !may_write {
+                    metrics()
+                        .document_updates
+                        .with_label_values(&["read_only"])
+                        .inc();
+                    return Ok(());
+                }
+                self.apply_local(Some(conn), u).await?;
+            }
+            Inbound::Awareness(update) => {
+                let encoded = {
+                    let mut st = self.lock();
+                    let Some(editor) = st.editors.get_mut(conn) else {
+                        return Ok(());
+                    };
+                    for id in update.clients.keys() {
+                        editor.clients.insert(*id);
+                    }
+                    if editor.clients.len() > MAX_AWARENESS_CLIENTS {
+                        return Err(CloseCause::ProtocolError);
+                    }
+                    let encoded = update.encode_v1();
+                    if st.awareness.apply_update(update).is_err() {
+                        return Err(CloseCause::ProtocolError);
+                    }
+                    // To every editor, the sender included (as y-websocket's server does): a
+                    // lone editor hears its own keep-alive and is not reconnected as idle.
+                    broadcast(&st, None, &Bytes::copy_from_slice(frame));
+                    encoded
+                };
+                self.publish_awareness(AW_UPDATE, &encoded).await;
+            }
+            Inbound::Ignored => {}
+        }
+        Ok(())
+    }
+
+    /// Apply an update from an editor (`from`) or the API (None): check the limits, apply,
+    /// relay to this pod's other editors, store.
+    pub async fn apply_local(&self, from: Option<&str>, u: Vec<u8>) -> Result<(), CloseCause> {
+        let len = u.len() as u64;
+        if len > self.cfg.max_update_bytes {
+            metrics()
+                .document_updates
+                .with_label_values(&["too_large"])
+                .inc();
+            return Err(CloseCause::MessageTooBig);
+        }
+        {
+            let mut st = self.lock();
+            if st.doc_bytes + len > self.cfg.max_document_bytes {
+                metrics()
+                    .document_updates
+                    .with_label_values(&["too_large"])
+                    .inc();
+                return Err(CloseCause::DocumentTooLarge);
+            }
+            if sync::apply(&st.awareness, &u).is_err() {
+                metrics()
+                    .document_updates
+                    .with_label_values(&["invalid"])
+                    .inc();
+                return Err(CloseCause::ProtocolError);
+            }
+            st.doc_bytes += len;
+            metrics()
+                .document_updates
+                .with_label_values(&["applied"])
+                .inc();
+            metrics().document_update_bytes.inc_by(len);
+            broadcast(&st, from, &Bytes::from(sync::update(&u)));
+            if self.store.is_none() {
+                // In memory the document is merged as it goes: recount its size now and then.
+                st.since_snapshot += 1;
+                if st.since_snapshot >= self.cfg.compact_after_updates {
+                    st.since_snapshot = 0;
+                    st.doc_bytes = sync::state(&st.awareness).len() as u64;
+                }
+            }
+        }
+        if let Some(store) = &self.store
+            && let Err(e) = store
+                .append(&self.key, Bytes::from(u), self.pod, false)
+                .await
+        {
+            // The replica has the edit; the log does not. A snapshot will carry it.
+            self.lock().dirty = true;
+            tracing::warn!(document = %self.key.room, error = %e, "document update not stored; a snapshot will carry it");
+            return Err(CloseCause::BusUnavailable);
+        }
+        Ok(())
+    }
+
+    /// The document's whole state as one update.
+    pub fn state(&self) -> Vec<u8> {
+        sync::state(&self.lock().awareness)
+    }
+
+    async fn publish_awareness(&self, kind: u8, update: &[u8]) {
+        let Some(store) = &self.store else { return };
+        let mut b = BytesMut::with_capacity(9 + update.len());
+        b.put_u8(kind);
+        b.put_u64(self.pod);
+        b.put_slice(update);
+        let subject = store.awareness_subject(&self.key);
+        if let Err(e) = store.client.publish(subject, b.freeze()).await {
+            tracing::debug!(error = %e, "awareness not published");
+        }
+    }
+
+    /// Write a snapshot to the log, then purge what it merged. Used for compaction and to
+    /// store edits whose own append failed.
+    async fn snapshot(self: Arc<Self>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let (state, upto) = {
+            let st = self.lock();
+            (sync::state(&st.awareness), st.applied_seq)
+        };
+        let len = state.len() as u64;
+        let result = async {
+            store
+                .append(&self.key, Bytes::from(state), self.pod, true)
+                .await?;
+            if upto > 0 {
+                store.purge_below(&self.key, upto + 1).await?;
+            }
+            Ok::<_, store::StoreError>(())
+        }
+        .await;
+        let mut st = self.lock();
+        st.compacting = false;
+        match result {
+            Ok(()) => {
+                st.dirty = false;
+                st.doc_bytes = len;
+                metrics()
+                    .document_compactions
+                    .with_label_values(&["ok"])
+                    .inc();
+            }
+            Err(e) => {
+                tracing::warn!(document = %self.key.room, error = %e, "document snapshot failed");
+                metrics()
+                    .document_compactions
+                    .with_label_values(&["error"])
+                    .inc();
+            }
+        }
+    }
+}
+
+/// Queue `frame` to every editor but `except`. A full outbox closes that editor (4008).
+fn broadcast(st: &State, except: Option<&str>, frame: &Bytes) {
+    for (id, e) in &st.editors {
+        if Some(id.as_str()) != except {
+            e.outbox.push(Item::RawBinary(frame.clone()));
+        }
+    }
+}
+
+/// Follow the document's log: load (every message up to `last`), then live updates.
+async fn follow(
+    replica: Weak<Replica>,
+    mut ordered: async_nats::jetstream::consumer::push::Ordered,
+    last: u64,
+) {
+    let mut repair = tokio::time::interval(REPAIR_EVERY);
+    loop {
+        tokio::select! {
+            msg = ordered.next() => {
+                let Some(r) = replica.upgrade() else { return };
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "document feed error (the consumer recovers)");
+                        continue;
+                    }
+                    None => {
+                        r.fail("document feed ended".into());
+                        return;
+                    }
+                };
+                let Some(s) = store::stored(&msg) else { continue };
+                integrate(&r, s, last);
+            }
+            _ = repair.tick() => {
+                let Some(r) = replica.upgrade() else { return };
+                let owed = {
+                    let mut st = r.lock();
+                    let owed = st.dirty && !st.compacting;
+                    if owed {
+                        st.compacting = true;
+                    }
+                    owed
+                };
+                if owed {
+                    tokio::spawn(r.snapshot());
+                }
+            }
+        }
+    }
+}
+
+/// Apply one log message to the replica (and relay it to the pod's editors).
+fn integrate(r: &Arc<Replica>, s: store::Stored, last: u64) {
+    let mut st = r.lock();
+    if s.seq <= st.applied_seq {
+        return; // redelivered after a consumer reset
+    }
+    let own = s.origin == Some(r.pod);
+    if !own {
+        let before = st.awareness.doc().transact().state_vector();
+        if sync::apply(&st.awareness, &s.update).is_ok() {
+            metrics()
+                .document_updates
+                .with_label_values(&["remote"])
+                .inc();
+            if !st.editors.is_empty() {
+                let relay = if s.snapshot {
+                    // Only what the snapshot added (usually nothing).
+                    let diff = st.awareness.doc().transact().encode_diff_v1(&before);
+                    (st.awareness.doc().transact().state_vector() != before).then_some(diff)
+                } else {
+                    Some(s.update.to_vec())
+                };
+                if let Some(u) = relay {
+                    broadcast(&st, None, &Bytes::from(sync::update(&u)));
+                }
+            }
+        } else {
+            tracing::warn!(document = %r.key.room, seq = s.seq, "stored document update does not apply; skipped");
+        }
+    }
+    st.applied_seq = s.seq;
+    if s.snapshot {
+        st.since_snapshot = 0;
+        st.doc_bytes = s.update.len() as u64;
+    } else {
+        st.since_snapshot += 1;
+        if !own {
+            st.doc_bytes += s.update.len() as u64;
+        }
+    }
+    // The pod whose own update crossed the threshold compacts (one pod, not all of them).
+    let compact =
+        own && !s.snapshot && !st.compacting && st.since_snapshot >= r.cfg.compact_after_updates;
+    if compact {
+        st.compacting = true;
+    }
+    drop(st);
+    if s.seq >= last && *r.load.borrow() == Load::Loading {
+        r.load.send_replace(Load::Ready);
+    }
+    if compact {
+        tokio::spawn(r.clone().snapshot());
+    }
+}
+
+/// Follow the document's awareness from the other pods; answer their queries.
+async fn follow_awareness(replica: Weak<Replica>, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let Some(r) = replica.upgrade() else { return };
+        let p = &msg.payload;
+        if p.len() < 9 {
+            continue;
+        }
+        let origin = u64::from_be_bytes(p[1..9].try_into().unwrap_or_default());
+        if origin == r.pod {
+            continue;
+        }
+        match p[0] {
+            AW_QUERY => {
+                let snap = r.lock().awareness.update().ok().map(|u| u.encode_v1());
+                if let Some(snap) = snap.filter(|s| s.len() > 1) {
+                    r.publish_awareness(AW_UPDATE, &snap).await;
+                }
+            }
+            AW_UPDATE => {
+                let Ok(update) = AwarenessUpdate::decode_v1(&p[9..]) else {
+                    continue;
+                };
+                let mut st = r.lock();
+                if st.awareness.apply_update(update.clone()).is_ok() {
+                    broadcast(&st, None, &Bytes::from(sync::awareness(update)));
+                }
+            }
+            _ => {}
+        }
+    }
+}

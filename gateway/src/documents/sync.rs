@@ -1,0 +1,159 @@
+//! The y-protocols messages a `y-websocket` client speaks (sync step 1/2, updates, awareness,
+//! awareness query), decoded and encoded with `yrs::sync`. Pure: no I/O.
+
+use yrs::sync::awareness::AwarenessUpdate;
+use yrs::sync::{Awareness, Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, StateVector, Transact, Update};
+
+/// One client message, as the gateway acts on it.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Sync step 1: the client's state vector; answered with step 2.
+    Step1(StateVector),
+    /// Sync step 2 or an update: document changes to apply and relay.
+    Update(Vec<u8>),
+    /// An awareness update (cursors, names), relayed to every connection of the document.
+    Awareness(AwarenessUpdate),
+    /// The client asks for every awareness state.
+    AwarenessQuery,
+    /// Auth and custom messages: nothing to do.
+    Ignored,
+}
+
+/// Decode one WebSocket message (y-websocket sends one y-protocols message per frame).
+pub fn decode(frame: &[u8]) -> Result<Inbound, String> {
+    let msg = Message::decode_v1(frame).map_err(|e| format!("not a y-protocols message: {e}"))?;
+    Ok(match msg {
+        Message::Sync(SyncMessage::SyncStep1(sv)) => Inbound::Step1(sv),
+        Message::Sync(SyncMessage::SyncStep2(u)) | Message::Sync(SyncMessage::Update(u)) => {
+            Inbound::Update(u)
+        }
+        Message::Awareness(a) => Inbound::Awareness(a),
+        Message::AwarenessQuery => Inbound::AwarenessQuery,
+        Message::Auth(_) | Message::Custom(..) => Inbound::Ignored,
+    })
+}
+
+/// Sync step 1 with the document's state vector.
+pub fn step1(awareness: &Awareness) -> Vec<u8> {
+    let sv = awareness.doc().transact().state_vector();
+    Message::Sync(SyncMessage::SyncStep1(sv)).encode_v1()
+}
+
+/// Sync step 2: what the document has that `sv` lacks.
+pub fn step2(awareness: &Awareness, sv: &StateVector) -> Vec<u8> {
+    let diff = awareness.doc().transact().encode_state_as_update_v1(sv);
+    Message::Sync(SyncMessage::SyncStep2(diff)).encode_v1()
+}
+
+/// An update message carrying `update`.
+pub fn update(update: &[u8]) -> Vec<u8> {
+    Message::Sync(SyncMessage::Update(update.to_vec())).encode_v1()
+}
+
+/// An awareness message carrying `update`.
+pub fn awareness(update: AwarenessUpdate) -> Vec<u8> {
+    Message::Awareness(update).encode_v1()
+}
+
+/// Every awareness state the document knows, as one awareness message; None when empty.
+pub fn awareness_snapshot(awareness: &Awareness) -> Option<Vec<u8>> {
+    let update = awareness.update().ok()?;
+    (!update.clients.is_empty()).then(|| Message::Awareness(update).encode_v1())
+}
+
+/// The whole document as one update (the snapshot form).
+pub fn state(awareness: &Awareness) -> Vec<u8> {
+    awareness
+        .doc()
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default())
+}
+
+/// Apply an encoded update to the document.
+pub fn apply(awareness: &Awareness, update: &[u8]) -> Result<(), String> {
+    let u = Update::decode_v1(update).map_err(|e| format!("undecodable update: {e}"))?;
+    awareness
+        .doc()
+        .transact_mut()
+        .apply_update(u)
+        .map_err(|e| format!("update not applicable: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Doc, GetString, Text};
+
+    fn client_edit(text: &str) -> (Doc, Vec<u8>) {
+        let doc = Doc::new();
+        let t = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        t.insert(&mut txn, 0, text);
+        drop(txn);
+        let u = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        (doc, u)
+    }
+
+    #[test]
+    fn a_client_update_round_trips_through_the_server_replica() {
+        let server = Awareness::new(Doc::new());
+        let (_, u) = client_edit("hello");
+        let frame = update(&u);
+        let Inbound::Update(got) = decode(&frame).unwrap() else {
+            panic!("not an update")
+        };
+        apply(&server, &got).unwrap();
+        // A fresh client syncing from the server gets the text.
+        let fresh = Doc::new();
+        let sv = fresh.transact().state_vector();
+        let step2_frame = step2(&server, &sv);
+        let Inbound::Update(diff) = decode(&step2_frame).unwrap() else {
+            panic!("step 2 must carry an update")
+        };
+        fresh
+            .transact_mut()
+            .apply_update(Update::decode_v1(&diff).unwrap())
+            .unwrap();
+        let t = fresh.get_or_insert_text("t");
+        assert_eq!(t.get_string(&fresh.transact()), "hello");
+    }
+
+    #[test]
+    fn step1_from_the_server_decodes_as_a_state_vector() {
+        let server = Awareness::new(Doc::new());
+        let (_, u) = client_edit("x");
+        apply(&server, &u).unwrap();
+        let Inbound::Step1(sv) = decode(&step1(&server)).unwrap() else {
+            panic!("not step 1")
+        };
+        assert_eq!(sv, server.doc().transact().state_vector());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode(&[0, 9, 9]).is_err());
+        assert!(decode(&[]).is_err());
+        let server = Awareness::new(Doc::new());
+        assert!(apply(&server, &[1, 2, 3, 4, 5]).is_err());
+    }
+
+    #[test]
+    fn an_empty_awareness_has_no_snapshot_and_a_set_one_does() {
+        let a = Awareness::new(Doc::new());
+        assert!(awareness_snapshot(&a).is_none());
+        let mut other = Awareness::new(Doc::new());
+        other.set_local_state_raw(r#"{"user":"ann"}"#);
+        let mut a = a;
+        a.apply_update(other.update().unwrap()).unwrap();
+        let snap = awareness_snapshot(&a).expect("one state");
+        let Inbound::Awareness(u) = decode(&snap).unwrap() else {
+            panic!("not awareness")
+        };
+        assert_eq!(u.clients.len(), 1);
+    }
+}
