@@ -267,11 +267,23 @@ async fn a_protobuf_client_and_a_json_client_in_one_room_see_the_same_messages_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resumes_after_a_gateway_restart_with_exactly_the_gap() {
+    resume_after_restart("json").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protobuf_client_resumes_after_a_gateway_restart_with_exactly_the_gap() {
+    resume_after_restart("proto").await;
+}
+
+/// The `resume` scenario with the client on `encoding` (`json` or `proto`).
+async fn resume_after_restart(encoding: &str) {
     let nats = NatsServer::start();
     let yaml_a = config(free_port(), free_port(), Some(&nats.url()), "1s");
     let mut a = Gateway::start(&yaml_a).await;
     let b = Gateway::start(&config(free_port(), free_port(), Some(&nats.url()), "1s")).await;
-    let mut d = Driver::start("resume", args(&a));
+    let mut v = args(&a);
+    v["encoding"] = json!(encoding);
+    let mut d = Driver::start("resume", v);
     let before = seqs(&d.expect("ready").await["seqs"]);
 
     a.terminate();

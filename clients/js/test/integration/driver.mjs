@@ -154,8 +154,9 @@ const scenarios = {
   },
 
   // A client across a gateway restart (NATS history): the test publishes while it is down.
+  // `encoding: "proto"` in the args: the same over the protobuf encoding.
   async resume() {
-    const c = client("alice");
+    const c = client("alice", args.encoding == "proto" ? { codec: protoCodec } : {});
     const r = joined(c, "chat:resume");
     await r.ready();
     const before = [];
