@@ -217,11 +217,74 @@ async fn publishes_are_acknowledged_with_their_positions_and_reach_every_member_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protobuf_client_and_a_json_client_in_one_room_see_the_same_messages_and_seqs() {
+    let gw = Gateway::start(&config(None, None)).await;
+    let r = Driver::start("mixed", args(&gw)).finish().await;
+
+    assert_eq!(
+        r["protocols"],
+        json!({"alice": "switchboard.v1.proto", "bob": "switchboard.v1"}),
+        "each client got the encoding it offered: {r}"
+    );
+    let acks: Vec<u64> = r["acks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["seq"].as_u64().expect("stored: a seq"))
+        .collect();
+    assert_eq!(acks.len(), 4, "{r}");
+    assert!(acks.windows(2).all(|w| w[0] < w[1]), "{r}");
+    assert_eq!(
+        r["typingAck"],
+        json!({}),
+        "an ephemeral ack has no position"
+    );
+    // Byte for byte the same messages (payloads, seqs, epochs, ts, from), whatever the encoding.
+    assert_eq!(r["alice"], r["bob"], "{r}");
+    let got = r["alice"].as_array().unwrap();
+    assert_eq!(got.len(), 5, "{r}");
+    let stored: Vec<u64> = got[..4]
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(stored, acks, "{r}");
+    assert_eq!(got[0]["data"], json!({"text": "from proto", "n": 1.5}));
+    assert_eq!(got[0]["from"], json!({"sub": "alice"}));
+    assert_eq!(got[1]["data"], json!({"text": "from json"}));
+    assert_eq!(got[1]["from"], json!({"sub": "bob"}));
+    assert_eq!(got[2]["b64"], "AAEC/w==", "binary from the protobuf client");
+    assert_eq!(got[3]["b64"], "CQg=", "binary from the JSON client");
+    assert_eq!(
+        (&got[4]["seq"], &got[4]["ephemeral"], &got[4]["data"]),
+        (&json!(0), &json!(true), &json!({"typing": true})),
+        "{r}"
+    );
+    assert_eq!(
+        r["members"],
+        json!(["alice", "bob"]),
+        "presence over protobuf: {r}"
+    );
+    assert_eq!(r["forbidden"], "forbidden", "errors over protobuf: {r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resumes_after_a_gateway_restart_with_exactly_the_gap() {
+    resume_after_restart("json").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protobuf_client_resumes_after_a_gateway_restart_with_exactly_the_gap() {
+    resume_after_restart("proto").await;
+}
+
+/// The `resume` scenario with the client on `encoding` (`json` or `proto`).
+async fn resume_after_restart(encoding: &str) {
     let nats = NatsServer::start();
     let mut a = Gateway::start(&config(Some(&nats.url()), None)).await;
     let b = Gateway::start(&config(Some(&nats.url()), None)).await;
-    let mut d = Driver::start("resume", args(&a));
+    let mut v = args(&a);
+    v["encoding"] = json!(encoding);
+    let mut d = Driver::start("resume", v);
     let before = seqs(&d.expect("ready").await["seqs"]);
 
     a.terminate();

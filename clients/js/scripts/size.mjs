@@ -22,9 +22,10 @@ async function measure(entry) {
 
 const core = await measure("src/index.ts");
 const typing = await measure("src/typing.ts");
+const proto = await measure("src/proto.ts");
 console.log(
   `size: core ${core.min} B min, ${core.gzip} B min+gzip (budget ${BUDGET}); ` +
-    `typing helper ${typing.gzip} B min+gzip (includes nothing of the core)`,
+    `typing helper ${typing.gzip} B, protobuf codec ${proto.gzip} B min+gzip (each includes nothing of the core)`,
 );
 if (core.gzip > BUDGET) {
   console.error(`size: the core is over its budget: ${core.gzip} > ${BUDGET} bytes min+gzip`);

@@ -64,7 +64,8 @@ export interface ClientOptions {
   maxMessageBytes?: number;
   /** Publishing while on SSE (receive only): the app's own HTTP endpoint (it calls the publish API). */
   httpPublish?: (room: string, payload: { data?: unknown; b64?: string; ephemeral?: boolean }) => Promise<Ack>;
-  /** The WebSocket encoding. Default JSON (`switchboard.v1`). */
+  /** The WebSocket encoding: JSON (`switchboard.v1`, default) or `protoCodec` from
+   * `@switchboard/client/proto` (`switchboard.v1.proto`). SSE is always JSON. */
   codec?: Codec;
   /** Defaults to the global ones (Node 22+, browsers; Node 20: `--experimental-websocket` or `ws`). */
   WebSocket?: typeof WebSocket;

@@ -57,8 +57,9 @@ export interface Gap {
 export type Frame = { type: string; [k: string]: any };
 
 /**
- * How frames travel on the WebSocket. The JSON codec (`switchboard.v1`) is the only one today;
- * the protobuf encoding lands with issue 13 as another `Codec`.
+ * How frames travel on the WebSocket: the JSON codec (`switchboard.v1`, the default) or the
+ * protobuf one (`switchboard.v1.proto`, `protoCodec` from `@switchboard/client/proto`). Both
+ * translate to and from the same frames (the JSON encoding's objects).
  */
 export interface Codec {
   /** The WebSocket subprotocol that selects this encoding. */

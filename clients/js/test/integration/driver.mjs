@@ -11,6 +11,7 @@ import { createHmac } from "node:crypto";
 import { createInterface } from "node:readline";
 import http from "node:http";
 import { SwitchboardClient } from "../../dist/index.js";
+import { protoCodec } from "../../dist/proto.js";
 
 const [scenario, rawArgs] = process.argv.slice(2);
 const args = JSON.parse(rawArgs ?? "{}");
@@ -118,9 +119,44 @@ const scenarios = {
     });
   },
 
+  // A protobuf client (switchboard.v1.proto) and a JSON client in one room: same messages, same
+  // seqs, acks either way, JSON and binary payloads, an ephemeral one, a presence snapshot.
+  async mixed() {
+    const protocols = {};
+    /** A WebSocket that records the subprotocol the gateway selected, per user. */
+    const recording = (sub) =>
+      class extends WebSocket {
+        constructor(...a) {
+          super(...a);
+          this.addEventListener("open", () => (protocols[sub] = this.protocol));
+        }
+      };
+    const alice = client("alice", { codec: protoCodec, WebSocket: recording("alice") });
+    const bob = client("bob", { WebSocket: recording("bob") });
+    const a = joined(alice, "chat:mixed");
+    const b = joined(bob, "chat:mixed");
+    await a.ready();
+    await b.ready();
+    const acks = [];
+    acks.push(await alice.publish("chat:mixed", { text: "from proto", n: 1.5 }));
+    acks.push(await bob.publish("chat:mixed", { text: "from json" }));
+    acks.push(await alice.publish("chat:mixed", new Uint8Array([0, 1, 2, 255])));
+    acks.push(await bob.publish("chat:mixed", new Uint8Array([9, 8])));
+    const typing = await alice.publish("chat:mixed", { typing: true }, { ephemeral: true });
+    await until("five messages on both", () => a.got.length >= 5 && b.got.length >= 5);
+    const members = (await a.sub.presence()).map((m) => m.user).sort();
+    let forbidden = null;
+    await alice.publish("secret:x", "no").catch((e) => (forbidden = e.code));
+    await sleep(300); // anything extra (a duplicate) would arrive now
+    alice.close();
+    bob.close();
+    emit({ event: "result", protocols, acks, typingAck: typing, alice: a.got, bob: b.got, members, forbidden });
+  },
+
   // A client across a gateway restart (NATS history): the test publishes while it is down.
+  // `encoding: "proto"` in the args: the same over the protobuf encoding.
   async resume() {
-    const c = client("alice");
+    const c = client("alice", args.encoding == "proto" ? { codec: protoCodec } : {});
     const r = joined(c, "chat:resume");
     await r.ready();
     const before = [];
