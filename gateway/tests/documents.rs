@@ -11,13 +11,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::config::{ConfigBuilder, route};
 use support::nats::NatsServer;
-use support::{Gateway, free_port, repo_root};
+use support::{Gateway, repo_root};
 
 /// `/docs/<doc>` may edit, `/view/<doc>` may only read; both serve namespace `docs`. Updates
 /// over 4 KiB and documents over 8 KiB (embedded bus) are refused; snapshots every 50 updates.
 fn config(nats: Option<&str>) -> String {
-    let (public, admin) = (free_port(), free_port());
     // In memory a document lives while it has editors and `idleUnload` after; with NATS the
     // replicas are dropped 1 s after their last editor leaves (the store keeps the document).
     // The embedded-bus pod has the small document limit the oversized test fills.
@@ -26,45 +26,36 @@ fn config(nats: Option<&str>) -> String {
     } else {
         ("60s", 8192)
     };
-    let bus = nats.map_or(String::new(), |n| {
-        format!("bus:\n  nats: {{urls: [\"{n}\"], subjectPrefix: sbdocs}}\n")
+    let documents = json!({
+        "maxUpdateBytes": 4096,
+        "maxDocumentBytes": max_doc,
+        "compactAfterUpdates": 50,
+        "idleUnload": idle,
     });
-    format!(
-        r#"apiVersion: switchboard.dev/v1alpha1
-kind: GatewayConfig
-listeners: [{{name: public, address: "127.0.0.1:{public}"}}]
-admin: {{address: "127.0.0.1:{admin}"}}
-drain: {{propagation: 0s, deadline: 5s}}
-publishApi: {{token: {TOKEN}}}
-{bus}routes:
-  - name: docs
-    path: {{type: Prefix, value: /docs}}
-    mode: rooms
-    rooms:
-      protocol: yjs
-      pathRoom: "/docs/{{room}}"
-      namespace: docs
-      join: ["*"]
-      publish: ["*"]
-      documents: {{maxUpdateBytes: 4096, maxDocumentBytes: {max_doc}, compactAfterUpdates: 50, idleUnload: {idle}}}
-    transports: {{websocket: true, sse: false, longPolling: false}}
-    limits: {{messagesPerSecond: 100000, messageBurst: 100000}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-  - name: view
-    path: {{type: Prefix, value: /view}}
-    mode: rooms
-    rooms:
-      protocol: yjs
-      pathRoom: "/view/{{room}}"
-      namespace: docs
-      join: ["*"]
-      documents: {{maxUpdateBytes: 4096, maxDocumentBytes: {max_doc}, compactAfterUpdates: 50, idleUnload: {idle}}}
-    transports: {{websocket: true, sse: false, longPolling: false}}
-    keepalive: {{interval: 0s}}
-    drain: {{window: 1s}}
-"#
-    )
+    let doc_route = |name: &str, may_edit: bool| {
+        let mut rooms = json!({
+            "protocol": "yjs",
+            "pathRoom": format!("/{name}/{{room}}"),
+            "namespace": "docs",
+            "join": ["*"],
+            "documents": documents,
+        });
+        if may_edit {
+            rooms["publish"] = json!(["*"]);
+        }
+        route(name, &format!("/{name}")).prefix().rooms(rooms).set(
+            "transports",
+            json!({"websocket": true, "sse": false, "longPolling": false}),
+        )
+    };
+    let mut cfg = ConfigBuilder::new()
+        .publish_token(TOKEN)
+        .route(doc_route("docs", true).messages_per_second(100_000, 100_000))
+        .route(doc_route("view", false));
+    if let Some(url) = nats {
+        cfg = cfg.nats(url, "sbdocs");
+    }
+    cfg.yaml()
 }
 
 const TOKEN: &str = "documents-api-test-token";
