@@ -34,6 +34,9 @@ pub const SSE_RETRY_MS: u64 = 2000;
 /// connection is dropped (as for a slow WebSocket's Close).
 const SLOW_END_WAIT: Duration = Duration::from_secs(2);
 
+/// Most bytes of encoded events built up before they are handed to the stream's body.
+const CHUNK_BYTES: usize = 64 * 1024;
+
 fn sse_event(event: Option<&str>, id: Option<&str>, data: &str) -> Bytes {
     let mut out = String::with_capacity(data.len() + 64);
     if let Some(e) = event {
@@ -277,6 +280,11 @@ impl Feed {
                         // Slow consumer: the client reconnects with Last-Event-ID.
                         break CloseCause::SlowConsumer;
                     }
+                    // Every event carries the whole cursor as its id (up to 256 rooms), so
+                    // the encoded events can be many times the bytes the outbox held: they go
+                    // out in chunks of at most CHUNK_BYTES (plus one event), each charged to
+                    // the stream's bound as it is handed over, never built up all at once.
+                    let budget = CHUNK_BYTES.min(policy.cfg.max_queue_bytes as usize);
                     let mut chunk = Vec::new();
                     for item in items {
                         match item {
@@ -293,8 +301,14 @@ impl Feed {
                             }
                             _ => {}
                         }
+                        if chunk.len() >= budget {
+                            ended = send(Bytes::from(std::mem::take(&mut chunk)));
+                            if ended.is_some() {
+                                break;
+                            }
+                        }
                     }
-                    if !chunk.is_empty() {
+                    if !chunk.is_empty() && ended.is_none() {
                         ended = send(Bytes::from(chunk));
                     }
                 }
