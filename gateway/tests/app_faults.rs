@@ -50,9 +50,10 @@ async fn faulty_app(fault: Fault) -> (u16, oneshot::Receiver<Instant>) {
         let _ = failing_tx.send(Instant::now());
         match fault {
             Fault::Hang => {
-                // Hold the socket and never poll it again: no reads, no pongs.
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                drop(ws);
+                // Hold the socket and never poll it again: no reads, no pongs. The task never
+                // wakes; it is dropped, socket and all, when the test ends.
+                let _held = ws;
+                std::future::pending::<()>().await;
             }
             Fault::Reset => {
                 ws.get_ref().set_zero_linger().expect("SO_LINGER 0");
