@@ -25,6 +25,7 @@ run:
 test:
 	@bash scripts/setup.sh
 	$(CARGO) fmt --all -- --check
+	python3 scripts/modgraph.py  # the gateway's module graph: no import cycles, no import back up the request path
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@# Licenses, bans and sources (deny.toml). Not advisories: that database is fetched from
 	@# GitHub, which the build machines cannot reach; run `cargo deny check advisories` where it is.

@@ -91,7 +91,7 @@ if "--edges" in sys.argv:
     for a in sorted(edges): print(a, "->", " ".join(sorted(edges[a])))
 # Layers of the request path, top first; a module not named is a domain module below them all.
 TIERS = [["boot"], ["listener", "admin", "config_watch", "kubernetes"], ["pipeline"], ["gateway"],
-         ["proxy::serve", "rooms::entry", "rooms::ws", "rooms::sse", "rooms::longpoll", "rooms::publish_api"]]
+         ["proxy::serve", "rooms::entry", "rooms::ws", "rooms::sse", "rooms::longpoll", "rooms::publish_api", "documents::api"]]
 def tier(m):
     for i, t in enumerate(TIERS):
         if any(m == x or m.startswith(x + "::") for x in t): return i

@@ -127,7 +127,8 @@ impl ServerApp for AdminApp {
                     ));
                 }
                 if req.uri().path().starts_with(crate::documents::api::PREFIX) {
-                    let (status, ct, body) = crate::documents::api::handle(&gw, req).await;
+                    let (status, ct, body) =
+                        crate::documents::api::handle(&gw.config.load(), &gw.documents, req).await;
                     return Ok::<_, Infallible>(reply(status, ct, body));
                 }
                 Ok::<_, Infallible>(respond(&gw, &app.listening, &req))

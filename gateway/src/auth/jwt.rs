@@ -196,7 +196,7 @@ struct Inner {
     /// Claim rules; `algorithms` is replaced per token with the one pinned algorithm.
     validation: Validation,
     /// Tokens this route verified, while fresh and their keys in service.
-    verified: VerifiedCache,
+    verified: VerifiedCache<Claims>,
 }
 
 /// Verifies the tokens of one route. Cheap to clone (one `Arc`).
@@ -386,9 +386,13 @@ impl Verifier {
             .inc();
         let result = self.verify_uncached(token, &header).await;
         if let Ok(claims) = &result {
-            self.inner
-                .verified
-                .put(token, claims, self.inner.validation.leeway, keys);
+            self.inner.verified.put(
+                token,
+                claims,
+                claims.exp,
+                self.inner.validation.leeway,
+                keys,
+            );
         }
         result
     }

@@ -17,8 +17,6 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use super::jwt::Claims;
-
 /// Most tokens one route's cache holds.
 pub const MAX_ENTRIES: usize = 10_000;
 /// Most bytes one route's cache charges for (the token's length twice, for the claims it holds,
@@ -28,8 +26,8 @@ const ENTRY_OVERHEAD: usize = 160;
 
 type Key = [u8; 32];
 
-struct Entry {
-    claims: Claims,
+struct Entry<C> {
+    claims: C,
     /// Unix seconds after which the entry is stale (`exp` + leeway).
     stale_after: u64,
     /// The key sets' generation the token was verified against.
@@ -37,21 +35,37 @@ struct Entry {
     cost: usize,
 }
 
-#[derive(Default)]
-struct State {
-    map: HashMap<Key, Entry>,
+struct State<C> {
+    map: HashMap<Key, Entry<C>>,
     /// Insertion order, for eviction (may name keys already removed).
     order: VecDeque<Key>,
     bytes: usize,
 }
 
-/// Verified tokens of one route.
-#[derive(Default)]
-pub struct VerifiedCache {
-    state: Mutex<State>,
+impl<C> Default for State<C> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+        }
+    }
 }
 
-impl std::fmt::Debug for VerifiedCache {
+/// Verified tokens of one route and what each verified to (the claims, `C`).
+pub struct VerifiedCache<C> {
+    state: Mutex<State<C>>,
+}
+
+impl<C> Default for VerifiedCache<C> {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+        }
+    }
+}
+
+impl<C: Clone> std::fmt::Debug for VerifiedCache<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifiedCache")
             .field("entries", &self.lock().map.len())
@@ -63,8 +77,8 @@ fn key_of(token: &str) -> Key {
     Sha256::digest(token.as_bytes()).into()
 }
 
-impl VerifiedCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+impl<C: Clone> VerifiedCache<C> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<C>> {
         // A panic while holding the lock leaves only a cache behind: keep using it.
         self.state
             .lock()
@@ -73,7 +87,7 @@ impl VerifiedCache {
 
     /// The claims of `token` if it was verified against key sets of generation `keys` and is
     /// still fresh at `now` (Unix seconds).
-    pub fn get(&self, token: &str, now: u64, keys: u64) -> Option<Claims> {
+    pub fn get(&self, token: &str, now: u64, keys: u64) -> Option<C> {
         let k = key_of(token);
         let mut st = self.lock();
         let fresh = st
@@ -89,10 +103,11 @@ impl VerifiedCache {
         None
     }
 
-    /// Remember that `token` verified to `claims` against key sets of generation `keys`.
-    /// A token without `exp` is not cached (the gateway requires one; this is a guard).
-    pub fn put(&self, token: &str, claims: &Claims, leeway: u64, keys: u64) {
-        let Some(exp) = claims.exp else { return };
+    /// Remember that `token`, expiring at `exp` (Unix seconds), verified to `claims` against
+    /// key sets of generation `keys`. A token without `exp` is not cached (the gateway
+    /// requires one; this is a guard).
+    pub fn put(&self, token: &str, claims: &C, exp: Option<u64>, leeway: u64, keys: u64) {
+        let Some(exp) = exp else { return };
         let cost = token.len() * 2 + ENTRY_OVERHEAD;
         if cost > MAX_BYTES {
             return;
@@ -142,24 +157,22 @@ impl VerifiedCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Map, Value, json};
+
+    /// What a token verified to, in these tests: its `exp`.
+    type Claims = u64;
 
     fn claims(exp: u64) -> Claims {
-        let raw: Map<String, Value> = json!({"sub": "a", "exp": exp})
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        Claims {
-            sub: Some("a".into()),
-            exp: Some(exp),
-            raw,
-        }
+        exp
+    }
+
+    fn put(c: &VerifiedCache<Claims>, token: &str, claims: Claims, leeway: u64, keys: u64) {
+        c.put(token, &claims, Some(claims), leeway, keys);
     }
 
     #[test]
     fn a_cached_token_is_served_until_its_exp_plus_leeway_and_not_after() {
-        let c = VerifiedCache::default();
-        c.put("t", &claims(100), 5, 1);
+        let c = VerifiedCache::<Claims>::default();
+        put(&c, "t", claims(100), 5, 1);
         assert!(c.get("t", 104, 1).is_some());
         assert!(c.get("t", 105, 1).is_some());
         assert!(c.get("t", 106, 1).is_none(), "stale after exp + leeway");
@@ -168,24 +181,24 @@ mod tests {
 
     #[test]
     fn another_key_generation_misses_and_drops_the_entry() {
-        let c = VerifiedCache::default();
-        c.put("t", &claims(100), 0, 1);
+        let c = VerifiedCache::<Claims>::default();
+        put(&c, "t", claims(100), 0, 1);
         assert!(c.get("t", 50, 2).is_none(), "key sets changed since");
         assert!(c.get("t", 50, 1).is_none(), "and the entry is gone");
     }
 
     #[test]
     fn a_different_token_never_hits() {
-        let c = VerifiedCache::default();
-        c.put("token-a", &claims(100), 0, 1);
+        let c = VerifiedCache::<Claims>::default();
+        put(&c, "token-a", claims(100), 0, 1);
         assert!(c.get("token-b", 50, 1).is_none());
     }
 
     #[test]
     fn the_cache_holds_at_most_max_entries_dropping_the_oldest() {
-        let c = VerifiedCache::default();
+        let c = VerifiedCache::<Claims>::default();
         for i in 0..MAX_ENTRIES + 10 {
-            c.put(&format!("t{i}"), &claims(100), 0, 1);
+            put(&c, &format!("t{i}"), claims(100), 0, 1);
         }
         assert_eq!(c.len(), MAX_ENTRIES);
         assert!(c.get("t0", 50, 1).is_none(), "the oldest went first");
@@ -194,10 +207,10 @@ mod tests {
 
     #[test]
     fn the_cache_holds_at_most_max_bytes_of_tokens() {
-        let c = VerifiedCache::default();
+        let c = VerifiedCache::<Claims>::default();
         let big = "x".repeat(60_000);
         for i in 0..200 {
-            c.put(&format!("{big}{i}"), &claims(100), 0, 1);
+            put(&c, &format!("{big}{i}"), claims(100), 0, 1);
         }
         assert!(c.lock().bytes <= MAX_BYTES);
         assert!(c.len() < 200);

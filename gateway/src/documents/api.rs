@@ -8,10 +8,9 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use switchboard_config::{Documents as DocCfg, RoomProtocol};
+use switchboard_config::{Documents as DocCfg, GatewayConfig, RoomProtocol};
 
 use crate::error::CloseCause;
-use crate::gateway::Gateway;
 use crate::rooms::authz::valid_room;
 use crate::rooms::bus::RoomKey;
 use crate::rooms::publish_api::{expected_token, token_matches};
@@ -24,8 +23,8 @@ fn text(status: StatusCode, msg: &str) -> (StatusCode, &'static str, Bytes) {
 }
 
 /// The document settings of the `yjs` rooms namespace `ns`, if one route serves it.
-fn doc_cfg(gw: &Gateway, ns: &str) -> Option<DocCfg> {
-    gw.config.load().routes.iter().find_map(|r| {
+fn doc_cfg(cfg: &GatewayConfig, ns: &str) -> Option<DocCfg> {
+    cfg.routes.iter().find_map(|r| {
         let rooms = r.rooms.as_ref()?;
         let name = rooms.namespace.clone().unwrap_or_else(|| r.name.clone());
         (rooms.protocol == RoomProtocol::Yjs && name == ns)
@@ -35,10 +34,11 @@ fn doc_cfg(gw: &Gateway, ns: &str) -> Option<DocCfg> {
 
 /// Handle a documents API request: (status, content type, body).
 pub async fn handle(
-    gw: &Gateway,
+    config: &GatewayConfig,
+    documents: &std::sync::Arc<super::Documents>,
     req: http::Request<Incoming>,
 ) -> (StatusCode, &'static str, Bytes) {
-    let Some((expected, _)) = expected_token(&gw.config.load()) else {
+    let Some((expected, _)) = expected_token(config) else {
         return text(
             StatusCode::NOT_FOUND,
             "publish API is not enabled (publishApi)",
@@ -66,7 +66,7 @@ pub async fn handle(
     if !valid_room(&doc) {
         return text(StatusCode::BAD_REQUEST, "invalid document name");
     }
-    let Some(cfg) = doc_cfg(gw, ns) else {
+    let Some(cfg) = doc_cfg(config, ns) else {
         return text(
             StatusCode::NOT_FOUND,
             "no yjs rooms route has this namespace",
@@ -77,7 +77,7 @@ pub async fn handle(
         room: doc,
     };
     match *req.method() {
-        http::Method::GET => match gw.documents.state(&key, &cfg).await {
+        http::Method::GET => match documents.state(&key, &cfg).await {
             Ok(state) => (
                 StatusCode::OK,
                 "application/octet-stream",
@@ -99,7 +99,7 @@ pub async fn handle(
                     );
                 }
             };
-            match gw.documents.apply(&key, &cfg, body.to_vec()).await {
+            match documents.apply(&key, &cfg, body.to_vec()).await {
                 Ok(()) => (StatusCode::NO_CONTENT, "text/plain", Bytes::new()),
                 Err(CloseCause::DocumentTooLarge | CloseCause::MessageTooBig) => {
                     text(StatusCode::PAYLOAD_TOO_LARGE, "document too large")
