@@ -43,6 +43,17 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::mpsc;
 
+mod envelope;
+mod history;
+mod live;
+mod subjects;
+
+use envelope::*;
+pub use history::{PROBE_MAX, gap_is_complete, probe_range};
+use live::*;
+pub use subjects::valid_name;
+use subjects::*;
+
 use super::feed::{FeedSender, ROOM_QUEUE};
 use super::{
     Bus, BusError, Member, Payload, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
@@ -71,48 +82,6 @@ pub const MAX_NAME_LEN: usize = 255;
 /// The KV header that marks deletes and purges.
 const KV_OPERATION: &str = "KV-Operation";
 
-/// Whether `name` may be used as a namespace or room name on the NATS bus: 1 to
-/// [`MAX_NAME_LEN`] characters of `[A-Za-z0-9:_@+=-]` (no `.`, which separates subject tokens,
-/// and no wildcards or whitespace).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name.bytes().all(switchboard_config::room::room_char)
-}
-
-fn check_ns(ns: &str) -> Result<(), BusError> {
-    if valid_name(ns) {
-        Ok(())
-    } else {
-        Err(BusError::Other(format!(
-            "namespace {ns:?} is not usable on NATS: use 1-{MAX_NAME_LEN} characters of [A-Za-z0-9:_@+=-]"
-        )))
-    }
-}
-
-fn check_key(key: &RoomKey) -> Result<(), BusError> {
-    check_ns(&key.namespace)?;
-    if valid_name(&key.room) {
-        Ok(())
-    } else {
-        Err(BusError::Other(format!(
-            "room {:?} is not usable on NATS: use 1-{MAX_NAME_LEN} characters of [A-Za-z0-9:_@+=-]",
-            key.room
-        )))
-    }
-}
-
-/// Whether `prefix` is usable as a subject prefix: dot-separated tokens of `[A-Za-z0-9_-]`.
-fn valid_prefix(prefix: &str) -> bool {
-    prefix.split('.').all(|t| {
-        !t.is_empty()
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    })
-}
-
-/// Stream-name form of the subject prefix: upper case, `.` -> `_` (`switchboard` ->
-/// `SWITCHBOARD`, `sb.prod` -> `SB_PROD`).
 /// Whether a stream-info failure is JetStream saying the stream does not exist (and not
 /// "no responders", a timeout or another transient answer).
 fn stream_not_found(e: &jetstream::context::RequestError) -> bool {
@@ -143,25 +112,6 @@ async fn configure_on_connect(inner: std::sync::Weak<Inner>, connected: Arc<toki
     }
 }
 
-fn stream_prefix(prefix: &str) -> String {
-    prefix.to_ascii_uppercase().replace('.', "_")
-}
-
-/// KV keys allow `[-/_=.A-Za-z0-9]`; names and connection ids are escaped into that set
-/// injectively: `[A-Za-z0-9_-]` stay, every other byte becomes `=XX` (upper-case hex), so
-/// `lobby:1` is `lobby=3A1`.
-fn kv_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("={b:02X}"));
-        }
-    }
-    out
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -176,171 +126,6 @@ fn ms_of(t: &async_nats::jetstream::message::Info<'_>) -> u64 {
 /// it across server restarts (file storage), and a deleted and recreated stream gets a new one.
 fn epoch_of(info: &stream::Info) -> String {
     info.created.unix_timestamp_nanos().to_string()
-}
-
-/// Whether a replay from `since` (exclusive) holds every message of the room, given what
-/// JetStream says *after* the messages were read. The retained messages of one subject are always
-/// a suffix of what was published to it (both the per-subject limit and `max_age` drop the oldest
-/// first), so:
-///
-/// 1. if the room's oldest retained message is at, before or right after `since`
-///    (`oldest <= since + 1`), nothing after `since` was dropped: complete;
-/// 2. otherwise nothing after `since` was dropped if the stream head has not moved past it
-///    (`first_seq <= since + 1`: no `max_age`/stream-limit removal after `since`) and the room
-///    holds fewer messages than the per-subject limit (a per-subject removal after `since` would
-///    have left the room full): complete;
-/// 3. otherwise the gap may be incomplete (`Lost`, conservative: the client reloads, it never
-///    silently misses messages), unless [`probe_range`] proves it complete.
-///
-/// `since` beyond the stream's last sequence is not a position of this stream: `Lost`.
-pub fn gap_is_complete(
-    since: u64,
-    oldest_of_room: Option<u64>,
-    first_seq: u64,
-    last_seq: u64,
-    room_count: u64,
-    max_per_subject: i64,
-) -> bool {
-    if since > last_seq {
-        return false;
-    }
-    if oldest_of_room.is_some_and(|o| o <= since.saturating_add(1)) {
-        return true;
-    }
-    let below_limit = max_per_subject <= 0 || room_count < max_per_subject as u64;
-    first_seq <= since.saturating_add(1) && below_limit
-}
-
-/// Longest run of sequences [`probe_range`] checks one by one.
-pub const PROBE_MAX: u64 = 16;
-
-/// When [`gap_is_complete`] says no but the room's oldest retained message is close after
-/// `since`: the sequences strictly between them. Only they can have been messages of the room
-/// that were dropped (suffix property), so if every one of them still exists (as a message of
-/// another room), the gap is complete after all. This turns the common "exactly the per-subject
-/// limit behind" case back into a complete gap.
-pub fn probe_range(
-    since: u64,
-    oldest_of_room: Option<u64>,
-    last_seq: u64,
-) -> Option<std::ops::Range<u64>> {
-    let oldest = oldest_of_room?;
-    let start = since.checked_add(1)?;
-    (since <= last_seq && oldest > start && oldest - start <= PROBE_MAX).then_some(start..oldest)
-}
-
-/// The JSON envelope of every room message, stored and delivered as the same bytes. Exactly one
-/// of `data` (JSON), `b64` (binary, standard base64) and `text` (raw-relay text frame).
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
-struct Envelope {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    from: Option<serde_json::Value>,
-    /// `Some(Null)` is JSON `null` data; `None` is "no `data` field".
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    data: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    b64: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    text: Option<String>,
-    /// Server time (ms since the Unix epoch); stored messages without it get the stream's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    ts: Option<u64>,
-    /// The publishing connection (raw rooms skip the sender).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    conn: Option<String>,
-    /// Published as ephemeral (only on the `eph` subject).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    eph: bool,
-}
-
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
-    serde_json::Value::deserialize(d).map(Some)
-}
-
-impl Envelope {
-    fn of(p: Publish, ts: u64) -> Self {
-        let mut env = Envelope {
-            from: p.from,
-            ts: Some(ts),
-            conn: p.origin_conn,
-            eph: p.ephemeral,
-            ..Default::default()
-        };
-        match p.data {
-            Payload::Json(v) => env.data = Some(v),
-            Payload::Binary(b) => {
-                env.b64 = Some(base64::engine::general_purpose::STANDARD.encode(&b))
-            }
-            Payload::Text(t) => env.text = Some(t),
-        }
-        env
-    }
-
-    fn encode(&self) -> Bytes {
-        // Serializing JSON values, strings and integers cannot fail.
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
-    }
-
-    fn payload(self) -> Result<Payload, String> {
-        match (self.data, self.b64, self.text) {
-            (Some(v), None, None) => Ok(Payload::Json(v)),
-            (None, Some(b), None) => base64::engine::general_purpose::STANDARD
-                .decode(b.as_bytes())
-                .map(|b| Payload::Binary(Bytes::from(b)))
-                .map_err(|e| format!("b64 is not base64: {e}")),
-            (None, None, Some(t)) => Ok(Payload::Text(t)),
-            _ => Err("exactly one of data, b64, text is required".into()),
-        }
-    }
-}
-
-/// Decode one message of `key`; malformed ones are logged and skipped (an app pod may publish
-/// anything to a room subject).
-fn decode(
-    key: &RoomKey,
-    bytes: &[u8],
-    seq: u64,
-    epoch: &str,
-    fallback_ts: u64,
-) -> Option<RoomMessage> {
-    let env: Envelope = match serde_json::from_slice(bytes) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(namespace = %key.namespace, room = %key.room, seq, error = %e, "dropping a room message that is not a JSON envelope");
-            return None;
-        }
-    };
-    let ts_ms = env.ts.unwrap_or(fallback_ts);
-    let from = env.from.clone();
-    let origin_conn = env.conn.clone();
-    let ephemeral = seq == 0 && env.eph;
-    match env.payload() {
-        Ok(data) => Some(RoomMessage {
-            key: key.clone(),
-            seq,
-            epoch: epoch.to_string(),
-            ts_ms,
-            from,
-            data,
-            ephemeral,
-            origin_conn,
-        }),
-        Err(e) => {
-            tracing::warn!(namespace = %key.namespace, room = %key.room, seq, error = %e, "dropping a malformed room message");
-            None
-        }
-    }
-}
-
-/// A presence event as published on `P.presence.<ns>.<room>`.
-#[derive(Debug, Serialize, Deserialize)]
-struct PresenceWire {
-    joined: bool,
-    member: Member,
 }
 
 #[derive(Debug, Clone)]
@@ -1163,172 +948,6 @@ impl Inner {
             .messages()
             .await
             .map_err(|e| self.fail("live consumer", e))
-    }
-}
-
-/// Stops a subscription's pump (and with it its NATS subscriptions and consumer) on drop.
-struct Guard(tokio::task::AbortHandle);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-struct StoredFeed {
-    stream: stream::Stream<()>,
-    subject: String,
-    epoch: String,
-    ordered: consumer::push::Ordered,
-    /// Highest sequence delivered (or the start floor): anything at or below is a duplicate.
-    /// The library re-creates its consumer from "all" when it had delivered nothing yet.
-    last: u64,
-}
-
-/// Moves one room's NATS traffic into the hub's two queues.
-struct Pump {
-    inner: Arc<Inner>,
-    key: RoomKey,
-    stored: Option<StoredFeed>,
-    room_core: Option<Subscriber>,
-    eph: Subscriber,
-    presence: Subscriber,
-    tx: FeedSender,
-    ptx: mpsc::Sender<PresenceEvent>,
-}
-
-async fn next_of<S: futures_util::Stream + Unpin>(s: &mut Option<S>) -> Option<S::Item> {
-    match s {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_stored(
-    s: &mut Option<StoredFeed>,
-) -> Option<Result<jetstream::Message, consumer::push::OrderedError>> {
-    match s {
-        Some(feed) => feed.ordered.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-// One value per received message, moved once from `select!` to its handler: boxing the large
-// variant would add an allocation per message for nothing.
-#[allow(clippy::large_enum_variant)]
-enum Incoming {
-    Stored(Option<Result<jetstream::Message, consumer::push::OrderedError>>),
-    Core(Option<async_nats::Message>),
-    Presence(Option<async_nats::Message>),
-}
-
-impl Pump {
-    async fn run(mut self) {
-        loop {
-            let incoming = tokio::select! {
-                m = next_stored(&mut self.stored) => Incoming::Stored(m),
-                m = next_of(&mut self.room_core) => Incoming::Core(m),
-                m = self.eph.next() => Incoming::Core(m),
-                m = self.presence.next() => Incoming::Presence(m),
-            };
-            let open = match incoming {
-                Incoming::Stored(Some(Ok(m))) => self.stored_message(&m),
-                Incoming::Stored(Some(Err(e))) => {
-                    // While NATS is down this repeats per room (missed heartbeats): only the
-                    // disconnect itself is worth a warning (logged once by the client).
-                    if self.inner.connected() {
-                        tracing::warn!(room = %self.key.room, error = %e, "live consumer interrupted; it resumes from the last delivered message");
-                        self.check_epoch().await;
-                    } else {
-                        tracing::debug!(room = %self.key.room, error = %e, "live consumer waits for NATS");
-                    }
-                    true
-                }
-                Incoming::Core(Some(m)) => {
-                    // No position; the epoch is the room's (as the memory bus does).
-                    let epoch = self
-                        .stored
-                        .as_ref()
-                        .map_or(NO_HISTORY_EPOCH, |f| f.epoch.as_str());
-                    match decode(&self.key, &m.payload, 0, epoch, now_ms()) {
-                        Some(msg) => self.send(msg),
-                        None => true,
-                    }
-                }
-                Incoming::Presence(Some(m)) => self.presence_event(&m),
-                // The client is closed for good (the bus was dropped).
-                Incoming::Stored(None) | Incoming::Core(None) | Incoming::Presence(None) => false,
-            };
-            if !open {
-                return;
-            }
-        }
-    }
-
-    fn stored_message(&mut self, m: &jetstream::Message) -> bool {
-        let Some(feed) = self.stored.as_mut() else {
-            return true;
-        };
-        let Ok(info) = m.info() else { return true };
-        let seq = info.stream_sequence;
-        if seq <= feed.last {
-            return true; // re-delivered after a consumer re-creation
-        }
-        feed.last = seq;
-        let ts = ms_of(&info);
-        match decode(&self.key, &m.payload, seq, &feed.epoch, ts) {
-            Some(msg) => self.send(msg),
-            None => true,
-        }
-    }
-
-    /// Never waits: NATS must keep being read. A full queue makes the feed lag (the hub
-    /// repairs its members from history or tells them, see `feed`).
-    fn send(&mut self, msg: RoomMessage) -> bool {
-        self.tx.send(msg).is_ok()
-    }
-
-    fn presence_event(&mut self, m: &async_nats::Message) -> bool {
-        let Ok(ev) = serde_json::from_slice::<PresenceWire>(&m.payload) else {
-            tracing::warn!(room = %self.key.room, "dropping a malformed presence event");
-            return true;
-        };
-        let ev = PresenceEvent {
-            key: self.key.clone(),
-            joined: ev.joined,
-            member: ev.member,
-        };
-        !matches!(
-            self.ptx.try_send(ev),
-            Err(mpsc::error::TrySendError::Closed(_))
-        )
-    }
-
-    /// After the live consumer lost its server-side state: if the stream itself was recreated
-    /// (new epoch), start over on the new stream (sequences restart there).
-    async fn check_epoch(&mut self) {
-        let Some(feed) = self.stored.as_mut() else {
-            return;
-        };
-        let Ok(Ok(info)) = tokio::time::timeout(OP_TIMEOUT, feed.stream.get_info()).await else {
-            return;
-        };
-        let epoch = epoch_of(&info);
-        if epoch == feed.epoch {
-            return;
-        }
-        tracing::error!(namespace = %self.key.namespace, room = %self.key.room, "history stream was recreated; live delivery restarts on the new stream");
-        self.inner.set_epoch(&self.key.namespace, &epoch);
-        match self.inner.ordered(&feed.stream, &feed.subject, 1).await {
-            Ok(ordered) => {
-                feed.ordered = ordered;
-                feed.epoch = epoch;
-                feed.last = 0;
-            }
-            Err(e) => {
-                tracing::warn!(room = %self.key.room, error = %e, "live consumer not re-created; retried on the next interruption")
-            }
-        }
     }
 }
 
