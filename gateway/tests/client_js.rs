@@ -66,6 +66,25 @@ fn driver_path() -> std::path::PathBuf {
         "needs {}/dist: run `npm test` (or `npm run build`) in clients/js",
         root.display()
     );
+    // A dist built before the sources last changed would test old code: refuse it by name.
+    let newest = |dir: &std::path::Path, ext: &str| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+            .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .max()
+    };
+    let (src, dist) = (
+        newest(&root.join("src"), "ts"),
+        newest(&root.join("dist"), "js"),
+    );
+    assert!(
+        src <= dist,
+        "{}/dist is older than src/: run `npm run build` in clients/js",
+        root.display()
+    );
     root.join("test/integration/driver.mjs")
 }
 
