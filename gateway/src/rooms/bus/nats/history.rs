@@ -1,6 +1,8 @@
 //! When a replay from JetStream is complete: the arithmetic of retained suffixes, positions
 //! and the probe that proves a short gap complete (pure functions, tested in `tests.rs`).
 
+use super::*;
+
 /// Whether a replay from `since` (exclusive) holds every message of the room, given what
 /// JetStream says *after* the messages were read. The retained messages of one subject are always
 /// a suffix of what was published to it (both the per-subject limit and `max_age` drop the oldest
@@ -50,4 +52,226 @@ pub fn probe_range(
     let oldest = oldest_of_room?;
     let start = since.checked_add(1)?;
     (since <= last_seq && oldest > start && oldest - start <= PROBE_MAX).then_some(start..oldest)
+}
+
+/// Reading a room's history from JetStream: replay from a position, the retained messages,
+/// the current position.
+impl Inner {
+    /// Read every message a fresh ephemeral pull consumer with `cfg` has, until it has none.
+    pub(super) async fn read_all<I: Clone + Send + Sync + 'static>(
+        &self,
+        stream: &stream::Stream<I>,
+        cfg: consumer::pull::Config,
+    ) -> Result<Vec<jetstream::Message>, BusError> {
+        let consumer = stream
+            .create_consumer(cfg)
+            .await
+            .map_err(|e| self.fail("create read consumer", e))?;
+        let name = consumer.cached_info().name.clone();
+        let result = async {
+            let mut out = Vec::new();
+            loop {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(FETCH_BATCH)
+                    .messages()
+                    .await
+                    .map_err(|e| self.fail("fetch", e))?;
+                let mut n = 0;
+                while let Some(m) = batch.next().await {
+                    out.push(m.map_err(|e| self.fail("fetch", e))?);
+                    n += 1;
+                }
+                if n < FETCH_BATCH {
+                    return Ok(out);
+                }
+            }
+        }
+        .await;
+        // Best effort (the server drops it after READ_CONSUMER_TTL anyway).
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(OP_TIMEOUT, stream.delete_consumer(&name)).await;
+        });
+        result
+    }
+
+    pub(super) fn read_config(
+        filter: String,
+        deliver_policy: DeliverPolicy,
+    ) -> consumer::pull::Config {
+        consumer::pull::Config {
+            filter_subject: filter,
+            deliver_policy,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: READ_CONSUMER_TTL,
+            memory_storage: true,
+            ..Default::default()
+        }
+    }
+
+    pub(super) async fn replay(&self, key: &RoomKey, since: &Position) -> Result<Replay, BusError> {
+        check_key(key)?;
+        let ns = &key.namespace;
+        if self.history(ns).is_none() {
+            return Ok(Replay::Lost); // nothing is stored: resume always reloads
+        }
+        if !self.connected() {
+            return Err(self.down());
+        }
+        let (stream, cached) = self.ensure_stream(ns).await?;
+        if since.epoch != cached {
+            let (_, info) = self.stream_info(ns).await?;
+            if epoch_of(&info) != since.epoch {
+                return Ok(Replay::Lost);
+            }
+        }
+        let subject = self.subject("room", key);
+        let start = since.seq.saturating_add(1);
+        let raw = self
+            .read_all(
+                &stream,
+                Self::read_config(
+                    subject.clone(),
+                    DeliverPolicy::ByStartSequence {
+                        start_sequence: start,
+                    },
+                ),
+            )
+            .await?;
+        // Checked after reading, in this order (see `gap_is_complete`).
+        let oldest = match stream.get_first_raw_message_by_subject(&subject, 1).await {
+            Ok(m) if m.subject.as_str() == subject => Some(m.sequence),
+            Ok(_) => None,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+            Err(e) => return Err(self.fail("first message of room", e)),
+        };
+        let mut details = stream
+            .info_with_subjects(&subject)
+            .await
+            .map_err(|e| self.fail("stream info", e))?;
+        let count = match details.next().await {
+            Some(Ok((s, n))) if s == subject => n as u64,
+            _ => 0,
+        };
+        let info = &details.info;
+        let epoch = epoch_of(info);
+        self.set_epoch(ns, &epoch);
+        if epoch != since.epoch {
+            return Ok(Replay::Lost);
+        }
+        let mut complete = gap_is_complete(
+            since.seq,
+            oldest,
+            info.state.first_sequence,
+            info.state.last_sequence,
+            count,
+            info.config.max_messages_per_subject,
+        );
+        if let (false, Some(range)) = (
+            complete,
+            probe_range(since.seq, oldest, info.state.last_sequence),
+        ) {
+            complete = self.all_present(&stream, range).await?;
+        }
+        if !complete {
+            return Ok(Replay::Lost);
+        }
+        let msgs = raw
+            .iter()
+            .filter_map(|m| {
+                let info = m.info().ok()?;
+                (info.stream_sequence > since.seq)
+                    .then(|| decode(key, &m.payload, info.stream_sequence, &epoch, ms_of(&info)))
+                    .flatten()
+            })
+            .collect();
+        Ok(Replay::Gap(msgs))
+    }
+
+    /// Whether every sequence in `range` is still stored (in any room).
+    pub(super) async fn all_present(
+        &self,
+        stream: &stream::Stream<()>,
+        range: std::ops::Range<u64>,
+    ) -> Result<bool, BusError> {
+        for seq in range {
+            match stream.get_raw_message(seq).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(false),
+                Err(e) => return Err(self.fail("stream message", e)),
+            }
+        }
+        Ok(true)
+    }
+
+    pub(super) async fn retained(
+        &self,
+        key: &RoomKey,
+    ) -> Result<(Vec<RoomMessage>, Position), BusError> {
+        check_key(key)?;
+        let ns = &key.namespace;
+        if self.history(ns).is_none() {
+            let none = Position {
+                seq: 0,
+                epoch: NO_HISTORY_EPOCH.into(),
+            };
+            return Ok((Vec::new(), none));
+        }
+        if !self.connected() {
+            return Err(self.down());
+        }
+        // The position is the stream's end *before* reading: a message published after it is
+        // either read here or delivered live after it, never skipped.
+        let (stream, before) = self.stream_info(ns).await?;
+        let epoch = epoch_of(&before);
+        let position = Position {
+            seq: before.state.last_sequence,
+            epoch: epoch.clone(),
+        };
+        let raw = self
+            .read_all(
+                &stream,
+                Self::read_config(self.subject("room", key), DeliverPolicy::All),
+            )
+            .await?;
+        let (_, after) = self.stream_info(ns).await?;
+        if epoch_of(&after) != epoch {
+            // Recreated while reading: nothing read belongs to the epoch now current.
+            let now = Position {
+                seq: after.state.last_sequence,
+                epoch: epoch_of(&after),
+            };
+            return Ok((Vec::new(), now));
+        }
+        let msgs = raw
+            .iter()
+            .filter_map(|m| {
+                let info = m.info().ok()?;
+                decode(key, &m.payload, info.stream_sequence, &epoch, ms_of(&info))
+            })
+            .collect();
+        Ok((msgs, position))
+    }
+
+    pub(super) async fn position(&self, key: &RoomKey) -> Result<Position, BusError> {
+        check_key(key)?;
+        if self.history(&key.namespace).is_none() {
+            return Ok(Position {
+                seq: 0,
+                epoch: NO_HISTORY_EPOCH.into(),
+            });
+        }
+        if !self.connected() {
+            return Err(self.down());
+        }
+        // The stream's last sequence, not the room's last message: no message of the room lies
+        // between the two, and a recent position keeps resume exact (rule 2 of
+        // `gap_is_complete`) for rooms whose last message is long gone.
+        let (_, info) = self.stream_info(&key.namespace).await?;
+        Ok(Position {
+            seq: info.state.last_sequence,
+            epoch: epoch_of(&info),
+        })
+    }
 }

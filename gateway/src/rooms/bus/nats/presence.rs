@@ -1,0 +1,146 @@
+//! Presence on the NATS bus: the JetStream key-value bucket of members (one key per room and
+//! connection), and the join/leave events published beside it.
+
+use super::*;
+
+impl Inner {
+    pub(super) async fn presence_store(&self) -> Result<kv::Store, BusError> {
+        let mut slot = self.presence.lock().await;
+        if let Some(store) = &*slot {
+            return Ok(store.clone());
+        }
+        if !self.connected() {
+            return Err(self.down());
+        }
+        // The bucket's stream is declared directly, with the layout async-nats' KV creation
+        // uses: that call first reads the account info in the NATS >= 2.10 format, and this
+        // way older servers work too.
+        let bucket = self.presence_bucket();
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("switchboard room presence: <ns>.<room>.<conn> -> member".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: self.presence_ttl,
+            // Refreshed every ttl/3 by its pod: losing it with a NATS restart costs one refresh.
+            storage: StorageType::Memory,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        self.js
+            .create_or_update_stream(config)
+            .await
+            .map_err(|e| self.fail("create presence bucket", e))?;
+        let store = self
+            .js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| self.fail("open presence bucket", e))?;
+        *slot = Some(store.clone());
+        Ok(store)
+    }
+
+    /// After a failed KV write: look the bucket up again next time (it may have been lost).
+    pub(super) async fn forget_presence_store(&self) {
+        *self.presence.lock().await = None;
+    }
+
+    pub(super) fn presence_key(key: &RoomKey, conn: &str) -> String {
+        format!(
+            "{}.{}.{}",
+            kv_escape(&key.namespace),
+            kv_escape(&key.room),
+            kv_escape(conn)
+        )
+    }
+
+    pub(super) async fn presence_set(
+        &self,
+        key: &RoomKey,
+        member: &Member,
+        present: bool,
+    ) -> Result<(), BusError> {
+        check_key(key)?;
+        if !self.connected() {
+            return Err(self.down());
+        }
+        let store = self.presence_store().await?;
+        let kv_key = Self::presence_key(key, &member.conn);
+        let id = (key.clone(), member.conn.clone());
+        let changed = if present {
+            let value = Bytes::from(
+                serde_json::to_vec(member).map_err(|e| BusError::Other(format!("member: {e}")))?,
+            );
+            if let Err(e) = store.put(&kv_key, value).await {
+                self.forget_presence_store().await;
+                return Err(self.fail("presence put", e));
+            }
+            lock(&self.announced).insert(id)
+        } else {
+            let was = lock(&self.announced).remove(&id);
+            if let Err(e) = store.purge(&kv_key).await {
+                self.forget_presence_store().await;
+                return Err(self.fail("presence purge", e));
+            }
+            was
+        };
+        if changed {
+            let event = PresenceWire {
+                joined: present,
+                member: member.clone(),
+            };
+            let payload = Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
+            self.client
+                .publish(self.subject("presence", key), payload)
+                .await
+                .map_err(|e| self.fail("presence event", e))?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn presence_list(&self, key: &RoomKey) -> Result<Vec<Member>, BusError> {
+        check_key(key)?;
+        if !self.connected() {
+            return Err(self.down());
+        }
+        let store = self.presence_store().await?;
+        let filter = format!(
+            "{}{}.{}.*",
+            store.prefix,
+            kv_escape(&key.namespace),
+            kv_escape(&key.room)
+        );
+        let raw = match self
+            .read_all(
+                &store.stream,
+                Self::read_config(filter, DeliverPolicy::LastPerSubject),
+            )
+            .await
+        {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.forget_presence_store().await;
+                return Err(e);
+            }
+        };
+        let mut members: Vec<Member> = raw
+            .iter()
+            .filter(|m| {
+                let op = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(KV_OPERATION))
+                    .map(|v| v.as_str().to_string());
+                !matches!(op.as_deref(), Some("DEL" | "PURGE"))
+            })
+            .filter_map(|m| serde_json::from_slice::<Member>(&m.payload).ok())
+            .collect();
+        members.sort_by(|a, b| a.conn.cmp(&b.conn));
+        members.dedup_by(|a, b| a.conn == b.conn);
+        Ok(members)
+    }
+}
