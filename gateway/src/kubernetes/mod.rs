@@ -7,7 +7,7 @@
 //!
 //! Sockets are bound once, at start, so they come from a bootstrap config: `--config FILE` (the
 //! operator's base config is the natural choice; it must have no routes) or, without it,
-//! [`BOOTSTRAP`](crate::boot::BOOTSTRAP) (public `0.0.0.0:8080`, admin `0.0.0.0:9090`). The gateway starts with no
+//! the built-in bootstrap config of `boot.rs` (public `0.0.0.0:8080`, admin `0.0.0.0:9090`). The gateway starts with no
 //! routes and not ready; `/readyz` turns 200 once the first snapshot has loaded.
 //!
 //! What the gateway needs from RBAC: `get, list, watch` on the snapshot Secret (restricted by
