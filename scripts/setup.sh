@@ -115,59 +115,26 @@ fi
 
 [ "$MODE" = gateway ] && exit 0
 
-# --- Browser tests: playwright-core (no browser download; it drives /usr/bin/chromium) ---------
-
-BROWSER_DIR="$ROOT/e2e/browser"
-if [ ! -f "$BROWSER_DIR/node_modules/playwright-core/package.json" ]; then
-    have npm || fail "npm not found (the browser tests need Node.js and npm)"
-    say "installing playwright-core into e2e/browser/node_modules (npm)"
-    (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
-        fail "npm ci in e2e/browser"
-fi
-
-# --- Socket.IO migration test: socket.io + socket.io-client (pinned in e2e/socketio) ------------
-
-SOCKETIO_DIR="$ROOT/e2e/socketio"
-if [ ! -f "$SOCKETIO_DIR/node_modules/socket.io/package.json" ] ||
-    [ ! -f "$SOCKETIO_DIR/node_modules/socket.io-client/package.json" ]; then
-    have npm || fail "npm not found (the Socket.IO test needs Node.js and npm)"
-    say "installing socket.io and socket.io-client into e2e/socketio/node_modules (npm)"
-    (cd "$SOCKETIO_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
-        fail "npm ci in e2e/socketio"
-fi
-
-# --- The TypeScript client: typescript + esbuild (pinned in clients/js) ---------------------------
-
-CLIENT_JS_DIR="$ROOT/clients/js"
-if [ ! -f "$CLIENT_JS_DIR/node_modules/typescript/package.json" ] ||
-    [ ! -f "$CLIENT_JS_DIR/node_modules/esbuild/package.json" ]; then
-    have npm || fail "npm not found (the JS client needs Node.js and npm)"
-    say "installing typescript and esbuild into clients/js/node_modules (npm)"
-    (cd "$CLIENT_JS_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
-        fail "npm ci in clients/js"
-fi
-
-# --- Binary room protocol from Node: protobufjs + ws (pinned in e2e/proto) ----------------------
-
-PROTO_DIR="$ROOT/e2e/proto"
-if [ ! -f "$PROTO_DIR/node_modules/protobufjs/package.json" ] ||
-    [ ! -f "$PROTO_DIR/node_modules/ws/package.json" ]; then
-    have npm || fail "npm not found (the protobuf Node test needs Node.js and npm)"
-    say "installing protobufjs and ws into e2e/proto/node_modules (npm)"
-    (cd "$PROTO_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
-        fail "npm ci in e2e/proto"
-fi
-
-# --- Yjs documents test: yjs + y-websocket + ws (e2e/yjs) -------------------------------------------
-
-YJS_DIR="$ROOT/e2e/yjs"
-if [ ! -f "$YJS_DIR/node_modules/y-websocket/package.json" ] ||
-    [ ! -f "$YJS_DIR/node_modules/yjs/package.json" ]; then
-    have npm || fail "npm not found (the Yjs documents test needs Node.js and npm)"
-    say "installing yjs, y-websocket and ws into e2e/yjs/node_modules (npm)"
-    (cd "$YJS_DIR" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
-        fail "npm ci in e2e/yjs"
-fi
+# --- Node packages the suites drive (pinned by each folder's package-lock.json) ------------------
+# npm_dir DIR WHY PKG...: `npm ci` in DIR unless every PKG is already installed there.
+npm_dir() {
+    local dir="$ROOT/$1" why="$2" pkg missing=0
+    shift 2
+    for pkg in "$@"; do
+        [ -f "$dir/node_modules/$pkg/package.json" ] || missing=1
+    done
+    [ "$missing" = 0 ] && return 0
+    have npm || fail "npm not found ($why needs Node.js and npm)"
+    say "installing $* into ${dir#"$ROOT"/}/node_modules (npm) for $why"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >>"$LOG" 2>&1 ||
+        fail "npm ci in ${dir#"$ROOT"/}"
+}
+# playwright-core drives the system Chromium (no browser download).
+npm_dir e2e/browser "the browser tests" playwright-core
+npm_dir e2e/socketio "the Socket.IO migration test" socket.io socket.io-client
+npm_dir clients/js "the TypeScript client build" typescript esbuild
+npm_dir e2e/proto "the protobuf Node test" protobufjs ws
+npm_dir e2e/yjs "the Yjs documents test" yjs y-websocket
 
 # --- CRD schema check: jsonschema + PyYAML for operator/tests/validate_examples.py ----------------
 
