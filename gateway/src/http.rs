@@ -1,6 +1,6 @@
 //! The HTTP pieces every layer of the request path shares, below all of them: the response
-//! [`Body`], [`full`] bodies, what kind of request this is ([`is_websocket`],
-//! [`is_event_stream`]), the one rendering of a [`Refusal`] ([`refuse`]), and [`unix_now`].
+//! [`Body`], `full` bodies, what kind of request this is ([`is_websocket`],
+//! [`is_event_stream`]), the one rendering of a [`Refusal`] ([`refuse`]), and `unix_now`.
 //! It imports nothing of the request path itself, so the listener, the pipeline and every mode
 //! can use it without a cycle.
 
