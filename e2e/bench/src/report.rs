@@ -164,7 +164,13 @@ pub fn markdown(doc: &Value) -> String {
             "| server | deliveries/s | server CPU µs/delivery | bytes/delivery | undelivered (all reps) |"
         );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|");
-        for name in ["gateway-json", "gateway-proto", "gateway-raw", "node-ws", "socket.io"] {
+        for name in [
+            "gateway-json",
+            "gateway-proto",
+            "gateway-raw",
+            "node-ws",
+            "socket.io",
+        ] {
             let x = &f["targets"][name];
             let _ = writeln!(
                 s,
@@ -206,7 +212,13 @@ pub fn markdown(doc: &Value) -> String {
                 "| server | server CPU µs/delivery | reach-all p50 µs | reach-all p99 µs | undelivered |"
             );
             let _ = writeln!(s, "|---|---:|---:|---:|---:|");
-            for name in ["gateway-json", "gateway-proto", "gateway-raw", "node-ws", "socket.io"] {
+            for name in [
+                "gateway-json",
+                "gateway-proto",
+                "gateway-raw",
+                "node-ws",
+                "socket.io",
+            ] {
                 let x = &pc["targets"][name];
                 let _ = writeln!(
                     s,
