@@ -7,7 +7,7 @@
 // Usage: node deflate-room.js <port> <path> <room> <members> <messages>
 // Prints `ready <negotiated extensions of the first member>`, waits for `go` on stdin, publishes,
 // and prints `done <json>` with deliveries, bytes read from the sockets (frames as sent on the
-// wire, compressed or not) and the inflated size of one delivery.
+// wire, compressed or not) and the mean inflated size of a delivery.
 'use strict';
 const readline = require('readline');
 const WebSocket = require('ws');
@@ -47,7 +47,7 @@ async function main() {
     socks.push(...await Promise.all(batch));
   }
   let got = 0;
-  let sample = 0;
+  let inflated = 0;
   let joinedAll;
   const joined = new Promise((r) => { joinedAll = r; });
   let joins = 0;
@@ -58,7 +58,7 @@ async function main() {
       const text = data.toString();
       if (text.includes('"type":"message"')) {
         got++;
-        sample = Buffer.byteLength(text);
+        inflated += Buffer.byteLength(text);
         if (got === N * M) doneAll();
       } else if (text.includes('"joined"')) {
         if (++joins === N) joinedAll();
@@ -80,7 +80,8 @@ async function main() {
     for (const f of frames) pub.send(f);
     await Promise.race([done, new Promise((r) => setTimeout(r, 120000))]);
     const wire = socks.reduce((a, ws) => a + ws._socket.bytesRead, 0) - read0;
-    const out = { deliveries: got, expected: N * M, wire_bytes: wire, inflated_bytes: sample,
+    const out = { deliveries: got, expected: N * M, wire_bytes: wire,
+      inflated_bytes: Math.round(inflated / Math.max(got, 1)),
       published_bytes: Math.round(frames.reduce((a, f) => a + f.length, 0) / M),
       seconds: (Date.now() - t0) / 1000, extensions: socks[0].extensions || '' };
     console.log(`done ${JSON.stringify(out)}`);

@@ -345,6 +345,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn updating_the_docs_replaces_only_the_generated_block_and_writes_the_plots() {
+        let dir = std::env::temp_dir().join(format!("sbbench-docs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let page = dir.join("benchmarks.md");
+        std::fs::write(
+            &page,
+            format!("intro\n{BEGIN}\nold numbers\n{END}\nafter\n"),
+        )
+        .unwrap();
+        let doc = serde_json::json!({"fanout": {"targets": {"node-ws": {"deliveries_per_s": {"median": 2.0e5}}}},
+                                      "meta": {"params": {"fanout_members": 1000}}});
+        update_docs(&page, &doc, "# Title\n\n## 2. Rooms fan-out\n\n| a |\n").unwrap();
+        let text = std::fs::read_to_string(&page).unwrap();
+        assert!(text.starts_with("intro\n"));
+        assert!(text.ends_with(&format!("{END}\nafter\n")));
+        assert!(!text.contains("old numbers") && !text.contains("# Title"));
+        assert!(
+            text.contains("### 2. Rooms fan-out") && text.contains("(bench/fanout-deliveries.svg)")
+        );
+        assert!(dir.join("bench/fanout-deliveries.svg").exists());
+        assert!(!dir.join("bench/memory-per-connection.svg").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn nice_axis_maxima_cover_the_value() {
         assert_eq!(nice_max(3.2), 5.0);
         assert_eq!(nice_max(18.0), 20.0);

@@ -42,6 +42,15 @@ fn write_tokens(env: &Env, name: &str, tokens: &[String]) -> Result<String> {
 
 // --- connect storm -------------------------------------------------------------------------
 
+/// (name, server, path, dialect, tokens to present).
+type StormTarget<'a> = (
+    &'static str,
+    &'a Server,
+    &'a str,
+    Dialect,
+    Option<Arc<Vec<String>>>,
+);
+
 pub async fn storm_section(env: &Env, p: &Params, signer: &Signer) -> Result<Value> {
     println!(
         "== connect storm: {} connects, {} in flight",
@@ -62,7 +71,7 @@ pub async fn storm_section(env: &Env, p: &Params, signer: &Signer) -> Result<Val
                 compression: false,
             },
         )?;
-        let targets: [(&str, &Server, &str, Dialect, Option<Arc<Vec<String>>>); 5] = [
+        let targets: [StormTarget; 5] = [
             (
                 "gateway-jwt",
                 &gw,
