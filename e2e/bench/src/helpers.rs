@@ -336,7 +336,11 @@ pub async fn members(kv: &Kv) -> Result<()> {
     Ok(())
 }
 
-/// The source address of helper `k` (127.0.0.2, 127.0.0.3, ...).
-pub fn source(k: usize) -> Ipv4Addr {
+/// A source address for the next helper: 127.0.0.2, 127.0.0.3, ... 127.0.1.2, ... Each helper
+/// of a run gets its own, so a few thousand connections per address never run out of
+/// ephemeral ports, even with the previous rows' sockets still in TIME_WAIT.
+pub fn next_source() -> Ipv4Addr {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let k = NEXT.fetch_add(1, Ordering::Relaxed) % (250 * 250);
     Ipv4Addr::new(127, 0, (k / 250) as u8, (k % 250 + 2) as u8)
 }

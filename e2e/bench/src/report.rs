@@ -396,7 +396,7 @@ fn idle15k(s: &mut String, doc: &Value) {
         .unwrap_or_default();
     let _ = writeln!(
         s,
-        "## 6. Idle connections at {} (several client processes)\n\nA fresh server per row; the connections are opened and held by {} load-generator processes, each from its own source address (127.0.0.2, .3, ...), answering keep-alives; then each one must answer a probe (alive). RSS and PSS (`/proc/PID/smaps_rollup`) of the server process (nginx: master + workers; proxies sit in front of a Node `ws` echo app whose memory is not counted); kB/connection = Δ ÷ connections. `gateway-rooms-user`: JWT route, each connection joins its own `user:<sub>` room; `gateway-rooms-shared`: all in one room. Descriptor limit per process: {} (a proxy holds two per connection: rows marked * are capped to what fits). {} repetition(s).\n",
+        "## 6. Idle connections at {} (several client processes)\n\nA fresh server per row; the connections are opened and held by {} load-generator processes, each from its own source address (127.0.0.2, .3, ...; a new one for every helper of the run), answering keep-alives; then each one must answer a probe (alive). RSS and PSS (`/proc/PID/smaps_rollup`) of the server process (nginx: master + workers; proxies sit in front of a Node `ws` echo app whose memory is not counted); kB/connection = Δ ÷ connections. `gateway-rooms-user`: JWT route, each connection joins its own `user:<sub>` room; `gateway-rooms-shared`: all in one room. Descriptor limit per process: {} (a proxy holds two per connection: rows marked * are capped to what fits). {} repetition(s).\n",
         counts.join(" and "),
         x["helpers"],
         x["fd_limit"],

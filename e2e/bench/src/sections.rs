@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::auth::Signer;
 use crate::fanout::{payload, publish_frame};
-use crate::helpers::{Kv, dialect_name, now_ns, source};
+use crate::helpers::{Kv, dialect_name, next_source, now_ns};
 use crate::procs::{Helper, nofile_limit};
 use crate::servers::{self, Env, RoomsExtras, Server};
 use crate::stats::{median, r1, r3};
@@ -293,7 +293,7 @@ pub async fn idle_section(env: &Env, p: &Params, signer: &Signer) -> Result<Valu
                         format!("port={}", srv.port),
                         format!("path={}", kind.path),
                         format!("dialect={}", dialect_name(kind.dialect)),
-                        format!("src={}", source(k)),
+                        format!("src={}", next_source()),
                         format!("n={count}"),
                         format!("from={from}"),
                     ];
@@ -564,7 +564,7 @@ async fn fan_multi(
             format!("port={}", t.port),
             format!("path={}", t.member_path),
             format!("dialect={}", dialect_name(t.dialect)),
-            format!("src={}", source(k)),
+            format!("src={}", next_source()),
             format!("n={count}"),
             format!("messages={}", p.fan10k_messages),
             "timeout=120".to_string(),
