@@ -220,6 +220,9 @@ fn parse_args() -> Result<Args> {
     if let Some(r) = reps {
         params.reps = r;
     }
+    // The heavy sections run fewer repetitions, never more than asked for.
+    params.idle_reps = params.idle_reps.min(params.reps);
+    params.fan10k_reps = params.fan10k_reps.min(params.reps);
     let out = PathBuf::from(out.unwrap_or_else(|| "e2e/bench/results".into()));
     let work_dir = out.join("logs");
     std::fs::create_dir_all(&work_dir)?;

@@ -71,6 +71,9 @@ pub async fn storm_section(env: &Env, p: &Params, signer: &Signer) -> Result<Val
                 compression: false,
             },
         )?;
+        if rep == 0 {
+            auth_preflight(gw.port, &tokens[0]).await?;
+        }
         let targets: [StormTarget; 5] = [
             (
                 "gateway-jwt",
@@ -170,6 +173,49 @@ pub async fn storm_section(env: &Env, p: &Params, signer: &Signer) -> Result<Val
         },
         "runs": runs,
     }))
+}
+
+/// The `/auth` route really checks: no token, a foreign `Origin` and a token signed by another
+/// key are refused, and the run's token with the allowed `Origin` is accepted (else the storm
+/// would measure an open route).
+async fn auth_preflight(port: u16, token: &str) -> Result<()> {
+    let with = |token: Option<&str>, origin: &str| crate::wsclient::Extra {
+        src: None,
+        headers: token
+            .map(|t| ("Authorization", format!("Bearer {t}")))
+            .into_iter()
+            .chain([("Origin", origin.to_string())])
+            .collect(),
+    };
+    let other_key = Signer::generate()?.token("u0")?;
+    for (what, extra) in [
+        ("no token", with(None, crate::auth::ORIGIN)),
+        (
+            "a foreign Origin",
+            with(Some(token), "https://evil.example"),
+        ),
+        (
+            "a token of another key",
+            with(Some(&other_key), crate::auth::ORIGIN),
+        ),
+    ] {
+        if crate::wsclient::connect_with(port, "/auth", Dialect::Switchboard, &extra)
+            .await
+            .is_ok()
+        {
+            bail!("the gateway's /auth route accepted a connect with {what}");
+        }
+    }
+    let mut ok = crate::wsclient::connect_with(
+        port,
+        "/auth",
+        Dialect::Switchboard,
+        &with(Some(token), crate::auth::ORIGIN),
+    )
+    .await
+    .context("the gateway's /auth route refused a valid token")?;
+    let _ = ok.close(None).await;
+    Ok(())
 }
 
 // --- idle connections from several processes -----------------------------------------------
@@ -533,6 +579,10 @@ pub async fn fanout10k_section(env: &Env, p: &Params) -> Result<Value> {
             "gateway_json_over_socketio": paired_ratio(&runs, "gateway-json", "socket.io", k),
             "gateway_raw_over_node_ws": paired_ratio(&runs, "gateway-raw", "node-ws", k),
             "gateway_raw_over_socketio": paired_ratio(&runs, "gateway-raw", "socket.io", k),
+            // CPU per delivery the other way round (higher: the gateway spends less), which the
+            // load generator's own receive cost does not cap.
+            "cpu_node_ws_over_gateway_json": paired_ratio(&runs, "node-ws", "gateway-json", "server_cpu_us_per_delivery"),
+            "cpu_socketio_over_gateway_json": paired_ratio(&runs, "socket.io", "gateway-json", "server_cpu_us_per_delivery"),
         },
         "runs": runs,
     }))
