@@ -259,31 +259,35 @@ pub async fn hold(kv: &Kv) -> Result<()> {
 
 /// `sbbench members`: join, print `ready`; after `go`, count deliveries until every member has
 /// `messages` or `timeout` seconds passed, then print
-/// `done <deliveries> <first delivery ns> <last delivery ns> <bytes of one delivery>`.
+/// `done <deliveries> <first delivery ns> <last delivery ns> <bytes of one delivery>`; close on
+/// `close`. Each member counts for itself (no shared counters on the per-delivery path, so the
+/// helper's own cost stays small next to the server's); only finishing is shared.
 pub async fn members(kv: &Kv) -> Result<()> {
     let plan = Arc::new(Plan::from_kv(kv)?);
     let n: usize = kv.num("n")?;
     let messages: u64 = kv.num("messages")?;
     let timeout = Duration::from_secs(kv.num("timeout")?);
     let conns = plan.open_all(n).await?;
-    let got = Arc::new(AtomicU64::new(0));
-    let first = Arc::new(AtomicU64::new(u64::MAX));
-    let last = Arc::new(AtomicU64::new(0));
-    let size = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     for mut ws in conns {
-        let (got, first, last, size) = (got.clone(), first.clone(), last.clone(), size.clone());
+        let finished = finished.clone();
         let mut stop = stop_rx.clone();
         let dialect = plan.dialect;
         tasks.spawn(async move {
-            let mut mine = 0u64;
+            let (mut got, mut first, mut last, mut size) = (0u64, u64::MAX, 0u64, 0u64);
+            let mut reading = true;
             loop {
                 let m = tokio::select! {
                     _ = stop.changed() => break,
-                    m = ws.next(), if mine < messages => match m {
+                    m = ws.next(), if reading => match m {
                         Some(Ok(m)) => m,
-                        _ => { mine = messages; continue; }
+                        _ => {
+                            reading = false;
+                            finished.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                     },
                 };
                 let delivery = match &m {
@@ -296,13 +300,16 @@ pub async fn members(kv: &Kv) -> Result<()> {
                     continue;
                 }
                 let t = now_ns();
-                mine += 1;
-                got.fetch_add(1, Ordering::Relaxed);
-                first.fetch_min(t, Ordering::Relaxed);
-                last.fetch_max(t, Ordering::Relaxed);
-                size.store(m.len() as u64, Ordering::Relaxed);
+                got += 1;
+                first = first.min(t);
+                last = t;
+                size = m.len() as u64;
+                if got == messages {
+                    reading = false;
+                    finished.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+            (got, first, last, size, ws)
         });
     }
     println!("ready {n}");
@@ -313,17 +320,23 @@ pub async fn members(kv: &Kv) -> Result<()> {
         }
     }
     let deadline = tokio::time::Instant::now() + timeout;
-    let want = n as u64 * messages;
-    while got.load(Ordering::Relaxed) < want && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    while finished.load(Ordering::Relaxed) < n as u64 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let f = first.load(Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let (mut got, mut first, mut last, mut size) = (0u64, u64::MAX, 0u64, 0u64);
+    let mut held = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        let (g, f, l, s, ws) = r?;
+        got += g;
+        first = first.min(f);
+        last = last.max(l);
+        size = size.max(s);
+        held.push(ws);
+    }
     println!(
-        "done {} {} {} {}",
-        got.load(Ordering::Relaxed),
-        if f == u64::MAX { 0 } else { f },
-        last.load(Ordering::Relaxed),
-        size.load(Ordering::Relaxed)
+        "done {got} {} {last} {size}",
+        if first == u64::MAX { 0 } else { first }
     );
     // Wait for `close` before closing, so no member leaves while others still count.
     while let Ok(Some(line)) = lines.next_line().await {
@@ -331,8 +344,13 @@ pub async fn members(kv: &Kv) -> Result<()> {
             break;
         }
     }
-    let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
+    let mut closes = JoinSet::new();
+    for mut ws in held {
+        closes.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+        });
+    }
+    while closes.join_next().await.is_some() {}
     Ok(())
 }
 

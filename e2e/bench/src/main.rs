@@ -6,8 +6,16 @@
 //! Usually started by `e2e/bench/run.sh`, which installs the peers and builds everything:
 //!
 //! ```text
-//! e2e/bench/run.sh                      # everything, ~6-8 minutes on 2 cores
+//! e2e/bench/run.sh                      # everything, ~12-15 minutes on 2 cores
 //! e2e/bench/run.sh --only latency,fanout --reps 1
+//! e2e/bench/run.sh --only storm,idle15k,fanout10k,compression
+//! ```
+//!
+//! The same binary is also its own helper process (`sbbench hold|members|relay key=value...`,
+//! see `helpers.rs`): the idle and 10,000-member sections spread their clients over several
+//! processes and source addresses.
+//!
+//! ```text
 //! ```
 
 mod auth;
