@@ -125,7 +125,7 @@ impl Proc {
 
     /// Resident memory of this process and its descendants, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        tree(self.pid()).iter().map(|p| rss_of(*p)).sum()
+        tree_rss_kib(self.pid())
     }
 
     /// Proportional set size (`Pss` of `/proc/PID/smaps_rollup`) of this process and its
@@ -228,6 +228,40 @@ fn tree(root: u32) -> Vec<u32> {
         i += 1;
     }
     all
+}
+
+/// Resident memory of `root` and its descendants, in KiB.
+pub fn tree_rss_kib(root: u32) -> u64 {
+    tree(root).iter().map(|p| rss_of(*p)).sum()
+}
+
+/// Samples the RSS of a process tree every 20 ms on a thread of its own until stopped; the
+/// largest sample is the peak.
+pub struct PeakRss {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    pub fn start(root: u32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(tree_rss_kib(root));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak.max(tree_rss_kib(root))
+        });
+        Self { stop, thread }
+    }
+
+    /// Stop sampling; the peak in KiB.
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
 }
 
 fn rss_of(pid: u32) -> u64 {

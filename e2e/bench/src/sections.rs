@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::auth::Signer;
 use crate::fanout::{payload, publish_frame};
 use crate::helpers::{Kv, dialect_name, next_source, now_ns};
-use crate::procs::{Helper, nofile_limit};
+use crate::procs::{Helper, PeakRss, nofile_limit};
 use crate::servers::{self, Env, RoomsExtras, Server};
 use crate::stats::{median, r1, r3};
 use crate::wsclient::{Dialect, sio_path};
@@ -644,20 +644,17 @@ async fn fan_multi(
     for h in &mut helpers {
         h.send("go")?;
     }
-    // Peak RSS while the burst is delivered (a sampler beside the publisher).
-    let pid_proc = &srv.proc;
-    let cpu0 = pid_proc.cpu_seconds();
+    // Peak RSS while the burst is delivered (a sampler thread beside the publisher).
+    let sampler = PeakRss::start(srv.proc.pid());
+    let cpu0 = srv.proc.cpu_seconds();
     let start = now_ns();
     for f in frames {
         sink.feed(f).await?;
     }
     sink.flush().await?;
     let mut results = Vec::new();
-    let mut peak = pid_proc.rss_kib();
     for h in &mut helpers {
         loop {
-            // Sample RSS while waiting: the helper answers once its members are done.
-            peak = peak.max(pid_proc.rss_kib());
             let line = h.recv_async()?;
             if line.starts_with("done") {
                 results.push(line);
@@ -665,8 +662,8 @@ async fn fan_multi(
             }
         }
     }
-    let cpu_s = pid_proc.cpu_seconds() - cpu0;
-    peak = peak.max(pid_proc.rss_kib());
+    let cpu_s = srv.proc.cpu_seconds() - cpu0;
+    let peak = sampler.finish();
     let (mut got, mut last, mut size) = (0u64, 0u64, 0u64);
     for line in &results {
         let f: Vec<u64> = line
