@@ -565,6 +565,7 @@ pub async fn fanout10k_section(env: &Env, p: &Params) -> Result<Value> {
             name.to_string(),
             json!({"deliveries_per_s": agg(&field(&runs, name, "deliveries_per_s")),
                    "server_cpu_us_per_delivery": agg(&field(&runs, name, "server_cpu_us_per_delivery")),
+                   "client_cpu_us_per_delivery": agg(&field(&runs, name, "client_cpu_us_per_delivery")),
                    "server_rss_peak_mib": agg(&field(&runs, name, "server_rss_peak_kib").iter().map(|k| k / 1024.0).collect::<Vec<_>>()),
                    "undelivered": undelivered}),
         );
@@ -646,6 +647,8 @@ async fn fan_multi(
     }
     // Peak RSS while the burst is delivered (a sampler thread beside the publisher).
     let sampler = PeakRss::start(srv.proc.pid());
+    let helper_cpu = |hs: &[Helper]| hs.iter().map(|h| h.proc.cpu_seconds()).sum::<f64>();
+    let client0 = helper_cpu(&helpers);
     let cpu0 = srv.proc.cpu_seconds();
     let start = now_ns();
     for f in frames {
@@ -663,6 +666,7 @@ async fn fan_multi(
         }
     }
     let cpu_s = srv.proc.cpu_seconds() - cpu0;
+    let client_s = helper_cpu(&helpers) - client0;
     let peak = sampler.finish();
     let (mut got, mut last, mut size) = (0u64, 0u64, 0u64);
     for line in &results {
@@ -697,7 +701,8 @@ async fn fan_multi(
         json!({"rep": rep, "target": name, "deliveries": got, "expected": expected,
         "seconds": r3(seconds), "deliveries_per_s": r1(got as f64 / seconds.max(1e-9)),
         "server_cpu_s": r3(cpu_s), "server_cpu_us_per_delivery": r3(cpu_s * 1e6 / got.max(1) as f64),
-        "delivery_bytes": size, "server_rss_peak_kib": peak}),
+        "delivery_bytes": size, "server_rss_peak_kib": peak,
+        "client_cpu_us_per_delivery": r3(client_s * 1e6 / got.max(1) as f64)}),
     )
 }
 
