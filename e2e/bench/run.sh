@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Switchboard benchmark harness: one command.
 #
-#   e2e/bench/run.sh                          # everything (~7 min on 2 cores), 3 repetitions
-#   e2e/bench/run.sh --only latency,memory    # some sections: latency,throughput,fanout,memory,crosspod
+#   e2e/bench/run.sh                          # everything (~15 min on 2 cores plus builds), 3 repetitions
+#   e2e/bench/run.sh --only storm,idle15k     # some sections: latency,throughput,fanout,memory,
+#                                             #   crosspod,storm,idle15k,fanout10k,compression
 #   e2e/bench/run.sh --quick                  # tiny sizes, 1 repetition: a smoke test of the harness
+#   SB_BENCH_SKIP_BUILD=1 SB_BENCH_PROFILE=debug e2e/bench/run.sh --quick \
+#       --gateway target/debug/switchboard-gateway   # develop against debug builds
 #
-# Installs what it needs when missing (apt: nginx; npm: ws, socket.io, socket.io-client), builds
-# the release gateway and the load generator, runs the gateway and its peers back-to-back on
-# loopback, prints the tables and writes e2e/bench/results/latest.md and latest.json
-# (per-process logs of the run: e2e/bench/results/logs/).
+# Installs what it needs when missing (apt: nginx, nats-server; npm: ws, socket.io,
+# socket.io-client), builds the release gateway and the load generator, raises the descriptor
+# limit (15,000 proxied idle connections need 30,000 in the gateway), runs the gateway and its
+# peers back-to-back on loopback, prints the tables and writes e2e/bench/results/latest.{md,json}
+# and the plots; a complete full-size run also regenerates the results block of
+# docs/benchmarks.md and docs/bench/*.svg (per-process logs: e2e/bench/results/logs/).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,22 +43,32 @@ if [ ! -d "$here/peers/node_modules/ws" ] || [ ! -d "$here/peers/node_modules/so
   (cd "$here/peers" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# 5,000 idle connections through a proxy need ~10,000 descriptors in one process.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 12000 ]; then
-  echo "run.sh: warning: only $(ulimit -n) file descriptors per process; the memory section needs ~11,000" >&2
+# 15,000 idle connections through a proxy need ~30,000 descriptors in the proxy process (root
+# may raise the hard limit; otherwise the soft one goes up to the hard one and the idle15k
+# section caps the proxies at what fits, saying so in its table).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 31000 ]; then
+  echo "run.sh: warning: only $(ulimit -n) file descriptors per process; proxies at 15,000 idle connections need ~31,000 (they are capped)" >&2
 fi
 
 gateway_target="${CARGO_TARGET_DIR:-$root/target}"
+# release (default) or debug: which build of the load generator runs (a later `--gateway PATH`
+# argument overrides the gateway binary).
+profile="${SB_BENCH_PROFILE:-release}"
+profile_flag=(--release)
+[ "$profile" = debug ] && profile_flag=()
 if [ "${SB_BENCH_SKIP_BUILD:-0}" != 1 ]; then
-  echo "run.sh: building the release gateway (the shared build directory may be locked for a while)" >&2
-  cargo build --release -p switchboard-gateway
+  echo "run.sh: building the $profile gateway (the shared build directory may be locked for a while)" >&2
+  cargo build "${profile_flag[@]}" -p switchboard-gateway
+fi
+if [ "${SB_BENCH_SKIP_BUILD:-0}" != 1 ] || [ ! -x "$here/target/$profile/sbbench" ]; then
   echo "run.sh: building the load generator" >&2
-  CARGO_TARGET_DIR="$here/target" cargo build --release --manifest-path "$here/Cargo.toml"
+  CARGO_TARGET_DIR="$here/target" cargo build "${profile_flag[@]}" --manifest-path "$here/Cargo.toml"
 fi
 
-exec "$here/target/release/sbbench" \
-  --gateway "$gateway_target/release/switchboard-gateway" \
+exec "$here/target/$profile/sbbench" \
+  --gateway "$gateway_target/$profile/switchboard-gateway" \
   --peers "$here/peers" \
   --out "$here/results" \
+  --docs "$root/docs/benchmarks.md" \
   "$@"

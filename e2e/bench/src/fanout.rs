@@ -69,7 +69,7 @@ fn index_of(dialect: Dialect, text: &str) -> Option<usize> {
     text.get(start..start + 8)?.parse().ok()
 }
 
-fn publish_frame(t: &Target, data: &str) -> Message {
+pub fn publish_frame(t: &Target, data: &str) -> Message {
     match t.dialect {
         Dialect::Plain => Message::text(data),
         Dialect::Switchboard => Message::text(
@@ -80,7 +80,10 @@ fn publish_frame(t: &Target, data: &str) -> Message {
         ),
         Dialect::SwitchboardProto => {
             let json = serde_json::Value::from(data).to_string();
-            Message::binary(pb::publish(t.room.as_deref().unwrap_or(""), json.as_bytes()))
+            Message::binary(pb::publish(
+                t.room.as_deref().unwrap_or(""),
+                json.as_bytes(),
+            ))
         }
         Dialect::SocketIo => Message::text(format!("42[\"pub\",\"{data}\"]")),
     }

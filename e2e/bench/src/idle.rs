@@ -35,47 +35,12 @@ pub async fn open(port: u16, path: &str, dialect: Dialect, n: usize) -> Result<V
 /// Switchboard protocol answers `ping` with `pong`, Socket.IO connections answer a probe ping.
 /// Returns (alive, closed-or-silent).
 pub async fn check_alive(conns: Vec<Ws>, dialect: Dialect) -> (usize, usize) {
-    let probe = match dialect {
-        Dialect::Plain => "alive?".to_string(),
-        Dialect::Switchboard => r#"{"type":"ping"}"#.to_string(),
-        // Not used by the idle section (the binary encoding is measured by fan-out only).
-        Dialect::SwitchboardProto => String::new(),
-        // An event to the server; the room server ignores unknown events, so for Socket.IO a
-        // WebSocket-level ping is the probe instead.
-        Dialect::SocketIo => String::new(),
-    };
     let mut set = JoinSet::new();
     for mut ws in conns {
-        let probe = probe.clone();
         set.spawn(async move {
-            let ok = async {
-                if dialect == Dialect::SocketIo {
-                    ws.send(Message::Ping(b"p".to_vec().into())).await.ok()?;
-                    loop {
-                        match ws.next().await? {
-                            Ok(Message::Pong(_)) => return Some(()),
-                            Ok(Message::Text(t)) if t.as_str() == "2" => {
-                                ws.send(Message::text("3")).await.ok()?;
-                            }
-                            Ok(_) => {}
-                            Err(_) => return None,
-                        }
-                    }
-                }
-                ws.send(Message::text(probe)).await.ok()?;
-                loop {
-                    match ws.next().await? {
-                        Ok(Message::Text(_) | Message::Binary(_)) => return Some(()),
-                        Ok(Message::Close(_)) | Err(_) => return None,
-                        Ok(_) => {}
-                    }
-                }
-            };
-            let ok = tokio::time::timeout(Duration::from_secs(20), ok)
+            let ok = tokio::time::timeout(Duration::from_secs(20), probe(&mut ws, dialect))
                 .await
-                .ok()
-                .flatten()
-                .is_some();
+                .unwrap_or(false);
             let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
             ok
         });
@@ -89,4 +54,41 @@ pub async fn check_alive(conns: Vec<Ws>, dialect: Dialect) -> (usize, usize) {
         }
     }
     (alive, dead)
+}
+
+/// One probe on one connection: true when it answered.
+pub async fn probe(ws: &mut Ws, dialect: Dialect) -> bool {
+    let probe = match dialect {
+        Dialect::Plain => "alive?".to_string(),
+        Dialect::Switchboard => r#"{"type":"ping"}"#.to_string(),
+        // Not used by the idle sections (the binary encoding is measured by fan-out only).
+        Dialect::SwitchboardProto => String::new(),
+        // An event to the server; the room server ignores unknown events, so for Socket.IO a
+        // WebSocket-level ping is the probe instead.
+        Dialect::SocketIo => String::new(),
+    };
+    let ok = async {
+        if dialect == Dialect::SocketIo {
+            ws.send(Message::Ping(b"p".to_vec().into())).await.ok()?;
+            loop {
+                match ws.next().await? {
+                    Ok(Message::Pong(_)) => return Some(()),
+                    Ok(Message::Text(t)) if t.as_str() == "2" => {
+                        ws.send(Message::text("3")).await.ok()?;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        }
+        ws.send(Message::text(probe)).await.ok()?;
+        loop {
+            match ws.next().await? {
+                Ok(Message::Text(_) | Message::Binary(_)) => return Some(()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    };
+    ok.await.is_some()
 }

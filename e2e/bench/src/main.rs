@@ -6,18 +6,32 @@
 //! Usually started by `e2e/bench/run.sh`, which installs the peers and builds everything:
 //!
 //! ```text
-//! e2e/bench/run.sh                      # everything, ~6-8 minutes on 2 cores
+//! e2e/bench/run.sh                      # everything, ~12-15 minutes on 2 cores
 //! e2e/bench/run.sh --only latency,fanout --reps 1
+//! e2e/bench/run.sh --only storm,idle15k,fanout10k,compression
+//! ```
+//!
+//! The same binary is also its own helper process (`sbbench hold|members|relay key=value...`,
+//! see `helpers.rs`): the idle and 10,000-member sections spread their clients over several
+//! processes and source addresses.
+//!
+//! ```text
 //! ```
 
+mod auth;
 mod crosspod;
 mod fanout;
+mod helpers;
 mod idle;
 mod latency;
+mod plots;
 mod procs;
+mod relay;
 mod report;
+mod sections;
 mod servers;
 mod stats;
+mod storm;
 mod wsclient;
 
 use std::path::PathBuf;
@@ -48,6 +62,18 @@ pub struct Params {
     pub fan_pace: Duration,
     pub idle_conns: usize,
     pub hop_n: usize,
+    pub storm_n: usize,
+    pub storm_inflight: usize,
+    /// Idle connection counts of the multi-process idle section (5,000 and 15,000).
+    pub idle_counts: Vec<usize>,
+    pub idle_helpers: usize,
+    pub idle_reps: usize,
+    pub fan10k_members: usize,
+    pub fan10k_messages: u64,
+    pub fan10k_helpers: usize,
+    pub fan10k_reps: usize,
+    pub comp_members: usize,
+    pub comp_messages: u64,
 }
 
 impl Params {
@@ -67,6 +93,17 @@ impl Params {
             fan_pace: Duration::from_millis(50),
             idle_conns: 5000,
             hop_n: 1000,
+            storm_n: 5000,
+            storm_inflight: 256,
+            idle_counts: vec![5000, 15000],
+            idle_helpers: 4,
+            idle_reps: 1,
+            fan10k_members: 10000,
+            fan10k_messages: 100,
+            fan10k_helpers: 4,
+            fan10k_reps: 2,
+            comp_members: 1000,
+            comp_messages: 100,
         }
     }
 
@@ -86,6 +123,17 @@ impl Params {
             fan_pace: Duration::from_millis(20),
             idle_conns: 300,
             hop_n: 100,
+            storm_n: 300,
+            storm_inflight: 64,
+            idle_counts: vec![200, 600],
+            idle_helpers: 2,
+            idle_reps: 1,
+            fan10k_members: 400,
+            fan10k_messages: 20,
+            fan10k_helpers: 2,
+            fan10k_reps: 1,
+            comp_members: 50,
+            comp_messages: 20,
         }
     }
 
@@ -102,11 +150,27 @@ impl Params {
             "fanout_paced_messages": self.fan_paced_messages,
             "fanout_paced_interval_ms": self.fan_pace.as_secs_f64() * 1e3, "idle_connections": self.idle_conns,
             "hop_n": self.hop_n,
+            "storm_connects": self.storm_n, "storm_inflight": self.storm_inflight,
+            "idle_counts": self.idle_counts, "idle_helpers": self.idle_helpers,
+            "idle_reps": self.idle_reps,
+            "fan10k_members": self.fan10k_members, "fan10k_messages": self.fan10k_messages,
+            "fan10k_helpers": self.fan10k_helpers, "fan10k_reps": self.fan10k_reps,
+            "compression_members": self.comp_members, "compression_messages": self.comp_messages,
         })
     }
 }
 
-const SECTIONS: [&str; 5] = ["latency", "throughput", "fanout", "memory", "crosspod"];
+const SECTIONS: [&str; 9] = [
+    "latency",
+    "throughput",
+    "fanout",
+    "memory",
+    "crosspod",
+    "storm",
+    "idle15k",
+    "fanout10k",
+    "compression",
+];
 
 struct Args {
     env: Env,
@@ -114,6 +178,8 @@ struct Args {
     params: Params,
     only: Vec<String>,
     quick: bool,
+    /// `docs/benchmarks.md`, rewritten (with its plots) after a complete full-size run.
+    docs: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -124,12 +190,14 @@ fn parse_args() -> Result<Args> {
     let mut params = Params::full();
     let mut reps = None;
     let mut quick = false;
+    let mut docs = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--gateway" => gateway = it.next(),
             "--peers" => peers = it.next(),
             "--out" => out = it.next(),
+            "--docs" => docs = it.next().map(PathBuf::from),
             "--reps" => reps = Some(it.next().context("--reps N")?.parse()?),
             "--only" => {
                 only = it
@@ -148,7 +216,7 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "sbbench --gateway BIN --peers DIR --out DIR [--reps N] [--only {}] [--quick]\n\
+                    "sbbench --gateway BIN --peers DIR --out DIR [--docs docs/benchmarks.md] [--reps N] [--only {}] [--quick]\n\
                      sbbench --render RESULTS.json   (rewrite RESULTS.md from a results document)",
                     SECTIONS.join(",")
                 );
@@ -160,6 +228,9 @@ fn parse_args() -> Result<Args> {
     if let Some(r) = reps {
         params.reps = r;
     }
+    // The heavy sections run fewer repetitions, never more than asked for.
+    params.idle_reps = params.idle_reps.min(params.reps);
+    params.fan10k_reps = params.fan10k_reps.min(params.reps);
     let out = PathBuf::from(out.unwrap_or_else(|| "e2e/bench/results".into()));
     let work_dir = out.join("logs");
     std::fs::create_dir_all(&work_dir)?;
@@ -185,6 +256,7 @@ fn parse_args() -> Result<Args> {
         params,
         only,
         quick,
+        docs,
     })
 }
 
@@ -277,6 +349,9 @@ fn main() -> std::process::ExitCode {
 async fn run() -> Result<()> {
     // `--render FILE.json`: rewrite the Markdown next to a results document (no measuring).
     let argv: Vec<String> = std::env::args().collect();
+    if let Some(r) = sections::helper_main(&argv).await {
+        return r;
+    }
     if let [_, flag, json_path] = argv.as_slice()
         && flag == "--render"
     {
@@ -313,6 +388,19 @@ async fn run() -> Result<()> {
     if want("crosspod") {
         doc["crosspod"] = crosspod_section(&env, &p).await?;
     }
+    let signer = auth::Signer::generate()?;
+    if want("storm") {
+        doc["storm"] = sections::storm_section(&env, &p, &signer).await?;
+    }
+    if want("idle15k") {
+        doc["idle15k"] = sections::idle_section(&env, &p, &signer).await?;
+    }
+    if want("fanout10k") {
+        doc["fanout10k"] = sections::fanout10k_section(&env, &p).await?;
+    }
+    if want("compression") {
+        doc["compression"] = sections::compression_section(&env, &p).await?;
+    }
     doc["noise_after"] = noise();
     doc["elapsed_s"] = json!(r1(started.elapsed().as_secs_f64()));
 
@@ -327,7 +415,16 @@ async fn run() -> Result<()> {
         serde_json::to_string_pretty(&doc)?,
     )?;
     std::fs::write(&md_path, &md)?;
+    // Plots beside the results; a complete run also refreshes the documentation page.
+    let plot_files = plots::write(&doc, &args.out, stem)?;
+    if complete && let Some(docs) = &args.docs {
+        plots::update_docs(docs, &doc, &md)?;
+        println!("sbbench: updated {} and its plots", docs.display());
+    }
     println!("\n{md}");
+    for f in plot_files {
+        println!("sbbench: plot {}", f.display());
+    }
     println!(
         "sbbench: wrote {} and {stem}.json ({:.0} s)",
         md_path.display(),
@@ -337,7 +434,7 @@ async fn run() -> Result<()> {
 }
 
 /// Per-target values of one metric across repetitions -> {median, min, max, runs}.
-fn agg(values: &[f64]) -> Value {
+pub(crate) fn agg(values: &[f64]) -> Value {
     let (lo, hi) = range(values);
     json!({"median": r1(median(values)), "min": r1(lo), "max": r1(hi), "runs": values.iter().map(|v| r1(*v)).collect::<Vec<_>>()})
 }
@@ -790,7 +887,22 @@ async fn crosspod_section(env: &Env, p: &Params) -> Result<Value> {
         ("embedded-single-pod", gw.port, gw.port, "/rooms"),
         ("embedded-single-pod-history", gw.port, gw.port, "/hist"),
     ];
-    if let Ok((_, a, b)) = &nats {
+    // The baseline on the same nats-server: two relay "pods" (helper processes).
+    let mut relays = Vec::new();
+    if let Ok((_, _, _, url)) = &nats {
+        for pod in ["a", "b"] {
+            let args = vec!["relay".to_string(), format!("nats={url}")];
+            let log = env.work_dir.join(format!("hop-relay-{pod}.log"));
+            let mut h = procs::Helper::spawn(&format!("relay-{pod}"), &args, &log)?;
+            let line = h.recv_async()?;
+            let port: u16 = line
+                .strip_prefix("listening ")
+                .and_then(|p| p.trim().parse().ok())
+                .with_context(|| format!("relay {pod}: {line}"))?;
+            relays.push((h, port));
+        }
+    }
+    if let Ok((_, a, b, _)) = &nats {
         setups.push(("nats-single-pod", a.port, a.port, "/rooms"));
         setups.push(("nats-cross-pod", a.port, b.port, "/rooms"));
         setups.push(("nats-single-pod-history", a.port, a.port, "/hist"));
@@ -810,6 +922,45 @@ async fn crosspod_section(env: &Env, p: &Params) -> Result<Value> {
             p99[i].push(l.p99);
             runs.push(json!({"rep": rep, "target": name, "lat": l.json()}));
         }
+        if let (Ok((_, _, _, url)), [(_, ra), (_, rb)]) = (&nats, relays.as_slice()) {
+            let l = relay::hop(*ra, *rb, p.hop_n, p.hop_n / 10).await?;
+            let raw = relay::nats_round_trip(url, p.hop_n, p.hop_n / 10).await?;
+            for (name, l) in [("relay-cross-pod", l), ("nats-raw", raw)] {
+                println!(
+                    "  hop rep {rep} {name:28} p50 {:7.1} us  p99 {:7.1} us",
+                    l.p50, l.p99
+                );
+                runs.push(json!({"rep": rep, "target": name, "lat": l.json()}));
+            }
+        }
+    }
+    // Relay rows and the gateway's cross-pod hop over the relay's, paired by repetition.
+    let lat_of = |name: &str, k: &str| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| r["target"] == name)
+            .filter_map(|r| r["lat"][k].as_f64())
+            .collect()
+    };
+    if !relays.is_empty() {
+        for name in ["relay-cross-pod", "nats-raw"] {
+            doc.insert(
+                name.to_string(),
+                json!({"p50_us": agg(&lat_of(name, "p50_us")), "p99_us": agg(&lat_of(name, "p99_us"))}),
+            );
+        }
+        let ratio = |k: &str| {
+            let (g, r) = (lat_of("nats-cross-pod", k), lat_of("relay-cross-pod", k));
+            r3(median(
+                &g.iter().zip(&r).map(|(g, r)| g / r).collect::<Vec<_>>(),
+            ))
+        };
+        doc.insert(
+            "ratio_gateway_cross_pod_over_relay".into(),
+            json!({"p50": ratio("p50_us"), "p99": ratio("p99_us")}),
+        );
+    }
+    for (mut h, _) in relays {
+        h.proc.stop();
     }
     for (i, (name, _, _, _)) in setups.iter().enumerate() {
         doc.insert(
@@ -818,7 +969,7 @@ async fn crosspod_section(env: &Env, p: &Params) -> Result<Value> {
         );
     }
     match nats {
-        Ok((nats_proc, a, b)) => {
+        Ok((nats_proc, a, b, _)) => {
             doc.insert("nats".into(), json!({"status": "ran"}));
             a.stop();
             b.stop();
@@ -846,16 +997,17 @@ async fn crosspod_section(env: &Env, p: &Params) -> Result<Value> {
 }
 
 /// nats-server plus two gateway pods on it, or why not.
-fn nats_pods(env: &Env) -> Result<(procs::Proc, Server, Server)> {
-    let repo_nats = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../gateway/src/rooms/bus/nats.rs");
-    if !repo_nats.exists() {
-        bail!("the NATS bus is not in this tree yet (gateway/src/rooms/bus/nats.rs is missing)");
+fn nats_pods(env: &Env) -> Result<(procs::Proc, Server, Server, String)> {
+    // The bus is a file or (since it was split) a directory.
+    let repo_nats =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../gateway/src/rooms/bus");
+    if !repo_nats.join("nats.rs").exists() && !repo_nats.join("nats").is_dir() {
+        bail!("the NATS bus is not in this tree yet (gateway/src/rooms/bus/nats is missing)");
     }
     let (nats, url) = servers::nats(env, "hop-nats")?;
     let a = servers::gateway_rooms(env, "hop-pod-a", Some(&url))
         .context("gateway pod A with bus.nats did not become ready")?;
     let b = servers::gateway_rooms(env, "hop-pod-b", Some(&url))
         .context("gateway pod B with bus.nats did not become ready")?;
-    Ok((nats, a, b))
+    Ok((nats, a, b, url))
 }

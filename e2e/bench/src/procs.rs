@@ -125,7 +125,13 @@ impl Proc {
 
     /// Resident memory of this process and its descendants, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        tree(self.pid()).iter().map(|p| rss_of(*p)).sum()
+        tree_rss_kib(self.pid())
+    }
+
+    /// Proportional set size (`Pss` of `/proc/PID/smaps_rollup`) of this process and its
+    /// descendants, in KiB: shared pages split between the processes that map them.
+    pub fn pss_kib(&self) -> u64 {
+        tree(self.pid()).iter().map(|p| pss_of(*p)).sum()
     }
 
     /// CPU time (user + system) of this process and its descendants, in seconds.
@@ -224,6 +230,40 @@ fn tree(root: u32) -> Vec<u32> {
     all
 }
 
+/// Resident memory of `root` and its descendants, in KiB.
+pub fn tree_rss_kib(root: u32) -> u64 {
+    tree(root).iter().map(|p| rss_of(*p)).sum()
+}
+
+/// Samples the RSS of a process tree every 20 ms on a thread of its own until stopped; the
+/// largest sample is the peak.
+pub struct PeakRss {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    pub fn start(root: u32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(tree_rss_kib(root));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak.max(tree_rss_kib(root))
+        });
+        Self { stop, thread }
+    }
+
+    /// Stop sampling; the peak in KiB.
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
 fn rss_of(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -231,6 +271,25 @@ fn rss_of(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+fn pss_of(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// This process's soft limit on open files (children inherit it).
+pub fn nofile_limit() -> u64 {
+    fs::read_to_string("/proc/self/limits")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(1024)
 }
 
 fn cpu_of(pid: u32) -> f64 {
@@ -273,4 +332,68 @@ pub fn cpu_busy_sample(window: Duration) -> f64 {
     let (t1, i1) = read();
     let total = t1.saturating_sub(t0).max(1);
     1.0 - (i1.saturating_sub(i0)) as f64 / total as f64
+}
+
+/// A helper process of the load generator (`sbbench hold|members|relay ...`) spoken to with
+/// lines on stdin and stdout.
+pub struct Helper {
+    pub proc: Proc,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Helper {
+    /// Start this executable with `args`; stderr goes to `log`.
+    pub fn spawn(name: &str, args: &[String], log: &Path) -> Result<Self> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(args);
+        Self::spawn_command(name, &mut cmd, log)
+    }
+
+    /// Start `cmd` (a Node client script) the same way.
+    pub fn spawn_command(name: &str, cmd: &mut Command, log: &Path) -> Result<Self> {
+        let err = fs::File::create(log).with_context(|| format!("log file {}", log.display()))?;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting helper {name}"))?;
+        let stdin = child.stdin.take().context("helper stdin")?;
+        let stdout = child.stdout.take().context("helper stdout")?;
+        Ok(Self {
+            proc: Proc {
+                name: name.to_string(),
+                child,
+                log: log.to_path_buf(),
+                cleanup: None,
+            },
+            stdin,
+            stdout: std::io::BufRead::lines(std::io::BufReader::new(stdout)),
+        })
+    }
+
+    /// Send one command line.
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        writeln!(self.stdin, "{line}")?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// The next line the helper prints, without blocking the async runtime's other tasks.
+    pub fn recv_async(&mut self) -> Result<String> {
+        tokio::task::block_in_place(|| self.recv())
+    }
+
+    /// The next line the helper prints (blocking; helpers bound their own waits).
+    pub fn recv(&mut self) -> Result<String> {
+        match self.stdout.next() {
+            Some(l) => Ok(l?),
+            None => bail!(
+                "helper {} ended without answering:\n{}",
+                self.proc.name,
+                self.proc.log_tail()
+            ),
+        }
+    }
 }

@@ -43,6 +43,9 @@ fn thousands(x: f64) -> String {
 
 fn agg_k(v: &Value) -> String {
     let (m, lo, hi) = (med(v), num(&v["min"]), num(&v["max"]));
+    if (hi - lo).abs() < 0.5 {
+        return thousands(m);
+    }
     format!("{} ({}–{})", thousands(m), thousands(lo), thousands(hi))
 }
 
@@ -164,7 +167,13 @@ pub fn markdown(doc: &Value) -> String {
             "| server | deliveries/s | server CPU µs/delivery | bytes/delivery | undelivered (all reps) |"
         );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|");
-        for name in ["gateway-json", "gateway-proto", "gateway-raw", "node-ws", "socket.io"] {
+        for name in [
+            "gateway-json",
+            "gateway-proto",
+            "gateway-raw",
+            "node-ws",
+            "socket.io",
+        ] {
             let x = &f["targets"][name];
             let _ = writeln!(
                 s,
@@ -206,7 +215,13 @@ pub fn markdown(doc: &Value) -> String {
                 "| server | server CPU µs/delivery | reach-all p50 µs | reach-all p99 µs | undelivered |"
             );
             let _ = writeln!(s, "|---|---:|---:|---:|---:|");
-            for name in ["gateway-json", "gateway-proto", "gateway-raw", "node-ws", "socket.io"] {
+            for name in [
+                "gateway-json",
+                "gateway-proto",
+                "gateway-raw",
+                "node-ws",
+                "socket.io",
+            ] {
                 let x = &pc["targets"][name];
                 let _ = writeln!(
                     s,
@@ -284,6 +299,25 @@ pub fn markdown(doc: &Value) -> String {
                 agg(&c[name]["p99_us"], 1)
             );
         }
+        for name in ["relay-cross-pod", "nats-raw"] {
+            if c[name].is_null() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} |",
+                agg(&c[name]["p50_us"], 1),
+                agg(&c[name]["p99_us"], 1)
+            );
+        }
+        let rr = &c["ratio_gateway_cross_pod_over_relay"];
+        if !rr.is_null() {
+            let _ = writeln!(
+                s,
+                "\n`relay-cross-pod`: the minimal WebSocket → NATS → WebSocket relay (`sbbench relay`, tokio-tungstenite + async-nats, two processes as two pods) on the same nats-server, publisher on one, member on the other; `nats-raw`: publish on one NATS connection, receive on another. Gateway cross-pod ÷ relay (median of per-repetition ratios): **p50 {} ×, p99 {} ×** (target ≤ 1.2×).",
+                rr["p50"], rr["p99"]
+            );
+        }
         if c["nats"]["status"] == "skipped" {
             let _ = writeln!(
                 s,
@@ -299,5 +333,230 @@ pub fn markdown(doc: &Value) -> String {
         }
         let _ = writeln!(s);
     }
+    storm(&mut s, doc);
+    idle15k(&mut s, doc);
+    fanout10k(&mut s, doc);
+    compression(&mut s, doc);
     s
+}
+
+fn storm(s: &mut String, doc: &Value) {
+    let x = &doc["storm"];
+    if x.is_null() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## 5. Connect storm\n\n{} WebSocket connects per server, {} handshakes in flight, each held open until the storm is over; connects/s = connects ÷ (last handshake done − first started). `gateway-jwt`: the rooms route `/auth` with an ES256 JWT (`Authorization: Bearer`, a different user and token per connect, key generated for the run, inline PEM in the config) and an `Origin` allow-list, on a fresh gateway process; `gateway-jwt-reconnect`: right after, the same {} tokens again on the same process (a reconnect storm); `gateway-noauth`: the `/rooms` route without auth; Node `ws` and Socket.IO (full Socket.IO connect, `40` received) without auth. Server CPU = CPU time of the server process during the storm ÷ connects.\n",
+        x["connects"], x["inflight"], x["connects"]
+    );
+    let _ = writeln!(
+        s,
+        "| server | connects/s | server CPU µs/connect | handshake p50 µs | handshake p99 µs | failed |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for name in [
+        "gateway-jwt",
+        "gateway-jwt-reconnect",
+        "gateway-noauth",
+        "node-ws",
+        "socket.io",
+    ] {
+        let t = &x["targets"][name];
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} |",
+            agg_k(&t["connects_per_s"]),
+            agg(&t["server_cpu_us_per_connect"], 1),
+            agg(&t["handshake_p50_us"], 0),
+            agg(&t["handshake_p99_us"], 0),
+            t["failed_total"]
+        );
+    }
+    let r = &x["ratios"];
+    let _ = writeln!(
+        s,
+        "\nConnects/s (median of per-repetition ratios): gateway-jwt ÷ socket.io **{} ×** (target ≥ 2×), gateway-jwt ÷ node-ws **{} ×** (target ≥ 1×); reconnect storm ÷ socket.io {} ×, ÷ node-ws {} ×. Server CPU per connect gateway-jwt ÷ node-ws: {} ×.\n",
+        r["gateway_jwt_over_socketio"],
+        r["gateway_jwt_over_node_ws"],
+        r["gateway_reconnect_over_socketio"],
+        r["gateway_reconnect_over_node_ws"],
+        r["cpu_gateway_jwt_over_node_ws"]
+    );
+}
+
+fn idle15k(s: &mut String, doc: &Value) {
+    let x = &doc["idle15k"];
+    if x.is_null() {
+        return;
+    }
+    let counts: Vec<String> = x["counts"]
+        .as_array()
+        .map(|a| a.iter().map(|c| c.to_string()).collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "## 6. Idle connections at {} (several client processes)\n\nA fresh server per row; the connections are opened and held by {} load-generator processes, each from its own source address (127.0.0.2, .3, ...; a new one for every helper of the run), answering keep-alives; then each one must answer a probe (alive). RSS and PSS (`/proc/PID/smaps_rollup`) of the server process (nginx: master + workers; proxies sit in front of a Node `ws` echo app whose memory is not counted); kB/connection = Δ ÷ connections. `gateway-rooms-user`: JWT route, each connection joins its own `user:<sub>` room; `gateway-rooms-shared`: all in one room. Descriptor limit per process: {} (a proxy holds two per connection: rows marked * are capped to what fits). {} repetition(s).\n",
+        counts.join(" and "),
+        x["helpers"],
+        x["fd_limit"],
+        x["reps"]
+    );
+    let _ = writeln!(
+        s,
+        "| server | connections | RSS idle MiB | RSS loaded MiB | PSS loaded MiB | RSS kB/conn | PSS kB/conn | alive |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let names = [
+        "gateway-rooms-user",
+        "gateway-rooms-shared",
+        "gateway-proxy",
+        "node-ws",
+        "nginx-proxy",
+        "socket.io",
+    ];
+    for name in names {
+        for c in &counts {
+            let t = &x["targets"][name]["counts"][c.as_str()];
+            if t.is_null() {
+                continue;
+            }
+            let capped = if t["capped_by_fd_limit"] == true {
+                "*"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "| {name} | {}{capped} | {} | {} | {} | **{}** | {} | {}/{} |",
+                t["connections"],
+                agg(&t["rss0_mib"], 1),
+                agg(&t["rss1_mib"], 1),
+                agg(&t["pss1_mib"], 1),
+                agg(&t["rss_kb_per_conn"], 1),
+                agg(&t["pss_kb_per_conn"], 1),
+                t["alive"],
+                num(&t["alive"]) + num(&t["dead"])
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nGrowth between the two counts (linearity): marginal RSS kB per added connection, and that ÷ the average kB/connection at the smaller count (≈ 1: linear; < 1: fixed costs amortised; > 1: a cliff).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| server | from → to | marginal kB/conn | marginal ÷ average |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|");
+    for name in names {
+        let g = &x["targets"][name]["growth"];
+        if g.is_null() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| {name} | {} → {} | {:.2} | {} |",
+            thousands(num(&g["from"])),
+            thousands(num(&g["to"])),
+            num(&g["marginal_kb_per_conn"]),
+            g["marginal_over_average"]
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn fanout10k(s: &mut String, doc: &Value) {
+    let x = &doc["fanout10k"];
+    if x.is_null() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## 7. Fan-out to {} members over {} client processes\n\nAs section 2's burst, with the members split over {} load-generator processes (own source addresses; deliveries time-stamped with the wall clock and compared with the publisher's start); one publisher sends {} messages of {} bytes. Peak RSS = the server's largest RSS sampled while the burst is delivered; load generator CPU = CPU time of the member processes ÷ deliveries (when server + load generator CPU per delivery × deliveries/s nears 2 cores, the rate is the machine's, not the server's). {} repetition(s).\n",
+        x["members"], x["helpers"], x["helpers"], x["messages"], x["payload_bytes"], x["reps"]
+    );
+    let _ = writeln!(
+        s,
+        "| server | deliveries/s | server CPU µs/delivery | load generator CPU µs/delivery | peak RSS MiB | undelivered |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for name in ["gateway-json", "gateway-raw", "node-ws", "socket.io"] {
+        let t = &x["targets"][name];
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} |",
+            agg_k(&t["deliveries_per_s"]),
+            agg(&t["server_cpu_us_per_delivery"], 2),
+            agg(&t["client_cpu_us_per_delivery"], 2),
+            agg(&t["server_rss_peak_mib"], 0),
+            t["undelivered"]
+        );
+    }
+    let r = &x["ratios"];
+    let _ = writeln!(
+        s,
+        "\nDeliveries/s ratios (median of per-repetition ratios): gateway-json ÷ node-ws **{} ×** (target ≥ 7×), gateway-json ÷ socket.io **{} ×**, gateway-raw ÷ node-ws {} ×, gateway-raw ÷ socket.io {} ×. Server CPU per delivery, node-ws ÷ gateway-json {} ×, socket.io ÷ gateway-json {} ×. With 10,000 members the load generator's helpers (parsing every delivery) share the 2 cores with the server: when the gateway's rate is capped by them, the CPU ratio is the fairer comparison.\n",
+        r["gateway_json_over_node_ws"],
+        r["gateway_json_over_socketio"],
+        r["gateway_raw_over_node_ws"],
+        r["gateway_raw_over_socketio"],
+        r["cpu_node_ws_over_gateway_json"],
+        r["cpu_socketio_over_gateway_json"]
+    );
+}
+
+fn compression(s: &mut String, doc: &Value) {
+    let x = &doc["compression"];
+    if x.is_null() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## 8. permessage-deflate on a rooms route\n\n{} members of one room (Node `ws` clients offering `permessage-deflate; client_max_window_bits` like a browser, inflating what they receive), one publisher sends {} JSON chat messages of ~1–2 KiB in a burst. `gateway-deflate`: the route with `compression: {}`; `gateway-off`: the same room settings without it, same gateway process. Wire bytes = bytes the members' sockets read (WebSocket frames, compressed or not) ÷ deliveries; server CPU = gateway CPU time ÷ deliveries.\n",
+        x["members"],
+        x["messages"],
+        x["settings"].as_str().unwrap_or("?")
+    );
+    if let Some(reason) = x["status"]["gateway_without_compression"].as_str() {
+        let _ = writeln!(
+            s,
+            "**Gateway without compression**: this gateway refused the route's `compression` field ({reason}), so only `gateway-off` ran.\n"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| route | server CPU µs/delivery | wire bytes/delivery | message bytes (inflated, mean) | negotiated |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---|");
+    for name in ["gateway-deflate", "gateway-off"] {
+        let t = &x["targets"][name];
+        if t.is_null() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} |",
+            agg(&t["server_cpu_us_per_delivery"], 2),
+            agg(&t["wire_bytes_per_delivery"], 0),
+            t["inflated_bytes"],
+            t["extensions"].as_str().unwrap_or("")
+        );
+    }
+    let ext = x["targets"]["gateway-deflate"]["extensions"].as_str();
+    if ext.is_some_and(|e| !e.contains("permessage-deflate")) {
+        let _ = writeln!(
+            s,
+            "\n**Note**: the gateway accepted the route's `compression` but did not negotiate permessage-deflate with the clients, so `gateway-deflate` ran uncompressed."
+        );
+    }
+    let r = &x["ratios"];
+    if !r.is_null() {
+        let _ = writeln!(
+            s,
+            "\nServer CPU per delivery, deflate ÷ off: **{} ×** (target ≤ 1.5×: compress once per message, not per member); wire bytes deflate ÷ off: {} ×.",
+            r["cpu_deflate_over_off"], r["wire_deflate_over_off"]
+        );
+    }
+    let _ = writeln!(s);
 }

@@ -50,7 +50,7 @@ fn common(port: u16, admin: u16, bus: &str) -> String {
          kind: GatewayConfig\n\
          listeners:\n  - name: bench\n    address: \"127.0.0.1:{port}\"\n\
          admin:\n  address: \"127.0.0.1:{admin}\"\n\
-         limits:\n  maxConnections: 15000\n\
+         limits:\n  maxConnections: 40000\n\
          publishApi:\n  token: bench-token-0123456789\n\
          {bus}"
     )
@@ -66,16 +66,34 @@ pub fn gateway_proxy_config(port: u16, admin: u16, backend: u16) -> String {
     )
 }
 
+/// What an extra rooms route carries beyond the plain ones.
+#[derive(Debug, Clone, Default)]
+pub struct RoomsExtras<'a> {
+    /// An ES256 public key (PEM): adds `/auth`, a rooms route with JWT (inline key, issuer
+    /// `sbbench`) and an Origin allow-list, where a user may join `user:{sub}` and `bench:*`.
+    pub jwt_pem: Option<&'a str>,
+    /// Adds `/comp`: `/rooms` with per-route permessage-deflate (threshold 1 KiB, level 6).
+    pub compression: bool,
+}
+
+/// The route-level compression settings the compression section asks for.
+pub const COMPRESSION: &str = "{enabled: true, thresholdBytes: 1024, level: 6, maxWindowBits: 15}";
+
 /// Rooms mode: `/rooms` (JSON protocol, rooms `bench:*`, no history: live fan-out only, like the
 /// Node peers, with a 64 MiB outbound queue so the burst does not trip the slow-consumer close),
 /// `/hist` (the same with history, so publishes are stored: JetStream on NATS) and `/raw/{room}`
-/// (raw relay).
-pub fn gateway_rooms_config(port: u16, admin: u16, nats_url: Option<&str>) -> String {
+/// (raw relay); plus the routes of `extras`.
+pub fn gateway_rooms_config(
+    port: u16,
+    admin: u16,
+    nats_url: Option<&str>,
+    extras: &RoomsExtras,
+) -> String {
     let bus = match nats_url {
         Some(u) => format!("bus:\n  nats:\n    urls: [\"{u}\"]\n    subjectPrefix: sbbench\n"),
         None => String::new(),
     };
-    format!(
+    let mut cfg = format!(
         "{}routes:\n\
          \x20 - name: rooms\n    path: {{type: Prefix, value: /rooms}}\n    mode: rooms\n\
          \x20   rooms: {{namespace: bench, join: [\"bench:*\"], publish: [\"bench:*\"], maxQueueBytes: 67108864}}\n\
@@ -87,7 +105,29 @@ pub fn gateway_rooms_config(port: u16, admin: u16, nats_url: Option<&str>) -> St
          \x20   rooms: {{protocol: raw, namespace: benchraw, pathRoom: \"/raw/{{room}}\", join: [\"*\"], publish: [\"*\"], maxQueueBytes: 67108864}}\n\
          \x20   limits: {OPEN_LIMITS}\n",
         common(port, admin, &bus)
-    )
+    );
+    if let Some(pem) = extras.jwt_pem {
+        // A JSON string is a valid YAML double-quoted scalar (the PEM's newlines escaped).
+        let pem = serde_json::Value::from(pem).to_string();
+        cfg.push_str(&format!(
+            "\x20 - name: auth\n    path: {{type: Prefix, value: /auth}}\n    mode: rooms\n\
+             \x20   origins: {{allowed: [\"{origin}\"]}}\n\
+             \x20   jwt:\n      issuer: {iss}\n      keys:\n        - inline: {{algorithm: ES256, pem: {pem}}}\n\
+             \x20   rooms: {{namespace: benchauth, join: [\"user:{{sub}}\", \"bench:*\"], publish: [\"bench:*\"], maxQueueBytes: 67108864}}\n\
+             \x20   limits: {OPEN_LIMITS}\n",
+            origin = crate::auth::ORIGIN,
+            iss = crate::auth::ISSUER,
+        ));
+    }
+    if extras.compression {
+        cfg.push_str(&format!(
+            "\x20 - name: comp\n    path: {{type: Prefix, value: /comp}}\n    mode: rooms\n\
+             \x20   compression: {COMPRESSION}\n\
+             \x20   rooms: {{namespace: bench, join: [\"bench:*\"], publish: [\"bench:*\"], maxQueueBytes: 67108864}}\n\
+             \x20   limits: {OPEN_LIMITS}\n"
+        ));
+    }
+    cfg
 }
 
 fn log_path(env: &Env, name: &str) -> PathBuf {
@@ -170,11 +210,21 @@ pub fn gateway_proxy(env: &Env, name: &str) -> Result<Server> {
 
 /// The gateway in rooms mode (embedded bus unless `nats_url`).
 pub fn gateway_rooms(env: &Env, name: &str, nats_url: Option<&str>) -> Result<Server> {
+    gateway_rooms_with(env, name, nats_url, &RoomsExtras::default())
+}
+
+/// The gateway in rooms mode with extra routes.
+pub fn gateway_rooms_with(
+    env: &Env,
+    name: &str,
+    nats_url: Option<&str>,
+    extras: &RoomsExtras,
+) -> Result<Server> {
     let (port, admin) = (free_port()?, free_port()?);
     gateway(
         env,
         name,
-        &gateway_rooms_config(port, admin, nats_url),
+        &gateway_rooms_config(port, admin, nats_url, extras),
         port,
         admin,
     )
@@ -187,10 +237,10 @@ pub fn nginx_config(prefix: &Path, port: u16, backend: u16) -> String {
         "daemon off;\n\
          master_process on;\n\
          worker_processes auto;\n\
-         worker_rlimit_nofile 19000;\n\
+         worker_rlimit_nofile {nofile};\n\
          pid {prefix}/nginx.pid;\n\
          error_log {prefix}/error.log warn;\n\
-         events {{ worker_connections 16000; }}\n\
+         events {{ worker_connections {nofile}; }}\n\
          http {{\n\
          \x20 access_log off;\n\
          \x20 client_body_temp_path {prefix}/body;\n\
@@ -209,7 +259,8 @@ pub fn nginx_config(prefix: &Path, port: u16, backend: u16) -> String {
          \x20   }}\n\
          \x20 }}\n\
          }}\n",
-        prefix = prefix.display()
+        prefix = prefix.display(),
+        nofile = crate::procs::nofile_limit().clamp(1024, 70000) - 100
     )
 }
 

@@ -43,6 +43,19 @@ fn config() -> WebSocketConfig {
 /// Connect to `ws://127.0.0.1:{port}{path}` with TCP_NODELAY; for the Switchboard dialect offer
 /// `switchboard.v1`, for Socket.IO complete the Engine.IO/Socket.IO handshake.
 pub async fn connect(port: u16, path: &str, dialect: Dialect) -> Result<Ws> {
+    connect_with(port, path, dialect, &Extra::default()).await
+}
+
+/// Extra handshake details: a source address (spreading many connections over 127.0.0.0/8)
+/// and request headers (`Authorization`, `Origin`).
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    pub src: Option<std::net::Ipv4Addr>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// [`connect`] with a source address and extra headers.
+pub async fn connect_with(port: u16, path: &str, dialect: Dialect, extra: &Extra) -> Result<Ws> {
     let url = format!("ws://127.0.0.1:{port}{path}");
     let mut req = url.as_str().into_client_request()?;
     if dialect == Dialect::Switchboard {
@@ -53,9 +66,19 @@ pub async fn connect(port: u16, path: &str, dialect: Dialect) -> Result<Ws> {
         req.headers_mut()
             .insert("Sec-WebSocket-Protocol", SWITCHBOARD_V1_PROTO.parse()?);
     }
-    let tcp = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("connect :{port}"))?;
+    for (k, v) in &extra.headers {
+        req.headers_mut().insert(*k, v.parse()?);
+    }
+    let dst = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let tcp = match extra.src {
+        None => TcpStream::connect(dst).await,
+        Some(ip) => {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(std::net::SocketAddr::from((ip, 0)))?;
+            sock.connect(dst).await
+        }
+    }
+    .with_context(|| format!("connect :{port}"))?;
     tcp.set_nodelay(true)?;
     let (mut ws, _) = client_async_with_config(req, tcp, Some(config()))
         .await
