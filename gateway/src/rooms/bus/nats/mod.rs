@@ -47,6 +47,7 @@ mod envelope;
 mod history;
 mod live;
 mod presence;
+mod reads;
 mod subjects;
 
 use envelope::*;
@@ -151,6 +152,8 @@ struct Inner {
     replicas: usize,
     namespaces: Mutex<HashMap<String, Namespace>>,
     presence: tokio::sync::Mutex<Option<kv::Store>>,
+    /// The read positions bucket, once opened (see `reads.rs`).
+    reads: tokio::sync::Mutex<Option<kv::Store>>,
     /// Members this pod has announced (join events are sent once, not on every refresh).
     announced: Mutex<HashSet<(RoomKey, String)>>,
 }
@@ -235,6 +238,7 @@ impl NatsBus {
             replicas: usize::from(cfg.replicas.max(1)),
             namespaces: Mutex::default(),
             presence: tokio::sync::Mutex::default(),
+            reads: tokio::sync::Mutex::default(),
             announced: Mutex::default(),
         });
         tokio::spawn(configure_on_connect(Arc::downgrade(&inner), connected));
@@ -696,6 +700,10 @@ impl Bus for NatsBus {
 
     fn healthy(&self) -> bool {
         self.inner.connected()
+    }
+
+    fn reads(&self) -> Option<Arc<dyn super::ReadStore>> {
+        Some(Arc::new(reads::NatsReads(self.inner.clone())))
     }
 
     fn nats(&self) -> Option<super::NatsAccess> {
