@@ -22,7 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use support::nats::NatsServer;
-use support::rooms::{JsonWs, PUBLISH_TOKEN, http_request, publish_api, publish_seq};
+use support::rooms::{JsonWs, PUBLISH_TOKEN, Sse, http_request, publish_api, publish_seq};
 use support::{ConfigBuilder, route};
 use support::{Gateway, PROMPTLY, claims, jwt_hs256, sign_hs256};
 use tokio::net::TcpListener;
@@ -303,6 +303,60 @@ async fn a_burst_of_200_publishes_reaches_a_batching_member_in_at_most_5_batches
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_200_publishes_reaches_a_batching_member_in_at_most_5_batches_over_nats() {
     a_burst_arrives_batched(Cluster::nats(json!({})).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_sse_a_batch_is_one_event_whose_id_resumes_after_its_last_message() {
+    let c = Cluster::embedded(json!({})).await;
+    let auth = format!("Bearer {}", sign_hs256(&claims("alice", 600, json!({}))));
+    let mut sse = Sse::open(
+        c.a.addr(),
+        "/chat?rooms=chat:x",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    let mut joined = 0;
+    while joined < 2 {
+        let ev = sse.event().await;
+        assert_eq!(ev.event.as_deref(), Some("joined"), "{ev:?}");
+        joined += 1;
+    }
+    let mut want = Vec::new();
+    for n in 0..50 {
+        want.push(publish_seq(c.a.admin(), "user:alice", json!({"type": "like", "n": n})).await);
+    }
+    let ev = sse.event().await;
+    assert_eq!(ev.event, None, "an unnamed event, like a message: {ev:?}");
+    let batch = ev.json();
+    assert_eq!(batch["type"], "batch", "{batch}");
+    let seqs: Vec<u64> = batch["groups"][0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, want, "the whole burst in one event");
+    // Resuming from the event's id gets nothing again: the cursor is past the batch.
+    let id = ev.id.expect("a cursor id");
+    let mut again = Sse::open(
+        c.a.addr(),
+        "/chat?rooms=chat:x",
+        &[("authorization", &auth), ("last-event-id", &id)],
+    )
+    .await;
+    for _ in 0..2 {
+        let ev = again.event().await;
+        assert_eq!(ev.event.as_deref(), Some("joined"), "{ev:?}");
+        assert_eq!(ev.json()["recovered"], true, "{ev:?}");
+    }
+    let late = publish_seq(c.a.admin(), "chat:x", json!("after")).await;
+    let ev = again.event().await;
+    assert_eq!(
+        ev.json()["seq"].as_u64(),
+        Some(late),
+        "only what came after: {ev:?}"
+    );
 }
 
 /// The app's offline hook: records every call; answers the first one 503 (so a retry is

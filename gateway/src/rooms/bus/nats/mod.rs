@@ -1,5 +1,5 @@
 //! The NATS bus: core NATS subjects for live fan-out, JetStream for history, positions and
-//! resume, and a JetStream key-value bucket for presence. Every gateway pod connects to the same
+//! resume, and JetStream key-value buckets for presence and read positions. Every gateway pod connects to the same
 //! NATS (cluster) with the same subject prefix; app pods may publish into rooms directly.
 //! `docs/nats.md` is the user-facing description of everything here.
 //!
@@ -11,6 +11,8 @@
 //! | `P.eph.<ns>.<room>`     | ephemeral messages, and every message of a namespace without history |
 //! | `P.presence.<ns>.<room>`| presence join/leave events                                    |
 //! | `P.events.<ns>`         | connect/disconnect notifications for the app (`rooms.notifyNats`) |
+//! | `P.receipts.<ns>`       | reads between pods (`rooms::receipts`)                         |
+//! | `P.offline.<ns>`        | offline notifications for the app (`rooms.offline.notifyNats`) |
 //!
 //! Positions are `(stream sequence, epoch)`: the sequence is the JetStream stream sequence of the
 //! namespace's stream (it increases with every stored message of the room, not by one) and the
