@@ -122,6 +122,9 @@ pub fn groups<'a>(
 }
 
 #[cfg(test)]
+mod hub_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::rooms::bus::RoomKey;
