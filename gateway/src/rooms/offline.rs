@@ -169,3 +169,48 @@ async fn post_retried(
     }
     "error"
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rooms::route::RoomsPolicy;
+
+    fn policy(rooms: Value) -> RoomsPolicy {
+        let cfg: switchboard_config::Rooms = serde_json::from_value(rooms).unwrap();
+        RoomsPolicy::new("chat", &cfg).unwrap()
+    }
+
+    #[test]
+    fn a_user_room_names_its_user_only_where_the_route_hands_off() {
+        let p = policy(json!({"offline": {"rooms": ["inbox:{sub}:n"]}}));
+        assert_eq!(p.offline_user("user:alice").as_deref(), Some("alice"));
+        assert_eq!(p.offline_user("inbox:bob:n").as_deref(), Some("bob"));
+        assert_eq!(p.offline_user("chat:lobby"), None);
+        assert_eq!(p.offline_user("user:"), None);
+        assert_eq!(policy(json!({})).offline_user("user:alice"), None);
+    }
+
+    #[test]
+    fn an_offline_notification_carries_room_user_position_and_payload() {
+        let m = Missed {
+            route: "chat".into(),
+            namespace: "ns".into(),
+            room: "inbox:bob:n".into(),
+            user: "bob".into(),
+            position: Position {
+                seq: 9,
+                epoch: "e".into(),
+            },
+            from: Some(json!({"sub": "alice"})),
+            payload: Payload::Binary(Bytes::from_static(b"\x00\x01")),
+        };
+        let mut v = m.event();
+        assert!(v["ts"].as_u64().is_some());
+        v.as_object_mut().unwrap().remove("ts");
+        assert_eq!(
+            v,
+            json!({"event": "offline", "route": "chat", "namespace": "ns", "room": "inbox:bob:n",
+                   "user": "bob", "seq": 9, "epoch": "e", "from": {"sub": "alice"}, "b64": "AAE="})
+        );
+    }
+}
