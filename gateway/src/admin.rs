@@ -119,7 +119,17 @@ impl ServerApp for AdminApp {
             async move {
                 if req.method() == http::Method::POST && req.uri().path() == "/v1/publish" {
                     let (status, body) =
-                        crate::rooms::publish_api::handle(&gw.config, &gw.hub, req).await;
+                        crate::rooms::publish_api::handle(&gw.config, &gw.hub, &gw.hooks, req)
+                            .await;
+                    return Ok::<_, Infallible>(reply(
+                        status,
+                        "application/json",
+                        body.to_string(),
+                    ));
+                }
+                if req.method() == http::Method::GET && req.uri().path() == "/v1/reads" {
+                    let (status, body) =
+                        crate::rooms::publish_api::reads(&gw.config, &gw.hub, req).await;
                     return Ok::<_, Infallible>(reply(
                         status,
                         "application/json",

@@ -74,6 +74,23 @@ pub struct Metrics {
     /// `switchboard_notifications_total{via,result}`: rooms connect/disconnect notifications;
     /// via = http (`rooms.notify`) | nats (`rooms.notifyNats`), result = ok | error | dropped
     pub notifications: IntCounterVec,
+    /// `switchboard_room_reads_total{result}`: `read` messages (ok | error)
+    pub room_reads: IntCounterVec,
+    /// `switchboard_room_receipts_total`: `receipt` events sent (one per room and pod; each
+    /// reaches that room's members on the pod)
+    pub room_receipts: IntCounter,
+    /// `switchboard_room_receipts_coalesced_total`: reads merged into a later receipt
+    pub room_receipts_coalesced: IntCounter,
+    /// `switchboard_room_batches_total`: `batch` events built (one per batched room and pod)
+    pub room_batches: IntCounter,
+    /// `switchboard_room_batched_messages_total`: messages delivered inside batches
+    pub room_batched_messages: IntCounter,
+    /// `switchboard_offline_publishes_total`: publishes into the room of a user with no live
+    /// connection in the cluster
+    pub offline_publishes: IntCounter,
+    /// `switchboard_offline_notifications_total{via,result}`: offline notifications; via = http
+    /// | nats, result = ok | error | dropped
+    pub offline_notifications: IntCounterVec,
     /// `switchboard_rooms_local`: rooms with members on this pod (one bus subscription each)
     pub rooms_local: IntGauge,
     /// `switchboard_bus_up`: 1 while the room bus (NATS) is connected
@@ -299,6 +316,43 @@ impl Metrics {
                 &registry,
                 "switchboard_notifications_total",
                 "Rooms connect/disconnect notifications by channel and result",
+                &["via", "result"],
+            ),
+            room_reads: counter_vec(
+                &registry,
+                "switchboard_room_reads_total",
+                "Read receipts marked by clients, by result",
+                &["result"],
+            ),
+            room_receipts: counter(
+                &registry,
+                "switchboard_room_receipts_total",
+                "receipt events sent to a room's members on this pod",
+            ),
+            room_receipts_coalesced: counter(
+                &registry,
+                "switchboard_room_receipts_coalesced_total",
+                "Reads merged into a later receipt (receipts.interval)",
+            ),
+            room_batches: counter(
+                &registry,
+                "switchboard_room_batches_total",
+                "batch events built for a room's members on this pod",
+            ),
+            room_batched_messages: counter(
+                &registry,
+                "switchboard_room_batched_messages_total",
+                "Room messages delivered inside batch events",
+            ),
+            offline_publishes: counter(
+                &registry,
+                "switchboard_offline_publishes_total",
+                "Publishes into the room of a user with no live connection",
+            ),
+            offline_notifications: counter_vec(
+                &registry,
+                "switchboard_offline_notifications_total",
+                "Offline notifications by channel and result",
                 &["via", "result"],
             ),
             room_repairs: counter_vec(

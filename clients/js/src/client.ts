@@ -76,8 +76,11 @@ export interface JoinHandlers {
   onMessage?: (m: RoomMessage) => void;
   /** Snapshot on every (re)join, then diffs; `members` is the current list. Needs `rooms.presence`. */
   onPresence?: (e: { event: "snapshot" | "join" | "leave"; member?: Member; members: Member[] }) => void;
-  /** Every `joined`: `resumed` when it carried `since`. */
-  onJoined?: (j: { recovered: boolean; resumed: boolean; position: Position }) => void;
+  /** Every `joined`: `resumed` when it carried `since`. In rooms with read receipts, `read`
+   * (the user's read position, null: never) and `unread` (messages after it). */
+  onJoined?: (j: { recovered: boolean; resumed: boolean; position: Position; read?: Position | null; unread?: number }) => void;
+  /** Someone read the room up to `position` (rooms with read receipts; coalesced per interval). */
+  onReceipt?: (r: Receipt) => void;
   /** History the app missed: reload the room. */
   onGap?: (g: Gap) => void;
   /** The join was refused (`forbidden`): the room is forgotten. */
@@ -92,7 +95,17 @@ export interface Subscription {
   readonly members: Member[];
   publish(data: unknown, opts?: PublishOptions): Promise<Ack>;
   presence(): Promise<Member[]>;
+  /** Mark the room read up to `position` (default: the last message processed); resolves
+   * with the read position the gateway stores. Needs `rooms.receipts` and a WebSocket. */
+  read(position?: Position): Promise<Position>;
   leave(): void;
+}
+
+/** A read receipt: `user` read `room` up to `position`. */
+export interface Receipt {
+  room: string;
+  user: string;
+  position: Position;
 }
 
 export interface PublishOptions {
@@ -106,6 +119,7 @@ export interface ClientEvents {
   reconnecting: { attempt: number; delayMs: number };
   shutdown: { reconnectAfterMs: number };
   message: RoomMessage;
+  receipt: Receipt;
   gap: Gap;
   error: { code: string; reason: string; id?: string; status?: number };
 }
@@ -213,6 +227,11 @@ export class SwitchboardClient {
       },
       publish: (data, opts) => this.publish(room, data, opts),
       presence: () => this.request({ type: "presence", room }).then((f) => f.members as Member[]),
+      read: (position) => {
+        const at = position ?? st.pos;
+        if (!at) return Promise.reject(new SwitchboardError("no_position", "nothing to mark read yet"));
+        return this.request({ type: "read", room, position: at }).then((f) => ({ seq: f.seq, epoch: f.epoch }));
+      },
       leave() {
         self.leave(room);
       },
@@ -558,6 +577,20 @@ export class SwitchboardClient {
     switch (f.type) {
       case "message":
         return this.onMessage(f as Frame & RoomMessage);
+      case "batch": {
+        // One event for many messages: each is processed as if it had arrived alone, in order.
+        const all: RoomMessage[] = (f.groups ?? []).flatMap((g: { messages: RoomMessage[] }) => g.messages);
+        all.sort((a, b) => a.seq - b.seq);
+        for (const m of all) this.onMessage(m);
+        return;
+      }
+      case "receipt":
+        if (st) {
+          const r: Receipt = { room: f.room, user: f.user, position: f.position };
+          st.h.onReceipt?.(r);
+          this.emit("receipt", r);
+        }
+        return;
       case "joined":
         return this.onJoined(f, id);
       case "ack":
@@ -625,7 +658,8 @@ export class SwitchboardClient {
     // Recovered: the gap follows and raises the position. Otherwise continue after `position`.
     const recovered = !!f.recovered;
     if (!recovered) st.pos = position;
-    st.h.onJoined?.({ recovered, resumed, position });
+    const read = "unread" in f ? { read: (f.read ?? null) as Position | null, unread: f.unread as number } : {};
+    st.h.onJoined?.({ recovered, resumed, position, ...read });
     if (resumed && !recovered) this.gap(st, { room: f.room, reason: "not_recovered", position });
   }
 

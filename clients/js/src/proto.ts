@@ -57,7 +57,7 @@ function fromB64(s: string): Uint8Array {
   return b;
 }
 
-/** A client frame (`join`, `leave`, `publish`, `presence`, `ping`) as a `ClientMessage`. */
+/** A client frame (`join`, `leave`, `publish`, `presence`, `ping`, `read`) as a `ClientMessage`. */
 function encode(f: Frame): Uint8Array {
   const o: Out = [];
   if (f.id != null) bytes(o, 1, utf8.encode(f.id));
@@ -74,6 +74,10 @@ function encode(f: Frame): Uint8Array {
     else bytes(m, 2, utf8.encode(JSON.stringify(f.data ?? null)));
     uint(m, 4, f.ephemeral);
   } else if (f.type == "presence") kind = 5;
+  else if (f.type == "read") {
+    kind = 7;
+    bytes(m, 2, position(f.position));
+  }
   else if (f.type != "ping") throw new Error(`no protobuf encoding for a ${f.type} frame`);
   bytes(o, kind, m);
   return new Uint8Array(o);
@@ -151,37 +155,60 @@ function member(b: Uint8Array) {
   return { conn: string(m, 1), user: m.has(2) ? string(m, 2) : null, info: info?.length ? JSON.parse(text.decode(info)) : null };
 }
 
-const KINDS = ["message", "joined", "left", "ack", "error", "presence", "pong", "shutdown", "lost"];
+const KINDS = ["message", "joined", "left", "ack", "error", "presence", "pong", "shutdown", "lost", "receipt", "batch"];
+
+/** A `RoomMessage` as the `message` frame. */
+function roomMessage(m: Fields, f: Frame): Frame {
+  f.room = string(m, 1);
+  f.seq = num(m, 2);
+  f.epoch = string(m, 3);
+  f.ts = num(m, 4);
+  if (raw(m, 5)) f.from = { sub: string(sub(m, 5), 1) };
+  if (num(m, 6)) f.ephemeral = true;
+  const j = raw(m, 7);
+  const bin = raw(m, 8);
+  if (bin) f.b64 = toB64(bin);
+  else if (j) f.data = JSON.parse(text.decode(j));
+  else f.data = string(m, 9);
+  return f;
+}
 
 /** A `ServerMessage` as the frame the JSON encoding would have carried. */
 function decode(b: Uint8Array): Frame | undefined {
   const env = fields(b);
   let kind = 0;
-  for (let k = 2; k <= 10; k++) if (raw(env, k)) kind = k;
+  for (let k = 2; k <= 12; k++) if (raw(env, k)) kind = k;
   const type = KINDS[kind - 2];
   if (!type) return undefined;
   const m = sub(env, kind);
   const f: Frame = { type };
   if (env.has(1)) f.id = string(env, 1);
-  // `room` is field 1 of message, joined, left, presence and lost.
-  if ([2, 3, 4, 7, 10].includes(kind)) f.room = string(m, 1);
+  // `room` is field 1 of message, joined, left, presence, lost, receipt and batch.
+  if ([2, 3, 4, 7, 10, 11, 12].includes(kind)) f.room = string(m, 1);
   switch (type) {
-    case "message": {
-      f.seq = num(m, 2);
-      f.epoch = string(m, 3);
-      f.ts = num(m, 4);
-      if (raw(m, 5)) f.from = { sub: string(sub(m, 5), 1) };
-      if (num(m, 6)) f.ephemeral = true;
-      const j = raw(m, 7);
-      const bin = raw(m, 8);
-      if (bin) f.b64 = toB64(bin);
-      else if (j) f.data = JSON.parse(text.decode(j));
-      else f.data = string(m, 9);
+    case "message":
+      roomMessage(m, f);
       break;
-    }
     case "joined":
       f.recovered = !!num(m, 2);
       f.position = pos(m, 3) ?? { seq: 0, epoch: "" };
+      if (m.has(5)) {
+        f.read = pos(m, 4) ?? null;
+        f.unread = num(m, 5);
+      }
+      break;
+    case "receipt":
+      f.user = string(m, 2);
+      f.position = pos(m, 3) ?? { seq: 0, epoch: "" };
+      break;
+    case "batch":
+      f.groups = (m.get(2) ?? []).map((g) => {
+        const gf = fields(g as Uint8Array);
+        return {
+          key: gf.has(1) ? string(gf, 1) : null,
+          messages: (gf.get(2) ?? []).map((x) => roomMessage(fields(x as Uint8Array), { type: "message" })),
+        };
+      });
       break;
     case "ack": {
       const p = pos(m, 1);

@@ -163,6 +163,78 @@ pub struct Rooms {
     /// For `yjs`: document limits and compaction (docs/documents.md). Unset: the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub documents: Option<Documents>,
+    /// Read receipts and unread counts in the rooms matching `receipts.rooms`
+    /// (docs/protocol.md, "Read receipts"). Unset: off (a `read` is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<Receipts>,
+    /// Batched delivery in the rooms matching `batch.rooms` (docs/protocol.md, "Batched
+    /// delivery"). Routes that share a namespace must agree on it. Unset: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
+    /// Offline hand-off for publishes into user rooms (docs/protocol.md, "Offline hand-off").
+    /// Unset: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline: Option<Offline>,
+}
+
+/// Read receipts of a rooms route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Receipts {
+    /// Room patterns (as in `join`) where members may mark a position read and get receipts.
+    pub rooms: Vec<String>,
+    /// At most one `receipt` per user per room per interval reaches each member (the latest
+    /// position wins). Default 1s.
+    #[serde(default = "default_receipt_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+fn default_receipt_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// Batched delivery of a rooms route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Batch {
+    /// Room patterns (as in `join`; `{claim}` is the joining member's) whose messages are
+    /// delivered in batches.
+    pub rooms: Vec<String>,
+    /// A batch is sent this long after its first message. Default 1s.
+    #[serde(default = "default_batch_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// A batch is sent as soon as it holds this many messages. Default 50.
+    #[serde(default = "default_batch_max")]
+    pub max_messages: u32,
+    /// Group a batch's messages by this top-level field of their JSON payload (e.g. `type`).
+    /// Unset: one group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<String>,
+}
+
+fn default_batch_window() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_batch_max() -> u32 {
+    50
+}
+
+/// Offline hand-off of a rooms route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Offline {
+    /// User rooms besides `user:{sub}`: patterns with one `{sub}` and no `*` (e.g.
+    /// `inbox:{sub}`); the `{sub}` part names the user. Default: none.
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    /// POST an `offline` notification for each stored message into the room of a user with no
+    /// live connection anywhere in the cluster (retried). Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Hook>,
+    /// Also publish it on the core NATS subject `<bus.nats.subjectPrefix>.offline.<namespace>`.
+    /// Needs `bus.nats`. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notify_nats: bool,
 }
 
 /// Yjs document settings of a `yjs` rooms route.

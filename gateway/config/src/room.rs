@@ -110,6 +110,34 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// For a user room pattern (literal text around exactly one `{sub}`, no `*`, no other
+    /// claim): the text before and after `{sub}`. `None` for any other pattern.
+    pub fn user_affixes(&self) -> Option<(String, String)> {
+        let mut before = String::new();
+        let mut after = String::new();
+        let mut seen = false;
+        for part in &self.0 {
+            match part {
+                Part::Literal(l) if seen => after.push_str(l),
+                Part::Literal(l) => before.push_str(l),
+                Part::Claim(c) if c == "sub" && !seen => seen = true,
+                _ => return None,
+            }
+        }
+        seen.then_some((before, after))
+    }
+
+    /// The user a user room pattern (see [`Self::user_affixes`]) names in `room`, if it fits.
+    pub fn user_of(&self, room: &str) -> Option<String> {
+        let (before, after) = self.user_affixes()?;
+        let user = room
+            .strip_prefix(before.as_str())?
+            .strip_suffix(after.as_str())?;
+        (!user.is_empty() && valid_room(user)).then(|| user.to_string())
+    }
+}
+
 /// `parts`: Some(literal) or None (a star matching one or more bytes).
 fn glob(parts: &[Option<String>], s: &[u8]) -> bool {
     match parts.split_first() {
@@ -152,6 +180,27 @@ mod tests {
             let err = Pattern::parse(bad).expect_err(bad);
             assert!(err.contains(why), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_user_room_pattern_names_the_user_of_a_room() {
+        let p = Pattern::parse("inbox:{sub}:n").unwrap();
+        assert_eq!(p.user_of("inbox:alice:n").as_deref(), Some("alice"));
+        assert_eq!(p.user_of("inbox::n"), None);
+        assert_eq!(p.user_of("other:alice:n"), None);
+        assert!(Pattern::parse("inbox:*").unwrap().user_affixes().is_none());
+        assert!(
+            Pattern::parse("inbox:{org}")
+                .unwrap()
+                .user_affixes()
+                .is_none()
+        );
+        assert!(
+            Pattern::parse("inbox:{sub}:{sub}")
+                .unwrap()
+                .user_affixes()
+                .is_none()
+        );
     }
 
     #[test]

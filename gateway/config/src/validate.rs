@@ -250,6 +250,17 @@ fn all_route_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
                         format!("namespace `{ns}` is shared with routes[{first}], which keeps different history"),
                     ));
                 }
+                // A room is batched (or not) for every member of a pod alike.
+                let first_batch = cfg.routes[*first]
+                    .rooms
+                    .as_ref()
+                    .and_then(|r| r.batch.as_ref());
+                if first_batch != rooms.batch.as_ref() {
+                    p.push(Problem::new(
+                        format!("routes[{i}].rooms.batch"),
+                        format!("namespace `{ns}` is shared with routes[{first}], which batches differently"),
+                    ));
+                }
             } else {
                 namespaces.insert(ns, (i, rooms.history.clone()));
             }
@@ -372,9 +383,14 @@ fn rooms_problems(r: &Route, rooms: &crate::Rooms, at: &str, p: &mut Vec<Problem
             "must be at least 4096",
         ));
     }
+    chat_problems(rooms, &rat, p);
     for (name, hook) in [
         ("publishHook", &rooms.publish_hook),
         ("notify", &rooms.notify),
+        (
+            "offline.notify",
+            &rooms.offline.as_ref().and_then(|o| o.notify.clone()),
+        ),
     ] {
         if let Some(h) = hook
             && !(h.url.starts_with("http://") || h.url.starts_with("https://"))
@@ -390,6 +406,70 @@ fn rooms_problems(r: &Route, rooms: &crate::Rooms, at: &str, p: &mut Vec<Problem
             format!("{at}.proxy"),
             "a rooms route has no backends; remove proxy",
         ));
+    }
+}
+
+/// `rooms.receipts`, `rooms.batch`, `rooms.offline`: patterns parse, bounds hold.
+fn chat_problems(rooms: &crate::Rooms, rat: &str, p: &mut Vec<Problem>) {
+    let patterns = |list: &[String], at: &str, p: &mut Vec<Problem>| {
+        for (j, pat) in list.iter().enumerate() {
+            if let Err(e) = crate::room::Pattern::parse(pat) {
+                p.push(Problem::new(format!("{rat}.{at}[{j}]"), e));
+            }
+        }
+    };
+    let json_only = |at: &str, p: &mut Vec<Problem>| {
+        if rooms.protocol != crate::RoomProtocol::Json {
+            p.push(Problem::new(
+                format!("{rat}.{at}"),
+                "only used with protocol json",
+            ));
+        }
+    };
+    if let Some(r) = &rooms.receipts {
+        json_only("receipts", p);
+        patterns(&r.rooms, "receipts.rooms", p);
+        if r.interval.is_zero() || r.interval > std::time::Duration::from_secs(3600) {
+            p.push(Problem::new(
+                format!("{rat}.receipts.interval"),
+                "must be more than 0 and at most 1h",
+            ));
+        }
+    }
+    if let Some(b) = &rooms.batch {
+        json_only("batch", p);
+        patterns(&b.rooms, "batch.rooms", p);
+        if b.window.is_zero() || b.window > std::time::Duration::from_secs(60) {
+            p.push(Problem::new(
+                format!("{rat}.batch.window"),
+                "must be more than 0 and at most 1m",
+            ));
+        }
+        if !(1..=1000).contains(&b.max_messages) {
+            p.push(Problem::new(
+                format!("{rat}.batch.maxMessages"),
+                "must be 1 to 1000",
+            ));
+        }
+        if b.group_by.as_deref().is_some_and(str::is_empty) {
+            p.push(Problem::new(
+                format!("{rat}.batch.groupBy"),
+                "must name a payload field",
+            ));
+        }
+    }
+    if let Some(o) = &rooms.offline {
+        json_only("offline", p);
+        for (j, pat) in o.rooms.iter().enumerate() {
+            match crate::room::Pattern::parse(pat) {
+                Err(e) => p.push(Problem::new(format!("{rat}.offline.rooms[{j}]"), e)),
+                Ok(parsed) if parsed.user_affixes().is_none() => p.push(Problem::new(
+                    format!("{rat}.offline.rooms[{j}]"),
+                    format!("`{pat}`: a user room pattern has exactly one `{{sub}}` and no `*` or other claim"),
+                )),
+                Ok(_) => {}
+            }
+        }
     }
 }
 
@@ -643,6 +723,12 @@ fn mode_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>)
             )),
             Some(rooms) => {
                 rooms_problems(r, rooms, at, p);
+                if rooms.offline.as_ref().is_some_and(|o| o.notify_nats) && cfg.bus.nats.is_none() {
+                    p.push(Problem::new(
+                        format!("{at}.rooms.offline.notifyNats"),
+                        "needs bus.nats (notifications are published on a NATS subject)",
+                    ));
+                }
                 if rooms.notify_nats && cfg.bus.nats.is_none() {
                     p.push(Problem::new(
                         format!("{at}.rooms.notifyNats"),

@@ -60,7 +60,7 @@ fn payload_json(p: &Payload) -> Value {
 }
 
 impl Hooks {
-    async fn post(
+    pub(super) async fn post(
         &self,
         hook: &Hook,
         user: Option<&str>,

@@ -16,10 +16,12 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::batch::{BatchCfg, BatchRule, Batcher};
 use super::bus::feed::{Delivery, Lag};
 use super::bus::{Bus, BusError, Member, Payload, Position, Publish, Replay, RoomKey, RoomMessage};
 use super::outbox::{Item, Outbox};
 use super::presence::PresenceView;
+use super::receipts::{Members, Receipts};
 use super::{proto, protocol};
 
 /// How a member wants messages encoded.
@@ -44,6 +46,12 @@ pub struct Joiner {
     pub presence: Option<Member>,
     /// Deliver presence events of the room.
     pub presence_events: bool,
+    /// Read receipts: the read state the `joined` reply reports (`read`, `unread`).
+    pub read: Option<protocol::ReadState>,
+    /// Batched delivery (`rooms.batch`): the member's route's rule. Routes sharing a
+    /// namespace agree on it (validated), so whichever member brings a room to this pod decides
+    /// alike.
+    pub batch: Option<Arc<BatchRule>>,
 }
 
 /// The result of a join.
@@ -106,6 +114,24 @@ impl LocalRoom {
                         .clone(),
                 ),
                 _ => Item::Reply(text.clone()),
+            };
+            slot.outbox.push(item);
+        }
+    }
+
+    /// Queue a server message (a `receipt`) to every member speaking the room protocol,
+    /// encoded once per encoding.
+    fn tell(&self, text: &str) {
+        let mut bin: Option<bytes::Bytes> = None;
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in members.values() {
+            let item = match slot.encoding {
+                Encoding::Proto => Item::RawBinary(
+                    bin.get_or_insert_with(|| proto::transcode(text).unwrap_or_default())
+                        .clone(),
+                ),
+                Encoding::Json => Item::Reply(text.to_string()),
+                Encoding::Raw { .. } => continue,
             };
             slot.outbox.push(item);
         }
@@ -180,17 +206,26 @@ impl Encoded {
     }
 }
 
-fn deliver(slot: &mut Slot, conn: &str, enc: &mut Encoded) {
-    let seq = enc.msg.seq;
+/// Whether `slot` still needs `msg` (raising its position if so): stored messages are
+/// de-duplicated by position; ephemeral ones always pass.
+fn fresh(slot: &mut Slot, msg: &RoomMessage) -> bool {
+    let seq = msg.seq;
     if seq != 0 {
-        if enc.msg.epoch != slot.epoch {
-            slot.epoch.clone_from(&enc.msg.epoch);
+        if msg.epoch != slot.epoch {
+            slot.epoch.clone_from(&msg.epoch);
             slot.last_seq = 0;
         }
         if seq <= slot.last_seq {
-            return; // already delivered (resume overlap): de-duplicated by position
+            return false; // already delivered (resume overlap): de-duplicated by position
         }
         slot.last_seq = seq;
+    }
+    true
+}
+
+fn deliver(slot: &mut Slot, conn: &str, enc: &mut Encoded) {
+    if !fresh(slot, &enc.msg) {
+        return;
     }
     if let Some(item) = enc.item(slot.encoding, conn)
         && slot.outbox.push(item)
@@ -256,6 +291,75 @@ fn fan_out(room: &LocalRoom, key: &RoomKey, msg: RoomMessage) {
             }
         }
     });
+}
+
+/// The `batch` item of `msgs` for one encoding (JSON: the SSE cursor moves to its last stored
+/// message).
+fn batch_item(key: &RoomKey, msgs: &[RoomMessage], cfg: &BatchCfg, encoding: Encoding) -> Item {
+    let json = protocol::batch(
+        &key.room,
+        &super::batch::groups(msgs, cfg.group_by.as_deref()),
+    );
+    if encoding == Encoding::Proto {
+        return Item::RawBinary(proto::transcode(&json).unwrap_or_default());
+    }
+    let last = msgs.iter().rev().find(|m| m.seq != 0);
+    Item::Message {
+        room: key.room.clone(),
+        seq: last.map_or(0, |m| m.seq),
+        epoch: last
+            .or(msgs.first())
+            .map_or_else(String::new, |m| m.epoch.clone()),
+        json: json.into(),
+    }
+}
+
+/// Fan a batch out to every member of the room on this pod: one `batch` event each, built
+/// once per encoding (a member that already has some of the messages, after a resume, gets
+/// its own batch of the rest; raw members get them one by one).
+fn fan_out_batch(room: &LocalRoom, key: &RoomKey, msgs: Vec<RoomMessage>, cfg: &BatchCfg) {
+    if msgs.is_empty() {
+        return;
+    }
+    let metrics = crate::metrics::metrics();
+    metrics.room_batches.inc();
+    metrics.room_batched_messages.inc_by(msgs.len() as u64);
+    let mut shared: HashMap<bool, Item> = HashMap::new();
+    let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
+    for (conn, slot) in members.iter_mut() {
+        if let Some(buf) = &mut slot.syncing {
+            buf.extend(msgs.iter().cloned().map(Pending::Message));
+            continue;
+        }
+        if let Encoding::Raw { .. } = slot.encoding {
+            for m in &msgs {
+                deliver(slot, conn, &mut Encoded::new(m.clone()));
+            }
+            continue;
+        }
+        let proto = slot.encoding == Encoding::Proto;
+        let keep: Vec<bool> = msgs.iter().map(|m| fresh(slot, m)).collect();
+        let item = if keep.iter().all(|k| *k) {
+            shared
+                .entry(proto)
+                .or_insert_with(|| batch_item(key, &msgs, cfg, slot.encoding))
+                .clone()
+        } else {
+            let rest: Vec<RoomMessage> = msgs
+                .iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(m, _)| m.clone())
+                .collect();
+            if rest.is_empty() {
+                continue;
+            }
+            batch_item(key, &rest, cfg, slot.encoding)
+        };
+        if slot.outbox.push(item) {
+            metrics.room_deliveries.inc();
+        }
+    }
 }
 
 /// What to do about a lag: the `lost` to tell (possibly nothing), then the messages to fan
@@ -382,13 +486,16 @@ impl Synced {
 /// The hub.
 pub struct Hub {
     bus: Arc<dyn Bus>,
+    /// Read receipts (delivered to this pod's members through the hub).
+    receipts: Arc<Receipts>,
     rooms: tokio::sync::Mutex<HashMap<RoomKey, Arc<LocalRoom>>>,
     present: Mutex<HashMap<(RoomKey, String), Member>>,
 }
 
 impl Hub {
     pub fn new(bus: Arc<dyn Bus>) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|hub: &Weak<Hub>| Self {
+            receipts: Receipts::new(bus.clone(), hub.clone()),
             bus,
             rooms: tokio::sync::Mutex::default(),
             present: Mutex::default(),
@@ -399,6 +506,11 @@ impl Hub {
         &self.bus
     }
 
+    /// The pod's read receipts service.
+    pub fn receipts(&self) -> &Arc<Receipts> {
+        &self.receipts
+    }
+
     /// The local room for `key` with `slot` added, created (and subscribed) if needed. Under
     /// the map lock, so a concurrent last-member leave cannot drop the room under a joiner.
     async fn enter(
@@ -406,6 +518,7 @@ impl Hub {
         key: &RoomKey,
         conn: &str,
         slot: Slot,
+        batch: Option<BatchCfg>,
     ) -> Result<Arc<LocalRoom>, BusError> {
         let mut rooms = self.rooms.lock().await;
         if let Some(r) = rooms.get(key) {
@@ -426,18 +539,39 @@ impl Hub {
         let bus = self.bus.clone();
         let pump = tokio::spawn(async move {
             let mut presence_open = true;
+            // Batched rooms (`rooms.batch`): live messages collect here until due or full.
+            let mut batcher = batch.map(Batcher::new);
             loop {
+                let batch_due = batcher.as_ref().and_then(Batcher::due);
                 tokio::select! {
                     delivery = sub.messages.recv() => {
                         let Some(delivery) = delivery else { break };
                         fanout_gate().await;
-                        match delivery {
-                            Delivery::Message(msg) => {
+                        match (delivery, &mut batcher) {
+                            (Delivery::Message(msg), Some(b)) => {
+                                let Some(room) = weak.upgrade() else { break };
+                                if let Some(full) = b.push(msg, tokio::time::Instant::now()) {
+                                    fan_out_batch(&room, &key2, full, b.cfg());
+                                }
+                            }
+                            (Delivery::Message(msg), None) => {
                                 let Some(room) = weak.upgrade() else { break };
                                 fan_out(&room, &key2, msg);
                             }
-                            Delivery::Lagged(lag) => repair(&bus, &weak, &key2, lag).await,
+                            (Delivery::Lagged(lag), b) => {
+                                // What was collected comes before the repair, in order.
+                                if let (Some(b), Some(room)) = (b, weak.upgrade()) {
+                                    let msgs = b.take();
+                                    fan_out_batch(&room, &key2, msgs, b.cfg());
+                                }
+                                repair(&bus, &weak, &key2, lag).await
+                            }
                         }
+                    }
+                    _ = tokio::time::sleep_until(batch_due.unwrap_or_else(tokio::time::Instant::now)), if batch_due.is_some() => {
+                        let (Some(b), Some(room)) = (&mut batcher, weak.upgrade()) else { break };
+                        let msgs = b.take();
+                        fan_out_batch(&room, &key2, msgs, b.cfg());
                     }
                     ev = sub.presence.recv(), if presence_open => {
                         let Some(ev) = ev else {
@@ -518,7 +652,8 @@ impl Hub {
             last_seq: 0,
             epoch: String::new(),
         };
-        let room = self.enter(key, &j.conn, slot).await?;
+        let batch = j.batch.as_ref().and_then(|r| r.for_room(&key.room));
+        let room = self.enter(key, &j.conn, slot, batch).await?;
         let synced = match self.sync(key, since).await {
             Ok(v) => v,
             Err(e) => {
@@ -531,6 +666,7 @@ impl Hub {
                 &key.room,
                 synced.recovered,
                 &synced.position,
+                j.read.as_ref(),
                 id,
             )));
         }
@@ -737,6 +873,16 @@ impl Hub {
         tokio::select! {
             _ = async { tokio::join!(refresh, sweep) } => {}
             _ = shutdown.changed() => {}
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Members for Hub {
+    async fn tell(&self, key: &RoomKey, json: &str) {
+        let room = self.rooms.lock().await.get(key).cloned();
+        if let Some(room) = room {
+            room.tell(json);
         }
     }
 }

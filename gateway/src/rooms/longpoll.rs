@@ -50,6 +50,8 @@ pub(crate) async fn long_poll(
         encoding: Encoding::Json,
         presence: None,
         presence_events: false,
+        read: None,
+        batch: policy.batch_rule(adm.claims.as_ref()),
     };
     metrics()
         .connections_total

@@ -2,7 +2,9 @@
 //! relayed between gateway pods by the [`bus`].
 
 pub mod authz;
+pub mod batch;
 pub mod bus;
+pub mod chat;
 pub mod conn;
 pub mod cors;
 pub mod cursor;
@@ -10,6 +12,7 @@ pub mod entry;
 pub mod hooks;
 pub mod hub;
 pub mod longpoll;
+pub mod offline;
 pub mod outbox;
 pub mod presence;
 #[cfg(test)]
@@ -17,6 +20,7 @@ mod proptests;
 pub mod proto;
 pub mod protocol;
 pub mod publish_api;
+pub mod receipts;
 pub mod route;
 pub mod session;
 pub mod sse;

@@ -34,7 +34,7 @@ pub struct Position {
 pub struct ClientMessage {
     #[prost(string, optional, tag = "1")]
     pub id: Option<String>,
-    #[prost(oneof = "client_message::Kind", tags = "2, 3, 4, 5, 6")]
+    #[prost(oneof = "client_message::Kind", tags = "2, 3, 4, 5, 6, 7")]
     pub kind: Option<client_message::Kind>,
 }
 
@@ -51,6 +51,8 @@ pub mod client_message {
         Presence(super::PresenceQuery),
         #[prost(message, tag = "6")]
         Ping(super::Ping),
+        #[prost(message, tag = "7")]
+        Read(super::Read),
     }
 }
 
@@ -98,10 +100,21 @@ pub struct PresenceQuery {
 pub struct Ping {}
 
 #[derive(Clone, PartialEq, prost::Message)]
+pub struct Read {
+    #[prost(string, tag = "1")]
+    pub room: String,
+    #[prost(message, optional, tag = "2")]
+    pub position: Option<Position>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
 pub struct ServerMessage {
     #[prost(string, optional, tag = "1")]
     pub id: Option<String>,
-    #[prost(oneof = "server_message::Kind", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(
+        oneof = "server_message::Kind",
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12"
+    )]
     pub kind: Option<server_message::Kind>,
 }
 
@@ -126,6 +139,10 @@ pub mod server_message {
         Shutdown(super::Shutdown),
         #[prost(message, tag = "10")]
         Lost(super::Lost),
+        #[prost(message, tag = "11")]
+        Receipt(super::Receipt),
+        #[prost(message, tag = "12")]
+        Batch(super::Batch),
     }
 }
 
@@ -173,6 +190,10 @@ pub struct Joined {
     pub recovered: bool,
     #[prost(message, optional, tag = "3")]
     pub position: Option<Position>,
+    #[prost(message, optional, tag = "4")]
+    pub read: Option<Position>,
+    #[prost(uint64, optional, tag = "5")]
+    pub unread: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -238,6 +259,32 @@ pub struct Lost {
     pub ephemeral: u64,
 }
 
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Receipt {
+    #[prost(string, tag = "1")]
+    pub room: String,
+    #[prost(string, tag = "2")]
+    pub user: String,
+    #[prost(message, optional, tag = "3")]
+    pub position: Option<Position>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Batch {
+    #[prost(string, tag = "1")]
+    pub room: String,
+    #[prost(message, repeated, tag = "2")]
+    pub groups: Vec<BatchGroup>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BatchGroup {
+    #[prost(string, optional, tag = "1")]
+    pub key: Option<String>,
+    #[prost(message, repeated, tag = "2")]
+    pub messages: Vec<RoomMessage>,
+}
+
 fn bad(reason: impl Into<String>) -> BadMessage {
     BadMessage(reason.into())
 }
@@ -264,6 +311,19 @@ pub fn decode_client(frame: &[u8]) -> Result<ClientMsg, (Option<String>, BadMess
         Kind::Leave(l) => ClientMsg::Leave { room: l.room, id },
         Kind::Presence(p) => ClientMsg::Presence { room: p.room, id },
         Kind::Ping(_) => ClientMsg::Ping { id },
+        Kind::Read(r) => {
+            let Some(p) = r.position else {
+                return Err((id, bad("read needs a position")));
+            };
+            ClientMsg::Read {
+                room: r.room,
+                position: BusPosition {
+                    seq: p.seq,
+                    epoch: p.epoch,
+                },
+                id,
+            }
+        }
         Kind::Publish(p) => {
             let (data, bin) = match p.payload {
                 None => return Err((id, bad("publish needs `json` or `binary`"))),
@@ -305,6 +365,13 @@ pub fn encode_client(m: &ClientMsg) -> Vec<u8> {
             (id, Kind::Presence(PresenceQuery { room: room.clone() }))
         }
         ClientMsg::Ping { id } => (id, Kind::Ping(Ping {})),
+        ClientMsg::Read { room, position, id } => (
+            id,
+            Kind::Read(Read {
+                room: room.clone(),
+                position: Some(pos(position)),
+            }),
+        ),
         ClientMsg::Publish {
             room,
             data,
@@ -404,31 +471,37 @@ pub fn from_json(v: &Value) -> Option<ServerMessage> {
     use server_message::Kind;
     let room = || str_of(v, "room");
     let kind = match v.get("type")?.as_str()? {
-        "message" => {
-            let payload = if let Some(b) = v.get("b64").and_then(Value::as_str) {
-                room_message::Payload::Binary(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b)
-                        .ok()?
-                        .into(),
-                )
-            } else {
-                room_message::Payload::Json(v.get("data")?.to_string().into())
-            };
-            Kind::Message(RoomMessage {
-                room: room(),
-                seq: v.get("seq")?.as_u64()?,
-                epoch: str_of(v, "epoch"),
-                ts: v.get("ts").and_then(Value::as_u64).unwrap_or(0),
-                from: publisher(v.get("from")),
-                ephemeral: v.get("ephemeral").and_then(Value::as_bool).unwrap_or(false),
-                payload: Some(payload),
-            })
-        }
+        "message" => Kind::Message(room_message_of(v)?),
         "joined" => Kind::Joined(Joined {
             room: room(),
             recovered: v.get("recovered")?.as_bool()?,
             position: position(v.get("position")?),
+            read: v.get("read").and_then(position),
+            unread: v.get("unread").and_then(Value::as_u64),
+        }),
+        "receipt" => Kind::Receipt(Receipt {
+            room: room(),
+            user: str_of(v, "user"),
+            position: position(v.get("position")?),
+        }),
+        "batch" => Kind::Batch(Batch {
+            room: room(),
+            groups: v
+                .get("groups")?
+                .as_array()?
+                .iter()
+                .map(|g| {
+                    Some(BatchGroup {
+                        key: g.get("key").and_then(Value::as_str).map(str::to_string),
+                        messages: g
+                            .get("messages")?
+                            .as_array()?
+                            .iter()
+                            .map(room_message_of)
+                            .collect::<Option<Vec<_>>>()?,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?,
         }),
         "left" => Kind::Left(Left { room: room() }),
         "ack" => Kind::Ack(Ack {
@@ -466,6 +539,29 @@ pub fn from_json(v: &Value) -> Option<ServerMessage> {
     })
 }
 
+/// A `message` JSON object's binary form.
+fn room_message_of(v: &Value) -> Option<RoomMessage> {
+    let payload = if let Some(b) = v.get("b64").and_then(Value::as_str) {
+        room_message::Payload::Binary(
+            base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .ok()?
+                .into(),
+        )
+    } else {
+        room_message::Payload::Json(v.get("data")?.to_string().into())
+    };
+    Some(RoomMessage {
+        room: str_of(v, "room"),
+        seq: v.get("seq")?.as_u64()?,
+        epoch: str_of(v, "epoch"),
+        ts: v.get("ts").and_then(Value::as_u64).unwrap_or(0),
+        from: publisher(v.get("from")),
+        ephemeral: v.get("ephemeral").and_then(Value::as_bool).unwrap_or(false),
+        payload: Some(payload),
+    })
+}
+
 /// Translate a JSON reply into its binary frame.
 pub fn transcode(json: &str) -> Option<Bytes> {
     let v: Value = serde_json::from_str(json).ok()?;
@@ -484,29 +580,29 @@ pub fn to_json(m: &ServerMessage) -> Value {
     };
     let mut v = match &m.kind {
         None => json!({}),
-        Some(Kind::Message(r)) => {
-            let mut v = json!({"type": "message", "room": r.room, "seq": r.seq,
-                "epoch": r.epoch, "ts": r.ts});
-            if let Some(f) = &r.from {
-                v["from"] = json!({"sub": f.sub});
-            }
-            if r.ephemeral {
-                v["ephemeral"] = true.into();
-            }
-            match &r.payload {
-                Some(room_message::Payload::Json(j)) => {
-                    v["data"] = serde_json::from_slice(j).unwrap_or(Value::Null);
-                }
-                Some(room_message::Payload::Binary(b)) => {
-                    v["b64"] = base64::engine::general_purpose::STANDARD.encode(b).into();
-                }
-                Some(room_message::Payload::Text(t)) => v["data"] = t.clone().into(),
-                None => {}
+        Some(Kind::Message(r)) => room_message_json(r),
+        Some(Kind::Joined(j)) => {
+            let mut v = json!({"type": "joined", "room": j.room,
+                "recovered": j.recovered, "position": j.position.as_ref().map(pos)});
+            if let Some(unread) = j.unread {
+                v["read"] = j.read.as_ref().map(pos).unwrap_or(Value::Null);
+                v["unread"] = unread.into();
             }
             v
         }
-        Some(Kind::Joined(j)) => json!({"type": "joined", "room": j.room,
-            "recovered": j.recovered, "position": j.position.as_ref().map(pos)}),
+        Some(Kind::Receipt(r)) => json!({"type": "receipt", "room": r.room, "user": r.user,
+            "position": r.position.as_ref().map(pos)}),
+        Some(Kind::Batch(b)) => {
+            let groups: Vec<Value> = b
+                .groups
+                .iter()
+                .map(|g| {
+                    json!({"key": g.key,
+                        "messages": g.messages.iter().map(room_message_json).collect::<Vec<_>>()})
+                })
+                .collect();
+            json!({"type": "batch", "room": b.room, "groups": groups})
+        }
         Some(Kind::Left(l)) => json!({"type": "left", "room": l.room}),
         Some(Kind::Ack(a)) => {
             let mut v = json!({"type": "ack"});
@@ -546,6 +642,28 @@ pub fn to_json(m: &ServerMessage) -> Value {
     v
 }
 
+/// The JSON form of a binary room message.
+fn room_message_json(r: &RoomMessage) -> Value {
+    let mut v = json!({"type": "message", "room": r.room, "seq": r.seq,                "epoch": r.epoch, "ts": r.ts});
+    if let Some(f) = &r.from {
+        v["from"] = json!({"sub": f.sub});
+    }
+    if r.ephemeral {
+        v["ephemeral"] = true.into();
+    }
+    match &r.payload {
+        Some(room_message::Payload::Json(j)) => {
+            v["data"] = serde_json::from_slice(j).unwrap_or(Value::Null);
+        }
+        Some(room_message::Payload::Binary(b)) => {
+            v["b64"] = base64::engine::general_purpose::STANDARD.encode(b).into();
+        }
+        Some(room_message::Payload::Text(t)) => v["data"] = t.clone().into(),
+        None => {}
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::bus::{Member as BusMember, RoomKey};
@@ -569,8 +687,20 @@ mod tests {
             info: json!({"name": "A"}),
         };
         for text in [
-            protocol::joined("r", true, &p, Some("j1")),
-            protocol::joined("r", false, &p, None),
+            protocol::joined("r", true, &p, None, Some("j1")),
+            protocol::joined("r", false, &p, None, None),
+            protocol::joined(
+                "r",
+                true,
+                &p,
+                Some(&protocol::ReadState {
+                    position: Some(p.clone()),
+                    unread: 3,
+                }),
+                None,
+            ),
+            protocol::joined("r", true, &p, Some(&protocol::ReadState::default()), None),
+            protocol::receipt("r", "alice", &p),
             protocol::left("r", Some("l")),
             protocol::ack(Some("a"), Some(&p)),
             protocol::ack(Some("a"), None),

@@ -52,6 +52,22 @@ pub enum ClientMsg {
         #[serde(default)]
         id: Option<String>,
     },
+    /// Mark `room` read up to `position` (read receipts, routes with `rooms.receipts`).
+    Read {
+        room: String,
+        position: Position,
+        #[serde(default)]
+        id: Option<String>,
+    },
+}
+
+/// A member's read state in a room, as `joined` reports it (read receipts).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReadState {
+    /// The user's read position; `None`: the user never marked the room read.
+    pub position: Option<Position>,
+    /// Stored messages after it that the user did not publish, counted in retained history.
+    pub unread: u64,
 }
 
 /// Error codes in `error` replies (stable; see docs/protocol.md).
@@ -108,6 +124,7 @@ impl ClientMsg {
             | Self::Leave { id, .. }
             | Self::Publish { id, .. }
             | Self::Presence { id, .. }
+            | Self::Read { id, .. }
             | Self::Ping { id } => id.as_deref(),
         }
     }
@@ -135,6 +152,11 @@ fn with_id(mut v: Value, id: Option<&str>) -> String {
 
 /// `message`: encoded once per pod per message.
 pub fn message(m: &RoomMessage) -> String {
+    message_value(m).to_string()
+}
+
+/// The JSON of a `message`.
+pub fn message_value(m: &RoomMessage) -> Value {
     let mut obj = serde_json::Map::new();
     obj.insert("type".into(), "message".into());
     obj.insert("room".into(), m.key.room.clone().into());
@@ -155,14 +177,42 @@ pub fn message(m: &RoomMessage) -> String {
         ),
         Payload::Text(t) => obj.insert("data".into(), t.clone().into()),
     };
-    Value::Object(obj).to_string()
+    Value::Object(obj)
 }
 
-pub fn joined(room: &str, recovered: bool, position: &Position, id: Option<&str>) -> String {
-    with_id(
-        json!({"type": "joined", "room": room, "recovered": recovered, "position": position}),
-        id,
-    )
+pub fn joined(
+    room: &str,
+    recovered: bool,
+    position: &Position,
+    read: Option<&ReadState>,
+    id: Option<&str>,
+) -> String {
+    let mut v =
+        json!({"type": "joined", "room": room, "recovered": recovered, "position": position});
+    if let (Some(r), Some(obj)) = (read, v.as_object_mut()) {
+        obj.insert("read".into(), json!(r.position));
+        obj.insert("unread".into(), r.unread.into());
+    }
+    with_id(v, id)
+}
+
+/// `receipt`: `user` has read `room` up to `position` (sent to the room's members).
+pub fn receipt(room: &str, user: &str, position: &Position) -> String {
+    json!({"type": "receipt", "room": room, "user": user, "position": position}).to_string()
+}
+
+/// `batch`: messages of `room` delivered together (batched rooms). `groups` in the order of
+/// their first message, each `(key, messages)`; the key is the `groupBy` field's value (`None`
+/// without `groupBy`, or for messages without the field).
+pub fn batch(room: &str, groups: &[(Option<String>, Vec<&RoomMessage>)]) -> String {
+    let groups: Vec<Value> = groups
+        .iter()
+        .map(|(key, msgs)| {
+            let messages: Vec<Value> = msgs.iter().map(|m| message_value(m)).collect();
+            json!({"key": key, "messages": messages})
+        })
+        .collect();
+    json!({"type": "batch", "room": room, "groups": groups}).to_string()
 }
 
 /// `lost`: messages of `room` this member did not get and will not get (the pod fell behind and

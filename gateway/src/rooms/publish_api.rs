@@ -1,6 +1,9 @@
 //! The server publish API (admin listener): `POST /v1/publish` with a bearer token publishes
 //! into rooms, many rooms, or users' own rooms, and returns the assigned positions. One call
 //! names at most `publishApi.maxRoomsPerCall` rooms and users (413 `too_many_rooms`).
+//! Publishes into user rooms on a namespace with `rooms.offline` report, per user, whether
+//! the user has a live connection (and hand the message off when not, [`super::offline`]).
+//! `GET /v1/reads?user=<sub>` lists a user's read positions and unread counts (badges).
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -14,8 +17,11 @@ use switchboard_config::GatewayConfig;
 
 use super::authz::valid_room;
 use super::bus::Publish;
+use super::hooks::Hooks;
 use super::hub::Hub;
+use super::offline::{self, Missed};
 use super::protocol;
+use super::route::RoomsPolicy;
 use crate::error::Refusal;
 
 /// Largest publish request body.
@@ -59,17 +65,16 @@ pub(crate) fn expected_token(cfg: &GatewayConfig) -> Option<(String, u32)> {
     Some((token, api.max_rooms_per_call))
 }
 
-/// Handle `POST /v1/publish` with the live config and the pod's hub: (status, JSON body).
-pub async fn handle(
+/// The bearer check every publish API endpoint makes: `Ok(maxRoomsPerCall)` or the answer.
+fn authorize<B>(
     config: &ArcSwap<GatewayConfig>,
-    hub: &Hub,
-    req: http::Request<Incoming>,
-) -> (StatusCode, Value) {
+    req: &http::Request<B>,
+) -> Result<u32, (StatusCode, Value)> {
     let Some((expected, max_rooms)) = expected_token(&config.load()) else {
-        return (
+        return Err((
             StatusCode::NOT_FOUND,
             json!({"error": "publish API is not enabled (publishApi)"}),
-        );
+        ));
     };
     let given = req
         .headers()
@@ -78,11 +83,55 @@ pub async fn handle(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if given.is_empty() || !token_matches(given, &expected) {
-        return (
+        return Err((
             StatusCode::UNAUTHORIZED,
             json!({"error": "missing or wrong bearer token"}),
-        );
+        ));
     }
+    Ok(max_rooms)
+}
+
+/// The namespace a call names (or the only one configured).
+fn pick_namespace(
+    asked: Option<&str>,
+    namespaces: &[(String, Option<super::bus::Retention>)],
+) -> Result<String, (StatusCode, Value)> {
+    match (asked, namespaces) {
+        (Some(ns), _) if namespaces.iter().any(|(n, _)| n == ns) => Ok(ns.to_string()),
+        (Some(ns), _) => Err((
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no rooms route has namespace `{ns}`")}),
+        )),
+        (None, [(only, _)]) => Ok(only.clone()),
+        (None, _) => Err((
+            StatusCode::BAD_REQUEST,
+            json!({"error": "name the namespace (more than one rooms namespace is configured)"}),
+        )),
+    }
+}
+
+/// The first route of `namespace` with `rooms.offline`, compiled (offline hand-off of API
+/// publishes follows it).
+fn offline_route(cfg: &GatewayConfig, namespace: &str) -> Option<(String, RoomsPolicy)> {
+    cfg.routes.iter().find_map(|r| {
+        let rooms = r.rooms.as_ref()?;
+        rooms.offline.as_ref()?;
+        let policy = RoomsPolicy::new(&r.name, rooms).ok()?;
+        (policy.namespace == namespace).then(|| (r.name.clone(), policy))
+    })
+}
+
+/// Handle `POST /v1/publish` with the live config and the pod's hub: (status, JSON body).
+pub async fn handle(
+    config: &ArcSwap<GatewayConfig>,
+    hub: &Hub,
+    hooks: &Hooks,
+    req: http::Request<Incoming>,
+) -> (StatusCode, Value) {
+    let max_rooms = match authorize(config, &req) {
+        Ok(m) => m,
+        Err(answer) => return answer,
+    };
     let body: Bytes = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
@@ -105,22 +154,11 @@ pub async fn handle(
         }
     };
     let namespaces = super::route::namespaces(&config.load());
-    let namespace = match (&r.namespace, namespaces.as_slice()) {
-        (Some(ns), _) if namespaces.iter().any(|(n, _)| n == ns) => ns.clone(),
-        (Some(ns), _) => {
-            return (
-                StatusCode::NOT_FOUND,
-                json!({"error": format!("no rooms route has namespace `{ns}`")}),
-            );
-        }
-        (None, [(only, _)]) => only.clone(),
-        (None, _) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                json!({"error": "name the namespace (more than one rooms namespace is configured)"}),
-            );
-        }
+    let namespace = match pick_namespace(r.namespace.as_deref(), &namespaces) {
+        Ok(ns) => ns,
+        Err(answer) => return answer,
     };
+    let offline_policy = offline_route(&config.load(), &namespace);
     let keeps_history = namespaces
         .iter()
         .any(|(n, h)| *n == namespace && h.is_some());
@@ -158,7 +196,17 @@ pub async fn handle(
         Err(e) => return (StatusCode::BAD_REQUEST, json!({"error": e})),
     };
     let mut results = Vec::new();
+    let ephemeral = r.ephemeral || !keeps_history;
     for room in targets {
+        // Offline hand-off: is the user of a user room live anywhere? (Asked before the
+        // publish, so a connection that opens meanwhile gets the message live.)
+        let user = offline_policy
+            .as_ref()
+            .and_then(|(_, p)| p.offline_user(&room));
+        let online = match &user {
+            Some(u) => Some(offline::online(hub.bus().as_ref(), &namespace, u).await),
+            None => None,
+        };
         let p = Publish {
             key: super::bus::RoomKey {
                 namespace: namespace.clone(),
@@ -166,13 +214,105 @@ pub async fn handle(
             },
             from: None,
             data: payload.clone(),
-            ephemeral: r.ephemeral || !keeps_history,
+            ephemeral,
             origin_conn: None,
         };
         match hub.publish(p, "api").await {
-            Ok(pos) => results.push(json!({"room": room, "seq": pos.as_ref().map(|p| p.seq), "epoch": pos.map(|p| p.epoch)})),
-            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string(), "published": results})),
+            Ok(pos) => {
+                let mut result = json!({"room": room, "seq": pos.as_ref().map(|p| p.seq), "epoch": pos.as_ref().map(|p| p.epoch.clone())});
+                if let (Some(user), Some(online)) = (user, online) {
+                    // `online` null: cluster presence could not be read (no hand-off).
+                    result["user"] = user.clone().into();
+                    result["online"] = online.as_ref().ok().copied().into();
+                    if let (Ok(false), Some(pos), Some((route, policy))) =
+                        (online, pos, &offline_policy)
+                        && let Some(cfg) = &policy.cfg.offline
+                    {
+                        let missed = Missed {
+                            route: route.clone(),
+                            namespace: namespace.clone(),
+                            room: room.clone(),
+                            user,
+                            position: pos,
+                            from: None,
+                            payload: payload.clone(),
+                        };
+                        offline::notify(hooks, hub.bus(), cfg, missed);
+                    }
+                }
+                results.push(result);
+            }
+            Err(e) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": e.to_string(), "published": results}),
+                );
+            }
         }
     }
     (StatusCode::OK, json!({ "results": results }))
+}
+
+/// Handle `GET /v1/reads?user=<sub>[&namespace=<ns>]`: the user's read positions and unread
+/// counts, room by room (at most [`super::receipts::MAX_ROOMS_PER_USER`]), and their sum.
+pub async fn reads(
+    config: &ArcSwap<GatewayConfig>,
+    hub: &Hub,
+    req: http::Request<Incoming>,
+) -> (StatusCode, Value) {
+    if let Err(answer) = authorize(config, &req) {
+        return answer;
+    }
+    let query = req.uri().query();
+    let Some(user) = crate::auth::token::query_param(query, "user").filter(|u| !u.is_empty())
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "give the user: ?user=<sub>"}),
+        );
+    };
+    let asked = crate::auth::token::query_param(query, "namespace");
+    let namespaces = super::route::namespaces(&config.load());
+    let namespace = match pick_namespace(asked.as_deref(), &namespaces) {
+        Ok(ns) => ns,
+        Err(answer) => return answer,
+    };
+    let receipts = hub.receipts();
+    let listed = match receipts
+        .store()
+        .of_user(&namespace, &user, super::receipts::MAX_ROOMS_PER_USER)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": e.to_string()}),
+            );
+        }
+    };
+    let mut rooms = Vec::new();
+    let mut total = 0u64;
+    for (room, read) in listed {
+        let key = super::bus::RoomKey {
+            namespace: namespace.clone(),
+            room: room.clone(),
+        };
+        match super::receipts::unread(hub.bus().as_ref(), &key, &user, Some(&read)).await {
+            Ok(unread) => {
+                total += unread;
+                rooms.push(json!({"room": room, "read": read, "unread": unread}));
+            }
+            Err(e) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": e.to_string()}),
+                );
+            }
+        }
+    }
+    (
+        StatusCode::OK,
+        json!({"user": user, "namespace": namespace, "rooms": rooms, "unread": total}),
+    )
 }

@@ -2,7 +2,11 @@
 
 use switchboard_config::{GatewayConfig, RoomProtocol, Rooms};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::authz::{self, Pattern};
+use super::batch::{BatchCfg, BatchRule};
 use super::bus::{Retention, RoomKey};
 use crate::auth::jwt::Claims;
 
@@ -13,6 +17,10 @@ pub struct RoomsPolicy {
     pub namespace: String,
     join: Vec<Pattern>,
     publish: Vec<Pattern>,
+    /// `receipts.rooms`, `batch.rooms`, `offline.rooms`.
+    receipts: Vec<Pattern>,
+    batch: Vec<Pattern>,
+    offline: Vec<Pattern>,
     /// Raw rooms: the path before and after `{room}`.
     raw_path: Option<(String, String)>,
 }
@@ -46,6 +54,18 @@ impl RoomsPolicy {
                 .unwrap_or_else(|| route_name.to_string()),
             join: parse(&cfg.join, "join")?,
             publish: parse(&cfg.publish, "publish")?,
+            receipts: parse(
+                cfg.receipts.as_ref().map_or(&[][..], |r| &r.rooms),
+                "receipts.rooms",
+            )?,
+            batch: parse(
+                cfg.batch.as_ref().map_or(&[][..], |b| &b.rooms),
+                "batch.rooms",
+            )?,
+            offline: parse(
+                cfg.offline.as_ref().map_or(&[][..], |o| &o.rooms),
+                "offline.rooms",
+            )?,
             raw_path,
             cfg: cfg.clone(),
         })
@@ -96,6 +116,39 @@ impl RoomsPolicy {
     pub fn may_publish(&self, room: &str, claims: Option<&Claims>) -> bool {
         authz::allowed(&self.publish, room, claims)
     }
+
+    /// The receipts interval of `room`, when the route keeps read receipts there.
+    pub fn receipts_in(&self, room: &str, claims: Option<&Claims>) -> Option<Duration> {
+        let r = self.cfg.receipts.as_ref()?;
+        authz::allowed(&self.receipts, room, claims).then_some(r.interval)
+    }
+
+    /// The batching rule of a member with `claims` (routes with `rooms.batch`).
+    pub fn batch_rule(&self, claims: Option<&Claims>) -> Option<Arc<BatchRule>> {
+        let b = self.cfg.batch.as_ref()?;
+        Some(Arc::new(BatchRule {
+            patterns: self.batch.clone(),
+            claims: claims.cloned(),
+            cfg: BatchCfg::from(b),
+        }))
+    }
+
+    /// The user whose room `room` is, for offline hand-off (routes with `rooms.offline`):
+    /// `user:<sub>`, or a room matching an `offline.rooms` pattern.
+    pub fn offline_user(&self, room: &str) -> Option<String> {
+        self.cfg.offline.as_ref()?;
+        user_of_room(room, &self.offline)
+    }
+}
+
+/// The user a user room names: `user:<sub>`, or the `{sub}` of a matching user room pattern.
+pub fn user_of_room(room: &str, patterns: &[Pattern]) -> Option<String> {
+    if let Some(sub) = room.strip_prefix("user:")
+        && !sub.is_empty()
+    {
+        return Some(sub.to_string());
+    }
+    patterns.iter().find_map(|p| p.user_of(room))
 }
 
 /// Every rooms namespace of `cfg` and its retention (the first route naming a namespace sets it).

@@ -249,7 +249,17 @@ impl Session {
                 info: Value::Null,
             }),
             presence_events: p.presence && !self.ctx.policy.is_raw(),
+            read: None,
+            batch: self.ctx.policy.batch_rule(self.ctx.claims.as_ref()),
         }
+    }
+
+    /// The joiner for `room`, with the read state `joined` reports where receipts are on.
+    async fn joiner_for(&self, room: &str) -> Joiner {
+        let mut j = self.joiner();
+        let ctx = &self.ctx;
+        j.read = super::chat::read_state(&ctx.hub, &ctx.policy, ctx.claims.as_ref(), room).await;
+        j
     }
 
     fn reply(&self, text: String) {
@@ -295,7 +305,16 @@ impl Session {
         if let Some(room) = auto {
             let key = self.ctx.policy.key(&room);
             let reply = (!self.ctx.policy.is_raw()).then_some(None);
-            if let Err(e) = self.ctx.hub.join(&key, &self.joiner(), None, reply).await {
+            let mut joiner = self.joiner_for(&room).await;
+            if self.ctx.raw_room.is_none() && joiner.presence.is_none() {
+                // Offline hand-off: the user's live connections are its user room's presence.
+                joiner.presence = super::chat::user_presence(
+                    &self.ctx.policy,
+                    &self.ctx.conn_id,
+                    self.ctx.claims.as_ref().and_then(|c| c.sub.as_deref()),
+                );
+            }
+            if let Err(e) = self.ctx.hub.join(&key, &joiner, None, reply).await {
                 tracing::warn!(room, error = %e, "automatic join failed");
                 return self.close(CloseCause::BusUnavailable).await;
             }
@@ -454,6 +473,18 @@ impl Session {
         let claims = self.ctx.claims.as_ref();
         match parsed {
             ClientMsg::Ping { id } => self.reply(protocol::pong(id.as_deref())),
+            ClientMsg::Read { room, position, id } => {
+                let joined = self.rooms.contains(&room);
+                let ctx = &self.ctx;
+                let reply = super::chat::read(
+                    (&ctx.hub, &ctx.policy, ctx.claims.as_ref()),
+                    joined,
+                    &room,
+                    &position,
+                    id.as_deref(),
+                );
+                self.reply(reply.await);
+            }
             ClientMsg::Join { room, since, id } => {
                 if !self.ctx.policy.may_join(&room, claims) {
                     self.reply(protocol::error(
@@ -474,10 +505,11 @@ impl Session {
                     if self.rooms.contains(&room) {
                         self.ctx.hub.leave(&key, &self.ctx.conn_id).await;
                     }
+                    let joiner = self.joiner_for(&room).await;
                     match self
                         .ctx
                         .hub
-                        .join(&key, &self.joiner(), since.as_ref(), Some(id.as_deref()))
+                        .join(&key, &joiner, since.as_ref(), Some(id.as_deref()))
                         .await
                     {
                         Ok(_) => {
@@ -601,6 +633,11 @@ impl Session {
             }
         }
         let ephemeral = ephemeral || self.ctx.policy.cfg.history.is_none();
+        // Offline hand-off needs the payload after the publish (user rooms only).
+        let handoff = (!ephemeral)
+            .then(|| self.ctx.policy.offline_user(&room))
+            .flatten()
+            .map(|user| (user, room.clone(), from.clone(), payload.clone()));
         let p = Publish {
             key: self.ctx.policy.key(&room),
             from,
@@ -614,6 +651,21 @@ impl Session {
             .room_publishes
             .with_label_values(&[label])
             .inc();
+        if let (Ok(Some(pos)), Some((user, room, from, payload))) = (&result, handoff) {
+            let ctx = &self.ctx;
+            super::chat::hand_off_later(
+                (&ctx.hub, &ctx.policy, &ctx.hooks, &ctx.route),
+                super::offline::Missed {
+                    route: ctx.route.clone(),
+                    namespace: ctx.policy.namespace.clone(),
+                    room,
+                    user,
+                    position: pos.clone(),
+                    from,
+                    payload,
+                },
+            );
+        }
         match result {
             Ok(pos) => self.reply(protocol::ack(id.as_deref(), pos.as_ref())),
             Err(e) => self.reply(protocol::error(

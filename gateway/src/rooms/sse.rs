@@ -80,6 +80,8 @@ pub(crate) fn sse(
         encoding: Encoding::Json,
         presence: None,
         presence_events: false,
+        read: None,
+        batch: policy.batch_rule(adm.claims.as_ref()),
     };
     let drain = svc.drain.close_signal();
     // Shared by the task and the response body: the drain counts the stream until both are
@@ -249,12 +251,21 @@ impl Feed {
         for room in &rooms {
             let key = policy.key(room);
             let since = cursor.get(room);
-            match hub.join(&key, &joiner, since.as_ref(), None).await {
+            // Offline hand-off: the stream is a live connection of its user (user room).
+            let user_room = user.as_deref().map(|u| format!("user:{u}"));
+            let presence = (user_room.as_deref() == Some(room.as_str()))
+                .then(|| super::chat::user_presence(&policy, &conn, user.as_deref()))
+                .flatten();
+            let this = Joiner {
+                presence,
+                ..joiner.clone()
+            };
+            match hub.join(&key, &this, since.as_ref(), None).await {
                 Ok(j) => {
                     joined.push(key);
                     start_at(&mut cursor, room, &j);
                     // The id lets EventSource resume even if no message arrives before a drop.
-                    let data = protocol::joined(room, j.recovered, &j.position, None);
+                    let data = protocol::joined(room, j.recovered, &j.position, None, None);
                     let id = cursor.encode();
                     opening.extend_from_slice(&sse_event(Some("joined"), Some(&id), &data));
                 }

@@ -576,6 +576,75 @@ pub struct Rooms {
     /// Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_nats: Option<bool>,
+    /// Protocol `json` only: read receipts and unread counts in the rooms matching
+    /// `receipts.rooms` (a `read` client message, `receipt` events, `read`/`unread` in
+    /// `joined`, the publish API's `GET /v1/reads`). Unset: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<RoomReceipts>,
+    /// Protocol `json` only: deliver the messages of the rooms matching `batch.rooms` in
+    /// batches (one `batch` event per window or per `maxMessages`). Routes sharing a rooms
+    /// namespace must batch alike. Unset: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<RoomBatch>,
+    /// Protocol `json` only: offline hand-off for publishes into user rooms (the publish API
+    /// says per user whether it is online; an `offline` notification per stored message to a
+    /// user with no live connection). Unset: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline: Option<RoomOffline>,
+}
+
+/// Read receipts of a rooms route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomReceipts {
+    /// Room patterns (as in `join`) with read receipts.
+    #[schemars(length(min = 1, max = 32), inner(regex(pattern = ROOM_PATTERN_PATTERN), length(min = 1, max = 256)))]
+    pub rooms: Vec<String>,
+    /// At most one `receipt` per user per room per interval reaches each member, more than 0s
+    /// and at most 1h. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+}
+
+/// Batched delivery of a rooms route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomBatch {
+    /// Room patterns (as in `join`; `{claim}` is the member's, e.g. `user:{sub}`).
+    #[schemars(length(min = 1, max = 32), inner(regex(pattern = ROOM_PATTERN_PATTERN), length(min = 1, max = 256)))]
+    pub rooms: Vec<String>,
+    /// A batch is sent this long after its first message, more than 0s and at most 1m.
+    /// Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Duration>,
+    /// A batch is sent as soon as it holds this many messages. Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_messages: Option<i32>,
+    /// Group a batch's messages by this top-level field of their JSON payload (e.g. `type`).
+    /// Unset: one group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub group_by: Option<String>,
+}
+
+/// Offline hand-off of a rooms route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomOffline {
+    /// User rooms besides `user:{sub}`: patterns with one `{sub}` and no `*` (e.g.
+    /// `inbox:{sub}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = ROOM_PATTERN_PATTERN), length(min = 1, max = 256)))]
+    pub rooms: Vec<String>,
+    /// POST an `offline` notification per stored message into the room of a user with no
+    /// live connection (retried 3 times in all). Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<RoomHook>,
+    /// Also publish it on the core NATS subject `<subjectPrefix>.offline.<rooms namespace>`.
+    /// Needs the gateways' NATS bus. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_nats: Option<bool>,
 }
 
 /// `json`, `raw` or `yjs`.

@@ -165,5 +165,102 @@ pub(super) fn compile_rooms(
         .as_ref()
         .and_then(|h| compile_hook(&format!("{at}.notify"), h, p));
     rooms.notify_nats = r.notify_nats.unwrap_or(false);
+    compile_chat(&r, by_path, at, &mut rooms, p);
     Some(rooms)
+}
+
+/// `receipts`, `batch`, `offline` (JSON rooms only).
+fn compile_chat(
+    r: &crate::api::Rooms,
+    by_path: bool,
+    at: &str,
+    rooms: &mut ConfigRooms,
+    p: &mut Problems,
+) {
+    let patterns = |list: &[String], what: &str, p: &mut Problems| {
+        for (i, pattern) in list.iter().enumerate() {
+            if let Some(why) = room_pattern_problem(pattern) {
+                p.push(format!("{at}.{what}[{i}]"), why);
+            }
+        }
+    };
+    for (what, set) in [
+        ("receipts", r.receipts.is_some()),
+        ("batch", r.batch.is_some()),
+        ("offline", r.offline.is_some()),
+    ] {
+        if set && by_path {
+            p.push(format!("{at}.{what}"), "only used with protocol json");
+        }
+    }
+    if let Some(rc) = &r.receipts {
+        patterns(&rc.rooms, "receipts.rooms", p);
+        let mut out: switchboard_config::Receipts =
+            match from_wire(json!({"rooms": rc.rooms}), &format!("{at}.receipts"), p) {
+                Some(o) => o,
+                None => return,
+            };
+        if let Some(i) = p.duration(&format!("{at}.receipts.interval"), &rc.interval) {
+            if i.is_zero() || i > std::time::Duration::from_secs(3600) {
+                p.push(
+                    format!("{at}.receipts.interval"),
+                    "must be more than 0s and at most 1h",
+                );
+            } else {
+                out.interval = i;
+            }
+        }
+        rooms.receipts = Some(out);
+    }
+    if let Some(b) = &r.batch {
+        patterns(&b.rooms, "batch.rooms", p);
+        let mut out: switchboard_config::Batch =
+            match from_wire(json!({"rooms": b.rooms}), &format!("{at}.batch"), p) {
+                Some(o) => o,
+                None => return,
+            };
+        if let Some(w) = p.duration(&format!("{at}.batch.window"), &b.window) {
+            if w.is_zero() || w > std::time::Duration::from_secs(60) {
+                p.push(
+                    format!("{at}.batch.window"),
+                    "must be more than 0s and at most 1m",
+                );
+            } else {
+                out.window = w;
+            }
+        }
+        if let Some(m) = b.max_messages {
+            match u32::try_from(m) {
+                Ok(n) if (1..=1000).contains(&n) => out.max_messages = n,
+                _ => p.push(
+                    format!("{at}.batch.maxMessages"),
+                    format!("must be 1-1000, got {m}"),
+                ),
+            }
+        }
+        out.group_by = b.group_by.clone();
+        rooms.batch = Some(out);
+    }
+    if let Some(o) = &r.offline {
+        for (i, pattern) in o.rooms.iter().enumerate() {
+            let bad = match switchboard_config::room::Pattern::parse(pattern) {
+                Err(e) => Some(e),
+                Ok(parsed) if parsed.user_affixes().is_none() => Some(format!(
+                    "`{pattern}`: a user room pattern has exactly one `{{sub}}` and no `*` or other claim"
+                )),
+                Ok(_) => None,
+            };
+            if let Some(why) = bad {
+                p.push(format!("{at}.offline.rooms[{i}]"), why);
+            }
+        }
+        rooms.offline = Some(switchboard_config::Offline {
+            rooms: o.rooms.clone(),
+            notify: o
+                .notify
+                .as_ref()
+                .and_then(|h| compile_hook(&format!("{at}.offline.notify"), h, p)),
+            notify_nats: o.notify_nats.unwrap_or(false),
+        });
+    }
 }

@@ -684,6 +684,45 @@ fn nats_notifications_compile_to_the_gateway_flag_and_are_off_when_unset() {
 }
 
 #[test]
+fn receipts_batches_and_offline_compile_with_the_gateway_defaults_where_unset() {
+    let r = compiled(
+        "mode: rooms\nrooms: {receipts: {rooms: ['chat:*']}, batch: {rooms: ['user:{sub}'], maxMessages: 20, groupBy: type}, offline: {rooms: ['inbox:{sub}'], notify: {url: 'http://app.chat.svc/offline'}}}",
+    )
+    .rooms
+    .unwrap();
+    let receipts = r.receipts.unwrap();
+    assert_eq!(receipts.rooms, vec!["chat:*".to_string()]);
+    assert_eq!(
+        receipts.interval,
+        StdDuration::from_secs(1),
+        "the gateway default"
+    );
+    let batch = r.batch.unwrap();
+    assert_eq!(
+        (batch.window, batch.max_messages, batch.group_by.as_deref()),
+        (StdDuration::from_secs(1), 20, Some("type"))
+    );
+    let offline = r.offline.unwrap();
+    assert_eq!(offline.rooms, vec!["inbox:{sub}".to_string()]);
+    assert_eq!(
+        offline.notify.map(|h| h.url).as_deref(),
+        Some("http://app.chat.svc/offline")
+    );
+    assert!(!offline.notify_nats);
+}
+
+#[test]
+fn an_offline_room_pattern_without_one_sub_is_refused_on_its_route() {
+    let problems = problems("mode: rooms\nrooms: {offline: {rooms: ['inbox:*']}}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("spec.rooms.offline.rooms[0]:")),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn history_fields_left_unset_take_the_gateway_defaults() {
     let r = compiled("mode: rooms\nrooms: {history: {maxMessages: 7}}");
     let h = r.rooms.unwrap().history.unwrap();

@@ -133,6 +133,50 @@ test("every server message kind written by protobufjs reads as the JSON encoding
   assert.deepEqual(readServer({ lost: { room: "typing:7", ephemeral: 12 } }), { type: "lost", room: "typing:7", ephemeral: 12 });
 });
 
+test("read receipts and batches travel both ways as the JSON encoding's frames", () => {
+  const pos = { seq: 45, epoch: "mem-5f1c" };
+  assert.deepEqual(readClient({ type: "read", room: "chat:lobby", position: pos, id: "8" }), {
+    id: "8",
+    kind: "read",
+    read: { room: "chat:lobby", position: pos },
+  });
+  assert.deepEqual(readServer({ receipt: { room: "chat:lobby", user: "alice", position: pos } }), {
+    type: "receipt",
+    room: "chat:lobby",
+    user: "alice",
+    position: pos,
+  });
+  assert.deepEqual(readServer({ joined: { room: "chat:lobby", recovered: true, position: pos, read: { seq: 40, epoch: "e" }, unread: 5 } }), {
+    type: "joined",
+    room: "chat:lobby",
+    recovered: true,
+    position: pos,
+    read: { seq: 40, epoch: "e" },
+    unread: 5,
+  });
+  assert.deepEqual(readServer({ joined: { room: "chat:lobby", position: pos, unread: 0 } }), {
+    type: "joined",
+    room: "chat:lobby",
+    recovered: false,
+    position: pos,
+    read: null,
+    unread: 0,
+  });
+  const msg = (seq, kind) => ({ room: "user:alice", seq, epoch: "e", ts: 5, json: utf8(JSON.stringify({ type: kind })) });
+  const frame = (seq, kind) => ({ type: "message", room: "user:alice", seq, epoch: "e", ts: 5, data: { type: kind } });
+  assert.deepEqual(
+    readServer({ batch: { room: "user:alice", groups: [{ key: "like", messages: [msg(1, "like"), msg(3, "like")] }, { messages: [msg(2, "x")] }] } }),
+    {
+      type: "batch",
+      room: "user:alice",
+      groups: [
+        { key: "like", messages: [frame(1, "like"), frame(3, "like")] },
+        { key: null, messages: [frame(2, "x")] },
+      ],
+    },
+  );
+});
+
 test("presence events and snapshots read as the JSON encoding's, user null when absent", () => {
   const alice = { conn: "8c1f02aa-17", user: "alice" };
   assert.deepEqual(readServer({ presence: { room: "chat:lobby", event: "join", member: alice } }), {
@@ -167,7 +211,7 @@ test("text frames, truncated bytes and unknown kinds are not frames", () => {
   assert.equal(protoCodec.decode(ok.slice(0, ok.length - 1).buffer), undefined, "truncated");
   assert.equal(protoCodec.decode(new Uint8Array([0x0a, 0x05, 0x31]).buffer), undefined, "length past the end");
   assert.equal(protoCodec.decode(new Uint8Array([0x0a, 0x01, 0x31]).buffer), undefined, "an id and no kind");
-  assert.equal(protoCodec.decode(new Uint8Array([0x5a, 0x00]).buffer), undefined, "kind field 11: unknown");
+  assert.equal(protoCodec.decode(new Uint8Array([0x6a, 0x00]).buffer), undefined, "kind field 13: unknown");
   assert.equal(protoCodec.decode(new Uint8Array([0x08, 0xff, 0xff]).buffer), undefined, "unterminated varint");
   assert.equal(protoCodec.decode(new Uint8Array([0x0f]).buffer), undefined, "wire type 7");
   assert.throws(() => protoCodec.encode({ type: "joined" }), /no protobuf encoding/);

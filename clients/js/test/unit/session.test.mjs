@@ -273,3 +273,46 @@ test("a handshake that reports only an error (Node 20's WebSocket) still counts 
   );
   assert.equal(events.filter(([e]) => e == "disconnected").length, 0, "it never connected");
 });
+
+test("read() marks the last processed position, receipts and read state reach the room's handlers", async (t) => {
+  const { client, next } = scripted();
+  t.after(() => client.close());
+  const receipts = [];
+  const joins = [];
+  const a = await next();
+  const sub = client.join("chat:a", { onReceipt: (r) => receipts.push(r), onJoined: (j) => joins.push(j) });
+  a.deliver({ type: "joined", room: "chat:a", recovered: false, position: pos(3), read: pos(2), unread: 1, id: a.sent[0].id });
+  assert.deepEqual(joins[0], { recovered: false, resumed: false, position: pos(3), read: pos(2), unread: 1 });
+  a.deliver(msg("chat:a", 7));
+  const marked = sub.read();
+  const req = a.sent.at(-1);
+  assert.deepEqual(req, { type: "read", room: "chat:a", position: pos(7), id: req.id });
+  a.deliver({ type: "ack", seq: 7, epoch: "e1", id: req.id });
+  assert.deepEqual(await marked, pos(7));
+  a.deliver({ type: "receipt", room: "chat:a", user: "bob", position: pos(7) });
+  assert.deepEqual(receipts, [{ room: "chat:a", user: "bob", position: pos(7) }]);
+});
+
+test("a batch is handled as its messages one by one, in seq order, duplicates dropped", async (t) => {
+  const { client, next } = scripted();
+  t.after(() => client.close());
+  const got = [];
+  const a = await next();
+  const sub = client.join("user:u", { onMessage: (m) => got.push([m.seq, m.data.type]) });
+  a.deliver({ type: "joined", room: "user:u", recovered: false, position: pos(3), id: a.sent[0].id });
+  a.deliver(msg("user:u", 4, { type: "like" }));
+  a.deliver({
+    type: "batch",
+    room: "user:u",
+    groups: [
+      { key: "like", messages: [msg("user:u", 4, { type: "like" }), msg("user:u", 6, { type: "like" })] },
+      { key: "comment", messages: [msg("user:u", 5, { type: "comment" })] },
+    ],
+  });
+  assert.deepEqual(got, [
+    [4, "like"],
+    [5, "comment"],
+    [6, "like"],
+  ]);
+  assert.deepEqual(sub.position, pos(6));
+});

@@ -296,3 +296,62 @@ fn document_round_trips_through_yaml() {
     let again = GatewayConfig::from_yaml(&cfg.to_yaml()).unwrap();
     assert_eq!(cfg, again);
 }
+
+#[test]
+fn receipts_batches_and_offline_are_checked_with_their_paths() {
+    let route = |name: &str, ns: &str, rooms: &str| {
+        format!(
+            "{{name: {name}, path: {{value: /{name}}}, mode: rooms, rooms: {{namespace: {ns}, {rooms}}}}}"
+        )
+    };
+    let routes = format!(
+        "routes: [{}, {}, {}]",
+        route(
+            "a",
+            "x",
+            "receipts: {rooms: ['chat:**'], interval: 0s}, batch: {rooms: ['user:{sub}'], maxMessages: 0}"
+        ),
+        route("b", "x", "batch: {rooms: ['user:{sub}'], window: 2s}"),
+        route(
+            "c",
+            "y",
+            "offline: {rooms: ['inbox:*', 'inbox:{sub}'], notifyNats: true}"
+        ),
+    );
+    let p = problems(&routes);
+    for want in [
+        "routes[0].rooms.receipts.rooms[0]:",
+        "routes[0].rooms.receipts.interval: must be more than 0",
+        "routes[0].rooms.batch.maxMessages: must be 1 to 1000",
+        "routes[1].rooms.batch: namespace `x` is shared with routes[0], which batches differently",
+        "routes[2].rooms.offline.rooms[0]: `inbox:*`: a user room pattern",
+        "routes[2].rooms.offline.notifyNats: needs bus.nats",
+    ] {
+        assert!(p.iter().any(|x| x.starts_with(want)), "{want}: {p:?}");
+    }
+    assert!(
+        !p.iter().any(|x| x.contains("offline.rooms[1]")),
+        "inbox:{{sub}} is a user room pattern: {p:?}"
+    );
+    assert_eq!(p.len(), 6, "{p:?}");
+}
+
+#[test]
+fn chat_options_take_their_documented_defaults() {
+    let cfg = GatewayConfig::from_yaml(&format!(
+        "{BASE}routes: [{{name: a, path: {{value: /a}}, mode: rooms, rooms: {{receipts: {{rooms: ['chat:*']}}, batch: {{rooms: ['user:{{sub}}']}}, offline: {{}}}}}}]"
+    ))
+    .unwrap();
+    let rooms = cfg.routes[0].rooms.as_ref().unwrap();
+    assert_eq!(
+        rooms.receipts.as_ref().unwrap().interval,
+        std::time::Duration::from_secs(1)
+    );
+    let b = rooms.batch.as_ref().unwrap();
+    assert_eq!(
+        (b.window, b.max_messages, b.group_by.as_deref()),
+        (std::time::Duration::from_secs(1), 50, None)
+    );
+    let o = rooms.offline.as_ref().unwrap();
+    assert!(o.rooms.is_empty() && o.notify.is_none() && !o.notify_nats);
+}

@@ -126,6 +126,29 @@ pub enum BusError {
     Other(String),
 }
 
+/// Read positions (read receipts, docs/protocol.md): one per (room, user), only ever raised
+/// within an epoch (a position of another epoch replaces it).
+#[async_trait]
+pub trait ReadStore: Send + Sync {
+    /// Raise `user`'s read position in `key` to `pos`; returns the position now stored (the
+    /// higher of the two).
+    async fn mark(&self, key: &RoomKey, user: &str, pos: &Position) -> Result<Position, BusError>;
+    /// `user`'s read position in `key`, if any.
+    async fn get(&self, key: &RoomKey, user: &str) -> Result<Option<Position>, BusError>;
+    /// Every room of `namespace` where `user` has a read position (at most `max`).
+    async fn of_user(
+        &self,
+        namespace: &str,
+        user: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Position)>, BusError>;
+}
+
+/// Whether read position `new` moves `old` (a later seq, or another epoch).
+pub fn read_advances(old: Option<&Position>, new: &Position) -> bool {
+    old.is_none_or(|o| o.epoch != new.epoch || new.seq > o.seq)
+}
+
 /// What other NATS users in the gateway get from a NATS bus.
 #[derive(Clone)]
 pub struct NatsAccess {
@@ -187,6 +210,12 @@ pub trait Bus: Send + Sync {
 
     /// Whether the bus is usable now (readiness and metrics).
     fn healthy(&self) -> bool;
+
+    /// The cluster-wide store of read positions (a JetStream KV bucket with NATS). None: the
+    /// caller keeps them in this process (the embedded bus).
+    fn reads(&self) -> Option<Arc<dyn ReadStore>> {
+        None
+    }
 
     /// The NATS connection under this bus, for the gateway's other NATS users (Yjs
     /// documents). None: the embedded bus.

@@ -31,6 +31,8 @@ fn joiner(conn: &str) -> Joiner {
         encoding: Encoding::Json,
         presence: None,
         presence_events: false,
+        read: None,
+        batch: None,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The NATS bus: core NATS subjects for live fan-out, JetStream for history, positions and
-//! resume, and a JetStream key-value bucket for presence. Every gateway pod connects to the same
+//! resume, and JetStream key-value buckets for presence and read positions. Every gateway pod connects to the same
 //! NATS (cluster) with the same subject prefix; app pods may publish into rooms directly.
 //! `docs/nats.md` is the user-facing description of everything here.
 //!
@@ -11,6 +11,8 @@
 //! | `P.eph.<ns>.<room>`     | ephemeral messages, and every message of a namespace without history |
 //! | `P.presence.<ns>.<room>`| presence join/leave events                                    |
 //! | `P.events.<ns>`         | connect/disconnect notifications for the app (`rooms.notifyNats`) |
+//! | `P.receipts.<ns>`       | reads between pods (`rooms::receipts`)                         |
+//! | `P.offline.<ns>`        | offline notifications for the app (`rooms.offline.notifyNats`) |
 //!
 //! Positions are `(stream sequence, epoch)`: the sequence is the JetStream stream sequence of the
 //! namespace's stream (it increases with every stored message of the room, not by one) and the
@@ -47,6 +49,7 @@ mod envelope;
 mod history;
 mod live;
 mod presence;
+mod reads;
 mod subjects;
 
 use envelope::*;
@@ -151,6 +154,8 @@ struct Inner {
     replicas: usize,
     namespaces: Mutex<HashMap<String, Namespace>>,
     presence: tokio::sync::Mutex<Option<kv::Store>>,
+    /// The read positions bucket, once opened (see `reads.rs`).
+    reads: tokio::sync::Mutex<Option<kv::Store>>,
     /// Members this pod has announced (join events are sent once, not on every refresh).
     announced: Mutex<HashSet<(RoomKey, String)>>,
 }
@@ -235,6 +240,7 @@ impl NatsBus {
             replicas: usize::from(cfg.replicas.max(1)),
             namespaces: Mutex::default(),
             presence: tokio::sync::Mutex::default(),
+            reads: tokio::sync::Mutex::default(),
             announced: Mutex::default(),
         });
         tokio::spawn(configure_on_connect(Arc::downgrade(&inner), connected));
@@ -696,6 +702,10 @@ impl Bus for NatsBus {
 
     fn healthy(&self) -> bool {
         self.inner.connected()
+    }
+
+    fn reads(&self) -> Option<Arc<dyn super::ReadStore>> {
+        Some(Arc::new(reads::NatsReads(self.inner.clone())))
     }
 
     fn nats(&self) -> Option<super::NatsAccess> {

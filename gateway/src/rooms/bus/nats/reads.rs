@@ -1,0 +1,222 @@
+//! Read positions on the NATS bus: the JetStream key-value bucket `<PREFIX>_reads`, one key per
+//! namespace, user and room (`<ns>.<user>.<room>`, escaped), so every pod sees the same read
+//! position and the publish API lists a user's rooms with one filtered read.
+
+use super::*;
+
+/// Attempts at a compare-and-set update before giving up (concurrent reads of one user).
+const CAS_ATTEMPTS: usize = 8;
+
+/// One stored read position (the room is kept in the value: keys are escaped).
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    room: String,
+    seq: u64,
+    epoch: String,
+}
+
+/// The [`ReadStore`](super::super::ReadStore) of a NATS bus.
+pub(super) struct NatsReads(pub(super) Arc<Inner>);
+
+impl Inner {
+    fn reads_bucket(&self) -> String {
+        format!("{}_reads", self.stream_prefix)
+    }
+
+    async fn reads_store(&self) -> Result<kv::Store, BusError> {
+        let mut slot = self.reads.lock().await;
+        if let Some(store) = &*slot {
+            return Ok(store.clone());
+        }
+        if !self.connected() {
+            return Err(self.down());
+        }
+        // Declared directly, as the presence bucket is (see presence.rs).
+        let bucket = self.reads_bucket();
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("switchboard read positions: <ns>.<user>.<room> -> position".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        self.js
+            .create_or_update_stream(config)
+            .await
+            .map_err(|e| self.fail("create reads bucket", e))?;
+        let store = self
+            .js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| self.fail("open reads bucket", e))?;
+        *slot = Some(store.clone());
+        Ok(store)
+    }
+
+    fn read_key(key: &RoomKey, user: &str) -> String {
+        format!(
+            "{}.{}.{}",
+            kv_escape(&key.namespace),
+            kv_escape(user),
+            kv_escape(&key.room)
+        )
+    }
+
+    async fn read_entry(
+        &self,
+        store: &kv::Store,
+        kv_key: &str,
+    ) -> Result<Option<(Position, u64)>, BusError> {
+        let entry = store
+            .entry(kv_key)
+            .await
+            .map_err(|e| self.fail("read position", e))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| {
+                let s: Stored = serde_json::from_slice(&e.value).ok()?;
+                Some((
+                    Position {
+                        seq: s.seq,
+                        epoch: s.epoch,
+                    },
+                    e.revision,
+                ))
+            }))
+    }
+
+    async fn read_mark(
+        &self,
+        key: &RoomKey,
+        user: &str,
+        pos: &Position,
+    ) -> Result<Position, BusError> {
+        check_key(key)?;
+        let store = self.reads_store().await?;
+        let kv_key = Self::read_key(key, user);
+        let value = Bytes::from(
+            serde_json::to_vec(&Stored {
+                room: key.room.clone(),
+                seq: pos.seq,
+                epoch: pos.epoch.clone(),
+            })
+            .map_err(|e| BusError::Other(format!("read position: {e}")))?,
+        );
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.read_entry(&store, &kv_key).await?;
+            if let Some((old, _)) = &current
+                && !super::super::read_advances(Some(old), pos)
+            {
+                return Ok(old.clone());
+            }
+            let written = match current {
+                Some((_, revision)) => store
+                    .update(&kv_key, value.clone(), revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => store
+                    .create(&kv_key, value.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(()) => return Ok(pos.clone()),
+                // Someone else wrote first: read again and compare.
+                Err(e) => tracing::debug!(error = %e, "read position changed meanwhile; retrying"),
+            }
+        }
+        Err(BusError::Other(
+            "read position: too many concurrent updates".into(),
+        ))
+    }
+
+    async fn read_get(&self, key: &RoomKey, user: &str) -> Result<Option<Position>, BusError> {
+        check_key(key)?;
+        let store = self.reads_store().await?;
+        Ok(self
+            .read_entry(&store, &Self::read_key(key, user))
+            .await?
+            .map(|(p, _)| p))
+    }
+
+    async fn read_list(
+        &self,
+        namespace: &str,
+        user: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Position)>, BusError> {
+        check_ns(namespace)?;
+        let store = self.reads_store().await?;
+        let filter = format!(
+            "{}{}.{}.*",
+            store.prefix,
+            kv_escape(namespace),
+            kv_escape(user)
+        );
+        let raw = self
+            .read_all(
+                &store.stream,
+                Self::read_config(filter, DeliverPolicy::LastPerSubject),
+            )
+            .await?;
+        let mut out: Vec<(String, Position)> = raw
+            .iter()
+            .filter(|m| {
+                let op = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(KV_OPERATION))
+                    .map(|v| v.as_str().to_string());
+                !matches!(op.as_deref(), Some("DEL" | "PURGE"))
+            })
+            .filter_map(|m| serde_json::from_slice::<Stored>(&m.payload).ok())
+            .map(|s| {
+                (
+                    s.room,
+                    Position {
+                        seq: s.seq,
+                        epoch: s.epoch,
+                    },
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.truncate(max);
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl super::super::ReadStore for NatsReads {
+    async fn mark(&self, key: &RoomKey, user: &str, pos: &Position) -> Result<Position, BusError> {
+        let inner = &self.0;
+        inner
+            .bounded(OP_TIMEOUT, inner.read_mark(key, user, pos))
+            .await
+    }
+
+    async fn get(&self, key: &RoomKey, user: &str) -> Result<Option<Position>, BusError> {
+        let inner = &self.0;
+        inner.bounded(OP_TIMEOUT, inner.read_get(key, user)).await
+    }
+
+    async fn of_user(
+        &self,
+        namespace: &str,
+        user: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Position)>, BusError> {
+        let inner = &self.0;
+        inner
+            .bounded(REPLAY_TIMEOUT, inner.read_list(namespace, user, max))
+            .await
+    }
+}
