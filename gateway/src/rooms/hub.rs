@@ -1,5 +1,5 @@
 //! The pod's room hub: one bus subscription per room with local members (reference-counted by
-//! membership), fan-out of each message (encoded once) to every member's outbox, join with
+//! membership; a room's last leave frees it), fan-out of each message (encoded once) to every member's outbox, join with
 //! resume (exactly the gap, then live, de-duplicated by position), and presence.
 //!
 //! Delivery contract (docs/protocol.md, "Delivery guarantees"): when the room's feed lagged
@@ -8,19 +8,22 @@
 //! missed, before the next message. A resume from another epoch starts at the oldest message
 //! the current epoch retains (`recovered: false`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::bus::feed::{Delivery, Lag};
-use super::bus::{Bus, BusError, Member, Payload, Position, Publish, Replay, RoomKey, RoomMessage};
+use super::bus::feed::{Consumer, Delivery, Lag, Next};
+use super::bus::{
+    Bus, BusError, Member, Payload, Position, Publish, Replay, RoomKey, RoomMessage, Subscription,
+};
 use super::outbox::{Item, Outbox};
 use super::presence::PresenceView;
 use super::{proto, protocol};
+use members::Members;
 
 /// How a member wants messages encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +88,62 @@ struct Slot {
     epoch: String,
 }
 
+/// A room with members on this pod. No task waits on it: its feed wakes it when the bus has
+/// something ([`Consumer`]), and a task drains the feed and ends ([`drain`]).
 struct LocalRoom {
-    members: Mutex<HashMap<String, Slot>>,
-    /// Who the members with presence events were told of (locked before `members`).
-    presence: Mutex<PresenceView>,
-    pump: Mutex<Option<JoinHandle<()>>>,
+    key: RoomKey,
+    bus: Arc<dyn Bus>,
+    /// Where the drain tasks run (the runtime of the room's first joiner; the feed may be fed
+    /// from the bus runtime).
+    runtime: tokio::runtime::Handle,
+    members: Mutex<Members<Slot>>,
+    /// Who the members with presence events were told of (locked before `members`); made on
+    /// the room's first presence event or listing.
+    presence: Mutex<Option<Box<PresenceView>>>,
+    /// The bus subscription (dropped with the room's last member).
+    sub: Subscription,
+}
+
+impl Consumer for LocalRoom {
+    fn wake(self: Arc<Self>) {
+        self.runtime.spawn(drain(Arc::downgrade(&self)));
+    }
+}
+
+/// Fan out everything the room's feed holds, in order, then end (the feed wakes the room again
+/// with the next arrival). Holds the room only between waits: a room whose last member left
+/// is freed at once.
+async fn drain(weak: Weak<LocalRoom>) {
+    loop {
+        let Some(room) = weak.upgrade() else { return };
+        let Some(next) = room.sub.messages.next() else {
+            return;
+        };
+        match next {
+            Next::Delivery(delivery) => {
+                drop(room);
+                fanout_gate().await;
+                let Some(room) = weak.upgrade() else { return };
+                match delivery {
+                    Delivery::Message(msg) => fan_out(&room, &room.key, msg),
+                    Delivery::Lagged(lag) => {
+                        let (bus, key) = (room.bus.clone(), room.key.clone());
+                        drop(room);
+                        repair(&bus, &weak, &key, lag).await;
+                    }
+                }
+            }
+            Next::Presence(ev) => {
+                let mut view = room.presence.lock().unwrap_or_else(|p| p.into_inner());
+                let view = view.get_or_insert_with(Box::default);
+                if view.on_event(ev.joined, &ev.member) {
+                    room.announce(&room.key.room, ev.joined, &ev.member);
+                }
+            }
+        }
+        // A busy room must not keep its worker from every other task.
+        tokio::task::coop::consume_budget().await;
+    }
 }
 
 impl LocalRoom {
@@ -117,14 +171,6 @@ impl LocalRoom {
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .any(|s| s.presence_events)
-    }
-}
-
-impl Drop for LocalRoom {
-    fn drop(&mut self) {
-        if let Some(h) = self.pump.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            h.abort();
-        }
     }
 }
 
@@ -379,10 +425,51 @@ impl Synced {
     }
 }
 
+/// Give a map's memory back once it holds under a quarter of what it has room for (maps never
+/// shrink on their own), all of it once it is empty. Amortised: the next shrink needs half of
+/// what is left to go first.
+fn shrink_if_sparse<T: Eq + Hash>(set: &mut HashSet<T>) {
+    if set.len() * 4 < set.capacity() {
+        set.shrink_to(set.len() * 2);
+    }
+}
+
+/// A local room in the hub's set, found by its key: the room holds the one copy of the key,
+/// and a spare slot of the set costs a pointer.
+#[derive(Clone)]
+struct Entry(Arc<LocalRoom>);
+
+impl std::borrow::Borrow<RoomKey> for Entry {
+    fn borrow(&self) -> &RoomKey {
+        &self.0.key
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for Entry {}
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+    }
+}
+
+impl std::ops::Deref for Entry {
+    type Target = LocalRoom;
+    fn deref(&self) -> &LocalRoom {
+        &self.0
+    }
+}
+
 /// The hub.
 pub struct Hub {
     bus: Arc<dyn Bus>,
-    rooms: tokio::sync::Mutex<HashMap<RoomKey, Arc<LocalRoom>>>,
+    rooms: tokio::sync::Mutex<HashSet<Entry>>,
     present: Mutex<HashMap<(RoomKey, String), Member>>,
 }
 
@@ -412,55 +499,23 @@ impl Hub {
             r.members
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(conn.to_string(), slot);
-            return Ok(r.clone());
+                .insert(conn, slot);
+            return Ok(r.0.clone());
         }
-        let mut sub = self.bus.subscribe(key).await?;
+        let sub = self.bus.subscribe(key).await?;
+        let mut members = Members::default();
+        members.insert(conn, slot);
         let room = Arc::new(LocalRoom {
-            members: Mutex::default(),
+            key: key.clone(),
+            bus: self.bus.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            members: Mutex::new(members),
             presence: Mutex::default(),
-            pump: Mutex::new(None),
+            sub,
         });
-        let weak = Arc::downgrade(&room);
-        let key2 = key.clone();
-        let bus = self.bus.clone();
-        let pump = tokio::spawn(async move {
-            let mut presence_open = true;
-            loop {
-                tokio::select! {
-                    delivery = sub.messages.recv() => {
-                        let Some(delivery) = delivery else { break };
-                        fanout_gate().await;
-                        match delivery {
-                            Delivery::Message(msg) => {
-                                let Some(room) = weak.upgrade() else { break };
-                                fan_out(&room, &key2, msg);
-                            }
-                            Delivery::Lagged(lag) => repair(&bus, &weak, &key2, lag).await,
-                        }
-                    }
-                    ev = sub.presence.recv(), if presence_open => {
-                        let Some(ev) = ev else {
-                            presence_open = false; // closed: stop polling it, keep relaying
-                            continue;
-                        };
-                        let Some(room) = weak.upgrade() else { break };
-                        let mut view = room.presence.lock().unwrap_or_else(|p| p.into_inner());
-                        if view.on_event(ev.joined, &ev.member) {
-                            room.announce(&key2.room, ev.joined, &ev.member);
-                        }
-                        drop(view);
-                    }
-                }
-            }
-            drop(sub.guard);
-        });
-        *room.pump.lock().unwrap_or_else(|p| p.into_inner()) = Some(pump);
-        room.members
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(conn.to_string(), slot);
-        rooms.insert(key.clone(), room.clone());
+        let weak: Weak<LocalRoom> = Arc::downgrade(&room);
+        room.sub.messages.set_consumer(weak);
+        rooms.insert(Entry(room.clone()));
         crate::metrics::metrics()
             .rooms_local
             .set(rooms.len() as i64);
@@ -644,6 +699,7 @@ impl Hub {
             };
             if empty {
                 rooms.remove(key); // drops the subscription with the last local member
+                shrink_if_sparse(&mut rooms);
                 crate::metrics::metrics()
                     .rooms_local
                     .set(rooms.len() as i64);
@@ -654,11 +710,15 @@ impl Hub {
     /// Leave `key` (and withdraw presence).
     pub async fn leave(self: &Arc<Self>, key: &RoomKey, conn: &str) {
         self.leave_room(key, conn).await;
-        let member = self
-            .present
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(key.clone(), conn.to_string()));
+        let member = {
+            let mut present = self.present.lock().unwrap_or_else(|p| p.into_inner());
+            let m = present.remove(&(key.clone(), conn.to_string()));
+            let len = present.len();
+            if len * 4 < present.capacity() {
+                present.shrink_to(len * 2);
+            }
+            m
+        };
         if let Some(m) = member {
             let _ = self.bus.presence_set(key, &m, false).await;
         }
@@ -693,13 +753,14 @@ impl Hub {
             .lock()
             .await
             .iter()
-            .filter(|(_, room)| room.watches_presence())
-            .map(|(key, room)| (key.clone(), Arc::downgrade(room)))
+            .filter(|room| room.watches_presence())
+            .map(|room| (room.key.clone(), Arc::downgrade(&room.0)))
             .collect();
         for (key, room) in watched {
             let listed = self.bus.presence_list(&key).await;
             let Some(room) = room.upgrade() else { continue };
             let mut view = room.presence.lock().unwrap_or_else(|p| p.into_inner());
+            let view = view.get_or_insert_with(Box::default);
             let Ok(listed) = listed else {
                 // The bus is down: nothing is concluded across the gap.
                 view.on_listing_failed();
@@ -740,6 +801,8 @@ impl Hub {
         }
     }
 }
+
+mod members;
 
 #[cfg(test)]
 mod tests;
