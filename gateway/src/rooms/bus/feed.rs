@@ -149,7 +149,7 @@ impl State {
     }
 
     /// The consumer to wake after something was queued, once per idle period.
-    fn to_wake(&mut self) -> Option<Arc<dyn Consumer>> {
+    fn consumer_to_wake(&mut self) -> Option<Arc<dyn Consumer>> {
         if self.woken {
             return None;
         }
@@ -275,7 +275,7 @@ impl FeedSender {
             };
         }
         st.queue.push_back(Delivery::Message(msg));
-        let wake = st.to_wake();
+        let wake = st.consumer_to_wake();
         drop(st);
         self.shared.messages_ready.notify_one();
         if let Some(consumer) = wake {
@@ -296,7 +296,7 @@ impl FeedSender {
             return Ok(());
         }
         st.presence.push_back(ev);
-        let wake = st.to_wake();
+        let wake = st.consumer_to_wake();
         drop(st);
         self.shared.presence_ready.notify_one();
         if let Some(consumer) = wake {
@@ -329,7 +329,7 @@ impl FeedReceiver {
             if st.queue.is_empty() && st.lag.is_none() && st.presence.is_empty() {
                 None
             } else {
-                st.to_wake()
+                st.consumer_to_wake()
             }
         };
         if let Some(consumer) = wake {
