@@ -171,6 +171,19 @@ impl Shared {
     }
 }
 
+/// A consumer to wake, once the caller holds no lock: waking may release the last reference to
+/// the consumer's room, and freeing it unsubscribes (which takes the bus's lock).
+#[must_use = "call wake() once no lock is held"]
+pub struct Wake(Option<Arc<dyn Consumer>>);
+
+impl Wake {
+    pub fn wake(self) {
+        if let Some(consumer) = self.0 {
+            consumer.wake();
+        }
+    }
+}
+
 /// The receiver of the hub is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed;
@@ -240,10 +253,22 @@ impl FeedSender {
         !self.shared.lock().receiver_open
     }
 
+    /// Queue `msg` without waiting, and wake the consumer: [`Self::send_deferred`] from a
+    /// caller that holds no lock.
+    pub fn send(&self, msg: RoomMessage) -> Result<(), Closed> {
+        self.send_deferred(msg).map(Wake::wake)
+    }
+
+    /// Queue a presence event and wake the consumer ([`Self::send_presence_deferred`]).
+    pub fn send_presence(&self, ev: PresenceEvent) -> Result<(), Closed> {
+        self.send_presence_deferred(ev).map(Wake::wake)
+    }
+
     /// Queue `msg` without waiting. While the queue is full (and until the lag has been
     /// delivered) the message is counted into the lag instead. Must be called in position
-    /// order, from one place at a time per feed (the bus's room lock, the NATS pump).
-    pub fn send(&self, msg: RoomMessage) -> Result<(), Closed> {
+    /// order, from one place at a time per feed (the bus's room lock, the NATS pump). The
+    /// consumer is woken by the returned [`Wake`], once the caller's locks are released.
+    pub fn send_deferred(&self, msg: RoomMessage) -> Result<Wake, Closed> {
         let mut st = self.shared.lock();
         if !st.receiver_open {
             return Err(Closed);
@@ -251,7 +276,7 @@ impl FeedSender {
         if let Some(lag) = st.lag.as_mut() {
             lag.add(&msg);
             crate::metrics::metrics().room_overflow_messages.inc();
-            return Ok(());
+            return Ok(Wake(None));
         }
         if st.queue.len() >= st.capacity {
             let mut lag = Lag {
@@ -266,7 +291,7 @@ impl FeedSender {
             m.room_overflow_messages.inc();
             OVERFLOW_LOG.note(&msg.key.namespace, &msg.key.room);
             // The queue is not empty, so the consumer is already awake.
-            return Ok(());
+            return Ok(Wake(None));
         }
         if msg.seq != 0 {
             st.last_sent = Position {
@@ -278,31 +303,25 @@ impl FeedSender {
         let wake = st.consumer_to_wake();
         drop(st);
         self.shared.messages_ready.notify_one();
-        if let Some(consumer) = wake {
-            consumer.wake();
-        }
-        Ok(())
+        Ok(Wake(wake))
     }
 
     /// Queue a presence event without waiting; dropped when [`room_queue`] events already
     /// wait (presence views repair themselves from listings). `Closed` once the hub's presence
-    /// receiver is gone.
-    pub fn send_presence(&self, ev: PresenceEvent) -> Result<(), Closed> {
+    /// receiver is gone. The consumer is woken by the returned [`Wake`].
+    pub fn send_presence_deferred(&self, ev: PresenceEvent) -> Result<Wake, Closed> {
         let mut st = self.shared.lock();
         if !st.presence_open {
             return Err(Closed);
         }
         if st.presence.len() >= st.capacity {
-            return Ok(());
+            return Ok(Wake(None));
         }
         st.presence.push_back(ev);
         let wake = st.consumer_to_wake();
         drop(st);
         self.shared.presence_ready.notify_one();
-        if let Some(consumer) = wake {
-            consumer.wake();
-        }
-        Ok(())
+        Ok(Wake(wake))
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::feed::{FeedSender, room_queue};
+use super::feed::{FeedSender, Wake, room_queue};
 use super::{
     Bus, BusError, Member, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
     RoomMessage, Subscription,
@@ -323,13 +323,18 @@ impl Bus for MemoryBus {
         // is full (the hub's fan-out never awaits, so this means the process is starved) makes
         // the feed lag: the hub repairs its members from history or tells them (`feed`).
         room.subscribers.retain(|(_, s)| !s.is_closed());
-        for (_, s) in &room.subscribers {
-            let _ = s.send(msg.clone());
-        }
+        let wakes: Vec<Wake> = room
+            .subscribers
+            .iter()
+            .filter_map(|(_, s)| s.send_deferred(msg.clone()).ok())
+            .collect();
         if let Some(r) = &retention {
             st.schedule(&msg.key, r);
         }
         st.free_if_idle(&msg.key);
+        drop(guard);
+        // Outside the lock: a woken room may be freed, and its unsubscribe takes the lock.
+        wakes.into_iter().for_each(Wake::wake);
         Ok((seq != 0).then(|| Position {
             seq,
             epoch: self.epoch.clone(),
@@ -472,16 +477,23 @@ impl Bus for MemoryBus {
             shrink_if_sparse(&mut room.members);
             removed
         };
+        let mut wakes = Vec::new();
         if changed {
             for (_, s) in &room.subscribers {
-                let _ = s.send_presence(PresenceEvent {
-                    key: key.clone(),
-                    joined: present,
-                    member: member.clone(),
-                });
+                wakes.extend(
+                    s.send_presence_deferred(PresenceEvent {
+                        key: key.clone(),
+                        joined: present,
+                        member: member.clone(),
+                    })
+                    .ok(),
+                );
             }
         }
         st.free_if_idle(key);
+        drop(st);
+        // Outside the lock (see `publish`).
+        wakes.into_iter().for_each(Wake::wake);
         Ok(())
     }
 
