@@ -1,5 +1,5 @@
 //! The pod's room hub: one bus subscription per room with local members (reference-counted by
-//! membership), fan-out of each message (encoded once) to every member's outbox, join with
+//! membership; a room's last leave frees it), fan-out of each message (encoded once) to every member's outbox, join with
 //! resume (exactly the gap, then live, de-duplicated by position), and presence.
 //!
 //! Delivery contract (docs/protocol.md, "Delivery guarantees"): when the room's feed lagged
@@ -8,21 +8,24 @@
 //! missed, before the next message. A resume from another epoch starts at the oldest message
 //! the current epoch retains (`recovered: false`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::batch::{BatchCfg, BatchRule, Batcher};
-use super::bus::feed::{Delivery, Lag};
-use super::bus::{Bus, BusError, Member, Payload, Position, Publish, Replay, RoomKey, RoomMessage};
+use super::bus::feed::{Consumer, Delivery, Lag, Next};
+use super::bus::{
+    Bus, BusError, Member, Payload, Position, Publish, Replay, RoomKey, RoomMessage, Subscription,
+};
 use super::outbox::{Item, Outbox};
 use super::presence::PresenceView;
-use super::receipts::{Members, Receipts};
+use super::receipts::{self, Receipts};
 use super::{proto, protocol};
+use members::Members;
 
 /// How a member wants messages encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,11 +96,101 @@ struct Slot {
     epoch: String,
 }
 
+/// A room with members on this pod. No task waits on it: its feed wakes it when the bus has
+/// something ([`Consumer`]), and a task drains the feed and ends ([`drain`]).
 struct LocalRoom {
-    members: Mutex<HashMap<String, Slot>>,
-    /// Who the members with presence events were told of (locked before `members`).
-    presence: Mutex<PresenceView>,
-    pump: Mutex<Option<JoinHandle<()>>>,
+    key: RoomKey,
+    bus: Arc<dyn Bus>,
+    /// Where the drain tasks run (the runtime of the room's first joiner; the feed may be fed
+    /// from the bus runtime).
+    runtime: tokio::runtime::Handle,
+    members: Mutex<Members<Slot>>,
+    /// Who the members with presence events were told of (locked before `members`); made on
+    /// the room's first presence event or listing.
+    presence: Mutex<Option<Box<PresenceView>>>,
+    /// The bus subscription (dropped with the room's last member).
+    sub: Subscription,
+    /// Batched rooms (`rooms.batch`): live messages collect here until due or full. Fanned out
+    /// under this lock, so a batch flushed by its timer and one filled by the drain keep order.
+    batcher: Option<Box<Mutex<Batcher>>>,
+}
+
+impl Consumer for LocalRoom {
+    fn wake(self: Arc<Self>) {
+        self.runtime.spawn(drain(Arc::downgrade(&self)));
+    }
+}
+
+/// Fan out everything the room's feed holds, in order, then end (the feed wakes the room again
+/// with the next arrival). Holds the room only between waits: a room whose last member left
+/// is freed at once.
+async fn drain(weak: Weak<LocalRoom>) {
+    loop {
+        let Some(room) = weak.upgrade() else { return };
+        let Some(next) = room.sub.messages.next() else {
+            return;
+        };
+        match next {
+            Next::Delivery(delivery) => {
+                drop(room);
+                fanout_gate().await;
+                let Some(room) = weak.upgrade() else { return };
+                match delivery {
+                    Delivery::Message(msg) => match &room.batcher {
+                        Some(batcher) => collect(&room, batcher, msg),
+                        None => fan_out(&room, &room.key, msg),
+                    },
+                    Delivery::Lagged(lag) => {
+                        // What was collected comes before the repair, in order.
+                        if let Some(batcher) = &room.batcher {
+                            let mut b = batcher.lock().unwrap_or_else(|p| p.into_inner());
+                            let msgs = b.take();
+                            fan_out_batch(&room, &room.key, msgs, b.cfg());
+                        }
+                        let (bus, key) = (room.bus.clone(), room.key.clone());
+                        drop(room);
+                        repair(&bus, &weak, &key, lag).await;
+                    }
+                }
+            }
+            Next::Presence(ev) => {
+                let mut view = room.presence.lock().unwrap_or_else(|p| p.into_inner());
+                let view = view.get_or_insert_with(Box::default);
+                if view.on_event(ev.joined, &ev.member) {
+                    room.announce(&room.key.room, ev.joined, &ev.member);
+                }
+            }
+        }
+        // A busy room must not keep its worker from every other task.
+        tokio::task::coop::consume_budget().await;
+    }
+}
+
+/// Add `msg` to the room's pending batch: a full batch goes out now; the first message of a
+/// batch starts the timer that sends it when its window ends.
+fn collect(room: &Arc<LocalRoom>, batcher: &Mutex<Batcher>, msg: RoomMessage) {
+    let mut b = batcher.lock().unwrap_or_else(|p| p.into_inner());
+    let was_empty = b.due().is_none();
+    if let Some(full) = b.push(msg, tokio::time::Instant::now()) {
+        fan_out_batch(room, &room.key, full, b.cfg());
+        return;
+    }
+    if let (true, Some(due)) = (was_empty, b.due()) {
+        room.runtime.spawn(flush_at(Arc::downgrade(room), due));
+    }
+}
+
+/// Send the room's pending batch once `due` has come, unless it already went out (full) and a
+/// later batch has its own timer.
+async fn flush_at(weak: Weak<LocalRoom>, due: tokio::time::Instant) {
+    tokio::time::sleep_until(due).await;
+    let Some(room) = weak.upgrade() else { return };
+    let Some(batcher) = &room.batcher else { return };
+    let mut b = batcher.lock().unwrap_or_else(|p| p.into_inner());
+    if b.due().is_some_and(|d| d <= tokio::time::Instant::now()) {
+        let msgs = b.take();
+        fan_out_batch(&room, &room.key, msgs, b.cfg());
+    }
 }
 
 impl LocalRoom {
@@ -143,14 +236,6 @@ impl LocalRoom {
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .any(|s| s.presence_events)
-    }
-}
-
-impl Drop for LocalRoom {
-    fn drop(&mut self) {
-        if let Some(h) = self.pump.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            h.abort();
-        }
     }
 }
 
@@ -483,12 +568,53 @@ impl Synced {
     }
 }
 
+/// Give a map's memory back once it holds under a quarter of what it has room for (maps never
+/// shrink on their own), all of it once it is empty. Amortised: the next shrink needs half of
+/// what is left to go first.
+fn shrink_if_sparse<T: Eq + Hash>(set: &mut HashSet<T>) {
+    if set.len() * 4 < set.capacity() {
+        set.shrink_to(set.len() * 2);
+    }
+}
+
+/// A local room in the hub's set, found by its key: the room holds the one copy of the key,
+/// and a spare slot of the set costs a pointer.
+#[derive(Clone)]
+struct Entry(Arc<LocalRoom>);
+
+impl std::borrow::Borrow<RoomKey> for Entry {
+    fn borrow(&self) -> &RoomKey {
+        &self.0.key
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for Entry {}
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+    }
+}
+
+impl std::ops::Deref for Entry {
+    type Target = LocalRoom;
+    fn deref(&self) -> &LocalRoom {
+        &self.0
+    }
+}
+
 /// The hub.
 pub struct Hub {
     bus: Arc<dyn Bus>,
     /// Read receipts (delivered to this pod's members through the hub).
     receipts: Arc<Receipts>,
-    rooms: tokio::sync::Mutex<HashMap<RoomKey, Arc<LocalRoom>>>,
+    rooms: tokio::sync::Mutex<HashSet<Entry>>,
     present: Mutex<HashMap<(RoomKey, String), Member>>,
 }
 
@@ -525,76 +651,24 @@ impl Hub {
             r.members
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(conn.to_string(), slot);
-            return Ok(r.clone());
+                .insert(conn, slot);
+            return Ok(r.0.clone());
         }
-        let mut sub = self.bus.subscribe(key).await?;
+        let sub = self.bus.subscribe(key).await?;
+        let mut members = Members::default();
+        members.insert(conn, slot);
         let room = Arc::new(LocalRoom {
-            members: Mutex::default(),
+            key: key.clone(),
+            bus: self.bus.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            members: Mutex::new(members),
             presence: Mutex::default(),
-            pump: Mutex::new(None),
+            sub,
+            batcher: batch.map(|cfg| Box::new(Mutex::new(Batcher::new(cfg)))),
         });
-        let weak = Arc::downgrade(&room);
-        let key2 = key.clone();
-        let bus = self.bus.clone();
-        let pump = tokio::spawn(async move {
-            let mut presence_open = true;
-            // Batched rooms (`rooms.batch`): live messages collect here until due or full.
-            let mut batcher = batch.map(Batcher::new);
-            loop {
-                let batch_due = batcher.as_ref().and_then(Batcher::due);
-                tokio::select! {
-                    delivery = sub.messages.recv() => {
-                        let Some(delivery) = delivery else { break };
-                        fanout_gate().await;
-                        match (delivery, &mut batcher) {
-                            (Delivery::Message(msg), Some(b)) => {
-                                let Some(room) = weak.upgrade() else { break };
-                                if let Some(full) = b.push(msg, tokio::time::Instant::now()) {
-                                    fan_out_batch(&room, &key2, full, b.cfg());
-                                }
-                            }
-                            (Delivery::Message(msg), None) => {
-                                let Some(room) = weak.upgrade() else { break };
-                                fan_out(&room, &key2, msg);
-                            }
-                            (Delivery::Lagged(lag), b) => {
-                                // What was collected comes before the repair, in order.
-                                if let (Some(b), Some(room)) = (b, weak.upgrade()) {
-                                    let msgs = b.take();
-                                    fan_out_batch(&room, &key2, msgs, b.cfg());
-                                }
-                                repair(&bus, &weak, &key2, lag).await
-                            }
-                        }
-                    }
-                    _ = tokio::time::sleep_until(batch_due.unwrap_or_else(tokio::time::Instant::now)), if batch_due.is_some() => {
-                        let (Some(b), Some(room)) = (&mut batcher, weak.upgrade()) else { break };
-                        let msgs = b.take();
-                        fan_out_batch(&room, &key2, msgs, b.cfg());
-                    }
-                    ev = sub.presence.recv(), if presence_open => {
-                        let Some(ev) = ev else {
-                            presence_open = false; // closed: stop polling it, keep relaying
-                            continue;
-                        };
-                        let Some(room) = weak.upgrade() else { break };
-                        let mut view = room.presence.lock().unwrap_or_else(|p| p.into_inner());
-                        if view.on_event(ev.joined, &ev.member) {
-                            room.announce(&key2.room, ev.joined, &ev.member);
-                        }
-                        drop(view);
-                    }
-                }
-            }
-            drop(sub.guard);
-        });
-        *room.pump.lock().unwrap_or_else(|p| p.into_inner()) = Some(pump);
-        room.members
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(conn.to_string(), slot);
-        rooms.insert(key.clone(), room.clone());
+        let weak: Weak<LocalRoom> = Arc::downgrade(&room);
+        room.sub.messages.set_consumer(weak);
+        rooms.insert(Entry(room.clone()));
         crate::metrics::metrics()
             .rooms_local
             .set(rooms.len() as i64);
@@ -780,6 +854,7 @@ impl Hub {
             };
             if empty {
                 rooms.remove(key); // drops the subscription with the last local member
+                shrink_if_sparse(&mut rooms);
                 crate::metrics::metrics()
                     .rooms_local
                     .set(rooms.len() as i64);
@@ -790,11 +865,15 @@ impl Hub {
     /// Leave `key` (and withdraw presence).
     pub async fn leave(self: &Arc<Self>, key: &RoomKey, conn: &str) {
         self.leave_room(key, conn).await;
-        let member = self
-            .present
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(key.clone(), conn.to_string()));
+        let member = {
+            let mut present = self.present.lock().unwrap_or_else(|p| p.into_inner());
+            let m = present.remove(&(key.clone(), conn.to_string()));
+            let len = present.len();
+            if len * 4 < present.capacity() {
+                present.shrink_to(len * 2);
+            }
+            m
+        };
         if let Some(m) = member {
             let _ = self.bus.presence_set(key, &m, false).await;
         }
@@ -829,13 +908,14 @@ impl Hub {
             .lock()
             .await
             .iter()
-            .filter(|(_, room)| room.watches_presence())
-            .map(|(key, room)| (key.clone(), Arc::downgrade(room)))
+            .filter(|room| room.watches_presence())
+            .map(|room| (room.key.clone(), Arc::downgrade(&room.0)))
             .collect();
         for (key, room) in watched {
             let listed = self.bus.presence_list(&key).await;
             let Some(room) = room.upgrade() else { continue };
             let mut view = room.presence.lock().unwrap_or_else(|p| p.into_inner());
+            let view = view.get_or_insert_with(Box::default);
             let Ok(listed) = listed else {
                 // The bus is down: nothing is concluded across the gap.
                 view.on_listing_failed();
@@ -878,7 +958,7 @@ impl Hub {
 }
 
 #[async_trait::async_trait]
-impl Members for Hub {
+impl receipts::Members for Hub {
     async fn tell(&self, key: &RoomKey, json: &str) {
         let room = self.rooms.lock().await.get(key).cloned();
         if let Some(room) = room {
@@ -886,6 +966,8 @@ impl Members for Hub {
         }
     }
 }
+
+mod members;
 
 #[cfg(test)]
 mod tests;

@@ -166,7 +166,9 @@ impl Outbox {
                 if !st.items.is_empty() {
                     account(-(st.bytes as i64));
                     st.bytes = 0;
-                    return st.items.drain(..).collect();
+                    // The buffer goes with the items (freed once written): an idle
+                    // connection's queue holds none.
+                    return Vec::from(std::mem::take(&mut st.items));
                 }
             }
             if self.is_overflowed() || self.closed.load(Ordering::Acquire) {

@@ -4,21 +4,34 @@
 //! The bus side never waits (the embedded bus sends under its room lock, the NATS pump must keep
 //! reading NATS), so a hub that falls behind (a starved process) fills the queue. From then on
 //! the feed is *lagging*: every further message is counted into one [`Lag`] instead of being
-//! queued, and as soon as the queue has room again the lag itself is queued as
-//! [`Delivery::Lagged`], before any later message. The hub answers it by repairing the pod's
+//! queued, and once the hub has taken everything queued before it, the lag itself is delivered
+//! as [`Delivery::Lagged`], before any later message. The hub answers it by repairing the pod's
 //! members from history (a resume from [`Lag::after`]), or, where history cannot cover the gap,
 //! by telling each member exactly what it missed (docs/protocol.md, "Delivery guarantees").
 //! Nothing is dropped without the members learning of it.
+//!
+//! A feed costs what it holds: one small shared allocation, queues that allocate only while
+//! something waits in them (and are freed once drained), no task and no channel. The hub does
+//! not park a task on every room: it registers a [`Consumer`] that the feed wakes when something
+//! arrives while the consumer is idle, and the consumer takes everything with
+//! [`FeedReceiver::next`] until that says the feed is empty (tests can `recv().await` instead).
+//! The same feed carries the room's presence events (dropped, never waited for, when
+//! [`room_queue`] of them are already waiting: the presence view repairs itself from listings).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
-use super::{Position, RoomMessage};
+use super::{Position, PresenceEvent, RoomMessage};
 
 /// Default live queue depth between the bus and the hub for one room.
 pub const ROOM_QUEUE: usize = 4096;
+
+/// A queue drained back to empty keeps at most this many slots; a bigger one (after a burst) is
+/// freed, so an idle room holds no buffer.
+const KEEP_SLOTS: usize = 8;
 
 /// What the hub receives from the bus for one room.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,11 +89,99 @@ impl Lag {
     }
 }
 
-#[derive(Default)]
+/// What a consumer takes from a feed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    Delivery(Delivery),
+    Presence(PresenceEvent),
+}
+
+/// Who takes a feed's deliveries without a task waiting on it (the hub's local room).
+pub trait Consumer: Send + Sync {
+    /// The feed has something and the consumer was idle: take everything with
+    /// [`FeedReceiver::next`] until it returns `None`. Called by the bus side, never under the
+    /// feed's lock; must not wait (spawn the work).
+    fn wake(self: Arc<Self>);
+}
+
 struct State {
-    /// The last stored position queued (or told of through a queued lag).
+    queue: VecDeque<Delivery>,
+    capacity: usize,
+    presence: VecDeque<PresenceEvent>,
+    /// The last stored position queued (or told of through a delivered lag).
     last_sent: Position,
-    lag: Option<Lag>,
+    /// Boxed: a lag is rare, a feed is per room.
+    lag: Option<Box<Lag>>,
+    senders: usize,
+    receiver_open: bool,
+    presence_open: bool,
+    consumer: Option<Weak<dyn Consumer>>,
+    /// The consumer was woken and has not found the feed empty since.
+    woken: bool,
+}
+
+impl State {
+    fn pop_delivery(&mut self) -> Option<Delivery> {
+        if let Some(d) = self.queue.pop_front() {
+            if self.queue.is_empty() && self.queue.capacity() > KEEP_SLOTS {
+                self.queue = VecDeque::new();
+            }
+            return Some(d);
+        }
+        // Everything queued before the lag is taken: the lag comes next (messages sent
+        // meanwhile were counted into it, none overtakes it).
+        let lag = self.lag.take()?;
+        if lag.last != 0 {
+            self.last_sent = Position {
+                seq: lag.last,
+                epoch: lag.epoch.clone(),
+            };
+        }
+        Some(Delivery::Lagged(*lag))
+    }
+
+    fn pop_presence(&mut self) -> Option<PresenceEvent> {
+        let ev = self.presence.pop_front();
+        if self.presence.is_empty() && self.presence.capacity() > KEEP_SLOTS {
+            self.presence = VecDeque::new();
+        }
+        ev
+    }
+
+    /// The consumer to wake after something was queued, once per idle period.
+    fn consumer_to_wake(&mut self) -> Option<Arc<dyn Consumer>> {
+        if self.woken {
+            return None;
+        }
+        let consumer = self.consumer.as_ref()?.upgrade()?;
+        self.woken = true;
+        Some(consumer)
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    messages_ready: Notify,
+    presence_ready: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A consumer to wake, once the caller holds no lock: waking may release the last reference to
+/// the consumer's room, and freeing it unsubscribes (which takes the bus's lock).
+#[must_use = "call wake() once no lock is held"]
+pub struct Wake(Option<Arc<dyn Consumer>>);
+
+impl Wake {
+    pub fn wake(self) {
+        if let Some(consumer) = self.0 {
+            consumer.wake();
+        }
+    }
 }
 
 /// The receiver of the hub is gone.
@@ -88,105 +189,249 @@ struct State {
 pub struct Closed;
 
 /// The bus side of one room's feed. Cheap to clone.
-#[derive(Clone)]
 pub struct FeedSender {
-    tx: mpsc::Sender<Delivery>,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
 }
 
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+impl Clone for FeedSender {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for FeedSender {
+    fn drop(&mut self) {
+        let wake = {
+            let mut st = self.shared.lock();
+            st.senders -= 1;
+            // The last sender gone: a waiting `recv` returns `None`.
+            st.senders == 0
+        };
+        if wake {
+            self.shared.messages_ready.notify_one();
+            self.shared.presence_ready.notify_one();
+        }
+    }
 }
 
 impl FeedSender {
     /// A feed of [`room_queue`] depth whose live delivery starts after `start`.
-    pub fn new(start: Position) -> (Self, mpsc::Receiver<Delivery>) {
+    pub fn new(start: Position) -> (Self, FeedReceiver) {
         Self::with_capacity(room_queue(), start)
     }
 
-    pub fn with_capacity(capacity: usize, start: Position) -> (Self, mpsc::Receiver<Delivery>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let state = State {
-            last_sent: start,
-            lag: None,
-        };
+    pub fn with_capacity(capacity: usize, start: Position) -> (Self, FeedReceiver) {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                capacity: capacity.max(1),
+                presence: VecDeque::new(),
+                last_sent: start,
+                lag: None,
+                senders: 1,
+                receiver_open: true,
+                presence_open: true,
+                consumer: None,
+                woken: false,
+            }),
+            messages_ready: Notify::new(),
+            presence_ready: Notify::new(),
+        });
         (
             Self {
-                tx,
-                state: Arc::new(Mutex::new(state)),
+                shared: shared.clone(),
             },
-            rx,
+            FeedReceiver { shared },
         )
     }
 
     /// Whether the hub's receiver is gone.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        !self.shared.lock().receiver_open
     }
 
-    /// Queue `msg` without waiting. While the queue is full (and until the lag has been queued)
-    /// the message is counted into the lag instead. Must be called in position order, from one
-    /// place at a time per feed (the bus's room lock, the NATS pump).
+    /// Queue `msg` without waiting, and wake the consumer: [`Self::send_deferred`] from a
+    /// caller that holds no lock.
     pub fn send(&self, msg: RoomMessage) -> Result<(), Closed> {
-        let mut st = lock(&self.state);
-        if self.tx.is_closed() {
+        self.send_deferred(msg).map(Wake::wake)
+    }
+
+    /// Queue a presence event and wake the consumer ([`Self::send_presence_deferred`]).
+    pub fn send_presence(&self, ev: PresenceEvent) -> Result<(), Closed> {
+        self.send_presence_deferred(ev).map(Wake::wake)
+    }
+
+    /// Queue `msg` without waiting. While the queue is full (and until the lag has been
+    /// delivered) the message is counted into the lag instead. Must be called in position
+    /// order, from one place at a time per feed (the bus's room lock, the NATS pump). The
+    /// consumer is woken by the returned [`Wake`], once the caller's locks are released.
+    pub fn send_deferred(&self, msg: RoomMessage) -> Result<Wake, Closed> {
+        let mut st = self.shared.lock();
+        if !st.receiver_open {
             return Err(Closed);
         }
         if let Some(lag) = st.lag.as_mut() {
             lag.add(&msg);
             crate::metrics::metrics().room_overflow_messages.inc();
-            return Ok(());
+            return Ok(Wake(None));
         }
-        let position = (msg.seq != 0).then(|| Position {
-            seq: msg.seq,
-            epoch: msg.epoch.clone(),
-        });
-        match self.tx.try_send(Delivery::Message(msg)) {
-            Ok(()) => {
-                if let Some(p) = position {
-                    st.last_sent = p;
-                }
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(Delivery::Message(msg))) => {
-                let mut lag = Lag {
-                    after: st.last_sent.clone(),
-                    ..Lag::default()
-                };
-                lag.add(&msg);
-                st.lag = Some(lag);
-                drop(st);
-                let m = crate::metrics::metrics();
-                m.room_overflows.inc();
-                m.room_overflow_messages.inc();
-                OVERFLOW_LOG.note(&msg.key.namespace, &msg.key.room);
-                self.queue_lag_when_there_is_room();
-                Ok(())
-            }
-            Err(_) => Err(Closed),
+        if st.queue.len() >= st.capacity {
+            let mut lag = Lag {
+                after: st.last_sent.clone(),
+                ..Lag::default()
+            };
+            lag.add(&msg);
+            st.lag = Some(Box::new(lag));
+            drop(st);
+            let m = crate::metrics::metrics();
+            m.room_overflows.inc();
+            m.room_overflow_messages.inc();
+            OVERFLOW_LOG.note(&msg.key.namespace, &msg.key.room);
+            // The queue is not empty, so the consumer is already awake.
+            return Ok(Wake(None));
+        }
+        if msg.seq != 0 {
+            st.last_sent = Position {
+                seq: msg.seq,
+                epoch: msg.epoch.clone(),
+            };
+        }
+        st.queue.push_back(Delivery::Message(msg));
+        let wake = st.consumer_to_wake();
+        drop(st);
+        self.shared.messages_ready.notify_one();
+        Ok(Wake(wake))
+    }
+
+    /// Queue a presence event without waiting; dropped when [`room_queue`] events already
+    /// wait (presence views repair themselves from listings). `Closed` once the hub's presence
+    /// receiver is gone. The consumer is woken by the returned [`Wake`].
+    pub fn send_presence_deferred(&self, ev: PresenceEvent) -> Result<Wake, Closed> {
+        let mut st = self.shared.lock();
+        if !st.presence_open {
+            return Err(Closed);
+        }
+        if st.presence.len() >= st.capacity {
+            return Ok(Wake(None));
+        }
+        st.presence.push_back(ev);
+        let wake = st.consumer_to_wake();
+        drop(st);
+        self.shared.presence_ready.notify_one();
+        Ok(Wake(wake))
+    }
+}
+
+/// The hub side of one room's feed: its messages (and lags). Dropping it closes the feed.
+pub struct FeedReceiver {
+    shared: Arc<Shared>,
+}
+
+impl FeedReceiver {
+    /// The room's presence events, from the same feed.
+    pub fn presence(&self) -> PresenceReceiver {
+        PresenceReceiver {
+            shared: self.shared.clone(),
         }
     }
 
-    /// Wait (in a task of its own) for room in the queue, then queue the lag with everything
-    /// counted into it up to that moment. Under the state lock: no message can slip in between.
-    fn queue_lag_when_there_is_room(&self) {
-        let tx = self.tx.clone();
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            let Ok(permit) = tx.reserve().await else {
-                return; // the hub is gone
-            };
-            let mut st = lock(&state);
-            if let Some(lag) = st.lag.take() {
-                if lag.last != 0 {
-                    st.last_sent = Position {
-                        seq: lag.last,
-                        epoch: lag.epoch.clone(),
-                    };
-                }
-                permit.send(Delivery::Lagged(lag));
+    /// Have `consumer` woken whenever the feed gets something while the consumer is idle (at
+    /// once if something waits already). Replaces waiting with [`Self::recv`].
+    pub fn set_consumer(&self, consumer: Weak<dyn Consumer>) {
+        let wake = {
+            let mut st = self.shared.lock();
+            st.consumer = Some(consumer);
+            st.woken = false;
+            if st.queue.is_empty() && st.lag.is_none() && st.presence.is_empty() {
+                None
+            } else {
+                st.consumer_to_wake()
             }
-        });
+        };
+        if let Some(consumer) = wake {
+            consumer.wake();
+        }
+    }
+
+    /// The next delivery, then the next presence event; `None` when nothing waits, and the
+    /// consumer is woken again by the next arrival.
+    pub fn next(&self) -> Option<Next> {
+        let mut st = self.shared.lock();
+        if let Some(d) = st.pop_delivery() {
+            return Some(Next::Delivery(d));
+        }
+        if let Some(ev) = st.pop_presence() {
+            return Some(Next::Presence(ev));
+        }
+        st.woken = false;
+        None
+    }
+
+    /// The next delivery, waiting for it; `None` once every sender is gone and nothing waits.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        loop {
+            let ready = self.shared.messages_ready.notified();
+            {
+                let mut st = self.shared.lock();
+                if let Some(d) = st.pop_delivery() {
+                    return Some(d);
+                }
+                if st.senders == 0 {
+                    return None;
+                }
+            }
+            ready.await;
+        }
+    }
+
+    /// The next delivery if one waits.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.shared.lock().pop_delivery()
+    }
+}
+
+impl Drop for FeedReceiver {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.receiver_open = false;
+        st.queue = VecDeque::new();
+        st.lag = None;
+        st.consumer = None;
+    }
+}
+
+/// The hub side of one room's presence events.
+pub struct PresenceReceiver {
+    shared: Arc<Shared>,
+}
+
+impl PresenceReceiver {
+    /// The next presence event, waiting for it; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<PresenceEvent> {
+        loop {
+            let ready = self.shared.presence_ready.notified();
+            {
+                let mut st = self.shared.lock();
+                if let Some(ev) = st.pop_presence() {
+                    return Some(ev);
+                }
+                if st.senders == 0 {
+                    return None;
+                }
+            }
+            ready.await;
+        }
+    }
+}
+
+impl Drop for PresenceReceiver {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.presence_open = false;
+        st.presence = VecDeque::new();
     }
 }
 

@@ -20,9 +20,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
-use super::feed::{FeedSender, ROOM_QUEUE, room_queue};
+use super::feed::{FeedSender, Wake, room_queue};
 use super::{
     Bus, BusError, Member, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
     RoomMessage, Subscription,
@@ -36,8 +35,8 @@ struct Room {
     history: VecDeque<RoomMessage>,
     /// Highest position of this room removed from (or never put in) its history.
     trimmed: u64,
+    /// One feed per subscription (the hub subscribes once per room), messages and presence.
     subscribers: Vec<(u64, FeedSender)>,
-    presence_subscribers: Vec<(u64, mpsc::Sender<PresenceEvent>)>,
     members: HashMap<String, Member>,
     /// An entry for this room is in the expiry queue.
     expiry_queued: bool,
@@ -76,7 +75,9 @@ struct Positions {
 
 #[derive(Default)]
 struct State {
-    rooms: HashMap<RoomKey, Room>,
+    /// Boxed: the map keeps spare slots (up to about twice the rooms), and a spare slot should
+    /// cost a pointer, not a room.
+    rooms: HashMap<RoomKey, Box<Room>>,
     positions: HashMap<String, Positions>,
     /// When each room with history next has a message to expire (ms since the Unix epoch).
     expiry: BinaryHeap<Reverse<(u64, RoomKey)>>,
@@ -86,9 +87,11 @@ struct State {
 impl State {
     /// The room, created if needed; a new room is born at `born` (see [`Room::born`]).
     fn room_mut(&mut self, key: &RoomKey, born: u64) -> &mut Room {
-        self.rooms.entry(key.clone()).or_insert_with(|| Room {
-            born,
-            ..Room::default()
+        self.rooms.entry(key.clone()).or_insert_with(|| {
+            Box::new(Room {
+                born,
+                ..Room::default()
+            })
         })
     }
 
@@ -99,11 +102,12 @@ impl State {
 
     /// Free the room if nothing holds it any more (its removals go to the namespace watermark).
     fn free_if_idle(&mut self, key: &RoomKey) {
-        if self.rooms.get(key).is_some_and(Room::is_idle)
+        if self.rooms.get(key).is_some_and(|r| r.is_idle())
             && let Some(room) = self.rooms.remove(key)
         {
             let p = self.positions.entry(key.namespace.clone()).or_default();
             p.freed = p.freed.max(room.trimmed);
+            shrink_if_sparse(&mut self.rooms);
         }
         crate::metrics::metrics()
             .bus_rooms
@@ -120,6 +124,15 @@ impl State {
             let due = first.ts_ms.saturating_add(r.max_age.as_millis() as u64);
             self.expiry.push(Reverse((due, key.clone())));
         }
+    }
+}
+
+/// Give a map's memory back once it holds under a quarter of what it has room for (maps never
+/// shrink on their own: a burst of rooms would stay paid for), all of it once it is empty.
+/// Amortised: the next shrink needs half of what is left to go first.
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
     }
 }
 
@@ -163,7 +176,6 @@ impl Drop for Unsubscribe {
         let mut st = lock(&state);
         if let Some(room) = st.rooms.get_mut(&self.key) {
             room.subscribers.retain(|(id, _)| *id != self.id);
-            room.presence_subscribers.retain(|(id, _)| *id != self.id);
         }
         st.free_if_idle(&self.key);
     }
@@ -311,13 +323,18 @@ impl Bus for MemoryBus {
         // is full (the hub's fan-out never awaits, so this means the process is starved) makes
         // the feed lag: the hub repairs its members from history or tells them (`feed`).
         room.subscribers.retain(|(_, s)| !s.is_closed());
-        for (_, s) in &room.subscribers {
-            let _ = s.send(msg.clone());
-        }
+        let wakes: Vec<Wake> = room
+            .subscribers
+            .iter()
+            .filter_map(|(_, s)| s.send_deferred(msg.clone()).ok())
+            .collect();
         if let Some(r) = &retention {
             st.schedule(&msg.key, r);
         }
         st.free_if_idle(&msg.key);
+        drop(guard);
+        // Outside the lock: a woken room may be freed, and its unsubscribe takes the lock.
+        wakes.into_iter().for_each(Wake::wake);
         Ok((seq != 0).then(|| Position {
             seq,
             epoch: self.epoch.clone(),
@@ -325,7 +342,6 @@ impl Bus for MemoryBus {
     }
 
     async fn subscribe(&self, key: &RoomKey) -> Result<Subscription, BusError> {
-        let (ptx, prx) = mpsc::channel(ROOM_QUEUE);
         let mut st = self.state();
         st.next_sub += 1;
         let id = st.next_sub;
@@ -341,14 +357,16 @@ impl Bus for MemoryBus {
         );
         let born = st.last_position(&key.namespace);
         let room = st.room_mut(key, born);
+        if room.subscribers.capacity() == 0 {
+            room.subscribers.reserve_exact(1); // the hub subscribes once per room
+        }
         room.subscribers.push((id, tx));
-        room.presence_subscribers.push((id, ptx));
         crate::metrics::metrics()
             .bus_rooms
             .set(st.rooms.len() as i64);
         Ok(Subscription {
+            presence: rx.presence(),
             messages: rx,
-            presence: prx,
             guard: Box::new(Unsubscribe {
                 state: Arc::downgrade(&self.state),
                 key: key.clone(),
@@ -455,19 +473,27 @@ impl Bus for MemoryBus {
                 .insert(member.conn.clone(), member.clone())
                 .is_none()
         } else {
-            room.members.remove(&member.conn).is_some()
+            let removed = room.members.remove(&member.conn).is_some();
+            shrink_if_sparse(&mut room.members);
+            removed
         };
+        let mut wakes = Vec::new();
         if changed {
-            room.presence_subscribers.retain(|(_, s)| !s.is_closed());
-            for (_, s) in &room.presence_subscribers {
-                let _ = s.try_send(PresenceEvent {
-                    key: key.clone(),
-                    joined: present,
-                    member: member.clone(),
-                });
+            for (_, s) in &room.subscribers {
+                wakes.extend(
+                    s.send_presence_deferred(PresenceEvent {
+                        key: key.clone(),
+                        joined: present,
+                        member: member.clone(),
+                    })
+                    .ok(),
+                );
             }
         }
         st.free_if_idle(key);
+        drop(st);
+        // Outside the lock (see `publish`).
+        wakes.into_iter().for_each(Wake::wake);
         Ok(())
     }
 

@@ -16,7 +16,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 /// A room, scoped by namespace (routes with the same namespace share rooms).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,8 +108,9 @@ pub struct PresenceEvent {
 /// Live delivery for one room on this pod. Dropping it unsubscribes.
 pub struct Subscription {
     /// Room messages in position order, and a [`feed::Lag`] where the pod fell behind.
-    pub messages: mpsc::Receiver<feed::Delivery>,
-    pub presence: mpsc::Receiver<PresenceEvent>,
+    pub messages: feed::FeedReceiver,
+    /// The room's presence events (from the same feed).
+    pub presence: feed::PresenceReceiver,
     /// Held to keep the underlying subscription alive (NATS subscriptions, consumers).
     pub guard: Box<dyn Send + Sync>,
 }

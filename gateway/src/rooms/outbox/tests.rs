@@ -101,3 +101,16 @@ async fn a_waiting_writer_wakes_on_push_and_on_close() {
     assert_eq!(writer.await.unwrap(), 0);
     assert!(!o.push(reply(1)), "a closed outbox takes nothing");
 }
+
+#[tokio::test]
+async fn an_outbox_the_writer_emptied_holds_no_buffer() {
+    let o = Outbox::new(10_000);
+    for _ in 0..100 {
+        assert!(o.push(reply(10)));
+    }
+    assert_eq!(o.take_all().await.len(), 100);
+    // Idle connections are most connections: the queue's buffer goes with what was taken.
+    assert_eq!(o.state.lock().unwrap().items.capacity(), 0);
+    assert!(o.push(reply(10)), "and it queues again");
+    assert_eq!(o.take_all().await.len(), 1);
+}

@@ -76,7 +76,7 @@ async fn a_feed_that_never_overflows_queues_everything_in_order() {
         tx.send(msg(seq)).unwrap();
         assert_eq!(seq_of(&rx.recv().await.unwrap()), seq);
     }
-    assert!(rx.try_recv().is_err());
+    assert!(rx.try_recv().is_none());
 }
 
 #[tokio::test(start_paused = true)]
@@ -99,4 +99,54 @@ fn overflow_warnings_are_written_at_most_once_per_period() {
         Some(2),
         "the next line says how many were not logged"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_feed_drained_after_a_burst_holds_no_queue() {
+    let (tx, mut rx) = FeedSender::with_capacity(4096, at(0));
+    for seq in 1..=100 {
+        tx.send(msg(seq)).unwrap();
+    }
+    for seq in 1..=100 {
+        assert_eq!(seq_of(&rx.recv().await.unwrap()), seq);
+    }
+    // An idle room is most rooms: its feed keeps no buffer from the burst.
+    assert_eq!(rx.shared.lock().queue.capacity(), 0);
+}
+
+struct Counter(std::sync::atomic::AtomicUsize);
+
+impl Consumer for Counter {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_consumer_is_woken_once_per_idle_period_and_again_after_it_found_the_feed_empty() {
+    let (tx, rx) = FeedSender::with_capacity(8, at(0));
+    tx.send(msg(1)).unwrap(); // before the consumer is set: woken when it is
+    let c = Arc::new(Counter(Default::default()));
+    let weak: std::sync::Weak<dyn Consumer> = Arc::downgrade(&(c.clone() as Arc<dyn Consumer>));
+    rx.set_consumer(weak);
+    let woken = || c.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(woken(), 1);
+    tx.send(msg(2)).unwrap();
+    assert_eq!(woken(), 1, "already awake: not woken again");
+    assert!(matches!(rx.next(), Some(Next::Delivery(_))));
+    assert!(matches!(rx.next(), Some(Next::Delivery(_))));
+    assert_eq!(rx.next(), None, "empty: the consumer goes idle");
+    tx.send_presence(PresenceEvent {
+        key: msg(0).key,
+        joined: true,
+        member: crate::rooms::bus::Member {
+            conn: "c".into(),
+            user: None,
+            info: serde_json::Value::Null,
+        },
+    })
+    .unwrap();
+    assert_eq!(woken(), 2, "the next arrival wakes it again");
+    assert!(matches!(rx.next(), Some(Next::Presence(_))));
+    assert_eq!(rx.next(), None);
 }

@@ -327,3 +327,40 @@ async fn resume_into_a_freed_room_is_exact_or_reported_lost() {
         matches!(bus.replay(&key("quiet"), &now).await.unwrap(), Replay::Gap(m) if m.len() == 1)
     );
 }
+
+/// Holds a room's subscription and drops it when woken, as the hub does when the room's last
+/// member left just before a message arrived (the wake-up held the last reference).
+struct UnsubscribesWhenWoken(Mutex<Option<Subscription>>);
+
+impl crate::rooms::bus::feed::Consumer for UnsubscribesWhenWoken {
+    fn wake(self: Arc<Self>) {
+        self.0.lock().unwrap().take();
+    }
+}
+
+#[tokio::test]
+async fn a_room_freed_by_its_wake_up_does_not_deadlock_the_publish() {
+    let bus = Arc::new(MemoryBus::new());
+    let sub = bus.subscribe(&key("a")).await.unwrap();
+    let consumer = Arc::new(UnsubscribesWhenWoken(Mutex::new(None)));
+    let weak: Weak<dyn crate::rooms::bus::feed::Consumer> = Arc::downgrade(&consumer) as _;
+    sub.messages.set_consumer(weak);
+    *consumer.0.lock().unwrap() = Some(sub);
+    let b = bus.clone();
+    let (done, finished) = std::sync::mpsc::channel();
+    // On a thread of its own (detached): a deadlock shows as a timeout, not as a hung test.
+    std::thread::spawn(move || {
+        let published = futures_util::FutureExt::now_or_never(b.publish(publish("a", 1)));
+        let _ = done.send(published.is_some());
+    });
+    assert_eq!(
+        finished.recv_timeout(Duration::from_secs(5)),
+        Ok(true),
+        "the publish finished: no wake-up under the bus's lock"
+    );
+    assert!(
+        consumer.0.lock().unwrap().is_none(),
+        "woken and unsubscribed"
+    );
+    assert_eq!(bus.room_count(), 0, "the room was freed");
+}

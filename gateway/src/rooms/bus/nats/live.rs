@@ -1,6 +1,6 @@
 //! Live delivery of one subscribed room: the pump that moves its NATS traffic (ordered
 //! JetStream consumer for stored messages, core subscriptions for ephemeral messages and
-//! presence) into the hub's queues, and the guard that stops it.
+//! presence) into the hub's feed, and the guard that stops it.
 
 use super::*;
 
@@ -23,7 +23,7 @@ pub(super) struct StoredFeed {
     pub(super) last: u64,
 }
 
-/// Moves one room's NATS traffic into the hub's two queues.
+/// Moves one room's NATS traffic into the hub's feed.
 pub(super) struct Pump {
     pub(super) inner: Arc<Inner>,
     pub(super) key: RoomKey,
@@ -32,7 +32,6 @@ pub(super) struct Pump {
     pub(super) eph: Subscriber,
     pub(super) presence: Subscriber,
     pub(super) tx: FeedSender,
-    pub(super) ptx: mpsc::Sender<PresenceEvent>,
 }
 
 pub(super) async fn next_of<S: futures_util::Stream + Unpin>(s: &mut Option<S>) -> Option<S::Item> {
@@ -136,10 +135,7 @@ impl Pump {
             joined: ev.joined,
             member: ev.member,
         };
-        !matches!(
-            self.ptx.try_send(ev),
-            Err(mpsc::error::TrySendError::Closed(_))
-        )
+        self.tx.send_presence(ev).is_ok()
     }
 
     /// After the live consumer lost its server-side state: if the stream itself was recreated

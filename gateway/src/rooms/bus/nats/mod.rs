@@ -43,7 +43,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Deserializer, Serialize};
-use tokio::sync::mpsc;
 
 mod envelope;
 mod history;
@@ -58,7 +57,7 @@ use live::*;
 pub use subjects::valid_name;
 use subjects::*;
 
-use super::feed::{FeedSender, ROOM_QUEUE};
+use super::feed::FeedSender;
 use super::{
     Bus, BusError, Member, Payload, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
     RoomMessage, Subscription,
@@ -550,7 +549,7 @@ impl Inner {
             },
         );
         let (tx, messages) = FeedSender::new(start);
-        let (ptx, presence_rx) = mpsc::channel(ROOM_QUEUE);
+        let presence_rx = messages.presence();
         let pump = Pump {
             inner: self.clone(),
             key: key.clone(),
@@ -559,7 +558,6 @@ impl Inner {
             eph,
             presence,
             tx,
-            ptx,
         };
         let task = tokio::spawn(pump.run());
         Ok(Subscription {
