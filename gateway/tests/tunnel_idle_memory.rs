@@ -1,12 +1,12 @@
-//! What an idle proxied tunnel holds in memory, counted by this test binary's allocator (live
-//! heap bytes on the test thread: the tunnel task with its state, and whatever it allocates).
-//! The tunnels relay over in-memory streams, which are created and warmed before counting, so
-//! only the tunnel is measured. The numbers are printed (`--nocapture`); the bound only tells
-//! "holds a read buffer" (8 KiB or more) apart from "holds none".
+//! What an idle proxied tunnel holds in memory: live heap bytes counted by dhat's allocator (the
+//! tunnel task with its state, and whatever it allocates; deterministic byte counts, never
+//! timings). The tunnels relay over in-memory streams, which are created and warmed before
+//! counting, so only the tunnel is measured. One test in its own binary: dhat counts the whole
+//! process, so the runtime is current-thread and nothing else runs meanwhile.
+//! `cargo nextest run -p switchboard-gateway --test tunnel_idle_memory --no-capture` prints the
+//! numbers; the bound only tells "holds a read buffer" (8 KiB or more) apart from "holds none".
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -14,46 +14,12 @@ use switchboard_gateway::tunnel::relay::{DirCounters, TunnelLimits, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::watch;
 
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-}
-
-fn add(delta: isize) {
-    let _ = LIVE.try_with(|l| l.set(l.get() + delta));
-}
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the counter is a
-// const-initialised thread-local without a destructor, so counting never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        add(layout.size() as isize);
-        // SAFETY: forwarded as is.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        add(layout.size() as isize);
-        // SAFETY: forwarded as is.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        add(-(layout.size() as isize));
-        // SAFETY: forwarded as is.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        add(new_size as isize - layout.size() as isize);
-        // SAFETY: forwarded as is.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: dhat::Alloc = dhat::Alloc;
 
+/// Heap bytes live now.
 fn live() -> isize {
-    LIVE.with(Cell::get)
+    dhat::HeapStats::get().curr_bytes as isize
 }
 
 const TUNNELS: usize = 200;
@@ -117,8 +83,17 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
-#[tokio::test]
-async fn an_idle_tunnel_holds_no_read_buffer_before_or_after_relaying() {
+#[test]
+fn an_idle_tunnel_holds_no_read_buffer_before_or_after_relaying() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(idle_tunnels());
+}
+
+async fn idle_tunnels() {
     let (_drain_tx, drain_rx) = watch::channel(false);
     let mut ends = Vec::new();
     let mut gateway_sides = Vec::new();
