@@ -577,3 +577,45 @@ async fn a_close_that_starts_while_a_client_frame_is_half_relayed_follows_the_re
         "then the Close"
     );
 }
+
+/// Frames of every kind the relay forwards: short and 16-bit lengths, a fragmented message
+/// with a ping inside, an empty frame, a foreign pong.
+fn mixed_frames(mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = frame::encode(OpCode::Text, b"short", mask);
+    out.extend_from_slice(&frame::encode(OpCode::Binary, &[3u8; 300], mask));
+    let mut first = frame::encode(OpCode::Text, b"frag", mask);
+    first[0] &= 0x7F;
+    out.extend_from_slice(&first);
+    out.extend_from_slice(&frame::encode(OpCode::Ping, b"are you there", mask));
+    let mut empty = frame::encode(OpCode::Continuation, b"", mask);
+    empty[0] &= 0x7F;
+    out.extend_from_slice(&empty);
+    out.extend_from_slice(&frame::encode(OpCode::Continuation, b"mented", mask));
+    out.extend_from_slice(&frame::encode(OpCode::Pong, b"not ours", mask));
+    out.extend_from_slice(&frame::encode(OpCode::Binary, b"", mask));
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_split_of_the_input_is_relayed_byte_for_byte_both_ways() {
+    for chunk in [1, 2, 3, 5, 7, 13, 64, 127, 300, 4096] {
+        let mut h = start(limits());
+        for (sent, from_client) in [(mixed_frames(MASK), true), (mixed_frames(None), false)] {
+            let (src, dst) = if from_client {
+                (&mut h.client, &mut h.upstream)
+            } else {
+                (&mut h.upstream, &mut h.client)
+            };
+            for piece in sent.chunks(chunk) {
+                src.send(piece).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let mut got = vec![0u8; sent.len()];
+            dst.io.read_exact(&mut got).await.expect("read");
+            assert_eq!(
+                got, sent,
+                "chunks of {chunk}, from the client: {from_client}"
+            );
+        }
+    }
+}
