@@ -510,7 +510,10 @@ async fn frames_split_across_reads_reach_the_app_byte_for_byte_with_the_client_m
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let mut got = vec![0u8; sent.len()];
-    h.upstream.io.read_exact(&mut got).await.expect("read");
+    tokio::time::timeout(Duration::from_secs(5), h.upstream.io.read_exact(&mut got))
+        .await
+        .expect("every byte arrives")
+        .expect("read");
     assert_eq!(
         got, sent,
         "headers, mask and payload as the client sent them"
@@ -611,7 +614,10 @@ async fn every_split_of_the_input_is_relayed_byte_for_byte_both_ways() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let mut got = vec![0u8; sent.len()];
-            dst.io.read_exact(&mut got).await.expect("read");
+            tokio::time::timeout(Duration::from_secs(5), dst.io.read_exact(&mut got))
+                .await
+                .expect("every byte arrives")
+                .expect("read");
             assert_eq!(
                 got, sent,
                 "chunks of {chunk}, from the client: {from_client}"
