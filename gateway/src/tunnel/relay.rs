@@ -1,21 +1,32 @@
-//! The gateway-owned WebSocket tunnel: after the 101, frames are relayed both ways by two pumps
-//! (client -> app, app -> client), each the only writer of its destination. A supervisor owns
-//! the timers (keep-alive ping and pong deadline, token expiry, drain) and limit violations, and
-//! closes both sides with one code from [`CloseCause`] by asking each pump to inject a Close frame
-//! at the next frame boundary.
+//! The gateway-owned WebSocket tunnel: after the 101, one task relays frames both ways
+//! (client -> app, app -> client). Each direction ([`Dir`]) is a state machine driven from the
+//! tunnel's single poll function; the supervisor part of the tunnel owns the timers (keep-alive
+//! ping and pong deadline, token expiry, drain, close deadlines) and limit violations, and
+//! closes both sides with one code from [`CloseCause`] by having each direction inject a Close
+//! frame at the next frame boundary.
+//!
+//! What an idle tunnel holds: its two streams, this state (two directions with their frame
+//! scanners) and one timer entry; no read buffer, no channel, no second task. Data is read into
+//! a per-worker scratch buffer inside the poll ([`SCRATCH`], never held across an await) and
+//! written to the destination from there, frame headers and payload as received (client masks
+//! included); only bytes the destination does not take at once are copied into an owned buffer,
+//! which is freed when it empties. A direction does not read more while it owes its
+//! destination bytes, so a slow reader holds back its source (back-pressure, as before).
 //!
 //! Written over `AsyncRead + AsyncWrite` so tests drive it with in-memory duplex streams.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use prometheus::IntCounter;
 use rand::Rng;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 use super::bucket::TokenBucket;
 use super::frame::{self, Event, OpCode, Scanner, Sender};
@@ -23,11 +34,20 @@ use crate::error::{CloseCause, Side};
 
 /// Prefix of the gateway's own keep-alive ping payloads; pongs carrying it are not forwarded.
 const PING_MAGIC: &[u8] = b"sb-ka:";
-const READ_BUF: usize = 8 * 1024;
-/// Longest a pump waits to shut its client stream down cleanly after the close.
+/// Size of the per-worker read buffer every tunnel on that worker reads into.
+const SCRATCH_LEN: usize = 16 * 1024;
+/// Most reads one direction does in one poll before letting other tasks run.
+const READS_PER_POLL: usize = 16;
+/// Longest a direction waits to shut its destination's stream down cleanly.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 /// Most bytes relayed from what a source has already sent when a close starts.
 const READY_BUDGET: usize = 256 * 1024;
+
+thread_local! {
+    /// The read buffer shared by the tunnels of one worker thread: borrowed for one read and
+    /// the forwarding of what it returned, inside a poll, never across an await.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_LEN]);
+}
 
 /// Per-connection limits and timers, fixed when the connection is admitted.
 #[derive(Debug, Clone)]
@@ -68,37 +88,7 @@ pub struct Outcome {
     pub bytes_out: u64,
 }
 
-enum Cmd {
-    Ping(Vec<u8>),
-    /// Send Close; with `fail`, also end the connection at once (RFC 6455 §7.1.7 "fail the
-    /// WebSocket connection": no waiting for a reply after a protocol error).
-    Close {
-        code: u16,
-        reason: String,
-        fail: bool,
-    },
-    /// A close that starts at the source (the client was sent Close by the other pump): keep
-    /// relaying until the source's Close arrives, then send the destination this Close instead
-    /// of forwarding the source's.
-    CloseAfterSource {
-        code: u16,
-        reason: String,
-    },
-    /// The destination's close handshake is complete (it was sent our Close and its own Close
-    /// has arrived at the other pump): end its stream now instead of when this pump's source
-    /// answers too.
-    Finish,
-}
-
-enum Report {
-    /// A pong from the client.
-    Pong,
-    /// A pong from the app.
-    AppPong,
-    Violation(CloseCause),
-}
-
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     /// The source sent Close; it was forwarded.
     PeerClose(u16),
@@ -115,13 +105,7 @@ enum End {
     Failed,
 }
 
-struct PumpResult {
-    end: End,
-    frames: u64,
-    bytes: u64,
-}
-
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Relay,
     /// A close is under way: parse, forward nothing, stop at the source's Close.
@@ -130,56 +114,144 @@ enum Mode {
     Blind,
 }
 
-struct Pump<R, W> {
-    src: ReadHalf<R>,
-    dst: WriteHalf<W>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Relaying.
+    Open,
+    /// The source is done (`end`); what is owed to the destination (bytes, a Close the
+    /// supervisor asked for) still goes out, then the destination is flushed and, with
+    /// `shutdown`, its stream ended.
+    Ending { end: End, shutdown: bool },
+    /// Nothing more to do.
+    Done(End),
+}
+
+/// A Close the supervisor asked a direction to send its destination.
+#[derive(Debug)]
+struct CloseCmd {
+    code: u16,
+    reason: String,
+    /// Also end the connection at once (RFC 6455 §7.1.7 "fail the WebSocket connection": no
+    /// waiting for a reply after a protocol error).
+    fail: bool,
+}
+
+/// One direction of the tunnel: frames sent by `sender`, read from its source and written to
+/// its destination (the streams are the tunnel's; a direction only borrows them while polled).
+/// Only the client's direction is rate limited.
+struct Dir {
     sender: Sender,
     scanner: Scanner,
-    cmds: mpsc::Receiver<Cmd>,
-    reports: mpsc::Sender<Report>,
     bucket: Option<TokenBucket>,
     counters: DirCounters,
     mode: Mode,
-    /// We injected a Close into `dst`.
+    stage: Stage,
+    /// Bytes owed to the destination that it did not take yet; empty (unallocated) when idle.
+    out: Vec<u8>,
+    /// Bytes were written to the destination since its last flush.
+    unflushed: bool,
+    /// We wrote a Close into the destination.
     close_sent: bool,
-    /// A command waiting for `dst` to reach a frame boundary.
-    pending: Option<Cmd>,
-    /// The Close to send `dst` once the source's Close arrives ([`Cmd::CloseAfterSource`]).
+    /// A Close waiting for the destination to reach a frame boundary.
+    close: Option<CloseCmd>,
+    /// A keep-alive ping (its sequence number) waiting for a frame boundary.
+    ping: Option<u64>,
+    /// While non-zero, a close has started and what the source already sent is relayed
+    /// first (up to this many more bytes), before the Close goes out.
+    ready_budget: usize,
+    /// The Close to send the destination once the source's Close arrives (a client-first
+    /// close: the source was sent Close by the other direction).
     handoff: Option<(u16, String)>,
-    /// `dst`'s stream was ended early ([`Cmd::Finish`]).
+    /// The destination's close handshake is complete: end its stream without waiting for
+    /// this direction's source to answer too.
+    finish: bool,
+    /// The destination's stream was ended early (`finish`).
     finished: bool,
-    /// `dst` has a data frame of ours half written.
+    /// A shutdown of the destination's stream is under way; given up at this instant.
+    shutdown_by: Option<Instant>,
+    /// The destination has a data frame of ours half written.
     dst_mid_frame: bool,
-    /// This pump reported a violation: the supervisor owes `dst` a Close for it.
-    violated: bool,
     frames: u64,
     bytes: u64,
-    /// Who sent the first Close (side << 16 | code), shared by both pumps: both may finish
-    /// before the supervisor looks, so the order it sees them in proves nothing.
-    first_close: Arc<AtomicU32>,
+    // What the supervisor has to look at after a poll.
+    /// A pong arrived from the source.
+    pong: bool,
+    /// The source broke a limit or the framing rules.
+    violation: Option<CloseCause>,
 }
 
-impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
-    /// The pump reading frames sent by `sender` from `src` and writing them to `dst`; only the
-    /// client's direction is rate limited.
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        src: ReadHalf<R>,
-        dst: WriteHalf<W>,
-        sender: Sender,
-        limits: &TunnelLimits,
-        cmds: mpsc::Receiver<Cmd>,
-        reports: mpsc::Sender<Report>,
-        counters: DirCounters,
-        first_close: Arc<AtomicU32>,
-    ) -> Self {
-        Pump {
-            src,
-            dst,
+/// Where one read's forwarded bytes go: straight to the destination while it takes them, into
+/// the direction's owned buffer from the first byte it does not. Contiguous input ranges are
+/// gathered into one write.
+struct Forward<'a, 'b, D> {
+    dst: &'a mut D,
+    cx: &'a mut Context<'b>,
+    input: &'a [u8],
+    /// Input bytes to forward that are not written yet.
+    run: Range<usize>,
+    out: &'a mut Vec<u8>,
+    wrote: bool,
+    failed: bool,
+}
+
+impl<D: AsyncWrite + Unpin> Forward<'_, '_, D> {
+    fn range(&mut self, r: Range<usize>) {
+        if r.is_empty() {
+            return;
+        }
+        if self.run.is_empty() {
+            self.run = r;
+        } else if self.run.end == r.start {
+            self.run.end = r.end;
+        } else {
+            self.flush_run();
+            self.run = r;
+        }
+    }
+
+    fn owned(&mut self, bytes: &[u8]) {
+        self.flush_run();
+        self.write(bytes);
+    }
+
+    fn flush_run(&mut self) {
+        let r = std::mem::replace(&mut self.run, 0..0);
+        let input = self.input;
+        self.write(&input[r]);
+    }
+
+    fn write(&mut self, mut bytes: &[u8]) {
+        if self.failed || bytes.is_empty() {
+            return;
+        }
+        if !self.out.is_empty() {
+            self.out.extend_from_slice(bytes);
+            return;
+        }
+        while !bytes.is_empty() {
+            match Pin::new(&mut *self.dst).poll_write(self.cx, bytes) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.failed = true;
+                    return;
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.wrote = true;
+                    bytes = &bytes[n..];
+                }
+                Poll::Pending => {
+                    self.out.extend_from_slice(bytes);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Dir {
+    fn new(sender: Sender, limits: &TunnelLimits, counters: DirCounters) -> Self {
+        Dir {
             sender,
             scanner: Scanner::new(sender, limits.max_message_bytes),
-            cmds,
-            reports,
             bucket: (sender == Sender::Client).then(|| {
                 TokenBucket::new(
                     limits.messages_per_second,
@@ -189,15 +261,29 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
             }),
             counters,
             mode: Mode::Relay,
+            stage: Stage::Open,
+            out: Vec::new(),
+            unflushed: false,
             close_sent: false,
-            pending: None,
+            close: None,
+            ping: None,
+            ready_budget: 0,
             handoff: None,
+            finish: false,
             finished: false,
+            shutdown_by: None,
             dst_mid_frame: false,
-            violated: false,
             frames: 0,
             bytes: 0,
-            first_close,
+            pong: false,
+            violation: None,
+        }
+    }
+
+    fn done(&self) -> Option<End> {
+        match self.stage {
+            Stage::Done(end) => Some(end),
+            _ => None,
         }
     }
 
@@ -206,238 +292,348 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
         (self.sender == Sender::Client).then(|| rand::rng().random())
     }
 
-    async fn run(mut self) -> PumpResult {
-        let mut buf = vec![0u8; READ_BUF];
-        let mut out: Vec<u8> = Vec::new();
-        let mut cmds_open = true;
-        let end = loop {
-            if !self.dst_mid_frame
-                && let Some(cmd) = self.pending.take()
-            {
-                match self.inject(cmd).await {
-                    Err(end) => break end,
-                    Ok(true) => {
-                        let _ = self.dst.shutdown().await;
-                        break End::Failed;
-                    }
-                    Ok(false) => {}
-                }
-            }
-            let takes_cmds = cmds_open && self.pending.is_none();
-            tokio::select! {
-                biased;
-                cmd = self.cmds.recv(), if takes_cmds => match cmd {
-                    None => cmds_open = false,
-                    Some(Cmd::CloseAfterSource { code, reason }) => {
-                        self.handoff = Some((code, reason));
-                    }
-                    Some(Cmd::Finish) => {
-                        if self.close_sent && !self.finished {
-                            self.finished = true;
-                            let _ = self.dst.flush().await;
-                            let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.dst.shutdown()).await;
-                        }
-                    }
-                    Some(cmd @ Cmd::Close { fail: false, .. }) => {
-                        // What the source sent before the close started goes out before it.
-                        // The Close is held as pending meanwhile: if the source ends first
-                        // (its own Close can be among what is ready), it is still owed.
-                        self.pending = Some(cmd);
-                        if let Some(end) = self.forward_ready(&mut buf, &mut out).await {
-                            break end;
-                        }
-                    }
-                    Some(cmd) => self.pending = Some(cmd),
-                },
-                read = self.src.read(&mut buf) => {
-                    if let Some(end) = self.relay_read(read, &buf, &mut out).await {
-                        break end;
-                    }
-                }
-            }
+    /// Ask for a Close to the destination (ignored once one is sent or asked for). A close
+    /// that is not a failure first relays what the source has already sent.
+    fn close(&mut self, code: u16, reason: String, fail: bool) {
+        let accepts = match self.stage {
+            Stage::Open => true,
+            // The source ended in the same read that broke a limit: the Close is still owed.
+            Stage::Ending { .. } => self.shutdown_by.is_none(),
+            Stage::Done(_) => false,
         };
-        self.write_owed_close(&end).await;
-        let _ = self.dst.flush().await;
-        if self.sender == Sender::Server
-            && !self.finished
-            && (self.close_sent || matches!(end, End::PeerClose(_)))
-        {
-            // The client has its Close and nothing follows it: end the stream cleanly (TLS
-            // close_notify, then FIN) instead of dropping the socket, which a TLS client sees
-            // as a truncated stream. Bounded: a stuck client must not hold the tunnel open.
-            let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.dst.shutdown()).await;
-        }
-        tracing::debug!(sender = ?self.sender, end = ?end, "pump ended");
-        PumpResult {
-            end,
-            frames: self.frames,
-            bytes: self.bytes,
-        }
-    }
-
-    /// The pump is ending: a Close the supervisor asked for (or, after a violation, is about
-    /// to ask for) still goes out. The source's own Close or end can overtake the close
-    /// command — e.g. an app that answers the Close the other pump sent it while this pump
-    /// is still discarding the message it refused — and the destination must get its Close
-    /// (1009, 1008, ...) rather than a bare end of stream. Bounded by [`SHUTDOWN_WAIT`].
-    async fn write_owed_close(&mut self, end: &End) {
-        if self.close_sent
-            || self.dst_mid_frame
-            || matches!(end, End::PeerClose(_) | End::DestinationGone | End::Failed)
-        {
+        if !accepts || self.close_sent || self.close.is_some() {
             return;
         }
-        let owed = match self.pending.take() {
-            Some(cmd @ Cmd::Close { .. }) => Some(cmd),
-            _ if self.violated => tokio::time::timeout(SHUTDOWN_WAIT, next_close(&mut self.cmds))
-                .await
-                .ok()
-                .flatten(),
-            _ => next_close(&mut self.cmds).now_or_never().flatten(),
-        };
-        if let Some(cmd) = owed {
-            let _ = self.inject(cmd).await;
+        if !fail && self.stage == Stage::Open {
+            self.ready_budget = READY_BUDGET;
+        }
+        self.close = Some(CloseCmd { code, reason, fail });
+    }
+
+    /// A client-first close: relay until the source's Close, then send the destination this
+    /// Close instead of forwarding the source's.
+    fn close_after_source(&mut self, code: u16, reason: String) {
+        if self.stage == Stage::Open {
+            self.handoff = Some((code, reason));
         }
     }
 
-    /// Handle one read from the source: relay its frames to the destination. `Some` when the
-    /// pump is done.
-    async fn relay_read(
+    /// The destination's close handshake is complete (it was sent our Close and its own Close
+    /// has arrived at the other direction).
+    fn finish(&mut self) {
+        if self.stage == Stage::Open {
+            self.finish = true;
+        }
+    }
+
+    /// A keep-alive ping to the destination at the next frame boundary (at most one waits).
+    fn ping(&mut self, seq: u64) {
+        if self.stage == Stage::Open && !self.close_sent && self.close.is_none() {
+            self.ping = Some(seq);
+        }
+    }
+
+    /// Queue a Close of ours for the destination.
+    fn write_close(&mut self, code: u16, reason: &str) {
+        self.close_sent = true;
+        if self.mode == Mode::Relay {
+            self.mode = Mode::Discard;
+        }
+        let bytes = frame::close_frame(code, reason, self.out_mask());
+        if self.out.is_empty() {
+            self.out = bytes;
+        } else {
+            self.out.extend_from_slice(&bytes);
+        }
+    }
+
+    /// Write what is owed to `dst` and flush it. `Ready(Err)` when the destination is gone.
+    fn poll_out<D: AsyncWrite + Unpin>(
         &mut self,
-        read: std::io::Result<usize>,
-        buf: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Option<End> {
-        let n = match read {
-            Ok(0) => return Some(self.source_vanished(false).await),
-            Err(_) => return Some(self.source_vanished(true).await),
-            Ok(n) => n,
-        };
-        self.bytes += n as u64;
-        self.counters.bytes.inc_by(n as u64);
-        if self.mode == Mode::Blind {
-            return None;
-        }
-        out.clear();
-        let processed = self.process(&buf[..n], out).await;
-        // pingora's client stream buffers writes: flush every chunk so nothing waits.
-        if !out.is_empty()
-            && (self.dst.write_all(out).await.is_err() || self.dst.flush().await.is_err())
-        {
-            return Some(End::DestinationGone);
-        }
-        if out.capacity() > 64 * 1024 {
-            *out = Vec::new();
-        }
-        processed
-    }
-
-    /// Relay what the source has already sent (bytes waiting in the socket) without waiting
-    /// for more, up to [`READY_BUDGET`]: frames sent before a close starts are delivered
-    /// before it, as far as they reached the gateway.
-    async fn forward_ready(&mut self, buf: &mut [u8], out: &mut Vec<u8>) -> Option<End> {
-        let mut budget = READY_BUDGET;
-        while budget > 0 {
-            let read = self.src.read(buf).now_or_never()?;
-            if let Ok(n) = read {
-                budget = budget.saturating_sub(n.max(1));
-            }
-            if let Some(end) = self.relay_read(read, buf, out).await {
-                return Some(end);
-            }
-        }
-        None
-    }
-
-    /// The source's TCP stream ended without a Close. During a client-first close the app
-    /// still gets the close's Close. Otherwise a clean end (FIN) is mirrored: the
-    /// destination's stream is ended the same way, so the tunnel stays transparent. A broken
-    /// stream (reset, error) is reported with a Close of ours: 1011 to a client whose app pod
-    /// went away, 1001 to an app whose client went away.
-    async fn source_vanished(&mut self, broken: bool) -> End {
-        if let Some((code, reason)) = self.handoff.take()
-            && !self.close_sent
-            && !self.dst_mid_frame
-        {
-            let _ = self
-                .inject(Cmd::Close {
-                    code,
-                    reason,
-                    fail: false,
-                })
-                .await;
-            return End::SourceGone;
-        }
-        if self.mode != Mode::Relay || self.close_sent || self.dst_mid_frame || !broken {
-            let _ = self.dst.shutdown().await;
-            return End::SourceGone;
-        }
-        let (code, reason) = match self.sender {
-            Sender::Server => (
-                CloseCause::UpstreamGone.code(),
-                CloseCause::UpstreamGone.reason(),
-            ),
-            Sender::Client => (1001, "client went away"),
-        };
-        match self
-            .inject(Cmd::Close {
-                code,
-                reason: reason.to_string(),
-                fail: false,
-            })
-            .await
-        {
-            Ok(_) => End::SourceBroken,
-            Err(_) => End::SourceGone,
-        }
-    }
-
-    /// Write a frame of ours; `Ok(true)` when the connection is to end now.
-    async fn inject(&mut self, cmd: Cmd) -> Result<bool, End> {
-        if self.close_sent {
-            return Ok(false);
-        }
-        let mut end_now = false;
-        let bytes = match cmd {
-            Cmd::Ping(payload) => frame::encode(OpCode::Ping, &payload, self.out_mask()),
-            Cmd::CloseAfterSource { code, reason } => {
-                self.handoff = Some((code, reason));
-                return Ok(false);
-            }
-            Cmd::Finish => return Ok(false),
-            Cmd::Close { code, reason, fail } => {
-                end_now = fail;
-                self.close_sent = true;
-                if self.mode == Mode::Relay {
-                    self.mode = Mode::Discard;
+        cx: &mut Context<'_>,
+        dst: &mut D,
+    ) -> Poll<Result<(), ()>> {
+        let mut written = 0;
+        while written < self.out.len() {
+            match Pin::new(&mut *dst).poll_write(cx, &self.out[written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    self.unflushed = true;
                 }
-                frame::close_frame(code, &reason, self.out_mask())
+                Poll::Pending => {
+                    self.out.drain(..written);
+                    return Poll::Pending;
+                }
             }
-        };
-        if self.dst.write_all(&bytes).await.is_err() || self.dst.flush().await.is_err() {
-            return Err(End::DestinationGone);
         }
-        Ok(end_now)
+        if self.out.capacity() > 0 {
+            // Nothing owed: hold no buffer while waiting.
+            self.out = Vec::new();
+        }
+        if self.unflushed {
+            // A TLS client stream buffers writes: flush every chunk so nothing waits.
+            match Pin::new(&mut *dst).poll_flush(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Ready(Ok(())) => self.unflushed = false,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
-    /// Scan one read's worth of input, appending what to forward to `out`.
-    async fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<End> {
-        let mut pos = 0;
-        // Whether the data frame being scanned is forwarded (false once refused or discarding).
+    /// Shut the destination's stream down, bounded by [`SHUTDOWN_WAIT`] (the supervisor
+    /// gives up for us at `shutdown_by`). `Ready` once done or failed.
+    fn poll_shutdown<D: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut D,
+    ) -> Poll<()> {
+        if self.shutdown_by.is_none() {
+            self.shutdown_by = Some(Instant::now() + SHUTDOWN_WAIT);
+        }
+        match Pin::new(dst).poll_shutdown(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => {
+                self.shutdown_by = None;
+                Poll::Ready(())
+            }
+        }
+    }
+
+    /// The supervisor's clock passed `shutdown_by`: stop waiting for the destination.
+    fn shutdown_expired(&mut self, now: Instant) -> bool {
+        if self.shutdown_by.is_none_or(|t| t > now) {
+            return false;
+        }
+        self.shutdown_by = None;
+        match self.stage {
+            Stage::Open => self.finished = true,
+            Stage::Ending { end, .. } => self.stage = Stage::Done(end),
+            Stage::Done(_) => {}
+        }
+        true
+    }
+
+    /// Drive this direction as far as it goes without waiting. `Ready` when the supervisor
+    /// has something to look at (a pong, a violation, the direction is done); `Pending` when
+    /// waiting for its streams.
+    fn poll<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut S,
+        dst: &mut D,
+        first_close: &mut u32,
+    ) -> Poll<()>
+    where
+        S: AsyncRead + Unpin,
+        D: AsyncWrite + Unpin,
+    {
+        let mut reads = 0;
         loop {
+            if self.done().is_some() {
+                return Poll::Pending;
+            }
+            // What is owed to the destination goes first; nothing more is read meanwhile.
+            match self.poll_out(cx, dst) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(())) => {
+                    self.out = Vec::new();
+                    self.stage = match self.stage {
+                        Stage::Ending {
+                            end: End::SourceBroken,
+                            ..
+                        } => Stage::Done(End::SourceGone),
+                        Stage::Ending { end, .. } => Stage::Done(end),
+                        _ => Stage::Done(End::DestinationGone),
+                    };
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            if let Stage::Ending { end, shutdown } = self.stage {
+                if !self.close_sent
+                    && !self.dst_mid_frame
+                    && !matches!(end, End::PeerClose(_) | End::DestinationGone | End::Failed)
+                    && let Some(c) = self.close.take()
+                {
+                    // A Close the supervisor asked for still goes out: the source's own
+                    // Close or end can overtake it (an app answering the Close the other
+                    // direction sent while this one discards the message it refused), and
+                    // the destination must get its 1009/1008/... rather than a bare end.
+                    self.write_close(c.code, &c.reason);
+                    continue;
+                }
+                let shutdown = shutdown
+                    || (self.sender == Sender::Server
+                        && !self.finished
+                        && (self.close_sent || matches!(end, End::PeerClose(_))));
+                if shutdown && self.poll_shutdown(cx, dst).is_pending() {
+                    // The client has its Close and nothing follows it: end the stream cleanly
+                    // (TLS close_notify, then FIN) instead of dropping the socket, which a TLS
+                    // client sees as a truncated stream. Bounded: a stuck client must not
+                    // hold the tunnel open.
+                    self.stage = Stage::Ending {
+                        end,
+                        shutdown: true,
+                    };
+                    return Poll::Pending;
+                }
+                tracing::debug!(sender = ?self.sender, end = ?end, "direction ended");
+                self.stage = Stage::Done(end);
+                return Poll::Ready(());
+            }
+            if self.finish && self.close_sent && !self.finished {
+                if self.poll_shutdown(cx, dst).is_pending() {
+                    return Poll::Pending;
+                }
+                self.finished = true;
+            }
+            if !self.dst_mid_frame && self.ready_budget == 0 {
+                if let Some(c) = self.close.take() {
+                    if self.close_sent {
+                        continue;
+                    }
+                    self.write_close(c.code, &c.reason);
+                    if c.fail {
+                        self.stage = Stage::Ending {
+                            end: End::Failed,
+                            shutdown: true,
+                        };
+                    }
+                    continue;
+                }
+                if let Some(seq) = self.ping.take() {
+                    let mut payload = PING_MAGIC.to_vec();
+                    payload.extend_from_slice(seq.to_string().as_bytes());
+                    self.out = frame::encode(OpCode::Ping, &payload, self.out_mask());
+                    continue;
+                }
+            }
+            if reads == READS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            reads += 1;
+            if self.read_and_relay(cx, src, dst, first_close).is_pending() {
+                if self.ready_budget > 0 {
+                    // All the source had sent before the close started is relayed.
+                    self.ready_budget = 0;
+                    continue;
+                }
+                return Poll::Pending;
+            }
+            if self.pong || self.violation.is_some() {
+                return Poll::Ready(());
+            }
+        }
+    }
+
+    /// One read from the source into the worker's scratch buffer, and the relaying of its
+    /// frames. `Pending` when the source has nothing.
+    fn read_and_relay<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut S,
+        dst: &mut D,
+        first_close: &mut u32,
+    ) -> Poll<()>
+    where
+        S: AsyncRead + Unpin,
+        D: AsyncWrite + Unpin,
+    {
+        SCRATCH.with(|cell| {
+            let mut own;
+            let mut shared;
+            // Re-entry cannot happen (a poll does not poll another tunnel), but if it did, a
+            // buffer of its own keeps it correct.
+            let buf: &mut [u8] = match cell.try_borrow_mut() {
+                Ok(b) => {
+                    shared = b;
+                    &mut shared[..]
+                }
+                Err(_) => {
+                    own = vec![0; SCRATCH_LEN];
+                    &mut own[..]
+                }
+            };
+            let mut rb = ReadBuf::new(buf);
+            let read = match Pin::new(src).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
+            };
+            let n = rb.filled().len();
+            match read {
+                Err(_) => self.source_vanished(true),
+                Ok(()) if n == 0 => self.source_vanished(false),
+                Ok(()) => {
+                    self.bytes += n as u64;
+                    self.counters.bytes.inc_by(n as u64);
+                    self.ready_budget = self.ready_budget.saturating_sub(n);
+                    if self.mode != Mode::Blind {
+                        self.relay(cx, rb.filled(), dst, first_close);
+                    }
+                }
+            }
+            Poll::Ready(())
+        })
+    }
+
+    /// Relay the frames in `input` to `dst`.
+    fn relay<D: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        input: &[u8],
+        dst: &mut D,
+        first_close: &mut u32,
+    ) {
+        let mut out = std::mem::take(&mut self.out);
+        let mut fwd = Forward {
+            dst,
+            cx,
+            input,
+            run: 0..0,
+            out: &mut out,
+            wrote: false,
+            failed: false,
+        };
+        let end = self.process(input, &mut fwd, first_close);
+        fwd.flush_run();
+        let (wrote, failed) = (fwd.wrote, fwd.failed);
+        self.out = out;
+        self.unflushed |= wrote;
+        if failed {
+            self.out = Vec::new();
+            self.stage = Stage::Done(End::DestinationGone);
+        } else if let Some(end) = end {
+            self.stage = Stage::Ending {
+                end,
+                shutdown: false,
+            };
+        }
+    }
+
+    /// Scan `input`, forwarding what passes through `fwd`. `Some` when the source is done.
+    fn process<D: AsyncWrite + Unpin>(
+        &mut self,
+        input: &[u8],
+        fwd: &mut Forward<'_, '_, D>,
+        first_close: &mut u32,
+    ) -> Option<End> {
+        let mut pos = 0;
+        loop {
+            let start = pos;
             let event = match self.scanner.next(input, &mut pos) {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return None,
                 Err(_) => {
                     self.mode = Mode::Blind;
-                    self.violated = true;
-                    let _ = self
-                        .reports
-                        .send(Report::Violation(CloseCause::ProtocolError))
-                        .await;
+                    self.violation = Some(CloseCause::ProtocolError);
                     return None;
                 }
             };
+            // The event's bytes are `input[start..pos]` when all of them arrived in this read;
+            // a header or control frame split across reads is forwarded from the scanner's copy.
             match event {
                 Event::Header(h) => {
                     self.frames += 1;
@@ -451,28 +647,38 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                             .as_mut()
                             .is_some_and(|b| !b.try_take(std::time::Instant::now()));
                     if h.too_big || limited {
-                        let cause = if h.too_big {
+                        self.mode = Mode::Discard;
+                        self.violation = Some(if h.too_big {
                             CloseCause::MessageTooBig
                         } else {
                             CloseCause::RateLimited
-                        };
-                        self.mode = Mode::Discard;
-                        self.violated = true;
-                        let _ = self.reports.send(Report::Violation(cause)).await;
+                        });
                         continue;
                     }
-                    out.extend_from_slice(&h.raw);
+                    if pos - start == h.raw.len() {
+                        fwd.range(start..pos);
+                    } else {
+                        fwd.owned(&h.raw);
+                    }
                     self.dst_mid_frame = h.payload_len > 0;
                 }
                 Event::Payload(p) => {
                     if self.mode == Mode::Relay && self.dst_mid_frame {
-                        out.extend_from_slice(p);
+                        fwd.range(pos - p.len()..pos);
                         self.dst_mid_frame = !self.scanner.at_boundary();
                     }
                 }
                 Event::Control(c) => {
                     self.frames += 1;
                     self.counters.frames.inc();
+                    let whole = pos - start == c.raw.len();
+                    let forward = |fwd: &mut Forward<'_, '_, D>| {
+                        if whole {
+                            fwd.range(start..pos);
+                        } else {
+                            fwd.owned(&c.raw);
+                        }
+                    };
                     match c.opcode {
                         OpCode::Close => {
                             if let Some((code, reason)) = self.handoff.take()
@@ -480,41 +686,31 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
                             {
                                 // The source answered the Close it was sent: now the
                                 // destination gets the same close (not the source's code).
-                                out.extend_from_slice(&frame::close_frame(
-                                    code,
-                                    &reason,
-                                    self.out_mask(),
-                                ));
+                                fwd.owned(&frame::close_frame(code, &reason, self.out_mask()));
                                 self.close_sent = true;
                                 self.mode = Mode::Discard;
                                 return Some(End::CloseAck);
                             }
                             if self.mode == Mode::Relay {
-                                out.extend_from_slice(&c.raw);
+                                forward(fwd);
                                 let code = c.close_code().unwrap_or(1005);
                                 let side = if self.sender == Sender::Client { 1 } else { 2 };
-                                let _ = self.first_close.compare_exchange(
-                                    0,
-                                    (side << 16) | u32::from(code),
-                                    Ordering::AcqRel,
-                                    Ordering::Acquire,
-                                );
+                                if *first_close == 0 {
+                                    *first_close = (side << 16) | u32::from(code);
+                                }
                                 return Some(End::PeerClose(code));
                             }
                             return Some(End::CloseAck);
                         }
                         OpCode::Pong => {
-                            let _ = self.reports.try_send(match self.sender {
-                                Sender::Client => Report::Pong,
-                                Sender::Server => Report::AppPong,
-                            });
+                            self.pong = true;
                             if !c.payload.starts_with(PING_MAGIC) && self.mode == Mode::Relay {
-                                out.extend_from_slice(&c.raw);
+                                forward(fwd);
                             }
                         }
                         _ => {
                             if self.mode == Mode::Relay {
-                                out.extend_from_slice(&c.raw);
+                                forward(fwd);
                             }
                         }
                     }
@@ -522,21 +718,39 @@ impl<R: AsyncRead + Send + 'static, W: AsyncWrite + Send + 'static> Pump<R, W> {
             }
         }
     }
-}
 
-/// The next Close command on `cmds`, skipping pings and the like; `None` once it is closed.
-async fn next_close(cmds: &mut mpsc::Receiver<Cmd>) -> Option<Cmd> {
-    loop {
-        match cmds.recv().await? {
-            cmd @ Cmd::Close { .. } => return Some(cmd),
-            _ => continue,
-        }
+    /// The source's stream ended without a Close. During a client-first close the app
+    /// still gets the close's Close. Otherwise a clean end (FIN) is mirrored: the
+    /// destination's stream is ended the same way, so the tunnel stays transparent. A broken
+    /// stream (reset, error) is reported with a Close of ours: 1011 to a client whose app pod
+    /// went away, 1001 to an app whose client went away.
+    fn source_vanished(&mut self, broken: bool) {
+        let (end, shutdown) = if let Some((code, reason)) = self.handoff.take()
+            && !self.close_sent
+            && !self.dst_mid_frame
+        {
+            self.write_close(code, &reason);
+            (End::SourceGone, false)
+        } else if self.mode != Mode::Relay || self.close_sent || self.dst_mid_frame || !broken {
+            (End::SourceGone, true)
+        } else {
+            let (code, reason) = match self.sender {
+                Sender::Server => (
+                    CloseCause::UpstreamGone.code(),
+                    CloseCause::UpstreamGone.reason(),
+                ),
+                Sender::Client => (1001, "client went away"),
+            };
+            self.write_close(code, reason);
+            (End::SourceBroken, false)
+        };
+        self.stage = Stage::Ending { end, shutdown };
     }
 }
 
-/// The peer close that started the close handshake (the first Close either pump saw).
-fn peer_cause(first: &AtomicU32, side: Side, code: u16) -> CloseCause {
-    match first.load(Ordering::Acquire) {
+/// The peer close that started the close handshake (the first Close either direction saw).
+fn peer_cause(first: u32, side: Side, code: u16) -> CloseCause {
+    match first {
         0 => CloseCause::Peer(side, code),
         v => {
             let side = if v >> 16 == 2 {
@@ -545,6 +759,336 @@ fn peer_cause(first: &AtomicU32, side: Side, code: u16) -> CloseCause {
                 Side::Downstream
             };
             CloseCause::Peer(side, (v & 0xffff) as u16)
+        }
+    }
+}
+
+/// A tunnel: both streams, both directions, and the supervisor's timers.
+struct Tunnel<C, U> {
+    client: C,
+    upstream: U,
+    /// Client -> app.
+    c2u: Dir,
+    /// App -> client.
+    u2c: Dir,
+    /// Which ends the supervisor has reacted to.
+    c2u_seen: bool,
+    u2c_seen: bool,
+    limits: TunnelLimits,
+    cause: Option<CloseCause>,
+    /// Who sent the first Close (side << 16 | code).
+    first_close: u32,
+    /// "Never": a deadline that is not armed.
+    far: Instant,
+    close_deadline: Instant,
+    /// A client-first close (drain): when the client's time to answer its Close runs out and
+    /// the app is to be closed regardless.
+    handoff_at: Instant,
+    ping_at: Instant,
+    pong_deadline: Instant,
+    app_ping_at: Instant,
+    app_pong_deadline: Instant,
+    expiry: Instant,
+    drain_at: Instant,
+    drain_seen: bool,
+    ping_seq: u64,
+}
+
+impl<C, U> Tunnel<C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    fn new(
+        client: C,
+        upstream: U,
+        limits: TunnelLimits,
+        inbound: DirCounters,
+        outbound: DirCounters,
+        draining: bool,
+    ) -> Self {
+        let now = Instant::now();
+        let far = now + Duration::from_secs(86400 * 365);
+        let every = |interval: Duration| {
+            if interval.is_zero() {
+                far
+            } else {
+                now + interval
+            }
+        };
+        Tunnel {
+            client,
+            upstream,
+            c2u: Dir::new(Sender::Client, &limits, inbound),
+            u2c: Dir::new(Sender::Server, &limits, outbound),
+            c2u_seen: false,
+            u2c_seen: false,
+            cause: None,
+            first_close: 0,
+            far,
+            close_deadline: far,
+            handoff_at: far,
+            ping_at: every(limits.ping_interval),
+            pong_deadline: far,
+            app_ping_at: every(limits.app_ping_interval),
+            app_pong_deadline: far,
+            expiry: limits.expires_at.unwrap_or(far),
+            drain_at: if draining {
+                now + crate::drain::jitter(limits.drain_window)
+            } else {
+                far
+            },
+            drain_seen: draining,
+            ping_seq: 0,
+            limits,
+        }
+    }
+
+    /// The drain signal changed (`on`: the gateway is draining, or the signal is gone).
+    fn drain_signal(&mut self, on: bool) {
+        if on && !self.drain_seen {
+            self.drain_seen = true;
+            self.drain_at = Instant::now() + crate::drain::jitter(self.limits.drain_window);
+        }
+    }
+
+    /// Start a gateway-initiated close (once). A drain closes the client first and keeps
+    /// relaying what it still sends until its Close; the app then gets the same Close (the
+    /// client's direction sends it). Every other cause closes both sides at once.
+    fn initiate(&mut self, c: CloseCause) {
+        if self.cause.is_some() {
+            return;
+        }
+        let (code, reason) = (c.code(), c.reason().to_string());
+        if matches!(c, CloseCause::Draining { .. }) {
+            self.c2u.close_after_source(code, reason.clone());
+            self.u2c.close(code, reason, false);
+            self.handoff_at = Instant::now() + self.limits.close_timeout;
+        } else {
+            let fail = c == CloseCause::ProtocolError;
+            self.c2u.close(code, reason.clone(), fail);
+            self.u2c.close(code, reason, fail);
+            self.close_deadline = Instant::now() + self.limits.close_timeout;
+        }
+        self.cause = Some(c);
+    }
+
+    /// Look at what the directions reported. True when something changed.
+    fn supervise(&mut self) -> bool {
+        let mut changed = false;
+        if std::mem::take(&mut self.c2u.pong) {
+            self.pong_deadline = self.far;
+            changed = true;
+        }
+        if std::mem::take(&mut self.u2c.pong) {
+            self.app_pong_deadline = self.far;
+            changed = true;
+        }
+        for c in [self.c2u.violation.take(), self.u2c.violation.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.initiate(c);
+            changed = true;
+        }
+        let close_by = Instant::now() + self.limits.close_timeout;
+        if !self.c2u_seen
+            && let Some(end) = self.c2u.done()
+        {
+            self.c2u_seen = true;
+            changed = true;
+            match end {
+                End::PeerClose(code) => {
+                    let c = peer_cause(self.first_close, Side::Downstream, code);
+                    self.cause.get_or_insert(c);
+                }
+                End::SourceGone | End::SourceBroken => {
+                    // The client vanished; the app was told. Wait briefly for its reply.
+                    self.cause
+                        .get_or_insert(CloseCause::Abnormal(Side::Downstream));
+                }
+                End::CloseAck => {
+                    // The client answered the Close we sent it: its handshake is done,
+                    // whether or not the app answers its own Close.
+                    self.u2c.finish();
+                }
+                End::DestinationGone | End::Failed => {}
+            }
+            // The app has its Close now (or is gone): no separate deadline for it.
+            self.handoff_at = self.far;
+            self.close_deadline = self.close_deadline.min(close_by);
+        }
+        if !self.u2c_seen
+            && let Some(end) = self.u2c.done()
+        {
+            self.u2c_seen = true;
+            changed = true;
+            match end {
+                End::PeerClose(code) => {
+                    let c = peer_cause(self.first_close, Side::Upstream, code);
+                    self.cause.get_or_insert(c);
+                }
+                End::SourceBroken => {
+                    // The app's connection broke; the client was sent 1011.
+                    self.cause.get_or_insert(CloseCause::UpstreamGone);
+                }
+                End::SourceGone => {
+                    // The app's stream ended without a close frame; that was passed on.
+                    self.cause
+                        .get_or_insert(CloseCause::Abnormal(Side::Upstream));
+                }
+                _ => {}
+            }
+            self.close_deadline = self.close_deadline.min(close_by);
+        }
+        changed
+    }
+
+    /// The armed deadlines: (instant, whether it counts now).
+    fn deadlines(&self) -> [(Instant, bool); 10] {
+        let open = self.cause.is_none();
+        [
+            (self.ping_at, open),
+            (self.pong_deadline, open),
+            (self.app_ping_at, open),
+            (self.app_pong_deadline, open),
+            (self.expiry, open),
+            (self.drain_at, open),
+            (self.handoff_at, true),
+            (self.close_deadline, true),
+            (self.c2u.shutdown_by.unwrap_or(self.far), true),
+            (self.u2c.shutdown_by.unwrap_or(self.far), true),
+        ]
+    }
+
+    fn next_deadline(&self) -> Instant {
+        self.deadlines()
+            .into_iter()
+            .filter(|(_, armed)| *armed)
+            .map(|(t, _)| t)
+            .min()
+            .unwrap_or(self.far)
+    }
+
+    /// Act on the deadlines that passed. `Err(())` when the close deadline passed: the
+    /// tunnel ends now. `Ok(true)` when something fired.
+    fn fire_timers(&mut self, now: Instant) -> Result<bool, ()> {
+        if now >= self.close_deadline {
+            return Err(());
+        }
+        let mut fired = self.c2u.shutdown_expired(now) | self.u2c.shutdown_expired(now);
+        if now >= self.handoff_at {
+            // The client did not answer in time: close the app now, with the same code.
+            self.handoff_at = self.far;
+            if let Some(c) = &self.cause {
+                self.c2u.close(c.code(), c.reason().to_string(), false);
+            }
+            self.close_deadline = self.close_deadline.min(now + self.limits.close_timeout);
+            fired = true;
+        }
+        if self.cause.is_some() {
+            return Ok(fired);
+        }
+        if now >= self.ping_at {
+            self.ping_seq += 1;
+            self.u2c.ping(self.ping_seq);
+            if self.pong_deadline == self.far {
+                self.pong_deadline = now + self.limits.pong_timeout;
+            }
+            self.ping_at = now + self.limits.ping_interval;
+            fired = true;
+        }
+        if now >= self.app_ping_at {
+            self.ping_seq += 1;
+            self.c2u.ping(self.ping_seq);
+            if self.app_pong_deadline == self.far {
+                self.app_pong_deadline = now + self.limits.app_pong_timeout;
+            }
+            self.app_ping_at = now + self.limits.app_ping_interval;
+            fired = true;
+        }
+        let cause = if now >= self.pong_deadline {
+            Some(CloseCause::PongTimeout)
+        } else if now >= self.app_pong_deadline {
+            Some(CloseCause::UpstreamPongTimeout)
+        } else if now >= self.expiry {
+            Some(CloseCause::TokenExpired)
+        } else if now >= self.drain_at {
+            Some(CloseCause::Draining {
+                code: self.limits.drain_code,
+                reason: self.limits.drain_reason.clone(),
+            })
+        } else {
+            None
+        };
+        if let Some(c) = cause {
+            self.initiate(c);
+            fired = true;
+        }
+        Ok(fired)
+    }
+
+    /// Drive both directions and the timers. `Ready` when the tunnel is over.
+    fn poll(&mut self, cx: &mut Context<'_>, mut sleep: Pin<&mut Sleep>) -> Poll<()> {
+        loop {
+            let mut news = false;
+            if self.c2u.done().is_none() {
+                news |= self
+                    .c2u
+                    .poll(
+                        cx,
+                        &mut self.client,
+                        &mut self.upstream,
+                        &mut self.first_close,
+                    )
+                    .is_ready();
+            }
+            if self.u2c.done().is_none() {
+                news |= self
+                    .u2c
+                    .poll(
+                        cx,
+                        &mut self.upstream,
+                        &mut self.client,
+                        &mut self.first_close,
+                    )
+                    .is_ready();
+            }
+            news |= self.supervise();
+            if self.c2u.done().is_some() && self.u2c.done().is_some() {
+                return Poll::Ready(());
+            }
+            match self.fire_timers(Instant::now()) {
+                Err(()) => return Poll::Ready(()),
+                Ok(fired) => news |= fired,
+            }
+            if news {
+                // Commands may wait in a direction that was idle: poll it again.
+                continue;
+            }
+            let next = self.next_deadline();
+            if next >= self.far {
+                return Poll::Pending;
+            }
+            if sleep.deadline() != next {
+                sleep.as_mut().reset(next);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            cause: self
+                .cause
+                .clone()
+                .unwrap_or(CloseCause::Abnormal(Side::Internal)),
+            frames_in: self.c2u.frames,
+            frames_out: self.u2c.frames,
+            bytes_in: self.c2u.bytes,
+            bytes_out: self.u2c.bytes,
         }
     }
 }
@@ -559,229 +1103,38 @@ pub async fn run<C, U>(
     mut drain: watch::Receiver<bool>,
 ) -> Outcome
 where
-    C: AsyncRead + AsyncWrite + Send + 'static,
-    U: AsyncRead + AsyncWrite + Send + 'static,
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (client_r, client_w) = tokio::io::split(client);
-    let (up_r, up_w) = tokio::io::split(upstream);
-    let first_close = Arc::new(AtomicU32::new(0));
-    let (report_tx, mut reports) = mpsc::channel(8);
-    let (to_up_tx, to_up_rx) = mpsc::channel(4);
-    let (to_client_tx, to_client_rx) = mpsc::channel(4);
-    let c2u = Pump::new(
-        client_r,
-        up_w,
-        Sender::Client,
-        &limits,
-        to_up_rx,
-        report_tx.clone(),
-        inbound,
-        first_close.clone(),
-    );
-    let u2c = Pump::new(
-        up_r,
-        client_w,
-        Sender::Server,
-        &limits,
-        to_client_rx,
-        report_tx,
-        outbound,
-        first_close.clone(),
-    );
-    let mut c2u = tokio::spawn(c2u.run());
-    let mut u2c = tokio::spawn(u2c.run());
-    let (mut c2u_done, mut u2c_done) = (None::<PumpResult>, None::<PumpResult>);
-
-    let far = Instant::now() + Duration::from_secs(86400 * 365);
-    let mut cause: Option<CloseCause> = None;
-    let mut close_deadline = far;
-    // A client-first close (drain): when the client's time to answer its Close runs out and
-    // the app is to be closed regardless.
-    let mut handoff_at = far;
-    let every = |interval: Duration| {
-        if interval.is_zero() {
-            far
-        } else {
-            Instant::now() + interval
-        }
-    };
-    let mut ping_at = every(limits.ping_interval);
-    let mut pong_deadline = far;
-    let mut app_ping_at = every(limits.app_ping_interval);
-    let mut app_pong_deadline = far;
-    let expiry = limits.expires_at.unwrap_or(far);
-    let mut drain_at = far;
-    let mut drain_seen = *drain.borrow();
-    if drain_seen {
-        drain_at = Instant::now() + crate::drain::jitter(limits.drain_window);
-    }
-    let mut ping_seq: u64 = 0;
-    let ping_payload = |seq: u64| {
-        let mut payload = PING_MAGIC.to_vec();
-        payload.extend_from_slice(seq.to_string().as_bytes());
-        payload
-    };
-
-    // Start a gateway-initiated close (once). A drain closes the client first and keeps
-    // relaying what it still sends until its Close; the app then gets the same Close (the
-    // c2u pump sends it). Every other cause closes both sides at once.
-    let initiate = |c: CloseCause,
-                    cause: &mut Option<CloseCause>,
-                    close_deadline: &mut Instant,
-                    handoff_at: &mut Instant| {
-        if cause.is_some() {
-            return;
-        }
-        let (code, reason) = (c.code(), c.reason().to_string());
-        if matches!(c, CloseCause::Draining { .. }) {
-            let _ = to_up_tx.try_send(Cmd::CloseAfterSource {
-                code,
-                reason: reason.clone(),
-            });
-            let _ = to_client_tx.try_send(Cmd::Close {
-                code,
-                reason,
-                fail: false,
-            });
-            *handoff_at = Instant::now() + limits.close_timeout;
-        } else {
-            let fail = c == CloseCause::ProtocolError;
-            let _ = to_up_tx.try_send(Cmd::Close {
-                code,
-                reason: reason.clone(),
-                fail,
-            });
-            let _ = to_client_tx.try_send(Cmd::Close { code, reason, fail });
-            *close_deadline = Instant::now() + limits.close_timeout;
-        }
-        *cause = Some(c);
-    };
-    // Pings never take the last command slot: a Close must always fit.
-    let ping = |tx: &mpsc::Sender<Cmd>, seq: u64| {
-        if tx.capacity() > 1 {
-            let _ = tx.try_send(Cmd::Ping(ping_payload(seq)));
-        }
-    };
-
+    let draining = *drain.borrow();
+    let mut tunnel = Tunnel::new(client, upstream, limits, inbound, outbound, draining);
+    let sleep = tokio::time::sleep_until(tunnel.far);
+    tokio::pin!(sleep);
+    // The drain signal is watched without a lock per wake-up: the `changed` future is polled
+    // once to register this task, after that only when the signal's version moved (an atomic
+    // read on a second receiver).
+    let mut peek = drain.clone();
     loop {
-        if c2u_done.is_some() && u2c_done.is_some() {
-            break;
-        }
-        tokio::select! {
-            r = &mut c2u, if c2u_done.is_none() => {
-                let r = r.unwrap_or(PumpResult { end: End::SourceGone, frames: 0, bytes: 0 });
-                match r.end {
-                    End::PeerClose(code) => {
-                        cause.get_or_insert(peer_cause(&first_close, Side::Downstream, code));
-                    }
-                    End::SourceGone | End::SourceBroken => {
-                        // The client vanished; the pump told the app. Wait briefly for its reply.
-                        cause.get_or_insert(CloseCause::Abnormal(Side::Downstream));
-                    }
-                    End::CloseAck => {
-                        // The client answered the Close we sent it: its handshake is done,
-                        // whether or not the app answers its own Close.
-                        let _ = to_client_tx.try_send(Cmd::Finish);
-                    }
-                    End::DestinationGone | End::Failed => {}
-                }
-                // The app has its Close now (or is gone): no separate deadline for it.
-                handoff_at = far;
-                close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
-                c2u_done = Some(r);
+        let changed = drain.changed();
+        tokio::pin!(changed);
+        let mut registered = false;
+        let signal = poll_fn(|cx| {
+            if !tunnel.drain_seen
+                && (!registered || peek.has_changed().unwrap_or(true))
+                && let Poll::Ready(r) = changed.as_mut().poll(cx)
+            {
+                return Poll::Ready(Some(r.is_err() || *peek.borrow_and_update()));
             }
-            r = &mut u2c, if u2c_done.is_none() => {
-                let r = r.unwrap_or(PumpResult { end: End::SourceGone, frames: 0, bytes: 0 });
-                match r.end {
-                    End::PeerClose(code) => {
-                        cause.get_or_insert(peer_cause(&first_close, Side::Upstream, code));
-                    }
-                    End::SourceBroken => {
-                        // The app's connection broke; the pump sent the client 1011.
-                        cause.get_or_insert(CloseCause::UpstreamGone);
-                    }
-                    End::SourceGone => {
-                        // The app's stream ended without a close frame; the pump passed that on.
-                        cause.get_or_insert(CloseCause::Abnormal(Side::Upstream));
-                    }
-                    _ => {}
-                }
-                close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
-                u2c_done = Some(r);
-            }
-            Some(report) = reports.recv() => match report {
-                Report::Pong => pong_deadline = far,
-                Report::AppPong => app_pong_deadline = far,
-                Report::Violation(c) => {
-                    initiate(c, &mut cause, &mut close_deadline, &mut handoff_at)
-                }
-            },
-            _ = tokio::time::sleep_until(ping_at), if cause.is_none() => {
-                ping_seq += 1;
-                ping(&to_client_tx, ping_seq);
-                if pong_deadline == far {
-                    pong_deadline = Instant::now() + limits.pong_timeout;
-                }
-                ping_at = Instant::now() + limits.ping_interval;
-            }
-            _ = tokio::time::sleep_until(pong_deadline), if cause.is_none() => {
-                initiate(CloseCause::PongTimeout, &mut cause, &mut close_deadline, &mut handoff_at);
-            }
-            _ = tokio::time::sleep_until(app_ping_at), if cause.is_none() => {
-                ping_seq += 1;
-                ping(&to_up_tx, ping_seq);
-                if app_pong_deadline == far {
-                    app_pong_deadline = Instant::now() + limits.app_pong_timeout;
-                }
-                app_ping_at = Instant::now() + limits.app_ping_interval;
-            }
-            _ = tokio::time::sleep_until(app_pong_deadline), if cause.is_none() => {
-                initiate(
-                    CloseCause::UpstreamPongTimeout,
-                    &mut cause,
-                    &mut close_deadline,
-                    &mut handoff_at,
-                );
-            }
-            _ = tokio::time::sleep_until(expiry), if cause.is_none() => {
-                initiate(CloseCause::TokenExpired, &mut cause, &mut close_deadline, &mut handoff_at);
-            }
-            changed = drain.changed(), if !drain_seen => {
-                if changed.is_err() || *drain.borrow() {
-                    drain_seen = true;
-                    drain_at = Instant::now() + crate::drain::jitter(limits.drain_window);
-                }
-            }
-            _ = tokio::time::sleep_until(drain_at), if cause.is_none() => {
-                let c = CloseCause::Draining { code: limits.drain_code, reason: limits.drain_reason.clone() };
-                initiate(c, &mut cause, &mut close_deadline, &mut handoff_at);
-            }
-            _ = tokio::time::sleep_until(handoff_at) => {
-                // The client did not answer in time: close the app now, with the same code.
-                handoff_at = far;
-                if let Some(c) = &cause {
-                    let _ = to_up_tx.try_send(Cmd::Close {
-                        code: c.code(),
-                        reason: c.reason().to_string(),
-                        fail: false,
-                    });
-                }
-                close_deadline = close_deadline.min(Instant::now() + limits.close_timeout);
-            }
-            _ = tokio::time::sleep_until(close_deadline) => break,
+            registered = true;
+            tunnel.poll(cx, sleep.as_mut()).map(|()| None)
+        })
+        .await;
+        match signal {
+            Some(on) => tunnel.drain_signal(on),
+            None => break,
         }
     }
-    c2u.abort();
-    u2c.abort();
-    let (fi, bi) = c2u_done.as_ref().map_or((0, 0), |r| (r.frames, r.bytes));
-    let (fo, bo) = u2c_done.as_ref().map_or((0, 0), |r| (r.frames, r.bytes));
-    Outcome {
-        cause: cause.unwrap_or(CloseCause::Abnormal(Side::Internal)),
-        frames_in: fi,
-        frames_out: fo,
-        bytes_in: bi,
-        bytes_out: bo,
-    }
+    tunnel.outcome()
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 use super::*;
-use tokio::io::DuplexStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 fn counters() -> DirCounters {
     DirCounters {
@@ -281,6 +281,30 @@ async fn a_client_that_never_answers_the_drain_close_gets_the_app_closed_after_t
     assert_eq!(out.cause.code(), 1012);
 }
 
+/// Drive one direction on its own until it is done (what the supervisor would look at is
+/// cleared and ignored).
+async fn drive_dir<S, D>(mut dir: Dir, mut src: S, mut dst: D) -> End
+where
+    S: AsyncRead + Unpin,
+    D: AsyncWrite + Unpin,
+{
+    let mut first_close = 0;
+    poll_fn(|cx| {
+        loop {
+            let polled = dir.poll(cx, &mut src, &mut dst, &mut first_close);
+            dir.pong = false;
+            dir.violation = None;
+            if let Some(end) = dir.done() {
+                return Poll::Ready(end);
+            }
+            if polled.is_pending() {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn app_frames_already_at_the_gateway_when_a_close_starts_reach_the_client_before_it() {
     let (mut app, app_gw) = tokio::io::duplex(64 * 1024);
@@ -292,27 +316,9 @@ async fn app_frames_already_at_the_gateway_when_a_close_starts_reach_the_client_
     app.write_all(&frame::encode(OpCode::Text, b"two", None))
         .await
         .expect("write");
-    let (cmd_tx, cmd_rx) = mpsc::channel(4);
-    cmd_tx
-        .send(Cmd::Close {
-            code: 1012,
-            reason: "restart".into(),
-            fail: false,
-        })
-        .await
-        .expect("queued");
-    let (report_tx, _reports) = mpsc::channel(8);
-    let pump = Pump::new(
-        tokio::io::split(app_gw).0,
-        tokio::io::split(client_gw).1,
-        Sender::Server,
-        &limits(),
-        cmd_rx,
-        report_tx,
-        counters(),
-        Arc::new(AtomicU32::new(0)),
-    );
-    let task = tokio::spawn(pump.run());
+    let mut dir = Dir::new(Sender::Server, &limits(), counters());
+    dir.close(1012, "restart".into(), false);
+    let task = tokio::spawn(drive_dir(dir, app_gw, client_gw));
     let mut client = reader(client, Sender::Server);
     assert_eq!(client.next().await, Got::Data(b"one".to_vec()));
     assert_eq!(client.next().await, Got::Data(b"two".to_vec()));
@@ -320,8 +326,8 @@ async fn app_frames_already_at_the_gateway_when_a_close_starts_reach_the_client_
     app.write_all(&frame::close_frame(1012, "", None))
         .await
         .expect("write");
-    let r = task.await.expect("pump task");
-    assert!(matches!(r.end, End::CloseAck), "{:?}", r.end);
+    let end = task.await.expect("direction task");
+    assert_eq!(end, End::CloseAck);
 }
 
 #[tokio::test(start_paused = true)]
@@ -474,4 +480,148 @@ async fn a_protocol_error_closes_both_sides_with_1002() {
     assert_eq!(h.upstream.next().await, Got::Eof);
     let out = h.task.await.expect("tunnel task");
     assert_eq!(out.cause, CloseCause::ProtocolError);
+}
+
+/// A tunnel over pipes of `client_buf` and `app_buf` bytes (small pipes make writes wait).
+fn start_with_pipes(l: TunnelLimits, client_buf: usize, app_buf: usize) -> Harness {
+    let (client_test, client_gw) = tokio::io::duplex(client_buf);
+    let (up_test, up_gw) = tokio::io::duplex(app_buf);
+    let (drain, drain_rx) = watch::channel(false);
+    let task = tokio::spawn(run(client_gw, up_gw, l, counters(), counters(), drain_rx));
+    Harness {
+        client: reader(client_test, Sender::Server),
+        upstream: reader(up_test, Sender::Client),
+        drain,
+        task,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn frames_split_across_reads_reach_the_app_byte_for_byte_with_the_client_mask() {
+    let mut h = start(limits());
+    // A fragmented message with a ping between its fragments.
+    let mut first = frame::encode(OpCode::Text, b"hel", MASK);
+    first[0] &= 0x7F;
+    let mut sent = first;
+    sent.extend_from_slice(&frame::encode(OpCode::Ping, b"p", MASK));
+    sent.extend_from_slice(&frame::encode(OpCode::Continuation, b"lo", MASK));
+    for b in &sent {
+        h.client.send(&[*b]).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut got = vec![0u8; sent.len()];
+    tokio::time::timeout(Duration::from_secs(5), h.upstream.io.read_exact(&mut got))
+        .await
+        .expect("every byte arrives")
+        .expect("read");
+    assert_eq!(
+        got, sent,
+        "headers, mask and payload as the client sent them"
+    );
+}
+
+#[tokio::test]
+async fn an_app_slower_than_the_client_gets_every_byte_in_order() {
+    // The app's pipe holds 64 bytes: most writes toward it wait and what is left over is
+    // kept until it reads.
+    let mut h = start_with_pipes(
+        TunnelLimits {
+            messages_per_second: 10_000,
+            message_burst: 10_000,
+            ..limits()
+        },
+        64 * 1024,
+        64,
+    );
+    let mut sent = Vec::new();
+    for i in 0..200u8 {
+        sent.extend_from_slice(&frame::encode(OpCode::Binary, &[i; 100], MASK));
+    }
+    let writer = tokio::spawn(async move {
+        h.client.send(&sent).await;
+        (h.client, sent)
+    });
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 37];
+    while got.len() < 200 * 106 {
+        let n = h.upstream.io.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "the stream ended early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let (_client, sent) = writer.await.expect("writer");
+    assert_eq!(got, sent);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_that_starts_while_a_client_frame_is_half_relayed_follows_the_rest_of_that_frame() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut h = start(TunnelLimits {
+        expires_at: Some(deadline),
+        ..limits()
+    });
+    let message = frame::encode(OpCode::Binary, &[9u8; 500], MASK);
+    let (head, tail) = message.split_at(200);
+    h.client.send(head).await;
+    tokio::time::sleep_until(deadline + Duration::from_millis(1)).await;
+    assert_eq!(
+        h.client.next().await,
+        Got::Close(Some(4001)),
+        "the client is closed at once"
+    );
+    h.client.send(tail).await;
+    assert_eq!(
+        h.upstream.next().await,
+        Got::Data(masked(&[9u8; 500])),
+        "the app gets the whole frame"
+    );
+    assert_eq!(
+        h.upstream.next().await,
+        Got::Close(Some(4001)),
+        "then the Close"
+    );
+}
+
+/// Frames of every kind the relay forwards: short and 16-bit lengths, a fragmented message
+/// with a ping inside, an empty frame, a foreign pong.
+fn mixed_frames(mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = frame::encode(OpCode::Text, b"short", mask);
+    out.extend_from_slice(&frame::encode(OpCode::Binary, &[3u8; 300], mask));
+    let mut first = frame::encode(OpCode::Text, b"frag", mask);
+    first[0] &= 0x7F;
+    out.extend_from_slice(&first);
+    out.extend_from_slice(&frame::encode(OpCode::Ping, b"are you there", mask));
+    let mut empty = frame::encode(OpCode::Continuation, b"", mask);
+    empty[0] &= 0x7F;
+    out.extend_from_slice(&empty);
+    out.extend_from_slice(&frame::encode(OpCode::Continuation, b"mented", mask));
+    out.extend_from_slice(&frame::encode(OpCode::Pong, b"not ours", mask));
+    out.extend_from_slice(&frame::encode(OpCode::Binary, b"", mask));
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_split_of_the_input_is_relayed_byte_for_byte_both_ways() {
+    for chunk in [1, 2, 3, 5, 7, 13, 64, 127, 300, 4096] {
+        let mut h = start(limits());
+        for (sent, from_client) in [(mixed_frames(MASK), true), (mixed_frames(None), false)] {
+            let (src, dst) = if from_client {
+                (&mut h.client, &mut h.upstream)
+            } else {
+                (&mut h.upstream, &mut h.client)
+            };
+            for piece in sent.chunks(chunk) {
+                src.send(piece).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let mut got = vec![0u8; sent.len()];
+            tokio::time::timeout(Duration::from_secs(5), dst.io.read_exact(&mut got))
+                .await
+                .expect("every byte arrives")
+                .expect("read");
+            assert_eq!(
+                got, sent,
+                "chunks of {chunk}, from the client: {from_client}"
+            );
+        }
+    }
 }

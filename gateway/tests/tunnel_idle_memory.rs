@@ -1,0 +1,160 @@
+//! What an idle proxied tunnel holds in memory: live heap bytes counted by dhat's allocator (the
+//! tunnel task with its state, and whatever it allocates; deterministic byte counts, never
+//! timings). The tunnels relay over in-memory streams, which are created and warmed before
+//! counting, so only the tunnel is measured. One test in its own binary: dhat counts the whole
+//! process, so the runtime is current-thread and nothing else runs meanwhile.
+//! `cargo nextest run -p switchboard-gateway --test tunnel_idle_memory --no-capture` prints the
+//! numbers; the bound only tells "holds a read buffer" (8 KiB or more) apart from "holds none".
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
+
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use switchboard_gateway::tunnel::relay::{DirCounters, TunnelLimits, run};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::watch;
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+/// Heap bytes live now.
+fn live() -> isize {
+    dhat::HeapStats::get().curr_bytes as isize
+}
+
+const TUNNELS: usize = 200;
+const MASK: [u8; 4] = [1, 2, 3, 4];
+
+fn limits() -> TunnelLimits {
+    TunnelLimits {
+        max_message_bytes: 1 << 20,
+        messages_per_second: 1000,
+        message_burst: 1000,
+        // Keep-alive on, as in production: its timer is part of what a tunnel holds.
+        ping_interval: Duration::from_secs(30),
+        pong_timeout: Duration::from_secs(10),
+        app_ping_interval: Duration::ZERO,
+        app_pong_timeout: Duration::from_secs(10),
+        close_timeout: Duration::from_secs(5),
+        expires_at: None,
+        drain_code: 1012,
+        drain_reason: "restart".into(),
+        drain_window: Duration::from_secs(1),
+    }
+}
+
+fn counters() -> DirCounters {
+    DirCounters {
+        frames: IntCounter::new("f", "f").unwrap(),
+        bytes: IntCounter::new("b", "b").unwrap(),
+    }
+}
+
+/// A small frame: masked (from a client) or not (from the app).
+fn frame(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut f = vec![
+        0x82,
+        payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 },
+    ];
+    match mask {
+        Some(m) => {
+            f.extend_from_slice(&m);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => f.extend_from_slice(payload),
+    }
+    f
+}
+
+/// Write `bytes` into one end of a pipe and read them back at the other, so the pipe's own
+/// buffer exists before counting starts.
+async fn warm(a: &mut DuplexStream, b: &mut DuplexStream, len: usize) {
+    let bytes = vec![7u8; len];
+    a.write_all(&bytes).await.unwrap();
+    b.read_exact(&mut vec![0; len]).await.unwrap();
+    b.write_all(&bytes).await.unwrap();
+    a.read_exact(&mut vec![0; len]).await.unwrap();
+}
+
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+#[test]
+fn an_idle_tunnel_holds_no_read_buffer_before_or_after_relaying() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(idle_tunnels());
+}
+
+async fn idle_tunnels() {
+    let (_drain_tx, drain_rx) = watch::channel(false);
+    let mut ends = Vec::new();
+    let mut gateway_sides = Vec::new();
+    for _ in 0..=TUNNELS {
+        let (mut client, mut client_gw) = tokio::io::duplex(4096);
+        let (mut app, mut app_gw) = tokio::io::duplex(4096);
+        warm(&mut client, &mut client_gw, 64).await;
+        warm(&mut app, &mut app_gw, 64).await;
+        ends.push((client, app));
+        gateway_sides.push((client_gw, app_gw, counters(), counters(), drain_rx.clone()));
+    }
+    // One tunnel relays first: what a worker keeps for all its tunnels is not per tunnel.
+    let (c_gw, a_gw, ci, co, d) = gateway_sides.pop().unwrap();
+    let (mut c, mut a) = ends.pop().unwrap();
+    let first = tokio::spawn(run(c_gw, a_gw, limits(), ci, co, d));
+    c.write_all(&frame(b"warm", Some(MASK))).await.unwrap();
+    a.read_exact(&mut [0u8; 10]).await.unwrap();
+    a.write_all(&frame(b"warm", None)).await.unwrap();
+    c.read_exact(&mut [0u8; 6]).await.unwrap();
+    let limits = limits();
+    settle().await;
+
+    let before = live();
+    let mut tasks = Vec::new();
+    for (c_gw, a_gw, ci, co, d) in gateway_sides {
+        tasks.push(tokio::spawn(run(c_gw, a_gw, limits.clone(), ci, co, d)));
+    }
+    settle().await;
+    let fresh = (live() - before) / TUNNELS as isize;
+
+    for (c, a) in &mut ends {
+        c.write_all(&frame(b"hello app", Some(MASK))).await.unwrap();
+        a.write_all(&frame(b"hello client", None)).await.unwrap();
+    }
+    for (c, a) in &mut ends {
+        let mut got = [0u8; 15];
+        a.read_exact(&mut got).await.unwrap();
+        assert_eq!(
+            got.to_vec(),
+            frame(b"hello app", Some(MASK)),
+            "relayed as sent"
+        );
+        let mut got = [0u8; 14];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(got.to_vec(), frame(b"hello client", None));
+    }
+    settle().await;
+    let after_traffic = (live() - before) / TUNNELS as isize;
+    println!(
+        "idle tunnel holds: {fresh} B when fresh, {after_traffic} B after relaying a message each way"
+    );
+    for limit in [fresh, after_traffic] {
+        assert!(
+            limit < 4096,
+            "an idle tunnel holds {limit} B: a read buffer?"
+        );
+    }
+    drop(ends);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    drop((c, a));
+    first.await.unwrap();
+}
