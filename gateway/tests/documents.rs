@@ -372,7 +372,8 @@ async fn stored_log_on_each(pods: &[&Gateway], doc: &str, made: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn editors_on_two_pods_lose_no_edit_when_nats_restarts_in_the_middle_of_their_edits() {
+async fn editors_on_two_pods_lose_no_edit_when_nats_restarts_or_is_down_for_7s_in_the_middle_of_their_edits()
+ {
     let mut nats = NatsServer::start();
     let a = Gateway::start(&config(Some(&nats.url()))).await;
     let b = Gateway::start(&config(Some(&nats.url()))).await;
@@ -381,15 +382,30 @@ async fn editors_on_two_pods_lose_no_edit_when_nats_restarts_in_the_middle_of_th
         "editlog",
         json!({
             "editors": [["a", docs_url(&a)], ["b", docs_url(&b)]],
-            "doc": doc, "ms": 6000, "every": 20,
+            "doc": doc, "ms": 14000, "every": 20,
         }),
     );
     editing.reached("editing").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // Same port, same JetStream store: the server comes back with what it acknowledged.
+    // Same port, same JetStream store: the server comes back with what it acknowledged. A
+    // quick restart: the gateways' NATS clients hold the appends and acknowledgements across it.
     tokio::task::block_in_place(|| nats.restart());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // An outage longer than a store operation may take (5 s): appends fail, their editors are
+    // closed 1013 and reconnect, the edits are owed to the log as snapshots.
+    tokio::task::block_in_place(|| {
+        nats.stop();
+        std::thread::sleep(Duration::from_secs(7));
+        nats.start_again();
+    });
     let r = editing.result().await;
     eprintln!("edits: {r}");
+    let closed_1013 = r["closes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .any(|c| c.as_array().unwrap().contains(&json!(1013)));
+    assert!(closed_1013, "the outage hit an append: {r}");
     let made = every_edit_once(&r);
     stored_log_on_each(&[&a, &b], doc, made).await;
 }
