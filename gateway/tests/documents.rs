@@ -641,3 +641,30 @@ async fn twelve_editors_with_cursors_stay_connected_and_one_leaving_removes_only
     assert_eq!(r["closes"], json!([]), "{r}");
     assert_eq!(r["seen"], json!(vec![11; 11]), "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_notify_nats_the_document_changed_notification_is_published_on_the_events_subject() {
+    use futures_util::StreamExt;
+    let nats = NatsServer::start();
+    let app = async_nats::connect(nats.url()).await.unwrap();
+    let mut events = app.subscribe("sbdocs.events.docs").await.unwrap();
+    app.flush().await.unwrap();
+    let gw = Gateway::start(&config_with(
+        Some(&nats.url()),
+        json!({"notifyNats": true, "notifyDebounce": "300ms"}),
+    ))
+    .await;
+    node(
+        "write",
+        json!({"url": docs_url(&gw), "doc": "notify-nats-1", "insert": "hi"}),
+    )
+    .await;
+    let msg = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("a notification on NATS within 5s")
+        .unwrap();
+    let n: Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(n["event"], "document.changed", "{n}");
+    assert_eq!(n["document"], "notify-nats-1", "{n}");
+    assert_eq!(n["statePath"], "/v1/documents/docs/notify-nats-1", "{n}");
+}
