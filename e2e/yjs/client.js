@@ -52,7 +52,11 @@ async function editLog ({ editors, doc, ms, every }, onClose = () => {}) {
   const want = eds.reduce((n, c) => n + c.made, 0)
   const same = () => eds.every((c) => c.provider.synced && c.log.length === want &&
     c.log.toArray().join() === eds[0].log.toArray().join())
-  await until('every editor holds every token', same, 60000)
+  try {
+    await until('every editor holds every token', same, 60000)
+  } catch (e) {
+    throw new Error(e.message + ': ' + JSON.stringify(eds.map((c) => [c.name, c.made, c.log.length, c.provider.synced])))
+  }
   // Every token once: nothing lost, nothing duplicated.
   const tokens = eds[0].log.toArray()
   const missing = eds.flatMap((c) => [...Array(c.made).keys()].map((i) => c.name + i))

@@ -549,6 +549,10 @@ async fn the_app_is_told_once_after_a_burst_of_edits_with_the_state_vector_and_w
     // Nothing more: one notification covered the burst.
     let more = tokio::time::timeout(Duration::from_millis(1500), changed.recv()).await;
     assert!(more.is_err(), "one notification per window: {more:?}");
+    // An editor that only reads (its sync answer is an empty update) changes nothing.
+    node("read", json!({"url": docs_url(&gw), "doc": "notify-1"})).await;
+    let more = tokio::time::timeout(Duration::from_millis(1500), changed.recv()).await;
+    assert!(more.is_err(), "no change, no notification: {more:?}");
 
     // The state behind statePath has the state vector the notification carried.
     let (status, state) = admin_call(&gw, "GET", first["statePath"].as_str().unwrap(), b"").await;

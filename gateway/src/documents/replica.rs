@@ -389,12 +389,17 @@ impl Replica {
                     .inc();
                 return Err(CloseCause::DocumentTooLarge);
             }
-            if sync::apply(&st.awareness, &u).is_err() {
-                metrics()
-                    .document_updates
-                    .with_label_values(&["invalid"])
-                    .inc();
-                return Err(CloseCause::ProtocolError);
+            match sync::apply(&st.awareness, &u) {
+                Ok(true) => {}
+                // Nothing new (an editor's sync answer): nothing to relay, store or notify.
+                Ok(false) => return Ok(()),
+                Err(_) => {
+                    metrics()
+                        .document_updates
+                        .with_label_values(&["invalid"])
+                        .inc();
+                    return Err(CloseCause::ProtocolError);
+                }
             }
             st.doc_bytes += len;
             metrics()
