@@ -123,6 +123,10 @@ pub struct Metrics {
     pub document_update_bytes: IntCounter,
     /// `switchboard_document_compactions_total{result}`: snapshots written (ok | error)
     pub document_compactions: IntCounterVec,
+    /// `switchboard_document_notifications_total{via,result}`: "document changed"
+    /// notifications by channel (http | nats) and result = ok | retried (an attempt failed,
+    /// another follows) | error (every attempt failed)
+    pub document_notifications: IntCounterVec,
 }
 
 // Every `expect` here is on a metric defined from static names and labels, registered once in a
@@ -430,6 +434,12 @@ impl Metrics {
                 "switchboard_document_compactions_total",
                 "Yjs document snapshots written, by result",
                 &["result"],
+            ),
+            document_notifications: counter_vec(
+                &registry,
+                "switchboard_document_notifications_total",
+                "Yjs \"document changed\" notifications by channel and result",
+                &["via", "result"],
             ),
             rooms_queued_bytes: {
                 let g = IntGauge::new(

@@ -18,6 +18,16 @@ use support::{Gateway, repo_root};
 /// `/docs/<doc>` may edit, `/view/<doc>` may only read; both serve namespace `docs`. Updates
 /// over 4 KiB and documents over 8 KiB (embedded bus) are refused; snapshots every 50 updates.
 fn config(nats: Option<&str>) -> String {
+    config_with(nats, json!({}))
+}
+
+/// [`config`] with more `documents` settings.
+fn config_with(nats: Option<&str>, more_documents: Value) -> String {
+    builder(nats, more_documents).yaml()
+}
+
+/// The routes of [`config_with`], to add more.
+fn builder(nats: Option<&str>, more_documents: Value) -> ConfigBuilder {
     // In memory a document lives while it has editors and `idleUnload` after; with NATS the
     // replicas are dropped 1 s after their last editor leaves (the store keeps the document).
     // The embedded-bus pod has the small document limit the oversized test fills.
@@ -26,12 +36,15 @@ fn config(nats: Option<&str>) -> String {
     } else {
         ("60s", 8192)
     };
-    let documents = json!({
+    let mut documents = json!({
         "maxUpdateBytes": 4096,
         "maxDocumentBytes": max_doc,
         "compactAfterUpdates": 50,
         "idleUnload": idle,
     });
+    for (k, v) in more_documents.as_object().unwrap() {
+        documents[k] = v.clone();
+    }
     let doc_route = |name: &str, may_edit: bool| {
         let mut rooms = json!({
             "protocol": "yjs",
@@ -43,10 +56,14 @@ fn config(nats: Option<&str>) -> String {
         if may_edit {
             rooms["publish"] = json!(["*"]);
         }
-        route(name, &format!("/{name}")).prefix().rooms(rooms).set(
-            "transports",
-            json!({"websocket": true, "sse": false, "longPolling": false}),
-        )
+        route(name, &format!("/{name}"))
+            .prefix()
+            .rooms(rooms)
+            .set(
+                "transports",
+                json!({"websocket": true, "sse": false, "longPolling": false}),
+            )
+            .drain(json!({"window": "1s", "closeCode": DRAIN_CODE, "closeReason": "draining"}))
     };
     let mut cfg = ConfigBuilder::new()
         .publish_token(TOKEN)
@@ -55,10 +72,12 @@ fn config(nats: Option<&str>) -> String {
     if let Some(url) = nats {
         cfg = cfg.nats(url, "sbdocs");
     }
-    cfg.yaml()
+    cfg
 }
 
 const TOKEN: &str = "documents-api-test-token";
+/// The document routes' drain close code.
+const DRAIN_CODE: u16 = 1012;
 
 /// One HTTP/1.1 request to the admin listener with the publish-API token: (status, body).
 async fn admin_call(gw: &Gateway, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
@@ -90,30 +109,90 @@ fn e2e_dir() -> std::path::PathBuf {
 
 /// Run one scenario of `e2e/yjs/client.js`; its JSON result (the scenario must succeed).
 async fn node(scenario: &str, args: Value) -> Value {
-    let dir = e2e_dir();
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new("node")
-            .arg(dir.join("client.js"))
+    NodeRun::spawn(scenario, args).result().await
+}
+
+/// One scenario of `e2e/yjs/client.js` running in the background: its stdout lines are
+/// progress lines (`{"at": "..."}`), the last one the result.
+struct NodeRun {
+    scenario: String,
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl NodeRun {
+    fn spawn(scenario: &str, args: Value) -> Self {
+        Self::spawn_script("client.js", &[], scenario, args)
+    }
+
+    /// A scenario through another script of `e2e/yjs` (e.g. `fastclock.js`), with `env`.
+    fn spawn_script(script: &str, env: &[(&str, &str)], scenario: &str, args: Value) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let dir = e2e_dir();
+        let mut child = tokio::process::Command::new("node")
+            .envs(env.iter().copied())
+            .arg(dir.join(script))
             .arg(scenario)
             .arg(args.to_string())
             .current_dir(&dir)
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the client ran for 120s")
-    .expect("run node client.js");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{scenario}: exit {}: {stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{scenario} result {line:?}: {e}"))
+            .spawn()
+            .expect("run node client.js");
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut err = child.stderr.take().unwrap();
+        let stderr = tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s).await;
+            s
+        });
+        Self {
+            scenario: scenario.into(),
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Wait (up to 60 s) for the progress line `{"at": at}`.
+    async fn reached(&mut self, at: &str) {
+        let want = json!({ "at": at });
+        let wait = async {
+            while let Some(line) = self.lines.next_line().await.unwrap() {
+                if serde_json::from_str::<Value>(&line).ok().as_ref() == Some(&want) {
+                    return;
+                }
+            }
+            panic!("{}: ended before {at}", self.scenario);
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .unwrap_or_else(|_| panic!("{}: not at {at} in 60s", self.scenario));
+    }
+
+    /// The scenario's JSON result (it must succeed within 120 s).
+    async fn result(mut self) -> Value {
+        let scenario = self.scenario.clone();
+        let run = async {
+            let mut last = String::new();
+            while let Some(line) = self.lines.next_line().await.unwrap() {
+                last = line;
+            }
+            let status = self.child.wait().await.unwrap();
+            (status, last, self.stderr.await.unwrap_or_default())
+        };
+        let (status, last, stderr) = tokio::time::timeout(Duration::from_secs(120), run)
+            .await
+            .expect("the client ran for 120s");
+        assert!(
+            status.success(),
+            "{scenario}: exit {status}: {last}\n{stderr}"
+        );
+        serde_json::from_str(&last).unwrap_or_else(|e| panic!("{scenario} result {last:?}: {e}"))
+    }
 }
 
 fn docs_url(gw: &Gateway) -> String {
@@ -259,4 +338,337 @@ async fn the_documents_api_reads_the_state_and_applies_a_server_side_update() {
     assert_eq!(status, 400, "an undecodable update is refused");
     let (status, _) = admin_call(&gw, "GET", "/v1/documents/nope/api-1", b"").await;
     assert_eq!(status, 404);
+}
+
+/// The tokens two or more editors appended (`editlog` and `drain` scenarios): every one of them
+/// is in the converged document exactly once; returns how many were made.
+fn every_edit_once(r: &Value) -> u64 {
+    let made: u64 = r["made"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(made > 0, "{r}");
+    assert_eq!(r["missing"], json!([]), "edits lost: {r}");
+    assert_eq!(r["length"], made, "{r}");
+    assert_eq!(r["unique"], made, "{r}");
+    made
+}
+
+/// After every editor left (and the replicas were dropped, `idleUnload` 1 s), a fresh editor on
+/// each pod loads the document from JetStream: `made` tokens, the same on every pod.
+async fn stored_log_on_each(pods: &[&Gateway], doc: &str, made: u64) {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut first: Option<Value> = None;
+    for gw in pods {
+        let read = node("readlog", json!({"url": docs_url(gw), "doc": doc})).await;
+        assert_eq!(read["length"], made, "stored document: {read}");
+        match &first {
+            None => first = Some(read["log"].clone()),
+            Some(log) => assert_eq!(&read["log"], log, "same document on every pod"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editors_on_two_pods_lose_no_edit_when_nats_restarts_or_is_down_for_7s_in_the_middle_of_their_edits()
+ {
+    let mut nats = NatsServer::start();
+    let a = Gateway::start(&config(Some(&nats.url()))).await;
+    let b = Gateway::start(&config(Some(&nats.url()))).await;
+    let doc = "nats-restart-1";
+    let mut editing = NodeRun::spawn(
+        "editlog",
+        json!({
+            "editors": [["a", docs_url(&a)], ["b", docs_url(&b)]],
+            "doc": doc, "ms": 14000, "every": 20,
+        }),
+    );
+    editing.reached("editing").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Same port, same JetStream store: the server comes back with what it acknowledged. A
+    // quick restart: the gateways' NATS clients hold the appends and acknowledgements across it.
+    tokio::task::block_in_place(|| nats.restart());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // An outage longer than a store operation may take (5 s): appends fail, their editors are
+    // closed 1013 and reconnect, the edits are owed to the log as snapshots.
+    tokio::task::block_in_place(|| {
+        nats.stop();
+        std::thread::sleep(Duration::from_secs(7));
+        nats.start_again();
+    });
+    let r = editing.result().await;
+    eprintln!("edits: {r}");
+    let closed_1013 = r["closes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .any(|c| c.as_array().unwrap().contains(&json!(1013)));
+    assert!(closed_1013, "the outage hit an append: {r}");
+    let made = every_edit_once(&r);
+    stored_log_on_each(&[&a, &b], doc, made).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_pods_editors_get_the_drain_code_resume_on_the_other_pod_and_lose_no_edit() {
+    let nats = NatsServer::start();
+    let mut a = Gateway::start(&config(Some(&nats.url()))).await;
+    let b = Gateway::start(&config(Some(&nats.url()))).await;
+    let doc = "drain-1";
+    let mut editing = NodeRun::spawn(
+        "drain",
+        json!({
+            "editors": [["a1", docs_url(&a)], ["a2", docs_url(&a)], ["b", docs_url(&b)]],
+            "doc": doc, "ms": 5000, "every": 20,
+            "drainCode": DRAIN_CODE, "failover": docs_url(&b),
+        }),
+    );
+    editing.reached("editing").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.terminate();
+    let r = editing.result().await;
+    eprintln!("edits: {r}");
+    let made = every_edit_once(&r);
+    for name in ["a1", "a2"] {
+        assert_eq!(
+            r["closes"][name],
+            json!([DRAIN_CODE]),
+            "{name} was closed once, with the drain code: {r}"
+        );
+    }
+    assert_eq!(r["closes"]["b"], json!([]), "{r}");
+    let exit = a.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "drained pod exit: {exit:?}"
+    );
+    stored_log_on_each(&[&b], doc, made).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_pods_editors_vanish_from_the_other_pods_awareness() {
+    let nats = NatsServer::start();
+    let a = Gateway::start(&config(Some(&nats.url()))).await;
+    let b = Gateway::start(&config(Some(&nats.url()))).await;
+    let mut run = NodeRun::spawn(
+        "crash",
+        json!({"urlA": docs_url(&a), "urlB": docs_url(&b), "doc": "crash-1"}),
+    );
+    run.reached("seen").await;
+    a.signal("KILL");
+    let r = run.result().await;
+    // Removed by the gateway (pod heartbeats, docs/documents.md), before y-protocols' own
+    // 30 s timeout would have removed it on the client.
+    assert_eq!(r["removedBy"], "gateway", "{r}");
+    assert_eq!(r["bCloses"], json!([]), "B stayed connected: {r}");
+    assert_eq!(r["newcomerSeesA"], false, "{r}");
+}
+
+/// The app's "document changed" endpoint: answers 503 to the first POST, 204 to every later
+/// one, and hands every body it got to the test.
+async fn changed_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/changed", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (tx, seen) = (tx.clone(), seen.clone());
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (tx, seen) = (tx.clone(), seen.clone());
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let _ = tx.send(serde_json::from_slice::<Value>(&body).unwrap());
+                            let status = if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                                503
+                            } else {
+                                204
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// The next notification the app got (within 5 s).
+async fn next_changed(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a notification within 5s")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_is_told_once_after_a_burst_of_edits_with_the_state_vector_and_where_to_fetch_the_state()
+ {
+    use base64::Engine;
+    use yrs::updates::decoder::Decode;
+    use yrs::updates::encoder::Encode;
+    use yrs::{ReadTxn, Transact, Update};
+    let (url, mut changed) = changed_receiver().await;
+    let gw = Gateway::start(&config_with(
+        None,
+        json!({"notify": {"url": url}, "notifyDebounce": "500ms"}),
+    ))
+    .await;
+    // Two editors, several edits within one window (`write` types, then a second editor syncs).
+    node(
+        "write",
+        json!({"url": docs_url(&gw), "doc": "notify-1", "insert": "hello"}),
+    )
+    .await;
+    // The first POST is answered 503: the same notification is sent again.
+    let first = next_changed(&mut changed).await;
+    let retried = next_changed(&mut changed).await;
+    assert_eq!(first, retried, "a retry repeats the notification");
+    assert_eq!(first["event"], "document.changed", "{first}");
+    assert_eq!(first["namespace"], "docs");
+    assert_eq!(first["document"], "notify-1");
+    assert_eq!(first["statePath"], "/v1/documents/docs/notify-1");
+    assert!(first["updates"].as_u64().unwrap() >= 1, "{first}");
+    assert!(first["bytes"].as_u64().unwrap() > 0, "{first}");
+    // Nothing more: one notification covered the burst.
+    let more = tokio::time::timeout(Duration::from_millis(1500), changed.recv()).await;
+    assert!(more.is_err(), "one notification per window: {more:?}");
+    // An editor that only reads (its sync answer is an empty update) changes nothing.
+    node("read", json!({"url": docs_url(&gw), "doc": "notify-1"})).await;
+    let more = tokio::time::timeout(Duration::from_millis(1500), changed.recv()).await;
+    assert!(more.is_err(), "no change, no notification: {more:?}");
+
+    // The state behind statePath has the state vector the notification carried.
+    let (status, state) = admin_call(&gw, "GET", first["statePath"].as_str().unwrap(), b"").await;
+    assert_eq!(status, 200);
+    let doc = yrs::Doc::new();
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(&state).unwrap())
+        .unwrap();
+    let sv = base64::engine::general_purpose::STANDARD
+        .decode(first["stateVector"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(sv, doc.transact().state_vector().encode_v1());
+
+    let metrics = support::http_get(gw.admin(), "/metrics").await.1;
+    for line in [
+        "switchboard_document_notifications_total{result=\"retried\",via=\"http\"} 1",
+        "switchboard_document_notifications_total{result=\"ok\",via=\"http\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+
+    // A later edit: one more notification (after the last edit), with the new state vector.
+    node(
+        "write",
+        json!({"url": docs_url(&gw), "doc": "notify-1", "insert": " again"}),
+    )
+    .await;
+    let later = next_changed(&mut changed).await;
+    assert_ne!(later["stateVector"], first["stateVector"], "{later}");
+}
+
+/// How much faster than real time the lone editor's clock runs (e2e/yjs/fastclock.js).
+const FAST_CLOCK: u64 = 5;
+
+/// The `lone` scenario for 130 s of the editor's clock (26 s of real time).
+async fn lone_editor(url: &str, doc: &str, relay: bool) -> Value {
+    NodeRun::spawn_script(
+        "fastclock.js",
+        &[("FAST_CLOCK", &FAST_CLOCK.to_string())],
+        "lone",
+        json!({"url": url, "doc": doc, "ms": 130_000, "relay": relay}),
+    )
+    .result()
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_editor_is_not_reconnected_by_y_websocket_in_two_minutes_of_its_clock() {
+    // y-websocket closes and reconnects when nothing arrived for 30 s; it renews its awareness
+    // every 15 s and the gateway echoes it. The editor's clock runs 5x (fastclock.js), the
+    // gateway's does not: only what the gateway sends keeps the editor connected.
+    let raw = route("raw", "/raw").prefix().rooms(json!({
+        "protocol": "raw", "pathRoom": "/raw/{room}", "join": ["*"], "publish": ["*"],
+    }));
+    let gw = Gateway::start(
+        &builder(None, json!({}))
+            .route(raw.set(
+                "transports",
+                json!({"websocket": true, "sse": false, "longPolling": false}),
+            ))
+            .yaml(),
+    )
+    .await;
+
+    // The same editor in a raw relay room (nothing echoed, nobody else), at the same time: it
+    // is reconnected every 30 s of its clock. This is what the test would see if the gateway
+    // stayed silent.
+    let (docs, raw) = (docs_url(&gw), gw.ws_url("/raw"));
+    let (lone, relay) = tokio::join!(
+        lone_editor(&docs, "lone-1", false),
+        lone_editor(&raw, "lone-2", true)
+    );
+    assert_eq!(lone["disconnects"], 0, "{lone}");
+    assert_eq!(lone["synced"], true, "{lone}");
+    assert!(lone["elapsedMs"].as_u64().unwrap() >= 130_000, "{lone}");
+    assert!(relay["disconnects"].as_u64().unwrap() >= 3, "{relay}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_editors_with_cursors_stay_connected_and_one_leaving_removes_only_its_own_cursor() {
+    // y-websocket sends every awareness change it hears back to the server: those relays are
+    // not the relaying editor's own states (it may announce at most 8), and when it leaves only
+    // its own state goes.
+    let gw = Gateway::start(&config(None)).await;
+    let r = node(
+        "crowd",
+        json!({"url": docs_url(&gw), "doc": "crowd-1", "n": 12}),
+    )
+    .await;
+    assert_eq!(r["closes"], json!([]), "{r}");
+    assert_eq!(r["seen"], json!(vec![11; 11]), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_notify_nats_the_document_changed_notification_is_published_on_the_events_subject() {
+    use futures_util::StreamExt;
+    let nats = NatsServer::start();
+    let app = async_nats::connect(nats.url()).await.unwrap();
+    let mut events = app.subscribe("sbdocs.events.docs").await.unwrap();
+    app.flush().await.unwrap();
+    let gw = Gateway::start(&config_with(
+        Some(&nats.url()),
+        json!({"notifyNats": true, "notifyDebounce": "300ms"}),
+    ))
+    .await;
+    node(
+        "write",
+        json!({"url": docs_url(&gw), "doc": "notify-nats-1", "insert": "hi"}),
+    )
+    .await;
+    let msg = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("a notification on NATS within 5s")
+        .unwrap();
+    let n: Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(n["event"], "document.changed", "{n}");
+    assert_eq!(n["document"], "notify-nats-1", "{n}");
+    assert_eq!(n["statePath"], "/v1/documents/docs/notify-nats-1", "{n}");
 }

@@ -22,7 +22,9 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 const rss = () => a.pid ? Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${a.pid}/status`, 'utf8'))[1]) * 1024 : NaN
 const open = (doc) => {
   const ydoc = new Y.Doc()
-  const p = new WebsocketProvider(url, doc, ydoc, { WebSocketPolyfill: WebSocket })
+  // disableBc: providers in one process would otherwise exchange updates over a
+  // BroadcastChannel, not through the server.
+  const p = new WebsocketProvider(url, doc, ydoc, { WebSocketPolyfill: WebSocket, disableBc: true })
   return { ydoc, p, arr: ydoc.getArray('a') }
 }
 const until = async (c, ms = 60000) => { const end = Date.now() + ms; while (!c()) { if (Date.now() > end) throw new Error('timeout'); await sleep(5) } }

@@ -257,6 +257,21 @@ pub struct Documents {
     /// the embedded bus this forgets it: documents are kept in memory only). Default 30s.
     #[serde(default = "default_doc_idle", with = "humantime_serde")]
     pub idle_unload: Duration,
+    /// POST a "document changed" notification to the app (JSON: the document, its state
+    /// vector and size, and the documents API path to fetch its state), at most one per
+    /// document per `notifyDebounce`; retried twice. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Hook>,
+    /// Also publish each "document changed" notification on the core NATS subject
+    /// `<bus.nats.subjectPrefix>.events.<namespace>` (where `rooms.notifyNats` sends
+    /// connection events). Needs `bus.nats`. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notify_nats: bool,
+    /// At most one "document changed" notification per document per this window, sent this
+    /// long after the first edit it covers (so one always follows the last edit). Shorter
+    /// than `idleUnload`. Default 2s.
+    #[serde(default = "default_notify_debounce", with = "humantime_serde")]
+    pub notify_debounce: Duration,
 }
 
 impl Default for Documents {
@@ -266,6 +281,9 @@ impl Default for Documents {
             max_document_bytes: default_max_document_bytes(),
             compact_after_updates: default_compact_after(),
             idle_unload: default_doc_idle(),
+            notify: None,
+            notify_nats: false,
+            notify_debounce: default_notify_debounce(),
         }
     }
 }
@@ -281,6 +299,9 @@ fn default_compact_after() -> u32 {
 }
 fn default_doc_idle() -> Duration {
     Duration::from_secs(30)
+}
+fn default_notify_debounce() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// Wire protocol of a rooms route.

@@ -347,6 +347,22 @@ fn rooms_problems(r: &Route, rooms: &crate::Rooms, at: &str, p: &mut Vec<Problem
                 "must be more than 0",
             ));
         }
+        if (d.notify.is_some() || d.notify_nats)
+            && (d.notify_debounce.is_zero() || d.notify_debounce >= d.idle_unload)
+        {
+            p.push(Problem::new(
+                format!("{rat}.documents.notifyDebounce"),
+                "must be more than 0 and shorter than idleUnload (the pending notification goes with the document)",
+            ));
+        }
+        if let Some(h) = &d.notify
+            && !(h.url.starts_with("http://") || h.url.starts_with("https://"))
+        {
+            p.push(Problem::new(
+                format!("{rat}.documents.notify.url"),
+                "must be an http:// or https:// URL",
+            ));
+        }
     }
     if let Some(ns) = &rooms.namespace
         && (ns.is_empty()
@@ -732,6 +748,13 @@ fn mode_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>)
                 if rooms.notify_nats && cfg.bus.nats.is_none() {
                     p.push(Problem::new(
                         format!("{at}.rooms.notifyNats"),
+                        "needs bus.nats (notifications are published on a NATS subject)",
+                    ));
+                }
+                if rooms.documents.as_ref().is_some_and(|d| d.notify_nats) && cfg.bus.nats.is_none()
+                {
+                    p.push(Problem::new(
+                        format!("{at}.rooms.documents.notifyNats"),
                         "needs bus.nats (notifications are published on a NATS subject)",
                     ));
                 }

@@ -16,7 +16,7 @@ use crate::rooms::bus::RoomKey;
 use crate::rooms::publish_api::{expected_token, token_matches};
 
 /// The path prefix this module serves.
-pub const PREFIX: &str = "/v1/documents/";
+pub const PREFIX: &str = super::API_PREFIX;
 
 fn text(status: StatusCode, msg: &str) -> (StatusCode, &'static str, Bytes) {
     (status, "text/plain", Bytes::from(format!("{msg}\n")))

@@ -8,10 +8,15 @@
 //! - [`sync`]: the y-protocols messages (pure).
 //! - [`store`]: the JetStream log of a document, snapshots and compaction.
 //! - [`replica`]: one pod's replica, its editors and its NATS feeds.
+//! - [`peers`]: the other pods' replicas and their editors' awareness (removed when a pod is
+//!   silent: crashed).
 //! - [`session`]: one editor's WebSocket.
 //! - [`api`]: read a document and apply server-side updates (admin listener).
+//! - [`notify`]: the debounced "document changed" notification to the app.
 
 pub mod api;
+pub mod notify;
+pub mod peers;
 pub mod replica;
 pub mod session;
 pub mod store;
@@ -28,12 +33,17 @@ use self::replica::Replica;
 use self::store::NatsStore;
 use crate::rooms::bus::{Bus, RoomKey};
 
+/// The path prefix of the documents API ([`api`]) on the admin listener.
+pub const API_PREFIX: &str = "/v1/documents/";
+
 /// Longest a connection waits for its document to load.
 pub const LOAD_WAIT: Duration = Duration::from_secs(10);
 
 /// This pod's documents.
 pub struct Documents {
     store: Option<NatsStore>,
+    /// Where "document changed" notifications go (`documents.notify`, `notifyNats`).
+    channels: notify::Channels,
     map: Mutex<HashMap<RoomKey, Arc<Replica>>>,
 }
 
@@ -41,6 +51,7 @@ impl Documents {
     pub fn new(bus: &Arc<dyn Bus>) -> Arc<Self> {
         Arc::new(Self {
             store: bus.nats().map(NatsStore::new),
+            channels: notify::Channels::new(bus),
             map: Mutex::new(HashMap::new()),
         })
     }
@@ -62,8 +73,13 @@ impl Documents {
             match map.get(key) {
                 Some(r) => (r.clone(), false),
                 None => {
-                    let r =
-                        Replica::new(key.clone(), cfg.clone(), rand::random(), self.store.clone());
+                    let r = Replica::new(
+                        key.clone(),
+                        cfg.clone(),
+                        rand::random(),
+                        self.store.clone(),
+                        &self.channels,
+                    );
                     map.insert(key.clone(), r.clone());
                     (r, true)
                 }

@@ -7,7 +7,7 @@
 //! wrote itself are skipped, others are applied and relayed. Awareness goes over core NATS.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, Transact};
 
+use super::notify::{self, Channels, Pending};
+use super::peers::{self, Peers};
 use super::store::{self, NatsStore};
 use super::sync::{self, Inbound};
 use crate::error::CloseCause;
@@ -33,9 +35,12 @@ pub const MAX_AWARENESS_CLIENTS: usize = 8;
 /// How often a replica retries writing an update it could not store (as a snapshot).
 const REPAIR_EVERY: Duration = Duration::from_secs(1);
 
-/// Awareness frames on core NATS: a kind byte, the origin pod (8 bytes), the update.
+/// Awareness frames on core NATS: a kind byte, the origin replica (8 bytes), the update.
 const AW_UPDATE: u8 = 0;
+/// "Send me your editors' states" (a replica that just opened).
 const AW_QUERY: u8 = 1;
+/// "My editors are still here" (no body), every [`peers::HEARTBEAT`] (docs/documents.md).
+const AW_ALIVE: u8 = 2;
 
 /// Load state of a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +68,18 @@ struct State {
     compacting: bool,
     /// An update applied here could not be stored: a snapshot is owed to the log.
     dirty: bool,
+    /// The other pods' replicas and the awareness clients they announced.
+    peers: Peers,
+}
+
+impl State {
+    /// Awareness clients announced by this pod's editors.
+    fn local_clients(&self) -> Vec<ClientID> {
+        self.editors
+            .values()
+            .flat_map(|e| e.clients.iter().copied())
+            .collect()
+    }
 }
 
 /// A document replica. Shared by the pod's editors of the document.
@@ -76,6 +93,10 @@ pub struct Replica {
     load: watch::Sender<Load>,
     /// Connections and API calls using the replica; at 0 it may be unloaded.
     pub(super) users: AtomicUsize,
+    /// Edits not yet in a "document changed" notification (with `documents.notify*`).
+    pending: Option<Arc<Pending>>,
+    /// Edits applied here since the last notification.
+    edits: AtomicU64,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -97,14 +118,24 @@ impl Replica {
     /// `origin` must be unique per replica instance (not per pod): a replica skips the log
     /// messages it wrote itself, and a later replica of the same document on the same pod must
     /// apply them.
-    pub fn new(key: RoomKey, cfg: DocCfg, origin: u64, store: Option<NatsStore>) -> Arc<Self> {
+    ///
+    /// With `documents.notify` or `notifyNats`, the replica runs the debounced "document
+    /// changed" notification over `channels` (module [`notify`]).
+    pub fn new(
+        key: RoomKey,
+        cfg: DocCfg,
+        origin: u64,
+        store: Option<NatsStore>,
+        channels: &Channels,
+    ) -> Arc<Self> {
         metrics().documents_loaded.inc();
+        let notifies = cfg.notify.is_some() || cfg.notify_nats;
         let (load, _) = watch::channel(if store.is_some() {
             Load::Loading
         } else {
             Load::Ready
         });
-        Arc::new(Self {
+        let this = Arc::new(Self {
             key,
             cfg,
             pod: origin,
@@ -117,11 +148,26 @@ impl Replica {
                 applied_seq: 0,
                 compacting: false,
                 dirty: false,
+                peers: Peers::default(),
             }),
             load,
             users: AtomicUsize::new(0),
+            pending: notifies.then(|| Arc::new(Pending::default())),
+            edits: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
-        })
+        });
+        if let Some(pending) = &this.pending {
+            let task = tokio::spawn(notify::debounce(
+                pending.clone(),
+                this.cfg.notify_debounce,
+                notify_once(Arc::downgrade(&this), channels.clone()),
+            ));
+            this.tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(task.abort_handle());
+        }
+        this
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -260,31 +306,67 @@ impl Replica {
                 self.apply_local(Some(conn), u).await?;
             }
             Inbound::Awareness(update) => {
-                let encoded = {
-                    let mut st = self.lock();
-                    let Some(editor) = st.editors.get_mut(conn) else {
-                        return Ok(());
-                    };
-                    for id in update.clients.keys() {
-                        editor.clients.insert(*id);
-                    }
-                    if editor.clients.len() > MAX_AWARENESS_CLIENTS {
-                        return Err(CloseCause::ProtocolError);
-                    }
-                    let encoded = update.encode_v1();
-                    if st.awareness.apply_update(update).is_err() {
-                        return Err(CloseCause::ProtocolError);
-                    }
-                    // To every editor, the sender included (as y-websocket's server does): a
-                    // lone editor hears its own keep-alive and is not reconnected as idle.
-                    broadcast(&st, None, &Bytes::copy_from_slice(frame));
-                    encoded
+                let Some(encoded) = self.awareness_from(conn, update)? else {
+                    return Ok(());
                 };
                 self.publish_awareness(AW_UPDATE, &encoded).await;
             }
             Inbound::Ignored => {}
         }
         Ok(())
+    }
+
+    /// Apply an awareness message from editor `conn`. Only what changes the replica's states
+    /// counts, as in y-websocket's own server: y-websocket clients send every awareness change
+    /// they receive back to the server, and such a relay changes nothing here. What changed is
+    /// sent to every editor, the sender included (a lone editor hears its own renewal and is
+    /// not reconnected as idle); the states it set become the sender's own (at most
+    /// [`MAX_AWARENESS_CLIENTS`]; removed for everyone when it leaves). Returns the change for
+    /// the other pods.
+    fn awareness_from(
+        &self,
+        conn: &str,
+        update: AwarenessUpdate,
+    ) -> Result<Option<Vec<u8>>, CloseCause> {
+        let mut st = self.lock();
+        if !st.editors.contains_key(conn) {
+            return Ok(None);
+        }
+        let summary = st
+            .awareness
+            .apply_update_summary(update)
+            .map_err(|_| CloseCause::ProtocolError)?;
+        let Some(summary) = summary else {
+            return Ok(None); // a relay of states this replica already has
+        };
+        let set: Vec<ClientID> = summary
+            .added
+            .iter()
+            .chain(&summary.updated)
+            .copied()
+            .collect();
+        for (id, e) in st.editors.iter_mut() {
+            if id != conn {
+                for c in &set {
+                    e.clients.remove(c);
+                }
+            }
+        }
+        st.peers.claimed_locally(&set);
+        let Some(editor) = st.editors.get_mut(conn) else {
+            return Ok(None);
+        };
+        editor.clients.extend(set.iter().copied());
+        if editor.clients.len() > MAX_AWARENESS_CLIENTS {
+            return Err(CloseCause::ProtocolError);
+        }
+        let changed = st
+            .awareness
+            .update_with_clients(summary.all_changes())
+            .map_err(|_| CloseCause::ProtocolError)?;
+        let encoded = changed.encode_v1();
+        broadcast(&st, None, &Bytes::from(sync::awareness(changed)));
+        Ok(Some(encoded))
     }
 
     /// Apply an update from an editor (`from`) or the API (None): check the limits, apply,
@@ -307,12 +389,17 @@ impl Replica {
                     .inc();
                 return Err(CloseCause::DocumentTooLarge);
             }
-            if sync::apply(&st.awareness, &u).is_err() {
-                metrics()
-                    .document_updates
-                    .with_label_values(&["invalid"])
-                    .inc();
-                return Err(CloseCause::ProtocolError);
+            match sync::apply(&st.awareness, &u) {
+                Ok(true) => {}
+                // Nothing new (an editor's sync answer): nothing to relay, store or notify.
+                Ok(false) => return Ok(()),
+                Err(_) => {
+                    metrics()
+                        .document_updates
+                        .with_label_values(&["invalid"])
+                        .inc();
+                    return Err(CloseCause::ProtocolError);
+                }
             }
             st.doc_bytes += len;
             metrics()
@@ -321,6 +408,10 @@ impl Replica {
                 .inc();
             metrics().document_update_bytes.inc_by(len);
             broadcast(&st, from, &Bytes::from(sync::update(&u)));
+            if let Some(p) = &self.pending {
+                self.edits.fetch_add(1, Ordering::Relaxed);
+                p.mark();
+            }
             if self.store.is_none() {
                 // In memory the document is merged as it goes: recount its size now and then.
                 st.since_snapshot += 1;
@@ -400,6 +491,41 @@ impl Replica {
                     .inc();
             }
         }
+    }
+}
+
+/// The send step of a replica's notification loop: the document as it is now, over every
+/// configured channel. Stops the loop once the replica is gone.
+fn notify_once(
+    replica: Weak<Replica>,
+    channels: Channels,
+) -> impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
+    move || {
+        let (replica, channels) = (replica.clone(), channels.clone());
+        Box::pin(async move {
+            let Some(r) = replica.upgrade() else {
+                return false;
+            };
+            let (state_vector, bytes) = {
+                let st = r.lock();
+                let sv = st.awareness.doc().transact().state_vector().encode_v1();
+                (sv, st.doc_bytes)
+            };
+            let body = notify::body(&notify::Changed {
+                key: &r.key,
+                state_vector: &state_vector,
+                bytes,
+                updates: r.edits.swap(0, Ordering::Relaxed),
+            });
+            let (hook, nats, namespace) = (
+                r.cfg.notify.clone(),
+                r.cfg.notify_nats,
+                r.key.namespace.clone(),
+            );
+            drop(r); // the replica may be unloaded while the app is slow
+            channels.send(hook.as_ref(), nats, &namespace, body).await;
+            true
+        })
     }
 }
 
@@ -510,9 +636,28 @@ fn integrate(r: &Arc<Replica>, s: store::Stored, last: u64) {
     }
 }
 
-/// Follow the document's awareness from the other pods; answer their queries.
+/// Follow the document's awareness from the other pods; answer their queries; every
+/// [`peers::HEARTBEAT`] say this replica's editors are still here and remove the states of
+/// replicas silent for [`peers::PEER_TIMEOUT`] (a crashed pod's editors).
 async fn follow_awareness(replica: Weak<Replica>, mut sub: async_nats::Subscriber) {
-    while let Some(msg) = sub.next().await {
+    let mut heartbeat = tokio::time::interval(peers::HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            msg = sub.next() => match msg {
+                Some(m) => m,
+                None => return,
+            },
+            _ = heartbeat.tick() => {
+                let Some(r) = replica.upgrade() else { return };
+                let alive = !r.lock().local_clients().is_empty();
+                if alive {
+                    r.publish_awareness(AW_ALIVE, &[]).await;
+                }
+                r.expire_peers(std::time::Instant::now());
+                continue;
+            }
+        };
         let Some(r) = replica.upgrade() else { return };
         let p = &msg.payload;
         if p.len() < 9 {
@@ -522,10 +667,19 @@ async fn follow_awareness(replica: Weak<Replica>, mut sub: async_nats::Subscribe
         if origin == r.pod {
             continue;
         }
+        let now = std::time::Instant::now();
         match p[0] {
             AW_QUERY => {
-                let snap = r.lock().awareness.update().ok().map(|u| u.encode_v1());
-                if let Some(snap) = snap.filter(|s| s.len() > 1) {
+                // Only this pod's editors' states: each pod answers for its own.
+                let snap = {
+                    let st = r.lock();
+                    st.awareness
+                        .update_with_clients(st.local_clients())
+                        .ok()
+                        .filter(|u| !u.clients.is_empty())
+                        .map(|u| u.encode_v1())
+                };
+                if let Some(snap) = snap {
                     r.publish_awareness(AW_UPDATE, &snap).await;
                 }
             }
@@ -534,11 +688,64 @@ async fn follow_awareness(replica: Weak<Replica>, mut sub: async_nats::Subscribe
                     continue;
                 };
                 let mut st = r.lock();
-                if st.awareness.apply_update(update.clone()).is_ok() {
-                    broadcast(&st, None, &Bytes::from(sync::awareness(update)));
+                st.peers.update(origin, &update, now);
+                // Only what changed here goes to this pod's editors.
+                let changed = st
+                    .awareness
+                    .apply_update_summary(update)
+                    .ok()
+                    .flatten()
+                    .and_then(|s| st.awareness.update_with_clients(s.all_changes()).ok());
+                if let Some(changed) = changed {
+                    broadcast(&st, None, &Bytes::from(sync::awareness(changed)));
                 }
             }
+            AW_ALIVE => r.lock().peers.heard(origin, now),
             _ => {}
+        }
+    }
+}
+
+impl Replica {
+    /// Remove the awareness states of the replicas not heard from for [`peers::PEER_TIMEOUT`]
+    /// and tell this pod's editors. The removal keeps each state's clock (as y-protocols
+    /// removes a remote state), so the client's own next update is accepted again.
+    fn expire_peers(&self, now: std::time::Instant) {
+        let mut st = self.lock();
+        let gone = st.peers.expire(now, peers::PEER_TIMEOUT);
+        if gone.is_empty() {
+            return;
+        }
+        let local: HashSet<ClientID> = st.local_clients().into_iter().collect();
+        let removal = AwarenessUpdate {
+            clients: gone
+                .into_iter()
+                .filter(|id| {
+                    !local.contains(id) && st.awareness.state::<serde_json::Value>(*id).is_some()
+                })
+                .filter_map(|id| {
+                    st.awareness.meta(id).map(|(clock, _)| {
+                        (
+                            id,
+                            yrs::sync::awareness::AwarenessUpdateEntry {
+                                clock,
+                                json: "null".into(),
+                            },
+                        )
+                    })
+                })
+                .collect(),
+        };
+        if removal.clients.is_empty() {
+            return;
+        }
+        tracing::info!(
+            document = %self.key.room,
+            clients = removal.clients.len(),
+            "awareness of a silent pod's editors removed"
+        );
+        if st.awareness.apply_update(removal.clone()).is_ok() {
+            broadcast(&st, None, &Bytes::from(sync::awareness(removal)));
         }
     }
 }

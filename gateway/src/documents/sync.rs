@@ -72,14 +72,17 @@ pub fn state(awareness: &Awareness) -> Vec<u8> {
         .encode_state_as_update_v1(&StateVector::default())
 }
 
-/// Apply an encoded update to the document.
-pub fn apply(awareness: &Awareness, update: &[u8]) -> Result<(), String> {
+/// Apply an encoded update to the document. Ok(false): it changed nothing, i.e. it carries
+/// no items and deletes nothing the document had not deleted (a y-websocket editor's answer to
+/// the gateway's sync step 1 when it has nothing new: no items, and the delete set of
+/// everything it knows). An update with items always counts (they may wait for others).
+pub fn apply(awareness: &Awareness, update: &[u8]) -> Result<bool, String> {
     let u = Update::decode_v1(update).map_err(|e| format!("undecodable update: {e}"))?;
-    awareness
-        .doc()
-        .transact_mut()
-        .apply_update(u)
-        .map_err(|e| format!("update not applicable: {e}"))
+    let has_items = !u.insertions(true).is_empty();
+    let mut txn = awareness.doc().transact_mut();
+    txn.apply_update(u)
+        .map_err(|e| format!("update not applicable: {e}"))?;
+    Ok(has_items || !txn.delete_set().is_empty())
 }
 
 #[cfg(test)]
@@ -132,6 +135,26 @@ mod tests {
             panic!("not step 1")
         };
         assert_eq!(sv, server.doc().transact().state_vector());
+    }
+
+    #[test]
+    fn an_update_with_items_counts_as_a_change_and_an_empty_sync_answer_does_not() {
+        let server = Awareness::new(Doc::new());
+        let (client, u) = client_edit("hello");
+        assert!(apply(&server, &u).unwrap(), "new items");
+        let (_, other) = client_edit("x");
+        assert!(apply(&server, &other).unwrap(), "another client's items");
+        // A later edit of the first client: items from a clock past 0.
+        let before = client.transact().state_vector();
+        let t = client.get_or_insert_text("t");
+        t.insert(&mut client.transact_mut(), 5, "!");
+        let later = client.transact().encode_state_as_update_v1(&before);
+        assert!(apply(&server, &later).unwrap(), "an incremental edit");
+        // The client's answer to the server's step 1: nothing the server lacks.
+        let sv = server.doc().transact().state_vector();
+        let answer = client.transact().encode_state_as_update_v1(&sv);
+        assert!(!apply(&server, &answer).unwrap(), "{answer:?}");
+        assert!(!apply(&server, &[0, 0]).unwrap());
     }
 
     #[test]

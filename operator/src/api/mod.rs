@@ -502,6 +502,10 @@ pub struct ClaimToHeader {
     {
         "rule": "!has(self.publishHook) || !has(self.protocol) || self.protocol == 'json'",
         "message": "publishHook is not called for raw or yjs rooms (their messages are relayed unchanged); remove it or use protocol json"
+    },
+    {
+        "rule": "!has(self.documents) || (has(self.protocol) && self.protocol == 'yjs')",
+        "message": "documents is only used with protocol yjs"
     }
 ]))]
 pub struct Rooms {
@@ -591,6 +595,10 @@ pub struct Rooms {
     /// user with no live connection). Unset: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline: Option<RoomOffline>,
+    /// Protocol `yjs` only: document limits and compaction (docs/documents.md). Unset: the
+    /// gateway's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<RoomDocuments>,
 }
 
 /// Read receipts of a rooms route.
@@ -645,6 +653,51 @@ pub struct RoomOffline {
     /// Needs the gateways' NATS bus. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_nats: Option<bool>,
+}
+
+/// Yjs document settings of a `yjs` rooms route; unset fields take the gateway's defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.maxUpdateBytes) || !has(self.maxDocumentBytes) || self.maxUpdateBytes <= self.maxDocumentBytes",
+        "message": "maxUpdateBytes must be at most maxDocumentBytes"
+    }
+]))]
+pub struct RoomDocuments {
+    /// Largest single document update an editor may send; larger closes with 1009. Default
+    /// 262144 (256 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 67108864))]
+    pub max_update_bytes: Option<i64>,
+    /// Largest document (its encoded state); an update that would grow it past this is
+    /// refused and the editor closed with 4010. Default 8388608 (8 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1073741824))]
+    pub max_document_bytes: Option<i64>,
+    /// With the gateways' NATS bus: merge a document's stored updates into one snapshot once
+    /// this many follow the last one. Default 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub compact_after_updates: Option<i32>,
+    /// A document with no editors on a gateway pod is dropped from its memory after this
+    /// long (without NATS this forgets it). Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_unload: Option<Duration>,
+    /// POST a "document changed" notification (JSON: the document, its state vector and size,
+    /// and the documents API path of its state) to the app, at most one per document per
+    /// `notifyDebounce`; retried twice. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<RoomHook>,
+    /// Also publish each "document changed" notification on the core NATS subject
+    /// `<subjectPrefix>.events.<rooms namespace>`. Needs the gateways' NATS bus. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_nats: Option<bool>,
+    /// At most one "document changed" notification per document per this window, sent this
+    /// long after the first edit it covers; more than 0s and shorter than `idleUnload`.
+    /// Default 2s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_debounce: Option<Duration>,
 }
 
 /// `json`, `raw` or `yjs`.

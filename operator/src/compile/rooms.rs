@@ -3,11 +3,11 @@
 
 use serde_json::json;
 use switchboard_config::{
-    History, Hook, PathMatch as ConfigPathMatch, RoomProtocol as ConfigRoomProtocol,
+    Documents, History, Hook, PathMatch as ConfigPathMatch, RoomProtocol as ConfigRoomProtocol,
     Rooms as ConfigRooms,
 };
 
-use crate::api::{Mode, RealtimeRoute, RoomHook, RoomProtocol};
+use crate::api::{Mode, RealtimeRoute, RoomDocuments, RoomHook, RoomProtocol};
 
 use super::paths::path_room_problem;
 use super::problems::{Problems, from_wire};
@@ -104,6 +104,9 @@ pub(super) fn compile_rooms(
         }
         None => {}
     }
+    if r.documents.is_some() && protocol != RoomProtocol::Yjs {
+        p.push(format!("{at}.documents"), "only used with protocol yjs");
+    }
     if r.echo.is_some() && !raw {
         p.push(format!("{at}.echo"), "only used with protocol raw");
     }
@@ -166,6 +169,9 @@ pub(super) fn compile_rooms(
         .and_then(|h| compile_hook(&format!("{at}.notify"), h, p));
     rooms.notify_nats = r.notify_nats.unwrap_or(false);
     compile_chat(&r, by_path, at, &mut rooms, p);
+    if let Some(d) = &r.documents {
+        rooms.documents = compile_documents(&format!("{at}.documents"), d, p);
+    }
     Some(rooms)
 }
 
@@ -263,4 +269,64 @@ fn compile_chat(
             notify_nats: o.notify_nats.unwrap_or(false),
         });
     }
+}
+
+/// `spec.rooms.documents` -> the gateway's `rooms.documents` (unset fields: its defaults).
+fn compile_documents(at: &str, d: &RoomDocuments, p: &mut Problems) -> Option<Documents> {
+    let mut out: Documents = from_wire(json!({}), at, p)?;
+    let mut bytes = |field: &str, v: Option<i64>, max: u64, slot: &mut u64| {
+        if let Some(n) = v {
+            match u64::try_from(n) {
+                Ok(n) if (1..=max).contains(&n) => *slot = n,
+                _ => p.push(format!("{at}.{field}"), format!("must be 1-{max}, got {n}")),
+            }
+        }
+    };
+    bytes(
+        "maxUpdateBytes",
+        d.max_update_bytes,
+        64 << 20,
+        &mut out.max_update_bytes,
+    );
+    bytes(
+        "maxDocumentBytes",
+        d.max_document_bytes,
+        1 << 30,
+        &mut out.max_document_bytes,
+    );
+    if out.max_update_bytes > out.max_document_bytes {
+        p.push(
+            format!("{at}.maxUpdateBytes"),
+            "must be at most maxDocumentBytes",
+        );
+    }
+    if let Some(n) = d.compact_after_updates {
+        match u32::try_from(n) {
+            Ok(n) if (1..=1_000_000).contains(&n) => out.compact_after_updates = n,
+            _ => p.push(
+                format!("{at}.compactAfterUpdates"),
+                format!("must be 1-1000000, got {n}"),
+            ),
+        }
+    }
+    if let Some(idle) = p.duration(&format!("{at}.idleUnload"), &d.idle_unload) {
+        out.idle_unload = idle;
+    }
+    out.notify = d
+        .notify
+        .as_ref()
+        .and_then(|h| compile_hook(&format!("{at}.notify"), h, p));
+    out.notify_nats = d.notify_nats.unwrap_or(false);
+    if let Some(w) = p.duration(&format!("{at}.notifyDebounce"), &d.notify_debounce) {
+        out.notify_debounce = w;
+    }
+    if (out.notify.is_some() || out.notify_nats)
+        && (out.notify_debounce.is_zero() || out.notify_debounce >= out.idle_unload)
+    {
+        p.push(
+            format!("{at}.notifyDebounce"),
+            "must be more than 0s and shorter than idleUnload",
+        );
+    }
+    Some(out)
 }

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use switchboard_config::{
-    Algorithm, History, Hook, KeySource, PathMatchKind, PinningKey,
+    Algorithm, Documents, History, Hook, KeySource, PathMatchKind, PinningKey,
     RoomProtocol as ConfigRoomProtocol, Rooms as ConfigRooms, ServiceRef,
     TokenSource as ConfigTokenSource,
 };
@@ -749,6 +749,54 @@ fn a_raw_relay_route_compiles_websocket_only_with_its_path_room() {
 }
 
 #[test]
+fn yjs_document_settings_reach_the_compiled_route_and_unset_ones_take_the_gateway_defaults() {
+    let yjs = "mode: rooms\npath: {value: /docs}\nrooms: {protocol: yjs, pathRoom: '/docs/{room}'";
+    let r = compiled(&format!(
+        "{yjs}, documents: {{maxUpdateBytes: 1024, maxDocumentBytes: 65536, compactAfterUpdates: 20, idleUnload: 5s, notify: {{url: 'http://app.collab.svc/changed'}}, notifyNats: true, notifyDebounce: 1s}}}}"
+    ));
+    let rooms = r.rooms.unwrap();
+    assert_eq!(rooms.protocol, ConfigRoomProtocol::Yjs);
+    let d = rooms.documents.unwrap();
+    assert_eq!(
+        (
+            d.max_update_bytes,
+            d.max_document_bytes,
+            d.compact_after_updates
+        ),
+        (1024, 65536, 20)
+    );
+    assert_eq!(d.idle_unload, StdDuration::from_secs(5));
+    assert_eq!(
+        d.notify.as_ref().map(|h| h.url.as_str()),
+        Some("http://app.collab.svc/changed")
+    );
+    assert!(d.notify_nats);
+    assert_eq!(d.notify_debounce, StdDuration::from_secs(1));
+
+    let partial = compiled(&format!("{yjs}, documents: {{compactAfterUpdates: 7}}}}"));
+    let d = partial.rooms.unwrap().documents.unwrap();
+    assert_eq!(d.compact_after_updates, 7);
+    assert_eq!(
+        Documents {
+            compact_after_updates: 7,
+            ..d.clone()
+        },
+        Documents {
+            compact_after_updates: 7,
+            ..Documents::default()
+        },
+        "the other fields are the gateway defaults"
+    );
+    assert!(
+        compiled(&format!("{yjs}}}"))
+            .rooms
+            .unwrap()
+            .documents
+            .is_none()
+    );
+}
+
+#[test]
 fn a_proxy_route_is_websocket_only_and_has_no_rooms() {
     let r = compiled("backend: {name: chat, port: 80}");
     assert!(r.rooms.is_none());
@@ -858,6 +906,22 @@ fn rooms_rules_the_schema_checks_are_checked_again() {
         (
             "mode: rooms\nrooms: {maxQueueBytes: 100}",
             "spec.rooms.maxQueueBytes:",
+        ),
+        (
+            "mode: rooms\nrooms: {documents: {maxUpdateBytes: 10}}",
+            "spec.rooms.documents: only used with protocol yjs",
+        ),
+        (
+            "mode: rooms\nrooms: {protocol: yjs, pathRoom: '/r/{room}', documents: {maxUpdateBytes: 10, maxDocumentBytes: 5}}",
+            "spec.rooms.documents.maxUpdateBytes: must be at most maxDocumentBytes",
+        ),
+        (
+            "mode: rooms\nrooms: {protocol: yjs, pathRoom: '/r/{room}', documents: {compactAfterUpdates: 0}}",
+            "spec.rooms.documents.compactAfterUpdates:",
+        ),
+        (
+            "mode: rooms\nrooms: {protocol: yjs, pathRoom: '/r/{room}', documents: {notifyNats: true, notifyDebounce: 1m}}",
+            "spec.rooms.documents.notifyDebounce: must be more than 0s and shorter than idleUnload",
         ),
         (
             "mode: rooms\nrooms: {history: {maxMessages: 0}}",

@@ -355,3 +355,47 @@ fn chat_options_take_their_documented_defaults() {
     let o = rooms.offline.as_ref().unwrap();
     assert!(o.rooms.is_empty() && o.notify.is_none() && !o.notify_nats);
 }
+
+#[test]
+fn document_notifications_need_a_debounce_shorter_than_idle_unload_and_nats_for_notify_nats() {
+    let route = |documents: &str| {
+        format!(
+            "routes: [{{name: d, path: {{value: /d}}, mode: rooms, rooms: {{protocol: yjs, pathRoom: '/d/{{room}}', documents: {documents}}}}}]"
+        )
+    };
+    assert_eq!(
+        problems(&route("{notify: {url: 'http://app/changed'}}")),
+        Vec::<String>::new(),
+        "defaults: 2s debounce, 30s idleUnload"
+    );
+    assert_eq!(
+        problems(&route(
+            "{notify: {url: 'http://app/changed'}, notifyDebounce: 30s, idleUnload: 30s}"
+        )),
+        [
+            "routes[0].rooms.documents.notifyDebounce: must be more than 0 and shorter than idleUnload (the pending notification goes with the document)"
+        ]
+    );
+    assert_eq!(
+        problems(&route("{notify: {url: 'ftp://app/changed'}}")),
+        ["routes[0].rooms.documents.notify.url: must be an http:// or https:// URL"]
+    );
+    assert_eq!(
+        problems(&route("{notifyNats: true}")),
+        [
+            "routes[0].rooms.documents.notifyNats: needs bus.nats (notifications are published on a NATS subject)"
+        ]
+    );
+    let cfg = GatewayConfig::from_yaml(&format!("{BASE}{}", route("{}"))).unwrap();
+    let d = cfg.routes[0]
+        .rooms
+        .as_ref()
+        .unwrap()
+        .documents
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (d.notify, d.notify_nats, d.notify_debounce),
+        (None, false, Duration::from_secs(2))
+    );
+}
