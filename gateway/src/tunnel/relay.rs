@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::bucket::TokenBucket;
-use super::frame::{self, Event, OpCode, Scanner, Sender};
+use crate::engine::frame::{self, Event, OpCode, Scanner, Sender};
 use crate::error::{CloseCause, Side};
 
 /// Prefix of the gateway's own keep-alive ping payloads; pongs carrying it are not forwarded.
