@@ -106,6 +106,10 @@ pub struct Metrics {
     pub document_update_bytes: IntCounter,
     /// `switchboard_document_compactions_total{result}`: snapshots written (ok | error)
     pub document_compactions: IntCounterVec,
+    /// `switchboard_compression_bytes_total{direction,form}`: permessage-deflate payload bytes,
+    /// direction = outbound (form = uncompressed | compressed: before and after compression) |
+    /// inbound (form = compressed | uncompressed: on the wire and after inflation)
+    pub compression_bytes: IntCounterVec,
 }
 
 // Every `expect` here is on a metric defined from static names and labels, registered once in a
@@ -376,6 +380,12 @@ impl Metrics {
                 "switchboard_document_compactions_total",
                 "Yjs document snapshots written, by result",
                 &["result"],
+            ),
+            compression_bytes: counter_vec(
+                &registry,
+                "switchboard_compression_bytes_total",
+                "permessage-deflate payload bytes by direction, before and after (de)compression",
+                &["direction", "form"],
             ),
             rooms_queued_bytes: {
                 let g = IntGauge::new(

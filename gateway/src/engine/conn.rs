@@ -13,10 +13,11 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::deflate::{self, Deflate, InflateError};
@@ -84,6 +85,27 @@ impl ConnError {
     }
 }
 
+/// `switchboard_compression_bytes_total`, resolved once (a fan-out counts per member).
+struct Counters {
+    out_plain: IntCounter,
+    out_wire: IntCounter,
+    in_wire: IntCounter,
+    in_plain: IntCounter,
+}
+
+fn counters() -> &'static Counters {
+    static C: OnceLock<Counters> = OnceLock::new();
+    C.get_or_init(|| {
+        let m = &crate::metrics::metrics().compression_bytes;
+        Counters {
+            out_plain: m.with_label_values(&["outbound", "uncompressed"]),
+            out_wire: m.with_label_values(&["outbound", "compressed"]),
+            in_wire: m.with_label_values(&["inbound", "compressed"]),
+            in_plain: m.with_label_values(&["inbound", "uncompressed"]),
+        }
+    })
+}
+
 /// RFC 6455 §7.4: codes a peer may send in a Close frame.
 fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
@@ -94,6 +116,8 @@ fn valid_close_code(code: u16) -> bool {
 pub struct Frame {
     head: Bytes,
     body: Bytes,
+    /// For a compressed frame: the payload's length before compression.
+    plain: Option<usize>,
 }
 
 impl Frame {
@@ -116,6 +140,7 @@ impl Frame {
         Self {
             head: Bytes::from(h),
             body: payload,
+            plain: None,
         }
     }
 
@@ -123,7 +148,10 @@ impl Frame {
     pub fn message(text: bool, payload: Bytes, deflate: Option<&Deflate>) -> Self {
         let opcode = if text { OpCode::Text } else { OpCode::Binary };
         match deflate.and_then(|d| d.compress(&payload)) {
-            Some(c) => Self::new(opcode, Bytes::from(c), true),
+            Some(c) => Self {
+                plain: Some(payload.len()),
+                ..Self::new(opcode, Bytes::from(c), true)
+            },
             None => Self::new(opcode, payload, false),
         }
     }
@@ -312,6 +340,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn push_frame(&mut self, f: Frame) {
+        if let Some(plain) = f.plain {
+            self.stats.deflated_in += plain as u64;
+            self.stats.deflated_out += f.body.len() as u64;
+            let c = counters();
+            c.out_plain.inc_by(plain as u64);
+            c.out_wire.inc_by(f.body.len() as u64);
+        }
         self.write_bytes += f.len();
         self.write.push_back(f.head);
         if !f.body.is_empty() {
@@ -322,12 +357,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Queue a text or binary message of this connection only (compressed when negotiated and
     /// over the threshold).
     pub fn send_message(&mut self, text: bool, payload: Bytes) {
-        let before = payload.len();
         let f = Frame::message(text, payload, self.deflate.as_ref());
-        if self.deflate.is_some() && f.body.len() != before {
-            self.stats.deflated_in += before as u64;
-            self.stats.deflated_out += f.body.len() as u64;
-        }
         self.send(f);
     }
 
@@ -544,6 +574,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             })?;
             self.stats.inflated_in += part.data.len() as u64;
             self.stats.inflated_out += out.len() as u64;
+            let c = counters();
+            c.in_wire.inc_by(part.data.len() as u64);
+            c.in_plain.inc_by(out.len() as u64);
             out
         } else {
             part.data
