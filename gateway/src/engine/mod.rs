@@ -8,4 +8,5 @@
 pub mod conn;
 pub mod deflate;
 pub mod frame;
+pub mod handshake;
 pub mod session;

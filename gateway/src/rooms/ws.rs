@@ -14,7 +14,7 @@ use super::route::RoomsPolicy;
 use super::session::{self, SessionCtx};
 use crate::admission::Passed;
 use crate::auth::token;
-use crate::engine::deflate;
+use crate::engine::{deflate, handshake};
 use crate::error::Refusal;
 use crate::http::{Body, full};
 use crate::metrics::metrics;
@@ -40,7 +40,7 @@ pub(crate) fn websocket(
     let key = req
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
-        .map(|v| tokio_tungstenite::tungstenite::handshake::derive_accept_key(v.as_bytes()))
+        .map(|v| handshake::accept_key(v.as_bytes()))
         .ok_or(Refusal::BadHandshake(
             "missing or invalid Sec-WebSocket-Key",
         ))?;
