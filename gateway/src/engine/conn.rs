@@ -267,6 +267,10 @@ pub struct Conn<S> {
     /// may still queue frames before it, e.g. replies to the messages before the Close).
     echo: Option<Vec<u8>>,
     echo_due: bool,
+    /// The answer to the latest ping, queued when the write queue is empty: a peer that sends
+    /// pings without reading costs one pong, not one per ping (RFC 6455 §5.5.3 allows
+    /// answering only the most recent ping).
+    pong: Option<Vec<u8>>,
     /// Wire bytes of data messages received, before and after inflation.
     stats: Stats,
 }
@@ -317,6 +321,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             close_received: false,
             echo: None,
             echo_due: false,
+            pong: None,
             stats: Stats::default(),
         }
     }
@@ -413,7 +418,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Nothing left to write.
     pub fn write_idle(&self) -> bool {
-        self.write.is_empty() && !self.need_flush && !(self.echo_due && self.echo.is_some())
+        self.write.is_empty()
+            && !self.need_flush
+            && self.pong.is_none()
+            && !(self.echo_due && self.echo.is_some())
     }
 
     /// Write everything queued and flush.
@@ -594,8 +602,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     fn control(&mut self, op: OpCode, payload: Vec<u8>) -> Result<(), ConnError> {
         match op {
-            // `send_raw` drops it once our Close went out.
-            OpCode::Ping => self.send_raw(frame::encode(OpCode::Pong, &payload, None)),
+            OpCode::Ping => self.pong = Some(frame::encode(OpCode::Pong, &payload, None)),
             OpCode::Pong => self.ready.push_back(Message::Pong(Bytes::from(payload))),
             OpCode::Close => {
                 let (code, reason) = if payload.len() >= 2 {
@@ -633,7 +640,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.send_raw(echo);
             self.close_sent = true;
         }
-        while !self.write.is_empty() {
+        loop {
+            if self.write.is_empty() {
+                // `send_raw` drops the pong once our Close went out.
+                if let Some(p) = self.pong.take() {
+                    self.send_raw(p);
+                }
+                if self.write.is_empty() {
+                    break;
+                }
+            }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut k = 0;
             for (i, b) in self.write.iter().take(MAX_IOVECS).enumerate() {

@@ -419,3 +419,30 @@ async fn our_close_is_written_after_what_was_queued_before_it() {
     assert_eq!(&f[1].2[2..], b"slow consumer");
     assert!(conn.write_idle());
 }
+
+#[tokio::test]
+async fn a_ping_flood_from_a_peer_that_does_not_read_costs_one_pong() {
+    let (server, mut client) = duplex(256);
+    let mut conn = Conn::new(server, 1 << 20, None);
+    let mut flood = Vec::new();
+    for i in 0..2000u32 {
+        flood.extend(frame::encode(OpCode::Ping, &i.to_be_bytes(), M));
+    }
+    flood.extend(frame::encode(OpCode::Text, b"end", M));
+    let writer = tokio::spawn(async move {
+        client.write_all(&flood).await.unwrap();
+        client
+    });
+    assert_eq!(
+        conn.next().await.unwrap().unwrap(),
+        Message::Text("end".into())
+    );
+    // The pipe holds 256 bytes the client never reads; what waits besides is at most one
+    // pong (6 bytes: header and a 4-byte payload) in the queue and one in the slot.
+    assert!(
+        conn.pending_write_bytes() <= 6,
+        "{}",
+        conn.pending_write_bytes()
+    );
+    drop(writer.await.unwrap());
+}
