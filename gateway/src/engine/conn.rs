@@ -602,7 +602,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     fn control(&mut self, op: OpCode, payload: Vec<u8>) -> Result<(), ConnError> {
         match op {
-            OpCode::Ping => self.pong = Some(frame::encode(OpCode::Pong, &payload, None)),
+            // After the peer's Close nothing is answered (only the Close is echoed).
+            OpCode::Ping if !self.close_received => {
+                self.pong = Some(frame::encode(OpCode::Pong, &payload, None));
+            }
+            OpCode::Ping => {}
             OpCode::Pong => self.ready.push_back(Message::Pong(Bytes::from(payload))),
             OpCode::Close => {
                 let (code, reason) = if payload.len() >= 2 {
@@ -624,6 +628,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     });
                 }
                 self.close_received = true;
+                self.pong = None;
                 self.ready.push_back(Message::Close { code, reason });
             }
             // The scanner only hands out control opcodes here.

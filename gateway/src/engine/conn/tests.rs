@@ -446,3 +446,22 @@ async fn a_ping_flood_from_a_peer_that_does_not_read_costs_one_pong() {
     );
     drop(writer.await.unwrap());
 }
+
+#[tokio::test]
+async fn a_ping_after_the_peers_close_is_not_answered() {
+    // Autobahn 7.1.3: Close, then Ping in the same read.
+    let (mut conn, mut client) = pair(1024, None);
+    let mut bytes = frame::close_frame(1000, "", M);
+    bytes.extend(frame::encode(OpCode::Ping, b"late", M));
+    client.write_all(&bytes).await.unwrap();
+    assert!(matches!(
+        conn.next().await.unwrap().unwrap(),
+        Message::Close { .. }
+    ));
+    conn.flush().await.unwrap();
+    drop(conn);
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    // Only the echo of the Close: 2 header bytes and the code.
+    assert_eq!(rest, [0x88, 2, 0x03, 0xe8]);
+}
