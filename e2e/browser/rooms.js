@@ -6,7 +6,7 @@
 // EventSource on the same room and writes what they receive into the DOM. Talks to the test
 // with JSON lines on stdout:
 //   {"event":"ready"}                    both have joined the room: publish now
-//   {"event":"result","ws":[...],"sse":[...],"protocol":"switchboard.v1"}
+//   {"event":"result","ws":[...],"sse":[...],"protocol":"switchboard.v1","extensions":"..."}
 //                                        what the page's DOM shows once both got a message
 //   {"event":"console"|"pageerror",...}  the page's console, for diagnostics
 //   {"event":"error","text":...}         then exit 1
@@ -57,6 +57,7 @@ async function main() {
       ws: await texts("#ws li"),
       sse: await texts("#sse li"),
       protocol: await page.locator("#ws-status").getAttribute("data-protocol"),
+      extensions: await page.locator("#ws-status").getAttribute("data-extensions"),
     });
   } finally {
     await browser.close();

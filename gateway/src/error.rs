@@ -165,6 +165,8 @@ pub enum CloseCause {
     ProtocolError,
     /// Rooms: a text message that is not valid UTF-8 (RFC 6455 section 8.1: close 1007).
     InvalidUtf8,
+    /// A compressed message (permessage-deflate) that does not inflate (RFC 7692 §8).
+    InvalidCompressed,
     /// The backend pod went away or broke the connection without a close frame.
     UpstreamGone,
     /// Proxy mode: the app did not answer a keep-alive ping in time (hung or unreachable).
@@ -197,6 +199,7 @@ impl CloseCause {
             Self::PongTimeout => 1001,
             Self::ProtocolError => 1002,
             Self::InvalidUtf8 => 1007,
+            Self::InvalidCompressed => 1007,
             Self::UpstreamGone => 1011,
             Self::UpstreamPongTimeout => 1011,
             Self::Peer(_, code) => *code,
@@ -219,6 +222,7 @@ impl CloseCause {
             Self::PongTimeout => "ping timeout",
             Self::ProtocolError => "protocol error",
             Self::InvalidUtf8 => "invalid UTF-8",
+            Self::InvalidCompressed => "invalid compressed data",
             Self::UpstreamGone => "backend went away",
             Self::UpstreamPongTimeout => "backend not responding",
             Self::Peer(..) | Self::Abnormal(_) => "",
@@ -240,6 +244,7 @@ impl CloseCause {
             Self::PongTimeout => "pong_timeout",
             Self::ProtocolError => "protocol_error",
             Self::InvalidUtf8 => "invalid_utf8",
+            Self::InvalidCompressed => "invalid_compressed",
             Self::UpstreamGone => "upstream_gone",
             Self::UpstreamPongTimeout => "upstream_pong_timeout",
             Self::Peer(Side::Upstream, _) => "upstream_close",
@@ -370,6 +375,10 @@ pub fn table() -> Vec<Row> {
         (
             "rooms: a text message that is not valid UTF-8",
             CloseCause::InvalidUtf8,
+        ),
+        (
+            "rooms: a compressed message (permessage-deflate) that does not inflate",
+            CloseCause::InvalidCompressed,
         ),
         (
             "backend connection reset without a close frame (a clean TCP end is mirrored instead)",

@@ -16,6 +16,7 @@ pub mod boot;
 pub mod config_watch;
 pub mod documents;
 pub mod drain;
+pub mod engine;
 pub mod error;
 pub mod gateway;
 pub mod http;

@@ -127,6 +127,10 @@ pub struct Metrics {
     /// notifications by channel (http | nats) and result = ok | retried (an attempt failed,
     /// another follows) | error (every attempt failed)
     pub document_notifications: IntCounterVec,
+    /// `switchboard_compression_bytes_total{direction,form}`: permessage-deflate payload bytes,
+    /// direction = outbound (form = uncompressed | compressed: before and after compression) |
+    /// inbound (form = compressed | uncompressed: on the wire and after inflation)
+    pub compression_bytes: IntCounterVec,
 }
 
 // Every `expect` here is on a metric defined from static names and labels, registered once in a
@@ -440,6 +444,12 @@ impl Metrics {
                 "switchboard_document_notifications_total",
                 "Yjs \"document changed\" notifications by channel and result",
                 &["via", "result"],
+            ),
+            compression_bytes: counter_vec(
+                &registry,
+                "switchboard_compression_bytes_total",
+                "permessage-deflate payload bytes by direction, before and after (de)compression",
+                &["direction", "form"],
             ),
             rooms_queued_bytes: {
                 let g = IntGauge::new(

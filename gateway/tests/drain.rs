@@ -36,7 +36,7 @@ use support::{
     jwt_rsa_file, metric_sum, metrics_text, raw_exchange, token_for, try_http_get, upgrade_head,
     ws_connect, ws_try_connect,
 };
-use switchboard_gateway::tunnel::frame::{self, Event, OpCode, Scanner, Sender};
+use switchboard_gateway::engine::frame::{self, Event, OpCode, Scanner, Sender};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

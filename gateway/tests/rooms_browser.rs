@@ -3,7 +3,9 @@
 //! `WebSocket` with the `switchboard.v1` subprotocol and an `EventSource` on the same room of
 //! the gateway (another origin, as an app and its realtime host usually are); the test
 //! publishes through the publish API; both the page's WebSocket and its EventSource receive the
-//! message, which the page writes into its DOM, where the driver reads it.
+//! message, which the page writes into its DOM, where the driver reads it. The route compresses
+//! every message (permessage-deflate, threshold 0): the page reports `ws.extensions`, and the
+//! messages it reads arrived compressed.
 //!
 //! A second test keeps five pages' EventSources open across a drain and a restart of the
 //! gateway, with another connection holding the drain open, and counts the EventSources that
@@ -38,11 +40,16 @@ const ROOM: &str = "demo:browser";
 fn config() -> String {
     ConfigBuilder::new()
         .publish_token(PUBLISH_TOKEN)
-        .route(route("demo", "/rooms").rooms(json!({
-            "join": ["demo:*"],
-            "publish": ["demo:*"],
-            "history": {"maxMessages": 100, "maxAge": "10m"},
-        })))
+        .route(
+            route("demo", "/rooms")
+                .rooms(json!({
+                    "join": ["demo:*"],
+                    "publish": ["demo:*"],
+                    "history": {"maxMessages": 100, "maxAge": "10m"},
+                }))
+                // Every message compressed (threshold 0): the browser must inflate it.
+                .compression(json!({"enabled": true, "thresholdBytes": 0})),
+        )
         .yaml()
 }
 
@@ -67,6 +74,7 @@ const wsStatus = document.getElementById("ws-status");
 const ws = new WebSocket(`ws://${{GATEWAY}}/rooms`, ["switchboard.v1"]);
 ws.onopen = () => {{
   wsStatus.dataset.protocol = ws.protocol;
+  wsStatus.dataset.extensions = ws.extensions;
   ws.send(JSON.stringify({{type: "join", room: ROOM, id: "j1"}}));
 }};
 ws.onmessage = (ev) => {{
@@ -189,6 +197,20 @@ async fn a_browsers_websocket_and_eventsource_both_receive_a_message_published_t
         result["protocol"], "switchboard.v1",
         "the WebSocket negotiated the protocol"
     );
+    let extensions = result["extensions"].as_str().unwrap_or_default();
+    assert!(
+        extensions.starts_with("permessage-deflate"),
+        "Chromium negotiated permessage-deflate: {result}"
+    );
+    // The gateway sent it compressed (the joined reply and the message, at threshold 0), and
+    // the page read it: Chromium inflated it.
+    let metrics = support::metrics_text(&gw).await;
+    let sent = support::metric_sum(
+        &metrics,
+        "switchboard_compression_bytes_total",
+        &[("direction", "outbound"), ("form", "compressed")],
+    );
+    assert!(sent > 0.0, "compressed bytes sent: {sent}");
     let ws = result["ws"].as_array().expect("ws list");
     let sse = result["sse"].as_array().expect("sse list");
     assert_eq!(ws.len(), 1, "{result}");

@@ -1,7 +1,9 @@
-//! RFC 6455 conformance of raw relay rooms: Autobahn|Testsuite's fuzzingclient against a raw
-//! room with `echo: true` (every message a member sends comes back to it through the room),
-//! with limits generous enough for its 16 MiB cases and keep-alive pings off. Zero FAILED
-//! cases, and the gateway is alive and ready afterwards. Also: raw rooms relay text and binary
+//! RFC 6455 and RFC 7692 conformance of raw relay rooms: Autobahn|Testsuite's fuzzingclient,
+//! every case including compression (12.*, 13.*), against a raw room with `echo: true` (every
+//! message a member sends comes back to it through the room) and permessage-deflate on (every
+//! message compressed: threshold 0), with limits generous enough for its 16 MiB cases and
+//! keep-alive pings off. Zero FAILED and zero UNIMPLEMENTED cases, and the gateway is alive and
+//! ready afterwards. Also: raw rooms relay text and binary
 //! frames unchanged between members, without echo unless the route asks for it.
 //!
 //! Needs `wstest` from `scripts/setup.sh` (`.venv-autobahn/`), or `SWITCHBOARD_WSTEST`.
@@ -12,7 +14,7 @@ mod support;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::time::Duration;
-use support::autobahn::run_fuzzingclient;
+use support::autobahn::run_fuzzingclient_all;
 use support::{ConfigBuilder, route};
 use support::{Gateway, MAX_MESSAGE_BYTES, PROMPTLY, http_get, ws_connect};
 
@@ -32,7 +34,8 @@ fn config() -> String {
                     "maxQueueBytes": 16 * MAX_MESSAGE_BYTES,
                 }))
                 .max_message_bytes(MAX_MESSAGE_BYTES)
-                .messages_per_second(100_000, 100_000),
+                .messages_per_second(100_000, 100_000)
+                .compression(json!({"enabled": true, "thresholdBytes": 0})),
         )
         .route(route("quiet", "/quiet").rooms(json!({
             "protocol": "raw",
@@ -44,11 +47,12 @@ fn config() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn autobahn_fuzzingclient_against_a_raw_echo_room_has_no_failed_cases() {
+async fn autobahn_fuzzingclient_against_a_compressing_raw_echo_room_has_no_failed_or_unimplemented_cases()
+ {
     let mut gateway = Gateway::start(&config()).await;
 
-    let report = run_fuzzingclient(&gateway.ws_url("/collab/autobahn")).await;
-    report.assert_conformant("raw relay room with echo");
+    let report = run_fuzzingclient_all(&gateway.ws_url("/collab/autobahn")).await;
+    report.assert_all_implemented("raw relay room with echo and permessage-deflate");
 
     assert!(
         gateway.is_running(),

@@ -611,6 +611,9 @@ pub struct Route {
     /// Keep-alive pings toward the client.
     #[serde(default)]
     pub keepalive: Keepalive,
+    /// permessage-deflate (RFC 7692) toward the client. Default off.
+    #[serde(default)]
+    pub compression: Compression,
     /// How this route's connections are closed on shutdown.
     #[serde(default)]
     pub drain: RouteDrain,
@@ -925,6 +928,54 @@ pub struct Signature {
 
 fn default_signature_header() -> String {
     "X-Switchboard-Signature".into()
+}
+
+/// permessage-deflate (RFC 7692) on the client side of a route's WebSockets. The gateway
+/// always answers with `server_no_context_takeover` and `client_no_context_takeover`, so no
+/// connection keeps a compression context between messages (compressors are per worker
+/// thread), and a room message is compressed once for every member that negotiated it.
+///
+/// Off by default: compression costs CPU on every message sent and received, helps only
+/// payloads that compress (text, JSON of 1 KiB and more), and a compressed stream can be
+/// attacked (CRIME/BREACH-style) when it mixes secrets with attacker-chosen text. Turn it on
+/// per route where messages are large and compressible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Compression {
+    /// Negotiate permessage-deflate when the client offers it. Default `false`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Messages shorter than this many bytes are sent uncompressed (RSV1 clear). Default 1024.
+    #[serde(default = "default_compression_threshold")]
+    pub threshold_bytes: u64,
+    /// zlib compression level, 1 (fastest) to 9 (smallest). Default 6.
+    #[serde(default = "default_compression_level")]
+    pub level: u32,
+    /// Largest LZ77 window the gateway compresses with, as a power of two: 9 to 15 (RFC 7692
+    /// `server_max_window_bits`; below 15 it is announced in the handshake). Default 15.
+    #[serde(default = "default_max_window_bits")]
+    pub max_window_bits: u8,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            threshold_bytes: default_compression_threshold(),
+            level: default_compression_level(),
+            max_window_bits: default_max_window_bits(),
+        }
+    }
+}
+
+fn default_compression_threshold() -> u64 {
+    1024
+}
+fn default_compression_level() -> u32 {
+    6
+}
+fn default_max_window_bits() -> u8 {
+    15
 }
 
 /// Per-route limits.

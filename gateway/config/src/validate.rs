@@ -811,6 +811,25 @@ fn limits_problems(r: &Route, at: &str, p: &mut Vec<Problem>) {
             "must be more than 0s when pings toward the app are on",
         ));
     }
+    compression_problems(r, at, p);
+}
+
+/// `routes[i].compression`.
+fn compression_problems(r: &Route, at: &str, p: &mut Vec<Problem>) {
+    let c = &r.compression;
+    if !(1..=9).contains(&c.level) {
+        p.push(Problem::new(
+            format!("{at}.compression.level"),
+            "must be 1 to 9",
+        ));
+    }
+    // zlib cannot compress raw deflate with a 256-byte window (8 bits).
+    if !(9..=15).contains(&c.max_window_bits) {
+        p.push(Problem::new(
+            format!("{at}.compression.maxWindowBits"),
+            "must be 9 to 15",
+        ));
+    }
 }
 
 /// `routes[i].drain`, against the document's drain timing.

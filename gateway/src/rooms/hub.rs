@@ -25,6 +25,7 @@ use super::outbox::{Item, Outbox};
 use super::presence::PresenceView;
 use super::receipts::{self, Receipts};
 use super::{proto, protocol};
+use crate::engine::conn::Shared;
 use members::Members;
 
 /// How a member wants messages encoded.
@@ -242,8 +243,12 @@ impl LocalRoom {
 /// A message encoded once per encoding for all members of this pod.
 struct Encoded {
     msg: RoomMessage,
-    json: Option<Arc<str>>,
-    proto: Option<bytes::Bytes>,
+    /// The JSON encoding and its WebSocket frames (one per compression setting in use).
+    json: Option<(Arc<str>, Arc<Shared>)>,
+    /// The binary encoding's frames.
+    proto: Option<Arc<Shared>>,
+    /// Raw relay: the payload as sent, framed once.
+    raw: Option<Arc<Shared>>,
 }
 
 impl Encoded {
@@ -252,6 +257,7 @@ impl Encoded {
             msg,
             json: None,
             proto: None,
+            raw: None,
         }
     }
 }
@@ -260,32 +266,42 @@ impl Encoded {
     fn item(&mut self, encoding: Encoding, conn: &str) -> Option<Item> {
         match encoding {
             Encoding::Json => {
-                let json = self
+                let (json, frames) = self
                     .json
-                    .get_or_insert_with(|| protocol::message(&self.msg).into())
+                    .get_or_insert_with(|| {
+                        let json: Arc<str> = protocol::message(&self.msg).into();
+                        let frames = Shared::text(json.clone());
+                        (json, frames)
+                    })
                     .clone();
                 Some(Item::Message {
                     room: self.msg.key.room.clone(),
                     seq: self.msg.seq,
                     epoch: self.msg.epoch.clone(),
                     json,
+                    frames,
                 })
             }
             // A binary frame like a raw one: the writer sends it as it is.
-            Encoding::Proto => Some(Item::RawBinary(
+            Encoding::Proto => Some(Item::Shared(
                 self.proto
-                    .get_or_insert_with(|| proto::message(&self.msg))
+                    .get_or_insert_with(|| Shared::binary(proto::message(&self.msg)))
                     .clone(),
             )),
             Encoding::Raw { echo } => {
                 if !echo && self.msg.origin_conn.as_deref() == Some(conn) {
                     return None;
                 }
-                match &self.msg.data {
-                    Payload::Text(t) => Some(Item::RawText(t.as_str().into())),
-                    Payload::Binary(b) => Some(Item::RawBinary(b.clone())),
-                    Payload::Json(v) => Some(Item::RawText(v.to_string().into())),
-                }
+                let data = &self.msg.data;
+                Some(Item::Shared(
+                    self.raw
+                        .get_or_insert_with(|| match data {
+                            Payload::Text(t) => Shared::text(t.as_str().into()),
+                            Payload::Binary(b) => Shared::binary(b.clone()),
+                            Payload::Json(v) => Shared::text(v.to_string().into()),
+                        })
+                        .clone(),
+                ))
             }
         }
     }
@@ -386,16 +402,18 @@ fn batch_item(key: &RoomKey, msgs: &[RoomMessage], cfg: &BatchCfg, encoding: Enc
         &super::batch::groups(msgs, cfg.group_by.as_deref()),
     );
     if encoding == Encoding::Proto {
-        return Item::RawBinary(proto::transcode(&json).unwrap_or_default());
+        return Item::Shared(Shared::binary(proto::transcode(&json).unwrap_or_default()));
     }
     let last = msgs.iter().rev().find(|m| m.seq != 0);
+    let json: Arc<str> = json.into();
     Item::Message {
+        frames: Shared::text(json.clone()),
         room: key.room.clone(),
         seq: last.map_or(0, |m| m.seq),
         epoch: last
             .or(msgs.first())
             .map_or_else(String::new, |m| m.epoch.clone()),
-        json: json.into(),
+        json,
     }
 }
 

@@ -93,6 +93,7 @@ pub(crate) async fn long_poll(
                     seq,
                     epoch,
                     json,
+                    ..
                 } => {
                     cursor.set(&room, seq, &epoch);
                     messages.push(serde_json::from_str(&json).unwrap_or(Value::Null));

@@ -15,16 +15,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 
+use crate::engine::conn::Shared;
+
 /// One queued item: shared encoded text (a room message encoded once per pod) or a reply.
 #[derive(Debug, Clone)]
 pub enum Item {
-    /// A room message: its JSON encoding and position (for SSE ids and cursors).
+    /// A room message: its JSON encoding and position (for SSE ids and cursors), and its
+    /// WebSocket frames (built once per compression setting for every member of the pod).
     Message {
         room: String,
         seq: u64,
         epoch: String,
         json: Arc<str>,
+        frames: Arc<Shared>,
     },
+    /// A room message for WebSocket members only (binary encoding, raw relay): its frames,
+    /// built once per compression setting for every member of the pod.
+    Shared(Arc<Shared>),
     /// Raw relay: an opaque text or binary message.
     RawText(Arc<str>),
     RawBinary(bytes::Bytes),
@@ -44,6 +51,7 @@ impl Item {
     fn cost(&self) -> u64 {
         let n = match self {
             Self::Message { json, .. } => json.len() + 64,
+            Self::Shared(s) => s.payload().len(),
             Self::RawText(t) => t.len(),
             Self::RawBinary(b) => b.len(),
             Self::Reply(r) => r.len(),

@@ -1,24 +1,20 @@
-//! A rooms-mode WebSocket connection: the JSON room protocol or a raw relay room. The gateway
-//! terminates the WebSocket (tungstenite with explicit memory limits); one reader handles the
-//! client's messages in order, one writer drains the connection's outbox in batches.
+//! A rooms-mode WebSocket connection: the JSON (or binary) room protocol or a raw relay room,
+//! on the engine's connection core ([`crate::engine::session`]): one task reads the client's
+//! messages in order and writes the connection's outbox in batches.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 use serde_json::{Value, json};
 use switchboard_config::{Keepalive, RouteLimits};
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::bus::{Member, Payload, Publish};
 use super::hooks::{Hooks, Verdict};
@@ -27,6 +23,9 @@ use super::outbox::{Item, Outbox};
 use super::protocol::{self, ClientMsg, ErrorCode};
 use super::route::RoomsPolicy;
 use crate::auth::jwt::Claims;
+use crate::engine::conn::{Conn, Frame, Message};
+use crate::engine::deflate::Deflate;
+use crate::engine::session::{self as engine_session, CLOSE_WAIT, Handler, Lifecycle};
 use crate::error::CloseCause;
 use crate::tunnel::bucket::TokenBucket;
 
@@ -52,29 +51,38 @@ pub struct SessionCtx {
     pub raw_room: Option<String>,
     /// The binary encoding (`switchboard.v1.proto`) was negotiated.
     pub proto: bool,
+    /// permessage-deflate was negotiated (the route's `compression`).
+    pub deflate: Option<Deflate>,
 }
 
-/// tungstenite limits: small buffers for idle connections, bounded writes, the route's
-/// message cap.
-pub fn ws_config(max_message: u64) -> WebSocketConfig {
-    let max = usize::try_from(max_message).unwrap_or(usize::MAX);
-    WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(64 * 1024)
-        .max_write_buffer_size(max.saturating_add(64 * 1024).max(1 << 20))
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-}
+impl SessionCtx {
+    /// The connection core over the upgraded socket, with this session's limits.
+    pub fn conn<S: AsyncRead + AsyncWrite + Unpin>(&self, io: S) -> Conn<S> {
+        Conn::new(io, self.limits.max_message_bytes, self.deflate)
+    }
 
-enum Ctl {
-    Close(CloseCause),
-    Ping,
-}
+    /// Keep-alive, expiry and drain settings for the engine.
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            ping_interval: self.keepalive.interval,
+            pong_timeout: self.keepalive.timeout,
+            expires_at: self.expires_at,
+            drain: self.drain.clone(),
+            drain_close: CloseCause::Draining {
+                code: self.drain_code,
+                reason: self.drain_reason.clone(),
+            },
+            drain_window: self.drain_window,
+        }
+    }
 
-fn close_frame(cause: &CloseCause) -> CloseFrame {
-    CloseFrame {
-        code: CloseCode::from(cause.code()),
-        reason: cause.reason().to_string().into(),
+    /// The route's message rate limit.
+    pub fn bucket(&self) -> TokenBucket {
+        TokenBucket::new(
+            self.limits.messages_per_second,
+            self.limits.message_burst,
+            std::time::Instant::now(),
+        )
     }
 }
 
@@ -87,139 +95,119 @@ fn publisher(claims: Option<&Claims>) -> Option<Value> {
 
 /// Run a rooms WebSocket until it closes; returns why it ended.
 pub async fn run(io: Upgraded, ctx: SessionCtx) -> CloseCause {
-    let ws = WebSocketStream::from_raw_socket(
-        TokioIo::new(io),
-        Role::Server,
-        Some(ws_config(ctx.limits.max_message_bytes)),
-    )
-    .await;
-    let (mut sink, mut stream) = ws.split();
+    let conn = ctx.conn(TokioIo::new(io));
+    run_on(conn, ctx).await
+}
+
+/// Run a rooms session on any byte stream (the 101 already sent).
+pub async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Conn<S>,
+    ctx: SessionCtx,
+) -> CloseCause {
+    let mut life = ctx.lifecycle();
     let outbox = Outbox::new(ctx.policy.cfg.max_queue_bytes);
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Ctl>(4);
-
-    // Writer: batches of queued items, one flush per batch; closes on request or overflow.
-    let writer_outbox = outbox.clone();
-    let raw = ctx.policy.is_raw();
-    let proto = ctx.proto;
-    let writer = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                biased;
-                ctl = ctl_rx.recv() => match ctl {
-                    Some(Ctl::Ping) => {
-                        if sink.send(Message::Ping(Vec::from(&b"sb"[..]).into())).await.is_err() {
-                            return None;
-                        }
-                    }
-                    Some(Ctl::Close(cause)) => {
-                        // Bounded: a peer that stopped reading must not keep the session alive.
-                        let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                            for item in drain_now(&writer_outbox) {
-                                let _ = sink.feed(to_message(item, proto)).await;
-                            }
-                            let _ = sink.send(Message::Close(Some(close_frame(&cause)))).await;
-                        })
-                        .await;
-                        return Some(cause);
-                    }
-                    None => return None,
-                },
-                items = writer_outbox.take_all() => {
-                    if items.is_empty() {
-                        if writer_outbox.is_overflowed() {
-                            return Some(close_slow_consumer(&mut sink).await);
-                        }
-                        return None;
-                    }
-                    // A raw member cannot be told in-band that messages were lost: what came
-                    // before is written, then it is closed (4009) to resync on reconnect.
-                    let mut items = items;
-                    let lost_at = raw
-                        .then(|| items.iter().position(|i| matches!(i, Item::Lost { .. })))
-                        .flatten();
-                    if let Some(at) = lost_at {
-                        items.truncate(at);
-                    }
-                    tokio::select! {
-                        written = async {
-                            for item in items {
-                                sink.feed(to_message(item, proto)).await?;
-                            }
-                            sink.flush().await
-                        } => if written.is_err() {
-                            return None;
-                        },
-                        // A peer that stops reading blocks this write while its queue
-                        // overflows: close it now rather than when (if ever) it reads again.
-                        _ = writer_outbox.overflowed() => {
-                            return Some(close_slow_consumer(&mut sink).await);
-                        }
-                    }
-                    if lost_at.is_some() {
-                        let cause = CloseCause::MessagesLost;
-                        let close = Message::Close(Some(close_frame(&cause)));
-                        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(close)).await;
-                        return Some(cause);
-                    }
-                }
-            }
-        }
-    });
-
+    let bucket = ctx.bucket();
     let mut session = Session {
         ctx,
         outbox: outbox.clone(),
         rooms: HashSet::new(),
-        ctl: ctl_tx,
+        bucket,
     };
-    let cause = session.read_loop(&mut stream).await;
+    let cause = match session.join_automatic().await {
+        Ok(()) => engine_session::run(&mut conn, &mut life, &mut session).await,
+        Err(cause) => {
+            conn.close_with(&cause);
+            let _ = tokio::time::timeout(CLOSE_WAIT, conn.flush()).await;
+            cause
+        }
+    };
     session.leave_all().await;
     outbox.close();
-    let written = writer.await.ok().flatten();
-    written.unwrap_or(cause)
-}
-
-/// How long a closing connection gets: for its Close frame to be written, and for the peer's
-/// Close reply.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
-
-/// How long the Close of a slow consumer may take to be written before the socket is dropped.
-const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(2);
-
-/// Say 4008 if the socket takes it within [`SLOW_CLOSE_WAIT`]; the caller then drops it.
-async fn close_slow_consumer<S>(sink: &mut S) -> CloseCause
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
-    let cause = CloseCause::SlowConsumer;
-    let close = Message::Close(Some(close_frame(&cause)));
-    let _ = tokio::time::timeout(SLOW_CLOSE_WAIT, sink.send(close)).await;
     cause
 }
 
-fn drain_now(outbox: &Outbox) -> Vec<Item> {
-    // Whatever is queued right now, without waiting.
-    futures_util::FutureExt::now_or_never(outbox.take_all()).unwrap_or_default()
+/// A text frame of this connection's own (no sharing).
+fn own_text(text: String, deflate: Option<&Deflate>) -> Frame {
+    Frame::message(true, Bytes::from(text), deflate)
 }
 
-/// The frame of a queued item. On the binary encoding room messages and presence events come
-/// encoded (`RawBinary`, once per pod); this connection's own replies are translated here.
-fn to_message(item: Item, proto: bool) -> Message {
+/// The frame of a queued item. Room messages come with their frames built once per pod
+/// (`Message`, `Shared`); this connection's own replies are encoded here (on the binary
+/// encoding, translated to protobuf).
+fn to_frame(item: Item, proto: bool, deflate: Option<&Deflate>) -> Frame {
     match item {
-        Item::Message { json, .. } => Message::text(json.to_string()),
-        Item::RawText(t) => Message::text(t.to_string()),
-        Item::RawBinary(b) => Message::binary(b),
+        Item::Message { frames, .. } => frames.frame(deflate),
+        Item::Shared(s) => s.frame(deflate),
+        Item::RawText(t) => Frame::message(true, Bytes::copy_from_slice(t.as_bytes()), deflate),
+        Item::RawBinary(b) => Frame::message(false, b, deflate),
         Item::Reply(r) | Item::Lost { json: r, .. } if proto => {
             match super::proto::transcode(&r) {
-                Some(b) => Message::binary(b),
+                Some(b) => Frame::message(false, b, deflate),
                 None => {
                     // Every reply protocol.rs builds has a binary form (unit-tested).
                     tracing::error!(reply = %r, "reply without a binary form");
-                    Message::text(r)
+                    own_text(r, deflate)
                 }
             }
         }
-        Item::Reply(r) | Item::Lost { json: r, .. } => Message::text(r),
+        Item::Reply(r) | Item::Lost { json: r, .. } => own_text(r, deflate),
+    }
+}
+
+impl Handler for Session {
+    type Item = Item;
+
+    fn take(&self) -> impl std::future::Future<Output = Vec<Item>> {
+        self.outbox.take_all()
+    }
+
+    fn take_now(&self) -> Vec<Item> {
+        futures_util::FutureExt::now_or_never(self.outbox.take_all()).unwrap_or_default()
+    }
+
+    fn is_overflowed(&self) -> bool {
+        self.outbox.is_overflowed()
+    }
+
+    fn overflowed(&self) -> impl std::future::Future<Output = ()> {
+        self.outbox.overflowed()
+    }
+
+    fn frames(
+        &mut self,
+        mut items: Vec<Item>,
+        deflate: Option<&Deflate>,
+        out: &mut Vec<Frame>,
+    ) -> Option<CloseCause> {
+        // A raw member cannot be told in-band that messages were lost: what came before is
+        // written, then it is closed (4009) to resync on reconnect.
+        let lost_at = self
+            .ctx
+            .policy
+            .is_raw()
+            .then(|| items.iter().position(|i| matches!(i, Item::Lost { .. })))
+            .flatten();
+        if let Some(at) = lost_at {
+            items.truncate(at);
+        }
+        let proto = self.ctx.proto;
+        out.extend(items.into_iter().map(|i| to_frame(i, proto, deflate)));
+        lost_at.map(|_| CloseCause::MessagesLost)
+    }
+
+    async fn message(&mut self, msg: Message) -> Option<CloseCause> {
+        if !self.bucket.try_take(std::time::Instant::now()) {
+            return Some(CloseCause::RateLimited);
+        }
+        self.handle(msg).await
+    }
+
+    fn draining(&mut self) {
+        if !self.ctx.policy.is_raw() {
+            // A reconnect hint spread over a few seconds so clients do not stampede.
+            let hint = rand::rng().random_range(500..5000u64);
+            self.reply(protocol::shutdown(hint));
+        }
     }
 }
 
@@ -227,7 +215,7 @@ struct Session {
     ctx: SessionCtx,
     outbox: Arc<Outbox>,
     rooms: HashSet<String>,
-    ctl: mpsc::Sender<Ctl>,
+    bucket: TokenBucket,
 }
 
 impl Session {
@@ -266,38 +254,8 @@ impl Session {
         self.outbox.push(Item::Reply(text));
     }
 
-    async fn close(&self, cause: CloseCause) -> CloseCause {
-        let _ = self.ctl.send(Ctl::Close(cause.clone())).await;
-        cause
-    }
-
-    async fn read_loop<S>(&mut self, stream: &mut S) -> CloseCause
-    where
-        S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
-    {
-        let far = Instant::now() + Duration::from_secs(86400 * 365);
-        let mut bucket = TokenBucket::new(
-            self.ctx.limits.messages_per_second,
-            self.ctx.limits.message_burst,
-            std::time::Instant::now(),
-        );
-        let ka = self.ctx.keepalive.clone();
-        let mut ping_at = if ka.interval.is_zero() {
-            far
-        } else {
-            Instant::now() + ka.interval
-        };
-        let mut pong_deadline = far;
-        let expiry = self.ctx.expires_at.unwrap_or(far);
-        let mut drain_at = if *self.ctx.drain.borrow() {
-            Instant::now()
-        } else {
-            far
-        };
-        let mut drain_seen = drain_at != far;
-        let mut closing: Option<(CloseCause, Instant)> = None;
-
-        // Automatic rooms: the raw room of the path, or the connection's own user room.
+    /// Join the automatic room: the raw room of the path, or the connection's own user room.
+    async fn join_automatic(&mut self) -> Result<(), CloseCause> {
         let auto = match &self.ctx.raw_room {
             Some(r) => Some(r.clone()),
             None => self.ctx.policy.user_room(self.ctx.claims.as_ref()),
@@ -316,117 +274,24 @@ impl Session {
             }
             if let Err(e) = self.ctx.hub.join(&key, &joiner, None, reply).await {
                 tracing::warn!(room, error = %e, "automatic join failed");
-                return self.close(CloseCause::BusUnavailable).await;
+                return Err(CloseCause::BusUnavailable);
             }
             self.rooms.insert(room);
         }
-
-        loop {
-            let close_deadline = closing.as_ref().map_or(far, |(_, t)| *t);
-            tokio::select! {
-                msg = stream.next() => {
-                    let msg = match msg {
-                        None => return closing.map_or(CloseCause::Abnormal(crate::error::Side::Downstream), |(c, _)| c),
-                        Some(Err(e)) => {
-                            let cause = match e {
-                                // The client vanished without a close: nothing to send.
-                                WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-                                    return CloseCause::Abnormal(crate::error::Side::Downstream);
-                                }
-                                // tungstenite reports a 64-bit length with its most significant
-                                // bit set (RFC 6455 §5.2: must be 0) as an oversized message;
-                                // it is a framing error. (`size` is that length as usize.)
-                                WsError::Capacity(CapacityError::MessageTooLong { size, .. })
-                                    if (size as u64) >> 63 != 0 =>
-                                {
-                                    CloseCause::ProtocolError
-                                }
-                                WsError::Capacity(_) => CloseCause::MessageTooBig,
-                                WsError::Protocol(_) => CloseCause::ProtocolError,
-                                WsError::Utf8(_) => CloseCause::InvalidUtf8,
-                                _ => return CloseCause::Abnormal(crate::error::Side::Downstream),
-                            };
-                            return self.close(cause).await;
-                        }
-                        Some(Ok(m)) => m,
-                    };
-                    if closing.is_some() {
-                        continue; // draining the peer's close reply
-                    }
-                    match msg {
-                        Message::Pong(_) => pong_deadline = far,
-                        Message::Ping(_) | Message::Frame(_) => {}
-                        Message::Close(frame) => {
-                            let code = frame.map_or(1005, |f| u16::from(f.code));
-                            // tungstenite queued the reply; polling on flushes it and ends.
-                            while stream.next().await.is_some() {}
-                            return CloseCause::Peer(crate::error::Side::Downstream, code);
-                        }
-                        Message::Text(_) | Message::Binary(_) => {
-                            if !bucket.try_take(std::time::Instant::now()) {
-                                let c = self.close(CloseCause::RateLimited).await;
-                                closing = Some((c, Instant::now() + Duration::from_secs(5)));
-                                continue;
-                            }
-                            if let Some(cause) = self.handle(msg).await {
-                                closing = Some((cause, Instant::now() + Duration::from_secs(5)));
-                            }
-                        }
-                    }
-                }
-                _ = tokio::time::sleep_until(ping_at), if closing.is_none() => {
-                    let _ = self.ctl.try_send(Ctl::Ping);
-                    if pong_deadline == far {
-                        pong_deadline = Instant::now() + ka.timeout;
-                    }
-                    ping_at = Instant::now() + ka.interval;
-                }
-                _ = tokio::time::sleep_until(pong_deadline), if closing.is_none() => {
-                    return self.close(CloseCause::PongTimeout).await;
-                }
-                _ = tokio::time::sleep_until(expiry), if closing.is_none() => {
-                    let c = self.close(CloseCause::TokenExpired).await;
-                    closing = Some((c, Instant::now() + Duration::from_secs(5)));
-                }
-                changed = self.ctx.drain.changed(), if !drain_seen => {
-                    if changed.is_err() || *self.ctx.drain.borrow() {
-                        drain_seen = true;
-                        drain_at = Instant::now() + crate::drain::jitter(self.ctx.drain_window);
-                    }
-                }
-                _ = tokio::time::sleep_until(drain_at), if closing.is_none() => {
-                    if !self.ctx.policy.is_raw() {
-                        // A reconnect hint spread over a few seconds so clients do not stampede.
-                        let hint = rand::rng().random_range(500..5000u64);
-                        self.reply(protocol::shutdown(hint));
-                    }
-                    let c = CloseCause::Draining { code: self.ctx.drain_code, reason: self.ctx.drain_reason.clone() };
-                    let c = self.close(c).await;
-                    closing = Some((c, Instant::now() + Duration::from_secs(5)));
-                }
-                // The writer ended by itself (slow consumer, broken socket): wait for the
-                // peer's Close as after any close, then end (the writer's cause wins).
-                _ = self.ctl.closed(), if closing.is_none() => {
-                    closing = Some((CloseCause::Abnormal(crate::error::Side::Downstream), Instant::now() + CLOSE_WAIT));
-                }
-                _ = tokio::time::sleep_until(close_deadline) => {
-                    return closing.map_or(CloseCause::Abnormal(crate::error::Side::Downstream), |(c, _)| c);
-                }
-            }
-        }
+        Ok(())
     }
 
     /// Handle one data message; `Some(cause)` when the connection is being closed.
     async fn handle(&mut self, msg: Message) -> Option<CloseCause> {
         if self.ctx.policy.is_raw() {
             let data = match msg {
-                Message::Text(t) => Payload::Text(t.to_string()),
+                Message::Text(t) => Payload::Text(t),
                 Message::Binary(b) => Payload::Binary(b),
                 _ => return None,
             };
             let room = self.ctx.raw_room.clone().unwrap_or_default();
             if !self.ctx.policy.may_publish(&room, self.ctx.claims.as_ref()) {
-                return Some(self.close(CloseCause::PublishForbidden).await);
+                return Some(CloseCause::PublishForbidden);
             }
             let p = Publish {
                 key: self.ctx.policy.key(&room),
@@ -436,7 +301,7 @@ impl Session {
                 origin_conn: Some(self.ctx.conn_id.clone()),
             };
             if self.ctx.hub.publish(p, "raw").await.is_err() {
-                return Some(self.close(CloseCause::BusUnavailable).await);
+                return Some(CloseCause::BusUnavailable);
             }
             return None;
         }

@@ -299,7 +299,7 @@ impl Feed {
                     let mut chunk = Vec::new();
                     for item in items {
                         match item {
-                            Item::Message { room, seq, epoch, json } => {
+                            Item::Message { room, seq, epoch, json, .. } => {
                                 cursor.set(&room, seq, &epoch);
                                 chunk.extend_from_slice(&sse_event(None, Some(&cursor.encode()), &json));
                             }

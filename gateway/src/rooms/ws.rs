@@ -14,6 +14,7 @@ use super::route::RoomsPolicy;
 use super::session::{self, SessionCtx};
 use crate::admission::Passed;
 use crate::auth::token;
+use crate::engine::{deflate, handshake};
 use crate::error::Refusal;
 use crate::http::{Body, full};
 use crate::metrics::metrics;
@@ -39,7 +40,7 @@ pub(crate) fn websocket(
     let key = req
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
-        .map(|v| tokio_tungstenite::tungstenite::handshake::derive_accept_key(v.as_bytes()))
+        .map(|v| handshake::accept_key(v.as_bytes()))
         .ok_or(Refusal::BadHandshake(
             "missing or invalid Sec-WebSocket-Key",
         ))?;
@@ -70,6 +71,14 @@ pub(crate) fn websocket(
             .cloned()
     };
     let proto = !policy.is_raw() && chosen.as_deref() == Some(super::proto::SUBPROTOCOL);
+    // permessage-deflate when the route has `compression` on and the client offers it.
+    let deflate = deflate::negotiate(
+        req.headers()
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        &route.cfg.compression,
+    );
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     // `rooms.notify` / `rooms.notifyNats` (SSE streams notify too; long-polls do not).
@@ -90,6 +99,7 @@ pub(crate) fn websocket(
         drain_window: route.cfg.drain.window,
         raw_room,
         proto,
+        deflate,
     };
     let live = svc.drain.enter();
     let runner = svc.session.clone();
@@ -151,6 +161,9 @@ pub(crate) fn websocket(
     }
     if let Some(p) = chosen.and_then(|p| HeaderValue::from_str(&p).ok()) {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    if let Some(v) = deflate.and_then(|d| HeaderValue::from_str(&d.response_header()).ok()) {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
     }
     Ok(resp)
 }

@@ -1,6 +1,5 @@
-//! The gateway-owned WebSocket tunnel for proxy mode: frame scanning, rate limiting and the
-//! two-way relay with gateway-initiated closes.
+//! The gateway-owned WebSocket tunnel for proxy mode: rate limiting and the two-way relay with
+//! gateway-initiated closes (frames are scanned by [`crate::engine::frame`]).
 
 pub mod bucket;
-pub mod frame;
 pub mod relay;

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::bucket::TokenBucket;
-use super::frame::{self, Event, OpCode, Scanner, Sender};
+use crate::engine::frame::{self, Event, OpCode, Scanner, Sender};
 use crate::error::{CloseCause, Side};
 
 /// Prefix of the gateway's own keep-alive ping payloads; pongs carrying it are not forwarded.

@@ -196,6 +196,11 @@ impl RouteBuilder {
         self.limits(json!({"messagesPerSecond": rate, "messageBurst": burst}))
     }
 
+    /// The route's `compression` section, e.g. `json!({"enabled": true})`.
+    pub fn compression(self, compression: Value) -> Self {
+        self.set("compression", compression)
+    }
+
     /// Replace the `keepalive` section.
     pub fn keepalive(self, keepalive: Value) -> Self {
         self.set("keepalive", keepalive)

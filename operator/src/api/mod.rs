@@ -178,6 +178,11 @@ pub struct RealtimeRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<Keepalive>,
 
+    /// permessage-deflate (RFC 7692) toward the client. Unset: off (compression costs CPU per
+    /// message and only pays for large, compressible payloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+
     /// How this route's connections are closed when a gateway pod shuts down.
     /// Unset: closes spread over 10s with code 1001 `server draining, reconnect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -786,6 +791,30 @@ pub struct Keepalive {
     /// every 15s with a 10s pong timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppKeepalive>,
+}
+
+/// permessage-deflate (RFC 7692) on the client side of the route's WebSockets. The gateway
+/// answers with `server_no_context_takeover` and `client_no_context_takeover`, so no
+/// connection keeps a compression context between messages, and compresses each room message
+/// once for all members.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Compression {
+    /// Negotiate permessage-deflate when the client offers it. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Messages shorter than this are sent uncompressed. Default 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1073741824))]
+    pub threshold_bytes: Option<i64>,
+    /// zlib level, 1 (fastest) to 9 (smallest). Default 6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 9))]
+    pub level: Option<i32>,
+    /// Largest LZ77 window the gateway compresses with (power of two), 9 to 15. Default 15.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 9, max = 15))]
+    pub max_window_bits: Option<i32>,
 }
 
 /// Keep-alive pings toward the app pod of a proxied connection.

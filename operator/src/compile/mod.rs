@@ -24,13 +24,13 @@ use std::collections::BTreeMap;
 use std::time::Duration as StdDuration;
 
 use switchboard_config::{
-    GatewayConfig, Keepalive, Mode as ConfigMode, Origins, Route, RouteDrain, RouteLimits,
-    Transports,
+    Compression, GatewayConfig, Keepalive, Mode as ConfigMode, Origins, Route, RouteDrain,
+    RouteLimits, Transports,
 };
 
 use crate::api::{
-    Drain, Keepalive as CrdKeepalive, Limits, Mode, RealtimeRoute, RealtimeRouteSpec, RoomProtocol,
-    Transport,
+    Compression as CrdCompression, Drain, Keepalive as CrdKeepalive, Limits, Mode, RealtimeRoute,
+    RealtimeRouteSpec, RoomProtocol, Transport,
 };
 
 use problems::Problems;
@@ -112,6 +112,7 @@ pub fn compile(
     let proxy = proxy::compile_proxy(rt, provider, material, &mut p);
     let limits = compile_limits(spec.limits.as_ref(), &mut p);
     let keepalive = compile_keepalive(spec.keepalive.as_ref(), &mut p);
+    let compression = compile_compression(spec.compression.as_ref(), &mut p);
     let drain = compile_drain(spec.drain.as_ref(), &mut p);
     let transports = compile_transports(spec, &mut p);
     let rooms = match spec.mode {
@@ -147,6 +148,7 @@ pub fn compile(
         transports,
         limits,
         keepalive,
+        compression,
         drain,
         source_generation: rt.metadata.generation,
     })
@@ -212,6 +214,41 @@ fn compile_limits(l: Option<&Limits>, p: &mut Problems) -> RouteLimits {
         l.new_connections_per_ip_per_second,
     );
     limits
+}
+
+/// `spec.compression` over the gateway's defaults (the schema bounds the numbers; checked again
+/// here for objects that skipped it).
+fn compile_compression(c: Option<&CrdCompression>, p: &mut Problems) -> Compression {
+    let mut out = Compression::default();
+    let Some(c) = c else {
+        return out;
+    };
+    out.enabled = c.enabled.unwrap_or(false);
+    if let Some(v) = c.threshold_bytes {
+        match u64::try_from(v) {
+            Ok(n) => out.threshold_bytes = n,
+            Err(_) => p.push(
+                "spec.compression.thresholdBytes",
+                format!("must be at least 0, got {v}"),
+            ),
+        }
+    }
+    if let Some(v) = c.level {
+        match u32::try_from(v) {
+            Ok(n @ 1..=9) => out.level = n,
+            _ => p.push("spec.compression.level", format!("must be 1 to 9, got {v}")),
+        }
+    }
+    if let Some(v) = c.max_window_bits {
+        match u8::try_from(v) {
+            Ok(n @ 9..=15) => out.max_window_bits = n,
+            _ => p.push(
+                "spec.compression.maxWindowBits",
+                format!("must be 9 to 15, got {v}"),
+            ),
+        }
+    }
+    out
 }
 
 /// `spec.keepalive` over the gateway's defaults.

@@ -29,6 +29,7 @@ fn a_minimal_proxy_route_compiles_with_the_gateway_defaults() {
     assert_eq!(r.mode, ConfigMode::Proxy);
     assert_eq!(r.limits, RouteLimits::default());
     assert_eq!(r.keepalive, Keepalive::default());
+    assert_eq!(r.compression, Compression::default());
     assert_eq!(r.drain, RouteDrain::default());
     assert!(r.jwt.is_none());
     let proxy = r.proxy.unwrap();
@@ -299,11 +300,39 @@ fn bounds_the_schema_checks_are_checked_again() {
             "backend: {name: chat, port: 80}\ndrain: {closeCode: 70000}",
             "spec.drain.closeCode:",
         ),
+        (
+            "backend: {name: chat, port: 80}\ncompression: {level: 10}",
+            "spec.compression.level:",
+        ),
+        (
+            "backend: {name: chat, port: 80}\ncompression: {maxWindowBits: 8}",
+            "spec.compression.maxWindowBits:",
+        ),
+        (
+            "backend: {name: chat, port: 80}\ncompression: {thresholdBytes: -1}",
+            "spec.compression.thresholdBytes:",
+        ),
     ];
     for (yaml, expected) in cases {
         let p = problems(yaml);
         assert!(p.iter().any(|x| x.starts_with(expected)), "{yaml}: {p:?}");
     }
+}
+
+#[test]
+fn compression_settings_reach_the_compiled_route() {
+    let r = compiled(
+        "backend: {name: chat, port: 80}\ncompression: {enabled: true, thresholdBytes: 256, level: 3, maxWindowBits: 12}",
+    );
+    assert_eq!(
+        r.compression,
+        Compression {
+            enabled: true,
+            threshold_bytes: 256,
+            level: 3,
+            max_window_bits: 12,
+        }
+    );
 }
 
 #[test]

@@ -399,3 +399,36 @@ fn document_notifications_need_a_debounce_shorter_than_idle_unload_and_nats_for_
         (None, false, Duration::from_secs(2))
     );
 }
+
+#[test]
+fn compression_is_off_by_default_with_the_documented_settings() {
+    let cfg = GatewayConfig::from_yaml(&format!(
+        "{BASE}routes: [{{name: a, path: {{value: /}}, proxy: {{backends: []}}}}]"
+    ))
+    .unwrap();
+    let c = &cfg.routes[0].compression;
+    assert_eq!(
+        (c.enabled, c.threshold_bytes, c.level, c.max_window_bits),
+        (false, 1024, 6, 15)
+    );
+}
+
+#[test]
+fn compression_level_and_window_bits_out_of_range_are_refused() {
+    let p = problems(
+        "routes: [{name: a, path: {value: /}, proxy: {backends: []}, compression: {enabled: true, level: 0, maxWindowBits: 8}}]",
+    );
+    assert_eq!(
+        p,
+        vec![
+            "routes[0].compression.level: must be 1 to 9".to_string(),
+            "routes[0].compression.maxWindowBits: must be 9 to 15".to_string(),
+        ]
+    );
+    assert!(
+        problems(
+            "routes: [{name: a, path: {value: /}, proxy: {backends: []}, compression: {enabled: true, thresholdBytes: 0, level: 9, maxWindowBits: 9}}]"
+        )
+        .is_empty()
+    );
+}

@@ -89,7 +89,8 @@ async fn a_message_is_encoded_once_per_encoding_not_once_per_member() {
             .expect("items in time");
         match (&items[..], j.encoding) {
             ([Item::Message { json, .. }], Encoding::Json) => json_ptrs.push(json.as_ptr()),
-            ([Item::RawBinary(b)], Encoding::Proto) => {
+            ([Item::Shared(s)], Encoding::Proto) => {
+                let b = s.payload();
                 let m = <proto::ServerMessage as prost::Message>::decode(b.as_ref()).unwrap();
                 assert_eq!(proto::to_json(&m)["seq"], 1);
                 proto_ptrs.push(b.as_ptr());
@@ -220,8 +221,8 @@ async fn raw_members_do_not_get_their_own_messages_unless_echo() {
         items
             .into_iter()
             .filter_map(|i| {
-                if let Item::RawText(t) = i {
-                    Some(t.to_string())
+                if let Item::Shared(s) = i {
+                    Some(String::from_utf8(s.payload().to_vec()).unwrap())
                 } else {
                     None
                 }

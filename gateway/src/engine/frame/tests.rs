@@ -273,3 +273,75 @@ fn close_reason_is_truncated_on_a_char_boundary() {
     assert!(reason.len() <= 123);
     assert!(std::str::from_utf8(reason).is_ok());
 }
+
+fn scan_one(s: &mut Scanner, bytes: &[u8]) -> Result<Vec<DataHeader>, FrameError> {
+    let mut pos = 0;
+    let mut headers = Vec::new();
+    while let Some(ev) = s.next(bytes, &mut pos)? {
+        if let Event::Header(h) = ev {
+            headers.push(h);
+        }
+    }
+    Ok(headers)
+}
+
+#[test]
+fn rsv1_is_a_protocol_error_unless_deflate_was_negotiated() {
+    let f = encode_frame(OpCode::Text, true, true, b"x", M);
+    let mut s = Scanner::new(Sender::Client, 1 << 20);
+    assert_eq!(scan_one(&mut s, &f), Err(FrameError::ReservedBits));
+}
+
+#[test]
+fn rsv1_on_the_first_frame_marks_the_message_compressed_once_deflate_was_negotiated() {
+    let mut bytes = encode_frame(OpCode::Binary, false, true, b"ab", M);
+    bytes.extend(encode_frame(OpCode::Continuation, true, false, b"cd", M));
+    bytes.extend(encode_frame(OpCode::Text, true, false, b"plain", M));
+    let mut s = Scanner::new(Sender::Client, 1 << 20);
+    s.allow_compressed();
+    let headers = scan_one(&mut s, &bytes).expect("valid frames");
+    let flags: Vec<bool> = headers.iter().map(|h| h.compressed).collect();
+    assert_eq!(flags, [true, false, false]);
+}
+
+#[test]
+fn rsv1_on_a_continuation_frame_is_a_protocol_error_even_with_deflate() {
+    let mut bytes = encode_frame(OpCode::Text, false, true, b"ab", M);
+    bytes.extend(encode_frame(OpCode::Continuation, true, true, b"cd", M));
+    let mut s = Scanner::new(Sender::Client, 1 << 20);
+    s.allow_compressed();
+    assert_eq!(scan_one(&mut s, &bytes), Err(FrameError::ReservedBits));
+}
+
+#[test]
+fn rsv1_on_a_control_frame_is_a_protocol_error_even_with_deflate() {
+    for op in [OpCode::Ping, OpCode::Pong, OpCode::Close] {
+        let f = encode_frame(op, true, true, b"", M);
+        let mut s = Scanner::new(Sender::Client, 1 << 20);
+        s.allow_compressed();
+        assert_eq!(
+            scan_one(&mut s, &f),
+            Err(FrameError::ReservedBits),
+            "{op:?}"
+        );
+    }
+}
+
+#[test]
+fn rsv2_and_rsv3_stay_protocol_errors_with_deflate() {
+    for bit in [0x20u8, 0x10] {
+        let mut f = encode(OpCode::Text, b"x", M);
+        f[0] |= bit;
+        let mut s = Scanner::new(Sender::Client, 1 << 20);
+        s.allow_compressed();
+        assert_eq!(scan_one(&mut s, &f), Err(FrameError::ReservedBits));
+    }
+}
+
+#[test]
+fn encoded_frames_carry_fin_rsv1_and_mask_as_asked() {
+    let f = encode_frame(OpCode::Binary, false, true, b"abc", None);
+    assert_eq!(f, [0x42, 3, b'a', b'b', b'c']);
+    let f = encode_frame(OpCode::Text, true, false, b"abc", Some([1, 2, 3, 4]));
+    assert_eq!(f, [0x81, 0x83, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2, b'c' ^ 3]);
+}

@@ -1,10 +1,17 @@
-//! A streaming RFC 6455 frame scanner for relaying: it reads frame headers as bytes arrive (in
-//! any split), checks framing rules and the per-message size cap *before* a frame's first byte
-//! is forwarded, and hands payload back as slices of the input so data is forwarded without
-//! copying or re-encoding. Control frames (at most 125 bytes) are collected whole so the relay
-//! can read close codes, swallow its own keep-alive pongs, and inject frames between them.
+//! The gateway's one RFC 6455 frame codec. The streaming scanner reads frame headers as bytes
+//! arrive (in any split), checks framing rules and the per-message size cap *before* a frame's
+//! first byte is forwarded, and hands payload back as slices of the input so data is forwarded
+//! (proxy tunnel) or assembled (connection core) without an intermediate copy. Control frames
+//! (at most 125 bytes) are collected whole so the caller can read close codes, answer pings,
+//! swallow its own keep-alive pongs, and inject frames between them.
 //!
-//! No I/O here: the relay feeds it buffers; tests feed it every possible split.
+//! RSV1 is the permessage-deflate bit (RFC 7692 §6): allowed only once deflate was negotiated
+//! ([`Scanner::allow_compressed`]), and then only on the first frame of a data message — never
+//! on a continuation or a control frame. RSV2 and RSV3 are never allowed.
+//!
+//! The encoder writes whole frames: unmasked from the server, masked by a client (tests).
+//!
+//! No I/O here: the tunnel and the connection core feed it buffers; tests feed it every split.
 
 /// Which peer sends the bytes being scanned (decides the masking rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +46,8 @@ impl OpCode {
         })
     }
 
-    fn bits(self) -> u8 {
+    /// The 4-bit opcode of the frame header.
+    pub fn bits(self) -> u8 {
         match self {
             Self::Continuation => 0x0,
             Self::Text => 0x1,
@@ -94,6 +102,9 @@ pub struct DataHeader {
     /// The message this frame belongs to is over the size limit: the relay must not forward it.
     /// Scanning goes on (so the peer's Close reply can still be found).
     pub too_big: bool,
+    /// RSV1 on the first frame of a message: the message is compressed (permessage-deflate).
+    /// Only ever true when [`Scanner::allow_compressed`] was called.
+    pub compressed: bool,
 }
 
 /// A complete control frame.
@@ -147,6 +158,8 @@ pub struct Scanner {
     in_message: bool,
     message_bytes: u64,
     frame_fin: bool,
+    /// permessage-deflate was negotiated: RSV1 may start a data message.
+    compressed_ok: bool,
 }
 
 impl Scanner {
@@ -165,7 +178,13 @@ impl Scanner {
             in_message: false,
             message_bytes: 0,
             frame_fin: true,
+            compressed_ok: false,
         }
+    }
+
+    /// permessage-deflate was negotiated: accept RSV1 on the first frame of a data message.
+    pub fn allow_compressed(&mut self) {
+        self.compressed_ok = true;
     }
 
     /// True when nothing of a data frame has been handed out unfinished: a frame of our own
@@ -269,10 +288,15 @@ impl Scanner {
     fn finish_header(&mut self) -> Result<Option<Event<'static>>, FrameError> {
         let h = &self.hdr[..self.hdr_len];
         let fin = h[0] & 0x80 != 0;
-        if h[0] & 0x70 != 0 {
+        let rsv1 = h[0] & 0x40 != 0;
+        if h[0] & 0x30 != 0 || (rsv1 && !self.compressed_ok) {
             return Err(FrameError::ReservedBits);
         }
         let opcode = OpCode::from_bits(h[0] & 0x0F).ok_or(FrameError::ReservedOpcode)?;
+        // RFC 7692 §6.1: only the first frame of a message carries the "compressed" bit.
+        if rsv1 && (opcode.is_control() || opcode == OpCode::Continuation) {
+            return Err(FrameError::ReservedBits);
+        }
         let masked = h[1] & 0x80 != 0;
         match (self.sender, masked) {
             (Sender::Client, false) => return Err(FrameError::UnmaskedClientFrame),
@@ -336,14 +360,30 @@ impl Scanner {
             payload_len: len,
             starts_message,
             too_big,
+            compressed: rsv1,
         })))
     }
 }
 
-/// Encode a frame of our own (Close, Ping): unmasked toward clients, masked toward servers.
+/// Encode a whole, final frame of our own (Close, Ping, a message): unmasked toward clients,
+/// masked toward servers.
 pub fn encode(opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    encode_frame(opcode, true, false, payload, mask)
+}
+
+/// Encode one frame with explicit FIN and RSV1 (the permessage-deflate bit; set it on the
+/// first frame of a compressed message only).
+pub fn encode_frame(
+    opcode: OpCode,
+    fin: bool,
+    rsv1: bool,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(0x80 | opcode.bits());
+    let fin_bit = if fin { 0x80 } else { 0 };
+    let rsv1_bit = if rsv1 { 0x40 } else { 0 };
+    out.push(fin_bit | rsv1_bit | opcode.bits());
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     match payload.len() {
         n if n < 126 => out.push(mask_bit | n as u8),

@@ -1,0 +1,288 @@
+//! The session loop over an in-memory pipe under paused time: keep-alive, expiry, drain, the
+//! close handshake and slow consumers, with the rooms outbox as the queue.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+use super::*;
+use crate::engine::frame::{self, Event, OpCode, Scanner, Sender};
+use crate::rooms::outbox::{Item, Outbox};
+
+const M: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+/// Echoes text messages through its outbox; counts drains.
+struct Echo {
+    outbox: Arc<Outbox>,
+    drained: usize,
+}
+
+impl Handler for Echo {
+    type Item = Item;
+    fn take(&self) -> impl Future<Output = Vec<Item>> {
+        self.outbox.take_all()
+    }
+    fn take_now(&self) -> Vec<Item> {
+        futures_util::FutureExt::now_or_never(self.outbox.take_all()).unwrap_or_default()
+    }
+    fn is_overflowed(&self) -> bool {
+        self.outbox.is_overflowed()
+    }
+    fn overflowed(&self) -> impl Future<Output = ()> {
+        self.outbox.overflowed()
+    }
+    fn frames(
+        &mut self,
+        items: Vec<Item>,
+        deflate: Option<&Deflate>,
+        out: &mut Vec<Frame>,
+    ) -> Option<CloseCause> {
+        for i in items {
+            if let Item::Reply(r) = i {
+                out.push(Frame::message(true, Bytes::from(r), deflate));
+            }
+        }
+        None
+    }
+    async fn message(&mut self, msg: Message) -> Option<CloseCause> {
+        match msg {
+            Message::Text(t) if t == "quit" => Some(CloseCause::PublishForbidden),
+            Message::Text(t) => {
+                self.outbox.push(Item::Reply(t));
+                None
+            }
+            _ => None,
+        }
+    }
+    fn draining(&mut self) {
+        self.drained += 1;
+        self.outbox.push(Item::Reply("bye".into()));
+    }
+}
+
+struct Setup {
+    conn: Conn<DuplexStream>,
+    life: Lifecycle,
+    echo: Echo,
+    drain: watch::Sender<bool>,
+}
+
+fn setup(pipe: usize, ping: Duration, expires: Option<Duration>) -> (Setup, DuplexStream) {
+    let (server, client) = duplex(pipe);
+    let (drain, drain_rx) = watch::channel(false);
+    let s = Setup {
+        conn: Conn::new(server, 1 << 20, None),
+        life: Lifecycle {
+            ping_interval: ping,
+            pong_timeout: Duration::from_secs(10),
+            expires_at: expires.map(|d| Instant::now() + d),
+            drain: drain_rx,
+            drain_close: CloseCause::Draining {
+                code: 1001,
+                reason: "server draining, reconnect".into(),
+            },
+            drain_window: Duration::from_secs(1),
+        },
+        echo: Echo {
+            outbox: Outbox::new(4096),
+            drained: 0,
+        },
+        drain,
+    };
+    (s, client)
+}
+
+/// Frames the client reads until the gateway's Close (included), as (opcode, payload).
+async fn read_until_close(client: &mut DuplexStream) -> Vec<(OpCode, Vec<u8>)> {
+    let mut s = Scanner::new(Sender::Server, u64::MAX);
+    let mut out = Vec::new();
+    let mut cur: Option<(OpCode, Vec<u8>)> = None;
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the pipe ended before a Close: {out:?}");
+        let mut pos = 0;
+        while let Some(ev) = s.next(&buf[..n], &mut pos).unwrap() {
+            match ev {
+                Event::Header(h) => {
+                    cur = Some((h.opcode, Vec::new()));
+                    if h.payload_len == 0 {
+                        out.extend(cur.take());
+                    }
+                }
+                Event::Payload(p) => {
+                    if let Some((_, d)) = cur.as_mut() {
+                        d.extend_from_slice(p);
+                    }
+                    if s.at_boundary() {
+                        out.extend(cur.take());
+                    }
+                }
+                Event::Control(c) => {
+                    let close = c.opcode == OpCode::Close;
+                    out.push((c.opcode, c.payload));
+                    if close {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn close_code(payload: &[u8]) -> u16 {
+    u16::from_be_bytes([payload[0], payload[1]])
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_are_answered_through_the_queue_and_a_client_close_is_echoed() {
+    let (mut s, mut client) = setup(1 << 16, Duration::ZERO, None);
+    let task = tokio::spawn(async move {
+        let cause = run(&mut s.conn, &mut s.life, &mut s.echo).await;
+        (cause, s)
+    });
+    client
+        .write_all(&frame::encode(OpCode::Text, b"hi", M))
+        .await
+        .unwrap();
+    client
+        .write_all(&frame::close_frame(1000, "", M))
+        .await
+        .unwrap();
+    let frames = read_until_close(&mut client).await;
+    assert_eq!(frames[0], (OpCode::Text, b"hi".to_vec()));
+    assert_eq!(close_code(&frames[1].1), 1000);
+    let (cause, _) = task.await.unwrap();
+    assert_eq!(cause, CloseCause::Peer(Side::Downstream, 1000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_does_not_answer_pings_is_closed_1001_after_the_timeout() {
+    let (mut s, mut client) = setup(1 << 16, Duration::from_secs(30), None);
+    let task = tokio::spawn(async move { run(&mut s.conn, &mut s.life, &mut s.echo).await });
+    let frames = read_until_close(&mut client).await;
+    assert_eq!(frames[0], (OpCode::Ping, b"sb".to_vec()));
+    let (op, payload) = frames.last().unwrap();
+    assert_eq!((*op, close_code(payload)), (OpCode::Close, 1001));
+    assert_eq!(task.await.unwrap(), CloseCause::PongTimeout);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_answers_pings_stays_open() {
+    let (mut s, mut client) = setup(1 << 16, Duration::from_secs(30), None);
+    let task = tokio::spawn(async move { run(&mut s.conn, &mut s.life, &mut s.echo).await });
+    let mut s2 = Scanner::new(Sender::Server, u64::MAX);
+    let mut buf = vec![0u8; 1024];
+    for _ in 0..5 {
+        let n = client.read(&mut buf).await.unwrap();
+        let mut pos = 0;
+        match s2.next(&buf[..n], &mut pos).unwrap() {
+            Some(Event::Control(c)) if c.opcode == OpCode::Ping => {}
+            other => panic!("a ping, got {other:?}"),
+        }
+        client
+            .write_all(&frame::encode(OpCode::Pong, b"sb", M))
+            .await
+            .unwrap();
+    }
+    assert!(!task.is_finished(), "five pings answered: still open");
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_token_closes_4001_and_waits_for_the_clients_close() {
+    let (mut s, mut client) = setup(1 << 16, Duration::ZERO, Some(Duration::from_secs(60)));
+    let task = tokio::spawn(async move { run(&mut s.conn, &mut s.life, &mut s.echo).await });
+    let frames = read_until_close(&mut client).await;
+    assert_eq!(close_code(&frames[0].1), 4001);
+    assert!(!task.is_finished());
+    client
+        .write_all(&frame::close_frame(4001, "", M))
+        .await
+        .unwrap();
+    assert_eq!(task.await.unwrap(), CloseCause::TokenExpired);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_that_is_not_answered_ends_after_the_close_wait() {
+    let (mut s, mut client) = setup(1 << 16, Duration::ZERO, Some(Duration::from_secs(1)));
+    let task = tokio::spawn(async move { run(&mut s.conn, &mut s.life, &mut s.echo).await });
+    let _ = read_until_close(&mut client).await;
+    tokio::time::sleep(CLOSE_WAIT + Duration::from_millis(10)).await;
+    assert_eq!(task.await.unwrap(), CloseCause::TokenExpired);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_drain_says_goodbye_then_closes_with_the_routes_code() {
+    let (mut s, mut client) = setup(1 << 16, Duration::ZERO, None);
+    let drain = s.drain.clone();
+    let task = tokio::spawn(async move {
+        let cause = run(&mut s.conn, &mut s.life, &mut s.echo).await;
+        (cause, s.echo.drained)
+    });
+    tokio::task::yield_now().await;
+    drain.send(true).unwrap();
+    let frames = read_until_close(&mut client).await;
+    assert_eq!(frames[0], (OpCode::Text, b"bye".to_vec()));
+    assert_eq!(close_code(&frames[1].1), 1001);
+    client
+        .write_all(&frame::close_frame(1001, "", M))
+        .await
+        .unwrap();
+    let (cause, drained) = task.await.unwrap();
+    assert_eq!(drained, 1);
+    assert!(matches!(cause, CloseCause::Draining { code: 1001, .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_close_is_sent_after_the_replies_queued_before_it() {
+    let (mut s, mut client) = setup(1 << 16, Duration::ZERO, None);
+    let task = tokio::spawn(async move { run(&mut s.conn, &mut s.life, &mut s.echo).await });
+    let mut burst = frame::encode(OpCode::Text, b"one", M);
+    burst.extend(frame::encode(OpCode::Text, b"quit", M));
+    client.write_all(&burst).await.unwrap();
+    let frames = read_until_close(&mut client).await;
+    assert_eq!(frames[0], (OpCode::Text, b"one".to_vec()));
+    assert_eq!(close_code(&frames[1].1), 1008);
+    client
+        .write_all(&frame::close_frame(1008, "", M))
+        .await
+        .unwrap();
+    assert_eq!(task.await.unwrap(), CloseCause::PublishForbidden);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
+    // A 64-byte pipe the client never reads: the first batch blocks the socket, the outbox
+    // (4 KiB) fills behind it and overflows.
+    let (mut s, _client_not_reading) = setup(64, Duration::ZERO, None);
+    let outbox = s.echo.outbox.clone();
+    let task = tokio::spawn(async move { run(&mut s.conn, &mut s.life, &mut s.echo).await });
+    for _ in 0..100 {
+        outbox.push(Item::Reply("x".repeat(200)));
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(task.await.unwrap(), CloseCause::SlowConsumer);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_protocol_error_closes_1002_without_waiting() {
+    let (mut s, mut client) = setup(1 << 16, Duration::ZERO, None);
+    let task = tokio::spawn(async move { run(&mut s.conn, &mut s.life, &mut s.echo).await });
+    client
+        .write_all(&frame::encode(OpCode::Text, b"unmasked", None))
+        .await
+        .unwrap();
+    let frames = read_until_close(&mut client).await;
+    assert_eq!(close_code(&frames[0].1), 1002);
+    assert_eq!(task.await.unwrap(), CloseCause::ProtocolError);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_gone_without_a_close_is_abnormal() {
+    let (mut s, client) = setup(1 << 16, Duration::ZERO, None);
+    let task = tokio::spawn(async move { run(&mut s.conn, &mut s.life, &mut s.echo).await });
+    drop(client);
+    assert_eq!(task.await.unwrap(), CloseCause::Abnormal(Side::Downstream));
+}
