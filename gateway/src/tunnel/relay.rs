@@ -336,6 +336,9 @@ impl Dir {
     /// Queue a Close of ours for the destination.
     fn write_close(&mut self, code: u16, reason: &str) {
         self.close_sent = true;
+        // Nothing follows our Close: a keep-alive ping that was waiting for a frame boundary
+        // is dropped with it.
+        self.ping = None;
         if self.mode == Mode::Relay {
             self.mode = Mode::Discard;
         }

@@ -114,8 +114,9 @@ async fn a_batched_room_sends_each_member_one_batch_per_window_built_once_per_en
                 json_ptrs.push(json.as_ptr());
                 serde_json::from_str::<Value>(json).unwrap()
             }
-            [Item::RawBinary(b)] => {
-                let m = <proto::ServerMessage as prost::Message>::decode(b.as_ref()).unwrap();
+            [Item::Shared(frames)] if !frames.is_text() => {
+                let m = <proto::ServerMessage as prost::Message>::decode(frames.payload().as_ref())
+                    .unwrap();
                 proto::to_json(&m)
             }
             other => panic!("{other:?}"),

@@ -344,6 +344,35 @@ async fn keepalive_pings_the_client_and_a_silent_client_is_closed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn no_keepalive_ping_follows_the_close_of_a_silent_client() {
+    // The next ping falls due at the same instant as the pong deadline: the Close wins and
+    // nothing follows it (CI caught a ping after the Close in the keepalive suite).
+    let mut h = start(TunnelLimits {
+        ping_interval: Duration::from_secs(1),
+        pong_timeout: Duration::from_secs(1),
+        ..limits()
+    });
+    assert_eq!(h.client.next().await, Got::Ping);
+    let mut after = Vec::new();
+    loop {
+        match h.client.next().await {
+            Got::Close(code) => {
+                assert_eq!(code, Some(1001));
+                break;
+            }
+            Got::Ping => after.push("ping"),
+            other => panic!("{other:?}"),
+        }
+    }
+    h.client.send(&frame::close_frame(1001, "", MASK)).await;
+    let rest = tokio::time::timeout(Duration::from_secs(10), h.client.next()).await;
+    assert!(
+        matches!(rest, Ok(Got::Eof)),
+        "only EOF may follow our Close: {rest:?} (pings before it: {after:?})"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_client_answering_pings_stays_open_and_its_pongs_are_not_forwarded() {
     let mut h = start(TunnelLimits {
         ping_interval: Duration::from_secs(5),
