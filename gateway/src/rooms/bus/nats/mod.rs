@@ -44,6 +44,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod buckets;
 mod envelope;
 mod history;
 mod live;

@@ -5,43 +5,15 @@ use super::*;
 
 impl Inner {
     pub(super) async fn presence_store(&self) -> Result<kv::Store, BusError> {
-        let mut slot = self.presence.lock().await;
-        if let Some(store) = &*slot {
-            return Ok(store.clone());
-        }
-        if !self.connected() {
-            return Err(self.down());
-        }
-        // The bucket's stream is declared directly, with the layout async-nats' KV creation
-        // uses: that call first reads the account info in the NATS >= 2.10 format, and this
-        // way older servers work too.
-        let bucket = self.presence_bucket();
-        let config = stream::Config {
-            name: format!("KV_{bucket}"),
+        let shape = stream::Config {
             description: Some("switchboard room presence: <ns>.<room>.<conn> -> member".into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
             max_age: self.presence_ttl,
             // Refreshed every ttl/3 by its pod: losing it with a NATS restart costs one refresh.
             storage: StorageType::Memory,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            num_replicas: self.replicas,
             ..Default::default()
         };
-        self.js
-            .create_or_update_stream(config)
+        self.kv_store(&self.presence, self.presence_bucket(), "presence", shape)
             .await
-            .map_err(|e| self.fail("create presence bucket", e))?;
-        let store = self
-            .js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|e| self.fail("open presence bucket", e))?;
-        *slot = Some(store.clone());
-        Ok(store)
     }
 
     /// After a failed KV write: look the bucket up again next time (it may have been lost).

@@ -24,39 +24,13 @@ impl Inner {
     }
 
     async fn reads_store(&self) -> Result<kv::Store, BusError> {
-        let mut slot = self.reads.lock().await;
-        if let Some(store) = &*slot {
-            return Ok(store.clone());
-        }
-        if !self.connected() {
-            return Err(self.down());
-        }
-        // Declared directly, as the presence bucket is (see presence.rs).
-        let bucket = self.reads_bucket();
-        let config = stream::Config {
-            name: format!("KV_{bucket}"),
+        let shape = stream::Config {
             description: Some("switchboard read positions: <ns>.<user>.<room> -> position".into()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
             storage: StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            num_replicas: self.replicas,
             ..Default::default()
         };
-        self.js
-            .create_or_update_stream(config)
+        self.kv_store(&self.reads, self.reads_bucket(), "reads", shape)
             .await
-            .map_err(|e| self.fail("create reads bucket", e))?;
-        let store = self
-            .js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|e| self.fail("open reads bucket", e))?;
-        *slot = Some(store.clone());
-        Ok(store)
     }
 
     fn read_key(key: &RoomKey, user: &str) -> String {
