@@ -39,9 +39,9 @@ pub struct Lifecycle {
     pub drain_window: Duration,
 }
 
-/// What a session does with its connection.
-pub trait Handler {
-    /// What the connection's queue holds.
+/// A connection's outbound queue, as the session loop drains it.
+pub trait Queue {
+    /// What the queue holds.
     type Item;
 
     /// Wait for queued items; empty only when the queue is closed or overflowed (cancel-safe:
@@ -56,11 +56,20 @@ pub trait Handler {
 
     /// Resolves once the queue overflows.
     fn overflowed(&self) -> impl Future<Output = ()>;
+}
+
+/// What a session does with its connection.
+pub trait Handler {
+    /// The connection's outbound queue.
+    type Queue: Queue;
+
+    /// The queue the loop takes items from.
+    fn queue(&self) -> &Self::Queue;
 
     /// The frames of `items`; `Some(cause)` ends the connection after them.
     fn frames(
         &mut self,
-        items: Vec<Self::Item>,
+        items: Vec<<Self::Queue as Queue>::Item>,
         deflate: Option<&Deflate>,
         out: &mut Vec<Frame>,
     ) -> Option<CloseCause>;
@@ -138,9 +147,9 @@ where
                     }
                 }
             }
-            items = handler.take(), if idle && closing.is_none() => {
+            items = handler.queue().take(), if idle && closing.is_none() => {
                 if items.is_empty() {
-                    if handler.is_overflowed() {
+                    if handler.queue().is_overflowed() {
                         return close_now(conn, handler, CloseCause::SlowConsumer, SLOW_CLOSE_WAIT).await;
                     }
                     // The queue closed: the session is over on its side.
@@ -158,7 +167,7 @@ where
             }
             // A peer that stops reading while its queue overflows: close it now rather than
             // when (if ever) it reads again.
-            _ = handler.overflowed(), if closing.is_none() => {
+            _ = handler.queue().overflowed(), if closing.is_none() => {
                 return close_now(conn, handler, CloseCause::SlowConsumer, SLOW_CLOSE_WAIT).await;
             }
             _ = tokio::time::sleep_until(ping_at), if closing.is_none() => {
@@ -230,11 +239,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    if handler.is_overflowed() {
+    if handler.queue().is_overflowed() {
         return;
     }
     let mut frames = Vec::new();
-    let items = handler.take_now();
+    let items = handler.queue().take_now();
     if !items.is_empty() {
         // A close cause from the items (raw rooms' lost messages) yields to the one at hand.
         let _ = handler.frames(items, conn.deflate(), &mut frames);

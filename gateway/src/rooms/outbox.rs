@@ -223,5 +223,26 @@ impl Drop for Outbox {
     }
 }
 
+/// The session loop's view of a connection's outbox.
+impl crate::engine::session::Queue for Outbox {
+    type Item = Item;
+
+    fn take(&self) -> impl std::future::Future<Output = Vec<Item>> {
+        self.take_all()
+    }
+
+    fn take_now(&self) -> Vec<Item> {
+        futures_util::FutureExt::now_or_never(self.take_all()).unwrap_or_default()
+    }
+
+    fn is_overflowed(&self) -> bool {
+        Outbox::is_overflowed(self)
+    }
+
+    fn overflowed(&self) -> impl std::future::Future<Output = ()> {
+        Outbox::overflowed(self)
+    }
+}
+
 #[cfg(test)]
 mod tests;

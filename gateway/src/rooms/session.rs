@@ -155,22 +155,10 @@ fn to_frame(item: Item, proto: bool, deflate: Option<&Deflate>) -> Frame {
 }
 
 impl Handler for Session {
-    type Item = Item;
+    type Queue = Outbox;
 
-    fn take(&self) -> impl std::future::Future<Output = Vec<Item>> {
-        self.outbox.take_all()
-    }
-
-    fn take_now(&self) -> Vec<Item> {
-        futures_util::FutureExt::now_or_never(self.outbox.take_all()).unwrap_or_default()
-    }
-
-    fn is_overflowed(&self) -> bool {
-        self.outbox.is_overflowed()
-    }
-
-    fn overflowed(&self) -> impl std::future::Future<Output = ()> {
-        self.outbox.overflowed()
+    fn queue(&self) -> &Outbox {
+        &self.outbox
     }
 
     fn frames(

@@ -19,19 +19,12 @@ struct Echo {
 }
 
 impl Handler for Echo {
-    type Item = Item;
-    fn take(&self) -> impl Future<Output = Vec<Item>> {
-        self.outbox.take_all()
+    type Queue = Outbox;
+
+    fn queue(&self) -> &Outbox {
+        &self.outbox
     }
-    fn take_now(&self) -> Vec<Item> {
-        futures_util::FutureExt::now_or_never(self.outbox.take_all()).unwrap_or_default()
-    }
-    fn is_overflowed(&self) -> bool {
-        self.outbox.is_overflowed()
-    }
-    fn overflowed(&self) -> impl Future<Output = ()> {
-        self.outbox.overflowed()
-    }
+
     fn frames(
         &mut self,
         items: Vec<Item>,
