@@ -130,6 +130,10 @@ interface RoomState {
   /** The id of our unanswered join ("" on SSE) and whether it carried `since`. */
   pending?: [string, boolean];
   members: Map<string, Member>;
+  /** Presence diffs that arrived while the snapshot request was on its way: applied again on
+   * top of the snapshot, which may have been read before them (cross-pod, the live event can
+   * overtake the presence store). Undefined when no snapshot is awaited. */
+  early?: Array<[string, Member]>;
   sub: Subscription;
 }
 
@@ -535,14 +539,23 @@ export class SwitchboardClient {
     const id = "j" + ++this.ids;
     st.pending = [id, !!st.pos];
     this.send(st.pos ? { type: "join", room, id, since: st.pos } : { type: "join", room, id });
-    if (st.h.onPresence)
+    if (st.h.onPresence) {
+      const early: Array<[string, Member]> = [];
+      st.early = early;
       this.request({ type: "presence", room }).then(
         (f) => {
+          if (st.early === early) st.early = undefined;
           st.members = new Map((f.members as Member[]).map((m) => [m.conn, m]));
+          // Joins and leaves seen since the request are newer than, or already in, the
+          // snapshot: applying them again is idempotent either way.
+          for (const [event, m] of early) applyPresence(st.members, event, m);
           st.h.onPresence?.({ event: "snapshot", members: [...st.members.values()] });
         },
-        () => {},
+        () => {
+          if (st.early === early) st.early = undefined;
+        },
       );
+    }
   }
 
   /** Send a frame with a fresh id; resolves with the reply carrying that id. */
@@ -625,8 +638,8 @@ export class SwitchboardClient {
         return;
       case "presence":
         if (st && f.member) {
-          if (f.event == "leave") st.members.delete(f.member.conn);
-          else st.members.set(f.member.conn, f.member);
+          applyPresence(st.members, f.event, f.member);
+          st.early?.push([f.event, f.member]);
           st.h.onPresence?.({ event: f.event, member: f.member, members: [...st.members.values()] });
         }
         return;
@@ -685,4 +698,9 @@ function toB64(bytes: Uint8Array): string {
   let s = "";
   for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
   return btoa(s);
+}
+
+function applyPresence(members: Map<string, Member>, event: string, m: Member): void {
+  if (event == "leave") members.delete(m.conn);
+  else members.set(m.conn, m);
 }

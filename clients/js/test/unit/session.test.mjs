@@ -257,6 +257,26 @@ test("presence keeps a snapshot plus diffs", async (t) => {
   assert.deepEqual(sub.members.map((x) => x.conn), ["c2", "c3"]);
 });
 
+test("a presence snapshot read before a join the client already saw does not drop that member", async (t) => {
+  // Cross-pod, the live join can overtake the presence store the snapshot is read from.
+  const { client, next } = scripted();
+  t.after(() => client.close());
+  const seen = [];
+  const a = await next();
+  const sub = client.join("chat:a", { onPresence: (e) => seen.push([e.event, e.members.map((m) => m.user).sort()]) });
+  const [join, req] = a.sent;
+  a.deliver({ type: "joined", room: "chat:a", recovered: false, position: pos(1), id: join.id });
+  const m = (conn, user) => ({ conn, user, info: null });
+  a.deliver({ type: "presence", room: "chat:a", event: "join", member: m("c1", "alice") });
+  a.deliver({ type: "presence", room: "chat:a", event: "leave", member: m("c9", "zed") });
+  a.deliver({ type: "presence", room: "chat:a", members: [m("c2", "bob"), m("c9", "zed")], id: req.id });
+  await tick();
+  a.deliver({ type: "presence", room: "chat:a", event: "join", member: m("c3", "carol") });
+  assert.deepEqual(seen.at(-2), ["snapshot", ["alice", "bob"]]);
+  assert.deepEqual(seen.at(-1), ["join", ["alice", "bob", "carol"]]);
+  assert.deepEqual(sub.members.map((x) => x.conn).sort(), ["c1", "c2", "c3"]);
+});
+
 test("a handshake that reports only an error (Node 20's WebSocket) still counts as a failed attempt", async (t) => {
   const { client, events } = scripted();
   t.after(() => client.close());
