@@ -473,23 +473,25 @@ fn fanout10k(s: &mut String, doc: &Value) {
     }
     let _ = writeln!(
         s,
-        "## 7. Fan-out to {} members over {} client processes\n\nAs section 2's burst, with the members split over {} load-generator processes (own source addresses; deliveries time-stamped with the wall clock and compared with the publisher's start); one publisher sends {} messages of {} bytes. Peak RSS = the server's largest RSS sampled while the burst is delivered; load generator CPU = CPU time of the member processes ÷ deliveries (when server + load generator CPU per delivery × deliveries/s nears 2 cores, the rate is the machine's, not the server's). {} repetition(s).\n",
+        "## 7. Fan-out to {} members over {} client processes\n\nAs section 2's burst, with the members split over {} load-generator processes (own source addresses; deliveries time-stamped with the wall clock and compared with the publisher's start); one publisher sends {} messages of {} bytes. RSS before = the server's RSS with every member connected, before the burst; peak RSS = its largest RSS sampled while the burst is delivered; growth = peak − before (what the burst's queued deliveries cost: each message is held once, each member's queue holds a pointer to it); load generator CPU = CPU time of the member processes ÷ deliveries (when server + load generator CPU per delivery × deliveries/s nears 2 cores, the rate is the machine's, not the server's). {} repetition(s).\n",
         x["members"], x["helpers"], x["helpers"], x["messages"], x["payload_bytes"], x["reps"]
     );
     let _ = writeln!(
         s,
-        "| server | deliveries/s | server CPU µs/delivery | load generator CPU µs/delivery | peak RSS MiB | undelivered |"
+        "| server | deliveries/s | server CPU µs/delivery | load generator CPU µs/delivery | RSS before MiB | peak RSS MiB | burst growth MiB | undelivered |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for name in ["gateway-json", "gateway-raw", "node-ws", "socket.io"] {
         let t = &x["targets"][name];
         let _ = writeln!(
             s,
-            "| {name} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
             agg_k(&t["deliveries_per_s"]),
             agg(&t["server_cpu_us_per_delivery"], 2),
             agg(&t["client_cpu_us_per_delivery"], 2),
+            agg(&t["server_rss_before_mib"], 0),
             agg(&t["server_rss_peak_mib"], 0),
+            agg(&t["server_rss_growth_mib"], 0),
             t["undelivered"]
         );
     }

@@ -567,6 +567,8 @@ pub async fn fanout10k_section(env: &Env, p: &Params) -> Result<Value> {
                    "server_cpu_us_per_delivery": agg(&field(&runs, name, "server_cpu_us_per_delivery")),
                    "client_cpu_us_per_delivery": agg(&field(&runs, name, "client_cpu_us_per_delivery")),
                    "server_rss_peak_mib": agg(&field(&runs, name, "server_rss_peak_kib").iter().map(|k| k / 1024.0).collect::<Vec<_>>()),
+                   "server_rss_before_mib": agg(&field(&runs, name, "server_rss_before_kib").iter().map(|k| k / 1024.0).collect::<Vec<_>>()),
+                   "server_rss_growth_mib": agg(&runs.iter().filter(|r| r["target"] == *name).map(|r| (r["server_rss_peak_kib"].as_f64().unwrap_or(0.0) - r["server_rss_before_kib"].as_f64().unwrap_or(0.0)) / 1024.0).collect::<Vec<_>>()),
                    "undelivered": undelivered}),
         );
     }
@@ -645,7 +647,9 @@ async fn fan_multi(
     for h in &mut helpers {
         h.send("go")?;
     }
-    // Peak RSS while the burst is delivered (a sampler thread beside the publisher).
+    // RSS with every member connected, then the peak while the burst is delivered (a sampler
+    // thread beside the publisher): the growth is what the burst itself costs.
+    let rss_before = crate::procs::tree_rss_kib(srv.proc.pid());
     let sampler = PeakRss::start(srv.proc.pid());
     let helper_cpu = |hs: &[Helper]| hs.iter().map(|h| h.proc.cpu_seconds()).sum::<f64>();
     let client0 = helper_cpu(&helpers);
@@ -701,7 +705,7 @@ async fn fan_multi(
         json!({"rep": rep, "target": name, "deliveries": got, "expected": expected,
         "seconds": r3(seconds), "deliveries_per_s": r1(got as f64 / seconds.max(1e-9)),
         "server_cpu_s": r3(cpu_s), "server_cpu_us_per_delivery": r3(cpu_s * 1e6 / got.max(1) as f64),
-        "delivery_bytes": size, "server_rss_peak_kib": peak,
+        "delivery_bytes": size, "server_rss_peak_kib": peak, "server_rss_before_kib": rss_before,
         "client_cpu_us_per_delivery": r3(client_s * 1e6 / got.max(1) as f64)}),
     )
 }

@@ -21,7 +21,7 @@ use super::bus::feed::{Consumer, Delivery, Lag, Next};
 use super::bus::{
     Bus, BusError, Member, Payload, Position, Publish, Replay, RoomKey, RoomMessage, Subscription,
 };
-use super::outbox::{Item, Outbox};
+use super::outbox::{Item, LostNotice, Outbox, Posted};
 use super::presence::PresenceView;
 use super::receipts::{self, Receipts};
 use super::{proto, protocol};
@@ -243,8 +243,9 @@ impl LocalRoom {
 /// A message encoded once per encoding for all members of this pod.
 struct Encoded {
     msg: RoomMessage,
-    /// The JSON encoding and its WebSocket frames (one per compression setting in use).
-    json: Option<(Arc<str>, Arc<Shared>)>,
+    /// The JSON encoding, its position and its WebSocket frames (one per compression setting
+    /// in use): what every JSON member's queue points to.
+    json: Option<Arc<Posted>>,
     /// The binary encoding's frames.
     proto: Option<Arc<Shared>>,
     /// Raw relay: the payload as sent, framed once.
@@ -266,21 +267,18 @@ impl Encoded {
     fn item(&mut self, encoding: Encoding, conn: &str) -> Option<Item> {
         match encoding {
             Encoding::Json => {
-                let (json, frames) = self
-                    .json
-                    .get_or_insert_with(|| {
-                        let json: Arc<str> = protocol::message(&self.msg).into();
-                        let frames = Shared::text(json.clone());
-                        (json, frames)
+                let msg = &self.msg;
+                let posted = self.json.get_or_insert_with(|| {
+                    let json: Arc<str> = protocol::message(msg).into();
+                    Arc::new(Posted {
+                        room: msg.key.room.clone(),
+                        seq: msg.seq,
+                        epoch: msg.epoch.clone(),
+                        frames: Shared::text(json.clone()),
+                        json,
                     })
-                    .clone();
-                Some(Item::Message {
-                    room: self.msg.key.room.clone(),
-                    seq: self.msg.seq,
-                    epoch: self.msg.epoch.clone(),
-                    json,
-                    frames,
-                })
+                });
+                Some(Item::Message(posted.clone()))
             }
             // A binary frame like a raw one: the writer sends it as it is.
             Encoding::Proto => Some(Item::Shared(
@@ -362,12 +360,12 @@ fn tell_lost(slot: &mut Slot, room: &str, lost: &Lost) {
     };
     let json = protocol::lost(room, from.as_ref().zip(to.as_ref()), lost.ephemeral);
     let (seq, epoch) = to.map_or((0, String::new()), |p| (p.seq, p.epoch));
-    if slot.outbox.push(Item::Lost {
+    if slot.outbox.push(Item::Lost(Box::new(LostNotice {
         room: room.to_string(),
         seq,
         epoch,
         json,
-    }) {
+    }))) {
         crate::metrics::metrics().room_lost.inc();
     }
 }
@@ -406,7 +404,7 @@ fn batch_item(key: &RoomKey, msgs: &[RoomMessage], cfg: &BatchCfg, encoding: Enc
     }
     let last = msgs.iter().rev().find(|m| m.seq != 0);
     let json: Arc<str> = json.into();
-    Item::Message {
+    Item::Message(Arc::new(Posted {
         frames: Shared::text(json.clone()),
         room: key.room.clone(),
         seq: last.map_or(0, |m| m.seq),
@@ -414,7 +412,7 @@ fn batch_item(key: &RoomKey, msgs: &[RoomMessage], cfg: &BatchCfg, encoding: Enc
             .or(msgs.first())
             .map_or_else(String::new, |m| m.epoch.clone()),
         json,
-    }
+    }))
 }
 
 /// Fan a batch out to every member of the room on this pod: one `batch` event each, built

@@ -88,28 +88,17 @@ pub(crate) async fn long_poll(
                    lost: &mut Vec<String>| {
         for item in items {
             match item {
-                Item::Message {
-                    room,
-                    seq,
-                    epoch,
-                    json,
-                    ..
-                } => {
-                    cursor.set(&room, seq, &epoch);
-                    messages.push(serde_json::from_str(&json).unwrap_or(Value::Null));
+                Item::Message(m) => {
+                    cursor.set(&m.room, m.seq, &m.epoch);
+                    messages.push(serde_json::from_str(&m.json).unwrap_or(Value::Null));
                 }
-                Item::Lost {
-                    room,
-                    seq,
-                    epoch,
-                    json,
-                } => {
-                    if seq != 0 {
-                        cursor.set(&room, seq, &epoch);
+                Item::Lost(l) => {
+                    if l.seq != 0 {
+                        cursor.set(&l.room, l.seq, &l.epoch);
                     }
-                    messages.push(serde_json::from_str(&json).unwrap_or(Value::Null));
-                    if !lost.contains(&room) {
-                        lost.push(room);
+                    messages.push(serde_json::from_str(&l.json).unwrap_or(Value::Null));
+                    if !lost.contains(&l.room) {
+                        lost.push(l.room);
                     }
                 }
                 _ => {}

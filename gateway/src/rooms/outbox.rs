@@ -17,18 +17,34 @@ use tokio::sync::Notify;
 
 use crate::engine::conn::Shared;
 
-/// One queued item: shared encoded text (a room message encoded once per pod) or a reply.
+/// A room message as every member of the pod gets it: its JSON encoding and position (for SSE
+/// ids and cursors), and its WebSocket frames (built once per compression setting). Made once
+/// per message and pod; each member's queue holds a pointer to it, never a copy.
+#[derive(Debug)]
+pub struct Posted {
+    pub room: String,
+    pub seq: u64,
+    pub epoch: String,
+    pub json: Arc<str>,
+    pub frames: Arc<Shared>,
+}
+
+/// Messages of `room` one member will not get (`lost`, docs/protocol.md); `seq`/`epoch`: the
+/// last of them (the member's position from now on; `seq` 0: only ephemeral ones).
+#[derive(Debug, Clone)]
+pub struct LostNotice {
+    pub room: String,
+    pub seq: u64,
+    pub epoch: String,
+    pub json: String,
+}
+
+/// One queued item: a shared room message (encoded once per pod) or a reply. Small (a pointer
+/// or two): a burst into a big room costs one slot per member and message.
 #[derive(Debug, Clone)]
 pub enum Item {
-    /// A room message: its JSON encoding and position (for SSE ids and cursors), and its
-    /// WebSocket frames (built once per compression setting for every member of the pod).
-    Message {
-        room: String,
-        seq: u64,
-        epoch: String,
-        json: Arc<str>,
-        frames: Arc<Shared>,
-    },
+    /// A room message, shared by every member of the pod.
+    Message(Arc<Posted>),
     /// A room message for WebSocket members only (binary encoding, raw relay): its frames,
     /// built once per compression setting for every member of the pod.
     Shared(Arc<Shared>),
@@ -37,25 +53,19 @@ pub enum Item {
     RawBinary(bytes::Bytes),
     /// A protocol reply (ack, error, joined...).
     Reply(String),
-    /// Messages of `room` this member will not get (`lost`, docs/protocol.md); `seq`/`epoch`:
-    /// the last of them (the member's position from now on; `seq` 0: only ephemeral ones).
-    Lost {
-        room: String,
-        seq: u64,
-        epoch: String,
-        json: String,
-    },
+    /// Messages this member will not get (rare: boxed, so every other item stays small).
+    Lost(Box<LostNotice>),
 }
 
 impl Item {
     fn cost(&self) -> u64 {
         let n = match self {
-            Self::Message { json, .. } => json.len() + 64,
+            Self::Message(m) => m.json.len() + 64,
             Self::Shared(s) => s.payload().len(),
             Self::RawText(t) => t.len(),
             Self::RawBinary(b) => b.len(),
             Self::Reply(r) => r.len(),
-            Self::Lost { json, .. } => json.len() + 64,
+            Self::Lost(l) => l.json.len() + 64,
         };
         n as u64 + 16
     }

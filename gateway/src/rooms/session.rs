@@ -136,21 +136,26 @@ fn own_text(text: String, deflate: Option<&Deflate>) -> Frame {
 /// encoding, translated to protobuf).
 fn to_frame(item: Item, proto: bool, deflate: Option<&Deflate>) -> Frame {
     match item {
-        Item::Message { frames, .. } => frames.frame(deflate),
+        Item::Message(m) => m.frames.frame(deflate),
         Item::Shared(s) => s.frame(deflate),
         Item::RawText(t) => Frame::message(true, Bytes::copy_from_slice(t.as_bytes()), deflate),
         Item::RawBinary(b) => Frame::message(false, b, deflate),
-        Item::Reply(r) | Item::Lost { json: r, .. } if proto => {
-            match super::proto::transcode(&r) {
-                Some(b) => Frame::message(false, b, deflate),
-                None => {
-                    // Every reply protocol.rs builds has a binary form (unit-tested).
-                    tracing::error!(reply = %r, "reply without a binary form");
-                    own_text(r, deflate)
-                }
-            }
+        Item::Reply(r) if proto => transcoded(r, deflate),
+        Item::Lost(l) if proto => transcoded(l.json, deflate),
+        Item::Reply(r) => own_text(r, deflate),
+        Item::Lost(l) => own_text(l.json, deflate),
+    }
+}
+
+/// A reply of this connection's own on the binary encoding: translated to protobuf.
+fn transcoded(r: String, deflate: Option<&Deflate>) -> Frame {
+    match super::proto::transcode(&r) {
+        Some(b) => Frame::message(false, b, deflate),
+        None => {
+            // Every reply protocol.rs builds has a binary form (unit-tested).
+            tracing::error!(reply = %r, "reply without a binary form");
+            own_text(r, deflate)
         }
-        Item::Reply(r) | Item::Lost { json: r, .. } => own_text(r, deflate),
     }
 }
 
@@ -173,7 +178,7 @@ impl Handler for Session {
             .ctx
             .policy
             .is_raw()
-            .then(|| items.iter().position(|i| matches!(i, Item::Lost { .. })))
+            .then(|| items.iter().position(|i| matches!(i, Item::Lost(_))))
             .flatten();
         if let Some(at) = lost_at {
             items.truncate(at);

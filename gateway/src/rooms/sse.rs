@@ -299,16 +299,16 @@ impl Feed {
                     let mut chunk = Vec::new();
                     for item in items {
                         match item {
-                            Item::Message { room, seq, epoch, json, .. } => {
-                                cursor.set(&room, seq, &epoch);
-                                chunk.extend_from_slice(&sse_event(None, Some(&cursor.encode()), &json));
+                            Item::Message(m) => {
+                                cursor.set(&m.room, m.seq, &m.epoch);
+                                chunk.extend_from_slice(&sse_event(None, Some(&cursor.encode()), &m.json));
                             }
                             // Told before the next message; the id moves past what was lost.
-                            Item::Lost { room, seq, epoch, json } => {
-                                if seq != 0 {
-                                    cursor.set(&room, seq, &epoch);
+                            Item::Lost(l) => {
+                                if l.seq != 0 {
+                                    cursor.set(&l.room, l.seq, &l.epoch);
                                 }
-                                chunk.extend_from_slice(&sse_event(Some("lost"), Some(&cursor.encode()), &json));
+                                chunk.extend_from_slice(&sse_event(Some("lost"), Some(&cursor.encode()), &l.json));
                             }
                             _ => {}
                         }

@@ -109,10 +109,10 @@ async fn a_batched_room_sends_each_member_one_batch_per_window_built_once_per_en
     for j in &members {
         let items = queued(&j.outbox, Duration::from_millis(200)).await;
         let batch = match &items[..] {
-            [Item::Message { json, seq, .. }] => {
-                assert_eq!(*seq, 3, "the cursor moves past the whole batch");
-                json_ptrs.push(json.as_ptr());
-                serde_json::from_str::<Value>(json).unwrap()
+            [Item::Message(m)] => {
+                assert_eq!(m.seq, 3, "the cursor moves past the whole batch");
+                json_ptrs.push(m.json.as_ptr());
+                serde_json::from_str::<Value>(&m.json).unwrap()
             }
             [Item::Shared(frames)] if !frames.is_text() => {
                 let m = <proto::ServerMessage as prost::Message>::decode(frames.payload().as_ref())
@@ -149,7 +149,7 @@ async fn a_full_batch_goes_out_at_once_and_the_rest_at_the_windows_end() {
         items
             .into_iter()
             .map(|i| match i {
-                Item::Message { json, .. } => seqs_of(&serde_json::from_str(&json).unwrap()),
+                Item::Message(m) => seqs_of(&serde_json::from_str(&m.json).unwrap()),
                 other => panic!("{other:?}"),
             })
             .collect()

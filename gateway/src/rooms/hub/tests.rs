@@ -56,8 +56,8 @@ async fn seqs(o: &Outbox, want: usize) -> Vec<u64> {
             .await
             .expect("items in time");
         for i in items {
-            if let Item::Message { seq, .. } = i {
-                got.push(seq);
+            if let Item::Message(m) = i {
+                got.push(m.seq);
             }
         }
     }
@@ -88,7 +88,7 @@ async fn a_message_is_encoded_once_per_encoding_not_once_per_member() {
             .await
             .expect("items in time");
         match (&items[..], j.encoding) {
-            ([Item::Message { json, .. }], Encoding::Json) => json_ptrs.push(json.as_ptr()),
+            ([Item::Message(m)], Encoding::Json) => json_ptrs.push(m.json.as_ptr()),
             ([Item::Shared(s)], Encoding::Proto) => {
                 let b = s.payload();
                 let m = <proto::ServerMessage as prost::Message>::decode(b.as_ref()).unwrap();
@@ -152,8 +152,8 @@ async fn a_resuming_member_gets_exactly_the_gap_then_live() {
     let mut got: Vec<u64> = items
         .iter()
         .filter_map(|i| {
-            if let Item::Message { seq, .. } = i {
-                Some(*seq)
+            if let Item::Message(m) = i {
+                Some(m.seq)
             } else {
                 None
             }
@@ -296,8 +296,8 @@ async fn received(o: &Outbox, last: u64) -> Vec<Value> {
             .expect("items in time");
         for i in items {
             let (seq, json) = match i {
-                Item::Message { seq, json, .. } => (seq, json.to_string()),
-                Item::Lost { seq, json, .. } => (seq, json),
+                Item::Message(m) => (m.seq, m.json.to_string()),
+                Item::Lost(l) => (l.seq, l.json),
                 _ => continue,
             };
             got.push(serde_json::from_str::<Value>(&json).unwrap());
