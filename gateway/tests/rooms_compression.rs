@@ -7,13 +7,11 @@
 mod support;
 
 use serde_json::json;
-use support::{ConfigBuilder, Gateway, PROMPTLY, RawResponse, raw_exchange, route, upgrade_head};
+use support::deflate_client::{Client, rss_kib};
+use support::{ConfigBuilder, Gateway, route};
 use switchboard_gateway::engine::deflate;
-use switchboard_gateway::engine::frame::{self, Event, OpCode, Scanner, Sender};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use switchboard_gateway::engine::frame::OpCode;
 
-const MASK: Option<[u8; 4]> = Some([9, 8, 7, 6]);
 const MAX: usize = 1024 * 1024;
 
 fn config() -> String {
@@ -34,86 +32,6 @@ fn config() -> String {
                 .set("rooms.pathRoom", json!("/plain/{room}")),
         )
         .yaml()
-}
-
-/// A WebSocket client frame by frame: masked frames out, whole frames in.
-struct Client {
-    stream: TcpStream,
-    pending: Vec<u8>,
-    scanner: Scanner,
-}
-
-impl Client {
-    async fn connect(gw: &Gateway, path: &str, offer: Option<&str>) -> (RawResponse, Client) {
-        let extra: Vec<(&str, &str)> = offer
-            .map(|o| vec![("Sec-WebSocket-Extensions", o)])
-            .unwrap_or_default();
-        let (resp, stream, rest) = raw_exchange(gw.addr(), &upgrade_head(path, &extra))
-            .await
-            .unwrap();
-        assert_eq!(resp.status, 101, "{}", String::from_utf8_lossy(&resp.body));
-        let mut scanner = Scanner::new(Sender::Server, u64::MAX);
-        scanner.allow_compressed();
-        let client = Client {
-            stream,
-            pending: rest,
-            scanner,
-        };
-        (resp, client)
-    }
-
-    async fn send(&mut self, op: OpCode, compressed: bool, payload: &[u8]) {
-        let f = frame::encode_frame(op, true, compressed, payload, MASK);
-        self.stream.write_all(&f).await.unwrap();
-    }
-
-    /// The next whole frame (opcode, RSV1, payload); `None` when the stream ended.
-    async fn next(&mut self) -> Option<(OpCode, bool, Vec<u8>)> {
-        let mut cur: Option<(OpCode, bool, u64, Vec<u8>)> = None;
-        loop {
-            let input = std::mem::take(&mut self.pending);
-            let mut pos = 0;
-            while let Some(ev) = self.scanner.next(&input, &mut pos).unwrap() {
-                match ev {
-                    Event::Header(h) => {
-                        cur = Some((h.opcode, h.compressed, h.payload_len, Vec::new()))
-                    }
-                    Event::Payload(p) => cur.as_mut().unwrap().3.extend_from_slice(p),
-                    Event::Control(c) => {
-                        self.pending = input[pos..].to_vec();
-                        return Some((c.opcode, false, c.payload));
-                    }
-                }
-                if let Some((op, c, len, data)) = &cur
-                    && data.len() as u64 == *len
-                {
-                    let out = (*op, *c, data.clone());
-                    self.pending = input[pos..].to_vec();
-                    return Some(out);
-                }
-            }
-            let mut buf = vec![0u8; 64 * 1024];
-            let n = tokio::time::timeout(PROMPTLY, self.stream.read(&mut buf))
-                .await
-                .expect("a frame in time")
-                .unwrap();
-            if n == 0 {
-                return None;
-            }
-            buf.truncate(n);
-            self.pending = buf;
-        }
-    }
-
-    /// The next data frame, past pings.
-    async fn next_data(&mut self) -> (OpCode, bool, Vec<u8>) {
-        loop {
-            let f = self.next().await.expect("a frame");
-            if !matches!(f.0, OpCode::Ping | OpCode::Pong) {
-                return f;
-            }
-        }
-    }
 }
 
 fn chat_payload() -> String {
@@ -167,15 +85,6 @@ async fn a_route_without_compression_does_not_negotiate_it_and_refuses_compresse
     let (op, _, payload) = c.next_data().await;
     assert_eq!(op, OpCode::Close);
     assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[tokio::test]

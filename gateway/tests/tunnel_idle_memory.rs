@@ -5,11 +5,14 @@
 //! process, so the runtime is current-thread and nothing else runs meanwhile.
 //! `cargo nextest run -p switchboard-gateway --test tunnel_idle_memory --no-capture` prints the
 //! numbers; the bound only tells "holds a read buffer" (8 KiB or more) apart from "holds none".
+//! Measured twice: plain tunnels, then tunnels with permessage-deflate negotiated that relayed
+//! a compressed message each way (the collection buffers must be gone once the message is).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::time::Duration;
 
 use prometheus::IntCounter;
+use switchboard_gateway::engine::deflate::{self, Deflate};
 use switchboard_gateway::tunnel::relay::{DirCounters, TunnelLimits, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::watch;
@@ -25,7 +28,7 @@ fn live() -> isize {
 const TUNNELS: usize = 200;
 const MASK: [u8; 4] = [1, 2, 3, 4];
 
-fn limits() -> TunnelLimits {
+fn limits(deflate: Option<Deflate>) -> TunnelLimits {
     TunnelLimits {
         max_message_bytes: 1 << 20,
         messages_per_second: 1000,
@@ -40,6 +43,7 @@ fn limits() -> TunnelLimits {
         drain_code: 1012,
         drain_reason: "restart".into(),
         drain_window: Duration::from_secs(1),
+        deflate,
     }
 }
 
@@ -50,10 +54,25 @@ fn counters() -> DirCounters {
     }
 }
 
+/// Compression on, for messages of 64 bytes and more (zlib level 6, 15-bit window).
+fn agreed() -> Deflate {
+    let cfg = switchboard_config::Compression {
+        enabled: true,
+        threshold_bytes: 64,
+        ..Default::default()
+    };
+    deflate::negotiate(["permessage-deflate"], &cfg).unwrap()
+}
+
 /// A small frame: masked (from a client) or not (from the app).
 fn frame(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    frame_rsv1(payload, mask, false)
+}
+
+/// A small binary frame, with RSV1 (compressed) or not.
+fn frame_rsv1(payload: &[u8], mask: Option<[u8; 4]>, rsv1: bool) -> Vec<u8> {
     let mut f = vec![
-        0x82,
+        0x82 | if rsv1 { 0x40 } else { 0 },
         payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 },
     ];
     match mask {
@@ -90,30 +109,69 @@ fn an_idle_tunnel_holds_no_read_buffer_before_or_after_relaying() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(idle_tunnels());
+        .block_on(async {
+            idle_tunnels(None).await;
+            idle_tunnels(Some(agreed())).await;
+        });
 }
 
-async fn idle_tunnels() {
+/// What one tunnel relays each way, and what the other end must receive (with deflate: a
+/// compressed client message reaches the app inflated under a fresh mask, a large app message
+/// reaches the client compressed).
+struct Traffic {
+    to_app: Vec<u8>,
+    app_gets: usize,
+    to_client: Vec<u8>,
+    client_gets: Vec<u8>,
+}
+
+fn traffic(deflate: Option<Deflate>) -> Traffic {
+    match deflate {
+        None => Traffic {
+            to_app: frame(b"hello app", Some(MASK)),
+            app_gets: 15,
+            to_client: frame(b"hello client", None),
+            client_gets: frame(b"hello client", None),
+        },
+        Some(_) => {
+            let to_app = deflate::compress(b"hello app, compressed", 6, 15).unwrap();
+            let big = [b'c'; 100];
+            let z = deflate::compress(&big, 6, 15).unwrap();
+            Traffic {
+                to_app: frame_rsv1(&to_app, Some(MASK), true),
+                app_gets: 2 + 4 + 21,
+                to_client: frame(&big, None),
+                client_gets: frame_rsv1(&z, None, true),
+            }
+        }
+    }
+}
+
+async fn idle_tunnels(deflate: Option<Deflate>) {
+    let t = traffic(deflate);
     let (_drain_tx, drain_rx) = watch::channel(false);
     let mut ends = Vec::new();
     let mut gateway_sides = Vec::new();
     for _ in 0..=TUNNELS {
         let (mut client, mut client_gw) = tokio::io::duplex(4096);
         let (mut app, mut app_gw) = tokio::io::duplex(4096);
-        warm(&mut client, &mut client_gw, 64).await;
-        warm(&mut app, &mut app_gw, 64).await;
+        warm(&mut client, &mut client_gw, 256).await;
+        warm(&mut app, &mut app_gw, 256).await;
         ends.push((client, app));
         gateway_sides.push((client_gw, app_gw, counters(), counters(), drain_rx.clone()));
     }
     // One tunnel relays first: what a worker keeps for all its tunnels is not per tunnel.
     let (c_gw, a_gw, ci, co, d) = gateway_sides.pop().unwrap();
     let (mut c, mut a) = ends.pop().unwrap();
-    let first = tokio::spawn(run(c_gw, a_gw, limits(), ci, co, d));
-    c.write_all(&frame(b"warm", Some(MASK))).await.unwrap();
-    a.read_exact(&mut [0u8; 10]).await.unwrap();
-    a.write_all(&frame(b"warm", None)).await.unwrap();
-    c.read_exact(&mut [0u8; 6]).await.unwrap();
-    let limits = limits();
+    // (With deflate, its zlib contexts are the worker's, allocated once.)
+    let first = tokio::spawn(run(c_gw, a_gw, limits(deflate), ci, co, d));
+    c.write_all(&t.to_app).await.unwrap();
+    a.read_exact(&mut vec![0u8; t.app_gets]).await.unwrap();
+    a.write_all(&t.to_client).await.unwrap();
+    c.read_exact(&mut vec![0u8; t.client_gets.len()])
+        .await
+        .unwrap();
+    let limits = limits(deflate);
     settle().await;
 
     let before = live();
@@ -125,25 +183,26 @@ async fn idle_tunnels() {
     let fresh = (live() - before) / TUNNELS as isize;
 
     for (c, a) in &mut ends {
-        c.write_all(&frame(b"hello app", Some(MASK))).await.unwrap();
-        a.write_all(&frame(b"hello client", None)).await.unwrap();
+        c.write_all(&t.to_app).await.unwrap();
+        a.write_all(&t.to_client).await.unwrap();
     }
     for (c, a) in &mut ends {
-        let mut got = [0u8; 15];
+        let mut got = vec![0u8; t.app_gets];
         a.read_exact(&mut got).await.unwrap();
-        assert_eq!(
-            got.to_vec(),
-            frame(b"hello app", Some(MASK)),
-            "relayed as sent"
-        );
-        let mut got = [0u8; 14];
+        if deflate.is_none() {
+            assert_eq!(got, t.to_app, "relayed as sent");
+        } else {
+            assert_eq!(got[0], 0x82, "one plain frame for the app");
+        }
+        let mut got = vec![0u8; t.client_gets.len()];
         c.read_exact(&mut got).await.unwrap();
-        assert_eq!(got.to_vec(), frame(b"hello client", None));
+        assert_eq!(got, t.client_gets);
     }
     settle().await;
     let after_traffic = (live() - before) / TUNNELS as isize;
     println!(
-        "idle tunnel holds: {fresh} B when fresh, {after_traffic} B after relaying a message each way"
+        "idle tunnel (deflate: {}) holds: {fresh} B when fresh, {after_traffic} B after relaying a message each way",
+        deflate.is_some()
     );
     for limit in [fresh, after_traffic] {
         assert!(

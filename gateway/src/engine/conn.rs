@@ -89,15 +89,16 @@ impl ConnError {
     }
 }
 
-/// `switchboard_compression_bytes_total`, resolved once (a fan-out counts per member).
-struct Counters {
-    out_plain: IntCounter,
-    out_wire: IntCounter,
-    in_wire: IntCounter,
-    in_plain: IntCounter,
+/// `switchboard_compression_bytes_total`, resolved once (a fan-out counts per member); the
+/// proxy tunnel's compression counts into the same series.
+pub(crate) struct Counters {
+    pub(crate) out_plain: IntCounter,
+    pub(crate) out_wire: IntCounter,
+    pub(crate) in_wire: IntCounter,
+    pub(crate) in_plain: IntCounter,
 }
 
-fn counters() -> &'static Counters {
+pub(crate) fn counters() -> &'static Counters {
     static C: OnceLock<Counters> = OnceLock::new();
     C.get_or_init(|| {
         let m = &crate::metrics::metrics().compression_bytes;

@@ -20,6 +20,7 @@ use crate::admission::Passed;
 use crate::auth::jwt::Claims;
 use crate::auth::token;
 use crate::drain::Drain;
+use crate::engine::deflate::{self, Deflate};
 use crate::error::Refusal;
 use crate::http::{Body, full, unix_now};
 use crate::metrics::metrics;
@@ -82,8 +83,17 @@ pub async fn serve(
         }
         Handshake::Upgraded(resp, upstream) => (resp, upstream),
     };
+    // permessage-deflate toward the client when the route has `compression` on and the client
+    // offers it; the app never sees the offer (identity.rs strips it) and stays uncompressed.
+    let deflate = deflate::negotiate(
+        req.headers()
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        &route.cfg.compression,
+    );
     let tunnel = Tunnel {
-        limits: tunnel_limits(&route, claims.as_ref()),
+        limits: tunnel_limits(&route, claims.as_ref(), deflate),
         route_name: route.cfg.name.clone(),
         backend,
         ip,
@@ -93,6 +103,12 @@ pub async fn serve(
     let mut out = Response::new(full(Bytes::new()));
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *out.headers_mut() = resp.headers().clone();
+    // The app was offered no extension, so whatever it answers is not the client's to see.
+    out.headers_mut().remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    if let Some(v) = deflate.and_then(|d| HeaderValue::from_str(&d.response_header()).ok()) {
+        out.headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
+    }
     Ok(out)
 }
 
@@ -190,7 +206,11 @@ async fn upgrade_upstream(
 }
 
 /// The tunnel's limits, from the route (and the token's expiry).
-fn tunnel_limits(route: &CompiledRoute, claims: Option<&Claims>) -> TunnelLimits {
+fn tunnel_limits(
+    route: &CompiledRoute,
+    claims: Option<&Claims>,
+    deflate: Option<Deflate>,
+) -> TunnelLimits {
     TunnelLimits {
         max_message_bytes: route.cfg.limits.max_message_bytes,
         messages_per_second: route.cfg.limits.messages_per_second,
@@ -204,6 +224,7 @@ fn tunnel_limits(route: &CompiledRoute, claims: Option<&Claims>) -> TunnelLimits
         drain_code: route.cfg.drain.close_code,
         drain_reason: route.cfg.drain.close_reason.clone(),
         drain_window: route.cfg.drain.window,
+        deflate,
     }
 }
 

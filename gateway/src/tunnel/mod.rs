@@ -1,5 +1,7 @@
 //! The gateway-owned WebSocket tunnel for proxy mode: rate limiting and the two-way relay with
-//! gateway-initiated closes (frames are scanned by [`crate::engine::frame`]).
+//! gateway-initiated closes (frames are scanned by [`crate::engine::frame`]), and
+//! permessage-deflate terminated at the edge ([`compress`]).
 
 pub mod bucket;
+pub mod compress;
 pub mod relay;

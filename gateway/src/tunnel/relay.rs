@@ -29,6 +29,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::bucket::TokenBucket;
+use super::compress::{self, Compression};
+use crate::engine::deflate::Deflate;
 use crate::engine::frame::{self, Event, OpCode, Scanner, Sender};
 use crate::error::{CloseCause, Side};
 
@@ -69,6 +71,8 @@ pub struct TunnelLimits {
     pub drain_code: u16,
     pub drain_reason: String,
     pub drain_window: Duration,
+    /// permessage-deflate negotiated with the client (the app side stays uncompressed).
+    pub deflate: Option<Deflate>,
 }
 
 /// Counters for one direction.
@@ -143,6 +147,8 @@ struct Dir {
     sender: Sender,
     scanner: Scanner,
     bucket: Option<TokenBucket>,
+    /// permessage-deflate on the client side of the tunnel, when negotiated.
+    pmd: Option<Compression>,
     counters: DirCounters,
     mode: Mode,
     stage: Stage,
@@ -249,9 +255,18 @@ impl<D: AsyncWrite + Unpin> Forward<'_, '_, D> {
 
 impl Dir {
     fn new(sender: Sender, limits: &TunnelLimits, counters: DirCounters) -> Self {
+        let max = limits.max_message_bytes;
+        let mut scanner = match limits.deflate {
+            Some(_) => Scanner::new(sender, Compression::wire_cap(sender, max)),
+            None => Scanner::new(sender, max),
+        };
+        if limits.deflate.is_some() && sender == Sender::Client {
+            scanner.allow_compressed();
+        }
         Dir {
             sender,
-            scanner: Scanner::new(sender, limits.max_message_bytes),
+            scanner,
+            pmd: limits.deflate.map(|d| Compression::new(d, sender, max)),
             bucket: (sender == Sender::Client).then(|| {
                 TokenBucket::new(
                     limits.messages_per_second,
@@ -630,6 +645,7 @@ impl Dir {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return None,
                 Err(_) => {
+                    self.abandon_collected();
                     self.mode = Mode::Blind;
                     self.violation = Some(CloseCause::ProtocolError);
                     return None;
@@ -642,6 +658,7 @@ impl Dir {
                     self.frames += 1;
                     self.counters.frames.inc();
                     if self.mode != Mode::Relay {
+                        self.abandon_collected();
                         continue;
                     }
                     let limited = h.starts_message
@@ -658,6 +675,22 @@ impl Dir {
                         });
                         continue;
                     }
+                    if let Some(z) = self.pmd.as_mut() {
+                        match z.header(&h) {
+                            compress::Route::Forward => {}
+                            compress::Route::Collect => {
+                                if h.payload_len == 0 {
+                                    self.collected_frame_end(fwd);
+                                }
+                                continue;
+                            }
+                            compress::Route::TooBig => {
+                                self.mode = Mode::Discard;
+                                self.violation = Some(CloseCause::MessageTooBig);
+                                continue;
+                            }
+                        }
+                    }
                     if pos - start == h.raw.len() {
                         fwd.range(start..pos);
                     } else {
@@ -669,6 +702,16 @@ impl Dir {
                     if self.mode == Mode::Relay && self.dst_mid_frame {
                         fwd.range(pos - p.len()..pos);
                         self.dst_mid_frame = !self.scanner.at_boundary();
+                    } else if self.mode == Mode::Relay
+                        && let Some(z) = self.pmd.as_mut()
+                        && z.collecting()
+                    {
+                        z.payload(p);
+                        if self.scanner.at_boundary() {
+                            self.collected_frame_end(fwd);
+                        }
+                    } else {
+                        self.abandon_collected();
                     }
                 }
                 Event::Control(c) => {
@@ -719,6 +762,27 @@ impl Dir {
                     }
                 }
             }
+        }
+    }
+
+    /// A frame of a message being collected for permessage-deflate ended: once the message
+    /// is whole, forward it (inflated toward the app, compressed toward the client) or fail
+    /// the connection with the close the inflater chose.
+    fn collected_frame_end<D: AsyncWrite + Unpin>(&mut self, fwd: &mut Forward<'_, '_, D>) {
+        match self.pmd.as_mut().and_then(Compression::frame_end) {
+            None => {}
+            Some(Ok(frame)) => fwd.owned(&frame),
+            Some(Err(cause)) => {
+                self.mode = Mode::Discard;
+                self.violation = Some(cause);
+            }
+        }
+    }
+
+    /// Drop a message being collected for permessage-deflate (relaying stopped).
+    fn abandon_collected(&mut self) {
+        if let Some(z) = self.pmd.as_mut() {
+            z.abandon();
         }
     }
 

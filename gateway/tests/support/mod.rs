@@ -13,6 +13,7 @@
 //!   upgrades, `/metrics` helpers.
 //! - [`ws`]: WebSocket clients with the harness limits and assertions on what they receive.
 //! - [`jwt`]: tokens signed with the fixture keys, and a [`JwksServer`].
+//! - [`deflate_client`]: a frame-by-frame client for permessage-deflate tests.
 //! - [`util`]: waiting ([`eventually`], [`PROMPTLY`]), fixtures, atomic file writes.
 //! - Rooms clients ([`room_client`], [`rooms`]), a NATS server ([`nats`]), a held app
 //!   ([`held_app`]) and the Autobahn runner ([`autobahn`]).
@@ -24,6 +25,7 @@
 
 pub mod autobahn;
 pub mod config;
+pub mod deflate_client;
 pub mod echo;
 pub mod held_app;
 pub mod http_client;

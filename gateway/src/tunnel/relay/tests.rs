@@ -22,6 +22,7 @@ fn limits() -> TunnelLimits {
         drain_code: 1012,
         drain_reason: "restart".into(),
         drain_window: Duration::from_secs(1),
+        deflate: None,
     }
 }
 
@@ -654,3 +655,5 @@ async fn every_split_of_the_input_is_relayed_byte_for_byte_both_ways() {
         }
     }
 }
+
+mod compression;
