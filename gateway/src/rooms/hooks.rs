@@ -253,10 +253,15 @@ impl Notifier {
         }
     }
 
-    /// Send `event` everywhere this route notifies, each channel after `previous` (what this
-    /// connection sent before, so a `disconnect` never overtakes its `connect`); never blocks
-    /// or fails the caller.
-    pub fn send(&self, previous: Sent, user: Option<&str>, event: Value) -> Sent {
+    /// Send the event `event` builds everywhere this route notifies, each channel after
+    /// `previous` (what this connection sent before, so a `disconnect` never overtakes its
+    /// `connect`); never blocks or fails the caller. A route that notifies nowhere does not
+    /// build the event (a connect storm pays nothing for it).
+    pub fn send(&self, previous: Sent, user: Option<&str>, event: impl FnOnce() -> Value) -> Sent {
+        if self.bus.is_none() && self.http.is_none() {
+            return previous;
+        }
+        let event = event();
         let bus = match &self.bus {
             Some((bus, namespace)) => {
                 let body = Bytes::from(event.to_string());
@@ -321,7 +326,11 @@ mod tests {
             &bus,
         );
         let before = nats_errors();
-        notifier.send(Sent::default(), Some("alice"), json!({"event": "connect"}));
+        notifier.send(
+            Sent::default(),
+            Some("alice"),
+            || json!({"event": "connect"}),
+        );
         // Counted once the spawned publish has run (the in-process bus refuses at once).
         for _ in 0..1000 {
             if nats_errors() > before {

@@ -187,13 +187,45 @@ pub fn joined(
     read: Option<&ReadState>,
     id: Option<&str>,
 ) -> String {
-    let mut v =
-        json!({"type": "joined", "room": room, "recovered": recovered, "position": position});
-    if let (Some(r), Some(obj)) = (read, v.as_object_mut()) {
-        obj.insert("read".into(), json!(r.position));
-        obj.insert("unread".into(), r.unread.into());
+    /// The reply as the `Value` tree gave it (serde_json's maps sort their keys), serialized
+    /// straight from borrowed fields: every connection that joins its user room gets one, so
+    /// no tree is built for it.
+    #[derive(Serialize)]
+    struct At<'a> {
+        epoch: &'a str,
+        seq: u64,
     }
-    with_id(v, id)
+    #[derive(Serialize)]
+    struct Joined<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        position: At<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        read: Option<Option<At<'a>>>,
+        recovered: bool,
+        room: &'a str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unread: Option<u64>,
+    }
+    fn at(p: &Position) -> At<'_> {
+        At {
+            epoch: &p.epoch,
+            seq: p.seq,
+        }
+    }
+    let reply = Joined {
+        id,
+        position: at(position),
+        read: read.map(|r| r.position.as_ref().map(at)),
+        recovered,
+        room,
+        kind: "joined",
+        unread: read.map(|r| r.unread),
+    };
+    // Infallible: strings, numbers and booleans only (no map with non-string keys).
+    serde_json::to_string(&reply).unwrap_or_default()
 }
 
 /// `receipt`: `user` has read `room` up to `position` (sent to the room's members).

@@ -240,11 +240,9 @@ impl Feed {
         {
             return;
         }
-        let connected = notifier.send(
-            Sent::default(),
-            user.as_deref(),
-            connect_event(&conn, user.as_deref(), &route_name, "sse"),
-        );
+        let connected = notifier.send(Sent::default(), user.as_deref(), || {
+            connect_event(&conn, user.as_deref(), &route_name, "sse")
+        });
         let mut joined = Vec::new();
         // The joined events go out as one chunk (one chunk always fits an empty queue).
         let mut opening = Vec::new();
@@ -361,11 +359,9 @@ impl Feed {
             .closes
             .with_label_values(&[&route_name, &cause.code().to_string(), cause.label()])
             .inc();
-        let disconnected = notifier.send(
-            connected,
-            user.as_deref(),
-            disconnect_event(&conn, user.as_deref(), &route_name, "sse", &cause),
-        );
+        let disconnected = notifier.send(connected, user.as_deref(), || {
+            disconnect_event(&conn, user.as_deref(), &route_name, "sse", &cause)
+        });
         tracing::info!(
             target: "switchboard::connection",
             route = %route_name,

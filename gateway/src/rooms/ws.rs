@@ -119,22 +119,18 @@ pub(crate) fn websocket(
         let started = std::time::Instant::now();
         let user = ctx.claims.as_ref().and_then(|c| c.sub.clone());
         let conn = ctx.conn_id.clone();
-        let connected = notifier.send(
-            Sent::default(),
-            user.as_deref(),
-            connect_event(&conn, user.as_deref(), &route_name, "websocket"),
-        );
+        let connected = notifier.send(Sent::default(), user.as_deref(), || {
+            connect_event(&conn, user.as_deref(), &route_name, "websocket")
+        });
         let cause = match runner {
             Some(run) => run(io, ctx).await,
             None => session::run(io, ctx).await,
         };
         active.dec();
         drop(admitted); // the admission slot frees with the connection
-        let disconnected = notifier.send(
-            connected,
-            user.as_deref(),
-            disconnect_event(&conn, user.as_deref(), &route_name, "websocket", &cause),
-        );
+        let disconnected = notifier.send(connected, user.as_deref(), || {
+            disconnect_event(&conn, user.as_deref(), &route_name, "websocket", &cause)
+        });
         metrics()
             .closes
             .with_label_values(&[&route_name, &cause.code().to_string(), cause.label()])

@@ -958,7 +958,9 @@ where
             self.initiate(c);
             changed = true;
         }
-        let close_by = Instant::now() + self.limits.close_timeout;
+        // Read the clock only when a direction has just ended (not once per wake-up).
+        let close_timeout = self.limits.close_timeout;
+        let close_by = || Instant::now() + close_timeout;
         if !self.c2u_seen
             && let Some(end) = self.c2u.done()
         {
@@ -983,7 +985,7 @@ where
             }
             // The app has its Close now (or is gone): no separate deadline for it.
             self.handoff_at = self.far;
-            self.close_deadline = self.close_deadline.min(close_by);
+            self.close_deadline = self.close_deadline.min(close_by());
         }
         if !self.u2c_seen
             && let Some(end) = self.u2c.done()
@@ -1006,7 +1008,7 @@ where
                 }
                 _ => {}
             }
-            self.close_deadline = self.close_deadline.min(close_by);
+            self.close_deadline = self.close_deadline.min(close_by());
         }
         changed
     }

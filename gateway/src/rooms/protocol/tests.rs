@@ -110,3 +110,51 @@ fn replies_echo_the_client_id() {
     assert_eq!(v["id"], "9");
     assert_eq!(v["code"], "forbidden");
 }
+
+#[test]
+fn joined_is_the_same_json_the_value_tree_gave() {
+    // The reply as it was built before it was serialized from borrowed fields.
+    fn reference(
+        room: &str,
+        recovered: bool,
+        position: &Position,
+        read: Option<&ReadState>,
+        id: Option<&str>,
+    ) -> String {
+        let mut v =
+            json!({"type": "joined", "room": room, "recovered": recovered, "position": position});
+        if let (Some(r), Some(obj)) = (read, v.as_object_mut()) {
+            obj.insert("read".into(), json!(r.position));
+            obj.insert("unread".into(), r.unread.into());
+        }
+        with_id(v, id)
+    }
+    let at = Position {
+        seq: 7,
+        epoch: "e\"1".into(),
+    };
+    let reads = [
+        None,
+        Some(ReadState {
+            position: None,
+            unread: 0,
+        }),
+        Some(ReadState {
+            position: Some(Position {
+                seq: 3,
+                epoch: "e1".into(),
+            }),
+            unread: 4,
+        }),
+    ];
+    for read in &reads {
+        for id in [None, Some("x\\y")] {
+            for recovered in [false, true] {
+                assert_eq!(
+                    joined("user:ä\n", recovered, &at, read.as_ref(), id),
+                    reference("user:ä\n", recovered, &at, read.as_ref(), id)
+                );
+            }
+        }
+    }
+}
