@@ -7,7 +7,6 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 use serde_json::{Value, json};
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -113,7 +112,7 @@ pub fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
         bucket: ctx.bucket(),
         ctx,
         outbox,
-        rooms: HashSet::new(),
+        rooms: Joined::default(),
     };
     serve(conn, session)
 }
@@ -212,10 +211,47 @@ impl Handler for Session {
     }
 }
 
+/// The rooms a connection is in (at most [`MAX_ROOMS_PER_CONNECTION`]), in a list sized to
+/// what it holds: most connections are in one room or a few, where a hash set costs about a
+/// hundred bytes more.
+#[derive(Default)]
+struct Joined(Vec<String>);
+
+impl Joined {
+    fn contains(&self, room: &str) -> bool {
+        self.0.iter().any(|r| r == room)
+    }
+
+    fn insert(&mut self, room: String) {
+        if !self.contains(&room) {
+            self.0.reserve_exact(1);
+            self.0.push(room);
+        }
+    }
+
+    fn remove(&mut self, room: &str) -> bool {
+        match self.0.iter().position(|r| r == room) {
+            Some(i) => {
+                self.0.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn take(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.0)
+    }
+}
+
 struct Session {
     ctx: SessionCtx,
     outbox: Arc<Outbox>,
-    rooms: HashSet<String>,
+    rooms: Joined,
     bucket: TokenBucket,
 }
 
@@ -547,7 +583,7 @@ impl Session {
     }
 
     async fn leave_all(&mut self) {
-        for room in std::mem::take(&mut self.rooms) {
+        for room in self.rooms.take() {
             self.ctx
                 .hub
                 .leave(&self.ctx.policy.key(&room), &self.ctx.conn_id)
