@@ -180,9 +180,9 @@ async fn idle_sessions() {
         "an idle rooms session in its own user room holds {fresh} B when fresh, \
          {after_message} B after answering a message"
     );
-    // The bound tells today's session (3.6 kB in a debug build, less in release) from
-    // the select!-of-futures loop it replaced (7.8 kB): a future held per event source, a
-    // copy of the route's settings or the whole token per connection fail it.
+    // The bound tells today's session (3.6 kB in a debug build) from the select!-of-futures
+    // loop it replaced (7.8 kB): a future held per event source, a copy of the route's
+    // settings or the whole token per connection fail it.
     for held in [fresh, after_message] {
         assert!(
             held <= 4000,
