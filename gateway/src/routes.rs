@@ -301,7 +301,7 @@ fn compile_route(
         None => (route_backends(ctx.backends, None, &[]), None),
     };
     let rooms = match &r.rooms {
-        Some(cfg) => Some(Arc::new(RoomsPolicy::new(&r.name, cfg)?)),
+        Some(cfg) => Some(Arc::new(RoomsPolicy::new(&r.name, cfg)?.with_route(r))),
         None => None,
     };
     Ok(CompiledRoute {

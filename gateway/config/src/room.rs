@@ -111,6 +111,14 @@ impl Pattern {
 }
 
 impl Pattern {
+    /// The claims this pattern names (`team:{org}:*` names `org`).
+    pub fn claims(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter_map(|p| match p {
+            Part::Claim(c) => Some(c.as_str()),
+            _ => None,
+        })
+    }
+
     /// For a user room pattern (literal text around exactly one `{sub}`, no `*`, no other
     /// claim): the text before and after `{sub}`. `None` for any other pattern.
     pub fn user_affixes(&self) -> Option<(String, String)> {

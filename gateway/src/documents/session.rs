@@ -43,10 +43,11 @@ pub async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
             return cause;
         }
     };
-    let may_write = ctx.policy.may_publish(&room, ctx.claims.as_ref());
+    let may_write = ctx.policy.may_publish(&room, ctx.claims.as_deref());
     let outbox = Outbox::new(ctx.policy.cfg.max_queue_bytes);
     replica.attach(&ctx.conn_id, outbox.clone());
-    let mut life = ctx.lifecycle();
+    let policy = ctx.policy.clone();
+    let mut life = ctx.lifecycle(&policy.conn);
     let mut editor = Editor {
         bucket: ctx.bucket(),
         ctx,

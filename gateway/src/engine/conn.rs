@@ -443,20 +443,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Like [`Conn::next`], but also reports `Ok(None)` when the socket took everything that
     /// was queued (the caller may queue more).
     pub async fn next_or_flushed(&mut self) -> Option<Result<Option<Message>, ConnError>> {
-        poll_fn(|cx| {
-            if !self.write_idle() {
-                match self.poll_write_queue(cx) {
-                    Poll::Ready(Ok(())) => return Poll::Ready(Some(Ok(None))),
-                    Poll::Ready(Err(e)) => {
-                        self.read_done = true;
-                        return Poll::Ready(Some(Err(ConnError::Io(e))));
-                    }
-                    Poll::Pending => {}
+        poll_fn(|cx| self.poll_next_or_flushed(cx)).await
+    }
+
+    /// Poll form of [`Conn::next_or_flushed`].
+    pub fn poll_next_or_flushed(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Option<Message>, ConnError>>> {
+        if !self.write_idle() {
+            match self.poll_write_queue(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Some(Ok(None))),
+                Poll::Ready(Err(e)) => {
+                    self.read_done = true;
+                    return Poll::Ready(Some(Err(ConnError::Io(e))));
                 }
+                Poll::Pending => {}
             }
-            self.poll_next(cx).map(|m| m.map(|r| r.map(Some)))
-        })
-        .await
+        }
+        self.poll_next(cx).map(|m| m.map(|r| r.map(Some)))
     }
 
     /// Poll for the next message; queued frames are written as the socket takes them.

@@ -3,14 +3,15 @@
 //! keep-alive pings, token expiry, the shutdown drain, the close handshake, and the
 //! slow-consumer close. What a message means and what is queued is the [`Handler`]'s business.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::conn::{Conn, Frame, Message};
+use super::conn::{Conn, ConnError, Frame, Message};
 use super::deflate::Deflate;
 use crate::error::{CloseCause, Side};
 
@@ -24,8 +25,8 @@ pub const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The ping payload of keep-alives.
 const PING: &[u8] = b"sb";
 
-/// Timers and the drain signal of one connection.
-pub struct Lifecycle {
+/// Timers and the drain signal of one connection (the route's parts borrowed, not copied).
+pub struct Lifecycle<'a> {
     /// Ping period (zero: no pings) and how long the pong may take.
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
@@ -34,19 +35,20 @@ pub struct Lifecycle {
     /// Becomes true when the pod drains.
     pub drain: watch::Receiver<bool>,
     /// The close sent when draining (the route's code and reason).
-    pub drain_close: CloseCause,
+    pub drain_close: &'a CloseCause,
     /// Drain closes are spread over this window.
     pub drain_window: Duration,
 }
 
-/// A connection's outbound queue, as the session loop drains it.
+/// A connection's outbound queue, as the session loop drains it. The loop holds no future of
+/// the queue while it waits: it registers its task's waker, and the queue wakes it when items
+/// arrive, when it overflows and when it closes (one consumer per queue).
 pub trait Queue {
     /// What the queue holds.
     type Item;
 
-    /// Wait for queued items; empty only when the queue is closed or overflowed (cancel-safe:
-    /// items are taken only when the future completes).
-    fn take(&self) -> impl Future<Output = Vec<Self::Item>>;
+    /// Wake `waker` at the next push, overflow or close (replaces the waker registered before).
+    fn register(&self, waker: &Waker);
 
     /// Whatever is queued now, without waiting.
     fn take_now(&self) -> Vec<Self::Item>;
@@ -54,8 +56,8 @@ pub trait Queue {
     /// Whether the queue overflowed (the connection reads too slowly).
     fn is_overflowed(&self) -> bool;
 
-    /// Resolves once the queue overflows.
-    fn overflowed(&self) -> impl Future<Output = ()>;
+    /// Whether the queue was closed (the session is over on its side).
+    fn is_closed(&self) -> bool;
 }
 
 /// What a session does with its connection.
@@ -74,45 +76,136 @@ pub trait Handler {
         out: &mut Vec<Frame>,
     ) -> Option<CloseCause>;
 
-    /// A text or binary message from the peer; `Some(cause)` closes the connection.
+    /// A text or binary message from the peer; `Some(cause)` closes the connection. The loop
+    /// holds this future (boxed) only while it runs, never while the connection is idle.
     fn message(&mut self, msg: Message) -> impl Future<Output = Option<CloseCause>>;
 
     /// The drain closes this connection now: queue a goodbye if the protocol has one.
     fn draining(&mut self) {}
 }
 
+/// What woke the loop.
+enum Event<T> {
+    /// From the connection: a message, an error, the end, or `Ok(None)` when the socket took
+    /// everything queued.
+    Conn(Option<Result<Option<Message>, ConnError>>),
+    /// Queued items (never empty).
+    Items(Vec<T>),
+    /// The queue closed: the session is over on its side.
+    QueueClosed,
+    /// The queue overflowed.
+    Overflowed,
+    /// The pod started draining.
+    Drain,
+    /// The earliest deadline passed.
+    Deadline,
+}
+
+/// The deadlines of one connection; one timer sleeps until the earliest.
+struct Deadlines {
+    ping: Option<Instant>,
+    pong: Option<Instant>,
+    expiry: Option<Instant>,
+    drain: Option<Instant>,
+    /// Once closing: why, and when we stop waiting for the peer's Close.
+    closing: Option<(CloseCause, Instant)>,
+}
+
+impl Deadlines {
+    /// The instant the timer must wake at (while closing, only the close wait counts).
+    fn next(&self) -> Option<Instant> {
+        match &self.closing {
+            Some((_, at)) => Some(*at),
+            None => [self.ping, self.pong, self.expiry, self.drain]
+                .into_iter()
+                .flatten()
+                .min(),
+        }
+    }
+}
+
+/// Resolves once the pod drains (or the drain signal is gone).
+async fn drained(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
+}
+
 /// Serve `conn` with `handler` until it ends; returns why it ended.
-pub async fn run<S, H>(conn: &mut Conn<S>, life: &mut Lifecycle, handler: &mut H) -> CloseCause
+///
+/// One poll function waits for everything at once — the socket, the queue (through its
+/// registered waker), one timer for the earliest deadline (ping, pong, expiry, drain, close)
+/// and the drain signal — so an idle connection's task holds one timer and one watch waiter,
+/// not a future per event source.
+pub async fn run<S, H>(conn: &mut Conn<S>, life: &mut Lifecycle<'_>, handler: &mut H) -> CloseCause
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let far = Instant::now() + Duration::from_secs(86400 * 365);
-    let mut ping_at = if life.ping_interval.is_zero() {
-        far
-    } else {
-        Instant::now() + life.ping_interval
+    let now = Instant::now();
+    let draining_now = *life.drain.borrow();
+    let mut d = Deadlines {
+        ping: (!life.ping_interval.is_zero()).then(|| now + life.ping_interval),
+        pong: None,
+        expiry: life.expires_at,
+        drain: draining_now.then_some(now),
+        closing: None,
     };
-    let mut pong_deadline = far;
-    let expiry = life.expires_at.unwrap_or(far);
-    let mut drain_at = if *life.drain.borrow() {
-        Instant::now()
-    } else {
-        far
-    };
-    let mut drain_seen = drain_at != far;
-    let mut closing: Option<(CloseCause, Instant)> = None;
+    let mut drain_seen = draining_now;
+    let far = now + Duration::from_secs(86400 * 365);
+    let sleep = tokio::time::sleep_until(d.next().unwrap_or(far));
+    tokio::pin!(sleep);
+    let drain = drained(&mut life.drain);
+    tokio::pin!(drain);
     let mut frames: Vec<Frame> = Vec::new();
 
     loop {
-        let close_deadline = closing.as_ref().map_or(far, |(_, t)| *t);
-        let idle = conn.write_idle();
-        tokio::select! {
-            ev = conn.next_or_flushed() => {
+        let ev = poll_fn(|cx| {
+            let closing = d.closing.is_some();
+            let queue = handler.queue();
+            queue.register(cx.waker());
+            // A peer that stops reading while its queue overflows: close it now rather than
+            // when (if ever) it reads again.
+            if !closing && queue.is_overflowed() {
+                return Poll::Ready(Event::Overflowed);
+            }
+            let idle = conn.write_idle();
+            if let Poll::Ready(ev) = conn.poll_next_or_flushed(cx) {
+                return Poll::Ready(Event::Conn(ev));
+            }
+            if idle && !closing {
+                let items = queue.take_now();
+                if !items.is_empty() {
+                    return Poll::Ready(Event::Items(items));
+                }
+                if queue.is_closed() {
+                    return Poll::Ready(Event::QueueClosed);
+                }
+            }
+            if !drain_seen && drain.as_mut().poll(cx).is_ready() {
+                drain_seen = true;
+                return Poll::Ready(Event::Drain);
+            }
+            if let Some(at) = d.next() {
+                if sleep.deadline() != at {
+                    sleep.as_mut().reset(at);
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Deadline);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+
+        match ev {
+            Event::Conn(ev) => {
                 let msg = match ev {
-                    None => return closing.map_or(CloseCause::Abnormal(Side::Downstream), |(c, _)| c),
+                    None => {
+                        return d
+                            .closing
+                            .map_or(CloseCause::Abnormal(Side::Downstream), |(c, _)| c);
+                    }
                     Some(Err(e)) => {
-                        if let Some((c, _)) = closing {
+                        if let Some((c, _)) = d.closing {
                             return c; // the peer went away while we were closing
                         }
                         let cause = e.cause();
@@ -127,74 +220,72 @@ where
                 match msg {
                     Message::Close { code, .. } => {
                         // Replies already queued go out before the echo of the Close.
-                        if closing.is_none() {
+                        if d.closing.is_none() {
                             flush_queue(conn, handler);
                         }
                         let _ = tokio::time::timeout(CLOSE_WAIT, conn.flush()).await;
-                        return match closing {
+                        return match d.closing {
                             Some((c, _)) => c,
                             None => CloseCause::Peer(Side::Downstream, code.unwrap_or(1005)),
                         };
                     }
-                    Message::Pong(_) => pong_deadline = far,
+                    Message::Pong(_) => d.pong = None,
                     Message::Text(_) | Message::Binary(_) => {
-                        if closing.is_some() {
+                        if d.closing.is_some() {
                             continue; // reading on only for the peer's Close
                         }
-                        if let Some(cause) = handler.message(msg).await {
-                            closing = Some(begin_close(conn, handler, cause));
+                        // Boxed: the handler's future exists only while it runs.
+                        if let Some(cause) = Box::pin(handler.message(msg)).await {
+                            d.closing = Some(begin_close(conn, handler, cause));
                         }
                     }
                 }
             }
-            items = handler.queue().take(), if idle && closing.is_none() => {
-                if items.is_empty() {
-                    if handler.queue().is_overflowed() {
-                        return close_now(conn, handler, CloseCause::SlowConsumer, SLOW_CLOSE_WAIT).await;
-                    }
-                    // The queue closed: the session is over on its side.
-                    let cause = CloseCause::Abnormal(Side::Downstream);
-                    closing = Some((cause, Instant::now() + CLOSE_WAIT));
-                    continue;
-                }
+            Event::Items(items) => {
                 let end = handler.frames(items, conn.deflate(), &mut frames);
                 for f in frames.drain(..) {
                     conn.send(f);
+                }
+                if frames.capacity() > 0 {
+                    frames = Vec::new(); // nothing held while idle
                 }
                 if let Some(cause) = end {
                     return close_now(conn, handler, cause, CLOSE_WAIT).await;
                 }
             }
-            // A peer that stops reading while its queue overflows: close it now rather than
-            // when (if ever) it reads again.
-            _ = handler.queue().overflowed(), if closing.is_none() => {
+            Event::QueueClosed => {
+                let cause = CloseCause::Abnormal(Side::Downstream);
+                d.closing = Some((cause, Instant::now() + CLOSE_WAIT));
+            }
+            Event::Overflowed => {
                 return close_now(conn, handler, CloseCause::SlowConsumer, SLOW_CLOSE_WAIT).await;
             }
-            _ = tokio::time::sleep_until(ping_at), if closing.is_none() => {
-                conn.ping(PING);
-                if pong_deadline == far {
-                    pong_deadline = Instant::now() + life.pong_timeout;
-                }
-                ping_at = Instant::now() + life.ping_interval;
-            }
-            _ = tokio::time::sleep_until(pong_deadline), if closing.is_none() => {
-                return close_now(conn, handler, CloseCause::PongTimeout, CLOSE_WAIT).await;
-            }
-            _ = tokio::time::sleep_until(expiry), if closing.is_none() => {
-                closing = Some(begin_close(conn, handler, CloseCause::TokenExpired));
-            }
-            changed = life.drain.changed(), if !drain_seen => {
-                if changed.is_err() || *life.drain.borrow() {
-                    drain_seen = true;
-                    drain_at = Instant::now() + crate::drain::jitter(life.drain_window);
+            Event::Drain => {
+                if d.drain.is_none() {
+                    d.drain = Some(Instant::now() + crate::drain::jitter(life.drain_window));
                 }
             }
-            _ = tokio::time::sleep_until(drain_at), if closing.is_none() => {
-                handler.draining();
-                closing = Some(begin_close(conn, handler, life.drain_close.clone()));
-            }
-            _ = tokio::time::sleep_until(close_deadline) => {
-                return closing.map_or(CloseCause::Abnormal(Side::Downstream), |(c, _)| c);
+            Event::Deadline => {
+                let now = Instant::now();
+                let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+                if let Some((cause, at)) = &d.closing {
+                    if *at <= now {
+                        return cause.clone();
+                    }
+                } else if due(d.pong) {
+                    return close_now(conn, handler, CloseCause::PongTimeout, CLOSE_WAIT).await;
+                } else if due(d.expiry) {
+                    d.closing = Some(begin_close(conn, handler, CloseCause::TokenExpired));
+                } else if due(d.drain) {
+                    handler.draining();
+                    d.closing = Some(begin_close(conn, handler, life.drain_close.clone()));
+                } else if due(d.ping) {
+                    conn.ping(PING);
+                    if d.pong.is_none() {
+                        d.pong = Some(now + life.pong_timeout);
+                    }
+                    d.ping = Some(now + life.ping_interval);
+                }
             }
         }
     }

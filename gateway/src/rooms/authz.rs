@@ -8,7 +8,16 @@ pub use switchboard_config::room::{MAX_ROOM_LEN, Pattern, valid_room};
 /// Whether `pattern` allows `room` for a connection with `claims` (a `{claim}` the token does
 /// not carry matches nothing).
 pub fn matches(pattern: &Pattern, room: &str, claims: Option<&Claims>) -> bool {
-    pattern.matches(room, |name| claims.and_then(|c| c.get_str(name)))
+    pattern.matches(room, |name| claims.and_then(|c| claim(c, name)))
+}
+
+/// A claim as text; a string `sub` from [`Claims::sub`] (a connection's claims keep it only
+/// there, see `RoomsPolicy::session_claims`).
+fn claim(claims: &Claims, name: &str) -> Option<String> {
+    match &claims.sub {
+        Some(sub) if name == "sub" => Some(sub.clone()),
+        _ => claims.get_str(name),
+    }
 }
 
 /// Any of `patterns` allows `room`.

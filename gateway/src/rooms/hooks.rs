@@ -22,9 +22,14 @@ const MAX_NOTIFY_IN_FLIGHT: usize = 256;
 /// Largest hook response body read.
 const MAX_HOOK_BODY: usize = 1 << 20;
 
-/// HTTP client for hooks.
+/// HTTP client for hooks. One per process; a clone is one pointer (every rooms connection
+/// holds one).
 #[derive(Clone)]
 pub struct Hooks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: HttpsClient<Full<Bytes>>,
     notify_slots: Arc<Semaphore>,
     bus_notify_slots: Arc<Semaphore>,
@@ -33,9 +38,11 @@ pub struct Hooks {
 impl Default for Hooks {
     fn default() -> Self {
         Self {
-            client: crate::http_client::https_client(None),
-            notify_slots: Arc::new(Semaphore::new(MAX_NOTIFY_IN_FLIGHT)),
-            bus_notify_slots: Arc::new(Semaphore::new(MAX_NOTIFY_IN_FLIGHT)),
+            inner: Arc::new(Inner {
+                client: crate::http_client::https_client(None),
+                notify_slots: Arc::new(Semaphore::new(MAX_NOTIFY_IN_FLIGHT)),
+                bus_notify_slots: Arc::new(Semaphore::new(MAX_NOTIFY_IN_FLIGHT)),
+            }),
         }
     }
 }
@@ -76,7 +83,7 @@ impl Hooks {
         let req = req
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(hook.timeout, self.client.request(req))
+        let resp = tokio::time::timeout(hook.timeout, self.inner.client.request(req))
             .await
             .map_err(|_| "publish hook timed out".to_string())?
             .map_err(|_| "publish hook unreachable".to_string())?;
@@ -151,7 +158,7 @@ impl Hooks {
             route.to_string(),
             user.map(str::to_string),
         );
-        dispatch(&self.notify_slots, "http", route, after, async move {
+        dispatch(&self.inner.notify_slots, "http", route, after, async move {
             let route = route_owned;
             match this.post(&hook, user.as_deref(), &route, event).await {
                 Ok((status, _)) if (200..300).contains(&status) => "ok",
@@ -184,16 +191,22 @@ impl Hooks {
         after: Option<JoinHandle<()>>,
     ) -> Option<JoinHandle<()>> {
         let (bus, namespace, route_owned) = (bus.clone(), namespace.to_string(), route.to_string());
-        dispatch(&self.bus_notify_slots, "nats", route, after, async move {
-            match bus.notify(&namespace, event).await {
-                Ok(()) => "ok",
-                Err(e) => {
-                    let route = route_owned;
-                    tracing::debug!(route, via = "nats", namespace, error = %e, "notification failed");
-                    "error"
+        dispatch(
+            &self.inner.bus_notify_slots,
+            "nats",
+            route,
+            after,
+            async move {
+                match bus.notify(&namespace, event).await {
+                    Ok(()) => "ok",
+                    Err(e) => {
+                        let route = route_owned;
+                        tracing::debug!(route, via = "nats", namespace, error = %e, "notification failed");
+                        "error"
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 }
 

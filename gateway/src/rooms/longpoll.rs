@@ -105,7 +105,7 @@ pub(crate) async fn long_poll(
             }
         }
     };
-    let ready = futures_util::FutureExt::now_or_never(outbox.take_all()).unwrap_or_default();
+    let ready = outbox.take_now();
     collect(ready, &mut cursor, &mut messages, &mut lost);
     if messages.is_empty() && lost.is_empty() {
         let mut drain = svc.drain.close_signal();
@@ -113,7 +113,7 @@ pub(crate) async fn long_poll(
             items = outbox.take_all() => {
                 // Let a burst land in one answer.
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                let more = futures_util::FutureExt::now_or_never(outbox.take_all()).unwrap_or_default();
+                let more = outbox.take_now();
                 collect(items, &mut cursor, &mut messages, &mut lost);
                 collect(more, &mut cursor, &mut messages, &mut lost);
             }

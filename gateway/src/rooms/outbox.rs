@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::engine::conn::Shared;
 
@@ -96,9 +96,10 @@ pub struct Outbox {
     max_bytes: u64,
     overflowed: AtomicBool,
     closed: AtomicBool,
-    ready: Notify,
-    /// Wakes a writer blocked on the socket when the queue overflows.
-    overflow: Notify,
+    /// The writer (one per outbox): woken by a push, an overflow (also while it is blocked on
+    /// the socket) and the close. A waker, not a waiting future: an idle writer holds nothing
+    /// for its queue.
+    writer: AtomicWaker,
 }
 
 impl Outbox {
@@ -108,8 +109,7 @@ impl Outbox {
             max_bytes,
             overflowed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            ready: Notify::new(),
-            overflow: Notify::new(),
+            writer: AtomicWaker::new(),
         })
     }
 
@@ -134,7 +134,7 @@ impl Outbox {
             st.items.push_back(item);
         }
         account(cost as i64);
-        self.ready.notify_one();
+        self.writer.wake();
         true
     }
 
@@ -171,29 +171,40 @@ impl Outbox {
 
     fn mark_overflowed(&self) {
         self.overflowed.store(true, Ordering::Release);
-        self.ready.notify_one();
-        self.overflow.notify_waiters();
+        self.writer.wake();
     }
 
     /// Wait for items; returns everything queued (empty only when overflowed or closed).
+    /// One consumer at a time (the connection's writer).
     pub async fn take_all(&self) -> Vec<Item> {
-        loop {
-            let notified = self.ready.notified();
-            {
-                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                if !st.items.is_empty() {
-                    account(-(st.bytes as i64));
-                    st.bytes = 0;
-                    // The buffer goes with the items (freed once written): an idle
-                    // connection's queue holds none.
-                    return Vec::from(std::mem::take(&mut st.items));
-                }
+        std::future::poll_fn(|cx| {
+            // Registered before the checks, so a push in between still wakes us.
+            self.writer.register(cx.waker());
+            let items = self.take_now();
+            if items.is_empty() && !self.is_overflowed() && !self.is_closed() {
+                return std::task::Poll::Pending;
             }
-            if self.is_overflowed() || self.closed.load(Ordering::Acquire) {
-                return Vec::new();
-            }
-            notified.await;
+            std::task::Poll::Ready(items)
+        })
+        .await
+    }
+
+    /// Everything queued now, without waiting.
+    pub fn take_now(&self) -> Vec<Item> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.items.is_empty() {
+            return Vec::new();
         }
+        account(-(st.bytes as i64));
+        st.bytes = 0;
+        // The buffer goes with the items (freed once written): an idle connection's queue
+        // holds none.
+        Vec::from(std::mem::take(&mut st.items))
+    }
+
+    /// Whether the queue was closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Whether a push did not fit (the writer closes the connection as a slow consumer).
@@ -201,22 +212,10 @@ impl Outbox {
         self.overflowed.load(Ordering::Acquire)
     }
 
-    /// Resolves once a push did not fit (also while the writer is busy writing).
-    pub async fn overflowed(&self) {
-        loop {
-            // Registered before the check, so an overflow in between still wakes us.
-            let notified = self.overflow.notified();
-            if self.is_overflowed() {
-                return;
-            }
-            notified.await;
-        }
-    }
-
     /// Stop accepting items and wake the writer.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.ready.notify_one();
+        self.writer.wake();
     }
 
     /// Bytes queued now (items, and encoded bytes held by the writer).
@@ -237,20 +236,20 @@ impl Drop for Outbox {
 impl crate::engine::session::Queue for Outbox {
     type Item = Item;
 
-    fn take(&self) -> impl std::future::Future<Output = Vec<Item>> {
-        self.take_all()
+    fn register(&self, waker: &std::task::Waker) {
+        self.writer.register(waker);
     }
 
     fn take_now(&self) -> Vec<Item> {
-        futures_util::FutureExt::now_or_never(self.take_all()).unwrap_or_default()
+        Outbox::take_now(self)
     }
 
     fn is_overflowed(&self) -> bool {
         Outbox::is_overflowed(self)
     }
 
-    fn overflowed(&self) -> impl std::future::Future<Output = ()> {
-        Outbox::overflowed(self)
+    fn is_closed(&self) -> bool {
+        Outbox::is_closed(self)
     }
 }
 

@@ -1,6 +1,9 @@
-//! A rooms route, compiled: namespace, authorization patterns, raw-room path pattern.
+//! A rooms route, compiled: namespace, authorization patterns, raw-room path pattern, and the
+//! settings every connection of the route shares.
 
-use switchboard_config::{GatewayConfig, RoomProtocol, Rooms};
+use switchboard_config::{
+    GatewayConfig, Keepalive, RoomProtocol, Rooms, Route, RouteDrain, RouteLimits,
+};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +12,35 @@ use super::authz::{self, Pattern};
 use super::batch::{BatchCfg, BatchRule};
 use super::bus::{Retention, RoomKey};
 use crate::auth::jwt::Claims;
+use crate::error::CloseCause;
+
+/// What every WebSocket of a rooms route shares, fixed when the route is compiled (held once
+/// per route, never copied into a connection).
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    /// The route's name (metrics, hooks, logs).
+    pub route: Arc<str>,
+    pub limits: RouteLimits,
+    pub keepalive: Keepalive,
+    /// The close a drain sends (the route's code and reason), spread over `drain_window`.
+    pub drain_close: CloseCause,
+    pub drain_window: Duration,
+}
+
+impl ConnSettings {
+    fn new(route: &str, limits: &RouteLimits, keepalive: &Keepalive, drain: &RouteDrain) -> Self {
+        Self {
+            route: route.into(),
+            limits: limits.clone(),
+            keepalive: keepalive.clone(),
+            drain_close: CloseCause::Draining {
+                code: drain.close_code,
+                reason: drain.close_reason.clone(),
+            },
+            drain_window: drain.window,
+        }
+    }
+}
 
 /// The compiled rooms policy of a route.
 #[derive(Debug, Clone)]
@@ -23,6 +55,10 @@ pub struct RoomsPolicy {
     offline: Vec<Pattern>,
     /// Raw rooms: the path before and after `{room}`.
     raw_path: Option<(String, String)>,
+    /// The route's connection settings (defaults until [`RoomsPolicy::with_route`]).
+    pub conn: ConnSettings,
+    /// The claims the route's room patterns name (`{org}`), other than `sub`.
+    claim_names: Vec<String>,
 }
 
 impl RoomsPolicy {
@@ -47,28 +83,67 @@ impl RoomsPolicy {
             }
             _ => None,
         };
+        let join = parse(&cfg.join, "join")?;
+        let publish = parse(&cfg.publish, "publish")?;
+        let receipts = parse(
+            cfg.receipts.as_ref().map_or(&[][..], |r| &r.rooms),
+            "receipts.rooms",
+        )?;
+        let batch = parse(
+            cfg.batch.as_ref().map_or(&[][..], |b| &b.rooms),
+            "batch.rooms",
+        )?;
+        let offline = parse(
+            cfg.offline.as_ref().map_or(&[][..], |o| &o.rooms),
+            "offline.rooms",
+        )?;
+        let mut claim_names: Vec<String> = [&join, &publish, &receipts, &batch, &offline]
+            .into_iter()
+            .flatten()
+            .flat_map(Pattern::claims)
+            .filter(|c| *c != "sub")
+            .map(str::to_string)
+            .collect();
+        claim_names.sort();
+        claim_names.dedup();
         Ok(Self {
+            claim_names,
             namespace: cfg
                 .namespace
                 .clone()
                 .unwrap_or_else(|| route_name.to_string()),
-            join: parse(&cfg.join, "join")?,
-            publish: parse(&cfg.publish, "publish")?,
-            receipts: parse(
-                cfg.receipts.as_ref().map_or(&[][..], |r| &r.rooms),
-                "receipts.rooms",
-            )?,
-            batch: parse(
-                cfg.batch.as_ref().map_or(&[][..], |b| &b.rooms),
-                "batch.rooms",
-            )?,
-            offline: parse(
-                cfg.offline.as_ref().map_or(&[][..], |o| &o.rooms),
-                "offline.rooms",
-            )?,
+            join,
+            publish,
+            receipts,
+            batch,
+            offline,
             raw_path,
             cfg: cfg.clone(),
+            conn: ConnSettings::new(
+                route_name,
+                &RouteLimits::default(),
+                &Keepalive::default(),
+                &RouteDrain::default(),
+            ),
         })
+    }
+
+    /// The claims a connection keeps after admission: `sub`, `exp` and the claims this route's
+    /// room patterns name; the rest of the token is not held for the connection's life. A
+    /// string `sub` is kept in [`Claims::sub`] only (room patterns read it from there).
+    pub fn session_claims(&self, mut claims: Claims) -> Claims {
+        let keep_sub = claims.sub.is_none();
+        claims.raw = std::mem::take(&mut claims.raw)
+            .into_iter()
+            .filter(|(k, _)| (keep_sub && k == "sub") || self.claim_names.contains(k))
+            .collect();
+        claims
+    }
+
+    /// With the connection settings of `route` (its limits, keep-alive and drain).
+    pub fn with_route(mut self, route: &Route) -> Self {
+        self.conn = ConnSettings::new(&route.name, &route.limits, &route.keepalive, &route.drain);
+        self
     }
 
     pub fn key(&self, room: &str) -> RoomKey {
@@ -167,4 +242,48 @@ pub fn namespaces(cfg: &GatewayConfig) -> Vec<(String, Option<Retention>)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_connection_keeps_only_the_claims_its_room_patterns_name() {
+        let cfg: Rooms =
+            serde_json::from_value(json!({"join": ["team:{org}:*", "user:{sub}"]})).unwrap();
+        let policy = RoomsPolicy::new("chat", &cfg).unwrap();
+        let raw = json!({"sub": "alice", "org": "acme", "iss": "https://issuer", "aud": "chat",
+                         "iat": 1, "exp": 2});
+        let claims = Claims {
+            sub: Some("alice".into()),
+            exp: Some(2),
+            raw: raw.as_object().unwrap().clone(),
+        };
+        let kept = policy.session_claims(claims);
+        assert_eq!(kept.raw.keys().collect::<Vec<_>>(), ["org"]);
+        assert_eq!((kept.sub.as_deref(), kept.exp), (Some("alice"), Some(2)));
+        // Authorization reads the same as with the whole token.
+        assert!(policy.may_join("team:acme:general", Some(&kept)));
+        assert!(policy.may_join("user:alice", Some(&kept)));
+        assert!(!policy.may_join("team:other:general", Some(&kept)));
+        assert!(!policy.may_join("user:bob", Some(&kept)));
+    }
+
+    #[test]
+    fn a_sub_that_is_not_a_string_is_kept_with_the_claims() {
+        let cfg: Rooms = serde_json::from_value(json!({"join": ["user:{sub}"]})).unwrap();
+        let policy = RoomsPolicy::new("chat", &cfg).unwrap();
+        let raw = json!({"sub": 42, "iss": "https://issuer"});
+        let claims = Claims {
+            sub: None,
+            exp: None,
+            raw: raw.as_object().unwrap().clone(),
+        };
+        let kept = policy.session_claims(claims);
+        assert_eq!(kept.raw.keys().collect::<Vec<_>>(), ["sub"]);
+        assert!(policy.may_join("user:42", Some(&kept)));
+    }
 }

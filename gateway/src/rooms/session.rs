@@ -2,16 +2,13 @@
 //! on the engine's connection core ([`crate::engine::session`]): one task reads the client's
 //! messages in order and writes the connection's outbox in batches.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
-
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 use serde_json::{Value, json};
-use switchboard_config::{Keepalive, RouteLimits};
+use std::future::Future;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -21,7 +18,7 @@ use super::hooks::{Hooks, Verdict};
 use super::hub::{Encoding, Hub, Joiner};
 use super::outbox::{Item, Outbox};
 use super::protocol::{self, ClientMsg, ErrorCode};
-use super::route::RoomsPolicy;
+use super::route::{ConnSettings, RoomsPolicy};
 use crate::auth::jwt::Claims;
 use crate::engine::conn::{Conn, Frame, Message};
 use crate::engine::deflate::Deflate;
@@ -32,21 +29,20 @@ use crate::tunnel::bucket::TokenBucket;
 /// Most rooms one connection may be in at once.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 256;
 
-/// Everything a session needs, fixed at admission.
+/// Everything a session needs, fixed at admission: the route's shared parts (its policy with
+/// the connection settings, [`RoomsPolicy::conn`]) by reference, and only what differs per
+/// connection by value.
 pub struct SessionCtx {
     pub hub: Arc<Hub>,
     pub policy: Arc<RoomsPolicy>,
     pub hooks: Hooks,
-    pub route: String,
-    pub conn_id: String,
-    pub claims: Option<Claims>,
-    pub limits: RouteLimits,
-    pub keepalive: Keepalive,
+    /// Shared with the connection's task (its log line and notifications).
+    pub conn_id: Arc<str>,
+    /// The verified token's claims (room authorization reads any claim), shared with the
+    /// admission result.
+    pub claims: Option<Arc<Claims>>,
     pub expires_at: Option<Instant>,
     pub drain: watch::Receiver<bool>,
-    pub drain_code: u16,
-    pub drain_reason: String,
-    pub drain_window: Duration,
     /// Raw relay rooms: the room from the path.
     pub raw_room: Option<String>,
     /// The binary encoding (`switchboard.v1.proto`) was negotiated.
@@ -58,31 +54,35 @@ pub struct SessionCtx {
 impl SessionCtx {
     /// The connection core over the upgraded socket, with this session's limits.
     pub fn conn<S: AsyncRead + AsyncWrite + Unpin>(&self, io: S) -> Conn<S> {
-        Conn::new(io, self.limits.max_message_bytes, self.deflate)
+        Conn::new(io, self.policy.conn.limits.max_message_bytes, self.deflate)
     }
 
-    /// Keep-alive, expiry and drain settings for the engine.
-    pub fn lifecycle(&self) -> Lifecycle {
+    /// Keep-alive, expiry and drain settings for the engine (`route`: this session's
+    /// [`RoomsPolicy::conn`], held by the caller).
+    pub fn lifecycle<'a>(&self, route: &'a ConnSettings) -> Lifecycle<'a> {
         Lifecycle {
-            ping_interval: self.keepalive.interval,
-            pong_timeout: self.keepalive.timeout,
+            ping_interval: route.keepalive.interval,
+            pong_timeout: route.keepalive.timeout,
             expires_at: self.expires_at,
             drain: self.drain.clone(),
-            drain_close: CloseCause::Draining {
-                code: self.drain_code,
-                reason: self.drain_reason.clone(),
-            },
-            drain_window: self.drain_window,
+            drain_close: &route.drain_close,
+            drain_window: route.drain_window,
         }
     }
 
     /// The route's message rate limit.
     pub fn bucket(&self) -> TokenBucket {
+        let limits = &self.policy.conn.limits;
         TokenBucket::new(
-            self.limits.messages_per_second,
-            self.limits.message_burst,
+            limits.messages_per_second,
+            limits.message_burst,
             std::time::Instant::now(),
         )
+    }
+
+    /// The route's name.
+    pub fn route(&self) -> &str {
+        &self.policy.conn.route
     }
 }
 
@@ -94,26 +94,38 @@ fn publisher(claims: Option<&Claims>) -> Option<Value> {
 }
 
 /// Run a rooms WebSocket until it closes; returns why it ended.
-pub async fn run(io: Upgraded, ctx: SessionCtx) -> CloseCause {
+pub fn run(io: Upgraded, ctx: SessionCtx) -> impl Future<Output = CloseCause> {
     let conn = ctx.conn(TokioIo::new(io));
-    run_on(conn, ctx).await
+    run_on(conn, ctx)
 }
 
 /// Run a rooms session on any byte stream (the 101 already sent).
-pub async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
-    mut conn: Conn<S>,
+///
+/// Not an `async fn`: the session is built first and moved into the future once, so the
+/// connection's task does not also keep the moved-from arguments.
+pub fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: Conn<S>,
     ctx: SessionCtx,
-) -> CloseCause {
-    let mut life = ctx.lifecycle();
+) -> impl Future<Output = CloseCause> {
     let outbox = Outbox::new(ctx.policy.cfg.max_queue_bytes);
-    let bucket = ctx.bucket();
-    let mut session = Session {
+    let session = Session {
+        bucket: ctx.bucket(),
         ctx,
-        outbox: outbox.clone(),
-        rooms: HashSet::new(),
-        bucket,
+        outbox,
+        rooms: Joined::default(),
     };
-    let cause = match session.join_automatic().await {
+    serve(conn, session)
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Conn<S>,
+    mut session: Session,
+) -> CloseCause {
+    let policy = session.ctx.policy.clone();
+    let mut life = session.ctx.lifecycle(&policy.conn);
+    // Joining and leaving are boxed: their futures exist while they run, not for the whole
+    // life of the connection's task.
+    let cause = match Box::pin(session.join_automatic()).await {
         Ok(()) => engine_session::run(&mut conn, &mut life, &mut session).await,
         Err(cause) => {
             conn.close_with(&cause);
@@ -121,8 +133,8 @@ pub async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
             cause
         }
     };
-    session.leave_all().await;
-    outbox.close();
+    Box::pin(session.leave_all()).await;
+    session.outbox.close();
     cause
 }
 
@@ -204,10 +216,47 @@ impl Handler for Session {
     }
 }
 
+/// The rooms a connection is in (at most [`MAX_ROOMS_PER_CONNECTION`]), in a list sized to
+/// what it holds: most connections are in one room or a few, where a hash set costs about a
+/// hundred bytes more.
+#[derive(Default)]
+struct Joined(Vec<String>);
+
+impl Joined {
+    fn contains(&self, room: &str) -> bool {
+        self.0.iter().any(|r| r == room)
+    }
+
+    fn insert(&mut self, room: String) {
+        if !self.contains(&room) {
+            self.0.reserve_exact(1);
+            self.0.push(room);
+        }
+    }
+
+    fn remove(&mut self, room: &str) -> bool {
+        match self.0.iter().position(|r| r == room) {
+            Some(i) => {
+                self.0.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn take(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.0)
+    }
+}
+
 struct Session {
     ctx: SessionCtx,
     outbox: Arc<Outbox>,
-    rooms: HashSet<String>,
+    rooms: Joined,
     bucket: TokenBucket,
 }
 
@@ -215,7 +264,7 @@ impl Session {
     fn joiner(&self) -> Joiner {
         let p = &self.ctx.policy.cfg;
         Joiner {
-            conn: self.ctx.conn_id.clone(),
+            conn: self.ctx.conn_id.to_string(),
             outbox: self.outbox.clone(),
             encoding: if self.ctx.policy.is_raw() {
                 Encoding::Raw { echo: p.echo }
@@ -225,13 +274,13 @@ impl Session {
                 Encoding::Json
             },
             presence: p.presence.then(|| Member {
-                conn: self.ctx.conn_id.clone(),
-                user: self.ctx.claims.as_ref().and_then(|c| c.sub.clone()),
+                conn: self.ctx.conn_id.to_string(),
+                user: self.ctx.claims.as_deref().and_then(|c| c.sub.clone()),
                 info: Value::Null,
             }),
             presence_events: p.presence && !self.ctx.policy.is_raw(),
             read: None,
-            batch: self.ctx.policy.batch_rule(self.ctx.claims.as_ref()),
+            batch: self.ctx.policy.batch_rule(self.ctx.claims.as_deref()),
         }
     }
 
@@ -239,7 +288,7 @@ impl Session {
     async fn joiner_for(&self, room: &str) -> Joiner {
         let mut j = self.joiner();
         let ctx = &self.ctx;
-        j.read = super::chat::read_state(&ctx.hub, &ctx.policy, ctx.claims.as_ref(), room).await;
+        j.read = super::chat::read_state(&ctx.hub, &ctx.policy, ctx.claims.as_deref(), room).await;
         j
     }
 
@@ -251,7 +300,7 @@ impl Session {
     async fn join_automatic(&mut self) -> Result<(), CloseCause> {
         let auto = match &self.ctx.raw_room {
             Some(r) => Some(r.clone()),
-            None => self.ctx.policy.user_room(self.ctx.claims.as_ref()),
+            None => self.ctx.policy.user_room(self.ctx.claims.as_deref()),
         };
         if let Some(room) = auto {
             let key = self.ctx.policy.key(&room);
@@ -262,7 +311,7 @@ impl Session {
                 joiner.presence = super::chat::user_presence(
                     &self.ctx.policy,
                     &self.ctx.conn_id,
-                    self.ctx.claims.as_ref().and_then(|c| c.sub.as_deref()),
+                    self.ctx.claims.as_deref().and_then(|c| c.sub.as_deref()),
                 );
             }
             if let Err(e) = self.ctx.hub.join(&key, &joiner, None, reply).await {
@@ -283,15 +332,19 @@ impl Session {
                 _ => return None,
             };
             let room = self.ctx.raw_room.clone().unwrap_or_default();
-            if !self.ctx.policy.may_publish(&room, self.ctx.claims.as_ref()) {
+            if !self
+                .ctx
+                .policy
+                .may_publish(&room, self.ctx.claims.as_deref())
+            {
                 return Some(CloseCause::PublishForbidden);
             }
             let p = Publish {
                 key: self.ctx.policy.key(&room),
-                from: publisher(self.ctx.claims.as_ref()),
+                from: publisher(self.ctx.claims.as_deref()),
                 data,
                 ephemeral: self.ctx.policy.cfg.history.is_none(),
-                origin_conn: Some(self.ctx.conn_id.clone()),
+                origin_conn: Some(self.ctx.conn_id.to_string()),
             };
             if self.ctx.hub.publish(p, "raw").await.is_err() {
                 return Some(CloseCause::BusUnavailable);
@@ -328,14 +381,14 @@ impl Session {
                 return None;
             }
         };
-        let claims = self.ctx.claims.as_ref();
+        let claims = self.ctx.claims.as_deref();
         match parsed {
             ClientMsg::Ping { id } => self.reply(protocol::pong(id.as_deref())),
             ClientMsg::Read { room, position, id } => {
                 let joined = self.rooms.contains(&room);
                 let ctx = &self.ctx;
                 let reply = super::chat::read(
-                    (&ctx.hub, &ctx.policy, ctx.claims.as_ref()),
+                    (&ctx.hub, &ctx.policy, ctx.claims.as_deref()),
                     joined,
                     &room,
                     &position,
@@ -453,7 +506,7 @@ impl Session {
         id: Option<String>,
         ephemeral: bool,
     ) {
-        let claims = self.ctx.claims.as_ref();
+        let claims = self.ctx.claims.as_deref();
         if !self.ctx.policy.may_publish(&room, claims) {
             self.reply(protocol::error(
                 id.as_deref(),
@@ -479,7 +532,7 @@ impl Session {
             match self
                 .ctx
                 .hooks
-                .publish(hook, &self.ctx.route, &room, from.as_ref(), user, &payload)
+                .publish(hook, self.ctx.route(), &room, from.as_ref(), user, &payload)
                 .await
             {
                 Verdict::Accept => {}
@@ -501,7 +554,7 @@ impl Session {
             from,
             data: payload,
             ephemeral,
-            origin_conn: Some(self.ctx.conn_id.clone()),
+            origin_conn: Some(self.ctx.conn_id.to_string()),
         };
         let result = self.ctx.hub.publish(p, "ws").await;
         let label = if result.is_ok() { "ok" } else { "error" };
@@ -512,9 +565,9 @@ impl Session {
         if let (Ok(Some(pos)), Some((user, room, from, payload))) = (&result, handoff) {
             let ctx = &self.ctx;
             super::chat::hand_off_later(
-                (&ctx.hub, &ctx.policy, &ctx.hooks, &ctx.route),
+                (&ctx.hub, &ctx.policy, &ctx.hooks, ctx.route()),
                 super::offline::Missed {
-                    route: ctx.route.clone(),
+                    route: ctx.route().to_string(),
                     namespace: ctx.policy.namespace.clone(),
                     room,
                     user,
@@ -535,7 +588,7 @@ impl Session {
     }
 
     async fn leave_all(&mut self) {
-        for room in std::mem::take(&mut self.rooms) {
+        for room in self.rooms.take() {
             self.ctx
                 .hub
                 .leave(&self.ctx.policy.key(&room), &self.ctx.conn_id)

@@ -6,14 +6,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
-use super::conn::{Services, connect_event, disconnect_event, next_conn_id};
+use super::conn::{Services, SessionRunner, connect_event, disconnect_event, next_conn_id};
 use super::hooks::{Notifier, Sent};
 use super::protocol;
 use super::route::RoomsPolicy;
 use super::session::{self, SessionCtx};
-use crate::admission::Passed;
+use crate::admission::{Admitted, Passed};
 use crate::auth::token;
+use crate::drain::LiveGuard;
 use crate::engine::{deflate, handshake};
 use crate::error::Refusal;
 use crate::http::{Body, full};
@@ -81,71 +83,42 @@ pub(crate) fn websocket(
     );
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    // `rooms.notify` / `rooms.notifyNats` (SSE streams notify too; long-polls do not).
-    let notifier = Notifier::new(svc.hooks, &route.cfg.name, &policy, svc.hub.bus());
+    // `rooms.notify` / `rooms.notifyNats` (SSE streams notify too; long-polls do not): only on
+    // routes that notify, boxed, so a connection of any other route holds nothing for them.
+    let notifier = (policy.cfg.notify.is_some() || policy.cfg.notify_nats).then(|| {
+        Box::new(Notifier::new(
+            svc.hooks,
+            &route.cfg.name,
+            &policy,
+            svc.hub.bus(),
+        ))
+    });
+    // Only what the session reads after admission (sub, exp, claims the room patterns name).
+    let claims = adm.claims.map(|c| Arc::new(policy.session_claims(c)));
     let ctx = SessionCtx {
         hub: (*svc.hub).clone(),
-        policy,
         hooks: (*svc.hooks).clone(),
-        route: route.cfg.name.clone(),
-        conn_id: next_conn_id(),
-        expires_at: route.close_at_expiry(adm.claims.as_ref()),
-        claims: adm.claims,
-        limits: route.cfg.limits.clone(),
-        keepalive: route.cfg.keepalive.clone(),
+        conn_id: next_conn_id().into(),
+        expires_at: route.close_at_expiry(claims.as_deref()),
+        claims,
         drain: svc.drain.close_signal(),
-        drain_code: route.cfg.drain.close_code,
-        drain_reason: route.cfg.drain.close_reason.clone(),
-        drain_window: route.cfg.drain.window,
         raw_room,
         proto,
         deflate,
+        policy,
     };
-    let live = svc.drain.enter();
-    let runner = svc.session.clone();
-    let admitted = adm.admitted;
-    let route_name = route.cfg.name.clone();
     metrics()
         .connections_total
-        .with_label_values(&[&route_name, "upgraded"])
+        .with_label_values(&[&route.cfg.name, "upgraded"])
         .inc();
-    tokio::spawn(async move {
-        let _live = live;
-        let Ok(io) = on_upgrade.await else { return };
-        let active = metrics()
-            .connections_active
-            .with_label_values(&[&route_name]);
-        active.inc();
-        let started = std::time::Instant::now();
-        let user = ctx.claims.as_ref().and_then(|c| c.sub.clone());
-        let conn = ctx.conn_id.clone();
-        let connected = notifier.send(Sent::default(), user.as_deref(), || {
-            connect_event(&conn, user.as_deref(), &route_name, "websocket")
-        });
-        let cause = match runner {
-            Some(run) => run(io, ctx).await,
-            None => session::run(io, ctx).await,
-        };
-        active.dec();
-        drop(admitted); // the admission slot frees with the connection
-        let disconnected = notifier.send(connected, user.as_deref(), || {
-            disconnect_event(&conn, user.as_deref(), &route_name, "websocket", &cause)
-        });
-        metrics()
-            .closes
-            .with_label_values(&[&route_name, &cause.code().to_string(), cause.label()])
-            .inc();
-        tracing::info!(
-            target: "switchboard::connection",
-            route = %route_name,
-            conn = %conn,
-            duration_ms = started.elapsed().as_millis() as u64,
-            close_code = cause.code(),
-            cause = cause.label(),
-            "rooms connection ended"
-        );
-        disconnected.finished().await; // still counted as live for the drain
-    });
+    let live = svc.drain.enter();
+    tokio::spawn(connection(
+        on_upgrade,
+        ctx,
+        svc.session.clone(),
+        notifier,
+        (live, adm.admitted),
+    ));
 
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -162,4 +135,58 @@ pub(crate) fn websocket(
         h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
     }
     Ok(resp)
+}
+
+/// The task of one rooms WebSocket: the session, with its `connect` / `disconnect`
+/// notifications, metrics and log line. `held` (the drain's live count and the admission slot)
+/// is released when it ends.
+async fn connection(
+    on_upgrade: OnUpgrade,
+    ctx: SessionCtx,
+    runner: Option<SessionRunner>,
+    notifier: Option<Box<Notifier>>,
+    held: (LiveGuard, Option<Admitted>),
+) {
+    let (_live, admitted) = held;
+    let Ok(io) = on_upgrade.await else { return };
+    // Shared with the session, not copied: the route's name, the claims, the connection id.
+    let route = ctx.policy.conn.route.clone();
+    let claims = ctx.claims.clone();
+    let conn = ctx.conn_id.clone();
+    let user = || claims.as_deref().and_then(|c| c.sub.as_deref());
+    let active = metrics().connections_active.with_label_values(&[&*route]);
+    active.inc();
+    let started = std::time::Instant::now();
+    let connected = notifier.as_ref().map(|n| {
+        n.send(Sent::default(), user(), || {
+            connect_event(&conn, user(), &route, "websocket")
+        })
+    });
+    let cause = match runner {
+        Some(run) => run(io, ctx).await,
+        None => session::run(io, ctx).await,
+    };
+    active.dec();
+    drop(admitted); // the admission slot frees with the connection
+    let disconnected = notifier.as_ref().map(|n| {
+        n.send(connected.unwrap_or_default(), user(), || {
+            disconnect_event(&conn, user(), &route, "websocket", &cause)
+        })
+    });
+    metrics()
+        .closes
+        .with_label_values(&[&*route, &cause.code().to_string(), cause.label()])
+        .inc();
+    tracing::info!(
+        target: "switchboard::connection",
+        route = %route,
+        conn = %conn,
+        duration_ms = started.elapsed().as_millis() as u64,
+        close_code = cause.code(),
+        cause = cause.label(),
+        "rooms connection ended"
+    );
+    if let Some(d) = disconnected {
+        d.finished().await; // still counted as live for the drain
+    }
 }

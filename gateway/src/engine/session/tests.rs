@@ -54,9 +54,16 @@ impl Handler for Echo {
     }
 }
 
+/// The route's drain close (routes hold theirs for all their connections).
+static DRAIN_CLOSE: std::sync::LazyLock<CloseCause> =
+    std::sync::LazyLock::new(|| CloseCause::Draining {
+        code: 1001,
+        reason: "server draining, reconnect".into(),
+    });
+
 struct Setup {
     conn: Conn<DuplexStream>,
-    life: Lifecycle,
+    life: Lifecycle<'static>,
     echo: Echo,
     drain: watch::Sender<bool>,
 }
@@ -71,10 +78,7 @@ fn setup(pipe: usize, ping: Duration, expires: Option<Duration>) -> (Setup, Dupl
             pong_timeout: Duration::from_secs(10),
             expires_at: expires.map(|d| Instant::now() + d),
             drain: drain_rx,
-            drain_close: CloseCause::Draining {
-                code: 1001,
-                reason: "server draining, reconnect".into(),
-            },
+            drain_close: &DRAIN_CLOSE,
             drain_window: Duration::from_secs(1),
         },
         echo: Echo {

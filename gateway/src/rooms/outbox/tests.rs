@@ -54,17 +54,30 @@ async fn a_single_item_larger_than_the_bound_still_fits_an_empty_queue() {
     assert!(!o.push(reply(1)), "but nothing may pile up behind it");
 }
 
+/// Waits as the session loop does (its waker registered, no future held) until `o` overflows.
+async fn overflowed(o: &Outbox) {
+    std::future::poll_fn(|cx| {
+        crate::engine::session::Queue::register(o, cx.waker());
+        if o.is_overflowed() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_writer_busy_on_the_socket_learns_of_an_overflow() {
     let o = Outbox::new(100);
     let o2 = o.clone();
-    let waiter = tokio::spawn(async move { o2.overflowed().await });
+    let waiter = tokio::spawn(async move { overflowed(&o2).await });
     tokio::task::yield_now().await;
     assert!(o.push(reply(50)));
     assert!(!waiter.is_finished());
     assert!(!o.push(reply(50)));
     waiter.await.expect("woken by the overflow");
-    o.overflowed().await; // and it stays overflowed
+    overflowed(&o).await; // and it stays overflowed
 }
 
 #[tokio::test]
