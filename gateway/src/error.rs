@@ -373,11 +373,11 @@ pub fn table() -> Vec<Row> {
             CloseCause::ProtocolError,
         ),
         (
-            "rooms: a text message that is not valid UTF-8",
+            "rooms, and proxy mode for a compressed text message once inflated: a text message that is not valid UTF-8",
             CloseCause::InvalidUtf8,
         ),
         (
-            "rooms: a compressed message (permessage-deflate) that does not inflate",
+            "a compressed message (permessage-deflate, rooms and proxy mode) that does not inflate",
             CloseCause::InvalidCompressed,
         ),
         (
