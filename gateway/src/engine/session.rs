@@ -159,19 +159,28 @@ where
 
     loop {
         let ev = poll_fn(|cx| {
+            // Every source is looked at before the socket, and deadlines by the clock: a peer
+            // that keeps the socket readable (a ping flood, answered inside the connection
+            // core) spends the task's cooperative budget on reads, and a timer polled after
+            // them would never fire (no expiry, no drain, no close wait).
             let closing = d.closing.is_some();
             let queue = handler.queue();
-            queue.register(cx.waker());
-            // A peer that stops reading while its queue overflows: close it now rather than
-            // when (if ever) it reads again.
-            if !closing && queue.is_overflowed() {
-                return Poll::Ready(Event::Overflowed);
+            if !closing {
+                queue.register(cx.waker());
+                // A peer that stops reading while its queue overflows: close it now rather
+                // than when (if ever) it reads again.
+                if queue.is_overflowed() {
+                    return Poll::Ready(Event::Overflowed);
+                }
             }
-            let idle = conn.write_idle();
-            if let Poll::Ready(ev) = conn.poll_next_or_flushed(cx) {
-                return Poll::Ready(Event::Conn(ev));
+            if d.next().is_some_and(|at| at <= Instant::now()) {
+                return Poll::Ready(Event::Deadline);
             }
-            if idle && !closing {
+            if !drain_seen && drain.as_mut().poll(cx).is_ready() {
+                drain_seen = true;
+                return Poll::Ready(Event::Drain);
+            }
+            if !closing && conn.write_idle() {
                 let items = queue.take_now();
                 if !items.is_empty() {
                     return Poll::Ready(Event::Items(items));
@@ -180,9 +189,8 @@ where
                     return Poll::Ready(Event::QueueClosed);
                 }
             }
-            if !drain_seen && drain.as_mut().poll(cx).is_ready() {
-                drain_seen = true;
-                return Poll::Ready(Event::Drain);
+            if let Poll::Ready(ev) = conn.poll_next_or_flushed(cx) {
+                return Poll::Ready(Event::Conn(ev));
             }
             if let Some(at) = d.next() {
                 if sleep.deadline() != at {

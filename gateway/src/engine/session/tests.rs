@@ -283,3 +283,81 @@ async fn a_client_gone_without_a_close_is_abnormal() {
     drop(client);
     assert_eq!(task.await.unwrap(), CloseCause::Abnormal(Side::Downstream));
 }
+
+/// A peer that never stops sending pings, as fast as the reader takes them, and takes whatever
+/// is written (like a real socket, each read spends the task's cooperative budget). Records
+/// the code of the gateway's Close.
+struct PingFlood {
+    pings: Vec<u8>,
+    written: Scanner,
+    close: Arc<std::sync::Mutex<Option<u16>>>,
+}
+
+impl tokio::io::AsyncRead for PingFlood {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        coop.made_progress();
+        let one = self.pings.len() / 2000;
+        let n = (buf.remaining() / one * one).min(self.pings.len());
+        buf.put_slice(&self.pings[..n]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for PingFlood {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        b: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut pos = 0;
+        while let Ok(Some(ev)) = self.written.next(b, &mut pos) {
+            if let Event::Control(c) = ev
+                && c.opcode == OpCode::Close
+            {
+                *self.close.lock().unwrap() = Some(close_code(&c.payload));
+            }
+        }
+        Poll::Ready(Ok(b.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A peer that keeps the socket readable (a flood of pings, answered inside the connection
+/// core and never rate limited) must not starve the timers: its token still expires.
+#[tokio::test]
+async fn a_client_flooding_pings_is_still_closed_when_its_token_expires() {
+    let close = Arc::new(std::sync::Mutex::new(None));
+    let flood = PingFlood {
+        pings: (0..2000)
+            .flat_map(|_| frame::encode(OpCode::Ping, b"x", M))
+            .collect(),
+        written: Scanner::new(Sender::Server, u64::MAX),
+        close: close.clone(),
+    };
+    let (mut s, _client) = setup(1024, Duration::ZERO, Some(Duration::from_millis(100)));
+    let mut conn = Conn::new(flood, 1 << 20, None);
+    let task = tokio::spawn(async move { run(&mut conn, &mut s.life, &mut s.echo).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    task.abort();
+    assert_eq!(
+        *close.lock().unwrap(),
+        Some(4001),
+        "the token expired 1.9 s ago while the client flooded pings"
+    );
+}
