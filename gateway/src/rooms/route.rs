@@ -130,7 +130,9 @@ impl RoomsPolicy {
 
     /// The claims a connection keeps after admission: `sub`, `exp` and the claims this route's
     /// room patterns name; the rest of the token is not held for the connection's life. A
-    /// string `sub` is kept in [`Claims::sub`] only (room patterns read it from there).
+    /// string `sub` is kept in [`Claims::sub`] only (room patterns read it from there). Code on
+    /// the WebSocket path that reads another claim must add it to the names kept here (SSE and
+    /// long-polls keep the whole token: they live per request).
     pub fn session_claims(&self, mut claims: Claims) -> Claims {
         let keep_sub = claims.sub.is_none();
         claims.raw = std::mem::take(&mut claims.raw)

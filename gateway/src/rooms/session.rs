@@ -38,8 +38,8 @@ pub struct SessionCtx {
     pub hooks: Hooks,
     /// Shared with the connection's task (its log line and notifications).
     pub conn_id: Arc<str>,
-    /// The verified token's claims (room authorization reads any claim), shared with the
-    /// admission result.
+    /// The verified token's claims as [`RoomsPolicy::session_claims`] trimmed them (`sub`, `exp`
+    /// and the claims the route's room patterns name); shared with the connection's task.
     pub claims: Option<Arc<Claims>>,
     pub expires_at: Option<Instant>,
     pub drain: watch::Receiver<bool>,

@@ -27,6 +27,10 @@ use crate::engine::deflate::{self, Deflate, InflateError};
 use crate::engine::frame::{self, DataHeader, OpCode, Sender};
 use crate::error::CloseCause;
 
+/// At most this much is reserved for a frame before its payload arrives (`Vec` grows as it
+/// comes).
+const RESERVE_MAX: usize = 64 * 1024;
+
 /// What the relay does with a data frame whose header was just scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -106,8 +110,10 @@ impl Compression {
             self.plain_bytes = 0;
             self.collecting = None;
             if self.starts_collecting(h) {
+                // Reserved up to what one read can bring: a header alone (its length not yet
+                // backed by any byte) does not make the tunnel hold the route's cap.
                 let mut data = Vec::new();
-                data.reserve_exact(usize::try_from(h.payload_len).unwrap_or(0));
+                data.reserve_exact(usize::try_from(h.payload_len).unwrap_or(0).min(RESERVE_MAX));
                 self.collecting = Some(Box::new(Collecting {
                     opcode: h.opcode,
                     mask: mask_of(h),
@@ -123,7 +129,8 @@ impl Compression {
             c.offset = 0;
             c.fin = h.fin;
             // Amortized growth: a message in many small fragments is not copied per fragment.
-            c.data.reserve(usize::try_from(h.payload_len).unwrap_or(0));
+            c.data
+                .reserve(usize::try_from(h.payload_len).unwrap_or(0).min(RESERVE_MAX));
             return Route::Collect;
         }
         self.plain_bytes = self.plain_bytes.saturating_add(h.payload_len);

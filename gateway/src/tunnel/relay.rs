@@ -1,5 +1,5 @@
 //! The gateway-owned WebSocket tunnel: after the 101, one task relays frames both ways
-//! (client -> app, app -> client). Each direction ([`Dir`]) is a state machine driven from the
+//! (client -> app, app -> client). Each direction (`Dir`) is a state machine driven from the
 //! tunnel's single poll function; the supervisor part of the tunnel owns the timers (keep-alive
 //! ping and pong deadline, token expiry, drain, close deadlines) and limit violations, and
 //! closes both sides with one code from [`CloseCause`] by having each direction inject a Close
@@ -7,7 +7,7 @@
 //!
 //! What an idle tunnel holds: its two streams, this state (two directions with their frame
 //! scanners) and one timer entry; no read buffer, no channel, no second task. Data is read into
-//! a per-worker scratch buffer inside the poll ([`SCRATCH`], never held across an await) and
+//! a per-worker scratch buffer inside the poll (`SCRATCH`, never held across an await) and
 //! written to the destination from there, frame headers and payload as received (client masks
 //! included); only bytes the destination does not take at once are copied into an owned buffer,
 //! which is freed when it empties. A direction does not read more while it owes its
