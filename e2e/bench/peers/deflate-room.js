@@ -4,7 +4,8 @@
 // sends `messages` JSON chat messages of ~1-2 KiB. Node's `ws` is used because it negotiates and
 // inflates RFC 7692 correctly; the Rust load generator's client library has no deflate.
 //
-// Usage: node deflate-room.js <port> <path> <room> <members> <messages>
+// Usage: node deflate-room.js <port> <path> <room> <members> <messages> [paceMs]
+// (paceMs > 0: one publish every paceMs instead of a burst, so nothing queues at the gateway.)
 // Prints `ready <negotiated extensions of the first member>`, waits for `go` on stdin, publishes,
 // and prints `done <json>` with deliveries, bytes read from the sockets (frames as sent on the
 // wire, compressed or not) and the mean inflated size of a delivery.
@@ -12,7 +13,8 @@
 const readline = require('readline');
 const WebSocket = require('ws');
 
-const [port, path, room, members, messages] = process.argv.slice(2);
+const [port, path, room, members, messages, paceMs] = process.argv.slice(2);
+const PACE = Number(paceMs || 0);
 const N = Number(members);
 const M = Number(messages);
 const url = `ws://127.0.0.1:${port}${path}`;
@@ -77,7 +79,14 @@ async function main() {
     if (line.trim() !== 'go') continue;
     const read0 = socks.reduce((a, ws) => a + ws._socket.bytesRead, 0);
     const t0 = Date.now();
-    for (const f of frames) pub.send(f);
+    if (PACE > 0) {
+      for (const f of frames) {
+        pub.send(f);
+        await new Promise((r) => setTimeout(r, PACE));
+      }
+    } else {
+      for (const f of frames) pub.send(f);
+    }
     await Promise.race([done, new Promise((r) => setTimeout(r, 120000))]);
     const wire = socks.reduce((a, ws) => a + ws._socket.bytesRead, 0) - read0;
     const out = { deliveries: got, expected: N * M, wire_bytes: wire,

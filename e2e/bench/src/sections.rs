@@ -712,6 +712,9 @@ async fn fan_multi(
 
 // --- permessage-deflate ---------------------------------------------------------------------
 
+/// The paced compression runs: one publish every this many milliseconds.
+const COMP_PACE_MS: u64 = 20;
+
 pub async fn compression_section(env: &Env, p: &Params) -> Result<Value> {
     println!(
         "== compression: {} members, {} JSON chat messages of ~1-2 KiB",
@@ -741,20 +744,28 @@ pub async fn compression_section(env: &Env, p: &Params) -> Result<Value> {
             )
         }
     };
-    let mut targets = vec![("gateway-off", "/rooms")];
+    // Burst: the publisher sends everything at once (members that inflate slowly fill their
+    // sockets, so the gateway writes in many small pieces). Paced: one message every
+    // COMP_PACE_MS, nothing queues: the cost of a delivery with and without compression.
+    let mut targets = vec![
+        ("gateway-off", "/rooms", 0),
+        ("gateway-off-paced", "/rooms", COMP_PACE_MS),
+    ];
     if status == "ran" {
-        targets.insert(0, ("gateway-deflate", "/comp"));
+        targets.insert(0, ("gateway-deflate", "/comp", 0));
+        targets.insert(2, ("gateway-deflate-paced", "/comp", COMP_PACE_MS));
     }
     let mut runs = Vec::new();
     for rep in 0..p.reps {
-        for (name, path) in &targets {
+        for (name, path, pace) in &targets {
             let mut cmd = std::process::Command::new(&env.node);
             cmd.arg(env.peers_dir.join("deflate-room.js"))
                 .arg(gw.port.to_string())
                 .arg(path)
                 .arg(format!("bench:comp{rep}"))
                 .arg(p.comp_members.to_string())
-                .arg(p.comp_messages.to_string());
+                .arg(p.comp_messages.to_string())
+                .arg(pace.to_string());
             let log = env.work_dir.join(format!("comp-{name}-{rep}.log"));
             let mut h = Helper::spawn_command(name, &mut cmd, &log)?;
             let ready = h.recv_async()?;
@@ -795,7 +806,7 @@ pub async fn compression_section(env: &Env, p: &Params) -> Result<Value> {
     }
     gw.stop();
     let mut per = serde_json::Map::new();
-    for (name, _) in &targets {
+    for (name, _, _) in &targets {
         let last = runs.iter().rfind(|r| r["target"] == *name);
         per.insert(
             name.to_string(),
@@ -809,6 +820,7 @@ pub async fn compression_section(env: &Env, p: &Params) -> Result<Value> {
         json!({
             "cpu_deflate_over_off": paired_ratio(&runs, "gateway-deflate", "gateway-off", "server_cpu_us_per_delivery"),
             "wire_deflate_over_off": paired_ratio(&runs, "gateway-deflate", "gateway-off", "wire_bytes_per_delivery"),
+            "cpu_deflate_over_off_paced": paired_ratio(&runs, "gateway-deflate-paced", "gateway-off-paced", "server_cpu_us_per_delivery"),
         })
     } else {
         Value::Null
