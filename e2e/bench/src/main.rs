@@ -924,8 +924,15 @@ async fn crosspod_section(env: &Env, p: &Params) -> Result<Value> {
         }
         if let (Ok((_, _, _, url)), [(_, ra), (_, rb)]) = (&nats, relays.as_slice()) {
             let l = relay::hop(*ra, *rb, p.hop_n, p.hop_n / 10).await?;
-            let raw = relay::nats_round_trip(url, p.hop_n, p.hop_n / 10).await?;
-            for (name, l) in [("relay-cross-pod", l), ("nats-raw", raw)] {
+            // The raw round trip is only the floor under both rows: a stall there (seen
+            // rarely: a core NATS message not delivered within 5 s) drops this repetition's
+            // floor, not the run.
+            let mut rows = vec![("relay-cross-pod", l)];
+            match relay::nats_round_trip(url, p.hop_n, p.hop_n / 10).await {
+                Ok(raw) => rows.push(("nats-raw", raw)),
+                Err(e) => println!("  hop rep {rep} nats-raw: skipped ({e:#})"),
+            }
+            for (name, l) in rows {
                 println!(
                     "  hop rep {rep} {name:28} p50 {:7.1} us  p99 {:7.1} us",
                     l.p50, l.p99
