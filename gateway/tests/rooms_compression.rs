@@ -7,7 +7,7 @@
 mod support;
 
 use serde_json::json;
-use support::deflate_client::{Client, rss_kib};
+use support::deflate_client::{Client, chat_payload, rss_kib};
 use support::{ConfigBuilder, Gateway, route};
 use switchboard_gateway::engine::deflate;
 use switchboard_gateway::engine::frame::OpCode;
@@ -32,15 +32,6 @@ fn config() -> String {
                 .set("rooms.pathRoom", json!("/plain/{room}")),
         )
         .yaml()
-}
-
-fn chat_payload() -> String {
-    (0..40)
-        .map(|i| {
-            format!("{{\"user\":\"user-{i}\",\"text\":\"hello everyone, message number {i}\"}}")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::deflate_client::{Client, rss_kib};
+use support::deflate_client::{Client, chat_payload, close_code, rss_kib};
 use support::{ConfigBuilder, EchoServer, Gateway, Received, eventually, route};
 use switchboard_gateway::engine::deflate;
 use switchboard_gateway::engine::frame::OpCode;
@@ -29,19 +29,6 @@ fn config(app: u16) -> String {
         )
         .route(route("plain", "/plain").prefix().proxy(&[app]))
         .yaml()
-}
-
-fn chat_payload() -> String {
-    (0..40)
-        .map(|i| {
-            format!("{{\"user\":\"user-{i}\",\"text\":\"hello everyone, message number {i}\"}}")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn close_code(payload: &[u8]) -> u16 {
-    u16::from_be_bytes([payload[0], payload[1]])
 }
 
 #[tokio::test]

@@ -71,6 +71,17 @@ impl Deflate {
     }
 }
 
+/// [`negotiate`] over the `Sec-WebSocket-Extensions` headers of an upgrade request.
+pub fn negotiate_request(headers: &http::HeaderMap, cfg: &Compression) -> Option<Deflate> {
+    negotiate(
+        headers
+            .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        cfg,
+    )
+}
+
 /// Choose the first acceptable permessage-deflate offer among the client's
 /// `Sec-WebSocket-Extensions` header values (each a comma-separated list of offers). `None`:
 /// compression is off for the route, or no offer is acceptable (the connection goes on

@@ -85,13 +85,7 @@ pub async fn serve(
     };
     // permessage-deflate toward the client when the route has `compression` on and the client
     // offers it; the app never sees the offer (identity.rs strips it) and stays uncompressed.
-    let deflate = deflate::negotiate(
-        req.headers()
-            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-        &route.cfg.compression,
-    );
+    let deflate = deflate::negotiate_request(req.headers(), &route.cfg.compression);
     let tunnel = Tunnel {
         limits: tunnel_limits(&route, claims.as_ref(), deflate),
         route_name: route.cfg.name.clone(),

@@ -74,13 +74,7 @@ pub(crate) fn websocket(
     };
     let proto = !policy.is_raw() && chosen.as_deref() == Some(super::proto::SUBPROTOCOL);
     // permessage-deflate when the route has `compression` on and the client offers it.
-    let deflate = deflate::negotiate(
-        req.headers()
-            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-        &route.cfg.compression,
-    );
+    let deflate = deflate::negotiate_request(req.headers(), &route.cfg.compression);
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     // `rooms.notify` / `rooms.notifyNats` (SSE streams notify too; long-polls do not): only on

@@ -98,3 +98,18 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// A JSON chat payload that compresses like real chat (~2.5 KiB, over any test threshold).
+pub fn chat_payload() -> String {
+    (0..40)
+        .map(|i| {
+            format!("{{\"user\":\"user-{i}\",\"text\":\"hello everyone, message number {i}\"}}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The code of a Close frame's payload.
+pub fn close_code(payload: &[u8]) -> u16 {
+    u16::from_be_bytes([payload[0], payload[1]])
+}
