@@ -48,16 +48,7 @@ async fn a_client_offering_deflate_gets_it_and_messages_travel_compressed_both_w
         Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
     );
     let text = chat_payload();
-    let compressed = deflate::compress(text.as_bytes(), 6, 15).unwrap();
-    c.send(OpCode::Text, true, &compressed).await;
-    let (op, rsv1, payload) = c.next_data().await;
-    assert_eq!(op, OpCode::Text);
-    assert!(rsv1, "the echo over the threshold comes compressed");
-    assert!(payload.len() < text.len() / 2, "{} bytes", payload.len());
-    assert_eq!(
-        deflate::inflate(&payload, MAX as u64).unwrap(),
-        text.as_bytes()
-    );
+    c.echo_compressed(&text, MAX as u64).await;
     // Under the threshold (64 bytes): sent as it is, RSV1 clear.
     c.send(OpCode::Text, false, b"short").await;
     assert_eq!(

@@ -53,16 +53,7 @@ async fn a_proxy_route_with_compression_negotiates_it_at_the_edge_and_the_app_se
     // Compressed from the client: the app gets it plain (its WebSocket has no extension and
     // would fail the connection on RSV1), and its echo comes back compressed.
     let text = chat_payload();
-    let compressed = deflate::compress(text.as_bytes(), 6, 15).unwrap();
-    c.send(OpCode::Text, true, &compressed).await;
-    let (op, rsv1, payload) = c.next_data().await;
-    assert_eq!(op, OpCode::Text);
-    assert!(rsv1, "the app's echo over the threshold comes compressed");
-    assert!(payload.len() < text.len() / 2, "{} bytes", payload.len());
-    assert_eq!(
-        deflate::inflate(&payload, MAX as u64).unwrap(),
-        text.as_bytes()
-    );
+    c.echo_compressed(&text, MAX as u64).await;
     assert_eq!(app.received(), [Received::Text(text.clone())]);
 
     // Uncompressed both ways under the threshold (64 bytes).

@@ -79,6 +79,19 @@ impl Client {
     }
 
     /// The next data frame, past pings.
+    /// Send `text` compressed and read the echo: it must come back compressed (RSV1, under
+    /// half the size) and inflate (within `max` bytes) to `text`.
+    pub async fn echo_compressed(&mut self, text: &str, max: u64) {
+        use switchboard_gateway::engine::deflate;
+        let compressed = deflate::compress(text.as_bytes(), 6, 15).unwrap();
+        self.send(OpCode::Text, true, &compressed).await;
+        let (op, rsv1, payload) = self.next_data().await;
+        assert_eq!(op, OpCode::Text);
+        assert!(rsv1, "the echo over the threshold comes compressed");
+        assert!(payload.len() < text.len() / 2, "{} bytes", payload.len());
+        assert_eq!(deflate::inflate(&payload, max).unwrap(), text.as_bytes());
+    }
+
     pub async fn next_data(&mut self) -> (OpCode, bool, Vec<u8>) {
         loop {
             let f = self.next().await.expect("a frame");
