@@ -527,7 +527,7 @@ function watch(name, c) {{
     onGap: (g) => report.gaps.push({{ client: name, ...g }}),
   }});
 }}
-const ws = new SwitchboardClient({{ url: "ws://{gateway}/chat", getToken: () => "{token}", backoffBaseMs: 200 }});
+const ws = new SwitchboardClient({{ url: "ws://{gateway}/chat", getToken: () => "{token}", backoffBaseMs: 200, upgradeProbeMs: 1000 }});
 const sse = new SwitchboardClient({{ url: "http://{gateway}/chat", transports: ["sse"], getToken: () => "{token}", backoffBaseMs: 200 }});
 watch("ws", ws);
 watch("sse", sse);
@@ -541,7 +541,10 @@ window.step = async (line) => {{
   const want = JSON.parse(line).total;
   report.phase = "resuming";
   await until(() => report.ws.length >= want && report.sse.length >= want);
-  await new Promise((r) => setTimeout(r, 300));
+  // An outage can fail the WebSocket client's attempts until it falls back to SSE (the old pod
+  // draining answers 503); its probe brings it back to the WebSocket within a few seconds.
+  const deadline = Date.now() + 10000;
+  await until(() => (ws.transport == "websocket" && sse.transport == "sse") || Date.now() > deadline);
   report.transportsAtEnd = [ws.transport, sse.transport];
   ws.close();
   sse.close();

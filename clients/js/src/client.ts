@@ -47,6 +47,9 @@ export interface ClientOptions {
   transports?: Transport[];
   /** WebSocket attempts that fail before opening, in a row, before SSE is tried. Default 2. */
   fallbackAfter?: number;
+  /** While on SSE, try the WebSocket again after this long (doubling after each refused try, up
+   * to `backoffCapMs`) and move to it when it opens. Default 5 s; 0 turns probing off. */
+  upgradeProbeMs?: number;
   /** Full-jitter backoff: `random(0, min(cap, base·2^n))`. Defaults 500 ms, 30 s. */
   backoffBaseMs?: number;
   backoffCapMs?: number;
@@ -168,6 +171,9 @@ export class SwitchboardClient {
   private closed = false;
   private timer?: ReturnType<typeof setTimeout>;
   private refreshTimer?: ReturnType<typeof setTimeout>;
+  private probeTimer?: ReturnType<typeof setTimeout>;
+  private probeWs?: WebSocket;
+  private probes = 0;
 
   constructor(opts: ClientOptions) {
     this.o = {
@@ -176,6 +182,7 @@ export class SwitchboardClient {
       tokenQueryParam: "access_token",
       transports: ["websocket", "sse"],
       fallbackAfter: 2,
+      upgradeProbeMs: 5000,
       backoffBaseMs: 500,
       backoffCapMs: 30000,
       connectTimeoutMs: 10000,
@@ -292,6 +299,7 @@ export class SwitchboardClient {
     this.cut(1000, "client closed");
     clearTimeout(this.timer);
     clearTimeout(this.refreshTimer);
+    this.endProbe();
     for (const p of this.queue.splice(0)) {
       clearTimeout(p.timer);
       p.fail(new SwitchboardError("closed", "client closed"));
@@ -313,15 +321,19 @@ export class SwitchboardClient {
       }
     }
     if (gen != this.gen || this.closed) return;
-    clearTimeout(this.refreshTimer);
-    const exp = token ? jwtExp(token) : undefined;
-    if (exp) this.refreshTimer = setTimeout(() => this.refresh(), refreshDelay(exp, Date.now(), this.o.refreshBeforeExpMs));
+    this.armRefresh(token);
     const t = this.o.transports;
     const WS = this.o.WebSocket ?? globalThis.WebSocket;
     const sse = t.includes("sse") && !!(this.o.fetch ?? globalThis.fetch);
     if (t.includes("websocket") && WS && !(sse && this.wsFails >= this.o.fallbackAfter)) this.openWs(gen, WS, token);
     else if (sse) this.openSse(gen, token);
     else throw new Error("no usable transport (WebSocket or fetch)");
+  }
+
+  private armRefresh(token?: string | null): void {
+    clearTimeout(this.refreshTimer);
+    const exp = token ? jwtExp(token) : undefined;
+    if (exp) this.refreshTimer = setTimeout(() => this.refresh(), refreshDelay(exp, Date.now(), this.o.refreshBeforeExpMs));
   }
 
   /** A new token before `exp`: reconnect with it at once, rooms resumed (no gap, no 4001). */
@@ -351,6 +363,7 @@ export class SwitchboardClient {
     this.gen++;
     const ws = this.ws;
     this.sse?.abort();
+    this.endProbe();
     try {
       ws?.close(1000, reason);
     } catch {
@@ -372,7 +385,53 @@ export class SwitchboardClient {
     this.timer = setTimeout(() => this.connect(), delayMs);
   }
 
-  private openWs(gen: number, WS: typeof WebSocket, token?: string | null): void {
+  // --- back from SSE ---------------------------------------------------------------------------
+
+  /** On SSE with the WebSocket allowed: try it again later (see `probe`). */
+  private scheduleProbe(): void {
+    const WS = this.o.WebSocket ?? globalThis.WebSocket;
+    clearTimeout(this.probeTimer);
+    if (!this.o.upgradeProbeMs || !WS || !this.o.transports.includes("websocket") || this.closed) return;
+    const gen = this.gen;
+    const delayMs = Math.min(this.o.backoffCapMs, this.o.upgradeProbeMs * 2 ** Math.min(this.probes, 20));
+    this.probeTimer = setTimeout(() => this.probe(gen, WS), delayMs);
+  }
+
+  /**
+   * A WebSocket opened beside the live SSE stream. Nothing on SSE ends by itself after an outage
+   * that failed the WebSocket (a drain, a restart): without this the client would stay on SSE,
+   * where it cannot publish, until the stream broke. When the probe opens it becomes the
+   * connection (the stream is ended, every room resumed from its position); when it is refused
+   * the stream goes on and the next probe waits twice as long.
+   */
+  private async probe(gen: number, WS: typeof WebSocket): Promise<void> {
+    if (gen != this.gen || this.live != "sse" || this.closed) return;
+    this.probes++;
+    let token: string | null | undefined = null;
+    try {
+      token = this.o.getToken ? await this.o.getToken() : null;
+    } catch {
+      return this.scheduleProbe();
+    }
+    if (gen != this.gen || this.live != "sse" || this.closed) return;
+    this.openWs(gen, WS, token, true);
+  }
+
+  private endProbe(): void {
+    clearTimeout(this.probeTimer);
+    const ws = this.probeWs;
+    this.probeWs = undefined;
+    try {
+      ws?.close(1000);
+    } catch {
+      /* already closed */
+    }
+  }
+
+  // --- WebSocket -----------------------------------------------------------------------------
+
+  /** A WebSocket attempt for connection `gen`; a `probe` is one made while on SSE (see `probe`). */
+  private openWs(gen: number, WS: typeof WebSocket, token?: string | null, probe = false): void {
     let url = this.o.url.replace(/^http/, "ws");
     const protocols = [this.o.codec.subprotocol];
     if (token) {
@@ -383,9 +442,11 @@ export class SwitchboardClient {
     try {
       ws = new WS(url, protocols);
     } catch (e) {
+      if (probe) return this.scheduleProbe();
       this.emit("error", { code: "connect", reason: String(e) });
       return this.retry(gen);
     }
+    if (probe) this.probeWs = ws;
     ws.binaryType = "arraybuffer";
     let opened = false;
     let ended = false;
@@ -395,6 +456,11 @@ export class SwitchboardClient {
       clearTimeout(timeout);
       if (ended || gen != this.gen) return;
       ended = true;
+      if (probe && !opened) {
+        // Refused again: the stream goes on.
+        if (this.probeWs == ws) this.probeWs = undefined;
+        return this.scheduleProbe();
+      }
       this.ws = undefined;
       if (!opened) {
         this.wsFails++;
@@ -409,6 +475,14 @@ export class SwitchboardClient {
     ws.onopen = () => {
       clearTimeout(timeout);
       if (gen != this.gen) return ws.close(1000);
+      if (probe) {
+        // Adopt it: end the stream (its late events are ignored), then on as any new connection.
+        this.probeWs = undefined;
+        this.cut(1000, "moving to WebSocket");
+        clearTimeout(this.timer);
+        gen = this.gen;
+        this.armRefresh(token);
+      }
       opened = true;
       this.ws = ws;
       this.wsFails = 0;
@@ -497,6 +571,9 @@ export class SwitchboardClient {
     // On SSE, the next reconnect tries the WebSocket once more: an outage (a restart, a drain)
     // that failed a few WebSocket attempts must not leave the client on SSE for good.
     if (t == "sse") this.wsFails = Math.max(0, this.o.fallbackAfter - 1);
+    // While the stream lasts, a probe tries the WebSocket now and then (`probe`).
+    if (t == "sse") this.scheduleProbe();
+    else this.probes = 0;
     this.attempt = 0;
     this.emit("connected", { transport: t, n: ++this.conns });
   }

@@ -336,3 +336,75 @@ test("a batch is handled as its messages one by one, in seq order, duplicates dr
   ]);
   assert.deepEqual(sub.position, pos(6));
 });
+
+/** A fetch whose SSE response stays open until the request is aborted. */
+function openStream() {
+  const requests = [];
+  const fetch = (url, init) => {
+    const req = { url: String(url), aborted: false };
+    requests.push(req);
+    const body = new ReadableStream({
+      start(ctl) {
+        init.signal.addEventListener("abort", () => {
+          req.aborted = true;
+          ctl.error(new DOMException("aborted", "AbortError"));
+        });
+      },
+    });
+    return Promise.resolve({ status: 200, body, headers: new Headers() });
+  };
+  return { fetch, requests };
+}
+
+test("a client that fell back to SSE during an outage goes back to the WebSocket without a reconnect", async (t) => {
+  const { fetch, requests } = openStream();
+  const { client, events } = scripted({ transports: ["websocket", "sse"], fetch, upgradeProbeMs: 20 });
+  t.after(() => client.close());
+  client.join("chat:a");
+  const socket = async (n) => {
+    for (let i = 0; i < 1000 && ScriptedSocket.all.length <= n; i++) await tick(1);
+    return ScriptedSocket.all[n];
+  };
+  // Two refused handshakes (a draining pod): the client falls back to SSE.
+  (await socket(0)).drop(1006);
+  (await socket(1)).drop(1006);
+  for (let i = 0; i < 1000 && client.transport != "sse"; i++) await tick(1);
+  assert.equal(client.transport, "sse");
+  // The gateway is back and nothing ends the stream: a WebSocket probe opens and is adopted.
+  const probe = await socket(2);
+  assert.ok(probe, "the client tried the WebSocket again while on SSE");
+  probe.open();
+  assert.equal(client.transport, "websocket");
+  assert.equal(requests.length, 1);
+  assert.ok(requests[0].aborted, "the SSE stream was ended");
+  assert.deepEqual(probe.sent.map((f) => [f.type, f.room]), [["join", "chat:a"]]);
+  assert.deepEqual(
+    events.filter(([e]) => e == "connected").map(([, v]) => v.transport),
+    ["sse", "websocket"],
+  );
+  await tick(30);
+  assert.equal(ScriptedSocket.all.length, 3, "no further probes once on the WebSocket");
+});
+
+test("a WebSocket probe refused while on SSE keeps the stream and backs off", async (t) => {
+  const { fetch, requests } = openStream();
+  const { client, events } = scripted({ transports: ["websocket", "sse"], fetch, upgradeProbeMs: 10, backoffCapMs: 40 });
+  t.after(() => client.close());
+  client.join("chat:a");
+  const socket = async (n) => {
+    for (let i = 0; i < 1000 && ScriptedSocket.all.length <= n; i++) await tick(1);
+    return ScriptedSocket.all[n];
+  };
+  (await socket(0)).drop(1006);
+  (await socket(1)).drop(1006);
+  for (let i = 0; i < 1000 && client.transport != "sse"; i++) await tick(1);
+  for (let n = 2; n < 5; n++) (await socket(n)).drop(1006);
+  assert.equal(client.transport, "sse");
+  assert.equal(requests.length, 1, "refused probes never touched the stream");
+  assert.ok(!requests[0].aborted);
+  assert.equal(events.filter(([e]) => e == "disconnected").length, 0);
+  client.close();
+  const n = ScriptedSocket.all.length;
+  await tick(100);
+  assert.equal(ScriptedSocket.all.length, n, "no probe after close");
+});
