@@ -1,4 +1,5 @@
 use super::*;
+use crate::engine::frame::{self, Event, OpCode, Scanner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 fn counters() -> DirCounters {
