@@ -337,6 +337,20 @@ test("a batch is handled as its messages one by one, in seq order, duplicates dr
   assert.deepEqual(sub.position, pos(6));
 });
 
+/** The `n`th socket the client opened (waiting for it), without opening it. */
+async function socket(n) {
+  for (let i = 0; i < 1000 && ScriptedSocket.all.length <= n; i++) await tick(1);
+  return ScriptedSocket.all[n];
+}
+
+/** Fail the first two WebSocket attempts (a draining pod), wait for the client on SSE. */
+async function fallBackToSse(client) {
+  (await socket(0)).drop(1006);
+  (await socket(1)).drop(1006);
+  for (let i = 0; i < 1000 && client.transport != "sse"; i++) await tick(1);
+  assert.equal(client.transport, "sse");
+}
+
 /** A fetch whose SSE response stays open until the request is aborted. */
 function openStream() {
   const requests = [];
@@ -361,15 +375,7 @@ test("a client that fell back to SSE during an outage goes back to the WebSocket
   const { client, events } = scripted({ transports: ["websocket", "sse"], fetch, upgradeProbeMs: 20 });
   t.after(() => client.close());
   client.join("chat:a");
-  const socket = async (n) => {
-    for (let i = 0; i < 1000 && ScriptedSocket.all.length <= n; i++) await tick(1);
-    return ScriptedSocket.all[n];
-  };
-  // Two refused handshakes (a draining pod): the client falls back to SSE.
-  (await socket(0)).drop(1006);
-  (await socket(1)).drop(1006);
-  for (let i = 0; i < 1000 && client.transport != "sse"; i++) await tick(1);
-  assert.equal(client.transport, "sse");
+  await fallBackToSse(client);
   // The gateway is back and nothing ends the stream: a WebSocket probe opens and is adopted.
   const probe = await socket(2);
   assert.ok(probe, "the client tried the WebSocket again while on SSE");
@@ -391,13 +397,7 @@ test("a WebSocket probe refused while on SSE keeps the stream and backs off", as
   const { client, events } = scripted({ transports: ["websocket", "sse"], fetch, upgradeProbeMs: 10, backoffCapMs: 40 });
   t.after(() => client.close());
   client.join("chat:a");
-  const socket = async (n) => {
-    for (let i = 0; i < 1000 && ScriptedSocket.all.length <= n; i++) await tick(1);
-    return ScriptedSocket.all[n];
-  };
-  (await socket(0)).drop(1006);
-  (await socket(1)).drop(1006);
-  for (let i = 0; i < 1000 && client.transport != "sse"; i++) await tick(1);
+  await fallBackToSse(client);
   for (let n = 2; n < 5; n++) (await socket(n)).drop(1006);
   assert.equal(client.transport, "sse");
   assert.equal(requests.length, 1, "refused probes never touched the stream");
