@@ -1,9 +1,10 @@
 //! A bounded cache of verified tokens, per route: a reconnect storm presents the same tokens
 //! again and again, and a signature check is most of what a connect costs.
 //!
-//! An entry is the verified claims of one token (keyed by the token's SHA-256, so the cache
-//! never holds a token and a forged token cannot collide with a verified one) and is used only
-//! while all of these hold:
+//! An entry is what one token verified to, in the form the verifier keeps (`jwt.rs`: the
+//! claims' compact JSON text, a fraction of a parsed map's size), keyed by the token's SHA-256
+//! (so the cache never holds a token and a forged token cannot collide with a verified one), and
+//! is used only while all of these hold:
 //! - the token has not expired (`exp` plus the route's leeway, checked on every hit: an entry
 //!   lives at most the token's remaining lifetime);
 //! - the key sets it was verified against are the ones in service: any JWKS refresh of the

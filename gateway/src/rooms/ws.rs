@@ -108,7 +108,7 @@ pub(crate) fn websocket(
     let live = svc.drain.enter();
     tokio::spawn(connection(
         on_upgrade,
-        ctx,
+        Box::new(ctx),
         svc.session.clone(),
         notifier,
         (live, adm.admitted),
@@ -133,10 +133,12 @@ pub(crate) fn websocket(
 
 /// The task of one rooms WebSocket: the session, with its `connect` / `disconnect`
 /// notifications, metrics and log line. `held` (the drain's live count and the admission slot)
-/// is released when it ends.
+/// is released when it ends. `ctx` is boxed until the upgrade completes and then moved into the
+/// session: an argument of an `async fn` keeps its place in the task for the task's whole life,
+/// so a `SessionCtx` by value would be held twice (here, moved out, and in the session).
 async fn connection(
     on_upgrade: OnUpgrade,
-    ctx: SessionCtx,
+    ctx: Box<SessionCtx>,
     runner: Option<SessionRunner>,
     notifier: Option<Box<Notifier>>,
     held: (LiveGuard, Option<Admitted>),
@@ -157,8 +159,8 @@ async fn connection(
         })
     });
     let cause = match runner {
-        Some(run) => run(io, ctx).await,
-        None => session::run(io, ctx).await,
+        Some(run) => run(io, *ctx).await,
+        None => session::run(io, *ctx).await,
     };
     active.dec();
     drop(admitted); // the admission slot frees with the connection

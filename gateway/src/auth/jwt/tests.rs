@@ -556,6 +556,31 @@ async fn claims_get_str_spells_strings_numbers_and_bools() {
 }
 
 #[tokio::test]
+async fn a_token_served_from_the_cache_has_every_claim_of_its_first_verification() {
+    let v = verifier(vec![inline(Algorithm::ES256, None)]);
+    let token = sign(
+        Algorithm::ES256,
+        None,
+        &json!({
+            "exp": now() + 60, "sub": "u1", "iss": "https://issuer.example", "aud": ["a", "b"],
+            "tenant": 42, "big": u64::MAX, "neg": -7, "ratio": 1.25e-7, "admin": true,
+            "profile": {"name": "Zoë \"z\"", "tags": [1, null, "x"]}, "nothing": null
+        }),
+    );
+    let first = v.verify(&token).await.expect("valid");
+    assert_eq!(v.cached_tokens(), 1);
+    let cached = v.verify(&token).await.expect("valid from the cache");
+    assert_eq!(cached.raw, first.raw);
+    assert_eq!(cached.sub, first.sub);
+    assert_eq!(cached.exp, first.exp);
+    assert_eq!(
+        cached.get_str("big").as_deref(),
+        Some("18446744073709551615")
+    );
+    assert_eq!(cached.get_str("ratio"), first.get_str("ratio"));
+}
+
+#[tokio::test]
 async fn key_errors_name_the_key_index() {
     let msg = key_error(vec![
         inline(Algorithm::HS256, None),
