@@ -564,6 +564,8 @@ async fn a_token_served_from_the_cache_has_every_claim_of_its_first_verification
         &json!({
             "exp": now() + 60, "sub": "u1", "iss": "https://issuer.example", "aud": ["a", "b"],
             "tenant": 42, "big": u64::MAX, "neg": -7, "ratio": 1.25e-7, "admin": true,
+            // Shortest-form floats that a fast (not round-trip exact) parser reads one ulp off.
+            "tiny": -1.0729132283643165e-38, "huge": 1.7976931348623157e308, "third": 0.1 + 0.2,
             "profile": {"name": "Zoë \"z\"", "tags": [1, null, "x"]}, "nothing": null
         }),
     );
@@ -577,7 +579,14 @@ async fn a_token_served_from_the_cache_has_every_claim_of_its_first_verification
         cached.get_str("big").as_deref(),
         Some("18446744073709551615")
     );
-    assert_eq!(cached.get_str("ratio"), first.get_str("ratio"));
+    for claim in ["ratio", "tiny", "huge", "third"] {
+        assert_eq!(cached.get_str(claim), first.get_str(claim), "{claim}");
+    }
+    assert_eq!(
+        first.get_str("tiny").as_deref(),
+        Some("-1.0729132283643165e-38"),
+        "the first verification reads the token's float exactly"
+    );
 }
 
 #[tokio::test]
