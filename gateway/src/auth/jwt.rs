@@ -36,6 +36,40 @@ use super::verified::VerifiedCache;
 
 /// Longest token accepted (bytes). Longer input is refused as malformed before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Every algorithm a key can be pinned to, in [`slot`] order (one prepared [`Validation`] each).
+const ALGORITHMS: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Where `alg` is in [`ALGORITHMS`] (exhaustive: a new algorithm must be placed there).
+fn slot(alg: Algorithm) -> usize {
+    match alg {
+        Algorithm::HS256 => 0,
+        Algorithm::HS384 => 1,
+        Algorithm::HS512 => 2,
+        Algorithm::RS256 => 3,
+        Algorithm::RS384 => 4,
+        Algorithm::RS512 => 5,
+        Algorithm::PS256 => 6,
+        Algorithm::PS384 => 7,
+        Algorithm::PS512 => 8,
+        Algorithm::ES256 => 9,
+        Algorithm::ES384 => 10,
+        Algorithm::EdDSA => 11,
+    }
+}
+
 /// How long a verification waits for an on-demand JWKS refresh before giving up.
 pub const JWKS_WAIT: Duration = Duration::from_secs(3);
 /// Key parsing is the config crate's (one parser for the gateway and the operator).
@@ -193,10 +227,18 @@ struct Inner {
     /// Inline and file keys, each pinned to its configured algorithm.
     keys: Vec<VerifyKey>,
     jwks: Vec<JwksSource>,
-    /// Claim rules; `algorithms` is replaced per token with the one pinned algorithm.
-    validation: Validation,
+    /// Claim rules, one copy per algorithm with `algorithms` pinned to it: built once here, not
+    /// cloned (with its sets of strings) for every token.
+    /// Indexed by [`slot`].
+    validations: [Validation; ALGORITHMS.len()],
+    /// The route's `leeway`, in seconds.
+    leeway: u64,
     /// Tokens this route verified, while fresh and their keys in service.
     verified: VerifiedCache<CachedClaims>,
+    /// `switchboard_jwt_verify_cache_total{result="hit"}` and `{result="miss"}`, looked up once
+    /// here rather than by label on every verification.
+    cache_hits: prometheus::IntCounter,
+    cache_misses: prometheus::IntCounter,
 }
 
 /// What the verified-token cache keeps of a token: its claims as compact JSON text, parsed
@@ -342,13 +384,27 @@ impl Verifier {
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
+        let validations = ALGORITHMS.map(|alg| {
+            let mut pinned = validation.clone();
+            // Pinned: jsonwebtoken checks the header's alg against this list and the key's
+            // family.
+            pinned.algorithms = vec![to_jwt_alg(alg)];
+            pinned
+        });
 
         Ok(Self {
             inner: Arc::new(Inner {
                 keys,
                 jwks: sources,
-                validation,
+                validations,
+                leeway: validation.leeway,
                 verified: VerifiedCache::default(),
+                cache_hits: crate::metrics::metrics()
+                    .jwt_cache
+                    .with_label_values(&["hit"]),
+                cache_misses: crate::metrics::metrics()
+                    .jwt_cache
+                    .with_label_values(&["miss"]),
             }),
         })
     }
@@ -393,22 +449,18 @@ impl Verifier {
         // Read before the keys are: see `JwksCache::generation`.
         let keys = self.keys_generation();
         let now = jsonwebtoken::get_current_timestamp();
+        // One digest of the token serves the lookup and, on a miss, the insert.
+        let digest = VerifiedCache::<CachedClaims>::key(token);
         if let Some(claims) = self
             .inner
             .verified
-            .get(token, now, keys)
+            .get(&digest, now, keys)
             .and_then(|c| c.claims())
         {
-            crate::metrics::metrics()
-                .jwt_cache
-                .with_label_values(&["hit"])
-                .inc();
+            self.inner.cache_hits.inc();
             return Ok(claims);
         }
-        crate::metrics::metrics()
-            .jwt_cache
-            .with_label_values(&["miss"])
-            .inc();
+        self.inner.cache_misses.inc();
         let result = self.verify_uncached(token, &header).await;
         if let Some((claims, cached)) = result
             .as_ref()
@@ -416,10 +468,11 @@ impl Verifier {
             .and_then(|c| CachedClaims::new(c).map(|k| (c, k)))
         {
             self.inner.verified.put(
-                token,
+                digest,
+                token.len(),
                 &cached,
                 claims.exp,
-                self.inner.validation.leeway,
+                self.inner.leeway,
                 keys,
             );
         }
@@ -528,10 +581,8 @@ impl Verifier {
     }
 
     fn decode_with(&self, token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Claims, Step> {
-        let mut validation = self.inner.validation.clone();
-        // Pinned: jsonwebtoken checks the header's alg against this list and the key's family.
-        validation.algorithms = vec![to_jwt_alg(alg)];
-        match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
+        let validation = &self.inner.validations[slot(alg)];
+        match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
             Ok(data) => Ok(Claims::from_raw(data.claims)),
             Err(e) => Err(match e.into_kind() {
                 ErrorKind::InvalidSignature

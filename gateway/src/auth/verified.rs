@@ -25,7 +25,8 @@ pub const MAX_ENTRIES: usize = 10_000;
 pub const MAX_BYTES: usize = 8 * 1024 * 1024;
 const ENTRY_OVERHEAD: usize = 160;
 
-type Key = [u8; 32];
+/// A token's SHA-256: what the cache is keyed by ([`VerifiedCache::key`]).
+pub type Key = [u8; 32];
 
 struct Entry<C> {
     claims: C,
@@ -74,10 +75,6 @@ impl<C: Clone> std::fmt::Debug for VerifiedCache<C> {
     }
 }
 
-fn key_of(token: &str) -> Key {
-    Sha256::digest(token.as_bytes()).into()
-}
-
 impl<C: Clone> VerifiedCache<C> {
     fn lock(&self) -> std::sync::MutexGuard<'_, State<C>> {
         // A panic while holding the lock leaves only a cache behind: keep using it.
@@ -86,10 +83,16 @@ impl<C: Clone> VerifiedCache<C> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The claims of `token` if it was verified against key sets of generation `keys` and is
-    /// still fresh at `now` (Unix seconds).
-    pub fn get(&self, token: &str, now: u64, keys: u64) -> Option<C> {
-        let k = key_of(token);
+    /// The key of `token` (its SHA-256), computed once per verification for both [`Self::get`]
+    /// and [`Self::put`].
+    pub fn key(token: &str) -> Key {
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// The claims of the token whose key is `k` if it was verified against key sets of
+    /// generation `keys` and is still fresh at `now` (Unix seconds).
+    pub fn get(&self, k: &Key, now: u64, keys: u64) -> Option<C> {
+        let k = *k;
         let mut st = self.lock();
         let fresh = st
             .map
@@ -104,16 +107,23 @@ impl<C: Clone> VerifiedCache<C> {
         None
     }
 
-    /// Remember that `token`, expiring at `exp` (Unix seconds), verified to `claims` against
-    /// key sets of generation `keys`. A token without `exp` is not cached (the gateway
-    /// requires one; this is a guard).
-    pub fn put(&self, token: &str, claims: &C, exp: Option<u64>, leeway: u64, keys: u64) {
+    /// Remember that the token whose key is `k` (`token_len` bytes long), expiring at `exp`
+    /// (Unix seconds), verified to `claims` against key sets of generation `keys`. A token
+    /// without `exp` is not cached (the gateway requires one; this is a guard).
+    pub fn put(
+        &self,
+        k: Key,
+        token_len: usize,
+        claims: &C,
+        exp: Option<u64>,
+        leeway: u64,
+        keys: u64,
+    ) {
         let Some(exp) = exp else { return };
-        let cost = token.len() * 2 + ENTRY_OVERHEAD;
+        let cost = token_len * 2 + ENTRY_OVERHEAD;
         if cost > MAX_BYTES {
             return;
         }
-        let k = key_of(token);
         let mut st = self.lock();
         if let Some(old) = st.map.remove(&k) {
             st.bytes -= old.cost;
@@ -167,16 +177,21 @@ mod tests {
     }
 
     fn put(c: &VerifiedCache<Claims>, token: &str, claims: Claims, leeway: u64, keys: u64) {
-        c.put(token, &claims, Some(claims), leeway, keys);
+        let k = VerifiedCache::<Claims>::key(token);
+        c.put(k, token.len(), &claims, Some(claims), leeway, keys);
+    }
+
+    fn get(c: &VerifiedCache<Claims>, token: &str, now: u64, keys: u64) -> Option<Claims> {
+        c.get(&VerifiedCache::<Claims>::key(token), now, keys)
     }
 
     #[test]
     fn a_cached_token_is_served_until_its_exp_plus_leeway_and_not_after() {
         let c = VerifiedCache::<Claims>::default();
         put(&c, "t", claims(100), 5, 1);
-        assert!(c.get("t", 104, 1).is_some());
-        assert!(c.get("t", 105, 1).is_some());
-        assert!(c.get("t", 106, 1).is_none(), "stale after exp + leeway");
+        assert!(get(&c, "t", 104, 1).is_some());
+        assert!(get(&c, "t", 105, 1).is_some());
+        assert!(get(&c, "t", 106, 1).is_none(), "stale after exp + leeway");
         assert!(c.is_empty(), "a stale entry is dropped");
     }
 
@@ -184,15 +199,15 @@ mod tests {
     fn another_key_generation_misses_and_drops_the_entry() {
         let c = VerifiedCache::<Claims>::default();
         put(&c, "t", claims(100), 0, 1);
-        assert!(c.get("t", 50, 2).is_none(), "key sets changed since");
-        assert!(c.get("t", 50, 1).is_none(), "and the entry is gone");
+        assert!(get(&c, "t", 50, 2).is_none(), "key sets changed since");
+        assert!(get(&c, "t", 50, 1).is_none(), "and the entry is gone");
     }
 
     #[test]
     fn a_different_token_never_hits() {
         let c = VerifiedCache::<Claims>::default();
         put(&c, "token-a", claims(100), 0, 1);
-        assert!(c.get("token-b", 50, 1).is_none());
+        assert!(get(&c, "token-b", 50, 1).is_none());
     }
 
     #[test]
@@ -202,8 +217,8 @@ mod tests {
             put(&c, &format!("t{i}"), claims(100), 0, 1);
         }
         assert_eq!(c.len(), MAX_ENTRIES);
-        assert!(c.get("t0", 50, 1).is_none(), "the oldest went first");
-        assert!(c.get(&format!("t{}", MAX_ENTRIES + 9), 50, 1).is_some());
+        assert!(get(&c, "t0", 50, 1).is_none(), "the oldest went first");
+        assert!(get(&c, &format!("t{}", MAX_ENTRIES + 9), 50, 1).is_some());
     }
 
     #[test]
