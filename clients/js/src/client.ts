@@ -457,8 +457,10 @@ export class SwitchboardClient {
       if (ended || gen != this.gen) return;
       ended = true;
       if (probe && !opened) {
+        // Ended by `endProbe` (the stream went, the client closed): nothing more to do.
+        if (this.probeWs != ws) return;
         // Refused again: the stream goes on.
-        if (this.probeWs == ws) this.probeWs = undefined;
+        this.probeWs = undefined;
         return this.scheduleProbe();
       }
       this.ws = undefined;
@@ -582,6 +584,7 @@ export class SwitchboardClient {
   private down(code: number, reason: string): void {
     const was = this.live;
     this.live = undefined;
+    this.endProbe();
     this.ws = undefined;
     this.sse = undefined;
     for (const st of this.rooms.values()) st.pending = undefined;

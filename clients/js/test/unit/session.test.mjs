@@ -11,6 +11,7 @@ class ScriptedSocket {
     this.protocols = protocols;
     this.sent = [];
     this.readyState = 0;
+    this.at = Date.now();
     ScriptedSocket.all.push(this);
   }
   send(text) {
@@ -400,6 +401,10 @@ test("a WebSocket probe refused while on SSE keeps the stream and backs off", as
   await fallBackToSse(client);
   for (let n = 2; n < 5; n++) (await socket(n)).drop(1006);
   assert.equal(client.transport, "sse");
+  // 10 ms after connecting, then 20 and 40 (the cap) after each refusal.
+  const [p1, p2, p3] = ScriptedSocket.all.slice(2, 5).map((s) => s.at);
+  assert.ok(p2 - p1 >= 18, `second probe ${p2 - p1} ms after the first`);
+  assert.ok(p3 - p2 >= 38, `third probe ${p3 - p2} ms after the second`);
   assert.equal(requests.length, 1, "refused probes never touched the stream");
   assert.ok(!requests[0].aborted);
   assert.equal(events.filter(([e]) => e == "disconnected").length, 0);
