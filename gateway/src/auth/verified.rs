@@ -35,13 +35,18 @@ struct Entry<C> {
     /// The key sets' generation the token was verified against.
     keys: u64,
     cost: usize,
+    /// When it was put (the order slot that stands for it carries the same number).
+    seq: u64,
 }
 
 struct State<C> {
     map: HashMap<Key, Entry<C>>,
-    /// Insertion order, for eviction (may name keys already removed).
-    order: VecDeque<Key>,
+    /// Insertion order, for eviction: a key and the `seq` of the entry it was put as. A slot
+    /// whose entry was removed or put again since is stale: skipped, and dropped by compaction.
+    order: VecDeque<(Key, u64)>,
     bytes: usize,
+    /// The next entry's `seq`.
+    next: u64,
 }
 
 impl<C> Default for State<C> {
@@ -50,6 +55,7 @@ impl<C> Default for State<C> {
             map: HashMap::new(),
             order: VecDeque::new(),
             bytes: 0,
+            next: 0,
         }
     }
 }
@@ -129,13 +135,17 @@ impl<C: Clone> VerifiedCache<C> {
             st.bytes -= old.cost;
         }
         while st.map.len() >= MAX_ENTRIES || st.bytes + cost > MAX_BYTES {
-            let Some(oldest) = st.order.pop_front() else {
+            let Some((oldest, seq)) = st.order.pop_front() else {
                 break;
             };
-            if let Some(e) = st.map.remove(&oldest) {
+            if st.map.get(&oldest).is_some_and(|e| e.seq == seq)
+                && let Some(e) = st.map.remove(&oldest)
+            {
                 st.bytes -= e.cost;
             }
         }
+        let seq = st.next;
+        st.next += 1;
         st.map.insert(
             k,
             Entry {
@@ -143,14 +153,16 @@ impl<C: Clone> VerifiedCache<C> {
                 stale_after: exp.saturating_add(leeway),
                 keys,
                 cost,
+                seq,
             },
         );
-        st.order.push_back(k);
+        st.order.push_back((k, seq));
         st.bytes += cost;
-        // Keys of replaced or removed entries pile up in `order`; compact when it doubles.
+        // Slots of replaced or removed entries pile up in `order`; compact when it doubles
+        // (what is left is one slot per entry).
         if st.order.len() > 2 * st.map.len() + 64 {
             let State { map, order, .. } = &mut *st;
-            order.retain(|k| map.contains_key(k));
+            order.retain(|(k, seq)| map.get(k).is_some_and(|e| e.seq == *seq));
         }
     }
 
@@ -219,6 +231,39 @@ mod tests {
         assert_eq!(c.len(), MAX_ENTRIES);
         assert!(get(&c, "t0", 50, 1).is_none(), "the oldest went first");
         assert!(get(&c, &format!("t{}", MAX_ENTRIES + 9), 50, 1).is_some());
+    }
+
+    #[test]
+    fn a_token_verified_again_counts_as_new_and_an_older_one_is_evicted_first() {
+        let c = VerifiedCache::<Claims>::default();
+        put(&c, "again", claims(100), 0, 1);
+        put(&c, "older", claims(100), 0, 1);
+        // Verified again (concurrent misses, or after a key rotation): now the newest.
+        put(&c, "again", claims(100), 0, 1);
+        for i in 0..MAX_ENTRIES - 1 {
+            put(&c, &format!("t{i}"), claims(100), 0, 1);
+        }
+        assert_eq!(c.len(), MAX_ENTRIES);
+        assert!(get(&c, "older", 50, 1).is_none(), "the oldest went first");
+        assert!(
+            get(&c, "again", 50, 1).is_some(),
+            "not the one verified again"
+        );
+    }
+
+    #[test]
+    fn verifying_one_token_again_and_again_keeps_the_eviction_order_bounded() {
+        let c = VerifiedCache::<Claims>::default();
+        put(&c, "other", claims(100), 0, 1);
+        for _ in 0..10_000 {
+            put(&c, "same", claims(100), 0, 1);
+        }
+        assert_eq!(c.len(), 2);
+        assert!(
+            c.lock().order.len() <= 2 * 2 + 64,
+            "{}",
+            c.lock().order.len()
+        );
     }
 
     #[test]
