@@ -36,23 +36,7 @@ use super::verified::VerifiedCache;
 
 /// Longest token accepted (bytes). Longer input is refused as malformed before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// Every algorithm a key can be pinned to, in [`slot`] order (one prepared [`Validation`] each).
-const ALGORITHMS: [Algorithm; 12] = [
-    Algorithm::HS256,
-    Algorithm::HS384,
-    Algorithm::HS512,
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
-
-/// Where `alg` is in [`ALGORITHMS`] (exhaustive: a new algorithm must be placed there).
+/// Where `alg` is in [`Algorithm::ALL`] (exhaustive: a new algorithm must be placed there).
 fn slot(alg: Algorithm) -> usize {
     match alg {
         Algorithm::HS256 => 0,
@@ -230,7 +214,7 @@ struct Inner {
     /// Claim rules, one copy per algorithm with `algorithms` pinned to it: built once here, not
     /// cloned (with its sets of strings) for every token.
     /// Indexed by [`slot`].
-    validations: [Validation; ALGORITHMS.len()],
+    validations: [Validation; Algorithm::ALL.len()],
     /// The route's `leeway`, in seconds.
     leeway: u64,
     /// Tokens this route verified, while fresh and their keys in service.
@@ -384,7 +368,7 @@ impl Verifier {
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
-        let validations = ALGORITHMS.map(|alg| {
+        let validations = Algorithm::ALL.map(|alg| {
             let mut pinned = validation.clone();
             // Pinned: jsonwebtoken checks the header's alg against this list and the key's
             // family.
