@@ -39,6 +39,12 @@ pub enum BootError {
     Invalid(Vec<Problem>),
     #[error(transparent)]
     Bind(#[from] crate::listener::BindError),
+    #[error("cannot start the edge runtime ({threads} threads): {source}")]
+    Runtime {
+        threads: usize,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<switchboard_config::Error> for BootError {
@@ -98,12 +104,26 @@ pub fn bootstrap(path: Option<&Path>) -> Result<GatewayConfig, BootError> {
     Ok(cfg)
 }
 
-/// The room bus the config asks for. NATS I/O runs on its own small runtime that lives as long
-/// as the process (pingora owns the service runtimes).
-fn make_bus(cfg: &GatewayConfig) -> Result<Arc<dyn Bus>, BootError> {
+/// The edge runtime: every client connection (the edge listeners' accept loops, HTTP, rooms
+/// sessions, tunnels) and the room bus's NATS client run on it, `threads` workers. pingora
+/// gives each service a runtime of its own; had the bus kept one too, every message crossing
+/// pods would be handed from one thread pool to the other and back (a thread wake-up each
+/// way, most of the cross-pod hop's cost over a plain relay). Admin and background services
+/// stay on pingora's runtimes.
+fn edge_runtime(threads: usize) -> Result<tokio::runtime::Runtime, BootError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("switchboard-edge")
+        .enable_all()
+        .build()
+        .map_err(|source| BootError::Runtime { threads, source })
+}
+
+/// The room bus the config asks for; a NATS client is connected on `rt`, where its tasks run.
+fn make_bus(cfg: &GatewayConfig, rt: &tokio::runtime::Runtime) -> Result<Arc<dyn Bus>, BootError> {
     match &cfg.bus.nats {
         None => Ok(Arc::new(MemoryBus::new())),
-        Some(nats) => crate::rooms::bus::connect_nats(nats)
+        Some(nats) => crate::rooms::bus::connect_nats(nats, rt)
             .map_err(|e| BootError::Invalid(vec![Problem::new("bus.nats", e.to_string())])),
     }
 }
@@ -178,12 +198,14 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
     // Infallible: the admin address is chained last, and bind_all binds every address or fails.
     #[allow(clippy::expect_used)]
     let admin_bound = bound.pop().expect("the admin address is bound last");
-    let bus = make_bus(&cfg)?;
+    let threads = opts.threads.max(1);
+    let edge = edge_runtime(threads)?;
+    let bus = make_bus(&cfg, &edge)?;
     let gw = Gateway::new(cfg.clone(), bus).map_err(BootError::Invalid)?;
     crate::gateway::report_failures(gw.routes.load().failures());
-    crate::rooms::bus::block_on(crate::gateway::configure_bus(&gw.hub, gw.namespaces()));
+    edge.block_on(crate::gateway::configure_bus(&gw.hub, gw.namespaces()));
     let conf = ServerConf {
-        threads: opts.threads.max(1),
+        threads,
         // Our drain runs before pingora is told to stop, so pingora must not add its own sleep.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
@@ -206,7 +228,7 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
         );
         // No pingora-level buffering: hyper, the tunnel and tungstenite buffer for themselves,
         // and pingora's default 64 KiB read buffer per connection dominated idle memory.
-        server.add_service(bound.serve(svc, |svc, addr| {
+        server.add_service(bound.serve(svc, Some(edge.handle().clone()), |svc, addr| {
             svc.add_listener(ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::unbuffered()));
         }));
     }
@@ -217,7 +239,7 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
             listening,
         },
     );
-    server.add_service(admin_bound.serve(admin, |admin, addr| admin.add_tcp(&addr)));
+    server.add_service(admin_bound.serve(admin, None, |admin, addr| admin.add_tcp(&addr)));
     server.add_service(background_service("jwks refresh", JwksRefresh(gw.clone())));
     server.add_service(background_service(
         "presence refresh",
@@ -266,6 +288,8 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
     server.run(RunArgs {
         shutdown_signal: Box::new(signal),
     });
+    // The drain has ended every connection it could; what is left goes with the runtime.
+    edge.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use pingora::protocols::Stream;
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::runtime::Handle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::abort::ConnAbort;
@@ -60,12 +61,25 @@ pub struct Bound {
 impl Bound {
     /// `service` with this address added as its TCP listener (`listen` adds it, given the
     /// address as pingora takes it), wrapped so that a port-0 socket bound here is the one it
-    /// serves on.
-    pub fn serve<S>(self, mut service: S, listen: impl FnOnce(&mut S, String)) -> Prebound<S> {
+    /// serves on. With `runtime` the service (its accept loops and every connection they
+    /// accept) runs there instead of on the runtime pingora makes for it.
+    pub fn serve<S>(
+        self,
+        mut service: S,
+        runtime: Option<Handle>,
+        listen: impl FnOnce(&mut S, String),
+    ) -> Prebound<S>
+    where
+        S: ServiceWithDependents,
+    {
         listen(&mut service, self.addr.to_string());
         Prebound {
-            inner: service,
+            name: service.name().to_owned(),
+            threads: service.threads(),
+            listen_addresses: service.listen_addresses(),
+            inner: Some(service),
             socket: self.socket.map(|s| (self.addr.to_string(), s)),
+            runtime,
         }
     }
 }
@@ -114,13 +128,23 @@ pub fn bind_all<'a>(
 /// A pingora service that serves on a socket bound before it started (see [`bind_all`]):
 /// pingora looks a listen address up in its table of inherited sockets before binding it, so
 /// the socket goes into that table under its address when the service starts.
+///
+/// With a `runtime` the service starts there: pingora gives every service a runtime of its
+/// own, and the edge listeners share the gateway's edge runtime with the room bus's NATS
+/// client instead ([`crate::boot`]), so a message crossing pods is not handed from one thread
+/// pool to another on its way in or out. pingora's own runtime for the service is then kept
+/// to one idle thread.
 pub struct Prebound<S> {
-    inner: S,
+    inner: Option<S>,
+    name: String,
+    threads: Option<usize>,
+    listen_addresses: Option<Vec<String>>,
     socket: Option<(String, TcpListener)>,
+    runtime: Option<Handle>,
 }
 
 #[async_trait]
-impl<S: ServiceWithDependents> ServiceWithDependents for Prebound<S> {
+impl<S: ServiceWithDependents + 'static> ServiceWithDependents for Prebound<S> {
     async fn start_service(
         &mut self,
         fds: Option<ListenFds>,
@@ -131,21 +155,40 @@ impl<S: ServiceWithDependents> ServiceWithDependents for Prebound<S> {
         if let (Some(fds), Some((addr, socket))) = (&fds, self.socket.take()) {
             fds.lock().add(addr, socket.into_raw_fd());
         }
-        self.inner
-            .start_service(fds, shutdown, listeners_per_fd, ready_notifier)
-            .await;
+        // pingora starts a service once; a second start has nothing to run.
+        let Some(mut inner) = self.inner.take() else {
+            tracing::error!(service = %self.name, "service started twice");
+            return;
+        };
+        let run = async move {
+            inner
+                .start_service(fds, shutdown, listeners_per_fd, ready_notifier)
+                .await;
+        };
+        match &self.runtime {
+            None => run.await,
+            Some(rt) => {
+                if let Err(e) = rt.spawn(run).await {
+                    tracing::error!(service = %self.name, error = %e, "service ended abnormally");
+                }
+            }
+        }
     }
 
     fn name(&self) -> &str {
-        self.inner.name()
+        &self.name
     }
 
     fn threads(&self) -> Option<usize> {
-        self.inner.threads()
+        if self.runtime.is_some() {
+            Some(1)
+        } else {
+            self.threads
+        }
     }
 
     fn listen_addresses(&self) -> Option<Vec<String>> {
-        self.inner.listen_addresses()
+        self.listen_addresses.clone()
     }
 }
 
@@ -272,5 +315,87 @@ impl ServerApp for EdgeApp {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service that records the thread it was started on.
+    struct Probe(Arc<std::sync::Mutex<Option<String>>>);
+
+    #[async_trait]
+    impl ServiceWithDependents for Probe {
+        async fn start_service(
+            &mut self,
+            _fds: Option<ListenFds>,
+            _shutdown: ShutdownWatch,
+            _listeners_per_fd: usize,
+            _ready: ServiceReadyNotifier,
+        ) {
+            *self.0.lock().unwrap() = std::thread::current().name().map(str::to_owned);
+        }
+
+        fn name(&self) -> &str {
+            "probe"
+        }
+    }
+
+    fn bound() -> Bound {
+        Bound {
+            role: "edge",
+            name: "public".into(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            socket: None,
+        }
+    }
+
+    async fn started_on(runtime: Option<Handle>) -> Option<String> {
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let mut svc = bound().serve(Probe(seen.clone()), runtime, |_, _| {});
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let (ready, _) = tokio::sync::watch::channel(false);
+        svc.start_service(None, shutdown, 1, ServiceReadyNotifier::new(ready))
+            .await;
+        seen.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_listener_given_the_edge_runtime_serves_there_not_on_pingoras_runtime() {
+        let edge = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("edge-under-test")
+            .enable_all()
+            .build()
+            .unwrap();
+        let on = started_on(Some(edge.handle().clone())).await;
+        assert_eq!(on.as_deref(), Some("edge-under-test"));
+        let mut svc = bound().serve(
+            Probe(Arc::default()),
+            Some(edge.handle().clone()),
+            |_, _| {},
+        );
+        assert_eq!(
+            svc.threads(),
+            Some(1),
+            "pingora's own runtime stays one idle thread"
+        );
+        assert_eq!(svc.name(), "probe");
+        // A second start (pingora never does this) runs nothing and does not panic.
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let (ready, _) = tokio::sync::watch::channel(false);
+        svc.start_service(None, shutdown.clone(), 1, ServiceReadyNotifier::new(ready))
+            .await;
+        let (ready, _) = tokio::sync::watch::channel(false);
+        svc.start_service(None, shutdown, 1, ServiceReadyNotifier::new(ready))
+            .await;
+        edge.shutdown_background();
+    }
+
+    #[tokio::test]
+    async fn a_listener_without_a_runtime_serves_where_pingora_starts_it() {
+        let here = std::thread::current().name().map(str::to_owned);
+        assert_eq!(started_on(None).await, here);
     }
 }

@@ -32,7 +32,8 @@ struct Args {
     /// How often the config file and the files it names are checked for changes.
     #[arg(long, env = "SWITCHBOARD_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     reload_interval: Duration,
-    /// Worker threads per listener.
+    /// Worker threads of the edge runtime, shared by every listener's connections and the
+    /// room bus's NATS client.
     #[arg(long, env = "SWITCHBOARD_THREADS", default_value_t = 2)]
     threads: usize,
     /// Log format: `text` or `json`. Text is coloured only when stderr is a terminal.

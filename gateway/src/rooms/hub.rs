@@ -103,7 +103,7 @@ struct LocalRoom {
     key: RoomKey,
     bus: Arc<dyn Bus>,
     /// Where the drain tasks run (the runtime of the room's first joiner; the feed may be fed
-    /// from the bus runtime).
+    /// from another, e.g. a test's bus).
     runtime: tokio::runtime::Handle,
     members: Mutex<Members<Slot>>,
     /// Who the members with presence events were told of (locked before `members`); made on

@@ -9,7 +9,7 @@ pub mod feed;
 pub mod memory;
 pub mod nats;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -224,32 +224,14 @@ pub trait Bus: Send + Sync {
     }
 }
 
-/// The runtime that owns bus I/O (NATS client tasks) for the life of the process.
-// Not infallible (the OS may refuse a thread), but it runs once at start-up, before anything is
-// bound, and the process can do nothing useful without it: failing loudly there is the policy.
-#[allow(clippy::expect_used)]
-fn bus_runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("switchboard-bus")
-            .enable_all()
-            .build()
-            // Without a runtime the process cannot do anything useful; fail loudly at start.
-            .expect("cannot start the bus runtime")
-    })
-}
-
-/// Run a future on the bus runtime (start-up only).
-pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    bus_runtime().block_on(f)
-}
-
-/// Connect the NATS bus on the bus runtime (its client tasks live there for the process's
-/// life). Returns at once even when NATS is down: the client keeps reconnecting and the bus
-/// reports unhealthy (readiness, `switchboard_bus_up`) until it is connected.
-pub fn connect_nats(cfg: &switchboard_config::Nats) -> Result<Arc<dyn Bus>, BusError> {
-    let bus = block_on(nats::NatsBus::connect(cfg))?;
+/// Connect the NATS bus on `rt` (its client tasks live there: the edge runtime, beside the
+/// connections it serves). Returns at once even when NATS is down: the client keeps
+/// reconnecting and the bus reports unhealthy (readiness, `switchboard_bus_up`) until it is
+/// connected.
+pub fn connect_nats(
+    cfg: &switchboard_config::Nats,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Arc<dyn Bus>, BusError> {
+    let bus = rt.block_on(nats::NatsBus::connect(cfg))?;
     Ok(Arc::new(bus))
 }
