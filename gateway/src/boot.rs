@@ -104,6 +104,10 @@ pub fn bootstrap(path: Option<&Path>) -> Result<GatewayConfig, BootError> {
     Ok(cfg)
 }
 
+/// How long the exit waits for the bus to take what it was handed (docs/helm.md counts it in
+/// `exitMarginSeconds`).
+const EXIT_FLUSH: Duration = Duration::from_millis(500);
+
 /// The edge runtime: every client connection (the edge listeners' accept loops, HTTP, rooms
 /// sessions, tunnels) and the room bus's NATS client run on it, `threads` workers. pingora
 /// gives each service a runtime of its own; had the bus kept one too, every message crossing
@@ -288,8 +292,13 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
     server.run(RunArgs {
         shutdown_signal: Box::new(signal),
     });
-    // The drain has ended every connection it could; what is left goes with the runtime.
-    edge.shutdown_timeout(Duration::from_secs(1));
+    // The drain has ended every connection it could. What the last sessions handed the bus
+    // (presence leaves, disconnect notifications) reaches NATS first, bounded; then whatever is
+    // left ends with the runtime, at once.
+    edge.block_on(async {
+        let _ = tokio::time::timeout(EXIT_FLUSH, gw.hub.bus().flush()).await;
+    });
+    edge.shutdown_background();
     Ok(())
 }
 

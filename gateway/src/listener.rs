@@ -16,6 +16,7 @@ use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::abort::ConnAbort;
@@ -160,18 +161,39 @@ impl<S: ServiceWithDependents + 'static> ServiceWithDependents for Prebound<S> {
             tracing::error!(service = %self.name, "service started twice");
             return;
         };
-        let run = async move {
+        let Some(rt) = &self.runtime else {
             inner
                 .start_service(fds, shutdown, listeners_per_fd, ready_notifier)
                 .await;
+            return;
         };
-        match &self.runtime {
-            None => run.await,
-            Some(rt) => {
-                if let Err(e) = rt.spawn(run).await {
-                    tracing::error!(service = %self.name, error = %e, "service ended abnormally");
+        // The service on the edge runtime hears its own stop signal, relayed from pingora's: a
+        // graceful shutdown passes through, and a fast one (pingora drops this future with its
+        // runtime, and never signals) stops the accept loops when the relay is dropped.
+        let (stop, inner_shutdown) = watch::channel(*shutdown.borrow());
+        let stop = StopOnDrop(stop);
+        let run = rt.spawn(async move {
+            inner
+                .start_service(fds, inner_shutdown, listeners_per_fd, ready_notifier)
+                .await;
+        });
+        tokio::pin!(run);
+        let mut shutdown = shutdown;
+        let ended = loop {
+            tokio::select! {
+                ended = &mut run => break ended,
+                changed = shutdown.changed() => {
+                    // Sender gone (the server is being dropped): stop as well.
+                    let now = changed.is_err() || *shutdown.borrow();
+                    stop.0.send_replace(now);
+                    if changed.is_err() {
+                        break run.await;
+                    }
                 }
             }
+        };
+        if let Err(e) = ended {
+            tracing::error!(service = %self.name, error = %e, "service ended abnormally");
         }
     }
 
@@ -189,6 +211,15 @@ impl<S: ServiceWithDependents + 'static> ServiceWithDependents for Prebound<S> {
 
     fn listen_addresses(&self) -> Option<Vec<String>> {
         self.listen_addresses.clone()
+    }
+}
+
+/// Tells a relayed service to stop when its relay is dropped.
+struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
     }
 }
 
@@ -320,6 +351,9 @@ impl ServerApp for EdgeApp {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
     use super::*;
 
     /// A service that records the thread it was started on.
@@ -342,6 +376,33 @@ mod tests {
         }
     }
 
+    /// A service that runs, as pingora's accept loop does, until its shutdown signal says stop;
+    /// the flag is set when it was told to stop (not when the signal's sender vanished, which
+    /// pingora's loop logs as an error).
+    struct Loop(Arc<AtomicBool>);
+
+    #[async_trait]
+    impl ServiceWithDependents for Loop {
+        async fn start_service(
+            &mut self,
+            _fds: Option<ListenFds>,
+            mut shutdown: ShutdownWatch,
+            _listeners_per_fd: usize,
+            _ready: ServiceReadyNotifier,
+        ) {
+            while !*shutdown.borrow_and_update() {
+                if shutdown.changed().await.is_err() {
+                    return;
+                }
+            }
+            self.0.store(true, Ordering::SeqCst);
+        }
+
+        fn name(&self) -> &str {
+            "loop"
+        }
+    }
+
     fn bound() -> Bound {
         Bound {
             role: "edge",
@@ -351,24 +412,40 @@ mod tests {
         }
     }
 
-    async fn started_on(runtime: Option<Handle>) -> Option<String> {
-        let seen = Arc::new(std::sync::Mutex::new(None));
-        let mut svc = bound().serve(Probe(seen.clone()), runtime, |_, _| {});
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let (ready, _) = tokio::sync::watch::channel(false);
-        svc.start_service(None, shutdown, 1, ServiceReadyNotifier::new(ready))
-            .await;
-        seen.lock().unwrap().clone()
-    }
-
-    #[tokio::test]
-    async fn a_listener_given_the_edge_runtime_serves_there_not_on_pingoras_runtime() {
-        let edge = tokio::runtime::Builder::new_multi_thread()
+    fn edge_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("edge-under-test")
             .enable_all()
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    fn ready() -> ServiceReadyNotifier {
+        ServiceReadyNotifier::new(tokio::sync::watch::channel(false).0)
+    }
+
+    async fn started_on(runtime: Option<Handle>) -> Option<String> {
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let mut svc = bound().serve(Probe(seen.clone()), runtime, |_, _| {});
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        svc.start_service(None, shutdown, 1, ready()).await;
+        seen.lock().unwrap().clone()
+    }
+
+    async fn eventually(flag: &AtomicBool) -> bool {
+        for _ in 0..500 {
+            if flag.load(Ordering::SeqCst) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_listener_given_the_edge_runtime_serves_there_not_on_pingoras_runtime() {
+        let edge = edge_runtime();
         let on = started_on(Some(edge.handle().clone())).await;
         assert_eq!(on.as_deref(), Some("edge-under-test"));
         let mut svc = bound().serve(
@@ -384,18 +461,61 @@ mod tests {
         assert_eq!(svc.name(), "probe");
         // A second start (pingora never does this) runs nothing and does not panic.
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let (ready, _) = tokio::sync::watch::channel(false);
-        svc.start_service(None, shutdown.clone(), 1, ServiceReadyNotifier::new(ready))
-            .await;
-        let (ready, _) = tokio::sync::watch::channel(false);
-        svc.start_service(None, shutdown, 1, ServiceReadyNotifier::new(ready))
-            .await;
+        svc.start_service(None, shutdown.clone(), 1, ready()).await;
+        svc.start_service(None, shutdown, 1, ready()).await;
+        edge.shutdown_background();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_listener_without_a_runtime_serves_where_pingora_starts_it() {
+        let here = std::thread::current().name().map(str::to_owned);
+        assert_eq!(started_on(None).await, here);
+    }
+
+    #[tokio::test]
+    async fn a_graceful_shutdown_reaches_a_listener_on_the_edge_runtime() {
+        let edge = edge_runtime();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let mut svc = bound().serve(
+            Loop(stopped.clone()),
+            Some(edge.handle().clone()),
+            |_, _| {},
+        );
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let started =
+            tokio::spawn(async move { svc.start_service(None, shutdown, 1, ready()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!stopped.load(Ordering::SeqCst), "runs until told to stop");
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), started)
+            .await
+            .expect("start_service returns once the service stopped")
+            .unwrap();
+        assert!(stopped.load(Ordering::SeqCst));
         edge.shutdown_background();
     }
 
     #[tokio::test]
-    async fn a_listener_without_a_runtime_serves_where_pingora_starts_it() {
-        let here = std::thread::current().name().map(str::to_owned);
-        assert_eq!(started_on(None).await, here);
+    async fn a_fast_shutdown_that_drops_pingoras_runtime_stops_a_listener_on_the_edge_runtime() {
+        let edge = edge_runtime();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let mut svc = bound().serve(
+            Loop(stopped.clone()),
+            Some(edge.handle().clone()),
+            |_, _| {},
+        );
+        // pingora's fast shutdown sends nothing: it drops the service's runtime, and with it
+        // this future.
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let started =
+            tokio::spawn(async move { svc.start_service(None, shutdown, 1, ready()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!stopped.load(Ordering::SeqCst), "runs until told to stop");
+        started.abort();
+        assert!(
+            eventually(&stopped).await,
+            "the accept loop was told to stop"
+        );
+        edge.shutdown_background();
     }
 }

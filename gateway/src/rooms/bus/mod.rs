@@ -208,6 +208,10 @@ pub trait Bus: Send + Sync {
     /// Periodic upkeep, called every second (the embedded bus frees expired history here).
     async fn maintain(&self) {}
 
+    /// Wait until what was handed to the bus has reached it (NATS: the server has read every
+    /// publish so far). Called once at exit, bounded by the caller.
+    async fn flush(&self) {}
+
     /// Whether the bus is usable now (readiness and metrics).
     fn healthy(&self) -> bool;
 

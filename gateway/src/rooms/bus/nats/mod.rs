@@ -646,6 +646,12 @@ impl Bus for NatsBus {
         }
     }
 
+    async fn flush(&self) {
+        if let Err(e) = self.inner.client.flush().await {
+            tracing::warn!(error = %e, "could not flush the NATS connection at exit");
+        }
+    }
+
     async fn publish(&self, msg: Publish) -> Result<Option<Position>, BusError> {
         self.inner
             .bounded(OP_TIMEOUT, self.inner.publish(msg))
