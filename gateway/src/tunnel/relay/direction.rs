@@ -93,8 +93,9 @@ pub(super) struct Dir {
     pub(super) sender: Sender,
     pub(super) scanner: Scanner,
     pub(super) bucket: Option<TokenBucket>,
-    /// permessage-deflate on the client side of the tunnel, when negotiated.
-    pub(super) pmd: Option<Compression>,
+    /// permessage-deflate on the client side of the tunnel, when negotiated (boxed: most
+    /// tunnels have none, and a direction is part of every idle tunnel's task).
+    pub(super) pmd: Option<Box<Compression>>,
     pub(super) counters: DirCounters,
     pub(super) mode: Mode,
     pub(super) stage: Stage,
@@ -212,7 +213,9 @@ impl Dir {
         Dir {
             sender,
             scanner,
-            pmd: limits.deflate.map(|d| Compression::new(d, sender, max)),
+            pmd: limits
+                .deflate
+                .map(|d| Box::new(Compression::new(d, sender, max))),
             bucket: (sender == Sender::Client).then(|| {
                 TokenBucket::new(
                     limits.messages_per_second,
@@ -715,7 +718,7 @@ impl Dir {
     /// is whole, forward it (inflated toward the app, compressed toward the client) or fail
     /// the connection with the close the inflater chose.
     fn collected_frame_end<D: AsyncWrite + Unpin>(&mut self, fwd: &mut Forward<'_, '_, D>) {
-        match self.pmd.as_mut().and_then(Compression::frame_end) {
+        match self.pmd.as_deref_mut().and_then(Compression::frame_end) {
             None => {}
             Some(Ok(frame)) => fwd.owned(&frame),
             Some(Err(cause)) => {
