@@ -213,7 +213,7 @@ where
             .into_iter()
             .flatten()
         {
-            self.initiate(c);
+            self.initiate(*c);
             changed = true;
         }
         // Read the clock only when a direction has just ended (not once per wake-up).
