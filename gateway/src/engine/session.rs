@@ -218,7 +218,7 @@ where
                         }
                         let cause = e.cause();
                         if e.sends_close() {
-                            return close_now(conn, handler, cause, CLOSE_WAIT).await;
+                            return Box::pin(close_now(conn, handler, cause, CLOSE_WAIT)).await;
                         }
                         return cause;
                     }
@@ -231,7 +231,7 @@ where
                         if d.closing.is_none() {
                             flush_queue(conn, handler);
                         }
-                        let _ = tokio::time::timeout(CLOSE_WAIT, conn.flush()).await;
+                        let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, conn.flush())).await;
                         return match d.closing {
                             Some((c, _)) => c,
                             None => CloseCause::Peer(Side::Downstream, code.unwrap_or(1005)),
@@ -258,7 +258,7 @@ where
                     frames = Vec::new(); // nothing held while idle
                 }
                 if let Some(cause) = end {
-                    return close_now(conn, handler, cause, CLOSE_WAIT).await;
+                    return Box::pin(close_now(conn, handler, cause, CLOSE_WAIT)).await;
                 }
             }
             Event::QueueClosed => {
@@ -266,7 +266,13 @@ where
                 d.closing = Some((cause, Instant::now() + CLOSE_WAIT));
             }
             Event::Overflowed => {
-                return close_now(conn, handler, CloseCause::SlowConsumer, SLOW_CLOSE_WAIT).await;
+                return Box::pin(close_now(
+                    conn,
+                    handler,
+                    CloseCause::SlowConsumer,
+                    SLOW_CLOSE_WAIT,
+                ))
+                .await;
             }
             Event::Drain => {
                 if d.drain.is_none() {
@@ -281,7 +287,13 @@ where
                         return cause.clone();
                     }
                 } else if due(d.pong) {
-                    return close_now(conn, handler, CloseCause::PongTimeout, CLOSE_WAIT).await;
+                    return Box::pin(close_now(
+                        conn,
+                        handler,
+                        CloseCause::PongTimeout,
+                        CLOSE_WAIT,
+                    ))
+                    .await;
                 } else if due(d.expiry) {
                     d.closing = Some(begin_close(conn, handler, CloseCause::TokenExpired));
                 } else if due(d.drain) {
@@ -315,6 +327,8 @@ where
 }
 
 /// Queue what is waiting and our Close, give the socket `wait` to take them, and end.
+/// Callers box it (and the flush wait after a peer's Close): a close happens once, at the
+/// end, and an unboxed close future would be part of every idle connection's task.
 async fn close_now<S, H>(
     conn: &mut Conn<S>,
     handler: &mut H,

@@ -255,9 +255,26 @@ impl Tunnel {
             ip,
             admitted,
         } = self;
+        // What the relay is built from waits for the client's upgrade in a box, and the task
+        // uses what it captures in place: a value a task moves out of (into the relay) keeps
+        // its place in the task for the task's whole life, beside the relay built from it.
+        let parts = Box::new((
+            TokioIo::new(upstream),
+            limits,
+            DirCounters {
+                frames: fi,
+                bytes: bi,
+            },
+            DirCounters {
+                frames: fo,
+                bytes: bo,
+            },
+            drain_signal,
+        ));
+        let held = (admitted, live);
         tokio::spawn(async move {
-            let _admitted = admitted;
-            let _live = live;
+            // Released when the tunnel ends: the admission slot and the drain's live count.
+            let _held = &held;
             let active = metrics()
                 .connections_active
                 .with_label_values(&[&route_name]);
@@ -270,18 +287,13 @@ impl Tunnel {
             };
             active.inc();
             let started = Instant::now();
+            let (upstream, limits, inbound, outbound, drain_signal) = *parts;
             let outcome = relay::run(
                 TokioIo::new(client),
-                TokioIo::new(upstream),
+                upstream,
                 limits,
-                DirCounters {
-                    frames: fi,
-                    bytes: bi,
-                },
-                DirCounters {
-                    frames: fo,
-                    bytes: bo,
-                },
+                inbound,
+                outbound,
                 drain_signal,
             )
             .await;

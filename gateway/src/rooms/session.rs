@@ -117,25 +117,30 @@ pub fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
     serve(conn, session)
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    mut conn: Conn<S>,
-    mut session: Session,
-) -> CloseCause {
-    let policy = session.ctx.policy.clone();
-    let mut life = session.ctx.lifecycle(&policy.conn);
-    // Joining and leaving are boxed: their futures exist while they run, not for the whole
-    // life of the connection's task.
-    let cause = match Box::pin(session.join_automatic()).await {
-        Ok(()) => engine_session::run(&mut conn, &mut life, &mut session).await,
-        Err(cause) => {
-            conn.close_with(&cause);
-            let _ = tokio::time::timeout(CLOSE_WAIT, conn.flush()).await;
-            cause
-        }
-    };
-    Box::pin(session.leave_all()).await;
-    session.outbox.close();
-    cause
+/// Not an `async fn` either: its arguments would be moved into the future's locals and kept
+/// twice; the block uses what it captures in place.
+fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: Conn<S>,
+    session: Session,
+) -> impl Future<Output = CloseCause> {
+    let (mut conn, mut session) = (conn, session);
+    async move {
+        let policy = session.ctx.policy.clone();
+        let mut life = session.ctx.lifecycle(&policy.conn);
+        // Joining and leaving are boxed: their futures exist while they run, not for the whole
+        // life of the connection's task.
+        let cause = match Box::pin(session.join_automatic()).await {
+            Ok(()) => engine_session::run(&mut conn, &mut life, &mut session).await,
+            Err(cause) => {
+                conn.close_with(&cause);
+                let _ = tokio::time::timeout(CLOSE_WAIT, conn.flush()).await;
+                cause
+            }
+        };
+        Box::pin(session.leave_all()).await;
+        session.outbox.close();
+        cause
+    }
 }
 
 /// A text frame of this connection's own (no sharing).

@@ -1,6 +1,7 @@
 //! Rooms over WebSocket: the 101 (with the chosen subprotocol), then a task that runs the
 //! session (JSON protocol or raw relay) and sends the `connect` / `disconnect` notifications.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -134,55 +135,61 @@ pub(crate) fn websocket(
 /// The task of one rooms WebSocket: the session, with its `connect` / `disconnect`
 /// notifications, metrics and log line. `held` (the drain's live count and the admission slot)
 /// is released when it ends. `ctx` is boxed until the upgrade completes and then moved into the
-/// session: an argument of an `async fn` keeps its place in the task for the task's whole life,
-/// so a `SessionCtx` by value would be held twice (here, moved out, and in the session).
-async fn connection(
+/// session: what a task moves out of keeps its place in the task for the task's whole life, so
+/// a `SessionCtx` by value would be held twice (here, moved out, and in the session). For the
+/// same reason this is not an `async fn` (whose arguments are moved into the future's locals
+/// and kept twice) and the block uses what it captures in place.
+fn connection(
     on_upgrade: OnUpgrade,
     ctx: Box<SessionCtx>,
     runner: Option<SessionRunner>,
     notifier: Option<Box<Notifier>>,
     held: (LiveGuard, Option<Admitted>),
-) {
-    let (_live, admitted) = held;
-    let Ok(io) = on_upgrade.await else { return };
-    // Shared with the session, not copied: the route's name, the claims, the connection id.
-    let route = ctx.policy.conn.route.clone();
-    let claims = ctx.claims.clone();
-    let conn = ctx.conn_id.clone();
-    let user = || claims.as_deref().and_then(|c| c.sub.as_deref());
-    let active = metrics().connections_active.with_label_values(&[&*route]);
-    active.inc();
-    let started = std::time::Instant::now();
-    let connected = notifier.as_ref().map(|n| {
-        n.send(Sent::default(), user(), || {
-            connect_event(&conn, user(), &route, "websocket")
-        })
-    });
-    let cause = match runner {
-        Some(run) => run(io, *ctx).await,
-        None => session::run(io, *ctx).await,
-    };
-    active.dec();
-    drop(admitted); // the admission slot frees with the connection
-    let disconnected = notifier.as_ref().map(|n| {
-        n.send(connected.unwrap_or_default(), user(), || {
-            disconnect_event(&conn, user(), &route, "websocket", &cause)
-        })
-    });
-    metrics()
-        .closes
-        .with_label_values(&[&*route, &cause.code().to_string(), cause.label()])
-        .inc();
-    tracing::info!(
-        target: "switchboard::connection",
-        route = %route,
-        conn = %conn,
-        duration_ms = started.elapsed().as_millis() as u64,
-        close_code = cause.code(),
-        cause = cause.label(),
-        "rooms connection ended"
-    );
-    if let Some(d) = disconnected {
-        d.finished().await; // still counted as live for the drain
+) -> impl Future<Output = ()> {
+    let mut held = held;
+    async move {
+        // The whole pair, captured (a field alone would leave the other behind, dropped now).
+        let held = &mut held;
+        let Ok(io) = on_upgrade.await else { return };
+        // Shared with the session, not copied: the route's name, the claims, the connection id.
+        let route = ctx.policy.conn.route.clone();
+        let claims = ctx.claims.clone();
+        let conn = ctx.conn_id.clone();
+        let user = || claims.as_deref().and_then(|c| c.sub.as_deref());
+        let active = metrics().connections_active.with_label_values(&[&*route]);
+        active.inc();
+        let started = std::time::Instant::now();
+        let connected = notifier.as_ref().map(|n| {
+            n.send(Sent::default(), user(), || {
+                connect_event(&conn, user(), &route, "websocket")
+            })
+        });
+        let cause = match runner {
+            Some(run) => run(io, *ctx).await,
+            None => session::run(io, *ctx).await,
+        };
+        active.dec();
+        held.1 = None; // the admission slot frees with the connection
+        let disconnected = notifier.as_ref().map(|n| {
+            n.send(connected.unwrap_or_default(), user(), || {
+                disconnect_event(&conn, user(), &route, "websocket", &cause)
+            })
+        });
+        metrics()
+            .closes
+            .with_label_values(&[&*route, &cause.code().to_string(), cause.label()])
+            .inc();
+        tracing::info!(
+            target: "switchboard::connection",
+            route = %route,
+            conn = %conn,
+            duration_ms = started.elapsed().as_millis() as u64,
+            close_code = cause.code(),
+            cause = cause.label(),
+            "rooms connection ended"
+        );
+        if let Some(d) = disconnected {
+            d.finished().await; // still counted as live for the drain
+        }
     }
 }

@@ -15,7 +15,7 @@
 //!
 //! Written over `AsyncRead + AsyncWrite` so tests drive it with in-memory duplex streams.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -213,7 +213,7 @@ where
             .into_iter()
             .flatten()
         {
-            self.initiate(c);
+            self.initiate(*c);
             changed = true;
         }
         // Read the clock only when a direction has just ended (not once per wake-up).
@@ -421,47 +421,57 @@ where
 }
 
 /// Relay frames between `client` and `upstream` until both sides are closed.
-pub async fn run<C, U>(
+///
+/// Not an `async fn`: the tunnel is built here and moved into the future once. An `async fn`
+/// keeps its arguments in the future for its whole life beside what is built from them (the
+/// streams and limits, ~300 bytes per idle tunnel), and the future returned here is what the
+/// connection's task holds while the tunnel idles.
+pub fn run<C, U>(
     client: C,
     upstream: U,
     limits: TunnelLimits,
     inbound: DirCounters,
     outbound: DirCounters,
-    mut drain: watch::Receiver<bool>,
-) -> Outcome
+    drain: watch::Receiver<bool>,
+) -> impl Future<Output = Outcome>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let draining = *drain.borrow();
-    let mut tunnel = Tunnel::new(client, upstream, limits, inbound, outbound, draining);
-    let sleep = tokio::time::sleep_until(tunnel.far);
-    tokio::pin!(sleep);
-    // The drain signal is watched without a lock per wake-up: the `changed` future is polled
-    // once to register this task, after that only when the signal's version moved (an atomic
-    // read on a second receiver).
-    let mut peek = drain.clone();
-    loop {
-        let changed = drain.changed();
-        tokio::pin!(changed);
-        let mut registered = false;
-        let signal = poll_fn(|cx| {
-            if !tunnel.drain_seen
-                && (!registered || peek.has_changed().unwrap_or(true))
-                && let Poll::Ready(r) = changed.as_mut().poll(cx)
-            {
-                return Poll::Ready(Some(r.is_err() || *peek.borrow_and_update()));
+    let tunnel = Tunnel::new(client, upstream, limits, inbound, outbound, draining);
+    // The block uses what it captures in place (never `let x = captured`), so each is stored
+    // once.
+    let (mut tunnel, mut drain) = (tunnel, drain);
+    async move {
+        let sleep = tokio::time::sleep_until(tunnel.far);
+        tokio::pin!(sleep);
+        // The drain signal is watched without a lock per wake-up: the `changed` future is
+        // polled once to register this task, after that only when the signal's version moved
+        // (an atomic read on a second receiver).
+        let mut peek = drain.clone();
+        loop {
+            let changed = drain.changed();
+            tokio::pin!(changed);
+            let mut registered = false;
+            let signal = poll_fn(|cx| {
+                if !tunnel.drain_seen
+                    && (!registered || peek.has_changed().unwrap_or(true))
+                    && let Poll::Ready(r) = changed.as_mut().poll(cx)
+                {
+                    return Poll::Ready(Some(r.is_err() || *peek.borrow_and_update()));
+                }
+                registered = true;
+                tunnel.poll(cx, sleep.as_mut()).map(|()| None)
+            })
+            .await;
+            match signal {
+                Some(on) => tunnel.drain_signal(on),
+                None => break,
             }
-            registered = true;
-            tunnel.poll(cx, sleep.as_mut()).map(|()| None)
-        })
-        .await;
-        match signal {
-            Some(on) => tunnel.drain_signal(on),
-            None => break,
         }
+        tunnel.outcome()
     }
-    tunnel.outcome()
 }
 
 #[cfg(test)]

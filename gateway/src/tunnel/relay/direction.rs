@@ -93,8 +93,9 @@ pub(super) struct Dir {
     pub(super) sender: Sender,
     pub(super) scanner: Scanner,
     pub(super) bucket: Option<TokenBucket>,
-    /// permessage-deflate on the client side of the tunnel, when negotiated.
-    pub(super) pmd: Option<Compression>,
+    /// permessage-deflate on the client side of the tunnel, when negotiated (boxed: most
+    /// tunnels have none, and a direction is part of every idle tunnel's task).
+    pub(super) pmd: Option<Box<Compression>>,
     pub(super) counters: DirCounters,
     pub(super) mode: Mode,
     pub(super) stage: Stage,
@@ -104,8 +105,10 @@ pub(super) struct Dir {
     pub(super) unflushed: bool,
     /// We wrote a Close into the destination.
     pub(super) close_sent: bool,
-    /// A Close waiting for the destination to reach a frame boundary.
-    pub(super) close: Option<CloseCmd>,
+    /// A Close waiting for the destination to reach a frame boundary. This, `handoff` and
+    /// `violation` are boxed: they exist once a close starts, and a direction is part of every
+    /// idle tunnel's task.
+    pub(super) close: Option<Box<CloseCmd>>,
     /// A keep-alive ping (its sequence number) waiting for a frame boundary.
     pub(super) ping: Option<u64>,
     /// While non-zero, a close has started and what the source already sent is relayed
@@ -113,7 +116,7 @@ pub(super) struct Dir {
     pub(super) ready_budget: usize,
     /// The Close to send the destination once the source's Close arrives (a client-first
     /// close: the source was sent Close by the other direction).
-    pub(super) handoff: Option<(u16, String)>,
+    pub(super) handoff: Option<Box<(u16, String)>>,
     /// The destination's close handshake is complete: end its stream without waiting for
     /// this direction's source to answer too.
     pub(super) finish: bool,
@@ -129,7 +132,7 @@ pub(super) struct Dir {
     /// A pong arrived from the source.
     pub(super) pong: bool,
     /// The source broke a limit or the framing rules.
-    pub(super) violation: Option<CloseCause>,
+    pub(super) violation: Option<Box<CloseCause>>,
 }
 
 /// Where one read's forwarded bytes go: straight to the destination while it takes them, into
@@ -212,7 +215,9 @@ impl Dir {
         Dir {
             sender,
             scanner,
-            pmd: limits.deflate.map(|d| Compression::new(d, sender, max)),
+            pmd: limits
+                .deflate
+                .map(|d| Box::new(Compression::new(d, sender, max))),
             bucket: (sender == Sender::Client).then(|| {
                 TokenBucket::new(
                     limits.messages_per_second,
@@ -268,14 +273,14 @@ impl Dir {
         if !fail && self.stage == Stage::Open {
             self.ready_budget = READY_BUDGET;
         }
-        self.close = Some(CloseCmd { code, reason, fail });
+        self.close = Some(Box::new(CloseCmd { code, reason, fail }));
     }
 
     /// A client-first close: relay until the source's Close, then send the destination this
     /// Close instead of forwarding the source's.
     pub(super) fn close_after_source(&mut self, code: u16, reason: String) {
         if self.stage == Stage::Open {
-            self.handoff = Some((code, reason));
+            self.handoff = Some(Box::new((code, reason)));
         }
     }
 
@@ -593,7 +598,7 @@ impl Dir {
                 Err(_) => {
                     self.abandon_collected();
                     self.mode = Mode::Blind;
-                    self.violation = Some(CloseCause::ProtocolError);
+                    self.violation = Some(Box::new(CloseCause::ProtocolError));
                     return None;
                 }
             };
@@ -614,11 +619,11 @@ impl Dir {
                             .is_some_and(|b| !b.try_take(std::time::Instant::now()));
                     if h.too_big || limited {
                         self.mode = Mode::Discard;
-                        self.violation = Some(if h.too_big {
+                        self.violation = Some(Box::new(if h.too_big {
                             CloseCause::MessageTooBig
                         } else {
                             CloseCause::RateLimited
-                        });
+                        }));
                         continue;
                     }
                     if let Some(z) = self.pmd.as_mut() {
@@ -632,7 +637,7 @@ impl Dir {
                             }
                             compress::Route::TooBig => {
                                 self.mode = Mode::Discard;
-                                self.violation = Some(CloseCause::MessageTooBig);
+                                self.violation = Some(Box::new(CloseCause::MessageTooBig));
                                 continue;
                             }
                         }
@@ -673,7 +678,7 @@ impl Dir {
                     };
                     match c.opcode {
                         OpCode::Close => {
-                            if let Some((code, reason)) = self.handoff.take()
+                            if let Some((code, reason)) = self.handoff.take().map(|h| *h)
                                 && !self.close_sent
                             {
                                 // The source answered the Close it was sent: now the
@@ -715,12 +720,12 @@ impl Dir {
     /// is whole, forward it (inflated toward the app, compressed toward the client) or fail
     /// the connection with the close the inflater chose.
     fn collected_frame_end<D: AsyncWrite + Unpin>(&mut self, fwd: &mut Forward<'_, '_, D>) {
-        match self.pmd.as_mut().and_then(Compression::frame_end) {
+        match self.pmd.as_deref_mut().and_then(Compression::frame_end) {
             None => {}
             Some(Ok(frame)) => fwd.owned(&frame),
             Some(Err(cause)) => {
                 self.mode = Mode::Discard;
-                self.violation = Some(cause);
+                self.violation = Some(Box::new(cause));
             }
         }
     }
@@ -738,7 +743,7 @@ impl Dir {
     /// stream (reset, error) is reported with a Close of ours: 1011 to a client whose app pod
     /// went away, 1001 to an app whose client went away.
     fn source_vanished(&mut self, broken: bool) {
-        let (end, shutdown) = if let Some((code, reason)) = self.handoff.take()
+        let (end, shutdown) = if let Some((code, reason)) = self.handoff.take().map(|h| *h)
             && !self.close_sent
             && !self.dst_mid_frame
         {

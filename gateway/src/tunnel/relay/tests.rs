@@ -658,3 +658,27 @@ async fn every_split_of_the_input_is_relayed_byte_for_byte_both_ways() {
 }
 
 mod compression;
+
+/// The future a tunnel's task holds while it idles: the tunnel (streams, directions, limits,
+/// deadlines), its one timer and the drain watch, and no second copy of what the tunnel was
+/// built from (an `async fn`'s arguments stay in its future beside what is made of them).
+#[tokio::test]
+async fn an_idle_tunnel_future_holds_its_streams_and_limits_once() {
+    let (client_gw, _client) = tokio::io::duplex(64);
+    let (up_gw, _up) = tokio::io::duplex(64);
+    let (_drain_tx, drain_rx) = watch::channel(false);
+    let watch_parts = 2 * std::mem::size_of::<watch::Receiver<bool>>()
+        + std::mem::size_of_val(&drain_rx.clone().changed());
+    let future = run(client_gw, up_gw, limits(), counters(), counters(), drain_rx);
+    let tunnel = std::mem::size_of::<Tunnel<DuplexStream, DuplexStream>>();
+    let parts = tunnel + std::mem::size_of::<Sleep>() + watch_parts;
+    let size = std::mem::size_of_val(&future);
+    // Slack for the loop's flags and the poll closure's references; less than the limits a
+    // second copy would add.
+    let slack = 96;
+    assert!(slack < std::mem::size_of::<TunnelLimits>());
+    assert!(
+        size <= parts + slack,
+        "the tunnel future is {size} B for {parts} B of parts (tunnel {tunnel} B)"
+    );
+}
