@@ -472,9 +472,15 @@ mod tests {
         assert_eq!(started_on(None).await, here);
     }
 
-    #[tokio::test]
-    async fn a_graceful_shutdown_reaches_a_listener_on_the_edge_runtime() {
-        let edge = edge_runtime();
+    /// A [`Loop`] started on `edge` as pingora starts a service, running until told to stop:
+    /// its stopped flag, pingora's shutdown sender, and the task pingora would hold.
+    async fn a_running_loop(
+        edge: &tokio::runtime::Runtime,
+    ) -> (
+        Arc<AtomicBool>,
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let stopped = Arc::new(AtomicBool::new(false));
         let mut svc = bound().serve(
             Loop(stopped.clone()),
@@ -486,6 +492,13 @@ mod tests {
             tokio::spawn(async move { svc.start_service(None, shutdown, 1, ready()).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!stopped.load(Ordering::SeqCst), "runs until told to stop");
+        (stopped, stop, started)
+    }
+
+    #[tokio::test]
+    async fn a_graceful_shutdown_reaches_a_listener_on_the_edge_runtime() {
+        let edge = edge_runtime();
+        let (stopped, stop, started) = a_running_loop(&edge).await;
         stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), started)
             .await
@@ -498,19 +511,9 @@ mod tests {
     #[tokio::test]
     async fn a_fast_shutdown_that_drops_pingoras_runtime_stops_a_listener_on_the_edge_runtime() {
         let edge = edge_runtime();
-        let stopped = Arc::new(AtomicBool::new(false));
-        let mut svc = bound().serve(
-            Loop(stopped.clone()),
-            Some(edge.handle().clone()),
-            |_, _| {},
-        );
         // pingora's fast shutdown sends nothing: it drops the service's runtime, and with it
-        // this future.
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let started =
-            tokio::spawn(async move { svc.start_service(None, shutdown, 1, ready()).await });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!stopped.load(Ordering::SeqCst), "runs until told to stop");
+        // the future that started the service.
+        let (stopped, _stop, started) = a_running_loop(&edge).await;
         started.abort();
         assert!(
             eventually(&stopped).await,
