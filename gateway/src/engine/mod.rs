@@ -10,3 +10,13 @@ pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod session;
+
+/// The value out of its box, and the box freed now. A connection's task keeps what it waits
+/// for until the upgrade in a box (so the task does not hold it a second time beside what is
+/// built from it); `*boxed` inside the task's async block would move the value out but free
+/// the emptied box only when the block's captured variable goes, at the end of the connection.
+/// (Taking the box is the point: clippy's `boxed_local` does not apply.)
+#[allow(clippy::boxed_local)]
+pub fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}

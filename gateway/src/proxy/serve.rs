@@ -21,6 +21,7 @@ use crate::auth::jwt::Claims;
 use crate::auth::token;
 use crate::drain::Drain;
 use crate::engine::deflate::{self, Deflate};
+use crate::engine::unbox;
 use crate::error::Refusal;
 use crate::http::{Body, full, unix_now};
 use crate::metrics::metrics;
@@ -408,12 +409,4 @@ async fn forward_http(
         .inc();
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, body.boxed()))
-}
-
-/// The value out of its box, and the box freed now: `*boxed` inside an async block moves the
-/// value out but frees the emptied box only when the block's captured variable goes, at the
-/// end of the connection. (Taking the box is the point: clippy's `boxed_local` does not apply.)
-#[allow(clippy::boxed_local)]
-fn unbox<T>(boxed: Box<T>) -> T {
-    *boxed
 }

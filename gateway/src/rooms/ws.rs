@@ -17,7 +17,7 @@ use super::session::{self, SessionCtx};
 use crate::admission::{Admitted, Passed};
 use crate::auth::token;
 use crate::drain::LiveGuard;
-use crate::engine::{deflate, handshake};
+use crate::engine::{deflate, handshake, unbox};
 use crate::error::Refusal;
 use crate::http::{Body, full};
 use crate::metrics::metrics;
@@ -192,12 +192,4 @@ fn connection(
             d.finished().await; // still counted as live for the drain
         }
     }
-}
-
-/// The value out of its box, and the box freed now: `*boxed` inside an async block moves the
-/// value out but frees the emptied box only when the block's captured variable goes, at the
-/// end of the connection. (Taking the box is the point: clippy's `boxed_local` does not apply.)
-#[allow(clippy::boxed_local)]
-fn unbox<T>(boxed: Box<T>) -> T {
-    *boxed
 }
