@@ -36,22 +36,10 @@ use super::verified::VerifiedCache;
 
 /// Longest token accepted (bytes). Longer input is refused as malformed before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// Where `alg` is in [`Algorithm::ALL`] (exhaustive: a new algorithm must be placed there).
+/// Where `alg` is in [`Algorithm::ALL`], which lists the variants in declaration order
+/// (`every_algorithm_finds_the_validation_pinned_to_it` checks it).
 fn slot(alg: Algorithm) -> usize {
-    match alg {
-        Algorithm::HS256 => 0,
-        Algorithm::HS384 => 1,
-        Algorithm::HS512 => 2,
-        Algorithm::RS256 => 3,
-        Algorithm::RS384 => 4,
-        Algorithm::RS512 => 5,
-        Algorithm::PS256 => 6,
-        Algorithm::PS384 => 7,
-        Algorithm::PS512 => 8,
-        Algorithm::ES256 => 9,
-        Algorithm::ES384 => 10,
-        Algorithm::EdDSA => 11,
-    }
+    alg as usize
 }
 
 /// How long a verification waits for an on-demand JWKS refresh before giving up.
