@@ -112,8 +112,8 @@ const EXIT_FLUSH: Duration = Duration::from_millis(500);
 /// sessions, tunnels) and the room bus's NATS client run on it, `threads` workers. pingora
 /// gives each service a runtime of its own; had the bus kept one too, every message crossing
 /// pods would be handed from one thread pool to the other and back (a thread wake-up each
-/// way, most of the cross-pod hop's cost over a plain relay). Admin and background services
-/// stay on pingora's runtimes.
+/// way, which costs most when the cores are busy). Admin and background services stay on
+/// pingora's runtimes.
 fn edge_runtime(threads: usize) -> Result<tokio::runtime::Runtime, BootError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)

@@ -132,7 +132,7 @@ pub fn bind_all<'a>(
 ///
 /// With a `runtime` the service starts there: pingora gives every service a runtime of its
 /// own, and the edge listeners share the gateway's edge runtime with the room bus's NATS
-/// client instead ([`crate::boot`]), so a message crossing pods is not handed from one thread
+/// client instead (made at start-up), so a message crossing pods is not handed from one thread
 /// pool to another on its way in or out. pingora's own runtime for the service is then kept
 /// to one idle thread.
 pub struct Prebound<S> {
