@@ -672,3 +672,81 @@ async fn with_notify_nats_the_document_changed_notification_is_published_on_the_
     assert_eq!(n["document"], "notify-nats-1", "{n}");
     assert_eq!(n["statePath"], "/v1/documents/docs/notify-nats-1", "{n}");
 }
+
+/// A text update of a fresh Yjs document: `text` in its shared text `t`.
+fn text_update(text: &str) -> Vec<u8> {
+    use yrs::{GetString as _, ReadTxn as _, Text as _, Transact as _};
+    let doc = yrs::Doc::new();
+    let t = doc.get_or_insert_text("t");
+    t.insert(&mut doc.transact_mut(), 0, text);
+    assert_eq!(t.get_string(&doc.transact()), text);
+    doc.transact()
+        .encode_state_as_update_v1(&yrs::StateVector::default())
+}
+
+/// The shared text `t` of a document's state (one update, as the documents API reads it).
+fn text_of(state: &[u8]) -> String {
+    use yrs::updates::decoder::Decode as _;
+    use yrs::{GetString as _, Transact as _};
+    let doc = yrs::Doc::new();
+    let t = doc.get_or_insert_text("t");
+    doc.transact_mut()
+        .apply_update(yrs::Update::decode_v1(state).unwrap())
+        .unwrap();
+    t.get_string(&doc.transact())
+}
+
+/// The admin listener has a runtime of its own. A document it loads first (a documents API
+/// call) must follow the other pods from the NATS client's runtime, where the editors are: its
+/// feeds must not live and die with the runtime that happened to load it.
+#[test]
+fn a_document_first_loaded_from_another_runtime_keeps_following_the_other_pods_after_that_runtime_ends()
+ {
+    use std::sync::Arc;
+    use switchboard_gateway::documents::Documents;
+    use switchboard_gateway::rooms::bus::nats::NatsBus;
+    use switchboard_gateway::rooms::bus::{Bus, RoomKey};
+
+    let server = NatsServer::start();
+    let edge = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let nats: switchboard_config::Nats =
+        serde_json::from_value(json!({"urls": [server.url()], "subjectPrefix": "sbdocrt"}))
+            .unwrap();
+    let pod = || -> Arc<dyn Bus> {
+        let bus = edge.block_on(NatsBus::connect(&nats)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !bus.healthy() {
+            assert!(std::time::Instant::now() < deadline, "NATS not connected");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Arc::new(bus)
+    };
+    let (a, b) = (Documents::new(&pod()), Documents::new(&pod()));
+    let key = RoomKey {
+        namespace: "docs".into(),
+        room: "loaded-by-admin".into(),
+    };
+    let cfg = switchboard_config::Documents::default();
+
+    let admin = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let on_a = admin.block_on(a.open(&key, &cfg)).unwrap();
+    drop(admin);
+
+    edge.block_on(b.apply(&key, &cfg, text_update("from pod b")))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while text_of(&on_a.state()) != "from pod b" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pod a's replica never got pod b's update: its feed died with the runtime that loaded it"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

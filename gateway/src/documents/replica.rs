@@ -98,6 +98,9 @@ pub struct Replica {
     /// Edits applied here since the last notification.
     edits: AtomicU64,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Where the replica's tasks run: with NATS the client's runtime (the edge runtime, where
+    /// its editors are), whichever runtime loaded the document (an admin API call, say).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for Replica {
@@ -130,6 +133,9 @@ impl Replica {
     ) -> Arc<Self> {
         metrics().documents_loaded.inc();
         let notifies = cfg.notify.is_some() || cfg.notify_nats;
+        let runtime = store
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |s| s.runtime.clone());
         let (load, _) = watch::channel(if store.is_some() {
             Load::Loading
         } else {
@@ -155,9 +161,10 @@ impl Replica {
             pending: notifies.then(|| Arc::new(Pending::default())),
             edits: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
+            runtime,
         });
         if let Some(pending) = &this.pending {
-            let task = tokio::spawn(notify::debounce(
+            let task = this.runtime.spawn(notify::debounce(
                 pending.clone(),
                 this.cfg.notify_debounce,
                 notify_once(Arc::downgrade(&this), channels.clone()),
@@ -168,6 +175,11 @@ impl Replica {
                 .push(task.abort_handle());
         }
         this
+    }
+
+    /// Where the replica's tasks run.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -190,8 +202,12 @@ impl Replica {
         if last.is_none() {
             self.load.send_replace(Load::Ready);
         }
-        let feed = tokio::spawn(follow(Arc::downgrade(self), ordered, last.unwrap_or(0)));
-        let awareness = tokio::spawn(follow_awareness(Arc::downgrade(self), aw));
+        let feed = self
+            .runtime
+            .spawn(follow(Arc::downgrade(self), ordered, last.unwrap_or(0)));
+        let awareness = self
+            .runtime
+            .spawn(follow_awareness(Arc::downgrade(self), aw));
         {
             let mut t = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
             t.push(feed.abort_handle());
@@ -574,7 +590,7 @@ async fn follow(
                     owed
                 };
                 if owed {
-                    tokio::spawn(r.snapshot());
+                    r.runtime.clone().spawn(r.snapshot());
                 }
             }
         }
@@ -632,7 +648,7 @@ fn integrate(r: &Arc<Replica>, s: store::Stored, last: u64) {
         r.load.send_replace(Load::Ready);
     }
     if compact {
-        tokio::spawn(r.clone().snapshot());
+        r.runtime.spawn(r.clone().snapshot());
     }
 }
 

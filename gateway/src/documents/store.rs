@@ -56,6 +56,8 @@ pub struct NatsStore {
     prefix: String,
     stream: String,
     replicas: usize,
+    /// The NATS client's runtime (see [`NatsAccess::runtime`]).
+    pub runtime: tokio::runtime::Handle,
     /// The stream exists (created or found once).
     ready: Arc<AtomicBool>,
 }
@@ -79,6 +81,7 @@ impl NatsStore {
             js: Arc::default(),
             prefix: nats.prefix,
             replicas: nats.replicas,
+            runtime: nats.runtime,
             ready: Arc::new(AtomicBool::new(false)),
         }
     }

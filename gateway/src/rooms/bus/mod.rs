@@ -157,6 +157,9 @@ pub struct NatsAccess {
     pub prefix: String,
     /// `bus.nats.replicas`.
     pub replicas: usize,
+    /// The runtime the client runs on (the edge runtime): tasks that follow NATS feeds are
+    /// spawned there, whichever runtime asked for them (an admin API call, say).
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// The room bus.

@@ -158,6 +158,9 @@ struct Inner {
     reads: tokio::sync::Mutex<Option<kv::Store>>,
     /// Members this pod has announced (join events are sent once, not on every refresh).
     announced: Mutex<HashSet<(RoomKey, String)>>,
+    /// The runtime the client was connected on (its tasks run there): the pumps of subscribed
+    /// rooms run there too, whoever subscribed, so a NATS delivery never crosses runtimes.
+    runtime: tokio::runtime::Handle,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -242,6 +245,7 @@ impl NatsBus {
             presence: tokio::sync::Mutex::default(),
             reads: tokio::sync::Mutex::default(),
             announced: Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(configure_on_connect(Arc::downgrade(&inner), connected));
         Ok(NatsBus { inner })
@@ -560,7 +564,7 @@ impl Inner {
             presence,
             tx,
         };
-        let task = tokio::spawn(pump.run());
+        let task = self.runtime.spawn(pump.run());
         Ok(Subscription {
             messages,
             presence: presence_rx,
@@ -718,6 +722,7 @@ impl Bus for NatsBus {
             client: self.inner.client.clone(),
             prefix: self.inner.prefix.clone(),
             replicas: self.inner.replicas,
+            runtime: self.inner.runtime.clone(),
         })
     }
 }
