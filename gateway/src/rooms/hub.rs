@@ -98,7 +98,8 @@ struct Slot {
 }
 
 /// A room with members on this pod. No task waits on it: its feed wakes it when the bus has
-/// something ([`Consumer`]), and a task drains the feed and ends ([`drain`]).
+/// something ([`Consumer`]), and a task drains the feed and ends ([`drain`]); a small room fed
+/// by the NATS pump is fanned out by the pump itself.
 struct LocalRoom {
     key: RoomKey,
     bus: Arc<dyn Bus>,
@@ -116,19 +117,73 @@ struct LocalRoom {
     batcher: Option<Box<Mutex<Batcher>>>,
 }
 
+/// A room with at most this many members on this pod is fanned out by the NATS pump that
+/// received its message ([`Consumer::wake_here`]): a few outbox pushes cost less than handing
+/// the message to a task, which was a good part of a small room's cross-pod latency. Bigger
+/// rooms get a task, so the pump goes back to reading NATS at once.
+const INLINE_MEMBERS: usize = 32;
+
+/// At most this many deliveries are fanned out by the pump per wake; the rest goes to a task.
+const INLINE_ITEMS: usize = 8;
+
 impl Consumer for LocalRoom {
     fn wake(self: Arc<Self>) {
-        self.runtime.spawn(drain(Arc::downgrade(&self)));
+        self.runtime.spawn(drain(Arc::downgrade(&self), None));
+    }
+
+    fn wake_here(self: Arc<Self>) {
+        if !self.inline() {
+            self.wake();
+        } else if let Some(first) = self.drain_inline() {
+            self.runtime.spawn(drain(Arc::downgrade(&self), first));
+        }
     }
 }
 
-/// Fan out everything the room's feed holds, in order, then end (the feed wakes the room again
-/// with the next arrival). Holds the room only between waits: a room whose last member left
-/// is freed at once.
-async fn drain(weak: Weak<LocalRoom>) {
+impl LocalRoom {
+    /// Whether the pump may fan out here (never while the test seam holds fan-out back).
+    fn inline(&self) -> bool {
+        !fanout_gated()
+            && self.members.lock().unwrap_or_else(|p| p.into_inner()).len() <= INLINE_MEMBERS
+    }
+
+    /// Fan out what the feed holds now, without waiting. `None`: the feed is empty (the next
+    /// arrival wakes the room again); otherwise what a task must take over, from this item on
+    /// (a lag, which repairs from history, or the rest of a burst).
+    fn drain_inline(self: &Arc<Self>) -> Option<Option<Next>> {
+        for _ in 0..INLINE_ITEMS {
+            match self.sub.messages.next()? {
+                Next::Delivery(Delivery::Message(msg)) => self.take_message(msg),
+                Next::Presence(ev) => self.take_presence(ev),
+                lag @ Next::Delivery(Delivery::Lagged(_)) => return Some(Some(lag)),
+            }
+        }
+        Some(None)
+    }
+
+    fn take_message(self: &Arc<Self>, msg: RoomMessage) {
+        match &self.batcher {
+            Some(batcher) => collect(self, batcher, msg),
+            None => fan_out(self, &self.key, msg),
+        }
+    }
+
+    fn take_presence(&self, ev: super::bus::PresenceEvent) {
+        let mut view = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        let view = view.get_or_insert_with(Box::default);
+        if view.on_event(ev.joined, &ev.member) {
+            self.announce(&self.key.room, ev.joined, &ev.member);
+        }
+    }
+}
+
+/// Fan out everything the room's feed holds (`first`, taken already, before it), in order,
+/// then end (the feed wakes the room again with the next arrival). Holds the room only between
+/// waits: a room whose last member left is freed at once.
+async fn drain(weak: Weak<LocalRoom>, mut first: Option<Next>) {
     loop {
         let Some(room) = weak.upgrade() else { return };
-        let Some(next) = room.sub.messages.next() else {
+        let Some(next) = first.take().or_else(|| room.sub.messages.next()) else {
             return;
         };
         match next {
@@ -137,10 +192,7 @@ async fn drain(weak: Weak<LocalRoom>) {
                 fanout_gate().await;
                 let Some(room) = weak.upgrade() else { return };
                 match delivery {
-                    Delivery::Message(msg) => match &room.batcher {
-                        Some(batcher) => collect(&room, batcher, msg),
-                        None => fan_out(&room, &room.key, msg),
-                    },
+                    Delivery::Message(msg) => room.take_message(msg),
                     Delivery::Lagged(lag) => {
                         // What was collected comes before the repair, in order.
                         if let Some(batcher) = &room.batcher {
@@ -154,13 +206,7 @@ async fn drain(weak: Weak<LocalRoom>) {
                     }
                 }
             }
-            Next::Presence(ev) => {
-                let mut view = room.presence.lock().unwrap_or_else(|p| p.into_inner());
-                let view = view.get_or_insert_with(Box::default);
-                if view.on_event(ev.joined, &ev.member) {
-                    room.announce(&room.key.room, ev.joined, &ev.member);
-                }
-            }
+            Next::Presence(ev) => room.take_presence(ev),
         }
         // A busy room must not keep its worker from every other task.
         tokio::task::coop::consume_budget().await;
@@ -550,14 +596,22 @@ async fn repair(bus: &Arc<dyn Bus>, weak: &Weak<LocalRoom>, key: &RoomKey, lag: 
 /// Test seam (debug builds only): while the file named by `SWITCHBOARD_TEST_FANOUT_GATE`
 /// exists, every room's fan-out on this pod waits before the next message, as in a process
 /// starved of CPU, so tests can make room queues overflow on purpose.
-async fn fanout_gate() {
+fn fanout_gate_path() -> Option<&'static PathBuf> {
     if !cfg!(debug_assertions) {
-        return;
+        return None;
     }
     static GATE: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let gate =
-        GATE.get_or_init(|| std::env::var_os("SWITCHBOARD_TEST_FANOUT_GATE").map(PathBuf::from));
-    if let Some(path) = gate {
+    GATE.get_or_init(|| std::env::var_os("SWITCHBOARD_TEST_FANOUT_GATE").map(PathBuf::from))
+        .as_ref()
+}
+
+/// Whether the test seam is set (fan-out then always runs in a task, which it can hold back).
+fn fanout_gated() -> bool {
+    fanout_gate_path().is_some()
+}
+
+async fn fanout_gate() {
+    if let Some(path) = fanout_gate_path() {
         while path.exists() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -99,9 +99,17 @@ pub enum Next {
 /// Who takes a feed's deliveries without a task waiting on it (the hub's local room).
 pub trait Consumer: Send + Sync {
     /// The feed has something and the consumer was idle: take everything with
-    /// [`FeedReceiver::next`] until it returns `None`. Called by the bus side, never under the
-    /// feed's lock; must not wait (spawn the work).
+    /// [`FeedReceiver::next`] until it returns `None`. Called with no lock held, from the
+    /// feeder's own task (the embedded bus wakes from the publisher's, before the publisher is
+    /// acknowledged): must not wait or do the work here (spawn it).
     fn wake(self: Arc<Self>);
+
+    /// As [`Consumer::wake`], from a feeder that is only a pump (the NATS pump: nothing waits
+    /// on it but the next delivery): the consumer may take a bounded amount of the work here,
+    /// saving a task hand-off, and spawns the rest. By default, [`Consumer::wake`].
+    fn wake_here(self: Arc<Self>) {
+        self.wake();
+    }
 }
 
 struct State {
@@ -182,6 +190,13 @@ impl Wake {
             consumer.wake();
         }
     }
+
+    /// Wake from a pump ([`Consumer::wake_here`]).
+    pub fn wake_here(self) {
+        if let Some(consumer) = self.0 {
+            consumer.wake_here();
+        }
+    }
 }
 
 /// The receiver of the hub is gone.
@@ -253,15 +268,15 @@ impl FeedSender {
         !self.shared.lock().receiver_open
     }
 
-    /// Queue `msg` without waiting, and wake the consumer: [`Self::send_deferred`] from a
-    /// caller that holds no lock.
+    /// Queue `msg` without waiting, from a pump that holds no lock (the NATS pump), and wake
+    /// the consumer there ([`Consumer::wake_here`]): [`Self::send_deferred`] otherwise.
     pub fn send(&self, msg: RoomMessage) -> Result<(), Closed> {
-        self.send_deferred(msg).map(Wake::wake)
+        self.send_deferred(msg).map(Wake::wake_here)
     }
 
-    /// Queue a presence event and wake the consumer ([`Self::send_presence_deferred`]).
+    /// Queue a presence event from a pump, as [`Self::send`] ([`Self::send_presence_deferred`]).
     pub fn send_presence(&self, ev: PresenceEvent) -> Result<(), Closed> {
-        self.send_presence_deferred(ev).map(Wake::wake)
+        self.send_presence_deferred(ev).map(Wake::wake_here)
     }
 
     /// Queue `msg` without waiting. While the queue is full (and until the lag has been

@@ -1,4 +1,5 @@
 use super::*;
+use crate::rooms::bus::feed::FeedSender;
 use crate::rooms::bus::memory::MemoryBus;
 use crate::rooms::bus::{Publish, Retention};
 use serde_json::Value;
@@ -496,4 +497,119 @@ async fn a_slow_member_overflows_alone() {
     assert_eq!(seqs(&fast.outbox, 20).await.len(), 20);
     assert!(slow.outbox.is_overflowed());
     assert!(!fast.outbox.is_overflowed());
+}
+
+/// A room of `n` JSON members fed the way the NATS pump feeds it (its queue holds `capacity`).
+fn pumped_room(n: usize, capacity: usize) -> (Arc<LocalRoom>, FeedSender, Vec<Arc<Outbox>>) {
+    let (tx, messages) = FeedSender::with_capacity(capacity, Position::default());
+    let sub = Subscription {
+        presence: messages.presence(),
+        messages,
+        guard: Box::new(()),
+    };
+    let mut members = Members::default();
+    let outboxes = (0..n)
+        .map(|i| {
+            let outbox = Outbox::new(1 << 20);
+            members.insert(
+                &format!("m{i}"),
+                Slot {
+                    outbox: outbox.clone(),
+                    encoding: Encoding::Json,
+                    presence_events: false,
+                    syncing: None,
+                    last_seq: 0,
+                    epoch: String::new(),
+                },
+            );
+            outbox
+        })
+        .collect();
+    let room = Arc::new(LocalRoom {
+        key: key(),
+        bus: Arc::new(MemoryBus::new()),
+        runtime: tokio::runtime::Handle::current(),
+        members: Mutex::new(members),
+        presence: Mutex::default(),
+        sub,
+        batcher: None,
+    });
+    let weak: Weak<LocalRoom> = Arc::downgrade(&room);
+    room.sub.messages.set_consumer(weak);
+    (room, tx, outboxes)
+}
+
+fn room_msg(seq: u64) -> RoomMessage {
+    RoomMessage {
+        key: key(),
+        seq,
+        epoch: "e".into(),
+        ts_ms: 0,
+        from: None,
+        data: Payload::Json(seq.into()),
+        ephemeral: false,
+        origin_conn: None,
+    }
+}
+
+fn queued_seqs(o: &Outbox) -> Vec<u64> {
+    o.take_now()
+        .into_iter()
+        .filter_map(|i| match i {
+            Item::Message(m) => Some(m.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+// The tests below run on one thread: a spawned fan-out task cannot have run before the test
+// awaits, so what is queued right after a send was fanned out by the sender (the pump) itself.
+
+#[tokio::test]
+async fn a_small_room_is_fanned_out_by_the_pump_that_fed_it() {
+    let (_room, tx, outboxes) = pumped_room(INLINE_MEMBERS, 16);
+    tx.send(room_msg(1)).unwrap();
+    for o in &outboxes {
+        assert_eq!(queued_seqs(o), vec![1]);
+    }
+}
+
+#[tokio::test]
+async fn a_bigger_room_is_fanned_out_by_a_task_so_the_pump_goes_back_to_reading_at_once() {
+    let (_room, tx, outboxes) = pumped_room(INLINE_MEMBERS + 1, 16);
+    tx.send(room_msg(1)).unwrap();
+    assert_eq!(queued_seqs(&outboxes[0]), Vec::<u64>::new());
+    for o in &outboxes {
+        assert_eq!(seqs(o, 1).await, vec![1]);
+    }
+}
+
+#[tokio::test]
+async fn a_pump_fans_out_a_bounded_part_of_a_burst_and_a_task_the_rest_in_order() {
+    let (_room, tx, outboxes) = pumped_room(1, 64);
+    // Twenty queued while the room was already woken, then one wake for them all.
+    let wake = tx.send_deferred(room_msg(1)).unwrap();
+    for seq in 2..=20 {
+        let _ = tx.send_deferred(room_msg(seq)).unwrap();
+    }
+    wake.wake_here();
+    let here = queued_seqs(&outboxes[0]);
+    assert_eq!(here, (1..=INLINE_ITEMS as u64).collect::<Vec<_>>());
+    let rest = seqs(&outboxes[0], 20 - INLINE_ITEMS).await;
+    assert_eq!(rest, (INLINE_ITEMS as u64 + 1..=20).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_lag_met_by_the_pump_is_handed_to_a_task_and_told_after_what_was_queued() {
+    let (_room, tx, outboxes) = pumped_room(1, 2);
+    let wake = tx.send_deferred(room_msg(1)).unwrap();
+    for seq in 2..=5 {
+        let _ = tx.send_deferred(room_msg(seq)).unwrap();
+    }
+    wake.wake_here();
+    assert_eq!(queued_seqs(&outboxes[0]), vec![1, 2]);
+    // 3..=5 overflowed; this bus never had them, so the member is told.
+    let got = received(&outboxes[0], 5).await;
+    assert_eq!(got[0]["type"], "lost", "{got:?}");
+    assert_eq!(got[0]["to"]["seq"], 5, "{got:?}");
 }
