@@ -813,3 +813,33 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A room's pump runs where the NATS client runs (the edge runtime), whichever runtime
+/// subscribed: it must not live and die with that runtime.
+#[test]
+fn a_room_subscribed_from_another_runtime_keeps_receiving_after_that_runtime_ends() {
+    let server = NatsServer::start();
+    let edge = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = edge.block_on(pod(&server, 100));
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut sub = other.block_on(bus.subscribe(&key("elsewhere"))).unwrap();
+    drop(other);
+    edge.block_on(async {
+        publish(&bus, "elsewhere", 7).await;
+        let got = tokio::time::timeout(WITHIN, sub.messages.recv())
+            .await
+            .expect("the pump died with the runtime that subscribed")
+            .expect("a delivery");
+        assert_eq!(
+            got.into_message().map(|m| m.data),
+            Some(Payload::Json(7.into()))
+        );
+    });
+}

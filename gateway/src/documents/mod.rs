@@ -103,7 +103,7 @@ impl Documents {
         }
         let docs = Arc::downgrade(self);
         let weak = Arc::downgrade(replica);
-        replica.runtime().spawn(async move {
+        replica.spawn(async move {
             tokio::time::sleep(idle).await;
             let (Some(docs), Some(r)) = (docs.upgrade(), weak.upgrade()) else {
                 return;

@@ -98,9 +98,10 @@ pub struct Replica {
     /// Edits applied here since the last notification.
     edits: AtomicU64,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
-    /// Where the replica's tasks run: with NATS the client's runtime (the edge runtime, where
+    /// Where the replica's tasks run with NATS: the client's runtime (the edge runtime, where
     /// its editors are), whichever runtime loaded the document (an admin API call, say).
-    runtime: tokio::runtime::Handle,
+    /// Without NATS (`None`) they run on the runtime of whoever spawns them.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Drop for Replica {
@@ -133,9 +134,7 @@ impl Replica {
     ) -> Arc<Self> {
         metrics().documents_loaded.inc();
         let notifies = cfg.notify.is_some() || cfg.notify_nats;
-        let runtime = store
-            .as_ref()
-            .map_or_else(tokio::runtime::Handle::current, |s| s.runtime.clone());
+        let runtime = store.as_ref().map(|s| s.runtime.clone());
         let (load, _) = watch::channel(if store.is_some() {
             Load::Loading
         } else {
@@ -164,7 +163,7 @@ impl Replica {
             runtime,
         });
         if let Some(pending) = &this.pending {
-            let task = this.runtime.spawn(notify::debounce(
+            let task = this.spawn(notify::debounce(
                 pending.clone(),
                 this.cfg.notify_debounce,
                 notify_once(Arc::downgrade(&this), channels.clone()),
@@ -177,9 +176,16 @@ impl Replica {
         this
     }
 
-    /// Where the replica's tasks run.
-    pub fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.runtime
+    /// Run `task` where the replica's tasks run (with NATS, on the client's runtime).
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.runtime {
+            Some(rt) => rt.spawn(task),
+            None => tokio::spawn(task),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -202,12 +208,8 @@ impl Replica {
         if last.is_none() {
             self.load.send_replace(Load::Ready);
         }
-        let feed = self
-            .runtime
-            .spawn(follow(Arc::downgrade(self), ordered, last.unwrap_or(0)));
-        let awareness = self
-            .runtime
-            .spawn(follow_awareness(Arc::downgrade(self), aw));
+        let feed = self.spawn(follow(Arc::downgrade(self), ordered, last.unwrap_or(0)));
+        let awareness = self.spawn(follow_awareness(Arc::downgrade(self), aw));
         {
             let mut t = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
             t.push(feed.abort_handle());
@@ -590,7 +592,7 @@ async fn follow(
                     owed
                 };
                 if owed {
-                    r.runtime.clone().spawn(r.snapshot());
+                    r.spawn(r.clone().snapshot());
                 }
             }
         }
@@ -648,7 +650,7 @@ fn integrate(r: &Arc<Replica>, s: store::Stored, last: u64) {
         r.load.send_replace(Load::Ready);
     }
     if compact {
-        r.runtime.spawn(r.clone().snapshot());
+        r.spawn(r.clone().snapshot());
     }
 }
 

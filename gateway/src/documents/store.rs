@@ -57,7 +57,7 @@ pub struct NatsStore {
     stream: String,
     replicas: usize,
     /// The NATS client's runtime (see [`NatsAccess::runtime`]).
-    pub runtime: tokio::runtime::Handle,
+    pub(crate) runtime: tokio::runtime::Handle,
     /// The stream exists (created or found once).
     ready: Arc<AtomicBool>,
 }
