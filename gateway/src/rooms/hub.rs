@@ -124,6 +124,9 @@ struct LocalRoom {
 const INLINE_MEMBERS: usize = 32;
 
 /// At most this many deliveries are fanned out by the pump per wake; the rest goes to a task.
+/// What the pump does per delivery is bounded by both limits: outbox pushes, or for a batched
+/// room a batch encoded per member that needs its own (a room that grew past the limit during
+/// one wake is served inline for that wake).
 const INLINE_ITEMS: usize = 8;
 
 impl Consumer for LocalRoom {
@@ -552,7 +555,7 @@ fn plan(
 /// The room's feed lagged: repair every member from history (a resume from where the feed
 /// stopped, de-duplicated per member); what history no longer holds is told to each member
 /// (`lost`) before the repaired messages. Either way before any later message of the feed,
-/// which the pump handles only after this.
+/// which the room's drain task takes only after this.
 async fn repair(bus: &Arc<dyn Bus>, weak: &Weak<LocalRoom>, key: &RoomKey, lag: Lag) {
     let unreadable = |e: BusError| {
         tracing::warn!(namespace = %key.namespace, room = %key.room, error = %e, "cannot read history to repair a room queue overflow; members are told what they missed");

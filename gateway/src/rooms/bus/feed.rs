@@ -99,9 +99,10 @@ pub enum Next {
 /// Who takes a feed's deliveries without a task waiting on it (the hub's local room).
 pub trait Consumer: Send + Sync {
     /// The feed has something and the consumer was idle: take everything with
-    /// [`FeedReceiver::next`] until it returns `None`. Called with no lock held, from the
-    /// feeder's own task (the embedded bus wakes from the publisher's, before the publisher is
-    /// acknowledged): must not wait or do the work here (spawn it).
+    /// [`FeedReceiver::next`] until it returns `None`. Called without the feed's lock, from the
+    /// feeder's task (the embedded bus wakes from the publisher's, before the publisher is
+    /// acknowledged) or from [`FeedReceiver::set_consumer`] (under the hub's rooms lock): must
+    /// not wait or do the work here (spawn it).
     fn wake(self: Arc<Self>);
 
     /// As [`Consumer::wake`], from a feeder that is only a pump (the NATS pump: nothing waits
@@ -269,13 +270,14 @@ impl FeedSender {
     }
 
     /// Queue `msg` without waiting, from a pump that holds no lock (the NATS pump), and wake
-    /// the consumer there ([`Consumer::wake_here`]): [`Self::send_deferred`] otherwise.
-    pub fn send(&self, msg: RoomMessage) -> Result<(), Closed> {
+    /// the consumer there ([`Consumer::wake_here`]): the consumer may fan out in the caller's
+    /// task. Only for a bus's pump (a publisher's task uses [`Self::send_deferred`]).
+    pub(in crate::rooms::bus) fn send(&self, msg: RoomMessage) -> Result<(), Closed> {
         self.send_deferred(msg).map(Wake::wake_here)
     }
 
     /// Queue a presence event from a pump, as [`Self::send`] ([`Self::send_presence_deferred`]).
-    pub fn send_presence(&self, ev: PresenceEvent) -> Result<(), Closed> {
+    pub(in crate::rooms::bus) fn send_presence(&self, ev: PresenceEvent) -> Result<(), Closed> {
         self.send_presence_deferred(ev).map(Wake::wake_here)
     }
 

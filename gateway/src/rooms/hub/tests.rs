@@ -1,7 +1,7 @@
 use super::*;
 use crate::rooms::bus::feed::FeedSender;
 use crate::rooms::bus::memory::MemoryBus;
-use crate::rooms::bus::{Publish, Retention};
+use crate::rooms::bus::{PresenceEvent, Publish, Retention};
 use serde_json::Value;
 
 fn key() -> RoomKey {
@@ -552,6 +552,11 @@ fn room_msg(seq: u64) -> RoomMessage {
     }
 }
 
+/// Send `seq` the way the NATS pump does (it may fan out right here).
+fn pump(tx: &FeedSender, seq: u64) {
+    tx.send_deferred(room_msg(seq)).unwrap().wake_here();
+}
+
 fn queued_seqs(o: &Outbox) -> Vec<u64> {
     o.take_now()
         .into_iter()
@@ -568,16 +573,44 @@ fn queued_seqs(o: &Outbox) -> Vec<u64> {
 #[tokio::test]
 async fn a_small_room_is_fanned_out_by_the_pump_that_fed_it() {
     let (_room, tx, outboxes) = pumped_room(INLINE_MEMBERS, 16);
-    tx.send(room_msg(1)).unwrap();
+    pump(&tx, 1);
     for o in &outboxes {
         assert_eq!(queued_seqs(o), vec![1]);
     }
+    // Woken again by the next arrival (the inline fan-out found the feed empty).
+    pump(&tx, 2);
+    for o in &outboxes {
+        assert_eq!(queued_seqs(o), vec![2]);
+    }
+}
+
+#[tokio::test]
+async fn a_small_rooms_presence_event_is_announced_by_the_pump_that_fed_it() {
+    let (room, tx, outboxes) = pumped_room(1, 16);
+    room.members
+        .lock()
+        .unwrap()
+        .get_mut("m0")
+        .unwrap()
+        .presence_events = true;
+    let ev = PresenceEvent {
+        key: key(),
+        joined: true,
+        member: Member {
+            conn: "c9".into(),
+            user: Some("zoe".into()),
+            info: Value::Null,
+        },
+    };
+    tx.send_presence_deferred(ev).unwrap().wake_here();
+    let items = outboxes[0].take_now();
+    assert_eq!(items.len(), 1, "{items:?}");
 }
 
 #[tokio::test]
 async fn a_bigger_room_is_fanned_out_by_a_task_so_the_pump_goes_back_to_reading_at_once() {
     let (_room, tx, outboxes) = pumped_room(INLINE_MEMBERS + 1, 16);
-    tx.send(room_msg(1)).unwrap();
+    pump(&tx, 1);
     assert_eq!(queued_seqs(&outboxes[0]), Vec::<u64>::new());
     for o in &outboxes {
         assert_eq!(seqs(o, 1).await, vec![1]);
