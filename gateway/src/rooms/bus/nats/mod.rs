@@ -460,10 +460,6 @@ impl Inner {
                 .publish(self.subject("eph", &key), payload)
                 .await
                 .map_err(|e| self.fail("publish", e))?;
-            // One turn of the scheduler for the client's writer, which the publish woke: the
-            // caller acknowledges its publisher next, and that write must not go out first and
-            // delay the message itself.
-            tokio::task::yield_now().await;
             return Ok(None);
         }
         let ns = &key.namespace;
