@@ -750,3 +750,44 @@ fn a_document_first_loaded_from_another_runtime_keeps_following_the_other_pods_a
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Without NATS a replica's tasks run where they are spawned: closing a document on a live
+/// runtime unloads it, even when the runtime that loaded it has ended.
+#[test]
+fn without_nats_a_document_loaded_on_a_runtime_that_ended_is_still_unloaded_when_closed() {
+    use std::sync::Arc;
+    use switchboard_gateway::documents::Documents;
+    use switchboard_gateway::rooms::bus::memory::MemoryBus;
+    use switchboard_gateway::rooms::bus::{Bus, RoomKey};
+
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let docs = Documents::new(&bus);
+    let key = RoomKey {
+        namespace: "docs".into(),
+        room: "loaded-elsewhere".into(),
+    };
+    let cfg = switchboard_config::Documents::default();
+    let loader = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let replica = loader.block_on(docs.open(&key, &cfg)).unwrap();
+    drop(loader);
+    assert_eq!(docs.loaded(), 1);
+
+    let live = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    live.block_on(async {
+        docs.close(&replica, Duration::ZERO);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while docs.loaded() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the idle unload was spawned on the runtime that had ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
