@@ -193,7 +193,7 @@ impl Wake {
     }
 
     /// Wake from a pump ([`Consumer::wake_here`]).
-    pub fn wake_here(self) {
+    pub(in crate::rooms) fn wake_here(self) {
         if let Some(consumer) = self.0 {
             consumer.wake_here();
         }

@@ -604,7 +604,19 @@ async fn a_small_rooms_presence_event_is_announced_by_the_pump_that_fed_it() {
     };
     tx.send_presence_deferred(ev).unwrap().wake_here();
     let items = outboxes[0].take_now();
-    assert_eq!(items.len(), 1, "{items:?}");
+    let [Item::Reply(event)] = &items[..] else {
+        panic!("one presence event, got {items:?}");
+    };
+    let event: Value = serde_json::from_str(event).unwrap();
+    assert_eq!(
+        (&event["type"], &event["event"], &event["member"]["conn"]),
+        (
+            &Value::from("presence"),
+            &Value::from("join"),
+            &Value::from("c9")
+        ),
+        "{event}"
+    );
 }
 
 #[tokio::test]
