@@ -708,11 +708,7 @@ fn a_document_first_loaded_from_another_runtime_keeps_following_the_other_pods_a
     use switchboard_gateway::rooms::bus::{Bus, RoomKey};
 
     let server = NatsServer::start();
-    let edge = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let edge = support::runtime(2);
     let nats: switchboard_config::Nats =
         serde_json::from_value(json!({"urls": [server.url()], "subjectPrefix": "sbdocrt"}))
             .unwrap();
@@ -732,10 +728,7 @@ fn a_document_first_loaded_from_another_runtime_keeps_following_the_other_pods_a
     };
     let cfg = switchboard_config::Documents::default();
 
-    let admin = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let admin = support::runtime(0);
     let on_a = admin.block_on(a.open(&key, &cfg)).unwrap();
     drop(admin);
 
@@ -767,18 +760,12 @@ fn without_nats_a_document_loaded_on_a_runtime_that_ended_is_still_unloaded_when
         room: "loaded-elsewhere".into(),
     };
     let cfg = switchboard_config::Documents::default();
-    let loader = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let loader = support::runtime(0);
     let replica = loader.block_on(docs.open(&key, &cfg)).unwrap();
     drop(loader);
     assert_eq!(docs.loaded(), 1);
 
-    let live = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let live = support::runtime(0);
     live.block_on(async {
         docs.close(&replica, Duration::ZERO);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

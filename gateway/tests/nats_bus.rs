@@ -819,16 +819,9 @@ where
 #[test]
 fn a_room_subscribed_from_another_runtime_keeps_receiving_after_that_runtime_ends() {
     let server = NatsServer::start();
-    let edge = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let edge = support::runtime(2);
     let bus = edge.block_on(pod(&server, 100));
-    let other = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let other = support::runtime(0);
     let mut sub = other.block_on(bus.subscribe(&key("elsewhere"))).unwrap();
     drop(other);
     edge.block_on(async {

@@ -73,3 +73,17 @@ pub fn write_atomically(path: &Path, contents: &str) {
     std::fs::write(&tmp, contents).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
     std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
 }
+
+/// A runtime for a test that starts and ends runtimes itself: `threads` workers (2 stand for the
+/// gateway's edge runtime), or with 0 one that runs on the calling thread (another runtime of
+/// the process, such as the admin listener's).
+pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    let mut b = if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    b.enable_all().build().expect("a tokio runtime")
+}

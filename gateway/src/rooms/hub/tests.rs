@@ -539,22 +539,9 @@ fn pumped_room(n: usize, capacity: usize) -> (Arc<LocalRoom>, FeedSender, Vec<Ar
     (room, tx, outboxes)
 }
 
-fn room_msg(seq: u64) -> RoomMessage {
-    RoomMessage {
-        key: key(),
-        seq,
-        epoch: "e".into(),
-        ts_ms: 0,
-        from: None,
-        data: Payload::Json(seq.into()),
-        ephemeral: false,
-        origin_conn: None,
-    }
-}
-
 /// Send `seq` the way the NATS pump does (it may fan out right here).
 fn pump(tx: &FeedSender, seq: u64) {
-    tx.send_deferred(room_msg(seq)).unwrap().wake_here();
+    tx.send_deferred(msg(seq)).unwrap().wake_here();
 }
 
 fn queued_seqs(o: &Outbox) -> Vec<u64> {
@@ -633,9 +620,9 @@ async fn a_bigger_room_is_fanned_out_by_a_task_so_the_pump_goes_back_to_reading_
 async fn a_pump_fans_out_a_bounded_part_of_a_burst_and_a_task_the_rest_in_order() {
     let (_room, tx, outboxes) = pumped_room(1, 64);
     // Twenty queued while the room was already woken, then one wake for them all.
-    let wake = tx.send_deferred(room_msg(1)).unwrap();
+    let wake = tx.send_deferred(msg(1)).unwrap();
     for seq in 2..=20 {
-        let _ = tx.send_deferred(room_msg(seq)).unwrap();
+        let _ = tx.send_deferred(msg(seq)).unwrap();
     }
     wake.wake_here();
     let here = queued_seqs(&outboxes[0]);
@@ -647,9 +634,9 @@ async fn a_pump_fans_out_a_bounded_part_of_a_burst_and_a_task_the_rest_in_order(
 #[tokio::test]
 async fn a_lag_met_by_the_pump_is_handed_to_a_task_and_told_after_what_was_queued() {
     let (_room, tx, outboxes) = pumped_room(1, 2);
-    let wake = tx.send_deferred(room_msg(1)).unwrap();
+    let wake = tx.send_deferred(msg(1)).unwrap();
     for seq in 2..=5 {
-        let _ = tx.send_deferred(room_msg(seq)).unwrap();
+        let _ = tx.send_deferred(msg(seq)).unwrap();
     }
     wake.wake_here();
     assert_eq!(queued_seqs(&outboxes[0]), vec![1, 2]);
