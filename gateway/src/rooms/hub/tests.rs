@@ -501,6 +501,15 @@ async fn a_slow_member_overflows_alone() {
 
 /// A room of `n` JSON members fed the way the NATS pump feeds it (its queue holds `capacity`).
 fn pumped_room(n: usize, capacity: usize) -> (Arc<LocalRoom>, FeedSender, Vec<Arc<Outbox>>) {
+    pumped_room_with(n, capacity, None)
+}
+
+/// As [`pumped_room`], batched by `batch` when given.
+fn pumped_room_with(
+    n: usize,
+    capacity: usize,
+    batch: Option<BatchCfg>,
+) -> (Arc<LocalRoom>, FeedSender, Vec<Arc<Outbox>>) {
     let (tx, messages) = FeedSender::with_capacity(capacity, Position::default());
     let sub = Subscription {
         presence: messages.presence(),
@@ -532,7 +541,7 @@ fn pumped_room(n: usize, capacity: usize) -> (Arc<LocalRoom>, FeedSender, Vec<Ar
         members: Mutex::new(members),
         presence: Mutex::default(),
         sub,
-        batcher: None,
+        batcher: batch.map(|cfg| Box::new(Mutex::new(Batcher::new(cfg)))),
     });
     let weak: Weak<LocalRoom> = Arc::downgrade(&room);
     room.sub.messages.set_consumer(weak);
@@ -644,4 +653,38 @@ async fn a_lag_met_by_the_pump_is_handed_to_a_task_and_told_after_what_was_queue
     let got = received(&outboxes[0], 5).await;
     assert_eq!(got[0]["type"], "lost", "{got:?}");
     assert_eq!(got[0]["to"]["seq"], 5, "{got:?}");
+}
+
+fn one_second_batches() -> Option<BatchCfg> {
+    Some(BatchCfg {
+        window: Duration::from_secs(1),
+        max_messages: 10,
+        group_by: None,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batched_small_room_fed_by_the_pump_sends_one_batch_when_its_window_ends() {
+    let (_room, tx, outboxes) = pumped_room_with(1, 16, one_second_batches());
+    pump(&tx, 1);
+    pump(&tx, 2);
+    assert!(outboxes[0].take_now().is_empty(), "collected, not sent yet");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let got = received(&outboxes[0], 2).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["type"], "batch", "{got:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lag_met_by_the_pump_in_a_batched_room_sends_the_collected_batch_before_the_loss() {
+    let (_room, tx, outboxes) = pumped_room_with(1, 2, one_second_batches());
+    let wake = tx.send_deferred(msg(1)).unwrap();
+    for seq in 2..=5 {
+        let _ = tx.send_deferred(msg(seq)).unwrap();
+    }
+    wake.wake_here();
+    let got = received(&outboxes[0], 5).await;
+    let types: Vec<&str> = got.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["batch", "lost"], "{got:?}");
+    assert_eq!(got[1]["to"]["seq"], 5, "{got:?}");
 }
