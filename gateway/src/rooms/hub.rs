@@ -144,6 +144,29 @@ impl Consumer for LocalRoom {
 }
 
 impl LocalRoom {
+    /// The room of `members`, fed by `sub`: its feed wakes it from now on (at once if
+    /// something waits already).
+    fn open(
+        key: RoomKey,
+        bus: Arc<dyn Bus>,
+        sub: Subscription,
+        members: Members<Slot>,
+        batch: Option<BatchCfg>,
+    ) -> Arc<Self> {
+        let room = Arc::new(LocalRoom {
+            key,
+            bus,
+            runtime: tokio::runtime::Handle::current(),
+            members: Mutex::new(members),
+            presence: Mutex::default(),
+            sub,
+            batcher: batch.map(|cfg| Box::new(Mutex::new(Batcher::new(cfg)))),
+        });
+        let weak: Weak<LocalRoom> = Arc::downgrade(&room);
+        room.sub.messages.set_consumer(weak);
+        room
+    }
+
     /// Whether the pump may fan out here (never while the test seam holds fan-out back).
     fn inline(&self) -> bool {
         !fanout_gated()
@@ -730,17 +753,7 @@ impl Hub {
         let sub = self.bus.subscribe(key).await?;
         let mut members = Members::default();
         members.insert(conn, slot);
-        let room = Arc::new(LocalRoom {
-            key: key.clone(),
-            bus: self.bus.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            members: Mutex::new(members),
-            presence: Mutex::default(),
-            sub,
-            batcher: batch.map(|cfg| Box::new(Mutex::new(Batcher::new(cfg)))),
-        });
-        let weak: Weak<LocalRoom> = Arc::downgrade(&room);
-        room.sub.messages.set_consumer(weak);
+        let room = LocalRoom::open(key.clone(), self.bus.clone(), sub, members, batch);
         rooms.insert(Entry(room.clone()));
         crate::metrics::metrics()
             .rooms_local

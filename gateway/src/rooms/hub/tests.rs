@@ -534,17 +534,7 @@ fn pumped_room_with(
             outbox
         })
         .collect();
-    let room = Arc::new(LocalRoom {
-        key: key(),
-        bus: Arc::new(MemoryBus::new()),
-        runtime: tokio::runtime::Handle::current(),
-        members: Mutex::new(members),
-        presence: Mutex::default(),
-        sub,
-        batcher: batch.map(|cfg| Box::new(Mutex::new(Batcher::new(cfg)))),
-    });
-    let weak: Weak<LocalRoom> = Arc::downgrade(&room);
-    room.sub.messages.set_consumer(weak);
+    let room = LocalRoom::open(key(), Arc::new(MemoryBus::new()), sub, members, batch);
     (room, tx, outboxes)
 }
 
