@@ -1,5 +1,6 @@
+use super::repair::plan;
 use super::*;
-use crate::rooms::bus::feed::FeedSender;
+use crate::rooms::bus::feed::{FeedSender, Lag};
 use crate::rooms::bus::memory::MemoryBus;
 use crate::rooms::bus::{PresenceEvent, Publish, Retention};
 use serde_json::Value;
