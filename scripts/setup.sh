@@ -8,9 +8,10 @@
 # installs, and the installer's log when something fails. Safe to run on every `make` call.
 #
 # What it sees to:
-#   - Debian packages: cmake (pingora's libz-ng-sys), pkg-config; nats-server and chromium (tests,
-#     full only); podman and runc (the container image build and tests, full only: podman runs
-#     containers with runc here, since crun fails on hybrid cgroups)
+#   - Debian packages: cmake (pingora's libz-ng-sys), make (jemalloc: tikv-jemalloc-sys),
+#     pkg-config; nats-server and chromium (tests, full only); podman and runc (the container
+#     image build and tests, full only: podman runs containers with runc here, since crun fails
+#     on hybrid cgroups)
 #   - rustup components rustfmt and clippy (reported, not fatal, if rustup cannot fetch them)
 #   - cargo-deny (cargo install from crates.io, full only): `make test` checks deny.toml with it
 #   - e2e/browser/node_modules: playwright-core (npm) driving the system Chromium (full only)
@@ -61,6 +62,7 @@ fail() {
 missing_apt=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have cmake || missing_apt+=(cmake)
+have make || missing_apt+=(make)
 have pkg-config || missing_apt+=(pkg-config)
 if [ "$MODE" = full ] && ! have nats-server && [ ! -x /usr/sbin/nats-server ]; then
     missing_apt+=(nats-server)

@@ -5,8 +5,12 @@
 # consumption to e2e/bench/results/heap-profile.md. A second run with no connections gives the
 # baseline, so the report can say what one connection costs on the heap.
 #
-#   e2e/bench/heap-profile.sh target/release/switchboard-gateway [CONNECTIONS]   # default 2000
+#   cargo build --release -p switchboard-gateway --no-default-features --target-dir target/heap
+#   e2e/bench/heap-profile.sh target/heap/release/switchboard-gateway [CONNECTIONS]   # default 2000
 #
+# heaptrack follows malloc, so the binary must be built without the `jemalloc` feature (the
+# shipped allocator, which heaptrack cannot see): the allocation sites are the same, the
+# allocator's slack is not (RSS with jemalloc is measured by `e2e/bench/run.sh`).
 # Needs heaptrack (apt-get install heaptrack), python3, and Node with e2e/proto's node_modules
 # (npm ci). KEEP=1 keeps the heaptrack files (heaptrack_gui, heaptrack_print) and logs.
 set -euo pipefail
@@ -16,6 +20,10 @@ n=${2:-2000}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=$root/e2e/bench/results/heap-profile.md
 bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
+if grep -q jemalloc_bg_thd "$bin"; then
+  echo "$bin allocates with jemalloc, which heaptrack cannot follow: build it with --no-default-features (see the top of this script)" >&2
+  exit 1
+fi
 command -v heaptrack >/dev/null || { echo "heaptrack is not installed (apt-get install heaptrack)" >&2; exit 1; }
 [ -d "$root/e2e/proto/node_modules/ws" ] || { echo "run npm ci in e2e/proto first (the client uses its ws)" >&2; exit 1; }
 

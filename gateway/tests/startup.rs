@@ -1,7 +1,8 @@
 //! Start-up of the real binary: a second gateway on a busy address fails at once with one line
 //! naming the address and a non-zero exit (it does not wait for the port forever), and a
 //! gateway with NATS and room history starts without an ERROR line, creating the history
-//! stream once the connection is up.
+//! stream once the connection is up. The binary allocates with jemalloc and runs its
+//! background purge threads, which give the pages a connect burst freed back to the system.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
@@ -187,4 +188,43 @@ async fn a_gateway_with_nats_and_history_starts_without_an_error_and_creates_the
         }
     })
     .await;
+}
+
+/// The names of the process's threads (`/proc/PID/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the gateway's threads");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
+
+/// glibc's malloc kept what a burst of handshakes freed as RSS for good; jemalloc's background
+/// threads purge pages idle for 1 s (`.cargo/config.toml`). A build without the allocator
+/// feature, with its background threads off or without the purge setting fails here. jemalloc
+/// prints the settings it applied when `_RJEM_MALLOC_CONF` asks it to confirm them.
+#[tokio::test]
+async fn the_binary_allocates_with_jemalloc_purging_idle_pages_after_a_second_from_background_threads()
+ {
+    let gateway = Gateway::start_with_env(
+        &ConfigBuilder::new().yaml(),
+        &[("_RJEM_MALLOC_CONF", "confirm_conf:true")],
+    )
+    .await;
+    let names = thread_names(gateway.pid());
+    assert!(
+        names.iter().any(|n| n == "jemalloc_bg_thd"),
+        "no jemalloc background thread among {names:?}"
+    );
+    let log = gateway.log();
+    for applied in [
+        "background_thread:true",
+        "dirty_decay_ms:1000",
+        "muzzy_decay_ms:0",
+    ] {
+        assert!(
+            log.contains(&format!("Set conf value: {applied}")),
+            "jemalloc did not confirm {applied}:\n{log}"
+        );
+    }
 }
