@@ -224,7 +224,9 @@ const scenarios = {
     a.provider.ws.addEventListener('message', () => { messages++ })
     a.provider.awareness.setLocalStateField('user', { name: 'alone' })
     const t0 = Date.now()
-    await sleep(ms)
+    // Timers run on the event loop's monotonic clock, Date.now on the wall clock: a timer can
+    // fire a real millisecond (FAST_CLOCK of this clock's) before Date.now shows `ms` passed.
+    while (Date.now() - t0 < ms) await sleep(ms - (Date.now() - t0))
     const result = { disconnects, messages, elapsedMs: Date.now() - t0, synced: a.provider.synced }
     close(a)
     return result
