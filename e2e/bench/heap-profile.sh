@@ -5,12 +5,15 @@
 # consumption to e2e/bench/results/heap-profile.md. A second run with no connections gives the
 # baseline, so the report can say what one connection costs on the heap.
 #
-#   cargo build --release -p switchboard-gateway --no-default-features --target-dir target/heap
+#   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+#     cargo build --release -p switchboard-gateway --no-default-features --target-dir target/heap
 #   e2e/bench/heap-profile.sh target/heap/release/switchboard-gateway [CONNECTIONS]   # default 2000
 #
 # heaptrack follows malloc, so the binary must be built without the `jemalloc` feature (the
 # shipped allocator, which heaptrack cannot see): the allocation sites are the same, the
-# allocator's slack is not (RSS with jemalloc is measured by `e2e/bench/run.sh`).
+# allocator's slack is not (RSS with jemalloc is measured by `e2e/bench/run.sh`). The line
+# tables let the report name the gateway's code that made each allocation (without them every
+# site is "outside the gateway's code").
 # Needs heaptrack (apt-get install heaptrack), python3, and Node with e2e/proto's node_modules
 # (npm ci). KEEP=1 keeps the heaptrack files (heaptrack_gui, heaptrack_print) and logs.
 set -euo pipefail
@@ -20,7 +23,11 @@ n=${2:-2000}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=$root/e2e/bench/results/heap-profile.md
 bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
-if grep -q jemalloc_bg_thd "$bin"; then
+[ -x "$bin" ] || { echo "$bin is not an executable" >&2; exit 1; }
+# jemalloc, asked to, prints the settings it applied (`<jemalloc>: ...`); malloc prints nothing.
+# (Read whole first: `grep -q` in a pipe may end the binary with SIGPIPE, which pipefail counts.)
+conf=$(_RJEM_MALLOC_CONF=confirm_conf:true "$bin" --version 2>&1 || true)
+if grep -q '^<jemalloc>' <<<"$conf"; then
   echo "$bin allocates with jemalloc, which heaptrack cannot follow: build it with --no-default-features (see the top of this script)" >&2
   exit 1
 fi
