@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use support::config::{ConfigBuilder, route};
 use support::nats::NatsServer;
 use support::{Gateway, repo_root};
+use switchboard_gateway::documents::store::OP_TIMEOUT;
 
 /// `/docs/<doc>` may edit, `/view/<doc>` may only read; both serve namespace `docs`. Updates
 /// over 4 KiB and documents over 8 KiB (embedded bus) are refused; snapshots every 50 updates.
@@ -371,9 +372,6 @@ async fn stored_log_on_each(pods: &[&Gateway], doc: &str, made: u64) {
     }
 }
 
-/// How long the gateway gives one store operation on JetStream (`documents/store.rs`).
-const STORE_OP: Duration = Duration::from_secs(5);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editors_on_two_pods_lose_no_edit_when_nats_restarts_or_is_down_past_an_append_in_the_middle_of_their_edits()
  {
@@ -395,7 +393,7 @@ async fn editors_on_two_pods_lose_no_edit_when_nats_restarts_or_is_down_past_an_
     tokio::task::block_in_place(|| nats.restart());
     // An append the restart lost is logged when its store operation times out (5 s after it
     // was sent): wait past that, so that only the outage below can add a line.
-    tokio::time::sleep(STORE_OP + Duration::from_secs(1)).await;
+    tokio::time::sleep(OP_TIMEOUT + Duration::from_secs(1)).await;
     // An outage longer than a store operation may take: appends fail, their editors are closed
     // 1013 and reconnect, the edits are owed to the log as snapshots. NATS stays down until a
     // pod has logged an append it did not store, and at least one store operation's time.
@@ -410,7 +408,7 @@ async fn editors_on_two_pods_lose_no_edit_when_nats_restarts_or_is_down_past_an_
     support::eventually(
         "a pod to log an append NATS did not store while it was down",
         Duration::from_secs(20),
-        || async { not_stored() > before && stopped.elapsed() > STORE_OP },
+        || async { not_stored() > before && stopped.elapsed() > OP_TIMEOUT },
     )
     .await;
     tokio::task::block_in_place(|| nats.start_again());

@@ -22,8 +22,8 @@ use crate::rooms::bus::{NatsAccess, RoomKey};
 pub const ORIGIN: &str = "Sb-Doc-Origin";
 /// Header marking a snapshot (the document's whole state).
 pub const SNAPSHOT: &str = "Sb-Doc-Snapshot";
-/// Bound on one JetStream operation.
-const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one JetStream operation (the NATS-outage test waits past it).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
