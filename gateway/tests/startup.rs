@@ -225,9 +225,9 @@ async fn the_binary_allocates_with_jemalloc_purging_idle_pages_after_a_second_fr
         "muzzy_decay_ms:0",
     ] {
         // The whole line: `dirty_decay_ms:1000` is also the start of `dirty_decay_ms:10000`.
+        let confirmed = format!("Set conf value: {applied}");
         assert!(
-            log.lines()
-                .any(|l| l.ends_with(&format!("Set conf value: {applied}"))),
+            log.lines().any(|l| l.ends_with(&confirmed)),
             "jemalloc did not confirm {applied}:\n{log}"
         );
     }
