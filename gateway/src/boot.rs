@@ -1,13 +1,12 @@
 //! Start-up: load and validate the config (nothing is bound before it is valid), compile it,
-//! then hand listeners, the admin endpoint and background services to pingora and run until
-//! the drain controller says stop.
+//! bind, then hand the edge listeners' accept loops, the admin endpoint and background services
+//! to pingora and run until the drain controller says stop.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
@@ -222,19 +221,14 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
             .tls
             .get(&l.name)
             .map(|r| tokio_rustls::TlsAcceptor::from(crate::tls::server_config(r.clone())));
-        let svc = Service::new(
-            format!("edge {}", l.name),
-            EdgeApp {
-                gateway: gw.clone(),
-                tls,
-                listener: l.name.clone(),
-            },
-        );
-        // No pingora-level buffering: hyper, the tunnel and tungstenite buffer for themselves,
-        // and pingora's default 64 KiB read buffer per connection dominated idle memory.
-        server.add_service(bound.serve(svc, Some(edge.handle().clone()), |svc, addr| {
-            svc.add_listener(ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::unbuffered()));
-        }));
+        let app = EdgeApp {
+            gateway: gw.clone(),
+            tls,
+            listener: l.name.clone(),
+        };
+        // The gateway accepts on the edge listeners itself (listener.rs says why), on the edge
+        // runtime; pingora runs each as a service, which is how its stop signal reaches it.
+        server.add_service(bound.accept(app, edge.handle().clone()));
     }
     let admin = Service::new(
         "admin".to_string(),

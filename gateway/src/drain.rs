@@ -207,7 +207,8 @@ pub fn jitter(window: Duration) -> Duration {
     Duration::from_millis(rand::random_range(0..ms))
 }
 
-/// pingora's shutdown hook: our drain runs before pingora stops its listeners.
+/// pingora's shutdown hook: our drain runs before pingora stops the services (and with them
+/// the listeners' accept loops).
 pub struct DrainingSignal {
     pub drain: Arc<Drain>,
     /// Reads `(drain.propagation, drain.deadline)` from the live config when SIGTERM arrives,

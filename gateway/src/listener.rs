@@ -1,7 +1,15 @@
-//! The edge listener as a pingora app: pingora accepts (and owns listener lifecycle); this app
-//! terminates TLS with rustls when configured, then serves HTTP/1.1 with hyper (header-read
-//! timeout, header count/size caps) and hands every request to the pipeline. Upgraded
-//! connections are owned by the gateway's tunnel, not by pingora-proxy.
+//! The edge listeners: the gateway accepts their connections itself (`accept.rs`), on the edge
+//! runtime, then terminates TLS with rustls when configured, serves HTTP/1.1 with hyper
+//! (header-read timeout, header count/size caps) and hands every request to the pipeline.
+//! Upgraded connections are owned by the gateway's tunnel, not by pingora-proxy. pingora runs
+//! the services (an edge listener is one, so its stop signal and the fast shutdown reach it) and
+//! the admin listener, whose connections it accepts.
+//!
+//! Why not pingora's accept loop for the edge: every connection it accepts carries pingora's
+//! per-socket state (its `Stream` box, socket digest and a control-message buffer, ~1 kB) for its
+//! whole life, which for an idle WebSocket is a quarter of what it costs (docs/operations.md).
+
+mod accept;
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::IntoRawFd;
@@ -10,8 +18,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,6 +28,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::abort::ConnAbort;
 use crate::gateway::Gateway;
 use crate::pipeline::{Conn, handle};
+
+pub use accept::EdgeListener;
 
 /// A listen address that cannot be bound.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +53,11 @@ fn describe(e: &std::io::Error) -> String {
     }
 }
 
+/// How many connections the kernel may queue on a listener before they are accepted (capped by
+/// `net.core.somaxconn`, 4,096 by default): pingora's value. std's 128 drops the SYNs of a
+/// reconnect storm, and a client whose SYN is dropped retries after a second.
+pub const BACKLOG: i32 = 65_535;
+
 /// A listen address as bound at start-up. `addr` is the address it serves: the configured one,
 /// or the port the kernel picked when the configured port is 0.
 #[derive(Debug)]
@@ -54,16 +67,19 @@ pub struct Bound {
     /// The listener's name (`admin` for the admin listener).
     pub name: String,
     pub addr: SocketAddr,
-    /// Kept for port 0 only: pingora is handed this socket, since binding port 0 again would
-    /// pick another port.
-    socket: Option<TcpListener>,
+    /// The bound, listening socket (non-blocking, for tokio).
+    socket: TcpListener,
+    /// The configured port was 0: the socket must be the one served on, since binding port 0
+    /// again would pick another port.
+    port_zero: bool,
 }
 
 impl Bound {
     /// `service` with this address added as its TCP listener (`listen` adds it, given the
-    /// address as pingora takes it), wrapped so that a port-0 socket bound here is the one it
-    /// serves on. With `runtime` the service (its accept loops and every connection they
-    /// accept) runs there instead of on the runtime pingora makes for it.
+    /// address as pingora takes it), for a listener pingora accepts on (the admin's): a port-0
+    /// socket bound here is handed to pingora, a fixed port is let go and pingora binds it again.
+    /// With `runtime` the service (its accept loops and every connection they accept) runs
+    /// there instead of on the runtime pingora makes for it.
     pub fn serve<S>(
         self,
         mut service: S,
@@ -79,16 +95,46 @@ impl Bound {
             threads: service.threads(),
             listen_addresses: service.listen_addresses(),
             inner: Some(service),
-            socket: self.socket.map(|s| (self.addr.to_string(), s)),
+            socket: self.port_zero.then(|| (self.addr.to_string(), self.socket)),
             runtime,
+        }
+    }
+
+    /// An edge listener on this socket: the gateway's own accept loop, serving each connection
+    /// with `app`, run by pingora as a service on the edge `runtime` (where the connections run).
+    pub fn accept(self, app: EdgeApp, runtime: Handle) -> Prebound<EdgeListener> {
+        let listener = EdgeListener::new(app, self.socket);
+        Prebound {
+            name: listener.name().to_owned(),
+            threads: None,
+            listen_addresses: None,
+            inner: Some(listener),
+            socket: None,
+            runtime: Some(runtime),
         }
     }
 }
 
-/// Bind each address before pingora is given them, so that a busy one fails start-up at once:
-/// pingora retries a busy address forever ("in use, will try again"), so a second gateway on a
-/// busy port would hang instead of failing. A fixed port is let go again (binding it is what
-/// pingora does next, so this finds what it would); a port-0 socket is kept and handed over.
+/// A listening socket on `address`: `SO_REUSEADDR` (a restarted gateway binds while the last
+/// one's connections are in TIME_WAIT), [`BACKLOG`], non-blocking and close-on-exec.
+fn listen(address: &SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(*address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&(*address).into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Bind each address before anything is served, so that a busy one fails start-up at once
+/// (pingora retries a busy address forever, "in use, will try again", so a second gateway on a
+/// busy port would hang instead of failing). An edge listener's socket is the one it serves on
+/// ([`Bound::accept`]); the admin's is handed to pingora ([`Bound::serve`]).
 /// Then one `listening` line per address, with the bound address (`role`, `name`, `addr`):
 /// how a supervisor or a test learns which port 0 became.
 pub fn bind_all<'a>(
@@ -104,20 +150,14 @@ pub fn bind_all<'a>(
             address: *address,
             source,
         };
-        let socket = TcpListener::bind(address).map_err(error)?;
+        let socket = listen(address).map_err(error)?;
         let addr = socket.local_addr().map_err(error)?;
-        let socket = if address.port() == 0 {
-            // pingora's listener runs on tokio, which needs a non-blocking socket.
-            socket.set_nonblocking(true).map_err(error)?;
-            Some(socket)
-        } else {
-            None
-        };
         bound.push(Bound {
             role,
             name: name.to_owned(),
             addr,
             socket,
+            port_zero: address.port() == 0,
         });
     }
     for b in &bound {
@@ -284,16 +324,11 @@ impl EdgeApp {
             tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with an HTTP error");
         }
     }
-}
 
-#[async_trait]
-impl ServerApp for EdgeApp {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        _shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        // Counted until it is upgraded or closed: the drain answers it before the exit.
+    /// Serve one accepted client connection to its end: TLS first when the listener has it
+    /// (bounded by `limits.handshakeTimeout`), then HTTP. Counted by the drain until it is
+    /// upgraded or closed, so the drain answers it before the exit.
+    pub async fn serve_accepted(self: Arc<Self>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
         let _open = self.gateway.drain.enter_connection();
         let paths = self
             .gateway
@@ -304,14 +339,10 @@ impl ServerApp for EdgeApp {
             .find(|l| l.name == self.listener)
             .map(|l| l.paths)
             .unwrap_or_default();
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()))
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         match &self.tls {
             None => {
                 self.serve(
-                    stream,
+                    tcp,
                     Conn {
                         peer,
                         tls: false,
@@ -322,7 +353,7 @@ impl ServerApp for EdgeApp {
             }
             Some(acceptor) => {
                 let timeout = self.gateway.config.load().limits.handshake_timeout;
-                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         self.serve(
                             tls,
@@ -345,7 +376,6 @@ impl ServerApp for EdgeApp {
                 }
             }
         }
-        None
     }
 }
 
@@ -408,7 +438,8 @@ mod tests {
             role: "edge",
             name: "public".into(),
             addr: "127.0.0.1:0".parse().unwrap(),
-            socket: None,
+            socket: TcpListener::bind("127.0.0.1:0").unwrap(),
+            port_zero: false,
         }
     }
 
@@ -441,6 +472,35 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         false
+    }
+
+    #[tokio::test]
+    async fn a_connect_burst_waits_in_the_listeners_backlog_until_accepted_none_dropped() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let bound = bind_all([("edge", "public", &addr)]).unwrap();
+        let addr = bound[0].addr;
+        // More than std's backlog of 128, less than the kernel's cap: a SYN the queue has no
+        // room for is dropped, and that client's connect would wait for its retry (1 s).
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .map_or(4096, |s| s.trim().parse().unwrap_or(4096));
+        let burst = 600.min(somaxconn);
+        let mut held = Vec::new();
+        for i in 0..burst {
+            let tcp = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("connect {i} of {burst} was not queued"))
+            .unwrap();
+            held.push(tcp);
+        }
+        // And the queue is the listener's: each is accepted in turn.
+        let listener =
+            tokio::net::TcpListener::from_std(bound.into_iter().next().unwrap().socket).unwrap();
+        for _ in 0..burst {
+            listener.accept().await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -111,6 +111,9 @@ pub struct Metrics {
     /// handshake (stage = tls) or a request head (stage = headers; includes idle keep-alive
     /// connections) took longer than `limits.handshakeTimeout`
     pub handshake_timeouts: IntCounterVec,
+    /// `switchboard_accept_errors_total{listener}`: failed accepts on an edge listener that made
+    /// it pause (out of file descriptors or kernel memory; connections wait in the backlog)
+    pub accept_errors: IntCounterVec,
     /// `switchboard_build_info{version,commit}`: always 1; the labels name the build
     pub build_info: IntGaugeVec,
     /// `switchboard_documents_loaded`: Yjs documents this pod holds a replica of
@@ -252,6 +255,12 @@ impl Metrics {
                 "switchboard_handshake_timeouts_total",
                 "Client connections closed for a TLS handshake or request head slower than limits.handshakeTimeout",
                 &["stage"],
+            ),
+            accept_errors: counter_vec(
+                &registry,
+                "switchboard_accept_errors_total",
+                "Failed accepts on an edge listener that paused it (out of file descriptors or kernel memory)",
+                &["listener"],
             ),
             kube_watch_errors: counter_vec(
                 &registry,
