@@ -228,7 +228,7 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
         };
         // The gateway accepts on the edge listeners itself (listener.rs says why), on the edge
         // runtime; pingora runs each as a service, which is how its stop signal reaches it.
-        server.add_service(bound.accept(app, edge.handle().clone()));
+        server.add_service(bound.edge_listener(app, edge.handle().clone()));
     }
     let admin = Service::new(
         "admin".to_string(),

@@ -27,11 +27,11 @@ async fn status_line(tcp: &mut TcpStream, within: Duration) -> Option<String> {
     let mut got = Vec::new();
     let read = async {
         while !got.windows(2).any(|w| w == b"\r\n") {
-            let n = tcp.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
+            match tcp.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("reading the answer: {e}"),
             }
-            got.extend_from_slice(&buf[..n]);
         }
     };
     tokio::time::timeout(within, read).await.ok()?;

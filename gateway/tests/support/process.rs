@@ -141,8 +141,8 @@ impl Gateway {
                 );
             }
             match try_http_get(self.admin, "/readyz", &[]).await {
-                // pingora starts the admin service before the edge listener: ready means the
-                // first listener accepts too, or a test's first connect races the bind.
+                // The first listener's socket is bound before anything starts; a connect
+                // checks it is still there (ready means it is served too).
                 Ok((200, _)) if tokio::net::TcpStream::connect(self.addr).await.is_ok() => return,
                 Ok((200, _)) => last = format!("/readyz 200 but {} refuses", self.addr),
                 Ok((status, body)) => last = format!("{status} {}", body.trim()),
