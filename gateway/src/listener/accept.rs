@@ -148,6 +148,19 @@ mod tests {
         })
     }
 
+    impl Running {
+        /// The peers handed on, once there is one (or after 5 s).
+        async fn handed_on(&self) -> Vec<SocketAddr> {
+            for _ in 0..250 {
+                if !self.peers.lock().unwrap().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.peers.lock().unwrap().clone()
+        }
+    }
+
     async fn ended(task: tokio::task::JoinHandle<()>) {
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
@@ -171,13 +184,7 @@ mod tests {
         let r = running("127.0.0.1:0", false).await.unwrap();
         let client = TcpStream::connect(r.addr).await.unwrap();
         let local = client.local_addr().unwrap();
-        for _ in 0..250 {
-            if !r.peers.lock().unwrap().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(*r.peers.lock().unwrap(), vec![local]);
+        assert_eq!(r.handed_on().await, vec![local]);
         r.stop.send(true).unwrap();
         ended(r.task).await;
         assert!(refused(r.addr).await, "the listening socket was closed");
@@ -210,13 +217,7 @@ mod tests {
             return;
         };
         let local = client.local_addr().unwrap();
-        for _ in 0..250 {
-            if !r.peers.lock().unwrap().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(*r.peers.lock().unwrap(), vec![local]);
+        assert_eq!(r.handed_on().await, vec![local]);
         assert!(local.is_ipv4());
     }
 
