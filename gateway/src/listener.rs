@@ -54,7 +54,7 @@ fn describe(e: &std::io::Error) -> String {
 /// How many connections the kernel may queue on a listener before they are accepted (capped by
 /// `net.core.somaxconn`, 4,096 by default): pingora's value. std's 128 drops the SYNs of a
 /// reconnect storm, and a client whose SYN is dropped retries after a second.
-pub const BACKLOG: i32 = 65_535;
+const BACKLOG: i32 = 65_535;
 
 /// A listen address as bound at start-up. `addr` is the address it serves: the configured one,
 /// or the port the kernel picked when the configured port is 0.
@@ -132,7 +132,7 @@ fn listen(address: &SocketAddr) -> std::io::Result<TcpListener> {
 /// Bind each address before anything is served, so that a busy one fails start-up at once
 /// (pingora retries a busy address forever, "in use, will try again", so a second gateway on a
 /// busy port would hang instead of failing). An edge listener's socket is the one it serves on
-/// ([`Bound::accept`]); the admin's is handed to pingora ([`Bound::serve`]).
+/// ([`Bound::edge_listener`]); the admin's is handed to pingora ([`Bound::serve`]).
 /// Then one `listening` line per address, with the bound address (`role`, `name`, `addr`):
 /// how a supervisor or a test learns which port 0 became.
 pub fn bind_all<'a>(
@@ -262,7 +262,7 @@ impl Drop for StopOnDrop {
 }
 
 /// An edge listener as a pingora service: its socket (bound at start-up) and the app that
-/// serves what its accept loop ([`accept::run`]) accepts, one task per connection.
+/// serves what its accept loop (`listener/accept.rs`) accepts, one task per connection.
 pub struct EdgeListener {
     name: String,
     app: Arc<EdgeApp>,
@@ -312,7 +312,7 @@ impl ServiceWithDependents for EdgeListener {
     }
 }
 
-/// One edge listener.
+/// What serves the connections one edge listener accepts: TLS, then HTTP.
 pub struct EdgeApp {
     pub gateway: Arc<Gateway>,
     pub tls: Option<TlsAcceptor>,
