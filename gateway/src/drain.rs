@@ -5,14 +5,18 @@
 //! upgraded) and no HTTP request in flight is left, or at the deadline. Only then is pingora
 //! told to stop (its own grace period is set to zero).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -25,7 +29,7 @@ const QUIET: Duration = Duration::from_millis(500);
 pub struct Drain {
     draining: AtomicBool,
     refusing: AtomicBool,
-    close_tx: watch::Sender<bool>,
+    close: CloseSignal,
     live: AtomicI64,
     requests: AtomicI64,
     http_connections: AtomicI64,
@@ -39,13 +43,80 @@ impl Default for Drain {
         Self {
             draining: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
-            close_tx: watch::channel(false).0,
+            close: CloseSignal::default(),
             live: AtomicI64::new(0),
             requests: AtomicI64::new(0),
             http_connections: AtomicI64::new(0),
             entered: AtomicU64::new(0),
             idle: Notify::new(),
         }
+    }
+}
+
+/// The drain's word to every live connection that it is time to close: set once, never reset.
+///
+/// Every idle connection waits on it, so the wait is small: one [`Notify`] waiter (64 bytes)
+/// rather than a `watch` receiver (16) and its `changed` (120) or `wait_for` (144) future.
+#[derive(Clone, Default)]
+pub struct CloseSignal(Arc<CloseState>);
+
+#[derive(Default)]
+struct CloseState {
+    closed: AtomicBool,
+    notify: Notify,
+}
+
+impl CloseSignal {
+    /// Tell every waiter, present and future.
+    pub fn close(&self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether connections should be closing.
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`close`](Self::close) was called (at once if it already was).
+    pub fn closed(&self) -> Closed<'_> {
+        Closed {
+            signal: self,
+            notified: self.0.notify.notified(),
+            registered: false,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The wait of [`CloseSignal::closed`]. Its first poll registers the task (one lock of the
+    /// signal's waiter list); every later poll reads the flag only, so a busy connection's
+    /// wake-ups do not contend on a lock every connection shares. Keep it in the task that
+    /// polled it first (it is woken through that task's waker).
+    pub struct Closed<'a> {
+        signal: &'a CloseSignal,
+        #[pin]
+        notified: Notified<'a>,
+        registered: bool,
+    }
+}
+
+impl Future for Closed<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.signal.is_closed() {
+            return Poll::Ready(());
+        }
+        if !*this.registered {
+            *this.registered = true;
+            // A `close` since the flag was read still completes it: the waiter was created
+            // before that `close` woke the waiters. After this, `close` sets the flag before
+            // it wakes this task, so the flag alone tells.
+            return this.notified.poll(cx);
+        }
+        Poll::Pending
     }
 }
 
@@ -108,8 +179,8 @@ impl Drain {
     }
 
     /// Becomes true when connections should start closing.
-    pub fn close_signal(&self) -> watch::Receiver<bool> {
-        self.close_tx.subscribe()
+    pub fn close_signal(&self) -> CloseSignal {
+        self.close.clone()
     }
 
     /// Count a live connection in.
@@ -164,7 +235,7 @@ impl Drain {
         );
         tokio::time::sleep(propagation).await;
         self.refusing.store(true, Ordering::Release);
-        let _ = self.close_tx.send(true);
+        self.close.close();
         tracing::info!(
             live = self.live(),
             requests = self.requests(),
@@ -311,5 +382,61 @@ mod tests {
         let run = start(&drain);
         assert!(!run.await.expect("drain task"), "forced at the deadline");
         assert_eq!(drain.requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_on_the_close_signal_wakes_when_the_drain_closes() {
+        let signal = CloseSignal::default();
+        let waiter = tokio::spawn({
+            let signal = signal.clone();
+            async move { signal.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "not closed yet");
+        assert!(!signal.is_closed());
+        signal.close();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by close")
+            .expect("waiter task");
+        assert!(signal.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_wait_begun_after_the_close_ends_at_once_and_one_built_before_it_ends_too() {
+        let signal = CloseSignal::default();
+        // Built (not yet polled) before the close: it must not miss it.
+        let before = signal.closed();
+        signal.close();
+        tokio::time::timeout(Duration::from_secs(5), before)
+            .await
+            .expect("a wait built before the close ends");
+        tokio::time::timeout(Duration::from_secs(5), signal.closed())
+            .await
+            .expect("a wait begun after the close ends at once");
+    }
+
+    #[tokio::test]
+    async fn the_drain_run_sets_the_close_signal_after_the_propagation_window() {
+        let drain = Arc::new(Drain::default());
+        let signal = drain.close_signal();
+        let _live = drain.enter();
+        let run = tokio::spawn({
+            let drain = drain.clone();
+            async move {
+                drain
+                    .run(Duration::from_millis(200), Duration::from_millis(400))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!signal.is_closed(), "not during the propagation window");
+        tokio::time::timeout(Duration::from_secs(5), signal.closed())
+            .await
+            .expect("closed after the window");
+        assert!(
+            !run.await.expect("drain task"),
+            "the live connection held it to the deadline"
+        );
     }
 }

@@ -14,13 +14,13 @@ use std::time::Duration;
 use serde_json::json;
 use switchboard_config::Rooms;
 use switchboard_gateway::auth::jwt::Claims;
+use switchboard_gateway::drain::CloseSignal;
 use switchboard_gateway::rooms::bus::memory::MemoryBus;
 use switchboard_gateway::rooms::hooks::Hooks;
 use switchboard_gateway::rooms::hub::Hub;
 use switchboard_gateway::rooms::route::RoomsPolicy;
 use switchboard_gateway::rooms::session::{SessionCtx, run_on};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::watch;
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -38,7 +38,7 @@ struct Route {
     hub: Arc<Hub>,
     policy: Arc<RoomsPolicy>,
     hooks: Hooks,
-    drain: watch::Receiver<bool>,
+    drain: CloseSignal,
 }
 
 /// The claims of a verified token for `sub` (with the usual registered claims).
@@ -122,7 +122,7 @@ fn an_idle_rooms_session_in_its_own_user_room_holds_under_3000_bytes() {
 async fn idle_sessions() {
     let cfg: Rooms =
         serde_json::from_value(json!({"join": ["chat:*"], "publish": ["chat:*"]})).unwrap();
-    let (_drain_tx, drain) = watch::channel(false);
+    let drain = CloseSignal::default();
     let route = Route {
         hub: Hub::new(Arc::new(MemoryBus::new())),
         // The default connection settings: keep-alive on (pings every 30 s), as in production;

@@ -12,10 +12,10 @@
 use std::time::Duration;
 
 use prometheus::IntCounter;
+use switchboard_gateway::drain::CloseSignal;
 use switchboard_gateway::engine::deflate::{self, Deflate};
 use switchboard_gateway::tunnel::relay::{DirCounters, TunnelLimits, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::watch;
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -149,7 +149,7 @@ fn traffic(deflate: Option<Deflate>) -> Traffic {
 
 async fn idle_tunnels(deflate: Option<Deflate>) {
     let t = traffic(deflate);
-    let (_drain_tx, drain_rx) = watch::channel(false);
+    let drain_rx = CloseSignal::default();
     let mut ends = Vec::new();
     let mut gateway_sides = Vec::new();
     for _ in 0..=TUNNELS {

@@ -256,7 +256,7 @@ pub struct Conn<S> {
     /// The current data frame: its mask, the mask offset, the payload bytes still to come and
     /// whether it ends the message.
     frame_mask: [u8; 4],
-    frame_pos: usize,
+    frame_pos: u8,
     frame_left: u64,
     frame_fin: bool,
     ready: VecDeque<Message>,
@@ -270,25 +270,12 @@ pub struct Conn<S> {
     close_received: bool,
     /// The echo of the peer's Close: queued once the Close was handed to the caller (which
     /// may still queue frames before it, e.g. replies to the messages before the Close).
-    echo: Option<Vec<u8>>,
+    echo: Option<Box<[u8]>>,
     echo_due: bool,
     /// The answer to the latest ping while the write queue holds [`PONG_QUEUE_LIMIT`] bytes
     /// or more, queued once it drains: a peer that sends pings without reading costs one pong
     /// beyond that, not one per ping.
-    pong: Option<Vec<u8>>,
-    /// Wire bytes of data messages received, before and after inflation.
-    stats: Stats,
-}
-
-/// Counters of one connection (bytes of data messages).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    /// Compressed payload bytes received and what they inflated to.
-    pub inflated_in: u64,
-    pub inflated_out: u64,
-    /// Payload bytes of messages sent compressed, before and after compression.
-    pub deflated_in: u64,
-    pub deflated_out: u64,
+    pong: Option<Box<[u8]>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -327,18 +314,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             echo: None,
             echo_due: false,
             pong: None,
-            stats: Stats::default(),
         }
     }
 
     /// What was negotiated.
     pub fn deflate(&self) -> Option<&Deflate> {
         self.deflate.as_ref()
-    }
-
-    /// Byte counters so far.
-    pub fn stats(&self) -> Stats {
-        self.stats
     }
 
     /// Queue a frame (written by the next [`Conn::next`] or [`Conn::flush`]).
@@ -351,8 +332,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     fn push_frame(&mut self, f: Frame) {
         if let Some(plain) = f.plain {
-            self.stats.deflated_in += plain as u64;
-            self.stats.deflated_out += f.body.len() as u64;
             let c = counters();
             c.out_plain.inc_by(plain as u64);
             c.out_wire.inc_by(f.body.len() as u64);
@@ -566,10 +545,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         let start = part.data.len();
                         part.data.extend_from_slice(p);
                         for (i, b) in part.data[start..].iter_mut().enumerate() {
-                            *b ^= self.frame_mask[(self.frame_pos + i) % 4];
+                            *b ^= self.frame_mask[(usize::from(self.frame_pos) + i) % 4];
                         }
                     }
-                    self.frame_pos += p.len();
+                    // The mask's offset (0 to 3) for the frame's next bytes.
+                    self.frame_pos = ((usize::from(self.frame_pos) + p.len()) % 4) as u8;
                     self.frame_left -= p.len() as u64;
                     if self.frame_left == 0 && self.frame_fin {
                         self.finish_message()?;
@@ -590,8 +570,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 InflateError::TooBig => ConnError::TooBig,
                 InflateError::Invalid => ConnError::BadCompressed,
             })?;
-            self.stats.inflated_in += part.data.len() as u64;
-            self.stats.inflated_out += out.len() as u64;
             let c = counters();
             c.in_wire.inc_by(part.data.len() as u64);
             c.in_plain.inc_by(out.len() as u64);
@@ -618,11 +596,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 if self.write_bytes < PONG_QUEUE_LIMIT {
                     // Any coalesced pong answers an earlier ping: it goes first.
                     if let Some(p) = self.pong.take() {
-                        self.send_raw(p);
+                        self.send_raw(p.into_vec());
                     }
                     self.send_raw(pong);
                 } else {
-                    self.pong = Some(pong);
+                    self.pong = Some(pong.into_boxed_slice());
                 }
             }
             OpCode::Ping => {}
@@ -641,10 +619,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 };
                 if !self.close_sent {
                     // Echo the code (RFC 6455 §5.5.1); an empty Close is echoed empty.
-                    self.echo = Some(match code {
+                    let echo = match code {
                         Some(c) => frame::close_frame(c, "", None),
                         None => frame::encode(OpCode::Close, &[], None),
-                    });
+                    };
+                    self.echo = Some(echo.into_boxed_slice());
                 }
                 self.close_received = true;
                 self.pong = None;
@@ -661,14 +640,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if self.echo_due
             && let Some(echo) = self.echo.take()
         {
-            self.send_raw(echo);
+            self.send_raw(echo.into_vec());
             self.close_sent = true;
         }
         loop {
             if self.write.is_empty() {
                 // `send_raw` drops the pong once our Close went out.
                 if let Some(p) = self.pong.take() {
-                    self.send_raw(p);
+                    self.send_raw(p.into_vec());
                 }
                 if self.write.is_empty() {
                     break;

@@ -8,11 +8,11 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::conn::{Conn, ConnError, Frame, Message};
 use super::deflate::Deflate;
+use crate::drain::CloseSignal;
 use crate::error::{CloseCause, Side};
 
 /// How long a closing connection gets: for its Close frame to be written, and for the peer's
@@ -32,8 +32,8 @@ pub struct Lifecycle<'a> {
     pub pong_timeout: Duration,
     /// Close 4001 at this instant (the token's `exp`).
     pub expires_at: Option<Instant>,
-    /// Becomes true when the pod drains.
-    pub drain: watch::Receiver<bool>,
+    /// Set when the pod drains.
+    pub drain: CloseSignal,
     /// The close sent when draining (the route's code and reason).
     pub drain_close: &'a CloseCause,
     /// Drain closes are spread over this window.
@@ -107,14 +107,15 @@ struct Deadlines {
     pong: Option<Instant>,
     expiry: Option<Instant>,
     drain: Option<Instant>,
-    /// Once closing: why, and when we stop waiting for the peer's Close.
-    closing: Option<(CloseCause, Instant)>,
+    /// Once closing: why, and when we stop waiting for the peer's Close (boxed: it is set once,
+    /// at the end, and would otherwise take 48 bytes of every idle connection's task).
+    closing: Option<Box<(CloseCause, Instant)>>,
 }
 
 impl Deadlines {
     /// The instant the timer must wake at (while closing, only the close wait counts).
     fn next(&self) -> Option<Instant> {
-        match &self.closing {
+        match self.closing.as_deref() {
             Some((_, at)) => Some(*at),
             None => [self.ping, self.pong, self.expiry, self.drain]
                 .into_iter()
@@ -124,38 +125,35 @@ impl Deadlines {
     }
 }
 
-/// Resolves once the pod drains (or the drain signal is gone).
-async fn drained(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|d| *d).await;
-}
-
 /// Serve `conn` with `handler` until it ends; returns why it ended.
 ///
 /// One poll function waits for everything at once — the socket, the queue (through its
 /// registered waker), one timer for the earliest deadline (ping, pong, expiry, drain, close)
-/// and the drain signal — so an idle connection's task holds one timer and one watch waiter,
+/// and the drain signal — so an idle connection's task holds one timer and one drain waiter,
 /// not a future per event source.
 pub async fn run<S, H>(conn: &mut Conn<S>, life: &mut Lifecycle<'_>, handler: &mut H) -> CloseCause
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let now = Instant::now();
-    let draining_now = *life.drain.borrow();
-    let mut d = Deadlines {
-        ping: (!life.ping_interval.is_zero()).then(|| now + life.ping_interval),
-        pong: None,
-        expiry: life.expires_at,
-        drain: draining_now.then_some(now),
-        closing: None,
+    // In a block: what only sets up the loop is not kept in the task while it idles.
+    let (mut d, sleep) = {
+        let now = Instant::now();
+        let d = Deadlines {
+            ping: (!life.ping_interval.is_zero()).then(|| now + life.ping_interval),
+            pong: None,
+            expiry: life.expires_at,
+            drain: life.drain.is_closed().then_some(now),
+            closing: None,
+        };
+        let far = now + Duration::from_secs(86400 * 365);
+        let sleep = tokio::time::sleep_until(d.next().unwrap_or(far));
+        (d, sleep)
     };
-    let mut drain_seen = draining_now;
-    let far = now + Duration::from_secs(86400 * 365);
-    let sleep = tokio::time::sleep_until(d.next().unwrap_or(far));
+    let mut drain_seen = d.drain.is_some();
     tokio::pin!(sleep);
-    let drain = drained(&mut life.drain);
+    let drain = life.drain.closed();
     tokio::pin!(drain);
-    let mut frames: Vec<Frame> = Vec::new();
 
     loop {
         let ev = poll_fn(|cx| {
@@ -210,11 +208,11 @@ where
                     None => {
                         return d
                             .closing
-                            .map_or(CloseCause::Abnormal(Side::Downstream), |(c, _)| c);
+                            .map_or(CloseCause::Abnormal(Side::Downstream), |c| c.0);
                     }
                     Some(Err(e)) => {
-                        if let Some((c, _)) = d.closing {
-                            return c; // the peer went away while we were closing
+                        if let Some(c) = d.closing {
+                            return c.0; // the peer went away while we were closing
                         }
                         let cause = e.cause();
                         if e.sends_close() {
@@ -233,7 +231,7 @@ where
                         }
                         let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, conn.flush())).await;
                         return match d.closing {
-                            Some((c, _)) => c,
+                            Some(c) => c.0,
                             None => CloseCause::Peer(Side::Downstream, code.unwrap_or(1005)),
                         };
                     }
@@ -250,12 +248,11 @@ where
                 }
             }
             Event::Items(items) => {
+                // Built per batch: nothing is held while idle.
+                let mut frames = Vec::new();
                 let end = handler.frames(items, conn.deflate(), &mut frames);
-                for f in frames.drain(..) {
+                for f in frames {
                     conn.send(f);
-                }
-                if frames.capacity() > 0 {
-                    frames = Vec::new(); // nothing held while idle
                 }
                 if let Some(cause) = end {
                     return Box::pin(close_now(conn, handler, cause, CLOSE_WAIT)).await;
@@ -263,7 +260,7 @@ where
             }
             Event::QueueClosed => {
                 let cause = CloseCause::Abnormal(Side::Downstream);
-                d.closing = Some((cause, Instant::now() + CLOSE_WAIT));
+                d.closing = Some(Box::new((cause, Instant::now() + CLOSE_WAIT)));
             }
             Event::Overflowed => {
                 return Box::pin(close_now(
@@ -282,7 +279,7 @@ where
             Event::Deadline => {
                 let now = Instant::now();
                 let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
-                if let Some((cause, at)) = &d.closing {
+                if let Some((cause, at)) = d.closing.as_deref() {
                     if *at <= now {
                         return cause.clone();
                     }
@@ -316,14 +313,14 @@ fn begin_close<S, H>(
     conn: &mut Conn<S>,
     handler: &mut H,
     cause: CloseCause,
-) -> (CloseCause, Instant)
+) -> Box<(CloseCause, Instant)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
     flush_queue(conn, handler);
     conn.close_with(&cause);
-    (cause, Instant::now() + CLOSE_WAIT)
+    Box::new((cause, Instant::now() + CLOSE_WAIT))
 }
 
 /// Queue what is waiting and our Close, give the socket `wait` to take them, and end.

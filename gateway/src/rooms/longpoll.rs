@@ -108,7 +108,7 @@ pub(crate) async fn long_poll(
     let ready = outbox.take_now();
     collect(ready, &mut cursor, &mut messages, &mut lost);
     if messages.is_empty() && lost.is_empty() {
-        let mut drain = svc.drain.close_signal();
+        let drain = svc.drain.close_signal();
         tokio::select! {
             items = outbox.take_all() => {
                 // Let a burst land in one answer.
@@ -118,7 +118,7 @@ pub(crate) async fn long_poll(
                 collect(more, &mut cursor, &mut messages, &mut lost);
             }
             _ = tokio::time::sleep(wait) => {}
-            _ = wait_drain(&mut drain) => {}
+            _ = drain.closed() => {}
         }
     }
     outbox.close();
@@ -144,10 +144,4 @@ pub(crate) async fn long_poll(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
-}
-
-/// Resolves once the drain's close phase starts (or the drain controller is gone).
-async fn wait_drain(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    let started = rx.wait_for(|d| *d).await.is_ok();
-    let _ = started;
 }

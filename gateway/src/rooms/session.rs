@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::bus::{Member, Payload, Publish};
@@ -20,6 +19,7 @@ use super::outbox::{Item, Outbox};
 use super::protocol::{self, ClientMsg, ErrorCode};
 use super::route::{ConnSettings, RoomsPolicy};
 use crate::auth::jwt::Claims;
+use crate::drain::CloseSignal;
 use crate::engine::conn::{Conn, Frame, Message};
 use crate::engine::deflate::Deflate;
 use crate::engine::session::{self as engine_session, CLOSE_WAIT, Handler, Lifecycle};
@@ -42,7 +42,7 @@ pub struct SessionCtx {
     /// and the claims the route's room patterns name); shared with the connection's task.
     pub claims: Option<Arc<Claims>>,
     pub expires_at: Option<Instant>,
-    pub drain: watch::Receiver<bool>,
+    pub drain: CloseSignal,
     /// Raw relay rooms: the room from the path.
     pub raw_room: Option<String>,
     /// The binary encoding (`switchboard.v1.proto`) was negotiated.
@@ -129,13 +129,14 @@ fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let mut life = session.ctx.lifecycle(&policy.conn);
         // Joining and leaving are boxed: their futures exist while they run, not for the whole
         // life of the connection's task.
-        let cause = match Box::pin(session.join_automatic()).await {
-            Ok(()) => engine_session::run(&mut conn, &mut life, &mut session).await,
-            Err(cause) => {
-                conn.close_with(&cause);
-                let _ = tokio::time::timeout(CLOSE_WAIT, conn.flush()).await;
-                cause
-            }
+        // `if let … else`: the join's result is dropped before the `else` (edition 2024), so
+        // the task does not keep it while the session runs.
+        let cause = if let Err(cause) = Box::pin(session.join_automatic()).await {
+            conn.close_with(&cause);
+            let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, conn.flush())).await;
+            cause
+        } else {
+            engine_session::run(&mut conn, &mut life, &mut session).await
         };
         Box::pin(session.leave_all()).await;
         session.outbox.close();

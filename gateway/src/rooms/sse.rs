@@ -193,7 +193,7 @@ struct Feed {
     cursor: super::cursor::Cursor,
     outbox: Arc<Outbox>,
     expiry: Option<tokio::time::Instant>,
-    drain: tokio::sync::watch::Receiver<bool>,
+    drain: crate::drain::CloseSignal,
     drain_window: Duration,
     draining: CloseCause,
     admitted: Option<crate::admission::Admitted>,
@@ -218,7 +218,7 @@ impl Feed {
             mut cursor,
             outbox,
             expiry,
-            mut drain,
+            drain,
             drain_window,
             draining,
             admitted,
@@ -277,8 +277,12 @@ impl Feed {
         let mut ended = send(Bytes::from(opening));
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         let expiry = expiry.unwrap_or(far);
-        let mut drain_at: Option<tokio::time::Instant> = (*drain.borrow())
+        let mut drain_at: Option<tokio::time::Instant> = drain
+            .is_closed()
             .then(|| tokio::time::Instant::now() + crate::drain::jitter(drain_window));
+        // Registers this task once; after that a wake-up reads the signal's flag, no lock.
+        let closed = drain.closed();
+        tokio::pin!(closed);
         let cause = loop {
             if let Some(cause) = ended.take() {
                 break cause;
@@ -328,11 +332,9 @@ impl Feed {
                     let _ = send(sse_event(Some("error"), None, &protocol::error(None, protocol::ErrorCode::Forbidden, CloseCause::TokenExpired.reason())));
                     break CloseCause::TokenExpired;
                 }
-                changed = drain.changed(), if drain_at.is_none() => {
-                    if changed.is_err() || *drain.borrow() {
-                        // Spread stream ends over the route's drain window, like WebSockets.
-                        drain_at = Some(tokio::time::Instant::now() + crate::drain::jitter(drain_window));
-                    }
+                () = closed.as_mut(), if drain_at.is_none() => {
+                    // Spread stream ends over the route's drain window, like WebSockets.
+                    drain_at = Some(tokio::time::Instant::now() + crate::drain::jitter(drain_window));
                 }
                 _ = tokio::time::sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
                     {

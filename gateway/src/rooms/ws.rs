@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -81,12 +82,10 @@ pub(crate) fn websocket(
     // `rooms.notify` / `rooms.notifyNats` (SSE streams notify too; long-polls do not): only on
     // routes that notify, boxed, so a connection of any other route holds nothing for them.
     let notifier = (policy.cfg.notify.is_some() || policy.cfg.notify_nats).then(|| {
-        Box::new(Notifier::new(
-            svc.hooks,
-            &route.cfg.name,
-            &policy,
-            svc.hub.bus(),
-        ))
+        Box::new(Notifying {
+            notifier: Notifier::new(svc.hooks, &route.cfg.name, &policy, svc.hub.bus()),
+            connected: Sent::default(),
+        })
     });
     // Only what the session reads after admission (sub, exp, claims the room patterns name).
     let claims = adm.claims.map(|c| Arc::new(policy.session_claims(c)));
@@ -108,11 +107,16 @@ pub(crate) fn websocket(
         .inc();
     let live = svc.drain.enter();
     tokio::spawn(connection(
-        on_upgrade,
-        Box::new(ctx),
-        svc.session.clone(),
+        Box::new(Start {
+            on_upgrade,
+            runner: svc.session.clone(),
+            ctx,
+        }),
         notifier,
-        (live, adm.admitted),
+        Held {
+            _live: live,
+            admitted: adm.admitted,
+        },
     ));
 
     let mut resp = Response::new(full(Bytes::new()));
@@ -132,46 +136,82 @@ pub(crate) fn websocket(
     Ok(resp)
 }
 
+/// What a rooms connection's task starts from, boxed until the upgrade completes and then
+/// taken apart: the session gets the context, the rest is dropped. One box for all three: a
+/// value the task moves out of keeps its place in the task for the task's whole life, so
+/// each of them captured alone would be held (dead) while the connection lives.
+struct Start {
+    on_upgrade: OnUpgrade,
+    /// A document session instead of the room protocol (chosen by the dispatcher).
+    runner: Option<SessionRunner>,
+    ctx: SessionCtx,
+}
+
+/// A route's `connect` / `disconnect` notifications, boxed: a connection of a route that does
+/// not notify holds nothing for them.
+struct Notifying {
+    notifier: Notifier,
+    /// The `connect`, which the `disconnect` is sent after.
+    connected: Sent,
+}
+
+/// What a connection holds until its task ends: its count in the drain (kept until the
+/// `disconnect` notification went out) and its admission slot (freed as the session ends).
+struct Held {
+    _live: LiveGuard,
+    admitted: Option<Admitted>,
+}
+
+impl Held {
+    /// A method, not an assignment in the task: the task then captures the whole pair, where
+    /// an assignment to one field would capture that field alone and drop the other (the
+    /// drain's count) at once.
+    fn free_admission(&mut self) {
+        self.admitted = None;
+    }
+}
+
 /// The task of one rooms WebSocket: the session, with its `connect` / `disconnect`
 /// notifications, metrics and log line. `held` (the drain's live count and the admission slot)
-/// is released when it ends. `ctx` is boxed until the upgrade completes and then moved into the
-/// session: what a task moves out of keeps its place in the task for the task's whole life, so
-/// a `SessionCtx` by value would be held twice (here, moved out, and in the session). For the
-/// same reason this is not an `async fn` (whose arguments are moved into the future's locals
-/// and kept twice) and the block uses what it captures in place.
+/// is released when it ends. Not an `async fn` (whose arguments are moved into the future's
+/// locals and kept twice): the block uses what it captures in place.
 fn connection(
-    on_upgrade: OnUpgrade,
-    ctx: Box<SessionCtx>,
-    runner: Option<SessionRunner>,
-    notifier: Option<Box<Notifier>>,
-    held: (LiveGuard, Option<Admitted>),
+    start: Box<Start>,
+    notifier: Option<Box<Notifying>>,
+    held: Held,
 ) -> impl Future<Output = ()> {
-    let mut held = held;
+    let (mut start, mut notifier, mut held) = (start, notifier, held);
     async move {
-        // The whole pair, captured (a field alone would leave the other behind, dropped now).
-        let held = &mut held;
-        let Ok(io) = on_upgrade.await else { return };
+        let Ok(io) = (&mut start.on_upgrade).await else {
+            return;
+        };
         // Shared with the session, not copied: the route's name, the claims, the connection id.
-        let route = ctx.policy.conn.route.clone();
-        let claims = ctx.claims.clone();
-        let conn = ctx.conn_id.clone();
+        let route = start.ctx.policy.conn.route.clone();
+        let claims = start.ctx.claims.clone();
+        let conn = start.ctx.conn_id.clone();
         let user = || claims.as_deref().and_then(|c| c.sub.as_deref());
         let active = metrics().connections_active.with_label_values(&[&*route]);
         active.inc();
         let started = std::time::Instant::now();
-        let connected = notifier.as_ref().map(|n| {
-            n.send(Sent::default(), user(), || {
+        if let Some(n) = notifier.as_deref_mut() {
+            n.connected = n.notifier.send(Sent::default(), user(), || {
                 connect_event(&conn, user(), &route, "websocket")
-            })
-        });
-        let cause = match runner {
-            Some(run) => run(io, unbox(ctx)).await,
-            None => session::run(io, unbox(ctx)).await,
+            });
+        }
+        // Chosen before the await, so the runner is not held while the session runs.
+        let session = match start.runner.take() {
+            Some(run) => Either::Left(run(io, unbox(start).ctx)),
+            None => Either::Right(session::run(io, unbox(start).ctx)),
         };
+        let cause = session.await;
         active.dec();
-        held.1 = None; // the admission slot frees with the connection
-        let disconnected = notifier.as_ref().map(|n| {
-            n.send(connected.unwrap_or_default(), user(), || {
+        held.free_admission();
+        let disconnected = notifier.take().map(|n| {
+            let Notifying {
+                notifier,
+                connected,
+            } = *n;
+            notifier.send(connected, user(), || {
                 disconnect_event(&conn, user(), &route, "websocket", &cause)
             })
         });

@@ -22,11 +22,11 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 mod direction;
 
+use crate::drain::CloseSignal;
 use crate::engine::deflate::Deflate;
 use crate::engine::frame::Sender;
 use crate::error::{CloseCause, Side};
@@ -169,9 +169,9 @@ where
         }
     }
 
-    /// The drain signal changed (`on`: the gateway is draining, or the signal is gone).
-    fn drain_signal(&mut self, on: bool) {
-        if on && !self.drain_seen {
+    /// The gateway started draining: close at a random point of the route's drain window.
+    fn drain_signal(&mut self) {
+        if !self.drain_seen {
             self.drain_seen = true;
             self.drain_at = Instant::now() + crate::drain::jitter(self.limits.drain_window);
         }
@@ -432,43 +432,35 @@ pub fn run<C, U>(
     limits: TunnelLimits,
     inbound: DirCounters,
     outbound: DirCounters,
-    drain: watch::Receiver<bool>,
+    drain: CloseSignal,
 ) -> impl Future<Output = Outcome>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let draining = *drain.borrow();
+    let draining = drain.is_closed();
     let tunnel = Tunnel::new(client, upstream, limits, inbound, outbound, draining);
     // The block uses what it captures in place (never `let x = captured`), so each is stored
     // once.
-    let (mut tunnel, mut drain) = (tunnel, drain);
+    let (mut tunnel, drain) = (tunnel, drain);
     async move {
         let sleep = tokio::time::sleep_until(tunnel.far);
         tokio::pin!(sleep);
-        // The drain signal is watched without a lock per wake-up: the `changed` future is
-        // polled once to register this task, after that only when the signal's version moved
-        // (an atomic read on a second receiver).
-        let mut peek = drain.clone();
+        // Registers this task once; after that a wake-up reads the signal's flag, no lock.
+        let closed = drain.closed();
+        tokio::pin!(closed);
         loop {
-            let changed = drain.changed();
-            tokio::pin!(changed);
-            let mut registered = false;
-            let signal = poll_fn(|cx| {
-                if !tunnel.drain_seen
-                    && (!registered || peek.has_changed().unwrap_or(true))
-                    && let Poll::Ready(r) = changed.as_mut().poll(cx)
-                {
-                    return Poll::Ready(Some(r.is_err() || *peek.borrow_and_update()));
+            let drained = poll_fn(|cx| {
+                if !tunnel.drain_seen && closed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(true);
                 }
-                registered = true;
-                tunnel.poll(cx, sleep.as_mut()).map(|()| None)
+                tunnel.poll(cx, sleep.as_mut()).map(|()| false)
             })
             .await;
-            match signal {
-                Some(on) => tunnel.drain_signal(on),
-                None => break,
+            if !drained {
+                break;
             }
+            tunnel.drain_signal();
         }
         tunnel.outcome()
     }

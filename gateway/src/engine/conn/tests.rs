@@ -285,9 +285,7 @@ async fn outgoing_messages_are_compressed_from_the_threshold_on() {
         deflate::inflate(&frames[1].2, 1000).unwrap(),
         vec![b'a'; 100]
     );
-    let st = conn.stats();
-    assert_eq!(st.deflated_in, 100);
-    assert!(st.deflated_out < 100);
+    assert!(frames[1].2.len() < 100, "smaller on the wire");
 }
 
 #[tokio::test]

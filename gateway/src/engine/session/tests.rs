@@ -65,19 +65,19 @@ struct Setup {
     conn: Conn<DuplexStream>,
     life: Lifecycle<'static>,
     echo: Echo,
-    drain: watch::Sender<bool>,
+    drain: CloseSignal,
 }
 
 fn setup(pipe: usize, ping: Duration, expires: Option<Duration>) -> (Setup, DuplexStream) {
     let (server, client) = duplex(pipe);
-    let (drain, drain_rx) = watch::channel(false);
+    let drain = CloseSignal::default();
     let s = Setup {
         conn: Conn::new(server, 1 << 20, None),
         life: Lifecycle {
             ping_interval: ping,
             pong_timeout: Duration::from_secs(10),
             expires_at: expires.map(|d| Instant::now() + d),
-            drain: drain_rx,
+            drain: drain.clone(),
             drain_close: &DRAIN_CLOSE,
             drain_window: Duration::from_secs(1),
         },
@@ -219,7 +219,7 @@ async fn the_drain_says_goodbye_then_closes_with_the_routes_code() {
         (cause, s.echo.drained)
     });
     tokio::task::yield_now().await;
-    drain.send(true).unwrap();
+    drain.close();
     let frames = read_until_close(&mut client).await;
     assert_eq!(frames[0], (OpCode::Text, b"bye".to_vec()));
     assert_eq!(close_code(&frames[1].1), 1001);

@@ -30,7 +30,7 @@ fn limits() -> TunnelLimits {
 struct Harness {
     client: DirectionReader,
     upstream: DirectionReader,
-    drain: watch::Sender<bool>,
+    drain: CloseSignal,
     task: tokio::task::JoinHandle<Outcome>,
 }
 
@@ -114,7 +114,8 @@ fn reader(io: DuplexStream, sender: Sender) -> DirectionReader {
 fn start(l: TunnelLimits) -> Harness {
     let (client_test, client_gw) = tokio::io::duplex(64 * 1024);
     let (up_test, up_gw) = tokio::io::duplex(64 * 1024);
-    let (drain, drain_rx) = watch::channel(false);
+    let drain = CloseSignal::default();
+    let drain_rx = drain.clone();
     let task = tokio::spawn(run(client_gw, up_gw, l, counters(), counters(), drain_rx));
     Harness {
         // The test's client end reads what the gateway sends to clients (server frames).
@@ -242,7 +243,7 @@ async fn a_drain_closes_the_client_first_relays_what_it_still_sends_then_closes_
  {
     let mut h = start(limits());
     let started = Instant::now();
-    h.drain.send(true).expect("drain receiver alive");
+    h.drain.close();
     assert_eq!(h.client.next().await, Got::Close(Some(1012)));
     assert!(started.elapsed() <= Duration::from_secs(1));
     // A message the client sent before it read our Close: it crossed the Close on the wire.
@@ -270,7 +271,7 @@ async fn a_drain_closes_the_client_first_relays_what_it_still_sends_then_closes_
 #[tokio::test(start_paused = true)]
 async fn a_client_that_never_answers_the_drain_close_gets_the_app_closed_after_the_close_timeout() {
     let mut h = start(limits());
-    h.drain.send(true).expect("drain receiver alive");
+    h.drain.close();
     assert_eq!(h.client.next().await, Got::Close(Some(1012)));
     let client_closed = Instant::now();
     assert_eq!(h.upstream.next().await, Got::Close(Some(1012)));
@@ -458,7 +459,7 @@ async fn an_app_connection_reset_tells_the_client_1011_and_is_recorded_as_upstre
         .expect("connect");
     let (app, _) = listener.accept().await.expect("accept");
     let (client_test, client_gw) = tokio::io::duplex(64 * 1024);
-    let (_drain, drain_rx) = watch::channel(false);
+    let drain_rx = CloseSignal::default();
     let task = tokio::spawn(run(
         client_gw,
         app_gw,
@@ -517,7 +518,8 @@ async fn a_protocol_error_closes_both_sides_with_1002() {
 fn start_with_pipes(l: TunnelLimits, client_buf: usize, app_buf: usize) -> Harness {
     let (client_test, client_gw) = tokio::io::duplex(client_buf);
     let (up_test, up_gw) = tokio::io::duplex(app_buf);
-    let (drain, drain_rx) = watch::channel(false);
+    let drain = CloseSignal::default();
+    let drain_rx = drain.clone();
     let task = tokio::spawn(run(client_gw, up_gw, l, counters(), counters(), drain_rx));
     Harness {
         client: reader(client_test, Sender::Server),
@@ -660,18 +662,18 @@ async fn every_split_of_the_input_is_relayed_byte_for_byte_both_ways() {
 mod compression;
 
 /// The future a tunnel's task holds while it idles: the tunnel (streams, directions, limits,
-/// deadlines), its one timer and the drain watch, and no second copy of what the tunnel was
+/// deadlines), its one timer and the drain waiter, and no second copy of what the tunnel was
 /// built from (an `async fn`'s arguments stay in its future beside what is made of them).
 #[tokio::test]
 async fn an_idle_tunnel_future_holds_its_streams_and_limits_once() {
     let (client_gw, _client) = tokio::io::duplex(64);
     let (up_gw, _up) = tokio::io::duplex(64);
-    let (_drain_tx, drain_rx) = watch::channel(false);
-    let watch_parts = 2 * std::mem::size_of::<watch::Receiver<bool>>()
-        + std::mem::size_of_val(&drain_rx.clone().changed());
+    let drain_rx = CloseSignal::default();
+    let drain_parts =
+        std::mem::size_of::<CloseSignal>() + std::mem::size_of_val(&drain_rx.clone().closed());
     let future = run(client_gw, up_gw, limits(), counters(), counters(), drain_rx);
     let tunnel = std::mem::size_of::<Tunnel<DuplexStream, DuplexStream>>();
-    let parts = tunnel + std::mem::size_of::<Sleep>() + watch_parts;
+    let parts = tunnel + std::mem::size_of::<Sleep>() + drain_parts;
     let size = std::mem::size_of_val(&future);
     // Slack for the loop's flags and the poll closure's references; less than the limits a
     // second copy would add.
