@@ -171,6 +171,12 @@ impl Held {
     }
 }
 
+/// A type with `Drop` is always captured whole (its fields cannot be moved out one by one), so
+/// no edit of the task can drop the drain's count early by capturing a field alone.
+impl Drop for Held {
+    fn drop(&mut self) {}
+}
+
 /// The task of one rooms WebSocket: the session, with its `connect` / `disconnect`
 /// notifications, metrics and log line. `held` (the drain's live count and the admission slot)
 /// is released when it ends. Not an `async fn` (whose arguments are moved into the future's
