@@ -150,7 +150,6 @@ where
         let sleep = tokio::time::sleep_until(d.next().unwrap_or(far));
         (d, sleep)
     };
-    let mut drain_seen = d.drain.is_some();
     tokio::pin!(sleep);
     let drain = life.drain.closed();
     tokio::pin!(drain);
@@ -174,8 +173,8 @@ where
             if d.next().is_some_and(|at| at <= Instant::now()) {
                 return Poll::Ready(Event::Deadline);
             }
-            if !drain_seen && drain.as_mut().poll(cx).is_ready() {
-                drain_seen = true;
+            // Until the drain is seen (its deadline set), not after.
+            if d.drain.is_none() && drain.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Drain);
             }
             if !closing && conn.write_idle() {
@@ -272,9 +271,7 @@ where
                 .await;
             }
             Event::Drain => {
-                if d.drain.is_none() {
-                    d.drain = Some(Instant::now() + crate::drain::jitter(life.drain_window));
-                }
+                d.drain = Some(Instant::now() + crate::drain::jitter(life.drain_window));
             }
             Event::Deadline => {
                 let now = Instant::now();

@@ -439,10 +439,9 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let draining = drain.is_closed();
-    let tunnel = Tunnel::new(client, upstream, limits, inbound, outbound, draining);
+    let mut tunnel = Tunnel::new(client, upstream, limits, inbound, outbound, draining);
     // The block uses what it captures in place (never `let x = captured`), so each is stored
     // once.
-    let (mut tunnel, drain) = (tunnel, drain);
     async move {
         let sleep = tokio::time::sleep_until(tunnel.far);
         tokio::pin!(sleep);
