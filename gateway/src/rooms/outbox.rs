@@ -115,6 +115,18 @@ impl Outbox {
 
     /// Queue an item; false (and the connection marked slow) when it does not fit.
     pub fn push(&self, item: Item) -> bool {
+        self.queue(item, true)
+    }
+
+    /// [`Outbox::push`] from the writer's own task while it runs (a session's reply to the
+    /// message it is handling): the writer takes the queue before it waits again, so it is
+    /// not woken. Waking the running task would only reschedule it, as a yield, behind the
+    /// tasks it woke (the bus's, a publish's) and unpark another worker to poll it for nothing.
+    pub fn push_own(&self, item: Item) -> bool {
+        self.queue(item, false)
+    }
+
+    fn queue(&self, item: Item, wake: bool) -> bool {
         // Sticky: once an item was refused nothing after it may be queued, or it would go out
         // (with a cursor past the refused one) and the gap would be silent.
         if self.closed.load(Ordering::Acquire) || self.is_overflowed() {
@@ -134,7 +146,9 @@ impl Outbox {
             st.items.push_back(item);
         }
         account(cost as i64);
-        self.writer.wake();
+        if wake {
+            self.writer.wake();
+        }
         true
     }
 

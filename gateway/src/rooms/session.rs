@@ -298,8 +298,10 @@ impl Session {
         j
     }
 
+    /// Queue a reply; called only from the connection's own task (its loop takes the queue
+    /// once the handler returns).
     fn reply(&self, text: String) {
-        self.outbox.push(Item::Reply(text));
+        self.outbox.push_own(Item::Reply(text));
     }
 
     /// Join the automatic room: the raw room of the path, or the connection's own user room.

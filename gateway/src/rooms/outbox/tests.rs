@@ -127,3 +127,37 @@ async fn an_outbox_the_writer_emptied_holds_no_buffer() {
     assert!(o.push(reply(10)), "and it queues again");
     assert_eq!(o.take_all().await.len(), 1);
 }
+
+/// Counts its wake-ups.
+#[derive(Default)]
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_reply_queued_by_the_writers_own_task_does_not_wake_it_and_is_taken_next() {
+    let o = Outbox::new(1000);
+    let count = Arc::new(CountingWaker::default());
+    crate::engine::session::Queue::register(&*o, &std::task::Waker::from(count.clone()));
+    // The session queues its replies while its loop runs the message: the loop takes the
+    // queue before it waits again, and a wake-up of the running task would only reschedule
+    // it (and unpark another worker for nothing).
+    assert!(o.push_own(reply(3)));
+    assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    assert_eq!(o.take_now().len(), 1);
+    // Another task's push still wakes the writer.
+    assert!(o.push(reply(3)));
+    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_reply_queued_by_the_writers_own_task_still_counts_against_the_bound() {
+    let o = Outbox::new(100);
+    assert!(o.push_own(reply(50)));
+    assert!(!o.push_own(reply(50)), "over the bound");
+    assert!(o.is_overflowed());
+}
