@@ -150,9 +150,53 @@ fn with_id(mut v: Value, id: Option<&str>) -> String {
     v.to_string()
 }
 
-/// `message`: encoded once per pod per message.
+/// `message`: encoded once per pod per message, straight from borrowed fields (the same JSON
+/// as [`message_value`], whose map sorts its keys: the fields are in that order), so no tree
+/// and no copy of the payload is built on the delivery path.
 pub fn message(m: &RoomMessage) -> String {
-    message_value(m).to_string()
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Data<'a> {
+        Json(&'a Value),
+        Text(&'a str),
+    }
+    #[derive(Serialize)]
+    struct Message<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        b64: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<Data<'a>>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        ephemeral: bool,
+        epoch: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from: Option<&'a Value>,
+        room: &'a str,
+        seq: u64,
+        ts: u64,
+        r#type: &'static str,
+    }
+    let (b64, data) = match &m.data {
+        Payload::Json(d) => (None, Some(Data::Json(d))),
+        Payload::Binary(b) => (
+            Some(base64::engine::general_purpose::STANDARD.encode(b)),
+            None,
+        ),
+        Payload::Text(t) => (None, Some(Data::Text(t))),
+    };
+    let msg = Message {
+        b64,
+        data,
+        ephemeral: m.ephemeral,
+        epoch: &m.epoch,
+        from: m.from.as_ref(),
+        room: &m.key.room,
+        seq: m.seq,
+        ts: m.ts_ms,
+        r#type: "message",
+    };
+    // Serializing strings, integers and JSON values cannot fail.
+    serde_json::to_string(&msg).unwrap_or_default()
 }
 
 /// The JSON of a `message`.

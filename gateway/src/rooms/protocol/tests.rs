@@ -158,3 +158,33 @@ fn joined_is_the_same_json_the_value_tree_gave() {
         }
     }
 }
+
+#[test]
+fn message_is_the_same_json_the_value_tree_gave() {
+    let payloads = [
+        Payload::Json(json!({"hi": [1, "ä\"\n"], "n": null})),
+        Payload::Json(Value::Null),
+        Payload::Binary(vec![0, 1, 2, 255].into()),
+        Payload::Text("raw \"text\"\u{1}".into()),
+    ];
+    for data in payloads {
+        for from in [None, Some(json!({"sub": "alice", "role": ["a"]}))] {
+            for (seq, ephemeral) in [(0, true), (9, false)] {
+                let m = RoomMessage {
+                    key: super::super::bus::RoomKey {
+                        namespace: "n".into(),
+                        room: "user:ä\\".into(),
+                    },
+                    seq,
+                    epoch: "e\"1".into(),
+                    ts_ms: 1_700_000_000_123,
+                    from: from.clone(),
+                    data: data.clone(),
+                    ephemeral,
+                    origin_conn: Some("c1".into()),
+                };
+                assert_eq!(message(&m), message_value(&m).to_string());
+            }
+        }
+    }
+}
