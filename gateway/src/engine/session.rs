@@ -242,12 +242,6 @@ where
                         // Boxed: the handler's future exists only while it runs.
                         if let Some(cause) = Box::pin(handler.message(msg)).await {
                             d.closing = Some(begin_close(conn, handler, cause));
-                        } else {
-                            // The tasks the message woke (the bus's connection writing a
-                            // publish, the members' writers) run before this connection
-                            // writes its replies: the message leaves the pod without waiting
-                            // for the ack's write (and its wake-up of the client).
-                            tokio::task::yield_now().await;
                         }
                     }
                 }
