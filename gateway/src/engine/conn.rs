@@ -400,6 +400,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.write_bytes
     }
 
+    /// Whether messages already read wait to be taken (no socket read is needed for the next).
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// Nothing left to write.
     pub fn write_idle(&self) -> bool {
         self.write.is_empty()

@@ -242,6 +242,15 @@ where
                         // Boxed: the handler's future exists only while it runs.
                         if let Some(cause) = Box::pin(handler.message(msg)).await {
                             d.closing = Some(begin_close(conn, handler, cause));
+                        } else if !conn.has_ready() {
+                            // The last message read: the tasks it woke (the bus's NATS
+                            // connection writing a publish, members' writers) run before
+                            // this connection writes its replies, so one message in flight
+                            // leaves the pod before its ack's write. Not between messages
+                            // already read: a publisher's burst is fanned out as a batch,
+                            // where a yield per message would write every member once per
+                            // message (burst fan-out halved when tried).
+                            tokio::task::yield_now().await;
                         }
                     }
                 }

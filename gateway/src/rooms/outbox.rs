@@ -120,8 +120,8 @@ impl Outbox {
 
     /// [`Outbox::push`] from the writer's own task while it runs (a session's reply to the
     /// message it is handling): the writer takes the queue before it waits again, so it is
-    /// not woken. Waking the running task would only reschedule it, as a yield, behind the
-    /// tasks it woke (the bus's, a publish's) and unpark another worker to poll it for nothing.
+    /// not woken. Waking the running task would make tokio reschedule it behind every queued
+    /// task and unpark another worker to poll it for nothing.
     pub fn push_own(&self, item: Item) -> bool {
         self.queue(item, false)
     }
