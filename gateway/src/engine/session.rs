@@ -243,13 +243,16 @@ where
                         if let Some(cause) = Box::pin(handler.message(msg)).await {
                             d.closing = Some(begin_close(conn, handler, cause));
                         } else if !conn.has_ready() {
-                            // The last message read: the tasks it woke (the bus's NATS
-                            // connection writing a publish, members' writers) run before
-                            // this connection writes its replies, so one message in flight
-                            // leaves the pod before its ack's write. Not between messages
-                            // already read: a publisher's burst is fanned out as a batch,
-                            // where a yield per message would write every member once per
-                            // message (burst fan-out halved when tried).
+                            // The last message read: the tasks it woke on this worker (the
+                            // bus's NATS connection writing a publish, members' writers) get
+                            // to run before this connection writes its replies, so one
+                            // message in flight usually leaves the pod before its ack's
+                            // write. Best effort: tokio resumes a yielded task once its
+                            // worker runs out of work, at its next maintenance (61 polls)
+                            // or at any other wake-up. Not between messages already read: a
+                            // publisher's burst is fanned out as a batch, where a yield per
+                            // message would write every member once per message (burst
+                            // fan-out halved when tried).
                             tokio::task::yield_now().await;
                         }
                     }
