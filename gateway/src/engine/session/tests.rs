@@ -371,9 +371,9 @@ async fn a_client_flooding_pings_is_still_closed_when_its_token_expires() {
 }
 
 /// Hands each message to another task (as a publish hands it to the bus's task) and queues a
-/// reply to it, logging when each happens.
+/// reply to it from its own task, logging when each happens; writes replies as [`Echo`] does.
 struct HandsOff {
-    outbox: Arc<Outbox>,
+    echo: Echo,
     to_bus: tokio::sync::mpsc::UnboundedSender<String>,
     log: Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -382,7 +382,7 @@ impl Handler for HandsOff {
     type Queue = Outbox;
 
     fn queue(&self) -> &Outbox {
-        &self.outbox
+        self.echo.queue()
     }
 
     fn frames(
@@ -391,26 +391,27 @@ impl Handler for HandsOff {
         deflate: Option<&Deflate>,
         out: &mut Vec<Frame>,
     ) -> Option<CloseCause> {
-        for i in items {
-            if let Item::Reply(r) = i {
-                self.log.lock().unwrap().push(format!("reply {r}"));
-                out.push(Frame::message(true, Bytes::from(r), deflate));
-            }
-        }
-        None
+        let mut log = self.log.lock().unwrap();
+        log.extend(items.iter().filter_map(|i| match i {
+            Item::Reply(r) => Some(format!("reply {r}")),
+            _ => None,
+        }));
+        self.echo.frames(items, deflate, out)
     }
 
     async fn message(&mut self, msg: Message) -> Option<CloseCause> {
         if let Message::Text(t) = msg {
             let _ = self.to_bus.send(t.to_string());
-            self.outbox.push_own(Item::Reply(format!("ack {t}")));
+            self.echo.outbox.push_own(Item::Reply(format!("ack {t}")));
         }
         None
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_messages_reply_is_written_after_the_task_it_handed_the_message_to_has_run() {
+/// Runs a [`HandsOff`] session on a pipe: `input` (whole frames) in one write, then, once it
+/// was handled, a Close (read together with the messages, it would be one more message
+/// waiting). Returns the frames the session wrote and its log.
+async fn hand_off(input: &[u8]) -> (Vec<(OpCode, Vec<u8>)>, Vec<String>) {
     let (mut s, mut client) = setup(1 << 16, Duration::ZERO, None);
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (to_bus, mut bus) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -421,62 +422,40 @@ async fn a_messages_reply_is_written_after_the_task_it_handed_the_message_to_has
         }
     });
     let mut h = HandsOff {
-        outbox: s.echo.outbox.clone(),
+        echo: s.echo,
         to_bus,
         log: log.clone(),
     };
     tokio::spawn(async move { run(&mut s.conn, &mut s.life, &mut h).await });
-    client
-        .write_all(&frame::encode(OpCode::Text, b"m1", M))
-        .await
-        .unwrap();
-    // The Close only once the message was handled (read with it, it would be one more
-    // message waiting).
+    client.write_all(input).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1)).await;
     client
         .write_all(&frame::close_frame(1000, "", M))
         .await
         .unwrap();
     let frames = read_until_close(&mut client).await;
+    let log = log.lock().unwrap().clone();
+    (frames, log)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_messages_reply_is_written_after_the_task_it_handed_the_message_to_has_run() {
+    let (frames, log) = hand_off(&frame::encode(OpCode::Text, b"m1", M)).await;
     assert_eq!(frames[0], (OpCode::Text, b"ack m1".to_vec()));
     // The message leaves (the bus writes it) before its ack does: one message in flight
     // crosses the pods without waiting for the ack's write.
-    assert_eq!(*log.lock().unwrap(), ["bus m1", "reply ack m1"]);
+    assert_eq!(log, ["bus m1", "reply ack m1"]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_burst_is_handled_without_yielding_and_only_its_last_reply_waits_for_the_woken_tasks() {
-    let (mut s, mut client) = setup(1 << 16, Duration::ZERO, None);
-    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (to_bus, mut bus) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let bus_log = log.clone();
-    tokio::spawn(async move {
-        while let Some(m) = bus.recv().await {
-            bus_log.lock().unwrap().push(format!("bus {m}"));
-        }
-    });
-    let mut h = HandsOff {
-        outbox: s.echo.outbox.clone(),
-        to_bus,
-        log: log.clone(),
-    };
-    tokio::spawn(async move { run(&mut s.conn, &mut s.life, &mut h).await });
     // Both messages arrive in one read: the second is handled at once (a publisher's burst
     // is fanned out as a batch, not one message per turn of the worker); only after the last
     // one read does the loop let the tasks they woke go first.
     let mut burst = frame::encode(OpCode::Text, b"m1", M);
     burst.extend_from_slice(&frame::encode(OpCode::Text, b"m2", M));
-    client.write_all(&burst).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    client
-        .write_all(&frame::close_frame(1000, "", M))
-        .await
-        .unwrap();
-    let frames = read_until_close(&mut client).await;
+    let (frames, log) = hand_off(&burst).await;
     assert_eq!(frames[0], (OpCode::Text, b"ack m1".to_vec()));
     assert_eq!(frames[1], (OpCode::Text, b"ack m2".to_vec()));
-    assert_eq!(
-        *log.lock().unwrap(),
-        ["reply ack m1", "bus m1", "bus m2", "reply ack m2"]
-    );
+    assert_eq!(log, ["reply ack m1", "bus m1", "bus m2", "reply ack m2"]);
 }
