@@ -150,78 +150,62 @@ fn with_id(mut v: Value, id: Option<&str>) -> String {
     v.to_string()
 }
 
-/// `message`: encoded once per pod per message, straight from borrowed fields (the same JSON
-/// as [`message_value`], whose map sorts its keys: the fields are in that order), so no tree
-/// and no copy of the payload is built on the delivery path.
-pub fn message(m: &RoomMessage) -> String {
-    #[derive(Serialize)]
-    #[serde(untagged)]
-    enum Data<'a> {
-        Json(&'a Value),
-        Text(&'a str),
-    }
-    #[derive(Serialize)]
-    struct Message<'a> {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        b64: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        data: Option<Data<'a>>,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        ephemeral: bool,
-        epoch: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        from: Option<&'a Value>,
-        room: &'a str,
-        seq: u64,
-        ts: u64,
-        r#type: &'static str,
-    }
-    let (b64, data) = match &m.data {
-        Payload::Json(d) => (None, Some(Data::Json(d))),
-        Payload::Binary(b) => (
-            Some(base64::engine::general_purpose::STANDARD.encode(b)),
-            None,
-        ),
-        Payload::Text(t) => (None, Some(Data::Text(t))),
-    };
-    let msg = Message {
-        b64,
-        data,
-        ephemeral: m.ephemeral,
-        epoch: &m.epoch,
-        from: m.from.as_ref(),
-        room: &m.key.room,
-        seq: m.seq,
-        ts: m.ts_ms,
-        r#type: "message",
-    };
-    // Serializing strings, integers and JSON values cannot fail.
-    serde_json::to_string(&msg).unwrap_or_default()
+/// A `message` as JSON, serialized straight from the message's borrowed fields (no `Value`
+/// tree, no copy of the payload). The fields are in sorted order, the order the `Value` tree
+/// this replaced gave them (serde_json's maps sort their keys).
+#[derive(Serialize)]
+struct MessageJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<MessageData<'a>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ephemeral: bool,
+    epoch: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a Value>,
+    room: &'a str,
+    seq: u64,
+    ts: u64,
+    r#type: &'static str,
 }
 
-/// The JSON of a `message`.
-pub fn message_value(m: &RoomMessage) -> Value {
-    let mut obj = serde_json::Map::new();
-    obj.insert("type".into(), "message".into());
-    obj.insert("room".into(), m.key.room.clone().into());
-    obj.insert("seq".into(), m.seq.into());
-    obj.insert("epoch".into(), json!(m.epoch));
-    obj.insert("ts".into(), m.ts_ms.into());
-    if let Some(from) = &m.from {
-        obj.insert("from".into(), from.clone());
+/// The `data` of a `message`: a JSON payload, or a raw-relay text as a JSON string.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum MessageData<'a> {
+    Json(&'a Value),
+    Text(&'a str),
+}
+
+impl<'a> MessageJson<'a> {
+    fn of(m: &'a RoomMessage) -> Self {
+        let (b64, data) = match &m.data {
+            Payload::Json(d) => (None, Some(MessageData::Json(d))),
+            Payload::Binary(b) => (
+                Some(base64::engine::general_purpose::STANDARD.encode(b)),
+                None,
+            ),
+            Payload::Text(t) => (None, Some(MessageData::Text(t))),
+        };
+        Self {
+            b64,
+            data,
+            ephemeral: m.ephemeral,
+            epoch: &m.epoch,
+            from: m.from.as_ref(),
+            room: &m.key.room,
+            seq: m.seq,
+            ts: m.ts_ms,
+            r#type: "message",
+        }
     }
-    if m.ephemeral {
-        obj.insert("ephemeral".into(), true.into());
-    }
-    match &m.data {
-        Payload::Json(d) => obj.insert("data".into(), d.clone()),
-        Payload::Binary(b) => obj.insert(
-            "b64".into(),
-            base64::engine::general_purpose::STANDARD.encode(b).into(),
-        ),
-        Payload::Text(t) => obj.insert("data".into(), t.clone().into()),
-    };
-    Value::Object(obj)
+}
+
+/// `message`: encoded once per pod per message.
+pub fn message(m: &RoomMessage) -> String {
+    // Serializing strings, integers and JSON values cannot fail.
+    serde_json::to_string(&MessageJson::of(m)).unwrap_or_default()
 }
 
 pub fn joined(
@@ -284,7 +268,7 @@ pub fn batch(room: &str, groups: &[(Option<String>, Vec<&RoomMessage>)]) -> Stri
     let groups: Vec<Value> = groups
         .iter()
         .map(|(key, msgs)| {
-            let messages: Vec<Value> = msgs.iter().map(|m| message_value(m)).collect();
+            let messages: Vec<MessageJson<'_>> = msgs.iter().map(|m| MessageJson::of(m)).collect();
             json!({"key": key, "messages": messages})
         })
         .collect();
