@@ -19,10 +19,10 @@
 //! [`room_queue`] of them are already waiting: the presence view repairs itself from listings).
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Poll, Waker};
 use std::time::Duration;
-
-use tokio::sync::Notify;
 
 use super::{Position, PresenceEvent, RoomMessage};
 
@@ -127,6 +127,17 @@ struct State {
     consumer: Option<Weak<dyn Consumer>>,
     /// The consumer was woken and has not found the feed empty since.
     woken: bool,
+    /// Tasks waiting in `recv` (tests, and a bus used without a hub). Boxed and made on the
+    /// first wait: a hub's feed has a consumer instead, and a feed is per room.
+    waiting: Option<Box<Waiting>>,
+}
+
+/// The task waiting for a delivery and the one waiting for a presence event (one each: a
+/// second waiter on the same side replaces the first).
+#[derive(Default)]
+struct Waiting {
+    messages: Option<Waker>,
+    presence: Option<Waker>,
 }
 
 impl State {
@@ -157,6 +168,16 @@ impl State {
         ev
     }
 
+    /// The task waiting in [`FeedReceiver::recv`], to wake after a delivery was queued.
+    fn messages_waiter(&mut self) -> Option<Waker> {
+        self.waiting.as_mut()?.messages.take()
+    }
+
+    /// The task waiting in [`PresenceReceiver::recv`], to wake after an event was queued.
+    fn presence_waiter(&mut self) -> Option<Waker> {
+        self.waiting.as_mut()?.presence.take()
+    }
+
     /// The consumer to wake after something was queued, once per idle period.
     fn consumer_to_wake(&mut self) -> Option<Arc<dyn Consumer>> {
         if self.woken {
@@ -170,8 +191,6 @@ impl State {
 
 struct Shared {
     state: Mutex<State>,
-    messages_ready: Notify,
-    presence_ready: Notify,
 }
 
 impl Shared {
@@ -220,16 +239,17 @@ impl Clone for FeedSender {
 
 impl Drop for FeedSender {
     fn drop(&mut self) {
-        let wake = {
+        let waiters = {
             let mut st = self.shared.lock();
             st.senders -= 1;
             // The last sender gone: a waiting `recv` returns `None`.
-            st.senders == 0
+            if st.senders == 0 {
+                [st.messages_waiter(), st.presence_waiter()]
+            } else {
+                [None, None]
+            }
         };
-        if wake {
-            self.shared.messages_ready.notify_one();
-            self.shared.presence_ready.notify_one();
-        }
+        waiters.into_iter().flatten().for_each(Waker::wake);
     }
 }
 
@@ -252,9 +272,8 @@ impl FeedSender {
                 presence_open: true,
                 consumer: None,
                 woken: false,
+                waiting: None,
             }),
-            messages_ready: Notify::new(),
-            presence_ready: Notify::new(),
         });
         (
             Self {
@@ -318,8 +337,11 @@ impl FeedSender {
         }
         st.queue.push_back(Delivery::Message(msg));
         let wake = st.consumer_to_wake();
+        let waiter = st.messages_waiter();
         drop(st);
-        self.shared.messages_ready.notify_one();
+        if let Some(w) = waiter {
+            w.wake();
+        }
         Ok(Wake(wake))
     }
 
@@ -336,8 +358,11 @@ impl FeedSender {
         }
         st.presence.push_back(ev);
         let wake = st.consumer_to_wake();
+        let waiter = st.presence_waiter();
         drop(st);
-        self.shared.presence_ready.notify_one();
+        if let Some(w) = waiter {
+            w.wake();
+        }
         Ok(Wake(wake))
     }
 }
@@ -389,19 +414,19 @@ impl FeedReceiver {
 
     /// The next delivery, waiting for it; `None` once every sender is gone and nothing waits.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        loop {
-            let ready = self.shared.messages_ready.notified();
-            {
-                let mut st = self.shared.lock();
-                if let Some(d) = st.pop_delivery() {
-                    return Some(d);
-                }
-                if st.senders == 0 {
-                    return None;
-                }
+        poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if let Some(d) = st.pop_delivery() {
+                return Poll::Ready(Some(d));
             }
-            ready.await;
-        }
+            if st.senders == 0 {
+                return Poll::Ready(None);
+            }
+            let waiting = st.waiting.get_or_insert_default();
+            waiting.messages = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     /// The next delivery if one waits.
@@ -428,19 +453,19 @@ pub struct PresenceReceiver {
 impl PresenceReceiver {
     /// The next presence event, waiting for it; `None` once every sender is gone.
     pub async fn recv(&mut self) -> Option<PresenceEvent> {
-        loop {
-            let ready = self.shared.presence_ready.notified();
-            {
-                let mut st = self.shared.lock();
-                if let Some(ev) = st.pop_presence() {
-                    return Some(ev);
-                }
-                if st.senders == 0 {
-                    return None;
-                }
+        poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if let Some(ev) = st.pop_presence() {
+                return Poll::Ready(Some(ev));
             }
-            ready.await;
-        }
+            if st.senders == 0 {
+                return Poll::Ready(None);
+            }
+            let waiting = st.waiting.get_or_insert_default();
+            waiting.presence = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 }
 

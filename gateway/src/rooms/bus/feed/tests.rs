@@ -150,3 +150,49 @@ fn a_consumer_is_woken_once_per_idle_period_and_again_after_it_found_the_feed_em
     assert!(matches!(rx.next(), Some(Next::Presence(_))));
     assert_eq!(rx.next(), None);
 }
+
+#[tokio::test]
+async fn a_waiting_recv_wakes_for_the_next_arrival_and_ends_once_every_sender_is_gone() {
+    let (tx, mut rx) = FeedSender::with_capacity(8, at(0));
+    let mut presence = rx.presence();
+    let messages = tokio::spawn(async move {
+        let first = rx.recv().await.map(|d| seq_of(&d));
+        (first, rx.recv().await.is_none())
+    });
+    let events = tokio::spawn(async move {
+        let first = presence.recv().await.map(|ev| ev.joined);
+        (first, presence.recv().await.is_none())
+    });
+    // Both tasks run until they wait on the empty feed.
+    tokio::task::yield_now().await;
+    assert!(!messages.is_finished() && !events.is_finished());
+    tx.send(msg(1)).unwrap();
+    tx.send_presence(PresenceEvent {
+        key: msg(0).key,
+        joined: true,
+        member: crate::rooms::bus::Member {
+            conn: "c".into(),
+            user: None,
+            info: serde_json::Value::Null,
+        },
+    })
+    .unwrap();
+    let second = tx.clone();
+    drop(tx);
+    tokio::task::yield_now().await;
+    assert!(
+        !messages.is_finished() && !events.is_finished(),
+        "a sender is left: both wait again"
+    );
+    drop(second);
+    assert_eq!(messages.await.unwrap(), (Some(1), true));
+    assert_eq!(events.await.unwrap(), (Some(true), true));
+}
+
+#[test]
+fn a_feed_is_one_allocation_in_jemallocs_192_byte_class() {
+    // The feed's shared state, with the `Arc`'s two counts: one per room on the pod, so one per
+    // connection in its own `user:<sub>` room. Waiters of `recv` are boxed on first use.
+    let allocation = std::mem::size_of::<Shared>() + 2 * std::mem::size_of::<usize>();
+    assert!(allocation <= 192, "{allocation} bytes");
+}
