@@ -61,6 +61,14 @@ pub struct Abortable<I> {
     abort: ConnAbort,
 }
 
+impl<I> Abortable<I> {
+    /// The IO without the abort check: for a connection no handler can end any more (a
+    /// tunnel, after the upgrade).
+    pub fn into_inner(self) -> I {
+        self.inner
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Abortable<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -38,7 +38,7 @@ pub enum BootError {
     Invalid(Vec<Problem>),
     #[error(transparent)]
     Bind(#[from] crate::listener::BindError),
-    #[error("cannot start the edge runtime ({threads} threads): {source}")]
+    #[error("cannot start the edge runtime or the tunnel threads ({threads} threads): {source}")]
     Runtime {
         threads: usize,
         #[source]
@@ -205,6 +205,10 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
     let edge = edge_runtime(threads)?;
     let bus = make_bus(&cfg, &edge)?;
     let gw = Gateway::new(cfg.clone(), bus).map_err(BootError::Invalid)?;
+    let tunnels = crate::tunnel::threads::TunnelThreads::start(threads)
+        .map_err(|source| BootError::Runtime { threads, source })?;
+    // Only boot sets it, once, on the gateway it has just made.
+    let _ = gw.tunnel_threads.set(Arc::new(tunnels));
     crate::gateway::report_failures(gw.routes.load().failures());
     edge.block_on(crate::gateway::configure_bus(&gw.hub, gw.namespaces()));
     let conf = ServerConf {

@@ -44,6 +44,9 @@ pub struct Gateway {
     pub hooks: Hooks,
     /// Yjs documents (rooms `protocol: yjs`) this pod holds.
     pub documents: Arc<crate::documents::Documents>,
+    /// Where proxied tunnels over plain TCP run once upgraded; set by `boot` (unset, as in
+    /// tests that build a gateway without running it, they stay on the runtime they started on).
+    pub tunnel_threads: std::sync::OnceLock<Arc<crate::tunnel::threads::TunnelThreads>>,
     loaded: AtomicBool,
 }
 
@@ -106,6 +109,7 @@ impl Gateway {
             documents: crate::documents::Documents::new(&bus),
             hub: Hub::new(bus),
             hooks: Hooks::default(),
+            tunnel_threads: std::sync::OnceLock::new(),
             loaded: AtomicBool::new(true),
         }))
     }

@@ -330,6 +330,7 @@ async fn admit_and_dispatch(
     let cfg = gw.config.load();
     let svc = crate::proxy::serve::Services {
         drain: &gw.drain,
+        tunnel_threads: gw.tunnel_threads.get(),
         http: &gw.http,
         upstream_timeout: cfg.limits.upstream_timeout,
         http_response_timeout: cfg.limits.http_response_timeout,

@@ -12,14 +12,17 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchboard_config::PinningKey;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::identity::{self, identity_from_claims};
 use super::upstream::{Handshake, open_websocket};
+use crate::abort::Abortable;
 use crate::admission::Passed;
 use crate::auth::jwt::Claims;
 use crate::auth::token;
-use crate::drain::Drain;
+use crate::drain::{CloseSignal, Drain};
 use crate::engine::deflate::{self, Deflate};
 use crate::engine::unbox;
 use crate::error::Refusal;
@@ -27,6 +30,7 @@ use crate::http::{Body, full, unix_now};
 use crate::metrics::metrics;
 use crate::routes::CompiledRoute;
 use crate::tunnel::relay::{self, DirCounters, TunnelLimits};
+use crate::tunnel::threads::{Resumed, TunnelThreads};
 
 /// The client plain HTTP requests are forwarded with; the body is the client's, wrapped to
 /// tell its errors apart.
@@ -39,6 +43,8 @@ pub type HttpClient = hyper_util::client::legacy::Client<
 pub struct Services<'a> {
     /// Live tunnels enter the drain and close on its signal.
     pub drain: &'a Arc<Drain>,
+    /// Where an upgraded tunnel over plain TCP runs (`None`: where it was upgraded).
+    pub tunnel_threads: Option<&'a Arc<TunnelThreads>>,
     /// Plain-HTTP forwarding.
     pub http: &'a HttpClient,
     /// Longest the app may take to answer the upgrade (`limits.upstreamTimeout`).
@@ -94,7 +100,7 @@ pub async fn serve(
         ip,
         admitted,
     };
-    tunnel.spawn(svc.drain, on_client_upgrade, upstream);
+    tunnel.spawn(&svc, on_client_upgrade, upstream);
     let mut out = Response::new(full(Bytes::new()));
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *out.headers_mut() = resp.headers().clone();
@@ -235,14 +241,16 @@ struct Tunnel {
 impl Tunnel {
     /// Count the upgrade and relay client <-> app in a task of its own, until either side
     /// closes; the connection is live for the drain, and holds its admission slot, until then.
+    /// Once the client's upgrade is through, a tunnel over plain TCP moves to a tunnel thread
+    /// (`tunnel/threads.rs`) with both its sockets.
     fn spawn(
         self,
-        drain: &Arc<Drain>,
+        svc: &Services<'_>,
         on_client_upgrade: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::Upgraded,
     ) {
-        let live = drain.enter();
-        let drain_signal = drain.close_signal();
+        let live = svc.drain.enter();
+        let drain_signal = svc.drain.close_signal();
         let m = metrics();
         m.connections_total
             .with_label_values(&[&self.route_name, "upgraded"])
@@ -259,67 +267,138 @@ impl Tunnel {
         // What the relay is built from waits for the client's upgrade in a box, and the task
         // uses what it captures in place: a value a task moves out of (into the relay) keeps
         // its place in the task for the task's whole life, beside the relay built from it.
-        let parts = Box::new((
-            TokioIo::new(upstream),
+        let parts = Box::new(Relayed {
             limits,
-            DirCounters {
+            inbound: DirCounters {
                 frames: fi,
                 bytes: bi,
             },
-            DirCounters {
+            outbound: DirCounters {
                 frames: fo,
                 bytes: bo,
             },
             drain_signal,
-        ));
-        let held = (admitted, live);
+            route_name,
+            backend,
+            ip,
+            held: (admitted, live),
+        });
+        // A tunnel thread, or `None` to relay where the upgrade completes.
+        let threads = svc.tunnel_threads.cloned();
         tokio::spawn(async move {
-            // Released when the tunnel ends: the admission slot and the drain's live count.
-            let _held = &held;
-            let active = metrics()
-                .connections_active
-                .with_label_values(&[&route_name]);
             let Ok(client) = on_client_upgrade.await else {
                 metrics()
                     .connections_total
-                    .with_label_values(&[&route_name, "upgrade_failed"])
+                    .with_label_values(&[&parts.route_name, "upgrade_failed"])
                     .inc();
                 return;
             };
-            active.inc();
-            let started = Instant::now();
-            let (upstream, limits, inbound, outbound, drain_signal) = unbox(parts);
-            let outcome = relay::run(
-                TokioIo::new(client),
-                upstream,
-                limits,
-                inbound,
-                outbound,
-                drain_signal,
-            )
-            .await;
-            active.dec();
-            let code = outcome.cause.code();
-            metrics()
-                .closes
-                .with_label_values(&[&route_name, &code.to_string(), outcome.cause.label()])
-                .inc();
-            tracing::info!(
-                target: "switchboard::connection",
-                route = %route_name,
-                backend = %backend,
-                client_ip = %ip,
-                duration_ms = started.elapsed().as_millis() as u64,
-                bytes_in = outcome.bytes_in,
-                bytes_out = outcome.bytes_out,
-                frames_in = outcome.frames_in,
-                frames_out = outcome.frames_out,
-                close_code = code,
-                cause = outcome.cause.label(),
-                "connection ended"
-            );
+            // upstream.rs hands hyper the app's socket as a `TokioIo<TcpStream>`.
+            let Ok(app) = upstream.downcast::<TokioIo<TcpStream>>() else {
+                tracing::error!(route = %parts.route_name, "the app's connection is not a TCP socket: closed");
+                return;
+            };
+            let app_io = Resumed::new(app.read_buf, app.io.into_inner());
+            match client.downcast::<TokioIo<Abortable<TcpStream>>>() {
+                Ok(c) => {
+                    let client_io = Resumed::new(c.read_buf, c.io.into_inner().into_inner());
+                    match threads {
+                        Some(threads) => move_to(&threads, client_io, app_io, parts),
+                        None => parts.relay(client_io, app_io).await,
+                    }
+                }
+                // TLS: relayed here.
+                Err(client) => parts.relay(TokioIo::new(client), app_io).await,
+            }
         });
     }
+}
+
+/// What a tunnel's relay is built from, and what it reports and releases when it ends.
+struct Relayed {
+    limits: TunnelLimits,
+    inbound: DirCounters,
+    outbound: DirCounters,
+    drain_signal: CloseSignal,
+    route_name: String,
+    backend: SocketAddr,
+    ip: IpAddr,
+    /// Released when the tunnel ends: the admission slot and the drain's live count.
+    held: (Option<crate::admission::Admitted>, crate::drain::LiveGuard),
+}
+
+impl Relayed {
+    /// Relay until either side closes, then count and log how the tunnel ended.
+    async fn relay<C, U>(self: Box<Self>, client: C, app: U)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Relayed {
+            limits,
+            inbound,
+            outbound,
+            drain_signal,
+            route_name,
+            backend,
+            ip,
+            held: _held,
+        } = unbox(self);
+        let active = metrics()
+            .connections_active
+            .with_label_values(&[&route_name]);
+        active.inc();
+        let started = Instant::now();
+        let outcome = relay::run(client, app, limits, inbound, outbound, drain_signal).await;
+        active.dec();
+        let code = outcome.cause.code();
+        metrics()
+            .closes
+            .with_label_values(&[&route_name, &code.to_string(), outcome.cause.label()])
+            .inc();
+        tracing::info!(
+            target: "switchboard::connection",
+            route = %route_name,
+            backend = %backend,
+            client_ip = %ip,
+            duration_ms = started.elapsed().as_millis() as u64,
+            bytes_in = outcome.bytes_in,
+            bytes_out = outcome.bytes_out,
+            frames_in = outcome.frames_in,
+            frames_out = outcome.frames_out,
+            close_code = code,
+            cause = outcome.cause.label(),
+            "connection ended"
+        );
+    }
+}
+
+/// Move a tunnel over plain TCP to a tunnel thread: both sockets leave this runtime's event
+/// loop and join that thread's, where the relay runs. A socket that cannot be moved (the
+/// kernel refused to take it out of the event loop) ends the tunnel, as a broken socket would.
+fn move_to(
+    threads: &TunnelThreads,
+    client: Resumed<TcpStream>,
+    app: Resumed<TcpStream>,
+    parts: Box<Relayed>,
+) {
+    let detach = |io: Resumed<TcpStream>| io.try_map(TcpStream::into_std);
+    let (client, app) = match (detach(client), detach(app)) {
+        (Ok(client), Ok(app)) => (client, app),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(route = %parts.route_name, error = %e, "cannot move a tunnel's socket to a tunnel thread: closed");
+            return;
+        }
+    };
+    threads.spawn(async move {
+        let attach = |io: Resumed<std::net::TcpStream>| io.try_map(TcpStream::from_std);
+        match (attach(client), attach(app)) {
+            (Ok(client), Ok(app)) => parts.relay(client, app).await,
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(route = %parts.route_name, error = %e, "cannot register a tunnel's socket on its tunnel thread: closed");
+            }
+        }
+    });
 }
 
 /// The `proxy.connect` span: from sending the handshake (or request) to the app's answer.
