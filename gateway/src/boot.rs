@@ -108,7 +108,8 @@ pub fn bootstrap(path: Option<&Path>) -> Result<GatewayConfig, BootError> {
 const EXIT_FLUSH: Duration = Duration::from_millis(500);
 
 /// The edge runtime: every client connection (the edge listeners' accept loops, HTTP, rooms
-/// sessions, tunnels) and the room bus's NATS client run on it, `threads` workers. pingora
+/// sessions, TLS clients' tunnels; a tunnel over plain TCP moves to a tunnel thread once
+/// upgraded, `tunnel/threads.rs`) and the room bus's NATS client run on it, `threads` workers. pingora
 /// gives each service a runtime of its own; had the bus kept one too, every message crossing
 /// pods would be handed from one thread pool to the other and back (a thread wake-up each
 /// way, which costs most when the cores are busy). Admin and background services stay on
@@ -205,10 +206,12 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
     let edge = edge_runtime(threads)?;
     let bus = make_bus(&cfg, &edge)?;
     let gw = Gateway::new(cfg.clone(), bus).map_err(BootError::Invalid)?;
-    let tunnels = crate::tunnel::threads::TunnelThreads::start(threads)
-        .map_err(|source| BootError::Runtime { threads, source })?;
+    let tunnels = Arc::new(
+        crate::tunnel::threads::TunnelThreads::start(threads)
+            .map_err(|source| BootError::Runtime { threads, source })?,
+    );
     // Only boot sets it, once, on the gateway it has just made.
-    let _ = gw.tunnel_threads.set(Arc::new(tunnels));
+    let _ = gw.tunnel_threads.set(tunnels.clone());
     crate::gateway::report_failures(gw.routes.load().failures());
     edge.block_on(crate::gateway::configure_bus(&gw.hub, gw.namespaces()));
     let conf = ServerConf {
@@ -297,6 +300,7 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
         let _ = tokio::time::timeout(EXIT_FLUSH, gw.hub.bus().flush()).await;
     });
     edge.shutdown_background();
+    tunnels.stop();
     Ok(())
 }
 

@@ -39,8 +39,8 @@ struct Args {
     #[arg(long, env = "SWITCHBOARD_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     reload_interval: Duration,
     /// Worker threads of the edge runtime, shared by every listener's connections and the
-    /// room bus's NATS client; as many tunnel threads again run proxied WebSockets once
-    /// upgraded (`tunnel/threads.rs`).
+    /// room bus's NATS client; as many tunnel threads again run proxied WebSockets over plain
+    /// TCP once upgraded (`tunnel/threads.rs`).
     #[arg(long, env = "SWITCHBOARD_THREADS", default_value_t = 2)]
     threads: usize,
     /// Log format: `text` or `json`. Text is coloured only when stderr is a terminal.

@@ -22,11 +22,14 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 
 /// The tunnel threads: tunnels are handed to them in turn.
 pub struct TunnelThreads {
     handles: Box<[Handle]>,
     next: AtomicUsize,
+    /// Set at exit ([`Self::stop`]); the threads also stop once this is dropped.
+    stop: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for TunnelThreads {
@@ -39,22 +42,36 @@ impl std::fmt::Debug for TunnelThreads {
 
 impl TunnelThreads {
     /// Start `n` (at least one) threads named `switchboard-tunnel-<i>`, each running its
-    /// runtime until the process exits.
+    /// runtime until [`Self::stop`] (or until this is dropped).
     pub fn start(n: usize) -> io::Result<Self> {
+        let (stop, stopped) = watch::channel(false);
         let mut handles = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             handles.push(rt.handle().clone());
+            let mut stopped = stopped.clone();
             std::thread::Builder::new()
                 .name(format!("switchboard-tunnel-{i}"))
-                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+                .spawn(move || {
+                    rt.block_on(async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    });
+                    // Dropping the runtime drops its tunnels, closing their sockets.
+                    drop(rt);
+                })?;
         }
         Ok(Self {
             handles: handles.into_boxed_slice(),
             next: AtomicUsize::new(0),
+            stop,
         })
+    }
+
+    /// End every tunnel still running on the threads, at once (the exit, after the drain).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
     }
 
     /// Run `task` on the next thread. Sockets it makes from `std` sockets there
@@ -74,6 +91,13 @@ pub struct Resumed<T> {
 
 impl<T> Resumed<T> {
     pub fn new(read_first: Bytes, io: T) -> Self {
+        // hyper's bytes are a slice of its read buffer (8 KiB or more), even when empty: an
+        // empty one is let go at once, or it would pin that buffer for the tunnel's life.
+        let read_first = if read_first.is_empty() {
+            Bytes::new()
+        } else {
+            read_first
+        };
         Self { read_first, io }
     }
 
@@ -138,6 +162,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Resumed<T> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::{BufMut, BytesMut};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -157,6 +182,37 @@ mod tests {
         let mut back = [0u8; 4];
         b.read_exact(&mut back).await.unwrap();
         assert_eq!(&back, b"back");
+    }
+
+    #[test]
+    fn a_resumed_connection_keeps_no_reference_to_the_buffer_hyper_read_into() {
+        // hyper hands over what it read past the handshake as a slice of its read buffer
+        // (8 KiB or more), empty or not: held for the tunnel's life it would pin that buffer.
+        // As hyper does: the head is split off the read buffer, the rest is what follows it.
+        let read = |past_head: usize| {
+            let mut read_buf = BytesMut::with_capacity(8192);
+            read_buf.put_bytes(7, 100 + past_head);
+            let head = read_buf.split_to(100).freeze();
+            (head, read_buf.split().freeze())
+        };
+        let (head, empty_rest) = read(0);
+        let io = Resumed::new(empty_rest, tokio::io::empty());
+        assert!(head.is_unique(), "an empty rest lets go of the buffer");
+        drop(io);
+
+        let (head, rest) = read(2);
+        let mut io = Resumed::new(rest, tokio::io::empty());
+        assert!(
+            !head.is_unique(),
+            "the rest holds the buffer until it is read"
+        );
+        let mut got = [0u8; 4];
+        let mut buf = ReadBuf::new(&mut got);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_ready());
+        assert_eq!(buf.filled(), [7, 7]);
+        assert!(head.is_unique(), "read out, the rest lets go of the buffer");
     }
 
     #[test]
@@ -189,5 +245,27 @@ mod tests {
             ]
         );
         drop(listener);
+    }
+
+    #[test]
+    fn stopping_the_threads_ends_the_tunnels_on_them() {
+        let threads = TunnelThreads::start(1).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        threads.spawn(async move {
+            // A tunnel that would hold its socket for good.
+            let _held = tokio::net::TcpStream::connect(addr).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let (mut peer, _) = listener.accept().unwrap();
+        threads.stop();
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        let read = std::io::Read::read(&mut peer, &mut buf);
+        assert!(
+            matches!(read, Ok(0)),
+            "the socket is closed once the threads stop: {read:?}"
+        );
     }
 }
