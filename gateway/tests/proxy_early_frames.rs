@@ -28,21 +28,26 @@ fn masked_text(text: &str) -> Vec<u8> {
     frame
 }
 
+/// Read more from `stream` onto `buf`, within [`PROMPTLY`]; `what` names what is awaited.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, what: &str) {
+    let mut chunk = [0u8; 4096];
+    let n = tokio::time::timeout(PROMPTLY, stream.read(&mut chunk))
+        .await
+        .unwrap_or_else(|_| panic!("{what} in time"))
+        .unwrap();
+    assert!(n > 0, "closed before {what}: {buf:?}");
+    buf.extend_from_slice(&chunk[..n]);
+}
+
 /// Read until the end of an HTTP head; returns the head and what came after it.
 async fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
     loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let rest = buf.split_off(i + 4);
             return (String::from_utf8(buf).unwrap(), rest);
         }
-        let n = tokio::time::timeout(PROMPTLY, stream.read(&mut chunk))
-            .await
-            .expect("a head in time")
-            .unwrap();
-        assert!(n > 0, "closed before the end of the head: {buf:?}");
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(stream, &mut buf, "the end of a head").await;
     }
 }
 
@@ -59,13 +64,7 @@ async fn a_frame_sent_in_the_same_write_as_the_upgrade_request_reaches_the_app()
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // The app echoes it: an unmasked text frame "early".
     while rest.len() < 7 {
-        let mut chunk = [0u8; 64];
-        let n = tokio::time::timeout(PROMPTLY, client.read(&mut chunk))
-            .await
-            .expect("the echo in time")
-            .unwrap();
-        assert!(n > 0, "closed before the echo");
-        rest.extend_from_slice(&chunk[..n]);
+        read_more(&mut client, &mut rest, "the echo").await;
     }
     assert_eq!(rest, b"\x81\x05early");
     assert_eq!(app.received(), [Received::Text("early".into())]);

@@ -24,6 +24,19 @@ fn at(seq: u64) -> Position {
     }
 }
 
+/// A member joined the room of [`msg`].
+fn joined() -> PresenceEvent {
+    PresenceEvent {
+        key: msg(0).key,
+        joined: true,
+        member: crate::rooms::bus::Member {
+            conn: "c".into(),
+            user: None,
+            info: serde_json::Value::Null,
+        },
+    }
+}
+
 fn seq_of(d: &Delivery) -> u64 {
     match d {
         Delivery::Message(m) => m.seq,
@@ -136,16 +149,7 @@ fn a_consumer_is_woken_once_per_idle_period_and_again_after_it_found_the_feed_em
     assert!(matches!(rx.next(), Some(Next::Delivery(_))));
     assert!(matches!(rx.next(), Some(Next::Delivery(_))));
     assert_eq!(rx.next(), None, "empty: the consumer goes idle");
-    tx.send_presence(PresenceEvent {
-        key: msg(0).key,
-        joined: true,
-        member: crate::rooms::bus::Member {
-            conn: "c".into(),
-            user: None,
-            info: serde_json::Value::Null,
-        },
-    })
-    .unwrap();
+    tx.send_presence(joined()).unwrap();
     assert_eq!(woken(), 2, "the next arrival wakes it again");
     assert!(matches!(rx.next(), Some(Next::Presence(_))));
     assert_eq!(rx.next(), None);
@@ -167,16 +171,7 @@ async fn a_waiting_recv_wakes_for_the_next_arrival_and_ends_once_every_sender_is
     tokio::task::yield_now().await;
     assert!(!messages.is_finished() && !events.is_finished());
     tx.send(msg(1)).unwrap();
-    tx.send_presence(PresenceEvent {
-        key: msg(0).key,
-        joined: true,
-        member: crate::rooms::bus::Member {
-            conn: "c".into(),
-            user: None,
-            info: serde_json::Value::Null,
-        },
-    })
-    .unwrap();
+    tx.send_presence(joined()).unwrap();
     let second = tx.clone();
     drop(tx);
     tokio::task::yield_now().await;
