@@ -201,12 +201,13 @@ fn thread_names(pid: u32) -> Vec<String> {
 }
 
 /// glibc's malloc kept what a burst of handshakes freed as RSS for good; jemalloc's background
-/// threads purge pages idle for 1 s (`.cargo/config.toml`). A build without the allocator
-/// feature, with its background threads off or without the purge setting fails here. jemalloc
-/// prints the settings it applied when `_RJEM_MALLOC_CONF` asks it to confirm them.
+/// threads purge pages idle for 1 s, and its thread caches keep no freed object over 1 KiB
+/// (`.cargo/config.toml`). A build without the allocator feature, with its background threads
+/// off or without these settings fails here. jemalloc prints the settings it applied when
+/// `_RJEM_MALLOC_CONF` asks it to confirm them.
 #[cfg(feature = "jemalloc")]
 #[tokio::test]
-async fn the_binary_allocates_with_jemalloc_purging_idle_pages_after_a_second_from_background_threads()
+async fn the_binary_allocates_with_jemalloc_purging_idle_pages_after_a_second_and_caching_only_small_objects()
  {
     let gateway = Gateway::start_with_env(
         &ConfigBuilder::new().yaml(),
@@ -223,6 +224,7 @@ async fn the_binary_allocates_with_jemalloc_purging_idle_pages_after_a_second_fr
         "background_thread:true",
         "dirty_decay_ms:1000",
         "muzzy_decay_ms:0",
+        "tcache_max:1024",
     ] {
         // The whole line: `dirty_decay_ms:1000` is also the start of `dirty_decay_ms:10000`.
         let confirmed = format!("Set conf value: {applied}");
