@@ -140,6 +140,19 @@ struct Waiting {
     presence: Option<Waker>,
 }
 
+/// One side's slot in [`Waiting`].
+type Slot = fn(&mut Waiting) -> &mut Option<Waker>;
+
+impl Waiting {
+    fn messages(&mut self) -> &mut Option<Waker> {
+        &mut self.messages
+    }
+
+    fn presence(&mut self) -> &mut Option<Waker> {
+        &mut self.presence
+    }
+}
+
 impl State {
     fn pop_delivery(&mut self) -> Option<Delivery> {
         if let Some(d) = self.queue.pop_front() {
@@ -168,14 +181,9 @@ impl State {
         ev
     }
 
-    /// The task waiting in [`FeedReceiver::recv`], to wake after a delivery was queued.
-    fn messages_waiter(&mut self) -> Option<Waker> {
-        self.waiting.as_mut()?.messages.take()
-    }
-
-    /// The task waiting in [`PresenceReceiver::recv`], to wake after an event was queued.
-    fn presence_waiter(&mut self) -> Option<Waker> {
-        self.waiting.as_mut()?.presence.take()
+    /// The task waiting on `slot`'s side, to wake after something was queued there.
+    fn waiter(&mut self, slot: Slot) -> Option<Waker> {
+        slot(self.waiting.as_mut()?).take()
     }
 
     /// The consumer to wake after something was queued, once per idle period.
@@ -196,6 +204,24 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What `pop` takes, waiting for it with the task's waker in `slot`; `None` once every
+    /// sender is gone and nothing waits. Checked and registered under one lock, so an arrival
+    /// in between finds the waker.
+    async fn recv<T>(&self, pop: fn(&mut State) -> Option<T>, slot: Slot) -> Option<T> {
+        poll_fn(|cx| {
+            let mut st = self.lock();
+            if let Some(v) = pop(&mut st) {
+                return Poll::Ready(Some(v));
+            }
+            if st.senders == 0 {
+                return Poll::Ready(None);
+            }
+            *slot(st.waiting.get_or_insert_default()) = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -244,7 +270,7 @@ impl Drop for FeedSender {
             st.senders -= 1;
             // The last sender gone: a waiting `recv` returns `None`.
             if st.senders == 0 {
-                [st.messages_waiter(), st.presence_waiter()]
+                [st.waiter(Waiting::messages), st.waiter(Waiting::presence)]
             } else {
                 [None, None]
             }
@@ -337,7 +363,7 @@ impl FeedSender {
         }
         st.queue.push_back(Delivery::Message(msg));
         let wake = st.consumer_to_wake();
-        let waiter = st.messages_waiter();
+        let waiter = st.waiter(Waiting::messages);
         drop(st);
         if let Some(w) = waiter {
             w.wake();
@@ -358,7 +384,7 @@ impl FeedSender {
         }
         st.presence.push_back(ev);
         let wake = st.consumer_to_wake();
-        let waiter = st.presence_waiter();
+        let waiter = st.waiter(Waiting::presence);
         drop(st);
         if let Some(w) = waiter {
             w.wake();
@@ -414,19 +440,9 @@ impl FeedReceiver {
 
     /// The next delivery, waiting for it; `None` once every sender is gone and nothing waits.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        poll_fn(|cx| {
-            let mut st = self.shared.lock();
-            if let Some(d) = st.pop_delivery() {
-                return Poll::Ready(Some(d));
-            }
-            if st.senders == 0 {
-                return Poll::Ready(None);
-            }
-            let waiting = st.waiting.get_or_insert_default();
-            waiting.messages = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+        self.shared
+            .recv(State::pop_delivery, Waiting::messages)
+            .await
     }
 
     /// The next delivery if one waits.
@@ -453,19 +469,9 @@ pub struct PresenceReceiver {
 impl PresenceReceiver {
     /// The next presence event, waiting for it; `None` once every sender is gone.
     pub async fn recv(&mut self) -> Option<PresenceEvent> {
-        poll_fn(|cx| {
-            let mut st = self.shared.lock();
-            if let Some(ev) = st.pop_presence() {
-                return Poll::Ready(Some(ev));
-            }
-            if st.senders == 0 {
-                return Poll::Ready(None);
-            }
-            let waiting = st.waiting.get_or_insert_default();
-            waiting.presence = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+        self.shared
+            .recv(State::pop_presence, Waiting::presence)
+            .await
     }
 }
 
