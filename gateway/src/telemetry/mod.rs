@@ -114,37 +114,15 @@ impl Telemetry {
 /// the trace exporter when the environment asks for one. Errors name the variable at fault.
 pub fn init(log_format: &str) -> Result<Telemetry, TelemetryError> {
     let telemetry = Telemetry::from_env(|k| std::env::var(k).ok())?;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora=warn"))
-        // Export-only spans stay out of the logs, whatever RUST_LOG says for `switchboard`.
-        .add_directive(
-            format!("{TARGET}=off")
-                .parse()
-                .unwrap_or_else(|_| Level::ERROR.into()),
-        );
     // Colour only for a person at a terminal: files, pipes and log collectors get plain text.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let logs = fmt::layer().with_writer(std::io::stderr).with_ansi(colour);
-    let logs = if log_format == "json" {
-        logs.json().with_filter(filter).boxed()
-    } else {
-        logs.with_filter(filter).boxed()
-    };
-    let traces = telemetry.provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("switchboard-gateway"))
-            .with_filter(
-                filter_fn(|meta| meta.target() == TARGET && *meta.level() <= Level::INFO)
-                    // Without the hint the subscriber's max level becomes TRACE, and every
-                    // `log::trace!` of a dependency (several per WebSocket frame) is formatted
-                    // into an event just to be filtered out.
-                    .with_max_level_hint(LevelFilter::INFO),
-            )
-    });
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(traces)
-        .init();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora=warn"));
+    let tracer = telemetry
+        .provider
+        .as_ref()
+        .map(|p| p.tracer("switchboard-gateway"));
+    subscriber(log_format, colour, filter, tracer).init();
     if let Some(endpoint) = &telemetry.endpoint {
         let endpoint = crate::http_client::redact_url(endpoint);
         tracing::info!(%endpoint, "OpenTelemetry: exporting traces over OTLP/HTTP");
@@ -152,9 +130,68 @@ pub fn init(log_format: &str) -> Result<Telemetry, TelemetryError> {
     Ok(telemetry)
 }
 
+/// The subscriber [`init`] installs: the log layer (`filter` as `RUST_LOG` set it), and the trace
+/// layer only when there is a `tracer` to export to.
+fn subscriber(
+    log_format: &str,
+    colour: bool,
+    filter: EnvFilter,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+) -> tracing::Dispatch {
+    // Export-only spans stay out of the logs, whatever RUST_LOG says for `switchboard`.
+    let filter = filter.add_directive(
+        format!("{TARGET}=off")
+            .parse()
+            .unwrap_or_else(|_| Level::ERROR.into()),
+    );
+    let logs = fmt::layer().with_writer(std::io::stderr).with_ansi(colour);
+    let logs = if log_format == "json" {
+        logs.json().with_filter(filter).boxed()
+    } else {
+        logs.with_filter(filter).boxed()
+    };
+    let logged = tracing_subscriber::registry().with(logs);
+    // Not `.with(Option<layer>)`: an absent layer still declares an interest in every callsite,
+    // so each export-only span (one per connect, per published message and per fan-out) would
+    // be built in the registry only for the log layer's filter to drop it.
+    let Some(tracer) = tracer else {
+        return tracing::Dispatch::new(logged);
+    };
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(
+            filter_fn(|meta| meta.target() == TARGET && *meta.level() <= Level::INFO)
+                // Without the hint the subscriber's max level becomes TRACE, and every
+                // `log::trace!` of a dependency (several per WebSocket frame) is formatted
+                // into an event just to be filtered out.
+                .with_max_level_hint(LevelFilter::INFO),
+        );
+    tracing::Dispatch::new(logged.with(traces))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn export_only_span_is_built(tracer: Option<opentelemetry_sdk::trace::Tracer>) -> bool {
+        let dispatch = subscriber("text", false, EnvFilter::new("info"), tracer);
+        tracing::dispatcher::with_default(&dispatch, || {
+            !tracing::info_span!(target: TARGET, "rooms.fanout").is_disabled()
+        })
+    }
+
+    #[test]
+    fn without_an_exporter_no_export_only_span_is_built() {
+        // Built or not is what a span per message costs: a registry slot, its filter state and
+        // the fields, for a span nobody reads.
+        assert!(!export_only_span_is_built(None));
+    }
+
+    #[test]
+    fn with_an_exporter_export_only_spans_are_built() {
+        let provider = SdkTracerProvider::builder().build();
+        assert!(export_only_span_is_built(Some(provider.tracer("test"))));
+    }
 
     #[test]
     fn no_exporter_is_built_when_no_endpoint_is_set() {
