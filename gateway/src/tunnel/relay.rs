@@ -385,9 +385,14 @@ where
             if self.c2u.done().is_some() && self.u2c.done().is_some() {
                 return Poll::Ready(());
             }
-            match self.fire_timers(Instant::now()) {
-                Err(()) => return Poll::Ready(()),
-                Ok(fired) => news |= fired,
+            // The clock is read only when the timer has fired: a deadline that passed is
+            // always the sleep's (it is reset to the earliest one below before waiting), so a
+            // wake-up for data, the common case, costs no clock read.
+            if sleep.is_elapsed() {
+                match self.fire_timers(Instant::now()) {
+                    Err(()) => return Poll::Ready(()),
+                    Ok(fired) => news |= fired,
+                }
             }
             if news {
                 // Commands may wait in a direction that was idle: poll it again.
