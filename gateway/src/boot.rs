@@ -219,6 +219,10 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
         // Our drain runs before pingora is told to stop, so pingora must not add its own sleep.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
+        // pingora's own timeouts of a second or more (its 60 s around each accepted
+        // connection's handshake) on tokio's timer: its "fast" ones start a clock thread that
+        // wakes every 10 ms for the life of the process.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

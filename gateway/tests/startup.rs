@@ -2,7 +2,8 @@
 //! naming the address and a non-zero exit (it does not wait for the port forever), and a
 //! gateway with NATS and room history starts without an ERROR line, creating the history
 //! stream once the connection is up. The binary allocates with jemalloc and runs its
-//! background purge threads, which give the pages a connect burst freed back to the system.
+//! background purge threads, which give the pages a connect burst freed back to the system,
+//! and no thread that wakes on a fixed tick.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod support;
@@ -233,4 +234,21 @@ async fn the_binary_allocates_with_jemalloc_purging_idle_pages_after_a_second_an
             "jemalloc did not confirm {applied}:\n{log}"
         );
     }
+}
+
+/// pingora's "fast" timeouts run a clock thread that wakes every 10 ms for the life of the
+/// process once any of them was armed; its listening service arms one (60 s) around every
+/// accepted connection's handshake. An edge pod mostly holds idle connections: its threads must
+/// sleep until there is work, so pingora's timeouts of a second or more use tokio's timer.
+#[cfg(feature = "jemalloc")]
+#[tokio::test]
+async fn serving_the_admin_port_starts_no_thread_that_wakes_on_a_fixed_tick() {
+    let gateway = Gateway::start(&ConfigBuilder::new().yaml()).await;
+    let (status, _) = http_get(gateway.admin(), "/readyz").await;
+    assert_eq!(status, 200);
+    let names = thread_names(gateway.pid());
+    assert!(
+        !names.iter().any(|n| n == "Timer thread"),
+        "pingora's clock thread runs: {names:?}"
+    );
 }
