@@ -400,6 +400,11 @@ where
             }
             let next = self.next_deadline();
             if next >= self.far {
+                if sleep.is_elapsed() {
+                    // Nothing armed after the last one fired: park the sleep far away, so the
+                    // next wake-up for data does not read the clock again.
+                    sleep.as_mut().reset(self.far);
+                }
                 return Poll::Pending;
             }
             if sleep.deadline() != next {
