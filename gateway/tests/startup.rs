@@ -192,7 +192,6 @@ async fn a_gateway_with_nats_and_history_starts_without_an_error_and_creates_the
 }
 
 /// The names of the process's threads (`/proc/PID/task/*/comm`).
-#[cfg(feature = "jemalloc")]
 fn thread_names(pid: u32) -> Vec<String> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the gateway's threads");
     tasks
@@ -240,7 +239,6 @@ async fn the_binary_allocates_with_jemalloc_purging_idle_pages_after_a_second_an
 /// process once any of them was armed; its listening service arms one (60 s) around every
 /// accepted connection's handshake. An edge pod mostly holds idle connections: its threads must
 /// sleep until there is work, so pingora's timeouts of a second or more use tokio's timer.
-#[cfg(feature = "jemalloc")]
 #[tokio::test]
 async fn serving_the_admin_port_starts_no_thread_that_wakes_on_a_fixed_tick() {
     let gateway = Gateway::start(&ConfigBuilder::new().yaml()).await;
