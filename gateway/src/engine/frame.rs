@@ -89,11 +89,44 @@ pub enum FrameError {
     CloseLengthOne,
 }
 
+/// The bytes of one frame header exactly as received (2 to 14 bytes), held inline: scanning a
+/// data frame allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RawHeader {
+    bytes: [u8; 14],
+    len: u8,
+}
+
+impl RawHeader {
+    fn new(header: &[u8]) -> Self {
+        let mut bytes = [0; 14];
+        bytes[..header.len()].copy_from_slice(header);
+        Self {
+            bytes,
+            len: header.len() as u8,
+        }
+    }
+}
+
+impl std::ops::Deref for RawHeader {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for RawHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// A complete data-frame header (Text, Binary or Continuation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataHeader {
     /// The header bytes exactly as received (forward these).
-    pub raw: Vec<u8>,
+    pub raw: RawHeader,
     pub opcode: OpCode,
     pub fin: bool,
     pub payload_len: u64,
@@ -320,7 +353,7 @@ impl Scanner {
             let m = &h[2 + ext..6 + ext];
             [m[0], m[1], m[2], m[3]]
         });
-        let raw = h.to_vec();
+        let raw = RawHeader::new(h);
         self.hdr_len = 0;
         if opcode.is_control() {
             if !fin {
@@ -334,7 +367,7 @@ impl Scanner {
             }
             self.ctrl_opcode = opcode;
             self.ctrl_mask = mask;
-            self.ctrl_raw = raw;
+            self.ctrl_raw = raw.to_vec();
             self.ctrl_payload = Vec::with_capacity(len as usize);
             self.state = State::Control {
                 remaining: len as usize,

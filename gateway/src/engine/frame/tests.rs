@@ -24,7 +24,7 @@ fn scan_split(sender: Sender, max: u64, chunks: &[&[u8]]) -> Result<Vec<Seen>, F
                         h.fin,
                         h.payload_len,
                         h.starts_message,
-                        h.raw,
+                        h.raw.to_vec(),
                     ))
                 }
                 Event::Payload(p) => match seen.last_mut() {
