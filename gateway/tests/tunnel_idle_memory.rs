@@ -9,12 +9,14 @@
 //! a compressed message each way (the collection buffers must be gone once the message is).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
+mod support;
+
 use std::time::Duration;
 
-use prometheus::IntCounter;
+use support::tunnel::{counted, counters, frame, frame_rsv1, limits};
 use switchboard_gateway::drain::CloseSignal;
 use switchboard_gateway::engine::deflate::{self, Deflate};
-use switchboard_gateway::tunnel::relay::{DirCounters, TunnelLimits, run};
+use switchboard_gateway::tunnel::relay::run;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 #[global_allocator]
@@ -28,32 +30,6 @@ fn live() -> isize {
 const TUNNELS: usize = 200;
 const MASK: [u8; 4] = [1, 2, 3, 4];
 
-fn limits(deflate: Option<Deflate>) -> TunnelLimits {
-    TunnelLimits {
-        max_message_bytes: 1 << 20,
-        messages_per_second: 1000,
-        message_burst: 1000,
-        // Keep-alive on, as in production: its timer is part of what a tunnel holds.
-        ping_interval: Duration::from_secs(30),
-        pong_timeout: Duration::from_secs(10),
-        app_ping_interval: Duration::ZERO,
-        app_pong_timeout: Duration::from_secs(10),
-        close_timeout: Duration::from_secs(5),
-        expires_at: None,
-        drain_code: 1012,
-        drain_reason: "restart".into(),
-        drain_window: Duration::from_secs(1),
-        deflate,
-    }
-}
-
-fn counters() -> DirCounters {
-    DirCounters {
-        frames: IntCounter::new("f", "f").unwrap(),
-        bytes: IntCounter::new("b", "b").unwrap(),
-    }
-}
-
 /// Compression on, for messages of 64 bytes and more (zlib level 6, 15-bit window).
 fn agreed() -> Deflate {
     let cfg = switchboard_config::Compression {
@@ -62,27 +38,6 @@ fn agreed() -> Deflate {
         ..Default::default()
     };
     deflate::negotiate(["permessage-deflate"], &cfg).unwrap()
-}
-
-/// A small frame: masked (from a client) or not (from the app).
-fn frame(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    frame_rsv1(payload, mask, false)
-}
-
-/// A small binary frame, with RSV1 (compressed) or not.
-fn frame_rsv1(payload: &[u8], mask: Option<[u8; 4]>, rsv1: bool) -> Vec<u8> {
-    let mut f = vec![
-        0x82 | if rsv1 { 0x40 } else { 0 },
-        payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 },
-    ];
-    match mask {
-        Some(m) => {
-            f.extend_from_slice(&m);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
-        }
-        None => f.extend_from_slice(payload),
-    }
-    f
 }
 
 /// Write `bytes` into one end of a pipe and read them back at the other, so the pipe's own
@@ -104,15 +59,10 @@ async fn settle() {
 
 #[test]
 fn an_idle_tunnel_holds_no_read_buffer_before_or_after_relaying() {
-    let _profiler = dhat::Profiler::builder().testing().build();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            idle_tunnels(None).await;
-            idle_tunnels(Some(agreed())).await;
-        });
+    counted(async {
+        idle_tunnels(None).await;
+        idle_tunnels(Some(agreed())).await;
+    });
 }
 
 /// What one tunnel relays each way, and what the other end must receive (with deflate: a

@@ -7,11 +7,11 @@
 //! else runs meanwhile.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
-use std::time::Duration;
+mod support;
 
-use prometheus::IntCounter;
+use support::tunnel::{counted, counters, frame, limits};
 use switchboard_gateway::drain::CloseSignal;
-use switchboard_gateway::tunnel::relay::{DirCounters, TunnelLimits, run};
+use switchboard_gateway::tunnel::relay::run;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 #[global_allocator]
@@ -24,45 +24,6 @@ fn blocks() -> u64 {
 
 const MASK: [u8; 4] = [9, 8, 7, 6];
 const ROUND_TRIPS: usize = 200;
-
-fn limits() -> TunnelLimits {
-    TunnelLimits {
-        max_message_bytes: 1 << 20,
-        messages_per_second: 100_000,
-        message_burst: 100_000,
-        // Keep-alive on, as in production: its timer is re-armed while frames flow.
-        ping_interval: Duration::from_secs(30),
-        pong_timeout: Duration::from_secs(10),
-        app_ping_interval: Duration::ZERO,
-        app_pong_timeout: Duration::from_secs(10),
-        close_timeout: Duration::from_secs(5),
-        expires_at: None,
-        drain_code: 1012,
-        drain_reason: "restart".into(),
-        drain_window: Duration::from_secs(1),
-        deflate: None,
-    }
-}
-
-fn counters() -> DirCounters {
-    DirCounters {
-        frames: IntCounter::new("f", "f").unwrap(),
-        bytes: IntCounter::new("b", "b").unwrap(),
-    }
-}
-
-/// A small text frame: masked (from a client) or not (from the app).
-fn frame(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut f = vec![0x81, payload.len() as u8 | mask.map_or(0, |_| 0x80)];
-    match mask {
-        Some(m) => {
-            f.extend_from_slice(&m);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
-        }
-        None => f.extend_from_slice(payload),
-    }
-    f
-}
 
 /// One request and its reply through the tunnel, into buffers made beforehand.
 async fn round_trip(
@@ -82,45 +43,40 @@ async fn round_trip(
 
 #[test]
 fn a_busy_tunnel_relays_small_frames_without_allocating() {
-    let _profiler = dhat::Profiler::builder().testing().build();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let (mut client, client_gw) = tokio::io::duplex(4096);
-            let (mut app, app_gw) = tokio::io::duplex(4096);
-            let tunnel = tokio::spawn(run(
-                client_gw,
-                app_gw,
-                limits(),
-                counters(),
-                counters(),
-                CloseSignal::default(),
-            ));
-            let request = frame(b"0123456789abcdef0123456789abcdef", Some(MASK));
-            let reply = frame(b"0123456789abcdef0123456789abcdef", None);
-            let mut buf = vec![0u8; 256];
-            // The first messages may allocate what the tunnel and the pipes keep.
-            for _ in 0..10 {
-                round_trip(&mut client, &mut app, &request, &reply, &mut buf).await;
-            }
+    counted(async {
+        let (mut client, client_gw) = tokio::io::duplex(4096);
+        let (mut app, app_gw) = tokio::io::duplex(4096);
+        let tunnel = tokio::spawn(run(
+            client_gw,
+            app_gw,
+            limits(None),
+            counters(),
+            counters(),
+            CloseSignal::default(),
+        ));
+        let request = frame(b"0123456789abcdef0123456789abcdef", Some(MASK));
+        let reply = frame(b"0123456789abcdef0123456789abcdef", None);
+        let mut buf = vec![0u8; 256];
+        // The first messages may allocate what the tunnel and the pipes keep.
+        for _ in 0..10 {
+            round_trip(&mut client, &mut app, &request, &reply, &mut buf).await;
+        }
 
-            let before = blocks();
-            for _ in 0..ROUND_TRIPS {
-                round_trip(&mut client, &mut app, &request, &reply, &mut buf).await;
-            }
-            let allocated = blocks() - before;
-            println!("{ROUND_TRIPS} round trips through a warmed tunnel: {allocated} allocations");
-            assert_eq!(
-                allocated,
-                0,
-                "a warmed tunnel allocated {allocated} heap blocks over {ROUND_TRIPS} round trips \
+        let before = blocks();
+        for _ in 0..ROUND_TRIPS {
+            round_trip(&mut client, &mut app, &request, &reply, &mut buf).await;
+        }
+        let allocated = blocks() - before;
+        println!("{ROUND_TRIPS} round trips through a warmed tunnel: {allocated} allocations");
+        assert_eq!(
+            allocated,
+            0,
+            "a warmed tunnel allocated {allocated} heap blocks over {ROUND_TRIPS} round trips \
                  ({} frames)",
-                2 * ROUND_TRIPS
-            );
+            2 * ROUND_TRIPS
+        );
 
-            drop((client, app));
-            tunnel.await.unwrap();
-        });
+        drop((client, app));
+        tunnel.await.unwrap();
+    });
 }

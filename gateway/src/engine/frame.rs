@@ -91,7 +91,7 @@ pub enum FrameError {
 
 /// The bytes of one frame header exactly as received (2 to 14 bytes), held inline: scanning a
 /// data frame allocates nothing.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct RawHeader {
     bytes: [u8; 14],
     len: u8,
@@ -99,6 +99,7 @@ pub struct RawHeader {
 
 impl RawHeader {
     fn new(header: &[u8]) -> Self {
+        debug_assert!(header.len() <= 14, "a frame header is at most 14 bytes");
         let mut bytes = [0; 14];
         bytes[..header.len()].copy_from_slice(header);
         Self {
@@ -115,6 +116,15 @@ impl std::ops::Deref for RawHeader {
         &self.bytes[..usize::from(self.len)]
     }
 }
+
+/// Equal when the header bytes are (whatever the unused tail of the array holds).
+impl PartialEq for RawHeader {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for RawHeader {}
 
 impl std::fmt::Debug for RawHeader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -367,7 +377,9 @@ impl Scanner {
             }
             self.ctrl_opcode = opcode;
             self.ctrl_mask = mask;
-            self.ctrl_raw = raw.to_vec();
+            // Header and payload, in one allocation.
+            self.ctrl_raw = Vec::with_capacity(raw.len() + len as usize);
+            self.ctrl_raw.extend_from_slice(&raw);
             self.ctrl_payload = Vec::with_capacity(len as usize);
             self.state = State::Control {
                 remaining: len as usize,

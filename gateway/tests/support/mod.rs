@@ -17,6 +17,8 @@
 //! - [`util`]: waiting ([`eventually`], [`PROMPTLY`]), fixtures, atomic file writes.
 //! - Rooms clients ([`room_client`], [`rooms`]), a NATS server ([`nats`]), a held app
 //!   ([`held_app`]) and the Autobahn runner ([`autobahn`]).
+//! - [`tunnel`]: limits, counters and frames for a tunnel relayed in-process (the tests that
+//!   count its heap).
 //!
 //! Everything here panics with a message instead of returning errors: it is test code.
 
@@ -34,6 +36,7 @@ pub mod nats;
 pub mod process;
 pub mod room_client;
 pub mod rooms;
+pub mod tunnel;
 pub mod util;
 pub mod ws;
 
