@@ -89,8 +89,8 @@ pub enum FrameError {
     CloseLengthOne,
 }
 
-/// The bytes of one frame header exactly as received (2 to 14 bytes), held inline: scanning a
-/// data frame allocates nothing.
+/// The bytes of one frame header exactly as received (2 to 14 bytes), held inline: the scanner
+/// gathers a header in one and hands that one out, so scanning a data frame allocates nothing.
 #[derive(Clone, Copy)]
 pub struct RawHeader {
     bytes: [u8; 14],
@@ -98,14 +98,15 @@ pub struct RawHeader {
 }
 
 impl RawHeader {
-    fn new(header: &[u8]) -> Self {
-        debug_assert!(header.len() <= 14, "a frame header is at most 14 bytes");
-        let mut bytes = [0; 14];
-        bytes[..header.len()].copy_from_slice(header);
-        Self {
-            bytes,
-            len: header.len() as u8,
-        }
+    const EMPTY: Self = Self {
+        bytes: [0; 14],
+        len: 0,
+    };
+
+    /// One more byte (the scanner never asks for more than 14: `Scanner::header_needed`).
+    fn push(&mut self, b: u8) {
+        self.bytes[usize::from(self.len)] = b;
+        self.len += 1;
     }
 }
 
@@ -192,8 +193,8 @@ pub struct Scanner {
     sender: Sender,
     max_message: u64,
     state: State,
-    hdr: [u8; 14],
-    hdr_len: usize,
+    /// The header being gathered.
+    hdr: RawHeader,
     ctrl_opcode: OpCode,
     ctrl_raw: Vec<u8>,
     ctrl_payload: Vec<u8>,
@@ -212,8 +213,7 @@ impl Scanner {
             sender,
             max_message,
             state: State::Header,
-            hdr: [0; 14],
-            hdr_len: 0,
+            hdr: RawHeader::EMPTY,
             ctrl_opcode: OpCode::Ping,
             ctrl_raw: Vec::new(),
             ctrl_payload: Vec::new(),
@@ -242,7 +242,7 @@ impl Scanner {
     }
 
     fn header_needed(&self) -> usize {
-        if self.hdr_len < 2 {
+        if self.hdr.len() < 2 {
             return 2;
         }
         let ext = match self.hdr[1] & 0x7F {
@@ -264,12 +264,11 @@ impl Scanner {
         loop {
             match self.state {
                 State::Header => {
-                    while *pos < input.len() && self.hdr_len < self.header_needed() {
-                        self.hdr[self.hdr_len] = input[*pos];
-                        self.hdr_len += 1;
+                    while *pos < input.len() && self.hdr.len() < self.header_needed() {
+                        self.hdr.push(input[*pos]);
                         *pos += 1;
                     }
-                    if self.hdr_len < self.header_needed() {
+                    if self.hdr.len() < self.header_needed() {
                         return Ok(None);
                     }
                     if let Some(event) = self.finish_header()? {
@@ -329,7 +328,9 @@ impl Scanner {
     }
 
     fn finish_header(&mut self) -> Result<Option<Event<'static>>, FrameError> {
-        let h = &self.hdr[..self.hdr_len];
+        // Taken whole: it is this frame's `raw`, and the next header starts empty.
+        let raw = std::mem::replace(&mut self.hdr, RawHeader::EMPTY);
+        let h = &*raw;
         let fin = h[0] & 0x80 != 0;
         let rsv1 = h[0] & 0x40 != 0;
         if h[0] & 0x30 != 0 || (rsv1 && !self.compressed_ok) {
@@ -363,8 +364,6 @@ impl Scanner {
             let m = &h[2 + ext..6 + ext];
             [m[0], m[1], m[2], m[3]]
         });
-        let raw = RawHeader::new(h);
-        self.hdr_len = 0;
         if opcode.is_control() {
             if !fin {
                 return Err(FrameError::FragmentedControl);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 use switchboard_gateway::engine::deflate::Deflate;
+use switchboard_gateway::engine::frame::{OpCode, encode_frame};
 use switchboard_gateway::tunnel::relay::{DirCounters, TunnelLimits};
 
 /// Production-like limits: keep-alive on (its timer is part of what a tunnel holds; it stays
@@ -42,20 +43,9 @@ pub fn frame(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     frame_rsv1(payload, mask, false)
 }
 
-/// A small binary frame, with RSV1 (compressed) or not.
+/// A binary frame, with RSV1 (compressed) or not: the gateway's own encoder.
 pub fn frame_rsv1(payload: &[u8], mask: Option<[u8; 4]>, rsv1: bool) -> Vec<u8> {
-    let mut f = vec![
-        0x82 | if rsv1 { 0x40 } else { 0 },
-        payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 },
-    ];
-    match mask {
-        Some(m) => {
-            f.extend_from_slice(&m);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
-        }
-        None => f.extend_from_slice(payload),
-    }
-    f
+    encode_frame(OpCode::Binary, true, rsv1, payload, mask)
 }
 
 /// Run `test` on a current-thread runtime under dhat's testing profiler: nothing else runs, so
