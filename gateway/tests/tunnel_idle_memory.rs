@@ -114,7 +114,15 @@ async fn idle_tunnels(deflate: Option<Deflate>) {
     let (c_gw, a_gw, ci, co, d) = gateway_sides.pop().unwrap();
     let (mut c, mut a) = ends.pop().unwrap();
     // (With deflate, its zlib contexts are the worker's, allocated once.)
-    let first = tokio::spawn(run(c_gw, a_gw, limits(deflate), ci, co, d));
+    let first = tokio::spawn(run(
+        c_gw,
+        a_gw,
+        limits(deflate),
+        ci,
+        co,
+        d,
+        tokio::time::sleep_until,
+    ));
     c.write_all(&t.to_app).await.unwrap();
     a.read_exact(&mut vec![0u8; t.app_gets]).await.unwrap();
     a.write_all(&t.to_client).await.unwrap();
@@ -127,7 +135,15 @@ async fn idle_tunnels(deflate: Option<Deflate>) {
     let before = live();
     let mut tasks = Vec::new();
     for (c_gw, a_gw, ci, co, d) in gateway_sides {
-        tasks.push(tokio::spawn(run(c_gw, a_gw, limits.clone(), ci, co, d)));
+        tasks.push(tokio::spawn(run(
+            c_gw,
+            a_gw,
+            limits.clone(),
+            ci,
+            co,
+            d,
+            tokio::time::sleep_until,
+        )));
     }
     settle().await;
     let fresh = (live() - before) / TUNNELS as isize;

@@ -53,6 +53,7 @@ fn a_busy_tunnel_relays_small_frames_without_allocating() {
             counters(),
             counters(),
             CloseSignal::default(),
+            tokio::time::sleep_until,
         ));
         let request = frame(b"0123456789abcdef0123456789abcdef", Some(MASK));
         let reply = frame(b"0123456789abcdef0123456789abcdef", None);

@@ -29,7 +29,8 @@ use crate::error::Refusal;
 use crate::http::{Body, full, unix_now};
 use crate::metrics::metrics;
 use crate::routes::CompiledRoute;
-use crate::tunnel::relay::{self, DirCounters, TunnelLimits};
+use crate::tunnel::event_loop::{self, LoopStream};
+use crate::tunnel::relay::{self, DirCounters, Timer, TunnelLimits};
 use crate::tunnel::threads::{Resumed, TunnelThreads};
 
 /// The client plain HTTP requests are forwarded with; the body is the client's, wrapped to
@@ -304,11 +305,19 @@ impl Tunnel {
                     let client_io = Resumed::new(c.read_buf, c.io.into_inner().into_inner());
                     match threads {
                         Some(threads) => move_to(&threads, client_io, app_io, parts),
-                        None => parts.relay(client_io, app_io).await,
+                        None => {
+                            parts
+                                .relay(client_io, app_io, tokio::time::sleep_until)
+                                .await
+                        }
                     }
                 }
                 // TLS: relayed here.
-                Err(client) => parts.relay(TokioIo::new(client), app_io).await,
+                Err(client) => {
+                    parts
+                        .relay(TokioIo::new(client), app_io, tokio::time::sleep_until)
+                        .await
+                }
             }
         });
     }
@@ -329,10 +338,15 @@ struct Relayed {
 
 impl Relayed {
     /// Relay until either side closes, then count and log how the tunnel ended.
-    async fn relay<C, U>(self: Box<Self>, client: C, app: U)
-    where
+    async fn relay<C, U, T>(
+        self: Box<Self>,
+        client: C,
+        app: U,
+        timer: fn(tokio::time::Instant) -> T,
+    ) where
         C: AsyncRead + AsyncWrite + Unpin,
         U: AsyncRead + AsyncWrite + Unpin,
+        T: Timer,
     {
         let Relayed {
             limits,
@@ -349,7 +363,7 @@ impl Relayed {
             .with_label_values(&[&route_name]);
         active.inc();
         let started = Instant::now();
-        let outcome = relay::run(client, app, limits, inbound, outbound, drain_signal).await;
+        let outcome = relay::run(client, app, limits, inbound, outbound, drain_signal, timer).await;
         active.dec();
         let code = outcome.cause.code();
         metrics()
@@ -374,7 +388,7 @@ impl Relayed {
 }
 
 /// Move a tunnel over plain TCP to a tunnel thread: both sockets leave this runtime's event
-/// loop and join that thread's, where the relay runs. A socket that cannot be moved (the
+/// loop and join that thread's (`tunnel/event_loop.rs`), where the relay runs on its timers. A socket that cannot be moved (the
 /// kernel refused to take it out of the event loop) ends the tunnel, as a broken socket would.
 fn move_to(
     threads: &TunnelThreads,
@@ -391,9 +405,9 @@ fn move_to(
         }
     };
     threads.spawn(async move {
-        let attach = |io: Resumed<std::net::TcpStream>| io.try_map(TcpStream::from_std);
+        let attach = |io: Resumed<std::net::TcpStream>| io.try_map(LoopStream::from_std);
         match (attach(client), attach(app)) {
-            (Ok(client), Ok(app)) => parts.relay(client, app).await,
+            (Ok(client), Ok(app)) => parts.relay(client, app, event_loop::sleep_until).await,
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(route = %parts.route_name, error = %e, "cannot register a tunnel's socket on its tunnel thread: closed");
             }

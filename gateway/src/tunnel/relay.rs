@@ -32,6 +32,30 @@ use crate::engine::frame::Sender;
 use crate::error::{CloseCause, Side};
 use direction::{Dir, End};
 
+/// The one timer a tunnel keeps, set to its earliest armed deadline: tokio's [`Sleep`] where
+/// the tunnel runs on tokio, the tunnel loop's own on the tunnel threads
+/// (`event_loop::LoopSleep`).
+pub trait Timer: Future<Output = ()> {
+    fn deadline(&self) -> Instant;
+    /// Whether the deadline passed and the timer's driver has seen it (no clock read).
+    fn is_elapsed(&self) -> bool;
+    fn reset(self: Pin<&mut Self>, deadline: Instant);
+}
+
+impl Timer for Sleep {
+    fn deadline(&self) -> Instant {
+        Sleep::deadline(self)
+    }
+
+    fn is_elapsed(&self) -> bool {
+        Sleep::is_elapsed(self)
+    }
+
+    fn reset(self: Pin<&mut Self>, deadline: Instant) {
+        Sleep::reset(self, deadline);
+    }
+}
+
 /// Per-connection limits and timers, fixed when the connection is admitted.
 #[derive(Debug, Clone)]
 pub struct TunnelLimits {
@@ -356,7 +380,7 @@ where
     }
 
     /// Drive both directions and the timers. `Ready` when the tunnel is over.
-    fn poll(&mut self, cx: &mut Context<'_>, mut sleep: Pin<&mut Sleep>) -> Poll<()> {
+    fn poll<T: Timer>(&mut self, cx: &mut Context<'_>, mut sleep: Pin<&mut T>) -> Poll<()> {
         loop {
             let mut news = false;
             if self.c2u.done().is_none() {
@@ -430,30 +454,33 @@ where
     }
 }
 
-/// Relay frames between `client` and `upstream` until both sides are closed.
+/// Relay frames between `client` and `upstream` until both sides are closed, with the timer
+/// `timer` makes (`tokio::time::sleep_until` on tokio; the tunnel threads' loop has its own).
 ///
 /// Not an `async fn`: the tunnel is built here and moved into the future once. An `async fn`
 /// keeps its arguments in the future for its whole life beside what is built from them (the
 /// streams and limits, ~300 bytes per idle tunnel), and the future returned here is what the
 /// connection's task holds while the tunnel idles.
-pub fn run<C, U>(
+pub fn run<C, U, T>(
     client: C,
     upstream: U,
     limits: TunnelLimits,
     inbound: DirCounters,
     outbound: DirCounters,
     drain: CloseSignal,
+    timer: fn(Instant) -> T,
 ) -> impl Future<Output = Outcome>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
+    T: Timer,
 {
     let draining = drain.is_closed();
     let mut tunnel = Tunnel::new(client, upstream, limits, inbound, outbound, draining);
     // The block uses what it captures in place (never `let x = captured`), so each is stored
     // once.
     async move {
-        let sleep = tokio::time::sleep_until(tunnel.far);
+        let sleep = timer(tunnel.far);
         tokio::pin!(sleep);
         // Registers this task once; after that a wake-up reads the signal's flag, no lock.
         let closed = drain.closed();

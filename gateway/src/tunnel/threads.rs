@@ -1,5 +1,5 @@
-//! Where proxied tunnels run: one single-threaded runtime per edge worker, each on a thread of
-//! its own with its own event loop. After the upgrade a tunnel over plain TCP (one task that
+//! Where proxied tunnels run: one event loop per edge worker (`event_loop.rs`), each on a
+//! thread of its own. After the upgrade a tunnel over plain TCP (one task that
 //! owns both sockets, `relay.rs`) is handed to one of them, its two sockets taken out of the
 //! edge runtime's event loop and registered with that thread's, and it stays there: every
 //! readiness event of the tunnel is handled by the thread that received it, as an nginx worker
@@ -21,64 +21,49 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::runtime::Handle;
-use tokio::sync::watch;
+
+use super::event_loop::{self, LoopHandle};
 
 /// The tunnel threads: tunnels are handed to them in turn.
 pub struct TunnelThreads {
-    handles: Box<[Handle]>,
+    loops: Box<[LoopHandle]>,
     next: AtomicUsize,
-    /// Set at exit ([`Self::stop`]); the threads also stop once this is dropped.
-    stop: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for TunnelThreads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TunnelThreads")
-            .field("threads", &self.handles.len())
+            .field("threads", &self.loops.len())
             .finish()
     }
 }
 
 impl TunnelThreads {
-    /// Start `n` (at least one) threads named `switchboard-tunnel-<i>`, each running its
-    /// runtime until [`Self::stop`] (or until this is dropped).
+    /// Start `n` (at least one) threads named `switchboard-tunnel-<i>`, each running its event
+    /// loop until [`Self::stop`] (or until this is dropped).
     pub fn start(n: usize) -> io::Result<Self> {
-        let (stop, stopped) = watch::channel(false);
-        let mut handles = Vec::with_capacity(n.max(1));
-        for i in 0..n.max(1) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            handles.push(rt.handle().clone());
-            let mut stopped = stopped.clone();
-            std::thread::Builder::new()
-                .name(format!("switchboard-tunnel-{i}"))
-                .spawn(move || {
-                    rt.block_on(async move {
-                        let _ = stopped.wait_for(|stop| *stop).await;
-                    });
-                    // Dropping the runtime drops its tunnels, closing their sockets.
-                    drop(rt);
-                })?;
-        }
+        let loops = (0..n.max(1))
+            .map(|i| event_loop::start(format!("switchboard-tunnel-{i}")))
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
-            handles: handles.into_boxed_slice(),
+            loops: loops.into_boxed_slice(),
             next: AtomicUsize::new(0),
-            stop,
         })
     }
 
     /// End every tunnel still running on the threads, at once (the exit, after the drain).
     pub fn stop(&self) {
-        self.stop.send_replace(true);
+        for l in &self.loops {
+            l.stop();
+        }
     }
 
-    /// Run `task` on the next thread. Sockets it makes from `std` sockets there
-    /// (`TcpStream::from_std`) are registered with that thread's event loop.
+    /// Run `task` on the next thread. Sockets it makes there with
+    /// [`event_loop::LoopStream::from_std`] are served by that thread's event loop, and its
+    /// timers are that loop's ([`event_loop::sleep_until`]).
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        drop(self.handles[i].spawn(task));
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.loops.len();
+        self.loops[i].spawn(task);
     }
 }
 
@@ -223,9 +208,10 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         for _ in 0..4 {
             let tx = tx.clone();
+            let std = std::net::TcpStream::connect(addr).unwrap();
             threads.spawn(async move {
                 // A socket made here is served by this thread's event loop.
-                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let mut s = event_loop::LoopStream::from_std(std).unwrap();
                 s.write_all(b"x").await.unwrap();
                 let name = std::thread::current().name().map(str::to_owned);
                 tx.send(name).unwrap();
@@ -252,9 +238,10 @@ mod tests {
         let threads = TunnelThreads::start(1).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        let std = std::net::TcpStream::connect(addr).unwrap();
         threads.spawn(async move {
             // A tunnel that would hold its socket for good.
-            let _held = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _held = event_loop::LoopStream::from_std(std).unwrap();
             std::future::pending::<()>().await;
         });
         let (mut peer, _) = listener.accept().unwrap();

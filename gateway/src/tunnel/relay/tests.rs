@@ -112,26 +112,7 @@ fn reader(io: DuplexStream, sender: Sender) -> DirectionReader {
 }
 
 fn start(l: TunnelLimits) -> Harness {
-    let (client_test, client_gw) = tokio::io::duplex(64 * 1024);
-    let (up_test, up_gw) = tokio::io::duplex(64 * 1024);
-    let drain = CloseSignal::default();
-    let drain_rx = drain.clone();
-    let task = tokio::spawn(run(client_gw, up_gw, l, counters(), counters(), drain_rx));
-    Harness {
-        // The test's client end reads what the gateway sends to clients (server frames).
-        client: DirectionReader {
-            io: client_test,
-            scanner: Scanner::new(Sender::Server, u64::MAX),
-            buf: vec![],
-        },
-        upstream: DirectionReader {
-            io: up_test,
-            scanner: Scanner::new(Sender::Client, u64::MAX),
-            buf: vec![],
-        },
-        drain,
-        task,
-    }
+    start_with_pipes(l, 64 * 1024, 64 * 1024)
 }
 
 #[tokio::test]
@@ -467,6 +448,7 @@ async fn an_app_connection_reset_tells_the_client_1011_and_is_recorded_as_upstre
         counters(),
         counters(),
         drain_rx,
+        tokio::time::sleep_until,
     ));
     // The app pod dies: its kernel answers with a reset, no Close frame.
     app.set_zero_linger().expect("SO_LINGER 0");
@@ -520,8 +502,17 @@ fn start_with_pipes(l: TunnelLimits, client_buf: usize, app_buf: usize) -> Harne
     let (up_test, up_gw) = tokio::io::duplex(app_buf);
     let drain = CloseSignal::default();
     let drain_rx = drain.clone();
-    let task = tokio::spawn(run(client_gw, up_gw, l, counters(), counters(), drain_rx));
+    let task = tokio::spawn(run(
+        client_gw,
+        up_gw,
+        l,
+        counters(),
+        counters(),
+        drain_rx,
+        tokio::time::sleep_until,
+    ));
     Harness {
+        // The test's client end reads what the gateway sends to clients (server frames).
         client: reader(client_test, Sender::Server),
         upstream: reader(up_test, Sender::Client),
         drain,
@@ -671,7 +662,15 @@ async fn an_idle_tunnel_future_holds_its_streams_and_limits_once() {
     let drain_rx = CloseSignal::default();
     let drain_parts =
         std::mem::size_of::<CloseSignal>() + std::mem::size_of_val(&drain_rx.clone().closed());
-    let future = run(client_gw, up_gw, limits(), counters(), counters(), drain_rx);
+    let future = run(
+        client_gw,
+        up_gw,
+        limits(),
+        counters(),
+        counters(),
+        drain_rx,
+        tokio::time::sleep_until,
+    );
     let tunnel = std::mem::size_of::<Tunnel<DuplexStream, DuplexStream>>();
     let parts = tunnel + std::mem::size_of::<Sleep>() + drain_parts;
     let size = std::mem::size_of_val(&future);
