@@ -2,11 +2,19 @@
 //! sockets ([`LoopStream`]) and timers ([`LoopSleep`]). It does what the tunnel threads need
 //! and nothing more, so a wake-up costs less than a general runtime's: an event names its
 //! socket, which names its task and marks the socket ready, and the task is polled at once,
-//! with no waker clone, no task state machine and no timer wheel to turn. A socket is only
-//! read or written while the loop has seen it ready (edge-triggered, as tokio does), so a
-//! wake-up makes the same system calls as before (`epoll_wait`, a read, a write), made directly
-//! (rustix) rather than through glibc's wrappers, which in a process with threads mark each
-//! call as a cancellation point.
+//! with no waker clone, no task state machine and no timer wheel to turn. Readiness is
+//! edge-triggered and kept as tokio keeps it: a socket is read or written only while the loop
+//! has seen it ready, and a read or write that returns less than was asked for means it no
+//! longer is (a new event will say when it is again), so a wake-up makes the same system calls
+//! as under tokio (`epoll_wait`, a read, a write). They are made directly (rustix) rather than
+//! through glibc's wrappers, which in a process with threads mark each call as a cancellation
+//! point.
+//!
+//! A socket or timer belongs to the task that made it (the loop wakes that task for it) and is
+//! polled by that task only, as a tunnel's are. A task that panics is dropped alone, as on
+//! tokio; if the loop itself ends (its `epoll` set fails, or the thread unwinds), it stops
+//! taking tasks, and those handed to it are dropped (their sockets closed, their admission
+//! released) rather than left waiting.
 //!
 //! Tasks come from other threads ([`LoopHandle::spawn`]) and are woken from other threads
 //! through their waker (the drain signal), both through the loop's `eventfd`. A task woken on
@@ -20,6 +28,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +37,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use mio::{Events, Interest, Token};
 use rustix::io::Errno;
+use rustix::net::{SendAncillaryBuffer, SendFlags};
 use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -57,8 +67,14 @@ impl Inbox {
         drop(spawned);
     }
 
+    /// Tell the loop something was posted (one `eventfd` write until it looks).
     fn ring(&self) {
-        self.posted.store(true, Ordering::Release);
+        if !self.posted.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    fn ring_always(&self) {
         // Fails only if the eventfd is gone, and then the loop is too.
         let _ = self.waker.wake();
     }
@@ -88,7 +104,8 @@ impl LoopHandle {
     /// End the loop: its tasks are dropped (closing their sockets) and the thread returns.
     pub fn stop(&self) {
         self.inbox.stop.store(true, Ordering::Release);
-        self.inbox.ring();
+        // Not `ring`: a wake-up another thread posted may already have been taken.
+        self.inbox.ring_always();
     }
 }
 
@@ -103,6 +120,8 @@ impl Drop for LoopHandle {
 struct Readiness {
     readable: AtomicBool,
     writable: AtomicBool,
+    /// The peer's end or an error was seen: reads go on until they say so, however short.
+    closed: AtomicBool,
 }
 
 /// A registered socket: whose it is and where its readiness goes.
@@ -168,8 +187,9 @@ thread_local! {
     static LOCAL: RefCell<Option<Rc<Local>>> = const { RefCell::new(None) };
 }
 
+/// This thread's loop, if it is a loop thread (and not tearing down its thread-locals).
 fn local() -> Option<Rc<Local>> {
-    LOCAL.with(|l| l.borrow().clone())
+    LOCAL.try_with(|l| l.borrow().clone()).ok().flatten()
 }
 
 fn not_on_loop() -> io::Error {
@@ -189,13 +209,13 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let queued_here = LOCAL.with(|l| match &*l.borrow() {
+        let queued_here = match local() {
             Some(local) if Arc::ptr_eq(&local.inbox, &self.inbox) => {
                 local.ready.borrow_mut().push(self.task);
                 true
             }
             _ => false,
-        });
+        };
         if !queued_here {
             self.inbox
                 .woken
@@ -212,6 +232,17 @@ struct Entry {
     waker: Waker,
     /// The turn it was last polled in (a task named twice in one turn is polled once).
     turn: u64,
+}
+
+/// Marks a loop ended when its thread leaves it: spawns from then on are dropped, and so are
+/// those handed over and not yet taken.
+struct Closed(Arc<Inbox>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Release);
+        self.0.drop_spawned();
+    }
 }
 
 /// Start a loop on a new thread named `name`.
@@ -238,12 +269,12 @@ pub fn start(name: String) -> io::Result<LoopHandle> {
             ready: RefCell::new(Vec::new()),
         });
         LOCAL.with(|l| *l.borrow_mut() = Some(local.clone()));
+        // However the loop ends (stopped, failed, unwinding), it takes no more tasks.
+        let _closed = Closed(local.inbox.clone());
         let mut tasks = Slab::new();
         run(poll, &local, &mut tasks);
-        // Dropping the tasks drops their sockets, which leave the event set (and close); so
-        // are those handed over and not yet taken.
+        // Dropping the tasks drops their sockets, which leave the event set (and close).
         drop(tasks);
-        local.inbox.drop_spawned();
         LOCAL.with(|l| l.borrow_mut().take());
     })?;
     Ok(LoopHandle { inbox })
@@ -253,9 +284,6 @@ fn run(mut poll: mio::Poll, local: &Local, tasks: &mut Slab<Entry>) {
     let mut events = Events::with_capacity(EVENTS);
     let mut batch = Vec::new();
     let mut turn = 0u64;
-    // The clock as last read (after the last wait, when a timer was armed): the next wait's
-    // timeout is reckoned from it, which may make it later by this turn's work (microseconds).
-    let mut now = None;
     loop {
         if local.inbox.stop.load(Ordering::Acquire) {
             return;
@@ -273,13 +301,23 @@ fn run(mut poll: mio::Poll, local: &Local, tasks: &mut Slab<Entry>) {
             entry.turn = turn;
             local.current.set(id);
             let mut cx = Context::from_waker(&entry.waker);
-            if entry.task.as_mut().poll(&mut cx).is_ready() {
-                tasks.remove(id);
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                entry.task.as_mut().poll(&mut cx).is_ready()
+            }));
+            match polled {
+                Ok(false) => {}
+                Ok(true) => drop(tasks.remove(id)),
+                Err(_) => {
+                    tracing::error!("a tunnel panicked: it is closed, the other tunnels go on");
+                    let task = tasks.remove(id);
+                    // Its drop may panic too; that one is not allowed to end the loop either.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(task)));
+                }
             }
         }
         local.current.set(usize::MAX);
         let timeout = if local.ready.borrow().is_empty() {
-            next_due(local).map(|at| at.saturating_duration_since(now.unwrap_or_else(Instant::now)))
+            next_due(local).map(|at| at.saturating_duration_since(Instant::now()))
         } else {
             Some(std::time::Duration::ZERO)
         };
@@ -296,6 +334,9 @@ fn run(mut poll: mio::Poll, local: &Local, tasks: &mut Slab<Entry>) {
                 let Some(src) = sources.get(ev.token().0) else {
                     continue;
                 };
+                if ev.is_read_closed() || ev.is_error() {
+                    src.ready.closed.store(true, Ordering::Relaxed);
+                }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                     src.ready.readable.store(true, Ordering::Relaxed);
                 }
@@ -305,7 +346,7 @@ fn run(mut poll: mio::Poll, local: &Local, tasks: &mut Slab<Entry>) {
                 ready.push(src.task);
             }
         }
-        now = fire_timers(local);
+        fire_timers(local);
     }
 }
 
@@ -351,11 +392,11 @@ fn next_due(local: &Local) -> Option<Instant> {
     None
 }
 
-/// Mark the timers whose deadline passed and queue their tasks. The clock, if it was read.
-fn fire_timers(local: &Local) -> Option<Instant> {
+/// Mark the timers whose deadline passed and queue their tasks.
+fn fire_timers(local: &Local) {
     let mut timers = local.timers.borrow_mut();
     if timers.is_empty() {
-        return None;
+        return;
     }
     let now = Instant::now();
     let mut ready = local.ready.borrow_mut();
@@ -371,15 +412,17 @@ fn fire_timers(local: &Local) -> Option<Instant> {
             ready.push(due.task);
         }
     }
-    Some(now)
 }
 
-/// A TCP socket served by the loop of the thread it was made on.
+/// A TCP socket served by the loop of the thread it was made on, for the task that made it:
+/// its readiness wakes that task, so only that task may poll it.
 #[derive(Debug)]
 pub struct LoopStream {
     io: mio::net::TcpStream,
     token: usize,
     ready: Arc<Readiness>,
+    /// The loop it is registered with (its inbox's address), so it leaves that loop only.
+    owner: usize,
 }
 
 impl LoopStream {
@@ -392,6 +435,7 @@ impl LoopStream {
         let ready = Arc::new(Readiness {
             readable: AtomicBool::new(true),
             writable: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
         });
         let token = local.sources.borrow_mut().insert(Source {
             task: local.current.get(),
@@ -405,13 +449,21 @@ impl LoopStream {
             local.sources.borrow_mut().remove(token);
             return Err(e);
         }
-        Ok(Self { io, token, ready })
+        let owner = Arc::as_ptr(&local.inbox) as usize;
+        Ok(Self {
+            io,
+            token,
+            ready,
+            owner,
+        })
     }
 }
 
 impl Drop for LoopStream {
     fn drop(&mut self) {
-        if let Some(local) = local() {
+        if let Some(local) = local()
+            && Arc::as_ptr(&local.inbox) as usize == self.owner
+        {
             let _ = local.registry.deregister(&mut self.io);
             if let Ok(mut sources) = local.sources.try_borrow_mut() {
                 sources.try_remove(self.token);
@@ -431,8 +483,13 @@ impl AsyncRead for LoopStream {
             return Poll::Pending;
         }
         loop {
+            let want = buf.remaining();
             match rustix::io::read(&this.io, buf.initialize_unfilled()) {
                 Ok(n) => {
+                    if n < want && n > 0 && !this.ready.closed.load(Ordering::Relaxed) {
+                        // The socket had no more: the next event says when it has.
+                        this.ready.readable.store(false, Ordering::Relaxed);
+                    }
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
@@ -448,9 +505,10 @@ impl AsyncRead for LoopStream {
 }
 
 impl LoopStream {
-    /// Run a write `op` while the socket is writable.
+    /// Run a write `op` of `want` bytes while the socket is writable.
     fn poll_write_with(
         &self,
+        want: usize,
         mut op: impl FnMut(&mio::net::TcpStream) -> rustix::io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
         if !self.ready.writable.load(Ordering::Relaxed) {
@@ -458,7 +516,13 @@ impl LoopStream {
         }
         loop {
             match op(&self.io) {
-                Ok(n) => return Poll::Ready(Ok(n)),
+                Ok(n) => {
+                    if n < want {
+                        // The send buffer is full: the next event says when it has room.
+                        self.ready.writable.store(false, Ordering::Relaxed);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
                 Err(Errno::AGAIN) => {
                     self.ready.writable.store(false, Ordering::Relaxed);
                     return Poll::Pending;
@@ -476,7 +540,10 @@ impl AsyncWrite for LoopStream {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_with(|io| rustix::io::write(io, buf))
+        // `send` with MSG_NOSIGNAL, as std does: a peer that reset does not raise SIGPIPE.
+        self.poll_write_with(buf.len(), |io| {
+            rustix::net::send(io, buf, SendFlags::NOSIGNAL)
+        })
     }
 
     fn poll_write_vectored(
@@ -484,7 +551,15 @@ impl AsyncWrite for LoopStream {
         _cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_with(|io| rustix::io::writev(io, bufs))
+        let want = bufs.iter().map(|b| b.len()).sum();
+        self.poll_write_with(want, |io| {
+            rustix::net::sendmsg(
+                io,
+                bufs,
+                &mut SendAncillaryBuffer::default(),
+                SendFlags::NOSIGNAL,
+            )
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -500,7 +575,8 @@ impl AsyncWrite for LoopStream {
     }
 }
 
-/// A timer of the loop of the thread it was made on, for the task being polled.
+/// A timer of the loop of the thread it was made on, for the task that made it (which it
+/// wakes when it fires, so only that task may poll it).
 #[derive(Debug)]
 pub struct LoopSleep {
     deadline: Instant,

@@ -409,9 +409,10 @@ where
             if self.c2u.done().is_some() && self.u2c.done().is_some() {
                 return Poll::Ready(());
             }
-            // The clock is read only when the timer has fired: a deadline that passed is
+            // The clock is read here only when the timer has fired: a deadline that passed is
             // always the sleep's (it is reset to the earliest one below before waiting), so a
-            // wake-up for data, the common case, costs no clock read.
+            // wake-up for data, the common case, costs the tunnel no clock read (the timer's
+            // driver reads it once per wake-up of its thread, for all its timers).
             if sleep.is_elapsed() {
                 match self.fire_timers(Instant::now()) {
                     Err(()) => return Poll::Ready(()),

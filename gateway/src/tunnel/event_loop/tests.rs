@@ -112,24 +112,145 @@ fn a_task_woken_from_another_thread_runs_on_the_loop() {
 }
 
 #[test]
-fn timers_of_ended_tasks_leave_the_heap() {
+fn timers_that_were_reset_or_dropped_leave_the_heap_while_a_live_one_waits() {
     let l = start("test-loop".into()).unwrap();
     let (tx, rx) = mpsc::channel();
-    for _ in 0..1000 {
-        // Each task arms a far timer, resets it and ends: its entries go stale.
-        l.spawn(async {
-            let mut s = sleep_until(Instant::now() + Duration::from_secs(3600));
-            Pin::new(&mut s).reset(Instant::now() + Duration::from_secs(7200));
-        });
-    }
     l.spawn(async move {
+        let now = Instant::now();
+        // A live timer due before all the others keeps their entries from reaching the top.
+        let _live = sleep_until(now + Duration::from_secs(3600));
+        for i in 0..1000u64 {
+            let mut s = sleep_until(now + Duration::from_secs(7200 + i));
+            Pin::new(&mut s).reset(now + Duration::from_secs(10800 + i));
+        }
         let local = local().unwrap();
         let len = local.timers.borrow().len();
         tx.send((len, local.sleeps.get())).unwrap();
     });
     let (len, sleeps) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!(sleeps, 0);
-    assert!(len <= 64 + 2, "{len} entries left for no live timer");
+    assert_eq!(sleeps, 1);
+    assert!(
+        len <= 2 + 64 + 2,
+        "{len} entries kept for one live timer after 2,000 stale ones"
+    );
+}
+
+#[test]
+fn a_timer_reset_to_later_does_not_fire_at_its_old_deadline() {
+    let l = start("test-loop".into()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    l.spawn(async move {
+        let t0 = Instant::now();
+        let mut moved = sleep_until(t0 + Duration::from_millis(10));
+        Pin::new(&mut moved).reset(t0 + Duration::from_millis(300));
+        sleep_until(t0 + Duration::from_millis(100)).await;
+        let early = moved.is_elapsed();
+        (&mut moved).await;
+        tx.send((early, t0.elapsed())).unwrap();
+    });
+    let (early, took) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(!early, "fired at the deadline it was moved from");
+    assert!(took >= Duration::from_millis(300), "fired after {took:?}");
+}
+
+/// Wakes its own task and yields, `n` times.
+struct YieldTimes(u32);
+
+impl Future for YieldTimes {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 == 0 {
+            return Poll::Ready(());
+        }
+        self.0 -= 1;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[test]
+fn a_task_that_wakes_itself_on_its_thread_is_polled_again() {
+    let l = start("test-loop".into()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    l.spawn(async move {
+        // As a tunnel direction does after its read budget.
+        YieldTimes(100).await;
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn a_short_read_waits_for_the_next_event_instead_of_reading_again() {
+    let l = start("test-loop".into()).unwrap();
+    let (theirs, mut ours) = pair();
+    let (to_test, from_task) = mpsc::channel();
+    let (to_task, from_test) = mpsc::channel::<()>();
+    l.spawn(async move {
+        let mut s = LoopStream::from_std(theirs).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        // More arrives before the loop has waited again (the test writes it now).
+        to_test.send(n).unwrap();
+        from_test.recv().unwrap();
+        let mut rb = ReadBuf::new(&mut buf);
+        let waker = Waker::noop();
+        let again = Pin::new(&mut s).poll_read(&mut Context::from_waker(waker), &mut rb);
+        to_test.send(usize::from(again.is_pending())).unwrap();
+        // The event for what arrived lets it be read.
+        let n = s.read(&mut buf).await.unwrap();
+        to_test.send(n).unwrap();
+    });
+    ours.write_all(b"abc").unwrap();
+    assert_eq!(from_task.recv_timeout(Duration::from_secs(10)), Ok(3));
+    ours.write_all(b"defg").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    to_task.send(()).unwrap();
+    assert_eq!(
+        from_task.recv_timeout(Duration::from_secs(10)),
+        Ok(1),
+        "after a short read the socket is not read again before its next event"
+    );
+    assert_eq!(from_task.recv_timeout(Duration::from_secs(10)), Ok(4));
+}
+
+#[test]
+fn a_panicking_task_is_dropped_alone_and_the_loop_goes_on() {
+    let l = start("test-loop".into()).unwrap();
+    let (theirs, mut ours) = pair();
+    l.spawn(async move {
+        let _held = LoopStream::from_std(theirs).unwrap();
+        YieldTimes(1).await;
+        panic!("a tunnel's bug");
+    });
+    let mut buf = [0u8; 1];
+    let read = ours.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0)),
+        "the panicking task's socket is closed: {read:?}"
+    );
+    let (tx, rx) = mpsc::channel();
+    l.spawn(async move {
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the loop still runs tasks");
+}
+
+#[test]
+fn a_task_handed_to_a_stopped_loop_is_dropped_with_its_socket() {
+    let l = start("test-loop".into()).unwrap();
+    l.stop();
+    std::thread::sleep(Duration::from_millis(20));
+    let (theirs, mut ours) = pair();
+    l.spawn(async move {
+        let _held = theirs;
+        std::future::pending::<()>().await;
+    });
+    let mut buf = [0u8; 1];
+    let read = ours.read(&mut buf);
+    assert!(matches!(read, Ok(0)), "closed at once: {read:?}");
 }
 
 #[test]
