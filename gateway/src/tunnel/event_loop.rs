@@ -19,25 +19,34 @@
 //! Tasks come from other threads ([`LoopHandle::spawn`]) and are woken from other threads
 //! through their waker (the drain signal), both through the loop's `eventfd`. A task woken on
 //! its own thread (a tunnel direction yielding after its read budget) is queued without it.
-//! Timers are a heap of deadlines; a timer that is reset leaves its old entry behind, which is
-//! dropped when it comes up (a tunnel resets its timer only when a deadline is armed or fires,
-//! not per frame).
+//! Timers are a heap of deadlines behind one `timerfd` in the same `epoll` set, set to the
+//! earliest: a wake-up for data reads no clock, and the clock is read when the `timerfd` fires
+//! or a timer is armed earlier than it. A timer that is reset leaves its old entry behind,
+//! which is dropped when it comes up (a tunnel resets its timer only when a deadline is armed
+//! or fires, not per frame).
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 use rustix::io::Errno;
 use rustix::net::{SendAncillaryBuffer, SendFlags};
+use rustix::time::{
+    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
+    timerfd_settime,
+};
 use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -48,6 +57,8 @@ type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The loop's `eventfd` (tasks spawned or woken from other threads, the stop).
 const INBOX: Token = Token(usize::MAX);
+/// The loop's `timerfd` (the earliest timer's deadline).
+const TIMER: Token = Token(usize::MAX - 1);
 /// Most events taken from the kernel per wait.
 const EVENTS: usize = 256;
 
@@ -176,6 +187,9 @@ struct Local {
     current: Cell<usize>,
     sources: RefCell<Slab<Source>>,
     timers: RefCell<BinaryHeap<Reverse<Due>>>,
+    /// Fires at `armed`, the earliest deadline in `timers` when it was set (or none).
+    timerfd: OwnedFd,
+    armed: Cell<Option<Instant>>,
     /// Timers alive on this thread: each has at most one live entry in `timers`, so the heap
     /// is cleared of stale entries once it holds more than twice as many (and a few).
     sleeps: Cell<usize>,
@@ -257,6 +271,15 @@ pub fn start(name: String) -> io::Result<LoopHandle> {
         waker,
     });
     let registry = poll.registry().try_clone()?;
+    let timerfd = timerfd_create(
+        TimerfdClockId::Monotonic,
+        TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+    )?;
+    registry.register(
+        &mut SourceFd(&timerfd.as_raw_fd()),
+        TIMER,
+        Interest::READABLE,
+    )?;
     let theirs = inbox.clone();
     std::thread::Builder::new().name(name).spawn(move || {
         let local = Rc::new(Local {
@@ -265,6 +288,8 @@ pub fn start(name: String) -> io::Result<LoopHandle> {
             current: Cell::new(usize::MAX),
             sources: RefCell::new(Slab::new()),
             timers: RefCell::new(BinaryHeap::new()),
+            timerfd,
+            armed: Cell::new(None),
             sleeps: Cell::new(0),
             ready: RefCell::new(Vec::new()),
         });
@@ -316,8 +341,9 @@ fn run(mut poll: mio::Poll, local: &Local, tasks: &mut Slab<Entry>) {
             }
         }
         local.current.set(usize::MAX);
+        // Timers wake the wait through the timerfd.
         let timeout = if local.ready.borrow().is_empty() {
-            next_due(local).map(|at| at.saturating_duration_since(Instant::now()))
+            None
         } else {
             Some(std::time::Duration::ZERO)
         };
@@ -327,10 +353,15 @@ fn run(mut poll: mio::Poll, local: &Local, tasks: &mut Slab<Entry>) {
             tracing::error!(error = %e, "a tunnel thread's event loop failed: its tunnels are closed");
             return;
         }
+        let mut timer_fired = false;
         {
             let sources = local.sources.borrow();
             let mut ready = local.ready.borrow_mut();
             for ev in events.iter() {
+                if ev.token() == TIMER {
+                    timer_fired = true;
+                    continue;
+                }
                 let Some(src) = sources.get(ev.token().0) else {
                     continue;
                 };
@@ -346,7 +377,9 @@ fn run(mut poll: mio::Poll, local: &Local, tasks: &mut Slab<Entry>) {
                 ready.push(src.task);
             }
         }
-        fire_timers(local);
+        if timer_fired {
+            fire_timers(local);
+        }
     }
 }
 
@@ -380,37 +413,58 @@ fn adopt(local: &Local, tasks: &mut Slab<Entry>) {
     ready.append(&mut local.inbox.woken.lock().unwrap_or_else(|p| p.into_inner()));
 }
 
-/// The earliest deadline a timer still waits for (stale entries on top are dropped).
-fn next_due(local: &Local) -> Option<Instant> {
-    let mut timers = local.timers.borrow_mut();
-    while let Some(Reverse(top)) = timers.peek() {
-        if top.live() {
-            return Some(top.at);
+/// The timerfd fired: mark the timers whose deadline passed, queue their tasks, and set the
+/// timerfd to the earliest deadline left.
+fn fire_timers(local: &Local) {
+    // Empty the timerfd's count (it is not read otherwise; a later expiry signals anew).
+    let mut count = [0u8; 8];
+    let _ = rustix::io::read(&local.timerfd, &mut count);
+    local.armed.set(None);
+    let now = Instant::now();
+    let next = {
+        let mut timers = local.timers.borrow_mut();
+        let mut ready = local.ready.borrow_mut();
+        loop {
+            let Some(Reverse(top)) = timers.peek() else {
+                break None;
+            };
+            if !top.live() {
+                timers.pop();
+                continue;
+            }
+            if top.at > now {
+                break Some(top.at);
+            }
+            if let Some(Reverse(due)) = timers.pop() {
+                due.timer.elapsed.store(true, Ordering::Relaxed);
+                ready.push(due.task);
+            }
         }
-        timers.pop();
+    };
+    if let Some(at) = next {
+        arm_timerfd(local, at, now);
     }
-    None
 }
 
-/// Mark the timers whose deadline passed and queue their tasks.
-fn fire_timers(local: &Local) {
-    let mut timers = local.timers.borrow_mut();
-    if timers.is_empty() {
-        return;
-    }
-    let now = Instant::now();
-    let mut ready = local.ready.borrow_mut();
-    while let Some(Reverse(top)) = timers.peek() {
-        if top.at > now {
-            break;
-        }
-        let Some(Reverse(due)) = timers.pop() else {
-            break;
-        };
-        if due.live() {
-            due.timer.elapsed.store(true, Ordering::Relaxed);
-            ready.push(due.task);
-        }
+/// Set the timerfd to fire at `at` (`now` being the clock's reading).
+fn arm_timerfd(local: &Local, at: Instant, now: Instant) {
+    // A zero value disarms a timerfd: a deadline already passed fires in a nanosecond.
+    let after = at
+        .saturating_duration_since(now)
+        .max(Duration::from_nanos(1));
+    let value = Itimerspec {
+        it_interval: Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: Timespec {
+            tv_sec: i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(after.subsec_nanos()),
+        },
+    };
+    match timerfd_settime(&local.timerfd, TimerfdTimerFlags::empty(), &value) {
+        Ok(_) => local.armed.set(Some(at)),
+        Err(e) => tracing::error!(error = %e, "a tunnel thread cannot set its timer"),
     }
 }
 
@@ -618,6 +672,10 @@ impl LoopSleep {
                 task: self.task,
                 timer: self.state.clone(),
             }));
+            drop(timers);
+            if local.armed.get().is_none_or(|armed| deadline < armed) {
+                arm_timerfd(&local, deadline, Instant::now());
+            }
         }
     }
 }
