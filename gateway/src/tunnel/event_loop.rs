@@ -35,7 +35,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -190,6 +190,9 @@ struct Local {
     /// Fires at `armed`, the earliest deadline in `timers` when it was set (or none).
     timerfd: OwnedFd,
     armed: Cell<Option<Instant>>,
+    /// Setting the timerfd failed: the loop's waits time out on their own (a millisecond)
+    /// and look at the timers after each.
+    timerfd_failed: Cell<bool>,
     /// Timers alive on this thread: each has at most one live entry in `timers`, so the heap
     /// is cleared of stale entries once it holds more than twice as many (and a few).
     sleeps: Cell<usize>,
@@ -256,6 +259,10 @@ impl Drop for Closed {
     fn drop(&mut self) {
         self.0.stop.store(true, Ordering::Release);
         self.0.drop_spawned();
+        // Wake-ups of tasks that are gone: nobody takes them any more.
+        drop(std::mem::take(
+            &mut *self.0.woken.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
     }
 }
 
@@ -290,6 +297,7 @@ pub fn start(name: String) -> io::Result<LoopHandle> {
             timers: RefCell::new(BinaryHeap::new()),
             timerfd,
             armed: Cell::new(None),
+            timerfd_failed: Cell::new(false),
             sleeps: Cell::new(0),
             ready: RefCell::new(Vec::new()),
         });
@@ -331,7 +339,11 @@ fn run(mut poll: mio::Poll, local: &Local, tasks: &mut Slab<Entry>) {
             }));
             match polled {
                 Ok(false) => {}
-                Ok(true) => drop(tasks.remove(id)),
+                Ok(true) => {
+                    let task = tasks.remove(id);
+                    // A finished task's drop is not allowed to end the loop either.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(task)));
+                }
                 Err(_) => {
                     tracing::error!("a tunnel panicked: it is closed, the other tunnels go on");
                     let task = tasks.remove(id);
@@ -342,10 +354,12 @@ fn run(mut poll: mio::Poll, local: &Local, tasks: &mut Slab<Entry>) {
         }
         local.current.set(usize::MAX);
         // Timers wake the wait through the timerfd.
-        let timeout = if local.ready.borrow().is_empty() {
-            None
+        let timeout = if !local.ready.borrow().is_empty() {
+            Some(Duration::ZERO)
+        } else if local.timerfd_failed.get() {
+            Some(Duration::from_millis(1))
         } else {
-            Some(std::time::Duration::ZERO)
+            None
         };
         if let Err(e) = poll.poll(&mut events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
@@ -377,7 +391,7 @@ fn run(mut poll: mio::Poll, local: &Local, tasks: &mut Slab<Entry>) {
                 ready.push(src.task);
             }
         }
-        if timer_fired {
+        if timer_fired || local.timerfd_failed.replace(false) {
             fire_timers(local);
         }
     }
@@ -464,7 +478,12 @@ fn arm_timerfd(local: &Local, at: Instant, now: Instant) {
     };
     match timerfd_settime(&local.timerfd, TimerfdTimerFlags::empty(), &value) {
         Ok(_) => local.armed.set(Some(at)),
-        Err(e) => tracing::error!(error = %e, "a tunnel thread cannot set its timer"),
+        Err(e) => {
+            // Not expected (the value is valid); the loop then waits with a timeout instead.
+            tracing::error!(error = %e, "a tunnel thread cannot set its timer");
+            local.armed.set(None);
+            local.timerfd_failed.set(true);
+        }
     }
 }
 
@@ -475,8 +494,8 @@ pub struct LoopStream {
     io: mio::net::TcpStream,
     token: usize,
     ready: Arc<Readiness>,
-    /// The loop it is registered with (its inbox's address), so it leaves that loop only.
-    owner: usize,
+    /// The loop it is registered with, so it leaves that loop only.
+    owner: Weak<Inbox>,
 }
 
 impl LoopStream {
@@ -503,7 +522,7 @@ impl LoopStream {
             local.sources.borrow_mut().remove(token);
             return Err(e);
         }
-        let owner = Arc::as_ptr(&local.inbox) as usize;
+        let owner = Arc::downgrade(&local.inbox);
         Ok(Self {
             io,
             token,
@@ -516,7 +535,7 @@ impl LoopStream {
 impl Drop for LoopStream {
     fn drop(&mut self) {
         if let Some(local) = local()
-            && Arc::as_ptr(&local.inbox) as usize == self.owner
+            && std::ptr::eq(Arc::as_ptr(&local.inbox), self.owner.as_ptr())
         {
             let _ = local.registry.deregister(&mut self.io);
             if let Ok(mut sources) = local.sources.try_borrow_mut() {
@@ -605,6 +624,8 @@ impl AsyncWrite for LoopStream {
         _cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        // At most IOV_MAX buffers per call (as std caps them); `want` is what this call offers.
+        let bufs = &bufs[..bufs.len().min(1024)];
         let want = bufs.iter().map(|b| b.len()).sum();
         self.poll_write_with(want, |io| {
             rustix::net::sendmsg(
