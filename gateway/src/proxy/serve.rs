@@ -388,8 +388,9 @@ impl Relayed {
 }
 
 /// Move a tunnel over plain TCP to a tunnel thread: both sockets leave this runtime's event
-/// loop and join that thread's (`tunnel/event_loop.rs`), where the relay runs on its timers. A socket that cannot be moved (the
-/// kernel refused to take it out of the event loop) ends the tunnel, as a broken socket would.
+/// loop and join that thread's (`tunnel/event_loop.rs`), where the relay runs on its timers.
+/// A socket that cannot be moved (the kernel refused to take it out of the event loop) ends
+/// the tunnel, as a broken socket would.
 fn move_to(
     threads: &TunnelThreads,
     client: Resumed<TcpStream>,

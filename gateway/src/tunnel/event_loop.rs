@@ -338,19 +338,15 @@ fn run(mut poll: mio::Poll, local: &Local, tasks: &mut Slab<Entry>) {
                 entry.task.as_mut().poll(&mut cx).is_ready()
             }));
             match polled {
-                Ok(false) => {}
-                Ok(true) => {
-                    let task = tasks.remove(id);
-                    // A finished task's drop is not allowed to end the loop either.
-                    let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(task)));
-                }
+                Ok(false) => continue,
+                Ok(true) => {}
                 Err(_) => {
                     tracing::error!("a tunnel panicked: it is closed, the other tunnels go on");
-                    let task = tasks.remove(id);
-                    // Its drop may panic too; that one is not allowed to end the loop either.
-                    let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(task)));
                 }
             }
+            // Finished or panicked: its drop is not allowed to end the loop either.
+            let task = tasks.remove(id);
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(task)));
         }
         local.current.set(usize::MAX);
         // Timers wake the wait through the timerfd.

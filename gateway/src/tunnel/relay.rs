@@ -411,8 +411,9 @@ where
             }
             // The clock is read here only when the timer has fired: a deadline that passed is
             // always the sleep's (it is reset to the earliest one below before waiting), so a
-            // wake-up for data, the common case, costs the tunnel no clock read (the timer's
-            // driver reads it once per wake-up of its thread, for all its timers).
+            // wake-up for data, the common case, costs the tunnel no clock read (tokio's timer
+            // driver reads it once per wake-up of its thread; the tunnel threads' loop only
+            // when its timerfd fires).
             if sleep.is_elapsed() {
                 match self.fire_timers(Instant::now()) {
                     Err(()) => return Poll::Ready(()),

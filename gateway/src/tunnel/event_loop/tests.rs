@@ -16,6 +16,17 @@ fn pair() -> (TcpStream, TcpStream) {
     (a, b)
 }
 
+/// Run `task` on a loop of its own and return what it returned.
+fn on_a_loop<T: Send + 'static>(task: impl Future<Output = T> + Send + 'static) -> T {
+    let l = start("test-loop".into()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    l.spawn(async move {
+        let _ = tx.send(task.await);
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the task finished on the loop")
+}
+
 #[test]
 fn a_task_on_the_loop_reads_and_writes_its_socket_as_it_becomes_ready() {
     let l = start("test-loop".into()).unwrap();
@@ -75,9 +86,7 @@ fn a_write_the_socket_cannot_take_waits_until_the_peer_reads() {
 
 #[test]
 fn a_timer_fires_no_earlier_than_its_deadline_and_a_reset_moves_it() {
-    let l = start("test-loop".into()).unwrap();
-    let (tx, rx) = mpsc::channel();
-    l.spawn(async move {
+    let took = on_a_loop(async {
         let t0 = Instant::now();
         let mut sleep = sleep_until(t0 + Duration::from_secs(3600));
         let mut sleep = Pin::new(&mut sleep);
@@ -85,9 +94,8 @@ fn a_timer_fires_no_earlier_than_its_deadline_and_a_reset_moves_it() {
         sleep.as_mut().reset(t0 + Duration::from_millis(30));
         (&mut sleep).await;
         assert!(sleep.is_elapsed());
-        tx.send(t0.elapsed()).unwrap();
+        t0.elapsed()
     });
-    let took = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(took >= Duration::from_millis(30), "fired after {took:?}");
 }
 
@@ -114,9 +122,7 @@ fn a_task_woken_from_another_thread_runs_on_the_loop() {
 
 #[test]
 fn timers_that_were_reset_or_dropped_leave_the_heap_while_a_live_one_waits() {
-    let l = start("test-loop".into()).unwrap();
-    let (tx, rx) = mpsc::channel();
-    l.spawn(async move {
+    let (len, sleeps) = on_a_loop(async {
         let now = Instant::now();
         // A live timer due before all the others keeps their entries from reaching the top.
         let _live = sleep_until(now + Duration::from_secs(3600));
@@ -133,9 +139,8 @@ fn timers_that_were_reset_or_dropped_leave_the_heap_while_a_live_one_waits() {
         let mut live = _live;
         Pin::new(&mut live).reset(Instant::now() + Duration::from_millis(5));
         live.await;
-        tx.send((len, sleeps)).unwrap();
+        (len, sleeps)
     });
-    let (len, sleeps) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(sleeps, 1);
     assert!(
         len <= 2 + 64 + 2,
@@ -145,9 +150,7 @@ fn timers_that_were_reset_or_dropped_leave_the_heap_while_a_live_one_waits() {
 
 #[test]
 fn a_timer_reset_to_later_does_not_fire_at_its_old_deadline() {
-    let l = start("test-loop".into()).unwrap();
-    let (tx, rx) = mpsc::channel();
-    l.spawn(async move {
+    let (early, took) = on_a_loop(async {
         let t0 = Instant::now();
         let mut moved = sleep_until(t0 + Duration::from_millis(10));
         Pin::new(&mut moved).reset(t0 + Duration::from_millis(300));
@@ -155,9 +158,8 @@ fn a_timer_reset_to_later_does_not_fire_at_its_old_deadline() {
         // Fired before its deadline, not merely seen late by a loaded machine.
         let early = moved.is_elapsed() && t0.elapsed() < Duration::from_millis(300);
         (&mut moved).await;
-        tx.send((early, t0.elapsed())).unwrap();
+        (early, t0.elapsed())
     });
-    let (early, took) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(!early, "fired at the deadline it was moved from");
     assert!(took >= Duration::from_millis(300), "fired after {took:?}");
 }
@@ -180,14 +182,8 @@ impl Future for YieldTimes {
 
 #[test]
 fn a_task_that_wakes_itself_on_its_thread_is_polled_again() {
-    let l = start("test-loop".into()).unwrap();
-    let (tx, rx) = mpsc::channel();
-    l.spawn(async move {
-        // As a tunnel direction does after its read budget.
-        YieldTimes(100).await;
-        tx.send(()).unwrap();
-    });
-    rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // As a tunnel direction does after its read budget.
+    on_a_loop(YieldTimes(100));
 }
 
 #[test]
@@ -289,25 +285,23 @@ fn stopping_a_loop_drops_its_tasks_and_closes_their_sockets() {
 
 #[test]
 fn data_and_the_peers_end_arriving_together_are_both_read() {
-    let l = start("test-loop".into()).unwrap();
     let (theirs, mut ours) = pair();
     // Both are there before the task first reads: one event says readable and read-closed.
     ours.write_all(b"abc").unwrap();
     ours.shutdown(std::net::Shutdown::Write).unwrap();
     std::thread::sleep(Duration::from_millis(20));
-    let (tx, rx) = mpsc::channel();
-    l.spawn(async move {
+    let reads = on_a_loop(async move {
         let mut s = LoopStream::from_std(theirs).unwrap();
         let mut buf = [0u8; 64];
         // Make sure the loop has taken the event before the short read.
         YieldTimes(2).await;
         let first = s.read(&mut buf).await.unwrap();
         let second = s.read(&mut buf).await.unwrap();
-        tx.send((first, second)).unwrap();
+        (first, second)
     });
     assert_eq!(
-        rx.recv_timeout(Duration::from_secs(10)),
-        Ok((3, 0)),
+        reads,
+        (3, 0),
         "the end is read after a short read that came with it"
     );
 }
