@@ -43,7 +43,12 @@ impl Signer {
 
     /// Tokens for users `u0 .. u{n-1}`.
     pub fn tokens(&self, n: usize) -> Result<Vec<String>> {
-        (0..n).map(|i| self.token(&user(i))).collect()
+        self.tokens_from(0, n)
+    }
+
+    /// Tokens for `n` users from `u{first}` on.
+    pub fn tokens_from(&self, first: usize, n: usize) -> Result<Vec<String>> {
+        (first..first + n).map(|i| self.token(&user(i))).collect()
     }
 }
 

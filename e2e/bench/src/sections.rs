@@ -56,12 +56,14 @@ pub async fn storm_section(env: &Env, p: &Params, signer: &Signer) -> Result<Val
         "== connect storm: {} connects, {} in flight",
         p.storm_n, p.storm_inflight
     );
-    let tokens = Arc::new(signer.tokens(p.storm_n)?);
-    let wsr = servers::node_peer(env, "storm-node-ws", "echo.js")?;
-    let sio = servers::node_peer(env, "storm-socketio", "sio-room.js")?;
+    let tokens = Arc::new(signer.tokens_from(0, p.storm_n)?);
+    // Other users for the warm storm: tokens the gateway has not verified (nor cached) yet.
+    let warm_tokens = Arc::new(signer.tokens_from(p.storm_n, p.storm_n)?);
     let mut runs = Vec::new();
     for rep in 0..p.reps {
-        // A fresh gateway per repetition: the first storm meets every token for the first time.
+        // Every server is a fresh process per repetition, as after a pod restart: its first
+        // storm is the cold one (the gateway meets every token for the first time, Node's JIT
+        // and heap start empty). Each then takes a second storm of new clients, warm.
         let gw = servers::gateway_rooms_with(
             env,
             &format!("storm-gateway-{rep}"),
@@ -71,33 +73,34 @@ pub async fn storm_section(env: &Env, p: &Params, signer: &Signer) -> Result<Val
                 compression: false,
             },
         )?;
+        let wsr = servers::node_peer(env, &format!("storm-node-ws-{rep}"), "echo.js")?;
+        let sio = servers::node_peer(env, &format!("storm-socketio-{rep}"), "sio-room.js")?;
         if rep == 0 {
             auth_preflight(gw.port, &tokens[0]).await?;
         }
-        let targets: [StormTarget; 5] = [
-            (
-                "gateway-jwt",
-                &gw,
-                "/auth",
-                Dialect::Switchboard,
-                Some(tokens.clone()),
-            ),
+        let sio_member = sio_path("member");
+        let jwt = || Some(tokens.clone());
+        let targets: [StormTarget; 8] = [
+            ("gateway-jwt", &gw, "/auth", Dialect::Switchboard, jwt()),
+            ("node-ws", &wsr, "/", Dialect::Plain, None),
+            ("socket.io", &sio, &sio_member, Dialect::SocketIo, None),
             (
                 "gateway-jwt-reconnect",
                 &gw,
                 "/auth",
                 Dialect::Switchboard,
-                Some(tokens.clone()),
+                jwt(),
             ),
             ("gateway-noauth", &gw, "/rooms", Dialect::Switchboard, None),
-            ("node-ws", &wsr, "/", Dialect::Plain, None),
             (
-                "socket.io",
-                &sio,
-                &sio_path("member"),
-                Dialect::SocketIo,
-                None,
+                "gateway-jwt-warm",
+                &gw,
+                "/auth",
+                Dialect::Switchboard,
+                Some(warm_tokens.clone()),
             ),
+            ("node-ws-warm", &wsr, "/", Dialect::Plain, None),
+            ("socket.io-warm", &sio, &sio_member, Dialect::SocketIo, None),
         ];
         for (name, srv, path, dialect, toks) in targets {
             let cpu = || srv.proc.cpu_seconds();
@@ -134,18 +137,11 @@ pub async fn storm_section(env: &Env, p: &Params, signer: &Signer) -> Result<Val
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         gw.stop();
+        wsr.stop();
+        sio.stop();
     }
-    wsr.stop();
-    sio.stop();
-    let names = [
-        "gateway-jwt",
-        "gateway-jwt-reconnect",
-        "gateway-noauth",
-        "node-ws",
-        "socket.io",
-    ];
     let mut per = serde_json::Map::new();
-    for name in names {
+    for name in STORM_TARGETS {
         let failed: u64 = runs
             .iter()
             .filter(|r| r["target"] == name)
@@ -161,19 +157,35 @@ pub async fn storm_section(env: &Env, p: &Params, signer: &Signer) -> Result<Val
         );
     }
     let k = "connects_per_s";
+    let cpu = "server_cpu_us_per_connect";
     Ok(json!({
         "connects": p.storm_n, "inflight": p.storm_inflight,
         "targets": Value::Object(per),
         "ratios": {
             "gateway_jwt_over_socketio": paired_ratio(&runs, "gateway-jwt", "socket.io", k),
             "gateway_jwt_over_node_ws": paired_ratio(&runs, "gateway-jwt", "node-ws", k),
-            "gateway_reconnect_over_socketio": paired_ratio(&runs, "gateway-jwt-reconnect", "socket.io", k),
-            "gateway_reconnect_over_node_ws": paired_ratio(&runs, "gateway-jwt-reconnect", "node-ws", k),
-            "cpu_gateway_jwt_over_node_ws": paired_ratio(&runs, "gateway-jwt", "node-ws", "server_cpu_us_per_connect"),
+            "warm_gateway_jwt_over_socketio": paired_ratio(&runs, "gateway-jwt-warm", "socket.io-warm", k),
+            "warm_gateway_jwt_over_node_ws": paired_ratio(&runs, "gateway-jwt-warm", "node-ws-warm", k),
+            "gateway_reconnect_over_socketio": paired_ratio(&runs, "gateway-jwt-reconnect", "socket.io-warm", k),
+            "gateway_reconnect_over_node_ws": paired_ratio(&runs, "gateway-jwt-reconnect", "node-ws-warm", k),
+            "cpu_gateway_jwt_over_node_ws": paired_ratio(&runs, "gateway-jwt", "node-ws", cpu),
+            "cpu_warm_gateway_jwt_over_node_ws": paired_ratio(&runs, "gateway-jwt-warm", "node-ws-warm", cpu),
         },
         "runs": runs,
     }))
 }
+
+/// The storm's targets, in the order the report lists them.
+pub const STORM_TARGETS: [&str; 8] = [
+    "gateway-jwt",
+    "node-ws",
+    "socket.io",
+    "gateway-jwt-warm",
+    "node-ws-warm",
+    "socket.io-warm",
+    "gateway-jwt-reconnect",
+    "gateway-noauth",
+];
 
 /// The `/auth` route really checks: no token, a foreign `Origin` and a token signed by another
 /// key are refused, and the run's token with the allowed `Origin` is accepted (else the storm
