@@ -41,13 +41,14 @@ pub struct CompiledRoute {
 impl CompiledRoute {
     /// When a live connection on this route must be closed with 4001: the token's `exp`,
     /// unless the route turns `closeOnExpiry` off. Shared by proxy tunnels and rooms
-    /// connections.
+    /// connections. An `exp` further away than the clock can count (a signed token may carry
+    /// any `u64`) is no deadline: never an overflow in the connection's task.
     pub fn close_at_expiry(&self, claims: Option<&Claims>) -> Option<tokio::time::Instant> {
         match (&self.cfg.jwt, claims.and_then(|c| c.exp)) {
-            (Some(jwt), Some(exp)) if jwt.close_on_expiry => Some(
-                tokio::time::Instant::now()
-                    + Duration::from_secs(exp.saturating_sub(crate::http::unix_now())),
-            ),
+            (Some(jwt), Some(exp)) if jwt.close_on_expiry => tokio::time::Instant::now()
+                .checked_add(Duration::from_secs(
+                    exp.saturating_sub(crate::http::unix_now()),
+                )),
             _ => None,
         }
     }

@@ -238,3 +238,48 @@ fn hosts_are_normalized() {
     assert_eq!(normalize_host("example.com."), "example.com");
     assert_eq!(normalize_host("[::1]:80"), "::1");
 }
+
+fn jwt_route() -> Arc<CompiledRoute> {
+    let pem = include_str!("../../tests/fixtures/keys/rsa.pub.pem");
+    let t = table(&format!(
+        "[{{name: a, path: {{value: /}}, jwt: {{keys: [{{inline: {{algorithm: RS256, pem: {pem:?}}}}}]}}, proxy: {{backends: []}}}}]"
+    ));
+    match t.lookup(None, "/") {
+        Some(Matched::Route(r)) => r,
+        _ => panic!("the route compiled"),
+    }
+}
+
+fn expiring_at(exp: u64) -> crate::auth::jwt::Claims {
+    crate::auth::jwt::Claims {
+        sub: Some("alice".into()),
+        exp: Some(exp),
+        raw: Default::default(),
+    }
+}
+
+#[test]
+fn a_connection_closes_when_its_token_expires() {
+    let route = jwt_route();
+    let exp = crate::http::unix_now() + 60;
+    let at = route.close_at_expiry(Some(&expiring_at(exp))).unwrap();
+    let left = at - tokio::time::Instant::now();
+    assert!(
+        left <= Duration::from_secs(61) && left >= Duration::from_secs(58),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn a_token_expiring_beyond_the_clocks_range_never_closes_the_connection_instead_of_panicking() {
+    // A validly signed `exp` of 2^63 s or more: `Instant + Duration` would overflow (a panic
+    // in the connection's task, seen from outside as an upgrade with no answer).
+    let route = jwt_route();
+    let century = Duration::from_secs(100 * 365 * 86400);
+    for exp in [1 << 63, u64::MAX - 1, u64::MAX] {
+        if let Some(at) = route.close_at_expiry(Some(&expiring_at(exp))) {
+            assert!(at - tokio::time::Instant::now() > century, "{exp}");
+        }
+    }
+    assert_eq!(route.close_at_expiry(Some(&expiring_at(u64::MAX))), None);
+}
