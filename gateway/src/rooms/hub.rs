@@ -522,6 +522,42 @@ struct Synced {
     gap: Vec<RoomMessage>,
 }
 
+/// The newest part of a resume's gap that fits in `budget` bytes of the joiner's queue, encoded
+/// for it, oldest first. Queued whole, a gap over the queue's bound would close the member as a
+/// slow consumer before its first message, on every resume: it could never catch up over
+/// WebSocket or SSE. Cut, the resume is `recovered: false` from just before the first message
+/// kept (after the newest one when none fits), as a resume from another epoch is; long-polling
+/// pages through any gap.
+fn fit_gap(synced: &mut Synced, j: &Joiner, budget: u64) -> Vec<Encoded> {
+    let mut gap = std::mem::take(&mut synced.gap);
+    let mut kept: Vec<Encoded> = Vec::new();
+    let mut used = 0;
+    while let Some(msg) = gap.pop() {
+        let mut enc = Encoded::new(msg);
+        let cost = enc.item(j.encoding, &j.conn).map_or(0, |i| i.cost());
+        if used + cost > budget {
+            let after = kept.last().map_or(&enc.msg, |k| &k.msg);
+            let seq = if kept.is_empty() {
+                after.seq
+            } else {
+                after.seq.saturating_sub(1)
+            };
+            let start = Position {
+                seq,
+                epoch: after.epoch.clone(),
+            };
+            synced.recovered = false;
+            synced.position = start.clone();
+            synced.start = start;
+            break;
+        }
+        used += cost;
+        kept.push(enc);
+    }
+    kept.reverse();
+    kept
+}
+
 impl Synced {
     /// Live messages after `position`, nothing before.
     fn at(position: Position) -> Self {
@@ -684,13 +720,14 @@ impl Hub {
         };
         let batch = j.batch.as_ref().and_then(|r| r.for_room(&key.room));
         let room = self.enter(key, &j.conn, slot, batch).await?;
-        let synced = match self.sync(key, since).await {
+        let mut synced = match self.sync(key, since).await {
             Ok(v) => v,
             Err(e) => {
                 self.leave_room(key, &j.conn).await;
                 return Err(e);
             }
         };
+        let gap = fit_gap(&mut synced, j, j.outbox.max_bytes() / 2);
         if let Some(id) = reply {
             j.outbox.push(Item::Reply(protocol::joined(
                 &key.room,
@@ -707,8 +744,8 @@ impl Hub {
                 // messages that were buffered meanwhile follow, de-duplicated by position.
                 slot.last_seq = synced.start.seq;
                 slot.epoch.clone_from(&synced.start.epoch);
-                for msg in synced.gap {
-                    deliver(slot, &j.conn, &mut Encoded::new(msg));
+                for mut enc in gap {
+                    deliver(slot, &j.conn, &mut enc);
                 }
                 for pending in slot.syncing.take().unwrap_or_default() {
                     match pending {

@@ -58,7 +58,8 @@ pub enum Item {
 }
 
 impl Item {
-    fn cost(&self) -> u64 {
+    /// What the item counts against the queue's bound.
+    pub fn cost(&self) -> u64 {
         let n = match self {
             Self::Message(m) => m.json.len() + 64,
             Self::Shared(s) => s.payload().len(),
@@ -111,6 +112,11 @@ impl Outbox {
             closed: AtomicBool::new(false),
             writer: AtomicWaker::new(),
         })
+    }
+
+    /// The queue's bound in bytes (`rooms.maxQueueBytes`).
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
     }
 
     /// Queue an item; false (and the connection marked slow) when it does not fit.

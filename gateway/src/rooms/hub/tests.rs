@@ -679,3 +679,47 @@ async fn a_lag_met_by_the_pump_in_a_batched_room_sends_the_collected_batch_befor
     assert_eq!(types, ["batch", "lost"], "{got:?}");
     assert_eq!(got[1]["to"]["seq"], 5, "{got:?}");
 }
+
+#[tokio::test]
+async fn a_resume_whose_gap_outgrows_the_queue_gets_its_newest_part_not_recovered_and_stays_open() {
+    // Queued whole, a gap over the member's bound closed it as a slow consumer before its
+    // first message, on every resume: it could never catch up over WebSocket or SSE.
+    let (hub, bus) = setup().await;
+    let first = publish(&bus, 0).await;
+    let mut last = first.clone();
+    for n in 1..60 {
+        last = publish(&bus, n).await;
+    }
+    let b = Joiner {
+        outbox: Outbox::new(2_000),
+        ..joiner("b")
+    };
+    let joined = hub
+        .join(&key(), &b, Some(&first), Some(Some("1")))
+        .await
+        .unwrap();
+    assert!(!b.outbox.is_overflowed(), "closed as a slow consumer");
+    assert!(!joined.recovered, "a gap cut short is not recovered");
+    let items = b.outbox.take_all().await;
+    let reply: Value = match &items[0] {
+        Item::Reply(r) => serde_json::from_str(r).unwrap(),
+        other => panic!("joined first, got {other:?}"),
+    };
+    assert_eq!(reply["recovered"], false);
+    let got: Vec<u64> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Message(m) => Some(m.seq),
+            _ => None,
+        })
+        .collect();
+    // The newest messages, contiguous up to the last one, after the position it was told.
+    assert!(!got.is_empty() && got.len() < 59, "{got:?}");
+    assert_eq!(got.last(), Some(&last.seq));
+    assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "{got:?}");
+    assert_eq!(reply["position"]["seq"].as_u64(), Some(got[0] - 1));
+    assert_eq!(joined.position.seq, got[0] - 1);
+    // Live delivery goes on.
+    let next = publish(&bus, 99).await;
+    assert_eq!(seqs(&b.outbox, 1).await, vec![next.seq]);
+}
