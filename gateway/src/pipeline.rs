@@ -41,18 +41,27 @@ fn check_handshake(req: &Request<Incoming>) -> Result<(), Refusal> {
     if req.version() != http::Version::HTTP_11 {
         return Err(Refusal::BadHandshake("WebSocket needs HTTP/1.1"));
     }
-    let version = req
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .and_then(|v| v.to_str().ok());
+    // RFC 6455 §11.3.1, §11.3.5: each of these appears once. A second copy the gateway did
+    // not check would reach the app, which could read the handshake differently.
+    let once = |name: header::HeaderName, what: &'static str| {
+        let mut values = req.headers().get_all(name).iter();
+        match (values.next(), values.next()) {
+            (_, Some(_)) => Err(Refusal::BadHandshake(what)),
+            (v, None) => Ok(v.and_then(|v| v.to_str().ok())),
+        }
+    };
+    let version = once(
+        header::SEC_WEBSOCKET_VERSION,
+        "Sec-WebSocket-Version sent more than once",
+    )?;
     if version.map(str::trim) != Some("13") {
         return Err(Refusal::BadWebSocketVersion);
     }
-    let key = req
-        .headers()
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let key = once(
+        header::SEC_WEBSOCKET_KEY,
+        "Sec-WebSocket-Key sent more than once",
+    )?
+    .unwrap_or("");
     match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
         Ok(bytes) if bytes.len() == 16 => Ok(()),
         _ => Err(Refusal::BadHandshake(

@@ -328,6 +328,26 @@ async fn every_refusal_path_answers_with_its_status_and_is_counted_by_reason() {
     )
     .await;
     m.refusal("/open bad Sec-WebSocket-Key", &resp, 400, &[]);
+    // RFC 6455 §11.3.1, §11.3.5: each appears once. A second copy the gateway did not check
+    // would reach the app, which could read the handshake differently.
+    let twice = |line: &str| head.replace(line, &format!("{line}\r\n{line}"));
+    let resp = raw_request(addr, &twice(&key_line)).await;
+    m.refusal("/open Sec-WebSocket-Key twice", &resp, 400, &[]);
+    let other_key = head.replace(
+        &key_line,
+        &format!("{key_line}\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=="),
+    );
+    let resp = raw_request(addr, &other_key).await;
+    m.refusal("/open two different Sec-WebSocket-Keys", &resp, 400, &[]);
+    let resp = raw_request(
+        addr,
+        &head.replace(
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Version: 8",
+        ),
+    )
+    .await;
+    m.refusal("/open Sec-WebSocket-Version twice", &resp, 400, &[]);
 
     let many: Vec<(String, String)> = (0..100)
         .map(|i| (format!("X-Filler-{i}"), "x".into()))
@@ -414,7 +434,7 @@ async fn every_refusal_path_answers_with_its_status_and_is_counted_by_reason() {
         ("per_user_cap", 1.0),
         ("per_ip_rate", rate_refused as f64),
         ("ws_version", 1.0),
-        ("bad_handshake", 1.0),
+        ("bad_handshake", 4.0),
         ("headers_too_large", 2.0),
         ("no_backend", 1.0),
         ("backend_unreachable", 1.0),
