@@ -79,7 +79,7 @@ pub fn authority(
         (None, _) if version != Version::HTTP_10 => return Err(HostError::MissingOrRepeated),
         (host, _) => host,
     };
-    let valid = |a: Authority| (!a.as_str().contains('@')).then_some(a);
+    let valid = |a: Authority| well_formed(a.as_str()).then_some(a);
     let host = match host.map(|h| h.as_bytes()) {
         None | Some(b"") => None,
         Some(bytes) => Some(
@@ -93,6 +93,31 @@ pub fn authority(
         Some(target) => valid(target.clone()).map(Some).ok_or(HostError::Invalid),
         None => Ok(host),
     }
+}
+
+/// What `Authority` parsing lets through but a `host[:port]` cannot be (RFC 3986 §3.2): user
+/// info, a port that is not a number up to 65535 (an empty one is allowed, §3.2.3), and a name
+/// with an empty label (`..`, `a..b`; one trailing dot is the absolute form). IP literals are
+/// `Authority`'s to check.
+fn well_formed(authority: &str) -> bool {
+    if authority.contains('@') {
+        return false;
+    }
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], &authority[i + 1..]),
+        _ => (authority, ""),
+    };
+    let port_ok = port.is_empty()
+        || (port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| p <= 65535));
+    let host_ok = host.starts_with('[')
+        || host
+            .strip_suffix('.')
+            .unwrap_or(host)
+            .split('.')
+            .all(|label| !label.is_empty());
+    port_ok && host_ok
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";

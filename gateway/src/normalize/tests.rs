@@ -274,3 +274,43 @@ proptest! {
         prop_assert_eq!(ours.as_ref(), theirs.as_str(), "raw {}", raw);
     }
 }
+
+fn host_of(value: &str) -> Result<Option<String>, HostError> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::HOST, value.parse().unwrap());
+    authority(Version::HTTP_11, &Uri::from_static("/"), &headers)
+        .map(|a| a.map(|a| a.as_str().to_string()))
+}
+
+#[test]
+fn a_host_with_a_port_that_is_not_a_number_or_an_empty_label_is_invalid() {
+    for bad in [
+        "example.com:abc",
+        "example.com:-1",
+        "example.com:65536",
+        "example.com:123456",
+        "..",
+        ".",
+        "a..example.com",
+        ".example.com",
+        "..:80",
+    ] {
+        assert_eq!(host_of(bad), Err(HostError::Invalid), "{bad}");
+    }
+}
+
+#[test]
+fn hosts_with_ports_trailing_dots_and_ip_literals_are_valid() {
+    for good in [
+        "example.com",
+        "Example.COM:8080",
+        "example.com.",
+        "example.com.:443",
+        "localhost:65535",
+        "127.0.0.1:80",
+        "[::1]",
+        "[::1]:443",
+    ] {
+        assert_eq!(host_of(good), Ok(Some(good.to_string())), "{good}");
+    }
+}
