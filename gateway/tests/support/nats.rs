@@ -206,6 +206,25 @@ impl NatsServer {
         self.port
     }
 
+    /// Hang the server (SIGSTOP): it keeps its connections open and answers nothing, as a
+    /// server stuck in the kernel or a frozen VM does. [`NatsServer::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resume a [`NatsServer::freeze`]d server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status();
+        }
+    }
+
     /// Stop gracefully (SIGTERM: stores are flushed, connections closed) and wait for the exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
