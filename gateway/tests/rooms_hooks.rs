@@ -26,6 +26,9 @@ use support::{
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+/// How long the hook holds a publish whose text is `stall`.
+const STALL: Duration = Duration::from_secs(2);
+
 /// How long the app takes to answer a drain's disconnect notification.
 const LATE_ANSWER: Duration = Duration::from_secs(1);
 
@@ -136,6 +139,10 @@ async fn answer(
         }
         _ => {
             let text = body["data"]["text"].as_str().unwrap_or_default().to_owned();
+            if text == "stall" {
+                // A busy app: this publish waits while the client goes on sending.
+                tokio::time::sleep(STALL).await;
+            }
             if text.contains("spam") {
                 json_response(403, Some(json!({"reason": "no spam in this room"})))
             } else if text.contains("teapot") {
@@ -167,6 +174,16 @@ fn config(app: &App) -> String {
             "publishHook": {"url": app.url("/hook")},
             "notify": {"url": app.url("/notify")},
         })))
+        .route(
+            route("paced", "/paced")
+                .rooms(json!({
+                    "namespace": "paced",
+                    "join": chat,
+                    "publish": chat,
+                    "publishHook": {"url": app.url("/hook"), "timeout": "5s"},
+                }))
+                .messages_per_second(10, 5),
+        )
         .route(route("unreachable", "/unreachable").rooms(json!({
             "join": chat,
             "publish": chat,
@@ -225,6 +242,34 @@ async fn publish(ws: &mut JsonWs, data: Value, id: &str) -> Value {
             return v;
         }
     }
+}
+
+/// While a publish waits for the hook the gateway reads nothing more from the client; what a
+/// client within its rate sent meanwhile is read at once afterwards. That backlog is not a burst
+/// of its own: the client is not closed with 1008 and every publish is acknowledged.
+#[tokio::test]
+async fn a_client_within_its_rate_is_not_limited_for_what_it_sent_while_a_hook_stalled() {
+    let app = App::start().await;
+    let gw = Gateway::start(&config(&app)).await;
+    let mut ws = JsonWs::connect(&gw.ws_url("/paced"), &[]).await;
+    // 10 messages/s, burst 5: one publish that stalls 2 s, then 15 more at 8/s meanwhile.
+    ws.send(json!({"type": "publish", "room": "chat:paced", "data": {"text": "stall"}, "id": "0"}))
+        .await;
+    for n in 1..=15 {
+        tokio::time::sleep(Duration::from_millis(125)).await;
+        ws.send(json!({"type": "publish", "room": "chat:paced", "data": {"text": "hi"}, "id": n.to_string()}))
+            .await;
+    }
+    let mut acked = Vec::new();
+    while acked.len() < 16 {
+        let v = ws.recv().await;
+        assert_ne!(v["type"], "error", "{v}");
+        if v["type"] == "ack" {
+            acked.push(v["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    let want: Vec<String> = (0..16).map(|n: u32| n.to_string()).collect();
+    assert_eq!(acked, want);
 }
 
 #[tokio::test]

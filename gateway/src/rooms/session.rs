@@ -207,10 +207,16 @@ impl Handler for Session {
     }
 
     async fn message(&mut self, msg: Message) -> Option<CloseCause> {
-        if !self.bucket.try_take(std::time::Instant::now()) {
+        let now = std::time::Instant::now();
+        if !self.bucket.try_take(now) {
             return Some(CloseCause::RateLimited);
         }
-        self.handle(msg).await
+        // Nothing more is read from the client while its message is handled (a publish waits
+        // for the bus, a hook for the app): what it sends meanwhile is not a burst of its own.
+        self.bucket.pause(now);
+        let closed = self.handle(msg).await;
+        self.bucket.resume(std::time::Instant::now());
+        closed
     }
 
     fn draining(&mut self) {

@@ -1,6 +1,13 @@
 //! Token bucket for per-connection message rates: `rate` tokens a second, at most `burst` saved.
+//!
+//! The bucket sees messages when the gateway reads them, not when the client sent them. While
+//! the gateway itself does not read (a rooms publish waiting for the bus or a hook, a proxied
+//! app not taking what it is sent), a client within its rate keeps sending into the socket,
+//! and the gateway later reads that backlog at once. [`TokenBucket::stalled`] credits what the
+//! rate allows in the stall's time, so the backlog is not taken for a burst and a compliant
+//! client is not closed with 1008.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A token bucket driven by the caller's clock (so tests pass instants, not sleeps).
 #[derive(Debug, Clone)]
@@ -9,6 +16,12 @@ pub struct TokenBucket {
     burst: f64,
     tokens: f64,
     last: Instant,
+    /// Tokens owed for the gateway's own stalls, spent after the saved ones, until
+    /// `credit_until`.
+    credit: f64,
+    credit_until: Option<Instant>,
+    /// The gateway stopped reading from the client at this instant ([`TokenBucket::pause`]).
+    paused_at: Option<Instant>,
 }
 
 impl TokenBucket {
@@ -20,6 +33,27 @@ impl TokenBucket {
             burst,
             tokens: burst,
             last: now,
+            credit: 0.0,
+            credit_until: None,
+            paused_at: None,
+        }
+    }
+
+    /// The gateway stops reading from the client (its own work or a destination that does not
+    /// take what it is sent); a pause already under way keeps its start.
+    pub fn pause(&mut self, now: Instant) {
+        self.paused_at.get_or_insert(now);
+    }
+
+    /// Whether a [`TokenBucket::pause`] is under way.
+    pub fn is_paused(&self) -> bool {
+        self.paused_at.is_some()
+    }
+
+    /// The gateway reads from the client again: the pause is credited ([`TokenBucket::stalled`]).
+    pub fn resume(&mut self, now: Instant) {
+        if let Some(at) = self.paused_at.take() {
+            self.stalled(now.saturating_duration_since(at), now);
         }
     }
 
@@ -30,10 +64,34 @@ impl TokenBucket {
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
-        } else {
-            false
+            return true;
         }
+        match self.credit_until {
+            Some(until) if now <= until && self.credit >= 1.0 => {
+                self.credit -= 1.0;
+                true
+            }
+            Some(_) => {
+                self.credit = 0.0;
+                self.credit_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The gateway did not read from the client for `stall`, ending `now`: credit what a client
+    /// at the rate could have sent meanwhile. The credit lasts as long again as a client at the
+    /// rate would take to send it (the backlog it is for is read long before), then lapses, so
+    /// an idle client cannot bank it for a later burst.
+    pub fn stalled(&mut self, stall: Duration, now: Instant) {
+        if stall.is_zero() {
+            return;
+        }
+        let live = self.credit_until.is_some_and(|until| now <= until);
+        let credit = if live { self.credit } else { 0.0 } + stall.as_secs_f64() * self.rate;
+        self.credit = credit;
+        self.credit_until = Some(now + Duration::from_secs_f64(credit / self.rate));
     }
 }
 
@@ -78,6 +136,49 @@ mod tests {
             }
         }
         assert!((499..=501).contains(&allowed), "{allowed}");
+    }
+
+    #[test]
+    fn a_compliant_clients_backlog_read_after_the_gateway_stalled_is_not_a_burst() {
+        // 50/s, burst 100; the gateway does not read for 10 s (a publish waiting for a hook):
+        // the 500 messages the client sent meanwhile are read at once afterwards.
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(50, 100, t0);
+        let after = t0 + Duration::from_secs(10);
+        b.stalled(Duration::from_secs(10), after);
+        assert_eq!((0..500).filter(|_| b.try_take(after)).count(), 500);
+    }
+
+    #[test]
+    fn a_stall_credits_only_what_the_rate_allows_in_its_time() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(50, 100, t0);
+        let after = t0 + Duration::from_secs(2);
+        b.stalled(Duration::from_secs(2), after);
+        // 100 saved + 100 for the 2 s stall, not more.
+        assert_eq!((0..1000).filter(|_| b.try_take(after)).count(), 200);
+    }
+
+    #[test]
+    fn a_stalls_credit_does_not_outlast_the_backlog_it_is_for() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(50, 10, t0);
+        b.stalled(Duration::from_secs(2), t0);
+        // Long after the stall, only the burst is there again.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..1000).filter(|_| b.try_take(later)).count(), 10);
+    }
+
+    #[test]
+    fn a_pause_is_credited_from_its_first_start_when_reading_resumes() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(50, 100, t0);
+        b.pause(t0);
+        b.pause(t0 + Duration::from_secs(5));
+        let after = t0 + Duration::from_secs(10);
+        b.resume(after);
+        assert!(!b.is_paused());
+        assert_eq!((0..1000).filter(|_| b.try_take(after)).count(), 600);
     }
 
     #[test]

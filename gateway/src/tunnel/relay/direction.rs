@@ -403,9 +403,16 @@ impl Dir {
             if self.done().is_some() {
                 return Poll::Pending;
             }
-            // What is owed to the destination goes first; nothing more is read meanwhile.
+            // What is owed to the destination goes first; nothing more is read meanwhile (the
+            // client's rate limit credits that pause: what it sends meanwhile is read at once
+            // afterwards, and is not a burst of its own).
             match self.poll_out(cx, dst) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if let Some(b) = self.bucket.as_mut().filter(|b| !b.is_paused()) {
+                        b.pause(std::time::Instant::now());
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Err(())) => {
                     self.out = Vec::new();
                     self.stage = match self.stage {
@@ -418,7 +425,11 @@ impl Dir {
                     };
                     return Poll::Ready(());
                 }
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(())) => {
+                    if let Some(b) = self.bucket.as_mut().filter(|b| b.is_paused()) {
+                        b.resume(std::time::Instant::now());
+                    }
+                }
             }
             if let Stage::Ending { end, shutdown } = self.stage {
                 if !self.close_sent
