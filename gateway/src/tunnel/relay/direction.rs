@@ -623,11 +623,13 @@ impl Dir {
                         self.abandon_collected();
                         continue;
                     }
-                    let limited = h.starts_message
-                        && self
-                            .bucket
-                            .as_mut()
-                            .is_some_and(|b| !b.try_take(std::time::Instant::now()));
+                    // Every frame counts, not only a message's first: a message that never
+                    // ends, in empty continuation frames, is otherwise an unlimited flood of
+                    // frames to the app (a message sent in one frame, as browsers send, is one).
+                    let limited = self
+                        .bucket
+                        .as_mut()
+                        .is_some_and(|b| !b.try_take(std::time::Instant::now()));
                     if h.too_big || limited {
                         self.mode = Mode::Discard;
                         self.violation = Some(Box::new(if h.too_big {
@@ -712,12 +714,15 @@ impl Dir {
                         }
                         OpCode::Pong => {
                             self.pong = true;
-                            if !c.payload.starts_with(PING_MAGIC) && self.mode == Mode::Relay {
+                            if !c.payload.starts_with(PING_MAGIC)
+                                && self.mode == Mode::Relay
+                                && !self.over_rate()
+                            {
                                 forward(fwd);
                             }
                         }
                         _ => {
-                            if self.mode == Mode::Relay {
+                            if self.mode == Mode::Relay && !self.over_rate() {
                                 forward(fwd);
                             }
                         }
@@ -725,6 +730,21 @@ impl Dir {
                 }
             }
         }
+    }
+
+    /// Charge a control frame the client sends the app (a ping, an unsolicited pong) to its
+    /// rate limit; true when it is over (nothing more is relayed, the supervisor closes with
+    /// 1008). A direction without a limit (the app's) is never over.
+    fn over_rate(&mut self) -> bool {
+        let over = self
+            .bucket
+            .as_mut()
+            .is_some_and(|b| !b.try_take(std::time::Instant::now()));
+        if over {
+            self.mode = Mode::Discard;
+            self.violation = Some(Box::new(CloseCause::RateLimited));
+        }
+        over
     }
 
     /// A frame of a message being collected for permessage-deflate ended: once the message

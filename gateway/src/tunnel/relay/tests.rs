@@ -207,6 +207,55 @@ async fn a_burst_beyond_the_rate_limit_closes_with_1008() {
     assert_eq!(h.client.next().await, Got::Close(Some(1008)));
 }
 
+/// The next Close the test end gets, skipping anything before it.
+async fn close_code(end: &mut DirectionReader) -> Option<u16> {
+    let close = async {
+        loop {
+            match end.next().await {
+                Got::Close(code) => return code,
+                Got::Eof => panic!("the stream ended without a Close"),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), close)
+        .await
+        .expect("a Close in time")
+}
+
+#[tokio::test]
+async fn a_flood_of_empty_continuation_frames_counts_against_the_rate_limit() {
+    // A message that never ends, in empty frames: no message start after the first and no
+    // byte toward maxMessageBytes, yet every frame is relayed to the app.
+    let mut h = start(TunnelLimits {
+        messages_per_second: 1,
+        message_burst: 3,
+        ..limits()
+    });
+    let mask = MASK.expect("client frames are masked");
+    let frame = |first: u8| [&[first, 0x80][..], &mask[..]].concat();
+    h.client.send(&frame(0x01)).await; // Text, not final, empty
+    for _ in 0..10 {
+        h.client.send(&frame(0x00)).await; // Continuation, not final, empty
+    }
+    assert_eq!(close_code(&mut h.client).await, Some(1008));
+}
+
+#[tokio::test]
+async fn a_ping_flood_counts_against_the_rate_limit() {
+    let mut h = start(TunnelLimits {
+        messages_per_second: 1,
+        message_burst: 3,
+        ..limits()
+    });
+    for _ in 0..10 {
+        h.client
+            .send(&frame::encode(OpCode::Ping, b"p", MASK))
+            .await;
+    }
+    assert_eq!(close_code(&mut h.client).await, Some(1008));
+}
+
 #[tokio::test(start_paused = true)]
 async fn token_expiry_closes_both_sides_with_4001() {
     let deadline = Instant::now() + Duration::from_secs(30);
