@@ -25,6 +25,29 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authenticate",
 ];
 
+/// Headers by which a client could claim its own address, host or original path to an app that
+/// trusts its proxy for them (X-Forwarded-Host builds URLs in Django and Rails, X-Original-URL
+/// routes in IIS and Symfony, X-Real-IP and the CDN spellings name the client). Only the
+/// gateway speaks for the client: its copies never reach the app. The resolved client address
+/// goes in X-Forwarded-For and X-Real-IP.
+const CLIENT_CLAIMS: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-real-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+];
+
 /// The identity to inject, already resolved from claims: (header name, value).
 pub type Identity = Vec<(HeaderName, HeaderValue)>;
 
@@ -132,9 +155,7 @@ pub fn upstream_headers(
             || reserved.contains(&c)
             || c.starts_with(RESERVED_PREFIX)
             || c == "sec-websocket-extensions"
-            || c == "x-forwarded-for"
-            || c == "x-forwarded-proto"
-            || c == "forwarded";
+            || CLIENT_CLAIMS.contains(&c.as_str());
         if !drop {
             out.append(name.clone(), value.clone());
         }
@@ -142,7 +163,8 @@ pub fn upstream_headers(
     // Forwarded-for chain: keep the client's as given only up to what we trust is handled by
     // admission; the app gets the resolved client address.
     if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
-        out.insert(HeaderName::from_static("x-forwarded-for"), v);
+        out.insert(HeaderName::from_static("x-forwarded-for"), v.clone());
+        out.insert(HeaderName::from_static("x-real-ip"), v);
     }
     out.insert(
         HeaderName::from_static("x-forwarded-proto"),

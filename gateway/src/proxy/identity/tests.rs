@@ -63,6 +63,35 @@ fn connection_nominated_headers_are_removed_and_cannot_drop_identity() {
 }
 
 #[test]
+fn client_claims_of_its_address_host_or_original_path_do_not_reach_the_app() {
+    // Frameworks trust these from their proxy: X-Forwarded-Host builds URLs (Django, Rails),
+    // X-Original-URL/X-Rewrite-URL route requests (IIS, Symfony), X-Real-IP and friends name
+    // the client. A client's own copies would steer the app past what the gateway routed.
+    let spoofed = [
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-port", "8443"),
+        ("x-forwarded-prefix", "/admin"),
+        ("x-forwarded-server", "evil"),
+        ("x-original-url", "/secure"),
+        ("x-rewrite-url", "/secure"),
+        ("x-original-uri", "/secure"),
+        ("x-real-ip", "6.6.6.6"),
+        ("true-client-ip", "6.6.6.6"),
+        ("cf-connecting-ip", "6.6.6.6"),
+        ("x-client-ip", "6.6.6.6"),
+        ("x-cluster-client-ip", "6.6.6.6"),
+    ];
+    let out = run(&client(&spoofed));
+    for (name, _) in spoofed {
+        if name == "x-real-ip" {
+            assert_eq!(out.get(name).unwrap(), "1.2.3.4", "the gateway's");
+        } else {
+            assert!(out.get(name).is_none(), "{name}");
+        }
+    }
+}
+
+#[test]
 fn reserved_namespace_and_forwarding_headers_from_clients_are_dropped() {
     let out = run(&client(&[
         ("x-switchboard-user", "eve"),
