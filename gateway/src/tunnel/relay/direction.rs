@@ -617,8 +617,6 @@ impl Dir {
             // a header or control frame split across reads is forwarded from the scanner's copy.
             match event {
                 Event::Header(h) => {
-                    self.frames += 1;
-                    self.counters.frames.inc();
                     if self.mode != Mode::Relay {
                         self.abandon_collected();
                         continue;
@@ -639,6 +637,9 @@ impl Dir {
                         }));
                         continue;
                     }
+                    // Relayed from here (or collected to be relayed whole, inflated or
+                    // compressed): what the metric and the log's frame counts say.
+                    self.count_frame();
                     if let Some(z) = self.pmd.as_mut() {
                         match z.header(&h) {
                             compress::Route::Forward => {}
@@ -679,8 +680,6 @@ impl Dir {
                     }
                 }
                 Event::Control(c) => {
-                    self.frames += 1;
-                    self.counters.frames.inc();
                     let whole = pos - start == c.raw.len();
                     let forward = |fwd: &mut Forward<'_, '_, D>| {
                         if whole {
@@ -697,12 +696,14 @@ impl Dir {
                                 // The source answered the Close it was sent: now the
                                 // destination gets the same close (not the source's code).
                                 fwd.owned(&frame::close_frame(code, &reason, self.out_mask()));
+                                self.count_frame();
                                 self.close_sent = true;
                                 self.mode = Mode::Discard;
                                 return Some(End::CloseAck);
                             }
                             if self.mode == Mode::Relay {
                                 forward(fwd);
+                                self.count_frame();
                                 let code = c.close_code().unwrap_or(1005);
                                 let side = if self.sender == Sender::Client { 1 } else { 2 };
                                 if *first_close == 0 {
@@ -719,17 +720,26 @@ impl Dir {
                                 && !self.over_rate()
                             {
                                 forward(fwd);
+                                self.count_frame();
                             }
                         }
                         _ => {
                             if self.mode == Mode::Relay && !self.over_rate() {
                                 forward(fwd);
+                                self.count_frame();
                             }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// One more frame relayed to the destination (the log's frame count and
+    /// `switchboard_frames_total`; frames read and dropped are not counted).
+    fn count_frame(&mut self) {
+        self.frames += 1;
+        self.counters.frames.inc();
     }
 
     /// Charge a control frame the client sends the app (a ping, an unsolicited pong) to its

@@ -299,6 +299,26 @@ async fn a_drain_closes_the_client_first_relays_what_it_still_sends_then_closes_
 }
 
 #[tokio::test(start_paused = true)]
+async fn frames_dropped_after_a_close_are_not_counted_as_relayed() {
+    // The metric and the log's frames_out say what reached the client, not what was read.
+    let mut h = start(limits());
+    h.drain.close();
+    assert_eq!(h.client.next().await, Got::Close(Some(1012)));
+    for _ in 0..5 {
+        // Nothing follows a Close to the client: these are read and dropped.
+        h.upstream
+            .send(&frame::encode(OpCode::Text, b"too late", None))
+            .await;
+    }
+    h.client.send(&frame::close_frame(1012, "", MASK)).await;
+    assert_eq!(h.upstream.next().await, Got::Close(Some(1012)));
+    h.upstream.send(&frame::close_frame(1012, "", None)).await;
+    let out = h.task.await.expect("tunnel task");
+    assert_eq!(out.frames_out, 0, "nothing of the app's reached the client");
+    assert_eq!(out.frames_in, 1, "the client's Close went to the app");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_client_that_never_answers_the_drain_close_gets_the_app_closed_after_the_close_timeout() {
     let mut h = start(limits());
     h.drain.close();
