@@ -727,7 +727,11 @@ impl Hub {
                 return Err(e);
             }
         };
-        let gap = fit_gap(&mut synced, j, j.outbox.max_bytes() / 2);
+        // What the queue has room for now, less an eighth of it for live messages arriving
+        // while the writer sends the gap.
+        let queue = &j.outbox;
+        let free = queue.max_bytes().saturating_sub(queue.queued_bytes());
+        let gap = fit_gap(&mut synced, j, free.saturating_sub(queue.max_bytes() / 8));
         if let Some(id) = reply {
             j.outbox.push(Item::Reply(protocol::joined(
                 &key.room,

@@ -723,3 +723,28 @@ async fn a_resume_whose_gap_outgrows_the_queue_gets_its_newest_part_not_recovere
     let next = publish(&bus, 99).await;
     assert_eq!(seqs(&b.outbox, 1).await, vec![next.seq]);
 }
+
+#[tokio::test]
+async fn a_resume_whose_gap_fills_most_of_the_queue_still_gets_all_of_it() {
+    let (hub, bus) = setup().await;
+    let first = publish(&bus, 0).await;
+    for n in 1..=12 {
+        publish(&bus, n).await;
+    }
+    // Twelve messages take more than half of a 4,000-byte queue and less than seven eighths.
+    let b = Joiner {
+        outbox: Outbox::new(4_000),
+        ..joiner("b")
+    };
+    let joined = hub.join(&key(), &b, Some(&first), None).await.unwrap();
+    assert!(joined.recovered);
+    let queued = b.outbox.queued_bytes();
+    assert!(
+        (2_000..3_500).contains(&queued),
+        "the gap cost {queued} bytes"
+    );
+    assert_eq!(
+        seqs(&b.outbox, 12).await,
+        (first.seq + 1..=first.seq + 12).collect::<Vec<_>>()
+    );
+}
