@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use switchboard_gateway::rooms::bus::memory::MemoryBus;
 use switchboard_gateway::rooms::bus::{Payload, Publish, RoomKey};
-use switchboard_gateway::rooms::hub::{Encoding, Hub, Joiner};
+use switchboard_gateway::rooms::hub::{Encoding, GapFit, Hub, Joiner};
 use switchboard_gateway::rooms::outbox::Outbox;
 
 #[global_allocator]
@@ -66,6 +66,7 @@ async fn per_delivery() -> i64 {
             presence_events: false,
             read: None,
             batch: None,
+            gap: GapFit::Fit { extra: 0 },
         })
         .collect();
     for j in &joiners {

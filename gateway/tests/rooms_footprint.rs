@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use switchboard_gateway::rooms::bus::memory::MemoryBus;
 use switchboard_gateway::rooms::bus::{Payload, Publish, Retention, RoomKey};
-use switchboard_gateway::rooms::hub::{Encoding, Hub, Joiner};
+use switchboard_gateway::rooms::hub::{Encoding, GapFit, Hub, Joiner};
 use switchboard_gateway::rooms::outbox::Outbox;
 
 #[global_allocator]
@@ -40,6 +40,7 @@ fn joiner(conn: String) -> Joiner {
         presence_events: false,
         read: None,
         batch: None,
+        gap: GapFit::Fit { extra: 0 },
     }
 }
 

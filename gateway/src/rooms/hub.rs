@@ -57,6 +57,20 @@ pub struct Joiner {
     /// namespace agree on it (validated), so whichever member brings a room to this pod decides
     /// alike.
     pub batch: Option<Arc<BatchRule>>,
+    /// How much of a resume's gap the join queues.
+    pub gap: GapFit,
+}
+
+/// How much of a resume's gap a join queues ([`fit_gap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapFit {
+    /// All of it: the transport pages through what its queue did not take (long-polling: each
+    /// answer holds what fitted, the next poll goes on from its cursor).
+    Whole,
+    /// The newest part that fits the queue (WebSocket, SSE), counting `extra` bytes per
+    /// message beyond what the queue counts (SSE: each event carries the whole cursor as its
+    /// `id`).
+    Fit { extra: u64 },
 }
 
 /// The result of a join.
@@ -522,19 +536,22 @@ struct Synced {
     gap: Vec<RoomMessage>,
 }
 
-/// The newest part of a resume's gap that fits in `budget` bytes of the joiner's queue, encoded
-/// for it, oldest first. Queued whole, a gap over the queue's bound would close the member as a
-/// slow consumer before its first message, on every resume: it could never catch up over
-/// WebSocket or SSE. Cut, the resume is `recovered: false` from just before the first message
-/// kept (after the newest one when none fits), as a resume from another epoch is; long-polling
-/// pages through any gap.
-fn fit_gap(synced: &mut Synced, j: &Joiner, budget: u64) -> Vec<Encoded> {
+/// The newest part of a resume's gap that fits in `budget` bytes of the joiner's queue (each
+/// message counted as the queue counts it, plus `extra`), encoded for it, oldest first. Queued
+/// whole, a gap over the queue's bound would close the member as a slow consumer before its
+/// first message, on every resume: it could never catch up over WebSocket or SSE. Cut, the
+/// resume is `recovered: false` from just before the first message kept (after the newest one
+/// when none fits), as a resume from another epoch is. Long-polling takes the whole gap
+/// ([`GapFit::Whole`]) and pages through it.
+fn fit_gap(synced: &mut Synced, j: &Joiner, budget: u64, extra: u64) -> Vec<Encoded> {
     let mut gap = std::mem::take(&mut synced.gap);
     let mut kept: Vec<Encoded> = Vec::new();
     let mut used = 0;
     while let Some(msg) = gap.pop() {
         let mut enc = Encoded::new(msg);
-        let cost = enc.item(j.encoding, &j.conn).map_or(0, |i| i.cost());
+        let cost = enc
+            .item(j.encoding, &j.conn)
+            .map_or(0, |i| i.cost() + extra);
         if used + cost > budget {
             let after = kept.last().map_or(&enc.msg, |k| &k.msg);
             let seq = if kept.is_empty() {
@@ -731,7 +748,18 @@ impl Hub {
         // while the writer sends the gap.
         let queue = &j.outbox;
         let free = queue.max_bytes().saturating_sub(queue.queued_bytes());
-        let gap = fit_gap(&mut synced, j, free.saturating_sub(queue.max_bytes() / 8));
+        let gap = match j.gap {
+            GapFit::Whole => std::mem::take(&mut synced.gap)
+                .into_iter()
+                .map(Encoded::new)
+                .collect(),
+            GapFit::Fit { extra } => fit_gap(
+                &mut synced,
+                j,
+                free.saturating_sub(queue.max_bytes() / 8),
+                extra,
+            ),
+        };
         if let Some(id) = reply {
             j.outbox.push(Item::Reply(protocol::joined(
                 &key.room,

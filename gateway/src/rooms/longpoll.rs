@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::conn::{Services, next_conn_id, requested_rooms, start_at, start_cursor};
 use super::cursor::Cursor;
-use super::hub::{Encoding, Joiner};
+use super::hub::{Encoding, GapFit, Joiner};
 use super::outbox::{Item, Outbox};
 use super::route::RoomsPolicy;
 use crate::admission::Passed;
@@ -52,6 +52,8 @@ pub(crate) async fn long_poll(
         presence_events: false,
         read: None,
         batch: policy.batch_rule(adm.claims.as_ref()),
+        // Each answer holds what the queue took; the next poll goes on from its cursor.
+        gap: GapFit::Whole,
     };
     metrics()
         .connections_total

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::bus::{Member, Payload, Publish};
 use super::hooks::{Hooks, Verdict};
-use super::hub::{Encoding, Hub, Joiner};
+use super::hub::{Encoding, GapFit, Hub, Joiner};
 use super::outbox::{Item, Outbox};
 use super::protocol::{self, ClientMsg, ErrorCode};
 use super::route::{ConnSettings, RoomsPolicy};
@@ -293,6 +293,7 @@ impl Session {
             presence_events: p.presence && !self.ctx.policy.is_raw(),
             read: None,
             batch: self.ctx.policy.batch_rule(self.ctx.claims.as_deref()),
+            gap: GapFit::Fit { extra: 0 },
         }
     }
 

@@ -14,7 +14,7 @@ use super::conn::{
     start_cursor,
 };
 use super::hooks::{Notifier, Sent};
-use super::hub::{Encoding, Joiner};
+use super::hub::{Encoding, GapFit, Joiner};
 use super::outbox::{Item, Outbox};
 use super::protocol;
 use super::route::RoomsPolicy;
@@ -82,6 +82,15 @@ pub(crate) fn sse(
         presence_events: false,
         read: None,
         batch: policy.batch_rule(adm.claims.as_ref()),
+        // Each event's `id` is the whole cursor: a base64 JSON entry per room, counted with a
+        // margin for the room's position and epoch.
+        gap: GapFit::Fit {
+            extra: 16
+                + rooms
+                    .iter()
+                    .map(|r| (r.len() as u64 + 64) * 4 / 3)
+                    .sum::<u64>(),
+        },
     };
     let drain = svc.drain.close_signal();
     // Shared by the task and the response body: the drain counts the stream until both are

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::{BatchCfg, BatchRule, Pattern};
 use crate::rooms::bus::memory::MemoryBus;
 use crate::rooms::bus::{Bus, Payload, Publish, Retention, RoomKey};
-use crate::rooms::hub::{Encoding, Hub, Joiner};
+use crate::rooms::hub::{Encoding, GapFit, Hub, Joiner};
 use crate::rooms::outbox::{Item, Outbox};
 use crate::rooms::proto;
 use crate::rooms::receipts::Members;
@@ -51,6 +51,7 @@ fn joiner(conn: &str, encoding: Encoding, max: usize) -> Joiner {
                 group_by: Some("type".into()),
             },
         })),
+        gap: GapFit::Fit { extra: 0 },
     }
 }
 

@@ -35,6 +35,7 @@ fn joiner(conn: &str) -> Joiner {
         presence_events: false,
         read: None,
         batch: None,
+        gap: GapFit::Fit { extra: 0 },
     }
 }
 
@@ -747,4 +748,59 @@ async fn a_resume_whose_gap_fills_most_of_the_queue_still_gets_all_of_it() {
         seqs(&b.outbox, 12).await,
         (first.seq + 1..=first.seq + 12).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test]
+async fn a_long_poll_join_queues_the_whole_gap_for_its_answers_to_page_through() {
+    // Each answer holds what its queue took and the next poll goes on from its cursor: cut,
+    // the older part of the gap would be skipped for good.
+    let (hub, bus) = setup().await;
+    let first = publish(&bus, 0).await;
+    for n in 1..60 {
+        publish(&bus, n).await;
+    }
+    let b = Joiner {
+        outbox: Outbox::new(2_000),
+        gap: GapFit::Whole,
+        ..joiner("b")
+    };
+    let joined = hub.join(&key(), &b, Some(&first), None).await.unwrap();
+    assert!(joined.recovered);
+    let items = b.outbox.take_all().await;
+    match items.iter().find_map(|i| match i {
+        Item::Message(m) => Some(m.seq),
+        _ => None,
+    }) {
+        Some(seq) => assert_eq!(seq, first.seq + 1, "from the oldest of the gap"),
+        None => panic!("nothing queued"),
+    }
+}
+
+#[tokio::test]
+async fn bytes_a_transport_adds_to_each_message_shrink_the_part_of_a_gap_kept() {
+    let (hub, bus) = setup().await;
+    let first = publish(&bus, 0).await;
+    for n in 1..60 {
+        publish(&bus, n).await;
+    }
+    let kept = |extra| {
+        let hub = hub.clone();
+        let first = first.clone();
+        async move {
+            let b = Joiner {
+                outbox: Outbox::new(4_000),
+                gap: GapFit::Fit { extra },
+                ..joiner(&format!("b{extra}"))
+            };
+            hub.join(&key(), &b, Some(&first), None).await.unwrap();
+            b.outbox
+                .take_all()
+                .await
+                .iter()
+                .filter(|i| matches!(i, Item::Message(_)))
+                .count()
+        }
+    };
+    let (plain, with_ids) = (kept(0).await, kept(200).await);
+    assert!(with_ids < plain, "{with_ids} vs {plain}");
 }
