@@ -98,14 +98,20 @@ impl Handler for Editor {
         let Message::Binary(b) = msg else {
             return None;
         };
-        if !self.bucket.try_take(std::time::Instant::now()) {
+        let now = std::time::Instant::now();
+        if !self.bucket.try_take(now) {
             return Some(CloseCause::RateLimited);
         }
         // Every update read so far is stored (each is appended before the next is read): on
-        // a drain the editor reconnects elsewhere and resyncs from the stored document.
-        self.replica
+        // a drain the editor reconnects elsewhere and resyncs from the stored document. Nothing
+        // is read meanwhile: the rate limit credits that pause (tunnel/bucket.rs).
+        self.bucket.pause(now);
+        let failed = self
+            .replica
             .handle(&self.ctx.conn_id, &b, self.may_write)
             .await
-            .err()
+            .err();
+        self.bucket.resume(std::time::Instant::now());
+        failed
     }
 }

@@ -3,9 +3,9 @@
 //! The bucket sees messages when the gateway reads them, not when the client sent them. While
 //! the gateway itself does not read (a rooms publish waiting for the bus or a hook, a proxied
 //! app not taking what it is sent), a client within its rate keeps sending into the socket,
-//! and the gateway later reads that backlog at once. [`TokenBucket::stalled`] credits what the
-//! rate allows in the stall's time, so the backlog is not taken for a burst and a compliant
-//! client is not closed with 1008.
+//! and the gateway later reads that backlog at once. [`TokenBucket::pause`] and
+//! [`TokenBucket::resume`] credit what the pause refilled beyond the burst's cap, so the backlog
+//! is not taken for a burst and a compliant client is not closed with 1008.
 
 use std::time::{Duration, Instant};
 
@@ -50,25 +50,45 @@ impl TokenBucket {
         self.paused_at.is_some()
     }
 
-    /// The gateway reads from the client again: the pause is credited ([`TokenBucket::stalled`]).
+    /// The gateway reads from the client again. What the pause refilled beyond the burst (a
+    /// client at the rate sent it meanwhile, and the cap would throw it away) is credited; a
+    /// client that was spending its tokens gets nothing more than the refill it always gets.
     pub fn resume(&mut self, now: Instant) {
-        if let Some(at) = self.paused_at.take() {
-            self.stalled(now.saturating_duration_since(at), now);
+        let Some(at) = self.paused_at.take() else {
+            return;
+        };
+        // Tokens at the pause's start, as a take then would have found them.
+        let before = at.saturating_duration_since(self.last).as_secs_f64();
+        let at_pause = (self.tokens + before * self.rate).min(self.burst);
+        let stall = now.saturating_duration_since(at).as_secs_f64();
+        let over = at_pause + stall * self.rate - self.burst;
+        if over >= 1.0 {
+            let live = self.credit_until.is_some_and(|until| now <= until);
+            let credit = if live { self.credit } else { 0.0 } + over;
+            self.credit = credit;
+            // As long again as a client at the rate takes to send it: the backlog it is for
+            // is read long before, and an idle client cannot bank it.
+            self.credit_until = Some(now + Duration::from_secs_f64(credit / self.rate));
         }
     }
 
     /// Take one token if there is one.
     pub fn try_take(&mut self, now: Instant) -> bool {
+        self.try_take_part(now, 1.0)
+    }
+
+    /// Take `part` of a token (at most 1) if there is that much.
+    pub fn try_take_part(&mut self, now: Instant, part: f64) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= part {
+            self.tokens -= part;
             return true;
         }
         match self.credit_until {
-            Some(until) if now <= until && self.credit >= 1.0 => {
-                self.credit -= 1.0;
+            Some(until) if now <= until && self.credit >= part => {
+                self.credit -= part;
                 true
             }
             Some(_) => {
@@ -78,20 +98,6 @@ impl TokenBucket {
             }
             None => false,
         }
-    }
-
-    /// The gateway did not read from the client for `stall`, ending `now`: credit what a client
-    /// at the rate could have sent meanwhile. The credit lasts as long again as a client at the
-    /// rate would take to send it (the backlog it is for is read long before), then lapses, so
-    /// an idle client cannot bank it for a later burst.
-    pub fn stalled(&mut self, stall: Duration, now: Instant) {
-        if stall.is_zero() {
-            return;
-        }
-        let live = self.credit_until.is_some_and(|until| now <= until);
-        let credit = if live { self.credit } else { 0.0 } + stall.as_secs_f64() * self.rate;
-        self.credit = credit;
-        self.credit_until = Some(now + Duration::from_secs_f64(credit / self.rate));
     }
 }
 
@@ -144,8 +150,9 @@ mod tests {
         // the 500 messages the client sent meanwhile are read at once afterwards.
         let t0 = Instant::now();
         let mut b = TokenBucket::new(50, 100, t0);
+        b.pause(t0);
         let after = t0 + Duration::from_secs(10);
-        b.stalled(Duration::from_secs(10), after);
+        b.resume(after);
         assert_eq!((0..500).filter(|_| b.try_take(after)).count(), 500);
     }
 
@@ -153,8 +160,9 @@ mod tests {
     fn a_stall_credits_only_what_the_rate_allows_in_its_time() {
         let t0 = Instant::now();
         let mut b = TokenBucket::new(50, 100, t0);
+        b.pause(t0);
         let after = t0 + Duration::from_secs(2);
-        b.stalled(Duration::from_secs(2), after);
+        b.resume(after);
         // 100 saved + 100 for the 2 s stall, not more.
         assert_eq!((0..1000).filter(|_| b.try_take(after)).count(), 200);
     }
@@ -163,10 +171,45 @@ mod tests {
     fn a_stalls_credit_does_not_outlast_the_backlog_it_is_for() {
         let t0 = Instant::now();
         let mut b = TokenBucket::new(50, 10, t0);
-        b.stalled(Duration::from_secs(2), t0);
+        b.pause(t0);
+        b.resume(t0 + Duration::from_secs(2));
         // Long after the stall, only the burst is there again.
         let later = t0 + Duration::from_secs(60);
         assert_eq!((0..1000).filter(|_| b.try_take(later)).count(), 10);
+    }
+
+    #[test]
+    fn a_client_that_spent_its_tokens_gets_only_the_refill_for_a_pause_not_twice_it() {
+        // The pause's time refills the bucket as any time does; only what the burst's cap
+        // would throw away is credited on top.
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(50, 100, t0);
+        assert_eq!((0..100).filter(|_| b.try_take(t0)).count(), 100);
+        b.pause(t0);
+        let after = t0 + Duration::from_secs(2);
+        b.resume(after);
+        assert_eq!((0..1000).filter(|_| b.try_take(after)).count(), 100);
+    }
+
+    #[test]
+    fn short_pauses_around_every_message_add_nothing_to_the_rate() {
+        // A rooms session pauses while each message is handled: a client sending as fast as
+        // it can must still average the rate.
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(100, 10, t0);
+        let mut now = t0;
+        let mut allowed = 0;
+        while now < t0 + Duration::from_secs(10) {
+            if b.try_take(now) {
+                allowed += 1;
+                b.pause(now);
+                now += Duration::from_millis(5);
+                b.resume(now);
+            } else {
+                now += Duration::from_millis(1);
+            }
+        }
+        assert!((995..=1015).contains(&allowed), "{allowed}");
     }
 
     #[test]
@@ -179,6 +222,16 @@ mod tests {
         b.resume(after);
         assert!(!b.is_paused());
         assert_eq!((0..1000).filter(|_| b.try_take(after)).count(), 600);
+    }
+
+    #[test]
+    fn parts_of_tokens_add_up_to_whole_ones() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 2, t0);
+        assert_eq!(
+            (0..100).filter(|_| b.try_take_part(t0, 1.0 / 16.0)).count(),
+            32
+        );
     }
 
     #[test]

@@ -29,6 +29,9 @@ const SCRATCH_LEN: usize = 16 * 1024;
 const READS_PER_POLL: usize = 16;
 /// Longest a direction waits to shut its destination's stream down cleanly.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
+/// What a continuation frame or a pong from the client costs of its rate limit's tokens (a
+/// message's first frame and a ping cost one).
+const FRAGMENT_COST: f64 = 1.0 / 16.0;
 /// Most bytes relayed from what a source has already sent when a close starts.
 const READY_BUDGET: usize = 256 * 1024;
 
@@ -621,13 +624,16 @@ impl Dir {
                         self.abandon_collected();
                         continue;
                     }
-                    // Every frame counts, not only a message's first: a message that never
-                    // ends, in empty continuation frames, is otherwise an unlimited flood of
-                    // frames to the app (a message sent in one frame, as browsers send, is one).
+                    // A message's first frame costs a token, each further fragment a
+                    // sixteenth: a message that never ends, in empty continuation frames, is
+                    // otherwise an unlimited flood of frames to the app, while a client that
+                    // streams a large message in write-buffer-sized frames (256 of 4 KiB for
+                    // 1 MiB) stays well inside its rate.
+                    let part = if h.starts_message { 1.0 } else { FRAGMENT_COST };
                     let limited = self
                         .bucket
                         .as_mut()
-                        .is_some_and(|b| !b.try_take(std::time::Instant::now()));
+                        .is_some_and(|b| !b.try_take_part(std::time::Instant::now(), part));
                     if h.too_big || limited {
                         self.mode = Mode::Discard;
                         self.violation = Some(Box::new(if h.too_big {
@@ -637,9 +643,6 @@ impl Dir {
                         }));
                         continue;
                     }
-                    // Relayed from here (or collected to be relayed whole, inflated or
-                    // compressed): what the metric and the log's frame counts say.
-                    self.count_frame();
                     if let Some(z) = self.pmd.as_mut() {
                         match z.header(&h) {
                             compress::Route::Forward => {}
@@ -656,6 +659,9 @@ impl Dir {
                             }
                         }
                     }
+                    // Relayed from here: what the metric and the log's frame counts say (a
+                    // collected message counts once, when it goes out whole).
+                    self.count_frame();
                     if pos - start == h.raw.len() {
                         fwd.range(start..pos);
                     } else {
@@ -717,14 +723,14 @@ impl Dir {
                             self.pong = true;
                             if !c.payload.starts_with(PING_MAGIC)
                                 && self.mode == Mode::Relay
-                                && !self.over_rate()
+                                && !self.over_rate(FRAGMENT_COST)
                             {
                                 forward(fwd);
                                 self.count_frame();
                             }
                         }
                         _ => {
-                            if self.mode == Mode::Relay && !self.over_rate() {
+                            if self.mode == Mode::Relay && !self.over_rate(1.0) {
                                 forward(fwd);
                                 self.count_frame();
                             }
@@ -742,14 +748,15 @@ impl Dir {
         self.counters.frames.inc();
     }
 
-    /// Charge a control frame the client sends the app (a ping, an unsolicited pong) to its
-    /// rate limit; true when it is over (nothing more is relayed, the supervisor closes with
-    /// 1008). A direction without a limit (the app's) is never over.
-    fn over_rate(&mut self) -> bool {
+    /// Charge a control frame the client sends the app to its rate limit: a ping a token, a
+    /// pong (most answer the app's own pings) a sixteenth. True when it is over (nothing more
+    /// is relayed, the supervisor closes with 1008). A direction without a limit (the app's)
+    /// is never over.
+    fn over_rate(&mut self, part: f64) -> bool {
         let over = self
             .bucket
             .as_mut()
-            .is_some_and(|b| !b.try_take(std::time::Instant::now()));
+            .is_some_and(|b| !b.try_take_part(std::time::Instant::now(), part));
         if over {
             self.mode = Mode::Discard;
             self.violation = Some(Box::new(CloseCause::RateLimited));
@@ -763,7 +770,10 @@ impl Dir {
     fn collected_frame_end<D: AsyncWrite + Unpin>(&mut self, fwd: &mut Forward<'_, '_, D>) {
         match self.pmd.as_deref_mut().and_then(Compression::frame_end) {
             None => {}
-            Some(Ok(frame)) => fwd.owned(&frame),
+            Some(Ok(frame)) => {
+                fwd.owned(&frame);
+                self.count_frame();
+            }
             Some(Err(cause)) => {
                 self.mode = Mode::Discard;
                 self.violation = Some(Box::new(cause));

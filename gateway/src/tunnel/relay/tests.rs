@@ -235,10 +235,32 @@ async fn a_flood_of_empty_continuation_frames_counts_against_the_rate_limit() {
     let mask = MASK.expect("client frames are masked");
     let frame = |first: u8| [&[first, 0x80][..], &mask[..]].concat();
     h.client.send(&frame(0x01)).await; // Text, not final, empty
-    for _ in 0..10 {
+    for _ in 0..100 {
         h.client.send(&frame(0x00)).await; // Continuation, not final, empty
     }
     assert_eq!(close_code(&mut h.client).await, Some(1008));
+}
+
+#[tokio::test]
+async fn a_message_streamed_in_many_fragments_stays_within_the_rate() {
+    // A client that writes a large message in write-buffer-sized frames is not a flood: each
+    // fragment after the first costs a sixteenth of a message.
+    let mut h = start(TunnelLimits {
+        messages_per_second: 1,
+        message_burst: 10,
+        ..limits()
+    });
+    let mask = MASK.expect("client frames are masked");
+    let fragment = |first: u8| [&[first, 0x80 | 10][..], &mask[..], &[0u8; 10][..]].concat();
+    h.client.send(&fragment(0x02)).await; // Binary, not final
+    for _ in 0..62 {
+        h.client.send(&fragment(0x00)).await;
+    }
+    h.client.send(&fragment(0x80)).await; // final continuation
+    assert!(
+        matches!(h.upstream.next().await, Got::Data(d) if d.len() == 640),
+        "the whole message reached the app"
+    );
 }
 
 #[tokio::test]
