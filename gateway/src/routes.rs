@@ -41,14 +41,15 @@ pub struct CompiledRoute {
 impl CompiledRoute {
     /// When a live connection on this route must be closed with 4001: the token's `exp`,
     /// unless the route turns `closeOnExpiry` off. Shared by proxy tunnels and rooms
-    /// connections. An `exp` further away than the clock can count (a signed token may carry
-    /// any `u64`) is no deadline: never an overflow in the connection's task.
+    /// connections. A signed token may carry any `u64` as `exp`: the wait is capped at a
+    /// century, so no deadline arithmetic downstream (the connection's timers) can overflow.
     pub fn close_at_expiry(&self, claims: Option<&Claims>) -> Option<tokio::time::Instant> {
+        const CENTURY: u64 = 100 * 365 * 86_400;
         match (&self.cfg.jwt, claims.and_then(|c| c.exp)) {
-            (Some(jwt), Some(exp)) if jwt.close_on_expiry => tokio::time::Instant::now()
-                .checked_add(Duration::from_secs(
-                    exp.saturating_sub(crate::http::unix_now()),
-                )),
+            (Some(jwt), Some(exp)) if jwt.close_on_expiry => {
+                let left = exp.saturating_sub(crate::http::unix_now()).min(CENTURY);
+                tokio::time::Instant::now().checked_add(Duration::from_secs(left))
+            }
             _ => None,
         }
     }
