@@ -27,7 +27,8 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Headers by which a client could claim its own address, host or original path to an app that
 /// trusts its proxy for them (X-Forwarded-Host builds URLs in Django and Rails, X-Original-URL
-/// routes in IIS and Symfony, X-Real-IP and the CDN spellings name the client). Only the
+/// routes in IIS and Symfony, X-Forwarded-Ssl: on makes Rack see https, X-Real-IP and the CDN
+/// spellings name the client). Only the
 /// gateway speaks for the client: its copies never reach the app. The resolved client address
 /// goes in X-Forwarded-For and X-Real-IP.
 const CLIENT_CLAIMS: &[&str] = &[
@@ -38,6 +39,11 @@ const CLIENT_CLAIMS: &[&str] = &[
     "x-forwarded-port",
     "x-forwarded-prefix",
     "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-uri",
+    "front-end-https",
+    "x-url-scheme",
     "x-original-url",
     "x-original-uri",
     "x-rewrite-url",
