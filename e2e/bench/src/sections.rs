@@ -80,18 +80,12 @@ pub async fn storm_section(env: &Env, p: &Params, signer: &Signer) -> Result<Val
         }
         let sio_member = sio_path("member");
         let jwt = || Some(tokens.clone());
+        // Each server's cold storm, then each one's warm storm (its second), then the
+        // gateway's reconnect and no-auth references: the warm storms compare like with like.
         let targets: [StormTarget; 8] = [
             ("gateway-jwt", &gw, "/auth", Dialect::Switchboard, jwt()),
             ("node-ws", &wsr, "/", Dialect::Plain, None),
             ("socket.io", &sio, &sio_member, Dialect::SocketIo, None),
-            (
-                "gateway-jwt-reconnect",
-                &gw,
-                "/auth",
-                Dialect::Switchboard,
-                jwt(),
-            ),
-            ("gateway-noauth", &gw, "/rooms", Dialect::Switchboard, None),
             (
                 "gateway-jwt-warm",
                 &gw,
@@ -101,6 +95,14 @@ pub async fn storm_section(env: &Env, p: &Params, signer: &Signer) -> Result<Val
             ),
             ("node-ws-warm", &wsr, "/", Dialect::Plain, None),
             ("socket.io-warm", &sio, &sio_member, Dialect::SocketIo, None),
+            (
+                "gateway-jwt-reconnect",
+                &gw,
+                "/auth",
+                Dialect::Switchboard,
+                jwt(),
+            ),
+            ("gateway-noauth", &gw, "/rooms", Dialect::Switchboard, None),
         ];
         for (name, srv, path, dialect, toks) in targets {
             let cpu = || srv.proc.cpu_seconds();
