@@ -744,21 +744,19 @@ impl Hub {
                 return Err(e);
             }
         };
-        // What the queue has room for now, less an eighth of it for live messages arriving
-        // while the writer sends the gap.
-        let queue = &j.outbox;
-        let free = queue.max_bytes().saturating_sub(queue.queued_bytes());
         let gap = match j.gap {
             GapFit::Whole => std::mem::take(&mut synced.gap)
                 .into_iter()
                 .map(Encoded::new)
                 .collect(),
-            GapFit::Fit { extra } => fit_gap(
-                &mut synced,
-                j,
-                free.saturating_sub(queue.max_bytes() / 8),
-                extra,
-            ),
+            GapFit::Fit { extra } => {
+                // What the queue has room for now, less an eighth of it for live messages
+                // arriving while the writer sends the gap.
+                let queue = &j.outbox;
+                let free = queue.max_bytes().saturating_sub(queue.queued_bytes());
+                let budget = free.saturating_sub(queue.max_bytes() / 8);
+                fit_gap(&mut synced, j, budget, extra)
+            }
         };
         if let Some(id) = reply {
             j.outbox.push(Item::Reply(protocol::joined(

@@ -629,18 +629,12 @@ impl Dir {
                     // otherwise an unlimited flood of frames to the app, while a client that
                     // streams a large message in write-buffer-sized frames (256 of 4 KiB for
                     // 1 MiB) stays well inside its rate.
-                    let part = if h.starts_message { 1.0 } else { FRAGMENT_COST };
-                    let limited = self
-                        .bucket
-                        .as_mut()
-                        .is_some_and(|b| !b.try_take_part(std::time::Instant::now(), part));
-                    if h.too_big || limited {
+                    if h.too_big {
                         self.mode = Mode::Discard;
-                        self.violation = Some(Box::new(if h.too_big {
-                            CloseCause::MessageTooBig
-                        } else {
-                            CloseCause::RateLimited
-                        }));
+                        self.violation = Some(Box::new(CloseCause::MessageTooBig));
+                        continue;
+                    }
+                    if self.over_rate(if h.starts_message { 1.0 } else { FRAGMENT_COST }) {
                         continue;
                     }
                     if let Some(z) = self.pmd.as_mut() {
@@ -748,10 +742,10 @@ impl Dir {
         self.counters.frames.inc();
     }
 
-    /// Charge a control frame the client sends the app to its rate limit: a ping a token, a
-    /// pong (most answer the app's own pings) a sixteenth. True when it is over (nothing more
-    /// is relayed, the supervisor closes with 1008). A direction without a limit (the app's)
-    /// is never over.
+    /// Charge a frame the client sends the app to its rate limit: a message's first frame or
+    /// a ping a token, a continuation frame or a pong (most answer the app's own pings)
+    /// [`FRAGMENT_COST`]. True when it is over (nothing more is relayed, the supervisor closes
+    /// with 1008). A direction without a limit (the app's) is never over.
     fn over_rate(&mut self, part: f64) -> bool {
         let over = self
             .bucket
