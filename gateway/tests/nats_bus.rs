@@ -437,6 +437,57 @@ async fn presence_is_shared_across_pods_with_join_and_leave_events() {
     assert_eq!(b.presence_list(&room).await.unwrap(), vec![bob]);
 }
 
+/// The pods of a rollout start together and declare the same streams at the same moment: the
+/// one whose create came while another's was under way must get that stream, not the server's
+/// "subjects overlap with an existing stream" (a document editor was closed 1013 for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_declaring_the_same_stream_at_the_same_moment_all_get_it() {
+    use async_nats::jetstream::{self, stream};
+    use switchboard_gateway::rooms::bus::nats::streams;
+    let server = NatsServer::start();
+    let mut pods = Vec::new();
+    for _ in 0..24 {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        pods.push(jetstream::new(client));
+    }
+    let mut failed = Vec::new();
+    for round in 0..40 {
+        let config = |kind: &str| stream::Config {
+            name: format!("{kind}{round}"),
+            subjects: vec![format!("{kind}{round}.>")],
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            ..Default::default()
+        };
+        // A crashed server answers nothing: the round times out instead of hanging the test.
+        let (got, declared) = tokio::time::timeout(
+            WITHIN,
+            futures_util::future::join(
+                futures_util::future::join_all(
+                    pods.iter()
+                        .map(|js| streams::get_or_create(js, config("G"))),
+                ),
+                futures_util::future::join_all(
+                    pods.iter()
+                        .map(|js| streams::create_or_update(js, config("U"))),
+                ),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the server stopped answering (crashed?)"));
+        let errors = got
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()));
+        let errors = errors.chain(
+            declared
+                .iter()
+                .filter_map(|r| r.as_ref().err().map(|e| e.to_string())),
+        );
+        failed.extend(errors.map(|e| format!("round {round}: {e}")));
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
 #[tokio::test]
 async fn members_of_a_crashed_pod_disappear_within_the_presence_ttl() {
     let server = NatsServer::start();

@@ -16,6 +16,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 
+use crate::rooms::bus::nats::streams;
 use crate::rooms::bus::{NatsAccess, RoomKey};
 
 /// Header naming the pod that wrote an update (its replica already has it).
@@ -102,15 +103,18 @@ impl NatsStore {
     async fn stream(&self) -> Result<stream::Stream> {
         let s = bounded(
             "create documents stream",
-            self.js().get_or_create_stream(stream::Config {
-                name: self.stream.clone(),
-                description: Some("switchboard Yjs documents (updates and snapshots)".into()),
-                subjects: vec![format!("{}.doc.>", self.prefix)],
-                storage: stream::StorageType::File,
-                num_replicas: self.replicas,
-                allow_direct: true,
-                ..Default::default()
-            }),
+            streams::get_or_create(
+                self.js(),
+                stream::Config {
+                    name: self.stream.clone(),
+                    description: Some("switchboard Yjs documents (updates and snapshots)".into()),
+                    subjects: vec![format!("{}.doc.>", self.prefix)],
+                    storage: stream::StorageType::File,
+                    num_replicas: self.replicas,
+                    allow_direct: true,
+                    ..Default::default()
+                },
+            ),
         )
         .await?;
         self.ready.store(true, Ordering::Release);

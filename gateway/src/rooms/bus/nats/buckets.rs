@@ -33,8 +33,7 @@ impl Inner {
             num_replicas: self.replicas,
             ..shape
         };
-        self.js
-            .create_or_update_stream(config)
+        streams::create_or_update(&self.js, config)
             .await
             .map_err(|e| self.fail(&format!("create {what} bucket"), e))?;
         let store = self

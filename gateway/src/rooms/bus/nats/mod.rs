@@ -50,6 +50,7 @@ mod history;
 mod live;
 mod presence;
 mod reads;
+pub mod streams;
 mod subjects;
 
 use envelope::*;
@@ -375,9 +376,7 @@ impl Inner {
         if !self.connected() {
             return Err(self.down());
         }
-        let info = self
-            .js
-            .create_or_update_stream(self.stream_config(ns, &r))
+        let info = streams::create_or_update(&self.js, self.stream_config(ns, &r))
             .await
             .map_err(|e| {
                 self.fail(
