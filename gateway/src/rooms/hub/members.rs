@@ -111,13 +111,6 @@ impl<V> Members<V> {
         }
     }
 
-    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        match self {
-            Self::Few(list) => Either::A(list.iter_mut().map(|(_, v)| v)),
-            Self::Many(map) => Either::B(map.values_mut()),
-        }
-    }
-
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut V)> {
         match self {
             Self::Few(list) => Either::A(list.iter_mut().map(|(c, v)| (&**c, v))),

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Weak};
 
-use super::{LocalRoom, Pending, Slot, fan_out};
+use super::{Encoded, LocalRoom, Pending, Slot, deliver};
 use crate::rooms::bus::feed::Lag;
 use crate::rooms::bus::{Bus, BusError, Position, Replay, RoomKey, RoomMessage};
 use crate::rooms::outbox::{Item, LostNotice};
@@ -122,21 +122,68 @@ pub(super) async fn repair(bus: &Arc<dyn Bus>, weak: &Weak<LocalRoom>, key: &Roo
     let (lost, repaired) = plan(&lag, gap, retained);
     let Some(room) = weak.upgrade() else { return };
     let told = lost.last != 0 || lost.ephemeral != 0;
-    if told {
+    let mut repaired: Vec<Encoded> = repaired.into_iter().map(Encoded::new).collect();
+    let mut cut = false;
+    {
         let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
-        for slot in members.values_mut() {
+        for (conn, slot) in members.iter_mut() {
             match &mut slot.syncing {
-                Some(buf) => buf.push(Pending::Lost(lost.clone())),
-                None => tell_lost(slot, &key.room, &lost),
+                Some(buf) => {
+                    if told {
+                        buf.push(Pending::Lost(lost.clone()));
+                    }
+                    buf.extend(repaired.iter().map(|e| Pending::Message(e.msg.clone())));
+                }
+                None => {
+                    if told {
+                        tell_lost(slot, &key.room, &lost);
+                    }
+                    cut |= repair_member(slot, conn, &key.room, &mut repaired);
+                }
             }
         }
-    }
-    for msg in repaired {
-        fan_out(&room, key, msg);
     }
     tracing::debug!(namespace = %key.namespace, room = %key.room, stored = lag.stored, ephemeral = lag.ephemeral, lost_to = lost.last, "room queue overflow handled");
     crate::metrics::metrics()
         .room_repairs
-        .with_label_values(&[if told { "lost" } else { "repaired" }])
+        .with_label_values(&[if told || cut { "lost" } else { "repaired" }])
         .inc();
+}
+
+/// Queue the repaired messages `msgs` (oldest first, encoded once for every member) that a
+/// member does not have yet: all of them when they fit its queue, less an eighth of it for live
+/// messages; otherwise the newest part that fits, after a `lost` of the rest, as a resume whose
+/// gap outgrows the queue gets (`hub::fit_gap`). Queued whole, a repair larger than a member's
+/// queue would close it as a slow consumer (4008), and every member of a big room would then
+/// resume at once. Returns whether this member was cut.
+fn repair_member(slot: &mut Slot, conn: &str, room: &str, msgs: &mut [Encoded]) -> bool {
+    let queue = &slot.outbox;
+    let free = queue.max_bytes().saturating_sub(queue.queued_bytes());
+    let budget = free.saturating_sub(queue.max_bytes() / 8);
+    let needed = |slot: &Slot, m: &RoomMessage| m.epoch != slot.epoch || m.seq > slot.last_seq;
+    let (mut from, mut used) = (msgs.len(), 0);
+    while let Some(enc) = from.checked_sub(1).map(|i| &mut msgs[i]) {
+        if needed(slot, &enc.msg) {
+            let cost = enc.item(slot.encoding, conn).map_or(0, |i| i.cost());
+            if used + cost > budget {
+                break;
+            }
+            used += cost;
+        }
+        from -= 1;
+    }
+    let (cut, kept) = msgs.split_at_mut(from);
+    if let (Some(first), Some(last)) = (cut.first(), cut.last()) {
+        let lost = Lost {
+            first: first.msg.seq,
+            last: last.msg.seq,
+            epoch: last.msg.epoch.clone(),
+            ephemeral: 0,
+        };
+        tell_lost(slot, room, &lost);
+    }
+    for enc in kept {
+        deliver(slot, conn, enc);
+    }
+    from > 0
 }

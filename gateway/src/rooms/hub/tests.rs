@@ -360,6 +360,49 @@ async fn what_history_no_longer_holds_of_an_overflow_is_told_before_the_rest_is_
     assert_eq!(seqs(&a.outbox, 1).await, vec![11], "then live again");
 }
 
+#[tokio::test]
+async fn a_repair_larger_than_a_members_queue_gives_it_the_newest_part_after_a_lost_and_keeps_it() {
+    let (hub, bus) = tiny_queue(100).await;
+    let small = Joiner {
+        outbox: Outbox::new(2_000),
+        ..joiner("small")
+    };
+    let big = joiner("big");
+    hub.join(&key(), &small, None, None).await.unwrap();
+    hub.join(&key(), &big, None, None).await.unwrap();
+    let epoch = bus.position(&key()).await.unwrap().epoch;
+    for n in 1..=60 {
+        publish(&bus, n).await;
+    }
+    // 1 and 2 were queued; 3..=60 overflowed the pod's feed and history holds them all. The
+    // big queue takes the whole repair; the small one, drained only now, the newest part that
+    // fits, after a `lost` of the rest: queued whole, the repair would close it (4008).
+    let got = received(&big.outbox, 60).await;
+    let all: Vec<_> = got.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(all, (1..=60).collect::<Vec<_>>());
+    assert!(
+        !small.outbox.is_overflowed(),
+        "the repair overflowed the small queue"
+    );
+    let got = received(&small.outbox, 60).await;
+    let seq = |v: &Value| v["seq"].as_u64();
+    assert_eq!((seq(&got[0]), seq(&got[1])), (Some(1), Some(2)), "{got:?}");
+    assert_eq!(got[2]["type"], "lost", "{got:?}");
+    assert_eq!(
+        got[2]["from"],
+        serde_json::json!({"seq": 3, "epoch": epoch})
+    );
+    let told = got[2]["to"]["seq"].as_u64().unwrap();
+    let rest: Vec<_> = got[3..]
+        .iter()
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    assert!(told < 60, "something was repaired: {got:?}");
+    assert_eq!(rest, (told + 1..=60).collect::<Vec<_>>(), "{got:?}");
+    publish(&bus, 61).await;
+    assert_eq!(seqs(&small.outbox, 1).await, vec![61], "then live again");
+}
+
 fn msg(seq: u64) -> RoomMessage {
     RoomMessage {
         key: key(),
