@@ -73,6 +73,27 @@ pub enum GapFit {
     Fit { extra: u64 },
 }
 
+impl GapFit {
+    /// Packed in 4 bytes for a member's slot (`u32::MAX`: [`GapFit::Whole`]).
+    fn pack(self) -> u32 {
+        match self {
+            Self::Whole => u32::MAX,
+            Self::Fit { extra } => u32::try_from(extra)
+                .unwrap_or(u32::MAX - 1)
+                .min(u32::MAX - 1),
+        }
+    }
+
+    fn unpack(packed: u32) -> Self {
+        match packed {
+            u32::MAX => Self::Whole,
+            extra => Self::Fit {
+                extra: u64::from(extra),
+            },
+        }
+    }
+}
+
 /// The result of a join.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Joined {
@@ -95,6 +116,9 @@ struct Slot {
     outbox: Arc<Outbox>,
     encoding: Encoding,
     presence_events: bool,
+    /// How much of a repair the member is queued: its join's [`GapFit`], packed (it fits in
+    /// the slot's padding).
+    fit: u32,
     /// While a join is replaying history, live messages (and `lost` signals) wait here.
     syncing: Option<Vec<Pending>>,
     last_seq: u64,
@@ -731,6 +755,7 @@ impl Hub {
             outbox: j.outbox.clone(),
             encoding: j.encoding,
             presence_events: j.presence_events,
+            fit: j.gap.pack(),
             syncing: Some(Vec::new()),
             last_seq: 0,
             epoch: String::new(),

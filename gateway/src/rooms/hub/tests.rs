@@ -403,6 +403,75 @@ async fn a_repair_larger_than_a_members_queue_gives_it_the_newest_part_after_a_l
     assert_eq!(seqs(&small.outbox, 1).await, vec![61], "then live again");
 }
 
+/// A member with `gap` and a queue of `max_bytes` in a room whose feed overflows: 1 and 2 are
+/// queued, 3..=60 repaired from history. Returns the member's queue (and the hub and bus,
+/// which must live while it is filled).
+async fn repaired_for(gap: GapFit, max_bytes: u64) -> (Arc<Outbox>, Arc<Hub>, Arc<MemoryBus>) {
+    let (hub, bus) = tiny_queue(100).await;
+    let j = Joiner {
+        outbox: Outbox::new(max_bytes),
+        gap,
+        ..joiner("j")
+    };
+    hub.join(&key(), &j, None, None).await.unwrap();
+    for n in 1..=60 {
+        publish(&bus, n).await;
+    }
+    (j.outbox, hub, bus)
+}
+
+/// What `o` was queued up to seq 60: seqs, a `lost` as 0.
+async fn up_to_60(o: &Outbox) -> Vec<u64> {
+    let got = received(o, 60).await;
+    got.iter()
+        .map(|v| {
+            if v["type"] == "lost" {
+                0
+            } else {
+                v["seq"].as_u64().unwrap()
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_long_polling_member_is_queued_the_whole_repair_and_pages_through_it() {
+    // Long-polling's answer holds what the queue took; the next poll goes on from its cursor
+    // through history. Cut, the member would be told `lost` of what history still holds.
+    let (o, _hub, _bus) = repaired_for(GapFit::Whole, 2_000).await;
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while !o.is_overflowed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the whole repair offered to the queue");
+    let got: Vec<u64> = o
+        .take_now()
+        .into_iter()
+        .map(|i| match i {
+            Item::Message(m) => m.seq,
+            other => panic!("only messages: {other:?}"),
+        })
+        .collect();
+    assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_repair_is_cut_counting_each_messages_extra_bytes_as_the_join_does() {
+    // An SSE member: each event carries its whole cursor as its id.
+    let (o, _hub, _bus) = repaired_for(GapFit::Fit { extra: 0 }, 8_000).await;
+    let plain = up_to_60(&o).await;
+    let (o, _hub, _bus) = repaired_for(GapFit::Fit { extra: 100 }, 8_000).await;
+    let sse = up_to_60(&o).await;
+    let kept = |got: &[u64]| got.iter().filter(|s| **s > 2).count();
+    assert!(plain.contains(&0) && sse.contains(&0), "{plain:?} {sse:?}");
+    assert!(
+        kept(&sse) < kept(&plain),
+        "the extra bytes were not counted: {sse:?} vs {plain:?}"
+    );
+}
+
 fn msg(seq: u64) -> RoomMessage {
     RoomMessage {
         key: key(),
@@ -571,6 +640,7 @@ fn pumped_room_with(
                     outbox: outbox.clone(),
                     encoding: Encoding::Json,
                     presence_events: false,
+                    fit: GapFit::Fit { extra: 0 }.pack(),
                     syncing: None,
                     last_seq: 0,
                     epoch: String::new(),

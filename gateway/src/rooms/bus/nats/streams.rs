@@ -11,7 +11,10 @@
 //!
 //! So a declare reads the stream first, creates it if missing (after losing such a race, reads
 //! again: the winner's stream), and updates it only when the settings the gateway gives differ
-//! from the server's. A real overlap (another stream owns these subjects) still fails.
+//! from the server's ([`create_or_update`]; settings it does not give stay as an operator set
+//! them). A real overlap (another stream owns these subjects) still fails. Pods that declare
+//! one stream with different settings at the same moment (a rollout that changes them) can
+//! still meet the server's crash; a rollout replaces pods a few at a time.
 
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamError, GetStreamErrorKind};
@@ -23,7 +26,7 @@ pub async fn get_or_create(
     config: stream::Config,
 ) -> Result<stream::Stream, async_nats::Error> {
     for lost_before in [false, true] {
-        match js.get_stream(&config.name).await {
+        match found(js, &config.name).await {
             Ok(s) => return Ok(s),
             Err(e) if !not_found(&e) => return Err(e.into()),
             Err(_) => {}
@@ -51,6 +54,21 @@ pub async fn create_or_update(
         return Ok(info.clone());
     }
     Ok(js.update_stream(&config).await?)
+}
+
+/// The stream `name`, once the server has finished creating it. nats-server 2.9 lists a
+/// stream being created before it sets its creation time (the room bus's epoch): read it again
+/// while that is still the zero time (Go's year 1), for up to a second.
+async fn found(js: &jetstream::Context, name: &str) -> Result<stream::Stream, GetStreamError> {
+    let mut s = js.get_stream(name).await?;
+    for _ in 0..50 {
+        if s.cached_info().created.unix_timestamp() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        s = js.get_stream(name).await?;
+    }
+    Ok(s)
 }
 
 fn not_found(e: &GetStreamError) -> bool {
