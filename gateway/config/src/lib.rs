@@ -14,6 +14,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod duration;
 pub mod keys;
 mod model;
 pub mod origin;

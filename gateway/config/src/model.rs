@@ -74,7 +74,7 @@ pub struct Nats {
     #[serde(default)]
     pub tls_required: bool,
     /// Members of a pod that stops refreshing presence disappear after this long. Default 15s.
-    #[serde(default = "default_presence_ttl", with = "humantime_serde")]
+    #[serde(default = "default_presence_ttl", with = "crate::duration")]
     pub presence_ttl: Duration,
     /// JetStream replicas of the history streams and the presence bucket: 1 (one server holds
     /// them), or 3 / 5 on a JetStream cluster so losing a server loses nothing. Default 1.
@@ -185,7 +185,7 @@ pub struct Receipts {
     pub rooms: Vec<String>,
     /// At most one `receipt` per user per room per interval reaches each member (the latest
     /// position wins). Default 1s.
-    #[serde(default = "default_receipt_interval", with = "humantime_serde")]
+    #[serde(default = "default_receipt_interval", with = "crate::duration")]
     pub interval: Duration,
 }
 
@@ -201,7 +201,7 @@ pub struct Batch {
     /// delivered in batches.
     pub rooms: Vec<String>,
     /// A batch is sent this long after its first message. Default 1s.
-    #[serde(default = "default_batch_window", with = "humantime_serde")]
+    #[serde(default = "default_batch_window", with = "crate::duration")]
     pub window: Duration,
     /// A batch is sent as soon as it holds this many messages. Default 50.
     #[serde(default = "default_batch_max")]
@@ -255,7 +255,7 @@ pub struct Documents {
     pub compact_after_updates: u32,
     /// A document with no editors on this pod is dropped from memory after this long (with
     /// the embedded bus this forgets it: documents are kept in memory only). Default 30s.
-    #[serde(default = "default_doc_idle", with = "humantime_serde")]
+    #[serde(default = "default_doc_idle", with = "crate::duration")]
     pub idle_unload: Duration,
     /// POST a "document changed" notification to the app (JSON: the document, its state
     /// vector and size, and the documents API path to fetch its state), at most one per
@@ -270,7 +270,7 @@ pub struct Documents {
     /// At most one "document changed" notification per document per this window, sent this
     /// long after the first edit it covers (so one always follows the last edit). Shorter
     /// than `idleUnload`. Default 2s.
-    #[serde(default = "default_notify_debounce", with = "humantime_serde")]
+    #[serde(default = "default_notify_debounce", with = "crate::duration")]
     pub notify_debounce: Duration,
 }
 
@@ -326,7 +326,7 @@ pub struct History {
     #[serde(default = "default_history_messages")]
     pub max_messages: u32,
     /// Oldest message kept. Default 10m.
-    #[serde(default = "default_history_age", with = "humantime_serde")]
+    #[serde(default = "default_history_age", with = "crate::duration")]
     pub max_age: Duration,
 }
 
@@ -347,7 +347,7 @@ pub struct Hook {
     /// `http://` URL (usually the app's Service).
     pub url: String,
     /// Time the app has to answer. Default 2s.
-    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    #[serde(default = "default_hook_timeout", with = "crate::duration")]
     pub timeout: Duration,
 }
 
@@ -497,7 +497,7 @@ pub struct GlobalLimits {
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
     /// Time a client has to send complete request headers (slowloris guard). Default 10s.
-    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    #[serde(default = "default_handshake_timeout", with = "crate::duration")]
     pub handshake_timeout: Duration,
     /// Most request headers accepted; more gets 431. Default 64.
     #[serde(default = "default_max_header_count")]
@@ -506,10 +506,10 @@ pub struct GlobalLimits {
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
     /// Time to connect to a backend and get its handshake response. Default 10s.
-    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    #[serde(default = "default_upstream_timeout", with = "crate::duration")]
     pub upstream_timeout: Duration,
     /// Time a backend has to start answering a plain HTTP request (long-polls included). Default 60s.
-    #[serde(default = "default_http_response_timeout", with = "humantime_serde")]
+    #[serde(default = "default_http_response_timeout", with = "crate::duration")]
     pub http_response_timeout: Duration,
 }
 
@@ -551,11 +551,11 @@ fn default_http_response_timeout() -> Duration {
 pub struct GlobalDrain {
     /// After SIGTERM `/readyz` fails at once, but listeners keep accepting for this long so
     /// load balancers notice. Default 5s.
-    #[serde(default = "default_propagation", with = "humantime_serde")]
+    #[serde(default = "default_propagation", with = "crate::duration")]
     pub propagation: Duration,
     /// Hard limit from SIGTERM to exit; connections still open then are cut. Default 60s.
     /// Set `terminationGracePeriodSeconds` to at least this plus 5s.
-    #[serde(default = "default_deadline", with = "humantime_serde")]
+    #[serde(default = "default_deadline", with = "crate::duration")]
     pub deadline: Duration,
 }
 
@@ -688,7 +688,7 @@ pub struct Jwt {
     #[serde(default = "default_token_sources")]
     pub token_sources: Vec<TokenSource>,
     /// Clock-skew allowance for `exp`/`nbf`, at most 30s. Default 5s.
-    #[serde(default = "default_leeway", with = "humantime_serde")]
+    #[serde(default = "default_leeway", with = "crate::duration")]
     pub leeway: Duration,
     /// Close live connections at the token's `exp` (code 4001). Default true.
     #[serde(default = "yes")]
@@ -832,10 +832,10 @@ pub enum KeySource {
         #[serde(default)]
         algorithms: Vec<Algorithm>,
         /// Regular refresh period. Default 5m.
-        #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+        #[serde(default = "default_jwks_refresh", with = "crate::duration")]
         refresh: Duration,
         /// Least time between refreshes triggered by an unknown `kid`. Default 10s.
-        #[serde(default = "default_jwks_min_refresh", with = "humantime_serde")]
+        #[serde(default = "default_jwks_min_refresh", with = "crate::duration")]
         min_refresh: Duration,
     },
 }
@@ -1031,10 +1031,10 @@ fn default_message_burst() -> u32 {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Keepalive {
     /// Ping period. Default 30s. `0s` disables pings.
-    #[serde(default = "default_ping_interval", with = "humantime_serde")]
+    #[serde(default = "default_ping_interval", with = "crate::duration")]
     pub interval: Duration,
     /// How long to wait for the pong. Default 20s.
-    #[serde(default = "default_pong_timeout", with = "humantime_serde")]
+    #[serde(default = "default_pong_timeout", with = "crate::duration")]
     pub timeout: Duration,
     /// Proxy mode: pings toward the app pod, so an app that stops answering (hung, stopped,
     /// partitioned) is noticed. Default on (15s / 10s).
@@ -1058,10 +1058,10 @@ impl Default for Keepalive {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppKeepalive {
     /// Ping period. Default 15s. `0s` disables pings toward the app.
-    #[serde(default = "default_app_ping_interval", with = "humantime_serde")]
+    #[serde(default = "default_app_ping_interval", with = "crate::duration")]
     pub interval: Duration,
     /// How long to wait for the app's pong. Default 10s.
-    #[serde(default = "default_app_pong_timeout", with = "humantime_serde")]
+    #[serde(default = "default_app_pong_timeout", with = "crate::duration")]
     pub timeout: Duration,
 }
 
@@ -1093,7 +1093,7 @@ fn default_pong_timeout() -> Duration {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteDrain {
     /// Closes are spread uniformly at random across this window (after propagation). Default 10s.
-    #[serde(default = "default_drain_window", with = "humantime_serde")]
+    #[serde(default = "default_drain_window", with = "crate::duration")]
     pub window: Duration,
     /// Close code sent to both sides: 1001, 1012 or 4000-4999. Default 1001.
     #[serde(default = "default_drain_code")]

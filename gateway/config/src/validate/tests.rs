@@ -432,3 +432,17 @@ fn compression_level_and_window_bits_out_of_range_are_refused() {
         .is_empty()
     );
 }
+
+#[test]
+fn a_duration_over_a_century_is_refused_with_its_path() {
+    // Added to a clock reading it overflowed: a drain deadline of u64::MAX seconds passed
+    // `--check` and the gateway panicked on SIGTERM instead of draining.
+    let err =
+        GatewayConfig::from_yaml(&format!("{BASE}drain: {{deadline: 18446744073709551615s}}"))
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("drain"), "{err}");
+    assert!(err.contains("at most 100 years"), "{err}");
+    let ok = GatewayConfig::from_yaml(&format!("{BASE}drain: {{deadline: 36500days}}"));
+    assert!(ok.is_ok(), "{ok:?}");
+}
