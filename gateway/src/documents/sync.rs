@@ -1,6 +1,7 @@
 //! The y-protocols messages a `y-websocket` client speaks (sync step 1/2, updates, awareness,
 //! awareness query), decoded and encoded with `yrs::sync`. Pure: no I/O.
 
+use yrs::encoding::read::{Cursor, Read};
 use yrs::sync::awareness::AwarenessUpdate;
 use yrs::sync::{Awareness, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
@@ -24,6 +25,7 @@ pub enum Inbound {
 
 /// Decode one WebSocket message (y-websocket sends one y-protocols message per frame).
 pub fn decode(frame: &[u8]) -> Result<Inbound, String> {
+    counts_fit(frame)?;
     let msg = Message::decode_v1(frame).map_err(|e| format!("not a y-protocols message: {e}"))?;
     Ok(match msg {
         Message::Sync(SyncMessage::SyncStep1(sv)) => Inbound::Step1(sv),
@@ -34,6 +36,60 @@ pub fn decode(frame: &[u8]) -> Result<Inbound, String> {
         Message::AwarenessQuery => Inbound::AwarenessQuery,
         Message::Auth(_) | Message::Custom(..) => Inbound::Ignored,
     })
+}
+
+/// The fewest bytes one entry takes: a state vector's (client, clock), an update's (block
+/// count, client, clock), an awareness state's (client, clock, JSON length).
+const MIN_SV_BYTES: usize = 2;
+const MIN_CLIENT_BYTES: usize = 3;
+const MIN_STATE_BYTES: usize = 3;
+
+/// yrs reserves room for as many entries as a state vector, an update or an awareness message
+/// declares before it reads them: a few bytes declaring 2^31 reserve gigabytes (a 6-byte
+/// update made the gateway's RSS jump by 4 GB, a 12-byte awareness message grew it without
+/// end). Refuse a message whose count cannot fit in its own bytes before yrs reads it.
+fn counts_fit(frame: &[u8]) -> Result<(), String> {
+    const SYNC: u8 = 0;
+    const AWARENESS: u8 = 1;
+    const STEP1: u8 = 0;
+    let mut c = Cursor::new(frame);
+    let Ok(kind) = c.read_var::<u8>() else {
+        return Ok(()); // yrs says what is wrong with it
+    };
+    match kind {
+        SYNC => {
+            if let (Ok(step), Ok(body)) = (c.read_var::<u8>(), c.read_buf()) {
+                if step == STEP1 {
+                    count_fits(body, MIN_SV_BYTES, "state vector")?;
+                } else {
+                    count_fits(body, MIN_CLIENT_BYTES, "update")?;
+                }
+            }
+        }
+        AWARENESS => {
+            if let Ok(body) = c.read_buf() {
+                count_fits(body, MIN_STATE_BYTES, "awareness update")?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The count `body` starts with must leave `min` bytes for each entry in the rest of it.
+fn count_fits(body: &[u8], min: usize, what: &str) -> Result<(), String> {
+    let mut c = Cursor::new(body);
+    let Ok(n) = c.read_var::<u64>() else {
+        return Ok(()); // yrs says what is wrong with it
+    };
+    let room = (body.len() - c.next) / min;
+    if n > room as u64 {
+        return Err(format!(
+            "{what} declares {n} entries in {} bytes",
+            body.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Sync step 1 with the document's state vector.
@@ -77,6 +133,7 @@ pub fn state(awareness: &Awareness) -> Vec<u8> {
 /// the gateway's sync step 1 when it has nothing new: no items, and the delete set of
 /// everything it knows). An update with items always counts (they may wait for others).
 pub fn apply(awareness: &Awareness, update: &[u8]) -> Result<bool, String> {
+    count_fits(update, MIN_CLIENT_BYTES, "update")?;
     let u = Update::decode_v1(update).map_err(|e| format!("undecodable update: {e}"))?;
     let has_items = !u.insertions(true).is_empty();
     let mut txn = awareness.doc().transact_mut();
@@ -88,6 +145,34 @@ pub fn apply(awareness: &Awareness, update: &[u8]) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_awareness_message_declaring_more_states_than_its_bytes_hold_is_refused_unread() {
+        // 2^32 states declared in a 10-byte payload: yrs reserves room for all of them first.
+        let frame = [
+            0x01, 0x0a, 0x80, 0x80, 0x80, 0x80, 0x10, 0x01, 0x01, 0x02, 0x7b, 0x7d,
+        ];
+        let e = decode(&frame).unwrap_err();
+        assert!(e.contains("declares 4294967296"), "{e}");
+    }
+
+    #[test]
+    fn a_state_vector_declaring_more_clients_than_its_bytes_hold_is_refused_unread() {
+        // Sync step 1 whose state vector declares 2^24 clients in 4 bytes.
+        let frame = [0x00, 0x00, 0x04, 0x80, 0x80, 0x80, 0x08];
+        let e = decode(&frame).unwrap_err();
+        assert!(e.contains("declares 16777216"), "{e}");
+    }
+
+    #[test]
+    fn an_update_declaring_more_clients_than_its_bytes_hold_is_refused_unread() {
+        let server = Awareness::new(Doc::new());
+        // 2^24 clients declared in 6 bytes (the same bytes with 2^31 reserved ~4 GB).
+        let e = apply(&server, &[0x80, 0x80, 0x80, 0x08, 0x00, 0x00]).unwrap_err();
+        assert!(e.contains("declares 16777216"), "{e}");
+        let (_, u) = client_edit("fine");
+        assert!(apply(&server, &u).unwrap(), "a real update still applies");
+    }
     use yrs::{Doc, GetString, Text};
 
     fn client_edit(text: &str) -> (Doc, Vec<u8>) {
