@@ -792,3 +792,64 @@ fn without_nats_a_document_loaded_on_a_runtime_that_ended_is_still_unloaded_when
         }
     });
 }
+
+/// An awareness state is a small JSON object (a name, a colour, a cursor). Unbounded, two
+/// connections announcing 8 states of 110 KB each made every newcomer's first awareness
+/// snapshot outgrow its queue (closed 4008 before it synced, for as long as they stayed); a
+/// state that is not JSON made stock y-websocket editors throw and never sync.
+#[tokio::test]
+async fn an_awareness_state_over_its_bound_closes_1009_and_one_that_is_not_json_1002() {
+    use std::sync::Arc;
+    use switchboard_gateway::documents::Documents;
+    use switchboard_gateway::documents::replica::MAX_AWARENESS_STATE_BYTES;
+    use switchboard_gateway::error::CloseCause;
+    use switchboard_gateway::rooms::bus::memory::MemoryBus;
+    use switchboard_gateway::rooms::bus::{Bus, RoomKey};
+    use switchboard_gateway::rooms::outbox::Outbox;
+    use yrs::sync::Message;
+    use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+    use yrs::updates::encoder::Encode;
+
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let docs = Documents::new(&bus);
+    let key = RoomKey {
+        namespace: "docs".into(),
+        room: "aw".into(),
+    };
+    let replica = docs
+        .open(&key, &switchboard_config::Documents::default())
+        .await
+        .unwrap();
+    let state = |json: &str| {
+        let entry = AwarenessUpdateEntry {
+            clock: 1,
+            json: json.into(),
+        };
+        let update = AwarenessUpdate {
+            clients: [(yrs::ClientID::new(7), entry)].into_iter().collect(),
+        };
+        Message::Awareness(update).encode_v1()
+    };
+    let name = |n: usize| format!(r#"{{"user":{{"name":"{}"}}}}"#, "a".repeat(n));
+    for (conn, json, want) in [
+        ("ok", name(10), Ok(())),
+        ("at-bound", name(MAX_AWARENESS_STATE_BYTES - 20), Ok(())),
+        (
+            "over",
+            name(MAX_AWARENESS_STATE_BYTES),
+            Err(CloseCause::MessageTooBig),
+        ),
+        (
+            "not-json",
+            "not json {".to_string(),
+            Err(CloseCause::ProtocolError),
+        ),
+    ] {
+        replica.attach(conn, Outbox::new(1 << 20));
+        assert_eq!(
+            replica.handle(conn, &state(&json), true).await,
+            want,
+            "{conn}"
+        );
+    }
+}

@@ -32,6 +32,10 @@ use crate::rooms::outbox::{Item, Outbox};
 
 /// Most awareness client ids one connection may control (y-websocket uses one per document).
 pub const MAX_AWARENESS_CLIENTS: usize = 8;
+/// Longest awareness state (its JSON) an editor may announce: a name, a colour, a cursor or a
+/// few selections take well under 1 KiB. With [`MAX_AWARENESS_CLIENTS`] it bounds what one
+/// connection adds to every newcomer's first awareness snapshot (64 KiB).
+pub const MAX_AWARENESS_STATE_BYTES: usize = 8192;
 /// How often a replica retries writing an update it could not store (as a snapshot).
 const REPAIR_EVERY: Duration = Duration::from_secs(1);
 
@@ -339,13 +343,23 @@ impl Replica {
     /// they receive back to the server, and such a relay changes nothing here. What changed is
     /// sent to every editor, the sender included (a lone editor hears its own renewal and is
     /// not reconnected as idle); the states it set become the sender's own (at most
-    /// [`MAX_AWARENESS_CLIENTS`]; removed for everyone when it leaves). Returns the change for
-    /// the other pods.
+    /// [`MAX_AWARENESS_CLIENTS`]; removed for everyone when it leaves). A state must be JSON of
+    /// at most [`MAX_AWARENESS_STATE_BYTES`]. Returns the change for the other pods.
     fn awareness_from(
         &self,
         conn: &str,
         update: AwarenessUpdate,
     ) -> Result<Option<Vec<u8>>, CloseCause> {
+        for entry in update.clients.values() {
+            if entry.json.len() > MAX_AWARENESS_STATE_BYTES {
+                return Err(CloseCause::MessageTooBig);
+            }
+            // Relayed as they are: stock y-websocket editors parse each state and throw on one
+            // that is not JSON (they then never sync). `null` removes a state.
+            if serde_json::from_str::<serde::de::IgnoredAny>(&entry.json).is_err() {
+                return Err(CloseCause::ProtocolError);
+            }
+        }
         let mut st = self.lock();
         if !st.editors.contains_key(conn) {
             return Ok(None);
