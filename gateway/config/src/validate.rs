@@ -261,6 +261,21 @@ fn all_route_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
                         format!("namespace `{ns}` is shared with routes[{first}], which batches differently"),
                     ));
                 }
+                // Documents live in their own store, room messages on the bus: a publish into
+                // a documents namespace would be acknowledged and never reach an editor.
+                let yjs = |r: &crate::Rooms| r.protocol == crate::RoomProtocol::Yjs;
+                let first_yjs = cfg.routes[*first].rooms.as_ref().is_some_and(yjs);
+                if first_yjs != yjs(rooms) {
+                    let serves = if first_yjs {
+                        "serves Yjs documents"
+                    } else {
+                        "serves room messages"
+                    };
+                    p.push(Problem::new(
+                        format!("routes[{i}].rooms.protocol"),
+                        format!("namespace `{ns}` is shared with routes[{first}], which {serves}: documents and room messages need namespaces of their own"),
+                    ));
+                }
             } else {
                 namespaces.insert(ns, (i, rooms.history.clone()));
             }

@@ -228,11 +228,13 @@ pub fn user_of_room(room: &str, patterns: &[Pattern]) -> Option<String> {
     patterns.iter().find_map(|p| p.user_of(room))
 }
 
-/// Every rooms namespace of `cfg` and its retention (the first route naming a namespace sets it).
+/// Every room namespace of `cfg` (not the Yjs documents ones) and its retention (the first
+/// route naming a namespace sets it).
 pub fn namespaces(cfg: &GatewayConfig) -> Vec<(String, Option<Retention>)> {
     let mut out: Vec<(String, Option<Retention>)> = Vec::new();
     for r in &cfg.routes {
-        if let Some(rooms) = &r.rooms {
+        // Documents namespaces are served by the documents store and API, not the room bus.
+        if let Some(rooms) = r.rooms.as_ref().filter(|r| r.protocol != RoomProtocol::Yjs) {
             let ns = rooms.namespace.clone().unwrap_or_else(|| r.name.clone());
             let retention = rooms.history.as_ref().map(|h| Retention {
                 max_messages: h.max_messages,
@@ -251,6 +253,21 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn documents_namespaces_are_not_room_namespaces() {
+        // The publish API and the bus serve room namespaces: a publish into a documents one
+        // was acknowledged and reached no editor (documents have their own API).
+        let cfg = GatewayConfig::from_yaml(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: GatewayConfig\n\
+             listeners: [{name: public, address: '127.0.0.1:8080'}]\n\
+             routes: [{name: d, path: {value: /d}, mode: rooms, rooms: {protocol: yjs, pathRoom: '/d/{room}'}},\
+                      {name: chat, path: {value: /chat}, mode: rooms, rooms: {}}]",
+        )
+        .unwrap();
+        let names: Vec<String> = namespaces(&cfg).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["chat"]);
+    }
 
     #[test]
     fn a_connection_keeps_only_the_claims_its_room_patterns_name() {

@@ -446,3 +446,26 @@ fn a_duration_over_a_century_is_refused_with_its_path() {
     let ok = GatewayConfig::from_yaml(&format!("{BASE}drain: {{deadline: 36500days}}"));
     assert!(ok.is_ok(), "{ok:?}");
 }
+
+#[test]
+fn yjs_documents_and_room_messages_cannot_share_a_namespace() {
+    // Documents live in their own store: a JSON route on a documents namespace had its
+    // publishes acknowledged and never reach an editor.
+    let route = |name: &str, protocol: &str, path_room: &str| {
+        format!(
+            "{{name: {name}, path: {{value: /{name}}}, mode: rooms, rooms: {{protocol: {protocol}, namespace: shared{path_room}}}}}"
+        )
+    };
+    let p = problems(&format!(
+        "routes: [{}, {}, {}]",
+        route("d", "yjs", ", pathRoom: '/d/{room}'"),
+        route("v", "yjs", ", pathRoom: '/v/{room}'"),
+        route("j", "json", ""),
+    ));
+    assert_eq!(
+        p,
+        [
+            "routes[2].rooms.protocol: namespace `shared` is shared with routes[0], which serves Yjs documents: documents and room messages need namespaces of their own"
+        ],
+    );
+}
