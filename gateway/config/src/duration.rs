@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserializer, Serializer};
 
 /// The longest duration the config takes.
-pub const MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
+pub const MAX: Duration = Duration::from_secs(3_155_760_000); // 100 humantime years of 365.25 days
 
 pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     humantime_serde::serialize(d, s)

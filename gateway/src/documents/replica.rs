@@ -350,7 +350,20 @@ impl Replica {
         conn: &str,
         update: AwarenessUpdate,
     ) -> Result<Option<Vec<u8>>, CloseCause> {
-        for entry in update.clients.values() {
+        let mut st = self.lock();
+        if !st.editors.contains_key(conn) {
+            return Ok(None);
+        }
+        for (id, entry) in &update.clients {
+            // Only what would change a state: y-websocket editors send every state they hear
+            // back, re-encoded (`1e20` comes back as 21 digits); such an echo changes nothing.
+            if st
+                .awareness
+                .meta(*id)
+                .is_some_and(|(clock, _)| clock >= entry.clock)
+            {
+                continue;
+            }
             if entry.json.len() > MAX_AWARENESS_STATE_BYTES {
                 return Err(CloseCause::MessageTooBig);
             }
@@ -359,10 +372,6 @@ impl Replica {
             if serde_json::from_str::<serde::de::IgnoredAny>(&entry.json).is_err() {
                 return Err(CloseCause::ProtocolError);
             }
-        }
-        let mut st = self.lock();
-        if !st.editors.contains_key(conn) {
-            return Ok(None);
         }
         let summary = st
             .awareness

@@ -1,11 +1,15 @@
 //! The y-protocols messages a `y-websocket` client speaks (sync step 1/2, updates, awareness,
 //! awareness query), decoded and encoded with `yrs::sync`. Pure: no I/O.
 
-use yrs::encoding::read::{Cursor, Read};
+use std::sync::Arc;
+
+use yrs::encoding::read::{Cursor, Error as ReadError, Read};
 use yrs::sync::awareness::AwarenessUpdate;
 use yrs::sync::{Awareness, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
+use yrs::updates::decoder::Decoder;
 use yrs::updates::encoder::Encode;
+use yrs::{Any, ClientID, ID};
 use yrs::{ReadTxn, StateVector, Transact, Update};
 
 /// One client message, as the gateway acts on it.
@@ -92,6 +96,142 @@ fn count_fits(body: &[u8], min: usize, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How deep JSON values in an update may nest (an editor's are a few levels; yrs decodes
+/// them recursively).
+const MAX_ANY_DEPTH: usize = 64;
+
+/// yrs' v1 update decoder (`DecoderV1`, method for method) that checks each JSON value
+/// (lib0 `Any`) before yrs decodes it: yrs reserves room for as many map or array entries as
+/// one declares, and recurses as deep as it nests.
+struct Guarded<'a>(Cursor<'a>);
+
+impl Read for Guarded<'_> {
+    fn read_u8(&mut self) -> Result<u8, ReadError> {
+        self.0.read_u8()
+    }
+
+    fn read_exact(&mut self, len: usize) -> Result<&[u8], ReadError> {
+        self.0.read_exact(len)
+    }
+}
+
+impl Guarded<'_> {
+    fn read_id(&mut self) -> Result<ID, ReadError> {
+        let client: u64 = self.read_var()?;
+        let clock = self.read_var()?;
+        Ok(ID::new(ClientID::new(client), clock))
+    }
+}
+
+impl Decoder for Guarded<'_> {
+    fn reset_ds_cur_val(&mut self) {}
+
+    fn read_ds_clock(&mut self) -> Result<u32, ReadError> {
+        self.read_var()
+    }
+
+    fn read_ds_len(&mut self) -> Result<u32, ReadError> {
+        self.read_var()
+    }
+
+    fn read_left_id(&mut self) -> Result<ID, ReadError> {
+        self.read_id()
+    }
+
+    fn read_right_id(&mut self) -> Result<ID, ReadError> {
+        self.read_id()
+    }
+
+    fn read_client(&mut self) -> Result<ClientID, ReadError> {
+        Ok(ClientID::new(self.read_var::<u64>()?))
+    }
+
+    fn read_info(&mut self) -> Result<u8, ReadError> {
+        self.read_u8()
+    }
+
+    fn read_parent_info(&mut self) -> Result<bool, ReadError> {
+        Ok(self.read_var::<u32>()? == 1)
+    }
+
+    fn read_type_ref(&mut self) -> Result<u8, ReadError> {
+        self.read_u8()
+    }
+
+    fn read_len(&mut self) -> Result<u32, ReadError> {
+        self.read_var()
+    }
+
+    fn read_any(&mut self) -> Result<Any, ReadError> {
+        let mut scan = Cursor {
+            buf: self.0.buf,
+            next: self.0.next,
+        };
+        any_fits(&mut scan, 0).map_err(ReadError::Custom)?;
+        Any::decode(self)
+    }
+
+    fn read_json(&mut self) -> Result<Any, ReadError> {
+        Any::from_json(self.read_string()?)
+    }
+
+    fn read_key(&mut self) -> Result<Arc<str>, ReadError> {
+        Ok(self.read_string()?.into())
+    }
+
+    fn read_to_end(&mut self) -> Result<&[u8], ReadError> {
+        Ok(&self.0.buf[self.0.next..])
+    }
+}
+
+/// Walk one lib0 `Any` value without building it: Err when a map or array declares more
+/// entries than the bytes left can hold, or nesting goes past [`MAX_ANY_DEPTH`]. A value cut
+/// short passes: yrs then says what is wrong with it.
+fn any_fits(c: &mut Cursor<'_>, depth: usize) -> Result<(), String> {
+    if depth > MAX_ANY_DEPTH {
+        return Err(format!(
+            "JSON value nested deeper than {MAX_ANY_DEPTH} levels"
+        ));
+    }
+    let Ok(tag) = c.read_u8() else { return Ok(()) };
+    // Scalars are skipped (a read cut short is left for yrs to report).
+    match tag {
+        125 => {
+            let _ = c.read_var::<i64>();
+        }
+        124 => {
+            let _ = c.read_exact(4);
+        }
+        123 | 122 => {
+            let _ = c.read_exact(8);
+        }
+        119 | 116 => {
+            let _ = c.read_buf();
+        }
+        // A map entry takes a key (at least its length) and a value; an array entry a value.
+        118 | 117 => {
+            let Ok(n) = c.read_var::<u64>() else {
+                return Ok(());
+            };
+            let min = if tag == 118 { 2 } else { 1 };
+            let left = c.buf.len() - c.next;
+            if n > (left / min) as u64 {
+                return Err(format!(
+                    "JSON value declares {n} entries with {left} bytes left"
+                ));
+            }
+            for _ in 0..n {
+                if tag == 118 && c.read_buf().is_err() {
+                    return Ok(());
+                }
+                any_fits(c, depth + 1)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Sync step 1 with the document's state vector.
 pub fn step1(awareness: &Awareness) -> Vec<u8> {
     let sv = awareness.doc().transact().state_vector();
@@ -134,7 +274,8 @@ pub fn state(awareness: &Awareness) -> Vec<u8> {
 /// everything it knows). An update with items always counts (they may wait for others).
 pub fn apply(awareness: &Awareness, update: &[u8]) -> Result<bool, String> {
     count_fits(update, MIN_CLIENT_BYTES, "update")?;
-    let u = Update::decode_v1(update).map_err(|e| format!("undecodable update: {e}"))?;
+    let u = Update::decode(&mut Guarded(Cursor::new(update)))
+        .map_err(|e| format!("undecodable update: {e}"))?;
     let has_items = !u.insertions(true).is_empty();
     let mut txn = awareness.doc().transact_mut();
     txn.apply_update(u)
@@ -162,6 +303,45 @@ mod tests {
         let frame = [0x00, 0x00, 0x04, 0x80, 0x80, 0x80, 0x08];
         let e = decode(&frame).unwrap_err();
         assert!(e.contains("declares 16777216"), "{e}");
+    }
+
+    #[test]
+    fn an_update_whose_json_value_declares_more_entries_than_its_bytes_hold_is_refused_unread() {
+        let server = Awareness::new(Doc::new());
+        // One client, one block of JSON ("Any") content: a map declaring 2^24 entries (2^31
+        // made yrs reserve ~4 GB).
+        let mut bomb = vec![0x01, 0x01, 0x01, 0x00, 0x08, 0x01, 0x01, b'a', 0x01, 0x76];
+        bomb.extend([0x80, 0x80, 0x80, 0x08]);
+        let e = apply(&server, &bomb).unwrap_err();
+        assert!(e.contains("declares 16777216"), "{e}");
+        // Arrays nested deeper than anything an editor writes: refused before yrs recurses.
+        let mut deep = vec![0x01, 0x01, 0x01, 0x00, 0x08, 0x01, 0x01, b'a', 0x01];
+        deep.extend([0x75, 0x01].repeat(10_000));
+        deep.extend([0x7e, 0x00]);
+        let e = apply(&server, &deep).unwrap_err();
+        assert!(e.contains("nested deeper"), "{e}");
+    }
+
+    #[test]
+    fn json_values_of_every_kind_still_apply() {
+        use yrs::{Any, Array, Map};
+        let doc = Doc::new();
+        let (m, a) = (doc.get_or_insert_map("m"), doc.get_or_insert_array("a"));
+        let value = serde_json::json!({"name": "ann", "n": 1, "x": 1.5, "ok": true, "none": null,
+            "list": [1, "two", {"three": [3.0]}], "nested": {"a": {"b": {"c": "d"}}}});
+        let any: Any = serde_json::from_value(value).unwrap();
+        {
+            let mut txn = doc.transact_mut();
+            m.insert(&mut txn, "v", any.clone());
+            a.push_back(&mut txn, any);
+            a.push_back(&mut txn, Any::from(vec![1u8, 2, 3]));
+        }
+        let u = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let server = Awareness::new(Doc::new());
+        assert!(apply(&server, &u).unwrap());
+        assert_eq!(state(&server).len(), u.len());
     }
 
     #[test]
