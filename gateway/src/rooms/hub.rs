@@ -26,6 +26,8 @@ use super::presence::PresenceView;
 use super::receipts::{self, Receipts};
 use super::{proto, protocol};
 use crate::engine::conn::Shared;
+pub use gap::GapFit;
+use gap::{Synced, backlog_budget, fit_gap};
 use members::Members;
 use repair::{Lost, repair, tell_lost};
 
@@ -59,39 +61,6 @@ pub struct Joiner {
     pub batch: Option<Arc<BatchRule>>,
     /// How much of a resume's gap the join queues.
     pub gap: GapFit,
-}
-
-/// How much of a resume's gap a join queues ([`fit_gap`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GapFit {
-    /// All of it: the transport pages through what its queue did not take (long-polling: each
-    /// answer holds what fitted, the next poll goes on from its cursor).
-    Whole,
-    /// The newest part that fits the queue (WebSocket, SSE), counting `extra` bytes per
-    /// message beyond what the queue counts (SSE: each event carries the whole cursor as its
-    /// `id`).
-    Fit { extra: u64 },
-}
-
-impl GapFit {
-    /// Packed in 4 bytes for a member's slot (`u32::MAX`: [`GapFit::Whole`]).
-    fn pack(self) -> u32 {
-        match self {
-            Self::Whole => u32::MAX,
-            Self::Fit { extra } => u32::try_from(extra)
-                .unwrap_or(u32::MAX - 1)
-                .min(u32::MAX - 1),
-        }
-    }
-
-    fn unpack(packed: u32) -> Self {
-        match packed {
-            u32::MAX => Self::Whole,
-            extra => Self::Fit {
-                extra: u64::from(extra),
-            },
-        }
-    }
 }
 
 /// The result of a join.
@@ -552,65 +521,6 @@ async fn fanout_gate() {
     }
 }
 
-/// Where a join starts, and what it queues.
-struct Synced {
-    recovered: bool,
-    position: Position,
-    start: Position,
-    gap: Vec<RoomMessage>,
-}
-
-/// The newest part of a resume's gap that fits in `budget` bytes of the joiner's queue (each
-/// message counted as the queue counts it, plus `extra`), encoded for it, oldest first. Queued
-/// whole, a gap over the queue's bound would close the member as a slow consumer before its
-/// first message, on every resume: it could never catch up over WebSocket or SSE. Cut, the
-/// resume is `recovered: false` from just before the first message kept (after the newest one
-/// when none fits), as a resume from another epoch is. Long-polling takes the whole gap
-/// ([`GapFit::Whole`]) and pages through it.
-fn fit_gap(synced: &mut Synced, j: &Joiner, budget: u64, extra: u64) -> Vec<Encoded> {
-    let mut gap = std::mem::take(&mut synced.gap);
-    let mut kept: Vec<Encoded> = Vec::new();
-    let mut used = 0;
-    while let Some(msg) = gap.pop() {
-        let mut enc = Encoded::new(msg);
-        let cost = enc
-            .item(j.encoding, &j.conn)
-            .map_or(0, |i| i.cost() + extra);
-        if used + cost > budget {
-            let after = kept.last().map_or(&enc.msg, |k| &k.msg);
-            let seq = if kept.is_empty() {
-                after.seq
-            } else {
-                after.seq.saturating_sub(1)
-            };
-            let start = Position {
-                seq,
-                epoch: after.epoch.clone(),
-            };
-            synced.recovered = false;
-            synced.position = start.clone();
-            synced.start = start;
-            break;
-        }
-        used += cost;
-        kept.push(enc);
-    }
-    kept.reverse();
-    kept
-}
-
-impl Synced {
-    /// Live messages after `position`, nothing before.
-    fn at(position: Position) -> Self {
-        Self {
-            recovered: false,
-            start: position.clone(),
-            position,
-            gap: Vec::new(),
-        }
-    }
-}
-
 /// Give a map's memory back once it holds under a quarter of what it has room for (maps never
 /// shrink on their own), all of it once it is empty. Amortised: the next shrink needs half of
 /// what is left to go first.
@@ -774,14 +684,7 @@ impl Hub {
                 .into_iter()
                 .map(Encoded::new)
                 .collect(),
-            GapFit::Fit { extra } => {
-                // What the queue has room for now, less an eighth of it for live messages
-                // arriving while the writer sends the gap.
-                let queue = &j.outbox;
-                let free = queue.max_bytes().saturating_sub(queue.queued_bytes());
-                let budget = free.saturating_sub(queue.max_bytes() / 8);
-                fit_gap(&mut synced, j, budget, extra)
-            }
+            GapFit::Fit { extra } => fit_gap(&mut synced, j, backlog_budget(&j.outbox), extra),
         };
         if let Some(id) = reply {
             j.outbox.push(Item::Reply(protocol::joined(
@@ -1015,6 +918,7 @@ impl receipts::Members for Hub {
     }
 }
 
+mod gap;
 mod members;
 mod repair;
 

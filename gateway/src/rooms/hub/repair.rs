@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Weak};
 
-use super::{Encoded, GapFit, LocalRoom, Pending, Slot, deliver};
+use super::{Encoded, GapFit, LocalRoom, Pending, Slot, backlog_budget, deliver};
 use crate::rooms::bus::feed::Lag;
 use crate::rooms::bus::{Bus, BusError, Position, Replay, RoomKey, RoomMessage};
 use crate::rooms::outbox::{Item, LostNotice};
@@ -155,7 +155,7 @@ pub(super) async fn repair(bus: &Arc<dyn Bus>, weak: &Weak<LocalRoom>, key: &Roo
 /// long-polling, whose answers page through what the queue took) takes the whole repair.
 /// Others take all of it when it fits their queue, less an eighth of it for live messages,
 /// each message counted as their join counts it; otherwise the newest part that fits, after a
-/// `lost` of the rest, as a resume whose gap outgrows the queue gets (`hub::fit_gap`). Queued
+/// `lost` of the rest, as a resume whose gap outgrows the queue gets ([`super::gap::fit_gap`]). Queued
 /// whole, a repair larger than a member's queue would close it as a slow consumer (4008), and
 /// every member of a big room would then resume at once. Returns whether this member was cut.
 fn repair_member(slot: &mut Slot, conn: &str, room: &str, msgs: &mut [Encoded]) -> bool {
@@ -182,9 +182,7 @@ fn repair_member(slot: &mut Slot, conn: &str, room: &str, msgs: &mut [Encoded]) 
 /// Where the newest part of `msgs` that fits the member's queue starts (`msgs.len()`: none
 /// fits; messages it already has cost nothing).
 fn newest_that_fit(slot: &Slot, conn: &str, msgs: &mut [Encoded], extra: u64) -> usize {
-    let queue = &slot.outbox;
-    let free = queue.max_bytes().saturating_sub(queue.queued_bytes());
-    let budget = free.saturating_sub(queue.max_bytes() / 8);
+    let budget = backlog_budget(&slot.outbox);
     let needed = |m: &RoomMessage| m.epoch != slot.epoch || m.seq > slot.last_seq;
     let (mut from, mut used) = (msgs.len(), 0);
     while let Some(enc) = from.checked_sub(1).map(|i| &mut msgs[i]) {
