@@ -18,6 +18,7 @@ mod duration;
 pub mod keys;
 mod model;
 pub mod origin;
+pub mod path;
 pub mod room;
 mod validate;
 

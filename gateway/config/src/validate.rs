@@ -6,7 +6,10 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::origin::OriginPattern;
-use crate::{API_VERSION, GatewayConfig, Jwt, KIND, KeySource, Mode, Route, TokenSource};
+use crate::{
+    API_VERSION, GatewayConfig, Jwt, KIND, KeySource, ListenerPaths, Mode, PathMatchKind, Route,
+    TokenSource,
+};
 
 /// One broken rule: where, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,11 +115,32 @@ fn listener_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
                 format!("{at}.address"),
                 format!("{} is used twice", l.address),
             ));
+        } else if let Some(j) = cfg.listeners[..i]
+            .iter()
+            .position(|o| o.address != l.address && binds_overlap(o.address, l.address))
+        {
+            p.push(Problem::new(
+                format!("{at}.address"),
+                format!(
+                    "port {} is already bound by listeners[{j}] ({}): a wildcard address takes the port on every address",
+                    l.address.port(),
+                    cfg.listeners[j].address
+                ),
+            ));
         }
         if fixed && l.address == cfg.admin.address {
             p.push(Problem::new(
                 format!("{at}.address"),
                 "is the same as admin.address",
+            ));
+        } else if binds_overlap(l.address, cfg.admin.address) {
+            p.push(Problem::new(
+                format!("{at}.address"),
+                format!(
+                    "port {} is also admin.address's ({}): a wildcard address takes the port on every address",
+                    l.address.port(),
+                    cfg.admin.address
+                ),
             ));
         }
         if let Some(tls) = &l.tls {
@@ -136,6 +160,16 @@ fn listener_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
             }
         }
     }
+}
+
+/// Whether two sockets cannot both listen: the same fixed port, and the same address or a
+/// wildcard one that covers the other (`0.0.0.0` every IPv4 address; `::` every address, as
+/// Linux binds it dual-stack unless `bindv6only` is set).
+fn binds_overlap(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    let covers = |w: std::net::SocketAddr, o: std::net::SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv6() || o.is_ipv4())
+    };
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// The document-wide `limits` and `drain`.
@@ -300,7 +334,12 @@ fn all_route_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
             r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
         };
         for h in &hosts {
-            if !matches.insert((h.clone(), r.path.kind as u8, r.path.value.clone())) {
+            // A prefix matches the same requests with or without its trailing `/`.
+            let value = match r.path.kind {
+                PathMatchKind::Prefix => r.path.value.trim_end_matches('/'),
+                PathMatchKind::Exact => r.path.value.as_str(),
+            };
+            if !matches.insert((h.clone(), r.path.kind as u8, value.to_string())) {
                 p.push(Problem::new(
                     format!("{at}.path"),
                     format!(
@@ -543,6 +582,8 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
             format!("{at}.path.value"),
             "must start with `/`",
         ));
+    } else if let Some(problem) = path_never_requested(cfg, &r.path.value) {
+        p.push(Problem::new(format!("{at}.path.value"), problem));
     }
     for (j, o) in r.origins.allowed.iter().enumerate() {
         if let Err(e) = OriginPattern::parse(o) {
@@ -572,6 +613,49 @@ fn route_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>
     mode_problems(cfg, r, at, p);
     limits_problems(r, at, p);
     drain_problems(cfg, r, at, p);
+}
+
+/// Why no request can have `value` as its path once a listener has normalized it (routing
+/// sees only normalized paths, so such a route would never be served), or `None`. A path a
+/// listener's settings keep (`//` without `mergeSlashes`, `%2F` with `escapedSlashes: keep`)
+/// is fine if any listener keeps it.
+fn path_never_requested(cfg: &GatewayConfig, value: &str) -> Option<String> {
+    if value.contains(['?', '#']) {
+        return Some(
+            "a path has no query or fragment (`?`, `#`): routes match the path alone".into(),
+        );
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Some(
+            "request paths are printable ASCII: percent-encode anything else (`é` is `%C3%A9`)"
+                .into(),
+        );
+    }
+    let defaults = [ListenerPaths::default()];
+    let options: Vec<ListenerPaths> = if cfg.listeners.is_empty() {
+        defaults.to_vec()
+    } else {
+        cfg.listeners.iter().map(|l| l.paths).collect()
+    };
+    let mut first = None;
+    for opts in options {
+        match crate::path::path(value, opts) {
+            Ok(n) if n == value => return None,
+            Ok(n) => {
+                first.get_or_insert_with(|| {
+                    format!("requests never have this path after normalization: write `{n}`")
+                });
+            }
+            Err(e) => {
+                first.get_or_insert_with(|| {
+                    format!(
+                        "a request with this path is refused ({e}), so the route is never served"
+                    )
+                });
+            }
+        }
+    }
+    first
 }
 
 /// `routes[i].jwt`: keys, token sources, claims.

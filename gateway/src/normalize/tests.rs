@@ -1,5 +1,9 @@
 use proptest::prelude::*;
 
+use std::borrow::Cow;
+
+use switchboard_config::{EscapedSlashes, ListenerPaths};
+
 use super::*;
 
 fn opts(merge_slashes: bool, escaped_slashes: EscapedSlashes) -> ListenerPaths {

@@ -94,6 +94,119 @@ fn duplicate_host_and_path_is_a_conflict() {
 }
 
 #[test]
+fn prefixes_that_differ_only_by_a_trailing_slash_are_the_same_route() {
+    // Both match `/ws` and everything under `/ws/` alike: which one served was a tie.
+    let p = problems(
+        "routes: [{name: a, path: {value: /ws}, proxy: {backends: []}}, {name: b, path: {value: /ws/}, proxy: {backends: []}}]",
+    );
+    assert!(
+        p.iter()
+            .any(|x| x.starts_with("routes[1].path:") && x.contains("already served")),
+        "{p:?}"
+    );
+    // An exact path is not a prefix: `/ws/` exactly is another path than `/ws`.
+    let p = problems(
+        "routes: [{name: a, path: {type: Exact, value: /ws}, proxy: {backends: []}}, {name: b, path: {type: Exact, value: /ws/}, proxy: {backends: []}}]",
+    );
+    assert!(p.is_empty(), "{p:?}");
+}
+
+#[test]
+fn a_route_path_no_normalized_request_can_have_is_refused_with_the_path_to_write() {
+    let route = |path: &str| {
+        format!("routes: [{{name: a, path: {{value: '{path}'}}, proxy: {{backends: []}}}}]")
+    };
+    for (path, says) in [
+        ("/a/../x", "`/x`"),
+        ("/a/./b", "`/a/b`"),
+        ("//a", "`/a`"),
+        ("/rooms//chat", "`/rooms/chat`"),
+        ("/%61pi", "`/api`"),
+        ("/a%2cb%3a", "`/a%2Cb%3A`"),
+        ("/a%2Fb", "encoded slash"),
+        ("/a/..;x/b", "dot segment"),
+        ("/a%zz", "percent-encoding"),
+        ("/a?b=1", "query"),
+        ("/a#b", "query"),
+        ("/caf\u{e9}", "ASCII"),
+        ("/a b", "ASCII"),
+    ] {
+        let p = problems(&route(path));
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("routes[0].path.value:") && x.contains(says)),
+            "{path}: {p:?}"
+        );
+    }
+    for path in ["/", "/ws", "/rooms/", "/a%2Cb", "/~user/x.y"] {
+        assert_eq!(problems(&route(path)), Vec::<String>::new(), "{path}");
+    }
+    // What a listener keeps, a route may name: `//a` where slashes are not merged, `%2F` where
+    // encoded slashes are kept.
+    let keep = BASE.replace(
+        "address: '127.0.0.1:8080'",
+        "address: '127.0.0.1:8080', paths: {mergeSlashes: false, escapedSlashes: keep}",
+    );
+    for path in ["//a", "/a%2Fb"] {
+        let cfg = GatewayConfig::from_yaml(&format!("{keep}{}", route(path)));
+        assert!(
+            cfg.is_ok(),
+            "{path}: {:?}",
+            cfg.err().map(|e| e.to_string())
+        );
+    }
+}
+
+#[test]
+fn a_listener_on_a_port_that_a_wildcard_address_already_binds_is_refused() {
+    let doc = |a: &str, b: &str, admin: &str| {
+        format!(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: GatewayConfig\nlisteners: [{{name: a, address: '{a}'}}, {{name: b, address: '{b}'}}]\nadmin: {{address: '{admin}'}}\n"
+        )
+    };
+    for (a, b, admin, problem) in [
+        (
+            "0.0.0.0:8080",
+            "127.0.0.1:8080",
+            "127.0.0.1:9090",
+            "listeners[1].address",
+        ),
+        (
+            "127.0.0.1:8080",
+            "[::]:8080",
+            "127.0.0.1:9090",
+            "listeners[1].address",
+        ),
+        (
+            "127.0.0.1:8080",
+            "127.0.0.2:8081",
+            "0.0.0.0:8081",
+            "listeners[1].address",
+        ),
+    ] {
+        let Err(Error::Invalid(p)) = GatewayConfig::from_yaml(&doc(a, b, admin)) else {
+            panic!("{a} {b} admin {admin} must be refused");
+        };
+        let p: Vec<String> = p.into_iter().map(|p| p.to_string()).collect();
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with(problem) && x.contains("port")),
+            "{a} {b} {admin}: {p:?}"
+        );
+    }
+    // Different ports, or two specific addresses on one port, bind side by side.
+    for (a, b) in [
+        ("0.0.0.0:8080", "0.0.0.0:8081"),
+        ("127.0.0.1:8080", "127.0.0.2:8080"),
+    ] {
+        assert!(
+            GatewayConfig::from_yaml(&doc(a, b, "127.0.0.1:9090")).is_ok(),
+            "{a} {b}"
+        );
+    }
+}
+
+#[test]
 fn listeners_on_port_0_may_share_an_address_listeners_on_a_fixed_port_may_not() {
     let doc = |port: u16| {
         format!(
