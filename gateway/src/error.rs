@@ -280,6 +280,10 @@ pub fn table() -> Vec<Row> {
             Refusal::BadRequest("missing or repeated Host"),
         ),
         (
+            "more than one `Authorization` header (RFC 9110 §5.3: not a list; the gateway and the app could each read another one)",
+            Refusal::BadRequest("repeated Authorization"),
+        ),
+        (
             "the client's request body is malformed (e.g. a chunk size that overflows)",
             Refusal::BadRequestBody,
         ),

@@ -39,6 +39,41 @@ impl HostError {
     }
 }
 
+/// Why a request's fields could be read two ways (each is a 400, before anything reads them).
+/// (`Content-Length` beside `Transfer-Encoding`, the other such shape, never gets here: hyper
+/// drops the length, reads the chunks and closes the connection after answering, as RFC 9112
+/// §6.3 asks of a server that does not refuse it.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    /// `Authorization` is not a list (RFC 9110 §5.3, §11.6.2): with two, the gateway and the
+    /// app could each check a different one.
+    #[error("repeated Authorization")]
+    RepeatedAuthorization,
+}
+
+impl FieldError {
+    /// The reason a refusal carries (the same words as `Display`).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::RepeatedAuthorization => "repeated Authorization",
+        }
+    }
+}
+
+/// Refuse the fields of a request head that two readers could take differently: two
+/// credentials.
+pub fn unambiguous_fields(headers: &HeaderMap) -> Result<(), FieldError> {
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(FieldError::RepeatedAuthorization);
+    }
+    Ok(())
+}
+
 /// The authority a request is for (RFC 9112 §3.2, §3.2.2): an HTTP/1.1 request must carry
 /// exactly one `Host` (HTTP/1.0 at most one) with a valid value; an absolute-form target's
 /// authority wins over `Host`. `None`: HTTP/1.0 without `Host`, or an empty `Host` (no

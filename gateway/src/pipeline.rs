@@ -151,13 +151,16 @@ impl hyper::body::Body for InFlight {
     }
 }
 
-/// Make the request the one the app will see, before anything looks at it: one authority
+/// Make the request the one the app will see, before anything looks at it: no field two
+/// readers could take differently ([`crate::normalize::unambiguous_fields`]), one authority
 /// (the absolute-form target's, written into `Host`), and the normalized path in an
 /// origin-form target (the query is kept as sent). Returns the authority to route on.
 fn normalize_head(
     req: &mut Request<Incoming>,
     paths: ListenerPaths,
 ) -> Result<Option<String>, Refusal> {
+    crate::normalize::unambiguous_fields(req.headers())
+        .map_err(|e| Refusal::BadRequest(e.reason()))?;
     let authority = crate::normalize::authority(req.version(), req.uri(), req.headers())
         .map_err(|e| Refusal::BadRequest(e.reason()))?;
     let path = crate::normalize::path(req.uri().path(), paths)

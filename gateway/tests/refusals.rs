@@ -708,6 +708,56 @@ async fn the_gateway_and_the_app_see_the_same_request() {
     .await;
     m.refusal("absolute-form with dot segments, no token", &resp, 401, &[]);
 
+    // --- fields two parsers could read two ways ---------------------------------------------
+    // Content-Length beside Transfer-Encoding is the request-smuggling shape (RFC 9112 §6.1):
+    // the body is read as chunks and the length never reaches the app (§6.3: a proxy removes
+    // it); Authorization is not a list (RFC 9110 §5.3): with two, which one was checked?
+    let posts_before = echo.requests().len();
+    let resp = raw_request(
+        addr,
+        "POST /public/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\n\
+         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    let length_seen = (resp.status == 200).then(|| {
+        support::parse_http_echo(&resp.body_text())
+            .headers
+            .get("content-length")
+            .cloned()
+    });
+    m.check(
+        "POST with Content-Length: 40 and Transfer-Encoding: chunked",
+        "200 app length None",
+        format!(
+            "{} app length {:?}",
+            resp.status,
+            length_seen.clone().flatten()
+        ),
+        resp.status == 200
+            && length_seen
+                .as_ref()
+                .is_some_and(|l| l.as_deref() != Some("40")),
+    );
+    let resp = raw_request(
+        addr,
+        &get_head(
+            "/api/x",
+            LOCALHOST,
+            &format!("{token}Authorization: Bearer forged\r\n"),
+        ),
+    )
+    .await;
+    m.refusal("/api/x with two Authorization headers", &resp, 400, &[]);
+    let resp = raw_request(addr, &get_head("/api/x", LOCALHOST, &token)).await;
+    forwarded(&mut m, "/api/x with one token (control)", &resp, "/api/x");
+    let smuggled = echo.requests().len() - posts_before;
+    m.check(
+        "requests that reach the app",
+        "2 (the chunked POST and the control)",
+        smuggled.to_string(),
+        smuggled == 2,
+    );
+
     // --- HTTP/1.0 upgrade (RFC 6455 §4.1): refused before the app is asked ------------------
     let handshakes_before = echo.handshakes().len();
     for path in ["/public/x", "/rooms"] {
@@ -759,8 +809,8 @@ async fn the_gateway_and_the_app_see_the_same_request() {
     );
     assert_eq!(
         count("bad_request"),
-        11.0,
-        "9 path and 2 Host refusals are counted as bad_request"
+        12.0,
+        "9 path, 2 Host and 1 repeated Authorization refusals are counted as bad_request"
     );
     assert_eq!(
         count("bad_handshake"),

@@ -14,7 +14,9 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use support::room_client::{Event, Options, Position, RoomClient};
-use support::rooms::{JsonWs, PUBLISH_TOKEN, StalledMember, publish_api, publish_api_with_token};
+use support::rooms::{
+    JsonWs, PUBLISH_TOKEN, StalledMember, http_request, publish_api, publish_api_with_token,
+};
 use support::{ConfigBuilder, route};
 use support::{
     Gateway, PROMPTLY, claims, eventually, expect_close, jwt_hs256, metric_sum, metrics_text,
@@ -438,6 +440,22 @@ async fn the_publish_api_reaches_every_device_of_a_user_through_the_user_room() 
     )
     .await;
     assert_eq!(status, 401);
+    // The scheme is case-insensitive (RFC 9110 §11.1); two credentials are refused, not the
+    // first one read.
+    let call = json!({"namespace": "app", "room": "chat:a", "data": 1}).to_string();
+    let lower = format!("bearer {PUBLISH_TOKEN}");
+    let right = format!("Bearer {PUBLISH_TOKEN}");
+    for (auth, want) in [
+        (vec![lower.as_str()], 200),
+        (vec![right.as_str(), "Bearer forged"], 400),
+        (vec!["Bearer forged", right.as_str()], 400),
+    ] {
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(auth.iter().map(|a| ("authorization", *a)));
+        let (status, _, text) =
+            http_request(gw.admin(), "POST", "/v1/publish", &headers, call.clone()).await;
+        assert_eq!(status, want, "{auth:?}: {text}");
+    }
     let (status, body) = publish_api(gw.admin(), &json!({"room": "chat:a", "data": 1})).await;
     assert_eq!(status, 400, "several namespaces: it must be named: {body}");
     let (status, _) = publish_api(

@@ -13,7 +13,7 @@ use switchboard_config::{Documents as DocCfg, GatewayConfig, RoomProtocol};
 use crate::error::CloseCause;
 use crate::rooms::authz::valid_room;
 use crate::rooms::bus::RoomKey;
-use crate::rooms::publish_api::{expected_token, token_matches};
+use crate::rooms::publish_api::authorize_api;
 
 /// The path prefix this module serves.
 pub const PREFIX: &str = super::API_PREFIX;
@@ -38,20 +38,9 @@ pub async fn handle(
     documents: &std::sync::Arc<super::Documents>,
     req: http::Request<Incoming>,
 ) -> (StatusCode, &'static str, Bytes) {
-    let Some((expected, _)) = expected_token(config) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            "publish API is not enabled (publishApi)",
-        );
-    };
-    let given = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if given.is_empty() || !token_matches(given, &expected) {
-        return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    if let Err(r) = authorize_api(config, req.headers()) {
+        let (status, words) = r.answer();
+        return text(status, words);
     }
     let rest = req.uri().path().strip_prefix(PREFIX).unwrap_or_default();
     let Some((ns, doc)) = rest.split_once('/') else {

@@ -318,3 +318,23 @@ fn hosts_with_ports_trailing_dots_and_ip_literals_are_valid() {
         assert_eq!(host_of(good), Ok(Some(good.to_string())), "{good}");
     }
 }
+
+#[test]
+fn two_credentials_are_refused() {
+    let head = |fields: &[(&str, &str)]| {
+        let mut h = http::HeaderMap::new();
+        for (name, value) in fields {
+            h.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        unambiguous_fields(&h)
+    };
+    assert_eq!(
+        head(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
+        Err(FieldError::RepeatedAuthorization)
+    );
+    assert_eq!(head(&[("authorization", "Bearer a")]), Ok(()));
+    assert_eq!(head(&[("cookie", "a=1"), ("cookie", "b=2")]), Ok(()));
+}

@@ -46,14 +46,14 @@ struct Request {
     ephemeral: bool,
 }
 
-pub(crate) fn token_matches(given: &str, expected: &str) -> bool {
+fn token_matches(given: &str, expected: &str) -> bool {
     // Compare digests so the comparison time says nothing about the token.
     Sha256::digest(given.as_bytes()) == Sha256::digest(expected.as_bytes())
 }
 
 /// The configured token, read now (so a rotated token file takes effect without a restart),
 /// and the per-call room cap.
-pub(crate) fn expected_token(cfg: &GatewayConfig) -> Option<(String, u32)> {
+fn expected_token(cfg: &GatewayConfig) -> Option<(String, u32)> {
     let api = cfg.publish_api.clone()?;
     let token = match (api.token, api.token_file) {
         (Some(t), _) => Some(t),
@@ -65,30 +65,76 @@ pub(crate) fn expected_token(cfg: &GatewayConfig) -> Option<(String, u32)> {
     Some((token, api.max_rooms_per_call))
 }
 
-/// The bearer check every publish API endpoint makes: `Ok(maxRoomsPerCall)` or the answer.
+/// Why an admin API call (publish, reads, documents) is not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ApiRefusal {
+    /// No `publishApi` in the config.
+    Disabled,
+    /// Two `Authorization` headers: which one was meant?
+    Ambiguous,
+    /// No bearer token, or not the configured one.
+    Unauthorized,
+}
+
+impl ApiRefusal {
+    /// The status and the words of the answer.
+    pub(crate) fn answer(self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Disabled => (
+                StatusCode::NOT_FOUND,
+                "publish API is not enabled (publishApi)",
+            ),
+            Self::Ambiguous => (StatusCode::BAD_REQUEST, "repeated Authorization"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "missing or wrong bearer token"),
+        }
+    }
+}
+
+/// The bearer token of a request: the `Authorization` credentials of the `Bearer` scheme,
+/// matched case-insensitively (RFC 9110 §11.1); `Ok(None)` without one; an error for two
+/// `Authorization` headers.
+fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, ApiRefusal> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return if headers.contains_key(http::header::AUTHORIZATION) {
+            Err(ApiRefusal::Ambiguous)
+        } else {
+            Ok(None)
+        };
+    };
+    Ok(value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty()))
+}
+
+/// The bearer check every admin API endpoint makes (publish, reads, documents):
+/// `Ok(maxRoomsPerCall)` or why not.
+pub(crate) fn authorize_api(
+    config: &GatewayConfig,
+    headers: &http::HeaderMap,
+) -> Result<u32, ApiRefusal> {
+    let Some((expected, max_rooms)) = expected_token(config) else {
+        return Err(ApiRefusal::Disabled);
+    };
+    match bearer(headers)? {
+        Some(given) if token_matches(given, &expected) => Ok(max_rooms),
+        _ => Err(ApiRefusal::Unauthorized),
+    }
+}
+
+/// [`authorize_api`] with the answer as this API's JSON.
 fn authorize<B>(
     config: &ArcSwap<GatewayConfig>,
     req: &http::Request<B>,
 ) -> Result<u32, (StatusCode, Value)> {
-    let Some((expected, max_rooms)) = expected_token(&config.load()) else {
-        return Err((
-            StatusCode::NOT_FOUND,
-            json!({"error": "publish API is not enabled (publishApi)"}),
-        ));
-    };
-    let given = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if given.is_empty() || !token_matches(given, &expected) {
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            json!({"error": "missing or wrong bearer token"}),
-        ));
-    }
-    Ok(max_rooms)
+    authorize_api(&config.load(), req.headers()).map_err(|r| {
+        let (status, error) = r.answer();
+        (status, json!({ "error": error }))
+    })
 }
 
 /// The namespace a call names (or the only one configured).
@@ -316,3 +362,6 @@ pub async fn reads(
         json!({"user": user, "namespace": namespace, "rooms": rooms, "unread": total}),
     )
 }
+
+#[cfg(test)]
+mod tests;
