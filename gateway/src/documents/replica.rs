@@ -17,7 +17,6 @@ use switchboard_config::Documents as DocCfg;
 use tokio::sync::watch;
 use yrs::sync::Awareness;
 use yrs::sync::awareness::AwarenessUpdate;
-use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, Transact};
 
@@ -725,8 +724,12 @@ async fn follow_awareness(replica: Weak<Replica>, mut sub: async_nats::Subscribe
                 }
             }
             AW_UPDATE => {
-                let Ok(update) = AwarenessUpdate::decode_v1(&p[9..]) else {
-                    continue;
+                let update = match sync::decode_awareness(&p[9..]) {
+                    Ok(update) => update,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "awareness from another pod refused");
+                        continue;
+                    }
                 };
                 let mut st = r.lock();
                 st.peers.update(origin, &update, now);

@@ -51,10 +51,13 @@ const MIN_STATE_BYTES: usize = 3;
 /// yrs reserves room for as many entries as a state vector, an update or an awareness message
 /// declares before it reads them: a few bytes declaring 2^31 reserve gigabytes (a 6-byte
 /// update made the gateway's RSS jump by 4 GB, a 12-byte awareness message grew it without
-/// end). Refuse a message whose count cannot fit in its own bytes before yrs reads it.
+/// end). Refuse a message whose count cannot fit in its own bytes before yrs reads it, and a
+/// message with bytes after its end (yrs stops reading where the message ends: what follows
+/// would be dropped unread).
 fn counts_fit(frame: &[u8]) -> Result<(), String> {
     const SYNC: u8 = 0;
     const AWARENESS: u8 = 1;
+    const AWARENESS_QUERY: u8 = 3;
     const STEP1: u8 = 0;
     let mut c = Cursor::new(frame);
     let Ok(kind) = c.read_var::<u8>() else {
@@ -62,22 +65,36 @@ fn counts_fit(frame: &[u8]) -> Result<(), String> {
     };
     match kind {
         SYNC => {
-            if let (Ok(step), Ok(body)) = (c.read_var::<u8>(), c.read_buf()) {
-                if step == STEP1 {
-                    count_fits(body, MIN_SV_BYTES, "state vector")?;
-                } else {
-                    count_fits(body, MIN_CLIENT_BYTES, "update")?;
-                }
+            let (Ok(step), Ok(body)) = (c.read_var::<u8>(), c.read_buf()) else {
+                return Ok(());
+            };
+            if step == STEP1 {
+                count_fits(body, MIN_SV_BYTES, "state vector")?;
+            } else {
+                count_fits(body, MIN_CLIENT_BYTES, "update")?;
             }
         }
         AWARENESS => {
-            if let Ok(body) = c.read_buf() {
-                count_fits(body, MIN_STATE_BYTES, "awareness update")?;
-            }
+            let Ok(body) = c.read_buf() else {
+                return Ok(());
+            };
+            count_fits(body, MIN_STATE_BYTES, "awareness update")?;
         }
-        _ => {}
+        AWARENESS_QUERY => {}
+        _ => return Ok(()), // auth and custom messages are not read
     }
-    Ok(())
+    match frame.len() - c.next {
+        0 => Ok(()),
+        n => Err(format!("{n} bytes after the end of the message")),
+    }
+}
+
+/// Decode an awareness update relayed by another pod, with the same count check as an
+/// editor's: a pod of another version (a rollout) or anything else that can publish on the
+/// subject is not trusted to declare only what it sends.
+pub fn decode_awareness(body: &[u8]) -> Result<AwarenessUpdate, String> {
+    count_fits(body, MIN_STATE_BYTES, "awareness update")?;
+    AwarenessUpdate::decode_v1(body).map_err(|e| format!("not an awareness update: {e}"))
 }
 
 /// The count `body` starts with must leave `min` bytes for each entry in the rest of it.
@@ -295,6 +312,31 @@ mod tests {
         ];
         let e = decode(&frame).unwrap_err();
         assert!(e.contains("declares 4294967296"), "{e}");
+    }
+
+    #[test]
+    fn an_awareness_update_from_another_pod_declaring_more_states_than_it_holds_is_refused() {
+        // The body of the 12-byte awareness bomb, as a pod would relay it over NATS.
+        let body = [0x80, 0x80, 0x80, 0x80, 0x10, 0x01, 0x01, 0x02, 0x7b, 0x7d];
+        let e = decode_awareness(&body).unwrap_err();
+        assert!(e.contains("declares 4294967296"), "{e}");
+        let one = [0x01, 0x07, 0x01, 0x02, 0x7b, 0x7d];
+        let u = decode_awareness(&one).unwrap();
+        assert_eq!(u.clients.len(), 1);
+    }
+
+    #[test]
+    fn a_message_with_bytes_after_its_end_is_refused() {
+        let server = Awareness::new(Doc::new());
+        let (_, u) = client_edit("x");
+        let awareness = [0x01, 0x06, 0x01, 0x07, 0x01, 0x02, 0x7b, 0x7d];
+        for frame in [step1(&server), update(&u), awareness.to_vec(), vec![0x03]] {
+            assert!(decode(&frame).is_ok(), "{frame:?}");
+            let mut longer = frame.clone();
+            longer.extend_from_slice(&[0x00, 0xff]);
+            let e = decode(&longer).unwrap_err();
+            assert!(e.contains("2 bytes after the end"), "{frame:?}: {e}");
+        }
     }
 
     #[test]
