@@ -848,7 +848,7 @@ async fn an_awareness_state_over_its_bound_closes_1009_and_one_that_is_not_json_
     .into_iter()
     .enumerate()
     {
-        replica.attach(conn, Outbox::new(1 << 20));
+        replica.attach(conn, None, Outbox::new(1 << 20));
         let clock = clock as u32 + 1;
         assert_eq!(
             replica.handle(conn, &state(clock, &json), true).await,
@@ -859,7 +859,98 @@ async fn an_awareness_state_over_its_bound_closes_1009_and_one_that_is_not_json_
     // An editor's echo of a state it heard (clock 2, the at-bound one), re-encoded larger
     // (y-websocket sends every state back; `1e20` comes back as 21 digits), changes nothing
     // and closes nobody.
-    replica.attach("echo", Outbox::new(1 << 20));
+    replica.attach("echo", None, Outbox::new(1 << 20));
     let echo = state(2, &name(MAX_AWARENESS_STATE_BYTES + 100));
     assert_eq!(replica.handle("echo", &echo, true).await, Ok(()));
+}
+
+/// y-websocket lets any connection send a state for any client id. A state announced by one
+/// user's connection is that user's: another user's connection can neither remove it (`null`)
+/// nor take it over; a connection of the same user can (y-websocket's reconnect takes over its
+/// own id before the old connection has closed). Stock editors relay a removal of a state they
+/// timed out, so such a removal is dropped, not closed.
+#[tokio::test]
+async fn an_editor_can_neither_remove_nor_take_over_another_users_awareness_state() {
+    use std::sync::Arc;
+    use switchboard_gateway::documents::Documents;
+    use switchboard_gateway::rooms::bus::memory::MemoryBus;
+    use switchboard_gateway::rooms::bus::{Bus, RoomKey};
+    use switchboard_gateway::rooms::outbox::{Item, Outbox};
+    use yrs::sync::Message;
+    use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+    use yrs::updates::decoder::Decode;
+    use yrs::updates::encoder::Encode;
+
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let docs = Documents::new(&bus);
+    let key = RoomKey {
+        namespace: "docs".into(),
+        room: "owners".into(),
+    };
+    let replica = docs
+        .open(&key, &switchboard_config::Documents::default())
+        .await
+        .unwrap();
+    let state = |clock: u32, json: &str| {
+        let entry = AwarenessUpdateEntry {
+            clock,
+            json: json.into(),
+        };
+        let update = AwarenessUpdate {
+            clients: [(yrs::ClientID::new(7), entry)].into_iter().collect(),
+        };
+        Message::Awareness(update).encode_v1()
+    };
+    // What a newcomer is shown for client 7: its state's JSON, or None.
+    let shown = |n: usize| {
+        let outbox = Outbox::new(1 << 20);
+        replica.attach(&format!("look-{n}"), Some("viewer"), outbox.clone());
+        outbox.take_now().into_iter().find_map(|item| {
+            let Item::RawBinary(b) = item else {
+                return None;
+            };
+            let Ok(Message::Awareness(u)) = Message::decode_v1(&b) else {
+                return None;
+            };
+            u.clients
+                .get(&yrs::ClientID::new(7))
+                .map(|e| e.json.to_string())
+                .filter(|j| j != "null")
+        })
+    };
+    replica.attach("alice-1", Some("alice"), Outbox::new(1 << 20));
+    replica.attach("bob", Some("bob"), Outbox::new(1 << 20));
+    replica.attach("alice-2", Some("alice"), Outbox::new(1 << 20));
+    let alice = r#"{"user":"alice"}"#;
+    assert_eq!(
+        replica.handle("alice-1", &state(1, alice), true).await,
+        Ok(())
+    );
+    assert_eq!(shown(1).as_deref(), Some(alice));
+    // Another user: a removal and a takeover are dropped, and the sender stays.
+    assert_eq!(replica.handle("bob", &state(2, "null"), true).await, Ok(()));
+    assert_eq!(
+        shown(2).as_deref(),
+        Some(alice),
+        "bob removed alice's state"
+    );
+    let forged = r#"{"user":"mallory"}"#;
+    assert_eq!(replica.handle("bob", &state(3, forged), true).await, Ok(()));
+    assert_eq!(
+        shown(3).as_deref(),
+        Some(alice),
+        "bob took alice's state over"
+    );
+    // The same user's other connection takes it over, and then may remove it.
+    let moved = r#"{"user":"alice","tab":2}"#;
+    assert_eq!(
+        replica.handle("alice-2", &state(4, moved), true).await,
+        Ok(())
+    );
+    assert_eq!(shown(4).as_deref(), Some(moved));
+    assert_eq!(
+        replica.handle("alice-2", &state(5, "null"), true).await,
+        Ok(())
+    );
+    assert_eq!(shown(5), None);
 }

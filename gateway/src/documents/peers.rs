@@ -81,6 +81,11 @@ impl Peers {
         }
     }
 
+    /// Whether another replica announced `id` (an editor of another pod holds it).
+    pub fn owns(&self, id: ClientID) -> bool {
+        self.by_origin.values().any(|p| p.clients.contains(&id))
+    }
+
     /// Forget the replicas silent for `timeout`; the clients they had announced.
     pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<ClientID> {
         let mut gone = Vec::new();

@@ -55,6 +55,9 @@ pub enum Load {
 
 struct Editor {
     outbox: Arc<Outbox>,
+    /// The verified token's subject (`None` on a route without JWT): awareness states one
+    /// user announced are that user's ([`Replica::awareness_from`]).
+    user: Option<String>,
     /// Awareness client ids this connection announced (removed when it leaves).
     clients: HashSet<ClientID>,
 }
@@ -245,8 +248,9 @@ impl Replica {
         self.lock().editors.len()
     }
 
-    /// Add an editor: it is sent the gateway's sync step 1 and every awareness state.
-    pub fn attach(&self, conn: &str, outbox: Arc<Outbox>) {
+    /// Add an editor (`user`: its token's subject): it is sent the gateway's sync step 1 and
+    /// every awareness state.
+    pub fn attach(&self, conn: &str, user: Option<&str>, outbox: Arc<Outbox>) {
         let mut st = self.lock();
         outbox.push(Item::RawBinary(Bytes::from(sync::step1(&st.awareness))));
         if let Some(snap) = sync::awareness_snapshot(&st.awareness) {
@@ -256,6 +260,7 @@ impl Replica {
             conn.to_string(),
             Editor {
                 outbox,
+                user: user.map(str::to_string),
                 clients: HashSet::new(),
             },
         );
@@ -343,16 +348,36 @@ impl Replica {
     /// sent to every editor, the sender included (a lone editor hears its own renewal and is
     /// not reconnected as idle); the states it set become the sender's own (at most
     /// [`MAX_AWARENESS_CLIENTS`]; removed for everyone when it leaves). A state must be JSON of
-    /// at most [`MAX_AWARENESS_STATE_BYTES`]. Returns the change for the other pods.
+    /// at most [`MAX_AWARENESS_STATE_BYTES`]. A state another connection announced stays its
+    /// own: this one may take it over only for the same user (y-websocket's reconnect takes its
+    /// id over before the old connection has closed; on a route without JWT no connection has
+    /// a user, so any may) and never remove it; a state an editor of another pod holds may be
+    /// taken over (a reconnect to this pod) but not removed. Such entries are dropped, not
+    /// closed: stock editors relay the removal of a state they timed out. Returns the change
+    /// for the other pods.
     fn awareness_from(
         &self,
         conn: &str,
-        update: AwarenessUpdate,
+        mut update: AwarenessUpdate,
     ) -> Result<Option<Vec<u8>>, CloseCause> {
         let mut st = self.lock();
-        if !st.editors.contains_key(conn) {
+        let Some(me) = st.editors.get(conn) else {
             return Ok(None);
-        }
+        };
+        let owners: HashMap<ClientID, &Option<String>> = st
+            .editors
+            .iter()
+            .filter(|(c, _)| c.as_str() != conn)
+            .flat_map(|(_, e)| e.clients.iter().map(move |id| (*id, &e.user)))
+            .collect();
+        update.clients.retain(|id, entry| {
+            let removal = entry.json.as_ref() == "null";
+            match owners.get(id) {
+                Some(user) => !removal && **user == me.user,
+                None => !(removal && st.peers.owns(*id)),
+            }
+        });
+        drop(owners);
         for (id, entry) in &update.clients {
             // Only what would change a state: y-websocket editors send every state they hear
             // back, re-encoded (`1e20` comes back as 21 digits); such an echo changes nothing.

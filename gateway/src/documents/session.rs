@@ -45,7 +45,8 @@ pub async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let may_write = ctx.policy.may_publish(&room, ctx.claims.as_deref());
     let outbox = Outbox::new(ctx.policy.cfg.max_queue_bytes);
-    replica.attach(&ctx.conn_id, outbox.clone());
+    let user = ctx.claims.as_deref().and_then(|c| c.sub.as_deref());
+    replica.attach(&ctx.conn_id, user, outbox.clone());
     let policy = ctx.policy.clone();
     let mut life = ctx.lifecycle(&policy.conn);
     let mut editor = Editor {
