@@ -149,6 +149,10 @@ fn pick_namespace(
             json!({"error": format!("no rooms route has namespace `{ns}`")}),
         )),
         (None, [(only, _)]) => Ok(only.clone()),
+        (None, []) => Err((
+            StatusCode::NOT_FOUND,
+            json!({"error": "no rooms route serves room messages (Yjs documents have the documents API)"}),
+        )),
         (None, _) => Err((
             StatusCode::BAD_REQUEST,
             json!({"error": "name the namespace (more than one rooms namespace is configured)"}),
