@@ -3,13 +3,14 @@
 //! Order of judgement for each route: being deleted (skipped) -> `Unsupported` -> Secrets
 //! resolved (`UnresolvedRefs`) -> compiles and passes the gateway's own validator alone
 //! (`Invalid`) -> no older route serves the same host and path (`Conflicted`) -> no older route
-//! shares its rooms namespace with different history (`Invalid`). Survivors are validated
-//! again as one document, exactly as the gateways will validate the snapshot.
+//! shares its rooms namespace with different history, batching or protocol (`Invalid`).
+//! Survivors are validated again as one document, exactly as the gateways will validate the
+//! snapshot.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration as StdDuration;
 
-use switchboard_config::{GatewayConfig, History, Route, validate};
+use switchboard_config::{GatewayConfig, Rooms, Route, match_keys, namespace_clashes, validate};
 
 use crate::api::RealtimeRoute;
 use crate::api::duration::format as fmt_duration;
@@ -63,18 +64,6 @@ fn age_key(rt: &RealtimeRoute) -> (i128, String) {
 }
 
 /// `(host, match type, path)` pairs, as the gateway validator keys them.
-fn match_keys(route: &Route) -> Vec<(String, u8, String)> {
-    let hosts: Vec<String> = if route.hosts.is_empty() {
-        vec!["*".into()]
-    } else {
-        route.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
-    };
-    hosts
-        .into_iter()
-        .map(|h| (h, route.path.kind as u8, route.path.value.clone()))
-        .collect()
-}
-
 fn validate_alone(base: &GatewayConfig, route: &Route, rt: &RealtimeRoute) -> Vec<String> {
     let mut cfg = base.clone();
     cfg.routes = vec![route.clone()];
@@ -182,15 +171,15 @@ fn drain_fits(base: &GatewayConfig, rt: &RealtimeRoute, grace: StdDuration) -> O
 }
 
 /// Oldest first, each candidate takes its hosts and paths unless an older one has them
-/// (`Conflicted`), and its rooms namespace unless an older one keeps different history there
-/// (`Invalid`). Returns the winners; losers get their verdict in `out`.
+/// (`Conflicted`), and its rooms namespace unless an older one uses it differently (history,
+/// batching, documents or messages: `Invalid`). Returns the winners; losers get their verdict in `out`.
 fn settle_conflicts<'a>(
     mut candidates: Vec<(&'a RealtimeRoute, Route)>,
     out: &mut BTreeMap<String, RoutePlan>,
 ) -> Vec<(&'a RealtimeRoute, Route)> {
     candidates.sort_by_key(|(rt, _)| age_key(rt));
     let mut owners: HashMap<(String, u8, String), String> = HashMap::new();
-    let mut rooms_owners: HashMap<String, (String, Option<History>)> = HashMap::new();
+    let mut rooms_owners: HashMap<String, (String, Rooms)> = HashMap::new();
     let mut winners: Vec<(&RealtimeRoute, Route)> = Vec::new();
     for (rt, route) in candidates {
         let keys = match_keys(&route);
@@ -204,25 +193,33 @@ fn settle_conflicts<'a>(
             }
             continue;
         }
-        // Routes sharing a rooms namespace share history, so they must keep the same; the
-        // older route's setting wins, like a host/path conflict.
+        // Routes sharing a rooms namespace share its rooms, so they must agree on history,
+        // batching and what the rooms hold (documents or messages); the older route's
+        // settings win, like a host/path conflict.
         if let Some(rooms) = &route.rooms
             && let Some(ns) = &rooms.namespace
         {
-            if let Some((owner, history)) = rooms_owners.get(ns)
-                && *history != rooms.history
-            {
-                let message = format!(
-                    "spec.rooms.history: rooms namespace `{ns}` is shared with {owner}, which is older and keeps different history (routes sharing a namespace must keep the same history)"
-                );
-                if let Some(e) = out.get_mut(&rt.key()) {
-                    e.accepted = Verdict::no(reasons::INVALID, message);
+            if let Some((owner, first)) = rooms_owners.get(ns) {
+                let clashes = namespace_clashes(first, rooms);
+                if !clashes.is_empty() {
+                    let message = clashes
+                        .iter()
+                        .map(|(field, what)| {
+                            format!(
+                                "spec.rooms.{field}: rooms namespace `{ns}` is shared with {owner}, which is older and {what}"
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    if let Some(e) = out.get_mut(&rt.key()) {
+                        e.accepted = Verdict::no(reasons::INVALID, message);
+                    }
+                    continue;
                 }
-                continue;
             }
             rooms_owners
                 .entry(ns.clone())
-                .or_insert_with(|| (rt.key(), rooms.history.clone()));
+                .or_insert_with(|| (rt.key(), rooms.clone()));
         }
         for k in keys {
             owners.insert(k, rt.key());

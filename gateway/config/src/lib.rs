@@ -23,7 +23,7 @@ pub mod room;
 mod validate;
 
 pub use model::*;
-pub use validate::{MIN_SIGNATURE_SECRET_BYTES, Problem, validate};
+pub use validate::{MIN_SIGNATURE_SECRET_BYTES, Problem, match_keys, namespace_clashes, validate};
 
 /// The `apiVersion` this crate reads and writes.
 pub const API_VERSION: &str = "switchboard.dev/v1alpha1";

@@ -272,46 +272,22 @@ fn bus_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
 
 /// Every route, then what routes must not share (names, host + path, rooms namespaces).
 fn all_route_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
-    let mut namespaces: std::collections::HashMap<String, (usize, Option<crate::History>)> =
-        std::collections::HashMap::new();
+    let mut namespaces: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         if let Some(rooms) = &r.rooms {
             let ns = rooms.namespace.clone().unwrap_or_else(|| r.name.clone());
-            if let Some((first, history)) = namespaces.get(&ns) {
-                if *history != rooms.history {
+            if let Some(first) = namespaces.get(&ns) {
+                let Some(first_rooms) = cfg.routes[*first].rooms.as_ref() else {
+                    continue;
+                };
+                for (field, what) in namespace_clashes(first_rooms, rooms) {
                     p.push(Problem::new(
-                        format!("routes[{i}].rooms.history"),
-                        format!("namespace `{ns}` is shared with routes[{first}], which keeps different history"),
-                    ));
-                }
-                // A room is batched (or not) for every member of a pod alike.
-                let first_batch = cfg.routes[*first]
-                    .rooms
-                    .as_ref()
-                    .and_then(|r| r.batch.as_ref());
-                if first_batch != rooms.batch.as_ref() {
-                    p.push(Problem::new(
-                        format!("routes[{i}].rooms.batch"),
-                        format!("namespace `{ns}` is shared with routes[{first}], which batches differently"),
-                    ));
-                }
-                // Documents live in their own store, room messages on the bus: a publish into
-                // a documents namespace would be acknowledged and never reach an editor.
-                let yjs = |r: &crate::Rooms| r.protocol == crate::RoomProtocol::Yjs;
-                let first_yjs = cfg.routes[*first].rooms.as_ref().is_some_and(yjs);
-                if first_yjs != yjs(rooms) {
-                    let serves = if first_yjs {
-                        "serves Yjs documents"
-                    } else {
-                        "serves room messages"
-                    };
-                    p.push(Problem::new(
-                        format!("routes[{i}].rooms.protocol"),
-                        format!("namespace `{ns}` is shared with routes[{first}], which {serves}: documents and room messages need namespaces of their own"),
+                        format!("routes[{i}].rooms.{field}"),
+                        format!("namespace `{ns}` is shared with routes[{first}], which {what}"),
                     ));
                 }
             } else {
-                namespaces.insert(ns, (i, rooms.history.clone()));
+                namespaces.insert(ns, i);
             }
         }
     }
@@ -333,24 +309,68 @@ fn all_route_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
         } else {
             r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
         };
-        for h in &hosts {
-            // A prefix matches the same requests with or without its trailing `/`.
-            let value = match r.path.kind {
-                PathMatchKind::Prefix => r.path.value.trim_end_matches('/'),
-                PathMatchKind::Exact => r.path.value.as_str(),
-            };
-            if !matches.insert((h.clone(), r.path.kind as u8, value.to_string())) {
+        for key in match_keys(r) {
+            if !matches.insert(key.clone()) {
                 p.push(Problem::new(
                     format!("{at}.path"),
                     format!(
-                        "host `{h}` path `{}` is already served by an earlier route",
-                        r.path.value
+                        "host `{}` path `{}` is already served by an earlier route",
+                        key.0, r.path.value
                     ),
                 ));
             }
         }
         route_problems(cfg, r, &at, p);
     }
+}
+
+/// What two routes serving the same requests share: (host, match type, path), one per host
+/// (`*` for none). A prefix matches the same requests with or without its trailing `/`, so
+/// its key has none.
+pub fn match_keys(r: &Route) -> Vec<(String, u8, String)> {
+    let value = match r.path.kind {
+        PathMatchKind::Prefix => r.path.value.trim_end_matches('/'),
+        PathMatchKind::Exact => r.path.value.as_str(),
+    };
+    let key = |h: String| (h, r.path.kind as u8, value.to_string());
+    if r.hosts.is_empty() {
+        vec![key("*".into())]
+    } else {
+        r.hosts
+            .iter()
+            .map(|h| key(h.to_ascii_lowercase()))
+            .collect()
+    }
+}
+
+/// Why `other` cannot share a rooms namespace with `first`, as (field of `other`, what
+/// `first` does instead); empty when it can. Routes sharing a namespace share its rooms: one
+/// history, one batching for every member of a pod, and either documents or room messages
+/// (documents live in their own store: a publish into a documents namespace would be
+/// acknowledged and never reach an editor).
+pub fn namespace_clashes(
+    first: &crate::Rooms,
+    other: &crate::Rooms,
+) -> Vec<(&'static str, &'static str)> {
+    let mut clashes = Vec::new();
+    if first.history != other.history {
+        clashes.push(("history", "keeps different history"));
+    }
+    if first.batch != other.batch {
+        clashes.push(("batch", "batches differently"));
+    }
+    let yjs = |r: &crate::Rooms| r.protocol == crate::RoomProtocol::Yjs;
+    if yjs(first) != yjs(other) {
+        clashes.push((
+            "protocol",
+            if yjs(first) {
+                "serves Yjs documents: documents and room messages need namespaces of their own"
+            } else {
+                "serves room messages: documents and room messages need namespaces of their own"
+            },
+        ));
+    }
+    clashes
 }
 
 fn rooms_problems(r: &Route, rooms: &crate::Rooms, at: &str, p: &mut Vec<Problem>) {

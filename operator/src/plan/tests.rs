@@ -544,3 +544,62 @@ fn a_truncated_pem_in_a_secret_keeps_only_its_route_out_with_the_reason() {
     let names: Vec<_> = p.config.routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["default/good"]);
 }
+
+#[test]
+fn routes_sharing_a_rooms_namespace_must_agree_on_what_it_serves_and_the_older_wins() {
+    // The newer route sorts first by name, so the gateway validator alone would blame the
+    // older one: documents and room messages, or two batch settings, in one namespace.
+    for (older, newer, field) in [
+        (
+            "mode: rooms\npath: {value: /docs}\nrooms: {namespace: shared, protocol: yjs, pathRoom: '/docs/{room}'}",
+            "mode: rooms\npath: {value: /b}\nrooms: {namespace: shared}",
+            "spec.rooms.protocol",
+        ),
+        (
+            "mode: rooms\npath: {value: /a}\nrooms: {namespace: shared}",
+            "mode: rooms\npath: {value: /b}\nrooms: {namespace: shared, batch: {rooms: ['feed:*'], window: 50ms}}",
+            "spec.rooms.batch",
+        ),
+    ] {
+        let old = route_created_at("collab", "z-old", older, 1);
+        let new = route_created_at("collab", "a-new", newer, 2);
+        let p = plan(&base_config(), &[new, old], &refs(), NO_LIMITS);
+        assert!(
+            p.routes["collab/z-old"].accepted.ok,
+            "{field}: {:?}",
+            p.routes["collab/z-old"].accepted
+        );
+        let a = &p.routes["collab/a-new"].accepted;
+        assert_eq!(a.reason, reasons::INVALID, "{field}");
+        assert!(
+            a.message.starts_with(&format!(
+                "{field}: rooms namespace `collab_shared` is shared with collab/z-old"
+            )),
+            "{}",
+            a.message
+        );
+        assert_eq!(validate(&p.config), vec![]);
+    }
+}
+
+#[test]
+fn prefix_routes_differing_only_by_a_trailing_slash_conflict_and_the_older_wins() {
+    let old = route_created_at(
+        "default",
+        "z-old",
+        "path: {value: /ws}\nbackend: {name: chat, port: 80}",
+        1,
+    );
+    let new = route_created_at(
+        "default",
+        "a-new",
+        "path: {value: /ws/}\nbackend: {name: chat, port: 80}",
+        2,
+    );
+    let p = plan(&base_config(), &[new, old], &refs(), NO_LIMITS);
+    assert!(p.routes["default/z-old"].accepted.ok);
+    assert_eq!(
+        p.routes["default/a-new"].accepted.reason,
+        reasons::CONFLICTED
+    );
+}
