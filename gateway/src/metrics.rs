@@ -74,7 +74,7 @@ pub struct Metrics {
     /// `switchboard_notifications_total{via,result}`: rooms connect/disconnect notifications;
     /// via = http (`rooms.notify`) | nats (`rooms.notifyNats`), result = ok | error | dropped
     pub notifications: IntCounterVec,
-    /// `switchboard_room_reads_total{result}`: `read` messages (ok | error)
+    /// `switchboard_room_reads_total{result}`: `read` messages (ok | error | refused: not a position of the room)
     pub room_reads: IntCounterVec,
     /// `switchboard_room_receipts_total`: `receipt` events sent (one per room and pod; each
     /// reaches that room's members on the pod)

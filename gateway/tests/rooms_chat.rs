@@ -158,6 +158,14 @@ async fn receipts_are_coalesced_per_interval(c: Cluster) {
     let ack = read(&mut alice, "chat:r", &pos(seqs[0], &epoch), "low").await;
     assert_eq!(ack["seq"].as_u64(), Some(seqs[2]), "{ack}");
 
+    // A position the room never had is refused and nobody is told: another epoch (any text:
+    // it was stored and sent to every member) or beyond the room's newest message.
+    let forged = pos(seqs[2] + 1, &json!("<b>click http://evil.example</b>"));
+    let refused = read(&mut alice, "chat:r", &forged, "forged").await;
+    assert_eq!(refused["code"], "bad_request", "{refused}");
+    let ahead = read(&mut alice, "chat:r", &pos(seqs[2] + 1000, &epoch), "ahead").await;
+    assert_eq!(ahead["code"], "bad_request", "{ahead}");
+
     // Three reads within one interval: the first at once, the latest when the interval ends.
     let got = receipts_within(&mut bob, Duration::from_millis(3000)).await;
     let told: Vec<(String, u64)> = got

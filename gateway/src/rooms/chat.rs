@@ -67,11 +67,27 @@ pub async fn read(
     if !joined {
         return protocol::error(id, ErrorCode::NotJoined, "join the room first");
     }
-    match hub
-        .receipts()
-        .read(&policy.key(room), user, position, interval)
-        .await
-    {
+    // Only a position the room has had: its epoch, at most its newest message. The position
+    // is stored, listed by the publish API and sent to every member in a receipt: any text as
+    // an epoch let a member without the right to publish send it to all of them, and made
+    // each stored read as large as a message.
+    let key = policy.key(room);
+    match hub.bus().position(&key).await {
+        Ok(head) if head.epoch == position.epoch && position.seq <= head.seq => {}
+        Ok(_) => {
+            crate::metrics::metrics()
+                .room_reads
+                .with_label_values(&["refused"])
+                .inc();
+            return protocol::error(
+                id,
+                ErrorCode::BadRequest,
+                "not a position of this room: use the seq and epoch of a message or of joined",
+            );
+        }
+        Err(e) => return protocol::error(id, ErrorCode::Unavailable, &e.to_string()),
+    }
+    match hub.receipts().read(&key, user, position, interval).await {
         Ok(stored) => protocol::ack(id, Some(&stored)),
         Err(e) => {
             crate::metrics::metrics()
