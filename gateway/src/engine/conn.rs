@@ -63,8 +63,6 @@ pub enum ConnError {
     InvalidUtf8,
     #[error("invalid compressed message")]
     BadCompressed,
-    #[error("invalid close code {0}")]
-    BadCloseCode(u16),
     #[error("connection ended without a close")]
     Eof,
     #[error("socket: {0}")]
@@ -75,7 +73,7 @@ impl ConnError {
     /// The close this error ends the connection with (from the one table in `error.rs`).
     pub fn cause(&self) -> CloseCause {
         match self {
-            Self::Frame(_) | Self::BadCloseCode(_) => CloseCause::ProtocolError,
+            Self::Frame(_) => CloseCause::ProtocolError,
             Self::TooBig => CloseCause::MessageTooBig,
             Self::InvalidUtf8 => CloseCause::InvalidUtf8,
             Self::BadCompressed => CloseCause::InvalidCompressed,
@@ -109,11 +107,6 @@ pub(crate) fn counters() -> &'static Counters {
             in_plain: m.with_label_values(&["inbound", "uncompressed"]),
         }
     })
-}
-
-/// RFC 6455 §7.4: codes a peer may send in a Close frame.
-fn valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// One frame ready to write: a (small) header and a body, both shared.
@@ -612,10 +605,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             OpCode::Pong => self.ready.push_back(Message::Pong(Bytes::from(payload))),
             OpCode::Close => {
                 let (code, reason) = if payload.len() >= 2 {
+                    // The scanner refused a code no peer may send.
                     let code = u16::from_be_bytes([payload[0], payload[1]]);
-                    if !valid_close_code(code) {
-                        return Err(ConnError::BadCloseCode(code));
-                    }
                     let reason =
                         std::str::from_utf8(&payload[2..]).map_err(|_| ConnError::InvalidUtf8)?;
                     (Some(code), reason.to_string())

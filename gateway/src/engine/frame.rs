@@ -87,6 +87,14 @@ pub enum FrameError {
     LengthOverflow,
     #[error("close frame with a 1-byte payload")]
     CloseLengthOne,
+    #[error("close code {0} that no peer may send")]
+    BadCloseCode(u16),
+}
+
+/// RFC 6455 §7.4: the codes a peer may send in a Close frame (1005, 1006 and 1015 only ever
+/// report a close; the rest below 3000 is unassigned or reserved, 5000 and up undefined).
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// The bytes of one frame header exactly as received (2 to 14 bytes), held inline: the scanner
@@ -309,11 +317,17 @@ impl Scanner {
                         return Ok(None);
                     }
                     self.state = State::Header;
-                    return Ok(Some(Event::Control(Control {
+                    let control = Control {
                         opcode: self.ctrl_opcode,
                         raw: std::mem::take(&mut self.ctrl_raw),
                         payload: std::mem::take(&mut self.ctrl_payload),
-                    })));
+                    };
+                    if let Some(code) = control.close_code()
+                        && !valid_close_code(code)
+                    {
+                        return Err(FrameError::BadCloseCode(code));
+                    }
+                    return Ok(Some(Event::Control(control)));
                 }
             }
         }

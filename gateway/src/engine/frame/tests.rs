@@ -217,6 +217,12 @@ fn framing_violations_are_reported_not_panicked_on() {
             FrameError::ExpectedContinuation,
         ),
         (vec![0x88, 0x81, 0, 0, 0, 0, 3], FrameError::CloseLengthOne),
+        // RFC 6455 §7.4: codes no peer may send (1005/1006/1015 are for reports, not the
+        // wire; under 1000, 1016-2999 unassigned or reserved, 5000 and up undefined).
+        (close_frame(1005, "", M), FrameError::BadCloseCode(1005)),
+        (close_frame(999, "", M), FrameError::BadCloseCode(999)),
+        (close_frame(2999, "x", M), FrameError::BadCloseCode(2999)),
+        (close_frame(5000, "", M), FrameError::BadCloseCode(5000)),
         (
             vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             FrameError::LengthOverflow,

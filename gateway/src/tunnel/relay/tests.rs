@@ -148,6 +148,25 @@ async fn close_frames_pass_through_with_their_codes_and_end_the_tunnel() {
     assert_eq!(out.cause, CloseCause::Peer(Side::Downstream, 4321));
 }
 
+/// A Close with a code no peer may send (RFC 6455 §7.4) fails the tunnel with 1002 both ways
+/// and is not forwarded: it reached the app, and each code became a metrics label.
+#[tokio::test]
+async fn a_close_with_a_code_no_peer_may_send_fails_the_tunnel_with_1002_unforwarded() {
+    for (from_client, code) in [(true, 5000), (true, 1005), (false, 1006), (false, 2000)] {
+        let mut h = start(limits());
+        if from_client {
+            h.client.send(&frame::close_frame(code, "", MASK)).await;
+        } else {
+            h.upstream.send(&frame::close_frame(code, "", None)).await;
+        }
+        assert_eq!(close_code(&mut h.upstream).await, Some(1002), "{code}");
+        assert_eq!(close_code(&mut h.client).await, Some(1002), "{code}");
+        // A failed connection is not closed cleanly: the gateway stops reading the sender.
+        let out = h.task.await.expect("tunnel task");
+        assert_eq!(out.cause, CloseCause::ProtocolError, "{code}");
+    }
+}
+
 #[tokio::test]
 async fn oversized_client_message_closes_both_sides_with_1009_and_is_not_forwarded() {
     let mut h = start(limits());
