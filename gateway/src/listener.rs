@@ -114,7 +114,9 @@ impl Bound {
 }
 
 /// A listening socket on `address`: `SO_REUSEADDR` (a restarted gateway binds while the last
-/// one's connections are in TIME_WAIT), [`BACKLOG`], non-blocking and close-on-exec.
+/// one's connections are in TIME_WAIT), [`BACKLOG`], non-blocking and close-on-exec. An IPv6
+/// socket is dual-stack whatever `net.ipv6.bindv6only` says (`[::]:P` takes the port on every
+/// address, as config validation assumes).
 fn listen(address: &SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
@@ -122,6 +124,10 @@ fn listen(address: &SocketAddr) -> std::io::Result<TcpListener> {
         Type::STREAM,
         Some(Protocol::TCP),
     )?;
+    if address.is_ipv6() {
+        // Refused only where the host has no IPv4: then it is IPv6-only anyway.
+        let _ = socket.set_only_v6(false);
+    }
     socket.set_reuse_address(true)?;
     socket.bind(&(*address).into())?;
     socket.listen(BACKLOG)?;

@@ -6,7 +6,8 @@
 //! Steps, in order (documented in `docs/config.md`, "Path normalization"):
 //! 1. Percent-encodings are checked (`%` + two hex digits, else 400); an encoding of an
 //!    unreserved character (RFC 3986 §2.3: `A-Z a-z 0-9 - . _ ~`) is decoded (§6.2.2.2), every
-//!    other encoding is kept with uppercase hex digits (§6.2.2.1).
+//!    other encoding is kept with uppercase hex digits (§6.2.2.1), and a byte that is not ASCII
+//!    (UTF-8 sent unencoded) is percent-encoded.
 //! 2. Encoded slashes (`%2F`), encoded backslashes (`%5C`) and raw backslashes follow the
 //!    listener's [`EscapedSlashes`] action: refused (the default), kept as `%2F` / `%5C` (never a
 //!    segment separator), or turned into `/` before the dot segments are resolved.
@@ -66,7 +67,8 @@ fn is_unreserved(b: u8) -> bool {
 
 /// Whether `raw` can need any change at all (the common case does not, and is not copied).
 fn needs_work(raw: &str, opts: ListenerPaths) -> bool {
-    raw.bytes().any(|b| matches!(b, b'%' | b'\\' | b'.'))
+    raw.bytes()
+        .any(|b| matches!(b, b'%' | b'\\' | b'.') || !b.is_ascii())
         || (opts.merge_slashes && raw.contains("//"))
 }
 
@@ -110,14 +112,16 @@ pub fn path(raw: &str, opts: ListenerPaths) -> Result<Cow<'_, str>, PathError> {
                 }
                 EscapedSlashes::UnescapeAndForward => push(&mut out, b'/'),
             },
-            d if escaped && !is_unreserved(d) => {
+            // A byte that is not ASCII (UTF-8 sent as it is, which some clients do) is
+            // percent-encoded, as a browser sends it: one spelling of each path.
+            d if (escaped && !is_unreserved(d)) || !d.is_ascii() => {
                 out.extend_from_slice(&[b'%', HEX[usize::from(d >> 4)], HEX[usize::from(d & 15)]]);
             }
             d => out.push(d),
         }
     }
-    // Only ASCII was inserted and every other byte was copied in order, so this is UTF-8; the
-    // error arm is unreachable but handled rather than unwrapped.
+    // Every byte written is ASCII, so this is UTF-8; the error arm is unreachable but handled
+    // rather than unwrapped.
     let decoded = String::from_utf8(out).map_err(|_| PathError::BadPercentEncoding)?;
     if decoded.split('/').any(|segment| {
         segment

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::origin::OriginPattern;
@@ -163,13 +164,13 @@ fn listener_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
 }
 
 /// Whether two sockets cannot both listen: the same fixed port, and the same address or a
-/// wildcard one that covers the other (`0.0.0.0` every IPv4 address; `::` every address, as
-/// Linux binds it dual-stack unless `bindv6only` is set).
-fn binds_overlap(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
-    let covers = |w: std::net::SocketAddr, o: std::net::SocketAddr| {
-        w.ip().is_unspecified() && (w.is_ipv6() || o.is_ipv4())
-    };
-    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+/// wildcard one that covers the other (`0.0.0.0` every IPv4 address; `::` every address: the
+/// gateway binds IPv6 sockets dual-stack).
+fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    // `::ffff:127.0.0.1` is 127.0.0.1 to a dual-stack socket.
+    let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |w: IpAddr, o: IpAddr| w.is_unspecified() && (w.is_ipv6() || o.is_ipv4());
+    a.port() != 0 && a.port() == b.port() && (ia == ib || covers(ia, ib) || covers(ib, ia))
 }
 
 /// The document-wide `limits` and `drain`.
@@ -304,11 +305,6 @@ fn all_route_problems(cfg: &GatewayConfig, p: &mut Vec<Problem>) {
                 format!("duplicate route name `{}`", r.name),
             ));
         }
-        let hosts: Vec<String> = if r.hosts.is_empty() {
-            vec!["*".into()]
-        } else {
-            r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
-        };
         for key in match_keys(r) {
             if !matches.insert(key.clone()) {
                 p.push(Problem::new(
@@ -645,9 +641,12 @@ fn path_never_requested(cfg: &GatewayConfig, value: &str) -> Option<String> {
             "a path has no query or fragment (`?`, `#`): routes match the path alone".into(),
         );
     }
-    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'`'))
+    {
         return Some(
-            "request paths are printable ASCII: percent-encode anything else (`é` is `%C3%A9`)"
+            "request paths are printable ASCII without `<`, `>` or a backtick: percent-encode anything else (`é` is `%C3%A9`, a space `%20`)"
                 .into(),
         );
     }

@@ -110,7 +110,8 @@ fn unreserved_encodings_are_decoded_and_others_uppercased() {
         ("/%25", "/%25"),
         ("/%252e%252e", "/%252e%252e"),
         ("/%3b", "/%3B"),
-        ("/é", "/é"),
+        ("/é", "/%C3%A9"),
+        ("/caf%C3%A9/é", "/caf%C3%A9/%C3%A9"),
         ("/a;p=1/b", "/a;p=1/b"),
         ("/..a/.b./c..", "/..a/.b./c.."),
     ] {

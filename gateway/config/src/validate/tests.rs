@@ -130,6 +130,7 @@ fn a_route_path_no_normalized_request_can_have_is_refused_with_the_path_to_write
         ("/a#b", "query"),
         ("/caf\u{e9}", "ASCII"),
         ("/a b", "ASCII"),
+        ("/a<b>", "ASCII"),
     ] {
         let p = problems(&route(path));
         assert!(
@@ -183,6 +184,18 @@ fn a_listener_on_a_port_that_a_wildcard_address_already_binds_is_refused() {
             "0.0.0.0:8081",
             "listeners[1].address",
         ),
+        (
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "127.0.0.1:9090",
+            "listeners[1].address",
+        ),
+        (
+            "[::ffff:127.0.0.1]:8080",
+            "127.0.0.1:8080",
+            "127.0.0.1:9090",
+            "listeners[1].address",
+        ),
     ] {
         let Err(Error::Invalid(p)) = GatewayConfig::from_yaml(&doc(a, b, admin)) else {
             panic!("{a} {b} admin {admin} must be refused");
@@ -198,6 +211,7 @@ fn a_listener_on_a_port_that_a_wildcard_address_already_binds_is_refused() {
     for (a, b) in [
         ("0.0.0.0:8080", "0.0.0.0:8081"),
         ("127.0.0.1:8080", "127.0.0.2:8080"),
+        ("0.0.0.0:8080", "[::1]:8080"),
     ] {
         assert!(
             GatewayConfig::from_yaml(&doc(a, b, "127.0.0.1:9090")).is_ok(),
