@@ -864,22 +864,59 @@ async fn an_awareness_state_over_its_bound_closes_1009_and_one_that_is_not_json_
     assert_eq!(replica.handle("echo", &echo, true).await, Ok(()));
 }
 
+/// An awareness update for client `id` at `clock` (`null` removes), as an editor sends it.
+fn awareness_frame(id: u64, clock: u32, json: &str) -> Vec<u8> {
+    use yrs::sync::Message;
+    use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+    use yrs::updates::encoder::Encode;
+    let entry = AwarenessUpdateEntry {
+        clock,
+        json: json.into(),
+    };
+    let update = AwarenessUpdate {
+        clients: [(yrs::ClientID::new(id), entry)].into_iter().collect(),
+    };
+    Message::Awareness(update).encode_v1()
+}
+
+/// What a newcomer to `replica` is shown for client `id`: its state's JSON, or None.
+fn shown_to_a_newcomer(
+    replica: &switchboard_gateway::documents::replica::Replica,
+    look: &str,
+    id: u64,
+) -> Option<String> {
+    use switchboard_gateway::rooms::outbox::{Item, Outbox};
+    use yrs::sync::Message;
+    use yrs::updates::decoder::Decode;
+    let outbox = Outbox::new(1 << 20);
+    replica.attach(look, Some("viewer"), outbox.clone());
+    outbox.take_now().into_iter().find_map(|item| {
+        let Item::RawBinary(b) = item else {
+            return None;
+        };
+        let Ok(Message::Awareness(u)) = Message::decode_v1(&b) else {
+            return None;
+        };
+        u.clients
+            .get(&yrs::ClientID::new(id))
+            .map(|e| e.json.to_string())
+            .filter(|j| j != "null")
+    })
+}
+
 /// y-websocket lets any connection send a state for any client id. A state announced by one
 /// user's connection is that user's: another user's connection can neither remove it (`null`)
 /// nor take it over; a connection of the same user can (y-websocket's reconnect takes over its
-/// own id before the old connection has closed). Stock editors relay a removal of a state they
-/// timed out, so such a removal is dropped, not closed.
+/// own id before the old connection has closed, a tab closing removes it). Stock editors relay
+/// the removal of a state they timed out (same clock), so such a removal is dropped, not
+/// closed. Without users (a route without JWT) a takeover is allowed and a removal is not.
 #[tokio::test]
 async fn an_editor_can_neither_remove_nor_take_over_another_users_awareness_state() {
     use std::sync::Arc;
     use switchboard_gateway::documents::Documents;
     use switchboard_gateway::rooms::bus::memory::MemoryBus;
     use switchboard_gateway::rooms::bus::{Bus, RoomKey};
-    use switchboard_gateway::rooms::outbox::{Item, Outbox};
-    use yrs::sync::Message;
-    use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
-    use yrs::updates::decoder::Decode;
-    use yrs::updates::encoder::Encode;
+    use switchboard_gateway::rooms::outbox::Outbox;
 
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
     let docs = Documents::new(&bus);
@@ -891,66 +928,143 @@ async fn an_editor_can_neither_remove_nor_take_over_another_users_awareness_stat
         .open(&key, &switchboard_config::Documents::default())
         .await
         .unwrap();
-    let state = |clock: u32, json: &str| {
-        let entry = AwarenessUpdateEntry {
-            clock,
-            json: json.into(),
-        };
-        let update = AwarenessUpdate {
-            clients: [(yrs::ClientID::new(7), entry)].into_iter().collect(),
-        };
-        Message::Awareness(update).encode_v1()
+    let shown = |n: usize, id: u64| shown_to_a_newcomer(&replica, &format!("look-{n}"), id);
+    for (conn, user) in [
+        ("alice-1", Some("alice")),
+        ("bob", Some("bob")),
+        ("alice-2", Some("alice")),
+        ("anon-1", None),
+        ("anon-2", None),
+    ] {
+        replica.attach(conn, user, Outbox::new(1 << 20));
+    }
+    let send = |conn: &'static str, id: u64, clock: u32, json: &'static str| {
+        let replica = replica.clone();
+        async move {
+            replica
+                .handle(conn, &awareness_frame(id, clock, json), true)
+                .await
+        }
     };
-    // What a newcomer is shown for client 7: its state's JSON, or None.
-    let shown = |n: usize| {
-        let outbox = Outbox::new(1 << 20);
-        replica.attach(&format!("look-{n}"), Some("viewer"), outbox.clone());
-        outbox.take_now().into_iter().find_map(|item| {
-            let Item::RawBinary(b) = item else {
-                return None;
-            };
-            let Ok(Message::Awareness(u)) = Message::decode_v1(&b) else {
-                return None;
-            };
-            u.clients
-                .get(&yrs::ClientID::new(7))
-                .map(|e| e.json.to_string())
-                .filter(|j| j != "null")
-        })
-    };
-    replica.attach("alice-1", Some("alice"), Outbox::new(1 << 20));
-    replica.attach("bob", Some("bob"), Outbox::new(1 << 20));
-    replica.attach("alice-2", Some("alice"), Outbox::new(1 << 20));
     let alice = r#"{"user":"alice"}"#;
+    assert_eq!(send("alice-1", 7, 1, alice).await, Ok(()));
+    assert_eq!(shown(1, 7).as_deref(), Some(alice));
+    // Another user: a removal (newer, or a timed-out relay with the same clock) and a takeover
+    // are dropped, and the sender stays.
+    assert_eq!(send("bob", 7, 2, "null").await, Ok(()));
+    assert_eq!(send("bob", 7, 1, "null").await, Ok(()));
     assert_eq!(
-        replica.handle("alice-1", &state(1, alice), true).await,
-        Ok(())
-    );
-    assert_eq!(shown(1).as_deref(), Some(alice));
-    // Another user: a removal and a takeover are dropped, and the sender stays.
-    assert_eq!(replica.handle("bob", &state(2, "null"), true).await, Ok(()));
-    assert_eq!(
-        shown(2).as_deref(),
+        shown(2, 7).as_deref(),
         Some(alice),
         "bob removed alice's state"
     );
     let forged = r#"{"user":"mallory"}"#;
-    assert_eq!(replica.handle("bob", &state(3, forged), true).await, Ok(()));
+    assert_eq!(send("bob", 7, 3, forged).await, Ok(()));
     assert_eq!(
-        shown(3).as_deref(),
+        shown(3, 7).as_deref(),
         Some(alice),
         "bob took alice's state over"
     );
-    // The same user's other connection takes it over, and then may remove it.
+    // The same user's other connection takes it over; the first one leaving does not remove
+    // it; the second may remove it.
     let moved = r#"{"user":"alice","tab":2}"#;
+    assert_eq!(send("alice-2", 7, 4, moved).await, Ok(()));
+    assert_eq!(shown(4, 7).as_deref(), Some(moved));
+    replica.detach("alice-1").await;
     assert_eq!(
-        replica.handle("alice-2", &state(4, moved), true).await,
-        Ok(())
+        shown(5, 7).as_deref(),
+        Some(moved),
+        "alice-1 leaving removed it"
     );
-    assert_eq!(shown(4).as_deref(), Some(moved));
+    assert_eq!(send("alice-2", 7, 5, "null").await, Ok(()));
+    assert_eq!(shown(6, 7), None);
+    // Without users: a takeover, not a removal.
+    let anon = r#"{"user":"anon"}"#;
+    assert_eq!(send("anon-1", 9, 1, anon).await, Ok(()));
+    assert_eq!(send("anon-2", 9, 2, "null").await, Ok(()));
     assert_eq!(
-        replica.handle("alice-2", &state(5, "null"), true).await,
-        Ok(())
+        shown(7, 9).as_deref(),
+        Some(anon),
+        "anon-2 removed anon-1's state"
     );
-    assert_eq!(shown(5), None);
+    let again = r#"{"user":"anon","again":1}"#;
+    assert_eq!(send("anon-2", 9, 3, again).await, Ok(()));
+    assert_eq!(shown(8, 9).as_deref(), Some(again));
+}
+
+/// The same rule across pods: a state an editor of another pod holds can be taken over only
+/// by the same user (a reconnect to this pod) and removed by no one here.
+#[test]
+fn an_editor_cannot_take_over_another_users_awareness_state_held_on_another_pod() {
+    use std::sync::Arc;
+    use switchboard_gateway::documents::Documents;
+    use switchboard_gateway::rooms::bus::nats::NatsBus;
+    use switchboard_gateway::rooms::bus::{Bus, RoomKey};
+    use switchboard_gateway::rooms::outbox::Outbox;
+
+    let server = NatsServer::start();
+    let rt = support::runtime(2);
+    let nats: switchboard_config::Nats =
+        serde_json::from_value(json!({"urls": [server.url()], "subjectPrefix": "sbdocown"}))
+            .unwrap();
+    let pod = || -> Arc<dyn Bus> {
+        let bus = rt.block_on(NatsBus::connect(&nats)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !bus.healthy() {
+            assert!(std::time::Instant::now() < deadline, "NATS not connected");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Arc::new(bus)
+    };
+    let (a, b) = (Documents::new(&pod()), Documents::new(&pod()));
+    let key = RoomKey {
+        namespace: "docs".into(),
+        room: "owners-across".into(),
+    };
+    let cfg = switchboard_config::Documents::default();
+    let on_a = rt.block_on(a.open(&key, &cfg)).unwrap();
+    let on_b = rt.block_on(b.open(&key, &cfg)).unwrap();
+    on_a.attach("alice", Some("alice"), Outbox::new(1 << 20));
+    on_b.attach("bob", Some("bob"), Outbox::new(1 << 20));
+    on_b.attach("alice-again", Some("alice"), Outbox::new(1 << 20));
+    let alice = r#"{"user":"alice"}"#;
+    rt.block_on(on_a.handle("alice", &awareness_frame(7, 1, alice), true))
+        .unwrap();
+    let wait_for = |n: usize, want: Option<&str>, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let seen = shown_to_a_newcomer(&on_b, &format!("look-{n}"), 7);
+            on_b_detach(&rt, &on_b, &format!("look-{n}"));
+            if seen.as_deref() == want {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {seen:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(1, Some(alice), "alice's state never reached pod b");
+    for (n, frame) in [
+        (2, awareness_frame(7, 2, "null")),
+        (3, awareness_frame(7, 3, r#"{"user":"mallory"}"#)),
+    ] {
+        rt.block_on(on_b.handle("bob", &frame, true)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        wait_for(n, Some(alice), "bob changed alice's state held on pod a");
+    }
+    let moved = r#"{"user":"alice","pod":"b"}"#;
+    rt.block_on(on_b.handle("alice-again", &awareness_frame(7, 4, moved), true))
+        .unwrap();
+    wait_for(
+        4,
+        Some(moved),
+        "alice's reconnect to pod b did not take her state over",
+    );
+}
+
+fn on_b_detach(
+    rt: &tokio::runtime::Runtime,
+    replica: &switchboard_gateway::documents::replica::Replica,
+    conn: &str,
+) {
+    rt.block_on(replica.detach(conn));
 }

@@ -22,6 +22,9 @@ const REMOVED: &str = "null";
 struct Peer {
     seen: Instant,
     clients: HashSet<ClientID>,
+    /// The token `sub` of the editor holding each client, as the replica told
+    /// ([`Peers::owners`]); clients of editors without one are not here.
+    users: HashMap<ClientID, String>,
 }
 
 /// Other replicas of one document and the awareness clients each announced.
@@ -35,6 +38,7 @@ impl Peers {
         let p = self.by_origin.entry(origin).or_insert_with(|| Peer {
             seen: now,
             clients: HashSet::new(),
+            users: HashMap::new(),
         });
         p.seen = now;
         p
@@ -60,10 +64,31 @@ impl Peers {
         for (id, e) in &update.clients {
             if e.json.as_ref() == REMOVED {
                 p.clients.remove(id);
+                p.users.remove(id);
             } else {
                 p.clients.insert(*id);
             }
         }
+    }
+
+    /// Whose the clients `origin`'s editors hold are (client id in decimal -> token `sub`),
+    /// told before the update that sets them. Ids that are not numbers are ignored.
+    pub fn owners(&mut self, origin: u64, owners: HashMap<String, String>, now: Instant) {
+        let p = self.peer(origin, now);
+        for (id, user) in owners {
+            if let Ok(id) = id.parse::<u64>() {
+                p.users.insert(ClientID::new(id), user);
+            }
+        }
+    }
+
+    /// The user holding `id` on another replica: `None` when no other replica holds it,
+    /// `Some(None)` when one does but did not say whose (no `sub`, or an older version).
+    pub fn owner(&self, id: ClientID) -> Option<Option<&String>> {
+        self.by_origin
+            .values()
+            .find(|p| p.clients.contains(&id))
+            .map(|p| p.users.get(&id))
     }
 
     /// `ids` were announced by an editor of this pod: no other replica owns them.
@@ -76,14 +101,10 @@ impl Peers {
             if Some(*origin) != owner {
                 for id in ids {
                     p.clients.remove(id);
+                    p.users.remove(id);
                 }
             }
         }
-    }
-
-    /// Whether another replica announced `id` (an editor of another pod holds it).
-    pub fn owns(&self, id: ClientID) -> bool {
-        self.by_origin.values().any(|p| p.clients.contains(&id))
     }
 
     /// Forget the replicas silent for `timeout`; the clients they had announced.
@@ -93,6 +114,7 @@ impl Peers {
             let alive = now.saturating_duration_since(p.seen) < timeout;
             if !alive {
                 gone.extend(p.clients.drain());
+                p.users.clear();
             }
             alive
         });
@@ -175,5 +197,26 @@ mod tests {
             sorted(peers.expire(t0 + PEER_TIMEOUT * 2, PEER_TIMEOUT)),
             [11]
         );
+    }
+
+    #[test]
+    fn a_peers_clients_are_owned_by_the_users_it_named_until_removed_or_claimed() {
+        let t0 = Instant::now();
+        let mut peers = Peers::default();
+        let named = |pairs: &[(u64, &str)]| {
+            pairs
+                .iter()
+                .map(|(id, user)| (id.to_string(), user.to_string()))
+                .collect()
+        };
+        peers.owners(1, named(&[(10, "alice")]), t0);
+        peers.update(1, &update(&[(10, "{}"), (11, "{}")]), t0);
+        assert_eq!(peers.owner(id(10)), Some(Some(&"alice".to_string())));
+        assert_eq!(peers.owner(id(11)), Some(None), "held, owner not named");
+        assert_eq!(peers.owner(id(12)), None, "held by no other replica");
+        peers.update(1, &update(&[(10, "null")]), t0);
+        assert_eq!(peers.owner(id(10)), None);
+        peers.claimed_locally(&[id(11)]);
+        assert_eq!(peers.owner(id(11)), None);
     }
 }

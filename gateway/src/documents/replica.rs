@@ -44,6 +44,15 @@ const AW_UPDATE: u8 = 0;
 const AW_QUERY: u8 = 1;
 /// "My editors are still here" (no body), every [`peers::HEARTBEAT`] (docs/documents.md).
 const AW_ALIVE: u8 = 2;
+/// Whose the awareness clients this replica's editors hold are: a JSON object of client id to
+/// the editor's token `sub` (ids of editors without one are left out). Sent before the update
+/// that sets them and with every answer to a query; a pod that does not know the kind (an
+/// older version) ignores it.
+const AW_OWNERS: u8 = 4;
+
+/// What an editor's awareness change tells the other pods: the [`AW_OWNERS`] of the states it
+/// set (if any has a user), then the update.
+type ForPeers = (Option<Vec<u8>>, Vec<u8>);
 
 /// Load state of a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +94,21 @@ impl State {
             .values()
             .flat_map(|e| e.clients.iter().copied())
             .collect()
+    }
+
+    /// [`AW_OWNERS`] for `ids` held by this pod's editors, or `None` when none has a user.
+    fn owners_of(&self, ids: &[ClientID]) -> Option<Vec<u8>> {
+        let owners: HashMap<String, &str> = self
+            .editors
+            .values()
+            .filter_map(|e| Some((e, e.user.as_deref()?)))
+            .flat_map(|(e, user)| {
+                ids.iter()
+                    .filter(|id| e.clients.contains(id))
+                    .map(move |id| (id.get().to_string(), user))
+            })
+            .collect();
+        (!owners.is_empty()).then(|| serde_json::to_vec(&owners).unwrap_or_default())
     }
 }
 
@@ -332,9 +356,12 @@ impl Replica {
                 self.apply_local(Some(conn), u).await?;
             }
             Inbound::Awareness(update) => {
-                let Some(encoded) = self.awareness_from(conn, update)? else {
+                let Some((owners, encoded)) = self.awareness_from(conn, update)? else {
                     return Ok(());
                 };
+                if let Some(owners) = owners {
+                    self.publish_awareness(AW_OWNERS, &owners).await;
+                }
                 self.publish_awareness(AW_UPDATE, &encoded).await;
             }
             Inbound::Ignored => {}
@@ -359,25 +386,32 @@ impl Replica {
         &self,
         conn: &str,
         mut update: AwarenessUpdate,
-    ) -> Result<Option<Vec<u8>>, CloseCause> {
+    ) -> Result<Option<ForPeers>, CloseCause> {
         let mut st = self.lock();
         let Some(me) = st.editors.get(conn) else {
             return Ok(None);
         };
-        let owners: HashMap<ClientID, &Option<String>> = st
-            .editors
-            .iter()
-            .filter(|(c, _)| c.as_str() != conn)
-            .flat_map(|(_, e)| e.clients.iter().map(move |id| (*id, &e.user)))
-            .collect();
+        let me = me.user.clone();
         update.clients.retain(|id, entry| {
             let removal = entry.json.as_ref() == "null";
-            match owners.get(id) {
-                Some(user) => !removal && **user == me.user,
-                None => !(removal && st.peers.owns(*id)),
+            // What changes nothing is yrs' to ignore: an older clock, or the same one unless it
+            // removes (y-websocket editors send every state they hear back, and relay the
+            // removal of a state they timed out with its clock).
+            if let Some((clock, _)) = st.awareness.meta(*id)
+                && (entry.clock < clock || (entry.clock == clock && !removal))
+            {
+                return true;
+            }
+            let local = st
+                .editors
+                .iter()
+                .find(|(c, e)| c.as_str() != conn && e.clients.contains(id))
+                .map(|(_, e)| e.user.as_ref());
+            match local.or_else(|| st.peers.owner(*id)) {
+                None => true, // nobody holds it
+                Some(owner) => may_change(owner, me.as_deref(), removal),
             }
         });
-        drop(owners);
         for (id, entry) in &update.clients {
             // Only what would change a state: y-websocket editors send every state they hear
             // back, re-encoded (`1e20` comes back as 21 digits); such an echo changes nothing.
@@ -431,7 +465,7 @@ impl Replica {
             .map_err(|_| CloseCause::ProtocolError)?;
         let encoded = changed.encode_v1();
         broadcast(&st, None, &Bytes::from(sync::awareness(changed)));
-        Ok(Some(encoded))
+        Ok(Some((st.owners_of(&set), encoded)))
     }
 
     /// Apply an update from an editor (`from`) or the API (None): check the limits, apply,
@@ -701,6 +735,19 @@ fn integrate(r: &Arc<Replica>, s: store::Stored, last: u64) {
     }
 }
 
+/// Whether a connection of user `me` may change a state that a connection of `owner` holds
+/// (`None`: a route without JWT, or a token without `sub`): the same user may (its reconnect
+/// takes its id over before the old connection has closed, its other tab removes it); without
+/// users to tell apart, a takeover may (y-websocket's reconnect) and a removal may not; another
+/// user never.
+fn may_change(owner: Option<&String>, me: Option<&str>, removal: bool) -> bool {
+    match (owner, me) {
+        (Some(owner), Some(me)) => owner == me,
+        (None, None) => !removal,
+        _ => false,
+    }
+}
+
 /// Follow the document's awareness from the other pods; answer their queries; every
 /// [`peers::HEARTBEAT`] say this replica's editors are still here and remove the states of
 /// replicas silent for [`peers::PEER_TIMEOUT`] (a crashed pod's editors).
@@ -736,14 +783,20 @@ async fn follow_awareness(replica: Weak<Replica>, mut sub: async_nats::Subscribe
         match p[0] {
             AW_QUERY => {
                 // Only this pod's editors' states: each pod answers for its own.
-                let snap = {
+                let (owners, snap) = {
                     let st = r.lock();
-                    st.awareness
-                        .update_with_clients(st.local_clients())
+                    let local = st.local_clients();
+                    let snap = st
+                        .awareness
+                        .update_with_clients(local.clone())
                         .ok()
                         .filter(|u| !u.clients.is_empty())
-                        .map(|u| u.encode_v1())
+                        .map(|u| u.encode_v1());
+                    (st.owners_of(&local), snap)
                 };
+                if let Some(owners) = owners {
+                    r.publish_awareness(AW_OWNERS, &owners).await;
+                }
                 if let Some(snap) = snap {
                     r.publish_awareness(AW_UPDATE, &snap).await;
                 }
@@ -770,6 +823,10 @@ async fn follow_awareness(replica: Weak<Replica>, mut sub: async_nats::Subscribe
                 }
             }
             AW_ALIVE => r.lock().peers.heard(origin, now),
+            AW_OWNERS => match serde_json::from_slice::<HashMap<String, String>>(&p[9..]) {
+                Ok(owners) => r.lock().peers.owners(origin, owners, now),
+                Err(e) => tracing::warn!(error = %e, "awareness owners from another pod refused"),
+            },
             _ => {}
         }
     }
