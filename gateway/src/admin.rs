@@ -117,14 +117,6 @@ impl ServerApp for AdminApp {
             let gw = gw.clone();
             let app = app.clone();
             async move {
-                // As on the edge: two credentials are refused before an API reads one.
-                if let Err(e) = crate::normalize::unambiguous_fields(req.headers()) {
-                    return Ok::<_, Infallible>(reply(
-                        StatusCode::BAD_REQUEST,
-                        "text/plain",
-                        format!("malformed request: {e}\n"),
-                    ));
-                }
                 if req.method() == http::Method::POST && req.uri().path() == "/v1/publish" {
                     let (status, body) =
                         crate::rooms::publish_api::handle(&gw.config, &gw.hub, &gw.hooks, req)

@@ -455,6 +455,10 @@ async fn the_publish_api_reaches_every_device_of_a_user_through_the_user_room() 
         let (status, _, text) =
             http_request(gw.admin(), "POST", "/v1/publish", &headers, call.clone()).await;
         assert_eq!(status, want, "{auth:?}: {text}");
+        if want == 400 {
+            let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(body["error"], "repeated Authorization", "{text}");
+        }
     }
     let (status, body) = publish_api(gw.admin(), &json!({"room": "chat:a", "data": 1})).await;
     assert_eq!(status, 400, "several namespaces: it must be named: {body}");

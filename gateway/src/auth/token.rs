@@ -26,13 +26,8 @@ pub fn extract(
             TokenSource::Bearer {} => headers
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    let (scheme, rest) = v.trim().split_once(' ')?;
-                    scheme
-                        .eq_ignore_ascii_case("bearer")
-                        .then(|| rest.trim().to_string())
-                })
-                .map(|t| (t, Found::Bearer)),
+                .and_then(bearer_credentials)
+                .map(|t| (t.to_string(), Found::Bearer)),
             TokenSource::Subprotocol { prefix } => subprotocols(headers)
                 .into_iter()
                 .find_map(|p| p.strip_prefix(prefix.as_str()).map(str::to_string))
@@ -58,6 +53,14 @@ pub fn extract(
         }
     }
     None
+}
+
+/// The token of an `Authorization` value of the `Bearer` scheme (RFC 6750 §2.1; the scheme
+/// is case-insensitive, RFC 9110 §11.1), or `None` for another scheme or an empty token.
+pub fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// A query parameter, decoded (the first if repeated).

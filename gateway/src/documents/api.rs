@@ -1,4 +1,4 @@
-//! The documents API on the admin listener, with the publish API's bearer token:
+//! The documents API on the admin listener, with the admin APIs' bearer token:
 //! `GET /v1/documents/<namespace>/<document>` answers the document's current state as one Yjs
 //! update (`application/octet-stream`; apply it with `Y.applyUpdate`), and `POST` to the same
 //! path applies the body (one Yjs update) as a server-side edit: relayed to every editor and
@@ -10,10 +10,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use switchboard_config::{Documents as DocCfg, GatewayConfig, RoomProtocol};
 
+use crate::auth::api_token::authorize_api;
 use crate::error::CloseCause;
 use crate::rooms::authz::valid_room;
 use crate::rooms::bus::RoomKey;
-use crate::rooms::publish_api::authorize_api;
 
 /// The path prefix this module serves.
 pub const PREFIX: &str = super::API_PREFIX;

@@ -29,7 +29,7 @@ pub enum Inbound {
 
 /// Decode one WebSocket message (y-websocket sends one y-protocols message per frame).
 pub fn decode(frame: &[u8]) -> Result<Inbound, String> {
-    counts_fit(frame)?;
+    envelope_fits(frame)?;
     let msg = Message::decode_v1(frame).map_err(|e| format!("not a y-protocols message: {e}"))?;
     Ok(match msg {
         Message::Sync(SyncMessage::SyncStep1(sv)) => Inbound::Step1(sv),
@@ -54,7 +54,7 @@ const MIN_STATE_BYTES: usize = 3;
 /// end). Refuse a message whose count cannot fit in its own bytes before yrs reads it, and a
 /// message with bytes after its end (yrs stops reading where the message ends: what follows
 /// would be dropped unread).
-fn counts_fit(frame: &[u8]) -> Result<(), String> {
+fn envelope_fits(frame: &[u8]) -> Result<(), String> {
     const SYNC: u8 = 0;
     const AWARENESS: u8 = 1;
     const AWARENESS_QUERY: u8 = 3;

@@ -1,7 +1,7 @@
 use http::{HeaderMap, HeaderValue, header};
 use switchboard_config::GatewayConfig;
 
-use super::{ApiRefusal, authorize_api, bearer, pick_namespace};
+use super::{ApiRefusal, authorize_api, bearer};
 
 fn headers(authorizations: &[&str]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -46,20 +46,4 @@ fn two_authorization_headers_are_refused_rather_than_the_first_one_read() {
         authorize_api(&config(""), &headers(&["Bearer right-token-of-16-chars"])),
         Err(ApiRefusal::Disabled)
     );
-}
-
-#[test]
-fn a_call_naming_no_namespace_where_none_serves_room_messages_is_told_so() {
-    let (status, body) = pick_namespace(None, &[]).unwrap_err();
-    assert_eq!(status, http::StatusCode::NOT_FOUND);
-    assert!(
-        body["error"].as_str().unwrap().contains("documents API"),
-        "{body}"
-    );
-    let two = [("a".to_string(), None), ("b".to_string(), None)];
-    assert_eq!(
-        pick_namespace(None, &two).unwrap_err().0,
-        http::StatusCode::BAD_REQUEST
-    );
-    assert_eq!(pick_namespace(None, &two[..1]).unwrap(), "a");
 }
