@@ -9,9 +9,10 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::bus::RoomKey;
 use super::conn::{Services, next_conn_id, requested_rooms, start_at, start_cursor};
 use super::cursor::Cursor;
-use super::hub::{Encoding, GapFit, Joiner};
+use super::hub::{Encoding, GapFit, Hub, Joiner};
 use super::outbox::{Item, Outbox};
 use super::route::RoomsPolicy;
 use crate::admission::Passed;
@@ -60,22 +61,25 @@ pub(crate) async fn long_poll(
         .with_label_values(&[&route.cfg.name, "long_poll"])
         .inc();
     let mut lost = Vec::new();
-    let mut joined = Vec::new();
+    let mut joined = Joined {
+        hub: svc.hub.clone(),
+        conn: conn.clone(),
+        keys: Vec::with_capacity(rooms.len()),
+    };
     for room in &rooms {
         let key = policy.key(room);
         let since = cursor.get(room);
+        // Held before the join: a client gone during it leaves what the join did.
+        joined.keys.push(key.clone());
         match svc.hub.join(&key, &joiner, since.as_ref(), None).await {
             Ok(j) => {
                 if since.is_some() && !j.recovered {
                     lost.push(room.clone());
                 }
                 start_at(&mut cursor, room, &j);
-                joined.push(key);
             }
             Err(_) => {
-                for key in &joined {
-                    svc.hub.leave(key, &conn).await;
-                }
+                joined.leave().await;
                 return Err(Refusal::BusUnavailable);
             }
         }
@@ -124,9 +128,7 @@ pub(crate) async fn long_poll(
         }
     }
     outbox.close();
-    for key in &joined {
-        svc.hub.leave(key, &conn).await;
-    }
+    joined.leave().await;
     drop(adm.admitted);
     let cursor_text = cursor.encode();
     if messages.is_empty() && lost.is_empty() {
@@ -146,4 +148,39 @@ pub(crate) async fn long_poll(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+/// The rooms a long-poll joined, left however the poll ends: with its answer, or when its
+/// client goes away while it waits (hyper then drops the poll at an await, and the rooms would
+/// keep a member nobody reads, with their subscriptions).
+struct Joined {
+    hub: Arc<Hub>,
+    conn: String,
+    keys: Vec<RoomKey>,
+}
+
+impl Joined {
+    async fn leave(&mut self) {
+        for key in std::mem::take(&mut self.keys) {
+            self.hub.leave(&key, &self.conn).await;
+        }
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        // No await in a drop: the rooms are left by a task of their own, at once.
+        let (hub, conn) = (self.hub.clone(), std::mem::take(&mut self.conn));
+        let keys = std::mem::take(&mut self.keys);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for key in keys {
+                    hub.leave(&key, &conn).await;
+                }
+            });
+        }
+    }
 }
