@@ -1024,6 +1024,59 @@ async fn messages_faster_than_the_rate_limit_close_the_connection_with_1008() {
     assert_eq!(calm.recv().await, json!({"type": "pong", "id": "calm"}));
 }
 
+/// Pings and empty fragments are never a message, yet each costs the gateway a read: they are
+/// charged to the same rate (a ping one, a fragment a sixteenth), as in proxy mode. Before, one
+/// connection sending nothing else kept a core busy and was never closed.
+#[tokio::test]
+async fn a_flood_of_pings_or_of_empty_fragments_closes_with_1008() {
+    let gw = start().await;
+    for flood in ["pings", "fragments"] {
+        let mut ws = JsonWs::connect(&gw.ws_url("/limited"), &[]).await;
+        let frames: Vec<Message> =
+            if flood == "pings" {
+                (0..40).map(|_| Message::Ping(Vec::new().into())).collect()
+            } else {
+                std::iter::once(Message::Frame(
+                    tokio_tungstenite::tungstenite::protocol::frame::Frame::message(
+                        b"{".to_vec(),
+                        tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+                            tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
+                        ),
+                        false,
+                    ),
+                ))
+                .chain((0..40 * 16).map(|_| {
+                    Message::Frame(tokio_tungstenite::tungstenite::protocol::frame::Frame::message(
+                    Vec::new(),
+                    tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+                        tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Continue,
+                    ),
+                    false,
+                ))
+                }))
+                .collect()
+            };
+        for f in frames {
+            if ws.ws.send(f).await.is_err() {
+                break; // the close can arrive while we are still sending
+            }
+        }
+        // The gateway stops reading once it closes: tungstenite's own replies to the flood
+        // can then fail, so only the Close is looked for.
+        let code = tokio::time::timeout(PROMPTLY, async {
+            while let Some(m) = futures_util::StreamExt::next(&mut ws.ws).await {
+                if let Ok(Message::Close(c)) = m {
+                    return c.map(|c| u16::from(c.code));
+                }
+            }
+            None
+        })
+        .await
+        .expect("a Close in time");
+        assert_eq!(code, Some(1008), "{flood}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_stops_reading_is_closed_with_4008_while_the_others_get_everything() {
     let gw = start().await;

@@ -16,7 +16,6 @@ use crate::engine::session::{self as engine_session, CLOSE_WAIT, Handler};
 use crate::error::CloseCause;
 use crate::rooms::outbox::{Item, Outbox};
 use crate::rooms::session::SessionCtx;
-use crate::tunnel::bucket::TokenBucket;
 
 /// Serve one editor until its connection ends; returns why it ended.
 pub async fn run(io: Upgraded, ctx: SessionCtx, docs: Arc<Documents>) -> CloseCause {
@@ -50,7 +49,6 @@ pub async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
     let policy = ctx.policy.clone();
     let mut life = ctx.lifecycle(&policy.conn);
     let mut editor = Editor {
-        bucket: ctx.bucket(),
         ctx,
         replica: replica.clone(),
         outbox: outbox.clone(),
@@ -63,12 +61,11 @@ pub async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
     cause
 }
 
-/// One editor: its replica, its outbox, its rate limit.
+/// One editor: its replica, its outbox, whether it may write.
 struct Editor {
     ctx: SessionCtx,
     replica: Arc<Replica>,
     outbox: Arc<Outbox>,
-    bucket: TokenBucket,
     may_write: bool,
 }
 
@@ -99,20 +96,12 @@ impl Handler for Editor {
         let Message::Binary(b) = msg else {
             return None;
         };
-        let now = std::time::Instant::now();
-        if !self.bucket.try_take(now) {
-            return Some(CloseCause::RateLimited);
-        }
         // Every update read so far is stored (each is appended before the next is read): on
-        // a drain the editor reconnects elsewhere and resyncs from the stored document. Nothing
-        // is read meanwhile: the rate limit credits that pause (tunnel/bucket.rs).
-        self.bucket.pause(now);
-        let failed = self
-            .replica
+        // a drain the editor reconnects elsewhere and resyncs from the stored document. The
+        // rate limit is the connection's (`SessionCtx::conn`).
+        self.replica
             .handle(&self.ctx.conn_id, &b, self.may_write)
             .await
-            .err();
-        self.bucket.resume(std::time::Instant::now());
-        failed
+            .err()
     }
 }

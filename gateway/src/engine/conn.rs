@@ -20,6 +20,7 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::bucket::{FRAGMENT_COST, TokenBucket};
 use super::deflate::{self, Deflate, InflateError};
 use super::frame::{self, Event, FrameError, OpCode, Scanner, Sender};
 use crate::error::{CloseCause, Side};
@@ -63,6 +64,8 @@ pub enum ConnError {
     InvalidUtf8,
     #[error("invalid compressed message")]
     BadCompressed,
+    #[error("messages, fragments or pings over the rate limit")]
+    RateLimited,
     #[error("connection ended without a close")]
     Eof,
     #[error("socket: {0}")]
@@ -74,6 +77,7 @@ impl ConnError {
     pub fn cause(&self) -> CloseCause {
         match self {
             Self::Frame(_) => CloseCause::ProtocolError,
+            Self::RateLimited => CloseCause::RateLimited,
             Self::TooBig => CloseCause::MessageTooBig,
             Self::InvalidUtf8 => CloseCause::InvalidUtf8,
             Self::BadCompressed => CloseCause::InvalidCompressed,
@@ -269,9 +273,44 @@ pub struct Conn<S> {
     /// or more, queued once it drains: a peer that sends pings without reading costs one pong
     /// beyond that, not one per ping.
     pong: Option<Box<[u8]>>,
+    /// The peer's message rate ([`Conn::limit_rate`]).
+    rate: Option<TokenBucket>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// Hold the peer to `bucket`, the route's message rate, closing 1008 when it runs out: a
+    /// message costs one token at its first frame, each further frame of it and each pong a
+    /// sixteenth ([`FRAGMENT_COST`]), a ping one, as the proxy tunnel charges them. Counting
+    /// whole messages alone let a peer that sends only pings or empty fragments, never a
+    /// message, keep a core busy for ever.
+    pub fn limit_rate(mut self, bucket: TokenBucket) -> Self {
+        self.rate = Some(bucket);
+        self
+    }
+
+    /// Nothing is read from the peer for a while (its message is being handled): what it
+    /// sends meanwhile is not taken for a burst ([`TokenBucket::pause`]).
+    pub fn pause_rate(&mut self, now: std::time::Instant) {
+        if let Some(b) = self.rate.as_mut() {
+            b.pause(now);
+        }
+    }
+
+    /// Reading from the peer again ([`TokenBucket::resume`]).
+    pub fn resume_rate(&mut self, now: std::time::Instant) {
+        if let Some(b) = self.rate.as_mut() {
+            b.resume(now);
+        }
+    }
+
+    fn charge(&mut self, cost: f64) -> Result<(), ConnError> {
+        let now = std::time::Instant::now();
+        match self.rate.as_mut().map(|b| b.try_take_part(now, cost)) {
+            Some(false) => Err(ConnError::RateLimited),
+            _ => Ok(()),
+        }
+    }
+
     /// A server connection over `io`, refusing messages over `max_message` bytes (after
     /// inflation), with permessage-deflate when `deflate` was negotiated.
     pub fn new(io: S, max_message: u64, deflate: Option<Deflate>) -> Self {
@@ -307,6 +346,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             echo: None,
             echo_due: false,
             pong: None,
+            rate: None,
         }
     }
 
@@ -519,6 +559,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     if h.too_big {
                         return Err(ConnError::TooBig);
                     }
+                    self.charge(if h.starts_message { 1.0 } else { FRAGMENT_COST })?;
                     if h.starts_message {
                         let cap = usize::try_from(h.payload_len.min(64 * 1024)).unwrap_or(0);
                         self.partial = Some(Partial {
@@ -587,6 +628,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn control(&mut self, op: OpCode, payload: Vec<u8>) -> Result<(), ConnError> {
+        match op {
+            OpCode::Ping => self.charge(1.0)?,
+            OpCode::Pong => self.charge(FRAGMENT_COST)?,
+            _ => {}
+        }
         match op {
             // After the peer's Close nothing is answered (only the Close is echoed).
             OpCode::Ping if !self.close_received => {

@@ -5,6 +5,7 @@
 //!
 //! Nothing here knows rooms, documents or tunnels; they call down into it.
 
+pub mod bucket;
 pub mod conn;
 pub mod deflate;
 pub mod frame;

@@ -240,7 +240,13 @@ where
                             continue; // reading on only for the peer's Close
                         }
                         // Boxed: the handler's future exists only while it runs.
-                        if let Some(cause) = Box::pin(handler.message(msg)).await {
+                        // Nothing is read while the handler works (a publish waits for the
+                        // bus, a hook for the app): the rate limit does not take what the
+                        // peer sends meanwhile for a burst.
+                        conn.pause_rate(std::time::Instant::now());
+                        let closed = Box::pin(handler.message(msg)).await;
+                        conn.resume_rate(std::time::Instant::now());
+                        if let Some(cause) = closed {
                             d.closing = Some(begin_close(conn, handler, cause));
                         } else if !conn.has_ready() {
                             // The last message read: the tasks it woke on this worker (the

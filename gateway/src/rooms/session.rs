@@ -20,11 +20,11 @@ use super::protocol::{self, ClientMsg, ErrorCode};
 use super::route::{ConnSettings, RoomsPolicy};
 use crate::auth::jwt::Claims;
 use crate::drain::CloseSignal;
+use crate::engine::bucket::TokenBucket;
 use crate::engine::conn::{Conn, Frame, Message};
 use crate::engine::deflate::Deflate;
 use crate::engine::session::{self as engine_session, CLOSE_WAIT, Handler, Lifecycle};
 use crate::error::CloseCause;
-use crate::tunnel::bucket::TokenBucket;
 
 /// Most rooms one connection may be in at once.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 256;
@@ -55,6 +55,7 @@ impl SessionCtx {
     /// The connection core over the upgraded socket, with this session's limits.
     pub fn conn<S: AsyncRead + AsyncWrite + Unpin>(&self, io: S) -> Conn<S> {
         Conn::new(io, self.policy.conn.limits.max_message_bytes, self.deflate)
+            .limit_rate(self.bucket())
     }
 
     /// Keep-alive, expiry and drain settings for the engine (`route`: this session's
@@ -109,7 +110,6 @@ pub fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> impl Future<Output = CloseCause> {
     let outbox = Outbox::new(ctx.policy.cfg.max_queue_bytes);
     let session = Session {
-        bucket: ctx.bucket(),
         ctx,
         outbox,
         rooms: Joined::default(),
@@ -207,16 +207,8 @@ impl Handler for Session {
     }
 
     async fn message(&mut self, msg: Message) -> Option<CloseCause> {
-        let now = std::time::Instant::now();
-        if !self.bucket.try_take(now) {
-            return Some(CloseCause::RateLimited);
-        }
-        // Nothing more is read from the client while its message is handled (a publish waits
-        // for the bus, a hook for the app): what it sends meanwhile is not a burst of its own.
-        self.bucket.pause(now);
-        let closed = self.handle(msg).await;
-        self.bucket.resume(std::time::Instant::now());
-        closed
+        // The rate limit is the connection's (`SessionCtx::conn`).
+        self.handle(msg).await
     }
 
     fn draining(&mut self) {
@@ -269,7 +261,6 @@ struct Session {
     ctx: SessionCtx,
     outbox: Arc<Outbox>,
     rooms: Joined,
-    bucket: TokenBucket,
 }
 
 impl Session {

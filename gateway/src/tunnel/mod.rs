@@ -3,7 +3,6 @@
 //! permessage-deflate terminated at the edge ([`compress`]), and the threads tunnels run on
 //! ([`threads`]) with their event loop ([`event_loop`]).
 
-pub mod bucket;
 pub mod compress;
 pub mod event_loop;
 pub mod relay;

@@ -6,6 +6,7 @@ use switchboard_config::Compression;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
 use super::*;
+use crate::engine::bucket::TokenBucket;
 use crate::engine::deflate::negotiate;
 
 const M: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
@@ -143,6 +144,64 @@ async fn a_message_over_the_limit_closes_1009_at_its_header() {
     ));
     client.write_all(&f).await.unwrap();
     assert_eq!(conn.next().await.unwrap().unwrap_err().cause().code(), 1009);
+}
+
+/// Pings and the fragments of a message cost of the rate limit (a ping one token, a fragment
+/// after a message's first frame a sixteenth), as in the proxy tunnel: a connection sending
+/// nothing but empty fragments or pings kept a gateway core busy and was never closed.
+#[tokio::test]
+async fn a_flood_of_pings_or_empty_fragments_closes_1008_and_a_paced_client_does_not() {
+    let t0 = std::time::Instant::now();
+    for flood in ["pings", "fragments"] {
+        let (conn, mut client) = pair(1024, None);
+        let mut conn = conn.limit_rate(TokenBucket::new(10, 20, t0));
+        let mut bytes = Vec::new();
+        if flood == "pings" {
+            for _ in 0..25 {
+                bytes.extend(frame::encode(OpCode::Ping, b"", M));
+            }
+        } else {
+            bytes.extend(frame::encode_frame(OpCode::Text, false, false, b"a", M));
+            for _ in 0..25 * 16 {
+                bytes.extend(frame::encode_frame(
+                    OpCode::Continuation,
+                    false,
+                    false,
+                    &[],
+                    M,
+                ));
+            }
+        }
+        client.write_all(&bytes).await.unwrap();
+        let err = conn.next().await.unwrap().unwrap_err();
+        assert_eq!(err.cause().code(), 1008, "{flood}: {err}");
+    }
+    // Within the burst: a message in 100 fragments, and a ping after it.
+    let (conn, mut client) = pair(1024, None);
+    let mut conn = conn.limit_rate(TokenBucket::new(10, 20, t0));
+    let mut bytes = frame::encode_frame(OpCode::Text, false, false, b"a", M);
+    for _ in 0..99 {
+        bytes.extend(frame::encode_frame(
+            OpCode::Continuation,
+            false,
+            false,
+            b"",
+            M,
+        ));
+    }
+    bytes.extend(frame::encode_frame(
+        OpCode::Continuation,
+        true,
+        false,
+        b"b",
+        M,
+    ));
+    bytes.extend(frame::encode(OpCode::Ping, b"p", M));
+    client.write_all(&bytes).await.unwrap();
+    assert_eq!(
+        conn.next().await.unwrap().unwrap(),
+        Message::Text("ab".into())
+    );
 }
 
 #[tokio::test]

@@ -15,9 +15,9 @@ use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::super::bucket::TokenBucket;
 use super::super::compress::{self, Compression};
 use super::{DirCounters, TunnelLimits};
+use crate::engine::bucket::{FRAGMENT_COST, TokenBucket};
 use crate::engine::frame::{self, Event, OpCode, Scanner, Sender};
 use crate::error::CloseCause;
 
@@ -29,9 +29,6 @@ const SCRATCH_LEN: usize = 16 * 1024;
 const READS_PER_POLL: usize = 16;
 /// Longest a direction waits to shut its destination's stream down cleanly.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
-/// What a continuation frame or a pong from the client costs of its rate limit's tokens (a
-/// message's first frame and a ping cost one).
-const FRAGMENT_COST: f64 = 1.0 / 16.0;
 /// Most bytes relayed from what a source has already sent when a close starts.
 const READY_BUDGET: usize = 256 * 1024;
 

@@ -9,6 +9,11 @@
 
 use std::time::{Duration, Instant};
 
+/// What a frame of a message after its first, or a pong, costs of a rate limit's tokens (a
+/// message and a ping cost one): a message streamed in many frames stays within its rate, a
+/// flood of empty fragments does not.
+pub const FRAGMENT_COST: f64 = 1.0 / 16.0;
+
 /// A token bucket driven by the caller's clock (so tests pass instants, not sleeps).
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
