@@ -48,6 +48,8 @@ pub struct Gateway {
     /// tests that build a gateway without running it, they stay on the runtime they started on).
     pub tunnel_threads: std::sync::OnceLock<Arc<crate::tunnel::threads::TunnelThreads>>,
     loaded: AtomicBool,
+    /// Every JWKS has been fetched once since start-up ([`Self::ready`]).
+    keys_came: AtomicBool,
 }
 
 /// Reads a file the config refers to.
@@ -111,6 +113,7 @@ impl Gateway {
             hooks: Hooks::default(),
             tunnel_threads: std::sync::OnceLock::new(),
             loaded: AtomicBool::new(true),
+            keys_came: AtomicBool::new(false),
         }))
     }
 
@@ -119,6 +122,8 @@ impl Gateway {
     /// their last good version, and are returned (also logged and counted).
     /// Listener and admin changes need a restart (sockets are bound once); they are reported.
     pub fn apply(&self, cfg: GatewayConfig) -> Result<Vec<RouteFailure>, Vec<Problem>> {
+        // Whether the keys had come is settled before the new routes register their JWKS URLs.
+        self.keys_came();
         let previous = self.routes.load();
         let routes = RouteTable::compile(
             &cfg,
@@ -189,12 +194,28 @@ impl Gateway {
         self.loaded.store(loaded, Ordering::Release);
     }
 
-    /// Loaded, not draining, and every JWKS fetched once.
+    /// Loaded, not draining, the bus healthy, and, at start-up, every JWKS fetched once (a
+    /// pod is not sent traffic whose tokens it cannot check yet). Only at start-up: a JWKS
+    /// URL that a reload adds and that cannot be fetched (a typo, an identity provider down)
+    /// leaves its route answering 401 `unknown signing key` until its keys come, and the pod
+    /// ready (every replica gets the same config: all of them would leave the load balancer,
+    /// with every other route).
     pub fn ready(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
             && !self.drain.is_draining()
-            && self.jwks.all_loaded()
+            && self.keys_came()
             && self.hub.bus().healthy()
+    }
+
+    fn keys_came(&self) -> bool {
+        if self.keys_came.load(Ordering::Acquire) {
+            return true;
+        }
+        let came = self.jwks.all_loaded();
+        if came {
+            self.keys_came.store(true, Ordering::Release);
+        }
+        came
     }
 }
 

@@ -121,3 +121,31 @@ async fn a_bad_reload_keeps_the_last_good_config_serving_and_is_counted() {
     .await;
     close_normally(&mut live).await;
 }
+
+/// Readiness waits for every JWKS at start-up (a pod is not sent traffic its tokens would
+/// fail), but once the pod has been ready, a reload that adds a JWKS URL that cannot be
+/// fetched (a typo, an identity provider down) does not take the whole pod out of its load
+/// balancer: every replica gets the same config, so every route of every pod went down. The
+/// new route answers 401 `unknown signing key` until its keys come.
+#[tokio::test]
+async fn a_reload_adding_an_unreachable_jwks_keeps_a_ready_pod_ready() {
+    let echo = EchoServer::start().await;
+    let gateway = Gateway::start_with_env(&config(echo.port(), &["a"]).yaml(), FAST_RELOAD).await;
+    let (status, _) = http_get(gateway.admin(), "/readyz").await;
+    assert_eq!(status, 200);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", dead.local_addr().unwrap());
+    drop(dead);
+    let jwks = serde_json::json!({"keys": [{"jwks": {"url": url, "minRefresh": "1s"}}]});
+    let with_jwks = config(echo.port(), &["a"])
+        .route(route("b", "/b").jwt(jwks).proxy(&[echo.port()]))
+        .yaml();
+    write_atomically(&gateway.config_path(), &with_jwks);
+    wait_reloads(&gateway, "ok", 1.0).await;
+    // Give the failed fetches time to show.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (status, body) = http_get(gateway.admin(), "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(status_of(&gateway, "/a").await, 101);
+    assert_eq!(status_of(&gateway, "/b").await, 401);
+}
