@@ -555,6 +555,14 @@ impl Verifier {
     fn decode_with(&self, token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Claims, Step> {
         let validation = &self.inner.validations[slot(alg)];
         match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
+            // jsonwebtoken lets an array `iss` holding the issuer through; RFC 7519 §4.1.1
+            // makes it one string, compared exactly.
+            Ok(data)
+                if validation.iss.is_some()
+                    && !data.claims.get("iss").is_some_and(Value::is_string) =>
+            {
+                Err(Step::Final(TokenError::WrongIssuer))
+            }
             Ok(data) => Ok(Claims::from_raw(data.claims)),
             Err(e) => Err(match e.into_kind() {
                 ErrorKind::InvalidSignature

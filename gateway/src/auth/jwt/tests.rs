@@ -319,6 +319,18 @@ async fn issuer_is_required_and_exact_when_configured() {
             .err(),
         Some(TokenError::MissingClaim("iss"))
     );
+    // `iss` is one StringOrURI (RFC 7519 §4.1.1): an array holding the issuer is not it.
+    for iss in [
+        json!(["https://evil.example", "https://issuer.example"]),
+        json!(["https://issuer.example"]),
+    ] {
+        let listed = json!({ "exp": now() + 60, "iss": iss });
+        assert_eq!(
+            v.verify(&sign(Algorithm::RS256, None, &listed)).await.err(),
+            Some(TokenError::WrongIssuer),
+            "{iss}"
+        );
+    }
 }
 
 #[tokio::test]
