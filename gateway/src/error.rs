@@ -321,6 +321,10 @@ pub fn table() -> Vec<Row> {
             "WebSocket upgrade over HTTP/1.0 (RFC 6455 §4.1 needs HTTP/1.1), before the app is asked",
             Refusal::BadHandshake("WebSocket needs HTTP/1.1"),
         ),
+        (
+            "WebSocket upgrade with a body (`Content-Length` other than 0, or `Transfer-Encoding`; RFC 6455 §4.1), before the app is asked",
+            Refusal::BadHandshake("a WebSocket handshake has no body"),
+        ),
         ("no ready, non-draining backend", Refusal::NoBackend),
         (
             "backend refused the TCP connection",

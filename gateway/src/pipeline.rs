@@ -57,6 +57,15 @@ fn check_handshake(req: &Request<Incoming>) -> Result<(), Refusal> {
     if version.map(str::trim) != Some("13") {
         return Err(Refusal::BadWebSocketVersion);
     }
+    // RFC 6455 §4.1: the handshake is a GET with no body. One the app read before its first
+    // frame would shift every frame the gateway checked by its length.
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0");
+    if length || req.headers().contains_key(header::TRANSFER_ENCODING) {
+        return Err(Refusal::BadHandshake("a WebSocket handshake has no body"));
+    }
     let key = once(
         header::SEC_WEBSOCKET_KEY,
         "Sec-WebSocket-Key sent more than once",

@@ -765,6 +765,17 @@ async fn the_gateway_and_the_app_see_the_same_request() {
         let resp = raw_request(addr, &head).await;
         m.refusal(&format!("{path} HTTP/1.0 upgrade"), &resp, 400, &[]);
     }
+    // RFC 6455 §4.1: a handshake has no body; an app reading one would read every frame
+    // after it shifted.
+    for (name, value, body) in [
+        ("Content-Length", "6", "abcdef"),
+        ("Transfer-Encoding", "chunked", "0\r\n\r\n"),
+    ] {
+        let head = upgrade_head("/public/x", &[(name, value)]);
+        let resp = raw_request(addr, &format!("{head}{body}")).await;
+        let what = format!("{name}: {value}");
+        m.refusal(&format!("/public/x upgrade with {what}"), &resp, 400, &[]);
+    }
     let app_handshakes = echo.handshakes().len() - handshakes_before;
     m.check(
         "HTTP/1.0 upgrades reach the app",
@@ -814,7 +825,7 @@ async fn the_gateway_and_the_app_see_the_same_request() {
     );
     assert_eq!(
         count("bad_handshake"),
-        2.0,
-        "the HTTP/1.0 upgrades are bad handshakes"
+        4.0,
+        "the HTTP/1.0 upgrades and the upgrades with a body are bad handshakes"
     );
 }
