@@ -70,11 +70,11 @@ fn cursor(room: &str, seq: u64, epoch: &str) -> String {
         .encode(json!({"p": {room: [seq, epoch]}}).to_string())
 }
 
-fn decode_cursor(cursor: &str) -> Value {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .unwrap_or_else(|e| panic!("cursor {cursor:?} is not base64url: {e}"));
-    serde_json::from_slice::<Value>(&bytes).expect("cursor JSON")["p"].clone()
+fn decode_cursor(cursor: &str, room: &str) -> Value {
+    // Cursors name rooms by a tag of their name: the request's rooms.
+    let c = switchboard_gateway::rooms::cursor::Cursor::decode(cursor, &[room.to_string()])
+        .unwrap_or_else(|e| panic!("cursor {cursor:?}: {e}"));
+    serde_json::to_value(c.positions).unwrap()
 }
 
 fn seq_and_n(m: &Value) -> (u64, i64) {
@@ -183,7 +183,7 @@ async fn an_sse_resume_from_another_epoch_gets_what_the_new_epoch_holds(epochs: 
     assert_eq!(joined.event.as_deref(), Some("joined"), "{joined:?}");
     assert_eq!(joined.json()["recovered"], false, "{joined:?}");
     // The joined event's id lets a reconnect before any message still get all three.
-    let id = decode_cursor(joined.id.as_deref().expect("joined carries an id"));
+    let id = decode_cursor(joined.id.as_deref().expect("joined carries an id"), room);
     assert_eq!(id[room], json!([0, epoch]), "{id}");
     let mut got = Vec::new();
     let mut last = String::new();
@@ -194,7 +194,7 @@ async fn an_sse_resume_from_another_epoch_gets_what_the_new_epoch_holds(epochs: 
         got.push(seq_and_n(&ev.json()));
     }
     assert_eq!(got, vec![(1, 1), (2, 2), (3, 3)]);
-    assert_eq!(decode_cursor(&last)[room], json!([3, epoch]));
+    assert_eq!(decode_cursor(&last, room)[room], json!([3, epoch]));
 }
 
 async fn a_long_poll_from_another_epoch_gets_what_the_new_epoch_holds(epochs: Epochs) {
@@ -222,7 +222,7 @@ async fn a_long_poll_from_another_epoch_gets_what_the_new_epoch_holds(epochs: Ep
         .map(seq_and_n)
         .collect();
     assert_eq!(got, vec![(1, 1), (2, 2), (3, 3)], "{body}");
-    assert_eq!(decode_cursor(&poll.cursor())[room], json!([3, epoch]));
+    assert_eq!(decode_cursor(&poll.cursor(), room)[room], json!([3, epoch]));
 }
 
 #[tokio::test]
@@ -405,7 +405,7 @@ fn poll_events(room: &str, prev: u64, body: &Value) -> Vec<Got> {
                 _ => None,
             })
             .unwrap_or_else(|| {
-                decode_cursor(body["cursor"].as_str().expect("cursor"))[room][0]
+                decode_cursor(body["cursor"].as_str().expect("cursor"), room)[room][0]
                     .as_u64()
                     .expect("seq")
             });
@@ -442,7 +442,7 @@ async fn overflow(
     let first = long_poll(members_on.addr(), &format!("{path}&timeout=0s")).await;
     assert_eq!(first.status, 204, "{:?}", first.body);
     let mut cursor = first.cursor();
-    let mut prev = decode_cursor(&cursor)[room][0].as_u64().expect("seq");
+    let mut prev = decode_cursor(&cursor, room)[room][0].as_u64().expect("seq");
     // A long-poll waiting through the whole overflow.
     let waiting = {
         let addr = members_on.addr();
@@ -489,7 +489,9 @@ async fn overflow(
             poll_got.extend(poll_events(room, prev, body));
         }
         cursor = answer.cursor();
-        prev = decode_cursor(&cursor)[room][0].as_u64().unwrap_or(prev);
+        prev = decode_cursor(&cursor, room)[room][0]
+            .as_u64()
+            .unwrap_or(prev);
         if complete(&acked, ephemeral, &poll_got) {
             break;
         }

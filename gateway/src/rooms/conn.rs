@@ -102,16 +102,13 @@ pub(crate) fn requested_rooms(
 /// naming other rooms would otherwise be carried, and repeated in every `id:`, for the life of
 /// the stream). One that cannot be decoded is ignored: every room joins fresh.
 pub(crate) fn start_cursor(req: &Request<Incoming>, param: &str, rooms: &[String]) -> Cursor {
-    let mut cursor = req
-        .headers()
+    req.headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .or_else(|| query_param(req.uri().query(), param))
-        .and_then(|c| Cursor::decode(&c).ok())
-        .unwrap_or_default();
-    cursor.retain(rooms);
-    cursor
+        .and_then(|c| Cursor::decode(&c, rooms).ok())
+        .unwrap_or_default()
 }
 
 /// Where a joined room's cursor entry starts: where the member's stream starts (its own

@@ -144,7 +144,7 @@ proptest! {
 
     #[test]
     fn any_cursor_text_decodes_or_fails_with_a_cursor_error(text in any::<String>()) {
-        match Cursor::decode(&text) {
+        match Cursor::decode(&text, &["a".to_string()]) {
             Ok(_) | Err(CursorError::NotBase64 | CursorError::NotPositions(_)) => {}
             Err(CursorError::TooLong) => prop_assert!(text.trim().len() > MAX_CURSOR_TEXT),
         }
@@ -152,7 +152,7 @@ proptest! {
 
     #[test]
     fn any_base64url_payload_decodes_or_is_not_positions(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        match Cursor::decode(&URL_SAFE_NO_PAD.encode(&bytes)) {
+        match Cursor::decode(&URL_SAFE_NO_PAD.encode(&bytes), &["a".to_string()]) {
             Ok(_) | Err(CursorError::NotPositions(_)) => {}
             Err(e) => prop_assert!(false, "valid base64url reported as {e}"),
         }
@@ -160,14 +160,15 @@ proptest! {
 
     #[test]
     fn cursors_survive_encode_then_decode(c in cursor()) {
-        prop_assert_eq!(Cursor::decode(&c.encode()), Ok(c));
+        let rooms: Vec<String> = c.positions.keys().cloned().collect();
+        prop_assert_eq!(Cursor::decode(&c.encode(), &rooms), Ok(c));
     }
 
     #[test]
     fn edited_cursors_decode_or_fail_with_a_cursor_error(
         text in cursor().prop_map(|c| c.encode()).prop_flat_map(mutated)
     ) {
-        let _ = Cursor::decode(&text);
+        let _ = Cursor::decode(&text, &["a".to_string()]);
     }
 
     #[test]
