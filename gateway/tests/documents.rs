@@ -8,12 +8,14 @@
 mod support;
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::config::{ConfigBuilder, route};
 use support::nats::NatsServer;
 use support::{Gateway, repo_root};
+use switchboard_gateway::documents::Documents;
 use switchboard_gateway::documents::store::OP_TIMEOUT;
 
 /// `/docs/<doc>` may edit, `/view/<doc>` may only read; both serve namespace `docs`. Updates
@@ -710,24 +712,19 @@ fn text_of(state: &[u8]) -> String {
     t.get_string(&doc.transact())
 }
 
-/// The admin listener has a runtime of its own. A document it loads first (a documents API
-/// call) must follow the other pods from the NATS client's runtime, where the editors are: its
-/// feeds must not live and die with the runtime that happened to load it.
-#[test]
-fn a_document_first_loaded_from_another_runtime_keeps_following_the_other_pods_after_that_runtime_ends()
- {
-    use std::sync::Arc;
-    use switchboard_gateway::documents::Documents;
+/// Two pods' documents over one NATS server (`prefix`: the subject prefix), connected on
+/// `rt`.
+fn two_nats_pods(
+    server: &NatsServer,
+    rt: &tokio::runtime::Runtime,
+    prefix: &str,
+) -> (Arc<Documents>, Arc<Documents>) {
+    use switchboard_gateway::rooms::bus::Bus;
     use switchboard_gateway::rooms::bus::nats::NatsBus;
-    use switchboard_gateway::rooms::bus::{Bus, RoomKey};
-
-    let server = NatsServer::start();
-    let edge = support::runtime(2);
     let nats: switchboard_config::Nats =
-        serde_json::from_value(json!({"urls": [server.url()], "subjectPrefix": "sbdocrt"}))
-            .unwrap();
+        serde_json::from_value(json!({"urls": [server.url()], "subjectPrefix": prefix})).unwrap();
     let pod = || -> Arc<dyn Bus> {
-        let bus = edge.block_on(NatsBus::connect(&nats)).unwrap();
+        let bus = rt.block_on(NatsBus::connect(&nats)).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while !bus.healthy() {
             assert!(std::time::Instant::now() < deadline, "NATS not connected");
@@ -735,7 +732,20 @@ fn a_document_first_loaded_from_another_runtime_keeps_following_the_other_pods_a
         }
         Arc::new(bus)
     };
-    let (a, b) = (Documents::new(&pod()), Documents::new(&pod()));
+    (Documents::new(&pod()), Documents::new(&pod()))
+}
+
+/// The admin listener has a runtime of its own. A document it loads first (a documents API
+/// call) must follow the other pods from the NATS client's runtime, where the editors are: its
+/// feeds must not live and die with the runtime that happened to load it.
+#[test]
+fn a_document_first_loaded_from_another_runtime_keeps_following_the_other_pods_after_that_runtime_ends()
+ {
+    use switchboard_gateway::rooms::bus::RoomKey;
+
+    let server = NatsServer::start();
+    let edge = support::runtime(2);
+    let (a, b) = two_nats_pods(&server, &edge, "sbdocrt");
     let key = RoomKey {
         namespace: "docs".into(),
         room: "loaded-by-admin".into(),
@@ -996,27 +1006,12 @@ async fn an_editor_can_neither_remove_nor_take_over_another_users_awareness_stat
 /// by the same user (a reconnect to this pod) and removed by no one here.
 #[test]
 fn an_editor_cannot_take_over_another_users_awareness_state_held_on_another_pod() {
-    use std::sync::Arc;
-    use switchboard_gateway::documents::Documents;
-    use switchboard_gateway::rooms::bus::nats::NatsBus;
-    use switchboard_gateway::rooms::bus::{Bus, RoomKey};
+    use switchboard_gateway::rooms::bus::RoomKey;
     use switchboard_gateway::rooms::outbox::Outbox;
 
     let server = NatsServer::start();
     let rt = support::runtime(2);
-    let nats: switchboard_config::Nats =
-        serde_json::from_value(json!({"urls": [server.url()], "subjectPrefix": "sbdocown"}))
-            .unwrap();
-    let pod = || -> Arc<dyn Bus> {
-        let bus = rt.block_on(NatsBus::connect(&nats)).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while !bus.healthy() {
-            assert!(std::time::Instant::now() < deadline, "NATS not connected");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Arc::new(bus)
-    };
-    let (a, b) = (Documents::new(&pod()), Documents::new(&pod()));
+    let (a, b) = two_nats_pods(&server, &rt, "sbdocown");
     let key = RoomKey {
         namespace: "docs".into(),
         room: "owners-across".into(),
