@@ -242,6 +242,12 @@ async fn route_and_admit(
         Some(_) if !is_websocket(&req) => crate::rooms::cors::allowed_origin(&route, req.headers()),
         _ => None,
     };
+    if let Some(origin) = &cors
+        && crate::rooms::cors::is_preflight(&req)
+    {
+        span.record("outcome", "preflight");
+        return crate::rooms::cors::preflight(&route, origin.clone());
+    }
     let draining_stream = crate::rooms::sse::wants_draining_stream(&route, &req);
     let mut resp = match admit_and_dispatch(gw, conn, route.clone(), req).await {
         Ok(resp) => {

@@ -503,6 +503,43 @@ async fn browsers_on_another_origin_may_read_streams_and_polls_through_cors() {
         "x-switchboard-cursor"
     );
     assert!(headers.contains_key("x-switchboard-cursor"));
+
+    // A fetch() long-poll that sends its token in `Authorization` is preflighted first: the
+    // preflight carries no credentials (Fetch standard), so it is answered before the token
+    // check (it was a 401, and the poll was never sent). Only for an allowed origin.
+    let (status, headers, _) = support::rooms::http_request(
+        gw.addr(),
+        "OPTIONS",
+        "/me?rooms=inbox:team",
+        &[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "authorization"),
+        ],
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 204, "{headers:?}");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed.contains("authorization"), "{allowed}");
+    assert!(allowed.contains("last-event-id"), "{allowed}");
+    assert_eq!(headers["access-control-allow-methods"], "GET");
+    let (status, _, _) = support::rooms::http_request(
+        gw.addr(),
+        "OPTIONS",
+        "/listed?rooms=news:a",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 403, "a preflight from an origin the route refuses");
 }
 
 #[tokio::test]

@@ -3,8 +3,9 @@
 //! 503 ...), so a page can read why it was refused; a request whose `Origin` the route does not
 //! allow gets none (403 `origin`), and neither does one that matches no route (404).
 
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 
+use crate::http::{Body, full};
 use crate::routes::CompiledRoute;
 
 /// The request's `Origin`, when it passes the route's allow-list (echoed back by [`apply`]).
@@ -29,4 +30,37 @@ pub fn apply(route: &CompiledRoute, origin: HeaderValue, h: &mut HeaderMap) {
             HeaderValue::from_static("true"),
         );
     }
+}
+
+/// Whether `req` is a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`): what a
+/// browser sends before a `fetch()` long-poll that carries `Authorization` or `Last-Event-ID`.
+pub fn is_preflight<B>(req: &Request<B>) -> bool {
+    req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// The answer to a preflight from an allowed `origin`: GET, with the request headers a page
+/// sends to a rooms route (a token, a cursor). A preflight carries no credentials (Fetch
+/// standard), so it is answered before the token check, and it admits nothing: the request
+/// that follows is checked like any other.
+pub fn preflight(route: &CompiledRoute, origin: HeaderValue) -> Response<Body> {
+    let mut resp = Response::new(full(""));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    apply(route, origin, h);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, last-event-id, accept, cache-control"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    resp
 }
