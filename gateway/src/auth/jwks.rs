@@ -253,8 +253,18 @@ impl JwksCache {
         self.keys.load_full()
     }
 
+    /// A config (a reload, or another route) names this URL with these settings: the latest
+    /// win. A shorter `refresh` pulls the next regular fetch in (it was scheduled with the old
+    /// period, an hour by default).
     fn reconfigure(&self, algorithms: &[Algorithm], refresh: Duration, min_refresh: Duration) {
         let mut st = lock(&self.state);
+        if refresh < st.refresh {
+            let sooner = Instant::now() + jittered(refresh);
+            if sooner < st.next_due {
+                st.next_due = sooner;
+                self.wake.notify_one();
+            }
+        }
         st.refresh = refresh;
         st.min_refresh = min_refresh;
         if !st.algorithm_lists.iter().any(|l| l == algorithms) {

@@ -373,6 +373,32 @@ async fn the_last_good_key_set_survives_errors_and_bad_documents() {
     }
 }
 
+/// A reload that shortens a URL's `refresh` takes effect at once: the next regular fetch was
+/// scheduled with the old period (an hour), so the new one waited for it, or for a restart.
+#[tokio::test]
+async fn a_shorter_refresh_from_a_reload_reschedules_the_next_fetch() {
+    let server = JwksServer::start(set(&[rsa_jwk("k1")])).await;
+    let registry = JwksRegistry::new();
+    let (stop, stopped) = watch::channel(false);
+    let looping = registry.clone();
+    let task = tokio::spawn(async move { looping.run(stopped).await });
+    let _hourly = jwks_verifier(&registry, &server.url, Duration::from_millis(50));
+    eventually("the first fetch", || server.hits() >= 1).await;
+    let cache = registry.cache(
+        &server.url,
+        &[],
+        Duration::from_millis(300),
+        Duration::from_millis(50),
+    );
+    eventually("a fetch on the new, shorter period", || server.hits() >= 3).await;
+    drop(cache);
+    stop.send(true).expect("loop listening");
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("loop ended")
+        .expect("no panic");
+}
+
 #[tokio::test]
 async fn all_loaded_waits_for_every_cache_and_the_loop_ends_on_shutdown() {
     let up = JwksServer::start(set(&[rsa_jwk("k1")])).await;
