@@ -48,7 +48,7 @@ pub struct Gateway {
     /// tests that build a gateway without running it, they stay on the runtime they started on).
     pub tunnel_threads: std::sync::OnceLock<Arc<crate::tunnel::threads::TunnelThreads>>,
     loaded: AtomicBool,
-    /// Every JWKS has been fetched once since start-up ([`Self::ready`]).
+    /// The pod has been ready once with every JWKS fetched ([`Self::ready`]).
     keys_came: AtomicBool,
 }
 
@@ -122,8 +122,6 @@ impl Gateway {
     /// their last good version, and are returned (also logged and counted).
     /// Listener and admin changes need a restart (sockets are bound once); they are reported.
     pub fn apply(&self, cfg: GatewayConfig) -> Result<Vec<RouteFailure>, Vec<Problem>> {
-        // Whether the keys had come is settled before the new routes register their JWKS URLs.
-        self.keys_came();
         let previous = self.routes.load();
         let routes = RouteTable::compile(
             &cfg,
@@ -201,12 +199,17 @@ impl Gateway {
     /// ready (every replica gets the same config: all of them would leave the load balancer,
     /// with every other route).
     pub fn ready(&self) -> bool {
+        // The keys last: they latch only once everything else holds, so a pod that was never
+        // ready (a Kubernetes snapshot not yet loaded: no routes, no JWKS) still waits for
+        // its keys.
         self.loaded.load(Ordering::Acquire)
             && !self.drain.is_draining()
-            && self.keys_came()
             && self.hub.bus().healthy()
+            && self.keys_came()
     }
 
+    /// Every JWKS fetched once, latched the first time it holds while the pod is otherwise
+    /// ready (so from then on a JWKS a reload adds cannot make the pod unready).
     fn keys_came(&self) -> bool {
         if self.keys_came.load(Ordering::Acquire) {
             return true;
@@ -282,3 +285,6 @@ pub fn referenced_files(cfg: &GatewayConfig) -> BTreeSet<String> {
     }
     files
 }
+
+#[cfg(test)]
+mod tests;
