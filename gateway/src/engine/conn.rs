@@ -275,6 +275,8 @@ pub struct Conn<S> {
     pong: Option<Box<[u8]>>,
     /// The peer's message rate ([`Conn::limit_rate`]).
     rate: Option<TokenBucket>,
+    /// The rate ran out after messages that were within it: they are handed out, then 1008.
+    over_rate: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -347,6 +349,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             echo_due: false,
             pong: None,
             rate: None,
+            over_rate: false,
         }
     }
 
@@ -498,6 +501,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Poll::Ready(Some(Ok(m)));
             }
             if self.read_done {
+                if std::mem::take(&mut self.over_rate) {
+                    return Poll::Ready(Some(Err(ConnError::RateLimited)));
+                }
                 return Poll::Ready(None);
             }
             match ready!(self.poll_read_some(cx)) {
@@ -511,6 +517,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Ok(false) => {
                     self.read_done = true;
                     return Poll::Ready(Some(Err(ConnError::Eof)));
+                }
+                // Over the rate: the messages read before the frame that ran over are handed
+                // out first (they were within it), then the error.
+                Err(ConnError::RateLimited) if !self.ready.is_empty() => {
+                    self.read_done = true;
+                    self.partial = None;
+                    self.over_rate = true;
                 }
                 Err(e) => {
                     self.read_done = true;

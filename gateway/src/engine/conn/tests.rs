@@ -204,6 +204,27 @@ async fn a_flood_of_pings_or_empty_fragments_closes_1008_and_a_paced_client_does
     );
 }
 
+/// Messages read in the same socket read as the frame that runs over the rate were within it:
+/// they are handed out before the 1008 (a reconnecting client sends its joins and queued
+/// publishes at once; dropping the ones within its burst made it resend them all, for ever).
+#[tokio::test]
+async fn the_messages_within_the_rate_are_handed_out_before_the_1008() {
+    let (conn, mut client) = pair(1024, None);
+    let mut conn = conn.limit_rate(TokenBucket::new(1, 3, std::time::Instant::now()));
+    let mut bytes = Vec::new();
+    for i in 0..6 {
+        bytes.extend(frame::encode(OpCode::Text, format!("m{i}").as_bytes(), M));
+    }
+    client.write_all(&bytes).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            conn.next().await.unwrap().unwrap(),
+            Message::Text(format!("m{i}"))
+        );
+    }
+    assert_eq!(conn.next().await.unwrap().unwrap_err().cause().code(), 1008);
+}
+
 #[tokio::test]
 async fn framing_errors_close_1002() {
     let (mut conn, mut client) = pair(1024, None);
