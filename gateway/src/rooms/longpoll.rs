@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use super::bus::RoomKey;
 use super::conn::{Services, next_conn_id, requested_rooms, start_at, start_cursor};
@@ -160,9 +161,12 @@ struct Joined {
 }
 
 impl Joined {
+    /// Leave the rooms one by one, each kept until it has been left: a poll dropped in the
+    /// middle leaves the rest from its drop (leaving twice does nothing).
     async fn leave(&mut self) {
-        for key in std::mem::take(&mut self.keys) {
-            self.hub.leave(&key, &self.conn).await;
+        while let Some(key) = self.keys.last() {
+            self.hub.leave(key, &self.conn).await;
+            self.keys.pop();
         }
     }
 }
@@ -176,11 +180,15 @@ impl Drop for Joined {
         let (hub, conn) = (self.hub.clone(), std::mem::take(&mut self.conn));
         let keys = std::mem::take(&mut self.keys);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                for key in keys {
-                    hub.leave(&key, &conn).await;
+            let span = tracing::debug_span!("rooms.long_poll_left", rooms = keys.len());
+            runtime.spawn(
+                async move {
+                    for key in keys {
+                        hub.leave(&key, &conn).await;
+                    }
                 }
-            });
+                .instrument(span),
+            );
         }
     }
 }
