@@ -6,8 +6,8 @@
 //! Steps, in order (documented in `docs/config.md`, "Path normalization"):
 //! 1. Percent-encodings are checked (`%` + two hex digits, else 400); an encoding of an
 //!    unreserved character (RFC 3986 §2.3: `A-Z a-z 0-9 - . _ ~`) is decoded (§6.2.2.2), every
-//!    other encoding is kept with uppercase hex digits (§6.2.2.1), and a byte that is not ASCII
-//!    (UTF-8 sent unencoded) is percent-encoded.
+//!    other encoding is kept with uppercase hex digits (§6.2.2.1), and a raw byte a URI may not
+//!    hold (UTF-8 sent unencoded, `|`, `{`, `"`...) is percent-encoded.
 //! 2. Encoded slashes (`%2F`), encoded backslashes (`%5C`) and raw backslashes follow the
 //!    listener's [`EscapedSlashes`] action: refused (the default), kept as `%2F` / `%5C` (never a
 //!    segment separator), or turned into `/` before the dot segments are resolved.
@@ -65,10 +65,23 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// RFC 3986 §2.2 reserved characters (gen-delims and sub-delims): their raw and encoded forms
+/// differ in meaning, so each stays as it came.
+fn is_reserved(b: u8) -> bool {
+    b":/?#[]@!$&'()*+,;=".contains(&b)
+}
+
+/// A raw byte that a URI may not hold as it is (RFC 3986 §2): not ASCII, a control, a space,
+/// `"`, `<`, `>`, `\`, `^`, a backtick, `{`, `|`, `}`. Such bytes are percent-encoded, as a
+/// browser sends them, so that a path has one spelling.
+fn needs_encoding(b: u8) -> bool {
+    !(is_unreserved(b) || is_reserved(b) || b == b'%')
+}
+
 /// Whether `raw` can need any change at all (the common case does not, and is not copied).
 fn needs_work(raw: &str, opts: ListenerPaths) -> bool {
     raw.bytes()
-        .any(|b| matches!(b, b'%' | b'\\' | b'.') || !b.is_ascii())
+        .any(|b| matches!(b, b'%' | b'\\' | b'.') || needs_encoding(b))
         || (opts.merge_slashes && raw.contains("//"))
 }
 
@@ -112,9 +125,9 @@ pub fn path(raw: &str, opts: ListenerPaths) -> Result<Cow<'_, str>, PathError> {
                 }
                 EscapedSlashes::UnescapeAndForward => push(&mut out, b'/'),
             },
-            // A byte that is not ASCII (UTF-8 sent as it is, which some clients do) is
-            // percent-encoded, as a browser sends it: one spelling of each path.
-            d if (escaped && !is_unreserved(d)) || !d.is_ascii() => {
+            // A byte a URI may not hold raw (UTF-8 sent as it is, `|`, `{`...: some clients
+            // send them) is percent-encoded, as a browser sends it: one spelling of each path.
+            d if (escaped && !is_unreserved(d)) || (!escaped && needs_encoding(d)) => {
                 out.extend_from_slice(&[b'%', HEX[usize::from(d >> 4)], HEX[usize::from(d & 15)]]);
             }
             d => out.push(d),

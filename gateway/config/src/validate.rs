@@ -641,15 +641,6 @@ fn path_never_requested(cfg: &GatewayConfig, value: &str) -> Option<String> {
             "a path has no query or fragment (`?`, `#`): routes match the path alone".into(),
         );
     }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'`'))
-    {
-        return Some(
-            "request paths are printable ASCII without `<`, `>` or a backtick: percent-encode anything else (`é` is `%C3%A9`, a space `%20`)"
-                .into(),
-        );
-    }
     let defaults = [ListenerPaths::default()];
     let options: Vec<ListenerPaths> = if cfg.listeners.is_empty() {
         defaults.to_vec()

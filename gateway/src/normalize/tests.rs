@@ -112,6 +112,8 @@ fn unreserved_encodings_are_decoded_and_others_uppercased() {
         ("/%3b", "/%3B"),
         ("/é", "/%C3%A9"),
         ("/caf%C3%A9/é", "/caf%C3%A9/%C3%A9"),
+        ("/a|b^c{d}\"e", "/a%7Cb%5Ec%7Bd%7D%22e"),
+        ("/a:b@c!$&'()*+,;=", "/a:b@c!$&'()*+,;="),
         ("/a;p=1/b", "/a;p=1/b"),
         ("/..a/.b./c..", "/..a/.b./c.."),
     ] {

@@ -128,9 +128,10 @@ fn a_route_path_no_normalized_request_can_have_is_refused_with_the_path_to_write
         ("/a%zz", "percent-encoding"),
         ("/a?b=1", "query"),
         ("/a#b", "query"),
-        ("/caf\u{e9}", "ASCII"),
-        ("/a b", "ASCII"),
-        ("/a<b>", "ASCII"),
+        ("/caf\u{e9}", "`/caf%C3%A9`"),
+        ("/a b", "`/a%20b`"),
+        ("/a<b>", "`/a%3Cb%3E`"),
+        ("/a|b", "`/a%7Cb`"),
     ] {
         let p = problems(&route(path));
         assert!(
