@@ -590,6 +590,19 @@ impl Hub {
         &self.receipts
     }
 
+    /// The position this pod has given member `conn` of `key`: its join's start, raised by
+    /// every message delivered to it since. Any position at or before it is one the member
+    /// was shown. No I/O.
+    pub async fn given(&self, key: &RoomKey, conn: &str) -> Option<Position> {
+        let rooms = self.rooms.lock().await;
+        let room = rooms.get(key)?;
+        let members = room.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.get(conn).map(|slot| Position {
+            seq: slot.last_seq,
+            epoch: slot.epoch.clone(),
+        })
+    }
+
     /// The local room for `key` with `slot` added, created (and subscribed) if needed. Under
     /// the map lock, so a concurrent last-member leave cannot drop the room under a joiner.
     async fn enter(

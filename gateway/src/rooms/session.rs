@@ -395,6 +395,7 @@ impl Session {
                 let ctx = &self.ctx;
                 let reply = super::chat::read(
                     (&ctx.hub, &ctx.policy, ctx.claims.as_deref()),
+                    &ctx.conn_id,
                     joined,
                     &room,
                     &position,

@@ -86,6 +86,13 @@ impl<V> Members<V> {
         Some(removed)
     }
 
+    pub(super) fn get(&self, conn: &str) -> Option<&V> {
+        match self {
+            Self::Few(list) => list.iter().find(|(c, _)| &**c == conn).map(|(_, v)| v),
+            Self::Many(map) => map.get(conn),
+        }
+    }
+
     pub(super) fn get_mut(&mut self, conn: &str) -> Option<&mut V> {
         match self {
             Self::Few(list) => list.iter_mut().find(|(c, _)| &**c == conn).map(|(_, v)| v),
