@@ -16,6 +16,12 @@ pub const HEARTBEAT: Duration = Duration::from_secs(3);
 /// pods (between `PEER_TIMEOUT` and `PEER_TIMEOUT + HEARTBEAT` after its last message).
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most owners one message from another replica may name (a replica's editors hold at most
+/// eight ids each; no replica the gateway runs holds this many).
+pub const MAX_OWNERS_PER_MESSAGE: usize = 4096;
+/// Most named owners kept per replica.
+const MAX_USERS_PER_PEER: usize = 4 * MAX_OWNERS_PER_MESSAGE;
+
 /// The JSON an awareness update entry carries for a removed state.
 const REMOVED: &str = "null";
 
@@ -75,7 +81,13 @@ impl Peers {
     /// told before the update that sets them. Ids that are not numbers are ignored.
     pub fn owners(&mut self, origin: u64, owners: HashMap<String, String>, now: Instant) {
         let p = self.peer(origin, now);
+        // Names for ids the replica does not hold (any more) are not kept while it lives.
+        let clients = &p.clients;
+        p.users.retain(|id, _| clients.contains(id));
         for (id, user) in owners {
+            if p.users.len() >= MAX_USERS_PER_PEER {
+                break;
+            }
             if let Ok(id) = id.parse::<u64>() {
                 p.users.insert(ClientID::new(id), user);
             }

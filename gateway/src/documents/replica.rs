@@ -46,8 +46,8 @@ const AW_QUERY: u8 = 1;
 const AW_ALIVE: u8 = 2;
 /// Whose the awareness clients this replica's editors hold are: a JSON object of client id to
 /// the editor's token `sub` (ids of editors without one are left out). Sent before the update
-/// that sets them and with every answer to a query; a pod that does not know the kind (an
-/// older version) ignores it.
+/// that sets ids an editor did not hold, and with every answer to a query; a pod that does not
+/// know the kind (an older version) ignores it.
 const AW_OWNERS: u8 = 4;
 
 /// What an editor's awareness change tells the other pods: the [`AW_OWNERS`] of the states it
@@ -455,6 +455,12 @@ impl Replica {
         let Some(editor) = st.editors.get_mut(conn) else {
             return Ok(None);
         };
+        // Only ids this editor did not hold are news to the other pods' owner lists.
+        let newly: Vec<ClientID> = set
+            .iter()
+            .copied()
+            .filter(|id| !editor.clients.contains(id))
+            .collect();
         editor.clients.extend(set.iter().copied());
         if editor.clients.len() > MAX_AWARENESS_CLIENTS {
             return Err(CloseCause::ProtocolError);
@@ -465,7 +471,7 @@ impl Replica {
             .map_err(|_| CloseCause::ProtocolError)?;
         let encoded = changed.encode_v1();
         broadcast(&st, None, &Bytes::from(sync::awareness(changed)));
-        Ok(Some((st.owners_of(&set), encoded)))
+        Ok(Some((st.owners_of(&newly), encoded)))
     }
 
     /// Apply an update from an editor (`from`) or the API (None): check the limits, apply,
@@ -824,7 +830,13 @@ async fn follow_awareness(replica: Weak<Replica>, mut sub: async_nats::Subscribe
             }
             AW_ALIVE => r.lock().peers.heard(origin, now),
             AW_OWNERS => match serde_json::from_slice::<HashMap<String, String>>(&p[9..]) {
-                Ok(owners) => r.lock().peers.owners(origin, owners, now),
+                Ok(owners) if owners.len() <= peers::MAX_OWNERS_PER_MESSAGE => {
+                    r.lock().peers.owners(origin, owners, now)
+                }
+                Ok(owners) => tracing::warn!(
+                    owners = owners.len(),
+                    "awareness owners from another pod refused: too many"
+                ),
                 Err(e) => tracing::warn!(error = %e, "awareness owners from another pod refused"),
             },
             _ => {}
