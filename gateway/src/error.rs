@@ -212,6 +212,17 @@ impl CloseCause {
         }
     }
 
+    /// The `code` label of `switchboard_closes_total`: the code, except that a code a peer
+    /// chose from the application ranges (3000-4999) is counted as `3xxx` or `4xxx` — one
+    /// client could otherwise add 2,000 series per route (the log line keeps the code).
+    pub fn code_label(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Self::Peer(_, 3000..=3999) => "3xxx".into(),
+            Self::Peer(_, 4000..=4999) => "4xxx".into(),
+            _ => self.code().to_string().into(),
+        }
+    }
+
     /// The close reason sent with the code.
     pub fn reason(&self) -> &str {
         match self {
@@ -452,6 +463,17 @@ pub fn table_markdown() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_application_close_code_is_counted_by_its_range() {
+        let peer = |code| CloseCause::Peer(Side::Downstream, code);
+        assert_eq!(peer(1000).code_label(), "1000");
+        assert_eq!(peer(3001).code_label(), "3xxx");
+        assert_eq!(peer(4999).code_label(), "4xxx");
+        assert_eq!(peer(4999).code(), 4999, "the code itself is kept");
+        assert_eq!(CloseCause::SlowConsumer.code_label(), "4008");
+        assert_eq!(CloseCause::TokenExpired.code_label(), "4001");
+    }
 
     #[test]
     fn docs_errors_md_contains_the_current_table() {

@@ -368,7 +368,11 @@ impl Relayed {
         let code = outcome.cause.code();
         metrics()
             .closes
-            .with_label_values(&[&route_name, &code.to_string(), outcome.cause.label()])
+            .with_label_values(&[
+                &route_name,
+                &*outcome.cause.code_label(),
+                outcome.cause.label(),
+            ])
             .inc();
         tracing::info!(
             target: "switchboard::connection",

@@ -368,7 +368,7 @@ impl Feed {
         }
         metrics()
             .closes
-            .with_label_values(&[&route_name, &cause.code().to_string(), cause.label()])
+            .with_label_values(&[&route_name, &*cause.code_label(), cause.label()])
             .inc();
         let disconnected = notifier.send(connected, user.as_deref(), || {
             disconnect_event(&conn, user.as_deref(), &route_name, "sse", &cause)

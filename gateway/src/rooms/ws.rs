@@ -223,7 +223,7 @@ fn connection(
         });
         metrics()
             .closes
-            .with_label_values(&[&*route, &cause.code().to_string(), cause.label()])
+            .with_label_values(&[&*route, &*cause.code_label(), cause.label()])
             .inc();
         tracing::info!(
             target: "switchboard::connection",
