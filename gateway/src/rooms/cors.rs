@@ -50,17 +50,15 @@ pub fn preflight(route: &CompiledRoute, origin: HeaderValue) -> Response<Body> {
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
     apply(route, origin, h);
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, last-event-id, accept, cache-control"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("600"),
-    );
+    for (name, value) in [
+        (header::ACCESS_CONTROL_ALLOW_METHODS, "GET"),
+        (
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            "authorization, last-event-id, accept, cache-control",
+        ),
+        (header::ACCESS_CONTROL_MAX_AGE, "600"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     resp
 }
