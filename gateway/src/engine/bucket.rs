@@ -9,10 +9,25 @@
 
 use std::time::{Duration, Instant};
 
+use super::frame::OpCode;
+
 /// What a frame of a message after its first, or a pong, costs of a rate limit's tokens (a
 /// message and a ping cost one): a message streamed in many frames stays within its rate, a
 /// flood of empty fragments does not.
 pub const FRAGMENT_COST: f64 = 1.0 / 16.0;
+
+/// What a frame a peer sends costs of its rate limit's tokens, the same in every mode: a
+/// message's first frame and a ping one, a further frame of a message and a pong
+/// [`FRAGMENT_COST`], a Close nothing.
+pub fn frame_cost(opcode: OpCode, starts_message: bool) -> f64 {
+    match opcode {
+        OpCode::Ping => 1.0,
+        OpCode::Pong => FRAGMENT_COST,
+        OpCode::Close => 0.0,
+        _ if starts_message => 1.0,
+        _ => FRAGMENT_COST,
+    }
+}
 
 /// A token bucket driven by the caller's clock (so tests pass instants, not sleeps).
 #[derive(Debug, Clone)]

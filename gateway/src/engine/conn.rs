@@ -20,7 +20,7 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::bucket::{FRAGMENT_COST, TokenBucket};
+use super::bucket::{TokenBucket, frame_cost};
 use super::deflate::{self, Deflate, InflateError};
 use super::frame::{self, Event, FrameError, OpCode, Scanner, Sender};
 use crate::error::{CloseCause, Side};
@@ -282,7 +282,7 @@ pub struct Conn<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Hold the peer to `bucket`, the route's message rate, closing 1008 when it runs out: a
     /// message costs one token at its first frame, each further frame of it and each pong a
-    /// sixteenth ([`FRAGMENT_COST`]), a ping one, as the proxy tunnel charges them. Counting
+    /// sixteenth, a ping one ([`frame_cost`], as the proxy tunnel charges them). Counting
     /// whole messages alone let a peer that sends only pings or empty fragments, never a
     /// message, keep a core busy for ever.
     pub fn limit_rate(mut self, bucket: TokenBucket) -> Self {
@@ -572,7 +572,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     if h.too_big {
                         return Err(ConnError::TooBig);
                     }
-                    self.charge(if h.starts_message { 1.0 } else { FRAGMENT_COST })?;
+                    self.charge(frame_cost(h.opcode, h.starts_message))?;
                     if h.starts_message {
                         let cap = usize::try_from(h.payload_len.min(64 * 1024)).unwrap_or(0);
                         self.partial = Some(Partial {
@@ -641,11 +641,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn control(&mut self, op: OpCode, payload: Vec<u8>) -> Result<(), ConnError> {
-        match op {
-            OpCode::Ping => self.charge(1.0)?,
-            OpCode::Pong => self.charge(FRAGMENT_COST)?,
-            _ => {}
-        }
+        self.charge(frame_cost(op, false))?;
         match op {
             // After the peer's Close nothing is answered (only the Close is echoed).
             OpCode::Ping if !self.close_received => {

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::super::compress::{self, Compression};
 use super::{DirCounters, TunnelLimits};
-use crate::engine::bucket::{FRAGMENT_COST, TokenBucket};
+use crate::engine::bucket::{TokenBucket, frame_cost};
 use crate::engine::frame::{self, Event, OpCode, Scanner, Sender};
 use crate::error::CloseCause;
 
@@ -631,7 +631,7 @@ impl Dir {
                         self.violation = Some(Box::new(CloseCause::MessageTooBig));
                         continue;
                     }
-                    if self.over_rate(if h.starts_message { 1.0 } else { FRAGMENT_COST }) {
+                    if self.over_rate(frame_cost(h.opcode, h.starts_message)) {
                         continue;
                     }
                     if let Some(z) = self.pmd.as_mut() {
@@ -714,14 +714,16 @@ impl Dir {
                             self.pong = true;
                             if !c.payload.starts_with(PING_MAGIC)
                                 && self.mode == Mode::Relay
-                                && !self.over_rate(FRAGMENT_COST)
+                                && !self.over_rate(frame_cost(c.opcode, false))
                             {
                                 forward(fwd);
                                 self.count_frame();
                             }
                         }
                         _ => {
-                            if self.mode == Mode::Relay && !self.over_rate(1.0) {
+                            if self.mode == Mode::Relay
+                                && !self.over_rate(frame_cost(c.opcode, false))
+                            {
                                 forward(fwd);
                                 self.count_frame();
                             }
@@ -740,8 +742,8 @@ impl Dir {
     }
 
     /// Charge a frame the client sends the app to its rate limit: a message's first frame or
-    /// a ping a token, a continuation frame or a pong (most answer the app's own pings)
-    /// [`FRAGMENT_COST`]. True when it is over (nothing more is relayed, the supervisor closes
+    /// a ping a token, a continuation frame or a pong (most answer the app's own pings) a
+    /// sixteenth ([`frame_cost`]). True when it is over (nothing more is relayed, the supervisor closes
     /// with 1008). A direction without a limit (the app's) is never over.
     fn over_rate(&mut self, part: f64) -> bool {
         let over = self
