@@ -50,6 +50,31 @@ fn malformed_messages_are_errors_with_a_reason() {
     }
 }
 
+/// What docs/protocol.md says of numbers in `data`: 64-bit integers exactly, larger integers
+/// as the nearest double, numbers beyond a double's range refused.
+#[test]
+fn numbers_in_data_are_held_as_the_protocol_documents() {
+    let data = |text: &str| match parse(text) {
+        Ok(ClientMsg::Publish { data: Some(d), .. }) => Ok(d.to_string()),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e),
+    };
+    let publish = |n: &str| format!(r#"{{"type":"publish","room":"a","data":{n}}}"#);
+    assert_eq!(
+        data(&publish("18446744073709551615")).unwrap(),
+        "18446744073709551615"
+    );
+    assert_eq!(
+        data(&publish("-9223372036854775808")).unwrap(),
+        "-9223372036854775808"
+    );
+    assert_eq!(
+        data(&publish("18446744073709551616")).unwrap(),
+        "1.8446744073709552e+19"
+    );
+    assert!(data(&publish("1e400")).is_err());
+}
+
 #[test]
 fn the_id_of_a_bad_message_is_still_echoed() {
     assert_eq!(
