@@ -63,11 +63,17 @@ impl GatewayConfig {
     /// Parse YAML (or JSON, a subset) and validate the whole document.
     pub fn from_yaml(text: &str) -> Result<Self> {
         // YAML -> JSON value first: the document has JSON semantics (what the operator writes),
-        // and enums read as single-key maps (`{bearer: {}}`) rather than YAML tags.
-        let value: serde_json::Value = serde_yaml_ng::from_str(text).map_err(|e| Error::Parse {
+        // and enums read as single-key maps (`{bearer: {}}`) rather than YAML tags. Through
+        // YAML's own value, which refuses a key repeated in one mapping: a JSON map keeps the
+        // last silently (`jwt:` then `jwt: null` would serve the route without a token).
+        let parse = |message: String| Error::Parse {
             path: "(document)".into(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let yaml: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| parse(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::to_value(yaml).map_err(|e| parse(e.to_string()))?;
         let cfg: GatewayConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             Error::Parse {

@@ -597,3 +597,24 @@ fn yjs_documents_and_room_messages_cannot_share_a_namespace() {
         ],
     );
 }
+
+/// A key given twice in one mapping kept the last value silently: `jwt:` then `jwt: null`
+/// served the route without authentication, a second `routes:` dropped the first list.
+#[test]
+fn a_key_repeated_in_one_mapping_is_refused_in_yaml_and_json() {
+    let route = "routes:\n  - name: secure\n    path: {value: /api}\n    jwt:\n      keys: [{inline: {algorithm: HS256, secret: '0123456789abcdef0123456789abcdef'}}]\n    proxy: {backends: [{address: '127.0.0.1:8100'}]}\n";
+    let docs = [
+        format!("{BASE}{route}"),
+        format!("{BASE}{}", route.replace("    proxy:", "    jwt: null\n    proxy:")),
+        format!("{BASE}{route}{}", route.replace("secure", "open")),
+        r#"{"apiVersion":"switchboard.dev/v1alpha1","kind":"GatewayConfig","listeners":[{"name":"p","address":"127.0.0.1:8080"}],"routes":[{"name":"s","path":{"value":"/api"},"jwt":{"keys":[{"inline":{"algorithm":"HS256","secret":"0123456789abcdef0123456789abcdef"}}]},"proxy":{"backends":[{"address":"127.0.0.1:8100"}]},"jwt":null}]}"#.to_string(),
+    ];
+    assert!(GatewayConfig::from_yaml(&docs[0]).is_ok());
+    for (doc, key) in docs[1..].iter().zip(["jwt", "routes", "jwt"]) {
+        let err = GatewayConfig::from_yaml(doc).unwrap_err().to_string();
+        assert!(
+            err.contains("duplicate") && err.contains(key),
+            "{doc}\n-> {err}"
+        );
+    }
+}
