@@ -102,6 +102,9 @@ pub struct Metrics {
     /// `switchboard_bus_rooms`: rooms the embedded bus holds (with a subscriber, a member or a
     /// retained message); 0 with the NATS bus
     pub bus_rooms: IntGauge,
+    /// `switchboard_bus_history_bytes`: what the embedded bus's retained history costs, all
+    /// namespaces (each bounded by its `history.maxBytes`); 0 with the NATS bus
+    pub bus_history_bytes: IntGauge,
     /// `switchboard_backends{service,state}`: Service backends (`namespace/name:port`) by
     /// state = ready | draining (Kubernetes source only)
     pub backends: IntGaugeVec,
@@ -475,6 +478,17 @@ impl Metrics {
                 let g = IntGauge::new(
                     "switchboard_bus_rooms",
                     "Rooms held by the embedded bus (subscribed, with members or retained messages)",
+                )
+                .expect("static metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            bus_history_bytes: {
+                let g = IntGauge::new(
+                    "switchboard_bus_history_bytes",
+                    "Bytes of retained history held by the embedded bus (each namespace bounded by history.maxBytes)",
                 )
                 .expect("static metric definition");
                 registry

@@ -328,10 +328,23 @@ pub struct History {
     /// Oldest message kept. Default 10m.
     #[serde(default = "default_history_age", with = "crate::duration")]
     pub max_age: Duration,
+    /// Most bytes the namespace's history holds, all its rooms together; beyond it the
+    /// namespace's oldest messages go first, whichever room holds them. The embedded bus
+    /// counts what each message costs in memory, NATS the bytes JetStream stores. Default
+    /// 64 MiB, at least 64 KiB.
+    #[serde(default = "default_history_bytes")]
+    pub max_bytes: u64,
 }
 
 fn default_history_messages() -> u32 {
     100
+}
+/// [`History::max_bytes`]'s default.
+pub const DEFAULT_HISTORY_BYTES: u64 = 64 * 1024 * 1024;
+/// [`History::max_bytes`]'s least.
+pub const MIN_HISTORY_BYTES: u64 = 64 * 1024;
+fn default_history_bytes() -> u64 {
+    DEFAULT_HISTORY_BYTES
 }
 fn default_history_age() -> Duration {
     Duration::from_secs(600)

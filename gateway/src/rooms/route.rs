@@ -236,10 +236,7 @@ pub fn namespaces(cfg: &GatewayConfig) -> Vec<(String, Option<Retention>)> {
         // Documents namespaces are served by the documents store and API, not the room bus.
         if let Some(rooms) = r.rooms.as_ref().filter(|r| r.protocol != RoomProtocol::Yjs) {
             let ns = rooms.namespace.clone().unwrap_or_else(|| r.name.clone());
-            let retention = rooms.history.as_ref().map(|h| Retention {
-                max_messages: h.max_messages,
-                max_age: h.max_age,
-            });
+            let retention = rooms.history.as_ref().map(Retention::of);
             if !out.iter().any(|(n, _)| *n == ns) {
                 out.push((ns, retention));
             }

@@ -726,6 +726,11 @@ pub struct RoomHistory {
     /// Oldest message kept; more than 0s. Default 10m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Duration>,
+    /// Most bytes the namespace's history holds, all its rooms together (the oldest messages
+    /// go first, whichever room holds them). At least 65536 (64 KiB). Default 64 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 65536))]
+    pub max_bytes: Option<i64>,
 }
 
 /// An HTTP callback to the application.

@@ -140,6 +140,18 @@ pub(super) fn compile_rooms(
                 ),
             }
         }
+        if let Some(b) = h.max_bytes {
+            match u64::try_from(b) {
+                Ok(n) if n >= switchboard_config::MIN_HISTORY_BYTES => history.max_bytes = n,
+                _ => p.push(
+                    format!("{hat}.maxBytes"),
+                    format!(
+                        "must be at least {}, got {b}",
+                        switchboard_config::MIN_HISTORY_BYTES
+                    ),
+                ),
+            }
+        }
         if let Some(age) = p.duration(&format!("{hat}.maxAge"), &h.max_age) {
             if age.is_zero() {
                 p.push(format!("{hat}.maxAge"), "must be more than 0s");

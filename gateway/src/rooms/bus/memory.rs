@@ -10,11 +10,15 @@
 //! client's position, or when nothing of the room after that position was ever removed (its own
 //! trims, and the namespace's watermark of freed rooms, are at or before it).
 //!
-//! Expired history is freed by [`Bus::maintain`] (called every second) without waiting for the
-//! next publish, at most [`SWEEP_BUDGET`] rooms per call, in expiry order.
+//! A namespace's history is bounded three ways: `maxMessages` per room, `maxAge`, and
+//! `maxBytes` for all its rooms together (what each message costs in memory, [`cost`]), so a
+//! client publishing into ever new rooms holds at most that much. Beyond `maxBytes` the
+//! namespace's oldest messages go first, whichever room holds them, as JetStream's discard-old
+//! does; a resume that needed them is told `lost`. Expired history is freed by [`Bus::maintain`]
+//! (called every second) without waiting for the next publish, at most [`SWEEP_BUDGET`]
+//! messages per call, oldest first.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,23 +27,76 @@ use bytes::Bytes;
 
 use super::feed::{FeedSender, Wake, room_queue};
 use super::{
-    Bus, BusError, Member, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
+    Bus, BusError, Member, Payload, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
     RoomMessage, Subscription,
 };
 
-/// Most expiry entries one [`Bus::maintain`] call handles.
+/// Most expired messages one [`Bus::maintain`] call frees.
 pub const SWEEP_BUDGET: usize = 10_000;
+
+/// A retained message and what it is charged against its namespace's `maxBytes`.
+struct Stored {
+    msg: RoomMessage,
+    cost: u64,
+}
+
+/// What a retained message costs in memory, near enough to bound it: the message and its
+/// room's share of a room entry, the strings it holds, and its payload as held (a JSON tree
+/// costs more than its text: `[0,0,...]` is 2 bytes an element as text, a node each in memory).
+pub fn cost(msg: &RoomMessage) -> u64 {
+    /// A room entry (its box, map slot and key) charged to each message, so rooms of one tiny
+    /// message are bounded too.
+    const ROOM_SHARE: u64 = 256;
+    let payload = match &msg.data {
+        Payload::Json(v) => json_cost(v),
+        Payload::Binary(b) => b.len() as u64,
+        Payload::Text(t) => t.capacity() as u64,
+    };
+    std::mem::size_of::<Stored>() as u64
+        + ROOM_SHARE
+        + (msg.key.namespace.capacity() + msg.key.room.capacity() + msg.epoch.capacity()) as u64
+        + msg.origin_conn.as_ref().map_or(0, |c| c.capacity() as u64)
+        + msg.from.as_ref().map_or(0, json_cost)
+        + payload
+}
+
+/// A JSON tree's heap cost (serde_json parses at most 128 levels deep).
+fn json_cost(v: &serde_json::Value) -> u64 {
+    use serde_json::Value;
+    const NODE: u64 = std::mem::size_of::<Value>() as u64;
+    /// A map entry's key and its share of the map's nodes.
+    const ENTRY: u64 = std::mem::size_of::<String>() as u64 + 16;
+    NODE + match v {
+        Value::String(t) => t.capacity() as u64,
+        Value::Array(a) => {
+            a.iter().map(json_cost).sum::<u64>() + (a.capacity() - a.len()) as u64 * NODE
+        }
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| ENTRY + k.capacity() as u64 + json_cost(v))
+            .sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
+/// What one namespace's history holds.
+#[derive(Default)]
+struct Held {
+    /// The [`cost`] of every retained message of the namespace.
+    bytes: u64,
+    /// Each room with history under the position of its oldest message: the namespace's
+    /// oldest messages in order (positions grow with time), for `maxBytes` and `maxAge`.
+    oldest: BTreeMap<u64, RoomKey>,
+}
 
 #[derive(Default)]
 struct Room {
-    history: VecDeque<RoomMessage>,
+    history: VecDeque<Stored>,
     /// Highest position of this room removed from (or never put in) its history.
     trimmed: u64,
     /// One feed per subscription (the hub subscribes once per room), messages and presence.
     subscribers: Vec<(u64, FeedSender)>,
     members: HashMap<String, Member>,
-    /// An entry for this room is in the expiry queue.
-    expiry_queued: bool,
     /// The namespace's last position when this incarnation of the room was created: every
     /// message of an earlier (freed) incarnation is at or before it.
     born: u64,
@@ -50,14 +107,38 @@ impl Room {
         self.subscribers.is_empty() && self.members.is_empty() && self.history.is_empty()
     }
 
-    /// Drop what retention no longer keeps, remembering the highest position dropped.
-    fn trim(&mut self, r: &Retention, now: u64) {
+    /// Retain `msg`, charged to its namespace.
+    fn keep(&mut self, msg: RoomMessage, held: &mut Held) {
+        if self.history.is_empty() {
+            held.oldest.insert(msg.seq, msg.key.clone());
+        }
+        let cost = cost(&msg);
+        held.bytes += cost;
+        self.history.push_back(Stored { msg, cost });
+    }
+
+    /// Drop the oldest retained message, remembering its position as removed; false if none.
+    fn drop_oldest(&mut self, held: &mut Held) -> bool {
+        let Some(gone) = self.history.pop_front() else {
+            return false;
+        };
+        self.trimmed = self.trimmed.max(gone.msg.seq);
+        held.bytes = held.bytes.saturating_sub(gone.cost);
+        held.oldest.remove(&gone.msg.seq);
+        if let Some(next) = self.history.front() {
+            held.oldest.insert(next.msg.seq, gone.msg.key);
+        }
+        true
+    }
+
+    /// Drop what the room's own bounds no longer keep (`maxMessages`, `maxAge`).
+    fn trim(&mut self, r: &Retention, now: u64, held: &mut Held) {
         let oldest = now.saturating_sub(r.max_age.as_millis() as u64);
         while self.history.len() > r.max_messages as usize
-            || self.history.front().is_some_and(|m| m.ts_ms < oldest)
+            || self.history.front().is_some_and(|m| m.msg.ts_ms < oldest)
         {
-            if let Some(m) = self.history.pop_front() {
-                self.trimmed = self.trimmed.max(m.seq);
+            if !self.drop_oldest(held) {
+                break;
             }
         }
     }
@@ -79,20 +160,75 @@ struct State {
     /// cost a pointer, not a room.
     rooms: HashMap<RoomKey, Box<Room>>,
     positions: HashMap<String, Positions>,
-    /// When each room with history next has a message to expire (ms since the Unix epoch).
-    expiry: BinaryHeap<Reverse<(u64, RoomKey)>>,
+    /// Each namespace's retained history.
+    held: HashMap<String, Held>,
     next_sub: u64,
+}
+
+/// The room, created if needed; a new room is born at `born` (see [`Room::born`]).
+fn room_in<'a>(
+    rooms: &'a mut HashMap<RoomKey, Box<Room>>,
+    key: &RoomKey,
+    born: u64,
+) -> &'a mut Room {
+    rooms.entry(key.clone()).or_insert_with(|| {
+        Box::new(Room {
+            born,
+            ..Room::default()
+        })
+    })
 }
 
 impl State {
     /// The room, created if needed; a new room is born at `born` (see [`Room::born`]).
     fn room_mut(&mut self, key: &RoomKey, born: u64) -> &mut Room {
-        self.rooms.entry(key.clone()).or_insert_with(|| {
-            Box::new(Room {
-                born,
-                ..Room::default()
-            })
-        })
+        room_in(&mut self.rooms, key, born)
+    }
+
+    /// Drop the namespace's oldest messages, whichever rooms hold them, until what it holds
+    /// fits in `max_bytes` (or, with `None`, all of them); with `expired_before`, only
+    /// messages older than that (ms since the Unix epoch). At most `budget` messages; returns
+    /// how many went. Rooms left with nothing are freed.
+    fn shed(
+        &mut self,
+        namespace: &str,
+        max_bytes: Option<u64>,
+        expired_before: Option<u64>,
+        budget: usize,
+    ) -> usize {
+        let mut dropped = 0;
+        while dropped < budget {
+            let Some(held) = self.held.get_mut(namespace) else {
+                break;
+            };
+            if max_bytes.is_some_and(|max| held.bytes <= max) {
+                break;
+            }
+            let Some(key) = held.oldest.first_key_value().map(|(_, k)| k.clone()) else {
+                break;
+            };
+            let Some(room) = self.rooms.get_mut(&key) else {
+                // Not reached: a room with history is never freed.
+                held.oldest.pop_first();
+                continue;
+            };
+            if let Some(before) = expired_before
+                && room.history.front().is_none_or(|m| m.msg.ts_ms >= before)
+            {
+                break;
+            }
+            room.drop_oldest(held);
+            dropped += 1;
+            self.free_if_idle(&key);
+        }
+        dropped
+    }
+
+    /// Set the history gauge (few namespaces: a sum is cheap).
+    fn count_held(&self) {
+        crate::metrics::metrics()
+            .bus_history_bytes
+            .set(self.held.values().map(|h| h.bytes).sum::<u64>() as i64);
     }
 
     /// The namespace's last position.
@@ -112,18 +248,6 @@ impl State {
         crate::metrics::metrics()
             .bus_rooms
             .set(self.rooms.len() as i64);
-    }
-
-    /// Queue the room's next expiry (its oldest message's), once.
-    fn schedule(&mut self, key: &RoomKey, r: &Retention) {
-        if let Some(room) = self.rooms.get_mut(key)
-            && !room.expiry_queued
-            && let Some(first) = room.history.front()
-        {
-            room.expiry_queued = true;
-            let due = first.ts_ms.saturating_add(r.max_age.as_millis() as u64);
-            self.expiry.push(Reverse((due, key.clone())));
-        }
     }
 }
 
@@ -213,8 +337,13 @@ impl MemoryBus {
         self.state().rooms.len()
     }
 
-    /// Expire history due at `now` (ms since the Unix epoch), at most `budget` rooms; rooms
-    /// left with nothing are freed. Returns how many rooms were looked at.
+    /// What the namespace's history costs now (tests).
+    pub fn held_bytes(&self, namespace: &str) -> u64 {
+        self.state().held.get(namespace).map_or(0, |h| h.bytes)
+    }
+
+    /// Expire history due at `now` (ms since the Unix epoch), oldest first, at most `budget`
+    /// messages; rooms left with nothing are freed. Returns how many messages went.
     pub fn sweep(&self, now: u64, budget: usize) -> usize {
         let retention = self
             .retention
@@ -222,35 +351,19 @@ impl MemoryBus {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut st = self.state();
+        let namespaces: Vec<String> = st.held.keys().cloned().collect();
         let mut done = 0;
-        while done < budget {
-            match st.expiry.peek() {
-                Some(Reverse((due, _))) if *due <= now => {}
-                _ => break,
-            }
-            let Some(Reverse((_, key))) = st.expiry.pop() else {
+        for ns in namespaces {
+            // A namespace that keeps no history any more drops all of it.
+            let before = retention
+                .get(&ns)
+                .map(|r| now.saturating_sub(r.max_age.as_millis() as u64));
+            done += st.shed(&ns, None, before, budget - done);
+            if done >= budget {
                 break;
-            };
-            done += 1;
-            let r = retention.get(&key.namespace);
-            if let Some(room) = st.rooms.get_mut(&key) {
-                room.expiry_queued = false;
-                match r {
-                    Some(r) => room.trim(r, now),
-                    // The namespace keeps no history any more.
-                    None => {
-                        if let Some(last) = room.history.back() {
-                            room.trimmed = room.trimmed.max(last.seq);
-                        }
-                        room.history.clear();
-                    }
-                }
             }
-            if let Some(r) = r {
-                st.schedule(&key, r);
-            }
-            st.free_if_idle(&key);
         }
+        st.count_held();
         done
     }
 }
@@ -300,7 +413,10 @@ impl Bus for MemoryBus {
         } else {
             seq - 1
         };
-        let room = st.room_mut(&p.key, born);
+        if retention.is_some() && !st.held.contains_key(&p.key.namespace) {
+            st.held.insert(p.key.namespace.clone(), Held::default());
+        }
+        let room = room_in(&mut st.rooms, &p.key, born);
         let msg = RoomMessage {
             key: p.key,
             seq,
@@ -311,13 +427,14 @@ impl Bus for MemoryBus {
             ephemeral: p.ephemeral,
             origin_conn: p.origin_conn,
         };
-        match &retention {
-            Some(r) => {
-                room.history.push_back(msg.clone());
-                room.trim(r, now);
+        match (&retention, st.held.get_mut(&msg.key.namespace)) {
+            (Some(r), Some(held)) => {
+                room.keep(msg.clone(), held);
+                room.trim(r, now, held);
             }
-            None if seq != 0 => room.trimmed = room.trimmed.max(seq),
-            None => {}
+            (Some(_), None) => {} // inserted above
+            (None, _) if seq != 0 => room.trimmed = room.trimmed.max(seq),
+            (None, _) => {}
         }
         // Sent under the lock so every subscriber sees positions in order. A hub queue that
         // is full (the hub's fan-out never awaits, so this means the process is starved) makes
@@ -329,7 +446,8 @@ impl Bus for MemoryBus {
             .filter_map(|(_, s)| s.send_deferred(msg.clone()).ok())
             .collect();
         if let Some(r) = &retention {
-            st.schedule(&msg.key, r);
+            st.shed(&msg.key.namespace, Some(r.max_bytes), None, usize::MAX);
+            st.count_held();
         }
         st.free_if_idle(&msg.key);
         drop(guard);
@@ -389,6 +507,7 @@ impl Bus for MemoryBus {
         if since.seq > positions.seq {
             return Ok(Replay::Lost); // not a position of this namespace
         }
+        let st = &mut *st;
         let Some(room) = st.rooms.get_mut(key) else {
             // Nothing of the room is held: complete unless a freed incarnation lost messages
             // after `since`.
@@ -399,12 +518,16 @@ impl Bus for MemoryBus {
             });
         };
         if let Some(r) = &retention {
-            room.trim(r, now_ms());
+            room.trim(
+                r,
+                now_ms(),
+                st.held.entry(key.namespace.clone()).or_default(),
+            );
         }
         let oldest_follows = room
             .history
             .front()
-            .is_some_and(|m| m.seq <= since.seq.saturating_add(1));
+            .is_some_and(|m| m.msg.seq <= since.seq.saturating_add(1));
         // A freed earlier incarnation of this room matters only if it may hold messages after
         // `since`; other rooms' losses never do.
         let freed = if room.born > since.seq {
@@ -419,8 +542,8 @@ impl Bus for MemoryBus {
         Ok(Replay::Gap(
             room.history
                 .iter()
-                .filter(|m| m.seq > since.seq)
-                .cloned()
+                .filter(|m| m.msg.seq > since.seq)
+                .map(|m| m.msg.clone())
                 .collect(),
         ))
     }
@@ -447,13 +570,21 @@ impl Bus for MemoryBus {
             seq: st.positions.get(&key.namespace).map_or(0, |p| p.seq),
             epoch: self.epoch.clone(),
         };
+        let st = &mut *st;
         let Some(room) = st.rooms.get_mut(key) else {
             return Ok((Vec::new(), position));
         };
         if let Some(r) = &retention {
-            room.trim(r, now_ms());
+            room.trim(
+                r,
+                now_ms(),
+                st.held.entry(key.namespace.clone()).or_default(),
+            );
         }
-        Ok((room.history.iter().cloned().collect(), position))
+        Ok((
+            room.history.iter().map(|m| m.msg.clone()).collect(),
+            position,
+        ))
     }
 
     async fn presence_set(

@@ -74,6 +74,19 @@ pub struct Publish {
 pub struct Retention {
     pub max_messages: u32,
     pub max_age: Duration,
+    /// The namespace's whole history, all rooms together (`history.maxBytes`).
+    pub max_bytes: u64,
+}
+
+impl Retention {
+    /// A route's `history`.
+    pub fn of(h: &switchboard_config::History) -> Self {
+        Self {
+            max_messages: h.max_messages,
+            max_age: h.max_age,
+            max_bytes: h.max_bytes,
+        }
+    }
 }
 
 /// What a resume gets.

@@ -42,7 +42,8 @@ fn every_rooms_field_reaches_the_compiled_route() {
         rooms.history,
         Some(History {
             max_messages: 500,
-            max_age: StdDuration::from_secs(3600)
+            max_age: StdDuration::from_secs(3600),
+            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
         })
     );
     assert!(rooms.presence);

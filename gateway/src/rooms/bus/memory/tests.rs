@@ -26,6 +26,7 @@ async fn bus_with_history(max: u32) -> MemoryBus {
         Some(Retention {
             max_messages: max,
             max_age: Duration::from_secs(60),
+            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
         }),
     )
     .await
@@ -199,6 +200,7 @@ async fn bus_with_age(max_age: Duration) -> MemoryBus {
         Some(Retention {
             max_messages: 10,
             max_age,
+            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
         }),
     )
     .await
@@ -363,4 +365,66 @@ async fn a_room_freed_by_its_wake_up_does_not_deadlock_the_publish() {
         "woken and unsubscribed"
     );
     assert_eq!(bus.room_count(), 0, "the room was freed");
+}
+
+/// One client publishing into ever new rooms held every message until `maxAge` (the probe:
+/// 512 KiB messages, one room each, 44 → 502 MiB in 20 s): the namespace's history is bounded
+/// in bytes, its oldest messages going first whichever room holds them.
+#[tokio::test]
+async fn a_namespaces_history_is_bounded_in_bytes_its_oldest_messages_going_first() {
+    let max_bytes = 256 * 1024;
+    let bus = MemoryBus::new();
+    bus.configure(
+        "ns",
+        Some(Retention {
+            max_messages: 100,
+            max_age: Duration::from_secs(600),
+            max_bytes,
+        }),
+    )
+    .await
+    .unwrap();
+    let big = |room: &str| Publish {
+        data: Payload::Text("x".repeat(8 * 1024)),
+        ..publish(room, 0)
+    };
+    let first = bus.publish(big("r0")).await.unwrap().unwrap();
+    for r in 1..1000 {
+        bus.publish(big(&format!("r{r}"))).await.unwrap();
+        assert!(bus.held_bytes("ns") <= max_bytes, "after {r} rooms");
+    }
+    let rooms = bus.room_count();
+    assert!(
+        (20..40).contains(&rooms),
+        "{rooms} rooms of ~8 KiB in 256 KiB"
+    );
+    // The oldest went, and a resume that needed them is told so; the newest are kept.
+    let before_first = Position {
+        seq: first.seq - 1,
+        epoch: first.epoch.clone(),
+    };
+    assert_eq!(
+        bus.replay(&key("r0"), &before_first).await.unwrap(),
+        Replay::Lost
+    );
+    let (kept, _) = bus.retained(&key("r999")).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    // A JSON tree is charged what it holds in memory, not its text's length.
+    let tree = serde_json::Value::Array(vec![0.into(); 100_000]);
+    let bus = bus_with_history(10).await;
+    bus.publish(Publish {
+        data: Payload::Json(tree),
+        ..publish("t", 0)
+    })
+    .await
+    .unwrap();
+    assert!(
+        bus.held_bytes("ns") > 100_000 * 16,
+        "{}",
+        bus.held_bytes("ns")
+    );
+    // Expiry and the sweep give it all back.
+    bus.sweep(now_ms() + 120_000, SWEEP_BUDGET);
+    assert_eq!(bus.held_bytes("ns"), 0);
+    assert_eq!(bus.room_count(), 0);
 }
