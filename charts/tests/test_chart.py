@@ -483,6 +483,110 @@ def test_an_explicit_deadline_shorter_than_the_drain_fails_to_render():
         render({"gateway": {"drain": drain}})
 
 
+# --- values the gateway would refuse at start ------------------------------------------------
+# The base config is the gateways' bootstrap: a value the gateway refuses (docs/config.md) is a
+# crash loop (exit 64) on every pod, so rendering fails instead, naming the values key.
+
+TLS = {"enabled": True, "secretName": "tls-cert"}
+NATS = {"urls": ["nats://nats.example:4222"]}
+
+
+def config(**keys) -> dict:
+    return {"gateway": {"config": keys}}
+
+
+def ids(v) -> str:
+    return yaml.safe_dump(v, default_flow_style=True, width=1000).strip()
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (config(listener={"port": 9090}), r"gateway\.config\.listener\.port \(9090\).*gateway\.config\.admin\.port"),
+        (config(admin={"port": 8080}), r"gateway\.config\.listener\.port \(8080\).*gateway\.config\.admin\.port"),
+        (
+            config(tls={**TLS, "port": 8080}),
+            r"gateway\.config\.tls\.port \(8080\).*gateway\.config\.listener\.port",
+        ),
+        (config(tls={**TLS, "port": 9090}), r"gateway\.config\.tls\.port \(9090\).*gateway\.config\.admin\.port"),
+        (
+            config(listener={"port": 7000}, tls={**TLS, "port": 7000}, admin={"port": 7000}),
+            r"gateway\.config\.tls\.port \(7000\).*gateway\.config\.listener\.port",
+        ),
+    ],
+    ids=lambda v: ids(v) if isinstance(v, dict) else "refused",
+)
+def test_listener_tls_and_admin_ports_that_collide_fail_to_render(values, message):
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(values)
+
+
+def test_distinct_ports_render_and_an_unused_tls_port_may_equal_another():
+    cfg = base_config(objects_of(render(config(listener={"port": 8443}, tls={**TLS, "port": 8080}))))
+    assert [l["address"] for l in cfg["listeners"]] == ["0.0.0.0:8443", "0.0.0.0:8080"]
+    assert cfg["admin"]["address"] == "0.0.0.0:9090"
+    # With TLS off its port is not bound: no collision.
+    cfg = base_config(objects_of(render(config(tls={"enabled": False, "port": 9090}))))
+    assert [l["address"] for l in cfg["listeners"]] == ["0.0.0.0:8080"]
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (config(bus={"nats": {**NATS, "presenceTtl": "500ms"}}), r"gateway\.config\.bus\.nats\.presenceTtl \(500ms\): must be at least 1s"),
+        (config(bus={"nats": {**NATS, "presenceTtl": "999ms"}}), r"gateway\.config\.bus\.nats\.presenceTtl \(999ms\): must be at least 1s"),
+        (config(bus={"nats": {**NATS, "presenceTtl": "0m999ms"}}), r"gateway\.config\.bus\.nats\.presenceTtl \(0m999ms\): must be at least 1s"),
+        (config(bus={"nats": {**NATS, "presenceTtl": "0s"}}), r"gateway\.config\.bus\.nats\.presenceTtl \(0s\): must be at least 1s"),
+        ({"nats": {"enabled": True}, **config(bus={"nats": {"presenceTtl": "500ms"}})}, r"gateway\.config\.bus\.nats\.presenceTtl"),
+        (config(limits={"handshakeTimeout": "0s"}), r"gateway\.config\.limits\.handshakeTimeout \(0s\): must be more than 0s"),
+        (config(limits={"upstreamTimeout": "0ms"}), r"gateway\.config\.limits\.upstreamTimeout \(0ms\): must be more than 0s"),
+        (config(limits={"handshakeTimeout": "876601h"}), r"gateway\.config\.limits\.handshakeTimeout \(876601h\): .*at most 100 years"),
+        (config(limits={"upstreamTimeout": "3155760001s"}), r"gateway\.config\.limits\.upstreamTimeout \(3155760001s\): .*at most 100 years"),
+        (config(limits={"httpResponseTimeout": "3155760000001ms"}), r"gateway\.config\.limits\.httpResponseTimeout \(3155760000001ms\): .*at most 100 years"),
+        (config(limits={"httpResponseTimeout": "99999999999999999999s"}), r"gateway\.config\.limits\.httpResponseTimeout \(99999999999999999999s\): .*at most 100 years"),
+        (config(limits={"httpResponseTimeout": "876000h876000h"}), r"gateway\.config\.limits\.httpResponseTimeout \(876000h876000h\): .*at most 100 years"),
+        (config(bus={"nats": {**NATS, "presenceTtl": "900000h"}}), r"gateway\.config\.bus\.nats\.presenceTtl \(900000h\): .*at most 100 years"),
+    ],
+    ids=lambda v: ids(v) if isinstance(v, dict) else "refused",
+)
+def test_a_duration_the_gateway_refuses_fails_to_render(values, message):
+    # Durations pass the schema's pattern; the bounds of docs/config.md are checked at render.
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(values)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("presenceTtl", "1s"),
+        ("presenceTtl", "1000ms"),
+        ("presenceTtl", "0m1s"),
+        ("presenceTtl", "1s500ms"),
+        ("presenceTtl", "00001s"),
+        ("handshakeTimeout", "1ms"),
+        ("upstreamTimeout", "1m1h"),
+        ("httpResponseTimeout", "0s"),
+        ("httpResponseTimeout", "3155760000s"),
+        ("httpResponseTimeout", "3155760000000ms"),
+        ("upstreamTimeout", "876600h"),
+    ],
+    ids=lambda v: str(v),
+)
+def test_durations_at_the_gateways_bounds_render_unchanged(key, value):
+    if key == "presenceTtl":
+        cfg = base_config(objects_of(render(config(bus={"nats": {**NATS, key: value}}))))
+        assert cfg["bus"]["nats"][key] == value
+    else:
+        cfg = base_config(objects_of(render(config(limits={key: value}))))
+        assert cfg["limits"][key] == value
+
+
+def test_a_presence_ttl_is_checked_even_while_no_bus_uses_it():
+    # A value out of range fails install whether or not NATS is configured yet (docs/helm.md).
+    with pytest.raises(helm.HelmRenderError, match=r"gateway\.config\.bus\.nats\.presenceTtl"):
+        render(config(bus={"nats": {"presenceTtl": "500ms"}}))
+
+
 # --- security --------------------------------------------------------------------------------
 
 

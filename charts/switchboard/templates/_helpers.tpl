@@ -128,3 +128,70 @@ Drain arithmetic, in whole seconds (docs/operations.md, "Kubernetes: termination
 {{- end -}}
 {{- toJson $urls -}}
 {{- end -}}
+
+{{/*
+A GatewayConfig duration (`500ms`, `1m30s`: runs of digits and ms|s|m|h, the schema's pattern)
+in milliseconds, failing the render as the gateway would refuse it at start (docs/config.md,
+"Conventions": at most 100 years). Call with (dict "key" "gateway.config.…" "value" "…"); the
+result is a string (`include`), so `| int64` it.
+Each part is bounded before it is multiplied, so no value can overflow int64 (a part of more
+than 13 digits is over 100 years whatever its unit).
+*/}}
+{{- define "switchboard.durationMs" -}}
+{{- $v := toString .value -}}
+{{- $max := 3155760000000 -}}{{- /* 100 years of 365.25 days, in ms: the gateway's limit */ -}}
+{{- if not (regexMatch "^([0-9]+(ms|s|m|h))+$" $v) -}}
+{{- fail (printf "%s (%s): expected a duration such as 500ms, 10s, 5m or 1h30m" .key $v) -}}
+{{- end -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 -}}
+{{- $total := 0 -}}
+{{- range $part := regexFindAll "[0-9]+(ms|s|m|h)" $v -1 -}}
+{{- $digits := regexReplaceAll "^0+" (regexFind "^[0-9]+" $part) "" -}}
+{{- $unit := get $units (regexReplaceAll "^[0-9]+" $part "") | int64 -}}
+{{- if or (gt (len $digits) 13) (gt (atoi (default "0" $digits) | int64) (div $max $unit)) -}}
+{{- fail (printf "%s (%s): too long, durations are at most 100 years" $.key $v) -}}
+{{- end -}}
+{{- $total = add $total (mul (atoi (default "0" $digits)) $unit) -}}
+{{- end -}}
+{{- if gt (int64 $total) (int64 $max) -}}
+{{- fail (printf "%s (%s): too long, durations are at most 100 years" .key $v) -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}
+
+{{/*
+The base GatewayConfig values the gateway would refuse at start (docs/config.md), failed at
+render with the values key: every gateway pod would otherwise crash-loop (exit 64). The schema
+bounds single values; these are the rules it cannot express.
+*/}}
+{{- define "switchboard.gateway.checkConfig" -}}
+{{- $c := .Values.gateway.config -}}
+{{- /* Every socket is 0.0.0.0:<port>: no two of them may share a port. */ -}}
+{{- $ports := list (list "gateway.config.listener.port" (int $c.listener.port)) -}}
+{{- if $c.tls.enabled -}}
+{{- $ports = append $ports (list "gateway.config.tls.port" (int $c.tls.port)) -}}
+{{- end -}}
+{{- $ports = append $ports (list "gateway.config.admin.port" (int $c.admin.port)) -}}
+{{- range $i, $a := $ports -}}
+{{- range $b := slice $ports (add $i 1) -}}
+{{- if eq (index $a 1) (index $b 1) -}}
+{{- $first := ternary $b $a (eq (index $b 0) "gateway.config.tls.port") -}}
+{{- $other := ternary $a $b (eq (index $b 0) "gateway.config.tls.port") -}}
+{{- fail (printf "%s (%d): must differ from %s (%d), the gateway binds both on 0.0.0.0" (index $first 0) (index $first 1) (index $other 0) (index $other 1)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* Durations: the gateway's minimums, and at most 100 years each. */ -}}
+{{- range $name := list "handshakeTimeout" "upstreamTimeout" "httpResponseTimeout" -}}
+{{- $key := printf "gateway.config.limits.%s" $name -}}
+{{- $v := get $c.limits $name -}}
+{{- $ms := include "switchboard.durationMs" (dict "key" $key "value" $v) | int64 -}}
+{{- if and (ne $name "httpResponseTimeout") (eq $ms 0) -}}
+{{- fail (printf "%s (%s): must be more than 0s" $key $v) -}}
+{{- end -}}
+{{- end -}}
+{{- $ttl := $c.bus.nats.presenceTtl -}}
+{{- if lt (include "switchboard.durationMs" (dict "key" "gateway.config.bus.nats.presenceTtl" "value" $ttl) | int64) 1000 -}}
+{{- fail (printf "gateway.config.bus.nats.presenceTtl (%s): must be at least 1s (presence entries are refreshed every third of it)" $ttl) -}}
+{{- end -}}
+{{- end -}}
