@@ -13,6 +13,7 @@ import {
   backoffDelay,
   encodeCursor,
   jsonCodec,
+  jwtClaim,
   jwtExp,
   refreshDelay,
 } from "./protocol.js";
@@ -55,7 +56,8 @@ export interface ClientOptions {
   backoffCapMs?: number;
   /** Give up on a connection attempt after this long. Default 10 s. */
   connectTimeoutMs?: number;
-  /** Fetch a new token and reconnect this long before `exp`. Default 30 s. */
+  /** Fetch a new token and reconnect this long before `exp` (half the lifetime of shorter
+   * tokens), never sooner than `min(this, (exp − iat) / 2)` after it was obtained. Default 30 s. */
   refreshBeforeExpMs?: number;
   /** Publishes held while offline or unacknowledged. Default 1000. */
   queueLimit?: number;
@@ -171,6 +173,8 @@ export class SwitchboardClient {
   private closed = false;
   private timer?: ReturnType<typeof setTimeout>;
   private refreshTimer?: ReturnType<typeof setTimeout>;
+  /** The live connection's token. */
+  private tok?: string | null;
   private probeTimer?: ReturnType<typeof setTimeout>;
   private probeWs?: WebSocket;
   private probes = 0;
@@ -308,36 +312,46 @@ export class SwitchboardClient {
 
   // --- connecting ----------------------------------------------------------------------------
 
-  private async connect(token?: string | null): Promise<void> {
+  /** A connection attempt, with `token` obtained at `at` or a new one from `getToken`. */
+  private async connect(token?: string | null, at = 0): Promise<void> {
     if (this.closed) return;
     const gen = ++this.gen;
     this.idle = false;
     if (token === undefined) {
       try {
         token = this.o.getToken ? await this.o.getToken() : null;
+        at = Date.now();
       } catch (e) {
         this.emit("error", { code: "token", reason: String(e) });
         return this.retry(gen);
       }
     }
     if (gen != this.gen || this.closed) return;
-    this.armRefresh(token);
     const t = this.o.transports;
     const WS = this.o.WebSocket ?? globalThis.WebSocket;
     const sse = t.includes("sse") && !!(this.o.fetch ?? globalThis.fetch);
-    if (t.includes("websocket") && WS && !(sse && this.wsFails >= this.o.fallbackAfter)) this.openWs(gen, WS, token);
-    else if (sse) this.openSse(gen, token);
+    if (t.includes("websocket") && WS && !(sse && this.wsFails >= this.o.fallbackAfter)) this.openWs(gen, WS, token, at);
+    else if (sse) this.openSse(gen, token, at);
     else throw new Error("no usable transport (WebSocket or fetch)");
   }
 
-  private armRefresh(token?: string | null): void {
-    clearTimeout(this.refreshTimer);
+  /** When to refresh `token`, obtained at `at` (`refreshDelay`); undefined: never. */
+  private due(token: string | null | undefined, at: number): number | undefined {
     const exp = token ? jwtExp(token) : undefined;
-    if (exp) this.refreshTimer = setTimeout(() => this.refresh(), refreshDelay(exp, Date.now(), this.o.refreshBeforeExpMs));
+    return exp ? refreshDelay(exp, at, this.o.refreshBeforeExpMs, jwtClaim(token!, "iat")) : undefined;
+  }
+
+  /** The refresh of the live connection's token, obtained at `at`. Only a live connection has
+   * one (`up` arms it, `down` clears it): it never fires into an attempt or a backoff. */
+  private arm(token: string | null | undefined, at: number): void {
+    clearTimeout(this.refreshTimer);
+    const d = this.due(token, at);
+    if (d) this.refreshTimer = setTimeout(() => this.refresh(), Math.max(1000, d - (Date.now() - at)));
   }
 
   /** A new token before `exp`: reconnect with it at once, rooms resumed (no gap, no 4001). */
   private async refresh(): Promise<void> {
+    const gen = this.gen;
     let token;
     try {
       token = this.o.getToken ? await this.o.getToken() : null;
@@ -345,10 +359,14 @@ export class SwitchboardClient {
       // Keep the current connection; the next reconnect asks again.
       return this.emit("error", { code: "token", reason: String(e) });
     }
-    if (this.closed) return;
+    const at = Date.now();
+    // The connection it was for is gone: the next attempt gets its own token after the backoff.
+    if (gen != this.gen || !this.live || this.closed) return;
+    // The same token, or one that looks expired here (no `iat` to tell a fast clock): keep the
+    // connection and ask again later (or the gateway's 4001 at `exp` ends it).
+    if (token == this.tok || (token && jwtExp(token) && !this.due(token, at))) return this.arm(this.tok, at);
     this.cut(1000, "token refresh");
-    clearTimeout(this.timer);
-    this.connect(token);
+    this.connect(token, at);
   }
 
   /** Reconnect now (a new SSE request for a changed room set). */
@@ -414,7 +432,7 @@ export class SwitchboardClient {
       return this.scheduleProbe();
     }
     if (gen != this.gen || this.live != "sse" || this.closed) return;
-    this.openWs(gen, WS, token, true);
+    this.openWs(gen, WS, token, Date.now(), true);
   }
 
   private endProbe(): void {
@@ -431,7 +449,7 @@ export class SwitchboardClient {
   // --- WebSocket -----------------------------------------------------------------------------
 
   /** A WebSocket attempt for connection `gen`; a `probe` is one made while on SSE (see `probe`). */
-  private openWs(gen: number, WS: typeof WebSocket, token?: string | null, probe = false): void {
+  private openWs(gen: number, WS: typeof WebSocket, token: string | null | undefined, at: number, probe = false): void {
     let url = this.o.url.replace(/^http/, "ws");
     const protocols = [this.o.codec.subprotocol];
     if (token) {
@@ -483,12 +501,11 @@ export class SwitchboardClient {
         this.cut(1000, "moving to WebSocket");
         clearTimeout(this.timer);
         gen = this.gen;
-        this.armRefresh(token);
       }
       opened = true;
       this.ws = ws;
       this.wsFails = 0;
-      this.up("websocket");
+      this.up("websocket", token, at);
       for (const [room, st] of this.rooms) this.sendJoin(room, st);
       for (const p of this.queue) if (!p.timer) this.sendPending(p);
     };
@@ -503,7 +520,7 @@ export class SwitchboardClient {
     ws.onclose = (e) => end(e.code, e.reason);
   }
 
-  private async openSse(gen: number, token?: string | null): Promise<void> {
+  private async openSse(gen: number, token: string | null | undefined, at: number): Promise<void> {
     if (!this.rooms.size) {
       // The gateway needs at least one room in the request: connect on the first join.
       this.idle = true;
@@ -544,7 +561,7 @@ export class SwitchboardClient {
         return this.retry(gen);
       }
       opened = true;
-      this.up("sse");
+      this.up("sse", token, at);
       const parser = new SseParser((ev) => {
         if (gen != this.gen) return;
         try {
@@ -568,8 +585,10 @@ export class SwitchboardClient {
     this.retry(gen);
   }
 
-  private up(t: Transport): void {
+  private up(t: Transport, token: string | null | undefined, at: number): void {
     this.live = t;
+    this.tok = token;
+    this.arm(token, at);
     // On SSE, the next reconnect tries the WebSocket once more: an outage (a restart, a drain)
     // that failed a few WebSocket attempts must not leave the client on SSE for good.
     if (t == "sse") this.wsFails = Math.max(0, this.o.fallbackAfter - 1);
@@ -584,6 +603,7 @@ export class SwitchboardClient {
   private down(code: number, reason: string): void {
     const was = this.live;
     this.live = undefined;
+    clearTimeout(this.refreshTimer);
     this.endProbe();
     this.ws = undefined;
     this.sse = undefined;

@@ -102,26 +102,37 @@ export function encodeCursor(positions: Iterable<[string, Position]>): string {
   return b64url(JSON.stringify({ p }));
 }
 
-/** The `exp` claim of a JWT in seconds, or undefined (not a JWT, no exp). Not verified. */
-export function jwtExp(token: string): number | undefined {
+/** A numeric claim of a JWT (`exp`, `iat`: seconds), or undefined (not a JWT, no such claim). Not verified. */
+export function jwtClaim(token: string, name: string): number | undefined {
   const part = token.split(".")[1];
   if (!part) return undefined;
   try {
-    const json = atob(part.replace(/-/g, "+").replace(/_/g, "/"));
-    const exp = JSON.parse(json).exp;
-    return typeof exp == "number" ? exp : undefined;
+    const v = JSON.parse(atob(part.replace(/-/g, "+").replace(/_/g, "/")))[name];
+    return typeof v == "number" ? v : undefined;
   } catch {
     return undefined;
   }
 }
 
+/** The `exp` claim of a JWT in seconds, or undefined (not a JWT, no exp). Not verified. */
+export const jwtExp = (token: string): number | undefined => jwtClaim(token, "exp");
+
 /**
- * When to fetch a new token: `before` ms ahead of expiry, or halfway through a token that
- * lives less than twice that; never sooner than 1 s (no refresh loop on a short token).
+ * When to fetch a new token, in ms after `nowMs`, the time `getToken` returned it: `before` ms
+ * ahead of expiry, or halfway through a token that lives less than twice that. The client's
+ * clock is not trusted against the issuer's: with `iat`, the time left is at most the lifetime
+ * `exp − iat`, and a token that looks expired here (the gateway took it: the clock is fast) is
+ * given its whole lifetime. Never sooner than `min(before, lifetime / 2)` nor 1 s, so a token
+ * that looks nearly expired cannot cause a refresh loop (without `iat` the lifetime is unknown:
+ * not sooner than `before`). Undefined: no refresh, for a token without `iat` that looks
+ * expired (the gateway closes with 4001 at `exp`; the next attempt gets a new token).
  */
-export function refreshDelay(expSec: number, nowMs: number, beforeMs: number): number {
-  const ttl = expSec * 1000 - nowMs;
-  return Math.max(1000, ttl > 2 * beforeMs ? ttl - beforeMs : ttl / 2);
+export function refreshDelay(expSec: number, nowMs: number, beforeMs: number, iatSec?: number): number | undefined {
+  const life = iatSec != null && expSec > iatSec ? (expSec - iatSec) * 1000 : Infinity;
+  let ttl = expSec * 1000 - nowMs;
+  if (ttl <= 0 || ttl > life) ttl = life;
+  if (ttl == Infinity) return undefined;
+  return Math.max(1000, Math.min(beforeMs, life / 2), ttl > 2 * beforeMs ? ttl - beforeMs : ttl / 2);
 }
 
 /** One Server-Sent Event. */

@@ -28,9 +28,29 @@ test("jwt exp is read from the payload and anything else is undefined", () => {
 
 test("a token is refreshed ahead of exp, halfway through a short one, never within a second", () => {
   const now = 1_000_000;
-  assert.equal(refreshDelay(now / 1000 + 600, now, 30000), 570000);
-  assert.equal(refreshDelay(now / 1000 + 40, now, 30000), 20000);
-  assert.equal(refreshDelay(now / 1000 - 5, now, 30000), 1000);
+  const s = now / 1000;
+  assert.equal(refreshDelay(s + 600, now, 30000, s), 570000);
+  assert.equal(refreshDelay(s + 40, now, 30000, s), 20000);
+  assert.equal(refreshDelay(s + 3, now, 30000, s), 1500, "a 3 s token halfway");
+  assert.equal(refreshDelay(s + 1, now, 30000, s), 1000, "never within a second");
+  assert.equal(refreshDelay(s + 600, now, 30000), 570000, "no iat: the clock is all there is");
+});
+
+test("the refresh delay does not trust the client's clock against the issuer's", () => {
+  const now = 1_000_000;
+  const s = now / 1000;
+  // Clock 10 min fast, a 5 min token: it looks expired here but lives 5 min from now.
+  assert.equal(refreshDelay(s - 300, now, 30000, s - 600), 270000);
+  // Clock fast by all but a second of the lifetime: not sooner than min(before, lifetime / 2).
+  assert.equal(refreshDelay(s + 1, now, 30000, s - 299), 30000);
+  assert.equal(refreshDelay(s + 1, now, 30000, s - 9), 5000);
+  // Clock 10 min slow: no more time left than the token's lifetime.
+  assert.equal(refreshDelay(s + 900, now, 30000, s + 600), 270000);
+  // No iat: a token that looks expired is not refreshed (the gateway's 4001 at exp, then the
+  // backoff, take over); one that looks nearly expired not sooner than refreshBeforeExpMs.
+  assert.equal(refreshDelay(s - 5, now, 30000), undefined);
+  assert.equal(refreshDelay(s, now, 30000), undefined);
+  assert.equal(refreshDelay(s + 2, now, 30000), 30000);
 });
 
 test("the sse parser handles every line ending, split chunks, comments and multi-line data", () => {

@@ -413,3 +413,136 @@ test("a WebSocket probe refused while on SSE keeps the stream and backs off", as
   await tick(100);
   assert.equal(ScriptedSocket.all.length, n, "no probe after close");
 });
+
+// --- token refresh against the backoff and a skewed clock (Node's mock timers, no real waiting) ---
+
+/** An unsigned JWT with these claims (the client reads, never verifies, them). */
+const jwt = (claims) => `h.${Buffer.from(JSON.stringify(claims)).toString("base64url")}.s`;
+const flush = () => new Promise((r) => setImmediate(r));
+
+/** Advance the mocked clock `ms` in 10 ms steps; `onSocket` sees each new socket. */
+async function run(t, ms, onSocket) {
+  let seen = ScriptedSocket.all.length;
+  for (let i = 0; i < ms / 10; i++) {
+    t.mock.timers.tick(10);
+    await flush();
+    while (seen < ScriptedSocket.all.length) onSocket(ScriptedSocket.all[seen++]);
+  }
+}
+
+test("a token that looks expired here never shortcuts the backoff: each attempt waits its delay", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_700_000_000_000 });
+  t.mock.method(Math, "random", () => 0.9);
+  let calls = 0;
+  const { client, events } = scripted({
+    backoffBaseMs: 2000,
+    backoffCapMs: 30000,
+    getToken: () => {
+      calls++;
+      const now = Math.floor(Date.now() / 1000);
+      return jwt({ sub: "u", iat: now - 1000, exp: now - 100 });
+    },
+  });
+  t.after(() => client.close());
+  // The gateway refuses every handshake (401 token_invalid): the socket closes before opening.
+  await run(t, 60000, (ws) => ws.drop(1006, ""));
+  const delays = events.filter(([e]) => e == "reconnecting").map(([, v]) => v.delayMs);
+  const at = ScriptedSocket.all.map((s) => s.at);
+  assert.deepEqual(delays.slice(0, 5), [1800, 3600, 7200, 14400, 27000]);
+  for (let i = 1; i < at.length; i++)
+    assert.ok(at[i] - at[i - 1] >= delays[i - 1], `attempt ${i + 1} came ${at[i] - at[i - 1]} ms after the one before, its backoff was ${delays[i - 1]} ms`);
+  assert.equal(at.length, 6, "1 + 5 attempts in 60 s (after 1.8 + 3.6 + 7.2 + 14.4 + 27 = 54 s)");
+  assert.equal(calls, 6, "getToken once per attempt");
+});
+
+for (const [skewMs, label] of [
+  [600_000, "10 minutes fast"],
+  [299_500, "fast by all but half a second of the token's lifetime"],
+]) {
+  test(`a client clock ${label} keeps one healthy connection and refreshes at a sane interval`, async (t) => {
+    t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_700_000_000_000 + skewMs });
+    // Tokens issued by the server's clock, valid there for 5 minutes.
+    const { client, events } = scripted({
+      getToken: () => {
+        const now = Math.floor((Date.now() - skewMs) / 1000);
+        return jwt({ sub: "u", iat: now, exp: now + 300 });
+      },
+    });
+    t.after(() => client.close());
+    client.join("chat:a");
+    await run(t, 10000, (ws) => ws.open());
+    assert.equal(ScriptedSocket.all.length, 1, "one connection in 10 s");
+    assert.equal(events.filter(([e]) => e == "disconnected").length, 0, "never cut");
+    // Over the token's lifetime it is refreshed, before the server's exp, and not in a loop.
+    await run(t, 280000, (ws) => ws.open());
+    const cuts = events.filter(([e]) => e == "disconnected").map(([, v]) => v);
+    assert.ok(cuts.length >= 1, "refreshed before the gateway's exp");
+    assert.ok(cuts.length <= 290 / 30, `${cuts.length} refreshes in 290 s: at most one per 30 s`);
+    assert.ok(cuts.every((c) => c.code == 1000 && c.reason == "token refresh"));
+  });
+}
+
+test("a token without iat that looks expired here is used as is: no refresh loop", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_700_000_600_000 });
+  let calls = 0;
+  const { client, events } = scripted({
+    getToken: () => {
+      calls++;
+      return jwt({ sub: "u", exp: Math.floor((Date.now() - 600_000) / 1000) + 300 });
+    },
+  });
+  t.after(() => client.close());
+  client.join("chat:a");
+  await run(t, 60000, (ws) => ws.open());
+  assert.equal(ScriptedSocket.all.length, 1);
+  assert.equal(calls, 1);
+  assert.equal(events.filter(([e]) => e == "disconnected").length, 0);
+});
+
+test("a refresh that gets the same token back keeps the connection", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_700_000_000_000 });
+  const now = Math.floor(Date.now() / 1000);
+  const token = jwt({ sub: "u", iat: now, exp: now + 120 });
+  let calls = 0;
+  const { client, events } = scripted({
+    getToken: () => {
+      calls++;
+      return token;
+    },
+  });
+  t.after(() => client.close());
+  await run(t, 119000, (ws) => ws.open());
+  assert.ok(calls >= 2, "asked for a new token before exp");
+  assert.ok(calls <= 4, `${calls} getToken calls in 119 s`);
+  assert.equal(ScriptedSocket.all.length, 1, "the same token: the connection is kept");
+  assert.equal(events.filter(([e]) => e == "disconnected").length, 0);
+});
+
+test("a refresh timer never fires into a pending backoff", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_700_000_000_000 });
+  t.mock.method(Math, "random", () => 0.99);
+  let n = 0;
+  const { client, events } = scripted({
+    backoffBaseMs: 20000,
+    backoffCapMs: 60000,
+    getToken: () => {
+      const now = Math.floor(Date.now() / 1000);
+      return jwt({ sub: "u", n: ++n, iat: now, exp: now + 10 });
+    },
+  });
+  t.after(() => client.close());
+  // Connected with a 10 s token (refresh due at 5 s), dropped at once: the backoff is 19.8 s.
+  let first = true;
+  await run(t, 15000, (ws) => {
+    if (first) {
+      first = false;
+      ws.open();
+      ws.drop(1006, "");
+    } else ws.open();
+  });
+  assert.equal(ScriptedSocket.all.length, 1, "no attempt before the backoff's 19.8 s");
+  await run(t, 5000, (ws) => ws.open());
+  assert.equal(ScriptedSocket.all.length, 2);
+  assert.ok(ScriptedSocket.all[1].at - ScriptedSocket.all[0].at >= 19800);
+  assert.deepEqual(events.filter(([e]) => e == "reconnecting").map(([, v]) => v.delayMs), [19800]);
+});
