@@ -275,8 +275,9 @@ pub struct Conn<S> {
     pong: Option<Box<[u8]>>,
     /// The peer's message rate ([`Conn::limit_rate`]).
     rate: Option<TokenBucket>,
-    /// The rate ran out after messages that were within it: they are handed out, then 1008.
-    over_rate: bool,
+    /// The bytes after complete messages failed (over the rate or the size cap, bad framing,
+    /// bad UTF-8...): those messages are handed out first, then this.
+    deferred: Option<ConnError>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -349,7 +350,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             echo_due: false,
             pong: None,
             rate: None,
-            over_rate: false,
+            deferred: None,
         }
     }
 
@@ -501,8 +502,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Poll::Ready(Some(Ok(m)));
             }
             if self.read_done {
-                if std::mem::take(&mut self.over_rate) {
-                    return Poll::Ready(Some(Err(ConnError::RateLimited)));
+                if let Some(e) = self.deferred.take() {
+                    return Poll::Ready(Some(Err(e)));
                 }
                 return Poll::Ready(None);
             }
@@ -518,12 +519,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     self.read_done = true;
                     return Poll::Ready(Some(Err(ConnError::Eof)));
                 }
-                // Over the rate: the messages read before the frame that ran over are handed
-                // out first (they were within it), then the error.
-                Err(ConnError::RateLimited) if !self.ready.is_empty() => {
+                // The messages read before the bytes that failed were whole and valid (within
+                // the rate, the cap, the framing rules): they are handed out first, in order,
+                // then the error (a client's publish before an oversized one is handled and
+                // acknowledged, not dropped by the 1009).
+                Err(e) if !self.ready.is_empty() => {
                     self.read_done = true;
                     self.partial = None;
-                    self.over_rate = true;
+                    self.deferred = Some(e);
                 }
                 Err(e) => {
                     self.read_done = true;

@@ -225,6 +225,34 @@ async fn the_messages_within_the_rate_are_handed_out_before_the_1008() {
     assert_eq!(conn.next().await.unwrap().unwrap_err().cause().code(), 1008);
 }
 
+/// The same for every error of the bytes after them: a small publish and an oversized one in
+/// one TCP write closed 1009 without the small one ever handled (the client, told its oldest
+/// unacknowledged publish was too large, dropped a valid message).
+#[tokio::test]
+async fn the_messages_read_before_a_bad_frame_are_handed_out_before_its_close() {
+    let bad: [(Vec<u8>, u16); 3] = [
+        (frame::encode(OpCode::Text, &[b'x'; 64], M), 1009),
+        (frame::encode(OpCode::Text, &[0xff, 0xfe], M), 1007),
+        (frame::encode(OpCode::Text, b"x", None), 1002),
+    ];
+    for (frame, code) in bad {
+        let (mut conn, mut client) = pair(32, None);
+        let mut bytes = frame::encode(OpCode::Text, b"A", M);
+        bytes.extend(frame::encode(OpCode::Text, b"B", M));
+        bytes.extend(frame);
+        client.write_all(&bytes).await.unwrap();
+        for want in ["A", "B"] {
+            assert_eq!(
+                conn.next().await.unwrap().unwrap(),
+                Message::Text(want.into()),
+                "before {code}"
+            );
+        }
+        assert_eq!(conn.next().await.unwrap().unwrap_err().cause().code(), code);
+        assert!(conn.next().await.is_none(), "reading ends after the error");
+    }
+}
+
 #[tokio::test]
 async fn framing_errors_close_1002() {
     let (mut conn, mut client) = pair(1024, None);
