@@ -369,6 +369,29 @@ pub fn namespace_clashes(
     clashes
 }
 
+/// Whether some request path both matches the route's `path` and fits `path_room`
+/// (`before{room}after`, the room not empty). A Prefix matches at a segment boundary.
+fn path_room_fits(path: &crate::PathMatch, path_room: &str) -> bool {
+    let Some((before, after)) = path_room.split_once("{room}") else {
+        return true; // refused above
+    };
+    let v = path.value.as_str();
+    match path.kind {
+        crate::PathMatchKind::Exact => {
+            v.len() > before.len() + after.len() && v.starts_with(before) && v.ends_with(after)
+        }
+        // Either the pattern's fixed start lies under the prefix (at a segment boundary),
+        // or the prefix ends inside the room's text.
+        crate::PathMatchKind::Prefix => {
+            (before.starts_with(v)
+                && (before.len() == v.len()
+                    || v.ends_with('/')
+                    || before.as_bytes().get(v.len()) == Some(&b'/')))
+                || (v.starts_with(before) && v.len() > before.len())
+        }
+    }
+}
+
 fn rooms_problems(r: &Route, rooms: &crate::Rooms, at: &str, p: &mut Vec<Problem>) {
     let rat = format!("{at}.rooms");
     for (what, list) in [("join", &rooms.join), ("publish", &rooms.publish)] {
@@ -395,6 +418,17 @@ fn rooms_problems(r: &Route, rooms: &crate::Rooms, at: &str, p: &mut Vec<Problem
         (crate::RoomProtocol::Json, Some(_)) => p.push(Problem::new(
             format!("{rat}.pathRoom"),
             "only raw and yjs rooms take their room from the path",
+        )),
+        (_, Some(pr)) if !path_room_fits(&r.path, pr) => p.push(Problem::new(
+            format!("{rat}.pathRoom"),
+            format!(
+                "no path of this route (path {} `{}`) fits `{pr}`: every request would be 404",
+                match r.path.kind {
+                    crate::PathMatchKind::Exact => "Exact",
+                    crate::PathMatchKind::Prefix => "Prefix",
+                },
+                r.path.value
+            ),
         )),
         _ => {}
     }

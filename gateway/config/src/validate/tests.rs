@@ -618,3 +618,44 @@ fn a_key_repeated_in_one_mapping_is_refused_in_yaml_and_json() {
         );
     }
 }
+
+/// A `pathRoom` no path of the route can fit (`path: /r`, `pathRoom: /other/{room}`) served
+/// nothing but 404s; it is refused at load.
+#[test]
+fn a_path_room_outside_the_routes_path_is_refused() {
+    let doc = |kind: &str, path: &str, room: &str| {
+        format!(
+            "routes: [{{name: r, path: {{type: {kind}, value: '{path}'}}, mode: rooms, rooms: {{protocol: raw, join: ['*'], pathRoom: '{room}'}}}}]"
+        )
+    };
+    for (kind, path, room) in [
+        ("Prefix", "/r", "/other/{room}"),
+        ("Prefix", "/r", "/rx/{room}"),
+        ("Prefix", "/r/a", "/r/b{room}"),
+        ("Exact", "/r/a", "/other/{room}"),
+        ("Exact", "/r/", "/r/{room}"),
+        ("Exact", "/r/a", "/r/{room}/x"),
+    ] {
+        let got = problems(&doc(kind, path, room));
+        assert!(
+            got.iter()
+                .any(|p| p.contains("pathRoom") && p.contains("no path")),
+            "{kind} {path} {room}: {got:?}"
+        );
+    }
+    for (kind, path, room) in [
+        ("Prefix", "/r", "/r/{room}"),
+        ("Prefix", "/r/", "/r/{room}"),
+        ("Prefix", "/", "/collab/{room}"),
+        ("Prefix", "/r", "/r/x/{room}/y"),
+        ("Prefix", "/r/a", "/r/{room}"),
+        ("Exact", "/r/a", "/r/{room}"),
+        ("Exact", "/r/a/x", "/r/{room}/x"),
+    ] {
+        assert_eq!(
+            problems(&doc(kind, path, room)),
+            Vec::<String>::new(),
+            "{kind} {path} {room}"
+        );
+    }
+}
