@@ -26,6 +26,21 @@ use crate::routes::CompiledRoute;
 /// Longest a long-poll waits before answering 204.
 pub const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a poll waits: its `timeout` (a duration or whole seconds; default 25 s, at most
+/// [`MAX_POLL_WAIT`]). One that is neither is refused (`1.5` silently waited 25 s).
+fn poll_wait(query: Option<&str>) -> Result<Duration, Refusal> {
+    let Some(t) = query_param(query, "timeout") else {
+        return Ok(Duration::from_secs(25));
+    };
+    humantime::parse_duration(&t)
+        .ok()
+        .or_else(|| t.parse::<u64>().ok().map(Duration::from_secs))
+        .map(|d| d.min(MAX_POLL_WAIT))
+        .ok_or(Refusal::BadRoomsRequest(
+            "timeout: a duration (25s, 500ms) or whole seconds",
+        ))
+}
+
 /// Answer one long-poll: the messages after its cursor, or 204 when none came in time.
 pub(crate) async fn long_poll(
     svc: &Services<'_>,
@@ -35,14 +50,7 @@ pub(crate) async fn long_poll(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
     let rooms = requested_rooms(&policy, adm.claims.as_ref(), req.uri().query())?;
-    let wait = query_param(req.uri().query(), "timeout")
-        .and_then(|t| {
-            humantime::parse_duration(&t)
-                .ok()
-                .or_else(|| t.parse::<u64>().ok().map(Duration::from_secs))
-        })
-        .unwrap_or(Duration::from_secs(25))
-        .min(MAX_POLL_WAIT);
+    let wait = poll_wait(req.uri().query())?;
     let mut cursor = start_cursor(req, "cursor", &rooms);
     let conn = next_conn_id();
     let outbox = Outbox::new(policy.cfg.max_queue_bytes);
@@ -192,3 +200,6 @@ impl Drop for Joined {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
