@@ -51,6 +51,8 @@ pub enum Refusal {
     BackendUnreachable,
     #[error("backend timed out")]
     BackendTimeout,
+    #[error("backend answered an invalid WebSocket handshake: {0}")]
+    BackendBadUpgrade(&'static str),
     #[error("too many request headers")]
     HeadersTooLarge,
     #[error("not allowed to join this room")]
@@ -78,6 +80,7 @@ impl Refusal {
             Self::BadHandshake(_) => StatusCode::BAD_REQUEST,
             Self::BackendUnreachable => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::BackendBadUpgrade(_) => StatusCode::BAD_GATEWAY,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RoomForbidden => StatusCode::FORBIDDEN,
             Self::BusUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -106,6 +109,7 @@ impl Refusal {
             Self::NoBackend => "no_backend",
             Self::BackendUnreachable => "backend_unreachable",
             Self::BackendTimeout => "backend_timeout",
+            Self::BackendBadUpgrade(_) => "backend_bad_upgrade",
             Self::HeadersTooLarge => "headers_too_large",
             Self::RoomForbidden => "room_forbidden",
             Self::BusUnavailable => "bus_unavailable",
@@ -117,7 +121,10 @@ impl Refusal {
     /// Who is at fault.
     pub fn side(&self) -> Side {
         match self {
-            Self::NoBackend | Self::BackendUnreachable | Self::BackendTimeout => Side::Upstream,
+            Self::NoBackend
+            | Self::BackendUnreachable
+            | Self::BackendTimeout
+            | Self::BackendBadUpgrade(_) => Side::Upstream,
             Self::PodCap | Self::Draining | Self::RouteNotProgrammed => Side::Internal,
             _ => Side::Downstream,
         }
@@ -344,6 +351,10 @@ pub fn table() -> Vec<Row> {
         (
             "backend did not answer the handshake in time",
             Refusal::BackendTimeout,
+        ),
+        (
+            "backend answered the upgrade with a 101 a WebSocket client must refuse (RFC 6455 §4.1: no `Upgrade: websocket` or `Connection: Upgrade`, a wrong `Sec-WebSocket-Accept`, a subprotocol the client did not offer, an extension nobody offered); nothing of it reaches the client",
+            Refusal::BackendBadUpgrade("wrong Sec-WebSocket-Accept"),
         ),
         (
             "more headers than limits.maxHeaderCount",

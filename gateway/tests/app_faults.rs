@@ -165,3 +165,93 @@ async fn an_idle_connection_to_a_healthy_app_stays_open_across_app_pings() {
     assert_echo(&mut ws, "after").await;
     assert!(echo.closes().is_empty(), "{:?}", echo.closes());
 }
+
+/// An app that answers the upgrade with a 101 breaking RFC 6455 §4.1 (the gateway is the
+/// WebSocket client toward it): a wrong `Sec-WebSocket-Accept`, no `Upgrade`/`Connection`, a
+/// subprotocol or an extension nobody offered. Each 101 was relayed to the client (a broken
+/// handshake for the browser, counted as upgraded); each is a 502 now, counted by reason.
+async fn app_answering_101s_as_told() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let port = listener.local_addr().expect("app address").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                let key = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("sec-websocket-key:")
+                            .then(|| l[18..].trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let accept =
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+                let resp = match path.as_str() {
+                    "/badaccept" => format!(
+                        "HTTP/1.1 101 Switching Protocols\r\n{upgrade}Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"
+                    ),
+                    "/noupgrade" => format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                    ),
+                    "/protocol" => format!(
+                        "HTTP/1.1 101 Switching Protocols\r\n{upgrade}Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: bearer.stolen\r\n\r\n"
+                    ),
+                    "/extension" => format!(
+                        "HTTP/1.1 101 Switching Protocols\r\n{upgrade}Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+                    ),
+                    _ => format!(
+                        "HTTP/1.1 101 Switching Protocols\r\n{upgrade}Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+                    ),
+                };
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_101_from_the_app_that_breaks_the_websocket_handshake_is_a_502_not_relayed() {
+    let app = app_answering_101s_as_told().await;
+    let gateway = Gateway::start(&config(app)).await;
+    let offer = [("Sec-WebSocket-Protocol", "chat, superchat")];
+    for path in ["/badaccept", "/noupgrade", "/protocol", "/extension"] {
+        let (resp, ws) = support::raw_upgrade(gateway.addr(), path, &offer).await;
+        assert_eq!(resp.status, 502, "{path}: {resp:?}");
+        assert!(ws.is_none());
+        assert!(
+            resp.body_text().contains("backend_bad_upgrade"),
+            "{path}: {}",
+            resp.body_text()
+        );
+    }
+    // A 101 that keeps the rules still goes through, its subprotocol one the client offered.
+    let (resp, ws) = support::raw_upgrade(gateway.addr(), "/good", &offer).await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert!(ws.is_some());
+    let text = metrics_text(&gateway).await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "switchboard_handshake_refusals_total",
+            &[("reason", "backend_bad_upgrade")]
+        ),
+        4.0
+    );
+}

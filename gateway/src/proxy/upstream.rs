@@ -5,13 +5,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::engine::handshake::accept_key;
 use crate::error::Refusal;
 
 /// What the backend answered to the upgrade request.
@@ -38,6 +40,7 @@ async fn handshake(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Result<Hands
         .await
         .map_err(|_| Refusal::BackendUnreachable)?;
     let _ = tcp.set_nodelay(true);
+    let offered = req.headers().clone();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|_| Refusal::BackendUnreachable)?;
@@ -53,6 +56,9 @@ async fn handshake(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Result<Hands
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Handshake::Refused(resp));
     }
+    if let Some(why) = bad_upgrade(&offered, resp.headers()) {
+        return Err(Refusal::BackendBadUpgrade(why));
+    }
     let upgraded = hyper::upgrade::on(&mut resp)
         .await
         .map_err(|_| Refusal::BackendUnreachable)?;
@@ -61,4 +67,62 @@ async fn handshake(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Result<Hands
         Response::from_parts(parts, ()),
         upgraded,
     ))
+}
+
+/// Why the app's 101 is one a WebSocket client must refuse (RFC 6455 §4.1; the gateway is the
+/// app's client), given the request the gateway sent it. `None`: a valid 101.
+fn bad_upgrade(request: &HeaderMap, response: &HeaderMap) -> Option<&'static str> {
+    let tokens = |map: &HeaderMap, name: HeaderName| -> Vec<String> {
+        map.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect()
+    };
+    if !tokens(response, header::UPGRADE)
+        .iter()
+        .any(|t| t == "websocket")
+    {
+        return Some("a 101 without Upgrade: websocket");
+    }
+    if !tokens(response, header::CONNECTION)
+        .iter()
+        .any(|t| t == "upgrade")
+    {
+        return Some("a 101 without Connection: Upgrade");
+    }
+    let key = request
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let accept = response.get_all(header::SEC_WEBSOCKET_ACCEPT);
+    if accept.iter().count() != 1
+        || accept.iter().next().map(HeaderValue::as_bytes) != Some(accept_key(key).as_bytes())
+    {
+        return Some("wrong Sec-WebSocket-Accept");
+    }
+    let chosen = response.get_all(header::SEC_WEBSOCKET_PROTOCOL);
+    match chosen.iter().count() {
+        0 => {}
+        1 => {
+            let chosen = chosen
+                .iter()
+                .next()
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_ascii_lowercase())
+                .unwrap_or_default();
+            if !tokens(request, header::SEC_WEBSOCKET_PROTOCOL).contains(&chosen) {
+                return Some("a subprotocol the client did not offer");
+            }
+        }
+        _ => return Some("more than one Sec-WebSocket-Protocol"),
+    }
+    if response.contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+        && !request.contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+    {
+        return Some("an extension nobody offered");
+    }
+    None
 }
