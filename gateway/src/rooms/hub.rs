@@ -569,6 +569,12 @@ pub struct Hub {
     receipts: Arc<Receipts>,
     rooms: tokio::sync::Mutex<HashSet<Entry>>,
     present: Mutex<HashMap<(RoomKey, String), Member>>,
+    /// Held by the refresh while it writes one member's entry (the member checked present
+    /// under it), and passed by a leave between dropping its member from `present` and
+    /// withdrawing the entry: a refresh write that read the member before it left reaches the
+    /// bus before the withdraw, never after it (where it would put the entry back and announce
+    /// the member joining again).
+    refresh_gate: tokio::sync::Mutex<()>,
 }
 
 impl Hub {
@@ -578,6 +584,7 @@ impl Hub {
             bus,
             rooms: tokio::sync::Mutex::default(),
             present: Mutex::default(),
+            refresh_gate: tokio::sync::Mutex::default(),
         })
     }
 
@@ -839,6 +846,8 @@ impl Hub {
             m
         };
         if let Some(m) = member {
+            // A refresh write of this member under way lands first (see `refresh_gate`).
+            drop(self.refresh_gate.lock().await);
             let _ = self.bus.presence_set(key, &m, false).await;
         }
     }
@@ -849,16 +858,29 @@ impl Hub {
     }
 
     /// Re-announce every present member (presence entries expire on a TTL in the cluster).
+    /// One write at a time, each of a member still present when it starts, under the
+    /// `refresh_gate`: a member that left since the list was taken is not written (its
+    /// withdraw is done or waits for the gate), and one that leaves during its write is
+    /// withdrawn after it.
     pub async fn refresh_presence(&self) {
         let present: Vec<_> = self
             .present
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, m)| (k.0.clone(), m.clone()))
+            .keys()
+            .cloned()
             .collect();
-        for (key, m) in present {
-            let _ = self.bus.presence_set(&key, &m, true).await;
+        for id in present {
+            let _gate = self.refresh_gate.lock().await;
+            let member = self
+                .present
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .cloned();
+            if let Some(m) = member {
+                let _ = self.bus.presence_set(&id.0, &m, true).await;
+            }
         }
     }
 

@@ -206,6 +206,9 @@ pub trait Bus: Send + Sync {
     async fn retained(&self, key: &RoomKey) -> Result<(Vec<RoomMessage>, Position), BusError>;
 
     /// Announce (or withdraw) a member; refreshed by the caller every `ttl / 3` while present.
+    /// The bus does not tell a refresh from an announce: a write that lands after the
+    /// member's withdraw announces it again, so the caller withdraws a member only once no
+    /// refresh of it is under way.
     async fn presence_set(
         &self,
         key: &RoomKey,
