@@ -76,7 +76,15 @@ pub async fn serve(
     let (headers, path_and_query) = upstream_request(&route, &req, claims.as_ref(), ip, tls);
 
     if !websocket {
-        return forward_http(&svc, &route, backend, req, headers, &path_and_query).await;
+        // An admitted SSE request is a long-lived connection like a WebSocket: its slot is
+        // held, and its stream ends at the token's `exp`, for as long as the app streams.
+        let stream = admitted.map(|admitted| Held {
+            _admitted: admitted,
+            expiry: route
+                .close_at_expiry(claims.as_ref())
+                .map(|at| Box::pin(tokio::time::sleep_until(at))),
+        });
+        return forward_http(&svc, &route, backend, req, headers, &path_and_query, stream).await;
     }
     let on_client_upgrade = hyper::upgrade::on(&mut req);
     let (resp, upstream) = match upgrade_upstream(&svc, backend, headers, &path_and_query).await? {
@@ -453,6 +461,7 @@ async fn forward_http(
     req: Request<Incoming>,
     headers: http::HeaderMap,
     path_and_query: &str,
+    stream: Option<Held>,
 ) -> Result<Response<Body>, Refusal> {
     let uri: http::Uri = format!("http://{backend}{path_and_query}")
         .parse()
@@ -506,5 +515,54 @@ async fn forward_http(
         .with_label_values(&[&route.cfg.name, "http"])
         .inc();
     let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, body.boxed()))
+    let body = match stream {
+        Some(held) => HeldBody {
+            inner: body.boxed(),
+            held,
+        }
+        .boxed(),
+        None => body.boxed(),
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// What an admitted SSE response holds while the app streams it.
+struct Held {
+    /// The admission slot (connection caps), given back when the body ends or is dropped.
+    _admitted: crate::admission::Admitted,
+    /// The token's `exp` (`jwt.closeOnExpiry`): the stream ends there.
+    expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The app's response body, holding [`Held`] until it ends.
+struct HeldBody {
+    inner: Body,
+    held: Held,
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(expiry) = this.held.expiry.as_mut()
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            // The token expired: the stream ends (the client's reconnect meets the token check).
+            return std::task::Poll::Ready(None);
+        }
+        std::pin::Pin::new(&mut this.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
