@@ -180,15 +180,9 @@ async fn app_answering_101s_as_told() -> u16 {
                 return;
             };
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
+                let Some(head) = support::read_request_head(&mut s).await else {
+                    return;
+                };
                 let path = head.split(' ').nth(1).unwrap_or("").to_owned();
                 let key = head
                     .lines()
@@ -219,7 +213,7 @@ async fn app_answering_101s_as_told() -> u16 {
                     ),
                 };
                 let _ = s.write_all(resp.as_bytes()).await;
-                let _ = s.read(&mut buf).await;
+                let _ = s.read(&mut [0u8; 64]).await;
             });
         }
     });

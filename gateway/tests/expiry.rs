@@ -89,7 +89,7 @@ async fn with_close_on_expiry_off_a_connection_outlives_its_token() {
 
 /// An app that answers every request with an endless SSE stream (a chunk every 100 ms).
 async fn streaming_app() -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind app");
@@ -97,13 +97,8 @@ async fn streaming_app() -> u16 {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if support::read_request_head(&mut s).await.is_none() {
+                    return;
                 }
                 let start = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
                 if s.write_all(start.as_bytes()).await.is_err() {
