@@ -51,7 +51,7 @@ async fn pod(server: &NatsServer, max_messages: u32) -> NatsBus {
         Some(Retention {
             max_messages,
             max_age: Duration::from_secs(600),
-            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
+            max_bytes: None,
         }),
     )
     .await
@@ -543,7 +543,7 @@ async fn a_gateway_starts_while_nats_is_down_and_recovers_when_it_returns() {
     let ret = Retention {
         max_messages: 10,
         max_age: Duration::from_secs(60),
-        max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
+        max_bytes: None,
     };
     // Recorded, not refused (and nothing to log as an error): it applies once NATS is up.
     bus.configure(NS, Some(ret))
@@ -760,7 +760,7 @@ async fn with_three_replicas_history_survives_losing_the_server_that_leads_its_s
         Some(Retention {
             max_messages: 100,
             max_age: Duration::from_secs(600),
-            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
+            max_bytes: None,
         }),
     )
     .await

@@ -62,7 +62,7 @@ async fn warm_up() {
         Some(Retention {
             max_messages: 1,
             max_age: std::time::Duration::from_secs(1),
-            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
+            max_bytes: None,
         }),
     )
     .await

@@ -330,22 +330,21 @@ pub struct History {
     pub max_age: Duration,
     /// Most bytes the namespace's history holds, all its rooms together; beyond it the
     /// namespace's oldest messages go first, whichever room holds them. The embedded bus
-    /// counts what each message costs in memory, NATS the bytes JetStream stores. Default
-    /// 64 MiB, at least 64 KiB.
-    #[serde(default = "default_history_bytes")]
-    pub max_bytes: u64,
+    /// counts what each message costs in memory, always bounded ([`DEFAULT_HISTORY_BYTES`]
+    /// when unset); NATS gives it to the stream as `max_bytes` only when set (JetStream
+    /// reserves a stream's `max_bytes` against the server's and account's storage). At least
+    /// 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 fn default_history_messages() -> u32 {
     100
 }
-/// [`History::max_bytes`]'s default.
+/// What the embedded bus holds of a namespace's history when [`History::max_bytes`] is unset.
 pub const DEFAULT_HISTORY_BYTES: u64 = 64 * 1024 * 1024;
 /// [`History::max_bytes`]'s least.
 pub const MIN_HISTORY_BYTES: u64 = 64 * 1024;
-fn default_history_bytes() -> u64 {
-    DEFAULT_HISTORY_BYTES
-}
 fn default_history_age() -> Duration {
     Duration::from_secs(600)
 }

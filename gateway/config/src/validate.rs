@@ -497,15 +497,15 @@ fn rooms_problems(r: &Route, rooms: &crate::Rooms, at: &str, p: &mut Vec<Problem
             "maxMessages and maxAge must be more than 0",
         ));
     }
-    if let Some(h) = &rooms.history
-        && h.max_bytes < crate::MIN_HISTORY_BYTES
+    if let Some(max_bytes) = rooms.history.as_ref().and_then(|h| h.max_bytes)
+        && max_bytes < crate::MIN_HISTORY_BYTES
     {
         p.push(Problem::new(
             format!("{rat}.history.maxBytes"),
             format!(
                 "must be at least {} (64 KiB), got {}",
                 crate::MIN_HISTORY_BYTES,
-                h.max_bytes
+                max_bytes
             ),
         ));
     }

@@ -570,8 +570,8 @@ pub struct Hub {
     rooms: tokio::sync::Mutex<HashSet<Entry>>,
     present: Mutex<HashMap<(RoomKey, String), Member>>,
     /// Held by the refresh while it writes one member's entry (the member checked present
-    /// under it), and passed by a leave between dropping its member from `present` and
-    /// withdrawing the entry: a refresh write that read the member before it left reaches the
+    /// under it), and by a leave while it drops its member from `present` (the withdraw
+    /// follows): a refresh write that read the member before it left reaches the
     /// bus before the withdraw, never after it (where it would put the entry back and announce
     /// the member joining again).
     refresh_gate: tokio::sync::Mutex<()>,
@@ -836,18 +836,31 @@ impl Hub {
     /// Leave `key` (and withdraw presence).
     pub async fn leave(self: &Arc<Self>, key: &RoomKey, conn: &str) {
         self.leave_room(key, conn).await;
+        let id = (key.clone(), conn.to_string());
+        let announced = || {
+            self.present
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&id)
+        };
+        if !announced() {
+            return;
+        }
+        // Under the gate: a refresh write of this member under way lands first (see
+        // `refresh_gate`), and the member stays in `present` until the gate is passed, so a
+        // leave cancelled while it waits is still there for the retry to withdraw.
+        let gate = self.refresh_gate.lock().await;
         let member = {
             let mut present = self.present.lock().unwrap_or_else(|p| p.into_inner());
-            let m = present.remove(&(key.clone(), conn.to_string()));
+            let m = present.remove(&id);
             let len = present.len();
             if len * 4 < present.capacity() {
                 present.shrink_to(len * 2);
             }
             m
         };
+        drop(gate);
         if let Some(m) = member {
-            // A refresh write of this member under way lands first (see `refresh_gate`).
-            drop(self.refresh_gate.lock().await);
             let _ = self.bus.presence_set(key, &m, false).await;
         }
     }

@@ -727,7 +727,9 @@ pub struct RoomHistory {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Duration>,
     /// Most bytes the namespace's history holds, all its rooms together (the oldest messages
-    /// go first, whichever room holds them). At least 65536 (64 KiB). Default 64 MiB.
+    /// go first, whichever room holds them). At least 65536 (64 KiB). Unset: 64 MiB on the
+    /// embedded bus, unbounded on NATS (JetStream reserves a stream's max_bytes against its
+    /// storage limits, so it is given to the stream only when set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 65536))]
     pub max_bytes: Option<i64>,

@@ -142,7 +142,7 @@ pub(super) fn compile_rooms(
         }
         if let Some(b) = h.max_bytes {
             match u64::try_from(b) {
-                Ok(n) if n >= switchboard_config::MIN_HISTORY_BYTES => history.max_bytes = n,
+                Ok(n) if n >= switchboard_config::MIN_HISTORY_BYTES => history.max_bytes = Some(n),
                 _ => p.push(
                     format!("{hat}.maxBytes"),
                     format!(

@@ -27,7 +27,7 @@ async fn setup() -> (Arc<Hub>, Arc<MemoryBus>) {
         Some(Retention {
             max_messages: 100,
             max_age: Duration::from_secs(600),
-            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
+            max_bytes: None,
         }),
     )
     .await

@@ -40,32 +40,42 @@ struct Stored {
     cost: u64,
 }
 
-/// What a retained message costs in memory, near enough to bound it: the message and its
-/// room's share of a room entry, the strings it holds, and its payload as held (a JSON tree
-/// costs more than its text: `[0,0,...]` is 2 bytes an element as text, a node each in memory).
-pub fn cost(msg: &RoomMessage) -> u64 {
-    /// A room entry (its box, map slot and key) charged to each message, so rooms of one tiny
-    /// message are bounded too.
-    const ROOM_SHARE: u64 = 256;
-    let payload = match &msg.data {
+/// What a published message costs in memory once retained, an estimate near enough to bound
+/// it (computed before the bus's lock is taken): the message, its room's share of a room
+/// entry (so rooms of one tiny message are bounded too: the room, its map slot and the two
+/// further copies of its key, in the rooms map and the oldest-first index), the strings it
+/// holds, and its payload as held (a JSON tree costs more than its text: `[0,0,...]` is 2 bytes
+/// an element as text, a node each in memory).
+pub fn cost(p: &Publish, epoch: &str) -> u64 {
+    /// The room entry, its map slot and the index entry, beyond the key's text.
+    const ROOM_SHARE: u64 = 384;
+    let payload = match &p.data {
         Payload::Json(v) => json_cost(v),
         Payload::Binary(b) => b.len() as u64,
         Payload::Text(t) => t.capacity() as u64,
     };
+    let key = (p.key.namespace.capacity() + p.key.room.capacity()) as u64;
     std::mem::size_of::<Stored>() as u64
         + ROOM_SHARE
-        + (msg.key.namespace.capacity() + msg.key.room.capacity() + msg.epoch.capacity()) as u64
-        + msg.origin_conn.as_ref().map_or(0, |c| c.capacity() as u64)
-        + msg.from.as_ref().map_or(0, json_cost)
+        + 3 * key
+        + epoch.len() as u64
+        + p.origin_conn.as_ref().map_or(0, |c| c.capacity() as u64)
+        + p.from.as_ref().map_or(0, json_cost)
         + payload
+}
+
+/// What the embedded bus holds of a namespace's history at most.
+fn held_bound(r: &Retention) -> u64 {
+    r.max_bytes
+        .unwrap_or(switchboard_config::DEFAULT_HISTORY_BYTES)
 }
 
 /// A JSON tree's heap cost (serde_json parses at most 128 levels deep).
 fn json_cost(v: &serde_json::Value) -> u64 {
     use serde_json::Value;
     const NODE: u64 = std::mem::size_of::<Value>() as u64;
-    /// A map entry's key and its share of the map's nodes.
-    const ENTRY: u64 = std::mem::size_of::<String>() as u64 + 16;
+    /// A map entry's key and its share of the map's B-tree nodes (about half full).
+    const ENTRY: u64 = 2 * (std::mem::size_of::<String>() + std::mem::size_of::<Value>()) as u64;
     NODE + match v {
         Value::String(t) => t.capacity() as u64,
         Value::Array(a) => {
@@ -107,12 +117,11 @@ impl Room {
         self.subscribers.is_empty() && self.members.is_empty() && self.history.is_empty()
     }
 
-    /// Retain `msg`, charged to its namespace.
-    fn keep(&mut self, msg: RoomMessage, held: &mut Held) {
+    /// Retain `msg`, charged `cost` ([`cost`]) to its namespace.
+    fn keep(&mut self, msg: RoomMessage, cost: u64, held: &mut Held) {
         if self.history.is_empty() {
             held.oldest.insert(msg.seq, msg.key.clone());
         }
-        let cost = cost(&msg);
         held.bytes += cost;
         self.history.push_back(Stored { msg, cost });
     }
@@ -127,6 +136,11 @@ impl Room {
         held.oldest.remove(&gone.msg.seq);
         if let Some(next) = self.history.front() {
             held.oldest.insert(next.msg.seq, gone.msg.key);
+        }
+        // Its slots are charged only while they hold messages: give most of them back once
+        // the room holds far fewer than it did.
+        if self.history.len() * 4 < self.history.capacity() {
+            self.history.shrink_to(self.history.len() * 2);
         }
         true
     }
@@ -163,6 +177,8 @@ struct State {
     /// Each namespace's retained history.
     held: HashMap<String, Held>,
     next_sub: u64,
+    /// Which namespace the next sweep starts with.
+    sweep_turn: usize,
 }
 
 /// The room, created if needed; a new room is born at `born` (see [`Room::born`]).
@@ -351,14 +367,26 @@ impl MemoryBus {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut st = self.state();
-        let namespaces: Vec<String> = st.held.keys().cloned().collect();
+        let mut namespaces: Vec<String> = st.held.keys().cloned().collect();
+        // Each call starts one namespace further on, so a backlog in one never starves the rest.
+        st.sweep_turn = st.sweep_turn.wrapping_add(1);
+        let turn = st.sweep_turn % namespaces.len().max(1);
+        namespaces.rotate_left(turn);
         let mut done = 0;
         for ns in namespaces {
-            // A namespace that keeps no history any more drops all of it.
-            let before = retention
-                .get(&ns)
-                .map(|r| now.saturating_sub(r.max_age.as_millis() as u64));
-            done += st.shed(&ns, None, before, budget - done);
+            // A namespace that keeps no history any more drops all of it; one whose bound a
+            // reload lowered comes down to it without waiting for its next publish.
+            let (bound, before) = match retention.get(&ns) {
+                Some(r) => (
+                    Some(held_bound(r)),
+                    Some(now.saturating_sub(r.max_age.as_millis() as u64)),
+                ),
+                None => (None, None),
+            };
+            if let Some(bound) = bound {
+                done += st.shed(&ns, Some(bound), None, budget - done);
+            }
+            done += st.shed(&ns, None, before, budget.saturating_sub(done));
             if done >= budget {
                 break;
             }
@@ -388,6 +416,8 @@ impl Bus for MemoryBus {
             .then(|| self.retention_of(&p.key.namespace))
             .flatten();
         let now = now_ms();
+        // Outside the lock: walking a JSON payload is the costly part.
+        let cost = retention.as_ref().map_or(0, |_| cost(&p, &self.epoch));
         let mut guard = self.state();
         let st = &mut *guard;
         let seq = if p.ephemeral {
@@ -429,7 +459,7 @@ impl Bus for MemoryBus {
         };
         match (&retention, st.held.get_mut(&msg.key.namespace)) {
             (Some(r), Some(held)) => {
-                room.keep(msg.clone(), held);
+                room.keep(msg.clone(), cost, held);
                 room.trim(r, now, held);
             }
             (Some(_), None) => {} // inserted above
@@ -446,7 +476,7 @@ impl Bus for MemoryBus {
             .filter_map(|(_, s)| s.send_deferred(msg.clone()).ok())
             .collect();
         if let Some(r) = &retention {
-            st.shed(&msg.key.namespace, Some(r.max_bytes), None, usize::MAX);
+            st.shed(&msg.key.namespace, Some(held_bound(r)), None, usize::MAX);
             st.count_held();
         }
         st.free_if_idle(&msg.key);
@@ -536,16 +566,21 @@ impl Bus for MemoryBus {
             0
         };
         let nothing_removed = room.trimmed.max(freed) <= since.seq;
-        if !(oldest_follows || nothing_removed) {
-            return Ok(Replay::Lost);
-        }
-        Ok(Replay::Gap(
-            room.history
-                .iter()
-                .filter(|m| m.msg.seq > since.seq)
-                .map(|m| m.msg.clone())
-                .collect(),
-        ))
+        let replay = if oldest_follows || nothing_removed {
+            Replay::Gap(
+                room.history
+                    .iter()
+                    .filter(|m| m.msg.seq > since.seq)
+                    .map(|m| m.msg.clone())
+                    .collect(),
+            )
+        } else {
+            Replay::Lost
+        };
+        // The trim may have left the room with nothing (its history expired, nobody in it).
+        st.free_if_idle(key);
+        st.count_held();
+        Ok(replay)
     }
 
     async fn position(&self, key: &RoomKey) -> Result<Position, BusError> {
@@ -581,10 +616,11 @@ impl Bus for MemoryBus {
                 st.held.entry(key.namespace.clone()).or_default(),
             );
         }
-        Ok((
-            room.history.iter().map(|m| m.msg.clone()).collect(),
-            position,
-        ))
+        let kept = room.history.iter().map(|m| m.msg.clone()).collect();
+        // The trim may have left the room with nothing (its history expired, nobody in it).
+        st.free_if_idle(key);
+        st.count_held();
+        Ok((kept, position))
     }
 
     async fn presence_set(

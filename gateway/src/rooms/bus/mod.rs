@@ -74,8 +74,9 @@ pub struct Publish {
 pub struct Retention {
     pub max_messages: u32,
     pub max_age: Duration,
-    /// The namespace's whole history, all rooms together (`history.maxBytes`).
-    pub max_bytes: u64,
+    /// The namespace's whole history, all rooms together (`history.maxBytes`, if set; the
+    /// embedded bus bounds it by [`switchboard_config::DEFAULT_HISTORY_BYTES`] otherwise).
+    pub max_bytes: Option<u64>,
 }
 
 impl Retention {

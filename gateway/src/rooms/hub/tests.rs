@@ -20,7 +20,7 @@ async fn setup() -> (Arc<Hub>, Arc<MemoryBus>) {
         Some(Retention {
             max_messages: 100,
             max_age: Duration::from_secs(60),
-            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
+            max_bytes: None,
         }),
     )
     .await
@@ -285,7 +285,7 @@ async fn tiny_queue(history: u32) -> (Arc<Hub>, Arc<MemoryBus>) {
         Some(Retention {
             max_messages: history,
             max_age: Duration::from_secs(60),
-            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
+            max_bytes: None,
         }),
     )
     .await

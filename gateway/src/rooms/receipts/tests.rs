@@ -159,7 +159,7 @@ async fn unread_counts_stored_messages_after_the_read_position_not_the_users_own
         Some(Retention {
             max_messages: 3,
             max_age: Duration::from_secs(60),
-            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
+            max_bytes: None,
         }),
     )
     .await

@@ -43,7 +43,7 @@ fn every_rooms_field_reaches_the_compiled_route() {
         Some(History {
             max_messages: 500,
             max_age: StdDuration::from_secs(3600),
-            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
+            max_bytes: None,
         })
     );
     assert!(rooms.presence);

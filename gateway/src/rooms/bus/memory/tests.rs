@@ -26,7 +26,7 @@ async fn bus_with_history(max: u32) -> MemoryBus {
         Some(Retention {
             max_messages: max,
             max_age: Duration::from_secs(60),
-            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
+            max_bytes: None,
         }),
     )
     .await
@@ -200,7 +200,7 @@ async fn bus_with_age(max_age: Duration) -> MemoryBus {
         Some(Retention {
             max_messages: 10,
             max_age,
-            max_bytes: switchboard_config::DEFAULT_HISTORY_BYTES,
+            max_bytes: None,
         }),
     )
     .await
@@ -379,7 +379,7 @@ async fn a_namespaces_history_is_bounded_in_bytes_its_oldest_messages_going_firs
         Some(Retention {
             max_messages: 100,
             max_age: Duration::from_secs(600),
-            max_bytes,
+            max_bytes: Some(max_bytes),
         }),
     )
     .await
@@ -427,4 +427,56 @@ async fn a_namespaces_history_is_bounded_in_bytes_its_oldest_messages_going_firs
     bus.sweep(now_ms() + 120_000, SWEEP_BUDGET);
     assert_eq!(bus.held_bytes("ns"), 0);
     assert_eq!(bus.room_count(), 0);
+}
+
+/// A resume or a retained read that finds a room's history expired frees the room (nobody
+/// in it): the trim there took it out of the oldest-first index, so no sweep would.
+#[tokio::test]
+async fn reading_a_room_whose_history_expired_frees_it() {
+    for read in ["replay", "retained"] {
+        let bus = bus_with_age(Duration::from_millis(30)).await;
+        let pos = bus.publish(publish("a", 1)).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let before = Position {
+            seq: pos.seq - 1,
+            epoch: pos.epoch,
+        };
+        if read == "replay" {
+            assert_eq!(bus.replay(&key("a"), &before).await.unwrap(), Replay::Lost);
+        } else {
+            assert!(bus.retained(&key("a")).await.unwrap().0.is_empty());
+        }
+        assert_eq!(bus.room_count(), 0, "{read}");
+        assert_eq!(bus.held_bytes("ns"), 0, "{read}");
+    }
+}
+
+/// A reload that lowers `maxBytes` takes effect at the next sweep, not the next publish.
+#[tokio::test]
+async fn the_sweep_brings_a_namespace_down_to_a_lowered_byte_bound() {
+    let retention = |max_bytes| Retention {
+        max_messages: 100,
+        max_age: Duration::from_secs(600),
+        max_bytes: Some(max_bytes),
+    };
+    let bus = MemoryBus::new();
+    bus.configure("ns", Some(retention(1 << 20))).await.unwrap();
+    for r in 0..100 {
+        bus.publish(Publish {
+            data: Payload::Text("x".repeat(8 * 1024)),
+            ..publish(&format!("r{r}"), 0)
+        })
+        .await
+        .unwrap();
+    }
+    assert!(bus.held_bytes("ns") > 512 * 1024);
+    bus.configure("ns", Some(retention(256 * 1024)))
+        .await
+        .unwrap();
+    bus.sweep(now_ms(), SWEEP_BUDGET);
+    assert!(
+        bus.held_bytes("ns") <= 256 * 1024,
+        "{}",
+        bus.held_bytes("ns")
+    );
 }

@@ -352,8 +352,11 @@ impl Inner {
             subjects: vec![format!("{}.room.{ns}.>", self.prefix)],
             max_messages_per_subject: i64::from(r.max_messages),
             max_age: r.max_age,
-            // The namespace's whole history; JetStream discards its oldest beyond it.
-            max_bytes: i64::try_from(r.max_bytes).unwrap_or(i64::MAX),
+            // The namespace's whole history, when set (JetStream reserves it against the
+            // server's storage, so it is not given by default); its oldest go beyond it.
+            max_bytes: r
+                .max_bytes
+                .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
             storage: StorageType::File,
             allow_direct: true,
             num_replicas: self.replicas,
