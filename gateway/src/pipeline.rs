@@ -361,6 +361,7 @@ async fn admit_and_dispatch(
         http: &gw.http,
         upstream_timeout: cfg.limits.upstream_timeout,
         http_response_timeout: cfg.limits.http_response_timeout,
+        pod: &gw.pod,
     };
     crate::proxy::serve::serve(svc, route, conn.tls, passed, req).await
 }

@@ -208,6 +208,9 @@ async fn app_answering_101s_as_told() -> u16 {
                     "/extension" => format!(
                         "HTTP/1.1 101 Switching Protocols\r\n{upgrade}Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
                     ),
+                    "/empty" => format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: keep-alive, upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: \r\nSec-WebSocket-Extensions: \r\n\r\n"
+                    ),
                     _ => format!(
                         "HTTP/1.1 101 Switching Protocols\r\n{upgrade}Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
                     ),
@@ -235,10 +238,13 @@ async fn a_101_from_the_app_that_breaks_the_websocket_handshake_is_a_502_not_rel
             resp.body_text()
         );
     }
-    // A 101 that keeps the rules still goes through, its subprotocol one the client offered.
-    let (resp, ws) = support::raw_upgrade(gateway.addr(), "/good", &offer).await;
-    assert_eq!(resp.status, 101, "{resp:?}");
-    assert!(ws.is_some());
+    // A 101 that keeps the rules still goes through, its subprotocol one the client offered;
+    // so does one with empty subprotocol and extension values and other spellings.
+    for path in ["/good", "/empty"] {
+        let (resp, ws) = support::raw_upgrade(gateway.addr(), path, &offer).await;
+        assert_eq!(resp.status, 101, "{path}: {resp:?}");
+        assert!(ws.is_some());
+    }
     let text = metrics_text(&gateway).await;
     assert_eq!(
         metric_sum(

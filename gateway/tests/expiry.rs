@@ -118,14 +118,20 @@ async fn streaming_app() -> u16 {
     port
 }
 
-/// An SSE request to a proxy route: the response head, and the connection to read on.
-async fn open_stream(gateway: &Gateway, token: &str) -> (u16, tokio::net::TcpStream) {
+/// An SSE request to a proxy route (`accept`: with `Accept: text/event-stream`, as
+/// `EventSource` sends): the response head, and the connection to read on.
+async fn open_stream(gateway: &Gateway, token: &str, accept: bool) -> (u16, tokio::net::TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(gateway.addr())
         .await
         .unwrap();
     let head = format!(
-        "GET /expiring/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n"
+        "GET /expiring/events HTTP/1.1\r\nHost: localhost\r\n{}Authorization: Bearer {token}\r\n\r\n",
+        if accept {
+            "Accept: text/event-stream\r\n"
+        } else {
+            ""
+        }
     );
     s.write_all(head.as_bytes()).await.unwrap();
     let mut got = Vec::new();
@@ -159,10 +165,13 @@ async fn an_app_served_sse_stream_holds_its_slot_and_ends_when_its_token_expires
     let c = claims("alice", TTL_SECS, serde_json::json!({}));
     let exp = c["exp"].as_u64().expect("exp");
     let token = sign_hs256(&c);
-    let (status, mut stream) = open_stream(&gateway, &token).await;
+    let (status, mut stream) = open_stream(&gateway, &token, true).await;
     assert_eq!(status, 200);
-    let (second, _) = open_stream(&gateway, &token).await;
-    assert_eq!(second, 429, "the first stream holds the IP's one slot");
+    for accept in [true, false] {
+        // Asked for, or only answered with (curl, fetch without the header): a stream.
+        let (second, _) = open_stream(&gateway, &token, accept).await;
+        assert_eq!(second, 429, "the first stream holds the IP's one slot");
+    }
     // The stream ends (its last chunk, then the connection) once the token has expired.
     let mut buf = [0u8; 4096];
     let mut tail = Vec::new();
@@ -186,7 +195,7 @@ async fn an_app_served_sse_stream_holds_its_slot_and_ends_when_its_token_expires
     // The slot is free again.
     let fresh = sign_hs256(&claims("alice", 60, serde_json::json!({})));
     support::eventually("the slot to be given back", PROMPTLY, || async {
-        open_stream(&gateway, &fresh).await.0 == 200
+        open_stream(&gateway, &fresh, false).await.0 == 200
     })
     .await;
 }

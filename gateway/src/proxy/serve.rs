@@ -52,6 +52,8 @@ pub struct Services<'a> {
     pub upstream_timeout: Duration,
     /// Longest the app may take to answer a plain request (`limits.httpResponseTimeout`).
     pub http_response_timeout: Duration,
+    /// The pod's connection count (an app's SSE answer is admitted like a connection).
+    pub pod: &'a crate::admission::PodAdmission,
 }
 
 /// Serve a request that passed the shared checks on a proxy route.
@@ -76,14 +78,15 @@ pub async fn serve(
     let (headers, path_and_query) = upstream_request(&route, &req, claims.as_ref(), ip, tls);
 
     if !websocket {
-        // An admitted SSE request is a long-lived connection like a WebSocket: its slot is
-        // held, and its stream ends at the token's `exp`, for as long as the app streams.
-        let stream = admitted.map(|admitted| Held {
-            _admitted: admitted,
-            expiry: route
-                .close_at_expiry(claims.as_ref())
-                .map(|at| Box::pin(tokio::time::sleep_until(at))),
-        });
+        // An SSE stream is a long-lived connection like a WebSocket: it holds an admission
+        // slot and ends at the token's `exp`, for as long as the app streams. Admitted at the
+        // request when it asks for one (`Accept`), else when the app answers with one.
+        let stream = Stream {
+            admitted,
+            expiry: route.close_at_expiry(claims.as_ref()),
+            ip,
+            user: claims.as_ref().and_then(|c| c.sub.clone()),
+        };
         return forward_http(&svc, &route, backend, req, headers, &path_and_query, stream).await;
     }
     let on_client_upgrade = hyper::upgrade::on(&mut req);
@@ -461,7 +464,7 @@ async fn forward_http(
     req: Request<Incoming>,
     headers: http::HeaderMap,
     path_and_query: &str,
-    stream: Option<Held>,
+    stream: Stream,
 ) -> Result<Response<Body>, Refusal> {
     let uri: http::Uri = format!("http://{backend}{path_and_query}")
         .parse()
@@ -515,10 +518,35 @@ async fn forward_http(
         .with_label_values(&[&route.cfg.name, "http"])
         .inc();
     let (parts, body) = resp.into_parts();
-    let body = match stream {
-        Some(held) => HeldBody {
+    let event_stream = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        });
+    let admitted = match stream.admitted {
+        Some(a) => Some(a),
+        // The client did not ask for a stream, the app sent one: a connection all the same.
+        None if event_stream => Some(route.admission.admit(
+            &route.cfg.limits,
+            stream.ip,
+            stream.user.as_deref(),
+            svc.pod,
+        )?),
+        None => None,
+    };
+    let body = match admitted {
+        Some(admitted) => HeldBody {
             inner: body.boxed(),
-            held,
+            held: Held {
+                _admitted: admitted,
+                expiry: stream
+                    .expiry
+                    .map(|at| Box::pin(tokio::time::sleep_until(at))),
+            },
         }
         .boxed(),
         None => body.boxed(),
@@ -526,7 +554,17 @@ async fn forward_http(
     Ok(Response::from_parts(parts, body))
 }
 
-/// What an admitted SSE response holds while the app streams it.
+/// What a plain request needs to be held as a stream ([`forward_http`]).
+struct Stream {
+    /// Taken at the request (it asked for `text/event-stream`).
+    admitted: Option<crate::admission::Admitted>,
+    /// The token's `exp` (`jwt.closeOnExpiry`).
+    expiry: Option<tokio::time::Instant>,
+    ip: IpAddr,
+    user: Option<String>,
+}
+
+/// What an SSE response holds while the app streams it.
 struct Held {
     /// The admission slot (connection caps), given back when the body ends or is dropped.
     _admitted: crate::admission::Admitted,

@@ -103,24 +103,18 @@ fn bad_upgrade(request: &HeaderMap, response: &HeaderMap) -> Option<&'static str
     {
         return Some("wrong Sec-WebSocket-Accept");
     }
-    let chosen = response.get_all(header::SEC_WEBSOCKET_PROTOCOL);
-    match chosen.iter().count() {
-        0 => {}
-        1 => {
-            let chosen = chosen
-                .iter()
-                .next()
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.trim().to_ascii_lowercase())
-                .unwrap_or_default();
-            if !tokens(request, header::SEC_WEBSOCKET_PROTOCOL).contains(&chosen) {
+    // Empty header values (some servers send them) choose nothing.
+    match tokens(response, header::SEC_WEBSOCKET_PROTOCOL).as_slice() {
+        [] => {}
+        [chosen] => {
+            if !tokens(request, header::SEC_WEBSOCKET_PROTOCOL).contains(chosen) {
                 return Some("a subprotocol the client did not offer");
             }
         }
-        _ => return Some("more than one Sec-WebSocket-Protocol"),
+        _ => return Some("more than one subprotocol"),
     }
-    if response.contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
-        && !request.contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+    if !tokens(response, header::SEC_WEBSOCKET_EXTENSIONS).is_empty()
+        && tokens(request, header::SEC_WEBSOCKET_EXTENSIONS).is_empty()
     {
         return Some("an extension nobody offered");
     }
