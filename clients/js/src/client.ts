@@ -18,6 +18,9 @@ import {
   refreshDelay,
 } from "./protocol.js";
 
+/** The longest `setTimeout` delay (2^31 − 1 ms); longer ones fire at once. */
+const MAX_TIMER = 2 ** 31 - 1;
+
 /** A refusal: the gateway's `error` code (`forbidden`, `rejected`, ...) or one of this client's. */
 export class SwitchboardError extends Error {
   constructor(
@@ -175,6 +178,10 @@ export class SwitchboardClient {
   private refreshTimer?: ReturnType<typeof setTimeout>;
   /** The live connection's token. */
   private tok?: string | null;
+  /** The last new token with `iat`, its age `at − iat` when it came, and the skew (`learn`). */
+  private seen?: string;
+  private age?: number;
+  private skew = 0;
   private probeTimer?: ReturnType<typeof setTimeout>;
   private probeWs?: WebSocket;
   private probes = 0;
@@ -320,7 +327,7 @@ export class SwitchboardClient {
     if (token === undefined) {
       try {
         token = this.o.getToken ? await this.o.getToken() : null;
-        at = Date.now();
+        this.learn(token, (at = Date.now()));
       } catch (e) {
         this.emit("error", { code: "token", reason: String(e) });
         return this.retry(gen);
@@ -335,10 +342,25 @@ export class SwitchboardClient {
     else throw new Error("no usable transport (WebSocket or fetch)");
   }
 
+  /**
+   * How far the client's clock is ahead of the token issuer's. A token's age `at − iat` is that
+   * skew plus how long the app cached it: one token cannot tell them apart. Two new tokens in a
+   * row of about the same age (within 5 s) can: fresh tokens on a skewed clock. Otherwise the
+   * clock is trusted (0), so a cached token is still refreshed before its real `exp`.
+   */
+  private learn(token: string | null | undefined, at: number): void {
+    const iat = token ? jwtClaim(token, "iat") : undefined;
+    if (iat == null || token == this.seen) return;
+    const age = at - iat * 1000;
+    this.skew = this.age != null && Math.abs(age - this.age) < 5000 ? Math.min(age, this.age) : 0;
+    this.seen = token!;
+    this.age = age;
+  }
+
   /** When to refresh `token`, obtained at `at` (`refreshDelay`); undefined: never. */
   private due(token: string | null | undefined, at: number): number | undefined {
     const exp = token ? jwtExp(token) : undefined;
-    return exp ? refreshDelay(exp, at, this.o.refreshBeforeExpMs, jwtClaim(token!, "iat")) : undefined;
+    return exp ? refreshDelay(exp, at, this.o.refreshBeforeExpMs, jwtClaim(token!, "iat"), this.skew) : undefined;
   }
 
   /** The refresh of the live connection's token, obtained at `at`. Only a live connection has
@@ -346,7 +368,10 @@ export class SwitchboardClient {
   private arm(token: string | null | undefined, at: number): void {
     clearTimeout(this.refreshTimer);
     const d = this.due(token, at);
-    if (d) this.refreshTimer = setTimeout(() => this.refresh(), Math.max(1000, d - (Date.now() - at)));
+    if (!d) return;
+    // A timer over 2^31 − 1 ms (24.8 days) would fire at once: a long-lived token waits in steps.
+    const rest = Math.max(1000, d - (Date.now() - at));
+    this.refreshTimer = setTimeout(() => (rest > MAX_TIMER ? this.arm(token, at) : this.refresh()), Math.min(rest, MAX_TIMER));
   }
 
   /** A new token before `exp`: reconnect with it at once, rooms resumed (no gap, no 4001). */
@@ -360,6 +385,7 @@ export class SwitchboardClient {
       return this.emit("error", { code: "token", reason: String(e) });
     }
     const at = Date.now();
+    this.learn(token, at);
     // The connection it was for is gone: the next attempt gets its own token after the backoff.
     if (gen != this.gen || !this.live || this.closed) return;
     // The same token, or one that looks expired here (no `iat` to tell a fast clock): keep the
@@ -431,8 +457,10 @@ export class SwitchboardClient {
     } catch {
       return this.scheduleProbe();
     }
+    const at = Date.now();
+    this.learn(token, at);
     if (gen != this.gen || this.live != "sse" || this.closed) return;
-    this.openWs(gen, WS, token, Date.now(), true);
+    this.openWs(gen, WS, token, at, true);
   }
 
   private endProbe(): void {

@@ -119,19 +119,27 @@ export const jwtExp = (token: string): number | undefined => jwtClaim(token, "ex
 
 /**
  * When to fetch a new token, in ms after `nowMs`, the time `getToken` returned it: `before` ms
- * ahead of expiry, or halfway through a token that lives less than twice that. The client's
- * clock is not trusted against the issuer's: with `iat`, the time left is at most the lifetime
- * `exp − iat`, and a token that looks expired here (the gateway took it: the clock is fast) is
- * given its whole lifetime. Never sooner than `min(before, lifetime / 2)` nor 1 s, so a token
- * that looks nearly expired cannot cause a refresh loop (without `iat` the lifetime is unknown:
- * not sooner than `before`). Undefined: no refresh, for a token without `iat` that looks
- * expired (the gateway closes with 4001 at `exp`; the next attempt gets a new token).
+ * ahead of expiry, or halfway through a token that lives less than twice that. The time left is
+ * `exp` on the client's clock moved by `skewMs`, how far that clock is ahead of the issuer's
+ * (learned from the tokens, 0: unknown). With `iat`, it is at most the lifetime `exp − iat`, and
+ * a token that looks expired (the gateway took it: the clock is fast) is given its whole
+ * lifetime; never sooner than `min(before, lifetime / 2)`, so a token that looks nearly expired
+ * cannot cause a refresh loop. Without `iat` the lifetime is unknown: a token with less than 2 s
+ * left looks expired and is not refreshed (undefined: the gateway closes with 4001 at `exp`, the
+ * next attempt gets a new token). Never sooner than 1 s.
  */
-export function refreshDelay(expSec: number, nowMs: number, beforeMs: number, iatSec?: number): number | undefined {
-  const life = iatSec != null && expSec > iatSec ? (expSec - iatSec) * 1000 : Infinity;
-  let ttl = expSec * 1000 - nowMs;
-  if (ttl <= 0 || ttl > life) ttl = life;
-  if (ttl == Infinity) return undefined;
+export function refreshDelay(
+  expSec: number,
+  nowMs: number,
+  beforeMs: number,
+  iatSec?: number,
+  skewMs = 0,
+): number | undefined {
+  const life = iatSec != null && expSec > iatSec ? (expSec - iatSec) * 1000 : 0;
+  let ttl = expSec * 1000 - nowMs + skewMs;
+  if (life) {
+    if (ttl <= 0 || ttl > life) ttl = life;
+  } else if (ttl < 2000) return undefined;
   return Math.max(1000, Math.min(beforeMs, life / 2), ttl > 2 * beforeMs ? ttl - beforeMs : ttl / 2);
 }
 

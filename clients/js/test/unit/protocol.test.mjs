@@ -50,7 +50,30 @@ test("the refresh delay does not trust the client's clock against the issuer's",
   // backoff, take over); one that looks nearly expired not sooner than refreshBeforeExpMs.
   assert.equal(refreshDelay(s - 5, now, 30000), undefined);
   assert.equal(refreshDelay(s, now, 30000), undefined);
-  assert.equal(refreshDelay(s + 2, now, 30000), 30000);
+  assert.equal(refreshDelay(s + 1.5, now, 30000), undefined, "under 2 s left: looks expired, not refreshed");
+});
+
+test("a short token without iat is refreshed halfway through, as before, not after its exp", () => {
+  const now = 1_000_000;
+  const s = now / 1000;
+  assert.equal(refreshDelay(s + 20, now, 30000), 10000, "a 20 s token at 10 s");
+  assert.equal(refreshDelay(s + 59, now, 30000), 29500);
+  assert.equal(refreshDelay(s + 61, now, 30000), 31000);
+  assert.equal(refreshDelay(s + 2, now, 30000), 1000, "2 s left: at 1 s, the floor");
+});
+
+test("a skew learned from the tokens moves the client's clock to the issuer's", () => {
+  const now = 1_000_000;
+  const s = now / 1000;
+  // Clock 250 s fast, a fresh 5 min token: 50 s left here, but the skew says its whole life.
+  assert.equal(refreshDelay(s + 50, now, 30000, s - 250), 30000, "not known yet: not sooner than before");
+  assert.equal(refreshDelay(s + 50, now, 30000, s - 250, 250000), 270000);
+  // A token from a cache, 240 s old: the skew is not its age, refreshed before its real exp.
+  assert.equal(refreshDelay(s + 60, now, 30000, s - 240, 0), 30000);
+  assert.equal(refreshDelay(s + 60, now, 30000, s - 240, 1000), 31000, "a second of skew: a second later");
+  // A skew never stretches a token past its lifetime, nor makes a no-iat token look expired.
+  assert.equal(refreshDelay(s + 300, now, 30000, s, -600000), 270000);
+  assert.equal(refreshDelay(s - 100, now, 30000, undefined, 120000), 10000);
 });
 
 test("the sse parser handles every line ending, split chunks, comments and multi-line data", () => {

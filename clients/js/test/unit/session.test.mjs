@@ -420,11 +420,11 @@ test("a WebSocket probe refused while on SSE keeps the stream and backs off", as
 const jwt = (claims) => `h.${Buffer.from(JSON.stringify(claims)).toString("base64url")}.s`;
 const flush = () => new Promise((r) => setImmediate(r));
 
-/** Advance the mocked clock `ms` in 10 ms steps; `onSocket` sees each new socket. */
-async function run(t, ms, onSocket) {
+/** Advance the mocked clock `ms` in `step` ms steps; `onSocket` sees each new socket. */
+async function run(t, ms, onSocket, step = 10) {
   let seen = ScriptedSocket.all.length;
-  for (let i = 0; i < ms / 10; i++) {
-    t.mock.timers.tick(10);
+  for (let i = 0; i < ms / step; i++) {
+    t.mock.timers.tick(step);
     await flush();
     while (seen < ScriptedSocket.all.length) onSocket(ScriptedSocket.all[seen++]);
   }
@@ -545,4 +545,91 @@ test("a refresh timer never fires into a pending backoff", async (t) => {
   assert.equal(ScriptedSocket.all.length, 2);
   assert.ok(ScriptedSocket.all[1].at - ScriptedSocket.all[0].at >= 19800);
   assert.deepEqual(events.filter(([e]) => e == "reconnecting").map(([, v]) => v.delayMs), [19800]);
+});
+
+test("a 20 s token without iat is refreshed halfway through, before its exp, every time", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_700_000_000_000 });
+  const exps = [];
+  const { client, events } = scripted({
+    getToken: () => {
+      exps.push(Math.floor(Date.now() / 1000) + 20);
+      return jwt({ sub: "u", n: exps.length, exp: exps.at(-1) });
+    },
+  });
+  t.after(() => client.close());
+  client.join("chat:a");
+  await run(t, 60000, (ws) => ws.open());
+  const at = ScriptedSocket.all.map((s) => s.at);
+  const cuts = events.filter(([e]) => e == "disconnected").map(([, v]) => v);
+  assert.ok(cuts.every((c) => c.code == 1000 && c.reason == "token refresh"));
+  assert.ok(at.length >= 6 && at.length <= 7, `${at.length} connections in 60 s: one per ~10 s`);
+  for (let i = 1; i < at.length; i++) {
+    assert.ok(at[i] < exps[i - 1] * 1000, `connection ${i} replaced ${at[i] - exps[i - 1] * 1000} ms after its exp`);
+    assert.ok(at[i] - at[i - 1] >= 9000, "not in a loop");
+  }
+});
+
+for (const skewMs of [250_000, 280_000]) {
+  test(`a client clock ${skewMs / 1000} s fast with 5 min iat tokens refreshes once per lifetime, not every 30 s`, async (t) => {
+    t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_700_000_000_000 + skewMs });
+    const exps = [];
+    const { client, events } = scripted({
+      getToken: () => {
+        const now = Math.floor((Date.now() - skewMs) / 1000);
+        exps.push(now + 300);
+        return jwt({ sub: "u", iat: now, exp: now + 300 });
+      },
+    });
+    t.after(() => client.close());
+    client.join("chat:a");
+    await run(t, 1_200_000, (ws) => ws.open(), 100);
+    const at = ScriptedSocket.all.map((s) => s.at - skewMs); // the issuer's clock
+    const cuts = events.filter(([e]) => e == "disconnected").map(([, v]) => v);
+    assert.ok(cuts.every((c) => c.code == 1000 && c.reason == "token refresh"));
+    // The first refresh comes early (one token cannot tell a fast clock from a cached token);
+    // from the second token on the skew is known: one refresh per ~270 s.
+    assert.ok(cuts.length >= 4 && cuts.length <= 6, `${cuts.length} refreshes in 20 min`);
+    for (let i = 1; i < at.length; i++) assert.ok(at[i] < exps[i - 1] * 1000, `connection ${i} outlived its token`);
+    for (let i = 2; i < at.length; i++) assert.ok(at[i] - at[i - 1] >= 260_000, `refresh ${i} after ${at[i] - at[i - 1]} ms`);
+  });
+}
+
+test("a token reused from a cache is refreshed before its real exp, not a lifetime after it came", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_700_000_000_000 });
+  const exps = [];
+  let calls = 0;
+  const { client, events } = scripted({
+    getToken: () => {
+      // The first one was issued 4 of its 5 minutes ago (an app's token cache); then fresh ones.
+      const iat = Math.floor(Date.now() / 1000) - (calls++ ? 0 : 240);
+      exps.push(iat + 300);
+      return jwt({ sub: "u", iat, exp: iat + 300 });
+    },
+  });
+  t.after(() => client.close());
+  client.join("chat:a");
+  await run(t, 900_000, (ws) => ws.open(), 100);
+  const at = ScriptedSocket.all.map((s) => s.at);
+  assert.ok(events.filter(([e]) => e == "disconnected").every(([, c]) => c.reason == "token refresh"));
+  assert.ok(at.length >= 4, `${at.length} connections in 15 min`);
+  for (let i = 1; i < at.length; i++) assert.ok(at[i] < exps[i - 1] * 1000, `connection ${i} outlived its token`);
+  assert.ok(at[1] - at[0] <= 31_000, "the cached token replaced 30 s before its exp");
+});
+
+test("a token that lives longer than a timer can wait (24.8 days) does not refresh in a loop", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_700_000_000_000 });
+  const now = Math.floor(Date.now() / 1000);
+  const token = jwt({ sub: "svc", iat: now, exp: now + 365 * 86400 });
+  let calls = 0;
+  const { client, events } = scripted({
+    getToken: () => {
+      calls++;
+      return token;
+    },
+  });
+  t.after(() => client.close());
+  await run(t, 10000, (ws) => ws.open());
+  assert.equal(calls, 1, "getToken once, not on every 1 ms overflowed timer");
+  assert.equal(ScriptedSocket.all.length, 1);
+  assert.equal(events.filter(([e]) => e == "disconnected").length, 0);
 });
