@@ -894,6 +894,16 @@ fn mode_problems(cfg: &GatewayConfig, r: &Route, at: &str, p: &mut Vec<Problem>)
             )),
             Some(rooms) => {
                 rooms_problems(r, rooms, at, p);
+                // The pattern's own text must be a path requests can have (`/r/../x/{room}`
+                // never is: normalization removes the `..`).
+                if let Some(pr) = rooms.path_room.as_deref().filter(|pr| pr.starts_with('/'))
+                    && let Some(problem) = path_never_requested(cfg, &pr.replace("{room}", "r"))
+                {
+                    p.push(Problem::new(
+                        format!("{at}.rooms.pathRoom"),
+                        format!("with a room `r` in it: {problem}"),
+                    ));
+                }
                 if rooms.offline.as_ref().is_some_and(|o| o.notify_nats) && cfg.bus.nats.is_none() {
                     p.push(Problem::new(
                         format!("{at}.rooms.offline.notifyNats"),

@@ -643,6 +643,13 @@ fn a_path_room_outside_the_routes_path_is_refused() {
             "{kind} {path} {room}: {got:?}"
         );
     }
+    // A pattern normalization changes (its `..` removed) fits no request either.
+    let got = problems(&doc("Prefix", "/", "/r/../x/{room}"));
+    assert!(
+        got.iter()
+            .any(|p| p.contains("pathRoom") && p.contains("/x/r")),
+        "{got:?}"
+    );
     for (kind, path, room) in [
         ("Prefix", "/r", "/r/{room}"),
         ("Prefix", "/r/", "/r/{room}"),

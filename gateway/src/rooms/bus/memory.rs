@@ -8,7 +8,7 @@
 //! room freed and created again never reuses one, and resume stays exact without remembering
 //! freed rooms: a gap is complete when the room's oldest retained message is right after the
 //! client's position, or when nothing of the room after that position was ever removed (its own
-//! trims, and the namespace's watermark of freed rooms, are at or before it).
+//! trims, and the watermark of freed rooms of its bucket of room names, are at or before it).
 //!
 //! A namespace's history is bounded three ways: `maxMessages` per room, `maxAge`, and
 //! `maxBytes` for all its rooms together (what each message costs in memory, [`cost`]), so a
@@ -18,7 +18,9 @@
 //! (called every second) without waiting for the next publish, at most [`SWEEP_BUDGET`]
 //! messages per call, oldest first.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -47,8 +49,9 @@ struct Stored {
 /// holds, and its payload as held (a JSON tree costs more than its text: `[0,0,...]` is 2 bytes
 /// an element as text, a node each in memory).
 pub fn cost(p: &Publish, epoch: &str) -> u64 {
-    /// The room entry, its map slot and the index entry, beyond the key's text.
-    const ROOM_SHARE: u64 = 384;
+    /// The room entry, its map slot, the index entry and the history's first slots, beyond
+    /// the key's text (measured: a room of one tiny message holds ~1.6 KiB of RSS).
+    const ROOM_SHARE: u64 = 1280;
     let payload = match &p.data {
         Payload::Json(v) => json_cost(v),
         Payload::Binary(b) => b.len() as u64,
@@ -158,14 +161,44 @@ impl Room {
     }
 }
 
+/// Buckets of [`Positions::freed`]: rooms hashed into this many watermarks, so a room freed
+/// with losses makes only the rooms of its bucket (1 in 4096) resume as `lost`, not every
+/// quiet room of the namespace (once history is at its `maxBytes`, rooms are freed all the
+/// time). 32 KiB per namespace that ever freed a room with losses.
+const FREED_BUCKETS: usize = 4096;
+
 /// Positions of one namespace.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct Positions {
     /// The last position assigned.
     seq: u64,
-    /// Highest `trimmed` of any room freed in this namespace: no freed room lost a message
-    /// after it.
-    freed: u64,
+    /// Per bucket of room names (a process-random hash), the highest `trimmed` of any room
+    /// freed in this namespace: no freed room of the bucket lost a message after it. Empty
+    /// until a room is freed with losses.
+    freed: Vec<u64>,
+}
+
+impl Positions {
+    /// No freed incarnation of `room` lost a message after this position.
+    fn freed_for(&self, hasher: &RandomState, room: &str) -> u64 {
+        self.freed.get(bucket(hasher, room)).copied().unwrap_or(0)
+    }
+
+    /// `room` was freed (or a message of it dropped unseen) having lost messages up to `seq`.
+    fn note_freed(&mut self, hasher: &RandomState, room: &str, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        if self.freed.is_empty() {
+            self.freed = vec![0; FREED_BUCKETS];
+        }
+        let b = bucket(hasher, room);
+        self.freed[b] = self.freed[b].max(seq);
+    }
+}
+
+fn bucket(hasher: &RandomState, room: &str) -> usize {
+    (hasher.hash_one(room) % FREED_BUCKETS as u64) as usize
 }
 
 #[derive(Default)]
@@ -179,6 +212,8 @@ struct State {
     next_sub: u64,
     /// Which namespace the next sweep starts with.
     sweep_turn: usize,
+    /// Room names to [`Positions::freed`] buckets.
+    buckets: RandomState,
 }
 
 /// The room, created if needed; a new room is born at `born` (see [`Room::born`]).
@@ -258,7 +293,7 @@ impl State {
             && let Some(room) = self.rooms.remove(key)
         {
             let p = self.positions.entry(key.namespace.clone()).or_default();
-            p.freed = p.freed.max(room.trimmed);
+            p.note_freed(&self.buckets, &key.room, room.trimmed);
             shrink_if_sparse(&mut self.rooms);
         }
         crate::metrics::metrics()
@@ -433,7 +468,7 @@ impl Bus for MemoryBus {
             // nobody will ever get still counts as removed, so no resume skips it.
             if seq != 0 {
                 let pos = st.positions.entry(p.key.namespace.clone()).or_default();
-                pos.freed = pos.freed.max(seq);
+                pos.note_freed(&st.buckets, &p.key.room, seq);
             }
             return Ok(None);
         }
@@ -529,19 +564,18 @@ impl Bus for MemoryBus {
         }
         let retention = self.retention_of(&key.namespace);
         let mut st = self.state();
-        let positions = st
+        let (last, freed_for) = st
             .positions
             .get(&key.namespace)
-            .copied()
-            .unwrap_or_default();
-        if since.seq > positions.seq {
+            .map_or((0, 0), |p| (p.seq, p.freed_for(&st.buckets, &key.room)));
+        if since.seq > last {
             return Ok(Replay::Lost); // not a position of this namespace
         }
         let st = &mut *st;
         let Some(room) = st.rooms.get_mut(key) else {
             // Nothing of the room is held: complete unless a freed incarnation lost messages
             // after `since`.
-            return Ok(if positions.freed <= since.seq {
+            return Ok(if freed_for <= since.seq {
                 Replay::Gap(vec![])
             } else {
                 Replay::Lost
@@ -560,11 +594,7 @@ impl Bus for MemoryBus {
             .is_some_and(|m| m.msg.seq <= since.seq.saturating_add(1));
         // A freed earlier incarnation of this room matters only if it may hold messages after
         // `since`; other rooms' losses never do.
-        let freed = if room.born > since.seq {
-            positions.freed
-        } else {
-            0
-        };
+        let freed = if room.born > since.seq { freed_for } else { 0 };
         let nothing_removed = room.trimmed.max(freed) <= since.seq;
         let replay = if oldest_follows || nothing_removed {
             Replay::Gap(
