@@ -9,6 +9,14 @@ fn key(room: &str) -> RoomKey {
     }
 }
 
+/// A publish of an 8 KiB text into `room` (the byte bound's tests).
+fn big(room: &str) -> Publish {
+    Publish {
+        data: Payload::Text("x".repeat(8 * 1024)),
+        ..publish(room, 0)
+    }
+}
+
 fn publish(room: &str, n: i64) -> Publish {
     Publish {
         key: key(room),
@@ -384,10 +392,6 @@ async fn a_namespaces_history_is_bounded_in_bytes_its_oldest_messages_going_firs
     )
     .await
     .unwrap();
-    let big = |room: &str| Publish {
-        data: Payload::Text("x".repeat(8 * 1024)),
-        ..publish(room, 0)
-    };
     let first = bus.publish(big("r0")).await.unwrap().unwrap();
     for r in 1..1000 {
         bus.publish(big(&format!("r{r}"))).await.unwrap();
@@ -462,12 +466,7 @@ async fn the_sweep_brings_a_namespace_down_to_a_lowered_byte_bound() {
     let bus = MemoryBus::new();
     bus.configure("ns", Some(retention(1 << 20))).await.unwrap();
     for r in 0..100 {
-        bus.publish(Publish {
-            data: Payload::Text("x".repeat(8 * 1024)),
-            ..publish(&format!("r{r}"), 0)
-        })
-        .await
-        .unwrap();
+        bus.publish(big(&format!("r{r}"))).await.unwrap();
     }
     assert!(bus.held_bytes("ns") > 512 * 1024);
     bus.configure("ns", Some(retention(256 * 1024)))
@@ -502,12 +501,7 @@ async fn rooms_freed_by_the_byte_bound_do_not_make_quiet_rooms_resume_lost() {
     let quiet: Vec<String> = (0..20).map(|i| format!("quiet{i}")).collect();
     let given = bus.position(&key("quiet0")).await.unwrap();
     for r in 0..30 {
-        bus.publish(Publish {
-            data: Payload::Text("x".repeat(8 * 1024)),
-            ..publish(&format!("busy{r}"), 0)
-        })
-        .await
-        .unwrap();
+        bus.publish(big(&format!("busy{r}"))).await.unwrap();
     }
     assert!(bus.room_count() < 30, "rooms were freed by the bound");
     let mut exact = 0;
