@@ -812,3 +812,37 @@ async fn polling_clients_through_a_drain_are_answered_or_refused_never_cut() {
         .expect("the gateway exits after the drain");
     assert!(status.success(), "exit status {status}");
 }
+
+/// An app's SSE stream through a proxy route ran on until the drain's deadline (counted as an
+/// in-flight request), holding the pod's exit back; it ends within the route's drain window,
+/// like a rooms SSE stream, and `EventSource` reconnects to another pod.
+#[tokio::test]
+async fn an_app_sse_stream_ends_within_the_drain_window_not_at_the_deadline() {
+    let app = support::sse_app().await;
+    let yaml = ConfigBuilder::new()
+        .drain("1s", "60s")
+        .route(
+            route("events", "/")
+                .proxy(&[app])
+                .drain(json!({"window": "1s"})),
+        )
+        .yaml();
+    let gateway = Gateway::start(&yaml).await;
+    let (status, mut stream) = support::open_http_stream(
+        gateway.addr(),
+        "/events",
+        &[("Accept", "text/event-stream")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    // A live connection of the pod, like a WebSocket.
+    let (_, body) = support::http_get(gateway.admin(), "/status").await;
+    assert!(body.contains(r#""connections":1"#), "{body}");
+    let started = std::time::Instant::now();
+    gateway.terminate();
+    assert!(
+        support::stream_ends_within(&mut stream, std::time::Duration::from_secs(20)).await,
+        "the stream ran on past 20 s of a 60 s deadline"
+    );
+    println!("app SSE stream ended {:?} after SIGTERM", started.elapsed());
+}

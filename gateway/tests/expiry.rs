@@ -87,62 +87,15 @@ async fn with_close_on_expiry_off_a_connection_outlives_its_token() {
     close_normally(&mut ws).await;
 }
 
-/// An app that answers every request with an endless SSE stream (a chunk every 100 ms).
-async fn streaming_app() -> u16 {
-    use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind app");
-    let port = listener.local_addr().expect("app address").port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if support::read_request_head(&mut s).await.is_none() {
-                    return;
-                }
-                let start = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-                if s.write_all(start.as_bytes()).await.is_err() {
-                    return;
-                }
-                loop {
-                    let event = "data: tick\n\n";
-                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
-                    if s.write_all(chunk.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
-        }
-    });
-    port
-}
-
-/// An SSE request to a proxy route (`accept`: with `Accept: text/event-stream`, as
-/// `EventSource` sends): the response head, and the connection to read on.
+/// An SSE request to `/expiring/events` (`accept`: with `Accept: text/event-stream`, as
+/// `EventSource` sends): the response status, and the connection to read on.
 async fn open_stream(gateway: &Gateway, token: &str, accept: bool) -> (u16, tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(gateway.addr())
-        .await
-        .unwrap();
-    let head = format!(
-        "GET /expiring/events HTTP/1.1\r\nHost: localhost\r\n{}Authorization: Bearer {token}\r\n\r\n",
-        if accept {
-            "Accept: text/event-stream\r\n"
-        } else {
-            ""
-        }
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed before the response head");
-        got.extend_from_slice(&buf[..n]);
+    let bearer = format!("Bearer {token}");
+    let mut headers = vec![("Authorization", bearer.as_str())];
+    if accept {
+        headers.push(("Accept", "text/event-stream"));
     }
-    let status = String::from_utf8_lossy(&got[9..12]).parse().unwrap();
-    (status, s)
+    support::open_http_stream(gateway.addr(), "/expiring/events", &headers).await
 }
 
 /// An app-served SSE stream on a proxy route kept going past the token's `exp`, and its
@@ -151,8 +104,7 @@ async fn open_stream(gateway: &Gateway, token: &str, accept: bool) -> (u16, toki
 /// `exp` (`closeOnExpiry`), as for WebSockets.
 #[tokio::test]
 async fn an_app_served_sse_stream_holds_its_slot_and_ends_when_its_token_expires() {
-    use tokio::io::AsyncReadExt;
-    let app = streaming_app().await;
+    let app = support::sse_app().await;
     let yaml = ConfigBuilder::new()
         .route(
             route("expiring", "/expiring")
@@ -173,23 +125,10 @@ async fn an_app_served_sse_stream_holds_its_slot_and_ends_when_its_token_expires
         assert_eq!(second, 429, "the first stream holds the IP's one slot");
     }
     // The stream ends (its last chunk, then the connection) once the token has expired.
-    let mut buf = [0u8; 4096];
-    let mut tail = Vec::new();
-    let ended = tokio::time::timeout(PROMPTLY + Duration::from_secs(TTL_SECS as u64), async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    tail.extend_from_slice(&buf[..n]);
-                    if tail.ends_with(b"0\r\n\r\n") {
-                        break;
-                    }
-                }
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the stream outlived its token");
+    let ended =
+        support::stream_ends_within(&mut stream, PROMPTLY + Duration::from_secs(TTL_SECS as u64))
+            .await;
+    assert!(ended, "the stream outlived its token");
     assert!(unix_now() >= exp, "ended before exp");
     drop(stream);
     // The slot is free again.

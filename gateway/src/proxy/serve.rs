@@ -543,9 +543,18 @@ async fn forward_http(
             inner: body.boxed(),
             held: Held {
                 _admitted: admitted,
+                _live: svc.drain.enter(),
                 expiry: stream
                     .expiry
                     .map(|at| Box::pin(tokio::time::sleep_until(at))),
+                drained: {
+                    let signal = svc.drain.close_signal();
+                    let window = route.cfg.drain.window;
+                    Box::pin(async move {
+                        signal.closed().await;
+                        tokio::time::sleep(crate::drain::jitter(window)).await;
+                    })
+                },
             },
         }
         .boxed(),
@@ -568,8 +577,13 @@ struct Stream {
 struct Held {
     /// The admission slot (connection caps), given back when the body ends or is dropped.
     _admitted: crate::admission::Admitted,
+    /// A live connection of the pod (`/status` `connections`, the drain's `live`).
+    _live: crate::drain::LiveGuard,
     /// The token's `exp` (`jwt.closeOnExpiry`): the stream ends there.
     expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The drain: the stream ends at a random point of the route's `drain.window` after it
+    /// starts (like the rooms mode's SSE streams; `EventSource` reconnects to another pod).
+    drained: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
 }
 
 /// The app's response body, holding [`Held`] until it ends.
@@ -591,6 +605,9 @@ impl hyper::body::Body for HeldBody {
             && expiry.as_mut().poll(cx).is_ready()
         {
             // The token expired: the stream ends (the client's reconnect meets the token check).
+            return std::task::Poll::Ready(None);
+        }
+        if this.held.drained.as_mut().poll(cx).is_ready() {
             return std::task::Poll::Ready(None);
         }
         std::pin::Pin::new(&mut this.inner).poll_frame(cx)

@@ -274,3 +274,88 @@ pub async fn read_request_head(stream: &mut TcpStream) -> Option<String> {
     }
     Some(String::from_utf8_lossy(&head).into_owned())
 }
+
+/// An app that answers every request with an endless SSE stream (a chunk every 100 ms).
+pub async fn sse_app() -> u16 {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind app");
+    let port = listener.local_addr().expect("app address").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_request_head(&mut s).await.is_none() {
+                    return;
+                }
+                let start = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if s.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                loop {
+                    let event = "data: tick\n\n";
+                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                    if s.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Read until `stream` ends: its terminating chunk, its close, or `within` passing (`false`).
+pub async fn stream_ends_within(stream: &mut TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let mut tail = Vec::new();
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    tail.extend_from_slice(&buf[..n]);
+                    if tail.ends_with(b"0\r\n\r\n") {
+                        break;
+                    }
+                    let keep = tail.len().saturating_sub(8);
+                    tail.drain(..keep);
+                }
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A GET to `path` with `headers` whose answer is read up to its head (a stream's body
+/// follows on the connection): the status, and the connection to read on.
+pub async fn open_http_stream(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())
+        .await
+        .expect("send the request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.expect("read the response head");
+        assert!(n > 0, "closed before the response head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let status = String::from_utf8_lossy(&got[9..12])
+        .parse()
+        .expect("a status");
+    (status, s)
+}
