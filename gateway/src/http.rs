@@ -75,8 +75,10 @@ pub fn refuse(route: &str, r: Refusal) -> Response<Body> {
     resp
 }
 
-fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
-    req.headers()
+/// Whether the comma-separated header `name` lists `token` (ASCII case-insensitive), as
+/// `Connection: keep-alive, Upgrade` lists `upgrade`.
+pub fn header_has_token(headers: &http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -87,8 +89,8 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
 /// A WebSocket upgrade request (RFC 6455 §4.2.1), before version/key checks.
 pub fn is_websocket(req: &Request<Incoming>) -> bool {
     req.method() == http::Method::GET
-        && header_has_token(req, header::CONNECTION, "upgrade")
-        && header_has_token(req, header::UPGRADE, "websocket")
+        && header_has_token(req.headers(), header::CONNECTION, "upgrade")
+        && header_has_token(req.headers(), header::UPGRADE, "websocket")
 }
 
 /// `GET` asking for `text/event-stream`.

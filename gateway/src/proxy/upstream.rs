@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::engine::handshake::accept_key;
 use crate::error::Refusal;
+use crate::http::header_has_token;
 
 /// What the backend answered to the upgrade request.
 pub enum Handshake {
@@ -81,16 +82,10 @@ fn bad_upgrade(request: &HeaderMap, response: &HeaderMap) -> Option<&'static str
             .filter(|t| !t.is_empty())
             .collect()
     };
-    if !tokens(response, header::UPGRADE)
-        .iter()
-        .any(|t| t == "websocket")
-    {
+    if !header_has_token(response, header::UPGRADE, "websocket") {
         return Some("a 101 without Upgrade: websocket");
     }
-    if !tokens(response, header::CONNECTION)
-        .iter()
-        .any(|t| t == "upgrade")
-    {
+    if !header_has_token(response, header::CONNECTION, "upgrade") {
         return Some("a 101 without Connection: Upgrade");
     }
     let key = request
