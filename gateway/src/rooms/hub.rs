@@ -971,4 +971,6 @@ mod members;
 mod repair;
 
 #[cfg(test)]
+mod refresh_tests;
+#[cfg(test)]
 mod tests;
