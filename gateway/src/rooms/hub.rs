@@ -567,7 +567,11 @@ pub struct Hub {
     bus: Arc<dyn Bus>,
     /// Read receipts (delivered to this pod's members through the hub).
     receipts: Arc<Receipts>,
-    rooms: tokio::sync::Mutex<HashSet<Entry>>,
+    /// Open local rooms. Never held across an await.
+    rooms: Mutex<HashSet<Entry>>,
+    /// Rooms being opened (subscribed): their joiners queue on the room's gate, which holds
+    /// the error of a subscription that failed for the joiners that waited for it.
+    opening: Mutex<HashMap<RoomKey, Gate>>,
     present: Mutex<HashMap<(RoomKey, String), Member>>,
     /// Held by the refresh while it writes one member's entry (the member checked present
     /// under it), and by a leave while it drops its member from `present` (the withdraw
@@ -582,7 +586,8 @@ impl Hub {
         Arc::new_cyclic(|hub: &Weak<Hub>| Self {
             receipts: Receipts::new(bus.clone(), hub.clone()),
             bus,
-            rooms: tokio::sync::Mutex::default(),
+            rooms: Mutex::default(),
+            opening: Mutex::default(),
             present: Mutex::default(),
             refresh_gate: tokio::sync::Mutex::default(),
         })
@@ -601,7 +606,7 @@ impl Hub {
     /// every message delivered to it since. Any position at or before it is one the member
     /// was shown. No I/O.
     pub async fn given(&self, key: &RoomKey, conn: &str) -> Option<Position> {
-        let rooms = self.rooms.lock().await;
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let room = rooms.get(key)?;
         let members = room.members.lock().unwrap_or_else(|p| p.into_inner());
         members.get(conn).map(|slot| Position {
@@ -610,8 +615,11 @@ impl Hub {
         })
     }
 
-    /// The local room for `key` with `slot` added, created (and subscribed) if needed. Under
-    /// the map lock, so a concurrent last-member leave cannot drop the room under a joiner.
+    /// The local room for `key` with `slot` added, created (and subscribed) if needed. The
+    /// member is added under the map lock, so a concurrent last-member leave cannot drop the
+    /// room under a joiner. The subscription (a bus round trip, up to the bus's bound when it
+    /// does not answer) is made under the room's own opening gate, not the map lock: joiners
+    /// of that room wait for it and share it (or its error), everyone else goes on.
     async fn enter(
         self: &Arc<Self>,
         key: &RoomKey,
@@ -619,23 +627,56 @@ impl Hub {
         slot: Slot,
         batch: Option<BatchCfg>,
     ) -> Result<Arc<LocalRoom>, BusError> {
-        let mut rooms = self.rooms.lock().await;
-        if let Some(r) = rooms.get(key) {
-            r.members
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(conn, slot);
-            return Ok(r.0.clone());
+        let mut slot = Some(slot);
+        if let Some(room) = self.join_open(key, conn, &mut slot) {
+            return Ok(room);
         }
-        let sub = self.bus.subscribe(key).await?;
+        let opening = Opening::take(self, key);
+        let mut gate = opening.gate.clone().lock_owned().await;
+        // Opened by the joiner this one waited for? Or failed to open: then its error is this
+        // one's too (not another wait of up to the bus's bound for each joiner in turn).
+        if let Some(room) = self.join_open(key, conn, &mut slot) {
+            return Ok(room);
+        }
+        if let Some(e) = &*gate {
+            return Err(e.clone());
+        }
+        let sub = match self.bus.subscribe(key).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                *gate = Some(e.clone());
+                return Err(e);
+            }
+        };
         let mut members = Members::default();
-        members.insert(conn, slot);
+        if let Some(slot) = slot {
+            members.insert(conn, slot);
+        }
         let room = LocalRoom::open(key.clone(), self.bus.clone(), sub, members, batch);
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         rooms.insert(Entry(room.clone()));
         crate::metrics::metrics()
             .rooms_local
             .set(rooms.len() as i64);
         Ok(room)
+    }
+
+    /// Add `slot` to `key`'s local room if it is open (the slot is taken then).
+    fn join_open(
+        &self,
+        key: &RoomKey,
+        conn: &str,
+        slot: &mut Option<Slot>,
+    ) -> Option<Arc<LocalRoom>> {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let room = rooms.get(key)?;
+        if let Some(slot) = slot.take() {
+            room.members
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(conn, slot);
+        }
+        Some(room.0.clone())
     }
 
     /// Join `key`. With `since`, the exact gap is queued first (or `recovered: false` when it
@@ -816,7 +857,7 @@ impl Hub {
     }
 
     async fn leave_room(self: &Arc<Self>, key: &RoomKey, conn: &str) {
-        let mut rooms = self.rooms.lock().await;
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(room) = rooms.get(key) {
             let empty = {
                 let mut members = room.members.lock().unwrap_or_else(|p| p.into_inner());
@@ -865,9 +906,14 @@ impl Hub {
         }
     }
 
+    #[cfg(test)]
+    fn opening_rooms(&self) -> usize {
+        self.opening.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Rooms with local members (metrics).
     pub async fn room_count(&self) -> usize {
-        self.rooms.lock().await.len()
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Re-announce every present member (presence entries expire on a TTL in the cluster).
@@ -905,7 +951,7 @@ impl Hub {
         let watched: Vec<(RoomKey, Weak<LocalRoom>)> = self
             .rooms
             .lock()
-            .await
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|room| room.watches_presence())
             .map(|room| (room.key.clone(), Arc::downgrade(&room.0)))
@@ -956,10 +1002,54 @@ impl Hub {
     }
 }
 
+/// A joiner's hold on a room's opening gate; the gate (and a failure it holds) leaves the map
+/// with its last holder, also when the join is cancelled while it waits or subscribes: a
+/// joiner that comes after it tries afresh.
+struct Opening<'h> {
+    hub: &'h Hub,
+    key: &'h RoomKey,
+    gate: Gate,
+}
+
+/// A room's opening gate (see [`Hub::enter`]).
+type Gate = Arc<tokio::sync::Mutex<Option<BusError>>>;
+
+impl<'h> Opening<'h> {
+    fn take(hub: &'h Hub, key: &'h RoomKey) -> Self {
+        let gate = hub
+            .opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        Opening { hub, key, gate }
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        let mut opening = self.hub.opening.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's and this one's: no other joiner holds or waits for the gate. Clones are
+        // taken under this lock, so the count cannot rise meanwhile.
+        if Arc::strong_count(&self.gate) == 2 {
+            opening.remove(self.key);
+            if opening.is_empty() {
+                opening.shrink_to_fit();
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl receipts::Members for Hub {
     async fn tell(&self, key: &RoomKey, json: &str) {
-        let room = self.rooms.lock().await.get(key).cloned();
+        let room = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
         if let Some(room) = room {
             room.tell(json);
         }
@@ -970,6 +1060,10 @@ mod gap;
 mod members;
 mod repair;
 
+#[cfg(test)]
+mod held_bus;
+#[cfg(test)]
+mod opening_tests;
 #[cfg(test)]
 mod refresh_tests;
 #[cfg(test)]

@@ -1,66 +1,13 @@
 //! The presence refresh against members leaving while it writes (the hub's `refresh_gate`),
-//! over a bus whose presence writes the test can hold on their way.
+//! over a bus whose presence writes the test can hold on their way ([`HeldBus`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
+use super::held_bus::HeldBus;
 use super::tests::{joiner, key};
 use super::*;
-use crate::rooms::bus::memory::MemoryBus;
-use crate::rooms::bus::{Publish, Retention};
-
-/// The embedded bus, but the next write of a present member is held on its way to the bus
-/// (as a NATS put is, for a round trip) until the test releases it.
-struct HeldPresence {
-    inner: Arc<MemoryBus>,
-    hold_next: AtomicBool,
-    held: tokio::sync::Notify,
-    release: tokio::sync::Notify,
-}
-
-#[async_trait::async_trait]
-impl Bus for HeldPresence {
-    async fn configure(&self, ns: &str, retention: Option<Retention>) -> Result<(), BusError> {
-        self.inner.configure(ns, retention).await
-    }
-    async fn publish(&self, msg: Publish) -> Result<Option<Position>, BusError> {
-        self.inner.publish(msg).await
-    }
-    async fn subscribe(&self, key: &RoomKey) -> Result<Subscription, BusError> {
-        self.inner.subscribe(key).await
-    }
-    async fn replay(&self, key: &RoomKey, since: &Position) -> Result<Replay, BusError> {
-        self.inner.replay(key, since).await
-    }
-    async fn position(&self, key: &RoomKey) -> Result<Position, BusError> {
-        self.inner.position(key).await
-    }
-    async fn retained(&self, key: &RoomKey) -> Result<(Vec<RoomMessage>, Position), BusError> {
-        self.inner.retained(key).await
-    }
-    async fn presence_set(
-        &self,
-        key: &RoomKey,
-        member: &Member,
-        present: bool,
-    ) -> Result<(), BusError> {
-        if present && self.hold_next.swap(false, Ordering::SeqCst) {
-            self.held.notify_one();
-            self.release.notified().await;
-        }
-        self.inner.presence_set(key, member, present).await
-    }
-    async fn presence_list(&self, key: &RoomKey) -> Result<Vec<Member>, BusError> {
-        self.inner.presence_list(key).await
-    }
-    async fn notify(&self, ns: &str, event: bytes::Bytes) -> Result<(), BusError> {
-        self.inner.notify(ns, event).await
-    }
-    fn healthy(&self) -> bool {
-        true
-    }
-}
 
 /// A refresh took its list of present members, and its write of one of them was on its
 /// way to the bus, when both members left. Neither comes back: the entry written is withdrawn
@@ -68,12 +15,7 @@ impl Bus for HeldPresence {
 /// join and one leave each.
 #[tokio::test]
 async fn members_leaving_during_a_refresh_are_not_announced_again() {
-    let bus = Arc::new(HeldPresence {
-        inner: Arc::new(MemoryBus::new()),
-        hold_next: false.into(),
-        held: tokio::sync::Notify::new(),
-        release: tokio::sync::Notify::new(),
-    });
+    let bus = HeldBus::new();
     let hub = Hub::new(bus.clone());
     let watcher = Joiner {
         presence_events: true,
@@ -92,7 +34,7 @@ async fn members_leaving_during_a_refresh_are_not_announced_again() {
         hub.join(&key(), &j, None, None).await.unwrap();
     }
 
-    bus.hold_next.store(true, Ordering::SeqCst);
+    bus.hold_next_presence.store(true, Ordering::SeqCst);
     let refresh = tokio::spawn({
         let hub = hub.clone();
         async move { hub.refresh_presence().await }

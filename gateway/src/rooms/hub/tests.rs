@@ -253,7 +253,7 @@ async fn a_new_stream_epoch_restarts_de_duplication() {
     publish(&bus, 1).await;
     assert_eq!(seqs(&a.outbox, 1).await, vec![1]);
     // Simulate the stream being recreated: the same positions come back under a new epoch.
-    let room = hub.rooms.lock().await.get(&key()).cloned().unwrap();
+    let room = hub.rooms.lock().unwrap().get(&key()).cloned().unwrap();
     let msg = RoomMessage {
         key: key(),
         seq: 1,
@@ -531,7 +531,7 @@ async fn a_member_is_told_only_what_it_has_not_been_given() {
     let (hub, bus) = tiny_queue(3).await;
     let a = joiner("a");
     hub.join(&key(), &a, None, None).await.unwrap();
-    let room = hub.rooms.lock().await.get(&key()).cloned().unwrap();
+    let room = hub.rooms.lock().unwrap().get(&key()).cloned().unwrap();
     let epoch = bus.position(&key()).await.unwrap().epoch;
     let lost = Lost {
         first: 3,
