@@ -707,6 +707,99 @@ async fn acknowledged_publishes_survive_a_nats_restart_exactly_once_and_in_order
     );
 }
 
+/// NATS restarted with empty JetStream storage (an `emptyDir`, a lost volume): the history
+/// stream is recreated (a new epoch) and its sequences start again at 1, far below where the
+/// old stream was. A member that stayed subscribed on another pod gets every publish
+/// acknowledged on the new stream, in order, with the new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_pod_gets_every_publish_acknowledged_after_nats_lost_its_storage() {
+    let mut server = NatsServer::start();
+    let (a, b) = (pod(&server, 1000).await, pod(&server, 1000).await);
+    let mut sub = b.subscribe(&key("r")).await.unwrap();
+    let old = publish(&a, "r", -1).await;
+    assert_eq!(recv(&mut sub).await.seq, old.seq);
+    // The old stream's sequence runs ahead of everything the new one reaches in this test.
+    for n in 0..50 {
+        publish(&a, "filler", n).await;
+    }
+    tokio::task::block_in_place(|| {
+        server.kill();
+        server.wipe_store();
+        server.start_again();
+    });
+    let since = Instant::now();
+    let mut acked = Vec::new();
+    for n in 0..10 {
+        let pos = retried("a publish after the loss", since, || a.publish(msg("r", n))).await;
+        acked.push((pos.expect("a stored publish has a position"), n));
+    }
+    let epoch = acked[0].0.epoch.clone();
+    assert_ne!(epoch, old.epoch, "the recreated stream has a new epoch");
+    assert!(acked.iter().all(|(p, _)| p.epoch == epoch));
+
+    // Unacknowledged publishes may have been stored too: collect up to the last acked one.
+    let last = acked.last().unwrap().0.seq;
+    let mut delivered: Vec<RoomMessage> = Vec::new();
+    while delivered
+        .last()
+        .is_none_or(|m| m.epoch != epoch || m.seq < last)
+    {
+        delivered.push(recv(&mut sub).await);
+    }
+    assert!(
+        delivered.iter().all(|m| m.epoch == epoch),
+        "a message of the new stream under the old epoch: {delivered:?}"
+    );
+    assert!(
+        delivered.windows(2).all(|w| w[0].seq < w[1].seq),
+        "out of order or duplicated"
+    );
+    for (pos, n) in &acked {
+        let m = delivered.iter().find(|m| m.seq == pos.seq);
+        assert_eq!(
+            m.map(number),
+            Some(*n),
+            "acknowledged at {pos:?}, not delivered"
+        );
+    }
+}
+
+/// After NATS lost its storage, a pod that did not recreate the history stream itself still
+/// acknowledges with the epoch of the stream that stored the message, never the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_nats_lost_its_storage_every_pod_acks_with_the_new_streams_epoch() {
+    let mut server = NatsServer::start();
+    let (a, b) = (pod(&server, 1000).await, pod(&server, 1000).await);
+    let old = publish(&a, "e", 1).await;
+    assert_eq!(publish(&b, "e", 2).await.epoch, old.epoch);
+    tokio::task::block_in_place(|| {
+        server.kill();
+        server.wipe_store();
+        server.start_again();
+    });
+    let since = Instant::now();
+    let on_a = retried("a publish on a", since, || a.publish(msg("e", 3))).await;
+    let on_b = retried("a publish on b", since, || b.publish(msg("e", 4))).await;
+
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let mut stream = js.get_stream(b.stream_name(NS)).await.unwrap();
+    let created = stream
+        .info()
+        .await
+        .unwrap()
+        .created
+        .unix_timestamp_nanos()
+        .to_string();
+    assert_ne!(created, old.epoch, "the stream was recreated");
+    assert_eq!(on_a.map(|p| p.epoch), Some(created.clone()));
+    assert_eq!(
+        on_b.map(|p| p.epoch),
+        Some(created.clone()),
+        "pod b acked with a stale epoch"
+    );
+    assert_eq!(b.position(&key("e")).await.unwrap().epoch, created);
+}
+
 /// A `tracing` writer into a shared buffer: what the bus logs from the test's own task.
 #[derive(Clone, Default)]
 struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);

@@ -257,6 +257,19 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// Lose everything JetStream stored (an `emptyDir` or a lost volume): the server must be
+    /// stopped; [`NatsServer::start_again`] then starts with no streams.
+    pub fn wipe_store(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "stop the server before wiping its store"
+        );
+        let js = self.store.path().join("js");
+        if js.exists() {
+            std::fs::remove_dir_all(&js).expect("wipe the JetStream store");
+        }
+    }
+
     /// [`NatsServer::stop`] then [`NatsServer::start_again`].
     pub fn restart(&mut self) {
         self.stop();

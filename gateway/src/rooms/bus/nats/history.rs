@@ -119,9 +119,9 @@ impl Inner {
         if !self.connected() {
             return Err(self.down());
         }
-        let (stream, cached) = self.ensure_stream(ns).await?;
+        let (stream, cached, _) = self.ensure_stream(ns).await?;
         if since.epoch != cached {
-            let (_, info) = self.stream_info(ns).await?;
+            let (_, info, _) = self.stream_info(ns).await?;
             if epoch_of(&info) != since.epoch {
                 return Ok(Replay::Lost);
             }
@@ -146,6 +146,7 @@ impl Inner {
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
             Err(e) => return Err(self.fail("first message of room", e)),
         };
+        let read_on = self.generation();
         let mut details = stream
             .info_with_subjects(&subject)
             .await
@@ -156,7 +157,7 @@ impl Inner {
         };
         let info = &details.info;
         let epoch = epoch_of(info);
-        self.set_epoch(ns, &epoch);
+        self.set_epoch(ns, &epoch, read_on);
         if epoch != since.epoch {
             return Ok(Replay::Lost);
         }
@@ -223,7 +224,7 @@ impl Inner {
         }
         // The position is the stream's end *before* reading: a message published after it is
         // either read here or delivered live after it, never skipped.
-        let (stream, before) = self.stream_info(ns).await?;
+        let (stream, before, _) = self.stream_info(ns).await?;
         let epoch = epoch_of(&before);
         let position = Position {
             seq: before.state.last_sequence,
@@ -235,7 +236,7 @@ impl Inner {
                 Self::read_config(self.subject("room", key), DeliverPolicy::All),
             )
             .await?;
-        let (_, after) = self.stream_info(ns).await?;
+        let (_, after, _) = self.stream_info(ns).await?;
         if epoch_of(&after) != epoch {
             // Recreated while reading: nothing read belongs to the epoch now current.
             let now = Position {
@@ -268,7 +269,7 @@ impl Inner {
         // The stream's last sequence, not the room's last message: no message of the room lies
         // between the two, and a recent position keeps resume exact (rule 2 of
         // `gap_is_complete`) for rooms whose last message is long gone.
-        let (_, info) = self.stream_info(&key.namespace).await?;
+        let (_, info, _) = self.stream_info(&key.namespace).await?;
         Ok(Position {
             seq: info.state.last_sequence,
             epoch: epoch_of(&info),

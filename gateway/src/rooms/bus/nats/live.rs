@@ -1,6 +1,15 @@
 //! Live delivery of one subscribed room: the pump that moves its NATS traffic (ordered
 //! JetStream consumer for stored messages, core subscriptions for ephemeral messages and
 //! presence) into the hub's feed, and the guard that stops it.
+//!
+//! The ordered consumer re-creates itself after a reconnect from the last stream sequence it
+//! delivered, on whatever stream then has the name. When NATS came back with empty storage
+//! that is a new stream (a new epoch) whose sequences start again at 1: resuming there after
+//! the old stream's last sequence would skip every message until the new stream got that far.
+//! So a stored message received on a newer connection than the one the stream's epoch was read
+//! on is not passed on before the epoch has been read again; if the stream is a new one, live
+//! delivery starts over at its first message (the messages of the old stream this pod had not
+//! passed on are gone with it).
 
 use super::*;
 
@@ -21,6 +30,27 @@ pub(super) struct StoredFeed {
     /// Highest sequence delivered (or the start floor): anything at or below is a duplicate.
     /// The library re-creates its consumer from "all" when it had delivered nothing yet.
     pub(super) last: u64,
+    /// The connection ([`Inner::generation`]) `epoch` was last read on.
+    pub(super) read_on: u64,
+    /// A message after `last` was received and not passed on: the consumer must be re-created
+    /// from `last + 1` (or from 1 on a new stream) before anything more is.
+    pub(super) rewind: bool,
+    /// Following the stream failed (NATS trouble): when to try again.
+    pub(super) retry_at: Option<tokio::time::Instant>,
+}
+
+/// Pause before following a stream again after a failed attempt.
+const FOLLOW_RETRY: Duration = Duration::from_secs(1);
+
+/// What [`Pump::follow_stream`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Followed {
+    /// The consumer reads the current stream: it was kept.
+    Kept,
+    /// The consumer was re-created (a new stream, or a rewind).
+    Recreated,
+    /// The stream's epoch could not be read or the consumer not re-created (retried).
+    NotYet,
 }
 
 /// Moves one room's NATS traffic into the hub's feed.
@@ -32,11 +62,21 @@ pub(super) struct Pump {
     pub(super) eph: Subscriber,
     pub(super) presence: Subscriber,
     pub(super) tx: FeedSender,
+    /// Changes once the namespaces' epochs were read again after a (re)connect.
+    pub(super) epochs: tokio::sync::watch::Receiver<u64>,
 }
 
 pub(super) async fn next_of<S: futures_util::Stream + Unpin>(s: &mut Option<S>) -> Option<S::Item> {
     match s {
         Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`; never ends for `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -57,25 +97,41 @@ pub(super) enum Incoming {
     Stored(Option<Result<jetstream::Message, consumer::push::OrderedError>>),
     Core(Option<async_nats::Message>),
     Presence(Option<async_nats::Message>),
+    /// The epochs were read again after a (re)connect, or a failed attempt is due again.
+    Follow,
 }
 
 impl Pump {
     pub(super) async fn run(mut self) {
         loop {
+            let stored = self.stored.is_some();
+            let retry_at = self.stored.as_ref().and_then(|f| f.retry_at);
             let incoming = tokio::select! {
                 m = next_stored(&mut self.stored) => Incoming::Stored(m),
                 m = next_of(&mut self.room_core) => Incoming::Core(m),
                 m = self.eph.next() => Incoming::Core(m),
                 m = self.presence.next() => Incoming::Presence(m),
+                // The sender lives in `inner`, which the pump holds: never closed.
+                Ok(()) = self.epochs.changed(), if stored => Incoming::Follow,
+                () = sleep_until(retry_at) => Incoming::Follow,
             };
             let open = match incoming {
-                Incoming::Stored(Some(Ok(m))) => self.stored_message(&m),
+                Incoming::Stored(Some(Ok(m))) => self.stored_message(&m).await,
+                Incoming::Follow => {
+                    if self.stored.as_ref().is_some_and(|f| {
+                        f.rewind || f.retry_at.is_some() || f.read_on != self.inner.generation()
+                    }) {
+                        self.follow_stream(false).await;
+                    }
+                    true
+                }
                 Incoming::Stored(Some(Err(e))) => {
                     // While NATS is down this repeats per room (missed heartbeats): only the
                     // disconnect itself is worth a warning (logged once by the client).
                     if self.inner.connected() {
                         tracing::warn!(room = %self.key.room, error = %e, "live consumer interrupted; it resumes from the last delivered message");
-                        self.check_epoch().await;
+                        // The stream may have been deleted and recreated meanwhile.
+                        self.follow_stream(true).await;
                     } else {
                         tracing::debug!(room = %self.key.room, error = %e, "live consumer waits for NATS");
                     }
@@ -102,7 +158,25 @@ impl Pump {
         }
     }
 
-    pub(super) fn stored_message(&mut self, m: &jetstream::Message) -> bool {
+    pub(super) async fn stored_message(&mut self, m: &jetstream::Message) -> bool {
+        let Some(feed) = self.stored.as_ref() else {
+            return true;
+        };
+        if feed.rewind || feed.read_on != self.inner.generation() {
+            // Received on a newer connection than the one the epoch was read on: the stream
+            // may be a new one, and this message not the one `seq` meant before.
+            match self.follow_stream(false).await {
+                Followed::Kept => {}
+                // The new consumer delivers it again (if it belongs to the current stream).
+                Followed::Recreated => return true,
+                Followed::NotYet => {
+                    if let Some(feed) = self.stored.as_mut() {
+                        feed.rewind = true;
+                    }
+                    return true;
+                }
+            }
+        }
         let Some(feed) = self.stored.as_mut() else {
             return true;
         };
@@ -138,29 +212,65 @@ impl Pump {
         self.tx.send_presence(ev).is_ok()
     }
 
-    /// After the live consumer lost its server-side state: if the stream itself was recreated
-    /// (new epoch), start over on the new stream (sequences restart there).
-    pub(super) async fn check_epoch(&mut self) {
+    /// Make the live consumer read the namespace's current stream, with its epoch read on the
+    /// current connection (`fresh`: read now, even if it was read on this connection
+    /// already). A recreated stream (a new epoch) restarts live delivery at its first message;
+    /// a rewind re-creates the consumer after the last message passed on.
+    pub(super) async fn follow_stream(&mut self, fresh: bool) -> Followed {
+        let inner = self.inner.clone();
+        let ns = &self.key.namespace;
         let Some(feed) = self.stored.as_mut() else {
-            return;
+            return Followed::Kept;
         };
-        let Ok(Ok(info)) = tokio::time::timeout(OP_TIMEOUT, feed.stream.get_info()).await else {
-            return;
+        let read = if fresh {
+            inner
+                .bounded(OP_TIMEOUT, inner.stream_info(ns))
+                .await
+                .map(|(_, info, read_on)| (epoch_of(&info), read_on))
+        } else {
+            inner
+                .bounded(OP_TIMEOUT, inner.ensure_stream(ns))
+                .await
+                .map(|(_, epoch, read_on)| (epoch, read_on))
         };
-        let epoch = epoch_of(&info);
-        if epoch == feed.epoch {
-            return;
+        let (epoch, read_on) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::debug!(room = %self.key.room, error = %e, "history stream not read; live delivery waits for it");
+                feed.retry_at = Some(tokio::time::Instant::now() + FOLLOW_RETRY);
+                return Followed::NotYet;
+            }
+        };
+        if epoch != feed.epoch {
+            tracing::error!(namespace = %ns, room = %self.key.room, old_epoch = %feed.epoch, epoch = %epoch, last = feed.last, "history stream was recreated (NATS lost it, or it was deleted): live delivery restarts at the new stream's first message; what the old one held after `last` is gone");
+            feed.epoch = epoch;
+            feed.last = 0;
+            feed.rewind = true;
         }
-        tracing::error!(namespace = %self.key.namespace, room = %self.key.room, "history stream was recreated; live delivery restarts on the new stream");
-        self.inner.set_epoch(&self.key.namespace, &epoch);
-        match self.inner.ordered(&feed.stream, &feed.subject, 1).await {
+        if !feed.rewind {
+            feed.read_on = read_on;
+            feed.retry_at = None;
+            return Followed::Kept;
+        }
+        let start = feed.last.saturating_add(1);
+        match inner
+            .bounded(
+                OP_TIMEOUT,
+                inner.ordered(&feed.stream, &feed.subject, start),
+            )
+            .await
+        {
             Ok(ordered) => {
                 feed.ordered = ordered;
-                feed.epoch = epoch;
-                feed.last = 0;
+                feed.rewind = false;
+                feed.retry_at = None;
+                feed.read_on = read_on;
+                Followed::Recreated
             }
             Err(e) => {
-                tracing::warn!(room = %self.key.room, error = %e, "live consumer not re-created; retried on the next interruption")
+                tracing::warn!(room = %self.key.room, error = %e, "live consumer not re-created; retrying");
+                feed.retry_at = Some(tokio::time::Instant::now() + FOLLOW_RETRY);
+                Followed::NotYet
             }
         }
     }

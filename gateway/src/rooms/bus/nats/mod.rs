@@ -20,7 +20,11 @@
 //!
 //! Live delivery of stored messages uses one ordered push consumer per subscribed room: it
 //! re-creates itself after reconnects and server restarts from the last sequence it delivered,
-//! so live delivery has no gaps and no duplicates across NATS outages.
+//! so live delivery has no gaps and no duplicates across NATS outages. A stream's epoch is read
+//! again on every new connection (NATS may have come back with empty storage, the stream then
+//! being a new one): nothing received or acknowledged on a newer connection than the one its
+//! epoch was read on is passed on until it has been, and a pump whose stream was recreated
+//! starts over at the new stream's start.
 //!
 //! Every operation is bounded ([`OP_TIMEOUT`]) and fails at once with
 //! [`BusError::Unavailable`] while the client is not connected; the client keeps reconnecting in
@@ -97,8 +101,9 @@ fn stream_not_found(e: &jetstream::context::RequestError) -> bool {
         .is_some_and(|j| j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
-/// Configure history whenever the client (re)connects, for as long as the bus lives: the
-/// namespaces recorded while it was not connected get their streams.
+/// Whenever the client (re)connects, for as long as the bus lives: read every namespace's
+/// stream again, creating those recorded while it was not connected and those NATS lost (a
+/// restart with empty storage), then have the pumps compare their streams' epochs.
 async fn configure_on_connect(inner: std::sync::Weak<Inner>, connected: Arc<tokio::sync::Notify>) {
     loop {
         // The check every 30 s ends this task once the bus is gone.
@@ -114,7 +119,7 @@ async fn configure_on_connect(inner: std::sync::Weak<Inner>, connected: Arc<toki
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if inner.connected() {
-            inner.configure_pending().await;
+            inner.refresh_epochs().await;
         }
     }
 }
@@ -140,6 +145,10 @@ struct Namespace {
     retention: Retention,
     /// The stream's epoch once it is known to exist; `None`: create or update it before use.
     epoch: Option<String>,
+    /// The connection ([`Inner::generation`]) `epoch` was read on. On a later one it is read
+    /// again before use: NATS may have restarted with empty storage, and the stream the
+    /// pod's requests now reach is a new one.
+    read_on: u64,
 }
 
 /// The NATS room bus. Cheap to share behind an `Arc<dyn Bus>`.
@@ -149,6 +158,14 @@ pub struct NatsBus {
 
 struct Inner {
     client: async_nats::Client,
+    /// The client's counters: `connects` numbers its connections ([`Inner::generation`]).
+    stats: Arc<async_nats::Statistics>,
+    /// One epoch read at a time: after a reconnect every pump, publish and resume of a
+    /// namespace needs its epoch, and one stream-info request answers them all.
+    epoch_reads: tokio::sync::Mutex<()>,
+    /// Bumped once the epochs have been read again after a (re)connect: the pumps compare
+    /// their streams' epochs with the namespaces'.
+    epochs: tokio::sync::watch::Sender<u64>,
     js: jetstream::Context,
     prefix: String,
     stream_prefix: String,
@@ -238,6 +255,9 @@ impl NatsBus {
             .ack_timeout(JS_TIMEOUT)
             .build(client.clone());
         let inner = Arc::new(Inner {
+            stats: client.statistics(),
+            epoch_reads: tokio::sync::Mutex::default(),
+            epochs: tokio::sync::watch::Sender::new(0),
             client,
             js,
             prefix: cfg.subject_prefix.clone(),
@@ -273,6 +293,15 @@ impl NatsBus {
 impl Inner {
     fn connected(&self) -> bool {
         self.client.connection_state() == State::Connected
+    }
+
+    /// The number of the client's current connection (1 for the first, one more per
+    /// reconnect). The client counts a connection before it reads anything on it, so whatever
+    /// arrives on a new connection is seen with the new number.
+    fn generation(&self) -> u64 {
+        self.stats
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn down(&self) -> BusError {
@@ -321,11 +350,17 @@ impl Inner {
         lock(&self.namespaces).get(ns).map(|n| n.retention.clone())
     }
 
-    fn set_epoch(&self, ns: &str, epoch: &str) {
+    /// Record `ns`'s epoch as read on connection `read_on` (a read from an older connection
+    /// that ends late changes nothing).
+    fn set_epoch(&self, ns: &str, epoch: &str, read_on: u64) {
         let mut namespaces = lock(&self.namespaces);
         let Some(n) = namespaces.get_mut(ns) else {
             return;
         };
+        if read_on < n.read_on {
+            return;
+        }
+        n.read_on = read_on;
         if n.epoch.as_deref() == Some(epoch) {
             return;
         }
@@ -371,8 +406,17 @@ impl Inner {
             .map_err(|e| BusError::Other(format!("stream name: {e}")))
     }
 
-    /// Create or update `ns`'s stream with its configured retention; returns its info.
-    async fn apply_stream(&self, ns: &str) -> Result<stream::Info, BusError> {
+    /// `ns`'s epoch and the connection it was read on, if that is the current connection.
+    fn current_epoch(&self, ns: &str) -> Option<(String, u64)> {
+        let now = self.generation();
+        let namespaces = lock(&self.namespaces);
+        let n = namespaces.get(ns).filter(|n| n.read_on == now)?;
+        Some((n.epoch.clone()?, now))
+    }
+
+    /// Create or update `ns`'s stream with its configured retention; returns its info and the
+    /// connection it was read on.
+    async fn apply_stream(&self, ns: &str) -> Result<(stream::Info, u64), BusError> {
         let Some(r) = self.history(ns) else {
             return Err(BusError::Other(format!(
                 "namespace {ns:?} keeps no history"
@@ -381,6 +425,7 @@ impl Inner {
         if !self.connected() {
             return Err(self.down());
         }
+        let read_on = self.generation();
         let info = streams::create_or_update(&self.js, self.stream_config(ns, &r))
             .await
             .map_err(|e| {
@@ -389,39 +434,54 @@ impl Inner {
                     e,
                 )
             })?;
-        self.set_epoch(ns, &epoch_of(&info));
-        Ok(info)
+        self.set_epoch(ns, &epoch_of(&info), read_on);
+        Ok((info, read_on))
     }
 
-    /// The stream of a namespace with history and its (cached) epoch, creating the stream if
-    /// this bus has not seen it yet.
-    async fn ensure_stream(&self, ns: &str) -> Result<(stream::Stream<()>, String), BusError> {
-        let cached = lock(&self.namespaces).get(ns).and_then(|n| n.epoch.clone());
-        let epoch = match cached {
-            Some(e) => e,
-            None => epoch_of(&self.apply_stream(ns).await?),
+    /// The stream of a namespace with history, its epoch and the connection that was read on:
+    /// the cached epoch when it was read on the current connection, else the stream is read
+    /// again (and created if missing: a NATS restart with empty storage loses it), once for
+    /// all who wait for it.
+    async fn ensure_stream(&self, ns: &str) -> Result<(stream::Stream<()>, String, u64), BusError> {
+        let (epoch, read_on) = match self.current_epoch(ns) {
+            Some(known) => known,
+            None => {
+                let _one = self.epoch_reads.lock().await;
+                match self.current_epoch(ns) {
+                    Some(known) => known,
+                    None => {
+                        let (info, read_on) = self.apply_stream(ns).await?;
+                        (epoch_of(&info), read_on)
+                    }
+                }
+            }
         };
-        Ok((self.stream(ns).await?, epoch))
+        Ok((self.stream(ns).await?, epoch, read_on))
     }
 
     /// Fresh stream info (refreshing the cached epoch); a missing stream is recreated. Other
     /// failures (no responders, a timeout, "cluster not available": what a stream answers while
     /// its servers elect a leader) are retried until the caller's bound, never taken for a
     /// missing stream.
-    async fn stream_info(&self, ns: &str) -> Result<(stream::Stream<()>, stream::Info), BusError> {
-        let (stream, _) = self.ensure_stream(ns).await?;
+    /// Also returns the connection the info was read on.
+    async fn stream_info(
+        &self,
+        ns: &str,
+    ) -> Result<(stream::Stream<()>, stream::Info, u64), BusError> {
+        let (stream, ..) = self.ensure_stream(ns).await?;
         loop {
+            let read_on = self.generation();
             match stream.get_info().await {
                 Ok(info) => {
-                    self.set_epoch(ns, &epoch_of(&info));
-                    return Ok((stream, info));
+                    self.set_epoch(ns, &epoch_of(&info), read_on);
+                    return Ok((stream, info, read_on));
                 }
                 Err(e) if !self.connected() => return Err(self.fail("stream info", e)),
                 Err(e) if stream_not_found(&e) => {
                     tracing::warn!(namespace = ns, error = %e, "history stream missing; recreating it");
                     self.forget_epoch(ns);
-                    let info = self.apply_stream(ns).await?;
-                    return Ok((stream, info));
+                    let (info, read_on) = self.apply_stream(ns).await?;
+                    return Ok((stream, info, read_on));
                 }
                 Err(e) => {
                     tracing::debug!(namespace = ns, error = %e, "history stream not answering (leader election?); retrying");
@@ -431,18 +491,17 @@ impl Inner {
         }
     }
 
-    /// Create the streams of namespaces recorded while NATS was not connected.
-    async fn configure_pending(&self) {
-        let pending: Vec<String> = lock(&self.namespaces)
-            .iter()
-            .filter(|(_, n)| n.epoch.is_none())
-            .map(|(ns, _)| ns.clone())
-            .collect();
-        for ns in pending {
-            if let Err(e) = self.bounded(OP_TIMEOUT, self.apply_stream(&ns)).await {
+    /// After a (re)connect: read every namespace's stream again, creating those recorded while
+    /// NATS was not connected and those it lost (a restart with empty storage), then have the
+    /// pumps compare their streams' epochs (`live.rs`).
+    async fn refresh_epochs(&self) {
+        let namespaces: Vec<String> = lock(&self.namespaces).keys().cloned().collect();
+        for ns in namespaces {
+            if let Err(e) = self.bounded(OP_TIMEOUT, self.ensure_stream(&ns)).await {
                 tracing::warn!(namespace = %ns, error = %e, "room history not configured yet; the first operation that needs it retries");
             }
         }
+        self.epochs.send_modify(|n| *n += 1);
     }
 
     async fn js_publish(
@@ -470,7 +529,7 @@ impl Inner {
         }
         let ns = &key.namespace;
         let subject = self.subject("room", &key);
-        let (_, mut epoch) = self.ensure_stream(ns).await?;
+        let (_, mut epoch, mut read_on) = self.ensure_stream(ns).await?;
         let ack = match self.js_publish(&subject, payload.clone()).await {
             Ok(ack) => ack,
             Err(e) if e.kind() == PublishErrorKind::StreamNotFound && self.connected() => {
@@ -478,13 +537,25 @@ impl Inner {
                 // and publish once more. Nothing was stored by the failed attempt.
                 tracing::warn!(namespace = %ns, "history stream missing on publish; recreating it");
                 self.forget_epoch(ns);
-                epoch = self.ensure_stream(ns).await?.1;
+                (_, epoch, read_on) = self.ensure_stream(ns).await?;
                 self.js_publish(&subject, payload)
                     .await
                     .map_err(|e| self.fail("publish", e))?
             }
             Err(e) => return Err(self.fail("publish", e)),
         };
+        if self.generation() != read_on {
+            // The connection changed while the publish was under way: the stream that stored
+            // it may not be the one whose epoch was read (NATS came back with empty storage).
+            // Unless the stream is the same, its position cannot be told.
+            let (_, now, _) = self.ensure_stream(ns).await?;
+            if now != epoch {
+                return Err(BusError::Unavailable(format!(
+                    "NATS reconnected during the publish and history stream {} was recreated: the message may or may not be stored",
+                    self.stream_name(ns)
+                )));
+            }
+        }
         Ok(Some(Position {
             seq: ack.sequence,
             epoch,
@@ -530,7 +601,7 @@ impl Inner {
         // answered, these subscriptions are in place ("everything published from now on").
         let stored = if history {
             // Start right after the stream's current end.
-            let (stream, info) = self.stream_info(&key.namespace).await?;
+            let (stream, info, read_on) = self.stream_info(&key.namespace).await?;
             let floor = info.state.last_sequence;
             let subject = self.subject("room", key);
             let ordered = self
@@ -542,6 +613,9 @@ impl Inner {
                 epoch: epoch_of(&info),
                 ordered,
                 last: floor,
+                read_on,
+                rewind: false,
+                retry_at: None,
             })
         } else {
             self.sync().await;
@@ -562,6 +636,7 @@ impl Inner {
         let (tx, messages) = FeedSender::new(start);
         let presence_rx = messages.presence();
         let pump = Pump {
+            epochs: self.epochs.subscribe(),
             inner: self.clone(),
             key: key.clone(),
             stored,
@@ -639,6 +714,7 @@ impl Bus for NatsBus {
                     Namespace {
                         retention: r,
                         epoch: None,
+                        read_on: 0,
                     },
                 );
                 if !inner.connected() {
