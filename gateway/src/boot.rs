@@ -213,6 +213,7 @@ pub fn run(cfg: GatewayConfig, opts: RunOptions) -> Result<(), BootError> {
     // Only boot sets it, once, on the gateway it has just made.
     let _ = gw.tunnel_threads.set(tunnels.clone());
     crate::gateway::report_failures(gw.routes.load().failures());
+    gw.check_message_limits();
     edge.block_on(crate::gateway::configure_bus(&gw.hub, gw.namespaces()));
     let conf = ServerConf {
         threads,

@@ -186,6 +186,9 @@ pub enum CloseCause {
     SlowConsumer,
     /// Rooms: the room bus (NATS) could not be reached for a join or raw publish.
     BusUnavailable,
+    /// Raw rooms: a message within `maxMessageBytes` that the bus cannot carry (its envelope
+    /// is over the NATS server's `max_payload`).
+    BusMessageTooBig,
     /// Raw rooms: the pod fell behind and history could not repair what this member missed
     /// (JSON members are sent `lost` instead; raw ones have no in-band signal).
     MessagesLost,
@@ -213,6 +216,7 @@ impl CloseCause {
             Self::Abnormal(_) => 1006,
             Self::SlowConsumer => 4008,
             Self::BusUnavailable => 1013,
+            Self::BusMessageTooBig => 1009,
             Self::MessagesLost => 4009,
             Self::PublishForbidden => 1008,
             Self::DocumentTooLarge => 4010,
@@ -246,6 +250,7 @@ impl CloseCause {
             Self::Peer(..) | Self::Abnormal(_) => "",
             Self::SlowConsumer => "slow consumer",
             Self::BusUnavailable => "room bus unavailable, try again later",
+            Self::BusMessageTooBig => "message too big for the room bus",
             Self::MessagesLost => "messages lost, reconnect and resync",
             Self::PublishForbidden => "not allowed to publish in this room",
             Self::DocumentTooLarge => "document too large",
@@ -271,6 +276,7 @@ impl CloseCause {
             Self::Abnormal(_) => "client_reset",
             Self::SlowConsumer => "slow_consumer",
             Self::BusUnavailable => "bus_unavailable",
+            Self::BusMessageTooBig => "bus_message_too_big",
             Self::PublishForbidden => "publish_forbidden",
             Self::MessagesLost => "messages_lost",
             Self::DocumentTooLarge => "document_too_large",
@@ -425,6 +431,10 @@ pub fn table() -> Vec<Row> {
         (
             "rooms: the bus (NATS) is unreachable for a join or raw publish",
             CloseCause::BusUnavailable,
+        ),
+        (
+            "raw rooms: a message within maxMessageBytes that is over the NATS server's max_payload once wrapped for the bus (binary travels as base64; see nats.md#sizing)",
+            CloseCause::BusMessageTooBig,
         ),
         (
             "raw rooms: a message from a connection that may not publish",

@@ -168,12 +168,19 @@ impl Gateway {
         let failures = routes.failures().to_vec();
         self.routes.store(Arc::new(routes));
         self.config.store(Arc::new(cfg));
+        self.check_message_limits();
         if tokio::runtime::Handle::try_current().is_ok() {
             let hub = self.hub.clone();
             let namespaces = self.namespaces();
             tokio::spawn(async move { configure_bus(&hub, namespaces).await });
         }
         Ok(failures)
+    }
+
+    /// Have the bus warn about rooms routes whose largest messages it cannot carry.
+    pub fn check_message_limits(&self) {
+        let limits = crate::rooms::route::message_limits(&self.config.load());
+        self.hub.bus().check_message_limits(limits);
     }
 
     /// Every rooms namespace and its retention, from the live routes.

@@ -25,6 +25,10 @@ use support::{Gateway, PROMPTLY, claims, eventually, jwt_hs256, sign_hs256, try_
 /// presence, connect/disconnect notifications on `sbtest.events.chat`) on the bus at `nats`,
 /// presence entries expiring after 3 s.
 fn config(nats: &str) -> String {
+    builder(nats).yaml()
+}
+
+fn builder(nats: &str) -> ConfigBuilder {
     ConfigBuilder::new()
         .publish_token(PUBLISH_TOKEN)
         .nats(nats, "sbtest")
@@ -41,6 +45,18 @@ fn config(nats: &str) -> String {
                 }))
                 .messages_per_second(10_000, 10_000),
         )
+}
+
+/// [`config`] plus `raw`: a raw relay room per path (`/raw/{room}`, no token, history kept).
+fn config_with_raw(nats: &str) -> String {
+    builder(nats)
+        .route(route("raw", "/raw").rooms(json!({
+            "protocol": "raw",
+            "pathRoom": "/raw/{room}",
+            "join": ["*"],
+            "publish": ["*"],
+            "history": {"maxMessages": 100, "maxAge": "10m"},
+        })))
         .yaml()
 }
 
@@ -509,4 +525,67 @@ async fn outage_loses_nothing(outage: Outage) {
         !subscriber.take_events().iter().any(Event::is_loss),
         "the subscriber never had to reload"
     );
+}
+
+/// A message under `maxMessageBytes` (1 MiB) that, wrapped for the bus (binary payloads travel
+/// as base64), is larger than the NATS server's `max_payload` (here 64 KiB) is refused as too
+/// large, never as "bus unavailable", which clients retry for ever: a raw member is closed
+/// 1009, a JSON or protobuf publisher gets `too_large`, the publish API a 413; the connection
+/// and the bus stay usable. The routes that allow such messages are named at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_nats_max_payload_is_refused_as_too_large_not_bus_unavailable() {
+    use futures_util::SinkExt;
+    use support::room_client::Encoding;
+    use support::ws::{expect_close, ws_connect};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let nats = NatsServer::start_with_config("max_payload: 65536");
+    let gw = Gateway::start(&config_with_raw(&nats.url())).await;
+
+    let mut raw = ws_connect(&gw.ws_url("/raw/big")).await;
+    raw.send(Message::binary(vec![7u8; 60_000])).await.unwrap();
+    let (code, reason, _) = expect_close(&mut raw, PROMPTLY).await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1009, "message too big for the room bus")
+    );
+
+    // 60,000 bytes are 80,000 of base64 in the envelope (JSON members send them as such,
+    // protobuf ones as bytes).
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 60_000]);
+    for encoding in [Encoding::Json, Encoding::Proto] {
+        let mut c = RoomClient::connected(
+            Options::new(gw.ws_url("/chat"))
+                .bearer(&bearer("big"))
+                .encoding(encoding),
+        )
+        .await;
+        c.join_and_wait("chat:big").await;
+        let id = c.publish_b64("chat:big", &b64).await.unwrap();
+        let refused = c.acked(&id).await.map_err(|(code, _)| code);
+        assert_eq!(refused, Err("too_large".to_string()), "{encoding:?}");
+        let id = c.publish("chat:big", json!("small")).await.unwrap();
+        assert!(
+            c.acked(&id).await.is_ok(),
+            "{encoding:?}: a small publish after it"
+        );
+    }
+
+    let (status, body) = publish_api(
+        gw.admin(),
+        &json!({"namespace": "chat", "room": "chat:big", "b64": b64}),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+
+    let log = gw.log();
+    for route in ["chat", "raw"] {
+        assert!(
+            log.lines().any(|l| l.contains("max_payload")
+                && l.contains(&format!("route={route}"))
+                && l.contains("max_payload=65536")),
+            "no warning naming route {route}:\n{log}"
+        );
+    }
 }

@@ -213,8 +213,13 @@ pub async fn handle(
                 results.push(result);
             }
             Err(e) => {
+                // Too large for the bus: sending it again fails the same way.
+                let status = match e {
+                    super::bus::BusError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
                 return (
-                    StatusCode::SERVICE_UNAVAILABLE,
+                    status,
                     json!({"error": e.to_string(), "published": results}),
                 );
             }

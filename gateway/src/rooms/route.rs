@@ -245,6 +245,20 @@ pub fn namespaces(cfg: &GatewayConfig) -> Vec<(String, Option<Retention>)> {
     out
 }
 
+/// Every rooms route (Yjs documents aside: their updates have their own bound) and its
+/// `limits.maxMessageBytes`, for the bus's check against what it can carry.
+pub fn message_limits(cfg: &GatewayConfig) -> Vec<(String, u64)> {
+    cfg.routes
+        .iter()
+        .filter(|r| {
+            r.rooms
+                .as_ref()
+                .is_some_and(|r| r.protocol != RoomProtocol::Yjs)
+        })
+        .map(|r| (r.name.clone(), r.limits.max_message_bytes))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::bus::{Member, Payload, Publish};
+use super::bus::{BusError, Member, Payload, Publish};
 use super::hooks::{Hooks, Verdict};
 use super::hub::{Encoding, GapFit, Hub, Joiner};
 use super::outbox::{Item, Outbox};
@@ -352,8 +352,10 @@ impl Session {
                 ephemeral: self.ctx.policy.cfg.history.is_none(),
                 origin_conn: Some(self.ctx.conn_id.to_string()),
             };
-            if self.ctx.hub.publish(p, "raw").await.is_err() {
-                return Some(CloseCause::BusUnavailable);
+            match self.ctx.hub.publish(p, "raw").await {
+                Ok(_) => {}
+                Err(BusError::TooLarge { .. }) => return Some(CloseCause::BusMessageTooBig),
+                Err(_) => return Some(CloseCause::BusUnavailable),
             }
             return None;
         }
@@ -586,6 +588,11 @@ impl Session {
         }
         match result {
             Ok(pos) => self.reply(protocol::ack(id.as_deref(), pos.as_ref())),
+            Err(e @ BusError::TooLarge { .. }) => self.reply(protocol::error(
+                id.as_deref(),
+                ErrorCode::TooLarge,
+                &e.to_string(),
+            )),
             Err(e) => self.reply(protocol::error(
                 id.as_deref(),
                 ErrorCode::Unavailable,

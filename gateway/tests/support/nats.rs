@@ -44,6 +44,27 @@ impl NatsServer {
         server
     }
 
+    /// Start a server with JetStream on a free port and `config` (nats-server configuration
+    /// syntax, e.g. `max_payload: 65536`) for settings without a command-line flag.
+    pub fn start_with_config(config: &str) -> Self {
+        let store = tempfile::Builder::new()
+            .prefix("nats-store-")
+            .tempdir()
+            .expect("temp store dir");
+        let file = store.path().join("server.conf");
+        std::fs::write(&file, config).expect("write the server config");
+        let mut server = NatsServer {
+            child: None,
+            port: super::free_port(),
+            store,
+            name: "solo".into(),
+            cluster_args: vec!["-c".into(), file.display().to_string()],
+            monitor: None,
+        };
+        server.spawn();
+        server
+    }
+
     /// `n` servers (named `n0`, `n1`, ...) forming one JetStream cluster on 127.0.0.1, returned
     /// once every member knows the JetStream meta leader (streams can be created).
     pub async fn cluster(n: usize) -> Vec<Self> {

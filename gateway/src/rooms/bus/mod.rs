@@ -136,6 +136,10 @@ pub enum BusError {
     Unavailable(String),
     #[error("bus timed out")]
     Timeout,
+    /// The message, as the bus carries it, is larger than the bus takes (NATS: the server's
+    /// `max_payload`). Not stored; sending it again fails the same way.
+    #[error("message too big for the room bus: {size} bytes as carried, over its limit of {max}")]
+    TooLarge { size: usize, max: usize },
     #[error("bus error: {0}")]
     Other(String),
 }
@@ -231,6 +235,11 @@ pub trait Bus: Send + Sync {
     /// Wait until what was handed to the bus has reached it (NATS: the server has read every
     /// publish so far). Called once at exit, bounded by the caller.
     async fn flush(&self) {}
+
+    /// The rooms routes' `maxMessageBytes` (route name, bytes), at start and on every reload:
+    /// a bus that carries messages in a bounded envelope (NATS: the server's `max_payload`)
+    /// warns about each route whose largest messages cannot fit it.
+    fn check_message_limits(&self, _routes: Vec<(String, u64)>) {}
 
     /// Whether the bus is usable now (readiness and metrics).
     fn healthy(&self) -> bool;

@@ -74,6 +74,17 @@ impl Envelope {
     }
 }
 
+/// Room for what an envelope holds besides the payload (`from` with the publisher's chosen
+/// claims, `ts`, `conn`, the field names): an estimate for the start-up check only, the
+/// publish itself measures the envelope.
+pub(super) const ENVELOPE_OVERHEAD: u64 = 1024;
+
+/// The largest envelope a message of up to `max_message` bytes makes: a binary payload (a raw
+/// binary frame, a protobuf publish) travels as base64, four bytes for every three.
+pub(super) fn envelope_bound(max_message: u64) -> u64 {
+    max_message.div_ceil(3).saturating_mul(4) + ENVELOPE_OVERHEAD
+}
+
 /// Decode one message of `key`; malformed ones are logged and skipped (an app pod may publish
 /// anything to a room subject).
 pub(super) fn decode(

@@ -119,6 +119,7 @@ async fn configure_on_connect(inner: std::sync::Weak<Inner>, connected: Arc<toki
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if inner.connected() {
+            inner.check_message_limits();
             inner.refresh_epochs().await;
         }
     }
@@ -166,6 +167,9 @@ struct Inner {
     /// Bumped once the epochs have been read again after a (re)connect: the pumps compare
     /// their streams' epochs with the namespaces'.
     epochs: tokio::sync::watch::Sender<u64>,
+    /// The rooms routes' `maxMessageBytes`, checked against the server's `max_payload` on
+    /// every connection ([`Inner::check_message_limits`]).
+    message_limits: Mutex<Vec<(String, u64)>>,
     js: jetstream::Context,
     prefix: String,
     stream_prefix: String,
@@ -258,6 +262,7 @@ impl NatsBus {
             stats: client.statistics(),
             epoch_reads: tokio::sync::Mutex::default(),
             epochs: tokio::sync::watch::Sender::new(0),
+            message_limits: Mutex::default(),
             client,
             js,
             prefix: cfg.subject_prefix.clone(),
@@ -491,6 +496,26 @@ impl Inner {
         }
     }
 
+    /// Warn about each rooms route whose largest message, as the bus carries it, cannot fit
+    /// the connected server's `max_payload` (such a message is refused as too large).
+    fn check_message_limits(&self) {
+        let Some(info) = self.client.try_server_info() else {
+            return; // not connected yet: checked once connected
+        };
+        for (route, max_message) in lock(&self.message_limits).iter() {
+            let carried = envelope_bound(*max_message);
+            if carried > info.max_payload as u64 {
+                tracing::warn!(
+                    route = %route,
+                    max_message_bytes = max_message,
+                    carried_up_to = carried,
+                    max_payload = info.max_payload,
+                    "messages near this route's maxMessageBytes cannot fit the NATS server's max_payload once wrapped for the bus (binary payloads travel as base64): they are refused as too large (close 1009 / too_large); raise max_payload or lower maxMessageBytes (docs/nats.md#sizing)"
+                );
+            }
+        }
+    }
+
     /// After a (re)connect: read every namespace's stream again, creating those recorded while
     /// NATS was not connected and those it lost (a restart with empty storage), then have the
     /// pumps compare their streams' epochs (`live.rs`).
@@ -520,6 +545,14 @@ impl Inner {
         let key = p.key.clone();
         let stored = !p.ephemeral && self.history(&key.namespace).is_some();
         let payload = Envelope::of(p, now_ms()).encode();
+        let max = self.client.max_payload();
+        if payload.len() > max {
+            // The server would close the connection for it: refused here, for good.
+            return Err(BusError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
         if !stored {
             self.client
                 .publish(self.subject("eph", &key), payload)
@@ -789,6 +822,11 @@ impl Bus for NatsBus {
         self.inner
             .bounded(OP_TIMEOUT, self.inner.notify(namespace, event))
             .await
+    }
+
+    fn check_message_limits(&self, routes: Vec<(String, u64)>) {
+        *lock(&self.inner.message_limits) = routes;
+        self.inner.check_message_limits();
     }
 
     fn healthy(&self) -> bool {
