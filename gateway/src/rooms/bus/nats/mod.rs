@@ -150,6 +150,10 @@ struct Namespace {
     /// again before use: NATS may have restarted with empty storage, and the stream the
     /// pod's requests now reach is a new one.
     read_on: u64,
+    /// One epoch read of this namespace at a time: after a reconnect every pump, publish and
+    /// resume of it needs its epoch, and one stream request answers them all. Per namespace,
+    /// so a stream that does not answer (its leader being elected) holds up no other.
+    epoch_read: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The NATS room bus. Cheap to share behind an `Arc<dyn Bus>`.
@@ -161,15 +165,14 @@ struct Inner {
     client: async_nats::Client,
     /// The client's counters: `connects` numbers its connections ([`Inner::generation`]).
     stats: Arc<async_nats::Statistics>,
-    /// One epoch read at a time: after a reconnect every pump, publish and resume of a
-    /// namespace needs its epoch, and one stream-info request answers them all.
-    epoch_reads: tokio::sync::Mutex<()>,
     /// Bumped once the epochs have been read again after a (re)connect: the pumps compare
     /// their streams' epochs with the namespaces'.
     epochs: tokio::sync::watch::Sender<u64>,
     /// The rooms routes' `maxMessageBytes`, checked against the server's `max_payload` on
     /// every connection ([`Inner::check_message_limits`]).
     message_limits: Mutex<Vec<(String, u64)>>,
+    /// (route, maxMessageBytes, max_payload) already warned about.
+    limits_warned: Mutex<HashSet<(String, u64, usize)>>,
     js: jetstream::Context,
     prefix: String,
     stream_prefix: String,
@@ -260,9 +263,9 @@ impl NatsBus {
             .build(client.clone());
         let inner = Arc::new(Inner {
             stats: client.statistics(),
-            epoch_reads: tokio::sync::Mutex::default(),
             epochs: tokio::sync::watch::Sender::new(0),
             message_limits: Mutex::default(),
+            limits_warned: Mutex::default(),
             client,
             js,
             prefix: cfg.subject_prefix.clone(),
@@ -451,7 +454,11 @@ impl Inner {
         let (epoch, read_on) = match self.current_epoch(ns) {
             Some(known) => known,
             None => {
-                let _one = self.epoch_reads.lock().await;
+                let gate = lock(&self.namespaces).get(ns).map(|n| n.epoch_read.clone());
+                let _one = match &gate {
+                    Some(gate) => Some(gate.lock().await),
+                    None => None,
+                };
                 match self.current_epoch(ns) {
                     Some(known) => known,
                     None => {
@@ -502,9 +509,14 @@ impl Inner {
         let Some(info) = self.client.try_server_info() else {
             return; // not connected yet: checked once connected
         };
+        let mut warned = lock(&self.limits_warned);
         for (route, max_message) in lock(&self.message_limits).iter() {
             let carried = envelope_bound(*max_message);
-            if carried > info.max_payload as u64 {
+            // Once per route and pair of values in the process's life, not on every reload
+            // and reconnect.
+            if carried > info.max_payload as u64
+                && warned.insert((route.clone(), *max_message, info.max_payload))
+            {
                 tracing::warn!(
                     route = %route,
                     max_message_bytes = max_message,
@@ -748,6 +760,7 @@ impl Bus for NatsBus {
                         retention: r,
                         epoch: None,
                         read_on: 0,
+                        epoch_read: Arc::default(),
                     },
                 );
                 if !inner.connected() {
