@@ -494,7 +494,7 @@ impl Replica {
                     .inc();
                 return Err(CloseCause::DocumentTooLarge);
             }
-            match sync::apply(&st.awareness, &u) {
+            match sync::apply(&st.awareness, &u, sync::Source::Editor) {
                 Ok(true) => {}
                 // Nothing new (an editor's sync answer): nothing to relay, store or notify.
                 Ok(false) => return Ok(()),
@@ -695,7 +695,7 @@ fn integrate(r: &Arc<Replica>, s: store::Stored, last: u64) {
     let own = s.origin == Some(r.pod);
     if !own {
         let before = st.awareness.doc().transact().state_vector();
-        if sync::apply(&st.awareness, &s.update).is_ok() {
+        if sync::apply(&st.awareness, &s.update, sync::Source::Log).is_ok() {
             metrics()
                 .document_updates
                 .with_label_values(&["remote"])

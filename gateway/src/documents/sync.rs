@@ -117,18 +117,30 @@ fn count_fits(body: &[u8], min: usize, what: &str) -> Result<(), String> {
 /// them recursively).
 const MAX_ANY_DEPTH: usize = 64;
 
+/// The highest shared type ref stock Yjs reads (`typeRefs` in yjs 13: array, map, text, XML
+/// element, fragment, hook, XML text). yrs also reads 7 (a weak link, with a feature this
+/// gateway does not build), 9 (a subdocument type) and 15 (`TypeRef::Undefined`); a document
+/// holding one of those makes every stock client that syncs it throw ("typeRefs[...] is not a
+/// function") and end up empty.
+const MAX_YJS_TYPE_REF: u8 = yrs::types::TYPE_REFS_XML_TEXT;
+
 /// yrs' v1 update decoder (`DecoderV1`, method for method) that checks each JSON value
 /// (lib0 `Any`) before yrs decodes it: yrs reserves room for as many map or array entries as
-/// one declares, and recurses as deep as it nests.
-struct Guarded<'a>(Cursor<'a>);
+/// one declares, and recurses as deep as it nests. A shared type stock Yjs cannot read is
+/// refused ([`MAX_YJS_TYPE_REF`]); the whole update is decoded before any of it is applied.
+struct Guarded<'a> {
+    c: Cursor<'a>,
+    /// Refuse shared types stock Yjs cannot read (an editor's update, not the log's).
+    stock_types: bool,
+}
 
 impl Read for Guarded<'_> {
     fn read_u8(&mut self) -> Result<u8, ReadError> {
-        self.0.read_u8()
+        self.c.read_u8()
     }
 
     fn read_exact(&mut self, len: usize) -> Result<&[u8], ReadError> {
-        self.0.read_exact(len)
+        self.c.read_exact(len)
     }
 }
 
@@ -172,7 +184,13 @@ impl Decoder for Guarded<'_> {
     }
 
     fn read_type_ref(&mut self) -> Result<u8, ReadError> {
-        self.read_u8()
+        let type_ref = self.read_u8()?;
+        if self.stock_types && type_ref > MAX_YJS_TYPE_REF {
+            return Err(ReadError::Custom(format!(
+                "shared type ref {type_ref}: stock Yjs reads refs 0-{MAX_YJS_TYPE_REF} only"
+            )));
+        }
+        Ok(type_ref)
     }
 
     fn read_len(&mut self) -> Result<u32, ReadError> {
@@ -181,8 +199,8 @@ impl Decoder for Guarded<'_> {
 
     fn read_any(&mut self) -> Result<Any, ReadError> {
         let mut scan = Cursor {
-            buf: self.0.buf,
-            next: self.0.next,
+            buf: self.c.buf,
+            next: self.c.next,
         };
         any_fits(&mut scan, 0).map_err(ReadError::Custom)?;
         Any::decode(self)
@@ -197,7 +215,7 @@ impl Decoder for Guarded<'_> {
     }
 
     fn read_to_end(&mut self) -> Result<&[u8], ReadError> {
-        Ok(&self.0.buf[self.0.next..])
+        Ok(&self.c.buf[self.c.next..])
     }
 }
 
@@ -285,14 +303,27 @@ pub fn state(awareness: &Awareness) -> Vec<u8> {
         .encode_state_as_update_v1(&StateVector::default())
 }
 
+/// Where an update comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// An editor or the documents API: refused when stock Yjs could not read it.
+    Editor,
+    /// The document's log: already accepted by a pod (maybe of an older version), applied as
+    /// yrs reads it so that every pod's replica holds the same document.
+    Log,
+}
+
 /// Apply an encoded update to the document. Ok(false): it changed nothing, i.e. it carries
 /// no items and deletes nothing the document had not deleted (a y-websocket editor's answer to
 /// the gateway's sync step 1 when it has nothing new: no items, and the delete set of
 /// everything it knows). An update with items always counts (they may wait for others).
-pub fn apply(awareness: &Awareness, update: &[u8]) -> Result<bool, String> {
+pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool, String> {
     count_fits(update, MIN_CLIENT_BYTES, "update")?;
-    let u = Update::decode(&mut Guarded(Cursor::new(update)))
-        .map_err(|e| format!("undecodable update: {e}"))?;
+    let mut decoder = Guarded {
+        c: Cursor::new(update),
+        stock_types: from == Source::Editor,
+    };
+    let u = Update::decode(&mut decoder).map_err(|e| format!("undecodable update: {e}"))?;
     let has_items = !u.insertions(true).is_empty();
     let mut txn = awareness.doc().transact_mut();
     txn.apply_update(u)
@@ -354,14 +385,53 @@ mod tests {
         // made yrs reserve ~4 GB).
         let mut bomb = vec![0x01, 0x01, 0x01, 0x00, 0x08, 0x01, 0x01, b'a', 0x01, 0x76];
         bomb.extend([0x80, 0x80, 0x80, 0x08]);
-        let e = apply(&server, &bomb).unwrap_err();
+        let e = apply(&server, &bomb, Source::Editor).unwrap_err();
         assert!(e.contains("declares 16777216"), "{e}");
         // Arrays nested deeper than anything an editor writes: refused before yrs recurses.
         let mut deep = vec![0x01, 0x01, 0x01, 0x00, 0x08, 0x01, 0x01, b'a', 0x01];
         deep.extend([0x75, 0x01].repeat(10_000));
         deep.extend([0x7e, 0x00]);
-        let e = apply(&server, &deep).unwrap_err();
+        let e = apply(&server, &deep, Source::Editor).unwrap_err();
         assert!(e.contains("nested deeper"), "{e}");
+    }
+
+    /// One item in root text `t` (client 5555) whose content is a shared type with `type_ref`.
+    fn typed_item(type_ref: u8) -> Vec<u8> {
+        let mut u = vec![
+            0x01, 0x01, 0xb3, 0x2b, 0x00, 0x07, 0x01, 0x01, b't', type_ref,
+        ];
+        if type_ref == 3 {
+            u.extend([0x01, b'p']); // an XML element's name
+        }
+        u.push(0x00); // no deletes
+        u
+    }
+
+    #[test]
+    fn an_update_holding_a_shared_type_stock_yjs_cannot_read_is_refused_unapplied() {
+        // yrs reads ref 15 as TypeRef::Undefined and 9 as a subdocument type; stock Yjs
+        // (typeRefs in yjs 13) knows refs 0-6 only and throws on the document.
+        for type_ref in [15, 9, 7] {
+            let server = Awareness::new(Doc::new());
+            let e = apply(&server, &typed_item(type_ref), Source::Editor).unwrap_err();
+            assert!(e.contains("type ref"), "{type_ref}: {e}");
+            assert_eq!(
+                server.doc().transact().state_vector(),
+                StateVector::default(),
+                "{type_ref}: nothing applied"
+            );
+        }
+        // The log's copy (stored by a pod before this check, or by an older version during a
+        // rollout) is applied as yrs reads it, so every replica holds the same document.
+        let server = Awareness::new(Doc::new());
+        assert!(apply(&server, &typed_item(15), Source::Log).unwrap());
+        for type_ref in 0..=6 {
+            let server = Awareness::new(Doc::new());
+            assert!(
+                apply(&server, &typed_item(type_ref), Source::Editor).unwrap(),
+                "{type_ref}"
+            );
+        }
     }
 
     #[test]
@@ -382,7 +452,7 @@ mod tests {
             .transact()
             .encode_state_as_update_v1(&StateVector::default());
         let server = Awareness::new(Doc::new());
-        assert!(apply(&server, &u).unwrap());
+        assert!(apply(&server, &u, Source::Editor).unwrap());
         assert_eq!(state(&server).len(), u.len());
     }
 
@@ -390,10 +460,18 @@ mod tests {
     fn an_update_declaring_more_clients_than_its_bytes_hold_is_refused_unread() {
         let server = Awareness::new(Doc::new());
         // 2^24 clients declared in 6 bytes (the same bytes with 2^31 reserved ~4 GB).
-        let e = apply(&server, &[0x80, 0x80, 0x80, 0x08, 0x00, 0x00]).unwrap_err();
+        let e = apply(
+            &server,
+            &[0x80, 0x80, 0x80, 0x08, 0x00, 0x00],
+            Source::Editor,
+        )
+        .unwrap_err();
         assert!(e.contains("declares 16777216"), "{e}");
         let (_, u) = client_edit("fine");
-        assert!(apply(&server, &u).unwrap(), "a real update still applies");
+        assert!(
+            apply(&server, &u, Source::Editor).unwrap(),
+            "a real update still applies"
+        );
     }
     use yrs::{Doc, GetString, Text};
 
@@ -417,7 +495,7 @@ mod tests {
         let Inbound::Update(got) = decode(&frame).unwrap() else {
             panic!("not an update")
         };
-        apply(&server, &got).unwrap();
+        apply(&server, &got, Source::Editor).unwrap();
         // A fresh client syncing from the server gets the text.
         let fresh = Doc::new();
         let sv = fresh.transact().state_vector();
@@ -437,7 +515,7 @@ mod tests {
     fn step1_from_the_server_decodes_as_a_state_vector() {
         let server = Awareness::new(Doc::new());
         let (_, u) = client_edit("x");
-        apply(&server, &u).unwrap();
+        apply(&server, &u, Source::Editor).unwrap();
         let Inbound::Step1(sv) = decode(&step1(&server)).unwrap() else {
             panic!("not step 1")
         };
@@ -448,20 +526,29 @@ mod tests {
     fn an_update_with_items_counts_as_a_change_and_an_empty_sync_answer_does_not() {
         let server = Awareness::new(Doc::new());
         let (client, u) = client_edit("hello");
-        assert!(apply(&server, &u).unwrap(), "new items");
+        assert!(apply(&server, &u, Source::Editor).unwrap(), "new items");
         let (_, other) = client_edit("x");
-        assert!(apply(&server, &other).unwrap(), "another client's items");
+        assert!(
+            apply(&server, &other, Source::Editor).unwrap(),
+            "another client's items"
+        );
         // A later edit of the first client: items from a clock past 0.
         let before = client.transact().state_vector();
         let t = client.get_or_insert_text("t");
         t.insert(&mut client.transact_mut(), 5, "!");
         let later = client.transact().encode_state_as_update_v1(&before);
-        assert!(apply(&server, &later).unwrap(), "an incremental edit");
+        assert!(
+            apply(&server, &later, Source::Editor).unwrap(),
+            "an incremental edit"
+        );
         // The client's answer to the server's step 1: nothing the server lacks.
         let sv = server.doc().transact().state_vector();
         let answer = client.transact().encode_state_as_update_v1(&sv);
-        assert!(!apply(&server, &answer).unwrap(), "{answer:?}");
-        assert!(!apply(&server, &[0, 0]).unwrap());
+        assert!(
+            !apply(&server, &answer, Source::Editor).unwrap(),
+            "{answer:?}"
+        );
+        assert!(!apply(&server, &[0, 0], Source::Editor).unwrap());
     }
 
     #[test]
@@ -469,7 +556,7 @@ mod tests {
         assert!(decode(&[0, 9, 9]).is_err());
         assert!(decode(&[]).is_err());
         let server = Awareness::new(Doc::new());
-        assert!(apply(&server, &[1, 2, 3, 4, 5]).is_err());
+        assert!(apply(&server, &[1, 2, 3, 4, 5], Source::Editor).is_err());
     }
 
     #[test]
