@@ -475,7 +475,11 @@ impl Replica {
     }
 
     /// Apply an update from an editor (`from`) or the API (None): check the limits, apply,
-    /// relay to this pod's other editors, store.
+    /// relay to this pod's other editors, store. A refused update that yrs had partly applied
+    /// (it integrates block by block and does not undo) is refused all the same (1002), and
+    /// what of it was applied is relayed and stored like an accepted update, as y-websocket's
+    /// own server broadcasts what a throwing `applyUpdate` integrated: the editors, the log and
+    /// the replica never diverge.
     pub async fn apply_local(&self, from: Option<&str>, u: Vec<u8>) -> Result<(), CloseCause> {
         let len = u.len() as u64;
         if len > self.cfg.max_update_bytes {
@@ -485,7 +489,7 @@ impl Replica {
                 .inc();
             return Err(CloseCause::MessageTooBig);
         }
-        {
+        let (stored, result) = {
             let mut st = self.lock();
             if st.doc_bytes + len > self.cfg.max_document_bytes {
                 metrics()
@@ -494,41 +498,34 @@ impl Replica {
                     .inc();
                 return Err(CloseCause::DocumentTooLarge);
             }
-            match sync::apply(&st.awareness, &u, sync::Source::Editor) {
-                Ok(true) => {}
+            let (stored, result) = match sync::apply(&st.awareness, &u, sync::Source::Editor) {
+                Ok(true) => {
+                    metrics()
+                        .document_updates
+                        .with_label_values(&["applied"])
+                        .inc();
+                    (u, Ok(()))
+                }
                 // Nothing new (an editor's sync answer): nothing to relay, store or notify.
                 Ok(false) => return Ok(()),
-                Err(_) => {
+                Err(refused) => {
                     metrics()
                         .document_updates
                         .with_label_values(&["invalid"])
                         .inc();
-                    return Err(CloseCause::ProtocolError);
+                    let Some(partial) = refused.partial else {
+                        return Err(CloseCause::ProtocolError);
+                    };
+                    tracing::info!(document = %self.key.room, reason = %refused.reason, "update refused after yrs applied part of it; that part is relayed and stored");
+                    (partial, Err(CloseCause::ProtocolError))
                 }
-            }
-            st.doc_bytes += len;
-            metrics()
-                .document_updates
-                .with_label_values(&["applied"])
-                .inc();
-            metrics().document_update_bytes.inc_by(len);
-            broadcast(&st, from, &Bytes::from(sync::update(&u)));
-            if let Some(p) = &self.pending {
-                self.edits.fetch_add(1, Ordering::Relaxed);
-                p.mark();
-            }
-            if self.store.is_none() {
-                // In memory the document is merged as it goes: recount its size now and then.
-                st.since_snapshot += 1;
-                if st.since_snapshot >= self.cfg.compact_after_updates {
-                    st.since_snapshot = 0;
-                    st.doc_bytes = sync::state(&st.awareness).len() as u64;
-                }
-            }
-        }
+            };
+            self.accepted(&mut st, from, &stored);
+            (stored, result)
+        };
         if let Some(store) = &self.store
             && let Err(e) = store
-                .append(&self.key, Bytes::from(u), self.pod, false)
+                .append(&self.key, Bytes::from(stored), self.pod, false)
                 .await
         {
             // The replica has the edit; the log does not. A snapshot will carry it.
@@ -536,7 +533,28 @@ impl Replica {
             tracing::warn!(document = %self.key.room, error = %e, "document update not stored; a snapshot will carry it");
             return Err(CloseCause::BusUnavailable);
         }
-        Ok(())
+        result
+    }
+
+    /// Account for a change `u` applied to the replica: its size, relayed to the editors but
+    /// `from`, the notification.
+    fn accepted(&self, st: &mut State, from: Option<&str>, u: &[u8]) {
+        let len = u.len() as u64;
+        st.doc_bytes += len;
+        metrics().document_update_bytes.inc_by(len);
+        broadcast(st, from, &Bytes::from(sync::update(u)));
+        if let Some(p) = &self.pending {
+            self.edits.fetch_add(1, Ordering::Relaxed);
+            p.mark();
+        }
+        if self.store.is_none() {
+            // In memory the document is merged as it goes: recount its size now and then.
+            st.since_snapshot += 1;
+            if st.since_snapshot >= self.cfg.compact_after_updates {
+                st.since_snapshot = 0;
+                st.doc_bytes = sync::state(&st.awareness).len() as u64;
+            }
+        }
     }
 
     /// The document's whole state as one update.
@@ -695,25 +713,32 @@ fn integrate(r: &Arc<Replica>, s: store::Stored, last: u64) {
     let own = s.origin == Some(r.pod);
     if !own {
         let before = st.awareness.doc().transact().state_vector();
-        if sync::apply(&st.awareness, &s.update, sync::Source::Log).is_ok() {
-            metrics()
-                .document_updates
-                .with_label_values(&["remote"])
-                .inc();
-            if !st.editors.is_empty() {
-                let relay = if s.snapshot {
-                    // Only what the snapshot added (usually nothing).
-                    let diff = st.awareness.doc().transact().encode_diff_v1(&before);
-                    (st.awareness.doc().transact().state_vector() != before).then_some(diff)
-                } else {
-                    Some(s.update.to_vec())
-                };
-                if let Some(u) = relay {
-                    broadcast(&st, None, &Bytes::from(sync::update(&u)));
+        match sync::apply(&st.awareness, &s.update, sync::Source::Log) {
+            Err(refused) => {
+                tracing::warn!(document = %r.key.room, seq = s.seq, error = %refused, "stored document update does not apply; skipped");
+                // What yrs applied of it before it failed is the replica's now: its editors too.
+                if let Some(partial) = &refused.partial {
+                    broadcast(&st, None, &Bytes::from(sync::update(partial)));
                 }
             }
-        } else {
-            tracing::warn!(document = %r.key.room, seq = s.seq, "stored document update does not apply; skipped");
+            Ok(_) => {
+                metrics()
+                    .document_updates
+                    .with_label_values(&["remote"])
+                    .inc();
+                if !st.editors.is_empty() {
+                    let relay = if s.snapshot {
+                        // Only what the snapshot added (usually nothing).
+                        let diff = st.awareness.doc().transact().encode_diff_v1(&before);
+                        (st.awareness.doc().transact().state_vector() != before).then_some(diff)
+                    } else {
+                        Some(s.update.to_vec())
+                    };
+                    if let Some(u) = relay {
+                        broadcast(&st, None, &Bytes::from(sync::update(&u)));
+                    }
+                }
+            }
         }
     }
     st.applied_seq = s.seq;
@@ -887,3 +912,6 @@ impl Replica {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

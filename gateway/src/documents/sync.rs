@@ -313,11 +313,38 @@ pub enum Source {
     Log,
 }
 
+/// An update the document refuses.
+#[derive(Debug)]
+pub struct Refused {
+    pub reason: String,
+    /// What yrs had integrated when the update failed (yrs applies an update block by block
+    /// and does not undo): the change it made, as one update, to relay and store like an
+    /// accepted one so that editors, the log and the replica do not diverge. `None` when the
+    /// update was refused before any of it was applied.
+    pub partial: Option<Vec<u8>>,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl From<String> for Refused {
+    fn from(reason: String) -> Self {
+        Self {
+            reason,
+            partial: None,
+        }
+    }
+}
+
 /// Apply an encoded update to the document. Ok(false): it changed nothing, i.e. it carries
 /// no items and deletes nothing the document had not deleted (a y-websocket editor's answer to
 /// the gateway's sync step 1 when it has nothing new: no items, and the delete set of
 /// everything it knows). An update with items always counts (they may wait for others).
-pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool, String> {
+/// Err: refused; [`Refused::partial`] is what of it was applied all the same.
+pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool, Refused> {
     count_fits(update, MIN_CLIENT_BYTES, "update")?;
     let mut decoder = Guarded {
         c: Cursor::new(update),
@@ -326,9 +353,19 @@ pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool,
     let u = Update::decode(&mut decoder).map_err(|e| format!("undecodable update: {e}"))?;
     let has_items = !u.insertions(true).is_empty();
     let mut txn = awareness.doc().transact_mut();
-    txn.apply_update(u)
-        .map_err(|e| format!("update not applicable: {e}"))?;
-    Ok(has_items || !txn.delete_set().is_empty())
+    let before = txn.state_vector();
+    match txn.apply_update(u) {
+        Ok(()) => Ok(has_items || !txn.delete_set().is_empty()),
+        Err(e) => {
+            let changed = txn.state_vector() != before || !txn.delete_set().is_empty();
+            drop(txn);
+            let partial = changed.then(|| awareness.doc().transact().encode_diff_v1(&before));
+            Err(Refused {
+                reason: format!("update not applicable: {e}"),
+                partial,
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -386,13 +423,13 @@ mod tests {
         let mut bomb = vec![0x01, 0x01, 0x01, 0x00, 0x08, 0x01, 0x01, b'a', 0x01, 0x76];
         bomb.extend([0x80, 0x80, 0x80, 0x08]);
         let e = apply(&server, &bomb, Source::Editor).unwrap_err();
-        assert!(e.contains("declares 16777216"), "{e}");
+        assert!(e.reason.contains("declares 16777216"), "{e}");
         // Arrays nested deeper than anything an editor writes: refused before yrs recurses.
         let mut deep = vec![0x01, 0x01, 0x01, 0x00, 0x08, 0x01, 0x01, b'a', 0x01];
         deep.extend([0x75, 0x01].repeat(10_000));
         deep.extend([0x7e, 0x00]);
         let e = apply(&server, &deep, Source::Editor).unwrap_err();
-        assert!(e.contains("nested deeper"), "{e}");
+        assert!(e.reason.contains("nested deeper"), "{e}");
     }
 
     /// One item in root text `t` (client 5555) whose content is a shared type with `type_ref`.
@@ -414,7 +451,7 @@ mod tests {
         for type_ref in [15, 9, 7] {
             let server = Awareness::new(Doc::new());
             let e = apply(&server, &typed_item(type_ref), Source::Editor).unwrap_err();
-            assert!(e.contains("type ref"), "{type_ref}: {e}");
+            assert!(e.reason.contains("type ref"), "{type_ref}: {e}");
             assert_eq!(
                 server.doc().transact().state_vector(),
                 StateVector::default(),
@@ -466,7 +503,7 @@ mod tests {
             Source::Editor,
         )
         .unwrap_err();
-        assert!(e.contains("declares 16777216"), "{e}");
+        assert!(e.reason.contains("declares 16777216"), "{e}");
         let (_, u) = client_edit("fine");
         assert!(
             apply(&server, &u, Source::Editor).unwrap(),
