@@ -9,7 +9,7 @@ use yrs::sync::{Awareness, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::decoder::Decoder;
 use yrs::updates::encoder::Encode;
-use yrs::{Any, ClientID, ID};
+use yrs::{Any, ClientID, ID, IdSet};
 use yrs::{ReadTxn, StateVector, Transact, Update};
 
 /// One client message, as the gateway acts on it.
@@ -303,6 +303,13 @@ pub fn state(awareness: &Awareness) -> Vec<u8> {
         .encode_state_as_update_v1(&StateVector::default())
 }
 
+/// Most deletes (ranges of one client's clocks) of items a document does not have that it
+/// keeps waiting for those items (yrs' pending delete set). yrs merges the whole pending set
+/// again with every later update: 800,000 of them, sent as "nothing new", kept a core busy
+/// and stalled other documents for seconds. Legitimately a hub sees few: an editor deletes
+/// what it got from the hub, or sends the items with their deletes.
+pub const MAX_PENDING_DELETES: usize = 1024;
+
 /// Where an update comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -351,11 +358,22 @@ pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool,
         stock_types: from == Source::Editor,
     };
     let u = Update::decode(&mut decoder).map_err(|e| format!("undecodable update: {e}"))?;
-    let has_items = !u.insertions(true).is_empty();
+    let insertions = u.insertions(true);
     let mut txn = awareness.doc().transact_mut();
     let before = txn.state_vector();
+    let waiting = waiting_deletes(&u, &insertions, &before);
+    if from == Source::Editor && waiting > 0 {
+        let pending = txn.store().pending_ds().map_or(0, count_ranges);
+        if pending + waiting > MAX_PENDING_DELETES {
+            return Err(Refused::from(format!(
+                "deletes {waiting} ranges of items the document does not have \
+                 ({pending} already wait; at most {MAX_PENDING_DELETES})"
+            )));
+        }
+    }
     match txn.apply_update(u) {
-        Ok(()) => Ok(has_items || !txn.delete_set().is_empty()),
+        // Deletes that wait for their items count like items that wait for others.
+        Ok(()) => Ok(!insertions.is_empty() || waiting > 0 || !txn.delete_set().is_empty()),
         Err(e) => {
             let changed = txn.state_vector() != before || !txn.delete_set().is_empty();
             drop(txn);
@@ -366,6 +384,28 @@ pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool,
             })
         }
     }
+}
+
+/// How many ranges of `u`'s delete set name clocks past both what the document has (`sv`)
+/// and what `u` itself inserts: yrs keeps those as pending deletes until the items come.
+fn waiting_deletes(u: &Update, insertions: &IdSet, sv: &StateVector) -> usize {
+    let own_end = |client: &ClientID| {
+        insertions
+            .get(client)
+            .and_then(|ranges| ranges.iter().map(|(r, _)| r.end).max())
+            .unwrap_or(0)
+    };
+    u.delete_set()
+        .iter()
+        .map(|(client, ranges)| {
+            let known = sv.get(client).max(own_end(client));
+            ranges.iter().filter(|r| r.end > known).count()
+        })
+        .sum()
+}
+
+fn count_ranges(ds: &IdSet) -> usize {
+    ds.iter().map(|(_, ranges)| ranges.len()).sum()
 }
 
 #[cfg(test)]

@@ -93,3 +93,85 @@ async fn an_update_that_fails_halfway_is_relayed_as_far_as_it_was_applied() {
     );
     assert!(text_of(&seen).contains("GOOD"), "{}", text_of(&seen));
 }
+
+/// An update made only of deletes: one range (clock 0, length 1) of each of `n` clients from
+/// `first` on.
+fn deletes_only(first: u64, n: u64) -> Vec<u8> {
+    use yrs::encoding::write::Write;
+    use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
+    let ds = yrs::IdSet::from_iter(
+        (first..first + n).map(|c| (yrs::ClientID::new(c), std::iter::once(0..1))),
+    );
+    let mut e = EncoderV1::new();
+    e.write_var(0u32); // no blocks
+    ds.encode(&mut e);
+    e.to_vec()
+}
+
+#[tokio::test]
+async fn deletes_of_items_the_document_never_had_are_relayed_counted_and_bounded() {
+    let r = replica(Default::default());
+    let watcher = editor(&r, "w");
+    let _sender = editor(&r, "x");
+    watcher.take_now(); // its sync step 1
+    // Deletes waiting for items this document may still get (yrs keeps them pending): a change
+    // like items that wait, relayed and counted toward the document's size.
+    r.apply_local(Some("x"), deletes_only(1 << 20, 10))
+        .await
+        .unwrap();
+    let relayed = watcher.take_now().into_iter().any(
+        |i| matches!(i, Item::RawBinary(f) if matches!(sync::decode(&f), Ok(Inbound::Update(_)))),
+    );
+    assert!(relayed, "relayed");
+    assert!(r.lock().doc_bytes > 0, "counted");
+    // Many of them: every later update re-merges the whole pending set. Refused at the bound.
+    let mut next = 2 << 20;
+    let mut accepted = 0;
+    let refused = loop {
+        match r.apply_local(Some("x"), deletes_only(next, 200)).await {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        next += 200;
+        assert!(accepted < 100, "never refused");
+    };
+    assert!(matches!(refused, CloseCause::ProtocolError), "{refused:?}");
+    let pending = r
+        .lock()
+        .awareness
+        .doc()
+        .transact()
+        .store()
+        .pending_ds()
+        .map_or(0, |ds| {
+            ds.iter().map(|(_, ranges)| ranges.len()).sum::<usize>()
+        });
+    assert!(
+        pending <= crate::documents::sync::MAX_PENDING_DELETES,
+        "{pending} pending deletes"
+    );
+}
+
+#[tokio::test]
+async fn an_update_deleting_its_own_new_items_is_not_a_pending_delete() {
+    let r = replica(Default::default());
+    let author = Doc::with_client_id(9);
+    let t = author.get_or_insert_text("t");
+    t.insert(&mut author.transact_mut(), 0, &"x".repeat(10));
+    for i in 0..10 {
+        t.remove_range(&mut author.transact_mut(), 0, 1);
+        let u = author.transact().encode_diff_v1(&Default::default());
+        r.apply_local(Some("a"), u)
+            .await
+            .unwrap_or_else(|e| panic!("{i}: {e:?}"));
+    }
+    assert!(
+        r.lock()
+            .awareness
+            .doc()
+            .transact()
+            .store()
+            .pending_ds()
+            .is_none()
+    );
+}
