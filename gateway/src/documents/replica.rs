@@ -492,6 +492,11 @@ impl Replica {
         let (stored, result) = {
             let mut st = self.lock();
             if st.doc_bytes + len > self.cfg.max_document_bytes {
+                // The tracked size is an upper bound (a snapshot plus every update since):
+                // measured before an edit is refused for it.
+                st.doc_bytes = sync::state(&st.awareness).len() as u64;
+            }
+            if st.doc_bytes + len > self.cfg.max_document_bytes {
                 metrics()
                     .document_updates
                     .with_label_values(&["too_large"])

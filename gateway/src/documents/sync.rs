@@ -347,9 +347,12 @@ impl From<String> for Refused {
 }
 
 /// Apply an encoded update to the document. Ok(false): it changed nothing, i.e. it carries
-/// no items and deletes nothing the document had not deleted (a y-websocket editor's answer to
-/// the gateway's sync step 1 when it has nothing new: no items, and the delete set of
-/// everything it knows). An update with items always counts (they may wait for others).
+/// no items the document lacks and deletes nothing the document had not deleted (a
+/// y-websocket editor's answer to the gateway's sync step 1 when it has nothing new: no
+/// items, and the delete set of everything it knows; an update sent again). An update with
+/// items past the document's state always counts (they may wait for others), and so do
+/// deletes of items the document does not have (they wait for them; at most
+/// [`MAX_PENDING_DELETES`] from editors).
 /// Err: refused; [`Refused::partial`] is what of it was applied all the same.
 pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool, Refused> {
     count_fits(update, MIN_CLIENT_BYTES, "update")?;
@@ -373,7 +376,9 @@ pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool,
     }
     match txn.apply_update(u) {
         // Deletes that wait for their items count like items that wait for others.
-        Ok(()) => Ok(!insertions.is_empty() || waiting > 0 || !txn.delete_set().is_empty()),
+        Ok(()) => {
+            Ok(new_items(&insertions, &before) || waiting > 0 || !txn.delete_set().is_empty())
+        }
         Err(e) => {
             let changed = txn.state_vector() != before || !txn.delete_set().is_empty();
             drop(txn);
@@ -402,6 +407,14 @@ fn waiting_deletes(u: &Update, insertions: &IdSet, sv: &StateVector) -> usize {
             ranges.iter().filter(|r| r.end > known).count()
         })
         .sum()
+}
+
+/// Whether `insertions` hold items past what the document has (`sv`): integrated now, or
+/// waiting for others. Items it has are skipped by yrs (a resent update).
+fn new_items(insertions: &IdSet, sv: &StateVector) -> bool {
+    insertions
+        .iter()
+        .any(|(client, ranges)| ranges.iter().any(|r| r.end > sv.get(client)))
 }
 
 fn count_ranges(ds: &IdSet) -> usize {
