@@ -290,25 +290,38 @@ impl Replica {
         );
     }
 
-    /// Remove an editor; the awareness states it announced are removed for everyone.
+    /// Remove an editor; the awareness states it announced are removed for everyone. Each
+    /// keeps its clock, as y-protocols removes a state that is not the remover's own (the
+    /// y-websocket server does so when a connection ends); yrs' `remove_state` would bump it,
+    /// and the editor's reconnect announces the clock it had: its next renewal (15 s later)
+    /// would be ignored as well, so a lone editor heard nothing for 30 s and was reconnected.
     pub async fn detach(&self, conn: &str) {
         let removal = {
             let mut st = self.lock();
             let Some(editor) = st.editors.remove(conn) else {
                 return;
             };
-            if editor.clients.is_empty() {
-                return;
-            }
-            for id in &editor.clients {
-                st.awareness.remove_state(*id);
-            }
-            let Ok(update) = st.awareness.update_with_clients(editor.clients) else {
-                return;
+            let removal = AwarenessUpdate {
+                clients: editor
+                    .clients
+                    .iter()
+                    .filter(|id| st.awareness.state::<serde::de::IgnoredAny>(**id).is_some())
+                    .filter_map(|id| {
+                        let (clock, _) = st.awareness.meta(*id)?;
+                        let entry = yrs::sync::awareness::AwarenessUpdateEntry {
+                            clock,
+                            json: "null".into(),
+                        };
+                        Some((*id, entry))
+                    })
+                    .collect(),
             };
-            let frame = Bytes::from(sync::awareness(update.clone()));
-            broadcast(&st, None, &frame);
-            update.encode_v1()
+            if removal.clients.is_empty() || st.awareness.apply_update(removal.clone()).is_err() {
+                return;
+            }
+            let encoded = removal.encode_v1();
+            broadcast(&st, None, &Bytes::from(sync::awareness(removal)));
+            encoded
         };
         self.publish_awareness(AW_UPDATE, &removal).await;
     }

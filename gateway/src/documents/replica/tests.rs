@@ -218,3 +218,64 @@ async fn an_edit_is_refused_for_size_only_once_the_document_is_measured_too_larg
         .unwrap_err();
     assert!(matches!(e, CloseCause::DocumentTooLarge), "{e:?}");
 }
+
+/// An awareness message setting client `id`'s state at `clock`.
+fn awareness(id: u64, clock: u32, json: &str) -> Vec<u8> {
+    use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+    sync::awareness(AwarenessUpdate {
+        clients: [(
+            yrs::ClientID::new(id),
+            AwarenessUpdateEntry {
+                clock,
+                json: json.into(),
+            },
+        )]
+        .into(),
+    })
+}
+
+/// The awareness entries queued to an editor: (client, clock, state).
+fn awareness_seen(outbox: &Outbox) -> Vec<(u64, u32, String)> {
+    outbox
+        .take_now()
+        .into_iter()
+        .filter_map(|i| match i {
+            Item::RawBinary(f) => match sync::decode(&f) {
+                Ok(Inbound::Awareness(u)) => Some(u),
+                _ => None,
+            },
+            _ => None,
+        })
+        .flat_map(|u| {
+            u.clients
+                .into_iter()
+                .map(|(id, e)| (id.get(), e.clock, e.json.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_reconnected_editors_next_awareness_renewal_is_echoed_as_by_the_reference_server() {
+    let r = replica(Default::default());
+    let watcher = editor(&r, "w");
+    let _first = editor(&r, "b");
+    r.handle("b", &awareness(77, 3, r#"{"u":"b"}"#), true)
+        .await
+        .unwrap();
+    r.detach("b").await;
+    // Removed with the clock it had, as y-protocols removes a state that is not its own.
+    let seen = awareness_seen(&watcher);
+    assert_eq!(seen.last(), Some(&(77, 3, "null".to_string())), "{seen:?}");
+    // The editor reconnects (same client id): its state at clock 3 is the removed one (the
+    // reference server ignores it too); its renewal 15 s later (clock 4) is news again.
+    let again = editor(&r, "b2");
+    again.take_now();
+    r.handle("b2", &awareness(77, 4, r#"{"u":"b"}"#), true)
+        .await
+        .unwrap();
+    let echoed = awareness_seen(&again);
+    assert!(
+        echoed.contains(&(77, 4, r#"{"u":"b"}"#.to_string())),
+        "the lone editor hears its renewal: {echoed:?}"
+    );
+}
