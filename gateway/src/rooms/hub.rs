@@ -644,7 +644,9 @@ impl Hub {
         let sub = match self.bus.subscribe(key).await {
             Ok(sub) => sub,
             Err(e) => {
+                // For the joiners waiting now; one that comes later tries afresh.
                 *gate = Some(e.clone());
+                opening.forget();
                 return Err(e);
             }
         };
@@ -1027,17 +1029,32 @@ impl<'h> Opening<'h> {
     }
 }
 
-impl Drop for Opening<'_> {
-    fn drop(&mut self) {
+impl Opening<'_> {
+    /// Take the gate out of the map if it is still this one's: joiners that come after this
+    /// get a gate of their own.
+    fn forget(&self) {
+        self.remove_if(|_| true);
+    }
+
+    fn remove_if(&self, last: impl Fn(&Gate) -> bool) {
         let mut opening = self.hub.opening.lock().unwrap_or_else(|p| p.into_inner());
-        // The map's and this one's: no other joiner holds or waits for the gate. Clones are
-        // taken under this lock, so the count cannot rise meanwhile.
-        if Arc::strong_count(&self.gate) == 2 {
+        if opening
+            .get(self.key)
+            .is_some_and(|g| Arc::ptr_eq(g, &self.gate) && last(g))
+        {
             opening.remove(self.key);
             if opening.is_empty() {
                 opening.shrink_to_fit();
             }
         }
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        // The map's and this one's: no other joiner holds or waits for the gate. Clones are
+        // taken under the map's lock, so the count cannot rise meanwhile.
+        self.remove_if(|g| Arc::strong_count(g) == 2);
     }
 }
 

@@ -14,12 +14,13 @@ fn room(name: &str) -> RoomKey {
     }
 }
 
+/// Under paused time: a call that waits on something that never comes runs into it at once.
 const PROMPTLY: Duration = Duration::from_secs(2);
 
 /// JetStream not answering a consumer request holds that room's subscription for up to the
 /// bus's 5 s bound: the joins and leaves of every other room go on meanwhile, and a second
 /// joiner of the held room shares the one subscription once it is made.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_room_whose_subscription_hangs_holds_up_only_its_own_joiners() {
     let bus = HeldBus::new();
     *bus.hold_subscribe_of.lock().unwrap() = Some("stuck".into());
@@ -66,7 +67,7 @@ async fn a_room_whose_subscription_hangs_holds_up_only_its_own_joiners() {
 
 /// A joiner that goes away while its room's subscription is held leaves nothing behind: the
 /// next joiner of that room opens it afresh.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_join_cancelled_while_its_room_opens_leaves_the_room_openable() {
     let bus = HeldBus::new();
     *bus.hold_subscribe_of.lock().unwrap() = Some("stuck".into());
@@ -92,7 +93,7 @@ async fn a_join_cancelled_while_its_room_opens_leaves_the_room_openable() {
 /// When the held subscription fails (the bus's bound ran out), the joiners that waited for it
 /// get its error at once rather than each waiting out the bound again in turn; a joiner that
 /// comes later tries afresh.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn joiners_waiting_for_a_room_that_fails_to_open_share_its_error() {
     let bus = HeldBus::new();
     *bus.hold_subscribe_of.lock().unwrap() = Some("stuck".into());

@@ -165,6 +165,18 @@ impl Pump {
         if feed.rewind || feed.read_on != self.inner.generation() {
             // Received on a newer connection than the one the epoch was read on: the stream
             // may be a new one, and this message not the one `seq` meant before.
+            if feed
+                .retry_at
+                .is_some_and(|at| at > tokio::time::Instant::now())
+            {
+                // Following failed a moment ago and is retried on its timer: not another
+                // wait of up to the bound per buffered message (the room's core traffic is
+                // not read meanwhile). The re-created consumer delivers this one again.
+                if let Some(feed) = self.stored.as_mut() {
+                    feed.rewind = true;
+                }
+                return true;
+            }
             match self.follow_stream(false).await {
                 Followed::Kept => {}
                 // The new consumer delivers it again (if it belongs to the current stream).
