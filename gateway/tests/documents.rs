@@ -1063,3 +1063,60 @@ fn on_b_detach(
 ) {
     rt.block_on(replica.detach(conn));
 }
+
+/// A document larger than the NATS server's `max_payload` cannot be written as one snapshot.
+/// Its pod tries again once per `compactAfterUpdates` updates, not with every update past the
+/// threshold (each try encodes the whole document), the document stays editable and whole,
+/// and the start-up log warns about the route.
+#[tokio::test]
+async fn a_snapshot_over_the_nats_max_payload_is_retried_once_per_compaction_period_not_per_update()
+{
+    use support::http_client::{metric_sum, metrics_text};
+    let nats = NatsServer::start_with_config("max_payload: 8192");
+    let gw = Gateway::start(&config_with(
+        Some(&nats.url()),
+        json!({"compactAfterUpdates": 5}),
+    ))
+    .await;
+    let doc = yrs::Doc::new();
+    let t = doc.get_or_insert_text("t");
+    let edit = |text: &str| {
+        use yrs::{ReadTxn as _, Text as _, Transact as _};
+        let sv = doc.transact().state_vector();
+        let len = t.len(&doc.transact());
+        t.insert(&mut doc.transact_mut(), len, text);
+        doc.transact().encode_state_as_update_v1(&sv)
+    };
+    let path = "/v1/documents/docs/big-1";
+    // Three updates of 3 KiB: the document is over 8 KiB, no snapshot of it fits.
+    for i in 0..3 {
+        let (status, _) = admin_call(&gw, "POST", path, &edit(&format!("{i}").repeat(3000))).await;
+        assert_eq!(status, 204);
+    }
+    for i in 0..40 {
+        let (status, _) = admin_call(&gw, "POST", path, &edit(&format!("<{i}>"))).await;
+        assert_eq!(status, 204, "edit {i}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // room for a snapshot attempt
+    }
+    let metrics = metrics_text(&gw).await;
+    let failed = metric_sum(
+        &metrics,
+        "switchboard_document_compactions_total",
+        &[("result", "error")],
+    );
+    assert!(
+        (1.0..=10.0).contains(&failed),
+        "43 updates at 5 per compaction period: about 8 tries, not one per update; {failed}"
+    );
+    let (status, state) = admin_call(&gw, "GET", path, b"").await;
+    assert_eq!(status, 200);
+    assert!(text_of(&state).ends_with("<39>"));
+    // The operator was told at start that such documents cannot be snapshotted.
+    let log = gw.log();
+    assert!(
+        log.lines().any(|l| l.contains("cannot be written as one snapshot")
+            && l.contains("route=docs")
+            && l.contains("max_payload=8192")),
+        "no warning naming the documents route:\n{log}"
+    );
+}

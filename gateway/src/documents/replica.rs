@@ -625,6 +625,10 @@ impl Replica {
                     .inc();
             }
             Err(e) => {
+                // Tried again after another `compactAfterUpdates` updates, not with the next
+                // one: each try encodes the whole document, and one that cannot be stored
+                // (larger than the server's max_payload) fails every time.
+                st.since_snapshot = 0;
                 tracing::warn!(document = %self.key.room, error = %e, "document snapshot failed");
                 metrics()
                     .document_compactions

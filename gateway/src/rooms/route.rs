@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::authz::{self, Pattern};
 use super::batch::{BatchCfg, BatchRule};
-use super::bus::{Retention, RoomKey};
+use super::bus::{Carried, CarriedKind, Retention, RoomKey};
 use crate::auth::jwt::Claims;
 use crate::error::CloseCause;
 
@@ -245,17 +245,27 @@ pub fn namespaces(cfg: &GatewayConfig) -> Vec<(String, Option<Retention>)> {
     out
 }
 
-/// Every rooms route (Yjs documents aside: their updates have their own bound) and its
-/// `limits.maxMessageBytes`, for the bus's check against what it can carry.
-pub fn message_limits(cfg: &GatewayConfig) -> Vec<(String, u64)> {
+/// The largest message every rooms route hands the bus: a room message up to the route's
+/// `limits.maxMessageBytes`; a Yjs documents route's snapshot, its whole document, up to
+/// `documents.maxDocumentBytes` (its updates are far smaller).
+pub fn message_limits(cfg: &GatewayConfig) -> Vec<Carried> {
     cfg.routes
         .iter()
-        .filter(|r| {
-            r.rooms
-                .as_ref()
-                .is_some_and(|r| r.protocol != RoomProtocol::Yjs)
+        .filter_map(|r| {
+            let rooms = r.rooms.as_ref()?;
+            let (what, bytes) = match (&rooms.protocol, &rooms.documents) {
+                (RoomProtocol::Yjs, Some(d)) => {
+                    (CarriedKind::DocumentSnapshot, d.max_document_bytes)
+                }
+                (RoomProtocol::Yjs, None) => return None,
+                _ => (CarriedKind::RoomMessage, r.limits.max_message_bytes),
+            };
+            Some(Carried {
+                route: r.name.clone(),
+                what,
+                bytes,
+            })
         })
-        .map(|r| (r.name.clone(), r.limits.max_message_bytes))
         .collect()
 }
 

@@ -144,6 +144,24 @@ pub enum BusError {
     Other(String),
 }
 
+/// The largest message a route hands NATS, for [`Bus::check_message_limits`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Carried {
+    pub route: String,
+    pub what: CarriedKind,
+    /// The route's bound: `limits.maxMessageBytes` of a room message, `maxDocumentBytes` of
+    /// a document snapshot.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CarriedKind {
+    /// A room message in the bus's envelope (binary payloads as base64).
+    RoomMessage,
+    /// A Yjs document's snapshot in its log (the whole document as one message).
+    DocumentSnapshot,
+}
+
 /// Read positions (read receipts, docs/protocol.md): one per (room, user), only ever raised
 /// within an epoch (a position of another epoch replaces it).
 #[async_trait]
@@ -236,10 +254,10 @@ pub trait Bus: Send + Sync {
     /// publish so far). Called once at exit, bounded by the caller.
     async fn flush(&self) {}
 
-    /// The rooms routes' `maxMessageBytes` (route name, bytes), at start and on every reload:
-    /// a bus that carries messages in a bounded envelope (NATS: the server's `max_payload`)
-    /// warns about each route whose largest messages cannot fit it.
-    fn check_message_limits(&self, _routes: Vec<(String, u64)>) {}
+    /// The largest message each route may hand the bus ([`Carried`]), at start and on every
+    /// reload: a bus that carries messages in a bounded envelope (NATS: the server's
+    /// `max_payload`) warns about each route whose largest messages cannot fit it.
+    fn check_message_limits(&self, _routes: Vec<Carried>) {}
 
     /// Whether the bus is usable now (readiness and metrics).
     fn healthy(&self) -> bool;

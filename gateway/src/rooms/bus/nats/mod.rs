@@ -65,8 +65,8 @@ use subjects::*;
 
 use super::feed::FeedSender;
 use super::{
-    Bus, BusError, Member, Payload, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
-    RoomMessage, Subscription,
+    Bus, BusError, Carried, CarriedKind, Member, Payload, Position, PresenceEvent, Publish, Replay,
+    Retention, RoomKey, RoomMessage, Subscription,
 };
 
 /// Upper bound of every bus operation (except [`Bus::replay`], see [`REPLAY_TIMEOUT`]).
@@ -170,9 +170,9 @@ struct Inner {
     epochs: tokio::sync::watch::Sender<u64>,
     /// The rooms routes' `maxMessageBytes`, checked against the server's `max_payload` on
     /// every connection ([`Inner::check_message_limits`]).
-    message_limits: Mutex<Vec<(String, u64)>>,
+    message_limits: Mutex<Vec<Carried>>,
     /// (route, maxMessageBytes, max_payload) already warned about.
-    limits_warned: Mutex<HashSet<(String, u64, usize)>>,
+    limits_warned: Mutex<HashSet<(Carried, usize)>>,
     js: jetstream::Context,
     prefix: String,
     stream_prefix: String,
@@ -510,20 +510,33 @@ impl Inner {
             return; // not connected yet: checked once connected
         };
         let mut warned = lock(&self.limits_warned);
-        for (route, max_message) in lock(&self.message_limits).iter() {
-            let carried = envelope_bound(*max_message);
+        for limit in lock(&self.message_limits).iter() {
+            let carried = match limit.what {
+                CarriedKind::RoomMessage => envelope_bound(limit.bytes),
+                // The document as one update, plus its subject and two headers.
+                CarriedKind::DocumentSnapshot => limit.bytes.saturating_add(1024),
+            };
             // Once per route and pair of values in the process's life, not on every reload
             // and reconnect.
-            if carried > info.max_payload as u64
-                && warned.insert((route.clone(), *max_message, info.max_payload))
+            if carried <= info.max_payload as u64
+                || !warned.insert((limit.clone(), info.max_payload))
             {
-                tracing::warn!(
-                    route = %route,
-                    max_message_bytes = max_message,
+                continue;
+            }
+            match limit.what {
+                CarriedKind::RoomMessage => tracing::warn!(
+                    route = %limit.route,
+                    max_message_bytes = limit.bytes,
                     carried_up_to = carried,
                     max_payload = info.max_payload,
                     "messages near this route's maxMessageBytes cannot fit the NATS server's max_payload once wrapped for the bus (binary payloads travel as base64): they are refused as too large (close 1009 / too_large); raise max_payload or lower maxMessageBytes (docs/nats.md#sizing)"
-                );
+                ),
+                CarriedKind::DocumentSnapshot => tracing::warn!(
+                    route = %limit.route,
+                    max_document_bytes = limit.bytes,
+                    max_payload = info.max_payload,
+                    "documents of this route larger than the NATS server's max_payload cannot be written as one snapshot: their logs are not compacted, and edits a pod could not append are kept only in its memory; raise max_payload (up to 64 MB) or lower maxDocumentBytes (docs/documents.md)"
+                ),
             }
         }
     }
@@ -837,7 +850,7 @@ impl Bus for NatsBus {
             .await
     }
 
-    fn check_message_limits(&self, routes: Vec<(String, u64)>) {
+    fn check_message_limits(&self, routes: Vec<Carried>) {
         *lock(&self.inner.message_limits) = routes;
         self.inner.check_message_limits();
     }
