@@ -1114,9 +1114,10 @@ async fn a_snapshot_over_the_nats_max_payload_is_retried_once_per_compaction_per
     // The operator was told at start that such documents cannot be snapshotted.
     let log = gw.log();
     assert!(
-        log.lines().any(|l| l.contains("cannot be written as one snapshot")
-            && l.contains("route=docs")
-            && l.contains("max_payload=8192")),
+        log.lines()
+            .any(|l| l.contains("cannot be written as one snapshot")
+                && l.contains("route=docs")
+                && l.contains("max_payload=8192")),
         "no warning naming the documents route:\n{log}"
     );
 }

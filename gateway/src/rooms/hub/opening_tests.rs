@@ -17,19 +17,33 @@ fn room(name: &str) -> RoomKey {
 /// Under paused time: a call that waits on something that never comes runs into it at once.
 const PROMPTLY: Duration = Duration::from_secs(2);
 
-/// JetStream not answering a consumer request holds that room's subscription for up to the
-/// bus's 5 s bound: the joins and leaves of every other room go on meanwhile, and a second
-/// joiner of the held room shares the one subscription once it is made.
-#[tokio::test(start_paused = true)]
-async fn a_room_whose_subscription_hangs_holds_up_only_its_own_joiners() {
+/// A hub whose bus holds every subscription to room `stuck` (failing it once released when
+/// `fails`), and member `a` joining it, its subscription held.
+async fn held_opening(
+    fails: bool,
+) -> (
+    Arc<HeldBus>,
+    Arc<Hub>,
+    tokio::task::JoinHandle<Result<Joined, BusError>>,
+) {
     let bus = HeldBus::new();
     *bus.hold_subscribe_of.lock().unwrap() = Some("stuck".into());
+    bus.fail_held.store(fails, Ordering::SeqCst);
     let hub = Hub::new(bus.clone());
     let first = tokio::spawn({
         let hub = hub.clone();
         async move { hub.join(&room("stuck"), &joiner("a"), None, None).await }
     });
     bus.held.notified().await;
+    (bus, hub, first)
+}
+
+/// JetStream not answering a consumer request holds that room's subscription for up to the
+/// bus's 5 s bound: the joins and leaves of every other room go on meanwhile, and a second
+/// joiner of the held room shares the one subscription once it is made.
+#[tokio::test(start_paused = true)]
+async fn a_room_whose_subscription_hangs_holds_up_only_its_own_joiners() {
+    let (bus, hub, first) = held_opening(false).await;
 
     let other = joiner("b");
     tokio::time::timeout(PROMPTLY, hub.join(&room("free"), &other, None, None))
@@ -69,14 +83,7 @@ async fn a_room_whose_subscription_hangs_holds_up_only_its_own_joiners() {
 /// next joiner of that room opens it afresh.
 #[tokio::test(start_paused = true)]
 async fn a_join_cancelled_while_its_room_opens_leaves_the_room_openable() {
-    let bus = HeldBus::new();
-    *bus.hold_subscribe_of.lock().unwrap() = Some("stuck".into());
-    let hub = Hub::new(bus.clone());
-    let first = tokio::spawn({
-        let hub = hub.clone();
-        async move { hub.join(&room("stuck"), &joiner("a"), None, None).await }
-    });
-    bus.held.notified().await;
+    let (bus, hub, first) = held_opening(false).await;
     first.abort();
     let _ = first.await;
 
@@ -95,16 +102,11 @@ async fn a_join_cancelled_while_its_room_opens_leaves_the_room_openable() {
 /// comes later tries afresh.
 #[tokio::test(start_paused = true)]
 async fn joiners_waiting_for_a_room_that_fails_to_open_share_its_error() {
-    let bus = HeldBus::new();
-    *bus.hold_subscribe_of.lock().unwrap() = Some("stuck".into());
-    bus.fail_held.store(true, Ordering::SeqCst);
-    let hub = Hub::new(bus.clone());
+    let (bus, hub, first) = held_opening(true).await;
     let join = |conn: &'static str| {
         let hub = hub.clone();
         tokio::spawn(async move { hub.join(&room("stuck"), &joiner(conn), None, None).await })
     };
-    let first = join("a");
-    bus.held.notified().await;
     let waiting: Vec<_> = ["b", "c", "d"].into_iter().map(join).collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
     bus.release.notify_one();
