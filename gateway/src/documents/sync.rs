@@ -364,49 +364,70 @@ pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool,
     let insertions = u.insertions(true);
     let mut txn = awareness.doc().transact_mut();
     let before = txn.state_vector();
-    let waiting = waiting_deletes(&u, &insertions, &before);
-    if from == Source::Editor && waiting > 0 {
-        let pending = txn.store().pending_ds().map_or(0, count_ranges);
-        if pending + waiting > MAX_PENDING_DELETES {
-            return Err(Refused::from(format!(
-                "deletes {waiting} ranges of items the document does not have \
-                 ({pending} already wait; at most {MAX_PENDING_DELETES})"
-            )));
-        }
+    let pending_before = txn.store().pending_ds().map_or(0, count_ranges);
+    let waiting = count_ranges(&waiting_deletes(&u, &insertions, &before));
+    if from == Source::Editor && waiting > 0 && pending_before + waiting > MAX_PENDING_DELETES {
+        return Err(Refused::from(format!(
+            "deletes {waiting} ranges of items the document does not have \
+             ({pending_before} already wait; at most {MAX_PENDING_DELETES})"
+        )));
     }
-    match txn.apply_update(u) {
-        // Deletes that wait for their items count like items that wait for others.
-        Ok(()) => {
-            Ok(new_items(&insertions, &before) || waiting > 0 || !txn.delete_set().is_empty())
+    let outcome = txn.apply_update(u);
+    // The check above cannot see what yrs holds back (an item whose origin the document
+    // lacks, with deletes of its own clocks): the pending set itself is the bound.
+    let pending_after = txn.store().pending_ds().map_or(0, count_ranges);
+    let over = from == Source::Editor
+        && pending_after > MAX_PENDING_DELETES
+        && pending_after > pending_before;
+    let reason = match outcome {
+        Ok(()) if !over => {
+            return Ok(new_items(&insertions, &before)
+                || waiting > 0
+                || !txn.delete_set().is_empty());
         }
-        Err(e) => {
-            let changed = txn.state_vector() != before || !txn.delete_set().is_empty();
-            drop(txn);
-            let partial = changed.then(|| awareness.doc().transact().encode_diff_v1(&before));
-            Err(Refused {
-                reason: format!("update not applicable: {e}"),
-                partial,
-            })
-        }
-    }
+        Ok(()) => format!(
+            "deletes of items the document does not have would wait in {pending_after} \
+             ranges ({pending_before} waited; at most {MAX_PENDING_DELETES})"
+        ),
+        Err(e) => format!("update not applicable: {e}"),
+    };
+    let changed = txn.has_changes();
+    drop(txn);
+    let partial = changed.then(|| awareness.doc().transact().encode_diff_v1(&before));
+    Err(Refused { reason, partial })
 }
 
-/// How many ranges of `u`'s delete set name clocks past both what the document has (`sv`)
-/// and what `u` itself inserts: yrs keeps those as pending deletes until the items come.
-fn waiting_deletes(u: &Update, insertions: &IdSet, sv: &StateVector) -> usize {
-    let own_end = |client: &ClientID| {
-        insertions
-            .get(client)
-            .and_then(|ranges| ranges.iter().map(|(r, _)| r.end).max())
-            .unwrap_or(0)
+/// The ranges of `u`'s delete set that yrs will keep waiting (its pending delete set): past
+/// what the document has (`sv`), extended only through `u`'s own insertions that continue it
+/// without a gap. Deletes below an item far past the document (yrs places it after a gap)
+/// wait all the same.
+fn waiting_deletes(u: &Update, insertions: &IdSet, sv: &StateVector) -> IdSet {
+    let mut waiting = IdSet::new();
+    for (client, ranges) in u.delete_set().iter() {
+        let known = reach(insertions, client, sv.get(client));
+        for r in ranges.iter().filter(|r| r.end > known) {
+            let start = r.start.max(known);
+            waiting.insert(ID::new(*client, start), r.end - start);
+        }
+    }
+    waiting
+}
+
+/// How far `client`'s clocks reach from `clock` through `insertions` that continue it without
+/// a gap.
+fn reach(insertions: &IdSet, client: &ClientID, mut clock: u32) -> u32 {
+    let Some(ranges) = insertions.get(client) else {
+        return clock;
     };
-    u.delete_set()
-        .iter()
-        .map(|(client, ranges)| {
-            let known = sv.get(client).max(own_end(client));
-            ranges.iter().filter(|r| r.end > known).count()
-        })
-        .sum()
+    let mut ranges: Vec<_> = ranges.iter().map(|(r, _)| r.clone()).collect();
+    ranges.sort_by_key(|r| r.start);
+    for r in ranges {
+        if r.start > clock {
+            break;
+        }
+        clock = clock.max(r.end);
+    }
+    clock
 }
 
 /// Whether `insertions` hold items past what the document has (`sv`): integrated now, or
@@ -639,6 +660,84 @@ mod tests {
             "{answer:?}"
         );
         assert!(!apply(&server, &[0, 0], Source::Editor).unwrap());
+    }
+
+    /// The pending delete set's ranges (yrs merges it again with every later update).
+    fn pending_deletes(server: &Awareness) -> usize {
+        server
+            .doc()
+            .transact()
+            .store()
+            .pending_ds()
+            .map_or(0, count_ranges)
+    }
+
+    /// One update from client `x`: a string item at `clock` in root text `t` (with `origin`, its
+    /// left neighbour, if any) of `len` characters, and one-clock deletes of `x` at every even
+    /// clock in `deleted`.
+    fn item_with_deletes(
+        x: u64,
+        clock: u32,
+        origin: Option<(u64, u32)>,
+        len: usize,
+        deleted: std::ops::Range<u32>,
+    ) -> Vec<u8> {
+        use yrs::encoding::write::Write;
+        use yrs::updates::encoder::{Encoder, EncoderV1};
+        let mut e = EncoderV1::new();
+        e.write_var(1u32); // one client
+        e.write_var(1u32); // one block
+        e.write_var(x);
+        e.write_var(clock);
+        match origin {
+            Some((client, clock)) => {
+                e.write_u8(0x84); // string content, with a left origin
+                e.write_var(client);
+                e.write_var(clock);
+            }
+            None => {
+                e.write_u8(0x04); // string content, parent by root name
+                e.write_var(1u32);
+                e.write_string("t");
+            }
+        }
+        e.write_string(&"x".repeat(len));
+        let ds = IdSet::from_iter(std::iter::once((
+            ClientID::new(x),
+            deleted.step_by(2).map(|c| c..c + 1),
+        )));
+        ds.encode(&mut e);
+        e.to_vec()
+    }
+
+    #[test]
+    fn deletes_below_an_item_far_past_the_document_do_not_bypass_the_pending_bound() {
+        // One item of client 77 at clock 1,000,000 (the document has nothing of 77: yrs puts
+        // it after a gap) and 2,000 deletes of 77 below it, none of which the document has.
+        let server = Awareness::new(Doc::new());
+        let u = item_with_deletes(77, 1_000_000, None, 1, 0..4_000);
+        let e = apply(&server, &u, Source::Editor).unwrap_err();
+        assert!(e.reason.contains("does not have"), "{e}");
+        let pending = pending_deletes(&server);
+        assert!(pending <= MAX_PENDING_DELETES, "{pending} pending deletes");
+    }
+
+    #[test]
+    fn deletes_of_an_item_held_for_a_missing_origin_do_not_bypass_the_pending_bound() {
+        // An item of client 78 from clock 0 (contiguous with the document) whose left origin
+        // (client 79) the document never had: yrs holds it back, and the 2,048 deletes of its
+        // own clocks wait with it.
+        let server = Awareness::new(Doc::new());
+        let u = item_with_deletes(78, 0, Some((79, 5)), 4_096, 0..4_096);
+        let e = apply(&server, &u, Source::Editor).unwrap_err();
+        assert!(e.reason.contains("wait"), "{e}");
+        assert!(e.partial.is_none(), "nothing of it was integrated");
+        // The sender is refused; later updates adding waiting deletes are refused before yrs
+        // merges them, and ordinary edits still apply.
+        let more = item_with_deletes(80, 1_000, None, 1, 0..10);
+        assert!(apply(&server, &more, Source::Editor).is_err());
+        let (_, fine) = client_edit("fine");
+        assert!(apply(&server, &fine, Source::Editor).unwrap());
     }
 
     #[test]
