@@ -391,9 +391,10 @@ pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool,
         ),
         Err(e) => format!("update not applicable: {e}"),
     };
-    let changed = txn.has_changes();
+    // This transaction's own change: the blocks it integrated and its own deletes, not the
+    // whole document's delete set (megabytes on a heavily edited document).
+    let partial = txn.has_changes().then(|| txn.encode_update_v1());
     drop(txn);
-    let partial = changed.then(|| awareness.doc().transact().encode_diff_v1(&before));
     Err(Refused { reason, partial })
 }
 

@@ -29,9 +29,10 @@ fn editor(r: &Replica, id: &str) -> Arc<Outbox> {
     outbox
 }
 
-/// Apply every document update queued to an editor to `doc` (what a stock editor does).
-fn receive(outbox: &Outbox, doc: &Doc) {
-    for item in outbox.take_now() {
+/// Apply the document updates among `items` (queued to an editor) to `doc`, as a stock
+/// editor does.
+fn receive_items(items: Vec<Item>, doc: &Doc) {
+    for item in items {
         let Item::RawBinary(frame) = item else {
             continue;
         };
@@ -71,9 +72,16 @@ async fn an_update_that_fails_halfway_is_relayed_as_far_as_it_was_applied() {
     let _sender = editor(&r, "x");
     let _author = editor(&r, "a");
     let author = Doc::with_client_id(7);
-    r.apply_local(Some("a"), edit(&author, "hello"))
+    r.apply_local(Some("a"), edit(&author, "hello!"))
         .await
         .unwrap();
+    // An older delete of the document's (its delete set is not part of what fails later).
+    let sv = author.transact().state_vector();
+    author
+        .get_or_insert_text("t")
+        .remove_range(&mut author.transact_mut(), 5, 1);
+    let delete = author.transact().encode_diff_v1(&sv);
+    r.apply_local(Some("a"), delete).await.unwrap();
     // Client 4242: "GOOD" into root text t (valid), then an item whose parent is (7, 0), a
     // string item, not a shared type (yrs: InvalidParent after it integrated the first).
     let bad = vec![
@@ -84,8 +92,25 @@ async fn an_update_that_fails_halfway_is_relayed_as_far_as_it_was_applied() {
     ];
     let e = r.apply_local(Some("x"), bad).await.unwrap_err();
     assert!(matches!(e, CloseCause::ProtocolError), "{e:?}");
+    let relayed: Vec<_> = watcher.take_now();
+    let partial = relayed
+        .iter()
+        .filter_map(|i| match i {
+            Item::RawBinary(f) => match sync::decode(f) {
+                Ok(Inbound::Update(u)) => Some(u),
+                _ => None,
+            },
+            _ => None,
+        })
+        .next_back()
+        .expect("the applied part relayed");
+    let partial = Update::decode_v1(&partial).unwrap();
+    assert!(
+        partial.delete_set().get(&yrs::ClientID::new(7)).is_none(),
+        "the partial carries the document's older deletes: {partial:?}"
+    );
     let seen = Doc::new();
-    receive(&watcher, &seen);
+    receive_items(relayed, &seen);
     assert_eq!(
         text_of(&seen),
         replica_text(&r),
