@@ -35,6 +35,10 @@ pub const MAX_AWARENESS_CLIENTS: usize = 8;
 /// few selections take well under 1 KiB. With [`MAX_AWARENESS_CLIENTS`] it bounds what one
 /// connection adds to every newcomer's first awareness snapshot (64 KiB).
 pub const MAX_AWARENESS_STATE_BYTES: usize = 8192;
+/// An edit that does not fit `maxDocumentBytes` by the tracked size makes the pod measure the
+/// document only when the tracked size grew by more than 1/64 of the bound since it was last
+/// exact; within that margin the tracked size decides.
+const MEASURE_MARGIN: u64 = 64;
 /// How often a replica retries writing an update it could not store (as a snapshot).
 const REPAIR_EVERY: Duration = Duration::from_secs(1);
 
@@ -76,6 +80,10 @@ struct State {
     editors: HashMap<String, Editor>,
     /// The encoded document's size, approximately: the last snapshot plus every update since.
     doc_bytes: u64,
+    /// `doc_bytes` when it was last exact (measured, recounted, a snapshot written or read).
+    measured_bytes: u64,
+    /// How often an edit made the pod measure the document (a whole encode).
+    measurements: u64,
     /// Updates in the log after its last snapshot (or, in memory, since the last recount).
     since_snapshot: u32,
     /// Highest log sequence this replica has integrated (every message at or below it).
@@ -88,6 +96,17 @@ struct State {
 }
 
 impl State {
+    /// Set the document's size to its exact encoded size (one whole encode).
+    fn measure(&mut self) {
+        self.exact(sync::state(&self.awareness).len() as u64);
+    }
+
+    /// The document's size is `bytes`, exactly.
+    fn exact(&mut self, bytes: u64) {
+        self.doc_bytes = bytes;
+        self.measured_bytes = bytes;
+    }
+
     /// Awareness clients announced by this pod's editors.
     fn local_clients(&self) -> Vec<ClientID> {
         self.editors
@@ -179,6 +198,8 @@ impl Replica {
                 awareness: Awareness::new(Doc::new()),
                 editors: HashMap::new(),
                 doc_bytes: 0,
+                measured_bytes: 0,
+                measurements: 0,
                 since_snapshot: 0,
                 applied_seq: 0,
                 compacting: false,
@@ -504,10 +525,17 @@ impl Replica {
         }
         let (stored, result) = {
             let mut st = self.lock();
-            if st.doc_bytes + len > self.cfg.max_document_bytes {
+            let max = self.cfg.max_document_bytes;
+            if st.doc_bytes + len > max
+                && st.doc_bytes.saturating_sub(st.measured_bytes) > max / MEASURE_MARGIN
+            {
                 // The tracked size is an upper bound (a snapshot plus every update since):
-                // measured before an edit is refused for it.
-                st.doc_bytes = sync::state(&st.awareness).len() as u64;
+                // measured before an edit is refused for it, unless it grew by little since
+                // it was last exact (a whole encode under the lock for each edit near the
+                // bound otherwise).
+                st.measure();
+                st.measurements += 1;
+                tracing::debug!(document = %self.key.room, bytes = st.doc_bytes, measurements = st.measurements, "document measured");
             }
             if st.doc_bytes + len > self.cfg.max_document_bytes {
                 metrics()
@@ -570,7 +598,7 @@ impl Replica {
             st.since_snapshot += 1;
             if st.since_snapshot >= self.cfg.compact_after_updates {
                 st.since_snapshot = 0;
-                st.doc_bytes = sync::state(&st.awareness).len() as u64;
+                st.measure();
             }
         }
     }
@@ -618,7 +646,7 @@ impl Replica {
         match result {
             Ok(()) => {
                 st.dirty = false;
-                st.doc_bytes = len;
+                st.exact(len);
                 metrics()
                     .document_compactions
                     .with_label_values(&["ok"])
@@ -766,7 +794,7 @@ fn integrate(r: &Arc<Replica>, s: store::Stored, last: u64) {
     st.applied_seq = s.seq;
     if s.snapshot {
         st.since_snapshot = 0;
-        st.doc_bytes = s.update.len() as u64;
+        st.exact(s.update.len() as u64);
     } else {
         st.since_snapshot += 1;
         if !own {

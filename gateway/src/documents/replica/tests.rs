@@ -304,3 +304,26 @@ async fn a_reconnected_editors_next_awareness_renewal_is_echoed_as_by_the_refere
         "the lone editor hears its renewal: {echoed:?}"
     );
 }
+
+#[tokio::test]
+async fn edits_near_the_size_bound_do_not_each_measure_the_document() {
+    let r = replica(small_documents());
+    let author = Doc::with_client_id(5);
+    r.apply_local(Some("x"), edit(&author, &"z".repeat(9_800)))
+        .await
+        .unwrap();
+    // One-character edits until and past the bound: the first that does not fit the tracked
+    // size measures the document; those after it are decided from the tracked size.
+    let editor = Doc::with_client_id(6);
+    let mut refused = 0;
+    for _ in 0..200 {
+        match r.apply_local(Some("e"), edit(&editor, "A")).await {
+            Ok(()) => {}
+            Err(CloseCause::DocumentTooLarge) => refused += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(refused > 0, "the bound is reached");
+    let measurements = r.lock().measurements;
+    assert!(measurements <= 2, "{measurements} measurements");
+}
