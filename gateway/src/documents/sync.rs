@@ -349,10 +349,11 @@ impl From<String> for Refused {
 /// Apply an encoded update to the document. Ok(false): it changed nothing, i.e. it carries
 /// no items the document lacks and deletes nothing the document had not deleted (a
 /// y-websocket editor's answer to the gateway's sync step 1 when it has nothing new: no
-/// items, and the delete set of everything it knows; an update sent again). An update with
-/// items past the document's state always counts (they may wait for others), and so do
-/// deletes of items the document does not have (they wait for them; at most
-/// [`MAX_PENDING_DELETES`] from editors).
+/// items, and the delete set of everything it knows; an update sent again, deletes already
+/// waiting included). An update with items yrs integrates or holds back for others counts,
+/// and so do deletes of items the document does not have that do not wait yet (they wait for
+/// them; at most [`MAX_PENDING_DELETES`] from editors). Items yrs already holds back, sent
+/// again, count again (telling them apart would walk every held item on each update).
 /// Err: refused; [`Refused::partial`] is what of it was applied all the same.
 pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool, Refused> {
     count_fits(update, MIN_CLIENT_BYTES, "update")?;
@@ -364,8 +365,9 @@ pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool,
     let insertions = u.insertions(true);
     let mut txn = awareness.doc().transact_mut();
     let before = txn.state_vector();
-    let pending_before = txn.store().pending_ds().map_or(0, count_ranges);
-    let waiting = count_ranges(&waiting_deletes(&u, &insertions, &before));
+    let pending = txn.store().pending_ds();
+    let pending_before = pending.map_or(0, count_ranges);
+    let waiting = count_ranges(&waiting_deletes(&u, &insertions, &before, pending));
     if from == Source::Editor && waiting > 0 && pending_before + waiting > MAX_PENDING_DELETES {
         return Err(Refused::from(format!(
             "deletes {waiting} ranges of items the document does not have \
@@ -381,7 +383,11 @@ pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool,
         && pending_after > pending_before;
     let reason = match outcome {
         Ok(()) if !over => {
-            return Ok(new_items(&insertions, &before)
+            // Items past the document's state it did not integrate: held back for others.
+            let held = txn.store().pending_update().is_some()
+                && count_ranges(&past(&insertions, &before).diff(txn.insert_set())) > 0;
+            return Ok(!txn.insert_set().is_empty()
+                || held
                 || waiting > 0
                 || !txn.delete_set().is_empty());
         }
@@ -398,11 +404,16 @@ pub fn apply(awareness: &Awareness, update: &[u8], from: Source) -> Result<bool,
     Err(Refused { reason, partial })
 }
 
-/// The ranges of `u`'s delete set that yrs will keep waiting (its pending delete set): past
-/// what the document has (`sv`), extended only through `u`'s own insertions that continue it
-/// without a gap. Deletes below an item far past the document (yrs places it after a gap)
-/// wait all the same.
-fn waiting_deletes(u: &Update, insertions: &IdSet, sv: &StateVector) -> IdSet {
+/// The ranges of `u`'s delete set that yrs will keep waiting (its pending delete set) and
+/// that do not wait already (`pending`): past what the document has (`sv`), extended only
+/// through `u`'s own insertions that continue it without a gap. Deletes below an item far
+/// past the document (yrs places it after a gap) wait all the same.
+fn waiting_deletes(
+    u: &Update,
+    insertions: &IdSet,
+    sv: &StateVector,
+    pending: Option<&IdSet>,
+) -> IdSet {
     let mut waiting = IdSet::new();
     for (client, ranges) in u.delete_set().iter() {
         let known = reach(insertions, client, sv.get(client));
@@ -411,7 +422,10 @@ fn waiting_deletes(u: &Update, insertions: &IdSet, sv: &StateVector) -> IdSet {
             waiting.insert(ID::new(*client, start), r.end - start);
         }
     }
-    waiting
+    match pending {
+        Some(p) => waiting.diff(p),
+        None => waiting,
+    }
 }
 
 /// How far `client`'s clocks reach from `clock` through `insertions` that continue it without
@@ -431,12 +445,17 @@ fn reach(insertions: &IdSet, client: &ClientID, mut clock: u32) -> u32 {
     clock
 }
 
-/// Whether `insertions` hold items past what the document has (`sv`): integrated now, or
-/// waiting for others. Items it has are skipped by yrs (a resent update).
-fn new_items(insertions: &IdSet, sv: &StateVector) -> bool {
-    insertions
-        .iter()
-        .any(|(client, ranges)| ranges.iter().any(|r| r.end > sv.get(client)))
+/// The parts of `insertions` past what the document has (`sv`).
+fn past(insertions: &IdSet, sv: &StateVector) -> IdSet {
+    let mut new = IdSet::new();
+    for (client, ranges) in insertions.iter() {
+        let have = sv.get(client);
+        for r in ranges.iter().filter(|r| r.end > have) {
+            let start = r.start.max(have);
+            new.insert(ID::new(*client, start), r.end - start);
+        }
+    }
+    new
 }
 
 fn count_ranges(ds: &IdSet) -> usize {
@@ -739,6 +758,20 @@ mod tests {
         assert!(apply(&server, &more, Source::Editor).is_err());
         let (_, fine) = client_edit("fine");
         assert!(apply(&server, &fine, Source::Editor).unwrap());
+    }
+
+    #[test]
+    fn deletes_already_waiting_sent_again_change_nothing() {
+        let server = Awareness::new(Doc::new());
+        let u = item_with_deletes(81, 1_000, None, 1, 0..20);
+        assert!(apply(&server, &u, Source::Editor).unwrap(), "first time");
+        let pending = pending_deletes(&server);
+        assert_eq!(pending, 10);
+        assert!(
+            !apply(&server, &u, Source::Editor).unwrap(),
+            "the same item and deletes again"
+        );
+        assert_eq!(pending_deletes(&server), pending);
     }
 
     #[test]
