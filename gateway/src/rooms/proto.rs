@@ -17,7 +17,7 @@ use prost::Message as _;
 use serde_json::{Value, json};
 
 use super::bus::{Payload, Position as BusPosition, RoomMessage as BusMessage};
-use super::protocol::{BadMessage, ClientMsg};
+use super::protocol::{self, BadMessage, ClientMsg};
 
 /// The WebSocket subprotocol of the binary encoding.
 pub const SUBPROTOCOL: &str = "switchboard.v1.proto";
@@ -328,6 +328,16 @@ pub fn decode_client(frame: &[u8]) -> Result<ClientMsg, (Option<String>, BadMess
             let (data, bin) = match p.payload {
                 None => return Err((id, bad("publish needs `json` or `binary`"))),
                 Some(publish::Payload::Json(j)) => match serde_json::from_slice::<Value>(&j) {
+                    // As deep as a text frame's `data` may be (the bus reads no deeper).
+                    Ok(v) if protocol::data_depth(&v) > protocol::MAX_DATA_DEPTH => {
+                        return Err((
+                            id,
+                            bad(format!(
+                                "json nests deeper than {} levels",
+                                protocol::MAX_DATA_DEPTH
+                            )),
+                        ));
+                    }
                     Ok(v) => (Some(v), None),
                     Err(e) => return Err((id, bad(format!("json is not JSON: {e}")))),
                 },
@@ -758,6 +768,40 @@ mod tests {
         let json = protocol::message(&m);
         assert!(bin.len() < 360, "{} bytes", bin.len());
         assert!(json.len() > 400, "{} bytes", json.len());
+    }
+
+    /// `[[…[]…]]`, `depth` levels.
+    fn nested(depth: usize) -> Value {
+        (0..depth).fold(Value::Null, |inner, d| {
+            if d == 0 {
+                Value::Array(vec![])
+            } else {
+                Value::Array(vec![inner])
+            }
+        })
+    }
+
+    #[test]
+    fn json_data_is_admitted_as_deep_as_in_a_text_frame_and_no_deeper() {
+        for depth in [protocol::MAX_DATA_DEPTH, protocol::MAX_DATA_DEPTH + 1] {
+            assert_eq!(protocol::data_depth(&nested(depth)), depth);
+            let m = ClientMsg::Publish {
+                room: "a".into(),
+                data: Some(nested(depth)),
+                b64: None,
+                bin: None,
+                id: Some("p".into()),
+                ephemeral: false,
+            };
+            let text = serde_json::to_string(&m).unwrap();
+            let admitted = depth <= protocol::MAX_DATA_DEPTH;
+            assert_eq!(protocol::parse(&text).is_ok(), admitted, "text, depth {depth}");
+            assert_eq!(
+                decode_client(&encode_client(&m)).is_ok(),
+                admitted,
+                "binary, depth {depth}"
+            );
+        }
     }
 
     #[test]

@@ -94,6 +94,29 @@ impl ErrorCode {
     }
 }
 
+/// Deepest nesting of a message's JSON `data` (`[[1]]` is 2) that clients may publish, by
+/// any path: what a text frame's parser admits (serde_json's 128-level bound less the
+/// frame's own levels). The bus's envelope holds `data` no deeper, so every message a client
+/// may publish is one the bus reads back; the binary encoding, which parses `json` alone,
+/// checks it explicitly.
+pub const MAX_DATA_DEPTH: usize = 126;
+
+/// How deeply `v` nests (a scalar is 0). Iterative: no recursion on client data.
+pub fn data_depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
+}
+
 /// Why a client's text frame is not a protocol message: the reason of its `bad_request` reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -79,6 +79,26 @@ fn kv_keys_escape_everything_outside_the_kv_alphabet_injectively() {
     assert_eq!(k, "n=40s.r=2B1.pod=2F1");
 }
 
+/// The deepest `data` a client may publish is read back from the envelope (one nested 127
+/// levels, which the binary encoding admitted, was acknowledged and then dropped by every pod
+/// as "not a JSON envelope").
+#[test]
+fn the_deepest_data_a_client_may_publish_survives_the_envelope() {
+    let depth = crate::rooms::protocol::MAX_DATA_DEPTH;
+    let data = (1..depth).fold(serde_json::json!([]), |inner, _| serde_json::json!([inner]));
+    assert_eq!(crate::rooms::protocol::data_depth(&data), depth);
+    let p = Publish {
+        key: key("r"),
+        from: None,
+        data: Payload::Json(data.clone()),
+        ephemeral: false,
+        origin_conn: None,
+    };
+    let bytes = Envelope::of(p, 1).encode();
+    let m = decode(&key("r"), &bytes, 7, "e", 0).expect("decodes");
+    assert_eq!(m.data, Payload::Json(data));
+}
+
 #[test]
 fn envelopes_round_trip_every_payload_kind() {
     for data in [
