@@ -795,7 +795,11 @@ mod tests {
             };
             let text = serde_json::to_string(&m).unwrap();
             let admitted = depth <= protocol::MAX_DATA_DEPTH;
-            assert_eq!(protocol::parse(&text).is_ok(), admitted, "text, depth {depth}");
+            assert_eq!(
+                protocol::parse(&text).is_ok(),
+                admitted,
+                "text, depth {depth}"
+            );
             assert_eq!(
                 decode_client(&encode_client(&m)).is_ok(),
                 admitted,
