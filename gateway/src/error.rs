@@ -385,7 +385,7 @@ pub fn table() -> Vec<Row> {
     ];
     let closes = [
         (
-            "a message over maxMessageBytes (either direction)",
+            "a message over maxMessageBytes (from the client; in proxy mode also from the app)",
             CloseCause::MessageTooBig,
         ),
         (
