@@ -27,19 +27,28 @@ fn publish(room: &str, n: i64) -> Publish {
     }
 }
 
-async fn bus_with_history(max: u32) -> MemoryBus {
+async fn bus_with(retention: Retention) -> MemoryBus {
     let bus = MemoryBus::new();
-    bus.configure(
-        "ns",
-        Some(Retention {
-            max_messages: max,
-            max_age: Duration::from_secs(60),
-            max_bytes: None,
-        }),
-    )
-    .await
-    .unwrap();
+    bus.configure("ns", Some(retention)).await.unwrap();
     bus
+}
+
+async fn bus_with_history(max: u32) -> MemoryBus {
+    bus_with(Retention {
+        max_messages: max,
+        max_age: Duration::from_secs(60),
+        max_bytes: None,
+    })
+    .await
+}
+
+/// 100 messages a room for 10 minutes, the namespace's history bounded at `max_bytes`.
+fn bytes_bound(max_bytes: u64) -> Retention {
+    Retention {
+        max_messages: 100,
+        max_age: Duration::from_secs(600),
+        max_bytes: Some(max_bytes),
+    }
 }
 
 #[tokio::test]
@@ -202,18 +211,12 @@ async fn presence_lists_members_and_announces_changes() {
     assert!(bus.presence_list(&key("a")).await.unwrap().is_empty());
 }
 async fn bus_with_age(max_age: Duration) -> MemoryBus {
-    let bus = MemoryBus::new();
-    bus.configure(
-        "ns",
-        Some(Retention {
-            max_messages: 10,
-            max_age,
-            max_bytes: None,
-        }),
-    )
+    bus_with(Retention {
+        max_messages: 10,
+        max_age,
+        max_bytes: None,
+    })
     .await
-    .unwrap();
-    bus
 }
 
 #[tokio::test]
@@ -381,17 +384,7 @@ async fn a_room_freed_by_its_wake_up_does_not_deadlock_the_publish() {
 #[tokio::test]
 async fn a_namespaces_history_is_bounded_in_bytes_its_oldest_messages_going_first() {
     let max_bytes = 256 * 1024;
-    let bus = MemoryBus::new();
-    bus.configure(
-        "ns",
-        Some(Retention {
-            max_messages: 100,
-            max_age: Duration::from_secs(600),
-            max_bytes: Some(max_bytes),
-        }),
-    )
-    .await
-    .unwrap();
+    let bus = bus_with(bytes_bound(max_bytes)).await;
     let first = bus.publish(big("r0")).await.unwrap().unwrap();
     for r in 1..1000 {
         bus.publish(big(&format!("r{r}"))).await.unwrap();
@@ -458,18 +451,12 @@ async fn reading_a_room_whose_history_expired_frees_it() {
 /// A reload that lowers `maxBytes` takes effect at the next sweep, not the next publish.
 #[tokio::test]
 async fn the_sweep_brings_a_namespace_down_to_a_lowered_byte_bound() {
-    let retention = |max_bytes| Retention {
-        max_messages: 100,
-        max_age: Duration::from_secs(600),
-        max_bytes: Some(max_bytes),
-    };
-    let bus = MemoryBus::new();
-    bus.configure("ns", Some(retention(1 << 20))).await.unwrap();
+    let bus = bus_with(bytes_bound(1 << 20)).await;
     for r in 0..100 {
         bus.publish(big(&format!("r{r}"))).await.unwrap();
     }
     assert!(bus.held_bytes("ns") > 512 * 1024);
-    bus.configure("ns", Some(retention(256 * 1024)))
+    bus.configure("ns", Some(bytes_bound(256 * 1024)))
         .await
         .unwrap();
     bus.sweep(now_ms(), SWEEP_BUDGET);
@@ -487,17 +474,7 @@ async fn the_sweep_brings_a_namespace_down_to_a_lowered_byte_bound() {
 /// 4096) lost something.
 #[tokio::test]
 async fn rooms_freed_by_the_byte_bound_do_not_make_quiet_rooms_resume_lost() {
-    let bus = MemoryBus::new();
-    bus.configure(
-        "ns",
-        Some(Retention {
-            max_messages: 100,
-            max_age: Duration::from_secs(600),
-            max_bytes: Some(64 * 1024),
-        }),
-    )
-    .await
-    .unwrap();
+    let bus = bus_with(bytes_bound(64 * 1024)).await;
     let quiet: Vec<String> = (0..20).map(|i| format!("quiet{i}")).collect();
     let given = bus.position(&key("quiet0")).await.unwrap();
     for r in 0..30 {
