@@ -537,7 +537,7 @@ impl Replica {
                 st.measurements += 1;
                 tracing::debug!(document = %self.key.room, bytes = st.doc_bytes, measurements = st.measurements, "document measured");
             }
-            if st.doc_bytes + len > self.cfg.max_document_bytes {
+            if st.doc_bytes + len > max {
                 metrics()
                     .document_updates
                     .with_label_values(&["too_large"])

@@ -414,14 +414,9 @@ fn waiting_deletes(
     sv: &StateVector,
     pending: Option<&IdSet>,
 ) -> IdSet {
-    let mut waiting = IdSet::new();
-    for (client, ranges) in u.delete_set().iter() {
-        let known = reach(insertions, client, sv.get(client));
-        for r in ranges.iter().filter(|r| r.end > known) {
-            let start = r.start.max(known);
-            waiting.insert(ID::new(*client, start), r.end - start);
-        }
-    }
+    let waiting = beyond(u.delete_set(), |client| {
+        reach(insertions, client, sv.get(client))
+    });
     match pending {
         Some(p) => waiting.diff(p),
         None => waiting,
@@ -447,15 +442,20 @@ fn reach(insertions: &IdSet, client: &ClientID, mut clock: u32) -> u32 {
 
 /// The parts of `insertions` past what the document has (`sv`).
 fn past(insertions: &IdSet, sv: &StateVector) -> IdSet {
-    let mut new = IdSet::new();
-    for (client, ranges) in insertions.iter() {
-        let have = sv.get(client);
-        for r in ranges.iter().filter(|r| r.end > have) {
-            let start = r.start.max(have);
-            new.insert(ID::new(*client, start), r.end - start);
+    beyond(insertions, |client| sv.get(client))
+}
+
+/// The parts of `set` at or past each client's clock `from(client)`.
+fn beyond(set: &IdSet, from: impl Fn(&ClientID) -> u32) -> IdSet {
+    let mut out = IdSet::new();
+    for (client, ranges) in set.iter() {
+        let floor = from(client);
+        for r in ranges.iter().filter(|r| r.end > floor) {
+            let start = r.start.max(floor);
+            out.insert(ID::new(*client, start), r.end - start);
         }
     }
-    new
+    out
 }
 
 fn count_ranges(ds: &IdSet) -> usize {

@@ -168,10 +168,10 @@ struct Inner {
     /// Bumped once the epochs have been read again after a (re)connect: the pumps compare
     /// their streams' epochs with the namespaces'.
     epochs: tokio::sync::watch::Sender<u64>,
-    /// The rooms routes' `maxMessageBytes`, checked against the server's `max_payload` on
-    /// every connection ([`Inner::check_message_limits`]).
+    /// The largest message each route hands the bus, checked against the server's
+    /// `max_payload` on every connection ([`Inner::check_message_limits`]).
     message_limits: Mutex<Vec<Carried>>,
-    /// (route, maxMessageBytes, max_payload) already warned about.
+    /// (route's limit, max_payload) already warned about.
     limits_warned: Mutex<HashSet<(Carried, usize)>>,
     js: jetstream::Context,
     prefix: String,
@@ -503,8 +503,9 @@ impl Inner {
         }
     }
 
-    /// Warn about each rooms route whose largest message, as the bus carries it, cannot fit
-    /// the connected server's `max_payload` (such a message is refused as too large).
+    /// Warn about each route whose largest message, as the bus carries it, cannot fit the
+    /// connected server's `max_payload` (a room message is then refused as too large; a
+    /// document snapshot is not written).
     fn check_message_limits(&self) {
         let Some(info) = self.client.try_server_info() else {
             return; // not connected yet: checked once connected
