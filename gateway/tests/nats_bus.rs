@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use switchboard_gateway::rooms::bus::nats::{NO_HISTORY_EPOCH, NatsBus};
 use switchboard_gateway::rooms::bus::{
-    Bus, BusError, Member, Payload, Position, Publish, Replay, Retention, RoomKey, RoomMessage,
-    Subscription,
+    Bus, BusError, Member, Payload, Position, Publish, Replay, Replayed, Retention, RoomKey,
+    RoomMessage, Sink, Subscription,
 };
 
 use support::nats::NatsServer;
@@ -198,6 +198,40 @@ async fn replay_returns_exactly_the_gap_even_with_other_rooms_in_the_stream() {
         seqs(&b.replay(&key("a"), &joined).await.unwrap()),
         vec![next.seq]
     );
+}
+
+/// Takes messages until it holds `max`, then stops the read; records every message offered.
+struct FirstN(Vec<RoomMessage>, usize);
+
+impl Sink for FirstN {
+    fn take(&mut self, msg: RoomMessage) -> bool {
+        self.0.push(msg);
+        self.0.len() < self.1
+    }
+    fn reset(&mut self) {
+        self.0.clear();
+    }
+}
+
+#[tokio::test]
+async fn a_history_read_hands_messages_over_as_it_reads_and_stops_when_the_sink_has_enough() {
+    // A join or an unread count used to read a room's whole retained history into memory
+    // before looking at it (10 churning joins of a 50 MB room: 409 MB of RSS).
+    let server = NatsServer::start();
+    let (a, b) = (pod(&server, 1_000).await, pod(&server, 1_000).await);
+    let first = publish(&a, "a", 0).await;
+    for n in 1..600 {
+        publish(&a, "a", n).await;
+    }
+    let mut sink = FirstN(Vec::new(), 3);
+    assert_eq!(
+        b.replay_into(&key("a"), &first, &mut sink).await.unwrap(),
+        Replayed::Gap
+    );
+    assert_eq!(sink.0.iter().map(number).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let mut sink = FirstN(Vec::new(), 2);
+    b.retained_into(&key("a"), &mut sink).await.unwrap();
+    assert_eq!(sink.0.iter().map(number).collect::<Vec<_>>(), vec![0, 1]);
 }
 
 #[tokio::test]

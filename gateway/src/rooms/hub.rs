@@ -19,7 +19,8 @@ use tracing::Instrument;
 use super::batch::{BatchCfg, BatchRule, Batcher};
 use super::bus::feed::{Consumer, Delivery, Next};
 use super::bus::{
-    Bus, BusError, Member, Payload, Position, Publish, Replay, RoomKey, RoomMessage, Subscription,
+    Bus, BusError, Member, Payload, Position, Publish, Replayed, RoomKey, RoomMessage, Sink,
+    Subscription,
 };
 use super::outbox::{Item, Outbox, Posted};
 use super::presence::PresenceView;
@@ -27,7 +28,7 @@ use super::receipts::{self, Receipts};
 use super::{proto, protocol};
 use crate::engine::conn::Shared;
 pub use gap::GapFit;
-use gap::{Synced, backlog_budget, fit_gap};
+use gap::{Synced, Window, backlog_budget};
 use members::Members;
 use repair::{Lost, repair, tell_lost};
 
@@ -735,20 +736,20 @@ impl Hub {
         };
         let batch = j.batch.as_ref().and_then(|r| r.for_room(&key.room));
         let room = self.enter(key, &j.conn, slot, batch).await?;
-        let mut synced = match self.sync(key, since).await {
+        let budget = match j.gap {
+            GapFit::Whole => j.outbox.max_bytes().saturating_sub(j.outbox.queued_bytes()),
+            GapFit::Fit { .. } => backlog_budget(&j.outbox),
+        };
+        let mut window = Window::new(j, budget);
+        let synced = match self.sync(key, since, &mut window).await {
             Ok(v) => v,
             Err(e) => {
                 self.leave_room(key, &j.conn).await;
                 return Err(e);
             }
         };
-        let gap = match j.gap {
-            GapFit::Whole => std::mem::take(&mut synced.gap)
-                .into_iter()
-                .map(Encoded::new)
-                .collect(),
-            GapFit::Fit { extra } => fit_gap(&mut synced, j, backlog_budget(&j.outbox), extra),
-        };
+        let stopped = window.stopped();
+        let gap = window.into_kept();
         if let Some(id) = reply {
             j.outbox.push(Item::Reply(protocol::joined(
                 &key.room,
@@ -768,7 +769,13 @@ impl Hub {
                 for mut enc in gap {
                     deliver(slot, &j.conn, &mut enc);
                 }
-                for pending in slot.syncing.take().unwrap_or_default() {
+                let buffered = slot.syncing.take().unwrap_or_default();
+                if stopped {
+                    // The gap's read stopped at what the queue could take: nothing after it
+                    // may be queued (the next poll goes on from the last message taken).
+                    slot.outbox.refuse_more();
+                }
+                for pending in buffered {
                     match pending {
                         Pending::Message(msg) => deliver(slot, &j.conn, &mut Encoded::new(msg)),
                         Pending::Lost(lost) => tell_lost(slot, &key.room, &lost),
@@ -815,47 +822,55 @@ impl Hub {
     /// Replay (when resuming) and the position live delivery continues from. A `since` from
     /// another epoch gets what the current epoch retains, from its oldest message, flagged
     /// `recovered: false` (the history the client saw is gone; what came after is not).
-    async fn sync(&self, key: &RoomKey, since: Option<&Position>) -> Result<Synced, BusError> {
+    ///
+    /// What is queued with the join is what `window` keeps as the bus reads it (a cut window
+    /// makes the resume `recovered: false` from where it starts).
+    async fn sync(
+        &self,
+        key: &RoomKey,
+        since: Option<&Position>,
+        window: &mut Window<'_>,
+    ) -> Result<Synced, BusError> {
         let Some(since) = since else {
             return Ok(Synced::at(self.bus.position(key).await?));
         };
-        match self.bus.replay(key, since).await? {
-            Replay::Gap(gap) => {
-                let position = gap.last().map_or(since.clone(), |m| Position {
-                    seq: m.seq,
+        let mut synced = match self.bus.replay_into(key, since, window).await? {
+            Replayed::Gap => {
+                let position = window.last().map_or(since.clone(), |seq| Position {
+                    seq,
                     epoch: since.epoch.clone(),
                 });
-                Ok(Synced {
+                Synced {
                     recovered: true,
                     position,
                     start: since.clone(),
-                    gap,
-                })
+                }
             }
-            Replay::Lost => {
+            Replayed::Lost => {
+                window.reset();
                 let now = self.bus.position(key).await?;
                 if now.epoch == since.epoch {
                     return Ok(Synced::at(now)); // gone from this epoch's history: reload
                 }
-                let (retained, now) = self.bus.retained(key).await?;
-                let at = |m: &RoomMessage, seq| Position {
-                    seq,
-                    epoch: m.epoch.clone(),
-                };
-                let Some(first) = retained.first() else {
+                let now = self.bus.retained_into(key, window).await?;
+                let Some(first) = window.first() else {
                     return Ok(Synced::at(now));
                 };
                 // `position` as for any `recovered: false`: what follows comes after it (a
                 // client that sets its position from it keeps the retained messages).
-                let start = at(first, first.seq.saturating_sub(1));
-                Ok(Synced {
+                let start = Position {
+                    seq: first.seq.saturating_sub(1),
+                    epoch: first.epoch.clone(),
+                };
+                Synced {
                     recovered: false,
                     position: start.clone(),
                     start,
-                    gap: retained,
-                })
+                }
             }
-        }
+        };
+        window.settle(&mut synced);
+        Ok(synced)
     }
 
     async fn leave_room(self: &Arc<Self>, key: &RoomKey, conn: &str) {

@@ -189,6 +189,13 @@ impl Outbox {
         account(-(released as i64));
     }
 
+    /// Take nothing more (as if the next item had not fitted): a long-poll answer whose
+    /// backlog read stopped at what the queue could take ends with it, and no later message
+    /// goes out with a cursor past what was not read.
+    pub fn refuse_more(&self) {
+        self.mark_overflowed();
+    }
+
     fn mark_overflowed(&self) {
         self.overflowed.store(true, Ordering::Release);
         self.writer.wake();

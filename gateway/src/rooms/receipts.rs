@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 
-use super::bus::{Bus, BusError, Position, ReadStore, Replay, RoomKey, RoomMessage, read_advances};
+use super::bus::{
+    Bus, BusError, Position, ReadStore, Replayed, RoomKey, RoomMessage, Sink, read_advances,
+};
 use super::protocol::{self, ReadState};
 
 /// Read positions kept by a pod on the embedded bus; past it the least recently marked one is
@@ -347,35 +349,53 @@ impl Receipts {
 }
 
 /// Stored messages of `key` after `read` (all retained ones without it, or when it is from
-/// another epoch or beyond history) that `user` did not publish.
+/// another epoch or beyond history) that `user` did not publish. Counted as the bus reads
+/// them: a count holds no message.
 pub async fn unread(
     bus: &dyn Bus,
     key: &RoomKey,
     user: &str,
     read: Option<&Position>,
 ) -> Result<u64, BusError> {
-    let msgs = match read {
-        Some(p) => match bus.replay(key, p).await? {
-            Replay::Gap(msgs) => msgs,
-            Replay::Lost => bus.retained(key).await?.0,
-        },
-        None => bus.retained(key).await?.0,
+    let mut count = Unread { user, n: 0 };
+    let lost = match read {
+        Some(p) => bus.replay_into(key, p, &mut count).await? == Replayed::Lost,
+        None => true,
     };
-    Ok(count_unread(&msgs, user))
+    if lost {
+        count.reset();
+        bus.retained_into(key, &mut count).await?;
+    }
+    Ok(count.n)
 }
 
-/// The messages of `msgs` that count as unread for `user`: stored, not the user's own.
-pub fn count_unread(msgs: &[RoomMessage], user: &str) -> u64 {
-    msgs.iter()
-        .filter(|m| m.seq != 0 && !m.ephemeral)
-        .filter(|m| {
-            m.from
-                .as_ref()
-                .and_then(|f| f.get("sub"))
-                .and_then(|s| s.as_str())
-                != Some(user)
-        })
-        .count() as u64
+/// Counts what [`counts_as_unread`] for its user.
+struct Unread<'a> {
+    user: &'a str,
+    n: u64,
+}
+
+impl Sink for Unread<'_> {
+    fn take(&mut self, msg: RoomMessage) -> bool {
+        if counts_as_unread(&msg, self.user) {
+            self.n += 1;
+        }
+        true
+    }
+    fn reset(&mut self) {
+        self.n = 0;
+    }
+}
+
+/// Whether `m` counts as unread for `user`: stored, not the user's own.
+pub fn counts_as_unread(m: &RoomMessage, user: &str) -> bool {
+    m.seq != 0
+        && !m.ephemeral
+        && m.from
+            .as_ref()
+            .and_then(|f| f.get("sub"))
+            .and_then(|s| s.as_str())
+            != Some(user)
 }
 
 /// Deliver what waited for the end of its interval, as intervals end. Holds the service

@@ -29,8 +29,8 @@ use bytes::Bytes;
 
 use super::feed::{FeedSender, Wake, room_queue};
 use super::{
-    Bus, BusError, Member, Payload, Position, PresenceEvent, Publish, Replay, Retention, RoomKey,
-    RoomMessage, Subscription,
+    Bus, BusError, Member, Payload, Position, PresenceEvent, Publish, Replayed, Retention, RoomKey,
+    RoomMessage, Sink, Subscription,
 };
 
 /// Most expired messages one [`Bus::maintain`] call frees.
@@ -558,9 +558,14 @@ impl Bus for MemoryBus {
         })
     }
 
-    async fn replay(&self, key: &RoomKey, since: &Position) -> Result<Replay, BusError> {
+    async fn replay_into(
+        &self,
+        key: &RoomKey,
+        since: &Position,
+        sink: &mut dyn Sink,
+    ) -> Result<Replayed, BusError> {
         if since.epoch != self.epoch {
-            return Ok(Replay::Lost);
+            return Ok(Replayed::Lost);
         }
         let retention = self.retention_of(&key.namespace);
         let mut st = self.state();
@@ -569,16 +574,16 @@ impl Bus for MemoryBus {
             .get(&key.namespace)
             .map_or((0, 0), |p| (p.seq, p.freed_for(&st.buckets, &key.room)));
         if since.seq > last {
-            return Ok(Replay::Lost); // not a position of this namespace
+            return Ok(Replayed::Lost); // not a position of this namespace
         }
         let st = &mut *st;
         let Some(room) = st.rooms.get_mut(key) else {
             // Nothing of the room is held: complete unless a freed incarnation lost messages
             // after `since`.
             return Ok(if freed_for <= since.seq {
-                Replay::Gap(vec![])
+                Replayed::Gap
             } else {
-                Replay::Lost
+                Replayed::Lost
             });
         };
         if let Some(r) = &retention {
@@ -597,15 +602,15 @@ impl Bus for MemoryBus {
         let freed = if room.born > since.seq { freed_for } else { 0 };
         let nothing_removed = room.trimmed.max(freed) <= since.seq;
         let replay = if oldest_follows || nothing_removed {
-            Replay::Gap(
-                room.history
-                    .iter()
-                    .filter(|m| m.msg.seq > since.seq)
-                    .map(|m| m.msg.clone())
-                    .collect(),
-            )
+            // One message at a time into the sink, which keeps what it needs.
+            for m in room.history.iter().filter(|m| m.msg.seq > since.seq) {
+                if !sink.take(m.msg.clone()) {
+                    break;
+                }
+            }
+            Replayed::Gap
         } else {
-            Replay::Lost
+            Replayed::Lost
         };
         // The trim may have left the room with nothing (its history expired, nobody in it).
         st.free_if_idle(key);
@@ -627,7 +632,11 @@ impl Bus for MemoryBus {
         })
     }
 
-    async fn retained(&self, key: &RoomKey) -> Result<(Vec<RoomMessage>, Position), BusError> {
+    async fn retained_into(
+        &self,
+        key: &RoomKey,
+        sink: &mut dyn Sink,
+    ) -> Result<Position, BusError> {
         let retention = self.retention_of(&key.namespace);
         let mut st = self.state();
         // The namespace's last position (as `position` answers): nothing of the room lies after it.
@@ -637,7 +646,7 @@ impl Bus for MemoryBus {
         };
         let st = &mut *st;
         let Some(room) = st.rooms.get_mut(key) else {
-            return Ok((Vec::new(), position));
+            return Ok(position);
         };
         if let Some(r) = &retention {
             room.trim(
@@ -646,11 +655,15 @@ impl Bus for MemoryBus {
                 st.held.entry(key.namespace.clone()).or_default(),
             );
         }
-        let kept = room.history.iter().map(|m| m.msg.clone()).collect();
+        for m in &room.history {
+            if !sink.take(m.msg.clone()) {
+                break;
+            }
+        }
         // The trim may have left the room with nothing (its history expired, nobody in it).
         st.free_if_idle(key);
         st.count_held();
-        Ok((kept, position))
+        Ok(position)
     }
 
     async fn presence_set(

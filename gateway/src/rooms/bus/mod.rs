@@ -99,6 +99,40 @@ pub enum Replay {
     Lost,
 }
 
+/// Where a history read ([`Bus::replay_into`], [`Bus::retained_into`]) hands the messages it
+/// reads, oldest first, one at a time as it reads them: a read never holds a room's history
+/// itself, so what a join or a count holds is what its sink keeps (a window the size of the
+/// member's queue, a counter), not the room's retained history.
+pub trait Sink: Send {
+    /// Take the next message; `false`: the sink has what it needs and the read stops.
+    fn take(&mut self, msg: RoomMessage) -> bool;
+    /// Forget what was taken: the read found it belongs to no current history (the stream
+    /// was recreated while it was read).
+    fn reset(&mut self);
+}
+
+/// Keep everything (tests, small reads).
+impl Sink for Vec<RoomMessage> {
+    fn take(&mut self, msg: RoomMessage) -> bool {
+        self.push(msg);
+        true
+    }
+    fn reset(&mut self) {
+        self.clear();
+    }
+}
+
+/// How a replay into a sink ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replayed {
+    /// The sink got exactly the messages after the position, in order (up to where it
+    /// stopped the read).
+    Gap,
+    /// The position is beyond retained history (or from another epoch); what the sink took,
+    /// if anything, is not a gap and is to be dropped.
+    Lost,
+}
+
 /// Presence of one connection in a room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -218,15 +252,39 @@ pub trait Bus: Send + Sync {
     /// position order.
     async fn subscribe(&self, key: &RoomKey) -> Result<Subscription, BusError>;
 
-    /// Messages after `since` (exclusive), or `Lost` when beyond retention or another epoch.
-    async fn replay(&self, key: &RoomKey, since: &Position) -> Result<Replay, BusError>;
+    /// Messages after `since` (exclusive) into `sink` as they are read, or `Lost` when beyond
+    /// retention or another epoch.
+    async fn replay_into(
+        &self,
+        key: &RoomKey,
+        since: &Position,
+        sink: &mut dyn Sink,
+    ) -> Result<Replayed, BusError>;
+
+    /// [`Bus::replay_into`] a `Vec`: the whole gap in memory (tests, bounded gaps).
+    async fn replay(&self, key: &RoomKey, since: &Position) -> Result<Replay, BusError> {
+        let mut msgs = Vec::new();
+        Ok(match self.replay_into(key, since, &mut msgs).await? {
+            Replayed::Gap => Replay::Gap(msgs),
+            Replayed::Lost => Replay::Lost,
+        })
+    }
 
     /// The room's current position (what a fresh joiner is told).
     async fn position(&self, key: &RoomKey) -> Result<Position, BusError>;
 
-    /// Every retained message of the room in the current epoch, oldest first, and the room's
-    /// current position (a resume from another epoch starts from the oldest of them).
-    async fn retained(&self, key: &RoomKey) -> Result<(Vec<RoomMessage>, Position), BusError>;
+    /// Every retained message of the room in the current epoch into `sink`, oldest first, as
+    /// they are read; returns the room's current position (a resume from another epoch starts
+    /// from the oldest of them).
+    async fn retained_into(&self, key: &RoomKey, sink: &mut dyn Sink)
+    -> Result<Position, BusError>;
+
+    /// [`Bus::retained_into`] a `Vec`: the whole history in memory (tests, bounded reads).
+    async fn retained(&self, key: &RoomKey) -> Result<(Vec<RoomMessage>, Position), BusError> {
+        let mut msgs = Vec::new();
+        let position = self.retained_into(key, &mut msgs).await?;
+        Ok((msgs, position))
+    }
 
     /// Announce (or withdraw) a member; refreshed by the caller every `ttl / 3` while present.
     /// The bus does not tell a refresh from an announce: a write that lands after the

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::rooms::bus::memory::MemoryBus;
 use crate::rooms::bus::{
-    Bus, BusError, Member, Position, Publish, Replay, Retention, RoomKey, RoomMessage, Subscription,
+    Bus, BusError, Member, Position, Publish, Replayed, Retention, RoomKey, Sink, Subscription,
 };
 
 pub(super) struct HeldBus {
@@ -64,14 +64,23 @@ impl Bus for HeldBus {
         }
         self.inner.subscribe(key).await
     }
-    async fn replay(&self, key: &RoomKey, since: &Position) -> Result<Replay, BusError> {
-        self.inner.replay(key, since).await
+    async fn replay_into(
+        &self,
+        key: &RoomKey,
+        since: &Position,
+        sink: &mut dyn Sink,
+    ) -> Result<Replayed, BusError> {
+        self.inner.replay_into(key, since, sink).await
     }
     async fn position(&self, key: &RoomKey) -> Result<Position, BusError> {
         self.inner.position(key).await
     }
-    async fn retained(&self, key: &RoomKey) -> Result<(Vec<RoomMessage>, Position), BusError> {
-        self.inner.retained(key).await
+    async fn retained_into(
+        &self,
+        key: &RoomKey,
+        sink: &mut dyn Sink,
+    ) -> Result<Position, BusError> {
+        self.inner.retained_into(key, sink).await
     }
     async fn presence_set(
         &self,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use super::{Encoded, GapFit, LocalRoom, Pending, Slot, backlog_budget, deliver};
 use crate::rooms::bus::feed::Lag;
-use crate::rooms::bus::{Bus, BusError, Position, Replay, RoomKey, RoomMessage};
+use crate::rooms::bus::{Bus, BusError, Position, Replayed, RoomKey, RoomMessage, Sink};
 use crate::rooms::outbox::{Item, LostNotice};
 use crate::rooms::protocol;
 
@@ -97,6 +97,27 @@ pub(super) fn plan(
     (lost(last_lost), repair)
 }
 
+/// What a repair keeps of a history read: the oldest message read (where history starts now)
+/// and the lag's own range; the read stops past the range. A repair holds the messages the pod
+/// missed, not the room's history.
+struct LagRange<'a> {
+    lag: &'a Lag,
+    msgs: Vec<RoomMessage>,
+}
+
+impl Sink for LagRange<'_> {
+    fn take(&mut self, msg: RoomMessage) -> bool {
+        let past = msg.seq > self.lag.last;
+        if self.msgs.is_empty() || (msg.seq > self.lag.after.seq && !past) {
+            self.msgs.push(msg);
+        }
+        !past
+    }
+    fn reset(&mut self) {
+        self.msgs.clear();
+    }
+}
+
 /// The room's feed lagged: repair every member from history (a resume from where the feed
 /// stopped, de-duplicated per member); what history no longer holds is told to each member
 /// (`lost`) before the repaired messages. Either way before any later message of the feed,
@@ -109,13 +130,20 @@ pub(super) async fn repair(bus: &Arc<dyn Bus>, weak: &Weak<LocalRoom>, key: &Roo
     if lag.stored == 0 {
         gap = Some(Vec::new());
     } else {
-        match bus.replay(key, &lag.after).await {
-            Ok(Replay::Gap(msgs)) => gap = Some(msgs),
-            Ok(Replay::Lost) => match bus.retained(key).await {
-                Ok((msgs, now)) if now.epoch == lag.epoch => retained = Some(msgs),
-                Ok(_) => {} // another epoch now: nothing of the lag's is left
-                Err(e) => unreadable(e),
-            },
+        let mut range = LagRange {
+            lag: &lag,
+            msgs: Vec::new(),
+        };
+        match bus.replay_into(key, &lag.after, &mut range).await {
+            Ok(Replayed::Gap) => gap = Some(range.msgs),
+            Ok(Replayed::Lost) => {
+                range.reset();
+                match bus.retained_into(key, &mut range).await {
+                    Ok(now) if now.epoch == lag.epoch => retained = Some(range.msgs),
+                    Ok(_) => {} // another epoch now: nothing of the lag's is left
+                    Err(e) => unreadable(e),
+                }
+            }
             Err(e) => unreadable(e),
         }
     }
@@ -155,7 +183,7 @@ pub(super) async fn repair(bus: &Arc<dyn Bus>, weak: &Weak<LocalRoom>, key: &Roo
 /// long-polling, whose answers page through what the queue took) takes the whole repair.
 /// Others take all of it when it fits their queue, less an eighth of it for live messages,
 /// each message counted as their join counts it; otherwise the newest part that fits, after a
-/// `lost` of the rest, as a resume whose gap outgrows the queue gets ([`super::gap::fit_gap`]). Queued
+/// `lost` of the rest, as a resume whose gap outgrows the queue gets ([`super::gap::Window`]). Queued
 /// whole, a repair larger than a member's queue would close it as a slow consumer (4008), and
 /// every member of a big room would then resume at once. Returns whether this member was cut.
 fn repair_member(slot: &mut Slot, conn: &str, room: &str, msgs: &mut [Encoded]) -> bool {

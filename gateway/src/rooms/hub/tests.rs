@@ -919,3 +919,99 @@ async fn bytes_a_transport_adds_to_each_message_shrink_the_part_of_a_gap_kept() 
     let (plain, with_ids) = (kept(0).await, kept(200).await);
     assert!(with_ids < plain, "{with_ids} vs {plain}");
 }
+
+/// Stored message `seq` of the room, `bytes` of text.
+fn stored(seq: u64, bytes: usize) -> RoomMessage {
+    RoomMessage {
+        key: key(),
+        seq,
+        epoch: "e".into(),
+        ts_ms: 0,
+        from: None,
+        data: Payload::Text("x".repeat(bytes)),
+        ephemeral: false,
+        origin_conn: None,
+    }
+}
+
+#[test]
+fn a_resume_window_never_holds_more_than_its_budget_however_long_the_gap() {
+    // The join read a resume's whole gap into memory and cut it afterwards: a client resuming
+    // from an old position of a 50 MB room cost 50 MB while it joined.
+    let j = joiner("b");
+    let mut window = Window::new(&j, 3_000);
+    for seq in 1..=10_000 {
+        assert!(
+            window.take(stored(seq, 100)),
+            "a resume reads to the newest"
+        );
+        assert!(window.used() <= 3_000, "{} bytes held", window.used());
+    }
+    let mut synced = Synced {
+        recovered: true,
+        position: Position::default(),
+        start: Position::default(),
+    };
+    window.settle(&mut synced);
+    let kept: Vec<u64> = window.into_kept().iter().map(|e| e.msg.seq).collect();
+    assert!(!kept.is_empty() && kept.len() < 100, "{} kept", kept.len());
+    assert_eq!(kept.last(), Some(&10_000), "the newest part");
+    assert!(kept.windows(2).all(|w| w[1] == w[0] + 1));
+    assert!(!synced.recovered);
+    assert_eq!(synced.start.seq, kept[0] - 1);
+    assert_eq!(synced.position, synced.start);
+}
+
+#[test]
+fn a_long_poll_window_stops_the_read_at_the_first_message_its_queue_cannot_take() {
+    let j = Joiner {
+        gap: GapFit::Whole,
+        ..joiner("b")
+    };
+    let mut window = Window::new(&j, 3_000);
+    let mut offered = 0;
+    for seq in 1..=10_000 {
+        offered += 1;
+        if !window.take(stored(seq, 100)) {
+            break;
+        }
+    }
+    assert!(window.stopped());
+    assert!(offered < 100, "read {offered} messages");
+    let kept: Vec<u64> = window.into_kept().iter().map(|e| e.msg.seq).collect();
+    assert_eq!(kept, (1..=offered).collect::<Vec<u64>>(), "the oldest part");
+}
+
+#[tokio::test]
+async fn a_long_poll_join_whose_gap_outgrows_its_queue_queues_nothing_after_the_part_it_read() {
+    // Its read stops at what the queue takes; a live message queued after that part would go
+    // out with a cursor past the messages not read, and they would never be polled.
+    let (hub, bus) = setup().await;
+    let first = publish(&bus, 0).await;
+    for n in 1..60 {
+        publish(&bus, n).await;
+    }
+    let b = Joiner {
+        outbox: Outbox::new(2_000),
+        gap: GapFit::Whole,
+        ..joiner("b")
+    };
+    let joined = hub.join(&key(), &b, Some(&first), None).await.unwrap();
+    assert!(joined.recovered, "the next poll goes on from its cursor");
+    publish(&bus, 99).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got: Vec<u64> = b
+        .outbox
+        .take_now()
+        .iter()
+        .filter_map(|i| match i {
+            Item::Message(m) => Some(m.seq),
+            _ => None,
+        })
+        .collect();
+    assert!(!got.is_empty() && got.len() < 59, "{got:?}");
+    assert_eq!(
+        got,
+        (first.seq + 1..=first.seq + got.len() as u64).collect::<Vec<_>>()
+    );
+}

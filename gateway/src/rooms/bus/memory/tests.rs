@@ -1,5 +1,6 @@
 use super::*;
 use crate::rooms::bus::Payload;
+use crate::rooms::bus::{Replay, Replayed, Sink};
 use std::time::Duration;
 
 fn key(room: &str) -> RoomKey {
@@ -493,4 +494,39 @@ async fn rooms_freed_by_the_byte_bound_do_not_make_quiet_rooms_resume_lost() {
         bus.replay(&key("busy0"), &given).await.unwrap(),
         Replay::Lost
     );
+}
+
+/// Takes messages until it holds `max`, then stops the read; records every message offered.
+struct FirstN(Vec<RoomMessage>, usize);
+
+impl Sink for FirstN {
+    fn take(&mut self, msg: RoomMessage) -> bool {
+        self.0.push(msg);
+        self.0.len() < self.1
+    }
+    fn reset(&mut self) {
+        self.0.clear();
+    }
+}
+
+#[tokio::test]
+async fn a_history_read_hands_messages_over_one_by_one_and_stops_when_the_sink_has_enough() {
+    let bus = bus_with_history(100).await;
+    let first = bus.publish(publish("a", 0)).await.unwrap().unwrap();
+    for n in 1..50 {
+        bus.publish(publish("a", n)).await.unwrap();
+    }
+    let mut sink = FirstN(Vec::new(), 3);
+    assert_eq!(
+        bus.replay_into(&key("a"), &first, &mut sink).await.unwrap(),
+        Replayed::Gap
+    );
+    let seqs = |s: &FirstN| s.0.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(&sink),
+        (first.seq + 1..=first.seq + 3).collect::<Vec<_>>()
+    );
+    let mut sink = FirstN(Vec::new(), 2);
+    bus.retained_into(&key("a"), &mut sink).await.unwrap();
+    assert_eq!(seqs(&sink), vec![first.seq, first.seq + 1]);
 }

@@ -57,19 +57,20 @@ pub fn probe_range(
 /// Reading a room's history from JetStream: replay from a position, the retained messages,
 /// the current position.
 impl Inner {
-    /// Read every message a fresh ephemeral pull consumer with `cfg` has, until it has none.
-    pub(super) async fn read_all<I: Clone + Send + Sync + 'static>(
+    /// Hand every message a fresh ephemeral pull consumer with `cfg` has to `take`, as it is
+    /// fetched (at most a batch is held), until the consumer has none or `take` says stop.
+    pub(super) async fn read_each<I: Clone + Send + Sync + 'static>(
         &self,
         stream: &stream::Stream<I>,
         cfg: consumer::pull::Config,
-    ) -> Result<Vec<jetstream::Message>, BusError> {
+        mut take: impl FnMut(jetstream::Message) -> bool + Send,
+    ) -> Result<(), BusError> {
         let consumer = stream
             .create_consumer(cfg)
             .await
             .map_err(|e| self.fail("create read consumer", e))?;
         let name = consumer.cached_info().name.clone();
         let result = async {
-            let mut out = Vec::new();
             loop {
                 let mut batch = consumer
                     .fetch()
@@ -79,11 +80,13 @@ impl Inner {
                     .map_err(|e| self.fail("fetch", e))?;
                 let mut n = 0;
                 while let Some(m) = batch.next().await {
-                    out.push(m.map_err(|e| self.fail("fetch", e))?);
                     n += 1;
+                    if !take(m.map_err(|e| self.fail("fetch", e))?) {
+                        return Ok(());
+                    }
                 }
                 if n < FETCH_BATCH {
-                    return Ok(out);
+                    return Ok(());
                 }
             }
         }
@@ -94,6 +97,21 @@ impl Inner {
             let _ = tokio::time::timeout(OP_TIMEOUT, stream.delete_consumer(&name)).await;
         });
         result
+    }
+
+    /// [`Inner::read_each`] into a `Vec` (reads bounded by what they read: a room's presence).
+    pub(super) async fn read_all<I: Clone + Send + Sync + 'static>(
+        &self,
+        stream: &stream::Stream<I>,
+        cfg: consumer::pull::Config,
+    ) -> Result<Vec<jetstream::Message>, BusError> {
+        let mut out = Vec::new();
+        self.read_each(stream, cfg, |m| {
+            out.push(m);
+            true
+        })
+        .await?;
+        Ok(out)
     }
 
     pub(super) fn read_config(
@@ -110,11 +128,16 @@ impl Inner {
         }
     }
 
-    pub(super) async fn replay(&self, key: &RoomKey, since: &Position) -> Result<Replay, BusError> {
+    pub(super) async fn replay(
+        &self,
+        key: &RoomKey,
+        since: &Position,
+        sink: &mut dyn Sink,
+    ) -> Result<Replayed, BusError> {
         check_key(key)?;
         let ns = &key.namespace;
         if self.history(ns).is_none() {
-            return Ok(Replay::Lost); // nothing is stored: resume always reloads
+            return Ok(Replayed::Lost); // nothing is stored: resume always reloads
         }
         if !self.connected() {
             return Err(self.down());
@@ -123,22 +146,39 @@ impl Inner {
         if since.epoch != cached {
             let (_, info, _) = self.stream_info(ns).await?;
             if epoch_of(&info) != since.epoch {
-                return Ok(Replay::Lost);
+                return Ok(Replayed::Lost);
             }
         }
         let subject = self.subject("room", key);
         let start = since.seq.saturating_add(1);
-        let raw = self
-            .read_all(
-                &stream,
-                Self::read_config(
-                    subject.clone(),
-                    DeliverPolicy::ByStartSequence {
-                        start_sequence: start,
-                    },
-                ),
-            )
-            .await?;
+        // Decoded as `since`'s epoch, as read: a stream of another epoch by the end makes it
+        // `Lost`, whatever the sink took.
+        self.read_each(
+            &stream,
+            Self::read_config(
+                subject.clone(),
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+            ),
+            |m| {
+                let Ok(info) = m.info() else { return true };
+                if info.stream_sequence <= since.seq {
+                    return true;
+                }
+                match decode(
+                    key,
+                    &m.payload,
+                    info.stream_sequence,
+                    &since.epoch,
+                    ms_of(&info),
+                ) {
+                    Some(msg) => sink.take(msg),
+                    None => true,
+                }
+            },
+        )
+        .await?;
         // Checked after reading, in this order (see `gap_is_complete`).
         let oldest = match stream.get_first_raw_message_by_subject(&subject, 1).await {
             Ok(m) if m.subject.as_str() == subject => Some(m.sequence),
@@ -159,7 +199,7 @@ impl Inner {
         let epoch = epoch_of(info);
         self.set_epoch(ns, &epoch, read_on);
         if epoch != since.epoch {
-            return Ok(Replay::Lost);
+            return Ok(Replayed::Lost);
         }
         let mut complete = gap_is_complete(
             since.seq,
@@ -175,19 +215,11 @@ impl Inner {
         ) {
             complete = self.all_present(&stream, range).await?;
         }
-        if !complete {
-            return Ok(Replay::Lost);
-        }
-        let msgs = raw
-            .iter()
-            .filter_map(|m| {
-                let info = m.info().ok()?;
-                (info.stream_sequence > since.seq)
-                    .then(|| decode(key, &m.payload, info.stream_sequence, &epoch, ms_of(&info)))
-                    .flatten()
-            })
-            .collect();
-        Ok(Replay::Gap(msgs))
+        Ok(if complete {
+            Replayed::Gap
+        } else {
+            Replayed::Lost
+        })
     }
 
     /// Whether every sequence in `range` is still stored (in any room).
@@ -209,15 +241,15 @@ impl Inner {
     pub(super) async fn retained(
         &self,
         key: &RoomKey,
-    ) -> Result<(Vec<RoomMessage>, Position), BusError> {
+        sink: &mut dyn Sink,
+    ) -> Result<Position, BusError> {
         check_key(key)?;
         let ns = &key.namespace;
         if self.history(ns).is_none() {
-            let none = Position {
+            return Ok(Position {
                 seq: 0,
                 epoch: NO_HISTORY_EPOCH.into(),
-            };
-            return Ok((Vec::new(), none));
+            });
         }
         if !self.connected() {
             return Err(self.down());
@@ -230,29 +262,28 @@ impl Inner {
             seq: before.state.last_sequence,
             epoch: epoch.clone(),
         };
-        let raw = self
-            .read_all(
-                &stream,
-                Self::read_config(self.subject("room", key), DeliverPolicy::All),
-            )
-            .await?;
+        self.read_each(
+            &stream,
+            Self::read_config(self.subject("room", key), DeliverPolicy::All),
+            |m| {
+                let Ok(info) = m.info() else { return true };
+                match decode(key, &m.payload, info.stream_sequence, &epoch, ms_of(&info)) {
+                    Some(msg) => sink.take(msg),
+                    None => true,
+                }
+            },
+        )
+        .await?;
         let (_, after, _) = self.stream_info(ns).await?;
         if epoch_of(&after) != epoch {
             // Recreated while reading: nothing read belongs to the epoch now current.
-            let now = Position {
+            sink.reset();
+            return Ok(Position {
                 seq: after.state.last_sequence,
                 epoch: epoch_of(&after),
-            };
-            return Ok((Vec::new(), now));
+            });
         }
-        let msgs = raw
-            .iter()
-            .filter_map(|m| {
-                let info = m.info().ok()?;
-                decode(key, &m.payload, info.stream_sequence, &epoch, ms_of(&info))
-            })
-            .collect();
-        Ok((msgs, position))
+        Ok(position)
     }
 
     pub(super) async fn position(&self, key: &RoomKey) -> Result<Position, BusError> {

@@ -65,8 +65,8 @@ use subjects::*;
 
 use super::feed::FeedSender;
 use super::{
-    Bus, BusError, Carried, CarriedKind, Member, Payload, Position, PresenceEvent, Publish, Replay,
-    Retention, RoomKey, RoomMessage, Subscription,
+    Bus, BusError, Carried, CarriedKind, Member, Payload, Position, PresenceEvent, Publish,
+    Replayed, Retention, RoomKey, RoomMessage, Sink, Subscription,
 };
 
 /// Upper bound of every bus operation (except [`Bus::replay`], see [`REPLAY_TIMEOUT`]).
@@ -810,9 +810,14 @@ impl Bus for NatsBus {
             .await
     }
 
-    async fn replay(&self, key: &RoomKey, since: &Position) -> Result<Replay, BusError> {
+    async fn replay_into(
+        &self,
+        key: &RoomKey,
+        since: &Position,
+        sink: &mut dyn Sink,
+    ) -> Result<Replayed, BusError> {
         self.inner
-            .bounded(REPLAY_TIMEOUT, self.inner.replay(key, since))
+            .bounded(REPLAY_TIMEOUT, self.inner.replay(key, since, sink))
             .await
     }
 
@@ -822,9 +827,13 @@ impl Bus for NatsBus {
             .await
     }
 
-    async fn retained(&self, key: &RoomKey) -> Result<(Vec<RoomMessage>, Position), BusError> {
+    async fn retained_into(
+        &self,
+        key: &RoomKey,
+        sink: &mut dyn Sink,
+    ) -> Result<Position, BusError> {
         self.inner
-            .bounded(REPLAY_TIMEOUT, self.inner.retained(key))
+            .bounded(REPLAY_TIMEOUT, self.inner.retained(key, sink))
             .await
     }
 

@@ -2,6 +2,8 @@
 //! namespace, user and room (`<ns>.<user>.<room>`, escaped), so every pod sees the same read
 //! position and the publish API lists a user's rooms with one filtered read.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 /// Attempts at a compare-and-set update before giving up (concurrent reads of one user).
@@ -135,36 +137,38 @@ impl Inner {
             kv_escape(namespace),
             kv_escape(user)
         );
-        let raw = self
-            .read_all(
-                &store.stream,
-                Self::read_config(filter, DeliverPolicy::LastPerSubject),
-            )
-            .await?;
-        let mut out: Vec<(String, Position)> = raw
-            .iter()
-            .filter(|m| {
-                let op = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(KV_OPERATION))
-                    .map(|v| v.as_str().to_string());
-                !matches!(op.as_deref(), Some("DEL" | "PURGE"))
-            })
-            .filter_map(|m| serde_json::from_slice::<Stored>(&m.payload).ok())
-            .map(|s| {
-                (
+        // The `max` first rooms by name, kept as the keys are read: a user with very many read
+        // positions costs a scan, not their whole list in memory.
+        let mut first: BTreeMap<String, Position> = BTreeMap::new();
+        self.read_each(
+            &store.stream,
+            Self::read_config(filter, DeliverPolicy::LastPerSubject),
+            |m| {
+                let op = m.headers.as_ref().and_then(|h| h.get(KV_OPERATION));
+                if op.is_some_and(|v| matches!(v.as_str(), "DEL" | "PURGE")) {
+                    return true;
+                }
+                let Ok(s) = serde_json::from_slice::<Stored>(&m.payload) else {
+                    return true;
+                };
+                if first.len() >= max && first.last_key_value().is_none_or(|(r, _)| *r <= s.room) {
+                    return true;
+                }
+                first.insert(
                     s.room,
                     Position {
                         seq: s.seq,
                         epoch: s.epoch,
                     },
-                )
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out.truncate(max);
-        Ok(out)
+                );
+                if first.len() > max {
+                    first.pop_last();
+                }
+                true
+            },
+        )
+        .await?;
+        Ok(first.into_iter().collect())
     }
 }
 
