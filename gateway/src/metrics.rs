@@ -81,6 +81,8 @@ pub struct Metrics {
     pub room_receipts: IntCounter,
     /// `switchboard_room_receipts_coalesced_total`: reads merged into a later receipt
     pub room_receipts_coalesced: IntCounter,
+    /// `switchboard_room_reads_forgotten_total`: read positions forgotten for a bound
+    pub room_reads_forgotten: IntCounter,
     /// `switchboard_room_batches_total`: `batch` events built (one per batched room and pod)
     pub room_batches: IntCounter,
     /// `switchboard_room_batched_messages_total`: messages delivered inside batches
@@ -353,6 +355,11 @@ impl Metrics {
                 &registry,
                 "switchboard_room_receipts_coalesced_total",
                 "Reads merged into a later receipt (receipts.interval)",
+            ),
+            room_reads_forgotten: counter(
+                &registry,
+                "switchboard_room_reads_forgotten_total",
+                "Read positions forgotten to keep under a bound (a user's or the pod's)",
             ),
             room_batches: counter(
                 &registry,

@@ -1017,3 +1017,35 @@ fn a_room_subscribed_from_another_runtime_keeps_receiving_after_that_runtime_end
         );
     });
 }
+
+#[tokio::test]
+async fn one_users_read_positions_are_bounded_on_nats_without_forgetting_anyone_elses() {
+    // The reads bucket had no bound: one user marking read in room after room created 20,000
+    // keys in two minutes (and `/v1/reads` read every one of them).
+    use switchboard_gateway::rooms::receipts::MAX_READS_PER_USER;
+    let server = NatsServer::start();
+    let (a, b) = (pod(&server, 10).await, pod(&server, 10).await);
+    let (ra, rb) = (a.reads().unwrap(), b.reads().unwrap());
+    let at = |seq| Position {
+        seq,
+        epoch: "e".into(),
+    };
+    let room = |n: usize| key(&format!("r{n:05}"));
+    ra.mark(&room(0), "bob", &at(1)).await.unwrap();
+    for n in 0..MAX_READS_PER_USER {
+        // Both pods write: the bound is the bucket's, not one pod's.
+        let pod = if n % 2 == 0 { &ra } else { &rb };
+        pod.mark(&room(n), "mallory", &at(1)).await.unwrap();
+    }
+    // Raising r0 makes it mallory's most recent; r1 is then her oldest.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    ra.mark(&room(0), "mallory", &at(2)).await.unwrap();
+    for n in MAX_READS_PER_USER..MAX_READS_PER_USER + 20 {
+        rb.mark(&room(n), "mallory", &at(1)).await.unwrap();
+    }
+    let listed = ra.of_user(NS, "mallory", usize::MAX).await.unwrap();
+    assert_eq!(listed.len(), MAX_READS_PER_USER);
+    assert_eq!(ra.get(&room(1), "mallory").await.unwrap(), None);
+    assert_eq!(ra.get(&room(0), "mallory").await.unwrap(), Some(at(2)));
+    assert_eq!(rb.get(&room(0), "bob").await.unwrap(), Some(at(1)));
+}

@@ -30,8 +30,10 @@ use super::protocol::{self, ReadState};
 /// forgotten (its user then counts the room's whole retained history as unread).
 pub const MAX_LOCAL_READS: usize = 100_000;
 
-/// Most rooms the publish API lists for one user.
-pub const MAX_ROOMS_PER_USER: usize = 1000;
+pub use super::bus::MAX_READS_PER_USER;
+
+/// Most rooms the publish API lists for one user: all of their read positions.
+pub const MAX_ROOMS_PER_USER: usize = MAX_READS_PER_USER;
 
 /// Who delivers a receipt to the members of a room on this pod (the hub).
 #[async_trait]
@@ -47,13 +49,41 @@ pub struct LocalReads {
     state: Mutex<LocalState>,
 }
 
+type ReadKey = (String, String, String);
+
 #[derive(Default)]
 struct LocalState {
     /// (namespace, user, room) -> (position, stamp of its last change).
-    by_key: HashMap<(String, String, String), (Position, u64)>,
+    by_key: HashMap<ReadKey, (Position, u64)>,
     /// stamp -> key, oldest first (eviction order).
-    order: BTreeMap<u64, (String, String, String)>,
+    order: BTreeMap<u64, ReadKey>,
+    /// (namespace, user) -> how many positions they have (the per-user bound).
+    per_user: HashMap<(String, String), usize>,
     next: u64,
+}
+
+impl LocalState {
+    fn forget(&mut self, k: &ReadKey) {
+        if let Some((_, stamp)) = self.by_key.remove(k) {
+            self.order.remove(&stamp);
+            let user = (k.0.clone(), k.1.clone());
+            if let Some(n) = self.per_user.get_mut(&user) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_user.remove(&user);
+                }
+            }
+        }
+    }
+
+    /// The user's least recently marked key (a scan from the oldest: called only when the
+    /// user is at their bound).
+    fn oldest_of(&self, namespace: &str, user: &str) -> Option<ReadKey> {
+        self.order
+            .values()
+            .find(|(ns, u, _)| ns == namespace && u == user)
+            .cloned()
+    }
 }
 
 impl LocalReads {
@@ -75,12 +105,22 @@ impl ReadStore for LocalReads {
         }
         if let Some((_, stamp)) = old {
             st.order.remove(&stamp);
-        }
-        while st.by_key.len() >= MAX_LOCAL_READS && !st.by_key.contains_key(&k) {
-            let Some((_, evict)) = st.order.pop_first() else {
-                break;
-            };
-            st.by_key.remove(&evict);
+        } else {
+            let user = (k.0.clone(), k.1.clone());
+            if st.per_user.get(&user).copied().unwrap_or(0) >= MAX_READS_PER_USER
+                && let Some(evict) = st.oldest_of(&k.0, &k.1)
+            {
+                st.forget(&evict);
+                crate::metrics::metrics().room_reads_forgotten.inc();
+            }
+            while st.by_key.len() >= MAX_LOCAL_READS {
+                let Some(evict) = st.order.first_key_value().map(|(_, k)| k.clone()) else {
+                    break;
+                };
+                st.forget(&evict);
+                crate::metrics::metrics().room_reads_forgotten.inc();
+            }
+            *st.per_user.entry(user).or_default() += 1;
         }
         let stamp = st.next;
         st.next += 1;

@@ -196,8 +196,15 @@ pub enum CarriedKind {
     DocumentSnapshot,
 }
 
+/// Read positions one user keeps in one namespace (on either bus); past it the user's least
+/// recently marked one is forgotten (that room then counts its whole retained history as
+/// unread for them). Bounds what one client can make a pod (embedded bus) or NATS (the reads
+/// bucket) store by marking read in room after room.
+pub const MAX_READS_PER_USER: usize = 1000;
+
 /// Read positions (read receipts, docs/protocol.md): one per (room, user), only ever raised
-/// within an epoch (a position of another epoch replaces it).
+/// within an epoch (a position of another epoch replaces it); at most [`MAX_READS_PER_USER`]
+/// per user and namespace.
 #[async_trait]
 pub trait ReadStore: Send + Sync {
     /// Raise `user`'s read position in `key` to `pos`; returns the position now stored (the

@@ -135,20 +135,48 @@ async fn local_reads_are_bounded_and_forget_the_least_recently_marked_first() {
         namespace: "ns".into(),
         room: format!("r{n}"),
     };
+    // Spread over users, each under their own bound.
+    let user = |n: usize| format!("u{}", n % 200);
     for n in 0..MAX_LOCAL_READS {
-        reads.mark(&room(n), "u", &pos(1)).await.unwrap();
+        reads.mark(&room(n), &user(n), &pos(1)).await.unwrap();
     }
     // Raising r0 makes it the most recent; r1 is then the oldest.
-    reads.mark(&room(0), "u", &pos(2)).await.unwrap();
+    reads.mark(&room(0), &user(0), &pos(2)).await.unwrap();
     reads
-        .mark(&room(MAX_LOCAL_READS), "u", &pos(1))
+        .mark(&room(MAX_LOCAL_READS), &user(MAX_LOCAL_READS), &pos(1))
         .await
         .unwrap();
     assert_eq!(reads.lock().by_key.len(), MAX_LOCAL_READS);
-    assert_eq!(reads.get(&room(1), "u").await.unwrap(), None);
-    assert_eq!(reads.get(&room(0), "u").await.unwrap(), Some(pos(2)));
-    let listed = reads.of_user("ns", "u", 10).await.unwrap();
+    assert_eq!(reads.get(&room(1), &user(1)).await.unwrap(), None);
+    assert_eq!(reads.get(&room(0), &user(0)).await.unwrap(), Some(pos(2)));
+    let listed = reads.of_user("ns", &user(0), 10).await.unwrap();
     assert_eq!(listed.len(), 10);
+}
+
+#[tokio::test]
+async fn one_users_read_positions_are_bounded_without_forgetting_anyone_elses() {
+    // One user marking read in room after room filled the pod-wide bound (and, on NATS, the
+    // bucket without any bound), pushing out every other user's positions.
+    let reads = LocalReads::default();
+    let room = |n: usize| RoomKey {
+        namespace: "ns".into(),
+        room: format!("r{n:05}"),
+    };
+    reads.mark(&room(0), "bob", &pos(1)).await.unwrap();
+    for n in 0..MAX_READS_PER_USER {
+        reads.mark(&room(n), "mallory", &pos(1)).await.unwrap();
+    }
+    // Raising r0 makes it mallory's most recent; r1 is then her oldest.
+    reads.mark(&room(0), "mallory", &pos(2)).await.unwrap();
+    for n in MAX_READS_PER_USER..MAX_READS_PER_USER + 50 {
+        reads.mark(&room(n), "mallory", &pos(1)).await.unwrap();
+    }
+    let listed = reads.of_user("ns", "mallory", usize::MAX).await.unwrap();
+    assert_eq!(listed.len(), MAX_READS_PER_USER);
+    assert_eq!(reads.get(&room(1), "mallory").await.unwrap(), None);
+    assert_eq!(reads.get(&room(0), "mallory").await.unwrap(), Some(pos(2)));
+    assert_eq!(reads.get(&room(0), "bob").await.unwrap(), Some(pos(1)));
+    assert_eq!(reads.lock().by_key.len(), MAX_READS_PER_USER + 1);
 }
 
 #[tokio::test]

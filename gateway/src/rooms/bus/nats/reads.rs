@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::rooms::bus::MAX_READS_PER_USER;
 
 /// Attempts at a compare-and-set update before giving up (concurrent reads of one user).
 const CAS_ATTEMPTS: usize = 8;
@@ -97,11 +98,14 @@ impl Inner {
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
-                None => store
-                    .create(&kv_key, value.clone())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                None => {
+                    self.read_make_room(&store, key, user).await?;
+                    store
+                        .create(&kv_key, value.clone())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
             };
             match written {
                 Ok(()) => return Ok(pos.clone()),
@@ -112,6 +116,63 @@ impl Inner {
         Err(BusError::Other(
             "read position: too many concurrent updates".into(),
         ))
+    }
+
+    /// Before `user`'s first position in a room: at [`MAX_READS_PER_USER`] positions in the
+    /// namespace, forget their least recently marked one (its key purged from the bucket).
+    /// Pods marking for one user at the same moment can overshoot by the few writes in flight.
+    async fn read_make_room(
+        &self,
+        store: &kv::Store,
+        key: &RoomKey,
+        user: &str,
+    ) -> Result<(), BusError> {
+        let filter = format!(
+            "{}{}.{}.*",
+            store.prefix,
+            kv_escape(&key.namespace),
+            kv_escape(user)
+        );
+        let mut keys = store
+            .stream
+            .info_with_subjects(&filter)
+            .await
+            .map_err(|e| self.fail("read positions of user", e))?;
+        let mut n = 0;
+        while let Some(subject) = keys.next().await {
+            subject.map_err(|e| self.fail("read positions of user", e))?;
+            n += 1;
+        }
+        if n < MAX_READS_PER_USER {
+            return Ok(());
+        }
+        // Least recently marked: the key whose last write has the lowest stream sequence.
+        let mut oldest: Option<(String, u64)> = None;
+        self.read_each(
+            &store.stream,
+            Self::read_config(filter, DeliverPolicy::LastPerSubject),
+            |m| {
+                if let Ok(info) = m.info()
+                    && oldest
+                        .as_ref()
+                        .is_none_or(|(_, seq)| info.stream_sequence < *seq)
+                {
+                    oldest = Some((m.subject.to_string(), info.stream_sequence));
+                }
+                true
+            },
+        )
+        .await?;
+        if let Some((subject, _)) = oldest {
+            store
+                .stream
+                .purge()
+                .filter(subject)
+                .await
+                .map_err(|e| self.fail("forget a read position", e))?;
+            crate::metrics::metrics().room_reads_forgotten.inc();
+        }
+        Ok(())
     }
 
     async fn read_get(&self, key: &RoomKey, user: &str) -> Result<Option<Position>, BusError> {
