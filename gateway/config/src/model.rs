@@ -994,7 +994,8 @@ fn default_max_window_bits() -> u8 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteLimits {
-    /// Largest message (all fragments) in either direction; larger closes with 1009. Default 1 MiB.
+    /// Largest message (all fragments) a client sends, and in proxy mode also one the app
+    /// sends; larger closes with 1009. Default 1 MiB.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: u64,
     /// Sustained client messages per second per connection; faster closes with 1008. Default 100.

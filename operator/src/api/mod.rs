@@ -753,8 +753,9 @@ pub struct RoomHook {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
-    /// Largest message (all fragments) in either direction; larger closes the connection with
-    /// 1009. Default 1048576 (1 MiB).
+    /// Largest message (all fragments) a client sends, and in proxy mode also one the app
+    /// sends; larger closes the connection with 1009 (rooms mode does not check what it
+    /// delivers). Default 1048576 (1 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 67108864))]
     pub max_message_bytes: Option<i64>,
