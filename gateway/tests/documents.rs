@@ -1121,3 +1121,56 @@ async fn a_snapshot_over_the_nats_max_payload_is_retried_once_per_compaction_per
         "no warning naming the documents route:\n{log}"
     );
 }
+
+/// An editor whose update could not be stored is closed 1013, but the edits it sent before it
+/// saw that Close were read and dropped: a tab closed during a NATS stall lost them (29 of 30
+/// edits typed during a 3 s stall). They are applied now, and stored with the snapshot the
+/// document owes the log once NATS is back, though the editor never came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_sent_after_an_append_that_failed_reach_the_log_though_the_editor_then_goes_away() {
+    use futures_util::SinkExt as _;
+    use support::ws::{expect_close, ws_connect};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    use yrs::sync::{Message, SyncMessage};
+    use yrs::updates::encoder::Encode as _;
+
+    let mut nats = NatsServer::start();
+    let gw = Gateway::start(&config(Some(&nats.url()))).await;
+    let doc = "late-1";
+    let mut ws = ws_connect(&format!("{}/{doc}", docs_url(&gw))).await;
+    let frame = |text: &str| {
+        Ws::Binary(
+            Message::Sync(SyncMessage::Update(text_update(text)))
+                .encode_v1()
+                .into(),
+        )
+    };
+    let path = format!("/v1/documents/docs/{doc}");
+    ws.send(frame("[first]")).await.unwrap();
+    support::eventually("the first edit to be stored", Duration::from_secs(10), || async {
+        text_of(&admin_call(&gw, "GET", &path, b"").await.1).contains("[first]")
+    })
+    .await;
+    tokio::task::block_in_place(|| nats.stop());
+    // Its append fails after a store operation's time; the two after it wait in the socket.
+    for text in ["[during]", "[late-1]", "[late-2]"] {
+        ws.send(frame(text)).await.unwrap();
+    }
+    let (code, _, _) = expect_close(&mut ws, OP_TIMEOUT + Duration::from_secs(10)).await;
+    assert_eq!(code, 1013);
+    drop(ws);
+    tokio::task::block_in_place(|| nats.start_again());
+    // A second pod has the document from the log alone.
+    let other = Gateway::start(&config(Some(&nats.url()))).await;
+    support::eventually(
+        "every edit in the stored document",
+        Duration::from_secs(20),
+        || async {
+            let text = text_of(&admin_call(&other, "GET", &path, b"").await.1);
+            ["[first]", "[during]", "[late-1]", "[late-2]"]
+                .iter()
+                .all(|t| text.contains(t))
+        },
+    )
+    .await;
+}

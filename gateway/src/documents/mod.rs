@@ -39,6 +39,10 @@ pub const API_PREFIX: &str = "/v1/documents/";
 /// Longest a connection waits for its document to load.
 pub const LOAD_WAIT: Duration = Duration::from_secs(10);
 
+/// How often a replica nobody uses any more, which still owes the log a snapshot, is checked
+/// again before it is dropped.
+const OWED_RECHECK: Duration = Duration::from_secs(1);
+
 /// This pod's documents.
 pub struct Documents {
     store: Option<NatsStore>,
@@ -96,15 +100,24 @@ impl Documents {
         Ok(replica)
     }
 
-    /// Done with a replica; once nobody on this pod uses it for `idle`, it is dropped.
+    /// Done with a replica; once nobody on this pod uses it for `idle`, it is dropped — not
+    /// while it holds changes the log lacks (NATS was down when they were made): it stays
+    /// loaded, retrying its snapshot, until they are stored.
     pub fn close(self: &Arc<Self>, replica: &Arc<Replica>, idle: Duration) {
         if replica.users.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
         let docs = Arc::downgrade(self);
         let weak = Arc::downgrade(replica);
+        // Held strongly while it owes a snapshot (its log feed holds it only weakly).
+        let mut owed: Option<Arc<Replica>> = None;
         replica.spawn(async move {
             tokio::time::sleep(idle).await;
+            while let Some(r) = weak.upgrade().filter(|r| r.owes_snapshot()) {
+                owed = Some(r);
+                tokio::time::sleep(OWED_RECHECK).await;
+            }
+            drop(owed);
             let (Some(docs), Some(r)) = (docs.upgrade(), weak.upgrade()) else {
                 return;
             };

@@ -91,6 +91,10 @@ struct State {
     compacting: bool,
     /// An update applied here could not be stored: a snapshot is owed to the log.
     dirty: bool,
+    /// Counts the changes applied here that the log lacks (an append failed, or an edit
+    /// taken while its editor was being closed): a snapshot clears `dirty` only if none came
+    /// after the state it wrote.
+    unstored: u64,
     /// The other pods' replicas and the awareness clients they announced.
     peers: Peers,
 }
@@ -204,6 +208,7 @@ impl Replica {
                 applied_seq: 0,
                 compacting: false,
                 dirty: false,
+                unstored: 0,
                 peers: Peers::default(),
             }),
             load,
@@ -508,6 +513,31 @@ impl Replica {
         Ok(Some((st.owners_of(&newly), encoded)))
     }
 
+    /// An update an editor sent before it saw its Close (its connection is being closed
+    /// because the store failed, 1013): applied and relayed like any edit, not appended (the
+    /// store just failed, and the close waits for nobody), and owed to the log as a snapshot.
+    /// Anything else is dropped: nothing can be answered any more.
+    pub fn absorb(&self, conn: &str, frame: &[u8], may_write: bool) {
+        let Ok(Inbound::Update(u)) = sync::decode(frame) else {
+            return;
+        };
+        if !may_write {
+            return;
+        }
+        match self.change(Some(conn), u) {
+            Ok(Some(_)) if self.store.is_some() => {
+                let mut st = self.lock();
+                st.dirty = true;
+                st.unstored += 1;
+                tracing::info!(document = %self.key.room, "edit of an editor being closed applied; a snapshot will store it");
+            }
+            Ok(_) => {}
+            Err(cause) => {
+                tracing::debug!(document = %self.key.room, ?cause, "edit of an editor being closed refused");
+            }
+        }
+    }
+
     /// Apply an update from an editor (`from`) or the API (None): check the limits, apply,
     /// relay to this pod's other editors, store. A refused update that yrs had partly applied
     /// (it integrates block by block and does not undo) is refused all the same (1002), and
@@ -515,6 +545,34 @@ impl Replica {
     /// own server broadcasts what a throwing `applyUpdate` integrated: the editors, the log and
     /// the replica never diverge.
     pub async fn apply_local(&self, from: Option<&str>, u: Vec<u8>) -> Result<(), CloseCause> {
+        let Some((stored, result)) = self.change(from, u)? else {
+            return Ok(());
+        };
+        if let Some(store) = &self.store
+            && let Err(e) = store
+                .append(&self.key, Bytes::from(stored), self.pod, false)
+                .await
+        {
+            // The replica has the edit; the log does not. A snapshot will carry it.
+            let mut st = self.lock();
+            st.dirty = true;
+            st.unstored += 1;
+            drop(st);
+            tracing::warn!(document = %self.key.room, error = %e, "document update not stored; a snapshot will carry it");
+            return Err(CloseCause::BusUnavailable);
+        }
+        result
+    }
+
+    /// The part of [`Replica::apply_local`] under the replica's lock: check the limits, apply,
+    /// relay. `None`: nothing new; otherwise what to store (all of `u`, or the part yrs
+    /// applied of an update it then refused) and what to answer the sender.
+    #[allow(clippy::type_complexity)]
+    fn change(
+        &self,
+        from: Option<&str>,
+        u: Vec<u8>,
+    ) -> Result<Option<(Vec<u8>, Result<(), CloseCause>)>, CloseCause> {
         let len = u.len() as u64;
         if len > self.cfg.max_update_bytes {
             metrics()
@@ -553,7 +611,7 @@ impl Replica {
                     (u, Ok(()))
                 }
                 // Nothing new (an editor's sync answer): nothing to relay, store or notify.
-                Ok(false) => return Ok(()),
+                Ok(false) => return Ok(None),
                 Err(refused) => {
                     metrics()
                         .document_updates
@@ -569,17 +627,7 @@ impl Replica {
             self.accepted(&mut st, from, &stored);
             (stored, result)
         };
-        if let Some(store) = &self.store
-            && let Err(e) = store
-                .append(&self.key, Bytes::from(stored), self.pod, false)
-                .await
-        {
-            // The replica has the edit; the log does not. A snapshot will carry it.
-            self.lock().dirty = true;
-            tracing::warn!(document = %self.key.room, error = %e, "document update not stored; a snapshot will carry it");
-            return Err(CloseCause::BusUnavailable);
-        }
-        result
+        Ok(Some((stored, result)))
     }
 
     /// Account for a change `u` applied to the replica: its size, relayed to the editors but
@@ -601,6 +649,11 @@ impl Replica {
                 st.measure();
             }
         }
+    }
+
+    /// Whether the replica holds changes the log lacks (a snapshot is owed).
+    pub fn owes_snapshot(&self) -> bool {
+        self.lock().dirty
     }
 
     /// The document's whole state as one update.
@@ -626,9 +679,9 @@ impl Replica {
         let Some(store) = self.store.clone() else {
             return;
         };
-        let (state, upto) = {
+        let (state, upto, unstored) = {
             let st = self.lock();
-            (sync::state(&st.awareness), st.applied_seq)
+            (sync::state(&st.awareness), st.applied_seq, st.unstored)
         };
         let len = state.len() as u64;
         let result = async {
@@ -645,7 +698,8 @@ impl Replica {
         st.compacting = false;
         match result {
             Ok(()) => {
-                st.dirty = false;
+                // A change the log lacks that came after this state is still owed.
+                st.dirty = st.unstored != unstored;
                 st.exact(len);
                 metrics()
                     .document_compactions

@@ -104,4 +104,15 @@ impl Handler for Editor {
             .await
             .err()
     }
+
+    async fn closing_message(&mut self, cause: &CloseCause, msg: Message) {
+        // Closed because an update could not be stored (1013): the edits the editor sent
+        // before it saw that are kept (owed to the log with the failed one), so an editor that
+        // goes away instead of reconnecting loses none. After any other close they are
+        // dropped: the editor resyncs them when it reconnects.
+        if let (CloseCause::BusUnavailable, Message::Binary(b)) = (cause, msg) {
+            self.replica
+                .absorb(&self.ctx.conn_id, &b, self.may_write);
+        }
+    }
 }

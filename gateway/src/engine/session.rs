@@ -82,6 +82,19 @@ pub trait Handler {
 
     /// The drain closes this connection now: queue a goodbye if the protocol has one.
     fn draining(&mut self) {}
+
+    /// A text or binary message the peer sent after this side began closing with `cause`,
+    /// before the peer's Close: nothing can be answered any more, but the handler may still
+    /// take what it carries (a document editor's edits that were in flight when its store
+    /// failed). Dropped by default. Bounded by the close wait, like the rest of the closing.
+    fn closing_message(
+        &mut self,
+        cause: &CloseCause,
+        msg: Message,
+    ) -> impl Future<Output = ()> {
+        let _ = (cause, msg);
+        std::future::ready(())
+    }
 }
 
 /// What woke the loop.
@@ -236,8 +249,11 @@ where
                     }
                     Message::Pong(_) => d.pong = None,
                     Message::Text(_) | Message::Binary(_) => {
-                        if d.closing.is_some() {
-                            continue; // reading on only for the peer's Close
+                        if let Some(c) = &d.closing {
+                            // Reading on for the peer's Close; what it sent before it saw
+                            // ours is the handler's to keep or drop.
+                            Box::pin(handler.closing_message(&c.0, msg)).await;
+                            continue;
                         }
                         // Boxed: the handler's future exists only while it runs.
                         // Nothing is read while the handler works (a publish waits for the

@@ -12,10 +12,12 @@ use crate::rooms::outbox::{Item, Outbox};
 
 const M: Option<[u8; 4]> = Some([1, 2, 3, 4]);
 
-/// Echoes text messages through its outbox; counts drains.
+/// Echoes text messages through its outbox; counts drains; keeps what it is given while
+/// closing.
 struct Echo {
     outbox: Arc<Outbox>,
     drained: usize,
+    while_closing: Vec<(CloseCause, String)>,
 }
 
 impl Handler for Echo {
@@ -52,6 +54,11 @@ impl Handler for Echo {
         self.drained += 1;
         self.outbox.push(Item::Reply("bye".into()));
     }
+    async fn closing_message(&mut self, cause: &CloseCause, msg: Message) {
+        if let Message::Text(t) = msg {
+            self.while_closing.push((cause.clone(), t));
+        }
+    }
 }
 
 /// The route's drain close (routes hold theirs for all their connections).
@@ -84,6 +91,7 @@ fn setup(pipe: usize, ping: Duration, expires: Option<Duration>) -> (Setup, Dupl
         echo: Echo {
             outbox: Outbox::new(4096),
             drained: 0,
+            while_closing: Vec::new(),
         },
         drain,
     };
@@ -458,4 +466,36 @@ async fn a_burst_is_handled_without_yielding_and_only_its_last_reply_waits_for_t
     assert_eq!(frames[0], (OpCode::Text, b"ack m1".to_vec()));
     assert_eq!(frames[1], (OpCode::Text, b"ack m2".to_vec()));
     assert_eq!(log, ["reply ack m1", "bus m1", "bus m2", "reply ack m2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_the_peer_sent_before_it_saw_our_close_reach_the_handler_and_are_not_answered() {
+    // They were dropped unread: a document editor's edits in flight when its store failed
+    // (closed 1013) were lost if it then went away instead of reconnecting.
+    let (mut s, mut client) = setup(1 << 16, Duration::ZERO, None);
+    let task = tokio::spawn(async move {
+        let cause = run(&mut s.conn, &mut s.life, &mut s.echo).await;
+        (cause, s)
+    });
+    for text in ["quit", "late-1", "late-2"] {
+        client
+            .write_all(&frame::encode(OpCode::Text, text.as_bytes(), M))
+            .await
+            .unwrap();
+    }
+    let frames = read_until_close(&mut client).await;
+    assert_eq!(frames.len(), 1, "nothing but the Close: {frames:?}");
+    client
+        .write_all(&frame::close_frame(1000, "", M))
+        .await
+        .unwrap();
+    let (cause, s) = task.await.unwrap();
+    assert_eq!(cause, CloseCause::PublishForbidden);
+    assert_eq!(
+        s.echo.while_closing,
+        [
+            (CloseCause::PublishForbidden, "late-1".to_string()),
+            (CloseCause::PublishForbidden, "late-2".to_string())
+        ]
+    );
 }
