@@ -1147,9 +1147,11 @@ async fn edits_sent_after_an_append_that_failed_reach_the_log_though_the_editor_
     };
     let path = format!("/v1/documents/docs/{doc}");
     ws.send(frame("[first]")).await.unwrap();
-    support::eventually("the first edit to be stored", Duration::from_secs(10), || async {
-        text_of(&admin_call(&gw, "GET", &path, b"").await.1).contains("[first]")
-    })
+    support::eventually(
+        "the first edit to be stored",
+        Duration::from_secs(10),
+        || async { text_of(&admin_call(&gw, "GET", &path, b"").await.1).contains("[first]") },
+    )
     .await;
     tokio::task::block_in_place(|| nats.stop());
     // Its append fails after a store operation's time; the two after it wait in the socket.

@@ -111,8 +111,7 @@ impl Handler for Editor {
         // goes away instead of reconnecting loses none. After any other close they are
         // dropped: the editor resyncs them when it reconnects.
         if let (CloseCause::BusUnavailable, Message::Binary(b)) = (cause, msg) {
-            self.replica
-                .absorb(&self.ctx.conn_id, &b, self.may_write);
+            self.replica.absorb(&self.ctx.conn_id, &b, self.may_write);
         }
     }
 }

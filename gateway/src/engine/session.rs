@@ -87,11 +87,7 @@ pub trait Handler {
     /// before the peer's Close: nothing can be answered any more, but the handler may still
     /// take what it carries (a document editor's edits that were in flight when its store
     /// failed). Dropped by default. Bounded by the close wait, like the rest of the closing.
-    fn closing_message(
-        &mut self,
-        cause: &CloseCause,
-        msg: Message,
-    ) -> impl Future<Output = ()> {
+    fn closing_message(&mut self, cause: &CloseCause, msg: Message) -> impl Future<Output = ()> {
         let _ = (cause, msg);
         std::future::ready(())
     }

@@ -741,15 +741,14 @@ impl Hub {
             GapFit::Fit { .. } => backlog_budget(&j.outbox),
         };
         let mut window = Window::new(j, budget);
-        let synced = match self.sync(key, since, &mut window).await {
+        let mut synced = match self.sync(key, since, &mut window).await {
             Ok(v) => v,
             Err(e) => {
                 self.leave_room(key, &j.conn).await;
                 return Err(e);
             }
         };
-        let stopped = window.stopped();
-        let gap = window.into_kept();
+        let (gap, stopped) = window.finish(&mut synced);
         if let Some(id) = reply {
             j.outbox.push(Item::Reply(protocol::joined(
                 &key.room,
@@ -824,7 +823,7 @@ impl Hub {
     /// `recovered: false` (the history the client saw is gone; what came after is not).
     ///
     /// What is queued with the join is what `window` keeps as the bus reads it (a cut window
-    /// makes the resume `recovered: false` from where it starts).
+    /// makes the resume `recovered: false` from where it starts: [`Window::finish`]).
     async fn sync(
         &self,
         key: &RoomKey,
@@ -834,17 +833,17 @@ impl Hub {
         let Some(since) = since else {
             return Ok(Synced::at(self.bus.position(key).await?));
         };
-        let mut synced = match self.bus.replay_into(key, since, window).await? {
+        match self.bus.replay_into(key, since, window).await? {
             Replayed::Gap => {
                 let position = window.last().map_or(since.clone(), |seq| Position {
                     seq,
                     epoch: since.epoch.clone(),
                 });
-                Synced {
+                Ok(Synced {
                     recovered: true,
                     position,
                     start: since.clone(),
-                }
+                })
             }
             Replayed::Lost => {
                 window.reset();
@@ -862,15 +861,13 @@ impl Hub {
                     seq: first.seq.saturating_sub(1),
                     epoch: first.epoch.clone(),
                 };
-                Synced {
+                Ok(Synced {
                     recovered: false,
                     position: start.clone(),
                     start,
-                }
+                })
             }
-        };
-        window.settle(&mut synced);
-        Ok(synced)
+        }
     }
 
     async fn leave_room(self: &Arc<Self>, key: &RoomKey, conn: &str) {

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use super::{Encoded, Joiner};
-use crate::rooms::bus::{Position, RoomMessage, Sink};
+use crate::rooms::bus::{Payload, Position, RoomMessage, Sink};
 use crate::rooms::outbox::Outbox;
 
 /// How much of a resume's gap a join queues ([`Window`]).
@@ -55,9 +55,12 @@ pub(super) struct Synced {
 }
 
 /// What a join keeps of a resume's gap (or of what a new epoch retains) while the bus reads
-/// it, encoded for the joiner: it never holds more than the joiner's queue could take, however
-/// long the room's history (a client resuming from an old position costs its queue's bound,
-/// not the room's history).
+/// it: never more than the joiner's queue could take, however long the room's history (a
+/// client resuming from an old position costs about its queue's bound, not the room's
+/// history). While reading, each message is counted at a cheap lower bound of what the queue
+/// will count for it ([`min_cost`]: no encoding, and nothing under the bus's lock but a walk
+/// of the message), so the window holds at least what fits; [`Window::finish`] then encodes
+/// only what it keeps, newest first, and cuts exactly.
 ///
 /// [`GapFit::Fit`] (WebSocket, SSE): the newest part that fits `budget`, each message counted
 /// as the queue counts it plus `extra`. Queued whole, a gap over the queue's bound would close
@@ -66,16 +69,18 @@ pub(super) struct Synced {
 /// first message kept (after the newest one when none fits), as a resume from another epoch
 /// is.
 ///
-/// [`GapFit::Whole`] (long-polling): the oldest part, up to the first message that does not fit
-/// the queue; the read stops there ([`Window::stopped`]), the queue takes no more after it, and
-/// the next poll goes on from its cursor.
+/// [`GapFit::Whole`] (long-polling): the oldest part, up to the first message that cannot fit
+/// the queue; the read stops there ([`Window::finish`] says so), the queue takes no more
+/// after it, and the next poll goes on from its cursor.
 pub(super) struct Window<'a> {
     encoding: super::Encoding,
     conn: &'a str,
     fit: GapFit,
     budget: u64,
-    kept: VecDeque<(Encoded, u64)>,
-    used: u64,
+    /// Messages kept, each with its lower-bound cost.
+    kept: VecDeque<(RoomMessage, u64)>,
+    /// Their lower-bound costs, summed.
+    held: u64,
     /// The first message taken (kept or not): where a resume from another epoch starts.
     first: Option<Position>,
     /// The newest message taken.
@@ -84,6 +89,39 @@ pub(super) struct Window<'a> {
     dropped: Option<Position>,
     /// [`GapFit::Whole`]: the read stopped with the queue full.
     stopped: bool,
+}
+
+/// A lower bound of what a queue counts for `msg` in any encoding ([`Item::cost`]): its
+/// data's bytes as the most compact encoding writes them, plus the fixed 16.
+///
+/// [`Item::cost`]: crate::rooms::outbox::Item::cost
+pub(super) fn min_cost(msg: &RoomMessage) -> u64 {
+    let data = match &msg.data {
+        Payload::Json(v) => min_json_len(v),
+        Payload::Binary(b) => b.len() as u64,
+        Payload::Text(t) => t.len() as u64,
+    };
+    data + 16
+}
+
+/// The fewest bytes `v` can serialize to (escapes only lengthen strings; a number takes at
+/// least one digit). A walk of the tree, no allocation.
+fn min_json_len(v: &serde_json::Value) -> u64 {
+    use serde_json::Value;
+    let commas = |n: usize| n.saturating_sub(1) as u64;
+    match v {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(_) => 1,
+        Value::String(s) => s.len() as u64 + 2,
+        Value::Array(a) => 2 + commas(a.len()) + a.iter().map(min_json_len).sum::<u64>(),
+        Value::Object(o) => {
+            2 + commas(o.len())
+                + o.iter()
+                    .map(|(k, v)| k.len() as u64 + 3 + min_json_len(v))
+                    .sum::<u64>()
+        }
+    }
 }
 
 impl<'a> Window<'a> {
@@ -95,7 +133,7 @@ impl<'a> Window<'a> {
             fit: j.gap,
             budget,
             kept: VecDeque::new(),
-            used: 0,
+            held: 0,
             first: None,
             last: None,
             dropped: None,
@@ -113,80 +151,97 @@ impl<'a> Window<'a> {
         self.last
     }
 
-    /// Bytes the kept messages count in the joiner's queue.
+    /// The lower-bound bytes of what the window holds now.
     #[cfg(test)]
-    pub(super) fn used(&self) -> u64 {
-        self.used
+    pub(super) fn held(&self) -> u64 {
+        self.held
     }
 
-    /// Whether the read stopped with the queue full ([`GapFit::Whole`]): nothing after the
-    /// kept messages may be queued, or it would go out with a cursor past what was not read.
-    pub(super) fn stopped(&self) -> bool {
-        self.stopped
-    }
-
-    /// Where the join starts, given what was dropped for the budget: a cut resume is
-    /// `recovered: false` from just before the first message kept (after the newest one when
-    /// none was kept).
-    pub(super) fn settle(&self, synced: &mut Synced) {
-        let Some(dropped) = &self.dropped else {
-            return;
+    /// What the join queues, encoded for the joiner, oldest first, and whether the read
+    /// stopped with the queue full ([`GapFit::Whole`]: nothing after these may be queued, or
+    /// it would go out with a cursor past what was not read). For [`GapFit::Fit`], the newest
+    /// part that fits exactly; a cut makes `synced` `recovered: false` from just before the
+    /// first message kept (after the newest one when none was kept).
+    pub(super) fn finish(self, synced: &mut Synced) -> (Vec<Encoded>, bool) {
+        let extra = match self.fit {
+            GapFit::Whole => {
+                let all = self
+                    .kept
+                    .into_iter()
+                    .map(|(m, _)| Encoded::new(m))
+                    .collect();
+                return (all, self.stopped);
+            }
+            GapFit::Fit { extra } => extra,
         };
-        let seq = self
-            .kept
-            .front()
-            .map_or(dropped.seq, |(k, _)| k.msg.seq.saturating_sub(1));
-        let start = Position {
-            seq,
-            epoch: dropped.epoch.clone(),
-        };
-        synced.recovered = false;
-        synced.position = start.clone();
-        synced.start = start;
-    }
-
-    /// What was kept, oldest first.
-    pub(super) fn into_kept(self) -> Vec<Encoded> {
-        self.kept.into_iter().map(|(e, _)| e).collect()
+        let mut dropped = self.dropped;
+        let mut kept: Vec<Encoded> = Vec::new();
+        let mut used = 0;
+        let mut rest = self.kept;
+        while let Some((msg, _)) = rest.pop_back() {
+            let mut enc = Encoded::new(msg);
+            let cost = enc
+                .item(self.encoding, self.conn)
+                .map_or(0, |i| i.cost() + extra);
+            if used + cost > self.budget {
+                dropped = Some(Position {
+                    seq: enc.msg.seq,
+                    epoch: enc.msg.epoch.clone(),
+                });
+                break;
+            }
+            used += cost;
+            kept.push(enc);
+        }
+        kept.reverse();
+        if let Some(dropped) = dropped {
+            let seq = kept
+                .first()
+                .map_or(dropped.seq, |k| k.msg.seq.saturating_sub(1));
+            let start = Position {
+                seq,
+                epoch: dropped.epoch,
+            };
+            synced.recovered = false;
+            synced.position = start.clone();
+            synced.start = start;
+        }
+        (kept, false)
     }
 }
 
 impl Sink for Window<'_> {
     fn take(&mut self, msg: RoomMessage) -> bool {
-        let at = || Position {
-            seq: msg.seq,
-            epoch: msg.epoch.clone(),
-        };
         if self.first.is_none() {
-            self.first = Some(at());
+            self.first = Some(Position {
+                seq: msg.seq,
+                epoch: msg.epoch.clone(),
+            });
         }
         self.last = Some(msg.seq);
-        let mut enc = Encoded::new(msg);
         let extra = match self.fit {
             GapFit::Whole => 0,
             GapFit::Fit { extra } => extra,
         };
-        let cost = enc
-            .item(self.encoding, self.conn)
-            .map_or(0, |i| i.cost() + extra);
-        self.kept.push_back((enc, cost));
-        self.used += cost;
+        let cost = min_cost(&msg) + extra;
+        self.kept.push_back((msg, cost));
+        self.held += cost;
         match self.fit {
             GapFit::Whole => {
-                // The message that does not fit is kept: the queue refuses it, and takes
-                // nothing more.
-                self.stopped = self.used > self.budget;
+                // Even at its lower bound this one does not fit: it is kept (the queue refuses
+                // it), and the queue takes nothing more.
+                self.stopped = self.held > self.budget;
                 !self.stopped
             }
             GapFit::Fit { .. } => {
-                while self.used > self.budget {
+                while self.held > self.budget {
                     let Some((old, cost)) = self.kept.pop_front() else {
                         break;
                     };
-                    self.used -= cost;
+                    self.held -= cost;
                     self.dropped = Some(Position {
-                        seq: old.msg.seq,
-                        epoch: old.msg.epoch,
+                        seq: old.seq,
+                        epoch: old.epoch,
                     });
                 }
                 true
@@ -196,7 +251,7 @@ impl Sink for Window<'_> {
 
     fn reset(&mut self) {
         self.kept.clear();
-        self.used = 0;
+        self.held = 0;
         self.first = None;
         self.last = None;
         self.dropped = None;

@@ -1,3 +1,4 @@
+use super::gap::min_cost;
 use super::repair::plan;
 use super::*;
 use crate::rooms::bus::feed::{FeedSender, Lag};
@@ -945,21 +946,75 @@ fn a_resume_window_never_holds_more_than_its_budget_however_long_the_gap() {
             window.take(stored(seq, 100)),
             "a resume reads to the newest"
         );
-        assert!(window.used() <= 3_000, "{} bytes held", window.used());
+        assert!(window.held() <= 3_000, "{} bytes held", window.held());
     }
     let mut synced = Synced {
         recovered: true,
         position: Position::default(),
         start: Position::default(),
     };
-    window.settle(&mut synced);
-    let kept: Vec<u64> = window.into_kept().iter().map(|e| e.msg.seq).collect();
+    let (kept, stopped) = window.finish(&mut synced);
+    let kept: Vec<u64> = kept.iter().map(|e| e.msg.seq).collect();
+    assert!(!stopped);
     assert!(!kept.is_empty() && kept.len() < 100, "{} kept", kept.len());
     assert_eq!(kept.last(), Some(&10_000), "the newest part");
     assert!(kept.windows(2).all(|w| w[1] == w[0] + 1));
     assert!(!synced.recovered);
     assert_eq!(synced.start.seq, kept[0] - 1);
     assert_eq!(synced.position, synced.start);
+}
+
+#[test]
+fn a_window_keeps_exactly_what_the_queue_takes_whatever_the_messages_cost_to_encode() {
+    // Counted at a lower bound while reading, cut exactly once encoded: the same part of the
+    // gap as encoding each message and cutting at the budget, for data of every shape.
+    let datas = [
+        Payload::Json(serde_json::json!([1, 2, 3, {"a": "é\n\"", "b": null, "c": false}])),
+        Payload::Json(serde_json::json!("x".repeat(300))),
+        Payload::Binary(bytes::Bytes::from(vec![7u8; 200])),
+        Payload::Text("t".repeat(150)),
+    ];
+    for encoding in [Encoding::Json, Encoding::Proto] {
+        let j = Joiner {
+            encoding,
+            ..joiner("b")
+        };
+        let msgs: Vec<RoomMessage> = (1..=200u64)
+            .map(|seq| RoomMessage {
+                data: datas[seq as usize % datas.len()].clone(),
+                ..stored(seq, 0)
+            })
+            .collect();
+        for m in &msgs {
+            assert!(min_cost(m) <= Encoded::new(m.clone()).item(encoding, "b").unwrap().cost());
+        }
+        let budget = 5_000;
+        let mut window = Window::new(&j, budget);
+        for m in msgs.clone() {
+            window.take(m);
+        }
+        let mut synced = Synced {
+            recovered: true,
+            position: Position::default(),
+            start: Position::default(),
+        };
+        let (kept, _) = window.finish(&mut synced);
+        // What encoding every message and cutting at the budget keeps.
+        let mut want = Vec::new();
+        let mut used = 0;
+        for m in msgs.iter().rev() {
+            let cost = Encoded::new(m.clone()).item(encoding, "b").unwrap().cost();
+            if used + cost > budget {
+                break;
+            }
+            used += cost;
+            want.push(m.seq);
+        }
+        want.reverse();
+        let kept: Vec<u64> = kept.iter().map(|e| e.msg.seq).collect();
+        assert_eq!(kept, want, "{encoding:?}");
+        assert_eq!(synced.start.seq, want[0] - 1);
+    }
 }
 
 #[test]
@@ -976,9 +1031,16 @@ fn a_long_poll_window_stops_the_read_at_the_first_message_its_queue_cannot_take(
             break;
         }
     }
-    assert!(window.stopped());
     assert!(offered < 100, "read {offered} messages");
-    let kept: Vec<u64> = window.into_kept().iter().map(|e| e.msg.seq).collect();
+    let mut synced = Synced {
+        recovered: true,
+        position: Position::default(),
+        start: Position::default(),
+    };
+    let (kept, stopped) = window.finish(&mut synced);
+    assert!(stopped);
+    assert!(synced.recovered, "the next poll goes on from its cursor");
+    let kept: Vec<u64> = kept.iter().map(|e| e.msg.seq).collect();
     assert_eq!(kept, (1..=offered).collect::<Vec<u64>>(), "the oldest part");
 }
 
