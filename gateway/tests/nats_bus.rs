@@ -204,8 +204,8 @@ async fn replay_returns_exactly_the_gap_even_with_other_rooms_in_the_stream() {
 struct FirstN(Vec<RoomMessage>, usize);
 
 impl Sink for FirstN {
-    fn take(&mut self, msg: RoomMessage) -> bool {
-        self.0.push(msg);
+    fn take(&mut self, msg: std::borrow::Cow<'_, RoomMessage>) -> bool {
+        self.0.push(msg.into_owned());
         self.0.len() < self.1
     }
     fn reset(&mut self) {

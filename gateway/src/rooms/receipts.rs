@@ -10,6 +10,7 @@
 //! Unread counts are counted in the room's retained history: the stored messages after the
 //! read position that the user did not publish (at most `history.maxMessages`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -416,7 +417,7 @@ struct Unread<'a> {
 }
 
 impl Sink for Unread<'_> {
-    fn take(&mut self, msg: RoomMessage) -> bool {
+    fn take(&mut self, msg: Cow<'_, RoomMessage>) -> bool {
         if counts_as_unread(&msg, self.user) {
             self.n += 1;
         }

@@ -18,6 +18,7 @@
 //! (called every second) without waiting for the next publish, at most [`SWEEP_BUDGET`]
 //! messages per call, oldest first.
 
+use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -604,7 +605,7 @@ impl Bus for MemoryBus {
         let replay = if oldest_follows || nothing_removed {
             // One message at a time into the sink, which keeps what it needs.
             for m in room.history.iter().filter(|m| m.msg.seq > since.seq) {
-                if !sink.take(m.msg.clone()) {
+                if !sink.take(Cow::Borrowed(&m.msg)) {
                     break;
                 }
             }
@@ -656,7 +657,7 @@ impl Bus for MemoryBus {
             );
         }
         for m in &room.history {
-            if !sink.take(m.msg.clone()) {
+            if !sink.take(Cow::Borrowed(&m.msg)) {
                 break;
             }
         }

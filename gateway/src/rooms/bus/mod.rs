@@ -9,6 +9,7 @@ pub mod feed;
 pub mod memory;
 pub mod nats;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -104,8 +105,10 @@ pub enum Replay {
 /// itself, so what a join or a count holds is what its sink keeps (a window the size of the
 /// member's queue, a counter), not the room's retained history.
 pub trait Sink: Send {
-    /// Take the next message; `false`: the sink has what it needs and the read stops.
-    fn take(&mut self, msg: RoomMessage) -> bool;
+    /// Take the next message (borrowed where the bus holds it, as the embedded bus does: a
+    /// sink that only looks at it copies nothing); `false`: the sink has what it needs and the
+    /// read stops.
+    fn take(&mut self, msg: Cow<'_, RoomMessage>) -> bool;
     /// Forget what was taken: the read found it belongs to no current history (the stream
     /// was recreated while it was read).
     fn reset(&mut self);
@@ -113,8 +116,8 @@ pub trait Sink: Send {
 
 /// Keep everything (tests, small reads).
 impl Sink for Vec<RoomMessage> {
-    fn take(&mut self, msg: RoomMessage) -> bool {
-        self.push(msg);
+    fn take(&mut self, msg: Cow<'_, RoomMessage>) -> bool {
+        self.push(msg.into_owned());
         true
     }
     fn reset(&mut self) {

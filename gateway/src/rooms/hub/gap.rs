@@ -1,6 +1,7 @@
 //! How much history a member is queued at once: a resume's gap on its join, a repair after
 //! the pod fell behind ([`GapFit`], [`Window`], [`backlog_budget`]).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use super::{Encoded, Joiner};
@@ -211,7 +212,7 @@ impl<'a> Window<'a> {
 }
 
 impl Sink for Window<'_> {
-    fn take(&mut self, msg: RoomMessage) -> bool {
+    fn take(&mut self, msg: Cow<'_, RoomMessage>) -> bool {
         if self.first.is_none() {
             self.first = Some(Position {
                 seq: msg.seq,
@@ -224,7 +225,7 @@ impl Sink for Window<'_> {
             GapFit::Fit { extra } => extra,
         };
         let cost = min_cost(&msg) + extra;
-        self.kept.push_back((msg, cost));
+        self.kept.push_back((msg.into_owned(), cost));
         self.held += cost;
         match self.fit {
             GapFit::Whole => {

@@ -2,6 +2,7 @@
 //! resume, and tell each member what history no longer holds (`lost`) before anything later
 //! (docs/protocol.md, "Delivery guarantees").
 
+use std::borrow::Cow;
 use std::sync::{Arc, Weak};
 
 use super::{Encoded, GapFit, LocalRoom, Pending, Slot, backlog_budget, deliver};
@@ -106,10 +107,10 @@ struct LagRange<'a> {
 }
 
 impl Sink for LagRange<'_> {
-    fn take(&mut self, msg: RoomMessage) -> bool {
+    fn take(&mut self, msg: Cow<'_, RoomMessage>) -> bool {
         let past = msg.seq > self.lag.last;
         if self.msgs.is_empty() || (msg.seq > self.lag.after.seq && !past) {
-            self.msgs.push(msg);
+            self.msgs.push(msg.into_owned());
         }
         !past
     }

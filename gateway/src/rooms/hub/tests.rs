@@ -1,4 +1,5 @@
 use super::gap::min_cost;
+use std::borrow::Cow;
 use super::repair::plan;
 use super::*;
 use crate::rooms::bus::feed::{FeedSender, Lag};
@@ -943,7 +944,7 @@ fn a_resume_window_never_holds_more_than_its_budget_however_long_the_gap() {
     let mut window = Window::new(&j, 3_000);
     for seq in 1..=10_000 {
         assert!(
-            window.take(stored(seq, 100)),
+            window.take(Cow::Owned(stored(seq, 100))),
             "a resume reads to the newest"
         );
         assert!(window.held() <= 3_000, "{} bytes held", window.held());
@@ -991,7 +992,7 @@ fn a_window_keeps_exactly_what_the_queue_takes_whatever_the_messages_cost_to_enc
         let budget = 5_000;
         let mut window = Window::new(&j, budget);
         for m in msgs.clone() {
-            window.take(m);
+            window.take(Cow::Owned(m));
         }
         let mut synced = Synced {
             recovered: true,
@@ -1027,7 +1028,7 @@ fn a_long_poll_window_stops_the_read_at_the_first_message_its_queue_cannot_take(
     let mut offered = 0;
     for seq in 1..=10_000 {
         offered += 1;
-        if !window.take(stored(seq, 100)) {
+        if !window.take(Cow::Owned(stored(seq, 100))) {
             break;
         }
     }

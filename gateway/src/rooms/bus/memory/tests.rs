@@ -500,8 +500,8 @@ async fn rooms_freed_by_the_byte_bound_do_not_make_quiet_rooms_resume_lost() {
 struct FirstN(Vec<RoomMessage>, usize);
 
 impl Sink for FirstN {
-    fn take(&mut self, msg: RoomMessage) -> bool {
-        self.0.push(msg);
+    fn take(&mut self, msg: std::borrow::Cow<'_, RoomMessage>) -> bool {
+        self.0.push(msg.into_owned());
         self.0.len() < self.1
     }
     fn reset(&mut self) {

@@ -1,6 +1,8 @@
 //! When a replay from JetStream is complete: the arithmetic of retained suffixes, positions
 //! and the probe that proves a short gap complete (pure functions, tested in `tests.rs`).
 
+use std::borrow::Cow;
+
 use super::*;
 
 /// Whether a replay from `since` (exclusive) holds every message of the room, given what
@@ -173,7 +175,7 @@ impl Inner {
                     &since.epoch,
                     ms_of(&info),
                 ) {
-                    Some(msg) => sink.take(msg),
+                    Some(msg) => sink.take(Cow::Owned(msg)),
                     None => true,
                 }
             },
@@ -268,7 +270,7 @@ impl Inner {
             |m| {
                 let Ok(info) = m.info() else { return true };
                 match decode(key, &m.payload, info.stream_sequence, &epoch, ms_of(&info)) {
-                    Some(msg) => sink.take(msg),
+                    Some(msg) => sink.take(Cow::Owned(msg)),
                     None => true,
                 }
             },
