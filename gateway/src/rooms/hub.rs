@@ -748,7 +748,8 @@ impl Hub {
                 return Err(e);
             }
         };
-        let (gap, stopped) = window.finish(&mut synced);
+        // Measured again: the member's other rooms may have queued live messages meanwhile.
+        let (gap, stopped) = window.finish(&mut synced, backlog_budget(&j.outbox));
         if let Some(id) = reply {
             j.outbox.push(Item::Reply(protocol::joined(
                 &key.room,

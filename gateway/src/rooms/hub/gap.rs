@@ -162,8 +162,11 @@ impl<'a> Window<'a> {
     /// stopped with the queue full ([`GapFit::Whole`]: nothing after these may be queued, or
     /// it would go out with a cursor past what was not read). For [`GapFit::Fit`], the newest
     /// part that fits exactly; a cut makes `synced` `recovered: false` from just before the
-    /// first message kept (after the newest one when none was kept).
-    pub(super) fn finish(self, synced: &mut Synced) -> (Vec<Encoded>, bool) {
+    /// first message kept (after the newest one when none was kept). `budget`: what the
+    /// queue has room for now (live messages of the member's other rooms may have come in
+    /// while the bus read), at most the window's own.
+    pub(super) fn finish(self, synced: &mut Synced, budget: u64) -> (Vec<Encoded>, bool) {
+        let budget = budget.min(self.budget);
         let extra = match self.fit {
             GapFit::Whole => {
                 let all = self
@@ -184,7 +187,7 @@ impl<'a> Window<'a> {
             let cost = enc
                 .item(self.encoding, self.conn)
                 .map_or(0, |i| i.cost() + extra);
-            if used + cost > self.budget {
+            if used + cost > budget {
                 dropped = Some(Position {
                     seq: enc.msg.seq,
                     epoch: enc.msg.epoch.clone(),

@@ -1,11 +1,11 @@
 use super::gap::min_cost;
-use std::borrow::Cow;
 use super::repair::plan;
 use super::*;
 use crate::rooms::bus::feed::{FeedSender, Lag};
 use crate::rooms::bus::memory::MemoryBus;
 use crate::rooms::bus::{PresenceEvent, Publish, Retention};
 use serde_json::Value;
+use std::borrow::Cow;
 
 pub(super) fn key() -> RoomKey {
     RoomKey {
@@ -954,7 +954,7 @@ fn a_resume_window_never_holds_more_than_its_budget_however_long_the_gap() {
         position: Position::default(),
         start: Position::default(),
     };
-    let (kept, stopped) = window.finish(&mut synced);
+    let (kept, stopped) = window.finish(&mut synced, u64::MAX);
     let kept: Vec<u64> = kept.iter().map(|e| e.msg.seq).collect();
     assert!(!stopped);
     assert!(!kept.is_empty() && kept.len() < 100, "{} kept", kept.len());
@@ -999,7 +999,7 @@ fn a_window_keeps_exactly_what_the_queue_takes_whatever_the_messages_cost_to_enc
             position: Position::default(),
             start: Position::default(),
         };
-        let (kept, _) = window.finish(&mut synced);
+        let (kept, _) = window.finish(&mut synced, u64::MAX);
         // What encoding every message and cutting at the budget keeps.
         let mut want = Vec::new();
         let mut used = 0;
@@ -1038,7 +1038,7 @@ fn a_long_poll_window_stops_the_read_at_the_first_message_its_queue_cannot_take(
         position: Position::default(),
         start: Position::default(),
     };
-    let (kept, stopped) = window.finish(&mut synced);
+    let (kept, stopped) = window.finish(&mut synced, u64::MAX);
     assert!(stopped);
     assert!(synced.recovered, "the next poll goes on from its cursor");
     let kept: Vec<u64> = kept.iter().map(|e| e.msg.seq).collect();
@@ -1077,4 +1077,70 @@ async fn a_long_poll_join_whose_gap_outgrows_its_queue_queues_nothing_after_the_
         got,
         (first.seq + 1..=first.seq + got.len() as u64).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test]
+async fn a_long_poll_join_whose_read_stopped_at_one_oversized_message_queues_nothing_after_it() {
+    // One message over the queue's bound is queued on its own (an empty queue takes any one
+    // item); the read stopped there, so a later message must not follow it into this answer:
+    // its cursor would pass the messages after the big one that were never read.
+    let (hub, bus) = setup().await;
+    let first = publish(&bus, 0).await;
+    let big = bus
+        .publish(Publish {
+            key: key(),
+            from: None,
+            data: Payload::Text("x".repeat(3_000)),
+            ephemeral: false,
+            origin_conn: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let after = publish(&bus, 2).await;
+    let b = Joiner {
+        outbox: Outbox::new(2_000),
+        gap: GapFit::Whole,
+        ..joiner("b")
+    };
+    let joined = hub.join(&key(), &b, Some(&first), None).await.unwrap();
+    assert!(joined.recovered);
+    publish(&bus, 3).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got: Vec<u64> = b
+        .outbox
+        .take_now()
+        .iter()
+        .filter_map(|i| match i {
+            Item::Message(m) => Some(m.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![big.seq], "after it: {}", after.seq);
+}
+
+#[test]
+fn a_window_cuts_to_the_room_its_queue_has_left_when_the_read_ends() {
+    // The budget was fixed before the bus read (up to seconds on NATS) while the member's
+    // other rooms kept queueing live messages: gap and backlog together closed it 4008.
+    let j = joiner("b");
+    let mut window = Window::new(&j, 10_000);
+    for seq in 1..=200 {
+        window.take(Cow::Owned(stored(seq, 100)));
+    }
+    let mut synced = Synced {
+        recovered: true,
+        position: Position::default(),
+        start: Position::default(),
+    };
+    let (kept, _) = window.finish(&mut synced, 2_000);
+    let used: u64 = kept
+        .into_iter()
+        .map(|mut e| e.item(Encoding::Json, "b").unwrap().cost())
+        .sum();
+    assert!(
+        used <= 2_000,
+        "{used} bytes queued into 2,000 bytes of room"
+    );
+    assert!(!synced.recovered);
 }
