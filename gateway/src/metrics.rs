@@ -129,7 +129,8 @@ pub struct Metrics {
     pub document_updates: IntCounterVec,
     /// `switchboard_document_update_bytes_total`: bytes of Yjs updates applied on this pod
     pub document_update_bytes: IntCounter,
-    /// `switchboard_document_compactions_total{result}`: snapshots written (ok | error)
+    /// `switchboard_document_compactions_total{result}`: snapshots written (ok | error), or
+    /// changes given up when a replica that owed one was unloaded (abandoned)
     pub document_compactions: IntCounterVec,
     /// `switchboard_document_notifications_total{via,result}`: "document changed"
     /// notifications by channel (http | nats) and result = ok | retried (an attempt failed,

@@ -43,6 +43,9 @@ pub const LOAD_WAIT: Duration = Duration::from_secs(10);
 /// again before it is dropped.
 const OWED_RECHECK: Duration = Duration::from_secs(1);
 
+/// How long a replica nobody uses is kept loaded for a snapshot it owes the log.
+pub const OWED_HOLD: Duration = Duration::from_secs(600);
+
 /// This pod's documents.
 pub struct Documents {
     store: Option<NatsStore>,
@@ -102,23 +105,41 @@ impl Documents {
 
     /// Done with a replica; once nobody on this pod uses it for `idle`, it is dropped — not
     /// while it holds changes the log lacks (NATS was down when they were made): it stays
-    /// loaded, retrying its snapshot, until they are stored.
+    /// loaded, retrying its snapshot every second, until they are stored, for at most
+    /// [`OWED_HOLD`] (then, or when its log feed failed, they are given up, logged and counted
+    /// as `switchboard_document_compactions_total{result="abandoned"}`).
     pub fn close(self: &Arc<Self>, replica: &Arc<Replica>, idle: Duration) {
         if replica.users.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
         let docs = Arc::downgrade(self);
         let weak = Arc::downgrade(replica);
-        // Held strongly while it owes a snapshot (its log feed holds it only weakly).
-        let mut owed: Option<Arc<Replica>> = None;
         replica.spawn(async move {
             tokio::time::sleep(idle).await;
-            while let Some(r) = weak.upgrade().filter(|r| r.owes_snapshot()) {
-                owed = Some(r);
-                tokio::time::sleep(OWED_RECHECK).await;
+            let Some(r) = weak.upgrade() else { return };
+            if r.owes_snapshot() && !r.failed() {
+                if r.owed_watch.swap(true, Ordering::AcqRel) {
+                    return; // another close's task holds it until it is stored
+                }
+                let until = tokio::time::Instant::now() + OWED_HOLD;
+                // Held strongly meanwhile (its log feed holds it only weakly).
+                while r.owes_snapshot()
+                    && !r.failed()
+                    && r.users.load(Ordering::Acquire) == 0
+                    && tokio::time::Instant::now() < until
+                {
+                    tokio::time::sleep(OWED_RECHECK).await;
+                }
+                r.owed_watch.store(false, Ordering::Release);
             }
-            drop(owed);
-            let (Some(docs), Some(r)) = (docs.upgrade(), weak.upgrade()) else {
+            if r.users.load(Ordering::Acquire) == 0 && r.owes_snapshot() {
+                tracing::error!(document = %r.key.room, failed = r.failed(), "document unloaded with changes its log lacks (NATS was unreachable); editors that still have them send them when they sync again");
+                crate::metrics::metrics()
+                    .document_compactions
+                    .with_label_values(&["abandoned"])
+                    .inc();
+            }
+            let Some(docs) = docs.upgrade() else {
                 return;
             };
             let mut map = docs.map.lock().unwrap_or_else(|p| p.into_inner());

@@ -146,6 +146,10 @@ pub struct Replica {
     load: watch::Sender<Load>,
     /// Connections and API calls using the replica; at 0 it may be unloaded.
     pub(super) users: AtomicUsize,
+    /// A task keeps the replica loaded until the snapshot it owes is stored
+    /// ([`Documents::close`](super::Documents::close)): one per replica, however often it is
+    /// closed meanwhile.
+    pub(super) owed_watch: std::sync::atomic::AtomicBool,
     /// Edits not yet in a "document changed" notification (with `documents.notify*`).
     pending: Option<Arc<Pending>>,
     /// Edits applied here since the last notification.
@@ -213,6 +217,7 @@ impl Replica {
             }),
             load,
             users: AtomicUsize::new(0),
+            owed_watch: std::sync::atomic::AtomicBool::new(false),
             pending: notifies.then(|| Arc::new(Pending::default())),
             edits: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
@@ -292,6 +297,11 @@ impl Replica {
 
     pub(super) fn fail(&self, why: String) {
         self.load.send_replace(Load::Failed(why));
+    }
+
+    /// Whether loading or following the log failed (nothing retries its snapshot then).
+    pub fn failed(&self) -> bool {
+        matches!(*self.load.borrow(), Load::Failed(_))
     }
 
     pub fn editors(&self) -> usize {
