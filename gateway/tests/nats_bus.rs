@@ -1049,3 +1049,46 @@ async fn one_users_read_positions_are_bounded_on_nats_without_forgetting_anyone_
     assert_eq!(ra.get(&room(0), "mallory").await.unwrap(), Some(at(2)));
     assert_eq!(rb.get(&room(0), "bob").await.unwrap(), Some(at(1)));
 }
+
+#[tokio::test]
+async fn a_user_already_over_the_read_position_bound_is_brought_under_it_within_a_few_marks() {
+    // Positions written before the bound existed (or by pods without it): each mark used to
+    // forget one key per new room, so such a user stayed over the bound for good.
+    use switchboard_gateway::rooms::receipts::MAX_READS_PER_USER;
+    let server = NatsServer::start();
+    let a = pod(&server, 10).await;
+    let reads = a.reads().unwrap();
+    let at = |seq| Position {
+        seq,
+        epoch: "e".into(),
+    };
+    reads.mark(&key("r00000"), "mallory", &at(1)).await.unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let bucket = async_nats::jetstream::new(client)
+        .get_key_value("SBTEST_reads")
+        .await
+        .unwrap();
+    for n in 1..MAX_READS_PER_USER + 100 {
+        let room = format!("r{n:05}");
+        let value = serde_json::json!({"room": room, "seq": 1, "epoch": "e"}).to_string();
+        bucket
+            .put(format!("{NS}.mallory.{room}"), value.into())
+            .await
+            .unwrap();
+    }
+    let listed = reads.of_user(NS, "mallory", usize::MAX).await.unwrap();
+    assert_eq!(listed.len(), MAX_READS_PER_USER + 100);
+    for n in 0..4 {
+        reads
+            .mark(&key(&format!("new{n}")), "mallory", &at(1))
+            .await
+            .unwrap();
+    }
+    let listed = reads.of_user(NS, "mallory", usize::MAX).await.unwrap();
+    assert_eq!(listed.len(), MAX_READS_PER_USER);
+    assert!(listed.iter().any(|(r, _)| r == "new3"));
+    assert!(
+        !listed.iter().any(|(r, _)| r == "r00000"),
+        "the oldest went first"
+    );
+}

@@ -58,8 +58,8 @@ struct LocalState {
     by_key: HashMap<ReadKey, (Position, u64)>,
     /// stamp -> key, oldest first (eviction order).
     order: BTreeMap<u64, ReadKey>,
-    /// (namespace, user) -> how many positions they have (the per-user bound).
-    per_user: HashMap<(String, String), usize>,
+    /// (namespace, user) -> their rooms by stamp, oldest first (the per-user bound).
+    per_user: HashMap<(String, String), BTreeMap<u64, String>>,
     next: u64,
 }
 
@@ -68,22 +68,22 @@ impl LocalState {
         if let Some((_, stamp)) = self.by_key.remove(k) {
             self.order.remove(&stamp);
             let user = (k.0.clone(), k.1.clone());
-            if let Some(n) = self.per_user.get_mut(&user) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(rooms) = self.per_user.get_mut(&user) {
+                rooms.remove(&stamp);
+                if rooms.is_empty() {
                     self.per_user.remove(&user);
                 }
             }
         }
     }
 
-    /// The user's least recently marked key (a scan from the oldest: called only when the
-    /// user is at their bound).
+    /// The user's least recently marked key.
     fn oldest_of(&self, namespace: &str, user: &str) -> Option<ReadKey> {
-        self.order
-            .values()
-            .find(|(ns, u, _)| ns == namespace && u == user)
-            .cloned()
+        let rooms = self
+            .per_user
+            .get(&(namespace.to_string(), user.to_string()))?;
+        let (_, room) = rooms.first_key_value()?;
+        Some((namespace.to_string(), user.to_string(), room.clone()))
     }
 }
 
@@ -104,11 +104,14 @@ impl ReadStore for LocalReads {
         {
             return Ok(p.clone());
         }
+        let user = (k.0.clone(), k.1.clone());
         if let Some((_, stamp)) = old {
             st.order.remove(&stamp);
+            if let Some(rooms) = st.per_user.get_mut(&user) {
+                rooms.remove(&stamp);
+            }
         } else {
-            let user = (k.0.clone(), k.1.clone());
-            if st.per_user.get(&user).copied().unwrap_or(0) >= MAX_READS_PER_USER
+            if st.per_user.get(&user).map_or(0, BTreeMap::len) >= MAX_READS_PER_USER
                 && let Some(evict) = st.oldest_of(&k.0, &k.1)
             {
                 st.forget(&evict);
@@ -121,10 +124,13 @@ impl ReadStore for LocalReads {
                 st.forget(&evict);
                 crate::metrics::metrics().room_reads_forgotten.inc();
             }
-            *st.per_user.entry(user).or_default() += 1;
         }
         let stamp = st.next;
         st.next += 1;
+        st.per_user
+            .entry(user)
+            .or_default()
+            .insert(stamp, k.2.clone());
         st.order.insert(stamp, k.clone());
         st.by_key.insert(k, (pos.clone(), stamp));
         Ok(pos.clone())
@@ -142,11 +148,16 @@ impl ReadStore for LocalReads {
         max: usize,
     ) -> Result<Vec<(String, Position)>, BusError> {
         let st = self.lock();
-        let mut out: Vec<(String, Position)> = st
-            .by_key
-            .iter()
-            .filter(|((ns, u, _), _)| ns == namespace && u == user)
-            .map(|((_, _, room), (p, _))| (room.clone(), p.clone()))
+        let (namespace, user) = (namespace.to_string(), user.to_string());
+        let Some(rooms) = st.per_user.get(&(namespace.clone(), user.clone())) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<(String, Position)> = rooms
+            .values()
+            .filter_map(|room| {
+                let k = (namespace.clone(), user.clone(), room.clone());
+                st.by_key.get(&k).map(|(p, _)| (room.clone(), p.clone()))
+            })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.truncate(max);

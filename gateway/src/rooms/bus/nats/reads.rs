@@ -10,6 +10,10 @@ use crate::rooms::bus::MAX_READS_PER_USER;
 /// Attempts at a compare-and-set update before giving up (concurrent reads of one user).
 const CAS_ATTEMPTS: usize = 8;
 
+/// Most of a user's read positions one mark forgets ([`MAX_READS_PER_USER`]): a user far over
+/// the bound is brought under it over several marks, each within a store operation's time.
+const MAX_PURGES_PER_MARK: usize = 32;
+
 /// One stored read position (the room is kept in the value: keys are escaped).
 #[derive(Debug, Serialize, Deserialize)]
 struct Stored {
@@ -146,24 +150,31 @@ impl Inner {
         if n < MAX_READS_PER_USER {
             return Ok(());
         }
-        // Least recently marked: the key whose last write has the lowest stream sequence.
-        let mut oldest: Option<(String, u64)> = None;
+        // Least recently marked first: the keys whose last write has the lowest stream
+        // sequence (deleted keys' markers count, and go, like positions). A user over the
+        // bound (positions made before it existed) is brought down a bounded step per mark.
+        let over = (n + 1 - MAX_READS_PER_USER).min(MAX_PURGES_PER_MARK);
+        let mut oldest: BTreeMap<u64, String> = BTreeMap::new();
         self.read_each(
             &store.stream,
             Self::read_config(filter, DeliverPolicy::LastPerSubject),
             |m| {
                 if let Ok(info) = m.info()
-                    && oldest
-                        .as_ref()
-                        .is_none_or(|(_, seq)| info.stream_sequence < *seq)
+                    && (oldest.len() < over
+                        || oldest
+                            .last_key_value()
+                            .is_some_and(|(seq, _)| info.stream_sequence < *seq))
                 {
-                    oldest = Some((m.subject.to_string(), info.stream_sequence));
+                    oldest.insert(info.stream_sequence, m.subject.to_string());
+                    if oldest.len() > over {
+                        oldest.pop_last();
+                    }
                 }
                 true
             },
         )
         .await?;
-        if let Some((subject, _)) = oldest {
+        for subject in oldest.into_values() {
             store
                 .stream
                 .purge()
