@@ -67,7 +67,28 @@ impl NatsServer {
 
     /// `n` servers (named `n0`, `n1`, ...) forming one JetStream cluster on 127.0.0.1, returned
     /// once every member knows the JetStream meta leader (streams can be created).
+    ///
+    /// Each member takes three free ports; another test may take one of them between the
+    /// check and the bind (nextest runs tests in parallel processes), so a cluster whose
+    /// member could not bind is started again on other ports (twice at most).
     pub async fn cluster(n: usize) -> Vec<Self> {
+        for attempt in 0.. {
+            match Self::try_cluster(n) {
+                Ok(servers) => {
+                    for s in &servers {
+                        s.wait_meta_leader().await;
+                    }
+                    return servers;
+                }
+                Err(log) if attempt < 2 && log.contains("address already in use") => {}
+                Err(log) => panic!("a cluster member did not start:\n{log}"),
+            }
+        }
+        unreachable!()
+    }
+
+    /// The members of [`NatsServer::cluster`], started; the log of one that exited.
+    fn try_cluster(n: usize) -> Result<Vec<Self>, String> {
         let route_ports: Vec<u16> = (0..n).map(|_| super::free_port()).collect();
         let routes = route_ports
             .iter()
@@ -104,12 +125,9 @@ impl NatsServer {
             })
             .collect();
         for s in &mut servers {
-            s.spawn();
+            s.try_spawn()?;
         }
-        for s in &servers {
-            s.wait_meta_leader().await;
-        }
-        servers
+        Ok(servers)
     }
 
     /// Until this member's `/jsz` names a JetStream meta leader.
@@ -160,6 +178,13 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("nats-server exited:\n{log}");
+        }
+    }
+
+    /// Start the server and wait until it is ready; its log when it exited instead.
+    fn try_spawn(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "nats-server already running");
         let log = File::options()
             .create(true)
@@ -183,12 +208,12 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", Self::binary().display()));
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
     /// Ready once a client gets the server's INFO line (JetStream is up before clients are
     /// accepted).
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self
@@ -196,7 +221,8 @@ impl NatsServer {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("nats-server exited with {status}:\n{}", self.log_tail());
+                self.child = None;
+                return Err(format!("exited with {status}:\n{}", self.log_tail()));
             }
             if let Ok(stream) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
@@ -206,7 +232,7 @@ impl NatsServer {
                         line.contains("\"jetstream\":true"),
                         "JetStream is off: {line}"
                     );
-                    return;
+                    return Ok(());
                 }
             }
             assert!(
