@@ -872,15 +872,8 @@ async fn a_long_poll_join_queues_the_whole_gap_for_its_answers_to_page_through()
     // Each answer holds what its queue took and the next poll goes on from its cursor: cut,
     // the older part of the gap would be skipped for good.
     let (hub, bus) = setup().await;
-    let first = publish(&bus, 0).await;
-    for n in 1..60 {
-        publish(&bus, n).await;
-    }
-    let b = Joiner {
-        outbox: Outbox::new(2_000),
-        gap: GapFit::Whole,
-        ..joiner("b")
-    };
+    let first = sixty(&bus).await;
+    let b = long_poller(2_000);
     let joined = hub.join(&key(), &b, Some(&first), None).await.unwrap();
     assert!(joined.recovered);
     let items = b.outbox.take_all().await;
@@ -922,6 +915,33 @@ async fn bytes_a_transport_adds_to_each_message_shrink_the_part_of_a_gap_kept() 
     assert!(with_ids < plain, "{with_ids} vs {plain}");
 }
 
+/// A room holding 60 messages; the position before the last 59 of them.
+async fn sixty(bus: &MemoryBus) -> Position {
+    let first = publish(bus, 0).await;
+    for n in 1..60 {
+        publish(bus, n).await;
+    }
+    first
+}
+
+/// A long-polling joiner with a queue of `max_bytes`.
+fn long_poller(max_bytes: u64) -> Joiner {
+    Joiner {
+        outbox: Outbox::new(max_bytes),
+        gap: GapFit::Whole,
+        ..joiner("b")
+    }
+}
+
+/// A join's start before its window is finished.
+fn unsettled() -> Synced {
+    Synced {
+        recovered: true,
+        position: Position::default(),
+        start: Position::default(),
+    }
+}
+
 /// Stored message `seq` of the room, `bytes` of text.
 fn stored(seq: u64, bytes: usize) -> RoomMessage {
     RoomMessage {
@@ -949,11 +969,7 @@ fn a_resume_window_never_holds_more_than_its_budget_however_long_the_gap() {
         );
         assert!(window.held() <= 3_000, "{} bytes held", window.held());
     }
-    let mut synced = Synced {
-        recovered: true,
-        position: Position::default(),
-        start: Position::default(),
-    };
+    let mut synced = unsettled();
     let (kept, stopped) = window.finish(&mut synced, u64::MAX);
     let kept: Vec<u64> = kept.iter().map(|e| e.msg.seq).collect();
     assert!(!stopped);
@@ -994,11 +1010,7 @@ fn a_window_keeps_exactly_what_the_queue_takes_whatever_the_messages_cost_to_enc
         for m in msgs.clone() {
             window.take(Cow::Owned(m));
         }
-        let mut synced = Synced {
-            recovered: true,
-            position: Position::default(),
-            start: Position::default(),
-        };
+        let mut synced = unsettled();
         let (kept, _) = window.finish(&mut synced, u64::MAX);
         // What encoding every message and cutting at the budget keeps.
         let mut want = Vec::new();
@@ -1033,11 +1045,7 @@ fn a_long_poll_window_stops_the_read_at_the_first_message_its_queue_cannot_take(
         }
     }
     assert!(offered < 100, "read {offered} messages");
-    let mut synced = Synced {
-        recovered: true,
-        position: Position::default(),
-        start: Position::default(),
-    };
+    let mut synced = unsettled();
     let (kept, stopped) = window.finish(&mut synced, u64::MAX);
     assert!(stopped);
     assert!(synced.recovered, "the next poll goes on from its cursor");
@@ -1050,28 +1058,13 @@ async fn a_long_poll_join_whose_gap_outgrows_its_queue_queues_nothing_after_the_
     // Its read stops at what the queue takes; a live message queued after that part would go
     // out with a cursor past the messages not read, and they would never be polled.
     let (hub, bus) = setup().await;
-    let first = publish(&bus, 0).await;
-    for n in 1..60 {
-        publish(&bus, n).await;
-    }
-    let b = Joiner {
-        outbox: Outbox::new(2_000),
-        gap: GapFit::Whole,
-        ..joiner("b")
-    };
+    let first = sixty(&bus).await;
+    let b = long_poller(2_000);
     let joined = hub.join(&key(), &b, Some(&first), None).await.unwrap();
     assert!(joined.recovered, "the next poll goes on from its cursor");
     publish(&bus, 99).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let got: Vec<u64> = b
-        .outbox
-        .take_now()
-        .iter()
-        .filter_map(|i| match i {
-            Item::Message(m) => Some(m.seq),
-            _ => None,
-        })
-        .collect();
+    let got = queued_seqs(&b.outbox);
     assert!(!got.is_empty() && got.len() < 59, "{got:?}");
     assert_eq!(
         got,
@@ -1098,24 +1091,12 @@ async fn a_long_poll_join_whose_read_stopped_at_one_oversized_message_queues_not
         .unwrap()
         .unwrap();
     let after = publish(&bus, 2).await;
-    let b = Joiner {
-        outbox: Outbox::new(2_000),
-        gap: GapFit::Whole,
-        ..joiner("b")
-    };
+    let b = long_poller(2_000);
     let joined = hub.join(&key(), &b, Some(&first), None).await.unwrap();
     assert!(joined.recovered);
     publish(&bus, 3).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let got: Vec<u64> = b
-        .outbox
-        .take_now()
-        .iter()
-        .filter_map(|i| match i {
-            Item::Message(m) => Some(m.seq),
-            _ => None,
-        })
-        .collect();
+    let got = queued_seqs(&b.outbox);
     assert_eq!(got, vec![big.seq], "after it: {}", after.seq);
 }
 
@@ -1128,11 +1109,7 @@ fn a_window_cuts_to_the_room_its_queue_has_left_when_the_read_ends() {
     for seq in 1..=200 {
         window.take(Cow::Owned(stored(seq, 100)));
     }
-    let mut synced = Synced {
-        recovered: true,
-        position: Position::default(),
-        start: Position::default(),
-    };
+    let mut synced = unsettled();
     let (kept, _) = window.finish(&mut synced, 2_000);
     let used: u64 = kept
         .into_iter()
