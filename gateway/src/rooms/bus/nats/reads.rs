@@ -40,6 +40,16 @@ impl Inner {
             .await
     }
 
+    /// The subjects of every read position of `user` in `namespace`.
+    fn user_reads_filter(store: &kv::Store, namespace: &str, user: &str) -> String {
+        format!(
+            "{}{}.{}.*",
+            store.prefix,
+            kv_escape(namespace),
+            kv_escape(user)
+        )
+    }
+
     fn read_key(key: &RoomKey, user: &str) -> String {
         format!(
             "{}.{}.{}",
@@ -131,12 +141,7 @@ impl Inner {
         key: &RoomKey,
         user: &str,
     ) -> Result<(), BusError> {
-        let filter = format!(
-            "{}{}.{}.*",
-            store.prefix,
-            kv_escape(&key.namespace),
-            kv_escape(user)
-        );
+        let filter = Self::user_reads_filter(store, &key.namespace, user);
         let mut keys = store
             .stream
             .info_with_subjects(&filter)
@@ -159,16 +164,13 @@ impl Inner {
             &store.stream,
             Self::read_config(filter, DeliverPolicy::LastPerSubject),
             |m| {
-                if let Ok(info) = m.info()
-                    && (oldest.len() < over
-                        || oldest
-                            .last_key_value()
-                            .is_some_and(|(seq, _)| info.stream_sequence < *seq))
-                {
-                    oldest.insert(info.stream_sequence, m.subject.to_string());
-                    if oldest.len() > over {
-                        oldest.pop_last();
-                    }
+                if let Ok(info) = m.info() {
+                    keep_smallest(
+                        &mut oldest,
+                        over,
+                        info.stream_sequence,
+                        m.subject.to_string(),
+                    );
                 }
                 true
             },
@@ -203,12 +205,7 @@ impl Inner {
     ) -> Result<Vec<(String, Position)>, BusError> {
         check_ns(namespace)?;
         let store = self.reads_store().await?;
-        let filter = format!(
-            "{}{}.{}.*",
-            store.prefix,
-            kv_escape(namespace),
-            kv_escape(user)
-        );
+        let filter = Self::user_reads_filter(&store, namespace, user);
         // The `max` first rooms by name, kept as the keys are read: a user with very many read
         // positions costs a scan, not their whole list in memory.
         let mut first: BTreeMap<String, Position> = BTreeMap::new();
@@ -223,19 +220,11 @@ impl Inner {
                 let Ok(s) = serde_json::from_slice::<Stored>(&m.payload) else {
                     return true;
                 };
-                if first.len() >= max && first.last_key_value().is_none_or(|(r, _)| *r <= s.room) {
-                    return true;
-                }
-                first.insert(
-                    s.room,
-                    Position {
-                        seq: s.seq,
-                        epoch: s.epoch,
-                    },
-                );
-                if first.len() > max {
-                    first.pop_last();
-                }
+                let position = Position {
+                    seq: s.seq,
+                    epoch: s.epoch,
+                };
+                keep_smallest(&mut first, max, s.room, position);
                 true
             },
         )
@@ -268,5 +257,17 @@ impl super::super::ReadStore for NatsReads {
         inner
             .bounded(REPLAY_TIMEOUT, inner.read_list(namespace, user, max))
             .await
+    }
+}
+
+/// Keep `(k, v)` in `map` if it is among the `max` smallest keys offered so far: a bounded
+/// selection while a read streams by.
+fn keep_smallest<K: Ord, V>(map: &mut BTreeMap<K, V>, max: usize, k: K, v: V) {
+    if map.len() >= max && map.last_key_value().is_none_or(|(last, _)| *last <= k) {
+        return;
+    }
+    map.insert(k, v);
+    if map.len() > max {
+        map.pop_last();
     }
 }
