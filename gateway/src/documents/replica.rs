@@ -89,17 +89,22 @@ struct State {
     /// Highest log sequence this replica has integrated (every message at or below it).
     applied_seq: u64,
     compacting: bool,
-    /// An update applied here could not be stored: a snapshot is owed to the log.
-    dirty: bool,
-    /// Counts the changes applied here that the log lacks (an append failed, or an edit
-    /// taken while its editor was being closed): a snapshot clears `dirty` only if none came
-    /// after the state it wrote.
+    /// Counts the changes applied here that the log lacked (an append failed, or an edit
+    /// taken while its editor was being closed).
     unstored: u64,
+    /// `unstored` as of the last snapshot written: a snapshot is owed to the log while the
+    /// two differ (a change the log lacks came after the state it wrote).
+    stored_through: u64,
     /// The other pods' replicas and the awareness clients they announced.
     peers: Peers,
 }
 
 impl State {
+    /// Whether the replica holds changes the log lacks.
+    fn owes_snapshot(&self) -> bool {
+        self.unstored != self.stored_through
+    }
+
     /// Set the document's size to its exact encoded size (one whole encode).
     fn measure(&mut self) {
         self.exact(sync::state(&self.awareness).len() as u64);
@@ -211,8 +216,8 @@ impl Replica {
                 since_snapshot: 0,
                 applied_seq: 0,
                 compacting: false,
-                dirty: false,
                 unstored: 0,
+                stored_through: 0,
                 peers: Peers::default(),
             }),
             load,
@@ -536,9 +541,7 @@ impl Replica {
         }
         match self.change(Some(conn), u) {
             Ok(Some(_)) if self.store.is_some() => {
-                let mut st = self.lock();
-                st.dirty = true;
-                st.unstored += 1;
+                self.lock().unstored += 1;
                 tracing::info!(document = %self.key.room, "edit of an editor being closed applied; a snapshot will store it");
             }
             Ok(_) => {}
@@ -564,10 +567,7 @@ impl Replica {
                 .await
         {
             // The replica has the edit; the log does not. A snapshot will carry it.
-            let mut st = self.lock();
-            st.dirty = true;
-            st.unstored += 1;
-            drop(st);
+            self.lock().unstored += 1;
             tracing::warn!(document = %self.key.room, error = %e, "document update not stored; a snapshot will carry it");
             return Err(CloseCause::BusUnavailable);
         }
@@ -663,7 +663,7 @@ impl Replica {
 
     /// Whether the replica holds changes the log lacks (a snapshot is owed).
     pub fn owes_snapshot(&self) -> bool {
-        self.lock().dirty
+        self.lock().owes_snapshot()
     }
 
     /// The document's whole state as one update.
@@ -709,7 +709,7 @@ impl Replica {
         match result {
             Ok(()) => {
                 // A change the log lacks that came after this state is still owed.
-                st.dirty = st.unstored != unstored;
+                st.stored_through = unstored;
                 st.exact(len);
                 metrics()
                     .document_compactions
@@ -804,7 +804,7 @@ async fn follow(
                 let Some(r) = replica.upgrade() else { return };
                 let owed = {
                     let mut st = r.lock();
-                    let owed = st.dirty && !st.compacting;
+                    let owed = st.owes_snapshot() && !st.compacting;
                     if owed {
                         st.compacting = true;
                     }
