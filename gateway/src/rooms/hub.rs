@@ -1091,6 +1091,8 @@ mod members;
 mod repair;
 
 #[cfg(test)]
+mod gap_tests;
+#[cfg(test)]
 mod held_bus;
 #[cfg(test)]
 mod opening_tests;
