@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use super::gap::{Synced, Window, min_cost};
-use super::tests::{joiner, key};
+use super::tests::{joiner, msg};
 use super::{Encoded, Encoding, GapFit, Joiner};
 use crate::rooms::bus::{Payload, Position, RoomMessage, Sink};
 
@@ -20,14 +20,8 @@ fn unsettled() -> Synced {
 /// Stored message `seq` of the room, `bytes` of text.
 fn stored(seq: u64, bytes: usize) -> RoomMessage {
     RoomMessage {
-        key: key(),
-        seq,
-        epoch: "e".into(),
-        ts_ms: 0,
-        from: None,
         data: Payload::Text("x".repeat(bytes)),
-        ephemeral: false,
-        origin_conn: None,
+        ..msg(seq)
     }
 }
 

@@ -474,7 +474,8 @@ async fn a_repair_is_cut_counting_each_messages_extra_bytes_as_the_join_does() {
     );
 }
 
-fn msg(seq: u64) -> RoomMessage {
+/// Stored message `seq` of the room (epoch `e`), its number as data.
+pub(super) fn msg(seq: u64) -> RoomMessage {
     RoomMessage {
         key: key(),
         seq,
