@@ -1092,3 +1092,127 @@ async fn a_user_already_over_the_read_position_bound_is_brought_under_it_within_
         "the oldest went first"
     );
 }
+
+/// Counts what a read hands over and checks it comes in order, holding no message.
+#[derive(Default)]
+struct Counted {
+    n: usize,
+    last: u64,
+    bytes: usize,
+}
+
+impl Sink for Counted {
+    fn take(&mut self, msg: std::borrow::Cow<'_, RoomMessage>) -> bool {
+        assert!(
+            msg.seq > self.last,
+            "out of order: {} after {}",
+            msg.seq,
+            self.last
+        );
+        self.last = msg.seq;
+        self.n += 1;
+        if let Payload::Binary(b) = &msg.data {
+            self.bytes += b.len();
+        }
+        true
+    }
+    fn reset(&mut self) {
+        *self = Counted::default();
+    }
+}
+
+async fn publish_binary(bus: &NatsBus, room: &str, size: usize) -> Position {
+    bus.publish(Publish {
+        data: Payload::Binary(vec![7u8; size].into()),
+        ..msg(room, 0)
+    })
+    .await
+    .expect("publish")
+    .expect("stored publishes have a position")
+}
+
+/// What nats-server lets wait for one client before it cuts the client off as a slow consumer,
+/// in the servers of the two tests below: a quarter of its default (64 MiB), so the tests need
+/// a quarter of the data to show what a pod's reads put in flight.
+const MAX_PENDING: &str = "max_pending: 16777216";
+
+#[tokio::test]
+async fn a_resume_through_large_messages_reads_them_all_without_the_server_cutting_the_pod_off() {
+    // Pulled 256 messages at a time with no byte bound, one resume of a room of 150 × 700 KB
+    // asked for ~180 MB at once: a pod busy for a moment (here: the one thread its NATS client
+    // runs on, blocked by the reader) left it queued in nats-server, which cut the pod off as a
+    // slow consumer (past its MaxPending); the join answered `unavailable` and the pod's
+    // publishes failed meanwhile.
+    let server = NatsServer::start_with_config(MAX_PENDING);
+    let (a, b) = (pod(&server, 1_000).await, pod(&server, 1_000).await);
+    let first = publish_binary(&a, "big", 700 * 1024).await;
+    for _ in 1..30 {
+        publish_binary(&a, "big", 700 * 1024).await;
+    }
+    let connects = b.client().statistics().connects.load(Ordering::Relaxed);
+    let mut read = Busy(Counted::default());
+    let replayed = b.replay_into(&key("big"), &first, &mut read).await;
+    assert_eq!(
+        (replayed.map_err(|e| e.to_string()), read.0.n, read.0.bytes),
+        (Ok(Replayed::Gap), 29, 29 * 700 * 1024)
+    );
+    assert_eq!(
+        b.client().statistics().connects.load(Ordering::Relaxed),
+        connects,
+        "the pod lost its NATS connection during the read:\n{}",
+        server.log_tail()
+    );
+}
+
+/// A reader that keeps its thread busy for a while at every 10th message.
+struct Busy(Counted);
+
+impl Sink for Busy {
+    fn take(&mut self, msg: std::borrow::Cow<'_, RoomMessage>) -> bool {
+        if self.0.n.is_multiple_of(10) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.0.take(msg)
+    }
+    fn reset(&mut self) {
+        self.0.reset();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_resumes_of_a_large_room_all_complete_and_the_pod_stays_connected() {
+    // 50 concurrent resumes of a 4,000 × 10 KB room disconnected the pod twice (20-24 joins
+    // `unavailable`): every read had a 256-message pull in flight at once.
+    let server = NatsServer::start_with_config(MAX_PENDING);
+    let (a, b) = (
+        pod(&server, 1_000).await,
+        Arc::new(pod(&server, 1_000).await),
+    );
+    let first = publish_binary(&a, "wide", 64 * 1024).await;
+    for _ in 1..40 {
+        publish_binary(&a, "wide", 64 * 1024).await;
+    }
+    let connects = b.client().statistics().connects.load(Ordering::Relaxed);
+    let reads = (0..40).map(|_| {
+        let (b, first) = (b.clone(), first.clone());
+        tokio::spawn(async move {
+            let mut read = Counted::default();
+            let replayed = b.replay_into(&key("wide"), &first, &mut read).await;
+            (replayed.map_err(|e| e.to_string()), read.n)
+        })
+    });
+    for read in futures_util::future::join_all(reads).await {
+        assert_eq!(
+            read.unwrap(),
+            (Ok(Replayed::Gap), 39),
+            "{}",
+            server.log_tail()
+        );
+    }
+    assert_eq!(
+        b.client().statistics().connects.load(Ordering::Relaxed),
+        connects,
+        "the pod lost its NATS connection during the reads:\n{}",
+        server.log_tail()
+    );
+}

@@ -59,63 +59,6 @@ pub fn probe_range(
 /// Reading a room's history from JetStream: replay from a position, the retained messages,
 /// the current position.
 impl Inner {
-    /// Hand every message a fresh ephemeral pull consumer with `cfg` has to `take`, as it is
-    /// fetched (at most a batch is held), until the consumer has none or `take` says stop.
-    pub(super) async fn read_each<I: Clone + Send + Sync + 'static>(
-        &self,
-        stream: &stream::Stream<I>,
-        cfg: consumer::pull::Config,
-        mut take: impl FnMut(jetstream::Message) -> bool + Send,
-    ) -> Result<(), BusError> {
-        let consumer = stream
-            .create_consumer(cfg)
-            .await
-            .map_err(|e| self.fail("create read consumer", e))?;
-        let name = consumer.cached_info().name.clone();
-        let result = async {
-            loop {
-                let mut batch = consumer
-                    .fetch()
-                    .max_messages(FETCH_BATCH)
-                    .messages()
-                    .await
-                    .map_err(|e| self.fail("fetch", e))?;
-                let mut n = 0;
-                while let Some(m) = batch.next().await {
-                    n += 1;
-                    if !take(m.map_err(|e| self.fail("fetch", e))?) {
-                        return Ok(());
-                    }
-                }
-                if n < FETCH_BATCH {
-                    return Ok(());
-                }
-            }
-        }
-        .await;
-        // Best effort (the server drops it after READ_CONSUMER_TTL anyway).
-        let stream = stream.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(OP_TIMEOUT, stream.delete_consumer(&name)).await;
-        });
-        result
-    }
-
-    /// [`Inner::read_each`] into a `Vec` (reads bounded by what they read: a room's presence).
-    pub(super) async fn read_all<I: Clone + Send + Sync + 'static>(
-        &self,
-        stream: &stream::Stream<I>,
-        cfg: consumer::pull::Config,
-    ) -> Result<Vec<jetstream::Message>, BusError> {
-        let mut out = Vec::new();
-        self.read_each(stream, cfg, |m| {
-            out.push(m);
-            true
-        })
-        .await?;
-        Ok(out)
-    }
-
     pub(super) fn read_config(
         filter: String,
         deliver_policy: DeliverPolicy,

@@ -53,6 +53,7 @@ mod envelope;
 mod history;
 mod live;
 mod presence;
+mod pull;
 mod reads;
 pub mod streams;
 mod subjects;
@@ -77,8 +78,6 @@ pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 const INFO_RETRY: Duration = Duration::from_millis(250);
 /// JetStream API and publish-ack timeout: below [`OP_TIMEOUT`] so the bus reports the cause.
 const JS_TIMEOUT: Duration = Duration::from_secs(4);
-/// Messages per pull request when reading history or presence.
-const FETCH_BATCH: usize = 256;
 /// Ephemeral read consumers are removed by the server this long after their last use (they are
 /// also deleted explicitly; this covers a pod that dies mid-read).
 const READ_CONSUMER_TTL: Duration = Duration::from_secs(10);
@@ -188,6 +187,8 @@ struct Inner {
     /// The runtime the client was connected on (its tasks run there): the pumps of subscribed
     /// rooms run there too, whoever subscribed, so a NATS delivery never crosses runtimes.
     runtime: tokio::runtime::Handle,
+    /// Turns for history pulls ([`pull::CONCURRENT_PULLS`]).
+    pulls: tokio::sync::Semaphore,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -277,6 +278,7 @@ impl NatsBus {
             reads: tokio::sync::Mutex::default(),
             announced: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
+            pulls: tokio::sync::Semaphore::new(pull::CONCURRENT_PULLS),
         });
         tokio::spawn(configure_on_connect(Arc::downgrade(&inner), connected));
         Ok(NatsBus { inner })
