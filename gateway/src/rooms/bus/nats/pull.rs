@@ -18,10 +18,9 @@ const PULL_BYTES: usize = 1 << 20;
 /// What the server counts in a delivered message besides its payload (subject, reply subject,
 /// headers): room for it in a pull's byte bound.
 const PULL_OVERHEAD: usize = 64 << 10;
-/// How long nats-server keeps a pull open. Pulls here do not wait for new messages
-/// (`no_wait`), so this only bounds one that ends without saying so.
-const PULL_EXPIRES: Duration = Duration::from_secs(2);
-/// How long a pull may go without bringing anything before the read fails.
+/// How long a pull may go without bringing anything before the read fails. Pulls do not wait
+/// for new messages (`no_wait`, and no `expires`: with one, newer servers hold a pull that
+/// finds nothing until it expires instead of answering "No Messages" at once).
 const PULL_SILENCE: Duration = Duration::from_secs(5);
 /// Pulls one pod has in flight at once, over all its history reads: what the server may have
 /// queued for the pod at once is this many byte bounds.
@@ -65,12 +64,41 @@ fn reply(status: Option<StatusCode>, description: Option<&str>) -> Reply {
     }
 }
 
-/// Whether a read is complete after a pull that brought `got` messages and ended `ended`,
-/// the last of them saying the consumer then had `pending` more. A pull that drained the
-/// consumer ends the read only if its last message agrees (or it brought none): a pull ended by
-/// its byte bound without saying so would otherwise end a read early, and silently.
-fn read_complete(ended: Ended, got: usize, pending: Option<u64>) -> bool {
-    ended == Ended::Drained && (got == 0 || pending == Some(0))
+/// One pull as it goes: what it brought and how much of its byte bound is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pulled {
+    got: usize,
+    /// The consumer's pending count after the last message (its ack subject says).
+    pending: Option<u64>,
+    /// Bytes of the bound not yet used. The server counts each message's subject, reply
+    /// subject, headers and payload (nats-server's `sz`; the client's `Message::length`), and a
+    /// pull whose messages meet its bound exactly ends with the last of them, saying nothing.
+    left: usize,
+}
+
+impl Pulled {
+    fn new(max_bytes: usize) -> Self {
+        Pulled {
+            got: 0,
+            pending: None,
+            left: max_bytes,
+        }
+    }
+
+    /// Count a message of `length` bytes; `Some(Full)` if the pull ends with it.
+    fn message(&mut self, length: usize, pending: Option<u64>) -> Option<Ended> {
+        self.got += 1;
+        self.pending = pending;
+        self.left = self.left.saturating_sub(length);
+        (self.got == PULL_MESSAGES || self.left == 0).then_some(Ended::Full)
+    }
+
+    /// Whether the read is complete after this pull ended `ended`. A pull that drained the
+    /// consumer ends the read only if its last message agrees (or it brought none): the read
+    /// never ends on a pull merely shorter than asked for.
+    fn read_complete(&self, ended: Ended) -> bool {
+        ended == Ended::Drained && (self.got == 0 || self.pending == Some(0))
+    }
 }
 
 impl Inner {
@@ -96,14 +124,14 @@ impl Inner {
         let name = consumer.cached_info().name.clone();
         let result = async {
             loop {
-                let (got, ended, pending, stopped) = self.pull(&consumer, &mut take).await?;
-                if stopped || read_complete(ended, got, pending) {
+                let max_bytes = self.pull_bytes();
+                let (pulled, ended, stopped) = self.pull(&consumer, max_bytes, &mut take).await?;
+                if stopped || pulled.read_complete(ended) {
                     return Ok(());
                 }
-                if got == 0 {
+                if pulled.got == 0 {
                     return Err(BusError::Other(format!(
-                        "reading {name}: a stored message is larger than a pull's {} bytes",
-                        self.pull_bytes()
+                        "reading {name}: a stored message is larger than a pull's {max_bytes} bytes"
                     )));
                 }
             }
@@ -117,13 +145,14 @@ impl Inner {
         result
     }
 
-    /// One pull: hand what it brings to `take`. Returns how many messages it brought, how it
-    /// ended, the consumer's pending count after the last of them, and whether `take` said stop.
+    /// One pull of at most `max_bytes`: hand what it brings to `take`. Returns what it brought,
+    /// how it ended, and whether `take` said stop.
     async fn pull(
         &self,
         consumer: &consumer::PullConsumer,
+        max_bytes: usize,
         take: &mut (impl FnMut(jetstream::Message) -> bool + Send),
-    ) -> Result<(usize, Ended, Option<u64>, bool), BusError> {
+    ) -> Result<(Pulled, Ended, bool), BusError> {
         let _turn = self
             .pulls
             .acquire()
@@ -140,16 +169,15 @@ impl Inner {
             .request_batch(
                 BatchConfig {
                     batch: PULL_MESSAGES,
-                    max_bytes: self.pull_bytes(),
+                    max_bytes,
                     no_wait: true,
-                    expires: Some(PULL_EXPIRES),
                     ..Default::default()
                 },
                 inbox.into(),
             )
             .await
             .map_err(|e| self.fail("pull", e))?;
-        let (mut got, mut pending) = (0, None);
+        let mut pulled = Pulled::new(max_bytes);
         loop {
             let message = match tokio::time::timeout(PULL_SILENCE, replies.next()).await {
                 Ok(Some(message)) => message,
@@ -159,7 +187,7 @@ impl Inner {
             match reply(message.status, message.description.as_deref()) {
                 Reply::Message => {}
                 Reply::Ignore => continue,
-                Reply::End(ended) => return Ok((got, ended, pending, false)),
+                Reply::End(ended) => return Ok((pulled, ended, false)),
                 Reply::Fail => {
                     return Err(self.fail(
                         "pull",
@@ -175,13 +203,13 @@ impl Inner {
                 message,
                 context: self.js.clone(),
             };
-            got += 1;
-            pending = message.info().ok().map(|i| i.pending);
+            let pending = message.info().ok().map(|i| i.pending);
+            let ended = pulled.message(message.message.length, pending);
             if !take(message) {
-                return Ok((got, Ended::Full, pending, true));
+                return Ok((pulled, Ended::Full, true));
             }
-            if got == PULL_MESSAGES {
-                return Ok((got, Ended::Full, pending, false));
+            if let Some(ended) = ended {
+                return Ok((pulled, ended, false));
             }
         }
     }
@@ -246,15 +274,38 @@ mod tests {
         assert_eq!(reply(Some(StatusCode::NO_RESPONDERS), None), Reply::Fail);
     }
 
+    fn pulled(got: usize, pending: Option<u64>) -> Pulled {
+        Pulled {
+            got,
+            pending,
+            left: 1,
+        }
+    }
+
     #[test]
     fn a_read_is_complete_only_when_the_server_and_the_last_message_agree_nothing_is_left() {
-        assert!(read_complete(Ended::Drained, 0, None));
-        assert!(read_complete(Ended::Drained, 3, Some(0)));
+        assert!(pulled(0, None).read_complete(Ended::Drained));
+        assert!(pulled(3, Some(0)).read_complete(Ended::Drained));
         // Drained, but the last message said more were pending: pull again.
-        assert!(!read_complete(Ended::Drained, 3, Some(2)));
-        assert!(!read_complete(Ended::Drained, 3, None));
+        assert!(!pulled(3, Some(2)).read_complete(Ended::Drained));
+        assert!(!pulled(3, None).read_complete(Ended::Drained));
         // Full (message or byte bound): pull again, whatever the pending count says.
-        assert!(!read_complete(Ended::Full, 256, Some(0)));
-        assert!(!read_complete(Ended::Full, 0, None));
+        assert!(!pulled(256, Some(0)).read_complete(Ended::Full));
+        assert!(!pulled(0, None).read_complete(Ended::Full));
+    }
+
+    #[test]
+    fn a_pull_whose_messages_meet_its_byte_bound_exactly_ends_with_the_last_of_them() {
+        // The server says nothing after such a pull: waiting for it to would stall the read.
+        let mut pull = Pulled::new(1_000);
+        assert_eq!(pull.message(400, Some(5)), None);
+        assert_eq!(pull.message(599, Some(4)), None);
+        assert_eq!(pull.message(1, Some(3)), Some(Ended::Full));
+        assert_eq!((pull.got, pull.pending, pull.left), (3, Some(3), 0));
+        // And at its message bound, whatever bytes are left.
+        let mut pull = Pulled::new(usize::MAX);
+        let ends: Vec<_> = (0..PULL_MESSAGES).map(|_| pull.message(10, None)).collect();
+        assert!(ends[..PULL_MESSAGES - 1].iter().all(Option::is_none));
+        assert_eq!(ends[PULL_MESSAGES - 1], Some(Ended::Full));
     }
 }
