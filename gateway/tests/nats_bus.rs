@@ -21,8 +21,12 @@ const NS: &str = "chat";
 const WITHIN: Duration = Duration::from_secs(15);
 
 fn config(server: &NatsServer, presence_ttl: &str) -> switchboard_config::Nats {
+    config_with(&server.url(), presence_ttl)
+}
+
+fn config_with(url: &str, presence_ttl: &str) -> switchboard_config::Nats {
     serde_json::from_value(serde_json::json!({
-        "urls": [server.url()],
+        "urls": [url],
         "subjectPrefix": "sbtest",
         "presenceTtl": presence_ttl,
     }))
@@ -42,7 +46,12 @@ async fn wait_healthy(bus: &NatsBus) {
 
 /// A connected "pod" with `NS` keeping `max_messages` per room.
 async fn pod(server: &NatsServer, max_messages: u32) -> NatsBus {
-    let bus = NatsBus::connect(&config(server, "15s"))
+    pod_at(&server.url(), max_messages).await
+}
+
+/// [`pod`] on the server at `url`.
+async fn pod_at(url: &str, max_messages: u32) -> NatsBus {
+    let bus = NatsBus::connect(&config_with(url, "15s"))
         .await
         .expect("connect");
     wait_healthy(&bus).await;
@@ -1181,8 +1190,10 @@ impl Sink for Busy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_resumes_of_a_large_room_all_complete_and_the_pod_stays_connected() {
-    // 50 concurrent resumes of a 4,000 × 10 KB room disconnected the pod twice (20-24 joins
-    // `unavailable`): every read had a 256-message pull in flight at once.
+    // 50 concurrent resumes of a 4,000 × 10 KB room disconnected a gateway pod twice (20-24
+    // joins `unavailable`): every read had a 256-message pull in flight at once. Here 40
+    // resumes of 40 × 64 KB against a quarter of the server's default MaxPending (this failed
+    // before with "Slow Consumer Detected").
     let server = NatsServer::start_with_config(MAX_PENDING);
     let (a, b) = (
         pod(&server, 1_000).await,
@@ -1215,4 +1226,62 @@ async fn many_concurrent_resumes_of_a_large_room_all_complete_and_the_pod_stays_
         "the pod lost its NATS connection during the reads:\n{}",
         server.log_tail()
     );
+}
+
+#[tokio::test]
+async fn a_read_through_messages_the_room_limit_drops_while_it_reads_ends_when_the_room_is_read() {
+    // nats-server 2.9 does not lower a consumer's pending count for messages removed before it
+    // delivers them: the last message of this read says 2 more are pending (seen in its ack
+    // subject), so the read must neither end on it nor wait for messages that will not come.
+    let server = NatsServer::start();
+    let (a, b) = (pod(&server, 6).await, pod(&server, 6).await);
+    for _ in 0..6 {
+        publish_binary(&a, "churn", 600 * 1024).await;
+    }
+    // Another pod publishes three more while this one is busy with the first message: the
+    // room's limit drops two it has not read yet.
+    let (busy, published) = (std::sync::mpsc::channel(), std::sync::mpsc::channel());
+    let url = server.url();
+    let other = std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                let c = pod_at(&url, 6).await;
+                busy.1.recv_timeout(WITHIN).unwrap();
+                for _ in 0..3 {
+                    publish_binary(&c, "churn", 600 * 1024).await;
+                }
+                published.0.send(()).unwrap();
+            })
+    });
+    let mut read = Paused {
+        read: Counted::default(),
+        busy: Some(busy.0),
+        published: published.1,
+    };
+    let position = b.retained_into(&key("churn"), &mut read).await;
+    other.join().unwrap();
+    position.expect("the read completes");
+    // The first message, the three the limit kept, the three published meanwhile.
+    assert_eq!((read.read.n, read.read.last), (7, 9));
+}
+
+/// A reader that, at its first message, lets another thread act and waits until it has.
+struct Paused {
+    read: Counted,
+    busy: Option<std::sync::mpsc::Sender<()>>,
+    published: std::sync::mpsc::Receiver<()>,
+}
+
+impl Sink for Paused {
+    fn take(&mut self, msg: std::borrow::Cow<'_, RoomMessage>) -> bool {
+        if let Some(busy) = self.busy.take() {
+            busy.send(()).unwrap();
+            self.published.recv_timeout(WITHIN).unwrap();
+        }
+        self.read.take(msg)
+    }
+    fn reset(&mut self) {
+        self.read.reset();
+    }
 }

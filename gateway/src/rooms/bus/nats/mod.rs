@@ -187,7 +187,7 @@ struct Inner {
     /// The runtime the client was connected on (its tasks run there): the pumps of subscribed
     /// rooms run there too, whoever subscribed, so a NATS delivery never crosses runtimes.
     runtime: tokio::runtime::Handle,
-    /// Turns for history pulls ([`pull::CONCURRENT_PULLS`]).
+    /// Turns for history pulls, in KiB of their byte bounds ([`pull::PULL_BUDGET_KIB`]).
     pulls: tokio::sync::Semaphore,
 }
 
@@ -278,7 +278,7 @@ impl NatsBus {
             reads: tokio::sync::Mutex::default(),
             announced: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
-            pulls: tokio::sync::Semaphore::new(pull::CONCURRENT_PULLS),
+            pulls: tokio::sync::Semaphore::new(pull::PULL_BUDGET_KIB as usize),
         });
         tokio::spawn(configure_on_connect(Arc::downgrade(&inner), connected));
         Ok(NatsBus { inner })

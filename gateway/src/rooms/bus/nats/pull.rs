@@ -21,10 +21,15 @@ const PULL_OVERHEAD: usize = 64 << 10;
 /// How long a pull may go without bringing anything before the read fails. Pulls do not wait
 /// for new messages (`no_wait`, and no `expires`: with one, newer servers hold a pull that
 /// finds nothing until it expires instead of answering "No Messages" at once).
-const PULL_SILENCE: Duration = Duration::from_secs(5);
-/// Pulls one pod has in flight at once, over all its history reads: what the server may have
-/// queued for the pod at once is this many byte bounds.
-pub(super) const CONCURRENT_PULLS: usize = 8;
+const PULL_SILENCE: Duration = Duration::from_secs(4);
+/// After this long without an answer a pull asks the consumer whether it has anything left
+/// (nats-server 2.9 never answers a `no_wait` pull queued on a pending count that messages
+/// removed before delivery left too high).
+const PULL_SETTLE: Duration = Duration::from_secs(1);
+/// Bytes (in KiB) of pulls one pod has in flight at once, over all its history reads: eight
+/// pulls of the default bound (1 MiB + 64 KiB, `max_payload` being 1 MiB), or one pull of a
+/// larger bound at a time.
+pub(super) const PULL_BUDGET_KIB: u32 = 8 * 1088;
 
 /// How a pull ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +38,8 @@ enum Ended {
     Full,
     /// The server had nothing more for it when it ended.
     Drained,
+    /// The consumer says it has nothing left and delivered nothing this read has not taken.
+    Settled,
 }
 
 /// What one reply to a pull is.
@@ -51,10 +58,13 @@ fn reply(status: Option<StatusCode>, description: Option<&str>) -> Reply {
     match status {
         None | Some(StatusCode::OK) => Reply::Message,
         Some(StatusCode::IDLE_HEARTBEAT) => Reply::Ignore,
-        // "No Messages" (a `no_wait` pull with nothing left), "Request Timeout".
-        Some(StatusCode::NOT_FOUND) | Some(StatusCode::TIMEOUT) => Reply::End(Ended::Drained),
+        // A `no_wait` pull with nothing (more) to bring: "No Messages"; nats-server 2.9 ends one
+        // that brought some with "Request Timeout". Other 408s ("Requests Pending", "Interest
+        // Expired") bring nothing and say nothing about what is left: failures.
+        Some(StatusCode::NOT_FOUND) if says("No Messages") => Reply::End(Ended::Drained),
+        Some(StatusCode::TIMEOUT) if says("Request Timeout") => Reply::End(Ended::Drained),
         // The next message would pass the byte bound; newer servers also end a pull that met
-        // its bound exactly with "Batch Completed".
+        // its message bound with bytes to spare with "Batch Completed".
         Some(StatusCode::REQUEST_TERMINATED)
             if says("Message Size Exceeds MaxBytes") || says("Batch Completed") =>
         {
@@ -97,7 +107,11 @@ impl Pulled {
     /// consumer ends the read only if its last message agrees (or it brought none): the read
     /// never ends on a pull merely shorter than asked for.
     fn read_complete(&self, ended: Ended) -> bool {
-        ended == Ended::Drained && (self.got == 0 || self.pending == Some(0))
+        match ended {
+            Ended::Full => false,
+            Ended::Drained => self.got == 0 || self.pending == Some(0),
+            Ended::Settled => true,
+        }
     }
 }
 
@@ -106,6 +120,20 @@ impl Inner {
     /// takes if that is more.
     fn pull_bytes(&self) -> usize {
         PULL_BYTES.max(self.client.server_info().max_payload + PULL_OVERHEAD)
+    }
+
+    /// Whether the consumer has nothing left to deliver and has delivered nothing past
+    /// `taken` (the last delivery this read took): then nothing of the read is in flight.
+    async fn settled(
+        &self,
+        consumer: &mut consumer::PullConsumer,
+        taken: u64,
+    ) -> Result<bool, BusError> {
+        let info = consumer
+            .info()
+            .await
+            .map_err(|e| self.fail("read consumer info", e))?;
+        Ok(info.num_pending == 0 && info.delivered.consumer_sequence == taken)
     }
 
     /// Hand every message a fresh ephemeral pull consumer with `cfg` has to `take`, in order,
@@ -117,16 +145,27 @@ impl Inner {
         cfg: consumer::pull::Config,
         mut take: impl FnMut(jetstream::Message) -> bool + Send,
     ) -> Result<(), BusError> {
-        let consumer = stream
+        let mut consumer: consumer::PullConsumer = stream
             .create_consumer(cfg)
             .await
             .map_err(|e| self.fail("create read consumer", e))?;
         let name = consumer.cached_info().name.clone();
         let result = async {
+            // The consumer's sequence of the last delivery taken: deliveries are numbered from
+            // 1 without gaps (no acks, no redeliveries), so a gap is a loss, reported as one.
+            let mut taken = 0;
             loop {
                 let max_bytes = self.pull_bytes();
-                let (pulled, ended, stopped) = self.pull(&consumer, max_bytes, &mut take).await?;
+                let (pulled, ended, stopped) = self
+                    .pull(&mut consumer, max_bytes, &mut taken, &mut take)
+                    .await?;
                 if stopped || pulled.read_complete(ended) {
+                    return Ok(());
+                }
+                // Drained, but the last message said more were pending: on nats-server 2.9 the
+                // count can be too high (messages removed before delivery), and a pull queued
+                // on it would get no answer. The consumer's own count settles it.
+                if ended == Ended::Drained && self.settled(&mut consumer, taken).await? {
                     return Ok(());
                 }
                 if pulled.got == 0 {
@@ -145,17 +184,21 @@ impl Inner {
         result
     }
 
-    /// One pull of at most `max_bytes`: hand what it brings to `take`. Returns what it brought,
-    /// how it ended, and whether `take` said stop.
+    /// One pull of at most `max_bytes`: hand what it brings to `take`, `taken` following the
+    /// deliveries. Returns what it brought, how it ended, and whether `take` said stop.
     async fn pull(
         &self,
-        consumer: &consumer::PullConsumer,
+        consumer: &mut consumer::PullConsumer,
         max_bytes: usize,
+        taken: &mut u64,
         take: &mut (impl FnMut(jetstream::Message) -> bool + Send),
     ) -> Result<(Pulled, Ended, bool), BusError> {
+        let kib = u32::try_from(max_bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(PULL_BUDGET_KIB);
         let _turn = self
             .pulls
-            .acquire()
+            .acquire_many(kib)
             .await
             .map_err(|e| BusError::Other(format!("history pull: {e}")))?;
         // A subscription per pull: a late status of one pull can never end the next.
@@ -178,12 +221,21 @@ impl Inner {
             .await
             .map_err(|e| self.fail("pull", e))?;
         let mut pulled = Pulled::new(max_bytes);
+        let mut silent = Duration::ZERO;
         loop {
-            let message = match tokio::time::timeout(PULL_SILENCE, replies.next()).await {
+            let message = match tokio::time::timeout(PULL_SETTLE, replies.next()).await {
                 Ok(Some(message)) => message,
                 Ok(None) => return Err(self.fail("pull", "subscription ended")),
+                Err(_) if self.settled(consumer, *taken).await? => {
+                    return Ok((pulled, Ended::Settled, false));
+                }
+                Err(_) if silent + PULL_SETTLE < PULL_SILENCE => {
+                    silent += PULL_SETTLE;
+                    continue;
+                }
                 Err(_) => return Err(self.fail("pull", "no answer")),
             };
+            silent = Duration::ZERO;
             match reply(message.status, message.description.as_deref()) {
                 Reply::Message => {}
                 Reply::Ignore => continue,
@@ -203,8 +255,17 @@ impl Inner {
                 message,
                 context: self.js.clone(),
             };
-            let pending = message.info().ok().map(|i| i.pending);
-            let ended = pulled.message(message.message.length, pending);
+            let (delivery, pending) = match message.info() {
+                Ok(info) => (info.consumer_sequence, info.pending),
+                Err(e) => return Err(self.fail("pull", format!("delivery without info: {e}"))),
+            };
+            if delivery != *taken + 1 {
+                return Err(BusError::Other(format!(
+                    "pull: delivery {delivery} after {taken}: deliveries were lost"
+                )));
+            }
+            *taken = delivery;
+            let ended = pulled.message(message.message.length, Some(pending));
             if !take(message) {
                 return Ok((pulled, Ended::Full, true));
             }
@@ -261,6 +322,11 @@ mod tests {
             reply(Some(StatusCode::REQUEST_TERMINATED), d("Batch Completed")),
             Reply::End(Ended::Full)
         );
+        // 404 and 408 that say nothing of what is left (several pulls on one consumer).
+        for other in ["Requests Pending", "Interest Expired"] {
+            assert_eq!(reply(Some(StatusCode::TIMEOUT), d(other)), Reply::Fail);
+        }
+        assert_eq!(reply(Some(StatusCode::NOT_FOUND), None), Reply::Fail);
         for other in [
             "Consumer Deleted",
             "Exceeded MaxRequestMaxBytes",
@@ -292,6 +358,8 @@ mod tests {
         // Full (message or byte bound): pull again, whatever the pending count says.
         assert!(!pulled(256, Some(0)).read_complete(Ended::Full));
         assert!(!pulled(0, None).read_complete(Ended::Full));
+        // The consumer says nothing is left and nothing is in flight.
+        assert!(pulled(3, Some(2)).read_complete(Ended::Settled));
     }
 
     #[test]
