@@ -1285,3 +1285,27 @@ impl Sink for Paused {
         self.read.reset();
     }
 }
+
+#[tokio::test]
+async fn a_read_passes_messages_larger_than_a_pulls_usual_bound_one_pull_each() {
+    // A server with a larger max_payload: pulls stay at about 1 MiB (what the server may queue
+    // for the pod's reads does not grow with max_payload), and a message larger than that is
+    // fetched by a pull of its own.
+    let server = NatsServer::start_with_config("max_payload: 4194304");
+    let (a, b) = (pod(&server, 100).await, pod(&server, 100).await);
+    let first = publish_binary(&a, "mixed", 10).await;
+    for size in [2 << 20, 100, 2 << 20, 2 << 20, 500 << 10, 10] {
+        publish_binary(&a, "mixed", size).await;
+    }
+    let mut read = Counted::default();
+    assert_eq!(
+        b.replay_into(&key("mixed"), &first, &mut read)
+            .await
+            .unwrap(),
+        Replayed::Gap
+    );
+    assert_eq!(
+        (read.n, read.bytes),
+        (6, 3 * (2 << 20) + 100 + (500 << 10) + 10)
+    );
+}

@@ -12,12 +12,13 @@ use super::*;
 
 /// Most messages one pull asks for.
 const PULL_MESSAGES: usize = 256;
-/// Most bytes one pull asks for, unless the server accepts larger messages: a pull must be able
-/// to bring any stored message, or the read could not go past it.
-const PULL_BYTES: usize = 1 << 20;
 /// What the server counts in a delivered message besides its payload (subject, reply subject,
 /// headers): room for it in a pull's byte bound.
 const PULL_OVERHEAD: usize = 64 << 10;
+/// Most bytes one pull asks for: room for a message of the default `max_payload` (1 MiB). A
+/// message larger than that (a server with a larger `max_payload`) is fetched by a pull of its
+/// own, sized for the largest message the server takes, that has the whole budget to itself.
+const PULL_BYTES: usize = (1 << 20) + PULL_OVERHEAD;
 /// How long a pull may go without bringing anything before the read fails. Pulls do not wait
 /// for new messages (`no_wait`, and no `expires`: with one, newer servers hold a pull that
 /// finds nothing until it expires instead of answering "No Messages" at once).
@@ -27,9 +28,8 @@ const PULL_SILENCE: Duration = Duration::from_secs(4);
 /// removed before delivery left too high).
 const PULL_SETTLE: Duration = Duration::from_secs(1);
 /// Bytes (in KiB) of pulls one pod has in flight at once, over all its history reads: eight
-/// pulls of the default bound (1 MiB + 64 KiB, `max_payload` being 1 MiB), or one pull of a
-/// larger bound at a time.
-pub(super) const PULL_BUDGET_KIB: u32 = 8 * 1088;
+/// reads, each pulling at most [`PULL_BYTES`] at a time, or one pull for a larger message.
+pub(super) const PULL_BUDGET_KIB: u32 = 8 * (PULL_BYTES / 1024) as u32;
 
 /// How a pull ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,10 +116,21 @@ impl Pulled {
 }
 
 impl Inner {
-    /// The byte bound of one pull: [`PULL_BYTES`], or room for the largest message the server
-    /// takes if that is more.
-    fn pull_bytes(&self) -> usize {
-        PULL_BYTES.max(self.client.server_info().max_payload + PULL_OVERHEAD)
+    /// The byte bound of a pull that brings a message larger than [`PULL_BYTES`]: room for the
+    /// largest message the server takes.
+    fn largest_pull(&self) -> usize {
+        self.client.server_info().max_payload + PULL_OVERHEAD
+    }
+
+    /// A turn to have pulls of up to `bytes` in flight (at most the whole budget).
+    async fn turn(&self, bytes: usize) -> Result<tokio::sync::SemaphorePermit<'_>, BusError> {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(PULL_BUDGET_KIB);
+        self.pulls
+            .acquire_many(kib)
+            .await
+            .map_err(|e| BusError::Other(format!("history pull: {e}")))
     }
 
     /// Whether the consumer has nothing left to deliver and has delivered nothing past
@@ -138,13 +149,18 @@ impl Inner {
 
     /// Hand every message a fresh ephemeral pull consumer with `cfg` has to `take`, in order,
     /// as it is pulled (at most one pull is held), until the consumer has none left or `take`
-    /// says stop.
+    /// says stop. A read keeps its turn from its first pull to its last: past the pod's budget
+    /// reads wait whole, first come first served, so under load the first ones finish in time
+    /// instead of all of them advancing in turns and all missing their bounds.
     pub(super) async fn read_each<I: Clone + Send + Sync + 'static>(
         &self,
         stream: &stream::Stream<I>,
         cfg: consumer::pull::Config,
         mut take: impl FnMut(jetstream::Message) -> bool + Send,
     ) -> Result<(), BusError> {
+        // Held, and changed only by letting go first (two reads each holding a share and
+        // waiting for more could wait for good).
+        let mut turn = Some(self.turn(PULL_BYTES).await?);
         let mut consumer: consumer::PullConsumer = stream
             .create_consumer(cfg)
             .await
@@ -154,11 +170,18 @@ impl Inner {
             // The consumer's sequence of the last delivery taken: deliveries are numbered from
             // 1 without gaps (no acks, no redeliveries), so a gap is a loss, reported as one.
             let mut taken = 0;
+            let mut max_bytes = PULL_BYTES;
             loop {
-                let max_bytes = self.pull_bytes();
                 let (pulled, ended, stopped) = self
                     .pull(&mut consumer, max_bytes, &mut taken, &mut take)
                     .await?;
+                let oversized = max_bytes != PULL_BYTES;
+                if oversized {
+                    // Back to the read's own share of the budget.
+                    turn = None;
+                    turn = Some(self.turn(PULL_BYTES).await?);
+                    max_bytes = PULL_BYTES;
+                }
                 if stopped || pulled.read_complete(ended) {
                     return Ok(());
                 }
@@ -169,9 +192,16 @@ impl Inner {
                     return Ok(());
                 }
                 if pulled.got == 0 {
-                    return Err(BusError::Other(format!(
-                        "reading {name}: a stored message is larger than a pull's {max_bytes} bytes"
-                    )));
+                    // The next message is larger than a pull's bound.
+                    let largest = self.largest_pull();
+                    if oversized || largest <= PULL_BYTES {
+                        return Err(BusError::Other(format!(
+                            "reading {name}: a stored message is larger than the server's max_payload"
+                        )));
+                    }
+                    turn = None;
+                    turn = Some(self.turn(largest).await?);
+                    max_bytes = largest;
                 }
             }
         }
@@ -193,14 +223,6 @@ impl Inner {
         taken: &mut u64,
         take: &mut (impl FnMut(jetstream::Message) -> bool + Send),
     ) -> Result<(Pulled, Ended, bool), BusError> {
-        let kib = u32::try_from(max_bytes.div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .min(PULL_BUDGET_KIB);
-        let _turn = self
-            .pulls
-            .acquire_many(kib)
-            .await
-            .map_err(|e| BusError::Other(format!("history pull: {e}")))?;
         // A subscription per pull: a late status of one pull can never end the next.
         let inbox = self.client.new_inbox();
         let mut replies = self
