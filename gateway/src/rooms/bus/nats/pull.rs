@@ -28,7 +28,7 @@ const PULL_SILENCE: Duration = Duration::from_secs(4);
 /// removed before delivery left too high).
 const PULL_SETTLE: Duration = Duration::from_secs(1);
 /// Bytes (in KiB) of pulls one pod has in flight at once, over all its history reads: eight
-/// reads, each pulling at most [`PULL_BYTES`] at a time, or one pull for a larger message.
+/// pulls of [`PULL_BYTES`], or one pull for a larger message.
 pub(super) const PULL_BUDGET_KIB: u32 = 8 * (PULL_BYTES / 1024) as u32;
 
 /// How a pull ended.
@@ -149,18 +149,15 @@ impl Inner {
 
     /// Hand every message a fresh ephemeral pull consumer with `cfg` has to `take`, in order,
     /// as it is pulled (at most one pull is held), until the consumer has none left or `take`
-    /// says stop. A read keeps its turn from its first pull to its last: past the pod's budget
-    /// reads wait whole, first come first served, so under load the first ones finish in time
-    /// instead of all of them advancing in turns and all missing their bounds.
+    /// says stop. Each pull takes its own turn (first come first served): a read of a few
+    /// messages waits for pulls in flight, never for whole reads of long histories (with a turn
+    /// per read, a resume of two messages waited 8.8 s behind 16 resumes of a 20 MB room).
     pub(super) async fn read_each<I: Clone + Send + Sync + 'static>(
         &self,
         stream: &stream::Stream<I>,
         cfg: consumer::pull::Config,
         mut take: impl FnMut(jetstream::Message) -> bool + Send,
     ) -> Result<(), BusError> {
-        // Held, and changed only by letting go first (two reads each holding a share and
-        // waiting for more could wait for good).
-        let mut turn = Some(self.turn(PULL_BYTES).await?);
         let mut consumer: consumer::PullConsumer = stream
             .create_consumer(cfg)
             .await
@@ -172,16 +169,13 @@ impl Inner {
             let mut taken = 0;
             let mut max_bytes = PULL_BYTES;
             loop {
-                let (pulled, ended, stopped) = self
+                let turn = self.turn(max_bytes).await?;
+                let pulled = self
                     .pull(&mut consumer, max_bytes, &mut taken, &mut take)
-                    .await?;
-                let oversized = max_bytes != PULL_BYTES;
-                if oversized {
-                    // Back to the read's own share of the budget.
-                    turn = None;
-                    turn = Some(self.turn(PULL_BYTES).await?);
-                    max_bytes = PULL_BYTES;
-                }
+                    .await;
+                drop(turn);
+                let (pulled, ended, stopped) = pulled?;
+                let oversized = std::mem::replace(&mut max_bytes, PULL_BYTES) != PULL_BYTES;
                 if stopped || pulled.read_complete(ended) {
                     return Ok(());
                 }
@@ -199,8 +193,6 @@ impl Inner {
                             "reading {name}: a stored message is larger than the server's max_payload"
                         )));
                     }
-                    turn = None;
-                    turn = Some(self.turn(largest).await?);
                     max_bytes = largest;
                 }
             }
