@@ -189,6 +189,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Turns for history pulls, in KiB of their byte bounds ([`pull::PULL_BUDGET_KIB`]).
     pulls: tokio::sync::Semaphore,
+    /// Places for reads past their first pull ([`pull::LONG_READS`]).
+    long_reads: tokio::sync::Semaphore,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -279,6 +281,7 @@ impl NatsBus {
             announced: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
             pulls: tokio::sync::Semaphore::new(pull::PULL_BUDGET_KIB as usize),
+            long_reads: tokio::sync::Semaphore::new(pull::LONG_READS),
         });
         tokio::spawn(configure_on_connect(Arc::downgrade(&inner), connected));
         Ok(NatsBus { inner })

@@ -30,6 +30,11 @@ const PULL_SETTLE: Duration = Duration::from_secs(1);
 /// Bytes (in KiB) of pulls one pod has in flight at once, over all its history reads: eight
 /// pulls of [`PULL_BYTES`], or one pull for a larger message.
 pub(super) const PULL_BUDGET_KIB: u32 = 8 * (PULL_BYTES / 1024) as u32;
+/// Reads past their first pull one pod advances at once. Each such read keeps its place from
+/// its second pull to its last, so under more load than the pod can read in time the first of
+/// them finish one after another instead of all advancing in turns and all missing their
+/// bounds; reads of one pull (most joins, presence listings, read marks) never wait for them.
+pub(super) const LONG_READS: usize = 4;
 
 /// How a pull ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +156,8 @@ impl Inner {
     /// as it is pulled (at most one pull is held), until the consumer has none left or `take`
     /// says stop. Each pull takes its own turn (first come first served): a read of a few
     /// messages waits for pulls in flight, never for whole reads of long histories (with a turn
-    /// per read, a resume of two messages waited 8.8 s behind 16 resumes of a 20 MB room).
+    /// per read, a resume of two messages waited 8.8 s behind 16 resumes of a 20 MB room). A
+    /// read that needs more than one pull also takes a place among [`LONG_READS`].
     pub(super) async fn read_each<I: Clone + Send + Sync + 'static>(
         &self,
         stream: &stream::Stream<I>,
@@ -168,7 +174,16 @@ impl Inner {
             // 1 without gaps (no acks, no redeliveries), so a gap is a loss, reported as one.
             let mut taken = 0;
             let mut max_bytes = PULL_BYTES;
+            let mut long = None;
             loop {
+                if taken > 0 && long.is_none() {
+                    long = Some(
+                        self.long_reads
+                            .acquire()
+                            .await
+                            .map_err(|e| BusError::Other(format!("history read: {e}")))?,
+                    );
+                }
                 let turn = self.turn(max_bytes).await?;
                 let pulled = self
                     .pull(&mut consumer, max_bytes, &mut taken, &mut take)
