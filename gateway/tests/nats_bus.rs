@@ -86,7 +86,12 @@ fn msg(room: &str, n: i64) -> Publish {
 }
 
 async fn publish(bus: &NatsBus, room: &str, n: i64) -> Position {
-    bus.publish(msg(room, n))
+    stored(bus, msg(room, n)).await
+}
+
+/// Publish `p` into a namespace with history: its position.
+async fn stored(bus: &NatsBus, p: Publish) -> Position {
+    bus.publish(p)
         .await
         .expect("publish")
         .expect("stored publishes have a position")
@@ -1131,13 +1136,14 @@ impl Sink for Counted {
 }
 
 async fn publish_binary(bus: &NatsBus, room: &str, size: usize) -> Position {
-    bus.publish(Publish {
-        data: Payload::Binary(vec![7u8; size].into()),
-        ..msg(room, 0)
-    })
+    stored(
+        bus,
+        Publish {
+            data: Payload::Binary(vec![7u8; size].into()),
+            ..msg(room, 0)
+        },
+    )
     .await
-    .expect("publish")
-    .expect("stored publishes have a position")
 }
 
 /// What nats-server lets wait for one client before it cuts the client off as a slow consumer,

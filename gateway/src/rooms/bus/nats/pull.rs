@@ -45,6 +45,8 @@ enum Ended {
     Drained,
     /// The consumer says it has nothing left and delivered nothing this read has not taken.
     Settled,
+    /// The read's `take` said it has enough.
+    Stopped,
 }
 
 /// What one reply to a pull is.
@@ -83,8 +85,9 @@ fn reply(status: Option<StatusCode>, description: Option<&str>) -> Reply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pulled {
     got: usize,
-    /// The consumer's pending count after the last message (its ack subject says).
-    pending: Option<u64>,
+    /// The consumer's pending count after the last message (its ack subject says; 0 while
+    /// `got` is).
+    pending: u64,
     /// Bytes of the bound not yet used. The server counts each message's subject, reply
     /// subject, headers and payload (nats-server's `sz`; the client's `Message::length`), and a
     /// pull whose messages meet its bound exactly ends with the last of them, saying nothing.
@@ -95,13 +98,13 @@ impl Pulled {
     fn new(max_bytes: usize) -> Self {
         Pulled {
             got: 0,
-            pending: None,
+            pending: 0,
             left: max_bytes,
         }
     }
 
     /// Count a message of `length` bytes; `Some(Full)` if the pull ends with it.
-    fn message(&mut self, length: usize, pending: Option<u64>) -> Option<Ended> {
+    fn message(&mut self, length: usize, pending: u64) -> Option<Ended> {
         self.got += 1;
         self.pending = pending;
         self.left = self.left.saturating_sub(length);
@@ -114,8 +117,8 @@ impl Pulled {
     fn read_complete(&self, ended: Ended) -> bool {
         match ended {
             Ended::Full => false,
-            Ended::Drained => self.got == 0 || self.pending == Some(0),
-            Ended::Settled => true,
+            Ended::Drained => self.pending == 0,
+            Ended::Settled | Ended::Stopped => true,
         }
     }
 }
@@ -189,9 +192,9 @@ impl Inner {
                     .pull(&mut consumer, max_bytes, &mut taken, &mut take)
                     .await;
                 drop(turn);
-                let (pulled, ended, stopped) = pulled?;
+                let (pulled, ended) = pulled?;
                 let oversized = std::mem::replace(&mut max_bytes, PULL_BYTES) != PULL_BYTES;
-                if stopped || pulled.read_complete(ended) {
+                if pulled.read_complete(ended) {
                     return Ok(());
                 }
                 // Drained, but the last message said more were pending: on nats-server 2.9 the
@@ -222,14 +225,14 @@ impl Inner {
     }
 
     /// One pull of at most `max_bytes`: hand what it brings to `take`, `taken` following the
-    /// deliveries. Returns what it brought, how it ended, and whether `take` said stop.
+    /// deliveries. Returns what it brought and how it ended.
     async fn pull(
         &self,
         consumer: &mut consumer::PullConsumer,
         max_bytes: usize,
         taken: &mut u64,
         take: &mut (impl FnMut(jetstream::Message) -> bool + Send),
-    ) -> Result<(Pulled, Ended, bool), BusError> {
+    ) -> Result<(Pulled, Ended), BusError> {
         // A subscription per pull: a late status of one pull can never end the next.
         let inbox = self.client.new_inbox();
         let mut replies = self
@@ -256,7 +259,7 @@ impl Inner {
                 Ok(Some(message)) => message,
                 Ok(None) => return Err(self.fail("pull", "subscription ended")),
                 Err(_) if self.settled(consumer, *taken).await? => {
-                    return Ok((pulled, Ended::Settled, false));
+                    return Ok((pulled, Ended::Settled));
                 }
                 Err(_) if silent + PULL_SETTLE < PULL_SILENCE => {
                     silent += PULL_SETTLE;
@@ -268,7 +271,7 @@ impl Inner {
             match reply(message.status, message.description.as_deref()) {
                 Reply::Message => {}
                 Reply::Ignore => continue,
-                Reply::End(ended) => return Ok((pulled, ended, false)),
+                Reply::End(ended) => return Ok((pulled, ended)),
                 Reply::Fail => {
                     return Err(self.fail(
                         "pull",
@@ -294,12 +297,12 @@ impl Inner {
                 )));
             }
             *taken = delivery;
-            let ended = pulled.message(message.message.length, Some(pending));
+            let ended = pulled.message(message.message.length, pending);
             if !take(message) {
-                return Ok((pulled, Ended::Full, true));
+                return Ok((pulled, Ended::Stopped));
             }
             if let Some(ended) = ended {
-                return Ok((pulled, ended, false));
+                return Ok((pulled, ended));
             }
         }
     }
@@ -369,7 +372,7 @@ mod tests {
         assert_eq!(reply(Some(StatusCode::NO_RESPONDERS), None), Reply::Fail);
     }
 
-    fn pulled(got: usize, pending: Option<u64>) -> Pulled {
+    fn pulled(got: usize, pending: u64) -> Pulled {
         Pulled {
             got,
             pending,
@@ -379,29 +382,30 @@ mod tests {
 
     #[test]
     fn a_read_is_complete_only_when_the_server_and_the_last_message_agree_nothing_is_left() {
-        assert!(pulled(0, None).read_complete(Ended::Drained));
-        assert!(pulled(3, Some(0)).read_complete(Ended::Drained));
+        assert!(pulled(0, 0).read_complete(Ended::Drained));
+        assert!(pulled(3, 0).read_complete(Ended::Drained));
         // Drained, but the last message said more were pending: pull again.
-        assert!(!pulled(3, Some(2)).read_complete(Ended::Drained));
-        assert!(!pulled(3, None).read_complete(Ended::Drained));
+        assert!(!pulled(3, 2).read_complete(Ended::Drained));
         // Full (message or byte bound): pull again, whatever the pending count says.
-        assert!(!pulled(256, Some(0)).read_complete(Ended::Full));
-        assert!(!pulled(0, None).read_complete(Ended::Full));
+        assert!(!pulled(256, 0).read_complete(Ended::Full));
+        assert!(!pulled(0, 0).read_complete(Ended::Full));
         // The consumer says nothing is left and nothing is in flight.
-        assert!(pulled(3, Some(2)).read_complete(Ended::Settled));
+        assert!(pulled(3, 2).read_complete(Ended::Settled));
+        // `take` has enough, whatever is left.
+        assert!(pulled(3, 2).read_complete(Ended::Stopped));
     }
 
     #[test]
     fn a_pull_whose_messages_meet_its_byte_bound_exactly_ends_with_the_last_of_them() {
         // The server says nothing after such a pull: waiting for it to would stall the read.
         let mut pull = Pulled::new(1_000);
-        assert_eq!(pull.message(400, Some(5)), None);
-        assert_eq!(pull.message(599, Some(4)), None);
-        assert_eq!(pull.message(1, Some(3)), Some(Ended::Full));
-        assert_eq!((pull.got, pull.pending, pull.left), (3, Some(3), 0));
+        assert_eq!(pull.message(400, 5), None);
+        assert_eq!(pull.message(599, 4), None);
+        assert_eq!(pull.message(1, 3), Some(Ended::Full));
+        assert_eq!((pull.got, pull.pending, pull.left), (3, 3, 0));
         // And at its message bound, whatever bytes are left.
         let mut pull = Pulled::new(usize::MAX);
-        let ends: Vec<_> = (0..PULL_MESSAGES).map(|_| pull.message(10, None)).collect();
+        let ends: Vec<_> = (0..PULL_MESSAGES).map(|_| pull.message(10, 0)).collect();
         assert!(ends[..PULL_MESSAGES - 1].iter().all(Option::is_none));
         assert_eq!(ends[PULL_MESSAGES - 1], Some(Ended::Full));
     }
