@@ -1,7 +1,9 @@
 // Compression load client: `members` clients join a Switchboard room over the JSON protocol with
 // the `ws` client's permessage-deflate offer (the one browsers make:
 // `permessage-deflate; client_max_window_bits`), and inflate what they receive; one publisher
-// sends `messages` JSON chat messages of ~1-2 KiB. Node's `ws` is used because it negotiates and
+// sends `messages` JSON chat messages of ~1-2 KiB. The publisher offers no deflate: `ws` would
+// compress its publishes one after another on this same busy process, spreading a burst out
+// so that the gateway's compressed and uncompressed runs would not get the same burst. Node's `ws` is used because it negotiates and
 // inflates RFC 7692 correctly; the Rust load generator's client library has no deflate.
 //
 // Usage: node deflate-room.js <port> <path> <room> <members> <messages> [paceMs]
@@ -18,8 +20,8 @@ const PACE = Number(paceMs || 0);
 const N = Number(members);
 const M = Number(messages);
 const url = `ws://127.0.0.1:${port}${path}`;
-const open = () => new Promise((resolve, reject) => {
-  const ws = new WebSocket(url, 'switchboard.v1', { perMessageDeflate: true });
+const open = (perMessageDeflate = true) => new Promise((resolve, reject) => {
+  const ws = new WebSocket(url, 'switchboard.v1', { perMessageDeflate });
   ws.once('error', reject);
   ws.once('open', () => resolve(ws));
 });
@@ -69,7 +71,7 @@ async function main() {
     ws.send(JSON.stringify({ type: 'join', room, id: 'j' }));
   }
   await joined;
-  const pub = await open();
+  const pub = await open(false);
   pub.on('message', () => {});
   const frames = [];
   for (let i = 0; i < M; i++) frames.push(JSON.stringify({ type: 'publish', room, data: chat(i) }));

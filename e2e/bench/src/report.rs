@@ -519,7 +519,7 @@ fn compression(s: &mut String, doc: &Value) {
     }
     let _ = writeln!(
         s,
-        "## 8. permessage-deflate on a rooms route\n\n{} members of one room (Node `ws` clients offering `permessage-deflate; client_max_window_bits` like a browser, inflating what they receive), one publisher sends {} JSON chat messages of ~1–2 KiB, in a burst and paced (`-paced`: one every 20 ms, so nothing queues at the gateway). `gateway-deflate`: the route with `compression: {}`; `gateway-off`: the same room settings without it, same gateway process. Wire bytes = bytes the members' sockets read (WebSocket frames, compressed or not) ÷ deliveries; server CPU = gateway CPU time ÷ deliveries.\n",
+        "## 8. permessage-deflate on a rooms route\n\n{} members of one room (Node `ws` clients offering `permessage-deflate; client_max_window_bits` like a browser, inflating what they receive), one publisher (without permessage-deflate, so in both runs its messages reach the gateway as fast as it sends them) sends {} JSON chat messages of ~1–2 KiB, in a burst and paced (`-paced`: one every 20 ms, so nothing queues at the gateway). `gateway-deflate`: the route with `compression: {}`; `gateway-off`: the same room settings without it, same gateway process. Wire bytes = bytes the members' sockets read (WebSocket frames, compressed or not) ÷ deliveries; server CPU = gateway CPU time ÷ deliveries.\n",
         x["members"],
         x["messages"],
         x["settings"].as_str().unwrap_or("?")
@@ -565,7 +565,7 @@ fn compression(s: &mut String, doc: &Value) {
     if !r.is_null() {
         let _ = writeln!(
             s,
-            "\nServer CPU per delivery, deflate ÷ off, paced: **{} ×** (target ≤ 1.5×: compress once per message, not per member); in the burst: {} × — there the uncompressed members are served in large batches (one write for many messages), while the compressing members, which read more slowly (they inflate every message), get about one write per delivery, as everyone does in the paced runs; zlib is not among the top functions of a CPU profile of the burst. Wire bytes deflate ÷ off: {} ×.",
+            "\nServer CPU per delivery, deflate ÷ off (target ≤ 1.5×: compress once per message, not per member): paced **{} ×**, burst **{} ×**. Wire bytes deflate ÷ off: {} ×. (Until 2026-12-08 the publisher negotiated permessage-deflate too; Node compressed its publishes one after another while the same process inflated every member's deliveries, so the compressed \"burst\" reached the gateway spread out, one message at a time, and cost a write per delivery: 9.4× the uncompressed burst, which arrived at once.)",
             r["cpu_deflate_over_off_paced"], r["cpu_deflate_over_off"], r["wire_deflate_over_off"]
         );
     }
