@@ -24,6 +24,12 @@ pub const EXTENSION: &str = "permessage-deflate";
 /// The 4 bytes a sync flush ends with; the sender strips them, the receiver appends them
 /// (RFC 7692 §7.2.1, §7.2.2).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+/// An empty stored block with BFINAL set, fed after the tail. A message compressed per §7.2.1
+/// has produced all its output before the tail (zlib decodes every symbol whose bits it has)
+/// and, with the tail back, ends on a block boundary: the tail and this block then add nothing
+/// and end the stream. A message cut off inside a block decodes them as more of that block,
+/// which adds output or fails to end the stream.
+const FINAL: [u8; 5] = [0x01, 0x00, 0x00, 0xff, 0xff];
 
 /// Output grows by at most this much per inflate step (bounds the overshoot past the cap).
 const INFLATE_CHUNK: usize = 16 * 1024;
@@ -259,8 +265,17 @@ fn inflate_with(d: &mut Decompress, compressed: &[u8], max: u64) -> Result<Vec<u
         .unwrap_or(usize::MAX - 1)
         .saturating_add(1);
     let mut out: Vec<u8> = Vec::new();
-    // The message, then the tail the sender stripped.
-    for part in [compressed, &TAIL[..]] {
+    // The message, then the tail the sender stripped (unless it kept it: a message compressed
+    // per §7.2.1 never ends in 0xff, save one whose final block ends the stream before the
+    // tail is read), then the final empty block.
+    let tail: &[u8] = if compressed.ends_with(&TAIL) {
+        &[]
+    } else {
+        &TAIL
+    };
+    // Output of the message itself; what is appended to it must add none.
+    let mut message_out = None;
+    for part in [compressed, tail, &FINAL[..]] {
         let base = d.total_in();
         loop {
             if out.len() == out.capacity() {
@@ -280,8 +295,12 @@ fn inflate_with(d: &mut Decompress, compressed: &[u8], max: u64) -> Result<Vec<u
             if out.len() >= limit {
                 return Err(InflateError::TooBig);
             }
+            if message_out.is_some_and(|n| out.len() > n) {
+                return Err(InflateError::Invalid); // the message stopped inside a block
+            }
             if status == Status::StreamEnd {
-                // A final block ended the stream (§7.2.3.4): what follows is ignored.
+                // A final block ended the stream: the message's own (§7.2.3.4: what follows
+                // it is ignored) or the one appended here.
                 return Ok(out);
             }
             let used = usize::try_from(d.total_in() - base).unwrap_or(usize::MAX);
@@ -293,8 +312,10 @@ fn inflate_with(d: &mut Decompress, compressed: &[u8], max: u64) -> Result<Vec<u
                 return Err(InflateError::Invalid); // no progress with input and room: stuck
             }
         }
+        message_out.get_or_insert(out.len());
     }
-    Ok(out)
+    // The appended final block did not end the stream: the message stopped inside a block.
+    Err(InflateError::Invalid)
 }
 
 #[cfg(test)]
