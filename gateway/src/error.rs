@@ -172,7 +172,8 @@ pub enum CloseCause {
     ProtocolError,
     /// Rooms: a text message that is not valid UTF-8 (RFC 6455 section 8.1: close 1007).
     InvalidUtf8,
-    /// A compressed message (permessage-deflate) that does not inflate (RFC 7692 §8).
+    /// A compressed message (permessage-deflate) that does not inflate, or stops inside a DEFLATE
+    /// block (RFC 7692 §7.2.2, §8).
     InvalidCompressed,
     /// The backend pod went away or broke the connection without a close frame.
     UpstreamGone,
@@ -413,7 +414,7 @@ pub fn table() -> Vec<Row> {
             CloseCause::InvalidUtf8,
         ),
         (
-            "a compressed message (permessage-deflate, rooms and proxy mode) that does not inflate",
+            "a compressed message (permessage-deflate, rooms and proxy mode) that does not inflate, or stops inside a DEFLATE block",
             CloseCause::InvalidCompressed,
         ),
         (

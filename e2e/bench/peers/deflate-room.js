@@ -3,8 +3,9 @@
 // `permessage-deflate; client_max_window_bits`), and inflate what they receive; one publisher
 // sends `messages` JSON chat messages of ~1-2 KiB. The publisher offers no deflate: `ws` would
 // compress its publishes one after another on this same busy process, spreading a burst out
-// so that the gateway's compressed and uncompressed runs would not get the same burst. Node's `ws` is used because it negotiates and
-// inflates RFC 7692 correctly; the Rust load generator's client library has no deflate.
+// so that the gateway's compressed and uncompressed runs would not get the same burst. Node's
+// `ws` is used because it negotiates and inflates RFC 7692 correctly; the Rust load generator's
+// client library has no deflate.
 //
 // Usage: node deflate-room.js <port> <path> <room> <members> <messages> [paceMs]
 // (paceMs > 0: one publish every paceMs instead of a burst, so nothing queues at the gateway.)

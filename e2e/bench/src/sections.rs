@@ -759,8 +759,8 @@ pub async fn compression_section(env: &Env, p: &Params) -> Result<Value> {
         }
     };
     // Burst: the publisher (uncompressed in both runs, see deflate-room.js) sends everything
-    // at once. Paced: one message every
-    // COMP_PACE_MS, nothing queues: the cost of a delivery with and without compression.
+    // at once. Paced: one message every COMP_PACE_MS, nothing queues: the cost of a delivery
+    // with and without compression.
     let mut targets = vec![
         ("gateway-off", "/rooms", 0),
         ("gateway-off-paced", "/rooms", COMP_PACE_MS),

@@ -264,6 +264,11 @@ fn inflate_with(d: &mut Decompress, compressed: &[u8], max: u64) -> Result<Vec<u
     let limit = usize::try_from(max)
         .unwrap_or(usize::MAX - 1)
         .saturating_add(1);
+    if compressed.is_empty() {
+        // Nothing to inflate: the empty message (as zlib-based peers read it; a compressor
+        // sends `00` for one).
+        return Ok(Vec::new());
+    }
     let mut out: Vec<u8> = Vec::new();
     // The message, then the tail the sender stripped (unless it kept it: a message compressed
     // per §7.2.1 never ends in 0xff, save one whose final block ends the stream before the
@@ -299,8 +304,9 @@ fn inflate_with(d: &mut Decompress, compressed: &[u8], max: u64) -> Result<Vec<u
                 return Err(InflateError::Invalid); // the message stopped inside a block
             }
             if status == Status::StreamEnd {
-                // A final block ended the stream: the message's own (§7.2.3.4: what follows
-                // it is ignored) or the one appended here.
+                // A final block ended the stream: the message's own (§7.2.3.4; bytes after
+                // it are not read), one whose header the message began and the tail
+                // completed, or the one appended here.
                 return Ok(out);
             }
             let used = usize::try_from(d.total_in() - base).unwrap_or(usize::MAX);

@@ -304,3 +304,34 @@ fn a_message_that_keeps_the_tail_the_sender_should_have_removed_still_inflates()
     kept.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
     assert_eq!(inflate(&kept, 1024).unwrap(), b"Hello");
 }
+
+#[test]
+fn an_empty_compressed_payload_is_the_empty_message() {
+    assert_eq!(inflate(&[], 1024).unwrap(), b"");
+    assert_eq!(inflate(&[0x00], 1024).unwrap(), b"");
+}
+
+#[test]
+fn a_final_empty_block_the_tail_completes_ends_the_message() {
+    // "Hello" then the header of an empty stored block with BFINAL set: the tail is its
+    // lengths.
+    let last = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x04];
+    assert_eq!(inflate(&last, 1024).unwrap(), b"Hello");
+}
+
+#[test]
+fn two_flushes_with_only_the_last_tail_removed_inflate() {
+    let twice = [
+        0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00,
+    ];
+    assert_eq!(inflate(&twice, 1024).unwrap(), b"Hello");
+}
+
+#[test]
+fn a_message_whose_output_fills_the_first_buffer_exactly_inflates() {
+    let text: Vec<u8> = (0..INFLATE_CHUNK as u32)
+        .map(|i| b"abcdefghij"[(i % 10) as usize])
+        .collect();
+    let c = compress(&text, 6, 15).unwrap();
+    assert_eq!(inflate(&c, 1 << 20).unwrap(), text);
+}
