@@ -281,7 +281,8 @@ fn inflate_with(d: &mut Decompress, compressed: &[u8], max: u64) -> Result<Vec<u
     // Output of the message itself; what is appended to it must add none.
     let mut message_out = None;
     for part in [compressed, tail, &FINAL[..]] {
-        let base = d.total_in();
+        // How much of `part` the inflater has taken.
+        let mut used = 0usize;
         loop {
             if out.len() == out.capacity() {
                 // Geometric growth, never past the limit.
@@ -289,7 +290,6 @@ fn inflate_with(d: &mut Decompress, compressed: &[u8], max: u64) -> Result<Vec<u
                 out.reserve_exact(grow);
             }
             let (in_before, out_before) = (d.total_in(), d.total_out());
-            let used = usize::try_from(in_before - base).unwrap_or(usize::MAX);
             let status = d
                 .decompress_vec(
                     part.get(used..).unwrap_or_default(),
@@ -297,6 +297,9 @@ fn inflate_with(d: &mut Decompress, compressed: &[u8], max: u64) -> Result<Vec<u
                     FlushDecompress::Sync,
                 )
                 .map_err(|_| InflateError::Invalid)?;
+            let took = usize::try_from(d.total_in() - in_before).unwrap_or(usize::MAX);
+            used = used.saturating_add(took);
+            let progressed = took > 0 || d.total_out() != out_before;
             if out.len() >= limit {
                 return Err(InflateError::TooBig);
             }
@@ -304,17 +307,21 @@ fn inflate_with(d: &mut Decompress, compressed: &[u8], max: u64) -> Result<Vec<u
                 return Err(InflateError::Invalid); // the message stopped inside a block
             }
             if status == Status::StreamEnd {
-                // A final block ended the stream: the message's own (§7.2.3.4; bytes after
-                // it are not read), one whose header the message began and the tail
-                // completed, or the one appended here.
+                if message_out.is_none() && used < part.len() {
+                    // More of the message after its own final block (§7.2.1 lets a sender
+                    // use blocks with BFINAL set): the rest is read as a new stream.
+                    d.reset(false);
+                    continue;
+                }
+                // A final block ended the stream: the message's own, one whose header the
+                // message began and the tail completed, or the one appended here.
                 return Ok(out);
             }
-            let used = usize::try_from(d.total_in() - base).unwrap_or(usize::MAX);
             let room_left = out.len() < out.capacity();
             if used >= part.len() && room_left {
                 break; // all input taken and zlib stopped with room to spare: drained
             }
-            if room_left && d.total_in() == in_before && d.total_out() == out_before {
+            if room_left && !progressed {
                 return Err(InflateError::Invalid); // no progress with input and room: stuck
             }
         }

@@ -335,3 +335,16 @@ fn a_message_whose_output_fills_the_first_buffer_exactly_inflates() {
     let c = compress(&text, 6, 15).unwrap();
     assert_eq!(inflate(&c, 1 << 20).unwrap(), text);
 }
+
+#[test]
+fn blocks_after_a_final_block_are_read_as_a_new_stream() {
+    // RFC 7692 §7.2.1 lets a message use blocks with BFINAL set; "Hello" in a final block,
+    // then "World" from a fresh compressor (sync flush, tail removed).
+    let two = [
+        0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x0a, 0xcf, 0x2f, 0xca, 0x49, 0x01, 0x00,
+    ];
+    assert_eq!(inflate(&two, 1024).unwrap(), b"HelloWorld");
+    // Bytes after a final block that are no DEFLATE data are refused, not ignored.
+    let junk = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x12, 0x34, 0x56];
+    assert_eq!(inflate(&junk, 1024), Err(InflateError::Invalid));
+}
